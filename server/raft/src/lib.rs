@@ -1,0 +1,31 @@
+//! kv-raft: Raft consensus for ONE group, as a pure state machine.
+//!
+//! The core does no I/O. The caller feeds it inputs and executes its outputs:
+//!
+//! ```text
+//!   tick() / step(msg) / propose(cmd) / read_index(ctx) / on_persisted(write_id)
+//!                               |
+//!                               v
+//!                         ready() -> Ready
+//!   1. persist `ready.write` (hard state, snapshot, entries); when durable, call
+//!      `on_persisted(write.id)`. Messages that depend on it (vote grants, append
+//!      acknowledgements) are held inside the core until then: the caller cannot send
+//!      them early, because it does not have them.
+//!   2. send `ready.messages` (always safe to send at once; the leader's own appends go out
+//!      before its fsync and it counts itself only after `on_persisted`, thesis 10.2.1).
+//!   3. restore `ready.apply_snapshot` if any, then apply `ready.committed` in order
+//!      (only entries durable on this node are ever handed out).
+//!   4. serve `ready.reads` once the state machine has applied their index.
+//! ```
+//!
+//! Randomness (election jitter) comes from a seeded RNG in [`Config::seed`]; time comes
+//! only from `tick()`. So a cluster of these, driven by a seeded simulator, replays
+//! byte for byte.
+
+pub mod types;
+
+pub use types::*;
+
+mod node;
+
+pub use node::{Config, ProposeError, Raft, Ready, Restored, SoftState, Status, Write, WriteId};

@@ -1,0 +1,21 @@
+//! kv-shared: the vocabulary that the raftkv server and kvcli share, so that both
+//! sides agree by construction (one shard hash, one set of limits, one wire format).
+//!
+//! Layout:
+//! - [`ids`]: node, shard and client identifiers.
+//! - [`limits`]: every size and count limit, in one place, units in the names.
+//! - [`shard`]: key -> shard, xxhash64 modulo the shard count.
+//! - [`config`]: the static cluster file (TOML) in `configs/`.
+//! - [`proto`]: client requests and replies.
+//! - [`wire`]: the datagram header every raftkv UDP datagram starts with.
+//! - [`linearizability`]: the per-key Wing-Gong checker used by kvsim and `kvcli bench --check`.
+
+pub mod config;
+pub mod ids;
+pub mod limits;
+pub mod linearizability;
+pub mod proto;
+pub mod shard;
+pub mod wire;
+
+pub use ids::{ClientId, NodeId, ShardId};

@@ -1,0 +1,24 @@
+//! Every limit of the system in one place (TigerBeetle style): a limit has a name, a unit
+//! in its name, and one definition that server and client both read.
+
+/// Largest key a client may write.
+pub const KEY_BYTES_MAX: usize = 1024;
+/// Largest value a client may write.
+pub const VALUE_BYTES_MAX: usize = 32 * 1024;
+/// Largest UDP datagram raftkv sends or accepts. Well under the 65,507-byte UDP limit so
+/// that headers of any encapsulation still fit.
+pub const DATAGRAM_BYTES_MAX: usize = 60_000;
+/// Largest single snapshot chunk sent in one InstallSnapshot message.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 32 * 1024;
+/// Largest total payload of entries in one append message.
+pub const APPEND_BYTES_MAX: usize = 48 * 1024;
+/// Most append messages in flight (unacknowledged) to one follower of one group.
+pub const INFLIGHT_APPENDS_MAX: usize = 64;
+/// Most client sessions a shard remembers; the least recently used is evicted past this.
+pub const SESSIONS_MAX: usize = 10_000;
+/// Most shards a cluster may have.
+pub const SHARDS_MAX: u32 = 1024;
+/// Most nodes a cluster may have.
+pub const NODES_MAX: usize = 16;
+/// Most client requests one node holds pending (proposed, not yet answered).
+pub const PENDING_REQUESTS_MAX: usize = 100_000;

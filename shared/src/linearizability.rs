@@ -1,0 +1,1 @@
+//! Placeholder: the per-key linearizability checker is being written (see docs/).

@@ -1,0 +1,301 @@
+//! The client protocol: what kvcli sends to a node and what it gets back. Each request
+//! carries its session (client id, sequence number) so that a retried write applies once.
+//! Encoded with postcard inside a [`crate::wire`] datagram of kind `ClientRequests`/`ClientReplies`.
+
+use crate::ids::{ClientId, NodeId, ShardId};
+use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// One client operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Read a key. `stale` opts out of linearizability: any replica answers from its own state.
+    Get {
+        /// The key.
+        key: Bytes,
+        /// Serve locally without ReadIndex (explicit opt-in).
+        stale: bool,
+    },
+    /// Write a key.
+    Put {
+        /// The key.
+        key: Bytes,
+        /// The new value.
+        value: Bytes,
+    },
+    /// Remove a key (absent keys are fine).
+    Delete {
+        /// The key.
+        key: Bytes,
+    },
+    /// Write `new` if the current value equals `expected` (`None`: only if the key is absent).
+    Cas {
+        /// The key.
+        key: Bytes,
+        /// The value the key must hold now, or `None` for "absent".
+        expected: Option<Bytes>,
+        /// The value to write on a match.
+        new: Bytes,
+    },
+    /// Ask the node for its status table (not routed to a shard).
+    Status,
+}
+
+impl Op {
+    /// The key this operation touches, if any.
+    pub fn key(&self) -> Option<&Bytes> {
+        match self {
+            Op::Get { key, .. }
+            | Op::Put { key, .. }
+            | Op::Delete { key }
+            | Op::Cas { key, .. } => Some(key),
+            Op::Status => None,
+        }
+    }
+
+    /// True for operations that change state (and so go through the log with a session).
+    pub fn is_write(&self) -> bool {
+        matches!(self, Op::Put { .. } | Op::Delete { .. } | Op::Cas { .. })
+    }
+
+    /// Checks the size limits, naming the limit that was crossed.
+    pub fn check_limits(&self) -> Result<(), ClientError> {
+        if let Some(key) = self.key() {
+            if key.len() > KEY_BYTES_MAX {
+                return Err(ClientError::KeyTooLarge {
+                    len: key.len(),
+                    max: KEY_BYTES_MAX,
+                });
+            }
+        }
+        let value = match self {
+            Op::Put { value, .. } => Some(value),
+            Op::Cas { new, expected, .. } => {
+                if let Some(e) = expected {
+                    if e.len() > VALUE_BYTES_MAX {
+                        return Err(ClientError::ValueTooLarge {
+                            len: e.len(),
+                            max: VALUE_BYTES_MAX,
+                        });
+                    }
+                }
+                Some(new)
+            }
+            _ => None,
+        };
+        if let Some(v) = value {
+            if v.len() > VALUE_BYTES_MAX {
+                return Err(ClientError::ValueTooLarge {
+                    len: v.len(),
+                    max: VALUE_BYTES_MAX,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A request: one operation under a client session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRequest {
+    /// The session.
+    pub client: ClientId,
+    /// Per-client sequence number, starting at 1, one higher for each new request. A retry
+    /// reuses the number. A client has at most one write outstanding at a time.
+    pub seq: u64,
+    /// What to do.
+    pub op: Op,
+}
+
+/// The outcome of a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// A get's answer: the value, or `None` if the key is absent.
+    Value(Option<Bytes>),
+    /// A put or delete was applied.
+    Done,
+    /// A compare-and-set found the expected value and wrote the new one.
+    CasOk,
+    /// A compare-and-set found another value (shown) and wrote nothing.
+    CasMismatch {
+        /// What the key holds now (`None`: absent).
+        current: Option<Bytes>,
+    },
+    /// The node's status table.
+    Status(NodeStatus),
+    /// The request was not (or may not have been) carried out.
+    Error(ClientError),
+}
+
+/// A reply to one request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientReply {
+    /// The session of the request answered.
+    pub client: ClientId,
+    /// The sequence number of the request answered.
+    pub seq: u64,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// Why a request failed. Each says plainly which shard, which limit or which node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ClientError {
+    /// This node does not lead the key's shard. Retry at `leader` (if known).
+    #[error("shard {shard}: this node is not its leader (leader: {})", leader.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into()))]
+    NotLeader {
+        /// The key's shard.
+        shard: ShardId,
+        /// The best known leader.
+        leader: Option<NodeId>,
+    },
+    /// The shard's leader lost its quorum before the request completed. Whether a write
+    /// was applied is unknown; retry with the same session to find out safely.
+    #[error("shard {shard}: no quorum; the outcome is unknown")]
+    NoQuorum {
+        /// The key's shard.
+        shard: ShardId,
+    },
+    /// The request did not complete in time. A write may or may not have been applied.
+    #[error("shard {shard}: timed out; the outcome is unknown")]
+    Timeout {
+        /// The key's shard.
+        shard: ShardId,
+    },
+    /// The key is longer than the limit.
+    #[error("key is {len} bytes; the limit KEY_BYTES_MAX is {max}")]
+    KeyTooLarge {
+        /// Key length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The value is longer than the limit.
+    #[error("value is {len} bytes; the limit VALUE_BYTES_MAX is {max}")]
+    ValueTooLarge {
+        /// Value length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The request's sequence number is older than the session's latest: a late duplicate.
+    #[error("request seq {seq} is older than this session's latest ({latest}); a late duplicate")]
+    StaleSequence {
+        /// The request's sequence number.
+        seq: u64,
+        /// The session's latest applied sequence number.
+        latest: u64,
+    },
+    /// The node refuses writes (for example its disk is full); reads may still work.
+    #[error("node {node} refuses writes: {reason}")]
+    Unavailable {
+        /// The node.
+        node: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// Too many requests are pending at this node.
+    #[error("node {node} is overloaded: {pending} requests pending (limit PENDING_REQUESTS_MAX)")]
+    Overloaded {
+        /// The node.
+        node: NodeId,
+        /// Requests pending now.
+        pending: usize,
+    },
+    /// The request could not be decoded or makes no sense.
+    #[error("malformed request: {0}")]
+    Malformed(String),
+}
+
+impl ClientError {
+    /// True when a write may have been applied despite the error (the outcome is unknown).
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            ClientError::NoQuorum { .. } | ClientError::Timeout { .. }
+        )
+    }
+}
+
+/// Raft role of a replica, for status output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Asking for pre-votes before disrupting the term.
+    PreCandidate,
+    /// Asking for votes.
+    Candidate,
+    /// Leads the group.
+    Leader,
+    /// Receives the log but does not vote.
+    Learner,
+}
+
+/// One replica's view of one shard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardStatus {
+    /// The shard.
+    pub shard: ShardId,
+    /// This replica's role.
+    pub role: Role,
+    /// Current term.
+    pub term: u64,
+    /// Known leader.
+    pub leader: Option<NodeId>,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index.
+    pub applied: u64,
+    /// Entries held in the log (after the snapshot).
+    pub log_entries: u64,
+    /// Index of the latest snapshot.
+    pub snapshot_index: u64,
+    /// Keys in the state machine.
+    pub keys: u64,
+    /// On a leader: each replica's match index.
+    pub replicas: Vec<(NodeId, u64)>,
+}
+
+/// A node's status table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node answering.
+    pub node: NodeId,
+    /// Number of shards in the cluster.
+    pub shard_count: u32,
+    /// One row per shard hosted here.
+    pub shards: Vec<ShardStatus>,
+    /// Each peer and the milliseconds since a datagram last arrived from it (`None`: never).
+    pub peers: Vec<(NodeId, Option<u64>)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_name_the_limit() {
+        let op = Op::Put {
+            key: Bytes::from(vec![0; KEY_BYTES_MAX + 1]),
+            value: Bytes::new(),
+        };
+        let e = op.check_limits().unwrap_err();
+        assert!(e.to_string().contains("KEY_BYTES_MAX"), "{e}");
+        let op = Op::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from(vec![0; VALUE_BYTES_MAX + 1]),
+        };
+        assert!(op
+            .check_limits()
+            .unwrap_err()
+            .to_string()
+            .contains("VALUE_BYTES_MAX"));
+        let op = Op::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from(vec![0; VALUE_BYTES_MAX]),
+        };
+        assert!(op.check_limits().is_ok());
+    }
+}
