@@ -1,0 +1,532 @@
+//! `Storage`: the node's one write-ahead log (shared by all Raft groups, so one fsync
+//! commits every group's writes) and its per-group snapshot files, over any [`Disk`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+
+use crate::disk::Disk;
+use crate::error::StorageError;
+use crate::format::{
+    check_segment_header, decode_record, decode_snapshot, encode_record, encode_segment_header,
+    encode_snapshot, parse_segment_name, parse_snapshot_name, segment_name, snapshot_name,
+    valid_record_after, RECORD_PAYLOAD_BYTES_MAX, SEGMENT_HEADER_BYTES, SNAPSHOT_BYTES_MAX,
+    TEMP_SUFFIX,
+};
+
+/// One WAL record. Storage treats the payload as opaque; the node layer encodes Raft
+/// entries, hard state and the like into it and picks the `kind` numbers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Raft group (shard) the record belongs to.
+    pub group: u32,
+    /// What the payload is; chosen by the node layer.
+    pub kind: u8,
+    /// Only the latest record of each (group, kind) matters (e.g. a group's hard
+    /// state). It is rewritten at the head of every new segment, so deleting old
+    /// segments never loses it.
+    pub sticky: bool,
+    /// Highest Raft index the record covers, 0 if none. Decides when the segment
+    /// holding it may be deleted (see [`Storage::compact`]).
+    pub last_index: u64,
+    /// Opaque bytes, at most [`crate::RECORD_PAYLOAD_BYTES_MAX`].
+    pub payload: Bytes,
+}
+
+/// Tuning of the write-ahead log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalOptions {
+    /// A segment that would grow past this many bytes is closed and a new one started
+    /// (a single record larger than this still gets a segment of its own).
+    pub segment_bytes_max: u64,
+}
+
+impl Default for WalOptions {
+    fn default() -> WalOptions {
+        WalOptions {
+            segment_bytes_max: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// What [`Storage::open`] found on disk.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Every surviving record, in append order, from the segments that still exist.
+    /// A sticky record may appear several times (its copies at segment heads); the
+    /// last one of each (group, kind) is the latest. Records that a group's snapshot
+    /// covers may or may not be among them: the node ignores those.
+    pub records: Vec<Record>,
+    /// The latest durable snapshot of each group that has one: (group, index, data),
+    /// sorted by group.
+    pub snapshots: Vec<(u32, u64, Bytes)>,
+    /// File and offset where a torn tail was cut off, if there was one (a segment cut
+    /// at offset 0 had only part of its header and was removed).
+    pub truncated_tail: Option<(String, u64)>,
+}
+
+/// A WAL segment that exists on disk.
+#[derive(Debug)]
+struct Segment {
+    seq: u64,
+    name: String,
+    /// For each group with records in the segment, its highest `last_index` there.
+    last_index_max: BTreeMap<u32, u64>,
+}
+
+impl Segment {
+    fn new(seq: u64) -> Segment {
+        Segment {
+            seq,
+            name: segment_name(seq),
+            last_index_max: BTreeMap::new(),
+        }
+    }
+
+    fn note(&mut self, record: &Record) {
+        let max = self.last_index_max.entry(record.group).or_insert(0);
+        *max = (*max).max(record.last_index);
+    }
+}
+
+/// The durable state of one node: one WAL for all groups plus snapshot files.
+///
+/// Writes go straight to the disk ([`Storage::append`]) and become durable together at
+/// the next [`Storage::sync`]. A failed append leaves nothing behind: the segment is
+/// truncated back to its last good length. If that rollback, or any fsync, fails, the
+/// state on disk is unknown and the storage refuses every further write
+/// ([`StorageError::Poisoned`]) until it is reopened, when recovery decides from what is
+/// really on disk.
+#[derive(Debug)]
+pub struct Storage<D: Disk> {
+    disk: D,
+    options: WalOptions,
+    /// Segments on disk, oldest first; the last is the one being appended to.
+    segments: Vec<Segment>,
+    /// Length of the active segment up to its last complete record.
+    active_len: u64,
+    /// Length of the active segment's header and sticky copies: a segment holding
+    /// nothing more is never closed, so one huge record cannot roll segments forever.
+    active_head_len: u64,
+    /// Bytes appended to the active segment since its last fsync.
+    active_dirty: bool,
+    /// A segment was created since the last directory fsync.
+    dir_dirty: bool,
+    /// The latest sticky record of each (group, kind).
+    sticky: BTreeMap<(u32, u8), Record>,
+    /// Highest snapshot index of each group, as told by [`Storage::compact`] or found in
+    /// snapshot files at open.
+    snapshot_index: BTreeMap<u32, u64>,
+    /// Indexes of the snapshot files of each group that exist on disk.
+    snapshot_files: BTreeMap<u32, BTreeSet<u64>>,
+    /// (file, reason) of the failure that left the disk state unknown.
+    poisoned: Option<(String, String)>,
+    /// Reused encoding buffer, so appends do not allocate.
+    scratch: Vec<u8>,
+}
+
+impl<D: Disk> Storage<D> {
+    /// Opens the storage on `disk`, recovering what is there (an empty disk is a fresh
+    /// node). Deletes leftover temporary snapshot files and snapshots older than each
+    /// group's latest, cuts off a torn WAL tail, and refuses to start
+    /// ([`StorageError::Corrupt`]) on any other damage.
+    pub fn open(mut disk: D, options: WalOptions) -> Result<(Storage<D>, Recovered), StorageError> {
+        assert!(
+            options.segment_bytes_max > SEGMENT_HEADER_BYTES as u64,
+            "segment_bytes_max {} leaves no room for records",
+            options.segment_bytes_max
+        );
+        let mut names = disk.list()?;
+        names.sort();
+        let mut dir_changed = false;
+        let mut segment_seqs = Vec::new();
+        let mut snapshot_files: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
+        for name in &names {
+            if let Some(seq) = parse_segment_name(name) {
+                segment_seqs.push(seq);
+            } else if let Some((group, index)) = parse_snapshot_name(name) {
+                snapshot_files.entry(group).or_default().insert(index);
+            } else if name.ends_with(TEMP_SUFFIX)
+                && parse_snapshot_name(&name[..name.len() - TEMP_SUFFIX.len()]).is_some()
+            {
+                // A save that crashed before its rename: never complete, never read.
+                disk.remove(name)?;
+                dir_changed = true;
+            }
+        }
+
+        let mut recovered = Recovered::default();
+        let mut snapshot_index = BTreeMap::new();
+        for (&group, indexes) in &mut snapshot_files {
+            let latest = *indexes.last().expect("a group is listed only with a file");
+            let name = snapshot_name(group, latest);
+            let data = decode_snapshot(&name, group, latest, &disk.read(&name)?)?;
+            recovered.snapshots.push((group, latest, data));
+            snapshot_index.insert(group, latest);
+            // Older ones are superseded; a save that crashed before removing them left them.
+            for &old in indexes.iter().filter(|&&i| i != latest) {
+                disk.remove(&snapshot_name(group, old))?;
+                dir_changed = true;
+            }
+            indexes.retain(|&i| i == latest);
+        }
+
+        let mut storage = Storage {
+            disk,
+            options,
+            segments: Vec::new(),
+            active_len: 0,
+            active_head_len: 0,
+            active_dirty: false,
+            dir_dirty: false,
+            sticky: BTreeMap::new(),
+            snapshot_index,
+            snapshot_files,
+            poisoned: None,
+            scratch: Vec::new(),
+        };
+        let next_seq = segment_seqs.last().map_or(1, |&s| s + 1);
+        for (i, &seq) in segment_seqs.iter().enumerate() {
+            let is_last = i + 1 == segment_seqs.len();
+            if storage.recover_segment(seq, is_last, &mut recovered)? {
+                dir_changed = true;
+            }
+        }
+        if dir_changed {
+            storage.disk.sync_dir()?;
+        }
+        if storage.segments.is_empty() {
+            // A fresh node (or one whose only segment lost its header): start a segment
+            // and make its existence durable before anything is appended to it.
+            storage.start_segment(next_seq)?;
+            storage.sync()?;
+        }
+        Ok((storage, recovered))
+    }
+
+    /// Replays segment `seq` into `recovered`. Returns whether it removed the file (a
+    /// last segment with a torn header).
+    fn recover_segment(
+        &mut self,
+        seq: u64,
+        is_last: bool,
+        recovered: &mut Recovered,
+    ) -> Result<bool, StorageError> {
+        let name = segment_name(seq);
+        let data = self.disk.read(&name)?;
+        let corrupt = |offset: usize, reason: String| StorageError::Corrupt {
+            file: name.clone(),
+            offset: offset as u64,
+            reason,
+        };
+        if data.len() < SEGMENT_HEADER_BYTES {
+            let reason = format!(
+                "segment header incomplete ({} of {SEGMENT_HEADER_BYTES} bytes)",
+                data.len()
+            );
+            if !is_last {
+                return Err(corrupt(
+                    0,
+                    format!("{reason} in a segment that is not the last"),
+                ));
+            }
+            self.disk.remove(&name)?;
+            recovered.truncated_tail = Some((name, 0));
+            return Ok(true);
+        }
+        check_segment_header(seq, &data).map_err(|reason| corrupt(0, reason))?;
+        let mut segment = Segment::new(seq);
+        let mut at = SEGMENT_HEADER_BYTES;
+        while at < data.len() {
+            match decode_record(&data, at) {
+                Ok((record, next)) => {
+                    segment.note(&record);
+                    if record.sticky {
+                        self.sticky
+                            .insert((record.group, record.kind), record.clone());
+                    }
+                    recovered.records.push(record);
+                    at = next;
+                }
+                Err(reason) if !is_last => {
+                    return Err(corrupt(
+                        at,
+                        format!("{reason} in a segment that is not the last"),
+                    ));
+                }
+                Err(reason) => {
+                    if let Some(valid) = valid_record_after(&data, at) {
+                        return Err(corrupt(
+                            at,
+                            format!("{reason}; a valid record follows at offset {valid}"),
+                        ));
+                    }
+                    // Nothing valid after it: the tail of an append the crash tore.
+                    self.disk.truncate(&name, at as u64)?;
+                    self.disk.sync_file(&name)?;
+                    recovered.truncated_tail = Some((name.clone(), at as u64));
+                    break;
+                }
+            }
+        }
+        self.segments.push(segment);
+        self.active_len = at as u64;
+        self.active_head_len = SEGMENT_HEADER_BYTES as u64;
+        Ok(false)
+    }
+
+    /// Appends `record` to the log. On return it is written but not yet durable; see
+    /// [`Storage::sync`]. On error nothing of it is in the log.
+    pub fn append(&mut self, record: &Record) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        let len = record.payload.len() as u64;
+        if len > RECORD_PAYLOAD_BYTES_MAX {
+            return Err(StorageError::RecordTooLarge {
+                len,
+                max: RECORD_PAYLOAD_BYTES_MAX,
+            });
+        }
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        encode_record(record, &mut buf);
+        let result = self.append_encoded(record, &buf);
+        self.scratch = buf;
+        result
+    }
+
+    fn append_encoded(&mut self, record: &Record, encoded: &[u8]) -> Result<(), StorageError> {
+        let would_be = self.active_len + encoded.len() as u64;
+        if would_be > self.options.segment_bytes_max && self.active_len > self.active_head_len {
+            let next = self.active().seq + 1;
+            self.roll(next)?;
+        }
+        let name = self.active().name.clone();
+        self.write_or_roll_back(&name, encoded)?;
+        self.active_len += encoded.len() as u64;
+        self.active_dirty = true;
+        self.segments
+            .last_mut()
+            .expect("there is always an active segment")
+            .note(record);
+        if record.sticky {
+            self.sticky
+                .insert((record.group, record.kind), record.clone());
+        }
+        Ok(())
+    }
+
+    /// Appends `bytes` to the active segment; on failure cuts the segment back to its
+    /// last good length so no half record stays for a later append to follow.
+    fn write_or_roll_back(&mut self, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
+        let Err(err) = self.disk.append(name, bytes) else {
+            return Ok(());
+        };
+        if let Err(rollback) = self.disk.truncate(name, self.active_len) {
+            self.poison(
+                name,
+                format!(
+                    "{err}; then rolling back to {} bytes failed: {rollback}",
+                    self.active_len
+                ),
+            );
+        }
+        Err(err)
+    }
+
+    /// Closes the active segment and starts segment `seq`.
+    fn roll(&mut self, seq: u64) -> Result<(), StorageError> {
+        // The old segment is made durable before any byte of the new one can be: after a
+        // crash the surviving records are then always a prefix of what was appended,
+        // and only the last segment can have a torn tail.
+        self.sync_active()?;
+        self.start_segment(seq)
+    }
+
+    /// Creates segment `seq` with its header and a copy of every sticky record, and
+    /// makes it the active one. On failure the new file is removed again.
+    fn start_segment(&mut self, seq: u64) -> Result<(), StorageError> {
+        let mut segment = Segment::new(seq);
+        let mut head = Vec::new();
+        encode_segment_header(seq, &mut head);
+        for record in self.sticky.values() {
+            encode_record(record, &mut head);
+            segment.note(record);
+        }
+        self.disk.create(&segment.name)?;
+        if let Err(err) = self.disk.append(&segment.name, &head) {
+            if let Err(cleanup) = self.disk.remove(&segment.name) {
+                self.poison(
+                    &segment.name,
+                    format!("{err}; then removing the half-made segment failed: {cleanup}"),
+                );
+            }
+            return Err(err);
+        }
+        self.segments.push(segment);
+        self.active_len = head.len() as u64;
+        self.active_head_len = head.len() as u64;
+        self.active_dirty = true;
+        self.dir_dirty = true;
+        Ok(())
+    }
+
+    /// Makes every append since the last sync durable: one fsync of the active segment
+    /// (plus one of the directory if a segment was started since). On error the
+    /// storage is poisoned: after a failed fsync the kernel may have dropped the dirty
+    /// pages, so nothing written since the last good sync may be counted on.
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        self.sync_active()?;
+        if self.dir_dirty {
+            if let Err(err) = self.disk.sync_dir() {
+                self.poison(".", err.to_string());
+                return Err(err);
+            }
+            self.dir_dirty = false;
+        }
+        Ok(())
+    }
+
+    fn sync_active(&mut self) -> Result<(), StorageError> {
+        if !self.active_dirty {
+            return Ok(());
+        }
+        let name = self.active().name.clone();
+        if let Err(err) = self.disk.sync_file(&name) {
+            self.poison(&name, err.to_string());
+            return Err(err);
+        }
+        self.active_dirty = false;
+        Ok(())
+    }
+
+    /// Saves the snapshot of `group` at `index`, durably on return (temp file, fsync,
+    /// rename, directory fsync), then removes the group's other snapshot files. If the
+    /// group already has a snapshot at a higher index, that one stays the latest and
+    /// this one is removed. On error the snapshot must be treated as not saved.
+    pub fn save_snapshot(
+        &mut self,
+        group: u32,
+        index: u64,
+        data: &[u8],
+    ) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        let len = data.len() as u64;
+        if len > SNAPSHOT_BYTES_MAX {
+            return Err(StorageError::SnapshotTooLarge {
+                len,
+                max: SNAPSHOT_BYTES_MAX,
+            });
+        }
+        let name = snapshot_name(group, index);
+        let temp = format!("{name}{TEMP_SUFFIX}");
+        self.disk.create(&temp)?;
+        let written = self
+            .disk
+            .append(&temp, &encode_snapshot(group, index, data))
+            .and_then(|()| self.disk.sync_file(&temp));
+        if let Err(err) = written {
+            // Best effort: a temp file left behind is deleted at the next open anyway.
+            let _ = self.disk.remove(&temp);
+            return Err(err);
+        }
+        self.disk.rename(&temp, &name)?;
+        if let Err(err) = self.disk.sync_dir() {
+            self.poison(".", err.to_string());
+            return Err(err);
+        }
+        let files = self.snapshot_files.entry(group).or_default();
+        files.insert(index);
+        let latest = *files.last().expect("just inserted");
+        let stale: Vec<u64> = files.iter().copied().filter(|&i| i != latest).collect();
+        for old in stale {
+            self.disk.remove(&snapshot_name(group, old))?;
+            self.snapshot_files
+                .get_mut(&group)
+                .expect("group exists")
+                .remove(&old);
+        }
+        Ok(())
+    }
+
+    /// Records that a snapshot of `group` covers everything up to `snapshot_index`, and
+    /// deletes every closed segment no group needs any more.
+    ///
+    /// Segment S is deleted when, for every group G with records in S, G's highest
+    /// `last_index` in S *and in every older segment still on disk* is at most G's
+    /// snapshot index. The "older segments" part is stricter than looking at S alone
+    /// and is needed: S may hold entries that overwrote (truncated) entries of an
+    /// older segment; deleting S while keeping that older segment would resurrect the
+    /// overwritten entries past the snapshot. The active segment is never deleted, so
+    /// the latest sticky records always survive.
+    pub fn compact(&mut self, group: u32, snapshot_index: u64) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        let covered = self.snapshot_index.entry(group).or_insert(0);
+        *covered = (*covered).max(snapshot_index);
+        let mut seen_max: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut doomed = Vec::new();
+        let closed = self.segments.len() - 1;
+        for segment in &self.segments[..closed] {
+            for (&g, &max) in &segment.last_index_max {
+                let seen = seen_max.entry(g).or_insert(0);
+                *seen = (*seen).max(max);
+            }
+            let needed = segment
+                .last_index_max
+                .keys()
+                .any(|g| seen_max[g] > self.snapshot_index.get(g).copied().unwrap_or(0));
+            if !needed {
+                doomed.push(segment.seq);
+            }
+        }
+        // Removals need no directory fsync: a segment that reappears after a crash
+        // holds only records its groups' durable snapshots cover.
+        for seq in doomed {
+            let pos = self
+                .segments
+                .iter()
+                .position(|s| s.seq == seq)
+                .expect("doomed segments exist");
+            self.disk.remove(&self.segments[pos].name)?;
+            self.segments.remove(pos);
+        }
+        Ok(())
+    }
+
+    /// Names of the WAL segments on disk, oldest first (for tests and diagnostics).
+    pub fn segment_names(&self) -> Vec<String> {
+        self.segments.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// The disk, for inspection.
+    pub fn disk(&self) -> &D {
+        &self.disk
+    }
+
+    /// Gives the disk back (e.g. to reopen it after a simulated crash).
+    pub fn into_disk(self) -> D {
+        self.disk
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments
+            .last()
+            .expect("there is always an active segment")
+    }
+
+    fn poison(&mut self, file: &str, reason: String) {
+        if self.poisoned.is_none() {
+            self.poisoned = Some((file.to_string(), reason));
+        }
+    }
+
+    fn check_poisoned(&self) -> Result<(), StorageError> {
+        match &self.poisoned {
+            None => Ok(()),
+            Some((file, reason)) => Err(StorageError::Poisoned {
+                file: file.clone(),
+                reason: reason.clone(),
+            }),
+        }
+    }
+}
