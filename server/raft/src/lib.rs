@@ -20,12 +20,28 @@
 //!
 //! Randomness (election jitter) comes from a seeded RNG in [`Config::seed`]; time comes
 //! only from `tick()`. So a cluster of these, driven by a seeded simulator, replays
-//! byte for byte.
+//! byte for byte. docs/RAFT.md describes each feature.
+//!
+//! Layout: `node` (public API, dispatch, the write/hold machinery), `election`,
+//! `replication` (with heartbeats and ReadIndex rounds), `snapshot`, `membership`, and the
+//! small pure pieces `log`, `progress`, `quorum`, `read_index`.
 
 pub mod types;
 
 pub use types::*;
 
+mod election;
+mod log;
+mod membership;
 mod node;
+mod progress;
+mod quorum;
+mod read_index;
+mod replication;
+mod snapshot;
+#[cfg(test)]
+mod testing;
 
+#[cfg(feature = "planted-bugs")]
+pub use node::PlantedBug;
 pub use node::{Config, ProposeError, Raft, Ready, Restored, SoftState, Status, Write, WriteId};

@@ -1,8 +1,15 @@
-//! The public face of one Raft replica: [`Raft`] and its inputs/outputs.
-//! (API fixed; bodies are being implemented.)
+//! The public face of one Raft replica: [`Raft`], its inputs and outputs, and the
+//! top-level dispatch of `step`. The protocol pieces live in sibling modules
+//! (`election`, `replication`, `snapshot`, `membership`) as further `impl Raft` blocks.
 
+use crate::log::RaftLog;
+use crate::progress::Progress;
+use crate::read_index::ReadRounds;
 use crate::types::*;
 use kv_shared::NodeId;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, VecDeque};
 
 /// Per-replica settings. Timing is in ticks; the caller decides how long a tick is.
 #[derive(Clone, Debug)]
@@ -35,12 +42,15 @@ pub struct Config {
 pub struct Restored {
     /// The durable hard state (default for a fresh replica).
     pub hard_state: HardState,
-    /// The latest durable snapshot, if any.
+    /// The latest durable snapshot, if any. The caller restores its state machine from it
+    /// itself; it is not handed back as `Ready::apply_snapshot`.
     pub snapshot: Option<Snapshot>,
     /// Durable entries after the snapshot, contiguous.
     pub entries: Vec<Entry>,
-    /// Membership to bootstrap with when there is no snapshot and no conf-change entry
-    /// (a fresh cluster): every initial voter gets the same list.
+    /// Membership before the first conf-change entry, used when there is no snapshot (a
+    /// fresh cluster): every initial voter gets the same list. Conf-change entries are
+    /// deltas applied on top of it, so a node added later must be given the same list
+    /// (or catch up from a snapshot).
     pub initial_membership: Membership,
 }
 
@@ -54,7 +64,9 @@ pub struct WriteId(pub u64);
 pub struct Write {
     /// Report this id to [`Raft::on_persisted`] once durable.
     pub id: WriteId,
-    /// A snapshot received from the leader, to store (and then restore, see `Ready::apply_snapshot`).
+    /// A snapshot received from the leader, to store (and then restore, see
+    /// `Ready::apply_snapshot`). It replaces the whole stored log: drop every stored entry,
+    /// then append `entries` (which then start at `snapshot.meta.index + 1`).
     pub snapshot: Option<Snapshot>,
     /// Entries to append. If the first index is at or below the last stored index, the
     /// stored log is truncated from that index first (a conflicting suffix is replaced).
@@ -156,77 +168,700 @@ pub struct Status {
     pub progress: Vec<(NodeId, Index)>,
 }
 
+/// A known bug that can be switched on in tests to prove that the simulator's safety
+/// checks catch it. Only with the `planted-bugs` cargo feature.
+#[cfg(feature = "planted-bugs")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PlantedBug {
+    /// Grant a vote to a second candidate in a term already voted in.
+    GrantSecondVote,
+    /// Commit an entry of an earlier term as soon as a majority stores it (Figure 8).
+    CommitPriorTermByCount,
+    /// Send append acks and vote grants before the write they depend on is durable.
+    AckBeforePersist,
+}
+
+/// Evaluates to true if `$bug` is planted; to `false` (compiled out) without the feature.
+macro_rules! planted {
+    ($raft:expr, $bug:ident) => {{
+        #[cfg(feature = "planted-bugs")]
+        let on = $raft.planted.contains(&crate::node::PlantedBug::$bug);
+        #[cfg(not(feature = "planted-bugs"))]
+        let on = false;
+        on
+    }};
+}
+pub(crate) use planted;
+
+/// Role-only data (STYLE: role data lives in the role's variant).
+#[derive(Debug)]
+pub(crate) enum RoleState {
+    /// Following (also learners and removed nodes).
+    Follower,
+    /// Collecting pre-votes for `term + 1`.
+    PreCandidate {
+        /// Answers so far.
+        votes: BTreeMap<NodeId, bool>,
+    },
+    /// Collecting votes for `term`.
+    Candidate {
+        /// Answers so far (own vote only once durable).
+        votes: BTreeMap<NodeId, bool>,
+    },
+    /// Leading.
+    Leader(Box<LeaderState>),
+}
+
+/// What only a leader tracks.
+#[derive(Debug)]
+pub(crate) struct LeaderState {
+    /// Every other member (voters and learners).
+    pub progress: BTreeMap<NodeId, Progress>,
+    /// Index of the newest conf-change entry (or the last index at election).
+    pub pending_conf_index: Index,
+    /// Index of this term's no-op: committing it means an entry of this term committed.
+    pub term_start: Index,
+    /// Leadership transfer target, and ticks since it started.
+    pub transfer: Option<(NodeId, u32)>,
+    /// Pending ReadIndex requests.
+    pub reads: ReadRounds,
+    /// New entries were proposed: send them at the next `ready()` (batching).
+    pub bcast_pending: bool,
+}
+
+/// A message held until a write is durable (persist before send).
+#[derive(Debug)]
+pub(crate) enum Held {
+    /// Send to a peer.
+    Send(Message),
+    /// Count our own vote in `term` (a candidate's vote is durable before it counts).
+    SelfVote(Term),
+}
+
+/// A `Write` handed out and not yet reported durable.
+#[derive(Debug)]
+pub(crate) struct InflightWrite {
+    pub id: u64,
+    /// Highest index durable once this write is, if it carries entries or a snapshot;
+    /// lowered if memory truncates below it meanwhile.
+    pub last: Option<Index>,
+}
+
 /// One Raft replica. See the crate docs for how to drive it.
 #[derive(Debug)]
 pub struct Raft {
-    _private: (),
+    pub(crate) cfg: Config,
+    pub(crate) rng: SmallRng,
+    pub(crate) term: Term,
+    pub(crate) vote: NodeId,
+    pub(crate) leader: Option<NodeId>,
+    pub(crate) role: RoleState,
+    pub(crate) log: RaftLog,
+    /// Membership as of the commit index (changes apply when committed).
+    pub(crate) membership: Membership,
+    /// Membership as of the snapshot point (the initial one if no snapshot).
+    pub(crate) snap_membership: Membership,
+    /// The latest snapshot, kept to send to lagging followers.
+    pub(crate) snapshot: Option<Snapshot>,
+    pub(crate) election_elapsed: u32,
+    pub(crate) heartbeat_elapsed: u32,
+    pub(crate) randomized_timeout: u32,
+    /// ReadIndex round ids never repeat in this replica's lifetime.
+    pub(crate) next_read_round: u64,
+    // ---- outputs ----
+    pub(crate) msgs: Vec<Message>,
+    pub(crate) held: Vec<(u64, Held)>,
+    pub(crate) next_write_id: u64,
+    pub(crate) persisted_write: u64,
+    pub(crate) inflight_writes: VecDeque<InflightWrite>,
+    /// Hard state as of the last emitted write.
+    pub(crate) hs_written: HardState,
+    /// A received snapshot not yet in a write.
+    pub(crate) snapshot_unwritten: Option<Snapshot>,
+    /// A received snapshot in write `.0`, to hand out once durable.
+    pub(crate) snapshot_in_write: Option<(u64, Snapshot)>,
+    /// A durable received snapshot to hand out as `apply_snapshot`.
+    pub(crate) snapshot_ready: Option<Snapshot>,
+    pub(crate) reads_ready: Vec<ReadState>,
+    pub(crate) failed_reads: Vec<u64>,
+    pub(crate) last_soft: SoftState,
+    /// A snapshot being received in chunks.
+    pub(crate) incoming: Option<crate::snapshot::Incoming>,
+    #[cfg(feature = "planted-bugs")]
+    pub(crate) planted: Vec<PlantedBug>,
 }
 
 impl Raft {
     /// Builds a replica from its config and what survived on disk.
-    pub fn new(_config: Config, _restored: Restored) -> Raft {
-        todo!("kv-raft implementation")
+    pub fn new(config: Config, restored: Restored) -> Raft {
+        assert!(!config.id.is_none(), "node id 0 is reserved");
+        assert!(
+            config.election_ticks_min > config.heartbeat_ticks,
+            "election timeout must exceed the heartbeat"
+        );
+        assert!(
+            config.election_ticks_max > config.election_ticks_min,
+            "empty election timeout range"
+        );
+        assert!(config.inflight_appends_max > 0 && config.snapshot_chunk_bytes_max > 0);
+        let Restored {
+            hard_state,
+            snapshot,
+            entries,
+            initial_membership,
+        } = restored;
+        let (si, st, base) = match &snapshot {
+            Some(s) => (s.meta.index, s.meta.term, s.meta.membership.clone()),
+            None => (0, 0, initial_membership),
+        };
+        let log = RaftLog::restore(si, st, entries, hard_state.commit);
+        let mut membership = base.clone();
+        for e in log.range(si + 1, log.commit) {
+            if let EntryKind::ConfChange(c) = &e.kind {
+                crate::membership::apply(&mut membership, c)
+                    .expect("a committed conf change is valid");
+            }
+        }
+        let mut raft = Raft {
+            rng: SmallRng::seed_from_u64(config.seed),
+            cfg: config,
+            term: hard_state.term,
+            vote: hard_state.vote,
+            leader: None,
+            role: RoleState::Follower,
+            log,
+            membership,
+            snap_membership: base,
+            snapshot,
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            randomized_timeout: 0,
+            next_read_round: 1,
+            msgs: Vec::new(),
+            held: Vec::new(),
+            next_write_id: 1,
+            persisted_write: 0,
+            inflight_writes: VecDeque::new(),
+            hs_written: hard_state,
+            snapshot_unwritten: None,
+            snapshot_in_write: None,
+            snapshot_ready: None,
+            reads_ready: Vec::new(),
+            failed_reads: Vec::new(),
+            last_soft: SoftState {
+                role: Role::Follower,
+                term: 0,
+                leader: None,
+            },
+            incoming: None,
+            #[cfg(feature = "planted-bugs")]
+            planted: Vec::new(),
+        };
+        raft.hs_written.commit = raft.log.commit;
+        raft.reset_randomized_timeout();
+        raft.last_soft = raft.soft_state();
+        raft
+    }
+
+    /// Switches on a planted bug (tests of the simulator only).
+    #[cfg(feature = "planted-bugs")]
+    pub fn plant_bug(&mut self, bug: PlantedBug) {
+        if !self.planted.contains(&bug) {
+            self.planted.push(bug);
+        }
     }
 
     /// Advances logical time by one tick (elections, heartbeats, CheckQuorum).
     pub fn tick(&mut self) {
-        todo!()
+        if matches!(self.role, RoleState::Leader(_)) {
+            self.tick_leader();
+        } else {
+            self.tick_election();
+        }
     }
 
     /// Handles a message from a peer of this group. Messages for another replica or
     /// malformed ones are ignored.
-    pub fn step(&mut self, _msg: Message) {
-        todo!()
+    pub fn step(&mut self, msg: Message) {
+        if msg.to != self.cfg.id || msg.from == self.cfg.id || msg.from.is_none() {
+            return;
+        }
+        if msg.term > self.term {
+            if let MessageBody::Vote { .. } | MessageBody::PreVote { .. } = msg.body {
+                let transfer = matches!(msg.body, MessageBody::Vote { transfer: true, .. });
+                if self.in_lease() && !transfer {
+                    // CheckQuorum stickiness: a live leader exists, ignore the disruptor.
+                    return;
+                }
+            }
+            match msg.body {
+                MessageBody::PreVote { .. } | MessageBody::PreVoteResp { reject: false } => {}
+                MessageBody::Append { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. } => {
+                    self.become_follower(msg.term, Some(msg.from))
+                }
+                _ => self.become_follower(msg.term, None),
+            }
+        } else if msg.term < self.term {
+            match msg.body {
+                MessageBody::Append { .. } | MessageBody::Heartbeat { .. }
+                    if self.cfg.check_quorum || self.cfg.pre_vote =>
+                {
+                    // A stale leader cut off by PreVote/CheckQuorum would otherwise never
+                    // learn the new term; tell it (etcd does the same).
+                    self.send(msg.from, MessageBody::HeartbeatResp { read_round: 0 });
+                }
+                MessageBody::PreVote { .. } => {
+                    self.send(msg.from, MessageBody::PreVoteResp { reject: true })
+                }
+                _ => {}
+            }
+            return;
+        }
+        match msg.body {
+            MessageBody::PreVote { .. } | MessageBody::Vote { .. } => self.handle_vote_request(msg),
+            _ => match self.role {
+                RoleState::Leader(_) => self.step_leader(msg),
+                RoleState::Candidate { .. } | RoleState::PreCandidate { .. } => {
+                    self.step_candidate(msg)
+                }
+                RoleState::Follower => self.step_follower(msg),
+            },
+        }
     }
 
     /// Appends an application command to the log. Returns its (index, term): the command
     /// is committed iff the entry applied at `index` has term `term`.
-    pub fn propose(&mut self, _data: bytes::Bytes) -> Result<(Index, Term), ProposeError> {
-        todo!()
+    pub fn propose(&mut self, data: bytes::Bytes) -> Result<(Index, Term), ProposeError> {
+        self.leader_accepting()?;
+        Ok(self.append_as_leader(EntryKind::Command, data))
     }
 
     /// Proposes a membership change (one step; see [`ConfChange`]).
     pub fn propose_conf_change(
         &mut self,
-        _change: ConfChange,
+        change: ConfChange,
     ) -> Result<(Index, Term), ProposeError> {
-        todo!()
+        self.leader_accepting()?;
+        let RoleState::Leader(ls) = &self.role else {
+            unreachable!()
+        };
+        // A leader may change membership only once an entry of its own term is committed
+        // (this closes the one-at-a-time bug: see docs/RAFT.md), and one change at a time.
+        if self.log.commit < ls.term_start || ls.pending_conf_index > self.log.commit {
+            return Err(ProposeError::ConfChangePending);
+        }
+        let mut next = self.membership.clone();
+        crate::membership::apply(&mut next, &change).map_err(ProposeError::InvalidConfChange)?;
+        if next.voters.is_empty() {
+            return Err(ProposeError::InvalidConfChange(
+                "would leave no voter".into(),
+            ));
+        }
+        let (index, term) =
+            self.append_as_leader(EntryKind::ConfChange(change), bytes::Bytes::new());
+        if let RoleState::Leader(ls) = &mut self.role {
+            ls.pending_conf_index = index;
+        }
+        Ok((index, term))
     }
 
     /// Starts a linearizable read. When a quorum confirms this leader is still leader, a
     /// [`ReadState`] with `ctx` appears in a later `Ready`. Many reads share one round.
-    pub fn read_index(&mut self, _ctx: u64) -> Result<(), ProposeError> {
-        todo!()
+    pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
+        let me = self.cfg.id;
+        let commit = self.log.commit;
+        let single = self.membership.voters == [me];
+        let RoleState::Leader(ls) = &mut self.role else {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        };
+        if commit < ls.term_start {
+            // Thesis 6.4 step 1: the commit index is only known current once an entry of
+            // this term is committed.
+            ls.reads.wait_for_term_commit(ctx);
+        } else if single {
+            self.reads_ready.push(ReadState { ctx, index: commit });
+        } else {
+            let next = &mut self.next_read_round;
+            ls.reads.add(ctx, commit, me, || {
+                *next += 1;
+                *next - 1
+            });
+        }
+        Ok(())
     }
 
     /// Hands leadership to `to` (thesis 3.10): catch it up, then send TimeoutNow.
-    pub fn transfer_leadership(&mut self, _to: NodeId) {
-        todo!()
+    pub fn transfer_leadership(&mut self, to: NodeId) {
+        let last = self.log.last_index();
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
+        if to == self.cfg.id || !self.membership.voters.contains(&to) {
+            return;
+        }
+        if ls.transfer.is_some_and(|(t, _)| t == to) {
+            return;
+        }
+        ls.transfer = Some((to, 0));
+        let caught_up = ls.progress.get(&to).is_some_and(|p| p.match_ == last);
+        if caught_up {
+            self.send(to, MessageBody::TimeoutNow);
+        } else {
+            self.maybe_send_append(to, true);
+        }
     }
 
     /// The caller has made `write` durable.
-    pub fn on_persisted(&mut self, _id: WriteId) {
-        todo!()
+    pub fn on_persisted(&mut self, id: WriteId) {
+        assert!(
+            id.0 >= 1 && id.0 < self.next_write_id,
+            "on_persisted({}) of a write never issued",
+            id.0
+        );
+        if id.0 <= self.persisted_write {
+            return;
+        }
+        self.persisted_write = id.0;
+        while self.inflight_writes.front().is_some_and(|w| w.id <= id.0) {
+            let w = self.inflight_writes.pop_front().expect("checked");
+            if let Some(last) = w.last {
+                self.log.persisted = self.log.persisted.max(last);
+            }
+        }
+        if self
+            .snapshot_in_write
+            .as_ref()
+            .is_some_and(|(w, _)| *w <= id.0)
+        {
+            let (_, snap) = self.snapshot_in_write.take().expect("checked");
+            self.snapshot_ready = Some(snap);
+        }
+        let (release, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|(w, _)| *w <= id.0);
+        self.held = keep;
+        for (_, h) in release {
+            match h {
+                Held::Send(m) => self.msgs.push(m),
+                Held::SelfVote(term) => self.count_self_vote(term),
+            }
+        }
+        if matches!(self.role, RoleState::Leader(_)) {
+            self.maybe_commit();
+        }
     }
 
     /// The caller has durably stored `snapshot` of its state machine (its index at or
     /// below the applied index): drop the log up to it and use it for lagging followers.
-    pub fn compact(&mut self, _snapshot: Snapshot) {
-        todo!()
+    pub fn compact(&mut self, snapshot: Snapshot) {
+        let index = snapshot.meta.index;
+        assert!(
+            index <= self.log.applied,
+            "compact({index}) beyond the applied index {}",
+            self.log.applied
+        );
+        if index <= self.log.snap_index {
+            return;
+        }
+        let meta = self.snapshot_meta(index);
+        assert_eq!(
+            meta, snapshot.meta,
+            "snapshot meta does not match the log (use snapshot_meta)"
+        );
+        self.log.compact(index, snapshot.meta.term);
+        self.snap_membership = meta.membership;
+        self.snapshot = Some(snapshot);
+    }
+
+    /// The metadata a snapshot of the state machine at `index` must carry (term and
+    /// membership as of `index`), for building the argument of [`Raft::compact`].
+    /// `index` must be applied and not below the current snapshot.
+    pub fn snapshot_meta(&self, index: Index) -> SnapshotMeta {
+        assert!(
+            index <= self.log.applied && index >= self.log.snap_index,
+            "snapshot_meta({index}) out of range"
+        );
+        let mut membership = self.snap_membership.clone();
+        for e in self.log.range(self.log.snap_index + 1, index) {
+            if let EntryKind::ConfChange(c) = &e.kind {
+                crate::membership::apply(&mut membership, c)
+                    .expect("a committed conf change is valid");
+            }
+        }
+        SnapshotMeta {
+            index,
+            term: self.log.term(index).expect("held"),
+            membership,
+        }
     }
 
     /// True if `ready()` would return something.
     pub fn has_ready(&self) -> bool {
-        todo!()
+        let leader_work = match &self.role {
+            RoleState::Leader(ls) => ls.bcast_pending || ls.reads.has_unsent(),
+            _ => false,
+        };
+        leader_work
+            || !self.msgs.is_empty()
+            || self.needs_write()
+            || self.snapshot_ready.is_some()
+            || self.next_committed_hi() > self.log.applied
+            || !self.reads_ready.is_empty()
+            || !self.failed_reads.is_empty()
+            || self.soft_state() != self.last_soft
     }
 
     /// Takes the work accumulated since the last call.
     pub fn ready(&mut self) -> Ready {
-        todo!()
+        self.flush_leader_sends();
+        let write = self.needs_write().then(|| self.take_write());
+        let apply_snapshot = self.snapshot_ready.take();
+        if let Some(s) = &apply_snapshot {
+            self.log.applied = s.meta.index;
+        }
+        let hi = self.next_committed_hi();
+        let committed = if hi > self.log.applied {
+            self.log.range(self.log.applied + 1, hi).to_vec()
+        } else {
+            Vec::new()
+        };
+        self.log.applied = self.log.applied.max(hi);
+        let soft = self.soft_state();
+        let soft_state = (soft != self.last_soft).then_some(soft);
+        self.last_soft = soft;
+        Ready {
+            messages: std::mem::take(&mut self.msgs),
+            write,
+            apply_snapshot,
+            committed,
+            reads: std::mem::take(&mut self.reads_ready),
+            failed_reads: std::mem::take(&mut self.failed_reads),
+            soft_state,
+        }
     }
 
     /// Where this replica stands.
     pub fn status(&self) -> Status {
-        todo!()
+        let mut progress = Vec::new();
+        if let RoleState::Leader(ls) = &self.role {
+            progress.push((self.cfg.id, self.log.persisted));
+            progress.extend(ls.progress.iter().map(|(id, p)| (*id, p.match_)));
+            progress.sort();
+        }
+        Status {
+            id: self.cfg.id,
+            role: self.role_now(),
+            term: self.term,
+            vote: self.vote,
+            leader: self.leader,
+            commit: self.log.commit,
+            applied: self.log.applied,
+            last_index: self.log.last_index(),
+            persisted: self.log.persisted,
+            snapshot_index: self.log.snap_index,
+            membership: self.membership.clone(),
+            progress,
+        }
+    }
+
+    // ---------------------------------------------------------------- internals
+
+    /// The role to report: non-voting followers are learners.
+    pub(crate) fn role_now(&self) -> Role {
+        match self.role {
+            RoleState::Leader(_) => Role::Leader,
+            RoleState::Candidate { .. } => Role::Candidate,
+            RoleState::PreCandidate { .. } => Role::PreCandidate,
+            RoleState::Follower if self.membership.learners.contains(&self.cfg.id) => Role::Learner,
+            RoleState::Follower => Role::Follower,
+        }
+    }
+
+    pub(crate) fn soft_state(&self) -> SoftState {
+        SoftState {
+            role: self.role_now(),
+            term: self.term,
+            leader: self.leader,
+        }
+    }
+
+    pub(crate) fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.log.commit,
+        }
+    }
+
+    /// True if a vote could be held by a voter of the current membership.
+    pub(crate) fn promotable(&self) -> bool {
+        self.membership.voters.contains(&self.cfg.id)
+    }
+
+    /// CheckQuorum lease: a leader was heard from within the minimum election timeout.
+    pub(crate) fn in_lease(&self) -> bool {
+        self.cfg.check_quorum
+            && self.leader.is_some()
+            && self.election_elapsed < self.cfg.election_ticks_min
+    }
+
+    pub(crate) fn reset_randomized_timeout(&mut self) {
+        self.randomized_timeout = self
+            .rng
+            .gen_range(self.cfg.election_ticks_min..self.cfg.election_ticks_max);
+    }
+
+    /// Queues a message that promises nothing about durability.
+    pub(crate) fn send(&mut self, to: NodeId, body: MessageBody) {
+        let term = self.term;
+        self.msgs.push(Message {
+            from: self.cfg.id,
+            to,
+            term,
+            body,
+        });
+    }
+
+    /// Queues a message that promises durable state (a vote grant, an append ack): it
+    /// leaves only once every write issued or pending now is durable.
+    pub(crate) fn send_after_persist(&mut self, to: NodeId, body: MessageBody) {
+        let m = Message {
+            from: self.cfg.id,
+            to,
+            term: self.term,
+            body,
+        };
+        if planted!(self, AckBeforePersist) {
+            self.msgs.push(m);
+            return;
+        }
+        match self.write_dependency() {
+            Some(w) => self.held.push((w, Held::Send(m))),
+            None => self.msgs.push(m),
+        }
+    }
+
+    /// The write whose durability covers all state changed so far, if not durable yet.
+    pub(crate) fn write_dependency(&self) -> Option<u64> {
+        if self.needs_write() {
+            Some(self.next_write_id)
+        } else {
+            self.inflight_writes.back().map(|w| w.id)
+        }
+    }
+
+    /// True if there is state that no emitted write covers yet.
+    pub(crate) fn needs_write(&self) -> bool {
+        self.log.has_unstable()
+            || self.snapshot_unwritten.is_some()
+            || self.term != self.hs_written.term
+            || self.vote != self.hs_written.vote
+    }
+
+    fn take_write(&mut self) -> Write {
+        let id = self.next_write_id;
+        self.next_write_id += 1;
+        let snapshot = self.snapshot_unwritten.take();
+        let entries = self.log.take_unstable();
+        let hs = self.hard_state();
+        let hard_state = (hs != self.hs_written).then_some(hs);
+        self.hs_written = hs;
+        let last = entries
+            .last()
+            .map(|e| e.index)
+            .or(snapshot.as_ref().map(|s| s.meta.index));
+        if let Some(s) = &snapshot {
+            self.snapshot_in_write = Some((id, s.clone()));
+        }
+        self.inflight_writes.push_back(InflightWrite { id, last });
+        Write {
+            id: WriteId(id),
+            snapshot,
+            entries,
+            hard_state,
+        }
+    }
+
+    /// Highest index that may be handed out for applying now.
+    fn next_committed_hi(&self) -> Index {
+        if self.snapshot_unwritten.is_some()
+            || self.snapshot_in_write.is_some()
+            || self.snapshot_ready.is_some()
+        {
+            // The state machine must restore the snapshot first.
+            return self.log.applied;
+        }
+        self.log
+            .commit
+            .min(self.log.persisted)
+            .max(self.log.applied)
+    }
+
+    /// Memory dropped entries from `index` on: durable copies of them no longer count.
+    pub(crate) fn on_truncated(&mut self, index: Index) {
+        let keep = index - 1;
+        self.log.persisted = self.log.persisted.min(keep);
+        for w in &mut self.inflight_writes {
+            w.last = w.last.map(|l| l.min(keep));
+        }
+    }
+
+    fn step_follower(&mut self, msg: Message) {
+        match msg.body {
+            MessageBody::Append { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. } => {
+                self.election_elapsed = 0;
+                self.leader = Some(msg.from);
+                match msg.body {
+                    MessageBody::Append {
+                        prev_index,
+                        prev_term,
+                        entries,
+                        commit,
+                    } => self
+                        .handle_append(msg.from, msg.term, prev_index, prev_term, entries, commit),
+                    MessageBody::Heartbeat { commit, read_round } => {
+                        let c = commit.min(self.log.last_index());
+                        if c > self.log.commit {
+                            self.commit_to(c);
+                        }
+                        self.send(msg.from, MessageBody::HeartbeatResp { read_round });
+                    }
+                    MessageBody::InstallSnapshot {
+                        meta,
+                        offset,
+                        total_len,
+                        chunk,
+                    } => self.handle_snapshot_chunk(msg.from, meta, offset, total_len, chunk),
+                    _ => unreachable!(),
+                }
+            }
+            MessageBody::TimeoutNow if self.promotable() => self.campaign(true),
+            _ => {}
+        }
+    }
+
+    fn step_candidate(&mut self, msg: Message) {
+        match msg.body {
+            MessageBody::Append { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. } => {
+                // A leader of our term exists.
+                self.become_follower(msg.term, Some(msg.from));
+                self.step_follower(msg);
+            }
+            MessageBody::PreVoteResp { reject } => {
+                self.record_vote(msg.from, msg.term, true, !reject)
+            }
+            MessageBody::VoteResp { reject } => {
+                self.record_vote(msg.from, msg.term, false, !reject)
+            }
+            _ => {}
+        }
     }
 }

@@ -1,0 +1,222 @@
+//! Leader election: randomized timeouts, PreVote (thesis 9.6), the CheckQuorum lease,
+//! votes that count only once durable, and the role transitions.
+
+use crate::node::{planted, Held, LeaderState, Raft, RoleState};
+use crate::progress::Progress;
+use crate::quorum::{self, VoteResult};
+use crate::read_index::ReadRounds;
+use crate::types::{EntryKind, Message, MessageBody, Term};
+use kv_shared::NodeId;
+use std::collections::BTreeMap;
+
+impl Raft {
+    /// Follower/candidate clock: start an election when the randomized timeout expires.
+    pub(crate) fn tick_election(&mut self) {
+        self.election_elapsed = self.election_elapsed.saturating_add(1);
+        if self.promotable() && self.election_elapsed >= self.randomized_timeout {
+            self.election_elapsed = 0;
+            self.hup();
+        }
+    }
+
+    /// Starts an election: PreVote first if enabled.
+    pub(crate) fn hup(&mut self) {
+        if matches!(self.role, RoleState::Leader(_)) || !self.promotable() {
+            return;
+        }
+        if self.cfg.pre_vote {
+            self.become_pre_candidate();
+        } else {
+            self.campaign(false);
+        }
+    }
+
+    fn become_pre_candidate(&mut self) {
+        // Term and vote stay: a failed pre-vote disturbs nobody (thesis 9.6).
+        self.fail_reads_if_leader();
+        self.role = RoleState::PreCandidate {
+            votes: BTreeMap::new(),
+        };
+        self.leader = None;
+        self.reset_randomized_timeout();
+        self.record_vote(self.cfg.id, self.term + 1, true, true);
+        if !matches!(self.role, RoleState::PreCandidate { .. }) {
+            return; // a single voter wins at once
+        }
+        let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
+        for v in self.other_voters() {
+            self.msgs.push(Message {
+                from: self.cfg.id,
+                to: v,
+                term: self.term + 1,
+                body: MessageBody::PreVote {
+                    last_index,
+                    last_term,
+                },
+            });
+        }
+    }
+
+    /// Becomes a candidate in a new term. `transfer` marks a campaign started by
+    /// TimeoutNow, which overrides the voters' leader lease.
+    pub(crate) fn campaign(&mut self, transfer: bool) {
+        self.fail_reads_if_leader();
+        self.term += 1;
+        self.vote = self.cfg.id;
+        self.leader = None;
+        self.role = RoleState::Candidate {
+            votes: BTreeMap::new(),
+        };
+        self.election_elapsed = 0;
+        self.reset_randomized_timeout();
+        // Our own vote counts only once the (term, vote) write is durable, like anyone
+        // else's grant (etcd: the self-vote goes through msgsAfterAppend).
+        let dep = self
+            .write_dependency()
+            .expect("a new term always needs a write");
+        self.held.push((dep, Held::SelfVote(self.term)));
+        let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
+        for v in self.other_voters() {
+            self.send(
+                v,
+                MessageBody::Vote {
+                    last_index,
+                    last_term,
+                    transfer,
+                },
+            );
+        }
+    }
+
+    /// The durable self-vote of `term` is in.
+    pub(crate) fn count_self_vote(&mut self, term: Term) {
+        if term == self.term && matches!(self.role, RoleState::Candidate { .. }) {
+            self.record_vote(self.cfg.id, term, false, true);
+        }
+    }
+
+    /// Records a (pre-)vote answer and acts on the outcome.
+    pub(crate) fn record_vote(&mut self, from: NodeId, term: Term, pre: bool, granted: bool) {
+        let votes = match &mut self.role {
+            RoleState::PreCandidate { votes } if pre => {
+                // Grants name the term we would campaign in; refusals carry the voter's own
+                // term, which is ours (higher ones already made us follow).
+                let expected = if granted { self.term + 1 } else { self.term };
+                if term != expected {
+                    return;
+                }
+                votes
+            }
+            RoleState::Candidate { votes } if !pre && term == self.term => votes,
+            _ => return,
+        };
+        votes.entry(from).or_insert(granted);
+        let votes = votes.clone();
+        match quorum::vote_result(&self.membership.voters, |v| votes.get(&v).copied()) {
+            VoteResult::Won if pre => self.campaign(false),
+            VoteResult::Won => self.become_leader(),
+            VoteResult::Lost => {
+                let term = self.term;
+                self.become_follower(term, None);
+            }
+            VoteResult::Pending => {}
+        }
+    }
+
+    /// Answers a Vote or PreVote (the term was already reconciled by `step`).
+    pub(crate) fn handle_vote_request(&mut self, m: Message) {
+        let (last_index, last_term, pre) = match m.body {
+            MessageBody::PreVote {
+                last_index,
+                last_term,
+            } => (last_index, last_term, true),
+            MessageBody::Vote {
+                last_index,
+                last_term,
+                ..
+            } => (last_index, last_term, false),
+            _ => return,
+        };
+        let can_vote = self.vote == m.from
+            || (self.vote.is_none() && self.leader.is_none())
+            || (pre && m.term > self.term)
+            || (!pre && planted!(self, GrantSecondVote));
+        if can_vote && self.log.is_up_to_date(last_index, last_term) {
+            if pre {
+                // A pre-vote grant promises nothing, so it needs no write.
+                self.msgs.push(Message {
+                    from: self.cfg.id,
+                    to: m.from,
+                    term: m.term,
+                    body: MessageBody::PreVoteResp { reject: false },
+                });
+            } else {
+                self.election_elapsed = 0;
+                self.vote = m.from;
+                self.send_after_persist(m.from, MessageBody::VoteResp { reject: false });
+            }
+        } else if pre {
+            self.send(m.from, MessageBody::PreVoteResp { reject: true });
+        } else {
+            self.send(m.from, MessageBody::VoteResp { reject: true });
+        }
+    }
+
+    /// Follows `leader` (if known) in `term`; a higher term clears the vote.
+    pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        self.fail_reads_if_leader();
+        if term > self.term {
+            self.term = term;
+            self.vote = NodeId::NONE;
+        }
+        self.role = RoleState::Follower;
+        self.leader = leader;
+        self.election_elapsed = 0;
+        self.reset_randomized_timeout();
+    }
+
+    pub(crate) fn become_leader(&mut self) {
+        let me = self.cfg.id;
+        let last = self.log.last_index();
+        let progress = self
+            .membership
+            .voters
+            .iter()
+            .chain(self.membership.learners.iter())
+            .filter(|id| **id != me)
+            .map(|id| (*id, Progress::new(last + 1)))
+            .collect();
+        self.role = RoleState::Leader(Box::new(LeaderState {
+            progress,
+            // Conservative: anything in the log may be an unapplied change.
+            pending_conf_index: last,
+            term_start: last + 1,
+            transfer: None,
+            reads: ReadRounds::default(),
+            bcast_pending: true,
+        }));
+        self.leader = Some(me);
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        // The no-op commits this term's first entry, which commits everything before it
+        // (thesis 3.6.2) and unblocks ReadIndex (6.4) and membership changes.
+        self.append_as_leader(EntryKind::Noop, bytes::Bytes::new());
+    }
+
+    /// Leadership lost (or abandoned): pending reads can no longer be confirmed.
+    pub(crate) fn fail_reads_if_leader(&mut self) {
+        if let RoleState::Leader(ls) = &mut self.role {
+            let failed = ls.reads.take_all();
+            self.failed_reads.extend(failed);
+        }
+    }
+
+    pub(crate) fn other_voters(&self) -> Vec<NodeId> {
+        self.membership
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != self.cfg.id)
+            .collect()
+    }
+}

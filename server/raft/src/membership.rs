@@ -1,0 +1,135 @@
+//! Membership changes, one step at a time (thesis 4.2-4.3), applied when the entry is
+//! COMMITTED (etcd style). See docs/RAFT.md for why a leader must first commit an entry
+//! of its own term before proposing a change.
+
+use crate::node::{Raft, RoleState};
+use crate::progress::Progress;
+use crate::types::{ConfChange, EntryKind, Index, Membership};
+use kv_shared::NodeId;
+
+/// Applies one change to `m`, keeping the lists sorted. Errors if it makes no sense.
+pub(crate) fn apply(m: &mut Membership, change: &ConfChange) -> Result<(), String> {
+    let member = |m: &Membership, n: NodeId| m.voters.contains(&n) || m.learners.contains(&n);
+    match *change {
+        ConfChange::AddLearner(n) => {
+            if n.is_none() || member(m, n) {
+                return Err(format!("{n} is already a member or invalid"));
+            }
+            m.learners.push(n);
+            m.learners.sort();
+        }
+        ConfChange::PromoteLearner(n) => {
+            if !m.learners.contains(&n) {
+                return Err(format!("{n} is not a learner"));
+            }
+            m.learners.retain(|x| *x != n);
+            m.voters.push(n);
+            m.voters.sort();
+        }
+        ConfChange::RemoveNode(n) => {
+            if !member(m, n) {
+                return Err(format!("{n} is not a member"));
+            }
+            m.learners.retain(|x| *x != n);
+            m.voters.retain(|x| *x != n);
+        }
+    }
+    Ok(())
+}
+
+impl Raft {
+    /// Applies the conf changes in `(from, to]` (just committed) to the membership and
+    /// adjusts roles and the leader's progress map.
+    pub(crate) fn apply_conf_changes(&mut self, from: Index, to: Index) {
+        let changes: Vec<ConfChange> = self
+            .log
+            .range(from + 1, to)
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EntryKind::ConfChange(c) => Some(c.clone()),
+                _ => None,
+            })
+            .collect();
+        if changes.is_empty() {
+            return;
+        }
+        for c in &changes {
+            // A committed change was validated by its leader against this same sequence;
+            // if it does not apply, skip it rather than panic on remote input.
+            let _ = apply(&mut self.membership, c);
+        }
+        let me = self.cfg.id;
+        let last = self.log.last_index();
+        let promotable = self.promotable();
+        let members: Vec<NodeId> = self
+            .membership
+            .voters
+            .iter()
+            .chain(self.membership.learners.iter())
+            .copied()
+            .collect();
+        match &mut self.role {
+            RoleState::Leader(ls) => {
+                ls.progress.retain(|id, _| members.contains(id));
+                for id in members.iter().filter(|id| **id != me) {
+                    ls.progress
+                        .entry(*id)
+                        .or_insert_with(|| Progress::new(last + 1));
+                }
+                if ls
+                    .transfer
+                    .is_some_and(|(t, _)| !self.membership.voters.contains(&t))
+                {
+                    ls.transfer = None;
+                }
+                if !self.membership.voters.contains(&me) {
+                    // Removed (its removal is committed): step down and stay quiet.
+                    let term = self.term;
+                    self.become_follower(term, None);
+                    return;
+                }
+                // The quorum changed: commits or reads may now be possible.
+                self.maybe_commit();
+                self.check_reads();
+            }
+            RoleState::Candidate { .. } | RoleState::PreCandidate { .. } if !promotable => {
+                let term = self.term;
+                self.become_follower(term, None);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(v: &[u64], l: &[u64]) -> Membership {
+        Membership {
+            voters: v.iter().map(|i| NodeId(*i)).collect(),
+            learners: l.iter().map(|i| NodeId(*i)).collect(),
+        }
+    }
+
+    #[test]
+    fn learner_then_promote_then_remove() {
+        let mut x = m(&[1, 2, 3], &[]);
+        apply(&mut x, &ConfChange::AddLearner(NodeId(4))).unwrap();
+        assert_eq!(x, m(&[1, 2, 3], &[4]));
+        apply(&mut x, &ConfChange::PromoteLearner(NodeId(4))).unwrap();
+        assert_eq!(x, m(&[1, 2, 3, 4], &[]));
+        apply(&mut x, &ConfChange::RemoveNode(NodeId(1))).unwrap();
+        assert_eq!(x, m(&[2, 3, 4], &[]));
+    }
+
+    #[test]
+    fn nonsense_changes_are_refused() {
+        let mut x = m(&[1, 2, 3], &[4]);
+        assert!(apply(&mut x, &ConfChange::AddLearner(NodeId(2))).is_err());
+        assert!(apply(&mut x, &ConfChange::AddLearner(NodeId(0))).is_err());
+        assert!(apply(&mut x, &ConfChange::PromoteLearner(NodeId(3))).is_err());
+        assert!(apply(&mut x, &ConfChange::RemoveNode(NodeId(9))).is_err());
+        assert_eq!(x, m(&[1, 2, 3], &[4]), "a refused change changes nothing");
+    }
+}

@@ -1,0 +1,218 @@
+//! What a leader knows about one follower: how far its log matches, where to send next,
+//! and which of the three sending modes it is in (probe, replicate with a bounded window,
+//! snapshot). Mirrors etcd's `tracker/` so the flow-control rules are tested on their own.
+
+use crate::types::Index;
+use std::collections::VecDeque;
+
+/// How the leader currently sends to a follower.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ProgressState {
+    /// Next index unknown: one Append at a time, then wait for the answer (or a heartbeat).
+    Probe,
+    /// Matching: stream Appends optimistically, at most `inflight_appends_max` unacked.
+    Replicate,
+    /// Behind the compacted log: stream InstallSnapshot chunks.
+    Snapshot(SnapshotSend),
+}
+
+/// A snapshot transfer to one follower, resumable from the follower's acknowledged offset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SnapshotSend {
+    /// Index of the snapshot being sent.
+    pub index: Index,
+    /// Bytes the follower said it holds.
+    pub acked: u64,
+    /// Next offset to send.
+    pub next_offset: u64,
+    /// True once the last chunk went out (until a resend rewinds `next_offset`).
+    pub all_sent: bool,
+    /// `acked` at the previous heartbeat, to detect a stalled transfer (lost chunks).
+    pub acked_at_heartbeat: u64,
+}
+
+impl SnapshotSend {
+    /// A fresh transfer of snapshot `index`.
+    pub fn new(index: Index) -> Self {
+        SnapshotSend {
+            index,
+            acked: 0,
+            next_offset: 0,
+            all_sent: false,
+            acked_at_heartbeat: 0,
+        }
+    }
+}
+
+/// The leader's view of one follower.
+#[derive(Clone, Debug)]
+pub(crate) struct Progress {
+    /// Highest index known to match (and be durable) on the follower.
+    pub match_: Index,
+    /// Next index to send.
+    pub next: Index,
+    /// Sending mode.
+    pub state: ProgressState,
+    /// In Probe: an Append is out and unanswered, so wait.
+    pub probe_sent: bool,
+    /// In Replicate: last index of each unacknowledged Append, oldest first.
+    pub inflight: VecDeque<Index>,
+    /// Heard from in the current CheckQuorum period.
+    pub recent_active: bool,
+    /// `match_` at the previous heartbeat, to detect a stalled pipeline (lost Appends).
+    pub match_at_heartbeat: Index,
+}
+
+impl Progress {
+    /// A follower about which nothing is known yet.
+    pub fn new(next: Index) -> Self {
+        Progress {
+            match_: 0,
+            next,
+            state: ProgressState::Probe,
+            probe_sent: false,
+            inflight: VecDeque::new(),
+            recent_active: true,
+            match_at_heartbeat: 0,
+        }
+    }
+
+    /// Back to probing from just after `match_`.
+    pub fn become_probe(&mut self) {
+        self.state = ProgressState::Probe;
+        self.next = self.match_ + 1;
+        self.probe_sent = false;
+        self.inflight.clear();
+    }
+
+    /// Streaming from just after `match_`.
+    pub fn become_replicate(&mut self) {
+        self.state = ProgressState::Replicate;
+        self.next = self.match_ + 1;
+        self.probe_sent = false;
+        self.inflight.clear();
+    }
+
+    /// Switches to sending snapshot `index`.
+    pub fn become_snapshot(&mut self, index: Index) {
+        self.state = ProgressState::Snapshot(SnapshotSend::new(index));
+        self.probe_sent = false;
+        self.inflight.clear();
+    }
+
+    /// True if no Append may be sent now.
+    pub fn is_paused(&self, inflight_max: usize) -> bool {
+        match self.state {
+            ProgressState::Probe => self.probe_sent,
+            ProgressState::Replicate => self.inflight.len() >= inflight_max,
+            ProgressState::Snapshot(_) => true,
+        }
+    }
+
+    /// A successful ack up to `index`. Returns true if it was news.
+    pub fn maybe_update(&mut self, index: Index) -> bool {
+        while self.inflight.front().is_some_and(|i| *i <= index) {
+            self.inflight.pop_front();
+        }
+        if index <= self.match_ {
+            return false;
+        }
+        self.match_ = index;
+        self.next = self.next.max(index + 1);
+        self.probe_sent = false;
+        true
+    }
+
+    /// Records an Append carrying entries up to `last` sent in Replicate.
+    pub fn sent_entries(&mut self, last: Index) {
+        match self.state {
+            ProgressState::Replicate => {
+                self.next = last + 1;
+                self.inflight.push_back(last);
+            }
+            ProgressState::Probe => self.probe_sent = true,
+            ProgressState::Snapshot(_) => {}
+        }
+    }
+
+    /// A rejection of the Append whose previous index was `rejected`, with the leader's
+    /// computed probe point `match_hint`. Returns false if the rejection is stale.
+    pub fn maybe_decr_to(&mut self, rejected: Index, match_hint: Index) -> bool {
+        match self.state {
+            ProgressState::Replicate => {
+                if rejected <= self.match_ {
+                    return false;
+                }
+                self.become_probe();
+                self.next = self.match_ + 1;
+                true
+            }
+            ProgressState::Probe => {
+                if self.next.saturating_sub(1) != rejected {
+                    return false;
+                }
+                self.next = rejected.min(match_hint + 1).max(self.match_ + 1);
+                self.probe_sent = false;
+                true
+            }
+            ProgressState::Snapshot(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicate_window_pauses_when_full_and_acks_free_it() {
+        let mut p = Progress::new(1);
+        p.maybe_update(0);
+        p.become_replicate();
+        for last in [2, 4, 6] {
+            p.sent_entries(last);
+        }
+        assert!(p.is_paused(3));
+        assert_eq!(p.next, 7);
+        assert!(p.maybe_update(4));
+        assert_eq!(p.inflight, VecDeque::from(vec![6]));
+        assert!(!p.is_paused(3));
+        assert!(!p.maybe_update(3), "an old ack is not news");
+    }
+
+    #[test]
+    fn probe_sends_one_at_a_time() {
+        let mut p = Progress::new(5);
+        assert!(!p.is_paused(8));
+        p.sent_entries(5);
+        assert!(p.is_paused(8));
+        assert!(p.maybe_update(5));
+        assert!(!p.is_paused(8));
+    }
+
+    #[test]
+    fn probe_rejection_uses_the_hint_but_never_goes_below_match() {
+        let mut p = Progress::new(10);
+        p.match_ = 3;
+        assert!(
+            !p.maybe_decr_to(7, 2),
+            "rejection of an older probe is stale"
+        );
+        assert!(p.maybe_decr_to(9, 5));
+        assert_eq!(p.next, 6);
+        assert!(p.maybe_decr_to(5, 0));
+        assert_eq!(p.next, 4, "never below match + 1");
+    }
+
+    #[test]
+    fn replicate_rejection_falls_back_to_probe_from_match() {
+        let mut p = Progress::new(1);
+        p.maybe_update(4);
+        p.become_replicate();
+        p.sent_entries(8);
+        assert!(!p.maybe_decr_to(3, 0), "at or below match: stale");
+        assert!(p.maybe_decr_to(6, 0));
+        assert_eq!(p.state, ProgressState::Probe);
+        assert_eq!(p.next, 5);
+    }
+}

@@ -1,0 +1,448 @@
+//! Log replication: the leader's sending (batching, pipelining in a bounded window, probe
+//! and replicate modes, fast backtracking), the follower's Append handling, the commit
+//! rule (thesis 3.6.2: only entries of the current term commit by counting), heartbeats
+//! with retransmission over a lossy network, and the ReadIndex rounds they carry.
+
+use crate::node::{planted, Raft, RoleState};
+use crate::progress::ProgressState;
+use crate::quorum;
+use crate::types::{Entry, EntryKind, Index, Message, MessageBody, Term};
+use crate::ProposeError;
+use kv_shared::NodeId;
+
+impl Raft {
+    /// Err unless this is a leader that takes proposals now.
+    pub(crate) fn leader_accepting(&self) -> Result<(), ProposeError> {
+        match &self.role {
+            RoleState::Leader(ls) if ls.transfer.is_some() => Err(ProposeError::Transferring),
+            RoleState::Leader(_) => Ok(()),
+            _ => Err(ProposeError::NotLeader {
+                leader: self.leader,
+            }),
+        }
+    }
+
+    /// Appends one entry to the leader's log; it goes out at the next `ready()`, so that
+    /// proposals made between two `ready()` calls share Append messages.
+    pub(crate) fn append_as_leader(
+        &mut self,
+        kind: EntryKind,
+        data: bytes::Bytes,
+    ) -> (Index, Term) {
+        let index = self.log.last_index() + 1;
+        let e = Entry {
+            term: self.term,
+            index,
+            kind,
+            data,
+        };
+        self.log.append(std::slice::from_ref(&e));
+        if let RoleState::Leader(ls) = &mut self.role {
+            ls.bcast_pending = true;
+        }
+        (index, self.term)
+    }
+
+    /// Sends what proposals and reads accumulated since the last `ready()`.
+    pub(crate) fn flush_leader_sends(&mut self) {
+        let (bcast, reads) = match &mut self.role {
+            RoleState::Leader(ls) => (std::mem::take(&mut ls.bcast_pending), ls.reads.has_unsent()),
+            _ => return,
+        };
+        if bcast {
+            for id in self.peers() {
+                while self.maybe_send_append(id, false) {}
+            }
+        }
+        if reads {
+            self.bcast_heartbeat(true);
+        }
+        // A single voter commits by itself once its write is durable.
+        self.maybe_commit();
+    }
+
+    /// Other members a leader replicates to.
+    pub(crate) fn peers(&self) -> Vec<NodeId> {
+        match &self.role {
+            RoleState::Leader(ls) => ls.progress.keys().copied().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Sends one Append (or snapshot chunks) to `to` if its flow control allows. Returns
+    /// true if something was sent.
+    pub(crate) fn maybe_send_append(&mut self, to: NodeId, send_if_empty: bool) -> bool {
+        let inflight_max = self.cfg.inflight_appends_max;
+        let RoleState::Leader(ls) = &mut self.role else {
+            return false;
+        };
+        let Some(pr) = ls.progress.get_mut(&to) else {
+            return false;
+        };
+        if let ProgressState::Snapshot(_) = pr.state {
+            return self.send_snapshot_chunks(to);
+        }
+        if pr.is_paused(inflight_max) {
+            return false;
+        }
+        let prev_index = pr.next - 1;
+        let Some(prev_term) = self.log.term(prev_index) else {
+            // The entries it needs are compacted away.
+            return self.start_snapshot(to);
+        };
+        let entries = self.log.batch(pr.next, self.cfg.append_bytes_max);
+        if entries.is_empty() && !send_if_empty {
+            return false;
+        }
+        if let Some(last) = entries.last() {
+            pr.sent_entries(last.index);
+        } else if pr.state == ProgressState::Probe {
+            pr.probe_sent = true;
+        }
+        let commit = self.log.commit;
+        self.send(
+            to,
+            MessageBody::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            },
+        );
+        true
+    }
+
+    /// One Append to every peer (to spread a new commit index).
+    pub(crate) fn bcast_append(&mut self) {
+        for id in self.peers() {
+            self.maybe_send_append(id, true);
+        }
+    }
+
+    pub(crate) fn step_leader(&mut self, m: Message) {
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
+        let Some(pr) = ls.progress.get_mut(&m.from) else {
+            return;
+        };
+        pr.recent_active = true;
+        match m.body {
+            MessageBody::AppendResp {
+                reject,
+                index,
+                hint_index,
+                hint_term,
+            } => self.handle_append_resp(m.from, reject, index, hint_index, hint_term),
+            MessageBody::HeartbeatResp { read_round } => {
+                if read_round != 0 && self.membership.voters.contains(&m.from) {
+                    ls.reads.ack(m.from, read_round);
+                    self.check_reads();
+                }
+            }
+            MessageBody::InstallSnapshotResp {
+                snapshot_index,
+                received,
+                done,
+            } => self.handle_snapshot_resp(m.from, snapshot_index, received, done),
+            _ => {}
+        }
+    }
+
+    fn handle_append_resp(
+        &mut self,
+        from: NodeId,
+        reject: bool,
+        index: Index,
+        hint_index: Index,
+        hint_term: Term,
+    ) {
+        let last = self.log.last_index();
+        let probe_point = if hint_term > 0 {
+            self.log.find_conflict_by_term(hint_index, hint_term).0
+        } else {
+            hint_index
+        };
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
+        let Some(pr) = ls.progress.get_mut(&from) else {
+            return;
+        };
+        if reject {
+            if pr.maybe_decr_to(index, probe_point) {
+                self.maybe_send_append(from, false);
+            }
+            return;
+        }
+        if index > last || !pr.maybe_update(index) {
+            return;
+        }
+        match &pr.state {
+            ProgressState::Probe => pr.become_replicate(),
+            ProgressState::Snapshot(s) if pr.match_ >= s.index => pr.become_probe(),
+            _ => {}
+        }
+        let transfer_now = ls.transfer.is_some_and(|(t, _)| t == from) && pr.match_ == last;
+        if transfer_now {
+            self.send(from, MessageBody::TimeoutNow);
+        }
+        if self.maybe_commit() {
+            self.bcast_append();
+        }
+        while self.maybe_send_append(from, false) {}
+    }
+
+    /// Advances the commit index to what a quorum (the leader counting itself only up to
+    /// its durable index) stores, if that entry is of the current term. Returns true if
+    /// the commit index moved.
+    pub(crate) fn maybe_commit(&mut self) -> bool {
+        let RoleState::Leader(ls) = &self.role else {
+            return false;
+        };
+        let me = self.cfg.id;
+        let persisted = self.log.persisted;
+        let q = quorum::committed_index(&self.membership.voters, |v| {
+            if v == me {
+                persisted
+            } else {
+                ls.progress.get(&v).map_or(0, |p| p.match_)
+            }
+        });
+        if q <= self.log.commit {
+            return false;
+        }
+        // Thesis 3.6.2 / Figure 8: counting replicas commits only entries of this term.
+        let current = self.log.term(q) == Some(self.term);
+        if !current && !planted!(self, CommitPriorTermByCount) {
+            return false;
+        }
+        self.commit_to(q);
+        true
+    }
+
+    /// Moves the commit index to `index` (never backwards), applying membership changes
+    /// and, on a leader, releasing reads that waited for this term's first commit.
+    pub(crate) fn commit_to(&mut self, index: Index) {
+        let old = self.log.commit;
+        if index <= old {
+            return;
+        }
+        self.log.commit = index;
+        let commit = index;
+        let me = self.cfg.id;
+        let single = self.membership.voters == [me];
+        if let RoleState::Leader(ls) = &mut self.role {
+            if commit >= ls.term_start {
+                let waiting = ls.reads.take_waiting();
+                for ctx in waiting {
+                    if single {
+                        self.reads_ready
+                            .push(crate::ReadState { ctx, index: commit });
+                    } else {
+                        let next = &mut self.next_read_round;
+                        ls.reads.add(ctx, commit, me, || {
+                            *next += 1;
+                            *next - 1
+                        });
+                    }
+                }
+            }
+        }
+        self.apply_conf_changes(old, index);
+    }
+
+    /// Releases the reads a quorum confirmed.
+    pub(crate) fn check_reads(&mut self) {
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
+        let done = ls.reads.take_confirmed(&self.membership.voters);
+        self.reads_ready.extend(done);
+    }
+
+    /// Follower side of AppendEntries.
+    pub(crate) fn handle_append(
+        &mut self,
+        from: NodeId,
+        msg_term: Term,
+        mut prev_index: Index,
+        mut prev_term: Term,
+        mut entries: Vec<Entry>,
+        leader_commit: Index,
+    ) {
+        let well_formed = entries.iter().enumerate().all(|(i, e)| {
+            e.index == prev_index + 1 + i as u64
+                && e.term <= msg_term
+                && e.term
+                    >= if i == 0 {
+                        prev_term
+                    } else {
+                        entries[i - 1].term
+                    }
+        });
+        if !well_formed {
+            return;
+        }
+        let commit = self.log.commit;
+        if prev_index < commit {
+            // Entries up to our commit are settled; skip them (and the duplicate work).
+            entries.retain(|e| e.index > commit);
+            if entries.is_empty() {
+                self.send_after_persist(from, ack(commit));
+                return;
+            }
+            prev_index = commit;
+            prev_term = self.log.term(commit).expect("the commit index is held");
+            if entries[0].term < prev_term {
+                return; // inconsistent with our committed log: not from a real leader
+            }
+        }
+        if !self.log.matches(prev_index, prev_term) {
+            let (hint_index, hint_term) = self
+                .log
+                .find_conflict_by_term(prev_index.min(self.log.last_index()), prev_term);
+            self.send(
+                from,
+                MessageBody::AppendResp {
+                    reject: true,
+                    index: prev_index,
+                    hint_index,
+                    hint_term,
+                },
+            );
+            return;
+        }
+        let last_new = prev_index + entries.len() as u64;
+        if let Some(pos) = entries
+            .iter()
+            .position(|e| !self.log.matches(e.index, e.term))
+        {
+            if entries[pos].index <= self.log.commit {
+                return; // would rewrite a committed entry: not from a real leader
+            }
+            if let Some(t) = self.log.append(&entries[pos..]) {
+                self.on_truncated(t);
+            }
+        }
+        let c = leader_commit.min(last_new);
+        if c > self.log.commit {
+            self.commit_to(c);
+        }
+        self.send_after_persist(from, ack(last_new));
+    }
+
+    /// Heartbeats to all peers, each carrying the commit index capped to what that peer
+    /// matches, and the newest ReadIndex round.
+    pub(crate) fn bcast_heartbeat(&mut self, reads_only: bool) {
+        let commit = self.log.commit;
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
+        let read_round = ls.reads.latest_round();
+        ls.reads.mark_sent();
+        let targets: Vec<(NodeId, Index)> = ls
+            .progress
+            .iter()
+            .filter(|(id, _)| !reads_only || self.membership.voters.contains(id))
+            .map(|(id, p)| (*id, commit.min(p.match_)))
+            .collect();
+        for (to, c) in targets {
+            self.send(
+                to,
+                MessageBody::Heartbeat {
+                    commit: c,
+                    read_round,
+                },
+            );
+        }
+    }
+
+    /// Leader clock: heartbeats (and retransmission), CheckQuorum, transfer timeout.
+    pub(crate) fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        self.election_elapsed += 1;
+        let election_min = self.cfg.election_ticks_min;
+        let me = self.cfg.id;
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
+        if let Some((_, elapsed)) = &mut ls.transfer {
+            *elapsed += 1;
+            if *elapsed >= election_min {
+                ls.transfer = None; // thesis 3.10: abort if not done within a timeout
+            }
+        }
+        if self.election_elapsed >= election_min {
+            self.election_elapsed = 0;
+            if self.cfg.check_quorum {
+                let active = quorum::has_quorum(&self.membership.voters, |v| {
+                    v == me || ls.progress.get(&v).is_some_and(|p| p.recent_active)
+                });
+                for p in ls.progress.values_mut() {
+                    p.recent_active = false;
+                }
+                if !active {
+                    let term = self.term;
+                    self.become_follower(term, None);
+                    return;
+                }
+            }
+        }
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+            self.heartbeat_elapsed = 0;
+            self.bcast_heartbeat(false);
+            self.retransmit_stalled();
+        }
+    }
+
+    /// UDP loses Appends and chunks: once per heartbeat, restart any flow that made no
+    /// progress since the previous heartbeat.
+    fn retransmit_stalled(&mut self) {
+        let last = self.log.last_index();
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
+        let mut resend = Vec::new();
+        for (id, pr) in ls.progress.iter_mut() {
+            let stalled = match &mut pr.state {
+                ProgressState::Probe => {
+                    pr.probe_sent = false;
+                    pr.match_ < last
+                }
+                ProgressState::Replicate => {
+                    let stalled = pr.match_ < last && pr.match_ == pr.match_at_heartbeat;
+                    if stalled {
+                        pr.become_probe();
+                    }
+                    stalled
+                }
+                ProgressState::Snapshot(s) => {
+                    let stalled = s.acked == s.acked_at_heartbeat;
+                    if stalled {
+                        s.next_offset = s.acked;
+                        s.all_sent = false;
+                    }
+                    s.acked_at_heartbeat = s.acked;
+                    stalled
+                }
+            };
+            pr.match_at_heartbeat = pr.match_;
+            if stalled {
+                resend.push(*id);
+            }
+        }
+        for id in resend {
+            self.maybe_send_append(id, false);
+        }
+    }
+}
+
+fn ack(index: Index) -> MessageBody {
+    MessageBody::AppendResp {
+        reject: false,
+        index,
+        hint_index: 0,
+        hint_term: 0,
+    }
+}

@@ -1,0 +1,220 @@
+//! Snapshots over a lossy network: the leader streams a snapshot in chunks within a
+//! window and resumes from the follower's acknowledged offset; the follower assembles the
+//! chunks, makes the snapshot durable through a `Write`, then acknowledges `done`.
+
+use crate::node::{Raft, RoleState};
+use crate::progress::ProgressState;
+use crate::types::{Index, MessageBody, Snapshot, SnapshotMeta, Term};
+use bytes::{Bytes, BytesMut};
+use kv_shared::NodeId;
+
+/// A snapshot being received.
+#[derive(Debug)]
+pub(crate) struct Incoming {
+    /// Term of the leader sending it: a new leader's transfer starts over.
+    term: Term,
+    meta: SnapshotMeta,
+    total_len: u64,
+    buf: BytesMut,
+}
+
+impl Raft {
+    /// Switches `to` to snapshot mode (its next entry is compacted) and starts sending.
+    pub(crate) fn start_snapshot(&mut self, to: NodeId) -> bool {
+        let Some(index) = self.snapshot.as_ref().map(|s| s.meta.index) else {
+            return false;
+        };
+        let RoleState::Leader(ls) = &mut self.role else {
+            return false;
+        };
+        let Some(pr) = ls.progress.get_mut(&to) else {
+            return false;
+        };
+        pr.become_snapshot(index);
+        self.send_snapshot_chunks(to)
+    }
+
+    /// Sends the next chunks of the current snapshot to `to`, at most
+    /// `inflight_appends_max` chunks beyond what it acknowledged.
+    pub(crate) fn send_snapshot_chunks(&mut self, to: NodeId) -> bool {
+        let Some(snap) = self.snapshot.clone() else {
+            return false;
+        };
+        let chunk_max = self.cfg.snapshot_chunk_bytes_max as u64;
+        let window = chunk_max * self.cfg.inflight_appends_max as u64;
+        let RoleState::Leader(ls) = &mut self.role else {
+            return false;
+        };
+        let Some(pr) = ls.progress.get_mut(&to) else {
+            return false;
+        };
+        let ProgressState::Snapshot(s) = &mut pr.state else {
+            return false;
+        };
+        if s.index != snap.meta.index {
+            // Compacted again meanwhile: send the newer snapshot from the start.
+            *s = crate::progress::SnapshotSend::new(snap.meta.index);
+        }
+        let total = snap.data.len() as u64;
+        let mut chunks = Vec::new();
+        while !s.all_sent && s.next_offset - s.acked < window.max(1) {
+            let off = s.next_offset;
+            let len = chunk_max.min(total - off);
+            chunks.push((off, snap.data.slice(off as usize..(off + len) as usize)));
+            s.next_offset = off + len;
+            s.all_sent = s.next_offset == total;
+        }
+        let sent = !chunks.is_empty();
+        for (offset, chunk) in chunks {
+            self.send(
+                to,
+                MessageBody::InstallSnapshot {
+                    meta: snap.meta.clone(),
+                    offset,
+                    total_len: total,
+                    chunk,
+                },
+            );
+        }
+        sent
+    }
+
+    /// Leader side: the follower reports how far it got.
+    pub(crate) fn handle_snapshot_resp(
+        &mut self,
+        from: NodeId,
+        index: Index,
+        received: u64,
+        done: bool,
+    ) {
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
+        let Some(pr) = ls.progress.get_mut(&from) else {
+            return;
+        };
+        let ProgressState::Snapshot(s) = &mut pr.state else {
+            // Late answer for a finished transfer.
+            return;
+        };
+        if s.index != index {
+            return;
+        }
+        if done {
+            pr.maybe_update(index);
+            pr.become_probe();
+            while self.maybe_send_append(from, false) {}
+            return;
+        }
+        if received < s.acked {
+            // The follower lost its partial copy (restart or a new leader's transfer):
+            // go back to where it is.
+            s.acked = received;
+            s.next_offset = received;
+            s.all_sent = false;
+        } else if received <= s.next_offset {
+            s.acked = received;
+        }
+        self.send_snapshot_chunks(from);
+    }
+
+    /// Follower side: one chunk.
+    pub(crate) fn handle_snapshot_chunk(
+        &mut self,
+        from: NodeId,
+        meta: SnapshotMeta,
+        offset: u64,
+        total_len: u64,
+        chunk: Bytes,
+    ) {
+        let index = meta.index;
+        if index <= self.log.commit {
+            // Nothing to learn from it (already installed, or older than our commit):
+            // acknowledge so the leader moves on. Our log up to `index` must be durable
+            // before we claim it, hence the hold.
+            self.incoming = None;
+            let body = MessageBody::InstallSnapshotResp {
+                snapshot_index: index,
+                received: total_len,
+                done: true,
+            };
+            self.send_after_persist(from, body);
+            return;
+        }
+        if offset
+            .checked_add(chunk.len() as u64)
+            .is_none_or(|end| end > total_len)
+        {
+            return;
+        }
+        let term = self.term;
+        let fresh = !self
+            .incoming
+            .as_ref()
+            .is_some_and(|i| i.term == term && i.meta == meta && i.total_len == total_len);
+        if fresh {
+            self.incoming = None;
+            if offset != 0 {
+                let body = MessageBody::InstallSnapshotResp {
+                    snapshot_index: index,
+                    received: 0,
+                    done: false,
+                };
+                self.send(from, body);
+                return;
+            }
+            self.incoming = Some(Incoming {
+                term,
+                meta,
+                total_len,
+                buf: BytesMut::new(),
+            });
+        }
+        let inc = self.incoming.as_mut().expect("set above");
+        if offset == inc.buf.len() as u64 {
+            inc.buf.extend_from_slice(&chunk);
+        }
+        // Duplicates and chunks past a gap are dropped; the ack below tells the leader
+        // where to resume.
+        let received = inc.buf.len() as u64;
+        if received < inc.total_len {
+            let body = MessageBody::InstallSnapshotResp {
+                snapshot_index: index,
+                received,
+                done: false,
+            };
+            self.send(from, body);
+            return;
+        }
+        let inc = self.incoming.take().expect("checked");
+        let snap = Snapshot {
+            meta: inc.meta,
+            data: inc.buf.freeze(),
+        };
+        self.install_snapshot(snap);
+        let body = MessageBody::InstallSnapshotResp {
+            snapshot_index: index,
+            received,
+            done: true,
+        };
+        self.send_after_persist(from, body);
+    }
+
+    /// Replaces the log by a received snapshot (newer than our commit index).
+    fn install_snapshot(&mut self, snap: Snapshot) {
+        let meta = &snap.meta;
+        if self.log.matches(meta.index, meta.term) {
+            // We hold that entry: everything up to it is committed, nothing to restore.
+            self.commit_to(meta.index);
+            return;
+        }
+        let old_commit = self.log.commit;
+        self.log.reset_to_snapshot(meta.index, meta.term);
+        // Durable entries beyond our old commit may differ from the snapshot's prefix.
+        self.on_truncated(old_commit + 1);
+        self.membership = meta.membership.clone();
+        self.snap_membership = meta.membership.clone();
+        self.snapshot = Some(snap.clone());
+        self.snapshot_unwritten = Some(snap);
+    }
+}
