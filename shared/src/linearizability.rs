@@ -1,1 +1,0 @@
-//! Placeholder: the per-key linearizability checker is being written (see docs/).
