@@ -41,6 +41,8 @@ mod replication;
 mod snapshot;
 #[cfg(test)]
 mod testing;
+#[cfg(test)]
+mod transcripts;
 
 #[cfg(feature = "planted-bugs")]
 pub use node::PlantedBug;

@@ -5,7 +5,7 @@
 use crate::types::{Entry, Index, Term};
 
 /// The log and its cursors. Invariants (checked by `assert_invariants` in tests):
-/// `snap_index <= applied <= commit <= last_index`, entries are contiguous after
+/// `applied <= commit`, `snap_index <= commit <= last_index`, entries are contiguous after
 /// `snap_index`, terms never decrease.
 #[derive(Debug)]
 pub(crate) struct RaftLog {
@@ -182,12 +182,7 @@ impl RaftLog {
     /// Checks the structural invariants; called after every step in tests.
     #[cfg(test)]
     pub fn assert_invariants(&self) {
-        assert!(
-            self.snap_index <= self.applied,
-            "applied {} below snapshot {}",
-            self.applied,
-            self.snap_index
-        );
+        assert!(self.snap_index <= self.commit, "commit below snapshot");
         assert!(
             self.applied <= self.commit,
             "applied {} above commit {}",

@@ -1,1 +1,456 @@
+//! In-memory test harness: N replicas, a scriptable lossy network, a disk per node whose
+//! writes can be held back, and a transcript of every delivered message and state change.
+//! Invariants (election safety, state machine safety, log structure) are checked after
+//! every step. Used by the transcript tests (`testdata/*.txt`) and the randomized test.
 
+use crate::node::RoleState;
+use crate::types::*;
+use crate::{Config, Raft, Restored, Write};
+use bytes::Bytes;
+use kv_shared::NodeId;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Write as _;
+
+/// What survived on one node's disk.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Disk {
+    pub hs: HardState,
+    pub snapshot: Option<Snapshot>,
+    pub entries: Vec<Entry>,
+}
+
+impl Disk {
+    fn apply(&mut self, w: &Write) {
+        if let Some(s) = &w.snapshot {
+            self.snapshot = Some(s.clone());
+            self.entries.clear();
+        }
+        if let Some(first) = w.entries.first() {
+            let base = self.snapshot.as_ref().map_or(0, |s| s.meta.index);
+            assert!(first.index > base, "write below the stored snapshot");
+            self.entries.truncate((first.index - base - 1) as usize);
+            assert_eq!(self.entries.len() as u64 + base + 1, first.index, "write leaves a hole");
+            self.entries.extend(w.entries.iter().cloned());
+        }
+        if let Some(hs) = w.hard_state {
+            self.hs = hs;
+        }
+    }
+}
+
+/// One simulated node.
+pub(crate) struct Node {
+    pub raft: Raft,
+    pub cfg: Config,
+    pub disk: Disk,
+    /// Writes handed out, not yet durable.
+    pub pending: VecDeque<Write>,
+    /// Persist writes as soon as they appear.
+    pub auto_persist: bool,
+    /// The state machine: applied command payloads, and the applied index.
+    pub sm: Vec<String>,
+    pub applied: Index,
+    pub up: bool,
+    last_commit: Index,
+}
+
+/// Settings shared by the nodes of a test cluster.
+#[derive(Clone, Debug)]
+pub(crate) struct Opts {
+    pub pre_vote: bool,
+    pub check_quorum: bool,
+    pub append_bytes_max: usize,
+    pub inflight_appends_max: usize,
+    pub snapshot_chunk_bytes_max: usize,
+    pub seed: u64,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            pre_vote: true,
+            check_quorum: true,
+            append_bytes_max: 1024,
+            inflight_appends_max: 4,
+            snapshot_chunk_bytes_max: 8,
+            seed: 0,
+        }
+    }
+}
+
+/// A cluster of replicas with a network and a transcript.
+pub(crate) struct Cluster {
+    pub nodes: BTreeMap<u64, Node>,
+    pub net: VecDeque<Message>,
+    /// Directed links that drop everything.
+    pub cut: BTreeSet<(u64, u64)>,
+    pub out: String,
+    pub quiet: bool,
+    pub initial: Membership,
+    pub opts: Opts,
+    /// Safety oracles.
+    leaders: BTreeMap<Term, NodeId>,
+    applied: BTreeMap<Index, (Term, Bytes)>,
+}
+
+pub(crate) fn ids(v: &[u64]) -> Vec<NodeId> {
+    v.iter().map(|i| NodeId(*i)).collect()
+}
+
+impl Cluster {
+    /// Voters `1..=n` and the given learners, all bootstrapped with that membership.
+    pub fn new(n: u64, learners: &[u64], opts: Opts) -> Cluster {
+        let initial = Membership { voters: ids(&(1..=n).collect::<Vec<_>>()), learners: ids(learners) };
+        let mut c = Cluster {
+            nodes: BTreeMap::new(),
+            net: VecDeque::new(),
+            cut: BTreeSet::new(),
+            out: String::new(),
+            quiet: false,
+            initial,
+            opts,
+            leaders: BTreeMap::new(),
+            applied: BTreeMap::new(),
+        };
+        for id in (1..=n).chain(learners.iter().copied()) {
+            c.add_node(id, Disk::default());
+        }
+        c
+    }
+
+    pub fn config(&self, id: u64) -> Config {
+        Config {
+            id: NodeId(id),
+            election_ticks_min: 10,
+            election_ticks_max: 20,
+            heartbeat_ticks: 2,
+            pre_vote: self.opts.pre_vote,
+            check_quorum: self.opts.check_quorum,
+            append_bytes_max: self.opts.append_bytes_max,
+            inflight_appends_max: self.opts.inflight_appends_max,
+            snapshot_chunk_bytes_max: self.opts.snapshot_chunk_bytes_max,
+            seed: self.opts.seed.wrapping_mul(1000).wrapping_add(id),
+        }
+    }
+
+    /// Starts (or replaces) node `id` from `disk`.
+    pub fn add_node(&mut self, id: u64, disk: Disk) {
+        let cfg = self.config(id);
+        let restored = Restored {
+            hard_state: disk.hs,
+            snapshot: disk.snapshot.clone(),
+            entries: disk.entries.clone(),
+            initial_membership: self.initial.clone(),
+        };
+        let raft = Raft::new(cfg.clone(), restored);
+        let (sm, applied) = match &disk.snapshot {
+            Some(s) => (decode_sm(&s.data), s.meta.index),
+            None => (Vec::new(), 0),
+        };
+        let last_commit = raft.log.commit;
+        self.nodes.insert(
+            id,
+            Node { raft, cfg, disk, pending: VecDeque::new(), auto_persist: true, sm, applied, up: true, last_commit },
+        );
+    }
+
+    pub fn line(&mut self, s: impl AsRef<str>) {
+        if !self.quiet {
+            self.out.push_str(s.as_ref());
+            self.out.push('\n');
+        }
+    }
+
+    /// Drains node `id`'s Ready until it has none, persisting if allowed.
+    pub fn process(&mut self, id: u64) {
+        for _ in 0..100 {
+            let n = self.nodes.get_mut(&id).expect("node");
+            if !n.up {
+                return;
+            }
+            if !n.raft.has_ready() {
+                if n.auto_persist && !n.pending.is_empty() {
+                    self.persist(id, usize::MAX);
+                    continue;
+                }
+                return;
+            }
+            let rd = n.raft.ready();
+            self.handle_ready(id, rd);
+            let n = self.nodes.get_mut(&id).expect("node");
+            if n.auto_persist && !n.pending.is_empty() {
+                self.persist(id, usize::MAX);
+            }
+        }
+        panic!("node {id} never stops producing Ready");
+    }
+
+    fn handle_ready(&mut self, id: u64, rd: crate::Ready) {
+        if let Some(ss) = rd.soft_state {
+            let lead = ss.leader.map_or("-".into(), |l| l.to_string());
+            self.line(format!("n{id} {:?} t{} lead={lead}", ss.role, ss.term));
+            if ss.role == Role::Leader {
+                let prev = self.leaders.insert(ss.term, NodeId(id));
+                assert!(prev.is_none() || prev == Some(NodeId(id)), "two leaders in term {}: {prev:?} and n{id}", ss.term);
+                self.check_leader_completeness(id);
+            }
+        }
+        if let Some(w) = &rd.write {
+            let mut s = format!("n{id} write w{}:", w.id.0);
+            if let Some(hs) = w.hard_state {
+                let _ = write!(s, " hs(t{} v{} c{})", hs.term, hs.vote.0, hs.commit);
+            }
+            if let Some(sn) = &w.snapshot {
+                let _ = write!(s, " snap@{}/{}", sn.meta.index, sn.meta.term);
+            }
+            if !w.entries.is_empty() {
+                let _ = write!(s, " {}", fmt_entries(&w.entries));
+            }
+            self.line(s);
+        }
+        for m in rd.messages {
+            self.net.push_back(m);
+        }
+        if let Some(w) = rd.write {
+            self.nodes.get_mut(&id).expect("node").pending.push_back(w);
+        }
+        if let Some(s) = rd.apply_snapshot {
+            self.line(format!("n{id} restore snap@{}/{} {:?}", s.meta.index, s.meta.term, decode_sm(&s.data)));
+            let n = self.nodes.get_mut(&id).expect("node");
+            n.sm = decode_sm(&s.data);
+            n.applied = s.meta.index;
+        }
+        if !rd.committed.is_empty() {
+            self.line(format!("n{id} apply {}", fmt_entries(&rd.committed)));
+        }
+        for e in rd.committed {
+            let n = self.nodes.get_mut(&id).expect("node");
+            assert_eq!(e.index, n.applied + 1, "n{id} applies out of order");
+            n.applied = e.index;
+            if e.kind == EntryKind::Command {
+                n.sm.push(String::from_utf8_lossy(&e.data).into_owned());
+            }
+            let prev = self.applied.insert(e.index, (e.term, e.data.clone()));
+            if let Some(p) = prev {
+                assert_eq!(p, (e.term, e.data), "state machine safety: n{id} applied a different entry at {}", e.index);
+            }
+        }
+        for r in rd.reads {
+            self.line(format!("n{id} read ctx={} index={}", r.ctx, r.index));
+        }
+        for ctx in rd.failed_reads {
+            self.line(format!("n{id} read-failed ctx={ctx}"));
+        }
+        self.check_node(id);
+    }
+
+    /// Makes up to `count` pending writes of `id` durable, reporting the last one.
+    pub fn persist(&mut self, id: u64, count: usize) {
+        let n = self.nodes.get_mut(&id).expect("node");
+        let mut last = None;
+        for _ in 0..count {
+            let Some(w) = n.pending.pop_front() else { break };
+            n.disk.apply(&w);
+            last = Some(w.id);
+        }
+        if let Some(w) = last {
+            n.raft.on_persisted(w);
+            self.line(format!("n{id} persisted w{}", w.0));
+        }
+    }
+
+    /// Delivers (or drops) every message in flight now; new ones wait.
+    pub fn deliver(&mut self) {
+        let batch: Vec<Message> = self.net.drain(..).collect();
+        for m in batch {
+            self.deliver_one(m);
+        }
+    }
+
+    pub fn deliver_one(&mut self, m: Message) {
+        let (from, to) = (m.from.0, m.to.0);
+        let up = self.nodes.get(&to).is_some_and(|n| n.up);
+        if self.cut.contains(&(from, to)) || !up {
+            self.line(format!("{} DROPPED", fmt_msg(&m)));
+            return;
+        }
+        self.line(fmt_msg(&m));
+        self.nodes.get_mut(&to).expect("node").raft.step(m);
+        self.process(to);
+    }
+
+    /// Processes and delivers until nothing moves.
+    pub fn stabilize(&mut self) {
+        for _ in 0..1000 {
+            let ids: Vec<u64> = self.nodes.keys().copied().collect();
+            for id in &ids {
+                self.process(*id);
+            }
+            if self.net.is_empty() {
+                return;
+            }
+            self.deliver();
+        }
+        panic!("cluster does not stabilize");
+    }
+
+    pub fn tick(&mut self, id: u64) {
+        let n = self.nodes.get_mut(&id).expect("node");
+        if n.up {
+            n.raft.tick();
+            self.process(id);
+        }
+    }
+
+    /// Crash: unpersisted writes are lost, messages to it are dropped.
+    pub fn crash(&mut self, id: u64) {
+        let n = self.nodes.get_mut(&id).expect("node");
+        n.up = false;
+        n.pending.clear();
+    }
+
+    pub fn restart(&mut self, id: u64) {
+        let disk = self.nodes[&id].disk.clone();
+        let auto = self.nodes[&id].auto_persist;
+        self.add_node(id, disk);
+        self.nodes.get_mut(&id).expect("node").auto_persist = auto;
+    }
+
+    /// Takes a snapshot of `id`'s state machine at its applied index and compacts.
+    pub fn compact(&mut self, id: u64) {
+        let n = self.nodes.get_mut(&id).expect("node");
+        let index = n.applied;
+        let meta = n.raft.snapshot_meta(index);
+        let snap = Snapshot { meta, data: Bytes::from(n.sm.join(",")) };
+        n.disk.entries.retain(|e| e.index > index);
+        n.disk.snapshot = Some(snap.clone());
+        n.raft.compact(snap);
+    }
+
+    pub fn leader(&self) -> Option<u64> {
+        self.nodes.iter().find(|(_, n)| n.up && matches!(n.raft.role, RoleState::Leader(_))).map(|(id, _)| *id)
+    }
+
+    fn check_node(&mut self, id: u64) {
+        let n = &mut self.nodes.get_mut(&id).expect("node");
+        n.raft.log.assert_invariants();
+        assert!(n.raft.log.commit >= n.last_commit, "n{id} commit went backwards");
+        n.last_commit = n.raft.log.commit;
+        let r = &n.raft;
+        let restoring = r.snapshot_unwritten.is_some() || r.snapshot_in_write.is_some() || r.snapshot_ready.is_some();
+        assert!(restoring || r.log.applied >= r.log.snap_index, "n{id} applied below its snapshot");
+        assert!(n.raft.log.applied <= n.raft.log.persisted.max(n.raft.log.snap_index), "n{id} handed out undurable entries");
+    }
+
+    /// A new leader holds every entry any node applied (leader completeness).
+    fn check_leader_completeness(&self, id: u64) {
+        let log = &self.nodes[&id].raft.log;
+        for (i, (t, _)) in self.applied.range(log.first_index()..) {
+            assert_eq!(log.term(*i), Some(*t), "leader n{id} lacks committed entry {i}");
+        }
+    }
+
+    /// Log matching: two logs holding an entry with the same index and term hold equal
+    /// entries up to it.
+    pub fn check_log_matching(&self) {
+        let nodes: Vec<&Node> = self.nodes.values().collect();
+        for (a, na) in nodes.iter().enumerate() {
+            for nb in &nodes[a + 1..] {
+                let (la, lb) = (&na.raft.log, &nb.raft.log);
+                let lo = la.first_index().max(lb.first_index());
+                let hi = la.last_index().min(lb.last_index());
+                let top = (lo..=hi).rev().find(|i| la.term(*i).is_some() && la.term(*i) == lb.term(*i));
+                if let Some(top) = top {
+                    assert_eq!(la.range(lo, top), lb.range(lo, top), "log matching violated below {top}");
+                }
+            }
+        }
+    }
+
+    /// One status line per node.
+    pub fn status(&self, id: u64) -> String {
+        let n = &self.nodes[&id];
+        let s = n.raft.status();
+        let lead = s.leader.map_or("-".into(), |l| l.to_string());
+        let mut out = format!(
+            "n{id} {:?} t{} vote={} lead={lead} commit={} applied={} last={} persisted={} snap={} voters={:?} learners={:?}",
+            s.role,
+            s.term,
+            s.vote.0,
+            s.commit,
+            s.applied,
+            s.last_index,
+            s.persisted,
+            s.snapshot_index,
+            s.membership.voters.iter().map(|v| v.0).collect::<Vec<_>>(),
+            s.membership.learners.iter().map(|v| v.0).collect::<Vec<_>>(),
+        );
+        if !s.progress.is_empty() {
+            let p: Vec<String> = s.progress.iter().map(|(i, m)| format!("{}:{m}", i.0)).collect();
+            let _ = write!(out, " match=[{}]", p.join(" "));
+        }
+        if !n.up {
+            out.push_str(" DOWN");
+        }
+        out
+    }
+}
+
+fn decode_sm(data: &[u8]) -> Vec<String> {
+    if data.is_empty() {
+        return Vec::new();
+    }
+    String::from_utf8_lossy(data).split(',').map(str::to_owned).collect()
+}
+
+/// `index/term` plus payload, compactly.
+pub(crate) fn fmt_entries(es: &[Entry]) -> String {
+    let parts: Vec<String> = es
+        .iter()
+        .map(|e| match &e.kind {
+            EntryKind::Noop => format!("{}/{}", e.index, e.term),
+            EntryKind::Command => format!("{}/{}:{}", e.index, e.term, String::from_utf8_lossy(&e.data)),
+            EntryKind::ConfChange(c) => format!("{}/{}:{c:?}", e.index, e.term),
+        })
+        .collect();
+    format!("[{}]", parts.join(" "))
+}
+
+pub(crate) fn fmt_msg(m: &Message) -> String {
+    let body = match &m.body {
+        MessageBody::PreVote { last_index, last_term } => format!("PreVote last={last_index}/{last_term}"),
+        MessageBody::PreVoteResp { reject } => format!("PreVoteResp{}", rej(*reject)),
+        MessageBody::Vote { last_index, last_term, transfer } => {
+            format!("Vote last={last_index}/{last_term}{}", if *transfer { " transfer" } else { "" })
+        }
+        MessageBody::VoteResp { reject } => format!("VoteResp{}", rej(*reject)),
+        MessageBody::Append { prev_index, prev_term, entries, commit } => {
+            format!("Append prev={prev_index}/{prev_term} commit={commit} {}", fmt_entries(entries))
+        }
+        MessageBody::AppendResp { reject: false, index, .. } => format!("AppendResp ok index={index}"),
+        MessageBody::AppendResp { reject: true, index, hint_index, hint_term } => {
+            format!("AppendResp REJECT index={index} hint={hint_index}/{hint_term}")
+        }
+        MessageBody::Heartbeat { commit, read_round } => format!("Heartbeat commit={commit} round={read_round}"),
+        MessageBody::HeartbeatResp { read_round } => format!("HeartbeatResp round={read_round}"),
+        MessageBody::InstallSnapshot { meta, offset, total_len, chunk } => format!(
+            "InstallSnapshot snap@{}/{} off={offset} len={} total={total_len}",
+            meta.index,
+            meta.term,
+            chunk.len()
+        ),
+        MessageBody::InstallSnapshotResp { snapshot_index, received, done } => {
+            format!("InstallSnapshotResp snap@{snapshot_index} received={received}{}", if *done { " done" } else { "" })
+        }
+        MessageBody::TimeoutNow => "TimeoutNow".into(),
+    };
+    format!("n{}->n{} t{} {body}", m.from.0, m.to.0, m.term)
+}
+
+fn rej(r: bool) -> &'static str {
+    if r {
+        " REJECT"
+    } else {
+        " ok"
+    }
+}
