@@ -1,1 +1,27 @@
-//! The sans-I/O node core: hosts many Raft groups, the KV state machine, client sessions, batching per destination.
+//! kv-node: the sans-I/O node core. It hosts one Raft replica (kv-raft) per shard, the
+//! key-value state machine of each shard with its client sessions, and batches outgoing
+//! messages per destination node. No sockets, files, clocks, threads or OS randomness:
+//! the kvserver runtime and the deterministic simulator drive the same code.
+//!
+//! Layout:
+//! - [`core`]: [`NodeCore`], its inputs (`tick`, `on_peer_messages`, `on_client_request`,
+//!   `on_disk_done`) and its [`Output`] (datagrams, disk writes, client replies).
+//! - [`config`]: [`NodeConfig`].
+//! - [`sm`]: the per-shard state machine and sessions (exactly-once writes).
+//! - [`wal`]: Raft state as kv-storage records, and recovery from them.
+//! - [`codec`]: peer datagrams (encode, decode, split to fit).
+//!
+//! See docs/NODE.md for the contract with the runtime.
+
+pub mod codec;
+pub mod config;
+pub mod core;
+pub mod sm;
+pub mod wal;
+
+pub use crate::codec::GroupMessage;
+pub use crate::config::NodeConfig;
+#[cfg(feature = "planted-bugs")]
+pub use crate::core::PlantedBug;
+pub use crate::core::{entry_hash, AppliedEntry, ClientToken, DiskOp, DiskWrite, NodeCore, Output};
+pub use crate::wal::RecoveryError;

@@ -1,0 +1,177 @@
+//! Peer datagrams: the messages of many groups for one destination, postcard-encoded
+//! behind the kv_shared::wire header. Splitting lives here too, so that every batch the
+//! core hands out is known to fit one datagram.
+
+use kv_shared::wire::{self, Kind, WireError, HEADER_BYTES, PAYLOAD_BYTES_MAX};
+use kv_shared::{NodeId, ShardId};
+use serde::{Deserialize, Serialize};
+
+/// A Raft message of one group (shard), as carried between nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMessage {
+    /// The group.
+    pub shard: ShardId,
+    /// The message.
+    pub msg: kv_raft::Message,
+}
+
+/// Encodes a whole peer datagram (header + payload).
+///
+/// # Panics
+/// If the messages do not fit one datagram: batches from [`split`] always do.
+pub fn encode_peer(cluster_id: u64, sender: NodeId, msgs: &[GroupMessage]) -> Vec<u8> {
+    let payload = postcard::to_stdvec(msgs).expect("group messages always encode");
+    let mut out = Vec::with_capacity(HEADER_BYTES + payload.len());
+    wire::encode(Kind::Peer, cluster_id, sender.0, &payload, &mut out);
+    out
+}
+
+/// Decodes the payload of a peer datagram (after [`wire::decode`] checked its header).
+pub fn decode_peer(payload: &[u8]) -> Result<Vec<GroupMessage>, WireError> {
+    wire::decode_value(payload)
+}
+
+/// Checks a whole datagram and decodes it as peer traffic: (sender, messages).
+pub fn decode_peer_datagram(
+    datagram: &[u8],
+    cluster_id: u64,
+) -> Result<(NodeId, Vec<GroupMessage>), WireError> {
+    let (header, payload) = wire::decode(datagram, cluster_id)?;
+    if header.kind != Kind::Peer {
+        return Err(WireError::BadKind(header.kind as u8));
+    }
+    Ok((NodeId(header.sender), decode_peer(payload)?))
+}
+
+/// Bytes of postcard's varint length prefix for `n`.
+fn varint_len(n: usize) -> usize {
+    let bits = usize::BITS - n.leading_zeros();
+    (bits.max(1) as usize).div_ceil(7)
+}
+
+/// Splits messages for one destination into batches whose payload encodes within
+/// `PAYLOAD_BYTES_MAX`, keeping their order.
+pub fn split(msgs: Vec<GroupMessage>) -> Vec<Vec<GroupMessage>> {
+    split_within(msgs, PAYLOAD_BYTES_MAX)
+}
+
+/// [`split`] with an explicit payload limit (tests use small ones).
+pub fn split_within(msgs: Vec<GroupMessage>, payload_bytes_max: usize) -> Vec<Vec<GroupMessage>> {
+    if msgs.is_empty() {
+        return Vec::new();
+    }
+    // Common case: everything fits; measure once.
+    let whole = postcard::experimental::serialized_size(&msgs).expect("messages encode");
+    if whole <= payload_bytes_max {
+        return vec![msgs];
+    }
+    let mut batches = Vec::new();
+    let mut batch: Vec<GroupMessage> = Vec::new();
+    let mut body = 0usize;
+    for m in msgs {
+        let size = postcard::experimental::serialized_size(&m).expect("message encodes");
+        assert!(
+            size + varint_len(1) <= payload_bytes_max,
+            "one message of {size} bytes cannot fit a datagram (limits are inconsistent)"
+        );
+        if !batch.is_empty() && varint_len(batch.len() + 1) + body + size > payload_bytes_max {
+            batches.push(std::mem::take(&mut batch));
+            body = 0;
+        }
+        body += size;
+        batch.push(m);
+    }
+    batches.push(batch);
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use kv_raft::{Entry, EntryKind, Message, MessageBody};
+
+    fn append(shard: u32, data_bytes: usize) -> GroupMessage {
+        GroupMessage {
+            shard: ShardId(shard),
+            msg: Message {
+                from: NodeId(1),
+                to: NodeId(2),
+                term: 3,
+                body: MessageBody::Append {
+                    prev_index: 4,
+                    prev_term: 3,
+                    entries: vec![Entry {
+                        term: 3,
+                        index: 5,
+                        kind: EntryKind::Command,
+                        data: Bytes::from(vec![7u8; data_bytes]),
+                    }],
+                    commit: 4,
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn round_trip_through_the_wire_header() {
+        let msgs = vec![
+            append(0, 10),
+            GroupMessage {
+                shard: ShardId(5),
+                msg: Message {
+                    from: NodeId(1),
+                    to: NodeId(2),
+                    term: 9,
+                    body: MessageBody::Heartbeat {
+                        commit: 3,
+                        read_round: 2,
+                    },
+                },
+            },
+        ];
+        let d = encode_peer(42, NodeId(1), &msgs);
+        let (from, back) = decode_peer_datagram(&d, 42).unwrap();
+        assert_eq!((from, back), (NodeId(1), msgs));
+        assert!(matches!(
+            decode_peer_datagram(&d, 43),
+            Err(WireError::WrongCluster { .. })
+        ));
+        assert!(decode_peer(b"\xff\xff\xff").is_err());
+    }
+
+    #[test]
+    fn split_keeps_order_and_every_batch_fits() {
+        let msgs: Vec<_> = (0..40).map(|i| append(i, 5000)).collect();
+        let batches = split(msgs.clone());
+        assert!(batches.len() > 1, "200 KB cannot fit one datagram");
+        for b in &batches {
+            let d = encode_peer(1, NodeId(1), b);
+            assert!(d.len() <= kv_shared::limits::DATAGRAM_BYTES_MAX);
+        }
+        let flat: Vec<_> = batches.into_iter().flatten().collect();
+        assert_eq!(flat, msgs);
+    }
+
+    #[test]
+    fn split_fills_batches_to_the_exact_limit() {
+        let msgs: Vec<_> = (0..10).map(|i| append(i, 100)).collect();
+        let one = postcard::to_stdvec(&msgs[0]).unwrap().len();
+        // Room for exactly three messages plus the one-byte length prefix.
+        let batches = split_within(msgs, 1 + 3 * one);
+        let sizes: Vec<_> = batches.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![3, 3, 3, 1]);
+        for b in &batches {
+            assert!(postcard::to_stdvec(b).unwrap().len() <= 1 + 3 * one);
+        }
+    }
+
+    #[test]
+    fn varint_lengths() {
+        assert_eq!(varint_len(0), 1);
+        assert_eq!(varint_len(127), 1);
+        assert_eq!(varint_len(128), 2);
+        assert_eq!(varint_len(16383), 2);
+        assert_eq!(varint_len(16384), 3);
+    }
+}

@@ -1,0 +1,118 @@
+//! The node core's settings, and how they derive from the cluster file, so the runtime,
+//! the simulator and tests all build Raft groups the same way.
+
+use kv_shared::config::ClusterConfig;
+use kv_shared::limits::{
+    APPEND_BYTES_MAX, INFLIGHT_APPENDS_MAX, SESSIONS_MAX, SNAPSHOT_CHUNK_BYTES_MAX,
+};
+use kv_shared::{NodeId, ShardId};
+use xxhash_rust::xxh64::xxh64;
+
+/// Settings of one node core. Timing is in ticks; the runtime decides how long a tick is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node.
+    pub node: NodeId,
+    /// Every node of the cluster, this one included: the initial voters of every group.
+    pub members: Vec<NodeId>,
+    /// Groups `0..shard_count`; every node hosts every shard.
+    pub shard_count: u32,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_ticks: u32,
+    /// Election timeout lower bound (inclusive), in ticks.
+    pub election_ticks_min: u32,
+    /// Election timeout upper bound (exclusive), in ticks.
+    pub election_ticks_max: u32,
+    /// Raft PreVote.
+    pub pre_vote: bool,
+    /// Raft CheckQuorum.
+    pub check_quorum: bool,
+    /// A pending client request is answered `Timeout` after this many ticks.
+    pub request_timeout_ticks: u32,
+    /// Take a shard snapshot when more than this many applied entries follow the last one.
+    pub snapshot_threshold_entries: u64,
+    /// Preferred leader of shard `s` is `members[s % n]`; a leader transfers to it once
+    /// it is caught up.
+    pub spread_leaders: bool,
+    /// Run seed: each group's RNG derives from (seed, node, shard).
+    pub seed: u64,
+}
+
+impl NodeConfig {
+    /// Settings for `node` of a cluster file. The seed comes from the cluster id and node,
+    /// so election jitter differs per node.
+    pub fn from_cluster(cluster: &ClusterConfig, node: NodeId) -> NodeConfig {
+        let t = &cluster.timing;
+        NodeConfig {
+            node,
+            members: cluster.node_ids(),
+            shard_count: cluster.shards,
+            heartbeat_ticks: t.heartbeat_ticks,
+            election_ticks_min: t.election_ticks_min,
+            election_ticks_max: t.election_ticks_max,
+            pre_vote: true,
+            check_quorum: true,
+            request_timeout_ticks: t.election_ticks_max * 4,
+            snapshot_threshold_entries: 10_000,
+            spread_leaders: true,
+            seed: cluster.cluster_id ^ node.0.rotate_left(32),
+        }
+    }
+
+    /// Small, fast settings for tests: heartbeat 1 tick, elections in 10..20 ticks.
+    pub fn for_test(node: NodeId, members: Vec<NodeId>, shard_count: u32) -> NodeConfig {
+        NodeConfig {
+            node,
+            members,
+            shard_count,
+            heartbeat_ticks: 1,
+            election_ticks_min: 10,
+            election_ticks_max: 20,
+            pre_vote: true,
+            check_quorum: true,
+            request_timeout_ticks: 50,
+            snapshot_threshold_entries: 1000,
+            spread_leaders: false,
+            seed: 1,
+        }
+    }
+
+    /// Members in ascending order (the order leader preference uses).
+    pub fn sorted_members(&self) -> Vec<NodeId> {
+        let mut m = self.members.clone();
+        m.sort();
+        m.dedup();
+        m
+    }
+
+    /// The node that should lead `shard` when everyone is up.
+    pub fn preferred_leader(&self, shard: ShardId) -> NodeId {
+        let m = self.sorted_members();
+        m[shard.0 as usize % m.len()]
+    }
+
+    /// The Raft settings of one group.
+    pub fn raft_config(&self, shard: ShardId) -> kv_raft::Config {
+        let mut seed_bytes = [0u8; 20];
+        seed_bytes[..8].copy_from_slice(&self.seed.to_le_bytes());
+        seed_bytes[8..16].copy_from_slice(&self.node.0.to_le_bytes());
+        seed_bytes[16..].copy_from_slice(&shard.0.to_le_bytes());
+        kv_raft::Config {
+            id: self.node,
+            election_ticks_min: self.election_ticks_min,
+            election_ticks_max: self.election_ticks_max,
+            heartbeat_ticks: self.heartbeat_ticks,
+            pre_vote: self.pre_vote,
+            check_quorum: self.check_quorum,
+            append_bytes_max: APPEND_BYTES_MAX,
+            inflight_appends_max: INFLIGHT_APPENDS_MAX,
+            snapshot_chunk_bytes_max: SNAPSHOT_CHUNK_BYTES_MAX,
+            seed: xxh64(&seed_bytes, 0x5eed),
+        }
+    }
+
+    /// Most sessions a shard keeps.
+    pub fn sessions_max(&self) -> usize {
+        SESSIONS_MAX
+    }
+}

@@ -1,0 +1,826 @@
+//! [`NodeCore`]: one node's Raft groups, state machines and client requests, driven by
+//! inputs (tick, peer messages, client requests, disk completions) and drained as
+//! [`Output`]. Every Raft `Ready` is handled here in the order kv-raft prescribes:
+//! persist (as DiskOps of one group-committed DiskWrite), send, apply, serve reads.
+
+use crate::codec::{self, GroupMessage};
+use crate::config::NodeConfig;
+use crate::sm::{CommandBatch, StateMachine, WriteCommand, WriteOp};
+use crate::wal::{self, RecoveryError};
+use bytes::Bytes;
+use kv_raft::{
+    Entry, EntryKind, Membership, ProposeError, Raft, Role, Snapshot, SnapshotMeta, SoftState,
+    WriteId,
+};
+use kv_shared::limits::PENDING_REQUESTS_MAX;
+use kv_shared::proto::{
+    ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, ShardStatus,
+};
+use kv_shared::shard::shard_for_key;
+use kv_shared::{NodeId, ShardId};
+use std::collections::{BTreeMap, BTreeSet};
+use xxhash_rust::xxh64::xxh64;
+
+/// Opaque to the core: the runtime maps it to a client address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClientToken(pub u64);
+
+/// One storage operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiskOp {
+    /// Append a WAL record (entries or hard state, see [`crate::wal`]).
+    Append(kv_storage::Record),
+    /// Store a shard snapshot (a postcard `kv_raft::Snapshot`).
+    SaveSnapshot {
+        /// The shard.
+        shard: u32,
+        /// Its last index.
+        index: u64,
+        /// The encoded snapshot.
+        data: Bytes,
+    },
+    /// The shard's WAL records up to `index` are no longer needed.
+    Compact {
+        /// The shard.
+        shard: u32,
+        /// Snapshot index.
+        index: u64,
+    },
+}
+
+/// Storage work of one round, for all groups: execute the ops in order, sync once, then
+/// report `on_disk_done(id)`. Execute DiskWrites in id order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskWrite {
+    /// Report this to [`NodeCore::on_disk_done`] once durable.
+    pub id: u64,
+    /// The operations.
+    pub ops: Vec<DiskOp>,
+}
+
+/// What the runtime must do after an input.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Output {
+    /// Per destination, all groups batched; each Vec fits one datagram with `encode_peer`.
+    pub datagrams: Vec<(NodeId, Vec<GroupMessage>)>,
+    /// Storage work.
+    pub disk_writes: Vec<DiskWrite>,
+    /// Answers to client requests (exactly one per request).
+    pub replies: Vec<(ClientToken, ClientReply)>,
+}
+
+/// An entry some replica applied (for the simulator's state machine safety check).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppliedEntry {
+    /// The shard.
+    pub shard: ShardId,
+    /// Index.
+    pub index: u64,
+    /// Term.
+    pub term: u64,
+    /// [`entry_hash`] of the entry.
+    pub hash: u64,
+}
+
+/// A digest of an entry, equal for equal entries.
+pub fn entry_hash(e: &Entry) -> u64 {
+    xxh64(&postcard::to_stdvec(e).expect("entries encode"), 0)
+}
+
+/// Bugs the simulator must catch; see the `planted-bugs` feature.
+#[cfg(feature = "planted-bugs")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// A bug planted in kv-raft.
+    Raft(kv_raft::PlantedBug),
+    /// Serve linearizable gets from local state at once, without ReadIndex.
+    ReadWithoutReadIndex,
+}
+
+/// A client request not yet answered.
+struct Request {
+    token: ClientToken,
+    req: ClientRequest,
+    shard: ShardId,
+    deadline_tick: u64,
+}
+
+/// What to do when a DiskWrite is durable.
+enum Durable {
+    Raft(usize, WriteId),
+    OwnSnapshot(usize, Snapshot),
+    ReceivedSnapshot(usize, u64),
+}
+
+/// One shard: its Raft replica, state machine and requests in flight.
+struct Group {
+    shard: ShardId,
+    raft: Raft,
+    sm: StateMachine,
+    soft: SoftState,
+    /// Requests to route next round: new ones, and ones held while no leader is known.
+    waiting: Vec<u64>,
+    /// Proposed batches by log index: (term, request ids in batch order).
+    proposed: BTreeMap<u64, (u64, Vec<u64>)>,
+    /// ReadIndex rounds awaiting confirmation, by ctx.
+    reads: BTreeMap<u64, Vec<u64>>,
+    /// Confirmed reads waiting for the state machine to reach their index.
+    confirmed_reads: Vec<(u64, Vec<u64>)>,
+    /// Index of the latest durable snapshot.
+    snapshot_index: u64,
+    /// Snapshot writes (own or received) not yet durable.
+    snapshot_writes_inflight: u32,
+    last_transfer_tick: Option<u64>,
+}
+
+/// The sans-I/O node: see the crate docs.
+pub struct NodeCore {
+    config: NodeConfig,
+    groups: Vec<Group>,
+    requests: BTreeMap<u64, Request>,
+    deadlines: BTreeSet<(u64, u64)>,
+    next_request_id: u64,
+    next_read_ctx: u64,
+    next_disk_write: u64,
+    disk_inflight: BTreeMap<u64, Vec<Durable>>,
+    /// Ops of the round being assembled.
+    round_ops: Vec<DiskOp>,
+    round_durable: Vec<Durable>,
+    outbox: BTreeMap<NodeId, Vec<GroupMessage>>,
+    out: Output,
+    tick_count: u64,
+    peers_heard_ms: BTreeMap<NodeId, u64>,
+    now_ms: u64,
+    observe_applies: bool,
+    applied_log: Vec<AppliedEntry>,
+    #[cfg(feature = "planted-bugs")]
+    read_without_read_index: bool,
+}
+
+impl NodeCore {
+    /// Builds the node from its settings and what its storage recovered.
+    pub fn new(
+        config: NodeConfig,
+        recovered: kv_storage::Recovered,
+    ) -> Result<NodeCore, RecoveryError> {
+        assert!(config.shard_count > 0, "a node hosts at least one shard");
+        assert!(
+            config.members.contains(&config.node),
+            "node {} is not among the members",
+            config.node
+        );
+        let membership = Membership {
+            voters: config.sorted_members(),
+            learners: vec![],
+        };
+        let restored = wal::restore_groups(&recovered, config.shard_count, &membership)?;
+        let mut groups = Vec::with_capacity(restored.len());
+        for (i, r) in restored.into_iter().enumerate() {
+            let shard = ShardId(i as u32);
+            let (sm, snapshot_index) = match &r.snapshot {
+                Some(s) => {
+                    let sm =
+                        StateMachine::from_image(&s.data, config.sessions_max()).map_err(|e| {
+                            RecoveryError::BadSnapshot {
+                                shard: shard.0,
+                                index: s.meta.index,
+                                reason: e.to_string(),
+                            }
+                        })?;
+                    (sm, s.meta.index)
+                }
+                None => (StateMachine::new(config.sessions_max()), 0),
+            };
+            let raft = Raft::new(config.raft_config(shard), r);
+            let st = raft.status();
+            groups.push(Group {
+                shard,
+                raft,
+                sm,
+                soft: SoftState {
+                    role: st.role,
+                    term: st.term,
+                    leader: st.leader,
+                },
+                waiting: Vec::new(),
+                proposed: BTreeMap::new(),
+                reads: BTreeMap::new(),
+                confirmed_reads: Vec::new(),
+                snapshot_index,
+                snapshot_writes_inflight: 0,
+                last_transfer_tick: None,
+            });
+        }
+        Ok(NodeCore {
+            config,
+            groups,
+            requests: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            next_request_id: 1,
+            next_read_ctx: 1,
+            next_disk_write: 1,
+            disk_inflight: BTreeMap::new(),
+            round_ops: Vec::new(),
+            round_durable: Vec::new(),
+            outbox: BTreeMap::new(),
+            out: Output::default(),
+            tick_count: 0,
+            peers_heard_ms: BTreeMap::new(),
+            now_ms: 0,
+            observe_applies: false,
+            applied_log: Vec::new(),
+            #[cfg(feature = "planted-bugs")]
+            read_without_read_index: false,
+        })
+    }
+
+    /// This node's settings.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Plants a bug (tests only).
+    #[cfg(feature = "planted-bugs")]
+    pub fn plant_bug(&mut self, bug: PlantedBug) {
+        match bug {
+            PlantedBug::Raft(b) => {
+                for g in &mut self.groups {
+                    g.raft.plant_bug(b);
+                }
+            }
+            PlantedBug::ReadWithoutReadIndex => self.read_without_read_index = true,
+        }
+    }
+
+    /// Advances time one tick: Raft timers, request timeouts, leader spreading.
+    pub fn tick(&mut self) {
+        self.tick_count += 1;
+        for g in &mut self.groups {
+            g.raft.tick();
+        }
+        while let Some(&(deadline, id)) = self.deadlines.first() {
+            if deadline > self.tick_count {
+                break;
+            }
+            let shard = self.requests[&id].shard;
+            self.reply(id, Outcome::Error(ClientError::Timeout { shard }));
+        }
+        if self.config.spread_leaders {
+            self.spread_leaders();
+        }
+    }
+
+    /// A leader that is not its shard's preferred leader hands over once the preferred one
+    /// has caught up, at most once every few election timeouts.
+    fn spread_leaders(&mut self) {
+        let interval = 3 * u64::from(self.config.election_ticks_max);
+        for g in &mut self.groups {
+            if g.soft.role != Role::Leader {
+                continue;
+            }
+            let preferred = self.config.preferred_leader(g.shard);
+            if preferred == self.config.node
+                || g.last_transfer_tick
+                    .is_some_and(|t| self.tick_count < t + interval)
+            {
+                continue;
+            }
+            let st = g.raft.status();
+            let caught_up = st
+                .progress
+                .iter()
+                .any(|(n, m)| *n == preferred && *m >= st.last_index);
+            if caught_up {
+                g.raft.transfer_leadership(preferred);
+                g.last_transfer_tick = Some(self.tick_count);
+            }
+        }
+    }
+
+    /// Messages from a peer. Messages naming another sender or receiver, or an unknown
+    /// shard, are dropped.
+    pub fn on_peer_messages(&mut self, from: NodeId, msgs: Vec<GroupMessage>) {
+        for gm in msgs {
+            let Some(g) = self.groups.get_mut(gm.shard.0 as usize) else {
+                continue;
+            };
+            if gm.msg.from != from || gm.msg.to != self.config.node {
+                continue;
+            }
+            g.raft.step(gm.msg);
+        }
+    }
+
+    /// A client request. Answered (exactly once) in some later `Output`, or in the next.
+    pub fn on_client_request(&mut self, token: ClientToken, req: ClientRequest) {
+        let reply_now = |core: &mut NodeCore, outcome| {
+            core.out.replies.push((
+                token,
+                ClientReply {
+                    client: req.client,
+                    seq: req.seq,
+                    outcome,
+                },
+            ));
+        };
+        let key = match &req.op {
+            Op::Status => {
+                let s = self.status();
+                return reply_now(self, Outcome::Status(s));
+            }
+            op => op.key().expect("keyed op").clone(),
+        };
+        if let Err(e) = req.op.check_limits() {
+            return reply_now(self, Outcome::Error(e));
+        }
+        let shard = shard_for_key(&key, self.config.shard_count);
+        if let Op::Get { stale: true, .. } = req.op {
+            let v = self.groups[shard.0 as usize].sm.get(&key);
+            return reply_now(self, Outcome::Value(v));
+        }
+        if self.requests.len() >= PENDING_REQUESTS_MAX {
+            let e = ClientError::Overloaded {
+                node: self.config.node,
+                pending: self.requests.len(),
+            };
+            return reply_now(self, Outcome::Error(e));
+        }
+        let id = self.next_request_id;
+        self.next_request_id += 1;
+        let deadline_tick = self.tick_count + u64::from(self.config.request_timeout_ticks);
+        self.requests.insert(
+            id,
+            Request {
+                token,
+                req,
+                shard,
+                deadline_tick,
+            },
+        );
+        self.deadlines.insert((deadline_tick, id));
+        self.groups[shard.0 as usize].waiting.push(id);
+    }
+
+    /// DiskWrite `id` is durable.
+    pub fn on_disk_done(&mut self, id: u64) {
+        let Some(done) = self.disk_inflight.remove(&id) else {
+            return;
+        };
+        for d in done {
+            match d {
+                Durable::Raft(g, wid) => self.groups[g].raft.on_persisted(wid),
+                Durable::OwnSnapshot(g, snap) => {
+                    let group = &mut self.groups[g];
+                    group.snapshot_writes_inflight -= 1;
+                    let index = snap.meta.index;
+                    if index > group.snapshot_index {
+                        group.snapshot_index = index;
+                        group.raft.compact(snap);
+                        self.round_ops.push(DiskOp::Compact {
+                            shard: g as u32,
+                            index,
+                        });
+                    }
+                }
+                Durable::ReceivedSnapshot(g, index) => {
+                    self.groups[g].snapshot_writes_inflight -= 1;
+                    self.round_ops.push(DiskOp::Compact {
+                        shard: g as u32,
+                        index,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Everything to do now. Call after every input.
+    pub fn take_output(&mut self) -> Output {
+        self.drive();
+        for g in 0..self.groups.len() {
+            self.route(g);
+        }
+        self.drive();
+        if !self.round_ops.is_empty() {
+            let id = self.next_disk_write;
+            self.next_disk_write += 1;
+            self.disk_inflight
+                .insert(id, std::mem::take(&mut self.round_durable));
+            self.out.disk_writes.push(DiskWrite {
+                id,
+                ops: std::mem::take(&mut self.round_ops),
+            });
+        }
+        debug_assert!(self.round_durable.is_empty());
+        for (to, msgs) in std::mem::take(&mut self.outbox) {
+            for batch in codec::split(msgs) {
+                self.out.datagrams.push((to, batch));
+            }
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn drive(&mut self) {
+        for g in 0..self.groups.len() {
+            while self.groups[g].raft.has_ready() {
+                self.handle_ready(g);
+            }
+            self.maybe_snapshot(g);
+        }
+    }
+
+    fn handle_ready(&mut self, g: usize) {
+        let rd = self.groups[g].raft.ready();
+        let shard = self.groups[g].shard;
+        if let Some(ss) = rd.soft_state {
+            let old = self.groups[g].soft;
+            self.groups[g].soft = ss;
+            if old.role == Role::Leader && (ss.role != Role::Leader || ss.term != old.term) {
+                self.fail_leader_requests(g, ss.leader);
+            }
+        }
+        if let Some(w) = rd.write {
+            self.persist(g, w);
+        }
+        for m in rd.messages {
+            if m.to == self.config.node {
+                continue;
+            }
+            self.outbox
+                .entry(m.to)
+                .or_default()
+                .push(GroupMessage { shard, msg: m });
+        }
+        if let Some(snap) = rd.apply_snapshot {
+            self.restore_snapshot(g, snap);
+        }
+        for e in rd.committed {
+            self.apply(g, e);
+        }
+        for rs in rd.reads {
+            if let Some(ids) = self.groups[g].reads.remove(&rs.ctx) {
+                self.groups[g].confirmed_reads.push((rs.index, ids));
+            }
+        }
+        let leader = self.groups[g].soft.leader;
+        for ctx in rd.failed_reads {
+            if let Some(ids) = self.groups[g].reads.remove(&ctx) {
+                for id in ids {
+                    self.reply(id, Outcome::Error(ClientError::NotLeader { shard, leader }));
+                }
+            }
+        }
+        self.serve_confirmed_reads(g);
+    }
+
+    /// Turns a Raft Write into DiskOps of this round: snapshot, entries, hard state.
+    fn persist(&mut self, g: usize, w: kv_raft::Write) {
+        let shard = g as u32;
+        let mut replaced_log = false;
+        if let Some(snap) = &w.snapshot {
+            self.round_ops.push(DiskOp::SaveSnapshot {
+                shard,
+                index: snap.meta.index,
+                data: wal::encode_snapshot(snap),
+            });
+            self.groups[g].snapshot_writes_inflight += 1;
+            self.round_durable
+                .push(Durable::ReceivedSnapshot(g, snap.meta.index));
+            // Did Raft keep a log suffix past the snapshot? If not, the stored one is void.
+            replaced_log =
+                w.entries.is_empty() && self.groups[g].raft.status().last_index == snap.meta.index;
+            if replaced_log {
+                self.round_ops.push(DiskOp::Append(wal::entries_record(
+                    shard,
+                    snap.meta.index + 1,
+                    Vec::new(),
+                )));
+            }
+        }
+        if let Some(first) = w.entries.first().map(|e| e.index) {
+            debug_assert!(!replaced_log);
+            self.round_ops
+                .push(DiskOp::Append(wal::entries_record(shard, first, w.entries)));
+        }
+        if let Some(hs) = &w.hard_state {
+            self.round_ops
+                .push(DiskOp::Append(wal::hard_state_record(shard, hs)));
+        }
+        self.round_durable.push(Durable::Raft(g, w.id));
+    }
+
+    fn restore_snapshot(&mut self, g: usize, snap: Snapshot) {
+        let sessions_max = self.config.sessions_max();
+        let group = &mut self.groups[g];
+        let sm = StateMachine::from_image(&snap.data, sessions_max)
+            .unwrap_or_else(|e| panic!("shard {}: leader sent a bad snapshot: {e}", g));
+        assert_eq!(
+            sm.applied_index(),
+            snap.meta.index,
+            "snapshot image and metadata disagree"
+        );
+        group.sm = sm;
+        group.snapshot_index = group.snapshot_index.max(snap.meta.index);
+        let stale: Vec<u64> = group
+            .proposed
+            .range(..=snap.meta.index)
+            .map(|(i, _)| *i)
+            .collect();
+        let shard = group.shard;
+        let leader = group.soft.leader;
+        for i in stale {
+            let (_, ids) = self.groups[g].proposed.remove(&i).expect("listed");
+            for id in ids {
+                self.reply(id, Outcome::Error(ClientError::NotLeader { shard, leader }));
+            }
+        }
+    }
+
+    fn apply(&mut self, g: usize, e: Entry) {
+        if self.observe_applies {
+            self.applied_log.push(AppliedEntry {
+                shard: self.groups[g].shard,
+                index: e.index,
+                term: e.term,
+                hash: entry_hash(&e),
+            });
+        }
+        let group = &mut self.groups[g];
+        let outcomes = match e.kind {
+            EntryKind::Command => group.sm.apply_entry(e.index, e.term, &e.data),
+            EntryKind::Noop | EntryKind::ConfChange(_) => {
+                group.sm.apply_empty(e.index, e.term);
+                Vec::new()
+            }
+        };
+        let shard = group.shard;
+        let leader = group.soft.leader;
+        // Batches proposed at or below this index either are this entry or were lost.
+        let mut answered = Vec::new();
+        while let Some((&i, _)) = group.proposed.first_key_value() {
+            if i > e.index {
+                break;
+            }
+            let (term, ids) = group.proposed.pop_first().expect("present").1;
+            answered.push((i, term, ids));
+        }
+        for (i, term, ids) in answered {
+            if i == e.index && term == e.term && outcomes.len() == ids.len() {
+                for (id, outcome) in ids.into_iter().zip(outcomes.iter()) {
+                    self.reply(id, outcome.clone());
+                }
+            } else {
+                for id in ids {
+                    self.reply(id, Outcome::Error(ClientError::NotLeader { shard, leader }));
+                }
+            }
+        }
+    }
+
+    fn serve_confirmed_reads(&mut self, g: usize) {
+        let applied = self.groups[g].sm.applied_index();
+        let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.groups[g].confirmed_reads)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        self.groups[g].confirmed_reads = later;
+        for (_, ids) in ready {
+            for id in ids {
+                self.serve_get(g, id);
+            }
+        }
+    }
+
+    fn serve_get(&mut self, g: usize, id: u64) {
+        let Some(r) = self.requests.get(&id) else {
+            return;
+        };
+        let key = r.req.op.key().expect("gets have keys");
+        let v = self.groups[g].sm.get(key);
+        self.reply(id, Outcome::Value(v));
+    }
+
+    /// Leadership ended: nothing pending on it can be promised any more.
+    fn fail_leader_requests(&mut self, g: usize, leader: Option<NodeId>) {
+        let group = &mut self.groups[g];
+        let shard = group.shard;
+        let mut ids: Vec<u64> = std::mem::take(&mut group.proposed)
+            .into_values()
+            .flat_map(|(_, ids)| ids)
+            .collect();
+        ids.extend(std::mem::take(&mut group.reads).into_values().flatten());
+        for id in ids {
+            self.reply(id, Outcome::Error(ClientError::NotLeader { shard, leader }));
+        }
+    }
+
+    /// Sends this round's requests of group `g` where they belong: proposals and reads
+    /// on a leader, redirects elsewhere; held while no leader is known.
+    fn route(&mut self, g: usize) {
+        let ids = std::mem::take(&mut self.groups[g].waiting);
+        if ids.is_empty() {
+            return;
+        }
+        let me = self.config.node;
+        let shard = self.groups[g].shard;
+        let soft = self.groups[g].soft;
+        let mut writes: Vec<(u64, WriteCommand)> = Vec::new();
+        let mut reads: Vec<u64> = Vec::new();
+        for id in ids {
+            let Some(r) = self.requests.get(&id) else {
+                continue;
+            };
+            if soft.role == Role::Leader {
+                match WriteOp::from_op(&r.req.op) {
+                    Some(op) => writes.push((
+                        id,
+                        WriteCommand {
+                            client: r.req.client,
+                            seq: r.req.seq,
+                            op,
+                        },
+                    )),
+                    None => reads.push(id),
+                }
+            } else {
+                self.redirect_or_hold(g, id, soft.leader.filter(|l| *l != me), shard);
+            }
+        }
+        if !writes.is_empty() {
+            let (ids, writes): (Vec<u64>, Vec<WriteCommand>) = writes.into_iter().unzip();
+            let data = CommandBatch { writes }.encode();
+            match self.groups[g].raft.propose(data) {
+                Ok((index, term)) => {
+                    self.groups[g].proposed.insert(index, (term, ids));
+                }
+                Err(e) => self.refused(g, ids, e),
+            }
+        }
+        if !reads.is_empty() {
+            #[cfg(feature = "planted-bugs")]
+            if self.read_without_read_index {
+                for id in reads {
+                    self.serve_get(g, id);
+                }
+                return;
+            }
+            let ctx = self.next_read_ctx;
+            self.next_read_ctx += 1;
+            match self.groups[g].raft.read_index(ctx) {
+                Ok(()) => {
+                    self.groups[g].reads.insert(ctx, reads);
+                }
+                Err(e) => self.refused(g, reads, e),
+            }
+        }
+    }
+
+    fn refused(&mut self, g: usize, ids: Vec<u64>, e: ProposeError) {
+        let shard = self.groups[g].shard;
+        let me = self.config.node;
+        let leader = match e {
+            ProposeError::NotLeader { leader } => leader.filter(|l| *l != me),
+            // A transfer (or anything transient) ends soon: try again next round.
+            _ => None,
+        };
+        for id in ids {
+            self.redirect_or_hold(g, id, leader, shard);
+        }
+    }
+
+    fn redirect_or_hold(&mut self, g: usize, id: u64, leader: Option<NodeId>, shard: ShardId) {
+        match leader {
+            Some(l) => self.reply(
+                id,
+                Outcome::Error(ClientError::NotLeader {
+                    shard,
+                    leader: Some(l),
+                }),
+            ),
+            None => self.groups[g].waiting.push(id),
+        }
+    }
+
+    fn maybe_snapshot(&mut self, g: usize) {
+        let group = &mut self.groups[g];
+        let applied = group.sm.applied_index();
+        if group.snapshot_writes_inflight > 0
+            || applied <= group.snapshot_index + self.config.snapshot_threshold_entries
+        {
+            return;
+        }
+        let snap = Snapshot {
+            meta: SnapshotMeta {
+                index: applied,
+                term: group.sm.applied_term(),
+                membership: group.raft.status().membership,
+            },
+            data: group.sm.to_image(),
+        };
+        group.snapshot_writes_inflight += 1;
+        self.round_ops.push(DiskOp::SaveSnapshot {
+            shard: g as u32,
+            index: applied,
+            data: wal::encode_snapshot(&snap),
+        });
+        self.round_durable.push(Durable::OwnSnapshot(g, snap));
+    }
+
+    /// Answers request `id` unless it was answered already: the one place replies are made.
+    fn reply(&mut self, id: u64, outcome: Outcome) {
+        let Some(r) = self.requests.remove(&id) else {
+            return;
+        };
+        self.deadlines.remove(&(r.deadline_tick, id));
+        self.out.replies.push((
+            r.token,
+            ClientReply {
+                client: r.req.client,
+                seq: r.req.seq,
+                outcome,
+            },
+        ));
+    }
+
+    /// The status table (also served to `Op::Status`).
+    pub fn status(&self) -> NodeStatus {
+        let shards = self
+            .groups
+            .iter()
+            .map(|g| {
+                let st = g.raft.status();
+                ShardStatus {
+                    shard: g.shard,
+                    role: st.role,
+                    term: st.term,
+                    leader: st.leader,
+                    commit: st.commit,
+                    applied: g.sm.applied_index(),
+                    log_entries: st.last_index.saturating_sub(st.snapshot_index),
+                    snapshot_index: st.snapshot_index,
+                    keys: g.sm.keys() as u64,
+                    replicas: st.progress,
+                }
+            })
+            .collect();
+        let peers = self
+            .config
+            .sorted_members()
+            .into_iter()
+            .filter(|p| *p != self.config.node)
+            .map(|p| {
+                let since = self
+                    .peers_heard_ms
+                    .get(&p)
+                    .map(|t| self.now_ms.saturating_sub(*t));
+                (p, since)
+            })
+            .collect();
+        NodeStatus {
+            node: self.config.node,
+            shard_count: self.config.shard_count,
+            shards,
+            peers,
+        }
+    }
+
+    /// Raft's view of one shard (for invariant checks).
+    pub fn raft_status(&self, shard: ShardId) -> kv_raft::Status {
+        self.groups[shard.0 as usize].raft.status()
+    }
+
+    /// The known leader of `shard`.
+    pub fn leader_of(&self, shard: ShardId) -> Option<NodeId> {
+        self.groups[shard.0 as usize].soft.leader
+    }
+
+    /// Records that a datagram from `peer` arrived at wall time `now_ms` (for status).
+    pub fn note_peer_heard(&mut self, peer: NodeId, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        self.peers_heard_ms.insert(peer, now_ms);
+    }
+
+    /// Sets the wall time status reports measure against.
+    pub fn set_now_ms(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
+    /// Requests accepted and not yet answered.
+    pub fn pending_requests(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// (applied index, state digest) of one shard's state machine.
+    pub fn state_digest(&self, shard: ShardId) -> (u64, u64) {
+        let sm = &self.groups[shard.0 as usize].sm;
+        (sm.applied_index(), sm.digest())
+    }
+
+    /// Starts (or stops) recording every applied entry for [`NodeCore::take_applied`].
+    pub fn set_observe_applies(&mut self, on: bool) {
+        self.observe_applies = on;
+    }
+
+    /// Entries applied since the last call (only while observing).
+    pub fn take_applied(&mut self) -> Vec<AppliedEntry> {
+        std::mem::take(&mut self.applied_log)
+    }
+}

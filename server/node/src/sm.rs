@@ -1,0 +1,502 @@
+//! The per-shard key-value state machine and its client sessions: the deterministic
+//! function every replica applies committed entries with, so replicas that applied the
+//! same prefix hold the same map (and answer retried writes the same way).
+
+use bytes::Bytes;
+use kv_shared::proto::{ClientError, Op, Outcome};
+use kv_shared::ClientId;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use xxhash_rust::xxh64::Xxh64;
+
+/// A state-changing operation, as it travels through the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOp {
+    /// Set `key` to `value`.
+    Put {
+        /// The key.
+        key: Bytes,
+        /// The new value.
+        value: Bytes,
+    },
+    /// Remove `key`.
+    Delete {
+        /// The key.
+        key: Bytes,
+    },
+    /// Set `key` to `new` if it holds `expected` (`None`: absent).
+    Cas {
+        /// The key.
+        key: Bytes,
+        /// Required current value.
+        expected: Option<Bytes>,
+        /// Value written on a match.
+        new: Bytes,
+    },
+}
+
+impl WriteOp {
+    /// The write part of a client op (`None` for gets and status).
+    pub fn from_op(op: &Op) -> Option<WriteOp> {
+        match op {
+            Op::Put { key, value } => Some(WriteOp::Put {
+                key: key.clone(),
+                value: value.clone(),
+            }),
+            Op::Delete { key } => Some(WriteOp::Delete { key: key.clone() }),
+            Op::Cas { key, expected, new } => Some(WriteOp::Cas {
+                key: key.clone(),
+                expected: expected.clone(),
+                new: new.clone(),
+            }),
+            Op::Get { .. } | Op::Status => None,
+        }
+    }
+}
+
+/// One client write under its session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteCommand {
+    /// Session.
+    pub client: ClientId,
+    /// Sequence number within the session.
+    pub seq: u64,
+    /// The write.
+    pub op: WriteOp,
+}
+
+/// The payload of one Raft entry: every write proposed to one shard in one round.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandBatch {
+    /// The writes, applied in this order.
+    pub writes: Vec<WriteCommand>,
+}
+
+impl CommandBatch {
+    /// Encodes for a log entry.
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(postcard::to_stdvec(self).expect("a command batch always encodes"))
+    }
+
+    /// Decodes a log entry payload.
+    pub fn decode(data: &[u8]) -> Result<CommandBatch, postcard::Error> {
+        postcard::from_bytes(data)
+    }
+}
+
+/// What a session remembers: the latest applied sequence number and its outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Session {
+    seq: u64,
+    outcome: Outcome,
+    /// LRU stamp (the state machine's use counter when last touched).
+    stamp: u64,
+}
+
+/// Client sessions of one shard, bounded: past `max` the least recently used is evicted.
+/// Eviction order depends only on the applied commands, so it is the same on every replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sessions {
+    by_client: BTreeMap<ClientId, Session>,
+    lru: BTreeSet<(u64, ClientId)>,
+    clock: u64,
+    max: usize,
+}
+
+/// What the session table says about a write before it is applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionCheck {
+    /// A new sequence number: apply it.
+    Fresh,
+    /// A retry of the latest applied write: its saved outcome.
+    Duplicate(Outcome),
+    /// Older than the latest applied write: a late duplicate.
+    Stale {
+        /// The session's latest applied sequence number.
+        latest: u64,
+    },
+}
+
+impl Sessions {
+    /// An empty table holding at most `max` sessions.
+    pub fn new(max: usize) -> Sessions {
+        assert!(max > 0, "a session table must hold at least one session");
+        Sessions {
+            by_client: BTreeMap::new(),
+            lru: BTreeSet::new(),
+            clock: 0,
+            max,
+        }
+    }
+
+    /// Number of sessions held.
+    pub fn len(&self) -> usize {
+        self.by_client.len()
+    }
+
+    /// True if no session is held.
+    pub fn is_empty(&self) -> bool {
+        self.by_client.is_empty()
+    }
+
+    /// Classifies `(client, seq)` and marks the session used.
+    pub fn check(&mut self, client: ClientId, seq: u64) -> SessionCheck {
+        let Some(s) = self.by_client.get(&client) else {
+            return SessionCheck::Fresh;
+        };
+        let verdict = if seq > s.seq {
+            SessionCheck::Fresh
+        } else if seq == s.seq {
+            SessionCheck::Duplicate(s.outcome.clone())
+        } else {
+            SessionCheck::Stale { latest: s.seq }
+        };
+        self.touch(client);
+        verdict
+    }
+
+    fn touch(&mut self, client: ClientId) {
+        self.clock += 1;
+        let s = self
+            .by_client
+            .get_mut(&client)
+            .expect("touched session exists");
+        self.lru.remove(&(s.stamp, client));
+        s.stamp = self.clock;
+        self.lru.insert((s.stamp, client));
+    }
+
+    /// Records the outcome of a freshly applied write.
+    pub fn record(&mut self, client: ClientId, seq: u64, outcome: Outcome) {
+        self.clock += 1;
+        if let Some(old) = self.by_client.remove(&client) {
+            self.lru.remove(&(old.stamp, client));
+        }
+        self.by_client.insert(
+            client,
+            Session {
+                seq,
+                outcome,
+                stamp: self.clock,
+            },
+        );
+        self.lru.insert((self.clock, client));
+        while self.by_client.len() > self.max {
+            let (_, evict) = self.lru.pop_first().expect("lru tracks every session");
+            self.by_client.remove(&evict);
+        }
+        debug_assert_eq!(self.lru.len(), self.by_client.len());
+    }
+}
+
+/// The serialized form of a shard (snapshot image).
+#[derive(Serialize, Deserialize)]
+struct Image {
+    data: Vec<(Bytes, Bytes)>,
+    sessions: Vec<(ClientId, Session)>,
+    clock: u64,
+    applied_index: u64,
+    applied_term: u64,
+}
+
+/// The key-value map of one shard plus its sessions and applied position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateMachine {
+    data: BTreeMap<Bytes, Bytes>,
+    sessions: Sessions,
+    applied_index: u64,
+    applied_term: u64,
+}
+
+/// A snapshot image that does not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("snapshot image does not decode: {0}")]
+pub struct ImageError(String);
+
+impl StateMachine {
+    /// An empty shard.
+    pub fn new(sessions_max: usize) -> StateMachine {
+        StateMachine {
+            data: BTreeMap::new(),
+            sessions: Sessions::new(sessions_max),
+            applied_index: 0,
+            applied_term: 0,
+        }
+    }
+
+    /// Current value of `key`.
+    pub fn get(&self, key: &[u8]) -> Option<Bytes> {
+        self.data.get(key).cloned()
+    }
+
+    /// Number of keys.
+    pub fn keys(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Number of sessions.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Index of the last applied entry.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Term of the last applied entry.
+    pub fn applied_term(&self) -> u64 {
+        self.applied_term
+    }
+
+    /// Marks an entry without a command (no-op, membership change) applied.
+    pub fn apply_empty(&mut self, index: u64, term: u64) {
+        self.advance(index, term);
+    }
+
+    /// Applies a command entry; returns one outcome per write. An entry that does not
+    /// decode (impossible unless a replica is corrupt) applies as nothing, the same on
+    /// every replica, and yields no outcomes.
+    pub fn apply_entry(&mut self, index: u64, term: u64, data: &[u8]) -> Vec<Outcome> {
+        self.advance(index, term);
+        match CommandBatch::decode(data) {
+            Ok(batch) => batch.writes.iter().map(|w| self.apply_write(w)).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn advance(&mut self, index: u64, term: u64) {
+        assert!(
+            index == self.applied_index + 1,
+            "entries apply in order: applied {}, got {index}",
+            self.applied_index
+        );
+        self.applied_index = index;
+        self.applied_term = term;
+    }
+
+    /// Applies one write under its session: exactly once per (client, seq).
+    pub fn apply_write(&mut self, w: &WriteCommand) -> Outcome {
+        match self.sessions.check(w.client, w.seq) {
+            SessionCheck::Duplicate(outcome) => return outcome,
+            SessionCheck::Stale { latest } => {
+                return Outcome::Error(ClientError::StaleSequence { seq: w.seq, latest })
+            }
+            SessionCheck::Fresh => {}
+        }
+        let outcome = match &w.op {
+            WriteOp::Put { key, value } => {
+                self.data.insert(key.clone(), value.clone());
+                Outcome::Done
+            }
+            WriteOp::Delete { key } => {
+                self.data.remove(key);
+                Outcome::Done
+            }
+            WriteOp::Cas { key, expected, new } => {
+                let current = self.data.get(key);
+                if current == expected.as_ref() {
+                    self.data.insert(key.clone(), new.clone());
+                    Outcome::CasOk
+                } else {
+                    Outcome::CasMismatch {
+                        current: current.cloned(),
+                    }
+                }
+            }
+        };
+        self.sessions.record(w.client, w.seq, outcome.clone());
+        outcome
+    }
+
+    /// Serializes map, sessions and applied position (the snapshot image).
+    pub fn to_image(&self) -> Bytes {
+        let image = Image {
+            data: self
+                .data
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            sessions: self
+                .sessions
+                .by_client
+                .iter()
+                .map(|(c, s)| (*c, s.clone()))
+                .collect(),
+            clock: self.sessions.clock,
+            applied_index: self.applied_index,
+            applied_term: self.applied_term,
+        };
+        Bytes::from(postcard::to_stdvec(&image).expect("an image always encodes"))
+    }
+
+    /// Rebuilds a shard from a snapshot image.
+    pub fn from_image(bytes: &[u8], sessions_max: usize) -> Result<StateMachine, ImageError> {
+        let image: Image = postcard::from_bytes(bytes).map_err(|e| ImageError(e.to_string()))?;
+        let mut sessions = Sessions::new(sessions_max);
+        sessions.clock = image.clock;
+        for (c, s) in image.sessions {
+            sessions.lru.insert((s.stamp, c));
+            sessions.by_client.insert(c, s);
+        }
+        Ok(StateMachine {
+            data: image.data.into_iter().collect(),
+            sessions,
+            applied_index: image.applied_index,
+            applied_term: image.applied_term,
+        })
+    }
+
+    /// A digest of map and sessions, equal on replicas that applied the same prefix.
+    pub fn digest(&self) -> u64 {
+        let mut h = Xxh64::new(0);
+        for (k, v) in &self.data {
+            h.update(&(k.len() as u64).to_le_bytes());
+            h.update(k);
+            h.update(&(v.len() as u64).to_le_bytes());
+            h.update(v);
+        }
+        for (c, s) in &self.sessions.by_client {
+            h.update(&c.0.to_le_bytes());
+            h.update(&s.seq.to_le_bytes());
+        }
+        h.digest()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn put(client: u64, seq: u64, k: &str, v: &str) -> WriteCommand {
+        WriteCommand {
+            client: ClientId(client),
+            seq,
+            op: WriteOp::Put {
+                key: b(k),
+                value: b(v),
+            },
+        }
+    }
+
+    fn entry(writes: Vec<WriteCommand>) -> Bytes {
+        CommandBatch { writes }.encode()
+    }
+
+    #[test]
+    fn put_get_delete_cas() {
+        let mut sm = StateMachine::new(10);
+        let out = sm.apply_entry(1, 1, &entry(vec![put(1, 1, "a", "x")]));
+        assert_eq!(out, vec![Outcome::Done]);
+        assert_eq!(sm.get(b"a"), Some(b("x")));
+        let cas = |seq, expected: Option<&str>, new: &str| WriteCommand {
+            client: ClientId(1),
+            seq,
+            op: WriteOp::Cas {
+                key: b("a"),
+                expected: expected.map(b),
+                new: b(new),
+            },
+        };
+        let out = sm.apply_entry(2, 1, &entry(vec![cas(2, Some("y"), "z")]));
+        assert_eq!(
+            out,
+            vec![Outcome::CasMismatch {
+                current: Some(b("x"))
+            }]
+        );
+        let out = sm.apply_entry(3, 1, &entry(vec![cas(3, Some("x"), "z")]));
+        assert_eq!(out, vec![Outcome::CasOk]);
+        assert_eq!(sm.get(b"a"), Some(b("z")));
+        let del = WriteCommand {
+            client: ClientId(1),
+            seq: 4,
+            op: WriteOp::Delete { key: b("a") },
+        };
+        assert_eq!(sm.apply_entry(4, 2, &entry(vec![del])), vec![Outcome::Done]);
+        assert_eq!(sm.get(b"a"), None);
+        let out = sm.apply_entry(5, 2, &entry(vec![cas(5, None, "new")]));
+        assert_eq!(out, vec![Outcome::CasOk]);
+        assert_eq!((sm.applied_index(), sm.applied_term()), (5, 2));
+    }
+
+    #[test]
+    fn retry_applies_once_and_stale_seq_is_refused() {
+        let mut sm = StateMachine::new(10);
+        let cas = WriteCommand {
+            client: ClientId(7),
+            seq: 3,
+            op: WriteOp::Cas {
+                key: b("k"),
+                expected: None,
+                new: b("v1"),
+            },
+        };
+        // The same write twice in one batch and again later: applied once, same answer.
+        let out = sm.apply_entry(1, 1, &entry(vec![cas.clone(), cas.clone()]));
+        assert_eq!(out, vec![Outcome::CasOk, Outcome::CasOk]);
+        sm.apply_entry(2, 1, &entry(vec![put(8, 1, "k", "other")]));
+        let out = sm.apply_entry(3, 1, &entry(vec![cas.clone()]));
+        assert_eq!(
+            out,
+            vec![Outcome::CasOk],
+            "the saved outcome, not a mismatch"
+        );
+        assert_eq!(sm.get(b"k"), Some(b("other")), "not re-applied");
+        let old = WriteCommand { seq: 2, ..cas };
+        assert_eq!(
+            sm.apply_entry(4, 1, &entry(vec![old])),
+            vec![Outcome::Error(ClientError::StaleSequence {
+                seq: 2,
+                latest: 3
+            })]
+        );
+    }
+
+    #[test]
+    fn sessions_evict_least_recently_used() {
+        let mut s = Sessions::new(2);
+        s.record(ClientId(1), 1, Outcome::Done);
+        s.record(ClientId(2), 1, Outcome::Done);
+        // Touch client 1 so client 2 is the least recently used.
+        assert_eq!(
+            s.check(ClientId(1), 1),
+            SessionCheck::Duplicate(Outcome::Done)
+        );
+        s.record(ClientId(3), 1, Outcome::Done);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.check(ClientId(2), 1), SessionCheck::Fresh, "evicted");
+        assert_eq!(
+            s.check(ClientId(1), 1),
+            SessionCheck::Duplicate(Outcome::Done)
+        );
+    }
+
+    #[test]
+    fn image_round_trip_keeps_map_sessions_and_position() {
+        let mut sm = StateMachine::new(10);
+        sm.apply_entry(1, 1, &entry(vec![put(1, 1, "a", "x"), put(2, 5, "b", "y")]));
+        sm.apply_empty(2, 2);
+        let back = StateMachine::from_image(&sm.to_image(), 10).unwrap();
+        assert_eq!(back, sm);
+        assert_eq!(back.digest(), sm.digest());
+        let mut back = back;
+        assert_eq!(
+            back.apply_entry(3, 2, &entry(vec![put(2, 5, "b", "again")])),
+            vec![Outcome::Done]
+        );
+        assert_eq!(back.get(b"b"), Some(b("y")), "session survived the image");
+        assert!(StateMachine::from_image(b"\xff\xff", 10).is_err());
+    }
+
+    #[test]
+    fn undecodable_entry_applies_as_nothing() {
+        let mut sm = StateMachine::new(10);
+        assert!(sm.apply_entry(1, 1, b"\xff\xff\xff").is_empty());
+        assert_eq!(sm.applied_index(), 1);
+    }
+}

@@ -1,0 +1,398 @@
+//! How Raft state becomes kv-storage records, and how recovery turns them back into each
+//! group's `kv_raft::Restored`. One WAL serves every group; a record names its group.
+//!
+//! Record kinds:
+//! - [`KIND_ENTRIES`]: `EntriesRecord { first_index, entries }`. Writing it truncates the
+//!   group's log from `first_index` (a conflicting suffix is replaced), then appends.
+//!   An empty one (after a snapshot from the leader replaced the whole log) only truncates.
+//! - [`KIND_HARD_STATE`]: a `HardState`, sticky (the storage keeps the latest forever).
+//!
+//! Snapshots are stored by `Storage::save_snapshot` as a postcard `kv_raft::Snapshot`
+//! (metadata + state machine image).
+
+use bytes::Bytes;
+use kv_raft::{Entry, HardState, Membership, Restored, Snapshot};
+use kv_storage::{Record, Recovered};
+use serde::{Deserialize, Serialize};
+
+/// Record kind: log entries of one group.
+pub const KIND_ENTRIES: u8 = 1;
+/// Record kind: the hard state of one group (sticky).
+pub const KIND_HARD_STATE: u8 = 2;
+
+/// Payload of a [`KIND_ENTRIES`] record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntriesRecord {
+    /// The group's log is truncated from here before `entries` are appended.
+    pub first_index: u64,
+    /// Entries `first_index..`, contiguous.
+    pub entries: Vec<Entry>,
+}
+
+/// A decoded WAL record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WalRecord {
+    /// Log entries (see [`EntriesRecord`]).
+    Entries {
+        /// The group.
+        shard: u32,
+        /// The entries.
+        record: EntriesRecord,
+    },
+    /// A hard state.
+    HardState {
+        /// The group.
+        shard: u32,
+        /// The state.
+        hard_state: HardState,
+    },
+}
+
+/// Why the records on disk cannot be turned back into Raft state.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    /// A record does not decode.
+    #[error("group {shard}: record of kind {kind} does not decode: {reason}")]
+    BadRecord {
+        /// The group.
+        shard: u32,
+        /// The record kind.
+        kind: u8,
+        /// Decoder message.
+        reason: String,
+    },
+    /// A snapshot file does not decode.
+    #[error("group {shard}: snapshot at index {index} does not decode: {reason}")]
+    BadSnapshot {
+        /// The group.
+        shard: u32,
+        /// Its index.
+        index: u64,
+        /// Decoder message.
+        reason: String,
+    },
+    /// A record names a group this node does not host.
+    #[error("record for group {shard}, but the cluster has {shard_count} shards")]
+    UnknownGroup {
+        /// The group.
+        shard: u32,
+        /// Shards configured.
+        shard_count: u32,
+    },
+    /// The surviving entries do not continue the snapshot.
+    #[error("group {shard}: log resumes at index {found}, expected at most {expected}")]
+    Gap {
+        /// The group.
+        shard: u32,
+        /// First index that would continue the snapshot (or 1).
+        expected: u64,
+        /// First surviving index.
+        found: u64,
+    },
+}
+
+/// An entries record for `shard`; `first_index` is where the log is truncated from.
+pub fn entries_record(shard: u32, first_index: u64, entries: Vec<Entry>) -> Record {
+    debug_assert!(entries
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.index == first_index + i as u64));
+    let last_index = first_index + entries.len() as u64 - 1;
+    let payload = postcard::to_stdvec(&EntriesRecord {
+        first_index,
+        entries,
+    })
+    .expect("entries encode");
+    Record {
+        group: shard,
+        kind: KIND_ENTRIES,
+        sticky: false,
+        last_index,
+        payload: Bytes::from(payload),
+    }
+}
+
+/// A hard state record for `shard`.
+pub fn hard_state_record(shard: u32, hard_state: &HardState) -> Record {
+    Record {
+        group: shard,
+        kind: KIND_HARD_STATE,
+        sticky: true,
+        last_index: 0,
+        payload: Bytes::from(postcard::to_stdvec(hard_state).expect("hard state encodes")),
+    }
+}
+
+/// Encodes a Raft snapshot for `Storage::save_snapshot`.
+pub fn encode_snapshot(snapshot: &Snapshot) -> Bytes {
+    Bytes::from(postcard::to_stdvec(snapshot).expect("snapshot encodes"))
+}
+
+/// Decodes a stored snapshot.
+pub fn decode_snapshot(shard: u32, index: u64, data: &[u8]) -> Result<Snapshot, RecoveryError> {
+    postcard::from_bytes(data).map_err(|e| RecoveryError::BadSnapshot {
+        shard,
+        index,
+        reason: e.to_string(),
+    })
+}
+
+/// Decodes one record.
+pub fn decode(record: &Record) -> Result<WalRecord, RecoveryError> {
+    let bad = |e: postcard::Error| RecoveryError::BadRecord {
+        shard: record.group,
+        kind: record.kind,
+        reason: e.to_string(),
+    };
+    match record.kind {
+        KIND_ENTRIES => Ok(WalRecord::Entries {
+            shard: record.group,
+            record: postcard::from_bytes(&record.payload).map_err(bad)?,
+        }),
+        KIND_HARD_STATE => Ok(WalRecord::HardState {
+            shard: record.group,
+            hard_state: postcard::from_bytes(&record.payload).map_err(bad)?,
+        }),
+        other => Err(RecoveryError::BadRecord {
+            shard: record.group,
+            kind: other,
+            reason: "unknown record kind".into(),
+        }),
+    }
+}
+
+/// Applies an entries record to an in-memory log (entries with ascending, contiguous
+/// indexes): truncate from `first_index`, then append. A record that starts past the end
+/// leaves a gap; only a snapshot can cover it, so the older entries are dropped.
+pub fn apply_entries(log: &mut Vec<Entry>, record: EntriesRecord) {
+    let first = record.first_index;
+    if let Some(head) = log.first().map(|e| e.index) {
+        if first <= head {
+            log.clear();
+        } else {
+            log.truncate((first - head) as usize);
+            if log.last().map(|e| e.index + 1) != Some(first) {
+                log.clear();
+            }
+        }
+    }
+    log.extend(record.entries);
+}
+
+/// Rebuilds every group's Raft state from what the storage recovered.
+pub fn restore_groups(
+    recovered: &Recovered,
+    shard_count: u32,
+    initial_membership: &Membership,
+) -> Result<Vec<Restored>, RecoveryError> {
+    let n = shard_count as usize;
+    let mut logs: Vec<Vec<Entry>> = vec![Vec::new(); n];
+    let mut hard: Vec<HardState> = vec![HardState::default(); n];
+    let check = |shard: u32| {
+        if shard >= shard_count {
+            Err(RecoveryError::UnknownGroup { shard, shard_count })
+        } else {
+            Ok(shard as usize)
+        }
+    };
+    for r in &recovered.records {
+        match decode(r)? {
+            WalRecord::Entries { shard, record } => apply_entries(&mut logs[check(shard)?], record),
+            WalRecord::HardState { shard, hard_state } => hard[check(shard)?] = hard_state,
+        }
+    }
+    let mut snaps: Vec<Option<Snapshot>> = vec![None; n];
+    for (shard, index, data) in &recovered.snapshots {
+        let g = check(*shard)?;
+        if snaps[g].as_ref().is_some_and(|s| s.meta.index >= *index) {
+            continue;
+        }
+        let snap = decode_snapshot(*shard, *index, data)?;
+        snaps[g] = Some(snap);
+    }
+    let mut out = Vec::with_capacity(n);
+    for (g, (mut log, (mut hard_state, snapshot))) in logs
+        .into_iter()
+        .zip(hard.into_iter().zip(snaps))
+        .enumerate()
+    {
+        let base = snapshot.as_ref().map_or(0, |s| s.meta.index);
+        log.retain(|e| e.index > base);
+        if let Some(first) = log.first() {
+            if first.index != base + 1 {
+                return Err(RecoveryError::Gap {
+                    shard: g as u32,
+                    expected: base + 1,
+                    found: first.index,
+                });
+            }
+        }
+        // The commit index is persisted as a hint only; never past what survived.
+        let last = log.last().map_or(base, |e| e.index);
+        hard_state.commit = hard_state.commit.min(last).max(base);
+        out.push(Restored {
+            hard_state,
+            snapshot,
+            entries: log,
+            initial_membership: initial_membership.clone(),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kv_raft::{EntryKind, SnapshotMeta};
+    use kv_shared::NodeId;
+
+    fn e(index: u64, term: u64) -> Entry {
+        Entry {
+            term,
+            index,
+            kind: EntryKind::Command,
+            data: Bytes::from(vec![index as u8]),
+        }
+    }
+
+    fn members() -> Membership {
+        Membership {
+            voters: vec![NodeId(1), NodeId(2), NodeId(3)],
+            learners: vec![],
+        }
+    }
+
+    fn terms(r: &Restored) -> Vec<(u64, u64)> {
+        r.entries.iter().map(|e| (e.index, e.term)).collect()
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let r = entries_record(3, 5, vec![e(5, 1), e(6, 2)]);
+        assert_eq!(
+            (r.group, r.kind, r.sticky, r.last_index),
+            (3, KIND_ENTRIES, false, 6)
+        );
+        match decode(&r).unwrap() {
+            WalRecord::Entries { shard, record } => {
+                assert_eq!(shard, 3);
+                assert_eq!(record.entries, vec![e(5, 1), e(6, 2)]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let hs = HardState {
+            term: 4,
+            vote: NodeId(2),
+            commit: 6,
+        };
+        let r = hard_state_record(1, &hs);
+        assert!(r.sticky);
+        assert_eq!(
+            decode(&r).unwrap(),
+            WalRecord::HardState {
+                shard: 1,
+                hard_state: hs
+            }
+        );
+        let mut bad = r.clone();
+        bad.kind = 99;
+        assert!(decode(&bad).is_err());
+    }
+
+    #[test]
+    fn recovery_truncates_conflicting_suffix_and_keeps_latest_hard_state() {
+        let records = vec![
+            entries_record(0, 1, vec![e(1, 1), e(2, 1), e(3, 1)]),
+            hard_state_record(
+                0,
+                &HardState {
+                    term: 1,
+                    vote: NodeId(1),
+                    commit: 1,
+                },
+            ),
+            entries_record(1, 1, vec![e(1, 1)]),
+            // A new leader replaced index 3 onwards.
+            entries_record(0, 3, vec![e(3, 2), e(4, 2)]),
+            hard_state_record(
+                0,
+                &HardState {
+                    term: 2,
+                    vote: NodeId(2),
+                    commit: 9,
+                },
+            ),
+        ];
+        let rec = Recovered {
+            records,
+            snapshots: vec![],
+            truncated_tail: None,
+        };
+        let groups = restore_groups(&rec, 2, &members()).unwrap();
+        assert_eq!(terms(&groups[0]), vec![(1, 1), (2, 1), (3, 2), (4, 2)]);
+        assert_eq!(groups[0].hard_state.term, 2);
+        assert_eq!(groups[0].hard_state.vote, NodeId(2));
+        assert_eq!(groups[0].hard_state.commit, 4, "commit clamped to the log");
+        assert_eq!(terms(&groups[1]), vec![(1, 1)]);
+        assert_eq!(groups[1].initial_membership, members());
+    }
+
+    #[test]
+    fn recovery_starts_after_the_latest_snapshot() {
+        let snap = |index: u64| Snapshot {
+            meta: SnapshotMeta {
+                index,
+                term: 1,
+                membership: members(),
+            },
+            data: Bytes::from_static(b"image"),
+        };
+        let records = vec![
+            entries_record(0, 1, (1..=6).map(|i| e(i, 1)).collect()),
+            // Snapshot from the leader at 10 replaced the log: only truncates.
+            entries_record(0, 11, vec![]),
+            entries_record(0, 11, vec![e(11, 2), e(12, 2)]),
+        ];
+        let rec = Recovered {
+            records,
+            snapshots: vec![
+                (0, 4, encode_snapshot(&snap(4))),
+                (0, 10, encode_snapshot(&snap(10))),
+            ],
+            truncated_tail: None,
+        };
+        let groups = restore_groups(&rec, 1, &members()).unwrap();
+        assert_eq!(groups[0].snapshot.as_ref().unwrap().meta.index, 10);
+        assert_eq!(terms(&groups[0]), vec![(11, 2), (12, 2)]);
+    }
+
+    #[test]
+    fn recovery_reports_gaps_and_unknown_groups() {
+        let rec = Recovered {
+            records: vec![entries_record(0, 3, vec![e(3, 1)])],
+            snapshots: vec![],
+            truncated_tail: None,
+        };
+        assert!(matches!(
+            restore_groups(&rec, 1, &members()),
+            Err(RecoveryError::Gap { .. })
+        ));
+        assert!(matches!(
+            restore_groups(&rec, 0, &members()),
+            Err(RecoveryError::UnknownGroup { .. })
+        ));
+    }
+
+    #[test]
+    fn empty_entries_record_only_truncates() {
+        let mut log = vec![e(1, 1), e(2, 1), e(3, 1)];
+        apply_entries(
+            &mut log,
+            EntriesRecord {
+                first_index: 2,
+                entries: vec![],
+            },
+        );
+        assert_eq!(log, vec![e(1, 1)]);
+    }
+}
