@@ -51,6 +51,7 @@ struct SimState {
     /// The directory as a crash would leave it.
     durable_names: BTreeMap<String, u64>,
     full: bool,
+    syncs_fail: bool,
     stats: SimDiskStats,
 }
 
@@ -85,6 +86,13 @@ impl SplitMix64 {
         } else {
             self.next() % (max + 1)
         }
+    }
+}
+
+fn sync_failed(name: &str) -> StorageError {
+    StorageError::Io {
+        file: name.to_string(),
+        source: io::Error::other("simulated fsync failure"),
     }
 }
 
@@ -127,6 +135,7 @@ impl SimDisk {
                 names: BTreeMap::new(),
                 durable_names: BTreeMap::new(),
                 full: false,
+                syncs_fail: false,
                 stats: SimDiskStats::default(),
             })),
         }
@@ -164,6 +173,13 @@ impl SimDisk {
     /// truncates still succeed: they need no data blocks.
     pub fn set_full(&self, full: bool) {
         self.state.borrow_mut().full = full;
+    }
+
+    /// While `fail`, every [`Disk::sync_file`] and [`Disk::sync_dir`] fails with an I/O
+    /// error and makes nothing durable (a dying device, or fsync reporting a lost
+    /// write-back).
+    pub fn set_syncs_fail(&self, fail: bool) {
+        self.state.borrow_mut().syncs_fail = fail;
     }
 
     /// Corrupts one byte of `file` (in the written and in the durable contents, as a bad
@@ -245,6 +261,9 @@ impl Disk for SimDisk {
     fn sync_file(&mut self, name: &str) -> Result<(), StorageError> {
         let mut s = self.state.borrow_mut();
         s.stats.file_syncs += 1;
+        if s.syncs_fail {
+            return Err(sync_failed(name));
+        }
         let inode = s.inode_mut(name)?;
         if inode.append_only {
             let synced = inode.durable.len();
@@ -280,6 +299,9 @@ impl Disk for SimDisk {
     fn sync_dir(&mut self) -> Result<(), StorageError> {
         let mut s = self.state.borrow_mut();
         s.stats.dir_syncs += 1;
+        if s.syncs_fail {
+            return Err(sync_failed("."));
+        }
         s.durable_names = s.names.clone();
         s.collect_garbage();
         Ok(())

@@ -186,32 +186,40 @@ impl<D: Disk> Storage<D> {
             scratch: Vec::new(),
         };
         let next_seq = segment_seqs.last().map_or(1, |&s| s + 1);
+        let mut active_sticky_keys = BTreeSet::new();
         for (i, &seq) in segment_seqs.iter().enumerate() {
             let is_last = i + 1 == segment_seqs.len();
-            if storage.recover_segment(seq, is_last, &mut recovered)? {
-                dir_changed = true;
+            match storage.recover_segment(seq, is_last, &mut recovered)? {
+                Some(keys) => active_sticky_keys = keys,
+                None => dir_changed = true,
             }
         }
         if dir_changed {
             storage.disk.sync_dir()?;
         }
-        if storage.segments.is_empty() {
-            // A fresh node (or one whose only segment lost its header): start a segment
-            // and make its existence durable before anything is appended to it.
+        // Appending goes on in the last segment only if it holds the latest copy of
+        // every sticky record: a crash may have torn off the copies at its head, and
+        // compaction deletes older segments trusting the active one to have them all.
+        let complete = storage
+            .sticky
+            .keys()
+            .all(|k| active_sticky_keys.contains(k));
+        if storage.segments.is_empty() || !complete {
             storage.start_segment(next_seq)?;
             storage.sync()?;
         }
         Ok((storage, recovered))
     }
 
-    /// Replays segment `seq` into `recovered`. Returns whether it removed the file (a
-    /// last segment with a torn header).
+    /// Replays segment `seq` into `recovered`. Returns the (group, kind) of the sticky
+    /// records in it, or `None` if it removed the file (a last segment with a torn
+    /// header).
     fn recover_segment(
         &mut self,
         seq: u64,
         is_last: bool,
         recovered: &mut Recovered,
-    ) -> Result<bool, StorageError> {
+    ) -> Result<Option<BTreeSet<(u32, u8)>>, StorageError> {
         let name = segment_name(seq);
         let data = self.disk.read(&name)?;
         let corrupt = |offset: usize, reason: String| StorageError::Corrupt {
@@ -232,16 +240,18 @@ impl<D: Disk> Storage<D> {
             }
             self.disk.remove(&name)?;
             recovered.truncated_tail = Some((name, 0));
-            return Ok(true);
+            return Ok(None);
         }
         check_segment_header(seq, &data).map_err(|reason| corrupt(0, reason))?;
         let mut segment = Segment::new(seq);
+        let mut sticky_keys = BTreeSet::new();
         let mut at = SEGMENT_HEADER_BYTES;
         while at < data.len() {
             match decode_record(&data, at) {
                 Ok((record, next)) => {
                     segment.note(&record);
                     if record.sticky {
+                        sticky_keys.insert((record.group, record.kind));
                         self.sticky
                             .insert((record.group, record.kind), record.clone());
                     }
@@ -272,7 +282,7 @@ impl<D: Disk> Storage<D> {
         self.segments.push(segment);
         self.active_len = at as u64;
         self.active_head_len = SEGMENT_HEADER_BYTES as u64;
-        Ok(false)
+        Ok(Some(sticky_keys))
     }
 
     /// Appends `record` to the log. On return it is written but not yet durable; see
@@ -479,6 +489,12 @@ impl<D: Disk> Storage<D> {
                 doomed.push(segment.seq);
             }
         }
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        // The older segments hold copies of sticky records that the active segment
+        // repeats at its head; those repeats must be durable before the originals go.
+        self.sync()?;
         // Removals need no directory fsync: a segment that reappears after a crash
         // holds only records its groups' durable snapshots cover.
         for seq in doomed {

@@ -1,0 +1,470 @@
+//! The storage test suite, run once over the real file system and once over `SimDisk`
+//! (STYLE.md item 13): what holds on one disk must hold on the other.
+
+mod common;
+
+use common::{entry, open, sticky, Harness, RealHarness, SimHarness};
+use kv_storage::{Disk, Record, StorageError, WalOptions, RECORD_PAYLOAD_BYTES_MAX};
+
+/// A segment holds exactly one 60-byte-payload record (20-byte header + 84-byte
+/// record > 100), which makes segment boundaries easy to reason about.
+const ONE_RECORD_PER_SEGMENT: WalOptions = WalOptions {
+    segment_bytes_max: 100,
+};
+
+fn append_sync_reopen<H: Harness>(h: &H) {
+    let (mut s, rec) = open(h, WalOptions::default()).unwrap();
+    assert!(rec.records.is_empty() && rec.snapshots.is_empty() && rec.truncated_tail.is_none());
+    let written: Vec<Record> = (1..=20)
+        .map(|i| entry(i as u32 % 3, i, 10 + i as usize))
+        .collect();
+    for r in &written {
+        s.append(r).unwrap();
+    }
+    s.sync().unwrap();
+    drop(s);
+    let (mut s, rec) = open(h, WalOptions::default()).unwrap();
+    assert_eq!(rec.records, written);
+    assert_eq!(rec.truncated_tail, None);
+    // The reopened log keeps growing where it left off.
+    s.append(&entry(9, 21, 5)).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    let (_, rec) = open(h, WalOptions::default()).unwrap();
+    assert_eq!(rec.records.len(), 21);
+    assert_eq!(rec.records[20], entry(9, 21, 5));
+}
+
+fn segments_roll_and_replay_in_order<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
+    let written: Vec<Record> = (1..=5).map(|i| entry(0, i, 60)).collect();
+    for r in &written {
+        s.append(r).unwrap();
+    }
+    s.sync().unwrap();
+    assert_eq!(s.segment_names().len(), 5);
+    drop(s);
+    let (s, rec) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
+    assert_eq!(rec.records, written);
+    assert_eq!(s.segment_names().len(), 5);
+}
+
+fn sticky_records_survive_segment_deletion<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
+    s.append(&sticky(1, "term 1")).unwrap();
+    s.append(&sticky(2, "term 7")).unwrap();
+    for i in 1..=4 {
+        s.append(&entry(1, i, 60)).unwrap();
+    }
+    s.append(&sticky(1, "term 2")).unwrap();
+    for i in 5..=8 {
+        s.append(&entry(1, i, 60)).unwrap();
+    }
+    s.sync().unwrap();
+    let before = s.segment_names().len();
+    s.compact(1, 8).unwrap();
+    assert_eq!(
+        s.segment_names().len(),
+        1,
+        "all closed segments were covered (had {before})"
+    );
+    drop(s);
+    let (_, rec) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
+    let stickies: Vec<&Record> = rec.records.iter().filter(|r| r.sticky).collect();
+    assert_eq!(stickies, vec![&sticky(1, "term 2"), &sticky(2, "term 7")]);
+    assert_eq!(rec.records.last(), Some(&entry(1, 8, 60)));
+}
+
+fn compaction_deletes_exactly_the_right_segments<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
+    // seg 1: group 2 up to 1 (an idle group); seg 2: group 1 up to 10;
+    // seg 3: group 1 up to 5 (a new leader overwrote 5..10); seg 4: group 1 up to 12
+    // (active, never deleted).
+    for r in [
+        entry(2, 1, 60),
+        entry(1, 10, 60),
+        entry(1, 5, 60),
+        entry(1, 12, 60),
+    ] {
+        s.append(&r).unwrap();
+    }
+    s.sync().unwrap();
+    let names = s.segment_names();
+    assert_eq!(names.len(), 4);
+
+    // Seg 3 alone is covered by 6, but seg 2 (kept: 10 > 6) would resurrect entries 6..10
+    // that seg 3 overwrote, so seg 3 stays too.
+    s.compact(1, 6).unwrap();
+    assert_eq!(s.segment_names(), names);
+
+    // Group 1 covered to 10: segs 2 and 3 go; seg 1 is pinned by the idle group 2.
+    s.compact(1, 10).unwrap();
+    assert_eq!(s.segment_names(), vec![names[0].clone(), names[3].clone()]);
+
+    // Group 2 snapshots: seg 1 goes; the active seg 4 stays even though 12 <= 20.
+    s.compact(2, 1).unwrap();
+    s.compact(1, 20).unwrap();
+    assert_eq!(s.segment_names(), vec![names[3].clone()]);
+    drop(s);
+    let (s, rec) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
+    assert_eq!(s.segment_names(), vec![names[3].clone()]);
+    assert_eq!(rec.records, vec![entry(1, 12, 60)]);
+}
+
+fn snapshot_indexes_found_at_open_guide_compaction<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
+    for i in 1..=3 {
+        s.append(&entry(4, i, 60)).unwrap();
+    }
+    s.sync().unwrap();
+    s.save_snapshot(4, 2, b"state at 2").unwrap();
+    drop(s);
+    let (mut s, _) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
+    // Another group's compaction runs the deletion pass; group 4's index 2 comes from
+    // its snapshot file.
+    s.compact(9, 0).unwrap();
+    assert_eq!(s.segment_names().len(), 1);
+}
+
+fn torn_tail_is_truncated_and_reported<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, WalOptions::default()).unwrap();
+    s.append(&entry(0, 1, 30)).unwrap();
+    s.append(&entry(0, 2, 30)).unwrap();
+    s.sync().unwrap();
+    let seg = s.segment_names()[0].clone();
+    let good_len = h.disk().len(&seg).unwrap();
+    s.append(&entry(0, 3, 30)).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    let full_len = h.disk().len(&seg).unwrap();
+    for cut in [full_len - 1, good_len + 10, good_len + 1] {
+        h.disk().truncate(&seg, cut).unwrap();
+        let (s, rec) = open(h, WalOptions::default()).unwrap();
+        assert_eq!(
+            rec.records,
+            vec![entry(0, 1, 30), entry(0, 2, 30)],
+            "cut at {cut}"
+        );
+        assert_eq!(rec.truncated_tail, Some((seg.clone(), good_len)));
+        assert_eq!(h.disk().len(&seg).unwrap(), good_len);
+        drop(s);
+        // Put the third record back for the next cut.
+        let (mut s, _) = open(h, WalOptions::default()).unwrap();
+        s.append(&entry(0, 3, 30)).unwrap();
+        s.sync().unwrap();
+    }
+    // After a truncation the log is clean: the next open reports nothing.
+    let (_, rec) = open(h, WalOptions::default()).unwrap();
+    assert_eq!(rec.truncated_tail, None);
+    assert_eq!(rec.records.len(), 3);
+}
+
+fn bad_crc_on_the_last_record_is_a_torn_tail<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, WalOptions::default()).unwrap();
+    s.append(&entry(0, 1, 30)).unwrap();
+    s.sync().unwrap();
+    let seg = s.segment_names()[0].clone();
+    let last_at = h.disk().len(&seg).unwrap();
+    s.append(&entry(0, 2, 30)).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    h.flip_byte(&seg, last_at + 30);
+    let (_, rec) = open(h, WalOptions::default()).unwrap();
+    assert_eq!(rec.records, vec![entry(0, 1, 30)]);
+    assert_eq!(rec.truncated_tail, Some((seg, last_at)));
+}
+
+fn torn_segment_header_removes_the_segment<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
+    s.append(&entry(0, 1, 60)).unwrap();
+    s.append(&entry(0, 2, 60)).unwrap();
+    s.sync().unwrap();
+    let names = s.segment_names();
+    drop(s);
+    h.disk().truncate(&names[1], 7).unwrap();
+    let (mut s, rec) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
+    assert_eq!(rec.records, vec![entry(0, 1, 60)]);
+    assert_eq!(rec.truncated_tail, Some((names[1].clone(), 0)));
+    assert_eq!(s.segment_names(), vec![names[0].clone()]);
+    s.append(&entry(0, 2, 60)).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    let (_, rec) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
+    assert_eq!(rec.records, vec![entry(0, 1, 60), entry(0, 2, 60)]);
+}
+
+fn flipped_byte_in_the_middle_is_refused_with_file_and_offset<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, WalOptions::default()).unwrap();
+    s.append(&entry(0, 1, 30)).unwrap();
+    s.sync().unwrap();
+    let seg = s.segment_names()[0].clone();
+    let second_at = h.disk().len(&seg).unwrap();
+    s.append(&entry(0, 2, 30)).unwrap();
+    s.append(&entry(0, 3, 30)).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    for (flip, what) in [(second_at + 40, "payload"), (second_at, "length")] {
+        h.flip_byte(&seg, flip);
+        match open(h, WalOptions::default()) {
+            Err(StorageError::Corrupt {
+                file,
+                offset,
+                reason,
+            }) => {
+                assert_eq!(
+                    (file.as_str(), offset),
+                    (seg.as_str(), second_at),
+                    "{what}: {reason}"
+                );
+                let msg = StorageError::Corrupt {
+                    file,
+                    offset,
+                    reason,
+                }
+                .to_string();
+                assert!(
+                    msg.contains(&seg) && msg.contains(&second_at.to_string()),
+                    "{msg}"
+                );
+            }
+            other => panic!("{what} flip: expected Corrupt, got {other:?}"),
+        }
+        h.flip_byte(&seg, flip); // undo for the next case
+    }
+    // Nothing was truncated by the refused opens.
+    let (_, rec) = open(h, WalOptions::default()).unwrap();
+    assert_eq!(rec.records.len(), 3);
+}
+
+fn damage_in_a_closed_segment_is_refused<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
+    for i in 1..=3 {
+        s.append(&entry(0, i, 60)).unwrap();
+    }
+    s.sync().unwrap();
+    let names = s.segment_names();
+    drop(s);
+    // Even a cut-off last record is corruption when a later segment exists.
+    let len = h.disk().len(&names[1]).unwrap();
+    h.disk().truncate(&names[1], len - 3).unwrap();
+    match open(h, ONE_RECORD_PER_SEGMENT) {
+        Err(StorageError::Corrupt { file, offset, .. }) => {
+            assert_eq!((file, offset), (names[1].clone(), 20))
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    h.flip_byte(&names[0], 2);
+    match open(h, ONE_RECORD_PER_SEGMENT) {
+        Err(StorageError::Corrupt { file, offset, .. }) => {
+            assert_eq!((file, offset), (names[0].clone(), 0))
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+fn snapshots_save_replace_reload<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, WalOptions::default()).unwrap();
+    s.save_snapshot(1, 5, b"one at 5").unwrap();
+    s.save_snapshot(2, 7, b"two at 7").unwrap();
+    s.save_snapshot(1, 9, b"one at 9").unwrap();
+    s.save_snapshot(2, 3, b"older than 7").unwrap();
+    s.save_snapshot(3, 4, b"").unwrap();
+    drop(s);
+    let mut snap_files: Vec<String> = h
+        .disk()
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with("snap-"))
+        .collect();
+    snap_files.sort();
+    assert_eq!(
+        snap_files,
+        vec![
+            "snap-0000000001-00000000000000000009.snap",
+            "snap-0000000002-00000000000000000007.snap",
+            "snap-0000000003-00000000000000000004.snap",
+        ]
+    );
+    let (_, rec) = open(h, WalOptions::default()).unwrap();
+    let got: Vec<(u32, u64, &[u8])> = rec
+        .snapshots
+        .iter()
+        .map(|(g, i, d)| (*g, *i, &d[..]))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, 9, &b"one at 9"[..]),
+            (2, 7, &b"two at 7"[..]),
+            (3, 4, &b""[..])
+        ]
+    );
+}
+
+fn corrupt_snapshot_is_refused<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, WalOptions::default()).unwrap();
+    s.save_snapshot(1, 5, b"snapshot data").unwrap();
+    drop(s);
+    let name = "snap-0000000001-00000000000000000005.snap";
+    h.flip_byte(name, 40);
+    match open(h, WalOptions::default()) {
+        Err(StorageError::Corrupt { file, .. }) => assert_eq!(file, name),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+fn leftover_temp_snapshot_is_ignored_and_deleted<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, WalOptions::default()).unwrap();
+    s.save_snapshot(1, 5, b"good").unwrap();
+    drop(s);
+    let temp = "snap-0000000001-00000000000000000008.snap.tmp";
+    let mut d = h.disk();
+    d.create(temp).unwrap();
+    d.append(temp, b"half a snapsh").unwrap();
+    let (_, rec) = open(h, WalOptions::default()).unwrap();
+    assert_eq!(rec.snapshots.len(), 1);
+    assert_eq!((rec.snapshots[0].0, rec.snapshots[0].1), (1, 5));
+    assert!(!h.disk().list().unwrap().iter().any(|n| n == temp));
+}
+
+fn superseded_snapshot_left_by_a_crash_is_removed_at_open<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, WalOptions::default()).unwrap();
+    s.save_snapshot(1, 3, b"old").unwrap();
+    let old = "snap-0000000001-00000000000000000003.snap";
+    let old_bytes = h.disk().read(old).unwrap();
+    s.save_snapshot(1, 5, b"new").unwrap();
+    drop(s);
+    // As if the save of 5 crashed after its rename but before removing 3.
+    let mut d = h.disk();
+    d.create(old).unwrap();
+    d.append(old, &old_bytes).unwrap();
+    let (_, rec) = open(h, WalOptions::default()).unwrap();
+    assert_eq!(
+        rec.snapshots,
+        vec![(1, 5, bytes::Bytes::from_static(b"new"))]
+    );
+    assert!(!h.disk().list().unwrap().iter().any(|n| n == old));
+}
+
+fn disk_full_is_a_clean_error<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
+    s.append(&entry(0, 1, 60)).unwrap();
+    s.sync().unwrap();
+    s.save_snapshot(0, 1, b"old").unwrap();
+    h.set_full(true);
+    // The append needs a new segment, and starting it fails.
+    let err = s.append(&entry(0, 2, 60)).unwrap_err();
+    assert!(matches!(err, StorageError::DiskFull { .. }), "{err}");
+    assert!(err.to_string().contains("wal-"), "{err}");
+    let err = s.save_snapshot(0, 2, b"new").unwrap_err();
+    assert!(matches!(err, StorageError::DiskFull { .. }), "{err}");
+    s.sync().unwrap();
+    h.set_full(false);
+    s.append(&entry(0, 3, 60)).unwrap();
+    s.sync().unwrap();
+    drop(s);
+
+    let (mut s, rec) = open(h, WalOptions::default()).unwrap();
+    assert_eq!(rec.records, vec![entry(0, 1, 60), entry(0, 3, 60)]);
+    assert_eq!(rec.truncated_tail, None);
+    assert_eq!(rec.snapshots[0].1, 1);
+    assert!(!h.disk().list().unwrap().iter().any(|n| n.ends_with(".tmp")));
+
+    // Same segment: the failed append is rolled back before the next one follows it.
+    h.set_full(true);
+    assert!(matches!(
+        s.append(&entry(0, 4, 500)),
+        Err(StorageError::DiskFull { .. })
+    ));
+    h.set_full(false);
+    s.append(&entry(0, 5, 10)).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    let (_, rec) = open(h, WalOptions::default()).unwrap();
+    assert_eq!(
+        rec.records,
+        vec![entry(0, 1, 60), entry(0, 3, 60), entry(0, 5, 10)]
+    );
+    assert_eq!(rec.truncated_tail, None);
+}
+
+fn failed_fsync_poisons_until_reopen<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, WalOptions::default()).unwrap();
+    s.append(&entry(0, 1, 10)).unwrap();
+    s.sync().unwrap();
+    s.append(&entry(0, 2, 10)).unwrap();
+    h.set_syncs_fail(true);
+    assert!(matches!(s.sync(), Err(StorageError::Io { .. })));
+    h.set_syncs_fail(false);
+    let err = s.append(&entry(0, 3, 10)).unwrap_err();
+    assert!(matches!(err, StorageError::Poisoned { .. }), "{err}");
+    assert!(matches!(s.sync(), Err(StorageError::Poisoned { .. })));
+    drop(s);
+    let (_, rec) = open(h, WalOptions::default()).unwrap();
+    assert_eq!(rec.records[0], entry(0, 1, 10));
+}
+
+fn oversized_record_names_the_limit<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, WalOptions::default()).unwrap();
+    let mut big = entry(0, 1, 0);
+    big.payload = vec![0; RECORD_PAYLOAD_BYTES_MAX as usize + 1].into();
+    let err = s.append(&big).unwrap_err();
+    assert!(
+        err.to_string().contains("RECORD_PAYLOAD_BYTES_MAX"),
+        "{err}"
+    );
+    // The limit itself is fine, and larger than a segment: it gets a segment of its own.
+    let (mut s, _) = open(
+        h,
+        WalOptions {
+            segment_bytes_max: 1024,
+        },
+    )
+    .unwrap();
+    big.payload = vec![7; RECORD_PAYLOAD_BYTES_MAX as usize].into();
+    s.append(&entry(0, 1, 10)).unwrap();
+    s.append(&big).unwrap();
+    s.append(&entry(0, 3, 10)).unwrap();
+    s.sync().unwrap();
+    assert_eq!(s.segment_names().len(), 3);
+}
+
+macro_rules! suite {
+    ($($test:ident),* $(,)?) => {
+        mod real_disk {
+            $( #[test] fn $test() { super::$test(&super::RealHarness::new()) } )*
+        }
+        mod sim_disk {
+            $( #[test] fn $test() { super::$test(&super::SimHarness::new(0x5eed)) } )*
+        }
+    };
+}
+
+suite!(
+    append_sync_reopen,
+    segments_roll_and_replay_in_order,
+    sticky_records_survive_segment_deletion,
+    compaction_deletes_exactly_the_right_segments,
+    snapshot_indexes_found_at_open_guide_compaction,
+    torn_tail_is_truncated_and_reported,
+    bad_crc_on_the_last_record_is_a_torn_tail,
+    torn_segment_header_removes_the_segment,
+    flipped_byte_in_the_middle_is_refused_with_file_and_offset,
+    damage_in_a_closed_segment_is_refused,
+    snapshots_save_replace_reload,
+    corrupt_snapshot_is_refused,
+    leftover_temp_snapshot_is_ignored_and_deleted,
+    superseded_snapshot_left_by_a_crash_is_removed_at_open,
+    disk_full_is_a_clean_error,
+    failed_fsync_poisons_until_reopen,
+    oversized_record_names_the_limit,
+);
+
+#[test]
+fn the_real_suite_writes_into_its_temp_dir() {
+    let h = RealHarness::new();
+    let (s, _) = open(&h, WalOptions::default()).unwrap();
+    let seg = s.segment_names()[0].clone();
+    assert!(h.path().join(seg).is_file());
+}
