@@ -19,6 +19,9 @@ pub mod core;
 pub mod sm;
 pub mod wal;
 
+#[cfg(test)]
+mod tests;
+
 pub use crate::codec::GroupMessage;
 pub use crate::config::NodeConfig;
 #[cfg(feature = "planted-bugs")]

@@ -1,0 +1,309 @@
+//! Whole-node tests: a few NodeCores wired together in memory (instant network, instant
+//! disk), to check routing, batching, redirects and recovery through the public inputs.
+
+use crate::{ClientToken, DiskOp, GroupMessage, NodeConfig, NodeCore, Output};
+use bytes::Bytes;
+use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Op, Outcome, Role};
+use kv_shared::{ClientId, NodeId, ShardId};
+use kv_storage::{Record, Recovered};
+use std::collections::VecDeque;
+
+struct Cluster {
+    nodes: Vec<NodeCore>,
+    /// Every record each node was asked to append (its "disk").
+    disks: Vec<Vec<Record>>,
+    snapshots: Vec<Vec<(u32, u64, Bytes)>>,
+    net: VecDeque<(NodeId, NodeId, Vec<GroupMessage>)>,
+    replies: Vec<(usize, ClientToken, ClientReply)>,
+    datagrams: usize,
+}
+
+fn ids(n: u64) -> Vec<NodeId> {
+    (1..=n).map(NodeId).collect()
+}
+
+impl Cluster {
+    fn new(n: u64, shards: u32) -> Cluster {
+        Cluster::with(n, shards, |_| {})
+    }
+
+    fn with(n: u64, shards: u32, tweak: impl Fn(&mut NodeConfig)) -> Cluster {
+        let nodes = ids(n)
+            .into_iter()
+            .map(|id| {
+                let mut config = NodeConfig::for_test(id, ids(n), shards);
+                tweak(&mut config);
+                NodeCore::new(config, Recovered::default()).unwrap()
+            })
+            .collect();
+        Cluster {
+            nodes,
+            disks: vec![Vec::new(); n as usize],
+            snapshots: vec![Vec::new(); n as usize],
+            net: VecDeque::new(),
+            replies: Vec::new(),
+            datagrams: 0,
+        }
+    }
+
+    fn absorb(&mut self, i: usize, out: Output) {
+        let me = NodeId(i as u64 + 1);
+        for (to, msgs) in out.datagrams {
+            // Through the real codec.
+            let d = crate::codec::encode_peer(7, me, &msgs);
+            let (from, back) = crate::codec::decode_peer_datagram(&d, 7).unwrap();
+            self.datagrams += 1;
+            self.net.push_back((from, to, back));
+        }
+        for (t, r) in out.replies {
+            self.replies.push((i, t, r));
+        }
+        for w in out.disk_writes {
+            for op in w.ops {
+                match op {
+                    DiskOp::Append(r) => self.disks[i].push(r),
+                    DiskOp::SaveSnapshot { shard, index, data } => {
+                        self.snapshots[i].retain(|s| s.0 != shard);
+                        self.snapshots[i].push((shard, index, data));
+                    }
+                    DiskOp::Compact { .. } => {}
+                }
+            }
+            self.nodes[i].on_disk_done(w.id);
+            let out = self.nodes[i].take_output();
+            self.absorb(i, out);
+        }
+    }
+
+    fn settle(&mut self) {
+        while let Some((from, to, msgs)) = self.net.pop_front() {
+            let i = to.0 as usize - 1;
+            self.nodes[i].on_peer_messages(from, msgs);
+            let out = self.nodes[i].take_output();
+            self.absorb(i, out);
+        }
+    }
+
+    fn tick(&mut self, n: usize) {
+        for _ in 0..n {
+            for i in 0..self.nodes.len() {
+                self.nodes[i].tick();
+                let out = self.nodes[i].take_output();
+                self.absorb(i, out);
+            }
+            self.settle();
+        }
+    }
+
+    fn leader(&self, shard: ShardId) -> usize {
+        (0..self.nodes.len())
+            .find(|&i| self.nodes[i].raft_status(shard).role == Role::Leader)
+            .expect("a leader")
+    }
+
+    fn request(&mut self, i: usize, token: u64, req: ClientRequest) {
+        self.nodes[i].on_client_request(ClientToken(token), req);
+    }
+
+    fn flush(&mut self, i: usize) {
+        let out = self.nodes[i].take_output();
+        self.absorb(i, out);
+        self.settle();
+    }
+
+    fn reply_to(&self, token: u64) -> Vec<Outcome> {
+        self.replies
+            .iter()
+            .filter(|(_, t, _)| t.0 == token)
+            .map(|(_, _, r)| r.outcome.clone())
+            .collect()
+    }
+}
+
+fn put(client: u64, seq: u64, k: &str, v: &str) -> ClientRequest {
+    ClientRequest {
+        client: ClientId(client),
+        seq,
+        op: Op::Put {
+            key: Bytes::copy_from_slice(k.as_bytes()),
+            value: Bytes::copy_from_slice(v.as_bytes()),
+        },
+    }
+}
+
+fn get(client: u64, seq: u64, k: &str) -> ClientRequest {
+    ClientRequest {
+        client: ClientId(client),
+        seq,
+        op: Op::Get {
+            key: Bytes::copy_from_slice(k.as_bytes()),
+            stale: false,
+        },
+    }
+}
+
+#[test]
+fn writes_of_one_round_share_one_entry_and_reads_see_them() {
+    let mut c = Cluster::new(3, 1);
+    c.tick(60);
+    let l = c.leader(ShardId(0));
+    let before = c.nodes[l].raft_status(ShardId(0)).last_index;
+    for k in 0..5 {
+        c.request(l, k, put(k + 1, 1, &format!("k{k}"), "v"));
+    }
+    c.flush(l);
+    assert_eq!(
+        c.nodes[l].raft_status(ShardId(0)).last_index,
+        before + 1,
+        "five writes, one entry"
+    );
+    c.tick(3);
+    for k in 0..5 {
+        assert_eq!(c.reply_to(k), vec![Outcome::Done]);
+    }
+    c.request(l, 100, get(9, 1, "k3"));
+    c.flush(l);
+    c.tick(3);
+    assert_eq!(
+        c.reply_to(100),
+        vec![Outcome::Value(Some(Bytes::from_static(b"v")))]
+    );
+}
+
+#[test]
+fn follower_redirects_to_the_leader_and_retry_applies_once() {
+    let mut c = Cluster::new(3, 2);
+    c.tick(60);
+    let l = c.leader(ShardId(0));
+    let key = (0..)
+        .map(|i| format!("key{i}"))
+        .find(|k| kv_shared::shard::shard_for_key(k.as_bytes(), 2) == ShardId(0))
+        .unwrap();
+    let f = (l + 1) % 3;
+    c.request(f, 1, put(5, 1, &key, "a"));
+    c.flush(f);
+    assert_eq!(
+        c.reply_to(1),
+        vec![Outcome::Error(ClientError::NotLeader {
+            shard: ShardId(0),
+            leader: Some(NodeId(l as u64 + 1))
+        })]
+    );
+    c.request(l, 2, put(5, 1, &key, "a"));
+    c.flush(l);
+    c.tick(3);
+    c.request(l, 3, put(6, 1, &key, "b"));
+    c.flush(l);
+    c.tick(3);
+    // A late retry of client 5's write must not overwrite client 6's.
+    c.request(l, 4, put(5, 1, &key, "a"));
+    c.flush(l);
+    c.tick(3);
+    assert_eq!(c.reply_to(4), vec![Outcome::Done]);
+    c.request(l, 5, get(7, 1, &key));
+    c.flush(l);
+    c.tick(3);
+    assert_eq!(
+        c.reply_to(5),
+        vec![Outcome::Value(Some(Bytes::from_static(b"b")))]
+    );
+}
+
+#[test]
+fn requests_without_a_leader_time_out_exactly_once() {
+    let mut c = Cluster::new(3, 1);
+    // No ticks yet: no leader is known. Isolate node 1 so none becomes known to it.
+    c.request(0, 1, put(1, 1, "x", "y"));
+    c.flush(0);
+    for _ in 0..60 {
+        c.nodes[0].tick();
+        let out = c.nodes[0].take_output();
+        assert!(out.replies.len() <= 1);
+        c.replies
+            .extend(out.replies.into_iter().map(|(t, r)| (0, t, r)));
+    }
+    assert_eq!(
+        c.reply_to(1),
+        vec![Outcome::Error(ClientError::Timeout { shard: ShardId(0) })]
+    );
+    assert_eq!(c.nodes[0].pending_requests(), 0);
+}
+
+#[test]
+fn restart_from_records_keeps_the_data() {
+    let mut c = Cluster::new(3, 2);
+    c.tick(60);
+    for (t, k) in ["a", "b", "c", "d"].iter().enumerate() {
+        let shard = kv_shared::shard::shard_for_key(k.as_bytes(), 2);
+        let l = c.leader(shard);
+        c.request(l, t as u64, put(1, t as u64 + 1, k, "v"));
+        c.flush(l);
+        c.tick(3);
+    }
+    // Restart every node from what it appended; the data must come back.
+    for i in 0..3 {
+        let rec = Recovered {
+            records: c.disks[i].clone(),
+            snapshots: c.snapshots[i].clone(),
+            truncated_tail: None,
+        };
+        c.nodes[i] =
+            NodeCore::new(NodeConfig::for_test(NodeId(i as u64 + 1), ids(3), 2), rec).unwrap();
+    }
+    c.tick(80);
+    for (t, k) in ["a", "b", "c", "d"].iter().enumerate() {
+        let shard = kv_shared::shard::shard_for_key(k.as_bytes(), 2);
+        let l = c.leader(shard);
+        c.request(l, 100 + t as u64, get(2, 1, k));
+        c.flush(l);
+        c.tick(3);
+        assert_eq!(
+            c.reply_to(100 + t as u64),
+            vec![Outcome::Value(Some(Bytes::from_static(b"v")))],
+            "key {k}"
+        );
+    }
+}
+
+#[test]
+fn snapshots_compact_and_restore() {
+    let mut c = Cluster::with(3, 1, |config| config.snapshot_threshold_entries = 5);
+    c.tick(60);
+    let l = c.leader(ShardId(0));
+    for s in 1..=30u64 {
+        c.request(l, s, put(1, s, &format!("k{}", s % 4), &format!("v{s}")));
+        c.flush(l);
+        c.tick(1);
+    }
+    c.tick(5);
+    let st = c.nodes[l].raft_status(ShardId(0));
+    assert!(st.snapshot_index > 0, "a snapshot was taken: {st:?}");
+    assert!(!c.snapshots[l].is_empty());
+    // Digests agree across replicas that applied the same prefix.
+    let d: Vec<_> = (0..3)
+        .map(|i| c.nodes[i].state_digest(ShardId(0)))
+        .collect();
+    assert!(d.iter().all(|x| *x == d[0]), "{d:?}");
+    // A restart from snapshot + records gives the same state.
+    let rec = Recovered {
+        records: c.disks[l].clone(),
+        snapshots: c.snapshots[l].clone(),
+        truncated_tail: None,
+    };
+    let back = NodeCore::new(NodeConfig::for_test(NodeId(l as u64 + 1), ids(3), 1), rec).unwrap();
+    assert!(back.state_digest(ShardId(0)).0 >= st.snapshot_index);
+}
+
+#[test]
+fn datagrams_batch_all_groups_per_destination() {
+    let mut c = Cluster::new(3, 8);
+    c.tick(80);
+    let before = c.datagrams;
+    c.tick(1);
+    // Heartbeats of up to eight groups per node pair travel in one datagram each way.
+    assert!(
+        c.datagrams - before <= 3 * 2 * 2,
+        "{} datagrams for one tick",
+        c.datagrams - before
+    );
+}
