@@ -138,7 +138,6 @@ impl<D: Disk> Storage<D> {
         );
         let mut names = disk.list()?;
         names.sort();
-        let mut dir_changed = false;
         let mut segment_seqs = Vec::new();
         let mut snapshot_files: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
         for name in &names {
@@ -151,7 +150,6 @@ impl<D: Disk> Storage<D> {
             {
                 // A save that crashed before its rename: never complete, never read.
                 disk.remove(name)?;
-                dir_changed = true;
             }
         }
 
@@ -166,7 +164,6 @@ impl<D: Disk> Storage<D> {
             // Older ones are superseded; a save that crashed before removing them left them.
             for &old in indexes.iter().filter(|&&i| i != latest) {
                 disk.remove(&snapshot_name(group, old))?;
-                dir_changed = true;
             }
             indexes.retain(|&i| i == latest);
         }
@@ -189,14 +186,18 @@ impl<D: Disk> Storage<D> {
         let mut active_sticky_keys = BTreeSet::new();
         for (i, &seq) in segment_seqs.iter().enumerate() {
             let is_last = i + 1 == segment_seqs.len();
-            match storage.recover_segment(seq, is_last, &mut recovered)? {
-                Some(keys) => active_sticky_keys = keys,
-                None => dir_changed = true,
+            if let Some(keys) = storage.recover_segment(seq, is_last, &mut recovered)? {
+                active_sticky_keys = keys;
             }
         }
-        if dir_changed {
-            storage.disk.sync_dir()?;
+        // What was read may have come from the page cache of a process that crashed
+        // before its fsync: make it durable before the node acts on it (a vote it
+        // recovers must survive a later power loss), along with every name read above
+        // and the removals done here.
+        if let Some(last) = storage.segments.last() {
+            storage.disk.sync_file(&last.name)?;
         }
+        storage.disk.sync_dir()?;
         // Appending goes on in the last segment only if it holds the latest copy of
         // every sticky record: a crash may have torn off the copies at its head, and
         // compaction deletes older segments trusting the active one to have them all.
@@ -272,8 +273,8 @@ impl<D: Disk> Storage<D> {
                         ));
                     }
                     // Nothing valid after it: the tail of an append the crash tore.
+                    // (`open` fsyncs the cut file with the rest of what it read.)
                     self.disk.truncate(&name, at as u64)?;
-                    self.disk.sync_file(&name)?;
                     recovered.truncated_tail = Some((name.clone(), at as u64));
                     break;
                 }

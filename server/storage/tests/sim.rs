@@ -408,3 +408,28 @@ fn compaction_never_relies_on_unsynced_sticky_copies() {
         );
     }
 }
+
+/// A killed process leaves its unsynced writes in the page cache, where the next open
+/// reads them; the node then acts on them (a vote, say), so open must make them durable
+/// before a power loss can take them back.
+#[test]
+fn what_open_reads_after_a_process_crash_survives_a_later_power_loss() {
+    for seed in 0..20 {
+        let disk = SimDisk::new(seed);
+        let options = WalOptions::default();
+        let (mut s, _) = Storage::open(disk.clone(), options).unwrap();
+        s.append(&common::sticky(3, "voted for node 2 in term 5"))
+            .unwrap();
+        s.append(&common::entry(3, 1, 30)).unwrap();
+        drop(s); // kill -9: no sync, but no power loss either
+        let (_, first) = Storage::open(disk.clone(), options).unwrap();
+        assert_eq!(first.records.len(), 2, "seed {seed}");
+        disk.crash();
+        let (_, second) = Storage::open(disk.clone(), options).unwrap();
+        assert_eq!(
+            without_repeats(&second.records),
+            first.records,
+            "seed {seed}"
+        );
+    }
+}
