@@ -1,0 +1,22 @@
+//! kv-course: raftkv's single-group mode, run as a replica under the course's key-value
+//! store harness (`./3700kvstore <UDP port> <id> <peer ids...>`). The same node core
+//! (kv-node) and Raft core (kv-raft) as kvserver, with one group and in-memory storage,
+//! speaking the course's JSON-over-UDP protocol. See docs/COURSE_MODE.md.
+//!
+//! Layout:
+//! - [`ids`]: course ids and the replica <-> node id mapping; the `leader` field.
+//! - [`protocol`]: parsing inbound JSON, formatting hello, replies and peer datagrams.
+//! - [`peer`]: the node core's group messages inside peer datagrams (split to fit).
+//! - [`requests`]: the MID table (each MID answered once), sessions, outcome -> answer.
+//! - [`policy`]: which peer messages leave now (lazy followers, heartbeat suppression)
+//!   and the leader lease for gets.
+//! - [`settings`]: this mode's timing and traffic settings.
+//! - [`runtime`]: the socket loop.
+
+pub mod ids;
+pub mod peer;
+pub mod policy;
+pub mod protocol;
+pub mod requests;
+pub mod runtime;
+pub mod settings;

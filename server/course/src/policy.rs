@@ -1,0 +1,549 @@
+//! Course mode's send policy: which Raft messages leave now, which wait, and when the
+//! leader may serve a get from its own state. It exists because the course counts every
+//! replica-bound datagram, and Raft as written sends every append to every follower.
+//!
+//! - Lazy followers: a leader needs acknowledgements from `quorum - 1` followers to
+//!   commit, so it sends appends at once only to that many ("fast" followers). Appends to
+//!   the others are held and go out with their next heartbeat, or as soon as a commit has
+//!   stalled for [`Settings::stall`] (a dropped datagram or a dead fast follower), after
+//!   which a fast follower that did not answer is replaced. Holding a message is no
+//!   different, to Raft, from a slow network.
+//! - Heartbeat suppression: a fast follower that acknowledged an append within the last
+//!   heartbeat interval does not need the heartbeat (the append reset its election timer
+//!   and its acknowledgement counts for CheckQuorum). Heartbeats that confirm a ReadIndex
+//!   round are never suppressed.
+//! - Leader lease: see [`Settings::check`]; a get is served locally while a quorum has
+//!   acknowledged this leader within [`Settings::lease`] and the leader has applied the
+//!   no-op of its term (so its state holds every committed write).
+//!
+//! Time comes in as arguments, so all of this is tested without a clock.
+
+use crate::settings::Settings;
+use kv_node::GroupMessage;
+use kv_raft::{Index, MessageBody, Role, Term};
+use kv_shared::NodeId;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Most messages held for one lazy follower before they are sent anyway.
+pub const HELD_MESSAGES_MAX: usize = 256;
+
+/// How long a new leader sends everything to everyone before holding anything: its first
+/// appends tell every follower who leads.
+pub const LEADER_GRACE: Duration = Duration::from_millis(200);
+
+/// The parts of the Raft status the policy needs, read after each round of input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct View {
+    /// This replica's role.
+    pub role: Role,
+    /// Its term.
+    pub term: Term,
+    /// Commit index.
+    pub commit: Index,
+    /// Last log index.
+    pub last_index: Index,
+    /// Highest applied index.
+    pub applied: Index,
+}
+
+#[derive(Debug, Default)]
+struct Peer {
+    held: Vec<GroupMessage>,
+    /// Last acknowledgement (AppendResp / HeartbeatResp) addressed to us: its term and
+    /// when it arrived.
+    ack: Option<(Term, Instant)>,
+    /// Last time an append went to this peer.
+    append_sent: Option<Instant>,
+    /// Oldest append sent since the peer last answered one.
+    unacked_since: Option<Instant>,
+}
+
+/// Leadership as this policy tracks it.
+#[derive(Debug)]
+struct Leadership {
+    term: Term,
+    since: Instant,
+    /// Last log index when leadership was first seen: the term's no-op is at or below it.
+    noop_index: Index,
+}
+
+/// The send policy of one replica.
+#[derive(Debug)]
+pub struct SendPolicy {
+    settings: Settings,
+    me: NodeId,
+    quorum: usize,
+    peers: BTreeMap<NodeId, Peer>,
+    leading: Option<Leadership>,
+    fast: Vec<NodeId>,
+    last_commit: Index,
+    uncommitted_since: Option<Instant>,
+}
+
+impl SendPolicy {
+    /// A policy for `me` in a group of `members` (which includes `me`).
+    pub fn new(settings: Settings, me: NodeId, members: &[NodeId]) -> SendPolicy {
+        let peers = members
+            .iter()
+            .filter(|&&m| m != me)
+            .map(|&m| (m, Peer::default()))
+            .collect();
+        SendPolicy {
+            settings,
+            me,
+            quorum: members.len() / 2 + 1,
+            peers,
+            leading: None,
+            fast: Vec::new(),
+            last_commit: 0,
+            uncommitted_since: None,
+        }
+    }
+
+    /// Notes acknowledgements among messages just received from `from`.
+    pub fn on_inbound(&mut self, from: NodeId, msgs: &[GroupMessage], now: Instant) {
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return;
+        };
+        for gm in msgs.iter().filter(|gm| gm.msg.to == self.me) {
+            match gm.msg.body {
+                MessageBody::AppendResp { .. } => {
+                    peer.ack = Some((gm.msg.term, now));
+                    peer.unacked_since = None;
+                }
+                MessageBody::HeartbeatResp { .. } => peer.ack = Some((gm.msg.term, now)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Takes in the Raft status after a round of input (before routing its output).
+    pub fn observe(&mut self, view: View, now: Instant) {
+        if view.role == Role::Leader {
+            if self.leading.as_ref().map(|l| l.term) != Some(view.term) {
+                self.leading = Some(Leadership {
+                    term: view.term,
+                    since: now,
+                    noop_index: view.last_index,
+                });
+                self.fast.clear();
+                self.drop_held();
+                self.uncommitted_since = None;
+            }
+        } else if self.leading.take().is_some() {
+            self.fast.clear();
+            self.drop_held();
+            self.uncommitted_since = None;
+        }
+        if view.last_index <= view.commit {
+            self.uncommitted_since = None;
+        } else if view.commit != self.last_commit || self.uncommitted_since.is_none() {
+            self.uncommitted_since = Some(now);
+        }
+        self.last_commit = view.commit;
+    }
+
+    fn drop_held(&mut self) {
+        for p in self.peers.values_mut() {
+            p.held.clear();
+            p.unacked_since = None;
+        }
+    }
+
+    /// True while this leader may answer gets from its own applied state.
+    pub fn lease_valid(&self, view: View, now: Instant) -> bool {
+        let Some(l) = &self.leading else {
+            return false;
+        };
+        if view.role != Role::Leader || view.term != l.term || view.applied < l.noop_index {
+            return false;
+        }
+        let fresh = self
+            .peers
+            .values()
+            .filter(|p| {
+                p.ack.is_some_and(|(term, at)| {
+                    term == l.term && now.saturating_duration_since(at) < self.settings.lease
+                })
+            })
+            .count();
+        fresh + 1 >= self.quorum
+    }
+
+    fn lazy_active(&self, now: Instant) -> bool {
+        self.settings.lazy_followers
+            && self
+                .leading
+                .as_ref()
+                .is_some_and(|l| now.saturating_duration_since(l.since) >= LEADER_GRACE)
+    }
+
+    fn stale(&self, peer: &Peer, now: Instant) -> bool {
+        peer.unacked_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.settings.stall)
+    }
+
+    /// Keeps `quorum - 1` fast followers, replacing any that left an append unanswered for
+    /// longer than the stall time by the followers that answered most recently.
+    fn refresh_fast(&mut self, now: Instant) {
+        let want = self.quorum - 1;
+        let healthy =
+            self.fast.len() == want && self.fast.iter().all(|id| !self.stale(&self.peers[id], now));
+        if healthy {
+            return;
+        }
+        let term = self.leading.as_ref().map(|l| l.term);
+        let mut ranked: Vec<(bool, Option<Instant>, NodeId)> = self
+            .peers
+            .iter()
+            .map(|(&id, p)| {
+                let ack = p.ack.filter(|(t, _)| Some(*t) == term).map(|(_, at)| at);
+                (self.stale(p, now), ack, id)
+            })
+            .collect();
+        // Not stale first, then the most recent acknowledgement, then the lowest id.
+        ranked.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+        self.fast = ranked.into_iter().take(want).map(|r| r.2).collect();
+    }
+
+    /// Decides what of `msgs` (bound for `dst`) leaves now; the rest is held.
+    pub fn route(
+        &mut self,
+        dst: NodeId,
+        msgs: Vec<GroupMessage>,
+        now: Instant,
+    ) -> Vec<GroupMessage> {
+        if !self.peers.contains_key(&dst) {
+            return msgs;
+        }
+        if !self.lazy_active(now) {
+            self.note_sent(dst, &msgs, now);
+            return msgs;
+        }
+        self.refresh_fast(now);
+        let heartbeat_interval = self.settings.heartbeat_interval();
+        let suppress = self.settings.suppress_heartbeats;
+        let fast = self.fast.contains(&dst);
+        let peer = self.peers.get_mut(&dst).expect("known peer");
+        let mut out = std::mem::take(&mut peer.held);
+        if fast {
+            let recently_acked = peer.unacked_since.is_none()
+                && peer
+                    .append_sent
+                    .is_some_and(|t| now.saturating_duration_since(t) < heartbeat_interval);
+            out.extend(msgs.into_iter().filter(|gm| {
+                !(suppress
+                    && recently_acked
+                    && matches!(gm.msg.body, MessageBody::Heartbeat { read_round: 0, .. }))
+            }));
+        } else {
+            let carrier = msgs.iter().any(|gm| !holdable(&gm.msg.body));
+            out.extend(msgs);
+            if !carrier && out.len() < HELD_MESSAGES_MAX {
+                peer.held = out;
+                return Vec::new();
+            }
+        }
+        self.note_sent(dst, &out, now);
+        out
+    }
+
+    fn note_sent(&mut self, dst: NodeId, msgs: &[GroupMessage], now: Instant) {
+        if !msgs
+            .iter()
+            .any(|gm| matches!(gm.msg.body, MessageBody::Append { .. }))
+        {
+            return;
+        }
+        if let Some(p) = self.peers.get_mut(&dst) {
+            p.append_sent = Some(now);
+            p.unacked_since.get_or_insert(now);
+        }
+    }
+
+    /// When a commit has stalled, releases every held message (at most once per stall
+    /// period) so the lazy followers can make up the quorum.
+    pub fn release_if_stalled(&mut self, now: Instant) -> Vec<(NodeId, Vec<GroupMessage>)> {
+        let Some(since) = self.uncommitted_since else {
+            return Vec::new();
+        };
+        if self.leading.is_none() || now.saturating_duration_since(since) < self.settings.stall {
+            return Vec::new();
+        }
+        let ids: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.held.is_empty())
+            .map(|(&id, _)| id)
+            .collect();
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        self.uncommitted_since = Some(now);
+        let mut out = Vec::new();
+        for id in ids {
+            let held = std::mem::take(&mut self.peers.get_mut(&id).expect("known").held);
+            self.note_sent(id, &held, now);
+            out.push((id, held));
+        }
+        out
+    }
+
+    /// When [`SendPolicy::release_if_stalled`] next has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let since = self.uncommitted_since?;
+        self.leading.as_ref()?;
+        self.peers
+            .values()
+            .any(|p| !p.held.is_empty())
+            .then_some(since + self.settings.stall)
+    }
+}
+
+/// Messages a lazy follower can wait for: appends. Anything else (its heartbeat, a
+/// ReadIndex round, a snapshot chunk, TimeoutNow) goes at once and carries the held
+/// appends with it, so a lazy follower catches up once per heartbeat interval.
+fn holdable(body: &MessageBody) -> bool {
+    matches!(body, MessageBody::Append { .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use kv_raft::{Entry, EntryKind, Message};
+    use kv_shared::ShardId;
+
+    const ME: NodeId = NodeId(1);
+
+    fn members() -> Vec<NodeId> {
+        (1..=5).map(NodeId).collect()
+    }
+
+    fn policy() -> SendPolicy {
+        SendPolicy::new(Settings::default(), ME, &members())
+    }
+
+    fn gm(from: NodeId, to: NodeId, term: u64, body: MessageBody) -> GroupMessage {
+        GroupMessage {
+            shard: ShardId(0),
+            msg: Message {
+                from,
+                to,
+                term,
+                body,
+            },
+        }
+    }
+
+    fn append(to: NodeId, index: u64) -> GroupMessage {
+        gm(
+            ME,
+            to,
+            2,
+            MessageBody::Append {
+                prev_index: index - 1,
+                prev_term: 2,
+                entries: vec![Entry {
+                    term: 2,
+                    index,
+                    kind: EntryKind::Command,
+                    data: Bytes::from_static(b"x"),
+                }],
+                commit: index - 1,
+            },
+        )
+    }
+
+    fn heartbeat(to: NodeId, read_round: u64) -> GroupMessage {
+        gm(
+            ME,
+            to,
+            2,
+            MessageBody::Heartbeat {
+                commit: 1,
+                read_round,
+            },
+        )
+    }
+
+    fn ack(from: NodeId, term: u64) -> GroupMessage {
+        gm(
+            from,
+            ME,
+            term,
+            MessageBody::AppendResp {
+                reject: false,
+                index: 1,
+                hint_index: 0,
+                hint_term: 0,
+            },
+        )
+    }
+
+    fn leader(commit: u64, last_index: u64) -> View {
+        View {
+            role: Role::Leader,
+            term: 2,
+            commit,
+            last_index,
+            applied: commit,
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// A leader past its grace period, with followers 2 and 3 having acknowledged last.
+    fn settled(t0: Instant) -> (SendPolicy, Instant) {
+        let mut p = policy();
+        p.observe(leader(1, 1), t0);
+        let now = t0 + LEADER_GRACE;
+        for (i, f) in [5, 4, 3, 2].into_iter().enumerate() {
+            p.on_inbound(NodeId(f), &[ack(NodeId(f), 2)], now + ms(i as u64));
+        }
+        (p, now + ms(10))
+    }
+
+    #[test]
+    fn a_new_leader_sends_to_everyone() {
+        let t0 = Instant::now();
+        let mut p = policy();
+        p.observe(leader(0, 1), t0);
+        for f in 2..=5 {
+            assert_eq!(p.route(NodeId(f), vec![append(NodeId(f), 1)], t0).len(), 1);
+        }
+    }
+
+    #[test]
+    fn appends_go_at_once_to_a_quorum_and_wait_for_the_rest() {
+        let t0 = Instant::now();
+        let (mut p, now) = settled(t0);
+        p.observe(leader(1, 2), now);
+        let sent: Vec<usize> = (2..=5)
+            .map(|f| p.route(NodeId(f), vec![append(NodeId(f), 2)], now).len())
+            .collect();
+        assert_eq!(
+            sent,
+            vec![1, 1, 0, 0],
+            "the two most recent ackers are fast"
+        );
+        // The next heartbeat to a lazy follower carries what it missed.
+        let out = p.route(NodeId(4), vec![heartbeat(NodeId(4), 0)], now + ms(1));
+        assert_eq!(out.len(), 2);
+        assert!(matches!(out[0].msg.body, MessageBody::Append { .. }));
+    }
+
+    #[test]
+    fn a_stalled_commit_releases_held_appends_and_replaces_the_silent_follower() {
+        let t0 = Instant::now();
+        let (mut p, now) = settled(t0);
+        p.observe(leader(1, 2), now);
+        for f in 2..=5 {
+            p.route(NodeId(f), vec![append(NodeId(f), 2)], now);
+        }
+        assert_eq!(p.next_deadline(), Some(now + Settings::default().stall));
+        assert!(p.release_if_stalled(now + ms(1)).is_empty(), "not yet");
+        // Follower 3 answers, follower 2 does not: the commit stalls.
+        p.on_inbound(NodeId(3), &[ack(NodeId(3), 2)], now + ms(1));
+        let later = now + ms(5);
+        let released = p.release_if_stalled(later);
+        let ids: Vec<NodeId> = released.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, vec![NodeId(4), NodeId(5)]);
+        assert!(
+            p.release_if_stalled(later).is_empty(),
+            "once per stall period"
+        );
+        // 4 answers; the next append skips the silent 2.
+        p.on_inbound(NodeId(4), &[ack(NodeId(4), 2)], later + ms(1));
+        p.observe(leader(2, 3), later + ms(1));
+        let sent: Vec<usize> = (2..=5)
+            .map(|f| {
+                p.route(NodeId(f), vec![append(NodeId(f), 3)], later + ms(2))
+                    .len()
+            })
+            .collect();
+        assert_eq!(sent, vec![0, 1, 1, 0]);
+    }
+
+    #[test]
+    fn heartbeats_to_busy_fast_followers_are_skipped_but_read_rounds_are_not() {
+        let t0 = Instant::now();
+        let (mut p, now) = settled(t0);
+        p.observe(leader(1, 2), now);
+        assert_eq!(p.route(NodeId(2), vec![append(NodeId(2), 2)], now).len(), 1);
+        p.on_inbound(NodeId(2), &[ack(NodeId(2), 2)], now + ms(1));
+        assert!(p
+            .route(NodeId(2), vec![heartbeat(NodeId(2), 0)], now + ms(2))
+            .is_empty());
+        assert_eq!(
+            p.route(NodeId(2), vec![heartbeat(NodeId(2), 7)], now + ms(2))
+                .len(),
+            1
+        );
+        // A heartbeat interval after the last append, the heartbeat goes again.
+        let idle = now + Settings::default().heartbeat_interval();
+        assert_eq!(
+            p.route(NodeId(2), vec![heartbeat(NodeId(2), 0)], idle)
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn lease_needs_a_fresh_quorum_and_the_terms_noop_applied() {
+        let t0 = Instant::now();
+        let mut p = policy();
+        let mut v = leader(0, 5);
+        p.observe(v, t0);
+        p.on_inbound(NodeId(2), &[ack(NodeId(2), 2)], t0);
+        p.on_inbound(NodeId(3), &[ack(NodeId(3), 2)], t0);
+        assert!(!p.lease_valid(v, t0), "no-op at 5 not applied yet");
+        v.applied = 5;
+        v.commit = 5;
+        assert!(p.lease_valid(v, t0));
+        let lease = Settings::default().lease;
+        assert!(p.lease_valid(v, t0 + lease - ms(1)));
+        assert!(!p.lease_valid(v, t0 + lease), "expired");
+        // Acks from an older term never count.
+        p.on_inbound(NodeId(4), &[ack(NodeId(4), 1)], t0 + lease);
+        p.on_inbound(NodeId(5), &[ack(NodeId(5), 2)], t0 + lease);
+        assert!(!p.lease_valid(v, t0 + lease));
+        // A follower never holds a lease, whatever it heard.
+        let follower = View {
+            role: Role::Follower,
+            ..v
+        };
+        p.observe(follower, t0 + lease);
+        assert!(!p.lease_valid(follower, t0 + lease));
+    }
+
+    #[test]
+    fn losing_leadership_drops_held_messages() {
+        let t0 = Instant::now();
+        let (mut p, now) = settled(t0);
+        p.observe(leader(1, 2), now);
+        assert!(p
+            .route(NodeId(5), vec![append(NodeId(5), 2)], now)
+            .is_empty());
+        p.observe(
+            View {
+                role: Role::Follower,
+                term: 3,
+                commit: 1,
+                last_index: 2,
+                applied: 1,
+            },
+            now + ms(1),
+        );
+        assert_eq!(p.next_deadline(), None);
+        assert!(p.release_if_stalled(now + ms(100)).is_empty());
+        // As a follower everything goes out unchanged.
+        assert_eq!(
+            p.route(NodeId(5), vec![heartbeat(NodeId(5), 0)], now).len(),
+            1
+        );
+    }
+}

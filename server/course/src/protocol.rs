@@ -1,0 +1,360 @@
+//! The course's JSON-over-UDP protocol: parsing what arrives, formatting what leaves.
+//!
+//! Every datagram we send is one JSON object with `src`, `dst`, `leader` and `type`
+//! (the harness rejects anything else), never empty and never over
+//! [`DATAGRAM_BYTES_MAX`]. Inbound bytes become a typed [`Inbound`] here, once; anything
+//! malformed is [`Inbound::Ignored`] or a [`Inbound::Malformed`] request that still has a
+//! client and an MID to answer, never a panic.
+
+use crate::ids::CourseId;
+use kv_shared::limits::DATAGRAM_BYTES_MAX;
+use serde::{Deserialize, Serialize};
+
+/// The `type` of our replica-to-replica datagrams (any type is free between replicas).
+pub const PEER_TYPE: &str = "raft";
+
+/// A parsed inbound datagram.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inbound {
+    /// A client's get.
+    Get {
+        /// The client.
+        client: CourseId,
+        /// Its message id, answered exactly once.
+        mid: String,
+        /// The key.
+        key: String,
+    },
+    /// A client's put.
+    Put {
+        /// The client.
+        client: CourseId,
+        /// Its message id, answered exactly once.
+        mid: String,
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// A client request we cannot serve (missing key, unknown type) but whose MID can be
+    /// answered: it gets a `fail`.
+    Malformed {
+        /// The client.
+        client: CourseId,
+        /// Its message id.
+        mid: String,
+    },
+    /// Raft traffic from another replica; `payload` is decoded by [`crate::peer`].
+    Peer {
+        /// The sending replica (not yet checked against the roster).
+        src: CourseId,
+        /// The encoded batch.
+        payload: String,
+    },
+    /// Not for us, not parseable, or nothing to answer.
+    Ignored,
+}
+
+#[derive(Deserialize)]
+struct RawInbound {
+    src: Option<String>,
+    dst: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(rename = "MID")]
+    mid: Option<String>,
+    key: Option<String>,
+    value: Option<String>,
+    #[serde(rename = "m")]
+    payload: Option<String>,
+}
+
+/// Parses one datagram addressed to `me`. Never panics, whatever the bytes.
+pub fn parse_inbound(bytes: &[u8], me: CourseId) -> Inbound {
+    let Ok(raw) = serde_json::from_slice::<RawInbound>(bytes) else {
+        return Inbound::Ignored;
+    };
+    let (Some(src), Some(kind)) = (
+        raw.src.as_deref().and_then(CourseId::parse),
+        raw.kind.as_deref(),
+    ) else {
+        return Inbound::Ignored;
+    };
+    let dst = raw.dst.as_deref().and_then(CourseId::parse);
+    if dst != Some(me) && dst != Some(CourseId::BROADCAST) {
+        return Inbound::Ignored;
+    }
+    if kind == PEER_TYPE {
+        return match raw.payload {
+            Some(payload) => Inbound::Peer { src, payload },
+            None => Inbound::Ignored,
+        };
+    }
+    // Everything else is treated as a client request; without an MID there is nothing
+    // we may answer.
+    let Some(mid) = raw.mid else {
+        return Inbound::Ignored;
+    };
+    if src == CourseId::BROADCAST {
+        return Inbound::Ignored;
+    }
+    match (kind, raw.key, raw.value) {
+        ("get", Some(key), _) => Inbound::Get {
+            client: src,
+            mid,
+            key,
+        },
+        ("put", Some(key), Some(value)) => Inbound::Put {
+            client: src,
+            mid,
+            key,
+            value,
+        },
+        _ => Inbound::Malformed { client: src, mid },
+    }
+}
+
+/// How one client request is finally answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// `ok`; a get carries its value (`""` for a key never written).
+    Ok {
+        /// The value read, for gets.
+        value: Option<String>,
+    },
+    /// `redirect`: the client retries (new MID) at the `leader` we name.
+    Redirect,
+    /// `fail`: counted against us; only for requests we cannot understand.
+    Fail,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    src: CourseId,
+    dst: CourseId,
+    leader: CourseId,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(rename = "MID", skip_serializing_if = "Option::is_none")]
+    mid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a str>,
+    #[serde(rename = "m", skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a str>,
+}
+
+impl Envelope<'_> {
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an envelope of strings always serializes")
+    }
+}
+
+/// The hello every replica must send first: it is how the harness learns our port.
+pub fn hello(me: CourseId) -> Vec<u8> {
+    Envelope {
+        src: me,
+        dst: CourseId::BROADCAST,
+        leader: CourseId::BROADCAST,
+        kind: "hello",
+        mid: None,
+        value: None,
+        payload: None,
+    }
+    .encode()
+}
+
+/// A reply to a client. `leader` is our current belief (a member id or `FFFF`).
+/// Returns None only if the value is too large to fit one datagram (then the caller
+/// answers `fail` instead, which always fits).
+pub fn reply(
+    me: CourseId,
+    client: CourseId,
+    leader: CourseId,
+    mid: &str,
+    answer: &Answer,
+) -> Option<Vec<u8>> {
+    let (kind, value) = match answer {
+        Answer::Ok { value } => ("ok", value.as_deref()),
+        Answer::Redirect => ("redirect", None),
+        Answer::Fail => ("fail", None),
+    };
+    let bytes = Envelope {
+        src: me,
+        dst: client,
+        leader,
+        kind,
+        mid: Some(mid),
+        value,
+        payload: None,
+    }
+    .encode();
+    (bytes.len() <= DATAGRAM_BYTES_MAX).then_some(bytes)
+}
+
+/// Bytes of a peer datagram around its payload (src, dst, leader, type, field names).
+pub const PEER_ENVELOPE_BYTES: usize = 80;
+
+/// A peer datagram carrying an already encoded batch (see [`crate::peer`]).
+pub fn peer(me: CourseId, dst: CourseId, leader: CourseId, payload: &str) -> Vec<u8> {
+    Envelope {
+        src: me,
+        dst,
+        leader,
+        kind: PEER_TYPE,
+        mid: None,
+        value: None,
+        payload: Some(payload),
+    }
+    .encode()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    const ME: CourseId = CourseId(2);
+
+    fn fields(bytes: &[u8]) -> Value {
+        let v: Value = serde_json::from_slice(bytes).unwrap();
+        for f in ["src", "dst", "leader", "type"] {
+            assert!(v.get(f).is_some(), "missing {f} in {v}");
+        }
+        for f in ["src", "dst", "leader"] {
+            let s = v[f].as_str().unwrap();
+            assert_eq!(
+                CourseId::parse(s).map(|c| c.to_string()).as_deref(),
+                Some(s)
+            );
+        }
+        v
+    }
+
+    #[test]
+    fn hello_is_exactly_the_expected_object() {
+        let v = fields(&hello(ME));
+        assert_eq!(
+            v,
+            serde_json::json!({"src": "0002", "dst": "FFFF", "leader": "FFFF", "type": "hello"})
+        );
+    }
+
+    #[test]
+    fn parses_client_requests() {
+        let get = br#"{"src": "001A", "dst": "0002", "leader": "FFFF", "type": "get", "MID": "m1", "key": "k"}"#;
+        assert_eq!(
+            parse_inbound(get, ME),
+            Inbound::Get {
+                client: CourseId(0x1A),
+                mid: "m1".into(),
+                key: "k".into()
+            }
+        );
+        let put = br#"{"src": "001A", "dst": "0002", "leader": "0001", "type": "put", "MID": "m2", "key": "k", "value": "v"}"#;
+        assert_eq!(
+            parse_inbound(put, ME),
+            Inbound::Put {
+                client: CourseId(0x1A),
+                mid: "m2".into(),
+                key: "k".into(),
+                value: "v".into()
+            }
+        );
+        let no_value = br#"{"src": "001A", "dst": "0002", "leader": "0001", "type": "put", "MID": "m3", "key": "k"}"#;
+        assert_eq!(
+            parse_inbound(no_value, ME),
+            Inbound::Malformed {
+                client: CourseId(0x1A),
+                mid: "m3".into()
+            }
+        );
+    }
+
+    #[test]
+    fn garbage_is_ignored_not_fatal() {
+        let cases: [&[u8]; 9] = [
+            b"",
+            b"\xff\xfe",
+            b"null",
+            b"[1,2]",
+            br#"{"src": 5, "dst": "0002", "type": "get", "MID": "x", "key": "k"}"#,
+            br#"{"src": "001A", "dst": "0003", "type": "get", "MID": "x", "key": "k"}"#,
+            br#"{"src": "001A", "dst": "0002", "type": "get", "key": "k"}"#,
+            br#"{"src": "0001", "dst": "0002", "leader": "FFFF", "type": "raft"}"#,
+            br#"{"src": "FFFF", "dst": "0002", "type": "get", "MID": "x", "key": "k"}"#,
+        ];
+        for c in cases {
+            assert_eq!(
+                parse_inbound(c, ME),
+                Inbound::Ignored,
+                "{:?}",
+                String::from_utf8_lossy(c)
+            );
+        }
+    }
+
+    #[test]
+    fn replies_carry_every_required_field() {
+        let ok = reply(
+            ME,
+            CourseId(0x15),
+            ME,
+            "m",
+            &Answer::Ok {
+                value: Some("".into()),
+            },
+        )
+        .unwrap();
+        let v = fields(&ok);
+        assert_eq!(v["type"], "ok");
+        assert_eq!(v["value"], "");
+        assert_eq!(v["MID"], "m");
+        assert_eq!(v["dst"], "0015");
+        let put_ok =
+            fields(&reply(ME, CourseId(0x15), ME, "m", &Answer::Ok { value: None }).unwrap());
+        assert!(put_ok.get("value").is_none());
+        let r = fields(
+            &reply(
+                ME,
+                CourseId(0x15),
+                CourseId::BROADCAST,
+                "m",
+                &Answer::Redirect,
+            )
+            .unwrap(),
+        );
+        assert_eq!(r["type"], "redirect");
+        assert_eq!(r["leader"], "FFFF");
+        let f = fields(&reply(ME, CourseId(0x15), CourseId(4), "m", &Answer::Fail).unwrap());
+        assert_eq!(f["type"], "fail");
+        assert_eq!(f["leader"], "0004");
+    }
+
+    #[test]
+    fn an_oversized_reply_is_refused() {
+        let huge = "a".repeat(DATAGRAM_BYTES_MAX);
+        assert!(reply(
+            ME,
+            CourseId(0x15),
+            ME,
+            "m",
+            &Answer::Ok { value: Some(huge) }
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn peer_envelope_estimate_holds() {
+        let bytes = peer(CourseId(0xFFFE), CourseId(0xFFFE), CourseId::BROADCAST, "");
+        assert!(bytes.len() <= PEER_ENVELOPE_BYTES, "{}", bytes.len());
+        let v = fields(&bytes);
+        assert_eq!(v["type"], PEER_TYPE);
+        assert_eq!(
+            parse_inbound(&peer(CourseId(1), ME, ME, "abc"), ME),
+            Inbound::Peer {
+                src: CourseId(1),
+                payload: "abc".into()
+            }
+        );
+    }
+}

@@ -1,0 +1,358 @@
+//! The course-mode runtime: one UDP socket to the harness, one [`NodeCore`] with one
+//! group and in-memory storage, and a single-threaded loop that feeds the core and sends
+//! what it produces at once (latency is scored, so nothing waits for a tick).
+//!
+//! Order of each turn: receive (one datagram, then whatever else is already queued), run
+//! due ticks, release parked requests, then flush: complete the core's disk writes at once
+//! (memory is the storage here: the harness never restarts a replica), answer clients,
+//! then route peer messages through the [`SendPolicy`].
+
+use crate::ids::{CourseId, Roster};
+use crate::peer;
+use crate::policy::{SendPolicy, View};
+use crate::protocol::{self, Answer, Inbound};
+use crate::requests::{disposition, Disposition, MidTable};
+use crate::settings::Settings;
+use bytes::Bytes;
+use kv_node::{ClientToken, GroupMessage, NodeConfig, NodeCore};
+use kv_raft::Role;
+use kv_shared::proto::{ClientReply, Op};
+use kv_shared::{NodeId, ShardId};
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+/// The only group in course mode.
+const SHARD: ShardId = ShardId(0);
+/// Datagrams handled per turn before flushing (the rest wait for the next turn).
+const DRAIN_DATAGRAMS_MAX: usize = 64;
+/// Ticks run in one turn at most; a longer stall just slows Raft's clock (safe: the lease
+/// argument needs followers' ticks to be no faster than wall time, not to keep up).
+const CATCH_UP_TICKS_MAX: u32 = 50;
+/// Receive buffer: larger than any datagram the harness forwards.
+const RECV_BYTES_MAX: usize = 65_536;
+/// The shortest receive timeout (a zero timeout is an error for the socket).
+const WAIT_MIN: Duration = Duration::from_micros(50);
+
+/// Builds the node core's settings for course mode: one group, every replica a voter,
+/// timing from `settings`, no snapshots within a run, no leader spreading.
+pub fn node_config(settings: &Settings, roster: &Roster) -> NodeConfig {
+    NodeConfig {
+        node: roster.me_node(),
+        members: roster.members(),
+        shard_count: 1,
+        heartbeat_ticks: settings.heartbeat_ticks,
+        election_ticks_min: settings.election_ticks_min,
+        election_ticks_max: settings.election_ticks_max,
+        pre_vote: true,
+        check_quorum: true,
+        request_timeout_ticks: settings.request_timeout_ticks,
+        // A run is ~45 s and a few thousand entries: never worth a snapshot.
+        snapshot_threshold_entries: 1_000_000,
+        spread_leaders: false,
+        seed: settings.seed,
+    }
+}
+
+/// One replica under the harness.
+pub struct Runtime {
+    socket: UdpSocket,
+    harness: SocketAddr,
+    roster: Roster,
+    settings: Settings,
+    core: NodeCore,
+    mids: MidTable,
+    policy: SendPolicy,
+    started: Instant,
+    next_tick: Instant,
+    /// Requests held because the leader we would redirect to seems gone: token -> since.
+    parked: HashMap<u64, Instant>,
+    /// Last datagram from each peer.
+    heard: HashMap<NodeId, Instant>,
+}
+
+impl Runtime {
+    /// Sends the hello at once, then builds the replica. `socket` must be bound (port 0 is
+    /// fine); `harness` is where every datagram goes.
+    pub fn start(
+        socket: UdpSocket,
+        harness: SocketAddr,
+        roster: Roster,
+        settings: Settings,
+    ) -> anyhow::Result<Runtime> {
+        socket.send_to(&protocol::hello(roster.me()), harness)?;
+        let started = Instant::now();
+        let core = NodeCore::new(node_config(&settings, &roster), Default::default())
+            .map_err(|e| anyhow::anyhow!("empty in-memory state failed to load: {e}"))?;
+        let policy = SendPolicy::new(settings.clone(), roster.me_node(), &roster.members());
+        Ok(Runtime {
+            socket,
+            harness,
+            roster,
+            next_tick: started + settings.tick,
+            settings,
+            core,
+            mids: MidTable::default(),
+            policy,
+            started,
+            parked: HashMap::new(),
+            heard: HashMap::new(),
+        })
+    }
+
+    /// Runs until the process is killed (the harness ends replicas with SIGTERM, whose
+    /// default action ends the process quietly).
+    pub fn run(mut self) -> anyhow::Result<()> {
+        let mut buf = vec![0u8; RECV_BYTES_MAX];
+        loop {
+            self.turn(&mut buf)?;
+        }
+    }
+
+    fn turn(&mut self, buf: &mut [u8]) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let mut deadline = self.next_tick;
+        if let Some(d) = self.policy.next_deadline() {
+            deadline = deadline.min(d);
+        }
+        if let Some(d) = self.park_deadline() {
+            deadline = deadline.min(d);
+        }
+        let wait = deadline.saturating_duration_since(now).max(WAIT_MIN);
+        self.socket.set_read_timeout(Some(wait))?;
+        if self.receive_one(buf)? {
+            self.socket.set_nonblocking(true)?;
+            for _ in 1..DRAIN_DATAGRAMS_MAX {
+                if !self.receive_one(buf)? {
+                    break;
+                }
+            }
+            self.socket.set_nonblocking(false)?;
+        }
+        let now = Instant::now();
+        let mut ticks = 0;
+        while now >= self.next_tick {
+            self.core.tick();
+            self.next_tick += self.settings.tick;
+            ticks += 1;
+            if ticks == CATCH_UP_TICKS_MAX {
+                self.next_tick = now + self.settings.tick;
+            }
+        }
+        self.release_parked(now);
+        self.flush(now);
+        Ok(())
+    }
+
+    /// Receives and handles one datagram; false if none was waiting.
+    fn receive_one(&mut self, buf: &mut [u8]) -> anyhow::Result<bool> {
+        match self.socket.recv_from(buf) {
+            Ok((n, from)) => {
+                if from == self.harness {
+                    self.handle(&buf[..n], Instant::now());
+                }
+                Ok(true)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(false)
+            }
+            // ICMP "port unreachable" echoes and the like: nothing to do but go on.
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(true),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn handle(&mut self, bytes: &[u8], now: Instant) {
+        match protocol::parse_inbound(bytes, self.roster.me()) {
+            Inbound::Get { client, mid, key } => {
+                let op = Op::Get {
+                    key: Bytes::from(key.into_bytes()),
+                    stale: false,
+                };
+                if let Some(token) = self.mids.admit(self.roster.me_node(), client, mid, op) {
+                    self.submit(token, now);
+                }
+            }
+            Inbound::Put {
+                client,
+                mid,
+                key,
+                value,
+            } => {
+                let op = Op::Put {
+                    key: Bytes::from(key.into_bytes()),
+                    value: Bytes::from(value.into_bytes()),
+                };
+                if let Some(token) = self.mids.admit(self.roster.me_node(), client, mid, op) {
+                    self.submit(token, now);
+                }
+            }
+            Inbound::Malformed { client, mid } => {
+                if self.mids.first_sight(client, &mid) {
+                    self.send_reply(client, &mid, &Answer::Fail, self.belief());
+                }
+            }
+            Inbound::Peer { src, payload } => {
+                let Some(from) = self.roster.peer_node(src) else {
+                    return;
+                };
+                let Ok(msgs) = peer::decode(&payload) else {
+                    return;
+                };
+                self.heard.insert(from, now);
+                self.policy.on_inbound(from, &msgs, now);
+                self.core.on_peer_messages(from, msgs);
+            }
+            Inbound::Ignored => {}
+        }
+    }
+
+    fn view(&self) -> View {
+        let st = self.core.raft_status(SHARD);
+        View {
+            role: st.role,
+            term: st.term,
+            commit: st.commit,
+            last_index: st.last_index,
+            applied: st.applied,
+        }
+    }
+
+    /// Hands a pending request to the core. A get is served from local state only while
+    /// this leader holds its lease; otherwise it goes through ReadIndex (or is redirected).
+    fn submit(&mut self, token: ClientToken, now: Instant) {
+        let Some(p) = self.mids.get(token) else {
+            return;
+        };
+        let mut request = p.request.clone();
+        if let Op::Get { stale, .. } = &mut request.op {
+            *stale = self.policy.lease_valid(self.view(), now);
+        }
+        self.core.on_client_request(token, request);
+    }
+
+    fn belief(&self) -> Option<NodeId> {
+        self.core.leader_of(SHARD)
+    }
+
+    /// True if the leader `hint` names has been silent long enough to look gone.
+    fn suspect(&self, hint: Option<NodeId>, now: Instant) -> bool {
+        match hint {
+            None => true,
+            Some(l) => !matches!(
+                self.heard.get(&l),
+                Some(&t) if now.saturating_duration_since(t) < self.settings.suspect_leader
+            ),
+        }
+    }
+
+    fn park_deadline(&self) -> Option<Instant> {
+        // Parked requests are re-checked every turn; the oldest bounds the wait.
+        self.parked
+            .values()
+            .min()
+            .map(|&t| t + self.settings.park_max)
+    }
+
+    /// Re-submits parked requests once the leader looks alive again, a new one is known,
+    /// or they have waited `park_max`.
+    fn release_parked(&mut self, now: Instant) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let leader_ok = self.view().role == Role::Leader || !self.suspect(self.belief(), now);
+        let due: Vec<u64> = self
+            .parked
+            .iter()
+            .filter(|(_, &since)| {
+                leader_ok || now.saturating_duration_since(since) >= self.settings.park_max
+            })
+            .map(|(&t, _)| t)
+            .collect();
+        for t in due {
+            self.submit(ClientToken(t), now);
+        }
+    }
+
+    fn flush(&mut self, now: Instant) {
+        let mut replies = Vec::new();
+        let mut datagrams = Vec::new();
+        loop {
+            let out = self.core.take_output();
+            replies.extend(out.replies);
+            datagrams.extend(out.datagrams);
+            if out.disk_writes.is_empty() {
+                break;
+            }
+            // In memory, "durable" is now.
+            for w in out.disk_writes {
+                self.core.on_disk_done(w.id);
+            }
+        }
+        let view = self.view();
+        self.policy.observe(view, now);
+        for (token, reply) in replies {
+            self.answer(token, reply, now);
+        }
+        if now.saturating_duration_since(self.started) < self.settings.quiet {
+            return;
+        }
+        for (dst, msgs) in datagrams {
+            let msgs = self.policy.route(dst, msgs, now);
+            self.send_peer(dst, msgs);
+        }
+        for (dst, msgs) in self.policy.release_if_stalled(now) {
+            self.send_peer(dst, msgs);
+        }
+    }
+
+    fn answer(&mut self, token: ClientToken, reply: ClientReply, now: Instant) {
+        let belief = self.belief();
+        let (answer, leader) = match disposition(reply.outcome) {
+            Disposition::Answer(a) => (a, belief),
+            Disposition::NotLeader(hint) => {
+                let hint = hint.or(belief);
+                let since = *self.parked.get(&token.0).unwrap_or(&now);
+                if self.suspect(hint, now)
+                    && now.saturating_duration_since(since) < self.settings.park_max
+                {
+                    self.parked.insert(token.0, since);
+                    return;
+                }
+                (Answer::Redirect, hint)
+            }
+        };
+        self.parked.remove(&token.0);
+        if let Some(p) = self.mids.take(token) {
+            self.send_reply(p.client, &p.mid, &answer, leader);
+        }
+    }
+
+    fn send_reply(&self, client: CourseId, mid: &str, answer: &Answer, leader: Option<NodeId>) {
+        let leader = self.roster.leader_field(leader);
+        let me = self.roster.me();
+        let bytes = protocol::reply(me, client, leader, mid, answer)
+            .or_else(|| protocol::reply(me, client, leader, mid, &Answer::Fail))
+            .expect("a fail reply always fits");
+        // A send error (buffer full) is a lost datagram, which UDP allows.
+        let _ = self.socket.send_to(&bytes, self.harness);
+    }
+
+    fn send_peer(&self, dst: NodeId, msgs: Vec<GroupMessage>) {
+        let Some(dst) = self.roster.member_id(dst) else {
+            return;
+        };
+        let leader = self.roster.leader_field(self.belief());
+        let (payloads, _dropped) = peer::encode(msgs);
+        for payload in payloads {
+            let bytes = protocol::peer(self.roster.me(), dst, leader, &payload);
+            let _ = self.socket.send_to(&bytes, self.harness);
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Timing and traffic settings of course mode, kept here rather than in the node core:
+//! the course scores messages and latency, so this mode wants long heartbeats, a leader
+//! lease for reads, and lazy followers, none of which suit kvserver's defaults.
+//!
+//! The arithmetic behind the defaults (5 replicas, ~40 s runs) is in docs/COURSE_MODE.md:
+//! heartbeats cost 2 x (N-1) messages per interval, so 1 s costs ~320 per run; a put
+//! costs 4 messages when only a quorum of followers is sent to at once.
+
+use std::time::Duration;
+
+/// Settings of one course-mode replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Length of one Raft tick.
+    pub tick: Duration,
+    /// A leader heartbeats every this many ticks.
+    pub heartbeat_ticks: u32,
+    /// Election timeout, drawn from `election_ticks_min..election_ticks_max`.
+    pub election_ticks_min: u32,
+    /// Exclusive upper bound of the election timeout.
+    pub election_ticks_max: u32,
+    /// A request pending in the node core this long is answered (as a redirect).
+    pub request_timeout_ticks: u32,
+    /// No peer traffic leaves before this much time after start: a peer datagram that
+    /// reaches a replica before its own hello reached the harness kills that replica.
+    pub quiet: Duration,
+    /// A leader serves gets locally while a quorum acknowledged it within this long
+    /// (see [`Settings::check`] for why this is safe).
+    pub lease: Duration,
+    /// A leader sends appends at once only to a quorum of followers and holds the rest
+    /// for the next heartbeat (or until a commit stalls).
+    pub lazy_followers: bool,
+    /// A commit that has not advanced for this long releases held messages.
+    pub stall: Duration,
+    /// A leader skips a heartbeat to a follower that acknowledged an append within the
+    /// last heartbeat interval.
+    pub suppress_heartbeats: bool,
+    /// A follower that has not heard from the leader it would redirect to for this long
+    /// holds the request instead of redirecting (the leader is probably gone).
+    pub suspect_leader: Duration,
+    /// The longest a follower holds such a request before redirecting anyway.
+    pub park_max: Duration,
+    /// Run seed for the election jitter.
+    pub seed: u64,
+}
+
+/// How much shorter than the followers' vote-refusal window a lease must be: covers
+/// the one-way delay of the acknowledgement and one tick of rounding.
+pub const LEASE_MARGIN: Duration = Duration::from_millis(300);
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            tick: Duration::from_millis(10),
+            heartbeat_ticks: 100,
+            election_ticks_min: 200,
+            election_ticks_max: 350,
+            request_timeout_ticks: 500,
+            quiet: Duration::from_millis(500),
+            lease: Duration::from_millis(1500),
+            lazy_followers: true,
+            stall: Duration::from_millis(4),
+            suppress_heartbeats: true,
+            suspect_leader: Duration::from_millis(1600),
+            park_max: Duration::from_millis(3000),
+            seed: 0,
+        }
+    }
+}
+
+impl Settings {
+    /// One heartbeat interval.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.tick * self.heartbeat_ticks
+    }
+
+    /// Checks the settings that safety depends on.
+    ///
+    /// The lease: with CheckQuorum on, a follower ignores votes for at least
+    /// `election_ticks_min - 1` ticks after it last heard the leader, and its ticks never
+    /// run faster than wall time. An acknowledgement received at time t was sent after
+    /// the follower heard us, so no other leader can be elected before
+    /// `t - delay + (election_ticks_min - 1) x tick`. The lease stays below that by
+    /// [`LEASE_MARGIN`].
+    pub fn check(&self) -> Result<(), String> {
+        if self.tick.is_zero() {
+            return Err("tick must be positive".into());
+        }
+        if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks_min {
+            return Err("heartbeats must come more often than elections".into());
+        }
+        if self.election_ticks_min >= self.election_ticks_max {
+            return Err("election_ticks_min must be below election_ticks_max".into());
+        }
+        let refusal = self.tick * (self.election_ticks_min - 1);
+        if self.lease + LEASE_MARGIN > refusal {
+            return Err(format!(
+                "lease {:?} + margin {:?} exceeds the vote-refusal window {:?}",
+                self.lease, LEASE_MARGIN, refusal
+            ));
+        }
+        if self.quiet >= self.tick * self.election_ticks_min {
+            return Err("the quiet period would swallow the first election".into());
+        }
+        Ok(())
+    }
+
+    /// Applies `KV_COURSE_*` overrides from the environment, for tuning runs only
+    /// (values in milliseconds or ticks; `0`/`1` for switches). Unknown or unparsable
+    /// values are errors, so a typo does not silently tune nothing.
+    pub fn with_env(
+        mut self,
+        vars: impl Iterator<Item = (String, String)>,
+    ) -> Result<Settings, String> {
+        for (k, v) in vars {
+            let Some(name) = k.strip_prefix("KV_COURSE_") else {
+                continue;
+            };
+            let n: u64 = v
+                .parse()
+                .map_err(|_| format!("{k}={v:?} is not a number"))?;
+            let ms = Duration::from_millis(n);
+            let ticks = u32::try_from(n).map_err(|_| format!("{k}={v} is too large"))?;
+            match name {
+                "TICK_MS" => self.tick = ms,
+                "HEARTBEAT_TICKS" => self.heartbeat_ticks = ticks,
+                "ELECTION_TICKS_MIN" => self.election_ticks_min = ticks,
+                "ELECTION_TICKS_MAX" => self.election_ticks_max = ticks,
+                "LEASE_MS" => self.lease = ms,
+                "STALL_US" => self.stall = Duration::from_micros(n),
+                "LAZY_FOLLOWERS" => self.lazy_followers = n != 0,
+                "SUPPRESS_HEARTBEATS" => self.suppress_heartbeats = n != 0,
+                "SUSPECT_LEADER_MS" => self.suspect_leader = ms,
+                _ => return Err(format!("unknown setting {k}")),
+            }
+        }
+        self.check()?;
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_consistent() {
+        Settings::default().check().unwrap();
+    }
+
+    #[test]
+    fn a_lease_longer_than_the_refusal_window_is_refused() {
+        let s = Settings {
+            lease: Duration::from_millis(1800),
+            ..Settings::default()
+        };
+        assert!(s.check().unwrap_err().contains("lease"));
+    }
+
+    #[test]
+    fn env_overrides_apply_and_typos_fail() {
+        let vars = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<Vec<_>>()
+                .into_iter()
+        };
+        let s = Settings::default()
+            .with_env(vars(&[
+                ("KV_COURSE_HEARTBEAT_TICKS", "50"),
+                ("PATH", "/bin"),
+            ]))
+            .unwrap();
+        assert_eq!(s.heartbeat_ticks, 50);
+        assert!(Settings::default()
+            .with_env(vars(&[("KV_COURSE_HEARTBEAT", "50")]))
+            .is_err());
+        assert!(Settings::default()
+            .with_env(vars(&[("KV_COURSE_LEASE_MS", "5000")]))
+            .is_err());
+    }
+}
