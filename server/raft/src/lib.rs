@@ -38,6 +38,8 @@ mod progress;
 mod quorum;
 mod read_index;
 mod replication;
+#[cfg(test)]
+mod safety_tests;
 mod snapshot;
 #[cfg(test)]
 mod testing;

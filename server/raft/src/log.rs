@@ -128,9 +128,7 @@ impl RaftLog {
     /// suffix from the first index on. Returns the index truncated from, if a suffix was
     /// dropped.
     pub fn append(&mut self, entries: &[Entry]) -> Option<Index> {
-        let Some(first) = entries.first() else {
-            return None;
-        };
+        let first = entries.first()?;
         let first = first.index;
         assert!(
             first > self.snap_index && first <= self.last_index() + 1,

@@ -83,7 +83,9 @@ impl Raft {
                     ls.transfer = None;
                 }
                 if !self.membership.voters.contains(&me) {
-                    // Removed (its removal is committed): step down and stay quiet.
+                    // Removed (its removal is committed): tell the others the commit
+                    // index so they apply the removal too, then step down and stay quiet.
+                    self.bcast_append();
                     let term = self.term;
                     self.become_follower(term, None);
                     return;

@@ -550,8 +550,8 @@ impl Raft {
                 Held::SelfVote(term) => self.count_self_vote(term),
             }
         }
-        if matches!(self.role, RoleState::Leader(_)) {
-            self.maybe_commit();
+        if self.maybe_commit() {
+            self.bcast_append();
         }
     }
 

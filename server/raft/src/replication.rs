@@ -57,8 +57,9 @@ impl Raft {
         if reads {
             self.bcast_heartbeat(true);
         }
-        // A single voter commits by itself once its write is durable.
-        self.maybe_commit();
+        if self.maybe_commit() {
+            self.bcast_append();
+        }
     }
 
     /// Other members a leader replicates to.
@@ -134,11 +135,11 @@ impl Raft {
                 hint_index,
                 hint_term,
             } => self.handle_append_resp(m.from, reject, index, hint_index, hint_term),
-            MessageBody::HeartbeatResp { read_round } => {
-                if read_round != 0 && self.membership.voters.contains(&m.from) {
-                    ls.reads.ack(m.from, read_round);
-                    self.check_reads();
-                }
+            MessageBody::HeartbeatResp { read_round }
+                if read_round != 0 && self.membership.voters.contains(&m.from) =>
+            {
+                ls.reads.ack(m.from, read_round);
+                self.check_reads();
             }
             MessageBody::InstallSnapshotResp {
                 snapshot_index,

@@ -29,7 +29,11 @@ impl Disk {
             let base = self.snapshot.as_ref().map_or(0, |s| s.meta.index);
             assert!(first.index > base, "write below the stored snapshot");
             self.entries.truncate((first.index - base - 1) as usize);
-            assert_eq!(self.entries.len() as u64 + base + 1, first.index, "write leaves a hole");
+            assert_eq!(
+                self.entries.len() as u64 + base + 1,
+                first.index,
+                "write leaves a hole"
+            );
             self.entries.extend(w.entries.iter().cloned());
         }
         if let Some(hs) = w.hard_state {
@@ -41,7 +45,6 @@ impl Disk {
 /// One simulated node.
 pub(crate) struct Node {
     pub raft: Raft,
-    pub cfg: Config,
     pub disk: Disk,
     /// Writes handed out, not yet durable.
     pub pending: VecDeque<Write>,
@@ -86,6 +89,9 @@ pub(crate) struct Cluster {
     pub cut: BTreeSet<(u64, u64)>,
     pub out: String,
     pub quiet: bool,
+    /// Bugs planted in every node, also after restarts.
+    #[cfg_attr(not(feature = "planted-bugs"), allow(dead_code))]
+    pub planted: Vec<crate::safety_tests::Bug>,
     pub initial: Membership,
     pub opts: Opts,
     /// Safety oracles.
@@ -100,13 +106,17 @@ pub(crate) fn ids(v: &[u64]) -> Vec<NodeId> {
 impl Cluster {
     /// Voters `1..=n` and the given learners, all bootstrapped with that membership.
     pub fn new(n: u64, learners: &[u64], opts: Opts) -> Cluster {
-        let initial = Membership { voters: ids(&(1..=n).collect::<Vec<_>>()), learners: ids(learners) };
+        let initial = Membership {
+            voters: ids(&(1..=n).collect::<Vec<_>>()),
+            learners: ids(learners),
+        };
         let mut c = Cluster {
             nodes: BTreeMap::new(),
             net: VecDeque::new(),
             cut: BTreeSet::new(),
             out: String::new(),
             quiet: false,
+            planted: Vec::new(),
             initial,
             opts,
             leaders: BTreeMap::new(),
@@ -142,16 +152,42 @@ impl Cluster {
             entries: disk.entries.clone(),
             initial_membership: self.initial.clone(),
         };
-        let raft = Raft::new(cfg.clone(), restored);
+        let raft = Raft::new(cfg, restored);
         let (sm, applied) = match &disk.snapshot {
             Some(s) => (decode_sm(&s.data), s.meta.index),
             None => (Vec::new(), 0),
         };
+        #[cfg_attr(not(feature = "planted-bugs"), allow(unused_mut))]
+        let mut raft = raft;
+        #[cfg(feature = "planted-bugs")]
+        for b in &self.planted {
+            raft.plant_bug(*b);
+        }
         let last_commit = raft.log.commit;
         self.nodes.insert(
             id,
-            Node { raft, cfg, disk, pending: VecDeque::new(), auto_persist: true, sm, applied, up: true, last_commit },
+            Node {
+                raft,
+                disk,
+                pending: VecDeque::new(),
+                auto_persist: true,
+                sm,
+                applied,
+                up: true,
+                last_commit,
+            },
         );
+    }
+
+    /// Plants `self.planted` in every running node.
+    #[cfg_attr(not(feature = "planted-bugs"), allow(clippy::unused_self))]
+    pub fn plant_all(&mut self) {
+        #[cfg(feature = "planted-bugs")]
+        for n in self.nodes.values_mut() {
+            for b in &self.planted {
+                n.raft.plant_bug(*b);
+            }
+        }
     }
 
     pub fn line(&mut self, s: impl AsRef<str>) {
@@ -191,7 +227,11 @@ impl Cluster {
             self.line(format!("n{id} {:?} t{} lead={lead}", ss.role, ss.term));
             if ss.role == Role::Leader {
                 let prev = self.leaders.insert(ss.term, NodeId(id));
-                assert!(prev.is_none() || prev == Some(NodeId(id)), "two leaders in term {}: {prev:?} and n{id}", ss.term);
+                assert!(
+                    prev.is_none() || prev == Some(NodeId(id)),
+                    "two leaders in term {}: {prev:?} and n{id}",
+                    ss.term
+                );
                 self.check_leader_completeness(id);
             }
         }
@@ -215,7 +255,12 @@ impl Cluster {
             self.nodes.get_mut(&id).expect("node").pending.push_back(w);
         }
         if let Some(s) = rd.apply_snapshot {
-            self.line(format!("n{id} restore snap@{}/{} {:?}", s.meta.index, s.meta.term, decode_sm(&s.data)));
+            self.line(format!(
+                "n{id} restore snap@{}/{} {:?}",
+                s.meta.index,
+                s.meta.term,
+                decode_sm(&s.data)
+            ));
             let n = self.nodes.get_mut(&id).expect("node");
             n.sm = decode_sm(&s.data);
             n.applied = s.meta.index;
@@ -232,7 +277,12 @@ impl Cluster {
             }
             let prev = self.applied.insert(e.index, (e.term, e.data.clone()));
             if let Some(p) = prev {
-                assert_eq!(p, (e.term, e.data), "state machine safety: n{id} applied a different entry at {}", e.index);
+                assert_eq!(
+                    p,
+                    (e.term, e.data),
+                    "state machine safety: n{id} applied a different entry at {}",
+                    e.index
+                );
             }
         }
         for r in rd.reads {
@@ -249,7 +299,9 @@ impl Cluster {
         let n = self.nodes.get_mut(&id).expect("node");
         let mut last = None;
         for _ in 0..count {
-            let Some(w) = n.pending.pop_front() else { break };
+            let Some(w) = n.pending.pop_front() else {
+                break;
+            };
             n.disk.apply(&w);
             last = Some(w.id);
         }
@@ -321,32 +373,53 @@ impl Cluster {
         let n = self.nodes.get_mut(&id).expect("node");
         let index = n.applied;
         let meta = n.raft.snapshot_meta(index);
-        let snap = Snapshot { meta, data: Bytes::from(n.sm.join(",")) };
+        let snap = Snapshot {
+            meta,
+            data: Bytes::from(n.sm.join(",")),
+        };
         n.disk.entries.retain(|e| e.index > index);
         n.disk.snapshot = Some(snap.clone());
         n.raft.compact(snap);
     }
 
     pub fn leader(&self) -> Option<u64> {
-        self.nodes.iter().find(|(_, n)| n.up && matches!(n.raft.role, RoleState::Leader(_))).map(|(id, _)| *id)
+        self.nodes
+            .iter()
+            .find(|(_, n)| n.up && matches!(n.raft.role, RoleState::Leader(_)))
+            .map(|(id, _)| *id)
     }
 
     fn check_node(&mut self, id: u64) {
         let n = &mut self.nodes.get_mut(&id).expect("node");
         n.raft.log.assert_invariants();
-        assert!(n.raft.log.commit >= n.last_commit, "n{id} commit went backwards");
+        assert!(
+            n.raft.log.commit >= n.last_commit,
+            "n{id} commit went backwards"
+        );
         n.last_commit = n.raft.log.commit;
         let r = &n.raft;
-        let restoring = r.snapshot_unwritten.is_some() || r.snapshot_in_write.is_some() || r.snapshot_ready.is_some();
-        assert!(restoring || r.log.applied >= r.log.snap_index, "n{id} applied below its snapshot");
-        assert!(n.raft.log.applied <= n.raft.log.persisted.max(n.raft.log.snap_index), "n{id} handed out undurable entries");
+        let restoring = r.snapshot_unwritten.is_some()
+            || r.snapshot_in_write.is_some()
+            || r.snapshot_ready.is_some();
+        assert!(
+            restoring || r.log.applied >= r.log.snap_index,
+            "n{id} applied below its snapshot"
+        );
+        assert!(
+            n.raft.log.applied <= n.raft.log.persisted.max(n.raft.log.snap_index),
+            "n{id} handed out undurable entries"
+        );
     }
 
     /// A new leader holds every entry any node applied (leader completeness).
     fn check_leader_completeness(&self, id: u64) {
         let log = &self.nodes[&id].raft.log;
         for (i, (t, _)) in self.applied.range(log.first_index()..) {
-            assert_eq!(log.term(*i), Some(*t), "leader n{id} lacks committed entry {i}");
+            assert_eq!(
+                log.term(*i),
+                Some(*t),
+                "leader n{id} lacks committed entry {i}"
+            );
         }
     }
 
@@ -359,9 +432,15 @@ impl Cluster {
                 let (la, lb) = (&na.raft.log, &nb.raft.log);
                 let lo = la.first_index().max(lb.first_index());
                 let hi = la.last_index().min(lb.last_index());
-                let top = (lo..=hi).rev().find(|i| la.term(*i).is_some() && la.term(*i) == lb.term(*i));
+                let top = (lo..=hi)
+                    .rev()
+                    .find(|i| la.term(*i).is_some() && la.term(*i) == lb.term(*i));
                 if let Some(top) = top {
-                    assert_eq!(la.range(lo, top), lb.range(lo, top), "log matching violated below {top}");
+                    assert_eq!(
+                        la.range(lo, top),
+                        lb.range(lo, top),
+                        "log matching violated below {top}"
+                    );
                 }
             }
         }
@@ -386,7 +465,11 @@ impl Cluster {
             s.membership.learners.iter().map(|v| v.0).collect::<Vec<_>>(),
         );
         if !s.progress.is_empty() {
-            let p: Vec<String> = s.progress.iter().map(|(i, m)| format!("{}:{m}", i.0)).collect();
+            let p: Vec<String> = s
+                .progress
+                .iter()
+                .map(|(i, m)| format!("{}:{m}", i.0))
+                .collect();
             let _ = write!(out, " match=[{}]", p.join(" "));
         }
         if !n.up {
@@ -400,7 +483,10 @@ fn decode_sm(data: &[u8]) -> Vec<String> {
     if data.is_empty() {
         return Vec::new();
     }
-    String::from_utf8_lossy(data).split(',').map(str::to_owned).collect()
+    String::from_utf8_lossy(data)
+        .split(',')
+        .map(str::to_owned)
+        .collect()
 }
 
 /// `index/term` plus payload, compactly.
@@ -409,7 +495,12 @@ pub(crate) fn fmt_entries(es: &[Entry]) -> String {
         .iter()
         .map(|e| match &e.kind {
             EntryKind::Noop => format!("{}/{}", e.index, e.term),
-            EntryKind::Command => format!("{}/{}:{}", e.index, e.term, String::from_utf8_lossy(&e.data)),
+            EntryKind::Command => format!(
+                "{}/{}:{}",
+                e.index,
+                e.term,
+                String::from_utf8_lossy(&e.data)
+            ),
             EntryKind::ConfChange(c) => format!("{}/{}:{c:?}", e.index, e.term),
         })
         .collect();
@@ -418,29 +509,70 @@ pub(crate) fn fmt_entries(es: &[Entry]) -> String {
 
 pub(crate) fn fmt_msg(m: &Message) -> String {
     let body = match &m.body {
-        MessageBody::PreVote { last_index, last_term } => format!("PreVote last={last_index}/{last_term}"),
+        MessageBody::PreVote {
+            last_index,
+            last_term,
+        } => format!("PreVote last={last_index}/{last_term}"),
         MessageBody::PreVoteResp { reject } => format!("PreVoteResp{}", rej(*reject)),
-        MessageBody::Vote { last_index, last_term, transfer } => {
-            format!("Vote last={last_index}/{last_term}{}", if *transfer { " transfer" } else { "" })
+        MessageBody::Vote {
+            last_index,
+            last_term,
+            transfer,
+        } => {
+            format!(
+                "Vote last={last_index}/{last_term}{}",
+                if *transfer { " transfer" } else { "" }
+            )
         }
         MessageBody::VoteResp { reject } => format!("VoteResp{}", rej(*reject)),
-        MessageBody::Append { prev_index, prev_term, entries, commit } => {
-            format!("Append prev={prev_index}/{prev_term} commit={commit} {}", fmt_entries(entries))
+        MessageBody::Append {
+            prev_index,
+            prev_term,
+            entries,
+            commit,
+        } => {
+            format!(
+                "Append prev={prev_index}/{prev_term} commit={commit} {}",
+                fmt_entries(entries)
+            )
         }
-        MessageBody::AppendResp { reject: false, index, .. } => format!("AppendResp ok index={index}"),
-        MessageBody::AppendResp { reject: true, index, hint_index, hint_term } => {
+        MessageBody::AppendResp {
+            reject: false,
+            index,
+            ..
+        } => format!("AppendResp ok index={index}"),
+        MessageBody::AppendResp {
+            reject: true,
+            index,
+            hint_index,
+            hint_term,
+        } => {
             format!("AppendResp REJECT index={index} hint={hint_index}/{hint_term}")
         }
-        MessageBody::Heartbeat { commit, read_round } => format!("Heartbeat commit={commit} round={read_round}"),
+        MessageBody::Heartbeat { commit, read_round } => {
+            format!("Heartbeat commit={commit} round={read_round}")
+        }
         MessageBody::HeartbeatResp { read_round } => format!("HeartbeatResp round={read_round}"),
-        MessageBody::InstallSnapshot { meta, offset, total_len, chunk } => format!(
+        MessageBody::InstallSnapshot {
+            meta,
+            offset,
+            total_len,
+            chunk,
+        } => format!(
             "InstallSnapshot snap@{}/{} off={offset} len={} total={total_len}",
             meta.index,
             meta.term,
             chunk.len()
         ),
-        MessageBody::InstallSnapshotResp { snapshot_index, received, done } => {
-            format!("InstallSnapshotResp snap@{snapshot_index} received={received}{}", if *done { " done" } else { "" })
+        MessageBody::InstallSnapshotResp {
+            snapshot_index,
+            received,
+            done,
+        } => {
+            format!(
+                "InstallSnapshotResp snap@{snapshot_index} received={received}{}",
+                if *done { " done" } else { "" }
+            )
         }
         MessageBody::TimeoutNow => "TimeoutNow".into(),
     };

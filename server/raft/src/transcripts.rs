@@ -13,7 +13,7 @@
 //!   `drop-first text`: discard the first message in flight whose line contains `text`.
 //! - `partition 1,2 3` (cut links between the groups), `isolate id`, `heal`.
 //! - `hold ids` (keep writes pending), `persist id [n=K]`, `crash id`, `restart id`.
-//! - `propose id data`, `read id ctx`, `transfer id to`,
+//! - `propose id data`, `read id ctx[,ctx...]`, `transfer id to`,
 //!   `conf id add-learner|promote|remove n`, `compact id`, `add-node id` (empty disk).
 //! - `status [ids]`, `log ids`.
 
@@ -43,7 +43,12 @@ fn parse(line: &str) -> Cmd {
             None => pos.push(w.to_string()),
         }
     }
-    let raw = line.trim().strip_prefix(name.as_str()).unwrap_or("").trim().to_string();
+    let raw = line
+        .trim()
+        .strip_prefix(name.as_str())
+        .unwrap_or("")
+        .trim()
+        .to_string();
     Cmd { name, raw, pos, kv }
 }
 
@@ -71,17 +76,28 @@ fn run_cmd(c: &mut Option<Cluster>, cmd: &Cmd) -> String {
             snapshot_chunk_bytes_max: u("chunk", d.snapshot_chunk_bytes_max),
             seed: u("seed", 0) as u64,
         };
-        let learners = cmd.kv.get("learners").map_or(Vec::new(), |l| l.split(',').map(num).collect());
+        let learners = cmd
+            .kv
+            .get("learners")
+            .map_or(Vec::new(), |l| l.split(',').map(num).collect());
         *c = Some(Cluster::new(num(&cmd.kv["n"]), &learners, opts));
         return String::new();
     }
     let c = c.as_mut().expect("no cluster yet");
     c.out.clear();
-    let p = |i: usize| cmd.pos.get(i).unwrap_or_else(|| panic!("{}: missing argument {i}", cmd.name)).clone();
+    let p = |i: usize| {
+        cmd.pos
+            .get(i)
+            .unwrap_or_else(|| panic!("{}: missing argument {i}", cmd.name))
+            .clone()
+    };
     match cmd.name.as_str() {
         "set-log" => {
             let id = num(&p(0));
-            let terms: Vec<u64> = cmd.kv.get("entries").map_or(Vec::new(), |e| e.split(',').map(num).collect());
+            let terms: Vec<u64> = cmd
+                .kv
+                .get("entries")
+                .map_or(Vec::new(), |e| e.split(',').map(num).collect());
             let entries = terms
                 .iter()
                 .enumerate()
@@ -92,8 +108,19 @@ fn run_cmd(c: &mut Option<Cluster>, cmd: &Cmd) -> String {
                     data: Bytes::from(format!("e{}", i + 1)),
                 })
                 .collect();
-            let hs = HardState { term: num(&cmd.kv["term"]), vote: NodeId::NONE, commit: 0 };
-            c.add_node(id, Disk { hs, snapshot: None, entries });
+            let hs = HardState {
+                term: num(&cmd.kv["term"]),
+                vote: NodeId::NONE,
+                commit: 0,
+            };
+            c.add_node(
+                id,
+                Disk {
+                    hs,
+                    snapshot: None,
+                    entries,
+                },
+            );
         }
         "tick" => {
             let n = cmd.kv.get("n").map_or(1, |v| num(v));
@@ -128,8 +155,14 @@ fn run_cmd(c: &mut Option<Cluster>, cmd: &Cmd) -> String {
         }
         "drop-first" => {
             let pat = cmd.raw.as_str();
-            let pos = c.net.iter().position(|m| crate::testing::fmt_msg(m).contains(pat));
-            let m = c.net.remove(pos.expect("no such message in flight")).expect("present");
+            let pos = c
+                .net
+                .iter()
+                .position(|m| crate::testing::fmt_msg(m).contains(pat));
+            let m = c
+                .net
+                .remove(pos.expect("no such message in flight"))
+                .expect("present");
             c.line(format!("{} DROPPED", crate::testing::fmt_msg(&m)));
         }
         "partition" => {
@@ -158,8 +191,19 @@ fn run_cmd(c: &mut Option<Cluster>, cmd: &Cmd) -> String {
             let id = num(&p(0));
             let n = cmd.kv.get("n").map_or(usize::MAX, |v| num(v) as usize);
             c.persist(id, n);
-            c.nodes.get_mut(&id).expect("node").auto_persist = cmd.kv.get("n").is_none();
+            c.nodes.get_mut(&id).expect("node").auto_persist = !cmd.kv.contains_key("n");
             c.process(id);
+        }
+        #[cfg(feature = "planted-bugs")]
+        "plant" => {
+            let bug = match p(0).as_str() {
+                "GrantSecondVote" => crate::PlantedBug::GrantSecondVote,
+                "CommitPriorTermByCount" => crate::PlantedBug::CommitPriorTermByCount,
+                "AckBeforePersist" => crate::PlantedBug::AckBeforePersist,
+                other => panic!("unknown bug {other}"),
+            };
+            c.planted.push(bug);
+            c.plant_all();
         }
         "crash" => c.crash(num(&p(0))),
         "restart" => {
@@ -173,21 +217,33 @@ fn run_cmd(c: &mut Option<Cluster>, cmd: &Cmd) -> String {
         }
         "propose" => {
             let id = num(&p(0));
-            let r = c.nodes.get_mut(&id).expect("node").raft.propose(Bytes::from(p(1)));
+            let r = c
+                .nodes
+                .get_mut(&id)
+                .expect("node")
+                .raft
+                .propose(Bytes::from(p(1)));
             c.line(format!("n{id} propose {} -> {r:?}", p(1)));
             c.process(id);
         }
         "read" => {
+            // Several contexts in one command are issued before the next `ready()`.
             let id = num(&p(0));
-            let r = c.nodes.get_mut(&id).expect("node").raft.read_index(num(&p(1)));
-            if let Err(e) = r {
-                c.line(format!("n{id} read {} -> {e:?}", p(1)));
+            for ctx in p(1).split(',').map(num) {
+                let r = c.nodes.get_mut(&id).expect("node").raft.read_index(ctx);
+                if let Err(e) = r {
+                    c.line(format!("n{id} read {ctx} -> {e:?}"));
+                }
             }
             c.process(id);
         }
         "transfer" => {
             let id = num(&p(0));
-            c.nodes.get_mut(&id).expect("node").raft.transfer_leadership(NodeId(num(&p(1))));
+            c.nodes
+                .get_mut(&id)
+                .expect("node")
+                .raft
+                .transfer_leadership(NodeId(num(&p(1))));
             c.process(id);
         }
         "conf" => {
@@ -199,17 +255,28 @@ fn run_cmd(c: &mut Option<Cluster>, cmd: &Cmd) -> String {
                 "remove" => ConfChange::RemoveNode(n),
                 other => panic!("unknown change {other}"),
             };
-            let r = c.nodes.get_mut(&id).expect("node").raft.propose_conf_change(change.clone());
+            let r = c
+                .nodes
+                .get_mut(&id)
+                .expect("node")
+                .raft
+                .propose_conf_change(change.clone());
             c.line(format!("n{id} conf {change:?} -> {r:?}"));
             c.process(id);
         }
         "compact" => {
             let id = num(&p(0));
             c.compact(id);
-            c.line(format!("n{id} compacted to {}", c.nodes[&id].raft.log.snap_index));
+            c.line(format!(
+                "n{id} compacted to {}",
+                c.nodes[&id].raft.log.snap_index
+            ));
         }
         "status" => {
-            let ids = cmd.pos.first().map_or_else(|| list(c, "all"), |s| list(c, s));
+            let ids = cmd
+                .pos
+                .first()
+                .map_or_else(|| list(c, "all"), |s| list(c, s));
             for id in ids {
                 let s = c.status(id);
                 c.line(s);
@@ -250,7 +317,11 @@ fn run_file(name: &str) {
         }
         rewritten.push_str(line);
         rewritten.push('\n');
-        assert_eq!(lines.next(), Some("----"), "{path}: expected ---- after `{line}`");
+        assert_eq!(
+            lines.next(),
+            Some("----"),
+            "{path}: expected ---- after `{line}`"
+        );
         let mut expected = String::new();
         while let Some(l) = lines.peek() {
             if l.is_empty() {
@@ -265,7 +336,9 @@ fn run_file(name: &str) {
             got = "ok\n".into();
         }
         if got != expected {
-            failures.push(format!("{path}: `{line}`\n--- expected\n{expected}--- got\n{got}"));
+            failures.push(format!(
+                "{path}: `{line}`\n--- expected\n{expected}--- got\n{got}"
+            ));
         }
         rewritten.push_str("----\n");
         rewritten.push_str(&got);
@@ -273,8 +346,40 @@ fn run_file(name: &str) {
     if rewrite {
         std::fs::write(&path, rewritten).expect("rewrite transcript");
     } else if !failures.is_empty() {
-        panic!("{} command(s) differ (RAFT_REWRITE=1 regenerates):\n{}", failures.len(), failures.join("\n"));
+        panic!(
+            "{} command(s) differ (RAFT_REWRITE=1 regenerates):\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
     }
+}
+
+/// The Figure 8 script with the prior-term commit bug planted must trip the state machine
+/// safety check: n1 applies entry 2 of term 2, then n5 overwrites it.
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn figure8_planted_bug_is_caught() {
+    let path = format!("{}/testdata/figure8.txt", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(path).expect("figure8 transcript");
+    let mut cmds: Vec<&str> = Vec::new();
+    let mut lines = text.lines().peekable();
+    while let Some(l) = lines.next() {
+        if lines.peek() == Some(&"----") {
+            cmds.push(l);
+        }
+    }
+    let at = cmds
+        .iter()
+        .position(|l| l.starts_with("campaign"))
+        .expect("campaign step");
+    cmds.insert(at, "plant CommitPriorTermByCount");
+    let r = std::panic::catch_unwind(|| {
+        let mut c = None;
+        for l in &cmds {
+            run_cmd(&mut c, &parse(l));
+        }
+    });
+    assert!(r.is_err(), "the planted Figure 8 bug went unnoticed");
 }
 
 macro_rules! transcripts {
