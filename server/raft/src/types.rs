@@ -147,10 +147,11 @@ pub enum MessageBody {
         /// On success: the highest index now matching the leader. On reject: the
         /// rejected `prev_index`.
         index: Index,
-        /// On reject: fast-backtracking hint, the follower's last index or the first index
-        /// of the conflicting term (thesis 5.3 optimisation).
+        /// On reject: fast-backtracking hint, the largest index at or below the rejected
+        /// `prev_index` (and the follower's last index) whose term is at most the leader's
+        /// `prev_term`: the next point that may match (etcd's findConflictByTerm).
         hint_index: Index,
-        /// On reject: the term at `hint_index` in the follower's log (0 if none).
+        /// On reject: the term at `hint_index` in the follower's log (0 if unknown).
         hint_term: Term,
     },
     /// Leader heartbeat. Carries the commit index (capped to what the follower matches)
