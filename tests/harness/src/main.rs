@@ -165,7 +165,8 @@ async fn run(args: &Args) -> anyhow::Result<ExitCode> {
             if !args.quiet {
                 eprintln!(
                     "kvharness: {name} run {run}/{} seed {run_seed} ({} s)",
-                    args.runs, scenario.lifetime
+                    args.runs,
+                    scenario.end_time().as_secs_f64()
                 );
             }
             let opts = RunOptions {

@@ -118,6 +118,9 @@ impl Report {
         for e in &d.events {
             let _ = writeln!(s, "   event {:>7.3}s {:?}: {}", e.time, e.kind, e.outcome);
         }
+        for x in &d.exits {
+            let _ = writeln!(s, "   exit  {:>7.3}s {} ({})", x.time, x.replica, x.status);
+        }
         let _ = writeln!(
             s,
             "   last named leader: {}",
@@ -167,10 +170,14 @@ fn format_value(m: &Metric) -> String {
 
 /// One line per report: scenario, run, verdict, each metric with its tier.
 pub fn summary_table(reports: &[Report]) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{:<22} {:>3} {:>20}  {:<10} {:<18} {:<14} {:<14} {:<20}",
+    let row = |cells: [&str; 8]| {
+        let line = format!(
+            "{:<22} {:>3} {:>20}  {:<10} {:<18} {:<14} {:<14} {}",
+            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6], cells[7]
+        );
+        line.trim_end().to_string()
+    };
+    let mut s = row([
         "scenario",
         "run",
         "seed",
@@ -178,8 +185,9 @@ pub fn summary_table(reports: &[Report]) -> String {
         "total_msgs",
         "failures",
         "duplicates",
-        "median_latency"
-    );
+        "median_latency",
+    ]);
+    s.push('\n');
     for r in reports {
         let cell = |name: &str| {
             r.metric(name)
@@ -191,18 +199,18 @@ pub fn summary_table(reports: &[Report]) -> String {
         } else {
             ""
         };
-        let _ = writeln!(
-            s,
-            "{:<22} {:>3} {:>20}  {:<10} {:<18} {:<14} {:<14} {:<20}{storm}",
-            r.scenario,
-            r.run,
-            r.seed,
-            r.verdict(),
-            cell("total_msgs"),
-            cell("failures"),
-            cell("duplicates"),
-            cell("median_latency")
-        );
+        let latency = format!("{}{storm}", cell("median_latency"));
+        s.push_str(&row([
+            &r.scenario,
+            &r.run.to_string(),
+            &r.seed.to_string(),
+            &r.verdict(),
+            &cell("total_msgs"),
+            &cell("failures"),
+            &cell("duplicates"),
+            &latency,
+        ]));
+        s.push('\n');
     }
     let passed = reports.iter().filter(|r| r.passed).count();
     let _ = writeln!(

@@ -45,7 +45,7 @@ impl Tier {
 /// One correctness check's result.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Check {
-    /// 1..=6 as numbered in docs/COURSE_HARNESS_SIM.md.
+    /// 1..=6 as numbered in the course facts; 7 is the packet-storm verdict.
     pub number: u8,
     /// Short name.
     pub name: &'static str,
@@ -91,7 +91,9 @@ fn fraction(part: u64, whole: u64) -> f64 {
     }
 }
 
-/// The six checks, in order.
+/// The six course checks in order, then a seventh of ours: the run was not
+/// cut short by a packet storm (the course's facts say it stops, not how it
+/// scores; a run that stopped early has not tested the rest of the scenario).
 pub fn checks(scenario: &Scenario, data: &RunData) -> Vec<Check> {
     let t = &scenario.tests;
     let w = &data.work;
@@ -108,11 +110,6 @@ pub fn checks(scenario: &Scenario, data: &RunData) -> Vec<Check> {
     let put_unanswered = fraction(data.unanswered_puts, w.puts);
     let not_generated = fraction(w.gets_not_generated, w.intended_gets);
     let floor = scenario.minimum_total_msgs();
-    let storm = if data.stop == StopReason::PacketStorm {
-        " (packet storm: run stopped early)"
-    } else {
-        ""
-    };
     vec![
         Check {
             number: 1,
@@ -146,7 +143,7 @@ pub fn checks(scenario: &Scenario, data: &RunData) -> Vec<Check> {
             passed: get_unanswered <= t.maximum_get_fail_fraction
                 && put_unanswered <= t.maximum_put_fail_fraction,
             detail: format!(
-                "gets {}/{} = {:.3} (max {}), puts {}/{} = {:.3} (max {}){storm}",
+                "gets {}/{} = {:.3} (max {}), puts {}/{} = {:.3} (max {})",
                 data.unanswered_gets,
                 w.gets,
                 get_unanswered,
@@ -174,6 +171,18 @@ pub fn checks(scenario: &Scenario, data: &RunData) -> Vec<Check> {
             name: "enough replica traffic (no lone leader)",
             passed: data.net.total_msgs as f64 >= floor,
             detail: format!("total_msgs {} (min {floor:.0})", data.net.total_msgs),
+        },
+        Check {
+            number: 7,
+            name: "no packet storm",
+            passed: data.stop != StopReason::PacketStorm,
+            detail: match data.stop {
+                StopReason::PacketStorm => format!(
+                    "stopped at {:.3}s after {} replica-bound messages",
+                    data.ended_at, data.net.total_msgs
+                ),
+                StopReason::Lifetime => "ran to the end".into(),
+            },
         },
     ]
 }

@@ -56,6 +56,17 @@ pub struct Death {
     pub reason: String,
 }
 
+/// A replica process exit the harness observed (killed or not).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Exit {
+    /// Seconds after launch.
+    pub time: f64,
+    /// The replica.
+    pub replica: String,
+    /// Exit code or signal.
+    pub status: String,
+}
+
 /// A scheduled event as it played out.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct EventRecord {
@@ -93,6 +104,8 @@ pub struct RunData {
     pub deaths: Vec<Death>,
     /// Scheduled events as they played out.
     pub events: Vec<EventRecord>,
+    /// Replica exits observed during the run (not the final shutdown).
+    pub exits: Vec<Exit>,
     /// The last replica named as leader.
     pub last_leader: Option<String>,
     /// Things worth knowing that are not errors.
@@ -116,6 +129,7 @@ pub struct Sim {
     errors: Vec<String>,
     deaths: Vec<Death>,
     event_log: Vec<EventRecord>,
+    exits: Vec<Exit>,
     notes: Vec<String>,
     stop: Option<(StopReason, Duration)>,
 }
@@ -161,6 +175,7 @@ impl Sim {
             errors: Vec::new(),
             deaths: Vec::new(),
             event_log: Vec::new(),
+            exits: Vec::new(),
             notes: Vec::new(),
             stop: None,
         }
@@ -221,6 +236,11 @@ impl Sim {
         let Some(index) = self.net.index_of(id) else {
             return;
         };
+        self.exits.push(Exit {
+            time: now.as_secs_f64(),
+            replica: id.to_string(),
+            status: status.to_string(),
+        });
         match self.net.state(index) {
             ReplicaState::Killed | ReplicaState::Exited => {}
             ReplicaState::Up => {
@@ -577,6 +597,7 @@ impl Sim {
             errors: self.errors,
             deaths: self.deaths,
             events: self.event_log,
+            exits: self.exits,
             last_leader: self.net.last_leader.map(|l| l.to_string()),
             notes: self.notes,
         }

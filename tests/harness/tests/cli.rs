@@ -1,0 +1,81 @@
+//! The kvharness binary: flags, summary output, JSON output and exit codes.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+const KVHARNESS: &str = env!("CARGO_BIN_EXE_kvharness");
+const TOY: &str = env!("CARGO_BIN_EXE_toy_replica");
+
+const SHORT: &str = r#"{
+  "lifetime": 1.0, "replicas": 3, "requests": 30, "mix": 0.2, "drops": 0.0,
+  "wait": 0.5, "end_wait": 0.5,
+  "tests": { "maximum_get_generation_fail_fraction": 0.5, "benchmarks": {
+    "total_msgs": [10, 1000, 2000], "failures": [0, 1, 2],
+    "duplicates": [0, 1, 2], "median_latency": [0.01, 0.05, 0.5] } }
+}"#;
+
+fn scenario_file(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, SHORT).unwrap();
+    path
+}
+
+#[test]
+fn quiet_run_prints_a_summary_line_and_exit_code_follows_the_checks() {
+    let path = scenario_file("cli-short");
+    let out = Command::new(KVHARNESS)
+        .args(["--replica", TOY, "--seed", "5", "--quiet"])
+        .arg(&path)
+        .env("TOY_BUG", "wrong-value")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("cli-short"))
+        .expect(&stdout);
+    assert!(line.contains("FAIL(1)"), "{line}");
+    assert!(line.contains(" 5 "), "seed shown: {line}");
+    assert!(stdout.contains("scenarios: 0 passed, 1 failed"), "{stdout}");
+}
+
+#[test]
+#[ignore = "slow: 2 s of real time"]
+fn json_output_and_required_tier() {
+    let path = scenario_file("cli-json");
+    let out = Command::new(KVHARNESS)
+        .args([
+            "--replica",
+            TOY,
+            "--seed",
+            "6",
+            "--json",
+            "--require-tier",
+            "bonus",
+        ])
+        .arg(&path)
+        .env_remove("TOY_BUG")
+        .output()
+        .unwrap();
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reports[0]["passed"], true);
+    assert_eq!(reports[0]["seed"], 6);
+    // failures can never be below a bonus threshold of 0, so bonus is not met.
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn bad_scenario_is_a_setup_error() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join("cli-bad.json");
+    std::fs::write(&path, SHORT.replace("\"mix\": 0.2", "\"mix\": 2")).unwrap();
+    let out = Command::new(KVHARNESS)
+        .args(["--replica", TOY])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mix"));
+}
