@@ -12,7 +12,7 @@ use kv_harness::{run_scenario, summary_table, Report, RunOptions, Scenario, Tier
 const EXIT_FAILED: u8 = 1;
 /// Exit code for bad flags, unreadable scenarios or a replica that cannot start.
 const EXIT_SETUP: u8 = 2;
-/// Exit code after Ctrl-C.
+/// Exit code after Ctrl-C or SIGTERM.
 const EXIT_INTERRUPTED: u8 = 130;
 
 /// Run course-harness scenarios against a replica program and score them.
@@ -95,12 +95,29 @@ fn main() -> ExitCode {
                 }
             },
             // Dropping `run` terminates the replicas of the scenario in progress.
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("kvharness: interrupted; replicas terminated");
+            signal = interrupted() => {
+                eprintln!("kvharness: {signal}; replicas terminated");
                 ExitCode::from(EXIT_INTERRUPTED)
             }
         }
     })
+}
+
+/// Resolves on Ctrl-C or SIGTERM (a CI timeout), naming which.
+async fn interrupted() -> &'static str {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            // Without a SIGTERM handler only Ctrl-C is watched.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted",
+        _ = terminate => "terminated",
+    }
 }
 
 /// Expands `all` and loads every scenario before running any.

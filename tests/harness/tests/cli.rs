@@ -79,3 +79,52 @@ fn bad_scenario_is_a_setup_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("mix"));
 }
+
+#[test]
+fn all_expands_the_configs_directory_and_runs_repeat_with_consecutive_seeds() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-all");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tiny = SHORT
+        .replace("\"lifetime\": 1.0", "\"lifetime\": 0.3")
+        .replace("\"requests\": 30", "\"requests\": 10")
+        .replace("fail_fraction\": 0.5", "fail_fraction\": 1.0")
+        .replace(
+            "\"wait\": 0.5, \"end_wait\": 0.5",
+            "\"wait\": 0.2, \"end_wait\": 0.2",
+        );
+    for name in ["b-second", "a-first"] {
+        std::fs::write(dir.join(format!("{name}.json")), &tiny).unwrap();
+    }
+    std::fs::write(dir.join("notes.txt"), "not a scenario").unwrap();
+    let out = Command::new(KVHARNESS)
+        .args([
+            "--replica",
+            TOY,
+            "--seed",
+            "40",
+            "--runs",
+            "2",
+            "--quiet",
+            "all",
+        ])
+        .arg("--configs")
+        .arg(&dir)
+        .env_remove("TOY_BUG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .skip(1)
+        .filter(|l| !l.starts_with("scenarios:"))
+        .map(|l| l.split_whitespace().take(3).collect())
+        .collect();
+    let expected = [
+        ["a-first", "1", "40"],
+        ["a-first", "2", "41"],
+        ["b-second", "1", "40"],
+        ["b-second", "2", "41"],
+    ];
+    assert_eq!(rows, expected.map(|r| r.to_vec()).to_vec(), "{stdout}");
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+}
