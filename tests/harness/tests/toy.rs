@@ -91,7 +91,7 @@ fn kill_leader_terminates_the_named_leader() {
         time: 1.6,
     }];
     let mut s = short(40, 0.2, 0.0, events);
-    s.end_wait = 0.8;
+    s.end_wait = 1.2; // room for the exit to be seen on a loaded machine
     let report = run(&s, "", 13);
     assert!(report.passed, "{:?}", failed(&report));
     let d = &report.data;
@@ -102,7 +102,7 @@ fn kill_leader_terminates_the_named_leader() {
         .find(|x| x.replica == "0000")
         .expect("0000 exited");
     assert_eq!(exit.status, "signal 15");
-    assert!(exit.time >= 2.1 && exit.time < 2.9, "exit at {}", exit.time);
+    assert!(exit.time >= 2.1 && exit.time < 3.2, "exit at {}", exit.time);
     assert_eq!(d.exits.len(), 1, "no other replica exited during the run");
 }
 
