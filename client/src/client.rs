@@ -1,0 +1,940 @@
+//! The async kvcli client library: one UDP socket shared by many logical sessions, each
+//! key routed to its shard's cached leader, redirects followed, timeouts retried with
+//! backoff and jitter under the SAME (client id, sequence number) so a write applies once.
+//!
+//! Shape: [`Client::connect`] binds the socket and starts two tasks, a receiver that
+//! demultiplexes replies to sessions by client id, and a sender that batches the requests
+//! ready for the same node into one datagram. A [`Session`] is one logical client
+//! (`&mut self` methods, so at most one request outstanding, as the protocol requires).
+
+use crate::error::{node_name, Error};
+use bytes::Bytes;
+use kv_shared::config::ClusterConfig;
+use kv_shared::proto::{ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role};
+use kv_shared::shard::shard_for_key;
+use kv_shared::wire::{self, Kind, PAYLOAD_BYTES_MAX};
+use kv_shared::{ClientId, NodeId, ShardId};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+/// Largest postcard varint prefix of a `Vec` length; reserved when packing a datagram.
+const VEC_LEN_PREFIX_BYTES_MAX: usize = 10;
+/// A batch of requests pulled from the outbox at once; bounds the sender's work per wakeup.
+const OUTBOX_BATCH_MAX: usize = 4096;
+/// Receive buffer: any datagram raftkv may send fits.
+const RECV_BUFFER_BYTES: usize = 65_536;
+
+/// A node as the client knows it: its address always, its id once learned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeAddr {
+    /// Node id, if known (from a cluster file or a Status reply).
+    pub id: Option<NodeId>,
+    /// UDP address.
+    pub addr: SocketAddr,
+}
+
+/// How the client finds the cluster and how patiently it retries.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Cluster id carried in every datagram; nodes drop other clusters' datagrams.
+    pub cluster_id: u64,
+    /// The nodes to talk to.
+    pub nodes: Vec<NodeAddr>,
+    /// Shard count, if known from a cluster file; otherwise learned from a Status reply.
+    pub shard_count: Option<u32>,
+    /// How long one attempt waits for its reply before it is retried.
+    pub attempt_timeout: Duration,
+    /// First backoff before a retry; doubles per retry (with jitter) up to `backoff_max`.
+    pub backoff_base: Duration,
+    /// Largest backoff.
+    pub backoff_max: Duration,
+    /// A request whose shard has shown no working leader for this long fails with
+    /// "unavailable: shard N has no leader" instead of hanging.
+    pub unavailable_after: Duration,
+    /// How long [`Client::connect`] waits for the first Status reply.
+    pub discovery_timeout: Duration,
+}
+
+impl ClientOptions {
+    /// Defaults for talking to the cluster described by a cluster file.
+    pub fn from_config(config: &ClusterConfig) -> Self {
+        let nodes = config
+            .nodes
+            .iter()
+            .map(|n| NodeAddr {
+                id: Some(NodeId(n.id)),
+                addr: n.addr,
+            })
+            .collect();
+        ClientOptions {
+            shard_count: Some(config.shards),
+            ..Self::from_addrs(config.cluster_id, nodes)
+        }
+    }
+
+    /// Defaults for a bare list of node addresses (`--nodes`): ids and the shard count are
+    /// learned from the nodes' Status replies.
+    pub fn from_addrs(cluster_id: u64, nodes: Vec<NodeAddr>) -> Self {
+        ClientOptions {
+            cluster_id,
+            nodes,
+            shard_count: None,
+            attempt_timeout: Duration::from_millis(1000),
+            backoff_base: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(1000),
+            unavailable_after: Duration::from_secs(5),
+            discovery_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A completed request's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// A get: the value, or `None` if absent.
+    Value(Option<Bytes>),
+    /// A put or delete was applied.
+    Done,
+    /// A compare-and-set matched and wrote.
+    CasOk,
+    /// A compare-and-set found another value and wrote nothing.
+    CasMismatch {
+        /// The current value (`None`: absent).
+        current: Option<Bytes>,
+    },
+}
+
+/// One node's answer to a status request.
+#[derive(Clone, Debug)]
+pub struct NodeReport {
+    /// Which node was asked.
+    pub node: NodeAddr,
+    /// Its status and the round-trip time, or why it did not answer.
+    pub result: Result<(NodeStatus, Duration), String>,
+}
+
+/// Counters of the client's own work, for the bench report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Metrics {
+    /// Datagrams sent.
+    pub datagrams_sent: u64,
+    /// Requests sent (first attempts and retries).
+    pub requests_sent: u64,
+    /// Retries after a timeout or a retryable error.
+    pub retries: u64,
+    /// Redirects followed.
+    pub redirects: u64,
+    /// Replies received.
+    pub replies_received: u64,
+    /// Datagrams dropped as malformed or from another cluster.
+    pub datagrams_dropped: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    datagrams_sent: AtomicU64,
+    requests_sent: AtomicU64,
+    retries: AtomicU64,
+    redirects: AtomicU64,
+    replies_received: AtomicU64,
+    datagrams_dropped: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What the receiver hands a session.
+struct Incoming {
+    from: SocketAddr,
+    seq: u64,
+    outcome: Outcome,
+}
+
+/// The client's view of the cluster: who the nodes are, how many shards, which leads which.
+struct Topology {
+    nodes: Vec<NodeAddr>,
+    shard_count: Option<u32>,
+    leaders: Vec<Option<NodeId>>,
+}
+
+impl Topology {
+    fn id_of(&self, addr: SocketAddr) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .find(|n| n.addr == addr)
+            .and_then(|n| n.id)
+    }
+
+    fn addr_of(&self, id: NodeId) -> Option<SocketAddr> {
+        self.nodes.iter().find(|n| n.id == Some(id)).map(|n| n.addr)
+    }
+
+    fn set_shard_count(&mut self, count: u32) {
+        if self.shard_count.is_none() && count > 0 && count <= kv_shared::limits::SHARDS_MAX {
+            self.shard_count = Some(count);
+            self.leaders = vec![None; count as usize];
+        }
+    }
+
+    /// Learns the answering node's id and its view of every shard's leader.
+    fn learn(&mut self, from: SocketAddr, status: &NodeStatus) {
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.addr == from) {
+            n.id.get_or_insert(status.node);
+        }
+        self.set_shard_count(status.shard_count);
+        for s in &status.shards {
+            let Some(slot) = self.leaders.get_mut(s.shard.0 as usize) else {
+                continue;
+            };
+            if s.role == Role::Leader {
+                *slot = Some(status.node);
+            } else if slot.is_none() {
+                *slot = s.leader;
+            }
+        }
+    }
+}
+
+struct Shared {
+    socket: UdpSocket,
+    cluster_id: u64,
+    options: ClientOptions,
+    topology: Mutex<Topology>,
+    sessions: Mutex<HashMap<ClientId, mpsc::UnboundedSender<Incoming>>>,
+    outbox: mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>,
+    counters: Counters,
+    ids: Mutex<SmallRng>,
+}
+
+/// Aborts the client's tasks when the last handle goes away.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// A connection to a raftkv cluster. Cheap to clone; all clones share one socket.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    _tasks: Arc<Tasks>,
+}
+
+impl Client {
+    /// Binds a socket, starts the receive and send tasks, and asks the nodes for their
+    /// status to learn the shard count and leaders. Fails only if the shard count is
+    /// unknown (no cluster file) and no node answers within `discovery_timeout`.
+    pub async fn connect(options: ClientOptions) -> Result<Client, Error> {
+        assert!(!options.nodes.is_empty(), "a cluster has at least one node");
+        let bind_ip = if options
+            .nodes
+            .iter()
+            .all(|n| n.addr.ip().is_loopback() && n.addr.is_ipv4())
+        {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else if options.nodes.iter().any(|n| n.addr.is_ipv6()) {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        };
+        let socket = UdpSocket::bind(SocketAddr::new(bind_ip, 0))
+            .await
+            .map_err(|e| Error::Io(format!("cannot bind a UDP socket on {bind_ip}: {e}")))?;
+        let (outbox, outbox_rx) = mpsc::unbounded_channel();
+        let mut topology = Topology {
+            nodes: options.nodes.clone(),
+            shard_count: None,
+            leaders: Vec::new(),
+        };
+        if let Some(count) = options.shard_count {
+            topology.set_shard_count(count);
+        }
+        let shared = Arc::new(Shared {
+            socket,
+            cluster_id: options.cluster_id,
+            options,
+            topology: Mutex::new(topology),
+            sessions: Mutex::new(HashMap::new()),
+            outbox,
+            counters: Counters::default(),
+            ids: Mutex::new(SmallRng::seed_from_u64(entropy())),
+        });
+        let tasks = Tasks(vec![
+            tokio::spawn(receive_loop(Arc::downgrade(&shared))),
+            tokio::spawn(send_loop(Arc::downgrade(&shared), outbox_rx)),
+        ]);
+        let client = Client {
+            shared,
+            _tasks: Arc::new(tasks),
+        };
+        client.discover().await?;
+        Ok(client)
+    }
+
+    /// Asks every node for its status until the shard count is known and, where node ids
+    /// are unknown, every node had a short grace period to answer.
+    async fn discover(&self) -> Result<(), Error> {
+        let opts = &self.shared.options;
+        let ids_known = opts.nodes.iter().all(|n| n.id.is_some());
+        let grace = Duration::from_millis(300);
+        let start = Instant::now();
+        // With a cluster file the shard count is known: leaders are a bonus that requests
+        // also learn by redirects, so a dead cluster should not delay the first error much.
+        let first_wait = if opts.shard_count.is_some() {
+            opts.discovery_timeout.min(Duration::from_millis(500))
+        } else {
+            opts.discovery_timeout
+        };
+        let reports = self
+            .collect_status(first_wait, if ids_known { Duration::ZERO } else { grace })
+            .await;
+        if self.shard_count().is_none() {
+            let tried = reports
+                .iter()
+                .map(|r| r.node.addr.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Error::NoNodeAnswered {
+                waited_ms: start.elapsed().as_millis() as u64,
+                tried,
+            });
+        }
+        Ok(())
+    }
+
+    /// Asks every node for its status; waits at most `timeout` in all.
+    pub async fn status(&self, timeout: Duration) -> Vec<NodeReport> {
+        self.collect_status(timeout, timeout).await
+    }
+
+    /// Sends Status to every node (resending every 250 ms) until all answered, `timeout`
+    /// passed, or `grace` passed since the first answer.
+    async fn collect_status(&self, timeout: Duration, grace: Duration) -> Vec<NodeReport> {
+        let nodes = self.nodes();
+        let mut session = self.session();
+        let seq = session.next_seq;
+        session.next_seq += 1;
+        let request = ClientRequest {
+            client: session.id,
+            seq,
+            op: Op::Status,
+        };
+        let encoded = postcard::to_stdvec(&request).expect("a status request encodes");
+        let start = Instant::now();
+        let mut results: Vec<Option<(NodeStatus, Duration)>> = vec![None; nodes.len()];
+        let mut first_answer: Option<Instant> = None;
+        let resend_every = Duration::from_millis(250);
+        let mut next_send = start;
+        loop {
+            let now = Instant::now();
+            let mut deadline = start + timeout;
+            if let Some(t) = first_answer {
+                deadline = deadline.min(t + grace);
+            }
+            if now >= deadline || results.iter().all(Option::is_some) {
+                break;
+            }
+            if now >= next_send {
+                for (i, n) in nodes.iter().enumerate() {
+                    if results[i].is_none() {
+                        self.enqueue(n.addr, encoded.clone());
+                    }
+                }
+                next_send = now + resend_every;
+            }
+            let wake = deadline.min(next_send);
+            match tokio::time::timeout_at(wake.into(), session.rx.recv()).await {
+                Ok(Some(incoming)) => {
+                    let Outcome::Status(status) = incoming.outcome else {
+                        continue;
+                    };
+                    if incoming.seq != seq {
+                        continue;
+                    }
+                    if let Some(i) = nodes.iter().position(|n| n.addr == incoming.from) {
+                        self.shared
+                            .topology
+                            .lock()
+                            .expect("topology lock")
+                            .learn(incoming.from, &status);
+                        results[i].get_or_insert((status, start.elapsed()));
+                        first_answer.get_or_insert(Instant::now());
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {}
+            }
+        }
+        let nodes = self.nodes();
+        nodes
+            .into_iter()
+            .zip(results)
+            .map(|(node, r)| NodeReport {
+                node,
+                result: r.ok_or_else(|| format!("no answer in {} ms", start.elapsed().as_millis())),
+            })
+            .collect()
+    }
+
+    /// A new logical client with a fresh random client id.
+    pub fn session(&self) -> Session {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut sessions = self.shared.sessions.lock().expect("sessions lock");
+        let (id, rng_seed) = {
+            let mut rng = self.shared.ids.lock().expect("id rng lock");
+            loop {
+                let id = ClientId(rng.gen::<u64>() | 1);
+                if !sessions.contains_key(&id) {
+                    break (id, rng.gen::<u64>());
+                }
+            }
+        };
+        sessions.insert(id, tx);
+        Session {
+            client: self.clone(),
+            id,
+            next_seq: 1,
+            rx,
+            rng: SmallRng::seed_from_u64(rng_seed),
+            rotation: rng_seed as usize,
+        }
+    }
+
+    /// The shard count (known once a cluster file was given or a node answered).
+    pub fn shard_count(&self) -> Option<u32> {
+        self.shared
+            .topology
+            .lock()
+            .expect("topology lock")
+            .shard_count
+    }
+
+    /// The shard that owns `key`.
+    pub fn shard_of(&self, key: &[u8]) -> Option<ShardId> {
+        self.shard_count().map(|n| shard_for_key(key, n))
+    }
+
+    /// The cached leader of `shard`, with its address if known.
+    pub fn cached_leader(&self, shard: ShardId) -> Option<NodeAddr> {
+        let topo = self.shared.topology.lock().expect("topology lock");
+        let id = (*topo.leaders.get(shard.0 as usize)?)?;
+        Some(NodeAddr {
+            id: Some(id),
+            addr: topo.addr_of(id)?,
+        })
+    }
+
+    /// The nodes, with the ids learned so far.
+    pub fn nodes(&self) -> Vec<NodeAddr> {
+        self.shared
+            .topology
+            .lock()
+            .expect("topology lock")
+            .nodes
+            .clone()
+    }
+
+    /// The client's counters so far.
+    pub fn metrics(&self) -> Metrics {
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Metrics {
+            datagrams_sent: get(&c.datagrams_sent),
+            requests_sent: get(&c.requests_sent),
+            retries: get(&c.retries),
+            redirects: get(&c.redirects),
+            replies_received: get(&c.replies_received),
+            datagrams_dropped: get(&c.datagrams_dropped),
+        }
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &ClientOptions {
+        &self.shared.options
+    }
+
+    fn enqueue(&self, to: SocketAddr, encoded_request: Vec<u8>) {
+        bump(&self.shared.counters.requests_sent);
+        // The sender task lives as long as `shared`; a closed channel means shutdown.
+        let _ = self.shared.outbox.send((to, encoded_request));
+    }
+
+    fn set_leader(&self, shard: ShardId, leader: Option<NodeId>) {
+        let mut topo = self.shared.topology.lock().expect("topology lock");
+        if let Some(slot) = topo.leaders.get_mut(shard.0 as usize) {
+            *slot = leader;
+        }
+    }
+}
+
+/// A seed that differs between processes and calls, without OS randomness APIs.
+fn entropy() -> u64 {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut x = nanos
+        ^ (u64::from(std::process::id()) << 32)
+        ^ CALLS
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    // splitmix64 finaliser: spreads nearby seeds apart.
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+async fn receive_loop(shared: std::sync::Weak<Shared>) {
+    let mut buf = vec![0u8; RECV_BUFFER_BYTES];
+    loop {
+        let Some(s) = shared.upgrade() else { return };
+        let (len, from) = match s.socket.recv_from(&mut buf).await {
+            Ok(x) => x,
+            // ICMP errors surface here on some systems; the retry logic handles the loss.
+            Err(_) => continue,
+        };
+        let replies = match wire::decode(&buf[..len], s.cluster_id) {
+            Ok((h, payload)) if h.kind == Kind::ClientReplies => {
+                wire::decode_value::<Vec<ClientReply>>(payload)
+            }
+            Ok(_) => Err(wire::WireError::BadKind(0)),
+            Err(e) => Err(e),
+        };
+        let Ok(replies) = replies else {
+            bump(&s.counters.datagrams_dropped);
+            continue;
+        };
+        let sessions = s.sessions.lock().expect("sessions lock");
+        for r in replies {
+            bump(&s.counters.replies_received);
+            if let Some(tx) = sessions.get(&r.client) {
+                let _ = tx.send(Incoming {
+                    from,
+                    seq: r.seq,
+                    outcome: r.outcome,
+                });
+            }
+        }
+    }
+}
+
+/// Packs encoded requests `Vec<ClientRequest>`-style: a varint count, then the items, which
+/// is byte for byte what postcard produces for the whole vector.
+fn pack(items: &[Vec<u8>]) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(items.iter().map(Vec::len).sum::<usize>() + VEC_LEN_PREFIX_BYTES_MAX);
+    let mut n = items.len() as u64;
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    for it in items {
+        out.extend_from_slice(it);
+    }
+    out
+}
+
+async fn send_loop(
+    shared: std::sync::Weak<Shared>,
+    mut rx: mpsc::UnboundedReceiver<(SocketAddr, Vec<u8>)>,
+) {
+    let mut ready = Vec::new();
+    let mut datagram = Vec::new();
+    loop {
+        if rx.recv_many(&mut ready, OUTBOX_BATCH_MAX).await == 0 {
+            return;
+        }
+        let Some(s) = shared.upgrade() else { return };
+        // Group by destination, keeping each destination's order.
+        let mut by_dest: Vec<(SocketAddr, Vec<Vec<u8>>)> = Vec::new();
+        for (to, req) in ready.drain(..) {
+            match by_dest.iter_mut().find(|(a, _)| *a == to) {
+                Some((_, v)) => v.push(req),
+                None => by_dest.push((to, vec![req])),
+            }
+        }
+        for (to, reqs) in by_dest {
+            let mut batch: Vec<Vec<u8>> = Vec::new();
+            let mut bytes = VEC_LEN_PREFIX_BYTES_MAX;
+            for req in reqs {
+                if !batch.is_empty() && bytes + req.len() > PAYLOAD_BYTES_MAX {
+                    send_datagram(&s, to, &batch, &mut datagram).await;
+                    batch.clear();
+                    bytes = VEC_LEN_PREFIX_BYTES_MAX;
+                }
+                bytes += req.len();
+                batch.push(req);
+            }
+            send_datagram(&s, to, &batch, &mut datagram).await;
+        }
+    }
+}
+
+async fn send_datagram(s: &Shared, to: SocketAddr, batch: &[Vec<u8>], datagram: &mut Vec<u8>) {
+    let payload = pack(batch);
+    datagram.clear();
+    wire::encode(Kind::ClientRequests, s.cluster_id, 0, &payload, datagram);
+    bump(&s.counters.datagrams_sent);
+    // A lost datagram is a timeout for its requests, retried by their sessions.
+    let _ = s.socket.send_to(datagram, to).await;
+}
+
+/// One logical client: its own client id and sequence numbers. At most one request is
+/// outstanding (methods take `&mut self`), so a retried write can be deduplicated by the
+/// shard's session table.
+pub struct Session {
+    client: Client,
+    id: ClientId,
+    next_seq: u64,
+    rx: mpsc::UnboundedReceiver<Incoming>,
+    rng: SmallRng,
+    rotation: usize,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.client
+            .shared
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .remove(&self.id);
+    }
+}
+
+/// Why the current attempt did not complete.
+enum Setback {
+    /// No reply within the attempt timeout.
+    Silence,
+    /// A retryable error reply.
+    Error(ClientError),
+}
+
+impl Session {
+    /// This session's client id.
+    pub fn id(&self) -> ClientId {
+        self.id
+    }
+
+    /// The client this session belongs to.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Reads a key. `Ok(None)`: the key is absent.
+    pub async fn get(&mut self, key: impl Into<Bytes>) -> Result<Option<Bytes>, Error> {
+        match self
+            .execute(Op::Get {
+                key: key.into(),
+                stale: false,
+            })
+            .await?
+        {
+            Response::Value(v) => Ok(v),
+            other => unreachable!("a get answered with {other:?}"),
+        }
+    }
+
+    /// Writes a key.
+    pub async fn put(
+        &mut self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> Result<(), Error> {
+        self.execute(Op::Put {
+            key: key.into(),
+            value: value.into(),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Deletes a key (absent keys are fine).
+    pub async fn delete(&mut self, key: impl Into<Bytes>) -> Result<(), Error> {
+        self.execute(Op::Delete { key: key.into() }).await.map(drop)
+    }
+
+    /// Compare-and-set: writes `new` if the key holds `expected` (`None`: is absent).
+    /// Returns `Response::CasOk` or `Response::CasMismatch`.
+    pub async fn cas(
+        &mut self,
+        key: impl Into<Bytes>,
+        expected: Option<Bytes>,
+        new: impl Into<Bytes>,
+    ) -> Result<Response, Error> {
+        self.execute(Op::Cas {
+            key: key.into(),
+            expected,
+            new: new.into(),
+        })
+        .await
+    }
+
+    /// Runs one keyed operation to completion: routing, redirects, retries with backoff
+    /// under one sequence number, until an answer or the unavailability deadline.
+    ///
+    /// # Panics
+    /// On `Op::Status` (not keyed; use [`Client::status`]).
+    pub async fn execute(&mut self, op: Op) -> Result<Response, Error> {
+        op.check_limits().map_err(Error::Limit)?;
+        let key = op
+            .key()
+            .expect("execute takes keyed operations only")
+            .clone();
+        let stale = matches!(op, Op::Get { stale: true, .. });
+        let is_write = op.is_write();
+        let shard_count = self
+            .client
+            .shard_count()
+            .expect("connect learned the shard count");
+        let shard = shard_for_key(&key, shard_count);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let request = ClientRequest {
+            client: self.id,
+            seq,
+            op,
+        };
+        let encoded = postcard::to_stdvec(&request).expect("requests encode");
+        if encoded.len() + VEC_LEN_PREFIX_BYTES_MAX > PAYLOAD_BYTES_MAX {
+            return Err(Error::Limit(ClientError::Malformed(format!(
+                "request is {} bytes; a datagram carries at most PAYLOAD_BYTES_MAX = {PAYLOAD_BYTES_MAX}",
+                encoded.len()
+            ))));
+        }
+        let opts = self.client.shared.options.clone();
+        let start = Instant::now();
+        let deadline = start + opts.unavailable_after;
+        let mut backoff = opts.backoff_base;
+        let mut outcome_unknown = false;
+        let mut leader_worked = false;
+        let mut last = String::from("nothing answered yet");
+        let mut redirects_in_a_row = 0usize;
+        let mut attempt = 0u64;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                let waited_ms = now.duration_since(start).as_millis() as u64;
+                return Err(if leader_worked {
+                    Error::GaveUp {
+                        shard,
+                        waited_ms,
+                        last,
+                        outcome_unknown,
+                    }
+                } else {
+                    Error::NoLeader {
+                        shard,
+                        waited_ms,
+                        last,
+                        outcome_unknown,
+                    }
+                });
+            }
+            let target = self.pick_target(shard, stale);
+            if attempt > 0 {
+                bump(&self.client.shared.counters.retries);
+            }
+            attempt += 1;
+            self.client.enqueue(target.addr, encoded.clone());
+            let attempt_end = (now + opts.attempt_timeout).min(deadline);
+            let setback = loop {
+                match tokio::time::timeout_at(attempt_end.into(), self.rx.recv()).await {
+                    Err(_) | Ok(None) => break Setback::Silence,
+                    Ok(Some(inc)) if inc.seq != seq => continue,
+                    Ok(Some(inc)) => match inc.outcome {
+                        Outcome::Value(v) => {
+                            return Ok(self.succeeded(shard, inc.from, stale, Response::Value(v)))
+                        }
+                        Outcome::Done => {
+                            return Ok(self.succeeded(shard, inc.from, stale, Response::Done))
+                        }
+                        Outcome::CasOk => {
+                            return Ok(self.succeeded(shard, inc.from, stale, Response::CasOk))
+                        }
+                        Outcome::CasMismatch { current } => {
+                            return Ok(self.succeeded(
+                                shard,
+                                inc.from,
+                                stale,
+                                Response::CasMismatch { current },
+                            ))
+                        }
+                        // A late error for an earlier attempt says nothing about this one.
+                        Outcome::Error(_) | Outcome::Status(_) if inc.from != target.addr => {
+                            continue
+                        }
+                        Outcome::Status(_) => continue,
+                        Outcome::Error(e) => break Setback::Error(e),
+                    },
+                }
+            };
+            let who = node_name(
+                target.id.or_else(|| {
+                    self.client
+                        .shared
+                        .topology
+                        .lock()
+                        .expect("topology lock")
+                        .id_of(target.addr)
+                }),
+                target.addr,
+            );
+            match setback {
+                Setback::Silence => {
+                    outcome_unknown |= is_write;
+                    last = format!(
+                        "{who} did not answer within {} ms",
+                        opts.attempt_timeout.as_millis()
+                    );
+                    self.forget_leader(shard, target);
+                    self.rotation = self.rotation.wrapping_add(1);
+                }
+                Setback::Error(ClientError::NotLeader {
+                    leader: Some(l), ..
+                }) if Some(l) != target.id
+                    && self
+                        .client
+                        .shared
+                        .topology
+                        .lock()
+                        .expect("topology lock")
+                        .addr_of(l)
+                        .is_some() =>
+                {
+                    bump(&self.client.shared.counters.redirects);
+                    self.client.set_leader(shard, Some(l));
+                    last = format!("{who} redirected to node {}", l.0);
+                    redirects_in_a_row += 1;
+                    // Follow a fresh hint at once; a ping-pong of stale hints backs off.
+                    if redirects_in_a_row <= self.client.shared.options.nodes.len() {
+                        continue;
+                    }
+                }
+                Setback::Error(ClientError::NotLeader { .. }) => {
+                    bump(&self.client.shared.counters.redirects);
+                    last = format!("{who} is not its leader and knows none");
+                    self.client.set_leader(shard, None);
+                    self.rotation = self.rotation.wrapping_add(1);
+                }
+                Setback::Error(
+                    e @ (ClientError::Timeout { .. } | ClientError::NoQuorum { .. }),
+                ) => {
+                    outcome_unknown |= is_write;
+                    leader_worked = true;
+                    if matches!(e, ClientError::NoQuorum { .. }) {
+                        self.forget_leader(shard, target);
+                    }
+                    last = format!("{who}: {e}");
+                }
+                Setback::Error(e @ ClientError::Overloaded { .. }) => {
+                    leader_worked = true;
+                    last = format!("{who}: {e}");
+                }
+                Setback::Error(error) => {
+                    let node = target.id.or_else(|| {
+                        self.client
+                            .shared
+                            .topology
+                            .lock()
+                            .expect("topology lock")
+                            .id_of(target.addr)
+                    });
+                    return Err(Error::Refused {
+                        node,
+                        addr: target.addr,
+                        error,
+                        outcome_unknown,
+                    });
+                }
+            }
+            redirects_in_a_row = 0;
+            let jittered = backoff.mul_f64(self.rng.gen_range(0.5..1.0));
+            let wake = (Instant::now() + jittered).min(deadline);
+            tokio::time::sleep_until(wake.into()).await;
+            backoff = (backoff * 2).min(opts.backoff_max);
+        }
+    }
+
+    /// The node to send to: the cached leader, else the next node in this session's
+    /// rotation (any node redirects to the leader it knows). Stale reads go to any node.
+    fn pick_target(&mut self, shard: ShardId, stale: bool) -> NodeAddr {
+        if !stale {
+            if let Some(l) = self.client.cached_leader(shard) {
+                return l;
+            }
+        }
+        let nodes = self.client.nodes();
+        if stale {
+            self.rotation = self.rotation.wrapping_add(1);
+        }
+        nodes[self.rotation % nodes.len()]
+    }
+
+    fn forget_leader(&self, shard: ShardId, target: NodeAddr) {
+        if self.client.cached_leader(shard).map(|l| l.addr) == Some(target.addr) {
+            self.client.set_leader(shard, None);
+        }
+    }
+
+    fn succeeded(&self, shard: ShardId, from: SocketAddr, stale: bool, r: Response) -> Response {
+        if !stale {
+            let id = self
+                .client
+                .shared
+                .topology
+                .lock()
+                .expect("topology lock")
+                .id_of(from);
+            if id.is_some() {
+                self.client.set_leader(shard, id);
+            }
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn packed_batches_are_what_postcard_makes_of_the_vector() {
+        for n in [0usize, 1, 3, 200] {
+            let reqs: Vec<ClientRequest> = (0..n as u64)
+                .map(|i| ClientRequest {
+                    client: ClientId(i),
+                    seq: i,
+                    op: Op::Put {
+                        key: Bytes::from(format!("k{i}")),
+                        value: Bytes::from_static(b"v"),
+                    },
+                })
+                .collect();
+            let items: Vec<Vec<u8>> = reqs
+                .iter()
+                .map(|r| postcard::to_stdvec(r).unwrap())
+                .collect();
+            assert_eq!(pack(&items), postcard::to_stdvec(&reqs).unwrap(), "n = {n}");
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! The command language shared by the REPL, scripts and one-shot use: a line becomes words
+//! (shell-like quoting), words become a validated [`Command`]. Parsing happens once, here,
+//! so that everything after it works with bytes that already passed the checks.
+
+use crate::value::{parse_value, ValueError};
+use bytes::Bytes;
+
+/// One thing a user asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Read a key; `stale` reads any replica's local state (not linearizable).
+    Get {
+        /// The key.
+        key: Bytes,
+        /// Opt out of linearizability.
+        stale: bool,
+    },
+    /// Write a key.
+    Put {
+        /// The key.
+        key: Bytes,
+        /// The value.
+        value: Bytes,
+    },
+    /// Remove a key.
+    Del {
+        /// The key.
+        key: Bytes,
+    },
+    /// Compare-and-set; `expected: None` means "only if the key is absent".
+    Cas {
+        /// The key.
+        key: Bytes,
+        /// Required current value, or `None` for absent.
+        expected: Option<Bytes>,
+        /// Value to write on a match.
+        new: Bytes,
+    },
+    /// The cluster table.
+    Status,
+    /// Which shard a key maps to and its cached leader.
+    Shard {
+        /// The key.
+        key: Bytes,
+    },
+    /// Usage, for all commands or one.
+    Help {
+        /// A command name, if the user asked about one.
+        topic: Option<String>,
+    },
+    /// Leave the REPL or script.
+    Quit,
+}
+
+/// Why a line is not a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// A quote was opened and never closed.
+    #[error("unterminated {0} quote")]
+    UnterminatedQuote(char),
+    /// A backslash ended the line.
+    #[error("a backslash ends the line; nothing to escape")]
+    DanglingEscape,
+    /// The first word is not a command.
+    #[error("unknown command {0:?}; type help for the list")]
+    UnknownCommand(String),
+    /// Wrong number of words after the command.
+    #[error("usage: {0}")]
+    Usage(String),
+    /// A key or value with a bad `hex:`/`b64:` form.
+    #[error(transparent)]
+    Value(#[from] ValueError),
+}
+
+/// Name, argument synopsis and one line of explanation for each command, in help order.
+/// The REPL's completion and hints read this table too.
+pub const COMMANDS: &[(&str, &str, &str)] = &[
+    (
+        "get",
+        "KEY [--stale]",
+        "read a key (--stale: any replica, may be out of date)",
+    ),
+    ("put", "KEY VALUE", "write a key"),
+    ("del", "KEY", "delete a key"),
+    (
+        "cas",
+        "KEY EXPECTED NEW | KEY --absent NEW",
+        "write NEW only if KEY holds EXPECTED (or is absent)",
+    ),
+    (
+        "status",
+        "",
+        "per shard: leader, term, commit/applied, replica lag; per node: reachability",
+    ),
+    (
+        "shard",
+        "KEY",
+        "which shard KEY belongs to, and its cached leader",
+    ),
+    ("help", "[COMMAND]", "this list, or one command's usage"),
+    ("quit", "", "leave (Ctrl-D works too)"),
+];
+
+/// The usage line of a command, e.g. `cas KEY EXPECTED NEW | KEY --absent NEW`.
+pub fn usage_of(name: &str) -> Option<String> {
+    COMMANDS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(n, args, _)| {
+            if args.is_empty() {
+                n.to_string()
+            } else {
+                format!("{n} {args}")
+            }
+        })
+}
+
+/// Splits a line into words. Double quotes allow spaces and the escapes `\"`, `\\`, `\n`,
+/// `\t`; single quotes take everything literally; outside quotes a backslash escapes the
+/// next character.
+pub fn split_words(line: &str) -> Result<Vec<String>, ParseError> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        None => return Err(ParseError::UnterminatedQuote('"')),
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            None => return Err(ParseError::UnterminatedQuote('"')),
+                            Some('n') => word.push('\n'),
+                            Some('t') => word.push('\t'),
+                            Some(other) => word.push(other),
+                        },
+                        Some(other) => word.push(other),
+                    }
+                }
+            }
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        None => return Err(ParseError::UnterminatedQuote('\'')),
+                        Some('\'') => break,
+                        Some(other) => word.push(other),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                word.push(chars.next().ok_or(ParseError::DanglingEscape)?);
+            }
+            other => {
+                in_word = true;
+                word.push(other);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    Ok(words)
+}
+
+/// Parses one line. `Ok(None)` for a blank line or a `#` comment.
+pub fn parse_line(line: &str) -> Result<Option<Command>, ParseError> {
+    if line.trim_start().starts_with('#') {
+        return Ok(None);
+    }
+    let words = split_words(line)?;
+    if words.is_empty() {
+        return Ok(None);
+    }
+    parse_words(&words).map(Some)
+}
+
+/// Parses words (as the shell hands them to a one-shot `kvcli get K`).
+pub fn parse_words<S: AsRef<str>>(words: &[S]) -> Result<Command, ParseError> {
+    let name = words[0].as_ref();
+    let args: Vec<&str> = words[1..].iter().map(AsRef::as_ref).collect();
+    let usage = |n: &str| ParseError::Usage(usage_of(n).expect("listed command"));
+    let v = |w: &str| parse_value(w).map_err(ParseError::from);
+    let cmd = match (name.to_ascii_lowercase().as_str(), args.as_slice()) {
+        ("get", [k]) => Command::Get {
+            key: v(k)?,
+            stale: false,
+        },
+        ("get", [k, "--stale"]) | ("get", ["--stale", k]) => Command::Get {
+            key: v(k)?,
+            stale: true,
+        },
+        ("get", _) => return Err(usage("get")),
+        ("put" | "set", [k, val]) => Command::Put {
+            key: v(k)?,
+            value: v(val)?,
+        },
+        ("put" | "set", _) => return Err(usage("put")),
+        ("del" | "delete" | "rm", [k]) => Command::Del { key: v(k)? },
+        ("del" | "delete" | "rm", _) => return Err(usage("del")),
+        ("cas", [k, "--absent", new]) => Command::Cas {
+            key: v(k)?,
+            expected: None,
+            new: v(new)?,
+        },
+        ("cas", [k, expected, new]) => Command::Cas {
+            key: v(k)?,
+            expected: Some(v(expected)?),
+            new: v(new)?,
+        },
+        ("cas", _) => return Err(usage("cas")),
+        ("status", []) => Command::Status,
+        ("status", _) => return Err(usage("status")),
+        ("shard", [k]) => Command::Shard { key: v(k)? },
+        ("shard", _) => return Err(usage("shard")),
+        ("help" | "?", []) => Command::Help { topic: None },
+        ("help" | "?", [t]) => Command::Help {
+            topic: Some(t.to_string()),
+        },
+        ("help" | "?", _) => return Err(usage("help")),
+        ("quit" | "exit", []) => Command::Quit,
+        ("quit" | "exit", _) => return Err(usage("quit")),
+        _ => return Err(ParseError::UnknownCommand(name.to_string())),
+    };
+    Ok(cmd)
+}
+
+/// The help text: one line per command, aligned.
+pub fn help_text(topic: Option<&str>) -> String {
+    if let Some(t) = topic {
+        return match COMMANDS.iter().find(|(n, _, _)| *n == t) {
+            Some((_, _, what)) => format!("{}\n  {what}", usage_of(t).expect("listed")),
+            None => format!("no command {t:?}; type help for the list"),
+        };
+    }
+    let width = COMMANDS
+        .iter()
+        .map(|(n, a, _)| n.len() + 1 + a.len())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for (n, a, what) in COMMANDS {
+        let synopsis = format!("{n} {a}");
+        out.push_str(&format!("  {synopsis:<width$}  {what}\n"));
+    }
+    out.push_str(
+        "\nKeys and values: quote to include spaces (\"a b\" or 'a b'); hex:00ff and b64:AAE= give binary bytes.\n",
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn quoting_and_escapes() {
+        assert_eq!(
+            split_words(r#"put "a key" 'it''s'"#).unwrap(),
+            ["put", "a key", "its"]
+        );
+        assert_eq!(
+            split_words(r#"put k "say \"hi\"\n""#).unwrap(),
+            ["put", "k", "say \"hi\"\n"]
+        );
+        assert_eq!(split_words(r"put a\ b c").unwrap(), ["put", "a b", "c"]);
+        assert_eq!(split_words(r#"put k """#).unwrap(), ["put", "k", ""]);
+        assert_eq!(split_words("  get   k  ").unwrap(), ["get", "k"]);
+        assert_eq!(
+            split_words(r#"put "k"#),
+            Err(ParseError::UnterminatedQuote('"'))
+        );
+        assert_eq!(
+            split_words("put 'k"),
+            Err(ParseError::UnterminatedQuote('\''))
+        );
+        assert_eq!(split_words("put k\\"), Err(ParseError::DanglingEscape));
+    }
+
+    #[test]
+    fn commands_parse() {
+        assert_eq!(
+            parse_line("get k").unwrap(),
+            Some(Command::Get {
+                key: b("k"),
+                stale: false
+            })
+        );
+        assert_eq!(
+            parse_line("GET k --stale").unwrap(),
+            Some(Command::Get {
+                key: b("k"),
+                stale: true
+            })
+        );
+        assert_eq!(
+            parse_line("put \"my key\" hex:00ff").unwrap(),
+            Some(Command::Put {
+                key: b("my key"),
+                value: Bytes::from_static(b"\x00\xff")
+            })
+        );
+        assert_eq!(
+            parse_line("del k").unwrap(),
+            Some(Command::Del { key: b("k") })
+        );
+        assert_eq!(
+            parse_line("cas k old new").unwrap(),
+            Some(Command::Cas {
+                key: b("k"),
+                expected: Some(b("old")),
+                new: b("new")
+            })
+        );
+        assert_eq!(
+            parse_line("cas k --absent b64:aGk=").unwrap(),
+            Some(Command::Cas {
+                key: b("k"),
+                expected: None,
+                new: b("hi")
+            })
+        );
+        assert_eq!(parse_line("status").unwrap(), Some(Command::Status));
+        assert_eq!(
+            parse_line("shard k").unwrap(),
+            Some(Command::Shard { key: b("k") })
+        );
+        assert_eq!(
+            parse_line("help cas").unwrap(),
+            Some(Command::Help {
+                topic: Some("cas".into())
+            })
+        );
+        assert_eq!(parse_line("quit").unwrap(), Some(Command::Quit));
+        assert_eq!(parse_line("   ").unwrap(), None);
+        assert_eq!(parse_line("# a comment").unwrap(), None);
+    }
+
+    #[test]
+    fn mistakes_say_what_to_type() {
+        assert_eq!(
+            parse_line("put k").unwrap_err().to_string(),
+            "usage: put KEY VALUE"
+        );
+        assert_eq!(
+            parse_line("cas k v").unwrap_err().to_string(),
+            "usage: cas KEY EXPECTED NEW | KEY --absent NEW"
+        );
+        assert!(parse_line("frobnicate")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown command \"frobnicate\""));
+        assert!(parse_line("put k hex:zz")
+            .unwrap_err()
+            .to_string()
+            .contains("hex"));
+    }
+
+    #[test]
+    fn help_lists_every_command() {
+        let h = help_text(None);
+        for (n, _, _) in COMMANDS {
+            assert!(h.contains(n), "{n} missing from help");
+        }
+        assert!(help_text(Some("cas")).starts_with("cas KEY EXPECTED NEW"));
+    }
+}

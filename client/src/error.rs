@@ -1,0 +1,110 @@
+//! What can go wrong for a kvcli request, each said in one line that names the shard, the
+//! node or the limit involved, and whether a write may have been applied anyway.
+
+use kv_shared::proto::ClientError;
+use kv_shared::{NodeId, ShardId};
+use std::net::SocketAddr;
+
+/// A request kvcli could not complete.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// No node led the key's shard (or none answered) for longer than the deadline.
+    #[error("unavailable: shard {} has no leader (waited {waited_ms} ms; last: {last})", shard.0)]
+    NoLeader {
+        /// The key's shard.
+        shard: ShardId,
+        /// How long kvcli kept trying.
+        waited_ms: u64,
+        /// The last thing that went wrong, naming the node.
+        last: String,
+        /// True if a write may have been applied (an attempt went unanswered).
+        outcome_unknown: bool,
+    },
+    /// A leader was found but kept failing the request (timeouts, lost quorum, overload)
+    /// until the deadline.
+    #[error("unavailable: shard {} did not complete the request in {waited_ms} ms (last: {last}){}", shard.0, if *outcome_unknown { "; the outcome is unknown" } else { "" })]
+    GaveUp {
+        /// The key's shard.
+        shard: ShardId,
+        /// How long kvcli kept trying.
+        waited_ms: u64,
+        /// The last error, naming the node.
+        last: String,
+        /// True if a write may have been applied.
+        outcome_unknown: bool,
+    },
+    /// A node refused the request for a reason retrying cannot fix.
+    #[error("{}: {error}", node_name(*node, *addr))]
+    Refused {
+        /// The node that answered, if its id is known.
+        node: Option<NodeId>,
+        /// Its address.
+        addr: SocketAddr,
+        /// Its answer.
+        error: ClientError,
+        /// True if an earlier attempt of this write may have been applied.
+        outcome_unknown: bool,
+    },
+    /// Refused before sending: a key or value over its limit.
+    #[error("{0}")]
+    Limit(ClientError),
+    /// No node answered the first Status request, so the shard count is unknown.
+    #[error("no node answered within {waited_ms} ms (tried {tried}); is the cluster running, and is --cluster-id right?")]
+    NoNodeAnswered {
+        /// How long kvcli waited.
+        waited_ms: u64,
+        /// The addresses asked.
+        tried: String,
+    },
+    /// The local socket failed.
+    #[error("socket: {0}")]
+    Io(String),
+}
+
+/// `n2 (127.0.0.1:7102)`, or just the address while the id is unknown.
+pub fn node_name(node: Option<NodeId>, addr: SocketAddr) -> String {
+    match node {
+        Some(id) => format!("node {} ({addr})", id.0),
+        None => format!("node at {addr}"),
+    }
+}
+
+impl Error {
+    /// True when the request was a write that may have been applied despite the error:
+    /// a history must record it as "unknown", not "failed".
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            Error::NoLeader {
+                outcome_unknown, ..
+            }
+            | Error::GaveUp {
+                outcome_unknown, ..
+            }
+            | Error::Refused {
+                outcome_unknown, ..
+            } => *outcome_unknown,
+            Error::Limit(_) | Error::NoNodeAnswered { .. } | Error::Io(_) => false,
+        }
+    }
+
+    /// A short, stable name for counting errors by kind (bench reports, JSON output).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::NoLeader { .. } => "no-leader",
+            Error::GaveUp { .. } => "gave-up",
+            Error::Refused { error, .. } => match error {
+                ClientError::NotLeader { .. } => "not-leader",
+                ClientError::NoQuorum { .. } => "no-quorum",
+                ClientError::Timeout { .. } => "timeout",
+                ClientError::KeyTooLarge { .. } | ClientError::ValueTooLarge { .. } => "limit",
+                ClientError::StaleSequence { .. } => "stale-sequence",
+                ClientError::Unavailable { .. } => "node-unavailable",
+                ClientError::Overloaded { .. } => "overloaded",
+                ClientError::Malformed(_) => "malformed",
+            },
+            Error::Limit(_) => "limit",
+            Error::NoNodeAnswered { .. } => "no-node-answered",
+            Error::Io(_) => "io",
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! kvcli as a library: the async raftkv client, and the pieces of the `kvcli` binary
+//! (command language, output, bench, REPL) so that they can be tested without a terminal.
+//!
+//! Layout:
+//! - [`client`]: [`Client`] (one UDP socket, leader cache, batching) and [`Session`] (one
+//!   logical client: routing, redirects, retries under one sequence number).
+//! - [`error`]: [`Error`], one line that names the shard, node or limit.
+//! - [`value`]: plain / `hex:` / `b64:` forms of keys and values.
+//! - [`command`]: the command language (quoting, usage, help).
+//! - [`output`]: human and JSON rendering of results and of the status table.
+//! - [`run`]: executing commands: one-shot, script and REPL.
+//! - [`history`]: the recorded history of a bench run, as JSON lines.
+//! - [`bench`]: the closed-loop load generator and its report.
+//! - [`local`]: `--local`, a 3-node cluster of kvserver processes for the quick start.
+
+pub mod bench;
+pub mod client;
+pub mod command;
+pub mod error;
+pub mod history;
+pub mod local;
+pub mod output;
+pub mod run;
+pub mod value;
+
+pub use client::{Client, ClientOptions, NodeAddr, NodeReport, Response, Session};
+pub use error::Error;
