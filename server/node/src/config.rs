@@ -108,6 +108,8 @@ impl NodeConfig {
             inflight_appends_max: INFLIGHT_APPENDS_MAX,
             snapshot_chunk_bytes_max: SNAPSHOT_CHUNK_BYTES_MAX,
             seed: xxh64(&seed_bytes, 0x5eed),
+            retransmit_ticks: self.heartbeat_ticks,
+            ..kv_raft::Config::new(self.node, 0)
         }
     }
 

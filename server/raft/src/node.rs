@@ -35,6 +35,66 @@ pub struct Config {
     pub snapshot_chunk_bytes_max: usize,
     /// Seed of this replica's RNG (election jitter). Derive it from (run seed, node, group).
     pub seed: u64,
+    /// Leader lease reads (needs `check_quorum`): a leader that committed an entry of its
+    /// term and got echoes from a quorum of heartbeats it sent less than
+    /// `election_ticks_min - lease_margin_ticks` ticks ago answers `read_index` at once,
+    /// without a heartbeat round. Assumes tick rates of the replicas differ by less than
+    /// the margin over an election timeout (docs/RAFT.md). Default false.
+    pub lease_reads: bool,
+    /// Ticks taken off the lease for clock drift and tick granularity (at least 2; must
+    /// be below `election_ticks_min` when `lease_reads` is on).
+    pub lease_margin_ticks: u32,
+    /// Skip the periodic heartbeat to a follower that got an Append (or was heard from)
+    /// since the previous heartbeat and already knows the commit index. Default false.
+    pub heartbeat_suppression: bool,
+    /// Send an Append to every follower as soon as the commit index advances (true, the
+    /// classic behaviour). When false, followers learn the commit index from the next
+    /// Append or heartbeat. Default true.
+    pub broadcast_commit: bool,
+    /// Appends and snapshot chunks that made no progress for this many ticks are resent.
+    /// Default: `heartbeat_ticks` (retransmission rides on heartbeats).
+    pub retransmit_ticks: u32,
+    /// Send new entries at once only to this many most recently responsive voters (the
+    /// others get them with the next heartbeat, or at once if an eager ack is missing
+    /// after `retransmit_ticks`). `None` (default) sends to everyone at once.
+    pub eager_followers: Option<usize>,
+    /// A leader whose group has been idle this many ticks (all caught up, nothing
+    /// pending) sends a final `Quiesce` and stops heartbeating; its followers stop their
+    /// election timers. `None` (default) never quiesces.
+    pub quiesce_after_ticks: Option<u32>,
+    /// Most `read_index` requests a leader holds unconfirmed; more get
+    /// [`ProposeError::TooManyPendingReads`].
+    pub pending_reads_max: usize,
+}
+
+impl Config {
+    /// Defaults for replica `id` with RNG seed `seed`: election timeout 10..20 ticks,
+    /// heartbeat every 2, PreVote and CheckQuorum on, the byte and window limits of
+    /// `kv_shared::limits`, and every optional behaviour at its classic setting (no lease
+    /// reads, no suppression, commit broadcasts, retransmit with heartbeats, all
+    /// followers eager, no quiescence). Change fields with struct update syntax.
+    pub fn new(id: NodeId, seed: u64) -> Config {
+        Config {
+            id,
+            election_ticks_min: 10,
+            election_ticks_max: 20,
+            heartbeat_ticks: 2,
+            pre_vote: true,
+            check_quorum: true,
+            append_bytes_max: kv_shared::limits::APPEND_BYTES_MAX,
+            inflight_appends_max: kv_shared::limits::INFLIGHT_APPENDS_MAX,
+            snapshot_chunk_bytes_max: kv_shared::limits::SNAPSHOT_CHUNK_BYTES_MAX,
+            seed,
+            lease_reads: false,
+            lease_margin_ticks: 2,
+            heartbeat_suppression: false,
+            broadcast_commit: true,
+            retransmit_ticks: 2,
+            eager_followers: None,
+            quiesce_after_ticks: None,
+            pending_reads_max: kv_shared::limits::PENDING_REQUESTS_MAX,
+        }
+    }
 }
 
 /// What survived on disk, handed to [`Raft::new`] at start.
@@ -137,6 +197,12 @@ pub enum ProposeError {
     /// The change makes no sense (adding a member twice, removing a stranger...).
     #[error("invalid membership change: {0}")]
     InvalidConfChange(String),
+    /// The leader already holds `Config::pending_reads_max` unconfirmed reads.
+    #[error("too many pending reads (limit {limit})")]
+    TooManyPendingReads {
+        /// The configured limit.
+        limit: usize,
+    },
 }
 
 /// Where this replica stands, for status displays and tests.
@@ -473,11 +539,17 @@ impl Raft {
         let me = self.cfg.id;
         let commit = self.log.commit;
         let single = self.membership.voters == [me];
+        let limit = self.cfg.pending_reads_max;
         let RoleState::Leader(ls) = &mut self.role else {
             return Err(ProposeError::NotLeader {
                 leader: self.leader,
             });
         };
+        if ls.reads.len() >= limit {
+            // A limit on everything: a leader whose followers do not answer must not
+            // grow without bound; the caller retries or fails the request.
+            return Err(ProposeError::TooManyPendingReads { limit });
+        }
         if commit < ls.term_start {
             // Thesis 6.4 step 1: the commit index is only known current once an entry of
             // this term is committed.
@@ -601,8 +673,14 @@ impl Raft {
 
     /// True if `ready()` would return something.
     pub fn has_ready(&self) -> bool {
+        // Mirrors `flush_leader_sends` exactly, so that `has_ready()` is true iff `ready()`
+        // returns something (a pending broadcast to paused followers sends nothing).
         let leader_work = match &self.role {
-            RoleState::Leader(ls) => ls.bcast_pending || ls.reads.has_unsent(),
+            RoleState::Leader(ls) => {
+                (ls.bcast_pending && ls.progress.values().any(|pr| self.append_sendable(pr)))
+                    || ls.reads.has_unsent()
+                    || self.quorum_commit().is_some()
+            }
             _ => false,
         };
         leader_work

@@ -61,6 +61,11 @@ impl ReadRounds {
         });
     }
 
+    /// Reads held (waiting for the term's first commit or for a quorum).
+    pub fn len(&self) -> usize {
+        self.waiting.len() + self.rounds.iter().map(|r| r.ctxs.len()).sum::<usize>()
+    }
+
     /// The round to put in heartbeats (newest), 0 if none.
     pub fn latest_round(&self) -> u64 {
         self.rounds.back().map_or(0, |r| r.id)

@@ -70,6 +70,22 @@ impl Raft {
         }
     }
 
+    /// True if `maybe_send_append(_, false)` would send something to the follower with
+    /// progress `pr` (kept next to it so `has_ready` agrees with `ready`).
+    pub(crate) fn append_sendable(&self, pr: &crate::progress::Progress) -> bool {
+        match &pr.state {
+            ProgressState::Snapshot(s) => self.snapshot.as_ref().is_some_and(|snap| {
+                let window = (self.cfg.snapshot_chunk_bytes_max as u64)
+                    * self.cfg.inflight_appends_max as u64;
+                s.index != snap.meta.index
+                    || (!s.all_sent && s.next_offset - s.acked < window.max(1))
+            }),
+            _ if pr.is_paused(self.cfg.inflight_appends_max) => false,
+            _ if self.log.term(pr.next - 1).is_none() => self.snapshot.is_some(),
+            _ => pr.next <= self.log.last_index(),
+        }
+    }
+
     /// Sends one Append (or snapshot chunks) to `to` if its flow control allows. Returns
     /// true if something was sent.
     pub(crate) fn maybe_send_append(&mut self, to: NodeId, send_if_empty: bool) -> bool {
@@ -198,8 +214,19 @@ impl Raft {
     /// its durable index) stores, if that entry is of the current term. Returns true if
     /// the commit index moved.
     pub(crate) fn maybe_commit(&mut self) -> bool {
+        match self.quorum_commit() {
+            Some(q) => {
+                self.commit_to(q);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The index `maybe_commit` would commit now, if any.
+    pub(crate) fn quorum_commit(&self) -> Option<Index> {
         let RoleState::Leader(ls) = &self.role else {
-            return false;
+            return None;
         };
         let me = self.cfg.id;
         let persisted = self.log.persisted;
@@ -211,15 +238,14 @@ impl Raft {
             }
         });
         if q <= self.log.commit {
-            return false;
+            return None;
         }
         // Thesis 3.6.2 / Figure 8: counting replicas commits only entries of this term.
         let current = self.log.term(q) == Some(self.term);
         if !current && !planted!(self, CommitPriorTermByCount) {
-            return false;
+            return None;
         }
-        self.commit_to(q);
-        true
+        Some(q)
     }
 
     /// Moves the commit index to `index` (never backwards), applying membership changes

@@ -27,6 +27,7 @@ fn run_seed(seed: u64, steps: usize, bugs: &[Bug]) {
         inflight_appends_max: rng.gen_range(1..5),
         snapshot_chunk_bytes_max: rng.gen_range(1..32),
         seed,
+        ..Opts::default()
     };
     let mut c = Cluster::new(n, &[], opts);
     c.quiet = true;

@@ -66,6 +66,13 @@ pub(crate) struct Opts {
     pub inflight_appends_max: usize,
     pub snapshot_chunk_bytes_max: usize,
     pub seed: u64,
+    pub lease_reads: bool,
+    pub heartbeat_suppression: bool,
+    pub broadcast_commit: bool,
+    pub retransmit_ticks: u32,
+    pub eager_followers: Option<usize>,
+    pub quiesce_after_ticks: Option<u32>,
+    pub pending_reads_max: usize,
 }
 
 impl Default for Opts {
@@ -77,6 +84,13 @@ impl Default for Opts {
             inflight_appends_max: 4,
             snapshot_chunk_bytes_max: 8,
             seed: 0,
+            lease_reads: false,
+            heartbeat_suppression: false,
+            broadcast_commit: true,
+            retransmit_ticks: 2,
+            eager_followers: None,
+            quiesce_after_ticks: None,
+            pending_reads_max: 1000,
         }
     }
 }
@@ -140,6 +154,14 @@ impl Cluster {
             inflight_appends_max: self.opts.inflight_appends_max,
             snapshot_chunk_bytes_max: self.opts.snapshot_chunk_bytes_max,
             seed: self.opts.seed.wrapping_mul(1000).wrapping_add(id),
+            lease_reads: self.opts.lease_reads,
+            lease_margin_ticks: 2,
+            heartbeat_suppression: self.opts.heartbeat_suppression,
+            broadcast_commit: self.opts.broadcast_commit,
+            retransmit_ticks: self.opts.retransmit_ticks,
+            eager_followers: self.opts.eager_followers,
+            quiesce_after_ticks: self.opts.quiesce_after_ticks,
+            pending_reads_max: self.opts.pending_reads_max,
         }
     }
 
@@ -205,6 +227,12 @@ impl Cluster {
                 return;
             }
             if !n.raft.has_ready() {
+                // has_ready() and ready() must agree both ways.
+                let rd = n.raft.ready();
+                assert!(
+                    rd.is_empty(),
+                    "n{id}: has_ready() false but ready() = {rd:?}"
+                );
                 if n.auto_persist && !n.pending.is_empty() {
                     self.persist(id, usize::MAX);
                     continue;
@@ -212,6 +240,10 @@ impl Cluster {
                 return;
             }
             let rd = n.raft.ready();
+            assert!(
+                !rd.is_empty(),
+                "n{id}: has_ready() true but ready() is empty"
+            );
             self.handle_ready(id, rd);
             let n = self.nodes.get_mut(&id).expect("node");
             if n.auto_persist && !n.pending.is_empty() {

@@ -4,7 +4,9 @@
 //!
 //! Commands (ids are node numbers; `ids` is a comma list or `all`):
 //! - `cluster n=3 [learners=4,5] [prevote=false] [checkquorum=false] [append-bytes=N]
-//!   [inflight=N] [chunk=N] [seed=N]` : a fresh cluster.
+//!   [inflight=N] [chunk=N] [seed=N] [lease=true] [suppress=true] [bcast-commit=false]
+//!   [retransmit=N] [eager=K] [quiesce=N] [reads-max=N]` : a fresh cluster (options as in
+//!   `Config`; timing is election 10..20, heartbeat 2).
 //! - `set-log id term=T entries=1,1,2` : restart node `id` with that durable log (entry
 //!   terms) and term.
 //! - `tick ids [n=K]`, `campaign id` (tick until it leaves the follower role),
@@ -75,6 +77,13 @@ fn run_cmd(c: &mut Option<Cluster>, cmd: &Cmd) -> String {
             inflight_appends_max: u("inflight", d.inflight_appends_max),
             snapshot_chunk_bytes_max: u("chunk", d.snapshot_chunk_bytes_max),
             seed: u("seed", 0) as u64,
+            lease_reads: b("lease", d.lease_reads),
+            heartbeat_suppression: b("suppress", d.heartbeat_suppression),
+            broadcast_commit: b("bcast-commit", d.broadcast_commit),
+            retransmit_ticks: u("retransmit", d.retransmit_ticks as usize) as u32,
+            eager_followers: cmd.kv.get("eager").map(|v| num(v) as usize),
+            quiesce_after_ticks: cmd.kv.get("quiesce").map(|v| num(v) as u32),
+            pending_reads_max: u("reads-max", d.pending_reads_max),
         };
         let learners = cmd
             .kv
@@ -405,4 +414,6 @@ transcripts!(
     transfer,
     membership,
     persist_before_send,
+    read_limits,
+    persist_commit,
 );
