@@ -82,6 +82,19 @@ pub struct AppliedEntry {
     pub hash: u64,
 }
 
+/// Role, term, leader and applied index of one shard, as of the last `take_output`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupView {
+    /// Role.
+    pub role: Role,
+    /// Term.
+    pub term: u64,
+    /// Known leader.
+    pub leader: Option<NodeId>,
+    /// Applied index of the state machine.
+    pub applied: u64,
+}
+
 /// A digest of an entry, equal for equal entries.
 pub fn entry_hash(e: &Entry) -> u64 {
     xxh64(&postcard::to_stdvec(e).expect("entries encode"), 0)
@@ -785,6 +798,17 @@ impl NodeCore {
     /// Raft's view of one shard (for invariant checks).
     pub fn raft_status(&self, shard: ShardId) -> kv_raft::Status {
         self.groups[shard.0 as usize].raft.status()
+    }
+
+    /// The cheap per-shard view the simulator checks after every step.
+    pub fn group_view(&self, shard: ShardId) -> GroupView {
+        let g = &self.groups[shard.0 as usize];
+        GroupView {
+            role: g.soft.role,
+            term: g.soft.term,
+            leader: g.soft.leader,
+            applied: g.sm.applied_index(),
+        }
     }
 
     /// The known leader of `shard`.

@@ -26,5 +26,7 @@ pub use crate::codec::GroupMessage;
 pub use crate::config::NodeConfig;
 #[cfg(feature = "planted-bugs")]
 pub use crate::core::PlantedBug;
-pub use crate::core::{entry_hash, AppliedEntry, ClientToken, DiskOp, DiskWrite, NodeCore, Output};
+pub use crate::core::{
+    entry_hash, AppliedEntry, ClientToken, DiskOp, DiskWrite, GroupView, NodeCore, Output,
+};
 pub use crate::wal::RecoveryError;

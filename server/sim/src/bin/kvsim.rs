@@ -1,0 +1,217 @@
+//! kvsim: runs the deterministic simulator over one seed (optionally printing its whole
+//! trace) or a range of seeds in parallel, and exits non-zero if any seed fails.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use kv_sim::{run, FaultMix, Report, SimOptions};
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Faults {
+    None,
+    Net,
+    All,
+}
+
+#[cfg(feature = "planted-bugs")]
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Plant {
+    GrantSecondVote,
+    CommitPriorTermByCount,
+    AckBeforePersist,
+    ReadWithoutReadIndex,
+}
+
+/// Deterministic simulation of a raftkv cluster.
+#[derive(Parser, Debug)]
+#[command(name = "kvsim")]
+struct Args {
+    /// Run one seed.
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// Run a range of seeds: A..B (B excluded) or A..=B.
+    #[arg(long)]
+    seeds: Option<String>,
+    /// Print the whole trace of the run (with --seed).
+    #[arg(long, requires = "seed")]
+    trace: bool,
+    /// Threads for a seed range.
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
+    /// Cluster size (3..=7); seed-chosen by default.
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// Shards (1..=8); seed-chosen by default.
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Fault mix.
+    #[arg(long, value_enum, default_value_t = Faults::All)]
+    faults: Faults,
+    /// Ticks of the safety phase (faults on).
+    #[arg(long, alias = "duration-ticks")]
+    steps: Option<u64>,
+    /// Plant a bug (needs the planted-bugs feature).
+    #[cfg(feature = "planted-bugs")]
+    #[arg(long, value_enum)]
+    plant: Option<Plant>,
+}
+
+fn parse_range(s: &str) -> Result<(u64, u64)> {
+    let (a, b, inclusive) = if let Some((a, b)) = s.split_once("..=") {
+        (a, b, true)
+    } else if let Some((a, b)) = s.split_once("..") {
+        (a, b, false)
+    } else {
+        bail!("--seeds wants A..B or A..=B, got {s:?}");
+    };
+    let a: u64 = a
+        .trim()
+        .parse()
+        .with_context(|| format!("bad range start {a:?}"))?;
+    let b: u64 = b
+        .trim()
+        .parse()
+        .with_context(|| format!("bad range end {b:?}"))?;
+    let end = if inclusive {
+        b.checked_add(1).context("range end overflows")?
+    } else {
+        b
+    };
+    if end <= a {
+        bail!("--seeds {s} is empty");
+    }
+    Ok((a, end))
+}
+
+fn options(args: &Args, seed: u64) -> Result<SimOptions> {
+    let mut o = SimOptions::new(seed);
+    if let Some(n) = args.nodes {
+        if !(3..=7).contains(&n) {
+            bail!("--nodes must be in 3..=7");
+        }
+        o.nodes = Some(n);
+    }
+    if let Some(s) = args.shards {
+        if !(1..=8).contains(&s) {
+            bail!("--shards must be in 1..=8");
+        }
+        o.shards = Some(s);
+    }
+    o.faults = match args.faults {
+        Faults::None => FaultMix::None,
+        Faults::Net => FaultMix::Net,
+        Faults::All => FaultMix::All,
+    };
+    if let Some(t) = args.steps {
+        o.safety_ticks = t;
+    }
+    o.trace = args.trace;
+    #[cfg(feature = "planted-bugs")]
+    if let Some(p) = args.plant {
+        use kv_node::PlantedBug as B;
+        use kv_raft::PlantedBug as R;
+        let bug = match p {
+            Plant::GrantSecondVote => B::Raft(R::GrantSecondVote),
+            Plant::CommitPriorTermByCount => B::Raft(R::CommitPriorTermByCount),
+            Plant::AckBeforePersist => B::Raft(R::AckBeforePersist),
+            Plant::ReadWithoutReadIndex => B::ReadWithoutReadIndex,
+        };
+        o.node_hook = Some(std::sync::Arc::new(move |core: &mut kv_node::NodeCore| {
+            core.plant_bug(bug)
+        }));
+    }
+    Ok(o)
+}
+
+fn print_failure(r: &Report, full: bool) {
+    let f = r.failure.as_ref().expect("failed");
+    let mut out = std::io::stdout().lock();
+    if full {
+        let _ = writeln!(out, "--- last {} events ---", f.trace_tail.len());
+        for l in &f.trace_tail {
+            let _ = writeln!(out, "{l}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "seed {} FAILED: {}: {} (replay: kvsim --seed {} --trace)",
+        r.seed, f.invariant, f.detail, r.seed
+    );
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Some(seed) = args.seed {
+        let r = run(&options(&args, seed)?);
+        {
+            let mut out = std::io::stdout().lock();
+            for l in &r.trace {
+                writeln!(out, "{l}")?;
+            }
+        }
+        if r.passed() {
+            println!(
+                "seed {seed} passed: {} nodes, {} shards, {} events, {} ops ok, {} unknown, {} elections, {} crashes, {} partitions",
+                r.stats.nodes,
+                r.stats.shards,
+                r.stats.events,
+                r.stats.ops_ok,
+                r.stats.ops_unknown,
+                r.stats.elections,
+                r.stats.crashes,
+                r.stats.partitions
+            );
+            return Ok(());
+        }
+        print_failure(&r, !args.trace);
+        std::process::exit(1);
+    }
+    let Some(range) = &args.seeds else {
+        bail!("give --seed N or --seeds A..B");
+    };
+    let (start, end) = parse_range(range)?;
+    let next = AtomicU64::new(start);
+    let failed = Mutex::new(Vec::new());
+    let began = Instant::now();
+    let jobs = args.jobs.max(1);
+    let mut template = Vec::new();
+    for _ in 0..jobs {
+        template.push(options(&args, 0)?);
+    }
+    std::thread::scope(|scope| {
+        for mut o in template {
+            let (next, failed) = (&next, &failed);
+            scope.spawn(move || loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= end {
+                    break;
+                }
+                o.seed = seed;
+                let r = run(&o);
+                if !r.passed() {
+                    print_failure(&r, false);
+                    failed.lock().expect("no panics hold it").push(seed);
+                }
+            });
+        }
+    });
+    let failed = failed.into_inner().expect("threads done");
+    let total = end - start;
+    let secs = began.elapsed().as_secs_f64();
+    eprintln!(
+        "{total} seeds in {secs:.1}s ({:.0} seeds/minute with {jobs} jobs)",
+        total as f64 / secs * 60.0
+    );
+    println!(
+        "{} passed, {} failed",
+        total - failed.len() as u64,
+        failed.len()
+    );
+    if !failed.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! Safety invariants checked while the simulation runs (TigerBeetle style: after every
+//! step), over bookkeeping the simulator keeps from what the nodes write and apply:
+//! election safety, log matching, leader completeness, state machine safety, and
+//! monotonic commit/applied within a process incarnation.
+
+use kv_shared::NodeId;
+use std::collections::{BTreeMap, HashMap};
+
+/// One broken invariant: which one, and the facts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The invariant's name (stable, for tests and reports).
+    pub invariant: &'static str,
+    /// What was seen.
+    pub detail: String,
+}
+
+fn violation(invariant: &'static str, detail: String) -> Result<(), Violation> {
+    Err(Violation { invariant, detail })
+}
+
+/// A node's log of one shard, as issued to its disk: entries `base+1..` as (term, hash).
+#[derive(Clone, Debug, Default)]
+pub struct TrackedLog {
+    base: u64,
+    entries: Vec<(u64, u64)>,
+}
+
+impl TrackedLog {
+    /// A log that starts after `base` (a snapshot index, or 0).
+    pub fn new(base: u64, entries: Vec<(u64, u64)>) -> TrackedLog {
+        TrackedLog { base, entries }
+    }
+
+    /// (term, hash) at `index`, if held.
+    pub fn get(&self, index: u64) -> Option<(u64, u64)> {
+        if index <= self.base {
+            return None;
+        }
+        self.entries.get((index - self.base - 1) as usize).copied()
+    }
+
+    fn last(&self) -> u64 {
+        self.base + self.entries.len() as u64
+    }
+
+    /// Truncates from `first` and appends (the semantics of a WAL entries record).
+    fn write(&mut self, first: u64, entries: &[(u64, u64)]) {
+        if first <= self.base + 1 || first > self.last() + 1 {
+            self.entries.clear();
+            self.base = first - 1;
+        } else {
+            self.entries.truncate((first - self.base - 1) as usize);
+        }
+        self.entries.extend_from_slice(entries);
+    }
+}
+
+/// All the bookkeeping for one run.
+#[derive(Default)]
+pub struct Checker {
+    /// (shard, term) -> the leader seen in that term, over the whole run.
+    leaders: BTreeMap<(u32, u64), NodeId>,
+    /// (node, shard) -> its log as written.
+    logs: BTreeMap<(NodeId, u32), TrackedLog>,
+    /// (shard, index, term) -> (entry hash, term of the entry before it if known).
+    entries: HashMap<(u32, u64, u64), (u64, Option<u64>)>,
+    /// (shard, index) -> (term, hash) of the entry applied there by anyone.
+    applied: HashMap<(u32, u64), (u64, u64)>,
+    /// shard -> highest index known applied.
+    applied_max: BTreeMap<u32, u64>,
+    /// (node, shard) -> (commit, applied) in the current incarnation.
+    progress: BTreeMap<(NodeId, u32), (u64, u64)>,
+    /// Elections seen.
+    pub elections: u64,
+}
+
+impl Checker {
+    /// A node restarted: its volatile state starts over and its log is what recovery found.
+    pub fn restarted(&mut self, node: NodeId, logs: Vec<TrackedLog>) {
+        self.progress.retain(|(n, _), _| *n != node);
+        for (shard, log) in logs.into_iter().enumerate() {
+            self.logs.insert((node, shard as u32), log);
+        }
+    }
+
+    /// `node` wrote entries `first..` of `shard` (each (term, hash)) to its log.
+    pub fn wrote_entries(
+        &mut self,
+        node: NodeId,
+        shard: u32,
+        first: u64,
+        entries: &[(u64, u64)],
+    ) -> Result<(), Violation> {
+        let log = self.logs.entry((node, shard)).or_default();
+        log.write(first, entries);
+        for (i, (term, hash)) in entries.iter().enumerate() {
+            let index = first + i as u64;
+            let prev = if index == 1 {
+                Some(0)
+            } else {
+                log.get(index - 1).map(|(t, _)| t)
+            };
+            match self.entries.get_mut(&(shard, index, *term)) {
+                None => {
+                    self.entries.insert((shard, index, *term), (*hash, prev));
+                }
+                Some((h, p)) => {
+                    if h != hash {
+                        return violation(
+                            "log matching",
+                            format!("shard {shard}: {node} holds a different entry at index {index} term {term} than another node"),
+                        );
+                    }
+                    match (*p, prev) {
+                        (Some(a), Some(b)) if a != b => {
+                            return violation(
+                                "log matching",
+                                format!("shard {shard}: entry at index {index} term {term} follows term {b} on {node} but term {a} elsewhere"),
+                            );
+                        }
+                        (None, Some(b)) => *p = Some(b),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `node` reports itself leader of `shard` in `term`.
+    pub fn saw_leader(&mut self, node: NodeId, shard: u32, term: u64) -> Result<(), Violation> {
+        match self.leaders.get(&(shard, term)) {
+            Some(l) if *l == node => return Ok(()),
+            Some(l) => {
+                return violation(
+                    "election safety",
+                    format!("shard {shard}: both {l} and {node} were leader in term {term}"),
+                )
+            }
+            None => {}
+        }
+        self.leaders.insert((shard, term), node);
+        self.elections += 1;
+        // Leader completeness: every entry applied anywhere (hence committed) must be in
+        // the new leader's log, unless its snapshot covers it.
+        let log = self.logs.get(&(node, shard)).cloned().unwrap_or_default();
+        let top = self.applied_max.get(&shard).copied().unwrap_or(0);
+        for index in log.base + 1..=top {
+            let Some(&(t, h)) = self.applied.get(&(shard, index)) else {
+                continue;
+            };
+            if t >= term {
+                continue;
+            }
+            if log.get(index).map(|(_, hash)| hash) != Some(h) {
+                return violation(
+                    "leader completeness",
+                    format!("shard {shard}: new leader {node} of term {term} lacks committed entry {index} (term {t}); its log holds {:?}", log.get(index)),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// `node` applied an entry.
+    pub fn applied(
+        &mut self,
+        node: NodeId,
+        shard: u32,
+        index: u64,
+        term: u64,
+        hash: u64,
+    ) -> Result<(), Violation> {
+        match self.applied.get(&(shard, index)) {
+            Some(&(t, h)) if h != hash => violation(
+                "state machine safety",
+                format!("shard {shard}: {node} applied (index {index}, term {term}) but another node applied term {t} there"),
+            ),
+            Some(_) => Ok(()),
+            None => {
+                self.applied.insert((shard, index), (term, hash));
+                let m = self.applied_max.entry(shard).or_insert(0);
+                *m = (*m).max(index);
+                Ok(())
+            }
+        }
+    }
+
+    /// Commit and applied of (node, shard) must never go back within an incarnation.
+    pub fn progress(
+        &mut self,
+        node: NodeId,
+        shard: u32,
+        commit: Option<u64>,
+        applied: u64,
+    ) -> Result<(), Violation> {
+        let p = self.progress.entry((node, shard)).or_insert((0, 0));
+        if applied < p.1 {
+            return violation(
+                "monotonic applied",
+                format!(
+                    "shard {shard}: {node} applied index went from {} to {applied}",
+                    p.1
+                ),
+            );
+        }
+        p.1 = applied;
+        if let Some(c) = commit {
+            if c < p.0 {
+                return violation(
+                    "monotonic commit",
+                    format!(
+                        "shard {shard}: {node} commit index went from {} to {c}",
+                        p.0
+                    ),
+                );
+            }
+            p.0 = c;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_leaders_in_one_term_is_caught() {
+        let mut c = Checker::default();
+        c.saw_leader(NodeId(1), 0, 3).unwrap();
+        c.saw_leader(NodeId(1), 0, 3).unwrap();
+        c.saw_leader(NodeId(2), 1, 3).unwrap();
+        assert_eq!(
+            c.saw_leader(NodeId(2), 0, 3).unwrap_err().invariant,
+            "election safety"
+        );
+    }
+
+    #[test]
+    fn different_entries_at_one_index_and_term_are_caught() {
+        let mut c = Checker::default();
+        c.wrote_entries(NodeId(1), 0, 1, &[(1, 10), (1, 11)])
+            .unwrap();
+        c.wrote_entries(NodeId(2), 0, 1, &[(1, 10)]).unwrap();
+        let v = c.wrote_entries(NodeId(2), 0, 2, &[(1, 99)]).unwrap_err();
+        assert_eq!(v.invariant, "log matching");
+    }
+
+    #[test]
+    fn leader_missing_a_committed_entry_is_caught() {
+        let mut c = Checker::default();
+        c.wrote_entries(NodeId(1), 0, 1, &[(1, 10), (1, 11)])
+            .unwrap();
+        c.wrote_entries(NodeId(2), 0, 1, &[(1, 10)]).unwrap();
+        c.applied(NodeId(1), 0, 1, 1, 10).unwrap();
+        c.applied(NodeId(1), 0, 2, 1, 11).unwrap();
+        c.saw_leader(NodeId(1), 0, 2).unwrap();
+        assert_eq!(
+            c.saw_leader(NodeId(2), 0, 3).unwrap_err().invariant,
+            "leader completeness"
+        );
+    }
+
+    #[test]
+    fn divergent_applies_and_going_back_are_caught() {
+        let mut c = Checker::default();
+        c.applied(NodeId(1), 0, 1, 1, 10).unwrap();
+        c.applied(NodeId(2), 0, 1, 1, 10).unwrap();
+        assert_eq!(
+            c.applied(NodeId(3), 0, 1, 2, 20).unwrap_err().invariant,
+            "state machine safety"
+        );
+        c.progress(NodeId(1), 0, Some(5), 4).unwrap();
+        assert!(c.progress(NodeId(1), 0, Some(4), 4).is_err());
+        c.restarted(NodeId(1), vec![]);
+        c.progress(NodeId(1), 0, Some(0), 0).unwrap();
+    }
+
+    #[test]
+    fn tracked_log_truncates_and_resets_on_gaps() {
+        let mut l = TrackedLog::default();
+        l.write(1, &[(1, 1), (1, 2), (1, 3)]);
+        l.write(2, &[(2, 9)]);
+        assert_eq!(l.get(2), Some((2, 9)));
+        assert_eq!(l.get(3), None);
+        l.write(11, &[]);
+        assert_eq!((l.base, l.get(1)), (10, None));
+    }
+}

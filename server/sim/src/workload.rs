@@ -1,0 +1,351 @@
+//! Simulated clients: each runs one operation at a time under its session, as kvcli does
+//! (leader cache per shard, redirects, retries under the same sequence number, a give-up
+//! deadline), and records what it observed for the linearizability check.
+
+use bytes::Bytes;
+use kv_shared::linearizability::{KvOp, KvResult, Operation};
+use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Op, Outcome};
+use kv_shared::shard::shard_for_key;
+use kv_shared::{ClientId, NodeId};
+use rand::rngs::SmallRng;
+use rand::Rng;
+
+/// What a client wants the simulator to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send this request to this node now, and wake me at `wake_ns` with `epoch`.
+    Send {
+        /// Target.
+        node: NodeId,
+        /// The request.
+        req: ClientRequest,
+        /// Attempt timeout.
+        wake_ns: u64,
+        /// Epoch of the timer.
+        epoch: u64,
+    },
+    /// Wake me at `wake_ns` with `epoch` (think time or backoff).
+    Wake {
+        /// When.
+        wake_ns: u64,
+        /// Epoch of the timer.
+        epoch: u64,
+    },
+    /// Nothing to do.
+    Idle,
+}
+
+/// The operation a client is working on.
+#[derive(Clone, Debug)]
+struct Pending {
+    req: ClientRequest,
+    key: Bytes,
+    op: KvOp,
+    invoke_ns: u64,
+    give_up_ns: u64,
+    /// A request is in flight (as opposed to waiting out a backoff).
+    sent: bool,
+}
+
+/// Workload timing.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientTiming {
+    /// Per-attempt timeout.
+    pub attempt_ns: u64,
+    /// An operation is abandoned (outcome unknown) after this long.
+    pub give_up_ns: u64,
+    /// Pause between retries.
+    pub backoff_ns: u64,
+    /// Most think time between operations.
+    pub think_ns_max: u64,
+}
+
+/// One simulated client.
+#[derive(Clone, Debug)]
+pub struct Client {
+    /// Index among the clients.
+    pub index: usize,
+    /// Session id.
+    pub id: ClientId,
+    seq: u64,
+    epoch: u64,
+    pending: Option<Pending>,
+    leader_cache: Vec<Option<NodeId>>,
+    next_node: usize,
+    /// Last value this client saw per key (to aim CAS at a likely match).
+    seen: Vec<Option<Bytes>>,
+    /// Operations completed with a definite outcome.
+    pub ok: u64,
+    /// Operations abandoned.
+    pub unknown: u64,
+    /// When set, start no new random operation (the final read-back is scripted).
+    pub stopped: bool,
+    /// Keys to read once each, in order, before stopping (the final read-back).
+    pub script: Vec<Bytes>,
+}
+
+/// The key space: a few keys, so operations on one key overlap often.
+pub fn keys(count: usize) -> Vec<Bytes> {
+    (0..count).map(|i| Bytes::from(format!("k{i}"))).collect()
+}
+
+impl Client {
+    /// A client with session `id`.
+    pub fn new(index: usize, id: ClientId, shards: u32, key_count: usize) -> Client {
+        Client {
+            index,
+            id,
+            seq: 0,
+            epoch: 0,
+            pending: None,
+            leader_cache: vec![None; shards as usize],
+            next_node: index,
+            seen: vec![None; key_count],
+            ok: 0,
+            unknown: 0,
+            stopped: false,
+            script: Vec::new(),
+        }
+    }
+
+    /// True while an operation is in progress.
+    pub fn busy(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// A short description of the operation in progress, for reports.
+    pub fn describe(&self) -> String {
+        match &self.pending {
+            Some(p) => format!(
+                "{} seq {} {:?} on {:?}",
+                self.id,
+                p.req.seq,
+                p.op,
+                String::from_utf8_lossy(&p.key)
+            ),
+            None => format!("{} idle", self.id),
+        }
+    }
+
+    fn target(&mut self, key: &Bytes, nodes: &[NodeId], shards: u32) -> NodeId {
+        let s = shard_for_key(key, shards).0 as usize;
+        match self.leader_cache[s] {
+            Some(l) => l,
+            None => {
+                self.next_node = (self.next_node + 1) % nodes.len();
+                nodes[self.next_node]
+            }
+        }
+    }
+
+    /// Timer `epoch` fired at `now_ns`.
+    pub fn wake(
+        &mut self,
+        epoch: u64,
+        now_ns: u64,
+        rng: &mut SmallRng,
+        nodes: &[NodeId],
+        keys: &[Bytes],
+        shards: u32,
+        t: &ClientTiming,
+        history: &mut Vec<Operation>,
+    ) -> Action {
+        if epoch != self.epoch {
+            return Action::Idle;
+        }
+        let Some(p) = &self.pending else {
+            return self.start(now_ns, rng, nodes, keys, shards, t);
+        };
+        if now_ns >= p.give_up_ns {
+            let p = self.pending.take().expect("pending");
+            self.unknown += 1;
+            if p.req.op.is_write() {
+                history.push(Operation {
+                    client: self.id.0,
+                    key: p.key,
+                    op: p.op,
+                    result: KvResult::Unknown,
+                    invoke_ns: p.invoke_ns,
+                    complete_ns: now_ns,
+                });
+            }
+            return self.think(now_ns, rng, t);
+        }
+        // Attempt timed out (or a backoff ended): try the next node.
+        let key = p.key.clone();
+        let s = shard_for_key(&key, shards).0 as usize;
+        if p.sent {
+            self.leader_cache[s] = None;
+        }
+        self.send(now_ns, nodes, shards, t)
+    }
+
+    fn think(&mut self, now_ns: u64, rng: &mut SmallRng, t: &ClientTiming) -> Action {
+        self.epoch += 1;
+        Action::Wake {
+            wake_ns: now_ns + rng.gen_range(0..=t.think_ns_max),
+            epoch: self.epoch,
+        }
+    }
+
+    fn start(
+        &mut self,
+        now_ns: u64,
+        rng: &mut SmallRng,
+        nodes: &[NodeId],
+        keys: &[Bytes],
+        shards: u32,
+        t: &ClientTiming,
+    ) -> Action {
+        let (key_index, op) = if let Some(k) = self.script.first().cloned() {
+            self.script.remove(0);
+            let i = keys
+                .iter()
+                .position(|x| *x == k)
+                .expect("scripted key exists");
+            (i, KvOp::Get)
+        } else if self.stopped {
+            return Action::Idle;
+        } else {
+            let i = rng.gen_range(0..keys.len());
+            let value = Bytes::from(format!("{}-{}", self.id, self.seq + 1));
+            let op = match rng.gen_range(0..100) {
+                0..=39 => KvOp::Get,
+                40..=69 => KvOp::Put(value),
+                70..=79 => KvOp::Delete,
+                _ => KvOp::Cas {
+                    expected: if rng.gen_bool(0.7) {
+                        self.seen[i].clone()
+                    } else {
+                        None
+                    },
+                    new: value,
+                },
+            };
+            (i, op)
+        };
+        let key = keys[key_index].clone();
+        self.seq += 1;
+        let wire_op = match &op {
+            KvOp::Get => Op::Get {
+                key: key.clone(),
+                stale: false,
+            },
+            KvOp::Put(v) => Op::Put {
+                key: key.clone(),
+                value: v.clone(),
+            },
+            KvOp::Delete => Op::Delete { key: key.clone() },
+            KvOp::Cas { expected, new } => Op::Cas {
+                key: key.clone(),
+                expected: expected.clone(),
+                new: new.clone(),
+            },
+        };
+        self.pending = Some(Pending {
+            req: ClientRequest {
+                client: self.id,
+                seq: self.seq,
+                op: wire_op,
+            },
+            key,
+            op,
+            invoke_ns: now_ns,
+            give_up_ns: now_ns + t.give_up_ns,
+            sent: false,
+        });
+        self.send(now_ns, nodes, shards, t)
+    }
+
+    fn send(&mut self, now_ns: u64, nodes: &[NodeId], shards: u32, t: &ClientTiming) -> Action {
+        let key = self.pending.as_ref().expect("pending").key.clone();
+        let node = self.target(&key, nodes, shards);
+        let p = self.pending.as_mut().expect("pending");
+        p.sent = true;
+        self.epoch += 1;
+        Action::Send {
+            node,
+            req: p.req.clone(),
+            wake_ns: now_ns + t.attempt_ns,
+            epoch: self.epoch,
+        }
+    }
+
+    /// A reply arrived at `now_ns`. Returns the next action, or an error text if the
+    /// reply is one a correct server never sends.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_reply(
+        &mut self,
+        reply: ClientReply,
+        now_ns: u64,
+        rng: &mut SmallRng,
+        nodes: &[NodeId],
+        keys: &[Bytes],
+        shards: u32,
+        t: &ClientTiming,
+        history: &mut Vec<Operation>,
+    ) -> Result<Action, String> {
+        let Some(p) = &self.pending else {
+            return Ok(Action::Idle);
+        };
+        if reply.seq != p.req.seq || reply.client != self.id {
+            return Ok(Action::Idle);
+        }
+        let result = match reply.outcome {
+            Outcome::Value(v) => KvResult::Value(v),
+            Outcome::Done => KvResult::Done,
+            Outcome::CasOk => KvResult::CasOk,
+            Outcome::CasMismatch { current } => KvResult::CasMismatch { current },
+            Outcome::Error(ClientError::NotLeader { shard, leader }) => {
+                self.leader_cache[shard.0 as usize] = leader;
+                if leader.is_some() {
+                    return Ok(self.send(now_ns, nodes, shards, t));
+                }
+                let p = self.pending.as_mut().expect("pending");
+                p.sent = false;
+                self.epoch += 1;
+                return Ok(Action::Wake {
+                    wake_ns: now_ns + t.backoff_ns,
+                    epoch: self.epoch,
+                });
+            }
+            Outcome::Error(ClientError::Timeout { shard } | ClientError::NoQuorum { shard }) => {
+                self.leader_cache[shard.0 as usize] = None;
+                let p = self.pending.as_mut().expect("pending");
+                p.sent = false;
+                self.epoch += 1;
+                return Ok(Action::Wake {
+                    wake_ns: now_ns + t.backoff_ns,
+                    epoch: self.epoch,
+                });
+            }
+            other => {
+                return Err(format!(
+                    "{} seq {} got an answer a correct server never gives: {other:?}",
+                    self.id, reply.seq
+                ))
+            }
+        };
+        let p = self.pending.take().expect("pending");
+        if let Some(i) = keys.iter().position(|k| *k == p.key) {
+            self.seen[i] = match (&p.op, &result) {
+                (_, KvResult::Value(v)) => v.clone(),
+                (KvOp::Put(v), _) => Some(v.clone()),
+                (KvOp::Delete, _) => None,
+                (KvOp::Cas { new, .. }, KvResult::CasOk) => Some(new.clone()),
+                (_, KvResult::CasMismatch { current }) => current.clone(),
+                _ => self.seen[i].clone(),
+            };
+        }
+        history.push(Operation {
+            client: self.id.0,
+            key: p.key,
+            op: p.op,
+            result,
+            invoke_ns: p.invoke_ns,
+            complete_ns: now_ns,
+        });
+        self.ok += 1;
+        Ok(self.think(now_ns, rng, t))
+    }
+}
