@@ -8,6 +8,8 @@
 //!   stalled for [`Settings::stall`] (a dropped datagram or a dead fast follower), after
 //!   which a fast follower that did not answer is replaced. Holding a message is no
 //!   different, to Raft, from a slow network.
+//! - Commit piggybacking: an append without entries only spreads a new commit index; a
+//!   fast follower gets it with its next append or heartbeat, not in a datagram of its own.
 //! - Heartbeat suppression: a fast follower that acknowledged an append within the last
 //!   heartbeat interval does not need the heartbeat (the append reset its election timer
 //!   and its acknowledgement counts for CheckQuorum). Heartbeats that confirm a ReadIndex
@@ -27,6 +29,9 @@ use std::time::{Duration, Instant};
 
 /// Most messages held for one lazy follower before they are sent anyway.
 pub const HELD_MESSAGES_MAX: usize = 256;
+
+/// The longest wait between two stall releases.
+pub const STALL_WAIT_MAX: Duration = Duration::from_millis(500);
 
 /// How long a new leader sends everything to everyone before holding anything: its first
 /// appends tell every follower who leads.
@@ -57,6 +62,9 @@ struct Peer {
     append_sent: Option<Instant>,
     /// Oldest append sent since the peer last answered one.
     unacked_since: Option<Instant>,
+    /// Copies of the appends with entries sent since the peer last answered one, to
+    /// resend when a commit stalls (a duplicate append is harmless to Raft).
+    unacked: Vec<GroupMessage>,
 }
 
 /// Leadership as this policy tracks it.
@@ -79,6 +87,9 @@ pub struct SendPolicy {
     fast: Vec<NodeId>,
     last_commit: Index,
     uncommitted_since: Option<Instant>,
+    /// Wait before the next stall release; doubles after each release without commit
+    /// progress (a leader cut off from its quorum must not flood the network).
+    stall_wait: Duration,
 }
 
 impl SendPolicy {
@@ -98,6 +109,7 @@ impl SendPolicy {
             fast: Vec::new(),
             last_commit: 0,
             uncommitted_since: None,
+            stall_wait: Duration::ZERO,
         }
     }
 
@@ -111,6 +123,7 @@ impl SendPolicy {
                 MessageBody::AppendResp { .. } => {
                     peer.ack = Some((gm.msg.term, now));
                     peer.unacked_since = None;
+                    peer.unacked.clear();
                 }
                 MessageBody::HeartbeatResp { .. } => peer.ack = Some((gm.msg.term, now)),
                 _ => {}
@@ -136,6 +149,9 @@ impl SendPolicy {
             self.drop_held();
             self.uncommitted_since = None;
         }
+        if view.commit != self.last_commit {
+            self.stall_wait = self.settings.stall;
+        }
         if view.last_index <= view.commit {
             self.uncommitted_since = None;
         } else if view.commit != self.last_commit || self.uncommitted_since.is_none() {
@@ -148,6 +164,7 @@ impl SendPolicy {
         for p in self.peers.values_mut() {
             p.held.clear();
             p.unacked_since = None;
+            p.unacked.clear();
         }
     }
 
@@ -227,65 +244,70 @@ impl SendPolicy {
         let fast = self.fast.contains(&dst);
         let peer = self.peers.get_mut(&dst).expect("known peer");
         let mut out = std::mem::take(&mut peer.held);
-        if fast {
-            let recently_acked = peer.unacked_since.is_none()
-                && peer
-                    .append_sent
-                    .is_some_and(|t| now.saturating_duration_since(t) < heartbeat_interval);
-            out.extend(msgs.into_iter().filter(|gm| {
-                !(suppress
-                    && recently_acked
-                    && matches!(gm.msg.body, MessageBody::Heartbeat { read_round: 0, .. }))
-            }));
-        } else {
-            let carrier = msgs.iter().any(|gm| !holdable(&gm.msg.body));
-            out.extend(msgs);
-            if !carrier && out.len() < HELD_MESSAGES_MAX {
-                peer.held = out;
-                return Vec::new();
+        let skip_heartbeats = fast
+            && suppress
+            && peer.unacked_since.is_none()
+            && peer
+                .append_sent
+                .is_some_and(|t| now.saturating_duration_since(t) < heartbeat_interval);
+        out.extend(msgs.into_iter().filter(|gm| {
+            !(skip_heartbeats
+                && matches!(gm.msg.body, MessageBody::Heartbeat { read_round: 0, .. }))
+        }));
+        let may_wait = |body: &MessageBody| {
+            if fast {
+                commit_only(body)
+            } else {
+                holdable(body)
             }
+        };
+        if out.len() < HELD_MESSAGES_MAX && out.iter().all(|gm| may_wait(&gm.msg.body)) {
+            peer.held = out;
+            return Vec::new();
         }
         self.note_sent(dst, &out, now);
         out
     }
 
     fn note_sent(&mut self, dst: NodeId, msgs: &[GroupMessage], now: Instant) {
-        if !msgs
-            .iter()
-            .any(|gm| matches!(gm.msg.body, MessageBody::Append { .. }))
-        {
+        let Some(p) = self.peers.get_mut(&dst) else {
             return;
-        }
-        if let Some(p) = self.peers.get_mut(&dst) {
-            p.append_sent = Some(now);
-            p.unacked_since.get_or_insert(now);
+        };
+        for gm in msgs {
+            if let MessageBody::Append { entries, .. } = &gm.msg.body {
+                p.append_sent = Some(now);
+                p.unacked_since.get_or_insert(now);
+                if !entries.is_empty() && p.unacked.len() < HELD_MESSAGES_MAX {
+                    p.unacked.push(gm.clone());
+                }
+            }
         }
     }
 
-    /// When a commit has stalled, releases every held message (at most once per stall
-    /// period) so the lazy followers can make up the quorum.
+    /// When a commit has stalled, releases every held message and resends every append
+    /// still unanswered, so that any quorum of followers that can be reached makes the
+    /// commit. Consecutive releases without commit progress back off exponentially up
+    /// to [`STALL_WAIT_MAX`].
     pub fn release_if_stalled(&mut self, now: Instant) -> Vec<(NodeId, Vec<GroupMessage>)> {
         let Some(since) = self.uncommitted_since else {
             return Vec::new();
         };
-        if self.leading.is_none() || now.saturating_duration_since(since) < self.settings.stall {
-            return Vec::new();
-        }
-        let ids: Vec<NodeId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| !p.held.is_empty())
-            .map(|(&id, _)| id)
-            .collect();
-        if ids.is_empty() {
+        let wait = self.stall_wait.max(self.settings.stall);
+        if self.leading.is_none() || now.saturating_duration_since(since) < wait {
             return Vec::new();
         }
         self.uncommitted_since = Some(now);
+        self.stall_wait = (wait * 2).min(STALL_WAIT_MAX);
         let mut out = Vec::new();
-        for id in ids {
-            let held = std::mem::take(&mut self.peers.get_mut(&id).expect("known").held);
-            self.note_sent(id, &held, now);
-            out.push((id, held));
+        for (&id, p) in self.peers.iter_mut() {
+            let mut msgs = std::mem::take(&mut p.held);
+            msgs.extend(p.unacked.drain(..));
+            if !msgs.is_empty() {
+                out.push((id, msgs));
+            }
+        }
+        for (id, msgs) in &out {
+            self.note_sent(*id, msgs, now);
         }
         out
     }
@@ -294,11 +316,20 @@ impl SendPolicy {
     pub fn next_deadline(&self) -> Option<Instant> {
         let since = self.uncommitted_since?;
         self.leading.as_ref()?;
-        self.peers
+        let pending = self
+            .peers
             .values()
-            .any(|p| !p.held.is_empty())
-            .then_some(since + self.settings.stall)
+            .any(|p| !p.held.is_empty() || !p.unacked.is_empty());
+        pending.then_some(since + self.stall_wait.max(self.settings.stall))
     }
+}
+
+/// An append without entries: the leader spreading a new commit index (kv-raft sends one
+/// to every follower each time the commit advances). A fast follower gets it with the
+/// next append or heartbeat instead: doubling the datagrams of every put for a commit
+/// index the follower does not need yet would double the message count.
+fn commit_only(body: &MessageBody) -> bool {
+    matches!(body, MessageBody::Append { entries, .. } if entries.is_empty())
 }
 
 /// Messages a lazy follower can wait for: appends. Anything else (its heartbeat, a
@@ -451,7 +482,11 @@ mod tests {
         let later = now + ms(5);
         let released = p.release_if_stalled(later);
         let ids: Vec<NodeId> = released.iter().map(|(id, _)| *id).collect();
-        assert_eq!(ids, vec![NodeId(4), NodeId(5)]);
+        assert_eq!(
+            ids,
+            vec![NodeId(2), NodeId(4), NodeId(5)],
+            "2's unanswered append is resent, 4 and 5 get what was held"
+        );
         assert!(
             p.release_if_stalled(later).is_empty(),
             "once per stall period"
@@ -466,6 +501,35 @@ mod tests {
             })
             .collect();
         assert_eq!(sent, vec![0, 1, 1, 0]);
+    }
+
+    #[test]
+    fn a_leader_without_a_quorum_backs_off() {
+        let t0 = Instant::now();
+        let (mut p, now) = settled(t0);
+        p.observe(leader(1, 2), now);
+        for f in 2..=5 {
+            p.route(NodeId(f), vec![append(NodeId(f), 2)], now);
+        }
+        let mut at = now;
+        let mut gaps = Vec::new();
+        for _ in 0..10 {
+            let next = p.next_deadline().expect("still stalled");
+            gaps.push(next.saturating_duration_since(at));
+            assert!(!p.release_if_stalled(next).is_empty());
+            at = next;
+        }
+        assert_eq!(gaps[0], Settings::default().stall);
+        assert!(gaps.windows(2).all(|w| w[1] >= w[0]), "{gaps:?}");
+        assert_eq!(*gaps.last().unwrap(), STALL_WAIT_MAX);
+        // Progress resets the back-off.
+        p.on_inbound(NodeId(2), &[ack(NodeId(2), 2)], at);
+        p.observe(leader(2, 3), at);
+        assert_eq!(
+            p.next_deadline().map(|d| d.saturating_duration_since(at)),
+            Some(Settings::default().stall),
+            "3..5 still owe an answer, but the wait is short again"
+        );
     }
 
     #[test]
@@ -490,6 +554,34 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    fn commit_spread(to: NodeId, commit: u64) -> GroupMessage {
+        gm(
+            ME,
+            to,
+            2,
+            MessageBody::Append {
+                prev_index: commit,
+                prev_term: 2,
+                entries: vec![],
+                commit,
+            },
+        )
+    }
+
+    #[test]
+    fn a_commit_index_alone_waits_for_the_next_append() {
+        let t0 = Instant::now();
+        let (mut p, now) = settled(t0);
+        p.observe(leader(2, 2), now);
+        assert!(p
+            .route(NodeId(2), vec![commit_spread(NodeId(2), 2)], now)
+            .is_empty());
+        p.observe(leader(2, 3), now + ms(50));
+        let out = p.route(NodeId(2), vec![append(NodeId(2), 3)], now + ms(50));
+        assert_eq!(out.len(), 2, "the held commit rides along");
+        assert_eq!(out[0], commit_spread(NodeId(2), 2));
     }
 
     #[test]

@@ -70,6 +70,10 @@ pub struct Runtime {
     parked: HashMap<u64, Instant>,
     /// Last datagram from each peer.
     heard: HashMap<NodeId, Instant>,
+    /// The last redirect sent to each client: the leader named, and when.
+    redirected: HashMap<CourseId, (NodeId, Instant)>,
+    /// A leader a client bounced back from (see [`Runtime::suspect`]), and when.
+    bounce: Option<(NodeId, Instant)>,
 }
 
 impl Runtime {
@@ -98,6 +102,8 @@ impl Runtime {
             started,
             parked: HashMap::new(),
             heard: HashMap::new(),
+            redirected: HashMap::new(),
+            bounce: None,
         })
     }
 
@@ -171,6 +177,7 @@ impl Runtime {
     fn handle(&mut self, bytes: &[u8], now: Instant) {
         match protocol::parse_inbound(bytes, self.roster.me()) {
             Inbound::Get { client, mid, key } => {
+                self.note_client(client, now);
                 let op = Op::Get {
                     key: Bytes::from(key.into_bytes()),
                     stale: false,
@@ -185,6 +192,7 @@ impl Runtime {
                 key,
                 value,
             } => {
+                self.note_client(client, now);
                 let op = Op::Put {
                     key: Bytes::from(key.into_bytes()),
                     value: Bytes::from(value.into_bytes()),
@@ -241,14 +249,31 @@ impl Runtime {
         self.core.leader_of(SHARD)
     }
 
-    /// True if the leader `hint` names has been silent long enough to look gone.
-    fn suspect(&self, hint: Option<NodeId>, now: Instant) -> bool {
-        match hint {
-            None => true,
-            Some(l) => !matches!(
-                self.heard.get(&l),
-                Some(&t) if now.saturating_duration_since(t) < self.settings.suspect_leader
-            ),
+    /// A request from a client we recently redirected to the leader we still believe in
+    /// means the client could not use that leader: the harness saw it dead (killed
+    /// replicas never answer, and the client then picks a random live replica) or it
+    /// sent the client back. Redirecting again would only make the client spin.
+    fn note_client(&mut self, client: CourseId, now: Instant) {
+        if let Some(&(leader, at)) = self.redirected.get(&client) {
+            if now.saturating_duration_since(at) < self.settings.bounce_window
+                && self.belief() == Some(leader)
+            {
+                self.bounce = Some((leader, now));
+            }
+        }
+    }
+
+    /// True if redirecting to `hint` is pointless: no leader is known, or a client bounced
+    /// back from it and we have not heard from it since.
+    fn suspect(&self, hint: Option<NodeId>) -> bool {
+        let Some(leader) = hint else {
+            return true;
+        };
+        match self.bounce {
+            Some((bounced, at)) if bounced == leader => {
+                !matches!(self.heard.get(&leader), Some(&h) if h > at)
+            }
+            _ => false,
         }
     }
 
@@ -266,7 +291,7 @@ impl Runtime {
         if self.parked.is_empty() {
             return;
         }
-        let leader_ok = self.view().role == Role::Leader || !self.suspect(self.belief(), now);
+        let leader_ok = self.view().role == Role::Leader || !self.suspect(self.belief());
         let due: Vec<u64> = self
             .parked
             .iter()
@@ -319,7 +344,7 @@ impl Runtime {
             Disposition::NotLeader(hint) => {
                 let hint = hint.or(belief);
                 let since = *self.parked.get(&token.0).unwrap_or(&now);
-                if self.suspect(hint, now)
+                if self.suspect(hint)
                     && now.saturating_duration_since(since) < self.settings.park_max
                 {
                     self.parked.insert(token.0, since);
@@ -330,6 +355,9 @@ impl Runtime {
         };
         self.parked.remove(&token.0);
         if let Some(p) = self.mids.take(token) {
+            if let (Answer::Redirect, Some(l)) = (&answer, leader) {
+                self.redirected.insert(p.client, (l, now));
+            }
             self.send_reply(p.client, &p.mid, &answer, leader);
         }
     }

@@ -35,9 +35,10 @@ pub struct Settings {
     /// A leader skips a heartbeat to a follower that acknowledged an append within the
     /// last heartbeat interval.
     pub suppress_heartbeats: bool,
-    /// A follower that has not heard from the leader it would redirect to for this long
-    /// holds the request instead of redirecting (the leader is probably gone).
-    pub suspect_leader: Duration,
+    /// A client that comes back within this long after we redirected it to the leader we
+    /// still believe in could not use that leader: its requests are held until a leader
+    /// is heard from again (instead of redirecting it into a spin).
+    pub bounce_window: Duration,
     /// The longest a follower holds such a request before redirecting anyway.
     pub park_max: Duration,
     /// Run seed for the election jitter.
@@ -61,7 +62,7 @@ impl Default for Settings {
             lazy_followers: true,
             stall: Duration::from_millis(4),
             suppress_heartbeats: true,
-            suspect_leader: Duration::from_millis(1600),
+            bounce_window: Duration::from_millis(500),
             park_max: Duration::from_millis(3000),
             seed: 0,
         }
@@ -130,7 +131,7 @@ impl Settings {
                 "STALL_US" => self.stall = Duration::from_micros(n),
                 "LAZY_FOLLOWERS" => self.lazy_followers = n != 0,
                 "SUPPRESS_HEARTBEATS" => self.suppress_heartbeats = n != 0,
-                "SUSPECT_LEADER_MS" => self.suspect_leader = ms,
+                "BOUNCE_WINDOW_MS" => self.bounce_window = ms,
                 _ => return Err(format!("unknown setting {k}")),
             }
         }
