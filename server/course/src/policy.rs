@@ -301,7 +301,7 @@ impl SendPolicy {
         let mut out = Vec::new();
         for (&id, p) in self.peers.iter_mut() {
             let mut msgs = std::mem::take(&mut p.held);
-            msgs.extend(p.unacked.drain(..));
+            msgs.append(&mut p.unacked);
             if !msgs.is_empty() {
                 out.push((id, msgs));
             }
