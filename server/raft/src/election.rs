@@ -198,6 +198,7 @@ impl Raft {
         self.leader = Some(me);
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
+        self.retransmit_elapsed = 0;
         // The no-op commits this term's first entry, which commits everything before it
         // (thesis 3.6.2) and unblocks ReadIndex (6.4) and membership changes.
         self.append_as_leader(EntryKind::Noop, bytes::Bytes::new());

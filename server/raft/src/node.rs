@@ -331,6 +331,10 @@ pub struct Raft {
     pub(crate) snapshot: Option<Snapshot>,
     pub(crate) election_elapsed: u32,
     pub(crate) heartbeat_elapsed: u32,
+    /// Ticks since the leader last checked for stalled flows (`retransmit_ticks`).
+    pub(crate) retransmit_elapsed: u32,
+    /// Ticks since this replica started: its local clock (leases, eager choice).
+    pub(crate) now: u64,
     pub(crate) randomized_timeout: u32,
     /// ReadIndex round ids never repeat in this replica's lifetime.
     pub(crate) next_read_round: u64,
@@ -370,6 +374,10 @@ impl Raft {
             "empty election timeout range"
         );
         assert!(config.inflight_appends_max > 0 && config.snapshot_chunk_bytes_max > 0);
+        assert!(
+            config.retransmit_ticks > 0,
+            "retransmit_ticks must be positive"
+        );
         let Restored {
             hard_state,
             snapshot,
@@ -401,6 +409,8 @@ impl Raft {
             snapshot,
             election_elapsed: 0,
             heartbeat_elapsed: 0,
+            retransmit_elapsed: 0,
+            now: 0,
             randomized_timeout: 0,
             next_read_round: 1,
             msgs: Vec::new(),
@@ -439,6 +449,7 @@ impl Raft {
 
     /// Advances logical time by one tick (elections, heartbeats, CheckQuorum).
     pub fn tick(&mut self) {
+        self.now += 1;
         if matches!(self.role, RoleState::Leader(_)) {
             self.tick_leader();
         } else {
@@ -623,7 +634,7 @@ impl Raft {
             }
         }
         if self.maybe_commit() {
-            self.bcast_append();
+            self.commit_advanced();
         }
     }
 

@@ -27,8 +27,8 @@ pub(crate) struct SnapshotSend {
     pub next_offset: u64,
     /// True once the last chunk went out (until a resend rewinds `next_offset`).
     pub all_sent: bool,
-    /// `acked` at the previous heartbeat, to detect a stalled transfer (lost chunks).
-    pub acked_at_heartbeat: u64,
+    /// `acked` at the previous retransmission check, to detect a stalled transfer.
+    pub acked_at_check: u64,
 }
 
 impl SnapshotSend {
@@ -39,7 +39,7 @@ impl SnapshotSend {
             acked: 0,
             next_offset: 0,
             all_sent: false,
-            acked_at_heartbeat: 0,
+            acked_at_check: 0,
         }
     }
 }
@@ -59,8 +59,15 @@ pub(crate) struct Progress {
     pub inflight: VecDeque<Index>,
     /// Heard from in the current CheckQuorum period.
     pub recent_active: bool,
-    /// `match_` at the previous heartbeat, to detect a stalled pipeline (lost Appends).
-    pub match_at_heartbeat: Index,
+    /// `match_` at the previous retransmission check, to detect a stalled pipeline.
+    pub match_at_check: Index,
+    /// Highest index sent (`next - 1`) at the previous retransmission check.
+    pub sent_at_check: Index,
+    /// Sent an Append or chunk to since the previous periodic heartbeat (heartbeat
+    /// suppression: that message already reset the follower's election timer).
+    pub contacted: bool,
+    /// Leader tick at which it was last heard from (eager follower choice).
+    pub heard_at: u64,
 }
 
 impl Progress {
@@ -73,7 +80,10 @@ impl Progress {
             probe_sent: false,
             inflight: VecDeque::new(),
             recent_active: true,
-            match_at_heartbeat: 0,
+            match_at_check: 0,
+            sent_at_check: 0,
+            contacted: false,
+            heard_at: 0,
         }
     }
 

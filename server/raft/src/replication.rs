@@ -58,6 +58,15 @@ impl Raft {
             self.bcast_heartbeat(true);
         }
         if self.maybe_commit() {
+            self.commit_advanced();
+        }
+    }
+
+    /// The commit index moved on a leader: tell everyone at once, unless
+    /// `broadcast_commit` is off (followers then learn it from the next Append or
+    /// heartbeat, which saves one message per follower and commit).
+    pub(crate) fn commit_advanced(&mut self) {
+        if self.cfg.broadcast_commit {
             self.bcast_append();
         }
     }
@@ -117,6 +126,7 @@ impl Raft {
             pr.probe_sent = true;
         }
         let commit = self.log.commit;
+        pr.contacted = true;
         self.send(
             to,
             MessageBody::Append {
@@ -144,6 +154,7 @@ impl Raft {
             return;
         };
         pr.recent_active = true;
+        pr.heard_at = self.now;
         match m.body {
             MessageBody::AppendResp {
                 reject,
@@ -205,7 +216,7 @@ impl Raft {
             self.send(from, MessageBody::TimeoutNow);
         }
         if self.maybe_commit() {
-            self.bcast_append();
+            self.commit_advanced();
         }
         while self.maybe_send_append(from, false) {}
     }
@@ -361,19 +372,32 @@ impl Raft {
 
     /// Heartbeats to all peers, each carrying the commit index capped to what that peer
     /// matches, and the newest ReadIndex round.
+    /// With `heartbeat_suppression`, the periodic heartbeat skips a follower that got an
+    /// Append or chunk since the previous one (it reset its election timer), unless reads
+    /// wait for confirmation (their echoes are what the heartbeat is for).
     pub(crate) fn bcast_heartbeat(&mut self, reads_only: bool) {
         let commit = self.log.commit;
+        let suppress = self.cfg.heartbeat_suppression && !reads_only;
         let RoleState::Leader(ls) = &mut self.role else {
             return;
         };
         let read_round = ls.reads.latest_round();
         ls.reads.mark_sent();
-        let targets: Vec<(NodeId, Index)> = ls
-            .progress
-            .iter()
-            .filter(|(id, _)| !reads_only || self.membership.voters.contains(id))
-            .map(|(id, p)| (*id, commit.min(p.match_)))
-            .collect();
+        let mut targets: Vec<(NodeId, Index)> = Vec::new();
+        for (id, p) in ls.progress.iter_mut() {
+            if reads_only && !self.membership.voters.contains(id) {
+                continue;
+            }
+            let c = commit.min(p.match_);
+            let skip = suppress && read_round == 0 && p.contacted;
+            if !reads_only {
+                p.contacted = false;
+            }
+            if skip {
+                continue;
+            }
+            targets.push((*id, c));
+        }
         for (to, c) in targets {
             self.send(
                 to,
@@ -419,12 +443,17 @@ impl Raft {
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
             self.bcast_heartbeat(false);
+        }
+        self.retransmit_elapsed += 1;
+        if self.retransmit_elapsed >= self.cfg.retransmit_ticks {
+            self.retransmit_elapsed = 0;
             self.retransmit_stalled();
         }
     }
 
-    /// UDP loses Appends and chunks: once per heartbeat, restart any flow that made no
-    /// progress since the previous heartbeat.
+    /// UDP loses Appends and chunks: every `retransmit_ticks`, restart any flow that made
+    /// no progress since the previous check (so a loss costs between one and two periods,
+    /// independent of a long heartbeat interval).
     fn retransmit_stalled(&mut self) {
         let last = self.log.last_index();
         let RoleState::Leader(ls) = &mut self.role else {
@@ -438,23 +467,28 @@ impl Raft {
                     pr.match_ < last
                 }
                 ProgressState::Replicate => {
-                    let stalled = pr.match_ < last && pr.match_ == pr.match_at_heartbeat;
+                    // Only data already out at the previous check counts as lost: an
+                    // Append sent just before this check has had no time to be acked.
+                    let stalled = pr.match_ < last
+                        && pr.match_ == pr.match_at_check
+                        && pr.sent_at_check > pr.match_at_check;
                     if stalled {
                         pr.become_probe();
                     }
                     stalled
                 }
                 ProgressState::Snapshot(s) => {
-                    let stalled = s.acked == s.acked_at_heartbeat;
+                    let stalled = s.acked == s.acked_at_check;
                     if stalled {
                         s.next_offset = s.acked;
                         s.all_sent = false;
                     }
-                    s.acked_at_heartbeat = s.acked;
+                    s.acked_at_check = s.acked;
                     stalled
                 }
             };
-            pr.match_at_heartbeat = pr.match_;
+            pr.match_at_check = pr.match_;
+            pr.sent_at_check = pr.next - 1;
             if stalled {
                 resend.push(*id);
             }

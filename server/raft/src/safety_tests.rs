@@ -27,6 +27,10 @@ fn run_seed(seed: u64, steps: usize, bugs: &[Bug]) {
         inflight_appends_max: rng.gen_range(1..5),
         snapshot_chunk_bytes_max: rng.gen_range(1..32),
         seed,
+        // The optional behaviours, each on in about half the seeds.
+        heartbeat_suppression: rng.gen_bool(0.5),
+        broadcast_commit: rng.gen_bool(0.5),
+        retransmit_ticks: rng.gen_range(1..=3),
         ..Opts::default()
     };
     let mut c = Cluster::new(n, &[], opts);

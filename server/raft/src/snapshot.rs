@@ -65,6 +65,7 @@ impl Raft {
             s.all_sent = s.next_offset == total;
         }
         let sent = !chunks.is_empty();
+        pr.contacted |= sent;
         for (offset, chunk) in chunks {
             self.send(
                 to,

@@ -416,4 +416,5 @@ transcripts!(
     persist_before_send,
     read_limits,
     persist_commit,
+    quiet_leader,
 );
