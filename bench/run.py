@@ -1,0 +1,700 @@
+#!/usr/bin/env python3
+"""bench/run.py: the raftkv benchmark suite in one command (issue 6).
+
+Builds release binaries, starts fresh local 3-node kvserver clusters (fsync on, temp
+data dirs, free loopback ports, one generated cluster file per shard count), runs the
+sweep with `kvcli bench --json`, measures the servers' CPU per operation and RSS from
+/proc, times a follower's catch-up, and, when an `etcd` binary is installed, runs the
+same put/get points against a 3-member etcd with bench/etcd-load and prints the ratio
+raftkv/etcd per point. Writes bench/results/<timestamp>.json and latest.json, and PNG
+plots under bench/results/plots/.
+
+Benchmarks are not tests: nothing here asserts speed, and CI does not run it.
+
+    python3 bench/run.py            # the default sweep, 15 s per point
+    python3 bench/run.py --quick    # a smoke run: few points, 3 s each
+    python3 bench/run.py --full     # default sweep plus catch-up on 1,000,000 keys
+"""
+
+import argparse
+import atexit
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+RESULTS = BENCH_DIR / "results"
+PLOTS = RESULTS / "plots"
+VENV = BENCH_DIR / ".venv"
+
+# Linux reports utime/stime in USER_HZ, fixed at 100 for user space.
+USER_HZ = 100.0
+# The workload of the issue: 16-byte keys, 100-byte values, 10,000 keys, uniform.
+KEY_SIZE = 16
+KEYS = 10_000
+VALUE_SMALL = 100
+# Seconds the idle cluster is watched to price idle shards.
+IDLE_SECONDS = 10
+# Shard counts whose clusters the sweep starts; BASE_SHARDS carries the client sweep.
+BASE_SHARDS = 8
+# How long a cluster may take to elect every shard's leader.
+LEADER_WAIT_S = 30
+# How long a restarted follower may take to catch up before the point counts as failed.
+CATCHUP_WAIT_S = 300
+
+# Every process this script started, so that an exception or Ctrl-C still stops them.
+_children = []
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _stop_children():
+    for p in _children:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.time() + 5
+    for p in _children:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+atexit.register(_stop_children)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def spawn(cmd, log_path):
+    f = open(log_path, "ab")
+    p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    f.close()
+    _children.append(p)
+    return p
+
+
+def stop(p, sig=signal.SIGTERM):
+    if p.poll() is None:
+        p.send_signal(sig)
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    """A loopback port nothing is bound to right now (both UDP and TCP, so either fits)."""
+    while True:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        other = socket.SOCK_DGRAM if kind == socket.SOCK_STREAM else socket.SOCK_STREAM
+        try:
+            with socket.socket(socket.AF_INET, other) as s:
+                s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+
+
+# ---------------------------------------------------------------- /proc measurements
+
+
+def proc_cpu_s(pid):
+    """utime + stime of a process in seconds (fields 14, 15 of /proc/<pid>/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / USER_HZ
+
+
+def proc_rss_kb(pid):
+    """(VmRSS, VmHWM) in KiB."""
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "VmHWM"):
+                out[k] = int(v.split()[0])
+    except OSError:
+        return None, None
+    return out.get("VmRSS"), out.get("VmHWM")
+
+
+def cpu_of(pids):
+    return {pid: proc_cpu_s(pid) for pid in pids}
+
+
+def cpu_delta(before, after):
+    return sum((after[p] or 0) - (before[p] or 0) for p in before)
+
+
+def machine_info():
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def git_commit():
+    r = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    return r.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+# ---------------------------------------------------------------- building
+
+
+def target_dir():
+    return Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+
+
+def build(with_raftkv, with_etcd):
+    bins = {"kvserver": target_dir() / "release" / "kvserver", "kvcli": target_dir() / "release" / "kvcli"}
+    if with_raftkv:
+        log("building release binaries (kvserver, kvcli)")
+        subprocess.run(["cargo", "build", "--release", "-p", "kv-server", "-p", "kvcli"], cwd=REPO, check=True)
+    if with_etcd:
+        if not shutil.which("protoc"):
+            log("etcd-load needs protoc (the etcd client compiles etcd's .proto files): installing protobuf-compiler")
+            subprocess.run(["apt-get", "install", "-y", "protobuf-compiler"], check=True)
+        log("building bench/etcd-load (separate crate, not in the workspace)")
+        subprocess.run(["cargo", "build", "--release"], cwd=BENCH_DIR / "etcd-load", check=True)
+        bins["etcd-load"] = target_dir() / "release" / "etcd-load"
+    return bins
+
+
+def ensure_matplotlib():
+    """The python of bench/.venv with matplotlib, created on first use; None if pip fails."""
+    py = VENV / "bin" / "python"
+    try:
+        if not py.exists():
+            log("creating bench/.venv for matplotlib")
+            subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        if subprocess.run([str(py), "-c", "import matplotlib"], capture_output=True).returncode != 0:
+            subprocess.run([str(py), "-m", "pip", "install", "--quiet", "matplotlib"], check=True)
+        return py
+    except (subprocess.CalledProcessError, OSError) as e:
+        log(f"no plots: could not set up matplotlib ({e})")
+        return None
+
+
+# ---------------------------------------------------------------- raftkv cluster
+
+
+class RaftkvCluster:
+    """Three kvserver processes on loopback with fresh data dirs and a generated cluster file."""
+
+    def __init__(self, bins, shards, workdir, extra_args=()):
+        self.bins = bins
+        self.shards = shards
+        self.dir = Path(tempfile.mkdtemp(prefix=f"raftkv-{shards}s-", dir=workdir))
+        self.extra_args = list(extra_args)
+        self.ports = {}
+        used = set()
+        for n in (1, 2, 3):
+            while True:
+                port = free_port(socket.SOCK_DGRAM)
+                if port not in used:
+                    break
+            used.add(port)
+            self.ports[n] = port
+        self.config = self.dir / "cluster.toml"
+        nodes = "".join(f'\n[[nodes]]\nid = {n}\naddr = "127.0.0.1:{p}"\n' for n, p in self.ports.items())
+        self.config.write_text(
+            f"# Generated by bench/run.py: {shards} shards, fsync on (kvserver always syncs).\n"
+            f"cluster_id = {7100 + shards}\nshards = {shards}\ndata_dir = \"{self.dir}\"\n\n"
+            "[timing]\ntick_ms = 10\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n"
+            + nodes
+        )
+        self.procs = {}
+
+    def start_node(self, n):
+        cmd = [
+            str(self.bins["kvserver"]), "--config", str(self.config), "--node", str(n),
+            "--data-dir", str(self.dir / f"node-{n}"), "--log-level", "warn",
+        ] + self.extra_args
+        self.procs[n] = spawn(cmd, self.dir / f"node-{n}.log")
+
+    def start(self):
+        for n in (1, 2, 3):
+            self.start_node(n)
+        self.wait_leaders()
+
+    def stop_node(self, n):
+        stop(self.procs[n])
+
+    def stop(self):
+        for n in list(self.procs):
+            self.stop_node(n)
+
+    def pids(self):
+        return [p.pid for p in self.procs.values() if p.poll() is None]
+
+    def kvcli(self, *args, timeout=60):
+        cmd = [str(self.bins["kvcli"]), "--cluster", str(self.config)] + list(args)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+    def status(self):
+        r = self.kvcli("--json", "status", timeout=20)
+        for line in reversed(r.stdout.splitlines()):
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    return json.loads(line)
+                except json.JSONDecodeError:
+                    return None
+        return None
+
+    def wait_leaders(self, timeout=LEADER_WAIT_S):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for n, p in self.procs.items():
+                if p.poll() is not None:
+                    tail = (self.dir / f"node-{n}.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"kvserver node {n} exited with {p.returncode}:\n{tail}")
+            s = self.status()
+            if s and s.get("shards") and all(r.get("leader") for r in s["shards"]):
+                return s
+            time.sleep(0.3)
+        raise RuntimeError(f"not every shard of the {self.shards}-shard cluster elected a leader in {timeout} s")
+
+    def bench(self, clients, duration_s, mix, value_size, keys=KEYS, ops=None, seed=1):
+        args = [
+            "bench", "--clients", str(clients), "--mix", str(mix), "--keys", str(keys),
+            "--key-size", str(KEY_SIZE), "--value-size", str(value_size), "--dist", "uniform",
+            "--seed", str(seed), "--json",
+        ]
+        args += ["--ops", str(ops)] if ops else ["--duration", f"{duration_s}s"]
+        timeout = (duration_s if not ops else 3600) + 120
+        r = self.kvcli(*args, timeout=timeout)
+        return last_json(r, "kvcli bench")
+
+
+def last_json(r, what):
+    for line in reversed(r.stdout.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"{what} printed no JSON report (exit {r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+
+
+# ---------------------------------------------------------------- etcd cluster
+
+
+class EtcdCluster:
+    """Three etcd members on loopback with fresh data dirs and default fsync behaviour."""
+
+    def __init__(self, bins, workdir):
+        self.bins = bins
+        self.dir = Path(tempfile.mkdtemp(prefix="etcd-", dir=workdir))
+        used = set()
+
+        def port():
+            while True:
+                p = free_port()
+                if p not in used:
+                    used.add(p)
+                    return p
+
+        self.members = [(f"m{n}", port(), port()) for n in (1, 2, 3)]
+        self.procs = []
+
+    def endpoints(self):
+        return ",".join(f"http://127.0.0.1:{c}" for _, c, _ in self.members)
+
+    def start(self):
+        initial = ",".join(f"{name}=http://127.0.0.1:{peer}" for name, _, peer in self.members)
+        for name, client, peer in self.members:
+            cmd = [
+                shutil.which("etcd"), "--name", name, "--data-dir", str(self.dir / name),
+                "--listen-client-urls", f"http://127.0.0.1:{client}",
+                "--advertise-client-urls", f"http://127.0.0.1:{client}",
+                "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                "--initial-cluster", initial, "--initial-cluster-token", "raftkv-bench",
+                "--initial-cluster-state", "new", "--logger", "zap", "--log-level", "warn",
+            ]
+            self.procs.append(spawn(cmd, self.dir / f"{name}.log"))
+        deadline = time.time() + LEADER_WAIT_S
+        while time.time() < deadline:
+            for p in self.procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"etcd exited with {p.returncode}; logs in {self.dir}")
+            r = subprocess.run(
+                ["etcdctl", "--endpoints", self.endpoints(), "endpoint", "status", "-w", "json"],
+                capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"},
+            )
+            if r.returncode == 0:
+                try:
+                    st = json.loads(r.stdout)
+                    if len(st) == 3 and all(m["Status"]["leader"] for m in st):
+                        return
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    pass
+            time.sleep(0.3)
+        raise RuntimeError("etcd did not elect a leader")
+
+    def stop(self):
+        for p in self.procs:
+            stop(p)
+
+    def pids(self):
+        return [p.pid for p in self.procs if p.poll() is None]
+
+    def bench(self, clients, duration_s, mix, value_size, preload, seed=1):
+        cmd = [
+            str(self.bins["etcd-load"]), "--endpoints", self.endpoints(), "--clients", str(clients),
+            "--duration", f"{duration_s}s", "--mix", str(mix), "--keys", str(KEYS), "--key-size", str(KEY_SIZE),
+            "--value-size", str(value_size), "--seed", str(seed), "--json",
+        ] + (["--preload"] if preload else [])
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 300)
+        return last_json(r, "etcd-load")
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+def plan(args):
+    """The points: (group, system, shards, op, clients, value_size). op is put|get|mix."""
+    if args.quick:
+        clients = [1, 64]
+        shard_counts = [1, 8]
+        value_sizes = [4096]
+    else:
+        clients = [1, 16, 64, 256]
+        shard_counts = [1, 8, 64]
+        value_sizes = [4096, 32768]
+    pts = []
+    for op in ("put", "get"):
+        for c in clients:
+            pts.append(("clients", op, BASE_SHARDS, c, VALUE_SMALL))
+    pts.append(("clients", "mix", BASE_SHARDS, 64, VALUE_SMALL))
+    for s in shard_counts:
+        if s != BASE_SHARDS:
+            for op in ("put", "get"):
+                pts.append(("shards", op, s, 64, VALUE_SMALL))
+    for v in value_sizes:
+        pts.append(("values", "put", BASE_SHARDS, 64, v))
+    return pts, shard_counts, clients
+
+
+MIX = {"put": 0.0, "get": 1.0, "mix": 0.8}
+
+
+def point_name(op, clients, shards=None, value_size=VALUE_SMALL):
+    label = {"put": "put", "get": "get (linearizable)", "mix": "mix 80/20"}[op]
+    s = f"{label}, {clients} client{'s' if clients != 1 else ''}"
+    if shards is not None:
+        s += f", {shards} shard{'s' if shards != 1 else ''}"
+    if value_size != VALUE_SMALL:
+        s += f", {value_size // 1024} KiB values"
+    return s
+
+
+def measure(system, cluster, op, clients, shards, value_size, duration_s, runner):
+    pids = cluster.pids()
+    before = cpu_of(pids)
+    t0 = time.time()
+    report = runner()
+    wall = time.time() - t0
+    after = cpu_of(pids)
+    server_cpu = cpu_delta(before, after)
+    rss = {str(pid): proc_rss_kb(pid)[0] for pid in pids}
+    ops = max(report.get("ops", 0), 1)
+    r = report.get("latency", {})
+    point = {
+        "system": system, "op": op, "clients": clients, "shards": shards, "value_size": value_size,
+        "name": point_name(op, clients, shards if system == "raftkv" else None, value_size),
+        "ops_per_s": report.get("ops_per_s", 0.0), "latency_us": r, "errors": report.get("errors", 0),
+        "not_found": report.get("not_found", 0), "ops": report.get("ops", 0),
+        "server_cpu_s": server_cpu, "server_cpu_us_per_op": 1e6 * server_cpu / ops,
+        "client_cpu_percent": report.get("cpu", {}).get("percent_of_one_core"),
+        "rss_kb": rss, "wall_s": wall, "report": report,
+    }
+    log(
+        f"{system:6} {point['name']:45} {point['ops_per_s']:>9.0f} ops/s  p50 {r.get('p50_us', 0) / 1000:.2f} ms"
+        f"  p99 {r.get('p99_us', 0) / 1000:.2f} ms  errors {point['errors']}  server cpu {point['server_cpu_us_per_op']:.1f} us/op"
+    )
+    return point
+
+
+def idle_cpu(cluster, seconds=IDLE_SECONDS):
+    """Server CPU of a cluster that serves nothing: the price of idle shards."""
+    time.sleep(2)  # let the elections' traffic settle
+    pids = cluster.pids()
+    before = cpu_of(pids)
+    time.sleep(seconds)
+    used = cpu_delta(before, cpu_of(pids))
+    return {"seconds": seconds, "cpu_s": used, "percent_of_one_core": 100 * used / seconds}
+
+
+def run_raftkv(args, bins, workdir, results):
+    pts, shard_counts, _ = plan(args)
+    for shards in sorted(set(shard_counts) | {BASE_SHARDS}):
+        mine = [p for p in pts if p[2] == shards]
+        log(f"raftkv: starting a 3-node cluster with {shards} shards")
+        c = RaftkvCluster(bins, shards, workdir)
+        try:
+            c.start()
+            idle = idle_cpu(c, args.idle_seconds)
+            idle.update(shards=shards)
+            results["idle"].append(idle)
+            log(f"raftkv idle, {shards} shards: {idle['percent_of_one_core']:.1f}% of one core")
+            # Puts first: they fill the key space (same seed, so same keys) for the gets.
+            mine.sort(key=lambda p: (p[1] != "put", p[4], p[3]))
+            for group, op, s, clients, value in mine:
+                point = measure(
+                    "raftkv", c, op, clients, s, value, args.duration,
+                    lambda: c.bench(clients, args.duration, MIX[op], value),
+                )
+                point["group"] = group
+                results["points"].append(point)
+        finally:
+            c.stop()
+            if not args.keep:
+                shutil.rmtree(c.dir, ignore_errors=True)
+
+
+def run_catchup(args, bins, workdir, results):
+    """Node 3 down, load N keys, restart it, time until it has caught up on every shard."""
+    n_keys = args.catchup_keys
+    log(f"raftkv catch-up: loading ~{n_keys} keys of {VALUE_SMALL} B with node 3 down")
+    c = RaftkvCluster(bins, BASE_SHARDS, workdir)
+    try:
+        c.start()
+        c.stop_node(3)
+        # Random keys from a space 1.75x the target, 1.5x as many puts: about n_keys distinct.
+        load = c.bench(256, 0, 0.0, VALUE_SMALL, keys=int(n_keys * 1.75), ops=int(n_keys * 1.5), seed=7)
+        st = c.status()
+        keys_loaded = sum(r.get("keys", 0) for r in st["shards"]) if st else None
+        live = [c.procs[1].pid, c.procs[2].pid]
+        rss_live = {str(n): proc_rss_kb(c.procs[n].pid) for n in (1, 2)}
+        log(f"loaded {keys_loaded} keys ({load['ops_per_s']:.0f} puts/s); restarting node 3")
+        t0 = time.time()
+        c.start_node(3)
+        caught = None
+        polls = 0
+        while time.time() - t0 < CATCHUP_WAIT_S:
+            polls += 1
+            s = c.status()
+            if s and all(r.get("leader") for r in s["shards"]):
+                lags = [next((x["behind"] for x in r["lag"] if x["node"] == 3), None) for r in s["shards"]]
+                if all(lag == 0 for lag in lags):
+                    caught = time.time() - t0
+                    break
+            time.sleep(0.1)
+        time.sleep(1)
+        rss_after = {str(n): proc_rss_kb(c.procs[n].pid) for n in (1, 2, 3)}
+        results["catchup"] = {
+            "target_keys": n_keys, "keys_loaded": keys_loaded, "value_size": VALUE_SMALL, "shards": BASE_SHARDS,
+            "load_puts_per_s": load["ops_per_s"], "load_errors": load["errors"],
+            "catchup_s": caught, "status_polls": polls,
+            "rss_kb_after_load": {n: v[0] for n, v in rss_live.items()},
+            "rss_kb_after_catchup": {n: v[0] for n, v in rss_after.items()},
+            "hwm_kb_after_catchup": {n: v[1] for n, v in rss_after.items()},
+            "live_pids": live,
+        }
+        log(f"catch-up: {'%.2f s' % caught if caught is not None else 'NOT caught up'}; RSS after (KiB) {results['catchup']['rss_kb_after_catchup']}")
+    finally:
+        c.stop()
+        if not args.keep:
+            shutil.rmtree(c.dir, ignore_errors=True)
+
+
+def run_etcd(args, bins, workdir, results):
+    pts, _, _ = plan(args)
+    # The same put/get points with 100-byte values; etcd has no shards.
+    mine = sorted({(op, clients) for g, op, s, clients, v in pts if g == "clients"}, key=lambda p: (p[0] != "put", p[0] == "mix", p[1]))
+    log("etcd: starting a 3-member cluster")
+    e = EtcdCluster(bins, workdir)
+    try:
+        e.start()
+        idle = idle_cpu(e, args.idle_seconds)
+        results["etcd_idle"] = idle
+        loaded = False
+        for op, clients in mine:
+            if op != "put" and not loaded:
+                # Every key once, outside the measurement, so gets find values as on raftkv
+                # (whose put points, run first with the same seed, fill the key space).
+                e.bench(64, 0, 1.0, VALUE_SMALL, preload=True)
+                loaded = True
+            point = measure(
+                "etcd", e, op, clients, None, VALUE_SMALL, args.duration,
+                lambda: e.bench(clients, args.duration, MIX[op], VALUE_SMALL, preload=False),
+            )
+            point["group"] = "clients"
+            results["points"].append(point)
+    finally:
+        e.stop()
+        if not args.keep:
+            shutil.rmtree(e.dir, ignore_errors=True)
+
+
+def ratios(results):
+    out = []
+    ours = {(p["op"], p["clients"]): p for p in results["points"]
+            if p["system"] == "raftkv" and p["group"] == "clients"}
+    for p in results["points"]:
+        if p["system"] != "etcd":
+            continue
+        r = ours.get((p["op"], p["clients"]))
+        if not r or not p["ops_per_s"]:
+            continue
+        lat = lambda x, k: x["latency_us"].get(k) or 0
+        out.append({
+            "op": p["op"], "clients": p["clients"], "name": point_name(p["op"], p["clients"]),
+            "raftkv_ops_per_s": r["ops_per_s"], "etcd_ops_per_s": p["ops_per_s"],
+            "throughput_ratio": r["ops_per_s"] / p["ops_per_s"],
+            "p50_ratio": lat(r, "p50_us") / max(lat(p, "p50_us"), 1),
+            "p99_ratio": lat(r, "p99_us") / max(lat(p, "p99_us"), 1),
+            "cpu_per_op_ratio": r["server_cpu_us_per_op"] / max(p["server_cpu_us_per_op"], 1e-9),
+        })
+    return out
+
+
+# ---------------------------------------------------------------- output
+
+
+def ms(us):
+    return f"{(us or 0) / 1000:.2f}"
+
+
+def table(results):
+    lines = []
+    head = f"{'system':7} {'point':48} {'ops/s':>9} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>8} {'err':>5} {'cpu us/op':>9}"
+    lines.append("latencies in ms; cpu = the 3 server processes' user+system CPU per operation")
+    lines.append(head)
+    lines.append("-" * len(head))
+    for p in results["points"]:
+        l = p["latency_us"]
+        lines.append(
+            f"{p['system']:7} {p['name']:48} {p['ops_per_s']:>9.0f} {ms(l.get('p50_us')):>7} {ms(l.get('p90_us')):>7} "
+            f"{ms(l.get('p99_us')):>7} {ms(l.get('p999_us')):>7} {ms(l.get('max_us')):>8} {p['errors']:>5} {p['server_cpu_us_per_op']:>9.1f}"
+        )
+    if results["ratios"]:
+        lines.append("")
+        lines.append(f"{'raftkv / etcd, same run':48} {'throughput':>10} {'p50':>7} {'p99':>7} {'cpu/op':>7}")
+        for r in results["ratios"]:
+            lines.append(f"{r['name']:48} {r['throughput_ratio']:>9.2f}x {r['p50_ratio']:>6.2f}x {r['p99_ratio']:>6.2f}x {r['cpu_per_op_ratio']:>6.2f}x")
+    if results["idle"] or results.get("etcd_idle"):
+        lines.append("")
+        for i in results["idle"]:
+            lines.append(f"idle raftkv, {i['shards']:>2} shards: {i['percent_of_one_core']:5.1f}% of one core (3 nodes, {i['seconds']} s)")
+        if results.get("etcd_idle"):
+            lines.append(f"idle etcd:             {results['etcd_idle']['percent_of_one_core']:5.1f}% of one core")
+    c = results.get("catchup")
+    if c:
+        lines.append("")
+        got = f"{c['catchup_s']:.2f} s" if c["catchup_s"] is not None else "did not catch up"
+        rss = ", ".join(f"n{n} {v / 1024:.0f} MiB" for n, v in c["rss_kb_after_catchup"].items() if v)
+        lines.append(f"catch-up of a restarted follower on {c['keys_loaded']} keys: {got}; RSS after: {rss}")
+    return "\n".join(lines)
+
+
+def write_results(results, stamp):
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    body = json.dumps(results, indent=1)
+    (RESULTS / f"{stamp}.json").write_text(body)
+    (RESULTS / "latest.json").write_text(body)
+    return RESULTS / f"{stamp}.json"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke run: fewer points, 3 s each, 20,000-key catch-up")
+    ap.add_argument("--full", action="store_true", help="catch-up on 1,000,000 keys (the issue's target)")
+    ap.add_argument("--duration", type=int, help="seconds per point (default 15, --quick 3)")
+    ap.add_argument("--idle-seconds", type=int, default=None, help=f"seconds an idle cluster is watched (default {IDLE_SECONDS}, --quick 3)")
+    ap.add_argument("--catchup-keys", type=int, help="keys loaded for the catch-up point (default 200,000; --full 1,000,000; --quick 20,000)")
+    ap.add_argument("--no-raftkv", action="store_true", help="skip raftkv (etcd side only)")
+    ap.add_argument("--no-etcd", action="store_true", help="skip etcd even if installed")
+    ap.add_argument("--no-catchup", action="store_true", help="skip the catch-up point")
+    ap.add_argument("--no-build", action="store_true", help="use the binaries already built")
+    ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep data dirs and server logs")
+    ap.add_argument("--replot", metavar="JSON", help="only redraw the plots of a results file")
+    args = ap.parse_args()
+    if args.replot:
+        draw(json.loads(Path(args.replot).read_text()))
+        return 0
+    args.duration = args.duration or (3 if args.quick else 15)
+    if args.idle_seconds is None:
+        args.idle_seconds = 3 if args.quick else IDLE_SECONDS
+    args.catchup_keys = args.catchup_keys or (1_000_000 if args.full else 20_000 if args.quick else 200_000)
+    with_etcd = not args.no_etcd and shutil.which("etcd") is not None
+    if not args.no_etcd and not with_etcd:
+        log("no etcd binary on PATH (Debian: apt-get install etcd-server etcd-client): raftkv only")
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    results = {
+        "started": datetime.datetime.now().isoformat(timespec="seconds"), "commit": git_commit(),
+        "machine": machine_info(), "settings": {
+            "duration_s": args.duration, "quick": args.quick, "full": args.full, "key_size": KEY_SIZE,
+            "keys": KEYS, "base_shards": BASE_SHARDS, "catchup_keys": args.catchup_keys,
+        },
+        "points": [], "idle": [], "etcd_idle": None, "catchup": None, "ratios": [],
+    }
+    if args.no_build:
+        bins = {n: target_dir() / "release" / n for n in ("kvserver", "kvcli", "etcd-load")}
+    else:
+        bins = build(not args.no_raftkv, with_etcd)
+    workdir = Path(tempfile.mkdtemp(prefix="raftkv-bench-"))
+    log(f"data dirs and logs under {workdir}")
+    try:
+        if with_etcd:
+            run_etcd(args, bins, workdir, results)
+        if not args.no_raftkv:
+            run_raftkv(args, bins, workdir, results)
+            if not args.no_catchup:
+                run_catchup(args, bins, workdir, results)
+    finally:
+        results["ratios"] = ratios(results)
+        results["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+        path = write_results(results, stamp)
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(table(results))
+    print(f"\nresults: {path} (and {RESULTS / 'latest.json'})")
+    if not args.no_plots:
+        draw(results)
+    return 0
+
+
+def draw(results):
+    py = ensure_matplotlib()
+    if py is None:
+        return
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run([str(py), str(BENCH_DIR / "plot.py"), "-", str(PLOTS)], input=json.dumps(results), text=True)
+    if r.returncode == 0:
+        print(f"plots: {PLOTS}/*.png")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
