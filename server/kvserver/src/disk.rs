@@ -1,0 +1,422 @@
+//! The disk thread: the only place that touches the WAL, so the event loop never blocks
+//! on a write or an fsync. It executes the node core's `DiskWrite`s in id order and
+//! commits them in groups: everything that queued up while the previous fsync ran is
+//! written, then synced ONCE, then reported done together (group commit across shards
+//! and across rounds of the event loop).
+//!
+//! A full disk does not stop the thread: the write that hit it is retried (from the op
+//! that failed, since kv-storage leaves the log as it was before a failed write) until
+//! space frees up, and the event loop is told so it can refuse new client writes in the
+//! meantime. Any other storage failure is fatal for the node: its state on disk is then
+//! unknown and only recovery on restart may decide what survived.
+
+use kv_node::{DiskOp, DiskWrite};
+use std::collections::VecDeque;
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Most `DiskWrite`s committed by one fsync. Bounds the latency the first write of a
+/// batch waits for the others; far above what one event-loop round produces.
+pub const BATCH_WRITES_MAX: usize = 4096;
+/// How long the thread waits before retrying a write that found the disk full.
+pub const DISK_FULL_RETRY: Duration = Duration::from_secs(1);
+
+/// How a storage operation failed, as far as the disk thread's policy is concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreError {
+    /// No room: the operation did not happen and may be retried later.
+    Full(String),
+    /// Anything else: the node must stop.
+    Fatal(String),
+}
+
+/// What the disk thread executes `DiskOp`s on: `kv_storage::Storage` in production, a
+/// recording fake in this module's tests.
+pub trait LogStore: Send + 'static {
+    /// Executes one op (buffered; durable only after [`LogStore::sync`]).
+    fn execute(&mut self, op: &DiskOp) -> Result<(), StoreError>;
+    /// Makes every op executed so far durable.
+    fn sync(&mut self) -> Result<(), StoreError>;
+}
+
+impl<D> LogStore for kv_storage::Storage<D>
+where
+    D: kv_storage::Disk + Send + 'static,
+{
+    fn execute(&mut self, op: &DiskOp) -> Result<(), StoreError> {
+        let result = match op {
+            DiskOp::Append(record) => self.append(record),
+            DiskOp::SaveSnapshot { shard, index, data } => self.save_snapshot(*shard, *index, data),
+            DiskOp::Compact { shard, index } => self.compact(*shard, *index),
+        };
+        result.map_err(classify)
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        // A failed fsync leaves the page cache in an unknown state (the "fsyncgate"
+        // lesson), so even ENOSPC here is fatal rather than retried.
+        kv_storage::Storage::sync(self).map_err(|e| StoreError::Fatal(e.to_string()))
+    }
+}
+
+fn classify(e: kv_storage::StorageError) -> StoreError {
+    match e {
+        kv_storage::StorageError::DiskFull { .. } => StoreError::Full(e.to_string()),
+        other => StoreError::Fatal(other.to_string()),
+    }
+}
+
+/// What the disk thread reports to the event loop.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DiskEvent {
+    /// These writes are durable (executed and synced); ids ascending.
+    Done(Vec<u64>),
+    /// A write found the disk full; writes stall and are retried every
+    /// [`DISK_FULL_RETRY`] until [`DiskEvent::Recovered`].
+    Full(String),
+    /// The stalled writes went through: there is room again.
+    Recovered,
+    /// A storage failure other than a full disk. The thread has stopped; the writes it
+    /// held are not durable.
+    Failed(String),
+}
+
+/// The disk thread's channel end was closed: the thread stopped (after a failure or a
+/// panic), so nothing more will become durable.
+#[derive(Debug, thiserror::Error)]
+#[error("the disk thread has stopped")]
+pub struct DiskThreadGone;
+
+/// Handle to the running disk thread.
+#[derive(Debug)]
+pub struct DiskThread {
+    tx: Option<mpsc::Sender<DiskWrite>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl DiskThread {
+    /// Starts the thread over `store`; it reports on `events`.
+    pub fn spawn<S: LogStore>(
+        store: S,
+        events: UnboundedSender<DiskEvent>,
+    ) -> std::io::Result<DiskThread> {
+        let (tx, rx) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("disk".into())
+            .spawn(move || disk_main(store, rx, events))?;
+        Ok(DiskThread {
+            tx: Some(tx),
+            handle: Some(handle),
+        })
+    }
+
+    /// Queues a write. Never blocks.
+    pub fn submit(&self, write: DiskWrite) -> Result<(), DiskThreadGone> {
+        let tx = self.tx.as_ref().ok_or(DiskThreadGone)?;
+        tx.send(write).map_err(|_| DiskThreadGone)
+    }
+
+    /// Closes the queue and waits (blocking) until the thread has written, synced and
+    /// reported everything queued, or stopped on a failure. Returns `Err` if the thread
+    /// panicked.
+    pub fn finish(mut self) -> Result<(), DiskThreadGone> {
+        self.tx = None;
+        match self.handle.take() {
+            Some(h) => h.join().map_err(|_| DiskThreadGone),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A queued write and how many of its ops are already executed (a disk-full retry
+/// resumes at the op that failed, so no record is appended twice).
+struct Pending {
+    write: DiskWrite,
+    ops_done: usize,
+}
+
+fn disk_main<S: LogStore>(
+    mut store: S,
+    rx: mpsc::Receiver<DiskWrite>,
+    events: UnboundedSender<DiskEvent>,
+) {
+    let mut queue: VecDeque<Pending> = VecDeque::new();
+    let mut open = true;
+    let mut full = false;
+    let push = |queue: &mut VecDeque<Pending>, write: DiskWrite| {
+        if let Some(last) = queue.back() {
+            assert!(
+                write.id > last.write.id,
+                "DiskWrites must come in id order: {} after {}",
+                write.id,
+                last.write.id
+            );
+        }
+        queue.push_back(Pending { write, ops_done: 0 });
+    };
+    loop {
+        if queue.is_empty() {
+            if !open {
+                return;
+            }
+            match rx.recv() {
+                Ok(w) => push(&mut queue, w),
+                Err(_) => return,
+            }
+        }
+        // Group commit: everything that queued up while we were busy joins this batch.
+        while open && queue.len() < BATCH_WRITES_MAX {
+            match rx.try_recv() {
+                Ok(w) => push(&mut queue, w),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => open = false,
+            }
+        }
+        match execute_all(&mut store, &mut queue) {
+            Ok(()) => {}
+            Err(StoreError::Full(reason)) => {
+                if !full {
+                    full = true;
+                    let _ = events.send(DiskEvent::Full(reason));
+                }
+                if !open {
+                    // Shutting down with no room: what is queued was never acknowledged,
+                    // so leaving it unwritten loses nothing that was promised.
+                    return;
+                }
+                match rx.recv_timeout(DISK_FULL_RETRY) {
+                    Ok(w) => push(&mut queue, w),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => open = false,
+                }
+                continue;
+            }
+            Err(StoreError::Fatal(reason)) => {
+                let _ = events.send(DiskEvent::Failed(reason));
+                return;
+            }
+        }
+        if let Err(StoreError::Fatal(reason) | StoreError::Full(reason)) = store.sync() {
+            let _ = events.send(DiskEvent::Failed(reason));
+            return;
+        }
+        if full {
+            full = false;
+            let _ = events.send(DiskEvent::Recovered);
+        }
+        let ids = queue.drain(..).map(|p| p.write.id).collect();
+        if events.send(DiskEvent::Done(ids)).is_err() {
+            // The event loop is gone; nothing can be acknowledged any more.
+            return;
+        }
+    }
+}
+
+/// Executes every op not yet executed, in order; stops at the first failure, leaving the
+/// failed op (and everything after it) to be retried.
+fn execute_all<S: LogStore>(
+    store: &mut S,
+    queue: &mut VecDeque<Pending>,
+) -> Result<(), StoreError> {
+    for p in queue.iter_mut() {
+        while p.ops_done < p.write.ops.len() {
+            store.execute(&p.write.ops[p.ops_done])?;
+            p.ops_done += 1;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Condvar, Mutex};
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+    /// What the fake store saw, shared with the test.
+    #[derive(Default)]
+    struct Log {
+        /// (shard, index) of each executed Compact op, in order.
+        executed: Vec<(u32, u64)>,
+        /// Number of executed ops at each sync.
+        syncs: Vec<usize>,
+        /// Fail this many next executes with Full.
+        full_for: usize,
+        /// Fail the next sync fatally.
+        fail_sync: bool,
+        /// While true, sync blocks (to let writes pile up behind it).
+        hold_sync: bool,
+    }
+
+    #[derive(Clone, Default)]
+    struct Fake(Arc<(Mutex<Log>, Condvar)>);
+
+    impl LogStore for Fake {
+        fn execute(&mut self, op: &DiskOp) -> Result<(), StoreError> {
+            let mut log = self.0 .0.lock().unwrap();
+            if log.full_for > 0 {
+                log.full_for -= 1;
+                return Err(StoreError::Full("disk full while writing wal-1".into()));
+            }
+            match op {
+                DiskOp::Compact { shard, index } => log.executed.push((*shard, *index)),
+                other => panic!("the fake only takes Compact ops, got {other:?}"),
+            }
+            Ok(())
+        }
+
+        fn sync(&mut self) -> Result<(), StoreError> {
+            let (lock, cvar) = &*self.0;
+            let mut log = cvar
+                .wait_while(lock.lock().unwrap(), |l| l.hold_sync)
+                .unwrap();
+            if log.fail_sync {
+                return Err(StoreError::Fatal("fsync of wal-1 failed".into()));
+            }
+            let n = log.executed.len();
+            log.syncs.push(n);
+            Ok(())
+        }
+    }
+
+    impl Fake {
+        fn with<R>(&self, f: impl FnOnce(&mut Log) -> R) -> R {
+            let r = f(&mut self.0 .0.lock().unwrap());
+            self.0 .1.notify_all();
+            r
+        }
+    }
+
+    fn write(id: u64) -> DiskWrite {
+        DiskWrite {
+            id,
+            ops: vec![
+                DiskOp::Compact {
+                    shard: 0,
+                    index: id * 10,
+                },
+                DiskOp::Compact {
+                    shard: 1,
+                    index: id * 10 + 1,
+                },
+            ],
+        }
+    }
+
+    fn next(rx: &mut UnboundedReceiver<DiskEvent>) -> DiskEvent {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match rx.try_recv() {
+                Ok(e) => return e,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(e) => panic!("no disk event within 10 s: {e}"),
+            }
+        }
+    }
+
+    fn done_ids(rx: &mut UnboundedReceiver<DiskEvent>, want: usize) -> Vec<u64> {
+        let mut ids = Vec::new();
+        while ids.len() < want {
+            match next(rx) {
+                DiskEvent::Done(batch) => ids.extend(batch),
+                other => panic!("expected Done, got {other:?}"),
+            }
+        }
+        ids
+    }
+
+    #[test]
+    fn writes_queued_during_an_fsync_share_the_next_one() {
+        let fake = Fake::default();
+        let (etx, mut erx) = unbounded_channel();
+        let disk = DiskThread::spawn(fake.clone(), etx).unwrap();
+        fake.with(|l| l.hold_sync = true);
+        disk.submit(write(1)).unwrap();
+        // Wait until write 1 is executed and its sync is blocked, then queue 50 more.
+        while fake.with(|l| l.executed.len()) < 2 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for id in 2..=51 {
+            disk.submit(write(id)).unwrap();
+        }
+        fake.with(|l| l.hold_sync = false);
+        let ids = done_ids(&mut erx, 51);
+        assert_eq!(ids, (1..=51).collect::<Vec<_>>());
+        // One sync for write 1, one for the 50 that queued behind it.
+        assert_eq!(fake.with(|l| l.syncs.clone()), vec![2, 102]);
+        disk.finish().unwrap();
+    }
+
+    #[test]
+    fn nothing_is_reported_done_before_its_sync() {
+        let fake = Fake::default();
+        let (etx, mut erx) = unbounded_channel();
+        let disk = DiskThread::spawn(fake.clone(), etx).unwrap();
+        fake.with(|l| l.hold_sync = true);
+        disk.submit(write(1)).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            erx.try_recv().is_err(),
+            "reported done while the fsync was pending"
+        );
+        fake.with(|l| l.hold_sync = false);
+        assert_eq!(next(&mut erx), DiskEvent::Done(vec![1]));
+        disk.finish().unwrap();
+    }
+
+    #[test]
+    fn a_full_disk_stalls_then_resumes_at_the_failed_op_without_duplicates() {
+        let fake = Fake::default();
+        fake.with(|l| l.full_for = 2);
+        let (etx, mut erx) = unbounded_channel();
+        let disk = DiskThread::spawn(fake.clone(), etx).unwrap();
+        disk.submit(write(1)).unwrap();
+        match next(&mut erx) {
+            DiskEvent::Full(reason) => assert!(reason.contains("disk full"), "{reason}"),
+            other => panic!("expected Full, got {other:?}"),
+        }
+        disk.submit(write(2)).unwrap();
+        assert_eq!(next(&mut erx), DiskEvent::Recovered);
+        assert_eq!(done_ids(&mut erx, 2), vec![1, 2]);
+        assert_eq!(
+            fake.with(|l| l.executed.clone()),
+            vec![(0, 10), (1, 11), (0, 20), (1, 21)]
+        );
+        disk.finish().unwrap();
+    }
+
+    #[test]
+    fn a_failed_sync_is_fatal_and_acknowledges_nothing() {
+        let fake = Fake::default();
+        fake.with(|l| l.fail_sync = true);
+        let (etx, mut erx) = unbounded_channel();
+        let disk = DiskThread::spawn(fake.clone(), etx).unwrap();
+        disk.submit(write(1)).unwrap();
+        match next(&mut erx) {
+            DiskEvent::Failed(reason) => assert!(reason.contains("fsync"), "{reason}"),
+            other => panic!("expected Failed, got {other:?}"),
+        }
+        disk.finish().unwrap();
+        assert!(
+            erx.try_recv().is_err(),
+            "something was reported after the failure"
+        );
+    }
+
+    #[test]
+    fn finish_writes_and_reports_everything_queued() {
+        let fake = Fake::default();
+        let (etx, mut erx) = unbounded_channel();
+        let disk = DiskThread::spawn(fake.clone(), etx).unwrap();
+        for id in 1..=20 {
+            disk.submit(write(id)).unwrap();
+        }
+        disk.finish().unwrap();
+        assert_eq!(done_ids(&mut erx, 20), (1..=20).collect::<Vec<_>>());
+        assert_eq!(fake.with(|l| l.executed.len()), 40);
+    }
+}

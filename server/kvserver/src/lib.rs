@@ -1,0 +1,26 @@
+//! kv-server: the tokio runtime shell that moves bytes between the operating system and
+//! the sans-I/O node core (kv-node). It owns no protocol logic: sockets, the clock, the
+//! disk thread and signals live here, decisions live in the core.
+//!
+//! Layout (the pieces a second binary, such as the course-mode replica, can reuse are
+//! marked *reusable*):
+//! - [`server`]: the `kvserver` event loop, [`server::run`] takes its socket, so tests
+//!   can bind port 0 and run a node in-process.
+//! - [`disk`] (*reusable*): the dedicated disk thread with group commit (many
+//!   `DiskWrite`s, one fsync) and the disk-full stall-and-retry.
+//! - [`net`]: datagram intake (header checks, drop counters, rate-limited warnings)
+//!   and the client address <-> `ClientToken` map.
+//! - [`signals`] (*reusable*): SIGTERM/SIGINT as a shutdown future.
+//! - [`logging`] (*reusable*): tracing setup from `--log-level` or `RUST_LOG`.
+//! - [`ratelimit`] (*reusable*): at most one warning line per interval per kind.
+//!
+//! docs/RUNTIME.md describes the event loop, group commit, signals and how to run nodes.
+
+pub mod disk;
+pub mod logging;
+pub mod net;
+pub mod ratelimit;
+pub mod server;
+pub mod signals;
+
+pub use server::{run, ServerError, ServerOptions};

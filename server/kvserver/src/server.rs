@@ -1,0 +1,584 @@
+//! The kvserver event loop: one UDP socket, one tick timer, one disk thread, and the
+//! node core in the middle. Every wake-up feeds the core as much input as is ready
+//! (disk completions, a tick, every queued datagram), then takes its output once and
+//! acts on it: writes to the disk thread first (so the fsync starts early), then peer
+//! datagrams, then client replies batched per address.
+//!
+//! Acknowledgements are safe by construction: the core only releases a client reply
+//! or a vote after `on_disk_done`, which this loop calls only for writes the disk thread
+//! reported synced. A kill -9 at any instant therefore loses nothing acknowledged.
+
+use crate::disk::{DiskEvent, DiskThread};
+use crate::net::{ClientAddrs, Counters, DropReason};
+use kv_node::{codec, ClientToken, NodeConfig, NodeCore};
+use kv_shared::config::ClusterConfig;
+use kv_shared::limits::DATAGRAM_BYTES_MAX;
+use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Outcome};
+use kv_shared::wire::{self, Kind, PAYLOAD_BYTES_MAX};
+use kv_shared::NodeId;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::time::MissedTickBehavior;
+
+/// Most datagrams read from the socket before the loop hands control back (so ticks and
+/// disk completions are never starved by a flood) and flushes the core's output.
+pub const RECV_BATCH_MAX: usize = 256;
+/// How often the traffic counters are logged (at `info` when datagrams were dropped in
+/// the interval, else at `debug`).
+pub const METRICS_INTERVAL: Duration = Duration::from_secs(10);
+/// The reason given to clients whose writes are refused while the disk is full.
+pub const DISK_FULL_REASON: &str = "disk full";
+
+/// Everything a node needs to run, validated.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// The cluster file.
+    pub cluster: ClusterConfig,
+    /// This node (must be listed in `cluster`).
+    pub node: NodeId,
+    /// Where this node's WAL and snapshots live (created if missing).
+    pub data_dir: PathBuf,
+    /// Overrides the core's snapshot threshold (entries in a shard's log before it takes
+    /// a snapshot); tests use a tiny one to force compaction.
+    pub snapshot_threshold_entries: Option<u64>,
+    /// Seed of the core's randomness (election jitter).
+    pub seed: u64,
+}
+
+/// Why a node stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The node id is not listed in the cluster file.
+    #[error("node {node} is not listed in the cluster file (members: {members})")]
+    NotAMember {
+        /// The id asked for.
+        node: NodeId,
+        /// The ids listed.
+        members: String,
+    },
+    /// The data directory could not be created or opened, or its WAL is corrupt.
+    #[error("cannot open the data directory {}: {source}", dir.display())]
+    Storage {
+        /// The data directory.
+        dir: PathBuf,
+        /// What kv-storage said (file and offset for corruption).
+        #[source]
+        source: kv_storage::StorageError,
+    },
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {}: {source}", dir.display())]
+    DataDir {
+        /// The data directory.
+        dir: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The node core refused what storage recovered.
+    #[error("recovery from {} failed: {source}", dir.display())]
+    Recovery {
+        /// The data directory.
+        dir: PathBuf,
+        /// What the core said.
+        #[source]
+        source: kv_node::RecoveryError,
+    },
+    /// The socket (or the disk thread's creation) failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// Storage failed while running (other than a full disk); the node cannot continue.
+    #[error("storage failed: {0}")]
+    Disk(String),
+}
+
+impl ServerError {
+    /// The process exit code for this error: 3 when the data on disk is refused (a
+    /// corrupt WAL or a recovery error: an operator must look), 2 for a configuration
+    /// mistake, 1 for anything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServerError::Storage { .. } | ServerError::Recovery { .. } => 3,
+            ServerError::NotAMember { .. } => 2,
+            ServerError::DataDir { .. } | ServerError::Io(_) | ServerError::Disk(_) => 1,
+        }
+    }
+}
+
+/// Runs a node on `socket` until `shutdown` completes (then finishes the disk batch in
+/// progress, sends what it made acknowledgeable, and returns `Ok`) or a fatal error.
+///
+/// Opens the data directory (recovering the WAL), builds the node core, starts the disk
+/// thread, and drives the event loop. The socket is the caller's, so tests can bind
+/// port 0; peers are still addressed as the cluster file says.
+pub async fn run(
+    socket: UdpSocket,
+    opts: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let me = opts.node;
+    let members = opts.cluster.node_ids();
+    if !members.contains(&me) {
+        return Err(ServerError::NotAMember {
+            node: me,
+            members: members
+                .iter()
+                .map(|n| n.0.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    let dir = opts.data_dir.clone();
+    let (storage, recovered) = tokio::task::spawn_blocking(move || open_storage(dir))
+        .await
+        .expect("opening storage panicked")?;
+    let mut config = NodeConfig::from_cluster(&opts.cluster, me);
+    if let Some(n) = opts.snapshot_threshold_entries {
+        config.snapshot_threshold_entries = n;
+    }
+    config.seed = opts.seed;
+    let core = NodeCore::new(config, recovered).map_err(|source| ServerError::Recovery {
+        dir: opts.data_dir.clone(),
+        source,
+    })?;
+    let (events_tx, events) = unbounded_channel();
+    let disk = DiskThread::spawn(storage, events_tx)?;
+    tracing::info!(
+        node = me.0,
+        addr = %socket.local_addr()?,
+        data_dir = %opts.data_dir.display(),
+        shards = opts.cluster.shards,
+        "kvserver node started"
+    );
+    let peers = opts
+        .cluster
+        .nodes
+        .iter()
+        .filter(|n| n.id != me.0)
+        .map(|n| (NodeId(n.id), n.addr))
+        .collect();
+    let event_loop = EventLoop {
+        core,
+        socket,
+        me,
+        cluster_id: opts.cluster.cluster_id,
+        peers,
+        clients: ClientAddrs::default(),
+        counters: Counters::default(),
+        disk: Some(disk),
+        writes_refused: None,
+        runtime_replies: Vec::new(),
+        recv_buf: vec![0; DATAGRAM_BYTES_MAX + 1],
+        payload_buf: vec![0; PAYLOAD_BYTES_MAX],
+        datagram_buf: Vec::with_capacity(DATAGRAM_BYTES_MAX),
+        started: Instant::now(),
+        drops_logged: 0,
+    };
+    event_loop
+        .run(
+            events,
+            Duration::from_millis(opts.cluster.timing.tick_ms),
+            shutdown,
+        )
+        .await
+}
+
+fn open_storage(
+    dir: PathBuf,
+) -> Result<
+    (
+        kv_storage::Storage<kv_storage::RealDisk>,
+        kv_storage::Recovered,
+    ),
+    ServerError,
+> {
+    std::fs::create_dir_all(&dir).map_err(|source| ServerError::DataDir {
+        dir: dir.clone(),
+        source,
+    })?;
+    let storage_err = |source| ServerError::Storage {
+        dir: dir.clone(),
+        source,
+    };
+    let disk = kv_storage::RealDisk::open(&dir).map_err(storage_err)?;
+    kv_storage::Storage::open(disk, kv_storage::WalOptions::default()).map_err(storage_err)
+}
+
+/// What woke the loop up.
+enum Wake {
+    Shutdown,
+    Disk(Option<DiskEvent>),
+    Tick,
+    Readable(std::io::Result<()>),
+    Metrics,
+}
+
+struct EventLoop {
+    core: NodeCore,
+    socket: UdpSocket,
+    me: NodeId,
+    cluster_id: u64,
+    peers: Vec<(NodeId, SocketAddr)>,
+    clients: ClientAddrs,
+    counters: Counters,
+    /// `None` once shutdown has closed it.
+    disk: Option<DiskThread>,
+    /// Why client writes are refused right now (the disk is full), if they are.
+    writes_refused: Option<String>,
+    /// Replies the runtime gives itself (writes refused while the disk is full).
+    runtime_replies: Vec<(ClientToken, ClientReply)>,
+    /// One byte longer than the largest datagram, so an oversized one shows as such.
+    recv_buf: Vec<u8>,
+    payload_buf: Vec<u8>,
+    datagram_buf: Vec<u8>,
+    started: Instant,
+    drops_logged: u64,
+}
+
+impl EventLoop {
+    async fn run(
+        mut self,
+        mut events: UnboundedReceiver<DiskEvent>,
+        tick: Duration,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError> {
+        let mut ticker = tokio::time::interval(tick);
+        // A late tick is not made up for with a burst: Raft timeouts only get longer.
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut metrics = tokio::time::interval_at(
+            tokio::time::Instant::now() + METRICS_INTERVAL,
+            METRICS_INTERVAL,
+        );
+        tokio::pin!(shutdown);
+        let result = loop {
+            let wake = tokio::select! {
+                biased;
+                () = &mut shutdown => Wake::Shutdown,
+                ev = events.recv() => Wake::Disk(ev),
+                _ = ticker.tick() => Wake::Tick,
+                r = self.socket.readable() => Wake::Readable(r),
+                _ = metrics.tick() => Wake::Metrics,
+            };
+            let step = match wake {
+                Wake::Shutdown => break Ok(()),
+                Wake::Disk(None) => Err(ServerError::Disk("the disk thread stopped".into())),
+                Wake::Disk(Some(ev)) => self.on_disk_events(ev, &mut events),
+                Wake::Tick => {
+                    self.core.tick();
+                    Ok(())
+                }
+                Wake::Readable(Ok(())) => {
+                    self.drain_socket();
+                    Ok(())
+                }
+                Wake::Readable(Err(e)) => Err(e.into()),
+                Wake::Metrics => {
+                    self.log_metrics();
+                    Ok(())
+                }
+            };
+            if let Err(e) = step {
+                break Err(e);
+            }
+            self.flush().await;
+            if self.disk.is_none() {
+                break Err(ServerError::Disk("the disk thread stopped".into()));
+            }
+        };
+        self.finish(events, result).await
+    }
+
+    /// Handles `first` and every other disk event already queued.
+    fn on_disk_events(
+        &mut self,
+        first: DiskEvent,
+        events: &mut UnboundedReceiver<DiskEvent>,
+    ) -> Result<(), ServerError> {
+        let mut next = Some(first);
+        while let Some(ev) = next {
+            match ev {
+                DiskEvent::Done(ids) => {
+                    for id in ids {
+                        self.core.on_disk_done(id);
+                    }
+                }
+                DiskEvent::Full(reason) => {
+                    tracing::error!(
+                        "{reason}: refusing client writes until space frees up \
+                         (reads are still served; the stalled write is retried every {:?})",
+                        crate::disk::DISK_FULL_RETRY
+                    );
+                    self.writes_refused = Some(DISK_FULL_REASON.into());
+                }
+                DiskEvent::Recovered => {
+                    tracing::info!("disk has room again: accepting client writes");
+                    self.writes_refused = None;
+                }
+                DiskEvent::Failed(reason) => return Err(ServerError::Disk(reason)),
+            }
+            next = events.try_recv().ok();
+        }
+        Ok(())
+    }
+
+    /// Reads every queued datagram (up to [`RECV_BATCH_MAX`]) into the core.
+    fn drain_socket(&mut self) {
+        let mut buf = std::mem::take(&mut self.recv_buf);
+        for _ in 0..RECV_BATCH_MAX {
+            match self.socket.try_recv_from(&mut buf) {
+                Ok((n, from)) => self.on_datagram(&buf[..n], from),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // Not fatal: a UDP socket reports asynchronous errors (an ICMP
+                    // unreachable) this way; the next read goes on.
+                    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+                    self.counters.dropped(
+                        DropReason::BadHeader,
+                        unspecified,
+                        &format_args!("recv failed: {e}"),
+                    );
+                    break;
+                }
+            }
+        }
+        self.recv_buf = buf;
+    }
+
+    fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
+        self.counters.datagrams_in += 1;
+        let (header, payload) = match wire::decode(datagram, self.cluster_id) {
+            Ok(v) => v,
+            Err(e) => {
+                self.counters
+                    .dropped(DropReason::of_wire_error(&e), from, &e);
+                return;
+            }
+        };
+        match header.kind {
+            Kind::Peer => {
+                let sender = NodeId(header.sender);
+                if !self.peers.iter().any(|(id, _)| *id == sender) {
+                    self.counters.dropped(
+                        DropReason::UnknownSender,
+                        from,
+                        &format_args!(
+                            "peer datagram claims sender {sender}, not a peer of {}",
+                            self.me
+                        ),
+                    );
+                    return;
+                }
+                match codec::decode_peer(payload) {
+                    Ok(msgs) => {
+                        let now_ms = self.started.elapsed().as_millis() as u64;
+                        self.core.note_peer_heard(sender, now_ms);
+                        self.core.on_peer_messages(sender, msgs);
+                    }
+                    Err(e) => self.counters.dropped(DropReason::BadPayload, from, &e),
+                }
+            }
+            Kind::ClientRequests => match wire::decode_value::<Vec<ClientRequest>>(payload) {
+                Ok(reqs) => {
+                    let token = self.clients.token_for(from);
+                    for req in reqs {
+                        self.on_client_request(token, req);
+                    }
+                }
+                Err(e) => self.counters.dropped(DropReason::BadPayload, from, &e),
+            },
+            Kind::ClientReplies => self.counters.dropped(
+                DropReason::UnexpectedKind,
+                from,
+                &"a client reply sent to a server",
+            ),
+        }
+    }
+
+    fn on_client_request(&mut self, token: ClientToken, req: ClientRequest) {
+        self.counters.client_requests += 1;
+        if let Some(reason) = &self.writes_refused {
+            if req.op.is_write() {
+                // The core has no hook for "refuse writes" yet (see NODE_API.md,
+                // requests); until it does the runtime answers here. Reads still go in.
+                let reply = ClientReply {
+                    client: req.client,
+                    seq: req.seq,
+                    outcome: Outcome::Error(ClientError::Unavailable {
+                        node: self.me,
+                        reason: reason.clone(),
+                    }),
+                };
+                self.runtime_replies.push((token, reply));
+                return;
+            }
+        }
+        self.core.on_client_request(token, req);
+    }
+
+    /// Takes the core's output and acts on it: disk writes, then datagrams, then replies.
+    async fn flush(&mut self) {
+        let out = self.core.take_output();
+        match &self.disk {
+            Some(disk) => {
+                for w in out.disk_writes {
+                    if disk.submit(w).is_err() {
+                        // The thread stopped; its Failed event (or the closed channel)
+                        // ends the loop. Nothing of this write is acknowledged.
+                        self.disk = None;
+                        break;
+                    }
+                }
+            }
+            None => {
+                if !out.disk_writes.is_empty() {
+                    tracing::debug!(
+                        writes = out.disk_writes.len(),
+                        "disk closed for shutdown: dropping writes (nothing depends on them)"
+                    );
+                }
+            }
+        }
+        for (to, msgs) in out.datagrams {
+            let Some(&(_, addr)) = self.peers.iter().find(|(id, _)| *id == to) else {
+                debug_assert!(false, "the core addressed {to}, not a peer");
+                continue;
+            };
+            let bytes = codec::encode_peer(self.cluster_id, self.me, &msgs);
+            self.send(&bytes, addr).await;
+        }
+        let mut replies = out.replies;
+        replies.append(&mut self.runtime_replies);
+        if replies.is_empty() {
+            return;
+        }
+        // Stable: replies to one client keep the core's order within their datagram.
+        replies.sort_by_key(|(token, _)| token.0);
+        for run in replies.chunk_by(|a, b| a.0 == b.0) {
+            let token = run[0].0;
+            let Some(addr) = self.clients.addr_of(token) else {
+                let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+                self.counters.dropped(
+                    DropReason::SendFailed,
+                    unknown,
+                    &format_args!("{} replies to a forgotten client address", run.len()),
+                );
+                continue;
+            };
+            let refs: Vec<&ClientReply> = run.iter().map(|(_, r)| r).collect();
+            self.send_replies(addr, &refs).await;
+        }
+    }
+
+    /// Sends `replies` to one client in as few datagrams as fit.
+    async fn send_replies(&mut self, addr: SocketAddr, replies: &[&ClientReply]) {
+        let mut start = 0;
+        while start < replies.len() {
+            let mut end = replies.len();
+            loop {
+                match postcard::to_slice(&replies[start..end], &mut self.payload_buf) {
+                    Ok(payload) => {
+                        let len = payload.len();
+                        self.datagram_buf.clear();
+                        wire::encode(
+                            Kind::ClientReplies,
+                            self.cluster_id,
+                            self.me.0,
+                            &self.payload_buf[..len],
+                            &mut self.datagram_buf,
+                        );
+                        let datagram = std::mem::take(&mut self.datagram_buf);
+                        self.send(&datagram, addr).await;
+                        self.datagram_buf = datagram;
+                        start = end;
+                        break;
+                    }
+                    Err(_) if end - start > 1 => end = start + (end - start) / 2,
+                    Err(e) => {
+                        self.counters.dropped(
+                            DropReason::SendFailed,
+                            addr,
+                            &format_args!("a single reply does not fit in a datagram: {e}"),
+                        );
+                        start = end;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&mut self, datagram: &[u8], addr: SocketAddr) {
+        match self.socket.send_to(datagram, addr).await {
+            Ok(_) => self.counters.datagrams_out += 1,
+            Err(e) => self.counters.dropped(
+                DropReason::SendFailed,
+                addr,
+                &format_args!("send failed: {e}"),
+            ),
+        }
+    }
+
+    fn log_metrics(&mut self) {
+        let c = &self.counters;
+        let drops = c.drops_total();
+        if drops > self.drops_logged {
+            tracing::info!(
+                datagrams_in = c.datagrams_in,
+                datagrams_out = c.datagrams_out,
+                client_requests = c.client_requests,
+                "datagrams dropped so far: {}",
+                c.drops_summary()
+            );
+        } else {
+            tracing::debug!(
+                datagrams_in = c.datagrams_in,
+                datagrams_out = c.datagrams_out,
+                client_requests = c.client_requests,
+                "traffic; drops: {}",
+                c.drops_summary()
+            );
+        }
+        self.drops_logged = drops;
+    }
+
+    /// Shutdown (or a fatal error): close the disk queue, wait for the batch in progress,
+    /// and on a clean shutdown let the core release what that batch made durable.
+    async fn finish(
+        mut self,
+        mut events: UnboundedReceiver<DiskEvent>,
+        result: Result<(), ServerError>,
+    ) -> Result<(), ServerError> {
+        if let Some(disk) = self.disk.take() {
+            let joined = tokio::task::spawn_blocking(move || disk.finish()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::error!("the disk thread panicked");
+            }
+        }
+        let mut failed = None;
+        while let Ok(ev) = events.try_recv() {
+            match ev {
+                DiskEvent::Done(ids) if result.is_ok() => {
+                    for id in ids {
+                        self.core.on_disk_done(id);
+                    }
+                }
+                DiskEvent::Failed(reason) => failed = Some(reason),
+                DiskEvent::Done(_) | DiskEvent::Full(_) | DiskEvent::Recovered => {}
+            }
+        }
+        if result.is_ok() {
+            self.flush().await;
+        }
+        // A storage failure's own words beat the generic "the disk thread stopped".
+        let result = match (result, failed) {
+            (Ok(()) | Err(ServerError::Disk(_)), Some(reason)) => Err(ServerError::Disk(reason)),
+            (result, _) => result,
+        };
+        self.log_metrics();
+        tracing::info!(node = self.me.0, "kvserver node stopped");
+        result
+    }
+}

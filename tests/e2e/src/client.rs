@@ -1,0 +1,244 @@
+//! A small blocking client for the tests: one UDP socket, one session, leader redirects
+//! and retries under the same sequence number (so a retried write applies once). It
+//! speaks the same protocol as kvcli, built from kv-shared's types only, so a test
+//! failure points at the server and not at a client library.
+
+use bytes::Bytes;
+use kv_shared::proto::{ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome};
+use kv_shared::wire::{self, Kind};
+use kv_shared::{ClientId, NodeId, ShardId};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+/// How long one attempt waits for its reply before trying another node.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(300);
+/// How long a request is retried before the call gives up.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client session.
+#[derive(Debug)]
+pub struct Client {
+    socket: UdpSocket,
+    cluster_id: u64,
+    nodes: Vec<(NodeId, SocketAddr)>,
+    shards: u32,
+    id: ClientId,
+    seq: u64,
+    leaders: HashMap<ShardId, NodeId>,
+    next_node: usize,
+    buf: Vec<u8>,
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// No node gave a final answer within the call timeout; the last thing heard.
+    GaveUp(String),
+    /// The request was answered with an error that retrying does not fix.
+    Refused(ClientError),
+}
+
+impl Client {
+    /// A new session (random client id) for the cluster `nodes`.
+    pub fn new(cluster_id: u64, nodes: Vec<(NodeId, SocketAddr)>, shards: u32) -> Client {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind client socket");
+        let id = ClientId(
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish(),
+        );
+        Client {
+            socket,
+            cluster_id,
+            nodes,
+            shards,
+            id,
+            seq: 0,
+            leaders: HashMap::new(),
+            next_node: 0,
+            buf: vec![0; kv_shared::limits::DATAGRAM_BYTES_MAX + 1],
+        }
+    }
+
+    /// This session's client id.
+    pub fn id(&self) -> ClientId {
+        self.id
+    }
+
+    /// Runs `op` at the key's shard leader, following redirects and retrying other nodes
+    /// (same sequence number) until a final answer or [`CALL_TIMEOUT`].
+    pub fn call(&mut self, op: Op) -> Result<Outcome, CallError> {
+        self.call_within(op, CALL_TIMEOUT)
+    }
+
+    /// [`Client::call`] with an explicit overall timeout.
+    pub fn call_within(&mut self, op: Op, timeout: Duration) -> Result<Outcome, CallError> {
+        self.seq += 1;
+        let req = ClientRequest {
+            client: self.id,
+            seq: self.seq,
+            op,
+        };
+        let shard = req
+            .op
+            .key()
+            .map(|k| kv_shared::shard::shard_for_key(k, self.shards));
+        let deadline = Instant::now() + timeout;
+        let mut target = shard
+            .and_then(|s| self.leaders.get(&s).copied())
+            .unwrap_or_else(|| self.round_robin());
+        let mut last = String::from("no attempt");
+        while Instant::now() < deadline {
+            let outcome = match self.attempt(target, &req) {
+                Some(o) => o,
+                None => {
+                    last = format!("no reply from {target} within {ATTEMPT_TIMEOUT:?}");
+                    target = self.round_robin();
+                    continue;
+                }
+            };
+            match outcome {
+                Outcome::Error(ClientError::NotLeader {
+                    leader: Some(l), ..
+                }) if l != target => {
+                    last = format!("{target} redirected to {l}");
+                    target = l;
+                }
+                Outcome::Error(e @ ClientError::NotLeader { .. })
+                | Outcome::Error(e @ ClientError::NoQuorum { .. })
+                | Outcome::Error(e @ ClientError::Timeout { .. })
+                | Outcome::Error(e @ ClientError::Unavailable { .. })
+                | Outcome::Error(e @ ClientError::Overloaded { .. }) => {
+                    last = format!("{target}: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                    target = self.round_robin();
+                }
+                Outcome::Error(e) => return Err(CallError::Refused(e)),
+                other => {
+                    if let Some(s) = shard {
+                        self.leaders.insert(s, target);
+                    }
+                    return Ok(other);
+                }
+            }
+        }
+        Err(CallError::GaveUp(last))
+    }
+
+    /// Sends `op` to `node` once, without redirects; `None` if no reply came in time.
+    pub fn call_at(&mut self, node: NodeId, op: Op) -> Option<Outcome> {
+        self.seq += 1;
+        let req = ClientRequest {
+            client: self.id,
+            seq: self.seq,
+            op,
+        };
+        self.attempt(node, &req)
+    }
+
+    /// Writes `key = value`; panics unless acknowledged.
+    pub fn put(&mut self, key: &str, value: &str) {
+        let outcome = self.try_put(key, value);
+        assert_eq!(outcome, Ok(Outcome::Done), "put {key}");
+    }
+
+    /// Writes `key = value`, returning the final outcome.
+    pub fn try_put(&mut self, key: &str, value: &str) -> Result<Outcome, CallError> {
+        self.call(Op::Put {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        })
+    }
+
+    /// A linearizable read; panics unless answered.
+    pub fn get(&mut self, key: &str) -> Option<String> {
+        match self.call(Op::Get {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            stale: false,
+        }) {
+            Ok(Outcome::Value(v)) => v.map(|b| String::from_utf8_lossy(&b).into_owned()),
+            other => panic!("get {key}: {other:?}"),
+        }
+    }
+
+    /// A stale read served by `node` from its own state (`None` if it did not answer).
+    pub fn stale_get_at(&mut self, node: NodeId, key: &str) -> Option<Option<String>> {
+        match self.call_at(
+            node,
+            Op::Get {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                stale: true,
+            },
+        )? {
+            Outcome::Value(v) => Some(v.map(|b| String::from_utf8_lossy(&b).into_owned())),
+            _ => None,
+        }
+    }
+
+    /// `node`'s status table, or `None` if it did not answer in time.
+    pub fn status(&mut self, node: NodeId) -> Option<NodeStatus> {
+        match self.call_at(node, Op::Status)? {
+            Outcome::Status(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Sends raw bytes to `node` (for the tests of malformed datagrams).
+    pub fn send_raw(&self, node: NodeId, bytes: &[u8]) {
+        self.socket
+            .send_to(bytes, self.addr(node))
+            .expect("send raw datagram");
+    }
+
+    fn round_robin(&mut self) -> NodeId {
+        let n = self.nodes[self.next_node % self.nodes.len()].0;
+        self.next_node += 1;
+        n
+    }
+
+    fn addr(&self, node: NodeId) -> SocketAddr {
+        self.nodes
+            .iter()
+            .find(|(id, _)| *id == node)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("{node} is not a node of this cluster"))
+    }
+
+    /// One send and the wait for the reply to exactly this request.
+    fn attempt(&mut self, node: NodeId, req: &ClientRequest) -> Option<Outcome> {
+        let datagram =
+            wire::encode_value(Kind::ClientRequests, self.cluster_id, 0, &vec![req.clone()])
+                .expect("request fits a datagram");
+        let addr = self.addr(node);
+        self.socket.send_to(&datagram, addr).ok()?;
+        let deadline = Instant::now() + ATTEMPT_TIMEOUT;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            self.socket
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .expect("set_read_timeout");
+            let n = match self.socket.recv_from(&mut self.buf) {
+                Ok((n, _)) => n,
+                Err(_) => continue,
+            };
+            let Ok((header, payload)) = wire::decode(&self.buf[..n], self.cluster_id) else {
+                continue;
+            };
+            if header.kind != Kind::ClientReplies {
+                continue;
+            }
+            let Ok(replies) = wire::decode_value::<Vec<ClientReply>>(payload) else {
+                continue;
+            };
+            // Late replies to earlier requests of this session are skipped.
+            if let Some(r) = replies
+                .into_iter()
+                .find(|r| r.client == req.client && r.seq == req.seq)
+            {
+                return Some(r.outcome);
+            }
+        }
+    }
+}

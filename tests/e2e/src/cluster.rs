@@ -1,0 +1,297 @@
+//! A cluster of real `kvserver` processes on loopback: free ports, a temp cluster file,
+//! a temp data directory and a log file per node. Dropping the [`Cluster`] kills every
+//! process it started (also while a test panics, when it also prints the tail of each
+//! node's log and keeps the temp directory for a post-mortem).
+
+use crate::client::Client;
+use kv_shared::proto::{NodeStatus, Role};
+use kv_shared::{NodeId, ShardId};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Set to a tracing filter (e.g. `debug`) to change the nodes' log level.
+pub const LOG_ENV: &str = "KV_E2E_LOG";
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// Number of nodes (ids 1..=nodes).
+    pub nodes: usize,
+    /// Number of shards.
+    pub shards: u32,
+    /// `--snapshot-threshold` for every node, if set.
+    pub snapshot_threshold: Option<u64>,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            nodes: 3,
+            shards: 8,
+            snapshot_threshold: None,
+        }
+    }
+}
+
+/// A running cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    dir: Option<tempfile::TempDir>,
+    spec: Spec,
+    cluster_id: u64,
+    nodes: Vec<(NodeId, SocketAddr)>,
+    children: BTreeMap<NodeId, Child>,
+    config_path: PathBuf,
+}
+
+impl Cluster {
+    /// Writes the cluster file and starts every node.
+    pub fn start(spec: Spec) -> Cluster {
+        let mut c = Cluster::prepare(spec);
+        for (id, _) in c.nodes.clone() {
+            c.spawn(id);
+        }
+        c
+    }
+
+    /// Writes the cluster file but starts nothing.
+    pub fn prepare(spec: Spec) -> Cluster {
+        let bin = crate::bin::kvserver();
+        assert!(bin.exists());
+        let dir = tempfile::Builder::new()
+            .prefix("kv-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        // Bind them all at once so the ports differ; the kernel hands out free ones.
+        let sockets: Vec<UdpSocket> = (0..spec.nodes)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").expect("probe a free port"))
+            .collect();
+        let nodes: Vec<(NodeId, SocketAddr)> = sockets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (NodeId(i as u64 + 1), s.local_addr().expect("local addr")))
+            .collect();
+        drop(sockets);
+        let cluster_id = u64::from(std::process::id()) << 16 | u64::from(nodes[0].1.port());
+        let mut toml = format!(
+            "cluster_id = {cluster_id}\nshards = {}\ndata_dir = \"{}\"\n\n[timing]\n\
+             tick_ms = 10\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n",
+            spec.shards,
+            dir.path().display()
+        );
+        for (id, addr) in &nodes {
+            toml.push_str(&format!("\n[[nodes]]\nid = {}\naddr = \"{addr}\"\n", id.0));
+        }
+        let config_path = dir.path().join("cluster.toml");
+        std::fs::write(&config_path, toml).expect("write cluster file");
+        Cluster {
+            dir: Some(dir),
+            spec,
+            cluster_id,
+            nodes,
+            children: BTreeMap::new(),
+            config_path,
+        }
+    }
+
+    /// The node ids, ascending.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.iter().map(|(id, _)| *id).collect()
+    }
+
+    /// The shard count.
+    pub fn shards(&self) -> u32 {
+        self.spec.shards
+    }
+
+    /// The temp directory holding the cluster file, data directories and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("temp dir").path()
+    }
+
+    /// Node `id`'s data directory (the kvserver default, `<data_dir>/node-N`).
+    pub fn data_dir(&self, id: NodeId) -> PathBuf {
+        self.dir().join(format!("node-{}", id.0))
+    }
+
+    /// Node `id`'s log file (stdout and stderr of every run, appended).
+    pub fn log_path(&self, id: NodeId) -> PathBuf {
+        self.dir().join(format!("node-{}.log", id.0))
+    }
+
+    /// Node `id`'s whole log so far.
+    pub fn log(&self, id: NodeId) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+
+    /// A fresh client session for this cluster.
+    pub fn client(&self) -> Client {
+        Client::new(self.cluster_id, self.nodes.clone(), self.spec.shards)
+    }
+
+    /// The cluster id in the cluster file.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    /// True if node `id` was started and not yet killed or reaped.
+    pub fn is_running(&self, id: NodeId) -> bool {
+        self.children.contains_key(&id)
+    }
+
+    /// Starts node `id` (which must not be running).
+    pub fn spawn(&mut self, id: NodeId) {
+        assert!(!self.is_running(id), "{id} is already running");
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .expect("open node log");
+        writeln!(log, "==== kv-e2e: starting {id} ====").expect("write node log");
+        let log_err = log.try_clone().expect("clone log handle");
+        let mut cmd = Command::new(crate::bin::kvserver());
+        cmd.arg("--config")
+            .arg(&self.config_path)
+            .arg("--node")
+            .arg(id.0.to_string())
+            .arg("--log-level")
+            .arg(std::env::var(LOG_ENV).unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        if let Some(n) = self.spec.snapshot_threshold {
+            cmd.arg("--snapshot-threshold").arg(n.to_string());
+        }
+        let child = cmd.spawn().expect("spawn kvserver");
+        self.children.insert(id, child);
+    }
+
+    /// kill -9 of node `id`, then reaps it.
+    pub fn kill9(&mut self, id: NodeId) {
+        let mut child = self.children.remove(&id).expect("node is running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap killed node");
+    }
+
+    /// SIGTERM to node `id`; waits up to `timeout` for it to exit and returns how.
+    pub fn terminate(&mut self, id: NodeId, timeout: Duration) -> ExitStatus {
+        let child = self.children.get(&id).expect("node is running");
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("child pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        self.wait_exit(id, timeout)
+            .unwrap_or_else(|| panic!("{id} did not exit within {timeout:?} of SIGTERM"))
+    }
+
+    /// Waits up to `timeout` for node `id` to exit on its own; reaps it if it did.
+    pub fn wait_exit(&mut self, id: NodeId, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.children.get_mut(&id).expect("node is running");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.children.remove(&id);
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Panics (with the node's log) if node `id` has exited.
+    pub fn assert_alive(&mut self, id: NodeId) {
+        let child = self.children.get_mut(&id).expect("node is running");
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            panic!("{id} exited with {status}; log:\n{}", self.log(id));
+        }
+    }
+
+    /// Polls the status of every running node until each shard has a leader that the
+    /// leader itself and every running node agree on; returns shard -> leader.
+    pub fn wait_for_leaders(
+        &mut self,
+        client: &mut Client,
+        timeout: Duration,
+    ) -> BTreeMap<ShardId, NodeId> {
+        let running: Vec<NodeId> = self.children.keys().copied().collect();
+        let shards = self.spec.shards;
+        let found = crate::wait_for("a leader for every shard", timeout, || {
+            let statuses: Vec<NodeStatus> = running
+                .iter()
+                .map(|&n| client.status(n))
+                .collect::<Option<_>>()?;
+            let mut leaders = BTreeMap::new();
+            for s in 0..shards {
+                let shard = ShardId(s);
+                let leader = statuses.iter().find_map(|st| {
+                    let row = st.shards.iter().find(|r| r.shard == shard)?;
+                    (row.role == Role::Leader).then_some(st.node)
+                })?;
+                let agreed = statuses.iter().all(|st| {
+                    st.shards
+                        .iter()
+                        .any(|r| r.shard == shard && r.leader == Some(leader))
+                });
+                if !agreed {
+                    return None;
+                }
+                leaders.insert(shard, leader);
+            }
+            Some(leaders)
+        });
+        for id in running {
+            self.assert_alive(id);
+        }
+        found
+    }
+
+    /// Kills every node (used on drop; also handy to simulate a whole-cluster crash).
+    pub fn kill_all(&mut self) {
+        let ids: Vec<NodeId> = self.children.keys().copied().collect();
+        for id in ids {
+            self.kill9(id);
+        }
+    }
+
+    fn print_logs(&self) {
+        for (id, _) in &self.nodes {
+            let log = self.log(*id);
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(80)..];
+            eprintln!("---- last {} lines of {id}'s log ----", tail.len());
+            for l in tail {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, mut child) in std::mem::take(&mut self.children) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            self.print_logs();
+            if let Some(dir) = self.dir.take() {
+                let kept = dir.keep();
+                eprintln!("kv-e2e: kept the cluster's files in {}", kept.display());
+            }
+        }
+    }
+}
+
+/// Opens `path` for reading and writing (for the WAL damage tests).
+pub fn open_rw(path: &Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
