@@ -87,7 +87,9 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         return None;
     }
     let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    pairs.map(|p| Some((digit(p[0])? << 4) | digit(p[1])?)).collect()
+    pairs
+        .map(|p| Some((digit(p[0])? << 4) | digit(p[1])?))
+        .collect()
 }
 
 #[cfg(test)]

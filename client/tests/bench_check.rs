@@ -1,0 +1,116 @@
+//! `bench` against the fake cluster: the report adds up, and `--check` passes on a correct
+//! cluster but catches a planted stale read.
+
+mod common;
+
+use common::FakeCluster;
+use kv_shared::linearizability::{KvOp, KvResult, Verdict};
+use kvcli::bench::{check_history, run, BenchOptions, Dist};
+use kvcli::Client;
+use std::time::Duration;
+
+fn options(ops: u64, keys: u64) -> BenchOptions {
+    BenchOptions {
+        clients: 8,
+        duration: None,
+        ops: Some(ops),
+        read_fraction: 0.5,
+        keys,
+        key_size: 12,
+        value_size: 24,
+        dist: Dist::Uniform,
+        stale_reads: false,
+        record: true,
+        seed: 3,
+    }
+}
+
+#[tokio::test]
+async fn a_correct_cluster_passes_the_check_and_the_report_adds_up() {
+    let fake = FakeCluster::start(3, 4, Some(2));
+    let client = Client::connect(fake.options()).await.unwrap();
+    let r = run(&client, options(1500, 10), |_| {}).await;
+    let rep = &r.report;
+    assert_eq!(rep.ops, 1500);
+    assert_eq!(rep.reads + rep.writes, 1500);
+    assert_eq!(rep.errors, 0);
+    assert_eq!(rep.ops_per_shard.iter().sum::<u64>(), 1500);
+    assert_eq!(rep.ops_per_shard.len(), 4);
+    assert!(
+        rep.latency.p50_us > 0
+            && rep.latency.p50_us <= rep.latency.p99_us
+            && rep.latency.p99_us <= rep.latency.max_us
+    );
+    assert!(rep.client.datagrams_sent <= rep.client.requests_sent);
+    assert_eq!(r.history.len(), 1500);
+    let writes_applied = fake.ctl().applied.len() as u64;
+    assert_eq!(writes_applied, rep.writes);
+    let outcome = check_history(&r.history, Default::default()).unwrap();
+    assert_eq!(outcome.verdict, Verdict::Linearizable);
+    assert_eq!(outcome.checked, 1500);
+}
+
+#[tokio::test]
+async fn the_check_catches_a_planted_stale_read() {
+    let fake = FakeCluster::start(1, 2, Some(1));
+    let client = Client::connect(fake.options()).await.unwrap();
+    fake.ctl().stale_reads = 1;
+    // Few clients over many keys: keys are written seldom, so a key's last write is often
+    // older than the fake's STALE_AFTER when it is read, and the stale read gets planted.
+    let mut o = options(u64::MAX, 50);
+    o.clients = 4;
+    o.ops = None;
+    o.duration = Some(Duration::from_millis(600));
+    let r = run(&client, o, |_| {}).await;
+    assert_eq!(
+        fake.ctl().stale_served,
+        1,
+        "the fake had a chance to serve its stale read"
+    );
+    let outcome = check_history(&r.history, Default::default()).unwrap();
+    let Verdict::NotLinearizable {
+        minimal_history,
+        explanation,
+        ..
+    } = &outcome.verdict
+    else {
+        panic!("a stale read went unnoticed: {:?}", outcome.verdict);
+    };
+    assert!(
+        minimal_history
+            .iter()
+            .any(|op| op.op == KvOp::Get && matches!(op.result, KvResult::Value(_))),
+        "the failing history names a read: {minimal_history:?}"
+    );
+    assert!(
+        minimal_history.len() <= 4,
+        "shrunk to a few operations: {minimal_history:?}"
+    );
+    let text = kvcli::bench::render_check(&outcome);
+    assert!(text.contains("NOT linearizable"), "{text}");
+    assert!(!explanation.is_empty());
+}
+
+#[tokio::test]
+async fn errors_are_counted_by_kind_and_unknown_writes_recorded() {
+    let fake = FakeCluster::start(1, 1, Some(1));
+    let mut opts = fake.options();
+    opts.unavailable_after = Duration::from_millis(150);
+    let client = Client::connect(opts).await.unwrap();
+    fake.ctl().silent = true;
+    let mut o = options(4, 3);
+    o.clients = 2;
+    o.read_fraction = 0.0;
+    let r = run(&client, o, |_| {}).await;
+    assert_eq!(r.report.errors, 4);
+    assert_eq!(r.report.errors_by_kind.get("no-leader"), Some(&4));
+    assert!(r
+        .history
+        .iter()
+        .all(|h| h.outcome == kvcli::history::Outcome::Unknown));
+    // Unknown writes never make a history fail.
+    assert!(check_history(&r.history, Default::default())
+        .unwrap()
+        .verdict
+        .is_linearizable());
+}

@@ -1,0 +1,171 @@
+//! The kvcli binary against the fake cluster: one-shot exit codes, script mode (one result
+//! per line, stop at the first error or keep going), JSON output, and bench's history file.
+
+mod common;
+
+use common::FakeCluster;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+/// Runs kvcli against `fake` with `args`, feeding `stdin`.
+fn kvcli(fake: &FakeCluster, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvcli"))
+        .args([
+            "--nodes",
+            &fake.nodes_flag(),
+            "--cluster-id",
+            &fake.cluster_id.to_string(),
+        ])
+        .args(["--attempt-timeout", "100ms", "--unavailable-after", "500ms"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kvcli starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn one_shot_commands_exit_0_1_or_2() {
+    let fake = FakeCluster::start(3, 4, Some(1));
+    let o = kvcli(&fake, &["put", "greeting", "hello world"], "");
+    assert_eq!(
+        (o.status.code(), text(&o.stdout)),
+        (Some(0), "OK\n".into()),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = kvcli(&fake, &["get", "greeting"], "");
+    assert_eq!(
+        (o.status.code(), text(&o.stdout)),
+        (Some(0), "hello world\n".into())
+    );
+    let o = kvcli(&fake, &["get", "nope"], "");
+    assert_eq!(
+        (o.status.code(), text(&o.stdout)),
+        (Some(1), "(not found)\n".into())
+    );
+    let o = kvcli(&fake, &["cas", "greeting", "bye", "x"], "");
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        text(&o.stdout),
+        "cas mismatch: the current value is hello world\n"
+    );
+    let o = kvcli(&fake, &["cas", "lock", "--absent", "hex:00ff"], "");
+    assert_eq!(o.status.code(), Some(0));
+    let o = kvcli(&fake, &["--json", "get", "lock"], "");
+    assert_eq!(
+        text(&o.stdout),
+        "{\"result\":\"ok\",\"value\":\"hex:00ff\"}\n"
+    );
+    let o = kvcli(&fake, &["put", "k"], "");
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(text(&o.stderr), "error: usage: put KEY VALUE\n");
+    fake.ctl().leader = None;
+    let o = kvcli(&fake, &["put", "k", "v"], "");
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert!(
+        err.starts_with("error: unavailable: shard ") && err.contains("has no leader"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn a_script_prints_one_result_per_line_and_stops_at_the_first_error() {
+    let fake = FakeCluster::start(1, 2, Some(1));
+    let script = "put a 1\n# a comment\n\nget a\nget \"no such\"\nbogus\nget a\n";
+    let o = kvcli(&fake, &[], script);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(text(&o.stdout), "OK\n1\n(not found)\n");
+    assert_eq!(
+        text(&o.stderr),
+        "error: line 6: unknown command \"bogus\"; type help for the list\n"
+    );
+
+    let o = kvcli(&fake, &["--keep-going"], script);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(text(&o.stdout), "OK\n1\n(not found)\n1\n");
+
+    let o = kvcli(&fake, &["--json", "--keep-going"], script);
+    let lines: Vec<serde_json::Value> = text(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let results: Vec<&str> = lines
+        .iter()
+        .map(|l| l["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(results, ["ok", "ok", "not-found", "error", "ok"]);
+
+    let o = kvcli(&fake, &[], "put x 1\ndel x\nget x\nquit\nget x\n");
+    assert_eq!(
+        (o.status.code(), text(&o.stdout)),
+        (Some(0), "OK\nOK\n(not found)\n".into())
+    );
+}
+
+#[test]
+fn status_and_shard_show_the_leader() {
+    let fake = FakeCluster::start(3, 2, Some(2));
+    let o = kvcli(&fake, &["status"], "");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.starts_with("SHARD  LEADER  TERM"), "{out}");
+    assert!(out.contains("s1     n2"), "{out}");
+    assert_eq!(out.matches(" up ").count(), 3, "{out}");
+    let o = kvcli(&fake, &["--json", "shard", "k"], "");
+    let v: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap();
+    assert_eq!(v["leader"], 2);
+}
+
+#[test]
+fn bench_writes_a_checkable_history_and_a_json_report() {
+    let fake = FakeCluster::start(3, 4, Some(3));
+    let dir = std::env::temp_dir().join(format!("kvcli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let history = dir.join("run.jsonl");
+    let o = kvcli(
+        &fake,
+        &[
+            "--json",
+            "bench",
+            "--clients",
+            "8",
+            "--ops",
+            "400",
+            "--keys",
+            "20",
+            "--check",
+            "--history",
+            history.to_str().unwrap(),
+        ],
+        "",
+    );
+    let stderr = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap();
+    assert_eq!(report["ops"], 400);
+    assert_eq!(report["check"]["verdict"], "linearizable");
+    assert!(report["cpu"]["percent_of_one_core"].as_f64().unwrap() >= 0.0);
+    let lines = std::fs::read_to_string(&history).unwrap();
+    let records = kvcli::history::read_jsonl(&lines).unwrap();
+    assert_eq!(records.len(), 400);
+    assert!(
+        stderr.contains("history: 400 operations written"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,333 @@
+//! A fake raftkv cluster for kvcli's tests: N UDP "nodes" on loopback sharing one in-memory
+//! map, one of them leading every shard. Tests steer it (move or remove the leader, drop
+//! requests or replies, delay replies, serve a stale read) and inspect what it received.
+//! It runs on its own thread and runtime, so a kvcli process or client can talk to it.
+
+#![allow(dead_code)] // Each test binary uses a different part of the fake.
+
+use bytes::Bytes;
+use kv_shared::proto::{
+    ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role, ShardStatus,
+};
+use kv_shared::shard::shard_for_key;
+use kv_shared::wire::{self, Kind};
+use kv_shared::{ClientId, NodeId, ShardId};
+use kvcli::client::{ClientOptions, NodeAddr};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A stale read is served only for a key whose latest write is at least this old, so that
+/// the read was (on loopback, all but certainly) invoked after that write completed.
+pub const STALE_AFTER: Duration = Duration::from_millis(20);
+
+/// The fake's state and knobs.
+#[derive(Default)]
+pub struct Ctl {
+    /// Node id leading every shard; `None`: no leader anywhere.
+    pub leader: Option<u64>,
+    /// Non-leaders include the leader hint in redirects.
+    pub hint: bool,
+    /// The map.
+    pub data: HashMap<Bytes, Bytes>,
+    /// Per key: the value before its latest write, and when that write happened.
+    pub prev: HashMap<Bytes, (Option<Bytes>, Instant)>,
+    /// Per client: latest applied seq and its outcome (the session table).
+    pub sessions: HashMap<ClientId, (u64, Outcome)>,
+    /// Every application of a write, by (client, seq).
+    pub applied: Vec<(ClientId, u64)>,
+    /// Every request received: (node id, client, seq, op).
+    pub received: Vec<(u64, ClientId, u64, Op)>,
+    /// Datagrams received per node id, and how many requests each carried.
+    pub datagrams: Vec<(u64, usize)>,
+    /// Drop this many of the next requests at the leader, unapplied.
+    pub drop_requests: usize,
+    /// Apply this many of the next writes at the leader but send no reply.
+    pub drop_replies: usize,
+    /// Answer this many of the next eligible gets with the key's previous value.
+    pub stale_reads: usize,
+    /// Stale reads served.
+    pub stale_served: usize,
+    /// Delay before each reply datagram.
+    pub delay: Duration,
+    /// Drop every datagram (the whole cluster is down).
+    pub silent: bool,
+}
+
+/// A running fake cluster.
+pub struct FakeCluster {
+    /// The cluster id it expects.
+    pub cluster_id: u64,
+    /// Shard count.
+    pub shards: u32,
+    /// Node addresses; node i+1 is at `nodes[i]`.
+    pub nodes: Vec<SocketAddr>,
+    /// The state and knobs.
+    pub ctl: Arc<Mutex<Ctl>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeCluster {
+    /// Starts `n` nodes with `shards` shards, node `leader` leading them all.
+    pub fn start(n: usize, shards: u32, leader: Option<u64>) -> FakeCluster {
+        let cluster_id = 4242;
+        let ctl = Arc::new(Mutex::new(Ctl {
+            leader,
+            hint: true,
+            ..Ctl::default()
+        }));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let ctl2 = ctl.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut addrs = Vec::new();
+                let mut sockets = Vec::new();
+                for _ in 0..n {
+                    let s = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+                    addrs.push(s.local_addr().unwrap());
+                    sockets.push(s);
+                }
+                addr_tx.send(addrs).unwrap();
+                for (i, s) in sockets.into_iter().enumerate() {
+                    tokio::spawn(node_loop(
+                        i as u64 + 1,
+                        s,
+                        ctl2.clone(),
+                        cluster_id,
+                        shards,
+                        n,
+                    ));
+                }
+                let _ = stop_rx.await;
+            });
+        });
+        let nodes = addr_rx.recv().unwrap();
+        FakeCluster {
+            cluster_id,
+            shards,
+            nodes,
+            ctl,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Client options for this cluster as `--nodes` would give them (ids unknown), with
+    /// short timeouts so that tests are quick.
+    pub fn options(&self) -> ClientOptions {
+        let mut o = ClientOptions::from_addrs(
+            self.cluster_id,
+            self.nodes
+                .iter()
+                .map(|&addr| NodeAddr { id: None, addr })
+                .collect(),
+        );
+        o.attempt_timeout = Duration::from_millis(100);
+        o.backoff_base = Duration::from_millis(5);
+        o.backoff_max = Duration::from_millis(50);
+        o.unavailable_after = Duration::from_secs(3);
+        o.discovery_timeout = Duration::from_secs(2);
+        o
+    }
+
+    /// `--nodes a,b,c` for the kvcli binary.
+    pub fn nodes_flag(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Locks the state.
+    pub fn ctl(&self) -> std::sync::MutexGuard<'_, Ctl> {
+        self.ctl.lock().unwrap()
+    }
+}
+
+impl Drop for FakeCluster {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn node_loop(
+    me: u64,
+    socket: Arc<tokio::net::UdpSocket>,
+    ctl: Arc<Mutex<Ctl>>,
+    cluster_id: u64,
+    shards: u32,
+    n: usize,
+) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let Ok((len, from)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let Ok((h, payload)) = wire::decode(&buf[..len], cluster_id) else {
+            continue;
+        };
+        assert_eq!(
+            h.kind,
+            Kind::ClientRequests,
+            "kvcli sends only client requests"
+        );
+        assert_eq!(h.sender, 0, "clients send as node 0");
+        let reqs: Vec<ClientRequest> =
+            wire::decode_value(payload).expect("kvcli's payload decodes");
+        let (replies, delay) = {
+            let mut c = ctl.lock().unwrap();
+            if c.silent {
+                continue;
+            }
+            c.datagrams.push((me, reqs.len()));
+            let replies: Vec<ClientReply> = reqs
+                .into_iter()
+                .filter_map(|r| answer(&mut c, me, r, shards, n))
+                .collect();
+            (replies, c.delay)
+        };
+        if replies.is_empty() {
+            continue;
+        }
+        let datagram =
+            wire::encode_value(Kind::ClientReplies, cluster_id, me, &replies).expect("replies fit");
+        let socket = socket.clone();
+        if delay.is_zero() {
+            let _ = socket.send_to(&datagram, from).await;
+        } else {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = socket.send_to(&datagram, from).await;
+            });
+        }
+    }
+}
+
+fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Option<ClientReply> {
+    c.received.push((me, r.client, r.seq, r.op.clone()));
+    let reply = |outcome| {
+        Some(ClientReply {
+            client: r.client,
+            seq: r.seq,
+            outcome,
+        })
+    };
+    if r.op == Op::Status {
+        let leader = c.leader.map(NodeId);
+        let status = NodeStatus {
+            node: NodeId(me),
+            shard_count: shards,
+            shards: (0..shards)
+                .map(|s| ShardStatus {
+                    shard: ShardId(s),
+                    role: if c.leader == Some(me) {
+                        Role::Leader
+                    } else {
+                        Role::Follower
+                    },
+                    term: 1,
+                    leader,
+                    commit: 0,
+                    applied: 0,
+                    log_entries: 0,
+                    snapshot_index: 0,
+                    keys: 0,
+                    replicas: vec![],
+                })
+                .collect(),
+            peers: (1..=n as u64)
+                .filter(|p| *p != me)
+                .map(|p| (NodeId(p), Some(5)))
+                .collect(),
+        };
+        return reply(Outcome::Status(status));
+    }
+    let key = r.op.key().expect("keyed").clone();
+    let shard = shard_for_key(&key, shards);
+    if c.leader != Some(me) {
+        let hint = if c.hint { c.leader.map(NodeId) } else { None };
+        return reply(Outcome::Error(ClientError::NotLeader {
+            shard,
+            leader: hint,
+        }));
+    }
+    if c.drop_requests > 0 {
+        c.drop_requests -= 1;
+        return None;
+    }
+    if let Op::Get { .. } = r.op {
+        if c.stale_reads > 0 {
+            if let Some((old, at)) = c.prev.get(&key) {
+                if at.elapsed() >= STALE_AFTER {
+                    let old = old.clone();
+                    c.stale_reads -= 1;
+                    c.stale_served += 1;
+                    return reply(Outcome::Value(old));
+                }
+            }
+        }
+        return reply(Outcome::Value(c.data.get(&key).cloned()));
+    }
+    // A write: deduplicate by session, as the real state machine does.
+    if let Some((latest, outcome)) = c.sessions.get(&r.client) {
+        if r.seq == *latest {
+            let outcome = outcome.clone();
+            if c.drop_replies > 0 {
+                c.drop_replies -= 1;
+                return None;
+            }
+            return reply(outcome);
+        }
+        if r.seq < *latest {
+            return reply(Outcome::Error(ClientError::StaleSequence {
+                seq: r.seq,
+                latest: *latest,
+            }));
+        }
+    }
+    let before = c.data.get(&key).cloned();
+    let outcome = match &r.op {
+        Op::Put { value, .. } => {
+            c.data.insert(key.clone(), value.clone());
+            Outcome::Done
+        }
+        Op::Delete { .. } => {
+            c.data.remove(&key);
+            Outcome::Done
+        }
+        Op::Cas { expected, new, .. } => {
+            if &before == expected {
+                c.data.insert(key.clone(), new.clone());
+                Outcome::CasOk
+            } else {
+                Outcome::CasMismatch {
+                    current: before.clone(),
+                }
+            }
+        }
+        Op::Get { .. } | Op::Status => unreachable!("handled above"),
+    };
+    if c.data.get(&key) != before.as_ref() {
+        c.prev.insert(key, (before, Instant::now()));
+    }
+    c.applied.push((r.client, r.seq));
+    c.sessions.insert(r.client, (r.seq, outcome.clone()));
+    if c.drop_replies > 0 {
+        c.drop_replies -= 1;
+        return None;
+    }
+    reply(outcome)
+}

@@ -1,0 +1,245 @@
+//! The client library against the fake cluster: discovery, routing to the leader,
+//! redirects, retries under the same sequence number, the unavailability deadline, limits
+//! and batching.
+
+mod common;
+
+use bytes::Bytes;
+use common::FakeCluster;
+use kv_shared::proto::Op;
+use kvcli::{Client, Error, Response};
+use std::time::{Duration, Instant};
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+#[tokio::test]
+async fn learns_shards_and_leader_then_talks_only_to_the_leader() {
+    let fake = FakeCluster::start(3, 4, Some(2));
+    let client = Client::connect(fake.options()).await.unwrap();
+    assert_eq!(client.shard_count(), Some(4));
+    let ids: Vec<_> = client.nodes().iter().map(|n| n.id.map(|i| i.0)).collect();
+    assert_eq!(
+        ids,
+        vec![Some(1), Some(2), Some(3)],
+        "ids learned from Status replies"
+    );
+    let mut s = client.session();
+    s.put(b("k"), b("v")).await.unwrap();
+    assert_eq!(s.get(b("k")).await.unwrap(), Some(b("v")));
+    assert_eq!(s.get(b("missing")).await.unwrap(), None);
+    let shard = client.shard_of(b"k").unwrap();
+    assert_eq!(client.cached_leader(shard).unwrap().addr, fake.nodes[1]);
+    let ctl = fake.ctl();
+    let keyed: Vec<u64> = ctl
+        .received
+        .iter()
+        .filter(|r| r.3 != Op::Status)
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(
+        keyed,
+        vec![2, 2, 2],
+        "every keyed request went straight to the leader"
+    );
+}
+
+#[tokio::test]
+async fn follows_a_redirect_when_the_leader_moves() {
+    let fake = FakeCluster::start(3, 2, Some(1));
+    let client = Client::connect(fake.options()).await.unwrap();
+    let mut s = client.session();
+    s.put(b("a"), b("1")).await.unwrap();
+    fake.ctl().leader = Some(3);
+    s.put(b("a"), b("2")).await.unwrap();
+    assert_eq!(client.metrics().redirects, 1);
+    assert_eq!(
+        client
+            .cached_leader(client.shard_of(b"a").unwrap())
+            .unwrap()
+            .addr,
+        fake.nodes[2]
+    );
+    let ctl = fake.ctl();
+    let second: Vec<(u64, u64)> = ctl
+        .received
+        .iter()
+        .filter(|r| r.3 != Op::Status)
+        .skip(1)
+        .map(|r| (r.0, r.2))
+        .collect();
+    assert_eq!(
+        second,
+        vec![(1, 2), (3, 2)],
+        "old leader first, then the hinted one, same seq"
+    );
+    assert_eq!(ctl.data.get(&b("a")), Some(&b("2")));
+}
+
+#[tokio::test]
+async fn finds_the_leader_without_hints_by_trying_the_nodes() {
+    let fake = FakeCluster::start(3, 1, Some(3));
+    let client = Client::connect(fake.options()).await.unwrap();
+    {
+        let mut c = fake.ctl();
+        c.leader = Some(2);
+        c.hint = false;
+    }
+    let mut s = client.session();
+    s.put(b("k"), b("v")).await.unwrap();
+    assert_eq!(fake.ctl().data.get(&b("k")), Some(&b("v")));
+}
+
+#[tokio::test]
+async fn a_write_whose_reply_is_lost_is_retried_under_the_same_seq_and_applied_once() {
+    let fake = FakeCluster::start(3, 2, Some(1));
+    let client = Client::connect(fake.options()).await.unwrap();
+    let mut s = client.session();
+    fake.ctl().drop_replies = 2;
+    s.put(b("k"), b("v")).await.unwrap();
+    {
+        let ctl = fake.ctl();
+        let puts: Vec<(u64, u64)> = ctl
+            .received
+            .iter()
+            .filter(|r| matches!(r.3, Op::Put { .. }))
+            .map(|r| (r.1 .0, r.2))
+            .collect();
+        let at_leader = ctl
+            .received
+            .iter()
+            .filter(|r| matches!(r.3, Op::Put { .. }) && r.0 == 1)
+            .count();
+        assert_eq!(at_leader, 3, "two lost replies, then an answer: {puts:?}");
+        assert!(
+            puts.iter().all(|p| *p == puts[0]),
+            "every attempt carries the same (client, seq): {puts:?}"
+        );
+        assert_eq!(ctl.applied.len(), 1, "the write applied exactly once");
+    }
+    assert!(client.metrics().retries >= 2);
+    // The next request gets the next seq.
+    s.put(b("k"), b("w")).await.unwrap();
+    let last = fake.ctl().received.last().unwrap().2;
+    assert_eq!(last, 2);
+}
+
+#[tokio::test]
+async fn dropped_and_delayed_requests_are_retried_until_answered() {
+    let fake = FakeCluster::start(1, 1, Some(1));
+    let client = Client::connect(fake.options()).await.unwrap();
+    let mut s = client.session();
+    s.put(b("k"), b("v")).await.unwrap();
+    fake.ctl().drop_requests = 3;
+    assert_eq!(s.get(b("k")).await.unwrap(), Some(b("v")));
+    // Replies slower than the attempt timeout: the retry's (or the first's) late answer wins.
+    fake.ctl().delay = Duration::from_millis(150);
+    assert_eq!(s.get(b("k")).await.unwrap(), Some(b("v")));
+}
+
+#[tokio::test]
+async fn a_shard_without_leader_is_unavailable_after_the_deadline_not_a_hang() {
+    let fake = FakeCluster::start(3, 8, None);
+    let mut options = fake.options();
+    options.unavailable_after = Duration::from_millis(400);
+    let client = Client::connect(options).await.unwrap();
+    let mut s = client.session();
+    let start = Instant::now();
+    let e = s.put(b("k"), b("v")).await.unwrap_err();
+    let took = start.elapsed();
+    let shard = client.shard_of(b"k").unwrap();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with(&format!("unavailable: shard {} has no leader", shard.0)),
+        "{msg}"
+    );
+    assert!(
+        !e.outcome_unknown(),
+        "every node refused: the write was not applied"
+    );
+    assert!(matches!(e, Error::NoLeader { .. }));
+
+    // A cluster that answers nothing: same error, but a write's outcome is now unknown.
+    fake.ctl().silent = true;
+    let e = s.put(b("k"), b("v")).await.unwrap_err();
+    assert!(e.to_string().contains("did not answer"), "{e}");
+    assert!(e.outcome_unknown());
+}
+
+#[tokio::test]
+async fn connect_without_a_cluster_file_needs_an_answer() {
+    let fake = FakeCluster::start(2, 1, Some(1));
+    fake.ctl().silent = true;
+    let mut options = fake.options();
+    options.discovery_timeout = Duration::from_millis(200);
+    let e = Client::connect(options)
+        .await
+        .err()
+        .expect("nobody answered");
+    assert!(e.to_string().starts_with("no node answered within"), "{e}");
+    assert!(e.to_string().contains(&fake.nodes[1].to_string()), "{e}");
+}
+
+#[tokio::test]
+async fn limits_are_refused_before_sending() {
+    let fake = FakeCluster::start(1, 1, Some(1));
+    let client = Client::connect(fake.options()).await.unwrap();
+    let mut s = client.session();
+    let e = s
+        .put(Bytes::from(vec![b'k'; 2000]), b("v"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("KEY_BYTES_MAX"), "{e}");
+    let e = s
+        .put(b("k"), Bytes::from(vec![0; 40_000]))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("VALUE_BYTES_MAX"), "{e}");
+    assert!(fake.ctl().received.iter().all(|r| r.3 == Op::Status));
+}
+
+#[tokio::test]
+async fn cas_both_forms_and_mismatch() {
+    let fake = FakeCluster::start(1, 1, Some(1));
+    let client = Client::connect(fake.options()).await.unwrap();
+    let mut s = client.session();
+    assert_eq!(s.cas(b("c"), None, b("1")).await.unwrap(), Response::CasOk);
+    assert_eq!(
+        s.cas(b("c"), None, b("2")).await.unwrap(),
+        Response::CasMismatch {
+            current: Some(b("1"))
+        }
+    );
+    assert_eq!(
+        s.cas(b("c"), Some(b("1")), b("2")).await.unwrap(),
+        Response::CasOk
+    );
+    s.delete(b("c")).await.unwrap();
+    assert_eq!(s.get(b("c")).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn requests_ready_together_share_a_datagram() {
+    let fake = FakeCluster::start(1, 4, Some(1));
+    let client = Client::connect(fake.options()).await.unwrap();
+    let before = client.metrics();
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let mut s = client.session();
+            tokio::spawn(async move { s.put(Bytes::from(format!("k{i}")), b("v")).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let m = client.metrics();
+    assert_eq!(m.requests_sent - before.requests_sent, 50);
+    assert!(m.datagrams_sent - before.datagrams_sent <= 5, "{m:?}");
+    let biggest = fake.ctl().datagrams.iter().map(|d| d.1).max().unwrap();
+    assert!(biggest >= 10, "largest datagram carried {biggest} requests");
+}
