@@ -193,6 +193,7 @@ impl Raft {
             term_start: last + 1,
             transfer: None,
             reads: ReadRounds::default(),
+            lease: crate::lease::Lease::default(),
             bcast_pending: true,
         }));
         self.leader = Some(me);

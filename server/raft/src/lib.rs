@@ -24,13 +24,14 @@
 //!
 //! Layout: `node` (public API, dispatch, the write/hold machinery), `election`,
 //! `replication` (with heartbeats and ReadIndex rounds), `snapshot`, `membership`, and the
-//! small pure pieces `log`, `progress`, `quorum`, `read_index`.
+//! small pure pieces `log`, `progress`, `quorum`, `read_index`, `lease`.
 
 pub mod types;
 
 pub use types::*;
 
 mod election;
+mod lease;
 mod log;
 mod membership;
 mod node;

@@ -291,6 +291,8 @@ pub(crate) struct LeaderState {
     pub transfer: Option<(NodeId, u32)>,
     /// Pending ReadIndex requests.
     pub reads: ReadRounds,
+    /// Lease-read bookkeeping (`Config::lease_reads`).
+    pub lease: crate::lease::Lease,
     /// New entries were proposed: send them at the next `ready()` (batching).
     pub bcast_pending: bool,
 }
@@ -551,6 +553,7 @@ impl Raft {
         let commit = self.log.commit;
         let single = self.membership.voters == [me];
         let limit = self.cfg.pending_reads_max;
+        let lease = self.lease_valid();
         let RoleState::Leader(ls) = &mut self.role else {
             return Err(ProposeError::NotLeader {
                 leader: self.leader,
@@ -565,7 +568,7 @@ impl Raft {
             // Thesis 6.4 step 1: the commit index is only known current once an entry of
             // this term is committed.
             ls.reads.wait_for_term_commit(ctx);
-        } else if single {
+        } else if single || lease {
             self.reads_ready.push(ReadState { ctx, index: commit });
         } else {
             let next = &mut self.next_read_round;
@@ -592,7 +595,7 @@ impl Raft {
         ls.transfer = Some((to, 0));
         let caught_up = ls.progress.get(&to).is_some_and(|p| p.match_ == last);
         if caught_up {
-            self.send(to, MessageBody::TimeoutNow);
+            self.send_timeout_now(to);
         } else {
             self.maybe_send_append(to, true);
         }
@@ -792,10 +795,45 @@ impl Raft {
     }
 
     /// CheckQuorum lease: a leader was heard from within the minimum election timeout.
+    /// With lease reads, a replica that just started also waits that long before voting:
+    /// it may have promised a leader (before a crash) not to vote for that long.
     pub(crate) fn in_lease(&self) -> bool {
+        let min = self.cfg.election_ticks_min;
         self.cfg.check_quorum
-            && self.leader.is_some()
-            && self.election_elapsed < self.cfg.election_ticks_min
+            && self.election_elapsed < min
+            && (self.leader.is_some() || (self.cfg.lease_reads && self.now < u64::from(min)))
+    }
+
+    /// True if this leader may answer a read from its lease: it committed an entry of its
+    /// term, and a quorum echoed heartbeats it sent less than `election_ticks_min -
+    /// lease_margin_ticks` ticks ago (see `lease`).
+    pub(crate) fn lease_valid(&self) -> bool {
+        let RoleState::Leader(ls) = &self.role else {
+            return false;
+        };
+        let span = self
+            .cfg
+            .election_ticks_min
+            .saturating_sub(self.cfg.lease_margin_ticks);
+        self.cfg.lease_reads
+            && self.cfg.check_quorum
+            && ls.transfer.is_none()
+            && self.log.commit >= ls.term_start
+            && ls.lease.holds(
+                &self.membership.voters,
+                self.cfg.id,
+                self.now,
+                u64::from(span),
+            )
+    }
+
+    /// Leadership transfer's last step. Voids the lease for the rest of the term: the
+    /// target's `Vote { transfer }` overrides every follower's stickiness.
+    pub(crate) fn send_timeout_now(&mut self, to: NodeId) {
+        if let RoleState::Leader(ls) = &mut self.role {
+            ls.lease.void();
+        }
+        self.send(to, MessageBody::TimeoutNow);
     }
 
     pub(crate) fn reset_randomized_timeout(&mut self) {

@@ -166,6 +166,7 @@ impl Raft {
                 if read_round != 0 && self.membership.voters.contains(&m.from) =>
             {
                 ls.reads.ack(m.from, read_round);
+                ls.lease.echoed(m.from, read_round);
                 self.check_reads();
             }
             MessageBody::InstallSnapshotResp {
@@ -213,7 +214,7 @@ impl Raft {
         }
         let transfer_now = ls.transfer.is_some_and(|(t, _)| t == from) && pr.match_ == last;
         if transfer_now {
-            self.send(from, MessageBody::TimeoutNow);
+            self.send_timeout_now(from);
         }
         if self.maybe_commit() {
             self.commit_advanced();
@@ -378,18 +379,28 @@ impl Raft {
     pub(crate) fn bcast_heartbeat(&mut self, reads_only: bool) {
         let commit = self.log.commit;
         let suppress = self.cfg.heartbeat_suppression && !reads_only;
+        let now = self.now;
         let RoleState::Leader(ls) = &mut self.role else {
             return;
         };
-        let read_round = ls.reads.latest_round();
+        let reads_round = ls.reads.latest_round();
+        let read_round = if self.cfg.lease_reads && !ls.reads.has_unsent() {
+            // A fresh round for every broadcast, so each echo dates the send it answers
+            // (it also confirms every older read round, sent before it).
+            self.next_read_round += 1;
+            self.next_read_round - 1
+        } else {
+            reads_round
+        };
         ls.reads.mark_sent();
+        ls.lease.sent(read_round, now);
         let mut targets: Vec<(NodeId, Index)> = Vec::new();
         for (id, p) in ls.progress.iter_mut() {
             if reads_only && !self.membership.voters.contains(id) {
                 continue;
             }
             let c = commit.min(p.match_);
-            let skip = suppress && read_round == 0 && p.contacted;
+            let skip = suppress && reads_round == 0 && p.contacted;
             if !reads_only {
                 p.contacted = false;
             }

@@ -111,6 +111,9 @@ pub(crate) struct Cluster {
     /// Safety oracles.
     leaders: BTreeMap<Term, NodeId>,
     applied: BTreeMap<Index, (Term, Bytes)>,
+    /// Reads issued through `read`: the highest index committed anywhere when each was
+    /// issued. A read answered below it would miss a committed write (linearizability).
+    read_floor: BTreeMap<(u64, u64), Index>,
 }
 
 pub(crate) fn ids(v: &[u64]) -> Vec<NodeId> {
@@ -135,6 +138,7 @@ impl Cluster {
             opts,
             leaders: BTreeMap::new(),
             applied: BTreeMap::new(),
+            read_floor: BTreeMap::new(),
         };
         for id in (1..=n).chain(learners.iter().copied()) {
             c.add_node(id, Disk::default());
@@ -319,11 +323,34 @@ impl Cluster {
         }
         for r in rd.reads {
             self.line(format!("n{id} read ctx={} index={}", r.ctx, r.index));
+            if let Some(floor) = self.read_floor.remove(&(id, r.ctx)) {
+                assert!(
+                    r.index >= floor,
+                    "stale read: n{id} ctx={} at index {} but {floor} was committed before it was issued",
+                    r.ctx,
+                    r.index
+                );
+            }
         }
         for ctx in rd.failed_reads {
             self.line(format!("n{id} read-failed ctx={ctx}"));
         }
         self.check_node(id);
+    }
+
+    /// Issues a linearizable read on `id` and remembers what it must observe.
+    pub fn read(&mut self, id: u64, ctx: u64) -> Result<(), crate::ProposeError> {
+        let floor = self
+            .nodes
+            .values()
+            .map(|n| n.raft.log.commit)
+            .max()
+            .unwrap_or(0);
+        let r = self.nodes.get_mut(&id).expect("node").raft.read_index(ctx);
+        if r.is_ok() {
+            self.read_floor.insert((id, ctx), floor);
+        }
+        r
     }
 
     /// Makes up to `count` pending writes of `id` durable, reporting the last one.

@@ -239,8 +239,7 @@ fn run_cmd(c: &mut Option<Cluster>, cmd: &Cmd) -> String {
             // Several contexts in one command are issued before the next `ready()`.
             let id = num(&p(0));
             for ctx in p(1).split(',').map(num) {
-                let r = c.nodes.get_mut(&id).expect("node").raft.read_index(ctx);
-                if let Err(e) = r {
+                if let Err(e) = c.read(id, ctx) {
                     c.line(format!("n{id} read {ctx} -> {e:?}"));
                 }
             }
@@ -417,4 +416,5 @@ transcripts!(
     read_limits,
     persist_commit,
     quiet_leader,
+    lease_read,
 );
