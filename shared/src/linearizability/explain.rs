@@ -1,8 +1,8 @@
 //! Turns a failed check into prose a person can act on: the failing operations, any value
 //! read that nobody wrote, and the furthest order the search found before it got stuck.
 
-use super::model::{observed_value, written_value};
-use super::search::{prepare, search, SearchOutcome};
+use super::model::{observed_value, written_value, ABSENT, UNOBSERVED};
+use super::search::{prepare, search, Limits, SearchOutcome};
 use super::{KvOp, KvResult, Operation, ShowBytes};
 use bytes::Bytes;
 use std::fmt::Write;
@@ -23,7 +23,7 @@ pub(super) fn misfit(key: &Bytes, op: &Operation) -> String {
 }
 
 /// Explains why `ops` (one key's operations, already shown not linearizable) fail.
-pub(super) fn failure(key: &Bytes, ops: &[&Operation], steps_max: u64) -> String {
+pub(super) fn failure(key: &Bytes, ops: &[&Operation], limits: Limits) -> String {
     let prepared = prepare(ops);
     let mut out = String::new();
     let _ = writeln!(
@@ -55,7 +55,7 @@ pub(super) fn failure(key: &Bytes, ops: &[&Operation], steps_max: u64) -> String
     if prepared.ops.len() > TRACED_OPS_MAX {
         return out;
     }
-    let run = search(&prepared, steps_max, true);
+    let run = search(&prepared, limits, true);
     let SearchOutcome::NotLinearizable {
         furthest: Some(furthest),
     } = run.outcome
@@ -75,12 +75,20 @@ pub(super) fn failure(key: &Bytes, ops: &[&Operation], steps_max: u64) -> String
             "The furthest the search got places {} of them, in this order:",
             furthest.order.len()
         );
-        for (op, value) in &furthest.order {
-            let _ = writeln!(
-                out,
-                "  #{op}, after which the value is {}",
-                prepared.values.describe(*value)
-            );
+        // The search merged values nobody reads into one; name the bytes for the reader,
+        // tracking which operation last wrote.
+        let (mut before, mut shown) = (ABSENT, prepared.values.describe(ABSENT));
+        for &(op, after) in &furthest.order {
+            let step = prepared.steps[op as usize];
+            if after != UNOBSERVED {
+                shown = prepared.values.describe(after);
+            } else if step.applies(before) {
+                if let Some(Some(v)) = written_value(prepared.ops[op as usize]) {
+                    shown = format!("{} (read by none of these operations)", ShowBytes(v));
+                }
+            }
+            let _ = writeln!(out, "  #{op}, after which the value is {shown}");
+            before = after;
         }
     }
     if let Some(blocker) = furthest.blocker {

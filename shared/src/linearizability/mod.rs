@@ -77,7 +77,7 @@ use bytes::Bytes;
 use std::collections::HashMap;
 use std::fmt;
 
-use search::{prepare, search, SearchOutcome};
+use search::{prepare, search, Limits, SearchOutcome};
 
 /// What a client asked for. The key lives in [`Operation::key`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -163,9 +163,23 @@ pub struct CheckBudget {
     pub steps_per_key_max: u64,
     /// Steps allowed for the whole history, all keys together.
     pub steps_total_max: u64,
+    /// Memory the memo of one key's search may take, roughly, in bytes; past this the
+    /// verdict is [`Verdict::Timeout`] for that key. The memo holds one small entry per
+    /// distinct (set of operations placed, value) reached.
+    pub memo_bytes_per_key_max: u64,
     /// Steps spent shrinking a failing key's history to a smaller failing one. Zero turns
     /// shrinking off: `minimal_history` is then the key's whole history.
     pub shrink_steps_max: u64,
+}
+
+impl CheckBudget {
+    /// The limits of one search of one key, given the steps left for the whole history.
+    fn per_key(&self, steps_left_total: u64) -> Limits {
+        Limits {
+            steps_max: self.steps_per_key_max.min(steps_left_total),
+            memo_bytes_max: self.memo_bytes_per_key_max,
+        }
+    }
 }
 
 impl Default for CheckBudget {
@@ -173,6 +187,7 @@ impl Default for CheckBudget {
         CheckBudget {
             steps_per_key_max: 10_000_000,
             steps_total_max: 100_000_000,
+            memo_bytes_per_key_max: 256 << 20,
             shrink_steps_max: 5_000_000,
         }
     }
@@ -245,9 +260,7 @@ pub fn check(history: &[Operation], budget: CheckBudget) -> Verdict {
             first_timeout.get_or_insert(key);
             continue;
         }
-        let prepared = prepare(ops);
-        let steps_max = budget.steps_per_key_max.min(steps_left_total);
-        let run = search(&prepared, steps_max, false);
+        let run = search(&prepare(ops), budget.per_key(steps_left_total), false);
         steps_left_total -= run.steps;
         match run.outcome {
             SearchOutcome::Linearizable => {}
@@ -256,7 +269,7 @@ pub fn check(history: &[Operation], budget: CheckBudget) -> Verdict {
             }
             SearchOutcome::NotLinearizable { .. } => {
                 let minimal = shrink::shrink(ops, budget);
-                let explanation = explain::failure(key, &minimal, budget.steps_per_key_max);
+                let explanation = explain::failure(key, &minimal, budget.per_key(u64::MAX));
                 return Verdict::NotLinearizable {
                     key: key.clone(),
                     minimal_history: minimal.into_iter().cloned().collect(),

@@ -134,6 +134,16 @@ impl Step {
         )
     }
 
+    /// True if the step, taken from `state`, writes (a cas whose outcome is unknown writes
+    /// only on a match).
+    pub(super) fn applies(self, state: ValueId) -> bool {
+        match self {
+            Step::Observe(_) => false,
+            Step::Write(_) | Step::CasOk { .. } => true,
+            Step::CasMaybe { expected, .. } => state == expected,
+        }
+    }
+
     /// The state after this step from `state`, or `None` if the step's result rules out
     /// `state`.
     pub(super) fn apply(self, state: ValueId) -> Option<ValueId> {

@@ -14,7 +14,7 @@
 //! known result is placed: the unknown ones left over can all be placed at the end, where
 //! they change nothing anyone observed.
 
-use super::model::{Interner, Step, ValueId, ABSENT};
+use super::model::{Interner, Step, ValueId, ABSENT, UNOBSERVED};
 use super::{KvResult, Operation};
 use std::collections::HashMap;
 use std::collections::HashSet;
@@ -45,9 +45,8 @@ pub(super) struct Prepared<'a> {
     /// Bit `op` is set iff `ops[op]` has a known result (it has a return event).
     definite: Vec<u64>,
     definite_count: usize,
-    /// `unknown_rank[op]`: the index of `ops[op]` among the unknown-result operations.
-    unknown_rank: Vec<u32>,
-    unknown_count: usize,
+    /// Bit `op` is set iff `ops[op]` has an unknown result (the complement of `definite`).
+    unknown: Vec<u64>,
     /// `window_end[op]`: the operations invoked before `ops[op]` returns are exactly those
     /// numbered below this (meaningful for operations with a known result).
     window_end: Vec<u32>,
@@ -72,7 +71,7 @@ impl Prepared<'_> {
 /// ties between operations invoked at the same instant.
 ///
 /// Two reductions, both exact, happen here. Values that no operation observes are merged
-/// into [`UNOBSERVED`](super::model::UNOBSERVED). Operations with unknown results that can only write such a value are
+/// into [`UNOBSERVED`]. Operations with unknown results that can only write such a value are
 /// dropped: placing one can only make later steps fail, and leaving it out is the same as
 /// placing it at the very end.
 pub(super) fn prepare<'a>(ops: &[&'a Operation]) -> Prepared<'a> {
@@ -94,7 +93,7 @@ pub(super) fn prepare<'a>(ops: &[&'a Operation]) -> Prepared<'a> {
     let n_u32 = u32::try_from(n).expect("fewer than 2^32 operations on one key");
 
     let mut definite = vec![0u64; words(n)];
-    let mut unknown_rank = vec![NIL; n];
+    let mut unknown = vec![0u64; words(n)];
     let mut unknown_count = 0usize;
     // (time, 0 for a call and 1 for a return, op): calls before returns at equal times, so
     // that touching intervals count as concurrent.
@@ -102,7 +101,7 @@ pub(super) fn prepare<'a>(ops: &[&'a Operation]) -> Prepared<'a> {
     for (id, op) in (0..n_u32).zip(&ops) {
         events.push((op.invoke_ns, 0, id));
         if op.result == KvResult::Unknown {
-            unknown_rank[id as usize] = u32::try_from(unknown_count).expect("checked above");
+            set_bit(&mut unknown, id);
             unknown_count += 1;
         } else {
             set_bit(&mut definite, id);
@@ -162,8 +161,7 @@ pub(super) fn prepare<'a>(ops: &[&'a Operation]) -> Prepared<'a> {
         steps,
         values,
         definite,
-        unknown_rank,
-        unknown_count,
+        unknown,
         window_end,
         node_op,
         node_is_call,
@@ -172,6 +170,15 @@ pub(super) fn prepare<'a>(ops: &[&'a Operation]) -> Prepared<'a> {
         next,
         prev,
     }
+}
+
+/// What one search may spend.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Limits {
+    /// Steps (see [`super::CheckBudget`]).
+    pub steps_max: u64,
+    /// Approximate bytes of memo entries.
+    pub memo_bytes_max: u64,
 }
 
 /// How a search ended.
@@ -184,7 +191,7 @@ pub(super) enum SearchOutcome {
         /// The longest partial order found, if the search was asked to keep it.
         furthest: Option<Furthest>,
     },
-    /// The step budget ran out first.
+    /// The step or memory budget ran out first.
     Timeout,
 }
 
@@ -207,202 +214,366 @@ pub(super) struct SearchRun {
     pub steps: u64,
 }
 
+/// Bytes a memo entry costs beyond its `u32`s: the boxed slice's pointer and length, and
+/// the hash table's slot and control byte, roughly.
+const MEMO_ENTRY_OVERHEAD_BYTES: u64 = 40;
+
+/// The mutable state of one search: the event list with placed operations lifted out,
+/// the placed set, the value, and the stack to take placements back.
+struct Search<'p, 'a> {
+    p: &'p Prepared<'a>,
+    next: Vec<u32>,
+    prev: Vec<u32>,
+    placed: Vec<u64>,
+    state: ValueId,
+    /// The lowest-numbered known-result operation not placed yet (see [`Search::encode`]).
+    first_open: u32,
+    /// The lowest-numbered unknown-result operation not placed yet.
+    first_open_unknown: u32,
+    definite_left: usize,
+    stack: Vec<Frame>,
+}
+
 /// One placed operation, with what is needed to take it back.
 struct Frame {
     op: u32,
+    /// Placed as a ready read: the configuration below has no other option worth trying.
+    forced: bool,
     state_before: ValueId,
     first_open_before: u32,
+    first_open_unknown_before: u32,
 }
 
-/// Searches for a linearization of `p` in at most `steps_max` steps. With `trace`, a failed
-/// search also reports the furthest it got (this copies the stack at each new depth, so it
-/// is meant for small histories).
-pub(super) fn search(p: &Prepared<'_>, steps_max: u64, trace: bool) -> SearchRun {
-    let n = u32::try_from(p.ops.len()).expect("checked in prepare");
-    let mut next = p.next.clone();
-    let mut prev = p.prev.clone();
-    let mut placed = vec![0u64; words(n as usize)];
-    let mut placed_unknown = vec![0u64; words(p.unknown_count)];
-    // Lowe's memo: the (placed set, value) pairs already reached. A pair reached again
-    // leads to the same futures, so it is pruned.
+/// Where the search loop is.
+enum Mode {
+    /// Just reached a new configuration (after a placement, or at the start).
+    Arrived,
+    /// Trying the candidates of the current configuration, from this list node on.
+    Scanning(u32),
+    /// The current configuration has no completion: take placements back.
+    Failing,
+}
+
+/// Searches for a linearization of `p` within `limits`. With `trace`, a failed search also
+/// reports the furthest it got (this copies the stack at each new depth, so it is meant for
+/// small histories).
+///
+/// Besides Wing-Gong's scan and Lowe's memo, three rules cut down the orders tried; each
+/// keeps at least one linearization if any exists (see docs/LINEARIZABILITY.md):
+/// - a read whose value matches now is placed at once, without trying alternatives (a read
+///   changes nothing, and moving it earlier respects real time);
+/// - twins are placed in number order (see [`Prepared`]);
+/// - a write of a value nobody reads is placed only as the lowest-numbered such write
+///   that may go now, and no other blind write goes while one of those may go (they are
+///   placed in a batch right before the blind write that overwrites them).
+pub(super) fn search(p: &Prepared<'_>, limits: Limits, trace: bool) -> SearchRun {
+    let n = p.ops.len() as u32;
+    let placed = vec![0u64; words(n as usize)];
+    let mut s = Search {
+        p,
+        next: p.next.clone(),
+        prev: p.prev.clone(),
+        first_open: first_unplaced(&p.definite, &placed, 0, n),
+        first_open_unknown: first_unplaced(&p.unknown, &placed, 0, n),
+        placed,
+        state: ABSENT,
+        definite_left: p.definite_count,
+        stack: Vec::new(),
+    };
+    // Lowe's memo: the (placed set, value) pairs already reached. A pair is reached again
+    // only after its first visit failed (the placed set grows along a path), so it is pruned.
     let mut memo: HashSet<Box<[u32]>, Xxh64Builder> = HashSet::with_hasher(Xxh64Builder::new(0));
+    let mut memo_bytes = 0u64;
     let mut memo_key: Vec<u32> = Vec::new();
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut state = ABSENT;
-    // The lowest-numbered known-result operation not placed yet (see `encode_placed`).
-    let mut first_open = first_open_definite(p, &placed, 0);
-    let mut definite_left = p.definite_count;
     let mut depth_max = 0usize;
     let mut furthest: Option<Furthest> = None;
     let mut steps = 0u64;
-    if definite_left == 0 {
-        return SearchRun {
-            outcome: SearchOutcome::Linearizable,
-            steps,
-        };
+    let end = |outcome, steps| SearchRun { outcome, steps };
+    if s.definite_left == 0 {
+        return end(SearchOutcome::Linearizable, steps);
     }
 
-    let mut node = next[HEAD as usize];
+    let mut mode = Mode::Arrived;
+    // The lowest-numbered unplaced write of an unobserved value that may go now (NIL if
+    // none), for the current configuration.
+    let mut batch_next = NIL;
     loop {
-        if steps == steps_max {
-            return SearchRun {
-                outcome: SearchOutcome::Timeout,
-                steps,
-            };
+        if steps == limits.steps_max || memo_bytes > limits.memo_bytes_max {
+            return end(SearchOutcome::Timeout, steps);
         }
         steps += 1;
-        // A known-result operation is left, so its return lies ahead and stops the scan
-        // before the end of the list.
-        assert_ne!(node, NIL, "the scan ran past every return");
-        let op = p.node_op[node as usize];
-        if p.node_is_call[node as usize] {
-            let twin = p.twin_prev[op as usize];
-            let twin_waits = twin != NIL && !bit(&placed, twin);
-            if let Some(after) = p.steps[op as usize].apply(state).filter(|_| !twin_waits) {
-                let definite = p.is_definite(op);
-                if definite && definite_left == 1 {
-                    return SearchRun {
-                        outcome: SearchOutcome::Linearizable,
-                        steps,
-                    };
-                }
-                mark(p, &mut placed, &mut placed_unknown, op, true);
-                let first_open_after = if op == first_open {
-                    first_open_definite(p, &placed, op + 1)
-                } else {
-                    first_open
+        let (op, forced) = match mode {
+            Mode::Failing => {
+                // Take back placements up to the last one that had alternatives.
+                let Some(frame) = s.take_back() else {
+                    return end(SearchOutcome::NotLinearizable { furthest }, steps);
                 };
-                encode_placed(
-                    p,
-                    &placed,
-                    &placed_unknown,
-                    after,
-                    first_open_after,
-                    &mut memo_key,
-                );
-                if !memo.contains(&memo_key[..]) {
-                    memo.insert(memo_key.as_slice().into());
-                    stack.push(Frame {
-                        op,
-                        state_before: state,
-                        first_open_before: first_open,
-                    });
-                    state = after;
-                    first_open = first_open_after;
-                    definite_left -= usize::from(definite);
-                    lift(p, &mut next, &mut prev, op);
-                    node = next[HEAD as usize];
-                    if trace && stack.len() > depth_max {
-                        depth_max = stack.len();
-                        furthest = Some(snapshot(p, &next, &stack, state));
+                if !frame.forced {
+                    batch_next = s.window().batch_next;
+                    mode = Mode::Scanning(s.next[p.call_node[frame.op as usize] as usize]);
+                }
+                continue;
+            }
+            Mode::Arrived => {
+                let window = s.window();
+                batch_next = window.batch_next;
+                match window.ready_read {
+                    Some(read) => (read, true),
+                    None => {
+                        mode = Mode::Scanning(s.next[HEAD as usize]);
+                        continue;
                     }
+                }
+            }
+            Mode::Scanning(node) => {
+                // A known-result operation is left, so its return lies ahead and stops the
+                // scan before the end of the list.
+                assert_ne!(node, NIL, "the scan ran past every return");
+                if !p.node_is_call[node as usize] {
+                    // This operation had to be placed by now.
+                    mode = Mode::Failing;
                     continue;
                 }
-                mark(p, &mut placed, &mut placed_unknown, op, false);
+                let op = p.node_op[node as usize];
+                if !s.may_go(op, batch_next) {
+                    mode = Mode::Scanning(s.next[node as usize]);
+                    continue;
+                }
+                (op, false)
             }
-            node = next[node as usize];
-        } else {
-            let Some(frame) = stack.pop() else {
-                return SearchRun {
-                    outcome: SearchOutcome::NotLinearizable { furthest },
-                    steps,
-                };
+        };
+        // Place `op` if the (placed set, value) it leads to is new.
+        let Some(after) = p.steps[op as usize].apply(s.state) else {
+            debug_assert!(!forced, "a ready read does not fit");
+            let Mode::Scanning(node) = mode else {
+                unreachable!("only scanned candidates can fail to fit")
             };
-            mark(p, &mut placed, &mut placed_unknown, frame.op, false);
-            state = frame.state_before;
-            first_open = frame.first_open_before;
-            definite_left += usize::from(p.is_definite(frame.op));
-            unlift(p, &mut next, &mut prev, frame.op);
-            node = next[p.call_node[frame.op as usize] as usize];
+            mode = Mode::Scanning(s.next[node as usize]);
+            continue;
+        };
+        if p.is_definite(op) && s.definite_left == 1 {
+            return end(SearchOutcome::Linearizable, steps);
+        }
+        s.place(op, after, forced);
+        s.encode(&mut memo_key);
+        if memo.contains(&memo_key[..]) {
+            s.take_back();
+            mode = match mode {
+                Mode::Scanning(node) => Mode::Scanning(s.next[node as usize]),
+                _ => Mode::Failing,
+            };
+            continue;
+        }
+        memo_bytes += memo_key.len() as u64 * 4 + MEMO_ENTRY_OVERHEAD_BYTES;
+        memo.insert(memo_key.as_slice().into());
+        mode = Mode::Arrived;
+        if trace && s.stack.len() > depth_max {
+            depth_max = s.stack.len();
+            furthest = Some(s.snapshot());
         }
     }
 }
 
-/// Writes into `out` a description of (placed set, value) that identifies it exactly and
-/// stays small: the value, `first_open`, the known-result operations placed above
-/// `first_open`, and the bitmap of placed unknown-result operations. All known-result
-/// operations below `first_open` are placed by its definition. Those placed above it were
-/// all invoked before `first_open` returns (the scan never passes a return, and the return
-/// of `first_open` is still in the list), so they lie below `window_end[first_open]` and
-/// their number is bounded by how many operations overlap one, not by the history length.
-fn encode_placed(
-    p: &Prepared<'_>,
-    placed: &[u64],
-    placed_unknown: &[u64],
-    state: ValueId,
-    first_open: u32,
-    out: &mut Vec<u32>,
-) {
-    out.clear();
-    out.push(state);
-    out.push(first_open);
-    let end = p.window_end[first_open as usize];
-    if cfg!(debug_assertions) {
-        let mut stray = None;
-        for_each_common_bit(placed, &p.definite, end, p.ops.len() as u32, |op| {
-            stray.get_or_insert(op);
+/// What the operations that may go now (calls before the first return) offer.
+struct Window {
+    /// A read that fits the current value (the lowest-numbered one), if any.
+    ready_read: Option<u32>,
+    /// The lowest-numbered write of an unobserved value, or NIL.
+    batch_next: u32,
+}
+
+impl Search<'_, '_> {
+    /// Places `op` next, leaving the key at value `after`.
+    fn place(&mut self, op: u32, after: ValueId, forced: bool) {
+        let n = self.p.ops.len() as u32;
+        self.stack.push(Frame {
+            op,
+            forced,
+            state_before: self.state,
+            first_open_before: self.first_open,
+            first_open_unknown_before: self.first_open_unknown,
         });
-        assert_eq!(
-            stray, None,
-            "a placed operation lies past the window of first_open"
+        put_bit(&mut self.placed, op, true);
+        self.state = after;
+        if self.p.is_definite(op) {
+            self.definite_left -= 1;
+            if op == self.first_open {
+                self.first_open = first_unplaced(&self.p.definite, &self.placed, op + 1, n);
+            }
+        } else if op == self.first_open_unknown {
+            self.first_open_unknown = first_unplaced(&self.p.unknown, &self.placed, op + 1, n);
+        }
+        lift(self.p, &mut self.next, &mut self.prev, op);
+    }
+
+    /// Takes back the last placement and returns it (`None` if nothing is placed).
+    fn take_back(&mut self) -> Option<Frame> {
+        let frame = self.stack.pop()?;
+        put_bit(&mut self.placed, frame.op, false);
+        self.state = frame.state_before;
+        self.first_open = frame.first_open_before;
+        self.first_open_unknown = frame.first_open_unknown_before;
+        self.definite_left += usize::from(self.p.is_definite(frame.op));
+        unlift(self.p, &mut self.next, &mut self.prev, frame.op);
+        Some(frame)
+    }
+
+    /// Scans the operations that may go now: those whose call precedes every remaining
+    /// return (any operation that must precede them is placed).
+    fn window(&self) -> Window {
+        let mut window = Window {
+            ready_read: None,
+            batch_next: NIL,
+        };
+        let mut node = self.next[HEAD as usize];
+        while node != NIL && self.p.node_is_call[node as usize] {
+            let op = self.p.node_op[node as usize];
+            match self.p.steps[op as usize] {
+                Step::Observe(v)
+                    if v == self.state && window.ready_read.is_none() && self.twin_placed(op) =>
+                {
+                    window.ready_read = Some(op);
+                }
+                Step::Write(UNOBSERVED) if window.batch_next == NIL => window.batch_next = op,
+                _ => {}
+            }
+            node = self.next[node as usize];
+        }
+        window
+    }
+
+    /// True if `op`'s previous twin (if any) is placed.
+    fn twin_placed(&self, op: u32) -> bool {
+        let twin = self.p.twin_prev[op as usize];
+        twin == NIL || bit(&self.placed, twin)
+    }
+
+    /// True if the rules let `op` (a call in the window) be tried next, `batch_next` being
+    /// the window's lowest-numbered write of an unobserved value.
+    fn may_go(&self, op: u32, batch_next: u32) -> bool {
+        let batch_rule = match self.p.steps[op as usize] {
+            Step::Write(UNOBSERVED) => op == batch_next,
+            Step::Write(_) => batch_next == NIL,
+            _ => true,
+        };
+        batch_rule && self.twin_placed(op)
+    }
+
+    /// Writes into `out` a description of (placed set, value) that identifies it exactly
+    /// and stays small:
+    /// `[value, first_open, a, A.., b, B.., C..]` where `A` lists the known-result
+    /// operations placed above `first_open` (`a` of them), `B` the unknown-result ones
+    /// not placed below it (`b`), `C` the unknown-result ones placed above it. The rest
+    /// follows: below `first_open` every known-result operation is placed (by definition)
+    /// and every unknown-result one not in `B`; above it, only those listed.
+    ///
+    /// Everything placed above `first_open` was invoked before `first_open` returns: the
+    /// scan never passes a return, and `first_open`'s return is still in the list. So `A`
+    /// and `C` lie below `window_end[first_open]`, and their length is bounded by how many
+    /// operations overlap one, not by the history length. `B` holds unknown-result
+    /// operations left out so far, scanned from the lowest one (below which all are placed).
+    fn encode(&self, out: &mut Vec<u32>) {
+        let p = self.p;
+        let first_open = self.first_open;
+        let window_end = p.window_end[first_open as usize];
+        if cfg!(debug_assertions) {
+            let mut stray = None;
+            for_each_bit(
+                window_end,
+                p.ops.len() as u32,
+                |w| self.placed[w],
+                |op| {
+                    stray.get_or_insert(op);
+                },
+            );
+            assert_eq!(
+                stray, None,
+                "an operation placed past the window of first_open"
+            );
+        }
+        out.clear();
+        out.extend([self.state, first_open]);
+        let placed = &self.placed;
+        let counted = |out: &mut Vec<u32>, lo, hi, word: &dyn Fn(usize) -> u64| {
+            let count_at = out.len();
+            out.push(0);
+            for_each_bit(lo, hi, word, |op| out.push(op));
+            out[count_at] = (out.len() - count_at - 1) as u32;
+        };
+        counted(out, first_open + 1, window_end, &|w| {
+            placed[w] & p.definite[w]
+        });
+        let below = self.first_open_unknown.min(first_open);
+        counted(out, below, first_open, &|w| !placed[w] & p.unknown[w]);
+        for_each_bit(
+            first_open + 1,
+            window_end,
+            |w| placed[w] & p.unknown[w],
+            |op| out.push(op),
         );
     }
-    for_each_common_bit(placed, &p.definite, first_open + 1, end, |op| out.push(op));
-    for &w in placed_unknown {
-        out.push(w as u32);
-        out.push((w >> 32) as u32);
+
+    /// The current partial order and the return that will stop the next scan.
+    fn snapshot(&self) -> Furthest {
+        let order = self
+            .stack
+            .iter()
+            .enumerate()
+            .map(|(i, frame)| {
+                let after = self.stack.get(i + 1).map_or(self.state, |f| f.state_before);
+                (frame.op, after)
+            })
+            .collect();
+        let mut node = self.next[HEAD as usize];
+        while node != NIL && self.p.node_is_call[node as usize] {
+            node = self.next[node as usize];
+        }
+        Furthest {
+            order,
+            blocker: (node != NIL).then(|| self.p.node_op[node as usize]),
+        }
     }
 }
 
-/// The lowest-numbered known-result operation at or above `from` not placed yet (the
-/// number of operations if none).
-fn first_open_definite(p: &Prepared<'_>, placed: &[u64], from: u32) -> u32 {
-    let n = p.ops.len() as u32;
-    let mut word = (from / 64) as usize;
+/// The lowest bit at or above `from` set in `kind` but not in `placed` (`n` if none).
+fn first_unplaced(kind: &[u64], placed: &[u64], from: u32, n: u32) -> u32 {
     if from >= n {
         return n;
     }
-    let mut bits = p.definite[word] & !placed[word] & (!0u64 << (from % 64));
+    let mut word = (from / 64) as usize;
+    let mut bits = kind[word] & !placed[word] & (!0u64 << (from % 64));
     loop {
         if bits != 0 {
             return (word as u32 * 64 + bits.trailing_zeros()).min(n);
         }
         word += 1;
-        if word == p.definite.len() {
+        if word == kind.len() {
             return n;
         }
-        bits = p.definite[word] & !placed[word];
+        bits = kind[word] & !placed[word];
     }
 }
 
-/// Calls `f` with every bit index in `lo..hi` set in both `a` and `b`, in increasing order.
-fn for_each_common_bit(a: &[u64], b: &[u64], lo: u32, hi: u32, mut f: impl FnMut(u32)) {
+/// Calls `f` with every bit index in `lo..hi` set in the bitmap whose `i`th 64-bit word
+/// is `word(i)`, in increasing order.
+fn for_each_bit(lo: u32, hi: u32, word: impl Fn(usize) -> u64, mut f: impl FnMut(u32)) {
     if lo >= hi {
         return;
     }
     let (first, last) = ((lo / 64) as usize, ((hi - 1) / 64) as usize);
-    for word in first..=last {
-        let mut bits = a[word] & b[word];
-        if word == first {
+    for i in first..=last {
+        let mut bits = word(i);
+        if i == first {
             bits &= !0u64 << (lo % 64);
         }
         let tail_bits = hi % 64;
-        if word == last && tail_bits > 0 {
+        if i == last && tail_bits > 0 {
             bits &= !0u64 >> (64 - tail_bits);
         }
         while bits != 0 {
-            f(word as u32 * 64 + bits.trailing_zeros());
+            f(i as u32 * 64 + bits.trailing_zeros());
             bits &= bits - 1;
         }
-    }
-}
-
-/// Sets (or clears) `op` in the placed sets.
-fn mark(p: &Prepared<'_>, placed: &mut [u64], placed_unknown: &mut [u64], op: u32, on: bool) {
-    put_bit(placed, op, on);
-    let rank = p.unknown_rank[op as usize];
-    if rank != NIL {
-        put_bit(placed_unknown, rank, on);
     }
 }
 
@@ -438,26 +609,6 @@ fn relink(next: &mut [u32], prev: &mut [u32], node: u32) {
     next[before as usize] = node;
     if after != NIL {
         prev[after as usize] = node;
-    }
-}
-
-/// The current partial order and the return that will stop the next scan.
-fn snapshot(p: &Prepared<'_>, next: &[u32], stack: &[Frame], state: ValueId) -> Furthest {
-    let order = stack
-        .iter()
-        .enumerate()
-        .map(|(i, frame)| {
-            let after = stack.get(i + 1).map_or(state, |f| f.state_before);
-            (frame.op, after)
-        })
-        .collect();
-    let mut node = next[HEAD as usize];
-    while node != NIL && p.node_is_call[node as usize] {
-        node = next[node as usize];
-    }
-    Furthest {
-        order,
-        blocker: (node != NIL).then(|| p.node_op[node as usize]),
     }
 }
 

@@ -34,7 +34,7 @@ pub(super) fn shrink<'a>(ops: &[&'a Operation], budget: CheckBudget) -> Vec<&'a 
     let mut trial = Trial {
         all: &all,
         steps_left: budget.shrink_steps_max,
-        steps_per_trial_max: budget.steps_per_key_max,
+        budget,
     };
 
     let mut current: Vec<usize> = (0..all.len()).collect();
@@ -81,7 +81,7 @@ pub(super) fn shrink<'a>(ops: &[&'a Operation], budget: CheckBudget) -> Vec<&'a 
 struct Trial<'s, 'a> {
     all: &'s [&'a Operation],
     steps_left: u64,
-    steps_per_trial_max: u64,
+    budget: CheckBudget,
 }
 
 impl Trial<'_, '_> {
@@ -93,11 +93,7 @@ impl Trial<'_, '_> {
             return false;
         }
         let ops: Vec<&Operation> = subset.iter().map(|&i| self.all[i]).collect();
-        let run = search(
-            &prepare(&ops),
-            self.steps_per_trial_max.min(self.steps_left),
-            false,
-        );
+        let run = search(&prepare(&ops), self.budget.per_key(self.steps_left), false);
         self.steps_left -= run.steps;
         matches!(run.outcome, SearchOutcome::NotLinearizable { .. })
     }

@@ -201,7 +201,10 @@ fn stale_read_after_a_completed_write() {
     // All three are needed: without the second put the read is fine, and the first put
     // must stay because the read observes its value.
     assert_eq!(minimal.len(), 3, "{minimal:#?}");
-    assert!(explanation.contains("#2 must take effect"), "{explanation}");
+    assert!(
+        explanation.contains("#1, after which the value is b\"b\" (read by none of these operations)\nThen #2 must take effect"),
+        "{explanation}"
+    );
 }
 
 #[test]
