@@ -23,4 +23,4 @@ pub mod ratelimit;
 pub mod server;
 pub mod signals;
 
-pub use server::{run, ServerError, ServerOptions};
+pub use server::{run, run_with_store, ServerError, ServerOptions};

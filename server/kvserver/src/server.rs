@@ -8,7 +8,7 @@
 //! or a vote after `on_disk_done`, which this loop calls only for writes the disk thread
 //! reported synced. A kill -9 at any instant therefore loses nothing acknowledged.
 
-use crate::disk::{DiskEvent, DiskThread};
+use crate::disk::{DiskEvent, DiskThread, LogStore};
 use crate::net::{ClientAddrs, Counters, DropReason};
 use kv_node::{codec, ClientToken, NodeConfig, NodeCore};
 use kv_shared::config::ClusterConfig;
@@ -119,22 +119,25 @@ pub async fn run(
     opts: ServerOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let me = opts.node;
-    let members = opts.cluster.node_ids();
-    if !members.contains(&me) {
-        return Err(ServerError::NotAMember {
-            node: me,
-            members: members
-                .iter()
-                .map(|n| n.0.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
-    }
+    check_member(&opts)?;
     let dir = opts.data_dir.clone();
     let (storage, recovered) = tokio::task::spawn_blocking(move || open_storage(dir))
         .await
         .expect("opening storage panicked")?;
+    run_with_store(socket, opts, storage, recovered, shutdown).await
+}
+
+/// [`run`] over an already opened store and what it recovered: the seam for tests that
+/// wrap the real storage (for example to make the disk look full).
+pub async fn run_with_store<S: LogStore>(
+    socket: UdpSocket,
+    opts: ServerOptions,
+    store: S,
+    recovered: kv_storage::Recovered,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    check_member(&opts)?;
+    let me = opts.node;
     let mut config = NodeConfig::from_cluster(&opts.cluster, me);
     if let Some(n) = opts.snapshot_threshold_entries {
         config.snapshot_threshold_entries = n;
@@ -145,7 +148,7 @@ pub async fn run(
         source,
     })?;
     let (events_tx, events) = unbounded_channel();
-    let disk = DiskThread::spawn(storage, events_tx)?;
+    let disk = DiskThread::spawn(store, events_tx)?;
     tracing::info!(
         node = me.0,
         addr = %socket.local_addr()?,
@@ -186,7 +189,23 @@ pub async fn run(
         .await
 }
 
-fn open_storage(
+fn check_member(opts: &ServerOptions) -> Result<(), ServerError> {
+    let members = opts.cluster.node_ids();
+    if members.contains(&opts.node) {
+        return Ok(());
+    }
+    Err(ServerError::NotAMember {
+        node: opts.node,
+        members: members
+            .iter()
+            .map(|n| n.0.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+/// Opens (creating if needed) the data directory and recovers its WAL and snapshots.
+pub fn open_storage(
     dir: PathBuf,
 ) -> Result<
     (

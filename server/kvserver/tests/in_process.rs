@@ -1,0 +1,144 @@
+//! The runtime run in-process through its library entry points (`run`, `run_with_store`)
+//! on a port-0 socket: a clean shutdown keeps what was acknowledged, and a full disk
+//! makes the node refuse writes while it keeps serving reads, until space frees up.
+
+use kv_e2e::client::{CallError, Client};
+use kv_node::DiskOp;
+use kv_server::disk::{LogStore, StoreError};
+use kv_server::{run, run_with_store, ServerOptions};
+use kv_shared::config::ClusterConfig;
+use kv_shared::proto::Op;
+use kv_shared::NodeId;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+
+const CLUSTER_ID: u64 = 4242;
+const SHARDS: u32 = 4;
+
+/// A one-node cluster on a socket bound to port 0.
+fn one_node(rt: &tokio::runtime::Runtime, data_dir: &Path) -> (UdpSocket, ServerOptions) {
+    let socket = rt
+        .block_on(UdpSocket::bind("127.0.0.1:0"))
+        .expect("bind port 0");
+    let addr = socket.local_addr().expect("local addr");
+    let toml = format!(
+        "cluster_id = {CLUSTER_ID}\nshards = {SHARDS}\n[[nodes]]\nid = 1\naddr = \"{addr}\"\n"
+    );
+    let opts = ServerOptions {
+        cluster: ClusterConfig::from_toml(&toml).expect("valid cluster file"),
+        node: NodeId(1),
+        data_dir: data_dir.to_path_buf(),
+        snapshot_threshold_entries: None,
+        seed: 7,
+    };
+    (socket, opts)
+}
+
+fn client(addr: SocketAddr) -> Client {
+    Client::new(CLUSTER_ID, vec![(NodeId(1), addr)], SHARDS)
+}
+
+fn shutdown_pair() -> (oneshot::Sender<()>, impl Future<Output = ()>) {
+    let (tx, rx) = oneshot::channel::<()>();
+    (tx, async move {
+        let _ = rx.await;
+    })
+}
+
+#[test]
+fn a_clean_shutdown_keeps_acknowledged_writes_for_the_next_run() {
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    for round in 0..2 {
+        let (socket, opts) = one_node(&rt, dir.path());
+        let addr = socket.local_addr().unwrap();
+        let (stop, shutdown) = shutdown_pair();
+        let node = rt.spawn(run(socket, opts, shutdown));
+        let mut c = client(addr);
+        if round == 0 {
+            for i in 0..20 {
+                c.put(&format!("k{i}"), &format!("v{i}"));
+            }
+        } else {
+            for i in 0..20 {
+                assert_eq!(
+                    c.get(&format!("k{i}")),
+                    Some(format!("v{i}")),
+                    "after restart"
+                );
+            }
+        }
+        stop.send(()).expect("node still running");
+        rt.block_on(node)
+            .expect("node task")
+            .expect("clean shutdown returns Ok");
+    }
+}
+
+/// Real storage whose disk can be made to look full.
+struct Fillable {
+    inner: kv_storage::Storage<kv_storage::RealDisk>,
+    full: Arc<AtomicBool>,
+}
+
+impl LogStore for Fillable {
+    fn execute(&mut self, op: &DiskOp) -> Result<(), StoreError> {
+        if self.full.load(Ordering::SeqCst) {
+            return Err(StoreError::Full(
+                "disk full while writing wal-test (simulated)".into(),
+            ));
+        }
+        self.inner.execute(op)
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        LogStore::sync(&mut self.inner)
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_writes_serves_reads_and_recovers_when_space_frees_up() {
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (socket, opts) = one_node(&rt, dir.path());
+    let addr = socket.local_addr().unwrap();
+    let (inner, recovered) = kv_server::server::open_storage(opts.data_dir.clone()).expect("open");
+    let full = Arc::new(AtomicBool::new(false));
+    let store = Fillable {
+        inner,
+        full: full.clone(),
+    };
+    let (stop, shutdown) = shutdown_pair();
+    let node = rt.spawn(run_with_store(socket, opts, store, recovered, shutdown));
+    let mut c = client(addr);
+    c.put("before", "1");
+
+    full.store(true, Ordering::SeqCst);
+    let refused = c.call_within(
+        Op::Put {
+            key: "during".into(),
+            value: "2".into(),
+        },
+        Duration::from_secs(4),
+    );
+    match refused {
+        Err(CallError::GaveUp(last)) => assert!(last.contains("disk full"), "{last}"),
+        other => panic!("a write on a full disk must not succeed: {other:?}"),
+    }
+    assert_eq!(c.get("before"), Some("1".into()), "reads are still served");
+
+    full.store(false, Ordering::SeqCst);
+    // The stalled write is retried within DISK_FULL_RETRY; then writes are accepted.
+    c.put("after", "3");
+    assert_eq!(c.get("after"), Some("3".into()));
+    stop.send(()).expect("node still running");
+    rt.block_on(node)
+        .expect("node task")
+        .expect("clean shutdown");
+}
