@@ -195,6 +195,7 @@ impl Raft {
             reads: ReadRounds::default(),
             lease: crate::lease::Lease::default(),
             bcast_pending: true,
+            lazy_since: None,
         }));
         self.leader = Some(me);
         self.election_elapsed = 0;

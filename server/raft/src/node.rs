@@ -295,6 +295,9 @@ pub(crate) struct LeaderState {
     pub lease: crate::lease::Lease,
     /// New entries were proposed: send them at the next `ready()` (batching).
     pub bcast_pending: bool,
+    /// Leader tick since when entries are withheld from lazy followers
+    /// (`Config::eager_followers`).
+    pub lazy_since: Option<u64>,
 }
 
 /// A message held until a write is durable (persist before send).
@@ -691,8 +694,12 @@ impl Raft {
         // returns something (a pending broadcast to paused followers sends nothing).
         let leader_work = match &self.role {
             RoleState::Leader(ls) => {
-                (ls.bcast_pending && ls.progress.values().any(|pr| self.append_sendable(pr)))
-                    || ls.reads.has_unsent()
+                (ls.bcast_pending && {
+                    let eager = self.eager_set();
+                    ls.progress.iter().any(|(id, pr)| {
+                        eager.as_ref().is_none_or(|e| e.contains(id)) && self.append_sendable(pr)
+                    })
+                }) || ls.reads.has_unsent()
                     || self.quorum_commit().is_some()
             }
             _ => false,

@@ -50,8 +50,17 @@ impl Raft {
             _ => return,
         };
         if bcast {
+            let eager = self.eager_set();
             for id in self.peers() {
-                while self.maybe_send_append(id, false) {}
+                if eager.as_ref().is_none_or(|e| e.contains(&id)) {
+                    while self.maybe_send_append(id, false) {}
+                } else if self.progress_sendable(id) {
+                    // Withheld until the next heartbeat, or until an eager ack is late.
+                    let now = self.now;
+                    if let RoleState::Leader(ls) = &mut self.role {
+                        ls.lazy_since.get_or_insert(now);
+                    }
+                }
             }
         }
         if reads {
@@ -59,6 +68,44 @@ impl Raft {
         }
         if self.maybe_commit() {
             self.commit_advanced();
+        }
+    }
+
+    /// With `eager_followers = Some(k)`: the `k` voters heard from most recently (ties by
+    /// id), the only ones new entries go to at once. `None` means everyone.
+    pub(crate) fn eager_set(&self) -> Option<Vec<NodeId>> {
+        let k = self.cfg.eager_followers?;
+        let RoleState::Leader(ls) = &self.role else {
+            return None;
+        };
+        let mut voters: Vec<(u64, NodeId)> = ls
+            .progress
+            .iter()
+            .filter(|(id, _)| self.membership.voters.contains(id))
+            .map(|(id, p)| (p.heard_at, *id))
+            .collect();
+        voters.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        Some(voters.into_iter().take(k).map(|(_, id)| id).collect())
+    }
+
+    /// True if `maybe_send_append(id, false)` would send something now.
+    pub(crate) fn progress_sendable(&self, id: NodeId) -> bool {
+        match &self.role {
+            RoleState::Leader(ls) => ls
+                .progress
+                .get(&id)
+                .is_some_and(|p| self.append_sendable(p)),
+            _ => false,
+        }
+    }
+
+    /// Sends withheld entries to every follower (lazy ones included).
+    pub(crate) fn send_to_all(&mut self) {
+        if let RoleState::Leader(ls) = &mut self.role {
+            ls.lazy_since = None;
+        }
+        for id in self.peers() {
+            while self.maybe_send_append(id, false) {}
         }
     }
 
@@ -453,7 +500,23 @@ impl Raft {
         }
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
+            if self.cfg.eager_followers.is_some() {
+                // Lazy followers get their batch now (and, with suppression, no
+                // heartbeat on top of it).
+                self.send_to_all();
+            }
             self.bcast_heartbeat(false);
+        }
+        let late = match &self.role {
+            RoleState::Leader(ls) => ls.lazy_since.is_some_and(|t| {
+                self.now - t >= u64::from(self.cfg.retransmit_ticks)
+                    && self.log.commit < self.log.last_index()
+            }),
+            _ => false,
+        };
+        if late {
+            // An eager follower did not ack in time: do not wait for the heartbeat.
+            self.send_to_all();
         }
         self.retransmit_elapsed += 1;
         if self.retransmit_elapsed >= self.cfg.retransmit_ticks {

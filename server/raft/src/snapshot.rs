@@ -88,6 +88,7 @@ impl Raft {
         received: u64,
         done: bool,
     ) {
+        let total = self.snapshot.as_ref().map_or(0, |s| s.data.len() as u64);
         let RoleState::Leader(ls) = &mut self.role else {
             return;
         };
@@ -115,6 +116,14 @@ impl Raft {
             s.all_sent = false;
         } else if received <= s.next_offset {
             s.acked = received;
+        } else if received <= total {
+            // After a rewind (a stalled window is resent from `acked`), the follower may
+            // report chunks it got before the rewind: it holds them (its buffer belongs
+            // to this snapshot and term), so resume from there. Ignoring the report
+            // livelocked a transfer whose window is smaller than the gap.
+            s.acked = received;
+            s.next_offset = received;
+            s.all_sent = received == total;
         }
         self.send_snapshot_chunks(from);
     }

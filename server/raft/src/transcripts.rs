@@ -417,4 +417,5 @@ transcripts!(
     persist_commit,
     quiet_leader,
     lease_read,
+    eager_followers,
 );
