@@ -286,6 +286,8 @@ impl EventLoop {
                 Wake::Disk(None) => Err(ServerError::Disk("the disk thread stopped".into())),
                 Wake::Disk(Some(ev)) => self.on_disk_events(ev, &mut events),
                 Wake::Tick => {
+                    // Wall time only feeds the status table ("ms since a peer was heard").
+                    self.core.set_now_ms(self.now_ms());
                     self.core.tick();
                     Ok(())
                 }
@@ -308,6 +310,11 @@ impl EventLoop {
             }
         };
         self.finish(events, result).await
+    }
+
+    /// Milliseconds since the node started.
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     /// Handles `first` and every other disk event already queued.
@@ -392,8 +399,7 @@ impl EventLoop {
                 }
                 match codec::decode_peer(payload) {
                     Ok(msgs) => {
-                        let now_ms = self.started.elapsed().as_millis() as u64;
-                        self.core.note_peer_heard(sender, now_ms);
+                        self.core.note_peer_heard(sender, self.now_ms());
                         self.core.on_peer_messages(sender, msgs);
                     }
                     Err(e) => self.counters.dropped(DropReason::BadPayload, from, &e),
