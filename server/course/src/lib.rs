@@ -7,12 +7,14 @@
 //! - [`ids`]: course ids and the replica <-> node id mapping; the `leader` field.
 //! - [`protocol`]: parsing inbound JSON, formatting hello, replies and peer datagrams.
 //! - [`peer`]: the node core's group messages inside peer datagrams (split to fit).
+//! - [`handoff`]: who answers a put across a leader change (side info, orphans).
 //! - [`requests`]: the MID table (each MID answered once), sessions, outcome -> answer.
 //! - [`policy`]: which peer messages leave now (lazy followers, heartbeat suppression)
 //!   and the leader lease for gets.
 //! - [`settings`]: this mode's timing and traffic settings.
 //! - [`runtime`]: the socket loop.
 
+pub mod handoff;
 pub mod ids;
 pub mod peer;
 pub mod policy;

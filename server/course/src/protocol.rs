@@ -6,6 +6,7 @@
 //! malformed is [`Inbound::Ignored`] or a [`Inbound::Malformed`] request that still has a
 //! client and an MID to answer, never a panic.
 
+use crate::handoff::SideInfo;
 use crate::ids::CourseId;
 use kv_shared::limits::DATAGRAM_BYTES_MAX;
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,8 @@ pub enum Inbound {
         src: CourseId,
         /// The encoded batch.
         payload: String,
+        /// Who the puts in the carried entries belong to (see [`crate::handoff`]).
+        side: Vec<SideInfo>,
     },
     /// Not for us, not parseable, or nothing to answer.
     Ignored,
@@ -67,6 +70,8 @@ struct RawInbound {
     value: Option<String>,
     #[serde(rename = "m")]
     payload: Option<String>,
+    #[serde(rename = "i")]
+    side: Option<Vec<(u64, String, String)>>,
 }
 
 /// Parses one datagram addressed to `me`. Never panics, whatever the bytes.
@@ -85,8 +90,20 @@ pub fn parse_inbound(bytes: &[u8], me: CourseId) -> Inbound {
         return Inbound::Ignored;
     }
     if kind == PEER_TYPE {
+        let side = raw
+            .side
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(session, client, mid)| {
+                Some(SideInfo {
+                    session,
+                    client: CourseId::parse(&client)?,
+                    mid,
+                })
+            })
+            .collect();
         return match raw.payload {
-            Some(payload) => Inbound::Peer { src, payload },
+            Some(payload) => Inbound::Peer { src, payload, side },
             None => Inbound::Ignored,
         };
     }
@@ -141,6 +158,8 @@ struct Envelope<'a> {
     value: Option<&'a str>,
     #[serde(rename = "m", skip_serializing_if = "Option::is_none")]
     payload: Option<&'a str>,
+    #[serde(rename = "i", skip_serializing_if = "Vec::is_empty")]
+    side: Vec<(u64, CourseId, &'a str)>,
 }
 
 impl Envelope<'_> {
@@ -159,6 +178,7 @@ pub fn hello(me: CourseId) -> Vec<u8> {
         mid: None,
         value: None,
         payload: None,
+        side: Vec::new(),
     }
     .encode()
 }
@@ -186,16 +206,31 @@ pub fn reply(
         mid: Some(mid),
         value,
         payload: None,
+        side: Vec::new(),
     }
     .encode();
     (bytes.len() <= DATAGRAM_BYTES_MAX).then_some(bytes)
 }
 
-/// Bytes of a peer datagram around its payload (src, dst, leader, type, field names).
-pub const PEER_ENVELOPE_BYTES: usize = 80;
+/// Bytes of a peer datagram around its payload and side info (src, dst, leader, type,
+/// field names).
+pub const PEER_ENVELOPE_BYTES: usize = 100;
+/// Most bytes of side info in one datagram: each triple is a u64, a 4-char id and an MID
+/// (32 hex digits in the course; longer ones are not attached).
+pub const SIDE_INFO_BYTES_MAX: usize =
+    crate::handoff::SIDE_INFO_PER_DATAGRAM_MAX * (SIDE_INFO_MID_CHARS_MAX + 40);
+/// Longest MID attached as side info.
+pub const SIDE_INFO_MID_CHARS_MAX: usize = 64;
 
-/// A peer datagram carrying an already encoded batch (see [`crate::peer`]).
-pub fn peer(me: CourseId, dst: CourseId, leader: CourseId, payload: &str) -> Vec<u8> {
+/// A peer datagram carrying an already encoded batch (see [`crate::peer`]) and the side
+/// info of the puts in its entries.
+pub fn peer(
+    me: CourseId,
+    dst: CourseId,
+    leader: CourseId,
+    payload: &str,
+    side: &[SideInfo],
+) -> Vec<u8> {
     Envelope {
         src: me,
         dst,
@@ -204,6 +239,12 @@ pub fn peer(me: CourseId, dst: CourseId, leader: CourseId, payload: &str) -> Vec
         mid: None,
         value: None,
         payload: Some(payload),
+        side: side
+            .iter()
+            .filter(|i| i.mid.len() <= SIDE_INFO_MID_CHARS_MAX)
+            .take(crate::handoff::SIDE_INFO_PER_DATAGRAM_MAX)
+            .map(|i| (i.session, i.client, i.mid.as_str()))
+            .collect(),
     }
     .encode()
 }
@@ -345,16 +386,36 @@ mod tests {
 
     #[test]
     fn peer_envelope_estimate_holds() {
-        let bytes = peer(CourseId(0xFFFE), CourseId(0xFFFE), CourseId::BROADCAST, "");
+        let bytes = peer(
+            CourseId(0xFFFE),
+            CourseId(0xFFFE),
+            CourseId::BROADCAST,
+            "",
+            &[],
+        );
         assert!(bytes.len() <= PEER_ENVELOPE_BYTES, "{}", bytes.len());
         let v = fields(&bytes);
         assert_eq!(v["type"], PEER_TYPE);
         assert_eq!(
-            parse_inbound(&peer(CourseId(1), ME, ME, "abc"), ME),
+            parse_inbound(&peer(CourseId(1), ME, ME, "abc", &[]), ME),
             Inbound::Peer {
                 src: CourseId(1),
-                payload: "abc".into()
+                payload: "abc".into(),
+                side: vec![]
             }
         );
+        let side: Vec<SideInfo> = (0..200)
+            .map(|i| SideInfo {
+                session: u64::MAX - i,
+                client: CourseId(0x15),
+                mid: "f".repeat(SIDE_INFO_MID_CHARS_MAX),
+            })
+            .collect();
+        let full = peer(CourseId(1), ME, ME, "abc", &side);
+        assert!(full.len() <= PEER_ENVELOPE_BYTES + 3 + SIDE_INFO_BYTES_MAX);
+        let Inbound::Peer { side: back, .. } = parse_inbound(&full, ME) else {
+            panic!("not a peer datagram");
+        };
+        assert_eq!(back, side[..crate::handoff::SIDE_INFO_PER_DATAGRAM_MAX]);
     }
 }

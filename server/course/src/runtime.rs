@@ -7,6 +7,7 @@
 //! (memory is the storage here: the harness never restarts a replica), answer clients,
 //! then route peer messages through the [`SendPolicy`].
 
+use crate::handoff::{Duty, Handoff, SideInfo};
 use crate::ids::{CourseId, Roster};
 use crate::peer;
 use crate::policy::{SendPolicy, View};
@@ -15,7 +16,7 @@ use crate::requests::{disposition, Disposition, MidTable};
 use crate::settings::Settings;
 use bytes::Bytes;
 use kv_node::{ClientToken, GroupMessage, NodeConfig, NodeCore};
-use kv_raft::Role;
+use kv_raft::{MessageBody, Role};
 use kv_shared::proto::{ClientReply, Op};
 use kv_shared::{NodeId, ShardId};
 use std::collections::HashMap;
@@ -74,6 +75,10 @@ pub struct Runtime {
     redirected: HashMap<CourseId, (NodeId, Instant)>,
     /// A leader a client bounced back from (see [`Runtime::suspect`]), and when.
     bounce: Option<(NodeId, Instant)>,
+    /// Who answers puts across leader changes.
+    handoff: Handoff,
+    /// Puts handed to the core in this turn.
+    submitted_puts: Vec<ClientToken>,
 }
 
 impl Runtime {
@@ -87,9 +92,11 @@ impl Runtime {
     ) -> anyhow::Result<Runtime> {
         socket.send_to(&protocol::hello(roster.me()), harness)?;
         let started = Instant::now();
-        let core = NodeCore::new(node_config(&settings, &roster), Default::default())
+        let mut core = NodeCore::new(node_config(&settings, &roster), Default::default())
             .map_err(|e| anyhow::anyhow!("empty in-memory state failed to load: {e}"))?;
+        core.set_observe_applies(true);
         let policy = SendPolicy::new(settings.clone(), roster.me_node(), &roster.members());
+        let handoff = Handoff::new(roster.me_node());
         Ok(Runtime {
             socket,
             harness,
@@ -104,6 +111,8 @@ impl Runtime {
             heard: HashMap::new(),
             redirected: HashMap::new(),
             bounce: None,
+            handoff,
+            submitted_puts: Vec::new(),
         })
     }
 
@@ -198,6 +207,12 @@ impl Runtime {
                     value: Bytes::from(value.into_bytes()),
                 };
                 if let Some(token) = self.mids.admit(self.roster.me_node(), client, mid, op) {
+                    let p = self.mids.get(token).expect("just admitted");
+                    self.handoff.learn(SideInfo {
+                        session: p.request.client.0,
+                        client: p.client,
+                        mid: p.mid.clone(),
+                    });
                     self.submit(token, now);
                 }
             }
@@ -206,7 +221,7 @@ impl Runtime {
                     self.send_reply(client, &mid, &Answer::Fail, self.belief());
                 }
             }
-            Inbound::Peer { src, payload } => {
+            Inbound::Peer { src, payload, side } => {
                 let Some(from) = self.roster.peer_node(src) else {
                     return;
                 };
@@ -214,6 +229,10 @@ impl Runtime {
                     return;
                 };
                 self.heard.insert(from, now);
+                for info in side {
+                    self.handoff.learn(info);
+                }
+                self.note_entries(&msgs);
                 self.policy.on_inbound(from, &msgs, now);
                 self.core.on_peer_messages(from, msgs);
             }
@@ -239,8 +258,9 @@ impl Runtime {
             return;
         };
         let mut request = p.request.clone();
-        if let Op::Get { stale, .. } = &mut request.op {
-            *stale = self.policy.lease_valid(self.view(), now);
+        match &mut request.op {
+            Op::Get { stale, .. } => *stale = self.policy.lease_valid(self.view(), now),
+            _ => self.submitted_puts.push(token),
         }
         self.core.on_client_request(token, request);
     }
@@ -322,8 +342,27 @@ impl Runtime {
         }
         let view = self.view();
         self.policy.observe(view, now);
+        // Puts handed over while leading are in the log (or about to be): remember how far
+        // their entry can be, unless answered in this very round.
+        for token in std::mem::take(&mut self.submitted_puts) {
+            if view.role == Role::Leader && !replies.iter().any(|(t, _)| *t == token) {
+                if let Some(p) = self.mids.get(token) {
+                    self.handoff.proposed(p.request.client.0, view.last_index);
+                }
+            }
+        }
         for (token, reply) in replies {
             self.answer(token, reply, now);
+        }
+        for applied in self.core.take_applied() {
+            for duty in self.handoff.on_applied(applied.index, applied.term) {
+                self.perform(duty);
+            }
+        }
+        self.handoff
+            .observe(view.role == Role::Leader, view.term, view.commit);
+        for (_, msgs) in &datagrams {
+            self.note_entries(msgs);
         }
         if now.saturating_duration_since(self.started) < self.settings.quiet {
             return;
@@ -337,8 +376,45 @@ impl Runtime {
         }
     }
 
+    fn note_entries(&mut self, msgs: &[GroupMessage]) {
+        for gm in msgs {
+            if let MessageBody::Append { entries, .. } = &gm.msg.body {
+                self.handoff.note_entries(entries);
+            }
+        }
+    }
+
+    /// Sends an answer the handoff bookkeeping made due.
+    fn perform(&mut self, duty: Duty) {
+        let belief = self.belief();
+        match duty {
+            Duty::OkFor(client, mid) => {
+                self.send_reply(client, &mid, &Answer::Ok { value: None }, belief);
+            }
+            Duty::OkOwn(token) | Duty::RedirectOwn(token) => {
+                let answer = match duty {
+                    Duty::OkOwn(_) => Answer::Ok { value: None },
+                    _ => Answer::Redirect,
+                };
+                if let Some(p) = self.mids.take(ClientToken(token)) {
+                    self.send_reply(p.client, &p.mid, &answer, belief);
+                }
+            }
+        }
+    }
+
     fn answer(&mut self, token: ClientToken, reply: ClientReply, now: Instant) {
         let belief = self.belief();
+        let is_put = self
+            .mids
+            .get(token)
+            .is_some_and(|p| matches!(p.request.op, Op::Put { .. }));
+        if is_put {
+            let ok = matches!(reply.outcome, kv_shared::proto::Outcome::Done);
+            if !self.handoff.on_core_answer(reply.client.0, ok) {
+                return; // an orphan: answered when its fate is known (handoff.rs)
+            }
+        }
         let (answer, leader) = match disposition(reply.outcome) {
             Disposition::Answer(a) => (a, belief),
             Disposition::NotLeader(hint) => {
@@ -377,9 +453,18 @@ impl Runtime {
             return;
         };
         let leader = self.roster.leader_field(self.belief());
+        let entries: Vec<&kv_raft::Entry> = msgs
+            .iter()
+            .filter_map(|gm| match &gm.msg.body {
+                MessageBody::Append { entries, .. } => Some(entries.iter()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let side = self.handoff.side_info_for(&entries);
         let (payloads, _dropped) = peer::encode(msgs);
         for payload in payloads {
-            let bytes = protocol::peer(self.roster.me(), dst, leader, &payload);
+            let bytes = protocol::peer(self.roster.me(), dst, leader, &payload, &side);
             let _ = self.socket.send_to(&bytes, self.harness);
         }
     }

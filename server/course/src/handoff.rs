@@ -1,0 +1,380 @@
+//! Who answers a put across a leader change, so that every committed put is answered
+//! `ok`, at once, by exactly one replica, and no put that got `redirect` is ever answered
+//! `ok` later.
+//!
+//! The harness checks each get against the client's last acknowledged put of the key.
+//! If a leader dies (or is cut off) after a put's entry reached a majority but before it
+//! answered, the next leader commits the entry; unless someone answers its MID `ok`, a
+//! later get of that key looks like an incorrect reply. So the rule is:
+//!
+//! - **The leader that applies an entry answers every put in it**: its own requests
+//!   through the node core as usual, and other replicas' requests from *side info*, the
+//!   (session, client, MID) triples a leader attaches to every datagram that carries
+//!   entries, which followers keep. A leader answers only entries above the commit index
+//!   it knew when elected (older ones were committed, and answered, by a previous leader).
+//! - **A deposed leader does not redirect the puts it proposed** (the core answers them
+//!   "not leader" when leadership ends): they become *orphans*. When this replica applies
+//!   the orphan's entry, the leader that committed it has answered it; when it applies
+//!   past the highest index the orphan could have had without meeting it, the put is
+//!   lost for good (log matching) and is answered `redirect`, which is then safe to retry.
+//!
+//! Sessions are `(node << 40) | token` (see `requests.rs`), so a replica recognises its
+//! own. Pure bookkeeping: the runtime feeds entries and applies and executes the result.
+
+use crate::ids::CourseId;
+use kv_node::sm::CommandBatch;
+use kv_raft::{Entry, EntryKind, Index, Term};
+use kv_shared::NodeId;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+/// Most side-info triples remembered (a run has a few thousand puts).
+pub const SIDE_INFO_MAX: usize = 100_000;
+/// Most triples attached to one datagram.
+pub const SIDE_INFO_PER_DATAGRAM_MAX: usize = 64;
+
+/// Side info: which client and MID a session answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SideInfo {
+    /// The session of the put.
+    pub session: u64,
+    /// The client that sent it.
+    pub client: CourseId,
+    /// Its MID.
+    pub mid: String,
+}
+
+/// An answer the runtime must send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Duty {
+    /// Answer this replica's own request (token) `ok`.
+    OkOwn(u64),
+    /// Answer another replica's request `ok`, from side info.
+    OkFor(CourseId, String),
+    /// Answer this replica's own request `redirect`: its put is lost, never applied.
+    RedirectOwn(u64),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Orphan {
+    token: u64,
+    /// The highest index the put's entry can have.
+    bound: Index,
+}
+
+/// The bookkeeping of one replica.
+#[derive(Debug)]
+pub struct Handoff {
+    me: NodeId,
+    side: HashMap<u64, (CourseId, String)>,
+    side_order: VecDeque<u64>,
+    /// Sessions in entries seen in appends (sent or received) and not yet applied.
+    entries: BTreeMap<Index, (Term, Vec<u64>)>,
+    /// Own puts handed to the core while leader, not yet answered: session -> bound.
+    proposed: HashMap<u64, Index>,
+    orphans: HashMap<u64, Orphan>,
+    /// Sessions answered from side info (never answer one twice).
+    answered: HashSet<u64>,
+    answered_order: VecDeque<u64>,
+    /// While leader: the commit index when leadership began.
+    leading_from: Option<(Term, Index)>,
+}
+
+impl Handoff {
+    /// Bookkeeping for replica `me`.
+    pub fn new(me: NodeId) -> Handoff {
+        Handoff {
+            me,
+            side: HashMap::new(),
+            side_order: VecDeque::new(),
+            entries: BTreeMap::new(),
+            proposed: HashMap::new(),
+            orphans: HashMap::new(),
+            answered: HashSet::new(),
+            answered_order: VecDeque::new(),
+            leading_from: None,
+        }
+    }
+
+    fn own_token(&self, session: u64) -> Option<u64> {
+        (session >> 40 == self.me.0).then_some(session & ((1 << 40) - 1))
+    }
+
+    /// Remembers which client and MID a session answers (own admissions and side info
+    /// received from a leader).
+    pub fn learn(&mut self, info: SideInfo) {
+        if self.side.contains_key(&info.session) {
+            return;
+        }
+        if self.side_order.len() >= SIDE_INFO_MAX {
+            if let Some(old) = self.side_order.pop_front() {
+                self.side.remove(&old);
+            }
+        }
+        self.side_order.push_back(info.session);
+        self.side.insert(info.session, (info.client, info.mid));
+    }
+
+    /// Notes the sessions of entries carried by an append (sent or received).
+    pub fn note_entries(&mut self, entries: &[Entry]) {
+        for e in entries {
+            let sessions = sessions_of(e);
+            self.entries.insert(e.index, (e.term, sessions));
+        }
+    }
+
+    /// The side info to attach to a datagram carrying `entries`.
+    pub fn side_info_for(&self, entries: &[&Entry]) -> Vec<SideInfo> {
+        let mut out = Vec::new();
+        for e in entries {
+            for session in sessions_of(e) {
+                if out.len() >= SIDE_INFO_PER_DATAGRAM_MAX {
+                    return out;
+                }
+                if let Some((client, mid)) = self.side.get(&session) {
+                    out.push(SideInfo {
+                        session,
+                        client: *client,
+                        mid: mid.clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// An own put was handed to the core while leader; its entry is at or below `bound`.
+    pub fn proposed(&mut self, session: u64, bound: Index) {
+        self.proposed.insert(session, bound);
+    }
+
+    /// The core answered an own put. Returns false if the answer must be withheld: a
+    /// non-ok answer to a put that may still commit makes it an orphan instead.
+    pub fn on_core_answer(&mut self, session: u64, ok: bool) -> bool {
+        let Some(bound) = self.proposed.remove(&session) else {
+            return true;
+        };
+        if ok {
+            return true;
+        }
+        let token = self.own_token(session).expect("own session");
+        self.orphans.insert(session, Orphan { token, bound });
+        false
+    }
+
+    /// Leadership as seen after a round: `leader` with the term and commit index.
+    pub fn observe(&mut self, leader: bool, term: Term, commit: Index) {
+        match (leader, self.leading_from) {
+            (true, Some((t, _))) if t == term => {}
+            (true, _) => self.leading_from = Some((term, commit)),
+            (false, _) => self.leading_from = None,
+        }
+    }
+
+    /// Entry (`index`, `term`) was applied here. Returns the answers now due.
+    pub fn on_applied(&mut self, index: Index, term: Term) -> Vec<Duty> {
+        let mut duties = Vec::new();
+        let sessions = match self.entries.remove(&index) {
+            Some((t, s)) if t == term => s,
+            _ => Vec::new(),
+        };
+        // Entries at or below `index` that were not applied were replaced.
+        while let Some((&i, _)) = self.entries.first_key_value() {
+            if i > index {
+                break;
+            }
+            self.entries.pop_first();
+        }
+        let answering = self.leading_from.is_some_and(|(_, from)| index > from);
+        for session in sessions {
+            if let Some(o) = self.orphans.remove(&session) {
+                if answering {
+                    duties.push(Duty::OkOwn(o.token));
+                }
+                continue;
+            }
+            if self.proposed.contains_key(&session) || self.own_token(session).is_some() {
+                continue; // the core answers its own requests
+            }
+            if answering && !self.answered.contains(&session) {
+                if let Some((client, mid)) = self.side.get(&session) {
+                    duties.push(Duty::OkFor(*client, mid.clone()));
+                    self.mark_answered(session);
+                }
+            }
+        }
+        let lost: Vec<u64> = self
+            .orphans
+            .iter()
+            .filter(|(_, o)| o.bound <= index)
+            .map(|(&s, _)| s)
+            .collect();
+        for s in lost {
+            let o = self.orphans.remove(&s).expect("listed");
+            duties.push(Duty::RedirectOwn(o.token));
+        }
+        duties
+    }
+
+    fn mark_answered(&mut self, session: u64) {
+        if self.answered_order.len() >= SIDE_INFO_MAX {
+            if let Some(old) = self.answered_order.pop_front() {
+                self.answered.remove(&old);
+            }
+        }
+        self.answered.insert(session);
+        self.answered_order.push_back(session);
+    }
+
+    /// Orphans not yet resolved.
+    pub fn orphan_count(&self) -> usize {
+        self.orphans.len()
+    }
+}
+
+fn sessions_of(e: &Entry) -> Vec<u64> {
+    if e.kind != EntryKind::Command {
+        return Vec::new();
+    }
+    CommandBatch::decode(&e.data)
+        .map(|b| b.writes.iter().map(|w| w.client.0).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::requests;
+    use bytes::Bytes;
+    use kv_node::sm::{WriteCommand, WriteOp};
+    use kv_shared::ClientId;
+
+    fn entry(index: Index, term: Term, sessions: &[u64]) -> Entry {
+        let writes = sessions
+            .iter()
+            .map(|&s| WriteCommand {
+                client: ClientId(s),
+                seq: 1,
+                op: WriteOp::from_op(&kv_shared::proto::Op::Put {
+                    key: Bytes::from_static(b"k"),
+                    value: Bytes::from_static(b"v"),
+                })
+                .expect("a put is a write"),
+            })
+            .collect();
+        Entry {
+            term,
+            index,
+            kind: EntryKind::Command,
+            data: CommandBatch { writes }.encode(),
+        }
+    }
+
+    fn session_for(node: NodeId, token: u64) -> u64 {
+        requests::session_for(node, token).0
+    }
+
+    fn info(session: u64, mid: &str) -> SideInfo {
+        SideInfo {
+            session,
+            client: CourseId(0x15),
+            mid: mid.into(),
+        }
+    }
+
+    #[test]
+    fn a_new_leader_answers_puts_of_the_old_one_it_commits_once() {
+        let old = session_for(NodeId(1), 7);
+        let mut h = Handoff::new(NodeId(2));
+        h.learn(info(old, "m7"));
+        h.note_entries(&[entry(5, 1, &[old])]);
+        h.observe(true, 2, 4);
+        assert_eq!(
+            h.on_applied(5, 1),
+            vec![Duty::OkFor(CourseId(0x15), "m7".into())]
+        );
+        // Seen again (a resent append, applied again after a restart of the view): no
+        // second answer.
+        h.note_entries(&[entry(5, 1, &[old])]);
+        assert!(h.on_applied(5, 1).is_empty());
+    }
+
+    #[test]
+    fn entries_the_previous_leader_committed_are_not_answered_again() {
+        let old = session_for(NodeId(1), 7);
+        let mut h = Handoff::new(NodeId(2));
+        h.learn(info(old, "m7"));
+        h.note_entries(&[entry(5, 1, &[old])]);
+        h.observe(true, 2, 5);
+        assert!(h.on_applied(5, 1).is_empty());
+        // A follower never answers for others.
+        let mut f = Handoff::new(NodeId(3));
+        f.learn(info(old, "m7"));
+        f.note_entries(&[entry(5, 1, &[old])]);
+        assert!(f.on_applied(5, 1).is_empty());
+    }
+
+    #[test]
+    fn a_deposed_leaders_put_is_withheld_then_dropped_when_committed_elsewhere() {
+        let me = NodeId(1);
+        let s = session_for(me, 3);
+        let mut h = Handoff::new(me);
+        h.proposed(s, 8);
+        h.note_entries(&[entry(8, 1, &[s])]);
+        assert!(
+            !h.on_core_answer(s, false),
+            "no redirect for a put that may commit"
+        );
+        assert_eq!(h.orphan_count(), 1);
+        // The new leader committed it (and answered it): nothing for us to send.
+        assert!(h.on_applied(8, 1).is_empty());
+        assert_eq!(h.orphan_count(), 0);
+    }
+
+    #[test]
+    fn a_lost_orphan_is_redirected_once_the_log_passes_it() {
+        let me = NodeId(1);
+        let s = session_for(me, 3);
+        let mut h = Handoff::new(me);
+        h.proposed(s, 8);
+        h.note_entries(&[entry(8, 1, &[s])]);
+        assert!(!h.on_core_answer(s, false));
+        // The new leader's log has another entry at 8.
+        h.note_entries(&[entry(8, 2, &[session_for(NodeId(2), 1)])]);
+        assert!(h.on_applied(7, 2).is_empty(), "not past the bound yet");
+        assert_eq!(h.on_applied(8, 2), vec![Duty::RedirectOwn(3)]);
+    }
+
+    #[test]
+    fn an_orphan_committed_by_this_replica_as_leader_again_is_answered_ok() {
+        let me = NodeId(1);
+        let s = session_for(me, 3);
+        let mut h = Handoff::new(me);
+        h.proposed(s, 8);
+        h.note_entries(&[entry(8, 1, &[s])]);
+        assert!(!h.on_core_answer(s, false));
+        h.observe(true, 3, 7);
+        assert_eq!(h.on_applied(8, 1), vec![Duty::OkOwn(3)]);
+    }
+
+    #[test]
+    fn answers_to_unproposed_or_successful_puts_pass_through() {
+        let me = NodeId(1);
+        let mut h = Handoff::new(me);
+        assert!(
+            h.on_core_answer(session_for(me, 1), false),
+            "never proposed: redirect"
+        );
+        h.proposed(session_for(me, 2), 4);
+        assert!(h.on_core_answer(session_for(me, 2), true));
+        assert_eq!(h.orphan_count(), 0);
+    }
+
+    #[test]
+    fn side_info_travels_with_entries() {
+        let mut h = Handoff::new(NodeId(1));
+        let s = session_for(NodeId(1), 9);
+        h.learn(info(s, "m9"));
+        let e = entry(3, 1, &[s, session_for(NodeId(4), 1)]);
+        assert_eq!(h.side_info_for(&[&e]), vec![info(s, "m9")]);
+    }
+}

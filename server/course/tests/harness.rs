@@ -1,0 +1,44 @@
+//! End to end: five real 3700kvstore processes under our course harness (kv-harness) on a
+//! short scenario with drops and a leader kill; every correctness check must pass.
+
+use kv_harness::{run_blocking, Report, RunOptions, Scenario};
+
+/// Short enough for CI (~12 s), with the faults that exercise redirects, re-election and
+/// retransmission: 5% drops and a kill of the leader while clients are active.
+const SCENARIO: &str = r#"{
+  "lifetime": 6,
+  "replicas": 5,
+  "requests": 120,
+  "mix": 0.5,
+  "drops": 0.05,
+  "wait": 4,
+  "end_wait": 3,
+  "events": [{"type": "kill_leader", "time": 3}],
+  "tests": {
+    "maximum_get_fail_fraction": 0.5,
+    "maximum_put_fail_fraction": 0.5,
+    "maximum_get_generation_fail_fraction": 0.1,
+    "minimum_total_msgs_fraction": 0.5,
+    "benchmarks": {
+      "total_msgs": [1000, 2000, 4000],
+      "failures": [1, 5, 20],
+      "duplicates": [0, 2, 5],
+      "median_latency": [0.0005, 0.005, 0.05]
+    }
+  }
+}"#;
+
+#[test]
+fn short_scenario_with_a_leader_kill_passes_every_check() {
+    let scenario = Scenario::parse("course-e2e", SCENARIO).expect("valid scenario");
+    let replica = env!("CARGO_BIN_EXE_3700kvstore");
+    let seed = 0xC0DE_5EED;
+    let data = run_blocking(&scenario, &RunOptions::new(replica, seed)).expect("harness ran");
+    let report = Report::new(&scenario, "course-e2e", "(inline)", seed, 1, replica, data);
+    assert!(report.passed, "{}", report.render());
+    assert!(
+        report.data.unanswered_puts + report.data.unanswered_gets <= 2,
+        "{}",
+        report.render()
+    );
+}
