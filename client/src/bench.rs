@@ -573,12 +573,15 @@ pub fn render_report(r: &Report) -> String {
     let mut out = String::new();
     let o = &r.options;
     out.push_str(&format!(
-        "bench: {} clients, {:.1} s, read fraction {:.2}, {} keys ({:?}), key {} B, value {} B{}\n",
+        "bench: {} clients, {:.1} s, read fraction {:.2}, {} keys ({}), key {} B, value {} B{}\n",
         o.clients,
         r.elapsed_s,
         o.read_fraction,
         o.keys,
-        o.dist,
+        match o.dist {
+            Dist::Uniform => "uniform",
+            Dist::Zipf => "zipf",
+        },
         o.key_size,
         o.value_size,
         if o.stale_reads { ", stale reads" } else { "" }
