@@ -58,10 +58,6 @@ pub struct Config {
     /// others get them with the next heartbeat, or at once if an eager ack is missing
     /// after `retransmit_ticks`). `None` (default) sends to everyone at once.
     pub eager_followers: Option<usize>,
-    /// A leader whose group has been idle this many ticks (all caught up, nothing
-    /// pending) sends a final `Quiesce` and stops heartbeating; its followers stop their
-    /// election timers. `None` (default) never quiesces.
-    pub quiesce_after_ticks: Option<u32>,
     /// Most `read_index` requests a leader holds unconfirmed; more get
     /// [`ProposeError::TooManyPendingReads`].
     pub pending_reads_max: usize,
@@ -72,7 +68,7 @@ impl Config {
     /// heartbeat every 2, PreVote and CheckQuorum on, the byte and window limits of
     /// `kv_shared::limits`, and every optional behaviour at its classic setting (no lease
     /// reads, no suppression, commit broadcasts, retransmit with heartbeats, all
-    /// followers eager, no quiescence). Change fields with struct update syntax.
+    /// followers eager). Change fields with struct update syntax.
     pub fn new(id: NodeId, seed: u64) -> Config {
         Config {
             id,
@@ -91,7 +87,6 @@ impl Config {
             broadcast_commit: true,
             retransmit_ticks: 2,
             eager_followers: None,
-            quiesce_after_ticks: None,
             pending_reads_max: kv_shared::limits::PENDING_REQUESTS_MAX,
         }
     }

@@ -71,7 +71,6 @@ pub(crate) struct Opts {
     pub broadcast_commit: bool,
     pub retransmit_ticks: u32,
     pub eager_followers: Option<usize>,
-    pub quiesce_after_ticks: Option<u32>,
     pub pending_reads_max: usize,
 }
 
@@ -89,7 +88,6 @@ impl Default for Opts {
             broadcast_commit: true,
             retransmit_ticks: 2,
             eager_followers: None,
-            quiesce_after_ticks: None,
             pending_reads_max: 1000,
         }
     }
@@ -164,7 +162,6 @@ impl Cluster {
             broadcast_commit: self.opts.broadcast_commit,
             retransmit_ticks: self.opts.retransmit_ticks,
             eager_followers: self.opts.eager_followers,
-            quiesce_after_ticks: self.opts.quiesce_after_ticks,
             pending_reads_max: self.opts.pending_reads_max,
         }
     }

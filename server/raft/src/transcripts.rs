@@ -5,7 +5,7 @@
 //! Commands (ids are node numbers; `ids` is a comma list or `all`):
 //! - `cluster n=3 [learners=4,5] [prevote=false] [checkquorum=false] [append-bytes=N]
 //!   [inflight=N] [chunk=N] [seed=N] [lease=true] [suppress=true] [bcast-commit=false]
-//!   [retransmit=N] [eager=K] [quiesce=N] [reads-max=N]` : a fresh cluster (options as in
+//!   [retransmit=N] [eager=K] [reads-max=N]` : a fresh cluster (options as in
 //!   `Config`; timing is election 10..20, heartbeat 2).
 //! - `set-log id term=T entries=1,1,2` : restart node `id` with that durable log (entry
 //!   terms) and term.
@@ -82,7 +82,6 @@ fn run_cmd(c: &mut Option<Cluster>, cmd: &Cmd) -> String {
             broadcast_commit: b("bcast-commit", d.broadcast_commit),
             retransmit_ticks: u("retransmit", d.retransmit_ticks as usize) as u32,
             eager_followers: cmd.kv.get("eager").map(|v| num(v) as usize),
-            quiesce_after_ticks: cmd.kv.get("quiesce").map(|v| num(v) as u32),
             pending_reads_max: u("reads-max", d.pending_reads_max),
         };
         let learners = cmd
