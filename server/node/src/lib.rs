@@ -6,7 +6,7 @@
 //! Layout:
 //! - [`core`]: [`NodeCore`], its inputs (`tick`, `on_peer_messages`, `on_client_request`,
 //!   `on_disk_done`) and its [`Output`] (datagrams, disk writes, client replies).
-//! - [`config`]: [`NodeConfig`].
+//! - [`config`]: the [`NodeConfig`] settings.
 //! - [`sm`]: the per-shard state machine and sessions (exactly-once writes).
 //! - [`wal`]: Raft state as kv-storage records, and recovery from them.
 //! - [`codec`]: peer datagrams (encode, decode, split to fit).
