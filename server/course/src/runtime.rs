@@ -69,6 +69,8 @@ pub struct Runtime {
     next_tick: Instant,
     /// Requests held because the leader we would redirect to seems gone: token -> since.
     parked: HashMap<u64, Instant>,
+    /// When each request still unanswered was first parked (bounds the total wait).
+    park_started: HashMap<u64, Instant>,
     /// Last datagram from each peer.
     heard: HashMap<NodeId, Instant>,
     /// The last redirect sent to each client: the leader named, and when.
@@ -108,6 +110,7 @@ impl Runtime {
             policy,
             started,
             parked: HashMap::new(),
+            park_started: HashMap::new(),
             heard: HashMap::new(),
             redirected: HashMap::new(),
             bounce: None,
@@ -321,6 +324,9 @@ impl Runtime {
             .map(|(&t, _)| t)
             .collect();
         for t in due {
+            // Out of the waiting list first: the core now owns the request again (it may
+            // even propose it, if this replica leads) until it answers.
+            self.parked.remove(&t);
             self.submit(ClientToken(t), now);
         }
     }
@@ -419,7 +425,7 @@ impl Runtime {
             Disposition::Answer(a) => (a, belief),
             Disposition::NotLeader(hint) => {
                 let hint = hint.or(belief);
-                let since = *self.parked.get(&token.0).unwrap_or(&now);
+                let since = *self.park_started.entry(token.0).or_insert(now);
                 if self.suspect(hint)
                     && now.saturating_duration_since(since) < self.settings.park_max
                 {
@@ -430,6 +436,7 @@ impl Runtime {
             }
         };
         self.parked.remove(&token.0);
+        self.park_started.remove(&token.0);
         if let Some(p) = self.mids.take(token) {
             if let (Answer::Redirect, Some(l)) = (&answer, leader) {
                 self.redirected.insert(p.client, (l, now));
