@@ -142,7 +142,8 @@ impl Handoff {
         out
     }
 
-    /// An own put was handed to the core while leader; its entry is at or below `bound`.
+    /// An own put is in the log of this leader, at or below `bound` (called again each
+    /// round while it leads, with the growing last index).
     pub fn proposed(&mut self, session: u64, bound: Index) {
         self.proposed.insert(session, bound);
     }

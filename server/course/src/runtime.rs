@@ -19,7 +19,7 @@ use kv_node::{ClientToken, GroupMessage, NodeConfig, NodeCore};
 use kv_raft::{MessageBody, Role};
 use kv_shared::proto::{ClientReply, Op};
 use kv_shared::{NodeId, ShardId};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -79,8 +79,8 @@ pub struct Runtime {
     bounce: Option<(NodeId, Instant)>,
     /// Who answers puts across leader changes.
     handoff: Handoff,
-    /// Puts handed to the core in this turn.
-    submitted_puts: Vec<ClientToken>,
+    /// Puts the core holds (handed to it, not yet answered).
+    puts_in_core: HashSet<u64>,
 }
 
 impl Runtime {
@@ -115,7 +115,7 @@ impl Runtime {
             redirected: HashMap::new(),
             bounce: None,
             handoff,
-            submitted_puts: Vec::new(),
+            puts_in_core: HashSet::new(),
         })
     }
 
@@ -263,7 +263,9 @@ impl Runtime {
         let mut request = p.request.clone();
         match &mut request.op {
             Op::Get { stale, .. } => *stale = self.policy.lease_valid(self.view(), now),
-            _ => self.submitted_puts.push(token),
+            _ => {
+                self.puts_in_core.insert(token.0);
+            }
         }
         self.core.on_client_request(token, request);
     }
@@ -348,11 +350,15 @@ impl Runtime {
         }
         let view = self.view();
         self.policy.observe(view, now);
-        // Puts handed over while leading are in the log (or about to be): remember how far
-        // their entry can be, unless answered in this very round.
-        for token in std::mem::take(&mut self.submitted_puts) {
-            if view.role == Role::Leader && !replies.iter().any(|(t, _)| *t == token) {
-                if let Some(p) = self.mids.get(token) {
+        // At the end of a round as leader, every put the core still holds is in the log
+        // (the core proposes what waits as soon as it leads): its entry is at or below
+        // the last index. Puts answered in this very round are settled already.
+        if view.role == Role::Leader {
+            for &token in &self.puts_in_core {
+                if replies.iter().any(|(t, _)| t.0 == token) {
+                    continue;
+                }
+                if let Some(p) = self.mids.get(ClientToken(token)) {
                     self.handoff.proposed(p.request.client.0, view.last_index);
                 }
             }
@@ -410,6 +416,7 @@ impl Runtime {
     }
 
     fn answer(&mut self, token: ClientToken, reply: ClientReply, now: Instant) {
+        self.puts_in_core.remove(&token.0);
         let belief = self.belief();
         let is_put = self
             .mids
