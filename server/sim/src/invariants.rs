@@ -44,6 +44,18 @@ impl TrackedLog {
         self.base + self.entries.len() as u64
     }
 
+    /// A snapshot at `index` replaces everything up to it.
+    fn snapshot(&mut self, index: u64) {
+        if index >= self.last() {
+            self.entries.clear();
+        } else if index > self.base {
+            self.entries.drain(..(index - self.base) as usize);
+        } else {
+            return;
+        }
+        self.base = index;
+    }
+
     /// Truncates from `first` and appends (the semantics of a WAL entries record).
     fn write(&mut self, first: u64, entries: &[(u64, u64)]) {
         if first <= self.base + 1 || first > self.last() + 1 {
@@ -126,6 +138,11 @@ impl Checker {
             }
         }
         Ok(())
+    }
+
+    /// `node` stored a snapshot of `shard` at `index`.
+    pub fn wrote_snapshot(&mut self, node: NodeId, shard: u32, index: u64) {
+        self.logs.entry((node, shard)).or_default().snapshot(index);
     }
 
     /// `node` reports itself leader of `shard` in `term`.
@@ -287,5 +304,10 @@ mod tests {
         assert_eq!(l.get(3), None);
         l.write(11, &[]);
         assert_eq!((l.base, l.get(1)), (10, None));
+        l.write(11, &[(3, 1), (3, 2), (3, 3)]);
+        l.snapshot(12);
+        assert_eq!((l.base, l.get(12), l.get(13)), (12, None, Some((3, 3))));
+        l.snapshot(20);
+        assert_eq!((l.base, l.get(13)), (20, None));
     }
 }

@@ -399,7 +399,7 @@ impl Sim {
         };
         let trace = Trace::new(opts.trace);
         let disk_latency_ns_max = if opts.faults == FaultMix::All {
-            rng.gen_range(0..=3) * 1_000_000
+            [0, 2_000_000, 10_000_000, 30_000_000][rng.gen_range(0..4)]
         } else {
             0
         };
@@ -774,6 +774,11 @@ impl Sim {
             }
         }
         for w in out.disk_writes {
+            if self.trace.wants_detail() {
+                let line = describe_write(&w);
+                self.trace
+                    .log(self.now, format!("{id} disk write {}:{line}", w.id));
+            }
             let r = self.nodes[i].run.as_mut().expect("running");
             for op in w.ops {
                 match op {
@@ -794,6 +799,7 @@ impl Sim {
                         r.storage.append(&rec).expect("sim disk append");
                     }
                     DiskOp::SaveSnapshot { shard, index, data } => {
+                        self.checker.wrote_snapshot(id, shard, index);
                         r.storage
                             .save_snapshot(shard, index, &data)
                             .expect("sim disk snapshot");
@@ -922,7 +928,7 @@ impl Sim {
         if self.phase != Phase::Safety {
             return;
         }
-        let next = self.now + self.rng.gen_range(10..=40) * TICK_NS;
+        let next = self.now + self.rng.gen_range(5..=30) * TICK_NS;
         self.at(next, Ev::Chaos);
         let all = self.opts.faults == FaultMix::All;
         let n = self.nodes.len();
@@ -992,6 +998,41 @@ impl Sim {
                     .log(self.now, format!("{} disk slow", self.ids[x]));
                 let back = self.now + self.rng.gen_range(20..=100) * TICK_NS;
                 self.at(back, Ev::DiskFast(x));
+            }
+            58..=72 => {
+                // Leader churn: the faults that matter most hit leaders.
+                let s = self.rng.gen_range(0..self.shards);
+                let Some(x) = (0..n).find(|&j| {
+                    self.nodes[j]
+                        .run
+                        .as_ref()
+                        .is_some_and(|r| r.core.group_view(ShardId(s)).role == Role::Leader)
+                }) else {
+                    return;
+                };
+                if all && self.rng.gen_bool(0.5) {
+                    self.trace.log(
+                        self.now,
+                        format!("leader {} of shard {s} is hit", self.ids[x]),
+                    );
+                    self.crash(x);
+                    let back = self.now + self.rng.gen_range(3..=30) * TICK_NS;
+                    self.at(back, Ev::Restart(x));
+                } else if self.blocked.is_empty() {
+                    self.stats.partitions += 1;
+                    for j in 0..n {
+                        if j != x {
+                            self.blocked.insert((x, j));
+                            self.blocked.insert((j, x));
+                        }
+                    }
+                    self.trace.log(
+                        self.now,
+                        format!("PARTITION isolate leader {} of shard {s}", self.ids[x]),
+                    );
+                    let heal = self.now + self.rng.gen_range(15..=60) * TICK_NS;
+                    self.at(heal, Ev::Heal);
+                }
             }
             _ => {}
         }
@@ -1106,6 +1147,10 @@ impl Sim {
     }
 
     fn final_checks(&mut self) {
+        // Writes still in flight may yet take effect: their outcome is unknown.
+        for c in &mut self.clients {
+            c.abandon(self.now, &mut self.history);
+        }
         // Replicas that applied the same prefix hold the same state.
         for s in 0..self.shards {
             let mut by_index: BTreeMap<u64, (NodeId, u64)> = BTreeMap::new();
@@ -1132,10 +1177,34 @@ impl Sim {
         };
         match check(&self.history, budget) {
             Verdict::Linearizable => {}
-            Verdict::NotLinearizable { explanation, .. } => self.fail(Violation {
-                invariant: "linearizability",
-                detail: explanation,
-            }),
+            Verdict::NotLinearizable {
+                explanation, key, ..
+            } => {
+                let mut ops: Vec<&Operation> =
+                    self.history.iter().filter(|o| o.key == key).collect();
+                ops.sort_by_key(|o| o.invoke_ns);
+                let lines: Vec<String> = ops
+                    .iter()
+                    .map(|o| {
+                        format!(
+                            "history {:?}: client {:x} {:?} -> {:?} [{} .. {}]",
+                            String::from_utf8_lossy(&key),
+                            o.client,
+                            o.op,
+                            o.result,
+                            o.invoke_ns,
+                            o.complete_ns
+                        )
+                    })
+                    .collect();
+                for l in lines {
+                    self.trace.log(self.now, l);
+                }
+                self.fail(Violation {
+                    invariant: "linearizability",
+                    detail: explanation,
+                })
+            }
             Verdict::Timeout { key } => self.fail(Violation {
                 invariant: "linearizability checker budget",
                 detail: format!(
@@ -1187,4 +1256,31 @@ fn tracked_logs(recovered: &Recovered, shards: u32, config: &NodeConfig) -> Vec<
         // NodeCore::new reports the same error as a violation.
         Err(_) => Vec::new(),
     }
+}
+
+fn describe_write(w: &kv_node::DiskWrite) -> String {
+    let mut s = String::new();
+    for op in &w.ops {
+        let _ = match op {
+            DiskOp::Append(rec) => match wal::decode(rec) {
+                Ok(WalRecord::Entries { shard, record }) => {
+                    let terms: Vec<u64> = record.entries.iter().map(|e| e.term).collect();
+                    write!(
+                        s,
+                        " s{shard}:entries@{} terms {terms:?}",
+                        record.first_index
+                    )
+                }
+                Ok(WalRecord::HardState { shard, hard_state }) => write!(
+                    s,
+                    " s{shard}:hs(t{} v{} c{})",
+                    hard_state.term, hard_state.vote.0, hard_state.commit
+                ),
+                Err(e) => write!(s, " undecodable record: {e}"),
+            },
+            DiskOp::SaveSnapshot { shard, index, .. } => write!(s, " s{shard}:snapshot@{index}"),
+            DiskOp::Compact { shard, index } => write!(s, " s{shard}:compact@{index}"),
+        };
+    }
+    s
 }

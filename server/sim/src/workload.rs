@@ -157,7 +157,22 @@ impl Client {
             return self.start(now_ns, rng, nodes, keys, shards, t);
         };
         if now_ns >= p.give_up_ns {
-            let p = self.pending.take().expect("pending");
+            self.abandon(now_ns, history);
+            return self.think(now_ns, rng, t);
+        }
+        // Attempt timed out (or a backoff ended): try the next node.
+        let key = p.key.clone();
+        let s = shard_for_key(&key, shards).0 as usize;
+        if p.sent {
+            self.leader_cache[s] = None;
+        }
+        self.send(now_ns, nodes, shards, t)
+    }
+
+    /// Ends the run for this client: an operation in progress is recorded as unknown
+    /// (a write may still take effect) or dropped (a read constrains nothing).
+    pub fn abandon(&mut self, now_ns: u64, history: &mut Vec<Operation>) {
+        if let Some(p) = self.pending.take() {
             self.unknown += 1;
             if p.req.op.is_write() {
                 history.push(Operation {
@@ -169,15 +184,7 @@ impl Client {
                     complete_ns: now_ns,
                 });
             }
-            return self.think(now_ns, rng, t);
         }
-        // Attempt timed out (or a backoff ended): try the next node.
-        let key = p.key.clone();
-        let s = shard_for_key(&key, shards).0 as usize;
-        if p.sent {
-            self.leader_cache[s] = None;
-        }
-        self.send(now_ns, nodes, shards, t)
     }
 
     fn think(&mut self, now_ns: u64, rng: &mut SmallRng, t: &ClientTiming) -> Action {
