@@ -139,6 +139,7 @@ impl Client {
     }
 
     /// Timer `epoch` fired at `now_ns`.
+    #[allow(clippy::too_many_arguments)]
     pub fn wake(
         &mut self,
         epoch: u64,

@@ -88,8 +88,9 @@ fn first_catch(bug: PlantedBug, seeds: u64) -> Option<(u64, String)> {
                 });
                 if let Some(f) = r.failure {
                     let mut g = found.lock().unwrap();
-                    if g.as_ref().map_or(true, |x| seed < x.0) {
-                        *g = Some((seed, f.invariant));
+                    match &*g {
+                        Some((earlier, _)) if *earlier <= seed => {}
+                        _ => *g = Some((seed, f.invariant)),
                     }
                 }
             });
