@@ -32,3 +32,10 @@ harness-quick: 3700kvstore harness-bin
 clean:
 	rm -f ./3700kvstore
 	$(CARGO) clean --release -p kv-course
+
+# The quick start: a local 3-node cluster (embedded config, ports 7101-7103, data in
+# data/local) and the kvcli REPL on it; the nodes stop when the REPL exits.
+.PHONY: local
+local:
+	$(CARGO) build --release -p kv-server --bin kvserver -p kvcli --bin kvcli
+	$(TARGET_DIR)/release/kvcli --local

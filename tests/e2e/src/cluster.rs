@@ -114,6 +114,11 @@ impl Cluster {
         self.dir.as_ref().expect("temp dir").path()
     }
 
+    /// The cluster file (TOML), as `kvserver --config` and `kvcli --cluster` read it.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
     /// Node `id`'s data directory (the kvserver default, `<data_dir>/node-N`).
     pub fn data_dir(&self, id: NodeId) -> PathBuf {
         self.dir().join(format!("node-{}", id.0))

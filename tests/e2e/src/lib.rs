@@ -5,14 +5,21 @@
 //! them all on drop even when a test panics, and talks to them with a small blocking
 //! client. The tests themselves live in `tests/`.
 //!
-//! - [`bin`]: locating and building `kvserver`.
+//! - [`bin`]: locating and building `kvserver` and `kvcli`.
 //! - [`cluster`]: [`cluster::Cluster`], the processes, their files and their logs.
 //! - [`client`]: [`client::Client`], requests with leader redirects and retries.
 //! - [`wal`]: finding and damaging WAL segments for the recovery tests.
+//! - [`cli`]: running the real `kvcli` binary with a script on stdin, under a deadline.
+//! - [`pty`]: [`pty::PtyChild`], a program on a pseudo-terminal, for the REPL tests.
+//! - [`procs`]: finding and killing processes by their command line, and a cross-process
+//!   lock, for the quick-start test whose `kvcli --local` starts nodes of its own.
 
 pub mod bin;
+pub mod cli;
 pub mod client;
 pub mod cluster;
+pub mod procs;
+pub mod pty;
 pub mod wal;
 
 use std::time::{Duration, Instant};

@@ -1,0 +1,127 @@
+//! The interactive kvcli REPL on a pseudo-terminal, against a real 3-node cluster: typed
+//! commands answer, TAB completes a command name, Ctrl-C cancels the line and keeps the
+//! REPL, Ctrl-D leaves with exit code 0, the history file holds the commands, and a second
+//! session recalls them with the Up arrow.
+
+use kv_e2e::cluster::{Cluster, Spec};
+use kv_e2e::pty::{PtyChild, CTRL_C, CTRL_D, ENTER, KEY_UP, TAB};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const LEADERS_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long one answer may take to show: generous, the machine may be busy.
+const WAIT: Duration = Duration::from_secs(20);
+const PROMPT: &str = "kvcli> ";
+
+/// Starts the REPL on a pty, connected to `c`, keeping history in `history`.
+fn repl(c: &Cluster, history: &Path) -> PtyChild {
+    let mut cmd = Command::new(kv_e2e::bin::kvcli());
+    cmd.arg("--cluster")
+        .arg(c.config_path())
+        .arg("--history-file")
+        .arg(history)
+        .env_remove("KVCLI_HISTORY");
+    let mut p = PtyChild::spawn(cmd);
+    p.expect(
+        "kvcli: connected to 3 node(s), 8 shards. Type help for commands, Ctrl-D to leave.",
+        WAIT,
+    );
+    p
+}
+
+/// Waits for a fresh prompt, types `line` and waits until the line editor shows it.
+fn type_at_prompt(p: &mut PtyChild, line: &str) {
+    p.expect_prompt(PROMPT, WAIT);
+    p.send(line);
+    p.expect_input(&format!("{PROMPT}{line}"), WAIT);
+}
+
+/// Types `line` at the prompt and presses Enter.
+fn enter(p: &mut PtyChild, line: &str) {
+    type_at_prompt(p, line);
+    p.send(ENTER);
+}
+
+#[test]
+fn the_repl_answers_completes_cancels_leaves_and_keeps_history() {
+    let mut c = Cluster::start(Spec::default());
+    let mut client = c.client();
+    c.wait_for_leaders(&mut client, LEADERS_TIMEOUT);
+    let dir = tempfile::Builder::new()
+        .prefix("kv-e2e-repl-")
+        .tempdir()
+        .expect("temp dir");
+    let history = dir.path().join("history");
+
+    let mut p = repl(&c, &history);
+    enter(&mut p, "put greeting \"hello world\"");
+    p.expect_line("OK", WAIT);
+    enter(&mut p, "get greeting");
+    p.expect_line("hello world", WAIT);
+
+    // Enter alone does not take the inline hint: `sta` is not a command...
+    enter(&mut p, "sta");
+    p.expect_line(
+        "error: unknown command \"sta\"; type help for the list",
+        WAIT,
+    );
+    // ...but TAB completes it to `status`, which then runs.
+    type_at_prompt(&mut p, "sta");
+    p.send(TAB);
+    p.expect_input(&format!("{PROMPT}status "), WAIT);
+    p.send(ENTER);
+    p.expect(
+        "SHARD  LEADER  TERM  COMMIT/APPLIED  KEYS  LAG (entries behind commit)",
+        WAIT,
+    );
+    p.expect("NODE  ADDRESS", WAIT);
+
+    // Ctrl-C drops the typed line (the put never runs) and the REPL goes on.
+    type_at_prompt(&mut p, "put cancelled x");
+    p.send(CTRL_C);
+    enter(&mut p, "get cancelled");
+    p.expect_line("(not found)", WAIT);
+
+    enter(&mut p, "get greeting");
+    p.expect_line("hello world", WAIT);
+    p.expect_prompt(PROMPT, WAIT);
+    p.send(CTRL_D);
+    let status = p.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(0), "Ctrl-D leaves with 0: {status}");
+
+    // Every command that ran, as typed (with the space TAB completion added); not the
+    // cancelled line.
+    let saved = std::fs::read_to_string(&history).expect("the history file exists");
+    let entries: Vec<&str> = saved.lines().filter(|l| !l.starts_with("#V")).collect();
+    assert_eq!(
+        entries,
+        [
+            "put greeting \"hello world\"",
+            "get greeting",
+            "sta",
+            "status ",
+            "get cancelled",
+            "get greeting",
+        ],
+        "history file:\n{saved}"
+    );
+
+    // A second session starts from that history: Up recalls the last command, Up again
+    // the one before.
+    let mut p = repl(&c, &history);
+    p.expect_prompt(PROMPT, WAIT);
+    p.send(KEY_UP);
+    p.expect_input(&format!("{PROMPT}get greeting"), WAIT);
+    p.send(ENTER);
+    p.expect_line("hello world", WAIT);
+    p.expect_prompt(PROMPT, WAIT);
+    p.send(KEY_UP);
+    p.send(KEY_UP);
+    p.expect_input(&format!("{PROMPT}get cancelled"), WAIT);
+    p.send(ENTER);
+    p.expect_line("(not found)", WAIT);
+    enter(&mut p, "quit");
+    let status = p.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(0), "quit leaves with 0: {status}");
+}
