@@ -56,6 +56,8 @@ pub struct SimOptions {
     pub liveness_ticks: u64,
     /// Keep the whole trace (for `--trace`), not only its tail.
     pub trace: bool,
+    /// Trace every datagram and disk write (slower; on for single-seed replays).
+    pub detail: bool,
     /// Applied to every NodeCore started.
     pub node_hook: Option<NodeHook>,
 }
@@ -71,6 +73,7 @@ impl SimOptions {
             safety_ticks: 800,
             liveness_ticks: 1500,
             trace: false,
+            detail: false,
             node_hook: None,
         }
     }
@@ -397,7 +400,7 @@ impl Sim {
             backoff_ns: 2 * TICK_NS,
             think_ns_max: 3 * TICK_NS,
         };
-        let trace = Trace::new(opts.trace);
+        let trace = Trace::new(opts.trace, opts.detail);
         let disk_latency_ns_max = if opts.faults == FaultMix::All {
             [0, 2_000_000, 10_000_000, 30_000_000][rng.gen_range(0..4)]
         } else {

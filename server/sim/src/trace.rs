@@ -10,22 +10,24 @@ pub const TAIL_LINES: usize = 200;
 /// The trace of one run.
 pub struct Trace {
     full: Option<Vec<String>>,
+    detail: bool,
     tail: VecDeque<String>,
 }
 
 impl Trace {
-    /// A trace; `full` keeps every line.
-    pub fn new(full: bool) -> Trace {
+    /// A trace; `full` keeps every line; `detail` adds a line per datagram and disk write
+    /// (the costly part, so seed ranges leave it off and replays turn it on).
+    pub fn new(full: bool, detail: bool) -> Trace {
         Trace {
             full: full.then(Vec::new),
+            detail: detail || full,
             tail: VecDeque::with_capacity(TAIL_LINES),
         }
     }
 
-    /// True if per-message detail is worth formatting (it always is for the tail; this
-    /// is the hook to make it cheaper if profiling says so).
+    /// True if per-datagram and per-disk-write lines are wanted.
     pub fn wants_detail(&self) -> bool {
-        true
+        self.detail
     }
 
     /// Adds a line at simulated time `now_ns`.

@@ -145,7 +145,9 @@ fn print_failure(r: &Report, full: bool) {
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(seed) = args.seed {
-        let r = run(&options(&args, seed)?);
+        let mut o = options(&args, seed)?;
+        o.detail = true;
+        let r = run(&o);
         {
             let mut out = std::io::stdout().lock();
             for l in &r.trace {
