@@ -12,6 +12,10 @@ pub const DATAGRAM_BYTES_MAX: usize = 60_000;
 pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 32 * 1024;
 /// Largest total payload of entries in one append message.
 pub const APPEND_BYTES_MAX: usize = 48 * 1024;
+/// Most bytes of client writes batched into one log entry (a single larger write still
+/// gets an entry of its own). Keeps every entry, with its Append envelope, inside one
+/// datagram: a key of KEY_BYTES_MAX plus a value of VALUE_BYTES_MAX stays below it too.
+pub const ENTRY_BYTES_MAX: usize = 40 * 1024;
 /// Most append messages in flight (unacknowledged) to one follower of one group.
 pub const INFLIGHT_APPENDS_MAX: usize = 64;
 /// Most client sessions a shard remembers; the least recently used is evicted past this.
@@ -22,3 +26,7 @@ pub const SHARDS_MAX: u32 = 1024;
 pub const NODES_MAX: usize = 16;
 /// Most client requests one node holds pending (proposed, not yet answered).
 pub const PENDING_REQUESTS_MAX: usize = 100_000;
+
+// The limits above must agree with each other; checked at compile time.
+const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX + 256 <= ENTRY_BYTES_MAX);
+const _: () = assert!(ENTRY_BYTES_MAX + 1024 <= DATAGRAM_BYTES_MAX - 32);

@@ -12,7 +12,7 @@ use kv_raft::{
     Entry, EntryKind, Membership, ProposeError, Raft, Role, Snapshot, SnapshotMeta, SoftState,
     WriteId,
 };
-use kv_shared::limits::PENDING_REQUESTS_MAX;
+use kv_shared::limits::{ENTRY_BYTES_MAX, PENDING_REQUESTS_MAX};
 use kv_shared::proto::{
     ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, ShardStatus,
 };
@@ -657,15 +657,20 @@ impl NodeCore {
                 self.redirect_or_hold(g, id, soft.leader.filter(|l| *l != me), shard);
             }
         }
-        if !writes.is_empty() {
-            let (ids, writes): (Vec<u64>, Vec<WriteCommand>) = writes.into_iter().unzip();
-            let data = CommandBatch { writes }.encode();
-            match self.groups[g].raft.propose(data) {
-                Ok((index, term)) => {
-                    self.groups[g].proposed.insert(index, (term, ids));
-                }
-                Err(e) => self.refused(g, ids, e),
+        // One entry per ENTRY_BYTES_MAX of writes: an entry must fit one Append datagram.
+        let mut batch: Vec<(u64, WriteCommand)> = Vec::new();
+        let mut batch_bytes = 0usize;
+        for (id, write) in writes {
+            let bytes = postcard::experimental::serialized_size(&write).expect("a write encodes");
+            if !batch.is_empty() && batch_bytes + bytes > ENTRY_BYTES_MAX {
+                self.propose_batch(g, std::mem::take(&mut batch));
+                batch_bytes = 0;
             }
+            batch_bytes += bytes;
+            batch.push((id, write));
+        }
+        if !batch.is_empty() {
+            self.propose_batch(g, batch);
         }
         if !reads.is_empty() {
             #[cfg(feature = "planted-bugs")]
@@ -683,6 +688,17 @@ impl NodeCore {
                 }
                 Err(e) => self.refused(g, reads, e),
             }
+        }
+    }
+
+    fn propose_batch(&mut self, g: usize, writes: Vec<(u64, WriteCommand)>) {
+        let (ids, writes): (Vec<u64>, Vec<WriteCommand>) = writes.into_iter().unzip();
+        let data = CommandBatch { writes }.encode();
+        match self.groups[g].raft.propose(data) {
+            Ok((index, term)) => {
+                self.groups[g].proposed.insert(index, (term, ids));
+            }
+            Err(e) => self.refused(g, ids, e),
         }
     }
 

@@ -171,6 +171,27 @@ fn writes_of_one_round_share_one_entry_and_reads_see_them() {
 }
 
 #[test]
+fn large_writes_of_one_round_are_split_so_every_entry_fits_a_datagram() {
+    // Regression: a round of many large writes used to become one entry bigger than a
+    // datagram, and the codec's size assertion panicked in take_output.
+    let mut c = Cluster::new(3, 1);
+    c.tick(60);
+    let l = c.leader(ShardId(0));
+    let before = c.nodes[l].raft_status(ShardId(0)).last_index;
+    let value = "v".repeat(kv_shared::limits::VALUE_BYTES_MAX);
+    for k in 0..8 {
+        c.request(l, k, put(k + 1, 1, &format!("k{k}"), &value));
+    }
+    c.flush(l);
+    let entries = c.nodes[l].raft_status(ShardId(0)).last_index - before;
+    assert_eq!(entries, 8, "32 KiB values: one write per entry");
+    c.tick(3);
+    for k in 0..8 {
+        assert_eq!(c.reply_to(k), vec![Outcome::Done]);
+    }
+}
+
+#[test]
 fn follower_redirects_to_the_leader_and_retry_applies_once() {
     let mut c = Cluster::new(3, 2);
     c.tick(60);
