@@ -77,10 +77,13 @@ pub struct Checker {
     logs: BTreeMap<(NodeId, u32), TrackedLog>,
     /// (shard, index, term) -> (entry hash, term of the entry before it if known).
     entries: HashMap<(u32, u64, u64), (u64, Option<u64>)>,
-    /// (shard, index) -> (term, hash) of the entry applied there by anyone.
+    /// (shard, index) -> (term, hash) of the entry committed (reported by a node's commit
+    /// index) or applied there by anyone.
     applied: HashMap<(u32, u64), (u64, u64)>,
-    /// shard -> highest index known applied.
+    /// shard -> highest index known applied or committed.
     applied_max: BTreeMap<u32, u64>,
+    /// shard -> highest index whose committed entry was taken from a node's commit index.
+    committed_seen: BTreeMap<u32, u64>,
     /// (node, shard) -> (commit, applied) in the current incarnation.
     progress: BTreeMap<(NodeId, u32), (u64, u64)>,
     /// Elections seen.
@@ -180,6 +183,28 @@ impl Checker {
         Ok(())
     }
 
+    /// `node` reports `commit` as its commit index of `shard`: every entry its log holds up
+    /// to there is committed. Recorded like an apply, so state machine safety and leader
+    /// completeness hold it even if no node applies it before a crash (the entry's term
+    /// is what Figure 8 needs: a leader may count only its own term's entries).
+    pub fn committed(&mut self, node: NodeId, shard: u32, commit: u64) -> Result<(), Violation> {
+        let seen = self.committed_seen.get(&shard).copied().unwrap_or(0);
+        if commit <= seen {
+            return Ok(());
+        }
+        self.committed_seen.insert(shard, commit);
+        let Some(log) = self.logs.get(&(node, shard)) else {
+            return Ok(());
+        };
+        let held: Vec<(u64, u64, u64)> = (seen + 1..=commit)
+            .filter_map(|i| log.get(i).map(|(t, h)| (i, t, h)))
+            .collect();
+        for (index, term, hash) in held {
+            self.record(node, shard, index, term, hash, "committed")?;
+        }
+        Ok(())
+    }
+
     /// `node` applied an entry.
     pub fn applied(
         &mut self,
@@ -189,10 +214,22 @@ impl Checker {
         term: u64,
         hash: u64,
     ) -> Result<(), Violation> {
+        self.record(node, shard, index, term, hash, "applied")
+    }
+
+    fn record(
+        &mut self,
+        node: NodeId,
+        shard: u32,
+        index: u64,
+        term: u64,
+        hash: u64,
+        how: &str,
+    ) -> Result<(), Violation> {
         match self.applied.get(&(shard, index)) {
             Some(&(t, h)) if h != hash => violation(
                 "state machine safety",
-                format!("shard {shard}: {node} applied (index {index}, term {term}) but another node applied term {t} there"),
+                format!("shard {shard}: {node} {how} (index {index}, term {term}) but the entry of term {t} was committed or applied there"),
             ),
             Some(_) => Ok(()),
             None => {
@@ -277,6 +314,27 @@ mod tests {
         assert_eq!(
             c.saw_leader(NodeId(2), 0, 3).unwrap_err().invariant,
             "leader completeness"
+        );
+    }
+
+    #[test]
+    fn a_committed_entry_missing_from_a_later_leader_is_caught() {
+        // Figure 8: n1 counts (2, term 2) to a majority and commits it; n5, holding
+        // (2, term 3), later wins a term. Nobody applied the entry.
+        let mut c = Checker::default();
+        c.wrote_entries(NodeId(1), 0, 1, &[(1, 10), (2, 20)])
+            .unwrap();
+        c.wrote_entries(NodeId(5), 0, 1, &[(1, 10), (3, 30)])
+            .unwrap();
+        c.committed(NodeId(1), 0, 2).unwrap();
+        c.committed(NodeId(1), 0, 2).unwrap();
+        assert_eq!(
+            c.saw_leader(NodeId(5), 0, 5).unwrap_err().invariant,
+            "leader completeness"
+        );
+        assert_eq!(
+            c.applied(NodeId(5), 0, 2, 3, 30).unwrap_err().invariant,
+            "state machine safety"
         );
     }
 

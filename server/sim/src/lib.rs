@@ -19,4 +19,4 @@ pub mod sim;
 pub mod trace;
 pub mod workload;
 
-pub use sim::{run, Failure, FaultMix, NodeHook, Report, SimOptions, Stats, TICK_NS};
+pub use sim::{run, Failure, FaultMix, FaultProfile, NodeHook, Report, SimOptions, Stats, TICK_NS};

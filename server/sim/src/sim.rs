@@ -36,6 +36,20 @@ pub enum FaultMix {
     All,
 }
 
+/// How the faults of an `All` run are aimed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultProfile {
+    /// Any cluster shape; partitions, crashes, pauses, slow disks, leader hits.
+    Mixed,
+    /// Leader churn on a small cluster (3 nodes, 1 shard unless set) with slow disks:
+    /// chaos every 3..12 ticks crashes or isolates the leader, crashes the leader with a
+    /// follower or the whole cluster at once (power loss: unsynced writes vanish). This
+    /// is the schedule of Raft's Figure 8 (a leader counts an old-term entry to a
+    /// majority, then crashes before its own entry is durable) and of acks sent before a
+    /// write is durable.
+    Churn,
+}
+
 /// Called on every NodeCore the simulator starts (tests plant bugs with it).
 pub type NodeHook = Arc<dyn Fn(&mut NodeCore) + Send + Sync>;
 
@@ -50,6 +64,9 @@ pub struct SimOptions {
     pub shards: Option<u32>,
     /// Fault mix.
     pub faults: FaultMix,
+    /// How `FaultMix::All` aims its faults; seed-chosen if `None` (Churn for about one
+    /// seed in four).
+    pub profile: Option<FaultProfile>,
     /// Ticks of the safety phase (faults on).
     pub safety_ticks: u64,
     /// Most ticks the liveness phase (faults healed) may take.
@@ -70,6 +87,7 @@ impl SimOptions {
             nodes: None,
             shards: None,
             faults: FaultMix::All,
+            profile: None,
             safety_ticks: 800,
             liveness_ticks: 1500,
             trace: false,
@@ -138,16 +156,37 @@ impl Report {
 #[derive(Clone, Debug)]
 enum Ev {
     Tick(usize),
-    Deliver { to: usize, bytes: Vec<u8> },
-    DiskDone { node: usize, inc: u64, id: u64 },
-    ToNode { node: usize, req: ClientRequest },
-    ToClient { client: usize, reply: ClientReply },
-    ClientWake { client: usize, epoch: u64 },
+    Deliver {
+        to: usize,
+        bytes: Vec<u8>,
+    },
+    DiskDone {
+        node: usize,
+        inc: u64,
+        id: u64,
+    },
+    ToNode {
+        node: usize,
+        req: ClientRequest,
+    },
+    ToClient {
+        client: usize,
+        reply: ClientReply,
+    },
+    ClientWake {
+        client: usize,
+        epoch: u64,
+    },
     Chaos,
     Heal,
     Restart(usize),
     Unpause(usize),
     DiskFast(usize),
+    /// Crash a node that just became leader, if it is still the same incarnation.
+    HitNewLeader {
+        node: usize,
+        inc: u64,
+    },
     Liveness,
 }
 
@@ -253,6 +292,7 @@ struct Sim {
     done: bool,
     disk_latency_ns_max: u64,
     request_timeout_ticks: u64,
+    profile: FaultProfile,
 }
 
 /// Runs one simulation.
@@ -342,8 +382,33 @@ fn summarize(msgs: &[GroupMessage]) -> String {
 impl Sim {
     fn new(opts: SimOptions) -> Sim {
         let mut rng = SmallRng::seed_from_u64(opts.seed);
-        let n = opts.nodes.unwrap_or_else(|| rng.gen_range(3..=7));
-        let shards = opts.shards.unwrap_or_else(|| rng.gen_range(1..=8));
+        // Drawn from its own stream so that Mixed seeds run exactly as before profiles.
+        let profile = match (opts.faults, opts.profile) {
+            (FaultMix::All, Some(p)) => p,
+            (FaultMix::All, None)
+                if SmallRng::seed_from_u64(opts.seed ^ 0x9e37_79b9_7f4a_7c15).gen_bool(0.25) =>
+            {
+                FaultProfile::Churn
+            }
+            _ => FaultProfile::Mixed,
+        };
+        let churn = profile == FaultProfile::Churn;
+        let n = opts.nodes.unwrap_or_else(|| {
+            let drawn = rng.gen_range(3..=7);
+            if churn {
+                3
+            } else {
+                drawn
+            }
+        });
+        let shards = opts.shards.unwrap_or_else(|| {
+            let drawn = rng.gen_range(1..=8);
+            if churn {
+                1
+            } else {
+                drawn
+            }
+        });
         assert!((1..=16).contains(&n) && shards >= 1, "bad cluster shape");
         let ids: Vec<NodeId> = (1..=n as u64).map(NodeId).collect();
         let faulty = opts.faults != FaultMix::None;
@@ -391,9 +456,15 @@ impl Sim {
             .collect();
         let key_count = rng.gen_range(2..=6);
         let client_count = rng.gen_range(2..=5);
-        let clients = (0..client_count)
+        let mut clients: Vec<Client> = (0..client_count)
             .map(|i| Client::new(i, ClientId(rng.gen::<u64>() | 1), shards, key_count))
             .collect();
+        if churn {
+            let pad = [0, 12_000, 24_000][rng.gen_range(0..3)];
+            for c in &mut clients {
+                c.value_pad_bytes = pad;
+            }
+        }
         let timing = ClientTiming {
             attempt_ns: (request_timeout_ticks + 10) * TICK_NS,
             give_up_ns: 300 * TICK_NS,
@@ -402,7 +473,12 @@ impl Sim {
         };
         let trace = Trace::new(opts.trace, opts.detail);
         let disk_latency_ns_max = if opts.faults == FaultMix::All {
-            [0, 2_000_000, 10_000_000, 30_000_000][rng.gen_range(0..4)]
+            let drawn = [0, 2_000_000, 10_000_000, 30_000_000][rng.gen_range(0..4)];
+            if churn {
+                rng.gen_range(20..=60) * 1_000_000
+            } else {
+                drawn
+            }
         } else {
             0
         };
@@ -436,6 +512,7 @@ impl Sim {
             done: false,
             disk_latency_ns_max,
             request_timeout_ticks,
+            profile,
             opts,
         }
     }
@@ -461,13 +538,14 @@ impl Sim {
         self.trace.log(
             0,
             format!(
-                "seed {} nodes {} shards {} clients {} keys {} faults {:?} net {:?} disk latency max {}ms",
+                "seed {} nodes {} shards {} clients {} keys {} faults {:?} profile {:?} net {:?} disk latency max {}ms",
                 self.opts.seed,
                 self.nodes.len(),
                 self.shards,
                 self.clients.len(),
                 self.keys.len(),
                 self.opts.faults,
+                self.profile,
                 self.net,
                 self.disk_latency_ns_max / 1_000_000
             ),
@@ -580,11 +658,21 @@ impl Sim {
                 // Every arriving datagram gets its own token, as the runtime does.
                 let token = self.next_token;
                 self.next_token += 1;
+                // Padded values (Churn) would make every line tens of kilobytes.
+                let mut op = format!("{:?}", req.op);
+                if op.len() > 240 {
+                    let cut = (0..=240)
+                        .rev()
+                        .find(|&i| op.is_char_boundary(i))
+                        .unwrap_or(0);
+                    op.truncate(cut);
+                    op.push_str("...");
+                }
                 self.trace.log(
                     self.now,
                     format!(
-                        "{} <- client {} seq {} {:?}",
-                        self.ids[node], req.client, req.seq, req.op
+                        "{} <- client {} seq {} {op}",
+                        self.ids[node], req.client, req.seq
                     ),
                 );
                 self.outstanding.insert(
@@ -664,6 +752,13 @@ impl Sim {
                 }
             }
             Ev::DiskFast(i) => self.nodes[i].disk_slow = false,
+            Ev::HitNewLeader { node, inc } => {
+                if self.phase == Phase::Safety && self.nodes[node].inc == inc {
+                    self.trace
+                        .log(self.now, format!("new leader {} is hit", self.ids[node]));
+                    self.crash_for(node, 2..=25);
+                }
+            }
             Ev::Liveness => self.start_liveness(),
         }
     }
@@ -874,9 +969,15 @@ impl Sim {
                 );
             }
         }
-        // Election safety and leader completeness, monotonic applied, on every step.
+        // Committed entries (from the commit index, before any apply), election safety
+        // and leader completeness, monotonic applied, on every step.
+        let elections = self.checker.elections;
         let r = self.nodes[i].run.as_ref().expect("running");
         for s in 0..self.shards {
+            let commit = r.core.raft_status(ShardId(s)).commit;
+            if let Err(v) = self.checker.committed(id, s, commit) {
+                return self.fail(v);
+            }
             let v = r.core.group_view(ShardId(s));
             if v.role == Role::Leader {
                 if let Err(v) = self.checker.saw_leader(id, s, v.term) {
@@ -886,6 +987,17 @@ impl Sim {
             if let Err(v) = self.checker.progress(id, s, None, v.applied) {
                 return self.fail(v);
             }
+        }
+        // Churn: a new leader sometimes crashes while its first entries have reached only
+        // some followers and its own disk may not have them yet (Figure 8's window).
+        if self.checker.elections > elections
+            && self.profile == FaultProfile::Churn
+            && self.phase == Phase::Safety
+            && self.rng.gen_bool(0.3)
+        {
+            let at = self.now + self.rng.gen_range(0..=4 * TICK_NS);
+            let inc = self.nodes[i].inc;
+            self.at(at, Ev::HitNewLeader { node: i, inc });
         }
         self.stats.elections = self.checker.elections;
     }
@@ -930,6 +1042,9 @@ impl Sim {
     fn chaos(&mut self) {
         if self.phase != Phase::Safety {
             return;
+        }
+        if self.profile == FaultProfile::Churn {
+            return self.chaos_churn();
         }
         let next = self.now + self.rng.gen_range(5..=30) * TICK_NS;
         self.at(next, Ev::Chaos);
@@ -1036,6 +1151,99 @@ impl Sim {
                     let heal = self.now + self.rng.gen_range(15..=60) * TICK_NS;
                     self.at(heal, Ev::Heal);
                 }
+            }
+            _ => {}
+        }
+    }
+
+    /// The leader of `shard` among running nodes, if any.
+    fn leader_of(&self, shard: u32) -> Option<usize> {
+        (0..self.nodes.len()).find(|&j| {
+            self.nodes[j]
+                .run
+                .as_ref()
+                .is_some_and(|r| r.core.group_view(ShardId(shard)).role == Role::Leader)
+        })
+    }
+
+    fn crash_for(&mut self, x: usize, ticks: std::ops::RangeInclusive<u64>) {
+        if self.nodes[x].run.is_some() {
+            self.crash(x);
+            let back = self.now + self.rng.gen_range(ticks) * TICK_NS;
+            self.at(back, Ev::Restart(x));
+        }
+    }
+
+    fn isolate_for(&mut self, x: usize, ticks: std::ops::RangeInclusive<u64>, why: &str) {
+        if !self.blocked.is_empty() {
+            return;
+        }
+        self.stats.partitions += 1;
+        for j in 0..self.nodes.len() {
+            if j != x {
+                self.blocked.insert((x, j));
+                self.blocked.insert((j, x));
+            }
+        }
+        self.trace
+            .log(self.now, format!("PARTITION isolate {why}{}", self.ids[x]));
+        let heal = self.now + self.rng.gen_range(ticks) * TICK_NS;
+        self.at(heal, Ev::Heal);
+    }
+
+    /// The Churn profile's chaos step: frequent, aimed at leaders and at unsynced writes.
+    fn chaos_churn(&mut self) {
+        let next = self.now + self.rng.gen_range(3..=12) * TICK_NS;
+        self.at(next, Ev::Chaos);
+        let n = self.nodes.len();
+        let s = self.rng.gen_range(0..self.shards);
+        let leader = self.leader_of(s);
+        let roll = self.rng.gen_range(0..100);
+        match (roll, leader) {
+            (0..=29, Some(x)) => {
+                self.trace.log(
+                    self.now,
+                    format!("leader {} of shard {s} is hit", self.ids[x]),
+                );
+                if self.rng.gen_bool(0.5) {
+                    self.crash_for(x, 2..=25);
+                } else {
+                    self.isolate_for(x, 5..=40, "leader ");
+                }
+            }
+            (30..=44, _) => {
+                let x = self.rng.gen_range(0..n);
+                self.crash_for(x, 2..=25);
+            }
+            (45..=54, _) => {
+                self.trace.log(self.now, "POWER LOSS: every node".into());
+                for x in 0..n {
+                    self.crash_for(x, 1..=20);
+                }
+            }
+            (55..=64, Some(x)) => {
+                let y = (x + self.rng.gen_range(1..n)) % n;
+                self.trace.log(
+                    self.now,
+                    format!(
+                        "leader {} of shard {s} and {} are hit",
+                        self.ids[x], self.ids[y]
+                    ),
+                );
+                self.crash_for(x, 2..=25);
+                self.crash_for(y, 1..=15);
+            }
+            (65..=74, _) => {
+                let x = self.rng.gen_range(0..n);
+                self.isolate_for(x, 5..=40, "");
+            }
+            (75..=84, _) => {
+                let x = self.rng.gen_range(0..n);
+                self.nodes[x].disk_slow = true;
+                self.trace
+                    .log(self.now, format!("{} disk slow", self.ids[x]));
+                let back = self.now + self.rng.gen_range(20..=60) * TICK_NS;
+                self.at(back, Ev::DiskFast(x));
             }
             _ => {}
         }

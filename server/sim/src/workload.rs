@@ -82,6 +82,10 @@ pub struct Client {
     pub stopped: bool,
     /// Keys to read once each, in order, before stopping (the final read-back).
     pub script: Vec<Bytes>,
+    /// Bytes of padding after each written value's unique prefix: large values make a
+    /// leader need several Appends to catch a follower up (only a prefix of its log is
+    /// acknowledged at a time, as in Raft's Figure 8).
+    pub value_pad_bytes: usize,
 }
 
 /// The key space: a few keys, so operations on one key overlap often.
@@ -105,6 +109,7 @@ impl Client {
             unknown: 0,
             stopped: false,
             script: Vec::new(),
+            value_pad_bytes: 0,
         }
     }
 
@@ -216,7 +221,9 @@ impl Client {
             return Action::Idle;
         } else {
             let i = rng.gen_range(0..keys.len());
-            let value = Bytes::from(format!("{}-{}", self.id, self.seq + 1));
+            let mut value = format!("{}-{}", self.id, self.seq + 1);
+            value.extend(std::iter::repeat_n('.', self.value_pad_bytes));
+            let value = Bytes::from(value);
             let op = match rng.gen_range(0..100) {
                 0..=39 => KvOp::Get,
                 40..=69 => KvOp::Put(value),

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use kv_sim::{run, FaultMix, Report, SimOptions};
+use kv_sim::{run, FaultMix, FaultProfile, Report, SimOptions};
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -14,6 +14,12 @@ enum Faults {
     None,
     Net,
     All,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Profile {
+    Mixed,
+    Churn,
 }
 
 #[cfg(feature = "planted-bugs")]
@@ -50,6 +56,9 @@ struct Args {
     /// Fault mix.
     #[arg(long, value_enum, default_value_t = Faults::All)]
     faults: Faults,
+    /// How `--faults all` aims its faults; seed-chosen by default.
+    #[arg(long, value_enum)]
+    profile: Option<Profile>,
     /// Ticks of the safety phase (faults on).
     #[arg(long, alias = "duration-ticks")]
     steps: Option<u64>,
@@ -105,6 +114,10 @@ fn options(args: &Args, seed: u64) -> Result<SimOptions> {
         Faults::Net => FaultMix::Net,
         Faults::All => FaultMix::All,
     };
+    o.profile = args.profile.map(|p| match p {
+        Profile::Mixed => FaultProfile::Mixed,
+        Profile::Churn => FaultProfile::Churn,
+    });
     if let Some(t) = args.steps {
         o.safety_ticks = t;
     }
