@@ -75,16 +75,23 @@ impl Raft {
             .write_dependency()
             .expect("a new term always needs a write");
         self.held.push((dep, Held::SelfVote(self.term)));
+        // The vote requests wait for the same write: were they sent before the new term
+        // is durable, a crash could lose the term after two peers granted it, and the
+        // restarted node could win the same term again and write different entries at
+        // the same (index, term) (found by kvsim's churn profile, seed 2466).
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         for v in self.other_voters() {
-            self.send(
-                v,
-                MessageBody::Vote {
+            let request = Message {
+                from: self.cfg.id,
+                to: v,
+                term: self.term,
+                body: MessageBody::Vote {
                     last_index,
                     last_term,
                     transfer,
                 },
-            );
+            };
+            self.held.push((dep, Held::Send(request)));
         }
     }
 

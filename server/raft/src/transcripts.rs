@@ -417,4 +417,5 @@ transcripts!(
     quiet_leader,
     lease_read,
     eager_followers,
+    vote_request_after_persist,
 );
