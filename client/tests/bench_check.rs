@@ -55,12 +55,10 @@ async fn the_check_catches_a_planted_stale_read() {
     let fake = FakeCluster::start(1, 2, Some(1));
     let client = Client::connect(fake.options()).await.unwrap();
     fake.ctl().stale_reads = 1;
-    // Few clients over many keys: keys are written seldom, so a key's last write is often
-    // older than the fake's STALE_AFTER when it is read, and the stale read gets planted.
-    let mut o = options(u64::MAX, 50);
+    // Few clients over few keys: a session often reads a key it wrote last, which is when
+    // the fake plants its stale read (see `Ctl::prev`).
+    let mut o = options(2000, 20);
     o.clients = 4;
-    o.ops = None;
-    o.duration = Some(Duration::from_millis(600));
     let r = run(&client, o, |_| {}).await;
     assert_eq!(
         fake.ctl().stale_served,

@@ -16,11 +16,7 @@ use kvcli::client::{ClientOptions, NodeAddr};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-/// A stale read is served only for a key whose latest write is at least this old, so that
-/// the read was (on loopback, all but certainly) invoked after that write completed.
-pub const STALE_AFTER: Duration = Duration::from_millis(20);
+use std::time::Duration;
 
 /// The fake's state and knobs.
 #[derive(Default)]
@@ -31,8 +27,11 @@ pub struct Ctl {
     pub hint: bool,
     /// The map.
     pub data: HashMap<Bytes, Bytes>,
-    /// Per key: the value before its latest write, and when that write happened.
-    pub prev: HashMap<Bytes, (Option<Bytes>, Instant)>,
+    /// Per key: the value before its latest write, and the session that wrote it. A stale
+    /// read is planted only when that same session reads the key: a session runs one request
+    /// at a time, so its write completed before its read was invoked, and the old value is
+    /// then certainly not linearizable, however fast or slow the machine.
+    pub prev: HashMap<Bytes, (Option<Bytes>, ClientId)>,
     /// Per client: latest applied seq and its outcome (the session table).
     pub sessions: HashMap<ClientId, (u64, Outcome)>,
     /// Every application of a write, by (client, seq).
@@ -270,8 +269,8 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
     }
     if let Op::Get { .. } = r.op {
         if c.stale_reads > 0 {
-            if let Some((old, at)) = c.prev.get(&key) {
-                if at.elapsed() >= STALE_AFTER {
+            if let Some((old, writer)) = c.prev.get(&key) {
+                if *writer == r.client {
                     let old = old.clone();
                     c.stale_reads -= 1;
                     c.stale_served += 1;
@@ -321,7 +320,7 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
         Op::Get { .. } | Op::Status => unreachable!("handled above"),
     };
     if c.data.get(&key) != before.as_ref() {
-        c.prev.insert(key, (before, Instant::now()));
+        c.prev.insert(key, (before, r.client));
     }
     c.applied.push((r.client, r.seq));
     c.sessions.insert(r.client, (r.seq, outcome.clone()));
