@@ -53,6 +53,7 @@ pub fn node_config(settings: &Settings, roster: &Roster) -> NodeConfig {
         snapshot_threshold_entries: 1_000_000,
         spread_leaders: false,
         seed: settings.seed,
+        tuning: kv_node::RaftTuning::default(),
     }
 }
 

@@ -36,6 +36,47 @@ pub struct NodeConfig {
     pub spread_leaders: bool,
     /// Run seed: each group's RNG derives from (seed, node, shard).
     pub seed: u64,
+    /// Optional Raft behaviours, the same for every group of the node.
+    pub tuning: RaftTuning,
+}
+
+/// The optional Raft behaviours a deployment chooses (each is documented on
+/// [`kv_raft::Config`]). Kept apart from the timing so that kvserver, course mode and the
+/// simulator share one way of building a group's Raft settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftTuning {
+    /// Most entry payload bytes in one Append message.
+    pub append_bytes_max: usize,
+    /// Leader lease reads.
+    pub lease_reads: bool,
+    /// Ticks taken off the lease for clock drift.
+    pub lease_margin_ticks: u32,
+    /// Skip heartbeats to followers that recently got an Append.
+    pub heartbeat_suppression: bool,
+    /// Send an Append to every follower as soon as the commit index advances.
+    pub broadcast_commit: bool,
+    /// Resend unacknowledged Appends after this many ticks; `None`: every heartbeat.
+    pub retransmit_ticks: Option<u32>,
+    /// Send new entries at once only to this many most responsive voters.
+    pub eager_followers: Option<usize>,
+}
+
+impl Default for RaftTuning {
+    /// kvserver's choice. Followers learn the commit index from the next Append or
+    /// heartbeat: a commit-only Append per entry cost 2 datagrams and a follower wake-up
+    /// each, and measured +50% put throughput at 8 shards when removed
+    /// (docs/PERFORMANCE.md).
+    fn default() -> RaftTuning {
+        RaftTuning {
+            append_bytes_max: APPEND_BYTES_MAX,
+            lease_reads: false,
+            lease_margin_ticks: 2,
+            heartbeat_suppression: true,
+            broadcast_commit: false,
+            retransmit_ticks: None,
+            eager_followers: None,
+        }
+    }
 }
 
 impl NodeConfig {
@@ -56,6 +97,7 @@ impl NodeConfig {
             snapshot_threshold_entries: 10_000,
             spread_leaders: true,
             seed: cluster.cluster_id ^ node.0.rotate_left(32),
+            tuning: RaftTuning::default(),
         }
     }
 
@@ -74,6 +116,7 @@ impl NodeConfig {
             snapshot_threshold_entries: 1000,
             spread_leaders: false,
             seed: 1,
+            tuning: RaftTuning::default(),
         }
     }
 
@@ -97,6 +140,7 @@ impl NodeConfig {
         seed_bytes[..8].copy_from_slice(&self.seed.to_le_bytes());
         seed_bytes[8..16].copy_from_slice(&self.node.0.to_le_bytes());
         seed_bytes[16..].copy_from_slice(&shard.0.to_le_bytes());
+        let t = &self.tuning;
         kv_raft::Config {
             id: self.node,
             election_ticks_min: self.election_ticks_min,
@@ -104,16 +148,16 @@ impl NodeConfig {
             heartbeat_ticks: self.heartbeat_ticks,
             pre_vote: self.pre_vote,
             check_quorum: self.check_quorum,
-            append_bytes_max: APPEND_BYTES_MAX,
+            append_bytes_max: t.append_bytes_max,
             inflight_appends_max: INFLIGHT_APPENDS_MAX,
             snapshot_chunk_bytes_max: SNAPSHOT_CHUNK_BYTES_MAX,
             seed: xxh64(&seed_bytes, 0x5eed),
-            retransmit_ticks: self.heartbeat_ticks,
-            // Followers learn the commit index from the next Append or heartbeat; a
-            // commit-only Append per entry cost 2 datagrams and a follower wake-up each,
-            // and measured +50% put throughput at 8 shards when removed (docs/PERFORMANCE.md).
-            broadcast_commit: false,
-            heartbeat_suppression: true,
+            retransmit_ticks: t.retransmit_ticks.unwrap_or(self.heartbeat_ticks),
+            broadcast_commit: t.broadcast_commit,
+            heartbeat_suppression: t.heartbeat_suppression,
+            lease_reads: t.lease_reads,
+            lease_margin_ticks: t.lease_margin_ticks,
+            eager_followers: t.eager_followers,
             ..kv_raft::Config::new(self.node, 0)
         }
     }

@@ -23,7 +23,7 @@ pub mod wal;
 mod tests;
 
 pub use crate::codec::GroupMessage;
-pub use crate::config::NodeConfig;
+pub use crate::config::{NodeConfig, RaftTuning};
 #[cfg(feature = "planted-bugs")]
 pub use crate::core::PlantedBug;
 pub use crate::core::{
