@@ -150,7 +150,7 @@ async fn a_shard_without_leader_is_unavailable_after_the_deadline_not_a_hang() {
     let took = start.elapsed();
     let shard = client.shard_of(b"k").unwrap();
     assert!(
-        took >= Duration::from_millis(400) && took < Duration::from_millis(1500),
+        took >= Duration::from_millis(400) && took < Duration::from_millis(3000),
         "{took:?}"
     );
     let msg = e.to_string();
