@@ -465,6 +465,17 @@ impl Client {
         &self.shared.options
     }
 
+    /// A target's node id: the one it was named with, else the one discovery learnt.
+    fn node_id(&self, target: NodeAddr) -> Option<NodeId> {
+        target.id.or_else(|| {
+            self.shared
+                .topology
+                .lock()
+                .expect("topology lock")
+                .id_of(target.addr)
+        })
+    }
+
     fn enqueue(&self, to: SocketAddr, encoded_request: Vec<u8>) {
         bump(&self.shared.counters.requests_sent);
         // The sender task lives as long as `shared`; a closed channel means shutdown.
@@ -787,17 +798,7 @@ impl Session {
                     },
                 }
             };
-            let who = node_name(
-                target.id.or_else(|| {
-                    self.client
-                        .shared
-                        .topology
-                        .lock()
-                        .expect("topology lock")
-                        .id_of(target.addr)
-                }),
-                target.addr,
-            );
+            let who = node_name(self.client.node_id(target), target.addr);
             match setback {
                 Setback::Silence => {
                     outcome_unknown |= is_write;
@@ -850,14 +851,7 @@ impl Session {
                     last = format!("{who}: {e}");
                 }
                 Setback::Error(error) => {
-                    let node = target.id.or_else(|| {
-                        self.client
-                            .shared
-                            .topology
-                            .lock()
-                            .expect("topology lock")
-                            .id_of(target.addr)
-                    });
+                    let node = self.client.node_id(target);
                     return Err(Error::Refused {
                         node,
                         addr: target.addr,
