@@ -48,6 +48,40 @@ pub enum FaultProfile {
     /// majority, then crashes before its own entry is durable) and of acks sent before a
     /// write is durable.
     Churn,
+    /// Raft's Figure 8 driven on purpose (3 nodes, 1 shard unless set; shard 0 is the
+    /// target): a repeated partition script reacting to who leads. Cut off leader A (it
+    /// keeps appending client writes alone); when B wins among the rest, cut B off at
+    /// once (its no-op stays on B); reconnect A with the others, and when one of them
+    /// wins, cut it off (or crash it) after a random delay of a few network round trips
+    /// and reconnect B. Appends carry one entry each (`append_bytes_max` 1), so a new
+    /// leader catches a follower up entry by entry and the cut can fall between acks.
+    /// Only `kvsim --profile figure8` or `SimOptions::profile` selects it.
+    Figure8,
+}
+
+/// Where the Figure 8 script stands (see [`FaultProfile::Figure8`]).
+#[derive(Clone, Copy, Debug)]
+enum Fig8 {
+    /// All links up; cut the leader off at `start_ns`.
+    Idle { start_ns: u64 },
+    /// `old`, leader in `term`, is alone; waiting for a leader among the others.
+    OldCut {
+        old: usize,
+        term: u64,
+        give_up_ns: u64,
+    },
+    /// `mid` won and was cut off too: every node alone until `rejoin_ns`.
+    AllCut { mid: usize, rejoin_ns: u64 },
+    /// Everyone but `mid` (leader in `term`) reconnected; waiting for their leader.
+    Rejoined {
+        mid: usize,
+        term: u64,
+        give_up_ns: u64,
+    },
+    /// Their leader will be cut off by an `Ev::Fig8Cut`.
+    Racing,
+    /// The cut leader is alone, `mid` rejoined the rest; heal everything at `heal_ns`.
+    Final { heal_ns: u64 },
 }
 
 /// Called on every NodeCore the simulator starts (tests plant bugs with it).
@@ -187,6 +221,8 @@ enum Ev {
         node: usize,
         inc: u64,
     },
+    /// Figure 8 script: cut off (maybe crash) the leader the reconnected nodes elected.
+    Fig8Cut(usize),
     Liveness,
 }
 
@@ -293,6 +329,7 @@ struct Sim {
     disk_latency_ns_max: u64,
     request_timeout_ticks: u64,
     profile: FaultProfile,
+    fig8: Fig8,
 }
 
 /// Runs one simulation.
@@ -393,9 +430,10 @@ impl Sim {
             _ => FaultProfile::Mixed,
         };
         let churn = profile == FaultProfile::Churn;
+        let small = churn || profile == FaultProfile::Figure8;
         let n = opts.nodes.unwrap_or_else(|| {
             let drawn = rng.gen_range(3..=7);
-            if churn {
+            if small {
                 3
             } else {
                 drawn
@@ -403,7 +441,7 @@ impl Sim {
         });
         let shards = opts.shards.unwrap_or_else(|| {
             let drawn = rng.gen_range(1..=8);
-            if churn {
+            if small {
                 1
             } else {
                 drawn
@@ -412,7 +450,7 @@ impl Sim {
         assert!((1..=16).contains(&n) && shards >= 1, "bad cluster shape");
         let ids: Vec<NodeId> = (1..=n as u64).map(NodeId).collect();
         let faulty = opts.faults != FaultMix::None;
-        let net = if faulty {
+        let mut net = if faulty {
             NetParams {
                 loss: [0.0, 0.01, 0.05, 0.15][rng.gen_range(0..4)],
                 dup: [0.0, 0.02, 0.1][rng.gen_range(0..3)],
@@ -423,6 +461,11 @@ impl Sim {
         } else {
             NetParams::quiet()
         };
+        if profile == FaultProfile::Figure8 {
+            // The script's partitions are the faults; heavy loss would only stall it.
+            net.loss = net.loss.min(0.01);
+            net.long_delay = 0.0;
+        }
         let pre_vote = rng.gen_bool(0.8);
         let check_quorum = rng.gen_bool(0.8);
         let spread_leaders = rng.gen_bool(0.5);
@@ -441,6 +484,11 @@ impl Sim {
                 config.snapshot_threshold_entries = snapshot_threshold_entries;
                 config.request_timeout_ticks = request_timeout_ticks as u32;
                 config.seed = opts.seed;
+                if profile == FaultProfile::Figure8 {
+                    // One entry per Append: a follower catching up acks old-term entries
+                    // one by one before the new leader's no-op.
+                    config.tuning.append_bytes_max = 1;
+                }
                 Node {
                     id,
                     config,
@@ -474,10 +522,10 @@ impl Sim {
         let trace = Trace::new(opts.trace, opts.detail);
         let disk_latency_ns_max = if opts.faults == FaultMix::All {
             let drawn = [0, 2_000_000, 10_000_000, 30_000_000][rng.gen_range(0..4)];
-            if churn {
-                rng.gen_range(20..=60) * 1_000_000
-            } else {
-                drawn
+            match profile {
+                FaultProfile::Churn => rng.gen_range(20..=60) * 1_000_000,
+                FaultProfile::Figure8 => rng.gen_range(2..=30) * 1_000_000,
+                FaultProfile::Mixed => drawn,
             }
         } else {
             0
@@ -513,6 +561,7 @@ impl Sim {
             disk_latency_ns_max,
             request_timeout_ticks,
             profile,
+            fig8: Fig8::Idle { start_ns: 0 },
             opts,
         }
     }
@@ -759,6 +808,7 @@ impl Sim {
                     self.crash_for(node, 2..=25);
                 }
             }
+            Ev::Fig8Cut(x) => self.figure8_cut(x),
             Ev::Liveness => self.start_liveness(),
         }
     }
@@ -999,6 +1049,9 @@ impl Sim {
             let inc = self.nodes[i].inc;
             self.at(at, Ev::HitNewLeader { node: i, inc });
         }
+        if self.checker.elections > elections && self.profile == FaultProfile::Figure8 {
+            self.figure8_elected(i);
+        }
         self.stats.elections = self.checker.elections;
     }
 
@@ -1043,8 +1096,10 @@ impl Sim {
         if self.phase != Phase::Safety {
             return;
         }
-        if self.profile == FaultProfile::Churn {
-            return self.chaos_churn();
+        match self.profile {
+            FaultProfile::Churn => return self.chaos_churn(),
+            FaultProfile::Figure8 => return self.figure8_step(),
+            FaultProfile::Mixed => {}
         }
         let next = self.now + self.rng.gen_range(5..=30) * TICK_NS;
         self.at(next, Ev::Chaos);
@@ -1247,6 +1302,139 @@ impl Sim {
             }
             _ => {}
         }
+    }
+
+    /// Cuts every link between nodes on different sides (`side[node]`).
+    fn split(&mut self, side: &[usize]) {
+        self.blocked.clear();
+        let n = self.nodes.len();
+        for a in 0..n {
+            for b in 0..n {
+                if side[a] != side[b] {
+                    self.blocked.insert((a, b));
+                }
+            }
+        }
+        self.stats.partitions += 1;
+        let mut groups: BTreeMap<usize, Vec<NodeId>> = BTreeMap::new();
+        for (j, &s) in side.iter().enumerate() {
+            groups.entry(s).or_default().push(self.ids[j]);
+        }
+        let groups: Vec<_> = groups.into_values().collect();
+        self.trace
+            .log(self.now, format!("PARTITION figure8 {groups:?}"));
+    }
+
+    /// Heals every link and waits a little before the script's next round.
+    fn figure8_restart(&mut self) {
+        if !self.blocked.is_empty() {
+            self.trace.log(self.now, "heal partitions".into());
+            self.blocked.clear();
+        }
+        let start_ns = self.now + self.rng.gen_range(10..=40) * TICK_NS;
+        self.fig8 = Fig8::Idle { start_ns };
+    }
+
+    /// The Figure 8 script's timed steps, every tick of the safety phase.
+    fn figure8_step(&mut self) {
+        self.at(self.now + TICK_NS, Ev::Chaos);
+        match self.fig8 {
+            Fig8::Idle { start_ns } if self.now >= start_ns => {
+                let Some(old) = self.leader_of(0) else {
+                    return;
+                };
+                let term = self.term_of(old);
+                let side: Vec<usize> = (0..self.nodes.len())
+                    .map(|j| usize::from(j == old))
+                    .collect();
+                self.split(&side);
+                let give_up_ns = self.now + 150 * TICK_NS;
+                self.fig8 = Fig8::OldCut {
+                    old,
+                    term,
+                    give_up_ns,
+                };
+            }
+            Fig8::OldCut { give_up_ns, .. } | Fig8::Rejoined { give_up_ns, .. }
+                if self.now >= give_up_ns =>
+            {
+                self.figure8_restart()
+            }
+            Fig8::AllCut { mid, rejoin_ns } if self.now >= rejoin_ns => {
+                let term = self.term_of(mid);
+                let side: Vec<usize> = (0..self.nodes.len())
+                    .map(|j| usize::from(j == mid))
+                    .collect();
+                self.split(&side);
+                let give_up_ns = self.now + 150 * TICK_NS;
+                self.fig8 = Fig8::Rejoined {
+                    mid,
+                    term,
+                    give_up_ns,
+                };
+            }
+            Fig8::Final { heal_ns } if self.now >= heal_ns => self.figure8_restart(),
+            _ => {}
+        }
+    }
+
+    /// The Figure 8 script's reactions to a new leader (node `i`, just elected).
+    fn figure8_elected(&mut self, i: usize) {
+        if self.phase != Phase::Safety || self.leader_of(0) != Some(i) {
+            return;
+        }
+        let term = self.term_of(i);
+        match self.fig8 {
+            Fig8::OldCut { old, term: t, .. } if i != old && term > t => {
+                // Before its first Appends land: its no-op stays in its own log only.
+                let side: Vec<usize> = (0..self.nodes.len())
+                    .map(|j| {
+                        if j == old {
+                            0
+                        } else if j == i {
+                            1
+                        } else {
+                            2
+                        }
+                    })
+                    .collect();
+                self.split(&side);
+                let rejoin_ns = self.now + self.rng.gen_range(3..=10) * TICK_NS;
+                self.fig8 = Fig8::AllCut { mid: i, rejoin_ns };
+            }
+            Fig8::Rejoined { mid, term: t, .. } if i != mid && term > t => {
+                // A few network round trips and disk writes: the new leader is catching
+                // the others up, one entry per Append.
+                let window_ns = 4 * self.net.delay_ns_max + 2 * self.disk_latency_ns_max;
+                let at = self.now + self.rng.gen_range(0..=window_ns);
+                self.at(at, Ev::Fig8Cut(i));
+                self.fig8 = Fig8::Racing;
+            }
+            _ => {}
+        }
+    }
+
+    /// Cuts off the leader the reconnected nodes elected (crashing it half the time) and
+    /// reconnects everyone else, the earlier cut-off leader included.
+    fn figure8_cut(&mut self, x: usize) {
+        if self.phase != Phase::Safety || !matches!(self.fig8, Fig8::Racing) {
+            return;
+        }
+        let side: Vec<usize> = (0..self.nodes.len()).map(|j| usize::from(j == x)).collect();
+        self.split(&side);
+        if self.rng.gen_bool(0.5) {
+            self.crash_for(x, 20..=60);
+        }
+        let heal_ns = self.now + self.rng.gen_range(60..=120) * TICK_NS;
+        self.fig8 = Fig8::Final { heal_ns };
+    }
+
+    /// `x`'s current term in shard 0 (0 if it is down).
+    fn term_of(&self, x: usize) -> u64 {
+        self.nodes[x]
+            .run
+            .as_ref()
+            .map_or(0, |r| r.core.group_view(ShardId(0)).term)
     }
 
     fn start_liveness(&mut self) {

@@ -20,6 +20,7 @@ enum Faults {
 enum Profile {
     Mixed,
     Churn,
+    Figure8,
 }
 
 #[cfg(feature = "planted-bugs")]
@@ -117,6 +118,7 @@ fn options(args: &Args, seed: u64) -> Result<SimOptions> {
     o.profile = args.profile.map(|p| match p {
         Profile::Mixed => FaultProfile::Mixed,
         Profile::Churn => FaultProfile::Churn,
+        Profile::Figure8 => FaultProfile::Figure8,
     });
     if let Some(t) = args.steps {
         o.safety_ticks = t;
