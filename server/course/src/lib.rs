@@ -9,8 +9,8 @@
 //! - [`peer`]: the node core's group messages inside peer datagrams (split to fit).
 //! - [`handoff`]: who answers a put across a leader change (side info, orphans).
 //! - [`requests`]: the MID table (each MID answered once), sessions, outcome -> answer.
-//! - [`policy`]: which peer messages leave now (lazy followers, heartbeat suppression)
-//!   and the leader lease for gets.
+//! - [`policy`]: which peer messages leave now (lazy followers, stall release, heartbeat
+//!   suppression); the leader lease for gets is kv-raft's (`lease_reads`).
 //! - [`settings`]: this mode's timing and traffic settings.
 //! - [`runtime`]: the socket loop.
 

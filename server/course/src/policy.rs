@@ -1,6 +1,14 @@
-//! Course mode's send policy: which Raft messages leave now, which wait, and when the
-//! leader may serve a get from its own state. It exists because the course counts every
-//! replica-bound datagram, and Raft as written sends every append to every follower.
+//! Course mode's send policy: which Raft messages leave now and which wait. It exists
+//! because the course counts every replica-bound datagram, and Raft as written sends every
+//! append to every follower.
+//!
+//! kv-raft has native versions of these behaviours (`eager_followers`, `retransmit_ticks`,
+//! `heartbeat_suppression`); course mode does not use them, because at 30% loss and with
+//! dead or cut-off followers they cost more (docs/COURSE_MODE.md, "Why the policy lives
+//! in the runtime"): native retransmission repeats every `retransmit_ticks` without
+//! back-off, so a period short enough for loss (a few ms) floods dead and cut-off
+//! followers, and native suppression counts an append this policy holds as contact.
+//! The leader lease for gets is kv-raft's own (`lease_reads`).
 //!
 //! - Lazy followers: a leader needs acknowledgements from `quorum - 1` followers to
 //!   commit, so it sends appends at once only to that many ("fast" followers). Appends to
@@ -12,11 +20,8 @@
 //!   fast follower gets it with its next append or heartbeat, not in a datagram of its own.
 //! - Heartbeat suppression: a fast follower that acknowledged an append within the last
 //!   heartbeat interval does not need the heartbeat (the append reset its election timer
-//!   and its acknowledgement counts for CheckQuorum). Heartbeats that confirm a ReadIndex
-//!   round are never suppressed.
-//! - Leader lease: see [`Settings::check`]; a get is served locally while a quorum has
-//!   acknowledged this leader within [`Settings::lease`] and the leader has applied the
-//!   no-op of its term (so its state holds every committed write).
+//!   and its acknowledgement counts for CheckQuorum). Heartbeats go to every follower
+//!   while gets wait for a ReadIndex round: their echoes are what confirms the reads.
 //!
 //! Time comes in as arguments, so all of this is tested without a clock.
 
@@ -37,6 +42,24 @@ pub const STALL_WAIT_MAX: Duration = Duration::from_millis(500);
 /// appends tell every follower who leads.
 pub const LEADER_GRACE: Duration = Duration::from_millis(200);
 
+/// Weight of the newest commit in [`SendPolicy`]'s running stall rate.
+const STALL_RATE_WEIGHT: f64 = 1.0 / 16.0;
+
+/// Above this running fraction of commits that needed a stall release, the leader sends
+/// new appends to every follower at once: at 30% loss three puts in four miss one of
+/// two fast acknowledgements, while any two of four arrive two times in three. (At 10%
+/// loss a third of the puts stall with two fast followers, at 15% half.)
+pub const WIDE_ENTER_STALL_RATE: f64 = 0.6;
+
+/// The stall rate a replica starts from: halfway, so that a leader elected under heavy
+/// loss goes wide after a few stalled commits, while one without loss stays narrow.
+pub const STALL_RATE_INITIAL: f64 = 0.5;
+
+/// Below this stall rate a leader sending to everyone goes back to `quorum - 1` fast
+/// followers. Sending wide stalls far less (a third of the commits at 30% loss, 7% at
+/// 15%), hence the gap.
+pub const WIDE_LEAVE_STALL_RATE: f64 = 0.2;
+
 /// The parts of the Raft status the policy needs, read after each round of input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct View {
@@ -48,8 +71,6 @@ pub struct View {
     pub commit: Index,
     /// Last log index.
     pub last_index: Index,
-    /// Highest applied index.
-    pub applied: Index,
 }
 
 #[derive(Debug, Default)]
@@ -72,8 +93,6 @@ struct Peer {
 struct Leadership {
     term: Term,
     since: Instant,
-    /// Last log index when leadership was first seen: the term's no-op is at or below it.
-    noop_index: Index,
 }
 
 /// The send policy of one replica.
@@ -90,6 +109,12 @@ pub struct SendPolicy {
     /// Wait before the next stall release; doubles after each release without commit
     /// progress (a leader cut off from its quorum must not flood the network).
     stall_wait: Duration,
+    /// A stall release happened since the commit index last moved.
+    released: bool,
+    /// Running fraction of commits that needed a stall release (an estimate of loss).
+    stall_rate: f64,
+    /// Every follower is fast (heavy loss; see [`WIDE_ENTER_STALL_RATE`]).
+    wide: bool,
 }
 
 impl SendPolicy {
@@ -110,6 +135,9 @@ impl SendPolicy {
             last_commit: 0,
             uncommitted_since: None,
             stall_wait: Duration::ZERO,
+            released: false,
+            stall_rate: STALL_RATE_INITIAL,
+            wide: false,
         }
     }
 
@@ -138,7 +166,6 @@ impl SendPolicy {
                 self.leading = Some(Leadership {
                     term: view.term,
                     since: now,
-                    noop_index: view.last_index,
                 });
                 self.fast.clear();
                 self.drop_held();
@@ -151,6 +178,16 @@ impl SendPolicy {
         }
         if view.commit != self.last_commit {
             self.stall_wait = self.settings.stall;
+            if self.leading.is_some() && view.commit > self.last_commit {
+                let sample = if self.released { 1.0 } else { 0.0 };
+                self.stall_rate += (sample - self.stall_rate) * STALL_RATE_WEIGHT;
+                if self.stall_rate > WIDE_ENTER_STALL_RATE {
+                    self.wide = true;
+                } else if self.stall_rate < WIDE_LEAVE_STALL_RATE {
+                    self.wide = false;
+                }
+            }
+            self.released = false;
         }
         if view.last_index <= view.commit {
             self.uncommitted_since = None;
@@ -168,26 +205,6 @@ impl SendPolicy {
         }
     }
 
-    /// True while this leader may answer gets from its own applied state.
-    pub fn lease_valid(&self, view: View, now: Instant) -> bool {
-        let Some(l) = &self.leading else {
-            return false;
-        };
-        if view.role != Role::Leader || view.term != l.term || view.applied < l.noop_index {
-            return false;
-        }
-        let fresh = self
-            .peers
-            .values()
-            .filter(|p| {
-                p.ack.is_some_and(|(term, at)| {
-                    term == l.term && now.saturating_duration_since(at) < self.settings.lease
-                })
-            })
-            .count();
-        fresh + 1 >= self.quorum
-    }
-
     fn lazy_active(&self, now: Instant) -> bool {
         self.settings.lazy_followers
             && self
@@ -203,8 +220,13 @@ impl SendPolicy {
 
     /// Keeps `quorum - 1` fast followers, replacing any that left an append unanswered for
     /// longer than the stall time by the followers that answered most recently.
+    /// Under heavy loss (see [`WIDE_ENTER_STALL_RATE`]) every follower is fast.
     fn refresh_fast(&mut self, now: Instant) {
-        let want = self.quorum - 1;
+        let want = if self.wide {
+            self.peers.len()
+        } else {
+            self.quorum - 1
+        };
         let healthy =
             self.fast.len() == want && self.fast.iter().all(|id| !self.stale(&self.peers[id], now));
         if healthy {
@@ -225,10 +247,12 @@ impl SendPolicy {
     }
 
     /// Decides what of `msgs` (bound for `dst`) leaves now; the rest is held.
+    /// `reads_waiting`: gets wait for a ReadIndex round (every heartbeat then goes out).
     pub fn route(
         &mut self,
         dst: NodeId,
         msgs: Vec<GroupMessage>,
+        reads_waiting: bool,
         now: Instant,
     ) -> Vec<GroupMessage> {
         if !self.peers.contains_key(&dst) {
@@ -244,15 +268,20 @@ impl SendPolicy {
         let fast = self.fast.contains(&dst);
         let peer = self.peers.get_mut(&dst).expect("known peer");
         let mut out = std::mem::take(&mut peer.held);
+        // Sending wide (heavy loss), every heartbeat goes: the lease needs their echoes,
+        // and no lazy follower is left to give them.
         let skip_heartbeats = fast
             && suppress
+            && !self.wide
+            && !reads_waiting
             && peer.unacked_since.is_none()
             && peer
                 .append_sent
                 .is_some_and(|t| now.saturating_duration_since(t) < heartbeat_interval);
         out.extend(msgs.into_iter().filter(|gm| {
-            !(skip_heartbeats
-                && matches!(gm.msg.body, MessageBody::Heartbeat { read_round: 0, .. }))
+            // With lease reads every heartbeat carries a read round (its echo renews the
+            // lease); the lazy followers' echoes renew it while the fast ones are busy.
+            !(skip_heartbeats && matches!(gm.msg.body, MessageBody::Heartbeat { .. }))
         }));
         let may_wait = |body: &MessageBody| {
             if fast {
@@ -284,10 +313,12 @@ impl SendPolicy {
         }
     }
 
-    /// When a commit has stalled, releases every held message and resends every append
-    /// still unanswered, so that any quorum of followers that can be reached makes the
-    /// commit. Consecutive releases without commit progress back off exponentially up
-    /// to [`STALL_WAIT_MAX`].
+    /// When a commit has stalled, sends what the commit lacks. The first release after
+    /// progress is targeted: one follower per missing acknowledgement, preferring those
+    /// with held appends (they need them anyway) over resending to a silent fast one.
+    /// Later releases send every held message and resend every append still unanswered,
+    /// so that any quorum of followers that can be reached makes the commit. Consecutive
+    /// releases without commit progress back off exponentially up to [`STALL_WAIT_MAX`].
     pub fn release_if_stalled(&mut self, now: Instant) -> Vec<(NodeId, Vec<GroupMessage>)> {
         let Some(since) = self.uncommitted_since else {
             return Vec::new();
@@ -298,8 +329,17 @@ impl SendPolicy {
         }
         self.uncommitted_since = Some(now);
         self.stall_wait = (wait * 2).min(STALL_WAIT_MAX);
+        let targets = if self.released {
+            None
+        } else {
+            self.targets(now)
+        };
+        self.released = true;
         let mut out = Vec::new();
         for (&id, p) in self.peers.iter_mut() {
+            if targets.as_ref().is_some_and(|t| !t.contains(&id)) {
+                continue;
+            }
             let mut msgs = std::mem::take(&mut p.held);
             msgs.append(&mut p.unacked);
             if !msgs.is_empty() {
@@ -310,6 +350,41 @@ impl SendPolicy {
             self.note_sent(*id, msgs, now);
         }
         out
+    }
+
+    /// The followers a first release goes to, or None for everyone: as many as the
+    /// commit lacks acknowledgements (fast followers with nothing unanswered count as
+    /// acknowledged), held appends first, then the most recently heard.
+    fn targets(&self, now: Instant) -> Option<Vec<NodeId>> {
+        let acked = self
+            .fast
+            .iter()
+            .filter(|id| self.peers[*id].unacked.is_empty())
+            .count();
+        let need = (self.quorum - 1).saturating_sub(acked).max(1);
+        let mut ranked: Vec<(bool, bool, Option<Instant>, NodeId)> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| {
+                let acked = self.fast.contains(id) && p.unacked.is_empty();
+                let nothing_to_send = p.held.is_empty() && p.unacked.is_empty();
+                !(acked || nothing_to_send)
+            })
+            .map(|(&id, p)| {
+                (
+                    p.held.is_empty(),
+                    self.stale(p, now),
+                    p.ack.map(|a| a.1),
+                    id,
+                )
+            })
+            .collect();
+        // Held appends first, then not stale, then the most recent acknowledgement.
+        ranked.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)).then(b.2.cmp(&a.2)));
+        if ranked.len() <= need {
+            return None;
+        }
+        Some(ranked.into_iter().take(need).map(|r| r.3).collect())
     }
 
     /// When [`SendPolicy::release_if_stalled`] next has something to do.
@@ -419,7 +494,6 @@ mod tests {
             term: 2,
             commit,
             last_index,
-            applied: commit,
         }
     }
 
@@ -444,7 +518,11 @@ mod tests {
         let mut p = policy();
         p.observe(leader(0, 1), t0);
         for f in 2..=5 {
-            assert_eq!(p.route(NodeId(f), vec![append(NodeId(f), 1)], t0).len(), 1);
+            assert_eq!(
+                p.route(NodeId(f), vec![append(NodeId(f), 1)], false, t0)
+                    .len(),
+                1
+            );
         }
     }
 
@@ -454,7 +532,10 @@ mod tests {
         let (mut p, now) = settled(t0);
         p.observe(leader(1, 2), now);
         let sent: Vec<usize> = (2..=5)
-            .map(|f| p.route(NodeId(f), vec![append(NodeId(f), 2)], now).len())
+            .map(|f| {
+                p.route(NodeId(f), vec![append(NodeId(f), 2)], false, now)
+                    .len()
+            })
             .collect();
         assert_eq!(
             sent,
@@ -462,7 +543,7 @@ mod tests {
             "the two most recent ackers are fast"
         );
         // The next heartbeat to a lazy follower carries what it missed.
-        let out = p.route(NodeId(4), vec![heartbeat(NodeId(4), 0)], now + ms(1));
+        let out = p.route(NodeId(4), vec![heartbeat(NodeId(4), 0)], false, now + ms(1));
         assert_eq!(out.len(), 2);
         assert!(matches!(out[0].msg.body, MessageBody::Append { .. }));
     }
@@ -473,19 +554,20 @@ mod tests {
         let (mut p, now) = settled(t0);
         p.observe(leader(1, 2), now);
         for f in 2..=5 {
-            p.route(NodeId(f), vec![append(NodeId(f), 2)], now);
+            p.route(NodeId(f), vec![append(NodeId(f), 2)], false, now);
         }
         assert_eq!(p.next_deadline(), Some(now + Settings::default().stall));
         assert!(p.release_if_stalled(now + ms(1)).is_empty(), "not yet");
         // Follower 3 answers, follower 2 does not: the commit stalls.
         p.on_inbound(NodeId(3), &[ack(NodeId(3), 2)], now + ms(1));
         let later = now + ms(5);
-        let released = p.release_if_stalled(later);
-        let ids: Vec<NodeId> = released.iter().map(|(id, _)| *id).collect();
+        let ids = |r: Vec<(NodeId, Vec<GroupMessage>)>| {
+            r.into_iter().map(|(id, _)| id).collect::<Vec<_>>()
+        };
         assert_eq!(
-            ids,
-            vec![NodeId(2), NodeId(4), NodeId(5)],
-            "2's unanswered append is resent, 4 and 5 get what was held"
+            ids(p.release_if_stalled(later)),
+            vec![NodeId(4)],
+            "one acknowledgement is missing: the lazy follower heard last gets what was held"
         );
         assert!(
             p.release_if_stalled(later).is_empty(),
@@ -496,11 +578,60 @@ mod tests {
         p.observe(leader(2, 3), later + ms(1));
         let sent: Vec<usize> = (2..=5)
             .map(|f| {
-                p.route(NodeId(f), vec![append(NodeId(f), 3)], later + ms(2))
+                p.route(NodeId(f), vec![append(NodeId(f), 3)], false, later + ms(2))
                     .len()
             })
             .collect();
         assert_eq!(sent, vec![0, 1, 1, 0]);
+    }
+
+    #[test]
+    fn a_second_release_without_progress_goes_to_everyone() {
+        let t0 = Instant::now();
+        let (mut p, now) = settled(t0);
+        p.observe(leader(1, 2), now);
+        for f in 2..=5 {
+            p.route(NodeId(f), vec![append(NodeId(f), 2)], false, now);
+        }
+        let first = p.next_deadline().unwrap();
+        assert_eq!(
+            p.release_if_stalled(first).len(),
+            2,
+            "two acknowledgements missing"
+        );
+        let second = p.next_deadline().unwrap();
+        let ids: Vec<NodeId> = p
+            .release_if_stalled(second)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(ids, vec![NodeId(2), NodeId(3), NodeId(4), NodeId(5)]);
+    }
+
+    #[test]
+    fn heavy_loss_makes_every_follower_fast() {
+        let t0 = Instant::now();
+        let (mut p, mut now) = settled(t0);
+        // Every commit needs a release.
+        for i in 2..40 {
+            p.observe(leader(i - 1, i), now);
+            for f in 2..=5 {
+                p.route(NodeId(f), vec![append(NodeId(f), i)], false, now);
+            }
+            now = p.next_deadline().unwrap();
+            assert!(!p.release_if_stalled(now).is_empty());
+            for f in 2..=5 {
+                p.on_inbound(NodeId(f), &[ack(NodeId(f), 2)], now);
+            }
+        }
+        p.observe(leader(39, 40), now);
+        let sent: Vec<usize> = (2..=5)
+            .map(|f| {
+                p.route(NodeId(f), vec![append(NodeId(f), 40)], false, now)
+                    .len()
+            })
+            .collect();
+        assert_eq!(sent, vec![1, 1, 1, 1]);
     }
 
     #[test]
@@ -509,7 +640,7 @@ mod tests {
         let (mut p, now) = settled(t0);
         p.observe(leader(1, 2), now);
         for f in 2..=5 {
-            p.route(NodeId(f), vec![append(NodeId(f), 2)], now);
+            p.route(NodeId(f), vec![append(NodeId(f), 2)], false, now);
         }
         let mut at = now;
         let mut gaps = Vec::new();
@@ -533,24 +664,29 @@ mod tests {
     }
 
     #[test]
-    fn heartbeats_to_busy_fast_followers_are_skipped_but_read_rounds_are_not() {
+    fn heartbeats_to_busy_fast_followers_are_skipped_unless_reads_wait() {
         let t0 = Instant::now();
         let (mut p, now) = settled(t0);
         p.observe(leader(1, 2), now);
-        assert_eq!(p.route(NodeId(2), vec![append(NodeId(2), 2)], now).len(), 1);
-        p.on_inbound(NodeId(2), &[ack(NodeId(2), 2)], now + ms(1));
-        assert!(p
-            .route(NodeId(2), vec![heartbeat(NodeId(2), 0)], now + ms(2))
-            .is_empty());
         assert_eq!(
-            p.route(NodeId(2), vec![heartbeat(NodeId(2), 7)], now + ms(2))
+            p.route(NodeId(2), vec![append(NodeId(2), 2)], false, now)
                 .len(),
             1
+        );
+        p.on_inbound(NodeId(2), &[ack(NodeId(2), 2)], now + ms(1));
+        assert!(p
+            .route(NodeId(2), vec![heartbeat(NodeId(2), 7)], false, now + ms(2))
+            .is_empty());
+        assert_eq!(
+            p.route(NodeId(2), vec![heartbeat(NodeId(2), 8)], true, now + ms(2))
+                .len(),
+            1,
+            "gets wait for this round's echoes"
         );
         // A heartbeat interval after the last append, the heartbeat goes again.
         let idle = now + Settings::default().heartbeat_interval();
         assert_eq!(
-            p.route(NodeId(2), vec![heartbeat(NodeId(2), 0)], idle)
+            p.route(NodeId(2), vec![heartbeat(NodeId(2), 9)], false, idle)
                 .len(),
             1
         );
@@ -576,40 +712,12 @@ mod tests {
         let (mut p, now) = settled(t0);
         p.observe(leader(2, 2), now);
         assert!(p
-            .route(NodeId(2), vec![commit_spread(NodeId(2), 2)], now)
+            .route(NodeId(2), vec![commit_spread(NodeId(2), 2)], false, now)
             .is_empty());
         p.observe(leader(2, 3), now + ms(50));
-        let out = p.route(NodeId(2), vec![append(NodeId(2), 3)], now + ms(50));
+        let out = p.route(NodeId(2), vec![append(NodeId(2), 3)], false, now + ms(50));
         assert_eq!(out.len(), 2, "the held commit rides along");
         assert_eq!(out[0], commit_spread(NodeId(2), 2));
-    }
-
-    #[test]
-    fn lease_needs_a_fresh_quorum_and_the_terms_noop_applied() {
-        let t0 = Instant::now();
-        let mut p = policy();
-        let mut v = leader(0, 5);
-        p.observe(v, t0);
-        p.on_inbound(NodeId(2), &[ack(NodeId(2), 2)], t0);
-        p.on_inbound(NodeId(3), &[ack(NodeId(3), 2)], t0);
-        assert!(!p.lease_valid(v, t0), "no-op at 5 not applied yet");
-        v.applied = 5;
-        v.commit = 5;
-        assert!(p.lease_valid(v, t0));
-        let lease = Settings::default().lease;
-        assert!(p.lease_valid(v, t0 + lease - ms(1)));
-        assert!(!p.lease_valid(v, t0 + lease), "expired");
-        // Acks from an older term never count.
-        p.on_inbound(NodeId(4), &[ack(NodeId(4), 1)], t0 + lease);
-        p.on_inbound(NodeId(5), &[ack(NodeId(5), 2)], t0 + lease);
-        assert!(!p.lease_valid(v, t0 + lease));
-        // A follower never holds a lease, whatever it heard.
-        let follower = View {
-            role: Role::Follower,
-            ..v
-        };
-        p.observe(follower, t0 + lease);
-        assert!(!p.lease_valid(follower, t0 + lease));
     }
 
     #[test]
@@ -618,7 +726,7 @@ mod tests {
         let (mut p, now) = settled(t0);
         p.observe(leader(1, 2), now);
         assert!(p
-            .route(NodeId(5), vec![append(NodeId(5), 2)], now)
+            .route(NodeId(5), vec![append(NodeId(5), 2)], false, now)
             .is_empty());
         p.observe(
             View {
@@ -626,7 +734,6 @@ mod tests {
                 term: 3,
                 commit: 1,
                 last_index: 2,
-                applied: 1,
             },
             now + ms(1),
         );
@@ -634,7 +741,8 @@ mod tests {
         assert!(p.release_if_stalled(now + ms(100)).is_empty());
         // As a follower everything goes out unchanged.
         assert_eq!(
-            p.route(NodeId(5), vec![heartbeat(NodeId(5), 0)], now).len(),
+            p.route(NodeId(5), vec![heartbeat(NodeId(5), 0)], false, now)
+                .len(),
             1
         );
     }

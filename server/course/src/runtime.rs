@@ -28,16 +28,14 @@ use std::time::{Duration, Instant};
 const SHARD: ShardId = ShardId(0);
 /// Datagrams handled per turn before flushing (the rest wait for the next turn).
 const DRAIN_DATAGRAMS_MAX: usize = 64;
-/// Ticks run in one turn at most; a longer stall just slows Raft's clock (safe: the lease
-/// argument needs followers' ticks to be no faster than wall time, not to keep up).
-const CATCH_UP_TICKS_MAX: u32 = 50;
 /// Receive buffer: larger than any datagram the harness forwards.
 const RECV_BYTES_MAX: usize = 65_536;
 /// The shortest receive timeout (a zero timeout is an error for the socket).
 const WAIT_MIN: Duration = Duration::from_micros(50);
 
 /// Builds the node core's settings for course mode: one group, every replica a voter,
-/// timing from `settings`, no snapshots within a run, no leader spreading.
+/// timing from `settings`, no snapshots within a run, no leader spreading, kv-raft's
+/// leader lease for gets.
 pub fn node_config(settings: &Settings, roster: &Roster) -> NodeConfig {
     NodeConfig {
         node: roster.me_node(),
@@ -53,7 +51,20 @@ pub fn node_config(settings: &Settings, roster: &Roster) -> NodeConfig {
         snapshot_threshold_entries: 1_000_000,
         spread_leaders: false,
         seed: settings.seed,
-        tuning: kv_node::RaftTuning::default(),
+        tuning: kv_node::RaftTuning {
+            lease_reads: true,
+            lease_margin_ticks: settings.lease_margin_ticks,
+            // The send policy holds appends for lazy followers and skips heartbeats
+            // itself; kv-raft's suppression would count a held append as contact and
+            // starve the lazy followers of heartbeats (and so of the held appends).
+            heartbeat_suppression: false,
+            broadcast_commit: false,
+            // Fast retransmission is the policy's stall release (with back-off);
+            // kv-raft's own resends ride on heartbeats.
+            retransmit_ticks: None,
+            eager_followers: None,
+            ..kv_node::RaftTuning::default()
+        },
     }
 }
 
@@ -82,6 +93,8 @@ pub struct Runtime {
     handoff: Handoff,
     /// Puts the core holds (handed to it, not yet answered).
     puts_in_core: HashSet<u64>,
+    /// Gets the core holds: outside the lease they wait for a ReadIndex round.
+    gets_in_core: HashSet<u64>,
 }
 
 impl Runtime {
@@ -117,6 +130,7 @@ impl Runtime {
             bounce: None,
             handoff,
             puts_in_core: HashSet::new(),
+            gets_in_core: HashSet::new(),
         })
     }
 
@@ -150,14 +164,11 @@ impl Runtime {
             self.socket.set_nonblocking(false)?;
         }
         let now = Instant::now();
-        let mut ticks = 0;
+        // Every due tick runs, however late: the lease is counted in the leader's ticks,
+        // and a leader that skipped some would think less time had passed than did.
         while now >= self.next_tick {
             self.core.tick();
             self.next_tick += self.settings.tick;
-            ticks += 1;
-            if ticks == CATCH_UP_TICKS_MAX {
-                self.next_tick = now + self.settings.tick;
-            }
         }
         self.release_parked(now);
         self.flush(now);
@@ -196,7 +207,7 @@ impl Runtime {
                     stale: false,
                 };
                 if let Some(token) = self.mids.admit(self.roster.me_node(), client, mid, op) {
-                    self.submit(token, now);
+                    self.submit(token);
                 }
             }
             Inbound::Put {
@@ -217,7 +228,7 @@ impl Runtime {
                         client: p.client,
                         mid: p.mid.clone(),
                     });
-                    self.submit(token, now);
+                    self.submit(token);
                 }
             }
             Inbound::Malformed { client, mid } => {
@@ -251,23 +262,20 @@ impl Runtime {
             term: st.term,
             commit: st.commit,
             last_index: st.last_index,
-            applied: st.applied,
         }
     }
 
-    /// Hands a pending request to the core. A get is served from local state only while
-    /// this leader holds its lease; otherwise it goes through ReadIndex (or is redirected).
-    fn submit(&mut self, token: ClientToken, now: Instant) {
+    /// Hands a pending request to the core. A get goes through ReadIndex, which a leader
+    /// holding its lease answers at once (kv-raft's `lease_reads`).
+    fn submit(&mut self, token: ClientToken) {
         let Some(p) = self.mids.get(token) else {
             return;
         };
-        let mut request = p.request.clone();
-        match &mut request.op {
-            Op::Get { stale, .. } => *stale = self.policy.lease_valid(self.view(), now),
-            _ => {
-                self.puts_in_core.insert(token.0);
-            }
-        }
+        let request = p.request.clone();
+        match request.op {
+            Op::Get { .. } => self.gets_in_core.insert(token.0),
+            _ => self.puts_in_core.insert(token.0),
+        };
         self.core.on_client_request(token, request);
     }
 
@@ -330,7 +338,7 @@ impl Runtime {
             // Out of the waiting list first: the core now owns the request again (it may
             // even propose it, if this replica leads) until it answers.
             self.parked.remove(&t);
-            self.submit(ClientToken(t), now);
+            self.submit(ClientToken(t));
         }
     }
 
@@ -380,8 +388,9 @@ impl Runtime {
         if now.saturating_duration_since(self.started) < self.settings.quiet {
             return;
         }
+        let reads_waiting = !self.gets_in_core.is_empty();
         for (dst, msgs) in datagrams {
-            let msgs = self.policy.route(dst, msgs, now);
+            let msgs = self.policy.route(dst, msgs, reads_waiting, now);
             self.send_peer(dst, msgs);
         }
         for (dst, msgs) in self.policy.release_if_stalled(now) {
@@ -418,6 +427,7 @@ impl Runtime {
 
     fn answer(&mut self, token: ClientToken, reply: ClientReply, now: Instant) {
         self.puts_in_core.remove(&token.0);
+        self.gets_in_core.remove(&token.0);
         let belief = self.belief();
         let is_put = self
             .mids

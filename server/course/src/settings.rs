@@ -24,9 +24,9 @@ pub struct Settings {
     /// No peer traffic leaves before this much time after start: a peer datagram that
     /// reaches a replica before its own hello reached the harness kills that replica.
     pub quiet: Duration,
-    /// A leader serves gets locally while a quorum acknowledged it within this long
-    /// (see [`Settings::check`] for why this is safe).
-    pub lease: Duration,
+    /// kv-raft's leader lease (`lease_reads`) lasts `election_ticks_min` minus this many
+    /// ticks from the send of a heartbeat a quorum echoed (see [`Settings::check`]).
+    pub lease_margin_ticks: u32,
     /// A leader sends appends at once only to a quorum of followers and holds the rest
     /// for the next heartbeat (or until a commit stalls).
     pub lazy_followers: bool,
@@ -45,9 +45,8 @@ pub struct Settings {
     pub seed: u64,
 }
 
-/// How much shorter than the followers' vote-refusal window a lease must be: covers
-/// the one-way delay of the acknowledgement and one tick of rounding.
-pub const LEASE_MARGIN: Duration = Duration::from_millis(300);
+/// The smallest lease margin: kv-raft's own floor (tick rounding at both ends).
+pub const LEASE_MARGIN_TICKS_MIN: u32 = 2;
 
 impl Default for Settings {
     fn default() -> Settings {
@@ -58,9 +57,9 @@ impl Default for Settings {
             election_ticks_max: 350,
             request_timeout_ticks: 500,
             quiet: Duration::from_millis(500),
-            lease: Duration::from_millis(1500),
+            lease_margin_ticks: 30,
             lazy_followers: true,
-            stall: Duration::from_millis(4),
+            stall: Duration::from_millis(2),
             suppress_heartbeats: true,
             bounce_window: Duration::from_millis(500),
             park_max: Duration::from_millis(3000),
@@ -77,12 +76,13 @@ impl Settings {
 
     /// Checks the settings that safety depends on.
     ///
-    /// The lease: with CheckQuorum on, a follower ignores votes for at least
-    /// `election_ticks_min - 1` ticks after it last heard the leader, and its ticks never
-    /// run faster than wall time. An acknowledgement received at time t was sent after
-    /// the follower heard us, so no other leader can be elected before
-    /// `t - delay + (election_ticks_min - 1) x tick`. The lease stays below that by
-    /// [`LEASE_MARGIN`].
+    /// The lease (kv-raft's `lease_reads`): with CheckQuorum on, a follower ignores votes
+    /// for `election_ticks_min` ticks after it last heard the leader, and its ticks never
+    /// run faster than wall time (a late turn only delays them). A follower that echoed a
+    /// heartbeat sent at leader tick t heard the leader after t, so no other leader can be
+    /// elected before t + `election_ticks_min` ticks; the lease ends `lease_margin_ticks`
+    /// earlier. All replicas run on one machine's clock here, and the runtime never skips
+    /// a due tick (a leader whose clock lagged would overstate its lease).
     pub fn check(&self) -> Result<(), String> {
         if self.tick.is_zero() {
             return Err("tick must be positive".into());
@@ -93,11 +93,12 @@ impl Settings {
         if self.election_ticks_min >= self.election_ticks_max {
             return Err("election_ticks_min must be below election_ticks_max".into());
         }
-        let refusal = self.tick * (self.election_ticks_min - 1);
-        if self.lease + LEASE_MARGIN > refusal {
+        if self.lease_margin_ticks < LEASE_MARGIN_TICKS_MIN
+            || self.lease_margin_ticks >= self.election_ticks_min
+        {
             return Err(format!(
-                "lease {:?} + margin {:?} exceeds the vote-refusal window {:?}",
-                self.lease, LEASE_MARGIN, refusal
+                "lease margin {} ticks must be in {LEASE_MARGIN_TICKS_MIN}..{}",
+                self.lease_margin_ticks, self.election_ticks_min
             ));
         }
         if self.quiet >= self.tick * self.election_ticks_min {
@@ -127,7 +128,7 @@ impl Settings {
                 "HEARTBEAT_TICKS" => self.heartbeat_ticks = ticks,
                 "ELECTION_TICKS_MIN" => self.election_ticks_min = ticks,
                 "ELECTION_TICKS_MAX" => self.election_ticks_max = ticks,
-                "LEASE_MS" => self.lease = ms,
+                "LEASE_MARGIN_TICKS" => self.lease_margin_ticks = ticks,
                 "STALL_US" => self.stall = Duration::from_micros(n),
                 "LAZY_FOLLOWERS" => self.lazy_followers = n != 0,
                 "SUPPRESS_HEARTBEATS" => self.suppress_heartbeats = n != 0,
@@ -150,12 +151,14 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_longer_than_the_refusal_window_is_refused() {
-        let s = Settings {
-            lease: Duration::from_millis(1800),
-            ..Settings::default()
-        };
-        assert!(s.check().unwrap_err().contains("lease"));
+    fn a_lease_margin_outside_the_election_timeout_is_refused() {
+        for lease_margin_ticks in [0, 1, 200, 300] {
+            let s = Settings {
+                lease_margin_ticks,
+                ..Settings::default()
+            };
+            assert!(s.check().unwrap_err().contains("lease"));
+        }
     }
 
     #[test]
@@ -177,7 +180,7 @@ mod tests {
             .with_env(vars(&[("KV_COURSE_HEARTBEAT", "50")]))
             .is_err());
         assert!(Settings::default()
-            .with_env(vars(&[("KV_COURSE_LEASE_MS", "5000")]))
+            .with_env(vars(&[("KV_COURSE_LEASE_MARGIN_TICKS", "1")]))
             .is_err());
     }
 }
