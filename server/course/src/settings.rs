@@ -59,7 +59,7 @@ impl Default for Settings {
             quiet: Duration::from_millis(500),
             lease_margin_ticks: 30,
             lazy_followers: true,
-            stall: Duration::from_millis(2),
+            stall: Duration::from_millis(1),
             suppress_heartbeats: true,
             bounce_window: Duration::from_millis(500),
             park_max: Duration::from_millis(3000),
