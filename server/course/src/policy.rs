@@ -556,11 +556,12 @@ mod tests {
         for f in 2..=5 {
             p.route(NodeId(f), vec![append(NodeId(f), 2)], false, now);
         }
-        assert_eq!(p.next_deadline(), Some(now + Settings::default().stall));
-        assert!(p.release_if_stalled(now + ms(1)).is_empty(), "not yet");
+        let stall = Settings::default().stall;
+        assert_eq!(p.next_deadline(), Some(now + stall));
+        assert!(p.release_if_stalled(now + stall / 2).is_empty(), "not yet");
         // Follower 3 answers, follower 2 does not: the commit stalls.
-        p.on_inbound(NodeId(3), &[ack(NodeId(3), 2)], now + ms(1));
-        let later = now + ms(5);
+        p.on_inbound(NodeId(3), &[ack(NodeId(3), 2)], now + stall / 2);
+        let later = now + stall;
         let ids = |r: Vec<(NodeId, Vec<GroupMessage>)>| {
             r.into_iter().map(|(id, _)| id).collect::<Vec<_>>()
         };
@@ -574,12 +575,17 @@ mod tests {
             "once per stall period"
         );
         // 4 answers; the next append skips the silent 2.
-        p.on_inbound(NodeId(4), &[ack(NodeId(4), 2)], later + ms(1));
-        p.observe(leader(2, 3), later + ms(1));
+        p.on_inbound(NodeId(4), &[ack(NodeId(4), 2)], later + stall / 4);
+        p.observe(leader(2, 3), later + stall / 4);
         let sent: Vec<usize> = (2..=5)
             .map(|f| {
-                p.route(NodeId(f), vec![append(NodeId(f), 3)], false, later + ms(2))
-                    .len()
+                p.route(
+                    NodeId(f),
+                    vec![append(NodeId(f), 3)],
+                    false,
+                    later + stall / 2,
+                )
+                .len()
             })
             .collect();
         assert_eq!(sent, vec![0, 1, 1, 0]);
