@@ -59,6 +59,9 @@ pub struct RaftTuning {
     pub retransmit_ticks: Option<u32>,
     /// Send new entries at once only to this many most responsive voters.
     pub eager_followers: Option<usize>,
+    /// Stop ticking idle groups, with a per-node failure detector to wake them
+    /// (`NodeCore::tick` explains). Incompatible with `lease_reads`.
+    pub quiesce: bool,
 }
 
 impl Default for RaftTuning {
@@ -75,6 +78,7 @@ impl Default for RaftTuning {
             broadcast_commit: false,
             retransmit_ticks: None,
             eager_followers: None,
+            quiesce: false,
         }
     }
 }
@@ -97,7 +101,11 @@ impl NodeConfig {
             snapshot_threshold_entries: 10_000,
             spread_leaders: true,
             seed: cluster.cluster_id ^ node.0.rotate_left(32),
-            tuning: RaftTuning::default(),
+            // Idle shards cost almost nothing (issue 6).
+            tuning: RaftTuning {
+                quiesce: true,
+                ..RaftTuning::default()
+            },
         }
     }
 
@@ -116,7 +124,11 @@ impl NodeConfig {
             snapshot_threshold_entries: 1000,
             spread_leaders: false,
             seed: 1,
-            tuning: RaftTuning::default(),
+            // As kvserver runs, so that tests and the simulator exercise quiescence.
+            tuning: RaftTuning {
+                quiesce: true,
+                ..RaftTuning::default()
+            },
         }
     }
 

@@ -144,6 +144,12 @@ struct Group {
     /// Snapshot writes (own or received) not yet durable.
     snapshot_writes_inflight: u32,
     last_transfer_tick: Option<u64>,
+    /// Not ticked while idle (`RaftTuning::quiesce`; see `NodeCore::tick`).
+    quiesced: bool,
+    /// Consecutive ticks this leader had nothing to do.
+    idle_ticks: u64,
+    /// Tick of the last Raft message received for this group.
+    last_msg_tick: u64,
 }
 
 /// The sans-I/O node: see the crate docs.
@@ -163,6 +169,10 @@ pub struct NodeCore {
     out: Output,
     tick_count: u64,
     peers_heard_ms: BTreeMap<NodeId, u64>,
+    /// Tick of the last datagram from each peer (quiescence's failure detector).
+    peers_heard_tick: BTreeMap<NodeId, u64>,
+    /// Tick of the last datagram to each peer (quiescence's keepalives).
+    peers_sent_tick: BTreeMap<NodeId, u64>,
     now_ms: u64,
     observe_applies: bool,
     applied_log: Vec<AppliedEntry>,
@@ -177,6 +187,16 @@ impl NodeCore {
         recovered: kv_storage::Recovered,
     ) -> Result<NodeCore, RecoveryError> {
         assert!(config.shard_count > 0, "a node hosts at least one shard");
+        if config.tuning.quiesce {
+            assert!(
+                !config.tuning.lease_reads,
+                "quiescence pauses Raft clocks, which a lease would count as time"
+            );
+            assert!(
+                config.election_ticks_min > 2 * config.heartbeat_ticks + 1,
+                "quiescence needs elections slower than two heartbeat periods"
+            );
+        }
         assert!(
             config.members.contains(&config.node),
             "node {} is not among the members",
@@ -222,6 +242,9 @@ impl NodeCore {
                 snapshot_index,
                 snapshot_writes_inflight: 0,
                 last_transfer_tick: None,
+                quiesced: false,
+                idle_ticks: 0,
+                last_msg_tick: 0,
             });
         }
         Ok(NodeCore {
@@ -239,6 +262,8 @@ impl NodeCore {
             out: Output::default(),
             tick_count: 0,
             peers_heard_ms: BTreeMap::new(),
+            peers_heard_tick: BTreeMap::new(),
+            peers_sent_tick: BTreeMap::new(),
             now_ms: 0,
             observe_applies: false,
             applied_log: Vec::new(),
@@ -266,10 +291,84 @@ impl NodeCore {
     }
 
     /// Advances time one tick: Raft timers, request timeouts, leader spreading.
+    ///
+    /// Quiescence (`RaftTuning::quiesce`): an idle group stops costing heartbeats. A
+    /// leader with nothing to do for a heartbeat period (every member holds every entry
+    /// and was sent the commit index) is no longer ticked, so it sends nothing; its
+    /// followers, hearing nothing for the group for two heartbeat periods while the
+    /// leader's node is alive, stop ticking too, so they do not time out. Any message or
+    /// request for the group wakes it. The failure detector is per node, not per group:
+    /// nodes send each other a keepalive datagram whenever a heartbeat period passed
+    /// without any other datagram, and a quiesced follower whose leader's node was silent
+    /// for an election timeout wakes and, in time, elects. Not ticking only slows a
+    /// replica's clock, which Raft's safety never depends on; lease reads do, so the two
+    /// are not combined (checked in `NodeCore::new`).
     pub fn tick(&mut self) {
         self.tick_count += 1;
+        let quiesce = self.config.tuning.quiesce;
+        let hb = u64::from(self.config.heartbeat_ticks);
+        let election_min = u64::from(self.config.election_ticks_min);
         for g in &mut self.groups {
+            if g.quiesced {
+                let leader_silent = g.soft.role != Role::Leader
+                    && g.soft.leader.is_none_or(|l| {
+                        self.peers_heard_tick
+                            .get(&l)
+                            .is_none_or(|&t| self.tick_count - t >= election_min)
+                    });
+                if !leader_silent {
+                    continue;
+                }
+                g.quiesced = false;
+                g.raft.wake();
+            }
+            if quiesce {
+                // Judged before ticking: the previous `take_output` drained every output.
+                if g.soft.role == Role::Leader {
+                    let idle = g.raft.is_quiescent_leader()
+                        && g.waiting.is_empty()
+                        && g.proposed.is_empty()
+                        && g.reads.is_empty()
+                        && g.confirmed_reads.is_empty()
+                        && g.snapshot_writes_inflight == 0;
+                    g.idle_ticks = if idle { g.idle_ticks + 1 } else { 0 };
+                    g.quiesced = g.idle_ticks > hb;
+                } else if let Some(l) = g.soft.leader {
+                    // An active leader sends each follower something every two heartbeat
+                    // periods at the latest (heartbeat suppression skips at most one).
+                    let leader_alive = self
+                        .peers_heard_tick
+                        .get(&l)
+                        .is_some_and(|&t| self.tick_count - t <= 2 * hb);
+                    g.quiesced = l != self.config.node
+                        && g.soft.role == Role::Follower
+                        && leader_alive
+                        && g.waiting.is_empty()
+                        && self.tick_count - g.last_msg_tick > 2 * hb;
+                }
+                if g.quiesced {
+                    g.idle_ticks = 0;
+                    continue;
+                }
+            }
             g.raft.tick();
+        }
+        if quiesce && self.tick_count.is_multiple_of(hb) {
+            for p in self
+                .config
+                .members
+                .iter()
+                .filter(|&&p| p != self.config.node)
+            {
+                let quiet = self
+                    .peers_sent_tick
+                    .get(p)
+                    .is_none_or(|&t| self.tick_count - t >= hb);
+                if quiet {
+                    // An empty batch: the keepalive the failure detector listens for.
+                    self.outbox.entry(*p).or_default();
+                }
+            }
         }
         while let Some(&(deadline, id)) = self.deadlines.first() {
             if deadline > self.tick_count {
@@ -304,6 +403,10 @@ impl NodeCore {
                 .iter()
                 .any(|(n, m)| *n == preferred && *m >= st.last_index);
             if caught_up {
+                if g.quiesced {
+                    g.quiesced = false;
+                    g.raft.wake();
+                }
                 g.raft.transfer_leadership(preferred);
                 g.last_transfer_tick = Some(self.tick_count);
             }
@@ -313,12 +416,18 @@ impl NodeCore {
     /// Messages from a peer. Messages naming another sender or receiver, or an unknown
     /// shard, are dropped.
     pub fn on_peer_messages(&mut self, from: NodeId, msgs: Vec<GroupMessage>) {
+        self.peers_heard_tick.insert(from, self.tick_count);
         for gm in msgs {
             let Some(g) = self.groups.get_mut(gm.shard.0 as usize) else {
                 continue;
             };
             if gm.msg.from != from || gm.msg.to != self.config.node {
                 continue;
+            }
+            g.last_msg_tick = self.tick_count;
+            if g.quiesced {
+                g.quiesced = false;
+                g.raft.wake();
             }
             g.raft.step(gm.msg);
         }
@@ -371,7 +480,12 @@ impl NodeCore {
             },
         );
         self.deadlines.insert((deadline_tick, id));
-        self.groups[shard.0 as usize].waiting.push(id);
+        let g = &mut self.groups[shard.0 as usize];
+        if g.quiesced {
+            g.quiesced = false;
+            g.raft.wake();
+        }
+        g.waiting.push(id);
     }
 
     /// DiskWrite `id` is durable.
@@ -425,6 +539,11 @@ impl NodeCore {
         }
         debug_assert!(self.round_durable.is_empty());
         for (to, msgs) in std::mem::take(&mut self.outbox) {
+            self.peers_sent_tick.insert(to, self.tick_count);
+            if msgs.is_empty() {
+                self.out.datagrams.push((to, msgs)); // a keepalive
+                continue;
+            }
             for batch in codec::split(msgs) {
                 self.out.datagrams.push((to, batch));
             }

@@ -16,6 +16,10 @@ struct Cluster {
     net: VecDeque<(NodeId, NodeId, Vec<GroupMessage>)>,
     replies: Vec<(usize, ClientToken, ClientReply)>,
     datagrams: usize,
+    /// Raft messages carried by those datagrams.
+    messages: usize,
+    /// Nodes that are neither ticked nor reached (crashed or cut off).
+    down: Vec<bool>,
 }
 
 fn ids(n: u64) -> Vec<NodeId> {
@@ -43,6 +47,8 @@ impl Cluster {
             net: VecDeque::new(),
             replies: Vec::new(),
             datagrams: 0,
+            messages: 0,
+            down: vec![false; n as usize],
         }
     }
 
@@ -53,6 +59,7 @@ impl Cluster {
             let d = crate::codec::encode_peer(7, me, &msgs);
             let (from, back) = crate::codec::decode_peer_datagram(&d, 7).unwrap();
             self.datagrams += 1;
+            self.messages += back.len();
             self.net.push_back((from, to, back));
         }
         for (t, r) in out.replies {
@@ -78,6 +85,9 @@ impl Cluster {
     fn settle(&mut self) {
         while let Some((from, to, msgs)) = self.net.pop_front() {
             let i = to.0 as usize - 1;
+            if self.down[i] || self.down[from.0 as usize - 1] {
+                continue;
+            }
             self.nodes[i].on_peer_messages(from, msgs);
             let out = self.nodes[i].take_output();
             self.absorb(i, out);
@@ -87,6 +97,9 @@ impl Cluster {
     fn tick(&mut self, n: usize) {
         for _ in 0..n {
             for i in 0..self.nodes.len() {
+                if self.down[i] {
+                    continue;
+                }
                 self.nodes[i].tick();
                 let out = self.nodes[i].take_output();
                 self.absorb(i, out);
@@ -317,7 +330,7 @@ fn snapshots_compact_and_restore() {
 
 #[test]
 fn datagrams_batch_all_groups_per_destination() {
-    let mut c = Cluster::new(3, 8);
+    let mut c = Cluster::with(3, 8, |cfg| cfg.tuning.quiesce = false);
     c.tick(80);
     let before = c.datagrams;
     c.tick(1);
@@ -327,4 +340,73 @@ fn datagrams_batch_all_groups_per_destination() {
         "{} datagrams for one tick",
         c.datagrams - before
     );
+}
+
+/// Raft messages and datagrams the cluster sends over `ticks` ticks.
+fn traffic(c: &mut Cluster, ticks: usize) -> (usize, usize) {
+    let (m, d) = (c.messages, c.datagrams);
+    c.tick(ticks);
+    (c.messages - m, c.datagrams - d)
+}
+
+#[test]
+fn idle_groups_quiesce_and_a_request_wakes_them() {
+    let mut c = Cluster::new(3, 8);
+    c.tick(80);
+    let (messages, datagrams) = traffic(&mut c, 50);
+    assert_eq!(messages, 0, "idle groups send no Raft message");
+    // What is left is one keepalive per node pair and direction per heartbeat period.
+    assert!(datagrams <= 50 * 3 * 2, "{datagrams} datagrams in 50 ticks");
+
+    // The same cluster without quiescence keeps heartbeating: the check above can fail.
+    let mut busy = Cluster::with(3, 8, |cfg| cfg.tuning.quiesce = false);
+    busy.tick(80);
+    assert!(traffic(&mut busy, 50).0 > 8 * 2 * 40);
+
+    let l = c.leader(ShardId(0));
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| kv_shared::shard::shard_for_key(k.as_bytes(), 8) == ShardId(0))
+        .unwrap();
+    c.request(l, 1, put(1, 1, &key, "v"));
+    c.flush(l);
+    c.tick(3);
+    assert_eq!(c.reply_to(1), vec![Outcome::Done]);
+    c.request(l, 2, get(2, 1, &key));
+    c.flush(l);
+    c.tick(3);
+    assert_eq!(
+        c.reply_to(2),
+        vec![Outcome::Value(Some(Bytes::from_static(b"v")))]
+    );
+    // Every follower applied it and the group quiesces again.
+    c.tick(20);
+    for n in &c.nodes {
+        assert_eq!(
+            n.raft_status(ShardId(0)).applied,
+            c.nodes[l].raft_status(ShardId(0)).applied
+        );
+    }
+    assert_eq!(traffic(&mut c, 20).0, 0, "quiet again");
+}
+
+#[test]
+fn followers_of_a_silent_leader_node_wake_and_elect() {
+    let mut c = Cluster::new(3, 4);
+    c.tick(80);
+    assert_eq!(traffic(&mut c, 10).0, 0, "quiesced");
+    let l = c.leader(ShardId(0));
+    let led: Vec<ShardId> = (0..4).map(ShardId).filter(|&s| c.leader(s) == l).collect();
+    let term = c.nodes[l].raft_status(ShardId(0)).term;
+    c.down[l] = true;
+    // Silence is noticed after an election timeout (10 ticks here), then an election
+    // timeout of 10..20 ticks passes, then PreVote and Vote rounds.
+    c.tick(60);
+    for s in led {
+        let new = (0..3)
+            .filter(|&i| !c.down[i])
+            .find(|&i| c.nodes[i].raft_status(s).role == Role::Leader);
+        let new = new.unwrap_or_else(|| panic!("no new leader for shard {}", s.0));
+        assert!(c.nodes[new].raft_status(s).term > term);
+    }
 }

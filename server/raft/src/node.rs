@@ -762,6 +762,46 @@ impl Raft {
         }
     }
 
+    /// True if this replica leads and has nothing left to do until something new arrives:
+    /// no proposal, read, transfer, write, message or apply pending, and every member
+    /// holds every entry and was sent the commit index. A caller may then stop ticking it
+    /// (quiesce the group) to save the heartbeats of an idle group, provided it wakes it
+    /// with [`Raft::wake`] before the next input and arranges for its followers to notice
+    /// if its node dies (kv-node's quiescence does both; docs/RAFT.md).
+    pub fn is_quiescent_leader(&self) -> bool {
+        let RoleState::Leader(ls) = &self.role else {
+            return false;
+        };
+        let last = self.log.last_index();
+        ls.transfer.is_none()
+            && !ls.bcast_pending
+            && ls.reads.len() == 0
+            && self.log.commit == last
+            && self.log.persisted == last
+            && self.log.applied == last
+            && self.held.is_empty()
+            && self.inflight_writes.is_empty()
+            && !self.has_ready()
+            && ls.progress.values().all(|p| {
+                p.match_ == last
+                    && p.commit_told == last
+                    && p.inflight.is_empty()
+                    && p.state == crate::progress::ProgressState::Replicate
+            })
+    }
+
+    /// Resumes a replica whose ticks the caller paused (a quiesced group). A leader
+    /// restarts its CheckQuorum period, because its followers were silent by design
+    /// rather than unreachable, and heartbeats on the next tick so that every follower
+    /// hears it again. Safe at any time: it only delays a step-down and speeds a heartbeat.
+    /// Not for use with `lease_reads`, whose lease counts ticks as time.
+    pub fn wake(&mut self) {
+        if let RoleState::Leader(_) = &self.role {
+            self.election_elapsed = 0;
+            self.heartbeat_elapsed = self.cfg.heartbeat_ticks;
+        }
+    }
+
     // ---------------------------------------------------------------- internals
 
     /// The role to report: non-voting followers are learners.

@@ -68,6 +68,8 @@ pub(crate) struct Progress {
     pub contacted: bool,
     /// Leader tick at which it was last heard from (eager follower choice).
     pub heard_at: u64,
+    /// Highest commit index sent to it in an Append or heartbeat (what it may know).
+    pub commit_told: Index,
 }
 
 impl Progress {
@@ -84,6 +86,7 @@ impl Progress {
             sent_at_check: 0,
             contacted: false,
             heard_at: 0,
+            commit_told: 0,
         }
     }
 

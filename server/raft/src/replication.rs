@@ -174,6 +174,9 @@ impl Raft {
         }
         let commit = self.log.commit;
         pr.contacted = true;
+        // The follower takes min(commit, last index this Append leaves it with).
+        let told = commit.min(entries.last().map_or(prev_index, |e| e.index));
+        pr.commit_told = pr.commit_told.max(told);
         self.send(
             to,
             MessageBody::Append {
@@ -448,6 +451,9 @@ impl Raft {
             }
             let c = commit.min(p.match_);
             let skip = suppress && reads_round == 0 && p.contacted;
+            if !skip {
+                p.commit_told = p.commit_told.max(c);
+            }
             if !reads_only {
                 p.contacted = false;
             }
