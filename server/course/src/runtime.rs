@@ -164,15 +164,22 @@ impl Runtime {
             self.socket.set_nonblocking(false)?;
         }
         let now = Instant::now();
-        // Every due tick runs, however late: the lease is counted in the leader's ticks,
-        // and a leader that skipped some would think less time had passed than did.
+        self.run_due_ticks(now);
+        self.release_parked(now);
+        self.flush(now);
+        Ok(())
+    }
+
+    /// Runs every tick due by `now`, however late. The lease is counted in ticks: a
+    /// leader that skipped ticks would think less time had passed than did, and a
+    /// follower must run the ticks that fell due before a message arrived before it
+    /// handles the message (run after it, they would eat into the vote-refusal window
+    /// the message started).
+    fn run_due_ticks(&mut self, now: Instant) {
         while now >= self.next_tick {
             self.core.tick();
             self.next_tick += self.settings.tick;
         }
-        self.release_parked(now);
-        self.flush(now);
-        Ok(())
     }
 
     /// Receives and handles one datagram; false if none was waiting.
@@ -180,7 +187,9 @@ impl Runtime {
         match self.socket.recv_from(buf) {
             Ok((n, from)) => {
                 if from == self.harness {
-                    self.handle(&buf[..n], Instant::now());
+                    let now = Instant::now();
+                    self.run_due_ticks(now);
+                    self.handle(&buf[..n], now);
                 }
                 Ok(true)
             }
@@ -394,6 +403,9 @@ impl Runtime {
             self.send_peer(dst, msgs);
         }
         for (dst, msgs) in self.policy.release_if_stalled(now) {
+            self.send_peer(dst, msgs);
+        }
+        for (dst, msgs) in self.policy.resend_votes(now) {
             self.send_peer(dst, msgs);
         }
     }
