@@ -358,7 +358,7 @@ impl SendPolicy {
     }
 
     /// When a commit has stalled, sends what the commit lacks. The first release after
-    /// progress is targeted: one follower per missing acknowledgement, preferring those
+    /// progress is targeted (unless sending wide): one follower per missing acknowledgement, preferring those
     /// with held appends (they need them anyway) over resending to a silent fast one.
     /// Later releases send every held message and resend every append still unanswered,
     /// so that any quorum of followers that can be reached makes the commit. Consecutive
@@ -373,7 +373,9 @@ impl SendPolicy {
         }
         self.uncommitted_since = Some(now);
         self.stall_wait = (wait * 2).min(STALL_WAIT_MAX);
-        let targets = if self.released {
+        // Under heavy loss a targeted resend fails half the time and costs a doubled
+        // stall period: resend to everyone at once.
+        let targets = if self.released || self.wide {
             None
         } else {
             self.targets(now)

@@ -68,6 +68,16 @@ pub struct Metric {
     pub tier: Tier,
 }
 
+/// The 10th, 20th ... 90th percentile (nearest rank below), empty for no values.
+pub fn deciles(values: &[f64]) -> Vec<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return Vec::new();
+    }
+    (1..10).map(|k| sorted[sorted.len() * k / 10]).collect()
+}
+
 /// Median as Python's `statistics.median`: the mean of the two middle values for even counts.
 pub fn median(values: &[f64]) -> Option<f64> {
     if values.is_empty() {
@@ -224,6 +234,16 @@ mod tests {
         assert_eq!(Tier::grade(Some(-1.0), &t), Tier::Bonus);
         assert_eq!(Tier::grade(None, &t), Tier::None);
         assert!(Tier::Bonus > Tier::Full && Tier::Full > Tier::Partial);
+    }
+
+    #[test]
+    fn deciles_pick_ranks() {
+        assert!(deciles(&[]).is_empty());
+        let v: Vec<f64> = (0..20).rev().map(f64::from).collect();
+        assert_eq!(
+            deciles(&v),
+            vec![2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 18.0]
+        );
     }
 
     #[test]

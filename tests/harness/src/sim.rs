@@ -96,6 +96,8 @@ pub struct RunData {
     /// Latency of every answered MID, seconds.
     #[serde(skip)]
     pub latencies: Vec<f64>,
+    /// The 10th, 20th ... 90th percentile of `latencies`: where a median comes from.
+    pub latency_deciles: Vec<f64>,
     /// Number of correctness errors (check 1).
     pub error_count: u64,
     /// The first `ERRORS_KEPT` of them.
@@ -592,6 +594,7 @@ impl Sim {
             work: self.work.counts.clone(),
             unanswered_gets,
             unanswered_puts,
+            latency_deciles: crate::score::deciles(&self.work.latencies),
             latencies: std::mem::take(&mut self.work.latencies),
             error_count: self.error_count,
             errors: self.errors,
