@@ -11,6 +11,7 @@
 //! unknown and only recovery on restart may decide what survived.
 
 use kv_node::{DiskOp, DiskWrite};
+use kv_storage::Record;
 use std::collections::VecDeque;
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::thread::JoinHandle;
@@ -35,8 +36,12 @@ pub enum StoreError {
 /// What the disk thread executes `DiskOp`s on: `kv_storage::Storage` in production, a
 /// recording fake in this module's tests.
 pub trait LogStore: Send + 'static {
-    /// Executes one op (buffered; durable only after [`LogStore::sync`]).
+    /// Executes one op other than an append (durable only after [`LogStore::sync`]).
     fn execute(&mut self, op: &DiskOp) -> Result<(), StoreError>;
+    /// Appends `records` in order, as few writes as possible (durable only after
+    /// [`LogStore::sync`]). On error, the count is how many of them, from the start, are
+    /// in the log; none of the rest is.
+    fn append_all(&mut self, records: &[&Record]) -> Result<(), (usize, StoreError)>;
     /// Makes every op executed so far durable.
     fn sync(&mut self) -> Result<(), StoreError>;
 }
@@ -52,6 +57,10 @@ where
             DiskOp::Compact { shard, index } => self.compact(*shard, *index),
         };
         result.map_err(classify)
+    }
+
+    fn append_all(&mut self, records: &[&Record]) -> Result<(), (usize, StoreError)> {
+        kv_storage::Storage::append_all(self, records).map_err(|p| (p.appended, classify(p.error)))
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
@@ -215,18 +224,62 @@ fn disk_main<S: LogStore>(
 }
 
 /// Executes every op not yet executed, in order; stops at the first failure, leaving the
-/// failed op (and everything after it) to be retried.
+/// failed op (and everything after it) to be retried. Consecutive appends, across
+/// writes too, go to the store as one batch: with many groups a round holds an entries
+/// and a hard-state record per group, and one write(2) for all of them instead of one
+/// each is most of the disk thread's system calls.
 fn execute_all<S: LogStore>(
     store: &mut S,
     queue: &mut VecDeque<Pending>,
 ) -> Result<(), StoreError> {
-    for p in queue.iter_mut() {
-        while p.ops_done < p.write.ops.len() {
-            store.execute(&p.write.ops[p.ops_done])?;
-            p.ops_done += 1;
+    let mut at = 0;
+    while at < queue.len() {
+        let p = &queue[at];
+        let Some(op) = p.write.ops.get(p.ops_done) else {
+            at += 1;
+            continue;
+        };
+        if !matches!(op, DiskOp::Append(_)) {
+            store.execute(op)?;
+            queue[at].ops_done += 1;
+            continue;
         }
+        let run = append_run(queue, at);
+        let (appended, result) = match store.append_all(&run) {
+            Ok(()) => (run.len(), Ok(())),
+            Err((n, e)) => (n, Err(e)),
+        };
+        drop(run);
+        mark_done(queue, at, appended);
+        result?;
     }
     Ok(())
+}
+
+/// The records of the appends that come next from `queue[at]` on, up to the first op
+/// that is not an append.
+fn append_run(queue: &VecDeque<Pending>, at: usize) -> Vec<&Record> {
+    let mut run = Vec::new();
+    for p in queue.iter().skip(at) {
+        for op in &p.write.ops[p.ops_done..] {
+            match op {
+                DiskOp::Append(record) => run.push(record),
+                _ => return run,
+            }
+        }
+    }
+    run
+}
+
+/// Counts the next `n` ops from `queue[at]` on as executed.
+fn mark_done(queue: &mut VecDeque<Pending>, mut at: usize, mut n: usize) {
+    while n > 0 {
+        let p = &mut queue[at];
+        let k = n.min(p.write.ops.len() - p.ops_done);
+        p.ops_done += k;
+        n -= k;
+        at += 1;
+    }
 }
 
 #[cfg(test)]
@@ -248,6 +301,12 @@ mod tests {
         fail_sync: bool,
         /// While true, sync blocks (to let writes pile up behind it).
         hold_sync: bool,
+        /// `last_index` of each appended record, in order.
+        appended: Vec<u64>,
+        /// Length of each `append_all` batch.
+        batches: Vec<usize>,
+        /// The next `append_all` appends this many records, then finds the disk full.
+        full_after: Option<usize>,
     }
 
     #[derive(Clone, Default)]
@@ -263,6 +322,22 @@ mod tests {
             match op {
                 DiskOp::Compact { shard, index } => log.executed.push((*shard, *index)),
                 other => panic!("the fake only takes Compact ops, got {other:?}"),
+            }
+            Ok(())
+        }
+
+        fn append_all(&mut self, records: &[&Record]) -> Result<(), (usize, StoreError)> {
+            let mut log = self.0 .0.lock().unwrap();
+            let n = log
+                .full_after
+                .take()
+                .unwrap_or(records.len())
+                .min(records.len());
+            log.appended
+                .extend(records[..n].iter().map(|r| r.last_index));
+            log.batches.push(records.len());
+            if n < records.len() {
+                return Err((n, StoreError::Full("disk full while writing wal-1".into())));
             }
             Ok(())
         }
@@ -386,6 +461,61 @@ mod tests {
             fake.with(|l| l.executed.clone()),
             vec![(0, 10), (1, 11), (0, 20), (1, 21)]
         );
+        disk.finish().unwrap();
+    }
+
+    fn append(last_index: u64) -> DiskOp {
+        DiskOp::Append(Record {
+            group: 0,
+            kind: 1,
+            sticky: false,
+            last_index,
+            payload: b"entry".to_vec().into(),
+        })
+    }
+
+    #[test]
+    fn appends_of_queued_writes_go_as_one_batch_and_resume_after_a_full_disk() {
+        let fake = Fake::default();
+        let (etx, mut erx) = unbounded_channel();
+        let disk = DiskThread::spawn(fake.clone(), etx).unwrap();
+        fake.with(|l| l.hold_sync = true);
+        disk.submit(DiskWrite {
+            id: 1,
+            ops: vec![append(1), append(2)],
+        })
+        .unwrap();
+        while fake.with(|l| l.batches.len()) < 1 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Writes 2 and 3 queue behind write 1's sync: their appends meet across the two
+        // writes, and a Compact splits the run.
+        disk.submit(DiskWrite {
+            id: 2,
+            ops: vec![append(3), append(4)],
+        })
+        .unwrap();
+        disk.submit(DiskWrite {
+            id: 3,
+            ops: vec![append(5), DiskOp::Compact { shard: 0, index: 1 }, append(6)],
+        })
+        .unwrap();
+        fake.with(|l| {
+            l.full_after = Some(1);
+            l.hold_sync = false;
+        });
+        assert_eq!(done_ids(&mut erx, 1), vec![1]);
+        match next(&mut erx) {
+            DiskEvent::Full(reason) => assert!(reason.contains("disk full"), "{reason}"),
+            other => panic!("expected Full, got {other:?}"),
+        }
+        assert_eq!(next(&mut erx), DiskEvent::Recovered);
+        assert_eq!(done_ids(&mut erx, 2), vec![2, 3]);
+        assert_eq!(fake.with(|l| l.appended.clone()), vec![1, 2, 3, 4, 5, 6]);
+        // [1,2] alone; [3,4,5] across writes 2 and 3, cut after 3; the retry [4,5]; after
+        // the Compact, [6].
+        assert_eq!(fake.with(|l| l.batches.clone()), vec![2, 3, 2, 1]);
+        assert_eq!(fake.with(|l| l.executed.clone()), vec![(0, 1)]);
         disk.finish().unwrap();
     }
 

@@ -97,6 +97,16 @@ impl LogStore for Fillable {
         self.inner.execute(op)
     }
 
+    fn append_all(&mut self, records: &[&kv_storage::Record]) -> Result<(), (usize, StoreError)> {
+        if self.full.load(Ordering::SeqCst) {
+            return Err((
+                0,
+                StoreError::Full("disk full while writing wal-test (simulated)".into()),
+            ));
+        }
+        LogStore::append_all(&mut self.inner, records)
+    }
+
     fn sync(&mut self) -> Result<(), StoreError> {
         LogStore::sync(&mut self.inner)
     }

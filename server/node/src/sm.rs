@@ -6,7 +6,7 @@ use bytes::Bytes;
 use kv_shared::proto::{ClientError, Op, Outcome};
 use kv_shared::ClientId;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{HashMap, VecDeque};
 use xxhash_rust::xxh64::Xxh64;
 
 /// A state-changing operation, as it travels through the log.
@@ -95,13 +95,30 @@ struct Session {
 
 /// Client sessions of one shard, bounded: past `max` the least recently used is evicted.
 /// Eviction order depends only on the applied commands, so it is the same on every replica.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Recency is a stamp in each session plus a queue of (stamp, client) in stamp order, one
+/// per touch. A touch only pushes to the queue; the superseded pair stays behind and is
+/// skipped when it reaches the front (its stamp no longer matches the session's). That
+/// keeps a write to one hash lookup and a push instead of two ordered-set updates; the
+/// queue is rebuilt from the live pairs when stale ones outnumber them, so it stays
+/// within a constant factor of the table.
+#[derive(Clone, Debug)]
 pub struct Sessions {
-    by_client: BTreeMap<ClientId, Session>,
-    lru: BTreeSet<(u64, ClientId)>,
+    by_client: HashMap<ClientId, Session>,
+    /// (stamp, client) in ascending stamp order; live where the stamp is the session's.
+    recency: VecDeque<(u64, ClientId)>,
     clock: u64,
     max: usize,
 }
+
+/// Equal tables hold the same sessions; the recency queue's stale pairs are bookkeeping.
+impl PartialEq for Sessions {
+    fn eq(&self, other: &Sessions) -> bool {
+        self.by_client == other.by_client && self.clock == other.clock && self.max == other.max
+    }
+}
+
+impl Eq for Sessions {}
 
 /// What the session table says about a write before it is applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,8 +139,8 @@ impl Sessions {
     pub fn new(max: usize) -> Sessions {
         assert!(max > 0, "a session table must hold at least one session");
         Sessions {
-            by_client: BTreeMap::new(),
-            lru: BTreeSet::new(),
+            by_client: HashMap::new(),
+            recency: VecDeque::new(),
             clock: 0,
             max,
         }
@@ -141,7 +158,7 @@ impl Sessions {
 
     /// Classifies `(client, seq)` and marks the session used.
     pub fn check(&mut self, client: ClientId, seq: u64) -> SessionCheck {
-        let Some(s) = self.by_client.get(&client) else {
+        let Some(s) = self.by_client.get_mut(&client) else {
             return SessionCheck::Fresh;
         };
         let verdict = if seq > s.seq {
@@ -151,27 +168,15 @@ impl Sessions {
         } else {
             SessionCheck::Stale { latest: s.seq }
         };
-        self.touch(client);
-        verdict
-    }
-
-    fn touch(&mut self, client: ClientId) {
         self.clock += 1;
-        let s = self
-            .by_client
-            .get_mut(&client)
-            .expect("touched session exists");
-        self.lru.remove(&(s.stamp, client));
         s.stamp = self.clock;
-        self.lru.insert((s.stamp, client));
+        self.push_recency(client);
+        verdict
     }
 
     /// Records the outcome of a freshly applied write.
     pub fn record(&mut self, client: ClientId, seq: u64, outcome: Outcome) {
         self.clock += 1;
-        if let Some(old) = self.by_client.remove(&client) {
-            self.lru.remove(&(old.stamp, client));
-        }
         self.by_client.insert(
             client,
             Session {
@@ -180,12 +185,50 @@ impl Sessions {
                 stamp: self.clock,
             },
         );
-        self.lru.insert((self.clock, client));
+        self.push_recency(client);
         while self.by_client.len() > self.max {
-            let (_, evict) = self.lru.pop_first().expect("lru tracks every session");
-            self.by_client.remove(&evict);
+            let (stamp, evict) = self
+                .recency
+                .pop_front()
+                .expect("the recency queue holds a live pair for every session");
+            if self.by_client.get(&evict).map(|s| s.stamp) == Some(stamp) {
+                self.by_client.remove(&evict);
+            }
         }
-        debug_assert_eq!(self.lru.len(), self.by_client.len());
+    }
+
+    /// Queues `client` at the current clock (its session's stamp) and drops stale pairs
+    /// once they make up most of the queue.
+    fn push_recency(&mut self, client: ClientId) {
+        debug_assert_eq!(self.by_client[&client].stamp, self.clock);
+        self.recency.push_back((self.clock, client));
+        if self.recency.len() > 2 * self.by_client.len() + 64 {
+            let by_client = &self.by_client;
+            self.recency
+                .retain(|(stamp, c)| by_client.get(c).map(|s| s.stamp) == Some(*stamp));
+            debug_assert_eq!(self.recency.len(), self.by_client.len());
+        }
+    }
+
+    /// Rebuilds a table from its sessions (in any order) and clock.
+    fn from_parts(max: usize, clock: u64, sessions: Vec<(ClientId, Session)>) -> Sessions {
+        assert!(max > 0, "a session table must hold at least one session");
+        let mut recency: Vec<(u64, ClientId)> =
+            sessions.iter().map(|(c, s)| (s.stamp, *c)).collect();
+        recency.sort_unstable();
+        Sessions {
+            by_client: sessions.into_iter().collect(),
+            recency: recency.into(),
+            clock,
+            max,
+        }
+    }
+
+    /// The sessions sorted by client, the order images and digests use.
+    fn sorted(&self) -> Vec<(&ClientId, &Session)> {
+        let mut v: Vec<_> = self.by_client.iter().collect();
+        v.sort_unstable_by_key(|(c, _)| **c);
+        v
     }
 }
 
@@ -202,7 +245,10 @@ struct Image {
 /// The key-value map of one shard plus its sessions and applied position.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateMachine {
-    data: BTreeMap<Bytes, Bytes>,
+    /// Hashed, not ordered: a write costs one hash and about one key comparison, where a
+    /// B-tree compared keys through pointers about log2(keys) times. Only snapshot images
+    /// and digests need an order, and they sort.
+    data: HashMap<Bytes, Bytes>,
     sessions: Sessions,
     applied_index: u64,
     applied_term: u64,
@@ -217,7 +263,7 @@ impl StateMachine {
     /// An empty shard.
     pub fn new(sessions_max: usize) -> StateMachine {
         StateMachine {
-            data: BTreeMap::new(),
+            data: HashMap::new(),
             sessions: Sessions::new(sessions_max),
             applied_index: 0,
             applied_term: 0,
@@ -313,14 +359,14 @@ impl StateMachine {
     pub fn to_image(&self) -> Bytes {
         let image = Image {
             data: self
-                .data
-                .iter()
+                .sorted_data()
+                .into_iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             sessions: self
                 .sessions
-                .by_client
-                .iter()
+                .sorted()
+                .into_iter()
                 .map(|(c, s)| (*c, s.clone()))
                 .collect(),
             clock: self.sessions.clock,
@@ -333,12 +379,7 @@ impl StateMachine {
     /// Rebuilds a shard from a snapshot image.
     pub fn from_image(bytes: &[u8], sessions_max: usize) -> Result<StateMachine, ImageError> {
         let image: Image = postcard::from_bytes(bytes).map_err(|e| ImageError(e.to_string()))?;
-        let mut sessions = Sessions::new(sessions_max);
-        sessions.clock = image.clock;
-        for (c, s) in image.sessions {
-            sessions.lru.insert((s.stamp, c));
-            sessions.by_client.insert(c, s);
-        }
+        let sessions = Sessions::from_parts(sessions_max, image.clock, image.sessions);
         Ok(StateMachine {
             data: image.data.into_iter().collect(),
             sessions,
@@ -347,16 +388,23 @@ impl StateMachine {
         })
     }
 
+    /// The map sorted by key: images and digests must not depend on hash order.
+    fn sorted_data(&self) -> Vec<(&Bytes, &Bytes)> {
+        let mut v: Vec<_> = self.data.iter().collect();
+        v.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        v
+    }
+
     /// A digest of map and sessions, equal on replicas that applied the same prefix.
     pub fn digest(&self) -> u64 {
         let mut h = Xxh64::new(0);
-        for (k, v) in &self.data {
+        for (k, v) in self.sorted_data() {
             h.update(&(k.len() as u64).to_le_bytes());
             h.update(k);
             h.update(&(v.len() as u64).to_le_bytes());
             h.update(v);
         }
-        for (c, s) in &self.sessions.by_client {
+        for (c, s) in self.sessions.sorted() {
             h.update(&c.0.to_le_bytes());
             h.update(&s.seq.to_le_bytes());
         }
@@ -474,6 +522,63 @@ mod tests {
             s.check(ClientId(1), 1),
             SessionCheck::Duplicate(Outcome::Done)
         );
+    }
+
+    /// The table before hashing: an ordered map plus an ordered (stamp, client) set. The
+    /// lazy recency queue must evict exactly what it evicted.
+    #[test]
+    fn sessions_evict_like_an_ordered_lru_and_stay_bounded() {
+        use std::collections::{BTreeMap, BTreeSet};
+        let max = 8;
+        let mut s = Sessions::new(max);
+        let mut model: BTreeMap<ClientId, u64> = BTreeMap::new();
+        let mut lru: BTreeSet<(u64, ClientId)> = BTreeSet::new();
+        let mut clock = 0u64;
+        let mut touch = |model: &mut BTreeMap<ClientId, u64>, lru: &mut BTreeSet<_>, c| {
+            clock += 1;
+            if let Some(old) = model.insert(c, clock) {
+                lru.remove(&(old, c));
+            }
+            lru.insert((clock, c));
+        };
+        let mut x = 12345u64;
+        for step in 0..20_000u64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let c = ClientId((x >> 33) % 13);
+            // A third of the steps look a client up, the rest record a write.
+            let look_up = (x >> 20) % 3 < 1;
+            if look_up {
+                let expect_known = model.contains_key(&c);
+                let known = s.check(c, 0) != SessionCheck::Fresh;
+                assert_eq!(known, expect_known, "step {step}");
+                if known {
+                    touch(&mut model, &mut lru, c);
+                }
+            } else {
+                s.record(c, step + 1, Outcome::Done);
+                touch(&mut model, &mut lru, c);
+                while model.len() > max {
+                    let (_, evict) = lru.pop_first().unwrap();
+                    model.remove(&evict);
+                }
+            }
+            let mut held: Vec<ClientId> = s.by_client.keys().copied().collect();
+            held.sort();
+            assert_eq!(
+                held,
+                model.keys().copied().collect::<Vec<_>>(),
+                "step {step}"
+            );
+            assert!(
+                s.recency.len() <= 2 * max + 65,
+                "recency queue grew to {}",
+                s.recency.len()
+            );
+        }
+        let back = Sessions::from_parts(max, s.clock, s.by_client.clone().into_iter().collect());
+        assert_eq!(back, s);
     }
 
     #[test]

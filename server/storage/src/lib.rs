@@ -9,7 +9,8 @@
 //! - [`storage`]: [`Storage`], the WAL and snapshots over any [`Disk`].
 //! - [`error`]: [`StorageError`]; every message names the file (and offset).
 //!
-//! The contract in one paragraph: [`Storage::append`] writes a [`Record`];
+//! The contract in one paragraph: [`Storage::append`] writes a [`Record`]
+//! ([`Storage::append_all`] many, in one write);
 //! [`Storage::sync`] makes every append since the last sync durable with one fsync
 //! (group commit across all groups); [`Storage::save_snapshot`] is durable on return;
 //! [`Storage::compact`] deletes segments that snapshots made unnecessary;
@@ -28,4 +29,4 @@ pub use error::StorageError;
 pub use format::{RECORD_PAYLOAD_BYTES_MAX, SNAPSHOT_BYTES_MAX};
 pub use real_disk::RealDisk;
 pub use sim_disk::{SimDisk, SimDiskStats};
-pub use storage::{Record, Recovered, Storage, WalOptions};
+pub use storage::{PartialAppend, Record, Recovered, Storage, WalOptions};

@@ -33,6 +33,17 @@ pub struct Record {
     pub payload: Bytes,
 }
 
+/// A batch append ([`Storage::append_all`]) that stopped at a failure.
+#[derive(Debug, thiserror::Error)]
+#[error("{error} (after appending {appended} records of the batch)")]
+pub struct PartialAppend {
+    /// How many records, from the start of the batch, are in the log.
+    pub appended: usize,
+    /// Why the next one is not.
+    #[source]
+    pub error: StorageError,
+}
+
 /// Tuning of the write-ahead log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WalOptions {
@@ -289,39 +300,84 @@ impl<D: Disk> Storage<D> {
     /// Appends `record` to the log. On return it is written but not yet durable; see
     /// [`Storage::sync`]. On error nothing of it is in the log.
     pub fn append(&mut self, record: &Record) -> Result<(), StorageError> {
-        self.check_poisoned()?;
-        let len = record.payload.len() as u64;
-        if len > RECORD_PAYLOAD_BYTES_MAX {
-            return Err(StorageError::RecordTooLarge {
-                len,
-                max: RECORD_PAYLOAD_BYTES_MAX,
-            });
-        }
+        self.append_all(&[record]).map_err(|partial| partial.error)
+    }
+
+    /// Appends `records` in order with one write per segment they land in (a round of
+    /// many groups then costs one system call, not one per record). The bytes on disk
+    /// are exactly those of appending them one by one, segment rolls included. On error
+    /// the first [`PartialAppend::appended`] records are in the log and none of the rest.
+    pub fn append_all(&mut self, records: &[&Record]) -> Result<(), PartialAppend> {
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
-        encode_record(record, &mut buf);
-        let result = self.append_encoded(record, &buf);
+        let result = self.append_all_with(records, &mut buf);
         self.scratch = buf;
         result
     }
 
-    fn append_encoded(&mut self, record: &Record, encoded: &[u8]) -> Result<(), StorageError> {
-        let would_be = self.active_len + encoded.len() as u64;
-        if would_be > self.options.segment_bytes_max && self.active_len > self.active_head_len {
-            let next = self.active().seq + 1;
-            self.roll(next)?;
+    fn append_all_with(
+        &mut self,
+        records: &[&Record],
+        buf: &mut Vec<u8>,
+    ) -> Result<(), PartialAppend> {
+        let stop = |appended: usize| move |error| PartialAppend { appended, error };
+        self.check_poisoned().map_err(stop(0))?;
+        // records[first..i] are encoded in `buf` and not yet written.
+        let mut first = 0;
+        for (i, record) in records.iter().enumerate() {
+            let len = record.payload.len() as u64;
+            if len > RECORD_PAYLOAD_BYTES_MAX {
+                self.write_encoded(&records[first..i], buf)
+                    .map_err(stop(first))?;
+                return Err(stop(i)(StorageError::RecordTooLarge {
+                    len,
+                    max: RECORD_PAYLOAD_BYTES_MAX,
+                }));
+            }
+            let start = buf.len();
+            encode_record(record, buf);
+            // The segment's length if the records before this one were written.
+            let held = self.active_len + start as u64;
+            let would_be = held + (buf.len() - start) as u64;
+            if would_be > self.options.segment_bytes_max && held > self.active_head_len {
+                let this = buf.split_off(start);
+                self.write_encoded(&records[first..i], buf)
+                    .map_err(stop(first))?;
+                *buf = this;
+                let next = self.active().seq + 1;
+                self.roll(next).map_err(stop(i))?;
+                first = i;
+            }
+        }
+        self.write_encoded(&records[first..], buf)
+            .map_err(stop(first))
+    }
+
+    /// Writes `encoded`, the encodings of `records`, to the active segment in one write
+    /// and empties it.
+    fn write_encoded(
+        &mut self,
+        records: &[&Record],
+        encoded: &mut Vec<u8>,
+    ) -> Result<(), StorageError> {
+        if records.is_empty() {
+            return Ok(());
         }
         let name = self.active().name.clone();
         self.write_or_roll_back(&name, encoded)?;
         self.active_len += encoded.len() as u64;
         self.active_dirty = true;
-        self.segments
+        encoded.clear();
+        let segment = self
+            .segments
             .last_mut()
-            .expect("there is always an active segment")
-            .note(record);
-        if record.sticky {
+            .expect("there is always an active segment");
+        for record in records {
+            segment.note(record);
+        }
+        for record in records.iter().filter(|r| r.sticky) {
             self.sticky
-                .insert((record.group, record.kind), record.clone());
+                .insert((record.group, record.kind), (*record).clone());
         }
         Ok(())
     }

@@ -17,6 +17,8 @@ enum Op {
         sticky: bool,
         len: usize,
     },
+    /// Several appends through `Storage::append_all` (one write per segment).
+    AppendAll(Vec<(u32, bool, usize)>),
     Sync,
     Crash,
     Compact {
@@ -32,6 +34,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (0..3u32, prop::bool::weighted(0.2), 0..120usize)
             .prop_map(|(group, sticky, len)| Op::Append { group, sticky, len }),
+        3 => prop::collection::vec((0..3u32, prop::bool::weighted(0.2), 0..120usize), 1..6)
+            .prop_map(Op::AppendAll),
         3 => Just(Op::Sync),
         1 => Just(Op::Crash),
         1 => (0..3u32).prop_map(|group| Op::Compact { group }),
@@ -58,6 +62,29 @@ struct Model {
     serial: u64,
 }
 
+impl Model {
+    /// A new record with a unique payload; entries get the group's next index.
+    fn record(&mut self, group: u32, sticky: bool, len: usize) -> Record {
+        self.serial += 1;
+        let mut payload = self.serial.to_le_bytes().to_vec();
+        payload.resize(8 + len, group as u8);
+        let last_index = if sticky {
+            0
+        } else {
+            let i = self.next_index.entry(group).or_insert(0);
+            *i += 1;
+            *i
+        };
+        Record {
+            group,
+            kind: if sticky { 9 } else { 1 },
+            sticky,
+            last_index,
+            payload: payload.into(),
+        }
+    }
+}
+
 /// Runs `ops` on a fresh `SimDisk` and checks every crash recovery against the model.
 /// With `compaction` off, recovery must return exactly a prefix of the log that holds
 /// every synced record; with it on, records covered by a compaction may be missing.
@@ -78,28 +105,25 @@ fn run(seed: u64, ops: &[Op], compaction: bool) -> Result<(), TestCaseError> {
     for op in ops {
         match op.clone() {
             Op::Append { group, sticky, len } => {
-                m.serial += 1;
-                let mut payload = m.serial.to_le_bytes().to_vec();
-                payload.resize(8 + len, group as u8);
-                let last_index = if sticky {
-                    0
-                } else {
-                    let i = m.next_index.entry(group).or_insert(0);
-                    *i += 1;
-                    *i
-                };
-                let record = Record {
-                    group,
-                    kind: if sticky { 9 } else { 1 },
-                    sticky,
-                    last_index,
-                    payload: payload.into(),
-                };
+                let record = m.record(group, sticky, len);
                 match storage.append(&record) {
                     Ok(()) => m.log.push(record),
                     Err(StorageError::DiskFull { .. }) => {}
                     Err(e) => return Err(TestCaseError::fail(format!("append: {e}"))),
                 }
+            }
+            Op::AppendAll(specs) => {
+                let records: Vec<Record> = specs
+                    .into_iter()
+                    .map(|(group, sticky, len)| m.record(group, sticky, len))
+                    .collect();
+                let refs: Vec<&Record> = records.iter().collect();
+                let appended = match storage.append_all(&refs) {
+                    Ok(()) => records.len(),
+                    Err(p) if matches!(p.error, StorageError::DiskFull { .. }) => p.appended,
+                    Err(p) => return Err(TestCaseError::fail(format!("append_all: {p}"))),
+                };
+                m.log.extend(records.into_iter().take(appended));
             }
             Op::Sync => {
                 storage.sync().unwrap();
@@ -432,4 +456,72 @@ fn what_open_reads_after_a_process_crash_survives_a_later_power_loss() {
             "seed {seed}"
         );
     }
+}
+
+/// A disk that counts its appends (each is one write(2) on the real disk).
+#[derive(Debug)]
+struct CountingDisk {
+    inner: SimDisk,
+    appends: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl Disk for CountingDisk {
+    fn create(&mut self, name: &str) -> Result<(), StorageError> {
+        self.inner.create(name)
+    }
+    fn append(&mut self, name: &str, data: &[u8]) -> Result<(), StorageError> {
+        self.appends.set(self.appends.get() + 1);
+        self.inner.append(name, data)
+    }
+    fn read(&mut self, name: &str) -> Result<Vec<u8>, StorageError> {
+        self.inner.read(name)
+    }
+    fn sync_file(&mut self, name: &str) -> Result<(), StorageError> {
+        self.inner.sync_file(name)
+    }
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), StorageError> {
+        self.inner.rename(from, to)
+    }
+    fn remove(&mut self, name: &str) -> Result<(), StorageError> {
+        self.inner.remove(name)
+    }
+    fn list(&mut self) -> Result<Vec<String>, StorageError> {
+        self.inner.list()
+    }
+    fn sync_dir(&mut self) -> Result<(), StorageError> {
+        self.inner.sync_dir()
+    }
+    fn len(&mut self, name: &str) -> Result<u64, StorageError> {
+        self.inner.len(name)
+    }
+    fn truncate(&mut self, name: &str, len: u64) -> Result<(), StorageError> {
+        self.inner.truncate(name, len)
+    }
+}
+
+#[test]
+fn append_all_is_one_write_per_segment() {
+    let appends = std::rc::Rc::new(std::cell::Cell::new(0));
+    let disk = CountingDisk {
+        inner: SimDisk::new(7),
+        appends: appends.clone(),
+    };
+    let (mut s, _) = Storage::open(disk, WalOptions::default()).unwrap();
+    let records: Vec<Record> = (1..=16)
+        .map(|i| Record {
+            group: i % 8,
+            kind: 1,
+            sticky: false,
+            last_index: u64::from(i),
+            payload: vec![i as u8; 120].into(),
+        })
+        .collect();
+    let before = appends.get();
+    s.append_all(&records.iter().collect::<Vec<_>>()).unwrap();
+    assert_eq!(
+        appends.get() - before,
+        1,
+        "16 records of 8 groups, one write"
+    );
+    s.sync().unwrap();
 }

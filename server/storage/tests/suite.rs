@@ -405,6 +405,70 @@ fn failed_fsync_poisons_until_reopen<H: Harness>(h: &H) {
     assert_eq!(rec.records[0], entry(0, 1, 10));
 }
 
+fn append_all_writes_what_appending_one_by_one_writes<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
+    // Rolls inside the batch (one 60-byte record per segment), a small record sharing a
+    // segment, and a sticky record that every later segment must repeat.
+    let batch = vec![
+        entry(0, 1, 60),
+        sticky(1, "term 3"),
+        entry(0, 2, 60),
+        entry(1, 1, 2),
+        entry(0, 3, 60),
+    ];
+    s.append_all(&batch.iter().collect::<Vec<_>>()).unwrap();
+    s.sync().unwrap();
+    let batched_segments = s.segment_names();
+    drop(s);
+    let (_, rec) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
+    assert_eq!(common::without_repeats(&rec.records), batch);
+    assert_eq!(rec.truncated_tail, None);
+
+    let other = RealHarness::new();
+    let (mut one_by_one, _) = open(&other, ONE_RECORD_PER_SEGMENT).unwrap();
+    for r in &batch {
+        one_by_one.append(r).unwrap();
+    }
+    one_by_one.sync().unwrap();
+    assert_eq!(one_by_one.segment_names(), batched_segments);
+    for name in &batched_segments {
+        assert_eq!(
+            h.disk().read(name).unwrap(),
+            other.disk().read(name).unwrap(),
+            "{name}"
+        );
+    }
+}
+
+fn append_all_stops_at_the_first_failure<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, WalOptions::default()).unwrap();
+    let mut big = entry(0, 3, 0);
+    big.payload = vec![0; RECORD_PAYLOAD_BYTES_MAX as usize + 1].into();
+    let batch = [entry(0, 1, 10), entry(0, 2, 10), big, entry(0, 4, 10)];
+    let err = s.append_all(&batch.iter().collect::<Vec<_>>()).unwrap_err();
+    assert_eq!(err.appended, 2);
+    assert!(
+        matches!(err.error, StorageError::RecordTooLarge { .. }),
+        "{err}"
+    );
+    h.set_full(true);
+    let err = s
+        .append_all(&[&entry(0, 3, 10), &entry(0, 4, 10)])
+        .unwrap_err();
+    assert_eq!(err.appended, 0);
+    assert!(matches!(err.error, StorageError::DiskFull { .. }), "{err}");
+    h.set_full(false);
+    s.append_all(&[&entry(0, 3, 10)]).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    let (_, rec) = open(h, WalOptions::default()).unwrap();
+    assert_eq!(
+        rec.records,
+        vec![entry(0, 1, 10), entry(0, 2, 10), entry(0, 3, 10)]
+    );
+    assert_eq!(rec.truncated_tail, None);
+}
+
 fn oversized_record_names_the_limit<H: Harness>(h: &H) {
     let (mut s, _) = open(h, WalOptions::default()).unwrap();
     let mut big = entry(0, 1, 0);
@@ -459,6 +523,8 @@ suite!(
     disk_full_is_a_clean_error,
     failed_fsync_poisons_until_reopen,
     oversized_record_names_the_limit,
+    append_all_writes_what_appending_one_by_one_writes,
+    append_all_stops_at_the_first_failure,
 );
 
 #[test]
