@@ -470,6 +470,12 @@ impl Sim {
         let spread_leaders = rng.gen_bool(0.5);
         let snapshot_threshold_entries = [20, 50, 200, 100_000][rng.gen_range(0..4)];
         let request_timeout_ticks: u64 = 40;
+        // Optional Raft behaviours come from a stream of their own, so that drawing one
+        // more never changes what the main stream draws for a seed.
+        let mut tuning_rng = SmallRng::seed_from_u64(opts.seed ^ 0x7e57_7a11_0f0c_a5e5);
+        let quiesce = tuning_rng.gen_bool(0.75);
+        let eager_followers = tuning_rng.gen_bool(0.2).then_some(n / 2);
+        let broadcast_commit = tuning_rng.gen_bool(0.2);
         let nodes = ids
             .iter()
             .map(|&id| {
@@ -483,6 +489,9 @@ impl Sim {
                 config.snapshot_threshold_entries = snapshot_threshold_entries;
                 config.request_timeout_ticks = request_timeout_ticks as u32;
                 config.seed = opts.seed;
+                config.tuning.quiesce = quiesce;
+                config.tuning.eager_followers = eager_followers;
+                config.tuning.broadcast_commit = broadcast_commit;
                 if profile == FaultProfile::Figure8 {
                     // One entry per Append: a follower catching up acks old-term entries
                     // one by one before the new leader's no-op.
