@@ -410,3 +410,27 @@ fn followers_of_a_silent_leader_node_wake_and_elect() {
         assert!(c.nodes[new].raft_status(s).term > term);
     }
 }
+
+#[test]
+fn a_shard_snapshots_after_enough_log_bytes_whatever_its_entry_count() {
+    let mut c = Cluster::with(3, 1, |config| {
+        config.snapshot_threshold_entries = 1_000_000;
+    });
+    c.tick(60);
+    let l = c.leader(ShardId(0));
+    let value = "x".repeat(30_000);
+    // 300 puts of 30 kB: over 8 MiB of entry payloads in far fewer entries than the
+    // entry threshold.
+    for s in 1..=300u64 {
+        c.request(l, s, put(1, s, "k", &value));
+        c.flush(l);
+        c.tick(1);
+    }
+    c.tick(5);
+    let st = c.nodes[l].raft_status(ShardId(0));
+    assert!(st.snapshot_index > 0, "a snapshot was taken: {st:?}");
+    assert!(
+        st.snapshot_index < 300,
+        "only once the bytes added up: {st:?}"
+    );
+}
