@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""bench/callgrind.py: CPU per operation as instruction counts, repeatable on a noisy machine.
+
+Starts a fresh 3-node kvserver cluster (free loopback ports, temp data dirs, fsync on)
+with every node under `valgrind --tool=callgrind`, runs one fixed workload with
+`kvcli bench --ops N` (16 B keys, 100 B values, 10,000 keys, seed 1), stops the nodes
+with SIGTERM and prints the three processes' total instructions divided by N. The
+total includes startup and election, which is why N should be large (20,000).
+Throughput under callgrind means nothing; compare instructions/op between builds.
+
+    python3 bench/callgrind.py --target $CARGO_TARGET_DIR/release --shards 8 --ops 20000
+"""
+import json, time, subprocess, tempfile, socket, argparse, re, shutil
+p = argparse.ArgumentParser()
+p.add_argument("--target", required=True, help="directory holding release kvserver and kvcli")
+p.add_argument("--shards", type=int, default=1)
+p.add_argument("--op", default="put")
+p.add_argument("--clients", default="64")
+p.add_argument("--ops", default="20000")
+a = p.parse_args()
+d = tempfile.mkdtemp(prefix="cgkv-")
+ports = []
+while len(ports) < 3:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); pt = s.getsockname()[1]; s.close()
+    if pt not in ports: ports.append(pt)
+cfg = f"{d}/cluster.toml"
+open(cfg, "w").write(f"cluster_id = 9{a.shards}\nshards = {a.shards}\ndata_dir = \"{d}\"\n[timing]\ntick_ms = 10\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n" + "".join(f'\n[[nodes]]\nid = {n}\naddr = "127.0.0.1:{ports[n-1]}"\n' for n in (1,2,3)))
+procs = []
+for n in (1,2,3):
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg.{n}", "--dump-instr=no",
+           f"{a.target}/kvserver", "--config", cfg, "--node", str(n), "--data-dir", f"{d}/node-{n}", "--log-level", "warn"]
+    procs.append(subprocess.Popen(cmd, stdout=open(f"{d}/n{n}.log","w"), stderr=subprocess.STDOUT))
+try:
+    for _ in range(300):
+        r = subprocess.run([f"{a.target}/kvcli","--cluster",cfg,"--json","status"],capture_output=True,text=True,timeout=60)
+        try:
+            s = json.loads([l for l in r.stdout.splitlines() if l.startswith("{")][-1])
+            if all(x.get("leader") for x in s["shards"]): break
+        except Exception: pass
+        time.sleep(0.5)
+    mix = {"put":"0","get":"1"}[a.op]
+    r = subprocess.run([f"{a.target}/kvcli","--cluster",cfg,"bench","--clients",a.clients,"--ops",a.ops,"--mix",mix,"--value-size","100","--key-size","16","--keys","10000","--json"],capture_output=True,text=True,timeout=1200)
+    j = json.loads([l for l in r.stdout.splitlines() if l.startswith("{")][-1])
+finally:
+    for x in procs: x.terminate()
+    for x in procs: x.wait()
+tot = 0
+for n in (1,2,3):
+    # callgrind writes its totals when the process exits, SIGTERM included.
+    txt = open(f"{d}/cg.{n}").read()
+    m = re.search(r"^summary:\s+(\d+)", txt, re.M) or re.search(r"^totals:\s+(\d+)", txt, re.M)
+    tot += int(m.group(1))
+shutil.rmtree(d, ignore_errors=True)
+ops = j["ops"]
+print(f"{a.target} {a.shards}sh {a.op} c={a.clients} ops={ops} err={j['errors']} {j['ops_per_s']:.0f}/s  Ir total={tot/1e9:.2f}G  Ir/op={tot/ops:.0f}", flush=True)
