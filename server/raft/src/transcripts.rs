@@ -1,6 +1,9 @@
 //! Transcript tests: each `testdata/*.txt` file is a script of commands, each followed by
 //! `----` and the output it must produce (etcd's datadriven style). A changed transcript
-//! is reviewed like code. Regenerate with `RAFT_REWRITE=1 cargo test -p kv-raft`.
+//! is reviewed like code. Regenerate with `python3 server/raft/testdata/rewrite.py`.
+//! The files are compiled in (`include_str!`), so this crate touches no file system even
+//! in its tests; with `RAFT_REWRITE` set, a test prints its regenerated transcript between
+//! markers instead of comparing, and the script writes those back.
 //!
 //! Commands (ids are node numbers; `ids` is a comma list or `all`):
 //! - `cluster n=3 [learners=4,5] [prevote=false] [checkquorum=false] [append-bytes=N]
@@ -307,10 +310,22 @@ fn run_cmd(c: &mut Option<Cluster>, cmd: &Cmd) -> String {
     std::mem::take(&mut c.out)
 }
 
-/// Runs one transcript file; with RAFT_REWRITE set, rewrites its expected outputs.
-fn run_file(name: &str) {
-    let path = format!("{}/testdata/{name}.txt", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+/// The text of `testdata/<name>.txt`, compiled in.
+macro_rules! transcript_text {
+    ($name:expr) => {
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/",
+            $name,
+            ".txt"
+        ))
+    };
+}
+
+/// Runs one transcript; with RAFT_REWRITE set, prints it with regenerated outputs between
+/// `=== transcript NAME` and `=== end NAME` lines (for testdata/rewrite.py).
+fn run_file(name: &str, text: &str) {
+    let path = format!("testdata/{name}.txt");
     let rewrite = std::env::var_os("RAFT_REWRITE").is_some();
     let mut cluster = None;
     let mut rewritten = String::new();
@@ -351,10 +366,10 @@ fn run_file(name: &str) {
         rewritten.push_str(&got);
     }
     if rewrite {
-        std::fs::write(&path, rewritten).expect("rewrite transcript");
+        println!("\n=== transcript {name}\n{rewritten}=== end {name}");
     } else if !failures.is_empty() {
         panic!(
-            "{} command(s) differ (RAFT_REWRITE=1 regenerates):\n{}",
+            "{} command(s) differ (server/raft/testdata/rewrite.py regenerates):\n{}",
             failures.len(),
             failures.join("\n")
         );
@@ -366,8 +381,7 @@ fn run_file(name: &str) {
 #[cfg(feature = "planted-bugs")]
 #[test]
 fn figure8_planted_bug_is_caught() {
-    let path = format!("{}/testdata/figure8.txt", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(path).expect("figure8 transcript");
+    let text = transcript_text!("figure8");
     let mut cmds: Vec<&str> = Vec::new();
     let mut lines = text.lines().peekable();
     while let Some(l) = lines.next() {
@@ -394,7 +408,7 @@ macro_rules! transcripts {
         $(
             #[test]
             fn $name() {
-                run_file(stringify!($name));
+                run_file(stringify!($name), transcript_text!(stringify!($name)));
             }
         )*
     };
