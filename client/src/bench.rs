@@ -154,6 +154,21 @@ pub struct CpuUse {
     pub percent_of_one_core: f64,
 }
 
+impl CpuUse {
+    /// This process's CPU use since `before` (a [`process_cpu_s`] reading), over
+    /// `elapsed` wall time; zero if either reading is unavailable.
+    pub fn since(before: Option<(f64, f64)>, elapsed: Duration) -> CpuUse {
+        match (before, process_cpu_s()) {
+            (Some((u0, s0)), Some((u1, s1))) => CpuUse {
+                user_s: u1 - u0,
+                system_s: s1 - s0,
+                percent_of_one_core: 100.0 * ((u1 - u0) + (s1 - s0)) / elapsed.as_secs_f64(),
+            },
+            _ => CpuUse::default(),
+        }
+    }
+}
+
 /// The final report.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -375,14 +390,7 @@ pub async fn run(
         }
     }
     let elapsed = start.elapsed();
-    let cpu = match (cpu_before, process_cpu_s()) {
-        (Some((u0, s0)), Some((u1, s1))) => CpuUse {
-            user_s: u1 - u0,
-            system_s: s1 - s0,
-            percent_of_one_core: 100.0 * ((u1 - u0) + (s1 - s0)) / elapsed.as_secs_f64(),
-        },
-        _ => CpuUse::default(),
-    };
+    let cpu = CpuUse::since(cpu_before, elapsed);
     let metrics_after = client.metrics();
     let mut tally = std::mem::take(&mut *state.tally.lock().expect("tally lock"));
     let latency = Latency::of(&state.latency.lock().expect("latency lock"));

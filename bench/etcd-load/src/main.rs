@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use etcd_client::{Client, ConnectOptions, KvClient};
 use hdrhistogram::Histogram;
+use kvcli::bench::{process_cpu_s, CpuUse, Latency};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -87,41 +88,6 @@ struct Options {
     endpoints: Vec<String>,
 }
 
-/// Latency percentiles in microseconds, as kvcli's `Latency`.
-#[derive(Serialize, Debug, Default, Clone, Copy)]
-struct Latency {
-    p50_us: u64,
-    p90_us: u64,
-    p99_us: u64,
-    p999_us: u64,
-    max_us: u64,
-    mean_us: u64,
-}
-
-impl Latency {
-    fn of(h: &Histogram<u64>) -> Latency {
-        if h.is_empty() {
-            return Latency::default();
-        }
-        Latency {
-            p50_us: h.value_at_quantile(0.50),
-            p90_us: h.value_at_quantile(0.90),
-            p99_us: h.value_at_quantile(0.99),
-            p999_us: h.value_at_quantile(0.999),
-            max_us: h.max(),
-            mean_us: h.mean().round() as u64,
-        }
-    }
-}
-
-/// The generator's own CPU use, as kvcli's `CpuUse`.
-#[derive(Serialize, Debug, Default, Clone, Copy)]
-struct CpuUse {
-    user_s: f64,
-    system_s: f64,
-    percent_of_one_core: f64,
-}
-
 /// The final report: the fields of kvcli's `Report` (etcd has one "shard").
 #[derive(Serialize, Debug)]
 struct Report {
@@ -197,16 +163,6 @@ fn error_kind(e: &etcd_client::Error) -> String {
         etcd_client::Error::TransportError(_) => "transport".into(),
         _ => "other".into(),
     }
-}
-
-/// CPU seconds (user, system) this process has used, from /proc/self/stat (USER_HZ = 100).
-fn process_cpu_s() -> Option<(f64, f64)> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime / 100.0, stime / 100.0))
 }
 
 async fn connect(endpoint: &str) -> Result<Client> {
@@ -374,14 +330,7 @@ async fn run(args: Args) -> Result<Report> {
         total.merge(t.await.context("client task")?);
     }
     let elapsed = start.elapsed();
-    let cpu = match (cpu_before, process_cpu_s()) {
-        (Some((u0, s0)), Some((u1, s1))) => CpuUse {
-            user_s: u1 - u0,
-            system_s: s1 - s0,
-            percent_of_one_core: 100.0 * ((u1 - u0) + (s1 - s0)) / elapsed.as_secs_f64(),
-        },
-        _ => CpuUse::default(),
-    };
+    let cpu = CpuUse::since(cpu_before, elapsed);
     let ops = total.reads + total.writes;
     let errors = total.errors_by_kind.values().sum();
     Ok(Report {
