@@ -161,6 +161,16 @@ struct Group {
     last_msg_tick: u64,
 }
 
+impl Group {
+    /// Ticks a quiesced group again (`NodeCore::tick` explains quiescence).
+    fn wake(&mut self) {
+        if self.quiesced {
+            self.quiesced = false;
+            self.raft.wake();
+        }
+    }
+}
+
 /// The sans-I/O node: see the crate docs.
 pub struct NodeCore {
     config: NodeConfig,
@@ -329,8 +339,7 @@ impl NodeCore {
                 if !leader_silent {
                     continue;
                 }
-                g.quiesced = false;
-                g.raft.wake();
+                g.wake();
             }
             if quiesce {
                 // Judged before ticking: the previous `take_output` drained every output.
@@ -413,10 +422,7 @@ impl NodeCore {
                 .iter()
                 .any(|(n, m)| *n == preferred && *m >= st.last_index);
             if caught_up {
-                if g.quiesced {
-                    g.quiesced = false;
-                    g.raft.wake();
-                }
+                g.wake();
                 g.raft.transfer_leadership(preferred);
                 g.last_transfer_tick = Some(self.tick_count);
             }
@@ -435,10 +441,7 @@ impl NodeCore {
                 continue;
             }
             g.last_msg_tick = self.tick_count;
-            if g.quiesced {
-                g.quiesced = false;
-                g.raft.wake();
-            }
+            g.wake();
             g.raft.step(gm.msg);
         }
     }
@@ -491,10 +494,7 @@ impl NodeCore {
         );
         self.deadlines.insert((deadline_tick, id));
         let g = &mut self.groups[shard.0 as usize];
-        if g.quiesced {
-            g.quiesced = false;
-            g.raft.wake();
-        }
+        g.wake();
         g.waiting.push(id);
     }
 

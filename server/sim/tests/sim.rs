@@ -35,9 +35,9 @@ fn run_seeds(range: std::ops::Range<u64>, make: impl Fn(u64) -> SimOptions + Syn
     f
 }
 
-#[test]
-fn five_hundred_seeds_pass() {
-    let failures = run_seeds(1..501, SimOptions::new);
+/// Runs seeds like `run_seeds` and fails with every failure's report if any seed fails.
+fn assert_seeds_pass(range: std::ops::Range<u64>, make: impl Fn(u64) -> SimOptions + Sync) {
+    let failures = run_seeds(range, make);
     assert!(
         failures.is_empty(),
         "{} failed:\n{}",
@@ -47,12 +47,16 @@ fn five_hundred_seeds_pass() {
 }
 
 #[test]
+fn five_hundred_seeds_pass() {
+    assert_seeds_pass(1..501, SimOptions::new);
+}
+
+#[test]
 fn fault_free_runs_pass() {
-    let failures = run_seeds(1000..1040, |seed| SimOptions {
+    assert_seeds_pass(1000..1040, |seed| SimOptions {
         faults: FaultMix::None,
         ..SimOptions::new(seed)
     });
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 #[test]
@@ -160,16 +164,10 @@ fn planted_commit_prior_term_by_count_is_caught() {
 // The same script against the correct code: it must not report what it provokes.
 #[test]
 fn figure8_profile_seeds_pass() {
-    let failures = run_seeds(1..201, |seed| SimOptions {
+    assert_seeds_pass(1..201, |seed| SimOptions {
         profile: Some(FaultProfile::Figure8),
         ..SimOptions::new(seed)
     });
-    assert!(
-        failures.is_empty(),
-        "{} failed:\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
 }
 
 // A follower acks an entry its slow disk has not synced; a crash loses it after the
