@@ -314,13 +314,19 @@ mod tests {
         assert!(f.on_applied(5, 1).is_empty());
     }
 
-    #[test]
-    fn a_deposed_leaders_put_is_withheld_then_dropped_when_committed_elsewhere() {
+    /// Replica 1 proposed its put with MID token 3 as entry 8 of term 1.
+    fn own_put_at_8() -> (Handoff, u64) {
         let me = NodeId(1);
         let s = session_for(me, 3);
         let mut h = Handoff::new(me);
         h.proposed(s, 8);
         h.note_entries(&[entry(8, 1, &[s])]);
+        (h, s)
+    }
+
+    #[test]
+    fn a_deposed_leaders_put_is_withheld_then_dropped_when_committed_elsewhere() {
+        let (mut h, s) = own_put_at_8();
         assert!(
             !h.on_core_answer(s, false),
             "no redirect for a put that may commit"
@@ -333,11 +339,7 @@ mod tests {
 
     #[test]
     fn a_lost_orphan_is_redirected_once_the_log_passes_it() {
-        let me = NodeId(1);
-        let s = session_for(me, 3);
-        let mut h = Handoff::new(me);
-        h.proposed(s, 8);
-        h.note_entries(&[entry(8, 1, &[s])]);
+        let (mut h, s) = own_put_at_8();
         assert!(!h.on_core_answer(s, false));
         // The new leader's log has another entry at 8.
         h.note_entries(&[entry(8, 2, &[session_for(NodeId(2), 1)])]);
@@ -347,11 +349,7 @@ mod tests {
 
     #[test]
     fn an_orphan_committed_by_this_replica_as_leader_again_is_answered_ok() {
-        let me = NodeId(1);
-        let s = session_for(me, 3);
-        let mut h = Handoff::new(me);
-        h.proposed(s, 8);
-        h.note_entries(&[entry(8, 1, &[s])]);
+        let (mut h, s) = own_put_at_8();
         assert!(!h.on_core_answer(s, false));
         h.observe(true, 3, 7);
         assert_eq!(h.on_applied(8, 1), vec![Duty::OkOwn(3)]);
