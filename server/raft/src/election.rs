@@ -9,13 +9,29 @@ use crate::types::{EntryKind, Message, MessageBody, Term};
 use kv_shared::NodeId;
 use std::collections::BTreeMap;
 
+/// Most doublings of the election timeout after timeouts without a leader (x8). An
+/// election needs two durable writes in a row (the candidate's term, then each voter's
+/// grant) plus a round trip: with fsyncs slower than about a quarter of the minimum
+/// timeout, elections at the base timeout rarely finish, and each failed one starts the
+/// next term. Doubling lets the timeout outgrow the disk; hearing a leader resets it.
+pub(crate) const ELECTION_BACKOFF_DOUBLINGS_MAX: u32 = 3;
+
 impl Raft {
     /// Follower/candidate clock: start an election when the randomized timeout expires.
     pub(crate) fn tick_election(&mut self) {
         self.election_elapsed = self.election_elapsed.saturating_add(1);
         if self.promotable() && self.election_elapsed >= self.randomized_timeout {
             self.election_elapsed = 0;
+            self.leaderless_timeouts = self.leaderless_timeouts.saturating_add(1);
             self.hup();
+        }
+    }
+
+    /// A leader of the current term exists: elections are back to the base timeout.
+    pub(crate) fn heard_leader(&mut self) {
+        if self.leaderless_timeouts > 0 {
+            self.leaderless_timeouts = 0;
+            self.reset_randomized_timeout();
         }
     }
 
@@ -205,6 +221,7 @@ impl Raft {
             lazy_since: None,
         }));
         self.leader = Some(me);
+        self.leaderless_timeouts = 0;
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
         self.retransmit_elapsed = 0;

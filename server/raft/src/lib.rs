@@ -41,6 +41,8 @@ mod read_index;
 mod replication;
 #[cfg(test)]
 mod safety_tests;
+#[cfg(test)]
+mod slow_disk_tests;
 mod snapshot;
 #[cfg(test)]
 mod testing;

@@ -44,8 +44,10 @@ pub struct Config {
     /// Ticks taken off the lease for clock drift and tick granularity (at least 2; must
     /// be below `election_ticks_min` when `lease_reads` is on).
     pub lease_margin_ticks: u32,
-    /// Skip the periodic heartbeat to a follower that got an Append (or was heard from)
-    /// since the previous heartbeat and already knows the commit index. Default false.
+    /// Skip the periodic heartbeat to a follower that got an Append since the previous
+    /// heartbeat and was heard from within half the minimum election timeout (one whose
+    /// acks wait on a slow disk gets the heartbeat: its answer keeps CheckQuorum happy).
+    /// Default false.
     pub heartbeat_suppression: bool,
     /// Send an Append to every follower as soon as the commit index advances (true, the
     /// classic behaviour). When false, followers learn the commit index from the next
@@ -336,6 +338,10 @@ pub struct Raft {
     /// Ticks since this replica started: its local clock (leases, eager choice).
     pub(crate) now: u64,
     pub(crate) randomized_timeout: u32,
+    /// Election timeouts in a row without hearing a leader: each doubles the next
+    /// randomized timeout (up to `ELECTION_BACKOFF_DOUBLINGS_MAX`), so that elections
+    /// still finish when votes take longer than a timeout to become durable (slow disks).
+    pub(crate) leaderless_timeouts: u32,
     /// ReadIndex round ids never repeat in this replica's lifetime.
     pub(crate) next_read_round: u64,
     // ---- outputs ----
@@ -412,6 +418,7 @@ impl Raft {
             retransmit_elapsed: 0,
             now: 0,
             randomized_timeout: 0,
+            leaderless_timeouts: 0,
             next_read_round: 1,
             msgs: Vec::new(),
             held: Vec::new(),
@@ -879,9 +886,13 @@ impl Raft {
     }
 
     pub(crate) fn reset_randomized_timeout(&mut self) {
-        self.randomized_timeout = self
+        let base = self
             .rng
             .gen_range(self.cfg.election_ticks_min..self.cfg.election_ticks_max);
+        let doublings = self
+            .leaderless_timeouts
+            .min(crate::election::ELECTION_BACKOFF_DOUBLINGS_MAX);
+        self.randomized_timeout = base.saturating_mul(1 << doublings);
     }
 
     /// Queues a message that promises nothing about durability.
@@ -986,6 +997,7 @@ impl Raft {
             | MessageBody::InstallSnapshot { .. } => {
                 self.election_elapsed = 0;
                 self.leader = Some(msg.from);
+                self.heard_leader();
                 match msg.body {
                     MessageBody::Append {
                         prev_index,

@@ -66,7 +66,8 @@ pub(crate) struct Progress {
     /// Sent an Append or chunk to since the previous periodic heartbeat (heartbeat
     /// suppression: that message already reset the follower's election timer).
     pub contacted: bool,
-    /// Leader tick at which it was last heard from (eager follower choice).
+    /// Leader tick at which it was last heard from (eager follower choice, heartbeat
+    /// suppression).
     pub heard_at: u64,
     /// Highest commit index sent to it in an Append or heartbeat (what it may know).
     pub commit_told: Index,

@@ -424,12 +424,18 @@ impl Raft {
     /// Heartbeats to all peers, each carrying the commit index capped to what that peer
     /// matches, and the newest ReadIndex round.
     /// With `heartbeat_suppression`, the periodic heartbeat skips a follower that got an
-    /// Append or chunk since the previous one (it reset its election timer), unless reads
-    /// wait for confirmation (their echoes are what the heartbeat is for).
+    /// Append or chunk since the previous one (it reset its election timer) and answered
+    /// something within half the minimum election timeout, unless reads wait for
+    /// confirmation (their echoes are what the heartbeat is for). One silent for longer
+    /// may hold its acks until a slow fsync ends; the heartbeat's immediate echo keeps
+    /// CheckQuorum from deposing us.
     pub(crate) fn bcast_heartbeat(&mut self, reads_only: bool) {
         let commit = self.log.commit;
         let suppress = self.cfg.heartbeat_suppression && !reads_only;
         let now = self.now;
+        // Heard within half a CheckQuorum period: its next answer will come in time even
+        // if this heartbeat is skipped and the next one is not.
+        let answering_ticks = u64::from(self.cfg.election_ticks_min / 2);
         let RoleState::Leader(ls) = &mut self.role else {
             return;
         };
@@ -450,7 +456,8 @@ impl Raft {
                 continue;
             }
             let c = commit.min(p.match_);
-            let skip = suppress && reads_round == 0 && p.contacted;
+            let answering = now - p.heard_at < answering_ticks;
+            let skip = suppress && reads_round == 0 && p.contacted && answering;
             if !skip {
                 p.commit_told = p.commit_told.max(c);
             }

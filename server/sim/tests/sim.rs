@@ -59,6 +59,18 @@ fn fault_free_runs_pass() {
     });
 }
 
+/// Every fsync 1.5x the minimum election timeout (150 ms against 100..200 ms), faults
+/// healed: each shard still elects a leader that stays and serves. Before election
+/// back-off and heartbeats to silent followers, none of seeds 1..40 passed.
+#[test]
+fn disks_slower_than_the_election_timeout_still_elect_and_serve() {
+    assert_seeds_pass(1..41, |seed| SimOptions {
+        faults: FaultMix::None,
+        slow_disk_ns: 150_000_000,
+        ..SimOptions::new(seed)
+    });
+}
+
 #[test]
 fn a_seed_replays_byte_for_byte() {
     let traced = |seed| {

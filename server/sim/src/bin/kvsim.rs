@@ -63,6 +63,10 @@ struct Args {
     /// Ticks of the safety phase (faults on).
     #[arg(long, alias = "duration-ticks")]
     steps: Option<u64>,
+    /// Every fsync takes exactly this many milliseconds, faults or not (group commit, as
+    /// the runtime's disk thread). Elections run 100..200 ms, heartbeats every 20 ms.
+    #[arg(long, default_value_t = 0)]
+    slow_disk_ms: u64,
     /// Plant a bug (needs the planted-bugs feature).
     #[cfg(feature = "planted-bugs")]
     #[arg(long, value_enum)]
@@ -124,6 +128,7 @@ fn options(args: &Args, seed: u64) -> Result<SimOptions> {
         o.safety_ticks = t;
     }
     o.trace = args.trace;
+    o.slow_disk_ns = args.slow_disk_ms * 1_000_000;
     #[cfg(feature = "planted-bugs")]
     if let Some(p) = args.plant {
         use kv_node::PlantedBug as B;
