@@ -161,6 +161,11 @@ pub struct Ready {
     pub failed_reads: Vec<u64>,
     /// Set when role, term or leader changed since the last `Ready`.
     pub soft_state: Option<SoftState>,
+    /// A follower that answers needs a snapshot, and this leader no longer holds the
+    /// image of its latest one (images are dropped once no transfer needs them: they are
+    /// as large as the state machine). Call [`Raft::compact`] with a snapshot at or above
+    /// `Status::snapshot_index`: a newer one, or the stored one again.
+    pub snapshot_wanted: bool,
 }
 
 impl Ready {
@@ -173,6 +178,7 @@ impl Ready {
             && self.reads.is_empty()
             && self.failed_reads.is_empty()
             && self.soft_state.is_none()
+            && !self.snapshot_wanted
     }
 }
 
@@ -329,8 +335,11 @@ pub struct Raft {
     pub(crate) membership: Membership,
     /// Membership as of the snapshot point (the initial one if no snapshot).
     pub(crate) snap_membership: Membership,
-    /// The latest snapshot, kept to send to lagging followers.
+    /// The latest snapshot, kept only while a follower that answers needs it (see
+    /// `snapshot_image_needed`); its index and term live on in the log.
     pub(crate) snapshot: Option<Snapshot>,
+    /// A leader found a follower to send a snapshot to but holds no image.
+    pub(crate) snapshot_wanted: bool,
     pub(crate) election_elapsed: u32,
     pub(crate) heartbeat_elapsed: u32,
     /// Ticks since the leader last checked for stalled flows (`retransmit_ticks`).
@@ -413,6 +422,7 @@ impl Raft {
             membership,
             snap_membership: base,
             snapshot,
+            snapshot_wanted: false,
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             retransmit_elapsed: 0,
@@ -648,6 +658,8 @@ impl Raft {
 
     /// The caller has durably stored `snapshot` of its state machine (its index at or
     /// below the applied index): drop the log up to it and use it for lagging followers.
+    /// The latest snapshot again (same index) hands back the image asked for by
+    /// `Ready::snapshot_wanted`.
     pub fn compact(&mut self, snapshot: Snapshot) {
         let index = snapshot.meta.index;
         assert!(
@@ -655,7 +667,17 @@ impl Raft {
             "compact({index}) beyond the applied index {}",
             self.log.applied
         );
-        if index <= self.log.snap_index {
+        if index < self.log.snap_index || (index == self.log.snap_index && self.snapshot.is_some())
+        {
+            return;
+        }
+        if index == self.log.snap_index {
+            assert_eq!(
+                self.snapshot_meta(index),
+                snapshot.meta,
+                "snapshot meta does not match the log (use snapshot_meta)"
+            );
+            self.snapshot = Some(snapshot);
             return;
         }
         let meta = self.snapshot_meta(index);
@@ -714,6 +736,7 @@ impl Raft {
             || !self.reads_ready.is_empty()
             || !self.failed_reads.is_empty()
             || self.soft_state() != self.last_soft
+            || self.snapshot_wanted
     }
 
     /// Takes the work accumulated since the last call.
@@ -734,6 +757,9 @@ impl Raft {
         let soft = self.soft_state();
         let soft_state = (soft != self.last_soft).then_some(soft);
         self.last_soft = soft;
+        if !self.snapshot_image_needed() {
+            self.snapshot = None;
+        }
         Ready {
             messages: std::mem::take(&mut self.msgs),
             write,
@@ -742,6 +768,7 @@ impl Raft {
             reads: std::mem::take(&mut self.reads_ready),
             failed_reads: std::mem::take(&mut self.failed_reads),
             soft_state,
+            snapshot_wanted: std::mem::take(&mut self.snapshot_wanted),
         }
     }
 

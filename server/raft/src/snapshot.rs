@@ -19,9 +19,44 @@ pub(crate) struct Incoming {
 }
 
 impl Raft {
+    /// True if `to` answered within an election timeout: a snapshot image is kept, or
+    /// asked for, only for followers that can take it, so a dead one pins no memory.
+    pub(crate) fn heard_recently(&self, to: NodeId) -> bool {
+        let RoleState::Leader(ls) = &self.role else {
+            return false;
+        };
+        // A follower not heard from yet counts from tick 0: at most an election timeout
+        // of a young leader's life, the same bound as for one that went silent.
+        ls.progress
+            .get(&to)
+            .is_some_and(|pr| self.now - pr.heard_at < u64::from(self.cfg.election_ticks_max))
+    }
+
+    /// True while a leader sends (or is about to send) its snapshot to a follower that
+    /// answers; otherwise `ready` drops the image, and `Ready::snapshot_wanted` asks for
+    /// it again when a transfer starts.
+    pub(crate) fn snapshot_image_needed(&self) -> bool {
+        let RoleState::Leader(ls) = &self.role else {
+            return false;
+        };
+        ls.progress.iter().any(|(id, pr)| {
+            let behind = matches!(pr.state, ProgressState::Snapshot(_))
+                || self.log.term(pr.next - 1).is_none();
+            behind && self.heard_recently(*id)
+        })
+    }
+
+    /// Asks the caller for the snapshot image if `to` can take it.
+    fn want_snapshot(&mut self, to: NodeId) {
+        if self.heard_recently(to) {
+            self.snapshot_wanted = true;
+        }
+    }
+
     /// Switches `to` to snapshot mode (its next entry is compacted) and starts sending.
     pub(crate) fn start_snapshot(&mut self, to: NodeId) -> bool {
         let Some(index) = self.snapshot.as_ref().map(|s| s.meta.index) else {
+            self.want_snapshot(to);
             return false;
         };
         let RoleState::Leader(ls) = &mut self.role else {
@@ -38,6 +73,7 @@ impl Raft {
     /// `inflight_appends_max` chunks beyond what it acknowledged.
     pub(crate) fn send_snapshot_chunks(&mut self, to: NodeId) -> bool {
         let Some(snap) = self.snapshot.clone() else {
+            self.want_snapshot(to);
             return false;
         };
         let chunk_max = self.cfg.snapshot_chunk_bytes_max as u64;
@@ -226,5 +262,75 @@ impl Raft {
         self.snap_membership = meta.membership.clone();
         self.snapshot = Some(snap.clone());
         self.snapshot_unwritten = Some(snap);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::node::RoleState;
+    use crate::testing::{Cluster, Opts};
+    use bytes::Bytes;
+
+    fn run(c: &mut Cluster, ticks: usize) {
+        for _ in 0..ticks {
+            for id in [1, 2, 3] {
+                c.tick(id);
+            }
+            c.stabilize();
+        }
+    }
+
+    /// A snapshot image is as large as the state machine, so a leader holds one only
+    /// while a follower that answers needs it: not for a dead follower, and not after the
+    /// transfer. A follower that comes back gets it through `snapshot_wanted`.
+    #[test]
+    fn leader_holds_a_snapshot_image_only_while_a_live_follower_needs_it() {
+        let mut c = Cluster::new(3, &[], Opts::default());
+        c.quiet = true;
+        run(&mut c, 60);
+        let lead = c.leader().expect("a leader after 60 ticks");
+        let down = if lead == 3 { 2 } else { 3 };
+        c.crash(down);
+        for i in 0..5 {
+            let r = c
+                .nodes
+                .get_mut(&lead)
+                .expect("leader")
+                .raft
+                .propose(Bytes::from(format!("v{i}")));
+            assert!(r.is_ok(), "{r:?}");
+            c.stabilize();
+        }
+        run(&mut c, 2);
+        c.compact(lead);
+        run(&mut c, 60);
+        assert_eq!(c.leader(), Some(lead));
+        assert!(
+            c.nodes[&lead].raft.snapshot.is_none(),
+            "image held for a dead follower"
+        );
+
+        c.restart(down);
+        c.quiet = false;
+        run(&mut c, 60);
+        assert!(
+            c.out.contains(&format!("n{lead} snapshot wanted")),
+            "{}",
+            c.out
+        );
+        assert!(
+            c.out.contains(&format!("n{down} restore snap@")),
+            "{}",
+            c.out
+        );
+        let applied = |c: &Cluster, id: u64| c.nodes[&id].raft.log.applied;
+        assert_eq!(applied(&c, down), applied(&c, lead));
+        for id in [1, 2, 3] {
+            assert!(
+                c.nodes[&id].raft.snapshot.is_none(),
+                "n{id} still holds an image"
+            );
+        }
+        assert!(matches!(c.nodes[&lead].raft.role, RoleState::Leader(_)));
     }
 }

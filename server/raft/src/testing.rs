@@ -287,6 +287,10 @@ impl Cluster {
         if let Some(w) = rd.write {
             self.nodes.get_mut(&id).expect("node").pending.push_back(w);
         }
+        if rd.snapshot_wanted {
+            self.line(format!("n{id} snapshot wanted"));
+            self.resnapshot(id);
+        }
         if let Some(s) = rd.apply_snapshot {
             self.line(format!(
                 "n{id} restore snap@{}/{} {:?}",
@@ -435,6 +439,18 @@ impl Cluster {
         };
         n.disk.entries.retain(|e| e.index > index);
         n.disk.snapshot = Some(snap.clone());
+        n.raft.compact(snap);
+    }
+
+    /// Answers `Ready::snapshot_wanted`: the stored snapshot again, as a caller that
+    /// re-reads it from its disk would.
+    fn resnapshot(&mut self, id: u64) {
+        let n = self.nodes.get_mut(&id).expect("node");
+        let snap = n
+            .disk
+            .snapshot
+            .clone()
+            .expect("a compacted log has a stored snapshot");
         n.raft.compact(snap);
     }
 
