@@ -874,24 +874,15 @@ impl NodeCore {
     }
 
     /// Answers `Ready::snapshot_wanted` (kv-raft keeps a snapshot image only while a
-    /// follower takes it). A snapshot write in flight hands Raft its image once durable;
-    /// otherwise a shard that applied past its snapshot takes a new one, and one that did
-    /// not hands back an image of its state, which is the stored snapshot byte for byte.
+    /// follower takes it) with an image of the shard's applied state, from memory: no
+    /// disk write or read on the way to a lagging follower.
     fn provide_snapshot(&mut self, g: usize) {
         let group = &mut self.groups[g];
-        let applied = group.sm.applied_index();
-        if group.snapshot_writes_inflight > 0 {
-            return;
-        }
-        if applied > group.snapshot_index {
-            self.take_snapshot(g);
-            return;
-        }
         let snap = Snapshot {
-            meta: group.raft.snapshot_meta(applied),
+            meta: group.raft.snapshot_meta(group.sm.applied_index()),
             data: group.sm.to_image(),
         };
-        group.raft.compact(snap);
+        group.raft.provide_snapshot(snap);
     }
 
     /// Writes a snapshot of shard `g` at its applied index; Raft compacts once durable.

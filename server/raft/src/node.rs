@@ -163,8 +163,7 @@ pub struct Ready {
     pub soft_state: Option<SoftState>,
     /// A follower that answers needs a snapshot, and this leader no longer holds the
     /// image of its latest one (images are dropped once no transfer needs them: they are
-    /// as large as the state machine). Call [`Raft::compact`] with a snapshot at or above
-    /// `Status::snapshot_index`: a newer one, or the stored one again.
+    /// as large as the state machine). Answer with [`Raft::provide_snapshot`].
     pub snapshot_wanted: bool,
 }
 
@@ -335,8 +334,9 @@ pub struct Raft {
     pub(crate) membership: Membership,
     /// Membership as of the snapshot point (the initial one if no snapshot).
     pub(crate) snap_membership: Membership,
-    /// The latest snapshot, kept only while a follower that answers needs it (see
-    /// `snapshot_image_needed`); its index and term live on in the log.
+    /// The snapshot to send, kept only while a follower that answers needs it (see
+    /// `snapshot_image_needed`): the latest compacted one, or a newer one handed to
+    /// `provide_snapshot`.
     pub(crate) snapshot: Option<Snapshot>,
     /// A leader found a follower to send a snapshot to but holds no image.
     pub(crate) snapshot_wanted: bool,
@@ -658,8 +658,6 @@ impl Raft {
 
     /// The caller has durably stored `snapshot` of its state machine (its index at or
     /// below the applied index): drop the log up to it and use it for lagging followers.
-    /// The latest snapshot again (same index) hands back the image asked for by
-    /// `Ready::snapshot_wanted`.
     pub fn compact(&mut self, snapshot: Snapshot) {
         let index = snapshot.meta.index;
         assert!(
@@ -667,17 +665,7 @@ impl Raft {
             "compact({index}) beyond the applied index {}",
             self.log.applied
         );
-        if index < self.log.snap_index || (index == self.log.snap_index && self.snapshot.is_some())
-        {
-            return;
-        }
-        if index == self.log.snap_index {
-            assert_eq!(
-                self.snapshot_meta(index),
-                snapshot.meta,
-                "snapshot meta does not match the log (use snapshot_meta)"
-            );
-            self.snapshot = Some(snapshot);
+        if index <= self.log.snap_index {
             return;
         }
         let meta = self.snapshot_meta(index);
@@ -687,7 +675,25 @@ impl Raft {
         );
         self.log.compact(index, snapshot.meta.term);
         self.snap_membership = meta.membership;
-        self.snapshot = Some(snapshot);
+        if self.snapshot.as_ref().is_none_or(|s| s.meta.index < index) {
+            self.snapshot = Some(snapshot);
+        }
+    }
+
+    /// Answers `Ready::snapshot_wanted`: an image of the state machine at an applied
+    /// index at or above the compacted one, to send to followers. It compacts nothing and
+    /// need not be durable here: it holds only committed entries, and a follower persists
+    /// it before acknowledging it.
+    pub fn provide_snapshot(&mut self, snapshot: Snapshot) {
+        let index = snapshot.meta.index;
+        assert_eq!(
+            self.snapshot_meta(index),
+            snapshot.meta,
+            "snapshot meta does not match the log (use snapshot_meta)"
+        );
+        if self.snapshot.as_ref().is_none_or(|s| s.meta.index < index) {
+            self.snapshot = Some(snapshot);
+        }
     }
 
     /// The metadata a snapshot of the state machine at `index` must carry (term and

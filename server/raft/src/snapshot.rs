@@ -34,7 +34,7 @@ impl Raft {
 
     /// True while a leader sends (or is about to send) its snapshot to a follower that
     /// answers; otherwise `ready` drops the image, and `Ready::snapshot_wanted` asks for
-    /// it again when a transfer starts.
+    /// one again (`provide_snapshot`) when a transfer starts.
     pub(crate) fn snapshot_image_needed(&self) -> bool {
         let RoleState::Leader(ls) = &self.role else {
             return false;

@@ -442,16 +442,15 @@ impl Cluster {
         n.raft.compact(snap);
     }
 
-    /// Answers `Ready::snapshot_wanted`: the stored snapshot again, as a caller that
-    /// re-reads it from its disk would.
+    /// Answers `Ready::snapshot_wanted` with an image of the state machine at its
+    /// applied index, written nowhere.
     fn resnapshot(&mut self, id: u64) {
         let n = self.nodes.get_mut(&id).expect("node");
-        let snap = n
-            .disk
-            .snapshot
-            .clone()
-            .expect("a compacted log has a stored snapshot");
-        n.raft.compact(snap);
+        let snap = Snapshot {
+            meta: n.raft.snapshot_meta(n.applied),
+            data: Bytes::from(n.sm.join(",")),
+        };
+        n.raft.provide_snapshot(snap);
     }
 
     pub fn leader(&self) -> Option<u64> {
