@@ -307,6 +307,15 @@ impl Pair {
     }
 }
 
+/// A key's first 16 bytes, zero-padded, big-endian: comparing two of these orders the
+/// keys as comparing the keys would, except that equal prefixes need the keys.
+fn key_prefix(key: &[u8]) -> u128 {
+    let mut b = [0u8; 16];
+    let n = key.len().min(16);
+    b[..n].copy_from_slice(&key[..n]);
+    u128::from_be_bytes(b)
+}
+
 impl std::fmt::Debug for Pair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("Pair")
@@ -519,10 +528,16 @@ impl StateMachine {
     }
 
     /// The map sorted by key: images and digests must not depend on hash order.
+    ///
+    /// Sorted on each key's first 16 bytes held next to its pointer, so that most
+    /// comparisons touch no pair: chasing two pointers per comparison made a 125,000-key
+    /// image cost millions of cache misses, on the event loop, and a lagging follower
+    /// waits for it. Zero-padded prefixes order like the keys, and ties go to the keys.
     fn sorted_data(&self) -> Vec<&Pair> {
-        let mut v: Vec<&Pair> = self.data.iter().collect();
-        v.sort_unstable_by(|a, b| a.key().cmp(b.key()));
-        v
+        let mut v: Vec<(u128, &Pair)> =
+            self.data.iter().map(|p| (key_prefix(p.key()), p)).collect();
+        v.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.key().cmp(b.1.key())));
+        v.into_iter().map(|(_, p)| p).collect()
     }
 
     /// A digest of map and sessions, equal on replicas that applied the same prefix.
@@ -872,6 +887,39 @@ mod tests {
             &sm.to_image()[..],
             &postcard::to_stdvec(&expected).unwrap()[..]
         );
+    }
+
+    /// Images list keys in byte order, also where the sort's 16-byte prefixes tie or a
+    /// key is a zero-padded prefix of another.
+    #[test]
+    fn images_list_keys_in_byte_order() {
+        let keys: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"a".to_vec(),
+            b"a\0".to_vec(),
+            b"a\0\0b".to_vec(),
+            b"a\x01".to_vec(),
+            b"b".to_vec(),
+            [&[7u8; 16][..], b"z"].concat(),
+            [&[7u8; 16][..], b"a"].concat(),
+            [7u8; 16].to_vec(),
+            vec![0xff; 3],
+        ];
+        let mut sm = StateMachine::new(4);
+        for (i, k) in keys.iter().enumerate() {
+            sm.apply_write(&WriteCommand {
+                client: ClientId(1),
+                seq: i as u64 + 1,
+                op: WriteOp::Put {
+                    key: Bytes::from(k.clone()),
+                    value: b("v"),
+                },
+            });
+        }
+        let mut expected = keys.clone();
+        expected.sort();
+        let listed: Vec<Vec<u8>> = sm.sorted_data().iter().map(|p| p.key().to_vec()).collect();
+        assert_eq!(listed, expected);
     }
 
     #[test]

@@ -468,7 +468,8 @@ fn follower_back_after_compaction_gets_a_snapshot(puts_after_snapshot: u64) {
     for _ in 0..puts_after_snapshot {
         put_one(&mut c);
     }
-    c.tick(40);
+    // Past 10 election timeouts (of at most 20 ticks) Raft holds no image for `f`.
+    c.tick(210);
     let before = c.nodes[l].raft_status(shard);
     assert!(before.snapshot_index > 0, "{before:?}");
     assert_eq!(before.applied - before.snapshot_index, puts_after_snapshot);

@@ -8,6 +8,10 @@ use crate::types::{Index, MessageBody, Snapshot, SnapshotMeta, Term};
 use bytes::{Bytes, BytesMut};
 use kv_shared::NodeId;
 
+/// How many election timeouts of silence from every follower that needs it a leader
+/// keeps a snapshot image (see `Raft::snapshot_image_needed`).
+const SNAPSHOT_HOLD_ELECTIONS: u64 = 10;
+
 /// A snapshot being received.
 #[derive(Debug)]
 pub(crate) struct Incoming {
@@ -19,22 +23,24 @@ pub(crate) struct Incoming {
 }
 
 impl Raft {
-    /// True if `to` answered within an election timeout: a snapshot image is kept, or
-    /// asked for, only for followers that can take it, so a dead one pins no memory.
-    pub(crate) fn heard_recently(&self, to: NodeId) -> bool {
+    /// True if `to` answered within `elections` election timeouts. A follower not heard
+    /// from yet counts from tick 0: a young leader's life is that short anyway.
+    fn heard_within(&self, to: NodeId, elections: u64) -> bool {
         let RoleState::Leader(ls) = &self.role else {
             return false;
         };
-        // A follower not heard from yet counts from tick 0: at most an election timeout
-        // of a young leader's life, the same bound as for one that went silent.
+        let ticks = elections * u64::from(self.cfg.election_ticks_max);
         ls.progress
             .get(&to)
-            .is_some_and(|pr| self.now - pr.heard_at < u64::from(self.cfg.election_ticks_max))
+            .is_some_and(|pr| self.now - pr.heard_at < ticks)
     }
 
-    /// True while a leader sends (or is about to send) its snapshot to a follower that
-    /// answers; otherwise `ready` drops the image, and `Ready::snapshot_wanted` asks for
-    /// one again (`provide_snapshot`) when a transfer starts.
+    /// True while a leader sends (or is about to send) its snapshot to a follower heard
+    /// within `SNAPSHOT_HOLD_ELECTIONS` election timeouts; otherwise `ready` drops the
+    /// image, and `Ready::snapshot_wanted` asks for one again (`provide_snapshot`) when a
+    /// transfer starts. The span is long because a follower installing large snapshots,
+    /// or a leader building images, can be silent for a while, and an image dropped
+    /// mid-transfer costs a rebuild; a follower dead for longer pins nothing.
     pub(crate) fn snapshot_image_needed(&self) -> bool {
         let RoleState::Leader(ls) = &self.role else {
             return false;
@@ -42,13 +48,14 @@ impl Raft {
         ls.progress.iter().any(|(id, pr)| {
             let behind = matches!(pr.state, ProgressState::Snapshot(_))
                 || self.log.term(pr.next - 1).is_none();
-            behind && self.heard_recently(*id)
+            behind && self.heard_within(*id, SNAPSHOT_HOLD_ELECTIONS)
         })
     }
 
-    /// Asks the caller for the snapshot image if `to` can take it.
+    /// Asks the caller for a snapshot image if `to` answered within an election timeout:
+    /// a dead follower triggers no image builds.
     fn want_snapshot(&mut self, to: NodeId) {
-        if self.heard_recently(to) {
+        if self.heard_within(to, 1) {
             self.snapshot_wanted = true;
         }
     }
@@ -303,7 +310,8 @@ mod tests {
         }
         run(&mut c, 2);
         c.compact(lead);
-        run(&mut c, 60);
+        // Timeouts are 10..20 ticks: past 10 of them the dead follower pins nothing.
+        run(&mut c, 210);
         assert_eq!(c.leader(), Some(lead));
         assert!(
             c.nodes[&lead].raft.snapshot.is_none(),
@@ -312,7 +320,7 @@ mod tests {
 
         c.restart(down);
         c.quiet = false;
-        run(&mut c, 60);
+        run(&mut c, 250);
         assert!(
             c.out.contains(&format!("n{lead} snapshot wanted")),
             "{}",
