@@ -14,6 +14,7 @@ Benchmarks are not tests: nothing here asserts speed, and CI does not run it.
     python3 bench/run.py            # the default sweep, 15 s per point
     python3 bench/run.py --quick    # a smoke run: few points, 3 s each
     python3 bench/run.py --full     # default sweep plus catch-up on 1,000,000 keys
+    python3 bench/run.py --full --only catchup   # the 1,000,000-key point alone
 """
 
 import argparse
@@ -622,15 +623,19 @@ def table(results):
         lines.append("")
         got = f"{c['catchup_s']:.2f} s" if c["catchup_s"] is not None else "did not catch up"
         rss = ", ".join(f"n{n} {v / 1024:.0f} MiB" for n, v in c["rss_kb_after_catchup"].items() if v)
+        loaded = ", ".join(f"n{n} {v / 1024:.0f} MiB" for n, v in c["rss_kb_after_load"].items() if v)
         lines.append(f"catch-up of a restarted follower on {c['keys_loaded']} keys: {got}; RSS after: {rss}")
+        lines.append(f"load: {c['load_puts_per_s']:.0f} puts/s; RSS of the live nodes after the load: {loaded}")
     return "\n".join(lines)
 
 
-def write_results(results, stamp):
+def write_results(results, stamp, partial=False):
     RESULTS.mkdir(parents=True, exist_ok=True)
     body = json.dumps(results, indent=1)
     (RESULTS / f"{stamp}.json").write_text(body)
-    (RESULTS / "latest.json").write_text(body)
+    # latest.json (kept in git) stands for a whole sweep; a single point must not replace it.
+    if not partial:
+        (RESULTS / "latest.json").write_text(body)
     return RESULTS / f"{stamp}.json"
 
 
@@ -644,6 +649,7 @@ def main():
     ap.add_argument("--no-raftkv", action="store_true", help="skip raftkv (etcd side only)")
     ap.add_argument("--no-etcd", action="store_true", help="skip etcd even if installed")
     ap.add_argument("--no-catchup", action="store_true", help="skip the catch-up point")
+    ap.add_argument("--only", choices=["catchup"], help="run only this point (no etcd, no sweep; latest.json and plots untouched)")
     ap.add_argument("--no-build", action="store_true", help="use the binaries already built")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep data dirs and server logs")
@@ -656,6 +662,8 @@ def main():
     if args.idle_seconds is None:
         args.idle_seconds = 3 if args.quick else IDLE_SECONDS
     args.catchup_keys = args.catchup_keys or (1_000_000 if args.full else 20_000 if args.quick else 200_000)
+    if args.only:
+        args.no_etcd = args.no_plots = True
     with_etcd = not args.no_etcd and shutil.which("etcd") is not None
     if not args.no_etcd and not with_etcd:
         log("no etcd binary on PATH (Debian: apt-get install etcd-server etcd-client): raftkv only")
@@ -678,18 +686,20 @@ def main():
     try:
         if with_etcd:
             run_etcd(args, bins, workdir, results)
-        if not args.no_raftkv:
+        if args.only == "catchup":
+            run_catchup(args, bins, workdir, results)
+        elif not args.no_raftkv:
             run_raftkv(args, bins, workdir, results)
             if not args.no_catchup:
                 run_catchup(args, bins, workdir, results)
     finally:
         results["ratios"] = ratios(results)
         results["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
-        path = write_results(results, stamp)
+        path = write_results(results, stamp, partial=args.only is not None)
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     print(table(results))
-    print(f"\nresults: {path} (and {RESULTS / 'latest.json'})")
+    print(f"\nresults: {path}" + ("" if args.only else f" (and {RESULTS / 'latest.json'})"))
     if not args.no_plots:
         draw(results)
     return 0

@@ -598,6 +598,9 @@ impl NodeCore {
         for e in rd.committed {
             self.apply(g, e);
         }
+        if rd.snapshot_wanted {
+            self.provide_snapshot(g);
+        }
         for rs in rd.reads {
             if let Some(ids) = self.groups[g].reads.remove(&rs.ctx) {
                 self.groups[g].confirmed_reads.push((rs.index, ids));
@@ -867,6 +870,25 @@ impl NodeCore {
         if group.snapshot_writes_inflight > 0 || applied <= group.snapshot_index || log_small {
             return;
         }
+        self.take_snapshot(g);
+    }
+
+    /// Answers `Ready::snapshot_wanted` (kv-raft keeps a snapshot image only while a
+    /// follower takes it) with an image of the shard's applied state, from memory: no
+    /// disk write or read on the way to a lagging follower.
+    fn provide_snapshot(&mut self, g: usize) {
+        let group = &mut self.groups[g];
+        let snap = Snapshot {
+            meta: group.raft.snapshot_meta(group.sm.applied_index()),
+            data: group.sm.to_image(),
+        };
+        group.raft.provide_snapshot(snap);
+    }
+
+    /// Writes a snapshot of shard `g` at its applied index; Raft compacts once durable.
+    fn take_snapshot(&mut self, g: usize) {
+        let group = &mut self.groups[g];
+        let applied = group.sm.applied_index();
         group.applied_bytes_since_snapshot = 0;
         let snap = Snapshot {
             meta: SnapshotMeta {

@@ -434,3 +434,69 @@ fn a_shard_snapshots_after_enough_log_bytes_whatever_its_entry_count() {
         "only once the bytes added up: {st:?}"
     );
 }
+
+/// Raft drops a snapshot image no live follower needs and asks for it again
+/// (`snapshot_wanted`) when a follower comes back behind the compacted log. The core
+/// answers with an image of the shard's applied state, written nowhere, whether or not
+/// the shard applied past its last snapshot, and the follower catches up by installing it.
+fn follower_back_after_compaction_gets_a_snapshot(puts_after_snapshot: u64) {
+    let mut c = Cluster::with(3, 1, |config| config.snapshot_threshold_entries = 5);
+    c.tick(60);
+    let shard = ShardId(0);
+    let l = c.leader(shard);
+    let f = (l + 1) % 3;
+    c.down[f] = true;
+    let mut seq = 0;
+    let mut put_one = |c: &mut Cluster| {
+        seq += 1;
+        c.request(
+            l,
+            seq,
+            put(1, seq, &format!("k{}", seq % 4), &format!("v{seq}")),
+        );
+        c.flush(l);
+        c.tick(1);
+    };
+    // Until a snapshot lands exactly at the applied index.
+    for _ in 0..100 {
+        put_one(&mut c);
+        let st = c.nodes[l].raft_status(shard);
+        if st.snapshot_index > 0 && st.snapshot_index == st.applied {
+            break;
+        }
+    }
+    for _ in 0..puts_after_snapshot {
+        put_one(&mut c);
+    }
+    // Past 10 election timeouts (of at most 20 ticks) Raft holds no image for `f`.
+    c.tick(210);
+    let before = c.nodes[l].raft_status(shard);
+    assert!(before.snapshot_index > 0, "{before:?}");
+    assert_eq!(before.applied - before.snapshot_index, puts_after_snapshot);
+    c.down[f] = false;
+    c.tick(60);
+    let after = c.nodes[l].raft_status(shard);
+    assert_eq!(
+        after.snapshot_index, before.snapshot_index,
+        "no snapshot written on the way"
+    );
+    let back = c.nodes[f].raft_status(shard);
+    assert_eq!(
+        back.snapshot_index, before.applied,
+        "installed the image of the applied state: {back:?}"
+    );
+    assert_eq!(
+        c.nodes[f].state_digest(shard),
+        c.nodes[l].state_digest(shard)
+    );
+}
+
+#[test]
+fn follower_back_after_compaction_gets_a_snapshot_at_the_compacted_index() {
+    follower_back_after_compaction_gets_a_snapshot(0);
+}
+
+#[test]
+fn follower_back_after_compaction_gets_a_snapshot_past_the_compacted_index() {
+    follower_back_after_compaction_gets_a_snapshot(2);
+}

@@ -161,6 +161,10 @@ pub struct Ready {
     pub failed_reads: Vec<u64>,
     /// Set when role, term or leader changed since the last `Ready`.
     pub soft_state: Option<SoftState>,
+    /// A follower that answers needs a snapshot, and this leader no longer holds the
+    /// image of its latest one (images are dropped once no transfer needs them: they are
+    /// as large as the state machine). Answer with [`Raft::provide_snapshot`].
+    pub snapshot_wanted: bool,
 }
 
 impl Ready {
@@ -173,6 +177,7 @@ impl Ready {
             && self.reads.is_empty()
             && self.failed_reads.is_empty()
             && self.soft_state.is_none()
+            && !self.snapshot_wanted
     }
 }
 
@@ -329,8 +334,12 @@ pub struct Raft {
     pub(crate) membership: Membership,
     /// Membership as of the snapshot point (the initial one if no snapshot).
     pub(crate) snap_membership: Membership,
-    /// The latest snapshot, kept to send to lagging followers.
+    /// The snapshot to send, kept only while a follower that answers needs it (see
+    /// `snapshot_image_needed`): the latest compacted one, or a newer one handed to
+    /// `provide_snapshot`.
     pub(crate) snapshot: Option<Snapshot>,
+    /// A leader found a follower to send a snapshot to but holds no image.
+    pub(crate) snapshot_wanted: bool,
     pub(crate) election_elapsed: u32,
     pub(crate) heartbeat_elapsed: u32,
     /// Ticks since the leader last checked for stalled flows (`retransmit_ticks`).
@@ -413,6 +422,7 @@ impl Raft {
             membership,
             snap_membership: base,
             snapshot,
+            snapshot_wanted: false,
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             retransmit_elapsed: 0,
@@ -665,7 +675,25 @@ impl Raft {
         );
         self.log.compact(index, snapshot.meta.term);
         self.snap_membership = meta.membership;
-        self.snapshot = Some(snapshot);
+        if self.snapshot.as_ref().is_none_or(|s| s.meta.index < index) {
+            self.snapshot = Some(snapshot);
+        }
+    }
+
+    /// Answers `Ready::snapshot_wanted`: an image of the state machine at an applied
+    /// index at or above the compacted one, to send to followers. It compacts nothing and
+    /// need not be durable here: it holds only committed entries, and a follower persists
+    /// it before acknowledging it.
+    pub fn provide_snapshot(&mut self, snapshot: Snapshot) {
+        let index = snapshot.meta.index;
+        assert_eq!(
+            self.snapshot_meta(index),
+            snapshot.meta,
+            "snapshot meta does not match the log (use snapshot_meta)"
+        );
+        if self.snapshot.as_ref().is_none_or(|s| s.meta.index < index) {
+            self.snapshot = Some(snapshot);
+        }
     }
 
     /// The metadata a snapshot of the state machine at `index` must carry (term and
@@ -714,6 +742,7 @@ impl Raft {
             || !self.reads_ready.is_empty()
             || !self.failed_reads.is_empty()
             || self.soft_state() != self.last_soft
+            || self.snapshot_wanted
     }
 
     /// Takes the work accumulated since the last call.
@@ -734,6 +763,9 @@ impl Raft {
         let soft = self.soft_state();
         let soft_state = (soft != self.last_soft).then_some(soft);
         self.last_soft = soft;
+        if !self.snapshot_image_needed() {
+            self.snapshot = None;
+        }
         Ready {
             messages: std::mem::take(&mut self.msgs),
             write,
@@ -742,6 +774,7 @@ impl Raft {
             reads: std::mem::take(&mut self.reads_ready),
             failed_reads: std::mem::take(&mut self.failed_reads),
             soft_state,
+            snapshot_wanted: std::mem::take(&mut self.snapshot_wanted),
         }
     }
 

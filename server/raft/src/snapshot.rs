@@ -8,6 +8,10 @@ use crate::types::{Index, MessageBody, Snapshot, SnapshotMeta, Term};
 use bytes::{Bytes, BytesMut};
 use kv_shared::NodeId;
 
+/// How many election timeouts of silence from every follower that needs it a leader
+/// keeps a snapshot image (see `Raft::snapshot_image_needed`).
+const SNAPSHOT_HOLD_ELECTIONS: u64 = 10;
+
 /// A snapshot being received.
 #[derive(Debug)]
 pub(crate) struct Incoming {
@@ -19,9 +23,47 @@ pub(crate) struct Incoming {
 }
 
 impl Raft {
+    /// True if `to` answered within `elections` election timeouts. A follower not heard
+    /// from yet counts from tick 0: a young leader's life is that short anyway.
+    fn heard_within(&self, to: NodeId, elections: u64) -> bool {
+        let RoleState::Leader(ls) = &self.role else {
+            return false;
+        };
+        let ticks = elections * u64::from(self.cfg.election_ticks_max);
+        ls.progress
+            .get(&to)
+            .is_some_and(|pr| self.now - pr.heard_at < ticks)
+    }
+
+    /// True while a leader sends (or is about to send) its snapshot to a follower heard
+    /// within `SNAPSHOT_HOLD_ELECTIONS` election timeouts; otherwise `ready` drops the
+    /// image, and `Ready::snapshot_wanted` asks for one again (`provide_snapshot`) when a
+    /// transfer starts. The span is long because a follower installing large snapshots,
+    /// or a leader building images, can be silent for a while, and an image dropped
+    /// mid-transfer costs a rebuild; a follower dead for longer pins nothing.
+    pub(crate) fn snapshot_image_needed(&self) -> bool {
+        let RoleState::Leader(ls) = &self.role else {
+            return false;
+        };
+        ls.progress.iter().any(|(id, pr)| {
+            let behind = matches!(pr.state, ProgressState::Snapshot(_))
+                || self.log.term(pr.next - 1).is_none();
+            behind && self.heard_within(*id, SNAPSHOT_HOLD_ELECTIONS)
+        })
+    }
+
+    /// Asks the caller for a snapshot image if `to` answered within an election timeout:
+    /// a dead follower triggers no image builds.
+    fn want_snapshot(&mut self, to: NodeId) {
+        if self.heard_within(to, 1) {
+            self.snapshot_wanted = true;
+        }
+    }
+
     /// Switches `to` to snapshot mode (its next entry is compacted) and starts sending.
     pub(crate) fn start_snapshot(&mut self, to: NodeId) -> bool {
         let Some(index) = self.snapshot.as_ref().map(|s| s.meta.index) else {
+            self.want_snapshot(to);
             return false;
         };
         let RoleState::Leader(ls) = &mut self.role else {
@@ -38,6 +80,7 @@ impl Raft {
     /// `inflight_appends_max` chunks beyond what it acknowledged.
     pub(crate) fn send_snapshot_chunks(&mut self, to: NodeId) -> bool {
         let Some(snap) = self.snapshot.clone() else {
+            self.want_snapshot(to);
             return false;
         };
         let chunk_max = self.cfg.snapshot_chunk_bytes_max as u64;
@@ -226,5 +269,76 @@ impl Raft {
         self.snap_membership = meta.membership.clone();
         self.snapshot = Some(snap.clone());
         self.snapshot_unwritten = Some(snap);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::node::RoleState;
+    use crate::testing::{Cluster, Opts};
+    use bytes::Bytes;
+
+    fn run(c: &mut Cluster, ticks: usize) {
+        for _ in 0..ticks {
+            for id in [1, 2, 3] {
+                c.tick(id);
+            }
+            c.stabilize();
+        }
+    }
+
+    /// A snapshot image is as large as the state machine, so a leader holds one only
+    /// while a follower that answers needs it: not for a dead follower, and not after the
+    /// transfer. A follower that comes back gets it through `snapshot_wanted`.
+    #[test]
+    fn leader_holds_a_snapshot_image_only_while_a_live_follower_needs_it() {
+        let mut c = Cluster::new(3, &[], Opts::default());
+        c.quiet = true;
+        run(&mut c, 60);
+        let lead = c.leader().expect("a leader after 60 ticks");
+        let down = if lead == 3 { 2 } else { 3 };
+        c.crash(down);
+        for i in 0..5 {
+            let r = c
+                .nodes
+                .get_mut(&lead)
+                .expect("leader")
+                .raft
+                .propose(Bytes::from(format!("v{i}")));
+            assert!(r.is_ok(), "{r:?}");
+            c.stabilize();
+        }
+        run(&mut c, 2);
+        c.compact(lead);
+        // Timeouts are 10..20 ticks: past 10 of them the dead follower pins nothing.
+        run(&mut c, 210);
+        assert_eq!(c.leader(), Some(lead));
+        assert!(
+            c.nodes[&lead].raft.snapshot.is_none(),
+            "image held for a dead follower"
+        );
+
+        c.restart(down);
+        c.quiet = false;
+        run(&mut c, 250);
+        assert!(
+            c.out.contains(&format!("n{lead} snapshot wanted")),
+            "{}",
+            c.out
+        );
+        assert!(
+            c.out.contains(&format!("n{down} restore snap@")),
+            "{}",
+            c.out
+        );
+        let applied = |c: &Cluster, id: u64| c.nodes[&id].raft.log.applied;
+        assert_eq!(applied(&c, down), applied(&c, lead));
+        for id in [1, 2, 3] {
+            assert!(
+                c.nodes[&id].raft.snapshot.is_none(),
+                "n{id} still holds an image"
+            );
+        }
+        assert!(matches!(c.nodes[&lead].raft.role, RoleState::Leader(_)));
     }
 }

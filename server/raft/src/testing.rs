@@ -287,6 +287,10 @@ impl Cluster {
         if let Some(w) = rd.write {
             self.nodes.get_mut(&id).expect("node").pending.push_back(w);
         }
+        if rd.snapshot_wanted {
+            self.line(format!("n{id} snapshot wanted"));
+            self.resnapshot(id);
+        }
         if let Some(s) = rd.apply_snapshot {
             self.line(format!(
                 "n{id} restore snap@{}/{} {:?}",
@@ -436,6 +440,17 @@ impl Cluster {
         n.disk.entries.retain(|e| e.index > index);
         n.disk.snapshot = Some(snap.clone());
         n.raft.compact(snap);
+    }
+
+    /// Answers `Ready::snapshot_wanted` with an image of the state machine at its
+    /// applied index, written nowhere.
+    fn resnapshot(&mut self, id: u64) {
+        let n = self.nodes.get_mut(&id).expect("node");
+        let snap = Snapshot {
+            meta: n.raft.snapshot_meta(n.applied),
+            data: Bytes::from(n.sm.join(",")),
+        };
+        n.raft.provide_snapshot(snap);
     }
 
     pub fn leader(&self) -> Option<u64> {
