@@ -14,12 +14,11 @@ use kv_node::GroupMessage;
 use kv_raft::MessageBody;
 use kv_shared::limits::DATAGRAM_BYTES_MAX;
 
-use crate::protocol::{CROSSINGS_BYTES_MAX, PEER_ENVELOPE_BYTES, SIDE_INFO_BYTES_MAX};
+use crate::protocol::{PEER_ENVELOPE_BYTES, SIDE_INFO_BYTES_MAX};
 
-/// Most base64 characters one datagram's payload may hold (the rest is envelope, side
-/// info and crossings).
-pub const PAYLOAD_CHARS_MAX: usize =
-    DATAGRAM_BYTES_MAX - PEER_ENVELOPE_BYTES - SIDE_INFO_BYTES_MAX - CROSSINGS_BYTES_MAX;
+/// Most base64 characters one datagram's payload may hold (the rest is envelope and
+/// side info).
+pub const PAYLOAD_CHARS_MAX: usize = DATAGRAM_BYTES_MAX - PEER_ENVELOPE_BYTES - SIDE_INFO_BYTES_MAX;
 
 /// Why an inbound payload was dropped.
 #[derive(Debug, PartialEq, Eq)]

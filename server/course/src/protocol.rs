@@ -6,7 +6,7 @@
 //! malformed is [`Inbound::Ignored`] or a [`Inbound::Malformed`] request that still has a
 //! client and an MID to answer, never a panic.
 
-use crate::handoff::{Crossing, SideInfo};
+use crate::handoff::SideInfo;
 use crate::ids::CourseId;
 use kv_shared::limits::DATAGRAM_BYTES_MAX;
 use serde::{Deserialize, Serialize};
@@ -53,8 +53,6 @@ pub enum Inbound {
         payload: String,
         /// Who the puts in the carried entries belong to (see [`crate::handoff`]).
         side: Vec<SideInfo>,
-        /// The leaders' crossings the sender knows (see [`crate::handoff`]).
-        crossings: Vec<Crossing>,
     },
     /// Not for us, not parseable, or nothing to answer.
     Ignored,
@@ -74,8 +72,6 @@ struct RawInbound {
     payload: Option<String>,
     #[serde(rename = "i")]
     side: Option<Vec<(u64, String, String)>>,
-    #[serde(rename = "x")]
-    crossings: Option<Vec<(u64, u64, u64)>>,
 }
 
 /// Parses one datagram addressed to `me`. Never panics, whatever the bytes.
@@ -106,20 +102,8 @@ pub fn parse_inbound(bytes: &[u8], me: CourseId) -> Inbound {
                 })
             })
             .collect();
-        let crossings = raw
-            .crossings
-            .unwrap_or_default()
-            .into_iter()
-            .take(crate::handoff::CROSSINGS_MAX)
-            .map(|(term, from, last)| Crossing { term, from, last })
-            .collect();
         return match raw.payload {
-            Some(payload) => Inbound::Peer {
-                src,
-                payload,
-                side,
-                crossings,
-            },
+            Some(payload) => Inbound::Peer { src, payload, side },
             None => Inbound::Ignored,
         };
     }
@@ -176,8 +160,6 @@ struct Envelope<'a> {
     payload: Option<&'a str>,
     #[serde(rename = "i", skip_serializing_if = "Vec::is_empty")]
     side: Vec<(u64, CourseId, &'a str)>,
-    #[serde(rename = "x", skip_serializing_if = "Vec::is_empty")]
-    crossings: Vec<(u64, u64, u64)>,
 }
 
 impl Envelope<'_> {
@@ -197,7 +179,6 @@ pub fn hello(me: CourseId) -> Vec<u8> {
         value: None,
         payload: None,
         side: Vec::new(),
-        crossings: Vec::new(),
     }
     .encode()
 }
@@ -226,7 +207,6 @@ pub fn reply(
         value,
         payload: None,
         side: Vec::new(),
-        crossings: Vec::new(),
     }
     .encode();
     (bytes.len() <= DATAGRAM_BYTES_MAX).then_some(bytes)
@@ -241,18 +221,15 @@ pub const SIDE_INFO_BYTES_MAX: usize =
     crate::handoff::SIDE_INFO_PER_DATAGRAM_MAX * (SIDE_INFO_MID_CHARS_MAX + 40);
 /// Longest MID attached as side info.
 pub const SIDE_INFO_MID_CHARS_MAX: usize = 64;
-/// Most bytes of crossings in one datagram: three u64 in a JSON array each.
-pub const CROSSINGS_BYTES_MAX: usize = crate::handoff::CROSSINGS_MAX * 64 + 8;
 
-/// A peer datagram carrying an already encoded batch (see [`crate::peer`]), the side
-/// info of the puts in its entries and the crossings the sender knows.
+/// A peer datagram carrying an already encoded batch (see [`crate::peer`]) and the side
+/// info of the puts in its entries.
 pub fn peer(
     me: CourseId,
     dst: CourseId,
     leader: CourseId,
     payload: &str,
     side: &[SideInfo],
-    crossings: &[Crossing],
 ) -> Vec<u8> {
     Envelope {
         src: me,
@@ -267,11 +244,6 @@ pub fn peer(
             .filter(|i| i.mid.len() <= SIDE_INFO_MID_CHARS_MAX)
             .take(crate::handoff::SIDE_INFO_PER_DATAGRAM_MAX)
             .map(|i| (i.session, i.client, i.mid.as_str()))
-            .collect(),
-        crossings: crossings
-            .iter()
-            .take(crate::handoff::CROSSINGS_MAX)
-            .map(|c| (c.term, c.from, c.last))
             .collect(),
     }
     .encode()
@@ -420,18 +392,16 @@ mod tests {
             CourseId::BROADCAST,
             "",
             &[],
-            &[],
         );
         assert!(bytes.len() <= PEER_ENVELOPE_BYTES, "{}", bytes.len());
         let v = fields(&bytes);
         assert_eq!(v["type"], PEER_TYPE);
         assert_eq!(
-            parse_inbound(&peer(CourseId(1), ME, ME, "abc", &[], &[]), ME),
+            parse_inbound(&peer(CourseId(1), ME, ME, "abc", &[]), ME),
             Inbound::Peer {
                 src: CourseId(1),
                 payload: "abc".into(),
-                side: vec![],
-                crossings: vec![]
+                side: vec![]
             }
         );
         let side: Vec<SideInfo> = (0..200)
@@ -441,24 +411,11 @@ mod tests {
                 mid: "f".repeat(SIDE_INFO_MID_CHARS_MAX),
             })
             .collect();
-        let crossings: Vec<Crossing> = (0..100)
-            .map(|i| Crossing {
-                term: u64::MAX - i,
-                from: u64::MAX,
-                last: u64::MAX,
-            })
-            .collect();
-        let full = peer(CourseId(1), ME, ME, "abc", &side, &crossings);
-        assert!(full.len() <= PEER_ENVELOPE_BYTES + 3 + SIDE_INFO_BYTES_MAX + CROSSINGS_BYTES_MAX);
-        let Inbound::Peer {
-            side: back,
-            crossings: crossings_back,
-            ..
-        } = parse_inbound(&full, ME)
-        else {
+        let full = peer(CourseId(1), ME, ME, "abc", &side);
+        assert!(full.len() <= PEER_ENVELOPE_BYTES + 3 + SIDE_INFO_BYTES_MAX);
+        let Inbound::Peer { side: back, .. } = parse_inbound(&full, ME) else {
             panic!("not a peer datagram");
         };
         assert_eq!(back, side[..crate::handoff::SIDE_INFO_PER_DATAGRAM_MAX]);
-        assert_eq!(crossings_back, crossings[..crate::handoff::CROSSINGS_MAX]);
     }
 }

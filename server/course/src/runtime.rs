@@ -7,7 +7,7 @@
 //! (memory is the storage here: the harness never restarts a replica), answer clients,
 //! then route peer messages through the [`SendPolicy`].
 
-use crate::handoff::{Duty, Handoff, ReadCheck, SideInfo};
+use crate::handoff::{Duty, Handoff, SideInfo};
 use crate::ids::{CourseId, Roster};
 use crate::peer;
 use crate::policy::{SendPolicy, View};
@@ -17,7 +17,7 @@ use crate::settings::Settings;
 use bytes::Bytes;
 use kv_node::{ClientToken, GroupMessage, NodeConfig, NodeCore};
 use kv_raft::{MessageBody, Role};
-use kv_shared::proto::{ClientReply, Op, Outcome};
+use kv_shared::proto::{ClientReply, Op};
 use kv_shared::{NodeId, ShardId};
 use std::collections::{HashMap, HashSet};
 use std::io::ErrorKind;
@@ -245,12 +245,7 @@ impl Runtime {
                     self.send_reply(client, &mid, &Answer::Fail, self.belief());
                 }
             }
-            Inbound::Peer {
-                src,
-                payload,
-                side,
-                crossings,
-            } => {
+            Inbound::Peer { src, payload, side } => {
                 let Some(from) = self.roster.peer_node(src) else {
                     return;
                 };
@@ -261,7 +256,6 @@ impl Runtime {
                 for info in side {
                     self.handoff.learn(info);
                 }
-                self.handoff.learn_crossings(&crossings);
                 self.note_entries(&msgs);
                 self.policy.on_inbound(from, &msgs, now);
                 self.core.on_peer_messages(from, msgs);
@@ -378,9 +372,6 @@ impl Runtime {
         // (the core proposes what waits as soon as it leads): its entry is at or below
         // the last index. Puts answered in this very round are settled already.
         if view.role == Role::Leader {
-            // Before any apply of this term and before the first datagram of it leaves.
-            self.handoff
-                .leading(view.term, view.commit, view.last_index);
             for &token in &self.puts_in_core {
                 if replies.iter().any(|(t, _)| t.0 == token) {
                     continue;
@@ -390,13 +381,7 @@ impl Runtime {
                 }
             }
         }
-        // Order: put answers first (a withheld one becomes an orphan before its entry's
-        // apply is seen), then what the applies made due (unsure puts are known), then
-        // gets, which may observe what was applied in this very round.
-        let (gets, puts): (Vec<_>, Vec<_>) = replies
-            .into_iter()
-            .partition(|(t, _)| self.gets_in_core.contains(&t.0));
-        for (token, reply) in puts {
+        for (token, reply) in replies {
             self.answer(token, reply, now);
         }
         for applied in self.core.take_applied() {
@@ -404,9 +389,8 @@ impl Runtime {
                 self.perform(duty);
             }
         }
-        for (token, reply) in gets {
-            self.answer(token, reply, now);
-        }
+        self.handoff
+            .observe(view.role == Role::Leader, view.term, view.commit);
         for (_, msgs) in &datagrams {
             self.note_entries(msgs);
         }
@@ -467,21 +451,6 @@ impl Runtime {
                 return; // an orphan: answered when its fate is known (handoff.rs)
             }
         }
-        if let (Outcome::Value(value), Some(p)) = (&reply.outcome, self.mids.get(token)) {
-            if let Op::Get { key, .. } = &p.request.op {
-                match self.handoff.on_read(p.client, key, value.as_deref()) {
-                    ReadCheck::AnswerAfter(duties) => {
-                        for duty in duties {
-                            self.perform(duty);
-                        }
-                    }
-                    ReadCheck::Withhold => {
-                        self.mids.take(token);
-                        return;
-                    }
-                }
-            }
-        }
         let (answer, leader) = match disposition(reply.outcome) {
             Disposition::Answer(a) => (a, belief),
             Disposition::NotLeader(hint) => {
@@ -530,10 +499,9 @@ impl Runtime {
             .flatten()
             .collect();
         let side = self.handoff.side_info_for(&entries);
-        let crossings = self.handoff.crossings();
         let (payloads, _dropped) = peer::encode(msgs);
         for payload in payloads {
-            let bytes = protocol::peer(self.roster.me(), dst, leader, &payload, &side, &crossings);
+            let bytes = protocol::peer(self.roster.me(), dst, leader, &payload, &side);
             let _ = self.socket.send_to(&bytes, self.harness);
         }
     }
