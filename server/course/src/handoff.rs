@@ -18,6 +18,18 @@
 //!   past the highest index the orphan could have had without meeting it, the put is
 //!   lost for good (log matching) and is answered `redirect`, which is then safe to retry.
 //!
+//! - **Answered-through reports.** A leader answers a put when it applies it, before any
+//!   datagram that carries the new commit index leaves, so a replica whose commit index
+//!   is `c` knows every put at or below `c` was answered. Every peer datagram carries
+//!   the highest such index its sender knows (field `c`), and a new leader does not
+//!   answer entries at or below the highest report it has heard. Followers learn the
+//!   commit index only with the next append, so without more the last put before a
+//!   leader dies would be answered twice (once by each leader): a leader that has sent
+//!   nothing for [`Settings::commit_notice_idle`](crate::settings::Settings) after its
+//!   commit index moved tells one follower in a datagram of its own
+//!   ([`CommitNotice`]), and that follower's answers to the next election pass the
+//!   report on to the new leader.
+//!
 //! Sessions are `(node << 40) | token` (see `requests.rs`), so a replica recognises its
 //! own. Pure bookkeeping: the runtime feeds entries and applies and executes the result.
 
@@ -26,6 +38,7 @@ use kv_node::sm::CommandBatch;
 use kv_raft::{Entry, EntryKind, Index, Term};
 use kv_shared::NodeId;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 /// Most side-info triples remembered (a run has a few thousand puts).
 pub const SIDE_INFO_MAX: usize = 100_000;
@@ -77,6 +90,8 @@ pub struct Handoff {
     answered_order: VecDeque<u64>,
     /// While leader: the commit index when leadership began.
     leading_from: Option<(Term, Index)>,
+    /// The highest answered-through index reported by a peer.
+    reported_answered: Index,
 }
 
 impl Handoff {
@@ -92,6 +107,7 @@ impl Handoff {
             answered: HashSet::new(),
             answered_order: VecDeque::new(),
             leading_from: None,
+            reported_answered: 0,
         }
     }
 
@@ -162,6 +178,18 @@ impl Handoff {
         false
     }
 
+    /// A peer reported that every put at or below `index` was answered.
+    pub fn hear_answered_through(&mut self, index: Index) {
+        self.reported_answered = self.reported_answered.max(index);
+    }
+
+    /// What this replica reports: every put at or below the returned index was answered
+    /// (its own commit index `commit`: whoever committed an entry answered it first, or
+    /// a report it heard).
+    pub fn answered_through(&self, commit: Index) -> Index {
+        commit.max(self.reported_answered)
+    }
+
     /// Leadership as seen after a round: `leader` with the term and commit index.
     pub fn observe(&mut self, leader: bool, term: Term, commit: Index) {
         match (leader, self.leading_from) {
@@ -185,7 +213,9 @@ impl Handoff {
             }
             self.entries.pop_first();
         }
-        let answering = self.leading_from.is_some_and(|(_, from)| index > from);
+        let answering = self
+            .leading_from
+            .is_some_and(|(_, from)| index > from.max(self.reported_answered));
         for session in sessions {
             if let Some(o) = self.orphans.remove(&session) {
                 if answering {
@@ -229,6 +259,53 @@ impl Handoff {
     /// Orphans not yet resolved.
     pub fn orphan_count(&self) -> usize {
         self.orphans.len()
+    }
+}
+
+/// When a leader sends its commit index in a datagram of its own. A leader answers a
+/// put at commit, but followers learn that commit with the next append; if the leader
+/// dies first, its successor answers the put again (a duplicate). So once the commit
+/// index has gone untold for `idle`, one follower is told. `idle` is longer than the
+/// gap between puts under steady load (then the next append tells, for free) and
+/// shorter than the quiet before a leader dies in the course's kill scenarios.
+#[derive(Debug)]
+pub struct CommitNotice {
+    idle: Duration,
+    /// The highest answered-through index sent to any peer.
+    told: Index,
+    /// Since when this leader's commit index has been above `told`.
+    untold_since: Option<Instant>,
+}
+
+impl CommitNotice {
+    /// A notice after `idle` without telling.
+    pub fn new(idle: Duration) -> CommitNotice {
+        CommitNotice {
+            idle,
+            told: 0,
+            untold_since: None,
+        }
+    }
+
+    /// A datagram to a peer carried answered-through index `index`.
+    pub fn told(&mut self, index: Index) {
+        self.told = self.told.max(index);
+    }
+
+    /// After a round: true if a notice must go now (the caller then sends one and
+    /// reports it with [`CommitNotice::told`]).
+    pub fn due(&mut self, leader: bool, commit: Index, now: Instant) -> bool {
+        if !leader || commit <= self.told {
+            self.untold_since = None;
+            return false;
+        }
+        let since = *self.untold_since.get_or_insert(now);
+        now.saturating_duration_since(since) >= self.idle
+    }
+
+    /// When the pending notice falls due, if one is pending.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.untold_since.map(|since| since + self.idle)
     }
 }
 
@@ -375,5 +452,47 @@ mod tests {
         h.learn(info(s, "m9"));
         let e = entry(3, 1, &[s, session_for(NodeId(4), 1)]);
         assert_eq!(h.side_info_for(&[&e]), vec![info(s, "m9")]);
+    }
+
+    #[test]
+    fn a_new_leader_leaves_puts_a_peer_reported_answered() {
+        let old = session_for(NodeId(1), 7);
+        let newer = session_for(NodeId(1), 8);
+        let mut h = Handoff::new(NodeId(2));
+        h.learn(info(old, "m7"));
+        h.learn(info(newer, "m8"));
+        h.note_entries(&[entry(5, 1, &[old]), entry(6, 1, &[newer])]);
+        // This replica knew commit 4; a follower the old leader told reports 5.
+        h.hear_answered_through(5);
+        h.observe(true, 2, 4);
+        assert!(h.on_applied(5, 1).is_empty(), "the old leader answered it");
+        assert_eq!(
+            h.on_applied(6, 1),
+            vec![Duty::OkFor(CourseId(0x15), "m8".into())]
+        );
+        assert_eq!(h.answered_through(4), 5);
+        assert_eq!(h.answered_through(6), 6);
+    }
+
+    #[test]
+    fn a_commit_notice_goes_once_the_commit_index_went_untold_for_the_idle_time() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut n = CommitNotice::new(ms(80));
+        assert!(!n.due(true, 0, t0), "nothing committed");
+        assert!(!n.due(true, 3, t0));
+        assert_eq!(n.deadline(), Some(t0 + ms(80)));
+        assert!(!n.due(true, 3, t0 + ms(79)));
+        assert!(n.due(true, 3, t0 + ms(80)));
+        n.told(3);
+        assert!(!n.due(true, 3, t0 + ms(81)));
+        assert_eq!(n.deadline(), None);
+        // An append that carries the new commit index tells for free.
+        assert!(!n.due(true, 4, t0 + ms(100)));
+        n.told(4);
+        assert!(!n.due(true, 4, t0 + ms(200)));
+        // Followers never send notices.
+        assert!(!n.due(false, 9, t0 + ms(300)));
+        assert!(!n.due(false, 9, t0 + ms(900)));
     }
 }

@@ -45,14 +45,17 @@ pub enum Inbound {
         /// Its message id.
         mid: String,
     },
-    /// Raft traffic from another replica; `payload` is decoded by [`crate::peer`].
+    /// Traffic from another replica: Raft messages, a commit notice, or both.
     Peer {
         /// The sending replica (not yet checked against the roster).
         src: CourseId,
-        /// The encoded batch.
-        payload: String,
+        /// The encoded batch, decoded by [`crate::peer`]; a bare commit notice has none.
+        payload: Option<String>,
         /// Who the puts in the carried entries belong to (see [`crate::handoff`]).
         side: Vec<SideInfo>,
+        /// Every put at or below this index has been answered (the sender's
+        /// `answered_through`, see [`crate::handoff`]); 0 if not carried.
+        answered: u64,
     },
     /// Not for us, not parseable, or nothing to answer.
     Ignored,
@@ -72,6 +75,8 @@ struct RawInbound {
     payload: Option<String>,
     #[serde(rename = "i")]
     side: Option<Vec<(u64, String, String)>>,
+    #[serde(rename = "c")]
+    answered: Option<u64>,
 }
 
 /// Parses one datagram addressed to `me`. Never panics, whatever the bytes.
@@ -102,9 +107,14 @@ pub fn parse_inbound(bytes: &[u8], me: CourseId) -> Inbound {
                 })
             })
             .collect();
-        return match raw.payload {
-            Some(payload) => Inbound::Peer { src, payload, side },
-            None => Inbound::Ignored,
+        return match (raw.payload, raw.answered) {
+            (None, None) => Inbound::Ignored,
+            (payload, answered) => Inbound::Peer {
+                src,
+                payload,
+                side,
+                answered: answered.unwrap_or(0),
+            },
         };
     }
     // Everything else is treated as a client request; without an MID there is nothing
@@ -160,6 +170,12 @@ struct Envelope<'a> {
     payload: Option<&'a str>,
     #[serde(rename = "i", skip_serializing_if = "Vec::is_empty")]
     side: Vec<(u64, CourseId, &'a str)>,
+    #[serde(rename = "c", skip_serializing_if = "is_zero")]
+    answered: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Envelope<'_> {
@@ -179,6 +195,7 @@ pub fn hello(me: CourseId) -> Vec<u8> {
         value: None,
         payload: None,
         side: Vec::new(),
+        answered: 0,
     }
     .encode()
 }
@@ -207,14 +224,15 @@ pub fn reply(
         value,
         payload: None,
         side: Vec::new(),
+        answered: 0,
     }
     .encode();
     (bytes.len() <= DATAGRAM_BYTES_MAX).then_some(bytes)
 }
 
 /// Bytes of a peer datagram around its payload and side info (src, dst, leader, type,
-/// field names).
-pub const PEER_ENVELOPE_BYTES: usize = 100;
+/// field names, the `answered` index).
+pub const PEER_ENVELOPE_BYTES: usize = 130;
 /// Most bytes of side info in one datagram: each triple is a u64, a 4-char id and an MID
 /// (32 hex digits in the course; longer ones are not attached).
 pub const SIDE_INFO_BYTES_MAX: usize =
@@ -222,14 +240,15 @@ pub const SIDE_INFO_BYTES_MAX: usize =
 /// Longest MID attached as side info.
 pub const SIDE_INFO_MID_CHARS_MAX: usize = 64;
 
-/// A peer datagram carrying an already encoded batch (see [`crate::peer`]) and the side
-/// info of the puts in its entries.
+/// A peer datagram carrying an already encoded batch (see [`crate::peer`]), the side
+/// info of the puts in its entries, and the sender's `answered` index.
 pub fn peer(
     me: CourseId,
     dst: CourseId,
     leader: CourseId,
     payload: &str,
     side: &[SideInfo],
+    answered: u64,
 ) -> Vec<u8> {
     Envelope {
         src: me,
@@ -245,6 +264,24 @@ pub fn peer(
             .take(crate::handoff::SIDE_INFO_PER_DATAGRAM_MAX)
             .map(|i| (i.session, i.client, i.mid.as_str()))
             .collect(),
+        answered,
+    }
+    .encode()
+}
+
+/// A commit notice: a peer datagram with no Raft messages, only the sender's `answered`
+/// index (see [`crate::handoff::CommitNotice`]). Nobody answers it.
+pub fn commit_notice(me: CourseId, dst: CourseId, leader: CourseId, answered: u64) -> Vec<u8> {
+    Envelope {
+        src: me,
+        dst,
+        leader,
+        kind: PEER_TYPE,
+        mid: None,
+        value: None,
+        payload: None,
+        side: Vec::new(),
+        answered,
     }
     .encode()
 }
@@ -392,16 +429,18 @@ mod tests {
             CourseId::BROADCAST,
             "",
             &[],
+            u64::MAX,
         );
         assert!(bytes.len() <= PEER_ENVELOPE_BYTES, "{}", bytes.len());
         let v = fields(&bytes);
         assert_eq!(v["type"], PEER_TYPE);
         assert_eq!(
-            parse_inbound(&peer(CourseId(1), ME, ME, "abc", &[]), ME),
+            parse_inbound(&peer(CourseId(1), ME, ME, "abc", &[], 0), ME),
             Inbound::Peer {
                 src: CourseId(1),
-                payload: "abc".into(),
-                side: vec![]
+                payload: Some("abc".into()),
+                side: vec![],
+                answered: 0,
             }
         );
         let side: Vec<SideInfo> = (0..200)
@@ -411,11 +450,31 @@ mod tests {
                 mid: "f".repeat(SIDE_INFO_MID_CHARS_MAX),
             })
             .collect();
-        let full = peer(CourseId(1), ME, ME, "abc", &side);
+        let full = peer(CourseId(1), ME, ME, "abc", &side, 7);
         assert!(full.len() <= PEER_ENVELOPE_BYTES + 3 + SIDE_INFO_BYTES_MAX);
         let Inbound::Peer { side: back, .. } = parse_inbound(&full, ME) else {
             panic!("not a peer datagram");
         };
         assert_eq!(back, side[..crate::handoff::SIDE_INFO_PER_DATAGRAM_MAX]);
+    }
+
+    #[test]
+    fn a_commit_notice_carries_only_the_answered_index() {
+        let bytes = commit_notice(CourseId(1), ME, CourseId(1), 42);
+        let v = fields(&bytes);
+        assert_eq!(v["c"], 42);
+        assert!(v.get("m").is_none());
+        assert_eq!(
+            parse_inbound(&bytes, ME),
+            Inbound::Peer {
+                src: CourseId(1),
+                payload: None,
+                side: vec![],
+                answered: 42,
+            }
+        );
+        // A peer datagram with neither messages nor a notice is nothing.
+        let empty = br#"{"src":"0001","dst":"0002","leader":"FFFF","type":"raft"}"#;
+        assert_eq!(parse_inbound(empty, ME), Inbound::Ignored);
     }
 }

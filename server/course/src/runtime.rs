@@ -7,7 +7,7 @@
 //! (memory is the storage here: the harness never restarts a replica), answer clients,
 //! then route peer messages through the [`SendPolicy`].
 
-use crate::handoff::{Duty, Handoff, SideInfo};
+use crate::handoff::{CommitNotice, Duty, Handoff, SideInfo};
 use crate::ids::{CourseId, Roster};
 use crate::peer;
 use crate::policy::{SendPolicy, View};
@@ -91,6 +91,8 @@ pub struct Runtime {
     bounce: Option<(NodeId, Instant)>,
     /// Who answers puts across leader changes.
     handoff: Handoff,
+    /// When a leader tells a follower its commit index in a datagram of its own.
+    notice: CommitNotice,
     /// Puts the core holds (handed to it, not yet answered).
     puts_in_core: HashSet<u64>,
     /// Gets the core holds: outside the lease they wait for a ReadIndex round.
@@ -113,6 +115,7 @@ impl Runtime {
         core.set_observe_applies(true);
         let policy = SendPolicy::new(settings.clone(), roster.me_node(), &roster.members());
         let handoff = Handoff::new(roster.me_node());
+        let notice = CommitNotice::new(settings.commit_notice_idle);
         Ok(Runtime {
             socket,
             harness,
@@ -129,6 +132,7 @@ impl Runtime {
             redirected: HashMap::new(),
             bounce: None,
             handoff,
+            notice,
             puts_in_core: HashSet::new(),
             gets_in_core: HashSet::new(),
         })
@@ -150,6 +154,9 @@ impl Runtime {
             deadline = deadline.min(d);
         }
         if let Some(d) = self.park_deadline() {
+            deadline = deadline.min(d);
+        }
+        if let Some(d) = self.notice.deadline() {
             deadline = deadline.min(d);
         }
         let wait = deadline.saturating_duration_since(now).max(WAIT_MIN);
@@ -245,14 +252,25 @@ impl Runtime {
                     self.send_reply(client, &mid, &Answer::Fail, self.belief());
                 }
             }
-            Inbound::Peer { src, payload, side } => {
+            Inbound::Peer {
+                src,
+                payload,
+                side,
+                answered,
+            } => {
                 let Some(from) = self.roster.peer_node(src) else {
                     return;
                 };
-                let Ok(msgs) = peer::decode(&payload) else {
-                    return;
+                let msgs = match payload.as_deref().map(peer::decode) {
+                    Some(Ok(msgs)) => msgs,
+                    Some(Err(_)) => return,
+                    None => Vec::new(),
                 };
                 self.heard.insert(from, now);
+                self.handoff.hear_answered_through(answered);
+                if msgs.is_empty() {
+                    return; // a commit notice
+                }
                 for info in side {
                     self.handoff.learn(info);
                 }
@@ -408,6 +426,30 @@ impl Runtime {
         for (dst, msgs) in self.policy.resend_votes(now) {
             self.send_peer(dst, msgs);
         }
+        if self.notice.due(view.role == Role::Leader, view.commit, now) {
+            self.send_commit_notice(view.commit);
+        }
+    }
+
+    /// Tells the follower heard from last (live, as far as we know) this leader's
+    /// answered-through index. With nobody to tell, the notice is dropped like a lost
+    /// datagram.
+    fn send_commit_notice(&mut self, commit: kv_raft::Index) {
+        let answered = self.handoff.answered_through(commit);
+        self.notice.told(answered);
+        let me = self.roster.me_node();
+        let Some(dst) = self
+            .heard
+            .iter()
+            .filter(|(n, _)| **n != me)
+            .max_by_key(|(_, at)| **at)
+            .and_then(|(n, _)| self.roster.member_id(*n))
+        else {
+            return;
+        };
+        let leader = self.roster.leader_field(self.belief());
+        let bytes = protocol::commit_notice(self.roster.me(), dst, leader, answered);
+        let _ = self.socket.send_to(&bytes, self.harness);
     }
 
     fn note_entries(&mut self, msgs: &[GroupMessage]) {
@@ -485,8 +527,8 @@ impl Runtime {
         let _ = self.socket.send_to(&bytes, self.harness);
     }
 
-    fn send_peer(&self, dst: NodeId, msgs: Vec<GroupMessage>) {
-        let Some(dst) = self.roster.member_id(dst) else {
+    fn send_peer(&mut self, dst_node: NodeId, msgs: Vec<GroupMessage>) {
+        let Some(dst) = self.roster.member_id(dst_node) else {
             return;
         };
         let leader = self.roster.leader_field(self.belief());
@@ -499,10 +541,22 @@ impl Runtime {
             .flatten()
             .collect();
         let side = self.handoff.side_info_for(&entries);
+        let answered = self
+            .handoff
+            .answered_through(self.core.raft_status(SHARD).commit);
+        // Telling a peer that may be dead (killed replicas stay destinations) tells
+        // nobody: only a peer heard within an election timeout counts.
+        let live = self.heard.get(&dst_node).is_some_and(|at| {
+            Instant::now().saturating_duration_since(*at)
+                < self.settings.tick * self.settings.election_ticks_min
+        });
         let (payloads, _dropped) = peer::encode(msgs);
         for payload in payloads {
-            let bytes = protocol::peer(self.roster.me(), dst, leader, &payload, &side);
+            let bytes = protocol::peer(self.roster.me(), dst, leader, &payload, &side, answered);
             let _ = self.socket.send_to(&bytes, self.harness);
+            if live {
+                self.notice.told(answered);
+            }
         }
     }
 }

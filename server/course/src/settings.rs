@@ -39,6 +39,12 @@ pub struct Settings {
     /// still believe in could not use that leader: its requests are held until a leader
     /// is heard from again (instead of redirecting it into a spin).
     pub bounce_window: Duration,
+    /// A leader whose commit index has gone this long without a datagram carrying it
+    /// tells one follower in a datagram of its own (`handoff::CommitNotice`): longer
+    /// than the gap between puts under load (60-75 ms in the course's busiest
+    /// scenarios), shorter than the quiet before a kill in its kill scenarios (a kill
+    /// lands 100 ms after the last request at 300 requests per 30 s).
+    pub commit_notice_idle: Duration,
     /// The longest a follower holds such a request before redirecting anyway.
     pub park_max: Duration,
     /// Run seed for the election jitter.
@@ -62,6 +68,7 @@ impl Default for Settings {
             stall: Duration::from_millis(1),
             suppress_heartbeats: true,
             bounce_window: Duration::from_millis(500),
+            commit_notice_idle: Duration::from_millis(80),
             park_max: Duration::from_millis(3000),
             seed: 0,
         }
@@ -133,6 +140,7 @@ impl Settings {
                 "LAZY_FOLLOWERS" => self.lazy_followers = n != 0,
                 "SUPPRESS_HEARTBEATS" => self.suppress_heartbeats = n != 0,
                 "BOUNCE_WINDOW_MS" => self.bounce_window = ms,
+                "COMMIT_NOTICE_MS" => self.commit_notice_idle = ms,
                 _ => return Err(format!("unknown setting {k}")),
             }
         }
