@@ -93,6 +93,8 @@ pub struct Runtime {
     handoff: Handoff,
     /// When a leader tells a follower its commit index in a datagram of its own.
     notice: CommitNotice,
+    /// The last view traced (role and term changes are traced).
+    policy_view_traced: Option<View>,
     /// Puts the core holds (handed to it, not yet answered).
     puts_in_core: HashSet<u64>,
     /// Gets the core holds: outside the lease they wait for a ReadIndex round.
@@ -133,6 +135,7 @@ impl Runtime {
             bounce: None,
             handoff,
             notice,
+            policy_view_traced: None,
             puts_in_core: HashSet::new(),
             gets_in_core: HashSet::new(),
         })
@@ -223,6 +226,7 @@ impl Runtime {
                     stale: false,
                 };
                 if let Some(token) = self.mids.admit(self.roster.me_node(), client, mid, op) {
+                    self.trace_admission(token);
                     self.submit(token);
                 }
             }
@@ -238,6 +242,7 @@ impl Runtime {
                     value: Bytes::from(value.into_bytes()),
                 };
                 if let Some(token) = self.mids.admit(self.roster.me_node(), client, mid, op) {
+                    self.trace_admission(token);
                     let p = self.mids.get(token).expect("just admitted");
                     self.handoff.learn(SideInfo {
                         session: p.request.client.0,
@@ -267,6 +272,9 @@ impl Runtime {
                     None => Vec::new(),
                 };
                 self.heard.insert(from, now);
+                if answered > self.handoff.answered_through(0) {
+                    self.trace(format_args!("report {answered} from {src}"));
+                }
                 self.handoff.hear_answered_through(answered);
                 if msgs.is_empty() {
                     return; // a commit notice
@@ -279,6 +287,23 @@ impl Runtime {
                 self.core.on_peer_messages(from, msgs);
             }
             Inbound::Ignored => {}
+        }
+    }
+
+    /// A diagnostic line on stderr when tracing is on (see [`Settings::trace`]).
+    fn trace(&self, what: std::fmt::Arguments) {
+        if self.settings.trace {
+            let ms = self.started.elapsed().as_secs_f64() * 1000.0;
+            eprintln!("{ms:10.3} {} {what}", self.roster.me());
+        }
+    }
+
+    fn trace_admission(&self, token: ClientToken) {
+        if let Some(p) = self.mids.get(token).filter(|_| self.settings.trace) {
+            self.trace(format_args!(
+                "request {} {} token {} session {} {:?}",
+                p.client, p.mid, token.0, p.request.client.0, p.request.op
+            ));
         }
     }
 
@@ -385,6 +410,12 @@ impl Runtime {
             }
         }
         let view = self.view();
+        if self.settings.trace {
+            let before = self.policy_view_traced.replace(view);
+            if before.map(|b| (b.role, b.term)) != Some((view.role, view.term)) {
+                self.trace(format_args!("view {view:?}"));
+            }
+        }
         self.policy.observe(view, now);
         // At the end of a round as leader, every put the core still holds is in the log
         // (the core proposes what waits as soon as it leads): its entry is at or below
@@ -399,13 +430,30 @@ impl Runtime {
                 }
             }
         }
-        for (token, reply) in replies {
+        // Put answers leave before get answers. The harness checks a get's value against
+        // the client's last acknowledged put of the key when the reply arrives, and a get
+        // answered this turn was served after this turn's applies (a leader commits only
+        // on acknowledgements, all taken in the first pass above). A new leader that
+        // applies its predecessor's put and serves a get of that key in the same turn
+        // must send the put's `ok` (a handoff duty) first.
+        let (get_replies, put_replies): (Vec<_>, Vec<_>) = replies
+            .into_iter()
+            .partition(|(t, _)| self.gets_in_core.contains(&t.0));
+        for (token, reply) in put_replies {
             self.answer(token, reply, now);
         }
         for applied in self.core.take_applied() {
-            for duty in self.handoff.on_applied(applied.index, applied.term) {
+            let duties = self.handoff.on_applied(applied.index, applied.term);
+            self.trace(format_args!(
+                "applied {} term {} duties {duties:?}",
+                applied.index, applied.term
+            ));
+            for duty in duties {
                 self.perform(duty);
             }
+        }
+        for (token, reply) in get_replies {
+            self.answer(token, reply, now);
         }
         self.handoff
             .observe(view.role == Role::Leader, view.term, view.commit);
@@ -490,6 +538,10 @@ impl Runtime {
         if is_put {
             let ok = matches!(reply.outcome, kv_shared::proto::Outcome::Done);
             if !self.handoff.on_core_answer(reply.client.0, ok) {
+                self.trace(format_args!(
+                    "orphan token {} session {}",
+                    token.0, reply.client.0
+                ));
                 return; // an orphan: answered when its fate is known (handoff.rs)
             }
         }
@@ -518,6 +570,7 @@ impl Runtime {
     }
 
     fn send_reply(&self, client: CourseId, mid: &str, answer: &Answer, leader: Option<NodeId>) {
+        self.trace(format_args!("reply {client} {mid} {answer:?}"));
         let leader = self.roster.leader_field(leader);
         let me = self.roster.me();
         let bytes = protocol::reply(me, client, leader, mid, answer)

@@ -47,6 +47,9 @@ pub struct Settings {
     pub commit_notice_idle: Duration,
     /// The longest a follower holds such a request before redirecting anyway.
     pub park_max: Duration,
+    /// Write a line to stderr for every client request, reply, applied entry and role
+    /// change (`KV_COURSE_TRACE=1`; for diagnosing harness runs, off by default).
+    pub trace: bool,
     /// Run seed for the election jitter.
     pub seed: u64,
 }
@@ -69,6 +72,7 @@ impl Default for Settings {
             suppress_heartbeats: true,
             bounce_window: Duration::from_millis(500),
             commit_notice_idle: Duration::from_millis(80),
+            trace: false,
             park_max: Duration::from_millis(3000),
             seed: 0,
         }
@@ -141,6 +145,7 @@ impl Settings {
                 "SUPPRESS_HEARTBEATS" => self.suppress_heartbeats = n != 0,
                 "BOUNCE_WINDOW_MS" => self.bounce_window = ms,
                 "COMMIT_NOTICE_MS" => self.commit_notice_idle = ms,
+                "TRACE" => self.trace = n != 0,
                 _ => return Err(format!("unknown setting {k}")),
             }
         }
