@@ -65,6 +65,9 @@ pub enum Duty {
     OkFor(CourseId, String),
     /// Answer this replica's own request `redirect`: its put is lost, never applied.
     RedirectOwn(u64),
+    /// This replica's own put (session) was applied: the node core's `ok` for it, if it
+    /// came this turn, goes now, so that answers leave in log order.
+    CoreAnswers(u64),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -224,7 +227,8 @@ impl Handoff {
                 continue;
             }
             if self.proposed.contains_key(&session) || self.own_token(session).is_some() {
-                continue; // the core answers its own requests
+                duties.push(Duty::CoreAnswers(session));
+                continue;
             }
             if answering && !self.answered.contains(&session) {
                 if let Some((client, mid)) = self.side.get(&session) {
@@ -494,5 +498,20 @@ mod tests {
         // Followers never send notices.
         assert!(!n.due(false, 9, t0 + ms(300)));
         assert!(!n.due(false, 9, t0 + ms(900)));
+    }
+
+    #[test]
+    fn a_leader_again_answers_its_orphans_and_new_puts_in_log_order() {
+        // Replica 1 led term 1, proposed its put (token 3) as entry 8, lost leadership,
+        // took a new put (token 4, entry 10 of term 3) and leads again.
+        let (mut h, orphan) = own_put_at_8();
+        assert!(!h.on_core_answer(orphan, false));
+        let new_put = session_for(NodeId(1), 4);
+        h.note_entries(&[entry(10, 3, &[new_put])]);
+        h.observe(true, 3, 7);
+        assert_eq!(h.on_applied(8, 1), vec![Duty::OkOwn(3)]);
+        assert_eq!(h.on_applied(9, 3), vec![]);
+        // The core's own `ok` for the new put goes at its entry's turn, not before.
+        assert_eq!(h.on_applied(10, 3), vec![Duty::CoreAnswers(new_put)]);
     }
 }

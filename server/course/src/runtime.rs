@@ -430,17 +430,23 @@ impl Runtime {
                 }
             }
         }
-        // Put answers leave before get answers. The harness checks a get's value against
-        // the client's last acknowledged put of the key when the reply arrives, and a get
-        // answered this turn was served after this turn's applies (a leader commits only
-        // on acknowledgements, all taken in the first pass above). A new leader that
-        // applies its predecessor's put and serves a get of that key in the same turn
-        // must send the put's `ok` (a handoff duty) first.
+        // Answers leave in log order, and gets last. The harness checks a get's value
+        // against the client's last acknowledged put of the key when the reply arrives,
+        // so a put's `ok` must never overtake the `ok` of an earlier put of the same key
+        // (a new leader answers its predecessors' puts, and its own orphans, in the turn
+        // it applies them, next to its own new puts), and must leave before a get that
+        // observes it. A get answered this turn was served after this turn's applies (a
+        // leader commits only on acknowledgements, all taken in the first pass above).
         let (get_replies, put_replies): (Vec<_>, Vec<_>) = replies
             .into_iter()
             .partition(|(t, _)| self.gets_in_core.contains(&t.0));
+        let mut applied_puts = HashMap::new();
         for (token, reply) in put_replies {
-            self.answer(token, reply, now);
+            if matches!(reply.outcome, kv_shared::proto::Outcome::Done) {
+                applied_puts.insert(reply.client.0, (token, reply));
+            } else {
+                self.answer(token, reply, now);
+            }
         }
         for applied in self.core.take_applied() {
             let duties = self.handoff.on_applied(applied.index, applied.term);
@@ -449,8 +455,19 @@ impl Runtime {
                 applied.index, applied.term
             ));
             for duty in duties {
-                self.perform(duty);
+                match duty {
+                    Duty::CoreAnswers(session) => {
+                        if let Some((token, reply)) = applied_puts.remove(&session) {
+                            self.answer(token, reply, now);
+                        }
+                    }
+                    duty => self.perform(duty),
+                }
             }
+        }
+        // Not expected (every applied entry was seen in an append), but never unanswered.
+        for (_, (token, reply)) in applied_puts {
+            self.answer(token, reply, now);
         }
         for (token, reply) in get_replies {
             self.answer(token, reply, now);
@@ -508,7 +525,8 @@ impl Runtime {
         }
     }
 
-    /// Sends an answer the handoff bookkeeping made due.
+    /// Sends an answer the handoff bookkeeping made due ([`Duty::CoreAnswers`] is the
+    /// caller's: the answer is the node core's).
     fn perform(&mut self, duty: Duty) {
         let belief = self.belief();
         match duty {
@@ -524,6 +542,7 @@ impl Runtime {
                     self.send_reply(p.client, &p.mid, &answer, belief);
                 }
             }
+            Duty::CoreAnswers(_) => {}
         }
     }
 
