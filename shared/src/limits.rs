@@ -10,6 +10,10 @@ pub const VALUE_BYTES_MAX: usize = 32 * 1024;
 pub const DATAGRAM_BYTES_MAX: usize = 60_000;
 /// Largest single snapshot chunk sent in one InstallSnapshot message.
 pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 32 * 1024;
+/// Most snapshot bytes sent and not yet acknowledged to one follower of one group. A
+/// follower catching up takes every group's window at once into one socket buffer: at
+/// 64 chunks (2 MiB) per group, 8 groups overflowed even an 8 MiB buffer.
+pub const SNAPSHOT_INFLIGHT_BYTES_MAX: usize = 256 * 1024;
 /// Largest total payload of entries in one append message.
 pub const APPEND_BYTES_MAX: usize = 48 * 1024;
 /// Most bytes of client writes batched into one log entry (a single larger write still

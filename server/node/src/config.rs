@@ -4,6 +4,7 @@
 use kv_shared::config::ClusterConfig;
 use kv_shared::limits::{
     APPEND_BYTES_MAX, INFLIGHT_APPENDS_MAX, SESSIONS_MAX, SNAPSHOT_CHUNK_BYTES_MAX,
+    SNAPSHOT_INFLIGHT_BYTES_MAX,
 };
 use kv_shared::{NodeId, ShardId};
 use xxhash_rust::xxh64::xxh64;
@@ -163,6 +164,7 @@ impl NodeConfig {
             append_bytes_max: t.append_bytes_max,
             inflight_appends_max: INFLIGHT_APPENDS_MAX,
             snapshot_chunk_bytes_max: SNAPSHOT_CHUNK_BYTES_MAX,
+            snapshot_inflight_bytes_max: SNAPSHOT_INFLIGHT_BYTES_MAX,
             seed: xxh64(&seed_bytes, 0x5eed),
             retransmit_ticks: t.retransmit_ticks.unwrap_or(self.heartbeat_ticks),
             broadcast_commit: t.broadcast_commit,

@@ -33,6 +33,9 @@ pub struct Config {
     pub inflight_appends_max: usize,
     /// Most bytes in one InstallSnapshot chunk.
     pub snapshot_chunk_bytes_max: usize,
+    /// Most snapshot bytes a leader sends beyond a follower's acknowledged offset, within
+    /// `inflight_appends_max` chunks (one chunk is always allowed).
+    pub snapshot_inflight_bytes_max: usize,
     /// Seed of this replica's RNG (election jitter). Derive it from (run seed, node, group).
     pub seed: u64,
     /// Leader lease reads (needs `check_quorum`): a leader that committed an entry of its
@@ -82,6 +85,7 @@ impl Config {
             append_bytes_max: kv_shared::limits::APPEND_BYTES_MAX,
             inflight_appends_max: kv_shared::limits::INFLIGHT_APPENDS_MAX,
             snapshot_chunk_bytes_max: kv_shared::limits::SNAPSHOT_CHUNK_BYTES_MAX,
+            snapshot_inflight_bytes_max: kv_shared::limits::SNAPSHOT_INFLIGHT_BYTES_MAX,
             seed,
             lease_reads: false,
             lease_margin_ticks: 2,

@@ -29,6 +29,8 @@ pub(crate) struct SnapshotSend {
     pub all_sent: bool,
     /// `acked` at the previous retransmission check, to detect a stalled transfer.
     pub acked_at_check: u64,
+    /// The offset last resent from on a gap report, so one gap costs one resend.
+    pub gap_resent_from: Option<u64>,
 }
 
 impl SnapshotSend {
@@ -40,6 +42,7 @@ impl SnapshotSend {
             next_offset: 0,
             all_sent: false,
             acked_at_check: 0,
+            gap_resent_from: None,
         }
     }
 }

@@ -131,10 +131,8 @@ impl Raft {
     pub(crate) fn append_sendable(&self, pr: &crate::progress::Progress) -> bool {
         match &pr.state {
             ProgressState::Snapshot(s) => self.snapshot.as_ref().is_some_and(|snap| {
-                let window = (self.cfg.snapshot_chunk_bytes_max as u64)
-                    * self.cfg.inflight_appends_max as u64;
                 s.index != snap.meta.index
-                    || (!s.all_sent && s.next_offset - s.acked < window.max(1))
+                    || (!s.all_sent && s.next_offset - s.acked < self.snapshot_window_bytes())
             }),
             _ if pr.is_paused(self.cfg.inflight_appends_max) => false,
             _ if self.log.term(pr.next - 1).is_none() => self.snapshot.is_some(),

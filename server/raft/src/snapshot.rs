@@ -76,15 +76,27 @@ impl Raft {
         self.send_snapshot_chunks(to)
     }
 
+    /// How many bytes beyond a follower's acknowledged offset a transfer may have out.
+    /// The follower keeps only the chunk at its offset, so a chunk its socket drops
+    /// wastes the rest of the window, which is sent again: the window should fit, with
+    /// every other group's, in the follower's receive buffer.
+    pub(crate) fn snapshot_window_bytes(&self) -> u64 {
+        let chunk_max = self.cfg.snapshot_chunk_bytes_max as u64;
+        let by_count = chunk_max * self.cfg.inflight_appends_max as u64;
+        by_count
+            .min(self.cfg.snapshot_inflight_bytes_max as u64)
+            .max(chunk_max)
+    }
+
     /// Sends the next chunks of the current snapshot to `to`, at most
-    /// `inflight_appends_max` chunks beyond what it acknowledged.
+    /// `snapshot_window_bytes` beyond what it acknowledged.
     pub(crate) fn send_snapshot_chunks(&mut self, to: NodeId) -> bool {
         let Some(snap) = self.snapshot.clone() else {
             self.want_snapshot(to);
             return false;
         };
         let chunk_max = self.cfg.snapshot_chunk_bytes_max as u64;
-        let window = chunk_max * self.cfg.inflight_appends_max as u64;
+        let window = self.snapshot_window_bytes();
         let RoleState::Leader(ls) = &mut self.role else {
             return false;
         };
@@ -100,7 +112,7 @@ impl Raft {
         }
         let total = snap.data.len() as u64;
         let mut chunks = Vec::new();
-        while !s.all_sent && s.next_offset - s.acked < window.max(1) {
+        while !s.all_sent && s.next_offset - s.acked < window {
             let off = s.next_offset;
             let len = chunk_max.min(total - off);
             chunks.push((off, snap.data.slice(off as usize..(off + len) as usize)));
@@ -158,6 +170,19 @@ impl Raft {
             s.next_offset = received;
             s.all_sent = false;
         } else if received <= s.next_offset {
+            if received == s.acked
+                && received < s.next_offset
+                && s.gap_resent_from != Some(received)
+            {
+                // The follower answered a chunk without moving: it got one past a gap
+                // (it keeps only the chunk at its offset), so the chunk at `received`
+                // was lost and everything sent after it is wasted. Resend from there
+                // now rather than at the next retransmission check (one to two periods
+                // per loss, which made a lossy catch-up crawl), once per gap.
+                s.next_offset = received;
+                s.all_sent = false;
+                s.gap_resent_from = Some(received);
+            }
             s.acked = received;
         } else if received <= total {
             // After a rewind (a stalled window is resent from `acked`), the follower may
@@ -275,8 +300,10 @@ impl Raft {
 #[cfg(test)]
 mod tests {
     use crate::node::RoleState;
+    use crate::progress::ProgressState;
     use crate::testing::{Cluster, Opts};
     use bytes::Bytes;
+    use kv_shared::NodeId;
 
     fn run(c: &mut Cluster, ticks: usize) {
         for _ in 0..ticks {
@@ -340,5 +367,135 @@ mod tests {
             );
         }
         assert!(matches!(c.nodes[&lead].raft.role, RoleState::Leader(_)));
+    }
+
+    /// A follower catching up takes every group's window into one socket buffer, and a
+    /// chunk it drops wastes the rest of the window: 64 chunks of 32 KiB per group made
+    /// a restarted kvserver node drop thousands of datagrams. The byte bound holds even
+    /// when `inflight_appends_max` chunks would be more.
+    #[test]
+    fn snapshot_chunks_in_flight_stay_within_the_byte_window() {
+        let opts = Opts {
+            inflight_appends_max: 64,
+            snapshot_chunk_bytes_max: 8,
+            snapshot_inflight_bytes_max: 16,
+            ..Opts::default()
+        };
+        let mut c = Cluster::new(3, &[], opts);
+        c.quiet = true;
+        run(&mut c, 60);
+        let lead = c.leader().expect("a leader after 60 ticks");
+        let down = if lead == 3 { 2 } else { 3 };
+        c.crash(down);
+        for i in 0..40 {
+            let r = c
+                .nodes
+                .get_mut(&lead)
+                .expect("leader")
+                .raft
+                .propose(Bytes::from(format!("value-{i:04}")));
+            assert!(r.is_ok(), "{r:?}");
+            c.stabilize();
+        }
+        run(&mut c, 2);
+        c.compact(lead);
+        c.restart(down);
+        let mut widest = 0;
+        for _ in 0..200 {
+            for id in [1, 2, 3] {
+                c.tick(id);
+            }
+            for _ in 0..1000 {
+                for id in [1, 2, 3] {
+                    c.process(id);
+                }
+                let Some(m) = c.net.pop_front() else { break };
+                c.deliver_one(m);
+                if let RoleState::Leader(ls) = &c.nodes[&lead].raft.role {
+                    if let ProgressState::Snapshot(s) = &ls.progress[&NodeId(down)].state {
+                        widest = widest.max(s.next_offset - s.acked);
+                    }
+                }
+            }
+        }
+        assert!(widest > 0, "no snapshot transfer seen");
+        assert!(widest <= 16, "{widest} bytes in flight, window 16");
+        let applied = |c: &Cluster, id: u64| c.nodes[&id].raft.log.applied;
+        assert_eq!(applied(&c, down), applied(&c, lead));
+    }
+
+    /// A lost chunk used to wait for the next retransmission check (the follower keeps
+    /// only the chunk at its offset and answers the others with that offset); now the
+    /// first answer that shows the gap makes the leader resend from it, without a tick.
+    #[test]
+    fn a_lost_snapshot_chunk_is_resent_when_the_follower_reports_the_gap() {
+        let opts = Opts {
+            inflight_appends_max: 4,
+            snapshot_chunk_bytes_max: 8,
+            ..Opts::default()
+        };
+        let mut c = Cluster::new(3, &[], opts);
+        c.quiet = true;
+        run(&mut c, 60);
+        let lead = c.leader().expect("a leader after 60 ticks");
+        let down = if lead == 3 { 2 } else { 3 };
+        c.crash(down);
+        for i in 0..40 {
+            let r = c
+                .nodes
+                .get_mut(&lead)
+                .expect("leader")
+                .raft
+                .propose(Bytes::from(format!("value-{i:04}")));
+            assert!(r.is_ok(), "{r:?}");
+            c.stabilize();
+        }
+        run(&mut c, 2);
+        c.compact(lead);
+        c.restart(down);
+        let is_chunk_to_down = |m: &crate::Message, at: Option<u64>| {
+            m.to == NodeId(down)
+                && matches!(m.body, crate::MessageBody::InstallSnapshot { offset, .. }
+                    if at.is_none_or(|a| a == offset))
+        };
+        // Tick until the first window of chunks is out.
+        let mut ticks = 0;
+        while !c.net.iter().any(|m| is_chunk_to_down(m, None)) {
+            assert!(ticks < 200, "no snapshot chunks after 200 ticks");
+            for id in [1, 2, 3] {
+                c.tick(id);
+            }
+            ticks += 1;
+            for _ in 0..1000 {
+                if c.net.iter().any(|m| is_chunk_to_down(m, None)) {
+                    break;
+                }
+                let Some(m) = c.net.pop_front() else { break };
+                c.deliver_one(m);
+            }
+        }
+        // Lose the first chunk of the window, deliver the rest and the answers; no tick.
+        let first = c
+            .net
+            .iter()
+            .position(|m| is_chunk_to_down(m, None))
+            .expect("a chunk");
+        let lost = c.net.remove(first).expect("a chunk");
+        let crate::MessageBody::InstallSnapshot { offset: gap, .. } = lost.body else {
+            unreachable!("checked above");
+        };
+        let mut resent = false;
+        for _ in 0..1000 {
+            let Some(m) = c.net.pop_front() else { break };
+            if is_chunk_to_down(&m, Some(gap)) {
+                resent = true;
+                break;
+            }
+            c.deliver_one(m);
+        }
+        assert!(resent, "chunk at {gap} not resent before the next tick");
+        run(&mut c, 100);
+        let applied = |c: &Cluster, id: u64| c.nodes[&id].raft.log.applied;
+        assert_eq!(applied(&c, down), applied(&c, lead));
     }
 }

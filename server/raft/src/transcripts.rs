@@ -8,8 +8,8 @@
 //!
 //! Commands (ids are node numbers; `ids` is a comma list or `all`):
 //! - `cluster n=3 [learners=4,5] [prevote=false] [checkquorum=false] [append-bytes=N]
-//!   [inflight=N] [chunk=N] [seed=N] [lease=true] [suppress=true] [bcast-commit=false]
-//!   [retransmit=N] [eager=K] [reads-max=N]` : a fresh cluster (options as in
+//!   [inflight=N] [chunk=N] [snap-window=N] [seed=N] [lease=true] [suppress=true]
+//!   [bcast-commit=false] [retransmit=N] [eager=K] [reads-max=N]` : a fresh cluster (options as in
 //!   `Config`; timing is election 10..20, heartbeat 2).
 //! - `set-log id term=T entries=1,1,2` : restart node `id` with that durable log (entry
 //!   terms) and term.
@@ -80,6 +80,7 @@ fn run_cmd(c: &mut Option<Cluster>, cmd: &Cmd) -> String {
             append_bytes_max: u("append-bytes", d.append_bytes_max),
             inflight_appends_max: u("inflight", d.inflight_appends_max),
             snapshot_chunk_bytes_max: u("chunk", d.snapshot_chunk_bytes_max),
+            snapshot_inflight_bytes_max: u("snap-window", d.snapshot_inflight_bytes_max),
             seed: u("seed", 0) as u64,
             lease_reads: b("lease", d.lease_reads),
             heartbeat_suppression: b("suppress", d.heartbeat_suppression),
