@@ -19,7 +19,7 @@ fn every_file_loads() {
         Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
         count += 1;
     }
-    assert_eq!(count, 21, "17 course rows and 4 of our own");
+    assert_eq!(count, 22, "17 course rows and 5 of our own");
 }
 
 #[test]
