@@ -32,6 +32,14 @@ pub struct Settings {
     pub lazy_followers: bool,
     /// A commit that has not advanced for this long releases held messages.
     pub stall: Duration,
+    /// Under light loss (see `stall_defer_rate_max_percent`), the first release of a
+    /// stalled commit waits this long instead of [`Settings::stall`]: the next put's
+    /// appends carry the stalled entry (and its acknowledgements cover it) at no extra
+    /// datagram. Zero turns deferral off (the default).
+    pub stall_defer: Duration,
+    /// Deferral applies while the leader's running stall rate (the fraction of commits
+    /// that stalled) is below this many percent (see `policy::DEFER_RATE_WEIGHT`).
+    pub stall_defer_rate_max_percent: u32,
     /// A leader skips a heartbeat to a follower that acknowledged an append within the
     /// last heartbeat interval.
     pub suppress_heartbeats: bool,
@@ -69,6 +77,10 @@ impl Default for Settings {
             lease_margin_ticks: 30,
             lazy_followers: true,
             stall: Duration::from_millis(1),
+            // Off: it costs duplicates and latency after partitions (docs/COURSE_MODE.md,
+            // "Deferred release"); 150 ms is the value measured.
+            stall_defer: Duration::ZERO,
+            stall_defer_rate_max_percent: 42,
             suppress_heartbeats: true,
             bounce_window: Duration::from_millis(500),
             commit_notice_idle: Duration::from_millis(80),
@@ -141,6 +153,8 @@ impl Settings {
                 "ELECTION_TICKS_MAX" => self.election_ticks_max = ticks,
                 "LEASE_MARGIN_TICKS" => self.lease_margin_ticks = ticks,
                 "STALL_US" => self.stall = Duration::from_micros(n),
+                "STALL_DEFER_MS" => self.stall_defer = ms,
+                "STALL_DEFER_RATE_MAX_PERCENT" => self.stall_defer_rate_max_percent = ticks,
                 "LAZY_FOLLOWERS" => self.lazy_followers = n != 0,
                 "SUPPRESS_HEARTBEATS" => self.suppress_heartbeats = n != 0,
                 "BOUNCE_WINDOW_MS" => self.bounce_window = ms,
