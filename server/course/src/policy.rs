@@ -733,9 +733,7 @@ mod tests {
         let t0 = Instant::now();
         let (mut p, now) = settled(t0);
         p.observe(leader(1, 2), now);
-        for f in 2..=5 {
-            p.route(NodeId(f), vec![append(NodeId(f), 2)], false, now);
-        }
+        append_to_all(&mut p, 2, now);
         let stall = Settings::default().stall;
         assert_eq!(p.next_deadline(), Some(now + stall));
         assert!(p.release_if_stalled(now + stall / 2).is_empty(), "not yet");
@@ -789,9 +787,7 @@ mod tests {
         let t0 = Instant::now();
         let (mut p, now) = settled(t0);
         p.observe(leader(1, 2), now);
-        for f in 2..=5 {
-            p.route(NodeId(f), vec![append(NodeId(f), 2)], false, now);
-        }
+        append_to_all(&mut p, 2, now);
         // 3 answers, 2 does not (its append or its acknowledgement was lost) and is
         // replaced by 4 once 4 has the entry too.
         p.on_inbound(NodeId(3), &[ack(NodeId(3), 2)], now + ms(1));
@@ -832,18 +828,14 @@ mod tests {
         let (mut p, now) = settled(t0);
         // Fast follower 2 leaves entry 2 unanswered and is replaced; entry 3 is held for it.
         p.observe(leader(1, 2), now);
-        for f in 2..=5 {
-            p.route(NodeId(f), vec![append(NodeId(f), 2)], false, now);
-        }
+        append_to_all(&mut p, 2, now);
         let stall = Settings::default().stall;
         for f in [3, 4, 5] {
             p.on_inbound(NodeId(f), &[ack(NodeId(f), 2)], now + stall / 2);
         }
         p.observe(leader(2, 3), now + stall / 2);
         let later = now + stall * 2;
-        for f in 2..=5 {
-            p.route(NodeId(f), vec![append(NodeId(f), 3)], false, later);
-        }
+        append_to_all(&mut p, 3, later);
         let released = p.release_if_stalled(later + stall * 4);
         let to_2 = released
             .iter()
@@ -852,13 +844,18 @@ mod tests {
         assert_eq!(entry_ranges(&to_2.1), vec![(2, 2), (3, 3)]);
     }
 
+    /// The leader's append of entry `index` to each of followers 2..=5, routed at `now`.
+    fn append_to_all(p: &mut SendPolicy, index: u64, now: Instant) {
+        for f in 2..=5 {
+            p.route(NodeId(f), vec![append(NodeId(f), index)], false, now);
+        }
+    }
+
     /// Commits `n` puts, each acknowledged by the fast followers at once.
     fn commit_quickly(p: &mut SendPolicy, first: u64, n: u64, mut now: Instant) -> Instant {
         for i in first..first + n {
             p.observe(leader(i - 1, i), now);
-            for f in 2..=5 {
-                p.route(NodeId(f), vec![append(NodeId(f), i)], false, now);
-            }
+            append_to_all(p, i, now);
             for f in [2, 3] {
                 p.on_inbound(NodeId(f), &[ack(NodeId(f), 2)], now + ms(1) / 2);
             }
@@ -880,9 +877,7 @@ mod tests {
         let stall = settings.stall;
         // Entry 22: 2 answers, 3 does not.
         p.observe(leader(21, 22), now);
-        for f in 2..=5 {
-            p.route(NodeId(f), vec![append(NodeId(f), 22)], false, now);
-        }
+        append_to_all(&mut p, 22, now);
         p.on_inbound(NodeId(2), &[ack(NodeId(2), 2)], now + stall / 2);
         assert_eq!(p.next_deadline(), Some(now + stall), "the stall is noted");
         assert!(
@@ -913,9 +908,7 @@ mod tests {
         let (mut p, now) = settled(t0);
         let now = commit_quickly(&mut p, 2, 20, now);
         p.observe(leader(21, 22), now);
-        for f in 2..=5 {
-            p.route(NodeId(f), vec![append(NodeId(f), 22)], false, now);
-        }
+        append_to_all(&mut p, 22, now);
         let stall = Settings::default().stall;
         assert!(!p.release_if_stalled(now + stall).is_empty());
     }
@@ -925,9 +918,7 @@ mod tests {
         let t0 = Instant::now();
         let (mut p, now) = settled(t0);
         p.observe(leader(1, 2), now);
-        for f in 2..=5 {
-            p.route(NodeId(f), vec![append(NodeId(f), 2)], false, now);
-        }
+        append_to_all(&mut p, 2, now);
         let first = p.next_deadline().unwrap();
         assert_eq!(
             p.release_if_stalled(first).len(),
@@ -950,9 +941,7 @@ mod tests {
         // Every commit needs a release.
         for i in 2..40 {
             p.observe(leader(i - 1, i), now);
-            for f in 2..=5 {
-                p.route(NodeId(f), vec![append(NodeId(f), i)], false, now);
-            }
+            append_to_all(&mut p, i, now);
             now = p.next_deadline().unwrap();
             assert!(!p.release_if_stalled(now).is_empty());
             for f in 2..=5 {
@@ -974,9 +963,7 @@ mod tests {
         let t0 = Instant::now();
         let (mut p, now) = settled(t0);
         p.observe(leader(1, 2), now);
-        for f in 2..=5 {
-            p.route(NodeId(f), vec![append(NodeId(f), 2)], false, now);
-        }
+        append_to_all(&mut p, 2, now);
         let mut at = now;
         let mut gaps = Vec::new();
         for _ in 0..10 {

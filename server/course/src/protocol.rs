@@ -250,6 +250,23 @@ pub fn peer(
     side: &[SideInfo],
     answered: u64,
 ) -> Vec<u8> {
+    peer_envelope(me, dst, leader, Some(payload), side, answered)
+}
+
+/// A commit notice: a peer datagram with no Raft messages, only the sender's `answered`
+/// index (see [`crate::handoff::CommitNotice`]). Nobody answers it.
+pub fn commit_notice(me: CourseId, dst: CourseId, leader: CourseId, answered: u64) -> Vec<u8> {
+    peer_envelope(me, dst, leader, None, &[], answered)
+}
+
+fn peer_envelope(
+    me: CourseId,
+    dst: CourseId,
+    leader: CourseId,
+    payload: Option<&str>,
+    side: &[SideInfo],
+    answered: u64,
+) -> Vec<u8> {
     Envelope {
         src: me,
         dst,
@@ -257,30 +274,13 @@ pub fn peer(
         kind: PEER_TYPE,
         mid: None,
         value: None,
-        payload: Some(payload),
+        payload,
         side: side
             .iter()
             .filter(|i| i.mid.len() <= SIDE_INFO_MID_CHARS_MAX)
             .take(crate::handoff::SIDE_INFO_PER_DATAGRAM_MAX)
             .map(|i| (i.session, i.client, i.mid.as_str()))
             .collect(),
-        answered,
-    }
-    .encode()
-}
-
-/// A commit notice: a peer datagram with no Raft messages, only the sender's `answered`
-/// index (see [`crate::handoff::CommitNotice`]). Nobody answers it.
-pub fn commit_notice(me: CourseId, dst: CourseId, leader: CourseId, answered: u64) -> Vec<u8> {
-    Envelope {
-        src: me,
-        dst,
-        leader,
-        kind: PEER_TYPE,
-        mid: None,
-        value: None,
-        payload: None,
-        side: Vec::new(),
         answered,
     }
     .encode()

@@ -314,29 +314,36 @@ mod tests {
         }
     }
 
-    /// A snapshot image is as large as the state machine, so a leader holds one only
-    /// while a follower that answers needs it: not for a dead follower, and not after the
-    /// transfer. A follower that comes back gets it through `snapshot_wanted`.
-    #[test]
-    fn leader_holds_a_snapshot_image_only_while_a_live_follower_needs_it() {
-        let mut c = Cluster::new(3, &[], Opts::default());
+    /// A 3-node cluster whose leader compacted `entries` proposals while one follower
+    /// was down: returns (cluster, leader, the follower, still down).
+    fn follower_behind_the_compacted_log(opts: Opts, entries: usize) -> (Cluster, u64, u64) {
+        let mut c = Cluster::new(3, &[], opts);
         c.quiet = true;
         run(&mut c, 60);
         let lead = c.leader().expect("a leader after 60 ticks");
         let down = if lead == 3 { 2 } else { 3 };
         c.crash(down);
-        for i in 0..5 {
+        for i in 0..entries {
             let r = c
                 .nodes
                 .get_mut(&lead)
                 .expect("leader")
                 .raft
-                .propose(Bytes::from(format!("v{i}")));
+                .propose(Bytes::from(format!("value-{i:04}")));
             assert!(r.is_ok(), "{r:?}");
             c.stabilize();
         }
         run(&mut c, 2);
         c.compact(lead);
+        (c, lead, down)
+    }
+
+    /// A snapshot image is as large as the state machine, so a leader holds one only
+    /// while a follower that answers needs it: not for a dead follower, and not after the
+    /// transfer. A follower that comes back gets it through `snapshot_wanted`.
+    #[test]
+    fn leader_holds_a_snapshot_image_only_while_a_live_follower_needs_it() {
+        let (mut c, lead, down) = follower_behind_the_compacted_log(Opts::default(), 5);
         // Timeouts are 10..20 ticks: past 10 of them the dead follower pins nothing.
         run(&mut c, 210);
         assert_eq!(c.leader(), Some(lead));
@@ -381,24 +388,7 @@ mod tests {
             snapshot_inflight_bytes_max: 16,
             ..Opts::default()
         };
-        let mut c = Cluster::new(3, &[], opts);
-        c.quiet = true;
-        run(&mut c, 60);
-        let lead = c.leader().expect("a leader after 60 ticks");
-        let down = if lead == 3 { 2 } else { 3 };
-        c.crash(down);
-        for i in 0..40 {
-            let r = c
-                .nodes
-                .get_mut(&lead)
-                .expect("leader")
-                .raft
-                .propose(Bytes::from(format!("value-{i:04}")));
-            assert!(r.is_ok(), "{r:?}");
-            c.stabilize();
-        }
-        run(&mut c, 2);
-        c.compact(lead);
+        let (mut c, lead, down) = follower_behind_the_compacted_log(opts, 40);
         c.restart(down);
         let mut widest = 0;
         for _ in 0..200 {
@@ -434,24 +424,7 @@ mod tests {
             snapshot_chunk_bytes_max: 8,
             ..Opts::default()
         };
-        let mut c = Cluster::new(3, &[], opts);
-        c.quiet = true;
-        run(&mut c, 60);
-        let lead = c.leader().expect("a leader after 60 ticks");
-        let down = if lead == 3 { 2 } else { 3 };
-        c.crash(down);
-        for i in 0..40 {
-            let r = c
-                .nodes
-                .get_mut(&lead)
-                .expect("leader")
-                .raft
-                .propose(Bytes::from(format!("value-{i:04}")));
-            assert!(r.is_ok(), "{r:?}");
-            c.stabilize();
-        }
-        run(&mut c, 2);
-        c.compact(lead);
+        let (mut c, lead, down) = follower_behind_the_compacted_log(opts, 40);
         c.restart(down);
         let is_chunk_to_down = |m: &crate::Message, at: Option<u64>| {
             m.to == NodeId(down)
