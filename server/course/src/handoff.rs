@@ -268,48 +268,99 @@ impl Handoff {
 
 /// When a leader sends its commit index in a datagram of its own. A leader answers a
 /// put at commit, but followers learn that commit with the next append; if the leader
-/// dies first, its successor answers the put again (a duplicate). So once the commit
-/// index has gone untold for `idle`, one follower is told. `idle` is longer than the
-/// gap between puts under steady load (then the next append tells, for free) and
-/// shorter than the quiet before a leader dies in the course's kill scenarios.
+/// dies (or is cut off) first, its successor answers the put again (a duplicate). So
+/// once the commit index has gone untold for a while, one follower is told.
+///
+/// How long: while commits come closer together than `idle`, the next append usually
+/// tells for free, and a notice after `idle` only covers the longer gaps. Once the
+/// recent gaps are longer than `idle` (sparse puts), every commit pays a notice
+/// whatever the wait, so the notice goes after `idle_sparse`, closing the window almost
+/// entirely for the same number of datagrams.
 #[derive(Debug)]
 pub struct CommitNotice {
     idle: Duration,
+    idle_sparse: Duration,
     /// The highest answered-through index sent to any peer.
     told: Index,
     /// Since when this leader's commit index has been above `told`.
     untold_since: Option<Instant>,
+    /// The commit index last seen advance, and when.
+    last_advance: Option<(Index, Instant)>,
+    /// The most recent gaps between commit advances (at most [`COMMIT_GAPS_KEPT`]).
+    gaps: VecDeque<Duration>,
 }
 
+/// Gaps between commit advances that decide whether puts are sparse.
+pub const COMMIT_GAPS_KEPT: usize = 8;
+
 impl CommitNotice {
-    /// A notice after `idle` without telling.
-    pub fn new(idle: Duration) -> CommitNotice {
+    /// A notice after `idle` without telling, or after `idle_sparse` while puts are
+    /// sparse.
+    pub fn new(idle: Duration, idle_sparse: Duration) -> CommitNotice {
         CommitNotice {
             idle,
+            idle_sparse,
             told: 0,
             untold_since: None,
+            last_advance: None,
+            gaps: VecDeque::new(),
         }
     }
 
     /// A datagram to a peer carried answered-through index `index`.
     pub fn told(&mut self, index: Index) {
         self.told = self.told.max(index);
+        if self.last_advance.is_some_and(|(commit, _)| commit <= self.told) {
+            self.untold_since = None;
+        }
+    }
+
+    /// The wait before a notice: `idle_sparse` once the median of a full window of
+    /// recent gaps exceeds `idle`.
+    fn wait(&self) -> Duration {
+        if self.gaps.len() < COMMIT_GAPS_KEPT {
+            return self.idle;
+        }
+        let mut gaps: Vec<Duration> = self.gaps.iter().copied().collect();
+        gaps.sort_unstable();
+        if gaps[gaps.len() / 2] > self.idle {
+            self.idle_sparse
+        } else {
+            self.idle
+        }
     }
 
     /// After a round: true if a notice must go now (the caller then sends one and
     /// reports it with [`CommitNotice::told`]).
     pub fn due(&mut self, leader: bool, commit: Index, now: Instant) -> bool {
-        if !leader || commit <= self.told {
+        if !leader {
+            self.untold_since = None;
+            self.last_advance = None;
+            self.gaps.clear();
+            return false;
+        }
+        match self.last_advance {
+            Some((seen, at)) if commit > seen => {
+                if self.gaps.len() == COMMIT_GAPS_KEPT {
+                    self.gaps.pop_front();
+                }
+                self.gaps.push_back(now.saturating_duration_since(at));
+                self.last_advance = Some((commit, now));
+            }
+            Some(_) => {}
+            None => self.last_advance = Some((commit, now)),
+        }
+        if commit <= self.told {
             self.untold_since = None;
             return false;
         }
         let since = *self.untold_since.get_or_insert(now);
-        now.saturating_duration_since(since) >= self.idle
+        now.saturating_duration_since(since) >= self.wait()
     }
 
     /// When the pending notice falls due, if one is pending.
     pub fn deadline(&self) -> Option<Instant> {
-        self.untold_since.map(|since| since + self.idle)
+        self.untold_since.map(|since| since + self.wait())
     }
 }
 
@@ -482,7 +533,7 @@ mod tests {
     fn a_commit_notice_goes_once_the_commit_index_went_untold_for_the_idle_time() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut n = CommitNotice::new(ms(80));
+        let mut n = CommitNotice::new(ms(80), ms(10));
         assert!(!n.due(true, 0, t0), "nothing committed");
         assert!(!n.due(true, 3, t0));
         assert_eq!(n.deadline(), Some(t0 + ms(80)));
@@ -513,5 +564,37 @@ mod tests {
         assert_eq!(h.on_applied(9, 3), vec![]);
         // The core's own `ok` for the new put goes at its entry's turn, not before.
         assert_eq!(h.on_applied(10, 3), vec![Duty::CoreAnswers(new_put)]);
+    }
+
+    #[test]
+    fn while_puts_are_sparse_the_notice_goes_sooner() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut n = CommitNotice::new(ms(80), ms(10));
+        // Dense puts (a commit every 60 ms, each told by the next append): the wait stays
+        // 80 ms.
+        let mut now = t0;
+        for commit in 1..=10 {
+            assert!(!n.due(true, commit, now));
+            n.told(commit);
+            now += ms(60);
+        }
+        assert!(!n.due(true, 11, now));
+        assert_eq!(n.deadline(), Some(now + ms(80)));
+        n.told(11);
+        // Sparse puts (a commit every 120 ms): after a full window of gaps, 10 ms.
+        for commit in 12..=20 {
+            now += ms(120);
+            assert!(!n.due(true, commit, now));
+            n.told(commit);
+        }
+        now += ms(120);
+        assert!(!n.due(true, 21, now));
+        assert_eq!(n.deadline(), Some(now + ms(10)));
+        assert!(n.due(true, 21, now + ms(10)));
+        // A new leadership starts from the long wait.
+        assert!(!n.due(false, 21, now + ms(20)));
+        assert!(!n.due(true, 22, now + ms(30)));
+        assert_eq!(n.deadline(), Some(now + ms(30) + ms(80)));
     }
 }

@@ -117,7 +117,10 @@ impl Runtime {
         core.set_observe_applies(true);
         let policy = SendPolicy::new(settings.clone(), roster.me_node(), &roster.members());
         let handoff = Handoff::new(roster.me_node());
-        let notice = CommitNotice::new(settings.commit_notice_idle);
+        let notice = CommitNotice::new(
+            settings.commit_notice_idle,
+            settings.commit_notice_idle_sparse,
+        );
         Ok(Runtime {
             socket,
             harness,

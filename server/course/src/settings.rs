@@ -53,6 +53,11 @@ pub struct Settings {
     /// scenarios), shorter than the quiet before a kill in its kill scenarios (a kill
     /// lands 100 ms after the last request at 300 requests per 30 s).
     pub commit_notice_idle: Duration,
+    /// The same wait while commits come further apart than `commit_notice_idle` (then
+    /// every commit pays a notice anyway, so it may as well go at once): short, so that
+    /// a kill or partition 50-80 ms after the last put (advanced-1, advanced-3) finds
+    /// the followers told.
+    pub commit_notice_idle_sparse: Duration,
     /// The longest a follower holds such a request before redirecting anyway.
     pub park_max: Duration,
     /// Write a line to stderr for every client request, reply, applied entry and role
@@ -84,6 +89,7 @@ impl Default for Settings {
             suppress_heartbeats: true,
             bounce_window: Duration::from_millis(500),
             commit_notice_idle: Duration::from_millis(80),
+            commit_notice_idle_sparse: Duration::from_millis(10),
             trace: false,
             park_max: Duration::from_millis(3000),
             seed: 0,
@@ -159,6 +165,7 @@ impl Settings {
                 "SUPPRESS_HEARTBEATS" => self.suppress_heartbeats = n != 0,
                 "BOUNCE_WINDOW_MS" => self.bounce_window = ms,
                 "COMMIT_NOTICE_MS" => self.commit_notice_idle = ms,
+                "COMMIT_NOTICE_SPARSE_MS" => self.commit_notice_idle_sparse = ms,
                 "TRACE" => self.trace = n != 0,
                 _ => return Err(format!("unknown setting {k}")),
             }
