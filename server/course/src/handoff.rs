@@ -310,7 +310,10 @@ impl CommitNotice {
     /// A datagram to a peer carried answered-through index `index`.
     pub fn told(&mut self, index: Index) {
         self.told = self.told.max(index);
-        if self.last_advance.is_some_and(|(commit, _)| commit <= self.told) {
+        if self
+            .last_advance
+            .is_some_and(|(commit, _)| commit <= self.told)
+        {
             self.untold_since = None;
         }
     }
