@@ -288,6 +288,8 @@ pub struct CommitNotice {
     last_advance: Option<(Index, Instant)>,
     /// The most recent gaps between commit advances (at most [`COMMIT_GAPS_KEPT`]).
     gaps: VecDeque<Duration>,
+    /// The wait before a notice, as the gaps decide (updated when a gap is added).
+    wait: Duration,
 }
 
 /// Gaps between commit advances that decide whether puts are sparse.
@@ -304,6 +306,7 @@ impl CommitNotice {
             untold_since: None,
             last_advance: None,
             gaps: VecDeque::new(),
+            wait: idle,
         }
     }
 
@@ -318,19 +321,17 @@ impl CommitNotice {
         }
     }
 
-    /// The wait before a notice: `idle_sparse` once the median of a full window of
-    /// recent gaps exceeds `idle`.
-    fn wait(&self) -> Duration {
-        if self.gaps.len() < COMMIT_GAPS_KEPT {
-            return self.idle;
+    /// Adds a gap between commit advances; the wait becomes `idle_sparse` once the
+    /// median of a full window of recent gaps exceeds `idle`.
+    fn add_gap(&mut self, gap: Duration) {
+        if self.gaps.len() == COMMIT_GAPS_KEPT {
+            self.gaps.pop_front();
         }
+        self.gaps.push_back(gap);
         let mut gaps: Vec<Duration> = self.gaps.iter().copied().collect();
         gaps.sort_unstable();
-        if gaps[gaps.len() / 2] > self.idle {
-            self.idle_sparse
-        } else {
-            self.idle
-        }
+        let sparse = gaps.len() == COMMIT_GAPS_KEPT && gaps[gaps.len() / 2] > self.idle;
+        self.wait = if sparse { self.idle_sparse } else { self.idle };
     }
 
     /// After a round: true if a notice must go now (the caller then sends one and
@@ -340,14 +341,12 @@ impl CommitNotice {
             self.untold_since = None;
             self.last_advance = None;
             self.gaps.clear();
+            self.wait = self.idle;
             return false;
         }
         match self.last_advance {
             Some((seen, at)) if commit > seen => {
-                if self.gaps.len() == COMMIT_GAPS_KEPT {
-                    self.gaps.pop_front();
-                }
-                self.gaps.push_back(now.saturating_duration_since(at));
+                self.add_gap(now.saturating_duration_since(at));
                 self.last_advance = Some((commit, now));
             }
             Some(_) => {}
@@ -358,12 +357,12 @@ impl CommitNotice {
             return false;
         }
         let since = *self.untold_since.get_or_insert(now);
-        now.saturating_duration_since(since) >= self.wait()
+        now.saturating_duration_since(since) >= self.wait
     }
 
     /// When the pending notice falls due, if one is pending.
     pub fn deadline(&self) -> Option<Instant> {
-        self.untold_since.map(|since| since + self.wait())
+        self.untold_since.map(|since| since + self.wait)
     }
 }
 

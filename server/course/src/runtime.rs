@@ -94,7 +94,7 @@ pub struct Runtime {
     /// When a leader tells a follower its commit index in a datagram of its own.
     notice: CommitNotice,
     /// The last view traced (role and term changes are traced).
-    policy_view_traced: Option<View>,
+    traced_view: Option<View>,
     /// Puts the core holds (handed to it, not yet answered).
     puts_in_core: HashSet<u64>,
     /// Gets the core holds: outside the lease they wait for a ReadIndex round.
@@ -138,7 +138,7 @@ impl Runtime {
             bounce: None,
             handoff,
             notice,
-            policy_view_traced: None,
+            traced_view: None,
             puts_in_core: HashSet::new(),
             gets_in_core: HashSet::new(),
         })
@@ -414,7 +414,7 @@ impl Runtime {
         }
         let view = self.view();
         if self.settings.trace {
-            let before = self.policy_view_traced.replace(view);
+            let before = self.traced_view.replace(view);
             if before.map(|b| (b.role, b.term)) != Some((view.role, view.term)) {
                 self.trace(format_args!("view {view:?}"));
             }
@@ -484,26 +484,27 @@ impl Runtime {
             return;
         }
         let reads_waiting = !self.gets_in_core.is_empty();
+        // Every answer of this turn has left: the commit index is answered through.
+        let answered = self.handoff.answered_through(view.commit);
         for (dst, msgs) in datagrams {
             let msgs = self.policy.route(dst, msgs, reads_waiting, now);
-            self.send_peer(dst, msgs);
+            self.send_peer(dst, msgs, answered, now);
         }
         for (dst, msgs) in self.policy.release_if_stalled(now) {
-            self.send_peer(dst, msgs);
+            self.send_peer(dst, msgs, answered, now);
         }
         for (dst, msgs) in self.policy.resend_votes(now) {
-            self.send_peer(dst, msgs);
+            self.send_peer(dst, msgs, answered, now);
         }
         if self.notice.due(view.role == Role::Leader, view.commit, now) {
-            self.send_commit_notice(view.commit);
+            self.send_commit_notice(answered);
         }
     }
 
     /// Tells the follower heard from last (live, as far as we know) this leader's
     /// answered-through index. With nobody to tell, the notice is dropped like a lost
     /// datagram.
-    fn send_commit_notice(&mut self, commit: kv_raft::Index) {
-        let answered = self.handoff.answered_through(commit);
+    fn send_commit_notice(&mut self, answered: kv_raft::Index) {
         self.notice.told(answered);
         let me = self.roster.me_node();
         let Some(dst) = self
@@ -602,7 +603,15 @@ impl Runtime {
         let _ = self.socket.send_to(&bytes, self.harness);
     }
 
-    fn send_peer(&mut self, dst_node: NodeId, msgs: Vec<GroupMessage>) {
+    /// Sends `msgs` to `dst_node` with the side info of their entries and this turn's
+    /// answered-through index.
+    fn send_peer(
+        &mut self,
+        dst_node: NodeId,
+        msgs: Vec<GroupMessage>,
+        answered: kv_raft::Index,
+        now: Instant,
+    ) {
         let Some(dst) = self.roster.member_id(dst_node) else {
             return;
         };
@@ -616,13 +625,10 @@ impl Runtime {
             .flatten()
             .collect();
         let side = self.handoff.side_info_for(&entries);
-        let answered = self
-            .handoff
-            .answered_through(self.core.raft_status(SHARD).commit);
         // Telling a peer that may be dead (killed replicas stay destinations) tells
         // nobody: only a peer heard within an election timeout counts.
         let live = self.heard.get(&dst_node).is_some_and(|at| {
-            Instant::now().saturating_duration_since(*at)
+            now.saturating_duration_since(*at)
                 < self.settings.tick * self.settings.election_ticks_min
         });
         let (payloads, _dropped) = peer::encode(msgs);

@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 /// election needs two durable writes in a row (the candidate's term, then each voter's
 /// grant) plus a round trip: with fsyncs as long as the minimum timeout, elections at the
 /// base timeout never finished in kvsim (`--slow-disk-ms 100`, 100..200 ms timeouts: 0 of
-/// 39 seeds; at 50 ms all passed), and each failed one starts the next term. Doubling lets the timeout outgrow the disk; hearing a leader resets it.
+/// 39 seeds; at 50 ms all passed), and each failed one starts the next term. Doubling
+/// lets the timeout outgrow the disk; hearing a leader resets it.
 pub(crate) const ELECTION_BACKOFF_DOUBLINGS_MAX: u32 = 3;
 
 impl Raft {

@@ -9,8 +9,8 @@
 //! Commands (ids are node numbers; `ids` is a comma list or `all`):
 //! - `cluster n=3 [learners=4,5] [prevote=false] [checkquorum=false] [append-bytes=N]
 //!   [inflight=N] [chunk=N] [snap-window=N] [seed=N] [lease=true] [suppress=true]
-//!   [bcast-commit=false] [retransmit=N] [eager=K] [reads-max=N]` : a fresh cluster (options as in
-//!   `Config`; timing is election 10..20, heartbeat 2).
+//!   [bcast-commit=false] [retransmit=N] [eager=K] [reads-max=N]` : a fresh cluster
+//!   (options as in `Config`; timing is election 10..20, heartbeat 2).
 //! - `set-log id term=T entries=1,1,2` : restart node `id` with that durable log (entry
 //!   terms) and term.
 //! - `tick ids [n=K]`, `campaign id` (tick until it leaves the follower role),
