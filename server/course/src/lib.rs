@@ -9,6 +9,7 @@
 //! - [`peer`]: the node core's group messages inside peer datagrams (split to fit).
 //! - [`handoff`]: who answers a put across a leader change (side info, orphans).
 //! - [`requests`]: the MID table (each MID answered once), sessions, outcome -> answer.
+//! - [`loss`]: the drop rate, from sequence numbers on peer datagrams.
 //! - [`policy`]: which peer messages leave now (lazy followers, stall release, heartbeat
 //!   suppression); the leader lease for gets is kv-raft's (`lease_reads`).
 //! - [`settings`]: this mode's timing and traffic settings.
@@ -16,6 +17,7 @@
 
 pub mod handoff;
 pub mod ids;
+pub mod loss;
 pub mod peer;
 pub mod policy;
 pub mod protocol;

@@ -63,6 +63,27 @@ pub const STALL_RATE_INITIAL: f64 = 0.5;
 /// 15%), hence the gap.
 pub const WIDE_LEAVE_STALL_RATE: f64 = 0.2;
 
+/// Measured loss (see [`crate::loss`]) at or above which a leader sends wide and times
+/// stall releases precisely. With two fast followers a put stalls with probability
+/// 1 - (1-d)^4: 34% at d = 10%, 48% at 15%, so at 15% the median request sits on the
+/// edge between first-try commits (under 1 ms) and releases (4-9 ms with the coarse
+/// timer): advanced-2 medians of 1.5, 8.0 and 3.1 ms in one 3-run bar. Sent wide, a put
+/// commits at once 93% of the time at 15% (81% with one follower dead). At 10% narrow
+/// stays cheaper in datagrams, which unreliable-2's budget needs.
+pub const WIDE_ENTER_LOSS: f64 = 0.13;
+
+/// Measured loss below which a leader sending wide goes back to `quorum - 1` fast
+/// followers; the gap keeps an estimate near the threshold from flapping.
+pub const WIDE_LEAVE_LOSS: f64 = 0.11;
+
+/// A follower that has not answered this leader for this long is taken for dead or cut
+/// off: it gets no appends of its own and no stall releases, only its heartbeat (which
+/// carries what it lacks) until it answers again. Killed replicas stay destinations, and
+/// sending wide to one cost about 300 datagrams per advanced-3 run. A live follower sent
+/// wide appends answers many times a second; a lazy one answers a heartbeat a second,
+/// and at 10% loss three in a row go unanswered about once in 150 seconds.
+pub const SILENT_AFTER: Duration = Duration::from_secs(3);
+
 /// Weight of the newest commit in the slower running stall rate that decides deferral
 /// ([`Settings::stall_defer`]). With two fast followers a put stalls with probability
 /// 1 - (1-d)^4: 19% at d = 5% loss, 34% at 10%, 48% at 15%. Deferred puts wait for the
@@ -155,8 +176,14 @@ pub struct SendPolicy {
     stall_rate: f64,
     /// The same, averaged over more commits: decides deferral.
     defer_rate: f64,
-    /// Every follower is fast (heavy loss; see [`WIDE_ENTER_STALL_RATE`]).
+    /// Every follower is fast (heavy loss; see [`WIDE_ENTER_LOSS`] and
+    /// [`WIDE_ENTER_STALL_RATE`]).
     wide: bool,
+    /// The measured drop rate, once known (see [`crate::loss`]).
+    loss: Option<f64>,
+    /// This replica has seen the leader change (a kill or a partition): no deferral
+    /// from then on (see [`SendPolicy::note_leader_change`]).
+    leader_changed: bool,
 }
 
 impl SendPolicy {
@@ -182,7 +209,35 @@ impl SendPolicy {
             stall_rate: STALL_RATE_INITIAL,
             defer_rate: STALL_RATE_INITIAL,
             wide: false,
+            loss: None,
+            leader_changed: false,
         }
+    }
+
+    /// Notes that the leader this replica believes in is no longer the first one it
+    /// knew. Runs with kills and partitions already have slow requests (those waiting
+    /// out an election), and deferred puts on top of them can carry the median latency
+    /// into the slow ones; runs without them keep deferring.
+    pub fn note_leader_change(&mut self) {
+        self.leader_changed = true;
+    }
+
+    /// Takes in the measured drop rate (see [`crate::loss`]). Once it is known it alone
+    /// decides wide sending; before, the stall rate does.
+    pub fn set_loss(&mut self, loss: Option<f64>) {
+        self.loss = loss;
+        match loss {
+            Some(l) if l >= WIDE_ENTER_LOSS => self.wide = true,
+            Some(l) if l < WIDE_LEAVE_LOSS => self.wide = false,
+            _ => {}
+        }
+    }
+
+    /// Whether stall releases should leave on time to the microsecond rather than the
+    /// scheduler tick: while sending wide (heavy loss), where a release is worth its
+    /// datagrams and its delay is the median latency.
+    pub fn precise_timing(&self) -> bool {
+        self.wide
     }
 
     /// Notes acknowledgements among messages just received from `from`.
@@ -234,10 +289,12 @@ impl SendPolicy {
                 let sample = if self.overdue { 1.0 } else { 0.0 };
                 self.stall_rate += (sample - self.stall_rate) * STALL_RATE_WEIGHT;
                 self.defer_rate += (sample - self.defer_rate) * DEFER_RATE_WEIGHT;
-                if self.stall_rate > WIDE_ENTER_STALL_RATE {
-                    self.wide = true;
-                } else if self.stall_rate < WIDE_LEAVE_STALL_RATE {
-                    self.wide = false;
+                if self.loss.is_none() {
+                    if self.stall_rate > WIDE_ENTER_STALL_RATE {
+                        self.wide = true;
+                    } else if self.stall_rate < WIDE_LEAVE_STALL_RATE {
+                        self.wide = false;
+                    }
                 }
             }
             self.released = false;
@@ -272,12 +329,26 @@ impl SendPolicy {
             .is_some_and(|t| now.saturating_duration_since(t) >= self.settings.stall)
     }
 
+    /// True if `peer` has not answered this leader for [`SILENT_AFTER`].
+    fn silent(&self, peer: &Peer, now: Instant) -> bool {
+        let Some(leading) = &self.leading else {
+            return false;
+        };
+        let heard = match peer.ack {
+            Some((term, at)) if term == leading.term => at.max(leading.since),
+            _ => leading.since,
+        };
+        now.saturating_duration_since(heard) >= SILENT_AFTER
+    }
+
     /// Keeps `quorum - 1` fast followers, replacing any that left an append unanswered for
     /// longer than the stall time by the followers that answered most recently.
-    /// Under heavy loss (see [`WIDE_ENTER_STALL_RATE`]) every follower is fast.
+    /// Under heavy loss (see [`WIDE_ENTER_LOSS`]) every follower that is not silent is
+    /// fast.
     fn refresh_fast(&mut self, now: Instant) {
         let want = if self.wide {
-            self.peers.len()
+            let answering = self.peers.values().filter(|p| !self.silent(p, now)).count();
+            answering.max(self.quorum - 1)
         } else {
             self.quorum - 1
         };
@@ -287,17 +358,23 @@ impl SendPolicy {
             return;
         }
         let term = self.leading.as_ref().map(|l| l.term);
-        let mut ranked: Vec<(bool, Option<Instant>, NodeId)> = self
+        let mut ranked: Vec<(bool, bool, Option<Instant>, NodeId)> = self
             .peers
             .iter()
             .map(|(&id, p)| {
                 let ack = p.ack.filter(|(t, _)| Some(*t) == term).map(|(_, at)| at);
-                (self.stale(p, now), ack, id)
+                (self.silent(p, now), self.stale(p, now), ack, id)
             })
             .collect();
-        // Not stale first, then the most recent acknowledgement, then the lowest id.
-        ranked.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
-        self.fast = ranked.into_iter().take(want).map(|r| r.2).collect();
+        // Not silent, not stale first, then the most recent acknowledgement, then the
+        // lowest id.
+        ranked.sort_by(|a, b| {
+            (a.0, a.1)
+                .cmp(&(b.0, b.1))
+                .then(b.2.cmp(&a.2))
+                .then(a.3.cmp(&b.3))
+        });
+        self.fast = ranked.into_iter().take(want).map(|r| r.3).collect();
     }
 
     /// Decides what of `msgs` (bound for `dst`) leaves now; the rest is held.
@@ -417,9 +494,15 @@ impl SendPolicy {
             self.targets(now)
         };
         self.released = true;
+        let silent: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| self.silent(p, now))
+            .map(|(&id, _)| id)
+            .collect();
         let mut out = Vec::new();
         for (&id, p) in self.peers.iter_mut() {
-            if targets.as_ref().is_some_and(|t| !t.contains(&id)) {
+            if targets.as_ref().is_some_and(|t| !t.contains(&id)) || silent.contains(&id) {
                 continue;
             }
             let mut msgs = std::mem::take(&mut p.unacked);
@@ -436,7 +519,8 @@ impl SendPolicy {
     }
 
     /// Whether the first release of a stall waits for [`Settings::stall_defer`]: only
-    /// narrow and under light loss (see [`DEFER_RATE_WEIGHT`]). The appends of the
+    /// narrow, under light loss (see [`DEFER_RATE_WEIGHT`]) and before any leader
+    /// change. The appends of the
     /// next put go to the fast followers with every append they left unanswered, so
     /// their acknowledgements commit the stalled entry too; a release would cost a
     /// datagram and its acknowledgement for an entry whose acknowledgement alone may
@@ -444,6 +528,7 @@ impl SendPolicy {
     fn deferring(&self) -> bool {
         !self.released
             && !self.wide
+            && !self.leader_changed
             && self.defer_rate * 100.0 < f64::from(self.settings.stall_defer_rate_max_percent)
             && self.settings.stall_defer > self.settings.stall
     }
@@ -473,7 +558,7 @@ impl SendPolicy {
             .filter(|(id, p)| {
                 let acked = self.fast.contains(id) && p.unacked.is_empty();
                 let nothing_to_send = p.held.is_empty() && p.unacked.is_empty();
-                !(acked || nothing_to_send)
+                !(acked || nothing_to_send || self.silent(p, now))
             })
             .map(|(&id, p)| {
                 (
@@ -903,6 +988,23 @@ mod tests {
     }
 
     #[test]
+    fn after_a_leader_change_a_stall_is_released_without_deferral() {
+        let t0 = Instant::now();
+        let settings = Settings {
+            stall_defer: ms(150),
+            ..Settings::default()
+        };
+        let (mut p, now) = settled_with(settings.clone(), t0);
+        let now = commit_quickly(&mut p, 2, 20, now);
+        p.note_leader_change();
+        p.observe(leader(21, 22), now);
+        append_to_all(&mut p, 22, now);
+        p.on_inbound(NodeId(2), &[ack(NodeId(2), 2)], now);
+        assert_eq!(p.next_deadline(), Some(now + settings.stall));
+        assert!(!p.release_if_stalled(now + settings.stall).is_empty());
+    }
+
+    #[test]
     fn by_default_a_stalled_commit_is_released_after_the_stall_time() {
         let t0 = Instant::now();
         let (mut p, now) = settled(t0);
@@ -935,6 +1037,52 @@ mod tests {
     }
 
     #[test]
+    fn a_silent_follower_gets_only_its_heartbeat_until_it_answers() {
+        let t0 = Instant::now();
+        let (mut p, mut now) = settled(t0);
+        p.set_loss(Some(0.3));
+        // Follower 5 answers nothing for SILENT_AFTER; the others answer everything.
+        let mut index = 2;
+        let end = now + SILENT_AFTER + ms(100);
+        while now < end {
+            p.observe(leader(index - 1, index), now);
+            append_to_all(&mut p, index, now);
+            for f in 2..=4 {
+                p.on_inbound(NodeId(f), &[ack(NodeId(f), 2)], now);
+            }
+            p.observe(leader(index, index), now);
+            index += 1;
+            now += ms(50);
+        }
+        p.observe(leader(index - 1, index), now);
+        let sent: Vec<usize> = (2..=5)
+            .map(|f| {
+                p.route(NodeId(f), vec![append(NodeId(f), index)], false, now)
+                    .len()
+            })
+            .collect();
+        assert_eq!(
+            sent,
+            vec![1, 1, 1, 0],
+            "wide, but not to the silent follower"
+        );
+        // A stalled commit is released to the answering followers only.
+        let due = p.next_deadline().unwrap();
+        let released: Vec<NodeId> = p
+            .release_if_stalled(due)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert!(!released.contains(&NodeId(5)), "{released:?}");
+        // Its heartbeat carries what it lacks; once it answers it is fast again.
+        let beat = p.route(NodeId(5), vec![heartbeat(NodeId(5), 0)], false, due);
+        assert!(beat.len() > 1, "held appends ride with the heartbeat");
+        p.on_inbound(NodeId(5), &[ack(NodeId(5), 2)], due);
+        let next = p.route(NodeId(5), vec![append(NodeId(5), index + 1)], false, due);
+        assert_eq!(next.len(), 1);
+    }
+
+    #[test]
     fn heavy_loss_makes_every_follower_fast() {
         let t0 = Instant::now();
         let (mut p, mut now) = settled(t0);
@@ -956,6 +1104,45 @@ mod tests {
             })
             .collect();
         assert_eq!(sent, vec![1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn measured_loss_alone_decides_wide_sending_and_precise_timing() {
+        let t0 = Instant::now();
+        let (mut p, now) = settled(t0);
+        let fanout = |p: &mut SendPolicy, loss: f64, index: u64| {
+            p.set_loss(Some(loss));
+            p.observe(leader(index - 1, index), now);
+            let sent: usize = (2..=5)
+                .map(|f| {
+                    let out = p.route(NodeId(f), vec![append(NodeId(f), index)], false, now);
+                    usize::from(!out.is_empty())
+                })
+                .sum();
+            for f in 2..=5 {
+                p.on_inbound(NodeId(f), &[ack(NodeId(f), 2)], now);
+            }
+            (sent, p.precise_timing())
+        };
+        assert_eq!(fanout(&mut p, 0.10, 2), (2, false));
+        assert_eq!(fanout(&mut p, 0.15, 3), (4, true));
+        // Between the two bounds the mode stays as it was.
+        assert_eq!(fanout(&mut p, 0.12, 4), (4, true));
+        assert_eq!(fanout(&mut p, 0.10, 5), (2, false));
+        assert_eq!(fanout(&mut p, 0.12, 6), (2, false));
+        // Once loss is measured, stalls no longer switch the mode: every commit stalls
+        // here, which without a measurement sends wide (see the test above).
+        let mut now = now;
+        for i in 7..40 {
+            p.observe(leader(i - 1, i), now);
+            append_to_all(&mut p, i, now);
+            now = p.next_deadline().unwrap();
+            assert!(!p.release_if_stalled(now).is_empty());
+            for f in 2..=5 {
+                p.on_inbound(NodeId(f), &[ack(NodeId(f), 2)], now);
+            }
+        }
+        assert!(!p.precise_timing());
     }
 
     #[test]

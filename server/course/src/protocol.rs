@@ -56,6 +56,9 @@ pub enum Inbound {
         /// Every put at or below this index has been answered (the sender's
         /// `answered_through`, see [`crate::handoff`]); 0 if not carried.
         answered: u64,
+        /// The sender's number for this datagram to us (see [`crate::loss`]); 0 if not
+        /// carried.
+        seq: u64,
     },
     /// Not for us, not parseable, or nothing to answer.
     Ignored,
@@ -77,6 +80,8 @@ struct RawInbound {
     side: Option<Vec<(u64, String, String)>>,
     #[serde(rename = "c")]
     answered: Option<u64>,
+    #[serde(rename = "s")]
+    seq: Option<u64>,
 }
 
 /// Parses one datagram addressed to `me`. Never panics, whatever the bytes.
@@ -114,6 +119,7 @@ pub fn parse_inbound(bytes: &[u8], me: CourseId) -> Inbound {
                 payload,
                 side,
                 answered: answered.unwrap_or(0),
+                seq: raw.seq.unwrap_or(0),
             },
         };
     }
@@ -172,6 +178,8 @@ struct Envelope<'a> {
     side: Vec<(u64, CourseId, &'a str)>,
     #[serde(rename = "c", skip_serializing_if = "is_zero")]
     answered: u64,
+    #[serde(rename = "s", skip_serializing_if = "is_zero")]
+    seq: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -196,6 +204,7 @@ pub fn hello(me: CourseId) -> Vec<u8> {
         payload: None,
         side: Vec::new(),
         answered: 0,
+        seq: 0,
     }
     .encode()
 }
@@ -225,6 +234,7 @@ pub fn reply(
         payload: None,
         side: Vec::new(),
         answered: 0,
+        seq: 0,
     }
     .encode();
     (bytes.len() <= DATAGRAM_BYTES_MAX).then_some(bytes)
@@ -232,7 +242,7 @@ pub fn reply(
 
 /// Bytes of a peer datagram around its payload and side info (src, dst, leader, type,
 /// field names, the `answered` index).
-pub const PEER_ENVELOPE_BYTES: usize = 130;
+pub const PEER_ENVELOPE_BYTES: usize = 160;
 /// Most bytes of side info in one datagram: each triple is a u64, a 4-char id and an MID
 /// (32 hex digits in the course; longer ones are not attached).
 pub const SIDE_INFO_BYTES_MAX: usize =
@@ -241,7 +251,8 @@ pub const SIDE_INFO_BYTES_MAX: usize =
 pub const SIDE_INFO_MID_CHARS_MAX: usize = 64;
 
 /// A peer datagram carrying an already encoded batch (see [`crate::peer`]), the side
-/// info of the puts in its entries, and the sender's `answered` index.
+/// info of the puts in its entries, the sender's `answered` index and the datagram's
+/// number `seq` (see [`crate::loss`]).
 pub fn peer(
     me: CourseId,
     dst: CourseId,
@@ -249,14 +260,21 @@ pub fn peer(
     payload: &str,
     side: &[SideInfo],
     answered: u64,
+    seq: u64,
 ) -> Vec<u8> {
-    peer_envelope(me, dst, leader, Some(payload), side, answered)
+    peer_envelope(me, dst, leader, Some(payload), side, answered, seq)
 }
 
 /// A commit notice: a peer datagram with no Raft messages, only the sender's `answered`
 /// index (see [`crate::handoff::CommitNotice`]). Nobody answers it.
-pub fn commit_notice(me: CourseId, dst: CourseId, leader: CourseId, answered: u64) -> Vec<u8> {
-    peer_envelope(me, dst, leader, None, &[], answered)
+pub fn commit_notice(
+    me: CourseId,
+    dst: CourseId,
+    leader: CourseId,
+    answered: u64,
+    seq: u64,
+) -> Vec<u8> {
+    peer_envelope(me, dst, leader, None, &[], answered, seq)
 }
 
 fn peer_envelope(
@@ -266,6 +284,7 @@ fn peer_envelope(
     payload: Option<&str>,
     side: &[SideInfo],
     answered: u64,
+    seq: u64,
 ) -> Vec<u8> {
     Envelope {
         src: me,
@@ -282,6 +301,7 @@ fn peer_envelope(
             .map(|i| (i.session, i.client, i.mid.as_str()))
             .collect(),
         answered,
+        seq,
     }
     .encode()
 }
@@ -430,17 +450,19 @@ mod tests {
             "",
             &[],
             u64::MAX,
+            u64::MAX,
         );
         assert!(bytes.len() <= PEER_ENVELOPE_BYTES, "{}", bytes.len());
         let v = fields(&bytes);
         assert_eq!(v["type"], PEER_TYPE);
         assert_eq!(
-            parse_inbound(&peer(CourseId(1), ME, ME, "abc", &[], 0), ME),
+            parse_inbound(&peer(CourseId(1), ME, ME, "abc", &[], 0, 9), ME),
             Inbound::Peer {
                 src: CourseId(1),
                 payload: Some("abc".into()),
                 side: vec![],
                 answered: 0,
+                seq: 9,
             }
         );
         let side: Vec<SideInfo> = (0..200)
@@ -450,7 +472,7 @@ mod tests {
                 mid: "f".repeat(SIDE_INFO_MID_CHARS_MAX),
             })
             .collect();
-        let full = peer(CourseId(1), ME, ME, "abc", &side, 7);
+        let full = peer(CourseId(1), ME, ME, "abc", &side, 7, 8);
         assert!(full.len() <= PEER_ENVELOPE_BYTES + 3 + SIDE_INFO_BYTES_MAX);
         let Inbound::Peer { side: back, .. } = parse_inbound(&full, ME) else {
             panic!("not a peer datagram");
@@ -460,9 +482,10 @@ mod tests {
 
     #[test]
     fn a_commit_notice_carries_only_the_answered_index() {
-        let bytes = commit_notice(CourseId(1), ME, CourseId(1), 42);
+        let bytes = commit_notice(CourseId(1), ME, CourseId(1), 42, 3);
         let v = fields(&bytes);
         assert_eq!(v["c"], 42);
+        assert_eq!(v["s"], 3);
         assert!(v.get("m").is_none());
         assert_eq!(
             parse_inbound(&bytes, ME),
@@ -471,6 +494,7 @@ mod tests {
                 payload: None,
                 side: vec![],
                 answered: 42,
+                seq: 3,
             }
         );
         // A peer datagram with neither messages nor a notice is nothing.

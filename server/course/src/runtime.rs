@@ -9,6 +9,7 @@
 
 use crate::handoff::{CommitNotice, Duty, Handoff, SideInfo};
 use crate::ids::{CourseId, Roster};
+use crate::loss::{LossMeter, SendCounter};
 use crate::peer;
 use crate::policy::{SendPolicy, View};
 use crate::protocol::{self, Answer, Inbound};
@@ -19,6 +20,8 @@ use kv_node::{ClientToken, GroupMessage, NodeConfig, NodeCore};
 use kv_raft::{MessageBody, Role};
 use kv_shared::proto::{ClientReply, Op};
 use kv_shared::{NodeId, ShardId};
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
 use std::collections::{HashMap, HashSet};
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
@@ -99,6 +102,12 @@ pub struct Runtime {
     puts_in_core: HashSet<u64>,
     /// Gets the core holds: outside the lease they wait for a ReadIndex round.
     gets_in_core: HashSet<u64>,
+    /// The first leader this replica knew (see [`SendPolicy::note_leader_change`]).
+    first_leader: Option<NodeId>,
+    /// Numbers our peer datagrams, per destination.
+    sent: SendCounter,
+    /// The drop rate, from the numbers on datagrams we receive.
+    loss: LossMeter,
 }
 
 impl Runtime {
@@ -141,6 +150,9 @@ impl Runtime {
             traced_view: None,
             puts_in_core: HashSet::new(),
             gets_in_core: HashSet::new(),
+            first_leader: None,
+            sent: SendCounter::default(),
+            loss: LossMeter::default(),
         })
     }
 
@@ -166,8 +178,21 @@ impl Runtime {
             deadline = deadline.min(d);
         }
         let wait = deadline.saturating_duration_since(now).max(WAIT_MIN);
-        self.socket.set_read_timeout(Some(wait))?;
-        if self.receive_one(buf)? {
+        // The socket's receive timeout counts scheduler ticks (4 ms here): a 1 ms stall
+        // release would leave 4-9 ms late. Under heavy loss that lateness is the median
+        // latency, so the policy asks for a precise wait there; under light loss the
+        // coarse one sends fewer needless releases (docs/COURSE_MODE.md, "Timing").
+        let first = if self.policy.precise_timing() {
+            self.wait_precisely(wait)?;
+            self.socket.set_nonblocking(true)?;
+            let got = self.receive_one(buf)?;
+            self.socket.set_nonblocking(false)?;
+            got
+        } else {
+            self.socket.set_read_timeout(Some(wait))?;
+            self.receive_one(buf)?
+        };
+        if first {
             self.socket.set_nonblocking(true)?;
             for _ in 1..DRAIN_DATAGRAMS_MAX {
                 if !self.receive_one(buf)? {
@@ -181,6 +206,20 @@ impl Runtime {
         self.release_parked(now);
         self.flush(now);
         Ok(())
+    }
+
+    /// Waits until a datagram is waiting or `wait` has passed, to within the kernel's
+    /// timer slack (microseconds), not its scheduler tick.
+    fn wait_precisely(&self, wait: Duration) -> std::io::Result<()> {
+        let timeout = Timespec {
+            tv_sec: wait.as_secs().try_into().unwrap_or(i64::MAX),
+            tv_nsec: wait.subsec_nanos().into(),
+        };
+        let mut fds = [PollFd::new(&self.socket, PollFlags::IN)];
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(_) | Err(Errno::INTR) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Runs every tick due by `now`, however late. The lease is counted in ticks: a
@@ -265,10 +304,12 @@ impl Runtime {
                 payload,
                 side,
                 answered,
+                seq,
             } => {
                 let Some(from) = self.roster.peer_node(src) else {
                     return;
                 };
+                self.loss.on_datagram(from, seq);
                 let msgs = match payload.as_deref().map(peer::decode) {
                     Some(Ok(msgs)) => msgs,
                     Some(Err(_)) => return,
@@ -416,8 +457,14 @@ impl Runtime {
         if self.settings.trace {
             let before = self.traced_view.replace(view);
             if before.map(|b| (b.role, b.term)) != Some((view.role, view.term)) {
-                self.trace(format_args!("view {view:?}"));
+                self.trace(format_args!("view {view:?} loss {:?}", self.loss.loss()));
             }
+        }
+        self.policy.set_loss(self.loss.loss());
+        match (self.first_leader, self.belief()) {
+            (None, belief) => self.first_leader = belief,
+            (Some(first), belief) if belief != Some(first) => self.policy.note_leader_change(),
+            _ => {}
         }
         self.policy.observe(view, now);
         // At the end of a round as leader, every put the core still holds is in the log
@@ -507,17 +554,18 @@ impl Runtime {
     fn send_commit_notice(&mut self, answered: kv_raft::Index) {
         self.notice.told(answered);
         let me = self.roster.me_node();
-        let Some(dst) = self
+        let Some((dst_node, dst)) = self
             .heard
             .iter()
             .filter(|(n, _)| **n != me)
             .max_by_key(|(_, at)| **at)
-            .and_then(|(n, _)| self.roster.member_id(*n))
+            .and_then(|(n, _)| Some((*n, self.roster.member_id(*n)?)))
         else {
             return;
         };
         let leader = self.roster.leader_field(self.belief());
-        let bytes = protocol::commit_notice(self.roster.me(), dst, leader, answered);
+        let seq = self.sent.next(dst_node);
+        let bytes = protocol::commit_notice(self.roster.me(), dst, leader, answered, seq);
         let _ = self.socket.send_to(&bytes, self.harness);
     }
 
@@ -633,7 +681,16 @@ impl Runtime {
         });
         let (payloads, _dropped) = peer::encode(msgs);
         for payload in payloads {
-            let bytes = protocol::peer(self.roster.me(), dst, leader, &payload, &side, answered);
+            let seq = self.sent.next(dst_node);
+            let bytes = protocol::peer(
+                self.roster.me(),
+                dst,
+                leader,
+                &payload,
+                &side,
+                answered,
+                seq,
+            );
             let _ = self.socket.send_to(&bytes, self.harness);
             if live {
                 self.notice.told(answered);

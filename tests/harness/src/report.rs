@@ -107,8 +107,14 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "   requests sent {}, redirects {}, fail replies {}, duplicates {}; intended gets {} ({} not generated)",
-            w.requests_sent, w.redirects, w.fail_replies, w.duplicates, w.intended_gets, w.gets_not_generated
+            "   requests sent {}, redirects {}, fail replies {}, duplicates {}; intended gets {} ({} not generated, {} of them a client's first draw)",
+            w.requests_sent,
+            w.redirects,
+            w.fail_replies,
+            w.duplicates,
+            w.intended_gets,
+            w.gets_not_generated,
+            w.gets_not_generated_first
         );
         let _ = writeln!(
             s,

@@ -77,6 +77,8 @@ struct Client {
     acked: HashMap<String, String>,
     /// Keys in `acked`, in acknowledgement order, for seeded choices.
     acked_keys: Vec<String>,
+    /// Operations generated for this client so far.
+    ops: u64,
 }
 
 /// Counters of client traffic.
@@ -92,6 +94,9 @@ pub struct WorkCounts {
     pub intended_gets: u64,
     /// Intended gets that became puts: the client had no acknowledged key.
     pub gets_not_generated: u64,
+    /// Of those, the ones drawn as the client's first operation: the workload's draw,
+    /// which no replica can help (the rest waited on a put not yet acknowledged).
+    pub gets_not_generated_first: u64,
     /// Gets answered ok.
     pub gets_acked: u64,
     /// Puts answered ok.
@@ -148,6 +153,7 @@ impl Workload {
                 leader: NodeId(rng.gen_range(0..replicas) as u16),
                 acked: HashMap::new(),
                 acked_keys: Vec::new(),
+                ops: 0,
             })
             .collect();
         Workload {
@@ -188,6 +194,8 @@ impl Workload {
         let wants_get = self.rng.gen_bool(self.mix);
         self.counts.ops += 1;
         let known = self.clients[client].acked_keys.len();
+        let first_op = self.clients[client].ops == 0;
+        self.clients[client].ops += 1;
         let op = if wants_get && known > 0 {
             self.counts.intended_gets += 1;
             self.counts.gets += 1;
@@ -203,6 +211,9 @@ impl Workload {
             if wants_get {
                 self.counts.intended_gets += 1;
                 self.counts.gets_not_generated += 1;
+                if first_op {
+                    self.counts.gets_not_generated_first += 1;
+                }
             }
             self.counts.puts += 1;
             // Half the puts overwrite a known key so that gets can catch stale reads.
@@ -376,6 +387,18 @@ mod tests {
         let op = w.generate();
         assert_eq!(w.ops()[op].kind, OpKind::Put);
         assert_eq!(w.counts.gets_not_generated, 1);
+        assert_eq!(w.counts.gets_not_generated_first, 1);
+        // A get drawn while the first put waits for its ok is missed too, but that one
+        // a faster replica would have saved.
+        let waiting = w.generate();
+        assert_eq!(w.ops()[waiting].kind, OpKind::Put);
+        assert_eq!(
+            (
+                w.counts.gets_not_generated,
+                w.counts.gets_not_generated_first
+            ),
+            (2, 1)
+        );
         let mid = mid_of(&w.issue(op, NodeId(0), Duration::ZERO));
         assert_eq!(
             w.on_reply(Duration::ZERO, 0, ReplyKind::Ok, &mid, None),
@@ -384,7 +407,7 @@ mod tests {
         let get = w.generate();
         assert_eq!(w.ops()[get].kind, OpKind::Get);
         assert_eq!(w.ops()[get].key, w.ops()[op].key);
-        assert_eq!(w.counts.intended_gets, 2);
+        assert_eq!(w.counts.intended_gets, 3);
     }
 
     #[test]
