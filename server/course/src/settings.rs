@@ -35,7 +35,8 @@ pub struct Settings {
     /// Under light loss (see `stall_defer_rate_max_percent`), the first release of a
     /// stalled commit waits this long instead of [`Settings::stall`]: the next put's
     /// appends carry the stalled entry (and its acknowledgements cover it) at no extra
-    /// datagram. Zero turns deferral off (the default).
+    /// datagram. Only until this replica sees a leader change (see
+    /// `SendPolicy::note_leader_change`). Zero turns deferral off.
     pub stall_defer: Duration,
     /// Deferral applies while the leader's running stall rate (the fraction of commits
     /// that stalled) is below this many percent (see `policy::DEFER_RATE_WEIGHT`).
@@ -84,7 +85,7 @@ impl Default for Settings {
             stall: Duration::from_millis(1),
             // Off: it costs duplicates and latency after partitions (docs/COURSE_MODE.md,
             // "Deferred release"); 150 ms is the value measured.
-            stall_defer: Duration::ZERO,
+            stall_defer: Duration::from_millis(150),
             stall_defer_rate_max_percent: 42,
             suppress_heartbeats: true,
             bounce_window: Duration::from_millis(500),
