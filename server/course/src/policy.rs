@@ -124,15 +124,23 @@ struct Peer {
     /// resend when a commit stalls (a duplicate append is harmless to Raft).
     unacked: Vec<GroupMessage>,
     /// The PreVote or Vote request last sent to this peer and not answered yet.
-    vote_ask: Option<VoteAsk>,
+    vote_ask: Option<Ask>,
+    /// The heartbeat last sent to this peer and not echoed yet (see
+    /// [`SendPolicy::resends_heartbeats`]).
+    beat_ask: Option<Ask>,
 }
 
-/// An unanswered vote request, resent a few times under loss: a candidate needs answers
-/// from a quorum, and one lost datagram otherwise costs a whole election timeout.
-/// Asking again is harmless: a PreVote changes nothing, and a voter grants a Vote again
-/// to the candidate it already voted for in that term.
+/// An unanswered vote request or heartbeat, resent a few times under loss.
+/// - A candidate needs answers from a quorum, and one lost datagram otherwise costs a
+///   whole election timeout. Asking again is harmless: a PreVote changes nothing, and a
+///   voter grants a Vote again to the candidate it already voted for in that term.
+/// - A follower that misses two or three heartbeats in a row starts an election; at 30%
+///   loss, before any put flows, the others have often missed them too and grant it.
+///   A repeated heartbeat is harmless: it carries the same read round, whose lease counts
+///   from the first copy's send, and a follower's promise not to vote counts from when it
+///   hears a copy, so later.
 #[derive(Debug)]
-struct VoteAsk {
+struct Ask {
     msg: GroupMessage,
     /// When it was (re)sent last.
     sent: Instant,
@@ -140,7 +148,7 @@ struct VoteAsk {
     resends: u32,
 }
 
-/// First wait before a vote request is resent (a harness round trip is ~0.5 ms);
+/// First wait before a vote request or heartbeat is resent (a harness round trip is ~0.5 ms);
 /// it doubles with each resend.
 pub const VOTE_RESEND_FIRST: Duration = Duration::from_millis(5);
 
@@ -256,7 +264,10 @@ impl SendPolicy {
                     peer.unacked_since = None;
                     peer.unacked.clear();
                 }
-                MessageBody::HeartbeatResp { .. } => peer.ack = Some((gm.msg.term, now)),
+                MessageBody::HeartbeatResp { .. } => {
+                    peer.ack = Some((gm.msg.term, now));
+                    peer.beat_ask = None;
+                }
                 MessageBody::PreVoteResp { .. } | MessageBody::VoteResp { .. } => {
                     peer.vote_ask = None;
                 }
@@ -270,6 +281,11 @@ impl SendPolicy {
         if !matches!(view.role, Role::PreCandidate | Role::Candidate) {
             for p in self.peers.values_mut() {
                 p.vote_ask = None;
+            }
+        }
+        if view.role != Role::Leader {
+            for p in self.peers.values_mut() {
+                p.beat_ask = None;
             }
         }
         if view.role == Role::Leader {
@@ -399,7 +415,7 @@ impl SendPolicy {
                 MessageBody::PreVote { .. } | MessageBody::Vote { .. }
             )
         }) {
-            peer.vote_ask = Some(VoteAsk {
+            peer.vote_ask = Some(Ask {
                 msg: gm.clone(),
                 sent: now,
                 resends: 0,
@@ -456,9 +472,25 @@ impl SendPolicy {
     }
 
     fn note_sent(&mut self, dst: NodeId, msgs: &[GroupMessage], now: Instant) {
+        // A silent follower (dead, most likely) gets its heartbeat once.
+        let resend_beats =
+            self.resends_heartbeats() && self.peers.get(&dst).is_some_and(|p| !self.silent(p, now));
         let Some(p) = self.peers.get_mut(&dst) else {
             return;
         };
+        if resend_beats {
+            if let Some(gm) = msgs
+                .iter()
+                .rev()
+                .find(|gm| matches!(gm.msg.body, MessageBody::Heartbeat { .. }))
+            {
+                p.beat_ask = Some(Ask {
+                    msg: gm.clone(),
+                    sent: now,
+                    resends: 0,
+                });
+            }
+        }
         for gm in msgs {
             if let MessageBody::Append { entries, .. } = &gm.msg.body {
                 p.append_sent = Some(now);
@@ -581,34 +613,47 @@ impl SendPolicy {
         Some(ranked.into_iter().take(need).map(|r| r.3).collect())
     }
 
-    /// Vote requests due for a resend (see [`VoteAsk`]), while this replica still asks
-    /// for votes.
-    pub fn resend_votes(&mut self, now: Instant) -> Vec<(NodeId, Vec<GroupMessage>)> {
+    /// Whether a leader resends unechoed heartbeats: while the drop rate is unknown (a
+    /// run's first seconds, when heartbeats are all the traffic) or heavy (see
+    /// [`WIDE_ENTER_LOSS`]). Without loss every echo comes back and nothing is resent;
+    /// under light loss a missed heartbeat or two cost nothing, since the followers that
+    /// heard the leader refuse a PreVote.
+    fn resends_heartbeats(&self) -> bool {
+        self.leading.is_some() && self.loss.is_none_or(|l| l >= WIDE_ENTER_LOSS)
+    }
+
+    /// Vote requests and heartbeats due for a resend (see [`Ask`]), while this replica
+    /// still asks for votes or leads.
+    pub fn resend_unanswered(&mut self, now: Instant) -> Vec<(NodeId, Vec<GroupMessage>)> {
         let mut out = Vec::new();
         for (&id, p) in self.peers.iter_mut() {
-            let Some(ask) = &mut p.vote_ask else {
-                continue;
-            };
-            if now < vote_resend_at(ask) {
-                continue;
-            }
-            ask.sent = now;
-            ask.resends += 1;
-            out.push((id, vec![ask.msg.clone()]));
-            if ask.resends == VOTE_RESENDS_MAX {
-                p.vote_ask = None;
+            for ask in [&mut p.vote_ask, &mut p.beat_ask] {
+                let Some(a) = ask else {
+                    continue;
+                };
+                if now < resend_at(a) {
+                    continue;
+                }
+                a.sent = now;
+                a.resends += 1;
+                out.push((id, vec![a.msg.clone()]));
+                if a.resends == VOTE_RESENDS_MAX {
+                    *ask = None;
+                }
             }
         }
         out
     }
 
-    /// When [`SendPolicy::release_if_stalled`] or [`SendPolicy::resend_votes`] next has
-    /// something to do.
+    /// When [`SendPolicy::release_if_stalled`] or [`SendPolicy::resend_unanswered`] next
+    /// has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         let votes = self
             .peers
             .values()
-            .filter_map(|p| p.vote_ask.as_ref().map(vote_resend_at))
+            .flat_map(|p| [p.vote_ask.as_ref(), p.beat_ask.as_ref()])
+            .flatten()
+            .map(resend_at)
             .min();
         let stall = self.uncommitted_since.filter(|_| {
             self.leading.is_some()
@@ -634,7 +679,7 @@ impl SendPolicy {
     }
 }
 
-fn vote_resend_at(ask: &VoteAsk) -> Instant {
+fn resend_at(ask: &Ask) -> Instant {
     ask.sent + VOTE_RESEND_FIRST * 2u32.pow(ask.resends)
 }
 
@@ -1089,6 +1134,47 @@ mod tests {
         assert_eq!(next.len(), 1);
     }
 
+    fn echo(from: NodeId, read_round: u64) -> GroupMessage {
+        gm(from, ME, 2, MessageBody::HeartbeatResp { read_round })
+    }
+
+    #[test]
+    fn unechoed_heartbeats_are_resent_while_loss_is_unknown_or_heavy() {
+        let t0 = Instant::now();
+        let (mut p, now) = settled(t0);
+        // Loss unknown: follower 4's heartbeat goes unechoed and is resent three times.
+        let out = p.route(NodeId(4), vec![heartbeat(NodeId(4), 7)], false, now);
+        assert_eq!(out.len(), 1);
+        let mut at = now;
+        let mut resent = Vec::new();
+        for _ in 0..4 {
+            at = p.next_deadline().unwrap();
+            for (id, msgs) in p.resend_unanswered(at) {
+                resent.push((id, at.duration_since(now), msgs[0].clone()));
+            }
+            if p.next_deadline().is_none() {
+                break;
+            }
+        }
+        let times: Vec<Duration> = resent.iter().map(|r| r.1).collect();
+        assert_eq!(times, vec![ms(5), ms(15), ms(35)]);
+        assert!(resent
+            .iter()
+            .all(|r| r.0 == NodeId(4) && r.2 == heartbeat(NodeId(4), 7)));
+        // An echo ends the resends.
+        p.route(NodeId(5), vec![heartbeat(NodeId(5), 8)], false, at);
+        p.on_inbound(NodeId(5), &[echo(NodeId(5), 8)], at + ms(1));
+        assert!(p.resend_unanswered(at + ms(100)).is_empty());
+        // Under light loss a lost heartbeat is not worth a datagram.
+        p.set_loss(Some(0.05));
+        p.route(NodeId(4), vec![heartbeat(NodeId(4), 9)], false, at);
+        assert_eq!(p.next_deadline(), None);
+        // Under heavy loss it is again.
+        p.set_loss(Some(0.3));
+        p.route(NodeId(4), vec![heartbeat(NodeId(4), 10)], false, at);
+        assert_eq!(p.next_deadline(), Some(at + ms(5)));
+    }
+
     #[test]
     fn heavy_loss_makes_every_follower_fast() {
         let t0 = Instant::now();
@@ -1273,7 +1359,7 @@ mod tests {
         let mut at = t0;
         let mut waits = Vec::new();
         while let Some(next) = p.next_deadline() {
-            let resent = p.resend_votes(next);
+            let resent = p.resend_unanswered(next);
             let ids: Vec<NodeId> = resent.iter().map(|(id, _)| *id).collect();
             assert_eq!(ids, vec![NodeId(3), NodeId(4), NodeId(5)]);
             assert_eq!(resent[0].1, vec![vote_request(NodeId(3))]);
@@ -1291,7 +1377,7 @@ mod tests {
             at,
         );
         assert_eq!(p.next_deadline(), None);
-        assert!(p.resend_votes(at + ms(100)).is_empty());
+        assert!(p.resend_unanswered(at + ms(100)).is_empty());
     }
 
     #[test]

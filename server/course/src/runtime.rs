@@ -540,7 +540,7 @@ impl Runtime {
         for (dst, msgs) in self.policy.release_if_stalled(now) {
             self.send_peer(dst, msgs, answered, now);
         }
-        for (dst, msgs) in self.policy.resend_votes(now) {
+        for (dst, msgs) in self.policy.resend_unanswered(now) {
             self.send_peer(dst, msgs, answered, now);
         }
         if self.notice.due(view.role == Role::Leader, view.commit, now) {
