@@ -983,6 +983,33 @@ mod tests {
     }
 
     /// The leader's append of entry `index` to each of followers 2..=5, routed at `now`.
+    /// Stalls the commit of every entry in `indexes`: each is released (asserted), then
+    /// acknowledged by every follower. Returns the time after the last.
+    fn stall_every_commit(
+        p: &mut SendPolicy,
+        indexes: std::ops::Range<u64>,
+        mut now: Instant,
+    ) -> Instant {
+        for i in indexes {
+            p.observe(leader(i - 1, i), now);
+            append_to_all(p, i, now);
+            now = p.next_deadline().unwrap();
+            assert!(!p.release_if_stalled(now).is_empty(), "released at {i}");
+            for f in 2..=5 {
+                p.on_inbound(NodeId(f), &[ack(NodeId(f), 2)], now);
+            }
+        }
+        now
+    }
+
+    /// The followers a release due at `at` goes to.
+    fn released_to(p: &mut SendPolicy, at: Instant) -> Vec<NodeId> {
+        p.release_if_stalled(at)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    }
+
     fn append_to_all(p: &mut SendPolicy, index: u64, now: Instant) {
         for f in 2..=5 {
             p.route(NodeId(f), vec![append(NodeId(f), index)], false, now);
@@ -1111,12 +1138,10 @@ mod tests {
             "two acknowledgements missing"
         );
         let second = p.next_deadline().unwrap();
-        let ids: Vec<NodeId> = p
-            .release_if_stalled(second)
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
-        assert_eq!(ids, vec![NodeId(2), NodeId(3), NodeId(4), NodeId(5)]);
+        assert_eq!(
+            released_to(&mut p, second),
+            vec![NodeId(2), NodeId(3), NodeId(4), NodeId(5)]
+        );
     }
 
     #[test]
@@ -1151,11 +1176,7 @@ mod tests {
         );
         // A stalled commit is released to the answering followers only.
         let due = p.next_deadline().unwrap();
-        let released: Vec<NodeId> = p
-            .release_if_stalled(due)
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
+        let released = released_to(&mut p, due);
         assert!(!released.contains(&NodeId(5)), "{released:?}");
         // Its heartbeat carries what it lacks; once it answers it is fast again.
         let beat = p.route(NodeId(5), vec![heartbeat(NodeId(5), 0)], false, due);
@@ -1209,17 +1230,9 @@ mod tests {
     #[test]
     fn heavy_loss_makes_every_follower_fast() {
         let t0 = Instant::now();
-        let (mut p, mut now) = settled(t0);
+        let (mut p, now) = settled(t0);
         // Every commit needs a release.
-        for i in 2..40 {
-            p.observe(leader(i - 1, i), now);
-            append_to_all(&mut p, i, now);
-            now = p.next_deadline().unwrap();
-            assert!(!p.release_if_stalled(now).is_empty());
-            for f in 2..=5 {
-                p.on_inbound(NodeId(f), &[ack(NodeId(f), 2)], now);
-            }
-        }
+        let now = stall_every_commit(&mut p, 2..40, now);
         p.observe(leader(39, 40), now);
         let sent: Vec<usize> = (2..=5)
             .map(|f| {
@@ -1261,16 +1274,7 @@ mod tests {
         assert_eq!(fanout(&mut p, 0.12, 6), (2, false));
         // Once loss is measured, stalls no longer switch the mode: every commit stalls
         // here, which without a measurement sends wide (see the test above).
-        let mut now = now;
-        for i in 7..40 {
-            p.observe(leader(i - 1, i), now);
-            append_to_all(&mut p, i, now);
-            now = p.next_deadline().unwrap();
-            assert!(!p.release_if_stalled(now).is_empty());
-            for f in 2..=5 {
-                p.on_inbound(NodeId(f), &[ack(NodeId(f), 2)], now);
-            }
-        }
+        stall_every_commit(&mut p, 7..40, now);
         assert!(!p.precise_timing());
     }
 
