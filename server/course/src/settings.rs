@@ -38,8 +38,9 @@ pub struct Settings {
     /// datagram. Only until this replica sees a leader change (see
     /// `SendPolicy::note_leader_change`). Zero turns deferral off.
     pub stall_defer: Duration,
-    /// Deferral applies while the leader's running stall rate (the fraction of commits
-    /// that stalled) is below this many percent (see `policy::DEFER_RATE_WEIGHT`).
+    /// Until the drop rate is measured, deferral applies only while the leader's running
+    /// stall rate (the fraction of commits that stalled) is below this many percent (see
+    /// `policy::DEFER_RATE_WEIGHT`); once it is measured, narrow sending decides.
     pub stall_defer_rate_max_percent: u32,
     /// A leader skips a heartbeat to a follower that acknowledged an append within the
     /// last heartbeat interval.
