@@ -108,6 +108,8 @@ pub struct View {
     pub commit: Index,
     /// Last log index.
     pub last_index: Index,
+    /// The leader this replica believes in, if any.
+    pub leader: Option<NodeId>,
 }
 
 #[derive(Debug, Default)]
@@ -148,14 +150,14 @@ struct Ask {
     resends: u32,
 }
 
-/// First wait before a vote request or heartbeat is resent (a harness round trip is ~0.5 ms);
-/// it doubles with each resend.
-pub const VOTE_RESEND_FIRST: Duration = Duration::from_millis(5);
+/// First wait before a vote request or heartbeat is resent (a harness round trip is
+/// ~0.5 ms); it doubles with each resend.
+pub const RESEND_FIRST: Duration = Duration::from_millis(5);
 
-/// Resends of one vote request at most (5, 10, 20 ms): a dead or cut-off peer costs
-/// three more datagrams per election round, and at 30% loss a peer that answers is
-/// missed by all four tries 7% of the time instead of 51%.
-pub const VOTE_RESENDS_MAX: u32 = 3;
+/// Resends of one vote request or heartbeat at most (5, 10, 20 ms): a dead or cut-off
+/// peer costs three more datagrams per election round, and at 30% loss a peer that
+/// answers is missed by all four tries 7% of the time instead of 51%.
+pub const RESENDS_MAX: u32 = 3;
 
 /// Leadership as this policy tracks it.
 #[derive(Debug)]
@@ -193,8 +195,12 @@ pub struct SendPolicy {
     wide: bool,
     /// The measured drop rate, once known (see [`crate::loss`]).
     loss: Option<f64>,
-    /// This replica has seen the leader change (a kill or a partition): no deferral
-    /// from then on (see [`SendPolicy::note_leader_change`]).
+    /// The first leader this replica knew.
+    first_leader: Option<NodeId>,
+    /// This replica has since believed in another leader, or in none (a kill or a
+    /// partition): no deferral from then on. Runs with kills and partitions already have
+    /// slow requests (those waiting out an election), and deferred puts on top of them
+    /// can carry the median latency into the slow ones; runs without them keep deferring.
     leader_changed: bool,
 }
 
@@ -222,16 +228,9 @@ impl SendPolicy {
             defer_rate: STALL_RATE_INITIAL,
             wide: false,
             loss: None,
+            first_leader: None,
             leader_changed: false,
         }
-    }
-
-    /// Notes that the leader this replica believes in is no longer the first one it
-    /// knew. Runs with kills and partitions already have slow requests (those waiting
-    /// out an election), and deferred puts on top of them can carry the median latency
-    /// into the slow ones; runs without them keep deferring.
-    pub fn note_leader_change(&mut self) {
-        self.leader_changed = true;
     }
 
     /// Takes in the measured drop rate (see [`crate::loss`]). Once it is known it alone
@@ -278,6 +277,11 @@ impl SendPolicy {
 
     /// Takes in the Raft status after a round of input (before routing its output).
     pub fn observe(&mut self, view: View, now: Instant) {
+        match self.first_leader {
+            None => self.first_leader = view.leader,
+            Some(first) if view.leader != Some(first) => self.leader_changed = true,
+            Some(_) => {}
+        }
         if !matches!(view.role, Role::PreCandidate | Role::Candidate) {
             for p in self.peers.values_mut() {
                 p.vote_ask = None;
@@ -557,13 +561,13 @@ impl SendPolicy {
     /// Whether the first release of a stall waits for [`Settings::stall_defer`]: only
     /// narrow (once loss is measured, narrow means light loss; before, the slow stall
     /// rate stands in for it, see [`DEFER_RATE_WEIGHT`]) and before any leader change.
-    /// The stall rate alone was a noisy bound: acknowledgements slowed by CPU load count
-    /// as stalls, and an unreliable-2 run (10% loss) that hovered near 42% deferred
-    /// little and spent 2,340 datagrams against 2,067-2,095 for its neighbours. The appends of the
-    /// next put go to the fast followers with every append they left unanswered, so
-    /// their acknowledgements commit the stalled entry too; a release would cost a
-    /// datagram and its acknowledgement for an entry whose acknowledgement alone may
-    /// have been lost.
+    /// The appends of the next put go to the fast followers with every append they left
+    /// unanswered, so their acknowledgements commit the stalled entry too; a release
+    /// would cost a datagram and its acknowledgement for an entry whose acknowledgement
+    /// alone may have been lost. The stall rate alone was a noisy bound: acknowledgements
+    /// slowed by CPU load count as stalls, and an unreliable-2 run (10% loss) that
+    /// hovered near 42% deferred little and spent 2,340 datagrams against 2,067 and
+    /// 2,095 for its neighbours.
     fn deferring(&self) -> bool {
         !self.released
             && !self.wide
@@ -641,7 +645,7 @@ impl SendPolicy {
                 a.sent = now;
                 a.resends += 1;
                 out.push((id, vec![a.msg.clone()]));
-                if a.resends == VOTE_RESENDS_MAX {
+                if a.resends == RESENDS_MAX {
                     *ask = None;
                 }
             }
@@ -684,7 +688,7 @@ impl SendPolicy {
 }
 
 fn resend_at(ask: &Ask) -> Instant {
-    ask.sent + VOTE_RESEND_FIRST * 2u32.pow(ask.resends)
+    ask.sent + RESEND_FIRST * 2u32.pow(ask.resends)
 }
 
 /// An append without entries: the leader spreading a new commit index (kv-raft sends one
@@ -808,11 +812,20 @@ mod tests {
             term: 2,
             commit,
             last_index,
+            leader: Some(ME),
         }
     }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    /// The default settings with `stall_defer` set (zero: no deferral).
+    fn deferral(stall_defer: Duration) -> Settings {
+        Settings {
+            stall_defer,
+            ..Settings::default()
+        }
     }
 
     /// A leader past its grace period, with followers 2 and 3 having acknowledged last.
@@ -1033,10 +1046,7 @@ mod tests {
     #[test]
     fn under_light_loss_the_next_put_carries_a_stalled_one() {
         let t0 = Instant::now();
-        let settings = Settings {
-            stall_defer: ms(150),
-            ..Settings::default()
-        };
+        let settings = deferral(ms(150));
         let (mut p, now) = settled_with(settings.clone(), t0);
         let now = commit_quickly(&mut p, 2, 20, now);
         let stall = settings.stall;
@@ -1070,10 +1080,7 @@ mod tests {
     #[test]
     fn measured_light_loss_defers_however_many_commits_stalled() {
         let t0 = Instant::now();
-        let settings = Settings {
-            stall_defer: ms(150),
-            ..Settings::default()
-        };
+        let settings = deferral(ms(150));
         let (mut p, mut now) = settled_with(settings.clone(), t0);
         p.set_loss(Some(0.10));
         // Every commit stalls (slow acknowledgements count as stalls too).
@@ -1097,13 +1104,16 @@ mod tests {
     #[test]
     fn after_a_leader_change_a_stall_is_released_without_deferral() {
         let t0 = Instant::now();
-        let settings = Settings {
-            stall_defer: ms(150),
-            ..Settings::default()
-        };
+        let settings = deferral(ms(150));
         let (mut p, now) = settled_with(settings.clone(), t0);
         let now = commit_quickly(&mut p, 2, 20, now);
-        p.note_leader_change();
+        // Deposed, then elected again: this replica has seen the leader change.
+        let follower = View {
+            role: Role::Follower,
+            leader: Some(NodeId(3)),
+            ..leader(21, 21)
+        };
+        p.observe(follower, now);
         p.observe(leader(21, 22), now);
         append_to_all(&mut p, 22, now);
         p.on_inbound(NodeId(2), &[ack(NodeId(2), 2)], now);
@@ -1114,10 +1124,7 @@ mod tests {
     #[test]
     fn without_deferral_a_stalled_commit_is_released_after_the_stall_time() {
         let t0 = Instant::now();
-        let settings = Settings {
-            stall_defer: Duration::ZERO,
-            ..Settings::default()
-        };
+        let settings = deferral(Duration::ZERO);
         let (mut p, now) = settled_with(settings.clone(), t0);
         let now = commit_quickly(&mut p, 2, 20, now);
         p.observe(leader(21, 22), now);
@@ -1247,10 +1254,7 @@ mod tests {
     fn measured_loss_alone_decides_wide_sending_and_precise_timing() {
         let t0 = Instant::now();
         // Without deferral, so that every stall below is released at once.
-        let settings = Settings {
-            stall_defer: Duration::ZERO,
-            ..Settings::default()
-        };
+        let settings = deferral(Duration::ZERO);
         let (mut p, now) = settled_with(settings, t0);
         let fanout = |p: &mut SendPolicy, loss: f64, index: u64| {
             p.set_loss(Some(loss));
@@ -1384,6 +1388,7 @@ mod tests {
             term: 3,
             commit: 1,
             last_index: 1,
+            leader: None,
         };
         p.observe(candidate, t0);
         for f in 2..=5 {
@@ -1434,6 +1439,7 @@ mod tests {
                 term: 3,
                 commit: 1,
                 last_index: 2,
+                leader: Some(NodeId(3)),
             },
             now + ms(1),
         );

@@ -102,8 +102,6 @@ pub struct Runtime {
     puts_in_core: HashSet<u64>,
     /// Gets the core holds: outside the lease they wait for a ReadIndex round.
     gets_in_core: HashSet<u64>,
-    /// The first leader this replica knew (see [`SendPolicy::note_leader_change`]).
-    first_leader: Option<NodeId>,
     /// Numbers our peer datagrams, per destination.
     sent: SendCounter,
     /// The drop rate, from the numbers on datagrams we receive.
@@ -150,7 +148,6 @@ impl Runtime {
             traced_view: None,
             puts_in_core: HashSet::new(),
             gets_in_core: HashSet::new(),
-            first_leader: None,
             sent: SendCounter::default(),
             loss: LossMeter::default(),
         })
@@ -182,19 +179,16 @@ impl Runtime {
         // release would leave 4-9 ms late. Under heavy loss that lateness is the median
         // latency, so the policy asks for a precise wait there; under light loss the
         // coarse one sends fewer needless releases (docs/COURSE_MODE.md, "Timing").
-        let first = if self.policy.precise_timing() {
+        let (waited, drain) = if self.policy.precise_timing() {
             self.wait_precisely(wait)?;
-            self.socket.set_nonblocking(true)?;
-            let got = self.receive_one(buf)?;
-            self.socket.set_nonblocking(false)?;
-            got
+            (true, DRAIN_DATAGRAMS_MAX)
         } else {
             self.socket.set_read_timeout(Some(wait))?;
-            self.receive_one(buf)?
+            (self.receive_one(buf)?, DRAIN_DATAGRAMS_MAX - 1)
         };
-        if first {
+        if waited {
             self.socket.set_nonblocking(true)?;
-            for _ in 1..DRAIN_DATAGRAMS_MAX {
+            for _ in 0..drain {
                 if !self.receive_one(buf)? {
                     break;
                 }
@@ -358,6 +352,7 @@ impl Runtime {
             term: st.term,
             commit: st.commit,
             last_index: st.last_index,
+            leader: st.leader,
         }
     }
 
@@ -461,11 +456,6 @@ impl Runtime {
             }
         }
         self.policy.set_loss(self.loss.loss());
-        match (self.first_leader, self.belief()) {
-            (None, belief) => self.first_leader = belief,
-            (Some(first), belief) if belief != Some(first) => self.policy.note_leader_change(),
-            _ => {}
-        }
         self.policy.observe(view, now);
         // At the end of a round as leader, every put the core still holds is in the log
         // (the core proposes what waits as soon as it leads): its entry is at or below

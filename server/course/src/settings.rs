@@ -35,8 +35,8 @@ pub struct Settings {
     /// Under light loss (see `stall_defer_rate_max_percent`), the first release of a
     /// stalled commit waits this long instead of [`Settings::stall`]: the next put's
     /// appends carry the stalled entry (and its acknowledgements cover it) at no extra
-    /// datagram. Only until this replica sees a leader change (see
-    /// `SendPolicy::note_leader_change`). Zero turns deferral off.
+    /// datagram. Only until this replica sees the leader change (`SendPolicy`'s
+    /// `leader_changed`). Zero turns deferral off.
     pub stall_defer: Duration,
     /// Until the drop rate is measured, deferral applies only while the leader's running
     /// stall rate (the fraction of commits that stalled) is below this many percent (see
@@ -84,8 +84,7 @@ impl Default for Settings {
             lease_margin_ticks: 30,
             lazy_followers: true,
             stall: Duration::from_millis(1),
-            // Off: it costs duplicates and latency after partitions (docs/COURSE_MODE.md,
-            // "Deferred release"); 150 ms is the value measured.
+            // Stops at the first leader change (docs/COURSE_MODE.md, "Deferred release").
             stall_defer: Duration::from_millis(150),
             stall_defer_rate_max_percent: 42,
             suppress_heartbeats: true,
