@@ -1,5 +1,6 @@
-//! Every limit of the system in one place (TigerBeetle style): a limit has a name, a unit
-//! in its name, and one definition that server and client both read.
+//! The limits that more than one crate reads, in one place (TigerBeetle style): a limit
+//! has a name, a unit in its name, and one definition that server and client both read.
+//! A limit only one crate reads is a named constant beside its use, named the same way.
 
 /// Largest key a client may write.
 pub const KEY_BYTES_MAX: usize = 1024;
@@ -11,9 +12,9 @@ pub const DATAGRAM_BYTES_MAX: usize = 60_000;
 /// Largest single snapshot chunk sent in one InstallSnapshot message.
 pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 32 * 1024;
 /// Most snapshot bytes sent and not yet acknowledged to one follower of one group. A
-/// follower catching up takes every group's window at once into one socket buffer: at
-/// 64 chunks (2 MiB) per group, 8 groups overflowed even kvserver's 8 MiB buffer (up
-/// to 3,469 drops per 1,000,000-key catch-up; 0 with this window, docs/PERFORMANCE.md).
+/// follower catching up takes every group's window at once into one socket buffer, so
+/// the windows of all its groups together must fit in kvserver's receive buffer: at 64
+/// chunks (2 MiB) per group, 8 groups would overflow its 8 MiB and drop chunks.
 pub const SNAPSHOT_INFLIGHT_BYTES_MAX: usize = 256 * 1024;
 /// Largest total payload of entries in one append message.
 pub const APPEND_BYTES_MAX: usize = 48 * 1024;

@@ -4,8 +4,8 @@
 //!
 //! kv-raft has native versions of these behaviours (`eager_followers`, `retransmit_ticks`,
 //! `heartbeat_suppression`); course mode does not use them, because at 30% loss and with
-//! dead or cut-off followers they cost more (docs/COURSE_MODE.md, "Why the policy lives
-//! in the runtime"): native retransmission repeats every `retransmit_ticks` without
+//! dead or cut-off followers they cost more (docs/COURSE_MODE.md, "Why the policy is
+//! not kv-raft's own"): native retransmission repeats every `retransmit_ticks` without
 //! back-off, so a period short enough for loss (a few ms) floods dead and cut-off
 //! followers, and native suppression counts an append this policy holds as contact.
 //! The leader lease for gets is kv-raft's own (`lease_reads`).
@@ -71,9 +71,9 @@ pub const WIDE_LEAVE_STALL_RATE: f64 = 0.2;
 /// stall releases precisely. With two fast followers a put stalls with probability
 /// 1 - (1-d)^4: 34% at d = 10%, 48% at 15%, so at 15% the median request sits on the
 /// edge between first-try commits (under 1 ms) and releases (4-9 ms with the coarse
-/// timer): advanced-2 medians of 1.5, 8.0 and 3.1 ms in one 3-run bar. Sent wide, a put
-/// commits at once 93% of the time at 15% (81% with one follower dead). At 10% narrow
-/// stays cheaper in datagrams, which unreliable-2's budget needs.
+/// timer), and which side it lands on is chance. Sent wide, a put commits at once 93% of
+/// the time at 15% (81% with one follower dead). At 10% narrow stays cheaper in
+/// datagrams, which unreliable-2's budget needs.
 pub const WIDE_ENTER_LOSS: f64 = 0.13;
 
 /// Measured loss below which a leader sending wide goes back to `quorum - 1` fast
@@ -83,18 +83,19 @@ pub const WIDE_LEAVE_LOSS: f64 = 0.11;
 /// A follower that has not answered this leader for this long is taken for dead or cut
 /// off: it gets no appends of its own and no stall releases, only its heartbeat (which
 /// carries what it lacks) until it answers again. Killed replicas stay destinations, and
-/// sending wide to one cost about 300 datagrams per advanced-3 run. A live follower sent
-/// wide appends answers many times a second; a lazy one answers a heartbeat a second,
-/// and at 10% loss three in a row go unanswered about once in 150 seconds.
+/// sending wide to one would cost a datagram per put for the rest of the run. A live
+/// follower sent wide appends answers many times a second; a lazy one answers a
+/// heartbeat a second, and at 10% loss three in a row go unanswered about once in 150
+/// seconds.
 pub const SILENT_AFTER: Duration = Duration::from_secs(3);
 
 /// Weight of the newest commit in the slower running stall rate that decides deferral
 /// ([`Settings::stall_defer`]). With two fast followers a put stalls with probability
 /// 1 - (1-d)^4: 19% at d = 5% loss, 34% at 10%, 48% at 15%. Deferred puts wait for the
 /// next put (tens of ms), which leaves the median alone only while clearly fewer than
-/// half the requests are slow; advanced-2 (15% loss, two leader kills) had a 52 ms
-/// median with deferral always on (seed 5000). At weight 1/64 the rate's standard
-/// deviation is about 0.04, so a 42% bound defers at 10% loss and not at 15%.
+/// half the requests are slow; at 15% loss with leader kills, the elections' slow
+/// requests add to the deferred ones. At weight 1/64 the rate's standard deviation is
+/// about 0.04, so a 42% bound defers at 10% loss and not at 15%.
 const DEFER_RATE_WEIGHT: f64 = 1.0 / 64.0;
 
 /// The parts of the Raft status the policy needs, read after each round of input.
@@ -564,10 +565,9 @@ impl SendPolicy {
     /// The appends of the next put go to the fast followers with every append they left
     /// unanswered, so their acknowledgements commit the stalled entry too; a release
     /// would cost a datagram and its acknowledgement for an entry whose acknowledgement
-    /// alone may have been lost. The stall rate alone was a noisy bound: acknowledgements
-    /// slowed by CPU load count as stalls, and an unreliable-2 run (10% loss) that
-    /// hovered near 42% deferred little and spent 2,340 datagrams against 2,067 and
-    /// 2,095 for its neighbours.
+    /// alone may have been lost. The stall rate is only a stand-in until loss is
+    /// measured: acknowledgements slowed by CPU load count as stalls, so near its bound it
+    /// defers erratically.
     fn deferring(&self) -> bool {
         !self.released
             && !self.wide

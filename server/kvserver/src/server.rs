@@ -468,8 +468,8 @@ impl EventLoop {
         self.counters.client_requests += 1;
         if let Some(reason) = &self.writes_refused {
             if req.op.is_write() {
-                // The core has no hook for "refuse writes" yet (see NODE_API.md,
-                // requests); until it does the runtime answers here. Reads still go in.
+                // The core has no hook for "refuse writes" yet (issue 15, part 3); until
+                // it does the runtime answers here. Reads still go in.
                 let reply = ClientReply {
                     client: req.client,
                     seq: req.seq,

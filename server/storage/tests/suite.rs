@@ -1,5 +1,5 @@
-//! The storage test suite, run once over the real file system and once over `SimDisk`
-//! (STYLE.md item 13): what holds on one disk must hold on the other.
+//! The storage test suite, run once over the real file system and once over `SimDisk`:
+//! what holds on one disk must hold on the other.
 
 mod common;
 

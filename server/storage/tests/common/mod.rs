@@ -1,6 +1,6 @@
 //! Test harnesses that give the storage suite the same handles (a disk, a way to corrupt
 //! it, a way to fill it) over the real file system and over `SimDisk`, so that one suite
-//! checks both (STYLE.md item 13).
+//! checks both.
 
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
