@@ -23,9 +23,9 @@ pub enum ValueError {
 /// literally as UTF-8.
 pub fn parse_value(word: &str) -> Result<Bytes, ValueError> {
     if let Some(hex) = word.strip_prefix("hex:") {
-        return decode_hex(hex)
+        return hex::decode(hex)
             .map(Bytes::from)
-            .ok_or_else(|| ValueError::BadHex(word.to_string()));
+            .map_err(|_| ValueError::BadHex(word.to_string()));
     }
     if let Some(b64) = word.strip_prefix("b64:") {
         return base64::engine::general_purpose::STANDARD
@@ -50,7 +50,7 @@ pub fn display_value(bytes: &[u8]) -> String {
         }
     }
     if bytes.len() <= HEX_DISPLAY_BYTES_MAX {
-        format!("hex:{}", encode_hex(bytes))
+        format!("hex:{}", hex::encode(bytes))
     } else {
         format!(
             "b64:{}",
@@ -69,27 +69,6 @@ pub fn display_word(bytes: &[u8]) -> String {
     } else {
         s
     }
-}
-
-fn encode_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    let pairs = s.as_bytes().chunks_exact(2);
-    if !pairs.remainder().is_empty() {
-        return None;
-    }
-    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    pairs
-        .map(|p| Some((digit(p[0])? << 4) | digit(p[1])?))
-        .collect()
 }
 
 #[cfg(test)]
