@@ -2,15 +2,33 @@
 //! the course harness. Thin glue: parse arguments, bind, run (see the kv_course crate).
 
 use anyhow::Context;
+use clap::Parser;
 use kv_course::ids::Roster;
 use kv_course::runtime::Runtime;
-use kv_course::settings::Settings;
+use kv_course::settings::{Overrides, Settings};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// A raftkv replica under the course harness (course mode).
+#[derive(Parser)]
+#[command(name = "3700kvstore")]
+struct Args {
+    /// The harness's UDP port on localhost.
+    port: u16,
+    /// This replica's id (4 hex digits).
+    own_id: String,
+    /// The other replicas' ids.
+    peer_ids: Vec<String>,
+    /// Tuning overrides; the harness passes none.
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
 fn main() -> ExitCode {
-    match run() {
+    // clap exits with 2 on a usage error, as the errors below do.
+    let args = Args::parse();
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("3700kvstore: {e:#}");
@@ -19,17 +37,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.len() < 2 {
-        anyhow::bail!("usage: 3700kvstore <UDP port> <own id> <peer id> ...");
-    }
-    let port: u16 = args[0]
-        .parse()
-        .with_context(|| format!("{:?} is not a UDP port", args[0]))?;
-    let roster = Roster::new(&args[1], &args[2..])?;
-    let mut settings = Settings::default()
-        .with_env(std::env::vars())
+fn run(args: Args) -> anyhow::Result<()> {
+    let roster = Roster::new(&args.own_id, &args.peer_ids)?;
+    Overrides::check_env_names(std::env::vars()).map_err(anyhow::Error::msg)?;
+    let mut settings = args
+        .overrides
+        .apply(Settings::default())
         .map_err(anyhow::Error::msg)?;
     // Election jitter must differ between replicas and between runs.
     let nanos = SystemTime::now()
@@ -38,6 +51,6 @@ fn run() -> anyhow::Result<()> {
         .unwrap_or(0);
     settings.seed = nanos ^ u64::from(std::process::id()).rotate_left(32);
     let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a UDP socket")?;
-    let harness = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let harness = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));
     Runtime::start(socket, harness, roster, settings)?.run()
 }

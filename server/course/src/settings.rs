@@ -136,43 +136,115 @@ impl Settings {
         }
         Ok(())
     }
+}
 
-    /// Applies `KV_COURSE_*` overrides from the environment, for tuning runs only
-    /// (values in milliseconds or ticks; `0`/`1` for switches). Unknown or unparsable
-    /// values are errors, so a typo does not silently tune nothing.
-    pub fn with_env(
-        mut self,
-        vars: impl Iterator<Item = (String, String)>,
-    ) -> Result<Settings, String> {
-        for (k, v) in vars {
-            let Some(name) = k.strip_prefix("KV_COURSE_") else {
-                continue;
-            };
-            let n: u64 = v
-                .parse()
-                .map_err(|_| format!("{k}={v:?} is not a number"))?;
-            let ms = Duration::from_millis(n);
-            let ticks = u32::try_from(n).map_err(|_| format!("{k}={v} is too large"))?;
-            match name {
-                "TICK_MS" => self.tick = ms,
-                "HEARTBEAT_TICKS" => self.heartbeat_ticks = ticks,
-                "ELECTION_TICKS_MIN" => self.election_ticks_min = ticks,
-                "ELECTION_TICKS_MAX" => self.election_ticks_max = ticks,
-                "LEASE_MARGIN_TICKS" => self.lease_margin_ticks = ticks,
-                "STALL_US" => self.stall = Duration::from_micros(n),
-                "STALL_DEFER_MS" => self.stall_defer = ms,
-                "STALL_DEFER_RATE_MAX_PERCENT" => self.stall_defer_rate_max_percent = ticks,
-                "LAZY_FOLLOWERS" => self.lazy_followers = n != 0,
-                "SUPPRESS_HEARTBEATS" => self.suppress_heartbeats = n != 0,
-                "BOUNCE_WINDOW_MS" => self.bounce_window = ms,
-                "COMMIT_NOTICE_MS" => self.commit_notice_idle = ms,
-                "COMMIT_NOTICE_SPARSE_MS" => self.commit_notice_idle_sparse = ms,
-                "TRACE" => self.trace = n != 0,
-                _ => return Err(format!("unknown setting {k}")),
+/// Overrides of the [`Settings`] for tuning runs, each an option of `3700kvstore` and an
+/// environment variable `KV_COURSE_<NAME>` (values in milliseconds, microseconds or ticks
+/// as the name says; `0`/`1` for switches). The harness passes neither; defaults rule.
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// Length of one Raft tick, in ms.
+    #[arg(long, env = "KV_COURSE_TICK_MS")]
+    pub tick_ms: Option<u64>,
+    /// A leader heartbeats every this many ticks.
+    #[arg(long, env = "KV_COURSE_HEARTBEAT_TICKS")]
+    pub heartbeat_ticks: Option<u32>,
+    /// Lower bound of the election timeout, in ticks.
+    #[arg(long, env = "KV_COURSE_ELECTION_TICKS_MIN")]
+    pub election_ticks_min: Option<u32>,
+    /// Exclusive upper bound of the election timeout, in ticks.
+    #[arg(long, env = "KV_COURSE_ELECTION_TICKS_MAX")]
+    pub election_ticks_max: Option<u32>,
+    /// The leader lease ends this many ticks before the election timeout.
+    #[arg(long, env = "KV_COURSE_LEASE_MARGIN_TICKS")]
+    pub lease_margin_ticks: Option<u32>,
+    /// A commit that has not advanced for this long releases held messages, in µs.
+    #[arg(long, env = "KV_COURSE_STALL_US")]
+    pub stall_us: Option<u64>,
+    /// The deferred first release of a stall, in ms (0: no deferral).
+    #[arg(long, env = "KV_COURSE_STALL_DEFER_MS")]
+    pub stall_defer_ms: Option<u64>,
+    /// Deferral applies only below this running stall rate, in percent.
+    #[arg(long, env = "KV_COURSE_STALL_DEFER_RATE_MAX_PERCENT")]
+    pub stall_defer_rate_max_percent: Option<u32>,
+    /// Lazy followers on (1) or off (0).
+    #[arg(long, env = "KV_COURSE_LAZY_FOLLOWERS")]
+    pub lazy_followers: Option<u64>,
+    /// Heartbeat suppression on (1) or off (0).
+    #[arg(long, env = "KV_COURSE_SUPPRESS_HEARTBEATS")]
+    pub suppress_heartbeats: Option<u64>,
+    /// How soon a redirected client's return makes its leader suspect, in ms.
+    #[arg(long, env = "KV_COURSE_BOUNCE_WINDOW_MS")]
+    pub bounce_window_ms: Option<u64>,
+    /// The commit notice's wait under load, in ms.
+    #[arg(long, env = "KV_COURSE_COMMIT_NOTICE_MS")]
+    pub commit_notice_ms: Option<u64>,
+    /// The commit notice's wait while commits are sparse, in ms.
+    #[arg(long, env = "KV_COURSE_COMMIT_NOTICE_SPARSE_MS")]
+    pub commit_notice_sparse_ms: Option<u64>,
+    /// A stderr line per request, reply, applied entry and role change: on (1) or off (0).
+    #[arg(long, env = "KV_COURSE_TRACE")]
+    pub trace: Option<u64>,
+}
+
+/// The prefix of every environment variable that overrides a setting.
+pub const ENV_PREFIX: &str = "KV_COURSE_";
+
+impl Overrides {
+    /// The settings with these overrides applied, checked (see [`Settings::check`]).
+    pub fn apply(&self, mut s: Settings) -> Result<Settings, String> {
+        fn set<T>(field: &mut T, value: Option<T>) {
+            if let Some(v) = value {
+                *field = v;
             }
         }
-        self.check()?;
-        Ok(self)
+        let ms = |v: Option<u64>| v.map(Duration::from_millis);
+        let on = |v: Option<u64>| v.map(|n| n != 0);
+        set(&mut s.tick, ms(self.tick_ms));
+        set(&mut s.heartbeat_ticks, self.heartbeat_ticks);
+        set(&mut s.election_ticks_min, self.election_ticks_min);
+        set(&mut s.election_ticks_max, self.election_ticks_max);
+        set(&mut s.lease_margin_ticks, self.lease_margin_ticks);
+        set(&mut s.stall, self.stall_us.map(Duration::from_micros));
+        set(&mut s.stall_defer, ms(self.stall_defer_ms));
+        set(
+            &mut s.stall_defer_rate_max_percent,
+            self.stall_defer_rate_max_percent,
+        );
+        set(&mut s.lazy_followers, on(self.lazy_followers));
+        set(&mut s.suppress_heartbeats, on(self.suppress_heartbeats));
+        set(&mut s.bounce_window, ms(self.bounce_window_ms));
+        set(&mut s.commit_notice_idle, ms(self.commit_notice_ms));
+        set(
+            &mut s.commit_notice_idle_sparse,
+            ms(self.commit_notice_sparse_ms),
+        );
+        set(&mut s.trace, on(self.trace));
+        s.check()?;
+        Ok(s)
+    }
+
+    /// Refuses a `KV_COURSE_` variable that names no override, or is set but empty (clap
+    /// would take it for unset), so that a typo does not silently tune nothing.
+    pub fn check_env_names(vars: impl Iterator<Item = (String, String)>) -> Result<(), String> {
+        let command = <Overrides as clap::Args>::augment_args(clap::Command::new("overrides"));
+        let known: Vec<String> = command
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect();
+        for (name, value) in vars {
+            if !name.starts_with(ENV_PREFIX) {
+                continue;
+            }
+            if !known.contains(&name) {
+                return Err(format!("unknown setting {name}"));
+            }
+            if value.is_empty() {
+                return Err(format!("{name} is set but empty"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -196,26 +268,61 @@ mod tests {
         }
     }
 
+    fn parse(args: &[&str]) -> Result<Overrides, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            overrides: Overrides,
+        }
+        let argv = std::iter::once("3700kvstore").chain(args.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(argv).map(|c| c.overrides)
+    }
+
     #[test]
-    fn env_overrides_apply_and_typos_fail() {
+    fn overrides_apply_and_unsafe_ones_fail() {
+        let s = parse(&[
+            "--heartbeat-ticks",
+            "50",
+            "--stall-us",
+            "2500",
+            "--lazy-followers",
+            "0",
+        ])
+        .unwrap()
+        .apply(Settings::default())
+        .unwrap();
+        assert_eq!(s.heartbeat_ticks, 50);
+        assert_eq!(s.stall, Duration::from_micros(2500));
+        assert!(!s.lazy_followers);
+        assert_eq!(
+            Overrides::default().apply(Settings::default()).unwrap(),
+            Settings::default()
+        );
+        let unsafe_margin = parse(&["--lease-margin-ticks", "1"]).unwrap();
+        assert!(unsafe_margin.apply(Settings::default()).is_err());
+        assert!(parse(&["--heartbeat-ticks", "many"]).is_err());
+        assert!(parse(&["--heartbeat-ticks", "4294967296"]).is_err());
+    }
+
+    #[test]
+    fn every_override_has_its_variable_and_typos_fail() {
+        let command = <Overrides as clap::Args>::augment_args(clap::Command::new("t"));
+        for arg in command.get_arguments() {
+            let long = arg.get_long().expect("every override is an option");
+            let env = arg.get_env().expect("every override has a variable");
+            let expected = format!("{ENV_PREFIX}{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(env.to_str(), Some(expected.as_str()));
+        }
         let vars = |v: &[(&str, &str)]| {
             v.iter()
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect::<Vec<_>>()
                 .into_iter()
         };
-        let s = Settings::default()
-            .with_env(vars(&[
-                ("KV_COURSE_HEARTBEAT_TICKS", "50"),
-                ("PATH", "/bin"),
-            ]))
-            .unwrap();
-        assert_eq!(s.heartbeat_ticks, 50);
-        assert!(Settings::default()
-            .with_env(vars(&[("KV_COURSE_HEARTBEAT", "50")]))
-            .is_err());
-        assert!(Settings::default()
-            .with_env(vars(&[("KV_COURSE_LEASE_MARGIN_TICKS", "1")]))
-            .is_err());
+        let known = vars(&[("KV_COURSE_HEARTBEAT_TICKS", "50"), ("PATH", "/bin")]);
+        Overrides::check_env_names(known).unwrap();
+        let typo = Overrides::check_env_names(vars(&[("KV_COURSE_HEARTBEAT", "50")]));
+        assert!(typo.unwrap_err().contains("KV_COURSE_HEARTBEAT"));
+        assert!(Overrides::check_env_names(vars(&[("KV_COURSE_TRACE", "")])).is_err());
     }
 }
