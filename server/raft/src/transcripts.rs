@@ -1,78 +1,77 @@
 //! Transcript tests: each `testdata/*.txt` file is a script of commands, each followed by
-//! `----` and the output it must produce (etcd's datadriven style). A changed transcript
-//! is reviewed like code. Regenerate with `python3 server/raft/testdata/rewrite.py`.
-//! The files are compiled in (`include_str!`), so this crate touches no file system and
-//! prints nothing even in its tests: the ignored test `rewrite_transcripts` fails with
-//! every regenerated transcript in its panic message, between markers, and the script
-//! writes those back.
+//! `----` and the output it must produce (etcd's datadriven style, through the
+//! `datadriven` crate). A changed transcript is reviewed like code. Regenerate the
+//! outputs with `REWRITE=1 cargo test -p kv-raft transcripts`; `RUN=name.txt` runs one
+//! file. Only this test module reads files; the crate itself touches none.
 //!
-//! Commands (ids are node numbers; `ids` is a comma list or `all`):
-//! - `cluster n=3 [learners=4,5] [prevote=false] [checkquorum=false] [append-bytes=N]
+//! Commands (`id` is a node number; `ids` a node number, a list `(1,2)` or `all`):
+//! - `cluster n=3 [learners=(4,5)] [prevote=false] [checkquorum=false] [append-bytes=N]
 //!   [inflight=N] [chunk=N] [snap-window=N] [seed=N] [lease=true] [suppress=true]
 //!   [bcast-commit=false] [retransmit=N] [eager=K] [reads-max=N]` : a fresh cluster
 //!   (options as in `Config`; timing is election 10..20, heartbeat 2).
-//! - `set-log id term=T entries=1,1,2` : restart node `id` with that durable log (entry
-//!   terms) and term.
-//! - `tick ids [n=K]`, `campaign id` (tick until it leaves the follower role),
-//!   `elect id` (campaign then stabilize).
+//! - `set-log id=N term=T entries=(1,1,2)` : restart node `id` with that durable log
+//!   (entry terms) and term.
+//! - `tick ids=.. [n=K]`, `campaign id=N` (tick until it leaves the follower role),
+//!   `elect id=N` (campaign then stabilize).
 //! - `deliver [n=K]` one (or K) rounds, `stabilize`, `drop`: discard messages in flight,
-//!   `drop-first text`: discard the first message in flight whose line contains `text`.
-//! - `partition 1,2 3` (cut links between the groups), `isolate id`, `heal`.
-//! - `hold ids` (keep writes pending), `persist id [n=K]`, `crash id`, `restart id`.
-//! - `propose id data`, `read id ctx[,ctx...]`, `transfer id to`,
-//!   `conf id add-learner|promote|remove n`, `compact id`, `add-node id` (empty disk).
-//! - `status [ids]`, `log ids`.
+//!   `drop-first` with a line of text as input: discard the first message in flight
+//!   whose line contains that text.
+//! - `partition a=.. b=..` (cut links between the groups), `isolate id=N`, `heal`.
+//! - `hold ids=..` (keep writes pending), `persist id=N [n=K]`, `crash id=N`,
+//!   `restart id=N`.
+//! - `propose id=N data=WORD`, `read id=N ctx=(5,6)`, `transfer id=N to=M`,
+//!   `conf id=N add-learner=M|promote=M|remove=M`, `compact id=N`, `add-node id=N`
+//!   (empty disk).
+//! - `status [ids=..]`, `log ids=..`.
 
 use crate::testing::{fmt_entries, Cluster, Disk, Opts};
 use crate::types::{ConfChange, Entry, EntryKind, HardState};
 use bytes::Bytes;
+use datadriven::TestCase;
 use kv_shared::NodeId;
-use std::collections::BTreeMap;
 
-struct Cmd {
-    name: String,
-    /// Everything after the name, as written.
-    raw: String,
-    pos: Vec<String>,
-    kv: BTreeMap<String, String>,
+/// What a command that printed nothing shows, so that every command has an output.
+const NO_OUTPUT: &str = "ok\n";
+
+/// The directory of the transcripts, relative to the crate (where `cargo test` runs).
+const TESTDATA_DIR: &str = "testdata";
+/// The transcripts with a bug planted; run only with the `planted-bugs` feature.
+#[cfg(feature = "planted-bugs")]
+const PLANTED_DIR: &str = "testdata/planted";
+
+/// The value of a required argument (the first, for a list).
+fn arg(case: &TestCase, name: &str) -> String {
+    opt(case, name).unwrap_or_else(|| panic!("{}: missing {name}=", case.directive))
 }
 
-fn parse(line: &str) -> Cmd {
-    let mut it = line.split_whitespace();
-    let name = it.next().unwrap_or_default().to_string();
-    let (mut pos, mut kv) = (Vec::new(), BTreeMap::new());
-    for w in it {
-        match w.split_once('=') {
-            Some((k, v)) => {
-                kv.insert(k.to_string(), v.to_string());
-            }
-            None => pos.push(w.to_string()),
-        }
-    }
-    let raw = line
-        .trim()
-        .strip_prefix(name.as_str())
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    Cmd { name, raw, pos, kv }
-}
-
-fn list(c: &Cluster, s: &str) -> Vec<u64> {
-    if s == "all" {
-        return c.nodes.keys().copied().collect();
-    }
-    s.split(',').map(|x| x.parse().expect("node id")).collect()
+/// The value of an optional argument (the first, for a list).
+fn opt(case: &TestCase, name: &str) -> Option<String> {
+    case.args.get(name).and_then(|v| v.first()).cloned()
 }
 
 fn num(s: &str) -> u64 {
     s.parse().unwrap_or_else(|_| panic!("not a number: {s}"))
 }
 
-fn run_cmd(c: &mut Option<Cluster>, cmd: &Cmd) -> String {
-    if cmd.name == "cluster" {
-        let b = |k: &str, d: bool| cmd.kv.get(k).map_or(d, |v| v == "true");
-        let u = |k: &str, d: usize| cmd.kv.get(k).map_or(d, |v| num(v) as usize);
+/// The numbers of a list argument (`x=3` or `x=(3,4)`), empty when it is absent.
+fn nums(case: &TestCase, name: &str) -> Vec<u64> {
+    case.args
+        .get(name)
+        .map_or(Vec::new(), |v| v.iter().map(|s| num(s)).collect())
+}
+
+/// Node ids of a list argument; `all` names every node.
+fn ids(c: &Cluster, case: &TestCase, name: &str) -> Vec<u64> {
+    if opt(case, name).as_deref() == Some("all") {
+        return c.nodes.keys().copied().collect();
+    }
+    nums(case, name)
+}
+
+fn run_cmd(c: &mut Option<Cluster>, case: &TestCase) -> String {
+    if case.directive == "cluster" {
+        let b = |k: &str, d: bool| opt(case, k).map_or(d, |v| v == "true");
+        let u = |k: &str, d: usize| opt(case, k).map_or(d, |v| num(&v) as usize);
         let d = Opts::default();
         let opts = Opts {
             pre_vote: b("prevote", d.pre_vote),
@@ -86,32 +85,23 @@ fn run_cmd(c: &mut Option<Cluster>, cmd: &Cmd) -> String {
             heartbeat_suppression: b("suppress", d.heartbeat_suppression),
             broadcast_commit: b("bcast-commit", d.broadcast_commit),
             retransmit_ticks: u("retransmit", d.retransmit_ticks as usize) as u32,
-            eager_followers: cmd.kv.get("eager").map(|v| num(v) as usize),
+            eager_followers: opt(case, "eager").map(|v| num(&v) as usize),
             pending_reads_max: u("reads-max", d.pending_reads_max),
         };
-        let learners = cmd
-            .kv
-            .get("learners")
-            .map_or(Vec::new(), |l| l.split(',').map(num).collect());
-        *c = Some(Cluster::new(num(&cmd.kv["n"]), &learners, opts));
-        return String::new();
+        *c = Some(Cluster::new(
+            num(&arg(case, "n")),
+            &nums(case, "learners"),
+            opts,
+        ));
+        return NO_OUTPUT.into();
     }
     let c = c.as_mut().expect("no cluster yet");
     c.out.clear();
-    let p = |i: usize| {
-        cmd.pos
-            .get(i)
-            .unwrap_or_else(|| panic!("{}: missing argument {i}", cmd.name))
-            .clone()
-    };
-    match cmd.name.as_str() {
+    let id = || num(&arg(case, "id"));
+    let count = |d: u64| opt(case, "n").map_or(d, |v| num(&v));
+    match case.directive.as_str() {
         "set-log" => {
-            let id = num(&p(0));
-            let terms: Vec<u64> = cmd
-                .kv
-                .get("entries")
-                .map_or(Vec::new(), |e| e.split(',').map(num).collect());
-            let entries = terms
+            let entries = nums(case, "entries")
                 .iter()
                 .enumerate()
                 .map(|(i, t)| Entry {
@@ -122,12 +112,12 @@ fn run_cmd(c: &mut Option<Cluster>, cmd: &Cmd) -> String {
                 })
                 .collect();
             let hs = HardState {
-                term: num(&cmd.kv["term"]),
+                term: num(&arg(case, "term")),
                 vote: NodeId::NONE,
                 commit: 0,
             };
             c.add_node(
-                id,
+                id(),
                 Disk {
                     hs,
                     snapshot: None,
@@ -136,27 +126,26 @@ fn run_cmd(c: &mut Option<Cluster>, cmd: &Cmd) -> String {
             );
         }
         "tick" => {
-            let n = cmd.kv.get("n").map_or(1, |v| num(v));
-            for _ in 0..n {
-                for id in list(c, &p(0)) {
+            for _ in 0..count(1) {
+                for id in ids(c, case, "ids") {
                     c.tick(id);
                 }
             }
         }
         "campaign" | "elect" => {
-            let id = num(&p(0));
+            let id = id();
             for _ in 0..1000 {
                 if c.nodes[&id].raft.role_now() != crate::Role::Follower {
                     break;
                 }
                 c.tick(id);
             }
-            if cmd.name == "elect" {
+            if case.directive == "elect" {
                 c.stabilize();
             }
         }
         "deliver" => {
-            for _ in 0..cmd.kv.get("n").map_or(1, |v| num(v)) {
+            for _ in 0..count(1) {
                 c.deliver();
             }
         }
@@ -167,7 +156,7 @@ fn run_cmd(c: &mut Option<Cluster>, cmd: &Cmd) -> String {
             c.line(format!("dropped {n} messages in flight"));
         }
         "drop-first" => {
-            let pat = cmd.raw.as_str();
+            let pat = case.input.trim();
             let pos = c
                 .net
                 .iter()
@@ -179,7 +168,7 @@ fn run_cmd(c: &mut Option<Cluster>, cmd: &Cmd) -> String {
             c.line(format!("{} DROPPED", crate::testing::fmt_msg(&m)));
         }
         "partition" => {
-            let (a, b) = (list(c, &p(0)), list(c, &p(1)));
+            let (a, b) = (ids(c, case, "a"), ids(c, case, "b"));
             for x in &a {
                 for y in &b {
                     c.cut.insert((*x, *y));
@@ -188,7 +177,7 @@ fn run_cmd(c: &mut Option<Cluster>, cmd: &Cmd) -> String {
             }
         }
         "isolate" => {
-            let id = num(&p(0));
+            let id = id();
             for other in c.nodes.keys().copied().collect::<Vec<_>>() {
                 c.cut.insert((id, other));
                 c.cut.insert((other, id));
@@ -196,20 +185,19 @@ fn run_cmd(c: &mut Option<Cluster>, cmd: &Cmd) -> String {
         }
         "heal" => c.cut.clear(),
         "hold" => {
-            for id in list(c, &p(0)) {
+            for id in ids(c, case, "ids") {
                 c.nodes.get_mut(&id).expect("node").auto_persist = false;
             }
         }
         "persist" => {
-            let id = num(&p(0));
-            let n = cmd.kv.get("n").map_or(usize::MAX, |v| num(v) as usize);
-            c.persist(id, n);
-            c.nodes.get_mut(&id).expect("node").auto_persist = !cmd.kv.contains_key("n");
+            let id = id();
+            c.persist(id, count(u64::MAX) as usize);
+            c.nodes.get_mut(&id).expect("node").auto_persist = !case.args.contains_key("n");
             c.process(id);
         }
         #[cfg(feature = "planted-bugs")]
         "plant" => {
-            let bug = match p(0).as_str() {
+            let bug = match arg(case, "bug").as_str() {
                 "GrantSecondVote" => crate::PlantedBug::GrantSecondVote,
                 "CommitPriorTermByCount" => crate::PlantedBug::CommitPriorTermByCount,
                 "AckBeforePersist" => crate::PlantedBug::AckBeforePersist,
@@ -218,31 +206,28 @@ fn run_cmd(c: &mut Option<Cluster>, cmd: &Cmd) -> String {
             c.planted.push(bug);
             c.plant_all();
         }
-        "crash" => c.crash(num(&p(0))),
+        "crash" => c.crash(id()),
         "restart" => {
-            let id = num(&p(0));
+            let id = id();
             c.restart(id);
             c.process(id);
         }
-        "add-node" => {
-            let id = num(&p(0));
-            c.add_node(id, Disk::default());
-        }
+        "add-node" => c.add_node(id(), Disk::default()),
         "propose" => {
-            let id = num(&p(0));
+            let (id, data) = (id(), arg(case, "data"));
             let r = c
                 .nodes
                 .get_mut(&id)
                 .expect("node")
                 .raft
-                .propose(Bytes::from(p(1)));
-            c.line(format!("n{id} propose {} -> {r:?}", p(1)));
+                .propose(Bytes::from(data.clone()));
+            c.line(format!("n{id} propose {data} -> {r:?}"));
             c.process(id);
         }
         "read" => {
             // Several contexts in one command are issued before the next `ready()`.
-            let id = num(&p(0));
-            for ctx in p(1).split(',').map(num) {
+            let id = id();
+            for ctx in nums(case, "ctx") {
                 if let Err(e) = c.read(id, ctx) {
                     c.line(format!("n{id} read {ctx} -> {e:?}"));
                 }
@@ -250,22 +235,25 @@ fn run_cmd(c: &mut Option<Cluster>, cmd: &Cmd) -> String {
             c.process(id);
         }
         "transfer" => {
-            let id = num(&p(0));
+            let id = id();
             c.nodes
                 .get_mut(&id)
                 .expect("node")
                 .raft
-                .transfer_leadership(NodeId(num(&p(1))));
+                .transfer_leadership(NodeId(num(&arg(case, "to"))));
             c.process(id);
         }
         "conf" => {
-            let id = num(&p(0));
-            let n = NodeId(num(&p(2)));
-            let change = match p(1).as_str() {
-                "add-learner" => ConfChange::AddLearner(n),
-                "promote" => ConfChange::PromoteLearner(n),
-                "remove" => ConfChange::RemoveNode(n),
-                other => panic!("unknown change {other}"),
+            let id = id();
+            let node = |name: &str| opt(case, name).map(|v| NodeId(num(&v)));
+            let change = if let Some(n) = node("add-learner") {
+                ConfChange::AddLearner(n)
+            } else if let Some(n) = node("promote") {
+                ConfChange::PromoteLearner(n)
+            } else if let Some(n) = node("remove") {
+                ConfChange::RemoveNode(n)
+            } else {
+                panic!("conf: expected add-learner=, promote= or remove=")
             };
             let r = c
                 .nodes
@@ -277,7 +265,7 @@ fn run_cmd(c: &mut Option<Cluster>, cmd: &Cmd) -> String {
             c.process(id);
         }
         "compact" => {
-            let id = num(&p(0));
+            let id = id();
             c.compact(id);
             c.line(format!(
                 "n{id} compacted to {}",
@@ -285,17 +273,18 @@ fn run_cmd(c: &mut Option<Cluster>, cmd: &Cmd) -> String {
             ));
         }
         "status" => {
-            let ids = cmd
-                .pos
-                .first()
-                .map_or_else(|| list(c, "all"), |s| list(c, s));
+            let ids = if case.args.contains_key("ids") {
+                ids(c, case, "ids")
+            } else {
+                c.nodes.keys().copied().collect()
+            };
             for id in ids {
                 let s = c.status(id);
                 c.line(s);
             }
         }
         "log" => {
-            for id in list(c, &p(0)) {
+            for id in ids(c, case, "ids") {
                 let log = &c.nodes[&id].raft.log;
                 let s = format!(
                     "n{id} log snap={}/{} {}",
@@ -309,141 +298,46 @@ fn run_cmd(c: &mut Option<Cluster>, cmd: &Cmd) -> String {
         other => panic!("unknown command {other}"),
     }
     c.check_log_matching();
-    std::mem::take(&mut c.out)
-}
-
-/// The text of `testdata/<name>.txt`, compiled in.
-macro_rules! transcript_text {
-    ($name:expr) => {
-        include_str!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/testdata/",
-            $name,
-            ".txt"
-        ))
-    };
-}
-
-/// Runs one transcript: the differences from its expected outputs (one message per
-/// command), and the transcript with the outputs this code produces.
-fn run_file(name: &str, text: &str) -> (Vec<String>, String) {
-    let path = format!("testdata/{name}.txt");
-    let mut cluster = None;
-    let mut rewritten = String::new();
-    let mut lines = text.lines().peekable();
-    let mut failures = Vec::new();
-    while let Some(line) = lines.next() {
-        if line.trim().is_empty() || line.starts_with('#') {
-            rewritten.push_str(line);
-            rewritten.push('\n');
-            continue;
-        }
-        rewritten.push_str(line);
-        rewritten.push('\n');
-        assert_eq!(
-            lines.next(),
-            Some("----"),
-            "{path}: expected ---- after `{line}`"
-        );
-        let mut expected = String::new();
-        while let Some(l) = lines.peek() {
-            if l.is_empty() {
-                break;
-            }
-            expected.push_str(l);
-            expected.push('\n');
-            lines.next();
-        }
-        let mut got = run_cmd(&mut cluster, &parse(line));
-        if got.is_empty() {
-            got = "ok\n".into();
-        }
-        if got != expected {
-            failures.push(format!(
-                "{path}: `{line}`\n--- expected\n{expected}--- got\n{got}"
-            ));
-        }
-        rewritten.push_str("----\n");
-        rewritten.push_str(&got);
+    let out = std::mem::take(&mut c.out);
+    if out.is_empty() {
+        NO_OUTPUT.into()
+    } else {
+        out
     }
-    (failures, rewritten)
 }
 
-/// The Figure 8 script with the prior-term commit bug planted must trip the state machine
-/// safety check: n1 applies entry 2 of term 2, then n5 overwrites it.
+/// Every transcript in `testdata/`: each command's output must match the one recorded.
+#[test]
+fn transcripts() {
+    let planted = |file: &datadriven::TestFile| file.filename.contains("/planted/");
+    datadriven::walk_exclusive(
+        TESTDATA_DIR,
+        |file| {
+            let mut cluster = None;
+            file.run(|case| run_cmd(&mut cluster, case));
+        },
+        planted,
+    );
+}
+
+/// Transcripts with a bug planted (`plant bug=NAME`): each ends where a safety check
+/// fires, and the check's message is the last output, so a check that stops firing
+/// changes the transcript.
 #[cfg(feature = "planted-bugs")]
 #[test]
-fn figure8_planted_bug_is_caught() {
-    let text = transcript_text!("figure8");
-    let mut cmds: Vec<&str> = Vec::new();
-    let mut lines = text.lines().peekable();
-    while let Some(l) = lines.next() {
-        if lines.peek() == Some(&"----") {
-            cmds.push(l);
-        }
-    }
-    let at = cmds
-        .iter()
-        .position(|l| l.starts_with("campaign"))
-        .expect("campaign step");
-    cmds.insert(at, "plant CommitPriorTermByCount");
-    let r = std::panic::catch_unwind(|| {
-        let mut c = None;
-        for l in &cmds {
-            run_cmd(&mut c, &parse(l));
-        }
+fn planted_bugs_are_caught() {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    datadriven::walk(PLANTED_DIR, |file| {
+        let mut cluster = None;
+        file.run(|case| {
+            catch_unwind(AssertUnwindSafe(|| run_cmd(&mut cluster, case))).unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)");
+                format!("safety check: {message}\n")
+            })
+        });
     });
-    assert!(r.is_err(), "the planted Figure 8 bug went unnoticed");
 }
-
-macro_rules! transcripts {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                let name = stringify!($name);
-                let (failures, _) = run_file(name, transcript_text!(stringify!($name)));
-                assert!(
-                    failures.is_empty(),
-                    "{} command(s) differ (server/raft/testdata/rewrite.py regenerates):\n{}",
-                    failures.len(),
-                    failures.join("\n")
-                );
-            }
-        )*
-
-        /// Not a check: fails on purpose with every transcript as this code would write it,
-        /// between `=== transcript NAME` and `=== end NAME` lines, for testdata/rewrite.py.
-        #[test]
-        #[ignore = "run by server/raft/testdata/rewrite.py"]
-        fn rewrite_transcripts() {
-            let mut all = String::new();
-            $(
-                let name = stringify!($name);
-                let (_, rewritten) = run_file(name, transcript_text!(stringify!($name)));
-                all.push_str(&format!("\n=== transcript {name}\n{rewritten}=== end {name}\n"));
-            )*
-            panic!("{all}");
-        }
-    };
-}
-
-transcripts!(
-    election,
-    prevote_checkquorum,
-    partition,
-    log_conflict,
-    leader_change_uncommitted,
-    figure8,
-    snapshot,
-    read_index,
-    transfer,
-    membership,
-    persist_before_send,
-    read_limits,
-    persist_commit,
-    quiet_leader,
-    lease_read,
-    eager_followers,
-    vote_request_after_persist,
-);
