@@ -1,28 +1,29 @@
 //! A program on a pseudo-terminal, so the REPL tests type keys (TAB, Ctrl-C, Ctrl-D, the
-//! arrow keys) into the real kvcli binary and read what it draws, as a person would. Built
-//! on rustix's pty calls alone, so the tests need neither a pty crate nor tmux.
+//! arrow keys) into the real kvcli binary and read what it draws, as a person would. The
+//! pty comes from `expectrl`, the screen from `vt100`.
 //!
-//! The child's stdin, stdout and stderr are the pty's terminal side; a thread reads
-//! everything it writes into a buffer. Matching works on what a terminal would show
-//! ([`Screen`]): line editors redraw a line in place (carriage return, cursor moves, erase
-//! to end of line), so the raw bytes of a typed line need not be contiguous, while the
-//! screen row is exactly what a person sees. The pty is not made the child's
-//! controlling terminal (that would need `setsid` in the child, i.e. unsafe code): line
-//! editors such as rustyline switch off signal keys in raw mode and read Ctrl-C as a byte,
-//! so nothing depends on it. Dropping a [`PtyChild`] kills the process.
+//! A thread reads everything the program writes into a buffer. Matching works on what a
+//! terminal would show: line editors redraw a line in place (carriage return, cursor
+//! moves, erase to end of line), so the raw bytes of a typed line need not be contiguous,
+//! while the screen row is exactly what a person sees. The screen has [`ROWS`] rows, more
+//! than a test writes, so that nothing scrolls and a row number keeps its meaning between
+//! matches. Dropping a [`PtyChild`] kills the process.
 
-use rustix::fs::{Mode, OFlags};
-use rustix::pty::OpenptFlags;
+use expectrl::process::unix::{Signal, WaitStatus};
+use expectrl::process::Termios;
+use expectrl::session::OsSession;
+use expectrl::Session;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::os::fd::AsFd;
+use std::process::Command;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Columns of the terminal: wide enough that no status table line wraps.
 pub const COLUMNS: u16 = 200;
-/// Rows of the terminal.
-pub const ROWS: u16 = 50;
+/// Rows of the terminal: more than any test writes, so that nothing scrolls away.
+pub const ROWS: u16 = 400;
 
 /// What the terminal sends for the Up arrow key.
 pub const KEY_UP: &str = "\x1b[A";
@@ -45,8 +46,7 @@ const CURSOR_ANSWER: &[u8] = b"\x1b[1;1R";
 
 /// A running program on a pseudo-terminal.
 pub struct PtyChild {
-    child: Child,
-    input: File,
+    session: OsSession,
     output: Arc<Output>,
     /// The first screen row the next match may use.
     seen: usize,
@@ -65,43 +65,26 @@ struct OutputState {
 }
 
 impl PtyChild {
-    /// Starts `cmd` with a new pty (`COLUMNS` x `ROWS`, `TERM=xterm`) as its stdin,
-    /// stdout and stderr.
+    /// Starts `cmd` with a new pty (`COLUMNS` x `ROWS`, `TERM=xterm`, echo on) as its
+    /// controlling terminal, stdin, stdout and stderr.
     pub fn spawn(mut cmd: Command) -> PtyChild {
-        let master =
-            rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
-                .expect("open a pseudo-terminal");
-        rustix::pty::grantpt(&master).expect("grantpt");
-        rustix::pty::unlockpt(&master).expect("unlockpt");
-        rustix::termios::tcsetwinsize(
-            &master,
-            rustix::termios::Winsize {
-                ws_row: ROWS,
-                ws_col: COLUMNS,
-                ws_xpixel: 0,
-                ws_ypixel: 0,
-            },
-        )
-        .expect("set the pty's window size");
-        let name = rustix::pty::ptsname(&master, Vec::new()).expect("ptsname");
-        // NOCTTY: opening it must not make the pty the test process's own terminal.
-        let terminal: File = rustix::fs::open(
-            name.as_c_str(),
-            OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .expect("open the pty's terminal side")
-        .into();
-        cmd.stdin(Stdio::from(terminal.try_clone().expect("dup pty")))
-            .stdout(Stdio::from(terminal.try_clone().expect("dup pty")))
-            .stderr(Stdio::from(terminal))
-            .env("TERM", "xterm");
-        let child = cmd.spawn().expect("spawn a program on the pty");
-        // The command holds our copies of the terminal side; without closing them the
-        // master would never see the end of the output.
-        drop(cmd);
-
-        let master = File::from(master);
+        cmd.env("TERM", "xterm");
+        let mut session = Session::spawn(cmd).expect("spawn a program on a pty");
+        session
+            .get_process_mut()
+            .set_window_size(COLUMNS, ROWS)
+            .expect("set the pty's window size");
+        // expectrl starts with echo off; a terminal a person types into has it on.
+        session.set_echo(true).expect("turn the pty's echo on");
+        let master = || -> File {
+            session
+                .get_stream()
+                .as_fd()
+                .try_clone_to_owned()
+                .expect("dup the pty")
+                .into()
+        };
+        let (reader, answers) = (master(), master());
         let output = Arc::new(Output {
             state: Mutex::new(OutputState {
                 raw: Vec::new(),
@@ -109,35 +92,22 @@ impl PtyChild {
             }),
             changed: Condvar::new(),
         });
-        let reader = master.try_clone().expect("dup pty master");
-        let answers = master.try_clone().expect("dup pty master");
         let shared = Arc::clone(&output);
         // Detached: it ends when the terminal side closes (read fails with EIO on Linux).
         std::thread::spawn(move || read_output(reader, answers, &shared));
         PtyChild {
-            child,
-            input: master,
+            session,
             output,
             seen: 0,
         }
     }
 
-    /// The program's process id.
-    pub fn id(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Types `keys` (text or the key constants of this module).
     pub fn send(&mut self, keys: &str) {
-        self.input
+        self.session
             .write_all(keys.as_bytes())
-            .and_then(|()| self.input.flush())
+            .and_then(|()| self.session.flush())
             .expect("write to the pty");
-    }
-
-    /// What the terminal shows so far (every row since the start; nothing scrolls away).
-    pub fn screen(&self) -> Screen {
-        Screen::render(&self.output.state.lock().expect("output lock").raw)
     }
 
     /// Waits for a row at or after the previous match that contains `needle`; the next
@@ -148,7 +118,7 @@ impl PtyChild {
             timeout,
             |sc, from| {
                 (from..sc.rows.len())
-                    .find(|&r| sc.row_text(r).contains(needle))
+                    .find(|&r| sc.rows[r].contains(needle))
                     .map(|r| r + 1)
             },
         );
@@ -159,7 +129,7 @@ impl PtyChild {
     pub fn expect_line(&mut self, line: &str, timeout: Duration) {
         self.wait_until(&format!("the line {line:?}"), timeout, |sc, from| {
             (from..sc.cursor.0)
-                .find(|&r| sc.row_text(r).trim_end() == line)
+                .find(|&r| sc.rows[r] == line.trim_end())
                 .map(|r| r + 1)
         });
     }
@@ -172,7 +142,7 @@ impl PtyChild {
             timeout,
             |sc, from| {
                 let (row, _) = sc.cursor;
-                (row >= from && sc.row_text(row).starts_with(prefix)).then_some(row)
+                (row >= from && sc.rows[row].starts_with(prefix.trim_end())).then_some(row)
             },
         );
     }
@@ -182,8 +152,8 @@ impl PtyChild {
     pub fn expect_prompt(&mut self, prompt: &str, timeout: Duration) {
         self.wait_until(&format!("the prompt {prompt:?}"), timeout, |sc, from| {
             let (row, col) = sc.cursor;
-            (row >= from && sc.row_text(row) == prompt && col == prompt.chars().count())
-                .then_some(row)
+            let shows_only_the_prompt = sc.rows[row] == prompt.trim_end();
+            (row >= from && shows_only_the_prompt && col == prompt.chars().count()).then_some(row)
         });
     }
 
@@ -233,28 +203,36 @@ impl PtyChild {
         }
     }
 
-    /// Waits up to `timeout` for the program to exit; panics (killing it) if it does not.
-    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+    /// Waits up to `timeout` for the program to exit and returns its exit code; panics
+    /// (killing it) if it does not exit, or if a signal ended it.
+    pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
+            match self.session.get_process().status().expect("waitpid") {
+                WaitStatus::Exited(_, code) => return code,
+                WaitStatus::StillAlive if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => {
+                    let screen = Screen::render(&self.output.state.lock().expect("lock").raw);
+                    panic!(
+                        "the program did not exit within {timeout:?} ({other:?}); the \
+                         screen:\n{}",
+                        screen.numbered()
+                    );
+                }
             }
-            if Instant::now() >= deadline {
-                panic!(
-                    "the program did not exit within {timeout:?}; the screen:\n{}",
-                    self.screen().numbered()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
 
 impl Drop for PtyChild {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let process = self.session.get_process_mut();
+        if let Ok(WaitStatus::StillAlive) = process.status() {
+            let _ = process.kill(Signal::SIGKILL);
+            let _ = process.wait();
+        }
     }
 }
 
@@ -286,127 +264,37 @@ fn read_output(mut reader: File, mut answers: File, output: &Output) {
     output.changed.notify_all();
 }
 
-/// What a terminal shows after some output: rows of characters and the cursor. It
-/// knows what line editors use (carriage return, newline, backspace, tab, cursor left,
-/// right, up, down and to a column, erase in line and below) and ignores the rest
-/// (colours, modes, titles). It never wraps or scrolls: rows grow as long as written and
-/// all of them are kept.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Screen {
-    /// The rows, from the first output on.
-    pub rows: Vec<Vec<char>>,
+/// What the terminal shows after some output, as `vt100` renders it: the rows' text
+/// (trailing spaces dropped) and the cursor.
+struct Screen {
+    rows: Vec<String>,
     /// (row, column) of the cursor.
-    pub cursor: (usize, usize),
+    cursor: (usize, usize),
 }
 
 impl Screen {
-    /// The screen after `raw` was written to an empty terminal. An incomplete escape
-    /// sequence at the end is ignored.
-    pub fn render(raw: &[u8]) -> Screen {
-        let text = String::from_utf8_lossy(raw);
-        let mut sc = Screen {
-            rows: vec![Vec::new()],
-            cursor: (0, 0),
-        };
-        let mut chars = text.chars();
-        while let Some(c) = chars.next() {
-            let (row, col) = sc.cursor;
-            match c {
-                '\x1b' => match chars.next() {
-                    Some('[') => {
-                        let mut params = String::new();
-                        let Some(end) = chars.by_ref().find(|c| {
-                            let done = ('@'..='~').contains(c);
-                            if !done {
-                                params.push(*c);
-                            }
-                            done
-                        }) else {
-                            break;
-                        };
-                        sc.csi(&params, end);
-                    }
-                    // OSC (a window title, say): up to BEL or ESC \.
-                    Some(']') => {
-                        while let Some(c) = chars.next() {
-                            if c == '\x07' {
-                                break;
-                            }
-                            if c == '\x1b' {
-                                chars.next();
-                                break;
-                            }
-                        }
-                    }
-                    _ => {}
-                },
-                '\r' => sc.cursor.1 = 0,
-                '\n' => sc.move_to(row + 1, col),
-                '\x08' => sc.cursor.1 = col.saturating_sub(1),
-                '\t' => sc.cursor.1 = (col / 8 + 1) * 8,
-                c if c.is_control() => {}
-                c => {
-                    let line = &mut sc.rows[row];
-                    if line.len() <= col {
-                        line.resize(col + 1, ' ');
-                    }
-                    line[col] = c;
-                    sc.cursor.1 = col + 1;
-                }
-            }
+    fn render(raw: &[u8]) -> Screen {
+        let mut parser = vt100::Parser::new(ROWS, COLUMNS, 0);
+        parser.process(raw);
+        let screen = parser.screen();
+        let (row, col) = screen.cursor_position();
+        Screen {
+            rows: screen
+                .rows(0, COLUMNS)
+                .map(|r| r.trim_end().to_string())
+                .collect(),
+            cursor: (usize::from(row), usize::from(col)),
         }
-        sc
     }
 
-    /// Row `r` as text (trailing spaces kept: a prompt ends in one).
-    pub fn row_text(&self, r: usize) -> String {
-        self.rows[r].iter().collect()
-    }
-
-    /// Every row, numbered, for failure messages.
-    pub fn numbered(&self) -> String {
-        (0..self.rows.len())
-            .map(|r| format!("{r:4}| {}", self.row_text(r)))
+    /// The rows up to the last one written to or holding the cursor, numbered, for
+    /// failure messages.
+    fn numbered(&self) -> String {
+        let last_written = self.rows.iter().rposition(|r| !r.is_empty()).unwrap_or(0);
+        (0..=last_written.max(self.cursor.0))
+            .map(|r| format!("{r:4}| {}", self.rows[r]))
             .collect::<Vec<_>>()
             .join("\n")
-    }
-
-    fn move_to(&mut self, row: usize, col: usize) {
-        if self.rows.len() <= row {
-            self.rows.resize(row + 1, Vec::new());
-        }
-        self.cursor = (row, col);
-    }
-
-    /// A control sequence `ESC [ params end`.
-    fn csi(&mut self, params: &str, end: char) {
-        let (row, col) = self.cursor;
-        let first = params
-            .trim_start_matches('?')
-            .split(';')
-            .next()
-            .and_then(|p| p.parse::<usize>().ok());
-        let count = first.unwrap_or(1).max(1);
-        match end {
-            'A' => self.move_to(row.saturating_sub(count), col),
-            'B' => self.move_to(row + count, col),
-            'C' => self.cursor.1 = col + count,
-            'D' => self.cursor.1 = col.saturating_sub(count),
-            'G' => self.cursor.1 = count - 1,
-            'K' => {
-                let line = &mut self.rows[row];
-                match first.unwrap_or(0) {
-                    0 => line.truncate(col),
-                    1 => line.iter_mut().take(col + 1).for_each(|c| *c = ' '),
-                    _ => line.clear(),
-                }
-            }
-            'J' if first.unwrap_or(0) == 0 => {
-                self.rows[row].truncate(col);
-                self.rows.truncate(row + 1);
-            }
-            _ => {}
-        }
     }
 }
 
@@ -420,23 +308,21 @@ mod tests {
         let raw = b"banner\r\n\x1b[?2004h\r\x1b[Kkvcli> \r\x1b[7C\r\x1b[Kkvcli> put \x1b[2mKEY VALUE\x1b[0m\
                     \r\x1b[11C\r\x1b[Kkvcli> put g\r\x1b[12Creeting\x1b]0;title\x07";
         let sc = Screen::render(raw);
-        assert_eq!(sc.row_text(0), "banner");
-        assert_eq!(sc.row_text(1), "kvcli> put greeting");
+        assert_eq!(sc.rows[0], "banner");
+        assert_eq!(sc.rows[1], "kvcli> put greeting");
         assert_eq!(sc.cursor, (1, 19));
-        let sc = Screen::render(b"abcdef\x1b[3D\x1b[K\x08X\nY\x1b[1A\x1b[1GZ\ttab\x1b[");
-        assert_eq!(sc.row_text(0), "ZbX     tab");
-        assert_eq!(sc.row_text(1), "   Y");
-        assert_eq!(sc.cursor, (0, 11));
     }
 
     #[test]
     fn a_program_on_the_pty_sees_a_terminal_and_its_output_is_matched() {
         let mut cmd = Command::new("sh");
+        // `read go` first: the window size is set right after the spawn.
         cmd.args([
             "-c",
-            "[ -t 0 ] && [ -t 1 ] && echo is-a-tty; stty size; printf 'name? '; read line; echo \"got $line\"",
+            "read go; [ -t 0 ] && [ -t 1 ] && echo is-a-tty; stty size; printf 'name? '; read line; echo \"got $line\"",
         ]);
         let mut p = PtyChild::spawn(cmd);
+        p.send(ENTER);
         p.expect_line("is-a-tty", Duration::from_secs(10));
         p.expect_line(&format!("{ROWS} {COLUMNS}"), Duration::from_secs(10));
         p.expect_prompt("name? ", Duration::from_secs(10));
@@ -444,6 +330,6 @@ mod tests {
         p.expect_input("name? hello", Duration::from_secs(10));
         p.send(ENTER);
         p.expect("got hello", Duration::from_secs(10));
-        assert!(p.wait_exit(Duration::from_secs(10)).success());
+        assert_eq!(p.wait_exit(Duration::from_secs(10)), 0);
     }
 }
