@@ -37,6 +37,8 @@ mod check;
 pub use check::{check_message, Refusal, Refusals};
 pub use types::*;
 
+#[cfg(test)]
+mod byzantine_tests;
 mod election;
 mod lease;
 mod log;

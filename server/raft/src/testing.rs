@@ -20,7 +20,7 @@ pub(crate) struct Disk {
 }
 
 impl Disk {
-    fn apply(&mut self, w: &Write) {
+    pub(crate) fn apply(&mut self, w: &Write) {
         if let Some(s) = &w.snapshot {
             self.snapshot = Some(s.clone());
             self.entries.clear();
