@@ -846,7 +846,9 @@ impl Session {
                     }
                     last = format!("{who}: {e}");
                 }
-                Setback::Error(e @ ClientError::Overloaded { .. }) => {
+                Setback::Error(
+                    e @ (ClientError::Overloaded { .. } | ClientError::OverloadedBytes { .. }),
+                ) => {
                     leader_worked = true;
                     last = format!("{who}: {e}");
                 }

@@ -99,7 +99,9 @@ impl Error {
                 ClientError::KeyTooLarge { .. } | ClientError::ValueTooLarge { .. } => "limit",
                 ClientError::StaleSequence { .. } => "stale-sequence",
                 ClientError::Unavailable { .. } => "node-unavailable",
-                ClientError::Overloaded { .. } => "overloaded",
+                ClientError::Overloaded { .. } | ClientError::OverloadedBytes { .. } => {
+                    "overloaded"
+                }
                 ClientError::Malformed(_) => "malformed",
             },
             Error::Limit(_) => "limit",

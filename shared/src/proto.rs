@@ -206,6 +206,14 @@ pub enum ClientError {
     /// The request could not be decoded or makes no sense.
     #[error("malformed request: {0}")]
     Malformed(String),
+    /// The requests pending at this node hold too many bytes.
+    #[error("node {node} is overloaded: {pending_bytes} bytes of requests pending (limit PENDING_REQUEST_BYTES_MAX)")]
+    OverloadedBytes {
+        /// The node.
+        node: NodeId,
+        /// Bytes pending now.
+        pending_bytes: usize,
+    },
 }
 
 impl ClientError {
@@ -269,6 +277,9 @@ pub struct NodeStatus {
     pub shards: Vec<ShardStatus>,
     /// Each peer and the milliseconds since a datagram last arrived from it (`None`: never).
     pub peers: Vec<(NodeId, Option<u64>)>,
+    /// Remote input the node refused since it started, by reason (every reason listed,
+    /// zero or not): malformed or misaddressed peer messages, and limits reached.
+    pub refused: Vec<(String, u64)>,
 }
 
 #[cfg(test)]

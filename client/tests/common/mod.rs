@@ -251,6 +251,7 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
                 .filter(|p| *p != me)
                 .map(|p| (NodeId(p), Some(5)))
                 .collect(),
+            refused: vec![],
         };
         return reply(Outcome::Status(status));
     }

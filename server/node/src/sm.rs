@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use hashbrown::hash_table::{Entry, HashTable};
+use kv_shared::limits::SESSIONS_MAX;
 use kv_shared::proto::{ClientError, Op, Outcome};
 use kv_shared::ClientId;
 use serde::{Deserialize, Serialize};
@@ -357,10 +358,40 @@ impl PartialEq for StateMachine {
 
 impl Eq for StateMachine {}
 
+/// kv-raft's [`kv_raft::Config::snapshot_image_check`] for kv-node: a snapshot from a
+/// leader is persisted only if its image restores at the snapshot's index and term.
+pub fn snapshot_image_restorable(snapshot: &kv_raft::Snapshot) -> bool {
+    let meta = &snapshot.meta;
+    StateMachine::check_image(&snapshot.data, SESSIONS_MAX, meta.index, meta.term).is_ok()
+}
+
 /// A snapshot image that does not decode.
 #[derive(Debug, thiserror::Error)]
 #[error("snapshot image does not decode: {0}")]
 pub struct ImageError(String);
+
+/// Decodes an image and checks what `to_image` guarantees and restoring relies on: keys
+/// and session clients strictly ascending (no repeats), at most `sessions_max` sessions,
+/// no session stamp beyond the clock.
+fn decode_image(bytes: &[u8], sessions_max: usize) -> Result<Image<'_>, ImageError> {
+    let image: Image = postcard::from_bytes(bytes).map_err(|e| ImageError(e.to_string()))?;
+    if !image.data.windows(2).all(|w| w[0].0 < w[1].0) {
+        return Err(ImageError("keys are not strictly ascending".into()));
+    }
+    if !image.sessions.windows(2).all(|w| w[0].0 < w[1].0) {
+        return Err(ImageError("sessions are not strictly ascending".into()));
+    }
+    if image.sessions.len() > sessions_max {
+        return Err(ImageError(format!(
+            "{} sessions; a shard keeps at most {sessions_max}",
+            image.sessions.len()
+        )));
+    }
+    if image.sessions.iter().any(|(_, s)| s.stamp > image.clock) {
+        return Err(ImageError("a session stamp is beyond the clock".into()));
+    }
+    Ok(image)
+}
 
 impl StateMachine {
     /// An empty shard.
@@ -511,7 +542,7 @@ impl StateMachine {
 
     /// Rebuilds a shard from a snapshot image.
     pub fn from_image(bytes: &[u8], sessions_max: usize) -> Result<StateMachine, ImageError> {
-        let image: Image = postcard::from_bytes(bytes).map_err(|e| ImageError(e.to_string()))?;
+        let image = decode_image(bytes, sessions_max)?;
         let mut sm = StateMachine {
             // Sized once for the image's keys: no doubling (and no table twice the size
             // it needs) while a large shard is restored.
@@ -525,6 +556,25 @@ impl StateMachine {
             sm.insert(key, value);
         }
         Ok(sm)
+    }
+
+    /// Checks that `bytes` is an image [`StateMachine::from_image`] restores, at `index`
+    /// and `term`, without building the map: a snapshot from a leader is checked before
+    /// it is persisted, so that a bad one never fails a restart.
+    pub fn check_image(
+        bytes: &[u8],
+        sessions_max: usize,
+        index: u64,
+        term: u64,
+    ) -> Result<(), ImageError> {
+        let image = decode_image(bytes, sessions_max)?;
+        if (image.applied_index, image.applied_term) != (index, term) {
+            return Err(ImageError(format!(
+                "image is at index {} term {}, its metadata says index {index} term {term}",
+                image.applied_index, image.applied_term
+            )));
+        }
+        Ok(())
     }
 
     /// The map sorted by key: images and digests must not depend on hash order.

@@ -6,7 +6,7 @@
 
 use crate::types::{ConfChange, Entry, EntryKind, Membership, Message, MessageBody, SnapshotMeta};
 use kv_shared::limits::{
-    ENTRY_BYTES_MAX, NODES_MAX, RAFT_INDEX_MAX, RAFT_TERM_MAX, SNAPSHOT_BYTES_MAX,
+    ENTRY_BYTES_MAX, NODES_MAX, RAFT_INDEX_MAX, RAFT_TERM_MAX, SNAPSHOT_IMAGE_BYTES_MAX,
     SNAPSHOT_CHUNK_BYTES_MAX,
 };
 
@@ -25,7 +25,7 @@ pub enum Refusal {
     /// Snapshot membership that is empty, unsorted, repeated or larger than `NODES_MAX`.
     SnapshotMetaInvalid,
     /// A snapshot chunk past its announced total, larger than `SNAPSHOT_CHUNK_BYTES_MAX`,
-    /// or a total above `SNAPSHOT_BYTES_MAX`.
+    /// or a total above `SNAPSHOT_IMAGE_BYTES_MAX`.
     SnapshotSizeInvalid,
     /// A snapshot transfer refused because the node reassembles too many bytes already
     /// (`SNAPSHOT_RECEIVE_BYTES_MAX`; counted by the node, which sees every group).
@@ -166,7 +166,7 @@ pub fn check_message(msg: &Message) -> Result<(), Refusal> {
             let end = offset.checked_add(chunk.len() as u64);
             let fits = end.is_some_and(|end| end <= *total_len);
             if !fits
-                || *total_len > SNAPSHOT_BYTES_MAX
+                || *total_len > SNAPSHOT_IMAGE_BYTES_MAX
                 || chunk.len() > SNAPSHOT_CHUNK_BYTES_MAX
             {
                 return Err(Refusal::SnapshotSizeInvalid);
@@ -379,7 +379,7 @@ mod tests {
         for (offset, total, len) in [
             (5, 10, 6),
             (u64::MAX, 10, 1),
-            (0, SNAPSHOT_BYTES_MAX + 1, 1),
+            (0, SNAPSHOT_IMAGE_BYTES_MAX + 1, 1),
             (0, 1 << 20, SNAPSHOT_CHUNK_BYTES_MAX + 1),
         ] {
             assert_eq!(

@@ -227,7 +227,7 @@ impl Raft {
             return;
         }
         // `check_message` bounded offset + chunk by total_len, and total_len by
-        // SNAPSHOT_BYTES_MAX: the buffer below never outgrows either.
+        // SNAPSHOT_IMAGE_BYTES_MAX: the buffer below never outgrows either.
         let term = self.term;
         let fresh = !self
             .incoming
