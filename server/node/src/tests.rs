@@ -709,3 +709,37 @@ fn snapshot_transfers_beyond_the_receive_limits_are_refused() {
     }
     assert!(s >= 3 && refused_total >= 1, "the test needs three transfers ({s})");
 }
+
+/// Every timing the cluster file accepts builds a node core and runs it (no assertion in
+/// kv-node or kv-raft fires), and the one from issue 12 is refused.
+#[test]
+fn every_timing_the_cluster_file_accepts_builds_a_node() {
+    let mut accepted = 0;
+    for hb in 1..=6u32 {
+        for min in 1..=16u32 {
+            for max in 1..=20u32 {
+                let toml = format!(
+                    "cluster_id = 1\nshards = 1\n[timing]\nheartbeat_ticks = {hb}\n\
+                     election_ticks_min = {min}\nelection_ticks_max = {max}\n\
+                     [[nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\n\
+                     [[nodes]]\nid = 2\naddr = \"127.0.0.1:2\"\n"
+                );
+                let Ok(cluster) = kv_shared::config::ClusterConfig::from_toml(&toml) else {
+                    continue;
+                };
+                accepted += 1;
+                let config = NodeConfig::from_cluster(&cluster, NodeId(1));
+                let mut node = NodeCore::new(config, Recovered::default()).unwrap();
+                for _ in 0..2 * max {
+                    node.tick();
+                    let _ = node.take_output();
+                }
+            }
+        }
+    }
+    assert!(accepted > 100, "only {accepted} timings accepted");
+    let issue = "cluster_id = 1\nshards = 1\n[timing]\nheartbeat_ticks = 5\n\
+                 election_ticks_min = 10\nelection_ticks_max = 20\n\
+                 [[nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\n";
+    assert!(kv_shared::config::ClusterConfig::from_toml(issue).is_err());
+}
