@@ -159,7 +159,7 @@ fn request_bytes(op: &Op) -> usize {
         Op::Cas { key, expected, new } => {
             key.len() + expected.as_ref().map_or(0, |e| e.len()) + new.len()
         }
-        Op::Get { key, .. } | Op::Delete { key } => key.len(),
+        Op::Get { key, .. } | Op::Delete { key } | Op::OpenSession { key } => key.len(),
         Op::Status => 0,
     };
     REQUEST_OVERHEAD_BYTES + payload

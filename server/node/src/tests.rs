@@ -270,7 +270,7 @@ fn restart_from_records_keeps_the_data() {
     for (t, k) in ["a", "b", "c", "d"].iter().enumerate() {
         let shard = kv_shared::shard::shard_for_key(k.as_bytes(), 2);
         let l = c.leader(shard);
-        c.request(l, t as u64, put(1, t as u64 + 1, k, "v"));
+        c.request(l, t as u64, put(t as u64 + 1, 1, k, "v"));
         c.flush(l);
         c.tick(3);
     }
