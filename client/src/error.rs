@@ -98,6 +98,7 @@ impl Error {
                 ClientError::Timeout { .. } => "timeout",
                 ClientError::KeyTooLarge { .. } | ClientError::ValueTooLarge { .. } => "limit",
                 ClientError::StaleSequence { .. } => "stale-sequence",
+                ClientError::SessionExpired => "session-expired",
                 ClientError::Unavailable { .. } => "node-unavailable",
                 ClientError::Overloaded { .. } | ClientError::OverloadedBytes { .. } => {
                     "overloaded"

@@ -318,6 +318,7 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
                 }
             }
         }
+        Op::OpenSession { .. } => Outcome::Done,
         Op::Get { .. } | Op::Status => unreachable!("handled above"),
     };
     if c.data.get(&key) != before.as_ref() {
