@@ -324,7 +324,9 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
     if c.data.get(&key) != before.as_ref() {
         c.prev.insert(key, (before, r.client));
     }
-    c.applied.push((r.client, r.seq));
+    if !matches!(r.op, Op::OpenSession { .. }) {
+        c.applied.push((r.client, r.seq));
+    }
     c.sessions.insert(r.client, (r.seq, outcome.clone()));
     if c.drop_replies > 0 {
         c.drop_replies -= 1;
