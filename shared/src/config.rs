@@ -243,17 +243,18 @@ mod tests {
     /// core's quiescence assertion (`election_ticks_min > 2 * heartbeat_ticks + 1`) fired.
     #[test]
     fn rejects_election_minimum_within_two_heartbeats() {
-        let e = with_timing("heartbeat_ticks = 5\nelection_ticks_min = 10\nelection_ticks_max = 20")
-            .unwrap_err()
-            .to_string();
+        let e =
+            with_timing("heartbeat_ticks = 5\nelection_ticks_min = 10\nelection_ticks_max = 20")
+                .unwrap_err()
+                .to_string();
         assert!(
             e.contains("timing.election_ticks_min (10)") && e.contains("timing.heartbeat_ticks"),
             "{e}"
         );
-        assert!(
-            with_timing("heartbeat_ticks = 5\nelection_ticks_min = 12\nelection_ticks_max = 20")
-                .is_ok()
-        );
+        assert!(with_timing(
+            "heartbeat_ticks = 5\nelection_ticks_min = 12\nelection_ticks_max = 20"
+        )
+        .is_ok());
     }
 
     #[test]

@@ -601,7 +601,11 @@ fn datagrams_from_non_members_are_refused_and_not_remembered() {
     c.nodes[0].on_peer_messages(stranger, vec![heartbeat.clone()]);
     assert_eq!(refused(&c.nodes[0], "unknown_sender"), 1);
     assert_eq!(c.nodes[0].raft_status(ShardId(0)).term, term);
-    assert!(c.nodes[0].status().peers.iter().all(|(p, _)| *p != stranger));
+    assert!(c.nodes[0]
+        .status()
+        .peers
+        .iter()
+        .all(|(p, _)| *p != stranger));
     // A member naming another sender inside its datagram, or an unknown shard.
     c.nodes[0].on_peer_messages(NodeId(2), vec![heartbeat.clone()]);
     assert_eq!(refused(&c.nodes[0], "misaddressed"), 1);
@@ -647,7 +651,9 @@ fn pending_requests_are_bounded_in_bytes() {
         assert!(c.nodes[l].pending_request_bytes() <= PENDING_REQUEST_BYTES_MAX);
     };
     assert!(accepted > 0);
-    assert!(c.nodes[l].pending_request_bytes() + VALUE_BYTES_MAX > PENDING_REQUEST_BYTES_MAX - 4096);
+    assert!(
+        c.nodes[l].pending_request_bytes() + VALUE_BYTES_MAX > PENDING_REQUEST_BYTES_MAX - 4096
+    );
     let out = c.nodes[l].take_output();
     let refusal = out
         .replies
@@ -665,7 +671,11 @@ fn pending_requests_are_bounded_in_bytes() {
     c.absorb(l, out);
     c.settle();
     c.tick(5);
-    assert_eq!(c.nodes[l].pending_request_bytes(), 0, "answered requests release bytes");
+    assert_eq!(
+        c.nodes[l].pending_request_bytes(),
+        0,
+        "answered requests release bytes"
+    );
 }
 
 /// Snapshot reassembly is bounded per group (the announced size, `SNAPSHOT_IMAGE_BYTES_MAX`)
@@ -705,9 +715,15 @@ fn snapshot_transfers_beyond_the_receive_limits_are_refused() {
         } else {
             refused_total += 1;
         }
-        assert_eq!(refused(&c.nodes[fi], "snapshot_receive_full"), refused_total);
+        assert_eq!(
+            refused(&c.nodes[fi], "snapshot_receive_full"),
+            refused_total
+        );
     }
-    assert!(s >= 3 && refused_total >= 1, "the test needs three transfers ({s})");
+    assert!(
+        s >= 3 && refused_total >= 1,
+        "the test needs three transfers ({s})"
+    );
 }
 
 /// Every timing the cluster file accepts builds a node core and runs it (no assertion in

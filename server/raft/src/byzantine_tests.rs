@@ -28,7 +28,13 @@ fn number() -> impl Strategy<Value = u64> {
 }
 
 fn node() -> impl Strategy<Value = NodeId> {
-    prop_oneof![Just(NodeId(0)), Just(NodeId(1)), Just(NodeId(2)), Just(NodeId(3)), Just(NodeId(4))]
+    prop_oneof![
+        Just(NodeId(0)),
+        Just(NodeId(1)),
+        Just(NodeId(2)),
+        Just(NodeId(3)),
+        Just(NodeId(4))
+    ]
 }
 
 fn membership() -> impl Strategy<Value = Membership> {
@@ -47,14 +53,18 @@ fn entry() -> impl Strategy<Value = Entry> {
         1 => node().prop_map(|n| EntryKind::ConfChange(ConfChange::PromoteLearner(n))),
         1 => node().prop_map(|n| EntryKind::ConfChange(ConfChange::RemoveNode(n))),
     ];
-    (number(), number(), kind, proptest::collection::vec(any::<u8>(), 0..3)).prop_map(
-        |(term, index, kind, data)| Entry {
+    (
+        number(),
+        number(),
+        kind,
+        proptest::collection::vec(any::<u8>(), 0..3),
+    )
+        .prop_map(|(term, index, kind, data)| Entry {
             term,
             index,
             kind,
             data: Bytes::from(data),
-        },
-    )
+        })
 }
 
 /// Entries that mostly continue `prev_index`, so that appends get past the checks.
@@ -299,7 +309,10 @@ impl Subject {
             }
             for e in rd.committed {
                 assert_eq!(e.index, self.applied_index + 1, "applies out of order");
-                assert!(e.index <= self.raft.log.persisted, "applies a non-durable entry");
+                assert!(
+                    e.index <= self.raft.log.persisted,
+                    "applies a non-durable entry"
+                );
                 if let Some(before) = self.applied.get(&e.index) {
                     assert_eq!(before, &e, "index {} applied twice, differently", e.index);
                 }
@@ -314,13 +327,21 @@ impl Subject {
         let r = &self.raft;
         r.log.assert_invariants();
         assert!(r.log.persisted <= r.log.last_index());
-        assert!(r.term <= RAFT_TERM_MAX + 1, "term {} beyond any accepted", r.term);
+        assert!(
+            r.term <= RAFT_TERM_MAX + 1,
+            "term {} beyond any accepted",
+            r.term
+        );
         assert!(r.term >= self.last_term, "term regressed");
         assert!(r.log.commit >= self.last_commit, "commit regressed");
         self.last_term = r.term;
         self.last_commit = r.log.commit;
         if let RoleState::Leader(_) = r.role {
-            assert_eq!(r.vote, ME, "leads term {} without voting for itself", r.term);
+            assert_eq!(
+                r.vote, ME,
+                "leads term {} without voting for itself",
+                r.term
+            );
             assert_eq!(
                 self.votes.get(&r.term),
                 Some(&ME),
@@ -329,8 +350,7 @@ impl Subject {
             );
         }
         assert!(
-            r.membership.voters.len() + r.membership.learners.len()
-                <= kv_shared::limits::NODES_MAX
+            r.membership.voters.len() + r.membership.learners.len() <= kv_shared::limits::NODES_MAX
         );
     }
 }

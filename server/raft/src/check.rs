@@ -6,8 +6,8 @@
 
 use crate::types::{ConfChange, Entry, EntryKind, Membership, Message, MessageBody, SnapshotMeta};
 use kv_shared::limits::{
-    ENTRY_BYTES_MAX, NODES_MAX, RAFT_INDEX_MAX, RAFT_TERM_MAX, SNAPSHOT_IMAGE_BYTES_MAX,
-    SNAPSHOT_CHUNK_BYTES_MAX,
+    ENTRY_BYTES_MAX, NODES_MAX, RAFT_INDEX_MAX, RAFT_TERM_MAX, SNAPSHOT_CHUNK_BYTES_MAX,
+    SNAPSHOT_IMAGE_BYTES_MAX,
 };
 
 /// Why a peer message (or part of one) was refused.
@@ -325,10 +325,7 @@ mod tests {
             hint_index: u64::MAX,
             hint_term: 0,
         };
-        assert_eq!(
-            check_message(&msg(3, resp)),
-            Err(Refusal::IndexOutOfRange)
-        );
+        assert_eq!(check_message(&msg(3, resp)), Err(Refusal::IndexOutOfRange));
         let at_end = append(3, RAFT_INDEX_MAX, 1, vec![entry(RAFT_INDEX_MAX + 1, 3)]);
         assert_eq!(check_message(&at_end), Err(Refusal::IndexOutOfRange));
     }
@@ -343,7 +340,11 @@ mod tests {
             append(3, 4, 2, vec![entry(5, 4)]),
             append(3, 4, 2, vec![entry(5, 1)]),
         ] {
-            assert_eq!(check_message(&bad), Err(Refusal::EntriesMalformed), "{bad:?}");
+            assert_eq!(
+                check_message(&bad),
+                Err(Refusal::EntriesMalformed),
+                "{bad:?}"
+            );
         }
         let mut noop_with_data = entry(5, 3);
         noop_with_data.kind = EntryKind::Noop;
@@ -375,7 +376,10 @@ mod tests {
 
     #[test]
     fn snapshot_chunks_stay_within_the_announced_and_global_sizes() {
-        assert_eq!(check_message(&chunk(3, meta(&[1, 2], &[]), 0, 10, 10)), Ok(()));
+        assert_eq!(
+            check_message(&chunk(3, meta(&[1, 2], &[]), 0, 10, 10)),
+            Ok(())
+        );
         for (offset, total, len) in [
             (5, 10, 6),
             (u64::MAX, 10, 1),
@@ -398,7 +402,10 @@ mod tests {
             (&[1, 1][..], &[][..]),
             (&[0, 1][..], &[][..]),
             (&[1, 2][..], &[2][..]),
-            (&(1..=(NODES_MAX as u64 + 1)).collect::<Vec<_>>()[..], &[][..]),
+            (
+                &(1..=(NODES_MAX as u64 + 1)).collect::<Vec<_>>()[..],
+                &[][..],
+            ),
         ] {
             assert_eq!(
                 check_message(&chunk(3, meta(voters, learners), 0, 1, 1)),

@@ -60,4 +60,6 @@ mod transcripts;
 
 #[cfg(feature = "planted-bugs")]
 pub use node::PlantedBug;
-pub use node::{Config, ImageCheck, ProposeError, Raft, Ready, Restored, SoftState, Status, Write, WriteId};
+pub use node::{
+    Config, ImageCheck, ProposeError, Raft, Ready, Restored, SoftState, Status, Write, WriteId,
+};

@@ -17,7 +17,9 @@ pub(crate) fn apply(m: &mut Membership, change: &ConfChange) -> Result<(), Strin
                 return Err(format!("{n} is already a member or invalid"));
             }
             if m.voters.len() + m.learners.len() >= NODES_MAX {
-                return Err(format!("a group has at most NODES_MAX = {NODES_MAX} members"));
+                return Err(format!(
+                    "a group has at most NODES_MAX = {NODES_MAX} members"
+                ));
             }
             m.learners.push(n);
             m.learners.sort();

@@ -272,7 +272,11 @@ impl Raft {
             meta: inc.meta,
             data: inc.buf.freeze(),
         };
-        if self.cfg.snapshot_image_check.is_some_and(|valid| !valid(&snap)) {
+        if self
+            .cfg
+            .snapshot_image_check
+            .is_some_and(|valid| !valid(&snap))
+        {
             // Nothing is persisted or acknowledged: the leader resends, and a node that
             // restarts does not find an image it cannot restore.
             self.refuse(crate::Refusal::SnapshotImageInvalid);
