@@ -6,7 +6,7 @@
 
 use crate::types::{ConfChange, Entry, EntryKind, Membership, Message, MessageBody, SnapshotMeta};
 use kv_shared::limits::{
-    ENTRY_BYTES_MAX, NODES_MAX, RAFT_INDEX_MAX, RAFT_TERM_MAX, SNAPSHOT_CHUNK_BYTES_MAX,
+    NODES_MAX, RAFT_INDEX_MAX, RAFT_TERM_MAX, SNAPSHOT_CHUNK_BYTES_MAX,
     SNAPSHOT_IMAGE_BYTES_MAX,
 };
 
@@ -18,7 +18,8 @@ pub enum Refusal {
     /// A log index or byte offset above `RAFT_INDEX_MAX`.
     IndexOutOfRange,
     /// Entries not contiguous after `prev_index`, with decreasing terms, or a payload
-    /// that does not fit their kind or `ENTRY_BYTES_MAX`.
+    /// on an entry that carries none (no-op, conf change). Payload sizes are bounded by
+    /// the datagram that carried them.
     EntriesMalformed,
     /// A conf change naming node 0.
     ConfChangeInvalid,
@@ -185,7 +186,8 @@ pub fn check_message(msg: &Message) -> Result<(), Refusal> {
 }
 
 /// Entries must continue `prev_index` one by one, with terms from `prev_term` up to
-/// the message's term, and carry a payload only as commands (within `ENTRY_BYTES_MAX`).
+/// the message's term, and carry a payload only as commands (whose size the datagram
+/// bounds: a batch of writes may exceed `ENTRY_BYTES_MAX` by its length prefix).
 fn check_entries(
     term: u64,
     prev_index: u64,
@@ -201,7 +203,7 @@ fn check_entries(
         }
         floor_term = e.term;
         match &e.kind {
-            EntryKind::Command if e.data.len() <= ENTRY_BYTES_MAX => {}
+            EntryKind::Command => {}
             EntryKind::Noop if e.data.is_empty() => {}
             EntryKind::ConfChange(c) if e.data.is_empty() => check_conf_change(c)?,
             _ => return Err(Refusal::EntriesMalformed),
@@ -350,12 +352,6 @@ mod tests {
         noop_with_data.kind = EntryKind::Noop;
         assert_eq!(
             check_message(&append(3, 4, 2, vec![noop_with_data])),
-            Err(Refusal::EntriesMalformed)
-        );
-        let mut too_big = entry(5, 3);
-        too_big.data = Bytes::from(vec![0; ENTRY_BYTES_MAX + 1]);
-        assert_eq!(
-            check_message(&append(3, 4, 2, vec![too_big])),
             Err(Refusal::EntriesMalformed)
         );
     }
