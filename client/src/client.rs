@@ -712,6 +712,7 @@ impl Session {
     /// # Panics
     /// On `Op::Status` (not keyed; use [`Client::status`]).
     pub async fn execute(&mut self, op: Op) -> Result<Response, Error> {
+        op.check_limits().map_err(Error::Limit)?;
         let opens = op.is_write() && !matches!(op, Op::OpenSession { .. });
         let shard = match (opens, op.key(), self.client.shard_count()) {
             (true, Some(key), Some(count)) => Some(shard_for_key(key, count)),
@@ -738,9 +739,8 @@ impl Session {
         result
     }
 
-    /// [`Session::execute`] without opening the session.
+    /// [`Session::execute`] without opening the session (limits already checked).
     async fn execute_once(&mut self, op: Op) -> Result<Response, Error> {
-        op.check_limits().map_err(Error::Limit)?;
         let key = op
             .key()
             .expect("execute takes keyed operations only")

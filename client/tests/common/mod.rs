@@ -285,7 +285,7 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
     if let Some((latest, outcome)) = c.sessions.get(&r.client) {
         if r.seq == *latest {
             let outcome = outcome.clone();
-            if c.drop_replies > 0 {
+            if c.drop_replies > 0 && !matches!(r.op, Op::OpenSession { .. }) {
                 c.drop_replies -= 1;
                 return None;
             }
@@ -328,7 +328,7 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
         c.applied.push((r.client, r.seq));
     }
     c.sessions.insert(r.client, (r.seq, outcome.clone()));
-    if c.drop_replies > 0 {
+    if c.drop_replies > 0 && !matches!(r.op, Op::OpenSession { .. }) {
         c.drop_replies -= 1;
         return None;
     }
