@@ -6,8 +6,7 @@
 
 use crate::types::{ConfChange, Entry, EntryKind, Membership, Message, MessageBody, SnapshotMeta};
 use kv_shared::limits::{
-    NODES_MAX, RAFT_INDEX_MAX, RAFT_TERM_MAX, SNAPSHOT_CHUNK_BYTES_MAX,
-    SNAPSHOT_IMAGE_BYTES_MAX,
+    NODES_MAX, RAFT_INDEX_MAX, RAFT_TERM_MAX, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_IMAGE_BYTES_MAX,
 };
 
 /// Why a peer message (or part of one) was refused.
