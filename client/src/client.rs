@@ -409,6 +409,7 @@ impl Client {
             rx,
             rng: SmallRng::seed_from_u64(rng_seed),
             rotation: rng_seed as usize,
+            open_shards: std::collections::BTreeSet::new(),
         }
     }
 
@@ -618,6 +619,9 @@ pub struct Session {
     rx: mpsc::UnboundedReceiver<Incoming>,
     rng: SmallRng,
     rotation: usize,
+    /// Shards where this session was opened (`Op::OpenSession`): a node refuses writes
+    /// from a client without a session on the shard (it may have been evicted).
+    open_shards: std::collections::BTreeSet<ShardId>,
 }
 
 impl Drop for Session {
@@ -700,12 +704,43 @@ impl Session {
     }
 
     /// Runs one keyed operation to completion: routing, redirects, retries with backoff
-    /// under one sequence number, until an answer or the unavailability deadline.
+    /// under one sequence number, until an answer or the unavailability deadline. The
+    /// first write to a shard opens the session there first. A write refused because the
+    /// shard evicted the session (`SessionExpired`) is an error whose outcome may be
+    /// unknown; the next write reopens the session.
     ///
     /// # Panics
     /// On `Op::Status` (not keyed; use [`Client::status`]).
     pub async fn execute(&mut self, op: Op) -> Result<Response, Error> {
         op.check_limits().map_err(Error::Limit)?;
+        let opens = op.is_write() && !matches!(op, Op::OpenSession { .. });
+        let shard = match (opens, op.key(), self.client.shard_count()) {
+            (true, Some(key), Some(count)) => Some(shard_for_key(key, count)),
+            _ => None,
+        };
+        if let (Some(shard), Some(key)) = (shard, op.key()) {
+            if !self.open_shards.contains(&shard) {
+                let open = Op::OpenSession { key: key.clone() };
+                self.execute_once(open).await?;
+                self.open_shards.insert(shard);
+            }
+        }
+        let result = self.execute_once(op).await;
+        if let (
+            Some(shard),
+            Err(Error::Refused {
+                error: ClientError::SessionExpired,
+                ..
+            }),
+        ) = (shard, &result)
+        {
+            self.open_shards.remove(&shard);
+        }
+        result
+    }
+
+    /// [`Session::execute`] without opening the session (limits already checked).
+    async fn execute_once(&mut self, op: Op) -> Result<Response, Error> {
         let key = op
             .key()
             .expect("execute takes keyed operations only")
@@ -846,7 +881,9 @@ impl Session {
                     }
                     last = format!("{who}: {e}");
                 }
-                Setback::Error(e @ ClientError::Overloaded { .. }) => {
+                Setback::Error(
+                    e @ (ClientError::Overloaded { .. } | ClientError::OverloadedBytes { .. }),
+                ) => {
                     leader_worked = true;
                     last = format!("{who}: {e}");
                 }

@@ -98,8 +98,11 @@ impl Error {
                 ClientError::Timeout { .. } => "timeout",
                 ClientError::KeyTooLarge { .. } | ClientError::ValueTooLarge { .. } => "limit",
                 ClientError::StaleSequence { .. } => "stale-sequence",
+                ClientError::SessionExpired => "session-expired",
                 ClientError::Unavailable { .. } => "node-unavailable",
-                ClientError::Overloaded { .. } => "overloaded",
+                ClientError::Overloaded { .. } | ClientError::OverloadedBytes { .. } => {
+                    "overloaded"
+                }
                 ClientError::Malformed(_) => "malformed",
             },
             Error::Limit(_) => "limit",

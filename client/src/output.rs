@@ -265,6 +265,12 @@ pub fn combine_status(reports: &[NodeReport], shard_count: u32) -> ClusterStatus
                         Some(ms) => format!("n{} {ms} ms", p.0),
                         None => format!("n{} never", p.0),
                     })
+                    .chain(
+                        s.refused
+                            .iter()
+                            .filter(|(_, n)| *n > 0)
+                            .map(|(reason, n)| format!("refused {reason} {n}")),
+                    )
                     .collect::<Vec<_>>()
                     .join(", "),
             },
@@ -492,6 +498,7 @@ mod tests {
                 shard_status(1, Role::Follower, 2, 2, 40, vec![]),
             ],
             peers: vec![(NodeId(2), Some(12)), (NodeId(3), None)],
+            refused: vec![],
         };
         vec![
             NodeReport {

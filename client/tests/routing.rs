@@ -38,9 +38,10 @@ async fn learns_shards_and_leader_then_talks_only_to_the_leader() {
         .filter(|r| r.3 != Op::Status)
         .map(|r| r.0)
         .collect();
+    // The session's open, the put, the two gets.
     assert_eq!(
         keyed,
-        vec![2, 2, 2],
+        vec![2, 2, 2, 2],
         "every keyed request went straight to the leader"
     );
 }
@@ -65,13 +66,14 @@ async fn follows_a_redirect_when_the_leader_moves() {
     let second: Vec<(u64, u64)> = ctl
         .received
         .iter()
-        .filter(|r| r.3 != Op::Status)
+        .filter(|r| matches!(r.3, Op::Put { .. }))
         .skip(1)
         .map(|r| (r.0, r.2))
         .collect();
+    // seq 1 opened the session on the key's shard, seq 2 was the first put.
     assert_eq!(
         second,
-        vec![(1, 2), (3, 2)],
+        vec![(1, 3), (3, 3)],
         "old leader first, then the hinted one, same seq"
     );
     assert_eq!(ctl.data.get(&b("a")), Some(&b("2")));
@@ -119,10 +121,10 @@ async fn a_write_whose_reply_is_lost_is_retried_under_the_same_seq_and_applied_o
         assert_eq!(ctl.applied.len(), 1, "the write applied exactly once");
     }
     assert!(client.metrics().retries >= 2);
-    // The next request gets the next seq.
+    // The next request gets the next seq (seq 1 opened the session, 2 was the put).
     s.put(b("k"), b("w")).await.unwrap();
     let last = fake.ctl().received.last().unwrap().2;
-    assert_eq!(last, 2);
+    assert_eq!(last, 3);
 }
 
 #[tokio::test]
@@ -238,8 +240,9 @@ async fn requests_ready_together_share_a_datagram() {
         t.await.unwrap().unwrap();
     }
     let m = client.metrics();
-    assert_eq!(m.requests_sent - before.requests_sent, 50);
-    assert!(m.datagrams_sent - before.datagrams_sent <= 5, "{m:?}");
+    // Each new session opens itself on the key's shard before its put.
+    assert_eq!(m.requests_sent - before.requests_sent, 100);
+    assert!(m.datagrams_sent - before.datagrams_sent <= 10, "{m:?}");
     let biggest = fake.ctl().datagrams.iter().map(|d| d.1).max().unwrap();
     assert!(biggest >= 10, "largest datagram carried {biggest} requests");
 }

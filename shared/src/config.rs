@@ -2,7 +2,7 @@
 //! many shards there are. Parsed once at the boundary into a validated [`ClusterConfig`].
 
 use crate::ids::NodeId;
-use crate::limits::{NODES_MAX, SHARDS_MAX};
+use crate::limits::{NODES_MAX, SHARDS_MAX, TIMING_VALUE_MAX};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -59,6 +59,47 @@ impl Default for TimingConfig {
             election_ticks_min: default_election_ticks_min(),
             election_ticks_max: default_election_ticks_max(),
         }
+    }
+}
+
+impl TimingConfig {
+    /// Refuses every timing the node core and Raft would assert on (or overflow with),
+    /// naming the fields concerned. kvserver runs with quiescence on, whose failure
+    /// detector needs an election timeout longer than two heartbeat periods (a follower
+    /// of a quiesced group must not time out while its leader's node keeps it alive).
+    pub fn validate(&self) -> Result<(), String> {
+        let values = [
+            ("tick_ms", self.tick_ms),
+            ("heartbeat_ticks", u64::from(self.heartbeat_ticks)),
+            ("election_ticks_min", u64::from(self.election_ticks_min)),
+            ("election_ticks_max", u64::from(self.election_ticks_max)),
+        ];
+        for (name, value) in values {
+            if value == 0 || value > u64::from(TIMING_VALUE_MAX) {
+                return Err(format!(
+                    "timing.{name} = {value} is outside 1..={TIMING_VALUE_MAX} (TIMING_VALUE_MAX)"
+                ));
+            }
+        }
+        let (hb, min, max) = (
+            self.heartbeat_ticks,
+            self.election_ticks_min,
+            self.election_ticks_max,
+        );
+        if min <= 2 * hb + 1 {
+            return Err(format!(
+                "timing.election_ticks_min ({min}) must exceed 2 * timing.heartbeat_ticks + 1 ({}): \
+                 followers of an idle (quiesced) group would time out between heartbeats",
+                2 * hb + 1
+            ));
+        }
+        if max <= min {
+            return Err(format!(
+                "timing.election_ticks_max ({max}) must exceed timing.election_ticks_min ({min}): \
+                 the election timeout is drawn from min..max"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -135,17 +176,7 @@ impl ClusterConfig {
                 return invalid(format!("address {} is listed twice", n.addr));
             }
         }
-        let t = &raw.timing;
-        if t.tick_ms == 0 || t.heartbeat_ticks == 0 {
-            return invalid("timing.tick_ms and timing.heartbeat_ticks must be positive".into());
-        }
-        if t.election_ticks_min <= t.heartbeat_ticks || t.election_ticks_max <= t.election_ticks_min
-        {
-            return invalid(format!(
-                "timing needs heartbeat_ticks ({}) < election_ticks_min ({}) < election_ticks_max ({})",
-                t.heartbeat_ticks, t.election_ticks_min, t.election_ticks_max
-            ));
-        }
+        raw.timing.validate().map_err(ConfigError::Invalid)?;
         let mut nodes = raw.nodes;
         nodes.sort_by_key(|n| n.id);
         Ok(ClusterConfig {
@@ -199,6 +230,54 @@ mod tests {
         let zero = "cluster_id = 1\nshards = 0\n[[nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\n";
         let e = ClusterConfig::from_toml(zero).unwrap_err().to_string();
         assert!(e.contains("shards = 0"), "{e}");
+    }
+
+    fn with_timing(timing: &str) -> Result<ClusterConfig, ConfigError> {
+        let t = format!(
+            "cluster_id = 1\nshards = 2\n[timing]\n{timing}\n[[nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\n"
+        );
+        ClusterConfig::from_toml(&t)
+    }
+
+    /// Regression: heartbeat 5 and election minimum 10 passed validation, then the node
+    /// core's quiescence assertion (`election_ticks_min > 2 * heartbeat_ticks + 1`) fired.
+    #[test]
+    fn rejects_election_minimum_within_two_heartbeats() {
+        let e =
+            with_timing("heartbeat_ticks = 5\nelection_ticks_min = 10\nelection_ticks_max = 20")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("timing.election_ticks_min (10)") && e.contains("timing.heartbeat_ticks"),
+            "{e}"
+        );
+        assert!(with_timing(
+            "heartbeat_ticks = 5\nelection_ticks_min = 12\nelection_ticks_max = 20"
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn rejects_an_empty_election_range() {
+        let e = with_timing("election_ticks_min = 30\nelection_ticks_max = 30")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("timing.election_ticks_max (30)"), "{e}");
+    }
+
+    #[test]
+    fn rejects_zero_and_huge_timing_values() {
+        for (field, value) in [
+            ("tick_ms", 0u64),
+            ("heartbeat_ticks", 0),
+            ("tick_ms", u64::from(TIMING_VALUE_MAX) + 1),
+            ("election_ticks_max", u64::from(u32::MAX)),
+        ] {
+            let e = with_timing(&format!("{field} = {value}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("timing.{field} = {value}")), "{e}");
+        }
     }
 
     #[test]

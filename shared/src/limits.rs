@@ -32,7 +32,30 @@ pub const SHARDS_MAX: u32 = 1024;
 pub const NODES_MAX: usize = 16;
 /// Most client requests one node holds pending (proposed, not yet answered).
 pub const PENDING_REQUESTS_MAX: usize = 100_000;
+/// Most bytes of keys and values one node holds in pending client requests: the count
+/// limit alone let 100,000 requests of up to 32 KiB each hold about 3 GB.
+pub const PENDING_REQUEST_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Largest snapshot image (one shard's state machine) a replica accepts from a leader:
+/// chunks announcing a larger total are refused, so the reassembly buffer never exceeds
+/// it. 64 KiB under kv-storage's 1 GiB snapshot file limit, which also holds the
+/// snapshot's metadata (kv-node checks the two agree).
+pub const SNAPSHOT_IMAGE_BYTES_MAX: u64 = 1024 * 1024 * 1024 - 64 * 1024;
+/// Most snapshot bytes one node reassembles at once over all its groups (announced
+/// totals of the transfers in progress): a new transfer beyond it is refused until
+/// others finish.
+pub const SNAPSHOT_RECEIVE_BYTES_MAX: u64 = 2 * SNAPSHOT_IMAGE_BYTES_MAX;
+/// Highest Raft term a replica accepts. Far beyond any term honest elections reach (one
+/// election per millisecond for 8,900 years), and low enough that `term + 1` never
+/// overflows: a message claiming more is forged or corrupt and is dropped.
+pub const RAFT_TERM_MAX: u64 = 1 << 48;
+/// Highest log index (or snapshot byte offset) a replica accepts in a message, so that
+/// index arithmetic on it never overflows.
+pub const RAFT_INDEX_MAX: u64 = 1 << 62;
+/// Largest timing value (ticks or milliseconds) a cluster file may set: far beyond any
+/// useful timeout, and small enough that the arithmetic on it cannot overflow.
+pub const TIMING_VALUE_MAX: u32 = 1_000_000;
 
 // The limits above must agree with each other; checked at compile time.
 const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX + 256 <= ENTRY_BYTES_MAX);
 const _: () = assert!(ENTRY_BYTES_MAX + 1024 <= DATAGRAM_BYTES_MAX - 32);
+const _: () = assert!(SNAPSHOT_RECEIVE_BYTES_MAX >= SNAPSHOT_IMAGE_BYTES_MAX);

@@ -40,6 +40,14 @@ pub enum Op {
     },
     /// Ask the node for its status table (not routed to a shard).
     Status,
+    /// Open this client's session on the shard of `key` (or keep it open): goes through
+    /// the log like a write but changes no data, so retrying it is always safe. A write
+    /// from a client without a session gets [`ClientError::SessionExpired`] unless its
+    /// sequence number is 1 (docs/NODE.md, "Client sessions").
+    OpenSession {
+        /// Any key of the shard (the one the client is about to write).
+        key: Bytes,
+    },
 }
 
 impl Op {
@@ -49,14 +57,19 @@ impl Op {
             Op::Get { key, .. }
             | Op::Put { key, .. }
             | Op::Delete { key }
-            | Op::Cas { key, .. } => Some(key),
+            | Op::Cas { key, .. }
+            | Op::OpenSession { key } => Some(key),
             Op::Status => None,
         }
     }
 
-    /// True for operations that change state (and so go through the log with a session).
+    /// True for operations that go through the log under the client's session (writes,
+    /// and opening the session).
     pub fn is_write(&self) -> bool {
-        matches!(self, Op::Put { .. } | Op::Delete { .. } | Op::Cas { .. })
+        matches!(
+            self,
+            Op::Put { .. } | Op::Delete { .. } | Op::Cas { .. } | Op::OpenSession { .. }
+        )
     }
 
     /// Checks the size limits, naming the limit that was crossed.
@@ -206,6 +219,19 @@ pub enum ClientError {
     /// The request could not be decoded or makes no sense.
     #[error("malformed request: {0}")]
     Malformed(String),
+    /// The client has no session on this shard (it was evicted, or never opened): the
+    /// write was not applied now, but an earlier attempt of it may have been. Retrying
+    /// cannot tell; open a session and treat the outcome as unknown.
+    #[error("session expired on this shard (evicted or never opened); the outcome of this write is unknown")]
+    SessionExpired,
+    /// The requests pending at this node hold too many bytes.
+    #[error("node {node} is overloaded: {pending_bytes} bytes of requests pending (limit PENDING_REQUEST_BYTES_MAX)")]
+    OverloadedBytes {
+        /// The node.
+        node: NodeId,
+        /// Bytes pending now.
+        pending_bytes: usize,
+    },
 }
 
 impl ClientError {
@@ -213,7 +239,9 @@ impl ClientError {
     pub fn outcome_unknown(&self) -> bool {
         matches!(
             self,
-            ClientError::NoQuorum { .. } | ClientError::Timeout { .. }
+            ClientError::NoQuorum { .. }
+                | ClientError::Timeout { .. }
+                | ClientError::SessionExpired
         )
     }
 }
@@ -269,6 +297,9 @@ pub struct NodeStatus {
     pub shards: Vec<ShardStatus>,
     /// Each peer and the milliseconds since a datagram last arrived from it (`None`: never).
     pub peers: Vec<(NodeId, Option<u64>)>,
+    /// Remote input the node refused since it started, by reason (every reason listed,
+    /// zero or not): malformed or misaddressed peer messages, and limits reached.
+    pub refused: Vec<(String, u64)>,
 }
 
 #[cfg(test)]

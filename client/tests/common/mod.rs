@@ -251,6 +251,7 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
                 .filter(|p| *p != me)
                 .map(|p| (NodeId(p), Some(5)))
                 .collect(),
+            refused: vec![],
         };
         return reply(Outcome::Status(status));
     }
@@ -284,7 +285,7 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
     if let Some((latest, outcome)) = c.sessions.get(&r.client) {
         if r.seq == *latest {
             let outcome = outcome.clone();
-            if c.drop_replies > 0 {
+            if c.drop_replies > 0 && !matches!(r.op, Op::OpenSession { .. }) {
                 c.drop_replies -= 1;
                 return None;
             }
@@ -317,14 +318,17 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
                 }
             }
         }
+        Op::OpenSession { .. } => Outcome::Done,
         Op::Get { .. } | Op::Status => unreachable!("handled above"),
     };
     if c.data.get(&key) != before.as_ref() {
         c.prev.insert(key, (before, r.client));
     }
-    c.applied.push((r.client, r.seq));
+    if !matches!(r.op, Op::OpenSession { .. }) {
+        c.applied.push((r.client, r.seq));
+    }
     c.sessions.insert(r.client, (r.seq, outcome.clone()));
-    if c.drop_replies > 0 {
+    if c.drop_replies > 0 && !matches!(r.op, Op::OpenSession { .. }) {
         c.drop_replies -= 1;
         return None;
     }

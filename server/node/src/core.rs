@@ -12,7 +12,10 @@ use kv_raft::{
     Entry, EntryKind, Membership, ProposeError, Raft, Role, Snapshot, SnapshotMeta, SoftState,
     WriteId,
 };
-use kv_shared::limits::{ENTRY_BYTES_MAX, PENDING_REQUESTS_MAX};
+use kv_shared::limits::{
+    ENTRY_BYTES_MAX, PENDING_REQUESTS_MAX, PENDING_REQUEST_BYTES_MAX, SNAPSHOT_IMAGE_BYTES_MAX,
+    SNAPSHOT_RECEIVE_BYTES_MAX,
+};
 use kv_shared::proto::{
     ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, ShardStatus,
 };
@@ -27,6 +30,51 @@ use xxhash_rust::xxh64::xxh64;
 /// (~540 MB RSS per node measured), and a restarted follower replayed them instead of
 /// installing a snapshot.
 const SNAPSHOT_LOG_BYTES_MAX: u64 = 8 * 1024 * 1024;
+
+/// Room for a snapshot's metadata next to its image in one snapshot file: a received
+/// image of the largest size the network accepts must also fit kv-storage's file limit,
+/// or the follower could never persist it.
+const SNAPSHOT_META_BYTES_MAX: u64 = 64 * 1024;
+const _: () =
+    assert!(SNAPSHOT_IMAGE_BYTES_MAX + SNAPSHOT_META_BYTES_MAX <= kv_storage::SNAPSHOT_BYTES_MAX);
+
+/// Why the node core refused remote input before it reached a Raft group or a shard
+/// (kv-raft counts what it refuses itself: [`kv_raft::Refusal`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BoundaryRefusal {
+    /// A datagram from a node that is not a member of the cluster.
+    UnknownSender,
+    /// A message for a shard this node does not host.
+    UnknownShard,
+    /// A message whose sender or receiver is not the datagram's sender and this node.
+    Misaddressed,
+    /// A client request while `PENDING_REQUESTS_MAX` requests are pending.
+    PendingRequestsFull,
+    /// A client request while its bytes would exceed `PENDING_REQUEST_BYTES_MAX`.
+    PendingBytesFull,
+}
+
+impl BoundaryRefusal {
+    /// Every reason, in counter order.
+    pub const ALL: [BoundaryRefusal; 5] = [
+        BoundaryRefusal::UnknownSender,
+        BoundaryRefusal::UnknownShard,
+        BoundaryRefusal::Misaddressed,
+        BoundaryRefusal::PendingRequestsFull,
+        BoundaryRefusal::PendingBytesFull,
+    ];
+
+    /// A stable snake_case name for status output and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            BoundaryRefusal::UnknownSender => "unknown_sender",
+            BoundaryRefusal::UnknownShard => "unknown_shard",
+            BoundaryRefusal::Misaddressed => "misaddressed",
+            BoundaryRefusal::PendingRequestsFull => "pending_requests_full",
+            BoundaryRefusal::PendingBytesFull => "pending_bytes_full",
+        }
+    }
+}
 
 /// Opaque to the core: the runtime maps it to a client address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -102,6 +150,21 @@ pub struct GroupView {
     pub applied: u64,
 }
 
+/// What a pending request counts against `PENDING_REQUEST_BYTES_MAX`: its keys and values
+/// (the bulk of what it holds) plus a fixed share for the rest of the request.
+fn request_bytes(op: &Op) -> usize {
+    const REQUEST_OVERHEAD_BYTES: usize = 128;
+    let payload = match op {
+        Op::Put { key, value } => key.len() + value.len(),
+        Op::Cas { key, expected, new } => {
+            key.len() + expected.as_ref().map_or(0, |e| e.len()) + new.len()
+        }
+        Op::Get { key, .. } | Op::Delete { key } | Op::OpenSession { key } => key.len(),
+        Op::Status => 0,
+    };
+    REQUEST_OVERHEAD_BYTES + payload
+}
+
 /// A digest of an entry, equal for equal entries.
 pub fn entry_hash(e: &Entry) -> u64 {
     xxh64(&postcard::to_stdvec(e).expect("entries encode"), 0)
@@ -123,6 +186,8 @@ struct Request {
     req: ClientRequest,
     shard: ShardId,
     deadline_tick: u64,
+    /// What it counts against `PENDING_REQUEST_BYTES_MAX`.
+    bytes: usize,
 }
 
 /// What to do when a DiskWrite is durable.
@@ -176,6 +241,10 @@ pub struct NodeCore {
     config: NodeConfig,
     groups: Vec<Group>,
     requests: BTreeMap<u64, Request>,
+    /// Sum of `Request::bytes` over `requests`.
+    pending_request_bytes: usize,
+    /// Remote input refused at the boundary, by reason (see `BoundaryRefusal::ALL`).
+    boundary_refusals: [u64; BoundaryRefusal::ALL.len()],
     deadlines: BTreeSet<(u64, u64)>,
     next_request_id: u64,
     next_read_ctx: u64,
@@ -271,6 +340,8 @@ impl NodeCore {
             config,
             groups,
             requests: BTreeMap::new(),
+            pending_request_bytes: 0,
+            boundary_refusals: [0; BoundaryRefusal::ALL.len()],
             deadlines: BTreeSet::new(),
             next_request_id: 1,
             next_read_ctx: 1,
@@ -429,21 +500,82 @@ impl NodeCore {
         }
     }
 
-    /// Messages from a peer. Messages naming another sender or receiver, or an unknown
-    /// shard, are dropped.
+    /// Messages from a peer. Messages from a non-member, naming another sender or
+    /// receiver, or for an unknown shard are dropped and counted (`status().refused`);
+    /// kv-raft checks the rest of each message itself.
     pub fn on_peer_messages(&mut self, from: NodeId, msgs: Vec<GroupMessage>) {
+        if !self.is_peer(from) {
+            self.refuse(BoundaryRefusal::UnknownSender);
+            return;
+        }
         self.peers_heard_tick.insert(from, self.tick_count);
         for gm in msgs {
-            let Some(g) = self.groups.get_mut(gm.shard.0 as usize) else {
-                continue;
-            };
-            if gm.msg.from != from || gm.msg.to != self.config.node {
+            if gm.shard.0 as usize >= self.groups.len() {
+                self.refuse(BoundaryRefusal::UnknownShard);
                 continue;
             }
+            if gm.msg.from != from || gm.msg.to != self.config.node {
+                self.refuse(BoundaryRefusal::Misaddressed);
+                continue;
+            }
+            let g = gm.shard.0 as usize;
+            if !self.snapshot_receive_has_room(g, &gm.msg) {
+                self.groups[g]
+                    .raft
+                    .refuse(kv_raft::Refusal::SnapshotReceiveFull);
+                continue;
+            }
+            let g = &mut self.groups[g];
             g.last_msg_tick = self.tick_count;
             g.wake();
             g.raft.step(gm.msg);
         }
+    }
+
+    /// True if `node` is another member of the cluster.
+    fn is_peer(&self, node: NodeId) -> bool {
+        node != self.config.node && self.config.members.contains(&node)
+    }
+
+    fn refuse(&mut self, reason: BoundaryRefusal) {
+        let slot = &mut self.boundary_refusals[reason as usize];
+        *slot = slot.saturating_add(1);
+    }
+
+    /// A snapshot transfer starts (offset 0) only if the node's reassembly buffers, with
+    /// it, stay within `SNAPSHOT_RECEIVE_BYTES_MAX` (kv-raft bounds each group's by
+    /// `SNAPSHOT_IMAGE_BYTES_MAX`; this bounds their sum).
+    fn snapshot_receive_has_room(&self, g: usize, msg: &kv_raft::Message) -> bool {
+        let kv_raft::MessageBody::InstallSnapshot {
+            offset: 0,
+            total_len,
+            ..
+        } = &msg.body
+        else {
+            return true;
+        };
+        let others: u64 = self
+            .groups
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != g)
+            .map(|(_, other)| other.raft.incoming_snapshot_bytes())
+            .sum();
+        others.saturating_add(*total_len) <= SNAPSHOT_RECEIVE_BYTES_MAX
+    }
+
+    /// Remote input refused so far, by reason: the node core's boundary checks, then
+    /// kv-raft's, summed over every group. Every reason is listed, zero or not.
+    pub fn refusals(&self) -> Vec<(&'static str, u64)> {
+        let mut raft = kv_raft::Refusals::default();
+        for g in &self.groups {
+            raft.add(&g.raft.refusals());
+        }
+        BoundaryRefusal::ALL
+            .iter()
+            .map(|r| (r.name(), self.boundary_refusals[*r as usize]))
+            .chain(raft.iter().map(|(r, n)| (r.name(), n)))
+            .collect()
     }
 
     /// A client request. Answered (exactly once) in some later `Output`, or in the next.
@@ -474,12 +606,23 @@ impl NodeCore {
             return reply_now(self, Outcome::Value(v));
         }
         if self.requests.len() >= PENDING_REQUESTS_MAX {
+            self.refuse(BoundaryRefusal::PendingRequestsFull);
             let e = ClientError::Overloaded {
                 node: self.config.node,
                 pending: self.requests.len(),
             };
             return reply_now(self, Outcome::Error(e));
         }
+        let bytes = request_bytes(&req.op);
+        if self.pending_request_bytes + bytes > PENDING_REQUEST_BYTES_MAX {
+            self.refuse(BoundaryRefusal::PendingBytesFull);
+            let e = ClientError::OverloadedBytes {
+                node: self.config.node,
+                pending_bytes: self.pending_request_bytes,
+            };
+            return reply_now(self, Outcome::Error(e));
+        }
+        self.pending_request_bytes += bytes;
         let id = self.next_request_id;
         self.next_request_id += 1;
         let deadline_tick = self.tick_count + u64::from(self.config.request_timeout_ticks);
@@ -490,6 +633,7 @@ impl NodeCore {
                 req,
                 shard,
                 deadline_tick,
+                bytes,
             },
         );
         self.deadlines.insert((deadline_tick, id));
@@ -656,8 +800,10 @@ impl NodeCore {
     fn restore_snapshot(&mut self, g: usize, snap: Snapshot) {
         let sessions_max = self.config.sessions_max();
         let group = &mut self.groups[g];
+        // kv-raft persisted and handed out this snapshot only after
+        // `sm::snapshot_image_restorable` accepted it.
         let sm = StateMachine::from_image(&snap.data, sessions_max)
-            .unwrap_or_else(|e| panic!("shard {}: leader sent a bad snapshot: {e}", g));
+            .unwrap_or_else(|e| panic!("shard {g}: a checked snapshot image fails: {e}"));
         assert_eq!(
             sm.applied_index(),
             snap.meta.index,
@@ -912,6 +1058,7 @@ impl NodeCore {
         let Some(r) = self.requests.remove(&id) else {
             return;
         };
+        self.pending_request_bytes -= r.bytes;
         self.deadlines.remove(&(r.deadline_tick, id));
         self.out.replies.push((
             r.token,
@@ -962,6 +1109,11 @@ impl NodeCore {
             shard_count: self.config.shard_count,
             shards,
             peers,
+            refused: self
+                .refusals()
+                .into_iter()
+                .map(|(reason, n)| (reason.to_string(), n))
+                .collect(),
         }
     }
 
@@ -987,9 +1139,12 @@ impl NodeCore {
     }
 
     /// Records that a datagram from `peer` arrived at wall time `now_ms` (for status).
+    /// Only members are recorded: sender ids are remote input.
     pub fn note_peer_heard(&mut self, peer: NodeId, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
-        self.peers_heard_ms.insert(peer, now_ms);
+        if self.is_peer(peer) {
+            self.peers_heard_ms.insert(peer, now_ms);
+        }
     }
 
     /// Sets the wall time status reports measure against.
@@ -1000,6 +1155,11 @@ impl NodeCore {
     /// Requests accepted and not yet answered.
     pub fn pending_requests(&self) -> usize {
         self.requests.len()
+    }
+
+    /// Key and value bytes of the requests accepted and not yet answered.
+    pub fn pending_request_bytes(&self) -> usize {
+        self.pending_request_bytes
     }
 
     /// (applied index, state digest) of one shard's state machine.

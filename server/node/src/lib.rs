@@ -27,6 +27,7 @@ pub use crate::config::{NodeConfig, RaftTuning};
 #[cfg(feature = "planted-bugs")]
 pub use crate::core::PlantedBug;
 pub use crate::core::{
-    entry_hash, AppliedEntry, ClientToken, DiskOp, DiskWrite, GroupView, NodeCore, Output,
+    entry_hash, AppliedEntry, BoundaryRefusal, ClientToken, DiskOp, DiskWrite, GroupView, NodeCore,
+    Output,
 };
 pub use crate::wal::RecoveryError;

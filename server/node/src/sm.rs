@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use hashbrown::hash_table::{Entry, HashTable};
+use kv_shared::limits::SESSIONS_MAX;
 use kv_shared::proto::{ClientError, Op, Outcome};
 use kv_shared::ClientId;
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,8 @@ pub enum WriteOp {
         /// Value written on a match.
         new: Bytes,
     },
+    /// Open the client's session (changes no data).
+    OpenSession,
 }
 
 impl WriteOp {
@@ -51,6 +54,7 @@ impl WriteOp {
                 expected: expected.clone(),
                 new: new.clone(),
             }),
+            Op::OpenSession { .. } => Some(WriteOp::OpenSession),
             Op::Get { .. } | Op::Status => None,
         }
     }
@@ -125,6 +129,8 @@ impl Eq for Sessions {}
 /// What the session table says about a write before it is applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionCheck {
+    /// The client has no session here: never opened, or evicted (the table cannot tell).
+    Unknown,
     /// A new sequence number: apply it.
     Fresh,
     /// A retry of the latest applied write: its saved outcome.
@@ -161,7 +167,7 @@ impl Sessions {
     /// Classifies `(client, seq)` and marks the session used.
     pub fn check(&mut self, client: ClientId, seq: u64) -> SessionCheck {
         let Some(s) = self.by_client.get_mut(&client) else {
-            return SessionCheck::Fresh;
+            return SessionCheck::Unknown;
         };
         let verdict = if seq > s.seq {
             SessionCheck::Fresh
@@ -357,10 +363,40 @@ impl PartialEq for StateMachine {
 
 impl Eq for StateMachine {}
 
+/// kv-raft's [`kv_raft::Config::snapshot_image_check`] for kv-node: a snapshot from a
+/// leader is persisted only if its image restores at the snapshot's index and term.
+pub fn snapshot_image_restorable(snapshot: &kv_raft::Snapshot) -> bool {
+    let meta = &snapshot.meta;
+    StateMachine::check_image(&snapshot.data, SESSIONS_MAX, meta.index, meta.term).is_ok()
+}
+
 /// A snapshot image that does not decode.
 #[derive(Debug, thiserror::Error)]
 #[error("snapshot image does not decode: {0}")]
 pub struct ImageError(String);
+
+/// Decodes an image and checks what `to_image` guarantees and restoring relies on: keys
+/// and session clients strictly ascending (no repeats), at most `sessions_max` sessions,
+/// no session stamp beyond the clock.
+fn decode_image(bytes: &[u8], sessions_max: usize) -> Result<Image<'_>, ImageError> {
+    let image: Image = postcard::from_bytes(bytes).map_err(|e| ImageError(e.to_string()))?;
+    if !image.data.windows(2).all(|w| w[0].0 < w[1].0) {
+        return Err(ImageError("keys are not strictly ascending".into()));
+    }
+    if !image.sessions.windows(2).all(|w| w[0].0 < w[1].0) {
+        return Err(ImageError("sessions are not strictly ascending".into()));
+    }
+    if image.sessions.len() > sessions_max {
+        return Err(ImageError(format!(
+            "{} sessions; a shard keeps at most {sessions_max}",
+            image.sessions.len()
+        )));
+    }
+    if image.sessions.iter().any(|(_, s)| s.stamp > image.clock) {
+        return Err(ImageError("a session stamp is beyond the clock".into()));
+    }
+    Ok(image)
+}
 
 impl StateMachine {
     /// An empty shard.
@@ -460,15 +496,27 @@ impl StateMachine {
     }
 
     /// Applies one write under its session: exactly once per (client, seq).
+    ///
+    /// A client without a session (never opened, or evicted: the bounded table cannot
+    /// tell) may only open one, with `OpenSession` (which changes no data, so applying
+    /// it again is harmless) or implicitly with a write at sequence number 1 (one-shot
+    /// sessions). Any other write from it is refused as `SessionExpired`: it may be the
+    /// retry of a write applied before its session was evicted, and applying it again
+    /// would break exactly-once. The verdict depends only on applied commands, so every
+    /// replica gives the same.
     pub fn apply_write(&mut self, w: &WriteCommand) -> Outcome {
         match self.sessions.check(w.client, w.seq) {
             SessionCheck::Duplicate(outcome) => return outcome,
             SessionCheck::Stale { latest } => {
                 return Outcome::Error(ClientError::StaleSequence { seq: w.seq, latest })
             }
-            SessionCheck::Fresh => {}
+            SessionCheck::Unknown if w.seq != 1 && w.op != WriteOp::OpenSession => {
+                return Outcome::Error(ClientError::SessionExpired)
+            }
+            SessionCheck::Unknown | SessionCheck::Fresh => {}
         }
         let outcome = match &w.op {
+            WriteOp::OpenSession => Outcome::Done,
             WriteOp::Put { key, value } => {
                 self.insert(key, value);
                 Outcome::Done
@@ -511,7 +559,7 @@ impl StateMachine {
 
     /// Rebuilds a shard from a snapshot image.
     pub fn from_image(bytes: &[u8], sessions_max: usize) -> Result<StateMachine, ImageError> {
-        let image: Image = postcard::from_bytes(bytes).map_err(|e| ImageError(e.to_string()))?;
+        let image = decode_image(bytes, sessions_max)?;
         let mut sm = StateMachine {
             // Sized once for the image's keys: no doubling (and no table twice the size
             // it needs) while a large shard is restored.
@@ -525,6 +573,25 @@ impl StateMachine {
             sm.insert(key, value);
         }
         Ok(sm)
+    }
+
+    /// Checks that `bytes` is an image [`StateMachine::from_image`] restores, at `index`
+    /// and `term`, without building the map: a snapshot from a leader is checked before
+    /// it is persisted, so that a bad one never fails a restart.
+    pub fn check_image(
+        bytes: &[u8],
+        sessions_max: usize,
+        index: u64,
+        term: u64,
+    ) -> Result<(), ImageError> {
+        let image = decode_image(bytes, sessions_max)?;
+        if (image.applied_index, image.applied_term) != (index, term) {
+            return Err(ImageError(format!(
+                "image is at index {} term {}, its metadata says index {index} term {term}",
+                image.applied_index, image.applied_term
+            )));
+        }
+        Ok(())
     }
 
     /// The map sorted by key: images and digests must not depend on hash order.
@@ -574,6 +641,14 @@ mod tests {
                 key: b(k),
                 value: b(v),
             },
+        }
+    }
+
+    fn open(client: u64, seq: u64) -> WriteCommand {
+        WriteCommand {
+            client: ClientId(client),
+            seq,
+            op: WriteOp::OpenSession,
         }
     }
 
@@ -631,8 +706,8 @@ mod tests {
             },
         };
         // The same write twice in one batch and again later: applied once, same answer.
-        let out = sm.apply_entry(1, 1, &entry(vec![cas.clone(), cas.clone()]));
-        assert_eq!(out, vec![Outcome::CasOk, Outcome::CasOk]);
+        let out = sm.apply_entry(1, 1, &entry(vec![open(7, 2), cas.clone(), cas.clone()]));
+        assert_eq!(out, vec![Outcome::Done, Outcome::CasOk, Outcome::CasOk]);
         sm.apply_entry(2, 1, &entry(vec![put(8, 1, "k", "other")]));
         let out = sm.apply_entry(3, 1, &entry(vec![cas.clone()]));
         assert_eq!(
@@ -651,6 +726,29 @@ mod tests {
         );
     }
 
+    /// Regression (issue 12): an evicted session counted as new, so a retry of a write
+    /// applied before the eviction was applied a second time.
+    #[test]
+    fn retry_after_eviction_is_refused_not_applied_twice() {
+        let mut sm = StateMachine::new(2);
+        let first = put(1, 2, "k", "from-1");
+        let out = sm.apply_entry(1, 1, &entry(vec![open(1, 1), first.clone()]));
+        assert_eq!(out, vec![Outcome::Done, Outcome::Done]);
+        // Another client writes the key; two more push client 1 out of the table.
+        sm.apply_entry(2, 1, &entry(vec![put(2, 1, "k", "from-2")]));
+        sm.apply_entry(3, 1, &entry(vec![put(3, 1, "x", "_"), put(4, 1, "y", "_")]));
+        assert_eq!(sm.sessions(), 2);
+        // Client 1 never saw its answer and retries: refused, and the key keeps the
+        // later write.
+        let out = sm.apply_entry(4, 1, &entry(vec![first]));
+        assert_eq!(out, vec![Outcome::Error(ClientError::SessionExpired)]);
+        assert_eq!(sm.get(b"k"), Some(b("from-2")));
+        // Reopening is always safe, and later writes apply.
+        let out = sm.apply_entry(5, 1, &entry(vec![open(1, 3), put(1, 4, "k", "again")]));
+        assert_eq!(out, vec![Outcome::Done, Outcome::Done]);
+        assert_eq!(sm.get(b"k"), Some(b("again")));
+    }
+
     #[test]
     fn sessions_evict_least_recently_used() {
         let mut s = Sessions::new(2);
@@ -663,7 +761,7 @@ mod tests {
         );
         s.record(ClientId(3), 1, Outcome::Done);
         assert_eq!(s.len(), 2);
-        assert_eq!(s.check(ClientId(2), 1), SessionCheck::Fresh, "evicted");
+        assert_eq!(s.check(ClientId(2), 1), SessionCheck::Unknown, "evicted");
         assert_eq!(
             s.check(ClientId(1), 1),
             SessionCheck::Duplicate(Outcome::Done)
@@ -697,7 +795,7 @@ mod tests {
             let look_up = (x >> 20) % 3 < 1;
             if look_up {
                 let expect_known = model.contains_key(&c);
-                let known = s.check(c, 0) != SessionCheck::Fresh;
+                let known = s.check(c, 0) != SessionCheck::Unknown;
                 assert_eq!(known, expect_known, "step {step}");
                 if known {
                     touch(&mut model, &mut lru, c);
@@ -731,9 +829,10 @@ mod tests {
     fn image_and_digest_do_not_depend_on_insertion_order() {
         let writes: Vec<WriteCommand> = (0..200u64)
             .map(|i| {
+                // Every write opens a session of its own (seq 1); sessions get evicted.
                 put(
-                    i % 7,
                     i + 1,
+                    1,
                     &format!("key{}", (i * 37) % 101),
                     &format!("v{i}"),
                 )
@@ -772,14 +871,14 @@ mod tests {
     #[test]
     fn image_round_trip_keeps_map_sessions_and_position() {
         let mut sm = StateMachine::new(10);
-        sm.apply_entry(1, 1, &entry(vec![put(1, 1, "a", "x"), put(2, 5, "b", "y")]));
+        sm.apply_entry(1, 1, &entry(vec![put(1, 1, "a", "x"), put(2, 1, "b", "y")]));
         sm.apply_empty(2, 2);
         let back = StateMachine::from_image(&sm.to_image(), 10).unwrap();
         assert_eq!(back, sm);
         assert_eq!(back.digest(), sm.digest());
         let mut back = back;
         assert_eq!(
-            back.apply_entry(3, 2, &entry(vec![put(2, 5, "b", "again")])),
+            back.apply_entry(3, 2, &entry(vec![put(2, 1, "b", "again")])),
             vec![Outcome::Done]
         );
         assert_eq!(back.get(b"b"), Some(b("y")), "session survived the image");

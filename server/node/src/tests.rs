@@ -270,7 +270,7 @@ fn restart_from_records_keeps_the_data() {
     for (t, k) in ["a", "b", "c", "d"].iter().enumerate() {
         let shard = kv_shared::shard::shard_for_key(k.as_bytes(), 2);
         let l = c.leader(shard);
-        c.request(l, t as u64, put(1, t as u64 + 1, k, "v"));
+        c.request(l, t as u64, put(t as u64 + 1, 1, k, "v"));
         c.flush(l);
         c.tick(3);
     }
@@ -499,4 +499,263 @@ fn follower_back_after_compaction_gets_a_snapshot_at_the_compacted_index() {
 #[test]
 fn follower_back_after_compaction_gets_a_snapshot_past_the_compacted_index() {
     follower_back_after_compaction_gets_a_snapshot(2);
+}
+
+// ---- remote input the node must refuse without panicking or growing (issue 12) ----
+
+fn refused(node: &NodeCore, reason: &str) -> u64 {
+    node.refusals()
+        .into_iter()
+        .find(|(r, _)| *r == reason)
+        .map_or_else(|| panic!("no counter named {reason}"), |(_, n)| n)
+}
+
+/// A snapshot chunk from `from` to `to` for `shard`, as a leader of `term` would send it.
+fn snapshot_chunk(
+    shard: u32,
+    from: NodeId,
+    to: NodeId,
+    term: u64,
+    index: u64,
+    total_len: u64,
+    chunk: &[u8],
+) -> GroupMessage {
+    GroupMessage {
+        shard: ShardId(shard),
+        msg: kv_raft::Message {
+            from,
+            to,
+            term,
+            body: kv_raft::MessageBody::InstallSnapshot {
+                meta: kv_raft::SnapshotMeta {
+                    index,
+                    term,
+                    membership: kv_raft::Membership {
+                        voters: ids(3),
+                        learners: vec![],
+                    },
+                },
+                offset: 0,
+                total_len,
+                chunk: Bytes::copy_from_slice(chunk),
+            },
+        },
+    }
+}
+
+/// Regression: a snapshot whose image does not decode panicked the node when restored,
+/// and since it was persisted first, the node then exited on every restart.
+#[test]
+fn forged_snapshot_image_is_refused_before_it_is_persisted() {
+    let mut c = Cluster::new(3, 1);
+    c.tick(60);
+    let l = c.leader(ShardId(0));
+    let f = (l + 1) % 3;
+    let term = c.nodes[f].raft_status(ShardId(0)).term;
+    let image = b"\xffnot an image";
+    let forged = snapshot_chunk(
+        0,
+        NodeId(l as u64 + 1),
+        NodeId(f as u64 + 1),
+        term,
+        1000,
+        image.len() as u64,
+        image,
+    );
+    c.nodes[f].on_peer_messages(NodeId(l as u64 + 1), vec![forged]);
+    let out = c.nodes[f].take_output();
+    c.absorb(f, out);
+    assert!(c.snapshots[f].is_empty(), "the image reached the disk");
+    assert_eq!(refused(&c.nodes[f], "snapshot_image_invalid"), 1);
+    assert!(c.nodes[f].raft_status(ShardId(0)).commit < 1000);
+    let rec = Recovered {
+        records: c.disks[f].clone(),
+        snapshots: c.snapshots[f].clone(),
+        truncated_tail: None,
+    };
+    let config = NodeConfig::for_test(NodeId(f as u64 + 1), ids(3), 1);
+    assert!(NodeCore::new(config, rec).is_ok(), "the node restarts");
+}
+
+/// Regression: any sender id was remembered (a map entry per forged id) and reached the
+/// groups; now only members are heard.
+#[test]
+fn datagrams_from_non_members_are_refused_and_not_remembered() {
+    let mut c = Cluster::new(3, 1);
+    c.tick(60);
+    let stranger = NodeId(99);
+    let heartbeat = GroupMessage {
+        shard: ShardId(0),
+        msg: kv_raft::Message {
+            from: stranger,
+            to: NodeId(1),
+            term: 1_000,
+            body: kv_raft::MessageBody::Heartbeat {
+                commit: 0,
+                read_round: 0,
+            },
+        },
+    };
+    let term = c.nodes[0].raft_status(ShardId(0)).term;
+    c.nodes[0].note_peer_heard(stranger, 5);
+    c.nodes[0].on_peer_messages(stranger, vec![heartbeat.clone()]);
+    assert_eq!(refused(&c.nodes[0], "unknown_sender"), 1);
+    assert_eq!(c.nodes[0].raft_status(ShardId(0)).term, term);
+    assert!(c.nodes[0]
+        .status()
+        .peers
+        .iter()
+        .all(|(p, _)| *p != stranger));
+    // A member naming another sender inside its datagram, or an unknown shard.
+    c.nodes[0].on_peer_messages(NodeId(2), vec![heartbeat.clone()]);
+    assert_eq!(refused(&c.nodes[0], "misaddressed"), 1);
+    let mut elsewhere = heartbeat;
+    elsewhere.shard = ShardId(7);
+    elsewhere.msg.from = NodeId(2);
+    c.nodes[0].on_peer_messages(NodeId(2), vec![elsewhere]);
+    assert_eq!(refused(&c.nodes[0], "unknown_shard"), 1);
+    let status = c.nodes[0].status();
+    assert!(status
+        .refused
+        .iter()
+        .any(|(r, n)| r == "unknown_sender" && *n == 1));
+}
+
+/// Regression: pending requests were bounded by count only (100,000 of up to 32 KiB).
+#[test]
+fn pending_requests_are_bounded_in_bytes() {
+    use kv_shared::limits::{PENDING_REQUEST_BYTES_MAX, VALUE_BYTES_MAX};
+    let mut c = Cluster::new(3, 1);
+    c.tick(60);
+    let l = c.leader(ShardId(0));
+    // One shared buffer: the node counts each request's bytes, the test holds them once.
+    let value = Bytes::from(vec![7u8; VALUE_BYTES_MAX]);
+    let mut accepted = 0u64;
+    let limit_hit = loop {
+        let seq = accepted + 1;
+        c.nodes[l].on_client_request(
+            ClientToken(seq),
+            ClientRequest {
+                client: ClientId(seq),
+                seq: 1,
+                op: Op::Put {
+                    key: Bytes::from_static(b"k"),
+                    value: value.clone(),
+                },
+            },
+        );
+        if c.nodes[l].pending_requests() as u64 == accepted {
+            break seq;
+        }
+        accepted += 1;
+        assert!(c.nodes[l].pending_request_bytes() <= PENDING_REQUEST_BYTES_MAX);
+    };
+    assert!(accepted > 0);
+    assert!(
+        c.nodes[l].pending_request_bytes() + VALUE_BYTES_MAX > PENDING_REQUEST_BYTES_MAX - 4096
+    );
+    let out = c.nodes[l].take_output();
+    let refusal = out
+        .replies
+        .iter()
+        .find(|(t, _)| t.0 == limit_hit)
+        .map(|(_, r)| r.outcome.clone());
+    assert!(
+        matches!(
+            refusal,
+            Some(Outcome::Error(ClientError::OverloadedBytes { .. }))
+        ),
+        "{refusal:?}"
+    );
+    assert_eq!(refused(&c.nodes[l], "pending_bytes_full"), 1);
+    c.absorb(l, out);
+    c.settle();
+    c.tick(5);
+    assert_eq!(
+        c.nodes[l].pending_request_bytes(),
+        0,
+        "answered requests release bytes"
+    );
+}
+
+/// Snapshot reassembly is bounded per group (the announced size, `SNAPSHOT_IMAGE_BYTES_MAX`)
+/// and over the node (`SNAPSHOT_RECEIVE_BYTES_MAX`).
+#[test]
+fn snapshot_transfers_beyond_the_receive_limits_are_refused() {
+    use kv_shared::limits::{SNAPSHOT_IMAGE_BYTES_MAX, SNAPSHOT_RECEIVE_BYTES_MAX};
+    let mut c = Cluster::new(3, 8);
+    c.tick(80);
+    // The node leading the fewest shards receives; a leader does not take snapshots.
+    let fi = (0..3)
+        .min_by_key(|&i| (0..8).filter(|&s| c.leader(ShardId(s)) == i).count())
+        .unwrap();
+    let f = NodeId(fi as u64 + 1);
+    let leader_of = |c: &Cluster, s: u32| NodeId(c.leader(ShardId(s)) as u64 + 1);
+    let shard = (0..8).find(|&s| leader_of(&c, s) != f).unwrap();
+    let l = leader_of(&c, shard);
+    let term = c.nodes[fi].raft_status(ShardId(shard)).term;
+    let too_big = snapshot_chunk(shard, l, f, term, 1000, SNAPSHOT_IMAGE_BYTES_MAX + 1, b"x");
+    c.nodes[fi].on_peer_messages(l, vec![too_big]);
+    assert_eq!(refused(&c.nodes[fi], "snapshot_size_invalid"), 1);
+    let mut started = 0u64;
+    let mut s = 0u32;
+    let mut refused_total = 0u64;
+    for shard in 0..8u32 {
+        let l = leader_of(&c, shard);
+        if l == f {
+            continue;
+        }
+        s += 1;
+        let term = c.nodes[fi].raft_status(ShardId(shard)).term;
+        let chunk = snapshot_chunk(shard, l, f, term, 1000, SNAPSHOT_IMAGE_BYTES_MAX, b"x");
+        c.nodes[fi].on_peer_messages(l, vec![chunk]);
+        let _ = c.nodes[fi].take_output();
+        if started + SNAPSHOT_IMAGE_BYTES_MAX <= SNAPSHOT_RECEIVE_BYTES_MAX {
+            started += SNAPSHOT_IMAGE_BYTES_MAX;
+        } else {
+            refused_total += 1;
+        }
+        assert_eq!(
+            refused(&c.nodes[fi], "snapshot_receive_full"),
+            refused_total
+        );
+    }
+    assert!(
+        s >= 3 && refused_total >= 1,
+        "the test needs three transfers ({s})"
+    );
+}
+
+/// Every timing the cluster file accepts builds a node core and runs it (no assertion in
+/// kv-node or kv-raft fires), and the one from issue 12 is refused.
+#[test]
+fn every_timing_the_cluster_file_accepts_builds_a_node() {
+    let mut accepted = 0;
+    for hb in 1..=6u32 {
+        for min in 1..=16u32 {
+            for max in 1..=20u32 {
+                let toml = format!(
+                    "cluster_id = 1\nshards = 1\n[timing]\nheartbeat_ticks = {hb}\n\
+                     election_ticks_min = {min}\nelection_ticks_max = {max}\n\
+                     [[nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\n\
+                     [[nodes]]\nid = 2\naddr = \"127.0.0.1:2\"\n"
+                );
+                let Ok(cluster) = kv_shared::config::ClusterConfig::from_toml(&toml) else {
+                    continue;
+                };
+                accepted += 1;
+                let config = NodeConfig::from_cluster(&cluster, NodeId(1));
+                let mut node = NodeCore::new(config, Recovered::default()).unwrap();
+                for _ in 0..2 * max {
+                    node.tick();
+                    let _ = node.take_output();
+                }
+            }
+        }
+    }
+    assert!(accepted > 100, "only {accepted} timings accepted");
+    let issue = "cluster_id = 1\nshards = 1\n[timing]\nheartbeat_ticks = 5\n\
+                 election_ticks_min = 10\nelection_ticks_max = 20\n\
+                 [[nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\n";
+    assert!(kv_shared::config::ClusterConfig::from_toml(issue).is_err());
 }

@@ -22,14 +22,23 @@
 //! only from `tick()`. So a cluster of these, driven by a seeded simulator, replays
 //! byte for byte. docs/RAFT.md describes each feature.
 //!
-//! Layout: `node` (public API, dispatch, the write/hold machinery), `election`,
+//! Every message is checked by [`check_message`] before the protocol sees it; refused
+//! ones are dropped and counted ([`Raft::refusals`]), so no remote input reaches an
+//! assertion or an overflow.
+//!
+//! Layout: `node` (public API, dispatch, the write/hold machinery), `check`, `election`,
 //! `replication` (with heartbeats and ReadIndex rounds), `snapshot`, `membership`, and the
 //! small pure pieces `log`, `progress`, `quorum`, `read_index`, `lease`.
 
 pub mod types;
 
+mod check;
+
+pub use check::{check_message, Refusal, Refusals};
 pub use types::*;
 
+#[cfg(test)]
+mod byzantine_tests;
 mod election;
 mod lease;
 mod log;
@@ -51,4 +60,6 @@ mod transcripts;
 
 #[cfg(feature = "planted-bugs")]
 pub use node::PlantedBug;
-pub use node::{Config, ProposeError, Raft, Ready, Restored, SoftState, Status, Write, WriteId};
+pub use node::{
+    Config, ImageCheck, ProposeError, Raft, Ready, Restored, SoftState, Status, Write, WriteId,
+};

@@ -5,6 +5,7 @@
 use crate::node::{Raft, RoleState};
 use crate::progress::Progress;
 use crate::types::{ConfChange, EntryKind, Index, Membership};
+use kv_shared::limits::NODES_MAX;
 use kv_shared::NodeId;
 
 /// Applies one change to `m`, keeping the lists sorted. Errors if it makes no sense.
@@ -14,6 +15,11 @@ pub(crate) fn apply(m: &mut Membership, change: &ConfChange) -> Result<(), Strin
         ConfChange::AddLearner(n) => {
             if n.is_none() || member(m, n) {
                 return Err(format!("{n} is already a member or invalid"));
+            }
+            if m.voters.len() + m.learners.len() >= NODES_MAX {
+                return Err(format!(
+                    "a group has at most NODES_MAX = {NODES_MAX} members"
+                ));
             }
             m.learners.push(n);
             m.learners.sort();
@@ -37,6 +43,13 @@ pub(crate) fn apply(m: &mut Membership, change: &ConfChange) -> Result<(), Strin
     Ok(())
 }
 
+/// Applies a COMMITTED change. Its leader validated it against this same sequence, so a
+/// change that does not apply came from a faulty or forged leader: it is skipped, the
+/// same way on every replica and at every restart, rather than panicking on remote input.
+pub(crate) fn apply_committed(m: &mut Membership, change: &ConfChange) {
+    let _ = apply(m, change);
+}
+
 impl Raft {
     /// Applies the conf changes in `(from, to]` (just committed) to the membership and
     /// adjusts roles and the leader's progress map.
@@ -54,9 +67,7 @@ impl Raft {
             return;
         }
         for c in &changes {
-            // A committed change was validated by its leader against this same sequence;
-            // if it does not apply, skip it rather than panic on remote input.
-            let _ = apply(&mut self.membership, c);
+            apply_committed(&mut self.membership, c);
         }
         let me = self.cfg.id;
         let last = self.log.last_index();
@@ -133,5 +144,15 @@ mod tests {
         assert!(apply(&mut x, &ConfChange::PromoteLearner(NodeId(3))).is_err());
         assert!(apply(&mut x, &ConfChange::RemoveNode(NodeId(9))).is_err());
         assert_eq!(x, m(&[1, 2, 3], &[4]), "a refused change changes nothing");
+    }
+
+    #[test]
+    fn a_group_never_grows_past_nodes_max() {
+        let ids: Vec<u64> = (1..=NODES_MAX as u64).collect();
+        let mut x = m(&ids, &[]);
+        let next = NodeId(NODES_MAX as u64 + 1);
+        assert!(apply(&mut x, &ConfChange::AddLearner(next)).is_err());
+        apply_committed(&mut x, &ConfChange::AddLearner(next));
+        assert_eq!(x, m(&ids, &[]));
     }
 }

@@ -2,6 +2,7 @@
 //! top-level dispatch of `step`. The protocol pieces live in sibling modules
 //! (`election`, `replication`, `snapshot`, `membership`) as further `impl Raft` blocks.
 
+use crate::check::{check_message, Refusal, Refusals};
 use crate::log::RaftLog;
 use crate::progress::Progress;
 use crate::read_index::ReadRounds;
@@ -66,7 +67,16 @@ pub struct Config {
     /// Most `read_index` requests a leader holds unconfirmed; more get
     /// [`ProposeError::TooManyPendingReads`].
     pub pending_reads_max: usize,
+    /// Decides whether a snapshot received from a leader holds a state machine image the
+    /// caller can restore. A refused one is dropped before it is persisted (and counted as
+    /// [`Refusal::SnapshotImageInvalid`]): persisted, it would fail every restart. `None`
+    /// accepts every image.
+    pub snapshot_image_check: Option<ImageCheck>,
 }
+
+/// See [`Config::snapshot_image_check`]: true if the caller can restore the snapshot.
+/// A plain function (pure, deterministic) so that `Config` stays plain data.
+pub type ImageCheck = fn(&Snapshot) -> bool;
 
 impl Config {
     /// Defaults for replica `id` with RNG seed `seed`: election timeout 10..20 ticks,
@@ -94,6 +104,7 @@ impl Config {
             retransmit_ticks: 2,
             eager_followers: None,
             pending_reads_max: kv_shared::limits::PENDING_REQUESTS_MAX,
+            snapshot_image_check: None,
         }
     }
 }
@@ -376,6 +387,8 @@ pub struct Raft {
     pub(crate) last_soft: SoftState,
     /// A snapshot being received in chunks.
     pub(crate) incoming: Option<crate::snapshot::Incoming>,
+    /// Messages refused by reason (see `check`).
+    pub(crate) refusals: Refusals,
     #[cfg(feature = "planted-bugs")]
     pub(crate) planted: Vec<PlantedBug>,
 }
@@ -411,8 +424,7 @@ impl Raft {
         let mut membership = base.clone();
         for e in log.range(si + 1, log.commit) {
             if let EntryKind::ConfChange(c) = &e.kind {
-                crate::membership::apply(&mut membership, c)
-                    .expect("a committed conf change is valid");
+                crate::membership::apply_committed(&mut membership, c);
             }
         }
         let mut raft = Raft {
@@ -451,6 +463,7 @@ impl Raft {
                 leader: None,
             },
             incoming: None,
+            refusals: Refusals::default(),
             #[cfg(feature = "planted-bugs")]
             planted: Vec::new(),
         };
@@ -478,10 +491,15 @@ impl Raft {
         }
     }
 
-    /// Handles a message from a peer of this group. Messages for another replica or
-    /// malformed ones are ignored.
+    /// Handles a message from a peer of this group. Messages for another replica are
+    /// ignored; malformed ones (see [`check_message`]) are dropped and counted in
+    /// [`Raft::refusals`].
     pub fn step(&mut self, msg: Message) {
         if msg.to != self.cfg.id || msg.from == self.cfg.id || msg.from.is_none() {
+            return;
+        }
+        if let Err(reason) = check_message(&msg) {
+            self.refuse(reason);
             return;
         }
         if msg.term > self.term {
@@ -711,8 +729,7 @@ impl Raft {
         let mut membership = self.snap_membership.clone();
         for e in self.log.range(self.log.snap_index + 1, index) {
             if let EntryKind::ConfChange(c) = &e.kind {
-                crate::membership::apply(&mut membership, c)
-                    .expect("a committed conf change is valid");
+                crate::membership::apply_committed(&mut membership, c);
             }
         }
         SnapshotMeta {
@@ -780,6 +797,23 @@ impl Raft {
             soft_state,
             snapshot_wanted: std::mem::take(&mut self.snapshot_wanted),
         }
+    }
+
+    /// Messages refused so far, by reason.
+    pub fn refusals(&self) -> Refusals {
+        self.refusals
+    }
+
+    /// Bytes announced by the snapshot transfer this replica is receiving (0 if none): a
+    /// node bounds the sum over its groups (`SNAPSHOT_RECEIVE_BYTES_MAX`).
+    pub fn incoming_snapshot_bytes(&self) -> u64 {
+        self.incoming.as_ref().map_or(0, |i| i.total_len())
+    }
+
+    /// Counts a refused input (the caller's boundary checks count theirs here too, so
+    /// one set of counters covers the group).
+    pub fn refuse(&mut self, reason: Refusal) {
+        self.refusals.count(reason);
     }
 
     /// Where this replica stands.
@@ -1041,8 +1075,7 @@ impl Raft {
                         prev_term,
                         entries,
                         commit,
-                    } => self
-                        .handle_append(msg.from, msg.term, prev_index, prev_term, entries, commit),
+                    } => self.handle_append(msg.from, prev_index, prev_term, entries, commit),
                     MessageBody::Heartbeat { commit, read_round } => {
                         let c = commit.min(self.log.last_index());
                         if c > self.log.commit {

@@ -352,25 +352,13 @@ impl Raft {
     pub(crate) fn handle_append(
         &mut self,
         from: NodeId,
-        msg_term: Term,
         mut prev_index: Index,
         mut prev_term: Term,
         mut entries: Vec<Entry>,
         leader_commit: Index,
     ) {
-        let well_formed = entries.iter().enumerate().all(|(i, e)| {
-            e.index == prev_index + 1 + i as u64
-                && e.term <= msg_term
-                && e.term
-                    >= if i == 0 {
-                        prev_term
-                    } else {
-                        entries[i - 1].term
-                    }
-        });
-        if !well_formed {
-            return;
-        }
+        // `step` checked the entries (`check_message`): contiguous after `prev_index`,
+        // terms rising from `prev_term` to the message's term, indexes far from overflow.
         let commit = self.log.commit;
         if prev_index < commit {
             // Entries up to our commit are settled; skip them (and the duplicate work).

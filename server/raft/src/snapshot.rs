@@ -22,6 +22,13 @@ pub(crate) struct Incoming {
     buf: BytesMut,
 }
 
+impl Incoming {
+    /// The size the sender announced (what the buffer may grow to).
+    pub(crate) fn total_len(&self) -> u64 {
+        self.total_len
+    }
+}
+
 impl Raft {
     /// True if `to` answered within `elections` election timeouts. A follower not heard
     /// from yet counts from tick 0: a young leader's life is that short anyway.
@@ -219,12 +226,8 @@ impl Raft {
             self.send_after_persist(from, body);
             return;
         }
-        if offset
-            .checked_add(chunk.len() as u64)
-            .is_none_or(|end| end > total_len)
-        {
-            return;
-        }
+        // `check_message` bounded offset + chunk by total_len, and total_len by
+        // SNAPSHOT_IMAGE_BYTES_MAX: the buffer below never outgrows either.
         let term = self.term;
         let fresh = !self
             .incoming
@@ -269,6 +272,16 @@ impl Raft {
             meta: inc.meta,
             data: inc.buf.freeze(),
         };
+        if self
+            .cfg
+            .snapshot_image_check
+            .is_some_and(|valid| !valid(&snap))
+        {
+            // Nothing is persisted or acknowledged: the leader resends, and a node that
+            // restarts does not find an image it cannot restore.
+            self.refuse(crate::Refusal::SnapshotImageInvalid);
+            return;
+        }
         self.install_snapshot(snap);
         let body = MessageBody::InstallSnapshotResp {
             snapshot_index: index,

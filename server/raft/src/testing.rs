@@ -20,7 +20,7 @@ pub(crate) struct Disk {
 }
 
 impl Disk {
-    fn apply(&mut self, w: &Write) {
+    pub(crate) fn apply(&mut self, w: &Write) {
         if let Some(s) = &w.snapshot {
             self.snapshot = Some(s.clone());
             self.entries.clear();
@@ -166,6 +166,7 @@ impl Cluster {
             retransmit_ticks: self.opts.retransmit_ticks,
             eager_followers: self.opts.eager_followers,
             pending_reads_max: self.opts.pending_reads_max,
+            snapshot_image_check: None,
         }
     }
 

@@ -45,6 +45,8 @@ struct Pending {
     give_up_ns: u64,
     /// A request is in flight (as opposed to waiting out a backoff).
     sent: bool,
+    /// `req` opens the session on the key's shard; `op` follows once it is open.
+    opens: bool,
 }
 
 /// Workload timing.
@@ -74,6 +76,8 @@ pub struct Client {
     next_node: usize,
     /// Last value this client saw per key (to aim CAS at a likely match).
     seen: Vec<Option<Bytes>>,
+    /// Shards where this client's session is open (a write needs one).
+    open_shards: Vec<bool>,
     /// Operations completed with a definite outcome.
     pub ok: u64,
     /// Operations abandoned.
@@ -86,6 +90,26 @@ pub struct Client {
     /// leader need several Appends to catch a follower up (only a prefix of its log is
     /// acknowledged at a time, as in Raft's Figure 8).
     pub value_pad_bytes: usize,
+}
+
+/// The request carrying `op` on `key`.
+fn wire_op(key: &Bytes, op: &KvOp) -> Op {
+    match op {
+        KvOp::Get => Op::Get {
+            key: key.clone(),
+            stale: false,
+        },
+        KvOp::Put(v) => Op::Put {
+            key: key.clone(),
+            value: v.clone(),
+        },
+        KvOp::Delete => Op::Delete { key: key.clone() },
+        KvOp::Cas { expected, new } => Op::Cas {
+            key: key.clone(),
+            expected: expected.clone(),
+            new: new.clone(),
+        },
+    }
 }
 
 /// The key space: a few keys, so operations on one key overlap often.
@@ -105,6 +129,7 @@ impl Client {
             leader_cache: vec![None; shards as usize],
             next_node: index,
             seen: vec![None; key_count],
+            open_shards: vec![false; shards as usize],
             ok: 0,
             unknown: 0,
             stopped: false,
@@ -180,7 +205,8 @@ impl Client {
     pub fn abandon(&mut self, now_ns: u64, history: &mut Vec<Operation>) {
         if let Some(p) = self.pending.take() {
             self.unknown += 1;
-            if p.req.op.is_write() {
+            // A write waiting for its session to open was never sent.
+            if p.req.op.is_write() && !p.opens {
                 history.push(Operation {
                     client: self.id.0,
                     key: p.key,
@@ -240,23 +266,14 @@ impl Client {
             (i, op)
         };
         let key = keys[key_index].clone();
-        self.seq += 1;
-        let wire_op = match &op {
-            KvOp::Get => Op::Get {
-                key: key.clone(),
-                stale: false,
-            },
-            KvOp::Put(v) => Op::Put {
-                key: key.clone(),
-                value: v.clone(),
-            },
-            KvOp::Delete => Op::Delete { key: key.clone() },
-            KvOp::Cas { expected, new } => Op::Cas {
-                key: key.clone(),
-                expected: expected.clone(),
-                new: new.clone(),
-            },
+        let shard = shard_for_key(&key, shards).0 as usize;
+        let opens = op != KvOp::Get && !self.open_shards[shard];
+        let wire_op = if opens {
+            Op::OpenSession { key: key.clone() }
+        } else {
+            wire_op(&key, &op)
         };
+        self.seq += 1;
         self.pending = Some(Pending {
             req: ClientRequest {
                 client: self.id,
@@ -268,6 +285,7 @@ impl Client {
             invoke_ns: now_ns,
             give_up_ns: now_ns + t.give_up_ns,
             sent: false,
+            opens,
         });
         self.send(now_ns, nodes, shards, t)
     }
@@ -307,6 +325,16 @@ impl Client {
             return Ok(Action::Idle);
         }
         let result = match reply.outcome {
+            Outcome::Done if p.opens => {
+                // The session is open: the write itself follows, under the next seq.
+                self.open_shards[shard_for_key(&p.key, shards).0 as usize] = true;
+                self.seq += 1;
+                let p = self.pending.as_mut().expect("pending");
+                p.opens = false;
+                p.req.seq = self.seq;
+                p.req.op = wire_op(&p.key, &p.op);
+                return Ok(self.send(now_ns, nodes, shards, t));
+            }
             Outcome::Value(v) => KvResult::Value(v),
             Outcome::Done => KvResult::Done,
             Outcome::CasOk => KvResult::CasOk,

@@ -27,6 +27,8 @@ pub struct Client {
     id: ClientId,
     seq: u64,
     leaders: HashMap<ShardId, NodeId>,
+    /// Shards where this session is open (a node refuses writes without one).
+    open_shards: std::collections::HashSet<ShardId>,
     next_node: usize,
     buf: Vec<u8>,
 }
@@ -57,6 +59,7 @@ impl Client {
             id,
             seq: 0,
             leaders: HashMap::new(),
+            open_shards: std::collections::HashSet::new(),
             next_node: 0,
             buf: vec![0; kv_shared::limits::DATAGRAM_BYTES_MAX + 1],
         }
@@ -73,8 +76,17 @@ impl Client {
         self.call_within(op, CALL_TIMEOUT)
     }
 
-    /// [`Client::call`] with an explicit overall timeout.
+    /// [`Client::call`] with an explicit overall timeout. The first write to a shard
+    /// opens the session there first.
     pub fn call_within(&mut self, op: Op, timeout: Duration) -> Result<Outcome, CallError> {
+        if op.is_write() && !matches!(op, Op::OpenSession { .. }) {
+            let key = op.key().expect("writes have keys").clone();
+            let shard = kv_shared::shard::shard_for_key(&key, self.shards);
+            if !self.open_shards.contains(&shard) {
+                self.call_within(Op::OpenSession { key }, timeout)?;
+                self.open_shards.insert(shard);
+            }
+        }
         self.seq += 1;
         let req = ClientRequest {
             client: self.id,
