@@ -356,11 +356,11 @@ impl Subject {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_peer_messages_never_panic_or_break_own_invariants(
-        actions in proptest::collection::vec(action(), 1..120)
+        actions in proptest::collection::vec(action(), 1..200)
     ) {
         let mut s = Subject::new();
         for a in actions {
