@@ -455,3 +455,32 @@ fn append_resp_hint_of_u64_max_is_refused() {
     }));
     assert_eq!(s.raft.refusals().get(crate::Refusal::IndexOutOfRange), 1);
 }
+
+/// A peer repeating one Append while this replica's write is not yet durable gets one
+/// held acknowledgement, not one per copy (memory a remote peer could otherwise grow).
+#[test]
+fn repeated_appends_during_a_slow_write_hold_one_ack() {
+    let mut s = Subject::new();
+    let append = Message {
+        from: NodeId(2),
+        to: ME,
+        term: 1,
+        body: MessageBody::Append {
+            prev_index: 0,
+            prev_term: 0,
+            entries: vec![Entry {
+                term: 1,
+                index: 1,
+                kind: EntryKind::Noop,
+                data: Bytes::new(),
+            }],
+            commit: 0,
+        },
+    };
+    for _ in 0..1000 {
+        s.act(Action::Step(append.clone()));
+    }
+    assert_eq!(s.raft.held.len(), 1);
+    s.act(Action::Persist);
+    assert!(s.raft.held.is_empty());
+}
