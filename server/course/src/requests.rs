@@ -145,8 +145,10 @@ pub fn disposition(outcome: Outcome) -> Disposition {
             ClientError::NoQuorum { .. }
             | ClientError::Timeout { .. }
             | ClientError::Overloaded { .. }
+            | ClientError::OverloadedBytes { .. }
             | ClientError::Unavailable { .. }
-            | ClientError::StaleSequence { .. },
+            | ClientError::StaleSequence { .. }
+            | ClientError::SessionExpired,
         ) => Disposition::Answer(Answer::Redirect),
         Outcome::Error(
             ClientError::KeyTooLarge { .. }

@@ -36,9 +36,13 @@ impl Raft {
         }
     }
 
-    /// Starts an election: PreVote first if enabled.
+    /// Starts an election: PreVote first if enabled. Never past `RAFT_TERM_MAX`: peers
+    /// refuse higher terms, and only a forged message can have brought the term there.
     pub(crate) fn hup(&mut self) {
-        if matches!(self.role, RoleState::Leader(_)) || !self.promotable() {
+        if matches!(self.role, RoleState::Leader(_))
+            || !self.promotable()
+            || self.term >= kv_shared::limits::RAFT_TERM_MAX
+        {
             return;
         }
         if self.cfg.pre_vote {
@@ -77,6 +81,9 @@ impl Raft {
     /// Becomes a candidate in a new term. `transfer` marks a campaign started by
     /// TimeoutNow, which overrides the voters' leader lease.
     pub(crate) fn campaign(&mut self, transfer: bool) {
+        if self.term >= kv_shared::limits::RAFT_TERM_MAX {
+            return; // see `hup`
+        }
         self.fail_reads_if_leader();
         self.term += 1;
         self.vote = self.cfg.id;

@@ -991,9 +991,22 @@ impl Raft {
             return;
         }
         match self.write_dependency() {
+            // The same message held for the same write says nothing new: without this, a
+            // peer repeating one Append while a write is slow would grow `held` without
+            // bound.
+            Some(w) if self.held_already(w, &m) => {}
             Some(w) => self.held.push((w, Held::Send(m))),
             None => self.msgs.push(m),
         }
+    }
+
+    /// True if `m` is held for write `w` already (`held` is in write order).
+    fn held_already(&self, w: u64, m: &Message) -> bool {
+        self.held
+            .iter()
+            .rev()
+            .take_while(|(dep, _)| *dep == w)
+            .any(|(_, h)| matches!(h, Held::Send(x) if x == m))
     }
 
     /// The write whose durability covers all state changed so far, if not durable yet.
