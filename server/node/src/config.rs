@@ -172,6 +172,7 @@ impl NodeConfig {
             lease_reads: t.lease_reads,
             lease_margin_ticks: t.lease_margin_ticks,
             eager_followers: t.eager_followers,
+            snapshot_image_check: crate::sm::StateMachine::image_matches,
             ..kv_raft::Config::new(self.node, 0)
         }
     }

@@ -509,6 +509,13 @@ impl StateMachine {
         Bytes::from(postcard::to_stdvec(&image).expect("an image always encodes"))
     }
 
+    /// Whether `image` decodes to a shard at `meta.index`: a follower checks this before
+    /// it installs and persists a snapshot a leader sent (`kv_raft::Config::
+    /// snapshot_image_check`), so that restoring it cannot fail.
+    pub fn image_matches(meta: &kv_raft::SnapshotMeta, image: &[u8]) -> bool {
+        postcard::from_bytes::<Image>(image).is_ok_and(|i| i.applied_index == meta.index)
+    }
+
     /// Rebuilds a shard from a snapshot image.
     pub fn from_image(bytes: &[u8], sessions_max: usize) -> Result<StateMachine, ImageError> {
         let image: Image = postcard::from_bytes(bytes).map_err(|e| ImageError(e.to_string()))?;

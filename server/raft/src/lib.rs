@@ -51,4 +51,7 @@ mod transcripts;
 
 #[cfg(feature = "planted-bugs")]
 pub use node::PlantedBug;
-pub use node::{Config, ProposeError, Raft, Ready, Restored, SoftState, Status, Write, WriteId};
+pub use node::{
+    accept_any_snapshot_image, Config, ProposeError, Raft, Ready, Restored, SoftState, Status,
+    Write, WriteId,
+};

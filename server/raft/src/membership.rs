@@ -37,6 +37,14 @@ pub(crate) fn apply(m: &mut Membership, change: &ConfChange) -> Result<(), Strin
     Ok(())
 }
 
+/// Applies a committed change, skipping one that does not apply. Its leader validated
+/// it, so only a corrupt or forged log holds such a change; every path that replays
+/// committed changes (live commit, restart, snapshot metadata) must skip it alike, or a
+/// replica would disagree with itself after a restart (and panic on remote input).
+pub(crate) fn apply_committed(m: &mut Membership, change: &ConfChange) {
+    let _ = apply(m, change);
+}
+
 impl Raft {
     /// Applies the conf changes in `(from, to]` (just committed) to the membership and
     /// adjusts roles and the leader's progress map.
@@ -54,9 +62,7 @@ impl Raft {
             return;
         }
         for c in &changes {
-            // A committed change was validated by its leader against this same sequence;
-            // if it does not apply, skip it rather than panic on remote input.
-            let _ = apply(&mut self.membership, c);
+            apply_committed(&mut self.membership, c);
         }
         let me = self.cfg.id;
         let last = self.log.last_index();
@@ -133,5 +139,43 @@ mod tests {
         assert!(apply(&mut x, &ConfChange::PromoteLearner(NodeId(3))).is_err());
         assert!(apply(&mut x, &ConfChange::RemoveNode(NodeId(9))).is_err());
         assert_eq!(x, m(&[1, 2, 3], &[4]), "a refused change changes nothing");
+    }
+
+    /// Found by the raft_step fuzz target: a member's Append committed the same
+    /// AddLearner twice; the live path skipped the second, and `Raft::new` then panicked
+    /// on restart (and `snapshot_meta` on compaction) replaying it.
+    #[test]
+    fn restart_replays_a_committed_invalid_conf_change_without_panic() {
+        use crate::types::{Entry, HardState};
+        use crate::{Config, Raft, Restored};
+        let entries: Vec<Entry> = (1..=3)
+            .map(|index| Entry {
+                term: 1,
+                index,
+                kind: EntryKind::ConfChange(ConfChange::AddLearner(NodeId(4))),
+                data: bytes::Bytes::new(),
+            })
+            .collect();
+        let raft = Raft::new(
+            Config::new(NodeId(1), 1),
+            Restored {
+                hard_state: HardState {
+                    term: 1,
+                    vote: NodeId(2),
+                    commit: 3,
+                },
+                snapshot: None,
+                entries,
+                initial_membership: m(&[1, 2, 3], &[]),
+            },
+        );
+        let mut raft = raft;
+        while raft.has_ready() {
+            let rd = raft.ready();
+            if let Some(w) = rd.write {
+                raft.on_persisted(w.id);
+            }
+        }
+        assert_eq!(raft.snapshot_meta(3).membership, m(&[1, 2, 3], &[4]));
     }
 }

@@ -66,6 +66,16 @@ pub struct Config {
     /// Most `read_index` requests a leader holds unconfirmed; more get
     /// [`ProposeError::TooManyPendingReads`].
     pub pending_reads_max: usize,
+    /// Checks the image of a snapshot received from a leader before it is installed and
+    /// handed out to persist: one that fails is dropped as if never sent, so a forged
+    /// image never reaches the disk (where it would fail every restart). Pure, like the
+    /// rest of the core. Default: [`accept_any_snapshot_image`].
+    pub snapshot_image_check: fn(&SnapshotMeta, &[u8]) -> bool,
+}
+
+/// The default [`Config::snapshot_image_check`]: Raft itself cannot read images.
+pub fn accept_any_snapshot_image(_meta: &SnapshotMeta, _image: &[u8]) -> bool {
+    true
 }
 
 impl Config {
@@ -94,6 +104,7 @@ impl Config {
             retransmit_ticks: 2,
             eager_followers: None,
             pending_reads_max: kv_shared::limits::PENDING_REQUESTS_MAX,
+            snapshot_image_check: accept_any_snapshot_image,
         }
     }
 }
@@ -411,8 +422,7 @@ impl Raft {
         let mut membership = base.clone();
         for e in log.range(si + 1, log.commit) {
             if let EntryKind::ConfChange(c) = &e.kind {
-                crate::membership::apply(&mut membership, c)
-                    .expect("a committed conf change is valid");
+                crate::membership::apply_committed(&mut membership, c);
             }
         }
         let mut raft = Raft {
@@ -711,8 +721,7 @@ impl Raft {
         let mut membership = self.snap_membership.clone();
         for e in self.log.range(self.log.snap_index + 1, index) {
             if let EntryKind::ConfChange(c) = &e.kind {
-                crate::membership::apply(&mut membership, c)
-                    .expect("a committed conf change is valid");
+                crate::membership::apply_committed(&mut membership, c);
             }
         }
         SnapshotMeta {

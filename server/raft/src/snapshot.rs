@@ -269,6 +269,9 @@ impl Raft {
             meta: inc.meta,
             data: inc.buf.freeze(),
         };
+        if !(self.cfg.snapshot_image_check)(&snap.meta, &snap.data) {
+            return;
+        }
         self.install_snapshot(snap);
         let body = MessageBody::InstallSnapshotResp {
             snapshot_index: index,
