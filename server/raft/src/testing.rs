@@ -166,6 +166,7 @@ impl Cluster {
             retransmit_ticks: self.opts.retransmit_ticks,
             eager_followers: self.opts.eager_followers,
             pending_reads_max: self.opts.pending_reads_max,
+            snapshot_image_check: crate::accept_any_snapshot_image,
         }
     }
 

@@ -290,7 +290,16 @@ fn bench_check_twice_on_one_cluster_passes_both_times() {
         let r = kvcli(
             &c,
             &[
-                "bench", "--ops", "300", "--clients", "8", "--keys", "10", "--check", "--seed", "5",
+                "bench",
+                "--ops",
+                "300",
+                "--clients",
+                "8",
+                "--keys",
+                "10",
+                "--check",
+                "--seed",
+                "5",
             ],
             "",
         );

@@ -56,7 +56,7 @@ fn run_one(target: &Target, data: &[u8], what: &str) {
         .join("target/fuzz-failures")
         .join(target.name);
     std::fs::create_dir_all(&dir).expect("create the failure dir");
-    let file = dir.join(format!("{:016x}", xxhash(data)));
+    let file = dir.join(format!("{:016x}", fnv1a(data)));
     std::fs::write(&file, data).expect("save the failing input");
     panic!(
         "fuzz target {} failed on {what}; input saved to {} (reproduce: cargo +nightly fuzz run {} {})",
@@ -67,10 +67,10 @@ fn run_one(target: &Target, data: &[u8], what: &str) {
     );
 }
 
-/// A stable name for a failing input.
-fn xxhash(data: &[u8]) -> u64 {
+/// A stable name for a failing input (FNV-1a).
+fn fnv1a(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x1_0000_0001_b3)
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
 
@@ -86,7 +86,7 @@ fn drive(target: &Target) {
         run_one(target, &seed_input, "a seed input");
     }
     pool.extend(regressions.into_iter().map(|(_, d)| d));
-    let mut mutator = Mutator::new(seed ^ xxhash(target.name.as_bytes()), pool);
+    let mut mutator = Mutator::new(seed ^ fnv1a(target.name.as_bytes()), pool);
     for i in 0..inputs {
         let data = mutator.next_input();
         run_one(

@@ -29,7 +29,7 @@ pub fn run(data: &[u8]) {
         match input.u8() % 6 {
             0 | 1 => {
                 let from = NodeId(2 + u64::from(input.u8() % 2));
-                let address_fixup = input.u8() % 4 != 0;
+                let address_fixup = !input.u8().is_multiple_of(4);
                 let payload = input.chunk();
                 let Ok(mut msgs) = decode_peer(payload) else {
                     continue;

@@ -25,7 +25,7 @@ pub fn run(data: &[u8]) {
         segment_bytes_max: 128 + 64 * u64::from(input.u8()),
     };
     let disk = SimDisk::new(u64::from(input.u8()));
-    if mode % 2 == 0 {
+    if mode.is_multiple_of(2) {
         write_log_then_garbage(&mut input, &disk, options);
     } else {
         write_raw_files(&mut input, &disk);
