@@ -11,17 +11,26 @@ use kv_shared::proto::{ClientRequest, Op};
 use kv_shared::wire::decode_value;
 use kv_shared::ClientId;
 
-/// Ticks until the single node surely leads every shard (elections take 10..20 ticks).
-const ELECTION_TICKS: u32 = 40;
-/// Ticks after which every request must have been answered (the test config's request
-/// timeout is 50 ticks).
-const ANSWER_TICKS: u32 = 60;
+/// Election timeout range of the node, in ticks: short, because every input starts a
+/// node and waits for it to lead (quiescence needs the minimum above two heartbeats).
+const ELECTION_TICKS_MIN: u32 = 4;
+const ELECTION_TICKS_MAX: u32 = 6;
+/// Ticks until the single node surely leads every shard.
+const ELECTION_TICKS: u32 = 2 * ELECTION_TICKS_MAX;
+/// The node's request timeout, in ticks.
+const REQUEST_TIMEOUT_TICKS: u32 = 10;
+/// Ticks after which every request must have been answered.
+const ANSWER_TICKS: u32 = REQUEST_TIMEOUT_TICKS + 4;
 /// Most payloads one input delivers.
 const PAYLOADS_MAX: u64 = 8;
 
 pub fn run(data: &[u8]) {
     let mut input = Input::new(data);
-    let mut node = NodeHarness::new(1);
+    let mut node = NodeHarness::new(1, |c| {
+        c.election_ticks_min = ELECTION_TICKS_MIN;
+        c.election_ticks_max = ELECTION_TICKS_MAX;
+        c.request_timeout_ticks = REQUEST_TIMEOUT_TICKS;
+    });
     node.tick(ELECTION_TICKS);
     let mut sent = Vec::new();
     for token in 1..=PAYLOADS_MAX {

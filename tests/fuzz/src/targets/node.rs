@@ -31,9 +31,11 @@ pub struct NodeHarness {
 }
 
 impl NodeHarness {
-    /// A fresh node among `members` (which include [`ME`]).
-    pub fn new(members: u64) -> NodeHarness {
-        let config = NodeConfig::for_test(ME, (1..=members).map(NodeId).collect(), SHARDS);
+    /// A fresh node among `members` (which include [`ME`]), with the test timing
+    /// changed by `tune`.
+    pub fn new(members: u64, tune: impl FnOnce(&mut NodeConfig)) -> NodeHarness {
+        let mut config = NodeConfig::for_test(ME, (1..=members).map(NodeId).collect(), SHARDS);
+        tune(&mut config);
         let core =
             NodeCore::new(config.clone(), Recovered::default()).expect("an empty disk recovers");
         NodeHarness {

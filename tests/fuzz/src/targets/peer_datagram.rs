@@ -20,7 +20,7 @@ const TICKS_PER_OP_MAX: u8 = 32;
 
 pub fn run(data: &[u8]) {
     let mut input = Input::new(data);
-    let mut node = NodeHarness::new(3);
+    let mut node = NodeHarness::new(3, |_| {});
     let mut seq = 0;
     for _ in 0..OPS_MAX {
         if input.is_empty() {
