@@ -267,6 +267,37 @@ struct Image<'a> {
     applied_term: u64,
 }
 
+/// Highest session clock an image may carry. The clock counts session uses (one or two per
+/// applied write), so no shard reaches it; an image beyond it is forged or corrupt, and
+/// would overflow the clock at the next write.
+const SESSION_CLOCK_MAX: u64 = u64::MAX / 2;
+
+impl<'a> Image<'a> {
+    /// Decodes an image and checks what the session table relies on: every stamp at or
+    /// below the clock, the clock far from overflow, one session per client.
+    fn decode(bytes: &'a [u8]) -> Result<Image<'a>, ImageError> {
+        let image: Image = postcard::from_bytes(bytes).map_err(|e| ImageError(e.to_string()))?;
+        if image.clock > SESSION_CLOCK_MAX {
+            return Err(ImageError(format!(
+                "session clock {} above SESSION_CLOCK_MAX ({SESSION_CLOCK_MAX})",
+                image.clock
+            )));
+        }
+        if let Some((c, s)) = image.sessions.iter().find(|(_, s)| s.stamp > image.clock) {
+            return Err(ImageError(format!(
+                "session of client {} stamped {} after the clock {}",
+                c.0, s.stamp, image.clock
+            )));
+        }
+        let mut clients: Vec<ClientId> = image.sessions.iter().map(|(c, _)| *c).collect();
+        clients.sort_unstable();
+        if let Some(w) = clients.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ImageError(format!("two sessions of client {}", w[0].0)));
+        }
+        Ok(image)
+    }
+}
+
 /// One key and its value in a single heap block: the key's length (u32, little endian),
 /// the key, the value. One allocation per key instead of two `Bytes` (each a block of its
 /// own plus, once cloned out of a decoded entry, a shared refcount block), and a 16-byte
@@ -513,12 +544,12 @@ impl StateMachine {
     /// it installs and persists a snapshot a leader sent (`kv_raft::Config::
     /// snapshot_image_check`), so that restoring it cannot fail.
     pub fn image_matches(meta: &kv_raft::SnapshotMeta, image: &[u8]) -> bool {
-        postcard::from_bytes::<Image>(image).is_ok_and(|i| i.applied_index == meta.index)
+        Image::decode(image).is_ok_and(|i| i.applied_index == meta.index)
     }
 
     /// Rebuilds a shard from a snapshot image.
     pub fn from_image(bytes: &[u8], sessions_max: usize) -> Result<StateMachine, ImageError> {
-        let image: Image = postcard::from_bytes(bytes).map_err(|e| ImageError(e.to_string()))?;
+        let image = Image::decode(bytes)?;
         let mut sm = StateMachine {
             // Sized once for the image's keys: no doubling (and no table twice the size
             // it needs) while a large shard is restored.
@@ -934,5 +965,53 @@ mod tests {
         let mut sm = StateMachine::new(10);
         assert!(sm.apply_entry(1, 1, b"\xff\xff\xff").is_empty());
         assert_eq!(sm.applied_index(), 1);
+    }
+
+    /// An image with the given session clock and sessions, as `to_image` lays it out.
+    fn image_with_sessions(clock: u64, sessions: &[(u64, u64)]) -> Vec<u8> {
+        let sessions: Vec<(ClientId, Session)> = sessions
+            .iter()
+            .map(|&(client, stamp)| {
+                let session = Session {
+                    seq: 1,
+                    outcome: Outcome::Done,
+                    stamp,
+                };
+                (ClientId(client), session)
+            })
+            .collect();
+        let image = ImageRef {
+            data: vec![],
+            sessions: sessions.iter().map(|(c, s)| (c, s)).collect(),
+            clock,
+            applied_index: 3,
+            applied_term: 1,
+        };
+        postcard::to_stdvec(&image).unwrap()
+    }
+
+    /// Found by the snapshot_image fuzz target: an image whose session clock is u64::MAX
+    /// restored, and the next write overflowed the clock (a panic with overflow checks);
+    /// stamps after the clock or two sessions of one client break eviction alike. Such an
+    /// image is refused, also by the check a follower runs before persisting a snapshot.
+    #[test]
+    fn an_image_whose_session_clock_would_overflow_is_refused() {
+        let meta = kv_raft::SnapshotMeta {
+            index: 3,
+            ..Default::default()
+        };
+        for bad in [
+            image_with_sessions(u64::MAX, &[(1, 5)]),
+            image_with_sessions(10, &[(1, 11)]),
+            image_with_sessions(10, &[(1, 4), (1, 4)]),
+        ] {
+            assert!(StateMachine::from_image(&bad, 8).is_err());
+            assert!(!StateMachine::image_matches(&meta, &bad));
+        }
+        let good = image_with_sessions(10, &[(1, 4), (2, 10)]);
+        let mut sm = StateMachine::from_image(&good, 8).unwrap();
+        assert!(StateMachine::image_matches(&meta, &good));
+        sm.apply_write(&put(3, 1, "k", "v"));
+        assert_eq!(sm.sessions(), 3);
     }
 }
