@@ -12,9 +12,9 @@ use kv_fuzz::{Target, TARGETS};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-/// Mutated inputs per target in CI: about a minute for all targets together on a
-/// 2-core machine in the workspace's dev profile.
-const INPUTS_PER_TARGET: u64 = 100_000;
+/// Mutated inputs per target in CI, sized for a budget of about a minute for all targets
+/// together on a 2-core machine in the dev profile.
+const INPUTS_PER_TARGET: u64 = 500_000;
 /// The default mutator seed, so that CI runs the same inputs every time.
 const DRIVER_SEED: u64 = 0x6675_7a7a;
 
