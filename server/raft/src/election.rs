@@ -248,3 +248,50 @@ impl Raft {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the peer_datagram fuzz target: a member's message with term u64::MAX
+    /// was adopted, and the replica's next election overflowed `term + 1`.
+    #[test]
+    fn a_message_with_term_u64_max_is_ignored() {
+        use crate::types::{Membership, TERM_MAX};
+        use crate::{Config, Raft, Restored};
+        let mut raft = Raft::new(
+            Config::new(NodeId(1), 1),
+            Restored {
+                initial_membership: Membership {
+                    voters: vec![NodeId(1), NodeId(2), NodeId(3)],
+                    learners: vec![],
+                },
+                ..Restored::default()
+            },
+        );
+        for term in [u64::MAX, TERM_MAX + 1] {
+            raft.step(Message {
+                from: NodeId(2),
+                to: NodeId(1),
+                term,
+                body: MessageBody::Heartbeat {
+                    commit: 0,
+                    read_round: 0,
+                },
+            });
+        }
+        assert_eq!(raft.status().term, 0);
+        for _ in 0..100 {
+            raft.tick();
+            while raft.has_ready() {
+                if let Some(w) = raft.ready().write {
+                    raft.on_persisted(w.id);
+                }
+            }
+        }
+        assert!(
+            raft.status().term <= 1,
+            "only its own elections moved the term"
+        );
+    }
+}

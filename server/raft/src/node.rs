@@ -489,9 +489,13 @@ impl Raft {
     }
 
     /// Handles a message from a peer of this group. Messages for another replica or
-    /// malformed ones are ignored.
+    /// malformed ones (including a term above [`TERM_MAX`]) are ignored.
     pub fn step(&mut self, msg: Message) {
-        if msg.to != self.cfg.id || msg.from == self.cfg.id || msg.from.is_none() {
+        if msg.to != self.cfg.id
+            || msg.from == self.cfg.id
+            || msg.from.is_none()
+            || msg.term > TERM_MAX
+        {
             return;
         }
         if msg.term > self.term {

@@ -11,6 +11,11 @@ pub type Index = u64;
 /// A Raft term.
 pub type Term = u64;
 
+/// Highest term a message may carry; `step` ignores messages above it. Terms grow by one
+/// per election, so no real cluster gets near it: a term above it is forged or corrupt,
+/// and adopting one would overflow the term at the next election.
+pub const TERM_MAX: Term = u64::MAX / 2;
+
 /// What a log entry carries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {
