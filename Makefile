@@ -39,3 +39,11 @@ clean:
 local:
 	$(CARGO) build --release -p kv-server --bin kvserver -p kvcli --bin kvcli
 	$(TARGET_DIR)/release/kvcli --local
+
+# The long fuzz campaign (docs/FUZZING.md): every target in turn under libFuzzer
+# (nightly), each until FUZZ_RUNS inputs or FUZZ_SECONDS seconds.
+FUZZ_RUNS ?= 1000000
+FUZZ_SECONDS ?= 3600
+.PHONY: fuzz
+fuzz:
+	FUZZ_RUNS=$(FUZZ_RUNS) FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh $(FUZZ_TARGETS)

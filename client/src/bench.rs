@@ -85,9 +85,9 @@ impl Default for BenchOptions {
 pub struct Progress {
     /// Time since the start.
     pub elapsed: Duration,
-    /// Operations completed in the last interval, per second.
+    /// Operations that succeeded in the last interval, per second.
     pub ops_per_s: f64,
-    /// Operations completed so far.
+    /// Operations that succeeded so far.
     pub ops: u64,
     /// p99 latency so far, in microseconds.
     pub p99_us: u64,
@@ -176,13 +176,13 @@ pub struct Report {
     pub options: BenchOptions,
     /// Wall time of the load phase.
     pub elapsed_s: f64,
-    /// Operations completed (any outcome).
+    /// Operations that succeeded (a refused or failed one is an error, not throughput).
     pub ops: u64,
-    /// Completed operations per second.
+    /// Successful operations per second.
     pub ops_per_s: f64,
-    /// Reads completed.
+    /// Reads that succeeded.
     pub reads: u64,
-    /// Writes completed.
+    /// Writes that succeeded.
     pub writes: u64,
     /// Reads that found no value.
     pub not_found: u64,
@@ -192,7 +192,7 @@ pub struct Report {
     pub errors: u64,
     /// Errors by kind (see `Error::kind`).
     pub errors_by_kind: BTreeMap<String, u64>,
-    /// Operations per shard, index = shard number.
+    /// Successful operations per shard, index = shard number.
     pub ops_per_shard: Vec<u64>,
     /// The generator's CPU use during the load phase.
     pub cpu: CpuUse,
@@ -247,8 +247,28 @@ impl KeyPicker {
     }
 }
 
-/// Key number `i` of this run: a per-run tag (so that a checked run starts from absent
-/// keys), then the number, zero-padded to `key_size` bytes.
+/// Characters of a run's key tag after its `b`: base 36, so about 2.2 billion tags.
+const RUN_TAG_CHARS: usize = 6;
+
+/// A tag unique to this run, from OS randomness (not from `--seed`: two runs with one
+/// seed must not share keys). The checker assumes every key starts absent, which holds
+/// only for keys no earlier run wrote: a second `bench --check` on the same cluster would
+/// otherwise read the first run's values and report a false violation.
+fn run_tag() -> String {
+    use std::hash::BuildHasher;
+    let mut bits = std::collections::hash_map::RandomState::new()
+        .hash_one((std::process::id(), std::time::SystemTime::now()));
+    let mut tag = String::from("b");
+    for _ in 0..RUN_TAG_CHARS {
+        let digit = (bits % 36) as u32;
+        bits /= 36;
+        tag.push(char::from_digit(digit, 36).expect("a base-36 digit"));
+    }
+    tag
+}
+
+/// Key number `i` of this run: the run's tag, then the number, zero-padded to `key_size`
+/// bytes.
 fn key_name(tag: &str, i: u64, key_size: usize) -> Bytes {
     let width = key_size.saturating_sub(tag.len() + 1);
     Bytes::from(format!("{tag}-{i:0width$}"))
@@ -318,7 +338,7 @@ pub async fn run(
         .shard_count()
         .expect("a connected client knows the shard count");
     let mut seeder = SmallRng::seed_from_u64(options.seed);
-    let tag = format!("b{:06x}", seeder.gen::<u32>() & 0xff_ffff);
+    let tag = run_tag();
     let picker = Arc::new(KeyPicker::new(options.dist, options.keys));
     let state = Arc::new(State {
         latency: Mutex::new(
@@ -493,19 +513,22 @@ async fn client_loop(
         }
         let shard = kv_shared::shard::shard_for_key(&key, shard_count);
         let mut t = state.tally.lock().expect("tally lock");
-        t.ops += 1;
-        if is_read {
-            t.reads += 1;
-        } else {
-            t.writes += 1;
-        }
-        t.per_shard[shard.0 as usize] += 1;
         match &result {
-            Ok(Response::Value(None)) => t.not_found += 1,
-            Ok(_) => {}
+            Ok(response) => {
+                t.ops += 1;
+                if is_read {
+                    t.reads += 1;
+                } else {
+                    t.writes += 1;
+                }
+                t.per_shard[shard.0 as usize] += 1;
+                if *response == Response::Value(None) {
+                    t.not_found += 1;
+                }
+            }
             Err(e) => {
                 t.errors += 1;
-                *t.errors_by_kind.entry(e.kind().to_string()).or_default() += 1;
+                *t.errors_by_kind.entry(e.kind().into_owned()).or_default() += 1;
             }
         }
         if options.record {
@@ -595,7 +618,7 @@ pub fn render_report(r: &Report) -> String {
         if o.stale_reads { ", stale reads" } else { "" }
     ));
     out.push_str(&format!(
-        "  throughput   {:.0} ops/s ({} ops: {} reads, {} writes; {} reads found nothing)\n",
+        "  throughput   {:.0} ops/s ({} ops succeeded: {} reads, {} writes; {} reads found nothing)\n",
         r.ops_per_s, r.ops, r.reads, r.writes, r.not_found
     ));
     let l = &r.latency;
@@ -693,6 +716,13 @@ mod tests {
         );
         assert_ne!(value_for(1, 1, 8), value_for(1, 2, 8));
         assert_eq!(value_for(1, 1, 100).len(), 100);
+    }
+
+    #[test]
+    fn run_tags_differ_between_runs_and_keep_their_length() {
+        let tags: std::collections::BTreeSet<String> = (0..100).map(|_| run_tag()).collect();
+        assert_eq!(tags.len(), 100);
+        assert!(tags.iter().all(|t| t.len() == 1 + RUN_TAG_CHARS));
     }
 
     #[test]

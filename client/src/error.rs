@@ -3,6 +3,7 @@
 
 use kv_shared::proto::ClientError;
 use kv_shared::{NodeId, ShardId};
+use std::borrow::Cow;
 use std::net::SocketAddr;
 
 /// A request kvcli could not complete.
@@ -87,9 +88,11 @@ impl Error {
         }
     }
 
-    /// A short, stable name for counting errors by kind (bench reports, JSON output).
-    pub fn kind(&self) -> &'static str {
-        match self {
+    /// A short, stable name for counting errors by kind (bench reports, JSON output). A
+    /// node that refuses writes names its reason, and the kind is that reason (`disk-full`),
+    /// so a report says what the node said.
+    pub fn kind(&self) -> Cow<'static, str> {
+        let name = match self {
             Error::NoLeader { .. } => "no-leader",
             Error::GaveUp { .. } => "gave-up",
             Error::Refused { error, .. } => match error {
@@ -99,7 +102,12 @@ impl Error {
                 ClientError::KeyTooLarge { .. } | ClientError::ValueTooLarge { .. } => "limit",
                 ClientError::StaleSequence { .. } => "stale-sequence",
                 ClientError::SessionExpired => "session-expired",
-                ClientError::Unavailable { .. } => "node-unavailable",
+                ClientError::Unavailable { reason, .. } => {
+                    return match kind_of_reason(reason) {
+                        Some(kind) => Cow::Owned(kind),
+                        None => Cow::Borrowed("node-unavailable"),
+                    };
+                }
                 ClientError::Overloaded { .. } | ClientError::OverloadedBytes { .. } => {
                     "overloaded"
                 }
@@ -108,6 +116,53 @@ impl Error {
             Error::Limit(_) => "limit",
             Error::NoNodeAnswered { .. } => "no-node-answered",
             Error::Io(_) => "io",
+        };
+        Cow::Borrowed(name)
+    }
+}
+
+/// Most characters of an error kind made from a node's free-text reason (a node may say
+/// anything; a report's table of kinds stays readable).
+const REASON_KIND_CHARS_MAX: usize = 32;
+
+/// A node's reason as an error kind: lowercase words joined by `-` (`disk full` ->
+/// `disk-full`), at most [`REASON_KIND_CHARS_MAX`] characters; `None` if it has no word.
+fn kind_of_reason(reason: &str) -> Option<String> {
+    let words: Vec<String> = reason
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let mut kind = words.join("-");
+    kind.truncate(REASON_KIND_CHARS_MAX);
+    let kind = kind.trim_end_matches('-').to_string();
+    (!kind.is_empty()).then_some(kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(reason: &str) -> Error {
+        Error::Refused {
+            node: Some(NodeId(2)),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            error: ClientError::Unavailable {
+                node: NodeId(2),
+                reason: reason.to_string(),
+            },
+            outcome_unknown: false,
         }
+    }
+
+    #[test]
+    fn a_refusal_is_counted_under_the_reason_the_node_gave() {
+        assert_eq!(refused("disk full").kind(), "disk-full");
+        assert_eq!(refused("  Disk FULL (ENOSPC)!").kind(), "disk-full-enospc");
+        assert_eq!(refused("...").kind(), "node-unavailable");
+        assert_eq!(
+            refused(&"x ".repeat(100)).kind().len(),
+            REASON_KIND_CHARS_MAX - 1
+        );
     }
 }

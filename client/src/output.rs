@@ -135,7 +135,7 @@ pub fn render_error(message: &str, kind: &str, style: Style) -> String {
 
 /// Renders a client error.
 pub fn render_client_error(e: &Error, style: Style) -> String {
-    render_error(&e.to_string(), e.kind(), style)
+    render_error(&e.to_string(), &e.kind(), style)
 }
 
 /// One shard's row of the status table, combined from every node's report.

@@ -112,3 +112,48 @@ async fn errors_are_counted_by_kind_and_unknown_writes_recorded() {
         .verdict
         .is_linearizable());
 }
+
+/// Two checked runs in a row on one cluster, with the same options and seed: the second
+/// must not read the first one's values and take them for a violation.
+#[tokio::test]
+async fn bench_check_twice_on_one_cluster_is_linearizable_both_times() {
+    let fake = FakeCluster::start(3, 4, Some(2));
+    let client = Client::connect(fake.options()).await.unwrap();
+    for run_number in 1..=2 {
+        let r = run(&client, options(600, 10), |_| {}).await;
+        assert_eq!(r.report.errors, 0);
+        let outcome = check_history(&r.history, Default::default()).unwrap();
+        assert_eq!(
+            outcome.verdict,
+            Verdict::Linearizable,
+            "run {run_number} on a cluster that already holds data"
+        );
+    }
+}
+
+/// A node that refuses writes (kvserver on a full disk): the refusals are errors named
+/// after the node's reason, and throughput counts only what succeeded.
+#[tokio::test]
+async fn refused_writes_are_errors_named_by_the_node_and_not_throughput() {
+    let fake = FakeCluster::start(1, 2, Some(1));
+    let client = Client::connect(fake.options()).await.unwrap();
+    fake.ctl().refuse_writes = Some("disk full".into());
+    let r = run(&client, options(400, 10), |_| {}).await;
+    let rep = &r.report;
+    assert!(rep.errors > 0, "some writes were refused");
+    assert_eq!(rep.errors_by_kind.get("disk-full"), Some(&rep.errors));
+    assert_eq!(rep.writes, 0, "no write succeeded");
+    assert_eq!(rep.ops, rep.reads);
+    assert_eq!(rep.ops + rep.errors, 400);
+    assert_eq!(rep.ops_per_shard.iter().sum::<u64>(), rep.ops);
+    let ops_per_s_of_successes = rep.ops as f64 / rep.elapsed_s;
+    assert!(
+        (rep.ops_per_s - ops_per_s_of_successes).abs() < 1e-6,
+        "throughput {} counts more than the {} successes",
+        rep.ops_per_s,
+        rep.ops
+    );
+    let text = kvcli::bench::render_report(rep);
+    assert!(text.contains("disk-full"), "{text}");
+    assert!(fake.ctl().applied.is_empty());
+}

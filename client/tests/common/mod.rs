@@ -52,6 +52,9 @@ pub struct Ctl {
     pub delay: Duration,
     /// Drop every datagram (the whole cluster is down).
     pub silent: bool,
+    /// Refuse every write at the leader with this reason, as kvserver does on a full
+    /// disk (reads are still served).
+    pub refuse_writes: Option<String>,
 }
 
 /// A running fake cluster.
@@ -280,6 +283,12 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
             }
         }
         return reply(Outcome::Value(c.data.get(&key).cloned()));
+    }
+    if let Some(reason) = &c.refuse_writes {
+        return reply(Outcome::Error(ClientError::Unavailable {
+            node: NodeId(me),
+            reason: reason.clone(),
+        }));
     }
     // A write: deduplicate by session, as the real state machine does.
     if let Some((latest, outcome)) = c.sessions.get(&r.client) {

@@ -6,6 +6,7 @@
 //! marked *reusable*):
 //! - [`server`]: the `kvserver` event loop, [`server::run`] takes its socket, so tests
 //!   can bind port 0 and run a node in-process.
+//! - [`dir_lock`]: the data directory's lock (one kvserver per directory).
 //! - [`disk`] (*reusable*): the dedicated disk thread with group commit (many
 //!   `DiskWrite`s, one fsync) and the disk-full stall-and-retry.
 //! - [`net`]: datagram intake (header checks, drop counters, rate-limited warnings)
@@ -16,6 +17,7 @@
 //!
 //! docs/RUNTIME.md describes the event loop, group commit, signals and how to run nodes.
 
+pub mod dir_lock;
 pub mod disk;
 pub mod logging;
 pub mod net;

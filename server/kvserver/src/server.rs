@@ -160,6 +160,16 @@ pub async fn run_with_store<S: LogStore>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     check_member(&opts)?;
+    if let Some(tail) = &recovered.truncated_tail {
+        // The end of an append a crash interrupted: expected after a power loss, but an
+        // operator should be able to see what was dropped.
+        tracing::warn!(
+            file = %opts.data_dir.join(&tail.file).display(),
+            offset = tail.offset,
+            bytes_cut = tail.bytes_cut,
+            "cut a torn WAL tail at recovery"
+        );
+    }
     let me = opts.node;
     let mut config = NodeConfig::from_cluster(&opts.cluster, me);
     if let Some(n) = opts.snapshot_threshold_entries {

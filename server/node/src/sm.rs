@@ -375,9 +375,14 @@ pub fn snapshot_image_restorable(snapshot: &kv_raft::Snapshot) -> bool {
 #[error("snapshot image does not decode: {0}")]
 pub struct ImageError(String);
 
+/// Highest session clock an image may carry. The clock counts session uses (one or two per
+/// applied write), so no shard reaches it; an image beyond it is forged or corrupt, and
+/// would overflow the clock at the next write.
+const SESSION_CLOCK_MAX: u64 = u64::MAX / 2;
+
 /// Decodes an image and checks what `to_image` guarantees and restoring relies on: keys
 /// and session clients strictly ascending (no repeats), at most `sessions_max` sessions,
-/// no session stamp beyond the clock.
+/// no session stamp beyond the clock, the clock far from overflow.
 fn decode_image(bytes: &[u8], sessions_max: usize) -> Result<Image<'_>, ImageError> {
     let image: Image = postcard::from_bytes(bytes).map_err(|e| ImageError(e.to_string()))?;
     if !image.data.windows(2).all(|w| w[0].0 < w[1].0) {
@@ -392,8 +397,17 @@ fn decode_image(bytes: &[u8], sessions_max: usize) -> Result<Image<'_>, ImageErr
             image.sessions.len()
         )));
     }
-    if image.sessions.iter().any(|(_, s)| s.stamp > image.clock) {
-        return Err(ImageError("a session stamp is beyond the clock".into()));
+    if image.clock > SESSION_CLOCK_MAX {
+        return Err(ImageError(format!(
+            "session clock {} above SESSION_CLOCK_MAX ({SESSION_CLOCK_MAX})",
+            image.clock
+        )));
+    }
+    if let Some((c, s)) = image.sessions.iter().find(|(_, s)| s.stamp > image.clock) {
+        return Err(ImageError(format!(
+            "session of client {} stamped {} after the clock {}",
+            c.0, s.stamp, image.clock
+        )));
     }
     Ok(image)
 }
@@ -1026,5 +1040,54 @@ mod tests {
         let mut sm = StateMachine::new(10);
         assert!(sm.apply_entry(1, 1, b"\xff\xff\xff").is_empty());
         assert_eq!(sm.applied_index(), 1);
+    }
+
+    /// An image with the given session clock and sessions, as `to_image` lays it out.
+    fn image_with_sessions(clock: u64, sessions: &[(u64, u64)]) -> Vec<u8> {
+        let sessions: Vec<(ClientId, Session)> = sessions
+            .iter()
+            .map(|&(client, stamp)| {
+                let session = Session {
+                    seq: 1,
+                    outcome: Outcome::Done,
+                    stamp,
+                };
+                (ClientId(client), session)
+            })
+            .collect();
+        let image = ImageRef {
+            data: vec![],
+            sessions: sessions.iter().map(|(c, s)| (c, s)).collect(),
+            clock,
+            applied_index: 3,
+            applied_term: 1,
+        };
+        postcard::to_stdvec(&image).unwrap()
+    }
+
+    /// Found by the snapshot_image fuzz target: an image whose session clock is u64::MAX
+    /// restored, and the next write overflowed the clock (a panic with overflow checks);
+    /// stamps after the clock or two sessions of one client break eviction alike. Such an
+    /// image is refused, also by the check a follower runs before persisting a snapshot.
+    #[test]
+    fn an_image_whose_session_clock_would_overflow_is_refused() {
+        let meta = kv_raft::SnapshotMeta {
+            index: 3,
+            term: 1,
+            ..Default::default()
+        };
+        for bad in [
+            image_with_sessions(u64::MAX, &[(1, 5)]),
+            image_with_sessions(10, &[(1, 11)]),
+            image_with_sessions(10, &[(1, 4), (1, 4)]),
+        ] {
+            assert!(StateMachine::from_image(&bad, 8).is_err());
+            assert!(StateMachine::check_image(&bad, 8, meta.index, meta.term).is_err());
+        }
+        let good = image_with_sessions(10, &[(1, 4), (2, 10)]);
+        let mut sm = StateMachine::from_image(&good, 8).unwrap();
+        assert!(StateMachine::check_image(&good, 8, meta.index, meta.term).is_ok());
+        sm.apply_write(&put(3, 1, "k", "v"));
+        assert_eq!(sm.sessions(), 3);
     }
 }

@@ -759,3 +759,46 @@ fn every_timing_the_cluster_file_accepts_builds_a_node() {
                  [[nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\n";
     assert!(kv_shared::config::ClusterConfig::from_toml(issue).is_err());
 }
+
+/// Found by the peer_datagram fuzz target: a member's InstallSnapshot whose image does
+/// not match its metadata (here an empty shard at applied index 0, claimed at index 5)
+/// was persisted, then panicked the node at restore (and would again at every restart).
+/// It must be dropped before it is persisted.
+#[test]
+fn a_snapshot_image_that_disagrees_with_its_metadata_is_dropped_before_it_is_persisted() {
+    use kv_raft::{Membership, Message, MessageBody, SnapshotMeta};
+    let mut c = Cluster::new(3, 1);
+    let image = crate::sm::StateMachine::new(4).to_image();
+    let forged = GroupMessage {
+        shard: ShardId(0),
+        msg: Message {
+            from: NodeId(2),
+            to: NodeId(1),
+            term: 7,
+            body: MessageBody::InstallSnapshot {
+                meta: SnapshotMeta {
+                    index: 5,
+                    term: 7,
+                    membership: Membership {
+                        voters: ids(3),
+                        learners: vec![],
+                    },
+                },
+                offset: 0,
+                total_len: image.len() as u64,
+                chunk: image,
+            },
+        },
+    };
+    c.nodes[0].on_peer_messages(NodeId(2), vec![forged]);
+    c.flush(0);
+    assert!(c.snapshots[0].is_empty(), "the forged image was persisted");
+    assert_eq!(c.nodes[0].raft_status(ShardId(0)).commit, 0);
+    // The cluster goes on: a leader is elected and serves.
+    c.tick(60);
+    let l = c.leader(ShardId(0));
+    c.request(l, 1, put(1, 1, "k", "v"));
+    c.flush(l);
+    c.tick(5);
+    assert_eq!(c.reply_to(1), vec![Outcome::Done]);
+}

@@ -145,10 +145,30 @@ pub fn decode(record: &Record) -> Result<WalRecord, RecoveryError> {
         reason: e.to_string(),
     };
     match record.kind {
-        KIND_ENTRIES => Ok(WalRecord::Entries {
-            shard: record.group,
-            record: postcard::from_bytes(&record.payload).map_err(bad)?,
-        }),
+        KIND_ENTRIES => {
+            let entries: EntriesRecord = postcard::from_bytes(&record.payload).map_err(bad)?;
+            // The CRC says the bytes are what was written, not that what was written
+            // is a log: check it, so that recovery refuses it rather than Raft panicking.
+            let contiguous = entries
+                .entries
+                .iter()
+                .enumerate()
+                .all(|(i, e)| Some(e.index) == entries.first_index.checked_add(i as u64));
+            if !contiguous || entries.first_index == 0 {
+                return Err(RecoveryError::BadRecord {
+                    shard: record.group,
+                    kind: record.kind,
+                    reason: format!(
+                        "entries do not run contiguously from index {}",
+                        entries.first_index
+                    ),
+                });
+            }
+            Ok(WalRecord::Entries {
+                shard: record.group,
+                record: entries,
+            })
+        }
         KIND_HARD_STATE => Ok(WalRecord::HardState {
             shard: record.group,
             hard_state: postcard::from_bytes(&record.payload).map_err(bad)?,
@@ -394,5 +414,33 @@ mod tests {
             },
         );
         assert_eq!(log, vec![e(1, 1)]);
+    }
+
+    /// Found by the wal_recovery fuzz target: a CRC-valid entries record whose entries
+    /// do not follow its first index made `Raft::new` panic at recovery.
+    #[test]
+    fn recovery_refuses_an_entries_record_that_is_not_contiguous() {
+        let payload = postcard::to_stdvec(&EntriesRecord {
+            first_index: 1,
+            entries: vec![e(1, 1), e(3, 1)],
+        })
+        .unwrap();
+        let record = Record {
+            group: 0,
+            kind: KIND_ENTRIES,
+            sticky: false,
+            last_index: 3,
+            payload: Bytes::from(payload),
+        };
+        let recovered = Recovered {
+            records: vec![record],
+            snapshots: vec![],
+            truncated_tail: None,
+        };
+        let err = restore_groups(&recovered, 1, &members()).unwrap_err();
+        assert!(
+            matches!(err, RecoveryError::BadRecord { shard: 0, .. }),
+            "{err}"
+        );
     }
 }

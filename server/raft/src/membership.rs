@@ -43,9 +43,10 @@ pub(crate) fn apply(m: &mut Membership, change: &ConfChange) -> Result<(), Strin
     Ok(())
 }
 
-/// Applies a COMMITTED change. Its leader validated it against this same sequence, so a
-/// change that does not apply came from a faulty or forged leader: it is skipped, the
-/// same way on every replica and at every restart, rather than panicking on remote input.
+/// Applies a committed change, skipping one that does not apply. Its leader validated
+/// it, so only a corrupt or forged log holds such a change; every path that replays
+/// committed changes (live commit, restart, snapshot metadata) must skip it alike, or a
+/// replica would disagree with itself after a restart (and panic on remote input).
 pub(crate) fn apply_committed(m: &mut Membership, change: &ConfChange) {
     let _ = apply(m, change);
 }
@@ -154,5 +155,43 @@ mod tests {
         assert!(apply(&mut x, &ConfChange::AddLearner(next)).is_err());
         apply_committed(&mut x, &ConfChange::AddLearner(next));
         assert_eq!(x, m(&ids, &[]));
+    }
+
+    /// Found by the raft_step fuzz target: a member's Append committed the same
+    /// AddLearner twice; the live path skipped the second, and `Raft::new` then panicked
+    /// on restart (and `snapshot_meta` on compaction) replaying it.
+    #[test]
+    fn restart_replays_a_committed_invalid_conf_change_without_panic() {
+        use crate::types::{Entry, HardState};
+        use crate::{Config, Raft, Restored};
+        let entries: Vec<Entry> = (1..=3)
+            .map(|index| Entry {
+                term: 1,
+                index,
+                kind: EntryKind::ConfChange(ConfChange::AddLearner(NodeId(4))),
+                data: bytes::Bytes::new(),
+            })
+            .collect();
+        let raft = Raft::new(
+            Config::new(NodeId(1), 1),
+            Restored {
+                hard_state: HardState {
+                    term: 1,
+                    vote: NodeId(2),
+                    commit: 3,
+                },
+                snapshot: None,
+                entries,
+                initial_membership: m(&[1, 2, 3], &[]),
+            },
+        );
+        let mut raft = raft;
+        while raft.has_ready() {
+            let rd = raft.ready();
+            if let Some(w) = rd.write {
+                raft.on_persisted(w.id);
+            }
+        }
+        assert_eq!(raft.snapshot_meta(3).membership, m(&[1, 2, 3], &[4]));
     }
 }

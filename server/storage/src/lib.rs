@@ -29,4 +29,4 @@ pub use error::StorageError;
 pub use format::{RECORD_PAYLOAD_BYTES_MAX, SNAPSHOT_BYTES_MAX};
 pub use real_disk::RealDisk;
 pub use sim_disk::{SimDisk, SimDiskStats};
-pub use storage::{PartialAppend, Record, Recovered, Storage, WalOptions};
+pub use storage::{PartialAppend, Record, Recovered, Storage, TruncatedTail, WalOptions};

@@ -71,9 +71,20 @@ pub struct Recovered {
     /// The latest durable snapshot of each group that has one: (group, index, data),
     /// sorted by group.
     pub snapshots: Vec<(u32, u64, Bytes)>,
-    /// File and offset where a torn tail was cut off, if there was one (a segment cut
-    /// at offset 0 had only part of its header and was removed).
-    pub truncated_tail: Option<(String, u64)>,
+    /// The torn tail recovery cut off, if there was one; the node logs it.
+    pub truncated_tail: Option<TruncatedTail>,
+}
+
+/// A torn WAL tail that recovery cut off: the end of an append a crash interrupted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TruncatedTail {
+    /// The segment file.
+    pub file: String,
+    /// Offset the file was cut at (0: the segment had only part of its header and was
+    /// removed).
+    pub offset: u64,
+    /// Bytes cut off (the whole file when it was removed).
+    pub bytes_cut: u64,
 }
 
 /// A WAL segment that exists on disk.
@@ -251,7 +262,11 @@ impl<D: Disk> Storage<D> {
                 ));
             }
             self.disk.remove(&name)?;
-            recovered.truncated_tail = Some((name, 0));
+            recovered.truncated_tail = Some(TruncatedTail {
+                file: name,
+                offset: 0,
+                bytes_cut: data.len() as u64,
+            });
             return Ok(None);
         }
         check_segment_header(seq, &data).map_err(|reason| corrupt(0, reason))?;
@@ -286,7 +301,11 @@ impl<D: Disk> Storage<D> {
                     // Nothing valid after it: the tail of an append the crash tore.
                     // (`open` fsyncs the cut file with the rest of what it read.)
                     self.disk.truncate(&name, at as u64)?;
-                    recovered.truncated_tail = Some((name.clone(), at as u64));
+                    recovered.truncated_tail = Some(TruncatedTail {
+                        file: name.clone(),
+                        offset: at as u64,
+                        bytes_cut: (data.len() - at) as u64,
+                    });
                     break;
                 }
             }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{entry, open, sticky, Harness, RealHarness, SimHarness};
-use kv_storage::{Disk, Record, StorageError, WalOptions, RECORD_PAYLOAD_BYTES_MAX};
+use kv_storage::{Disk, Record, StorageError, TruncatedTail, WalOptions, RECORD_PAYLOAD_BYTES_MAX};
 
 /// A segment holds exactly one 60-byte-payload record (20-byte header + 84-byte
 /// record > 100), which makes segment boundaries easy to reason about.
@@ -145,7 +145,14 @@ fn torn_tail_is_truncated_and_reported<H: Harness>(h: &H) {
             vec![entry(0, 1, 30), entry(0, 2, 30)],
             "cut at {cut}"
         );
-        assert_eq!(rec.truncated_tail, Some((seg.clone(), good_len)));
+        assert_eq!(
+            rec.truncated_tail,
+            Some(TruncatedTail {
+                file: seg.clone(),
+                offset: good_len,
+                bytes_cut: cut - good_len,
+            })
+        );
         assert_eq!(h.disk().len(&seg).unwrap(), good_len);
         drop(s);
         // Put the third record back for the next cut.
@@ -168,10 +175,18 @@ fn bad_crc_on_the_last_record_is_a_torn_tail<H: Harness>(h: &H) {
     s.append(&entry(0, 2, 30)).unwrap();
     s.sync().unwrap();
     drop(s);
+    let full_len = h.disk().len(&seg).unwrap();
     h.flip_byte(&seg, last_at + 30);
     let (_, rec) = open(h, WalOptions::default()).unwrap();
     assert_eq!(rec.records, vec![entry(0, 1, 30)]);
-    assert_eq!(rec.truncated_tail, Some((seg, last_at)));
+    assert_eq!(
+        rec.truncated_tail,
+        Some(TruncatedTail {
+            file: seg,
+            offset: last_at,
+            bytes_cut: full_len - last_at,
+        })
+    );
 }
 
 fn torn_segment_header_removes_the_segment<H: Harness>(h: &H) {
@@ -184,7 +199,14 @@ fn torn_segment_header_removes_the_segment<H: Harness>(h: &H) {
     h.disk().truncate(&names[1], 7).unwrap();
     let (mut s, rec) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
     assert_eq!(rec.records, vec![entry(0, 1, 60)]);
-    assert_eq!(rec.truncated_tail, Some((names[1].clone(), 0)));
+    assert_eq!(
+        rec.truncated_tail,
+        Some(TruncatedTail {
+            file: names[1].clone(),
+            offset: 0,
+            bytes_cut: 7,
+        })
+    );
     assert_eq!(s.segment_names(), vec![names[0].clone()]);
     s.append(&entry(0, 2, 60)).unwrap();
     s.sync().unwrap();

@@ -1,4 +1,5 @@
-//! A kvserver process against damaged input: a torn WAL tail (recovered), a flipped
+//! A kvserver process against damaged input: a torn WAL tail (recovered, and the cut
+//! logged with file, offset and bytes), a flipped
 //! byte inside the WAL (refused, naming file and offset), malformed datagrams (dropped
 //! and counted), and SIGTERM (a clean exit 0).
 
@@ -60,6 +61,18 @@ fn a_torn_wal_tail_is_cut_off_and_the_node_recovers() {
     wal::truncate(last, tail.offset + tail.len / 2);
 
     c.spawn(NodeId(1));
+    let cut_logged = format!(
+        "file={} offset={} bytes_cut={}",
+        last.display(),
+        tail.offset,
+        tail.len / 2
+    );
+    wait_for("node 1 to log the cut", Duration::from_secs(20), || {
+        c.log(NodeId(1))
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains(&cut_logged))
+            .then_some(())
+    });
     let mut client = c.client();
     // Whatever the cut took is re-replicated from the peers.
     wait_for(

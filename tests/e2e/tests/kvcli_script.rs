@@ -280,3 +280,34 @@ fn a_script_stops_at_the_first_error_unless_keep_going_and_one_shots_exit_0_1_2(
         (Some(2), "error: usage: put KEY VALUE\n")
     );
 }
+
+/// `kvcli bench --check` twice in a row on one cluster, same seed: the checker assumes
+/// every key starts absent, so the second run must not use the first run's keys.
+#[test]
+fn bench_check_twice_on_one_cluster_passes_both_times() {
+    let (c, _) = ready_cluster();
+    for run in 1..=2 {
+        let r = kvcli(
+            &c,
+            &[
+                "bench",
+                "--ops",
+                "300",
+                "--clients",
+                "8",
+                "--keys",
+                "10",
+                "--check",
+                "--seed",
+                "5",
+            ],
+            "",
+        );
+        assert_eq!(r.code, Some(0), "run {run}: {}\n{}", r.stdout, r.stderr);
+        assert!(
+            r.stdout.contains("check: linearizable"),
+            "run {run}: {}",
+            r.stdout
+        );
+    }
+}

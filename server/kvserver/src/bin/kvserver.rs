@@ -2,6 +2,7 @@
 //! set up logging, bind the node's UDP address, and hand over to `kv_server::run`.
 
 use clap::Parser;
+use kv_server::dir_lock::{DirLock, DirLockError};
 use kv_server::{logging, signals, ServerOptions};
 use kv_shared::config::ClusterConfig;
 use kv_shared::NodeId;
@@ -11,7 +12,9 @@ use std::process::ExitCode;
 
 /// Exit code for a bad command line or cluster file (clap uses the same for its errors).
 const EXIT_USAGE: u8 = 2;
-/// Exit code when the runtime could not even start (socket, tokio).
+/// Exit code when the data directory is in use by another kvserver (a usage mistake).
+const EXIT_DIR_LOCKED: u8 = 2;
+/// Exit code when the runtime could not even start (socket, tokio, the lock file).
 const EXIT_RUNTIME: u8 = 1;
 
 /// Run one node of a raftkv cluster.
@@ -21,7 +24,8 @@ const EXIT_RUNTIME: u8 = 1;
 /// its data directory. SIGTERM or SIGINT stops it cleanly (exit 0).
 ///
 /// Exit codes: 0 clean shutdown; 1 runtime failure (socket, storage error while
-/// running); 2 bad command line or cluster file; 3 the data directory was refused (for
+/// running); 2 bad command line or cluster file, or the data directory is in use by
+/// another kvserver; 3 the data directory was refused (for
 /// example a corrupt WAL: the message names the file and byte offset).
 #[derive(Debug, Parser)]
 #[command(name = "kvserver", version, verbatim_doc_comment)]
@@ -72,6 +76,18 @@ fn main() -> ExitCode {
         Err(msg) => {
             eprintln!("kvserver: {msg}");
             return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    // Held until the process exits.
+    let _lock = match DirLock::acquire(&opts.data_dir) {
+        Ok(lock) => lock,
+        Err(e @ DirLockError::Held { .. }) => {
+            eprintln!("kvserver: {e}");
+            return ExitCode::from(EXIT_DIR_LOCKED);
+        }
+        Err(e) => {
+            eprintln!("kvserver: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
         }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()

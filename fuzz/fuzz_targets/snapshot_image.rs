@@ -1,0 +1,7 @@
+//! libFuzzer entry point of the `snapshot_image` target (the target itself is kv_fuzz's, shared
+//! with the stable driver).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| (kv_fuzz::targets::by_name("snapshot_image")
+    .expect("a target")
+    .run)(data));
