@@ -346,7 +346,9 @@ impl Subject {
                         body: MessageBody::PreVoteResp { reject: false },
                     }
                 }
-                _ => MessageBody::VoteResp { reject: r % 5 == 0 },
+                _ => MessageBody::VoteResp {
+                    reject: r.is_multiple_of(5),
+                },
             },
             Plausible::Append => {
                 let term = term.max(1) + r % 2;
@@ -375,7 +377,11 @@ impl Subject {
             }
             Plausible::Snapshot => {
                 let term = term.max(1);
-                let image: &[u8] = if r % 4 == 0 { b"\xffbad" } else { b"image" };
+                let image: &[u8] = if r.is_multiple_of(4) {
+                    b"\xffbad"
+                } else {
+                    b"image"
+                };
                 return Message {
                     from,
                     to: ME,
@@ -393,7 +399,7 @@ impl Subject {
                 };
             }
             Plausible::AppendResp => MessageBody::AppendResp {
-                reject: r % 3 == 0,
+                reject: r.is_multiple_of(3),
                 index: last.saturating_sub(r % 3),
                 hint_index: last.saturating_sub((r >> 8) % 4),
                 hint_term: (r >> 16) % (term + 1),
