@@ -100,6 +100,7 @@ impl Error {
                 ClientError::StaleSequence { .. } => "stale-sequence",
                 ClientError::Unavailable { .. } => "node-unavailable",
                 ClientError::Overloaded { .. } => "overloaded",
+                ClientError::NotAnInteger | ClientError::Overflow => "not-an-integer",
                 ClientError::Malformed(_) => "malformed",
             },
             Error::Limit(_) => "limit",

@@ -32,6 +32,8 @@ pub enum CmdOutput {
         /// The current value (`None`: absent).
         current: Option<Bytes>,
     },
+    /// An increment's sum.
+    Integer(i64),
     /// The cluster status.
     Status(ClusterStatus),
     /// Where a key lives.
@@ -90,6 +92,7 @@ pub fn render(out: &CmdOutput, style: Style) -> String {
                 .map(display_value)
                 .unwrap_or_else(|| "(absent)".into())
         ),
+        CmdOutput::Integer(n) => n.to_string(),
         CmdOutput::Status(s) => render_status(s, style),
         CmdOutput::Shard { key, shard, leader } => format!(
             "key {} -> shard {}; leader {}",
@@ -112,6 +115,7 @@ fn render_json(out: &CmdOutput) -> Value {
         CmdOutput::CasMismatch { current } => {
             json!({"result": "cas-mismatch", "current": v(current)})
         }
+        CmdOutput::Integer(n) => json!({"result": "ok", "value": n}),
         CmdOutput::Status(s) => status_json(s),
         CmdOutput::Shard { key, shard, leader } => json!({
             "result": "ok",

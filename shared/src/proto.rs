@@ -38,6 +38,30 @@ pub enum Op {
         /// The value to write on a match.
         new: Bytes,
     },
+    /// Add `delta` to the key's value read as a decimal i64 (absent counts as 0) and
+    /// answer the sum, atomically in the state machine (Redis INCRBY).
+    Incr {
+        /// The key.
+        key: Bytes,
+        /// What to add (negative to subtract).
+        delta: i64,
+    },
+    /// Append `value` to the key's value (absent counts as empty) and answer the new
+    /// length, atomically in the state machine (Redis APPEND).
+    Append {
+        /// The key.
+        key: Bytes,
+        /// The bytes to append.
+        value: Bytes,
+    },
+    /// Replace the key's value with `new` (`None`: delete it) and answer the old value,
+    /// atomically in the state machine (Redis GETSET and GETDEL).
+    Swap {
+        /// The key.
+        key: Bytes,
+        /// The value to write, or `None` to delete the key.
+        new: Option<Bytes>,
+    },
     /// Ask the node for its status table (not routed to a shard).
     Status,
 }
@@ -49,14 +73,25 @@ impl Op {
             Op::Get { key, .. }
             | Op::Put { key, .. }
             | Op::Delete { key }
-            | Op::Cas { key, .. } => Some(key),
+            | Op::Cas { key, .. }
+            | Op::Incr { key, .. }
+            | Op::Append { key, .. }
+            | Op::Swap { key, .. } => Some(key),
             Op::Status => None,
         }
     }
 
     /// True for operations that change state (and so go through the log with a session).
     pub fn is_write(&self) -> bool {
-        matches!(self, Op::Put { .. } | Op::Delete { .. } | Op::Cas { .. })
+        matches!(
+            self,
+            Op::Put { .. }
+                | Op::Delete { .. }
+                | Op::Cas { .. }
+                | Op::Incr { .. }
+                | Op::Append { .. }
+                | Op::Swap { .. }
+        )
     }
 
     /// Checks the size limits, naming the limit that was crossed.
@@ -70,7 +105,8 @@ impl Op {
             }
         }
         let value = match self {
-            Op::Put { value, .. } => Some(value),
+            Op::Put { value, .. } | Op::Append { value, .. } => Some(value),
+            Op::Swap { new, .. } => new.as_ref(),
             Op::Cas { new, expected, .. } => {
                 if let Some(e) = expected {
                     if e.len() > VALUE_BYTES_MAX {
@@ -122,6 +158,8 @@ pub enum Outcome {
         /// What the key holds now (`None`: absent).
         current: Option<Bytes>,
     },
+    /// An increment's sum or an append's new length.
+    Integer(i64),
     /// The node's status table.
     Status(NodeStatus),
     /// The request was not (or may not have been) carried out.
@@ -203,6 +241,12 @@ pub enum ClientError {
         /// Requests pending now.
         pending: usize,
     },
+    /// An increment found a value that is not a decimal 64-bit integer.
+    #[error("value is not an integer or out of range")]
+    NotAnInteger,
+    /// An increment would leave the 64-bit integer range.
+    #[error("increment or decrement would overflow")]
+    Overflow,
     /// The request could not be decoded or makes no sense.
     #[error("malformed request: {0}")]
     Malformed(String),
