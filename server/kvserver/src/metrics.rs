@@ -268,9 +268,12 @@ impl Metrics {
         self.0.wal_fsync_seconds.observe(took.as_secs_f64());
     }
 
-    /// Counts a write proposed to `shard`.
-    pub fn proposal(&self, shard: u32) {
-        self.0.proposals.get_or_create(&ShardLabels { shard }).inc();
+    /// Brings the proposal counter of `shard` up to the core's count.
+    pub fn proposals_to(&self, shard: u32, total: u64) {
+        raise(
+            &self.0.proposals.get_or_create(&ShardLabels { shard }),
+            total,
+        );
     }
 
     /// Counts a leader change seen in `shard`.

@@ -9,9 +9,9 @@
 //! reported synced. A kill -9 at any instant therefore loses nothing acknowledged.
 
 use crate::disk::{DiskEvent, DiskThread, LogStore};
-use crate::front_ends;
 use crate::metrics::{MeteredStore, Metrics, UdpRequests};
 use crate::net::{ClientAddrs, Counters, DropReason};
+use crate::{core_events, front_ends};
 use kv_node::{codec, ClientToken, NodeConfig, NodeCore};
 use kv_shared::config::ClusterConfig;
 use kv_shared::limits::DATAGRAM_BYTES_MAX;
@@ -350,11 +350,7 @@ impl EventLoop {
                     self.core.tick();
                     self.ticks += 1;
                     if self.ticks % METRICS_SYNC_TICKS == 0 {
-                        self.metrics.sync(
-                            &self.core.status(),
-                            &self.counters,
-                            self.core.pending_requests(),
-                        );
+                        self.sync_metrics();
                     }
                     Ok(())
                 }
@@ -530,6 +526,9 @@ impl EventLoop {
     /// Takes the core's output and acts on it: disk writes, then datagrams, then replies.
     async fn flush(&mut self) {
         let out = self.core.take_output();
+        for e in &out.events {
+            core_events::record(self.me, e, &self.metrics);
+        }
         match &self.disk {
             Some(disk) => {
                 for w in out.disk_writes {
@@ -631,6 +630,16 @@ impl EventLoop {
                 &format_args!("send failed: {e}"),
             ),
         }
+    }
+
+    fn sync_metrics(&self) {
+        let status = self.core.status();
+        for s in &status.shards {
+            let view = self.core.group_view(s.shard);
+            self.metrics.proposals_to(s.shard.0, view.proposed_writes);
+        }
+        self.metrics
+            .sync(&status, &self.counters, self.core.pending_requests());
     }
 
     fn log_metrics(&mut self) {

@@ -16,6 +16,7 @@
 pub mod codec;
 pub mod config;
 pub mod core;
+pub mod events;
 pub mod sm;
 pub mod wal;
 
@@ -29,4 +30,5 @@ pub use crate::core::PlantedBug;
 pub use crate::core::{
     entry_hash, AppliedEntry, ClientToken, DiskOp, DiskWrite, GroupView, NodeCore, Output,
 };
+pub use crate::events::{EventKind, NodeEvent};
 pub use crate::wal::RecoveryError;

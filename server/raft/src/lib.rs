@@ -31,6 +31,7 @@ pub mod types;
 pub use types::*;
 
 mod election;
+mod events;
 mod lease;
 mod log;
 mod membership;
@@ -49,6 +50,7 @@ mod testing;
 #[cfg(test)]
 mod transcripts;
 
+pub use events::Event;
 #[cfg(feature = "planted-bugs")]
 pub use node::PlantedBug;
 pub use node::{Config, ProposeError, Raft, Ready, Restored, SoftState, Status, Write, WriteId};

@@ -58,6 +58,11 @@ impl Raft {
             // if it does not apply, skip it rather than panic on remote input.
             let _ = apply(&mut self.membership, c);
         }
+        self.events.push(crate::Event::ConfChanged {
+            voters: self.membership.voters.iter().copied().collect(),
+            learners: self.membership.learners.iter().copied().collect(),
+            term: self.term,
+        });
         let me = self.cfg.id;
         let last = self.log.last_index();
         let promotable = self.promotable();
