@@ -125,3 +125,33 @@ fn the_repl_answers_completes_cancels_leaves_and_keeps_history() {
     let status = p.wait_exit(WAIT);
     assert_eq!(status.code(), Some(0), "quit leaves with 0: {status}");
 }
+
+/// Lines pasted at once, or typed while a command runs, are queued and run in order, as
+/// in redis-cli: none is lost.
+#[test]
+fn lines_pasted_or_typed_ahead_all_run_in_order() {
+    let mut c = Cluster::start(Spec::default());
+    let mut client = c.client();
+    c.wait_for_leaders(&mut client, LEADERS_TIMEOUT);
+    let dir = tempfile::Builder::new()
+        .prefix("kv-e2e-repl-")
+        .tempdir()
+        .expect("temp dir");
+    let mut p = repl(&c, &dir.path().join("history"));
+    p.expect_prompt(PROMPT, WAIT);
+    // One write: the way a terminal delivers a paste without bracketed-paste mode.
+    p.send("put ta 1\rincr n\rincr n\rget ta\r");
+    p.expect_line("OK", WAIT);
+    p.expect_line("1", WAIT);
+    p.expect_line("2", WAIT);
+    p.expect_line("1", WAIT);
+    // Typed ahead while `status` (which waits for every node) runs.
+    p.expect_prompt(PROMPT, WAIT);
+    p.send("status\r");
+    p.send("incr n\r");
+    p.expect("NODE  ADDRESS", WAIT);
+    p.expect_line("3", WAIT);
+    enter(&mut p, "quit");
+    let status = p.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(0), "{status}");
+}
