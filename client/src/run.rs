@@ -143,7 +143,11 @@ pub async fn script(
                     None
                 }
                 Ok(Step::Quit) => break,
-                Err(e) => Some(render_client_error(&e, style)),
+                Err(e) => Some(render_error(
+                    &format!("line {}: {e}", n + 1),
+                    e.kind(),
+                    style,
+                )),
             },
             Err(e) => Some(render_error(
                 &format!("line {}: {e}", n + 1),

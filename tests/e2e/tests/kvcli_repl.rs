@@ -58,7 +58,7 @@ fn the_repl_answers_completes_cancels_leaves_and_keeps_history() {
     enter(&mut p, "put greeting \"hello world\"");
     p.expect_line("OK", WAIT);
     enter(&mut p, "get greeting");
-    p.expect_line("hello world", WAIT);
+    p.expect_line("\"hello world\"", WAIT);
 
     // Enter alone does not take the inline hint: `sta` is not a command...
     enter(&mut p, "sta");
@@ -84,7 +84,7 @@ fn the_repl_answers_completes_cancels_leaves_and_keeps_history() {
     p.expect_line("(not found)", WAIT);
 
     enter(&mut p, "get greeting");
-    p.expect_line("hello world", WAIT);
+    p.expect_line("\"hello world\"", WAIT);
     p.expect_prompt(PROMPT, WAIT);
     p.send(CTRL_D);
     let status = p.wait_exit(WAIT);
@@ -114,7 +114,7 @@ fn the_repl_answers_completes_cancels_leaves_and_keeps_history() {
     p.send(KEY_UP);
     p.expect_input(&format!("{PROMPT}get greeting"), WAIT);
     p.send(ENTER);
-    p.expect_line("hello world", WAIT);
+    p.expect_line("\"hello world\"", WAIT);
     p.expect_prompt(PROMPT, WAIT);
     p.send(KEY_UP);
     p.send(KEY_UP);
