@@ -349,7 +349,7 @@ impl EventLoop {
                     self.core.set_now_ms(self.now_ms());
                     self.core.tick();
                     self.ticks += 1;
-                    if self.ticks % METRICS_SYNC_TICKS == 0 {
+                    if self.ticks.is_multiple_of(METRICS_SYNC_TICKS) {
                         self.sync_metrics();
                     }
                     Ok(())

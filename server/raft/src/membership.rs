@@ -59,8 +59,8 @@ impl Raft {
             let _ = apply(&mut self.membership, c);
         }
         self.events.push(crate::Event::ConfChanged {
-            voters: self.membership.voters.iter().copied().collect(),
-            learners: self.membership.learners.iter().copied().collect(),
+            voters: self.membership.voters.to_vec(),
+            learners: self.membership.learners.to_vec(),
             term: self.term,
         });
         let me = self.cfg.id;

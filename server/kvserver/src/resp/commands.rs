@@ -565,7 +565,9 @@ mod tests {
 
     #[test]
     fn finish_counts_and_flags() {
-        let v = |s: Option<&'static str>| Ok(Response::Value(s.map(Bytes::from_static)));
+        let v = |s: Option<&'static str>| {
+            Ok(Response::Value(s.map(|s| Bytes::from_static(s.as_bytes()))))
+        };
         assert_eq!(
             finish(
                 Finish::CountPresent,
