@@ -109,6 +109,8 @@ pub enum Response {
         /// The current value (`None`: absent).
         current: Option<Bytes>,
     },
+    /// An increment's sum or an append's new length.
+    Integer(i64),
 }
 
 /// One node's answer to a status request.
@@ -815,6 +817,9 @@ impl Session {
                         }
                         Outcome::CasOk => {
                             return Ok(self.succeeded(shard, inc.from, stale, Response::CasOk))
+                        }
+                        Outcome::Integer(n) => {
+                            return Ok(self.succeeded(shard, inc.from, stale, Response::Integer(n)))
                         }
                         Outcome::CasMismatch { current } => {
                             return Ok(self.succeeded(

@@ -36,6 +36,13 @@ pub enum Command {
         /// Value to write on a match.
         new: Bytes,
     },
+    /// Add `delta` to the integer a key holds (absent: 0), atomically on the server.
+    Incr {
+        /// The key.
+        key: Bytes,
+        /// What to add (negative subtracts).
+        delta: i64,
+    },
     /// The cluster table.
     Status,
     /// Which shard a key maps to and its cached leader.
@@ -86,6 +93,11 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
         "cas",
         "KEY EXPECTED NEW | KEY --absent NEW",
         "write NEW only if KEY holds EXPECTED (or is absent)",
+    ),
+    (
+        "incr",
+        "KEY [DELTA]",
+        "add DELTA (default 1, may be negative) to the integer KEY holds; prints the sum",
     ),
     (
         "status",
@@ -219,6 +231,15 @@ pub fn parse_words<S: AsRef<str>>(words: &[S]) -> Result<Command, ParseError> {
             new: v(new)?,
         },
         ("cas", _) => return Err(usage("cas")),
+        ("incr", [k]) => Command::Incr {
+            key: v(k)?,
+            delta: 1,
+        },
+        ("incr", [k, d]) => Command::Incr {
+            key: v(k)?,
+            delta: d.parse().map_err(|_| usage("incr"))?,
+        },
+        ("incr", _) => return Err(usage("incr")),
         ("status", []) => Command::Status,
         ("status", _) => return Err(usage("status")),
         ("shard", [k]) => Command::Shard { key: v(k)? },
@@ -333,6 +354,17 @@ mod tests {
                 expected: None,
                 new: b("hi")
             })
+        );
+        assert_eq!(
+            parse_line("incr n -3").unwrap(),
+            Some(Command::Incr {
+                key: b("n"),
+                delta: -3
+            })
+        );
+        assert_eq!(
+            parse_line("incr n x").unwrap_err().to_string(),
+            "usage: incr KEY [DELTA]"
         );
         assert_eq!(parse_line("status").unwrap(), Some(Command::Status));
         assert_eq!(

@@ -111,6 +111,7 @@ impl Error {
                 ClientError::Overloaded { .. } | ClientError::OverloadedBytes { .. } => {
                     "overloaded"
                 }
+                ClientError::NotAnInteger | ClientError::Overflow => "not-an-integer",
                 ClientError::Malformed(_) => "malformed",
             },
             Error::Limit(_) => "limit",

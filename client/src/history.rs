@@ -135,6 +135,10 @@ impl Record {
             }
             Ok(Response::Value(None)) => (Outcome::NotFound, None),
             Ok(Response::Done | Response::CasOk) => (Outcome::Ok, None),
+            Ok(Response::Integer(n)) => {
+                value = Some(n.to_string());
+                (Outcome::Ok, None)
+            }
             Ok(Response::CasMismatch { current }) => {
                 found = Some(current.as_ref().map(show));
                 (Outcome::CasMismatch, None)

@@ -39,6 +39,8 @@ Full reference: docs/KVCLI.md.";
 /// from stdin when stdin is not a terminal (a script), or opens the interactive REPL.
 #[derive(Parser, Debug)]
 #[command(name = "kvcli", version, after_long_help = EXAMPLES, after_help = "Run `kvcli --help` for examples.")]
+// `kvcli help cas` is kvcli's own help command, as in the REPL, not clap's.
+#[command(disable_help_subcommand = true)]
 struct Cli {
     #[command(flatten)]
     conn: ConnArgs,

@@ -3,7 +3,7 @@
 
 use crate::client::{NodeAddr, NodeReport};
 use crate::error::Error;
-use crate::value::display_value;
+use crate::value::{display_value, display_word};
 use bytes::Bytes;
 use kv_shared::proto::{NodeStatus, Role, ShardStatus};
 use kv_shared::{NodeId, ShardId};
@@ -32,6 +32,8 @@ pub enum CmdOutput {
         /// The current value (`None`: absent).
         current: Option<Bytes>,
     },
+    /// An increment's sum.
+    Integer(i64),
     /// The cluster status.
     Status(ClusterStatus),
     /// Where a key lives.
@@ -79,7 +81,7 @@ pub fn render(out: &CmdOutput, style: Style) -> String {
         return render_json(out).to_string();
     }
     match out {
-        CmdOutput::Value(Some(v)) => display_value(v),
+        CmdOutput::Value(Some(v)) => display_word(v),
         CmdOutput::Value(None) => paint(style, "2", "(not found)"),
         CmdOutput::Done | CmdOutput::CasOk => paint(style, "32", "OK"),
         CmdOutput::CasMismatch { current } => format!(
@@ -87,9 +89,10 @@ pub fn render(out: &CmdOutput, style: Style) -> String {
             paint(style, "33", "cas mismatch"),
             current
                 .as_deref()
-                .map(display_value)
+                .map(display_word)
                 .unwrap_or_else(|| "(absent)".into())
         ),
+        CmdOutput::Integer(n) => n.to_string(),
         CmdOutput::Status(s) => render_status(s, style),
         CmdOutput::Shard { key, shard, leader } => format!(
             "key {} -> shard {}; leader {}",
@@ -112,6 +115,7 @@ fn render_json(out: &CmdOutput) -> Value {
         CmdOutput::CasMismatch { current } => {
             json!({"result": "cas-mismatch", "current": v(current)})
         }
+        CmdOutput::Integer(n) => json!({"result": "ok", "value": n}),
         CmdOutput::Status(s) => status_json(s),
         CmdOutput::Shard { key, shard, leader } => json!({
             "result": "ok",
@@ -448,6 +452,40 @@ fn status_json(s: &ClusterStatus) -> Value {
 
 #[cfg(test)]
 mod tests {
+    /// Whatever a get prints can be typed back as the value of a put and means the same
+    /// bytes: spaces and quotes are quoted, empty is "", binary is hex:/b64:.
+    #[test]
+    fn printed_values_can_be_typed_back() {
+        use crate::command::{parse_line, Command};
+        let plain = Style {
+            json: false,
+            colour: false,
+        };
+        let values: [&[u8]; 8] = [
+            b"",
+            b"a b",
+            b"say \"hi\"",
+            b"it's",
+            b"back\\slash",
+            b" padded ",
+            b"\x00\xff",
+            b"hex:not really",
+        ];
+        for v in values {
+            let v = Bytes::copy_from_slice(v);
+            let printed = render(&CmdOutput::Value(Some(v.clone())), plain);
+            let typed = parse_line(&format!("put k {printed}")).unwrap();
+            assert_eq!(
+                typed,
+                Some(Command::Put {
+                    key: Bytes::from_static(b"k"),
+                    value: v.clone()
+                }),
+                "{v:?} printed as {printed}"
+            );
+        }
+    }
+
     use super::*;
     use std::time::Duration;
 
@@ -554,7 +592,7 @@ n3    127.0.0.1:7103  unreachable  -       -      no answer in 1000 ms";
     #[test]
     fn results_and_exit_codes() {
         let b = |s: &str| Bytes::copy_from_slice(s.as_bytes());
-        assert_eq!(render(&CmdOutput::Value(Some(b("v 1"))), PLAIN), "v 1");
+        assert_eq!(render(&CmdOutput::Value(Some(b("v 1"))), PLAIN), "\"v 1\"");
         assert_eq!(
             render(&CmdOutput::Value(Some(Bytes::from_static(b"\x00"))), PLAIN),
             "hex:00"
@@ -578,6 +616,8 @@ n3    127.0.0.1:7103  unreachable  -       -      no answer in 1000 ms";
             ),
             r#"{"current":"x","result":"cas-mismatch"}"#
         );
+        assert_eq!(render(&CmdOutput::Value(Some(b(""))), PLAIN), "\"\"");
+        assert_eq!(render(&CmdOutput::Value(Some(b("a b"))), PLAIN), "\"a b\"");
         assert_eq!(CmdOutput::Value(None).exit_code(), 1);
         assert_eq!(CmdOutput::CasMismatch { current: None }.exit_code(), 1);
         assert_eq!(CmdOutput::Value(Some(b("v"))).exit_code(), 0);

@@ -42,6 +42,7 @@ pub async fn execute(client: &Client, session: &mut Session, cmd: Command) -> Re
         Command::Cas { key, expected, new } => {
             session.execute(Op::Cas { key, expected, new }).await?
         }
+        Command::Incr { key, delta } => session.execute(Op::Incr { key, delta }).await?,
         Command::Status => {
             let reports = client.status(STATUS_TIMEOUT).await;
             let count = client.shard_count().unwrap_or(0);
@@ -66,6 +67,7 @@ pub async fn execute(client: &Client, session: &mut Session, cmd: Command) -> Re
         Response::Done => CmdOutput::Done,
         Response::CasOk => CmdOutput::CasOk,
         Response::CasMismatch { current } => CmdOutput::CasMismatch { current },
+        Response::Integer(n) => CmdOutput::Integer(n),
     }))
 }
 
@@ -141,7 +143,11 @@ pub async fn script(
                     None
                 }
                 Ok(Step::Quit) => break,
-                Err(e) => Some(render_client_error(&e, style)),
+                Err(e) => Some(render_error(
+                    &format!("line {}: {e}", n + 1),
+                    &e.kind(),
+                    style,
+                )),
             },
             Err(e) => Some(render_error(
                 &format!("line {}: {e}", n + 1),

@@ -49,7 +49,7 @@ fn one_shot_commands_exit_0_1_or_2() {
     let o = kvcli(&fake, &["get", "greeting"], "");
     assert_eq!(
         (o.status.code(), text(&o.stdout)),
-        (Some(0), "hello world\n".into())
+        (Some(0), "\"hello world\"\n".into())
     );
     let o = kvcli(&fake, &["get", "nope"], "");
     assert_eq!(
@@ -60,7 +60,7 @@ fn one_shot_commands_exit_0_1_or_2() {
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         text(&o.stdout),
-        "cas mismatch: the current value is hello world\n"
+        "cas mismatch: the current value is \"hello world\"\n"
     );
     let o = kvcli(&fake, &["cas", "lock", "--absent", "hex:00ff"], "");
     assert_eq!(o.status.code(), Some(0));
@@ -110,11 +110,40 @@ fn a_script_prints_one_result_per_line_and_stops_at_the_first_error() {
         .collect();
     assert_eq!(results, ["ok", "ok", "not-found", "error", "ok"]);
 
+    // A refused request names its line too, not only a parse error.
+    let big = "v".repeat(32 * 1024 + 1);
+    let o = kvcli(
+        &fake,
+        &["--keep-going"],
+        &format!("put a 1\nput b {big}\nincr a\n"),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(text(&o.stdout), "OK\n2\n");
+    let err = text(&o.stderr);
+    assert!(
+        err.starts_with("error: line 2: value is 32769 bytes; the limit VALUE_BYTES_MAX"),
+        "{err}"
+    );
+
     let o = kvcli(&fake, &[], "put x 1\ndel x\nget x\nquit\nget x\n");
     assert_eq!(
         (o.status.code(), text(&o.stdout)),
         (Some(0), "OK\nOK\n(not found)\n".into())
     );
+}
+
+/// `kvcli help cas` is kvcli's help, as typed in the REPL, not clap's.
+#[test]
+fn help_for_one_command_works_one_shot() {
+    let fake = FakeCluster::start(1, 2, Some(1));
+    let o = kvcli(&fake, &["help", "cas"], "");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stdout),
+        "cas KEY EXPECTED NEW | KEY --absent NEW\n  write NEW only if KEY holds EXPECTED (or is absent)\n"
+    );
+    let o = kvcli(&fake, &["help"], "");
+    assert!(text(&o.stdout).contains("incr KEY [DELTA]"));
 }
 
 #[test]

@@ -18,6 +18,38 @@ pub struct NodeEntry {
     pub id: u64,
     /// UDP address the node listens on, for peers and clients alike.
     pub addr: SocketAddr,
+    /// TCP address of the node's Redis-protocol front end [default: `addr`'s IP, port
+    /// + [`REDIS_PORT_OFFSET`]].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_addr: Option<SocketAddr>,
+    /// TCP address of the node's HTTP endpoint (`/metrics`, `/health`) [default: `addr`'s
+    /// IP, port + [`HTTP_PORT_OFFSET`]].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<SocketAddr>,
+}
+
+/// The Redis front end's default port is the node's UDP port plus this (7101 -> 8101).
+pub const REDIS_PORT_OFFSET: u16 = 1000;
+/// The HTTP endpoint's default port is the node's UDP port plus this (7101 -> 9101).
+pub const HTTP_PORT_OFFSET: u16 = 2000;
+
+impl NodeEntry {
+    /// The Redis front end's address: as listed, else derived from `addr`.
+    pub fn redis_addr(&self) -> Option<SocketAddr> {
+        self.redis_addr
+            .or_else(|| offset(self.addr, REDIS_PORT_OFFSET))
+    }
+
+    /// The HTTP endpoint's address: as listed, else derived from `addr`.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+            .or_else(|| offset(self.addr, HTTP_PORT_OFFSET))
+    }
+}
+
+/// `addr` with its port moved up by `by`, if the port stays valid.
+fn offset(addr: SocketAddr, by: u16) -> Option<SocketAddr> {
+    Some(SocketAddr::new(addr.ip(), addr.port().checked_add(by)?))
 }
 
 /// Timing knobs. One tick is `tick_ms` of wall time; Raft counts in ticks.
@@ -175,6 +207,14 @@ impl ClusterConfig {
             if !addrs.insert(n.addr) {
                 return invalid(format!("address {} is listed twice", n.addr));
             }
+            if n.redis_addr().is_none() || n.http_addr().is_none() {
+                return invalid(format!(
+                    "node {}: port {} + {HTTP_PORT_OFFSET} leaves the port range; \
+                     list redis_addr and http_addr explicitly",
+                    n.id,
+                    n.addr.port()
+                ));
+            }
         }
         raw.timing.validate().map_err(ConfigError::Invalid)?;
         let mut nodes = raw.nodes;
@@ -214,6 +254,33 @@ impl ClusterConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn front_end_addresses_default_to_offsets_of_the_udp_port() {
+        let c = ClusterConfig::local_3();
+        assert_eq!(
+            c.nodes[0].redis_addr(),
+            Some("127.0.0.1:8101".parse().unwrap())
+        );
+        assert_eq!(
+            c.nodes[0].http_addr(),
+            Some("127.0.0.1:9101".parse().unwrap())
+        );
+        let listed = "cluster_id = 1\nshards = 1\n[[nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\n\
+                      redis_addr = \"127.0.0.1:6379\"\nhttp_addr = \"127.0.0.1:9000\"\n";
+        let c = ClusterConfig::from_toml(listed).unwrap();
+        assert_eq!(
+            c.nodes[0].redis_addr(),
+            Some("127.0.0.1:6379".parse().unwrap())
+        );
+        assert_eq!(
+            c.nodes[0].http_addr(),
+            Some("127.0.0.1:9000".parse().unwrap())
+        );
+        let high = "cluster_id = 1\nshards = 1\n[[nodes]]\nid = 1\naddr = \"127.0.0.1:65000\"\n";
+        let e = ClusterConfig::from_toml(high).unwrap_err().to_string();
+        assert!(e.contains("redis_addr and http_addr"), "{e}");
+    }
 
     #[test]
     fn embedded_default_is_three_nodes_eight_shards() {

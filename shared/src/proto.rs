@@ -38,6 +38,30 @@ pub enum Op {
         /// The value to write on a match.
         new: Bytes,
     },
+    /// Add `delta` to the key's value read as a decimal i64 (absent counts as 0) and
+    /// answer the sum, atomically in the state machine (Redis INCRBY).
+    Incr {
+        /// The key.
+        key: Bytes,
+        /// What to add (negative to subtract).
+        delta: i64,
+    },
+    /// Append `value` to the key's value (absent counts as empty) and answer the new
+    /// length, atomically in the state machine (Redis APPEND).
+    Append {
+        /// The key.
+        key: Bytes,
+        /// The bytes to append.
+        value: Bytes,
+    },
+    /// Replace the key's value with `new` (`None`: delete it) and answer the old value,
+    /// atomically in the state machine (Redis GETSET and GETDEL).
+    Swap {
+        /// The key.
+        key: Bytes,
+        /// The value to write, or `None` to delete the key.
+        new: Option<Bytes>,
+    },
     /// Ask the node for its status table (not routed to a shard).
     Status,
     /// Open this client's session on the shard of `key` (or keep it open): goes through
@@ -58,7 +82,10 @@ impl Op {
             | Op::Put { key, .. }
             | Op::Delete { key }
             | Op::Cas { key, .. }
-            | Op::OpenSession { key } => Some(key),
+            | Op::OpenSession { key }
+            | Op::Incr { key, .. }
+            | Op::Append { key, .. }
+            | Op::Swap { key, .. } => Some(key),
             Op::Status => None,
         }
     }
@@ -68,7 +95,13 @@ impl Op {
     pub fn is_write(&self) -> bool {
         matches!(
             self,
-            Op::Put { .. } | Op::Delete { .. } | Op::Cas { .. } | Op::OpenSession { .. }
+            Op::Put { .. }
+                | Op::Delete { .. }
+                | Op::Cas { .. }
+                | Op::OpenSession { .. }
+                | Op::Incr { .. }
+                | Op::Append { .. }
+                | Op::Swap { .. }
         )
     }
 
@@ -83,7 +116,8 @@ impl Op {
             }
         }
         let value = match self {
-            Op::Put { value, .. } => Some(value),
+            Op::Put { value, .. } | Op::Append { value, .. } => Some(value),
+            Op::Swap { new, .. } => new.as_ref(),
             Op::Cas { new, expected, .. } => {
                 if let Some(e) = expected {
                     if e.len() > VALUE_BYTES_MAX {
@@ -135,6 +169,8 @@ pub enum Outcome {
         /// What the key holds now (`None`: absent).
         current: Option<Bytes>,
     },
+    /// An increment's sum or an append's new length.
+    Integer(i64),
     /// The node's status table.
     Status(NodeStatus),
     /// The request was not (or may not have been) carried out.
@@ -216,6 +252,12 @@ pub enum ClientError {
         /// Requests pending now.
         pending: usize,
     },
+    /// An increment found a value that is not a decimal 64-bit integer.
+    #[error("value is not an integer or out of range")]
+    NotAnInteger,
+    /// An increment would leave the 64-bit integer range.
+    #[error("increment or decrement would overflow")]
+    Overflow,
     /// The request could not be decoded or makes no sense.
     #[error("malformed request: {0}")]
     Malformed(String),

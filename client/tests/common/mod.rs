@@ -328,6 +328,34 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
             }
         }
         Op::OpenSession { .. } => Outcome::Done,
+        Op::Incr { delta, .. } => {
+            let current = before.as_deref().map_or(Some(0), |v| {
+                std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|t| t.parse::<i64>().ok())
+            });
+            match current.and_then(|n| n.checked_add(*delta)) {
+                Some(sum) => {
+                    c.data.insert(key.clone(), Bytes::from(sum.to_string()));
+                    Outcome::Integer(sum)
+                }
+                None => Outcome::Error(ClientError::NotAnInteger),
+            }
+        }
+        Op::Append { value, .. } => {
+            let mut v = before.as_deref().unwrap_or_default().to_vec();
+            v.extend_from_slice(value);
+            let len = v.len() as i64;
+            c.data.insert(key.clone(), Bytes::from(v));
+            Outcome::Integer(len)
+        }
+        Op::Swap { new, .. } => {
+            match new {
+                Some(v) => c.data.insert(key.clone(), v.clone()),
+                None => c.data.remove(&key),
+            };
+            Outcome::Value(before.clone())
+        }
         Op::Get { .. } | Op::Status => unreachable!("handled above"),
     };
     if c.data.get(&key) != before.as_ref() {

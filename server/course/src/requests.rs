@@ -153,9 +153,12 @@ pub fn disposition(outcome: Outcome) -> Disposition {
         Outcome::Error(
             ClientError::KeyTooLarge { .. }
             | ClientError::ValueTooLarge { .. }
+            | ClientError::NotAnInteger
+            | ClientError::Overflow
             | ClientError::Malformed(_),
         )
         | Outcome::CasMismatch { .. }
+        | Outcome::Integer(_)
         | Outcome::Status(_) => Disposition::Answer(Answer::Fail),
     }
 }

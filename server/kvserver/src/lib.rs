@@ -14,14 +14,24 @@
 //! - [`signals`] (*reusable*): SIGTERM/SIGINT as a shutdown future.
 //! - [`logging`] (*reusable*): tracing setup from `--log-level` or `RUST_LOG`.
 //! - [`ratelimit`] (*reusable*): at most one warning line per interval per kind.
+//! - [`core_events`]: the node core's events as info log lines and metrics.
+//! - [`front_ends`]: binds and starts the TCP front ends next to the UDP loop.
+//! - [`resp`]: the Redis-protocol gateway (RESP2/RESP3), a cluster client in-process.
+//! - [`http`]: `/metrics` (OpenMetrics) and `/health`.
+//! - [`metrics`]: the Prometheus registry and what fills it.
 //!
 //! docs/RUNTIME.md describes the event loop, group commit, signals and how to run nodes.
 
 pub mod dir_lock;
+pub mod core_events;
 pub mod disk;
+pub mod front_ends;
+pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod ratelimit;
+pub mod resp;
 pub mod server;
 pub mod signals;
 

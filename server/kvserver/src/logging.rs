@@ -4,8 +4,9 @@
 use tracing_subscriber::EnvFilter;
 
 /// The filter used when neither `--log-level` nor `RUST_LOG` says otherwise. At `info`
-/// a node logs lifecycle events (start, elections are the core's business at `debug`),
-/// never one line per request.
+/// a node logs lifecycle events (start, stop) and the core's events (elections, role and
+/// leader changes, transfers, membership changes, snapshot sends and installs), never
+/// one line per request.
 pub const DEFAULT_FILTER: &str = "info";
 
 /// Why the log filter was refused.

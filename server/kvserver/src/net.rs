@@ -102,7 +102,8 @@ impl DropReason {
         }
     }
 
-    const ALL: [DropReason; DROP_KINDS] = [
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; DROP_KINDS] = [
         DropReason::BadHeader,
         DropReason::BadChecksum,
         DropReason::WrongCluster,

@@ -9,7 +9,9 @@
 //! reported synced. A kill -9 at any instant therefore loses nothing acknowledged.
 
 use crate::disk::{DiskEvent, DiskThread, LogStore};
+use crate::metrics::{MeteredStore, Metrics, UdpRequests};
 use crate::net::{ClientAddrs, Counters, DropReason};
+use crate::{core_events, front_ends};
 use kv_node::{codec, ClientToken, NodeConfig, NodeCore};
 use kv_shared::config::ClusterConfig;
 use kv_shared::limits::DATAGRAM_BYTES_MAX;
@@ -30,6 +32,8 @@ pub const RECV_BATCH_MAX: usize = 256;
 /// How often the traffic counters are logged (at `info` when datagrams were dropped in
 /// the interval, else at `debug`).
 pub const METRICS_INTERVAL: Duration = Duration::from_secs(10);
+/// Ticks between copies of the status table and counters into the metrics.
+pub const METRICS_SYNC_TICKS: u64 = 10;
 /// The reason given to clients whose writes are refused while the disk is full.
 pub const DISK_FULL_REASON: &str = "disk full";
 /// Receive and send buffer asked of the kernel for the node's socket (it caps the request
@@ -53,6 +57,10 @@ pub struct ServerOptions {
     pub snapshot_threshold_entries: Option<u64>,
     /// Seed of the core's randomness (election jitter).
     pub seed: u64,
+    /// Where to serve the Redis protocol (`None`: not at all).
+    pub redis_addr: Option<SocketAddr>,
+    /// Where to serve `/metrics` and `/health` (`None`: not at all).
+    pub http_addr: Option<SocketAddr>,
 }
 
 /// Why a node stopped with an error.
@@ -93,6 +101,17 @@ pub enum ServerError {
         #[source]
         source: kv_node::RecoveryError,
     },
+    /// A front end's TCP address could not be bound.
+    #[error("cannot bind the {what} address {addr}: {source}")]
+    Bind {
+        /// Which front end.
+        what: &'static str,
+        /// The address from the cluster file (or its default).
+        addr: SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The socket (or the disk thread's creation) failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -109,7 +128,10 @@ impl ServerError {
         match self {
             ServerError::Storage { .. } | ServerError::Recovery { .. } => 3,
             ServerError::NotAMember { .. } => 2,
-            ServerError::DataDir { .. } | ServerError::Io(_) | ServerError::Disk(_) => 1,
+            ServerError::DataDir { .. }
+            | ServerError::Bind { .. }
+            | ServerError::Io(_)
+            | ServerError::Disk(_) => 1,
         }
     }
 }
@@ -180,8 +202,10 @@ pub async fn run_with_store<S: LogStore>(
         dir: opts.data_dir.clone(),
         source,
     })?;
+    let metrics = Metrics::new();
+    let front_ends = front_ends::start(&opts, metrics.clone()).await?;
     let (events_tx, events) = unbounded_channel();
-    let disk = DiskThread::spawn(store, events_tx)?;
+    let disk = DiskThread::spawn(MeteredStore::new(store, metrics.clone()), events_tx)?;
     let (recv_buffer_bytes, send_buffer_bytes) = enlarge_buffers(&socket);
     tracing::info!(
         node = me.0,
@@ -215,6 +239,10 @@ pub async fn run_with_store<S: LogStore>(
         datagram_buf: Vec::with_capacity(DATAGRAM_BYTES_MAX),
         started: Instant::now(),
         drops_logged: 0,
+        metrics,
+        _front_ends: front_ends,
+        udp_requests: UdpRequests::default(),
+        ticks: 0,
     };
     event_loop
         .run(
@@ -291,6 +319,11 @@ struct EventLoop {
     datagram_buf: Vec<u8>,
     started: Instant,
     drops_logged: u64,
+    metrics: Metrics,
+    /// The RESP and HTTP tasks; they stop when the loop ends.
+    _front_ends: front_ends::Tasks,
+    udp_requests: UdpRequests,
+    ticks: u64,
 }
 
 impl EventLoop {
@@ -325,6 +358,10 @@ impl EventLoop {
                     // Wall time only feeds the status table ("ms since a peer was heard").
                     self.core.set_now_ms(self.now_ms());
                     self.core.tick();
+                    self.ticks += 1;
+                    if self.ticks.is_multiple_of(METRICS_SYNC_TICKS) {
+                        self.sync_metrics();
+                    }
                     Ok(())
                 }
                 Wake::Readable(Ok(())) => {
@@ -476,6 +513,7 @@ impl EventLoop {
 
     fn on_client_request(&mut self, token: ClientToken, req: ClientRequest) {
         self.counters.client_requests += 1;
+        self.udp_requests.arrived(&req);
         if let Some(reason) = &self.writes_refused {
             if req.op.is_write() {
                 // The core has no hook for "refuse writes" yet (issue 15, part 3); until
@@ -498,6 +536,9 @@ impl EventLoop {
     /// Takes the core's output and acts on it: disk writes, then datagrams, then replies.
     async fn flush(&mut self) {
         let out = self.core.take_output();
+        for e in &out.events {
+            core_events::record(self.me, e, &self.metrics);
+        }
         match &self.disk {
             Some(disk) => {
                 for w in out.disk_writes {
@@ -530,6 +571,9 @@ impl EventLoop {
         replies.append(&mut self.runtime_replies);
         if replies.is_empty() {
             return;
+        }
+        for (_, reply) in &replies {
+            self.udp_requests.answered(reply, &self.metrics);
         }
         // Stable: replies to one client keep the core's order within their datagram.
         replies.sort_by_key(|(token, _)| token.0);
@@ -596,6 +640,16 @@ impl EventLoop {
                 &format_args!("send failed: {e}"),
             ),
         }
+    }
+
+    fn sync_metrics(&self) {
+        let status = self.core.status();
+        for s in &status.shards {
+            let view = self.core.group_view(s.shard);
+            self.metrics.proposals_to(s.shard.0, view.proposed_writes);
+        }
+        self.metrics
+            .sync(&status, &self.counters, self.core.pending_requests());
     }
 
     fn log_metrics(&mut self) {

@@ -36,6 +36,8 @@ fn one_node(rt: &tokio::runtime::Runtime, data_dir: &Path) -> (UdpSocket, Server
         data_dir: data_dir.to_path_buf(),
         snapshot_threshold_entries: None,
         seed: 7,
+        redis_addr: None,
+        http_addr: None,
     };
     (socket, opts)
 }

@@ -5,6 +5,7 @@
 
 use crate::codec::{self, GroupMessage};
 use crate::config::NodeConfig;
+use crate::events::{EventKind, NodeEvent};
 use crate::sm::{CommandBatch, StateMachine, WriteCommand, WriteOp};
 use crate::wal::{self, RecoveryError};
 use bytes::Bytes;
@@ -122,6 +123,8 @@ pub struct Output {
     pub disk_writes: Vec<DiskWrite>,
     /// Answers to client requests (exactly one per request).
     pub replies: Vec<(ClientToken, ClientReply)>,
+    /// What happened in the shards, for the runtime's log and metrics.
+    pub events: Vec<NodeEvent>,
 }
 
 /// An entry some replica applied (for the simulator's state machine safety check).
@@ -148,6 +151,8 @@ pub struct GroupView {
     pub leader: Option<NodeId>,
     /// Applied index of the state machine.
     pub applied: u64,
+    /// Client writes this replica proposed (as leader) since it started.
+    pub proposed_writes: u64,
 }
 
 /// What a pending request counts against `PENDING_REQUEST_BYTES_MAX`: its keys and values
@@ -155,7 +160,9 @@ pub struct GroupView {
 fn request_bytes(op: &Op) -> usize {
     const REQUEST_OVERHEAD_BYTES: usize = 128;
     let payload = match op {
-        Op::Put { key, value } => key.len() + value.len(),
+        Op::Put { key, value } | Op::Append { key, value } => key.len() + value.len(),
+        Op::Swap { key, new } => key.len() + new.as_ref().map_or(0, |v| v.len()),
+        Op::Incr { key, .. } => key.len() + 8,
         Op::Cas { key, expected, new } => {
             key.len() + expected.as_ref().map_or(0, |e| e.len()) + new.len()
         }
@@ -218,6 +225,8 @@ struct Group {
     /// Entry payload bytes applied since the latest snapshot was taken or installed.
     applied_bytes_since_snapshot: u64,
     last_transfer_tick: Option<u64>,
+    /// Client writes proposed as leader, for metrics.
+    proposed_writes: u64,
     /// Not ticked while idle (`RaftTuning::quiesce`; see `NodeCore::tick`).
     quiesced: bool,
     /// Consecutive ticks this leader had nothing to do.
@@ -331,6 +340,7 @@ impl NodeCore {
                 snapshot_writes_inflight: 0,
                 applied_bytes_since_snapshot: 0,
                 last_transfer_tick: None,
+                proposed_writes: 0,
                 quiesced: false,
                 idle_ticks: 0,
                 last_msg_tick: 0,
@@ -717,9 +727,34 @@ impl NodeCore {
     fn handle_ready(&mut self, g: usize) {
         let rd = self.groups[g].raft.ready();
         let shard = self.groups[g].shard;
+        self.out.events.extend(
+            rd.events
+                .into_iter()
+                .map(|e| NodeEvent::from_raft(shard, e)),
+        );
         if let Some(ss) = rd.soft_state {
             let old = self.groups[g].soft;
             self.groups[g].soft = ss;
+            if old.role != ss.role {
+                self.out.events.push(NodeEvent {
+                    shard,
+                    term: ss.term,
+                    kind: EventKind::RoleChanged {
+                        from: old.role,
+                        to: ss.role,
+                    },
+                });
+            }
+            if old.leader != ss.leader {
+                self.out.events.push(NodeEvent {
+                    shard,
+                    term: ss.term,
+                    kind: EventKind::LeaderChanged {
+                        from: old.leader,
+                        to: ss.leader,
+                    },
+                });
+            }
             if old.role == Role::Leader && (ss.role != Role::Leader || ss.term != old.term) {
                 self.fail_leader_requests(g, ss.leader);
             }
@@ -737,6 +772,13 @@ impl NodeCore {
                 .push(GroupMessage { shard, msg: m });
         }
         if let Some(snap) = rd.apply_snapshot {
+            self.out.events.push(NodeEvent {
+                shard,
+                term: self.groups[g].soft.term,
+                kind: EventKind::SnapshotInstalled {
+                    index: snap.meta.index,
+                },
+            });
             self.restore_snapshot(g, snap);
         }
         for e in rd.committed {
@@ -973,9 +1015,11 @@ impl NodeCore {
 
     fn propose_batch(&mut self, g: usize, writes: Vec<(u64, WriteCommand)>) {
         let (ids, writes): (Vec<u64>, Vec<WriteCommand>) = writes.into_iter().unzip();
+        let count = writes.len() as u64;
         let data = CommandBatch { writes }.encode();
         match self.groups[g].raft.propose(data) {
             Ok((index, term)) => {
+                self.groups[g].proposed_writes += count;
                 self.groups[g].proposed.insert(index, (term, ids));
             }
             Err(e) => self.refused(g, ids, e),
@@ -1130,6 +1174,7 @@ impl NodeCore {
             term: g.soft.term,
             leader: g.soft.leader,
             applied: g.sm.applied_index(),
+            proposed_writes: g.proposed_writes,
         }
     }
 

@@ -16,6 +16,7 @@
 pub mod codec;
 pub mod config;
 pub mod core;
+pub mod events;
 pub mod sm;
 pub mod wal;
 
@@ -30,4 +31,5 @@ pub use crate::core::{
     entry_hash, AppliedEntry, BoundaryRefusal, ClientToken, DiskOp, DiskWrite, GroupView, NodeCore,
     Output,
 };
+pub use crate::events::{EventKind, NodeEvent};
 pub use crate::wal::RecoveryError;

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use hashbrown::hash_table::{Entry, HashTable};
 use kv_shared::limits::SESSIONS_MAX;
+use kv_shared::limits::VALUE_BYTES_MAX;
 use kv_shared::proto::{ClientError, Op, Outcome};
 use kv_shared::ClientId;
 use serde::{Deserialize, Serialize};
@@ -38,6 +39,27 @@ pub enum WriteOp {
     },
     /// Open the client's session (changes no data).
     OpenSession,
+    /// Add `delta` to the decimal i64 held by `key` (absent: 0).
+    Incr {
+        /// The key.
+        key: Bytes,
+        /// The addend.
+        delta: i64,
+    },
+    /// Append `value` to `key`'s value (absent: empty).
+    Append {
+        /// The key.
+        key: Bytes,
+        /// The suffix.
+        value: Bytes,
+    },
+    /// Replace `key`'s value with `new` (`None`: remove it), answering the old one.
+    Swap {
+        /// The key.
+        key: Bytes,
+        /// The replacement, or `None` to remove.
+        new: Option<Bytes>,
+    },
 }
 
 impl WriteOp {
@@ -55,6 +77,18 @@ impl WriteOp {
                 new: new.clone(),
             }),
             Op::OpenSession { .. } => Some(WriteOp::OpenSession),
+            Op::Incr { key, delta } => Some(WriteOp::Incr {
+                key: key.clone(),
+                delta: *delta,
+            }),
+            Op::Append { key, value } => Some(WriteOp::Append {
+                key: key.clone(),
+                value: value.clone(),
+            }),
+            Op::Swap { key, new } => Some(WriteOp::Swap {
+                key: key.clone(),
+                new: new.clone(),
+            }),
             Op::Get { .. } | Op::Status => None,
         }
     }
@@ -315,6 +349,12 @@ impl Pair {
 
 /// A key's first 16 bytes, zero-padded, big-endian: comparing two of these orders the
 /// keys as comparing the keys would, except that equal prefixes need the keys.
+/// `text` as an i64 if it is exactly how that number prints.
+fn parse_canonical_i64(text: &[u8]) -> Option<i64> {
+    let n: i64 = std::str::from_utf8(text).ok()?.parse().ok()?;
+    (n.to_string().as_bytes() == text).then_some(n)
+}
+
 fn key_prefix(key: &[u8]) -> u128 {
     let mut b = [0u8; 16];
     let n = key.len().min(16);
@@ -550,9 +590,52 @@ impl StateMachine {
                     }
                 }
             }
+            WriteOp::Incr { key, delta } => self.increment(key, *delta),
+            WriteOp::Append { key, value } => self.append(key, value),
+            WriteOp::Swap { key, new } => {
+                let old = self.get(key);
+                match new {
+                    Some(v) => self.insert(key, v),
+                    None => self.remove(key),
+                }
+                Outcome::Value(old)
+            }
         };
         self.sessions.record(w.client, w.seq, outcome.clone());
         outcome
+    }
+
+    /// Adds `delta` to the integer `key` holds. Only the canonical decimal form counts as
+    /// an integer (no sign `+`, no leading zeros or spaces), as Redis's INCRBY requires,
+    /// so the stored text always reads back as the number it means.
+    fn increment(&mut self, key: &[u8], delta: i64) -> Outcome {
+        let current = match self.value_of(key) {
+            None => 0,
+            Some(v) => match parse_canonical_i64(v) {
+                Some(n) => n,
+                None => return Outcome::Error(ClientError::NotAnInteger),
+            },
+        };
+        let Some(sum) = current.checked_add(delta) else {
+            return Outcome::Error(ClientError::Overflow);
+        };
+        self.insert(key, sum.to_string().as_bytes());
+        Outcome::Integer(sum)
+    }
+
+    /// Appends `suffix` unless the result would pass the value limit (then writes nothing).
+    fn append(&mut self, key: &[u8], suffix: &[u8]) -> Outcome {
+        let mut value = self.value_of(key).map(<[u8]>::to_vec).unwrap_or_default();
+        let len = value.len() + suffix.len();
+        if len > VALUE_BYTES_MAX {
+            return Outcome::Error(ClientError::ValueTooLarge {
+                len,
+                max: VALUE_BYTES_MAX,
+            });
+        }
+        value.extend_from_slice(suffix);
+        self.insert(key, &value);
+        Outcome::Integer(len as i64)
     }
 
     /// Serializes map, sessions and applied position (the snapshot image).
@@ -705,6 +788,73 @@ mod tests {
         let out = sm.apply_entry(5, 2, &entry(vec![cas(5, None, "new")]));
         assert_eq!(out, vec![Outcome::CasOk]);
         assert_eq!((sm.applied_index(), sm.applied_term()), (5, 2));
+    }
+
+    #[test]
+    fn incr_append_swap_read_and_write_in_one_step() {
+        let mut sm = StateMachine::new(10);
+        let w = |seq, op| WriteCommand {
+            client: ClientId(1),
+            seq,
+            op,
+        };
+        let incr = |delta| WriteOp::Incr { key: b("n"), delta };
+        let mut index = 0;
+        let mut apply = |sm: &mut StateMachine, seq, op| {
+            index += 1;
+            sm.apply_entry(index, 1, &entry(vec![w(seq, op)]))
+        };
+        assert_eq!(apply(&mut sm, 1, incr(5)), vec![Outcome::Integer(5)]);
+        assert_eq!(apply(&mut sm, 2, incr(-7)), vec![Outcome::Integer(-2)]);
+        assert_eq!(sm.get(b"n"), Some(b("-2")));
+        // A retry of seq 2 answers the recorded sum, it does not add again.
+        assert_eq!(apply(&mut sm, 2, incr(-7)), vec![Outcome::Integer(-2)]);
+        assert_eq!(
+            apply(&mut sm, 3, incr(i64::MIN)),
+            vec![Outcome::Error(ClientError::Overflow)]
+        );
+        assert_eq!(sm.get(b"n"), Some(b("-2")), "an overflow writes nothing");
+        for (seq, text) in [(4, "x"), (6, "+1"), (8, "01"), (10, " 1")] {
+            let put = WriteOp::Put {
+                key: b("n"),
+                value: b(text),
+            };
+            apply(&mut sm, seq, put);
+            assert_eq!(
+                apply(&mut sm, seq + 1, incr(1)),
+                vec![Outcome::Error(ClientError::NotAnInteger)],
+                "{text:?} is no integer"
+            );
+        }
+        let append = |v: &str| WriteOp::Append {
+            key: b("s"),
+            value: b(v),
+        };
+        assert_eq!(apply(&mut sm, 12, append("ab")), vec![Outcome::Integer(2)]);
+        assert_eq!(apply(&mut sm, 13, append("c")), vec![Outcome::Integer(3)]);
+        let big = "x".repeat(VALUE_BYTES_MAX);
+        assert_eq!(
+            apply(&mut sm, 14, append(&big)),
+            vec![Outcome::Error(ClientError::ValueTooLarge {
+                len: VALUE_BYTES_MAX + 3,
+                max: VALUE_BYTES_MAX
+            })]
+        );
+        assert_eq!(sm.get(b"s"), Some(b("abc")));
+        let swap = |new: Option<&str>| WriteOp::Swap {
+            key: b("s"),
+            new: new.map(b),
+        };
+        assert_eq!(
+            apply(&mut sm, 15, swap(Some("z"))),
+            vec![Outcome::Value(Some(b("abc")))]
+        );
+        assert_eq!(
+            apply(&mut sm, 16, swap(None)),
+            vec![Outcome::Value(Some(b("z")))]
+        );
+        assert_eq!(sm.get(b"s"), None);
+        assert_eq!(apply(&mut sm, 17, swap(None)), vec![Outcome::Value(None)]);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Whole-node tests: a few NodeCores wired together in memory (instant network, instant
 //! disk), to check routing, batching, redirects and recovery through the public inputs.
 
-use crate::{ClientToken, DiskOp, GroupMessage, NodeConfig, NodeCore, Output};
+use crate::{
+    ClientToken, DiskOp, EventKind, GroupMessage, NodeConfig, NodeCore, NodeEvent, Output,
+};
 use bytes::Bytes;
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Op, Outcome, Role};
 use kv_shared::{ClientId, NodeId, ShardId};
@@ -20,6 +22,8 @@ struct Cluster {
     messages: usize,
     /// Nodes that are neither ticked nor reached (crashed or cut off).
     down: Vec<bool>,
+    /// Every event each node reported, in order.
+    events: Vec<(usize, NodeEvent)>,
 }
 
 fn ids(n: u64) -> Vec<NodeId> {
@@ -49,6 +53,7 @@ impl Cluster {
             datagrams: 0,
             messages: 0,
             down: vec![false; n as usize],
+            events: Vec::new(),
         }
     }
 
@@ -65,6 +70,7 @@ impl Cluster {
         for (t, r) in out.replies {
             self.replies.push((i, t, r));
         }
+        self.events.extend(out.events.into_iter().map(|e| (i, e)));
         for w in out.disk_writes {
             for op in w.ops {
                 match op {
@@ -489,6 +495,70 @@ fn follower_back_after_compaction_gets_a_snapshot(puts_after_snapshot: u64) {
         c.nodes[f].state_digest(shard),
         c.nodes[l].state_digest(shard)
     );
+    let reported = |node: usize, want: &dyn Fn(&EventKind) -> bool| {
+        c.events
+            .iter()
+            .any(|(i, e)| *i == node && e.shard == shard && want(&e.kind))
+    };
+    assert!(reported(l, &|k| matches!(
+        k,
+        EventKind::SnapshotSendStarted { to, .. } if *to == NodeId(f as u64 + 1)
+    )));
+    assert!(reported(f, &|k| matches!(
+        k,
+        EventKind::SnapshotInstalled { index } if *index == before.applied
+    )));
+}
+
+/// The runtime logs and counts what the core reports; a leader's crash must show up as
+/// elections, role changes and leader changes on the survivors, with the new term.
+#[test]
+fn elections_and_leader_changes_are_reported_as_events() {
+    let mut c = Cluster::new(3, 1);
+    c.tick(60);
+    let shard = ShardId(0);
+    let l = c.leader(shard);
+    let old_term = c.nodes[l].raft_status(shard).term;
+    assert!(c.events.iter().any(|(i, e)| *i == l
+        && e.kind
+            == EventKind::RoleChanged {
+                from: Role::Candidate,
+                to: Role::Leader
+            }));
+    c.events.clear();
+    c.down[l] = true;
+    c.tick(60);
+    let new = c.leader(shard);
+    let new_term = c.nodes[new].raft_status(shard).term;
+    assert!(new_term > old_term);
+    let of = |i: usize| -> Vec<&NodeEvent> {
+        c.events
+            .iter()
+            .filter(|(n, _)| *n == i)
+            .map(|(_, e)| e)
+            .collect()
+    };
+    assert!(of(new).iter().any(|e| e.term == new_term
+        && matches!(
+            e.kind,
+            EventKind::ElectionStarted {
+                pre_vote: false,
+                ..
+            }
+        )));
+    for i in (0..3).filter(|&i| i != l) {
+        assert!(
+            of(i).iter().any(|e| e.kind
+                == EventKind::LeaderChanged {
+                    from: None,
+                    to: Some(NodeId(new as u64 + 1))
+                }),
+            "node {} saw the new leader: {:?}",
+            i + 1,
+            of(i)
+        );
+    }
+    assert!(of(l).is_empty(), "a crashed node reports nothing");
 }
 
 #[test]

@@ -60,6 +60,11 @@ impl Raft {
         };
         self.leader = None;
         self.reset_randomized_timeout();
+        self.events.push(crate::Event::ElectionStarted {
+            term: self.term + 1,
+            pre_vote: true,
+            transfer: false,
+        });
         self.record_vote(self.cfg.id, self.term + 1, true, true);
         if !matches!(self.role, RoleState::PreCandidate { .. }) {
             return; // a single voter wins at once
@@ -93,6 +98,11 @@ impl Raft {
         };
         self.election_elapsed = 0;
         self.reset_randomized_timeout();
+        self.events.push(crate::Event::ElectionStarted {
+            term: self.term,
+            pre_vote: false,
+            transfer,
+        });
         // Our own vote counts only once the (term, vote) write is durable, like anyone
         // else's grant (etcd: the self-vote goes through msgsAfterAppend).
         let dep = self

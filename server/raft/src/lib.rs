@@ -40,6 +40,7 @@ pub use types::*;
 #[cfg(test)]
 mod byzantine_tests;
 mod election;
+mod events;
 mod lease;
 mod log;
 mod membership;
@@ -58,6 +59,7 @@ mod testing;
 #[cfg(test)]
 mod transcripts;
 
+pub use events::Event;
 #[cfg(feature = "planted-bugs")]
 pub use node::PlantedBug;
 pub use node::{

@@ -70,6 +70,11 @@ impl Raft {
         for c in &changes {
             apply_committed(&mut self.membership, c);
         }
+        self.events.push(crate::Event::ConfChanged {
+            voters: self.membership.voters.to_vec(),
+            learners: self.membership.learners.to_vec(),
+            term: self.term,
+        });
         let me = self.cfg.id;
         let last = self.log.last_index();
         let promotable = self.promotable();

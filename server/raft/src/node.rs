@@ -180,6 +180,8 @@ pub struct Ready {
     /// image of its latest one (images are dropped once no transfer needs them: they are
     /// as large as the state machine). Answer with [`Raft::provide_snapshot`].
     pub snapshot_wanted: bool,
+    /// What happened since the last `Ready`, for the caller's log and metrics.
+    pub events: Vec<crate::Event>,
 }
 
 impl Ready {
@@ -193,6 +195,7 @@ impl Ready {
             && self.failed_reads.is_empty()
             && self.soft_state.is_none()
             && !self.snapshot_wanted
+            && self.events.is_empty()
     }
 }
 
@@ -355,6 +358,8 @@ pub struct Raft {
     pub(crate) snapshot: Option<Snapshot>,
     /// A leader found a follower to send a snapshot to but holds no image.
     pub(crate) snapshot_wanted: bool,
+    /// Events since the last `Ready` (a handful per round at most).
+    pub(crate) events: Vec<crate::Event>,
     pub(crate) election_elapsed: u32,
     pub(crate) heartbeat_elapsed: u32,
     /// Ticks since the leader last checked for stalled flows (`retransmit_ticks`).
@@ -439,6 +444,7 @@ impl Raft {
             snap_membership: base,
             snapshot,
             snapshot_wanted: false,
+            events: Vec::new(),
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             retransmit_elapsed: 0,
@@ -630,6 +636,10 @@ impl Raft {
             return;
         }
         ls.transfer = Some((to, 0));
+        self.events.push(crate::Event::TransferStarted {
+            to,
+            term: self.term,
+        });
         let caught_up = ls.progress.get(&to).is_some_and(|p| p.match_ == last);
         if caught_up {
             self.send_timeout_now(to);
@@ -764,6 +774,7 @@ impl Raft {
             || !self.failed_reads.is_empty()
             || self.soft_state() != self.last_soft
             || self.snapshot_wanted
+            || !self.events.is_empty()
     }
 
     /// Takes the work accumulated since the last call.
@@ -796,6 +807,7 @@ impl Raft {
             failed_reads: std::mem::take(&mut self.failed_reads),
             soft_state,
             snapshot_wanted: std::mem::take(&mut self.snapshot_wanted),
+            events: std::mem::take(&mut self.events),
         }
     }
 

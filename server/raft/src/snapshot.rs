@@ -80,6 +80,11 @@ impl Raft {
             return false;
         };
         pr.become_snapshot(index);
+        self.events.push(crate::Event::SnapshotSendStarted {
+            to,
+            index,
+            term: self.term,
+        });
         self.send_snapshot_chunks(to)
     }
 

@@ -9,7 +9,7 @@ use kv_shared::{NodeId, ShardId};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -45,6 +45,8 @@ pub struct Cluster {
     spec: Spec,
     cluster_id: u64,
     nodes: Vec<(NodeId, SocketAddr)>,
+    /// Per node (same order as `nodes`): its Redis-protocol and HTTP addresses.
+    front_ends: Vec<(SocketAddr, SocketAddr)>,
     children: BTreeMap<NodeId, Child>,
     config_path: PathBuf,
 }
@@ -77,6 +79,15 @@ impl Cluster {
             .map(|(i, s)| (NodeId(i as u64 + 1), s.local_addr().expect("local addr")))
             .collect();
         drop(sockets);
+        // Explicit TCP ports: the defaults (UDP port + 1000, + 2000) might be taken.
+        let listeners: Vec<TcpListener> = (0..2 * spec.nodes)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("probe a free TCP port"))
+            .collect();
+        let tcp = |i: usize| listeners[i].local_addr().expect("local addr");
+        let front_ends: Vec<(SocketAddr, SocketAddr)> = (0..spec.nodes)
+            .map(|i| (tcp(2 * i), tcp(2 * i + 1)))
+            .collect();
+        drop(listeners);
         let cluster_id = u64::from(std::process::id()) << 16 | u64::from(nodes[0].1.port());
         let mut toml = format!(
             "cluster_id = {cluster_id}\nshards = {}\ndata_dir = \"{}\"\n\n[timing]\n\
@@ -84,8 +95,11 @@ impl Cluster {
             spec.shards,
             dir.path().display()
         );
-        for (id, addr) in &nodes {
-            toml.push_str(&format!("\n[[nodes]]\nid = {}\naddr = \"{addr}\"\n", id.0));
+        for ((id, addr), (redis, http)) in nodes.iter().zip(&front_ends) {
+            toml.push_str(&format!(
+                "\n[[nodes]]\nid = {}\naddr = \"{addr}\"\nredis_addr = \"{redis}\"\nhttp_addr = \"{http}\"\n",
+                id.0
+            ));
         }
         let config_path = dir.path().join("cluster.toml");
         std::fs::write(&config_path, toml).expect("write cluster file");
@@ -94,6 +108,7 @@ impl Cluster {
             spec,
             cluster_id,
             nodes,
+            front_ends,
             children: BTreeMap::new(),
             config_path,
         }
@@ -102,6 +117,23 @@ impl Cluster {
     /// The node ids, ascending.
     pub fn ids(&self) -> Vec<NodeId> {
         self.nodes.iter().map(|(id, _)| *id).collect()
+    }
+
+    /// Node `id`'s Redis-protocol (TCP) address.
+    pub fn redis_addr(&self, id: NodeId) -> SocketAddr {
+        self.front_ends[self.index(id)].0
+    }
+
+    /// Node `id`'s HTTP address (`/metrics`, `/health`).
+    pub fn http_addr(&self, id: NodeId) -> SocketAddr {
+        self.front_ends[self.index(id)].1
+    }
+
+    fn index(&self, id: NodeId) -> usize {
+        self.nodes
+            .iter()
+            .position(|(n, _)| *n == id)
+            .unwrap_or_else(|| panic!("{id} is not a member"))
     }
 
     /// The shard count.

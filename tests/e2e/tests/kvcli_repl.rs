@@ -58,7 +58,7 @@ fn the_repl_answers_completes_cancels_leaves_and_keeps_history() {
     enter(&mut p, "put greeting \"hello world\"");
     p.expect_line("OK", WAIT);
     enter(&mut p, "get greeting");
-    p.expect_line("hello world", WAIT);
+    p.expect_line("\"hello world\"", WAIT);
 
     // Enter alone does not take the inline hint: `sta` is not a command...
     enter(&mut p, "sta");
@@ -84,7 +84,7 @@ fn the_repl_answers_completes_cancels_leaves_and_keeps_history() {
     p.expect_line("(not found)", WAIT);
 
     enter(&mut p, "get greeting");
-    p.expect_line("hello world", WAIT);
+    p.expect_line("\"hello world\"", WAIT);
     p.expect_prompt(PROMPT, WAIT);
     p.send(CTRL_D);
     let code = p.wait_exit(WAIT);
@@ -114,13 +114,43 @@ fn the_repl_answers_completes_cancels_leaves_and_keeps_history() {
     p.send(KEY_UP);
     p.expect_input(&format!("{PROMPT}get greeting"), WAIT);
     p.send(ENTER);
-    p.expect_line("hello world", WAIT);
+    p.expect_line("\"hello world\"", WAIT);
     p.expect_prompt(PROMPT, WAIT);
     p.send(KEY_UP);
     p.send(KEY_UP);
     p.expect_input(&format!("{PROMPT}get cancelled"), WAIT);
     p.send(ENTER);
     p.expect_line("(not found)", WAIT);
+    enter(&mut p, "quit");
+    let code = p.wait_exit(WAIT);
+    assert_eq!(code, 0, "quit leaves with 0");
+}
+
+/// Lines pasted at once, or typed while a command runs, are queued and run in order, as
+/// in redis-cli: none is lost.
+#[test]
+fn lines_pasted_or_typed_ahead_all_run_in_order() {
+    let mut c = Cluster::start(Spec::default());
+    let mut client = c.client();
+    c.wait_for_leaders(&mut client, LEADERS_TIMEOUT);
+    let dir = tempfile::Builder::new()
+        .prefix("kv-e2e-repl-")
+        .tempdir()
+        .expect("temp dir");
+    let mut p = repl(&c, &dir.path().join("history"));
+    p.expect_prompt(PROMPT, WAIT);
+    // One write: the way a terminal delivers a paste without bracketed-paste mode.
+    p.send("put ta 1\rincr n\rincr n\rget ta\r");
+    p.expect_line("OK", WAIT);
+    p.expect_line("1", WAIT);
+    p.expect_line("2", WAIT);
+    p.expect_line("1", WAIT);
+    // Typed ahead while `status` (which waits for every node) runs.
+    p.expect_prompt(PROMPT, WAIT);
+    p.send("status\r");
+    p.send("incr n\r");
+    p.expect("NODE  ADDRESS", WAIT);
+    p.expect_line("3", WAIT);
     enter(&mut p, "quit");
     let code = p.wait_exit(WAIT);
     assert_eq!(code, 0, "quit leaves with 0");

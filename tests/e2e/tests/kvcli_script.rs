@@ -55,7 +55,7 @@ fn script(p: &str) -> String {
 /// The lines `script` prints before `shard` (human output).
 const SCRIPT_RESULTS: &[&str] = &[
     "OK",
-    "hello world",
+    "\"hello world\"",
     "OK",
     "cas mismatch: the current value is bye",
     "bye",
@@ -198,6 +198,8 @@ fn a_script_stops_at_the_first_error_unless_keep_going_and_one_shots_exit_0_1_2(
         KEY_BYTES_MAX + 1
     );
     let script = format!("put e-a 1\nget {long_key}\nput e-b 2\nget e-b\n");
+    // In a script, every error names its line.
+    let script_error = format!("error: line 2: {}", &key_error["error: ".len()..]);
 
     // Stop at the first error: the lines after it do not run.
     let run = kvcli(&c, &[], &script);
@@ -206,7 +208,7 @@ fn a_script_stops_at_the_first_error_unless_keep_going_and_one_shots_exit_0_1_2(
         (Some(2), "OK\n"),
         "{run:?}"
     );
-    assert_eq!(run.stderr, key_error);
+    assert_eq!(run.stderr, script_error);
     let run = kvcli(&c, &["get", "e-b"], "");
     assert_eq!(
         (run.code, run.stdout.as_str()),
@@ -221,7 +223,7 @@ fn a_script_stops_at_the_first_error_unless_keep_going_and_one_shots_exit_0_1_2(
         (Some(2), "OK\nOK\n2\n"),
         "{run:?}"
     );
-    assert_eq!(run.stderr, key_error);
+    assert_eq!(run.stderr, script_error);
 
     // With --json the error is a result line of its own, on stdout.
     let run = kvcli(&c, &["--json", "--keep-going"], &script);
@@ -235,7 +237,7 @@ fn a_script_stops_at_the_first_error_unless_keep_going_and_one_shots_exit_0_1_2(
         results,
         [
             json!({"result": "ok"}),
-            json!({"result": "error", "kind": "limit", "error": key_error["error: ".len()..].trim_end()}),
+            json!({"result": "error", "kind": "limit", "error": script_error["error: ".len()..].trim_end()}),
             json!({"result": "ok"}),
             json!({"result": "ok", "value": "2"}),
         ]

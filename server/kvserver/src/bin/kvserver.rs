@@ -139,14 +139,14 @@ fn options(args: Args) -> Result<ServerOptions, String> {
         None => ClusterConfig::local_3(),
     };
     let node = NodeId(args.node);
-    if cluster.addr_of(node).is_none() {
+    let Some(entry) = cluster.nodes.iter().find(|n| n.id == node.0).cloned() else {
         let ids: Vec<String> = cluster.nodes.iter().map(|n| n.id.to_string()).collect();
         return Err(format!(
             "--node {} is not in the cluster file (its nodes: {})",
             args.node,
             ids.join(", ")
         ));
-    }
+    };
     let data_dir = args
         .data_dir
         .unwrap_or_else(|| cluster.data_dir.join(format!("node-{}", node.0)));
@@ -162,5 +162,7 @@ fn options(args: Args) -> Result<ServerOptions, String> {
         data_dir,
         snapshot_threshold_entries: args.snapshot_threshold,
         seed,
+        redis_addr: entry.redis_addr(),
+        http_addr: entry.http_addr(),
     })
 }

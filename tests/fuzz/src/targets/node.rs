@@ -60,6 +60,7 @@ impl NodeHarness {
                 datagrams,
                 disk_writes,
                 replies,
+                ..
             } = self.core.take_output();
             for (to, msgs) in datagrams {
                 // Every batch must fit one datagram and survive the codec.

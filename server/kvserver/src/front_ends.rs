@@ -1,0 +1,61 @@
+//! Starts the node's TCP front ends next to its UDP event loop: the Redis-protocol
+//! gateway and the HTTP endpoint for metrics and health. Both bind before the node
+//! reports itself started, so a taken port stops the node with a message naming it.
+
+use crate::metrics::Metrics;
+use crate::server::{ServerError, ServerOptions};
+use crate::{http, resp};
+use kvcli::{Client, ClientOptions};
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// The front ends' tasks; dropping this stops them.
+#[derive(Debug, Default)]
+pub struct Tasks(Vec<JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { what, addr, source })
+}
+
+/// Binds the addresses `opts` names and starts serving them.
+pub async fn start(opts: &ServerOptions, metrics: Metrics) -> Result<Tasks, ServerError> {
+    let mut tasks = Tasks::default();
+    if let Some(addr) = opts.http_addr {
+        let listener = bind("HTTP (metrics)", addr).await?;
+        tracing::info!(node = opts.node.0, %addr, "serving /metrics and /health");
+        tasks
+            .0
+            .push(tokio::spawn(http::serve(listener, metrics.clone())));
+    }
+    if let Some(addr) = opts.redis_addr {
+        let listener = bind("Redis protocol", addr).await?;
+        tracing::info!(node = opts.node.0, %addr, "serving the Redis protocol");
+        let client_options = ClientOptions::from_config(&opts.cluster);
+        let node = opts.node;
+        tasks.0.push(tokio::spawn(async move {
+            // The node's own event loop must run to answer the client's discovery, so
+            // the client connects from this task, after `start` has returned.
+            let client = match Client::connect(client_options).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("the Redis gateway cannot reach the cluster: {e}");
+                    return;
+                }
+            };
+            let gateway = resp::Gateway::new(client, node, metrics, addr.to_string());
+            resp::serve(listener, gateway).await;
+        }));
+    }
+    Ok(tasks)
+}

@@ -1,0 +1,486 @@
+//! The node's Prometheus metrics: one registry, filled by the event loop (shard state from
+//! the core's status table, the same rows `kvcli status` shows; datagram counters; core
+//! events), the disk thread (fsync latency, bytes written) and the front ends (requests
+//! and their latency), and encoded as OpenMetrics text by the HTTP endpoint.
+
+use crate::disk::{LogStore, StoreError};
+use crate::net::{Counters, DropReason};
+use kv_node::DiskOp;
+use kv_shared::limits::PENDING_REQUESTS_MAX;
+use kv_shared::proto::{ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role};
+use kv_shared::ClientId;
+use kv_storage::Record;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Which front end a request came in by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrontEnd {
+    /// The native UDP client protocol (kvcli).
+    Udp,
+    /// The Redis protocol over TCP.
+    Resp,
+}
+
+impl FrontEnd {
+    fn label(self) -> &'static str {
+        match self {
+            FrontEnd::Udp => "udp",
+            FrontEnd::Resp => "resp",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabels {
+    shard: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardRoleLabels {
+    shard: u32,
+    role: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    front_end: &'static str,
+    op: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    front_end: &'static str,
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+const ROLES: [(Role, &str); 5] = [
+    (Role::Follower, "follower"),
+    (Role::PreCandidate, "pre_candidate"),
+    (Role::Candidate, "candidate"),
+    (Role::Leader, "leader"),
+    (Role::Learner, "learner"),
+];
+
+/// Latency buckets: 50 µs to about 1.6 s, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+struct Inner {
+    registry: Registry,
+    shard_role: Family<ShardRoleLabels, Gauge>,
+    shard_term: Family<ShardLabels, Gauge>,
+    shard_commit: Family<ShardLabels, Gauge>,
+    shard_applied: Family<ShardLabels, Gauge>,
+    shard_has_leader: Family<ShardLabels, Gauge>,
+    proposals: Family<ShardLabels, Counter>,
+    leader_changes: Family<ShardLabels, Counter>,
+    elections: Family<ShardLabels, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    wal_fsync_seconds: Histogram,
+    wal_bytes: Counter,
+    datagrams_received: Counter,
+    datagrams_sent: Counter,
+    datagrams_dropped: Family<ReasonLabels, Counter>,
+    snapshots_sent: Counter,
+    snapshots_installed: Counter,
+    pending_requests: Gauge,
+    /// True once every shard this node holds has a known leader (for `/health`).
+    healthy: AtomicBool,
+}
+
+/// A handle on the node's metrics; clones share them.
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric registered (under the `raftkv_` prefix).
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("raftkv");
+        let inner = Inner {
+            shard_role: Family::default(),
+            shard_term: Family::default(),
+            shard_commit: Family::default(),
+            shard_applied: Family::default(),
+            shard_has_leader: Family::default(),
+            proposals: Family::default(),
+            leader_changes: Family::default(),
+            elections: Family::default(),
+            requests: Family::default(),
+            request_seconds: Family::new_with_constructor(latency_histogram),
+            wal_fsync_seconds: latency_histogram(),
+            wal_bytes: Counter::default(),
+            datagrams_received: Counter::default(),
+            datagrams_sent: Counter::default(),
+            datagrams_dropped: Family::default(),
+            snapshots_sent: Counter::default(),
+            snapshots_installed: Counter::default(),
+            pending_requests: Gauge::default(),
+            healthy: AtomicBool::new(false),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "shard_role",
+            "1 for this replica's current Raft role in the shard, 0 for the others",
+            inner.shard_role.clone(),
+        );
+        r.register("shard_term", "Current Raft term", inner.shard_term.clone());
+        r.register(
+            "shard_commit_index",
+            "Raft commit index",
+            inner.shard_commit.clone(),
+        );
+        r.register(
+            "shard_applied_index",
+            "Index of the last entry applied to the state machine",
+            inner.shard_applied.clone(),
+        );
+        r.register(
+            "shard_has_leader",
+            "1 when this replica knows a leader of the shard",
+            inner.shard_has_leader.clone(),
+        );
+        r.register(
+            "shard_proposals",
+            "Client writes this node proposed as the shard's leader",
+            inner.proposals.clone(),
+        );
+        r.register(
+            "shard_leader_changes",
+            "Times this replica saw the shard's leader change",
+            inner.leader_changes.clone(),
+        );
+        r.register(
+            "shard_elections",
+            "Elections this replica started for the shard",
+            inner.elections.clone(),
+        );
+        r.register(
+            "requests",
+            "Client requests by front end, operation and result",
+            inner.requests.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Client request latency by front end and operation, from arrival to reply",
+            inner.request_seconds.clone(),
+        );
+        r.register(
+            "wal_fsync_duration_seconds",
+            "Latency of one WAL group commit (write and fsync)",
+            inner.wal_fsync_seconds.clone(),
+        );
+        r.register(
+            "wal_written_bytes",
+            "Bytes written to the WAL",
+            inner.wal_bytes.clone(),
+        );
+        r.register(
+            "datagrams_received",
+            "UDP datagrams received",
+            inner.datagrams_received.clone(),
+        );
+        r.register(
+            "datagrams_sent",
+            "UDP datagrams sent",
+            inner.datagrams_sent.clone(),
+        );
+        r.register(
+            "datagrams_dropped",
+            "UDP datagrams dropped, by reason",
+            inner.datagrams_dropped.clone(),
+        );
+        r.register(
+            "snapshots_sent",
+            "Snapshots this node started sending to a lagging replica",
+            inner.snapshots_sent.clone(),
+        );
+        r.register(
+            "snapshots_installed",
+            "Snapshots this node installed from a leader",
+            inner.snapshots_installed.clone(),
+        );
+        r.register(
+            "pending_requests",
+            "Client requests waiting in the node core",
+            inner.pending_requests.clone(),
+        );
+        Metrics(Arc::new(Inner { registry, ..inner }))
+    }
+
+    /// The metrics as OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.0.registry)
+            .expect("writing to a String does not fail");
+        out
+    }
+
+    /// True when every shard this node holds has a known leader.
+    pub fn healthy(&self) -> bool {
+        self.0.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Counts a finished client request and its latency.
+    pub fn request(&self, front_end: FrontEnd, op: &'static str, failed: bool, took: Duration) {
+        let m = &self.0;
+        m.requests
+            .get_or_create(&RequestLabels {
+                front_end: front_end.label(),
+                op,
+                result: if failed { "error" } else { "ok" },
+            })
+            .inc();
+        m.request_seconds
+            .get_or_create(&LatencyLabels {
+                front_end: front_end.label(),
+                op,
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records one WAL group commit.
+    pub fn wal_commit(&self, bytes: u64, took: Duration) {
+        self.0.wal_bytes.inc_by(bytes);
+        self.0.wal_fsync_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Brings the proposal counter of `shard` up to the core's count.
+    pub fn proposals_to(&self, shard: u32, total: u64) {
+        raise(
+            &self.0.proposals.get_or_create(&ShardLabels { shard }),
+            total,
+        );
+    }
+
+    /// Counts a leader change seen in `shard`.
+    pub fn leader_change(&self, shard: u32) {
+        self.0
+            .leader_changes
+            .get_or_create(&ShardLabels { shard })
+            .inc();
+    }
+
+    /// Counts an election started for `shard`.
+    pub fn election(&self, shard: u32) {
+        self.0.elections.get_or_create(&ShardLabels { shard }).inc();
+    }
+
+    /// Counts a snapshot transfer this node started.
+    pub fn snapshot_sent(&self) {
+        self.0.snapshots_sent.inc();
+    }
+
+    /// Counts a snapshot this node installed.
+    pub fn snapshot_installed(&self) {
+        self.0.snapshots_installed.inc();
+    }
+
+    /// Copies the status table and the runtime's datagram counters into the gauges and
+    /// counters, and decides health.
+    pub fn sync(&self, status: &NodeStatus, counters: &Counters, pending: usize) {
+        let m = &self.0;
+        for s in &status.shards {
+            let shard = s.shard.0;
+            for (role, name) in ROLES {
+                m.shard_role
+                    .get_or_create(&ShardRoleLabels { shard, role: name })
+                    .set(i64::from(role == s.role));
+            }
+            let l = ShardLabels { shard };
+            m.shard_term.get_or_create(&l).set(s.term as i64);
+            m.shard_commit.get_or_create(&l).set(s.commit as i64);
+            m.shard_applied.get_or_create(&l).set(s.applied as i64);
+            m.shard_has_leader
+                .get_or_create(&l)
+                .set(i64::from(s.leader.is_some()));
+        }
+        m.healthy.store(
+            status.shards.iter().all(|s| s.leader.is_some()),
+            Ordering::Relaxed,
+        );
+        m.pending_requests.set(pending as i64);
+        raise(&m.datagrams_received, counters.datagrams_in);
+        raise(&m.datagrams_sent, counters.datagrams_out);
+        for reason in DropReason::ALL {
+            raise(
+                &m.datagrams_dropped.get_or_create(&ReasonLabels {
+                    reason: reason.name(),
+                }),
+                counters.drops(reason),
+            );
+        }
+    }
+}
+
+/// When each UDP client request arrived, so its latency is known when the reply leaves.
+/// Every request the core takes is answered exactly once, so entries do not pile up; a
+/// bound guards against a core bug all the same.
+#[derive(Debug, Default)]
+pub struct UdpRequests {
+    arrived: HashMap<(ClientId, u64), (Instant, &'static str)>,
+}
+
+impl UdpRequests {
+    /// Notes a request's arrival.
+    pub fn arrived(&mut self, req: &ClientRequest) {
+        if self.arrived.len() < PENDING_REQUESTS_MAX {
+            self.arrived
+                .insert((req.client, req.seq), (Instant::now(), op_label(&req.op)));
+        }
+    }
+
+    /// Counts the request `reply` answers, if its arrival was noted.
+    pub fn answered(&mut self, reply: &ClientReply, metrics: &Metrics) {
+        if let Some((at, op)) = self.arrived.remove(&(reply.client, reply.seq)) {
+            let failed = matches!(reply.outcome, Outcome::Error(_));
+            metrics.request(FrontEnd::Udp, op, failed, at.elapsed());
+        }
+    }
+}
+
+/// The metrics label of a client operation.
+pub fn op_label(op: &Op) -> &'static str {
+    match op {
+        Op::Get { .. } => "get",
+        Op::Put { .. } => "put",
+        Op::Delete { .. } => "delete",
+        Op::Cas { .. } => "cas",
+        Op::Incr { .. } => "incr",
+        Op::Append { .. } => "append",
+        Op::Swap { .. } => "swap",
+        Op::OpenSession { .. } => "open_session",
+        Op::Status => "status",
+    }
+}
+
+/// A [`LogStore`] that times every fsync and counts the record bytes appended, so the
+/// disk thread stays free of metrics code.
+pub struct MeteredStore<S> {
+    inner: S,
+    metrics: Metrics,
+    appended_bytes: u64,
+}
+
+impl<S: LogStore> MeteredStore<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, metrics: Metrics) -> Self {
+        MeteredStore {
+            inner,
+            metrics,
+            appended_bytes: 0,
+        }
+    }
+}
+
+impl<S: LogStore> LogStore for MeteredStore<S> {
+    fn execute(&mut self, op: &DiskOp) -> Result<(), StoreError> {
+        let result = self.inner.execute(op);
+        if let (Ok(()), DiskOp::Append(r)) = (&result, op) {
+            self.appended_bytes += r.payload.len() as u64;
+        }
+        result
+    }
+
+    fn append_all(&mut self, records: &[&Record]) -> Result<(), (usize, StoreError)> {
+        let result = self.inner.append_all(records);
+        let appended = match &result {
+            Ok(()) => records.len(),
+            Err((n, _)) => *n,
+        };
+        self.appended_bytes += records[..appended]
+            .iter()
+            .map(|r| r.payload.len() as u64)
+            .sum::<u64>();
+        result
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        let start = Instant::now();
+        let result = self.inner.sync();
+        self.metrics
+            .wal_commit(std::mem::take(&mut self.appended_bytes), start.elapsed());
+        result
+    }
+}
+
+/// Brings `counter` up to `total` (the runtime's own count since start).
+fn raise(counter: &Counter, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kv_shared::proto::ShardStatus;
+    use kv_shared::{NodeId, ShardId};
+
+    #[test]
+    fn sync_copies_status_and_counters() {
+        let m = Metrics::new();
+        let row = |shard, leader| ShardStatus {
+            shard: ShardId(shard),
+            role: Role::Leader,
+            term: 4,
+            leader,
+            commit: 9,
+            applied: 8,
+            log_entries: 0,
+            snapshot_index: 0,
+            keys: 0,
+            replicas: Vec::new(),
+        };
+        let mut status = NodeStatus {
+            node: NodeId(1),
+            shard_count: 2,
+            shards: vec![row(0, Some(NodeId(1))), row(1, None)],
+            peers: Vec::new(),
+            refused: Vec::new(),
+        };
+        let mut counters = Counters::default();
+        counters.datagrams_in = 5;
+        m.sync(&status, &counters, 3);
+        assert!(!m.healthy(), "shard 1 has no leader");
+        status.shards[1].leader = Some(NodeId(2));
+        counters.datagrams_in = 7;
+        m.sync(&status, &counters, 3);
+        assert!(m.healthy());
+        let text = m.encode();
+        for line in [
+            "raftkv_shard_term{shard=\"1\"} 4",
+            "raftkv_shard_commit_index{shard=\"0\"} 9",
+            "raftkv_shard_role{shard=\"0\",role=\"leader\"} 1",
+            "raftkv_shard_role{shard=\"0\",role=\"follower\"} 0",
+            "raftkv_datagrams_received_total 7",
+            "raftkv_pending_requests 3",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+}

@@ -1,0 +1,587 @@
+//! The Redis-protocol (RESP2/RESP3) front end: a TCP listener on every node that lets
+//! redis-cli, redis-benchmark and any Redis client library use raftkv unmodified.
+//!
+//! The gateway is a client of the cluster like kvcli: it holds one in-process
+//! [`kvcli::Client`] (one UDP socket, shard routing, leader cache, retries under the same
+//! session sequence number), so a command reaches the key's shard leader wherever that
+//! is, and the node core keeps a single client path (docs/REDIS.md says why).
+//!
+//! Per connection: the input buffer is bounded ([`QUERY_BUFFER_BYTES_MAX`]); every
+//! complete command in it is planned, runs of pipelined single-key operations on
+//! distinct keys run side by side (each under its own session), and the replies are
+//! written back in command order.
+
+pub mod commands;
+pub mod reply;
+
+use crate::metrics::{FrontEnd, Metrics};
+use bytes::{Bytes, BytesMut};
+use commands::{ConnCommand, Finish, Plan};
+use kv_shared::proto::{NodeStatus, Op, Role};
+use kv_shared::NodeId;
+use kvcli::{Client, Response, Session};
+use redis_protocol::resp2;
+use reply::Reply;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+/// Most client connections served at once; one more is told so and closed, as Redis does.
+pub const REDIS_CONNECTIONS_MAX: usize = 1024;
+/// Most unparsed bytes held for one connection: a largest command (a 1 KiB key and a
+/// 32 KiB value) fits many times over; a client that sends more without completing a
+/// command is cut off.
+pub const QUERY_BUFFER_BYTES_MAX: usize = 1024 * 1024;
+/// Most commands taken from the input buffer before their replies are written, which
+/// bounds the output buffer too.
+pub const PIPELINE_COMMANDS_MAX: usize = 1024;
+/// Most raftkv operations of one connection in flight at once (each needs a session).
+pub const CONNECTION_OPS_IN_FLIGHT_MAX: usize = 64;
+/// How long INFO and DBSIZE wait for the nodes' status.
+pub const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+/// Tries of the compare-and-set loop of SET ... XX before it gives up under contention.
+pub const SET_XX_TRIES_MAX: usize = 64;
+
+/// What every connection shares.
+pub struct Gateway {
+    client: Client,
+    node: NodeId,
+    metrics: Metrics,
+    connections: Arc<Semaphore>,
+    connected: AtomicUsize,
+    next_connection_id: AtomicU64,
+    started: Instant,
+    listen: String,
+}
+
+impl Gateway {
+    /// A gateway for node `node` talking to the cluster through `client`.
+    pub fn new(client: Client, node: NodeId, metrics: Metrics, listen: String) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            client,
+            node,
+            metrics,
+            connections: Arc::new(Semaphore::new(REDIS_CONNECTIONS_MAX)),
+            connected: AtomicUsize::new(0),
+            next_connection_id: AtomicU64::new(1),
+            started: Instant::now(),
+            listen,
+        })
+    }
+}
+
+/// Accepts connections on `listener` for as long as the task runs.
+pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
+    loop {
+        let (mut stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                tracing::warn!("RESP accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = gateway.connections.clone().try_acquire_owned() else {
+            let mut out = BytesMut::new();
+            Reply::err("max number of clients reached").encode(2, &mut out);
+            let _ = stream.write_all(&out).await;
+            continue;
+        };
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            gateway.connected.fetch_add(1, Ordering::Relaxed);
+            let mut conn = Connection::new(gateway.clone());
+            if let Err(e) = conn.run(&mut stream).await {
+                tracing::debug!(%peer, "RESP connection closed: {e}");
+            }
+            gateway.connected.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+}
+
+/// One client connection's state.
+struct Connection {
+    gateway: Arc<Gateway>,
+    id: u64,
+    name: Option<Bytes>,
+    /// RESP version of replies: 2, or 3 after HELLO 3.
+    protocol: u8,
+    /// READONLY: reads go to any replica without ReadIndex.
+    stale: bool,
+    /// Idle sessions for operations; one per operation in flight.
+    sessions: Vec<Session>,
+    quit: bool,
+}
+
+/// Why a connection was closed by the gateway.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// A parsed command and its plan, waiting for its turn.
+struct Pending {
+    started: Instant,
+    command: &'static str,
+    plan: Plan,
+}
+
+impl Connection {
+    fn new(gateway: Arc<Gateway>) -> Connection {
+        let id = gateway.next_connection_id.fetch_add(1, Ordering::Relaxed);
+        Connection {
+            gateway,
+            id,
+            name: None,
+            protocol: 2,
+            stale: false,
+            sessions: Vec::new(),
+            quit: false,
+        }
+    }
+
+    async fn run(&mut self, stream: &mut TcpStream) -> Result<(), ConnError> {
+        let mut input = BytesMut::with_capacity(16 * 1024);
+        let mut output = BytesMut::with_capacity(16 * 1024);
+        while !self.quit {
+            if stream.read_buf(&mut input).await? == 0 {
+                return Ok(());
+            }
+            let mut batch = Vec::new();
+            let parsed = loop {
+                if batch.len() >= PIPELINE_COMMANDS_MAX {
+                    break Ok(());
+                }
+                match parse_command(&mut input) {
+                    Ok(Some(words)) if words.is_empty() => {}
+                    Ok(Some(words)) => batch.push(words),
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            };
+            self.run_batch(batch, &mut output).await;
+            let refuse = match parsed {
+                Err(e) => Some(e),
+                Ok(()) if input.len() > QUERY_BUFFER_BYTES_MAX => Some(format!(
+                    "a command is larger than QUERY_BUFFER_BYTES_MAX = {QUERY_BUFFER_BYTES_MAX} bytes"
+                )),
+                Ok(()) => None,
+            };
+            if let Some(why) = &refuse {
+                Reply::err(format!("Protocol error: {why}")).encode(self.protocol, &mut output);
+            }
+            stream.write_all(&output).await?;
+            output.clear();
+            if let Some(why) = refuse {
+                return Err(ConnError::Protocol(why));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `batch` in order, writing each reply to `out` in command order.
+    async fn run_batch(&mut self, batch: Vec<Vec<Bytes>>, out: &mut BytesMut) {
+        let mut group: Vec<Pending> = Vec::new();
+        let mut group_ops = 0;
+        for words in batch {
+            if self.quit {
+                break;
+            }
+            let pending = Pending {
+                started: Instant::now(),
+                command: command_label(&words[0]),
+                plan: commands::plan(&words, self.stale),
+            };
+            if let Plan::Ops { ops, .. } = &pending.plan {
+                let conflicts = group.iter().any(|p| shares_key(&p.plan, ops));
+                if conflicts || group_ops + ops.len() > CONNECTION_OPS_IN_FLIGHT_MAX {
+                    self.run_group(std::mem::take(&mut group), out).await;
+                    group_ops = 0;
+                }
+                group_ops += ops.len();
+                group.push(pending);
+                continue;
+            }
+            self.run_group(std::mem::take(&mut group), out).await;
+            group_ops = 0;
+            let reply = match pending.plan {
+                Plan::Now(r) => r,
+                Plan::Conn(c) => self.run_conn(c).await,
+                Plan::Ops { .. } => unreachable!("grouped above"),
+            };
+            self.record(pending.command, pending.started, &reply);
+            reply.encode(self.protocol, out);
+        }
+        self.run_group(group, out).await;
+    }
+
+    /// Runs the operations of every command in `group` at once, then replies in order.
+    async fn run_group(&mut self, group: Vec<Pending>, out: &mut BytesMut) {
+        if group.is_empty() {
+            return;
+        }
+        let mut tasks = Vec::new();
+        let mut finishes: Vec<(Finish, usize, &'static str, Instant)> = Vec::new();
+        for p in group {
+            let Plan::Ops { ops, finish } = p.plan else {
+                unreachable!("groups hold operations only")
+            };
+            finishes.push((finish, ops.len(), p.command, p.started));
+            for op in ops {
+                let mut session = self.session();
+                tasks.push(tokio::spawn(async move {
+                    let r = session.execute(op).await;
+                    (session, r)
+                }));
+            }
+        }
+        let mut answers = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            let (session, r) = t.await.expect("an operation task does not panic");
+            self.sessions.push(session);
+            answers.push(r);
+        }
+        let mut answers = answers.into_iter();
+        for (finish, n, command, started) in finishes {
+            let reply = commands::finish(finish, answers.by_ref().take(n).collect());
+            self.record(command, started, &reply);
+            reply.encode(self.protocol, out);
+        }
+    }
+
+    fn session(&mut self) -> Session {
+        self.sessions
+            .pop()
+            .unwrap_or_else(|| self.gateway.client.session())
+    }
+
+    fn record(&self, command: &'static str, started: Instant, reply: &Reply) {
+        self.gateway.metrics.request(
+            FrontEnd::Resp,
+            command,
+            matches!(reply, Reply::Error(_)),
+            started.elapsed(),
+        );
+    }
+
+    async fn run_conn(&mut self, c: ConnCommand) -> Reply {
+        match c {
+            ConnCommand::Hello {
+                version,
+                auth,
+                name,
+            } => {
+                if let Some((user, password)) = auth {
+                    if let Err(e) = authenticate(&user, &password) {
+                        return e;
+                    }
+                }
+                if let Some(v) = version {
+                    self.protocol = v;
+                }
+                if name.is_some() {
+                    self.name = name;
+                }
+                Reply::Map(vec![
+                    (Reply::text("server"), Reply::text("redis")),
+                    (Reply::text("version"), Reply::text(REDIS_VERSION)),
+                    (
+                        Reply::text("proto"),
+                        Reply::Integer(i64::from(self.protocol)),
+                    ),
+                    (Reply::text("id"), Reply::Integer(self.id as i64)),
+                    (Reply::text("mode"), Reply::text("standalone")),
+                    (Reply::text("role"), Reply::text("master")),
+                    (Reply::text("modules"), Reply::Array(Vec::new())),
+                ])
+            }
+            ConnCommand::Auth { user, password } => match authenticate(&user, &password) {
+                Ok(()) => Reply::OK,
+                Err(e) => e,
+            },
+            ConnCommand::SetName(name) => {
+                if name.iter().any(|b| *b <= b' ') {
+                    return Reply::err(
+                        "Client names cannot contain spaces, newlines or special characters.",
+                    );
+                }
+                self.name = (!name.is_empty()).then_some(name);
+                Reply::OK
+            }
+            ConnCommand::GetName => Reply::Bulk(self.name.clone()),
+            ConnCommand::ClientId => Reply::Integer(self.id as i64),
+            ConnCommand::Quit => {
+                self.quit = true;
+                Reply::OK
+            }
+            ConnCommand::StaleReads(on) => {
+                self.stale = on;
+                Reply::OK
+            }
+            ConnCommand::SetIfPresent { key, value, get } => {
+                self.set_if_present(key, value, get).await
+            }
+            ConnCommand::Info(sections) => self.info(&sections).await,
+            ConnCommand::DbSize => {
+                let statuses = self.statuses().await;
+                Reply::Integer(keys_in_cluster(&statuses) as i64)
+            }
+        }
+    }
+
+    /// SET ... XX: compare-and-set from the value read, until it holds or the key is gone.
+    async fn set_if_present(&mut self, key: Bytes, value: Bytes, get: bool) -> Reply {
+        let mut session = self.session();
+        let mut current = match session
+            .execute(Op::Get {
+                key: key.clone(),
+                stale: false,
+            })
+            .await
+        {
+            Ok(Response::Value(v)) => v,
+            Ok(other) => return Reply::err(format!("unexpected answer {other:?}")),
+            Err(e) => return commands::error_reply(&e),
+        };
+        let mut reply = Reply::err(format!(
+            "SET XX lost {SET_XX_TRIES_MAX} compare-and-set races in a row; try again"
+        ));
+        for _ in 0..SET_XX_TRIES_MAX {
+            let Some(expected) = current.take() else {
+                reply = Reply::null();
+                break;
+            };
+            let op = Op::Cas {
+                key: key.clone(),
+                expected: Some(expected.clone()),
+                new: value.clone(),
+            };
+            match session.execute(op).await {
+                Ok(Response::CasOk) => {
+                    reply = if get {
+                        Reply::bulk(expected)
+                    } else {
+                        Reply::OK
+                    };
+                    break;
+                }
+                Ok(Response::CasMismatch { current: now }) => current = now,
+                Ok(other) => {
+                    reply = Reply::err(format!("unexpected answer {other:?}"));
+                    break;
+                }
+                Err(e) => {
+                    reply = commands::error_reply(&e);
+                    break;
+                }
+            }
+        }
+        self.sessions.push(session);
+        reply
+    }
+
+    async fn statuses(&self) -> Vec<NodeStatus> {
+        self.gateway
+            .client
+            .status(STATUS_TIMEOUT)
+            .await
+            .into_iter()
+            .filter_map(|r| r.result.ok().map(|(s, _)| s))
+            .collect()
+    }
+
+    async fn info(&self, sections: &[String]) -> Reply {
+        let all = sections.is_empty()
+            || sections
+                .iter()
+                .any(|s| matches!(s.as_str(), "all" | "everything" | "default"));
+        let want = |name: &str| all || sections.iter().any(|s| s == name);
+        let statuses = self.statuses().await;
+        let g = &self.gateway;
+        let mut text = String::new();
+        if want("server") {
+            text.push_str(&format!(
+                "# Server\r\nredis_version:{REDIS_VERSION}\r\nraftkv_version:{}\r\nredis_mode:standalone\r\n\
+                 process_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\nraftkv_node:{}\r\n\r\n",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id(),
+                g.listen.rsplit(':').next().unwrap_or(""),
+                g.started.elapsed().as_secs(),
+                g.node.0,
+            ));
+        }
+        if want("clients") {
+            text.push_str(&format!(
+                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{REDIS_CONNECTIONS_MAX}\r\n\r\n",
+                g.connected.load(Ordering::Relaxed)
+            ));
+        }
+        let mine = statuses.iter().find(|s| s.node == g.node);
+        if want("replication") {
+            let led = mine.map_or(0, |s| {
+                s.shards.iter().filter(|r| r.role == Role::Leader).count()
+            });
+            let held = mine.map_or(0, |s| s.shards.len());
+            text.push_str(&format!(
+                "# Replication\r\nrole:master\r\nconnected_slaves:0\r\n\
+                 raftkv_shards_led:{led}\r\nraftkv_shards_held:{held}\r\n\r\n"
+            ));
+        }
+        if want("keyspace") {
+            text.push_str(&format!(
+                "# Keyspace\r\ndb0:keys={},expires=0,avg_ttl=0\r\n\r\n",
+                keys_in_cluster(&statuses)
+            ));
+        }
+        if want("raftkv") {
+            text.push_str("# Raftkv\r\n");
+            text.push_str(&format!(
+                "node:{}\r\nnodes_answering:{}\r\nshard_count:{}\r\n",
+                g.node.0,
+                statuses.len(),
+                g.client.shard_count().unwrap_or(0)
+            ));
+            if let Some(s) = mine {
+                for r in &s.shards {
+                    text.push_str(&format!(
+                        "shard{}:role={:?},term={},leader={},commit={},applied={},keys={},snapshot_index={}\r\n",
+                        r.shard.0,
+                        r.role,
+                        r.term,
+                        r.leader.map_or("none".to_string(), |l| l.0.to_string()),
+                        r.commit,
+                        r.applied,
+                        r.keys,
+                        r.snapshot_index
+                    ));
+                }
+            }
+            text.push_str("\r\n");
+        }
+        Reply::text(text.trim_end().to_string() + "\r\n")
+    }
+}
+
+/// The Redis version the gateway claims in HELLO and INFO: client libraries switch
+/// features on it, and raftkv answers the commands of that version it lists in
+/// docs/REDIS.md.
+pub const REDIS_VERSION: &str = "7.0.0";
+
+/// The one place a RESP password is checked. raftkv authenticates clients by key on its
+/// UDP protocol; until those keys are mapped to RESP users, no password is accepted.
+fn authenticate(_user: &[u8], _password: &[u8]) -> Result<(), Reply> {
+    Err(Reply::err(
+        "AUTH is not available: raftkv has no RESP users; client keys are configured for the UDP protocol only",
+    ))
+}
+
+/// Keys in the cluster: per shard, the count of the replica that leads it (else the
+/// highest any replica reports).
+fn keys_in_cluster(statuses: &[NodeStatus]) -> u64 {
+    let mut per_shard: std::collections::BTreeMap<u32, (bool, u64)> = Default::default();
+    for s in statuses {
+        for r in &s.shards {
+            let leader = r.role == Role::Leader;
+            let e = per_shard.entry(r.shard.0).or_insert((leader, r.keys));
+            if leader || (!e.0 && r.keys > e.1) {
+                *e = (leader, r.keys);
+            }
+        }
+    }
+    per_shard.values().map(|(_, k)| k).sum()
+}
+
+/// True if `ops` touch a key that `plan`'s operations touch: such commands must not run
+/// side by side, or the later one could overtake the earlier.
+fn shares_key(plan: &Plan, ops: &[Op]) -> bool {
+    let Plan::Ops { ops: theirs, .. } = plan else {
+        return false;
+    };
+    theirs
+        .iter()
+        .any(|a| ops.iter().any(|b| a.key() == b.key()))
+}
+
+/// The metrics label of a command: its lower-case name if the gateway knows it.
+fn command_label(name: &[u8]) -> &'static str {
+    let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
+    commands::COMMAND_NAMES
+        .iter()
+        .find(|n| **n == lower)
+        .copied()
+        .unwrap_or("unknown")
+}
+
+/// Takes one complete command off the front of `buf`: a RESP array of bulk strings, or
+/// an inline command (a line of words, as typed into telnet). `Ok(None)`: incomplete.
+fn parse_command(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, String> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    if buf[0] != b'*' {
+        let Some(end) = buf.iter().position(|b| *b == b'\n') else {
+            return Ok(None);
+        };
+        let line = buf.split_to(end + 1);
+        return Ok(Some(
+            line[..]
+                .split(|b: &u8| b.is_ascii_whitespace())
+                .filter(|w| !w.is_empty())
+                .map(Bytes::copy_from_slice)
+                .collect(),
+        ));
+    }
+    let frame = match resp2::decode::decode_bytes_mut(buf) {
+        Ok(Some((frame, _, _))) => frame,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let resp2::types::BytesFrame::Array(items) = frame else {
+        return Err("expected an array of bulk strings".into());
+    };
+    items
+        .into_iter()
+        .map(|f| match f {
+            resp2::types::BytesFrame::BulkString(b) | resp2::types::BytesFrame::SimpleString(b) => {
+                Ok(b)
+            }
+            _ => Err("expected an array of bulk strings".to_string()),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_arrays_inline_and_partial_input() {
+        let mut buf = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nPING\r\n*1\r\n$4\r\nPI"[..]);
+        assert_eq!(
+            parse_command(&mut buf).unwrap(),
+            Some(vec![Bytes::from_static(b"GET"), Bytes::from_static(b"k")])
+        );
+        assert_eq!(
+            parse_command(&mut buf).unwrap(),
+            Some(vec![Bytes::from_static(b"PING")])
+        );
+        assert_eq!(parse_command(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b"NG\r\n");
+        assert_eq!(
+            parse_command(&mut buf).unwrap(),
+            Some(vec![Bytes::from_static(b"PING")])
+        );
+        let mut bad = BytesMut::from(&b"*1\r\n:5\r\n"[..]);
+        assert!(parse_command(&mut bad).is_err());
+    }
+}

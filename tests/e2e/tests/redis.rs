@@ -1,0 +1,486 @@
+//! The Redis-protocol front end and the HTTP endpoint against a real 3-node cluster,
+//! driven by real clients: the `redis` crate and Debian's redis-cli (skipped with a note
+//! where redis-cli is not installed; .ci/run installs it). Covers every command of
+//! docs/REDIS.md, RESP3, pipelining, a leader kill -9 under pipelined load with no
+//! acknowledged write lost, the limits, `/metrics` parsed as Prometheus text, and
+//! `/health`.
+
+use kv_e2e::cluster::{Cluster, Spec};
+use kv_shared::{NodeId, ShardId};
+use redis::{Connection, Value};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn start(nodes: usize) -> (Cluster, BTreeMap<ShardId, NodeId>) {
+    let mut cluster = Cluster::start(Spec {
+        nodes,
+        shards: 4,
+        snapshot_threshold: None,
+    });
+    let mut client = cluster.client();
+    let leaders = cluster.wait_for_leaders(&mut client, READY_TIMEOUT);
+    (cluster, leaders)
+}
+
+/// A connection to node `id`'s RESP port, once the gateway answers PING.
+fn connect(cluster: &Cluster, id: NodeId, resp3: bool) -> Connection {
+    let addr = cluster.redis_addr(id);
+    let url = if resp3 {
+        format!("redis://{addr}/?protocol=resp3")
+    } else {
+        format!("redis://{addr}/")
+    };
+    let client = redis::Client::open(url).expect("redis url");
+    kv_e2e::wait_for("the RESP gateway", READY_TIMEOUT, || {
+        let mut con = client.get_connection().ok()?;
+        let pong: String = redis::cmd("PING").query(&mut con).ok()?;
+        (pong == "PONG").then_some(con)
+    })
+}
+
+fn q<T: redis::FromRedisValue>(con: &mut Connection, args: &[&str]) -> T {
+    let mut c = redis::cmd(args[0]);
+    for a in &args[1..] {
+        c.arg(*a);
+    }
+    c.query(con)
+        .unwrap_or_else(|e| panic!("{args:?} failed: {e}"))
+}
+
+fn q_err(con: &mut Connection, args: &[&str]) -> String {
+    let mut c = redis::cmd(args[0]);
+    for a in &args[1..] {
+        c.arg(*a);
+    }
+    match c.query::<Value>(con) {
+        Ok(v) => panic!("{args:?} answered {v:?}, expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn every_command_answers_like_redis_through_the_redis_crate() {
+    let (cluster, _) = start(3);
+    let mut con = connect(&cluster, NodeId(1), false);
+    let c = &mut con;
+    assert_eq!(q::<String>(c, &["PING"]), "PONG");
+    assert_eq!(q::<String>(c, &["PING", "hi"]), "hi");
+    assert_eq!(q::<String>(c, &["ECHO", "a b"]), "a b");
+    assert_eq!(q::<String>(c, &["SELECT", "0"]), "OK");
+    assert!(q_err(c, &["SELECT", "1"]).contains("DB index is out of range"));
+    assert!(q_err(c, &["AUTH", "secret"]).contains("AUTH is not available"));
+    assert_eq!(q::<String>(c, &["CLIENT", "SETNAME", "tester"]), "OK");
+    assert_eq!(q::<String>(c, &["CLIENT", "GETNAME"]), "tester");
+    assert!(q::<i64>(c, &["CLIENT", "ID"]) > 0);
+    // SET and its options.
+    assert_eq!(q::<String>(c, &["SET", "k", "v1"]), "OK");
+    assert_eq!(q::<String>(c, &["GET", "k"]), "v1");
+    assert_eq!(q::<Option<String>>(c, &["GET", "missing"]), None);
+    assert_eq!(q::<Option<String>>(c, &["SET", "k", "v2", "NX"]), None);
+    assert_eq!(q::<String>(c, &["SET", "k", "v2", "XX"]), "OK");
+    assert_eq!(q::<Option<String>>(c, &["SET", "absent", "v", "XX"]), None);
+    assert_eq!(q::<Option<String>>(c, &["GET", "absent"]), None);
+    assert_eq!(q::<String>(c, &["SET", "k", "v3", "GET"]), "v2");
+    assert_eq!(q::<String>(c, &["SET", "k", "v4", "XX", "GET"]), "v3");
+    assert_eq!(
+        q::<Option<String>>(c, &["SET", "n1", "x", "NX", "GET"]),
+        None
+    );
+    assert_eq!(q::<String>(c, &["SET", "n1", "y", "NX", "GET"]), "x");
+    assert!(q_err(c, &["SET", "k", "v", "EX", "10"]).contains("no TTL"));
+    assert!(q_err(c, &["SET", "k", "v", "KEEPTTL"]).contains("no TTL"));
+    assert!(q_err(c, &["SET", "k", "v", "NX", "XX"]).contains("syntax error"));
+    assert_eq!(q::<i64>(c, &["SETNX", "k", "zzz"]), 0);
+    assert_eq!(q::<i64>(c, &["SETNX", "fresh", "1"]), 1);
+    assert_eq!(q::<String>(c, &["GETSET", "k", "v5"]), "v4");
+    assert_eq!(q::<String>(c, &["GETDEL", "k"]), "v5");
+    assert_eq!(q::<Option<String>>(c, &["GETDEL", "k"]), None);
+    // Many keys (they live in different shards).
+    assert_eq!(
+        q::<String>(c, &["MSET", "a", "1", "b", "2", "c", "3"]),
+        "OK"
+    );
+    assert_eq!(
+        q::<Vec<Option<String>>>(c, &["MGET", "a", "nope", "c"]),
+        vec![Some("1".into()), None, Some("3".into())]
+    );
+    assert_eq!(q::<i64>(c, &["EXISTS", "a", "b", "nope", "a"]), 3);
+    assert_eq!(q::<i64>(c, &["DEL", "a", "b", "nope"]), 2);
+    assert_eq!(q::<i64>(c, &["EXISTS", "a", "b"]), 0);
+    // Counters, atomically in the state machine.
+    assert_eq!(q::<i64>(c, &["INCR", "n"]), 1);
+    assert_eq!(q::<i64>(c, &["INCRBY", "n", "41"]), 42);
+    assert_eq!(q::<i64>(c, &["DECR", "n"]), 41);
+    assert_eq!(q::<i64>(c, &["DECRBY", "n", "50"]), -9);
+    assert_eq!(q::<String>(c, &["GET", "n"]), "-9");
+    assert_eq!(q::<String>(c, &["SET", "word", "abc"]), "OK");
+    assert!(q_err(c, &["INCR", "word"]).contains("value is not an integer or out of range"));
+    assert_eq!(q::<String>(c, &["SET", "big", "9223372036854775807"]), "OK");
+    assert!(q_err(c, &["INCR", "big"]).contains("increment or decrement would overflow"));
+    // Strings.
+    assert_eq!(q::<i64>(c, &["APPEND", "s", "hello"]), 5);
+    assert_eq!(q::<i64>(c, &["APPEND", "s", " world"]), 11);
+    assert_eq!(q::<i64>(c, &["STRLEN", "s"]), 11);
+    assert_eq!(q::<i64>(c, &["STRLEN", "nope"]), 0);
+    // Our own compare-and-set.
+    assert_eq!(q::<i64>(c, &["CAS", "s", "wrong", "x"]), 0);
+    assert_eq!(q::<i64>(c, &["CAS", "s", "hello world", "x"]), 1);
+    assert_eq!(q::<String>(c, &["GET", "s"]), "x");
+    // Server and cluster information.
+    let size: i64 = q(c, &["DBSIZE"]);
+    assert_eq!(size, 7, "fresh c n word big s n1");
+    let info: String = q(c, &["INFO"]);
+    for section in [
+        "# Server",
+        "# Clients",
+        "# Replication",
+        "# Keyspace",
+        "# Raftkv",
+    ] {
+        assert!(info.contains(section), "{section} missing:\n{info}");
+    }
+    assert!(info.contains("db0:keys=7"), "{info}");
+    assert!(info.contains("shard0:role="), "{info}");
+    let info: String = q(c, &["INFO", "clients"]);
+    assert!(info.contains("connected_clients:") && !info.contains("# Server"));
+    let config: Vec<String> = q(c, &["CONFIG", "GET", "appendonly"]);
+    assert_eq!(config, vec!["appendonly".to_string(), "yes".to_string()]);
+    assert!(q::<i64>(c, &["COMMAND", "COUNT"]) > 20);
+    assert!(q::<Vec<Value>>(c, &["COMMAND", "DOCS"]).is_empty());
+    // Errors Redis gives.
+    assert!(q_err(c, &["FLUSHALL"]).contains("unknown command 'FLUSHALL'"));
+    assert!(q_err(c, &["GET"]).contains("wrong number of arguments for 'get' command"));
+    // Stale reads are a per-connection switch.
+    assert_eq!(q::<String>(c, &["READONLY"]), "OK");
+    assert_eq!(q::<String>(c, &["GET", "fresh"]), "1");
+    assert_eq!(q::<String>(c, &["READWRITE"]), "OK");
+    assert_eq!(q::<String>(c, &["QUIT"]), "OK");
+}
+
+#[test]
+fn limits_are_refused_with_the_limit_named() {
+    let (cluster, _) = start(3);
+    let mut con = connect(&cluster, NodeId(2), false);
+    let value = "v".repeat(32 * 1024 + 1);
+    let e = q_err(&mut con, &["SET", "k", &value]);
+    assert!(e.contains("VALUE_BYTES_MAX"), "{e}");
+    let key = "k".repeat(1025);
+    let e = q_err(&mut con, &["SET", &key, "v"]);
+    assert!(e.contains("KEY_BYTES_MAX"), "{e}");
+    let half = "h".repeat(20 * 1024);
+    assert_eq!(q::<i64>(&mut con, &["APPEND", "a", &half]), 20 * 1024);
+    let e = q_err(&mut con, &["APPEND", "a", &half]);
+    assert!(e.contains("VALUE_BYTES_MAX"), "{e}");
+    assert_eq!(q::<i64>(&mut con, &["STRLEN", "a"]), 20 * 1024);
+    // The connection is still usable after each refusal.
+    assert_eq!(q::<String>(&mut con, &["PING"]), "PONG");
+}
+
+#[test]
+fn resp3_after_hello_3() {
+    let (cluster, _) = start(3);
+    let mut con = connect(&cluster, NodeId(3), true);
+    let hello: Value = q(&mut con, &["HELLO", "3"]);
+    let Value::Map(pairs) = hello else {
+        panic!("HELLO 3 answers a map, got {hello:?}")
+    };
+    assert!(pairs.contains(&(Value::BulkString(b"proto".to_vec()), Value::Int(3))));
+    assert_eq!(q::<Value>(&mut con, &["GET", "nothing"]), Value::Nil);
+    let config: Value = q(&mut con, &["CONFIG", "GET", "save"]);
+    assert!(matches!(config, Value::Map(_)), "{config:?}");
+    let e = q_err(&mut con, &["HELLO", "4"]);
+    assert!(e.contains("NOPROTO"), "{e}");
+}
+
+#[test]
+fn pipelined_commands_answer_in_order() {
+    let (cluster, _) = start(3);
+    let mut con = connect(&cluster, NodeId(1), false);
+    let mut pipe = redis::pipe();
+    for i in 0..200 {
+        pipe.cmd("SET").arg(format!("p{i}")).arg(i);
+        pipe.cmd("INCR").arg(format!("p{i}"));
+        pipe.cmd("GET").arg(format!("p{i}"));
+    }
+    let answers: Vec<Value> = pipe.query(&mut con).expect("pipeline");
+    assert_eq!(answers.len(), 600);
+    for (i, chunk) in answers.chunks(3).enumerate() {
+        assert_eq!(chunk[0], Value::Okay, "SET p{i}");
+        assert_eq!(chunk[1], Value::Int(i as i64 + 1), "INCR p{i}");
+        assert_eq!(
+            chunk[2],
+            Value::BulkString((i + 1).to_string().into_bytes()),
+            "GET p{i}"
+        );
+    }
+}
+
+/// Pipelined SETs of fresh keys from several connections to one node while the leader
+/// of a shard on another node is killed -9: every SET answered `OK` must be readable
+/// afterwards with its value.
+#[test]
+fn leader_kill_during_pipelined_load_loses_no_acknowledged_write() {
+    let (mut cluster, leaders) = start(3);
+    let victim = leaders[&ShardId(0)];
+    let entry = cluster.ids().into_iter().find(|&n| n != victim).unwrap();
+    let addr = cluster.redis_addr(entry);
+    let _ = connect(&cluster, entry, false);
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            std::thread::spawn(move || {
+                let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+                let mut con = client.get_connection().expect("connect");
+                let mut acked = Vec::new();
+                let mut failed = 0;
+                let end = Instant::now() + Duration::from_secs(6);
+                let mut batch = 0;
+                while Instant::now() < end {
+                    let keys: Vec<String> = (0..16).map(|i| format!("w{w}-b{batch}-{i}")).collect();
+                    batch += 1;
+                    let mut pipe = redis::pipe();
+                    for k in &keys {
+                        pipe.cmd("SET").arg(k).arg(format!("value-of-{k}"));
+                    }
+                    // One error fails the whole pipeline in the redis crate; ask for
+                    // each answer separately.
+                    match pipe.query::<Vec<Value>>(&mut con) {
+                        Ok(answers) => {
+                            for (k, a) in keys.iter().zip(answers) {
+                                if a == Value::Okay {
+                                    acked.push(k.clone());
+                                } else {
+                                    failed += 1;
+                                }
+                            }
+                        }
+                        Err(_) => failed += keys.len(),
+                    }
+                }
+                (acked, failed)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.kill9(victim);
+    let mut acked = Vec::new();
+    for w in writers {
+        let (a, _failed) = w.join().expect("writer");
+        acked.extend(a);
+    }
+    assert!(acked.len() > 100, "the load ran: {} acked", acked.len());
+    let mut con = connect(&cluster, entry, false);
+    for chunk in acked.chunks(200) {
+        let mut c = redis::cmd("MGET");
+        for k in chunk {
+            c.arg(k);
+        }
+        let values: Vec<Option<String>> = c.query(&mut con).expect("MGET after the kill");
+        for (k, v) in chunk.iter().zip(values) {
+            assert_eq!(
+                v.as_deref(),
+                Some(format!("value-of-{k}").as_str()),
+                "acknowledged {k} lost"
+            );
+        }
+    }
+}
+
+/// `GET path` over HTTP/1.1; returns (status code, body).
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect HTTP");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read HTTP reply");
+    let status = text[9..12].parse().expect("status code");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_string())
+}
+
+fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {
+    let (status, body) = http_get(addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("Prometheus text parses")
+}
+
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[test]
+fn metrics_parse_and_a_leader_kill_shows_as_a_leader_change() {
+    let (mut cluster, leaders) = start(3);
+    let victim = leaders[&ShardId(0)];
+    let watcher = cluster.ids().into_iter().find(|&n| n != victim).unwrap();
+    let http = cluster.http_addr(watcher);
+    let mut con = connect(&cluster, watcher, false);
+    for i in 0..20 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("m{i}"))
+            .arg(i)
+            .query(&mut con)
+            .unwrap();
+    }
+    let m = kv_e2e::wait_for("metrics that saw the writes", READY_TIMEOUT, || {
+        let m = scrape(http);
+        (sample(
+            &m,
+            "raftkv_requests_total",
+            &[("front_end", "udp"), ("op", "put")],
+        ) > 0.0)
+            .then_some(m)
+    });
+    for name in [
+        "raftkv_shard_role",
+        "raftkv_shard_term",
+        "raftkv_shard_commit_index",
+        "raftkv_shard_applied_index",
+        "raftkv_shard_proposals_total",
+        "raftkv_shard_leader_changes_total",
+        "raftkv_requests_total",
+        "raftkv_request_duration_seconds_count",
+        "raftkv_wal_fsync_duration_seconds_count",
+        "raftkv_wal_written_bytes_total",
+        "raftkv_datagrams_received_total",
+        "raftkv_datagrams_sent_total",
+        "raftkv_datagrams_dropped_total",
+        "raftkv_snapshots_sent_total",
+        "raftkv_snapshots_installed_total",
+        "raftkv_pending_requests",
+    ] {
+        assert!(
+            m.samples.iter().any(|s| s.metric == name),
+            "{name} missing from /metrics"
+        );
+    }
+    assert_eq!(
+        sample(
+            &m,
+            "raftkv_requests_total",
+            &[("front_end", "resp"), ("op", "set")]
+        ),
+        20.0
+    );
+    assert!(sample(&m, "raftkv_wal_written_bytes_total", &[]) > 0.0);
+    assert_eq!(sample(&m, "raftkv_shard_role", &[("shard", "0")]), 1.0);
+    // The same figures as `kvcli status`: this node's term and commit of shard 0.
+    let mut client = cluster.client();
+    let status = client.status(watcher).expect("status");
+    let row = status
+        .shards
+        .iter()
+        .find(|r| r.shard == ShardId(0))
+        .unwrap();
+    let m = scrape(http);
+    assert_eq!(
+        sample(&m, "raftkv_shard_term", &[("shard", "0")]),
+        row.term as f64
+    );
+    let changes_before = sample(&m, "raftkv_shard_leader_changes_total", &[("shard", "0")]);
+    // Leadership transfers leave a shard leaderless for a moment, so wait for 200.
+    kv_e2e::wait_for("/health to report every shard led", READY_TIMEOUT, || {
+        (http_get(http, "/health").0 == 200).then_some(())
+    });
+    cluster.kill9(victim);
+    kv_e2e::wait_for("a leader change in the metrics", READY_TIMEOUT, || {
+        let m = scrape(http);
+        let changes = sample(&m, "raftkv_shard_leader_changes_total", &[("shard", "0")]);
+        (changes > changes_before).then_some(())
+    });
+    let log = cluster.log(watcher);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("leader changed") && l.contains("shard=0")),
+        "no leader change in the log:\n{log}"
+    );
+    // With one node of three left, its shards lose their leaders: /health says so.
+    let other = cluster
+        .ids()
+        .into_iter()
+        .find(|&n| n != victim && n != watcher)
+        .unwrap();
+    cluster.kill9(other);
+    kv_e2e::wait_for(
+        "/health to report a leaderless shard",
+        READY_TIMEOUT,
+        || (http_get(http, "/health").0 == 503).then_some(()),
+    );
+}
+
+fn redis_cli() -> Option<&'static str> {
+    let found = Command::new("redis-cli").arg("--version").output().is_ok();
+    if !found {
+        eprintln!("redis-cli is not installed (apt-get install redis-tools); skipping");
+    }
+    found.then_some("redis-cli")
+}
+
+#[test]
+fn redis_cli_runs_commands_and_pipes() {
+    let Some(cli) = redis_cli() else { return };
+    let (cluster, _) = start(3);
+    let _ = connect(&cluster, NodeId(1), false);
+    let port = cluster.redis_addr(NodeId(1)).port().to_string();
+    let run = |args: &[&str], stdin: Option<&str>| -> String {
+        let mut cmd = Command::new(cli);
+        cmd.args(["-p", &port]).args(args);
+        let out = match stdin {
+            Some(input) => {
+                let mut child = cmd
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("redis-cli");
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(input.as_bytes())
+                    .unwrap();
+                child.wait_with_output().expect("redis-cli output")
+            }
+            None => cmd.output().expect("redis-cli"),
+        };
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(run(&["ping"], None), "PONG");
+    assert_eq!(run(&["set", "cli", "hello world"], None), "OK");
+    assert_eq!(run(&["get", "cli"], None), "hello world");
+    assert_eq!(run(&["incrby", "cnt", "5"], None), "5");
+    assert_eq!(run(&["mget", "cli", "none"], None), "hello world");
+    assert!(run(&["nosuch"], None).contains("unknown command 'nosuch'"));
+    // Lines on stdin run one after the other, as a user pastes them.
+    let out = run(&[], Some("set ta 1\nincr ta\nget ta\n"));
+    assert_eq!(out.lines().collect::<Vec<_>>(), vec!["OK", "2", "2"]);
+    // RESP3 mode.
+    assert_eq!(run(&["-3", "--no-raw", "get", "none"], None), "(nil)");
+    // --pipe sends raw protocol as fast as it can and counts the replies.
+    let mut mass = String::new();
+    for i in 0..500 {
+        mass.push_str(&format!("SET pipe{i} {i}\r\n"));
+    }
+    let out = run(&["--pipe"], Some(&mass));
+    assert!(out.contains("errors: 0, replies: 500"), "{out}");
+    assert_eq!(run(&["get", "pipe499"], None), "499");
+}
