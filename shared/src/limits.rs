@@ -32,6 +32,16 @@ pub const NODES_MAX: usize = 16;
 /// Most client requests one node holds pending (proposed, not yet answered).
 pub const PENDING_REQUESTS_MAX: usize = 100_000;
 
+/// Most client requests one datagram may carry; a datagram with more is dropped whole
+/// (and counted) before any of it is decoded, so one datagram cannot buy a large burst of
+/// work or of replies. kvcli splits its batches at this count.
+pub const CLIENT_REQUESTS_PER_DATAGRAM_MAX: usize = 256;
+/// Most named client keys a node accepts.
+pub const CLIENT_KEYS_MAX: usize = 1024;
+/// Most client incarnations (kvcli processes) whose replay windows a node remembers; the
+/// least recently heard is forgotten past this.
+pub const CLIENT_REPLAY_WINDOWS_MAX: usize = 65_536;
+
 // The limits above must agree with each other; checked at compile time.
 const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX + 256 <= ENTRY_BYTES_MAX);
 const _: () = assert!(ENTRY_BYTES_MAX + 1024 <= DATAGRAM_BYTES_MAX - 32);
