@@ -206,6 +206,14 @@ pub enum ClientError {
     /// The request could not be decoded or makes no sense.
     #[error("malformed request: {0}")]
     Malformed(String),
+    /// The client's key does not allow this operation (a write under a read-only key).
+    #[error("permission denied: client {client} is {permission} and cannot write")]
+    PermissionDenied {
+        /// The authenticated client name.
+        client: String,
+        /// Its permission ("read-only").
+        permission: String,
+    },
 }
 
 impl ClientError {
@@ -269,6 +277,9 @@ pub struct NodeStatus {
     pub shards: Vec<ShardStatus>,
     /// Each peer and the milliseconds since a datagram last arrived from it (`None`: never).
     pub peers: Vec<(NodeId, Option<u64>)>,
+    /// Datagrams (or requests) this node dropped since it started, by reason, as the
+    /// runtime counts them (the node core leaves this empty).
+    pub drops: Vec<(String, u64)>,
 }
 
 #[cfg(test)]

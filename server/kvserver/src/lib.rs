@@ -6,16 +6,19 @@
 //! marked *reusable*):
 //! - [`server`]: the `kvserver` event loop, [`server::run`] takes its socket, so tests
 //!   can bind port 0 and run a node in-process.
+//! - [`auth`]: the node's keys, its incarnation (persisted so it only grows) and the
+//!   replay windows of clients.
 //! - [`disk`] (*reusable*): the dedicated disk thread with group commit (many
 //!   `DiskWrite`s, one fsync) and the disk-full stall-and-retry.
-//! - [`net`]: datagram intake (header checks, drop counters, rate-limited warnings)
-//!   and the client address <-> `ClientToken` map.
+//! - [`net`]: drop counters by reason (with rate-limited warnings) and the
+//!   authenticated client <-> `ClientToken` map.
 //! - [`signals`] (*reusable*): SIGTERM/SIGINT as a shutdown future.
 //! - [`logging`] (*reusable*): tracing setup from `--log-level` or `RUST_LOG`.
 //! - [`ratelimit`] (*reusable*): at most one warning line per interval per kind.
 //!
 //! docs/RUNTIME.md describes the event loop, group commit, signals and how to run nodes.
 
+pub mod auth;
 pub mod disk;
 pub mod logging;
 pub mod net;

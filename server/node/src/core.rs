@@ -962,6 +962,7 @@ impl NodeCore {
             shard_count: self.config.shard_count,
             shards,
             peers,
+            drops: Vec::new(),
         }
     }
 

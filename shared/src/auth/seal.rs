@@ -187,7 +187,7 @@ fn nonce(sender: u64, stamp: Stamp) -> XNonce {
 pub fn open<'a>(
     datagram: &'a mut [u8],
     header: &Header,
-    sealers: &[&Sealer],
+    sealers: &[Sealer],
 ) -> Result<Opened<'a>, AuthError> {
     let payload_len = datagram.len().saturating_sub(HEADER_BYTES);
     if payload_len < AUTH_OVERHEAD_BYTES {
@@ -230,7 +230,7 @@ mod tests {
         out
     }
 
-    fn open_owned(d: &[u8], sealers: &[&Sealer]) -> Result<(Stamp, Vec<u8>, usize), String> {
+    fn open_owned(d: &[u8], sealers: &[Sealer]) -> Result<(Stamp, Vec<u8>, usize), String> {
         let mut d = d.to_vec();
         let header = wire::decode(&d, CLUSTER).map_err(|e| e.to_string())?.0;
         let o = open(&mut d, &header, sealers).map_err(|e| e.to_string())?;
@@ -242,7 +242,7 @@ mod tests {
         let s = Sealer::peer(&generate_key().unwrap());
         for p in [Protection::Mac, Protection::Encrypt] {
             let d = sealed(&s, p, b"raft messages");
-            let (stamp, body, i) = open_owned(&d, &[&s]).unwrap();
+            let (stamp, body, i) = open_owned(&d, std::slice::from_ref(&s)).unwrap();
             assert_eq!(stamp.incarnation, 11);
             assert_eq!(stamp.counter, 12);
             assert_eq!(body, b"raft messages");
@@ -268,7 +268,7 @@ mod tests {
                 bad[i / 8] ^= 1 << (i % 8);
                 bad[CRC_OFFSET..HEADER_BYTES].fill(0);
                 wire::write_crc(&mut bad);
-                assert!(open_owned(&bad, &[&s]).is_err(), "{p:?}: flip of bit {i}");
+                assert!(open_owned(&bad, std::slice::from_ref(&s)).is_err(), "{p:?}: flip of bit {i}");
             }
         }
     }
@@ -279,29 +279,32 @@ mod tests {
         let d = sealed(&Sealer::peer(&k), Protection::Mac, b"x");
         let other = Sealer::peer(&generate_key().unwrap());
         assert_eq!(
-            open_owned(&d, &[&other]).unwrap_err(),
+            open_owned(&d, std::slice::from_ref(&other)).unwrap_err(),
             AuthError::BadTag.to_string()
         );
         // The same key under another direction's derivation is another key.
-        assert!(open_owned(&d, &[&Sealer::client_requests(&k)]).is_err());
+        assert!(open_owned(&d, &[Sealer::client_requests(&k)]).is_err());
         let mut plain = Vec::new();
         wire::encode(Kind::Peer, CLUSTER, 2, b"short", &mut plain);
         assert_eq!(
-            open_owned(&plain, &[&other]).unwrap_err(),
+            open_owned(&plain, std::slice::from_ref(&other)).unwrap_err(),
             AuthError::Unsealed(5).to_string()
         );
     }
 
     #[test]
     fn rotation_accepts_old_and_new_and_says_which() {
-        let new = Sealer::peer(&generate_key().unwrap());
-        let old = Sealer::peer(&generate_key().unwrap());
+        let keys = [
+            Sealer::peer(&generate_key().unwrap()),
+            Sealer::peer(&generate_key().unwrap()),
+        ];
+        let (new, old) = (&keys[0], &keys[1]);
         for p in [Protection::Mac, Protection::Encrypt] {
-            let under_old = sealed(&old, p, b"from a node not yet rotated");
-            let (_, body, i) = open_owned(&under_old, &[&new, &old]).unwrap();
+            let under_old = sealed(old, p, b"from a node not yet rotated");
+            let (_, body, i) = open_owned(&under_old, &keys).unwrap();
             assert_eq!((body.as_slice(), i), (&b"from a node not yet rotated"[..], 1));
-            let under_new = sealed(&new, p, b"rotated");
-            assert_eq!(open_owned(&under_new, &[&new, &old]).unwrap().2, 0);
+            let under_new = sealed(new, p, b"rotated");
+            assert_eq!(open_owned(&under_new, &keys).unwrap().2, 0);
         }
     }
 }
