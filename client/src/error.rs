@@ -101,6 +101,7 @@ impl Error {
                 ClientError::Unavailable { .. } => "node-unavailable",
                 ClientError::Overloaded { .. } => "overloaded",
                 ClientError::Malformed(_) => "malformed",
+                ClientError::PermissionDenied { .. } => "permission-denied",
             },
             Error::Limit(_) => "limit",
             Error::NoNodeAnswered { .. } => "no-node-answered",

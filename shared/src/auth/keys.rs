@@ -35,6 +35,14 @@ pub fn generate_key() -> std::io::Result<Key> {
     Ok(Key(k))
 }
 
+/// A random 64-bit number from the operating system: a kvcli process's incarnation, so
+/// that processes sharing a client key never share a nonce space or a replay window.
+pub fn random_incarnation() -> std::io::Result<u64> {
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(u64::from_le_bytes(b))
+}
+
 /// What a client may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -209,6 +217,38 @@ pub fn write_client_key(path: &Path, client: &ClientKey) -> Result<(), KeyFileEr
     )
 }
 
+/// Creates every key file `config` names that does not exist yet: each cluster key file,
+/// and each client key file as a read-write client named after the file (`admin.key`:
+/// "admin"). Existing files are left alone. Returns the files created.
+pub fn create_missing_key_files(
+    config: &crate::config::ClusterConfig,
+) -> Result<Vec<PathBuf>, KeyFileError> {
+    let mut created = Vec::new();
+    let fresh = |path: &Path| generate_key().map_err(|e| key_file_error(path, e));
+    for path in &config.key_files {
+        if !path.exists() {
+            write_cluster_key(path, &fresh(path)?)?;
+            created.push(path.clone());
+        }
+    }
+    for path in &config.client_key_files {
+        if !path.exists() {
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .ok_or_else(|| key_file_error(path, "cannot name a client after this file"))?;
+            let client = ClientKey {
+                name: name.to_string(),
+                permission: Permission::ReadWrite,
+                key: fresh(path)?,
+            };
+            write_client_key(path, &client)?;
+            created.push(path.clone());
+        }
+    }
+    Ok(created)
+}
+
 fn write_new(path: &Path, comment: &str, raw: &RawKeyFile) -> Result<(), KeyFileError> {
     let text = format!(
         "{comment}{}",
@@ -289,6 +329,27 @@ mod tests {
         .unwrap();
         let e = read_client_key(&bad_name).unwrap_err().to_string();
         assert!(e.contains("client name"), "{e}");
+    }
+
+    #[test]
+    fn missing_key_files_are_created_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "cluster_id = 1\nshards = 1\nkey_file = \"keys/cluster.key\"\n\
+             client_key_files = [\"keys/admin.key\"]\n\
+             [[nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let config = crate::config::ClusterConfig::load(&path).unwrap();
+        let created = create_missing_key_files(&config).unwrap();
+        assert_eq!(created.len(), 2);
+        let admin = read_client_key(&dir.path().join("keys/admin.key")).unwrap();
+        assert_eq!((admin.name.as_str(), admin.permission), ("admin", Permission::ReadWrite));
+        let cluster = read_cluster_key(&dir.path().join("keys/cluster.key")).unwrap();
+        assert!(create_missing_key_files(&config).unwrap().is_empty());
+        assert_eq!(read_cluster_key(&dir.path().join("keys/cluster.key")).unwrap(), cluster);
     }
 
     #[test]

@@ -199,30 +199,10 @@ fn keygen(k: &KeygenArgs) -> Result<(), String> {
     if cluster.key_files.is_empty() {
         return Err(format!("{} names no key_file", path.display()));
     }
-    for file in &cluster.key_files {
-        if file.exists() {
-            println!("kept {} (exists)", file.display());
-            continue;
-        }
-        auth::write_cluster_key(file, &fresh()?).map_err(|e| e.to_string())?;
-        println!("wrote cluster key to {}", file.display());
-    }
-    for file in &cluster.client_key_files {
-        if file.exists() {
-            println!("kept {} (exists)", file.display());
-            continue;
-        }
-        let name = file
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .ok_or_else(|| format!("{}: cannot name a client after this file", file.display()))?;
-        let client = ClientKey {
-            name: name.to_string(),
-            permission: Permission::ReadWrite,
-            key: fresh()?,
-        };
-        auth::write_client_key(file, &client).map_err(|e| e.to_string())?;
-        println!("wrote client key {name:?} (read-write) to {}", file.display());
+    let created = auth::create_missing_key_files(&cluster).map_err(|e| e.to_string())?;
+    for file in cluster.key_files.iter().chain(&cluster.client_key_files) {
+        let verb = if created.contains(file) { "wrote" } else { "kept (exists)" };
+        println!("{verb} {}", file.display());
     }
     Ok(())
 }
