@@ -3,9 +3,10 @@
 //! grows), and the replay windows of the clients it has heard from.
 
 use kv_shared::auth::{
-    self, client_key_id, ClientKey, KeyFileError, Permission, Protection, ReplayError,
+    self, client_key_id, ClientKey, Key, KeyFileError, Permission, Protection, ReplayError,
     ReplayWindow, Sealer,
 };
+use kv_shared::NodeId;
 use kv_shared::config::ClusterConfig;
 use kv_shared::limits::CLIENT_REPLAY_WINDOWS_MAX;
 use std::collections::HashMap;
@@ -32,7 +33,7 @@ pub struct ClientEntry {
 #[derive(Debug)]
 pub struct NodeKeys {
     /// Cluster keys: seal under the first, accept any (the old one during a rotation).
-    pub peer: Vec<Sealer>,
+    pub cluster: Vec<Key>,
     /// How this node protects what it sends.
     pub protection: Protection,
     /// The clients it accepts, indexed by [`NodeKeys::client_index`].
@@ -70,7 +71,7 @@ impl NodeKeys {
         let peer = cluster
             .key_files
             .iter()
-            .map(|p| auth::read_cluster_key(p).map(|k| Sealer::peer(&k)))
+            .map(|p| auth::read_cluster_key(p))
             .collect::<Result<Vec<_>, _>>()?;
         let mut clients = Vec::new();
         for path in &cluster.client_key_files {
@@ -81,7 +82,7 @@ impl NodeKeys {
 
     /// Builds the key set from keys already read (tests build them in memory).
     pub fn from_keys(
-        peer: Vec<Sealer>,
+        peer: Vec<Key>,
         protection: Protection,
         clients: Vec<(PathBuf, ClientKey)>,
     ) -> Result<NodeKeys, KeySetupError> {
@@ -109,11 +110,24 @@ impl NodeKeys {
             });
         }
         Ok(NodeKeys {
-            peer,
+            cluster: peer,
             protection,
             clients: entries,
             by_id,
         })
+    }
+
+    /// Seals what `me` sends to `peer` (under the first cluster key).
+    pub fn peer_sender(&self, me: NodeId, peer: NodeId) -> Sealer {
+        Sealer::peer(&self.cluster[0], me.0, peer.0)
+    }
+
+    /// Opens what `peer` sends to `me`, under each cluster key in turn.
+    pub fn peer_receivers(&self, me: NodeId, peer: NodeId) -> Vec<Sealer> {
+        self.cluster
+            .iter()
+            .map(|k| Sealer::peer(k, peer.0, me.0))
+            .collect()
     }
 
     /// The index of the client whose key id a request datagram carries.
@@ -246,7 +260,7 @@ mod tests {
             permission: Permission::ReadOnly,
             key: generate_key().unwrap(),
         };
-        let peer = vec![Sealer::peer(&generate_key().unwrap())];
+        let peer = vec![generate_key().unwrap()];
         let e = NodeKeys::from_keys(
             peer,
             Protection::Mac,

@@ -17,7 +17,9 @@ use crate::auth::{next_incarnation, ClientWindows, NodeKeys};
 use crate::disk::{DiskEvent, DiskThread, LogStore};
 use crate::net::{ClientAddrs, ClientRoute, Counters, DropReason};
 use kv_node::{codec, ClientToken, NodeConfig, NodeCore};
-use kv_shared::auth::{self as kv_auth, Permission, Protection, ReplayWindow, Stamp, BODY_BYTES_MAX};
+use kv_shared::auth::{
+    self as kv_auth, Permission, Protection, ReplayWindow, Sealer, Stamp, BODY_BYTES_MAX,
+};
 use kv_shared::config::ClusterConfig;
 use kv_shared::limits::{CLIENT_REQUESTS_PER_DATAGRAM_MAX, DATAGRAM_BYTES_MAX};
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Outcome};
@@ -212,7 +214,7 @@ pub async fn run_with_store<S: LogStore>(
         shards = opts.cluster.shards,
         incarnation,
         protection = ?opts.keys.protection,
-        cluster_keys = opts.keys.peer.len(),
+        cluster_keys = opts.keys.cluster.len(),
         client_keys = opts.keys.clients.len(),
         "kvserver node started"
     );
@@ -223,12 +225,22 @@ pub async fn run_with_store<S: LogStore>(
         .filter(|n| n.id != me.0)
         .map(|n| (NodeId(n.id), n.addr))
         .collect();
+    let peer_send = peers
+        .iter()
+        .map(|(p, _)| opts.keys.peer_sender(me, *p))
+        .collect();
+    let peer_recv = peers
+        .iter()
+        .map(|(p, _)| opts.keys.peer_receivers(me, *p))
+        .collect();
     let event_loop = EventLoop {
         core,
         socket,
         me,
         cluster_id: opts.cluster.cluster_id,
         peer_windows: vec![ReplayWindow::default(); peers.len()],
+        peer_send,
+        peer_recv,
         peers,
         keys: opts.keys,
         incarnation,
@@ -308,6 +320,10 @@ struct EventLoop {
     peers: Vec<(NodeId, SocketAddr)>,
     /// The replay window of each peer, in the order of `peers`.
     peer_windows: Vec<ReplayWindow>,
+    /// Seals what this node sends to each peer, in the order of `peers`.
+    peer_send: Vec<Sealer>,
+    /// Opens what each peer sends, under every cluster key held, in the order of `peers`.
+    peer_recv: Vec<Vec<Sealer>>,
     keys: NodeKeys,
     /// This start's incarnation: the first half of every stamp this node sends.
     incarnation: u64,
@@ -497,7 +513,7 @@ impl EventLoop {
             );
             return;
         };
-        let opened = match kv_auth::open(datagram, header, &self.keys.peer) {
+        let opened = match kv_auth::open(datagram, header, &self.peer_recv[peer]) {
             Ok(o) => o,
             Err(e) => {
                 let why = format_args!("peer datagram claiming sender {sender}: {e}");
@@ -667,17 +683,18 @@ impl EventLoop {
             }
         }
         for (to, msgs) in out.datagrams {
-            let Some(&(_, addr)) = self.peers.iter().find(|(id, _)| *id == to) else {
+            let Some(peer) = self.peers.iter().position(|(id, _)| *id == to) else {
                 debug_assert!(false, "the core addressed {to}, not a peer");
                 continue;
             };
+            let addr = self.peers[peer].1;
             // codec::split made every batch fit a sealed body.
             let len = postcard::to_slice(&msgs, &mut self.payload_buf)
                 .expect("a batch from codec::split fits BODY_BYTES_MAX")
                 .len();
             let stamp = self.next_stamp();
             self.datagram_buf.clear();
-            self.keys.peer[0].seal(
+            self.peer_send[peer].seal(
                 Kind::Peer,
                 self.cluster_id,
                 self.me.0,

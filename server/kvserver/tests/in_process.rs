@@ -6,7 +6,7 @@ use kv_e2e::client::{CallError, Client};
 use kv_node::DiskOp;
 use kv_server::auth::NodeKeys;
 use kv_server::disk::{LogStore, StoreError};
-use kv_shared::auth::{ClientKey, Key, Permission, Protection, Sealer};
+use kv_shared::auth::{ClientKey, Key, Permission, Protection};
 use kv_server::{run, run_with_store, ServerOptions};
 use kv_shared::config::ClusterConfig;
 use kv_shared::proto::Op;
@@ -33,7 +33,7 @@ fn one_node(rt: &tokio::runtime::Runtime, data_dir: &Path) -> (UdpSocket, Server
         "cluster_id = {CLUSTER_ID}\nshards = {SHARDS}\n[[nodes]]\nid = 1\naddr = \"{addr}\"\n"
     );
     let keys = NodeKeys::from_keys(
-        vec![Sealer::peer(&Key::from_bytes([1; 32]))],
+        vec![Key::from_bytes([1; 32])],
         Protection::Mac,
         vec![("tester.key".into(), tester())],
     )

@@ -6,7 +6,9 @@
 //! Payload layout after the wire header: `incarnation u64 | counter u64 | body | tag[16]`.
 //! The nonce is `sender | incarnation | counter`: a sender never repeats a (incarnation,
 //! counter) pair, so a nonce never repeats under a key. Each direction has its own
-//! derived key, so a node's replies and a client's requests never share a nonce space.
+//! derived key, so a node's replies and a client's requests never share a nonce space,
+//! and each ordered pair of nodes has its own, so a datagram captured on its way to one
+//! node does not verify at another.
 
 use super::keys::Key;
 use crate::wire::{self, Header, Kind, CRC_OFFSET, FLAG_ENCRYPTED, HEADER_BYTES, PAYLOAD_BYTES_MAX};
@@ -80,26 +82,32 @@ pub struct Opened<'a> {
 }
 
 impl Sealer {
-    fn derived(context: &str, key: &Key) -> Sealer {
-        let k = blake3::derive_key(context, &key.0);
+    fn derived(context: &str, key: &Key, binding: &[u8]) -> Sealer {
+        let k = blake3::Hasher::new_derive_key(context)
+            .update(&key.0)
+            .update(binding)
+            .finalize();
         Sealer {
-            aead: XChaCha20Poly1305::new(&k.into()),
+            aead: XChaCha20Poly1305::new(&(*k.as_bytes()).into()),
         }
     }
 
-    /// Node-to-node traffic under the cluster key.
-    pub fn peer(key: &Key) -> Sealer {
-        Sealer::derived("raftkv 2026-12 peer datagrams", key)
+    /// Traffic from node `from` to node `to` under the cluster key.
+    pub fn peer(key: &Key, from: u64, to: u64) -> Sealer {
+        let mut pair = [0u8; 16];
+        pair[..8].copy_from_slice(&from.to_le_bytes());
+        pair[8..].copy_from_slice(&to.to_le_bytes());
+        Sealer::derived("raftkv 2026-12 peer datagrams", key, &pair)
     }
 
     /// Client requests under a client key.
     pub fn client_requests(key: &Key) -> Sealer {
-        Sealer::derived("raftkv 2026-12 client requests", key)
+        Sealer::derived("raftkv 2026-12 client requests", key, &[])
     }
 
     /// Node replies under a client key.
     pub fn client_replies(key: &Key) -> Sealer {
-        Sealer::derived("raftkv 2026-12 client replies", key)
+        Sealer::derived("raftkv 2026-12 client replies", key, &[])
     }
 
     /// Appends a whole sealed datagram to `out`: header, stamp, body, tag, CRC.
@@ -239,7 +247,7 @@ mod tests {
 
     #[test]
     fn round_trip_in_both_protections() {
-        let s = Sealer::peer(&generate_key().unwrap());
+        let s = Sealer::peer(&generate_key().unwrap(), 2, 1);
         for p in [Protection::Mac, Protection::Encrypt] {
             let d = sealed(&s, p, b"raft messages");
             let (stamp, body, i) = open_owned(&d, std::slice::from_ref(&s)).unwrap();
@@ -257,7 +265,7 @@ mod tests {
     /// the CRC is recomputed after each flip, as a forger would.
     #[test]
     fn every_bit_flip_is_refused_even_with_a_valid_crc() {
-        let s = Sealer::peer(&generate_key().unwrap());
+        let s = Sealer::peer(&generate_key().unwrap(), 2, 1);
         for p in [Protection::Mac, Protection::Encrypt] {
             let d = sealed(&s, p, b"payload bytes");
             for i in 0..d.len() * 8 {
@@ -276,8 +284,11 @@ mod tests {
     #[test]
     fn wrong_key_and_unsealed_payloads_are_refused() {
         let k = generate_key().unwrap();
-        let d = sealed(&Sealer::peer(&k), Protection::Mac, b"x");
-        let other = Sealer::peer(&generate_key().unwrap());
+        let d = sealed(&Sealer::peer(&k, 2, 1), Protection::Mac, b"x");
+        // Bound to the pair: the same key from 2 to 3, or from 1 to 2, is another key.
+        assert!(open_owned(&d, &[Sealer::peer(&k, 2, 3)]).is_err());
+        assert!(open_owned(&d, &[Sealer::peer(&k, 1, 2)]).is_err());
+        let other = Sealer::peer(&generate_key().unwrap(), 2, 1);
         assert_eq!(
             open_owned(&d, std::slice::from_ref(&other)).unwrap_err(),
             AuthError::BadTag.to_string()
@@ -295,8 +306,8 @@ mod tests {
     #[test]
     fn rotation_accepts_old_and_new_and_says_which() {
         let keys = [
-            Sealer::peer(&generate_key().unwrap()),
-            Sealer::peer(&generate_key().unwrap()),
+            Sealer::peer(&generate_key().unwrap(), 2, 1),
+            Sealer::peer(&generate_key().unwrap(), 2, 1),
         ];
         let (new, old) = (&keys[0], &keys[1]);
         for p in [Protection::Mac, Protection::Encrypt] {
