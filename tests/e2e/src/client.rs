@@ -99,6 +99,13 @@ impl Client {
         out
     }
 
+    /// Declares another session's client id and sequence number from now on: what a
+    /// client trying to take over another's session would send.
+    pub fn spoof_session(&mut self, id: ClientId, last_seq: u64) {
+        self.id = id;
+        self.seq = last_seq;
+    }
+
     /// The session id the nodes bind this session to (replies carry it).
     pub fn bound_id(&self) -> ClientId {
         auth::session_id(&self.key.name, self.id)

@@ -2,8 +2,8 @@
 //! a temp data directory and a log file per node. Dropping the [`Cluster`] kills every
 //! process it started (also while a test panics, when it also prints the tail of each
 //! node's log and keeps the temp directory for a post-mortem). Every cluster runs with
-//! keys: a cluster key, a read-write client "admin" (kvcli's default) and a read-only
-//! client "reader", under `<dir>/keys`.
+//! keys: a cluster key, read-write clients "admin" (kvcli's default) and "mallory", and
+//! a read-only client "reader", under `<dir>/keys`.
 
 use crate::client::Client;
 use kv_shared::auth::{self, ClientKey};
@@ -84,7 +84,7 @@ impl Cluster {
         let mut toml = format!(
             "cluster_id = {cluster_id}\nshards = {}\ndata_dir = \"{}\"\n\
              key_file = \"keys/cluster.key\"\n\
-             client_key_files = [\"keys/admin.key\", \"keys/reader.key\"]\n\
+             client_key_files = [\"keys/admin.key\", \"keys/reader.key\", \"keys/mallory.key\"]\n\
              client_key_file = \"keys/admin.key\"\n\n[timing]\n\
              tick_ms = 10\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n",
             spec.shards,
@@ -115,6 +115,15 @@ impl Cluster {
     /// The node ids, ascending.
     pub fn ids(&self) -> Vec<NodeId> {
         self.nodes.iter().map(|(id, _)| *id).collect()
+    }
+
+    /// Node `id`'s address in the cluster file.
+    pub fn addr(&self, id: NodeId) -> SocketAddr {
+        self.nodes
+            .iter()
+            .find(|(n, _)| *n == id)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("{id} is not a node of this cluster"))
     }
 
     /// The shard count.
@@ -157,7 +166,7 @@ impl Cluster {
         Client::new(self.cluster_id, self.nodes.clone(), self.spec.shards, key)
     }
 
-    /// The client key `name` ("admin" or "reader") from `<dir>/keys`.
+    /// The client key `name` ("admin", "reader" or "mallory") from `<dir>/keys`.
     pub fn client_key(&self, name: &str) -> ClientKey {
         auth::read_client_key(&self.key_path(name)).expect("client key file")
     }
