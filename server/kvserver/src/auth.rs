@@ -254,6 +254,25 @@ mod tests {
     }
 
     #[test]
+    fn client_windows_are_bounded_and_forget_the_least_recently_heard() {
+        let mut w = ClientWindows::default();
+        let s = |incarnation| Stamp {
+            incarnation,
+            counter: 0,
+        };
+        for i in 0..CLIENT_REPLAY_WINDOWS_MAX as u64 {
+            assert_eq!(w.accept(1, s(i)), Ok(()));
+        }
+        // Incarnation 0 is heard again (refused as a replay, but recently heard).
+        assert_eq!(w.accept(1, s(0)), Err(ReplayError::Duplicate(0)));
+        assert_eq!(w.accept(1, s(u64::MAX)), Ok(()));
+        assert_eq!(w.len(), CLIENT_REPLAY_WINDOWS_MAX);
+        // Incarnation 1 was the least recently heard: forgotten, so its replay is new again.
+        assert_eq!(w.accept(1, s(1)), Ok(()));
+        assert_eq!(w.accept(1, s(0)), Err(ReplayError::Duplicate(0)));
+    }
+
+    #[test]
     fn duplicate_client_names_are_refused() {
         let c = ClientKey {
             name: "a".into(),
