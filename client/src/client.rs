@@ -267,8 +267,11 @@ impl Client {
         let socket = UdpSocket::bind(SocketAddr::new(bind_ip, 0))
             .await
             .map_err(|e| Error::Io(format!("cannot bind a UDP socket on {bind_ip}: {e}")))?;
-        let incarnation = auth::random_incarnation()
-            .map_err(|e| Error::Io(format!("no OS randomness for the client's incarnation: {e}")))?;
+        let incarnation = auth::random_incarnation().map_err(|e| {
+            Error::Io(format!(
+                "no OS randomness for the client's incarnation: {e}"
+            ))
+        })?;
         let (outbox, outbox_rx) = mpsc::unbounded_channel();
         let mut topology = Topology {
             nodes: options.nodes.clone(),
@@ -632,7 +635,10 @@ async fn send_loop(
                 let full = batch.len() == CLIENT_REQUESTS_PER_DATAGRAM_MAX
                     || bytes + req.len() > BODY_BYTES_MAX;
                 if !batch.is_empty() && full {
-                    let stamp = Stamp { incarnation, counter };
+                    let stamp = Stamp {
+                        incarnation,
+                        counter,
+                    };
                     counter += 1;
                     send_datagram(&s, to, &batch, stamp, &mut datagram).await;
                     batch.clear();
@@ -641,7 +647,10 @@ async fn send_loop(
                 bytes += req.len();
                 batch.push(req);
             }
-            let stamp = Stamp { incarnation, counter };
+            let stamp = Stamp {
+                incarnation,
+                counter,
+            };
             counter += 1;
             send_datagram(&s, to, &batch, stamp, &mut datagram).await;
         }

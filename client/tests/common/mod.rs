@@ -8,11 +8,11 @@
 #![allow(dead_code)] // Each test binary uses a different part of the fake.
 
 use bytes::Bytes;
+use kv_shared::auth::{self, ClientKey, Key, Permission, Protection, Sealer, Stamp};
 use kv_shared::proto::{
     ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role, ShardStatus,
 };
 use kv_shared::shard::shard_for_key;
-use kv_shared::auth::{self, ClientKey, Key, Permission, Protection, Sealer, Stamp};
 use kv_shared::wire::{self, Kind};
 use kv_shared::{ClientId, NodeId, ShardId};
 use kvcli::client::{ClientOptions, NodeAddr};

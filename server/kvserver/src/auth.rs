@@ -6,9 +6,9 @@ use kv_shared::auth::{
     self, client_key_id, ClientKey, Key, KeyFileError, Permission, Protection, ReplayError,
     ReplayWindow, Sealer,
 };
-use kv_shared::NodeId;
 use kv_shared::config::ClusterConfig;
 use kv_shared::limits::CLIENT_REPLAY_WINDOWS_MAX;
+use kv_shared::NodeId;
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -184,11 +184,7 @@ pub struct ClientWindows {
 
 impl ClientWindows {
     /// Accepts a verified request's stamp of client `key_id`, or says why it is a replay.
-    pub fn accept(
-        &mut self,
-        key_id: u64,
-        stamp: auth::Stamp,
-    ) -> Result<(), ReplayError> {
+    pub fn accept(&mut self, key_id: u64, stamp: auth::Stamp) -> Result<(), ReplayError> {
         self.clock += 1;
         let slot = (key_id, stamp.incarnation);
         if !self.windows.contains_key(&slot) && self.windows.len() >= CLIENT_REPLAY_WINDOWS_MAX {

@@ -327,7 +327,11 @@ mod tests {
         let mut m = ClientAddrs::default();
         let addr = |i: usize| -> SocketAddr { format!("[::1]:{}", 1000 + i).parse().unwrap() };
         let first = m.token_for(addr(0), ROUTE);
-        assert_eq!(m.token_for(addr(0), ROUTE), first, "same client, same token");
+        assert_eq!(
+            m.token_for(addr(0), ROUTE),
+            first,
+            "same client, same token"
+        );
         for i in 1..=CLIENT_V6_ADDRS_MAX {
             let t = m.token_for(addr(i), ROUTE);
             assert_eq!(m.client_of(t), Some((addr(i), ROUTE)));

@@ -541,12 +541,7 @@ impl EventLoop {
     /// Client requests: known key, tag, replay window, request count, decode; then each
     /// request's session is bound to the client's name and writes are checked against
     /// its permission.
-    fn on_client_datagram(
-        &mut self,
-        datagram: &mut [u8],
-        header: &wire::Header,
-        from: SocketAddr,
-    ) {
+    fn on_client_datagram(&mut self, datagram: &mut [u8], header: &wire::Header, from: SocketAddr) {
         let Some(index) = self.keys.client_index(header.sender) else {
             self.counters.dropped(
                 DropReason::UnknownClient,
@@ -556,11 +551,7 @@ impl EventLoop {
             return;
         };
         let client = self.keys.client(index);
-        let opened = match kv_auth::open(
-            datagram,
-            header,
-            std::slice::from_ref(&client.requests),
-        ) {
+        let opened = match kv_auth::open(datagram, header, std::slice::from_ref(&client.requests)) {
             Ok(o) => o,
             Err(e) => {
                 let why = format_args!("client requests claiming client {:?}: {e}", client.name);
@@ -736,7 +727,12 @@ impl EventLoop {
     }
 
     /// Sends `replies` to one client, sealed under its key, in as few datagrams as fit.
-    async fn send_replies(&mut self, addr: SocketAddr, route: ClientRoute, replies: &[&ClientReply]) {
+    async fn send_replies(
+        &mut self,
+        addr: SocketAddr,
+        route: ClientRoute,
+        replies: &[&ClientReply],
+    ) {
         let protection = if route.encrypted {
             Protection::Encrypt
         } else {

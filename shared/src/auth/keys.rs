@@ -139,12 +139,8 @@ fn read_raw(path: &Path) -> Result<(RawKeyFile, Key), KeyFileError> {
     let text = std::fs::read_to_string(path).map_err(|e| key_file_error(path, e))?;
     let raw: RawKeyFile = toml::from_str(&text).map_err(|e| key_file_error(path, e))?;
     let mut bytes = [0u8; KEY_BYTES];
-    hex::decode_to_slice(raw.key.trim(), &mut bytes).map_err(|_| {
-        key_file_error(
-            path,
-            format!("`key` must be {} hex digits", KEY_BYTES * 2),
-        )
-    })?;
+    hex::decode_to_slice(raw.key.trim(), &mut bytes)
+        .map_err(|_| key_file_error(path, format!("`key` must be {} hex digits", KEY_BYTES * 2)))?;
     Ok((raw, Key(bytes)))
 }
 
@@ -292,7 +288,11 @@ mod tests {
         }
         let e = write_cluster_key(&cluster, &generate_key().unwrap()).unwrap_err();
         assert!(e.to_string().contains("refusing to overwrite"), "{e}");
-        assert_eq!(read_cluster_key(&cluster).unwrap(), key, "kept the first key");
+        assert_eq!(
+            read_cluster_key(&cluster).unwrap(),
+            key,
+            "kept the first key"
+        );
 
         let client = ClientKey {
             name: "reader-1".into(),
@@ -317,7 +317,10 @@ mod tests {
         let short = dir.path().join("short.key");
         std::fs::write(&short, "key = \"abcd\"\n").unwrap();
         let e = read_cluster_key(&short).unwrap_err().to_string();
-        assert!(e.contains("short.key") && e.contains("64 hex digits"), "{e}");
+        assert!(
+            e.contains("short.key") && e.contains("64 hex digits"),
+            "{e}"
+        );
         let bad_name = dir.path().join("name.key");
         std::fs::write(
             &bad_name,
@@ -346,10 +349,16 @@ mod tests {
         let created = create_missing_key_files(&config).unwrap();
         assert_eq!(created.len(), 2);
         let admin = read_client_key(&dir.path().join("keys/admin.key")).unwrap();
-        assert_eq!((admin.name.as_str(), admin.permission), ("admin", Permission::ReadWrite));
+        assert_eq!(
+            (admin.name.as_str(), admin.permission),
+            ("admin", Permission::ReadWrite)
+        );
         let cluster = read_cluster_key(&dir.path().join("keys/cluster.key")).unwrap();
         assert!(create_missing_key_files(&config).unwrap().is_empty());
-        assert_eq!(read_cluster_key(&dir.path().join("keys/cluster.key")).unwrap(), cluster);
+        assert_eq!(
+            read_cluster_key(&dir.path().join("keys/cluster.key")).unwrap(),
+            cluster
+        );
     }
 
     #[test]

@@ -14,8 +14,9 @@ mod replay;
 mod seal;
 
 pub use keys::{
-    client_key_id, create_missing_key_files, generate_key, random_incarnation, read_client_key, read_cluster_key, session_id, write_client_key,
-    write_cluster_key, ClientKey, Key, KeyFileError, Permission, KEY_BYTES,
+    client_key_id, create_missing_key_files, generate_key, random_incarnation, read_client_key,
+    read_cluster_key, session_id, write_client_key, write_cluster_key, ClientKey, Key,
+    KeyFileError, Permission, KEY_BYTES,
 };
 pub use replay::{ReplayError, ReplayWindow, REPLAY_WINDOW_COUNTERS};
 pub use seal::{

@@ -11,7 +11,9 @@
 //! node does not verify at another.
 
 use super::keys::Key;
-use crate::wire::{self, Header, Kind, CRC_OFFSET, FLAG_ENCRYPTED, HEADER_BYTES, PAYLOAD_BYTES_MAX};
+use crate::wire::{
+    self, Header, Kind, CRC_OFFSET, FLAG_ENCRYPTED, HEADER_BYTES, PAYLOAD_BYTES_MAX,
+};
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{KeyInit, Tag, XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
@@ -276,7 +278,10 @@ mod tests {
                 bad[i / 8] ^= 1 << (i % 8);
                 bad[CRC_OFFSET..HEADER_BYTES].fill(0);
                 wire::write_crc(&mut bad);
-                assert!(open_owned(&bad, std::slice::from_ref(&s)).is_err(), "{p:?}: flip of bit {i}");
+                assert!(
+                    open_owned(&bad, std::slice::from_ref(&s)).is_err(),
+                    "{p:?}: flip of bit {i}"
+                );
             }
         }
     }
@@ -313,7 +318,10 @@ mod tests {
         for p in [Protection::Mac, Protection::Encrypt] {
             let under_old = sealed(old, p, b"from a node not yet rotated");
             let (_, body, i) = open_owned(&under_old, &keys).unwrap();
-            assert_eq!((body.as_slice(), i), (&b"from a node not yet rotated"[..], 1));
+            assert_eq!(
+                (body.as_slice(), i),
+                (&b"from a node not yet rotated"[..], 1)
+            );
             let under_new = sealed(new, p, b"rotated");
             assert_eq!(open_owned(&under_new, &keys).unwrap().2, 0);
         }

@@ -5,8 +5,8 @@
 //! a client key and accepts only replies that verify under it.
 
 use bytes::Bytes;
-use kv_shared::proto::{ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome};
 use kv_shared::auth::{self, ClientKey, Protection, Sealer, Stamp};
+use kv_shared::proto::{ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome};
 use kv_shared::wire::{self, Kind};
 use kv_shared::{ClientId, NodeId, ShardId};
 use std::collections::HashMap;

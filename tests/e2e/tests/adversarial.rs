@@ -101,7 +101,11 @@ fn drops(config: &str) -> Vec<(u64, Value)> {
 }
 
 fn count(drops: &[(u64, Value)], node: u64, reason: &str) -> u64 {
-    let d = &drops.iter().find(|(n, _)| *n == node).expect("node answered").1;
+    let d = &drops
+        .iter()
+        .find(|(n, _)| *n == node)
+        .expect("node answered")
+        .1;
     d[reason]
         .as_u64()
         .unwrap_or_else(|| panic!("no counter {reason}: {d}"))
@@ -157,7 +161,13 @@ fn forged_replayed_wrong_key_and_flood_traffic_is_refused_counted_and_harmless()
     // 1. Forged peer datagrams claiming member 1: right cluster id, valid CRC, and no
     // tag, a zero tag, or a tag under a key the cluster does not hold.
     let mut unsealed = Vec::new();
-    wire::encode(Kind::Peer, cluster_id, 1, b"no room for a tag", &mut unsealed);
+    wire::encode(
+        Kind::Peer,
+        cluster_id,
+        1,
+        b"no room for a tag",
+        &mut unsealed,
+    );
     let mut zero_tag = Vec::new();
     wire::encode(Kind::Peer, cluster_id, 1, &[0u8; 96], &mut zero_tag);
     let mut wrong_key = Vec::new();
@@ -182,8 +192,7 @@ fn forged_replayed_wrong_key_and_flood_traffic_is_refused_counted_and_harmless()
 
     // 2. Replays of genuine peer datagrams (node 2 to node 3) that node 3 already has.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while relay.captured_from(NodeId(1)).len() < 20 || relay.captured_from(NodeId(2)).len() < 20
-    {
+    while relay.captured_from(NodeId(1)).len() < 20 || relay.captured_from(NodeId(2)).len() < 20 {
         assert!(Instant::now() < deadline, "the relay captured too little");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -205,7 +214,10 @@ fn forged_replayed_wrong_key_and_flood_traffic_is_refused_counted_and_harmless()
         .iter()
         .any(|d| field(d, 32) > old_incarnation)
     {
-        assert!(Instant::now() < deadline, "restarted node 1 was never heard");
+        assert!(
+            Instant::now() < deadline,
+            "restarted node 1 was never heard"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(200));
@@ -278,12 +290,21 @@ fn forged_replayed_wrong_key_and_flood_traffic_is_refused_counted_and_harmless()
 
     let before = drops(&config);
     eprintln!("drops after the attacks: {before:?}");
-    assert!(count(&before, 2, "unsealed") >= FORGED_EACH as u64, "{before:?}");
+    assert!(
+        count(&before, 2, "unsealed") >= FORGED_EACH as u64,
+        "{before:?}"
+    );
     let forged_tags = 2 * FORGED_EACH + 5 * FLOOD_SOCKETS;
-    assert!(count(&before, 2, "bad_tag") >= forged_tags as u64, "{before:?}");
+    assert!(
+        count(&before, 2, "bad_tag") >= forged_tags as u64,
+        "{before:?}"
+    );
     assert!(count(&before, 2, "unknown_client") >= FLOOD_SOCKETS as u64);
     assert!(count(&before, 2, "too_many_requests") >= 1, "{before:?}");
-    assert!(count(&before, 3, "replayed") >= from2.len() as u64, "{before:?}");
+    assert!(
+        count(&before, 3, "replayed") >= from2.len() as u64,
+        "{before:?}"
+    );
     assert!(count(&before, 3, "old_incarnation") >= 1, "{before:?}");
     assert!(total(&before, "permission_denied") >= 1, "{before:?}");
 
@@ -309,10 +330,12 @@ fn forged_replayed_wrong_key_and_flood_traffic_is_refused_counted_and_harmless()
 
     let after = drops(&config);
     eprintln!("drops after the wrong-key node: {after:?}");
-    assert!(count(&after, 3, "bad_tag") >= 1, "node 3 refuses its peers: {after:?}");
     assert!(
-        count(&after, 1, "bad_tag") + count(&after, 2, "bad_tag")
-            > count(&before, 2, "bad_tag"),
+        count(&after, 3, "bad_tag") >= 1,
+        "node 3 refuses its peers: {after:?}"
+    );
+    assert!(
+        count(&after, 1, "bad_tag") + count(&after, 2, "bad_tag") > count(&before, 2, "bad_tag"),
         "the peers refuse node 3: {after:?}"
     );
     for id in [1, 2, 3] {

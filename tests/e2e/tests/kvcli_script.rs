@@ -116,13 +116,17 @@ fn a_script_prints_one_exact_result_per_line_in_text_and_json() {
     }
     assert_eq!(keys, 2, "the script leaves two keys: {status:#?}");
     assert_eq!(status[config.shards as usize + 1], "");
-    let node_table = &status[config.shards as usize + 2..config.shards as usize + 3 + config.nodes.len()];
+    let node_table =
+        &status[config.shards as usize + 2..config.shards as usize + 3 + config.nodes.len()];
     assert!(
         node_table[0].starts_with("NODE  ADDRESS"),
         "{node_table:#?}"
     );
     let drop_table = &status[config.shards as usize + 4 + config.nodes.len()..];
-    assert_eq!(drop_table[0], "NODE  DROPPED SINCE START (by reason)", "{status:#?}");
+    assert_eq!(
+        drop_table[0], "NODE  DROPPED SINCE START (by reason)",
+        "{status:#?}"
+    );
     assert_eq!(drop_table.len(), 1 + config.nodes.len(), "{drop_table:#?}");
     assert_eq!(node_table.len(), 1 + config.nodes.len(), "{node_table:#?}");
     let mut leads = 0;

@@ -201,7 +201,11 @@ fn keygen(k: &KeygenArgs) -> Result<(), String> {
     }
     let created = auth::create_missing_key_files(&cluster).map_err(|e| e.to_string())?;
     for file in cluster.key_files.iter().chain(&cluster.client_key_files) {
-        let verb = if created.contains(file) { "wrote" } else { "kept (exists)" };
+        let verb = if created.contains(file) {
+            "wrote"
+        } else {
+            "kept (exists)"
+        };
         println!("{verb} {}", file.display());
     }
     Ok(())
@@ -213,7 +217,10 @@ fn options(args: Args) -> Result<ServerOptions, String> {
         Some(path) => ClusterConfig::load(path).map_err(|e| format!("{}: {e}", path.display()))?,
         None => ClusterConfig::local_3(),
     };
-    let node = NodeId(args.node.expect("clap requires --node without a subcommand"));
+    let node = NodeId(
+        args.node
+            .expect("clap requires --node without a subcommand"),
+    );
     if cluster.addr_of(node).is_none() {
         let ids: Vec<String> = cluster.nodes.iter().map(|n| n.id.to_string()).collect();
         return Err(format!(
