@@ -151,7 +151,9 @@ pub fn disposition(outcome: Outcome) -> Disposition {
         Outcome::Error(
             ClientError::KeyTooLarge { .. }
             | ClientError::ValueTooLarge { .. }
-            | ClientError::Malformed(_),
+            | ClientError::Malformed(_)
+            // Course mode has no client keys; the runtime never produces it there.
+            | ClientError::PermissionDenied { .. },
         )
         | Outcome::CasMismatch { .. }
         | Outcome::Status(_) => Disposition::Answer(Answer::Fail),
