@@ -221,6 +221,8 @@ struct Shared {
     requests: Sealer,
     /// Opens replies under the client key.
     replies: Sealer,
+    /// The client key's id, carried in every request datagram.
+    key_id: u64,
     options: ClientOptions,
     topology: Mutex<Topology>,
     sessions: Mutex<HashMap<ClientId, mpsc::UnboundedSender<Incoming>>>,
@@ -286,6 +288,7 @@ impl Client {
             cluster_id: options.cluster_id,
             requests: Sealer::client_requests(&options.key.key),
             replies: Sealer::client_replies(&options.key.key),
+            key_id: options.key.id(),
             options,
             topology: Mutex::new(topology),
             sessions: Mutex::new(HashMap::new()),
@@ -669,7 +672,7 @@ async fn send_datagram(
     s.requests.seal(
         Kind::ClientRequests,
         s.cluster_id,
-        s.options.key.id(),
+        s.key_id,
         stamp,
         s.options.protection,
         &payload,

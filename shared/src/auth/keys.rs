@@ -97,7 +97,12 @@ pub fn client_key_id(name: &str) -> u64 {
 /// A 64-bit cut of BLAKE3: finding another (name, id) with the same value is a 2^64
 /// second-preimage search.
 pub fn session_id(name: &str, declared: crate::ClientId) -> crate::ClientId {
-    let h = blake3::Hasher::new_derive_key("raftkv 2026-12 session id")
+    // Deriving the context key costs a compression; every request needs one, so the
+    // derived hasher is made once and cloned.
+    static SESSION_HASHER: std::sync::OnceLock<blake3::Hasher> = std::sync::OnceLock::new();
+    let h = SESSION_HASHER
+        .get_or_init(|| blake3::Hasher::new_derive_key("raftkv 2026-12 session id"))
+        .clone()
         .update(&(name.len() as u64).to_le_bytes())
         .update(name.as_bytes())
         .update(&declared.0.to_le_bytes())
