@@ -249,7 +249,10 @@ async fn run(cli: Cli, style: Style) -> anyhow::Result<i32> {
             .unwrap_or_else(|| ClusterConfig::local_3().cluster_id);
         ClientOptions::from_addrs(id, nodes, key_for(None)?)
     } else {
-        let config = ClusterConfig::local_3();
+        // The embedded config is what `--local` runs, and `--local` keeps its keys in
+        // its directory: a second kvcli on the same cluster finds them there.
+        let mut config = ClusterConfig::local_3();
+        config.resolve_key_paths(&cli.conn.local_dir);
         ClientOptions::from_config(&config, key_for(Some(&config))?)
     };
     options.unavailable_after = cli.conn.unavailable_after;
