@@ -2,7 +2,8 @@
 //! datagrams (a tag under a key, or authenticated encryption), and the replay window.
 //!
 //! Every datagram kvserver accepts carries, after the [`crate::wire`] header, a stamp
-//! (`incarnation u64 | counter u64`), the body, and a 16-byte XChaCha20-Poly1305 tag.
+//! (`incarnation u64 | counter u64`), the body, and a 16-byte tag (keyed BLAKE3, or
+//! XChaCha20-Poly1305 when encrypted).
 //! Peers seal under the cluster key; clients under their own named key. The tag covers
 //! the whole header (kind, flags, cluster id, sender, length), the stamp and the body;
 //! it is checked before a byte of the body is decoded. The stamp feeds a
