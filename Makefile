@@ -34,7 +34,8 @@ clean:
 	$(CARGO) clean --release -p kv-course
 
 # The quick start: a local 3-node cluster (embedded config, ports 7101-7103, data in
-# data/local) and the kvcli REPL on it; the nodes stop when the REPL exits.
+# data/local, keys created on first use in data/local/keys) and the kvcli REPL on it;
+# the nodes stop when the REPL exits.
 .PHONY: local
 local:
 	$(CARGO) build --release -p kv-server --bin kvserver -p kvcli --bin kvcli

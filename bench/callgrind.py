@@ -24,7 +24,8 @@ while len(ports) < 3:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); pt = s.getsockname()[1]; s.close()
     if pt not in ports: ports.append(pt)
 cfg = f"{d}/cluster.toml"
-open(cfg, "w").write(f"cluster_id = 9{a.shards}\nshards = {a.shards}\ndata_dir = \"{d}\"\n[timing]\ntick_ms = 10\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n" + "".join(f'\n[[nodes]]\nid = {n}\naddr = "127.0.0.1:{ports[n-1]}"\n' for n in (1,2,3)))
+open(cfg, "w").write(f"cluster_id = 9{a.shards}\nshards = {a.shards}\ndata_dir = \"{d}\"\nkey_file = \"keys/cluster.key\"\nclient_key_files = [\"keys/bench.key\"]\nclient_key_file = \"keys/bench.key\"\n[timing]\ntick_ms = 10\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n" + "".join(f'\n[[nodes]]\nid = {n}\naddr = "127.0.0.1:{ports[n-1]}"\n' for n in (1,2,3)))
+subprocess.run([f"{a.target}/kvserver", "keygen", "--config", cfg], check=True, stdout=subprocess.DEVNULL)
 procs = []
 for n in (1,2,3):
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg.{n}", "--dump-instr=no",

@@ -9,10 +9,12 @@
 
 use crate::error::{node_name, Error};
 use bytes::Bytes;
+use kv_shared::auth::{self, ClientKey, Protection, ReplayWindow, Sealer, Stamp, BODY_BYTES_MAX};
 use kv_shared::config::ClusterConfig;
+use kv_shared::limits::CLIENT_REQUESTS_PER_DATAGRAM_MAX;
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role};
 use kv_shared::shard::shard_for_key;
-use kv_shared::wire::{self, Kind, PAYLOAD_BYTES_MAX};
+use kv_shared::wire::{self, Kind};
 use kv_shared::{ClientId, NodeId, ShardId};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -40,11 +42,16 @@ pub struct NodeAddr {
     pub addr: SocketAddr,
 }
 
-/// How the client finds the cluster and how patiently it retries.
+/// How the client finds the cluster, who it is, and how patiently it retries.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
     /// Cluster id carried in every datagram; nodes drop other clusters' datagrams.
     pub cluster_id: u64,
+    /// The client key: requests are sealed under it, replies must verify under it, and
+    /// the nodes bind this client's sessions to its name.
+    pub key: ClientKey,
+    /// Whether requests are only authenticated or encrypted too (replies follow suit).
+    pub protection: Protection,
     /// The nodes to talk to.
     pub nodes: Vec<NodeAddr>,
     /// Shard count, if known from a cluster file; otherwise learned from a Status reply.
@@ -63,8 +70,8 @@ pub struct ClientOptions {
 }
 
 impl ClientOptions {
-    /// Defaults for talking to the cluster described by a cluster file.
-    pub fn from_config(config: &ClusterConfig) -> Self {
+    /// Defaults for talking to the cluster described by a cluster file, as `key`.
+    pub fn from_config(config: &ClusterConfig, key: ClientKey) -> Self {
         let nodes = config
             .nodes
             .iter()
@@ -75,15 +82,18 @@ impl ClientOptions {
             .collect();
         ClientOptions {
             shard_count: Some(config.shards),
-            ..Self::from_addrs(config.cluster_id, nodes)
+            protection: config.protection,
+            ..Self::from_addrs(config.cluster_id, nodes, key)
         }
     }
 
     /// Defaults for a bare list of node addresses (`--nodes`): ids and the shard count are
     /// learned from the nodes' Status replies.
-    pub fn from_addrs(cluster_id: u64, nodes: Vec<NodeAddr>) -> Self {
+    pub fn from_addrs(cluster_id: u64, nodes: Vec<NodeAddr>, key: ClientKey) -> Self {
         ClientOptions {
             cluster_id,
+            key,
+            protection: Protection::Mac,
             nodes,
             shard_count: None,
             attempt_timeout: Duration::from_millis(1000),
@@ -135,7 +145,8 @@ pub struct Metrics {
     pub redirects: u64,
     /// Replies received.
     pub replies_received: u64,
-    /// Datagrams dropped as malformed or from another cluster.
+    /// Datagrams dropped as malformed, from another cluster, failing their tag
+    /// (forged, or sealed under another key) or replayed.
     pub datagrams_dropped: u64,
 }
 
@@ -208,6 +219,12 @@ impl Topology {
 struct Shared {
     socket: UdpSocket,
     cluster_id: u64,
+    /// Seals requests under the client key.
+    requests: Sealer,
+    /// Opens replies under the client key.
+    replies: Sealer,
+    /// The client key's id, carried in every request datagram.
+    key_id: u64,
     options: ClientOptions,
     topology: Mutex<Topology>,
     sessions: Mutex<HashMap<ClientId, mpsc::UnboundedSender<Incoming>>>,
@@ -254,6 +271,11 @@ impl Client {
         let socket = UdpSocket::bind(SocketAddr::new(bind_ip, 0))
             .await
             .map_err(|e| Error::Io(format!("cannot bind a UDP socket on {bind_ip}: {e}")))?;
+        let incarnation = auth::random_incarnation().map_err(|e| {
+            Error::Io(format!(
+                "no OS randomness for the client's incarnation: {e}"
+            ))
+        })?;
         let (outbox, outbox_rx) = mpsc::unbounded_channel();
         let mut topology = Topology {
             nodes: options.nodes.clone(),
@@ -266,6 +288,9 @@ impl Client {
         let shared = Arc::new(Shared {
             socket,
             cluster_id: options.cluster_id,
+            requests: Sealer::client_requests(&options.key.key),
+            replies: Sealer::client_replies(&options.key.key),
+            key_id: options.key.id(),
             options,
             topology: Mutex::new(topology),
             sessions: Mutex::new(HashMap::new()),
@@ -275,7 +300,7 @@ impl Client {
         });
         let tasks = Tasks(vec![
             tokio::spawn(receive_loop(Arc::downgrade(&shared))),
-            tokio::spawn(send_loop(Arc::downgrade(&shared), outbox_rx)),
+            tokio::spawn(send_loop(Arc::downgrade(&shared), outbox_rx, incarnation)),
         ]);
         let client = Client {
             shared,
@@ -398,21 +423,28 @@ impl Client {
             let mut rng = self.shared.ids.lock().expect("id rng lock");
             loop {
                 let id = ClientId(rng.gen::<u64>() | 1);
-                if !sessions.contains_key(&id) {
+                if !sessions.contains_key(&self.bound(id)) {
                     break (id, rng.gen::<u64>());
                 }
             }
         };
-        sessions.insert(id, tx);
+        let bound = self.bound(id);
+        sessions.insert(bound, tx);
         Session {
             client: self.clone(),
             id,
+            bound,
             next_seq: 1,
             rx,
             rng: SmallRng::seed_from_u64(rng_seed),
             rotation: rng_seed as usize,
             open_shards: std::collections::BTreeSet::new(),
         }
+    }
+
+    /// The session id the nodes bind the declared id `id` to (replies carry it).
+    fn bound(&self, id: ClientId) -> ClientId {
+        auth::session_id(&self.shared.options.key.name, id)
     }
 
     /// The shard count (known once a cluster file was given or a node answered).
@@ -513,6 +545,8 @@ fn entropy() -> u64 {
 
 async fn receive_loop(shared: std::sync::Weak<Shared>) {
     let mut buf = vec![0u8; RECV_BUFFER_BYTES];
+    // One window per node (by id); only replies whose tag verified create one.
+    let mut windows: HashMap<u64, ReplayWindow> = HashMap::new();
     loop {
         let Some(s) = shared.upgrade() else { return };
         let (len, from) = match s.socket.recv_from(&mut buf).await {
@@ -520,14 +554,7 @@ async fn receive_loop(shared: std::sync::Weak<Shared>) {
             // ICMP errors surface here on some systems; the retry logic handles the loss.
             Err(_) => continue,
         };
-        let replies = match wire::decode(&buf[..len], s.cluster_id) {
-            Ok((h, payload)) if h.kind == Kind::ClientReplies => {
-                wire::decode_value::<Vec<ClientReply>>(payload)
-            }
-            Ok(_) => Err(wire::WireError::BadKind(0)),
-            Err(e) => Err(e),
-        };
-        let Ok(replies) = replies else {
+        let Some(replies) = open_replies(&s, &mut buf[..len], &mut windows) else {
             bump(&s.counters.datagrams_dropped);
             continue;
         };
@@ -543,6 +570,26 @@ async fn receive_loop(shared: std::sync::Weak<Shared>) {
             }
         }
     }
+}
+
+/// A reply datagram's replies, if its header, tag and stamp are good.
+fn open_replies(
+    s: &Shared,
+    datagram: &mut [u8],
+    windows: &mut HashMap<u64, ReplayWindow>,
+) -> Option<Vec<ClientReply>> {
+    let (header, _) = wire::decode(datagram, s.cluster_id).ok()?;
+    if header.kind != Kind::ClientReplies {
+        return None;
+    }
+    let opened = auth::open(datagram, &header, std::slice::from_ref(&s.replies)).ok()?;
+    let stamp = opened.stamp;
+    windows
+        .entry(header.sender)
+        .or_default()
+        .accept(stamp.incarnation, stamp.counter)
+        .ok()?;
+    wire::decode_value::<Vec<ClientReply>>(opened.body).ok()
 }
 
 /// Packs encoded requests `Vec<ClientRequest>`-style: a varint count, then the items, which
@@ -569,9 +616,11 @@ fn pack(items: &[Vec<u8>]) -> Vec<u8> {
 async fn send_loop(
     shared: std::sync::Weak<Shared>,
     mut rx: mpsc::UnboundedReceiver<(SocketAddr, Vec<u8>)>,
+    incarnation: u64,
 ) {
     let mut ready = Vec::new();
     let mut datagram = Vec::new();
+    let mut counter = 0u64;
     loop {
         if rx.recv_many(&mut ready, OUTBOX_BATCH_MAX).await == 0 {
             return;
@@ -589,23 +638,49 @@ async fn send_loop(
             let mut batch: Vec<Vec<u8>> = Vec::new();
             let mut bytes = VEC_LEN_PREFIX_BYTES_MAX;
             for req in reqs {
-                if !batch.is_empty() && bytes + req.len() > PAYLOAD_BYTES_MAX {
-                    send_datagram(&s, to, &batch, &mut datagram).await;
+                let full = batch.len() == CLIENT_REQUESTS_PER_DATAGRAM_MAX
+                    || bytes + req.len() > BODY_BYTES_MAX;
+                if !batch.is_empty() && full {
+                    let stamp = Stamp {
+                        incarnation,
+                        counter,
+                    };
+                    counter += 1;
+                    send_datagram(&s, to, &batch, stamp, &mut datagram).await;
                     batch.clear();
                     bytes = VEC_LEN_PREFIX_BYTES_MAX;
                 }
                 bytes += req.len();
                 batch.push(req);
             }
-            send_datagram(&s, to, &batch, &mut datagram).await;
+            let stamp = Stamp {
+                incarnation,
+                counter,
+            };
+            counter += 1;
+            send_datagram(&s, to, &batch, stamp, &mut datagram).await;
         }
     }
 }
 
-async fn send_datagram(s: &Shared, to: SocketAddr, batch: &[Vec<u8>], datagram: &mut Vec<u8>) {
+async fn send_datagram(
+    s: &Shared,
+    to: SocketAddr,
+    batch: &[Vec<u8>],
+    stamp: Stamp,
+    datagram: &mut Vec<u8>,
+) {
     let payload = pack(batch);
     datagram.clear();
-    wire::encode(Kind::ClientRequests, s.cluster_id, 0, &payload, datagram);
+    s.requests.seal(
+        Kind::ClientRequests,
+        s.cluster_id,
+        s.key_id,
+        stamp,
+        s.options.protection,
+        &payload,
+        datagram,
+    );
     bump(&s.counters.datagrams_sent);
     // A lost datagram is a timeout for its requests, retried by their sessions.
     let _ = s.socket.send_to(datagram, to).await;
@@ -617,6 +692,8 @@ async fn send_datagram(s: &Shared, to: SocketAddr, batch: &[Vec<u8>], datagram: 
 pub struct Session {
     client: Client,
     id: ClientId,
+    /// The id the nodes bind `id` to under this client's name; replies carry it.
+    bound: ClientId,
     next_seq: u64,
     rx: mpsc::UnboundedReceiver<Incoming>,
     rng: SmallRng,
@@ -633,7 +710,7 @@ impl Drop for Session {
             .sessions
             .lock()
             .expect("sessions lock")
-            .remove(&self.id);
+            .remove(&self.bound);
     }
 }
 
@@ -762,9 +839,9 @@ impl Session {
             op,
         };
         let encoded = postcard::to_stdvec(&request).expect("requests encode");
-        if encoded.len() + VEC_LEN_PREFIX_BYTES_MAX > PAYLOAD_BYTES_MAX {
+        if encoded.len() + VEC_LEN_PREFIX_BYTES_MAX > BODY_BYTES_MAX {
             return Err(Error::Limit(ClientError::Malformed(format!(
-                "request is {} bytes; a datagram carries at most PAYLOAD_BYTES_MAX = {PAYLOAD_BYTES_MAX}",
+                "request is {} bytes; a datagram carries at most BODY_BYTES_MAX = {BODY_BYTES_MAX}",
                 encoded.len()
             ))));
         }

@@ -113,6 +113,7 @@ impl Error {
                 }
                 ClientError::NotAnInteger | ClientError::Overflow => "not-an-integer",
                 ClientError::Malformed(_) => "malformed",
+                ClientError::PermissionDenied { .. } => "permission-denied",
             },
             Error::Limit(_) => "limit",
             Error::NoNodeAnswered { .. } => "no-node-answered",

@@ -1,6 +1,7 @@
 //! `kvcli --local`: the quick start's own cluster. Starts one `kvserver` process per node of
 //! the embedded 3-node config (found next to the kvcli executable), keeps their data and
 //! logs under one directory, and stops them when dropped, so the REPL's exit ends them.
+//! The keys the config names are created there on first use (`DIR/keys`).
 
 use anyhow::{bail, Context as _};
 use kv_shared::config::{ClusterConfig, LOCAL_3_TOML};
@@ -9,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 
 /// A running local cluster; dropping it kills the nodes.
 pub struct LocalCluster {
-    /// The cluster it runs (the embedded config).
+    /// The cluster it runs (the embedded config, key paths resolved under `dir`).
     pub config: ClusterConfig,
     /// Where data, logs and the written config live.
     pub dir: PathBuf,
@@ -36,8 +37,7 @@ impl LocalCluster {
     /// Starts every node of the embedded config with `kvserver`, data under `dir`
     /// (`dir/node-N`), logs in `dir/node-N.log`. Fails with a clear line if a port is taken.
     pub fn start(kvserver: &Path, dir: &Path) -> anyhow::Result<LocalCluster> {
-        let config = ClusterConfig::local_3();
-        for n in &config.nodes {
+        for n in &ClusterConfig::local_3().nodes {
             if let Err(e) = std::net::UdpSocket::bind(n.addr) {
                 bail!(
                     "cannot start node {} on {}: {e}; is another cluster running? Stop it, or connect to it with plain `kvcli`",
@@ -50,6 +50,10 @@ impl LocalCluster {
         let config_path = dir.join("local-3.toml");
         std::fs::write(&config_path, LOCAL_3_TOML)
             .with_context(|| format!("cannot write {}", config_path.display()))?;
+        let config = ClusterConfig::load(&config_path)?;
+        for created in kv_shared::auth::create_missing_key_files(&config)? {
+            eprintln!("created key file {}", created.display());
+        }
         let mut cluster = LocalCluster {
             config: config.clone(),
             dir: dir.to_path_buf(),

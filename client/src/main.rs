@@ -3,6 +3,7 @@
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use kv_shared::auth::ClientKey;
 use kv_shared::config::ClusterConfig;
 use kvcli::bench::{self, BenchOptions, Dist};
 use kvcli::client::{Client, ClientOptions, NodeAddr};
@@ -78,6 +79,11 @@ struct ConnArgs {
     /// Cluster id for --nodes [default: the embedded config's].
     #[arg(long, value_name = "ID", global = true)]
     cluster_id: Option<u64>,
+
+    /// Client key file (name, permission, key; `kvserver keygen --out FILE --client NAME`
+    /// makes one) [default: the cluster file's client_key_file].
+    #[arg(long, value_name = "FILE", global = true)]
+    key_file: Option<PathBuf>,
 
     /// Start a local 3-node cluster of kvserver processes (the embedded config), and stop it on exit.
     #[arg(long, global = true, conflicts_with_all = ["cluster", "nodes"])]
@@ -205,6 +211,17 @@ fn main() {
 
 async fn run(cli: Cli, style: Style) -> anyhow::Result<i32> {
     let mut local = None;
+    let key_file = cli.conn.key_file.clone();
+    let key_for = |config: Option<&ClusterConfig>| -> anyhow::Result<ClientKey> {
+        let path = key_file
+            .clone()
+            .or_else(|| config.and_then(|c| c.client_key_file.clone()))
+            .context(
+                "no client key: pass --key-file FILE (`kvserver keygen --out FILE --client NAME` \
+                 makes one), or name client_key_file in the cluster file",
+            )?;
+        Ok(kv_shared::auth::read_client_key(&path)?)
+    };
     let mut options = if cli.conn.local {
         let kvserver = kvcli::local::kvserver_beside_me()?;
         let cluster = kvcli::local::LocalCluster::start(&kvserver, &cli.conn.local_dir)?;
@@ -212,11 +229,12 @@ async fn run(cli: Cli, style: Style) -> anyhow::Result<i32> {
             "started a local cluster: 3 kvserver nodes, data and logs in {}",
             cluster.dir.display()
         );
-        let o = ClientOptions::from_config(&cluster.config);
+        let o = ClientOptions::from_config(&cluster.config, key_for(Some(&cluster.config))?);
         local = Some(cluster);
         o
     } else if let Some(path) = &cli.conn.cluster {
-        ClientOptions::from_config(&ClusterConfig::load(path)?)
+        let config = ClusterConfig::load(path)?;
+        ClientOptions::from_config(&config, key_for(Some(&config))?)
     } else if !cli.conn.nodes.is_empty() {
         let mut nodes = Vec::new();
         for n in &cli.conn.nodes {
@@ -231,9 +249,13 @@ async fn run(cli: Cli, style: Style) -> anyhow::Result<i32> {
             .conn
             .cluster_id
             .unwrap_or_else(|| ClusterConfig::local_3().cluster_id);
-        ClientOptions::from_addrs(id, nodes)
+        ClientOptions::from_addrs(id, nodes, key_for(None)?)
     } else {
-        ClientOptions::from_config(&ClusterConfig::local_3())
+        // The embedded config is what `--local` runs, and `--local` keeps its keys in
+        // its directory: a second kvcli on the same cluster finds them there.
+        let mut config = ClusterConfig::local_3();
+        config.resolve_key_paths(&cli.conn.local_dir);
+        ClientOptions::from_config(&config, key_for(Some(&config))?)
     };
     options.unavailable_after = cli.conn.unavailable_after;
     options.attempt_timeout = cli.conn.attempt_timeout;

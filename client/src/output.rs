@@ -173,6 +173,8 @@ pub struct NodeRow {
     pub leads: usize,
     /// Peers and ms since last heard; or why it did not answer.
     pub detail: String,
+    /// Datagrams (or requests) it dropped since it started, by reason.
+    pub drops: Vec<(String, u64)>,
 }
 
 /// The combined cluster status.
@@ -277,12 +279,14 @@ pub fn combine_status(reports: &[NodeReport], shard_count: u32) -> ClusterStatus
                     )
                     .collect::<Vec<_>>()
                     .join(", "),
+                drops: s.drops.clone(),
             },
             Err(why) => NodeRow {
                 node: r.node,
                 rtt_us: None,
                 leads: 0,
                 detail: why.clone(),
+                drops: Vec::new(),
             },
         })
         .collect();
@@ -424,7 +428,40 @@ pub fn render_status(s: &ClusterStatus, style: Style) -> String {
             _ => padded,
         },
     );
-    format!("{shards}\n\n{nodes}")
+    // Only nodes that answered, and only the reasons that counted something.
+    let drop_rows: Vec<Vec<String>> = s
+        .nodes
+        .iter()
+        .filter(|n| n.rtt_us.is_some())
+        .map(|n| {
+            let counted: Vec<String> = n
+                .drops
+                .iter()
+                .filter(|(_, c)| *c > 0)
+                .map(|(reason, c)| format!("{reason}={c}"))
+                .collect();
+            vec![
+                n.node
+                    .id
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                if counted.is_empty() {
+                    "none".into()
+                } else {
+                    counted.join(" ")
+                },
+            ]
+        })
+        .collect();
+    if drop_rows.is_empty() {
+        return format!("{shards}\n\n{nodes}");
+    }
+    let drops = table(
+        &["NODE", "DROPPED SINCE START (by reason)"],
+        &drop_rows,
+        |_, _, padded| padded,
+    );
+    format!("{shards}\n\n{nodes}\n\n{drops}")
 }
 
 fn status_json(s: &ClusterStatus) -> Value {
@@ -446,6 +483,7 @@ fn status_json(s: &ClusterStatus) -> Value {
             "rtt_us": n.rtt_us,
             "leads": n.leads,
             "detail": n.detail,
+            "drops": n.drops.iter().map(|(reason, c)| (reason.clone(), json!(c))).collect::<serde_json::Map<_, _>>(),
         })).collect::<Vec<_>>(),
     })
 }
@@ -537,6 +575,7 @@ mod tests {
             ],
             peers: vec![(NodeId(2), Some(12)), (NodeId(3), None)],
             refused: vec![],
+            drops: vec![("bad_tag".into(), 3), ("replayed".into(), 0)],
         };
         vec![
             NodeReport {
@@ -573,7 +612,10 @@ s1     none    2     40/40           5     n1:? n3:?
 
 NODE  ADDRESS         STATE        RTT     LEADS  PEERS (last heard) / PROBLEM
 n1    127.0.0.1:7101  up           0.4 ms  1      n2 12 ms, n3 never
-n3    127.0.0.1:7103  unreachable  -       -      no answer in 1000 ms";
+n3    127.0.0.1:7103  unreachable  -       -      no answer in 1000 ms
+
+NODE  DROPPED SINCE START (by reason)
+n1    bad_tag=3";
         assert_eq!(text, expected);
         let coloured = render_status(
             &s,
@@ -586,6 +628,8 @@ n3    127.0.0.1:7103  unreachable  -       -      no answer in 1000 ms";
         let j = render(&CmdOutput::Status(s), JSON);
         let v: Value = serde_json::from_str(&j).unwrap();
         assert_eq!(v["nodes"][1]["reachable"], false);
+        assert_eq!(v["nodes"][0]["drops"]["bad_tag"], 3);
+        assert_eq!(v["nodes"][0]["drops"]["replayed"], 0);
         assert_eq!(v["shards"][0]["lag"][1]["behind"], 10);
     }
 

@@ -15,6 +15,8 @@ fn kvcli(fake: &FakeCluster, args: &[&str], stdin: &str) -> Output {
             &fake.nodes_flag(),
             "--cluster-id",
             &fake.cluster_id.to_string(),
+            "--key-file",
+            fake.key_file().to_str().unwrap(),
         ])
         .args(["--attempt-timeout", "100ms", "--unavailable-after", "500ms"])
         .args(args)

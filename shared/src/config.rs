@@ -1,8 +1,9 @@
 //! The static cluster file (TOML, in `configs/`): who the nodes are, where they listen, how
 //! many shards there are. Parsed once at the boundary into a validated [`ClusterConfig`].
 
+use crate::auth::Protection;
 use crate::ids::NodeId;
-use crate::limits::{NODES_MAX, SHARDS_MAX, TIMING_VALUE_MAX};
+use crate::limits::{CLIENT_KEYS_MAX, NODES_MAX, SHARDS_MAX, TIMING_VALUE_MAX};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -145,6 +146,16 @@ struct RawClusterConfig {
     data_dir: PathBuf,
     #[serde(default)]
     timing: TimingConfig,
+    #[serde(default)]
+    key_file: Option<PathBuf>,
+    #[serde(default)]
+    key_files: Option<Vec<PathBuf>>,
+    #[serde(default)]
+    protection: Protection,
+    #[serde(default)]
+    client_key_files: Vec<PathBuf>,
+    #[serde(default)]
+    client_key_file: Option<PathBuf>,
     nodes: Vec<NodeEntry>,
 }
 
@@ -163,6 +174,16 @@ pub struct ClusterConfig {
     pub data_dir: PathBuf,
     /// Timing knobs.
     pub timing: TimingConfig,
+    /// Cluster key files (`key_file`, or `key_files` during a rotation): peers seal
+    /// under the first and accept any. Empty if the file names none (kvserver refuses
+    /// to start then; kvcli does not need them).
+    pub key_files: Vec<PathBuf>,
+    /// How nodes (and kvcli) protect what they send: a MAC, or encryption as well.
+    pub protection: Protection,
+    /// The client key files a node accepts (name, permission, key each).
+    pub client_key_files: Vec<PathBuf>,
+    /// The client key file kvcli uses when given no `--key-file`.
+    pub client_key_file: Option<PathBuf>,
     /// The nodes, sorted by id.
     pub nodes: Vec<NodeEntry>,
 }
@@ -217,6 +238,23 @@ impl ClusterConfig {
             }
         }
         raw.timing.validate().map_err(ConfigError::Invalid)?;
+        let key_files = match (raw.key_file, raw.key_files) {
+            (Some(_), Some(_)) => {
+                return invalid("name the cluster key in key_file or key_files, not both".into())
+            }
+            (_, Some(files)) if files.is_empty() => {
+                return invalid("key_files is empty; list the key to send under first".into())
+            }
+            (Some(file), None) => vec![file],
+            (None, Some(files)) => files,
+            (None, None) => Vec::new(),
+        };
+        if raw.client_key_files.len() > CLIENT_KEYS_MAX {
+            return invalid(format!(
+                "{} client_key_files listed; the limit CLIENT_KEYS_MAX is {CLIENT_KEYS_MAX}",
+                raw.client_key_files.len()
+            ));
+        }
         let mut nodes = raw.nodes;
         nodes.sort_by_key(|n| n.id);
         Ok(ClusterConfig {
@@ -224,15 +262,37 @@ impl ClusterConfig {
             shards: raw.shards,
             data_dir: raw.data_dir,
             timing: raw.timing,
+            key_files,
+            protection: raw.protection,
+            client_key_files: raw.client_key_files,
+            client_key_file: raw.client_key_file,
             nodes,
         })
     }
 
-    /// Reads and validates a cluster file from disk.
+    /// Reads and validates a cluster file from disk. Relative key file paths are taken
+    /// relative to the cluster file's directory (the file and its keys travel together);
+    /// `data_dir` stays relative to the working directory.
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::Invalid(format!("cannot read {}: {e}", path.display())))?;
-        Self::from_toml(&text)
+        let mut config = Self::from_toml(&text)?;
+        if let Some(dir) = path.parent() {
+            config.resolve_key_paths(dir);
+        }
+        Ok(config)
+    }
+
+    /// Makes relative key file paths relative to `dir`.
+    pub fn resolve_key_paths(&mut self, dir: &std::path::Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        self.key_files.iter_mut().for_each(resolve);
+        self.client_key_files.iter_mut().for_each(resolve);
+        self.client_key_file.iter_mut().for_each(resolve);
     }
 
     /// The embedded default (`configs/local-3.toml`).
@@ -345,6 +405,31 @@ mod tests {
                 .to_string();
             assert!(e.contains(&format!("timing.{field} = {value}")), "{e}");
         }
+    }
+
+    #[test]
+    fn key_files_resolve_beside_the_cluster_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "cluster_id = 1\nshards = 2\nkey_files = [\"new.key\", \"/abs/old.key\"]\n\
+             protection = \"encrypt\"\nclient_key_files = [\"keys/a.key\"]\n\
+             [[nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let c = ClusterConfig::load(&path).unwrap();
+        assert_eq!(
+            c.key_files,
+            vec![dir.path().join("new.key"), PathBuf::from("/abs/old.key")]
+        );
+        assert_eq!(c.client_key_files, vec![dir.path().join("keys/a.key")]);
+        assert_eq!(c.protection, Protection::Encrypt);
+        assert_eq!(c.client_key_file, None);
+        let both = "cluster_id = 1\nshards = 2\nkey_file = \"a\"\nkey_files = [\"b\"]\n\
+                    [[nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\n";
+        let e = ClusterConfig::from_toml(both).unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
     }
 
     #[test]

@@ -8,8 +8,10 @@
 //! - [`config`]: the static cluster file (TOML) in `configs/`.
 //! - [`proto`]: client requests and replies.
 //! - [`wire`]: the datagram header every raftkv UDP datagram starts with.
+//! - [`auth`]: keys, key files, sealed (authenticated) datagrams, the replay window.
 //! - [`linearizability`]: the per-key Wing-Gong checker used by kvsim and `kvcli bench --check`.
 
+pub mod auth;
 pub mod config;
 pub mod ids;
 pub mod limits;

@@ -55,6 +55,16 @@ pub const RAFT_INDEX_MAX: u64 = 1 << 62;
 /// useful timeout, and small enough that the arithmetic on it cannot overflow.
 pub const TIMING_VALUE_MAX: u32 = 1_000_000;
 
+/// Most client requests one datagram may carry; a datagram with more is dropped whole
+/// (and counted) before any of it is decoded, so one datagram cannot buy a large burst of
+/// work or of replies. kvcli splits its batches at this count.
+pub const CLIENT_REQUESTS_PER_DATAGRAM_MAX: usize = 256;
+/// Most named client keys a node accepts.
+pub const CLIENT_KEYS_MAX: usize = 1024;
+/// Most client incarnations (kvcli processes) whose replay windows a node remembers; the
+/// least recently heard is forgotten past this.
+pub const CLIENT_REPLAY_WINDOWS_MAX: usize = 65_536;
+
 // The limits above must agree with each other; checked at compile time.
 const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX + 256 <= ENTRY_BYTES_MAX);
 const _: () = assert!(ENTRY_BYTES_MAX + 1024 <= DATAGRAM_BYTES_MAX - 32);

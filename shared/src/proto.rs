@@ -274,6 +274,14 @@ pub enum ClientError {
         /// Bytes pending now.
         pending_bytes: usize,
     },
+    /// The client's key does not allow this operation (a write under a read-only key).
+    #[error("permission denied: client {client} is {permission} and cannot write")]
+    PermissionDenied {
+        /// The authenticated client name.
+        client: String,
+        /// Its permission ("read-only").
+        permission: String,
+    },
 }
 
 impl ClientError {
@@ -342,6 +350,9 @@ pub struct NodeStatus {
     /// Remote input the node refused since it started, by reason (every reason listed,
     /// zero or not): malformed or misaddressed peer messages, and limits reached.
     pub refused: Vec<(String, u64)>,
+    /// Datagrams (or requests) this node dropped since it started, by reason, as the
+    /// runtime counts them (the node core leaves this empty).
+    pub drops: Vec<(String, u64)>,
 }
 
 #[cfg(test)]

@@ -3,17 +3,25 @@
 //! that the caller counts and drops (never a panic).
 //!
 //! Layout (little endian, 32 bytes):
-//! `magic u32 | version u8 | kind u8 | reserved u16 | cluster_id u64 | sender u64 |
-//!  payload_len u32 | crc32c u32`, then `payload_len` bytes of payload. The CRC32C covers
-//! the header (with the crc field zeroed) and the payload.
+//! `magic u32 | version u8 | kind u8 | flags u8 | reserved u8 | cluster_id u64 |
+//!  sender u64 | payload_len u32 | crc32c u32`, then `payload_len` bytes of payload. The
+//! CRC32C covers the header (with the crc field zeroed) and the payload. It catches
+//! corruption only: kvserver and kvcli accept a datagram only once [`crate::auth`] has
+//! verified the tag that its payload carries.
 
 use crate::limits::DATAGRAM_BYTES_MAX;
 use serde::{de::DeserializeOwned, Serialize};
 
 /// "RKV1" as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"RKV1");
-/// Current wire version.
-pub const VERSION: u8 = 1;
+/// Current wire version (2: the flags byte, and authenticated payloads).
+pub const VERSION: u8 = 2;
+/// Flag bit: the payload's body is encrypted (see [`crate::auth`]).
+pub const FLAG_ENCRYPTED: u8 = 1;
+/// Every flag bit this version knows; a datagram with another one is refused.
+const FLAGS_KNOWN: u8 = FLAG_ENCRYPTED;
+/// Offset of the CRC32C field; the header bytes before it are what a MAC covers.
+pub const CRC_OFFSET: usize = 28;
 /// Header size in bytes.
 pub const HEADER_BYTES: usize = 32;
 /// Most payload bytes one datagram may carry.
@@ -47,9 +55,11 @@ impl Kind {
 pub struct Header {
     /// Payload kind.
     pub kind: Kind,
+    /// Flag bits ([`FLAG_ENCRYPTED`]).
+    pub flags: u8,
     /// The sender's cluster.
     pub cluster_id: u64,
-    /// Sending node id (0 for clients).
+    /// Sending node id, or a client's key id ([`crate::auth::client_key_id`]).
     pub sender: u64,
 }
 
@@ -71,6 +81,9 @@ pub enum WireError {
     /// Unknown payload kind.
     #[error("unknown kind {0}")]
     BadKind(u8),
+    /// Flag bits this version does not know.
+    #[error("unknown flags {0:#x}")]
+    BadFlags(u8),
     /// Longer than DATAGRAM_BYTES_MAX or than the header says.
     #[error("bad length: header says {declared}, datagram has {actual}")]
     BadLength {
@@ -95,28 +108,49 @@ pub enum WireError {
     BadPayload(String),
 }
 
-/// Appends a whole datagram (header + payload) to `out`.
+/// Appends a whole datagram (header + payload) to `out`, with no flags.
 ///
 /// # Panics
 /// If the payload exceeds [`PAYLOAD_BYTES_MAX`]: the encoder must split before this.
 pub fn encode(kind: Kind, cluster_id: u64, sender: u64, payload: &[u8], out: &mut Vec<u8>) {
-    assert!(
-        payload.len() <= PAYLOAD_BYTES_MAX,
-        "payload {} exceeds PAYLOAD_BYTES_MAX",
-        payload.len()
-    );
     let start = out.len();
+    push_header(kind, 0, cluster_id, sender, payload.len(), out);
+    out.extend_from_slice(payload);
+    write_crc(&mut out[start..]);
+}
+
+/// Appends a header whose payload (of `payload_len` bytes, with a zero CRC for now) the
+/// caller appends next; [`write_crc`] finishes the datagram.
+///
+/// # Panics
+/// If `payload_len` exceeds [`PAYLOAD_BYTES_MAX`].
+pub(crate) fn push_header(
+    kind: Kind,
+    flags: u8,
+    cluster_id: u64,
+    sender: u64,
+    payload_len: usize,
+    out: &mut Vec<u8>,
+) {
+    assert!(
+        payload_len <= PAYLOAD_BYTES_MAX,
+        "payload {payload_len} exceeds PAYLOAD_BYTES_MAX"
+    );
     out.extend_from_slice(&MAGIC.to_le_bytes());
     out.push(VERSION);
     out.push(kind as u8);
-    out.extend_from_slice(&[0, 0]);
+    out.push(flags);
+    out.push(0);
     out.extend_from_slice(&cluster_id.to_le_bytes());
     out.extend_from_slice(&sender.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(payload_len as u32).to_le_bytes());
     out.extend_from_slice(&[0, 0, 0, 0]);
-    out.extend_from_slice(payload);
-    let crc = crc32c::crc32c(&out[start..]);
-    out[start + 28..start + 32].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Fills in the CRC32C of a whole datagram (its crc field must be zero).
+pub(crate) fn write_crc(datagram: &mut [u8]) {
+    let crc = crc32c::crc32c(datagram);
+    datagram[CRC_OFFSET..HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Encodes a serde value as a whole datagram. Returns `None` if it does not fit.
@@ -152,13 +186,17 @@ pub fn decode(datagram: &[u8], cluster_id: u64) -> Result<(Header, &[u8]), WireE
         return Err(WireError::BadVersion(datagram[4]));
     }
     let kind = Kind::from_u8(datagram[5]).ok_or(WireError::BadKind(datagram[5]))?;
+    let flags = datagram[6];
+    if flags & !FLAGS_KNOWN != 0 || datagram[7] != 0 {
+        return Err(WireError::BadFlags(flags));
+    }
     let declared = u32_at(24) as usize;
     let actual = datagram.len() - HEADER_BYTES;
     if declared != actual || datagram.len() > DATAGRAM_BYTES_MAX {
         return Err(WireError::BadLength { declared, actual });
     }
-    let want_crc = u32_at(28);
-    let mut crc = crc32c::crc32c(&datagram[..28]);
+    let want_crc = u32_at(CRC_OFFSET);
+    let mut crc = crc32c::crc32c(&datagram[..CRC_OFFSET]);
     crc = crc32c::crc32c_append(crc, &[0, 0, 0, 0]);
     crc = crc32c::crc32c_append(crc, &datagram[HEADER_BYTES..]);
     if crc != want_crc {
@@ -174,6 +212,7 @@ pub fn decode(datagram: &[u8], cluster_id: u64) -> Result<(Header, &[u8]), WireE
     Ok((
         Header {
             kind,
+            flags,
             cluster_id: got,
             sender: u64_at(16),
         },
@@ -199,6 +238,7 @@ mod tests {
             h,
             Header {
                 kind: Kind::Peer,
+                flags: 0,
                 cluster_id: 9,
                 sender: 2
             }

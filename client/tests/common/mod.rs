@@ -2,10 +2,13 @@
 //! map, one of them leading every shard. Tests steer it (move or remove the leader, drop
 //! requests or replies, delay replies, serve a stale read) and inspect what it received.
 //! It runs on its own thread and runtime, so a kvcli process or client can talk to it.
+//! Like a real node it accepts only requests sealed under its client key, binds sessions
+//! to the client's name, and seals its replies.
 
 #![allow(dead_code)] // Each test binary uses a different part of the fake.
 
 use bytes::Bytes;
+use kv_shared::auth::{self, ClientKey, Key, Permission, Protection, Sealer, Stamp};
 use kv_shared::proto::{
     ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role, ShardStatus,
 };
@@ -67,6 +70,10 @@ pub struct FakeCluster {
     pub nodes: Vec<SocketAddr>,
     /// The state and knobs.
     pub ctl: Arc<Mutex<Ctl>>,
+    /// The one client key it accepts.
+    pub key: ClientKey,
+    /// Holds `key` as a file, for the kvcli binary's --key-file.
+    key_dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -75,6 +82,14 @@ impl FakeCluster {
     /// Starts `n` nodes with `shards` shards, node `leader` leading them all.
     pub fn start(n: usize, shards: u32, leader: Option<u64>) -> FakeCluster {
         let cluster_id = 4242;
+        let key = ClientKey {
+            name: "tester".into(),
+            permission: Permission::ReadWrite,
+            key: Key::from_bytes([7; auth::KEY_BYTES]),
+        };
+        let key_dir = tempfile::tempdir().unwrap();
+        auth::write_client_key(&key_dir.path().join("tester.key"), &key).unwrap();
+        let node_key = key.clone();
         let ctl = Arc::new(Mutex::new(Ctl {
             leader,
             hint: true,
@@ -102,6 +117,7 @@ impl FakeCluster {
                         i as u64 + 1,
                         s,
                         ctl2.clone(),
+                        node_key.clone(),
                         cluster_id,
                         shards,
                         n,
@@ -116,6 +132,8 @@ impl FakeCluster {
             shards,
             nodes,
             ctl,
+            key,
+            key_dir,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
@@ -130,6 +148,7 @@ impl FakeCluster {
                 .iter()
                 .map(|&addr| NodeAddr { id: None, addr })
                 .collect(),
+            self.key.clone(),
         );
         o.attempt_timeout = Duration::from_millis(100);
         o.backoff_base = Duration::from_millis(5);
@@ -146,6 +165,11 @@ impl FakeCluster {
             .map(|a| a.to_string())
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The client key file, for the kvcli binary's --key-file.
+    pub fn key_file(&self) -> std::path::PathBuf {
+        self.key_dir.path().join("tester.key")
     }
 
     /// Locks the state.
@@ -169,16 +193,20 @@ async fn node_loop(
     me: u64,
     socket: Arc<tokio::net::UdpSocket>,
     ctl: Arc<Mutex<Ctl>>,
+    key: ClientKey,
     cluster_id: u64,
     shards: u32,
     n: usize,
 ) {
+    let requests = Sealer::client_requests(&key.key);
+    let replies_sealer = Sealer::client_replies(&key.key);
+    let mut counter = 0u64;
     let mut buf = vec![0u8; 65536];
     loop {
         let Ok((len, from)) = socket.recv_from(&mut buf).await else {
             continue;
         };
-        let Ok((h, payload)) = wire::decode(&buf[..len], cluster_id) else {
+        let Ok((h, _)) = wire::decode(&buf[..len], cluster_id) else {
             continue;
         };
         assert_eq!(
@@ -186,9 +214,14 @@ async fn node_loop(
             Kind::ClientRequests,
             "kvcli sends only client requests"
         );
-        assert_eq!(h.sender, 0, "clients send as node 0");
-        let reqs: Vec<ClientRequest> =
-            wire::decode_value(payload).expect("kvcli's payload decodes");
+        assert_eq!(h.sender, key.id(), "kvcli sends under its key id");
+        let opened = auth::open(&mut buf[..len], &h, std::slice::from_ref(&requests))
+            .expect("kvcli seals under its key");
+        let mut reqs: Vec<ClientRequest> =
+            wire::decode_value(opened.body).expect("kvcli's payload decodes");
+        for r in &mut reqs {
+            r.client = auth::session_id(&key.name, r.client);
+        }
         let (replies, delay) = {
             let mut c = ctl.lock().unwrap();
             if c.silent {
@@ -204,8 +237,22 @@ async fn node_loop(
         if replies.is_empty() {
             continue;
         }
-        let datagram =
-            wire::encode_value(Kind::ClientReplies, cluster_id, me, &replies).expect("replies fit");
+        let body = postcard::to_stdvec(&replies).expect("replies encode");
+        let mut datagram = Vec::new();
+        let stamp = Stamp {
+            incarnation: 1,
+            counter,
+        };
+        counter += 1;
+        replies_sealer.seal(
+            Kind::ClientReplies,
+            cluster_id,
+            me,
+            stamp,
+            Protection::Mac,
+            &body,
+            &mut datagram,
+        );
         let socket = socket.clone();
         if delay.is_zero() {
             let _ = socket.send_to(&datagram, from).await;
@@ -255,6 +302,7 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
                 .map(|p| (NodeId(p), Some(5)))
                 .collect(),
             refused: vec![],
+            drops: Vec::new(),
         };
         return reply(Outcome::Status(status));
     }

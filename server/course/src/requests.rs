@@ -155,7 +155,9 @@ pub fn disposition(outcome: Outcome) -> Disposition {
             | ClientError::ValueTooLarge { .. }
             | ClientError::NotAnInteger
             | ClientError::Overflow
-            | ClientError::Malformed(_),
+            | ClientError::Malformed(_)
+            // Course mode has no client keys; the runtime never produces it there.
+            | ClientError::PermissionDenied { .. },
         )
         | Outcome::CasMismatch { .. }
         | Outcome::Integer(_)

@@ -5,6 +5,8 @@
 use crate::metrics::Metrics;
 use crate::server::{ServerError, ServerOptions};
 use crate::{http, resp};
+use kv_shared::auth::{read_client_key, ClientKey, Permission};
+use kv_shared::config::ClusterConfig;
 use kvcli::{Client, ClientOptions};
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
@@ -28,6 +30,25 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
         .map_err(|source| ServerError::Bind { what, addr, source })
 }
 
+/// The client key the Redis gateway speaks to the cluster under: the cluster file's
+/// `client_key_file`, else its first read-write key in `client_key_files`. Every RESP
+/// connection acts with this key's permission (docs/SECURITY.md).
+fn gateway_key(cluster: &ClusterConfig) -> Result<Option<ClientKey>, ServerError> {
+    let read = |path: &std::path::Path| {
+        read_client_key(path).map_err(|e| ServerError::GatewayKey(e.to_string()))
+    };
+    if let Some(path) = &cluster.client_key_file {
+        return read(path).map(Some);
+    }
+    for path in &cluster.client_key_files {
+        let key = read(path)?;
+        if key.permission == Permission::ReadWrite {
+            return Ok(Some(key));
+        }
+    }
+    Ok(None)
+}
+
 /// Binds the addresses `opts` names and starts serving them.
 pub async fn start(opts: &ServerOptions, metrics: Metrics) -> Result<Tasks, ServerError> {
     let mut tasks = Tasks::default();
@@ -41,7 +62,14 @@ pub async fn start(opts: &ServerOptions, metrics: Metrics) -> Result<Tasks, Serv
     if let Some(addr) = opts.redis_addr {
         let listener = bind("Redis protocol", addr).await?;
         tracing::info!(node = opts.node.0, %addr, "serving the Redis protocol");
-        let client_options = ClientOptions::from_config(&opts.cluster);
+        let Some(key) = gateway_key(&opts.cluster)? else {
+            tracing::error!(
+                "the Redis gateway is off: the cluster file names no client key for it \
+                 (client_key_file, or a read-write key in client_key_files)"
+            );
+            return Ok(tasks);
+        };
+        let client_options = ClientOptions::from_config(&opts.cluster, key);
         let node = opts.node;
         tasks.0.push(tokio::spawn(async move {
             // The node's own event loop must run to answer the client's discovery, so

@@ -7,10 +7,12 @@
 //! - [`server`]: the `kvserver` event loop, [`server::run`] takes its socket, so tests
 //!   can bind port 0 and run a node in-process.
 //! - [`dir_lock`]: the data directory's lock (one kvserver per directory).
+//! - [`auth`]: the node's keys, its incarnation (persisted so it only grows) and the
+//!   replay windows of clients.
 //! - [`disk`] (*reusable*): the dedicated disk thread with group commit (many
 //!   `DiskWrite`s, one fsync) and the disk-full stall-and-retry.
-//! - [`net`]: datagram intake (header checks, drop counters, rate-limited warnings)
-//!   and the client address <-> `ClientToken` map.
+//! - [`net`]: drop counters by reason (with rate-limited warnings) and the
+//!   authenticated client <-> `ClientToken` map.
 //! - [`signals`] (*reusable*): SIGTERM/SIGINT as a shutdown future.
 //! - [`logging`] (*reusable*): tracing setup from `--log-level` or `RUST_LOG`.
 //! - [`ratelimit`] (*reusable*): at most one warning line per interval per kind.
@@ -22,8 +24,9 @@
 //!
 //! docs/RUNTIME.md describes the event loop, group commit, signals and how to run nodes.
 
-pub mod dir_lock;
+pub mod auth;
 pub mod core_events;
+pub mod dir_lock;
 pub mod disk;
 pub mod front_ends;
 pub mod http;

@@ -462,6 +462,7 @@ mod tests {
             shards: vec![row(0, Some(NodeId(1))), row(1, None)],
             peers: Vec::new(),
             refused: Vec::new(),
+            drops: Vec::new(),
         };
         let mut counters = Counters::default();
         counters.datagrams_in = 5;

@@ -5,37 +5,73 @@
 
 use crate::ratelimit::RateLimit;
 use kv_node::ClientToken;
+use kv_shared::auth::{AuthError, ReplayError};
 use kv_shared::wire::WireError;
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 /// Most IPv6 client addresses remembered at once; the oldest is forgotten past this (a
-/// reply to a forgotten address is dropped and the client retries).
+/// reply to a forgotten address is dropped and the client retries). Only requests whose
+/// tag verified create entries, so unauthenticated traffic cannot flush real clients out.
 pub const CLIENT_V6_ADDRS_MAX: usize = 4096;
 
-/// Tag bit of tokens that index the IPv6 table (IPv4 tokens use the low 48 bits only).
+/// Tag bit of tokens that index the IPv6 table (IPv4 tokens use the low 59 bits only).
 const V6_TAG: u64 = 1 << 63;
+/// IPv4 tokens: the address and port in bits 0..48, the route above them.
+const V4_ROUTE_SHIFT: u32 = 48;
 
-/// Maps client addresses to the opaque tokens the node core carries, and back.
+/// Where replies to one client go besides its address: which client key seals them, and
+/// whether they are encrypted (as the request was).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientRoute {
+    /// Index of the client key ([`crate::auth::NodeKeys::client_index`]).
+    pub key_index: u16,
+    /// Encrypt the replies.
+    pub encrypted: bool,
+}
+
+impl ClientRoute {
+    /// 11 bits: 10 for the key index (CLIENT_KEYS_MAX is 1024), 1 for encryption.
+    fn bits(self) -> u64 {
+        u64::from(self.key_index) << 1 | u64::from(self.encrypted)
+    }
+
+    fn from_bits(b: u64) -> ClientRoute {
+        ClientRoute {
+            key_index: (b >> 1) as u16,
+            encrypted: b & 1 == 1,
+        }
+    }
+}
+
+const _: () = assert!(kv_shared::limits::CLIENT_KEYS_MAX <= 1 << 10);
+
+/// Maps authenticated clients (address and route) to the opaque tokens the node core
+/// carries, and back.
 ///
-/// An IPv4 address and port fit in 48 bits, so such a token IS the address: no table,
-/// no allocation, nothing to expire. IPv6 addresses get numbered slots in a bounded table.
+/// An IPv4 address, port and route fit in 59 bits, so such a token IS the client: no
+/// table, no allocation, nothing to expire. IPv6 clients get numbered slots in a bounded
+/// table.
 #[derive(Debug, Default)]
 pub struct ClientAddrs {
-    v6_by_addr: HashMap<SocketAddr, u64>,
-    v6_by_token: HashMap<u64, SocketAddr>,
+    v6_by_addr: HashMap<(SocketAddr, ClientRoute), u64>,
+    v6_by_token: HashMap<u64, (SocketAddr, ClientRoute)>,
     v6_order: VecDeque<u64>,
     v6_next: u64,
 }
 
 impl ClientAddrs {
-    /// The token for `addr`, creating one if needed.
-    pub fn token_for(&mut self, addr: SocketAddr) -> ClientToken {
+    /// The token for an authenticated client at `addr`, creating one if needed.
+    pub fn token_for(&mut self, addr: SocketAddr, route: ClientRoute) -> ClientToken {
         if let SocketAddr::V4(v4) = addr {
-            return ClientToken(u64::from(u32::from(*v4.ip())) << 16 | u64::from(v4.port()));
+            return ClientToken(
+                route.bits() << V4_ROUTE_SHIFT
+                    | u64::from(u32::from(*v4.ip())) << 16
+                    | u64::from(v4.port()),
+            );
         }
-        if let Some(&t) = self.v6_by_addr.get(&addr) {
+        if let Some(&t) = self.v6_by_addr.get(&(addr, route)) {
             return ClientToken(t);
         }
         if self.v6_order.len() >= CLIENT_V6_ADDRS_MAX {
@@ -47,56 +83,79 @@ impl ClientAddrs {
         }
         let t = V6_TAG | self.v6_next;
         self.v6_next += 1;
-        self.v6_by_addr.insert(addr, t);
-        self.v6_by_token.insert(t, addr);
+        self.v6_by_addr.insert((addr, route), t);
+        self.v6_by_token.insert(t, (addr, route));
         self.v6_order.push_back(t);
         ClientToken(t)
     }
 
-    /// The address behind `token`, or `None` if it was forgotten.
-    pub fn addr_of(&self, token: ClientToken) -> Option<SocketAddr> {
+    /// The client behind `token`, or `None` if it was forgotten.
+    pub fn client_of(&self, token: ClientToken) -> Option<(SocketAddr, ClientRoute)> {
         if token.0 & V6_TAG == 0 {
             let ip = Ipv4Addr::from((token.0 >> 16) as u32);
-            return Some(SocketAddr::V4(SocketAddrV4::new(ip, token.0 as u16)));
+            let addr = SocketAddr::V4(SocketAddrV4::new(ip, token.0 as u16));
+            return Some((addr, ClientRoute::from_bits(token.0 >> V4_ROUTE_SHIFT)));
         }
         self.v6_by_token.get(&token.0).copied()
     }
 }
 
-/// Why an incoming datagram was dropped (one counter each).
+/// Why an incoming datagram (or request) was dropped (one counter each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
-    /// Truncated, bad magic, version, kind or length.
+    /// Truncated, bad magic, version, kind, flags or length.
     BadHeader,
     /// Checksum mismatch.
     BadChecksum,
     /// Another cluster's datagram.
     WrongCluster,
-    /// The header is fine but the payload does not decode.
+    /// The payload has no room for a stamp and a tag (sent unauthenticated).
+    Unsealed,
+    /// The tag does not verify: forged, or sealed under a key this node does not hold.
+    BadTag,
+    /// A verified datagram seen before, or older than the replay window.
+    Replayed,
+    /// A verified datagram from an older incarnation of its sender (a replay from before
+    /// the sender's restart).
+    OldIncarnation,
+    /// The header is fine and the tag verified but the payload does not decode.
     BadPayload,
     /// A peer datagram from a node id that is not a member (or is this node).
     UnknownSender,
+    /// A client request under a key id this node does not know.
+    UnknownClient,
+    /// More requests in one datagram than CLIENT_REQUESTS_PER_DATAGRAM_MAX.
+    TooManyRequests,
+    /// A write from a read-only client (answered "permission denied", counted here).
+    PermissionDenied,
     /// A kind a server never receives (client replies).
     UnexpectedKind,
     /// A reply whose client address was forgotten, or a send that failed.
     SendFailed,
 }
 
-const DROP_KINDS: usize = 7;
+const DROP_KINDS: usize = 14;
 
 impl DropReason {
     fn index(self) -> usize {
         self as usize
     }
 
-    /// The counter's name in log lines.
+    /// The counter's name in log lines and in the status reply.
     pub fn name(self) -> &'static str {
         match self {
             DropReason::BadHeader => "bad_header",
             DropReason::BadChecksum => "bad_checksum",
             DropReason::WrongCluster => "wrong_cluster",
+            DropReason::Unsealed => "unsealed",
+            DropReason::BadTag => "bad_tag",
+            DropReason::Replayed => "replayed",
+            DropReason::OldIncarnation => "old_incarnation",
             DropReason::BadPayload => "bad_payload",
             DropReason::UnknownSender => "unknown_sender",
+            DropReason::UnknownClient => "unknown_client",
+            DropReason::TooManyRequests => "too_many_requests",
+            DropReason::PermissionDenied => "permission_denied",
             DropReason::UnexpectedKind => "unexpected_kind",
             DropReason::SendFailed => "send_failed",
         }
@@ -107,8 +166,15 @@ impl DropReason {
         DropReason::BadHeader,
         DropReason::BadChecksum,
         DropReason::WrongCluster,
+        DropReason::Unsealed,
+        DropReason::BadTag,
+        DropReason::Replayed,
+        DropReason::OldIncarnation,
         DropReason::BadPayload,
         DropReason::UnknownSender,
+        DropReason::UnknownClient,
+        DropReason::TooManyRequests,
+        DropReason::PermissionDenied,
         DropReason::UnexpectedKind,
         DropReason::SendFailed,
     ];
@@ -123,7 +189,24 @@ impl DropReason {
             | WireError::BadMagic(_)
             | WireError::BadVersion(_)
             | WireError::BadKind(_)
+            | WireError::BadFlags(_)
             | WireError::BadLength { .. } => DropReason::BadHeader,
+        }
+    }
+
+    /// The counter a failed open belongs to.
+    pub fn of_auth_error(e: &AuthError) -> DropReason {
+        match e {
+            AuthError::Unsealed(_) => DropReason::Unsealed,
+            AuthError::BadTag => DropReason::BadTag,
+        }
+    }
+
+    /// The counter a refused stamp belongs to.
+    pub fn of_replay_error(e: &ReplayError) -> DropReason {
+        match e {
+            ReplayError::OldIncarnation { .. } => DropReason::OldIncarnation,
+            ReplayError::TooOld { .. } | ReplayError::Duplicate(_) => DropReason::Replayed,
         }
     }
 }
@@ -182,6 +265,14 @@ impl Counters {
         self.drops.iter().sum()
     }
 
+    /// `(name, count)` for every drop kind, for the status reply.
+    pub fn drops_by_reason(&self) -> Vec<(String, u64)> {
+        DropReason::ALL
+            .iter()
+            .map(|d| (d.name().to_string(), self.drops[d.index()]))
+            .collect()
+    }
+
     /// `name=count` for every drop kind, for the metrics log line.
     pub fn drops_summary(&self) -> String {
         let mut s = String::new();
@@ -201,8 +292,13 @@ impl Counters {
 mod tests {
     use super::*;
 
+    const ROUTE: ClientRoute = ClientRoute {
+        key_index: 1023,
+        encrypted: true,
+    };
+
     #[test]
-    fn ipv4_tokens_are_the_address_itself() {
+    fn ipv4_tokens_are_the_client_itself() {
         let mut m = ClientAddrs::default();
         for a in [
             "127.0.0.1:1",
@@ -211,8 +307,17 @@ mod tests {
             "0.0.0.0:7101",
         ] {
             let a: SocketAddr = a.parse().unwrap();
-            let t = m.token_for(a);
-            assert_eq!(m.addr_of(t), Some(a));
+            for route in [
+                ROUTE,
+                ClientRoute {
+                    key_index: 0,
+                    encrypted: false,
+                },
+            ] {
+                let t = m.token_for(a, route);
+                assert_eq!(t.0 & V6_TAG, 0);
+                assert_eq!(m.client_of(t), Some((a, route)));
+            }
         }
         assert!(m.v6_by_addr.is_empty());
     }
@@ -221,13 +326,17 @@ mod tests {
     fn ipv6_tokens_are_bounded_and_forget_the_oldest() {
         let mut m = ClientAddrs::default();
         let addr = |i: usize| -> SocketAddr { format!("[::1]:{}", 1000 + i).parse().unwrap() };
-        let first = m.token_for(addr(0));
-        assert_eq!(m.token_for(addr(0)), first, "same address, same token");
+        let first = m.token_for(addr(0), ROUTE);
+        assert_eq!(
+            m.token_for(addr(0), ROUTE),
+            first,
+            "same client, same token"
+        );
         for i in 1..=CLIENT_V6_ADDRS_MAX {
-            let t = m.token_for(addr(i));
-            assert_eq!(m.addr_of(t), Some(addr(i)));
+            let t = m.token_for(addr(i), ROUTE);
+            assert_eq!(m.client_of(t), Some((addr(i), ROUTE)));
         }
-        assert_eq!(m.addr_of(first), None, "the oldest was forgotten");
+        assert_eq!(m.client_of(first), None, "the oldest was forgotten");
         assert_eq!(m.v6_by_addr.len(), CLIENT_V6_ADDRS_MAX);
         assert_eq!(m.v6_by_token.len(), CLIENT_V6_ADDRS_MAX);
     }

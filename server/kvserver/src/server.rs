@@ -4,19 +4,28 @@
 //! acts on it: writes to the disk thread first (so the fsync starts early), then peer
 //! datagrams, then client replies batched per address.
 //!
+//! Every datagram is authenticated before any of its payload is decoded (the tag under
+//! the cluster key or the client's key, then the sender's replay window); nothing is ever
+//! sent to a source whose datagram did not verify. Client sessions are bound to the
+//! authenticated client name here, at the boundary, so the core is unchanged.
+//!
 //! Acknowledgements are safe by construction: the core only releases a client reply
 //! or a vote after `on_disk_done`, which this loop calls only for writes the disk thread
 //! reported synced. A kill -9 at any instant therefore loses nothing acknowledged.
 
+use crate::auth::{next_incarnation, ClientWindows, NodeKeys};
 use crate::disk::{DiskEvent, DiskThread, LogStore};
 use crate::metrics::{MeteredStore, Metrics, UdpRequests};
-use crate::net::{ClientAddrs, Counters, DropReason};
+use crate::net::{ClientAddrs, ClientRoute, Counters, DropReason};
 use crate::{core_events, front_ends};
 use kv_node::{codec, ClientToken, NodeConfig, NodeCore};
+use kv_shared::auth::{
+    self as kv_auth, Permission, Protection, ReplayWindow, Sealer, Stamp, BODY_BYTES_MAX,
+};
 use kv_shared::config::ClusterConfig;
-use kv_shared::limits::DATAGRAM_BYTES_MAX;
+use kv_shared::limits::{CLIENT_REQUESTS_PER_DATAGRAM_MAX, DATAGRAM_BYTES_MAX};
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Outcome};
-use kv_shared::wire::{self, Kind, PAYLOAD_BYTES_MAX};
+use kv_shared::wire::{self, Kind, FLAG_ENCRYPTED};
 use kv_shared::NodeId;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -44,10 +53,12 @@ pub const DISK_FULL_REASON: &str = "disk full";
 pub const SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
 /// Everything a node needs to run, validated.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ServerOptions {
     /// The cluster file.
     pub cluster: ClusterConfig,
+    /// The keys its key files hold ([`NodeKeys::load`]).
+    pub keys: NodeKeys,
     /// This node (must be listed in `cluster`).
     pub node: NodeId,
     /// Where this node's WAL and snapshots live (created if missing).
@@ -112,12 +123,24 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The Redis gateway's client key file is missing, unreadable or malformed.
+    #[error("the Redis gateway's client key: {0}")]
+    GatewayKey(String),
     /// The socket (or the disk thread's creation) failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
     /// Storage failed while running (other than a full disk); the node cannot continue.
     #[error("storage failed: {0}")]
     Disk(String),
+    /// The incarnation file in the data directory could not be read or written.
+    #[error("cannot record this start's incarnation in {}: {source}", dir.display())]
+    Incarnation {
+        /// The data directory.
+        dir: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ServerError {
@@ -127,11 +150,12 @@ impl ServerError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ServerError::Storage { .. } | ServerError::Recovery { .. } => 3,
-            ServerError::NotAMember { .. } => 2,
+            ServerError::NotAMember { .. } | ServerError::GatewayKey(_) => 2,
             ServerError::DataDir { .. }
             | ServerError::Bind { .. }
             | ServerError::Io(_)
-            | ServerError::Disk(_) => 1,
+            | ServerError::Disk(_)
+            | ServerError::Incarnation { .. } => 1,
         }
     }
 }
@@ -198,6 +222,15 @@ pub async fn run_with_store<S: LogStore>(
         config.snapshot_threshold_entries = n;
     }
     config.seed = opts.seed;
+    let now_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let incarnation = next_incarnation(&opts.data_dir, now_unix_ms).map_err(|source| {
+        ServerError::Incarnation {
+            dir: opts.data_dir.clone(),
+            source,
+        }
+    })?;
     let core = NodeCore::new(config, recovered).map_err(|source| ServerError::Recovery {
         dir: opts.data_dir.clone(),
         source,
@@ -214,28 +247,47 @@ pub async fn run_with_store<S: LogStore>(
         send_buffer_bytes,
         data_dir = %opts.data_dir.display(),
         shards = opts.cluster.shards,
+        incarnation,
+        protection = ?opts.keys.protection,
+        cluster_keys = opts.keys.cluster.len(),
+        client_keys = opts.keys.clients.len(),
         "kvserver node started"
     );
-    let peers = opts
+    let peers: Vec<_> = opts
         .cluster
         .nodes
         .iter()
         .filter(|n| n.id != me.0)
         .map(|n| (NodeId(n.id), n.addr))
         .collect();
+    let peer_send = peers
+        .iter()
+        .map(|(p, _)| opts.keys.peer_sender(me, *p))
+        .collect();
+    let peer_recv = peers
+        .iter()
+        .map(|(p, _)| opts.keys.peer_receivers(me, *p))
+        .collect();
     let event_loop = EventLoop {
         core,
         socket,
         me,
         cluster_id: opts.cluster.cluster_id,
+        peer_windows: vec![ReplayWindow::default(); peers.len()],
+        peer_send,
+        peer_recv,
         peers,
+        keys: opts.keys,
+        incarnation,
+        sent_counter: 0,
+        client_windows: ClientWindows::default(),
         clients: ClientAddrs::default(),
         counters: Counters::default(),
         disk: Some(disk),
         writes_refused: None,
         runtime_replies: Vec::new(),
         recv_buf: vec![0; DATAGRAM_BYTES_MAX + 1],
-        payload_buf: vec![0; PAYLOAD_BYTES_MAX],
+        payload_buf: vec![0; BODY_BYTES_MAX],
         datagram_buf: Vec::with_capacity(DATAGRAM_BYTES_MAX),
         started: Instant::now(),
         drops_logged: 0,
@@ -305,6 +357,18 @@ struct EventLoop {
     me: NodeId,
     cluster_id: u64,
     peers: Vec<(NodeId, SocketAddr)>,
+    /// The replay window of each peer, in the order of `peers`.
+    peer_windows: Vec<ReplayWindow>,
+    /// Seals what this node sends to each peer, in the order of `peers`.
+    peer_send: Vec<Sealer>,
+    /// Opens what each peer sends, under every cluster key held, in the order of `peers`.
+    peer_recv: Vec<Vec<Sealer>>,
+    keys: NodeKeys,
+    /// This start's incarnation: the first half of every stamp this node sends.
+    incarnation: u64,
+    /// Datagrams sealed in this incarnation: the second half of the next stamp.
+    sent_counter: u64,
+    client_windows: ClientWindows,
     clients: ClientAddrs,
     counters: Counters,
     /// `None` once shutdown has closed it.
@@ -444,7 +508,7 @@ impl EventLoop {
         let mut buf = std::mem::take(&mut self.recv_buf);
         for _ in 0..RECV_BATCH_MAX {
             match self.socket.try_recv_from(&mut buf) {
-                Ok((n, from)) => self.on_datagram(&buf[..n], from),
+                Ok((n, from)) => self.on_datagram(&mut buf[..n], from),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     // Not fatal: a UDP socket reports asynchronous errors (an ICMP
@@ -462,10 +526,10 @@ impl EventLoop {
         self.recv_buf = buf;
     }
 
-    fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
+    fn on_datagram(&mut self, datagram: &mut [u8], from: SocketAddr) {
         self.counters.datagrams_in += 1;
-        let (header, payload) = match wire::decode(datagram, self.cluster_id) {
-            Ok(v) => v,
+        let header = match wire::decode(datagram, self.cluster_id) {
+            Ok((header, _)) => header,
             Err(e) => {
                 self.counters
                     .dropped(DropReason::of_wire_error(&e), from, &e);
@@ -473,41 +537,143 @@ impl EventLoop {
             }
         };
         match header.kind {
-            Kind::Peer => {
-                let sender = NodeId(header.sender);
-                if !self.peers.iter().any(|(id, _)| *id == sender) {
-                    self.counters.dropped(
-                        DropReason::UnknownSender,
-                        from,
-                        &format_args!(
-                            "peer datagram claims sender {sender}, not a peer of {}",
-                            self.me
-                        ),
-                    );
-                    return;
-                }
-                match codec::decode_peer(payload) {
-                    Ok(msgs) => {
-                        self.core.note_peer_heard(sender, self.now_ms());
-                        self.core.on_peer_messages(sender, msgs);
-                    }
-                    Err(e) => self.counters.dropped(DropReason::BadPayload, from, &e),
-                }
-            }
-            Kind::ClientRequests => match wire::decode_value::<Vec<ClientRequest>>(payload) {
-                Ok(reqs) => {
-                    let token = self.clients.token_for(from);
-                    for req in reqs {
-                        self.on_client_request(token, req);
-                    }
-                }
-                Err(e) => self.counters.dropped(DropReason::BadPayload, from, &e),
-            },
+            Kind::Peer => self.on_peer_datagram(datagram, &header, from),
+            Kind::ClientRequests => self.on_client_datagram(datagram, &header, from),
             Kind::ClientReplies => self.counters.dropped(
                 DropReason::UnexpectedKind,
                 from,
                 &"a client reply sent to a server",
             ),
+        }
+    }
+
+    /// Peer traffic: member sender, then tag, then replay window, then decode.
+    fn on_peer_datagram(&mut self, datagram: &mut [u8], header: &wire::Header, from: SocketAddr) {
+        let sender = NodeId(header.sender);
+        let Some(peer) = self.peers.iter().position(|(id, _)| *id == sender) else {
+            self.counters.dropped(
+                DropReason::UnknownSender,
+                from,
+                &format_args!(
+                    "peer datagram claims sender {sender}, not a peer of {}",
+                    self.me
+                ),
+            );
+            return;
+        };
+        let opened = match kv_auth::open(datagram, header, &self.peer_recv[peer]) {
+            Ok(o) => o,
+            Err(e) => {
+                let why = format_args!("peer datagram claiming sender {sender}: {e}");
+                self.counters
+                    .dropped(DropReason::of_auth_error(&e), from, &why);
+                return;
+            }
+        };
+        let stamp = opened.stamp;
+        if let Err(e) = self.peer_windows[peer].accept(stamp.incarnation, stamp.counter) {
+            let why = format_args!("peer datagram from {sender}: {e}");
+            self.counters
+                .dropped(DropReason::of_replay_error(&e), from, &why);
+            return;
+        }
+        match codec::decode_peer(opened.body) {
+            Ok(msgs) => {
+                self.core.note_peer_heard(sender, self.now_ms());
+                self.core.on_peer_messages(sender, msgs);
+            }
+            Err(e) => self.counters.dropped(DropReason::BadPayload, from, &e),
+        }
+    }
+
+    /// Client requests: known key, tag, replay window, request count, decode; then each
+    /// request's session is bound to the client's name and writes are checked against
+    /// its permission.
+    fn on_client_datagram(&mut self, datagram: &mut [u8], header: &wire::Header, from: SocketAddr) {
+        let Some(index) = self.keys.client_index(header.sender) else {
+            self.counters.dropped(
+                DropReason::UnknownClient,
+                from,
+                &format_args!("client requests under unknown key id {:#x}", header.sender),
+            );
+            return;
+        };
+        let client = self.keys.client(index);
+        let opened = match kv_auth::open(datagram, header, std::slice::from_ref(&client.requests)) {
+            Ok(o) => o,
+            Err(e) => {
+                let why = format_args!("client requests claiming client {:?}: {e}", client.name);
+                self.counters
+                    .dropped(DropReason::of_auth_error(&e), from, &why);
+                return;
+            }
+        };
+        if let Err(e) = self.client_windows.accept(header.sender, opened.stamp) {
+            let why = format_args!("client requests of {:?}: {e}", client.name);
+            self.counters
+                .dropped(DropReason::of_replay_error(&e), from, &why);
+            return;
+        }
+        // Refuse an oversized batch from its count alone, before decoding any of it.
+        let count = postcard::take_from_bytes::<u64>(opened.body).map(|(n, _)| n);
+        if let Ok(n) = count {
+            if n > CLIENT_REQUESTS_PER_DATAGRAM_MAX as u64 {
+                let why = format_args!(
+                    "{n} requests from {:?} in one datagram; the limit CLIENT_REQUESTS_PER_DATAGRAM_MAX is {CLIENT_REQUESTS_PER_DATAGRAM_MAX}",
+                    client.name
+                );
+                self.counters
+                    .dropped(DropReason::TooManyRequests, from, &why);
+                return;
+            }
+        }
+        let mut reqs = match wire::decode_value::<Vec<ClientRequest>>(opened.body) {
+            Ok(reqs) => reqs,
+            Err(e) => {
+                self.counters.dropped(DropReason::BadPayload, from, &e);
+                return;
+            }
+        };
+        let read_only = client.permission == Permission::ReadOnly;
+        for req in &mut reqs {
+            req.client = kv_auth::session_id(&client.name, req.client);
+        }
+        let route = ClientRoute {
+            key_index: index as u16,
+            encrypted: header.flags & FLAG_ENCRYPTED != 0,
+        };
+        let token = self.clients.token_for(from, route);
+        for req in reqs {
+            if read_only && req.op.is_write() {
+                let client = self.keys.client(index);
+                let outcome = Outcome::Error(ClientError::PermissionDenied {
+                    client: client.name.clone(),
+                    permission: client.permission.name().into(),
+                });
+                let why = format_args!("a write from read-only client {:?}", client.name);
+                self.counters
+                    .dropped(DropReason::PermissionDenied, from, &why);
+                self.runtime_replies.push((
+                    token,
+                    ClientReply {
+                        client: req.client,
+                        seq: req.seq,
+                        outcome,
+                    },
+                ));
+                continue;
+            }
+            self.on_client_request(token, req);
+        }
+    }
+
+    /// The stamp of the next datagram this node seals.
+    fn next_stamp(&mut self) -> Stamp {
+        let counter = self.sent_counter;
+        self.sent_counter += 1;
+        Stamp {
+            incarnation: self.incarnation,
+            counter,
         }
     }
 
@@ -560,26 +726,46 @@ impl EventLoop {
             }
         }
         for (to, msgs) in out.datagrams {
-            let Some(&(_, addr)) = self.peers.iter().find(|(id, _)| *id == to) else {
+            let Some(peer) = self.peers.iter().position(|(id, _)| *id == to) else {
                 debug_assert!(false, "the core addressed {to}, not a peer");
                 continue;
             };
-            let bytes = codec::encode_peer(self.cluster_id, self.me, &msgs);
-            self.send(&bytes, addr).await;
+            let addr = self.peers[peer].1;
+            // codec::split made every batch fit a sealed body.
+            let len = postcard::to_slice(&msgs, &mut self.payload_buf)
+                .expect("a batch from codec::split fits BODY_BYTES_MAX")
+                .len();
+            let stamp = self.next_stamp();
+            self.datagram_buf.clear();
+            self.peer_send[peer].seal(
+                Kind::Peer,
+                self.cluster_id,
+                self.me.0,
+                stamp,
+                self.keys.protection,
+                &self.payload_buf[..len],
+                &mut self.datagram_buf,
+            );
+            let datagram = std::mem::take(&mut self.datagram_buf);
+            self.send(&datagram, addr).await;
+            self.datagram_buf = datagram;
         }
         let mut replies = out.replies;
         replies.append(&mut self.runtime_replies);
         if replies.is_empty() {
             return;
         }
-        for (_, reply) in &replies {
+        for (_, reply) in &mut replies {
             self.udp_requests.answered(reply, &self.metrics);
+            if let Outcome::Status(status) = &mut reply.outcome {
+                status.drops = self.counters.drops_by_reason();
+            }
         }
         // Stable: replies to one client keep the core's order within their datagram.
         replies.sort_by_key(|(token, _)| token.0);
         for run in replies.chunk_by(|a, b| a.0 == b.0) {
             let token = run[0].0;
-            let Some(addr) = self.clients.addr_of(token) else {
+            let Some((addr, route)) = self.clients.client_of(token) else {
                 let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
                 self.counters.dropped(
                     DropReason::SendFailed,
@@ -589,12 +775,22 @@ impl EventLoop {
                 continue;
             };
             let refs: Vec<&ClientReply> = run.iter().map(|(_, r)| r).collect();
-            self.send_replies(addr, &refs).await;
+            self.send_replies(addr, route, &refs).await;
         }
     }
 
-    /// Sends `replies` to one client in as few datagrams as fit.
-    async fn send_replies(&mut self, addr: SocketAddr, replies: &[&ClientReply]) {
+    /// Sends `replies` to one client, sealed under its key, in as few datagrams as fit.
+    async fn send_replies(
+        &mut self,
+        addr: SocketAddr,
+        route: ClientRoute,
+        replies: &[&ClientReply],
+    ) {
+        let protection = if route.encrypted {
+            Protection::Encrypt
+        } else {
+            Protection::Mac
+        };
         let mut start = 0;
         while start < replies.len() {
             let mut end = replies.len();
@@ -602,11 +798,14 @@ impl EventLoop {
                 match postcard::to_slice(&replies[start..end], &mut self.payload_buf) {
                     Ok(payload) => {
                         let len = payload.len();
+                        let stamp = self.next_stamp();
                         self.datagram_buf.clear();
-                        wire::encode(
+                        self.keys.client(usize::from(route.key_index)).replies.seal(
                             Kind::ClientReplies,
                             self.cluster_id,
                             self.me.0,
+                            stamp,
+                            protection,
                             &self.payload_buf[..len],
                             &mut self.datagram_buf,
                         );

@@ -4,8 +4,10 @@
 
 use kv_e2e::client::{CallError, Client};
 use kv_node::DiskOp;
+use kv_server::auth::NodeKeys;
 use kv_server::disk::{LogStore, StoreError};
 use kv_server::{run, run_with_store, ServerOptions};
+use kv_shared::auth::{ClientKey, Key, Permission, Protection};
 use kv_shared::config::ClusterConfig;
 use kv_shared::proto::Op;
 use kv_shared::NodeId;
@@ -30,8 +32,15 @@ fn one_node(rt: &tokio::runtime::Runtime, data_dir: &Path) -> (UdpSocket, Server
     let toml = format!(
         "cluster_id = {CLUSTER_ID}\nshards = {SHARDS}\n[[nodes]]\nid = 1\naddr = \"{addr}\"\n"
     );
+    let keys = NodeKeys::from_keys(
+        vec![Key::from_bytes([1; 32])],
+        Protection::Mac,
+        vec![("tester.key".into(), tester())],
+    )
+    .expect("keys");
     let opts = ServerOptions {
         cluster: ClusterConfig::from_toml(&toml).expect("valid cluster file"),
+        keys,
         node: NodeId(1),
         data_dir: data_dir.to_path_buf(),
         snapshot_threshold_entries: None,
@@ -42,8 +51,17 @@ fn one_node(rt: &tokio::runtime::Runtime, data_dir: &Path) -> (UdpSocket, Server
     (socket, opts)
 }
 
+/// The one client the node accepts.
+fn tester() -> ClientKey {
+    ClientKey {
+        name: "tester".into(),
+        permission: Permission::ReadWrite,
+        key: Key::from_bytes([2; 32]),
+    }
+}
+
 fn client(addr: SocketAddr) -> Client {
-    Client::new(CLUSTER_ID, vec![(NodeId(1), addr)], SHARDS)
+    Client::new(CLUSTER_ID, vec![(NodeId(1), addr)], SHARDS, tester())
 }
 
 fn shutdown_pair() -> (oneshot::Sender<()>, impl Future<Output = ()>) {

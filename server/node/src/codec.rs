@@ -2,7 +2,7 @@
 //! behind the kv_shared::wire header. Splitting lives here too, so that every batch the
 //! core hands out is known to fit one datagram.
 
-use kv_shared::wire::{self, Kind, WireError, HEADER_BYTES, PAYLOAD_BYTES_MAX};
+use kv_shared::wire::{self, Kind, WireError, HEADER_BYTES};
 use kv_shared::{NodeId, ShardId};
 use serde::{Deserialize, Serialize};
 
@@ -49,10 +49,11 @@ fn varint_len(n: usize) -> usize {
     (bits.max(1) as usize).div_ceil(7)
 }
 
-/// Splits messages for one destination into batches whose payload encodes within
-/// `PAYLOAD_BYTES_MAX`, keeping their order.
+/// Splits messages for one destination into batches whose encoding fits the body of one
+/// sealed datagram (`auth::BODY_BYTES_MAX`, which also fits an unsealed one), keeping
+/// their order.
 pub fn split(msgs: Vec<GroupMessage>) -> Vec<Vec<GroupMessage>> {
-    split_within(msgs, PAYLOAD_BYTES_MAX)
+    split_within(msgs, kv_shared::auth::BODY_BYTES_MAX)
 }
 
 /// [`split`] with an explicit payload limit (tests use small ones).

@@ -1158,6 +1158,7 @@ impl NodeCore {
                 .into_iter()
                 .map(|(reason, n)| (reason.to_string(), n))
                 .collect(),
+            drops: Vec::new(),
         }
     }
 

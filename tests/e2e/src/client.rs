@@ -1,9 +1,11 @@
 //! A small blocking client for the tests: one UDP socket, one session, leader redirects
 //! and retries under the same sequence number (so a retried write applies once). It
 //! speaks the same protocol as kvcli, built from kv-shared's types only, so a test
-//! failure points at the server and not at a client library.
+//! failure points at the server and not at a client library. It seals its requests under
+//! a client key and accepts only replies that verify under it.
 
 use bytes::Bytes;
+use kv_shared::auth::{self, ClientKey, Protection, Sealer, Stamp};
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome};
 use kv_shared::wire::{self, Kind};
 use kv_shared::{ClientId, NodeId, ShardId};
@@ -31,6 +33,11 @@ pub struct Client {
     open_shards: std::collections::HashSet<ShardId>,
     next_node: usize,
     buf: Vec<u8>,
+    key: ClientKey,
+    requests: Sealer,
+    replies: Sealer,
+    incarnation: u64,
+    counter: u64,
 }
 
 /// Why a call failed.
@@ -43,8 +50,13 @@ pub enum CallError {
 }
 
 impl Client {
-    /// A new session (random client id) for the cluster `nodes`.
-    pub fn new(cluster_id: u64, nodes: Vec<(NodeId, SocketAddr)>, shards: u32) -> Client {
+    /// A new session (random client id) for the cluster `nodes`, as client `key`.
+    pub fn new(
+        cluster_id: u64,
+        nodes: Vec<(NodeId, SocketAddr)>,
+        shards: u32,
+        key: ClientKey,
+    ) -> Client {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind client socket");
         let id = ClientId(
             std::collections::hash_map::RandomState::new()
@@ -62,10 +74,47 @@ impl Client {
             open_shards: std::collections::HashSet::new(),
             next_node: 0,
             buf: vec![0; kv_shared::limits::DATAGRAM_BYTES_MAX + 1],
+            requests: Sealer::client_requests(&key.key),
+            replies: Sealer::client_replies(&key.key),
+            key,
+            incarnation: auth::random_incarnation().expect("OS randomness"),
+            counter: 0,
         }
     }
 
-    /// This session's client id.
+    /// Seals `body` as a client request datagram under this client's key.
+    pub fn seal(&mut self, body: &[u8]) -> Vec<u8> {
+        let stamp = Stamp {
+            incarnation: self.incarnation,
+            counter: self.counter,
+        };
+        self.counter += 1;
+        let mut out = Vec::new();
+        self.requests.seal(
+            Kind::ClientRequests,
+            self.cluster_id,
+            self.key.id(),
+            stamp,
+            Protection::Mac,
+            body,
+            &mut out,
+        );
+        out
+    }
+
+    /// Declares another session's client id and sequence number from now on: what a
+    /// client trying to take over another's session would send.
+    pub fn spoof_session(&mut self, id: ClientId, last_seq: u64) {
+        self.id = id;
+        self.seq = last_seq;
+    }
+
+    /// The session id the nodes bind this session to (replies carry it).
+    pub fn bound_id(&self) -> ClientId {
+        auth::session_id(&self.key.name, self.id)
+    }
+
+    /// This session's declared client id.
     pub fn id(&self) -> ClientId {
         self.id
     }
@@ -220,9 +269,8 @@ impl Client {
 
     /// One send and the wait for the reply to exactly this request.
     fn attempt(&mut self, node: NodeId, req: &ClientRequest) -> Option<Outcome> {
-        let datagram =
-            wire::encode_value(Kind::ClientRequests, self.cluster_id, 0, &vec![req.clone()])
-                .expect("request fits a datagram");
+        let body = postcard::to_stdvec(&vec![req.clone()]).expect("request encodes");
+        let datagram = self.seal(&body);
         let addr = self.addr(node);
         self.socket.send_to(&datagram, addr).ok()?;
         let deadline = Instant::now() + ATTEMPT_TIMEOUT;
@@ -235,19 +283,24 @@ impl Client {
                 Ok((n, _)) => n,
                 Err(_) => continue,
             };
-            let Ok((header, payload)) = wire::decode(&self.buf[..n], self.cluster_id) else {
+            let Ok((header, _)) = wire::decode(&self.buf[..n], self.cluster_id) else {
                 continue;
             };
             if header.kind != Kind::ClientReplies {
                 continue;
             }
-            let Ok(replies) = wire::decode_value::<Vec<ClientReply>>(payload) else {
+            let replies_sealer = std::slice::from_ref(&self.replies);
+            let Ok(opened) = auth::open(&mut self.buf[..n], &header, replies_sealer) else {
+                continue;
+            };
+            let Ok(replies) = wire::decode_value::<Vec<ClientReply>>(opened.body) else {
                 continue;
             };
             // Late replies to earlier requests of this session are skipped.
+            let bound = auth::session_id(&self.key.name, req.client);
             if let Some(r) = replies
                 .into_iter()
-                .find(|r| r.client == req.client && r.seq == req.seq)
+                .find(|r| r.client == bound && r.seq == req.seq)
             {
                 return Some(r.outcome);
             }

@@ -1,9 +1,12 @@
 //! A cluster of real `kvserver` processes on loopback: free ports, a temp cluster file,
 //! a temp data directory and a log file per node. Dropping the [`Cluster`] kills every
 //! process it started (also while a test panics, when it also prints the tail of each
-//! node's log and keeps the temp directory for a post-mortem).
+//! node's log and keeps the temp directory for a post-mortem). Every cluster runs with
+//! keys: a cluster key, read-write clients "admin" (kvcli's default) and "mallory", and
+//! a read-only client "reader", under `<dir>/keys`.
 
 use crate::client::Client;
+use kv_shared::auth::{self, ClientKey};
 use kv_shared::proto::{NodeStatus, Role};
 use kv_shared::{NodeId, ShardId};
 use std::collections::BTreeMap;
@@ -90,7 +93,10 @@ impl Cluster {
         drop(listeners);
         let cluster_id = u64::from(std::process::id()) << 16 | u64::from(nodes[0].1.port());
         let mut toml = format!(
-            "cluster_id = {cluster_id}\nshards = {}\ndata_dir = \"{}\"\n\n[timing]\n\
+            "cluster_id = {cluster_id}\nshards = {}\ndata_dir = \"{}\"\n\
+             key_file = \"keys/cluster.key\"\n\
+             client_key_files = [\"keys/admin.key\", \"keys/reader.key\", \"keys/mallory.key\"]\n\
+             client_key_file = \"keys/admin.key\"\n\n[timing]\n\
              tick_ms = 10\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n",
             spec.shards,
             dir.path().display()
@@ -103,6 +109,13 @@ impl Cluster {
         }
         let config_path = dir.path().join("cluster.toml");
         std::fs::write(&config_path, toml).expect("write cluster file");
+        let config = kv_shared::config::ClusterConfig::load(&config_path).expect("cluster file");
+        auth::create_missing_key_files(&config).expect("create keys");
+        let reader_path = dir.path().join("keys/reader.key");
+        let mut reader = auth::read_client_key(&reader_path).expect("reader key");
+        reader.permission = auth::Permission::ReadOnly;
+        std::fs::remove_file(&reader_path).expect("replace the reader key");
+        auth::write_client_key(&reader_path, &reader).expect("write reader key");
         Cluster {
             dir: Some(dir),
             spec,
@@ -117,6 +130,15 @@ impl Cluster {
     /// The node ids, ascending.
     pub fn ids(&self) -> Vec<NodeId> {
         self.nodes.iter().map(|(id, _)| *id).collect()
+    }
+
+    /// Node `id`'s address in the cluster file.
+    pub fn addr(&self, id: NodeId) -> SocketAddr {
+        self.nodes
+            .iter()
+            .find(|(n, _)| *n == id)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("{id} is not a node of this cluster"))
     }
 
     /// Node `id`'s Redis-protocol (TCP) address.
@@ -166,9 +188,24 @@ impl Cluster {
         std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
     }
 
-    /// A fresh client session for this cluster.
+    /// A fresh client session for this cluster, as the read-write client "admin".
     pub fn client(&self) -> Client {
-        Client::new(self.cluster_id, self.nodes.clone(), self.spec.shards)
+        self.client_as(self.client_key("admin"))
+    }
+
+    /// A fresh client session under `key`.
+    pub fn client_as(&self, key: ClientKey) -> Client {
+        Client::new(self.cluster_id, self.nodes.clone(), self.spec.shards, key)
+    }
+
+    /// The client key `name` ("admin", "reader" or "mallory") from `<dir>/keys`.
+    pub fn client_key(&self, name: &str) -> ClientKey {
+        auth::read_client_key(&self.key_path(name)).expect("client key file")
+    }
+
+    /// `<dir>/keys/<name>.key`.
+    pub fn key_path(&self, name: &str) -> PathBuf {
+        self.dir().join("keys").join(format!("{name}.key"))
     }
 
     /// The cluster id in the cluster file.
@@ -183,6 +220,12 @@ impl Cluster {
 
     /// Starts node `id` (which must not be running).
     pub fn spawn(&mut self, id: NodeId) {
+        let config = self.config_path.clone();
+        self.spawn_with_config(id, &config);
+    }
+
+    /// Starts node `id` with another cluster file (for example one naming another key).
+    pub fn spawn_with_config(&mut self, id: NodeId, config: &Path) {
         assert!(!self.is_running(id), "{id} is already running");
         let mut log = OpenOptions::new()
             .create(true)
@@ -193,7 +236,7 @@ impl Cluster {
         let log_err = log.try_clone().expect("clone log handle");
         let mut cmd = Command::new(crate::bin::kvserver());
         cmd.arg("--config")
-            .arg(&self.config_path)
+            .arg(config)
             .arg("--node")
             .arg(id.0.to_string())
             .arg("--log-level")

@@ -99,7 +99,8 @@ fn a_script_prints_one_exact_result_per_line_in_text_and_json() {
         "the cached leader {leader:?} is a node of the cluster file"
     );
 
-    // `status`: a shard table, a blank line, a node table; nothing after it.
+    // `status`: a shard table, a blank line, a node table, a blank line, the drop table
+    // (one row per node); nothing after it.
     let status = &lines[SCRIPT_RESULTS.len() + 1..];
     assert_eq!(
         status[0],
@@ -115,11 +116,18 @@ fn a_script_prints_one_exact_result_per_line_in_text_and_json() {
     }
     assert_eq!(keys, 2, "the script leaves two keys: {status:#?}");
     assert_eq!(status[config.shards as usize + 1], "");
-    let node_table = &status[config.shards as usize + 2..];
+    let node_table =
+        &status[config.shards as usize + 2..config.shards as usize + 3 + config.nodes.len()];
     assert!(
         node_table[0].starts_with("NODE  ADDRESS"),
         "{node_table:#?}"
     );
+    let drop_table = &status[config.shards as usize + 4 + config.nodes.len()..];
+    assert_eq!(
+        drop_table[0], "NODE  DROPPED SINCE START (by reason)",
+        "{status:#?}"
+    );
+    assert_eq!(drop_table.len(), 1 + config.nodes.len(), "{drop_table:#?}");
     assert_eq!(node_table.len(), 1 + config.nodes.len(), "{node_table:#?}");
     let mut leads = 0;
     for (row, node) in node_table[1..].iter().zip(&config.nodes) {

@@ -1,9 +1,11 @@
 //! `kvserver`: runs one raftkv node. Thin glue: parse and validate the command line,
 //! set up logging, bind the node's UDP address, and hand over to `kv_server::run`.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use kv_server::auth::NodeKeys;
 use kv_server::dir_lock::{DirLock, DirLockError};
 use kv_server::{logging, signals, ServerOptions};
+use kv_shared::auth::{self, ClientKey, Permission};
 use kv_shared::config::ClusterConfig;
 use kv_shared::NodeId;
 use std::hash::{BuildHasher, Hasher};
@@ -23,27 +25,35 @@ const EXIT_RUNTIME: u8 = 1;
 /// alike, hosts a replica of every shard, and keeps its write-ahead log and snapshots in
 /// its data directory. SIGTERM or SIGINT stops it cleanly (exit 0).
 ///
+/// Every datagram is authenticated: the cluster file names the cluster key (key_file)
+/// and the client keys the node accepts (client_key_files); `kvserver keygen` makes them.
+///
 /// Exit codes: 0 clean shutdown; 1 runtime failure (socket, storage error while
-/// running); 2 bad command line or cluster file, or the data directory is in use by
-/// another kvserver; 3 the data directory was refused (for
-/// example a corrupt WAL: the message names the file and byte offset).
+/// running); 2 bad command line, cluster file or key file, or the data directory is in
+/// use by another kvserver; 3 the data directory was refused (for example a corrupt WAL:
+/// the message names the file and byte offset).
 #[derive(Debug, Parser)]
 #[command(name = "kvserver", version, verbatim_doc_comment)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 #[command(
-    after_help = "Example, a local 3-node cluster (one terminal each):\n  \
+    after_help = "Example, a local 3-node cluster (one terminal each, keys made once):\n  \
+    kvserver keygen --config configs/local-3.toml\n  \
     kvserver --config configs/local-3.toml --node 1\n  \
     kvserver --config configs/local-3.toml --node 2\n  \
     kvserver --config configs/local-3.toml --node 3"
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Cluster file (TOML): cluster id, shard count, nodes and their addresses, timing.
     /// Without it, the embedded configs/local-3.toml (3 nodes on 127.0.0.1, 8 shards).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 
     /// This node's id, as listed in the cluster file.
-    #[arg(long, value_name = "N")]
-    node: u64,
+    #[arg(long, value_name = "N", required = true)]
+    node: Option<u64>,
 
     /// Where this node keeps its WAL and snapshots [default: <data_dir of the cluster
     /// file>/node-N, relative to the working directory].
@@ -65,8 +75,45 @@ struct Args {
     seed: Option<u64>,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write new key files (mode 0600); an existing file is never overwritten.
+    ///
+    /// With --config: every key file the cluster file names that does not exist yet (the
+    /// cluster key, and each client key, read-write, named after its file). With --out:
+    /// one cluster key, or with --client one client key.
+    #[command(verbatim_doc_comment)]
+    Keygen(KeygenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["config", "out"])))]
+struct KeygenArgs {
+    /// Create the missing key files this cluster file names.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Write one key file here (refused if it exists).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// With --out: a client key for this name instead of a cluster key.
+    #[arg(long, value_name = "NAME", requires = "out")]
+    client: Option<String>,
+    /// With --client: the client may only read.
+    #[arg(long, requires = "client")]
+    read_only: bool,
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Keygen(k)) = &args.command {
+        return match keygen(k) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(msg) => {
+                eprintln!("kvserver keygen: {msg}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        };
+    }
     if let Err(e) = logging::init(args.log_level.as_deref()) {
         eprintln!("kvserver: {e}");
         return ExitCode::from(EXIT_USAGE);
@@ -132,21 +179,73 @@ fn main() -> ExitCode {
     })
 }
 
-/// Validates the command line against the cluster file.
+/// `kvserver keygen`.
+fn keygen(k: &KeygenArgs) -> Result<(), String> {
+    let fresh = || auth::generate_key().map_err(|e| format!("no OS randomness: {e}"));
+    if let Some(out) = &k.out {
+        match &k.client {
+            Some(name) => {
+                let permission = if k.read_only {
+                    Permission::ReadOnly
+                } else {
+                    Permission::ReadWrite
+                };
+                let client = ClientKey {
+                    name: name.clone(),
+                    permission,
+                    key: fresh()?,
+                };
+                auth::write_client_key(out, &client).map_err(|e| e.to_string())?;
+                println!(
+                    "wrote client key {:?} ({}) to {}",
+                    name,
+                    permission.name(),
+                    out.display()
+                );
+            }
+            None => {
+                auth::write_cluster_key(out, &fresh()?).map_err(|e| e.to_string())?;
+                println!("wrote cluster key to {}", out.display());
+            }
+        }
+        return Ok(());
+    }
+    let path = k.config.as_ref().expect("clap requires --config or --out");
+    let cluster = ClusterConfig::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if cluster.key_files.is_empty() {
+        return Err(format!("{} names no key_file", path.display()));
+    }
+    let created = auth::create_missing_key_files(&cluster).map_err(|e| e.to_string())?;
+    for file in cluster.key_files.iter().chain(&cluster.client_key_files) {
+        let verb = if created.contains(file) {
+            "wrote"
+        } else {
+            "kept (exists)"
+        };
+        println!("{verb} {}", file.display());
+    }
+    Ok(())
+}
+
+/// Validates the command line against the cluster file, and reads the keys it names.
 fn options(args: Args) -> Result<ServerOptions, String> {
     let cluster = match &args.config {
         Some(path) => ClusterConfig::load(path).map_err(|e| format!("{}: {e}", path.display()))?,
         None => ClusterConfig::local_3(),
     };
-    let node = NodeId(args.node);
+    let node = NodeId(
+        args.node
+            .expect("clap requires --node without a subcommand"),
+    );
     let Some(entry) = cluster.nodes.iter().find(|n| n.id == node.0).cloned() else {
         let ids: Vec<String> = cluster.nodes.iter().map(|n| n.id.to_string()).collect();
         return Err(format!(
             "--node {} is not in the cluster file (its nodes: {})",
-            args.node,
+            node.0,
             ids.join(", ")
         ));
     };
+    let keys = NodeKeys::load(&cluster).map_err(|e| e.to_string())?;
     let data_dir = args
         .data_dir
         .unwrap_or_else(|| cluster.data_dir.join(format!("node-{}", node.0)));
@@ -158,6 +257,7 @@ fn options(args: Args) -> Result<ServerOptions, String> {
     });
     Ok(ServerOptions {
         cluster,
+        keys,
         node,
         data_dir,
         snapshot_threshold_entries: args.snapshot_threshold,
