@@ -67,6 +67,9 @@ fn disks_slower_than_the_election_timeout_still_elect_and_serve() {
     assert_seeds_pass(1..41, |seed| SimOptions {
         faults: FaultMix::None,
         slow_disk_ns: 150_000_000,
+        // Long enough for one election at the largest backed-off timeout (200 ticks
+        // doubled 3 times) and its durable writes; the default 1,500 is shorter than that.
+        liveness_ticks: 3_500,
         ..SimOptions::new(seed)
     });
 }
