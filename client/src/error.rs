@@ -94,6 +94,7 @@ impl Error {
             Error::GaveUp { .. } => "gave-up",
             Error::Refused { error, .. } => match error {
                 ClientError::NotLeader { .. } => "not-leader",
+                ClientError::StaleRoute { .. } => "stale-route",
                 ClientError::NoQuorum { .. } => "no-quorum",
                 ClientError::Timeout { .. } => "timeout",
                 ClientError::KeyTooLarge { .. } | ClientError::ValueTooLarge { .. } => "limit",

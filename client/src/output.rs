@@ -472,6 +472,7 @@ mod tests {
             log_entries: commit,
             snapshot_index: 0,
             keys: 5,
+            epoch: 0,
             replicas,
         }
     }
@@ -492,6 +493,8 @@ mod tests {
                 shard_status(1, Role::Follower, 2, 2, 40, vec![]),
             ],
             peers: vec![(NodeId(2), Some(12)), (NodeId(3), None)],
+            nodes: vec![],
+            routes: vec![],
         };
         vec![
             NodeReport {

@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 use kv_shared::proto::{
-    ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role, ShardStatus,
+    ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role, ShardRoute, ShardStatus,
 };
 use kv_shared::shard::shard_for_key;
 use kv_shared::wire::{self, Kind};
@@ -52,6 +52,29 @@ pub struct Ctl {
     pub delay: Duration,
     /// Drop every datagram (the whole cluster is down).
     pub silent: bool,
+    /// Node addresses, reported in status replies (node i+1 at `addrs[i]`).
+    pub addrs: Vec<SocketAddr>,
+    /// The node ids holding every shard (`None`: all); the others answer keyed requests
+    /// with `StaleRoute`.
+    pub replicas: Option<Vec<u64>>,
+    /// The epoch of that replica set.
+    pub route_epoch: u64,
+}
+
+impl Ctl {
+    fn route(&self, shard: ShardId, n: usize) -> ShardRoute {
+        let voters = match &self.replicas {
+            Some(r) => r.iter().copied().map(NodeId).collect(),
+            None => (1..=n as u64).map(NodeId).collect(),
+        };
+        ShardRoute {
+            shard,
+            epoch: self.route_epoch,
+            voters,
+            learners: vec![],
+            leader: self.leader.map(NodeId),
+        }
+    }
 }
 
 /// A running fake cluster.
@@ -93,6 +116,7 @@ impl FakeCluster {
                     addrs.push(s.local_addr().unwrap());
                     sockets.push(s);
                 }
+                ctl2.lock().unwrap().addrs = addrs.clone();
                 addr_tx.send(addrs).unwrap();
                 for (i, s) in sockets.into_iter().enumerate() {
                     tokio::spawn(node_loop(
@@ -244,6 +268,7 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
                     log_entries: 0,
                     snapshot_index: 0,
                     keys: 0,
+                    epoch: c.route_epoch,
                     replicas: vec![],
                 })
                 .collect(),
@@ -251,11 +276,19 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
                 .filter(|p| *p != me)
                 .map(|p| (NodeId(p), Some(5)))
                 .collect(),
+            nodes: (1..).map(NodeId).zip(c.addrs.iter().copied()).collect(),
+            routes: (0..shards).map(|s| c.route(ShardId(s), n)).collect(),
         };
         return reply(Outcome::Status(status));
     }
     let key = r.op.key().expect("keyed").clone();
     let shard = shard_for_key(&key, shards);
+    if c.replicas.as_ref().is_some_and(|r| !r.contains(&me)) {
+        return reply(Outcome::Error(ClientError::StaleRoute {
+            node: NodeId(me),
+            route: c.route(shard, n),
+        }));
+    }
     if c.leader != Some(me) {
         let hint = if c.hint { c.leader.map(NodeId) } else { None };
         return reply(Outcome::Error(ClientError::NotLeader {

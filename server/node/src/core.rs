@@ -5,20 +5,21 @@
 
 use crate::codec::{self, GroupMessage};
 use crate::config::NodeConfig;
+use crate::placement::ShardPlacement;
 use crate::sm::{CommandBatch, StateMachine, WriteCommand, WriteOp};
 use crate::wal::{self, RecoveryError};
 use bytes::Bytes;
 use kv_raft::{
-    Entry, EntryKind, Membership, ProposeError, Raft, Role, Snapshot, SnapshotMeta, SoftState,
-    WriteId,
+    Entry, EntryKind, ProposeError, Raft, Role, Snapshot, SnapshotMeta, SoftState, WriteId,
 };
 use kv_shared::limits::{ENTRY_BYTES_MAX, PENDING_REQUESTS_MAX};
 use kv_shared::proto::{
-    ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, ShardStatus,
+    ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, ShardRoute, ShardStatus,
 };
 use kv_shared::shard::shard_for_key;
 use kv_shared::{NodeId, ShardId};
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::{Index, IndexMut};
 use xxhash_rust::xxh64::xxh64;
 
 /// A shard takes a snapshot once this many entry payload bytes were applied since its
@@ -127,9 +128,9 @@ struct Request {
 
 /// What to do when a DiskWrite is durable.
 enum Durable {
-    Raft(usize, WriteId),
-    OwnSnapshot(usize, Snapshot),
-    ReceivedSnapshot(usize, u64),
+    Raft(ShardId, WriteId),
+    OwnSnapshot(ShardId, Snapshot),
+    ReceivedSnapshot(ShardId, u64),
 }
 
 /// One shard: its Raft replica, state machine and requests in flight.
@@ -171,10 +172,53 @@ impl Group {
     }
 }
 
+/// The groups of the shards hosted here, by shard. Indexing a shard not hosted here is a
+/// programmer error (callers check [`Groups::contains`] at the boundary).
+struct Groups(BTreeMap<ShardId, Group>);
+
+impl Groups {
+    fn contains(&self, shard: ShardId) -> bool {
+        self.0.contains_key(&shard)
+    }
+
+    /// The hosted shards, ascending (a copy, so the caller may mutate groups meanwhile).
+    fn ids(&self) -> Vec<ShardId> {
+        self.0.keys().copied().collect()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Group> {
+        self.0.values()
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Group> {
+        self.0.values_mut()
+    }
+}
+
+impl Index<ShardId> for Groups {
+    type Output = Group;
+
+    fn index(&self, shard: ShardId) -> &Group {
+        self.0
+            .get(&shard)
+            .unwrap_or_else(|| panic!("shard {shard} is not hosted here"))
+    }
+}
+
+impl IndexMut<ShardId> for Groups {
+    fn index_mut(&mut self, shard: ShardId) -> &mut Group {
+        self.0
+            .get_mut(&shard)
+            .unwrap_or_else(|| panic!("shard {shard} is not hosted here"))
+    }
+}
+
 /// The sans-I/O node: see the crate docs.
 pub struct NodeCore {
     config: NodeConfig,
-    groups: Vec<Group>,
+    /// Bootstrap replica sets and preferred leaders of every shard of the cluster.
+    placement: Vec<ShardPlacement>,
+    groups: Groups,
     requests: BTreeMap<u64, Request>,
     deadlines: BTreeSet<(u64, u64)>,
     next_request_id: u64,
@@ -221,14 +265,11 @@ impl NodeCore {
             "node {} is not among the members",
             config.node
         );
-        let membership = Membership {
-            voters: config.sorted_members(),
-            learners: vec![],
-        };
-        let restored = wal::restore_groups(&recovered, config.shard_count, &membership)?;
-        let mut groups = Vec::with_capacity(restored.len());
-        for (i, r) in restored.into_iter().enumerate() {
-            let shard = ShardId(i as u32);
+        let placement = config.placement();
+        let restored =
+            wal::restore_groups(&recovered, config.shard_count, &config.initial_groups())?;
+        let mut groups = BTreeMap::new();
+        for (shard, r) in restored {
             let (sm, snapshot_index) = match &r.snapshot {
                 Some(s) => {
                     let sm =
@@ -245,7 +286,7 @@ impl NodeCore {
             };
             let raft = Raft::new(config.raft_config(shard), r);
             let st = raft.status();
-            groups.push(Group {
+            let group = Group {
                 shard,
                 raft,
                 sm,
@@ -265,11 +306,13 @@ impl NodeCore {
                 quiesced: false,
                 idle_ticks: 0,
                 last_msg_tick: 0,
-            });
+            };
+            groups.insert(shard, group);
         }
         Ok(NodeCore {
             config,
-            groups,
+            placement,
+            groups: Groups(groups),
             requests: BTreeMap::new(),
             deadlines: BTreeSet::new(),
             next_request_id: 1,
@@ -302,7 +345,7 @@ impl NodeCore {
     pub fn plant_bug(&mut self, bug: PlantedBug) {
         match bug {
             PlantedBug::Raft(b) => {
-                for g in &mut self.groups {
+                for g in self.groups.iter_mut() {
                     g.raft.plant_bug(b);
                 }
             }
@@ -328,7 +371,7 @@ impl NodeCore {
         let quiesce = self.config.tuning.quiesce;
         let hb = u64::from(self.config.heartbeat_ticks);
         let election_min = u64::from(self.config.election_ticks_min);
-        for g in &mut self.groups {
+        for g in self.groups.iter_mut() {
             if g.quiesced {
                 let leader_silent = g.soft.role != Role::Leader
                     && g.soft.leader.is_none_or(|l| {
@@ -405,11 +448,11 @@ impl NodeCore {
     /// has caught up, at most once every few election timeouts.
     fn spread_leaders(&mut self) {
         let interval = 3 * u64::from(self.config.election_ticks_max);
-        for g in &mut self.groups {
+        for g in self.groups.iter_mut() {
             if g.soft.role != Role::Leader {
                 continue;
             }
-            let preferred = self.config.preferred_leader(g.shard);
+            let preferred = self.placement[g.shard.0 as usize].preferred_leader;
             if preferred == self.config.node
                 || g.last_transfer_tick
                     .is_some_and(|t| self.tick_count < t + interval)
@@ -434,7 +477,7 @@ impl NodeCore {
     pub fn on_peer_messages(&mut self, from: NodeId, msgs: Vec<GroupMessage>) {
         self.peers_heard_tick.insert(from, self.tick_count);
         for gm in msgs {
-            let Some(g) = self.groups.get_mut(gm.shard.0 as usize) else {
+            let Some(g) = self.groups.0.get_mut(&gm.shard) else {
                 continue;
             };
             if gm.msg.from != from || gm.msg.to != self.config.node {
@@ -469,8 +512,15 @@ impl NodeCore {
             return reply_now(self, Outcome::Error(e));
         }
         let shard = shard_for_key(&key, self.config.shard_count);
+        if !self.groups.contains(shard) {
+            let e = ClientError::StaleRoute {
+                node: self.config.node,
+                route: self.shard_route(shard),
+            };
+            return reply_now(self, Outcome::Error(e));
+        }
         if let Op::Get { stale: true, .. } = req.op {
-            let v = self.groups[shard.0 as usize].sm.get(&key);
+            let v = self.groups[shard].sm.get(&key);
             return reply_now(self, Outcome::Value(v));
         }
         if self.requests.len() >= PENDING_REQUESTS_MAX {
@@ -493,7 +543,7 @@ impl NodeCore {
             },
         );
         self.deadlines.insert((deadline_tick, id));
-        let g = &mut self.groups[shard.0 as usize];
+        let g = &mut self.groups[shard];
         g.wake();
         g.waiting.push(id);
     }
@@ -513,18 +563,12 @@ impl NodeCore {
                     if index > group.snapshot_index {
                         group.snapshot_index = index;
                         group.raft.compact(snap);
-                        self.round_ops.push(DiskOp::Compact {
-                            shard: g as u32,
-                            index,
-                        });
+                        self.round_ops.push(DiskOp::Compact { shard: g.0, index });
                     }
                 }
                 Durable::ReceivedSnapshot(g, index) => {
                     self.groups[g].snapshot_writes_inflight -= 1;
-                    self.round_ops.push(DiskOp::Compact {
-                        shard: g as u32,
-                        index,
-                    });
+                    self.round_ops.push(DiskOp::Compact { shard: g.0, index });
                 }
             }
         }
@@ -533,7 +577,7 @@ impl NodeCore {
     /// Everything to do now. Call after every input.
     pub fn take_output(&mut self) -> Output {
         self.drive();
-        for g in 0..self.groups.len() {
+        for g in self.groups.ids() {
             self.route(g);
         }
         self.drive();
@@ -562,7 +606,7 @@ impl NodeCore {
     }
 
     fn drive(&mut self) {
-        for g in 0..self.groups.len() {
+        for g in self.groups.ids() {
             while self.groups[g].raft.has_ready() {
                 self.handle_ready(g);
             }
@@ -570,7 +614,7 @@ impl NodeCore {
         }
     }
 
-    fn handle_ready(&mut self, g: usize) {
+    fn handle_ready(&mut self, g: ShardId) {
         let rd = self.groups[g].raft.ready();
         let shard = self.groups[g].shard;
         if let Some(ss) = rd.soft_state {
@@ -618,8 +662,8 @@ impl NodeCore {
     }
 
     /// Turns a Raft Write into DiskOps of this round: snapshot, entries, hard state.
-    fn persist(&mut self, g: usize, w: kv_raft::Write) {
-        let shard = g as u32;
+    fn persist(&mut self, g: ShardId, w: kv_raft::Write) {
+        let shard = g.0;
         let mut replaced_log = false;
         if let Some(snap) = &w.snapshot {
             self.round_ops.push(DiskOp::SaveSnapshot {
@@ -653,11 +697,11 @@ impl NodeCore {
         self.round_durable.push(Durable::Raft(g, w.id));
     }
 
-    fn restore_snapshot(&mut self, g: usize, snap: Snapshot) {
+    fn restore_snapshot(&mut self, g: ShardId, snap: Snapshot) {
         let sessions_max = self.config.sessions_max();
         let group = &mut self.groups[g];
         let sm = StateMachine::from_image(&snap.data, sessions_max)
-            .unwrap_or_else(|e| panic!("shard {}: leader sent a bad snapshot: {e}", g));
+            .unwrap_or_else(|e| panic!("shard {g}: leader sent a bad snapshot: {e}"));
         assert_eq!(
             sm.applied_index(),
             snap.meta.index,
@@ -681,7 +725,7 @@ impl NodeCore {
         }
     }
 
-    fn apply(&mut self, g: usize, e: Entry) {
+    fn apply(&mut self, g: ShardId, e: Entry) {
         if self.observe_applies {
             self.applied_log.push(AppliedEntry {
                 shard: self.groups[g].shard,
@@ -694,8 +738,12 @@ impl NodeCore {
         group.applied_bytes_since_snapshot += e.data.len() as u64;
         let outcomes = match e.kind {
             EntryKind::Command => group.sm.apply_entry(e.index, e.term, &e.data),
-            EntryKind::Noop | EntryKind::ConfChange(_) => {
+            EntryKind::Noop => {
                 group.sm.apply_empty(e.index, e.term);
+                Vec::new()
+            }
+            EntryKind::ConfChange(_) => {
+                group.sm.apply_membership_change(e.index, e.term);
                 Vec::new()
             }
         };
@@ -723,7 +771,7 @@ impl NodeCore {
         }
     }
 
-    fn serve_confirmed_reads(&mut self, g: usize) {
+    fn serve_confirmed_reads(&mut self, g: ShardId) {
         let applied = self.groups[g].sm.applied_index();
         let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.groups[g].confirmed_reads)
             .into_iter()
@@ -736,7 +784,7 @@ impl NodeCore {
         }
     }
 
-    fn serve_get(&mut self, g: usize, id: u64) {
+    fn serve_get(&mut self, g: ShardId, id: u64) {
         let Some(r) = self.requests.get(&id) else {
             return;
         };
@@ -746,7 +794,7 @@ impl NodeCore {
     }
 
     /// Leadership ended: nothing pending on it can be promised any more.
-    fn fail_leader_requests(&mut self, g: usize, leader: Option<NodeId>) {
+    fn fail_leader_requests(&mut self, g: ShardId, leader: Option<NodeId>) {
         let group = &mut self.groups[g];
         let shard = group.shard;
         let mut ids: Vec<u64> = std::mem::take(&mut group.proposed)
@@ -761,7 +809,7 @@ impl NodeCore {
 
     /// Sends this round's requests of group `g` where they belong: proposals and reads
     /// on a leader, redirects elsewhere; held while no leader is known.
-    fn route(&mut self, g: usize) {
+    fn route(&mut self, g: ShardId) {
         let ids = std::mem::take(&mut self.groups[g].waiting);
         if ids.is_empty() {
             return;
@@ -825,7 +873,7 @@ impl NodeCore {
         }
     }
 
-    fn propose_batch(&mut self, g: usize, writes: Vec<(u64, WriteCommand)>) {
+    fn propose_batch(&mut self, g: ShardId, writes: Vec<(u64, WriteCommand)>) {
         let (ids, writes): (Vec<u64>, Vec<WriteCommand>) = writes.into_iter().unzip();
         let data = CommandBatch { writes }.encode();
         match self.groups[g].raft.propose(data) {
@@ -836,7 +884,7 @@ impl NodeCore {
         }
     }
 
-    fn refused(&mut self, g: usize, ids: Vec<u64>, e: ProposeError) {
+    fn refused(&mut self, g: ShardId, ids: Vec<u64>, e: ProposeError) {
         let shard = self.groups[g].shard;
         let me = self.config.node;
         let leader = match e {
@@ -849,20 +897,53 @@ impl NodeCore {
         }
     }
 
-    fn redirect_or_hold(&mut self, g: usize, id: u64, leader: Option<NodeId>, shard: ShardId) {
-        match leader {
-            Some(l) => self.reply(
-                id,
-                Outcome::Error(ClientError::NotLeader {
+    /// Redirects request `id` to `leader`, or holds it while no leader is known. A client
+    /// that routed by an older replica set gets the current one with the hint.
+    fn redirect_or_hold(&mut self, g: ShardId, id: u64, leader: Option<NodeId>, shard: ShardId) {
+        let Some(l) = leader else {
+            self.groups[g].waiting.push(id);
+            return;
+        };
+        let routed_by = self.requests.get(&id).map_or(0, |r| r.req.epoch);
+        let e = if routed_by < self.groups[g].sm.membership_epoch() {
+            ClientError::StaleRoute {
+                node: self.config.node,
+                route: self.shard_route(shard),
+            }
+        } else {
+            ClientError::NotLeader {
+                shard,
+                leader: Some(l),
+            }
+        };
+        self.reply(id, Outcome::Error(e));
+    }
+
+    /// This node's view of where `shard` lives: its own replica's membership if it hosts
+    /// one, else the bootstrap placement.
+    pub fn shard_route(&self, shard: ShardId) -> ShardRoute {
+        match self.groups.0.get(&shard) {
+            Some(g) => {
+                let m = g.raft.status().membership;
+                ShardRoute {
                     shard,
-                    leader: Some(l),
-                }),
-            ),
-            None => self.groups[g].waiting.push(id),
+                    epoch: g.sm.membership_epoch(),
+                    voters: m.voters,
+                    learners: m.learners,
+                    leader: g.soft.leader,
+                }
+            }
+            None => ShardRoute {
+                shard,
+                epoch: 0,
+                voters: self.placement[shard.0 as usize].replicas.clone(),
+                learners: Vec::new(),
+                leader: None,
+            },
         }
     }
 
-    fn maybe_snapshot(&mut self, g: usize) {
+    fn maybe_snapshot(&mut self, g: ShardId) {
         let group = &mut self.groups[g];
         let applied = group.sm.applied_index();
         let log_small = applied <= group.snapshot_index + self.config.snapshot_threshold_entries
@@ -876,7 +957,7 @@ impl NodeCore {
     /// Answers `Ready::snapshot_wanted` (kv-raft keeps a snapshot image only while a
     /// follower takes it) with an image of the shard's applied state, from memory: no
     /// disk write or read on the way to a lagging follower.
-    fn provide_snapshot(&mut self, g: usize) {
+    fn provide_snapshot(&mut self, g: ShardId) {
         let group = &mut self.groups[g];
         let snap = Snapshot {
             meta: group.raft.snapshot_meta(group.sm.applied_index()),
@@ -886,7 +967,7 @@ impl NodeCore {
     }
 
     /// Writes a snapshot of shard `g` at its applied index; Raft compacts once durable.
-    fn take_snapshot(&mut self, g: usize) {
+    fn take_snapshot(&mut self, g: ShardId) {
         let group = &mut self.groups[g];
         let applied = group.sm.applied_index();
         group.applied_bytes_since_snapshot = 0;
@@ -900,7 +981,7 @@ impl NodeCore {
         };
         group.snapshot_writes_inflight += 1;
         self.round_ops.push(DiskOp::SaveSnapshot {
-            shard: g as u32,
+            shard: g.0,
             index: applied,
             data: wal::encode_snapshot(&snap),
         });
@@ -940,6 +1021,7 @@ impl NodeCore {
                     log_entries: st.last_index.saturating_sub(st.snapshot_index),
                     snapshot_index: st.snapshot_index,
                     keys: g.sm.keys() as u64,
+                    epoch: g.sm.membership_epoch(),
                     replicas: st.progress,
                 }
             })
@@ -962,28 +1044,43 @@ impl NodeCore {
             shard_count: self.config.shard_count,
             shards,
             peers,
+            nodes: self.config.addrs.clone(),
+            routes: (0..self.config.shard_count)
+                .map(|s| self.shard_route(ShardId(s)))
+                .collect(),
         }
+    }
+
+    /// True if this node holds a replica of `shard`. The per-shard accessors below
+    /// panic for a shard not hosted here.
+    pub fn hosts(&self, shard: ShardId) -> bool {
+        self.groups.contains(shard)
+    }
+
+    /// The shards this node holds a replica of, ascending.
+    pub fn hosted_shards(&self) -> Vec<ShardId> {
+        self.groups.ids()
     }
 
     /// Raft's view of one shard (for invariant checks).
     pub fn raft_status(&self, shard: ShardId) -> kv_raft::Status {
-        self.groups[shard.0 as usize].raft.status()
+        self.groups[shard].raft.status()
     }
 
-    /// The cheap per-shard view the simulator checks after every step.
-    pub fn group_view(&self, shard: ShardId) -> GroupView {
-        let g = &self.groups[shard.0 as usize];
-        GroupView {
+    /// The cheap per-shard view the simulator checks after every step (`None`: the shard
+    /// is not hosted here).
+    pub fn group_view(&self, shard: ShardId) -> Option<GroupView> {
+        self.groups.0.get(&shard).map(|g| GroupView {
             role: g.soft.role,
             term: g.soft.term,
             leader: g.soft.leader,
             applied: g.sm.applied_index(),
-        }
+        })
     }
 
-    /// The known leader of `shard`.
+    /// The known leader of `shard` (`None` also when the shard is not hosted here).
     pub fn leader_of(&self, shard: ShardId) -> Option<NodeId> {
-        self.groups[shard.0 as usize].soft.leader
+        self.groups.0.get(&shard).and_then(|g| g.soft.leader)
     }
 
     /// Records that a datagram from `peer` arrived at wall time `now_ms` (for status).
@@ -1002,10 +1099,10 @@ impl NodeCore {
         self.requests.len()
     }
 
-    /// (applied index, state digest) of one shard's state machine.
-    pub fn state_digest(&self, shard: ShardId) -> (u64, u64) {
-        let sm = &self.groups[shard.0 as usize].sm;
-        (sm.applied_index(), sm.digest())
+    /// (applied index, state digest) of one shard's state machine (`None`: not hosted).
+    pub fn state_digest(&self, shard: ShardId) -> Option<(u64, u64)> {
+        let sm = &self.groups.0.get(&shard)?.sm;
+        Some((sm.applied_index(), sm.digest()))
     }
 
     /// Starts (or stops) recording every applied entry for [`NodeCore::take_applied`].

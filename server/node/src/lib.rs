@@ -16,6 +16,7 @@
 pub mod codec;
 pub mod config;
 pub mod core;
+pub mod placement;
 pub mod sm;
 pub mod wal;
 

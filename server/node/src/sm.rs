@@ -253,6 +253,7 @@ struct ImageRef<'a> {
     clock: u64,
     applied_index: u64,
     applied_term: u64,
+    membership_epoch: u64,
 }
 
 /// The serialized form of a shard (snapshot image), as read: keys and values borrowed
@@ -265,6 +266,7 @@ struct Image<'a> {
     clock: u64,
     applied_index: u64,
     applied_term: u64,
+    membership_epoch: u64,
 }
 
 /// One key and its value in a single heap block: the key's length (u32, little endian),
@@ -338,6 +340,9 @@ pub struct StateMachine {
     sessions: Sessions,
     applied_index: u64,
     applied_term: u64,
+    /// Index of the last membership change applied (0: the initial replica set): the
+    /// shard's epoch, kept here so that it survives in snapshots with the rest.
+    membership_epoch: u64,
 }
 
 /// Equal shards hold the same keys and values, sessions and position (whatever their
@@ -352,6 +357,7 @@ impl PartialEq for StateMachine {
             && self.sessions == other.sessions
             && self.applied_index == other.applied_index
             && self.applied_term == other.applied_term
+            && self.membership_epoch == other.membership_epoch
     }
 }
 
@@ -371,6 +377,7 @@ impl StateMachine {
             sessions: Sessions::new(sessions_max),
             applied_index: 0,
             applied_term: 0,
+            membership_epoch: 0,
         }
     }
 
@@ -433,9 +440,20 @@ impl StateMachine {
         self.applied_term
     }
 
-    /// Marks an entry without a command (no-op, membership change) applied.
+    /// The epoch of the replica set: index of the last membership change applied.
+    pub fn membership_epoch(&self) -> u64 {
+        self.membership_epoch
+    }
+
+    /// Marks a no-op entry applied.
     pub fn apply_empty(&mut self, index: u64, term: u64) {
         self.advance(index, term);
+    }
+
+    /// Marks a membership change applied: its index becomes the shard's epoch.
+    pub fn apply_membership_change(&mut self, index: u64, term: u64) {
+        self.advance(index, term);
+        self.membership_epoch = index;
     }
 
     /// Applies a command entry; returns one outcome per write. An entry that does not
@@ -505,6 +523,7 @@ impl StateMachine {
             clock: self.sessions.clock,
             applied_index: self.applied_index,
             applied_term: self.applied_term,
+            membership_epoch: self.membership_epoch,
         };
         Bytes::from(postcard::to_stdvec(&image).expect("an image always encodes"))
     }
@@ -520,6 +539,7 @@ impl StateMachine {
             sessions: Sessions::from_parts(sessions_max, image.clock, image.sessions),
             applied_index: image.applied_index,
             applied_term: image.applied_term,
+            membership_epoch: image.membership_epoch,
         };
         for (key, value) in image.data {
             sm.insert(key, value);
@@ -852,6 +872,7 @@ mod tests {
             clock: u64,
             applied_index: u64,
             applied_term: u64,
+            membership_epoch: u64,
         }
         let mut sm = StateMachine::new(10);
         sm.apply_entry(
@@ -880,9 +901,11 @@ mod tests {
                 ),
             ],
             clock: 2,
-            applied_index: 1,
+            applied_index: 2,
             applied_term: 1,
+            membership_epoch: 2,
         };
+        sm.apply_membership_change(2, 1);
         assert_eq!(
             &sm.to_image()[..],
             &postcard::to_stdvec(&expected).unwrap()[..]

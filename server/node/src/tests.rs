@@ -20,6 +20,8 @@ struct Cluster {
     messages: usize,
     /// Nodes that are neither ticked nor reached (crashed or cut off).
     down: Vec<bool>,
+    /// Raft messages that reached a node not hosting their shard.
+    misdirected: usize,
 }
 
 fn ids(n: u64) -> Vec<NodeId> {
@@ -49,6 +51,7 @@ impl Cluster {
             datagrams: 0,
             messages: 0,
             down: vec![false; n as usize],
+            misdirected: 0,
         }
     }
 
@@ -88,6 +91,8 @@ impl Cluster {
             if self.down[i] || self.down[from.0 as usize - 1] {
                 continue;
             }
+            let node = &self.nodes[i];
+            self.misdirected += msgs.iter().filter(|m| !node.hosts(m.shard)).count();
             self.nodes[i].on_peer_messages(from, msgs);
             let out = self.nodes[i].take_output();
             self.absorb(i, out);
@@ -110,7 +115,9 @@ impl Cluster {
 
     fn leader(&self, shard: ShardId) -> usize {
         (0..self.nodes.len())
-            .find(|&i| self.nodes[i].raft_status(shard).role == Role::Leader)
+            .find(|&i| {
+                self.nodes[i].hosts(shard) && self.nodes[i].raft_status(shard).role == Role::Leader
+            })
             .expect("a leader")
     }
 
@@ -137,6 +144,7 @@ fn put(client: u64, seq: u64, k: &str, v: &str) -> ClientRequest {
     ClientRequest {
         client: ClientId(client),
         seq,
+        epoch: 0,
         op: Op::Put {
             key: Bytes::copy_from_slice(k.as_bytes()),
             value: Bytes::copy_from_slice(v.as_bytes()),
@@ -148,6 +156,7 @@ fn get(client: u64, seq: u64, k: &str) -> ClientRequest {
     ClientRequest {
         client: ClientId(client),
         seq,
+        epoch: 0,
         op: Op::Get {
             key: Bytes::copy_from_slice(k.as_bytes()),
             stale: false,
@@ -315,7 +324,7 @@ fn snapshots_compact_and_restore() {
     assert!(!c.snapshots[l].is_empty());
     // Digests agree across replicas that applied the same prefix.
     let d: Vec<_> = (0..3)
-        .map(|i| c.nodes[i].state_digest(ShardId(0)))
+        .map(|i| c.nodes[i].state_digest(ShardId(0)).unwrap())
         .collect();
     assert!(d.iter().all(|x| *x == d[0]), "{d:?}");
     // A restart from snapshot + records gives the same state.
@@ -325,7 +334,7 @@ fn snapshots_compact_and_restore() {
         truncated_tail: None,
     };
     let back = NodeCore::new(NodeConfig::for_test(NodeId(l as u64 + 1), ids(3), 1), rec).unwrap();
-    assert!(back.state_digest(ShardId(0)).0 >= st.snapshot_index);
+    assert!(back.state_digest(ShardId(0)).unwrap().0 >= st.snapshot_index);
 }
 
 #[test]
@@ -486,8 +495,8 @@ fn follower_back_after_compaction_gets_a_snapshot(puts_after_snapshot: u64) {
         "installed the image of the applied state: {back:?}"
     );
     assert_eq!(
-        c.nodes[f].state_digest(shard),
-        c.nodes[l].state_digest(shard)
+        c.nodes[f].state_digest(shard).unwrap(),
+        c.nodes[l].state_digest(shard).unwrap()
     );
 }
 
@@ -499,4 +508,79 @@ fn follower_back_after_compaction_gets_a_snapshot_at_the_compacted_index() {
 #[test]
 fn follower_back_after_compaction_gets_a_snapshot_past_the_compacted_index() {
     follower_back_after_compaction_gets_a_snapshot(2);
+}
+
+/// With R < N each node hosts only the shards placement gives it: every shard elects a
+/// leader among its own replicas, no Raft message goes to a node without the shard, and
+/// with leader spreading each node ends up leading its share.
+#[test]
+fn five_nodes_with_three_replicas_host_only_their_shards() {
+    let shards = 10;
+    let mut c = Cluster::with(5, shards, |cfg| {
+        cfg.replication = 3;
+        cfg.spread_leaders = true;
+    });
+    let placement = c.nodes[0].config().placement();
+    for (i, n) in c.nodes.iter().enumerate() {
+        let me = NodeId(i as u64 + 1);
+        let expected: Vec<ShardId> = crate::placement::shards_of(&placement, me);
+        assert_eq!(n.hosted_shards(), expected, "node {me}");
+        assert_eq!(expected.len(), 6, "10 shards x 3 replicas over 5 nodes");
+    }
+    c.tick(400);
+    let mut led = [0usize; 5];
+    for s in (0..shards).map(ShardId) {
+        let l = c.leader(s);
+        assert!(placement[s.0 as usize]
+            .replicas
+            .contains(&NodeId(l as u64 + 1)));
+        led[l] += 1;
+    }
+    assert_eq!(led, [2; 5], "leaders spread to the preferred replicas");
+    assert_eq!(c.misdirected, 0);
+    for (token, s) in (0..shards).map(ShardId).enumerate() {
+        let key = (0..)
+            .map(|k| format!("k{k}"))
+            .find(|k| kv_shared::shard::shard_for_key(k.as_bytes(), shards) == s)
+            .unwrap();
+        let l = c.leader(s);
+        c.request(l, token as u64, put(1, token as u64 + 1, &key, "v"));
+        c.flush(l);
+        c.tick(2);
+        assert_eq!(c.reply_to(token as u64), vec![Outcome::Done], "shard {s}");
+    }
+}
+
+/// A node that holds no replica of the key's shard answers at once with the replica set
+/// it knows, so the client re-routes instead of waiting for a leader that never comes.
+#[test]
+fn a_node_without_the_shard_answers_with_its_replica_set() {
+    let shards = 4;
+    let mut c = Cluster::with(4, shards, |cfg| cfg.replication = 2);
+    let (key, shard) = (0..)
+        .map(|k| format!("k{k}"))
+        .map(|k| {
+            let s = kv_shared::shard::shard_for_key(k.as_bytes(), shards);
+            (k, s)
+        })
+        .find(|(_, s)| !c.nodes[0].hosts(*s))
+        .unwrap();
+    let replicas = c.nodes[0].config().placement()[shard.0 as usize]
+        .replicas
+        .clone();
+    c.request(0, 9, get(1, 1, &key));
+    c.flush(0);
+    match &c.reply_to(9)[..] {
+        [Outcome::Error(ClientError::StaleRoute { node, route })] => {
+            assert_eq!(*node, NodeId(1));
+            assert_eq!(route.shard, shard);
+            assert_eq!(route.voters, replicas);
+            assert_eq!(route.epoch, 0);
+        }
+        other => panic!("expected StaleRoute, got {other:?}"),
+    }
+    let status = c.nodes[0].status();
+    assert_eq!(status.routes.len(), shards as usize);
+    assert_eq!(status.routes[shard.0 as usize].voters, replicas);
+    assert!(status.shards.iter().all(|row| row.shard != shard));
 }

@@ -79,6 +79,7 @@ impl Client {
         let req = ClientRequest {
             client: self.id,
             seq: self.seq,
+            epoch: 0,
             op,
         };
         let shard = req
@@ -133,6 +134,7 @@ impl Client {
         let req = ClientRequest {
             client: self.id,
             seq: self.seq,
+            epoch: 0,
             op,
         };
         self.attempt(node, &req)
