@@ -349,6 +349,7 @@ impl Client {
             return Err(Error::NoNodeAnswered {
                 waited_ms: start.elapsed().as_millis() as u64,
                 tried,
+                outcome_unknown: false,
             });
         }
         Ok(())
@@ -820,11 +821,27 @@ impl Session {
         let mut last = String::from("nothing answered yet");
         let mut redirects_in_a_row = 0usize;
         let mut attempt = 0u64;
+        // Nodes that let an attempt time out. If none of them, nor any other node, answered
+        // anything by the deadline (the counter counts every reply this client received),
+        // the cluster is unreachable, not merely leaderless.
+        let mut silent: Vec<SocketAddr> = Vec::new();
+        let replies_before = self.client.metrics().replies_received;
         loop {
             let now = Instant::now();
             if now >= deadline {
                 let waited_ms = now.duration_since(start).as_millis() as u64;
-                return Err(if leader_worked {
+                let nothing_heard = self.client.metrics().replies_received == replies_before;
+                return Err(if nothing_heard && !silent.is_empty() {
+                    Error::NoNodeAnswered {
+                        waited_ms,
+                        tried: silent
+                            .iter()
+                            .map(|a| a.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        outcome_unknown,
+                    }
+                } else if leader_worked {
                     Error::GaveUp {
                         shard,
                         waited_ms,
@@ -888,6 +905,9 @@ impl Session {
             match setback {
                 Setback::Silence => {
                     outcome_unknown |= is_write;
+                    if !silent.contains(&target.addr) {
+                        silent.push(target.addr);
+                    }
                     last = format!(
                         "{who} did not answer within {} ms",
                         opts.attempt_timeout.as_millis()

@@ -90,7 +90,7 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     (
         "status",
         "",
-        "per shard: leader, term, commit/applied, replica lag; per node: reachability",
+        "per shard: leader, term, epoch, replicas and their own applied index; per node: reachability; then what is wrong (exit 1 if a shard cannot serve)",
     ),
     (
         "shard",

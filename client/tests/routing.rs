@@ -227,11 +227,37 @@ async fn a_shard_without_leader_is_unavailable_after_the_deadline_not_a_hang() {
     );
     assert!(matches!(e, Error::NoLeader { .. }));
 
-    // A cluster that answers nothing: same error, but a write's outcome is now unknown.
+    // A cluster that answers nothing is said to be unreachable, not leaderless; a write's
+    // outcome is now unknown.
     fake.ctl().silent = true;
     let e = s.put(b("k"), b("v")).await.unwrap_err();
-    assert!(e.to_string().contains("did not answer"), "{e}");
+    assert!(e.to_string().starts_with("no node answered within"), "{e}");
+    assert!(matches!(e, Error::NoNodeAnswered { .. }));
     assert!(e.outcome_unknown());
+}
+
+#[tokio::test]
+async fn with_every_node_silent_a_request_and_status_say_so_and_status_exits_2() {
+    let fake = FakeCluster::start(3, 8, Some(1));
+    let mut options = fake.options();
+    options.unavailable_after = Duration::from_millis(500);
+    let client = Client::connect(options).await.unwrap();
+    fake.ctl().silent = true;
+    let mut s = client.session();
+    let e = s.get(b("k")).await.unwrap_err();
+    assert!(!e.outcome_unknown(), "a get changes nothing");
+    assert!(e.to_string().starts_with("no node answered within"), "{e}");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let style = kvcli::output::Style {
+        json: false,
+        colour: false,
+    };
+    let words = vec!["status".to_string()];
+    let code = kvcli::run::one_shot(&client, &words, style, &mut out, &mut err).await;
+    let err = String::from_utf8(err).unwrap();
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("error: no node answered within"), "{err}");
+    assert!(out.is_empty());
 }
 
 #[tokio::test]
