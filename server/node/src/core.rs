@@ -1051,6 +1051,19 @@ impl NodeCore {
         }
     }
 
+    /// Proposes a membership change of `shard` at its leader (tests of the epoch; replica
+    /// moves will drive changes through their own state machine).
+    #[cfg(test)]
+    pub(crate) fn propose_conf_change(
+        &mut self,
+        shard: ShardId,
+        change: kv_raft::ConfChange,
+    ) -> Result<(u64, u64), ProposeError> {
+        let g = &mut self.groups[shard];
+        g.wake();
+        g.raft.propose_conf_change(change)
+    }
+
     /// True if this node holds a replica of `shard`. The per-shard accessors below
     /// panic for a shard not hosted here.
     pub fn hosts(&self, shard: ShardId) -> bool {

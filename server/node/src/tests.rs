@@ -584,3 +584,54 @@ fn a_node_without_the_shard_answers_with_its_replica_set() {
     assert_eq!(status.routes[shard.0 as usize].voters, replicas);
     assert!(status.shards.iter().all(|row| row.shard != shard));
 }
+
+/// A membership change bumps the shard's epoch to its entry's index on every replica; a
+/// follower answers a request routed by the older epoch with the new replica set (so the
+/// client learns it), and one routed by the current epoch with a plain redirect.
+#[test]
+fn a_membership_change_bumps_the_epoch_and_stale_routes_get_the_new_set() {
+    let shard = ShardId(0);
+    let mut c = Cluster::with(4, 1, |cfg| cfg.replication = 3);
+    assert!(
+        !c.nodes[3].hosts(shard),
+        "node 4 holds no replica of the only shard"
+    );
+    c.tick(60);
+    let l = c.leader(shard);
+    let (index, _) = c.nodes[l]
+        .propose_conf_change(shard, kv_raft::ConfChange::AddLearner(NodeId(4)))
+        .expect("the leader takes the change");
+    c.flush(l);
+    c.tick(5);
+    for i in 0..3 {
+        let route = c.nodes[i].shard_route(shard);
+        assert_eq!(route.epoch, index, "node {}", i + 1);
+        assert_eq!(route.voters, ids(3));
+        assert_eq!(route.learners, vec![NodeId(4)]);
+        assert_eq!(c.nodes[i].status().shards[0].epoch, index);
+    }
+    let f = (0..3).find(|&i| i != l).unwrap();
+    c.request(f, 1, get(1, 1, "k"));
+    c.flush(f);
+    match &c.reply_to(1)[..] {
+        [Outcome::Error(ClientError::StaleRoute { route, .. })] => {
+            assert_eq!(
+                (route.epoch, route.learners.clone()),
+                (index, vec![NodeId(4)])
+            );
+            assert_eq!(route.leader, Some(NodeId(l as u64 + 1)));
+        }
+        other => panic!("expected StaleRoute, got {other:?}"),
+    }
+    let mut current = get(1, 2, "k");
+    current.epoch = index;
+    c.request(f, 2, current);
+    c.flush(f);
+    assert_eq!(
+        c.reply_to(2),
+        vec![Outcome::Error(ClientError::NotLeader {
+            shard,
+            leader: Some(NodeId(l as u64 + 1))
+        })]
+    );
+}
