@@ -635,3 +635,28 @@ fn a_membership_change_bumps_the_epoch_and_stale_routes_get_the_new_set() {
         })]
     );
 }
+
+/// The status reply (one row per hosted shard plus a route per shard) must fit one
+/// datagram for the largest cluster the limits allow with the default replication.
+#[test]
+fn status_of_the_largest_cluster_fits_one_datagram() {
+    use kv_shared::limits::{NODES_MAX, SHARDS_MAX};
+    use kv_shared::proto::ClientReply;
+    let members: Vec<NodeId> = (1..=NODES_MAX as u64).map(NodeId).collect();
+    let mut config = NodeConfig::for_test(NodeId(1), members, SHARDS_MAX);
+    config.replication = 3;
+    config.addrs = (1..=NODES_MAX as u64)
+        .map(|i| (NodeId(i), format!("[2001:db8::{i}]:65535").parse().unwrap()))
+        .collect();
+    let node = NodeCore::new(config, Recovered::default()).unwrap();
+    let reply = vec![ClientReply {
+        client: kv_shared::ClientId(u64::MAX),
+        seq: u64::MAX,
+        outcome: Outcome::Status(node.status()),
+    }];
+    let bytes = postcard::to_stdvec(&reply).unwrap().len();
+    assert!(
+        bytes <= kv_shared::wire::PAYLOAD_BYTES_MAX,
+        "a status reply of {bytes} bytes"
+    );
+}
