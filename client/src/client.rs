@@ -782,20 +782,26 @@ impl Session {
     /// under one sequence number, until an answer or the unavailability deadline.
     ///
     /// # Panics
-    /// On `Op::Status` (not keyed; use [`Client::status`]).
+    /// On `Op::Status` (not routed to a shard; use [`Client::status`]).
     pub async fn execute(&mut self, op: Op) -> Result<Response, Error> {
         op.check_limits().map_err(Error::Limit)?;
-        let key = op
-            .key()
-            .expect("execute takes keyed operations only")
-            .clone();
         let stale = matches!(op, Op::Get { stale: true, .. });
         let is_write = op.is_write();
         let shard_count = self
             .client
             .shard_count()
             .expect("connect learned the shard count");
-        let shard = shard_for_key(&key, shard_count);
+        let shard = match (&op, op.key()) {
+            (Op::ShardLeader { shard, .. }, _) if shard.0 >= shard_count => {
+                return Err(Error::Limit(ClientError::Malformed(format!(
+                    "shard {} does not exist; the cluster has {shard_count} shards",
+                    shard.0
+                ))))
+            }
+            (Op::ShardLeader { shard, .. }, _) => *shard,
+            (_, Some(key)) => shard_for_key(key, shard_count),
+            (_, None) => panic!("execute takes keyed or shard-addressed operations"),
+        };
         let seq = self.next_seq;
         self.next_seq += 1;
         let route_epoch = |client: &Client| client.cached_route(shard).map_or(0, |r| r.epoch);

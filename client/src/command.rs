@@ -43,6 +43,13 @@ pub enum Command {
         /// The key.
         key: Bytes,
     },
+    /// Make a node the preferred leader of a shard (admin).
+    ShardLeader {
+        /// The shard.
+        shard: u32,
+        /// The node.
+        node: u64,
+    },
     /// Usage, for all commands or one.
     Help {
         /// A command name, if the user asked about one.
@@ -94,8 +101,8 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ),
     (
         "shard",
-        "KEY",
-        "which shard KEY belongs to, and its cached leader",
+        "KEY | leader SHARD NODE",
+        "which shard KEY belongs to, and its cached leader; or make NODE lead SHARD (it takes over once caught up, and keeps it)",
     ),
     ("help", "[COMMAND]", "this list, or one command's usage"),
     ("quit", "", "leave (Ctrl-D works too)"),
@@ -222,6 +229,10 @@ pub fn parse_words<S: AsRef<str>>(words: &[S]) -> Result<Command, ParseError> {
         ("status", []) => Command::Status,
         ("status", _) => return Err(usage("status")),
         ("shard", [k]) => Command::Shard { key: v(k)? },
+        ("shard", ["leader", s, n]) => match (s.parse(), n.parse()) {
+            (Ok(shard), Ok(node)) => Command::ShardLeader { shard, node },
+            _ => return Err(usage("shard")),
+        },
         ("shard", _) => return Err(usage("shard")),
         ("help" | "?", []) => Command::Help { topic: None },
         ("help" | "?", [t]) => Command::Help {
@@ -339,6 +350,16 @@ mod tests {
             parse_line("shard k").unwrap(),
             Some(Command::Shard { key: b("k") })
         );
+        assert_eq!(
+            parse_line("shard leader 3 2").unwrap(),
+            Some(Command::ShardLeader { shard: 3, node: 2 })
+        );
+        assert_eq!(
+            parse_line("shard leader").unwrap(),
+            Some(Command::Shard { key: b("leader") }),
+            "a key named leader"
+        );
+        assert!(parse_line("shard leader x 2").is_err());
         assert_eq!(
             parse_line("help cas").unwrap(),
             Some(Command::Help {

@@ -61,6 +61,13 @@ pub async fn execute(client: &Client, session: &mut Session, cmd: Command) -> Re
                 &reports, count,
             ))));
         }
+        Command::ShardLeader { shard, node } => {
+            let op = Op::ShardLeader {
+                shard: kv_shared::ShardId(shard),
+                node: kv_shared::NodeId(node),
+            };
+            session.execute(op).await?
+        }
         Command::Shard { key } => {
             let shard = client
                 .shard_of(&key)

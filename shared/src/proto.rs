@@ -41,6 +41,15 @@ pub enum Op {
     },
     /// Ask the node for its status table (not routed to a shard).
     Status,
+    /// Admin: make `node` the preferred leader of `shard`. Recorded in the shard's log
+    /// (so every replica agrees and it outlives leader changes); the leader then hands
+    /// leadership over once `node` has caught up. `node` must be a voter of the shard.
+    ShardLeader {
+        /// The shard.
+        shard: ShardId,
+        /// Its new preferred leader.
+        node: NodeId,
+    },
 }
 
 impl Op {
@@ -51,13 +60,16 @@ impl Op {
             | Op::Put { key, .. }
             | Op::Delete { key }
             | Op::Cas { key, .. } => Some(key),
-            Op::Status => None,
+            Op::Status | Op::ShardLeader { .. } => None,
         }
     }
 
     /// True for operations that change state (and so go through the log with a session).
     pub fn is_write(&self) -> bool {
-        matches!(self, Op::Put { .. } | Op::Delete { .. } | Op::Cas { .. })
+        matches!(
+            self,
+            Op::Put { .. } | Op::Delete { .. } | Op::Cas { .. } | Op::ShardLeader { .. }
+        )
     }
 
     /// Checks the size limits, naming the limit that was crossed.

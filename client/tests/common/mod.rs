@@ -59,6 +59,8 @@ pub struct Ctl {
     pub replicas: Option<Vec<u64>>,
     /// The epoch of that replica set.
     pub route_epoch: u64,
+    /// `ShardLeader` requests the leader took: (shard, node).
+    pub preferred_leaders: Vec<(u32, u64)>,
 }
 
 impl Ctl {
@@ -281,6 +283,16 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
         };
         return reply(Outcome::Status(status));
     }
+    if let Op::ShardLeader { shard, node } = r.op {
+        if c.leader != Some(me) {
+            return reply(Outcome::Error(ClientError::NotLeader {
+                shard,
+                leader: c.leader.map(NodeId),
+            }));
+        }
+        c.preferred_leaders.push((shard.0, node.0));
+        return reply(Outcome::Done);
+    }
     let key = r.op.key().expect("keyed").clone();
     let shard = shard_for_key(&key, shards);
     if c.replicas.as_ref().is_some_and(|r| !r.contains(&me)) {
@@ -350,7 +362,7 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
                 }
             }
         }
-        Op::Get { .. } | Op::Status => unreachable!("handled above"),
+        Op::Get { .. } | Op::Status | Op::ShardLeader { .. } => unreachable!("handled above"),
     };
     if c.data.get(&key) != before.as_ref() {
         c.prev.insert(key, (before, r.client));

@@ -452,7 +452,9 @@ impl NodeCore {
             if g.soft.role != Role::Leader {
                 continue;
             }
-            let preferred = self.placement[g.shard.0 as usize].preferred_leader;
+            let preferred =
+                g.sm.preferred_leader()
+                    .unwrap_or(self.placement[g.shard.0 as usize].preferred_leader);
             if preferred == self.config.node
                 || g.last_transfer_tick
                     .is_some_and(|t| self.tick_count < t + interval)
@@ -501,17 +503,25 @@ impl NodeCore {
                 },
             ));
         };
-        let key = match &req.op {
+        if let Err(e) = req.op.check_limits() {
+            return reply_now(self, Outcome::Error(e));
+        }
+        let shard_count = self.config.shard_count;
+        let shard = match &req.op {
             Op::Status => {
                 let s = self.status();
                 return reply_now(self, Outcome::Status(s));
             }
-            op => op.key().expect("keyed op").clone(),
+            Op::ShardLeader { shard, .. } if shard.0 >= shard_count => {
+                let e = ClientError::Malformed(format!(
+                    "shard {} does not exist; the cluster has {shard_count} shards",
+                    shard.0
+                ));
+                return reply_now(self, Outcome::Error(e));
+            }
+            Op::ShardLeader { shard, .. } => *shard,
+            op => shard_for_key(op.key().expect("keyed op"), shard_count),
         };
-        if let Err(e) = req.op.check_limits() {
-            return reply_now(self, Outcome::Error(e));
-        }
-        let shard = shard_for_key(&key, self.config.shard_count);
         if !self.groups.contains(shard) {
             let e = ClientError::StaleRoute {
                 node: self.config.node,
@@ -519,8 +529,8 @@ impl NodeCore {
             };
             return reply_now(self, Outcome::Error(e));
         }
-        if let Op::Get { stale: true, .. } = req.op {
-            let v = self.groups[shard].sm.get(&key);
+        if let Op::Get { stale: true, key } = &req.op {
+            let v = self.groups[shard].sm.get(key);
             return reply_now(self, Outcome::Value(v));
         }
         if self.requests.len() >= PENDING_REQUESTS_MAX {
@@ -819,12 +829,16 @@ impl NodeCore {
         let soft = self.groups[g].soft;
         let mut writes: Vec<(u64, WriteCommand)> = Vec::new();
         let mut reads: Vec<u64> = Vec::new();
+        let mut refused: Vec<(u64, NodeId)> = Vec::new();
         for id in ids {
             let Some(r) = self.requests.get(&id) else {
                 continue;
             };
             if soft.role == Role::Leader {
                 match WriteOp::from_op(&r.req.op) {
+                    Some(WriteOp::PreferLeader { node }) if !self.is_voter(g, node) => {
+                        refused.push((id, node));
+                    }
                     Some(op) => writes.push((
                         id,
                         WriteCommand {
@@ -838,6 +852,18 @@ impl NodeCore {
             } else {
                 self.redirect_or_hold(g, id, soft.leader.filter(|l| *l != me), shard);
             }
+        }
+        for (id, node) in refused {
+            let voters: Vec<String> = (self.groups[g].raft.status().membership.voters)
+                .iter()
+                .map(|v| v.to_string())
+                .collect();
+            let e = ClientError::Malformed(format!(
+                "{node} is not a voter of shard {} (voters: {})",
+                shard.0,
+                voters.join(", ")
+            ));
+            self.reply(id, Outcome::Error(e));
         }
         // One entry per ENTRY_BYTES_MAX of writes: an entry must fit one Append datagram.
         let mut batch: Vec<(u64, WriteCommand)> = Vec::new();
@@ -917,6 +943,15 @@ impl NodeCore {
             }
         };
         self.reply(id, Outcome::Error(e));
+    }
+
+    fn is_voter(&self, g: ShardId, node: NodeId) -> bool {
+        self.groups[g]
+            .raft
+            .status()
+            .membership
+            .voters
+            .contains(&node)
     }
 
     /// This node's view of where `shard` lives: its own replica's membership if it hosts

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use hashbrown::hash_table::{Entry, HashTable};
 use kv_shared::proto::{ClientError, Op, Outcome};
-use kv_shared::ClientId;
+use kv_shared::{ClientId, NodeId};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -35,6 +35,11 @@ pub enum WriteOp {
         /// Value written on a match.
         new: Bytes,
     },
+    /// Make `node` the shard's preferred leader (admin).
+    PreferLeader {
+        /// The node.
+        node: NodeId,
+    },
 }
 
 impl WriteOp {
@@ -51,6 +56,7 @@ impl WriteOp {
                 expected: expected.clone(),
                 new: new.clone(),
             }),
+            Op::ShardLeader { node, .. } => Some(WriteOp::PreferLeader { node: *node }),
             Op::Get { .. } | Op::Status => None,
         }
     }
@@ -254,6 +260,7 @@ struct ImageRef<'a> {
     applied_index: u64,
     applied_term: u64,
     membership_epoch: u64,
+    preferred_leader: Option<NodeId>,
 }
 
 /// The serialized form of a shard (snapshot image), as read: keys and values borrowed
@@ -267,6 +274,7 @@ struct Image<'a> {
     applied_index: u64,
     applied_term: u64,
     membership_epoch: u64,
+    preferred_leader: Option<NodeId>,
 }
 
 /// One key and its value in a single heap block: the key's length (u32, little endian),
@@ -343,6 +351,8 @@ pub struct StateMachine {
     /// Index of the last membership change applied (0: the initial replica set): the
     /// shard's epoch, kept here so that it survives in snapshots with the rest.
     membership_epoch: u64,
+    /// Set by `WriteOp::PreferLeader`: replicated, so a new leader honours it too.
+    preferred_leader: Option<NodeId>,
 }
 
 /// Equal shards hold the same keys and values, sessions and position (whatever their
@@ -358,6 +368,7 @@ impl PartialEq for StateMachine {
             && self.applied_index == other.applied_index
             && self.applied_term == other.applied_term
             && self.membership_epoch == other.membership_epoch
+            && self.preferred_leader == other.preferred_leader
     }
 }
 
@@ -378,6 +389,7 @@ impl StateMachine {
             applied_index: 0,
             applied_term: 0,
             membership_epoch: 0,
+            preferred_leader: None,
         }
     }
 
@@ -445,6 +457,11 @@ impl StateMachine {
         self.membership_epoch
     }
 
+    /// The leader an admin asked for (`WriteOp::PreferLeader`), if any.
+    pub fn preferred_leader(&self) -> Option<NodeId> {
+        self.preferred_leader
+    }
+
     /// Marks a no-op entry applied.
     pub fn apply_empty(&mut self, index: u64, term: u64) {
         self.advance(index, term);
@@ -506,6 +523,10 @@ impl StateMachine {
                     }
                 }
             }
+            WriteOp::PreferLeader { node } => {
+                self.preferred_leader = Some(*node);
+                Outcome::Done
+            }
         };
         self.sessions.record(w.client, w.seq, outcome.clone());
         outcome
@@ -524,6 +545,7 @@ impl StateMachine {
             applied_index: self.applied_index,
             applied_term: self.applied_term,
             membership_epoch: self.membership_epoch,
+            preferred_leader: self.preferred_leader,
         };
         Bytes::from(postcard::to_stdvec(&image).expect("an image always encodes"))
     }
@@ -540,6 +562,7 @@ impl StateMachine {
             applied_index: image.applied_index,
             applied_term: image.applied_term,
             membership_epoch: image.membership_epoch,
+            preferred_leader: image.preferred_leader,
         };
         for (key, value) in image.data {
             sm.insert(key, value);
@@ -873,6 +896,7 @@ mod tests {
             applied_index: u64,
             applied_term: u64,
             membership_epoch: u64,
+            preferred_leader: Option<NodeId>,
         }
         let mut sm = StateMachine::new(10);
         sm.apply_entry(
@@ -904,6 +928,7 @@ mod tests {
             applied_index: 2,
             applied_term: 1,
             membership_epoch: 2,
+            preferred_leader: None,
         };
         sm.apply_membership_change(2, 1);
         assert_eq!(

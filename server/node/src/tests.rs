@@ -660,3 +660,55 @@ fn status_of_the_largest_cluster_fits_one_datagram() {
         "a status reply of {bytes} bytes"
     );
 }
+
+/// `ShardLeader` records the preferred leader in the shard's log; leadership moves there
+/// and stays (a later leader honours the same replicated preference), while a node that
+/// is not a voter, or a shard that does not exist, is refused.
+#[test]
+fn an_admin_preferred_leader_takes_over_and_keeps_the_shard() {
+    let shard = ShardId(0);
+    let mut c = Cluster::with(3, 1, |cfg| cfg.spread_leaders = true);
+    c.tick(300);
+    assert_eq!(
+        c.leader(shard),
+        0,
+        "the placement prefers node 1 for shard 0"
+    );
+    let admin = |seq: u64, s: u32, node: u64| ClientRequest {
+        client: ClientId(77),
+        seq,
+        epoch: 0,
+        op: Op::ShardLeader {
+            shard: ShardId(s),
+            node: NodeId(node),
+        },
+    };
+    c.request(0, 1, admin(1, 0, 9));
+    c.request(0, 2, admin(2, 4, 3));
+    c.flush(0);
+    c.tick(2);
+    let refusal = |outcomes: Vec<Outcome>| match &outcomes[..] {
+        [Outcome::Error(ClientError::Malformed(m))] => m.clone(),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(
+        refusal(c.reply_to(1)),
+        "n9 is not a voter of shard 0 (voters: n1, n2, n3)"
+    );
+    assert_eq!(
+        refusal(c.reply_to(2)),
+        "shard 4 does not exist; the cluster has 1 shards"
+    );
+    c.request(0, 3, admin(3, 0, 3));
+    c.flush(0);
+    c.tick(2);
+    assert_eq!(c.reply_to(3), vec![Outcome::Done]);
+    c.tick(300);
+    assert_eq!(c.leader(shard), 2, "node 3 leads once caught up");
+    c.tick(600);
+    assert_eq!(
+        c.leader(shard),
+        2,
+        "and keeps leading: no node spreads it back"
+    );
+}

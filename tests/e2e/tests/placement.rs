@@ -1,6 +1,7 @@
 //! Real kvserver processes with each shard on R of N nodes: every node holds only its
-//! share of the replicas, leaders spread over the nodes, and kvcli given one node's
-//! address learns the others and reaches every shard.
+//! share of the replicas, leaders spread over the nodes, kvcli given one node's address
+//! learns the others and reaches every shard, and `kvcli shard leader` moves a shard's
+//! leadership for good.
 
 use kv_e2e::cli;
 use kv_e2e::cluster::{Cluster, Spec};
@@ -15,7 +16,7 @@ const SPREAD_TIMEOUT: Duration = Duration::from_secs(40);
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[test]
-fn four_nodes_with_three_replicas_serve_every_shard_through_one_address() {
+fn four_nodes_with_three_replicas_serve_every_shard_through_one_address_and_move_a_leader() {
     let shards = 8;
     let mut c = Cluster::start(Spec {
         nodes: 4,
@@ -75,4 +76,49 @@ fn four_nodes_with_three_replicas_serve_every_shard_through_one_address() {
         .map(|k| kv_shared::shard::shard_for_key(k.as_bytes(), shards))
         .collect();
     assert_eq!(touched.len(), shards as usize, "the keys cover every shard");
+
+    // `shard leader`: a voter that does not lead shard 0 takes it over and keeps it.
+    let st0 = statuses(&mut client).expect("every node answers");
+    let route = &st0[0].routes[0];
+    let leader = route.leader.expect("shard 0 has a leader");
+    let target = *route
+        .voters
+        .iter()
+        .find(|v| **v != leader)
+        .expect("3 voters");
+    let run = cli::run(
+        &[
+            "--nodes",
+            &first,
+            "--cluster-id",
+            &cluster_id,
+            "shard",
+            "leader",
+            "0",
+            &target.0.to_string(),
+        ],
+        "",
+        RUN_TIMEOUT,
+    );
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (Some(0), "OK\n"),
+        "{run:?}"
+    );
+    let leads_shard_0 = |client: &mut kv_e2e::client::Client| {
+        let st = client.status(target)?;
+        st.shards
+            .iter()
+            .any(|r| r.shard.0 == 0 && r.role == Role::Leader)
+            .then_some(())
+    };
+    kv_e2e::wait_for("the chosen node leading shard 0", SPREAD_TIMEOUT, || {
+        leads_shard_0(&mut client)
+    });
+    // Several spreading periods later it still leads: every replica holds the preference.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        leads_shard_0(&mut client).is_some(),
+        "{target} kept shard 0"
+    );
 }
