@@ -539,8 +539,9 @@ def run_catchup(args, bins, workdir, results):
             polls += 1
             s = c.status()
             if s and all(r.get("leader") for r in s["shards"]):
-                lags = [next((x["behind"] for x in r["lag"] if x["node"] == 3), None) for r in s["shards"]]
-                if all(lag == 0 for lag in lags):
+                # Node 3's own applied index (not the leader's belief) reaching the commit.
+                applied = [next((x["applied"] for x in r["replicas"] if x["node"] == 3), None) for r in s["shards"]]
+                if all(a is not None and a >= r["commit"] for a, r in zip(applied, s["shards"])):
                     caught = time.time() - t0
                     break
             time.sleep(0.1)

@@ -1,6 +1,8 @@
 //! The async kvcli client library: one UDP socket shared by many logical sessions, each
-//! key routed to its shard's cached leader, redirects followed, timeouts retried with
-//! backoff and jitter under the SAME (client id, sequence number) so a write applies once.
+//! key routed to its shard's cached leader (else to one of the shard's replicas),
+//! redirects followed, timeouts retried with backoff and jitter under the SAME (client id,
+//! sequence number) so a write applies once. The client learns the nodes, each shard's
+//! replica set (with its epoch) and leader hints from any node that answers.
 //!
 //! Shape: [`Client::connect`] binds the socket and starts two tasks, a receiver that
 //! demultiplexes replies to sessions by client id, and a sender that batches the requests
@@ -12,7 +14,9 @@ use bytes::Bytes;
 use kv_shared::auth::{self, ClientKey, Protection, ReplayWindow, Sealer, Stamp, BODY_BYTES_MAX};
 use kv_shared::config::ClusterConfig;
 use kv_shared::limits::CLIENT_REQUESTS_PER_DATAGRAM_MAX;
-use kv_shared::proto::{ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role};
+use kv_shared::proto::{
+    ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role, ShardRoute,
+};
 use kv_shared::shard::shard_for_key;
 use kv_shared::wire::{self, Kind};
 use kv_shared::{ClientId, NodeId, ShardId};
@@ -171,11 +175,14 @@ struct Incoming {
     outcome: Outcome,
 }
 
-/// The client's view of the cluster: who the nodes are, how many shards, which leads which.
+/// The client's view of the cluster: who the nodes are, how many shards, where each
+/// shard lives and which node leads it.
 struct Topology {
     nodes: Vec<NodeAddr>,
     shard_count: Option<u32>,
     leaders: Vec<Option<NodeId>>,
+    /// Each shard's newest known replica set (by epoch).
+    routes: Vec<Option<ShardRoute>>,
 }
 
 impl Topology {
@@ -194,15 +201,47 @@ impl Topology {
         if self.shard_count.is_none() && count > 0 && count <= kv_shared::limits::SHARDS_MAX {
             self.shard_count = Some(count);
             self.leaders = vec![None; count as usize];
+            self.routes = vec![None; count as usize];
         }
     }
 
-    /// Learns the answering node's id and its view of every shard's leader.
+    /// Adopts `route` if it is newer than the cached one; true if it was.
+    fn learn_route(&mut self, route: &ShardRoute) -> bool {
+        let Some(slot) = self.routes.get_mut(route.shard.0 as usize) else {
+            return false;
+        };
+        if slot.as_ref().is_some_and(|have| have.epoch >= route.epoch) {
+            return false;
+        }
+        *slot = Some(route.clone());
+        let leader = &mut self.leaders[route.shard.0 as usize];
+        if leader.is_some_and(|l| !route.voters.contains(&l)) {
+            *leader = None;
+        }
+        if leader.is_none() {
+            *leader = route.leader;
+        }
+        true
+    }
+
+    /// Learns the answering node's id, the nodes it knows, and its view of every shard's
+    /// replica set and leader.
     fn learn(&mut self, from: SocketAddr, status: &NodeStatus) {
         if let Some(n) = self.nodes.iter_mut().find(|n| n.addr == from) {
             n.id.get_or_insert(status.node);
         }
+        for &(id, addr) in &status.nodes {
+            if let Some(n) = self.nodes.iter_mut().find(|n| n.addr == addr) {
+                n.id.get_or_insert(id);
+            } else if self.nodes.len() < kv_shared::limits::NODES_MAX && self.addr_of(id).is_none()
+            {
+                self.nodes.push(NodeAddr { id: Some(id), addr });
+            }
+        }
         self.set_shard_count(status.shard_count);
+        for route in &status.routes {
+            self.learn_route(route);
+        }
         for s in &status.shards {
             let Some(slot) = self.leaders.get_mut(s.shard.0 as usize) else {
                 continue;
@@ -281,6 +320,7 @@ impl Client {
             nodes: options.nodes.clone(),
             shard_count: None,
             leaders: Vec::new(),
+            routes: Vec::new(),
         };
         if let Some(count) = options.shard_count {
             topology.set_shard_count(count);
@@ -336,6 +376,7 @@ impl Client {
             return Err(Error::NoNodeAnswered {
                 waited_ms: start.elapsed().as_millis() as u64,
                 tried,
+                outcome_unknown: false,
             });
         }
         Ok(())
@@ -356,6 +397,7 @@ impl Client {
         let request = ClientRequest {
             client: session.id,
             seq,
+            epoch: 0,
             op: Op::Status,
         };
         let encoded = postcard::to_stdvec(&request).expect("a status request encodes");
@@ -469,6 +511,43 @@ impl Client {
             id: Some(id),
             addr: topo.addr_of(id)?,
         })
+    }
+
+    /// The replica set of `shard` as last learned (`None`: not learned yet).
+    pub fn cached_route(&self, shard: ShardId) -> Option<ShardRoute> {
+        let topo = self.shared.topology.lock().expect("topology lock");
+        topo.routes.get(shard.0 as usize).cloned().flatten()
+    }
+
+    /// The nodes that may serve `shard`: its known voters with an address, else every
+    /// known node.
+    fn candidates(&self, shard: ShardId) -> Vec<NodeAddr> {
+        let topo = self.shared.topology.lock().expect("topology lock");
+        let replicas: Vec<NodeAddr> = topo
+            .routes
+            .get(shard.0 as usize)
+            .and_then(Option::as_ref)
+            .map(|r| {
+                r.voters
+                    .iter()
+                    .filter_map(|&id| topo.addr_of(id).map(|addr| NodeAddr { id: Some(id), addr }))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if replicas.is_empty() {
+            topo.nodes.clone()
+        } else {
+            replicas
+        }
+    }
+
+    /// Adopts a replica set a node answered with, if newer; true if it was.
+    fn learn_route(&self, route: &ShardRoute) -> bool {
+        self.shared
+            .topology
+            .lock()
+            .expect("topology lock")
+            .learn_route(route)
     }
 
     /// The nodes, with the ids learned so far.
@@ -789,7 +868,7 @@ impl Session {
     /// unknown; the next write reopens the session.
     ///
     /// # Panics
-    /// On `Op::Status` (not keyed; use [`Client::status`]).
+    /// On `Op::Status` (not routed to a shard; use [`Client::status`]).
     pub async fn execute(&mut self, op: Op) -> Result<Response, Error> {
         op.check_limits().map_err(Error::Limit)?;
         let opens = op.is_write() && !matches!(op, Op::OpenSession { .. });
@@ -820,25 +899,33 @@ impl Session {
 
     /// [`Session::execute`] without opening the session (limits already checked).
     async fn execute_once(&mut self, op: Op) -> Result<Response, Error> {
-        let key = op
-            .key()
-            .expect("execute takes keyed operations only")
-            .clone();
         let stale = matches!(op, Op::Get { stale: true, .. });
         let is_write = op.is_write();
         let shard_count = self
             .client
             .shard_count()
             .expect("connect learned the shard count");
-        let shard = shard_for_key(&key, shard_count);
+        let shard = match (&op, op.key()) {
+            (Op::ShardLeader { shard, .. }, _) if shard.0 >= shard_count => {
+                return Err(Error::Limit(ClientError::Malformed(format!(
+                    "shard {} does not exist; the cluster has {shard_count} shards",
+                    shard.0
+                ))))
+            }
+            (Op::ShardLeader { shard, .. }, _) => *shard,
+            (_, Some(key)) => shard_for_key(key, shard_count),
+            (_, None) => panic!("execute takes keyed or shard-addressed operations"),
+        };
         let seq = self.next_seq;
         self.next_seq += 1;
-        let request = ClientRequest {
+        let route_epoch = |client: &Client| client.cached_route(shard).map_or(0, |r| r.epoch);
+        let mut request = ClientRequest {
             client: self.id,
             seq,
+            epoch: route_epoch(&self.client),
             op,
         };
-        let encoded = postcard::to_stdvec(&request).expect("requests encode");
+        let mut encoded = postcard::to_stdvec(&request).expect("requests encode");
         if encoded.len() + VEC_LEN_PREFIX_BYTES_MAX > BODY_BYTES_MAX {
             return Err(Error::Limit(ClientError::Malformed(format!(
                 "request is {} bytes; a datagram carries at most BODY_BYTES_MAX = {BODY_BYTES_MAX}",
@@ -854,11 +941,27 @@ impl Session {
         let mut last = String::from("nothing answered yet");
         let mut redirects_in_a_row = 0usize;
         let mut attempt = 0u64;
+        // Nodes that let an attempt time out. If none of them, nor any other node, answered
+        // anything by the deadline (the counter counts every reply this client received),
+        // the cluster is unreachable, not merely leaderless.
+        let mut silent: Vec<SocketAddr> = Vec::new();
+        let replies_before = self.client.metrics().replies_received;
         loop {
             let now = Instant::now();
             if now >= deadline {
                 let waited_ms = now.duration_since(start).as_millis() as u64;
-                return Err(if leader_worked {
+                let nothing_heard = self.client.metrics().replies_received == replies_before;
+                return Err(if nothing_heard && !silent.is_empty() {
+                    Error::NoNodeAnswered {
+                        waited_ms,
+                        tried: silent
+                            .iter()
+                            .map(|a| a.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        outcome_unknown,
+                    }
+                } else if leader_worked {
                     Error::GaveUp {
                         shard,
                         waited_ms,
@@ -873,6 +976,12 @@ impl Session {
                         outcome_unknown,
                     }
                 });
+            }
+            let epoch = route_epoch(&self.client);
+            if epoch != request.epoch {
+                // The same session and seq: only the routing epoch changes between attempts.
+                request.epoch = epoch;
+                encoded = postcard::to_stdvec(&request).expect("requests encode");
             }
             let target = self.pick_target(shard, stale);
             if attempt > 0 {
@@ -919,6 +1028,9 @@ impl Session {
             match setback {
                 Setback::Silence => {
                     outcome_unknown |= is_write;
+                    if !silent.contains(&target.addr) {
+                        silent.push(target.addr);
+                    }
                     last = format!(
                         "{who} did not answer within {} ms",
                         opts.attempt_timeout.as_millis()
@@ -946,6 +1058,28 @@ impl Session {
                     if redirects_in_a_row <= self.client.shared.options.nodes.len() {
                         continue;
                     }
+                }
+                Setback::Error(ClientError::StaleRoute { route, .. })
+                    if route.shard == shard && self.client.learn_route(&route) =>
+                {
+                    bump(&self.client.shared.counters.redirects);
+                    last = format!(
+                        "{who} answered with shard {}'s replicas at epoch {}: {}",
+                        shard.0,
+                        route.epoch,
+                        route.replica_list()
+                    );
+                    redirects_in_a_row += 1;
+                    if redirects_in_a_row <= self.client.shared.options.nodes.len() {
+                        continue;
+                    }
+                }
+                Setback::Error(ClientError::StaleRoute { .. }) => {
+                    // The node knows no newer set than ours: try another replica.
+                    bump(&self.client.shared.counters.redirects);
+                    last = format!("{who} holds no replica of shard {} it can serve", shard.0);
+                    self.forget_leader(shard, target);
+                    self.rotation = self.rotation.wrapping_add(1);
                 }
                 Setback::Error(ClientError::NotLeader { .. }) => {
                     bump(&self.client.shared.counters.redirects);
@@ -987,15 +1121,16 @@ impl Session {
         }
     }
 
-    /// The node to send to: the cached leader, else the next node in this session's
-    /// rotation (any node redirects to the leader it knows). Stale reads go to any node.
+    /// The node to send to: the cached leader, else the next of the shard's replicas in
+    /// this session's rotation (any replica redirects to the leader it knows; before the
+    /// replicas are known, any node answers with them). Stale reads go to any replica.
     fn pick_target(&mut self, shard: ShardId, stale: bool) -> NodeAddr {
         if !stale {
             if let Some(l) = self.client.cached_leader(shard) {
                 return l;
             }
         }
-        let nodes = self.client.nodes();
+        let nodes = self.client.candidates(shard);
         if stale {
             self.rotation = self.rotation.wrapping_add(1);
         }
@@ -1037,6 +1172,7 @@ mod tests {
                 .map(|i| ClientRequest {
                     client: ClientId(i),
                     seq: i,
+                    epoch: i,
                     op: Op::Put {
                         key: Bytes::from(format!("k{i}")),
                         value: Bytes::from_static(b"v"),

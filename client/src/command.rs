@@ -50,6 +50,13 @@ pub enum Command {
         /// The key.
         key: Bytes,
     },
+    /// Make a node the preferred leader of a shard (admin).
+    ShardLeader {
+        /// The shard.
+        shard: u32,
+        /// The node.
+        node: u64,
+    },
     /// Usage, for all commands or one.
     Help {
         /// A command name, if the user asked about one.
@@ -102,12 +109,12 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     (
         "status",
         "",
-        "per shard: leader, term, commit/applied, replica lag; per node: reachability",
+        "per shard: leader, term, epoch, replicas and their own applied index; per node: reachability; then what is wrong (exit 1 if a shard cannot serve)",
     ),
     (
         "shard",
-        "KEY",
-        "which shard KEY belongs to, and its cached leader",
+        "KEY | leader SHARD NODE",
+        "which shard KEY belongs to, and its cached leader; or make NODE lead SHARD (it takes over once caught up, and keeps it)",
     ),
     ("help", "[COMMAND]", "this list, or one command's usage"),
     ("quit", "", "leave (Ctrl-D works too)"),
@@ -243,6 +250,10 @@ pub fn parse_words<S: AsRef<str>>(words: &[S]) -> Result<Command, ParseError> {
         ("status", []) => Command::Status,
         ("status", _) => return Err(usage("status")),
         ("shard", [k]) => Command::Shard { key: v(k)? },
+        ("shard", ["leader", s, n]) => match (s.parse(), n.parse()) {
+            (Ok(shard), Ok(node)) => Command::ShardLeader { shard, node },
+            _ => return Err(usage("shard")),
+        },
         ("shard", _) => return Err(usage("shard")),
         ("help" | "?", []) => Command::Help { topic: None },
         ("help" | "?", [t]) => Command::Help {
@@ -371,6 +382,16 @@ mod tests {
             parse_line("shard k").unwrap(),
             Some(Command::Shard { key: b("k") })
         );
+        assert_eq!(
+            parse_line("shard leader 3 2").unwrap(),
+            Some(Command::ShardLeader { shard: 3, node: 2 })
+        );
+        assert_eq!(
+            parse_line("shard leader").unwrap(),
+            Some(Command::Shard { key: b("leader") }),
+            "a key named leader"
+        );
+        assert!(parse_line("shard leader x 2").is_err());
         assert_eq!(
             parse_line("help cas").unwrap(),
             Some(Command::Help {

@@ -49,13 +49,16 @@ pub enum Error {
     /// Refused before sending: a key or value over its limit.
     #[error("{0}")]
     Limit(ClientError),
-    /// No node answered the first Status request, so the shard count is unknown.
+    /// No node answered anything: neither the first Status request (so the shard count
+    /// is unknown) nor, later, any attempt of a request.
     #[error("no node answered within {waited_ms} ms (tried {tried}); is the cluster running, and is --cluster-id right?")]
     NoNodeAnswered {
         /// How long kvcli waited.
         waited_ms: u64,
         /// The addresses asked.
         tried: String,
+        /// True if a write was sent: a node may have applied it and its reply been lost.
+        outcome_unknown: bool,
     },
     /// The local socket failed.
     #[error("socket: {0}")]
@@ -83,8 +86,11 @@ impl Error {
             }
             | Error::Refused {
                 outcome_unknown, ..
+            }
+            | Error::NoNodeAnswered {
+                outcome_unknown, ..
             } => *outcome_unknown,
-            Error::Limit(_) | Error::NoNodeAnswered { .. } | Error::Io(_) => false,
+            Error::Limit(_) | Error::Io(_) => false,
         }
     }
 
@@ -97,6 +103,7 @@ impl Error {
             Error::GaveUp { .. } => "gave-up",
             Error::Refused { error, .. } => match error {
                 ClientError::NotLeader { .. } => "not-leader",
+                ClientError::StaleRoute { .. } => "stale-route",
                 ClientError::NoQuorum { .. } => "no-quorum",
                 ClientError::Timeout { .. } => "timeout",
                 ClientError::KeyTooLarge { .. } | ClientError::ValueTooLarge { .. } => "limit",

@@ -51,10 +51,12 @@ pub enum CmdOutput {
 
 impl CmdOutput {
     /// The exit code a one-shot command ends with: 1 for "not found" and "cas mismatch"
-    /// (so scripts can branch on them), 0 otherwise. Errors exit 2 (see [`EXIT_ERROR`]).
+    /// (so scripts can branch on them) and for a status with a shard that cannot serve
+    /// (no leader or no quorum), 0 otherwise. Errors exit 2 (see [`EXIT_ERROR`]).
     pub fn exit_code(&self) -> i32 {
         match self {
             CmdOutput::Value(None) | CmdOutput::CasMismatch { .. } => EXIT_NOT_FOUND_OR_MISMATCH,
+            CmdOutput::Status(s) if !s.serving() => EXIT_NOT_FOUND_OR_MISMATCH,
             _ => EXIT_OK,
         }
     }
@@ -62,7 +64,7 @@ impl CmdOutput {
 
 /// Success.
 pub const EXIT_OK: i32 = 0;
-/// Key not found, or cas mismatch.
+/// Key not found, cas mismatch, or a status showing a shard that cannot serve.
 pub const EXIT_NOT_FOUND_OR_MISMATCH: i32 = 1;
 /// Any error (bad usage, unreachable cluster, refused request).
 pub const EXIT_ERROR: i32 = 2;
@@ -157,9 +159,26 @@ pub struct ShardRow {
     pub applied: u64,
     /// Keys in the leader's state machine.
     pub keys: u64,
-    /// Per replica: entries behind the leader's commit index (from the leader's match
-    /// index), `None` where unknown.
-    pub lag: Vec<(NodeId, Option<u64>)>,
+    /// Epoch of the newest replica set any node reported.
+    pub epoch: u64,
+    /// Voting replicas of that set.
+    pub voters: Vec<NodeId>,
+    /// Replicas being added (a move in flight).
+    pub learners: Vec<NodeId>,
+    /// Each replica (voters, then learners) and its applied index as that replica itself
+    /// reports it; `None`: the replica did not answer, or holds no copy yet.
+    pub replicas: Vec<(NodeId, Option<u64>)>,
+    /// A majority of the voters answered.
+    pub quorum: bool,
+}
+
+impl ShardRow {
+    /// Fewer voters answered than the replica set has (a replica is down or lost).
+    pub fn under_replicated(&self) -> bool {
+        self.voters
+            .iter()
+            .any(|v| self.replicas.iter().any(|(r, a)| r == v && a.is_none()))
+    }
 }
 
 /// One node's row: reachable or not.
@@ -186,7 +205,58 @@ pub struct ClusterStatus {
     pub nodes: Vec<NodeRow>,
 }
 
-/// Combines the nodes' status replies into one table.
+impl ClusterStatus {
+    /// True if every shard has a leader and a quorum of answering voters.
+    pub fn serving(&self) -> bool {
+        self.shards.iter().all(|s| s.leader.is_some() && s.quorum)
+    }
+
+    /// Nodes that did not answer.
+    pub fn nodes_down(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| n.rtt_us.is_none())
+            .map(|n| match n.node.id {
+                Some(id) => id.to_string(),
+                None => n.node.addr.to_string(),
+            })
+            .collect()
+    }
+
+    /// What is wrong, one line per kind of problem (empty when all is well).
+    pub fn problems(&self) -> Vec<String> {
+        let shards = |pick: &dyn Fn(&ShardRow) -> bool| -> String {
+            self.shards
+                .iter()
+                .filter(|s| pick(s))
+                .map(|s| format!("s{}", s.shard.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let lines = [
+            ("nodes down", self.nodes_down().join(", ")),
+            ("shards without quorum", shards(&|s| !s.quorum)),
+            (
+                "shards without a leader",
+                shards(&|s| s.quorum && s.leader.is_none()),
+            ),
+            (
+                "under-replicated shards",
+                shards(&ShardRow::under_replicated),
+            ),
+            ("moves in flight", shards(&|s| !s.learners.is_empty())),
+        ];
+        lines
+            .into_iter()
+            .filter(|(_, list)| !list.is_empty())
+            .map(|(what, list)| format!("{what}: {list}"))
+            .collect()
+    }
+}
+
+/// Combines the nodes' status replies into one table. A shard's replica set is the newest
+/// (highest epoch) any node reported; each replica's applied index is the one it reported
+/// itself, never another node's belief about it.
 pub fn combine_status(reports: &[NodeReport], shard_count: u32) -> ClusterStatus {
     let answered: Vec<&NodeStatus> = reports
         .iter()
@@ -211,48 +281,50 @@ pub fn combine_status(reports: &[NodeReport], shard_count: u32) -> ClusterStatus
                     .map(move |s| (n.node, s))
             })
             .collect();
+        let route = answered
+            .iter()
+            .filter_map(|n| n.routes.iter().find(|r| r.shard == shard))
+            .max_by_key(|r| r.epoch);
+        let (epoch, voters, learners) = match route {
+            Some(r) => (r.epoch, r.voters.clone(), r.learners.clone()),
+            None => (0, all_ids.clone(), Vec::new()),
+        };
+        let own_applied = |id: &NodeId| views.iter().find(|(n, _)| n == id).map(|(_, s)| s.applied);
+        let replicas: Vec<(NodeId, Option<u64>)> = voters
+            .iter()
+            .chain(&learners)
+            .map(|id| (*id, own_applied(id)))
+            .collect();
+        let answering_voters = voters.iter().filter(|v| own_applied(v).is_some()).count();
+        let quorum = answering_voters > voters.len() / 2;
         let leader_view = views
             .iter()
             .filter(|(_, s)| s.role == Role::Leader)
             .max_by_key(|(_, s)| s.term);
         let term = views.iter().map(|(_, s)| s.term).max().unwrap_or(0);
-        let row = match leader_view {
-            Some((leader, lv)) => {
-                let lag = all_ids
-                    .iter()
-                    .map(|id| {
-                        let behind = if id == leader {
-                            Some(0)
-                        } else {
-                            lv.replicas
-                                .iter()
-                                .find(|(r, _)| r == id)
-                                .map(|(_, m)| lv.commit.saturating_sub(*m))
-                        };
-                        (*id, behind)
-                    })
-                    .collect();
-                ShardRow {
-                    shard,
-                    leader: Some(*leader),
-                    term,
-                    commit: lv.commit,
-                    applied: lv.applied,
-                    keys: lv.keys,
-                    lag,
-                }
-            }
-            None => ShardRow {
-                shard,
-                leader: None,
-                term,
-                commit: views.iter().map(|(_, s)| s.commit).max().unwrap_or(0),
-                applied: views.iter().map(|(_, s)| s.applied).max().unwrap_or(0),
-                keys: views.iter().map(|(_, s)| s.keys).max().unwrap_or(0),
-                lag: all_ids.iter().map(|id| (*id, None)).collect(),
-            },
+        let max_of = |f: fn(&ShardStatus) -> u64| views.iter().map(|(_, s)| f(s)).max();
+        let (leader, commit, applied, keys) = match leader_view {
+            Some((leader, lv)) => (Some(*leader), lv.commit, lv.applied, lv.keys),
+            None => (
+                None,
+                max_of(|s| s.commit).unwrap_or(0),
+                max_of(|s| s.applied).unwrap_or(0),
+                max_of(|s| s.keys).unwrap_or(0),
+            ),
         };
-        shards.push(row);
+        shards.push(ShardRow {
+            shard,
+            leader,
+            term,
+            commit,
+            applied,
+            keys,
+            epoch,
+            voters,
+            learners,
+            replicas,
+            quorum,
+        });
     }
     let nodes = reports
         .iter()
@@ -354,13 +426,13 @@ pub fn render_status(s: &ClusterStatus, style: Style) -> String {
                 r.term.to_string(),
                 format!("{}/{}", r.commit, r.applied),
                 r.keys.to_string(),
-                r.lag
+                r.epoch.to_string(),
+                r.replicas
                     .iter()
-                    .map(|(id, lag)| {
-                        format!(
-                            "{id}:{}",
-                            lag.map(|l| l.to_string()).unwrap_or_else(|| "?".into())
-                        )
+                    .map(|(id, applied)| {
+                        let learner = if r.learners.contains(id) { "+" } else { "" };
+                        let applied = applied.map_or_else(|| "unknown".into(), |a| a.to_string());
+                        format!("{learner}{id}:{applied}")
                     })
                     .collect::<Vec<_>>()
                     .join(" "),
@@ -374,7 +446,8 @@ pub fn render_status(s: &ClusterStatus, style: Style) -> String {
             "TERM",
             "COMMIT/APPLIED",
             "KEYS",
-            "LAG (entries behind commit)",
+            "EPOCH",
+            "REPLICAS (applied, as each reports it; +learner)",
         ],
         &shard_rows,
         |col, raw, padded| {
@@ -453,15 +526,22 @@ pub fn render_status(s: &ClusterStatus, style: Style) -> String {
             ]
         })
         .collect();
+    let mut out = format!("{shards}\n\n{nodes}");
+    for p in s.problems() {
+        out.push('\n');
+        out.push_str(&paint(style, "31", &p));
+    }
     if drop_rows.is_empty() {
-        return format!("{shards}\n\n{nodes}");
+        return out;
     }
     let drops = table(
         &["NODE", "DROPPED SINCE START (by reason)"],
         &drop_rows,
         |_, _, padded| padded,
     );
-    format!("{shards}\n\n{nodes}\n\n{drops}")
+    out.push_str("\n\n");
+    out.push_str(&drops);
+    out
 }
 
 fn status_json(s: &ClusterStatus) -> Value {
@@ -474,8 +554,15 @@ fn status_json(s: &ClusterStatus) -> Value {
             "commit": r.commit,
             "applied": r.applied,
             "keys": r.keys,
-            "lag": r.lag.iter().map(|(id, l)| json!({"node": id.0, "behind": l})).collect::<Vec<_>>(),
+            "epoch": r.epoch,
+            "voters": r.voters.iter().map(|v| v.0).collect::<Vec<_>>(),
+            "learners": r.learners.iter().map(|v| v.0).collect::<Vec<_>>(),
+            "replicas": r.replicas.iter().map(|(id, a)| json!({"node": id.0, "applied": a})).collect::<Vec<_>>(),
+            "quorum": r.quorum,
+            "under_replicated": r.under_replicated(),
         })).collect::<Vec<_>>(),
+        "serving": s.serving(),
+        "problems": s.problems(),
         "nodes": s.nodes.iter().map(|n| json!({
             "node": n.node.id.map(|i| i.0),
             "addr": n.node.addr.to_string(),
@@ -525,6 +612,7 @@ mod tests {
     }
 
     use super::*;
+    use kv_shared::proto::ShardRoute;
     use std::time::Duration;
 
     const PLAIN: Style = Style {
@@ -554,10 +642,31 @@ mod tests {
             log_entries: commit,
             snapshot_index: 0,
             keys: 5,
+            epoch: 0,
             replicas,
         }
     }
 
+    fn route(shard: u32, epoch: u64, voters: &[u64], learners: &[u64]) -> ShardRoute {
+        ShardRoute {
+            shard: ShardId(shard),
+            epoch,
+            voters: voters.iter().copied().map(NodeId).collect(),
+            learners: learners.iter().copied().map(NodeId).collect(),
+            leader: None,
+        }
+    }
+
+    fn addr(id: u64) -> NodeAddr {
+        NodeAddr {
+            id: Some(NodeId(id)),
+            addr: format!("127.0.0.1:710{id}").parse().unwrap(),
+        }
+    }
+
+    /// n1 leads s0 and believes every follower caught up; n2 answers with its own
+    /// (lower) applied index; n3 is down; s1 moves to n4 (a learner that has not
+    /// answered), and n1 holds an older view of s1's replica set than n2.
     fn reports() -> Vec<NodeReport> {
         let n1 = NodeStatus {
             node: NodeId(1),
@@ -569,53 +678,76 @@ mod tests {
                     3,
                     1,
                     100,
-                    vec![(NodeId(1), 100), (NodeId(2), 100), (NodeId(3), 90)],
+                    vec![(NodeId(1), 100), (NodeId(2), 100), (NodeId(3), 100)],
                 ),
                 shard_status(1, Role::Follower, 2, 2, 40, vec![]),
             ],
             peers: vec![(NodeId(2), Some(12)), (NodeId(3), None)],
             refused: vec![],
             drops: vec![("bad_tag".into(), 3), ("replayed".into(), 0)],
+            nodes: vec![],
+            routes: vec![route(0, 0, &[1, 2, 3], &[]), route(1, 0, &[1, 2, 3], &[])],
         };
+        let mut n2 = n1.clone();
+        n2.node = NodeId(2);
+        n2.shards = vec![
+            shard_status(0, Role::Follower, 3, 1, 90, vec![]),
+            shard_status(1, Role::Follower, 2, 2, 38, vec![]),
+        ];
+        n2.peers = vec![(NodeId(1), Some(3)), (NodeId(3), None)];
+        n2.routes = vec![route(0, 0, &[1, 2, 3], &[]), route(1, 7, &[1, 2, 3], &[4])];
         vec![
             NodeReport {
-                node: NodeAddr {
-                    id: Some(NodeId(1)),
-                    addr: "127.0.0.1:7101".parse().unwrap(),
-                },
+                node: addr(1),
                 result: Ok((n1, Duration::from_micros(400))),
             },
             NodeReport {
-                node: NodeAddr {
-                    id: Some(NodeId(3)),
-                    addr: "127.0.0.1:7103".parse().unwrap(),
-                },
+                node: addr(2),
+                result: Ok((n2, Duration::from_micros(600))),
+            },
+            NodeReport {
+                node: addr(3),
                 result: Err("no answer in 1000 ms".into()),
             },
         ]
     }
 
     #[test]
-    fn status_combines_views_and_aligns() {
+    fn status_shows_each_replicas_own_applied_index_and_what_is_wrong() {
         let s = combine_status(&reports(), 2);
         assert_eq!(s.shards[0].leader, Some(NodeId(1)));
         assert_eq!(
-            s.shards[0].lag,
-            vec![(NodeId(1), Some(0)), (NodeId(3), Some(10))]
+            s.shards[0].replicas,
+            vec![
+                (NodeId(1), Some(100)),
+                (NodeId(2), Some(90)),
+                (NodeId(3), None)
+            ],
+            "applied as each replica reports it, not the leader's belief"
         );
+        assert!(s.shards[0].quorum && s.shards[0].under_replicated());
         assert_eq!(s.shards[1].leader, None, "no node claims to lead s1");
+        assert_eq!(s.shards[1].epoch, 7, "the newest replica set wins");
+        assert_eq!(s.shards[1].learners, vec![NodeId(4)]);
+        assert!(!s.serving());
         let text = render_status(&s, PLAIN);
         let expected = "\
-SHARD  LEADER  TERM  COMMIT/APPLIED  KEYS  LAG (entries behind commit)
-s0     n1      3     100/100         5     n1:0 n3:10
-s1     none    2     40/40           5     n1:? n3:?
+SHARD  LEADER  TERM  COMMIT/APPLIED  KEYS  EPOCH  REPLICAS (applied, as each reports it; +learner)
+s0     n1      3     100/100         5     0      n1:100 n2:90 n3:unknown
+s1     none    2     40/40           5     7      n1:40 n2:38 n3:unknown +n4:unknown
 
 NODE  ADDRESS         STATE        RTT     LEADS  PEERS (last heard) / PROBLEM
 n1    127.0.0.1:7101  up           0.4 ms  1      n2 12 ms, n3 never
+n2    127.0.0.1:7102  up           0.6 ms  0      n1 3 ms, n3 never
 n3    127.0.0.1:7103  unreachable  -       -      no answer in 1000 ms
+nodes down: n3
+shards without a leader: s1
+under-replicated shards: s0, s1
+moves in flight: s1
 
 NODE  DROPPED SINCE START (by reason)
-n1    bad_tag=3";
+n1    bad_tag=3
+n2    bad_tag=3";
         assert_eq!(text, expected);
         let coloured = render_status(
             &s,
@@ -625,12 +757,30 @@ n1    bad_tag=3";
             },
         );
         assert!(coloured.contains("\x1b[31mnone  \x1b[0m"), "{coloured}");
+        assert_eq!(CmdOutput::Status(s.clone()).exit_code(), 1);
         let j = render(&CmdOutput::Status(s), JSON);
         let v: Value = serde_json::from_str(&j).unwrap();
-        assert_eq!(v["nodes"][1]["reachable"], false);
         assert_eq!(v["nodes"][0]["drops"]["bad_tag"], 3);
         assert_eq!(v["nodes"][0]["drops"]["replayed"], 0);
-        assert_eq!(v["shards"][0]["lag"][1]["behind"], 10);
+        assert_eq!(v["nodes"][2]["reachable"], false);
+        assert_eq!(v["shards"][0]["replicas"][1]["applied"], 90);
+        assert_eq!(v["shards"][0]["replicas"][2]["applied"], Value::Null);
+        assert_eq!(v["shards"][1]["learners"][0], 4);
+        assert_eq!(v["serving"], false);
+        assert_eq!(v["problems"][0], "nodes down: n3");
+    }
+
+    /// Two of three nodes down: the survivor still calls itself leader, but the shard
+    /// has no quorum, and status says so and exits 1.
+    #[test]
+    fn a_lone_survivor_is_no_quorum() {
+        let mut r = reports();
+        r[1].result = Err("no answer in 1000 ms".into());
+        let s = combine_status(&r, 2);
+        assert_eq!(s.shards[0].leader, Some(NodeId(1)));
+        assert!(!s.shards[0].quorum);
+        assert_eq!(s.problems()[1], "shards without quorum: s0, s1");
+        assert_eq!(CmdOutput::Status(s).exit_code(), 1);
     }
 
     #[test]

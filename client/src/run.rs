@@ -44,11 +44,30 @@ pub async fn execute(client: &Client, session: &mut Session, cmd: Command) -> Re
         }
         Command::Incr { key, delta } => session.execute(Op::Incr { key, delta }).await?,
         Command::Status => {
+            let started = std::time::Instant::now();
             let reports = client.status(STATUS_TIMEOUT).await;
+            if reports.iter().all(|r| r.result.is_err()) {
+                return Err(Error::NoNodeAnswered {
+                    waited_ms: started.elapsed().as_millis() as u64,
+                    tried: reports
+                        .iter()
+                        .map(|r| r.node.addr.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    outcome_unknown: false,
+                });
+            }
             let count = client.shard_count().unwrap_or(0);
             return Ok(Step::Output(CmdOutput::Status(combine_status(
                 &reports, count,
             ))));
+        }
+        Command::ShardLeader { shard, node } => {
+            let op = Op::ShardLeader {
+                shard: kv_shared::ShardId(shard),
+                node: kv_shared::NodeId(node),
+            };
+            session.execute(op).await?
         }
         Command::Shard { key } => {
             let shard = client

@@ -101,7 +101,7 @@ async fn errors_are_counted_by_kind_and_unknown_writes_recorded() {
     o.read_fraction = 0.0;
     let r = run(&client, o, |_| {}).await;
     assert_eq!(r.report.errors, 4);
-    assert_eq!(r.report.errors_by_kind.get("no-leader"), Some(&4));
+    assert_eq!(r.report.errors_by_kind.get("no-node-answered"), Some(&4));
     assert!(r
         .history
         .iter()

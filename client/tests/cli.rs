@@ -149,6 +149,25 @@ fn help_for_one_command_works_one_shot() {
 }
 
 #[test]
+fn shard_leader_asks_the_shards_leader_and_checks_the_shard() {
+    let fake = FakeCluster::start(3, 2, Some(2));
+    let o = kvcli(&fake, &["shard", "leader", "1", "3"], "");
+    assert_eq!(
+        (o.status.code(), text(&o.stdout)),
+        (Some(0), "OK\n".into()),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(fake.ctl().preferred_leaders, vec![(1, 3)]);
+    let o = kvcli(&fake, &["shard", "leader", "2", "3"], "");
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        text(&o.stderr),
+        "error: malformed request: shard 2 does not exist; the cluster has 2 shards\n"
+    );
+}
+
+#[test]
 fn status_and_shard_show_the_leader() {
     let fake = FakeCluster::start(3, 2, Some(2));
     let o = kvcli(&fake, &["status"], "");

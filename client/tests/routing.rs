@@ -7,6 +7,7 @@ mod common;
 use bytes::Bytes;
 use common::FakeCluster;
 use kv_shared::proto::Op;
+use kv_shared::NodeId;
 use kvcli::{Client, Error, Response};
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,68 @@ async fn learns_shards_and_leader_then_talks_only_to_the_leader() {
         vec![2, 2, 2, 2],
         "every keyed request went straight to the leader"
     );
+}
+
+#[tokio::test]
+async fn a_client_given_one_node_learns_the_others_and_goes_to_the_leader() {
+    let fake = FakeCluster::start(3, 4, Some(3));
+    let mut options = fake.options();
+    options.nodes.truncate(1);
+    let client = Client::connect(options).await.unwrap();
+    let known: Vec<_> = client
+        .nodes()
+        .iter()
+        .map(|n| (n.id.map(|i| i.0), n.addr))
+        .collect();
+    let expected: Vec<_> = (1..=3).map(Some).zip(fake.nodes.iter().copied()).collect();
+    assert_eq!(known, expected, "addresses learned from node 1's status");
+    let mut s = client.session();
+    s.put(b("k"), b("v")).await.unwrap();
+    let keyed: Vec<u64> = fake
+        .ctl()
+        .received
+        .iter()
+        .filter(|r| r.3 != Op::Status)
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(keyed, vec![3], "straight to the leader node 1 named");
+}
+
+#[tokio::test]
+async fn a_node_without_the_shard_hands_over_its_replica_set() {
+    let fake = FakeCluster::start(3, 2, None);
+    {
+        let mut c = fake.ctl();
+        c.replicas = Some(vec![1]);
+    }
+    let client = Client::connect(fake.options()).await.unwrap();
+    let shard = client.shard_of(b"a").unwrap();
+    assert_eq!(client.cached_route(shard).unwrap().voters, vec![NodeId(1)]);
+    {
+        // The shard moved to nodes 2 and 3 (epoch 5), led by 2; node 1 has no replica.
+        let mut c = fake.ctl();
+        c.replicas = Some(vec![2, 3]);
+        c.route_epoch = 5;
+        c.leader = Some(2);
+    }
+    let mut s = client.session();
+    s.put(b("a"), b("1")).await.unwrap();
+    let route = client.cached_route(shard).unwrap();
+    assert_eq!((route.epoch, route.voters), (5, vec![NodeId(2), NodeId(3)]));
+    assert_eq!(client.cached_leader(shard).unwrap().addr, fake.nodes[1]);
+    let ctl = fake.ctl();
+    let keyed: Vec<(u64, u64)> = ctl
+        .received
+        .iter()
+        .filter(|r| r.3 != Op::Status)
+        .map(|r| (r.0, r.2))
+        .collect();
+    assert_eq!(
+        keyed,
+        vec![(1, 1), (2, 1)],
+        "the old replica, then the leader it named"
+    );
+    assert_eq!(client.metrics().redirects, 1);
 }
 
 #[tokio::test]
@@ -166,11 +229,37 @@ async fn a_shard_without_leader_is_unavailable_after_the_deadline_not_a_hang() {
     );
     assert!(matches!(e, Error::NoLeader { .. }));
 
-    // A cluster that answers nothing: same error, but a write's outcome is now unknown.
+    // A cluster that answers nothing is said to be unreachable, not leaderless; a write's
+    // outcome is now unknown.
     fake.ctl().silent = true;
     let e = s.put(b("k"), b("v")).await.unwrap_err();
-    assert!(e.to_string().contains("did not answer"), "{e}");
+    assert!(e.to_string().starts_with("no node answered within"), "{e}");
+    assert!(matches!(e, Error::NoNodeAnswered { .. }));
     assert!(e.outcome_unknown());
+}
+
+#[tokio::test]
+async fn with_every_node_silent_a_request_and_status_say_so_and_status_exits_2() {
+    let fake = FakeCluster::start(3, 8, Some(1));
+    let mut options = fake.options();
+    options.unavailable_after = Duration::from_millis(500);
+    let client = Client::connect(options).await.unwrap();
+    fake.ctl().silent = true;
+    let mut s = client.session();
+    let e = s.get(b("k")).await.unwrap_err();
+    assert!(!e.outcome_unknown(), "a get changes nothing");
+    assert!(e.to_string().starts_with("no node answered within"), "{e}");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let style = kvcli::output::Style {
+        json: false,
+        colour: false,
+    };
+    let words = vec!["status".to_string()];
+    let code = kvcli::run::one_shot(&client, &words, style, &mut out, &mut err).await;
+    let err = String::from_utf8(err).unwrap();
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("error: no node answered within"), "{err}");
+    assert!(out.is_empty());
 }
 
 #[tokio::test]

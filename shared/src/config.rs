@@ -1,5 +1,6 @@
 //! The static cluster file (TOML, in `configs/`): who the nodes are, where they listen, how
-//! many shards there are. Parsed once at the boundary into a validated [`ClusterConfig`].
+//! many shards there are and on how many nodes each shard lives. Parsed once at the
+//! boundary into a validated [`ClusterConfig`].
 
 use crate::auth::Protection;
 use crate::ids::NodeId;
@@ -11,6 +12,9 @@ use std::path::PathBuf;
 
 /// The embedded default cluster: 3 nodes on 127.0.0.1, 8 shards.
 pub const LOCAL_3_TOML: &str = include_str!("../../configs/local-3.toml");
+
+/// Replicas per shard when the cluster file does not say (fewer if fewer nodes are listed).
+pub const REPLICATION_DEFAULT: u32 = 3;
 
 /// One node of the cluster file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +146,7 @@ impl TimingConfig {
 struct RawClusterConfig {
     cluster_id: u64,
     shards: u32,
+    replication: Option<u32>,
     #[serde(default = "default_data_dir")]
     data_dir: PathBuf,
     #[serde(default)]
@@ -170,6 +175,8 @@ pub struct ClusterConfig {
     pub cluster_id: u64,
     /// Number of shards (Raft groups), `1..=SHARDS_MAX`.
     pub shards: u32,
+    /// Replicas per shard, `1..=nodes.len()`: each shard lives on this many nodes.
+    pub replication: u32,
     /// Base data directory; node N keeps its data under `data_dir/node-N`.
     pub data_dir: PathBuf,
     /// Timing knobs.
@@ -237,6 +244,16 @@ impl ClusterConfig {
                 ));
             }
         }
+        let node_count = raw.nodes.len() as u32;
+        let replication = match raw.replication {
+            None => REPLICATION_DEFAULT.min(node_count),
+            Some(r) if r == 0 || r > node_count => {
+                return invalid(format!(
+                    "replication = {r} is outside 1..={node_count} (the number of nodes listed)"
+                ))
+            }
+            Some(r) => r,
+        };
         raw.timing.validate().map_err(ConfigError::Invalid)?;
         let key_files = match (raw.key_file, raw.key_files) {
             (Some(_), Some(_)) => {
@@ -260,6 +277,7 @@ impl ClusterConfig {
         Ok(ClusterConfig {
             cluster_id: raw.cluster_id,
             shards: raw.shards,
+            replication,
             data_dir: raw.data_dir,
             timing: raw.timing,
             key_files,
@@ -430,6 +448,30 @@ mod tests {
                     [[nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\n";
         let e = ClusterConfig::from_toml(both).unwrap_err().to_string();
         assert!(e.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn replication_defaults_to_three_or_the_node_count() {
+        assert_eq!(ClusterConfig::local_3().replication, 3);
+        let one = "cluster_id = 1\nshards = 2\n[[nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\n";
+        assert_eq!(ClusterConfig::from_toml(one).unwrap().replication, 1);
+    }
+
+    #[test]
+    fn rejects_replication_outside_one_to_the_node_count() {
+        let file = |r: u32| {
+            format!(
+                "cluster_id = 1\nshards = 2\nreplication = {r}\n[[nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\n[[nodes]]\nid = 2\naddr = \"127.0.0.1:2\"\n"
+            )
+        };
+        for r in [0, 3] {
+            let e = ClusterConfig::from_toml(&file(r)).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("replication = {r} is outside 1..=2")),
+                "{e}"
+            );
+        }
+        assert_eq!(ClusterConfig::from_toml(&file(2)).unwrap().replication, 2);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use crate::ids::{ClientId, NodeId, ShardId};
 use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 
 /// One client operation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +73,15 @@ pub enum Op {
         /// Any key of the shard (the one the client is about to write).
         key: Bytes,
     },
+    /// Admin: make `node` the preferred leader of `shard`. Recorded in the shard's log
+    /// (so every replica agrees and it outlives leader changes); the leader then hands
+    /// leadership over once `node` has caught up. `node` must be a voter of the shard.
+    ShardLeader {
+        /// The shard.
+        shard: ShardId,
+        /// Its new preferred leader.
+        node: NodeId,
+    },
 }
 
 impl Op {
@@ -86,7 +96,7 @@ impl Op {
             | Op::Incr { key, .. }
             | Op::Append { key, .. }
             | Op::Swap { key, .. } => Some(key),
-            Op::Status => None,
+            Op::Status | Op::ShardLeader { .. } => None,
         }
     }
 
@@ -102,6 +112,7 @@ impl Op {
                 | Op::Incr { .. }
                 | Op::Append { .. }
                 | Op::Swap { .. }
+                | Op::ShardLeader { .. }
         )
     }
 
@@ -151,6 +162,10 @@ pub struct ClientRequest {
     /// Per-client sequence number, starting at 1, one higher for each new request. A retry
     /// reuses the number. A client has at most one write outstanding at a time.
     pub seq: u64,
+    /// The epoch of the replica set the client routed by (0: it knows none). A node whose
+    /// view of the shard is newer answers a request it cannot serve with
+    /// [`ClientError::StaleRoute`], so the client learns the new replica set.
+    pub epoch: u64,
     /// What to do.
     pub op: Op,
 }
@@ -282,6 +297,15 @@ pub enum ClientError {
         /// Its permission ("read-only").
         permission: String,
     },
+    /// The client routed by an older replica set than this node knows, or to a node that
+    /// holds no replica of the shard: here is the node's view of it. Retry there.
+    #[error("shard {}: {} cannot serve it; its replicas at epoch {} are {}", route.shard, node, route.epoch, route.replica_list())]
+    StaleRoute {
+        /// The node answering.
+        node: NodeId,
+        /// Its view of the shard's replica set.
+        route: ShardRoute,
+    },
 }
 
 impl ClientError {
@@ -293,6 +317,33 @@ impl ClientError {
                 | ClientError::Timeout { .. }
                 | ClientError::SessionExpired
         )
+    }
+}
+
+/// Where a shard lives: its replica set as of `epoch`, and who leads it (a hint).
+///
+/// The epoch is the log index of the membership change that produced the set (0 for the
+/// initial placement), so it grows with every change and two views compare by it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRoute {
+    /// The shard.
+    pub shard: ShardId,
+    /// Bumped by every membership change of the shard.
+    pub epoch: u64,
+    /// Voting replicas, ascending.
+    pub voters: Vec<NodeId>,
+    /// Replicas still catching up (not voting, not serving), ascending.
+    pub learners: Vec<NodeId>,
+    /// The leader as the answering node knows it.
+    pub leader: Option<NodeId>,
+}
+
+impl ShardRoute {
+    /// The replica set for messages: voters, then learners marked as such.
+    pub fn replica_list(&self) -> String {
+        let mut parts: Vec<String> = self.voters.iter().map(|v| v.to_string()).collect();
+        parts.extend(self.learners.iter().map(|l| format!("{l} (learner)")));
+        format!("[{}]", parts.join(", "))
     }
 }
 
@@ -332,6 +383,8 @@ pub struct ShardStatus {
     pub snapshot_index: u64,
     /// Keys in the state machine.
     pub keys: u64,
+    /// Epoch of the replica set this replica applied (see [`ShardRoute`]).
+    pub epoch: u64,
     /// On a leader: each replica's match index.
     pub replicas: Vec<(NodeId, u64)>,
 }
@@ -353,6 +406,11 @@ pub struct NodeStatus {
     /// Datagrams (or requests) this node dropped since it started, by reason, as the
     /// runtime counts them (the node core leaves this empty).
     pub drops: Vec<(String, u64)>,
+    /// Every node the answering node knows, with its address: a client given one node
+    /// learns the rest.
+    pub nodes: Vec<(NodeId, SocketAddr)>,
+    /// Every shard of the cluster as the answering node knows it, hosted here or not.
+    pub routes: Vec<ShardRoute>,
 }
 
 #[cfg(test)]

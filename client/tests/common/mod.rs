@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use kv_shared::auth::{self, ClientKey, Key, Permission, Protection, Sealer, Stamp};
 use kv_shared::proto::{
-    ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role, ShardStatus,
+    ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role, ShardRoute, ShardStatus,
 };
 use kv_shared::shard::shard_for_key;
 use kv_shared::wire::{self, Kind};
@@ -58,6 +58,31 @@ pub struct Ctl {
     /// Refuse every write at the leader with this reason, as kvserver does on a full
     /// disk (reads are still served).
     pub refuse_writes: Option<String>,
+    /// Node addresses, reported in status replies (node i+1 at `addrs[i]`).
+    pub addrs: Vec<SocketAddr>,
+    /// The node ids holding every shard (`None`: all); the others answer keyed requests
+    /// with `StaleRoute`.
+    pub replicas: Option<Vec<u64>>,
+    /// The epoch of that replica set.
+    pub route_epoch: u64,
+    /// `ShardLeader` requests the leader took: (shard, node).
+    pub preferred_leaders: Vec<(u32, u64)>,
+}
+
+impl Ctl {
+    fn route(&self, shard: ShardId, n: usize) -> ShardRoute {
+        let voters = match &self.replicas {
+            Some(r) => r.iter().copied().map(NodeId).collect(),
+            None => (1..=n as u64).map(NodeId).collect(),
+        };
+        ShardRoute {
+            shard,
+            epoch: self.route_epoch,
+            voters,
+            learners: vec![],
+            leader: self.leader.map(NodeId),
+        }
+    }
 }
 
 /// A running fake cluster.
@@ -111,6 +136,7 @@ impl FakeCluster {
                     addrs.push(s.local_addr().unwrap());
                     sockets.push(s);
                 }
+                ctl2.lock().unwrap().addrs = addrs.clone();
                 addr_tx.send(addrs).unwrap();
                 for (i, s) in sockets.into_iter().enumerate() {
                     tokio::spawn(node_loop(
@@ -294,6 +320,7 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
                     log_entries: 0,
                     snapshot_index: 0,
                     keys: 0,
+                    epoch: c.route_epoch,
                     replicas: vec![],
                 })
                 .collect(),
@@ -303,11 +330,29 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
                 .collect(),
             refused: vec![],
             drops: Vec::new(),
+            nodes: (1..).map(NodeId).zip(c.addrs.iter().copied()).collect(),
+            routes: (0..shards).map(|s| c.route(ShardId(s), n)).collect(),
         };
         return reply(Outcome::Status(status));
     }
+    if let Op::ShardLeader { shard, node } = r.op {
+        if c.leader != Some(me) {
+            return reply(Outcome::Error(ClientError::NotLeader {
+                shard,
+                leader: c.leader.map(NodeId),
+            }));
+        }
+        c.preferred_leaders.push((shard.0, node.0));
+        return reply(Outcome::Done);
+    }
     let key = r.op.key().expect("keyed").clone();
     let shard = shard_for_key(&key, shards);
+    if c.replicas.as_ref().is_some_and(|r| !r.contains(&me)) {
+        return reply(Outcome::Error(ClientError::StaleRoute {
+            node: NodeId(me),
+            route: c.route(shard, n),
+        }));
+    }
     if c.leader != Some(me) {
         let hint = if c.hint { c.leader.map(NodeId) } else { None };
         return reply(Outcome::Error(ClientError::NotLeader {
@@ -404,7 +449,7 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
             };
             Outcome::Value(before.clone())
         }
-        Op::Get { .. } | Op::Status => unreachable!("handled above"),
+        Op::Get { .. } | Op::Status | Op::ShardLeader { .. } => unreachable!("handled above"),
     };
     if c.data.get(&key) != before.as_ref() {
         c.prev.insert(key, (before, r.client));

@@ -65,6 +65,7 @@ impl MidTable {
         let request = ClientRequest {
             client: session_for(me, token),
             seq: 1,
+            epoch: 0,
             op,
         };
         self.pending.insert(
@@ -141,6 +142,11 @@ pub fn disposition(outcome: Outcome) -> Disposition {
         }),
         Outcome::Done | Outcome::CasOk => Disposition::Answer(Answer::Ok { value: None }),
         Outcome::Error(ClientError::NotLeader { leader, .. }) => Disposition::NotLeader(leader),
+        // Course mode puts its one group on every replica; a newer replica set still names
+        // the leader to redirect to.
+        Outcome::Error(ClientError::StaleRoute { route, .. }) => {
+            Disposition::NotLeader(route.leader)
+        }
         Outcome::Error(
             ClientError::NoQuorum { .. }
             | ClientError::Timeout { .. }

@@ -43,7 +43,10 @@ pub fn node_config(settings: &Settings, roster: &Roster) -> NodeConfig {
     NodeConfig {
         node: roster.me_node(),
         members: roster.members(),
+        // Course replicas find each other through the harness, not by address.
+        addrs: Vec::new(),
         shard_count: 1,
+        replication: roster.members().len(),
         heartbeat_ticks: settings.heartbeat_ticks,
         election_ticks_min: settings.election_ticks_min,
         election_ticks_max: settings.election_ticks_max,

@@ -373,6 +373,7 @@ pub fn op_label(op: &Op) -> &'static str {
         Op::Append { .. } => "append",
         Op::Swap { .. } => "swap",
         Op::OpenSession { .. } => "open_session",
+        Op::ShardLeader { .. } => "shard_leader",
         Op::Status => "status",
     }
 }
@@ -455,6 +456,7 @@ mod tests {
             snapshot_index: 0,
             keys: 0,
             replicas: Vec::new(),
+            epoch: 0,
         };
         let mut status = NodeStatus {
             node: NodeId(1),
@@ -463,6 +465,8 @@ mod tests {
             peers: Vec::new(),
             refused: Vec::new(),
             drops: Vec::new(),
+            nodes: Vec::new(),
+            routes: Vec::new(),
         };
         let mut counters = Counters::default();
         counters.datagrams_in = 5;

@@ -844,8 +844,9 @@ impl EventLoop {
     fn sync_metrics(&self) {
         let status = self.core.status();
         for s in &status.shards {
-            let view = self.core.group_view(s.shard);
-            self.metrics.proposals_to(s.shard.0, view.proposed_writes);
+            if let Some(view) = self.core.group_view(s.shard) {
+                self.metrics.proposals_to(s.shard.0, view.proposed_writes);
+            }
         }
         self.metrics
             .sync(&status, &self.counters, self.core.pending_requests());

@@ -1,12 +1,16 @@
 //! The node core's settings, and how they derive from the cluster file, so the runtime,
 //! the simulator and tests all build Raft groups the same way.
 
+use crate::placement::{initial_placement, shards_of, ShardPlacement};
+use kv_raft::Membership;
 use kv_shared::config::ClusterConfig;
 use kv_shared::limits::{
     APPEND_BYTES_MAX, INFLIGHT_APPENDS_MAX, SESSIONS_MAX, SNAPSHOT_CHUNK_BYTES_MAX,
     SNAPSHOT_INFLIGHT_BYTES_MAX,
 };
 use kv_shared::{NodeId, ShardId};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use xxhash_rust::xxh64::xxh64;
 
 /// Settings of one node core. Timing is in ticks; the runtime decides how long a tick is.
@@ -14,10 +18,15 @@ use xxhash_rust::xxh64::xxh64;
 pub struct NodeConfig {
     /// This node.
     pub node: NodeId,
-    /// Every node of the cluster, this one included: the initial voters of every group.
+    /// Every node of the cluster, this one included.
     pub members: Vec<NodeId>,
-    /// Groups `0..shard_count`; every node hosts every shard.
+    /// Where peers and clients reach each member (for status replies; may be empty).
+    pub addrs: Vec<(NodeId, SocketAddr)>,
+    /// Groups `0..shard_count` exist in the cluster; this node hosts those its replica
+    /// sets name (initially [`NodeConfig::placement`]).
     pub shard_count: u32,
+    /// Replicas per shard at bootstrap, `1..=members.len()`.
+    pub replication: usize,
     /// Ticks between leader heartbeats.
     pub heartbeat_ticks: u32,
     /// Election timeout lower bound (inclusive), in ticks.
@@ -32,8 +41,8 @@ pub struct NodeConfig {
     pub request_timeout_ticks: u32,
     /// Take a shard snapshot when more than this many applied entries follow the last one.
     pub snapshot_threshold_entries: u64,
-    /// Preferred leader of shard `s` is `members[s % n]`; a leader transfers to it once
-    /// it is caught up.
+    /// A leader transfers to its shard's preferred leader (see [`NodeConfig::placement`])
+    /// once that one is caught up.
     pub spread_leaders: bool,
     /// Run seed: each group's RNG derives from (seed, node, shard).
     pub seed: u64,
@@ -92,7 +101,13 @@ impl NodeConfig {
         NodeConfig {
             node,
             members: cluster.node_ids(),
+            addrs: cluster
+                .nodes
+                .iter()
+                .map(|n| (NodeId(n.id), n.addr))
+                .collect(),
             shard_count: cluster.shards,
+            replication: cluster.replication as usize,
             heartbeat_ticks: t.heartbeat_ticks,
             election_ticks_min: t.election_ticks_min,
             election_ticks_max: t.election_ticks_max,
@@ -110,11 +125,14 @@ impl NodeConfig {
         }
     }
 
-    /// Small, fast settings for tests: heartbeat 1 tick, elections in 10..20 ticks.
+    /// Small, fast settings for tests: heartbeat 1 tick, elections in 10..20 ticks, every
+    /// node holding every shard.
     pub fn for_test(node: NodeId, members: Vec<NodeId>, shard_count: u32) -> NodeConfig {
         NodeConfig {
             node,
+            replication: members.len(),
             members,
+            addrs: Vec::new(),
             shard_count,
             heartbeat_ticks: 1,
             election_ticks_min: 10,
@@ -141,10 +159,23 @@ impl NodeConfig {
         m
     }
 
-    /// The node that should lead `shard` when everyone is up.
-    pub fn preferred_leader(&self, shard: ShardId) -> NodeId {
-        let m = self.sorted_members();
-        m[shard.0 as usize % m.len()]
+    /// The bootstrap replica set and preferred leader of every shard.
+    pub fn placement(&self) -> Vec<ShardPlacement> {
+        initial_placement(&self.members, self.shard_count, self.replication)
+    }
+
+    /// The shards this node holds at bootstrap, each with its initial membership (what
+    /// recovery starts a group from when no snapshot says otherwise).
+    pub fn initial_groups(&self) -> BTreeMap<ShardId, Membership> {
+        let placement = self.placement();
+        shards_of(&placement, self.node)
+            .into_iter()
+            .map(|shard| {
+                let voters = placement[shard.0 as usize].replicas.clone();
+                let learners = Vec::new();
+                (shard, Membership { voters, learners })
+            })
+            .collect()
     }
 
     /// The Raft settings of one group.

@@ -6,23 +6,24 @@
 use crate::codec::{self, GroupMessage};
 use crate::config::NodeConfig;
 use crate::events::{EventKind, NodeEvent};
+use crate::placement::ShardPlacement;
 use crate::sm::{CommandBatch, StateMachine, WriteCommand, WriteOp};
 use crate::wal::{self, RecoveryError};
 use bytes::Bytes;
 use kv_raft::{
-    Entry, EntryKind, Membership, ProposeError, Raft, Role, Snapshot, SnapshotMeta, SoftState,
-    WriteId,
+    Entry, EntryKind, ProposeError, Raft, Role, Snapshot, SnapshotMeta, SoftState, WriteId,
 };
 use kv_shared::limits::{
     ENTRY_BYTES_MAX, PENDING_REQUESTS_MAX, PENDING_REQUEST_BYTES_MAX, SNAPSHOT_IMAGE_BYTES_MAX,
     SNAPSHOT_RECEIVE_BYTES_MAX,
 };
 use kv_shared::proto::{
-    ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, ShardStatus,
+    ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, ShardRoute, ShardStatus,
 };
 use kv_shared::shard::shard_for_key;
 use kv_shared::{NodeId, ShardId};
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::{Index, IndexMut};
 use xxhash_rust::xxh64::xxh64;
 
 /// A shard takes a snapshot once this many entry payload bytes were applied since its
@@ -167,7 +168,7 @@ fn request_bytes(op: &Op) -> usize {
             key.len() + expected.as_ref().map_or(0, |e| e.len()) + new.len()
         }
         Op::Get { key, .. } | Op::Delete { key } | Op::OpenSession { key } => key.len(),
-        Op::Status => 0,
+        Op::Status | Op::ShardLeader { .. } => 0,
     };
     REQUEST_OVERHEAD_BYTES + payload
 }
@@ -199,9 +200,9 @@ struct Request {
 
 /// What to do when a DiskWrite is durable.
 enum Durable {
-    Raft(usize, WriteId),
-    OwnSnapshot(usize, Snapshot),
-    ReceivedSnapshot(usize, u64),
+    Raft(ShardId, WriteId),
+    OwnSnapshot(ShardId, Snapshot),
+    ReceivedSnapshot(ShardId, u64),
 }
 
 /// One shard: its Raft replica, state machine and requests in flight.
@@ -245,10 +246,53 @@ impl Group {
     }
 }
 
+/// The groups of the shards hosted here, by shard. Indexing a shard not hosted here is a
+/// programmer error (callers check [`Groups::contains`] at the boundary).
+struct Groups(BTreeMap<ShardId, Group>);
+
+impl Groups {
+    fn contains(&self, shard: ShardId) -> bool {
+        self.0.contains_key(&shard)
+    }
+
+    /// The hosted shards, ascending (a copy, so the caller may mutate groups meanwhile).
+    fn ids(&self) -> Vec<ShardId> {
+        self.0.keys().copied().collect()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Group> {
+        self.0.values()
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Group> {
+        self.0.values_mut()
+    }
+}
+
+impl Index<ShardId> for Groups {
+    type Output = Group;
+
+    fn index(&self, shard: ShardId) -> &Group {
+        self.0
+            .get(&shard)
+            .unwrap_or_else(|| panic!("shard {shard} is not hosted here"))
+    }
+}
+
+impl IndexMut<ShardId> for Groups {
+    fn index_mut(&mut self, shard: ShardId) -> &mut Group {
+        self.0
+            .get_mut(&shard)
+            .unwrap_or_else(|| panic!("shard {shard} is not hosted here"))
+    }
+}
+
 /// The sans-I/O node: see the crate docs.
 pub struct NodeCore {
     config: NodeConfig,
-    groups: Vec<Group>,
+    /// Bootstrap replica sets and preferred leaders of every shard of the cluster.
+    placement: Vec<ShardPlacement>,
+    groups: Groups,
     requests: BTreeMap<u64, Request>,
     /// Sum of `Request::bytes` over `requests`.
     pending_request_bytes: usize,
@@ -299,14 +343,11 @@ impl NodeCore {
             "node {} is not among the members",
             config.node
         );
-        let membership = Membership {
-            voters: config.sorted_members(),
-            learners: vec![],
-        };
-        let restored = wal::restore_groups(&recovered, config.shard_count, &membership)?;
-        let mut groups = Vec::with_capacity(restored.len());
-        for (i, r) in restored.into_iter().enumerate() {
-            let shard = ShardId(i as u32);
+        let placement = config.placement();
+        let restored =
+            wal::restore_groups(&recovered, config.shard_count, &config.initial_groups())?;
+        let mut groups = BTreeMap::new();
+        for (shard, r) in restored {
             let (sm, snapshot_index) = match &r.snapshot {
                 Some(s) => {
                     let sm =
@@ -323,7 +364,7 @@ impl NodeCore {
             };
             let raft = Raft::new(config.raft_config(shard), r);
             let st = raft.status();
-            groups.push(Group {
+            let group = Group {
                 shard,
                 raft,
                 sm,
@@ -344,11 +385,13 @@ impl NodeCore {
                 quiesced: false,
                 idle_ticks: 0,
                 last_msg_tick: 0,
-            });
+            };
+            groups.insert(shard, group);
         }
         Ok(NodeCore {
             config,
-            groups,
+            placement,
+            groups: Groups(groups),
             requests: BTreeMap::new(),
             pending_request_bytes: 0,
             boundary_refusals: [0; BoundaryRefusal::ALL.len()],
@@ -383,7 +426,7 @@ impl NodeCore {
     pub fn plant_bug(&mut self, bug: PlantedBug) {
         match bug {
             PlantedBug::Raft(b) => {
-                for g in &mut self.groups {
+                for g in self.groups.iter_mut() {
                     g.raft.plant_bug(b);
                 }
             }
@@ -409,7 +452,7 @@ impl NodeCore {
         let quiesce = self.config.tuning.quiesce;
         let hb = u64::from(self.config.heartbeat_ticks);
         let election_min = u64::from(self.config.election_ticks_min);
-        for g in &mut self.groups {
+        for g in self.groups.iter_mut() {
             if g.quiesced {
                 let leader_silent = g.soft.role != Role::Leader
                     && g.soft.leader.is_none_or(|l| {
@@ -486,11 +529,13 @@ impl NodeCore {
     /// has caught up, at most once every few election timeouts.
     fn spread_leaders(&mut self) {
         let interval = 3 * u64::from(self.config.election_ticks_max);
-        for g in &mut self.groups {
+        for g in self.groups.iter_mut() {
             if g.soft.role != Role::Leader {
                 continue;
             }
-            let preferred = self.config.preferred_leader(g.shard);
+            let preferred =
+                g.sm.preferred_leader()
+                    .unwrap_or(self.placement[g.shard.0 as usize].preferred_leader);
             if preferred == self.config.node
                 || g.last_transfer_tick
                     .is_some_and(|t| self.tick_count < t + interval)
@@ -520,7 +565,8 @@ impl NodeCore {
         }
         self.peers_heard_tick.insert(from, self.tick_count);
         for gm in msgs {
-            if gm.shard.0 as usize >= self.groups.len() {
+            if !self.groups.contains(gm.shard) {
+                // Not hosted here: an unknown shard, or one this node holds no replica of.
                 self.refuse(BoundaryRefusal::UnknownShard);
                 continue;
             }
@@ -528,14 +574,15 @@ impl NodeCore {
                 self.refuse(BoundaryRefusal::Misaddressed);
                 continue;
             }
-            let g = gm.shard.0 as usize;
-            if !self.snapshot_receive_has_room(g, &gm.msg) {
-                self.groups[g]
-                    .raft
-                    .refuse(kv_raft::Refusal::SnapshotReceiveFull);
+            if !self.snapshot_receive_has_room(gm.shard, &gm.msg) {
+                if let Some(g) = self.groups.0.get_mut(&gm.shard) {
+                    g.raft.refuse(kv_raft::Refusal::SnapshotReceiveFull);
+                }
                 continue;
             }
-            let g = &mut self.groups[g];
+            let Some(g) = self.groups.0.get_mut(&gm.shard) else {
+                continue;
+            };
             g.last_msg_tick = self.tick_count;
             g.wake();
             g.raft.step(gm.msg);
@@ -555,7 +602,7 @@ impl NodeCore {
     /// A snapshot transfer starts (offset 0) only if the node's reassembly buffers, with
     /// it, stay within `SNAPSHOT_RECEIVE_BYTES_MAX` (kv-raft bounds each group's by
     /// `SNAPSHOT_IMAGE_BYTES_MAX`; this bounds their sum).
-    fn snapshot_receive_has_room(&self, g: usize, msg: &kv_raft::Message) -> bool {
+    fn snapshot_receive_has_room(&self, shard: ShardId, msg: &kv_raft::Message) -> bool {
         let kv_raft::MessageBody::InstallSnapshot {
             offset: 0,
             total_len,
@@ -566,9 +613,9 @@ impl NodeCore {
         };
         let others: u64 = self
             .groups
+            .0
             .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != g)
+            .filter(|(s, _)| **s != shard)
             .map(|(_, other)| other.raft.incoming_snapshot_bytes())
             .sum();
         others.saturating_add(*total_len) <= SNAPSHOT_RECEIVE_BYTES_MAX
@@ -578,7 +625,7 @@ impl NodeCore {
     /// kv-raft's, summed over every group. Every reason is listed, zero or not.
     pub fn refusals(&self) -> Vec<(&'static str, u64)> {
         let mut raft = kv_raft::Refusals::default();
-        for g in &self.groups {
+        for g in self.groups.0.values() {
             raft.add(&g.raft.refusals());
         }
         BoundaryRefusal::ALL
@@ -600,19 +647,34 @@ impl NodeCore {
                 },
             ));
         };
-        let key = match &req.op {
+        if let Err(e) = req.op.check_limits() {
+            return reply_now(self, Outcome::Error(e));
+        }
+        let shard_count = self.config.shard_count;
+        let shard = match &req.op {
             Op::Status => {
                 let s = self.status();
                 return reply_now(self, Outcome::Status(s));
             }
-            op => op.key().expect("keyed op").clone(),
+            Op::ShardLeader { shard, .. } if shard.0 >= shard_count => {
+                let e = ClientError::Malformed(format!(
+                    "shard {} does not exist; the cluster has {shard_count} shards",
+                    shard.0
+                ));
+                return reply_now(self, Outcome::Error(e));
+            }
+            Op::ShardLeader { shard, .. } => *shard,
+            op => shard_for_key(op.key().expect("keyed op"), shard_count),
         };
-        if let Err(e) = req.op.check_limits() {
+        if !self.groups.contains(shard) {
+            let e = ClientError::StaleRoute {
+                node: self.config.node,
+                route: self.shard_route(shard),
+            };
             return reply_now(self, Outcome::Error(e));
         }
-        let shard = shard_for_key(&key, self.config.shard_count);
-        if let Op::Get { stale: true, .. } = req.op {
-            let v = self.groups[shard.0 as usize].sm.get(&key);
+        if let Op::Get { stale: true, key } = &req.op {
+            let v = self.groups[shard].sm.get(key);
             return reply_now(self, Outcome::Value(v));
         }
         if self.requests.len() >= PENDING_REQUESTS_MAX {
@@ -647,7 +709,7 @@ impl NodeCore {
             },
         );
         self.deadlines.insert((deadline_tick, id));
-        let g = &mut self.groups[shard.0 as usize];
+        let g = &mut self.groups[shard];
         g.wake();
         g.waiting.push(id);
     }
@@ -667,18 +729,12 @@ impl NodeCore {
                     if index > group.snapshot_index {
                         group.snapshot_index = index;
                         group.raft.compact(snap);
-                        self.round_ops.push(DiskOp::Compact {
-                            shard: g as u32,
-                            index,
-                        });
+                        self.round_ops.push(DiskOp::Compact { shard: g.0, index });
                     }
                 }
                 Durable::ReceivedSnapshot(g, index) => {
                     self.groups[g].snapshot_writes_inflight -= 1;
-                    self.round_ops.push(DiskOp::Compact {
-                        shard: g as u32,
-                        index,
-                    });
+                    self.round_ops.push(DiskOp::Compact { shard: g.0, index });
                 }
             }
         }
@@ -687,7 +743,7 @@ impl NodeCore {
     /// Everything to do now. Call after every input.
     pub fn take_output(&mut self) -> Output {
         self.drive();
-        for g in 0..self.groups.len() {
+        for g in self.groups.ids() {
             self.route(g);
         }
         self.drive();
@@ -716,7 +772,7 @@ impl NodeCore {
     }
 
     fn drive(&mut self) {
-        for g in 0..self.groups.len() {
+        for g in self.groups.ids() {
             while self.groups[g].raft.has_ready() {
                 self.handle_ready(g);
             }
@@ -724,7 +780,7 @@ impl NodeCore {
         }
     }
 
-    fn handle_ready(&mut self, g: usize) {
+    fn handle_ready(&mut self, g: ShardId) {
         let rd = self.groups[g].raft.ready();
         let shard = self.groups[g].shard;
         self.out.events.extend(
@@ -804,8 +860,8 @@ impl NodeCore {
     }
 
     /// Turns a Raft Write into DiskOps of this round: snapshot, entries, hard state.
-    fn persist(&mut self, g: usize, w: kv_raft::Write) {
-        let shard = g as u32;
+    fn persist(&mut self, g: ShardId, w: kv_raft::Write) {
+        let shard = g.0;
         let mut replaced_log = false;
         if let Some(snap) = &w.snapshot {
             self.round_ops.push(DiskOp::SaveSnapshot {
@@ -839,7 +895,7 @@ impl NodeCore {
         self.round_durable.push(Durable::Raft(g, w.id));
     }
 
-    fn restore_snapshot(&mut self, g: usize, snap: Snapshot) {
+    fn restore_snapshot(&mut self, g: ShardId, snap: Snapshot) {
         let sessions_max = self.config.sessions_max();
         let group = &mut self.groups[g];
         // kv-raft persisted and handed out this snapshot only after
@@ -869,7 +925,7 @@ impl NodeCore {
         }
     }
 
-    fn apply(&mut self, g: usize, e: Entry) {
+    fn apply(&mut self, g: ShardId, e: Entry) {
         if self.observe_applies {
             self.applied_log.push(AppliedEntry {
                 shard: self.groups[g].shard,
@@ -882,8 +938,12 @@ impl NodeCore {
         group.applied_bytes_since_snapshot += e.data.len() as u64;
         let outcomes = match e.kind {
             EntryKind::Command => group.sm.apply_entry(e.index, e.term, &e.data),
-            EntryKind::Noop | EntryKind::ConfChange(_) => {
+            EntryKind::Noop => {
                 group.sm.apply_empty(e.index, e.term);
+                Vec::new()
+            }
+            EntryKind::ConfChange(_) => {
+                group.sm.apply_membership_change(e.index, e.term);
                 Vec::new()
             }
         };
@@ -911,7 +971,7 @@ impl NodeCore {
         }
     }
 
-    fn serve_confirmed_reads(&mut self, g: usize) {
+    fn serve_confirmed_reads(&mut self, g: ShardId) {
         let applied = self.groups[g].sm.applied_index();
         let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.groups[g].confirmed_reads)
             .into_iter()
@@ -924,7 +984,7 @@ impl NodeCore {
         }
     }
 
-    fn serve_get(&mut self, g: usize, id: u64) {
+    fn serve_get(&mut self, g: ShardId, id: u64) {
         let Some(r) = self.requests.get(&id) else {
             return;
         };
@@ -934,7 +994,7 @@ impl NodeCore {
     }
 
     /// Leadership ended: nothing pending on it can be promised any more.
-    fn fail_leader_requests(&mut self, g: usize, leader: Option<NodeId>) {
+    fn fail_leader_requests(&mut self, g: ShardId, leader: Option<NodeId>) {
         let group = &mut self.groups[g];
         let shard = group.shard;
         let mut ids: Vec<u64> = std::mem::take(&mut group.proposed)
@@ -949,7 +1009,7 @@ impl NodeCore {
 
     /// Sends this round's requests of group `g` where they belong: proposals and reads
     /// on a leader, redirects elsewhere; held while no leader is known.
-    fn route(&mut self, g: usize) {
+    fn route(&mut self, g: ShardId) {
         let ids = std::mem::take(&mut self.groups[g].waiting);
         if ids.is_empty() {
             return;
@@ -959,12 +1019,16 @@ impl NodeCore {
         let soft = self.groups[g].soft;
         let mut writes: Vec<(u64, WriteCommand)> = Vec::new();
         let mut reads: Vec<u64> = Vec::new();
+        let mut refused: Vec<(u64, NodeId)> = Vec::new();
         for id in ids {
             let Some(r) = self.requests.get(&id) else {
                 continue;
             };
             if soft.role == Role::Leader {
                 match WriteOp::from_op(&r.req.op) {
+                    Some(WriteOp::PreferLeader { node }) if !self.is_voter(g, node) => {
+                        refused.push((id, node));
+                    }
                     Some(op) => writes.push((
                         id,
                         WriteCommand {
@@ -978,6 +1042,18 @@ impl NodeCore {
             } else {
                 self.redirect_or_hold(g, id, soft.leader.filter(|l| *l != me), shard);
             }
+        }
+        for (id, node) in refused {
+            let voters: Vec<String> = (self.groups[g].raft.status().membership.voters)
+                .iter()
+                .map(|v| v.to_string())
+                .collect();
+            let e = ClientError::Malformed(format!(
+                "{node} is not a voter of shard {} (voters: {})",
+                shard.0,
+                voters.join(", ")
+            ));
+            self.reply(id, Outcome::Error(e));
         }
         // One entry per ENTRY_BYTES_MAX of writes: an entry must fit one Append datagram.
         let mut batch: Vec<(u64, WriteCommand)> = Vec::new();
@@ -1013,7 +1089,7 @@ impl NodeCore {
         }
     }
 
-    fn propose_batch(&mut self, g: usize, writes: Vec<(u64, WriteCommand)>) {
+    fn propose_batch(&mut self, g: ShardId, writes: Vec<(u64, WriteCommand)>) {
         let (ids, writes): (Vec<u64>, Vec<WriteCommand>) = writes.into_iter().unzip();
         let count = writes.len() as u64;
         let data = CommandBatch { writes }.encode();
@@ -1026,7 +1102,7 @@ impl NodeCore {
         }
     }
 
-    fn refused(&mut self, g: usize, ids: Vec<u64>, e: ProposeError) {
+    fn refused(&mut self, g: ShardId, ids: Vec<u64>, e: ProposeError) {
         let shard = self.groups[g].shard;
         let me = self.config.node;
         let leader = match e {
@@ -1039,20 +1115,62 @@ impl NodeCore {
         }
     }
 
-    fn redirect_or_hold(&mut self, g: usize, id: u64, leader: Option<NodeId>, shard: ShardId) {
-        match leader {
-            Some(l) => self.reply(
-                id,
-                Outcome::Error(ClientError::NotLeader {
+    /// Redirects request `id` to `leader`, or holds it while no leader is known. A client
+    /// that routed by an older replica set gets the current one with the hint.
+    fn redirect_or_hold(&mut self, g: ShardId, id: u64, leader: Option<NodeId>, shard: ShardId) {
+        let Some(l) = leader else {
+            self.groups[g].waiting.push(id);
+            return;
+        };
+        let routed_by = self.requests.get(&id).map_or(0, |r| r.req.epoch);
+        let e = if routed_by < self.groups[g].sm.membership_epoch() {
+            ClientError::StaleRoute {
+                node: self.config.node,
+                route: self.shard_route(shard),
+            }
+        } else {
+            ClientError::NotLeader {
+                shard,
+                leader: Some(l),
+            }
+        };
+        self.reply(id, Outcome::Error(e));
+    }
+
+    fn is_voter(&self, g: ShardId, node: NodeId) -> bool {
+        self.groups[g]
+            .raft
+            .status()
+            .membership
+            .voters
+            .contains(&node)
+    }
+
+    /// This node's view of where `shard` lives: its own replica's membership if it hosts
+    /// one, else the bootstrap placement.
+    pub fn shard_route(&self, shard: ShardId) -> ShardRoute {
+        match self.groups.0.get(&shard) {
+            Some(g) => {
+                let m = g.raft.status().membership;
+                ShardRoute {
                     shard,
-                    leader: Some(l),
-                }),
-            ),
-            None => self.groups[g].waiting.push(id),
+                    epoch: g.sm.membership_epoch(),
+                    voters: m.voters,
+                    learners: m.learners,
+                    leader: g.soft.leader,
+                }
+            }
+            None => ShardRoute {
+                shard,
+                epoch: 0,
+                voters: self.placement[shard.0 as usize].replicas.clone(),
+                learners: Vec::new(),
+                leader: None,
+            },
         }
     }
 
-    fn maybe_snapshot(&mut self, g: usize) {
+    fn maybe_snapshot(&mut self, g: ShardId) {
         let group = &mut self.groups[g];
         let applied = group.sm.applied_index();
         let log_small = applied <= group.snapshot_index + self.config.snapshot_threshold_entries
@@ -1066,7 +1184,7 @@ impl NodeCore {
     /// Answers `Ready::snapshot_wanted` (kv-raft keeps a snapshot image only while a
     /// follower takes it) with an image of the shard's applied state, from memory: no
     /// disk write or read on the way to a lagging follower.
-    fn provide_snapshot(&mut self, g: usize) {
+    fn provide_snapshot(&mut self, g: ShardId) {
         let group = &mut self.groups[g];
         let snap = Snapshot {
             meta: group.raft.snapshot_meta(group.sm.applied_index()),
@@ -1076,7 +1194,7 @@ impl NodeCore {
     }
 
     /// Writes a snapshot of shard `g` at its applied index; Raft compacts once durable.
-    fn take_snapshot(&mut self, g: usize) {
+    fn take_snapshot(&mut self, g: ShardId) {
         let group = &mut self.groups[g];
         let applied = group.sm.applied_index();
         group.applied_bytes_since_snapshot = 0;
@@ -1090,7 +1208,7 @@ impl NodeCore {
         };
         group.snapshot_writes_inflight += 1;
         self.round_ops.push(DiskOp::SaveSnapshot {
-            shard: g as u32,
+            shard: g.0,
             index: applied,
             data: wal::encode_snapshot(&snap),
         });
@@ -1131,6 +1249,7 @@ impl NodeCore {
                     log_entries: st.last_index.saturating_sub(st.snapshot_index),
                     snapshot_index: st.snapshot_index,
                     keys: g.sm.keys() as u64,
+                    epoch: g.sm.membership_epoch(),
                     replicas: st.progress,
                 }
             })
@@ -1159,29 +1278,57 @@ impl NodeCore {
                 .map(|(reason, n)| (reason.to_string(), n))
                 .collect(),
             drops: Vec::new(),
+            nodes: self.config.addrs.clone(),
+            routes: (0..self.config.shard_count)
+                .map(|s| self.shard_route(ShardId(s)))
+                .collect(),
         }
+    }
+
+    /// Proposes a membership change of `shard` at its leader (tests of the epoch; replica
+    /// moves will drive changes through their own state machine).
+    #[cfg(test)]
+    pub(crate) fn propose_conf_change(
+        &mut self,
+        shard: ShardId,
+        change: kv_raft::ConfChange,
+    ) -> Result<(u64, u64), ProposeError> {
+        let g = &mut self.groups[shard];
+        g.wake();
+        g.raft.propose_conf_change(change)
+    }
+
+    /// True if this node holds a replica of `shard`. The per-shard accessors below
+    /// panic for a shard not hosted here.
+    pub fn hosts(&self, shard: ShardId) -> bool {
+        self.groups.contains(shard)
+    }
+
+    /// The shards this node holds a replica of, ascending.
+    pub fn hosted_shards(&self) -> Vec<ShardId> {
+        self.groups.ids()
     }
 
     /// Raft's view of one shard (for invariant checks).
     pub fn raft_status(&self, shard: ShardId) -> kv_raft::Status {
-        self.groups[shard.0 as usize].raft.status()
+        self.groups[shard].raft.status()
     }
 
-    /// The cheap per-shard view the simulator checks after every step.
-    pub fn group_view(&self, shard: ShardId) -> GroupView {
-        let g = &self.groups[shard.0 as usize];
-        GroupView {
+    /// The cheap per-shard view the simulator checks after every step (`None`: the shard
+    /// is not hosted here).
+    pub fn group_view(&self, shard: ShardId) -> Option<GroupView> {
+        self.groups.0.get(&shard).map(|g| GroupView {
             role: g.soft.role,
             term: g.soft.term,
             leader: g.soft.leader,
             applied: g.sm.applied_index(),
             proposed_writes: g.proposed_writes,
-        }
+        })
     }
 
-    /// The known leader of `shard`.
+    /// The known leader of `shard` (`None` also when the shard is not hosted here).
     pub fn leader_of(&self, shard: ShardId) -> Option<NodeId> {
-        self.groups[shard.0 as usize].soft.leader
+        self.groups.0.get(&shard).and_then(|g| g.soft.leader)
     }
 
     /// Records that a datagram from `peer` arrived at wall time `now_ms` (for status).
@@ -1208,10 +1355,10 @@ impl NodeCore {
         self.pending_request_bytes
     }
 
-    /// (applied index, state digest) of one shard's state machine.
-    pub fn state_digest(&self, shard: ShardId) -> (u64, u64) {
-        let sm = &self.groups[shard.0 as usize].sm;
-        (sm.applied_index(), sm.digest())
+    /// (applied index, state digest) of one shard's state machine (`None`: not hosted).
+    pub fn state_digest(&self, shard: ShardId) -> Option<(u64, u64)> {
+        let sm = &self.groups.0.get(&shard)?.sm;
+        Some((sm.applied_index(), sm.digest()))
     }
 
     /// Starts (or stops) recording every applied entry for [`NodeCore::take_applied`].

@@ -17,6 +17,7 @@ pub mod codec;
 pub mod config;
 pub mod core;
 pub mod events;
+pub mod placement;
 pub mod sm;
 pub mod wal;
 

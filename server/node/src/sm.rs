@@ -7,7 +7,7 @@ use hashbrown::hash_table::{Entry, HashTable};
 use kv_shared::limits::SESSIONS_MAX;
 use kv_shared::limits::VALUE_BYTES_MAX;
 use kv_shared::proto::{ClientError, Op, Outcome};
-use kv_shared::ClientId;
+use kv_shared::{ClientId, NodeId};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -60,6 +60,11 @@ pub enum WriteOp {
         /// The replacement, or `None` to remove.
         new: Option<Bytes>,
     },
+    /// Make `node` the shard's preferred leader (admin).
+    PreferLeader {
+        /// The node.
+        node: NodeId,
+    },
 }
 
 impl WriteOp {
@@ -89,6 +94,7 @@ impl WriteOp {
                 key: key.clone(),
                 new: new.clone(),
             }),
+            Op::ShardLeader { node, .. } => Some(WriteOp::PreferLeader { node: *node }),
             Op::Get { .. } | Op::Status => None,
         }
     }
@@ -293,6 +299,8 @@ struct ImageRef<'a> {
     clock: u64,
     applied_index: u64,
     applied_term: u64,
+    membership_epoch: u64,
+    preferred_leader: Option<NodeId>,
 }
 
 /// The serialized form of a shard (snapshot image), as read: keys and values borrowed
@@ -305,6 +313,8 @@ struct Image<'a> {
     clock: u64,
     applied_index: u64,
     applied_term: u64,
+    membership_epoch: u64,
+    preferred_leader: Option<NodeId>,
 }
 
 /// One key and its value in a single heap block: the key's length (u32, little endian),
@@ -384,6 +394,11 @@ pub struct StateMachine {
     sessions: Sessions,
     applied_index: u64,
     applied_term: u64,
+    /// Index of the last membership change applied (0: the initial replica set): the
+    /// shard's epoch, kept here so that it survives in snapshots with the rest.
+    membership_epoch: u64,
+    /// Set by `WriteOp::PreferLeader`: replicated, so a new leader honours it too.
+    preferred_leader: Option<NodeId>,
 }
 
 /// Equal shards hold the same keys and values, sessions and position (whatever their
@@ -398,6 +413,8 @@ impl PartialEq for StateMachine {
             && self.sessions == other.sessions
             && self.applied_index == other.applied_index
             && self.applied_term == other.applied_term
+            && self.membership_epoch == other.membership_epoch
+            && self.preferred_leader == other.preferred_leader
     }
 }
 
@@ -461,6 +478,8 @@ impl StateMachine {
             sessions: Sessions::new(sessions_max),
             applied_index: 0,
             applied_term: 0,
+            membership_epoch: 0,
+            preferred_leader: None,
         }
     }
 
@@ -523,9 +542,25 @@ impl StateMachine {
         self.applied_term
     }
 
-    /// Marks an entry without a command (no-op, membership change) applied.
+    /// The epoch of the replica set: index of the last membership change applied.
+    pub fn membership_epoch(&self) -> u64 {
+        self.membership_epoch
+    }
+
+    /// The leader an admin asked for (`WriteOp::PreferLeader`), if any.
+    pub fn preferred_leader(&self) -> Option<NodeId> {
+        self.preferred_leader
+    }
+
+    /// Marks a no-op entry applied.
     pub fn apply_empty(&mut self, index: u64, term: u64) {
         self.advance(index, term);
+    }
+
+    /// Marks a membership change applied: its index becomes the shard's epoch.
+    pub fn apply_membership_change(&mut self, index: u64, term: u64) {
+        self.advance(index, term);
+        self.membership_epoch = index;
     }
 
     /// Applies a command entry; returns one outcome per write. An entry that does not
@@ -600,6 +635,10 @@ impl StateMachine {
                 }
                 Outcome::Value(old)
             }
+            WriteOp::PreferLeader { node } => {
+                self.preferred_leader = Some(*node);
+                Outcome::Done
+            }
         };
         self.sessions.record(w.client, w.seq, outcome.clone());
         outcome
@@ -650,6 +689,8 @@ impl StateMachine {
             clock: self.sessions.clock,
             applied_index: self.applied_index,
             applied_term: self.applied_term,
+            membership_epoch: self.membership_epoch,
+            preferred_leader: self.preferred_leader,
         };
         Bytes::from(postcard::to_stdvec(&image).expect("an image always encodes"))
     }
@@ -665,6 +706,8 @@ impl StateMachine {
             sessions: Sessions::from_parts(sessions_max, image.clock, image.sessions),
             applied_index: image.applied_index,
             applied_term: image.applied_term,
+            membership_epoch: image.membership_epoch,
+            preferred_leader: image.preferred_leader,
         };
         for (key, value) in image.data {
             sm.insert(key, value);
@@ -1115,6 +1158,8 @@ mod tests {
             clock: u64,
             applied_index: u64,
             applied_term: u64,
+            membership_epoch: u64,
+            preferred_leader: Option<NodeId>,
         }
         let mut sm = StateMachine::new(10);
         sm.apply_entry(
@@ -1143,9 +1188,12 @@ mod tests {
                 ),
             ],
             clock: 2,
-            applied_index: 1,
+            applied_index: 2,
             applied_term: 1,
+            membership_epoch: 2,
+            preferred_leader: None,
         };
+        sm.apply_membership_change(2, 1);
         assert_eq!(
             &sm.to_image()[..],
             &postcard::to_stdvec(&expected).unwrap()[..]
@@ -1211,6 +1259,8 @@ mod tests {
             clock,
             applied_index: 3,
             applied_term: 1,
+            membership_epoch: 0,
+            preferred_leader: None,
         };
         postcard::to_stdvec(&image).unwrap()
     }

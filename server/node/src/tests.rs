@@ -24,6 +24,8 @@ struct Cluster {
     down: Vec<bool>,
     /// Every event each node reported, in order.
     events: Vec<(usize, NodeEvent)>,
+    /// Raft messages that reached a node not hosting their shard.
+    misdirected: usize,
 }
 
 fn ids(n: u64) -> Vec<NodeId> {
@@ -54,6 +56,7 @@ impl Cluster {
             messages: 0,
             down: vec![false; n as usize],
             events: Vec::new(),
+            misdirected: 0,
         }
     }
 
@@ -94,6 +97,8 @@ impl Cluster {
             if self.down[i] || self.down[from.0 as usize - 1] {
                 continue;
             }
+            let node = &self.nodes[i];
+            self.misdirected += msgs.iter().filter(|m| !node.hosts(m.shard)).count();
             self.nodes[i].on_peer_messages(from, msgs);
             let out = self.nodes[i].take_output();
             self.absorb(i, out);
@@ -116,7 +121,9 @@ impl Cluster {
 
     fn leader(&self, shard: ShardId) -> usize {
         (0..self.nodes.len())
-            .find(|&i| self.nodes[i].raft_status(shard).role == Role::Leader)
+            .find(|&i| {
+                self.nodes[i].hosts(shard) && self.nodes[i].raft_status(shard).role == Role::Leader
+            })
             .expect("a leader")
     }
 
@@ -143,6 +150,7 @@ fn put(client: u64, seq: u64, k: &str, v: &str) -> ClientRequest {
     ClientRequest {
         client: ClientId(client),
         seq,
+        epoch: 0,
         op: Op::Put {
             key: Bytes::copy_from_slice(k.as_bytes()),
             value: Bytes::copy_from_slice(v.as_bytes()),
@@ -154,6 +162,7 @@ fn get(client: u64, seq: u64, k: &str) -> ClientRequest {
     ClientRequest {
         client: ClientId(client),
         seq,
+        epoch: 0,
         op: Op::Get {
             key: Bytes::copy_from_slice(k.as_bytes()),
             stale: false,
@@ -321,7 +330,7 @@ fn snapshots_compact_and_restore() {
     assert!(!c.snapshots[l].is_empty());
     // Digests agree across replicas that applied the same prefix.
     let d: Vec<_> = (0..3)
-        .map(|i| c.nodes[i].state_digest(ShardId(0)))
+        .map(|i| c.nodes[i].state_digest(ShardId(0)).unwrap())
         .collect();
     assert!(d.iter().all(|x| *x == d[0]), "{d:?}");
     // A restart from snapshot + records gives the same state.
@@ -331,7 +340,7 @@ fn snapshots_compact_and_restore() {
         truncated_tail: None,
     };
     let back = NodeCore::new(NodeConfig::for_test(NodeId(l as u64 + 1), ids(3), 1), rec).unwrap();
-    assert!(back.state_digest(ShardId(0)).0 >= st.snapshot_index);
+    assert!(back.state_digest(ShardId(0)).unwrap().0 >= st.snapshot_index);
 }
 
 #[test]
@@ -492,8 +501,8 @@ fn follower_back_after_compaction_gets_a_snapshot(puts_after_snapshot: u64) {
         "installed the image of the applied state: {back:?}"
     );
     assert_eq!(
-        c.nodes[f].state_digest(shard),
-        c.nodes[l].state_digest(shard)
+        c.nodes[f].state_digest(shard).unwrap(),
+        c.nodes[l].state_digest(shard).unwrap()
     );
     let reported = |node: usize, want: &dyn Fn(&EventKind) -> bool| {
         c.events
@@ -708,6 +717,7 @@ fn pending_requests_are_bounded_in_bytes() {
             ClientRequest {
                 client: ClientId(seq),
                 seq: 1,
+                epoch: 0,
                 op: Op::Put {
                     key: Bytes::from_static(b"k"),
                     value: value.clone(),
@@ -871,4 +881,207 @@ fn a_snapshot_image_that_disagrees_with_its_metadata_is_dropped_before_it_is_per
     c.flush(l);
     c.tick(5);
     assert_eq!(c.reply_to(1), vec![Outcome::Done]);
+}
+
+/// With R < N each node hosts only the shards placement gives it: every shard elects a
+/// leader among its own replicas, no Raft message goes to a node without the shard, and
+/// with leader spreading each node ends up leading its share.
+#[test]
+fn five_nodes_with_three_replicas_host_only_their_shards() {
+    let shards = 10;
+    let mut c = Cluster::with(5, shards, |cfg| {
+        cfg.replication = 3;
+        cfg.spread_leaders = true;
+    });
+    let placement = c.nodes[0].config().placement();
+    for (i, n) in c.nodes.iter().enumerate() {
+        let me = NodeId(i as u64 + 1);
+        let expected: Vec<ShardId> = crate::placement::shards_of(&placement, me);
+        assert_eq!(n.hosted_shards(), expected, "node {me}");
+        assert_eq!(expected.len(), 6, "10 shards x 3 replicas over 5 nodes");
+    }
+    c.tick(400);
+    let mut led = [0usize; 5];
+    for s in (0..shards).map(ShardId) {
+        let l = c.leader(s);
+        assert!(placement[s.0 as usize]
+            .replicas
+            .contains(&NodeId(l as u64 + 1)));
+        led[l] += 1;
+    }
+    assert_eq!(led, [2; 5], "leaders spread to the preferred replicas");
+    assert_eq!(c.misdirected, 0);
+    for (token, s) in (0..shards).map(ShardId).enumerate() {
+        let key = (0..)
+            .map(|k| format!("k{k}"))
+            .find(|k| kv_shared::shard::shard_for_key(k.as_bytes(), shards) == s)
+            .unwrap();
+        let l = c.leader(s);
+        c.request(l, token as u64, put(1, token as u64 + 1, &key, "v"));
+        c.flush(l);
+        c.tick(2);
+        assert_eq!(c.reply_to(token as u64), vec![Outcome::Done], "shard {s}");
+    }
+}
+
+/// A node that holds no replica of the key's shard answers at once with the replica set
+/// it knows, so the client re-routes instead of waiting for a leader that never comes.
+#[test]
+fn a_node_without_the_shard_answers_with_its_replica_set() {
+    let shards = 4;
+    let mut c = Cluster::with(4, shards, |cfg| cfg.replication = 2);
+    let (key, shard) = (0..)
+        .map(|k| format!("k{k}"))
+        .map(|k| {
+            let s = kv_shared::shard::shard_for_key(k.as_bytes(), shards);
+            (k, s)
+        })
+        .find(|(_, s)| !c.nodes[0].hosts(*s))
+        .unwrap();
+    let replicas = c.nodes[0].config().placement()[shard.0 as usize]
+        .replicas
+        .clone();
+    c.request(0, 9, get(1, 1, &key));
+    c.flush(0);
+    match &c.reply_to(9)[..] {
+        [Outcome::Error(ClientError::StaleRoute { node, route })] => {
+            assert_eq!(*node, NodeId(1));
+            assert_eq!(route.shard, shard);
+            assert_eq!(route.voters, replicas);
+            assert_eq!(route.epoch, 0);
+        }
+        other => panic!("expected StaleRoute, got {other:?}"),
+    }
+    let status = c.nodes[0].status();
+    assert_eq!(status.routes.len(), shards as usize);
+    assert_eq!(status.routes[shard.0 as usize].voters, replicas);
+    assert!(status.shards.iter().all(|row| row.shard != shard));
+}
+
+/// A membership change bumps the shard's epoch to its entry's index on every replica; a
+/// follower answers a request routed by the older epoch with the new replica set (so the
+/// client learns it), and one routed by the current epoch with a plain redirect.
+#[test]
+fn a_membership_change_bumps_the_epoch_and_stale_routes_get_the_new_set() {
+    let shard = ShardId(0);
+    let mut c = Cluster::with(4, 1, |cfg| cfg.replication = 3);
+    assert!(
+        !c.nodes[3].hosts(shard),
+        "node 4 holds no replica of the only shard"
+    );
+    c.tick(60);
+    let l = c.leader(shard);
+    let (index, _) = c.nodes[l]
+        .propose_conf_change(shard, kv_raft::ConfChange::AddLearner(NodeId(4)))
+        .expect("the leader takes the change");
+    c.flush(l);
+    c.tick(5);
+    for i in 0..3 {
+        let route = c.nodes[i].shard_route(shard);
+        assert_eq!(route.epoch, index, "node {}", i + 1);
+        assert_eq!(route.voters, ids(3));
+        assert_eq!(route.learners, vec![NodeId(4)]);
+        assert_eq!(c.nodes[i].status().shards[0].epoch, index);
+    }
+    let f = (0..3).find(|&i| i != l).unwrap();
+    c.request(f, 1, get(1, 1, "k"));
+    c.flush(f);
+    match &c.reply_to(1)[..] {
+        [Outcome::Error(ClientError::StaleRoute { route, .. })] => {
+            assert_eq!(
+                (route.epoch, route.learners.clone()),
+                (index, vec![NodeId(4)])
+            );
+            assert_eq!(route.leader, Some(NodeId(l as u64 + 1)));
+        }
+        other => panic!("expected StaleRoute, got {other:?}"),
+    }
+    let mut current = get(1, 2, "k");
+    current.epoch = index;
+    c.request(f, 2, current);
+    c.flush(f);
+    assert_eq!(
+        c.reply_to(2),
+        vec![Outcome::Error(ClientError::NotLeader {
+            shard,
+            leader: Some(NodeId(l as u64 + 1))
+        })]
+    );
+}
+
+/// The status reply (one row per hosted shard plus a route per shard) must fit one
+/// datagram for the largest cluster the limits allow with the default replication.
+#[test]
+fn status_of_the_largest_cluster_fits_one_datagram() {
+    use kv_shared::limits::{NODES_MAX, SHARDS_MAX};
+    use kv_shared::proto::ClientReply;
+    let members: Vec<NodeId> = (1..=NODES_MAX as u64).map(NodeId).collect();
+    let mut config = NodeConfig::for_test(NodeId(1), members, SHARDS_MAX);
+    config.replication = 3;
+    config.addrs = (1..=NODES_MAX as u64)
+        .map(|i| (NodeId(i), format!("[2001:db8::{i}]:65535").parse().unwrap()))
+        .collect();
+    let node = NodeCore::new(config, Recovered::default()).unwrap();
+    let reply = vec![ClientReply {
+        client: kv_shared::ClientId(u64::MAX),
+        seq: u64::MAX,
+        outcome: Outcome::Status(node.status()),
+    }];
+    let bytes = postcard::to_stdvec(&reply).unwrap().len();
+    assert!(
+        bytes <= kv_shared::wire::PAYLOAD_BYTES_MAX,
+        "a status reply of {bytes} bytes"
+    );
+}
+
+/// `ShardLeader` records the preferred leader in the shard's log; leadership moves there
+/// and stays (a later leader honours the same replicated preference), while a node that
+/// is not a voter, or a shard that does not exist, is refused.
+#[test]
+fn an_admin_preferred_leader_takes_over_and_keeps_the_shard() {
+    let shard = ShardId(0);
+    let mut c = Cluster::with(3, 1, |cfg| cfg.spread_leaders = true);
+    c.tick(300);
+    assert_eq!(
+        c.leader(shard),
+        0,
+        "the placement prefers node 1 for shard 0"
+    );
+    let admin = |seq: u64, s: u32, node: u64| ClientRequest {
+        client: ClientId(77),
+        seq,
+        epoch: 0,
+        op: Op::ShardLeader {
+            shard: ShardId(s),
+            node: NodeId(node),
+        },
+    };
+    c.request(0, 1, admin(1, 0, 9));
+    c.request(0, 2, admin(2, 4, 3));
+    c.flush(0);
+    c.tick(2);
+    let refusal = |outcomes: Vec<Outcome>| match &outcomes[..] {
+        [Outcome::Error(ClientError::Malformed(m))] => m.clone(),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(
+        refusal(c.reply_to(1)),
+        "n9 is not a voter of shard 0 (voters: n1, n2, n3)"
+    );
+    assert_eq!(
+        refusal(c.reply_to(2)),
+        "shard 4 does not exist; the cluster has 1 shards"
+    );
+    c.request(0, 3, admin(3, 0, 3));
+    c.flush(0);
+    c.tick(2);
+    assert_eq!(c.reply_to(3), vec![Outcome::Done]);
+    c.tick(300);
+    assert_eq!(c.leader(shard), 2, "node 3 leads once caught up");
+    c.tick(600);
+    assert_eq!(
+        c.leader(shard),
+        2,
+        "and keeps leading: no node spreads it back"
+    );
 }

@@ -12,8 +12,10 @@
 
 use bytes::Bytes;
 use kv_raft::{Entry, HardState, Membership, Restored, Snapshot};
+use kv_shared::ShardId;
 use kv_storage::{Record, Recovered};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Record kind: log entries of one group.
 pub const KIND_ENTRIES: u8 = 1;
@@ -199,49 +201,59 @@ pub fn apply_entries(log: &mut Vec<Entry>, record: EntriesRecord) {
     log.extend(record.entries);
 }
 
-/// Rebuilds every group's Raft state from what the storage recovered.
+/// Rebuilds the Raft state of each hosted group (`hosted`: shard -> its membership
+/// before the first conf change) from what the storage recovered. Records of shards of
+/// the cluster that are not hosted here are skipped; a shard outside `0..shard_count` is
+/// an error.
 pub fn restore_groups(
     recovered: &Recovered,
     shard_count: u32,
-    initial_membership: &Membership,
-) -> Result<Vec<Restored>, RecoveryError> {
-    let n = shard_count as usize;
-    let mut logs: Vec<Vec<Entry>> = vec![Vec::new(); n];
-    let mut hard: Vec<HardState> = vec![HardState::default(); n];
+    hosted: &BTreeMap<ShardId, Membership>,
+) -> Result<BTreeMap<ShardId, Restored>, RecoveryError> {
+    let mut logs: BTreeMap<ShardId, Vec<Entry>> = BTreeMap::new();
+    let mut hard: BTreeMap<ShardId, HardState> = BTreeMap::new();
+    let mut snaps: BTreeMap<ShardId, Snapshot> = BTreeMap::new();
     let check = |shard: u32| {
         if shard >= shard_count {
             Err(RecoveryError::UnknownGroup { shard, shard_count })
         } else {
-            Ok(shard as usize)
+            Ok(Some(ShardId(shard)).filter(|s| hosted.contains_key(s)))
         }
     };
     for r in &recovered.records {
         match decode(r)? {
-            WalRecord::Entries { shard, record } => apply_entries(&mut logs[check(shard)?], record),
-            WalRecord::HardState { shard, hard_state } => hard[check(shard)?] = hard_state,
+            WalRecord::Entries { shard, record } => {
+                if let Some(s) = check(shard)? {
+                    apply_entries(logs.entry(s).or_default(), record);
+                }
+            }
+            WalRecord::HardState { shard, hard_state } => {
+                if let Some(s) = check(shard)? {
+                    hard.insert(s, hard_state);
+                }
+            }
         }
     }
-    let mut snaps: Vec<Option<Snapshot>> = vec![None; n];
     for (shard, index, data) in &recovered.snapshots {
-        let g = check(*shard)?;
-        if snaps[g].as_ref().is_some_and(|s| s.meta.index >= *index) {
+        let Some(s) = check(*shard)? else {
+            continue;
+        };
+        if snaps.get(&s).is_some_and(|have| have.meta.index >= *index) {
             continue;
         }
-        let snap = decode_snapshot(*shard, *index, data)?;
-        snaps[g] = Some(snap);
+        snaps.insert(s, decode_snapshot(*shard, *index, data)?);
     }
-    let mut out = Vec::with_capacity(n);
-    for (g, (mut log, (mut hard_state, snapshot))) in logs
-        .into_iter()
-        .zip(hard.into_iter().zip(snaps))
-        .enumerate()
-    {
+    let mut out = BTreeMap::new();
+    for (&shard, initial_membership) in hosted {
+        let mut log = logs.remove(&shard).unwrap_or_default();
+        let mut hard_state = hard.remove(&shard).unwrap_or_default();
+        let snapshot = snaps.remove(&shard);
         let base = snapshot.as_ref().map_or(0, |s| s.meta.index);
         log.retain(|e| e.index > base);
         if let Some(first) = log.first() {
             if first.index != base + 1 {
                 return Err(RecoveryError::Gap {
-                    shard: g as u32,
+                    shard: shard.0,
                     expected: base + 1,
                     found: first.index,
                 });
@@ -250,12 +262,15 @@ pub fn restore_groups(
         // The commit index is persisted as a hint only; never past what survived.
         let last = log.last().map_or(base, |e| e.index);
         hard_state.commit = hard_state.commit.min(last).max(base);
-        out.push(Restored {
-            hard_state,
-            snapshot,
-            entries: log,
-            initial_membership: initial_membership.clone(),
-        });
+        out.insert(
+            shard,
+            Restored {
+                hard_state,
+                snapshot,
+                entries: log,
+                initial_membership: initial_membership.clone(),
+            },
+        );
     }
     Ok(out)
 }
@@ -273,6 +288,11 @@ mod tests {
             kind: EntryKind::Command,
             data: Bytes::from(vec![index as u8]),
         }
+    }
+
+    /// Every shard `0..shard_count` hosted, with [`members`].
+    fn all_hosted(shard_count: u32) -> BTreeMap<ShardId, Membership> {
+        (0..shard_count).map(|s| (ShardId(s), members())).collect()
     }
 
     fn members() -> Membership {
@@ -348,13 +368,20 @@ mod tests {
             snapshots: vec![],
             truncated_tail: None,
         };
-        let groups = restore_groups(&rec, 2, &members()).unwrap();
-        assert_eq!(terms(&groups[0]), vec![(1, 1), (2, 1), (3, 2), (4, 2)]);
-        assert_eq!(groups[0].hard_state.term, 2);
-        assert_eq!(groups[0].hard_state.vote, NodeId(2));
-        assert_eq!(groups[0].hard_state.commit, 4, "commit clamped to the log");
-        assert_eq!(terms(&groups[1]), vec![(1, 1)]);
-        assert_eq!(groups[1].initial_membership, members());
+        let groups = restore_groups(&rec, 2, &all_hosted(2)).unwrap();
+        assert_eq!(
+            terms(&groups[&ShardId(0)]),
+            vec![(1, 1), (2, 1), (3, 2), (4, 2)]
+        );
+        assert_eq!(groups[&ShardId(0)].hard_state.term, 2);
+        assert_eq!(groups[&ShardId(0)].hard_state.vote, NodeId(2));
+        assert_eq!(
+            groups[&ShardId(0)].hard_state.commit,
+            4,
+            "commit clamped to the log"
+        );
+        assert_eq!(terms(&groups[&ShardId(1)]), vec![(1, 1)]);
+        assert_eq!(groups[&ShardId(1)].initial_membership, members());
     }
 
     #[test]
@@ -381,9 +408,28 @@ mod tests {
             ],
             truncated_tail: None,
         };
-        let groups = restore_groups(&rec, 1, &members()).unwrap();
-        assert_eq!(groups[0].snapshot.as_ref().unwrap().meta.index, 10);
-        assert_eq!(terms(&groups[0]), vec![(11, 2), (12, 2)]);
+        let groups = restore_groups(&rec, 1, &all_hosted(1)).unwrap();
+        assert_eq!(
+            groups[&ShardId(0)].snapshot.as_ref().unwrap().meta.index,
+            10
+        );
+        assert_eq!(terms(&groups[&ShardId(0)]), vec![(11, 2), (12, 2)]);
+    }
+
+    #[test]
+    fn records_of_shards_not_hosted_are_skipped() {
+        let rec = Recovered {
+            records: vec![
+                entries_record(0, 1, vec![e(1, 1)]),
+                entries_record(1, 1, vec![e(1, 1), e(2, 1)]),
+            ],
+            snapshots: vec![],
+            truncated_tail: None,
+        };
+        let hosted: BTreeMap<ShardId, Membership> = [(ShardId(1), members())].into();
+        let groups = restore_groups(&rec, 2, &hosted).unwrap();
+        assert_eq!(groups.keys().copied().collect::<Vec<_>>(), vec![ShardId(1)]);
+        assert_eq!(terms(&groups[&ShardId(1)]), vec![(1, 1), (2, 1)]);
     }
 
     #[test]
@@ -394,11 +440,11 @@ mod tests {
             truncated_tail: None,
         };
         assert!(matches!(
-            restore_groups(&rec, 1, &members()),
+            restore_groups(&rec, 1, &all_hosted(1)),
             Err(RecoveryError::Gap { .. })
         ));
         assert!(matches!(
-            restore_groups(&rec, 0, &members()),
+            restore_groups(&rec, 0, &all_hosted(0)),
             Err(RecoveryError::UnknownGroup { .. })
         ));
     }
@@ -437,7 +483,7 @@ mod tests {
             snapshots: vec![],
             truncated_tail: None,
         };
-        let err = restore_groups(&recovered, 1, &members()).unwrap_err();
+        let err = restore_groups(&recovered, 1, &all_hosted(1)).unwrap_err();
         assert!(
             matches!(err, RecoveryError::BadRecord { shard: 0, .. }),
             "{err}"

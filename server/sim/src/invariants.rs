@@ -92,10 +92,10 @@ pub struct Checker {
 
 impl Checker {
     /// A node restarted: its volatile state starts over and its log is what recovery found.
-    pub fn restarted(&mut self, node: NodeId, logs: Vec<TrackedLog>) {
+    pub fn restarted(&mut self, node: NodeId, logs: Vec<(u32, TrackedLog)>) {
         self.progress.retain(|(n, _), _| *n != node);
-        for (shard, log) in logs.into_iter().enumerate() {
-            self.logs.insert((node, shard as u32), log);
+        for (shard, log) in logs {
+            self.logs.insert((node, shard), log);
         }
     }
 

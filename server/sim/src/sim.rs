@@ -8,8 +8,8 @@ use crate::workload::{keys, Action, Client, ClientTiming};
 use bytes::Bytes;
 use kv_node::codec::{decode_peer_datagram, encode_peer};
 use kv_node::wal::{self, WalRecord};
-use kv_node::{ClientToken, DiskOp, GroupMessage, NodeConfig, NodeCore};
-use kv_raft::{Membership, MessageBody};
+use kv_node::{ClientToken, DiskOp, GroupMessage, GroupView, NodeConfig, NodeCore};
+use kv_raft::MessageBody;
 use kv_shared::linearizability::{check, CheckBudget, Operation, Verdict};
 use kv_shared::proto::{ClientReply, ClientRequest, Role};
 use kv_shared::{ClientId, NodeId, ShardId};
@@ -95,6 +95,8 @@ pub struct SimOptions {
     pub nodes: Option<usize>,
     /// Shards (1..=8); seed-chosen if `None`.
     pub shards: Option<u32>,
+    /// Replicas per shard (1..=nodes); seed-chosen if `None` (every node for Figure 8).
+    pub replication: Option<usize>,
     /// Fault mix.
     pub faults: FaultMix,
     /// How `FaultMix::All` aims its faults; seed-chosen if `None` (Churn for about one
@@ -123,6 +125,7 @@ impl SimOptions {
             seed,
             nodes: None,
             shards: None,
+            replication: None,
             faults: FaultMix::All,
             profile: None,
             safety_ticks: 800,
@@ -153,6 +156,8 @@ pub struct Stats {
     pub nodes: usize,
     /// Shards.
     pub shards: u32,
+    /// Replicas per shard.
+    pub replication: usize,
     /// Simulated time at the end.
     pub end_ns: u64,
     /// Events processed.
@@ -483,10 +488,22 @@ impl Sim {
         let quiesce = tuning_rng.gen_bool(0.75);
         let eager_followers = tuning_rng.gen_bool(0.2).then_some(n / 2);
         let broadcast_commit = tuning_rng.gen_bool(0.2);
+        // Half the seeds place every shard on every node, the others on R of N; Figure 8
+        // scripts partitions of the whole cluster around one group on every node.
+        let replication = opts.replication.unwrap_or_else(|| {
+            let drawn = tuning_rng.gen_range(1..=n);
+            if profile == FaultProfile::Figure8 || tuning_rng.gen_bool(0.5) {
+                n
+            } else {
+                drawn
+            }
+        });
+        assert!((1..=n).contains(&replication), "bad replication factor");
         let nodes = ids
             .iter()
             .map(|&id| {
                 let mut config = NodeConfig::for_test(id, ids.clone(), shards);
+                config.replication = replication;
                 config.heartbeat_ticks = 2;
                 config.election_ticks_min = 10;
                 config.election_ticks_max = 20;
@@ -570,6 +587,7 @@ impl Sim {
             stats: Stats {
                 nodes: n,
                 shards,
+                replication,
                 ..Stats::default()
             },
             failure: None,
@@ -1051,11 +1069,13 @@ impl Sim {
         let elections = self.checker.elections;
         let r = self.nodes[i].run.as_ref().expect("running");
         for s in 0..self.shards {
+            let Some(v) = r.core.group_view(ShardId(s)) else {
+                continue;
+            };
             let commit = r.core.raft_status(ShardId(s)).commit;
             if let Err(v) = self.checker.committed(id, s, commit) {
                 return self.fail(v);
             }
-            let v = r.core.group_view(ShardId(s));
             if v.role == Role::Leader {
                 if let Err(v) = self.checker.saw_leader(id, s, v.term) {
                     return self.fail(v);
@@ -1088,8 +1108,10 @@ impl Sim {
             return;
         };
         for s in 0..self.shards {
+            let Some(GroupView { applied, .. }) = r.core.group_view(ShardId(s)) else {
+                continue;
+            };
             let st = r.core.raft_status(ShardId(s));
-            let applied = r.core.group_view(ShardId(s)).applied;
             if let Err(v) = self.checker.progress(id, s, Some(st.commit), applied) {
                 return self.fail(v);
             }
@@ -1206,7 +1228,7 @@ impl Sim {
                     self.nodes[j]
                         .run
                         .as_ref()
-                        .is_some_and(|r| r.core.group_view(ShardId(s)).role == Role::Leader)
+                        .is_some_and(|r| is_leader(r.core.group_view(ShardId(s))))
                 }) else {
                     return;
                 };
@@ -1244,7 +1266,7 @@ impl Sim {
             self.nodes[j]
                 .run
                 .as_ref()
-                .is_some_and(|r| r.core.group_view(ShardId(shard)).role == Role::Leader)
+                .is_some_and(|r| is_leader(r.core.group_view(ShardId(shard))))
         })
     }
 
@@ -1467,12 +1489,13 @@ impl Sim {
         self.nodes[x]
             .run
             .as_ref()
-            .map_or(0, |r| r.core.group_view(ShardId(0)).term)
+            .and_then(|r| r.core.group_view(ShardId(0)))
+            .map_or(0, |v| v.term)
     }
 
     /// `x`'s term if it runs and leads shard 0.
     fn leader_term(&self, x: usize) -> Option<u64> {
-        let v = self.nodes[x].run.as_ref()?.core.group_view(ShardId(0));
+        let v = self.nodes[x].run.as_ref()?.core.group_view(ShardId(0))?;
         (v.role == Role::Leader).then_some(v.term)
     }
 
@@ -1498,7 +1521,9 @@ impl Sim {
         let mut leader = None;
         for n in &self.nodes {
             let r = n.run.as_ref()?;
-            let v = r.core.group_view(ShardId(s));
+            let Some(v) = r.core.group_view(ShardId(s)) else {
+                continue;
+            };
             match (leader, v.leader) {
                 (_, None) => return None,
                 (None, l) => leader = l,
@@ -1508,7 +1533,7 @@ impl Sim {
         }
         let l = leader?;
         let r = self.nodes[l.0 as usize - 1].run.as_ref()?;
-        (r.core.group_view(ShardId(s)).role == Role::Leader).then_some(l)
+        is_leader(r.core.group_view(ShardId(s))).then_some(l)
     }
 
     fn check_liveness_done(&mut self) {
@@ -1546,10 +1571,8 @@ impl Sim {
                     .nodes
                     .iter()
                     .filter_map(|n| {
-                        n.run.as_ref().map(|r| {
-                            let v = r.core.group_view(ShardId(s));
-                            format!("{}:{:?}/t{}/l{:?}", n.id, v.role, v.term, v.leader)
-                        })
+                        let v = n.run.as_ref()?.core.group_view(ShardId(s))?;
+                        Some(format!("{}:{:?}/t{}/l{:?}", n.id, v.role, v.term, v.leader))
                     })
                     .collect();
                 missing.push(format!(
@@ -1594,7 +1617,9 @@ impl Sim {
             let mut by_index: BTreeMap<u64, (NodeId, u64)> = BTreeMap::new();
             for n in &self.nodes {
                 let Some(r) = n.run.as_ref() else { continue };
-                let (applied, digest) = r.core.state_digest(ShardId(s));
+                let Some((applied, digest)) = r.core.state_digest(ShardId(s)) else {
+                    continue;
+                };
                 if let Some((other, d)) = by_index.get(&applied) {
                     if *d != digest {
                         let detail = format!("shard {s}: {} and {other} applied up to {applied} but hold different states", n.id);
@@ -1671,24 +1696,26 @@ impl Sim {
     }
 }
 
-/// The logs recovery will hand each group, as the checker tracks them.
-fn tracked_logs(recovered: &Recovered, shards: u32, config: &NodeConfig) -> Vec<TrackedLog> {
-    let m = Membership {
-        voters: config.sorted_members(),
-        learners: vec![],
-    };
-    match wal::restore_groups(recovered, shards, &m) {
+/// True if `view` is of a hosted shard this node leads.
+fn is_leader(view: Option<GroupView>) -> bool {
+    view.is_some_and(|v| v.role == Role::Leader)
+}
+
+/// The logs recovery will hand each hosted group, as the checker tracks them.
+fn tracked_logs(recovered: &Recovered, shards: u32, config: &NodeConfig) -> Vec<(u32, TrackedLog)> {
+    match wal::restore_groups(recovered, shards, &config.initial_groups()) {
         Ok(groups) => groups
             .into_iter()
-            .map(|g| {
+            .map(|(shard, g)| {
                 let base = g.snapshot.as_ref().map_or(0, |s| s.meta.index);
-                TrackedLog::new(
+                let log = TrackedLog::new(
                     base,
                     g.entries
                         .iter()
                         .map(|e| (e.term, kv_node::entry_hash(e)))
                         .collect(),
-                )
+                );
+                (shard.0, log)
             })
             .collect(),
         // NodeCore::new reports the same error as a violation.

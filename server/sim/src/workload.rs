@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use kv_shared::linearizability::{KvOp, KvResult, Operation};
-use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Op, Outcome};
+use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Op, Outcome, ShardRoute};
 use kv_shared::shard::shard_for_key;
 use kv_shared::{ClientId, NodeId};
 use rand::rngs::SmallRng;
@@ -73,6 +73,8 @@ pub struct Client {
     epoch: u64,
     pending: Option<Pending>,
     leader_cache: Vec<Option<NodeId>>,
+    /// Each shard's replica set as a node last answered it (`StaleRoute`), as kvcli keeps.
+    routes: Vec<Option<ShardRoute>>,
     next_node: usize,
     /// Last value this client saw per key (to aim CAS at a likely match).
     seen: Vec<Option<Bytes>>,
@@ -127,6 +129,7 @@ impl Client {
             epoch: 0,
             pending: None,
             leader_cache: vec![None; shards as usize],
+            routes: vec![None; shards as usize],
             next_node: index,
             seen: vec![None; key_count],
             open_shards: vec![false; shards as usize],
@@ -157,15 +160,19 @@ impl Client {
         }
     }
 
+    /// The cached leader of the key's shard, else the next of its known replicas (of all
+    /// nodes while none are known).
     fn target(&mut self, key: &Bytes, nodes: &[NodeId], shards: u32) -> NodeId {
         let s = shard_for_key(key, shards).0 as usize;
-        match self.leader_cache[s] {
-            Some(l) => l,
-            None => {
-                self.next_node = (self.next_node + 1) % nodes.len();
-                nodes[self.next_node]
-            }
+        if let Some(l) = self.leader_cache[s] {
+            return l;
         }
+        let candidates = match &self.routes[s] {
+            Some(r) if !r.voters.is_empty() => &r.voters[..],
+            _ => nodes,
+        };
+        self.next_node = self.next_node.wrapping_add(1);
+        candidates[self.next_node % candidates.len()]
     }
 
     /// Timer `epoch` fired at `now_ns`.
@@ -278,6 +285,7 @@ impl Client {
             req: ClientRequest {
                 client: self.id,
                 seq: self.seq,
+                epoch: 0,
                 op: wire_op,
             },
             key,
@@ -293,8 +301,12 @@ impl Client {
     fn send(&mut self, now_ns: u64, nodes: &[NodeId], shards: u32, t: &ClientTiming) -> Action {
         let key = self.pending.as_ref().expect("pending").key.clone();
         let node = self.target(&key, nodes, shards);
+        let route_epoch = self.routes[shard_for_key(&key, shards).0 as usize]
+            .as_ref()
+            .map_or(0, |r| r.epoch);
         let p = self.pending.as_mut().expect("pending");
         p.sent = true;
+        p.req.epoch = route_epoch;
         self.epoch += 1;
         Action::Send {
             node,
@@ -342,6 +354,26 @@ impl Client {
             Outcome::Error(ClientError::NotLeader { shard, leader }) => {
                 self.leader_cache[shard.0 as usize] = leader;
                 if leader.is_some() {
+                    return Ok(self.send(now_ns, nodes, shards, t));
+                }
+                let p = self.pending.as_mut().expect("pending");
+                p.sent = false;
+                self.epoch += 1;
+                return Ok(Action::Wake {
+                    wake_ns: now_ns + t.backoff_ns,
+                    epoch: self.epoch,
+                });
+            }
+            Outcome::Error(ClientError::StaleRoute { route, .. }) => {
+                let s = route.shard.0 as usize;
+                let newer = self.routes[s]
+                    .as_ref()
+                    .is_none_or(|have| have.epoch <= route.epoch);
+                if newer {
+                    self.leader_cache[s] = route.leader;
+                    self.routes[s] = Some(route);
+                }
+                if newer && self.leader_cache[s].is_some() {
                     return Ok(self.send(now_ns, nodes, shards, t));
                 }
                 let p = self.pending.as_mut().expect("pending");

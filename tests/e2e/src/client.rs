@@ -140,6 +140,7 @@ impl Client {
         let req = ClientRequest {
             client: self.id,
             seq: self.seq,
+            epoch: 0,
             op,
         };
         let shard = req
@@ -194,6 +195,7 @@ impl Client {
         let req = ClientRequest {
             client: self.id,
             seq: self.seq,
+            epoch: 0,
             op,
         };
         self.attempt(node, &req)

@@ -27,6 +27,8 @@ pub struct Spec {
     pub nodes: usize,
     /// Number of shards.
     pub shards: u32,
+    /// `replication` in the cluster file, if set (else the file's default).
+    pub replication: Option<u32>,
     /// `--snapshot-threshold` for every node, if set.
     pub snapshot_threshold: Option<u64>,
 }
@@ -36,6 +38,7 @@ impl Default for Spec {
         Spec {
             nodes: 3,
             shards: 8,
+            replication: None,
             snapshot_threshold: None,
         }
     }
@@ -92,8 +95,12 @@ impl Cluster {
             .collect();
         drop(listeners);
         let cluster_id = u64::from(std::process::id()) << 16 | u64::from(nodes[0].1.port());
+        let replication = spec
+            .replication
+            .map(|r| format!("replication = {r}\n"))
+            .unwrap_or_default();
         let mut toml = format!(
-            "cluster_id = {cluster_id}\nshards = {}\ndata_dir = \"{}\"\n\
+            "cluster_id = {cluster_id}\nshards = {}\n{replication}data_dir = \"{}\"\n\
              key_file = \"keys/cluster.key\"\n\
              client_key_files = [\"keys/admin.key\", \"keys/reader.key\", \"keys/mallory.key\"]\n\
              client_key_file = \"keys/admin.key\"\n\n[timing]\n\
@@ -292,7 +299,8 @@ impl Cluster {
     }
 
     /// Polls the status of every running node until each shard has a leader that the
-    /// leader itself and every running node agree on; returns shard -> leader.
+    /// leader itself and every running node holding the shard agree on; returns
+    /// shard -> leader.
     pub fn wait_for_leaders(
         &mut self,
         client: &mut Client,
@@ -315,7 +323,7 @@ impl Cluster {
                 let agreed = statuses.iter().all(|st| {
                     st.shards
                         .iter()
-                        .any(|r| r.shard == shard && r.leader == Some(leader))
+                        .all(|r| r.shard != shard || r.leader == Some(leader))
                 });
                 if !agreed {
                     return None;

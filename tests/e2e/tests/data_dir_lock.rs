@@ -24,6 +24,7 @@ fn a_second_kvserver_on_a_data_dir_in_use_exits_2_naming_the_dir_and_the_holder(
         nodes: 2,
         shards: 1,
         snapshot_threshold: None,
+        replication: None,
     });
     c.spawn(NodeId(1));
     let holder = wait_for(

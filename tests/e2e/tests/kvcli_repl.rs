@@ -72,7 +72,7 @@ fn the_repl_answers_completes_cancels_leaves_and_keeps_history() {
     p.expect_input(&format!("{PROMPT}status "), WAIT);
     p.send(ENTER);
     p.expect(
-        "SHARD  LEADER  TERM  COMMIT/APPLIED  KEYS  LAG (entries behind commit)",
+        "SHARD  LEADER  TERM  COMMIT/APPLIED  KEYS  EPOCH  REPLICAS (applied, as each reports it; +learner)",
         WAIT,
     );
     p.expect("NODE  ADDRESS", WAIT);

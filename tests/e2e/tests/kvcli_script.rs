@@ -104,7 +104,7 @@ fn a_script_prints_one_exact_result_per_line_in_text_and_json() {
     let status = &lines[SCRIPT_RESULTS.len() + 1..];
     assert_eq!(
         status[0],
-        "SHARD  LEADER  TERM  COMMIT/APPLIED  KEYS  LAG (entries behind commit)"
+        "SHARD  LEADER  TERM  COMMIT/APPLIED  KEYS  EPOCH  REPLICAS (applied, as each reports it; +learner)"
     );
     let shard_rows = &status[1..=config.shards as usize];
     let mut keys = 0;

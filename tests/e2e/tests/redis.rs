@@ -21,6 +21,7 @@ fn start(nodes: usize) -> (Cluster, BTreeMap<ShardId, NodeId>) {
         nodes,
         shards: 4,
         snapshot_threshold: None,
+        replication: None,
     });
     let mut client = cluster.client();
     let leaders = cluster.wait_for_leaders(&mut client, READY_TIMEOUT);

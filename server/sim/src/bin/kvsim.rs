@@ -54,6 +54,9 @@ struct Args {
     /// Shards (1..=8); seed-chosen by default.
     #[arg(long)]
     shards: Option<u32>,
+    /// Replicas per shard (1..=nodes); seed-chosen by default.
+    #[arg(long)]
+    replication: Option<usize>,
     /// Fault mix.
     #[arg(long, value_enum, default_value_t = Faults::All)]
     faults: Faults,
@@ -113,6 +116,13 @@ fn options(args: &Args, seed: u64) -> Result<SimOptions> {
             bail!("--shards must be in 1..=8");
         }
         o.shards = Some(s);
+    }
+    if let Some(r) = args.replication {
+        let nodes_max = args.nodes.unwrap_or(3);
+        if r == 0 || r > nodes_max {
+            bail!("--replication must be in 1..=nodes ({nodes_max}; give --nodes for more)");
+        }
+        o.replication = Some(r);
     }
     o.faults = match args.faults {
         Faults::None => FaultMix::None,
@@ -176,9 +186,10 @@ fn main() -> Result<()> {
         }
         if r.passed() {
             println!(
-                "seed {seed} passed: {} nodes, {} shards, {} events, {} ops ok, {} unknown, {} elections, {} crashes, {} partitions",
+                "seed {seed} passed: {} nodes, {} shards x {} replicas, {} events, {} ops ok, {} unknown, {} elections, {} crashes, {} partitions",
                 r.stats.nodes,
                 r.stats.shards,
+                r.stats.replication,
                 r.stats.events,
                 r.stats.ops_ok,
                 r.stats.ops_unknown,

@@ -68,6 +68,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
     let req = |seq, op| ClientRequest {
         client: ClientId(5),
         seq,
+        epoch: 0,
         op,
     };
     let batches = [

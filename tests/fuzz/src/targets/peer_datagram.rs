@@ -54,6 +54,7 @@ pub fn run(data: &[u8]) {
                     ClientRequest {
                         client: ClientId(9),
                         seq,
+                        epoch: 0,
                         op: Op::Put {
                             key,
                             value: Bytes::from_static(b"v"),
