@@ -59,11 +59,19 @@ fn four_nodes_with_three_replicas_serve_every_shard_through_one_address_and_move
     let config = ClusterConfig::load(c.config_path()).expect("the cluster file loads");
     let first = config.nodes[0].addr.to_string();
     let cluster_id = config.cluster_id.to_string();
+    let key_file = c.key_path("admin").display().to_string();
     let keys: Vec<String> = (0..40).map(|i| format!("placed-{i}")).collect();
     let mut script: String = keys.iter().map(|k| format!("put {k} v-{k}\n")).collect();
     script.extend(keys.iter().map(|k| format!("get {k}\n")));
     let run = cli::run(
-        &["--nodes", &first, "--cluster-id", &cluster_id],
+        &[
+            "--nodes",
+            &first,
+            "--cluster-id",
+            &cluster_id,
+            "--key-file",
+            &key_file,
+        ],
         &script,
         RUN_TIMEOUT,
     );
@@ -92,6 +100,8 @@ fn four_nodes_with_three_replicas_serve_every_shard_through_one_address_and_move
             &first,
             "--cluster-id",
             &cluster_id,
+            "--key-file",
+            &key_file,
             "shard",
             "leader",
             "0",
