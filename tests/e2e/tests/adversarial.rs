@@ -90,7 +90,9 @@ fn drops(config: &str) -> Vec<(u64, Value)> {
         "",
         Duration::from_secs(20),
     );
-    assert_eq!(run.code, Some(0), "status: {run:?}");
+    // Exit 1 only says a shard is between leaders (the attacks restart nodes): the
+    // counters are still there.
+    assert!(matches!(run.code, Some(0 | 1)), "status: {run:?}");
     let v: Value = serde_json::from_str(run.lines()[0]).expect("status JSON");
     v["nodes"]
         .as_array()
