@@ -917,7 +917,8 @@ fn five_nodes_with_three_replicas_host_only_their_shards() {
             .find(|k| kv_shared::shard::shard_for_key(k.as_bytes(), shards) == s)
             .unwrap();
         let l = c.leader(s);
-        c.request(l, token as u64, put(1, token as u64 + 1, &key, "v"));
+        // A client per shard, each one's first write: no session to open first.
+        c.request(l, token as u64, put(token as u64 + 1, 1, &key, "v"));
         c.flush(l);
         c.tick(2);
         assert_eq!(c.reply_to(token as u64), vec![Outcome::Done], "shard {s}");
@@ -1047,9 +1048,10 @@ fn an_admin_preferred_leader_takes_over_and_keeps_the_shard() {
         0,
         "the placement prefers node 1 for shard 0"
     );
-    let admin = |seq: u64, s: u32, node: u64| ClientRequest {
-        client: ClientId(77),
-        seq,
+    // Each admin request is its client's first write (a one-request session).
+    let admin = |n: u64, s: u32, node: u64| ClientRequest {
+        client: ClientId(77 + n),
+        seq: 1,
         epoch: 0,
         op: Op::ShardLeader {
             shard: ShardId(s),
