@@ -565,9 +565,9 @@ impl SendPolicy {
     /// The appends of the next put go to the fast followers with every append they left
     /// unanswered, so their acknowledgements commit the stalled entry too; a release
     /// would cost a datagram and its acknowledgement for an entry whose acknowledgement
-    /// alone may have been lost. The stall rate is only a stand-in until loss is
-    /// measured: acknowledgements slowed by CPU load count as stalls, so near its bound it
-    /// defers erratically.
+    /// alone may have been lost. The stall rate is only a stand-in until the drop rate
+    /// is known: acknowledgements slowed by CPU load also count as stalls, so near its
+    /// bound it would defer erratically.
     fn deferring(&self) -> bool {
         !self.released
             && !self.wide

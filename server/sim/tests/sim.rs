@@ -67,8 +67,10 @@ fn disks_slower_than_the_election_timeout_still_elect_and_serve() {
     assert_seeds_pass(1..41, |seed| SimOptions {
         faults: FaultMix::None,
         slow_disk_ns: 150_000_000,
-        // Long enough for one election at the largest backed-off timeout (200 ticks
-        // doubled 3 times) and its durable writes; the default 1,500 is shorter than that.
+        // Split votes under fsyncs this slow are the known weakness (docs/SIMULATOR.md):
+        // this test bounds how long they last, not that they never happen. Since clients
+        // open a session before their first write, seed 15 takes longer than the default
+        // 1,500 ticks to agree on every leader, and less than this.
         liveness_ticks: 3_500,
         ..SimOptions::new(seed)
     });
