@@ -791,24 +791,21 @@ impl NodeCore {
         if let Some(ss) = rd.soft_state {
             let old = self.groups[g].soft;
             self.groups[g].soft = ss;
-            if old.role != ss.role {
+            let changes = [
+                (old.role != ss.role).then_some(EventKind::RoleChanged {
+                    from: old.role,
+                    to: ss.role,
+                }),
+                (old.leader != ss.leader).then_some(EventKind::LeaderChanged {
+                    from: old.leader,
+                    to: ss.leader,
+                }),
+            ];
+            for kind in changes.into_iter().flatten() {
                 self.out.events.push(NodeEvent {
                     shard,
                     term: ss.term,
-                    kind: EventKind::RoleChanged {
-                        from: old.role,
-                        to: ss.role,
-                    },
-                });
-            }
-            if old.leader != ss.leader {
-                self.out.events.push(NodeEvent {
-                    shard,
-                    term: ss.term,
-                    kind: EventKind::LeaderChanged {
-                        from: old.leader,
-                        to: ss.leader,
-                    },
+                    kind,
                 });
             }
             if old.role == Role::Leader && (ss.role != Role::Leader || ss.term != old.term) {

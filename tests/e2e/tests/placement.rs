@@ -60,21 +60,19 @@ fn four_nodes_with_three_replicas_serve_every_shard_through_one_address_and_move
     let first = config.nodes[0].addr.to_string();
     let cluster_id = config.cluster_id.to_string();
     let key_file = c.key_path("admin").display().to_string();
+    // kvcli given one node only: it must learn the others from that node.
+    let one_node = [
+        "--nodes",
+        first.as_str(),
+        "--cluster-id",
+        cluster_id.as_str(),
+        "--key-file",
+        key_file.as_str(),
+    ];
     let keys: Vec<String> = (0..40).map(|i| format!("placed-{i}")).collect();
     let mut script: String = keys.iter().map(|k| format!("put {k} v-{k}\n")).collect();
     script.extend(keys.iter().map(|k| format!("get {k}\n")));
-    let run = cli::run(
-        &[
-            "--nodes",
-            &first,
-            "--cluster-id",
-            &cluster_id,
-            "--key-file",
-            &key_file,
-        ],
-        &script,
-        RUN_TIMEOUT,
-    );
+    let run = cli::run(&one_node, &script, RUN_TIMEOUT);
     assert_eq!(run.code, Some(0), "kvcli failed: {run:?}");
     let mut expected = vec!["OK".to_string(); keys.len()];
     expected.extend(keys.iter().map(|k| format!("v-{k}")));
@@ -94,22 +92,13 @@ fn four_nodes_with_three_replicas_serve_every_shard_through_one_address_and_move
         .iter()
         .find(|v| **v != leader)
         .expect("3 voters");
-    let run = cli::run(
-        &[
-            "--nodes",
-            &first,
-            "--cluster-id",
-            &cluster_id,
-            "--key-file",
-            &key_file,
-            "shard",
-            "leader",
-            "0",
-            &target.0.to_string(),
-        ],
-        "",
-        RUN_TIMEOUT,
-    );
+    let target_arg = target.0.to_string();
+    let args: Vec<&str> = one_node
+        .iter()
+        .copied()
+        .chain(["shard", "leader", "0", target_arg.as_str()])
+        .collect();
+    let run = cli::run(&args, "", RUN_TIMEOUT);
     assert_eq!(
         (run.code, run.stdout.as_str()),
         (Some(0), "OK\n"),

@@ -385,18 +385,19 @@ fn metrics_parse_and_a_leader_kill_shows_as_a_leader_change() {
     );
     assert!(sample(&m, "raftkv_wal_written_bytes_total", &[]) > 0.0);
     assert_eq!(sample(&m, "raftkv_shard_role", &[("shard", "0")]), 1.0);
-    // The same figures as `kvcli status`: this node's term and commit of shard 0.
+    // The same figures as `kvcli status`: this node's term of shard 0. The metrics are
+    // copied from the core every 10 ticks and a leadership transfer may move the term in
+    // between, so the two must agree once a read of each falls in the same interval.
     let mut client = cluster.client();
-    let status = client.status(watcher).expect("status");
-    let row = status
-        .shards
-        .iter()
-        .find(|r| r.shard == ShardId(0))
-        .unwrap();
-    let m = scrape(http);
-    assert_eq!(
-        sample(&m, "raftkv_shard_term", &[("shard", "0")]),
-        row.term as f64
+    let m = kv_e2e::wait_for(
+        "/metrics and status to agree on shard 0's term",
+        READY_TIMEOUT,
+        || {
+            let status = client.status(watcher)?;
+            let row = status.shards.iter().find(|r| r.shard == ShardId(0))?;
+            let m = scrape(http);
+            (sample(&m, "raftkv_shard_term", &[("shard", "0")]) == row.term as f64).then_some(m)
+        },
     );
     let changes_before = sample(&m, "raftkv_shard_leader_changes_total", &[("shard", "0")]);
     // Leadership transfers leave a shard leaderless for a moment, so wait for 200.
