@@ -749,24 +749,17 @@ impl Raft {
         }
     }
 
-    /// True if `ready()` would return something.
-    pub fn has_ready(&self) -> bool {
-        // Mirrors `flush_leader_sends` exactly, so that `has_ready()` is true iff `ready()`
-        // returns something (a pending broadcast to paused followers sends nothing).
-        let leader_work = match &self.role {
-            RoleState::Leader(ls) => {
-                (ls.bcast_pending && {
-                    let eager = self.eager_set();
-                    ls.progress.iter().any(|(id, pr)| {
-                        eager.as_ref().is_none_or(|e| e.contains(id)) && self.append_sendable(pr)
-                    })
-                }) || ls.reads.has_unsent()
-                    || self.quorum_commit().is_some()
-            }
-            _ => false,
-        };
-        leader_work
-            || !self.msgs.is_empty()
+    /// True if `ready()` would return something. It first runs the leader's batched sends
+    /// (the step `ready` starts with), so that the answer is exact: a broadcast to
+    /// followers that are all paused sends nothing and leaves nothing to do.
+    pub fn has_ready(&mut self) -> bool {
+        self.flush_leader_sends();
+        self.has_output()
+    }
+
+    /// True if outputs wait for `ready()`, the leader's unflushed sends aside.
+    fn has_output(&self) -> bool {
+        !self.msgs.is_empty()
             || self.needs_write()
             || self.snapshot_ready.is_some()
             || self.next_committed_hi() > self.log.applied
@@ -871,7 +864,7 @@ impl Raft {
             && self.log.applied == last
             && self.held.is_empty()
             && self.inflight_writes.is_empty()
-            && !self.has_ready()
+            && !self.has_output()
             && ls.progress.values().all(|p| {
                 p.match_ == last
                     && p.commit_told == last

@@ -90,12 +90,20 @@ impl Raft {
 
     /// True if `maybe_send_append(id, false)` would send something now.
     pub(crate) fn progress_sendable(&self, id: NodeId) -> bool {
-        match &self.role {
-            RoleState::Leader(ls) => ls
-                .progress
-                .get(&id)
-                .is_some_and(|p| self.append_sendable(p)),
-            _ => false,
+        let RoleState::Leader(ls) = &self.role else {
+            return false;
+        };
+        let Some(pr) = ls.progress.get(&id) else {
+            return false;
+        };
+        match &pr.state {
+            ProgressState::Snapshot(s) => self.snapshot.as_ref().is_some_and(|snap| {
+                s.index != snap.meta.index
+                    || (!s.all_sent && s.next_offset - s.acked < self.snapshot_window_bytes())
+            }),
+            _ if pr.is_paused(self.cfg.inflight_appends_max) => false,
+            _ if self.log.term(pr.next - 1).is_none() => self.snapshot.is_some(),
+            _ => pr.next <= self.log.last_index(),
         }
     }
 
@@ -123,20 +131,6 @@ impl Raft {
         match &self.role {
             RoleState::Leader(ls) => ls.progress.keys().copied().collect(),
             _ => Vec::new(),
-        }
-    }
-
-    /// True if `maybe_send_append(_, false)` would send something to the follower with
-    /// progress `pr` (kept next to it so `has_ready` agrees with `ready`).
-    pub(crate) fn append_sendable(&self, pr: &crate::progress::Progress) -> bool {
-        match &pr.state {
-            ProgressState::Snapshot(s) => self.snapshot.as_ref().is_some_and(|snap| {
-                s.index != snap.meta.index
-                    || (!s.all_sent && s.next_offset - s.acked < self.snapshot_window_bytes())
-            }),
-            _ if pr.is_paused(self.cfg.inflight_appends_max) => false,
-            _ if self.log.term(pr.next - 1).is_none() => self.snapshot.is_some(),
-            _ => pr.next <= self.log.last_index(),
         }
     }
 
