@@ -50,6 +50,8 @@ mod quorum;
 mod read_index;
 mod replication;
 #[cfg(test)]
+mod ready_tests;
+#[cfg(test)]
 mod safety_tests;
 #[cfg(test)]
 mod slow_disk_tests;
@@ -63,5 +65,5 @@ pub use events::Event;
 #[cfg(feature = "planted-bugs")]
 pub use node::PlantedBug;
 pub use node::{
-    Config, ImageCheck, ProposeError, Raft, Ready, Restored, SoftState, Status, Write, WriteId,
+    Config, COMMITTED_BYTES_PER_READY_MAX, ImageCheck, ProposeError, Raft, Ready, Restored, SoftState, Status, Write, WriteId,
 };

@@ -92,16 +92,22 @@ impl RaftLog {
 
     /// Entries from `lo` whose payload fits in `bytes_max`, but at least one if any.
     pub fn batch(&self, lo: Index, bytes_max: usize) -> Vec<Entry> {
-        let mut out = Vec::new();
+        self.range_within(lo, self.last_index(), bytes_max).to_vec()
+    }
+
+    /// The longest prefix of `range(lo, hi)` whose payload fits in `bytes_max`, but at
+    /// least one entry if the range holds any.
+    pub fn range_within(&self, lo: Index, hi: Index, bytes_max: usize) -> &[Entry] {
+        let range = self.range(lo, hi);
         let mut bytes = 0usize;
-        for e in self.range(lo, self.last_index()) {
-            bytes += e.data.len();
-            if !out.is_empty() && bytes > bytes_max {
-                break;
-            }
-            out.push(e.clone());
-        }
-        out
+        let fit = range
+            .iter()
+            .take_while(|e| {
+                bytes += e.data.len();
+                bytes <= bytes_max
+            })
+            .count();
+        &range[..fit.max(1).min(range.len())]
     }
 
     /// Thesis 5.4.1 "at least as up-to-date" comparison for votes.
@@ -224,6 +230,17 @@ mod tests {
             .map(|(i, t)| ent(i as u64 + 1, *t))
             .collect();
         RaftLog::restore(0, 0, entries, 0)
+    }
+
+    #[test]
+    fn range_within_stops_at_the_byte_limit_but_yields_one_entry() {
+        // Every entry of `log_of` carries 2 payload bytes.
+        let log = log_of(&[1, 1, 1, 1]);
+        assert_eq!(log.range_within(1, 4, 4).len(), 2, "exactly full");
+        assert_eq!(log.range_within(1, 4, 5).len(), 2, "a third would be one byte over");
+        assert_eq!(log.range_within(1, 4, 1).len(), 1, "one entry larger than the limit");
+        assert_eq!(log.range_within(2, 3, 100).len(), 2, "the range bounds it too");
+        assert!(log.range_within(5, 9, 100).is_empty());
     }
 
     #[test]

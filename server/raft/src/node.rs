@@ -37,6 +37,10 @@ pub struct Config {
     /// Most snapshot bytes a leader sends beyond a follower's acknowledged offset, within
     /// `inflight_appends_max` chunks (one chunk is always allowed).
     pub snapshot_inflight_bytes_max: usize,
+    /// Most entry payload bytes handed out in one `Ready::committed` (at least one entry
+    /// is always handed out); the rest follow in the next `Ready`. Bounds the memory a
+    /// replica catching up on a long committed log hands its caller at once.
+    pub committed_bytes_per_ready_max: usize,
     /// Seed of this replica's RNG (election jitter). Derive it from (run seed, node, group).
     pub seed: u64,
     /// Leader lease reads (needs `check_quorum`): a leader that committed an entry of its
@@ -74,6 +78,9 @@ pub struct Config {
     pub snapshot_image_check: Option<ImageCheck>,
 }
 
+/// Default of [`Config::committed_bytes_per_ready_max`]: a few Append batches' worth.
+pub const COMMITTED_BYTES_PER_READY_MAX: usize = 1024 * 1024;
+
 /// See [`Config::snapshot_image_check`]: true if the caller can restore the snapshot.
 /// A plain function (pure, deterministic) so that `Config` stays plain data.
 pub type ImageCheck = fn(&Snapshot) -> bool;
@@ -96,6 +103,7 @@ impl Config {
             inflight_appends_max: kv_shared::limits::INFLIGHT_APPENDS_MAX,
             snapshot_chunk_bytes_max: kv_shared::limits::SNAPSHOT_CHUNK_BYTES_MAX,
             snapshot_inflight_bytes_max: kv_shared::limits::SNAPSHOT_INFLIGHT_BYTES_MAX,
+            committed_bytes_per_ready_max: COMMITTED_BYTES_PER_READY_MAX,
             seed,
             lease_reads: false,
             lease_margin_ticks: 2,
@@ -779,12 +787,17 @@ impl Raft {
             self.log.applied = s.meta.index;
         }
         let hi = self.next_committed_hi();
-        let committed = if hi > self.log.applied {
-            self.log.range(self.log.applied + 1, hi).to_vec()
-        } else {
-            Vec::new()
-        };
-        self.log.applied = self.log.applied.max(hi);
+        let committed = self
+            .log
+            .range_within(
+                self.log.applied + 1,
+                hi,
+                self.cfg.committed_bytes_per_ready_max,
+            )
+            .to_vec();
+        if let Some(last) = committed.last() {
+            self.log.applied = last.index;
+        }
         let soft = self.soft_state();
         let soft_state = (soft != self.last_soft).then_some(soft);
         self.last_soft = soft;

@@ -5,7 +5,8 @@
 //! and log matching every few steps; at the end the faults heal and the cluster must
 //! commit again (liveness). A failure prints its seed.
 
-use crate::testing::{Cluster, Opts};
+use crate::testing::{test_config, Cluster};
+use crate::Config;
 use crate::types::ConfChange;
 use bytes::Bytes;
 use kv_shared::NodeId;
@@ -20,7 +21,7 @@ pub(crate) type Bug = ();
 fn run_seed(seed: u64, steps: usize, bugs: &[Bug]) {
     let mut rng = SmallRng::seed_from_u64(seed);
     let n = if rng.gen_bool(0.5) { 3 } else { 5 };
-    let mut opts = Opts {
+    let mut opts = Config {
         pre_vote: rng.gen_bool(0.7),
         check_quorum: rng.gen_bool(0.7),
         append_bytes_max: rng.gen_range(1..64),
@@ -33,7 +34,7 @@ fn run_seed(seed: u64, steps: usize, bugs: &[Bug]) {
         retransmit_ticks: rng.gen_range(1..=3),
         lease_reads: rng.gen_bool(0.4),
         eager_followers: rng.gen_bool(0.4).then(|| rng.gen_range(1..n as usize)),
-        ..Opts::default()
+        ..test_config()
     };
     if opts.lease_reads {
         opts.check_quorum = true;
@@ -252,9 +253,9 @@ fn regression_seed_353_snapshot_resume_after_rewind() {
 /// the stale read. Returns the panic message, if any.
 fn isolated_lease_holder_reads(clock_stopped: bool) -> Option<String> {
     let r = std::panic::catch_unwind(|| {
-        let opts = Opts {
+        let opts = Config {
             lease_reads: true,
-            ..Opts::default()
+            ..test_config()
         };
         let mut c = Cluster::new(3, &[], opts);
         c.quiet = true;

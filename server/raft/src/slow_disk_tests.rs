@@ -3,7 +3,8 @@
 //! behind a slow disk is not deposed by CheckQuorum.
 
 use crate::node::RoleState;
-use crate::testing::{Cluster, Opts};
+use crate::testing::{test_config, Cluster};
+use crate::Config;
 use crate::types::MessageBody;
 use std::collections::BTreeMap;
 
@@ -30,7 +31,7 @@ fn prevote_round_gaps(c: &mut Cluster, id: u64, rounds: usize) -> Vec<u64> {
 
 #[test]
 fn election_timeouts_double_while_leaderless_and_reset_once_a_leader_is_heard() {
-    let mut c = Cluster::new(3, &[], Opts::default());
+    let mut c = Cluster::new(3, &[], test_config());
     c.quiet = true;
     // Timeouts are drawn from 10..20 ticks; after k leaderless ones, from 10..20 << k, up
     // to 8x.
@@ -89,9 +90,9 @@ impl SlowDisks {
 
 #[test]
 fn fsyncs_longer_than_the_election_timeout_still_elect_a_leader_that_stays() {
-    let opts = Opts {
+    let opts = Config {
         heartbeat_suppression: true,
-        ..Opts::default()
+        ..test_config()
     };
     let mut c = Cluster::new(3, &[], opts);
     c.quiet = true;

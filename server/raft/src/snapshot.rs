@@ -319,7 +319,8 @@ impl Raft {
 mod tests {
     use crate::node::RoleState;
     use crate::progress::ProgressState;
-    use crate::testing::{Cluster, Opts};
+    use crate::testing::{test_config, Cluster};
+    use crate::Config;
     use bytes::Bytes;
     use kv_shared::NodeId;
 
@@ -334,7 +335,7 @@ mod tests {
 
     /// A 3-node cluster whose leader compacted `entries` proposals while one follower
     /// was down: returns (cluster, leader, the follower, still down).
-    fn follower_behind_the_compacted_log(opts: Opts, entries: usize) -> (Cluster, u64, u64) {
+    fn follower_behind_the_compacted_log(opts: Config, entries: usize) -> (Cluster, u64, u64) {
         let mut c = Cluster::new(3, &[], opts);
         c.quiet = true;
         run(&mut c, 60);
@@ -361,7 +362,7 @@ mod tests {
     /// transfer. A follower that comes back gets it through `snapshot_wanted`.
     #[test]
     fn leader_holds_a_snapshot_image_only_while_a_live_follower_needs_it() {
-        let (mut c, lead, down) = follower_behind_the_compacted_log(Opts::default(), 5);
+        let (mut c, lead, down) = follower_behind_the_compacted_log(test_config(), 5);
         // Timeouts are 10..20 ticks: past 10 of them the dead follower pins nothing.
         run(&mut c, 210);
         assert_eq!(c.leader(), Some(lead));
@@ -400,11 +401,11 @@ mod tests {
     /// when `inflight_appends_max` chunks would be more.
     #[test]
     fn snapshot_chunks_in_flight_stay_within_the_byte_window() {
-        let opts = Opts {
+        let opts = Config {
             inflight_appends_max: 64,
             snapshot_chunk_bytes_max: 8,
             snapshot_inflight_bytes_max: 16,
-            ..Opts::default()
+            ..test_config()
         };
         let (mut c, lead, down) = follower_behind_the_compacted_log(opts, 40);
         c.restart(down);
@@ -437,10 +438,10 @@ mod tests {
     /// first answer that shows the gap makes the leader resend from it, without a tick.
     #[test]
     fn a_lost_snapshot_chunk_is_resent_when_the_follower_reports_the_gap() {
-        let opts = Opts {
+        let opts = Config {
             inflight_appends_max: 4,
             snapshot_chunk_bytes_max: 8,
-            ..Opts::default()
+            ..test_config()
         };
         let (mut c, lead, down) = follower_behind_the_compacted_log(opts, 40);
         c.restart(down);

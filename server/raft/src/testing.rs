@@ -57,41 +57,15 @@ pub(crate) struct Node {
     last_commit: Index,
 }
 
-/// Settings shared by the nodes of a test cluster.
-#[derive(Clone, Debug)]
-pub(crate) struct Opts {
-    pub pre_vote: bool,
-    pub check_quorum: bool,
-    pub append_bytes_max: usize,
-    pub inflight_appends_max: usize,
-    pub snapshot_chunk_bytes_max: usize,
-    pub snapshot_inflight_bytes_max: usize,
-    pub seed: u64,
-    pub lease_reads: bool,
-    pub heartbeat_suppression: bool,
-    pub broadcast_commit: bool,
-    pub retransmit_ticks: u32,
-    pub eager_followers: Option<usize>,
-    pub pending_reads_max: usize,
-}
-
-impl Default for Opts {
-    fn default() -> Self {
-        Opts {
-            pre_vote: true,
-            check_quorum: true,
-            append_bytes_max: 1024,
-            inflight_appends_max: 4,
-            snapshot_chunk_bytes_max: 8,
-            snapshot_inflight_bytes_max: kv_shared::limits::SNAPSHOT_INFLIGHT_BYTES_MAX,
-            seed: 0,
-            lease_reads: false,
-            heartbeat_suppression: false,
-            broadcast_commit: true,
-            retransmit_ticks: 2,
-            eager_followers: None,
-            pending_reads_max: 1000,
-        }
+/// Settings shared by the nodes of a test cluster (each node's id and seed are its own):
+/// small byte limits and windows so that short scripts reach them.
+pub(crate) fn test_config() -> Config {
+    Config {
+        append_bytes_max: 1024,
+        inflight_appends_max: 4,
+        snapshot_chunk_bytes_max: 8,
+        pending_reads_max: 1000,
+        ..Config::new(NodeId(0), 0)
     }
 }
 
@@ -107,7 +81,7 @@ pub(crate) struct Cluster {
     #[cfg_attr(not(feature = "planted-bugs"), allow(dead_code))]
     pub planted: Vec<crate::safety_tests::Bug>,
     pub initial: Membership,
-    pub opts: Opts,
+    pub opts: Config,
     /// Safety oracles.
     leaders: BTreeMap<Term, NodeId>,
     applied: BTreeMap<Index, (Term, Bytes)>,
@@ -122,7 +96,7 @@ pub(crate) fn ids(v: &[u64]) -> Vec<NodeId> {
 
 impl Cluster {
     /// Voters `1..=n` and the given learners, all bootstrapped with that membership.
-    pub fn new(n: u64, learners: &[u64], opts: Opts) -> Cluster {
+    pub fn new(n: u64, learners: &[u64], opts: Config) -> Cluster {
         let initial = Membership {
             voters: ids(&(1..=n).collect::<Vec<_>>()),
             learners: ids(learners),
@@ -149,24 +123,8 @@ impl Cluster {
     pub fn config(&self, id: u64) -> Config {
         Config {
             id: NodeId(id),
-            election_ticks_min: 10,
-            election_ticks_max: 20,
-            heartbeat_ticks: 2,
-            pre_vote: self.opts.pre_vote,
-            check_quorum: self.opts.check_quorum,
-            append_bytes_max: self.opts.append_bytes_max,
-            inflight_appends_max: self.opts.inflight_appends_max,
-            snapshot_chunk_bytes_max: self.opts.snapshot_chunk_bytes_max,
-            snapshot_inflight_bytes_max: self.opts.snapshot_inflight_bytes_max,
             seed: self.opts.seed.wrapping_mul(1000).wrapping_add(id),
-            lease_reads: self.opts.lease_reads,
-            lease_margin_ticks: 2,
-            heartbeat_suppression: self.opts.heartbeat_suppression,
-            broadcast_commit: self.opts.broadcast_commit,
-            retransmit_ticks: self.opts.retransmit_ticks,
-            eager_followers: self.opts.eager_followers,
-            pending_reads_max: self.opts.pending_reads_max,
-            snapshot_image_check: None,
+            ..self.opts.clone()
         }
     }
 

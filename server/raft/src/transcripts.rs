@@ -24,7 +24,8 @@
 //!   (empty disk).
 //! - `status [ids=..]`, `log ids=..`.
 
-use crate::testing::{fmt_entries, Cluster, Disk, Opts};
+use crate::testing::{fmt_entries, test_config, Cluster, Disk};
+use crate::Config;
 use crate::types::{ConfChange, Entry, EntryKind, HardState};
 use bytes::Bytes;
 use datadriven::TestCase;
@@ -72,8 +73,8 @@ fn run_cmd(c: &mut Option<Cluster>, case: &TestCase) -> String {
     if case.directive == "cluster" {
         let b = |k: &str, d: bool| opt(case, k).map_or(d, |v| v == "true");
         let u = |k: &str, d: usize| opt(case, k).map_or(d, |v| num(&v) as usize);
-        let d = Opts::default();
-        let opts = Opts {
+        let d = test_config();
+        let opts = Config {
             pre_vote: b("prevote", d.pre_vote),
             check_quorum: b("checkquorum", d.check_quorum),
             append_bytes_max: u("append-bytes", d.append_bytes_max),
@@ -87,6 +88,7 @@ fn run_cmd(c: &mut Option<Cluster>, case: &TestCase) -> String {
             retransmit_ticks: u("retransmit", d.retransmit_ticks as usize) as u32,
             eager_followers: opt(case, "eager").map(|v| num(&v) as usize),
             pending_reads_max: u("reads-max", d.pending_reads_max),
+            ..d
         };
         *c = Some(Cluster::new(
             num(&arg(case, "n")),

@@ -1,0 +1,79 @@
+//! The `Ready` contract seen from the caller: what one `ready()` hands out and when
+//! `has_ready()` says more waits.
+
+use crate::{Config, EntryKind, Membership, Raft, Restored, Role};
+use bytes::Bytes;
+use kv_shared::NodeId;
+
+/// A single-voter replica elected leader, its election's writes persisted and applied.
+fn lone_leader(config: Config) -> Raft {
+    let me = config.id;
+    let mut raft = Raft::new(
+        config,
+        Restored {
+            initial_membership: Membership {
+                voters: vec![me],
+                learners: Vec::new(),
+            },
+            ..Restored::default()
+        },
+    );
+    for _ in 0..100 {
+        raft.tick();
+        drain(&mut raft);
+        if raft.status().role == Role::Leader {
+            return raft;
+        }
+    }
+    panic!("a lone voter did not elect itself");
+}
+
+/// Persists and applies everything; returns the command payloads applied per `Ready`.
+fn drain(raft: &mut Raft) -> Vec<Vec<Bytes>> {
+    let mut applied = Vec::new();
+    while raft.has_ready() {
+        let rd = raft.ready();
+        if let Some(w) = rd.write {
+            raft.on_persisted(w.id);
+        }
+        let commands: Vec<Bytes> = rd
+            .committed
+            .into_iter()
+            .filter(|e| e.kind == EntryKind::Command)
+            .map(|e| e.data)
+            .collect();
+        if !commands.is_empty() {
+            applied.push(commands);
+        }
+    }
+    applied
+}
+
+#[test]
+fn committed_entries_are_handed_out_within_the_byte_limit_per_ready() {
+    let config = Config {
+        committed_bytes_per_ready_max: 250,
+        ..Config::new(NodeId(1), 7)
+    };
+    let mut raft = lone_leader(config);
+    for i in 0..7u8 {
+        raft.propose(Bytes::from(vec![i; 100])).expect("leader");
+    }
+    // A 300-byte entry alone exceeds the limit and still gets a Ready of its own.
+    raft.propose(Bytes::from(vec![9; 300])).expect("leader");
+    let sizes: Vec<Vec<usize>> = drain(&mut raft)
+        .iter()
+        .map(|batch| batch.iter().map(Bytes::len).collect())
+        .collect();
+    assert_eq!(
+        sizes,
+        vec![
+            vec![100, 100],
+            vec![100, 100],
+            vec![100, 100],
+            vec![100],
+            vec![300]
+        ]
+    );
+    assert_eq!(raft.status().applied, raft.status().commit);
+}
