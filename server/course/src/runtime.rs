@@ -47,17 +47,15 @@ pub fn node_config(settings: &Settings, roster: &Roster) -> NodeConfig {
         addrs: Vec::new(),
         shard_count: 1,
         replication: roster.members().len(),
-        heartbeat_ticks: settings.heartbeat_ticks,
-        election_ticks_min: settings.election_ticks_min,
-        election_ticks_max: settings.election_ticks_max,
-        pre_vote: true,
-        check_quorum: true,
         request_timeout_ticks: settings.request_timeout_ticks,
         // A run is ~45 s and a few thousand entries: never worth a snapshot.
         snapshot_threshold_entries: 1_000_000,
         spread_leaders: false,
         seed: settings.seed,
-        tuning: kv_node::RaftTuning {
+        raft: kv_raft::Config {
+            heartbeat_ticks: settings.heartbeat_ticks,
+            election_ticks_min: settings.election_ticks_min,
+            election_ticks_max: settings.election_ticks_max,
             lease_reads: true,
             lease_margin_ticks: settings.lease_margin_ticks,
             // The send policy holds appends for lazy followers and skips heartbeats
@@ -69,8 +67,9 @@ pub fn node_config(settings: &Settings, roster: &Roster) -> NodeConfig {
             // kv-raft's own resends ride on heartbeats.
             retransmit_ticks: None,
             eager_followers: None,
-            ..kv_node::RaftTuning::default()
+            ..kv_raft::Config::new(roster.me_node(), 0)
         },
+        quiesce: false,
     }
 }
 

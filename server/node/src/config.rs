@@ -4,17 +4,14 @@
 use crate::placement::{initial_placement, shards_of, ShardPlacement};
 use kv_raft::Membership;
 use kv_shared::config::ClusterConfig;
-use kv_shared::limits::{
-    APPEND_BYTES_MAX, INFLIGHT_APPENDS_MAX, SESSIONS_MAX, SNAPSHOT_CHUNK_BYTES_MAX,
-    SNAPSHOT_INFLIGHT_BYTES_MAX,
-};
+use kv_shared::limits::SESSIONS_MAX;
 use kv_shared::{NodeId, ShardId};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use xxhash_rust::xxh64::xxh64;
 
 /// Settings of one node core. Timing is in ticks; the runtime decides how long a tick is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct NodeConfig {
     /// This node.
     pub node: NodeId,
@@ -27,16 +24,6 @@ pub struct NodeConfig {
     pub shard_count: u32,
     /// Replicas per shard at bootstrap, `1..=members.len()`.
     pub replication: usize,
-    /// Ticks between leader heartbeats.
-    pub heartbeat_ticks: u32,
-    /// Election timeout lower bound (inclusive), in ticks.
-    pub election_ticks_min: u32,
-    /// Election timeout upper bound (exclusive), in ticks.
-    pub election_ticks_max: u32,
-    /// Raft PreVote.
-    pub pre_vote: bool,
-    /// Raft CheckQuorum.
-    pub check_quorum: bool,
     /// A pending client request is answered `Timeout` after this many ticks.
     pub request_timeout_ticks: u32,
     /// Take a shard snapshot when more than this many applied entries follow the last one.
@@ -46,50 +33,32 @@ pub struct NodeConfig {
     pub spread_leaders: bool,
     /// Run seed: each group's RNG derives from (seed, node, shard).
     pub seed: u64,
-    /// Optional Raft behaviours, the same for every group of the node.
-    pub tuning: RaftTuning,
-}
-
-/// The optional Raft behaviours a deployment chooses (each is documented on
-/// [`kv_raft::Config`]). Kept apart from the timing so that kvserver, course mode and the
-/// simulator share one way of building a group's Raft settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RaftTuning {
-    /// Most entry payload bytes in one Append message.
-    pub append_bytes_max: usize,
-    /// Leader lease reads.
-    pub lease_reads: bool,
-    /// Ticks taken off the lease for clock drift.
-    pub lease_margin_ticks: u32,
-    /// Skip heartbeats to followers that recently got an Append.
-    pub heartbeat_suppression: bool,
-    /// Send an Append to every follower as soon as the commit index advances.
-    pub broadcast_commit: bool,
-    /// Resend unacknowledged Appends after this many ticks; `None`: every heartbeat.
-    pub retransmit_ticks: Option<u32>,
-    /// Send new entries at once only to this many most responsive voters.
-    pub eager_followers: Option<usize>,
+    /// The Raft settings of every group of the node (timing in ticks, optional
+    /// behaviours, limits); [`NodeConfig::raft_config`] gives each group its own id, seed
+    /// and snapshot check.
+    pub raft: kv_raft::Config,
     /// Stop ticking idle groups, with a per-node failure detector to wake them
-    /// (`NodeCore::tick` explains). Incompatible with `lease_reads`.
+    /// (`NodeCore::tick` explains). Incompatible with `raft.lease_reads`.
     pub quiesce: bool,
 }
 
-impl Default for RaftTuning {
-    /// kvserver's choice. Followers learn the commit index from the next Append or
-    /// heartbeat: a commit-only Append per entry cost 2 datagrams and a follower wake-up
-    /// each, and measured +50% put throughput at 8 shards when removed
-    /// (docs/PERFORMANCE.md).
-    fn default() -> RaftTuning {
-        RaftTuning {
-            append_bytes_max: APPEND_BYTES_MAX,
-            lease_reads: false,
-            lease_margin_ticks: 2,
-            heartbeat_suppression: true,
-            broadcast_commit: false,
-            retransmit_ticks: None,
-            eager_followers: None,
-            quiesce: false,
-        }
+/// kvserver's Raft settings with the given timing. Followers learn the commit index from
+/// the next Append or heartbeat (no commit broadcast: a commit-only Append per entry costs
+/// 2 datagrams and a follower wake-up each), and heartbeats skip followers that just got
+/// an Append.
+pub fn kvserver_raft_config(
+    node: NodeId,
+    heartbeat_ticks: u32,
+    election_ticks_min: u32,
+    election_ticks_max: u32,
+) -> kv_raft::Config {
+    kv_raft::Config {
+        heartbeat_ticks,
+        election_ticks_min,
+        election_ticks_max,
+        heartbeat_suppression: true,
+        broadcast_commit: false,
+        ..kv_raft::Config::new(node, 0)
     }
 }
 
@@ -108,20 +77,18 @@ impl NodeConfig {
                 .collect(),
             shard_count: cluster.shards,
             replication: cluster.replication as usize,
-            heartbeat_ticks: t.heartbeat_ticks,
-            election_ticks_min: t.election_ticks_min,
-            election_ticks_max: t.election_ticks_max,
-            pre_vote: true,
-            check_quorum: true,
             request_timeout_ticks: t.election_ticks_max * 4,
             snapshot_threshold_entries: 10_000,
             spread_leaders: true,
             seed: cluster.cluster_id ^ node.0.rotate_left(32),
+            raft: kvserver_raft_config(
+                node,
+                t.heartbeat_ticks,
+                t.election_ticks_min,
+                t.election_ticks_max,
+            ),
             // Idle shards cost almost nothing (issue 6).
-            tuning: RaftTuning {
-                quiesce: true,
-                ..RaftTuning::default()
-            },
+            quiesce: true,
         }
     }
 
@@ -134,20 +101,13 @@ impl NodeConfig {
             members,
             addrs: Vec::new(),
             shard_count,
-            heartbeat_ticks: 1,
-            election_ticks_min: 10,
-            election_ticks_max: 20,
-            pre_vote: true,
-            check_quorum: true,
             request_timeout_ticks: 50,
             snapshot_threshold_entries: 1000,
             spread_leaders: false,
             seed: 1,
+            raft: kvserver_raft_config(node, 1, 10, 20),
             // As kvserver runs, so that tests and the simulator exercise quiescence.
-            tuning: RaftTuning {
-                quiesce: true,
-                ..RaftTuning::default()
-            },
+            quiesce: true,
         }
     }
 
@@ -184,27 +144,11 @@ impl NodeConfig {
         seed_bytes[..8].copy_from_slice(&self.seed.to_le_bytes());
         seed_bytes[8..16].copy_from_slice(&self.node.0.to_le_bytes());
         seed_bytes[16..].copy_from_slice(&shard.0.to_le_bytes());
-        let t = &self.tuning;
         kv_raft::Config {
             id: self.node,
-            election_ticks_min: self.election_ticks_min,
-            election_ticks_max: self.election_ticks_max,
-            heartbeat_ticks: self.heartbeat_ticks,
-            pre_vote: self.pre_vote,
-            check_quorum: self.check_quorum,
-            append_bytes_max: t.append_bytes_max,
-            inflight_appends_max: INFLIGHT_APPENDS_MAX,
-            snapshot_chunk_bytes_max: SNAPSHOT_CHUNK_BYTES_MAX,
-            snapshot_inflight_bytes_max: SNAPSHOT_INFLIGHT_BYTES_MAX,
             seed: xxh64(&seed_bytes, 0x5eed),
-            retransmit_ticks: t.retransmit_ticks.unwrap_or(self.heartbeat_ticks),
-            broadcast_commit: t.broadcast_commit,
-            heartbeat_suppression: t.heartbeat_suppression,
-            lease_reads: t.lease_reads,
-            lease_margin_ticks: t.lease_margin_ticks,
-            eager_followers: t.eager_followers,
             snapshot_image_check: Some(crate::sm::snapshot_image_restorable),
-            ..kv_raft::Config::new(self.node, 0)
+            ..self.raft.clone()
         }
     }
 

@@ -228,7 +228,7 @@ struct Group {
     last_transfer_tick: Option<u64>,
     /// Client writes proposed as leader, for metrics.
     proposed_writes: u64,
-    /// Not ticked while idle (`RaftTuning::quiesce`; see `NodeCore::tick`).
+    /// Not ticked while idle (`NodeConfig::quiesce`; see `NodeCore::tick`).
     quiesced: bool,
     /// Consecutive ticks this leader had nothing to do.
     idle_ticks: u64,
@@ -328,13 +328,13 @@ impl NodeCore {
         recovered: kv_storage::Recovered,
     ) -> Result<NodeCore, RecoveryError> {
         assert!(config.shard_count > 0, "a node hosts at least one shard");
-        if config.tuning.quiesce {
+        if config.quiesce {
             assert!(
-                !config.tuning.lease_reads,
+                !config.raft.lease_reads,
                 "quiescence pauses Raft clocks, which a lease would count as time"
             );
             assert!(
-                config.election_ticks_min > 2 * config.heartbeat_ticks + 1,
+                config.raft.election_ticks_min > 2 * config.raft.heartbeat_ticks + 1,
                 "quiescence needs elections slower than two heartbeat periods"
             );
         }
@@ -436,7 +436,7 @@ impl NodeCore {
 
     /// Advances time one tick: Raft timers, request timeouts, leader spreading.
     ///
-    /// Quiescence (`RaftTuning::quiesce`): an idle group stops costing heartbeats. A
+    /// Quiescence (`NodeConfig::quiesce`): an idle group stops costing heartbeats. A
     /// leader with nothing to do for a heartbeat period (every member holds every entry
     /// and was sent the commit index) is no longer ticked, so it sends nothing; its
     /// followers, hearing nothing for the group for two heartbeat periods while the
@@ -449,9 +449,9 @@ impl NodeCore {
     /// are not combined (checked in `NodeCore::new`).
     pub fn tick(&mut self) {
         self.tick_count += 1;
-        let quiesce = self.config.tuning.quiesce;
-        let hb = u64::from(self.config.heartbeat_ticks);
-        let election_min = u64::from(self.config.election_ticks_min);
+        let quiesce = self.config.quiesce;
+        let hb = u64::from(self.config.raft.heartbeat_ticks);
+        let election_min = u64::from(self.config.raft.election_ticks_min);
         for g in self.groups.iter_mut() {
             if g.quiesced {
                 let leader_silent = g.soft.role != Role::Leader
@@ -528,7 +528,7 @@ impl NodeCore {
     /// A leader that is not its shard's preferred leader hands over once the preferred one
     /// has caught up, at most once every few election timeouts.
     fn spread_leaders(&mut self) {
-        let interval = 3 * u64::from(self.config.election_ticks_max);
+        let interval = 3 * u64::from(self.config.raft.election_ticks_max);
         for g in self.groups.iter_mut() {
             if g.soft.role != Role::Leader {
                 continue;

@@ -25,7 +25,7 @@ pub mod wal;
 mod tests;
 
 pub use crate::codec::GroupMessage;
-pub use crate::config::{NodeConfig, RaftTuning};
+pub use crate::config::{kvserver_raft_config, NodeConfig};
 #[cfg(feature = "planted-bugs")]
 pub use crate::core::PlantedBug;
 pub use crate::core::{

@@ -345,7 +345,7 @@ fn snapshots_compact_and_restore() {
 
 #[test]
 fn datagrams_batch_all_groups_per_destination() {
-    let mut c = Cluster::with(3, 8, |cfg| cfg.tuning.quiesce = false);
+    let mut c = Cluster::with(3, 8, |cfg| cfg.quiesce = false);
     c.tick(80);
     let before = c.datagrams;
     c.tick(1);
@@ -374,7 +374,7 @@ fn idle_groups_quiesce_and_a_request_wakes_them() {
     assert!(datagrams <= 50 * 3 * 2, "{datagrams} datagrams in 50 ticks");
 
     // The same cluster without quiescence keeps heartbeating: the check above can fail.
-    let mut busy = Cluster::with(3, 8, |cfg| cfg.tuning.quiesce = false);
+    let mut busy = Cluster::with(3, 8, |cfg| cfg.quiesce = false);
     busy.tick(80);
     assert!(traffic(&mut busy, 50).0 > 8 * 2 * 40);
 

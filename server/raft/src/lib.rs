@@ -48,9 +48,9 @@ mod node;
 mod progress;
 mod quorum;
 mod read_index;
-mod replication;
 #[cfg(test)]
 mod ready_tests;
+mod replication;
 #[cfg(test)]
 mod safety_tests;
 #[cfg(test)]
@@ -65,5 +65,6 @@ pub use events::Event;
 #[cfg(feature = "planted-bugs")]
 pub use node::PlantedBug;
 pub use node::{
-    Config, COMMITTED_BYTES_PER_READY_MAX, ImageCheck, ProposeError, Raft, Ready, Restored, SoftState, Status, Write, WriteId,
+    Config, ImageCheck, ProposeError, Raft, Ready, Restored, SoftState, Status, Write, WriteId,
+    COMMITTED_BYTES_PER_READY_MAX,
 };

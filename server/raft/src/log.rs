@@ -237,9 +237,21 @@ mod tests {
         // Every entry of `log_of` carries 2 payload bytes.
         let log = log_of(&[1, 1, 1, 1]);
         assert_eq!(log.range_within(1, 4, 4).len(), 2, "exactly full");
-        assert_eq!(log.range_within(1, 4, 5).len(), 2, "a third would be one byte over");
-        assert_eq!(log.range_within(1, 4, 1).len(), 1, "one entry larger than the limit");
-        assert_eq!(log.range_within(2, 3, 100).len(), 2, "the range bounds it too");
+        assert_eq!(
+            log.range_within(1, 4, 5).len(),
+            2,
+            "a third would be one byte over"
+        );
+        assert_eq!(
+            log.range_within(1, 4, 1).len(),
+            1,
+            "one entry larger than the limit"
+        );
+        assert_eq!(
+            log.range_within(2, 3, 100).len(),
+            2,
+            "the range bounds it too"
+        );
         assert!(log.range_within(5, 9, 100).is_empty());
     }
 

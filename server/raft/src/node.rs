@@ -62,8 +62,8 @@ pub struct Config {
     /// Append or heartbeat. Default true.
     pub broadcast_commit: bool,
     /// Appends and snapshot chunks that made no progress for this many ticks are resent.
-    /// Default: `heartbeat_ticks` (retransmission rides on heartbeats).
-    pub retransmit_ticks: u32,
+    /// `None` (default): every `heartbeat_ticks` (retransmission rides on heartbeats).
+    pub retransmit_ticks: Option<u32>,
     /// Send new entries at once only to this many most recently responsive voters (the
     /// others get them with the next heartbeat, or at once if an eager ack is missing
     /// after `retransmit_ticks`). `None` (default) sends to everyone at once.
@@ -109,11 +109,16 @@ impl Config {
             lease_margin_ticks: 2,
             heartbeat_suppression: false,
             broadcast_commit: true,
-            retransmit_ticks: 2,
+            retransmit_ticks: None,
             eager_followers: None,
             pending_reads_max: kv_shared::limits::PENDING_REQUESTS_MAX,
             snapshot_image_check: None,
         }
+    }
+
+    /// Ticks after which a flow without progress is resent ([`Config::retransmit_ticks`]).
+    pub fn retransmit_ticks(&self) -> u32 {
+        self.retransmit_ticks.unwrap_or(self.heartbeat_ticks)
     }
 }
 
@@ -420,7 +425,7 @@ impl Raft {
         );
         assert!(config.inflight_appends_max > 0 && config.snapshot_chunk_bytes_max > 0);
         assert!(
-            config.retransmit_ticks > 0,
+            config.retransmit_ticks() > 0,
             "retransmit_ticks must be positive"
         );
         let Restored {

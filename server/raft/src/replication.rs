@@ -502,7 +502,7 @@ impl Raft {
         }
         let late = match &self.role {
             RoleState::Leader(ls) => ls.lazy_since.is_some_and(|t| {
-                self.now - t >= u64::from(self.cfg.retransmit_ticks)
+                self.now - t >= u64::from(self.cfg.retransmit_ticks())
                     && self.log.commit < self.log.last_index()
             }),
             _ => false,
@@ -512,7 +512,7 @@ impl Raft {
             self.send_to_all();
         }
         self.retransmit_elapsed += 1;
-        if self.retransmit_elapsed >= self.cfg.retransmit_ticks {
+        if self.retransmit_elapsed >= self.cfg.retransmit_ticks() {
             self.retransmit_elapsed = 0;
             self.retransmit_stalled();
         }

@@ -6,8 +6,8 @@
 //! commit again (liveness). A failure prints its seed.
 
 use crate::testing::{test_config, Cluster};
-use crate::Config;
 use crate::types::ConfChange;
+use crate::Config;
 use bytes::Bytes;
 use kv_shared::NodeId;
 use rand::rngs::SmallRng;
@@ -31,7 +31,7 @@ fn run_seed(seed: u64, steps: usize, bugs: &[Bug]) {
         // The optional behaviours, each on in about half the seeds.
         heartbeat_suppression: rng.gen_bool(0.5),
         broadcast_commit: rng.gen_bool(0.5),
-        retransmit_ticks: rng.gen_range(1..=3),
+        retransmit_ticks: Some(rng.gen_range(1..=3)),
         lease_reads: rng.gen_bool(0.4),
         eager_followers: rng.gen_bool(0.4).then(|| rng.gen_range(1..n as usize)),
         ..test_config()

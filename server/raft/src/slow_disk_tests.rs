@@ -4,8 +4,8 @@
 
 use crate::node::RoleState;
 use crate::testing::{test_config, Cluster};
-use crate::Config;
 use crate::types::MessageBody;
+use crate::Config;
 use std::collections::BTreeMap;
 
 /// Ticks between the PreVote rounds an isolated replica starts.

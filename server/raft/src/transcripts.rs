@@ -25,8 +25,8 @@
 //! - `status [ids=..]`, `log ids=..`.
 
 use crate::testing::{fmt_entries, test_config, Cluster, Disk};
-use crate::Config;
 use crate::types::{ConfChange, Entry, EntryKind, HardState};
+use crate::Config;
 use bytes::Bytes;
 use datadriven::TestCase;
 use kv_shared::NodeId;
@@ -85,7 +85,7 @@ fn run_cmd(c: &mut Option<Cluster>, case: &TestCase) -> String {
             lease_reads: b("lease", d.lease_reads),
             heartbeat_suppression: b("suppress", d.heartbeat_suppression),
             broadcast_commit: b("bcast-commit", d.broadcast_commit),
-            retransmit_ticks: u("retransmit", d.retransmit_ticks as usize) as u32,
+            retransmit_ticks: opt(case, "retransmit").map(|v| num(&v) as u32),
             eager_followers: opt(case, "eager").map(|v| num(&v) as usize),
             pending_reads_max: u("reads-max", d.pending_reads_max),
             ..d

@@ -504,22 +504,22 @@ impl Sim {
             .map(|&id| {
                 let mut config = NodeConfig::for_test(id, ids.clone(), shards);
                 config.replication = replication;
-                config.heartbeat_ticks = 2;
-                config.election_ticks_min = 10;
-                config.election_ticks_max = 20;
-                config.pre_vote = pre_vote;
-                config.check_quorum = check_quorum;
+                config.raft.heartbeat_ticks = 2;
+                config.raft.election_ticks_min = 10;
+                config.raft.election_ticks_max = 20;
+                config.raft.pre_vote = pre_vote;
+                config.raft.check_quorum = check_quorum;
                 config.spread_leaders = spread_leaders;
                 config.snapshot_threshold_entries = snapshot_threshold_entries;
                 config.request_timeout_ticks = request_timeout_ticks as u32;
                 config.seed = opts.seed;
-                config.tuning.quiesce = quiesce;
-                config.tuning.eager_followers = eager_followers;
-                config.tuning.broadcast_commit = broadcast_commit;
+                config.quiesce = quiesce;
+                config.raft.eager_followers = eager_followers;
+                config.raft.broadcast_commit = broadcast_commit;
                 if profile == FaultProfile::Figure8 {
                     // One entry per Append: a follower catching up acks old-term entries
                     // one by one before the new leader's no-op.
-                    config.tuning.append_bytes_max = 1;
+                    config.raft.append_bytes_max = 1;
                 }
                 Node {
                     id,

@@ -27,8 +27,8 @@ const PAYLOADS_MAX: u64 = 8;
 pub fn run(data: &[u8]) {
     let mut input = Input::new(data);
     let mut node = NodeHarness::new(1, |c| {
-        c.election_ticks_min = ELECTION_TICKS_MIN;
-        c.election_ticks_max = ELECTION_TICKS_MAX;
+        c.raft.election_ticks_min = ELECTION_TICKS_MIN;
+        c.raft.election_ticks_max = ELECTION_TICKS_MAX;
         c.request_timeout_ticks = REQUEST_TIMEOUT_TICKS;
     });
     node.tick(ELECTION_TICKS);
