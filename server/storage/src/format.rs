@@ -5,7 +5,25 @@
 use bytes::Bytes;
 
 use crate::error::StorageError;
-use crate::storage::Record;
+
+/// One WAL record. Storage treats the payload as opaque; the node layer encodes Raft
+/// entries, hard state and the like into it and picks the `kind` numbers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Raft group (shard) the record belongs to.
+    pub group: u32,
+    /// What the payload is; chosen by the node layer.
+    pub kind: u8,
+    /// Only the latest record of each (group, kind) matters (e.g. a group's hard
+    /// state). It is rewritten at the head of every new segment, so deleting old
+    /// segments never loses it.
+    pub sticky: bool,
+    /// Highest Raft index the record covers, 0 if none. Decides when the segment
+    /// holding it may be deleted (see [`crate::Storage::compact`]).
+    pub last_index: u64,
+    /// Opaque bytes, at most [`crate::RECORD_PAYLOAD_BYTES_MAX`].
+    pub payload: Bytes,
+}
 
 /// Largest payload of one WAL record. Far above one Raft append batch
 /// (`APPEND_BYTES_MAX` is 48 KiB) so the node never meets it in normal operation, and

@@ -10,28 +10,9 @@ use crate::error::StorageError;
 use crate::format::{
     check_segment_header, decode_record, decode_snapshot, encode_record, encode_segment_header,
     encode_snapshot, parse_segment_name, parse_snapshot_name, segment_name, snapshot_name,
-    valid_record_after, RECORD_PAYLOAD_BYTES_MAX, SEGMENT_HEADER_BYTES, SNAPSHOT_BYTES_MAX,
+    valid_record_after, Record, RECORD_PAYLOAD_BYTES_MAX, SEGMENT_HEADER_BYTES, SNAPSHOT_BYTES_MAX,
     TEMP_SUFFIX,
 };
-
-/// One WAL record. Storage treats the payload as opaque; the node layer encodes Raft
-/// entries, hard state and the like into it and picks the `kind` numbers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Record {
-    /// Raft group (shard) the record belongs to.
-    pub group: u32,
-    /// What the payload is; chosen by the node layer.
-    pub kind: u8,
-    /// Only the latest record of each (group, kind) matters (e.g. a group's hard
-    /// state). It is rewritten at the head of every new segment, so deleting old
-    /// segments never loses it.
-    pub sticky: bool,
-    /// Highest Raft index the record covers, 0 if none. Decides when the segment
-    /// holding it may be deleted (see [`Storage::compact`]).
-    pub last_index: u64,
-    /// Opaque bytes, at most [`crate::RECORD_PAYLOAD_BYTES_MAX`].
-    pub payload: Bytes,
-}
 
 /// A batch append ([`Storage::append_all`]) that stopped at a failure.
 #[derive(Debug, thiserror::Error)]
