@@ -14,6 +14,7 @@ use bytes::Bytes;
 use kv_shared::auth::{self, ClientKey, Protection, ReplayWindow, Sealer, Stamp, BODY_BYTES_MAX};
 use kv_shared::config::ClusterConfig;
 use kv_shared::limits::CLIENT_REQUESTS_PER_DATAGRAM_MAX;
+use kv_shared::pack::{count_prefix_bytes, encode_encoded, pack_by, PackLimit};
 use kv_shared::proto::{
     ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role, ShardRoute,
 };
@@ -30,8 +31,6 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-/// Largest postcard varint prefix of a `Vec` length; reserved when packing a datagram.
-const VEC_LEN_PREFIX_BYTES_MAX: usize = 10;
 /// A batch of requests pulled from the outbox at once; bounds the sender's work per wakeup.
 const OUTBOX_BATCH_MAX: usize = 4096;
 /// Receive buffer: any datagram raftkv may send fits.
@@ -671,27 +670,6 @@ fn open_replies(
     wire::decode_value::<Vec<ClientReply>>(opened.body).ok()
 }
 
-/// Packs encoded requests `Vec<ClientRequest>`-style: a varint count, then the items, which
-/// is byte for byte what postcard produces for the whole vector.
-fn pack(items: &[Vec<u8>]) -> Vec<u8> {
-    let mut out =
-        Vec::with_capacity(items.iter().map(Vec::len).sum::<usize>() + VEC_LEN_PREFIX_BYTES_MAX);
-    let mut n = items.len() as u64;
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            break;
-        }
-        out.push(byte | 0x80);
-    }
-    for it in items {
-        out.extend_from_slice(it);
-    }
-    out
-}
-
 async fn send_loop(
     shared: std::sync::Weak<Shared>,
     mut rx: mpsc::UnboundedReceiver<(SocketAddr, Vec<u8>)>,
@@ -713,31 +691,20 @@ async fn send_loop(
                 None => by_dest.push((to, vec![req])),
             }
         }
+        let limit = PackLimit {
+            payload_bytes_max: BODY_BYTES_MAX,
+            items_max: CLIENT_REQUESTS_PER_DATAGRAM_MAX,
+        };
         for (to, reqs) in by_dest {
-            let mut batch: Vec<Vec<u8>> = Vec::new();
-            let mut bytes = VEC_LEN_PREFIX_BYTES_MAX;
-            for req in reqs {
-                let full = batch.len() == CLIENT_REQUESTS_PER_DATAGRAM_MAX
-                    || bytes + req.len() > BODY_BYTES_MAX;
-                if !batch.is_empty() && full {
-                    let stamp = Stamp {
-                        incarnation,
-                        counter,
-                    };
-                    counter += 1;
-                    send_datagram(&s, to, &batch, stamp, &mut datagram).await;
-                    batch.clear();
-                    bytes = VEC_LEN_PREFIX_BYTES_MAX;
-                }
-                bytes += req.len();
-                batch.push(req);
+            // `execute` refused every request too large for a datagram of its own.
+            for batch in pack_by(reqs, Vec::len, limit).batches {
+                let stamp = Stamp {
+                    incarnation,
+                    counter,
+                };
+                counter += 1;
+                send_datagram(&s, to, &batch, stamp, &mut datagram).await;
             }
-            let stamp = Stamp {
-                incarnation,
-                counter,
-            };
-            counter += 1;
-            send_datagram(&s, to, &batch, stamp, &mut datagram).await;
         }
     }
 }
@@ -749,7 +716,8 @@ async fn send_datagram(
     stamp: Stamp,
     datagram: &mut Vec<u8>,
 ) {
-    let payload = pack(batch);
+    let mut payload = Vec::new();
+    encode_encoded(batch, &mut payload);
     datagram.clear();
     s.requests.seal(
         Kind::ClientRequests,
@@ -926,7 +894,7 @@ impl Session {
             op,
         };
         let mut encoded = postcard::to_stdvec(&request).expect("requests encode");
-        if encoded.len() + VEC_LEN_PREFIX_BYTES_MAX > BODY_BYTES_MAX {
+        if count_prefix_bytes(1) + encoded.len() > BODY_BYTES_MAX {
             return Err(Error::Limit(ClientError::Malformed(format!(
                 "request is {} bytes; a datagram carries at most BODY_BYTES_MAX = {BODY_BYTES_MAX}",
                 encoded.len()
@@ -1157,33 +1125,5 @@ impl Session {
             }
         }
         r
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-
-    #[test]
-    fn packed_batches_are_what_postcard_makes_of_the_vector() {
-        for n in [0usize, 1, 3, 200] {
-            let reqs: Vec<ClientRequest> = (0..n as u64)
-                .map(|i| ClientRequest {
-                    client: ClientId(i),
-                    seq: i,
-                    epoch: i,
-                    op: Op::Put {
-                        key: Bytes::from(format!("k{i}")),
-                        value: Bytes::from_static(b"v"),
-                    },
-                })
-                .collect();
-            let items: Vec<Vec<u8>> = reqs
-                .iter()
-                .map(|r| postcard::to_stdvec(r).unwrap())
-                .collect();
-            assert_eq!(pack(&items), postcard::to_stdvec(&reqs).unwrap(), "n = {n}");
-        }
     }
 }

@@ -13,6 +13,7 @@ use base64::Engine;
 use kv_node::GroupMessage;
 use kv_raft::MessageBody;
 use kv_shared::limits::DATAGRAM_BYTES_MAX;
+use kv_shared::pack::{count_prefix_bytes, encoded_bytes, pack, PackLimit};
 
 use crate::protocol::{PEER_ENVELOPE_BYTES, SIDE_INFO_BYTES_MAX};
 
@@ -38,41 +39,39 @@ pub fn decode(payload: &str) -> Result<Vec<GroupMessage>, DecodeError> {
     postcard::from_bytes(&bytes).map_err(|_| DecodeError::Postcard)
 }
 
+/// Most postcard bytes whose base64 fits [`PAYLOAD_CHARS_MAX`] (4 characters per 3 bytes).
+const PAYLOAD_BYTES_MAX: usize = PAYLOAD_CHARS_MAX / 4 * 3;
+
 /// Encodes a batch into as few payloads as fit [`PAYLOAD_CHARS_MAX`] each. A message that
 /// cannot be made to fit (it never happens with the core's limits) is left out and
 /// counted in the second value, like a dropped datagram.
 pub fn encode(msgs: Vec<GroupMessage>) -> (Vec<String>, usize) {
-    let mut out = Vec::new();
+    let mut fitting = Vec::with_capacity(msgs.len());
     let mut dropped = 0;
-    encode_into(msgs, &mut out, &mut dropped);
-    (out, dropped)
+    for gm in msgs {
+        split_to_fit(gm, &mut fitting, &mut dropped);
+    }
+    let packed = pack(fitting, PackLimit::bytes(PAYLOAD_BYTES_MAX));
+    debug_assert!(packed.too_large.is_empty(), "split_to_fit left a giant");
+    let payloads = packed
+        .batches
+        .iter()
+        .map(|batch| B64.encode(postcard::to_allocvec(batch).expect("group messages encode")))
+        .collect();
+    (payloads, dropped)
 }
 
-fn encode_one(msgs: &[GroupMessage]) -> String {
-    let bytes = postcard::to_allocvec(msgs).expect("group messages always serialize");
-    B64.encode(bytes)
-}
-
-fn encode_into(mut msgs: Vec<GroupMessage>, out: &mut Vec<String>, dropped: &mut usize) {
-    if msgs.is_empty() {
+/// Pushes `gm` to `out`, split into consecutive Appends until each fits a payload alone;
+/// counts what cannot be split small enough in `dropped`.
+fn split_to_fit(gm: GroupMessage, out: &mut Vec<GroupMessage>, dropped: &mut usize) {
+    if count_prefix_bytes(1) + encoded_bytes(&gm) <= PAYLOAD_BYTES_MAX {
+        out.push(gm);
         return;
     }
-    let whole = encode_one(&msgs);
-    if whole.len() <= PAYLOAD_CHARS_MAX {
-        out.push(whole);
-        return;
-    }
-    if msgs.len() > 1 {
-        let tail = msgs.split_off(msgs.len() / 2);
-        encode_into(msgs, out, dropped);
-        encode_into(tail, out, dropped);
-        return;
-    }
-    let only = msgs.pop().expect("one message");
-    match split_append(only) {
-        Some((a, b)) => {
-            encode_into(vec![a], out, dropped);
-            encode_into(vec![b], out, dropped);
+    match split_append(gm) {
+        Some((head, rest)) => {
+            split_to_fit(head, out, dropped);
+            split_to_fit(rest, out, dropped);
         }
         None => *dropped += 1,
     }

@@ -24,6 +24,7 @@ use kv_shared::auth::{
 };
 use kv_shared::config::ClusterConfig;
 use kv_shared::limits::{CLIENT_REQUESTS_PER_DATAGRAM_MAX, DATAGRAM_BYTES_MAX};
+use kv_shared::pack::{encoded_bytes, pack, PackLimit};
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Outcome};
 use kv_shared::wire::{self, Kind, FLAG_ENCRYPTED};
 use kv_shared::NodeId;
@@ -731,7 +732,7 @@ impl EventLoop {
                 continue;
             };
             let addr = self.peers[peer].1;
-            // codec::split made every batch fit a sealed body.
+            // codec::split packed every batch to fit a sealed body.
             let len = postcard::to_slice(&msgs, &mut self.payload_buf)
                 .expect("a batch from codec::split fits BODY_BYTES_MAX")
                 .len();
@@ -791,42 +792,35 @@ impl EventLoop {
         } else {
             Protection::Mac
         };
-        let mut start = 0;
-        while start < replies.len() {
-            let mut end = replies.len();
-            loop {
-                match postcard::to_slice(&replies[start..end], &mut self.payload_buf) {
-                    Ok(payload) => {
-                        let len = payload.len();
-                        let stamp = self.next_stamp();
-                        self.datagram_buf.clear();
-                        self.keys.client(usize::from(route.key_index)).replies.seal(
-                            Kind::ClientReplies,
-                            self.cluster_id,
-                            self.me.0,
-                            stamp,
-                            protection,
-                            &self.payload_buf[..len],
-                            &mut self.datagram_buf,
-                        );
-                        let datagram = std::mem::take(&mut self.datagram_buf);
-                        self.send(&datagram, addr).await;
-                        self.datagram_buf = datagram;
-                        start = end;
-                        break;
-                    }
-                    Err(_) if end - start > 1 => end = start + (end - start) / 2,
-                    Err(e) => {
-                        self.counters.dropped(
-                            DropReason::SendFailed,
-                            addr,
-                            &format_args!("a single reply does not fit in a datagram: {e}"),
-                        );
-                        start = end;
-                        break;
-                    }
-                }
-            }
+        let packed = pack(replies.iter().copied(), PackLimit::bytes(BODY_BYTES_MAX));
+        for reply in &packed.too_large {
+            self.counters.dropped(
+                DropReason::SendFailed,
+                addr,
+                &format_args!(
+                    "a reply of {} bytes does not fit in a datagram (BODY_BYTES_MAX is {BODY_BYTES_MAX})",
+                    encoded_bytes(reply)
+                ),
+            );
+        }
+        for batch in packed.batches {
+            let len = postcard::to_slice(&batch, &mut self.payload_buf)
+                .expect("a packed batch fits BODY_BYTES_MAX")
+                .len();
+            let stamp = self.next_stamp();
+            self.datagram_buf.clear();
+            self.keys.client(usize::from(route.key_index)).replies.seal(
+                Kind::ClientReplies,
+                self.cluster_id,
+                self.me.0,
+                stamp,
+                protection,
+                &self.payload_buf[..len],
+                &mut self.datagram_buf,
+            );
+            let datagram = std::mem::take(&mut self.datagram_buf);
+            self.send(&datagram, addr).await;
+            self.datagram_buf = datagram;
         }
     }
 

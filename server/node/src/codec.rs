@@ -2,6 +2,7 @@
 //! behind the kv_shared::wire header. Splitting lives here too, so that every batch the
 //! core hands out is known to fit one datagram.
 
+use kv_shared::pack::{pack, PackLimit};
 use kv_shared::wire::{self, Kind, WireError, HEADER_BYTES};
 use kv_shared::{NodeId, ShardId};
 use serde::{Deserialize, Serialize};
@@ -43,47 +44,20 @@ pub fn decode_peer_datagram(
     Ok((NodeId(header.sender), decode_peer(payload)?))
 }
 
-/// Bytes of postcard's varint length prefix for `n`.
-fn varint_len(n: usize) -> usize {
-    let bits = usize::BITS - n.leading_zeros();
-    (bits.max(1) as usize).div_ceil(7)
-}
-
 /// Splits messages for one destination into batches whose encoding fits the body of one
 /// sealed datagram (`auth::BODY_BYTES_MAX`, which also fits an unsealed one), keeping
 /// their order.
+///
+/// # Panics
+/// If one message alone cannot fit: the core's limits keep every message well below a
+/// datagram (`kv_shared::limits`), so that would be a bug, not an input.
 pub fn split(msgs: Vec<GroupMessage>) -> Vec<Vec<GroupMessage>> {
-    split_within(msgs, kv_shared::auth::BODY_BYTES_MAX)
-}
-
-/// [`split`] with an explicit payload limit (tests use small ones).
-pub fn split_within(msgs: Vec<GroupMessage>, payload_bytes_max: usize) -> Vec<Vec<GroupMessage>> {
-    if msgs.is_empty() {
-        return Vec::new();
-    }
-    // Common case: everything fits; measure once.
-    let whole = postcard::experimental::serialized_size(&msgs).expect("messages encode");
-    if whole <= payload_bytes_max {
-        return vec![msgs];
-    }
-    let mut batches = Vec::new();
-    let mut batch: Vec<GroupMessage> = Vec::new();
-    let mut body = 0usize;
-    for m in msgs {
-        let size = postcard::experimental::serialized_size(&m).expect("message encodes");
-        assert!(
-            size + varint_len(1) <= payload_bytes_max,
-            "one message of {size} bytes cannot fit a datagram (limits are inconsistent)"
-        );
-        if !batch.is_empty() && varint_len(batch.len() + 1) + body + size > payload_bytes_max {
-            batches.push(std::mem::take(&mut batch));
-            body = 0;
-        }
-        body += size;
-        batch.push(m);
-    }
-    batches.push(batch);
-    batches
+    let packed = pack(msgs, PackLimit::bytes(kv_shared::auth::BODY_BYTES_MAX));
+    assert!(
+        packed.too_large.is_empty(),
+        "a peer message cannot fit a datagram (limits are inconsistent)"
+    );
+    packed.batches
 }
 
 #[cfg(test)]
@@ -152,27 +126,5 @@ mod tests {
         }
         let flat: Vec<_> = batches.into_iter().flatten().collect();
         assert_eq!(flat, msgs);
-    }
-
-    #[test]
-    fn split_fills_batches_to_the_exact_limit() {
-        let msgs: Vec<_> = (0..10).map(|i| append(i, 100)).collect();
-        let one = postcard::to_stdvec(&msgs[0]).unwrap().len();
-        // Room for exactly three messages plus the one-byte length prefix.
-        let batches = split_within(msgs, 1 + 3 * one);
-        let sizes: Vec<_> = batches.iter().map(Vec::len).collect();
-        assert_eq!(sizes, vec![3, 3, 3, 1]);
-        for b in &batches {
-            assert!(postcard::to_stdvec(b).unwrap().len() <= 1 + 3 * one);
-        }
-    }
-
-    #[test]
-    fn varint_lengths() {
-        assert_eq!(varint_len(0), 1);
-        assert_eq!(varint_len(127), 1);
-        assert_eq!(varint_len(128), 2);
-        assert_eq!(varint_len(16383), 2);
-        assert_eq!(varint_len(16384), 3);
     }
 }
