@@ -18,7 +18,7 @@ use crate::disk::{DiskEvent, DiskThread, LogStore};
 use crate::metrics::{MeteredStore, Metrics, UdpRequests};
 use crate::net::{ClientAddrs, ClientRoute, Counters, DropReason};
 use crate::{core_events, front_ends};
-use kv_node::{codec, ClientToken, NodeConfig, NodeCore};
+use kv_node::{codec, ClientToken, NodeConfig, NodeCore, WriteRefusal};
 use kv_shared::auth::{
     self as kv_auth, Permission, Protection, ReplayWindow, Sealer, Stamp, BODY_BYTES_MAX,
 };
@@ -44,8 +44,6 @@ pub const RECV_BATCH_MAX: usize = 256;
 pub const METRICS_INTERVAL: Duration = Duration::from_secs(10);
 /// Ticks between copies of the status table and counters into the metrics.
 pub const METRICS_SYNC_TICKS: u64 = 10;
-/// The reason given to clients whose writes are refused while the disk is full.
-pub const DISK_FULL_REASON: &str = "disk full";
 /// Receive and send buffer asked of the kernel for the node's socket (it caps the request
 /// at `net.core.rmem_max` / `wmem_max`). The default (208 KiB on Linux) holds about six
 /// 32 KiB snapshot chunks, and a follower catching up takes the windows of every shard's
@@ -285,8 +283,6 @@ pub async fn run_with_store<S: LogStore>(
         clients: ClientAddrs::default(),
         counters: Counters::default(),
         disk: Some(disk),
-        writes_refused: None,
-        runtime_replies: Vec::new(),
         recv_buf: vec![0; DATAGRAM_BYTES_MAX + 1],
         payload_buf: vec![0; BODY_BYTES_MAX],
         datagram_buf: Vec::with_capacity(DATAGRAM_BYTES_MAX),
@@ -374,10 +370,6 @@ struct EventLoop {
     counters: Counters,
     /// `None` once shutdown has closed it.
     disk: Option<DiskThread>,
-    /// Why client writes are refused right now (the disk is full), if they are.
-    writes_refused: Option<String>,
-    /// Replies the runtime gives itself (writes refused while the disk is full).
-    runtime_replies: Vec<(ClientToken, ClientReply)>,
     /// One byte longer than the largest datagram, so an oversized one shows as such.
     recv_buf: Vec<u8>,
     payload_buf: Vec<u8>,
@@ -491,11 +483,11 @@ impl EventLoop {
                          (reads are still served; the stalled write is retried every {:?})",
                         crate::disk::DISK_FULL_RETRY
                     );
-                    self.writes_refused = Some(DISK_FULL_REASON.into());
+                    self.core.refuse_writes(Some(WriteRefusal::DiskFull));
                 }
                 DiskEvent::Recovered => {
                     tracing::info!("disk has room again: accepting client writes");
-                    self.writes_refused = None;
+                    self.core.refuse_writes(None);
                 }
                 DiskEvent::Failed(reason) => return Err(ServerError::Disk(reason)),
             }
@@ -647,21 +639,14 @@ impl EventLoop {
         for req in reqs {
             if read_only && req.op.is_write() {
                 let client = self.keys.client(index);
-                let outcome = Outcome::Error(ClientError::PermissionDenied {
+                let error = ClientError::PermissionDenied {
                     client: client.name.clone(),
                     permission: client.permission.name().into(),
-                });
+                };
                 let why = format_args!("a write from read-only client {:?}", client.name);
                 self.counters
                     .dropped(DropReason::PermissionDenied, from, &why);
-                self.runtime_replies.push((
-                    token,
-                    ClientReply {
-                        client: req.client,
-                        seq: req.seq,
-                        outcome,
-                    },
-                ));
+                self.core.refuse_request(token, &req, error);
                 continue;
             }
             self.on_client_request(token, req);
@@ -681,22 +666,6 @@ impl EventLoop {
     fn on_client_request(&mut self, token: ClientToken, req: ClientRequest) {
         self.counters.client_requests += 1;
         self.udp_requests.arrived(&req);
-        if let Some(reason) = &self.writes_refused {
-            if req.op.is_write() {
-                // The core has no hook for "refuse writes" yet (issue 15, part 3); until
-                // it does the runtime answers here. Reads still go in.
-                let reply = ClientReply {
-                    client: req.client,
-                    seq: req.seq,
-                    outcome: Outcome::Error(ClientError::Unavailable {
-                        node: self.me,
-                        reason: reason.clone(),
-                    }),
-                };
-                self.runtime_replies.push((token, reply));
-                return;
-            }
-        }
         self.core.on_client_request(token, req);
     }
 
@@ -752,7 +721,6 @@ impl EventLoop {
             self.datagram_buf = datagram;
         }
         let mut replies = out.replies;
-        replies.append(&mut self.runtime_replies);
         if replies.is_empty() {
             return;
         }

@@ -9,6 +9,7 @@ use crate::events::{EventKind, NodeEvent};
 use crate::placement::ShardPlacement;
 use crate::sm::{CommandBatch, StateMachine, WriteCommand, WriteOp};
 use crate::wal::{self, RecoveryError};
+use crate::write_refusal::{self, WriteRefusal};
 use bytes::Bytes;
 use kv_raft::{
     Entry, EntryKind, ProposeError, Raft, Role, Snapshot, SnapshotMeta, SoftState, WriteId,
@@ -296,6 +297,8 @@ pub struct NodeCore {
     requests: BTreeMap<u64, Request>,
     /// Sum of `Request::bytes` over `requests`.
     pending_request_bytes: usize,
+    /// Why client writes are refused now, if they are ([`NodeCore::refuse_writes`]).
+    write_refusal: Option<WriteRefusal>,
     /// Remote input refused at the boundary, by reason (see `BoundaryRefusal::ALL`).
     boundary_refusals: [u64; BoundaryRefusal::ALL.len()],
     deadlines: BTreeSet<(u64, u64)>,
@@ -389,6 +392,7 @@ impl NodeCore {
             groups.insert(shard, group);
         }
         Ok(NodeCore {
+            write_refusal: None,
             config,
             placement,
             groups: Groups(groups),
@@ -650,6 +654,9 @@ impl NodeCore {
         if let Err(e) = req.op.check_limits() {
             return reply_now(self, Outcome::Error(e));
         }
+        if let Some(e) = write_refusal::refused(self.write_refusal, self.config.node, &req.op) {
+            return reply_now(self, Outcome::Error(e));
+        }
         let shard_count = self.config.shard_count;
         let shard = match &req.op {
             Op::Status => {
@@ -712,6 +719,25 @@ impl NodeCore {
         let g = &mut self.groups[shard];
         g.wake();
         g.waiting.push(id);
+    }
+
+    /// Refuses client writes from now on with `Unavailable` and the refusal's reason
+    /// (`Some`), or accepts them again (`None`). Reads are served either way.
+    pub fn refuse_writes(&mut self, refusal: Option<WriteRefusal>) {
+        self.write_refusal = refusal;
+    }
+
+    /// Answers `req` with `error` without running it: a refusal the runtime decided at
+    /// its boundary (a write from a read-only client key), sent with the core's replies.
+    pub fn refuse_request(&mut self, token: ClientToken, req: &ClientRequest, error: ClientError) {
+        self.out.replies.push((
+            token,
+            ClientReply {
+                client: req.client,
+                seq: req.seq,
+                outcome: Outcome::Error(error),
+            },
+        ));
     }
 
     /// DiskWrite `id` is durable.

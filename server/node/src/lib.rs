@@ -10,6 +10,7 @@
 //! - [`sm`]: the per-shard state machine and sessions (exactly-once writes).
 //! - [`wal`]: Raft state as kv-storage records, and recovery from them.
 //! - [`codec`]: peer datagrams (encode, decode, split to fit).
+//! - [`write_refusal`]: client writes refused for a while (disk full), an input of the core.
 //!
 //! See docs/NODE.md for the contract with the runtime.
 
@@ -20,6 +21,7 @@ pub mod events;
 pub mod placement;
 pub mod sm;
 pub mod wal;
+pub mod write_refusal;
 
 #[cfg(test)]
 mod tests;
@@ -34,3 +36,4 @@ pub use crate::core::{
 };
 pub use crate::events::{EventKind, NodeEvent};
 pub use crate::wal::RecoveryError;
+pub use crate::write_refusal::WriteRefusal;

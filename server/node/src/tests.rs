@@ -3,6 +3,7 @@
 
 use crate::{
     ClientToken, DiskOp, EventKind, GroupMessage, NodeConfig, NodeCore, NodeEvent, Output,
+    WriteRefusal,
 };
 use bytes::Bytes;
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Op, Outcome, Role};
@@ -1086,4 +1087,38 @@ fn an_admin_preferred_leader_takes_over_and_keeps_the_shard() {
         2,
         "and keeps leading: no node spreads it back"
     );
+}
+
+#[test]
+fn writes_are_refused_while_the_disk_is_full_and_reads_still_served() {
+    let mut c = Cluster::new(3, 1);
+    c.tick(60);
+    let l = c.leader(ShardId(0));
+    c.request(l, 1, put(1, 1, "k", "before"));
+    c.flush(l);
+    c.tick(3);
+    assert_eq!(c.reply_to(1), vec![Outcome::Done]);
+
+    c.nodes[l].refuse_writes(Some(WriteRefusal::DiskFull));
+    c.request(l, 2, put(1, 2, "k", "during"));
+    c.request(l, 3, get(2, 1, "k"));
+    c.flush(l);
+    c.tick(3);
+    assert_eq!(
+        c.reply_to(2),
+        vec![Outcome::Error(ClientError::Unavailable {
+            node: NodeId(l as u64 + 1),
+            reason: "disk full".into(),
+        })]
+    );
+    assert_eq!(
+        c.reply_to(3),
+        vec![Outcome::Value(Some(Bytes::from_static(b"before")))]
+    );
+
+    c.nodes[l].refuse_writes(None);
+    c.request(l, 4, put(1, 3, "k", "after"));
+    c.flush(l);
+    c.tick(3);
+    assert_eq!(c.reply_to(4), vec![Outcome::Done]);
 }
