@@ -25,12 +25,14 @@ pub const BATCH_WRITES_MAX: usize = 4096;
 pub const DISK_FULL_RETRY: Duration = Duration::from_secs(1);
 
 /// How a storage operation failed, as far as the disk thread's policy is concerned.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// No room: the operation did not happen and may be retried later.
-    Full(String),
+    #[error(transparent)]
+    Full(kv_storage::StorageError),
     /// Anything else: the node must stop.
-    Fatal(String),
+    #[error(transparent)]
+    Fatal(kv_storage::StorageError),
 }
 
 /// What the disk thread executes `DiskOp`s on: `kv_storage::Storage` in production, a
@@ -66,30 +68,30 @@ where
     fn sync(&mut self) -> Result<(), StoreError> {
         // A failed fsync leaves the page cache in an unknown state (the "fsyncgate"
         // lesson), so even ENOSPC here is fatal rather than retried.
-        kv_storage::Storage::sync(self).map_err(|e| StoreError::Fatal(e.to_string()))
+        kv_storage::Storage::sync(self).map_err(StoreError::Fatal)
     }
 }
 
 fn classify(e: kv_storage::StorageError) -> StoreError {
     match e {
-        kv_storage::StorageError::DiskFull { .. } => StoreError::Full(e.to_string()),
-        other => StoreError::Fatal(other.to_string()),
+        kv_storage::StorageError::DiskFull { .. } => StoreError::Full(e),
+        other => StoreError::Fatal(other),
     }
 }
 
 /// What the disk thread reports to the event loop.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum DiskEvent {
     /// These writes are durable (executed and synced); ids ascending.
     Done(Vec<u64>),
     /// A write found the disk full; writes stall and are retried every
     /// [`DISK_FULL_RETRY`] until [`DiskEvent::Recovered`].
-    Full(String),
+    Full(kv_storage::StorageError),
     /// The stalled writes went through: there is room again.
     Recovered,
     /// A storage failure other than a full disk. The thread has stopped; the writes it
     /// held are not durable.
-    Failed(String),
+    Failed(kv_storage::StorageError),
 }
 
 /// The disk thread's channel end was closed: the thread stopped (after a failure or a
@@ -185,10 +187,10 @@ fn disk_main<S: LogStore>(
         }
         match execute_all(&mut store, &mut queue) {
             Ok(()) => {}
-            Err(StoreError::Full(reason)) => {
+            Err(StoreError::Full(error)) => {
                 if !full {
                     full = true;
-                    let _ = events.send(DiskEvent::Full(reason));
+                    let _ = events.send(DiskEvent::Full(error));
                 }
                 if !open {
                     // Shutting down with no room: what is queued was never acknowledged,
@@ -202,13 +204,13 @@ fn disk_main<S: LogStore>(
                 }
                 continue;
             }
-            Err(StoreError::Fatal(reason)) => {
-                let _ = events.send(DiskEvent::Failed(reason));
+            Err(StoreError::Fatal(error)) => {
+                let _ = events.send(DiskEvent::Failed(error));
                 return;
             }
         }
-        if let Err(StoreError::Fatal(reason) | StoreError::Full(reason)) = store.sync() {
-            let _ = events.send(DiskEvent::Failed(reason));
+        if let Err(StoreError::Fatal(error) | StoreError::Full(error)) = store.sync() {
+            let _ = events.send(DiskEvent::Failed(error));
             return;
         }
         if full {
@@ -285,6 +287,7 @@ fn mark_done(queue: &mut VecDeque<Pending>, mut at: usize, mut n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kv_storage::StorageError;
     use std::sync::{Arc, Condvar, Mutex};
     use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
@@ -312,12 +315,18 @@ mod tests {
     #[derive(Clone, Default)]
     struct Fake(Arc<(Mutex<Log>, Condvar)>);
 
+    fn full_wal() -> StorageError {
+        StorageError::DiskFull {
+            file: "wal-1".into(),
+        }
+    }
+
     impl LogStore for Fake {
         fn execute(&mut self, op: &DiskOp) -> Result<(), StoreError> {
             let mut log = self.0 .0.lock().unwrap();
             if log.full_for > 0 {
                 log.full_for -= 1;
-                return Err(StoreError::Full("disk full while writing wal-1".into()));
+                return Err(StoreError::Full(full_wal()));
             }
             match op {
                 DiskOp::Compact { shard, index } => log.executed.push((*shard, *index)),
@@ -337,7 +346,7 @@ mod tests {
                 .extend(records[..n].iter().map(|r| r.last_index));
             log.batches.push(records.len());
             if n < records.len() {
-                return Err((n, StoreError::Full("disk full while writing wal-1".into())));
+                return Err((n, StoreError::Full(full_wal())));
             }
             Ok(())
         }
@@ -348,7 +357,10 @@ mod tests {
                 .wait_while(lock.lock().unwrap(), |l| l.hold_sync)
                 .unwrap();
             if log.fail_sync {
-                return Err(StoreError::Fatal("fsync of wal-1 failed".into()));
+                return Err(StoreError::Fatal(StorageError::Io {
+                    file: "wal-1".into(),
+                    source: std::io::Error::other("fsync failed"),
+                }));
             }
             let n = log.executed.len();
             log.syncs.push(n);
@@ -439,7 +451,7 @@ mod tests {
             "reported done while the fsync was pending"
         );
         fake.with(|l| l.hold_sync = false);
-        assert_eq!(next(&mut erx), DiskEvent::Done(vec![1]));
+        assert!(matches!(next(&mut erx), DiskEvent::Done(ids) if ids == [1]));
         disk.finish().unwrap();
     }
 
@@ -451,11 +463,11 @@ mod tests {
         let disk = DiskThread::spawn(fake.clone(), etx).unwrap();
         disk.submit(write(1)).unwrap();
         match next(&mut erx) {
-            DiskEvent::Full(reason) => assert!(reason.contains("disk full"), "{reason}"),
+            DiskEvent::Full(e) => assert!(matches!(e, StorageError::DiskFull { .. }), "{e}"),
             other => panic!("expected Full, got {other:?}"),
         }
         disk.submit(write(2)).unwrap();
-        assert_eq!(next(&mut erx), DiskEvent::Recovered);
+        assert!(matches!(next(&mut erx), DiskEvent::Recovered));
         assert_eq!(done_ids(&mut erx, 2), vec![1, 2]);
         assert_eq!(
             fake.with(|l| l.executed.clone()),
@@ -506,10 +518,10 @@ mod tests {
         });
         assert_eq!(done_ids(&mut erx, 1), vec![1]);
         match next(&mut erx) {
-            DiskEvent::Full(reason) => assert!(reason.contains("disk full"), "{reason}"),
+            DiskEvent::Full(e) => assert!(matches!(e, StorageError::DiskFull { .. }), "{e}"),
             other => panic!("expected Full, got {other:?}"),
         }
-        assert_eq!(next(&mut erx), DiskEvent::Recovered);
+        assert!(matches!(next(&mut erx), DiskEvent::Recovered));
         assert_eq!(done_ids(&mut erx, 2), vec![2, 3]);
         assert_eq!(fake.with(|l| l.appended.clone()), vec![1, 2, 3, 4, 5, 6]);
         // [1,2] alone; [3,4,5] across writes 2 and 3, cut after 3; the retry [4,5]; after
@@ -527,7 +539,7 @@ mod tests {
         let disk = DiskThread::spawn(fake.clone(), etx).unwrap();
         disk.submit(write(1)).unwrap();
         match next(&mut erx) {
-            DiskEvent::Failed(reason) => assert!(reason.contains("fsync"), "{reason}"),
+            DiskEvent::Failed(e) => assert!(e.to_string().contains("fsync"), "{e}"),
             other => panic!("expected Failed, got {other:?}"),
         }
         disk.finish().unwrap();

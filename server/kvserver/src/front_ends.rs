@@ -34,9 +34,7 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
 /// `client_key_file`, else its first read-write key in `client_key_files`. Every RESP
 /// connection acts with this key's permission (docs/SECURITY.md).
 fn gateway_key(cluster: &ClusterConfig) -> Result<Option<ClientKey>, ServerError> {
-    let read = |path: &std::path::Path| {
-        read_client_key(path).map_err(|e| ServerError::GatewayKey(e.to_string()))
-    };
+    let read = |path: &std::path::Path| read_client_key(path).map_err(ServerError::GatewayKey);
     if let Some(path) = &cluster.client_key_file {
         return read(path).map(Some);
     }

@@ -124,13 +124,17 @@ pub enum ServerError {
     },
     /// The Redis gateway's client key file is missing, unreadable or malformed.
     #[error("the Redis gateway's client key: {0}")]
-    GatewayKey(String),
+    GatewayKey(#[source] kv_shared::auth::KeyFileError),
     /// The socket (or the disk thread's creation) failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
     /// Storage failed while running (other than a full disk); the node cannot continue.
     #[error("storage failed: {0}")]
-    Disk(String),
+    Disk(#[source] kv_storage::StorageError),
+    /// The disk thread stopped without saying why (it panicked); nothing more becomes
+    /// durable, so the node cannot continue.
+    #[error("the disk thread stopped")]
+    DiskThreadStopped,
     /// The incarnation file in the data directory could not be read or written.
     #[error("cannot record this start's incarnation in {}: {source}", dir.display())]
     Incarnation {
@@ -154,6 +158,7 @@ impl ServerError {
             | ServerError::Bind { .. }
             | ServerError::Io(_)
             | ServerError::Disk(_)
+            | ServerError::DiskThreadStopped
             | ServerError::Incarnation { .. } => 1,
         }
     }
@@ -409,7 +414,7 @@ impl EventLoop {
             };
             let step = match wake {
                 Wake::Shutdown => break Ok(()),
-                Wake::Disk(None) => Err(ServerError::Disk("the disk thread stopped".into())),
+                Wake::Disk(None) => Err(ServerError::DiskThreadStopped),
                 Wake::Disk(Some(ev)) => self.on_disk_events(ev, &mut events),
                 Wake::Tick => {
                     // Wall time only feeds the status table ("ms since a peer was heard").
@@ -436,7 +441,7 @@ impl EventLoop {
             }
             self.flush().await;
             if self.disk.is_none() {
-                break Err(ServerError::Disk("the disk thread stopped".into()));
+                break Err(ServerError::DiskThreadStopped);
             }
         };
         self.finish(events, result).await
@@ -489,7 +494,7 @@ impl EventLoop {
                     tracing::info!("disk has room again: accepting client writes");
                     self.core.refuse_writes(None);
                 }
-                DiskEvent::Failed(reason) => return Err(ServerError::Disk(reason)),
+                DiskEvent::Failed(error) => return Err(ServerError::Disk(error)),
             }
             next = events.try_recv().ok();
         }
@@ -858,7 +863,7 @@ impl EventLoop {
                         self.core.on_disk_done(id);
                     }
                 }
-                DiskEvent::Failed(reason) => failed = Some(reason),
+                DiskEvent::Failed(error) => failed = Some(error),
                 DiskEvent::Done(_) | DiskEvent::Full(_) | DiskEvent::Recovered => {}
             }
         }
@@ -867,7 +872,9 @@ impl EventLoop {
         }
         // A storage failure's own words beat the generic "the disk thread stopped".
         let result = match (result, failed) {
-            (Ok(()) | Err(ServerError::Disk(_)), Some(reason)) => Err(ServerError::Disk(reason)),
+            (Ok(()) | Err(ServerError::Disk(_) | ServerError::DiskThreadStopped), Some(error)) => {
+                Err(ServerError::Disk(error))
+            }
             (result, _) => result,
         };
         self.log_metrics();

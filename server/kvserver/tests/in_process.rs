@@ -107,22 +107,23 @@ struct Fillable {
     full: Arc<AtomicBool>,
 }
 
+fn simulated_full() -> kv_storage::StorageError {
+    kv_storage::StorageError::DiskFull {
+        file: "wal-test (simulated)".into(),
+    }
+}
+
 impl LogStore for Fillable {
     fn execute(&mut self, op: &DiskOp) -> Result<(), StoreError> {
         if self.full.load(Ordering::SeqCst) {
-            return Err(StoreError::Full(
-                "disk full while writing wal-test (simulated)".into(),
-            ));
+            return Err(StoreError::Full(simulated_full()));
         }
         self.inner.execute(op)
     }
 
     fn append_all(&mut self, records: &[&kv_storage::Record]) -> Result<(), (usize, StoreError)> {
         if self.full.load(Ordering::SeqCst) {
-            return Err((
-                0,
-                StoreError::Full("disk full while writing wal-test (simulated)".into()),
-            ));
+            return Err((0, StoreError::Full(simulated_full())));
         }
         LogStore::append_all(&mut self.inner, records)
     }
