@@ -47,8 +47,7 @@ pub const METRICS_SYNC_TICKS: u64 = 10;
 /// Receive and send buffer asked of the kernel for the node's socket (it caps the request
 /// at `net.core.rmem_max` / `wmem_max`). The default (208 KiB on Linux) holds about six
 /// 32 KiB snapshot chunks, and a follower catching up takes the windows of every shard's
-/// transfer at once: with the default, node 3 of the 1,000,000-key catch-up dropped
-/// about 25,000 datagrams (docs/PERFORMANCE.md).
+/// transfer at once: with the default it drops chunks, and every drop costs a resend.
 pub const SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
 /// Everything a node needs to run, validated.

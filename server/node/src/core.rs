@@ -29,9 +29,8 @@ use xxhash_rust::xxh64::xxh64;
 
 /// A shard takes a snapshot once this many entry payload bytes were applied since its
 /// last one, even below `snapshot_threshold_entries`: entries batch many writes, so an
-/// entry count alone let 1,000,000 puts of 100 B over 8 shards stay in memory as log
-/// (~540 MB RSS per node measured), and a restarted follower replayed them instead of
-/// installing a snapshot.
+/// entry count alone let a long run of small puts stay in memory as log, and a restarted
+/// follower replayed them instead of installing a snapshot.
 const SNAPSHOT_LOG_BYTES_MAX: u64 = 8 * 1024 * 1024;
 
 /// Room for a snapshot's metadata next to its image in one snapshot file: a received

@@ -737,9 +737,8 @@ impl StateMachine {
     /// The map sorted by key: images and digests must not depend on hash order.
     ///
     /// Sorted on each key's first 16 bytes held next to its pointer, so that most
-    /// comparisons touch no pair: chasing two pointers per comparison made a 125,000-key
-    /// image cost millions of cache misses, on the event loop, and a lagging follower
-    /// waits for it. Zero-padded prefixes order like the keys, and ties go to the keys.
+    /// comparisons touch no pair: chasing two pointers per comparison costs two cache
+    /// misses each time, on the event loop, while a lagging follower waits for the image. Zero-padded prefixes order like the keys, and ties go to the keys.
     fn sorted_data(&self) -> Vec<&Pair> {
         let mut v: Vec<(u128, &Pair)> =
             self.data.iter().map(|p| (key_prefix(p.key()), p)).collect();

@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 /// Most doublings of the election timeout after timeouts without a leader (x8). An
 /// election needs two durable writes in a row (the candidate's term, then each voter's
 /// grant) plus a round trip: with fsyncs as long as the minimum timeout, elections at the
-/// base timeout never finished in kvsim (`--slow-disk-ms 100`, 100..200 ms timeouts: 0 of
-/// 39 seeds; at 50 ms all passed), and each failed one starts the next term. Doubling
-/// lets the timeout outgrow the disk; hearing a leader resets it.
+/// base timeout can time out before their votes are durable, again and again, and each
+/// failed one starts the next term. Doubling lets the timeout outgrow the disk; hearing a
+/// leader resets it.
 pub(crate) const ELECTION_BACKOFF_DOUBLINGS_MAX: u32 = 3;
 
 impl Raft {
@@ -112,7 +112,7 @@ impl Raft {
         // The vote requests wait for the same write: were they sent before the new term
         // is durable, a crash could lose the term after two peers granted it, and the
         // restarted node could win the same term again and write different entries at
-        // the same (index, term) (found by kvsim's churn profile, seed 2466).
+        // the same (index, term) (kvsim's churn profile found this).
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         for v in self.other_voters() {
             let request = Message {
