@@ -245,6 +245,48 @@ fn pipelined_commands_answer_in_order() {
     }
 }
 
+/// A GET whose shard the connected node leads is answered by that node's core directly:
+/// no UDP get reaches the node, yet RESP counts every GET and each reads the value written.
+#[test]
+fn reads_the_node_leads_skip_the_udp_client() {
+    let (cluster, leaders) = start(3);
+    let (&shard, &node) = leaders.iter().next().expect("a led shard");
+    let key = (0..)
+        .map(|i| format!("local{i}"))
+        .find(|k| kv_shared::shard::shard_for_key(k.as_bytes(), 4) == shard)
+        .unwrap();
+    let http = cluster.http_addr(node);
+    let mut con = connect(&cluster, node, false);
+    assert_eq!(q::<String>(&mut con, &["SET", &key, "here"]), "OK");
+    let udp_gets = |m: &prometheus_parse::Scrape| {
+        sample(
+            m,
+            "raftkv_requests_total",
+            &[("front_end", "udp"), ("op", "get")],
+        )
+    };
+    let before = scrape(http);
+    for _ in 0..10 {
+        assert_eq!(q::<String>(&mut con, &["GET", &key]), "here");
+    }
+    let mut pipe = redis::pipe();
+    for _ in 0..10 {
+        pipe.cmd("GET").arg(&key);
+    }
+    let answers: Vec<String> = pipe.query(&mut con).expect("pipelined GETs");
+    assert_eq!(answers, vec!["here"; 10]);
+    let after = scrape(http);
+    assert_eq!(udp_gets(&after), udp_gets(&before), "a GET crossed UDP");
+    let resp_gets = |m: &prometheus_parse::Scrape| {
+        sample(
+            m,
+            "raftkv_requests_total",
+            &[("front_end", "resp"), ("op", "get")],
+        )
+    };
+    assert_eq!(resp_gets(&after) - resp_gets(&before), 20.0);
+}
+
 /// Pipelined SETs of fresh keys from several connections to one node while the leader
 /// of a shard on another node is killed -9: every SET answered `OK` must be readable
 /// afterwards with its value.
