@@ -194,6 +194,8 @@ pub struct NodeRow {
     pub detail: String,
     /// Datagrams (or requests) it dropped since it started, by reason.
     pub drops: Vec<(String, u64)>,
+    /// Its counters and gauges as its `/metrics` names them (`NodeStatus::counters`).
+    pub counters: Vec<(String, u64)>,
 }
 
 /// The combined cluster status.
@@ -352,6 +354,7 @@ pub fn combine_status(reports: &[NodeReport], shard_count: u32) -> ClusterStatus
                     .collect::<Vec<_>>()
                     .join(", "),
                 drops: s.drops.clone(),
+                counters: s.counters.clone(),
             },
             Err(why) => NodeRow {
                 node: r.node,
@@ -359,6 +362,7 @@ pub fn combine_status(reports: &[NodeReport], shard_count: u32) -> ClusterStatus
                 leads: 0,
                 detail: why.clone(),
                 drops: Vec::new(),
+                counters: Vec::new(),
             },
         })
         .collect();
@@ -531,17 +535,63 @@ pub fn render_status(s: &ClusterStatus, style: Style) -> String {
         out.push('\n');
         out.push_str(&paint(style, "31", &p));
     }
-    if drop_rows.is_empty() {
-        return out;
+    if !drop_rows.is_empty() {
+        let drops = table(
+            &["NODE", "DROPPED SINCE START (by reason)"],
+            &drop_rows,
+            |_, _, padded| padded,
+        );
+        out.push_str("\n\n");
+        out.push_str(&drops);
     }
-    let drops = table(
-        &["NODE", "DROPPED SINCE START (by reason)"],
-        &drop_rows,
-        |_, _, padded| padded,
-    );
-    out.push_str("\n\n");
-    out.push_str(&drops);
+    let counter_rows: Vec<Vec<String>> = s
+        .nodes
+        .iter()
+        .filter(|n| !n.counters.is_empty())
+        .map(|n| {
+            let counted: Vec<String> = n
+                .counters
+                .iter()
+                .filter(|(_, c)| *c > 0)
+                .map(|(name, c)| format!("{}={c}", short_counter_name(name)))
+                .collect();
+            vec![
+                n.node
+                    .id
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                counted.join(" "),
+            ]
+        })
+        .collect();
+    if !counter_rows.is_empty() {
+        let counters = table(
+            &["NODE", "COUNTERS SINCE START (as /metrics names them, raftkv_ and _total cut; zeros left out)"],
+            &counter_rows,
+            |_, _, padded| padded,
+        );
+        out.push_str("\n\n");
+        out.push_str(&counters);
+    }
     out
+}
+
+/// A `/metrics` series name made short for the status table: without the `raftkv_`
+/// prefix and the `_total` suffix, label values only (`requests{resp,get,ok}`).
+fn short_counter_name(series: &str) -> String {
+    let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+    let name = name.strip_prefix("raftkv_").unwrap_or(name);
+    let name = name.strip_suffix("_total").unwrap_or(name);
+    let values: Vec<&str> = labels
+        .trim_end_matches('}')
+        .split(',')
+        .filter_map(|pair| pair.split_once('=').map(|(_, v)| v.trim_matches('"')))
+        .collect();
+    if values.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}{{{}}}", values.join(","))
+    }
 }
 
 fn status_json(s: &ClusterStatus) -> Value {
@@ -571,6 +621,7 @@ fn status_json(s: &ClusterStatus) -> Value {
             "leads": n.leads,
             "detail": n.detail,
             "drops": n.drops.iter().map(|(reason, c)| (reason.clone(), json!(c))).collect::<serde_json::Map<_, _>>(),
+            "counters": n.counters.iter().map(|(name, c)| (name.clone(), json!(c))).collect::<serde_json::Map<_, _>>(),
         })).collect::<Vec<_>>(),
     })
 }
@@ -685,6 +736,14 @@ mod tests {
             peers: vec![(NodeId(2), Some(12)), (NodeId(3), None)],
             refused: vec![],
             drops: vec![("bad_tag".into(), 3), ("replayed".into(), 0)],
+            counters: vec![
+                (
+                    "raftkv_requests_total{front_end=\"resp\",op=\"get\",result=\"ok\"}".into(),
+                    12,
+                ),
+                ("raftkv_snapshots_sent_total".into(), 0),
+                ("raftkv_pending_requests".into(), 2),
+            ],
             nodes: vec![],
             routes: vec![route(0, 0, &[1, 2, 3], &[]), route(1, 0, &[1, 2, 3], &[])],
         };
@@ -747,7 +806,11 @@ moves in flight: s1
 
 NODE  DROPPED SINCE START (by reason)
 n1    bad_tag=3
-n2    bad_tag=3";
+n2    bad_tag=3
+
+NODE  COUNTERS SINCE START (as /metrics names them, raftkv_ and _total cut; zeros left out)
+n1    requests{resp,get,ok}=12 pending_requests=2
+n2    requests{resp,get,ok}=12 pending_requests=2";
         assert_eq!(text, expected);
         let coloured = render_status(
             &s,
@@ -762,6 +825,12 @@ n2    bad_tag=3";
         let v: Value = serde_json::from_str(&j).unwrap();
         assert_eq!(v["nodes"][0]["drops"]["bad_tag"], 3);
         assert_eq!(v["nodes"][0]["drops"]["replayed"], 0);
+        assert_eq!(
+            v["nodes"][0]["counters"]
+                ["raftkv_requests_total{front_end=\"resp\",op=\"get\",result=\"ok\"}"],
+            12
+        );
+        assert_eq!(v["nodes"][0]["counters"]["raftkv_snapshots_sent_total"], 0);
         assert_eq!(v["nodes"][2]["reachable"], false);
         assert_eq!(v["shards"][0]["replicas"][1]["applied"], 90);
         assert_eq!(v["shards"][0]["replicas"][2]["applied"], Value::Null);

@@ -161,6 +161,8 @@ struct RawClusterConfig {
     client_key_files: Vec<PathBuf>,
     #[serde(default)]
     client_key_file: Option<PathBuf>,
+    #[serde(default)]
+    redis_default_client: Option<String>,
     nodes: Vec<NodeEntry>,
 }
 
@@ -191,6 +193,9 @@ pub struct ClusterConfig {
     pub client_key_files: Vec<PathBuf>,
     /// The client key file kvcli uses when given no `--key-file`.
     pub client_key_file: Option<PathBuf>,
+    /// The client (by the name in its key file) that a Redis-protocol connection acts as
+    /// before it sends AUTH; `None`: such a connection must AUTH first.
+    pub redis_default_client: Option<String>,
     /// The nodes, sorted by id.
     pub nodes: Vec<NodeEntry>,
 }
@@ -284,6 +289,7 @@ impl ClusterConfig {
             protection: raw.protection,
             client_key_files: raw.client_key_files,
             client_key_file: raw.client_key_file,
+            redis_default_client: raw.redis_default_client,
             nodes,
         })
     }

@@ -406,6 +406,12 @@ pub struct NodeStatus {
     /// Datagrams (or requests) this node dropped since it started, by reason, as the
     /// runtime counts them (the node core leaves this empty).
     pub drops: Vec<(String, u64)>,
+    /// The node's own counters and gauges since it started, each under its name and
+    /// labels as its `/metrics` endpoint shows it (for example
+    /// `raftkv_requests_total{front_end="resp",op="get",result="ok"}`), copied from the
+    /// same registry when this reply was made. Per-shard series are left out (the shard
+    /// rows carry those). The node core leaves this empty; the runtime fills it.
+    pub counters: Vec<(String, u64)>,
     /// Every node the answering node knows, with its address: a client given one node
     /// learns the rest.
     pub nodes: Vec<(NodeId, SocketAddr)>,

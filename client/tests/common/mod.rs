@@ -330,6 +330,7 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
                 .collect(),
             refused: vec![],
             drops: Vec::new(),
+            counters: Vec::new(),
             nodes: (1..).map(NodeId).zip(c.addrs.iter().copied()).collect(),
             routes: (0..shards).map(|s| c.route(ShardId(s), n)).collect(),
         };

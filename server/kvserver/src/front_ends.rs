@@ -16,6 +16,16 @@ use tokio::task::JoinHandle;
 #[derive(Debug, Default)]
 pub struct Tasks(Vec<JoinHandle<()>>);
 
+/// What the event loop keeps of its front ends: their tasks, and the inbox of the reads
+/// the Redis gateway hands straight to the node core.
+#[derive(Debug)]
+pub struct FrontEnds {
+    /// The TCP front ends' tasks (they stop when this is dropped).
+    pub tasks: Tasks,
+    /// The gateway's reads for the core ([`resp::local`]).
+    pub local_reads: resp::local::LocalInbox,
+}
+
 impl Drop for Tasks {
     fn drop(&mut self) {
         for t in &self.0 {
@@ -30,9 +40,10 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
         .map_err(|source| ServerError::Bind { what, addr, source })
 }
 
-/// The client key the Redis gateway speaks to the cluster under: the cluster file's
-/// `client_key_file`, else its first read-write key in `client_key_files`. Every RESP
-/// connection acts with this key's permission (docs/SECURITY.md).
+/// The client key the Redis gateway speaks to the cluster under for itself (the node
+/// status that INFO and DBSIZE show): the cluster file's `client_key_file`, else its
+/// first read-write key in `client_key_files`. Connections act as the client they AUTH
+/// as, or as `redis_default_client` (`resp::users`, docs/SECURITY.md).
 fn gateway_key(cluster: &ClusterConfig) -> Result<Option<ClientKey>, ServerError> {
     let read = |path: &std::path::Path| read_client_key(path).map_err(ServerError::GatewayKey);
     if let Some(path) = &cluster.client_key_file {
@@ -48,8 +59,9 @@ fn gateway_key(cluster: &ClusterConfig) -> Result<Option<ClientKey>, ServerError
 }
 
 /// Binds the addresses `opts` names and starts serving them.
-pub async fn start(opts: &ServerOptions, metrics: Metrics) -> Result<Tasks, ServerError> {
+pub async fn start(opts: &ServerOptions, metrics: Metrics) -> Result<FrontEnds, ServerError> {
     let mut tasks = Tasks::default();
+    let (local, local_reads) = resp::local::channel();
     if let Some(addr) = opts.http_addr {
         let listener = bind("HTTP (metrics)", addr).await?;
         tracing::info!(node = opts.node.0, %addr, "serving /metrics and /health");
@@ -65,8 +77,10 @@ pub async fn start(opts: &ServerOptions, metrics: Metrics) -> Result<Tasks, Serv
                 "the Redis gateway is off: the cluster file names no client key for it \
                  (client_key_file, or a read-write key in client_key_files)"
             );
-            return Ok(tasks);
+            return Ok(FrontEnds { tasks, local_reads });
         };
+        let users = resp::users::Users::load(&opts.cluster)
+            .map_err(|e| ServerError::GatewayKey(e.to_string()))?;
         let client_options = ClientOptions::from_config(&opts.cluster, key);
         let node = opts.node;
         tasks.0.push(tokio::spawn(async move {
@@ -79,9 +93,9 @@ pub async fn start(opts: &ServerOptions, metrics: Metrics) -> Result<Tasks, Serv
                     return;
                 }
             };
-            let gateway = resp::Gateway::new(client, node, metrics, addr.to_string());
+            let gateway = resp::Gateway::new(client, users, node, local, metrics, addr.to_string());
             resp::serve(listener, gateway).await;
         }));
     }
-    Ok(tasks)
+    Ok(FrontEnds { tasks, local_reads })
 }

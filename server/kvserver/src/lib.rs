@@ -18,7 +18,9 @@
 //! - [`ratelimit`] (*reusable*): at most one warning line per interval per kind.
 //! - [`core_events`]: the node core's events as info log lines and metrics.
 //! - [`front_ends`]: binds and starts the TCP front ends next to the UDP loop.
-//! - [`resp`]: the Redis-protocol gateway (RESP2/RESP3), a cluster client in-process.
+//! - [`resp`]: the Redis-protocol gateway (RESP2/RESP3): a cluster client in-process per
+//!   RESP user (the client keys), and a channel into this node's core for the reads it
+//!   can answer.
 //! - [`http`]: `/metrics` (OpenMetrics) and `/health`.
 //! - [`metrics`]: the Prometheus registry and what fills it.
 //!

@@ -101,6 +101,7 @@ struct Inner {
     snapshots_sent: Counter,
     snapshots_installed: Counter,
     pending_requests: Gauge,
+    refused: Family<ReasonLabels, Counter>,
     /// True once every shard this node holds has a known leader (for `/health`).
     healthy: AtomicBool,
 }
@@ -138,6 +139,7 @@ impl Metrics {
             snapshots_sent: Counter::default(),
             snapshots_installed: Counter::default(),
             pending_requests: Gauge::default(),
+            refused: Family::default(),
             healthy: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -228,6 +230,11 @@ impl Metrics {
             "Client requests waiting in the node core",
             inner.pending_requests.clone(),
         );
+        r.register(
+            "refused",
+            "Remote input the node core refused, by reason (malformed or misaddressed peer messages, limits reached)",
+            inner.refused.clone(),
+        );
         Metrics(Arc::new(Inner { registry, ..inner }))
     }
 
@@ -237,6 +244,15 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.0.registry)
             .expect("writing to a String does not fail");
         out
+    }
+
+    /// Every counter and gauge series of [`Metrics::encode`] that is not per shard, as
+    /// `(name{labels}, value)` in the text's order: what `kvcli status` shows beside the
+    /// shard rows, taken from the very text `/metrics` serves so the two cannot differ.
+    pub fn counters(&self) -> Vec<(String, u64)> {
+        series_of_kind(&self.encode(), &["counter", "gauge"])
+            .filter(|(series, _)| !series.contains("shard=\""))
+            .collect()
     }
 
     /// True when every shard this node holds has a known leader.
@@ -323,6 +339,16 @@ impl Metrics {
             Ordering::Relaxed,
         );
         m.pending_requests.set(pending as i64);
+        for (reason, n) in &status.refused {
+            // The core's reasons are a fixed set of static names; a label needs 'static.
+            if let Some(reason) = kv_node::BoundaryRefusal::ALL
+                .iter()
+                .map(|r| r.name())
+                .find(|name| name == reason)
+            {
+                raise(&m.refused.get_or_create(&ReasonLabels { reason }), *n);
+            }
+        }
         raise(&m.datagrams_received, counters.datagrams_in);
         raise(&m.datagrams_sent, counters.datagrams_out);
         for reason in DropReason::ALL {
@@ -428,6 +454,34 @@ impl<S: LogStore> LogStore for MeteredStore<S> {
     }
 }
 
+/// The samples of OpenMetrics `text` whose family is one of `kinds` (by its `# TYPE`
+/// line), as `(name{labels}, value)`; values are whole numbers for counters and gauges.
+fn series_of_kind<'a>(
+    text: &'a str,
+    kinds: &'a [&str],
+) -> impl Iterator<Item = (String, u64)> + 'a {
+    let mut kind = "";
+    text.lines().filter_map(move |line| {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            kind = rest.rsplit(' ').next().unwrap_or("");
+            return None;
+        }
+        if line.starts_with('#') || !kinds.contains(&kind) {
+            return None;
+        }
+        let (series, value) = line.rsplit_once(' ')?;
+        let value = value.parse::<u64>().ok().or_else(|| {
+            // A gauge below zero is no count; none of the node's gauges go there.
+            value
+                .parse::<f64>()
+                .ok()
+                .filter(|v| *v >= 0.0)
+                .map(|v| v as u64)
+        })?;
+        Some((series.to_string(), value))
+    })
+}
+
 /// Brings `counter` up to `total` (the runtime's own count since start).
 fn raise(counter: &Counter, total: u64) {
     let now = counter.get();
@@ -465,6 +519,7 @@ mod tests {
             peers: Vec::new(),
             refused: Vec::new(),
             drops: Vec::new(),
+            counters: Vec::new(),
             nodes: Vec::new(),
             routes: Vec::new(),
         };
@@ -486,6 +541,53 @@ mod tests {
             "raftkv_pending_requests 3",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn status_counters_are_the_metrics_text_without_shard_series_and_histograms() {
+        let m = Metrics::new();
+        let status = NodeStatus {
+            node: NodeId(1),
+            shard_count: 1,
+            shards: Vec::new(),
+            peers: Vec::new(),
+            refused: vec![("pending_requests_full".into(), 4), ("nonsense".into(), 9)],
+            drops: Vec::new(),
+            counters: Vec::new(),
+            nodes: Vec::new(),
+            routes: Vec::new(),
+        };
+        let mut counters = Counters::default();
+        counters.datagrams_out = 11;
+        m.sync(&status, &counters, 2);
+        m.request(FrontEnd::Resp, "get", false, Duration::from_micros(80));
+        m.request(FrontEnd::Resp, "get", false, Duration::from_micros(90));
+        m.leader_change(0);
+        m.wal_commit(100, Duration::from_micros(500));
+        let got = m.counters();
+        let value = |name: &str| got.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+        assert_eq!(
+            value("raftkv_requests_total{front_end=\"resp\",op=\"get\",result=\"ok\"}"),
+            Some(2)
+        );
+        assert_eq!(value("raftkv_datagrams_sent_total"), Some(11));
+        assert_eq!(value("raftkv_pending_requests"), Some(2));
+        assert_eq!(value("raftkv_wal_written_bytes_total"), Some(100));
+        assert_eq!(
+            value("raftkv_refused_total{reason=\"pending_requests_full\"}"),
+            Some(4)
+        );
+        assert!(got.iter().all(|(n, _)| !n.contains("nonsense")), "{got:?}");
+        assert!(got.iter().all(|(n, _)| !n.contains("shard=")), "{got:?}");
+        assert!(got.iter().all(|(n, _)| !n.contains("_bucket")), "{got:?}");
+        // Every series listed is in the text /metrics serves, with the same value.
+        let text = m.encode();
+        for (series, v) in &got {
+            assert!(
+                text.contains(&format!("{series} {v}")),
+                "{series} {v}\n{text}"
+            );
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::auth::{next_incarnation, ClientWindows, NodeKeys};
 use crate::disk::{DiskEvent, DiskThread, LogStore};
 use crate::metrics::{MeteredStore, Metrics, UdpRequests};
 use crate::net::{ClientAddrs, ClientRoute, Counters, DropReason};
+use crate::resp::local::{LocalInbox, LocalRead, LOCAL_TOKEN};
 use crate::{core_events, front_ends};
 use kv_node::{codec, ClientToken, NodeConfig, NodeCore, WriteRefusal};
 use kv_shared::auth::{
@@ -293,7 +294,8 @@ pub async fn run_with_store<S: LogStore>(
         started: Instant::now(),
         drops_logged: 0,
         metrics,
-        _front_ends: front_ends,
+        _front_ends: front_ends.tasks,
+        local_reads: front_ends.local_reads,
         udp_requests: UdpRequests::default(),
         ticks: 0,
     };
@@ -350,6 +352,7 @@ enum Wake {
     Tick,
     Readable(std::io::Result<()>),
     Metrics,
+    LocalReads(Vec<LocalRead>),
 }
 
 struct EventLoop {
@@ -383,6 +386,8 @@ struct EventLoop {
     metrics: Metrics,
     /// The RESP and HTTP tasks; they stop when the loop ends.
     _front_ends: front_ends::Tasks,
+    /// Reads the Redis gateway hands to the core directly, and where their replies go.
+    local_reads: LocalInbox,
     udp_requests: UdpRequests,
     ticks: u64,
 }
@@ -410,6 +415,7 @@ impl EventLoop {
                 _ = ticker.tick() => Wake::Tick,
                 r = self.socket.readable() => Wake::Readable(r),
                 _ = metrics.tick() => Wake::Metrics,
+                reads = self.local_reads.next() => Wake::LocalReads(reads),
             };
             let step = match wake {
                 Wake::Shutdown => break Ok(()),
@@ -432,6 +438,10 @@ impl EventLoop {
                 Wake::Readable(Err(e)) => Err(e.into()),
                 Wake::Metrics => {
                     self.log_metrics();
+                    Ok(())
+                }
+                Wake::LocalReads(reads) => {
+                    self.on_local_reads(reads);
                     Ok(())
                 }
             };
@@ -459,7 +469,19 @@ impl EventLoop {
             self.on_disk_events(ev, events)?;
         }
         self.drain_socket();
+        while let Some(reads) = self.local_reads.try_next() {
+            self.on_local_reads(reads);
+        }
         Ok(())
+    }
+
+    /// The Redis gateway's reads: straight into the core (already bound to a client name
+    /// and reads only, so no permission or disk-full check applies).
+    fn on_local_reads(&mut self, reads: Vec<LocalRead>) {
+        for read in reads {
+            let request = self.local_reads.take(read);
+            self.core.on_client_request(LOCAL_TOKEN, request);
+        }
     }
 
     /// Milliseconds since the node started.
@@ -725,6 +747,13 @@ impl EventLoop {
             self.datagram_buf = datagram;
         }
         let mut replies = out.replies;
+        if replies.iter().any(|(token, _)| *token == LOCAL_TOKEN) {
+            let (local, udp) = replies.into_iter().partition(|(t, _)| *t == LOCAL_TOKEN);
+            replies = udp;
+            for (_, reply) in local {
+                self.local_reads.answer(reply);
+            }
+        }
         if replies.is_empty() {
             return;
         }
@@ -732,6 +761,9 @@ impl EventLoop {
             self.udp_requests.answered(reply, &self.metrics);
             if let Outcome::Status(status) = &mut reply.outcome {
                 status.drops = self.counters.drops_by_reason();
+                // The counters /metrics shows, brought up to this instant first.
+                self.sync_metrics();
+                status.counters = self.metrics.counters();
             }
         }
         // Stable: replies to one client keep the core's order within their datagram.

@@ -1300,6 +1300,7 @@ impl NodeCore {
                 .map(|(reason, n)| (reason.to_string(), n))
                 .collect(),
             drops: Vec::new(),
+            counters: Vec::new(),
             nodes: self.config.addrs.clone(),
             routes: (0..self.config.shard_count)
                 .map(|s| self.shard_route(ShardId(s)))

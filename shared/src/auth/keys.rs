@@ -26,6 +26,16 @@ impl Key {
     pub fn from_bytes(bytes: [u8; KEY_BYTES]) -> Key {
         Key(bytes)
     }
+
+    /// True if `secret` spells this key as its key file does (hex digits, either case),
+    /// compared in constant time. The Redis gateway's AUTH takes a client's key this way.
+    pub fn matches_hex(&self, secret: &[u8]) -> bool {
+        let mut bytes = [0u8; KEY_BYTES];
+        if hex::decode_to_slice(secret, &mut bytes).is_err() {
+            return false;
+        }
+        bool::from(subtle::ConstantTimeEq::ct_eq(&bytes[..], &self.0[..]))
+    }
 }
 
 /// A fresh random key from the operating system.
@@ -364,6 +374,20 @@ mod tests {
             read_cluster_key(&dir.path().join("keys/cluster.key")).unwrap(),
             cluster
         );
+    }
+
+    #[test]
+    fn a_key_matches_its_hex_spelling_only() {
+        let key = Key::from_bytes([0xab; KEY_BYTES]);
+        let hex = "ab".repeat(KEY_BYTES);
+        assert!(key.matches_hex(hex.as_bytes()));
+        assert!(key.matches_hex(hex.to_uppercase().as_bytes()));
+        let mut other = hex.clone().into_bytes();
+        other[KEY_BYTES * 2 - 1] = b'c';
+        assert!(!key.matches_hex(&other), "one digit off");
+        assert!(!key.matches_hex(&hex.as_bytes()[2..]), "too short");
+        assert!(!key.matches_hex(b""));
+        assert!(!key.matches_hex(format!("{hex}00").as_bytes()), "too long");
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! driven by real clients: the `redis` crate and Debian's redis-cli (skipped with a note
 //! where redis-cli is not installed; .ci/run installs it). Covers every command of
 //! docs/REDIS.md, RESP3, pipelining, a leader kill -9 under pipelined load with no
-//! acknowledged write lost, the limits, `/metrics` parsed as Prometheus text, and
-//! `/health`.
+//! acknowledged write lost, the limits, AUTH with the client keys (NOAUTH, WRONGPASS,
+//! NOPERM for a read-only key, `redis_default_client`), `/metrics` parsed as Prometheus
+//! text and compared with `kvcli status`'s counters, and `/health`.
 
 use kv_e2e::cluster::{Cluster, Spec};
 use kv_shared::{NodeId, ShardId};
@@ -28,15 +29,32 @@ fn start(nodes: usize) -> (Cluster, BTreeMap<ShardId, NodeId>) {
     (cluster, leaders)
 }
 
-/// A connection to node `id`'s RESP port, once the gateway answers PING.
-fn connect(cluster: &Cluster, id: NodeId, resp3: bool) -> Connection {
+/// The AUTH password of client `name`: the 64 hex digits its key file holds.
+fn secret(cluster: &Cluster, name: &str) -> String {
+    let text = std::fs::read_to_string(cluster.key_path(name)).expect("key file");
+    text.lines()
+        .find_map(|l| l.strip_prefix("key = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .expect("a key line")
+        .to_string()
+}
+
+/// The URL of node `id`'s RESP port, authenticating as `user` (`None`: not at all).
+fn url(cluster: &Cluster, id: NodeId, resp3: bool, user: Option<&str>) -> String {
     let addr = cluster.redis_addr(id);
-    let url = if resp3 {
-        format!("redis://{addr}/?protocol=resp3")
-    } else {
-        format!("redis://{addr}/")
-    };
-    let client = redis::Client::open(url).expect("redis url");
+    let auth = user.map_or(String::new(), |u| format!("{u}:{}@", secret(cluster, u)));
+    let protocol = if resp3 { "?protocol=resp3" } else { "" };
+    format!("redis://{auth}{addr}/{protocol}")
+}
+
+/// A connection to node `id`'s RESP port as "admin", once the gateway answers PING.
+fn connect(cluster: &Cluster, id: NodeId, resp3: bool) -> Connection {
+    connect_as(cluster, id, resp3, Some("admin"))
+}
+
+/// A connection to node `id`'s RESP port as `user`, once the gateway answers PING.
+fn connect_as(cluster: &Cluster, id: NodeId, resp3: bool, user: Option<&str>) -> Connection {
+    let client = redis::Client::open(url(cluster, id, resp3, user)).expect("redis url");
     kv_e2e::wait_for("the RESP gateway", READY_TIMEOUT, || {
         let mut con = client.get_connection().ok()?;
         let pong: String = redis::cmd("PING").query(&mut con).ok()?;
@@ -51,6 +69,12 @@ fn q<T: redis::FromRedisValue>(con: &mut Connection, args: &[&str]) -> T {
     }
     c.query(con)
         .unwrap_or_else(|e| panic!("{args:?} failed: {e}"))
+}
+
+/// True if the error text `e` carries Redis's error code `code` (the redis crate spells
+/// some codes in its own case: `NoPerm`).
+fn has_code(e: &str, code: &str) -> bool {
+    e.to_ascii_uppercase().contains(code)
 }
 
 fn q_err(con: &mut Connection, args: &[&str]) -> String {
@@ -74,7 +98,7 @@ fn every_command_answers_like_redis_through_the_redis_crate() {
     assert_eq!(q::<String>(c, &["ECHO", "a b"]), "a b");
     assert_eq!(q::<String>(c, &["SELECT", "0"]), "OK");
     assert!(q_err(c, &["SELECT", "1"]).contains("DB index is out of range"));
-    assert!(q_err(c, &["AUTH", "secret"]).contains("AUTH is not available"));
+    assert!(q_err(c, &["AUTH", "secret"]).contains("invalid username-password pair"));
     assert_eq!(q::<String>(c, &["CLIENT", "SETNAME", "tester"]), "OK");
     assert_eq!(q::<String>(c, &["CLIENT", "GETNAME"]), "tester");
     assert!(q::<i64>(c, &["CLIENT", "ID"]) > 0);
@@ -221,6 +245,48 @@ fn pipelined_commands_answer_in_order() {
     }
 }
 
+/// A GET whose shard the connected node leads is answered by that node's core directly:
+/// no UDP get reaches the node, yet RESP counts every GET and each reads the value written.
+#[test]
+fn reads_the_node_leads_skip_the_udp_client() {
+    let (cluster, leaders) = start(3);
+    let (&shard, &node) = leaders.iter().next().expect("a led shard");
+    let key = (0..)
+        .map(|i| format!("local{i}"))
+        .find(|k| kv_shared::shard::shard_for_key(k.as_bytes(), 4) == shard)
+        .unwrap();
+    let http = cluster.http_addr(node);
+    let mut con = connect(&cluster, node, false);
+    assert_eq!(q::<String>(&mut con, &["SET", &key, "here"]), "OK");
+    let udp_gets = |m: &prometheus_parse::Scrape| {
+        sample(
+            m,
+            "raftkv_requests_total",
+            &[("front_end", "udp"), ("op", "get")],
+        )
+    };
+    let before = scrape(http);
+    for _ in 0..10 {
+        assert_eq!(q::<String>(&mut con, &["GET", &key]), "here");
+    }
+    let mut pipe = redis::pipe();
+    for _ in 0..10 {
+        pipe.cmd("GET").arg(&key);
+    }
+    let answers: Vec<String> = pipe.query(&mut con).expect("pipelined GETs");
+    assert_eq!(answers, vec!["here"; 10]);
+    let after = scrape(http);
+    assert_eq!(udp_gets(&after), udp_gets(&before), "a GET crossed UDP");
+    let resp_gets = |m: &prometheus_parse::Scrape| {
+        sample(
+            m,
+            "raftkv_requests_total",
+            &[("front_end", "resp"), ("op", "get")],
+        )
+    };
+    assert_eq!(resp_gets(&after) - resp_gets(&before), 20.0);
+}
+
 /// Pipelined SETs of fresh keys from several connections to one node while the leader
 /// of a shard on another node is killed -9: every SET answered `OK` must be readable
 /// afterwards with its value.
@@ -229,12 +295,13 @@ fn leader_kill_during_pipelined_load_loses_no_acknowledged_write() {
     let (mut cluster, leaders) = start(3);
     let victim = leaders[&ShardId(0)];
     let entry = cluster.ids().into_iter().find(|&n| n != victim).unwrap();
-    let addr = cluster.redis_addr(entry);
+    let url = url(&cluster, entry, false, Some("admin"));
     let _ = connect(&cluster, entry, false);
     let writers: Vec<_> = (0..4)
         .map(|w| {
+            let url = url.clone();
             std::thread::spawn(move || {
-                let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+                let client = redis::Client::open(url).unwrap();
                 let mut con = client.get_connection().expect("connect");
                 let mut acked = Vec::new();
                 let mut failed = 0;
@@ -399,6 +466,7 @@ fn metrics_parse_and_a_leader_kill_shows_as_a_leader_change() {
             (sample(&m, "raftkv_shard_term", &[("shard", "0")]) == row.term as f64).then_some(m)
         },
     );
+    status_counters_match_metrics(&mut client, watcher, http);
     let changes_before = sample(&m, "raftkv_shard_leader_changes_total", &[("shard", "0")]);
     // Leadership transfers leave a shard leaderless for a moment, so wait for 200.
     kv_e2e::wait_for("/health to report every shard led", READY_TIMEOUT, || {
@@ -430,6 +498,63 @@ fn metrics_parse_and_a_leader_kill_shows_as_a_leader_change() {
     );
 }
 
+/// `kvcli status`'s counters (`NodeStatus::counters`) are `/metrics`' counters and gauges:
+/// the same series both ways, the RESP request counts equal (no RESP traffic runs), and
+/// no counter in the status above the later scrape.
+fn status_counters_match_metrics(
+    client: &mut kv_e2e::client::Client,
+    node: NodeId,
+    http: SocketAddr,
+) {
+    let status = client.status(node).expect("status");
+    let text = http_get(http, "/metrics").1;
+    let mut kind = "";
+    let mut scraped: BTreeMap<String, f64> = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            kind = rest.rsplit(' ').next().unwrap();
+        } else if !line.starts_with('#') && matches!(kind, "counter" | "gauge") {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            if !series.contains("shard=\"") {
+                scraped.insert(series.to_string(), value.parse().unwrap());
+            }
+        }
+    }
+    let shown: BTreeMap<String, u64> = status.counters.iter().cloned().collect();
+    assert_eq!(
+        shown.keys().collect::<Vec<_>>(),
+        scraped.keys().collect::<Vec<_>>(),
+        "the status lists exactly the node-wide series /metrics shows"
+    );
+    for name in [
+        "raftkv_requests_total{front_end=\"resp\",op=\"set\",result=\"ok\"}",
+        "raftkv_requests_total{front_end=\"udp\",op=\"put\",result=\"ok\"}",
+        "raftkv_snapshots_sent_total",
+        "raftkv_snapshots_installed_total",
+        "raftkv_datagrams_received_total",
+        "raftkv_refused_total{reason=\"pending_requests_full\"}",
+        "raftkv_datagrams_dropped_total{reason=\"bad_tag\"}",
+        "raftkv_pending_requests",
+    ] {
+        assert!(shown.contains_key(name), "{name} missing from the status");
+    }
+    assert_eq!(
+        shown["raftkv_requests_total{front_end=\"resp\",op=\"set\",result=\"ok\"}"], 20,
+        "{shown:?}"
+    );
+    for (series, v) in &shown {
+        if series.contains("front_end=\"resp\"") {
+            assert_eq!(*v as f64, scraped[series], "{series}");
+        }
+        if series.ends_with("_total") || series.contains("_total{") {
+            assert!(
+                *v as f64 <= scraped[series],
+                "{series}: status {v} > /metrics"
+            );
+        }
+    }
+}
+
 fn redis_cli() -> Option<&'static str> {
     let found = Command::new("redis-cli").arg("--version").output().is_ok();
     if !found {
@@ -444,9 +569,19 @@ fn redis_cli_runs_commands_and_pipes() {
     let (cluster, _) = start(3);
     let _ = connect(&cluster, NodeId(1), false);
     let port = cluster.redis_addr(NodeId(1)).port().to_string();
+    let password = secret(&cluster, "admin");
     let run = |args: &[&str], stdin: Option<&str>| -> String {
         let mut cmd = Command::new(cli);
-        cmd.args(["-p", &port]).args(args);
+        cmd.args([
+            "-p",
+            &port,
+            "--user",
+            "admin",
+            "--pass",
+            &password,
+            "--no-auth-warning",
+        ])
+        .args(args);
         let out = match stdin {
             Some(input) => {
                 let mut child = cmd
@@ -485,4 +620,128 @@ fn redis_cli_runs_commands_and_pipes() {
     let out = run(&["--pipe"], Some(&mass));
     assert!(out.contains("errors: 0, replies: 500"), "{out}");
     assert_eq!(run(&["get", "pipe499"], None), "499");
+}
+
+/// RESP users are the client keys: nothing but PING/HELLO/AUTH/QUIT before AUTH, a wrong
+/// key is WRONGPASS, a read-only key reads and is refused writes with NOPERM, and
+/// `HELLO 3 AUTH` and one-argument AUTH (the key alone) work too.
+#[test]
+fn auth_maps_resp_users_to_the_client_keys() {
+    let (cluster, _) = start(3);
+    let mut con = connect_as(&cluster, NodeId(2), false, None);
+    let e = q_err(&mut con, &["GET", "k"]);
+    assert!(
+        has_code(&e, "NOAUTH") && e.contains("Authentication required"),
+        "{e}"
+    );
+    let e = q_err(&mut con, &["NOSUCH"]);
+    assert!(
+        has_code(&e, "NOAUTH"),
+        "an unknown command before AUTH: {e}"
+    );
+    let e = q_err(&mut con, &["AUTH", "admin", &secret(&cluster, "reader")]);
+    assert!(has_code(&e, "WRONGPASS"), "{e}");
+    let e = q_err(&mut con, &["AUTH", "nobody", &secret(&cluster, "admin")]);
+    assert!(has_code(&e, "WRONGPASS"), "{e}");
+    assert!(has_code(&q_err(&mut con, &["SET", "k", "v"]), "NOAUTH"));
+    assert_eq!(
+        q::<String>(&mut con, &["AUTH", "reader", &secret(&cluster, "reader")]),
+        "OK"
+    );
+    assert_eq!(q::<Option<String>>(&mut con, &["GET", "k"]), None);
+    let e = q_err(&mut con, &["SET", "k", "v"]);
+    assert!(
+        has_code(&e, "NOPERM")
+            && e.contains("User reader has no permissions to run the 'set' command"),
+        "{e}"
+    );
+    for write in [
+        &["INCR", "n"][..],
+        &["DEL", "k"],
+        &["MSET", "a", "1", "b", "2"],
+        &["SET", "k", "v", "XX"],
+    ] {
+        let e = q_err(&mut con, write);
+        assert!(has_code(&e, "NOPERM"), "{write:?}: {e}");
+    }
+    // The same connection switches to a read-write key.
+    assert_eq!(
+        q::<String>(&mut con, &["AUTH", "admin", &secret(&cluster, "admin")]),
+        "OK"
+    );
+    assert_eq!(q::<String>(&mut con, &["SET", "k", "v"]), "OK");
+    // AUTH <password>: the key alone says who.
+    let mut other = connect_as(&cluster, NodeId(3), false, None);
+    assert_eq!(
+        q::<String>(&mut other, &["AUTH", &secret(&cluster, "reader")]),
+        "OK"
+    );
+    assert_eq!(q::<String>(&mut other, &["GET", "k"]), "v");
+    assert!(has_code(&q_err(&mut other, &["DEL", "k"]), "NOPERM"));
+    // HELLO 3 AUTH authenticates and switches the protocol in one command.
+    let mut third = connect_as(&cluster, NodeId(1), false, None);
+    let hello: Value = q(
+        &mut third,
+        &["HELLO", "3", "AUTH", "reader", &secret(&cluster, "reader")],
+    );
+    assert!(matches!(hello, Value::Map(_)), "{hello:?}");
+    assert!(has_code(&q_err(&mut third, &["SET", "k", "w"]), "NOPERM"));
+    let e = q_err(&mut third, &["HELLO", "3", "AUTH", "reader", "00"]);
+    assert!(has_code(&e, "WRONGPASS"), "{e}");
+    // The redis crate authenticates from the URL (user:password@).
+    let mut reader = connect_as(&cluster, NodeId(1), true, Some("reader"));
+    assert_eq!(q::<String>(&mut reader, &["GET", "k"]), "v");
+    // redis-cli, as an operator would.
+    if let Some(cli) = redis_cli() {
+        let port = cluster.redis_addr(NodeId(1)).port().to_string();
+        let out = Command::new(cli)
+            .args(["-p", &port, "set", "k", "x"])
+            .output()
+            .expect("redis-cli");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("NOAUTH"), "{text}");
+        let pass = secret(&cluster, "reader");
+        let out = Command::new(cli)
+            .args([
+                "-p",
+                &port,
+                "--user",
+                "reader",
+                "--pass",
+                &pass,
+                "--no-auth-warning",
+            ])
+            .args(["set", "k", "x"])
+            .output()
+            .expect("redis-cli");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("NOPERM"), "{text}");
+    }
+}
+
+/// With `redis_default_client` in the cluster file, a connection acts as that client
+/// before (and without) AUTH.
+#[test]
+fn a_default_client_serves_connections_that_never_auth() {
+    let mut cluster = Cluster::prepare(Spec {
+        nodes: 1,
+        shards: 1,
+        snapshot_threshold: None,
+        replication: None,
+    });
+    let path = cluster.config_path().to_path_buf();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("redis_default_client = \"reader\"\n{text}")).unwrap();
+    cluster.spawn(NodeId(1));
+    let mut client = cluster.client();
+    cluster.wait_for_leaders(&mut client, READY_TIMEOUT);
+    let mut con = connect_as(&cluster, NodeId(1), false, None);
+    assert_eq!(q::<Option<String>>(&mut con, &["GET", "k"]), None);
+    let e = q_err(&mut con, &["SET", "k", "v"]);
+    assert!(has_code(&e, "NOPERM") && e.contains("User reader"), "{e}");
+    assert_eq!(
+        q::<String>(&mut con, &["AUTH", "admin", &secret(&cluster, "admin")]),
+        "OK"
+    );
+    assert_eq!(q::<String>(&mut con, &["SET", "k", "v"]), "OK");
 }

@@ -2,9 +2,10 @@
 //! redis-cli, redis-benchmark and any Redis client library use raftkv unmodified.
 //!
 //! The gateway is a client of the cluster like kvcli: it holds one in-process
-//! [`kvcli::Client`] (one UDP socket, shard routing, leader cache, retries under the same
-//! session sequence number), so a command reaches the key's shard leader wherever that
-//! is, and the node core keeps a single client path (docs/REDIS.md says why).
+//! [`kvcli::Client`] per user (`users.rs`: RESP users are the client keys), with shard
+//! routing, a leader cache and retries under the same session sequence number, so a
+//! command reaches the key's shard leader wherever that is. Reads this node can answer
+//! itself skip the client and enter the node's core directly (`local.rs`).
 //!
 //! Per connection: the input buffer is bounded ([`QUERY_BUFFER_BYTES_MAX`]); every
 //! complete command in it is planned, runs of pipelined single-key operations on
@@ -12,14 +13,18 @@
 //! written back in command order.
 
 pub mod commands;
+pub mod local;
 pub mod reply;
+pub mod users;
 
 use crate::metrics::{FrontEnd, Metrics};
 use bytes::{Bytes, BytesMut};
 use commands::{ConnCommand, Finish, Plan};
-use kv_shared::proto::{NodeStatus, Op, Role};
-use kv_shared::NodeId;
+use kv_shared::auth::Permission;
+use kv_shared::proto::{ClientRequest, NodeStatus, Op, Outcome, Role};
+use kv_shared::{ClientId, NodeId};
 use kvcli::{Client, Response, Session};
+use local::{LocalRead, LocalSender};
 use redis_protocol::resp2;
 use reply::Reply;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -27,7 +32,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, Semaphore};
+use users::{User, Users};
 
 /// Most client connections served at once; one more is told so and closed, as Redis does.
 pub const REDIS_CONNECTIONS_MAX: usize = 1024;
@@ -47,8 +53,13 @@ pub const SET_XX_TRIES_MAX: usize = 64;
 
 /// What every connection shares.
 pub struct Gateway {
+    /// The gateway's own client (the gateway key): the node status INFO and DBSIZE show.
     client: Client,
+    /// The client keys connections authenticate as.
+    users: Users,
     node: NodeId,
+    /// Reads this node can answer go straight to its core (`local.rs`).
+    local: LocalSender,
     metrics: Metrics,
     connections: Arc<Semaphore>,
     connected: AtomicUsize,
@@ -58,11 +69,21 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway for node `node` talking to the cluster through `client`.
-    pub fn new(client: Client, node: NodeId, metrics: Metrics, listen: String) -> Arc<Gateway> {
+    /// A gateway for node `node` talking to the cluster through `client` and to its own
+    /// core through `local`.
+    pub fn new(
+        client: Client,
+        users: Users,
+        node: NodeId,
+        local: LocalSender,
+        metrics: Metrics,
+        listen: String,
+    ) -> Arc<Gateway> {
         Arc::new(Gateway {
             client,
+            users,
             node,
+            local,
             metrics,
             connections: Arc::new(Semaphore::new(REDIS_CONNECTIONS_MAX)),
             connected: AtomicUsize::new(0),
@@ -96,6 +117,12 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
         tokio::spawn(async move {
             gateway.connected.fetch_add(1, Ordering::Relaxed);
             let mut conn = Connection::new(gateway.clone());
+            if let Some(key) = gateway.users.default_key() {
+                match gateway.users.user(key).await {
+                    Ok(user) => conn.act_as(user),
+                    Err(e) => tracing::warn!("RESP default client {:?}: {e}", key.name),
+                }
+            }
             if let Err(e) = conn.run(&mut stream).await {
                 tracing::debug!(%peer, "RESP connection closed: {e}");
             }
@@ -114,8 +141,15 @@ struct Connection {
     protocol: u8,
     /// READONLY: reads go to any replica without ReadIndex.
     stale: bool,
-    /// Idle sessions for operations; one per operation in flight.
+    /// Who the connection acts as (`None`: nobody yet; only AUTH and a few others run).
+    user: Option<Arc<User>>,
+    /// Idle sessions of the user's client for operations; one per operation in flight.
     sessions: Vec<Session>,
+    /// The client id of this connection's reads through the node's core, bound to the
+    /// user's name like a UDP client's session id.
+    reader: ClientId,
+    /// The sequence number of the last of those reads.
+    next_read_seq: u64,
     quit: bool,
 }
 
@@ -126,6 +160,14 @@ enum ConnError {
     Io(#[from] std::io::Error),
     #[error("protocol error: {0}")]
     Protocol(String),
+}
+
+/// Where one operation's answer will come from.
+enum Answer {
+    /// This node's core (the operation is kept to retry through the cluster client).
+    Local(oneshot::Receiver<Outcome>, Op),
+    /// The cluster client, in a task of its own.
+    Remote(tokio::task::JoinHandle<(Session, Result<Response, kvcli::Error>)>),
 }
 
 /// A parsed command and its plan, waiting for its turn.
@@ -144,9 +186,66 @@ impl Connection {
             name: None,
             protocol: 2,
             stale: false,
+            user: None,
             sessions: Vec::new(),
+            reader: ClientId(0),
+            next_read_seq: 0,
             quit: false,
         }
+    }
+
+    /// From now on, act as `user`.
+    fn act_as(&mut self, user: Arc<User>) {
+        self.reader = kv_shared::auth::session_id(&user.name, ClientId(self.id));
+        self.sessions.clear();
+        self.user = Some(user);
+    }
+
+    /// The error for a command this connection may not run now, if any: before AUTH only
+    /// PING, HELLO, AUTH and QUIT; a read-only client runs no write.
+    fn refusal(&self, command: &str, plan: &Plan) -> Option<Reply> {
+        let Some(user) = &self.user else {
+            return (!matches!(command, "ping" | "hello" | "auth" | "quit"))
+                .then(|| Reply::Error("NOAUTH Authentication required.".into()));
+        };
+        let writes = match plan {
+            Plan::Ops { ops, .. } => ops.iter().any(Op::is_write),
+            Plan::Conn(ConnCommand::SetIfPresent { .. }) => true,
+            Plan::Now(_) | Plan::Conn(_) => false,
+        };
+        (writes && user.permission == Permission::ReadOnly).then(|| {
+            Reply::Error(format!(
+                "NOPERM User {} has no permissions to run the '{command}' command",
+                user.name
+            ))
+        })
+    }
+
+    /// Checks `password` for `user` and acts as that client from now on.
+    async fn authenticate(&mut self, user: &[u8], password: &[u8]) -> Result<(), Reply> {
+        let gateway = self.gateway.clone();
+        let Some(key) = gateway.users.check(user, password) else {
+            return Err(Reply::Error(
+                "WRONGPASS invalid username-password pair or user is disabled.".into(),
+            ));
+        };
+        let user = gateway
+            .users
+            .user(key)
+            .await
+            .map_err(|e| commands::error_reply(&e))?;
+        self.act_as(user);
+        Ok(())
+    }
+
+    /// The cluster client of the connection's user. Only commands that passed
+    /// [`Connection::refusal`] reach the cluster, and those have a user.
+    fn client(&self) -> &Client {
+        &self
+            .user
+            .as_ref()
+            .expect("commands that reach the cluster run with a user")
+            .client
     }
 
     async fn run(&mut self, stream: &mut TcpStream) -> Result<(), ConnError> {
@@ -201,6 +300,13 @@ impl Connection {
                 command: command_label(&words[0]),
                 plan: commands::plan(&words, self.stale),
             };
+            if let Some(refused) = self.refusal(pending.command, &pending.plan) {
+                self.run_group(std::mem::take(&mut group), out).await;
+                group_ops = 0;
+                self.record(pending.command, pending.started, &refused);
+                refused.encode(self.protocol, out);
+                continue;
+            }
             if let Plan::Ops { ops, .. } = &pending.plan {
                 let conflicts = group.iter().any(|p| shares_key(&p.plan, ops));
                 if conflicts || group_ops + ops.len() > CONNECTION_OPS_IN_FLIGHT_MAX {
@@ -225,11 +331,14 @@ impl Connection {
     }
 
     /// Runs the operations of every command in `group` at once, then replies in order.
+    /// Reads this node can answer go to its core in one message; the rest run through
+    /// the cluster client, each under its own session.
     async fn run_group(&mut self, group: Vec<Pending>, out: &mut BytesMut) {
         if group.is_empty() {
             return;
         }
-        let mut tasks = Vec::new();
+        let mut answers: Vec<Answer> = Vec::new();
+        let mut local_reads: Vec<LocalRead> = Vec::new();
         let mut finishes: Vec<(Finish, usize, &'static str, Instant)> = Vec::new();
         for p in group {
             let Plan::Ops { ops, finish } = p.plan else {
@@ -237,31 +346,85 @@ impl Connection {
             };
             finishes.push((finish, ops.len(), p.command, p.started));
             for op in ops {
+                if self.answers_locally(&op) {
+                    let (answer, rx) = oneshot::channel();
+                    local_reads.push(LocalRead {
+                        request: self.local_request(op.clone()),
+                        answer,
+                    });
+                    answers.push(Answer::Local(rx, op));
+                    continue;
+                }
                 let mut session = self.session();
-                tasks.push(tokio::spawn(async move {
+                answers.push(Answer::Remote(tokio::spawn(async move {
                     let r = session.execute(op).await;
                     (session, r)
-                }));
+                })));
             }
         }
-        let mut answers = Vec::with_capacity(tasks.len());
-        for t in tasks {
-            let (session, r) = t.await.expect("an operation task does not panic");
-            self.sessions.push(session);
-            answers.push(r);
+        if !local_reads.is_empty() {
+            // If the event loop is gone every receiver fails and the reads fall back.
+            let _ = self.gateway.local.send(local_reads);
         }
-        let mut answers = answers.into_iter();
+        let mut results = Vec::with_capacity(answers.len());
+        for a in answers {
+            let r = match a {
+                Answer::Local(rx, op) => match rx.await {
+                    Ok(Outcome::Value(v)) => Ok(Response::Value(v)),
+                    // Not (or no longer) this node's to answer: the cluster client finds
+                    // the leader.
+                    _ => {
+                        let mut session = self.session();
+                        let r = session.execute(op).await;
+                        self.sessions.push(session);
+                        r
+                    }
+                },
+                Answer::Remote(task) => {
+                    let (session, r) = task.await.expect("an operation task does not panic");
+                    self.sessions.push(session);
+                    r
+                }
+            };
+            results.push(r);
+        }
+        let mut results = results.into_iter();
         for (finish, n, command, started) in finishes {
-            let reply = commands::finish(finish, answers.by_ref().take(n).collect());
+            let reply = commands::finish(finish, results.by_ref().take(n).collect());
             self.record(command, started, &reply);
             reply.encode(self.protocol, out);
+        }
+    }
+
+    /// True if `op` is a read this node's core can answer itself: a stale read (any
+    /// replica may), or a linearizable one whose shard this node led when last heard.
+    fn answers_locally(&self, op: &Op) -> bool {
+        let client = self.client();
+        match op {
+            Op::Get { stale: true, .. } => true,
+            Op::Get { key, stale: false } => client
+                .shard_of(key)
+                .and_then(|shard| client.cached_leader(shard))
+                .is_some_and(|leader| leader.id == Some(self.gateway.node)),
+            _ => false,
+        }
+    }
+
+    /// `op` as a request from this connection's reader id, under a fresh sequence number.
+    fn local_request(&mut self, op: Op) -> ClientRequest {
+        self.next_read_seq += 1;
+        ClientRequest {
+            client: self.reader,
+            seq: self.next_read_seq,
+            epoch: 0,
+            op,
         }
     }
 
     fn session(&mut self) -> Session {
         self.sessions
             .pop()
-            .unwrap_or_else(|| self.gateway.client.session())
+            .unwrap_or_else(|| self.client().session())
     }
 
     fn record(&self, command: &'static str, started: Instant, reply: &Reply) {
@@ -281,7 +444,7 @@ impl Connection {
                 name,
             } => {
                 if let Some((user, password)) = auth {
-                    if let Err(e) = authenticate(&user, &password) {
+                    if let Err(e) = self.authenticate(&user, &password).await {
                         return e;
                     }
                 }
@@ -304,7 +467,8 @@ impl Connection {
                     (Reply::text("modules"), Reply::Array(Vec::new())),
                 ])
             }
-            ConnCommand::Auth { user, password } => match authenticate(&user, &password) {
+            ConnCommand::Auth { user, password } => match self.authenticate(&user, &password).await
+            {
                 Ok(()) => Reply::OK,
                 Err(e) => e,
             },
@@ -475,14 +639,6 @@ impl Connection {
 /// features on it, and raftkv answers the commands of that version it lists in
 /// docs/REDIS.md.
 pub const REDIS_VERSION: &str = "7.0.0";
-
-/// The one place a RESP password is checked. raftkv authenticates clients by key on its
-/// UDP protocol; until those keys are mapped to RESP users, no password is accepted.
-fn authenticate(_user: &[u8], _password: &[u8]) -> Result<(), Reply> {
-    Err(Reply::err(
-        "AUTH is not available: raftkv has no RESP users; client keys are configured for the UDP protocol only",
-    ))
-}
 
 /// Keys in the cluster: per shard, the count of the replica that leads it (else the
 /// highest any replica reports).
