@@ -329,7 +329,7 @@ impl Client {
             socket,
             cluster_id: options.cluster_id,
             requests: Sealer::client_requests(&options.key.key),
-            replies: Sealer::client_replies(&options.key.key),
+            replies: Sealer::client_replies(&options.key.key).receiving_as(options.protection),
             key_id: options.key.id(),
             options,
             topology: Mutex::new(topology),

@@ -25,7 +25,7 @@ use kv_shared::auth::{
 use kv_shared::config::ClusterConfig;
 use kv_shared::limits::{CLIENT_REQUESTS_PER_DATAGRAM_MAX, DATAGRAM_BYTES_MAX};
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Outcome};
-use kv_shared::wire::{self, Kind, FLAG_ENCRYPTED};
+use kv_shared::wire::{self, Kind};
 use kv_shared::NodeId;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -640,7 +640,7 @@ impl EventLoop {
         }
         let route = ClientRoute {
             key_index: index as u16,
-            encrypted: header.flags & FLAG_ENCRYPTED != 0,
+            protection: Protection::of_flags(header.flags),
         };
         let token = self.clients.token_for(from, route);
         for req in reqs {
@@ -786,11 +786,7 @@ impl EventLoop {
         route: ClientRoute,
         replies: &[&ClientReply],
     ) {
-        let protection = if route.encrypted {
-            Protection::Encrypt
-        } else {
-            Protection::Mac
-        };
+        let protection = route.protection;
         let mut start = 0;
         while start < replies.len() {
             let mut end = replies.len();
