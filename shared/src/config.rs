@@ -480,7 +480,10 @@ mod tests {
             &["192.168.1.5:7101"][..],
         ] {
             let e = file(addrs).unwrap_err().to_string();
-            assert!(e.contains("protection = \"none\"") && e.contains("loopback"), "{e}");
+            assert!(
+                e.contains("protection = \"none\"") && e.contains("loopback"),
+                "{e}"
+            );
         }
     }
 

@@ -247,6 +247,7 @@ mod tests {
         let s = |incarnation, counter| Stamp {
             incarnation,
             counter,
+            echo: 0,
         };
         assert_eq!(w.accept(1, s(10, 0)), Ok(()));
         assert_eq!(w.accept(1, s(10, 0)), Err(ReplayError::Duplicate(0)));
@@ -262,6 +263,7 @@ mod tests {
         let s = |incarnation| Stamp {
             incarnation,
             counter: 0,
+            echo: 0,
         };
         for i in 0..CLIENT_REPLAY_WINDOWS_MAX as u64 {
             assert_eq!(w.accept(1, s(i)), Ok(()));

@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 /// tag verified create entries, so unauthenticated traffic cannot flush real clients out.
 pub const CLIENT_V6_ADDRS_MAX: usize = 4096;
 
+/// Most clients told this node's incarnation (an empty reply to requests meant for its
+/// previous one) per flush; past it the client's retry is refused again and answered later.
+pub const CLIENT_HELLOS_PER_FLUSH_MAX: usize = 256;
+
 /// Tag bit of tokens that index the IPv6 table (IPv4 tokens use the low 60 bits only).
 const V6_TAG: u64 = 1 << 63;
 /// IPv4 tokens: the address and port in bits 0..48, the route above them.
@@ -129,6 +133,10 @@ pub enum DropReason {
     /// A verified datagram from an older incarnation of its sender (a replay from before
     /// the sender's restart).
     OldIncarnation,
+    /// A verified datagram meant for another incarnation of this node: recorded before
+    /// it restarted, or sent by a peer that had not heard from it yet (a few at every
+    /// start, each answered with this node's stamp).
+    WrongIncarnation,
     /// The header is fine and the tag verified but the payload does not decode.
     BadPayload,
     /// A peer datagram from a node id that is not a member (or is this node).
@@ -145,7 +153,7 @@ pub enum DropReason {
     SendFailed,
 }
 
-const DROP_KINDS: usize = 14;
+const DROP_KINDS: usize = 15;
 
 impl DropReason {
     fn index(self) -> usize {
@@ -162,6 +170,7 @@ impl DropReason {
             DropReason::BadTag => "bad_tag",
             DropReason::Replayed => "replayed",
             DropReason::OldIncarnation => "old_incarnation",
+            DropReason::WrongIncarnation => "wrong_incarnation",
             DropReason::BadPayload => "bad_payload",
             DropReason::UnknownSender => "unknown_sender",
             DropReason::UnknownClient => "unknown_client",
@@ -181,6 +190,7 @@ impl DropReason {
         DropReason::BadTag,
         DropReason::Replayed,
         DropReason::OldIncarnation,
+        DropReason::WrongIncarnation,
         DropReason::BadPayload,
         DropReason::UnknownSender,
         DropReason::UnknownClient,
@@ -218,6 +228,7 @@ impl DropReason {
         match e {
             ReplayError::OldIncarnation { .. } => DropReason::OldIncarnation,
             ReplayError::TooOld { .. } | ReplayError::Duplicate(_) => DropReason::Replayed,
+            ReplayError::WrongIncarnation { .. } => DropReason::WrongIncarnation,
         }
     }
 }

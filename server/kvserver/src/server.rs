@@ -16,11 +16,12 @@
 use crate::auth::{next_incarnation, ClientWindows, NodeKeys};
 use crate::disk::{DiskEvent, DiskThread, LogStore};
 use crate::metrics::{MeteredStore, Metrics, UdpRequests};
-use crate::net::{ClientAddrs, ClientRoute, Counters, DropReason};
+use crate::net::{ClientAddrs, ClientRoute, Counters, DropReason, CLIENT_HELLOS_PER_FLUSH_MAX};
 use crate::{core_events, front_ends};
 use kv_node::{codec, ClientToken, NodeConfig, NodeCore};
 use kv_shared::auth::{
-    self as kv_auth, Permission, Protection, ReplayWindow, Sealer, Stamp, BODY_BYTES_MAX,
+    self as kv_auth, EchoRule, Permission, Protection, ReplayError, ReplayWindow, Sealer, Stamp,
+    BODY_BYTES_MAX,
 };
 use kv_shared::config::ClusterConfig;
 use kv_shared::limits::{CLIENT_REQUESTS_PER_DATAGRAM_MAX, DATAGRAM_BYTES_MAX};
@@ -274,6 +275,8 @@ pub async fn run_with_store<S: LogStore>(
         me,
         cluster_id: opts.cluster.cluster_id,
         peer_windows: vec![ReplayWindow::default(); peers.len()],
+        hello_due: vec![false; peers.len()],
+        client_hellos: Vec::new(),
         peer_send,
         peer_recv,
         peers,
@@ -357,8 +360,16 @@ struct EventLoop {
     me: NodeId,
     cluster_id: u64,
     peers: Vec<(NodeId, SocketAddr)>,
-    /// The replay window of each peer, in the order of `peers`.
+    /// The replay window of each peer, in the order of `peers`; its incarnation is what
+    /// this node's datagrams to the peer echo.
     peer_windows: Vec<ReplayWindow>,
+    /// Peers that sent a datagram meant for another incarnation of this node since the
+    /// last flush: each gets this node's stamp in a datagram of its own, unless the flush
+    /// sends it one anyway.
+    hello_due: Vec<bool>,
+    /// Clients whose requests were meant for another incarnation of this node since the
+    /// last flush: each gets an empty reply datagram that carries this node's stamp.
+    client_hellos: Vec<(SocketAddr, ClientRoute)>,
     /// Seals what this node sends to each peer, in the order of `peers`.
     peer_send: Vec<Sealer>,
     /// Opens what each peer sends, under every cluster key held, in the order of `peers`.
@@ -571,7 +582,15 @@ impl EventLoop {
             }
         };
         let stamp = opened.stamp;
-        if let Err(e) = self.peer_windows[peer].accept(stamp.incarnation, stamp.counter) {
+        let checked = self.peer_windows[peer]
+            .accept(stamp.incarnation, stamp.counter)
+            .and_then(|()| {
+                // The window learnt the sender's incarnation even if the datagram was not
+                // meant for this one: the hello below tells the sender this one.
+                kv_auth::check_echo(stamp.echo, self.incarnation, EchoRule::Current)
+                    .inspect_err(|_| self.hello_due[peer] = true)
+            });
+        if let Err(e) = checked {
             let why = format_args!("peer datagram from {sender}: {e}");
             self.counters
                 .dropped(DropReason::of_replay_error(&e), from, &why);
@@ -608,7 +627,34 @@ impl EventLoop {
                 return;
             }
         };
-        if let Err(e) = self.client_windows.accept(header.sender, opened.stamp) {
+        let checked = self
+            .client_windows
+            .accept(header.sender, opened.stamp)
+            .and_then(|()| {
+                let echo = opened.stamp.echo;
+                kv_auth::check_echo(echo, self.incarnation, EchoRule::CurrentOrUnknown)
+            });
+        if let Err(e @ ReplayError::WrongIncarnation { .. }) = checked {
+            // Sent to this node before it restarted: the client learns the incarnation
+            // from an empty reply (no larger than the request) and retries.
+            let hello = (
+                from,
+                ClientRoute {
+                    key_index: index as u16,
+                    protection: Protection::of_flags(header.flags),
+                },
+            );
+            if self.client_hellos.len() < CLIENT_HELLOS_PER_FLUSH_MAX
+                && !self.client_hellos.contains(&hello)
+            {
+                self.client_hellos.push(hello);
+            }
+            let why = format_args!("client requests of {:?}: {e}", client.name);
+            self.counters
+                .dropped(DropReason::of_replay_error(&e), from, &why);
+            return;
+        }
+        if let Err(e) = checked {
             let why = format_args!("client requests of {:?}: {e}", client.name);
             self.counters
                 .dropped(DropReason::of_replay_error(&e), from, &why);
@@ -667,13 +713,15 @@ impl EventLoop {
         }
     }
 
-    /// The stamp of the next datagram this node seals.
-    fn next_stamp(&mut self) -> Stamp {
+    /// The stamp of the next datagram this node seals, to a receiver whose incarnation
+    /// this node knows to be `echo` (0: unknown).
+    fn next_stamp(&mut self, echo: u64) -> Stamp {
         let counter = self.sent_counter;
         self.sent_counter += 1;
         Stamp {
             incarnation: self.incarnation,
             counter,
+            echo,
         }
     }
 
@@ -730,25 +778,24 @@ impl EventLoop {
                 debug_assert!(false, "the core addressed {to}, not a peer");
                 continue;
             };
-            let addr = self.peers[peer].1;
             // codec::split made every batch fit a sealed body.
             let len = postcard::to_slice(&msgs, &mut self.payload_buf)
                 .expect("a batch from codec::split fits BODY_BYTES_MAX")
                 .len();
-            let stamp = self.next_stamp();
-            self.datagram_buf.clear();
-            self.peer_send[peer].seal(
-                Kind::Peer,
-                self.cluster_id,
-                self.me.0,
-                stamp,
-                self.keys.protection,
-                &self.payload_buf[..len],
-                &mut self.datagram_buf,
-            );
-            let datagram = std::mem::take(&mut self.datagram_buf);
-            self.send(&datagram, addr).await;
-            self.datagram_buf = datagram;
+            self.send_to_peer(peer, len).await;
+        }
+        for peer in 0..self.peers.len() {
+            if std::mem::take(&mut self.hello_due[peer]) {
+                // An empty batch: its stamp tells the peer this node's incarnation.
+                let empty: &[kv_node::GroupMessage] = &[];
+                let len = postcard::to_slice(empty, &mut self.payload_buf)
+                    .expect("an empty batch fits")
+                    .len();
+                self.send_to_peer(peer, len).await;
+            }
+        }
+        for (addr, route) in std::mem::take(&mut self.client_hellos) {
+            self.send_replies(addr, route, &[]).await;
         }
         let mut replies = out.replies;
         replies.append(&mut self.runtime_replies);
@@ -779,7 +826,28 @@ impl EventLoop {
         }
     }
 
-    /// Sends `replies` to one client, sealed under its key, in as few datagrams as fit.
+    /// Seals the first `len` bytes of `payload_buf` for `peer` and sends them.
+    async fn send_to_peer(&mut self, peer: usize, len: usize) {
+        // Whatever this node sends the peer tells it this node's incarnation.
+        self.hello_due[peer] = false;
+        let stamp = self.next_stamp(self.peer_windows[peer].incarnation());
+        self.datagram_buf.clear();
+        self.peer_send[peer].seal(
+            Kind::Peer,
+            self.cluster_id,
+            self.me.0,
+            stamp,
+            self.keys.protection,
+            &self.payload_buf[..len],
+            &mut self.datagram_buf,
+        );
+        let datagram = std::mem::take(&mut self.datagram_buf);
+        self.send(&datagram, self.peers[peer].1).await;
+        self.datagram_buf = datagram;
+    }
+
+    /// Sends `replies` to one client, sealed under its key, in as few datagrams as fit;
+    /// no replies make one datagram that carries only this node's stamp.
     async fn send_replies(
         &mut self,
         addr: SocketAddr,
@@ -788,13 +856,14 @@ impl EventLoop {
     ) {
         let protection = route.protection;
         let mut start = 0;
-        while start < replies.len() {
+        loop {
             let mut end = replies.len();
             loop {
                 match postcard::to_slice(&replies[start..end], &mut self.payload_buf) {
                     Ok(payload) => {
                         let len = payload.len();
-                        let stamp = self.next_stamp();
+                        // Clients do not check the echo of a reply: 0.
+                        let stamp = self.next_stamp(0);
                         self.datagram_buf.clear();
                         self.keys.client(usize::from(route.key_index)).replies.seal(
                             Kind::ClientReplies,
@@ -822,6 +891,9 @@ impl EventLoop {
                         break;
                     }
                 }
+            }
+            if start >= replies.len() {
+                break;
             }
         }
     }

@@ -7,7 +7,8 @@
 //! layout with a zero tag, accepted only by a receiver set to it (which the cluster file
 //! allows only when every node address is loopback).
 //!
-//! Payload layout after the wire header: `incarnation u64 | counter u64 | body | tag[16]`.
+//! Payload layout after the wire header:
+//! `incarnation u64 | counter u64 | echo u64 | body | tag[16]`.
 //! The nonce is `sender | incarnation | counter`: a sender never repeats a (incarnation,
 //! counter) pair, so a nonce never repeats under a key. Each direction has its own
 //! derived key, so a node's replies and a client's requests never share a nonce space,
@@ -24,8 +25,8 @@ use chacha20poly1305::{KeyInit, Tag, XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-/// Bytes of the stamp (incarnation and counter) before the body.
-pub const STAMP_BYTES: usize = 16;
+/// Bytes of the stamp (incarnation, counter, echo) before the body.
+pub const STAMP_BYTES: usize = 24;
 /// Bytes of the tag after the body.
 pub const TAG_BYTES: usize = 16;
 /// What sealing adds to a body.
@@ -83,14 +84,20 @@ impl Protection {
     }
 }
 
-/// Orders one sender's datagrams: a sender's incarnation only grows across restarts, its
-/// counter only grows within an incarnation.
+/// Orders one sender's datagrams and binds them to one incarnation of the receiver: a
+/// sender's incarnation only grows across restarts, its counter only grows within an
+/// incarnation, and the echo names the receiver's incarnation the datagram is meant for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stamp {
     /// The sender's incarnation.
     pub incarnation: u64,
     /// The datagram's number within the incarnation.
     pub counter: u64,
+    /// The receiver's incarnation as the sender last heard it (from the receiver's own
+    /// stamps), 0 if it has not heard it. A node processes a peer's datagram only if it
+    /// echoes the node's current incarnation, so nothing recorded before the node
+    /// restarted is processed after.
+    pub echo: u64,
 }
 
 /// Seals and opens under one derived key (one for each mode).
@@ -209,6 +216,7 @@ impl Sealer {
         );
         out.extend_from_slice(&stamp.incarnation.to_le_bytes());
         out.extend_from_slice(&stamp.counter.to_le_bytes());
+        out.extend_from_slice(&stamp.echo.to_le_bytes());
         out.extend_from_slice(body);
         let nonce = nonce(sender, stamp);
         let datagram = &mut out[start..];
@@ -285,9 +293,11 @@ pub fn open<'a>(
     let stamp = Stamp {
         incarnation: u64_at(datagram, HEADER_BYTES),
         counter: u64_at(datagram, HEADER_BYTES + 8),
+        echo: u64_at(datagram, HEADER_BYTES + 16),
     };
     let protection = Protection::of_flags(header.flags);
-    if protection == Protection::Unauthenticated && !sealers.iter().any(|s| s.accepts_unauthenticated)
+    if protection == Protection::Unauthenticated
+        && !sealers.iter().any(|s| s.accepts_unauthenticated)
     {
         return Err(AuthError::Unauthenticated);
     }
@@ -317,6 +327,7 @@ mod tests {
         let stamp = Stamp {
             incarnation: 11,
             counter: 12,
+            echo: 13,
         };
         s.seal(Kind::Peer, CLUSTER, 2, stamp, protection, body, &mut out);
         out
@@ -342,6 +353,7 @@ mod tests {
             let (stamp, body, i) = open_owned(&d, std::slice::from_ref(&s)).unwrap();
             assert_eq!(stamp.incarnation, 11);
             assert_eq!(stamp.counter, 12);
+            assert_eq!(stamp.echo, 13);
             assert_eq!(body, b"raft messages");
             assert_eq!(i, 0);
             let on_wire = d.windows(13).any(|w| w == b"raft messages");
