@@ -11,6 +11,9 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# The libFuzzer builds go under the workspace's own target dir (target/fuzz), not a
+# second one in fuzz/.
+fuzz_target_dir=${CARGO_TARGET_DIR:-$PWD/target}/fuzz
 runs=${FUZZ_RUNS:-1000000}
 seconds=${FUZZ_SECONDS:-3600}
 sanitizer=${FUZZ_SANITIZER:-none}
@@ -20,7 +23,7 @@ if [ ${#targets[@]} -eq 0 ]; then
 fi
 
 cargo run -q -p kv-fuzz --bin kv-fuzz-seeds -- fuzz/corpus
-(cd fuzz && cargo +nightly fuzz build --sanitizer "$sanitizer")
+(cd fuzz && cargo +nightly fuzz build --sanitizer "$sanitizer" --target-dir "$fuzz_target_dir")
 
 commit=$(git rev-parse --short HEAD)
 summary=()
@@ -28,7 +31,7 @@ for t in "${targets[@]}"; do
     mkdir -p "fuzz/regressions/$t"
     log="fuzz/artifacts/$t.log"
     mkdir -p fuzz/artifacts
-    (cd fuzz && nice -n 10 cargo +nightly fuzz run --sanitizer "$sanitizer" "$t" \
+    (cd fuzz && nice -n 10 cargo +nightly fuzz run --sanitizer "$sanitizer" --target-dir "$fuzz_target_dir" "$t" \
         "corpus/$t" "regressions/$t" -- \
         -runs="$runs" -max_total_time="$seconds" -max_len=4096 -rss_limit_mb=2048 \
         -print_final_stats=1) 2>&1 | tee "$log" | grep -E "^#[0-9]+.*(pulse|DONE)|Done|ERROR|panicked" || true

@@ -269,6 +269,9 @@ struct Shared {
     outbox: mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>,
     counters: Counters,
     ids: Mutex<SmallRng>,
+    /// Each node's incarnation, by the address its replies come from: requests to it echo
+    /// it, so that a node refuses them once it has restarted, and other nodes always.
+    node_incarnations: Mutex<HashMap<SocketAddr, u64>>,
 }
 
 /// Aborts the client's tasks when the last handle goes away.
@@ -328,7 +331,7 @@ impl Client {
             socket,
             cluster_id: options.cluster_id,
             requests: Sealer::client_requests(&options.key.key),
-            replies: Sealer::client_replies(&options.key.key),
+            replies: Sealer::client_replies(&options.key.key).receiving_as(options.protection),
             key_id: options.key.id(),
             options,
             topology: Mutex::new(topology),
@@ -336,6 +339,7 @@ impl Client {
             outbox,
             counters: Counters::default(),
             ids: Mutex::new(SmallRng::seed_from_u64(entropy())),
+            node_incarnations: Mutex::new(HashMap::new()),
         });
         let tasks = Tasks(vec![
             tokio::spawn(receive_loop(Arc::downgrade(&shared))),
@@ -632,7 +636,7 @@ async fn receive_loop(shared: std::sync::Weak<Shared>) {
             // ICMP errors surface here on some systems; the retry logic handles the loss.
             Err(_) => continue,
         };
-        let Some(replies) = open_replies(&s, &mut buf[..len], &mut windows) else {
+        let Some(replies) = open_replies(&s, &mut buf[..len], from, &mut windows) else {
             bump(&s.counters.datagrams_dropped);
             continue;
         };
@@ -650,10 +654,13 @@ async fn receive_loop(shared: std::sync::Weak<Shared>) {
     }
 }
 
-/// A reply datagram's replies, if its header, tag and stamp are good.
+/// A reply datagram's replies, if its header, tag and stamp are good. A node that
+/// refused requests meant for its previous incarnation answers with no replies, only its
+/// stamp: the incarnation learnt here goes into the retries.
 fn open_replies(
     s: &Shared,
     datagram: &mut [u8],
+    from: SocketAddr,
     windows: &mut HashMap<u64, ReplayWindow>,
 ) -> Option<Vec<ClientReply>> {
     let (header, _) = wire::decode(datagram, s.cluster_id).ok()?;
@@ -662,11 +669,15 @@ fn open_replies(
     }
     let opened = auth::open(datagram, &header, std::slice::from_ref(&s.replies)).ok()?;
     let stamp = opened.stamp;
-    windows
-        .entry(header.sender)
-        .or_default()
-        .accept(stamp.incarnation, stamp.counter)
-        .ok()?;
+    let window = windows.entry(header.sender).or_default();
+    let known = window.incarnation();
+    window.accept(stamp.incarnation, stamp.counter).ok()?;
+    if window.incarnation() != known {
+        s.node_incarnations
+            .lock()
+            .expect("node incarnations lock")
+            .insert(from, stamp.incarnation);
+    }
     wire::decode_value::<Vec<ClientReply>>(opened.body).ok()
 }
 
@@ -696,11 +707,19 @@ async fn send_loop(
             items_max: CLIENT_REQUESTS_PER_DATAGRAM_MAX,
         };
         for (to, reqs) in by_dest {
+            let echo = s
+                .node_incarnations
+                .lock()
+                .expect("node incarnations lock")
+                .get(&to)
+                .copied()
+                .unwrap_or(0);
             // `execute` refused every request too large for a datagram of its own.
             for batch in pack_by(reqs, Vec::len, limit).batches {
                 let stamp = Stamp {
                     incarnation,
                     counter,
+                    echo,
                 };
                 counter += 1;
                 send_datagram(&s, to, &batch, stamp, &mut datagram).await;

@@ -257,6 +257,13 @@ async fn run(cli: Cli, style: Style) -> anyhow::Result<i32> {
         config.resolve_key_paths(&cli.conn.local_dir);
         ClientOptions::from_config(&config, key_for(Some(&config))?)
     };
+    if options.protection == kv_shared::auth::Protection::Unauthenticated {
+        eprintln!(
+            "warning: the cluster file says protection = \"none\": nothing authenticates \
+             this cluster's traffic (allowed on loopback only, for measuring what \
+             authentication costs)"
+        );
+    }
     options.unavailable_after = cli.conn.unavailable_after;
     options.attempt_timeout = cli.conn.attempt_timeout;
     if local.is_some() {

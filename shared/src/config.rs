@@ -271,6 +271,18 @@ impl ClusterConfig {
             (None, Some(files)) => files,
             (None, None) => Vec::new(),
         };
+        if raw.protection == Protection::Unauthenticated {
+            // Unauthenticated traffic is safe only where no one else can send: a cluster
+            // that lives on one host. Listing any other address makes the file invalid.
+            if let Some(n) = raw.nodes.iter().find(|n| !n.addr.ip().is_loopback()) {
+                return invalid(format!(
+                    "protection = \"none\" is allowed only when every node address is \
+                     loopback (it is for measuring what authentication costs); node {} \
+                     listens on {}",
+                    n.id, n.addr
+                ));
+            }
+        }
         if raw.client_key_files.len() > CLIENT_KEYS_MAX {
             return invalid(format!(
                 "{} client_key_files listed; the limit CLIENT_KEYS_MAX is {CLIENT_KEYS_MAX}",
@@ -454,6 +466,31 @@ mod tests {
                     [[nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\n";
         let e = ClusterConfig::from_toml(both).unwrap_err().to_string();
         assert!(e.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn protection_none_is_accepted_only_when_every_node_is_loopback() {
+        let file = |addrs: &[&str]| {
+            let mut t = "cluster_id = 1\nshards = 2\nprotection = \"none\"\n".to_string();
+            for (i, a) in addrs.iter().enumerate() {
+                t += &format!("[[nodes]]\nid = {}\naddr = \"{a}\"\n", i + 1);
+            }
+            ClusterConfig::from_toml(&t)
+        };
+        let ok = file(&["127.0.0.1:7101", "127.0.0.2:7102", "[::1]:7103"]).unwrap();
+        assert_eq!(ok.protection, Protection::Unauthenticated);
+        for addrs in [
+            &["127.0.0.1:7101", "10.0.0.2:7102"][..],
+            &["0.0.0.0:7101"][..],
+            &["[::]:7101"][..],
+            &["192.168.1.5:7101"][..],
+        ] {
+            let e = file(addrs).unwrap_err().to_string();
+            assert!(
+                e.contains("protection = \"none\"") && e.contains("loopback"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

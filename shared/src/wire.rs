@@ -18,8 +18,11 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"RKV1");
 pub const VERSION: u8 = 2;
 /// Flag bit: the payload's body is encrypted (see [`crate::auth`]).
 pub const FLAG_ENCRYPTED: u8 = 1;
+/// Flag bit: the payload carries no tag that proves its sender (`protection = "none"`,
+/// loopback clusters only; see [`crate::auth`]). Never set with [`FLAG_ENCRYPTED`].
+pub const FLAG_UNAUTHENTICATED: u8 = 2;
 /// Every flag bit this version knows; a datagram with another one is refused.
-const FLAGS_KNOWN: u8 = FLAG_ENCRYPTED;
+const FLAGS_KNOWN: u8 = FLAG_ENCRYPTED | FLAG_UNAUTHENTICATED;
 /// Offset of the CRC32C field; the header bytes before it are what a MAC covers.
 pub const CRC_OFFSET: usize = 28;
 /// Header size in bytes.
@@ -113,8 +116,23 @@ pub enum WireError {
 /// # Panics
 /// If the payload exceeds [`PAYLOAD_BYTES_MAX`]: the encoder must split before this.
 pub fn encode(kind: Kind, cluster_id: u64, sender: u64, payload: &[u8], out: &mut Vec<u8>) {
+    encode_with_flags(kind, 0, cluster_id, sender, payload, out);
+}
+
+/// [`encode`] with flag bits (a sealed payload's, as [`crate::auth`] writes them).
+///
+/// # Panics
+/// If the payload exceeds [`PAYLOAD_BYTES_MAX`].
+pub fn encode_with_flags(
+    kind: Kind,
+    flags: u8,
+    cluster_id: u64,
+    sender: u64,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) {
     let start = out.len();
-    push_header(kind, 0, cluster_id, sender, payload.len(), out);
+    push_header(kind, flags, cluster_id, sender, payload.len(), out);
     out.extend_from_slice(payload);
     write_crc(&mut out[start..]);
 }
@@ -187,7 +205,8 @@ pub fn decode(datagram: &[u8], cluster_id: u64) -> Result<(Header, &[u8]), WireE
     }
     let kind = Kind::from_u8(datagram[5]).ok_or(WireError::BadKind(datagram[5]))?;
     let flags = datagram[6];
-    if flags & !FLAGS_KNOWN != 0 || datagram[7] != 0 {
+    let contradictory = flags & FLAG_ENCRYPTED != 0 && flags & FLAG_UNAUTHENTICATED != 0;
+    if flags & !FLAGS_KNOWN != 0 || contradictory || datagram[7] != 0 {
         return Err(WireError::BadFlags(flags));
     }
     let declared = u32_at(24) as usize;
@@ -254,6 +273,20 @@ mod tests {
             let mut bad = out.clone();
             bad[i / 8] ^= 1 << (i % 8);
             assert!(decode(&bad, 9).is_err(), "flip of bit {i} not caught");
+        }
+    }
+
+    #[test]
+    fn flags_round_trip_and_contradictory_or_unknown_ones_are_refused() {
+        for flags in [0, FLAG_ENCRYPTED, FLAG_UNAUTHENTICATED] {
+            let mut out = Vec::new();
+            encode_with_flags(Kind::Peer, flags, 9, 2, b"x", &mut out);
+            assert_eq!(decode(&out, 9).unwrap().0.flags, flags);
+        }
+        for flags in [FLAG_ENCRYPTED | FLAG_UNAUTHENTICATED, 4, 0x80] {
+            let mut out = Vec::new();
+            encode_with_flags(Kind::Peer, flags, 9, 2, b"x", &mut out);
+            assert_eq!(decode(&out, 9).unwrap_err(), WireError::BadFlags(flags));
         }
     }
 

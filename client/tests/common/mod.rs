@@ -268,6 +268,7 @@ async fn node_loop(
         let stamp = Stamp {
             incarnation: 1,
             counter,
+            echo: 0,
         };
         counter += 1;
         replies_sealer.seal(

@@ -77,6 +77,13 @@ impl NodeKeys {
         for path in &cluster.client_key_files {
             clients.push((path.clone(), auth::read_client_key(path)?));
         }
+        if cluster.protection == Protection::Unauthenticated {
+            tracing::warn!(
+                "protection = \"none\": this node sends and accepts datagrams that nothing \
+                 authenticates; the cluster file allows it only on loopback addresses, for \
+                 measuring what authentication costs. Never run a cluster you rely on this way"
+            );
+        }
         Self::from_keys(peer, cluster.protection, clients)
     }
 
@@ -103,7 +110,7 @@ impl NodeKeys {
             by_id.insert(c.id(), entries.len());
             files.push(path);
             entries.push(ClientEntry {
-                requests: Sealer::client_requests(&c.key),
+                requests: Sealer::client_requests(&c.key).receiving_as(protection),
                 replies: Sealer::client_replies(&c.key),
                 name: c.name,
                 permission: c.permission,
@@ -126,7 +133,7 @@ impl NodeKeys {
     pub fn peer_receivers(&self, me: NodeId, peer: NodeId) -> Vec<Sealer> {
         self.cluster
             .iter()
-            .map(|k| Sealer::peer(k, peer.0, me.0))
+            .map(|k| Sealer::peer(k, peer.0, me.0).receiving_as(self.protection))
             .collect()
     }
 
@@ -240,6 +247,7 @@ mod tests {
         let s = |incarnation, counter| Stamp {
             incarnation,
             counter,
+            echo: 0,
         };
         assert_eq!(w.accept(1, s(10, 0)), Ok(()));
         assert_eq!(w.accept(1, s(10, 0)), Err(ReplayError::Duplicate(0)));
@@ -255,6 +263,7 @@ mod tests {
         let s = |incarnation| Stamp {
             incarnation,
             counter: 0,
+            echo: 0,
         };
         for i in 0..CLIENT_REPLAY_WINDOWS_MAX as u64 {
             assert_eq!(w.accept(1, s(i)), Ok(()));

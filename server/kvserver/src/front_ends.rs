@@ -79,8 +79,7 @@ pub async fn start(opts: &ServerOptions, metrics: Metrics) -> Result<FrontEnds, 
             );
             return Ok(FrontEnds { tasks, local_reads });
         };
-        let users = resp::users::Users::load(&opts.cluster)
-            .map_err(|e| ServerError::GatewayKey(e.to_string()))?;
+        let users = resp::users::Users::load(&opts.cluster).map_err(ServerError::RespUsers)?;
         let client_options = ClientOptions::from_config(&opts.cluster, key);
         let node = opts.node;
         tasks.0.push(tokio::spawn(async move {

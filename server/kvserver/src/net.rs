@@ -5,7 +5,7 @@
 
 use crate::ratelimit::RateLimit;
 use kv_node::ClientToken;
-use kv_shared::auth::{AuthError, ReplayError};
+use kv_shared::auth::{AuthError, Protection, ReplayError};
 use kv_shared::wire::WireError;
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -16,31 +16,45 @@ use std::time::{Duration, Instant};
 /// tag verified create entries, so unauthenticated traffic cannot flush real clients out.
 pub const CLIENT_V6_ADDRS_MAX: usize = 4096;
 
-/// Tag bit of tokens that index the IPv6 table (IPv4 tokens use the low 59 bits only).
+/// Most clients told this node's incarnation (an empty reply to requests meant for its
+/// previous one) per flush; past it the client's retry is refused again and answered later.
+pub const CLIENT_HELLOS_PER_FLUSH_MAX: usize = 256;
+
+/// Tag bit of tokens that index the IPv6 table (IPv4 tokens use the low 60 bits only).
 const V6_TAG: u64 = 1 << 63;
 /// IPv4 tokens: the address and port in bits 0..48, the route above them.
 const V4_ROUTE_SHIFT: u32 = 48;
 
 /// Where replies to one client go besides its address: which client key seals them, and
-/// whether they are encrypted (as the request was).
+/// how they are protected (as the request was).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ClientRoute {
     /// Index of the client key ([`crate::auth::NodeKeys::client_index`]).
     pub key_index: u16,
-    /// Encrypt the replies.
-    pub encrypted: bool,
+    /// How the replies are sealed.
+    pub protection: Protection,
 }
 
 impl ClientRoute {
-    /// 11 bits: 10 for the key index (CLIENT_KEYS_MAX is 1024), 1 for encryption.
+    /// 12 bits: 10 for the key index (CLIENT_KEYS_MAX is 1024), 2 for the protection.
     fn bits(self) -> u64 {
-        u64::from(self.key_index) << 1 | u64::from(self.encrypted)
+        let protection = match self.protection {
+            Protection::Mac => 0,
+            Protection::Encrypt => 1,
+            Protection::Unauthenticated => 2,
+        };
+        u64::from(self.key_index) << 2 | protection
     }
 
     fn from_bits(b: u64) -> ClientRoute {
+        let protection = match b & 3 {
+            0 => Protection::Mac,
+            1 => Protection::Encrypt,
+            _ => Protection::Unauthenticated,
+        };
         ClientRoute {
-            key_index: (b >> 1) as u16,
-            encrypted: b & 1 == 1,
+            key_index: (b >> 2) as u16,
+            protection,
         }
     }
 }
@@ -109,7 +123,8 @@ pub enum DropReason {
     BadChecksum,
     /// Another cluster's datagram.
     WrongCluster,
-    /// The payload has no room for a stamp and a tag (sent unauthenticated).
+    /// The payload has no room for a stamp and a tag, or it says it was sent
+    /// unauthenticated (`protection = "none"`) to a node not set to accept that.
     Unsealed,
     /// The tag does not verify: forged, or sealed under a key this node does not hold.
     BadTag,
@@ -118,6 +133,10 @@ pub enum DropReason {
     /// A verified datagram from an older incarnation of its sender (a replay from before
     /// the sender's restart).
     OldIncarnation,
+    /// A verified datagram meant for another incarnation of this node: recorded before
+    /// it restarted, or sent by a peer that had not heard from it yet (a few at every
+    /// start, each answered with this node's stamp).
+    WrongIncarnation,
     /// The header is fine and the tag verified but the payload does not decode.
     BadPayload,
     /// A peer datagram from a node id that is not a member (or is this node).
@@ -134,7 +153,7 @@ pub enum DropReason {
     SendFailed,
 }
 
-const DROP_KINDS: usize = 14;
+const DROP_KINDS: usize = 15;
 
 impl DropReason {
     fn index(self) -> usize {
@@ -151,6 +170,7 @@ impl DropReason {
             DropReason::BadTag => "bad_tag",
             DropReason::Replayed => "replayed",
             DropReason::OldIncarnation => "old_incarnation",
+            DropReason::WrongIncarnation => "wrong_incarnation",
             DropReason::BadPayload => "bad_payload",
             DropReason::UnknownSender => "unknown_sender",
             DropReason::UnknownClient => "unknown_client",
@@ -170,6 +190,7 @@ impl DropReason {
         DropReason::BadTag,
         DropReason::Replayed,
         DropReason::OldIncarnation,
+        DropReason::WrongIncarnation,
         DropReason::BadPayload,
         DropReason::UnknownSender,
         DropReason::UnknownClient,
@@ -197,7 +218,7 @@ impl DropReason {
     /// The counter a failed open belongs to.
     pub fn of_auth_error(e: &AuthError) -> DropReason {
         match e {
-            AuthError::Unsealed(_) => DropReason::Unsealed,
+            AuthError::Unsealed(_) | AuthError::Unauthenticated => DropReason::Unsealed,
             AuthError::BadTag => DropReason::BadTag,
         }
     }
@@ -207,6 +228,7 @@ impl DropReason {
         match e {
             ReplayError::OldIncarnation { .. } => DropReason::OldIncarnation,
             ReplayError::TooOld { .. } | ReplayError::Duplicate(_) => DropReason::Replayed,
+            ReplayError::WrongIncarnation { .. } => DropReason::WrongIncarnation,
         }
     }
 }
@@ -294,7 +316,7 @@ mod tests {
 
     const ROUTE: ClientRoute = ClientRoute {
         key_index: 1023,
-        encrypted: true,
+        protection: Protection::Encrypt,
     };
 
     #[test]
@@ -311,7 +333,11 @@ mod tests {
                 ROUTE,
                 ClientRoute {
                     key_index: 0,
-                    encrypted: false,
+                    protection: Protection::Mac,
+                },
+                ClientRoute {
+                    key_index: 1023,
+                    protection: Protection::Unauthenticated,
                 },
             ] {
                 let t = m.token_for(a, route);

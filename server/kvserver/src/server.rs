@@ -16,18 +16,19 @@
 use crate::auth::{next_incarnation, ClientWindows, NodeKeys};
 use crate::disk::{DiskEvent, DiskThread, LogStore};
 use crate::metrics::{MeteredStore, Metrics, UdpRequests};
-use crate::net::{ClientAddrs, ClientRoute, Counters, DropReason};
+use crate::net::{ClientAddrs, ClientRoute, Counters, DropReason, CLIENT_HELLOS_PER_FLUSH_MAX};
 use crate::resp::local::{LocalInbox, LocalRead, LOCAL_TOKEN};
 use crate::{core_events, front_ends};
 use kv_node::{codec, ClientToken, NodeConfig, NodeCore, WriteRefusal};
 use kv_shared::auth::{
-    self as kv_auth, Permission, Protection, ReplayWindow, Sealer, Stamp, BODY_BYTES_MAX,
+    self as kv_auth, EchoRule, Permission, Protection, ReplayError, ReplayWindow, Sealer, Stamp,
+    BODY_BYTES_MAX,
 };
 use kv_shared::config::ClusterConfig;
 use kv_shared::limits::{CLIENT_REQUESTS_PER_DATAGRAM_MAX, DATAGRAM_BYTES_MAX};
 use kv_shared::pack::{encoded_bytes, pack, PackLimit};
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Outcome};
-use kv_shared::wire::{self, Kind, FLAG_ENCRYPTED};
+use kv_shared::wire::{self, Kind};
 use kv_shared::NodeId;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -125,6 +126,9 @@ pub enum ServerError {
     /// The Redis gateway's client key file is missing, unreadable or malformed.
     #[error("the Redis gateway's client key: {0}")]
     GatewayKey(#[source] kv_shared::auth::KeyFileError),
+    /// The Redis front end's users could not be set up from the cluster file.
+    #[error("the Redis front end's users: {0}")]
+    RespUsers(#[source] crate::resp::users::UsersError),
     /// The socket (or the disk thread's creation) failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -153,7 +157,9 @@ impl ServerError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ServerError::Storage { .. } | ServerError::Recovery { .. } => 3,
-            ServerError::NotAMember { .. } | ServerError::GatewayKey(_) => 2,
+            ServerError::NotAMember { .. }
+            | ServerError::GatewayKey(_)
+            | ServerError::RespUsers(_) => 2,
             ServerError::DataDir { .. }
             | ServerError::Bind { .. }
             | ServerError::Io(_)
@@ -278,6 +284,8 @@ pub async fn run_with_store<S: LogStore>(
         me,
         cluster_id: opts.cluster.cluster_id,
         peer_windows: vec![ReplayWindow::default(); peers.len()],
+        hello_due: vec![false; peers.len()],
+        client_hellos: Vec::new(),
         peer_send,
         peer_recv,
         peers,
@@ -361,8 +369,16 @@ struct EventLoop {
     me: NodeId,
     cluster_id: u64,
     peers: Vec<(NodeId, SocketAddr)>,
-    /// The replay window of each peer, in the order of `peers`.
+    /// The replay window of each peer, in the order of `peers`; its incarnation is what
+    /// this node's datagrams to the peer echo.
     peer_windows: Vec<ReplayWindow>,
+    /// Peers that sent a datagram meant for another incarnation of this node since the
+    /// last flush: each gets this node's stamp in a datagram of its own, unless the flush
+    /// sends it one anyway.
+    hello_due: Vec<bool>,
+    /// Clients whose requests were meant for another incarnation of this node since the
+    /// last flush: each gets an empty reply datagram that carries this node's stamp.
+    client_hellos: Vec<(SocketAddr, ClientRoute)>,
     /// Seals what this node sends to each peer, in the order of `peers`.
     peer_send: Vec<Sealer>,
     /// Opens what each peer sends, under every cluster key held, in the order of `peers`.
@@ -590,7 +606,15 @@ impl EventLoop {
             }
         };
         let stamp = opened.stamp;
-        if let Err(e) = self.peer_windows[peer].accept(stamp.incarnation, stamp.counter) {
+        let checked = self.peer_windows[peer]
+            .accept(stamp.incarnation, stamp.counter)
+            .and_then(|()| {
+                // The window learnt the sender's incarnation even if the datagram was not
+                // meant for this one: the hello below tells the sender this one.
+                kv_auth::check_echo(stamp.echo, self.incarnation, EchoRule::Current)
+                    .inspect_err(|_| self.hello_due[peer] = true)
+            });
+        if let Err(e) = checked {
             let why = format_args!("peer datagram from {sender}: {e}");
             self.counters
                 .dropped(DropReason::of_replay_error(&e), from, &why);
@@ -627,7 +651,34 @@ impl EventLoop {
                 return;
             }
         };
-        if let Err(e) = self.client_windows.accept(header.sender, opened.stamp) {
+        let checked = self
+            .client_windows
+            .accept(header.sender, opened.stamp)
+            .and_then(|()| {
+                let echo = opened.stamp.echo;
+                kv_auth::check_echo(echo, self.incarnation, EchoRule::CurrentOrUnknown)
+            });
+        if let Err(e @ ReplayError::WrongIncarnation { .. }) = checked {
+            // Sent to this node before it restarted: the client learns the incarnation
+            // from an empty reply (no larger than the request) and retries.
+            let hello = (
+                from,
+                ClientRoute {
+                    key_index: index as u16,
+                    protection: Protection::of_flags(header.flags),
+                },
+            );
+            if self.client_hellos.len() < CLIENT_HELLOS_PER_FLUSH_MAX
+                && !self.client_hellos.contains(&hello)
+            {
+                self.client_hellos.push(hello);
+            }
+            let why = format_args!("client requests of {:?}: {e}", client.name);
+            self.counters
+                .dropped(DropReason::of_replay_error(&e), from, &why);
+            return;
+        }
+        if let Err(e) = checked {
             let why = format_args!("client requests of {:?}: {e}", client.name);
             self.counters
                 .dropped(DropReason::of_replay_error(&e), from, &why);
@@ -659,7 +710,7 @@ impl EventLoop {
         }
         let route = ClientRoute {
             key_index: index as u16,
-            encrypted: header.flags & FLAG_ENCRYPTED != 0,
+            protection: Protection::of_flags(header.flags),
         };
         let token = self.clients.token_for(from, route);
         for req in reqs {
@@ -679,13 +730,15 @@ impl EventLoop {
         }
     }
 
-    /// The stamp of the next datagram this node seals.
-    fn next_stamp(&mut self) -> Stamp {
+    /// The stamp of the next datagram this node seals, to a receiver whose incarnation
+    /// this node knows to be `echo` (0: unknown).
+    fn next_stamp(&mut self, echo: u64) -> Stamp {
         let counter = self.sent_counter;
         self.sent_counter += 1;
         Stamp {
             incarnation: self.incarnation,
             counter,
+            echo,
         }
     }
 
@@ -726,25 +779,24 @@ impl EventLoop {
                 debug_assert!(false, "the core addressed {to}, not a peer");
                 continue;
             };
-            let addr = self.peers[peer].1;
-            // codec::split packed every batch to fit a sealed body.
+            // codec::split made every batch fit a sealed body.
             let len = postcard::to_slice(&msgs, &mut self.payload_buf)
                 .expect("a batch from codec::split fits BODY_BYTES_MAX")
                 .len();
-            let stamp = self.next_stamp();
-            self.datagram_buf.clear();
-            self.peer_send[peer].seal(
-                Kind::Peer,
-                self.cluster_id,
-                self.me.0,
-                stamp,
-                self.keys.protection,
-                &self.payload_buf[..len],
-                &mut self.datagram_buf,
-            );
-            let datagram = std::mem::take(&mut self.datagram_buf);
-            self.send(&datagram, addr).await;
-            self.datagram_buf = datagram;
+            self.send_to_peer(peer, len).await;
+        }
+        for peer in 0..self.peers.len() {
+            if std::mem::take(&mut self.hello_due[peer]) {
+                // An empty batch: its stamp tells the peer this node's incarnation.
+                let empty: &[kv_node::GroupMessage] = &[];
+                let len = postcard::to_slice(empty, &mut self.payload_buf)
+                    .expect("an empty batch fits")
+                    .len();
+                self.send_to_peer(peer, len).await;
+            }
+        }
+        for (addr, route) in std::mem::take(&mut self.client_hellos) {
+            self.send_replies(addr, route, &[]).await;
         }
         let mut replies = out.replies;
         if replies.iter().any(|(token, _)| *token == LOCAL_TOKEN) {
@@ -784,19 +836,40 @@ impl EventLoop {
         }
     }
 
-    /// Sends `replies` to one client, sealed under its key, in as few datagrams as fit.
+    /// Seals the first `len` bytes of `payload_buf` for `peer` and sends them.
+    async fn send_to_peer(&mut self, peer: usize, len: usize) {
+        // Whatever this node sends the peer tells it this node's incarnation.
+        self.hello_due[peer] = false;
+        let stamp = self.next_stamp(self.peer_windows[peer].incarnation());
+        self.datagram_buf.clear();
+        self.peer_send[peer].seal(
+            Kind::Peer,
+            self.cluster_id,
+            self.me.0,
+            stamp,
+            self.keys.protection,
+            &self.payload_buf[..len],
+            &mut self.datagram_buf,
+        );
+        let datagram = std::mem::take(&mut self.datagram_buf);
+        self.send(&datagram, self.peers[peer].1).await;
+        self.datagram_buf = datagram;
+    }
+
+    /// Sends `replies` to one client, sealed under its key, in as few datagrams as fit;
+    /// no replies make one datagram that carries only this node's stamp.
     async fn send_replies(
         &mut self,
         addr: SocketAddr,
         route: ClientRoute,
         replies: &[&ClientReply],
     ) {
-        let protection = if route.encrypted {
-            Protection::Encrypt
-        } else {
-            Protection::Mac
-        };
-        let packed = pack(replies.iter().copied(), PackLimit::bytes(BODY_BYTES_MAX));
+        let protection = route.protection;
+        let mut packed = pack(replies.iter().copied(), PackLimit::bytes(BODY_BYTES_MAX));
+        if replies.is_empty() {
+            // A hello: one empty batch whose stamp tells the client this node's incarnation.
+            packed.batches.push(Vec::new());
+        }
         for reply in &packed.too_large {
             self.counters.dropped(
                 DropReason::SendFailed,
@@ -811,7 +884,8 @@ impl EventLoop {
             let len = postcard::to_slice(&batch, &mut self.payload_buf)
                 .expect("a packed batch fits BODY_BYTES_MAX")
                 .len();
-            let stamp = self.next_stamp();
+            // Clients do not check the echo of a reply: 0.
+            let stamp = self.next_stamp(0);
             self.datagram_buf.clear();
             self.keys.client(usize::from(route.key_index)).replies.seal(
                 Kind::ClientReplies,

@@ -1,6 +1,7 @@
 //! The runtime run in-process through its library entry points (`run`, `run_with_store`)
-//! on a port-0 socket: a clean shutdown keeps what was acknowledged, and a full disk
-//! makes the node refuse writes while it keeps serving reads, until space frees up.
+//! on a port-0 socket: a clean shutdown keeps what was acknowledged, a full disk makes
+//! the node refuse writes while it keeps serving reads, until space frees up, and a kvcli
+//! client follows its node across a restart.
 
 use kv_e2e::client::{CallError, Client};
 use kv_node::DiskOp;
@@ -25,9 +26,16 @@ const SHARDS: u32 = 4;
 
 /// A one-node cluster on a socket bound to port 0.
 fn one_node(rt: &tokio::runtime::Runtime, data_dir: &Path) -> (UdpSocket, ServerOptions) {
-    let socket = rt
-        .block_on(UdpSocket::bind("127.0.0.1:0"))
-        .expect("bind port 0");
+    one_node_at(rt, data_dir, "127.0.0.1:0".parse().expect("address"))
+}
+
+/// A one-node cluster on a socket bound to `bind`.
+fn one_node_at(
+    rt: &tokio::runtime::Runtime,
+    data_dir: &Path,
+    bind: SocketAddr,
+) -> (UdpSocket, ServerOptions) {
+    let socket = rt.block_on(UdpSocket::bind(bind)).expect("bind");
     let addr = socket.local_addr().expect("local addr");
     let toml = format!(
         "cluster_id = {CLUSTER_ID}\nshards = {SHARDS}\n[[nodes]]\nid = 1\naddr = \"{addr}\"\n"
@@ -168,6 +176,54 @@ fn a_full_disk_refuses_writes_serves_reads_and_recovers_when_space_frees_up() {
     // The stalled write is retried within DISK_FULL_RETRY; then writes are accepted.
     c.put("after", "3");
     assert_eq!(c.get("after"), Some("3".into()));
+    stop.send(()).expect("node still running");
+    rt.block_on(node)
+        .expect("node task")
+        .expect("clean shutdown");
+}
+
+/// The restarted node (same address, same data, a new incarnation) refuses the client's
+/// next requests, which echo the incarnation it had, as meant for that one, and answers
+/// them with its stamp alone; the client's retries echo the new one and are served.
+#[test]
+fn a_kvcli_client_follows_its_node_across_a_restart() {
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (socket, opts) = one_node(&rt, dir.path());
+    let addr = socket.local_addr().unwrap();
+    let cluster = opts.cluster.clone();
+    let (stop, shutdown) = shutdown_pair();
+    let node = rt.spawn(run(socket, opts, shutdown));
+    let options = kvcli::ClientOptions::from_config(&cluster, tester());
+    let client = rt
+        .block_on(kvcli::Client::connect(options))
+        .expect("connect");
+    let mut session = client.session();
+    rt.block_on(session.put("k", "before")).expect("put");
+    stop.send(()).expect("node still running");
+    rt.block_on(node)
+        .expect("node task")
+        .expect("clean shutdown");
+
+    let (socket, opts) = one_node_at(&rt, dir.path(), addr);
+    let (stop, shutdown) = shutdown_pair();
+    let node = rt.spawn(run(socket, opts, shutdown));
+    rt.block_on(session.put("k", "after"))
+        .expect("put after the restart");
+    let got = rt.block_on(session.get("k")).expect("get");
+    assert_eq!(got.as_deref(), Some(&b"after"[..]));
+    let reports = rt.block_on(client.status(Duration::from_secs(5)));
+    let (status, _) = reports[0].result.as_ref().expect("status");
+    let refused = status
+        .drops
+        .iter()
+        .find(|(reason, _)| reason == "wrong_incarnation")
+        .map(|(_, n)| *n);
+    assert!(
+        refused >= Some(1),
+        "the first request after the restart echoed the old incarnation: {:?}",
+        status.drops
+    );
     stop.send(()).expect("node still running");
     rt.block_on(node)
         .expect("node task")

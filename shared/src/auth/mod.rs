@@ -2,12 +2,14 @@
 //! datagrams (a tag under a key, or authenticated encryption), and the replay window.
 //!
 //! Every datagram kvserver accepts carries, after the [`crate::wire`] header, a stamp
-//! (`incarnation u64 | counter u64`), the body, and a 16-byte tag (keyed BLAKE3, or
-//! XChaCha20-Poly1305 when encrypted).
+//! (`incarnation u64 | counter u64 | echo u64`), the body, and a 16-byte tag (keyed
+//! BLAKE3, or XChaCha20-Poly1305 when encrypted).
 //! Peers seal under the cluster key; clients under their own named key. The tag covers
 //! the whole header (kind, flags, cluster id, sender, length), the stamp and the body;
 //! it is checked before a byte of the body is decoded. The stamp feeds a
-//! [`ReplayWindow`] per sender, so a captured datagram is accepted at most once.
+//! [`ReplayWindow`] per sender, so a captured datagram is accepted at most once, and its
+//! echo ([`check_echo`]) binds it to the receiver's incarnation, so a datagram captured
+//! before the receiver restarted is not processed after.
 //! docs/SECURITY.md states the trust model these pieces implement.
 
 mod keys;
@@ -19,7 +21,7 @@ pub use keys::{
     read_cluster_key, session_id, write_client_key, write_cluster_key, ClientKey, Key,
     KeyFileError, Permission, KEY_BYTES,
 };
-pub use replay::{ReplayError, ReplayWindow, REPLAY_WINDOW_COUNTERS};
+pub use replay::{check_echo, EchoRule, ReplayError, ReplayWindow, REPLAY_WINDOW_COUNTERS};
 pub use seal::{
     open, AuthError, Opened, Protection, Sealer, Stamp, AUTH_OVERHEAD_BYTES, BODY_BYTES_MAX,
     STAMP_BYTES, TAG_BYTES,

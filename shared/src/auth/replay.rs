@@ -33,6 +33,36 @@ pub enum ReplayError {
     /// Seen before.
     #[error("counter {0} was already received")]
     Duplicate(u64),
+    /// Meant for another incarnation of this receiver: sent before it restarted, or (echo
+    /// 0) before the sender heard from it.
+    #[error("meant for incarnation {echo} of this receiver, which is at {current}")]
+    WrongIncarnation {
+        /// The receiver's incarnation the datagram echoes.
+        echo: u64,
+        /// The receiver's current incarnation.
+        current: u64,
+    },
+}
+
+/// Which echoes (see [`crate::auth::Stamp::echo`]) a receiver accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EchoRule {
+    /// Only its current incarnation: between nodes, which always hear from each other
+    /// (a sender that has not is answered with an empty datagram that tells it).
+    Current,
+    /// Its current incarnation, or 0 from a sender that has not heard from it yet: client
+    /// requests, whose first datagram to a node cannot know the node's incarnation.
+    CurrentOrUnknown,
+}
+
+/// Checks that a verified datagram whose stamp echoes `echo` is meant for the receiver's
+/// `current` incarnation under `rule`.
+pub fn check_echo(echo: u64, current: u64, rule: EchoRule) -> Result<(), ReplayError> {
+    match (echo == current, rule) {
+        (true, _) => Ok(()),
+        (false, EchoRule::CurrentOrUnknown) if echo == 0 => Ok(()),
+        _ => Err(ReplayError::WrongIncarnation { echo, current }),
+    }
 }
 
 /// One sender's window.
@@ -55,6 +85,12 @@ impl Default for ReplayWindow {
 }
 
 impl ReplayWindow {
+    /// The sender's newest incarnation accepted (0 before the first datagram): what a
+    /// reply to it echoes.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
     /// Accepts `(incarnation, counter)` if it is new, recording it; else says why not.
     /// A newer incarnation starts a fresh window (the sender restarted).
     pub fn accept(&mut self, incarnation: u64, counter: u64) -> Result<(), ReplayError> {
@@ -177,8 +213,10 @@ mod tests {
     fn incarnation_up_resets_and_down_is_refused() {
         let mut w = ReplayWindow::default();
         assert_eq!(w.accept(7, 100), Ok(()));
+        assert_eq!(w.incarnation(), 7);
         // A restarted sender counts from 0 again under a newer incarnation.
         assert_eq!(w.accept(8, 0), Ok(()));
+        assert_eq!(w.incarnation(), 8);
         assert_eq!(w.accept(8, 100), Ok(()));
         assert_eq!(w.accept(8, 0), Err(ReplayError::Duplicate(0)));
         // Replays of the previous incarnation's traffic are refused, whatever their counter.
@@ -188,6 +226,32 @@ mod tests {
                 Err(ReplayError::OldIncarnation { got: 7, current: 8 })
             );
         }
+    }
+
+    #[test]
+    fn echoes_of_another_incarnation_are_refused() {
+        // A datagram recorded before the receiver restarted echoes its old incarnation.
+        assert_eq!(check_echo(5, 5, EchoRule::Current), Ok(()));
+        for rule in [EchoRule::Current, EchoRule::CurrentOrUnknown] {
+            assert_eq!(
+                check_echo(4, 5, rule),
+                Err(ReplayError::WrongIncarnation {
+                    echo: 4,
+                    current: 5
+                })
+            );
+            assert!(check_echo(6, 5, rule).is_err());
+        }
+        // Echo 0: "I have not heard from you". A node answers it and processes nothing;
+        // a client's first request is served.
+        assert_eq!(
+            check_echo(0, 5, EchoRule::Current),
+            Err(ReplayError::WrongIncarnation {
+                echo: 0,
+                current: 5
+            })
+        );
+        assert_eq!(check_echo(0, 5, EchoRule::CurrentOrUnknown), Ok(()));
     }
 
     #[test]

@@ -3,8 +3,12 @@
 //! 16 bytes, compared in constant time (`subtle`); with [`Protection::Encrypt`] the body
 //! is encrypted in place with XChaCha20-Poly1305 (RustCrypto), the header and stamp
 //! being its associated data. Each mode has its own derived key.
+//! [`Protection::Unauthenticated`] exists to measure what the other two cost: the same
+//! layout with a zero tag, accepted only by a receiver set to it (which the cluster file
+//! allows only when every node address is loopback).
 //!
-//! Payload layout after the wire header: `incarnation u64 | counter u64 | body | tag[16]`.
+//! Payload layout after the wire header:
+//! `incarnation u64 | counter u64 | echo u64 | body | tag[16]`.
 //! The nonce is `sender | incarnation | counter`: a sender never repeats a (incarnation,
 //! counter) pair, so a nonce never repeats under a key. Each direction has its own
 //! derived key, so a node's replies and a client's requests never share a nonce space,
@@ -13,15 +17,16 @@
 
 use super::keys::Key;
 use crate::wire::{
-    self, Header, Kind, CRC_OFFSET, FLAG_ENCRYPTED, HEADER_BYTES, PAYLOAD_BYTES_MAX,
+    self, Header, Kind, CRC_OFFSET, FLAG_ENCRYPTED, FLAG_UNAUTHENTICATED, HEADER_BYTES,
+    PAYLOAD_BYTES_MAX,
 };
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{KeyInit, Tag, XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-/// Bytes of the stamp (incarnation and counter) before the body.
-pub const STAMP_BYTES: usize = 16;
+/// Bytes of the stamp (incarnation, counter, echo) before the body.
+pub const STAMP_BYTES: usize = 24;
 /// Bytes of the tag after the body.
 pub const TAG_BYTES: usize = 16;
 /// What sealing adds to a body.
@@ -30,8 +35,9 @@ pub const AUTH_OVERHEAD_BYTES: usize = STAMP_BYTES + TAG_BYTES;
 pub const BODY_BYTES_MAX: usize = PAYLOAD_BYTES_MAX - AUTH_OVERHEAD_BYTES;
 
 /// How a sender protects its datagrams (the cluster file's `protection`). Receivers
-/// accept both (the flag is covered by the tag), so the setting can change node by node.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// accept both `mac` and `encrypt` (the flag is covered by the tag), so the setting can
+/// change node by node; only a receiver set to `none` accepts unauthenticated datagrams.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protection {
     /// Authenticated, readable on the wire.
@@ -39,16 +45,59 @@ pub enum Protection {
     Mac,
     /// Authenticated and encrypted.
     Encrypt,
+    /// No proof of the sender at all (`none`): for measuring what authentication costs,
+    /// on a cluster whose every node address is loopback (the cluster file refuses it
+    /// otherwise). Such a receiver still verifies authenticated datagrams.
+    #[serde(rename = "none")]
+    Unauthenticated,
 }
 
-/// Orders one sender's datagrams: a sender's incarnation only grows across restarts, its
-/// counter only grows within an incarnation.
+impl Protection {
+    /// The header flag bits a datagram sealed this way carries.
+    pub fn flags(self) -> u8 {
+        match self {
+            Protection::Mac => 0,
+            Protection::Encrypt => FLAG_ENCRYPTED,
+            Protection::Unauthenticated => FLAG_UNAUTHENTICATED,
+        }
+    }
+
+    /// How the datagram whose header carries `flags` was sealed (`wire::decode` refused
+    /// contradictory flags already); a reply goes back the way its request came.
+    pub fn of_flags(flags: u8) -> Protection {
+        if flags & FLAG_ENCRYPTED != 0 {
+            Protection::Encrypt
+        } else if flags & FLAG_UNAUTHENTICATED != 0 {
+            Protection::Unauthenticated
+        } else {
+            Protection::Mac
+        }
+    }
+
+    /// The cluster file's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protection::Mac => "mac",
+            Protection::Encrypt => "encrypt",
+            Protection::Unauthenticated => "none",
+        }
+    }
+}
+
+/// Orders one sender's datagrams and binds them to one incarnation of the receiver: a
+/// sender's incarnation only grows across restarts, its counter only grows within an
+/// incarnation, and the echo names the receiver's incarnation the datagram is meant for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stamp {
     /// The sender's incarnation.
     pub incarnation: u64,
     /// The datagram's number within the incarnation.
     pub counter: u64,
+    /// The receiver's incarnation as the sender last heard it (from the receiver's own
+    /// stamps), 0 if it has not heard it. A node processes a peer's datagram only if it
+    /// echoes the node's current incarnation, so nothing recorded before the node
+    /// restarted is processed after.
+    pub echo: u64,
 }
 
 /// Seals and opens under one derived key (one for each mode).
@@ -56,6 +105,9 @@ pub struct Stamp {
 pub struct Sealer {
     aead: XChaCha20Poly1305,
     mac: [u8; 32],
+    /// Whether [`open`] accepts a datagram sealed with [`Protection::Unauthenticated`]
+    /// (only when the receiver itself is set to it: [`Sealer::receiving_as`]).
+    accepts_unauthenticated: bool,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -73,6 +125,9 @@ pub enum AuthError {
     /// No key verified the tag: forged, corrupted, or sealed under a key we do not hold.
     #[error("tag does not verify under any key held")]
     BadTag,
+    /// Sent with `protection = "none"` to a receiver that is not set to it.
+    #[error("sent unauthenticated (protection = \"none\"), which this receiver does not accept")]
+    Unauthenticated,
 }
 
 /// A datagram whose tag verified.
@@ -99,6 +154,16 @@ impl Sealer {
         Sealer {
             aead: XChaCha20Poly1305::new(&derive(b"encrypt").into()),
             mac: derive(b"mac"),
+            accepts_unauthenticated: false,
+        }
+    }
+
+    /// This sealer as used by a receiver whose own setting is `protection`: only a
+    /// receiver set to [`Protection::Unauthenticated`] accepts unauthenticated datagrams.
+    pub fn receiving_as(self, protection: Protection) -> Sealer {
+        Sealer {
+            accepts_unauthenticated: protection == Protection::Unauthenticated,
+            ..self
         }
     }
 
@@ -141,13 +206,9 @@ impl Sealer {
             body.len()
         );
         let start = out.len();
-        let flags = match protection {
-            Protection::Mac => 0,
-            Protection::Encrypt => FLAG_ENCRYPTED,
-        };
         wire::push_header(
             kind,
-            flags,
+            protection.flags(),
             cluster_id,
             sender,
             AUTH_OVERHEAD_BYTES + body.len(),
@@ -155,6 +216,7 @@ impl Sealer {
         );
         out.extend_from_slice(&stamp.incarnation.to_le_bytes());
         out.extend_from_slice(&stamp.counter.to_le_bytes());
+        out.extend_from_slice(&stamp.echo.to_le_bytes());
         out.extend_from_slice(body);
         let nonce = nonce(sender, stamp);
         let datagram = &mut out[start..];
@@ -172,21 +234,27 @@ impl Sealer {
                     .expect("a datagram is far below XChaCha20's length limit");
                 out.extend_from_slice(&tag);
             }
+            Protection::Unauthenticated => out.extend_from_slice(&[0; TAG_BYTES]),
         }
         wire::write_crc(&mut out[start..]);
     }
 
     /// Verifies (and decrypts in place) `datagram`, whose header `wire::decode` checked.
     /// On failure the datagram is unchanged but for its CRC field (zeroed).
-    fn open_in_place(&self, datagram: &mut [u8], nonce: &XNonce, encrypted: bool) -> bool {
+    fn open_in_place(&self, datagram: &mut [u8], nonce: &XNonce, protection: Protection) -> bool {
         let (message, tag) = datagram.split_at_mut(datagram.len() - TAG_BYTES);
-        if encrypted {
-            let (aad, body) = message.split_at_mut(HEADER_BYTES + STAMP_BYTES);
-            self.aead
-                .decrypt_in_place_detached(nonce, aad, body, Tag::from_slice(tag))
-                .is_ok()
-        } else {
-            self.mac_tag(message).ct_eq(tag).into()
+        match protection {
+            Protection::Encrypt => {
+                let (aad, body) = message.split_at_mut(HEADER_BYTES + STAMP_BYTES);
+                self.aead
+                    .decrypt_in_place_detached(nonce, aad, body, Tag::from_slice(tag))
+                    .is_ok()
+            }
+            Protection::Mac => self.mac_tag(message).ct_eq(tag).into(),
+            // The zero tag is checked so that one datagram has one encoding.
+            Protection::Unauthenticated => {
+                self.accepts_unauthenticated && tag.iter().all(|&b| b == 0)
+            }
         }
     }
 
@@ -209,7 +277,9 @@ fn nonce(sender: u64, stamp: Stamp) -> XNonce {
 
 /// Verifies a datagram whose header [`wire::decode`] accepted, trying each sealer in
 /// turn (the new key first during a rotation). Nothing of the body is read before the
-/// tag verifies. Constant-time tag comparison is the crate's.
+/// tag verifies. Constant-time tag comparison is the crate's. An unauthenticated
+/// datagram opens only under a sealer made with [`Sealer::receiving_as`]
+/// `(Protection::Unauthenticated)`.
 pub fn open<'a>(
     datagram: &'a mut [u8],
     header: &Header,
@@ -223,13 +293,19 @@ pub fn open<'a>(
     let stamp = Stamp {
         incarnation: u64_at(datagram, HEADER_BYTES),
         counter: u64_at(datagram, HEADER_BYTES + 8),
+        echo: u64_at(datagram, HEADER_BYTES + 16),
     };
+    let protection = Protection::of_flags(header.flags);
+    if protection == Protection::Unauthenticated
+        && !sealers.iter().any(|s| s.accepts_unauthenticated)
+    {
+        return Err(AuthError::Unauthenticated);
+    }
     let nonce = nonce(header.sender, stamp);
-    let encrypted = header.flags & FLAG_ENCRYPTED != 0;
     datagram[CRC_OFFSET..HEADER_BYTES].fill(0);
     let key_index = sealers
         .iter()
-        .position(|s| s.open_in_place(datagram, &nonce, encrypted))
+        .position(|s| s.open_in_place(datagram, &nonce, protection))
         .ok_or(AuthError::BadTag)?;
     let end = datagram.len() - TAG_BYTES;
     Ok(Opened {
@@ -251,6 +327,7 @@ mod tests {
         let stamp = Stamp {
             incarnation: 11,
             counter: 12,
+            echo: 13,
         };
         s.seal(Kind::Peer, CLUSTER, 2, stamp, protection, body, &mut out);
         out
@@ -264,17 +341,23 @@ mod tests {
     }
 
     #[test]
-    fn round_trip_in_both_protections() {
-        let s = Sealer::peer(&generate_key().unwrap(), 2, 1);
-        for p in [Protection::Mac, Protection::Encrypt] {
+    fn round_trip_in_every_protection() {
+        for p in [
+            Protection::Mac,
+            Protection::Encrypt,
+            Protection::Unauthenticated,
+        ] {
+            let s = Sealer::peer(&generate_key().unwrap(), 2, 1).receiving_as(p);
             let d = sealed(&s, p, b"raft messages");
+            assert_eq!(Protection::of_flags(d[6]), p);
             let (stamp, body, i) = open_owned(&d, std::slice::from_ref(&s)).unwrap();
             assert_eq!(stamp.incarnation, 11);
             assert_eq!(stamp.counter, 12);
+            assert_eq!(stamp.echo, 13);
             assert_eq!(body, b"raft messages");
             assert_eq!(i, 0);
             let on_wire = d.windows(13).any(|w| w == b"raft messages");
-            assert_eq!(on_wire, p == Protection::Mac, "{p:?}");
+            assert_eq!(on_wire, p != Protection::Encrypt, "{p:?}");
         }
     }
 
@@ -322,6 +405,61 @@ mod tests {
             open_owned(&plain, std::slice::from_ref(&other)).unwrap_err(),
             AuthError::Unsealed(5).to_string()
         );
+    }
+
+    /// `none` is for a receiver that chose it: every other receiver refuses such a
+    /// datagram before looking at its tag, including a genuine one stripped of its tag.
+    #[test]
+    fn unauthenticated_datagrams_open_only_at_a_receiver_set_to_none() {
+        let k = generate_key().unwrap();
+        let plain = sealed(&Sealer::peer(&k, 2, 1), Protection::Unauthenticated, b"x");
+        for p in [Protection::Mac, Protection::Encrypt] {
+            let receiver = Sealer::peer(&k, 2, 1).receiving_as(p);
+            assert_eq!(
+                open_owned(&plain, &[receiver]).unwrap_err(),
+                AuthError::Unauthenticated.to_string()
+            );
+        }
+        let none = Sealer::peer(&k, 2, 1).receiving_as(Protection::Unauthenticated);
+        assert!(open_owned(&plain, std::slice::from_ref(&none)).is_ok());
+        // Downgrading a genuine MAC datagram: flag set, tag zeroed, CRC fixed.
+        let mut downgraded = sealed(&Sealer::peer(&k, 2, 1), Protection::Mac, b"x");
+        downgraded[6] = FLAG_UNAUTHENTICATED;
+        let tag_at = downgraded.len() - TAG_BYTES;
+        downgraded[tag_at..].fill(0);
+        downgraded[CRC_OFFSET..HEADER_BYTES].fill(0);
+        wire::write_crc(&mut downgraded);
+        assert!(open_owned(&downgraded, &[Sealer::peer(&k, 2, 1)]).is_err());
+        // One encoding per datagram: a nonzero tag is refused even at a `none` receiver.
+        let mut tagged = plain.clone();
+        let last = tagged.len() - 1;
+        tagged[last] = 1;
+        tagged[CRC_OFFSET..HEADER_BYTES].fill(0);
+        wire::write_crc(&mut tagged);
+        assert_eq!(
+            open_owned(&tagged, std::slice::from_ref(&none)).unwrap_err(),
+            AuthError::BadTag.to_string()
+        );
+        // A `none` receiver still checks what claims to be authenticated.
+        let forged = sealed(
+            &Sealer::peer(&generate_key().unwrap(), 2, 1),
+            Protection::Mac,
+            b"x",
+        );
+        assert!(open_owned(&forged, std::slice::from_ref(&none)).is_err());
+        let genuine = sealed(&Sealer::peer(&k, 2, 1), Protection::Mac, b"x");
+        assert!(open_owned(&genuine, std::slice::from_ref(&none)).is_ok());
+    }
+
+    #[test]
+    fn protection_is_spelled_none_in_the_cluster_file() {
+        #[derive(serde::Deserialize)]
+        struct F {
+            protection: Protection,
+        }
+        let f: F = toml::from_str("protection = \"none\"").unwrap();
+        assert_eq!(f.protection, Protection::Unauthenticated);
+        assert_eq!(Protection::Unauthenticated.name(), "none");
     }
 
     #[test]

@@ -84,9 +84,12 @@ impl Client {
 
     /// Seals `body` as a client request datagram under this client's key.
     pub fn seal(&mut self, body: &[u8]) -> Vec<u8> {
+        // Echo 0 ("not heard from the node yet"), which a node serves whatever its
+        // incarnation: this test client may talk to a node across its restarts.
         let stamp = Stamp {
             incarnation: self.incarnation,
             counter: self.counter,
+            echo: 0,
         };
         self.counter += 1;
         let mut out = Vec::new();

@@ -1,7 +1,8 @@
 //! The trust boundary under attack (issue 12): a live 3-node cluster receives forged peer
 //! datagrams, replays of genuine ones (captured by a relay between the nodes), requests
 //! that try to take over another client's session or to write under a read-only key, a
-//! flood from many source ports, and finally a node started with another cluster key.
+//! flood from many source ports, replays to a node that has just restarted, and finally
+//! a node started with another cluster key.
 //! Meanwhile a `kvcli bench --check` load must stay linearizable, no unauthenticated
 //! datagram may get an answer, and `kvcli status --json` must count each attack by reason.
 
@@ -24,10 +25,12 @@ const FORGED_EACH: usize = 100;
 /// Source ports of the flood.
 const FLOOD_SOCKETS: usize = 200;
 
-/// A one-way UDP relay that forwards every datagram to `to` and keeps a copy of each.
+/// A one-way UDP relay that forwards every datagram to `to` (unless paused) and keeps a
+/// copy of each.
 struct Relay {
     addr: SocketAddr,
     captured: Arc<Mutex<Vec<Vec<u8>>>>,
+    paused: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -41,12 +44,15 @@ impl Relay {
         let addr = socket.local_addr().expect("relay addr");
         let captured = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (cap, halt) = (captured.clone(), stop.clone());
+        let paused = Arc::new(AtomicBool::new(false));
+        let (cap, halt, hold) = (captured.clone(), stop.clone(), paused.clone());
         let thread = std::thread::spawn(move || {
             let mut buf = vec![0u8; 65_536];
             while !halt.load(Ordering::Relaxed) {
                 if let Ok((n, _)) = socket.recv_from(&mut buf) {
-                    let _ = socket.send_to(&buf[..n], to);
+                    if !hold.load(Ordering::Relaxed) {
+                        let _ = socket.send_to(&buf[..n], to);
+                    }
                     cap.lock().unwrap().push(buf[..n].to_vec());
                 }
             }
@@ -54,9 +60,15 @@ impl Relay {
         Relay {
             addr,
             captured,
+            paused,
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// Stops (or resumes) forwarding; capturing goes on.
+    fn pause(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
     }
 
     /// The datagrams relayed so far from node `sender`.
@@ -181,6 +193,7 @@ fn forged_replayed_wrong_key_and_flood_traffic_is_refused_counted_and_harmless()
         Stamp {
             incarnation: u64::MAX,
             counter: 0,
+            echo: 0,
         },
         Protection::Mac,
         b"messages",
@@ -258,6 +271,7 @@ fn forged_replayed_wrong_key_and_flood_traffic_is_refused_counted_and_harmless()
             Stamp {
                 incarnation: 1,
                 counter: 0,
+                echo: 0,
             },
             Protection::Mac,
             b"\x01status please",
@@ -310,7 +324,32 @@ fn forged_replayed_wrong_key_and_flood_traffic_is_refused_counted_and_harmless()
     assert!(count(&before, 3, "old_incarnation") >= 1, "{before:?}");
     assert!(total(&before, "permission_denied") >= 1, "{before:?}");
 
-    // 6. Node 3 restarted under another cluster key: every side refuses the other.
+    // 6. Replays to a node that has just restarted, before its peers' traffic reaches it:
+    // genuine datagrams of node 2's current incarnation, in order (so the fresh replay
+    // window takes each), each meant for node 3's previous incarnation, none processed.
+    relay.pause(true);
+    let recorded = relay.captured_from(NodeId(2));
+    c.kill9(NodeId(3));
+    c.spawn(NodeId(3));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !drops(&config).iter().any(|(n, _)| *n == 3) {
+        assert!(Instant::now() < deadline, "restarted node 3 never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for d in &recorded {
+        attacker.send_to(d, real3).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let restarted = drops(&config);
+    eprintln!("drops at restarted node 3 after the replays: {restarted:?}");
+    assert!(
+        count(&restarted, 3, "wrong_incarnation") >= recorded.len() as u64,
+        "{} recorded datagrams replayed: {restarted:?}",
+        recorded.len()
+    );
+    relay.pause(false);
+
+    // 7. Node 3 restarted under another cluster key: every side refuses the other.
     c.terminate(NodeId(3), Duration::from_secs(10));
     auth::write_cluster_key(&c.key_path("other"), &auth::generate_key().unwrap()).unwrap();
     let other_config = c.dir().join("other-key.toml");

@@ -28,8 +28,8 @@ pub struct User {
 #[derive(Debug, thiserror::Error)]
 pub enum UsersError {
     /// A client key file could not be read.
-    #[error("{0}")]
-    KeyFile(String),
+    #[error(transparent)]
+    KeyFile(#[from] kv_shared::auth::KeyFileError),
     /// `redis_default_client` names no client key listed in `client_key_files`.
     #[error("redis_default_client = {0:?} is not the name of any key in client_key_files ({1})")]
     UnknownDefault(String, String),
@@ -50,7 +50,7 @@ impl Users {
         let keys = cluster
             .client_key_files
             .iter()
-            .map(|path| read_client_key(path).map_err(|e| UsersError::KeyFile(e.to_string())))
+            .map(|path| read_client_key(path).map_err(UsersError::KeyFile))
             .collect::<Result<Vec<_>, _>>()?;
         Users::new(keys, cluster.clone())
     }
