@@ -100,7 +100,8 @@ fn a_script_prints_one_exact_result_per_line_in_text_and_json() {
     );
 
     // `status`: a shard table, a blank line, a node table, a blank line, the drop table
-    // (one row per node); nothing after it.
+    // (one row per node), a blank line, the counter table (one row per node); nothing
+    // after it.
     let status = &lines[SCRIPT_RESULTS.len() + 1..];
     assert_eq!(
         status[0],
@@ -122,12 +123,26 @@ fn a_script_prints_one_exact_result_per_line_in_text_and_json() {
         node_table[0].starts_with("NODE  ADDRESS"),
         "{node_table:#?}"
     );
-    let drop_table = &status[config.shards as usize + 4 + config.nodes.len()..];
+    let drops_start = config.shards as usize + 4 + config.nodes.len();
+    let drop_table = &status[drops_start..drops_start + 1 + config.nodes.len()];
     assert_eq!(
         drop_table[0], "NODE  DROPPED SINCE START (by reason)",
         "{status:#?}"
     );
     assert_eq!(drop_table.len(), 1 + config.nodes.len(), "{drop_table:#?}");
+    let counter_table = &status[drops_start + 2 + config.nodes.len()..];
+    assert!(
+        counter_table[0].starts_with("NODE  COUNTERS SINCE START"),
+        "{status:#?}"
+    );
+    assert_eq!(
+        counter_table.len(),
+        1 + config.nodes.len(),
+        "{counter_table:#?}"
+    );
+    for row in &counter_table[1..] {
+        assert!(row.contains("requests{udp,status,ok}="), "{row}");
+    }
     assert_eq!(node_table.len(), 1 + config.nodes.len(), "{node_table:#?}");
     let mut leads = 0;
     for (row, node) in node_table[1..].iter().zip(&config.nodes) {
