@@ -9,15 +9,14 @@
 //! ready for the same node into one datagram. A [`Session`] is one logical client
 //! (`&mut self` methods, so at most one request outstanding, as the protocol requires).
 
-use crate::error::{node_name, Error};
+use crate::error::Error;
+pub use crate::session::Session;
 use bytes::Bytes;
 use kv_shared::auth::{self, ClientKey, Protection, ReplayWindow, Sealer, Stamp, BODY_BYTES_MAX};
 use kv_shared::config::ClusterConfig;
 use kv_shared::limits::CLIENT_REQUESTS_PER_DATAGRAM_MAX;
-use kv_shared::pack::{count_prefix_bytes, encode_encoded, pack_by, PackLimit};
-use kv_shared::proto::{
-    ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role, ShardRoute,
-};
+use kv_shared::pack::{encode_encoded, pack_by, PackLimit};
+use kv_shared::proto::{ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role, ShardRoute};
 use kv_shared::shard::shard_for_key;
 use kv_shared::wire::{self, Kind};
 use kv_shared::{ClientId, NodeId, ShardId};
@@ -154,49 +153,49 @@ pub struct Metrics {
 }
 
 #[derive(Default)]
-struct Counters {
-    datagrams_sent: AtomicU64,
-    requests_sent: AtomicU64,
-    retries: AtomicU64,
-    redirects: AtomicU64,
-    replies_received: AtomicU64,
-    datagrams_dropped: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) datagrams_sent: AtomicU64,
+    pub(crate) requests_sent: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) redirects: AtomicU64,
+    pub(crate) replies_received: AtomicU64,
+    pub(crate) datagrams_dropped: AtomicU64,
 }
 
-fn bump(c: &AtomicU64) {
+pub(crate) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
 /// What the receiver hands a session.
-struct Incoming {
-    from: SocketAddr,
-    seq: u64,
-    outcome: Outcome,
+pub(crate) struct Incoming {
+    pub(crate) from: SocketAddr,
+    pub(crate) seq: u64,
+    pub(crate) outcome: Outcome,
 }
 
 /// The client's view of the cluster: who the nodes are, how many shards, where each
 /// shard lives and which node leads it.
-struct Topology {
-    nodes: Vec<NodeAddr>,
-    shard_count: Option<u32>,
-    leaders: Vec<Option<NodeId>>,
+pub(crate) struct Topology {
+    pub(crate) nodes: Vec<NodeAddr>,
+    pub(crate) shard_count: Option<u32>,
+    pub(crate) leaders: Vec<Option<NodeId>>,
     /// Each shard's newest known replica set (by epoch).
-    routes: Vec<Option<ShardRoute>>,
+    pub(crate) routes: Vec<Option<ShardRoute>>,
 }
 
 impl Topology {
-    fn id_of(&self, addr: SocketAddr) -> Option<NodeId> {
+    pub(crate) fn id_of(&self, addr: SocketAddr) -> Option<NodeId> {
         self.nodes
             .iter()
             .find(|n| n.addr == addr)
             .and_then(|n| n.id)
     }
 
-    fn addr_of(&self, id: NodeId) -> Option<SocketAddr> {
+    pub(crate) fn addr_of(&self, id: NodeId) -> Option<SocketAddr> {
         self.nodes.iter().find(|n| n.id == Some(id)).map(|n| n.addr)
     }
 
-    fn set_shard_count(&mut self, count: u32) {
+    pub(crate) fn set_shard_count(&mut self, count: u32) {
         if self.shard_count.is_none() && count > 0 && count <= kv_shared::limits::SHARDS_MAX {
             self.shard_count = Some(count);
             self.leaders = vec![None; count as usize];
@@ -205,7 +204,7 @@ impl Topology {
     }
 
     /// Adopts `route` if it is newer than the cached one; true if it was.
-    fn learn_route(&mut self, route: &ShardRoute) -> bool {
+    pub(crate) fn learn_route(&mut self, route: &ShardRoute) -> bool {
         let Some(slot) = self.routes.get_mut(route.shard.0 as usize) else {
             return false;
         };
@@ -225,7 +224,7 @@ impl Topology {
 
     /// Learns the answering node's id, the nodes it knows, and its view of every shard's
     /// replica set and leader.
-    fn learn(&mut self, from: SocketAddr, status: &NodeStatus) {
+    pub(crate) fn learn(&mut self, from: SocketAddr, status: &NodeStatus) {
         if let Some(n) = self.nodes.iter_mut().find(|n| n.addr == from) {
             n.id.get_or_insert(status.node);
         }
@@ -254,28 +253,28 @@ impl Topology {
     }
 }
 
-struct Shared {
-    socket: UdpSocket,
-    cluster_id: u64,
+pub(crate) struct Shared {
+    pub(crate) socket: UdpSocket,
+    pub(crate) cluster_id: u64,
     /// Seals requests under the client key.
-    requests: Sealer,
+    pub(crate) requests: Sealer,
     /// Opens replies under the client key.
-    replies: Sealer,
+    pub(crate) replies: Sealer,
     /// The client key's id, carried in every request datagram.
-    key_id: u64,
-    options: ClientOptions,
-    topology: Mutex<Topology>,
-    sessions: Mutex<HashMap<ClientId, mpsc::UnboundedSender<Incoming>>>,
-    outbox: mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>,
-    counters: Counters,
-    ids: Mutex<SmallRng>,
+    pub(crate) key_id: u64,
+    pub(crate) options: ClientOptions,
+    pub(crate) topology: Mutex<Topology>,
+    pub(crate) sessions: Mutex<HashMap<ClientId, mpsc::UnboundedSender<Incoming>>>,
+    pub(crate) outbox: mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>,
+    pub(crate) counters: Counters,
+    pub(crate) ids: Mutex<SmallRng>,
     /// Each node's incarnation, by the address its replies come from: requests to it echo
     /// it, so that a node refuses them once it has restarted, and other nodes always.
-    node_incarnations: Mutex<HashMap<SocketAddr, u64>>,
+    pub(crate) node_incarnations: Mutex<HashMap<SocketAddr, u64>>,
 }
 
 /// Aborts the client's tasks when the last handle goes away.
-struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+pub(crate) struct Tasks(Vec<tokio::task::JoinHandle<()>>);
 
 impl Drop for Tasks {
     fn drop(&mut self) {
@@ -288,8 +287,8 @@ impl Drop for Tasks {
 /// A connection to a raftkv cluster. Cheap to clone; all clones share one socket.
 #[derive(Clone)]
 pub struct Client {
-    shared: Arc<Shared>,
-    _tasks: Arc<Tasks>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) _tasks: Arc<Tasks>,
 }
 
 impl Client {
@@ -355,7 +354,7 @@ impl Client {
 
     /// Asks every node for its status until the shard count is known and, where node ids
     /// are unknown, every node had a short grace period to answer.
-    async fn discover(&self) -> Result<(), Error> {
+    pub(crate) async fn discover(&self) -> Result<(), Error> {
         let opts = &self.shared.options;
         let ids_known = opts.nodes.iter().all(|n| n.id.is_some());
         let grace = Duration::from_millis(300);
@@ -392,7 +391,11 @@ impl Client {
 
     /// Sends Status to every node (resending every 250 ms) until all answered, `timeout`
     /// passed, or `grace` passed since the first answer.
-    async fn collect_status(&self, timeout: Duration, grace: Duration) -> Vec<NodeReport> {
+    pub(crate) async fn collect_status(
+        &self,
+        timeout: Duration,
+        grace: Duration,
+    ) -> Vec<NodeReport> {
         let nodes = self.nodes();
         let mut session = self.session();
         let seq = session.next_seq;
@@ -488,7 +491,7 @@ impl Client {
     }
 
     /// The session id the nodes bind the declared id `id` to (replies carry it).
-    fn bound(&self, id: ClientId) -> ClientId {
+    pub(crate) fn bound(&self, id: ClientId) -> ClientId {
         auth::session_id(&self.shared.options.key.name, id)
     }
 
@@ -524,7 +527,7 @@ impl Client {
 
     /// The nodes that may serve `shard`: its known voters with an address, else every
     /// known node.
-    fn candidates(&self, shard: ShardId) -> Vec<NodeAddr> {
+    pub(crate) fn candidates(&self, shard: ShardId) -> Vec<NodeAddr> {
         let topo = self.shared.topology.lock().expect("topology lock");
         let replicas: Vec<NodeAddr> = topo
             .routes
@@ -545,7 +548,7 @@ impl Client {
     }
 
     /// Adopts a replica set a node answered with, if newer; true if it was.
-    fn learn_route(&self, route: &ShardRoute) -> bool {
+    pub(crate) fn learn_route(&self, route: &ShardRoute) -> bool {
         self.shared
             .topology
             .lock()
@@ -583,7 +586,7 @@ impl Client {
     }
 
     /// A target's node id: the one it was named with, else the one discovery learnt.
-    fn node_id(&self, target: NodeAddr) -> Option<NodeId> {
+    pub(crate) fn node_id(&self, target: NodeAddr) -> Option<NodeId> {
         target.id.or_else(|| {
             self.shared
                 .topology
@@ -593,13 +596,13 @@ impl Client {
         })
     }
 
-    fn enqueue(&self, to: SocketAddr, encoded_request: Vec<u8>) {
+    pub(crate) fn enqueue(&self, to: SocketAddr, encoded_request: Vec<u8>) {
         bump(&self.shared.counters.requests_sent);
         // The sender task lives as long as `shared`; a closed channel means shutdown.
         let _ = self.shared.outbox.send((to, encoded_request));
     }
 
-    fn set_leader(&self, shard: ShardId, leader: Option<NodeId>) {
+    pub(crate) fn set_leader(&self, shard: ShardId, leader: Option<NodeId>) {
         let mut topo = self.shared.topology.lock().expect("topology lock");
         if let Some(slot) = topo.leaders.get_mut(shard.0 as usize) {
             *slot = leader;
@@ -750,399 +753,4 @@ async fn send_datagram(
     bump(&s.counters.datagrams_sent);
     // A lost datagram is a timeout for its requests, retried by their sessions.
     let _ = s.socket.send_to(datagram, to).await;
-}
-
-/// One logical client: its own client id and sequence numbers. At most one request is
-/// outstanding (methods take `&mut self`), so a retried write can be deduplicated by the
-/// shard's session table.
-pub struct Session {
-    client: Client,
-    id: ClientId,
-    /// The id the nodes bind `id` to under this client's name; replies carry it.
-    bound: ClientId,
-    next_seq: u64,
-    rx: mpsc::UnboundedReceiver<Incoming>,
-    rng: SmallRng,
-    rotation: usize,
-    /// Shards where this session was opened (`Op::OpenSession`): a node refuses writes
-    /// from a client without a session on the shard (it may have been evicted).
-    open_shards: std::collections::BTreeSet<ShardId>,
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.client
-            .shared
-            .sessions
-            .lock()
-            .expect("sessions lock")
-            .remove(&self.bound);
-    }
-}
-
-/// Why the current attempt did not complete.
-enum Setback {
-    /// No reply within the attempt timeout.
-    Silence,
-    /// A retryable error reply.
-    Error(ClientError),
-}
-
-impl Session {
-    /// This session's client id.
-    pub fn id(&self) -> ClientId {
-        self.id
-    }
-
-    /// The client this session belongs to.
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
-    /// Reads a key. `Ok(None)`: the key is absent.
-    pub async fn get(&mut self, key: impl Into<Bytes>) -> Result<Option<Bytes>, Error> {
-        match self
-            .execute(Op::Get {
-                key: key.into(),
-                stale: false,
-            })
-            .await?
-        {
-            Response::Value(v) => Ok(v),
-            other => unreachable!("a get answered with {other:?}"),
-        }
-    }
-
-    /// Writes a key.
-    pub async fn put(
-        &mut self,
-        key: impl Into<Bytes>,
-        value: impl Into<Bytes>,
-    ) -> Result<(), Error> {
-        self.execute(Op::Put {
-            key: key.into(),
-            value: value.into(),
-        })
-        .await
-        .map(drop)
-    }
-
-    /// Deletes a key (absent keys are fine).
-    pub async fn delete(&mut self, key: impl Into<Bytes>) -> Result<(), Error> {
-        self.execute(Op::Delete { key: key.into() }).await.map(drop)
-    }
-
-    /// Compare-and-set: writes `new` if the key holds `expected` (`None`: is absent).
-    /// Returns `Response::CasOk` or `Response::CasMismatch`.
-    pub async fn cas(
-        &mut self,
-        key: impl Into<Bytes>,
-        expected: Option<Bytes>,
-        new: impl Into<Bytes>,
-    ) -> Result<Response, Error> {
-        self.execute(Op::Cas {
-            key: key.into(),
-            expected,
-            new: new.into(),
-        })
-        .await
-    }
-
-    /// Runs one keyed operation to completion: routing, redirects, retries with backoff
-    /// under one sequence number, until an answer or the unavailability deadline. The
-    /// first write to a shard opens the session there first. A write refused because the
-    /// shard evicted the session (`SessionExpired`) is an error whose outcome may be
-    /// unknown; the next write reopens the session.
-    ///
-    /// # Panics
-    /// On `Op::Status` (not routed to a shard; use [`Client::status`]).
-    pub async fn execute(&mut self, op: Op) -> Result<Response, Error> {
-        op.check_limits().map_err(Error::Limit)?;
-        let opens = op.is_write() && !matches!(op, Op::OpenSession { .. });
-        let shard = match (opens, op.key(), self.client.shard_count()) {
-            (true, Some(key), Some(count)) => Some(shard_for_key(key, count)),
-            _ => None,
-        };
-        if let (Some(shard), Some(key)) = (shard, op.key()) {
-            if !self.open_shards.contains(&shard) {
-                let open = Op::OpenSession { key: key.clone() };
-                self.execute_once(open).await?;
-                self.open_shards.insert(shard);
-            }
-        }
-        let result = self.execute_once(op).await;
-        if let (
-            Some(shard),
-            Err(Error::Refused {
-                error: ClientError::SessionExpired,
-                ..
-            }),
-        ) = (shard, &result)
-        {
-            self.open_shards.remove(&shard);
-        }
-        result
-    }
-
-    /// [`Session::execute`] without opening the session (limits already checked).
-    async fn execute_once(&mut self, op: Op) -> Result<Response, Error> {
-        let stale = matches!(op, Op::Get { stale: true, .. });
-        let is_write = op.is_write();
-        let shard_count = self
-            .client
-            .shard_count()
-            .expect("connect learned the shard count");
-        let shard = match (&op, op.key()) {
-            (Op::ShardLeader { shard, .. }, _) if shard.0 >= shard_count => {
-                return Err(Error::Limit(ClientError::Malformed(format!(
-                    "shard {} does not exist; the cluster has {shard_count} shards",
-                    shard.0
-                ))))
-            }
-            (Op::ShardLeader { shard, .. }, _) => *shard,
-            (_, Some(key)) => shard_for_key(key, shard_count),
-            (_, None) => panic!("execute takes keyed or shard-addressed operations"),
-        };
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let route_epoch = |client: &Client| client.cached_route(shard).map_or(0, |r| r.epoch);
-        let mut request = ClientRequest {
-            client: self.id,
-            seq,
-            epoch: route_epoch(&self.client),
-            op,
-        };
-        let mut encoded = postcard::to_stdvec(&request).expect("requests encode");
-        if count_prefix_bytes(1) + encoded.len() > BODY_BYTES_MAX {
-            return Err(Error::Limit(ClientError::Malformed(format!(
-                "request is {} bytes; a datagram carries at most BODY_BYTES_MAX = {BODY_BYTES_MAX}",
-                encoded.len()
-            ))));
-        }
-        let opts = self.client.shared.options.clone();
-        let start = Instant::now();
-        let deadline = start + opts.unavailable_after;
-        let mut backoff = opts.backoff_base;
-        let mut outcome_unknown = false;
-        let mut leader_worked = false;
-        let mut last = String::from("nothing answered yet");
-        let mut redirects_in_a_row = 0usize;
-        let mut attempt = 0u64;
-        // Nodes that let an attempt time out. If none of them, nor any other node, answered
-        // anything by the deadline (the counter counts every reply this client received),
-        // the cluster is unreachable, not merely leaderless.
-        let mut silent: Vec<SocketAddr> = Vec::new();
-        let replies_before = self.client.metrics().replies_received;
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                let waited_ms = now.duration_since(start).as_millis() as u64;
-                let nothing_heard = self.client.metrics().replies_received == replies_before;
-                return Err(if nothing_heard && !silent.is_empty() {
-                    Error::NoNodeAnswered {
-                        waited_ms,
-                        tried: silent
-                            .iter()
-                            .map(|a| a.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        outcome_unknown,
-                    }
-                } else if leader_worked {
-                    Error::GaveUp {
-                        shard,
-                        waited_ms,
-                        last,
-                        outcome_unknown,
-                    }
-                } else {
-                    Error::NoLeader {
-                        shard,
-                        waited_ms,
-                        last,
-                        outcome_unknown,
-                    }
-                });
-            }
-            let epoch = route_epoch(&self.client);
-            if epoch != request.epoch {
-                // The same session and seq: only the routing epoch changes between attempts.
-                request.epoch = epoch;
-                encoded = postcard::to_stdvec(&request).expect("requests encode");
-            }
-            let target = self.pick_target(shard, stale);
-            if attempt > 0 {
-                bump(&self.client.shared.counters.retries);
-            }
-            attempt += 1;
-            self.client.enqueue(target.addr, encoded.clone());
-            let attempt_end = (now + opts.attempt_timeout).min(deadline);
-            let setback = loop {
-                match tokio::time::timeout_at(attempt_end.into(), self.rx.recv()).await {
-                    Err(_) | Ok(None) => break Setback::Silence,
-                    Ok(Some(inc)) if inc.seq != seq => continue,
-                    Ok(Some(inc)) => match inc.outcome {
-                        Outcome::Value(v) => {
-                            return Ok(self.succeeded(shard, inc.from, stale, Response::Value(v)))
-                        }
-                        Outcome::Done => {
-                            return Ok(self.succeeded(shard, inc.from, stale, Response::Done))
-                        }
-                        Outcome::CasOk => {
-                            return Ok(self.succeeded(shard, inc.from, stale, Response::CasOk))
-                        }
-                        Outcome::Integer(n) => {
-                            return Ok(self.succeeded(shard, inc.from, stale, Response::Integer(n)))
-                        }
-                        Outcome::CasMismatch { current } => {
-                            return Ok(self.succeeded(
-                                shard,
-                                inc.from,
-                                stale,
-                                Response::CasMismatch { current },
-                            ))
-                        }
-                        // A late error for an earlier attempt says nothing about this one.
-                        Outcome::Error(_) | Outcome::Status(_) if inc.from != target.addr => {
-                            continue
-                        }
-                        Outcome::Status(_) => continue,
-                        Outcome::Error(e) => break Setback::Error(e),
-                    },
-                }
-            };
-            let who = node_name(self.client.node_id(target), target.addr);
-            match setback {
-                Setback::Silence => {
-                    outcome_unknown |= is_write;
-                    if !silent.contains(&target.addr) {
-                        silent.push(target.addr);
-                    }
-                    last = format!(
-                        "{who} did not answer within {} ms",
-                        opts.attempt_timeout.as_millis()
-                    );
-                    self.forget_leader(shard, target);
-                    self.rotation = self.rotation.wrapping_add(1);
-                }
-                Setback::Error(ClientError::NotLeader {
-                    leader: Some(l), ..
-                }) if Some(l) != target.id
-                    && self
-                        .client
-                        .shared
-                        .topology
-                        .lock()
-                        .expect("topology lock")
-                        .addr_of(l)
-                        .is_some() =>
-                {
-                    bump(&self.client.shared.counters.redirects);
-                    self.client.set_leader(shard, Some(l));
-                    last = format!("{who} redirected to node {}", l.0);
-                    redirects_in_a_row += 1;
-                    // Follow a fresh hint at once; a ping-pong of stale hints backs off.
-                    if redirects_in_a_row <= self.client.shared.options.nodes.len() {
-                        continue;
-                    }
-                }
-                Setback::Error(ClientError::StaleRoute { route, .. })
-                    if route.shard == shard && self.client.learn_route(&route) =>
-                {
-                    bump(&self.client.shared.counters.redirects);
-                    last = format!(
-                        "{who} answered with shard {}'s replicas at epoch {}: {}",
-                        shard.0,
-                        route.epoch,
-                        route.replica_list()
-                    );
-                    redirects_in_a_row += 1;
-                    if redirects_in_a_row <= self.client.shared.options.nodes.len() {
-                        continue;
-                    }
-                }
-                Setback::Error(ClientError::StaleRoute { .. }) => {
-                    // The node knows no newer set than ours: try another replica.
-                    bump(&self.client.shared.counters.redirects);
-                    last = format!("{who} holds no replica of shard {} it can serve", shard.0);
-                    self.forget_leader(shard, target);
-                    self.rotation = self.rotation.wrapping_add(1);
-                }
-                Setback::Error(ClientError::NotLeader { .. }) => {
-                    bump(&self.client.shared.counters.redirects);
-                    last = format!("{who} is not its leader and knows none");
-                    self.client.set_leader(shard, None);
-                    self.rotation = self.rotation.wrapping_add(1);
-                }
-                Setback::Error(
-                    e @ (ClientError::Timeout { .. } | ClientError::NoQuorum { .. }),
-                ) => {
-                    outcome_unknown |= is_write;
-                    leader_worked = true;
-                    if matches!(e, ClientError::NoQuorum { .. }) {
-                        self.forget_leader(shard, target);
-                    }
-                    last = format!("{who}: {e}");
-                }
-                Setback::Error(
-                    e @ (ClientError::Overloaded { .. } | ClientError::OverloadedBytes { .. }),
-                ) => {
-                    leader_worked = true;
-                    last = format!("{who}: {e}");
-                }
-                Setback::Error(error) => {
-                    let node = self.client.node_id(target);
-                    return Err(Error::Refused {
-                        node,
-                        addr: target.addr,
-                        error,
-                        outcome_unknown,
-                    });
-                }
-            }
-            redirects_in_a_row = 0;
-            let jittered = backoff.mul_f64(self.rng.gen_range(0.5..1.0));
-            let wake = (Instant::now() + jittered).min(deadline);
-            tokio::time::sleep_until(wake.into()).await;
-            backoff = (backoff * 2).min(opts.backoff_max);
-        }
-    }
-
-    /// The node to send to: the cached leader, else the next of the shard's replicas in
-    /// this session's rotation (any replica redirects to the leader it knows; before the
-    /// replicas are known, any node answers with them). Stale reads go to any replica.
-    fn pick_target(&mut self, shard: ShardId, stale: bool) -> NodeAddr {
-        if !stale {
-            if let Some(l) = self.client.cached_leader(shard) {
-                return l;
-            }
-        }
-        let nodes = self.client.candidates(shard);
-        if stale {
-            self.rotation = self.rotation.wrapping_add(1);
-        }
-        nodes[self.rotation % nodes.len()]
-    }
-
-    fn forget_leader(&self, shard: ShardId, target: NodeAddr) {
-        if self.client.cached_leader(shard).map(|l| l.addr) == Some(target.addr) {
-            self.client.set_leader(shard, None);
-        }
-    }
-
-    fn succeeded(&self, shard: ShardId, from: SocketAddr, stale: bool, r: Response) -> Response {
-        if !stale {
-            let id = self
-                .client
-                .shared
-                .topology
-                .lock()
-                .expect("topology lock")
-                .id_of(from);
-            if id.is_some() {
-                self.client.set_leader(shard, id);
-            }
-        }
-        r
-    }
 }

@@ -2,8 +2,9 @@
 //! (command language, output, bench, REPL) so that they can be tested without a terminal.
 //!
 //! Layout:
-//! - [`client`]: [`Client`] (one UDP socket, leader cache, batching) and [`Session`] (one
-//!   logical client: routing, redirects, retries under one sequence number).
+//! - [`client`]: [`Client`] (one UDP socket, leader cache, batching).
+//! - [`session`]: [`Session`] (one logical client: routing, redirects, retries under one
+//!   sequence number).
 //! - [`error`]: [`Error`], one line that names the shard, node or limit.
 //! - [`value`]: plain / `hex:` / `b64:` forms of keys and values.
 //! - [`command`]: the command language (quoting, usage, help).
@@ -21,6 +22,7 @@ pub mod history;
 pub mod local;
 pub mod output;
 pub mod run;
+pub mod session;
 pub mod value;
 
 pub use client::{Client, ClientOptions, NodeAddr, NodeReport, Response, Session};

@@ -26,13 +26,17 @@
 //! ones are dropped and counted ([`Raft::refusals`]), so no remote input reaches an
 //! assertion or an overflow.
 //!
-//! Layout: `node` (public API, dispatch, the write/hold machinery), `check`, `election`,
-//! `replication` (with heartbeats and ReadIndex rounds), `snapshot`, `membership`, and the
-//! small pure pieces `log`, `progress`, `quorum`, `read_index`, `lease`.
+//! Layout: `node` (public API, dispatch), `config` (the settings), `ready` (what the
+//! caller gets and gives back), `persist` (writes and what waits for them), `check`,
+//! `election`, `replication` (with heartbeats and ReadIndex rounds), `snapshot`,
+//! `membership`, and the small pure pieces `log`, `progress`, `quorum`, `read_index`,
+//! `lease`.
 
 pub mod types;
 
 mod check;
+mod config;
+mod ready;
 
 pub use check::{check_message, Refusal, Refusals};
 pub use types::*;
@@ -45,6 +49,7 @@ mod lease;
 mod log;
 mod membership;
 mod node;
+mod persist;
 mod progress;
 mod quorum;
 mod read_index;
@@ -61,10 +66,9 @@ mod testing;
 #[cfg(test)]
 mod transcripts;
 
+pub use config::{Config, ImageCheck, COMMITTED_BYTES_PER_READY_MAX};
 pub use events::Event;
 #[cfg(feature = "planted-bugs")]
 pub use node::PlantedBug;
-pub use node::{
-    Config, ImageCheck, ProposeError, Raft, Ready, Restored, SoftState, Status, Write, WriteId,
-    COMMITTED_BYTES_PER_READY_MAX,
-};
+pub use node::{ProposeError, Raft, Status};
+pub use ready::{Ready, Restored, SoftState, Write, WriteId};

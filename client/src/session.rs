@@ -1,0 +1,412 @@
+//! One logical client on a shared [`Client`]: its own client id and sequence numbers,
+//! and `execute`, which routes an operation, follows redirects and retries it with
+//! backoff under the same sequence number until it completes or the deadline passes.
+
+use crate::client::{bump, Client, Incoming, NodeAddr, Response};
+use crate::error::{node_name, Error};
+use bytes::Bytes;
+use kv_shared::auth::BODY_BYTES_MAX;
+use kv_shared::pack::count_prefix_bytes;
+use kv_shared::proto::{ClientError, ClientRequest, Op, Outcome};
+use kv_shared::shard::shard_for_key;
+use kv_shared::{ClientId, ShardId};
+use rand::rngs::SmallRng;
+use rand::Rng;
+use std::net::SocketAddr;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// One logical client: its own client id and sequence numbers. At most one request is
+/// outstanding (methods take `&mut self`), so a retried write can be deduplicated by the
+/// shard's session table.
+pub struct Session {
+    pub(crate) client: Client,
+    pub(crate) id: ClientId,
+    /// The id the nodes bind `id` to under this client's name; replies carry it.
+    pub(crate) bound: ClientId,
+    pub(crate) next_seq: u64,
+    pub(crate) rx: mpsc::UnboundedReceiver<Incoming>,
+    pub(crate) rng: SmallRng,
+    pub(crate) rotation: usize,
+    /// Shards where this session was opened (`Op::OpenSession`): a node refuses writes
+    /// from a client without a session on the shard (it may have been evicted).
+    pub(crate) open_shards: std::collections::BTreeSet<ShardId>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.client
+            .shared
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .remove(&self.bound);
+    }
+}
+
+/// Why the current attempt did not complete.
+enum Setback {
+    /// No reply within the attempt timeout.
+    Silence,
+    /// A retryable error reply.
+    Error(ClientError),
+}
+
+impl Session {
+    /// This session's client id.
+    pub fn id(&self) -> ClientId {
+        self.id
+    }
+
+    /// The client this session belongs to.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Reads a key. `Ok(None)`: the key is absent.
+    pub async fn get(&mut self, key: impl Into<Bytes>) -> Result<Option<Bytes>, Error> {
+        match self
+            .execute(Op::Get {
+                key: key.into(),
+                stale: false,
+            })
+            .await?
+        {
+            Response::Value(v) => Ok(v),
+            other => unreachable!("a get answered with {other:?}"),
+        }
+    }
+
+    /// Writes a key.
+    pub async fn put(
+        &mut self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> Result<(), Error> {
+        self.execute(Op::Put {
+            key: key.into(),
+            value: value.into(),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Deletes a key (absent keys are fine).
+    pub async fn delete(&mut self, key: impl Into<Bytes>) -> Result<(), Error> {
+        self.execute(Op::Delete { key: key.into() }).await.map(drop)
+    }
+
+    /// Compare-and-set: writes `new` if the key holds `expected` (`None`: is absent).
+    /// Returns `Response::CasOk` or `Response::CasMismatch`.
+    pub async fn cas(
+        &mut self,
+        key: impl Into<Bytes>,
+        expected: Option<Bytes>,
+        new: impl Into<Bytes>,
+    ) -> Result<Response, Error> {
+        self.execute(Op::Cas {
+            key: key.into(),
+            expected,
+            new: new.into(),
+        })
+        .await
+    }
+
+    /// Runs one keyed operation to completion: routing, redirects, retries with backoff
+    /// under one sequence number, until an answer or the unavailability deadline. The
+    /// first write to a shard opens the session there first. A write refused because the
+    /// shard evicted the session (`SessionExpired`) is an error whose outcome may be
+    /// unknown; the next write reopens the session.
+    ///
+    /// # Panics
+    /// On `Op::Status` (not routed to a shard; use [`Client::status`]).
+    pub async fn execute(&mut self, op: Op) -> Result<Response, Error> {
+        op.check_limits().map_err(Error::Limit)?;
+        let opens = op.is_write() && !matches!(op, Op::OpenSession { .. });
+        let shard = match (opens, op.key(), self.client.shard_count()) {
+            (true, Some(key), Some(count)) => Some(shard_for_key(key, count)),
+            _ => None,
+        };
+        if let (Some(shard), Some(key)) = (shard, op.key()) {
+            if !self.open_shards.contains(&shard) {
+                let open = Op::OpenSession { key: key.clone() };
+                self.execute_once(open).await?;
+                self.open_shards.insert(shard);
+            }
+        }
+        let result = self.execute_once(op).await;
+        if let (
+            Some(shard),
+            Err(Error::Refused {
+                error: ClientError::SessionExpired,
+                ..
+            }),
+        ) = (shard, &result)
+        {
+            self.open_shards.remove(&shard);
+        }
+        result
+    }
+
+    /// [`Session::execute`] without opening the session (limits already checked).
+    async fn execute_once(&mut self, op: Op) -> Result<Response, Error> {
+        let stale = matches!(op, Op::Get { stale: true, .. });
+        let is_write = op.is_write();
+        let shard_count = self
+            .client
+            .shard_count()
+            .expect("connect learned the shard count");
+        let shard = match (&op, op.key()) {
+            (Op::ShardLeader { shard, .. }, _) if shard.0 >= shard_count => {
+                return Err(Error::Limit(ClientError::Malformed(format!(
+                    "shard {} does not exist; the cluster has {shard_count} shards",
+                    shard.0
+                ))))
+            }
+            (Op::ShardLeader { shard, .. }, _) => *shard,
+            (_, Some(key)) => shard_for_key(key, shard_count),
+            (_, None) => panic!("execute takes keyed or shard-addressed operations"),
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let route_epoch = |client: &Client| client.cached_route(shard).map_or(0, |r| r.epoch);
+        let mut request = ClientRequest {
+            client: self.id,
+            seq,
+            epoch: route_epoch(&self.client),
+            op,
+        };
+        let mut encoded = postcard::to_stdvec(&request).expect("requests encode");
+        if count_prefix_bytes(1) + encoded.len() > BODY_BYTES_MAX {
+            return Err(Error::Limit(ClientError::Malformed(format!(
+                "request is {} bytes; a datagram carries at most BODY_BYTES_MAX = {BODY_BYTES_MAX}",
+                encoded.len()
+            ))));
+        }
+        let opts = self.client.shared.options.clone();
+        let start = Instant::now();
+        let deadline = start + opts.unavailable_after;
+        let mut backoff = opts.backoff_base;
+        let mut outcome_unknown = false;
+        let mut leader_worked = false;
+        let mut last = String::from("nothing answered yet");
+        let mut redirects_in_a_row = 0usize;
+        let mut attempt = 0u64;
+        // Nodes that let an attempt time out. If none of them, nor any other node, answered
+        // anything by the deadline (the counter counts every reply this client received),
+        // the cluster is unreachable, not merely leaderless.
+        let mut silent: Vec<SocketAddr> = Vec::new();
+        let replies_before = self.client.metrics().replies_received;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                let waited_ms = now.duration_since(start).as_millis() as u64;
+                let nothing_heard = self.client.metrics().replies_received == replies_before;
+                return Err(if nothing_heard && !silent.is_empty() {
+                    Error::NoNodeAnswered {
+                        waited_ms,
+                        tried: silent
+                            .iter()
+                            .map(|a| a.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        outcome_unknown,
+                    }
+                } else if leader_worked {
+                    Error::GaveUp {
+                        shard,
+                        waited_ms,
+                        last,
+                        outcome_unknown,
+                    }
+                } else {
+                    Error::NoLeader {
+                        shard,
+                        waited_ms,
+                        last,
+                        outcome_unknown,
+                    }
+                });
+            }
+            let epoch = route_epoch(&self.client);
+            if epoch != request.epoch {
+                // The same session and seq: only the routing epoch changes between attempts.
+                request.epoch = epoch;
+                encoded = postcard::to_stdvec(&request).expect("requests encode");
+            }
+            let target = self.pick_target(shard, stale);
+            if attempt > 0 {
+                bump(&self.client.shared.counters.retries);
+            }
+            attempt += 1;
+            self.client.enqueue(target.addr, encoded.clone());
+            let attempt_end = (now + opts.attempt_timeout).min(deadline);
+            let setback = loop {
+                match tokio::time::timeout_at(attempt_end.into(), self.rx.recv()).await {
+                    Err(_) | Ok(None) => break Setback::Silence,
+                    Ok(Some(inc)) if inc.seq != seq => continue,
+                    Ok(Some(inc)) => match inc.outcome {
+                        Outcome::Value(v) => {
+                            return Ok(self.succeeded(shard, inc.from, stale, Response::Value(v)))
+                        }
+                        Outcome::Done => {
+                            return Ok(self.succeeded(shard, inc.from, stale, Response::Done))
+                        }
+                        Outcome::CasOk => {
+                            return Ok(self.succeeded(shard, inc.from, stale, Response::CasOk))
+                        }
+                        Outcome::Integer(n) => {
+                            return Ok(self.succeeded(shard, inc.from, stale, Response::Integer(n)))
+                        }
+                        Outcome::CasMismatch { current } => {
+                            return Ok(self.succeeded(
+                                shard,
+                                inc.from,
+                                stale,
+                                Response::CasMismatch { current },
+                            ))
+                        }
+                        // A late error for an earlier attempt says nothing about this one.
+                        Outcome::Error(_) | Outcome::Status(_) if inc.from != target.addr => {
+                            continue
+                        }
+                        Outcome::Status(_) => continue,
+                        Outcome::Error(e) => break Setback::Error(e),
+                    },
+                }
+            };
+            let who = node_name(self.client.node_id(target), target.addr);
+            match setback {
+                Setback::Silence => {
+                    outcome_unknown |= is_write;
+                    if !silent.contains(&target.addr) {
+                        silent.push(target.addr);
+                    }
+                    last = format!(
+                        "{who} did not answer within {} ms",
+                        opts.attempt_timeout.as_millis()
+                    );
+                    self.forget_leader(shard, target);
+                    self.rotation = self.rotation.wrapping_add(1);
+                }
+                Setback::Error(ClientError::NotLeader {
+                    leader: Some(l), ..
+                }) if Some(l) != target.id
+                    && self
+                        .client
+                        .shared
+                        .topology
+                        .lock()
+                        .expect("topology lock")
+                        .addr_of(l)
+                        .is_some() =>
+                {
+                    bump(&self.client.shared.counters.redirects);
+                    self.client.set_leader(shard, Some(l));
+                    last = format!("{who} redirected to node {}", l.0);
+                    redirects_in_a_row += 1;
+                    // Follow a fresh hint at once; a ping-pong of stale hints backs off.
+                    if redirects_in_a_row <= self.client.shared.options.nodes.len() {
+                        continue;
+                    }
+                }
+                Setback::Error(ClientError::StaleRoute { route, .. })
+                    if route.shard == shard && self.client.learn_route(&route) =>
+                {
+                    bump(&self.client.shared.counters.redirects);
+                    last = format!(
+                        "{who} answered with shard {}'s replicas at epoch {}: {}",
+                        shard.0,
+                        route.epoch,
+                        route.replica_list()
+                    );
+                    redirects_in_a_row += 1;
+                    if redirects_in_a_row <= self.client.shared.options.nodes.len() {
+                        continue;
+                    }
+                }
+                Setback::Error(ClientError::StaleRoute { .. }) => {
+                    // The node knows no newer set than ours: try another replica.
+                    bump(&self.client.shared.counters.redirects);
+                    last = format!("{who} holds no replica of shard {} it can serve", shard.0);
+                    self.forget_leader(shard, target);
+                    self.rotation = self.rotation.wrapping_add(1);
+                }
+                Setback::Error(ClientError::NotLeader { .. }) => {
+                    bump(&self.client.shared.counters.redirects);
+                    last = format!("{who} is not its leader and knows none");
+                    self.client.set_leader(shard, None);
+                    self.rotation = self.rotation.wrapping_add(1);
+                }
+                Setback::Error(
+                    e @ (ClientError::Timeout { .. } | ClientError::NoQuorum { .. }),
+                ) => {
+                    outcome_unknown |= is_write;
+                    leader_worked = true;
+                    if matches!(e, ClientError::NoQuorum { .. }) {
+                        self.forget_leader(shard, target);
+                    }
+                    last = format!("{who}: {e}");
+                }
+                Setback::Error(
+                    e @ (ClientError::Overloaded { .. } | ClientError::OverloadedBytes { .. }),
+                ) => {
+                    leader_worked = true;
+                    last = format!("{who}: {e}");
+                }
+                Setback::Error(error) => {
+                    let node = self.client.node_id(target);
+                    return Err(Error::Refused {
+                        node,
+                        addr: target.addr,
+                        error,
+                        outcome_unknown,
+                    });
+                }
+            }
+            redirects_in_a_row = 0;
+            let jittered = backoff.mul_f64(self.rng.gen_range(0.5..1.0));
+            let wake = (Instant::now() + jittered).min(deadline);
+            tokio::time::sleep_until(wake.into()).await;
+            backoff = (backoff * 2).min(opts.backoff_max);
+        }
+    }
+
+    /// The node to send to: the cached leader, else the next of the shard's replicas in
+    /// this session's rotation (any replica redirects to the leader it knows; before the
+    /// replicas are known, any node answers with them). Stale reads go to any replica.
+    fn pick_target(&mut self, shard: ShardId, stale: bool) -> NodeAddr {
+        if !stale {
+            if let Some(l) = self.client.cached_leader(shard) {
+                return l;
+            }
+        }
+        let nodes = self.client.candidates(shard);
+        if stale {
+            self.rotation = self.rotation.wrapping_add(1);
+        }
+        nodes[self.rotation % nodes.len()]
+    }
+
+    fn forget_leader(&self, shard: ShardId, target: NodeAddr) {
+        if self.client.cached_leader(shard).map(|l| l.addr) == Some(target.addr) {
+            self.client.set_leader(shard, None);
+        }
+    }
+
+    fn succeeded(&self, shard: ShardId, from: SocketAddr, stale: bool, r: Response) -> Response {
+        if !stale {
+            let id = self
+                .client
+                .shared
+                .topology
+                .lock()
+                .expect("topology lock")
+                .id_of(from);
+            if id.is_some() {
+                self.client.set_leader(shard, id);
+            }
+        }
+        r
+    }
+}

@@ -1,0 +1,115 @@
+//! A replica's settings, in one place: kv-node, course mode, the simulator and the tests
+//! all build theirs from [`Config::new`] with struct update syntax.
+
+use crate::types::Snapshot;
+use kv_shared::NodeId;
+
+/// Per-replica settings. Timing is in ticks; the caller decides how long a tick is.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This replica's id (non-zero).
+    pub id: NodeId,
+    /// Election timeout is drawn uniformly from `election_ticks_min..election_ticks_max`.
+    pub election_ticks_min: u32,
+    /// Exclusive upper bound of the election timeout.
+    pub election_ticks_max: u32,
+    /// A leader sends heartbeats every this many ticks.
+    pub heartbeat_ticks: u32,
+    /// Ask for pre-votes before starting a real election (thesis 9.6).
+    pub pre_vote: bool,
+    /// A leader that has not heard from a quorum for an election timeout steps down, and a
+    /// follower that heard from a leader within the minimum election timeout ignores votes.
+    pub check_quorum: bool,
+    /// Most entry payload bytes in one Append message (at least one entry is always sent).
+    pub append_bytes_max: usize,
+    /// Most unacknowledged Append messages per follower in the replicate state.
+    pub inflight_appends_max: usize,
+    /// Most bytes in one InstallSnapshot chunk.
+    pub snapshot_chunk_bytes_max: usize,
+    /// Most snapshot bytes a leader sends beyond a follower's acknowledged offset, within
+    /// `inflight_appends_max` chunks (one chunk is always allowed).
+    pub snapshot_inflight_bytes_max: usize,
+    /// Most entry payload bytes handed out in one `Ready::committed` (at least one entry
+    /// is always handed out); the rest follow in the next `Ready`. Bounds the memory a
+    /// replica catching up on a long committed log hands its caller at once.
+    pub committed_bytes_per_ready_max: usize,
+    /// Seed of this replica's RNG (election jitter). Derive it from (run seed, node, group).
+    pub seed: u64,
+    /// Leader lease reads (needs `check_quorum`): a leader that committed an entry of its
+    /// term and got echoes from a quorum of heartbeats it sent less than
+    /// `election_ticks_min - lease_margin_ticks` ticks ago answers `read_index` at once,
+    /// without a heartbeat round. Assumes tick rates of the replicas differ by less than
+    /// the margin over an election timeout (docs/RAFT.md). Default false.
+    pub lease_reads: bool,
+    /// Ticks taken off the lease for clock drift and tick granularity (at least 2; must
+    /// be below `election_ticks_min` when `lease_reads` is on).
+    pub lease_margin_ticks: u32,
+    /// Skip the periodic heartbeat to a follower that got an Append since the previous
+    /// heartbeat and was heard from within half the minimum election timeout (one whose
+    /// acks wait on a slow disk gets the heartbeat: its answer keeps CheckQuorum happy).
+    /// Default false.
+    pub heartbeat_suppression: bool,
+    /// Send an Append to every follower as soon as the commit index advances (true, the
+    /// classic behaviour). When false, followers learn the commit index from the next
+    /// Append or heartbeat. Default true.
+    pub broadcast_commit: bool,
+    /// Appends and snapshot chunks that made no progress for this many ticks are resent.
+    /// `None` (default): every `heartbeat_ticks` (retransmission rides on heartbeats).
+    pub retransmit_ticks: Option<u32>,
+    /// Send new entries at once only to this many most recently responsive voters (the
+    /// others get them with the next heartbeat, or at once if an eager ack is missing
+    /// after `retransmit_ticks`). `None` (default) sends to everyone at once.
+    pub eager_followers: Option<usize>,
+    /// Most `read_index` requests a leader holds unconfirmed; more get
+    /// [`ProposeError::TooManyPendingReads`](crate::ProposeError::TooManyPendingReads).
+    pub pending_reads_max: usize,
+    /// Decides whether a snapshot received from a leader holds a state machine image the
+    /// caller can restore. A refused one is dropped before it is persisted (and counted as
+    /// [`Refusal::SnapshotImageInvalid`](crate::Refusal::SnapshotImageInvalid)):
+    /// persisted, it would fail every restart. `None` accepts every image.
+    pub snapshot_image_check: Option<ImageCheck>,
+}
+
+/// Default of [`Config::committed_bytes_per_ready_max`]: a few Append batches' worth.
+pub const COMMITTED_BYTES_PER_READY_MAX: usize = 1024 * 1024;
+
+/// See [`Config::snapshot_image_check`]: true if the caller can restore the snapshot.
+/// A plain function (pure, deterministic) so that `Config` stays plain data.
+pub type ImageCheck = fn(&Snapshot) -> bool;
+
+impl Config {
+    /// Defaults for replica `id` with RNG seed `seed`: election timeout 10..20 ticks,
+    /// heartbeat every 2, PreVote and CheckQuorum on, the byte and window limits of
+    /// `kv_shared::limits`, and every optional behaviour at its classic setting (no lease
+    /// reads, no suppression, commit broadcasts, retransmit with heartbeats, all
+    /// followers eager). Change fields with struct update syntax.
+    pub fn new(id: NodeId, seed: u64) -> Config {
+        Config {
+            id,
+            election_ticks_min: 10,
+            election_ticks_max: 20,
+            heartbeat_ticks: 2,
+            pre_vote: true,
+            check_quorum: true,
+            append_bytes_max: kv_shared::limits::APPEND_BYTES_MAX,
+            inflight_appends_max: kv_shared::limits::INFLIGHT_APPENDS_MAX,
+            snapshot_chunk_bytes_max: kv_shared::limits::SNAPSHOT_CHUNK_BYTES_MAX,
+            snapshot_inflight_bytes_max: kv_shared::limits::SNAPSHOT_INFLIGHT_BYTES_MAX,
+            committed_bytes_per_ready_max: COMMITTED_BYTES_PER_READY_MAX,
+            seed,
+            lease_reads: false,
+            lease_margin_ticks: 2,
+            heartbeat_suppression: false,
+            broadcast_commit: true,
+            retransmit_ticks: None,
+            eager_followers: None,
+            pending_reads_max: kv_shared::limits::PENDING_REQUESTS_MAX,
+            snapshot_image_check: None,
+        }
+    }
+
+    /// Ticks after which a flow without progress is resent ([`Config::retransmit_ticks`]).
+    pub fn retransmit_ticks(&self) -> u32 {
+        self.retransmit_ticks.unwrap_or(self.heartbeat_ticks)
+    }
+}

@@ -1,0 +1,147 @@
+//! Persist before send (thesis 10.2.1, etcd's msgsAfterAppend): the writes a replica
+//! hands out, the messages and self-votes held until a write is durable, and what
+//! `on_persisted` releases.
+
+use crate::node::{planted, Held, InflightWrite, Raft};
+use crate::ready::{Write, WriteId};
+use crate::types::*;
+use kv_shared::NodeId;
+
+impl Raft {
+    /// The caller has made `write` durable.
+    pub fn on_persisted(&mut self, id: WriteId) {
+        assert!(
+            id.0 >= 1 && id.0 < self.next_write_id,
+            "on_persisted({}) of a write never issued",
+            id.0
+        );
+        if id.0 <= self.persisted_write {
+            return;
+        }
+        self.persisted_write = id.0;
+        while self.inflight_writes.front().is_some_and(|w| w.id <= id.0) {
+            let w = self.inflight_writes.pop_front().expect("checked");
+            if let Some(last) = w.last {
+                self.log.persisted = self.log.persisted.max(last);
+            }
+        }
+        if self
+            .snapshot_in_write
+            .as_ref()
+            .is_some_and(|(w, _)| *w <= id.0)
+        {
+            let (_, snap) = self.snapshot_in_write.take().expect("checked");
+            self.snapshot_ready = Some(snap);
+        }
+        let (release, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|(w, _)| *w <= id.0);
+        self.held = keep;
+        for (_, h) in release {
+            match h {
+                Held::Send(m) => self.msgs.push(m),
+                Held::SelfVote(term) => self.count_self_vote(term),
+            }
+        }
+        if self.maybe_commit() {
+            self.commit_advanced();
+        }
+    }
+
+    /// Queues a message that promises durable state (a vote grant, an append ack): it
+    /// leaves only once every write issued or pending now is durable.
+    pub(crate) fn send_after_persist(&mut self, to: NodeId, body: MessageBody) {
+        let m = Message {
+            from: self.cfg.id,
+            to,
+            term: self.term,
+            body,
+        };
+        if planted!(self, AckBeforePersist) {
+            self.msgs.push(m);
+            return;
+        }
+        match self.write_dependency() {
+            // The same message held for the same write says nothing new: without this, a
+            // peer repeating one Append while a write is slow would grow `held` without
+            // bound.
+            Some(w) if self.held_already(w, &m) => {}
+            Some(w) => self.held.push((w, Held::Send(m))),
+            None => self.msgs.push(m),
+        }
+    }
+
+    /// True if `m` is held for write `w` already (`held` is in write order).
+    pub(crate) fn held_already(&self, w: u64, m: &Message) -> bool {
+        self.held
+            .iter()
+            .rev()
+            .take_while(|(dep, _)| *dep == w)
+            .any(|(_, h)| matches!(h, Held::Send(x) if x == m))
+    }
+
+    /// The write whose durability covers all state changed so far, if not durable yet.
+    pub(crate) fn write_dependency(&self) -> Option<u64> {
+        if self.needs_write() {
+            Some(self.next_write_id)
+        } else {
+            self.inflight_writes.back().map(|w| w.id)
+        }
+    }
+
+    /// True if there is state that no emitted write covers yet.
+    pub(crate) fn needs_write(&self) -> bool {
+        self.log.has_unstable()
+            || self.snapshot_unwritten.is_some()
+            || self.term != self.hs_written.term
+            || self.vote != self.hs_written.vote
+    }
+
+    pub(crate) fn take_write(&mut self) -> Write {
+        let id = self.next_write_id;
+        self.next_write_id += 1;
+        let snapshot = self.snapshot_unwritten.take();
+        let entries = self.log.take_unstable();
+        let hs = self.hard_state();
+        let hard_state = (hs != self.hs_written).then_some(hs);
+        self.hs_written = hs;
+        let last = entries
+            .last()
+            .map(|e| e.index)
+            .or(snapshot.as_ref().map(|s| s.meta.index));
+        if let Some(s) = &snapshot {
+            self.snapshot_in_write = Some((id, s.clone()));
+        }
+        self.inflight_writes.push_back(InflightWrite { id, last });
+        Write {
+            id: WriteId(id),
+            snapshot,
+            entries,
+            hard_state,
+        }
+    }
+
+    /// Highest index that may be handed out for applying now.
+    pub(crate) fn next_committed_hi(&self) -> Index {
+        if self.snapshot_unwritten.is_some()
+            || self.snapshot_in_write.is_some()
+            || self.snapshot_ready.is_some()
+        {
+            // The state machine must restore the snapshot first.
+            return self.log.applied;
+        }
+        self.log
+            .commit
+            .min(self.log.persisted)
+            .max(self.log.applied)
+    }
+
+    /// Memory dropped entries from `index` on: durable copies of them no longer count.
+    pub(crate) fn on_truncated(&mut self, index: Index) {
+        let keep = index - 1;
+        self.log.persisted = self.log.persisted.min(keep);
+        for w in &mut self.inflight_writes {
+            w.last = w.last.map(|l| l.min(keep));
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! What a replica starts from and what it hands its caller: [`Restored`] in, [`Ready`]
+//! (with its [`Write`] to persist) out.
+
+use crate::types::*;
+use kv_shared::NodeId;
+
+/// What survived on disk, handed to [`Raft::new`](crate::Raft::new) at start.
+#[derive(Clone, Debug, Default)]
+pub struct Restored {
+    /// The durable hard state (default for a fresh replica).
+    pub hard_state: HardState,
+    /// The latest durable snapshot, if any. The caller restores its state machine from it
+    /// itself; it is not handed back as `Ready::apply_snapshot`.
+    pub snapshot: Option<Snapshot>,
+    /// Durable entries after the snapshot, contiguous.
+    pub entries: Vec<Entry>,
+    /// Membership before the first conf-change entry, used when there is no snapshot (a
+    /// fresh cluster): every initial voter gets the same list. Conf-change entries are
+    /// deltas applied on top of it, so a node added later must be given the same list
+    /// (or catch up from a snapshot).
+    pub initial_membership: Membership,
+}
+
+/// Identifies one [`Write`], to be reported with [`Raft::on_persisted`](crate::Raft::on_persisted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WriteId(pub u64);
+
+/// State to make durable, in this order: snapshot, then entries, then hard state (one
+/// fsync may cover it all). Writes must be persisted in `id` order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Write {
+    /// Report this id to [`Raft::on_persisted`](crate::Raft::on_persisted) once durable.
+    pub id: WriteId,
+    /// A snapshot received from the leader, to store (and then restore, see
+    /// `Ready::apply_snapshot`). It replaces the whole stored log: drop every stored entry,
+    /// then append `entries` (which then start at `snapshot.meta.index + 1`).
+    pub snapshot: Option<Snapshot>,
+    /// Entries to append. If the first index is at or below the last stored index, the
+    /// stored log is truncated from that index first (a conflicting suffix is replaced).
+    pub entries: Vec<Entry>,
+    /// New hard state, if it changed.
+    pub hard_state: Option<HardState>,
+}
+
+/// Role, term and leader, reported when any of them changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftState {
+    /// Role now.
+    pub role: Role,
+    /// Term now.
+    pub term: Term,
+    /// Known leader.
+    pub leader: Option<NodeId>,
+}
+
+/// A batch of work for the caller; see the crate docs for the order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// Messages to send now.
+    pub messages: Vec<Message>,
+    /// State to persist; report with `on_persisted`.
+    pub write: Option<Write>,
+    /// A durable snapshot the state machine must restore before applying `committed`.
+    pub apply_snapshot: Option<Snapshot>,
+    /// Committed, locally durable entries to apply, in order.
+    pub committed: Vec<Entry>,
+    /// ReadIndex requests confirmed by a quorum.
+    pub reads: Vec<ReadState>,
+    /// ReadIndex requests that can no longer be confirmed (leadership lost): answer them
+    /// with "not leader".
+    pub failed_reads: Vec<u64>,
+    /// Set when role, term or leader changed since the last `Ready`.
+    pub soft_state: Option<SoftState>,
+    /// A follower that answers needs a snapshot, and this leader no longer holds the
+    /// image of its latest one (images are dropped once no transfer needs them: they are
+    /// as large as the state machine). Answer with [`Raft::provide_snapshot`](crate::Raft::provide_snapshot).
+    pub snapshot_wanted: bool,
+    /// What happened since the last `Ready`, for the caller's log and metrics.
+    pub events: Vec<crate::Event>,
+}
+
+impl Ready {
+    /// True if there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+            && self.write.is_none()
+            && self.apply_snapshot.is_none()
+            && self.committed.is_empty()
+            && self.reads.is_empty()
+            && self.failed_reads.is_empty()
+            && self.soft_state.is_none()
+            && !self.snapshot_wanted
+            && self.events.is_empty()
+    }
+}
