@@ -1518,3 +1518,38 @@ fn a_created_replica_knows_no_membership_until_the_snapshot() {
     }
     assert_eq!(c.nodes[3].raft_status(shard).role, Role::Follower);
 }
+
+/// The planted bug `RemovedReplicaServesReads` is live: with it, the removed node keeps
+/// the shard and answers a stale read routed by the newer epoch (the correct path, a
+/// `StaleRoute`, is checked in `a_replica_moves_under_writes_and_loses_no_acknowledged_write`).
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn with_the_planted_bug_a_removed_replica_still_answers_reads() {
+    let shard = ShardId(0);
+    let mut c = four_nodes_one_shard_on_three();
+    let l = c.leader(shard);
+    let from = (0..3).find(|&i| i != l).unwrap() as u64 + 1;
+    let f = from as usize - 1;
+    c.nodes[f].plant_bug(crate::PlantedBug::RemovedReplicaServesReads);
+    c.request(l, 1, put(1, 1, "a", "1"));
+    c.flush(l);
+    c.tick(3);
+    assert_eq!(
+        c.until_answered(2, move_req(50, from, 4), 2000),
+        Outcome::Done
+    );
+    c.tick(10);
+    assert!(c.nodes[f].hosts(shard), "the bug keeps the removed replica");
+    let mut stale = get(9, 1, "a");
+    stale.op = Op::Get {
+        key: Bytes::from_static(b"a"),
+        stale: true,
+    };
+    stale.epoch = c.nodes[c.leader(shard)].shard_route(shard).epoch;
+    c.request(f, 3, stale);
+    c.flush(f);
+    assert_eq!(
+        c.reply_to(3),
+        vec![Outcome::Value(Some(Bytes::from_static(b"1")))]
+    );
+}
