@@ -20,14 +20,16 @@ impl NodeCore {
         let me = self.config.node;
         let tick = self.tick_count;
         let group = &mut self.groups[g];
-        if group.soft.role != Role::Leader {
+        let in_flight = group.sm.move_in_flight();
+        let idle = in_flight.is_none() && group.raft.membership().learners.is_empty();
+        if group.soft.role != Role::Leader || idle {
+            // The common case, every tick: no status built.
             return;
         }
         let st = group.raft.status();
         if group.sm.applied_index() < st.commit {
             return;
         }
-        let in_flight = group.sm.move_in_flight();
         let Some(m) = in_flight else {
             if let Some(stray) = moves::stray_learner(&st.membership, None) {
                 group.wake();
