@@ -13,7 +13,7 @@ use kv_shared::{ClientId, ShardId};
 use rand::rngs::SmallRng;
 use rand::Rng;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// One logical client: its own client id and sequence numbers. At most one request is
@@ -121,6 +121,17 @@ impl Session {
     /// # Panics
     /// On `Op::Status` (not routed to a shard; use [`Client::status`]).
     pub async fn execute(&mut self, op: Op) -> Result<Response, Error> {
+        self.execute_waiting(op, None).await
+    }
+
+    /// [`Session::execute`], waiting up to `wait` instead of the client's
+    /// `unavailable_after` (for an admin request the leader answers only when done, such
+    /// as `Op::MoveReplica`).
+    pub async fn execute_within(&mut self, op: Op, wait: Duration) -> Result<Response, Error> {
+        self.execute_waiting(op, Some(wait)).await
+    }
+
+    async fn execute_waiting(&mut self, op: Op, wait: Option<Duration>) -> Result<Response, Error> {
         op.check_limits().map_err(Error::Limit)?;
         let opens = op.is_write() && !matches!(op, Op::OpenSession { .. });
         let shard = match (opens, op.key(), self.client.shard_count()) {
@@ -130,11 +141,11 @@ impl Session {
         if let (Some(shard), Some(key)) = (shard, op.key()) {
             if !self.open_shards.contains(&shard) {
                 let open = Op::OpenSession { key: key.clone() };
-                self.execute_once(open).await?;
+                self.execute_once(open, None).await?;
                 self.open_shards.insert(shard);
             }
         }
-        let result = self.execute_once(op).await;
+        let result = self.execute_once(op, wait).await;
         if let (
             Some(shard),
             Err(Error::Refused {
@@ -149,7 +160,7 @@ impl Session {
     }
 
     /// [`Session::execute`] without opening the session (limits already checked).
-    async fn execute_once(&mut self, op: Op) -> Result<Response, Error> {
+    async fn execute_once(&mut self, op: Op, wait: Option<Duration>) -> Result<Response, Error> {
         let stale = matches!(op, Op::Get { stale: true, .. });
         let is_write = op.is_write();
         let shard_count = self
@@ -157,15 +168,16 @@ impl Session {
             .shard_count()
             .expect("connect learned the shard count");
         let shard = match (&op, op.key()) {
-            (Op::ShardLeader { shard, .. }, _) if shard.0 >= shard_count => {
+            (op, _) if op.admin_shard().is_some_and(|s| s.0 >= shard_count) => {
                 return Err(Error::Limit(ClientError::Malformed(format!(
                     "shard {} does not exist; the cluster has {shard_count} shards",
-                    shard.0
+                    op.admin_shard().expect("matched").0
                 ))))
             }
-            (Op::ShardLeader { shard, .. }, _) => *shard,
+            (op, None) => op
+                .admin_shard()
+                .expect("execute takes keyed or shard-addressed operations"),
             (_, Some(key)) => shard_for_key(key, shard_count),
-            (_, None) => panic!("execute takes keyed or shard-addressed operations"),
         };
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -185,7 +197,7 @@ impl Session {
         }
         let opts = self.client.shared.options.clone();
         let start = Instant::now();
-        let deadline = start + opts.unavailable_after;
+        let deadline = start + wait.unwrap_or(opts.unavailable_after);
         let mut backoff = opts.backoff_base;
         let mut outcome_unknown = false;
         let mut leader_worked = false;

@@ -400,6 +400,7 @@ pub fn op_label(op: &Op) -> &'static str {
         Op::Swap { .. } => "swap",
         Op::OpenSession { .. } => "open_session",
         Op::ShardLeader { .. } => "shard_leader",
+        Op::MoveReplica { .. } => "move_replica",
         Op::Status => "status",
     }
 }
@@ -451,6 +452,10 @@ impl<S: LogStore> LogStore for MeteredStore<S> {
         self.metrics
             .wal_commit(std::mem::take(&mut self.appended_bytes), start.elapsed());
         result
+    }
+
+    fn remove_group(&mut self, shard: u32) -> Result<(), StoreError> {
+        self.inner.remove_group(shard)
     }
 }
 

@@ -8,6 +8,8 @@
 //!   `on_disk_done`) and its [`Output`] (datagrams, disk writes, client replies).
 //! - [`config`]: the [`NodeConfig`] settings.
 //! - [`sm`]: the per-shard state machine and sessions (exactly-once writes).
+//! - [`moves`]: moving a shard's replica between nodes (checks and the leader's next
+//!   step); `core/moving.rs` holds the node core's side (driving, creating, dropping).
 //! - [`wal`]: Raft state as kv-storage records, and recovery from them.
 //! - [`codec`]: peer datagrams (encode, decode, split to fit).
 //! - [`write_refusal`]: client writes refused for a while (disk full), an input of the core.
@@ -18,6 +20,7 @@ pub mod codec;
 pub mod config;
 pub mod core;
 pub mod events;
+pub mod moves;
 pub mod placement;
 pub mod sm;
 pub mod wal;

@@ -602,7 +602,12 @@ impl Raft {
         self.refusals.count(reason);
     }
 
-    /// Where this replica stands.
+    /// The membership as of the commit index (what `status().membership` copies).
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// Where this replica stands (allocates; see [`Raft::membership`] for the cheap part).
     pub fn status(&self) -> Status {
         let mut progress = Vec::new();
         if let RoleState::Leader(ls) = &self.role {

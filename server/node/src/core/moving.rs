@@ -1,0 +1,227 @@
+//! The node core's side of moving replicas: driving the moves this node leads, creating
+//! a replica a leader is adding this node to, and dropping one that was removed. The
+//! move's steps themselves are decided by the pure [`crate::moves`].
+
+use super::{Durable, Group, NodeCore};
+use crate::events::{EventKind, NodeEvent};
+use crate::moves::{self, LeaderView, MoveStep};
+use crate::sm::{CommandBatch, WriteCommand, WriteOp};
+use crate::wal::{self, ReplicaRecord};
+use crate::{DiskOp, GroupMessage};
+use kv_raft::{ConfChange, Restored, Role};
+use kv_shared::proto::{ClientError, Op, Outcome};
+use kv_shared::ShardId;
+
+impl NodeCore {
+    /// Takes the next step of shard `g`'s move in flight, if this replica leads it and
+    /// has applied everything committed (so the move record and membership it reads are
+    /// the ones the log holds); also removes a learner no move is adding.
+    pub(super) fn drive_move(&mut self, g: ShardId) {
+        let me = self.config.node;
+        let tick = self.tick_count;
+        let group = &mut self.groups[g];
+        let in_flight = group.sm.move_in_flight();
+        let idle = in_flight.is_none() && group.raft.membership().learners.is_empty();
+        if group.soft.role != Role::Leader || idle {
+            // The common case, every tick: no status built.
+            return;
+        }
+        let st = group.raft.status();
+        if group.sm.applied_index() < st.commit {
+            return;
+        }
+        let Some(m) = in_flight else {
+            if let Some(stray) = moves::stray_learner(&st.membership, None) {
+                group.wake();
+                let _ = group
+                    .raft
+                    .propose_conf_change(ConfChange::RemoveNode(stray));
+            }
+            return;
+        };
+        let catching_up = st.membership.learners.contains(&m.to);
+        let since = *group.catch_up_since.get_or_insert(tick);
+        if !catching_up {
+            group.catch_up_since = None;
+        }
+        let view = LeaderView {
+            me,
+            membership: &st.membership,
+            progress: &st.progress,
+            commit: st.commit,
+            catch_up_ticks: if catching_up { tick - since } else { 0 },
+        };
+        match moves::next_step(&m, &view) {
+            MoveStep::Wait => {}
+            MoveStep::Change(change) => {
+                group.wake();
+                // Refused while another change is being applied: tried again next tick.
+                let _ = group.raft.propose_conf_change(change);
+            }
+            MoveStep::TransferLeadership(to) => {
+                let interval = 3 * u64::from(self.config.raft.election_ticks_max);
+                if group
+                    .last_transfer_tick
+                    .is_none_or(|t| tick >= t + interval)
+                {
+                    group.wake();
+                    group.raft.transfer_leadership(to);
+                    group.last_transfer_tick = Some(tick);
+                }
+            }
+            MoveStep::End(refusal) => {
+                if group
+                    .move_end_proposed
+                    .is_some_and(|i| i > group.sm.applied_index())
+                {
+                    return;
+                }
+                let shard = group.shard;
+                let term = group.soft.term;
+                let end = WriteCommand {
+                    client: m.client,
+                    seq: m.seq,
+                    op: WriteOp::EndMove {
+                        client: m.client,
+                        seq: m.seq,
+                        refusal: refusal.clone(),
+                    },
+                };
+                group.wake();
+                if let Ok((index, _)) = group
+                    .raft
+                    .propose(CommandBatch { writes: vec![end] }.encode())
+                {
+                    group.move_end_proposed = Some(index);
+                    self.out.events.push(NodeEvent {
+                        shard,
+                        term,
+                        kind: EventKind::MoveEnded {
+                            from: m.from,
+                            to: m.to,
+                            refusal,
+                        },
+                    });
+                }
+            }
+        }
+    }
+
+    /// Creates the replica a leader is adding this node to, if `gm` is such a message:
+    /// one only a leader sends (an append, heartbeat or snapshot chunk), for a shard of
+    /// the cluster this node was never removed from. The replica starts with an empty
+    /// membership, so it cannot campaign or count itself anywhere until the leader's
+    /// snapshot tells it the real one (kv-raft sends a member missing from the log's
+    /// base membership a snapshot, never the log from its start). Its creation is
+    /// persisted before any of its own writes, so a restart recovers it.
+    pub(super) fn create_replica(&mut self, gm: &GroupMessage) -> bool {
+        use kv_raft::MessageBody;
+        let from_a_leader = matches!(
+            gm.msg.body,
+            MessageBody::Append { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. }
+        );
+        if !from_a_leader
+            || gm.shard.0 >= self.config.shard_count
+            || self.removed.contains_key(&gm.shard)
+        {
+            return false;
+        }
+        #[cfg(feature = "planted-bugs")]
+        let membership = if self.created_with_bootstrap_membership {
+            let mut voters = self.placement[gm.shard.0 as usize].replicas.clone();
+            voters.push(self.config.node);
+            voters.sort();
+            voters.dedup();
+            kv_raft::Membership {
+                voters,
+                learners: Vec::new(),
+            }
+        } else {
+            kv_raft::Membership::default()
+        };
+        #[cfg(not(feature = "planted-bugs"))]
+        let membership = kv_raft::Membership::default();
+        let restored = Restored {
+            initial_membership: membership,
+            ..Restored::default()
+        };
+        let group = Group::new(&self.config, gm.shard, restored)
+            .expect("an empty replica has no snapshot to fail");
+        self.groups.0.insert(gm.shard, group);
+        self.round_ops.push(DiskOp::Append(wal::replica_record(
+            gm.shard.0,
+            ReplicaRecord::Created,
+        )));
+        self.out.events.push(NodeEvent {
+            shard: gm.shard,
+            term: gm.msg.term,
+            kind: EventKind::ReplicaCreated {
+                leader: gm.msg.from,
+            },
+        });
+        true
+    }
+
+    /// This node's replica of `g` applied its own removal at `epoch`: it stops serving at
+    /// once (requests for the shard get `StaleRoute` with the new replica set), and its
+    /// tombstone goes to the WAL, after which the runtime deletes its snapshot files.
+    pub(super) fn drop_replica(&mut self, g: ShardId, epoch: u64) {
+        let route = self.shard_route(g);
+        let group = self.groups.0.remove(&g).expect("hosted");
+        self.removed.insert(g, epoch);
+        let ids: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.shard == g)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let e = ClientError::StaleRoute {
+                node: self.config.node,
+                route: route.clone(),
+            };
+            self.reply(id, Outcome::Error(e));
+        }
+        self.removed_routes.insert(g, route);
+        self.round_ops.push(DiskOp::Append(wal::replica_record(
+            g.0,
+            ReplicaRecord::Removed { epoch },
+        )));
+        self.round_durable.push(Durable::Removed(g));
+        self.out.events.push(NodeEvent {
+            shard: g,
+            term: group.soft.term,
+            kind: EventKind::ReplicaRemoved { epoch },
+        });
+    }
+
+    /// True if request `id` is the `MoveReplica` that began the move in flight of `g`.
+    pub(super) fn is_move_in_flight_request(&self, g: ShardId, id: u64) -> bool {
+        let (Some(r), Some(m)) = (self.requests.get(&id), self.groups[g].sm.move_in_flight())
+        else {
+            return false;
+        };
+        matches!(r.req.op, Op::MoveReplica { .. }) && (r.req.client, r.req.seq) == (m.client, m.seq)
+    }
+
+    /// The move in flight of `g` ended (applied `EndMove`): its waiters get the outcome
+    /// the admin's session now holds, the same a retry would get.
+    pub(super) fn move_ended(&mut self, g: ShardId) {
+        let group = &mut self.groups[g];
+        group.catch_up_since = None;
+        group.move_end_proposed = None;
+        let waiters = std::mem::take(&mut group.move_waiters);
+        for id in waiters {
+            let Some(r) = self.requests.get(&id) else {
+                continue;
+            };
+            let outcome = self.groups[g]
+                .sm
+                .saved_outcome(r.req.client, r.req.seq)
+                .unwrap_or(Outcome::Error(ClientError::SessionExpired));
+            self.reply(id, outcome);
+        }
+    }
+}
