@@ -26,15 +26,18 @@
 //! ones are dropped and counted ([`Raft::refusals`]), so no remote input reaches an
 //! assertion or an overflow.
 //!
-//! Layout: `node` (public API, dispatch, the write/hold machinery), `check`, `election`,
+//! Layout: `node` (public API, dispatch, the write/hold machinery), `check`, `display`
+//! (the one text form of messages and entries, for transcripts and traces), `election`,
 //! `replication` (with heartbeats and ReadIndex rounds), `snapshot`, `membership`, and the
 //! small pure pieces `log`, `progress`, `quorum`, `read_index`, `lease`.
 
 pub mod types;
 
 mod check;
+mod display;
 
 pub use check::{check_message, Refusal, Refusals};
+pub use display::Entries;
 pub use types::*;
 
 #[cfg(test)]

@@ -1,0 +1,141 @@
+//! Checks the simulator runs beside the invariant `Checker`: commit and applied progress
+//! per tick, every accepted request answered in time, and at the end equal states at
+//! equal applied indexes and a linearizable client history.
+
+use super::Sim;
+use crate::invariants::Violation;
+use kv_node::GroupView;
+use kv_shared::linearizability::{check, CheckBudget, Operation, Verdict};
+use kv_shared::proto::Role;
+use kv_shared::{NodeId, ShardId};
+use std::collections::BTreeMap;
+
+impl Sim {
+    /// After every step of node `i`: its commit index (every entry up to it counts as
+    /// committed), election safety and leader completeness, monotonic applied.
+    pub(super) fn check_groups(&mut self, i: usize) -> Result<(), Violation> {
+        let id = self.ids[i];
+        let r = self.nodes[i].run.as_ref().expect("running");
+        for s in 0..self.shards {
+            let Some(v) = r.core.group_view(ShardId(s)) else {
+                continue;
+            };
+            let commit = r.core.raft_status(ShardId(s)).commit;
+            self.checker.committed(id, s, commit)?;
+            if v.role == Role::Leader {
+                self.checker.saw_leader(id, s, v.term)?;
+            }
+            self.checker.progress(id, s, None, v.applied)?;
+        }
+        Ok(())
+    }
+    pub(super) fn check_progress(&mut self, i: usize) {
+        let id = self.ids[i];
+        let Some(r) = self.nodes[i].run.as_ref() else {
+            return;
+        };
+        for s in 0..self.shards {
+            let Some(GroupView { applied, .. }) = r.core.group_view(ShardId(s)) else {
+                continue;
+            };
+            let st = r.core.raft_status(ShardId(s));
+            if let Err(v) = self.checker.progress(id, s, Some(st.commit), applied) {
+                return self.fail(v);
+            }
+        }
+    }
+
+    /// Every request a live node took must be answered within its request timeout.
+    pub(super) fn check_unanswered(&mut self, i: usize) {
+        let inc = self.nodes[i].inc;
+        let ticks = self.nodes[i].ticks;
+        let limit = self.request_timeout_ticks + 2;
+        let late = self
+            .outstanding
+            .iter()
+            .find(|(_, o)| o.node == i && o.inc == inc && ticks > o.issued_tick + limit);
+        if let Some((token, o)) = late {
+            let detail = format!(
+                "{} has not answered request {token} after {} ticks (request timeout {})",
+                self.ids[i],
+                ticks - o.issued_tick,
+                self.request_timeout_ticks
+            );
+            self.fail(Violation {
+                invariant: "every request answered",
+                detail,
+            });
+        }
+    }
+
+    pub(super) fn final_checks(&mut self) {
+        // Writes still in flight may yet take effect: their outcome is unknown.
+        for c in &mut self.clients {
+            c.abandon(self.now, &mut self.history);
+        }
+        // Replicas that applied the same prefix hold the same state.
+        for s in 0..self.shards {
+            let mut by_index: BTreeMap<u64, (NodeId, u64)> = BTreeMap::new();
+            for n in &self.nodes {
+                let Some(r) = n.run.as_ref() else { continue };
+                let Some((applied, digest)) = r.core.state_digest(ShardId(s)) else {
+                    continue;
+                };
+                if let Some((other, d)) = by_index.get(&applied) {
+                    if *d != digest {
+                        let detail = format!("shard {s}: {} and {other} applied up to {applied} but hold different states", n.id);
+                        return self.fail(Violation {
+                            invariant: "state machine safety",
+                            detail,
+                        });
+                    }
+                }
+                by_index.insert(applied, (n.id, digest));
+            }
+        }
+        let budget = CheckBudget {
+            steps_per_key_max: 2_000_000,
+            steps_total_max: 10_000_000,
+            shrink_steps_max: 500_000,
+            ..CheckBudget::default()
+        };
+        match check(&self.history, budget) {
+            Verdict::Linearizable => {}
+            Verdict::NotLinearizable {
+                explanation, key, ..
+            } => {
+                let mut ops: Vec<&Operation> =
+                    self.history.iter().filter(|o| o.key == key).collect();
+                ops.sort_by_key(|o| o.invoke_ns);
+                let lines: Vec<String> = ops
+                    .iter()
+                    .map(|o| {
+                        format!(
+                            "history {:?}: client {:x} {:?} -> {:?} [{} .. {}]",
+                            String::from_utf8_lossy(&key),
+                            o.client,
+                            o.op,
+                            o.result,
+                            o.invoke_ns,
+                            o.complete_ns
+                        )
+                    })
+                    .collect();
+                for l in lines {
+                    self.trace.log(self.now, l);
+                }
+                self.fail(Violation {
+                    invariant: "linearizability",
+                    detail: explanation,
+                })
+            }
+            Verdict::Timeout { key } => self.fail(Violation {
+                invariant: "linearizability checker budget",
+                detail: format!(
+                    "no verdict for key {:?} within the budget",
+                    String::from_utf8_lossy(&key)
+                ),
+            }),
+        }
+    }
+}
