@@ -906,15 +906,16 @@ impl Session {
             .shard_count()
             .expect("connect learned the shard count");
         let shard = match (&op, op.key()) {
-            (Op::ShardLeader { shard, .. }, _) if shard.0 >= shard_count => {
+            (op, _) if op.admin_shard().is_some_and(|s| s.0 >= shard_count) => {
                 return Err(Error::Limit(ClientError::Malformed(format!(
                     "shard {} does not exist; the cluster has {shard_count} shards",
-                    shard.0
+                    op.admin_shard().expect("matched").0
                 ))))
             }
-            (Op::ShardLeader { shard, .. }, _) => *shard,
+            (op, None) => op
+                .admin_shard()
+                .expect("execute takes keyed or shard-addressed operations"),
             (_, Some(key)) => shard_for_key(key, shard_count),
-            (_, None) => panic!("execute takes keyed or shard-addressed operations"),
         };
         let seq = self.next_seq;
         self.next_seq += 1;

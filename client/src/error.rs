@@ -121,6 +121,7 @@ impl Error {
                 ClientError::NotAnInteger | ClientError::Overflow => "not-an-integer",
                 ClientError::Malformed(_) => "malformed",
                 ClientError::PermissionDenied { .. } => "permission-denied",
+                ClientError::MoveRefused { .. } => "move-refused",
             },
             Error::Limit(_) => "limit",
             Error::NoNodeAnswered { .. } => "no-node-answered",

@@ -82,6 +82,21 @@ pub enum Op {
         /// Its new preferred leader.
         node: NodeId,
     },
+    /// Admin: move `shard`'s replica from node `from` to node `to`, sent to the shard's
+    /// leader. It adds `to` as a learner, waits until it has caught up, promotes it,
+    /// hands leadership away from `from` if `from` leads, and removes `from`: one
+    /// membership change at a time, each a new epoch. Answered `Done` once `to` is a
+    /// voter and `from` is no longer a member; exactly once under the admin's session
+    /// (a retry of the same request waits for the same move). At most one move per shard
+    /// is in flight; see [`MoveRefusal`] for the others refused.
+    MoveReplica {
+        /// The shard.
+        shard: ShardId,
+        /// The node whose replica goes (a voter of the shard).
+        from: NodeId,
+        /// The node that receives a replica (a cluster member holding none of the shard).
+        to: NodeId,
+    },
 }
 
 impl Op {
@@ -96,7 +111,15 @@ impl Op {
             | Op::Incr { key, .. }
             | Op::Append { key, .. }
             | Op::Swap { key, .. } => Some(key),
-            Op::Status | Op::ShardLeader { .. } => None,
+            Op::Status | Op::ShardLeader { .. } | Op::MoveReplica { .. } => None,
+        }
+    }
+
+    /// The shard an admin operation names (`None` for keyed operations and status).
+    pub fn admin_shard(&self) -> Option<ShardId> {
+        match self {
+            Op::ShardLeader { shard, .. } | Op::MoveReplica { shard, .. } => Some(*shard),
+            _ => None,
         }
     }
 
@@ -113,6 +136,7 @@ impl Op {
                 | Op::Append { .. }
                 | Op::Swap { .. }
                 | Op::ShardLeader { .. }
+                | Op::MoveReplica { .. }
         )
     }
 
@@ -305,6 +329,66 @@ pub enum ClientError {
         node: NodeId,
         /// Its view of the shard's replica set.
         route: ShardRoute,
+    },
+    /// An admin move of one of the shard's replicas was refused or undone; nothing of it
+    /// remains in the shard's membership.
+    #[error("shard {shard}: cannot move a replica from node {from} to node {to}: {reason}")]
+    MoveRefused {
+        /// The shard.
+        shard: ShardId,
+        /// The move's `from`.
+        from: NodeId,
+        /// The move's `to`.
+        to: NodeId,
+        /// Why.
+        reason: MoveRefusal,
+    },
+}
+
+/// Why a [`Op::MoveReplica`] was refused (or undone).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MoveRefusal {
+    /// `to` or `from` is not a node of the cluster.
+    #[error("node {node} is not a member of the cluster")]
+    UnknownNode {
+        /// The node.
+        node: NodeId,
+    },
+    /// `from` and `to` name the same node.
+    #[error("from and to are the same node")]
+    SameNode,
+    /// `to` already holds a replica of the shard.
+    #[error("node {node} already holds a replica of the shard (replicas: {})", route.replica_list())]
+    AlreadyMember {
+        /// The node.
+        node: NodeId,
+        /// The shard's replica set now.
+        route: ShardRoute,
+    },
+    /// `from` is not a voter of the shard.
+    #[error("node {node} is not a voter of the shard (replicas: {})", route.replica_list())]
+    NotAVoter {
+        /// The node.
+        node: NodeId,
+        /// The shard's replica set now.
+        route: ShardRoute,
+    },
+    /// Another move of the shard is in flight; one at a time.
+    #[error("the move of its replica from node {from} to node {to} is in flight")]
+    MoveInFlight {
+        /// The move in flight's `from`.
+        from: NodeId,
+        /// The move in flight's `to`.
+        to: NodeId,
+    },
+    /// The new replica did not catch up with the leader in time; the move was undone
+    /// (the learner removed), so it can be asked again.
+    #[error("node {node} did not catch up within {ticks} ticks; the move was undone")]
+    CatchUpTimedOut {
+        /// The learner.
+        node: NodeId,
+        /// How long the leader waited.
+        ticks: u64,
     },
 }
 

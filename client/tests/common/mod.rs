@@ -449,7 +449,9 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
             };
             Outcome::Value(before.clone())
         }
-        Op::Get { .. } | Op::Status | Op::ShardLeader { .. } => unreachable!("handled above"),
+        Op::Get { .. } | Op::Status | Op::ShardLeader { .. } | Op::MoveReplica { .. } => {
+            unreachable!("handled above")
+        }
     };
     if c.data.get(&key) != before.as_ref() {
         c.prev.insert(key, (before, r.client));

@@ -163,7 +163,8 @@ pub fn disposition(outcome: Outcome) -> Disposition {
             | ClientError::Overflow
             | ClientError::Malformed(_)
             // Course mode has no client keys; the runtime never produces it there.
-            | ClientError::PermissionDenied { .. },
+            | ClientError::PermissionDenied { .. }
+            | ClientError::MoveRefused { .. },
         )
         | Outcome::CasMismatch { .. }
         | Outcome::Integer(_)

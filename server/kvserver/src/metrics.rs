@@ -374,6 +374,7 @@ pub fn op_label(op: &Op) -> &'static str {
         Op::Swap { .. } => "swap",
         Op::OpenSession { .. } => "open_session",
         Op::ShardLeader { .. } => "shard_leader",
+        Op::MoveReplica { .. } => "move_replica",
         Op::Status => "status",
     }
 }

@@ -168,7 +168,7 @@ fn request_bytes(op: &Op) -> usize {
             key.len() + expected.as_ref().map_or(0, |e| e.len()) + new.len()
         }
         Op::Get { key, .. } | Op::Delete { key } | Op::OpenSession { key } => key.len(),
-        Op::Status | Op::ShardLeader { .. } => 0,
+        Op::Status | Op::ShardLeader { .. } | Op::MoveReplica { .. } => 0,
     };
     REQUEST_OVERHEAD_BYTES + payload
 }
@@ -656,15 +656,21 @@ impl NodeCore {
                 let s = self.status();
                 return reply_now(self, Outcome::Status(s));
             }
-            Op::ShardLeader { shard, .. } if shard.0 >= shard_count => {
-                let e = ClientError::Malformed(format!(
-                    "shard {} does not exist; the cluster has {shard_count} shards",
-                    shard.0
-                ));
+            Op::MoveReplica { .. } => {
+                let e = ClientError::Malformed("this node cannot move replicas yet".into());
                 return reply_now(self, Outcome::Error(e));
             }
-            Op::ShardLeader { shard, .. } => *shard,
-            op => shard_for_key(op.key().expect("keyed op"), shard_count),
+            op => match op.admin_shard() {
+                Some(shard) if shard.0 >= shard_count => {
+                    let e = ClientError::Malformed(format!(
+                        "shard {} does not exist; the cluster has {shard_count} shards",
+                        shard.0
+                    ));
+                    return reply_now(self, Outcome::Error(e));
+                }
+                Some(shard) => shard,
+                None => shard_for_key(op.key().expect("keyed op"), shard_count),
+            },
         };
         if !self.groups.contains(shard) {
             let e = ClientError::StaleRoute {

@@ -95,7 +95,7 @@ impl WriteOp {
                 new: new.clone(),
             }),
             Op::ShardLeader { node, .. } => Some(WriteOp::PreferLeader { node: *node }),
-            Op::Get { .. } | Op::Status => None,
+            Op::Get { .. } | Op::Status | Op::MoveReplica { .. } => None,
         }
     }
 }
