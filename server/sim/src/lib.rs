@@ -22,5 +22,7 @@ pub mod sim;
 pub mod trace;
 pub mod workload;
 
-pub use options::{Failure, FaultMix, FaultProfile, NodeHook, Report, SimOptions, Stats};
+pub use options::{
+    AdminCounts, Failure, FaultMix, FaultProfile, NodeHook, Report, SimOptions, Stats,
+};
 pub use sim::{run, TICK_NS};

@@ -35,6 +35,13 @@ pub enum FaultProfile {
     /// leader catches a follower up entry by entry and the cut can fall between acks.
     /// Only `kvsim --profile figure8` or `SimOptions::profile` selects it.
     Figure8,
+    /// Replica moves under faults: 4..=5 nodes, 1..=3 shards, 3 replicas each (unless
+    /// set), so every shard has somewhere to move to. An admin actor asks shards'
+    /// leaders to move a random voter (the leader included) to a node outside the set
+    /// and to hand leadership to a voter, one request at a time, while the Mixed chaos
+    /// runs (partitions, crashes, pauses, slow disks, leader hits). Only
+    /// `kvsim --profile moves` or `SimOptions::profile` selects it.
+    Moves,
 }
 
 /// Called on every NodeCore the simulator starts (tests plant bugs with it).
@@ -103,6 +110,19 @@ pub struct Failure {
     pub trace_tail: Vec<String>,
 }
 
+/// What the Moves profile's admin asked, and how it ended (part of [`Stats`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AdminCounts {
+    /// Moves answered `Done`.
+    pub moves_done: u64,
+    /// Requests refused (a move refused or undone, a preferred leader no longer a voter).
+    pub refused: u64,
+    /// Leader preferences answered `Done`.
+    pub leader_changes: u64,
+    /// Requests abandoned at the give-up deadline (outcome unknown).
+    pub abandoned: u64,
+}
+
 /// Counters of a run.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
@@ -128,6 +148,8 @@ pub struct Stats {
     pub elections: u64,
     /// Datagrams delivered between nodes.
     pub datagrams: u64,
+    /// The Moves profile's admin requests.
+    pub admin: AdminCounts,
 }
 
 /// The result of one run.

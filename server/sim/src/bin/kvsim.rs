@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use kv_sim::{run, FaultMix, FaultProfile, Report, SimOptions};
+use kv_sim::{run, AdminCounts, FaultMix, FaultProfile, Report, SimOptions};
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -21,6 +21,7 @@ enum Profile {
     Mixed,
     Churn,
     Figure8,
+    Moves,
 }
 
 #[cfg(feature = "planted-bugs")]
@@ -133,6 +134,7 @@ fn options(args: &Args, seed: u64) -> Result<SimOptions> {
         Profile::Mixed => FaultProfile::Mixed,
         Profile::Churn => FaultProfile::Churn,
         Profile::Figure8 => FaultProfile::Figure8,
+        Profile::Moves => FaultProfile::Moves,
     });
     if let Some(t) = args.steps {
         o.safety_ticks = t;
@@ -154,6 +156,17 @@ fn options(args: &Args, seed: u64) -> Result<SimOptions> {
         }));
     }
     Ok(o)
+}
+
+/// The admin's requests, for the Moves profile's seeds (empty for the others).
+fn admin_summary(a: &AdminCounts) -> String {
+    if a.moves_done + a.leader_changes + a.refused + a.abandoned == 0 {
+        return String::new();
+    }
+    format!(
+        ", {} moves, {} leader changes, {} admin requests refused, {} abandoned",
+        a.moves_done, a.leader_changes, a.refused, a.abandoned
+    )
 }
 
 fn print_failure(r: &Report, full: bool) {
@@ -186,7 +199,7 @@ fn main() -> Result<()> {
         }
         if r.passed() {
             println!(
-                "seed {seed} passed: {} nodes, {} shards x {} replicas, {} events, {} ops ok, {} unknown, {} elections, {} crashes, {} partitions",
+                "seed {seed} passed: {} nodes, {} shards x {} replicas, {} events, {} ops ok, {} unknown, {} elections, {} crashes, {} partitions{}",
                 r.stats.nodes,
                 r.stats.shards,
                 r.stats.replication,
@@ -195,7 +208,8 @@ fn main() -> Result<()> {
                 r.stats.ops_unknown,
                 r.stats.elections,
                 r.stats.crashes,
-                r.stats.partitions
+                r.stats.partitions,
+                admin_summary(&r.stats.admin)
             );
             return Ok(());
         }

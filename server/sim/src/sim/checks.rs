@@ -11,10 +11,41 @@ use kv_shared::{NodeId, ShardId};
 use std::collections::BTreeMap;
 
 impl Sim {
+    /// Records the membership of every shard node `i` holds, and forgets the tracked log
+    /// of a replica it dropped (a replica created there later starts empty).
+    fn observe_membership(&mut self, i: usize) {
+        let id = self.ids[i];
+        if self.hosted.len() < self.nodes.len() {
+            self.hosted = vec![vec![false; self.shards as usize]; self.nodes.len()];
+        }
+        let r = self.nodes[i].run.as_ref().expect("running");
+        for s in 0..self.shards {
+            let hosts = r.core.hosts(ShardId(s));
+            if self.hosted[i][s as usize] && !hosts {
+                self.checker.dropped(id, s);
+            }
+            self.hosted[i][s as usize] = hosts;
+            if hosts {
+                let route = r.core.shard_route(ShardId(s));
+                let members: Vec<NodeId> = route
+                    .voters
+                    .iter()
+                    .chain(&route.learners)
+                    .copied()
+                    .collect();
+                self.checker
+                    .applied_membership(s, route.epoch, &members, self.now);
+            }
+        }
+    }
     /// After every step of node `i`: its commit index (every entry up to it counts as
-    /// committed), election safety and leader completeness, monotonic applied.
+    /// committed), election safety and leader completeness, monotonic applied; with
+    /// replica moves, the memberships it applied and the replicas it dropped or created.
     pub(super) fn check_groups(&mut self, i: usize) -> Result<(), Violation> {
         let id = self.ids[i];
+        if self.admin.is_some() {
+            self.observe_membership(i);
+        }
         let r = self.nodes[i].run.as_ref().expect("running");
         for s in 0..self.shards {
             let Some(v) = r.core.group_view(ShardId(s)) else {

@@ -14,7 +14,7 @@ impl Sim {
         match self.profile {
             FaultProfile::Churn => return self.chaos_churn(),
             FaultProfile::Figure8 => return self.figure8_step(),
-            FaultProfile::Mixed => {}
+            FaultProfile::Mixed | FaultProfile::Moves => {}
         }
         let next = self.now + self.rng.gen_range(5..=30) * TICK_NS;
         self.at(next, Ev::Chaos);

@@ -5,9 +5,11 @@
 //! Layout: this file holds the run loop, node start and crash, and what happens to a
 //! node's output; [`queue`] orders events in time, [`network`] and [`disk`] model the
 //! datagram and fsync latencies, [`faults`] and [`figure8`] inject the faults of each
-//! profile, [`phases`] runs the liveness phase and the read-back, [`checks`] holds the
-//! per-step and final checks beside the invariant `Checker`.
+//! profile, [`admin`] asks for replica moves and leader changes (Moves profile),
+//! [`phases`] runs the liveness phase and the read-back, [`checks`] holds the per-step
+//! and final checks beside the invariant `Checker`.
 
+mod admin;
 mod checks;
 mod disk;
 mod faults;
@@ -20,12 +22,14 @@ use crate::invariants::{Checker, TrackedLog, Violation};
 use crate::options::{Failure, FaultMix, FaultProfile, Report, SimOptions, Stats};
 use crate::trace::Trace;
 use crate::workload::{keys, Action, Client, ClientTiming};
+use admin::{is_admin, Admin};
 use bytes::Bytes;
 use figure8::Fig8;
 use kv_node::wal;
 use kv_node::{ClientToken, GroupView, NodeConfig, NodeCore};
 use kv_shared::linearizability::Operation;
-use kv_shared::proto::Role;
+use kv_shared::proto::{Op, Outcome, Role};
+use kv_shared::shard::shard_for_key;
 use kv_shared::{ClientId, NodeId};
 use kv_storage::{Recovered, SimDisk, Storage, WalOptions};
 use network::NetParams;
@@ -68,6 +72,9 @@ struct Outstanding {
     node: usize,
     inc: u64,
     issued_tick: u64,
+    /// The shard of a linearizable read (for "a removed replica serves no reads").
+    read_shard: Option<u32>,
+    accepted_ns: u64,
 }
 
 struct Sim {
@@ -98,6 +105,10 @@ struct Sim {
     request_timeout_ticks: u64,
     profile: FaultProfile,
     fig8: Fig8,
+    /// The Moves profile's admin actor.
+    admin: Option<Admin>,
+    /// With an admin: which shards each node hosted after its last step.
+    hosted: Vec<Vec<bool>>,
 }
 
 /// Runs one simulation.
@@ -122,10 +133,13 @@ impl Sim {
         };
         let churn = profile == FaultProfile::Churn;
         let small = churn || profile == FaultProfile::Figure8;
+        let moves = profile == FaultProfile::Moves;
         let n = opts.nodes.unwrap_or_else(|| {
             let drawn = rng.gen_range(3..=7);
             if small {
                 3
+            } else if moves {
+                4 + drawn % 2
             } else {
                 drawn
             }
@@ -134,6 +148,8 @@ impl Sim {
             let drawn = rng.gen_range(1..=8);
             if small {
                 1
+            } else if moves {
+                1 + drawn % 3
             } else {
                 drawn
             }
@@ -172,7 +188,9 @@ impl Sim {
         // scripts partitions of the whole cluster around one group on every node.
         let replication = opts.replication.unwrap_or_else(|| {
             let drawn = tuning_rng.gen_range(1..=n);
-            if profile == FaultProfile::Figure8 || tuning_rng.gen_bool(0.5) {
+            if moves {
+                3.min(n)
+            } else if profile == FaultProfile::Figure8 || tuning_rng.gen_bool(0.5) {
                 n
             } else {
                 drawn
@@ -220,7 +238,7 @@ impl Sim {
         let mut clients: Vec<Client> = (0..client_count)
             .map(|i| Client::new(i, ClientId(rng.gen::<u64>() | 1), shards, key_count))
             .collect();
-        if churn {
+        if churn || moves {
             let pad = [0, 12_000, 24_000][rng.gen_range(0..3)];
             for c in &mut clients {
                 c.value_pad_bytes = pad;
@@ -238,7 +256,7 @@ impl Sim {
             match profile {
                 FaultProfile::Churn => rng.gen_range(20..=60) * 1_000_000,
                 FaultProfile::Figure8 => rng.gen_range(2..=30) * 1_000_000,
-                FaultProfile::Mixed => drawn,
+                FaultProfile::Mixed | FaultProfile::Moves => drawn,
             }
         } else {
             0
@@ -275,6 +293,8 @@ impl Sim {
             request_timeout_ticks,
             profile,
             fig8: Fig8::Idle { start_ns: 0 },
+            admin: moves.then(Admin::default),
+            hosted: Vec::new(),
             opts,
         }
     }
@@ -325,6 +345,9 @@ impl Sim {
         if self.opts.faults != FaultMix::None {
             let t = self.rng.gen_range(20..60) * TICK_NS;
             self.at(t, Ev::Chaos);
+        }
+        if self.admin.is_some() {
+            self.start_admin();
         }
         let live_at = self.opts.safety_ticks * TICK_NS;
         self.at(live_at, Ev::Liveness);
@@ -391,12 +414,18 @@ impl Sim {
                         self.ids[node], req.client, req.seq
                     ),
                 );
+                let read_shard = match &req.op {
+                    Op::Get { key, stale: false } => Some(shard_for_key(key, self.shards).0),
+                    _ => None,
+                };
                 self.outstanding.insert(
                     token,
                     Outstanding {
                         node,
                         inc: self.nodes[node].inc,
                         issued_tick: self.nodes[node].ticks,
+                        read_shard,
+                        accepted_ns: self.now,
                     },
                 );
                 let r = self.nodes[node].run.as_mut().expect("running");
@@ -476,6 +505,14 @@ impl Sim {
                 }
             }
             Ev::Fig8Cut(x) => self.figure8_cut(x),
+            Ev::AdminWake { epoch } => self.admin_wake(epoch),
+            Ev::ToAdmin { reply } => {
+                self.trace.log(
+                    self.now,
+                    format!("admin got {} {:?}", reply.client, reply.outcome),
+                );
+                self.admin_reply(reply);
+            }
             Ev::Liveness => self.start_liveness(),
         }
     }
@@ -574,7 +611,7 @@ impl Sim {
         }
         self.send_datagrams(i, out.datagrams);
         for (token, reply) in out.replies {
-            if self.outstanding.remove(&token.0).is_none() {
+            let Some(o) = self.outstanding.remove(&token.0) else {
                 return self.fail(Violation {
                     invariant: "one reply per request",
                     detail: format!(
@@ -582,6 +619,18 @@ impl Sim {
                         token.0, reply.client, reply.seq, reply.outcome
                     ),
                 });
+            };
+            if let (Some(shard), Outcome::Value(_)) = (o.read_shard, &reply.outcome) {
+                if let Err(v) = self.checker.served_read(id, shard, o.accepted_ns) {
+                    return self.fail(v);
+                }
+            }
+            if is_admin(reply.client) {
+                for at in self.net_delays() {
+                    let reply = reply.clone();
+                    self.at(at, Ev::ToAdmin { reply });
+                }
+                continue;
             }
             let client = self
                 .clients

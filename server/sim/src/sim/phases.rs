@@ -43,9 +43,34 @@ impl Sim {
         is_leader(r.core.group_view(ShardId(s))).then_some(l)
     }
 
+    /// Why shard `s`, whose leader is `leader`, is not yet back to R voters and no
+    /// learners with every other copy dropped (a move in flight must finish or be undone).
+    fn unsettled(&self, s: u32, leader: NodeId) -> Option<String> {
+        let r = self.nodes[leader.0 as usize - 1].run.as_ref()?;
+        let route = r.core.shard_route(ShardId(s));
+        let strays: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|n| n.run.as_ref().is_some_and(|r| r.core.hosts(ShardId(s))))
+            .map(|n| n.id)
+            .filter(|id| !route.voters.contains(id))
+            .collect();
+        let replication = self.stats.replication;
+        (route.voters.len() != replication || !route.learners.is_empty() || !strays.is_empty())
+            .then(|| {
+                format!(
+                    "shard {s} is not settled at epoch {}: voters {:?}, learners {:?} (want {replication} voters, no learners), still held outside them by {strays:?}",
+                    route.epoch, route.voters, route.learners
+                )
+            })
+    }
+
     pub(super) fn check_liveness_done(&mut self) {
-        if (0..self.shards).any(|s| self.agreed_leader(s).is_none()) {
-            return;
+        for s in 0..self.shards {
+            match self.agreed_leader(s) {
+                Some(l) if self.unsettled(s, l).is_none() => {}
+                _ => return,
+            }
         }
         let enough = self
             .clients
@@ -86,6 +111,8 @@ impl Sim {
                     "shard {s} has no agreed leader ({})",
                     views.join(" ")
                 ));
+            } else if let Some(why) = self.agreed_leader(s).and_then(|l| self.unsettled(s, l)) {
+                missing.push(why);
             }
         }
         for (c, &base) in self.clients.iter().zip(&self.ok_at_liveness) {

@@ -43,6 +43,14 @@ pub(super) enum Ev {
     },
     /// Figure 8 script: cut off (maybe crash) the leader the reconnected nodes elected.
     Fig8Cut(usize),
+    /// The Moves profile's admin: its timer `epoch` fires.
+    AdminWake {
+        epoch: u64,
+    },
+    /// An answer to one of the admin's requests arrives.
+    ToAdmin {
+        reply: ClientReply,
+    },
     Liveness,
 }
 
