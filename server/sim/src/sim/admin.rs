@@ -154,17 +154,8 @@ impl Sim {
         let Some(p) = admin.pending.as_ref() else {
             return;
         };
-        let node = p.target.0 as usize - 1;
-        let req = p.req.clone();
-        for at in self.net_delays() {
-            self.at(
-                at,
-                Ev::ToNode {
-                    node,
-                    req: req.clone(),
-                },
-            );
-        }
+        let (node, req) = (p.target, p.req.clone());
+        self.send_request(node, &req);
         self.admin_timer(self.now + ADMIN_ATTEMPT_TICKS * TICK_NS);
     }
 

@@ -528,16 +528,7 @@ impl Sim {
                 epoch,
             } => {
                 self.at(wake_ns, Ev::ClientWake { client, epoch });
-                let node = node.0 as usize - 1;
-                for at in self.net_delays() {
-                    self.at(
-                        at,
-                        Ev::ToNode {
-                            node,
-                            req: req.clone(),
-                        },
-                    );
-                }
+                self.send_request(node, &req);
             }
         }
     }

@@ -6,6 +6,7 @@ use super::{Ev, Sim, CLUSTER_ID, TICK_NS};
 use crate::invariants::Violation;
 use kv_node::codec::{decode_peer_datagram, encode_peer};
 use kv_node::GroupMessage;
+use kv_shared::proto::ClientRequest;
 use kv_shared::NodeId;
 use rand::Rng;
 use std::fmt::Write as _;
@@ -56,6 +57,15 @@ impl Sim {
                 self.now + d
             })
             .collect()
+    }
+
+    /// Sends a client's (or the admin's) request to `node` over the lossy network.
+    pub(super) fn send_request(&mut self, node: NodeId, req: &ClientRequest) {
+        let node = node.0 as usize - 1;
+        for at in self.net_delays() {
+            let req = req.clone();
+            self.at(at, Ev::ToNode { node, req });
+        }
     }
 
     /// Puts node `i`'s outgoing datagrams on the wire, unless a partition cuts the link.
