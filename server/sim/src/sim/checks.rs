@@ -11,6 +11,24 @@ use kv_shared::{NodeId, ShardId};
 use std::collections::BTreeMap;
 
 impl Sim {
+    /// Node `i` just answered a stale read of `shard` from its own state (stale reads are
+    /// answered at once): it must still count itself a member. A replica that applied its
+    /// own removal serves nothing of the shard, stale reads included.
+    pub(super) fn check_stale_read(&self, i: usize, shard: u32) -> Result<(), Violation> {
+        let id = self.ids[i];
+        let r = self.nodes[i].run.as_ref().expect("running");
+        let route = r.core.shard_route(ShardId(shard));
+        if route.voters.contains(&id) || route.learners.contains(&id) {
+            return Ok(());
+        }
+        Err(Violation {
+            invariant: "removed replica serves no reads",
+            detail: format!(
+                "shard {shard}: {id} served a stale read after applying epoch {} without itself (voters {:?}, learners {:?})",
+                route.epoch, route.voters, route.learners
+            ),
+        })
+    }
     /// Records the membership of every shard node `i` holds, and forgets the tracked log
     /// of a replica it dropped (a replica created there later starts empty).
     fn observe_membership(&mut self, i: usize) {

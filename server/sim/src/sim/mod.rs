@@ -41,6 +41,8 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Simulated length of one tick.
 pub const TICK_NS: u64 = 10_000_000;
 const CLUSTER_ID: u64 = 0x5111;
+/// Percent of the Moves profile's random reads that are stale reads to any replica.
+const MOVES_STALE_READ_PERCENT: u32 = 30;
 
 struct Running {
     core: NodeCore,
@@ -72,8 +74,10 @@ struct Outstanding {
     node: usize,
     inc: u64,
     issued_tick: u64,
-    /// The shard of a linearizable read (for "a removed replica serves no reads").
+    /// The shard of a read (for "a removed replica serves no reads").
     read_shard: Option<u32>,
+    /// The read is a stale read (served from the replica's own state).
+    stale_read: bool,
     accepted_ns: u64,
 }
 
@@ -242,6 +246,9 @@ impl Sim {
             let pad = [0, 12_000, 24_000][rng.gen_range(0..3)];
             for c in &mut clients {
                 c.value_pad_bytes = pad;
+                if moves {
+                    c.stale_read_percent = MOVES_STALE_READ_PERCENT;
+                }
             }
         }
         let timing = ClientTiming {
@@ -414,9 +421,9 @@ impl Sim {
                         self.ids[node], req.client, req.seq
                     ),
                 );
-                let read_shard = match &req.op {
-                    Op::Get { key, stale: false } => Some(shard_for_key(key, self.shards).0),
-                    _ => None,
+                let (read_shard, stale_read) = match &req.op {
+                    Op::Get { key, stale } => (Some(shard_for_key(key, self.shards).0), *stale),
+                    _ => (None, false),
                 };
                 self.outstanding.insert(
                     token,
@@ -425,6 +432,7 @@ impl Sim {
                         inc: self.nodes[node].inc,
                         issued_tick: self.nodes[node].ticks,
                         read_shard,
+                        stale_read,
                         accepted_ns: self.now,
                     },
                 );
@@ -612,7 +620,12 @@ impl Sim {
                 });
             };
             if let (Some(shard), Outcome::Value(_)) = (o.read_shard, &reply.outcome) {
-                if let Err(v) = self.checker.served_read(id, shard, o.accepted_ns) {
+                let served = if o.stale_read {
+                    self.check_stale_read(i, shard)
+                } else {
+                    self.checker.served_read(id, shard, o.accepted_ns)
+                };
+                if let Err(v) = served {
                     return self.fail(v);
                 }
             }
