@@ -66,5 +66,35 @@ pub fn record(me: NodeId, e: &NodeEvent, metrics: &Metrics) {
             metrics.snapshot_installed();
             tracing::info!(node, shard, term, index, "snapshot installed");
         }
+        EventKind::ReplicaCreated { leader } => {
+            tracing::info!(
+                node,
+                shard,
+                term,
+                leader = leader.0,
+                "replica created for a move"
+            );
+        }
+        EventKind::ReplicaRemoved { epoch } => {
+            tracing::info!(
+                node,
+                shard,
+                term,
+                epoch,
+                "replica removed; its data is dropped"
+            );
+        }
+        EventKind::MoveEnded { from, to, refusal } => match refusal {
+            None => tracing::info!(node, shard, term, from = from.0, to = to.0, "move done"),
+            Some(reason) => tracing::warn!(
+                node,
+                shard,
+                term,
+                from = from.0,
+                to = to.0,
+                %reason,
+                "move undone"
+            ),
+        },
     }
 }

@@ -6,12 +6,14 @@
 use crate::codec::{self, GroupMessage};
 use crate::config::NodeConfig;
 use crate::events::{EventKind, NodeEvent};
+use crate::moves::{self, LeaderView, MoveStep};
 use crate::placement::ShardPlacement;
 use crate::sm::{CommandBatch, StateMachine, WriteCommand, WriteOp};
-use crate::wal::{self, RecoveryError};
+use crate::wal::{self, RecoveryError, ReplicaRecord};
 use bytes::Bytes;
 use kv_raft::{
-    Entry, EntryKind, ProposeError, Raft, Role, Snapshot, SnapshotMeta, SoftState, WriteId,
+    ConfChange, Entry, EntryKind, ProposeError, Raft, Restored, Role, Snapshot, SnapshotMeta,
+    SoftState, WriteId,
 };
 use kv_shared::limits::{
     ENTRY_BYTES_MAX, PENDING_REQUESTS_MAX, PENDING_REQUEST_BYTES_MAX, SNAPSHOT_IMAGE_BYTES_MAX,
@@ -126,6 +128,9 @@ pub struct Output {
     pub replies: Vec<(ClientToken, ClientReply)>,
     /// What happened in the shards, for the runtime's log and metrics.
     pub events: Vec<NodeEvent>,
+    /// Shards whose replica here was removed, its removal now durable in the WAL: delete
+    /// their snapshot files (recovery ignores them and their WAL records already).
+    pub removed_shards: Vec<u32>,
 }
 
 /// An entry some replica applied (for the simulator's state machine safety check).
@@ -186,6 +191,14 @@ pub enum PlantedBug {
     Raft(kv_raft::PlantedBug),
     /// Serve linearizable gets from local state at once, without ReadIndex.
     ReadWithoutReadIndex,
+    /// A replica created for a move starts from the bootstrap placement's membership
+    /// with itself as a voter (as if this node had held the shard from the start)
+    /// instead of an empty one: it may campaign and vote in a configuration it is not
+    /// part of.
+    CreatedReplicaWithBootstrapMembership,
+    /// A replica that applied its own removal keeps its data and keeps answering stale
+    /// reads, also to requests routed by a newer epoch than its own (no tombstone).
+    RemovedReplicaServesReads,
 }
 
 /// A client request not yet answered.
@@ -203,6 +216,8 @@ enum Durable {
     Raft(ShardId, WriteId),
     OwnSnapshot(ShardId, Snapshot),
     ReceivedSnapshot(ShardId, u64),
+    /// The removal record of a replica this node no longer holds.
+    Removed(ShardId),
 }
 
 /// One shard: its Raft replica, state machine and requests in flight.
@@ -234,6 +249,61 @@ struct Group {
     idle_ticks: u64,
     /// Tick of the last Raft message received for this group.
     last_msg_tick: u64,
+    /// `MoveReplica` requests answered when the move in flight ends.
+    move_waiters: Vec<u64>,
+    /// Tick at which this leader first saw the move's learner catching up.
+    catch_up_since: Option<u64>,
+    /// Log index of this leader's `EndMove` proposal not yet applied.
+    move_end_proposed: Option<u64>,
+    /// Index of the committed change that removed this node from the shard.
+    removed_at: Option<u64>,
+}
+
+impl Group {
+    /// A group for `shard` from what recovery (or a replica's creation) gives it.
+    fn new(config: &NodeConfig, shard: ShardId, r: Restored) -> Result<Group, RecoveryError> {
+        let (sm, snapshot_index) = match &r.snapshot {
+            Some(s) => {
+                let sm = StateMachine::from_image(&s.data, config.sessions_max()).map_err(|e| {
+                    RecoveryError::BadSnapshot {
+                        shard: shard.0,
+                        index: s.meta.index,
+                        reason: e.to_string(),
+                    }
+                })?;
+                (sm, s.meta.index)
+            }
+            None => (StateMachine::new(config.sessions_max()), 0),
+        };
+        let raft = Raft::new(config.raft_config(shard), r);
+        let st = raft.status();
+        Ok(Group {
+            shard,
+            raft,
+            sm,
+            soft: SoftState {
+                role: st.role,
+                term: st.term,
+                leader: st.leader,
+            },
+            waiting: Vec::new(),
+            proposed: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            confirmed_reads: Vec::new(),
+            snapshot_index,
+            snapshot_writes_inflight: 0,
+            applied_bytes_since_snapshot: 0,
+            last_transfer_tick: None,
+            proposed_writes: 0,
+            quiesced: false,
+            idle_ticks: 0,
+            last_msg_tick: 0,
+            move_waiters: Vec::new(),
+            catch_up_since: None,
+            move_end_proposed: None,
+            removed_at: None,
+        })
+    }
 }
 
 impl Group {
@@ -293,6 +363,12 @@ pub struct NodeCore {
     /// Bootstrap replica sets and preferred leaders of every shard of the cluster.
     placement: Vec<ShardPlacement>,
     groups: Groups,
+    /// Shards whose replica here was removed, with the epoch of the removal: they are
+    /// never served or created again (their tombstones are in the WAL).
+    removed: BTreeMap<ShardId, u64>,
+    /// The replica set each removed shard had when its replica here applied the removal
+    /// (since this process started): what `StaleRoute` answers carry.
+    removed_routes: BTreeMap<ShardId, ShardRoute>,
     requests: BTreeMap<u64, Request>,
     /// Sum of `Request::bytes` over `requests`.
     pending_request_bytes: usize,
@@ -319,6 +395,10 @@ pub struct NodeCore {
     applied_log: Vec<AppliedEntry>,
     #[cfg(feature = "planted-bugs")]
     read_without_read_index: bool,
+    #[cfg(feature = "planted-bugs")]
+    created_with_bootstrap_membership: bool,
+    #[cfg(feature = "planted-bugs")]
+    removed_replica_serves_reads: bool,
 }
 
 impl NodeCore {
@@ -344,54 +424,18 @@ impl NodeCore {
             config.node
         );
         let placement = config.placement();
-        let restored =
-            wal::restore_groups(&recovered, config.shard_count, &config.initial_groups())?;
+        let hosted = wal::hosted_shards(&recovered, config.shard_count, &config.initial_groups())?;
+        let restored = wal::restore_groups(&recovered, config.shard_count, &hosted.groups)?;
         let mut groups = BTreeMap::new();
         for (shard, r) in restored {
-            let (sm, snapshot_index) = match &r.snapshot {
-                Some(s) => {
-                    let sm =
-                        StateMachine::from_image(&s.data, config.sessions_max()).map_err(|e| {
-                            RecoveryError::BadSnapshot {
-                                shard: shard.0,
-                                index: s.meta.index,
-                                reason: e.to_string(),
-                            }
-                        })?;
-                    (sm, s.meta.index)
-                }
-                None => (StateMachine::new(config.sessions_max()), 0),
-            };
-            let raft = Raft::new(config.raft_config(shard), r);
-            let st = raft.status();
-            let group = Group {
-                shard,
-                raft,
-                sm,
-                soft: SoftState {
-                    role: st.role,
-                    term: st.term,
-                    leader: st.leader,
-                },
-                waiting: Vec::new(),
-                proposed: BTreeMap::new(),
-                reads: BTreeMap::new(),
-                confirmed_reads: Vec::new(),
-                snapshot_index,
-                snapshot_writes_inflight: 0,
-                applied_bytes_since_snapshot: 0,
-                last_transfer_tick: None,
-                proposed_writes: 0,
-                quiesced: false,
-                idle_ticks: 0,
-                last_msg_tick: 0,
-            };
-            groups.insert(shard, group);
+            groups.insert(shard, Group::new(&config, shard, r)?);
         }
         Ok(NodeCore {
             config,
             placement,
             groups: Groups(groups),
+            removed: hosted.removed,
+            removed_routes: BTreeMap::new(),
             requests: BTreeMap::new(),
             pending_request_bytes: 0,
             boundary_refusals: [0; BoundaryRefusal::ALL.len()],
@@ -413,6 +457,10 @@ impl NodeCore {
             applied_log: Vec::new(),
             #[cfg(feature = "planted-bugs")]
             read_without_read_index: false,
+            #[cfg(feature = "planted-bugs")]
+            created_with_bootstrap_membership: false,
+            #[cfg(feature = "planted-bugs")]
+            removed_replica_serves_reads: false,
         })
     }
 
@@ -431,6 +479,10 @@ impl NodeCore {
                 }
             }
             PlantedBug::ReadWithoutReadIndex => self.read_without_read_index = true,
+            PlantedBug::CreatedReplicaWithBootstrapMembership => {
+                self.created_with_bootstrap_membership = true
+            }
+            PlantedBug::RemovedReplicaServesReads => self.removed_replica_serves_reads = true,
         }
     }
 
@@ -523,6 +575,101 @@ impl NodeCore {
         if self.config.spread_leaders {
             self.spread_leaders();
         }
+        for g in self.groups.ids() {
+            self.drive_move(g);
+        }
+    }
+
+    /// Takes the next step of shard `g`'s move in flight, if this replica leads it and
+    /// has applied everything committed (so the move record and membership it reads are
+    /// the ones the log holds); also removes a learner no move is adding.
+    fn drive_move(&mut self, g: ShardId) {
+        let me = self.config.node;
+        let tick = self.tick_count;
+        let group = &mut self.groups[g];
+        if group.soft.role != Role::Leader {
+            return;
+        }
+        let st = group.raft.status();
+        if group.sm.applied_index() < st.commit {
+            return;
+        }
+        let in_flight = group.sm.move_in_flight();
+        let Some(m) = in_flight else {
+            if let Some(stray) = moves::stray_learner(&st.membership, None) {
+                group.wake();
+                let _ = group
+                    .raft
+                    .propose_conf_change(ConfChange::RemoveNode(stray));
+            }
+            return;
+        };
+        let catching_up = st.membership.learners.contains(&m.to);
+        let since = *group.catch_up_since.get_or_insert(tick);
+        if !catching_up {
+            group.catch_up_since = None;
+        }
+        let view = LeaderView {
+            me,
+            membership: &st.membership,
+            progress: &st.progress,
+            commit: st.commit,
+            catch_up_ticks: if catching_up { tick - since } else { 0 },
+        };
+        match moves::next_step(&m, &view) {
+            MoveStep::Wait => {}
+            MoveStep::Change(change) => {
+                group.wake();
+                // Refused while another change is being applied: tried again next tick.
+                let _ = group.raft.propose_conf_change(change);
+            }
+            MoveStep::TransferLeadership(to) => {
+                let interval = 3 * u64::from(self.config.election_ticks_max);
+                if group
+                    .last_transfer_tick
+                    .is_none_or(|t| tick >= t + interval)
+                {
+                    group.wake();
+                    group.raft.transfer_leadership(to);
+                    group.last_transfer_tick = Some(tick);
+                }
+            }
+            MoveStep::End(refusal) => {
+                if group
+                    .move_end_proposed
+                    .is_some_and(|i| i > group.sm.applied_index())
+                {
+                    return;
+                }
+                let shard = group.shard;
+                let term = group.soft.term;
+                let end = WriteCommand {
+                    client: m.client,
+                    seq: m.seq,
+                    op: WriteOp::EndMove {
+                        client: m.client,
+                        seq: m.seq,
+                        refusal: refusal.clone(),
+                    },
+                };
+                group.wake();
+                if let Ok((index, _)) = group
+                    .raft
+                    .propose(CommandBatch { writes: vec![end] }.encode())
+                {
+                    group.move_end_proposed = Some(index);
+                    self.out.events.push(NodeEvent {
+                        shard,
+                        term,
+                        kind: EventKind::MoveEnded {
+                            from: m.from,
+                            to: m.to,
+                            refusal,
+                        },
+                    });
+                }
+            }
+        }
     }
 
     /// A leader that is not its shard's preferred leader hands over once the preferred one
@@ -530,7 +677,8 @@ impl NodeCore {
     fn spread_leaders(&mut self) {
         let interval = 3 * u64::from(self.config.election_ticks_max);
         for g in self.groups.iter_mut() {
-            if g.soft.role != Role::Leader {
+            if g.soft.role != Role::Leader || g.sm.move_in_flight().is_some() {
+                // A move hands leadership over itself; spreading could undo that.
                 continue;
             }
             let preferred =
@@ -565,13 +713,13 @@ impl NodeCore {
         }
         self.peers_heard_tick.insert(from, self.tick_count);
         for gm in msgs {
-            if !self.groups.contains(gm.shard) {
-                // Not hosted here: an unknown shard, or one this node holds no replica of.
-                self.refuse(BoundaryRefusal::UnknownShard);
-                continue;
-            }
             if gm.msg.from != from || gm.msg.to != self.config.node {
                 self.refuse(BoundaryRefusal::Misaddressed);
+                continue;
+            }
+            if !self.groups.contains(gm.shard) && !self.create_replica(&gm) {
+                // Not hosted here: an unknown shard, or one this node holds no replica of.
+                self.refuse(BoundaryRefusal::UnknownShard);
                 continue;
             }
             if !self.snapshot_receive_has_room(gm.shard, &gm.msg) {
@@ -587,6 +735,63 @@ impl NodeCore {
             g.wake();
             g.raft.step(gm.msg);
         }
+    }
+
+    /// Creates the replica a leader is adding this node to, if `gm` is such a message:
+    /// one only a leader sends (an append, heartbeat or snapshot chunk), for a shard of
+    /// the cluster this node was never removed from. The replica starts with an empty
+    /// membership, so it cannot campaign or count itself anywhere until the leader's
+    /// snapshot tells it the real one (kv-raft sends a member missing from the log's
+    /// base membership a snapshot, never the log from its start). Its creation is
+    /// persisted before any of its own writes, so a restart recovers it.
+    fn create_replica(&mut self, gm: &GroupMessage) -> bool {
+        use kv_raft::MessageBody;
+        let from_a_leader = matches!(
+            gm.msg.body,
+            MessageBody::Append { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. }
+        );
+        if !from_a_leader
+            || gm.shard.0 >= self.config.shard_count
+            || self.removed.contains_key(&gm.shard)
+        {
+            return false;
+        }
+        #[cfg(feature = "planted-bugs")]
+        let membership = if self.created_with_bootstrap_membership {
+            let mut voters = self.placement[gm.shard.0 as usize].replicas.clone();
+            voters.push(self.config.node);
+            voters.sort();
+            voters.dedup();
+            kv_raft::Membership {
+                voters,
+                learners: Vec::new(),
+            }
+        } else {
+            kv_raft::Membership::default()
+        };
+        #[cfg(not(feature = "planted-bugs"))]
+        let membership = kv_raft::Membership::default();
+        let restored = Restored {
+            initial_membership: membership,
+            ..Restored::default()
+        };
+        let group = Group::new(&self.config, gm.shard, restored)
+            .expect("an empty replica has no snapshot to fail");
+        self.groups.0.insert(gm.shard, group);
+        self.round_ops.push(DiskOp::Append(wal::replica_record(
+            gm.shard.0,
+            ReplicaRecord::Created,
+        )));
+        self.out.events.push(NodeEvent {
+            shard: gm.shard,
+            term: gm.msg.term,
+            kind: EventKind::ReplicaCreated {
+                leader: gm.msg.from,
+            },
+        });
+        true
     }
 
     /// True if `node` is another member of the cluster.
@@ -656,10 +861,6 @@ impl NodeCore {
                 let s = self.status();
                 return reply_now(self, Outcome::Status(s));
             }
-            Op::MoveReplica { .. } => {
-                let e = ClientError::Malformed("this node cannot move replicas yet".into());
-                return reply_now(self, Outcome::Error(e));
-            }
             op => match op.admin_shard() {
                 Some(shard) if shard.0 >= shard_count => {
                     let e = ClientError::Malformed(format!(
@@ -680,7 +881,21 @@ impl NodeCore {
             return reply_now(self, Outcome::Error(e));
         }
         if let Op::Get { stale: true, key } = &req.op {
-            let v = self.groups[shard].sm.get(key);
+            let g = &self.groups[shard];
+            #[cfg(feature = "planted-bugs")]
+            let newer_epoch_refused = !self.removed_replica_serves_reads;
+            #[cfg(not(feature = "planted-bugs"))]
+            let newer_epoch_refused = true;
+            if newer_epoch_refused && req.epoch > g.sm.membership_epoch() {
+                // The client knows a newer replica set: this replica may have been
+                // removed and not know it yet, so its state may be arbitrarily old.
+                let e = ClientError::StaleRoute {
+                    node: self.config.node,
+                    route: self.shard_route(shard),
+                };
+                return reply_now(self, Outcome::Error(e));
+            }
+            let v = g.sm.get(key);
             return reply_now(self, Outcome::Value(v));
         }
         if self.requests.len() >= PENDING_REQUESTS_MAX {
@@ -727,6 +942,11 @@ impl NodeCore {
         };
         for d in done {
             match d {
+                // The replica was removed meanwhile: nothing of it is waiting any more.
+                Durable::Raft(g, _)
+                | Durable::OwnSnapshot(g, _)
+                | Durable::ReceivedSnapshot(g, _)
+                    if !self.groups.contains(g) => {}
                 Durable::Raft(g, wid) => self.groups[g].raft.on_persisted(wid),
                 Durable::OwnSnapshot(g, snap) => {
                     let group = &mut self.groups[g];
@@ -742,6 +962,7 @@ impl NodeCore {
                     self.groups[g].snapshot_writes_inflight -= 1;
                     self.round_ops.push(DiskOp::Compact { shard: g.0, index });
                 }
+                Durable::Removed(g) => self.out.removed_shards.push(g.0),
             }
         }
     }
@@ -782,8 +1003,50 @@ impl NodeCore {
             while self.groups[g].raft.has_ready() {
                 self.handle_ready(g);
             }
+            if let Some(epoch) = self.groups[g].removed_at {
+                #[cfg(feature = "planted-bugs")]
+                if self.removed_replica_serves_reads {
+                    self.maybe_snapshot(g);
+                    continue;
+                }
+                self.drop_replica(g, epoch);
+                continue;
+            }
             self.maybe_snapshot(g);
         }
+    }
+
+    /// This node's replica of `g` applied its own removal at `epoch`: it stops serving at
+    /// once (requests for the shard get `StaleRoute` with the new replica set), and its
+    /// tombstone goes to the WAL, after which the runtime deletes its snapshot files.
+    fn drop_replica(&mut self, g: ShardId, epoch: u64) {
+        let route = self.shard_route(g);
+        let group = self.groups.0.remove(&g).expect("hosted");
+        self.removed.insert(g, epoch);
+        let ids: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.shard == g)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let e = ClientError::StaleRoute {
+                node: self.config.node,
+                route: route.clone(),
+            };
+            self.reply(id, Outcome::Error(e));
+        }
+        self.removed_routes.insert(g, route);
+        self.round_ops.push(DiskOp::Append(wal::replica_record(
+            g.0,
+            ReplicaRecord::Removed { epoch },
+        )));
+        self.round_durable.push(Durable::Removed(g));
+        self.out.events.push(NodeEvent {
+            shard: g,
+            term: group.soft.term,
+            kind: EventKind::ReplicaRemoved { epoch },
+        });
     }
 
     fn handle_ready(&mut self, g: ShardId) {
@@ -937,19 +1200,25 @@ impl NodeCore {
                 hash: entry_hash(&e),
             });
         }
+        let me = self.config.node;
         let group = &mut self.groups[g];
         group.applied_bytes_since_snapshot += e.data.len() as u64;
+        let moving = group.sm.move_in_flight();
         let outcomes = match e.kind {
             EntryKind::Command => group.sm.apply_entry(e.index, e.term, &e.data),
             EntryKind::Noop => {
                 group.sm.apply_empty(e.index, e.term);
                 Vec::new()
             }
-            EntryKind::ConfChange(_) => {
+            EntryKind::ConfChange(change) => {
                 group.sm.apply_membership_change(e.index, e.term);
+                if change == ConfChange::RemoveNode(me) {
+                    group.removed_at = Some(e.index);
+                }
                 Vec::new()
             }
         };
+        let move_ended = moving.is_some() && group.sm.move_in_flight() != moving;
         let shard = group.shard;
         let leader = group.soft.leader;
         // Batches proposed at or below this index either are this entry or were lost.
@@ -964,6 +1233,10 @@ impl NodeCore {
         for (i, term, ids) in answered {
             if i == e.index && term == e.term && outcomes.len() == ids.len() {
                 for (id, outcome) in ids.into_iter().zip(outcomes.iter()) {
+                    if self.is_move_in_flight_request(g, id) {
+                        self.groups[g].move_waiters.push(id);
+                        continue;
+                    }
                     self.reply(id, outcome.clone());
                 }
             } else {
@@ -971,6 +1244,37 @@ impl NodeCore {
                     self.reply(id, Outcome::Error(ClientError::NotLeader { shard, leader }));
                 }
             }
+        }
+        if move_ended {
+            self.move_ended(g);
+        }
+    }
+
+    /// True if request `id` is the `MoveReplica` that began the move in flight of `g`.
+    fn is_move_in_flight_request(&self, g: ShardId, id: u64) -> bool {
+        let (Some(r), Some(m)) = (self.requests.get(&id), self.groups[g].sm.move_in_flight())
+        else {
+            return false;
+        };
+        matches!(r.req.op, Op::MoveReplica { .. }) && (r.req.client, r.req.seq) == (m.client, m.seq)
+    }
+
+    /// The move in flight of `g` ended (applied `EndMove`): its waiters get the outcome
+    /// the admin's session now holds, the same a retry would get.
+    fn move_ended(&mut self, g: ShardId) {
+        let group = &mut self.groups[g];
+        group.catch_up_since = None;
+        group.move_end_proposed = None;
+        let waiters = std::mem::take(&mut group.move_waiters);
+        for id in waiters {
+            let Some(r) = self.requests.get(&id) else {
+                continue;
+            };
+            let outcome = self.groups[g]
+                .sm
+                .saved_outcome(r.req.client, r.req.seq)
+                .unwrap_or(Outcome::Error(ClientError::SessionExpired));
+            self.reply(id, outcome);
         }
     }
 
@@ -1005,6 +1309,9 @@ impl NodeCore {
             .flat_map(|(_, ids)| ids)
             .collect();
         ids.extend(std::mem::take(&mut group.reads).into_values().flatten());
+        ids.append(&mut group.move_waiters);
+        group.catch_up_since = None;
+        group.move_end_proposed = None;
         for id in ids {
             self.reply(id, Outcome::Error(ClientError::NotLeader { shard, leader }));
         }
@@ -1023,6 +1330,7 @@ impl NodeCore {
         let mut writes: Vec<(u64, WriteCommand)> = Vec::new();
         let mut reads: Vec<u64> = Vec::new();
         let mut refused: Vec<(u64, NodeId)> = Vec::new();
+        let mut moves_refused: Vec<(u64, ClientError)> = Vec::new();
         for id in ids {
             let Some(r) = self.requests.get(&id) else {
                 continue;
@@ -1031,6 +1339,43 @@ impl NodeCore {
                 match WriteOp::from_op(&r.req.op) {
                     Some(WriteOp::PreferLeader { node }) if !self.is_voter(g, node) => {
                         refused.push((id, node));
+                    }
+                    Some(WriteOp::BeginMove { from, to, .. }) => {
+                        let sm = &self.groups[g].sm;
+                        let in_flight = sm.move_in_flight();
+                        let session = (r.req.client, r.req.seq);
+                        if in_flight.is_some_and(|m| (m.client, m.seq) == session) {
+                            // A retry of the move in flight: answered when it ends.
+                            self.groups[g].move_waiters.push(id);
+                            continue;
+                        }
+                        let route = self.shard_route(shard);
+                        // A retry of a move that ended is answered from its session.
+                        let checked = match sm.saved_outcome(session.0, session.1) {
+                            Some(_) => Ok(()),
+                            None => {
+                                moves::check_move(from, to, &self.config.members, &route, in_flight)
+                            }
+                        };
+                        match checked {
+                            Ok(()) => writes.push((
+                                id,
+                                WriteCommand {
+                                    client: r.req.client,
+                                    seq: r.req.seq,
+                                    op: WriteOp::BeginMove { shard, from, to },
+                                },
+                            )),
+                            Err(reason) => moves_refused.push((
+                                id,
+                                ClientError::MoveRefused {
+                                    shard,
+                                    from,
+                                    to,
+                                    reason,
+                                },
+                            )),
+                        }
                     }
                     Some(op) => writes.push((
                         id,
@@ -1045,6 +1390,9 @@ impl NodeCore {
             } else {
                 self.redirect_or_hold(g, id, soft.leader.filter(|l| *l != me), shard);
             }
+        }
+        for (id, e) in moves_refused {
+            self.reply(id, Outcome::Error(e));
         }
         for (id, node) in refused {
             let voters: Vec<String> = (self.groups[g].raft.status().membership.voters)
@@ -1163,6 +1511,7 @@ impl NodeCore {
                     leader: g.soft.leader,
                 }
             }
+            None if self.removed_routes.contains_key(&shard) => self.removed_routes[&shard].clone(),
             None => ShardRoute {
                 shard,
                 epoch: 0,
@@ -1286,19 +1635,6 @@ impl NodeCore {
                 .map(|s| self.shard_route(ShardId(s)))
                 .collect(),
         }
-    }
-
-    /// Proposes a membership change of `shard` at its leader (tests of the epoch; replica
-    /// moves will drive changes through their own state machine).
-    #[cfg(test)]
-    pub(crate) fn propose_conf_change(
-        &mut self,
-        shard: ShardId,
-        change: kv_raft::ConfChange,
-    ) -> Result<(u64, u64), ProposeError> {
-        let g = &mut self.groups[shard];
-        g.wake();
-        g.raft.propose_conf_change(change)
     }
 
     /// True if this node holds a replica of `shard`. The per-shard accessors below

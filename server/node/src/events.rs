@@ -65,6 +65,27 @@ pub enum EventKind {
         /// The snapshot's last index.
         index: u64,
     },
+    /// A leader adding this node to the shard made it create a replica (empty until the
+    /// leader's snapshot arrives).
+    ReplicaCreated {
+        /// The leader whose message created it.
+        leader: NodeId,
+    },
+    /// This node's replica was removed from the shard at `epoch`: it stopped serving and
+    /// its data goes (see `Output::removed_shards`).
+    ReplicaRemoved {
+        /// The index of the change that removed it.
+        epoch: u64,
+    },
+    /// A replica move of this shard ended on this leader.
+    MoveEnded {
+        /// The node whose replica went.
+        from: NodeId,
+        /// The node that received one.
+        to: NodeId,
+        /// `None`: done; else why it was undone.
+        refusal: Option<kv_shared::proto::MoveRefusal>,
+    },
 }
 
 impl NodeEvent {

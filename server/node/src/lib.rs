@@ -8,6 +8,7 @@
 //!   `on_disk_done`) and its [`Output`] (datagrams, disk writes, client replies).
 //! - [`config`]: the [`NodeConfig`] settings.
 //! - [`sm`]: the per-shard state machine and sessions (exactly-once writes).
+//! - [`moves`]: moving a shard's replica between nodes (checks and the leader's driver).
 //! - [`wal`]: Raft state as kv-storage records, and recovery from them.
 //! - [`codec`]: peer datagrams (encode, decode, split to fit).
 //!
@@ -17,6 +18,7 @@ pub mod codec;
 pub mod config;
 pub mod core;
 pub mod events;
+pub mod moves;
 pub mod placement;
 pub mod sm;
 pub mod wal;

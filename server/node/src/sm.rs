@@ -6,8 +6,8 @@ use bytes::Bytes;
 use hashbrown::hash_table::{Entry, HashTable};
 use kv_shared::limits::SESSIONS_MAX;
 use kv_shared::limits::VALUE_BYTES_MAX;
-use kv_shared::proto::{ClientError, Op, Outcome};
-use kv_shared::{ClientId, NodeId};
+use kv_shared::proto::{ClientError, MoveRefusal, Op, Outcome};
+use kv_shared::{ClientId, NodeId, ShardId};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -65,6 +65,27 @@ pub enum WriteOp {
         /// The node.
         node: NodeId,
     },
+    /// Record a replica move as in flight (admin), unless one already is: the leader's
+    /// move driver (`crate::moves`) then takes it through its membership changes.
+    BeginMove {
+        /// The shard (named in the refusal when another move is in flight).
+        shard: ShardId,
+        /// The node whose replica goes.
+        from: NodeId,
+        /// The node that receives one.
+        to: NodeId,
+    },
+    /// End the move in flight started by `(client, seq)`, done (`refusal: None`) or
+    /// undone: proposed by the leader's move driver outside any session, it changes the
+    /// saved outcome of the admin's request to the final one.
+    EndMove {
+        /// Session of the admin request that began the move.
+        client: ClientId,
+        /// Its sequence number.
+        seq: u64,
+        /// `None`: the move is done; else why it was undone.
+        refusal: Option<MoveRefusal>,
+    },
 }
 
 impl WriteOp {
@@ -95,7 +116,12 @@ impl WriteOp {
                 new: new.clone(),
             }),
             Op::ShardLeader { node, .. } => Some(WriteOp::PreferLeader { node: *node }),
-            Op::Get { .. } | Op::Status | Op::MoveReplica { .. } => None,
+            Op::MoveReplica { shard, from, to } => Some(WriteOp::BeginMove {
+                shard: *shard,
+                from: *from,
+                to: *to,
+            }),
+            Op::Get { .. } | Op::Status => None,
         }
     }
 }
@@ -222,6 +248,14 @@ impl Sessions {
         verdict
     }
 
+    /// Replaces the saved outcome of `(client, seq)` if that is still the session's
+    /// latest write (a retry then gets the new one); recency is left alone.
+    fn amend(&mut self, client: ClientId, seq: u64, outcome: Outcome) {
+        if let Some(s) = self.by_client.get_mut(&client).filter(|s| s.seq == seq) {
+            s.outcome = outcome;
+        }
+    }
+
     /// Records the outcome of a freshly applied write.
     pub fn record(&mut self, client: ClientId, seq: u64, outcome: Outcome) {
         self.clock += 1;
@@ -301,6 +335,7 @@ struct ImageRef<'a> {
     applied_term: u64,
     membership_epoch: u64,
     preferred_leader: Option<NodeId>,
+    move_in_flight: Option<MoveInFlight>,
 }
 
 /// The serialized form of a shard (snapshot image), as read: keys and values borrowed
@@ -315,6 +350,7 @@ struct Image<'a> {
     applied_term: u64,
     membership_epoch: u64,
     preferred_leader: Option<NodeId>,
+    move_in_flight: Option<MoveInFlight>,
 }
 
 /// One key and its value in a single heap block: the key's length (u32, little endian),
@@ -399,6 +435,24 @@ pub struct StateMachine {
     membership_epoch: u64,
     /// Set by `WriteOp::PreferLeader`: replicated, so a new leader honours it too.
     preferred_leader: Option<NodeId>,
+    /// Set by `WriteOp::BeginMove`, cleared by `WriteOp::EndMove`: replicated, so a new
+    /// leader finishes (or undoes) the move its predecessor started.
+    move_in_flight: Option<MoveInFlight>,
+}
+
+/// A replica move recorded in a shard's state machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveInFlight {
+    /// The shard.
+    pub shard: ShardId,
+    /// The node whose replica goes.
+    pub from: NodeId,
+    /// The node that receives one.
+    pub to: NodeId,
+    /// Session of the admin request that began it (answered when it ends).
+    pub client: ClientId,
+    /// Its sequence number.
+    pub seq: u64,
 }
 
 /// Equal shards hold the same keys and values, sessions and position (whatever their
@@ -415,6 +469,7 @@ impl PartialEq for StateMachine {
             && self.applied_term == other.applied_term
             && self.membership_epoch == other.membership_epoch
             && self.preferred_leader == other.preferred_leader
+            && self.move_in_flight == other.move_in_flight
     }
 }
 
@@ -480,6 +535,7 @@ impl StateMachine {
             applied_term: 0,
             membership_epoch: 0,
             preferred_leader: None,
+            move_in_flight: None,
         }
     }
 
@@ -552,6 +608,20 @@ impl StateMachine {
         self.preferred_leader
     }
 
+    /// The outcome saved for `(client, seq)`, if that is its session's latest write.
+    pub fn saved_outcome(&self, client: ClientId, seq: u64) -> Option<Outcome> {
+        self.sessions
+            .by_client
+            .get(&client)
+            .filter(|s| s.seq == seq)
+            .map(|s| s.outcome.clone())
+    }
+
+    /// The replica move in flight, if any.
+    pub fn move_in_flight(&self) -> Option<MoveInFlight> {
+        self.move_in_flight
+    }
+
     /// Marks a no-op entry applied.
     pub fn apply_empty(&mut self, index: u64, term: u64) {
         self.advance(index, term);
@@ -594,6 +664,15 @@ impl StateMachine {
     /// would break exactly-once. The verdict depends only on applied commands, so every
     /// replica gives the same.
     pub fn apply_write(&mut self, w: &WriteCommand) -> Outcome {
+        if let WriteOp::EndMove {
+            client,
+            seq,
+            refusal,
+        } = &w.op
+        {
+            self.end_move(*client, *seq, refusal);
+            return Outcome::Done;
+        }
         match self.sessions.check(w.client, w.seq) {
             SessionCheck::Duplicate(outcome) => return outcome,
             SessionCheck::Stale { latest } => {
@@ -639,9 +718,55 @@ impl StateMachine {
                 self.preferred_leader = Some(*node);
                 Outcome::Done
             }
+            WriteOp::BeginMove { shard, from, to } => match self.move_in_flight {
+                Some(m) => Outcome::Error(ClientError::MoveRefused {
+                    shard: *shard,
+                    from: *from,
+                    to: *to,
+                    reason: MoveRefusal::MoveInFlight {
+                        from: m.from,
+                        to: m.to,
+                    },
+                }),
+                None => {
+                    self.move_in_flight = Some(MoveInFlight {
+                        shard: *shard,
+                        from: *from,
+                        to: *to,
+                        client: w.client,
+                        seq: w.seq,
+                    });
+                    // Never answered while the move is in flight (the node core holds
+                    // the request); `EndMove` replaces it with the final outcome.
+                    Outcome::Done
+                }
+            },
+            WriteOp::EndMove { .. } => unreachable!("handled above, outside sessions"),
         };
         self.sessions.record(w.client, w.seq, outcome.clone());
         outcome
+    }
+
+    /// Clears the move begun by `(client, seq)` and saves its final outcome in the
+    /// admin's session. A late duplicate (the move already ended) changes nothing.
+    fn end_move(&mut self, client: ClientId, seq: u64, refusal: &Option<MoveRefusal>) {
+        let Some(m) = self
+            .move_in_flight
+            .filter(|m| m.client == client && m.seq == seq)
+        else {
+            return;
+        };
+        self.move_in_flight = None;
+        let outcome = match refusal {
+            None => Outcome::Done,
+            Some(reason) => Outcome::Error(ClientError::MoveRefused {
+                shard: m.shard,
+                from: m.from,
+                to: m.to,
+                reason: reason.clone(),
+            }),
+        };
+        self.sessions.amend(client, seq, outcome);
     }
 
     /// Adds `delta` to the integer `key` holds. Only the canonical decimal form counts as
@@ -691,6 +816,7 @@ impl StateMachine {
             applied_term: self.applied_term,
             membership_epoch: self.membership_epoch,
             preferred_leader: self.preferred_leader,
+            move_in_flight: self.move_in_flight,
         };
         Bytes::from(postcard::to_stdvec(&image).expect("an image always encodes"))
     }
@@ -708,6 +834,7 @@ impl StateMachine {
             applied_term: image.applied_term,
             membership_epoch: image.membership_epoch,
             preferred_leader: image.preferred_leader,
+            move_in_flight: image.move_in_flight,
         };
         for (key, value) in image.data {
             sm.insert(key, value);
@@ -1160,6 +1287,7 @@ mod tests {
             applied_term: u64,
             membership_epoch: u64,
             preferred_leader: Option<NodeId>,
+            move_in_flight: Option<MoveInFlight>,
         }
         let mut sm = StateMachine::new(10);
         sm.apply_entry(
@@ -1192,6 +1320,7 @@ mod tests {
             applied_term: 1,
             membership_epoch: 2,
             preferred_leader: None,
+            move_in_flight: None,
         };
         sm.apply_membership_change(2, 1);
         assert_eq!(
@@ -1261,6 +1390,7 @@ mod tests {
             applied_term: 1,
             membership_epoch: 0,
             preferred_leader: None,
+            move_in_flight: None,
         };
         postcard::to_stdvec(&image).unwrap()
     }

@@ -972,11 +972,15 @@ fn a_membership_change_bumps_the_epoch_and_stale_routes_get_the_new_set() {
     );
     c.tick(60);
     let l = c.leader(shard);
-    let (index, _) = c.nodes[l]
-        .propose_conf_change(shard, kv_raft::ConfChange::AddLearner(NodeId(4)))
-        .expect("the leader takes the change");
+    // A move to node 4 while node 4 is cut off: its first step, AddLearner(4), commits
+    // and the move then waits for the learner.
+    c.down[3] = true;
+    let from = (0..3).find(|&i| i != l).unwrap() as u64 + 1;
+    c.request(l, 99, move_req(50, from, 4));
     c.flush(l);
     c.tick(5);
+    let index = c.nodes[l].shard_route(shard).epoch;
+    assert!(index > 0);
     for i in 0..3 {
         let route = c.nodes[i].shard_route(shard);
         assert_eq!(route.epoch, index, "node {}", i + 1);
@@ -1086,4 +1090,426 @@ fn an_admin_preferred_leader_takes_over_and_keeps_the_shard() {
         2,
         "and keeps leading: no node spreads it back"
     );
+}
+
+// ---- moving a replica (Op::MoveReplica) ----
+
+/// An admin's move request: client `client`, sequence number 1 (a one-request session).
+fn move_req(client: u64, from: u64, to: u64) -> ClientRequest {
+    ClientRequest {
+        client: ClientId(client),
+        seq: 1,
+        epoch: 0,
+        op: Op::MoveReplica {
+            shard: ShardId(0),
+            from: NodeId(from),
+            to: NodeId(to),
+        },
+    }
+}
+
+impl Cluster {
+    /// Sends `req` to the shard's leader as a client would: again (same session and
+    /// sequence number) after a timeout or redirect, until an answer other than those
+    /// comes or `ticks_max` ticks pass. Ticks `per_try` between tries.
+    fn until_answered(&mut self, token: u64, req: ClientRequest, ticks_max: usize) -> Outcome {
+        let shard = ShardId(0);
+        for _ in 0..ticks_max / 10 {
+            let before = self.reply_to(token).len();
+            let l = (0..self.nodes.len()).find(|&i| {
+                !self.down[i]
+                    && self.nodes[i].hosts(shard)
+                    && self.nodes[i].raft_status(shard).role == Role::Leader
+            });
+            if let Some(l) = l {
+                self.request(l, token, req.clone());
+                self.flush(l);
+            }
+            for _ in 0..10 {
+                self.tick(1);
+                if self.reply_to(token).len() > before {
+                    break;
+                }
+            }
+            let replies = self.reply_to(token);
+            if replies.len() > before {
+                let last = replies.last().unwrap().clone();
+                match &last {
+                    Outcome::Error(ClientError::Timeout { .. })
+                    | Outcome::Error(ClientError::NotLeader { .. }) => {}
+                    _ => return last,
+                }
+            }
+        }
+        panic!("no answer to request {token} within {ticks_max} ticks");
+    }
+
+    fn voters(&self, i: usize, shard: ShardId) -> Vec<NodeId> {
+        self.nodes[i].raft_status(shard).membership.voters
+    }
+
+    /// Restarts node `i` from what it appended, with `config`.
+    fn restart(&mut self, i: usize, config: NodeConfig) {
+        let rec = Recovered {
+            records: self.disks[i].clone(),
+            snapshots: self.snapshots[i].clone(),
+            truncated_tail: None,
+        };
+        self.nodes[i] = NodeCore::new(config, rec).unwrap();
+    }
+}
+
+fn four_nodes_one_shard_on_three() -> Cluster {
+    let mut c = Cluster::with(4, 1, |cfg| {
+        cfg.replication = 3;
+        cfg.snapshot_threshold_entries = 20;
+    });
+    c.tick(60);
+    c
+}
+
+/// A follower's replica moves to a node that held none while writes keep coming: node 4
+/// gets the shard by snapshot, becomes a voter, node 3 is removed and drops the shard,
+/// every acknowledged write is on the new replica set, and the epoch grew three times.
+#[test]
+fn a_replica_moves_under_writes_and_loses_no_acknowledged_write() {
+    let shard = ShardId(0);
+    let mut c = four_nodes_one_shard_on_three();
+    let l = c.leader(shard);
+    let from = (0..3).find(|&i| i != l).unwrap() as u64 + 1;
+    let mut acked = Vec::new();
+    for s in 1..=40u64 {
+        let l = c.leader(shard);
+        c.request(l, 1000 + s, put(1, s, &format!("k{s}"), &format!("v{s}")));
+        c.flush(l);
+        c.tick(1);
+    }
+    c.request(c.leader(shard), 1, move_req(50, from, 4));
+    c.flush(c.leader(shard));
+    for s in 41..=80u64 {
+        let l = c.leader(shard);
+        c.request(l, 1000 + s, put(1, s, &format!("k{s}"), &format!("v{s}")));
+        c.flush(l);
+        c.tick(1);
+    }
+    let done = c.until_answered(1, move_req(50, from, 4), 2000);
+    assert_eq!(done, Outcome::Done);
+    for s in 1..=80u64 {
+        if c.reply_to(1000 + s).contains(&Outcome::Done) {
+            acked.push(s);
+        }
+    }
+    assert!(
+        acked.len() >= 70,
+        "most writes were acknowledged: {}",
+        acked.len()
+    );
+    c.tick(20);
+    let l = c.leader(shard);
+    let mut expected: Vec<NodeId> = (1..=4).filter(|n| *n != from).map(NodeId).collect();
+    expected.sort();
+    assert_eq!(c.voters(l, shard), expected);
+    assert!(
+        !c.nodes[from as usize - 1].hosts(shard),
+        "node {from} dropped the shard"
+    );
+    assert!(c.nodes[3].hosts(shard));
+    assert_eq!(
+        c.nodes[3].state_digest(shard),
+        c.nodes[l].state_digest(shard),
+        "the new replica holds what the leader holds"
+    );
+    let epoch = c.nodes[l].shard_route(shard).epoch;
+    assert!(epoch > 0);
+    for s in acked {
+        let l = c.leader(shard);
+        c.request(l, 5000 + s, get(9, 1, &format!("k{s}")));
+        c.flush(l);
+        c.tick(2);
+        assert_eq!(
+            c.reply_to(5000 + s),
+            vec![Outcome::Value(Some(Bytes::from(format!("v{s}"))))],
+            "acknowledged write k{s}"
+        );
+    }
+    // The removed node answers for the shard with the new replica set.
+    let f = from as usize - 1;
+    let mut stale = get(9, 2, "k1");
+    stale.op = Op::Get {
+        key: Bytes::from_static(b"k1"),
+        stale: true,
+    };
+    c.request(f, 9000, stale);
+    c.flush(f);
+    match &c.reply_to(9000)[..] {
+        [Outcome::Error(ClientError::StaleRoute { route, .. })] => {
+            assert!(!route.voters.contains(&NodeId(from)), "{route:?}");
+            assert!(route.voters.contains(&NodeId(4)), "{route:?}");
+        }
+        other => panic!("expected StaleRoute, got {other:?}"),
+    }
+}
+
+/// Moving the leader's own replica: it hands leadership to another voter before it is
+/// removed, and the move still ends Done.
+#[test]
+fn moving_the_leaders_own_replica_hands_leadership_over_first() {
+    let shard = ShardId(0);
+    let mut c = four_nodes_one_shard_on_three();
+    let l = c.leader(shard);
+    let from = l as u64 + 1;
+    c.request(l, 1, put(1, 1, "a", "1"));
+    c.flush(l);
+    c.tick(3);
+    let done = c.until_answered(2, move_req(50, from, 4), 2000);
+    assert_eq!(done, Outcome::Done);
+    c.tick(20);
+    let now = c.leader(shard);
+    assert_ne!(now, l, "the old leader no longer leads");
+    assert!(!c.voters(now, shard).contains(&NodeId(from)));
+    assert!(!c.nodes[l].hosts(shard));
+    c.request(now, 3, get(9, 1, "a"));
+    c.flush(now);
+    c.tick(2);
+    assert_eq!(
+        c.reply_to(3),
+        vec![Outcome::Value(Some(Bytes::from_static(b"1")))]
+    );
+}
+
+/// A second move while one is in flight is refused with the move named; a retry of the
+/// first (same session and sequence number) waits for it and gets its outcome; and bad
+/// requests get typed refusals.
+#[test]
+fn a_second_move_is_refused_while_one_is_in_flight_and_a_retry_waits() {
+    let shard = ShardId(0);
+    let mut c = four_nodes_one_shard_on_three();
+    let l = c.leader(shard);
+    let from = (0..3).find(|&i| i != l).unwrap() as u64 + 1;
+    // Cut node 4 off so the first move stays in flight (its learner cannot catch up).
+    c.down[3] = true;
+    c.request(l, 1, move_req(50, from, 4));
+    c.flush(l);
+    c.tick(5);
+    assert!(c.reply_to(1).is_empty(), "held while the move is in flight");
+    let other = (0..3).find(|&i| i != l && i as u64 + 1 != from).unwrap() as u64 + 1;
+    c.request(l, 2, move_req(51, other, 4));
+    c.request(l, 3, move_req(52, from, 9));
+    c.request(l, 4, move_req(53, from, from));
+    c.flush(l);
+    c.tick(2);
+    let refusal = |c: &Cluster, t| match &c.reply_to(t)[..] {
+        [Outcome::Error(ClientError::MoveRefused { reason, .. })] => reason.clone(),
+        other => panic!("expected a move refusal, got {other:?}"),
+    };
+    assert_eq!(
+        refusal(&c, 2),
+        kv_shared::proto::MoveRefusal::MoveInFlight {
+            from: NodeId(from),
+            to: NodeId(4)
+        }
+    );
+    assert_eq!(
+        refusal(&c, 3),
+        kv_shared::proto::MoveRefusal::UnknownNode { node: NodeId(9) }
+    );
+    assert_eq!(refusal(&c, 4), kv_shared::proto::MoveRefusal::SameNode);
+    let e = ClientError::MoveRefused {
+        shard,
+        from: NodeId(other),
+        to: NodeId(4),
+        reason: refusal(&c, 2),
+    };
+    assert!(
+        e.to_string().contains(&format!(
+            "the move of its replica from node n{from} to node n4 is in flight"
+        )),
+        "{e}"
+    );
+    c.down[3] = false;
+    let done = c.until_answered(5, move_req(50, from, 4), 2000);
+    assert_eq!(done, Outcome::Done, "the retry gets the move's outcome");
+    // Once done, a late retry gets the same answer; a move of a non-member is refused.
+    let again = c.until_answered(6, move_req(50, from, 4), 200);
+    assert_eq!(again, Outcome::Done);
+    let not_voter = c.until_answered(7, move_req(54, from, 3 - (from % 3)), 200);
+    assert!(
+        matches!(
+            not_voter,
+            Outcome::Error(ClientError::MoveRefused {
+                reason: kv_shared::proto::MoveRefusal::NotAVoter { .. }
+                    | kv_shared::proto::MoveRefusal::AlreadyMember { .. },
+                ..
+            })
+        ),
+        "{not_voter:?}"
+    );
+}
+
+/// The new replica's node restarts mid-move: it recovers the replica it created (from
+/// its WAL) and the move finishes.
+#[test]
+fn a_learner_restarted_mid_move_recovers_its_replica_and_the_move_finishes() {
+    let shard = ShardId(0);
+    let mut c = four_nodes_one_shard_on_three();
+    let l = c.leader(shard);
+    let from = (0..3).find(|&i| i != l).unwrap() as u64 + 1;
+    for s in 1..=30u64 {
+        c.request(l, 100 + s, put(1, s, &format!("k{s}"), "v"));
+        c.flush(l);
+        c.tick(1);
+    }
+    c.request(l, 1, move_req(50, from, 4));
+    c.flush(l);
+    // Until node 4 holds the shard, then crash it before the move ends.
+    for _ in 0..200 {
+        if c.nodes[3].hosts(shard) {
+            break;
+        }
+        c.tick(1);
+    }
+    assert!(c.nodes[3].hosts(shard), "node 4 created its replica");
+    c.down[3] = true;
+    c.tick(30);
+    let config = c.nodes[3].config().clone();
+    c.restart(3, config);
+    assert!(
+        c.nodes[3].hosts(shard),
+        "a restart recovers the created replica"
+    );
+    c.down[3] = false;
+    let done = c.until_answered(2, move_req(50, from, 4), 3000);
+    assert_eq!(done, Outcome::Done);
+    c.tick(20);
+    let l = c.leader(shard);
+    assert_eq!(
+        c.nodes[3].state_digest(shard),
+        c.nodes[l].state_digest(shard)
+    );
+}
+
+/// A removed node restarts: its tombstone keeps it out of the shard (no replica, no
+/// replay of the shard's records), and it answers requests for the shard with
+/// `StaleRoute`.
+#[test]
+fn a_removed_node_restarted_stays_removed_and_answers_stale_route() {
+    let shard = ShardId(0);
+    let mut c = four_nodes_one_shard_on_three();
+    let l = c.leader(shard);
+    let from = (0..3).find(|&i| i != l).unwrap() as u64 + 1;
+    let f = from as usize - 1;
+    c.request(l, 1, put(1, 1, "a", "1"));
+    c.flush(l);
+    c.tick(3);
+    assert_eq!(
+        c.until_answered(2, move_req(50, from, 4), 2000),
+        Outcome::Done
+    );
+    c.tick(10);
+    assert!(!c.nodes[f].hosts(shard));
+    let config = c.nodes[f].config().clone();
+    c.restart(f, config);
+    assert!(
+        !c.nodes[f].hosts(shard),
+        "the tombstone outlives the restart"
+    );
+    c.tick(100);
+    assert!(
+        !c.nodes[f].hosts(shard),
+        "and no leader message brings it back"
+    );
+    c.request(f, 3, get(9, 1, "a"));
+    c.flush(f);
+    assert!(
+        matches!(
+            &c.reply_to(3)[..],
+            [Outcome::Error(ClientError::StaleRoute { .. })]
+        ),
+        "{:?}",
+        c.reply_to(3)
+    );
+}
+
+/// The leader dies mid-move (after the learner joined): the next leader reads the move
+/// from the replicated state and finishes it.
+#[test]
+fn a_new_leader_elected_mid_move_finishes_it() {
+    let shard = ShardId(0);
+    let mut c = four_nodes_one_shard_on_three();
+    let l = c.leader(shard);
+    let from = (0..3).find(|&i| i != l).unwrap() as u64 + 1;
+    c.request(l, 1, put(1, 1, "a", "1"));
+    c.flush(l);
+    c.tick(3);
+    c.request(l, 2, move_req(50, from, 4));
+    c.flush(l);
+    for _ in 0..200 {
+        if c.nodes[l].shard_route(shard).learners.contains(&NodeId(4))
+            || c.voters(l, shard).contains(&NodeId(4))
+        {
+            break;
+        }
+        c.tick(1);
+    }
+    assert!(c.nodes[l].shard_route(shard).epoch > 0, "the move began");
+    c.down[l] = true;
+    let done = c.until_answered(3, move_req(50, from, 4), 3000);
+    assert_eq!(done, Outcome::Done);
+    let now = c.leader(shard);
+    assert_ne!(now, l);
+    let voters = c.voters(now, shard);
+    assert!(
+        voters.contains(&NodeId(4)) && !voters.contains(&NodeId(from)),
+        "{voters:?}"
+    );
+}
+
+/// A replica created for a move starts with an empty membership: until the leader's
+/// snapshot arrives it knows no voters, so it never campaigns (the planted bug
+/// `CreatedReplicaWithBootstrapMembership` gives it the bootstrap placement's instead).
+#[test]
+fn a_created_replica_knows_no_membership_until_the_snapshot() {
+    let shard = ShardId(0);
+    let mut c = Cluster::with(4, 1, |cfg| cfg.replication = 3);
+    let heartbeat = GroupMessage {
+        shard,
+        msg: kv_raft::Message {
+            from: NodeId(1),
+            to: NodeId(4),
+            term: 3,
+            body: kv_raft::MessageBody::Heartbeat {
+                commit: 0,
+                read_round: 0,
+            },
+        },
+    };
+    // A vote request (a candidate, not a leader) creates nothing.
+    let mut vote = heartbeat.clone();
+    vote.msg.body = kv_raft::MessageBody::PreVote {
+        last_index: 5,
+        last_term: 3,
+    };
+    c.nodes[3].on_peer_messages(NodeId(1), vec![vote]);
+    assert!(!c.nodes[3].hosts(shard));
+    c.nodes[3].on_peer_messages(NodeId(1), vec![heartbeat]);
+    let out = c.nodes[3].take_output();
+    assert!(c.nodes[3].hosts(shard));
+    let created = out.disk_writes.iter().flat_map(|w| &w.ops).any(|op| {
+        matches!(op, DiskOp::Append(r) if crate::wal::decode_replica(r).ok().flatten()
+            == Some(crate::wal::ReplicaRecord::Created))
+    });
+    assert!(created, "the creation is persisted");
+    assert_eq!(
+        c.nodes[3].raft_status(shard).membership,
+        kv_raft::Membership::default()
+    );
+    for _ in 0..200 {
+        c.nodes[3].tick();
+        let out = c.nodes[3].take_output();
+        assert!(
+            out.datagrams.iter().all(|(_, m)| m.is_empty()),
+            "it never campaigns"
+        );
+    }
+    assert_eq!(c.nodes[3].raft_status(shard).role, Role::Follower);
 }

@@ -6,6 +6,9 @@
 //!   group's log from `first_index` (a conflicting suffix is replaced), then appends.
 //!   An empty one (after a snapshot from the leader replaced the whole log) only truncates.
 //! - [`KIND_HARD_STATE`]: a `HardState`, sticky (the storage keeps the latest forever).
+//! - [`KIND_REPLICA`]: a [`ReplicaRecord`], sticky: a replica this node holds beyond its
+//!   bootstrap placement (created by a move), or one it no longer holds (removed).
+//!   Decoded by [`decode_replica`]; [`decode`] is for the Raft records.
 //!
 //! Snapshots are stored by `Storage::save_snapshot` as a postcard `kv_raft::Snapshot`
 //! (metadata + state machine image).
@@ -21,6 +24,96 @@ use std::collections::BTreeMap;
 pub const KIND_ENTRIES: u8 = 1;
 /// Record kind: the hard state of one group (sticky).
 pub const KIND_HARD_STATE: u8 = 2;
+
+/// Record kind: a replica created or removed (see [`ReplicaRecord`]).
+pub const KIND_REPLICA: u8 = 3;
+
+/// Payload of a [`KIND_REPLICA`] record: the latest one of a shard says whether this
+/// node holds a replica of it, whatever the bootstrap placement says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaRecord {
+    /// A leader adding this node made it create the replica, with an empty membership
+    /// (it learns the real one from the leader's snapshot).
+    Created,
+    /// The replica was removed from the shard by the membership change at `epoch`; its
+    /// records are not replayed and it never serves the shard again.
+    Removed {
+        /// The index of the change that removed it.
+        epoch: u64,
+    },
+}
+
+/// A [`KIND_REPLICA`] record for `shard`.
+pub fn replica_record(shard: u32, record: ReplicaRecord) -> Record {
+    Record {
+        group: shard,
+        kind: KIND_REPLICA,
+        sticky: true,
+        last_index: 0,
+        payload: Bytes::from(postcard::to_stdvec(&record).expect("replica records encode")),
+    }
+}
+
+/// Decodes a [`KIND_REPLICA`] record (`None` for records of other kinds).
+pub fn decode_replica(record: &Record) -> Result<Option<ReplicaRecord>, RecoveryError> {
+    if record.kind != KIND_REPLICA {
+        return Ok(None);
+    }
+    postcard::from_bytes(&record.payload)
+        .map(Some)
+        .map_err(|e| RecoveryError::BadRecord {
+            shard: record.group,
+            kind: record.kind,
+            reason: e.to_string(),
+        })
+}
+
+/// What recovery says a node holds: see [`hosted_shards`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hosted {
+    /// Each shard held, with the membership its group starts from when no snapshot says
+    /// otherwise.
+    pub groups: BTreeMap<ShardId, Membership>,
+    /// Each shard whose replica here was removed, with the epoch of its removal.
+    pub removed: BTreeMap<ShardId, u64>,
+}
+
+/// The shards this node holds after recovery: the bootstrap placement's (`initial`),
+/// plus the replicas created (empty membership), minus the removed ones.
+pub fn hosted_shards(
+    recovered: &Recovered,
+    shard_count: u32,
+    initial: &BTreeMap<ShardId, Membership>,
+) -> Result<Hosted, RecoveryError> {
+    let mut latest: BTreeMap<ShardId, ReplicaRecord> = BTreeMap::new();
+    for r in &recovered.records {
+        if let Some(record) = decode_replica(r)? {
+            if r.group >= shard_count {
+                return Err(RecoveryError::UnknownGroup {
+                    shard: r.group,
+                    shard_count,
+                });
+            }
+            latest.insert(ShardId(r.group), record);
+        }
+    }
+    let mut hosted = Hosted {
+        groups: initial.clone(),
+        removed: BTreeMap::new(),
+    };
+    for (shard, record) in latest {
+        match record {
+            ReplicaRecord::Created => {
+                hosted.groups.entry(shard).or_default();
+            }
+            ReplicaRecord::Removed { epoch } => {
+                hosted.groups.remove(&shard);
+                hosted.removed.insert(shard, epoch);
+            }
+        }
+    }
+    Ok(hosted)
+}
 
 /// Payload of a [`KIND_ENTRIES`] record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,7 +313,7 @@ pub fn restore_groups(
             Ok(Some(ShardId(shard)).filter(|s| hosted.contains_key(s)))
         }
     };
-    for r in &recovered.records {
+    for r in recovered.records.iter().filter(|r| r.kind != KIND_REPLICA) {
         match decode(r)? {
             WalRecord::Entries { shard, record } => {
                 if let Some(s) = check(shard)? {
@@ -487,6 +580,42 @@ mod tests {
         assert!(
             matches!(err, RecoveryError::BadRecord { shard: 0, .. }),
             "{err}"
+        );
+    }
+
+    /// The hosted set after a restart is the bootstrap placement, plus replicas created,
+    /// minus replicas removed, whatever order the records came in; the latest record of
+    /// a shard decides.
+    #[test]
+    fn hosted_shards_are_placement_plus_created_minus_removed() {
+        let initial: BTreeMap<ShardId, Membership> =
+            [(ShardId(0), members()), (ShardId(1), members())].into();
+        let records = vec![
+            replica_record(2, ReplicaRecord::Created),
+            replica_record(1, ReplicaRecord::Removed { epoch: 7 }),
+            replica_record(3, ReplicaRecord::Created),
+            replica_record(3, ReplicaRecord::Removed { epoch: 9 }),
+            entries_record(1, 1, vec![e(1, 1)]),
+        ];
+        let recovered = Recovered {
+            records,
+            ..Recovered::default()
+        };
+        let hosted = hosted_shards(&recovered, 4, &initial).unwrap();
+        assert_eq!(
+            hosted.groups.keys().copied().collect::<Vec<_>>(),
+            vec![ShardId(0), ShardId(2)]
+        );
+        assert_eq!(hosted.groups[&ShardId(2)], Membership::default());
+        assert_eq!(hosted.removed, [(ShardId(1), 7), (ShardId(3), 9)].into());
+        let restored = restore_groups(&recovered, 4, &hosted.groups).unwrap();
+        assert!(
+            !restored.contains_key(&ShardId(1)),
+            "a removed shard is not replayed"
+        );
+        assert!(
+            hosted_shards(&recovered, 3, &initial).is_err(),
+            "shard 3 of 3"
         );
     }
 }

@@ -76,7 +76,6 @@ impl Raft {
             term: self.term,
         });
         let me = self.cfg.id;
-        let last = self.log.last_index();
         let promotable = self.promotable();
         let members: Vec<NodeId> = self
             .membership
@@ -87,11 +86,19 @@ impl Raft {
             .collect();
         match &mut self.role {
             RoleState::Leader(ls) => {
-                ls.progress.retain(|id, _| members.contains(id));
+                for (id, pr) in ls.progress.iter_mut() {
+                    if !members.contains(id) {
+                        pr.departs_at.get_or_insert(to);
+                    }
+                }
+                ls.progress.retain(|_, pr| !pr.departed());
                 for id in members.iter().filter(|id| **id != me) {
-                    ls.progress
-                        .entry(*id)
-                        .or_insert_with(|| Progress::new(last + 1));
+                    // A member just added holds nothing: replicate from the start, which
+                    // is a snapshot unless it is in the log's base membership (see
+                    // `entries_cannot_serve`). Probing at `last + 1` would send it
+                    // nothing until the next proposal.
+                    let pr = ls.progress.entry(*id).or_insert_with(|| Progress::new(1));
+                    pr.departs_at = None;
                 }
                 if ls
                     .transfer

@@ -758,7 +758,8 @@ impl Raft {
                 (ls.bcast_pending && {
                     let eager = self.eager_set();
                     ls.progress.iter().any(|(id, pr)| {
-                        eager.as_ref().is_none_or(|e| e.contains(id)) && self.append_sendable(pr)
+                        eager.as_ref().is_none_or(|e| e.contains(id))
+                            && self.append_sendable(*id, pr)
                     })
                 }) || ls.reads.has_unsent()
                     || self.quorum_commit().is_some()

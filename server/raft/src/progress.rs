@@ -74,6 +74,10 @@ pub(crate) struct Progress {
     pub heard_at: u64,
     /// Highest commit index sent to it in an Append or heartbeat (what it may know).
     pub commit_told: Index,
+    /// A member removed by the change at this index: it is still sent the log (counted in
+    /// no quorum) until it holds and has been told the commit of its own removal, so
+    /// that it learns it was removed (a leader that forgot it at once left it waiting).
+    pub departs_at: Option<Index>,
 }
 
 impl Progress {
@@ -91,7 +95,15 @@ impl Progress {
             contacted: false,
             heard_at: 0,
             commit_told: 0,
+            departs_at: None,
         }
+    }
+
+    /// True for a removed member that holds the entry of its removal and was told it
+    /// is committed: the leader stops sending to it.
+    pub fn departed(&self) -> bool {
+        self.departs_at
+            .is_some_and(|at| self.match_ >= at && self.commit_told >= at)
     }
 
     /// Back to probing from just after `match_`.

@@ -6,7 +6,7 @@
 use crate::node::{planted, Raft, RoleState};
 use crate::progress::ProgressState;
 use crate::quorum;
-use crate::types::{Entry, EntryKind, Index, Message, MessageBody, Term};
+use crate::types::{Entry, EntryKind, Index, Membership, Message, MessageBody, Term};
 use crate::ProposeError;
 use kv_shared::NodeId;
 
@@ -94,7 +94,7 @@ impl Raft {
             RoleState::Leader(ls) => ls
                 .progress
                 .get(&id)
-                .is_some_and(|p| self.append_sendable(p)),
+                .is_some_and(|p| self.append_sendable(id, p)),
             _ => false,
         }
     }
@@ -128,14 +128,14 @@ impl Raft {
 
     /// True if `maybe_send_append(_, false)` would send something to the follower with
     /// progress `pr` (kept next to it so `has_ready` agrees with `ready`).
-    pub(crate) fn append_sendable(&self, pr: &crate::progress::Progress) -> bool {
+    pub(crate) fn append_sendable(&self, pr_id: NodeId, pr: &crate::progress::Progress) -> bool {
         match &pr.state {
             ProgressState::Snapshot(s) => self.snapshot.as_ref().is_some_and(|snap| {
                 s.index != snap.meta.index
                     || (!s.all_sent && s.next_offset - s.acked < self.snapshot_window_bytes())
             }),
             _ if pr.is_paused(self.cfg.inflight_appends_max) => false,
-            _ if self.log.term(pr.next - 1).is_none() => self.snapshot.is_some(),
+            _ if self.entries_cannot_serve(pr.next - 1, pr_id) => self.snapshot.is_some(),
             _ => pr.next <= self.log.last_index(),
         }
     }
@@ -157,9 +157,10 @@ impl Raft {
             return false;
         }
         let prev_index = pr.next - 1;
-        let Some(prev_term) = self.log.term(prev_index) else {
-            // The entries it needs are compacted away.
-            return self.start_snapshot(to);
+        let base = &self.snap_membership;
+        let prev_term = match self.log.term(prev_index) {
+            Some(t) if !needs_base(prev_index, to, base) => t,
+            _ => return self.start_snapshot(to),
         };
         let entries = self.log.batch(pr.next, self.cfg.append_bytes_max);
         if entries.is_empty() && !send_if_empty {
@@ -185,6 +186,15 @@ impl Raft {
             },
         );
         true
+    }
+
+    /// True if a follower that needs the entries after `prev_index` must get a snapshot
+    /// instead: they are compacted away, or it needs the log from its start and is not
+    /// in the membership the log starts from. The bootstrap membership is not in the log,
+    /// so a member added later (a replica created empty by a move) could not rebuild the
+    /// membership from the entries alone; the snapshot's metadata carries it.
+    pub(crate) fn entries_cannot_serve(&self, prev_index: Index, to: NodeId) -> bool {
+        self.log.term(prev_index).is_none() || needs_base(prev_index, to, &self.snap_membership)
     }
 
     /// One Append to every peer (to spread a new commit index).
@@ -223,6 +233,11 @@ impl Raft {
                 done,
             } => self.handle_snapshot_resp(m.from, snapshot_index, received, done),
             _ => {}
+        }
+        if let RoleState::Leader(ls) = &mut self.role {
+            if ls.progress.get(&m.from).is_some_and(|p| p.departed()) {
+                ls.progress.remove(&m.from);
+            }
         }
     }
 
@@ -570,6 +585,12 @@ impl Raft {
             self.maybe_send_append(id, false);
         }
     }
+}
+
+/// See [`Raft::entries_cannot_serve`]: the follower needs the log from its start and
+/// the membership it starts from does not list it.
+fn needs_base(prev_index: Index, to: NodeId, base: &Membership) -> bool {
+    prev_index == 0 && !base.voters.contains(&to) && !base.learners.contains(&to)
 }
 
 fn ack(index: Index) -> MessageBody {

@@ -54,7 +54,7 @@ impl Raft {
         };
         ls.progress.iter().any(|(id, pr)| {
             let behind = matches!(pr.state, ProgressState::Snapshot(_))
-                || self.log.term(pr.next - 1).is_none();
+                || self.entries_cannot_serve(pr.next - 1, *id);
             behind && self.heard_within(*id, SNAPSHOT_HOLD_ELECTIONS)
         })
     }

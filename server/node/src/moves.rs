@@ -1,0 +1,270 @@
+//! Moving a shard's replica from one node to another (`Op::MoveReplica`): the checks a
+//! leader makes before recording a move, and the driver that takes a recorded move
+//! through its membership changes one step at a time. Both are pure functions of the
+//! shard's replicated state (membership, the move in flight) and the leader's view of
+//! its followers, so that whichever replica leads next takes the same next step.
+
+use crate::sm::MoveInFlight;
+use kv_raft::{ConfChange, Membership};
+use kv_shared::proto::{MoveRefusal, ShardRoute};
+use kv_shared::NodeId;
+
+/// A learner that has not caught up with the leader's commit index this many ticks after
+/// the leader first saw it as a learner is given up on: the move is undone. At the
+/// default 10 ms tick, 10 minutes: long enough for a snapshot of the largest shard over
+/// a slow link, short enough that a move to a node that died does not block the shard's
+/// moves forever.
+pub const MOVE_CATCH_UP_TICKS_MAX: u64 = 60_000;
+
+/// Refuses a move that cannot start: `members` are the nodes of the cluster, `route` the
+/// shard's replica set now, `in_flight` the move recorded, if any.
+pub fn check_move(
+    from: NodeId,
+    to: NodeId,
+    members: &[NodeId],
+    route: &ShardRoute,
+    in_flight: Option<MoveInFlight>,
+) -> Result<(), MoveRefusal> {
+    if let Some(node) = [to, from].into_iter().find(|n| !members.contains(n)) {
+        return Err(MoveRefusal::UnknownNode { node });
+    }
+    if from == to {
+        return Err(MoveRefusal::SameNode);
+    }
+    if let Some(m) = in_flight {
+        return Err(MoveRefusal::MoveInFlight {
+            from: m.from,
+            to: m.to,
+        });
+    }
+    if route.voters.contains(&to) || route.learners.contains(&to) {
+        return Err(MoveRefusal::AlreadyMember {
+            node: to,
+            route: route.clone(),
+        });
+    }
+    if !route.voters.contains(&from) {
+        return Err(MoveRefusal::NotAVoter {
+            node: from,
+            route: route.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// What the leader does next for a move in flight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MoveStep {
+    /// Propose this membership change.
+    Change(ConfChange),
+    /// Hand leadership to this voter (the leader is the replica that goes).
+    TransferLeadership(NodeId),
+    /// Wait (the learner is catching up, or a change is being applied).
+    Wait,
+    /// Record the move as ended: done (`None`) or undone for this reason.
+    End(Option<MoveRefusal>),
+}
+
+/// The leader's view of a shard, as the move driver reads it.
+#[derive(Clone, Debug)]
+pub struct LeaderView<'a> {
+    /// This node (the leader).
+    pub me: NodeId,
+    /// The membership as of the commit index.
+    pub membership: &'a Membership,
+    /// Each follower's match index.
+    pub progress: &'a [(NodeId, u64)],
+    /// The leader's commit index.
+    pub commit: u64,
+    /// Ticks since this leader first saw the move's learner catching up.
+    pub catch_up_ticks: u64,
+}
+
+/// The next step of move `m`, from the membership it has reached. The steps are
+/// `AddLearner(to)`, catch-up, `PromoteLearner(to)`, a leadership transfer if `from`
+/// leads, `RemoveNode(from)`, then the end; a learner that does not catch up within
+/// [`MOVE_CATCH_UP_TICKS_MAX`] ends the move undone (the stray learner is then removed,
+/// see [`stray_learner`]).
+pub fn next_step(m: &MoveInFlight, view: &LeaderView<'_>) -> MoveStep {
+    let voters = &view.membership.voters;
+    let learners = &view.membership.learners;
+    let matched = |n: NodeId| {
+        view.progress
+            .iter()
+            .find(|(id, _)| *id == n)
+            .map_or(0, |(_, m)| *m)
+    };
+    if learners.contains(&m.to) {
+        if matched(m.to) >= view.commit {
+            return MoveStep::Change(ConfChange::PromoteLearner(m.to));
+        }
+        if view.catch_up_ticks >= MOVE_CATCH_UP_TICKS_MAX {
+            return MoveStep::End(Some(MoveRefusal::CatchUpTimedOut {
+                node: m.to,
+                ticks: view.catch_up_ticks,
+            }));
+        }
+        return MoveStep::Wait;
+    }
+    let from_member = voters.contains(&m.from) || learners.contains(&m.from);
+    if !voters.contains(&m.to) {
+        return if voters.contains(&m.from) {
+            MoveStep::Change(ConfChange::AddLearner(m.to))
+        } else {
+            // `from` left by some other way before `to` joined: nothing to move.
+            MoveStep::End(Some(MoveRefusal::NotAVoter {
+                node: m.from,
+                route: ShardRoute {
+                    shard: m.shard,
+                    epoch: 0,
+                    voters: voters.clone(),
+                    learners: learners.clone(),
+                    leader: Some(view.me),
+                },
+            }))
+        };
+    }
+    if !from_member {
+        return MoveStep::End(None);
+    }
+    if m.from == view.me {
+        return MoveStep::TransferLeadership(m.to);
+    }
+    MoveStep::Change(ConfChange::RemoveNode(m.from))
+}
+
+/// A learner that no move in flight is adding (left by a move that was undone): the
+/// leader removes it.
+pub fn stray_learner(membership: &Membership, in_flight: Option<MoveInFlight>) -> Option<NodeId> {
+    membership
+        .learners
+        .iter()
+        .copied()
+        .find(|l| in_flight.is_none_or(|m| m.to != *l))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kv_shared::{ClientId, ShardId};
+
+    fn n(ids: &[u64]) -> Vec<NodeId> {
+        ids.iter().map(|i| NodeId(*i)).collect()
+    }
+
+    fn mv(from: u64, to: u64) -> MoveInFlight {
+        MoveInFlight {
+            shard: ShardId(0),
+            from: NodeId(from),
+            to: NodeId(to),
+            client: ClientId(9),
+            seq: 1,
+        }
+    }
+
+    fn step(
+        m: &MoveInFlight,
+        voters: &[u64],
+        learners: &[u64],
+        me: u64,
+        progress: &[(u64, u64)],
+    ) -> MoveStep {
+        let membership = Membership {
+            voters: n(voters),
+            learners: n(learners),
+        };
+        let progress: Vec<(NodeId, u64)> = progress.iter().map(|(i, m)| (NodeId(*i), *m)).collect();
+        next_step(
+            m,
+            &LeaderView {
+                me: NodeId(me),
+                membership: &membership,
+                progress: &progress,
+                commit: 10,
+                catch_up_ticks: 0,
+            },
+        )
+    }
+
+    #[test]
+    fn a_move_walks_learner_catch_up_promote_remove_end() {
+        let m = mv(3, 4);
+        let add = step(&m, &[1, 2, 3], &[], 1, &[(2, 10), (3, 10)]);
+        assert_eq!(add, MoveStep::Change(ConfChange::AddLearner(NodeId(4))));
+        let wait = step(&m, &[1, 2, 3], &[4], 1, &[(4, 9)]);
+        assert_eq!(wait, MoveStep::Wait);
+        let promote = step(&m, &[1, 2, 3], &[4], 1, &[(4, 10)]);
+        assert_eq!(
+            promote,
+            MoveStep::Change(ConfChange::PromoteLearner(NodeId(4)))
+        );
+        let remove = step(&m, &[1, 2, 3, 4], &[], 1, &[(4, 10)]);
+        assert_eq!(remove, MoveStep::Change(ConfChange::RemoveNode(NodeId(3))));
+        assert_eq!(step(&m, &[1, 2, 4], &[], 1, &[]), MoveStep::End(None));
+    }
+
+    #[test]
+    fn a_leader_that_goes_hands_over_to_the_new_voter_first() {
+        let m = mv(1, 4);
+        let s = step(&m, &[1, 2, 3, 4], &[], 1, &[(4, 10)]);
+        assert_eq!(s, MoveStep::TransferLeadership(NodeId(4)));
+    }
+
+    #[test]
+    fn a_learner_that_never_catches_up_undoes_the_move() {
+        let m = mv(3, 4);
+        let membership = Membership {
+            voters: n(&[1, 2, 3]),
+            learners: n(&[4]),
+        };
+        let view = LeaderView {
+            me: NodeId(1),
+            membership: &membership,
+            progress: &[],
+            commit: 10,
+            catch_up_ticks: MOVE_CATCH_UP_TICKS_MAX,
+        };
+        assert!(matches!(
+            next_step(&m, &view),
+            MoveStep::End(Some(MoveRefusal::CatchUpTimedOut { .. }))
+        ));
+        assert_eq!(stray_learner(&membership, None), Some(NodeId(4)));
+        assert_eq!(stray_learner(&membership, Some(m)), None);
+    }
+
+    #[test]
+    fn checks_name_what_is_wrong() {
+        let route = ShardRoute {
+            shard: ShardId(0),
+            epoch: 0,
+            voters: n(&[1, 2, 3]),
+            learners: vec![],
+            leader: Some(NodeId(1)),
+        };
+        let members = n(&[1, 2, 3, 4]);
+        let check = |from, to, f| check_move(NodeId(from), NodeId(to), &members, &route, f);
+        assert_eq!(check(3, 4, None), Ok(()));
+        assert_eq!(
+            check(3, 9, None),
+            Err(MoveRefusal::UnknownNode { node: NodeId(9) })
+        );
+        assert_eq!(check(3, 3, None), Err(MoveRefusal::SameNode));
+        assert!(matches!(
+            check(3, 2, None),
+            Err(MoveRefusal::AlreadyMember { .. })
+        ));
+        assert!(matches!(
+            check(4, 3, None),
+            Err(MoveRefusal::AlreadyMember { .. })
+        ));
+        assert!(matches!(check(4, 4, None), Err(MoveRefusal::SameNode)));
+        let in_flight = Some(mv(2, 4));
+        assert_eq!(
+            check(3, 4, in_flight),
+            Err(MoveRefusal::MoveInFlight {
+                from: NodeId(2),
+                to: NodeId(4)
+            })
+        );
+    }
+}
