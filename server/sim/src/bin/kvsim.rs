@@ -31,6 +31,8 @@ enum Plant {
     CommitPriorTermByCount,
     AckBeforePersist,
     ReadWithoutReadIndex,
+    CreatedReplicaWithBootstrapMembership,
+    RemovedReplicaServesReads,
 }
 
 /// Deterministic simulation of a raftkv cluster.
@@ -150,6 +152,10 @@ fn options(args: &Args, seed: u64) -> Result<SimOptions> {
             Plant::CommitPriorTermByCount => B::Raft(R::CommitPriorTermByCount),
             Plant::AckBeforePersist => B::Raft(R::AckBeforePersist),
             Plant::ReadWithoutReadIndex => B::ReadWithoutReadIndex,
+            Plant::CreatedReplicaWithBootstrapMembership => {
+                B::CreatedReplicaWithBootstrapMembership
+            }
+            Plant::RemovedReplicaServesReads => B::RemovedReplicaServesReads,
         };
         o.node_hook = Some(std::sync::Arc::new(move |core: &mut kv_node::NodeCore| {
             core.plant_bug(bug)
@@ -237,11 +243,15 @@ fn main() -> Result<()> {
                     break;
                 }
                 o.seed = seed;
-                let r = run(&o);
-                if !r.passed() {
-                    print_failure(&r, false);
-                    failed.lock().expect("no panics hold it").push(seed);
+                // A panic in the node core fails its seed, not the whole sweep.
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&o))) {
+                    Ok(r) if r.passed() => continue,
+                    Ok(r) => print_failure(&r, false),
+                    Err(_) => println!(
+                        "seed {seed} FAILED: panic (above) (replay: kvsim --seed {seed} --trace)"
+                    ),
                 }
+                failed.lock().expect("no panics hold it").push(seed);
             });
         }
     });

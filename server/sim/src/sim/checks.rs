@@ -11,24 +11,44 @@ use kv_shared::{NodeId, ShardId};
 use std::collections::BTreeMap;
 
 impl Sim {
-    /// Node `i` just answered a stale read of `shard` from its own state (stale reads are
-    /// answered at once): it must still count itself a member. A replica that applied its
-    /// own removal serves nothing of the shard, stale reads included.
-    pub(super) fn check_stale_read(&self, i: usize, shard: u32) -> Result<(), Violation> {
+    /// Node `i` just answered a stale read of `shard`, routed by `epoch`, from its own
+    /// state (stale reads are answered at once). A replica that applied its own removal
+    /// serves nothing of the shard, and none serves a stale read to a client that knows a
+    /// newer replica set than its own (it may have been removed without knowing).
+    pub(super) fn check_stale_read(
+        &self,
+        i: usize,
+        shard: u32,
+        epoch: u64,
+    ) -> Result<(), Violation> {
         let id = self.ids[i];
         let r = self.nodes[i].run.as_ref().expect("running");
         let route = r.core.shard_route(ShardId(shard));
-        if route.voters.contains(&id) || route.learners.contains(&id) {
+        let fail = |why: String| {
+            Err(Violation {
+                invariant: "removed replica serves no reads",
+                detail: format!("shard {shard}: {id} served a stale read {why}"),
+            })
+        };
+        if epoch > route.epoch {
+            return fail(format!(
+                "routed by epoch {epoch}, newer than its own {}",
+                route.epoch
+            ));
+        }
+        // Raft's membership changes at commit, the state machine's at apply: judge only
+        // a replica that has applied everything it knows committed.
+        let applied = r.core.group_view(ShardId(shard)).map_or(0, |v| v.applied);
+        let member = route.voters.contains(&id) || route.learners.contains(&id);
+        if member || applied < r.core.raft_status(ShardId(shard)).commit {
             return Ok(());
         }
-        Err(Violation {
-            invariant: "removed replica serves no reads",
-            detail: format!(
-                "shard {shard}: {id} served a stale read after applying epoch {} without itself (voters {:?}, learners {:?})",
-                route.epoch, route.voters, route.learners
-            ),
-        })
+        fail(format!(
+            "after applying epoch {} without itself (voters {:?}, learners {:?})",
+            route.epoch, route.voters, route.learners
+        ))
     }
+
     /// Records the membership of every shard node `i` holds, and forgets the tracked log
     /// of a replica it dropped (a replica created there later starts empty).
     fn observe_membership(&mut self, i: usize) {

@@ -78,6 +78,8 @@ struct Outstanding {
     read_shard: Option<u32>,
     /// The read is a stale read (served from the replica's own state).
     stale_read: bool,
+    /// The shard epoch the request was routed by.
+    route_epoch: u64,
     accepted_ns: u64,
 }
 
@@ -433,6 +435,7 @@ impl Sim {
                         issued_tick: self.nodes[node].ticks,
                         read_shard,
                         stale_read,
+                        route_epoch: req.epoch,
                         accepted_ns: self.now,
                     },
                 );
@@ -621,7 +624,7 @@ impl Sim {
             };
             if let (Some(shard), Outcome::Value(_)) = (o.read_shard, &reply.outcome) {
                 let served = if o.stale_read {
-                    self.check_stale_read(i, shard)
+                    self.check_stale_read(i, shard, o.route_epoch)
                 } else {
                     self.checker.served_read(id, shard, o.accepted_ns)
                 };
@@ -696,7 +699,11 @@ fn is_leader(view: Option<GroupView>) -> bool {
 
 /// The logs recovery will hand each hosted group, as the checker tracks them.
 fn tracked_logs(recovered: &Recovered, shards: u32, config: &NodeConfig) -> Vec<(u32, TrackedLog)> {
-    match wal::restore_groups(recovered, shards, &config.initial_groups()) {
+    // The shards recovery hands the node: its placement's, plus replicas created by
+    // moves, minus removed ones.
+    let restored = wal::hosted_shards(recovered, shards, &config.initial_groups())
+        .and_then(|hosted| wal::restore_groups(recovered, shards, &hosted.groups));
+    match restored {
         Ok(groups) => groups
             .into_iter()
             .map(|(shard, g)| {
