@@ -870,6 +870,17 @@ impl Session {
     /// # Panics
     /// On `Op::Status` (not routed to a shard; use [`Client::status`]).
     pub async fn execute(&mut self, op: Op) -> Result<Response, Error> {
+        self.execute_waiting(op, None).await
+    }
+
+    /// [`Session::execute`], waiting up to `wait` instead of the client's
+    /// `unavailable_after` (for an admin request the leader answers only when done, such
+    /// as `Op::MoveReplica`).
+    pub async fn execute_within(&mut self, op: Op, wait: Duration) -> Result<Response, Error> {
+        self.execute_waiting(op, Some(wait)).await
+    }
+
+    async fn execute_waiting(&mut self, op: Op, wait: Option<Duration>) -> Result<Response, Error> {
         op.check_limits().map_err(Error::Limit)?;
         let opens = op.is_write() && !matches!(op, Op::OpenSession { .. });
         let shard = match (opens, op.key(), self.client.shard_count()) {
@@ -879,11 +890,11 @@ impl Session {
         if let (Some(shard), Some(key)) = (shard, op.key()) {
             if !self.open_shards.contains(&shard) {
                 let open = Op::OpenSession { key: key.clone() };
-                self.execute_once(open).await?;
+                self.execute_once(open, None).await?;
                 self.open_shards.insert(shard);
             }
         }
-        let result = self.execute_once(op).await;
+        let result = self.execute_once(op, wait).await;
         if let (
             Some(shard),
             Err(Error::Refused {
@@ -898,7 +909,7 @@ impl Session {
     }
 
     /// [`Session::execute`] without opening the session (limits already checked).
-    async fn execute_once(&mut self, op: Op) -> Result<Response, Error> {
+    async fn execute_once(&mut self, op: Op, wait: Option<Duration>) -> Result<Response, Error> {
         let stale = matches!(op, Op::Get { stale: true, .. });
         let is_write = op.is_write();
         let shard_count = self
@@ -935,7 +946,7 @@ impl Session {
         }
         let opts = self.client.shared.options.clone();
         let start = Instant::now();
-        let deadline = start + opts.unavailable_after;
+        let deadline = start + wait.unwrap_or(opts.unavailable_after);
         let mut backoff = opts.backoff_base;
         let mut outcome_unknown = false;
         let mut leader_worked = false;

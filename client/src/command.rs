@@ -57,6 +57,17 @@ pub enum Command {
         /// The node.
         node: u64,
     },
+    /// Move a shard's replica from one node to another (admin), waiting until it is done.
+    ShardMove {
+        /// The shard.
+        shard: u32,
+        /// The node whose replica goes.
+        from: u64,
+        /// The node that receives one.
+        to: u64,
+        /// How long to wait for the move, in seconds.
+        wait_s: u64,
+    },
     /// Usage, for all commands or one.
     Help {
         /// A command name, if the user asked about one.
@@ -65,6 +76,10 @@ pub enum Command {
     /// Leave the REPL or script.
     Quit,
 }
+
+/// How long `shard move` waits for the move by default, in seconds: a learner that has
+/// not caught up in about ten minutes makes the leader undo the move anyway.
+pub const MOVE_WAIT_DEFAULT_S: u64 = 600;
 
 /// Why a line is not a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -113,8 +128,8 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ),
     (
         "shard",
-        "KEY | leader SHARD NODE",
-        "which shard KEY belongs to, and its cached leader; or make NODE lead SHARD (it takes over once caught up, and keeps it)",
+        "KEY | leader SHARD NODE | move SHARD --from NODE --to NODE [--wait SECS]",
+        "which shard KEY belongs to, and its cached leader; or make NODE lead SHARD (it takes over once caught up, and keeps it); or move SHARD's replica from one node to another (add, catch up by snapshot, promote, remove), waiting up to SECS (default 600)",
     ),
     ("help", "[COMMAND]", "this list, or one command's usage"),
     ("quit", "", "leave (Ctrl-D works too)"),
@@ -254,6 +269,22 @@ pub fn parse_words<S: AsRef<str>>(words: &[S]) -> Result<Command, ParseError> {
             (Ok(shard), Ok(node)) => Command::ShardLeader { shard, node },
             _ => return Err(usage("shard")),
         },
+        ("shard", ["move", s, "--from", from, "--to", to, rest @ ..]) => {
+            let wait_s = match rest {
+                [] => MOVE_WAIT_DEFAULT_S,
+                ["--wait", secs] => secs.parse().map_err(|_| usage("shard"))?,
+                _ => return Err(usage("shard")),
+            };
+            match (s.parse(), from.parse(), to.parse()) {
+                (Ok(shard), Ok(from), Ok(to)) => Command::ShardMove {
+                    shard,
+                    from,
+                    to,
+                    wait_s,
+                },
+                _ => return Err(usage("shard")),
+            }
+        }
         ("shard", _) => return Err(usage("shard")),
         ("help" | "?", []) => Command::Help { topic: None },
         ("help" | "?", [t]) => Command::Help {
@@ -392,6 +423,33 @@ mod tests {
             "a key named leader"
         );
         assert!(parse_line("shard leader x 2").is_err());
+        assert_eq!(
+            parse_line("shard move 3 --from 1 --to 4").unwrap(),
+            Some(Command::ShardMove {
+                shard: 3,
+                from: 1,
+                to: 4,
+                wait_s: MOVE_WAIT_DEFAULT_S
+            })
+        );
+        assert_eq!(
+            parse_line("shard move 3 --from 1 --to 4 --wait 30").unwrap(),
+            Some(Command::ShardMove {
+                shard: 3,
+                from: 1,
+                to: 4,
+                wait_s: 30
+            })
+        );
+        for bad in [
+            "shard move 3 --to 4 --from 1",
+            "shard move 3 --from 1",
+            "shard move x --from 1 --to 4",
+            "shard move 3 --from 1 --to 4 --wait",
+            "shard move 3 --from 1 --to 4 --wait soon",
+        ] {
+            assert!(parse_line(bad).is_err(), "{bad}");
+        }
         assert_eq!(
             parse_line("help cas").unwrap(),
             Some(Command::Help {

@@ -47,6 +47,15 @@ pub enum CmdOutput {
     },
     /// Text to show as is (help).
     Text(String),
+    /// A shard's replica moved.
+    Moved {
+        /// The shard.
+        shard: ShardId,
+        /// The node whose replica went.
+        from: NodeId,
+        /// The node that holds one now.
+        to: NodeId,
+    },
 }
 
 impl CmdOutput {
@@ -105,6 +114,13 @@ pub fn render(out: &CmdOutput, style: Style) -> String {
                 .unwrap_or_else(|| "unknown (not cached yet)".into())
         ),
         CmdOutput::Text(t) => t.trim_end().to_string(),
+        CmdOutput::Moved { shard, from, to } => format!(
+            "{}: shard {}'s replica moved from node {} to node {}",
+            paint(style, "32", "OK"),
+            shard.0,
+            from.0,
+            to.0
+        ),
     }
 }
 
@@ -127,6 +143,12 @@ fn render_json(out: &CmdOutput) -> Value {
             "leader_addr": leader.map(|l| l.addr.to_string()),
         }),
         CmdOutput::Text(t) => json!({"result": "ok", "text": t}),
+        CmdOutput::Moved { shard, from, to } => json!({
+            "result": "ok",
+            "shard": shard.0,
+            "from": from.0,
+            "to": to.0,
+        }),
     }
 }
 

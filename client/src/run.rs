@@ -69,6 +69,41 @@ pub async fn execute(client: &Client, session: &mut Session, cmd: Command) -> Re
             };
             session.execute(op).await?
         }
+        Command::ShardMove {
+            shard,
+            from,
+            to,
+            wait_s,
+        } => {
+            let op = Op::MoveReplica {
+                shard: kv_shared::ShardId(shard),
+                from: kv_shared::NodeId(from),
+                to: kv_shared::NodeId(to),
+            };
+            eprintln!(
+                "moving shard {shard}'s replica from node {from} to node {to}: waiting up to {wait_s} s for the new replica to catch up and the old one to go"
+            );
+            // A session of its own: the move is its first request, so it applies exactly
+            // once whatever this session did before, and a retry waits for the same move.
+            let mut admin = client.session();
+            match admin.execute_within(op, Duration::from_secs(wait_s)).await {
+                Ok(_) => {
+                    return Ok(Step::Output(CmdOutput::Moved {
+                        shard: kv_shared::ShardId(shard),
+                        from: kv_shared::NodeId(from),
+                        to: kv_shared::NodeId(to),
+                    }))
+                }
+                Err(e) => {
+                    if matches!(e, Error::GaveUp { .. } | Error::NoLeader { .. }) {
+                        eprintln!(
+                            "the move did not finish within {wait_s} s; it may still be in flight (kvcli status lists moves in flight)"
+                        );
+                    }
+                    return Err(e);
+                }
+            }
+        }
         Command::Shard { key } => {
             let shard = client
                 .shard_of(&key)
@@ -215,6 +250,10 @@ impl ReplHelper {
             ["help"] => COMMANDS.iter().map(|(n, _, _)| *n).collect(),
             ["get", _] => vec!["--stale"],
             ["cas", _] => vec!["--absent"],
+            ["shard"] => vec!["leader", "move"],
+            ["shard", "move", _] => vec!["--from"],
+            ["shard", "move", _, "--from", _] => vec!["--to"],
+            ["shard", "move", _, "--from", _, "--to", _] => vec!["--wait"],
             _ => vec![],
         };
         let found = choices
@@ -391,6 +430,15 @@ mod tests {
         );
         assert_eq!(h.completions("help ca", 7), (5, vec!["cas ".to_string()]));
         assert!(h.completions("put k ", 6).1.is_empty());
+        assert_eq!(h.completions("shard m", 7), (6, vec!["move ".to_string()]));
+        assert_eq!(
+            h.completions("shard move 3 --f", 16).1,
+            vec!["--from ".to_string()]
+        );
+        assert_eq!(
+            h.completions("shard move 3 --from 1 ", 22).1,
+            vec!["--to ".to_string()]
+        );
     }
 
     #[test]

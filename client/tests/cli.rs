@@ -168,6 +168,88 @@ fn shard_leader_asks_the_shards_leader_and_checks_the_shard() {
 }
 
 #[test]
+fn shard_move_asks_the_shards_leader_waits_and_reports_the_move() {
+    let fake = FakeCluster::start(3, 2, Some(2));
+    let o = kvcli(
+        &fake,
+        &["shard", "move", "1", "--from", "1", "--to", "3"],
+        "",
+    );
+    assert_eq!(
+        (o.status.code(), text(&o.stdout)),
+        (
+            Some(0),
+            "OK: shard 1's replica moved from node 1 to node 3\n".into()
+        ),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(
+        text(&o.stderr)
+            .contains("moving shard 1's replica from node 1 to node 3: waiting up to 600 s"),
+        "{}",
+        text(&o.stderr)
+    );
+    let moves = fake.ctl().moves.clone();
+    assert_eq!(moves.len(), 1);
+    assert_eq!(
+        (moves[0].0, moves[0].1, moves[0].2, moves[0].4),
+        (1, 1, 3, 1),
+        "seq 1 of its own session"
+    );
+    let o = kvcli(
+        &fake,
+        &[
+            "--json", "shard", "move", "0", "--from", "2", "--to", "3", "--wait", "5",
+        ],
+        "",
+    );
+    let v: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"result": "ok", "shard": 0, "from": 2, "to": 3})
+    );
+    let o = kvcli(
+        &fake,
+        &["shard", "move", "0", "--from", "2", "--to", "2"],
+        "",
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).ends_with(
+            "shard s0: cannot move a replica from node n2 to node n2: from and to are the same node\n"
+        ),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = kvcli(
+        &fake,
+        &["--json", "shard", "move", "0", "--from", "2", "--to", "2"],
+        "",
+    );
+    let v: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap();
+    assert_eq!(v["kind"], "move-refused");
+    let o = kvcli(
+        &fake,
+        &["shard", "move", "5", "--from", "1", "--to", "3"],
+        "",
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("shard 5 does not exist"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = kvcli(&fake, &["shard", "move", "1", "--from", "1"], "");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("usage: shard"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
 fn status_and_shard_show_the_leader() {
     let fake = FakeCluster::start(3, 2, Some(2));
     let o = kvcli(&fake, &["status"], "");

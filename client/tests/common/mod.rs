@@ -67,6 +67,8 @@ pub struct Ctl {
     pub route_epoch: u64,
     /// `ShardLeader` requests the leader took: (shard, node).
     pub preferred_leaders: Vec<(u32, u64)>,
+    /// `MoveReplica` requests the leader carried out: (shard, from, to, client, seq).
+    pub moves: Vec<(u32, u64, u64, u64, u64)>,
 }
 
 impl Ctl {
@@ -343,6 +345,24 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
             }));
         }
         c.preferred_leaders.push((shard.0, node.0));
+        return reply(Outcome::Done);
+    }
+    if let Op::MoveReplica { shard, from, to } = r.op {
+        if c.leader != Some(me) {
+            return reply(Outcome::Error(ClientError::NotLeader {
+                shard,
+                leader: c.leader.map(NodeId),
+            }));
+        }
+        if from == to {
+            return reply(Outcome::Error(ClientError::MoveRefused {
+                shard,
+                from,
+                to,
+                reason: kv_shared::proto::MoveRefusal::SameNode,
+            }));
+        }
+        c.moves.push((shard.0, from.0, to.0, r.client.0, r.seq));
         return reply(Outcome::Done);
     }
     let key = r.op.key().expect("keyed").clone();

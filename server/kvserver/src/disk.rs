@@ -44,6 +44,9 @@ pub trait LogStore: Send + 'static {
     fn append_all(&mut self, records: &[&Record]) -> Result<(), (usize, StoreError)>;
     /// Makes every op executed so far durable.
     fn sync(&mut self) -> Result<(), StoreError>;
+    /// Deletes what a shard whose replica left this node still holds on disk (its
+    /// snapshot files; its records stop pinning WAL segments).
+    fn remove_group(&mut self, shard: u32) -> Result<(), StoreError>;
 }
 
 impl<D> LogStore for kv_storage::Storage<D>
@@ -67,6 +70,10 @@ where
         // A failed fsync leaves the page cache in an unknown state (the "fsyncgate"
         // lesson), so even ENOSPC here is fatal rather than retried.
         kv_storage::Storage::sync(self).map_err(|e| StoreError::Fatal(e.to_string()))
+    }
+
+    fn remove_group(&mut self, shard: u32) -> Result<(), StoreError> {
+        kv_storage::Storage::remove_group(self, shard).map_err(classify)
     }
 }
 
@@ -101,7 +108,7 @@ pub struct DiskThreadGone;
 /// Handle to the running disk thread.
 #[derive(Debug)]
 pub struct DiskThread {
-    tx: Option<mpsc::Sender<DiskWrite>>,
+    tx: Option<mpsc::Sender<Job>>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -124,7 +131,14 @@ impl DiskThread {
     /// Queues a write. Never blocks.
     pub fn submit(&self, write: DiskWrite) -> Result<(), DiskThreadGone> {
         let tx = self.tx.as_ref().ok_or(DiskThreadGone)?;
-        tx.send(write).map_err(|_| DiskThreadGone)
+        tx.send(Job::Write(write)).map_err(|_| DiskThreadGone)
+    }
+
+    /// Queues the deletion of a removed shard's files (`Output::removed_shards`: its
+    /// tombstone is durable), done after the writes queued before it. Never blocks.
+    pub fn remove_group(&self, shard: u32) -> Result<(), DiskThreadGone> {
+        let tx = self.tx.as_ref().ok_or(DiskThreadGone)?;
+        tx.send(Job::RemoveGroup(shard)).map_err(|_| DiskThreadGone)
     }
 
     /// Closes the queue and waits (blocking) until the thread has written, synced and
@@ -139,6 +153,15 @@ impl DiskThread {
     }
 }
 
+/// What the event loop hands the disk thread.
+#[derive(Debug)]
+enum Job {
+    /// A write of the node core, executed in id order.
+    Write(DiskWrite),
+    /// A removed shard's files to delete, after the writes of the same batch.
+    RemoveGroup(u32),
+}
+
 /// A queued write and how many of its ops are already executed (a disk-full retry
 /// resumes at the op that failed, so no record is appended twice).
 struct Pending {
@@ -148,13 +171,18 @@ struct Pending {
 
 fn disk_main<S: LogStore>(
     mut store: S,
-    rx: mpsc::Receiver<DiskWrite>,
+    rx: mpsc::Receiver<Job>,
     events: UnboundedSender<DiskEvent>,
 ) {
     let mut queue: VecDeque<Pending> = VecDeque::new();
+    let mut removals: Vec<u32> = Vec::new();
     let mut open = true;
     let mut full = false;
-    let push = |queue: &mut VecDeque<Pending>, write: DiskWrite| {
+    let push = |queue: &mut VecDeque<Pending>, removals: &mut Vec<u32>, job: Job| {
+        let write = match job {
+            Job::Write(w) => w,
+            Job::RemoveGroup(shard) => return removals.push(shard),
+        };
         if let Some(last) = queue.back() {
             assert!(
                 write.id > last.write.id,
@@ -171,14 +199,14 @@ fn disk_main<S: LogStore>(
                 return;
             }
             match rx.recv() {
-                Ok(w) => push(&mut queue, w),
+                Ok(w) => push(&mut queue, &mut removals, w),
                 Err(_) => return,
             }
         }
         // Group commit: everything that queued up while we were busy joins this batch.
         while open && queue.len() < BATCH_WRITES_MAX {
             match rx.try_recv() {
-                Ok(w) => push(&mut queue, w),
+                Ok(w) => push(&mut queue, &mut removals, w),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => open = false,
             }
@@ -196,7 +224,7 @@ fn disk_main<S: LogStore>(
                     return;
                 }
                 match rx.recv_timeout(DISK_FULL_RETRY) {
-                    Ok(w) => push(&mut queue, w),
+                    Ok(w) => push(&mut queue, &mut removals, w),
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => open = false,
                 }
@@ -215,10 +243,20 @@ fn disk_main<S: LogStore>(
             full = false;
             let _ = events.send(DiskEvent::Recovered);
         }
-        let ids = queue.drain(..).map(|p| p.write.id).collect();
-        if events.send(DiskEvent::Done(ids)).is_err() {
+        let ids: Vec<u64> = queue.drain(..).map(|p| p.write.id).collect();
+        if !ids.is_empty() && events.send(DiskEvent::Done(ids)).is_err() {
             // The event loop is gone; nothing can be acknowledged any more.
             return;
+        }
+        for shard in removals.drain(..) {
+            // Only space is at stake (recovery ignores a removed shard's files), but a
+            // disk that cannot delete a file is not one to keep writing to.
+            if let Err(StoreError::Fatal(reason) | StoreError::Full(reason)) =
+                store.remove_group(shard)
+            {
+                let _ = events.send(DiskEvent::Failed(reason));
+                return;
+            }
         }
     }
 }
@@ -307,6 +345,8 @@ mod tests {
         batches: Vec<usize>,
         /// The next `append_all` appends this many records, then finds the disk full.
         full_after: Option<usize>,
+        /// Shards removed, each with the number of syncs done before its removal.
+        removed: Vec<(u32, usize)>,
     }
 
     #[derive(Clone, Default)]
@@ -352,6 +392,13 @@ mod tests {
             }
             let n = log.executed.len();
             log.syncs.push(n);
+            Ok(())
+        }
+
+        fn remove_group(&mut self, shard: u32) -> Result<(), StoreError> {
+            let mut log = self.0 .0.lock().unwrap();
+            let syncs = log.syncs.len();
+            log.removed.push((shard, syncs));
             Ok(())
         }
     }
@@ -424,6 +471,31 @@ mod tests {
         // One sync for write 1, one for the 50 that queued behind it.
         assert_eq!(fake.with(|l| l.syncs.clone()), vec![2, 102]);
         disk.finish().unwrap();
+    }
+
+    /// A removed shard's files go only after the writes queued before the removal are
+    /// durable (the tombstone among them), and a removal alone reports no write done.
+    #[test]
+    fn a_shard_removal_runs_after_the_sync_of_the_writes_before_it() {
+        let fake = Fake::default();
+        let (etx, mut erx) = unbounded_channel();
+        let disk = DiskThread::spawn(fake.clone(), etx).unwrap();
+        fake.with(|l| l.hold_sync = true);
+        disk.submit(write(1)).unwrap();
+        disk.remove_group(7).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            fake.with(|l| l.removed.is_empty()),
+            "removed before the sync"
+        );
+        fake.with(|l| l.hold_sync = false);
+        assert_eq!(next(&mut erx), DiskEvent::Done(vec![1]));
+        disk.remove_group(8).unwrap();
+        disk.finish().unwrap();
+        let removed = fake.with(|l| l.removed.clone());
+        assert_eq!(removed.iter().map(|r| r.0).collect::<Vec<_>>(), vec![7, 8]);
+        assert!(removed[0].1 >= 1, "after write 1's sync: {removed:?}");
+        assert!(erx.try_recv().is_err(), "no Done for a removal alone");
     }
 
     #[test]

@@ -427,6 +427,10 @@ impl<S: LogStore> LogStore for MeteredStore<S> {
             .wal_commit(std::mem::take(&mut self.appended_bytes), start.elapsed());
         result
     }
+
+    fn remove_group(&mut self, shard: u32) -> Result<(), StoreError> {
+        self.inner.remove_group(shard)
+    }
 }
 
 /// Brings `counter` up to `total` (the runtime's own count since start).

@@ -430,6 +430,12 @@ impl NodeCore {
         for (shard, r) in restored {
             groups.insert(shard, Group::new(&config, shard, r)?);
         }
+        // A removed shard's files may have outlived a crash before their deletion; its
+        // tombstone is durable (recovered), so they can go now.
+        let out = Output {
+            removed_shards: hosted.removed.keys().map(|s| s.0).collect(),
+            ..Output::default()
+        };
         Ok(NodeCore {
             config,
             placement,
@@ -447,7 +453,7 @@ impl NodeCore {
             round_ops: Vec::new(),
             round_durable: Vec::new(),
             outbox: BTreeMap::new(),
-            out: Output::default(),
+            out,
             tick_count: 0,
             peers_heard_ms: BTreeMap::new(),
             peers_heard_tick: BTreeMap::new(),

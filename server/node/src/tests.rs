@@ -1413,6 +1413,11 @@ fn a_removed_node_restarted_stays_removed_and_answers_stale_route() {
         !c.nodes[f].hosts(shard),
         "the tombstone outlives the restart"
     );
+    assert_eq!(
+        c.nodes[f].take_output().removed_shards,
+        vec![shard.0],
+        "files a crash kept are deleted at start"
+    );
     c.tick(100);
     assert!(
         !c.nodes[f].hosts(shard),

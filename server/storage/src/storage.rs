@@ -585,6 +585,18 @@ impl<D: Disk> Storage<D> {
         Ok(())
     }
 
+    /// Forgets `group` (its replica left this node): deletes its snapshot files and lets
+    /// compaction delete every closed segment that only its records kept. Its sticky
+    /// records stay (the caller's record that the group left is one of them). Calling it
+    /// again, also after a restart, does the same and is harmless.
+    pub fn remove_group(&mut self, group: u32) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        for index in self.snapshot_files.remove(&group).unwrap_or_default() {
+            self.disk.remove(&snapshot_name(group, index))?;
+        }
+        self.compact(group, u64::MAX)
+    }
+
     /// Names of the WAL segments on disk, oldest first (for tests and diagnostics).
     pub fn segment_names(&self) -> Vec<String> {
         self.segments.iter().map(|s| s.name.clone()).collect()

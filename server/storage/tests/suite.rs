@@ -324,6 +324,33 @@ fn snapshots_save_replace_reload<H: Harness>(h: &H) {
     );
 }
 
+fn a_removed_group_loses_its_snapshots_and_pins_no_segment<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
+    for i in 1..=3 {
+        s.append(&entry(4, i, 60)).unwrap();
+    }
+    s.append(&entry(5, 1, 60)).unwrap();
+    s.sync().unwrap();
+    s.save_snapshot(4, 2, b"state at 2").unwrap();
+    s.compact(5, 1).unwrap();
+    assert!(
+        s.segment_names().len() > 1,
+        "group 4's entries pin segments"
+    );
+    s.remove_group(4).unwrap();
+    assert_eq!(s.segment_names().len(), 1, "only the active segment stays");
+    s.remove_group(4).unwrap();
+    drop(s);
+    let (_, rec) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
+    assert!(rec.snapshots.is_empty(), "{:?}", rec.snapshots);
+    assert!(h
+        .disk()
+        .list()
+        .unwrap()
+        .iter()
+        .all(|n| !n.starts_with("snap-")));
+}
+
 fn corrupt_snapshot_is_refused<H: Harness>(h: &H) {
     let (mut s, _) = open(h, WalOptions::default()).unwrap();
     s.save_snapshot(1, 5, b"snapshot data").unwrap();
@@ -539,6 +566,7 @@ suite!(
     flipped_byte_in_the_middle_is_refused_with_file_and_offset,
     damage_in_a_closed_segment_is_refused,
     snapshots_save_replace_reload,
+    a_removed_group_loses_its_snapshots_and_pins_no_segment,
     corrupt_snapshot_is_refused,
     leftover_temp_snapshot_is_ignored_and_deleted,
     superseded_snapshot_left_by_a_crash_is_removed_at_open,
