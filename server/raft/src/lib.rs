@@ -28,6 +28,7 @@
 //!
 //! Layout: `node` (public API, dispatch), `config` (the settings), `ready` (what the
 //! caller gets and gives back), `persist` (writes and what waits for them), `check`,
+//! `display` (the one text form of messages and entries, for transcripts and traces),
 //! `election`, `replication` (with heartbeats and ReadIndex rounds), `snapshot`,
 //! `membership`, and the small pure pieces `log`, `progress`, `quorum`, `read_index`,
 //! `lease`.
@@ -36,9 +37,11 @@ pub mod types;
 
 mod check;
 mod config;
+mod display;
 mod ready;
 
 pub use check::{check_message, Refusal, Refusals};
+pub use display::Entries;
 pub use types::*;
 
 #[cfg(test)]

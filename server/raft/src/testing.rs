@@ -3,6 +3,7 @@
 //! Invariants (election safety, state machine safety, log structure) are checked after
 //! every step. Used by the transcript tests (`testdata/*.txt`) and the randomized test.
 
+use crate::display::Entries;
 use crate::node::RoleState;
 use crate::types::*;
 use crate::{Config, Raft, Restored, Write};
@@ -239,7 +240,7 @@ impl Cluster {
                 let _ = write!(s, " snap@{}/{}", sn.meta.index, sn.meta.term);
             }
             if !w.entries.is_empty() {
-                let _ = write!(s, " {}", fmt_entries(&w.entries));
+                let _ = write!(s, " {}", Entries(&w.entries));
             }
             self.line(s);
         }
@@ -265,7 +266,7 @@ impl Cluster {
             n.applied = s.meta.index;
         }
         if !rd.committed.is_empty() {
-            self.line(format!("n{id} apply {}", fmt_entries(&rd.committed)));
+            self.line(format!("n{id} apply {}", Entries(&rd.committed)));
         }
         for e in rd.committed {
             let n = self.nodes.get_mut(&id).expect("node");
@@ -345,10 +346,10 @@ impl Cluster {
         let (from, to) = (m.from.0, m.to.0);
         let up = self.nodes.get(&to).is_some_and(|n| n.up);
         if self.cut.contains(&(from, to)) || !up {
-            self.line(format!("{} DROPPED", fmt_msg(&m)));
+            self.line(format!("{m} DROPPED"));
             return;
         }
-        self.line(fmt_msg(&m));
+        self.line(m.to_string());
         self.nodes.get_mut(&to).expect("node").raft.step(m);
         self.process(to);
     }
@@ -520,102 +521,4 @@ fn decode_sm(data: &[u8]) -> Vec<String> {
         .split(',')
         .map(str::to_owned)
         .collect()
-}
-
-/// `index/term` plus payload, compactly.
-pub(crate) fn fmt_entries(es: &[Entry]) -> String {
-    let parts: Vec<String> = es
-        .iter()
-        .map(|e| match &e.kind {
-            EntryKind::Noop => format!("{}/{}", e.index, e.term),
-            EntryKind::Command => format!(
-                "{}/{}:{}",
-                e.index,
-                e.term,
-                String::from_utf8_lossy(&e.data)
-            ),
-            EntryKind::ConfChange(c) => format!("{}/{}:{c:?}", e.index, e.term),
-        })
-        .collect();
-    format!("[{}]", parts.join(" "))
-}
-
-pub(crate) fn fmt_msg(m: &Message) -> String {
-    let body = match &m.body {
-        MessageBody::PreVote {
-            last_index,
-            last_term,
-        } => format!("PreVote last={last_index}/{last_term}"),
-        MessageBody::PreVoteResp { reject } => format!("PreVoteResp{}", rej(*reject)),
-        MessageBody::Vote {
-            last_index,
-            last_term,
-            transfer,
-        } => {
-            format!(
-                "Vote last={last_index}/{last_term}{}",
-                if *transfer { " transfer" } else { "" }
-            )
-        }
-        MessageBody::VoteResp { reject } => format!("VoteResp{}", rej(*reject)),
-        MessageBody::Append {
-            prev_index,
-            prev_term,
-            entries,
-            commit,
-        } => {
-            format!(
-                "Append prev={prev_index}/{prev_term} commit={commit} {}",
-                fmt_entries(entries)
-            )
-        }
-        MessageBody::AppendResp {
-            reject: false,
-            index,
-            ..
-        } => format!("AppendResp ok index={index}"),
-        MessageBody::AppendResp {
-            reject: true,
-            index,
-            hint_index,
-            hint_term,
-        } => {
-            format!("AppendResp REJECT index={index} hint={hint_index}/{hint_term}")
-        }
-        MessageBody::Heartbeat { commit, read_round } => {
-            format!("Heartbeat commit={commit} round={read_round}")
-        }
-        MessageBody::HeartbeatResp { read_round } => format!("HeartbeatResp round={read_round}"),
-        MessageBody::InstallSnapshot {
-            meta,
-            offset,
-            total_len,
-            chunk,
-        } => format!(
-            "InstallSnapshot snap@{}/{} off={offset} len={} total={total_len}",
-            meta.index,
-            meta.term,
-            chunk.len()
-        ),
-        MessageBody::InstallSnapshotResp {
-            snapshot_index,
-            received,
-            done,
-        } => {
-            format!(
-                "InstallSnapshotResp snap@{snapshot_index} received={received}{}",
-                if *done { " done" } else { "" }
-            )
-        }
-        MessageBody::TimeoutNow => "TimeoutNow".into(),
-    };
-    format!("n{}->n{} t{} {body}", m.from.0, m.to.0, m.term)
-}
-
-fn rej(r: bool) -> &'static str {
-    if r {
-        " REJECT"
-    } else {
-        " ok"
-    }
 }

@@ -24,7 +24,8 @@
 //!   (empty disk).
 //! - `status [ids=..]`, `log ids=..`.
 
-use crate::testing::{fmt_entries, test_config, Cluster, Disk};
+use crate::display::Entries;
+use crate::testing::{test_config, Cluster, Disk};
 use crate::types::{ConfChange, Entry, EntryKind, HardState};
 use crate::Config;
 use bytes::Bytes;
@@ -159,15 +160,12 @@ fn run_cmd(c: &mut Option<Cluster>, case: &TestCase) -> String {
         }
         "drop-first" => {
             let pat = case.input.trim();
-            let pos = c
-                .net
-                .iter()
-                .position(|m| crate::testing::fmt_msg(m).contains(pat));
+            let pos = c.net.iter().position(|m| m.to_string().contains(pat));
             let m = c
                 .net
                 .remove(pos.expect("no such message in flight"))
                 .expect("present");
-            c.line(format!("{} DROPPED", crate::testing::fmt_msg(&m)));
+            c.line(format!("{m} DROPPED"));
         }
         "partition" => {
             let (a, b) = (ids(c, case, "a"), ids(c, case, "b"));
@@ -292,7 +290,7 @@ fn run_cmd(c: &mut Option<Cluster>, case: &TestCase) -> String {
                     "n{id} log snap={}/{} {}",
                     log.snap_index,
                     log.snap_term,
-                    fmt_entries(log.range(log.first_index(), log.last_index()))
+                    Entries(log.range(log.first_index(), log.last_index()))
                 );
                 c.line(s);
             }

@@ -1,10 +1,11 @@
 //! Safety invariants checked while the simulation runs (TigerBeetle style: after every
 //! step), over bookkeeping the simulator keeps from what the nodes write and apply:
-//! election safety, log matching, leader completeness, state machine safety, and
-//! monotonic commit/applied within a process incarnation.
+//! election safety, log matching, leader completeness, state machine safety,
+//! monotonic commit/applied within a process incarnation, and no read served by a
+//! replica after its removal from the shard was applied.
 
 use kv_shared::NodeId;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// One broken invariant: which one, and the facts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +87,13 @@ pub struct Checker {
     committed_seen: BTreeMap<u32, u64>,
     /// (node, shard) -> (commit, applied) in the current incarnation.
     progress: BTreeMap<(NodeId, u32), (u64, u64)>,
+    /// shard -> the newest membership (epoch, voters and learners) any replica applied.
+    memberships: BTreeMap<u32, (u64, Vec<NodeId>)>,
+    /// shard -> every node that was ever a member.
+    members_ever: BTreeMap<u32, BTreeSet<NodeId>>,
+    /// (node, shard) -> when a membership without `node` was first applied anywhere
+    /// (cleared if a newer one adds it back).
+    removed_at_ns: BTreeMap<(NodeId, u32), u64>,
     /// Elections seen.
     pub elections: u64,
 }
@@ -97,6 +105,46 @@ impl Checker {
         for (shard, log) in logs {
             self.logs.insert((node, shard), log);
         }
+    }
+
+    /// A replica of `shard` applied the membership `members` (voters and learners) of
+    /// `epoch` at `now_ns`. Applied means committed, so from then on every node that was
+    /// a member before and is not now must serve no reads of the shard.
+    pub fn applied_membership(&mut self, shard: u32, epoch: u64, members: &[NodeId], now_ns: u64) {
+        let ever = self.members_ever.entry(shard).or_default();
+        match self.memberships.get(&shard) {
+            Some((known, _)) if *known >= epoch => return,
+            _ => {}
+        }
+        for n in ever.iter() {
+            if !members.contains(n) {
+                self.removed_at_ns.entry((*n, shard)).or_insert(now_ns);
+            }
+        }
+        for n in members {
+            self.removed_at_ns.remove(&(*n, shard));
+            ever.insert(*n);
+        }
+        self.memberships.insert(shard, (epoch, members.to_vec()));
+    }
+
+    /// `node` answered a linearizable read of `shard` with a value, for a request it
+    /// accepted at `accepted_ns`.
+    pub fn served_read(&self, node: NodeId, shard: u32, accepted_ns: u64) -> Result<(), Violation> {
+        match self.removed_at_ns.get(&(node, shard)) {
+            Some(&removed_ns) if removed_ns <= accepted_ns => violation(
+                "removed replica serves no reads",
+                format!("shard {shard}: {node} answered a read it accepted at {accepted_ns} ns, after a membership without it was applied at {removed_ns} ns (epoch {})", self.memberships.get(&shard).map_or(0, |m| m.0)),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// `node` no longer holds `shard` (its replica was removed and its data dropped): a
+    /// replica created there later starts from nothing.
+    pub fn dropped(&mut self, node: NodeId, shard: u32) {
+        self.logs.remove(&(node, shard));
+        self.progress.remove(&(node, shard));
     }
 
     /// `node` wrote entries `first..` of `shard` (each (term, hash)) to its log.
@@ -367,5 +415,37 @@ mod tests {
         assert_eq!((l.base, l.get(12), l.get(13)), (12, None, Some((3, 3))));
         l.snapshot(20);
         assert_eq!((l.base, l.get(13)), (20, None));
+    }
+
+    #[test]
+    fn a_read_a_removed_replica_accepted_after_its_removal_is_caught() {
+        let mut c = Checker::default();
+        let (n1, n2, n3, n4) = (NodeId(1), NodeId(2), NodeId(3), NodeId(4));
+        c.applied_membership(0, 0, &[n1, n2, n3], 100);
+        c.applied_membership(0, 7, &[n1, n2, n3, n4], 200);
+        // n1 is removed at 300 (seen applied); an older epoch seen later changes nothing.
+        c.applied_membership(0, 9, &[n2, n3, n4], 300);
+        c.applied_membership(0, 7, &[n1, n2, n3, n4], 400);
+        c.served_read(n1, 0, 299).unwrap();
+        c.served_read(n2, 0, 500).unwrap();
+        c.served_read(n1, 1, 500).unwrap();
+        assert_eq!(
+            c.served_read(n1, 0, 300).unwrap_err().invariant,
+            "removed replica serves no reads"
+        );
+        // Added back at a newer epoch: it may serve again.
+        c.applied_membership(0, 12, &[n1, n2, n3, n4], 600);
+        c.served_read(n1, 0, 700).unwrap();
+    }
+
+    #[test]
+    fn a_dropped_replica_created_again_starts_its_progress_over() {
+        let mut c = Checker::default();
+        c.progress(NodeId(1), 0, Some(9), 9).unwrap();
+        c.dropped(NodeId(1), 0);
+        c.progress(NodeId(1), 0, Some(0), 0).unwrap();
+        // Without the drop, going back is a violation.
+        c.progress(NodeId(1), 0, Some(9), 9).unwrap();
+        assert!(c.progress(NodeId(1), 0, Some(0), 0).is_err());
     }
 }

@@ -6,7 +6,9 @@
 //! linearizability at the end. A failing seed replays exactly: `kvsim --seed N --trace`.
 //!
 //! Layout:
-//! - [`sim`]: the event loop, fault injection, phases, and [`run`].
+//! - [`options`]: what a run is asked to do and what it reports.
+//! - [`sim`]: [`run`]: the event loop, network and disk models, fault injection, phases
+//!   and final checks, one module each.
 //! - [`invariants`]: election safety, log matching, leader completeness, state machine
 //!   safety, monotonic commit/applied.
 //! - [`workload`]: clients with sessions, redirects, retries and give-up.
@@ -15,8 +17,12 @@
 //! See docs/SIMULATOR.md.
 
 pub mod invariants;
+pub mod options;
 pub mod sim;
 pub mod trace;
 pub mod workload;
 
-pub use sim::{run, Failure, FaultMix, FaultProfile, NodeHook, Report, SimOptions, Stats, TICK_NS};
+pub use options::{
+    AdminCounts, Failure, FaultMix, FaultProfile, NodeHook, Report, SimOptions, Stats,
+};
+pub use sim::{run, TICK_NS};

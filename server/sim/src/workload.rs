@@ -47,6 +47,9 @@ struct Pending {
     sent: bool,
     /// `req` opens the session on the key's shard; `op` follows once it is open.
     opens: bool,
+    /// A stale read (`Op::Get { stale: true }`): any replica answers from its own state,
+    /// so it is left out of the linearizability check.
+    stale: bool,
 }
 
 /// Workload timing.
@@ -92,6 +95,9 @@ pub struct Client {
     /// leader need several Appends to catch a follower up (only a prefix of its log is
     /// acknowledged at a time, as in Raft's Figure 8).
     pub value_pad_bytes: usize,
+    /// Percent of random reads sent as stale reads to any replica of the client's route
+    /// (0: none; the Moves profile aims them at replicas that may have been removed).
+    pub stale_read_percent: u32,
 }
 
 /// The request carrying `op` on `key`.
@@ -138,6 +144,7 @@ impl Client {
             stopped: false,
             script: Vec::new(),
             value_pad_bytes: 0,
+            stale_read_percent: 0,
         }
     }
 
@@ -162,9 +169,10 @@ impl Client {
 
     /// The cached leader of the key's shard, else the next of its known replicas (of all
     /// nodes while none are known).
-    fn target(&mut self, key: &Bytes, nodes: &[NodeId], shards: u32) -> NodeId {
+    /// A stale read goes to any of the shard's known replicas.
+    fn target(&mut self, key: &Bytes, stale: bool, nodes: &[NodeId], shards: u32) -> NodeId {
         let s = shard_for_key(key, shards).0 as usize;
-        if let Some(l) = self.leader_cache[s] {
+        if let (Some(l), false) = (self.leader_cache[s], stale) {
             return l;
         }
         let candidates = match &self.routes[s] {
@@ -272,11 +280,21 @@ impl Client {
             };
             (i, op)
         };
+        let stale = op == KvOp::Get
+            && self.script.is_empty()
+            && !self.stopped
+            && self.stale_read_percent > 0
+            && rng.gen_range(0..100) < self.stale_read_percent;
         let key = keys[key_index].clone();
         let shard = shard_for_key(&key, shards).0 as usize;
         let opens = op != KvOp::Get && !self.open_shards[shard];
         let wire_op = if opens {
             Op::OpenSession { key: key.clone() }
+        } else if stale {
+            Op::Get {
+                key: key.clone(),
+                stale: true,
+            }
         } else {
             wire_op(&key, &op)
         };
@@ -294,13 +312,15 @@ impl Client {
             give_up_ns: now_ns + t.give_up_ns,
             sent: false,
             opens,
+            stale,
         });
         self.send(now_ns, nodes, shards, t)
     }
 
     fn send(&mut self, now_ns: u64, nodes: &[NodeId], shards: u32, t: &ClientTiming) -> Action {
-        let key = self.pending.as_ref().expect("pending").key.clone();
-        let node = self.target(&key, nodes, shards);
+        let p = self.pending.as_ref().expect("pending");
+        let (key, stale) = (p.key.clone(), p.stale);
+        let node = self.target(&key, stale, nodes, shards);
         let route_epoch = self.routes[shard_for_key(&key, shards).0 as usize]
             .as_ref()
             .map_or(0, |r| r.epoch);
@@ -402,6 +422,10 @@ impl Client {
             }
         };
         let p = self.pending.take().expect("pending");
+        self.ok += 1;
+        if p.stale {
+            return Ok(self.think(now_ns, rng, t));
+        }
         if let Some(i) = keys.iter().position(|k| *k == p.key) {
             self.seen[i] = match (&p.op, &result) {
                 (_, KvResult::Value(v)) => v.clone(),
@@ -420,7 +444,6 @@ impl Client {
             invoke_ns: p.invoke_ns,
             complete_ns: now_ns,
         });
-        self.ok += 1;
         Ok(self.think(now_ns, rng, t))
     }
 }

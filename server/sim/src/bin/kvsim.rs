@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use kv_sim::{run, FaultMix, FaultProfile, Report, SimOptions};
+use kv_sim::{run, AdminCounts, FaultMix, FaultProfile, Report, SimOptions};
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -21,6 +21,7 @@ enum Profile {
     Mixed,
     Churn,
     Figure8,
+    Moves,
 }
 
 #[cfg(feature = "planted-bugs")]
@@ -30,6 +31,8 @@ enum Plant {
     CommitPriorTermByCount,
     AckBeforePersist,
     ReadWithoutReadIndex,
+    CreatedReplicaWithBootstrapMembership,
+    RemovedReplicaServesReads,
 }
 
 /// Deterministic simulation of a raftkv cluster.
@@ -133,6 +136,7 @@ fn options(args: &Args, seed: u64) -> Result<SimOptions> {
         Profile::Mixed => FaultProfile::Mixed,
         Profile::Churn => FaultProfile::Churn,
         Profile::Figure8 => FaultProfile::Figure8,
+        Profile::Moves => FaultProfile::Moves,
     });
     if let Some(t) = args.steps {
         o.safety_ticks = t;
@@ -148,12 +152,27 @@ fn options(args: &Args, seed: u64) -> Result<SimOptions> {
             Plant::CommitPriorTermByCount => B::Raft(R::CommitPriorTermByCount),
             Plant::AckBeforePersist => B::Raft(R::AckBeforePersist),
             Plant::ReadWithoutReadIndex => B::ReadWithoutReadIndex,
+            Plant::CreatedReplicaWithBootstrapMembership => {
+                B::CreatedReplicaWithBootstrapMembership
+            }
+            Plant::RemovedReplicaServesReads => B::RemovedReplicaServesReads,
         };
         o.node_hook = Some(std::sync::Arc::new(move |core: &mut kv_node::NodeCore| {
             core.plant_bug(bug)
         }));
     }
     Ok(o)
+}
+
+/// The admin's requests, for the Moves profile's seeds (empty for the others).
+fn admin_summary(a: &AdminCounts) -> String {
+    if a.moves_done + a.leader_changes + a.refused + a.abandoned == 0 {
+        return String::new();
+    }
+    format!(
+        ", {} moves, {} leader changes, {} admin requests refused, {} abandoned",
+        a.moves_done, a.leader_changes, a.refused, a.abandoned
+    )
 }
 
 fn print_failure(r: &Report, full: bool) {
@@ -186,7 +205,7 @@ fn main() -> Result<()> {
         }
         if r.passed() {
             println!(
-                "seed {seed} passed: {} nodes, {} shards x {} replicas, {} events, {} ops ok, {} unknown, {} elections, {} crashes, {} partitions",
+                "seed {seed} passed: {} nodes, {} shards x {} replicas, {} events, {} ops ok, {} unknown, {} elections, {} crashes, {} partitions{}",
                 r.stats.nodes,
                 r.stats.shards,
                 r.stats.replication,
@@ -195,7 +214,8 @@ fn main() -> Result<()> {
                 r.stats.ops_unknown,
                 r.stats.elections,
                 r.stats.crashes,
-                r.stats.partitions
+                r.stats.partitions,
+                admin_summary(&r.stats.admin)
             );
             return Ok(());
         }
@@ -223,11 +243,15 @@ fn main() -> Result<()> {
                     break;
                 }
                 o.seed = seed;
-                let r = run(&o);
-                if !r.passed() {
-                    print_failure(&r, false);
-                    failed.lock().expect("no panics hold it").push(seed);
+                // A panic in the node core fails its seed, not the whole sweep.
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&o))) {
+                    Ok(r) if r.passed() => continue,
+                    Ok(r) => print_failure(&r, false),
+                    Err(_) => println!(
+                        "seed {seed} FAILED: panic (above) (replay: kvsim --seed {seed} --trace)"
+                    ),
                 }
+                failed.lock().expect("no panics hold it").push(seed);
             });
         }
     });
