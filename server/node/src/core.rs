@@ -255,6 +255,8 @@ struct Group {
     move_waiters: Vec<u64>,
     /// Tick at which this leader first saw the move's learner catching up.
     catch_up_since: Option<u64>,
+    /// Tick of the last message for this group from the move's learner.
+    learner_heard_tick: Option<u64>,
     /// Log index of this leader's `EndMove` proposal not yet applied.
     move_end_proposed: Option<u64>,
     /// Index of the committed change that removed this node from the shard.
@@ -302,6 +304,7 @@ impl Group {
             last_msg_tick: 0,
             move_waiters: Vec::new(),
             catch_up_since: None,
+            learner_heard_tick: None,
             move_end_proposed: None,
             removed_at: None,
         })
@@ -651,6 +654,9 @@ impl NodeCore {
                 continue;
             };
             g.last_msg_tick = self.tick_count;
+            if g.sm.move_in_flight().is_some_and(|m| m.to == from) {
+                g.learner_heard_tick = Some(self.tick_count);
+            }
             g.wake();
             g.raft.step(gm.msg);
         }

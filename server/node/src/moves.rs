@@ -16,6 +16,13 @@ use kv_shared::NodeId;
 /// moves forever.
 pub const MOVE_CATCH_UP_TICKS_MAX: u64 = 60_000;
 
+/// A learner whose replica has sent its leader nothing for this many election timeouts
+/// (the longest, `election_ticks_max`) is given up on at once: a node that is down, or
+/// that refuses the shard, would otherwise hold the shard's moves for
+/// [`MOVE_CATCH_UP_TICKS_MAX`]. A learner receiving a snapshot acknowledges every chunk,
+/// so a slow transfer is not silence.
+pub const MOVE_LEARNER_SILENT_ELECTIONS_MAX: u64 = 5;
+
 /// Refuses a move that cannot start: `members` are the nodes of the cluster, `route` the
 /// shard's replica set now, `in_flight` the move recorded, if any.
 pub fn check_move(
@@ -78,13 +85,19 @@ pub struct LeaderView<'a> {
     pub commit: u64,
     /// Ticks since this leader first saw the move's learner catching up.
     pub catch_up_ticks: u64,
+    /// Ticks since the learner's replica last sent this leader anything for the shard
+    /// (at most `catch_up_ticks`).
+    pub learner_silent_ticks: u64,
+    /// Silence after which the learner is given up on: [`MOVE_LEARNER_SILENT_ELECTIONS_MAX`]
+    /// election timeouts.
+    pub learner_silent_ticks_max: u64,
 }
 
 /// The next step of move `m`, from the membership it has reached. The steps are
 /// `AddLearner(to)`, catch-up, `PromoteLearner(to)`, a leadership transfer if `from`
 /// leads, `RemoveNode(from)`, then the end; a learner that does not catch up within
-/// [`MOVE_CATCH_UP_TICKS_MAX`] ends the move undone (the stray learner is then removed,
-/// see [`stray_learner`]).
+/// [`MOVE_CATCH_UP_TICKS_MAX`], or is silent for `learner_silent_ticks_max`, ends the
+/// move undone (the stray learner is then removed, see [`stray_learner`]).
 pub fn next_step(m: &MoveInFlight, view: &LeaderView<'_>) -> MoveStep {
     let voters = &view.membership.voters;
     let learners = &view.membership.learners;
@@ -98,7 +111,9 @@ pub fn next_step(m: &MoveInFlight, view: &LeaderView<'_>) -> MoveStep {
         if matched(m.to) >= view.commit {
             return MoveStep::Change(ConfChange::PromoteLearner(m.to));
         }
-        if view.catch_up_ticks >= MOVE_CATCH_UP_TICKS_MAX {
+        if view.catch_up_ticks >= MOVE_CATCH_UP_TICKS_MAX
+            || view.learner_silent_ticks >= view.learner_silent_ticks_max
+        {
             return MoveStep::End(Some(MoveRefusal::CatchUpTimedOut {
                 node: m.to,
                 ticks: view.catch_up_ticks,
@@ -182,6 +197,8 @@ mod tests {
                 progress: &progress,
                 commit: 10,
                 catch_up_ticks: 0,
+                learner_silent_ticks: 0,
+                learner_silent_ticks_max: 100,
             },
         )
     }
@@ -223,9 +240,25 @@ mod tests {
             progress: &[],
             commit: 10,
             catch_up_ticks: MOVE_CATCH_UP_TICKS_MAX,
+            learner_silent_ticks: 0,
+            learner_silent_ticks_max: 100,
         };
         assert!(matches!(
             next_step(&m, &view),
+            MoveStep::End(Some(MoveRefusal::CatchUpTimedOut { .. }))
+        ));
+        let answering = LeaderView {
+            catch_up_ticks: 99,
+            learner_silent_ticks: 99,
+            ..view.clone()
+        };
+        assert_eq!(next_step(&m, &answering), MoveStep::Wait);
+        let silent = LeaderView {
+            learner_silent_ticks: 100,
+            ..answering
+        };
+        assert!(matches!(
+            next_step(&m, &silent),
             MoveStep::End(Some(MoveRefusal::CatchUpTimedOut { .. }))
         ));
         assert_eq!(stray_learner(&membership, None), Some(NodeId(4)));

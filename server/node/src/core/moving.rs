@@ -44,12 +44,16 @@ impl NodeCore {
         if !catching_up {
             group.catch_up_since = None;
         }
+        let heard = group.learner_heard_tick.map_or(since, |h| h.max(since));
         let view = LeaderView {
             me,
             membership: &st.membership,
             progress: &st.progress,
             commit: st.commit,
             catch_up_ticks: if catching_up { tick - since } else { 0 },
+            learner_silent_ticks: if catching_up { tick - heard } else { 0 },
+            learner_silent_ticks_max: moves::MOVE_LEARNER_SILENT_ELECTIONS_MAX
+                * u64::from(self.config.raft.election_ticks_max),
         };
         match moves::next_step(&m, &view) {
             MoveStep::Wait => {}
@@ -211,6 +215,7 @@ impl NodeCore {
     pub(super) fn move_ended(&mut self, g: ShardId) {
         let group = &mut self.groups[g];
         group.catch_up_since = None;
+        group.learner_heard_tick = None;
         group.move_end_proposed = None;
         let waiters = std::mem::take(&mut group.move_waiters);
         for id in waiters {
