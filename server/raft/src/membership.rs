@@ -4,7 +4,7 @@
 
 use crate::node::{Raft, RoleState};
 use crate::progress::Progress;
-use crate::types::{ConfChange, EntryKind, Index, Membership};
+use crate::types::{ConfChange, EntryKind, Index, Membership, Message, MessageBody};
 use kv_shared::limits::NODES_MAX;
 use kv_shared::NodeId;
 
@@ -52,6 +52,33 @@ pub(crate) fn apply_committed(m: &mut Membership, change: &ConfChange) {
 }
 
 impl Raft {
+    /// A leader asked for a vote by a node outside its membership: that node was removed
+    /// without learning it (the leader that removed it stopped sending, or died, before it
+    /// held its removal) and campaigns forever, refused by everyone. The leader sends it
+    /// the log as a departing member until it holds and was told the current commit,
+    /// which is past its removal, so that it applies the removal and goes quiet.
+    pub(crate) fn replicate_to_removed_campaigner(&mut self, m: &Message) {
+        if !matches!(
+            m.body,
+            MessageBody::PreVote { .. } | MessageBody::Vote { .. }
+        ) || self.membership.voters.contains(&m.from)
+            || self.membership.learners.contains(&m.from)
+        {
+            return;
+        }
+        let (last, commit) = (self.log.last_index(), self.log.commit);
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
+        if ls.progress.contains_key(&m.from) {
+            return;
+        }
+        let mut pr = Progress::new(last + 1);
+        pr.departs_at = Some(commit);
+        ls.progress.insert(m.from, pr);
+        self.maybe_send_append(m.from, true);
+    }
+
     /// Applies the conf changes in `(from, to]` (just committed) to the membership and
     /// adjusts roles and the leader's progress map.
     pub(crate) fn apply_conf_changes(&mut self, from: Index, to: Index) {

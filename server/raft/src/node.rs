@@ -324,6 +324,7 @@ impl Raft {
             self.refuse(reason);
             return;
         }
+        self.replicate_to_removed_campaigner(&msg);
         if msg.term > self.term {
             if let MessageBody::Vote { .. } | MessageBody::PreVote { .. } = msg.body {
                 let transfer = matches!(msg.body, MessageBody::Vote { transfer: true, .. });

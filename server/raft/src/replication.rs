@@ -496,6 +496,11 @@ impl Raft {
                 let active = quorum::has_quorum(&self.membership.voters, |v| {
                     v == me || ls.progress.get(&v).is_some_and(|p| p.recent_active)
                 });
+                // A removed member silent for a whole period has dropped its replica or
+                // is down: stop sending to it. Should it campaign later, it is sent the
+                // log again (`replicate_to_removed_campaigner`).
+                ls.progress
+                    .retain(|_, p| p.departs_at.is_none() || p.recent_active);
                 for p in ls.progress.values_mut() {
                     p.recent_active = false;
                 }
