@@ -261,6 +261,12 @@ struct Group {
     move_end_proposed: Option<u64>,
     /// Index of the committed change that removed this node from the shard.
     removed_at: Option<u64>,
+    /// The membership this replica knew at its last Ready listed this node: a replica
+    /// created by a move starts outside it, until the leader's snapshot adds it.
+    was_member: bool,
+    /// A received snapshot, not yet durable, whose membership no longer lists this
+    /// member: its index. Once durable (and acknowledged) the replica is removed.
+    removed_by_snapshot: Option<u64>,
 }
 
 impl Group {
@@ -281,6 +287,7 @@ impl Group {
         };
         let raft = Raft::new(config.raft_config(shard), r);
         let st = raft.status();
+        let was_member = is_listed(&st.membership, config.node);
         Ok(Group {
             shard,
             raft,
@@ -307,6 +314,8 @@ impl Group {
             learner_heard_tick: None,
             move_end_proposed: None,
             removed_at: None,
+            was_member,
+            removed_by_snapshot: None,
         })
     }
 }
@@ -757,9 +766,12 @@ impl NodeCore {
             let newer_epoch_refused = !self.removed_replica_serves_reads;
             #[cfg(not(feature = "planted-bugs"))]
             let newer_epoch_refused = true;
-            if newer_epoch_refused && req.epoch > g.sm.membership_epoch() {
+            let outside = !is_listed(g.raft.membership(), self.config.node);
+            if outside || (newer_epoch_refused && req.epoch > g.sm.membership_epoch()) {
                 // The client knows a newer replica set: this replica may have been
-                // removed and not know it yet, so its state may be arbitrarily old.
+                // removed and not know it yet, so its state may be arbitrarily old. A
+                // replica outside its own membership was created by a move and has not
+                // had the leader's snapshot yet, or has just applied its removal.
                 let e = ClientError::StaleRoute {
                     node: self.config.node,
                     route: self.shard_route(shard),
@@ -849,7 +861,11 @@ impl NodeCore {
                     }
                 }
                 Durable::ReceivedSnapshot(g, index) => {
-                    self.groups[g].snapshot_writes_inflight -= 1;
+                    let group = &mut self.groups[g];
+                    group.snapshot_writes_inflight -= 1;
+                    if group.removed_by_snapshot == Some(index) {
+                        group.removed_at = Some(index);
+                    }
                     self.round_ops.push(DiskOp::Compact { shard: g.0, index });
                 }
                 Durable::Removed(g) => self.out.removed_shards.push(g.0),
@@ -980,6 +996,8 @@ impl NodeCore {
             }
         }
         self.serve_confirmed_reads(g);
+        let group = &mut self.groups[g];
+        group.was_member = is_listed(group.raft.membership(), self.config.node);
     }
 
     /// Turns a Raft Write into DiskOps of this round: snapshot, entries, hard state.
@@ -995,6 +1013,13 @@ impl NodeCore {
             self.groups[g].snapshot_writes_inflight += 1;
             self.round_durable
                 .push(Durable::ReceivedSnapshot(g, snap.meta.index));
+            let me = self.config.node;
+            let group = &mut self.groups[g];
+            let listed = is_listed(&snap.meta.membership, me);
+            // A member that missed its removal (it was cut off) learns it from a
+            // snapshot past it: removed like by the change itself, once the snapshot
+            // (and so its acknowledgement) is durable.
+            group.removed_by_snapshot = (group.was_member && !listed).then_some(snap.meta.index);
             // Did Raft keep a log suffix past the snapshot? If not, the stored one is void.
             replaced_log =
                 w.entries.is_empty() && self.groups[g].raft.status().last_index == snap.meta.index;
@@ -1539,4 +1564,9 @@ impl NodeCore {
     pub fn take_applied(&mut self) -> Vec<AppliedEntry> {
         std::mem::take(&mut self.applied_log)
     }
+}
+
+/// True if `node` is a voter or learner of `membership`.
+fn is_listed(membership: &kv_raft::Membership, node: NodeId) -> bool {
+    membership.voters.contains(&node) || membership.learners.contains(&node)
 }

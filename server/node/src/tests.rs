@@ -1470,6 +1470,80 @@ fn a_removed_node_restarted_stays_removed_and_answers_stale_route() {
     );
 }
 
+/// Moving a replica back to a node that keeps the shard's tombstone: the node ignores the
+/// leader, so the silent learner undoes the move within a few election timeouts (not
+/// `MOVE_CATCH_UP_TICKS_MAX`), and the stray learner is removed again.
+#[test]
+fn a_move_to_a_node_that_keeps_its_tombstone_is_undone_after_its_silence() {
+    let shard = ShardId(0);
+    let mut c = four_nodes_one_shard_on_three();
+    let l = c.leader(shard);
+    let from = (0..3).find(|&i| i != l).unwrap() as u64 + 1;
+    let f = from as usize - 1;
+    assert_eq!(
+        c.until_answered(2, move_req(50, from, 4), 2000),
+        Outcome::Done
+    );
+    c.tick(10);
+    assert!(!c.nodes[f].hosts(shard));
+    let back = (0..4).find(|&i| i != f && i != c.leader(shard)).unwrap() as u64 + 1;
+    let silence_ticks = crate::moves::MOVE_LEARNER_SILENT_ELECTIONS_MAX as usize
+        * c.nodes[0].config().raft.election_ticks_max as usize;
+    let undone = c.until_answered(3, move_req(51, back, from), 3 * silence_ticks);
+    assert!(
+        matches!(
+            undone,
+            Outcome::Error(ClientError::MoveRefused {
+                reason: kv_shared::proto::MoveRefusal::CatchUpTimedOut { .. },
+                ..
+            })
+        ),
+        "{undone:?}"
+    );
+    c.tick(50);
+    let route = c.nodes[c.leader(shard)].shard_route(shard);
+    assert!(route.learners.is_empty(), "{route:?}");
+    assert!(route.voters.contains(&NodeId(back)), "{route:?}");
+}
+
+/// A replica created for a move answers no stale read before the leader's snapshot
+/// makes it a member: its empty state is not the shard's.
+#[test]
+fn a_created_replica_refuses_stale_reads_until_it_is_a_member() {
+    let shard = ShardId(0);
+    let mut c = Cluster::with(4, 1, |cfg| cfg.replication = 3);
+    let heartbeat = GroupMessage {
+        shard,
+        msg: kv_raft::Message {
+            from: NodeId(1),
+            to: NodeId(4),
+            term: 3,
+            body: kv_raft::MessageBody::Heartbeat {
+                commit: 0,
+                read_round: 0,
+            },
+        },
+    };
+    c.nodes[3].on_peer_messages(NodeId(1), vec![heartbeat]);
+    c.flush(3);
+    assert!(c.nodes[3].hosts(shard));
+    let mut stale = get(9, 1, "a");
+    stale.op = Op::Get {
+        key: Bytes::from_static(b"a"),
+        stale: true,
+    };
+    c.request(3, 1, stale);
+    c.flush(3);
+    assert!(
+        matches!(
+            &c.reply_to(1)[..],
+            [Outcome::Error(ClientError::StaleRoute { .. })]
+        ),
+        "{:?}",
+        c.reply_to(1)
+    );
+}
+
 /// The leader dies mid-move (after the learner joined): the next leader reads the move
 /// from the replicated state and finishes it.
 #[test]
