@@ -15,8 +15,7 @@ use crate::wal::{self, RecoveryError};
 use crate::write_refusal::{self, WriteRefusal};
 use bytes::Bytes;
 use kv_raft::{
-    ConfChange, Entry, EntryKind, ProposeError, Raft, Restored, Role, Snapshot, SnapshotMeta,
-    SoftState, WriteId,
+    ConfChange, Entry, EntryKind, ProposeError, Raft, Restored, Role, Snapshot, SoftState, WriteId,
 };
 use kv_shared::limits::{
     ENTRY_BYTES_MAX, PENDING_REQUESTS_MAX, PENDING_REQUEST_BYTES_MAX, SNAPSHOT_IMAGE_BYTES_MAX,
@@ -1404,12 +1403,11 @@ impl NodeCore {
         let group = &mut self.groups[g];
         let applied = group.sm.applied_index();
         group.applied_bytes_since_snapshot = 0;
+        // The membership as of `applied`, not Raft's current one: a change committed
+        // but not yet applied would otherwise be in the snapshot and not in its image,
+        // and `compact` refuses a meta that disagrees with the log.
         let snap = Snapshot {
-            meta: SnapshotMeta {
-                index: applied,
-                term: group.sm.applied_term(),
-                membership: group.raft.status().membership,
-            },
+            meta: group.raft.snapshot_meta(applied),
             data: group.sm.to_image(),
         };
         group.snapshot_writes_inflight += 1;

@@ -208,6 +208,22 @@ fn planted_read_without_read_index_is_caught() {
     assert_caught(PlantedBug::ReadWithoutReadIndex, None, &["linearizability"]);
 }
 
+// Moves seeds that once failed, one per bug: 1 (a move back to a node holding the
+// shard's tombstone waited MOVE_CATCH_UP_TICKS_MAX), 2 (a member removed while cut off
+// campaigned forever), 25 and 82 (a snapshot's membership taken from Raft's commit, not
+// the applied index, tripped `compact`'s check), 64 and 71 (stale reads from a replica
+// outside its own membership).
+#[test]
+fn moves_regression_seeds_pass() {
+    for seed in [1, 2, 25, 64, 71, 82] {
+        let r = run(&SimOptions {
+            profile: Some(FaultProfile::Moves),
+            ..SimOptions::new(seed)
+        });
+        assert!(r.passed(), "moves seed {seed}: {:?}", r.failure);
+    }
+}
+
 // A replica that applied its own removal keeps its data and answers stale reads, also
 // to clients routed by a newer epoch. The Moves profile's admin removes replicas under
 // load while its clients send stale reads to any replica of their (possibly old) route.
