@@ -557,8 +557,12 @@ impl NodeCore {
                         .peers_heard_tick
                         .get(&l)
                         .is_some_and(|&t| self.tick_count - t <= 2 * hb);
+                    // A learner stays awake: one whose removal it missed is known to
+                    // no later leader, and must time out to ask for one.
+                    let voter = g.raft.membership().voters.contains(&self.config.node);
                     g.quiesced = l != self.config.node
                         && g.soft.role == Role::Follower
+                        && voter
                         && leader_alive
                         && g.waiting.is_empty()
                         && self.tick_count - g.last_msg_tick > 2 * hb;

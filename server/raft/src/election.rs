@@ -21,10 +21,37 @@ impl Raft {
     /// Follower/candidate clock: start an election when the randomized timeout expires.
     pub(crate) fn tick_election(&mut self) {
         self.election_elapsed = self.election_elapsed.saturating_add(1);
-        if self.promotable() && self.election_elapsed >= self.randomized_timeout {
+        if self.election_elapsed < self.randomized_timeout {
+            return;
+        }
+        if self.promotable() {
             self.election_elapsed = 0;
             self.leaderless_timeouts = self.leaderless_timeouts.saturating_add(1);
             self.hup();
+        } else if !self.membership.voters.is_empty() {
+            self.election_elapsed = 0;
+            self.learner_asks_for_a_leader();
+        }
+    }
+
+    /// A learner (or a replica its membership does not list yet) that heard no leader for
+    /// an election timeout may have been removed by a leader that then lost its
+    /// leadership: no later leader knows it holds a replica.
+    /// It sends the voters a PreVote it never acts on (it cannot become a candidate), so
+    /// that the leader among them sends it the log, its removal included
+    /// (`replicate_to_removed_campaigner`); a learner still a member is replicated to anyway.
+    fn learner_asks_for_a_leader(&mut self) {
+        let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
+        for v in self.other_voters() {
+            self.msgs.push(Message {
+                from: self.cfg.id,
+                to: v,
+                term: self.term + 1,
+                body: MessageBody::PreVote {
+                    last_index,
+                    last_term,
+                },
+            });
         }
     }
 
