@@ -526,6 +526,9 @@ impl NodeCore {
         let quiesce = self.config.quiesce;
         let hb = u64::from(self.config.raft.heartbeat_ticks);
         let election_min = u64::from(self.config.raft.election_ticks_min);
+        let ask_for_leader = self.tick_count.is_multiple_of(
+            LEADERLESS_ELECTIONS_BEFORE_ASKING_ALL * u64::from(self.config.raft.election_ticks_max),
+        );
         for g in self.groups.iter_mut() {
             if g.quiesced {
                 let leader_silent = g.soft.role != Role::Leader
@@ -573,6 +576,9 @@ impl NodeCore {
                 }
             }
             g.raft.tick();
+            if ask_for_leader && g.soft.leader.is_none() && !g.raft.membership().voters.is_empty() {
+                g.raft.ask_for_leader(&self.config.members);
+            }
         }
         if quiesce && self.tick_count.is_multiple_of(hb) {
             for p in self
@@ -1572,3 +1578,7 @@ impl NodeCore {
 fn is_listed(membership: &kv_raft::Membership, node: NodeId) -> bool {
     membership.voters.contains(&node) || membership.learners.contains(&node)
 }
+
+/// A replica without a leader asks every cluster node outside its membership for one
+/// every this many (longest) election timeouts: see `kv_raft::Raft::ask_for_leader`.
+const LEADERLESS_ELECTIONS_BEFORE_ASKING_ALL: u64 = 4;

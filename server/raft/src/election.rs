@@ -41,8 +41,15 @@ impl Raft {
     /// that the leader among them sends it the log, its removal included
     /// (`replicate_to_removed_campaigner`); a learner still a member is replicated to anyway.
     fn learner_asks_for_a_leader(&mut self) {
+        let voters = self.other_voters();
+        self.send_leader_probes(&voters);
+    }
+
+    /// A PreVote to each of `to` that this replica never acts on (see
+    /// `learner_asks_for_a_leader` and `Raft::ask_for_leader`).
+    pub(crate) fn send_leader_probes(&mut self, to: &[NodeId]) {
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
-        for v in self.other_voters() {
+        for &v in to {
             self.msgs.push(Message {
                 from: self.cfg.id,
                 to: v,

@@ -440,6 +440,24 @@ impl Raft {
         Ok(())
     }
 
+    /// A replica without a leader asks `nodes` other than its voters whether one of them
+    /// leads: a member removed while cut off knows only the voters of its time, and the
+    /// leader that took over may be none of them (a learner then, or unknown). The PreVote it sends them counts for
+    /// nothing (only its own voters' answers do); a leader asked by a non-member sends it
+    /// the log, its removal included.
+    pub fn ask_for_leader(&mut self, nodes: &[NodeId]) {
+        if self.leader.is_some() || matches!(self.role, RoleState::Leader(_)) {
+            return;
+        }
+        let me = self.cfg.id;
+        let outside: Vec<NodeId> = nodes
+            .iter()
+            .copied()
+            .filter(|n| *n != me && !self.membership.voters.contains(n))
+            .collect();
+        self.send_leader_probes(&outside);
+    }
+
     /// Hands leadership to `to` (thesis 3.10): catch it up, then send TimeoutNow.
     pub fn transfer_leadership(&mut self, to: NodeId) {
         let last = self.log.last_index();

@@ -21,7 +21,7 @@
 //!   `restart id=N`.
 //! - `propose id=N data=WORD`, `read id=N ctx=(5,6)`, `transfer id=N to=M`,
 //!   `conf id=N add-learner=M|promote=M|remove=M`, `compact id=N`, `add-node id=N`
-//!   (empty disk).
+//!   (empty disk), `ask-for-leader id=N nodes=(..)`.
 //! - `status [ids=..]`, `log ids=..`.
 
 use crate::display::Entries;
@@ -262,6 +262,16 @@ fn run_cmd(c: &mut Option<Cluster>, case: &TestCase) -> String {
                 .raft
                 .propose_conf_change(change.clone());
             c.line(format!("n{id} conf {change:?} -> {r:?}"));
+            c.process(id);
+        }
+        "ask-for-leader" => {
+            let id = id();
+            let nodes: Vec<NodeId> = nums(case, "nodes").into_iter().map(NodeId).collect();
+            c.nodes
+                .get_mut(&id)
+                .expect("node")
+                .raft
+                .ask_for_leader(&nodes);
             c.process(id);
         }
         "compact" => {
