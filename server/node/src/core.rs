@@ -772,11 +772,11 @@ impl NodeCore {
         if let Op::Get { stale: true, key } = &req.op {
             let g = &self.groups[shard];
             #[cfg(feature = "planted-bugs")]
-            let newer_epoch_refused = !self.removed_replica_serves_reads;
+            let removal_checked = !self.removed_replica_serves_reads;
             #[cfg(not(feature = "planted-bugs"))]
-            let newer_epoch_refused = true;
+            let removal_checked = true;
             let outside = !is_listed(g.raft.membership(), self.config.node);
-            if outside || (newer_epoch_refused && req.epoch > g.sm.membership_epoch()) {
+            if removal_checked && (outside || req.epoch > g.sm.membership_epoch()) {
                 // The client knows a newer replica set: this replica may have been
                 // removed and not know it yet, so its state may be arbitrarily old. A
                 // replica outside its own membership was created by a move and has not
