@@ -391,6 +391,24 @@ pub fn combine_status(reports: &[NodeReport], shard_count: u32) -> ClusterStatus
     ClusterStatus { shards, nodes }
 }
 
+/// The nonzero counts as `name=count`, space-separated, each name shown by `show`.
+fn nonzero_counts(counts: &[(String, u64)], show: impl Fn(&str) -> String) -> String {
+    counts
+        .iter()
+        .filter(|(_, c)| *c > 0)
+        .map(|(name, c)| format!("{}={c}", show(name)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A per-node row: the node's id ("?" when it did not say) and one cell.
+fn node_row(n: &NodeRow, cell: String) -> Vec<String> {
+    vec![
+        n.node.id.map_or_else(|| "?".into(), |i| i.to_string()),
+        cell,
+    ]
+}
+
 /// Lays out rows under headers, columns padded to their widest cell. `paint` may colour a
 /// cell after padding, so colour codes never upset the alignment.
 fn table(
@@ -533,23 +551,15 @@ pub fn render_status(s: &ClusterStatus, style: Style) -> String {
         .iter()
         .filter(|n| n.rtt_us.is_some())
         .map(|n| {
-            let counted: Vec<String> = n
-                .drops
-                .iter()
-                .filter(|(_, c)| *c > 0)
-                .map(|(reason, c)| format!("{reason}={c}"))
-                .collect();
-            vec![
-                n.node
-                    .id
-                    .map(|i| i.to_string())
-                    .unwrap_or_else(|| "?".into()),
+            let counted = nonzero_counts(&n.drops, |reason| reason.to_string());
+            node_row(
+                n,
                 if counted.is_empty() {
                     "none".into()
                 } else {
-                    counted.join(" ")
+                    counted
                 },
-            ]
+            )
         })
         .collect();
     let mut out = format!("{shards}\n\n{nodes}");
@@ -570,21 +580,7 @@ pub fn render_status(s: &ClusterStatus, style: Style) -> String {
         .nodes
         .iter()
         .filter(|n| !n.counters.is_empty())
-        .map(|n| {
-            let counted: Vec<String> = n
-                .counters
-                .iter()
-                .filter(|(_, c)| *c > 0)
-                .map(|(name, c)| format!("{}={c}", short_counter_name(name)))
-                .collect();
-            vec![
-                n.node
-                    .id
-                    .map(|i| i.to_string())
-                    .unwrap_or_else(|| "?".into()),
-                counted.join(" "),
-            ]
-        })
+        .map(|n| node_row(n, nonzero_counts(&n.counters, short_counter_name)))
         .collect();
     if !counter_rows.is_empty() {
         let counters = table(
