@@ -45,8 +45,8 @@ impl Raft {
         self.send_leader_probes(&voters);
     }
 
-    /// A PreVote to each of `to` that this replica never acts on (see
-    /// `learner_asks_for_a_leader` and `Raft::ask_for_leader`).
+    /// A PreVote for the next term to each of `to`: a pre-candidate's campaign, or a probe
+    /// this replica never acts on (`learner_asks_for_a_leader`, `Raft::ask_for_leader`).
     pub(crate) fn send_leader_probes(&mut self, to: &[NodeId]) {
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         for &v in to {
@@ -103,18 +103,8 @@ impl Raft {
         if !matches!(self.role, RoleState::PreCandidate { .. }) {
             return; // a single voter wins at once
         }
-        let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
-        for v in self.other_voters() {
-            self.msgs.push(Message {
-                from: self.cfg.id,
-                to: v,
-                term: self.term + 1,
-                body: MessageBody::PreVote {
-                    last_index,
-                    last_term,
-                },
-            });
-        }
+        let voters = self.other_voters();
+        self.send_leader_probes(&voters);
     }
 
     /// Becomes a candidate in a new term. `transfer` marks a campaign started by
