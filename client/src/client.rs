@@ -11,6 +11,7 @@
 
 use crate::error::Error;
 pub use crate::session::Session;
+use crate::tickets::Tickets;
 use bytes::Bytes;
 use kv_shared::auth::{self, ClientKey, Protection, ReplayWindow, Sealer, Stamp, BODY_BYTES_MAX};
 use kv_shared::config::ClusterConfig;
@@ -268,9 +269,9 @@ pub(crate) struct Shared {
     pub(crate) outbox: mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>,
     pub(crate) counters: Counters,
     pub(crate) ids: Mutex<SmallRng>,
-    /// Each node's incarnation, by the address its replies come from: requests to it echo
-    /// it, so that a node refuses them once it has restarted, and other nodes always.
-    pub(crate) node_incarnations: Mutex<HashMap<SocketAddr, u64>>,
+    /// The ticket each node issued to this process, which requests to it echo, and the
+    /// requests sent before it was known.
+    pub(crate) tickets: Mutex<Tickets>,
 }
 
 /// Aborts the client's tasks when the last handle goes away.
@@ -311,7 +312,7 @@ impl Client {
         let socket = UdpSocket::bind(SocketAddr::new(bind_ip, 0))
             .await
             .map_err(|e| Error::Io(format!("cannot bind a UDP socket on {bind_ip}: {e}")))?;
-        let incarnation = auth::random_incarnation().map_err(|e| {
+        let incarnation = auth::random_u64().map_err(|e| {
             Error::Io(format!(
                 "no OS randomness for the client's incarnation: {e}"
             ))
@@ -338,7 +339,7 @@ impl Client {
             outbox,
             counters: Counters::default(),
             ids: Mutex::new(SmallRng::seed_from_u64(entropy())),
-            node_incarnations: Mutex::new(HashMap::new()),
+            tickets: Mutex::new(Tickets::default()),
         });
         let tasks = Tasks(vec![
             tokio::spawn(receive_loop(Arc::downgrade(&shared))),
@@ -657,9 +658,9 @@ async fn receive_loop(shared: std::sync::Weak<Shared>) {
     }
 }
 
-/// A reply datagram's replies, if its header, tag and stamp are good. A node that
-/// refused requests meant for its previous incarnation answers with no replies, only its
-/// stamp: the incarnation learnt here goes into the retries.
+/// A reply datagram's replies, if its header, tag and stamp are good. A hello (a reply
+/// whose stamp echoes a ticket, with no replies) sends again, under the ticket, the
+/// requests that went to its node without one.
 fn open_replies(
     s: &Shared,
     datagram: &mut [u8],
@@ -673,13 +674,17 @@ fn open_replies(
     let opened = auth::open(datagram, &header, std::slice::from_ref(&s.replies)).ok()?;
     let stamp = opened.stamp;
     let window = windows.entry(header.sender).or_default();
-    let known = window.incarnation();
     window.accept(stamp.incarnation, stamp.counter).ok()?;
-    if window.incarnation() != known {
-        s.node_incarnations
+    if stamp.echo != 0 {
+        let again = s
+            .tickets
             .lock()
-            .expect("node incarnations lock")
-            .insert(from, stamp.incarnation);
+            .expect("tickets lock")
+            .learn(from, stamp.echo);
+        for request in again {
+            // The sender task lives as long as `shared`; a closed channel means shutdown.
+            let _ = s.outbox.send((from, request));
+        }
     }
     wire::decode_value::<Vec<ClientReply>>(opened.body).ok()
 }
@@ -710,13 +715,7 @@ async fn send_loop(
             items_max: CLIENT_REQUESTS_PER_DATAGRAM_MAX,
         };
         for (to, reqs) in by_dest {
-            let echo = s
-                .node_incarnations
-                .lock()
-                .expect("node incarnations lock")
-                .get(&to)
-                .copied()
-                .unwrap_or(0);
+            let echo = s.tickets.lock().expect("tickets lock").echo_for(to, &reqs);
             // `execute` refused every request too large for a datagram of its own.
             for batch in pack_by(reqs, Vec::len, limit).batches {
                 let stamp = Stamp {

@@ -5,6 +5,8 @@
 //! - [`client`]: [`Client`] (one UDP socket, leader cache, batching).
 //! - [`session`]: [`Session`] (one logical client: routing, redirects, retries under one
 //!   sequence number).
+//! - `tickets`: the tickets nodes issued to this process, without which they execute
+//!   nothing.
 //! - [`error`]: [`Error`], one line that names the shard, node or limit.
 //! - [`value`]: plain / `hex:` / `b64:` forms of keys and values.
 //! - [`command`]: the command language (quoting, usage, help).
@@ -23,6 +25,7 @@ pub mod local;
 pub mod output;
 pub mod run;
 pub mod session;
+mod tickets;
 pub mod value;
 
 pub use client::{Client, ClientOptions, NodeAddr, NodeReport, Response, Session};

@@ -180,18 +180,86 @@ pub fn next_incarnation(data_dir: &Path, now_unix_ms: u64) -> std::io::Result<u6
     Ok(next)
 }
 
-/// The replay windows of the client incarnations heard from, bounded: past
-/// [`CLIENT_REPLAY_WINDOWS_MAX`] the least recently heard is forgotten. Only requests
-/// whose tag verified create or touch an entry, so a flood of forgeries cannot evict.
-#[derive(Debug, Default)]
+/// The replay windows of the client incarnations heard from, each with the ticket this
+/// node issued to it, bounded: past [`CLIENT_REPLAY_WINDOWS_MAX`] the least recently
+/// heard is forgotten. Only requests whose tag verified create or touch an entry, so a
+/// flood of forgeries cannot evict.
+///
+/// A request is executed only if it echoes the ticket of its client incarnation's entry.
+/// The first request of an incarnation (echo 0), or one that echoes anything else,
+/// creates the entry if needed and is answered with a hello carrying the ticket instead;
+/// the client resends under it. So a request recorded before its client had this node's
+/// ticket (on its way to another node, or a first contact), before this node restarted
+/// (the entries are in memory), or before this node forgot its client incarnation (a new
+/// entry gets a new ticket) is never executed here.
+#[derive(Debug)]
 pub struct ClientWindows {
-    windows: HashMap<(u64, u64), (ReplayWindow, u64)>,
+    windows: HashMap<(u64, u64), ClientEntryState>,
     clock: u64,
+    /// The next ticket issued. Tickets need only never repeat for one client incarnation
+    /// at one node: a recorded datagram carries the ticket it was sealed with under its
+    /// tag, so knowing the tickets to come gains an attacker nothing. Counting from a
+    /// random start (one per node start) keeps them apart across restarts and nodes.
+    next_ticket: u64,
+}
+
+#[derive(Debug)]
+struct ClientEntryState {
+    window: ReplayWindow,
+    ticket: u64,
+    last_heard: u64,
+}
+
+/// Why a verified client request is not executed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientRefusal {
+    /// Seen before, or older than the window.
+    #[error("{0}")]
+    Replay(ReplayError),
+    /// Echoes no ticket: the client incarnation's first contact with this node (or a
+    /// replay of one). Answered with a hello carrying `ticket`.
+    #[error("echoes no ticket (first contact): answered with ticket {ticket:#x}")]
+    NoTicket {
+        /// The ticket the hello carries.
+        ticket: u64,
+    },
+    /// Echoes a ticket this node does not hold for the client incarnation: issued before
+    /// this node restarted or forgot the incarnation, or by another node. Answered with
+    /// a hello carrying `ticket`.
+    #[error("echoes ticket {echo:#x}, not the one this node holds ({ticket:#x})")]
+    StaleTicket {
+        /// The ticket the request echoes.
+        echo: u64,
+        /// The ticket the hello carries.
+        ticket: u64,
+    },
+}
+
+impl ClientRefusal {
+    /// The ticket to tell the client in a hello, if the refusal calls for one.
+    pub fn ticket(&self) -> Option<u64> {
+        match *self {
+            ClientRefusal::Replay(_) => None,
+            ClientRefusal::NoTicket { ticket } | ClientRefusal::StaleTicket { ticket, .. } => {
+                Some(ticket)
+            }
+        }
+    }
 }
 
 impl ClientWindows {
-    /// Accepts a verified request's stamp of client `key_id`, or says why it is a replay.
-    pub fn accept(&mut self, key_id: u64, stamp: auth::Stamp) -> Result<(), ReplayError> {
+    /// An empty table whose tickets count from `first_ticket` (random in kvserver).
+    pub fn new(first_ticket: u64) -> ClientWindows {
+        ClientWindows {
+            windows: HashMap::new(),
+            clock: 0,
+            next_ticket: first_ticket,
+        }
+    }
+
+    /// Admits a verified request's stamp of client `key_id` for execution, or says why
+    /// not (see the type's documentation).
+    pub fn admit(&mut self, key_id: u64, stamp: auth::Stamp) -> Result<(), ClientRefusal> {
         self.clock += 1;
         let slot = (key_id, stamp.incarnation);
         if !self.windows.contains_key(&slot) && self.windows.len() >= CLIENT_REPLAY_WINDOWS_MAX {
@@ -199,18 +267,40 @@ impl ClientWindows {
             if let Some(oldest) = self
                 .windows
                 .iter()
-                .min_by_key(|(_, (_, used))| *used)
+                .min_by_key(|(_, e)| e.last_heard)
                 .map(|(k, _)| *k)
             {
                 self.windows.remove(&oldest);
             }
         }
-        let (window, used) = self
-            .windows
-            .entry(slot)
-            .or_insert_with(|| (ReplayWindow::default(), 0));
-        *used = self.clock;
-        window.accept(stamp.incarnation, stamp.counter)
+        let entry = match self.windows.entry(slot) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                // 0 means "no ticket" on the wire: never issue it.
+                let ticket = self.next_ticket.max(1);
+                self.next_ticket = ticket.wrapping_add(1);
+                e.insert(ClientEntryState {
+                    window: ReplayWindow::default(),
+                    ticket,
+                    last_heard: 0,
+                })
+            }
+        };
+        entry.last_heard = self.clock;
+        entry
+            .window
+            .accept(stamp.incarnation, stamp.counter)
+            .map_err(ClientRefusal::Replay)?;
+        match stamp.echo {
+            echo if echo == entry.ticket => Ok(()),
+            0 => Err(ClientRefusal::NoTicket {
+                ticket: entry.ticket,
+            }),
+            echo => Err(ClientRefusal::StaleTicket {
+                echo,
+                ticket: entry.ticket,
+            }),
+        }
     }
 
     /// Incarnations remembered.
@@ -241,40 +331,135 @@ mod tests {
         assert!(e.contains(INCARNATION_FILE), "{e}");
     }
 
-    #[test]
-    fn client_windows_refuse_replays_per_incarnation() {
-        let mut w = ClientWindows::default();
-        let s = |incarnation, counter| Stamp {
+    fn stamp(incarnation: u64, counter: u64, echo: u64) -> Stamp {
+        Stamp {
             incarnation,
             counter,
-            echo: 0,
-        };
-        assert_eq!(w.accept(1, s(10, 0)), Ok(()));
-        assert_eq!(w.accept(1, s(10, 0)), Err(ReplayError::Duplicate(0)));
-        // Another process under the same key has its own window.
-        assert_eq!(w.accept(1, s(11, 0)), Ok(()));
-        assert_eq!(w.accept(2, s(10, 0)), Ok(()));
+            echo,
+        }
+    }
+
+    /// A client's handshake with one node: the ticket from the hello, then requests
+    /// that echo it.
+    fn handshake(w: &mut ClientWindows, key_id: u64, incarnation: u64) -> u64 {
+        match w.admit(key_id, stamp(incarnation, 0, 0)) {
+            Err(ClientRefusal::NoTicket { ticket }) => ticket,
+            other => panic!("a first contact must be answered with a ticket: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_first_contact_is_never_executed_only_requests_echoing_its_ticket_are() {
+        let mut w = ClientWindows::new(100);
+        let ticket = handshake(&mut w, 1, 10);
+        assert_ne!(ticket, 0);
+        assert_eq!(w.admit(1, stamp(10, 1, ticket)), Ok(()));
+        assert_eq!(
+            w.admit(1, stamp(10, 1, ticket)),
+            Err(ClientRefusal::Replay(ReplayError::Duplicate(1)))
+        );
+        // A retry after a lost hello echoes 0 again: the same ticket, still not executed.
+        assert_eq!(
+            w.admit(1, stamp(10, 2, 0)),
+            Err(ClientRefusal::NoTicket { ticket })
+        );
+        // Another process under the same key, or another key, has its own entry.
+        let other = handshake(&mut w, 1, 11);
+        assert_ne!(other, ticket);
+        assert_eq!(
+            w.admit(1, stamp(11, 1, ticket)).unwrap_err().ticket(),
+            Some(other)
+        );
+        assert_eq!(w.admit(1, stamp(11, 2, other)), Ok(()));
+        handshake(&mut w, 2, 10);
         assert_eq!(w.len(), 3);
+    }
+
+    /// A client's requests recorded on their way to node A, replayed at node B: the first
+    /// contact (echo 0) and the requests under A's ticket are refused there alike.
+    #[test]
+    fn requests_recorded_on_their_way_to_another_node_are_not_executed() {
+        let mut a = ClientWindows::new(100);
+        let mut b = ClientWindows::new(900);
+        let first = stamp(10, 0, 0);
+        let ticket_a = match a.admit(1, first) {
+            Err(ClientRefusal::NoTicket { ticket }) => ticket,
+            other => panic!("{other:?}"),
+        };
+        let under_a = stamp(10, 1, ticket_a);
+        assert_eq!(a.admit(1, under_a), Ok(()));
+        let ticket_b = match b.admit(1, first) {
+            Err(ClientRefusal::NoTicket { ticket }) => ticket,
+            other => panic!("the recorded first contact at B: {other:?}"),
+        };
+        assert_eq!(
+            b.admit(1, under_a),
+            Err(ClientRefusal::StaleTicket {
+                echo: ticket_a,
+                ticket: ticket_b
+            })
+        );
+    }
+
+    #[test]
+    fn tickets_of_a_previous_start_are_stale() {
+        let mut before = ClientWindows::new(100);
+        let ticket = handshake(&mut before, 1, 10);
+        assert_eq!(before.admit(1, stamp(10, 1, ticket)), Ok(()));
+        // The restarted node knows nothing of the client: the recorded request (and the
+        // live client's next one) gets a hello with a new ticket.
+        let mut after = ClientWindows::new(7_000);
+        let new = after.admit(1, stamp(10, 1, ticket)).unwrap_err();
+        assert!(matches!(new, ClientRefusal::StaleTicket { .. }), "{new:?}");
+        assert_ne!(new.ticket(), Some(ticket));
+        assert_eq!(after.admit(1, stamp(10, 2, new.ticket().unwrap())), Ok(()));
+    }
+
+    #[test]
+    fn a_forgotten_client_incarnation_gets_a_new_ticket_so_its_recordings_stay_refused() {
+        let mut w = ClientWindows::new(1);
+        let ticket = handshake(&mut w, 1, 0);
+        let recorded: Vec<Stamp> = (1..=5).map(|c| stamp(0, c, ticket)).collect();
+        assert_eq!(w.admit(1, recorded[0]), Ok(()));
+        // Every other incarnation is heard after it: incarnation 0 is forgotten.
+        for i in 1..=CLIENT_REPLAY_WINDOWS_MAX as u64 {
+            handshake(&mut w, 1, i);
+        }
+        assert_eq!(w.len(), CLIENT_REPLAY_WINDOWS_MAX);
+        // Its recordings, replayed (the counter window is new, so they pass it), are
+        // refused by the ticket, the one replayed first included.
+        let refused = w.admit(1, recorded[0]).unwrap_err();
+        let fresh = refused.ticket().expect("answered with a hello");
+        assert_ne!(fresh, ticket);
+        for s in &recorded[1..] {
+            assert_eq!(
+                w.admit(1, *s),
+                Err(ClientRefusal::StaleTicket {
+                    echo: ticket,
+                    ticket: fresh
+                })
+            );
+        }
+        // The client itself, still running, resends under the new ticket.
+        assert_eq!(w.admit(1, stamp(0, 6, fresh)), Ok(()));
     }
 
     #[test]
     fn client_windows_are_bounded_and_forget_the_least_recently_heard() {
-        let mut w = ClientWindows::default();
-        let s = |incarnation| Stamp {
-            incarnation,
-            counter: 0,
-            echo: 0,
-        };
-        for i in 0..CLIENT_REPLAY_WINDOWS_MAX as u64 {
-            assert_eq!(w.accept(1, s(i)), Ok(()));
-        }
-        // Incarnation 0 is heard again (refused as a replay, but recently heard).
-        assert_eq!(w.accept(1, s(0)), Err(ReplayError::Duplicate(0)));
-        assert_eq!(w.accept(1, s(u64::MAX)), Ok(()));
+        let mut w = ClientWindows::new(1);
+        let tickets: Vec<u64> = (0..CLIENT_REPLAY_WINDOWS_MAX as u64)
+            .map(|i| handshake(&mut w, 1, i))
+            .collect();
+        // Incarnation 0 is heard again (a replay, refused, but recently heard).
+        assert!(w.admit(1, stamp(0, 0, 0)).is_err());
+        handshake(&mut w, 1, u64::MAX);
         assert_eq!(w.len(), CLIENT_REPLAY_WINDOWS_MAX);
-        // Incarnation 1 was the least recently heard: forgotten, so its replay is new again.
-        assert_eq!(w.accept(1, s(1)), Ok(()));
-        assert_eq!(w.accept(1, s(0)), Err(ReplayError::Duplicate(0)));
+        // Incarnation 1 was the least recently heard: forgotten; 0 was not.
+        assert!(matches!(
+            w.admit(1, stamp(1, 1, tickets[1])),
+            Err(ClientRefusal::StaleTicket { .. })
+        ));
+        assert_eq!(w.admit(1, stamp(0, 1, tickets[0])), Ok(()));
     }
 
     #[test]

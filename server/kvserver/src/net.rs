@@ -3,6 +3,7 @@
 //! validated values in `kv_shared::wire` and `kv_node::codec`; this module only keeps
 //! the books about what was refused.
 
+use crate::auth::ClientRefusal;
 use crate::ratelimit::RateLimit;
 use kv_node::ClientToken;
 use kv_shared::auth::{AuthError, Protection, ReplayError};
@@ -16,8 +17,9 @@ use std::time::{Duration, Instant};
 /// tag verified create entries, so unauthenticated traffic cannot flush real clients out.
 pub const CLIENT_V6_ADDRS_MAX: usize = 4096;
 
-/// Most clients told this node's incarnation (an empty reply to requests meant for its
-/// previous one) per flush; past it the client's retry is refused again and answered later.
+/// Most clients told their ticket (a hello: an empty reply to a request that echoed no
+/// ticket or another one) per flush; past it the client's retry is refused again and
+/// answered later.
 pub const CLIENT_HELLOS_PER_FLUSH_MAX: usize = 256;
 
 /// Tag bit of tokens that index the IPv6 table (IPv4 tokens use the low 60 bits only).
@@ -133,10 +135,18 @@ pub enum DropReason {
     /// A verified datagram from an older incarnation of its sender (a replay from before
     /// the sender's restart).
     OldIncarnation,
-    /// A verified datagram meant for another incarnation of this node: recorded before
-    /// it restarted, or sent by a peer that had not heard from it yet (a few at every
-    /// start, each answered with this node's stamp).
+    /// A verified peer datagram meant for another incarnation of this node: recorded
+    /// before it restarted, or sent by a peer that had not heard from it yet (a few at
+    /// every start, each answered with this node's stamp).
     WrongIncarnation,
+    /// A verified client request that echoes no ticket: the first request of a client
+    /// process to this node (one per kvcli process and node), or a replay of one.
+    /// Answered with a hello carrying the ticket, never executed.
+    NoTicket,
+    /// A verified client request that echoes a ticket this node does not hold for that
+    /// client process: issued before this node restarted or forgot the process, or by
+    /// another node (a replay). Answered with a hello carrying the ticket, never executed.
+    StaleTicket,
     /// The header is fine and the tag verified but the payload does not decode.
     BadPayload,
     /// A peer datagram from a node id that is not a member (or is this node).
@@ -153,7 +163,7 @@ pub enum DropReason {
     SendFailed,
 }
 
-const DROP_KINDS: usize = 15;
+const DROP_KINDS: usize = 17;
 
 impl DropReason {
     fn index(self) -> usize {
@@ -171,6 +181,8 @@ impl DropReason {
             DropReason::Replayed => "replayed",
             DropReason::OldIncarnation => "old_incarnation",
             DropReason::WrongIncarnation => "wrong_incarnation",
+            DropReason::NoTicket => "no_ticket",
+            DropReason::StaleTicket => "stale_ticket",
             DropReason::BadPayload => "bad_payload",
             DropReason::UnknownSender => "unknown_sender",
             DropReason::UnknownClient => "unknown_client",
@@ -191,6 +203,8 @@ impl DropReason {
         DropReason::Replayed,
         DropReason::OldIncarnation,
         DropReason::WrongIncarnation,
+        DropReason::NoTicket,
+        DropReason::StaleTicket,
         DropReason::BadPayload,
         DropReason::UnknownSender,
         DropReason::UnknownClient,
@@ -231,6 +245,15 @@ impl DropReason {
             ReplayError::WrongIncarnation { .. } => DropReason::WrongIncarnation,
         }
     }
+
+    /// The counter a refused client request belongs to.
+    pub fn of_client_refusal(e: &ClientRefusal) -> DropReason {
+        match e {
+            ClientRefusal::Replay(e) => DropReason::of_replay_error(e),
+            ClientRefusal::NoTicket { .. } => DropReason::NoTicket,
+            ClientRefusal::StaleTicket { .. } => DropReason::StaleTicket,
+        }
+    }
 }
 
 /// Traffic counters since start, and a warning limiter per drop kind.
@@ -262,18 +285,19 @@ impl Default for Counters {
 }
 
 impl Counters {
-    /// Counts a dropped datagram and logs a warning unless one of this kind was logged
-    /// within [`DROP_WARN_INTERVAL`].
+    /// Counts a dropped datagram and logs a warning (a debug line for a first contact)
+    /// unless one of this kind was logged within [`DROP_WARN_INTERVAL`].
     pub fn dropped(&mut self, kind: DropReason, from: SocketAddr, why: &dyn std::fmt::Display) {
         self.drops[kind.index()] += 1;
+        let total = self.drops[kind.index()];
         if let Some(suppressed) = self.warn[kind.index()].check(Instant::now()) {
-            tracing::warn!(
-                counter = kind.name(),
-                %from,
-                suppressed,
-                total = self.drops[kind.index()],
-                "dropped datagram: {why}"
-            );
+            let counter = kind.name();
+            if kind == DropReason::NoTicket {
+                // Every client process's first request to this node: routine, not a warning.
+                tracing::debug!(counter, %from, suppressed, total, "dropped datagram: {why}");
+            } else {
+                tracing::warn!(counter, %from, suppressed, total, "dropped datagram: {why}");
+            }
         }
     }
 

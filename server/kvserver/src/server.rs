@@ -21,8 +21,7 @@ use crate::resp::local::{LocalInbox, LocalRead, LOCAL_TOKEN};
 use crate::{core_events, front_ends};
 use kv_node::{codec, ClientToken, NodeConfig, NodeCore, WriteRefusal};
 use kv_shared::auth::{
-    self as kv_auth, EchoRule, Permission, Protection, ReplayError, ReplayWindow, Sealer, Stamp,
-    BODY_BYTES_MAX,
+    self as kv_auth, Permission, Protection, ReplayWindow, Sealer, Stamp, BODY_BYTES_MAX,
 };
 use kv_shared::config::ClusterConfig;
 use kv_shared::limits::{CLIENT_REQUESTS_PER_DATAGRAM_MAX, DATAGRAM_BYTES_MAX};
@@ -292,7 +291,7 @@ pub async fn run_with_store<S: LogStore>(
         keys: opts.keys,
         incarnation,
         sent_counter: 0,
-        client_windows: ClientWindows::default(),
+        client_windows: ClientWindows::new(kv_auth::random_u64()?),
         clients: ClientAddrs::default(),
         counters: Counters::default(),
         disk: Some(disk),
@@ -376,9 +375,9 @@ struct EventLoop {
     /// last flush: each gets this node's stamp in a datagram of its own, unless the flush
     /// sends it one anyway.
     hello_due: Vec<bool>,
-    /// Clients whose requests were meant for another incarnation of this node since the
-    /// last flush: each gets an empty reply datagram that carries this node's stamp.
-    client_hellos: Vec<(SocketAddr, ClientRoute)>,
+    /// Clients whose requests echoed no ticket or another one since the last flush: each
+    /// gets a hello, an empty reply datagram whose stamp echoes its ticket.
+    client_hellos: Vec<(SocketAddr, ClientRoute, u64)>,
     /// Seals what this node sends to each peer, in the order of `peers`.
     peer_send: Vec<Sealer>,
     /// Opens what each peer sends, under every cluster key held, in the order of `peers`.
@@ -611,7 +610,7 @@ impl EventLoop {
             .and_then(|()| {
                 // The window learnt the sender's incarnation even if the datagram was not
                 // meant for this one: the hello below tells the sender this one.
-                kv_auth::check_echo(stamp.echo, self.incarnation, EchoRule::Current)
+                kv_auth::check_echo(stamp.echo, self.incarnation)
                     .inspect_err(|_| self.hello_due[peer] = true)
             });
         if let Err(e) = checked {
@@ -629,7 +628,8 @@ impl EventLoop {
         }
     }
 
-    /// Client requests: known key, tag, replay window, request count, decode; then each
+    /// Client requests: known key, tag, replay window and ticket, request count, decode;
+    /// then each
     /// request's session is bound to the client's name and writes are checked against
     /// its permission.
     fn on_client_datagram(&mut self, datagram: &mut [u8], header: &wire::Header, from: SocketAddr) {
@@ -651,34 +651,27 @@ impl EventLoop {
                 return;
             }
         };
-        let checked = self
-            .client_windows
-            .accept(header.sender, opened.stamp)
-            .and_then(|()| {
-                let echo = opened.stamp.echo;
-                kv_auth::check_echo(echo, self.incarnation, EchoRule::CurrentOrUnknown)
-            });
-        if let Err(e) = checked {
-            // Sent to this node before it restarted: the client learns the incarnation
-            // from an empty reply and retries. That reply's body is one byte (a zero
-            // count), so a request with a body at least as long is never outgrown.
-            if matches!(e, ReplayError::WrongIncarnation { .. }) && !opened.body.is_empty() {
-                let hello = (
-                    from,
-                    ClientRoute {
-                        key_index: index as u16,
-                        protection: Protection::of_flags(header.flags),
-                    },
-                );
+        if let Err(refusal) = self.client_windows.admit(header.sender, opened.stamp) {
+            // A first contact, or a request under a ticket this node does not hold (from
+            // before it restarted or forgot the client, or for another node): the hello
+            // tells the client its ticket, and its retry is executed. The hello's body is
+            // one byte (a zero count), so a request with a body at least as long is never
+            // outgrown.
+            if let (Some(ticket), false) = (refusal.ticket(), opened.body.is_empty()) {
+                let route = ClientRoute {
+                    key_index: index as u16,
+                    protection: Protection::of_flags(header.flags),
+                };
+                let hello = (from, route, ticket);
                 if self.client_hellos.len() < CLIENT_HELLOS_PER_FLUSH_MAX
                     && !self.client_hellos.contains(&hello)
                 {
                     self.client_hellos.push(hello);
                 }
             }
-            let why = format_args!("client requests of {:?}: {e}", client.name);
+            let why = format_args!("client requests of {:?}: {refusal}", client.name);
             self.counters
-                .dropped(DropReason::of_replay_error(&e), from, &why);
+                .dropped(DropReason::of_client_refusal(&refusal), from, &why);
             return;
         }
         // Refuse an oversized batch from its count alone, before decoding any of it.
@@ -801,8 +794,8 @@ impl EventLoop {
                 self.send_to_peer(peer, len).await;
             }
         }
-        for (addr, route) in std::mem::take(&mut self.client_hellos) {
-            self.send_replies(addr, route, &[]).await;
+        for (addr, route, ticket) in std::mem::take(&mut self.client_hellos) {
+            self.send_replies(addr, route, &[], ticket).await;
         }
         let mut replies = out.replies;
         if replies.iter().any(|(token, _)| *token == LOCAL_TOKEN) {
@@ -838,7 +831,7 @@ impl EventLoop {
                 continue;
             };
             let refs: Vec<&ClientReply> = run.iter().map(|(_, r)| r).collect();
-            self.send_replies(addr, route, &refs).await;
+            self.send_replies(addr, route, &refs, 0).await;
         }
     }
 
@@ -862,18 +855,20 @@ impl EventLoop {
         self.datagram_buf = datagram;
     }
 
-    /// Sends `replies` to one client, sealed under its key, in as few datagrams as fit;
-    /// no replies make one datagram that carries only this node's stamp.
+    /// Sends `replies` to one client, sealed under its key, in as few datagrams as fit,
+    /// their stamps echoing `echo`: 0, or the client's ticket in a hello (no replies, one
+    /// datagram).
     async fn send_replies(
         &mut self,
         addr: SocketAddr,
         route: ClientRoute,
         replies: &[&ClientReply],
+        echo: u64,
     ) {
         let protection = route.protection;
         let mut packed = pack(replies.iter().copied(), PackLimit::bytes(BODY_BYTES_MAX));
         if replies.is_empty() {
-            // A hello: one empty batch whose stamp tells the client this node's incarnation.
+            // A hello: one empty batch whose stamp tells the client its ticket.
             packed.batches.push(Vec::new());
         }
         for reply in &packed.too_large {
@@ -890,8 +885,7 @@ impl EventLoop {
             let len = postcard::to_slice(&batch, &mut self.payload_buf)
                 .expect("a packed batch fits BODY_BYTES_MAX")
                 .len();
-            // Clients do not check the echo of a reply: 0.
-            let stamp = self.next_stamp(0);
+            let stamp = self.next_stamp(echo);
             self.datagram_buf.clear();
             self.keys.client(usize::from(route.key_index)).replies.seal(
                 Kind::ClientReplies,

@@ -186,9 +186,10 @@ fn a_full_disk_refuses_writes_serves_reads_and_recovers_when_space_frees_up() {
         .expect("clean shutdown");
 }
 
-/// The restarted node (same address, same data, a new incarnation) refuses the client's
-/// next requests, which echo the incarnation it had, as meant for that one, and answers
-/// them with its stamp alone; the client's retries echo the new one and are served.
+/// The restarted node (same address, same data, a new incarnation) knows nothing of the
+/// client: it refuses the client's next requests, which echo the ticket the node issued
+/// before, and answers them with a hello carrying a new ticket; the client's retries echo
+/// the new one and are served.
 #[test]
 fn a_kvcli_client_follows_its_node_across_a_restart() {
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -221,12 +222,47 @@ fn a_kvcli_client_follows_its_node_across_a_restart() {
     let refused = status
         .drops
         .iter()
-        .find(|(reason, _)| reason == "wrong_incarnation")
+        .find(|(reason, _)| reason == "stale_ticket")
         .map(|(_, n)| *n);
     assert!(
         refused >= Some(1),
-        "the first request after the restart echoed the old incarnation: {:?}",
+        "the first request after the restart echoed the old ticket: {:?}",
         status.drops
+    );
+    stop.send(()).expect("node still running");
+    rt.block_on(node)
+        .expect("node task")
+        .expect("clean shutdown");
+}
+
+/// A kvcli process's first request to a node echoes no ticket: the node answers it with
+/// a hello and executes nothing, and the client sends it again under the ticket at once,
+/// not after its resend period (250 ms for status requests).
+#[test]
+fn a_kvcli_first_contact_costs_a_hello_not_a_timeout() {
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (socket, opts) = one_node(&rt, dir.path());
+    let cluster = opts.cluster.clone();
+    let (stop, shutdown) = shutdown_pair();
+    let node = rt.spawn(run(socket, opts, shutdown));
+    let options = kvcli::ClientOptions::from_config(&cluster, tester());
+    let started = std::time::Instant::now();
+    let client = rt
+        .block_on(kvcli::Client::connect(options))
+        .expect("connect");
+    let connected = started.elapsed();
+    let reports = rt.block_on(client.status(Duration::from_secs(5)));
+    let (status, _) = reports[0].result.as_ref().expect("status");
+    let first_contacts = status
+        .drops
+        .iter()
+        .find(|(reason, _)| reason == "no_ticket")
+        .map(|(_, n)| *n);
+    assert_eq!(first_contacts, Some(1), "{:?}", status.drops);
+    assert!(
+        connected < Duration::from_millis(250),
+        "discovery waited {connected:?}: the status request did not go again on the hello"
     );
     stop.send(()).expect("node still running");
     rt.block_on(node)

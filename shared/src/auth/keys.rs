@@ -45,9 +45,10 @@ pub fn generate_key() -> std::io::Result<Key> {
     Ok(Key(k))
 }
 
-/// A random 64-bit number from the operating system: a kvcli process's incarnation, so
-/// that processes sharing a client key never share a nonce space or a replay window.
-pub fn random_incarnation() -> std::io::Result<u64> {
+/// A random 64-bit number from the operating system: a kvcli process's incarnation (so
+/// that processes sharing a client key never share a nonce space or a replay window),
+/// and where a node starts counting the tickets it issues to clients.
+pub fn random_u64() -> std::io::Result<u64> {
     let mut b = [0u8; 8];
     getrandom::getrandom(&mut b).map_err(|e| std::io::Error::other(e.to_string()))?;
     Ok(u64::from_le_bytes(b))

@@ -8,8 +8,10 @@
 //! the whole header (kind, flags, cluster id, sender, length), the stamp and the body;
 //! it is checked before a byte of the body is decoded. The stamp feeds a
 //! [`ReplayWindow`] per sender, so a captured datagram is accepted at most once, and its
-//! echo ([`check_echo`]) binds it to the receiver's incarnation, so a datagram captured
-//! before the receiver restarted is not processed after.
+//! echo binds it to what the receiver issued: between nodes the receiver's incarnation
+//! ([`check_echo`]), so a datagram captured before the receiver restarted is not
+//! processed after; from a client the ticket the node gave that client incarnation
+//! (kvserver's `auth::ClientWindows`).
 //! docs/SECURITY.md states the trust model these pieces implement.
 
 mod keys;
@@ -17,11 +19,11 @@ mod replay;
 mod seal;
 
 pub use keys::{
-    client_key_id, create_missing_key_files, generate_key, random_incarnation, read_client_key,
+    client_key_id, create_missing_key_files, generate_key, random_u64, read_client_key,
     read_cluster_key, session_id, write_client_key, write_cluster_key, ClientKey, Key,
     KeyFileError, Permission, KEY_BYTES,
 };
-pub use replay::{check_echo, EchoRule, ReplayError, ReplayWindow, REPLAY_WINDOW_COUNTERS};
+pub use replay::{check_echo, ReplayError, ReplayWindow, REPLAY_WINDOW_COUNTERS};
 pub use seal::{
     open, AuthError, Opened, Protection, Sealer, Stamp, AUTH_OVERHEAD_BYTES, BODY_BYTES_MAX,
     STAMP_BYTES, TAG_BYTES,

@@ -44,24 +44,15 @@ pub enum ReplayError {
     },
 }
 
-/// Which echoes (see [`crate::auth::Stamp::echo`]) a receiver accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EchoRule {
-    /// Only its current incarnation: between nodes, which always hear from each other
-    /// (a sender that has not is answered with an empty datagram that tells it).
-    Current,
-    /// Its current incarnation, or 0 from a sender that has not heard from it yet: client
-    /// requests, whose first datagram to a node cannot know the node's incarnation.
-    CurrentOrUnknown,
-}
-
-/// Checks that a verified datagram whose stamp echoes `echo` is meant for the receiver's
-/// `current` incarnation under `rule`.
-pub fn check_echo(echo: u64, current: u64, rule: EchoRule) -> Result<(), ReplayError> {
-    match (echo == current, rule) {
-        (true, _) => Ok(()),
-        (false, EchoRule::CurrentOrUnknown) if echo == 0 => Ok(()),
-        _ => Err(ReplayError::WrongIncarnation { echo, current }),
+/// Checks that a verified peer datagram whose stamp echoes `echo` is meant for the
+/// receiver's `current` incarnation. Echo 0 ("not heard from you yet") is refused too:
+/// the receiver answers with a datagram that tells the sender its incarnation. (Client
+/// requests echo a ticket instead, which the node checks against the client's window.)
+pub fn check_echo(echo: u64, current: u64) -> Result<(), ReplayError> {
+    if echo == current {
+        Ok(())
+    } else {
+        Err(ReplayError::WrongIncarnation { echo, current })
     }
 }
 
@@ -231,27 +222,23 @@ mod tests {
     #[test]
     fn echoes_of_another_incarnation_are_refused() {
         // A datagram recorded before the receiver restarted echoes its old incarnation.
-        assert_eq!(check_echo(5, 5, EchoRule::Current), Ok(()));
-        for rule in [EchoRule::Current, EchoRule::CurrentOrUnknown] {
-            assert_eq!(
-                check_echo(4, 5, rule),
-                Err(ReplayError::WrongIncarnation {
-                    echo: 4,
-                    current: 5
-                })
-            );
-            assert!(check_echo(6, 5, rule).is_err());
-        }
-        // Echo 0: "I have not heard from you". A node answers it and processes nothing;
-        // a client's first request is served.
+        assert_eq!(check_echo(5, 5), Ok(()));
         assert_eq!(
-            check_echo(0, 5, EchoRule::Current),
+            check_echo(4, 5),
+            Err(ReplayError::WrongIncarnation {
+                echo: 4,
+                current: 5
+            })
+        );
+        assert!(check_echo(6, 5).is_err());
+        // Echo 0: "I have not heard from you". The receiver answers it, processes nothing.
+        assert_eq!(
+            check_echo(0, 5),
             Err(ReplayError::WrongIncarnation {
                 echo: 0,
                 current: 5
             })
         );
-        assert_eq!(check_echo(0, 5, EchoRule::CurrentOrUnknown), Ok(()));
     }
 
     #[test]

@@ -84,19 +84,26 @@ impl Protection {
     }
 }
 
-/// Orders one sender's datagrams and binds them to one incarnation of the receiver: a
-/// sender's incarnation only grows across restarts, its counter only grows within an
-/// incarnation, and the echo names the receiver's incarnation the datagram is meant for.
+/// Orders one sender's datagrams and binds them to what the receiver expects: a
+/// sender's incarnation only grows across restarts (a kvcli's is random, one per
+/// process), its counter only grows within an incarnation, and the echo names what the
+/// datagram is meant for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stamp {
     /// The sender's incarnation.
     pub incarnation: u64,
     /// The datagram's number within the incarnation.
     pub counter: u64,
-    /// The receiver's incarnation as the sender last heard it (from the receiver's own
-    /// stamps), 0 if it has not heard it. A node processes a peer's datagram only if it
-    /// echoes the node's current incarnation, so nothing recorded before the node
-    /// restarted is processed after.
+    /// Between nodes: the receiver's incarnation as the sender last heard it (from the
+    /// receiver's own stamps), 0 if it has not heard it. A node processes a peer's
+    /// datagram only if it echoes the node's current incarnation, so nothing recorded
+    /// before the node restarted is processed after.
+    ///
+    /// From a client: the ticket the node issued to this client incarnation (0 before it
+    /// has one); a node executes a request only if it echoes the ticket it holds for the
+    /// client, so nothing recorded on its way to another node, to an earlier incarnation
+    /// of this one, or before the node forgot the client, is executed. From a node to a
+    /// client: 0 in replies, the client's ticket in a hello (an empty reply).
     pub echo: u64,
 }
 

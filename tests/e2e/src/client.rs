@@ -2,7 +2,8 @@
 //! and retries under the same sequence number (so a retried write applies once). It
 //! speaks the same protocol as kvcli, built from kv-shared's types only, so a test
 //! failure points at the server and not at a client library. It seals its requests under
-//! a client key and accepts only replies that verify under it.
+//! a client key, echoing the ticket each node gave it (learnt from the node's hello), and
+//! accepts only replies that verify under the key.
 
 use bytes::Bytes;
 use kv_shared::auth::{self, ClientKey, Protection, Sealer, Stamp};
@@ -38,6 +39,9 @@ pub struct Client {
     replies: Sealer,
     incarnation: u64,
     counter: u64,
+    /// The ticket each node issued to this client, by address (a node executes only
+    /// requests that echo it).
+    tickets: HashMap<SocketAddr, u64>,
 }
 
 /// Why a call failed.
@@ -77,19 +81,45 @@ impl Client {
             requests: Sealer::client_requests(&key.key),
             replies: Sealer::client_replies(&key.key),
             key,
-            incarnation: auth::random_incarnation().expect("OS randomness"),
+            incarnation: auth::random_u64().expect("OS randomness"),
             counter: 0,
+            tickets: HashMap::new(),
         }
     }
 
-    /// Seals `body` as a client request datagram under this client's key.
-    pub fn seal(&mut self, body: &[u8]) -> Vec<u8> {
-        // Echo 0 ("not heard from the node yet"), which a node serves whatever its
-        // incarnation: this test client may talk to a node across its restarts.
+    /// Seals `body` as a client request datagram for `node` under this client's key,
+    /// echoing the ticket `node` gave this client (asking for one first if it has none),
+    /// so that `node` gets as far as decoding it.
+    pub fn seal_for(&mut self, node: NodeId, body: &[u8]) -> Vec<u8> {
+        let addr = self.addr(node);
+        if !self.tickets.contains_key(&addr) {
+            self.status(node)
+                .unwrap_or_else(|| panic!("{node} did not answer a status request"));
+        }
+        self.seal(addr, body)
+    }
+
+    /// The datagram this client sends `node` for `op` now (the next sequence number, the
+    /// ticket it holds for `node`, or none before its first contact), without sending it:
+    /// what an attacker on the wire records.
+    pub fn request_datagram(&mut self, node: NodeId, op: Op) -> Vec<u8> {
+        self.seq += 1;
+        let req = ClientRequest {
+            client: self.id,
+            seq: self.seq,
+            epoch: 0,
+            op,
+        };
+        let body = postcard::to_stdvec(&vec![req]).expect("request encodes");
+        self.seal(self.addr(node), &body)
+    }
+
+    /// Seals `body` for the node at `addr`, echoing its ticket (0 if none is known yet).
+    fn seal(&mut self, addr: SocketAddr, body: &[u8]) -> Vec<u8> {
         let stamp = Stamp {
             incarnation: self.incarnation,
             counter: self.counter,
-            echo: 0,
+            echo: self.tickets.get(&addr).copied().unwrap_or(0),
         };
         self.counter += 1;
         let mut out = Vec::new();
@@ -272,11 +302,12 @@ impl Client {
             .unwrap_or_else(|| panic!("{node} is not a node of this cluster"))
     }
 
-    /// One send and the wait for the reply to exactly this request.
+    /// One send and the wait for the reply to exactly this request. A hello with a new
+    /// ticket (the first contact, or the node restarted) sends the request again under it.
     fn attempt(&mut self, node: NodeId, req: &ClientRequest) -> Option<Outcome> {
         let body = postcard::to_stdvec(&vec![req.clone()]).expect("request encodes");
-        let datagram = self.seal(&body);
         let addr = self.addr(node);
+        let datagram = self.seal(addr, &body);
         self.socket.send_to(&datagram, addr).ok()?;
         let deadline = Instant::now() + ATTEMPT_TIMEOUT;
         loop {
@@ -284,8 +315,8 @@ impl Client {
             self.socket
                 .set_read_timeout(Some(left.max(Duration::from_millis(1))))
                 .expect("set_read_timeout");
-            let n = match self.socket.recv_from(&mut self.buf) {
-                Ok((n, _)) => n,
+            let (n, from) = match self.socket.recv_from(&mut self.buf) {
+                Ok(x) => x,
                 Err(_) => continue,
             };
             let Ok((header, _)) = wire::decode(&self.buf[..n], self.cluster_id) else {
@@ -298,9 +329,14 @@ impl Client {
             let Ok(opened) = auth::open(&mut self.buf[..n], &header, replies_sealer) else {
                 continue;
             };
+            let ticket = opened.stamp.echo;
             let Ok(replies) = wire::decode_value::<Vec<ClientReply>>(opened.body) else {
                 continue;
             };
+            if ticket != 0 && self.tickets.insert(from, ticket) != Some(ticket) && from == addr {
+                let again = self.seal(addr, &body);
+                self.socket.send_to(&again, addr).ok()?;
+            }
             // Late replies to earlier requests of this session are skipped.
             let bound = auth::session_id(&self.key.name, req.client);
             if let Some(r) = replies

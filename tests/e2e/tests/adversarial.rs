@@ -1,16 +1,20 @@
 //! The trust boundary under attack (issue 12): a live 3-node cluster receives forged peer
 //! datagrams, replays of genuine ones (captured by a relay between the nodes), requests
 //! that try to take over another client's session or to write under a read-only key, a
-//! flood from many source ports, replays to a node that has just restarted, and finally
-//! a node started with another cluster key.
+//! flood from many source ports, client requests replayed at nodes they were not meant
+//! for (a first contact, and a request of a client process the node has forgotten),
+//! replays to a node that has just restarted, and finally a node started with another
+//! cluster key.
 //! Meanwhile a `kvcli bench --check` load must stay linearizable, no unauthenticated
 //! datagram may get an answer, and `kvcli status --json` must count each attack by reason.
 
+use bytes::Bytes;
 use kv_e2e::cli;
 use kv_e2e::client::CallError;
 use kv_e2e::cluster::{Cluster, Spec};
-use kv_shared::auth::{self, Protection, Sealer, Stamp};
-use kv_shared::proto::ClientError;
+use kv_shared::auth::{self, ClientKey, Protection, Sealer, Stamp};
+use kv_shared::limits::CLIENT_REPLAY_WINDOWS_MAX;
+use kv_shared::proto::{ClientError, ClientReply, Op};
 use kv_shared::wire::{self, Kind, HEADER_BYTES};
 use kv_shared::NodeId;
 use serde_json::Value;
@@ -127,6 +131,51 @@ fn count(drops: &[(u64, Value)], node: u64, reason: &str) -> u64 {
 
 fn total(drops: &[(u64, Value)], reason: &str) -> u64 {
     drops.iter().map(|(n, _)| count(drops, *n, reason)).sum()
+}
+
+/// The attacker's socket for replayed client requests. The test holds the client's key,
+/// which the attacker does not, to see what the nodes answered: hellos (a ticket and no
+/// reply) or replies (the request was executed).
+struct ReplayPort {
+    socket: UdpSocket,
+    replies: Sealer,
+    cluster_id: u64,
+}
+
+impl ReplayPort {
+    fn new(cluster_id: u64, key: &ClientKey) -> ReplayPort {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        ReplayPort {
+            socket,
+            replies: Sealer::client_replies(&key.key),
+            cluster_id,
+        }
+    }
+
+    /// What came back within `wait`: `(hellos, replies)`.
+    fn answers(&self, wait: Duration) -> (usize, usize) {
+        let (mut hellos, mut replies) = (0, 0);
+        let end = Instant::now() + wait;
+        let mut buf = vec![0u8; 65_536];
+        while Instant::now() < end {
+            let Ok((n, _)) = self.socket.recv_from(&mut buf) else {
+                continue;
+            };
+            let d = &mut buf[..n];
+            let header = wire::decode(d, self.cluster_id).expect("a node's reply").0;
+            let opened = auth::open(d, &header, std::slice::from_ref(&self.replies))
+                .expect("sealed under the client's key");
+            let batch: Vec<ClientReply> = wire::decode_value(opened.body).expect("replies");
+            if batch.is_empty() && opened.stamp.echo != 0 {
+                hellos += 1;
+            }
+            replies += batch.len();
+        }
+        (hellos, replies)
+    }
 }
 
 #[test]
@@ -293,7 +342,7 @@ fn forged_replayed_wrong_key_and_flood_traffic_is_refused_counted_and_harmless()
         }
         s.send_to(&forged_unknown, c.addr(NodeId(2))).unwrap();
     }
-    let too_many = admin.seal(&[0xAC, 0x02]); // a varint count of 300
+    let too_many = admin.seal_for(NodeId(2), &[0xAC, 0x02]); // a varint count of 300
     admin.send_raw(NodeId(2), &too_many);
     std::thread::sleep(Duration::from_millis(500));
     let mut buf = [0u8; 2048];
@@ -324,7 +373,94 @@ fn forged_replayed_wrong_key_and_flood_traffic_is_refused_counted_and_harmless()
     assert!(count(&before, 3, "old_incarnation") >= 1, "{before:?}");
     assert!(total(&before, "permission_denied") >= 1, "{before:?}");
 
-    // 6. Replays to a node that has just restarted, before its peers' traffic reaches it:
+    // 6. Client requests replayed at a node they were not meant for: a kvcli process's
+    // first request to node 1 (which echoes no ticket: the process has none yet),
+    // recorded and replayed at nodes 2 and 3, is answered there with a hello, never
+    // executed.
+    let admin_key = c.client_key("admin");
+    let stale_read = || Op::Get {
+        key: Bytes::from_static(b"spoofed"),
+        stale: true,
+    };
+    let mut victim = c.client_as(admin_key.clone());
+    let first_contact = victim.request_datagram(NodeId(1), stale_read());
+    victim.send_raw(NodeId(1), &first_contact);
+    let port = ReplayPort::new(cluster_id, &admin_key);
+    for id in [2, 3] {
+        port.socket
+            .send_to(&first_contact, c.addr(NodeId(id)))
+            .unwrap();
+    }
+    let (hellos, replies) = port.answers(Duration::from_millis(500));
+    assert_eq!(replies, 0, "a replayed first contact was executed");
+    assert_eq!(hellos, 2, "each node answers a first contact with a hello");
+
+    // 7. A request of a client process node 2 has forgotten: recorded once `old` had
+    // node 2's ticket (and executed), then CLIENT_REPLAY_WINDOWS_MAX newer client
+    // processes make node 2 forget `old`; the replay is answered with a hello under a
+    // new ticket, never executed, and `old` itself is served again after its hello.
+    let mut old = c.client_as(admin_key.clone());
+    assert!(old.status(NodeId(2)).is_some(), "node 2 answers");
+    let recorded = old.request_datagram(NodeId(2), stale_read());
+    old.send_raw(NodeId(2), &recorded);
+    let first_contacts = |d: &[(u64, Value)]| count(d, 2, "no_ticket");
+    let target = first_contacts(&drops(&config)) + CLIENT_REPLAY_WINDOWS_MAX as u64;
+    let flood_port = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let newer = Sealer::client_requests(&admin_key.key);
+    let mut incarnation = 1u64 << 63;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        // Paced, so that node 2's socket buffer takes them; more until it counted enough.
+        for _ in 0..CLIENT_REPLAY_WINDOWS_MAX / 4 {
+            let mut d = Vec::new();
+            let stamp = Stamp {
+                incarnation,
+                counter: 0,
+                echo: 0,
+            };
+            incarnation += 1;
+            newer.seal(
+                Kind::ClientRequests,
+                cluster_id,
+                admin_key.id(),
+                stamp,
+                Protection::Mac,
+                &[0], // no requests: what a new process's first datagram costs a node
+                &mut d,
+            );
+            flood_port.send_to(&d, c.addr(NodeId(2))).unwrap();
+            if incarnation % 256 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        if first_contacts(&drops(&config)) >= target {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 2 never heard enough processes"
+        );
+    }
+    let stale_before = count(&drops(&config), 2, "stale_ticket");
+    port.socket.send_to(&recorded, c.addr(NodeId(2))).unwrap();
+    let (hellos, replies) = port.answers(Duration::from_millis(500));
+    assert_eq!(
+        replies, 0,
+        "a forgotten process's recorded request was executed"
+    );
+    assert_eq!(hellos, 1, "{hellos} hellos");
+    let forgotten = drops(&config);
+    assert!(
+        count(&forgotten, 2, "stale_ticket") > stale_before,
+        "{forgotten:?}"
+    );
+    assert_eq!(
+        old.stale_get_at(NodeId(2), "spoofed"),
+        Some(Some("admin-2".into())),
+        "the forgotten process is served again after its hello"
+    );
+
+    // 8. Replays to a node that has just restarted, before its peers' traffic reaches it:
     // genuine datagrams of node 2's current incarnation, in order (so the fresh replay
     // window takes each), each meant for node 3's previous incarnation, none processed.
     relay.pause(true);
@@ -349,7 +485,7 @@ fn forged_replayed_wrong_key_and_flood_traffic_is_refused_counted_and_harmless()
     );
     relay.pause(false);
 
-    // 7. Node 3 restarted under another cluster key: every side refuses the other.
+    // 9. Node 3 restarted under another cluster key: every side refuses the other.
     c.terminate(NodeId(3), Duration::from_secs(10));
     auth::write_cluster_key(&c.key_path("other"), &auth::generate_key().unwrap()).unwrap();
     let other_config = c.dir().join("other-key.toml");

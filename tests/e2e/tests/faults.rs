@@ -127,7 +127,7 @@ fn malformed_datagrams_are_dropped_and_counted_and_the_node_keeps_serving() {
     let target = NodeId(2);
 
     // Sealed under a valid client key, so it gets as far as decoding.
-    let good = client.seal(b"\x01not postcard");
+    let good = client.seal_for(target, b"\x01not postcard");
     let mut bad_crc = good.clone();
     *bad_crc.last_mut().unwrap() ^= 1;
     let mut other_cluster = Vec::new();
