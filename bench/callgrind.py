@@ -9,6 +9,7 @@ total includes startup and election, which is why N should be large (20,000).
 Throughput under callgrind means nothing; compare instructions/op between builds.
 
     python3 bench/callgrind.py --target $CARGO_TARGET_DIR/release --shards 8 --ops 20000
+    python3 bench/callgrind.py --target ... --protection none   # the same, unauthenticated
 """
 import json, time, subprocess, tempfile, socket, argparse, re, shutil
 p = argparse.ArgumentParser()
@@ -17,6 +18,9 @@ p.add_argument("--shards", type=int, default=1)
 p.add_argument("--op", default="put")
 p.add_argument("--clients", default="64")
 p.add_argument("--ops", default="20000")
+p.add_argument("--protection", default="mac", choices=["mac", "encrypt", "none"],
+               help="the cluster file's protection: compare none with mac for what authentication costs")
+p.add_argument("--keep", action="store_true", help="keep the callgrind files (for callgrind_annotate) and print their directory")
 a = p.parse_args()
 d = tempfile.mkdtemp(prefix="cgkv-")
 ports = []
@@ -24,7 +28,7 @@ while len(ports) < 3:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); pt = s.getsockname()[1]; s.close()
     if pt not in ports: ports.append(pt)
 cfg = f"{d}/cluster.toml"
-open(cfg, "w").write(f"cluster_id = 9{a.shards}\nshards = {a.shards}\ndata_dir = \"{d}\"\nkey_file = \"keys/cluster.key\"\nclient_key_files = [\"keys/bench.key\"]\nclient_key_file = \"keys/bench.key\"\n[timing]\ntick_ms = 10\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n" + "".join(f'\n[[nodes]]\nid = {n}\naddr = "127.0.0.1:{ports[n-1]}"\n' for n in (1,2,3)))
+open(cfg, "w").write(f"cluster_id = 9{a.shards}\nshards = {a.shards}\ndata_dir = \"{d}\"\nkey_file = \"keys/cluster.key\"\nclient_key_files = [\"keys/bench.key\"]\nclient_key_file = \"keys/bench.key\"\nprotection = \"{a.protection}\"\n[timing]\ntick_ms = 10\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n" + "".join(f'\n[[nodes]]\nid = {n}\naddr = "127.0.0.1:{ports[n-1]}"\n' for n in (1,2,3)))
 subprocess.run([f"{a.target}/kvserver", "keygen", "--config", cfg], check=True, stdout=subprocess.DEVNULL)
 procs = []
 for n in (1,2,3):
@@ -51,6 +55,9 @@ for n in (1,2,3):
     txt = open(f"{d}/cg.{n}").read()
     m = re.search(r"^summary:\s+(\d+)", txt, re.M) or re.search(r"^totals:\s+(\d+)", txt, re.M)
     tot += int(m.group(1))
-shutil.rmtree(d, ignore_errors=True)
+if a.keep:
+    print(f"callgrind files: {d}/cg.1 {d}/cg.2 {d}/cg.3", flush=True)
+else:
+    shutil.rmtree(d, ignore_errors=True)
 ops = j["ops"]
-print(f"{a.target} {a.shards}sh {a.op} c={a.clients} ops={ops} err={j['errors']} {j['ops_per_s']:.0f}/s  Ir total={tot/1e9:.2f}G  Ir/op={tot/ops:.0f}", flush=True)
+print(f"{a.target} {a.protection} {a.shards}sh {a.op} c={a.clients} ops={ops} err={j['errors']} {j['ops_per_s']:.0f}/s  Ir total={tot/1e9:.2f}G  Ir/op={tot/ops:.0f}", flush=True)
