@@ -1,6 +1,7 @@
-//! The limits that more than one crate reads, in one place (TigerBeetle style): a limit
-//! has a name, a unit in its name, and one definition that server and client both read.
-//! A limit only one crate reads is a named constant beside its use, named the same way.
+//! The limits that more than one crate reads, and every limit on what the network can
+//! make a node hold or send, in one place (TigerBeetle style): a limit has a name, a unit
+//! in its name, and one definition that server and client both read. Any other limit
+//! only one crate reads is a named constant beside its use, named the same way.
 
 /// Largest key a client may write.
 pub const KEY_BYTES_MAX: usize = 1024;
@@ -61,9 +62,19 @@ pub const TIMING_VALUE_MAX: u32 = 1_000_000;
 pub const CLIENT_REQUESTS_PER_DATAGRAM_MAX: usize = 256;
 /// Most named client keys a node accepts.
 pub const CLIENT_KEYS_MAX: usize = 1024;
-/// Most client incarnations (kvcli processes) whose replay windows a node remembers; the
-/// least recently heard is forgotten past this.
+/// Most client incarnations (kvcli processes) whose replay windows and tickets a node
+/// remembers; the least recently heard is forgotten past this (its next request gets a
+/// new ticket, so nothing recorded before is executed).
 pub const CLIENT_REPLAY_WINDOWS_MAX: usize = 65_536;
+/// Most IPv6 client addresses a node remembers at once; the oldest is forgotten past
+/// this (a reply to a forgotten address is dropped and the client retries). Only requests
+/// whose tag verified create entries, so unauthenticated traffic cannot flush real
+/// clients out.
+pub const CLIENT_V6_ADDRS_MAX: usize = 4096;
+/// Most clients a node tells their ticket (a hello: an empty reply to a request that
+/// echoed no ticket or another one) per flush; past it the client's retry is refused
+/// again and answered later. Bounds the replies one burst of replays can draw.
+pub const CLIENT_HELLOS_PER_FLUSH_MAX: usize = 256;
 
 // The limits above must agree with each other; checked at compile time.
 const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX + 256 <= ENTRY_BYTES_MAX);

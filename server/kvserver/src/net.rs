@@ -7,20 +7,11 @@ use crate::auth::ClientRefusal;
 use crate::ratelimit::RateLimit;
 use kv_node::ClientToken;
 use kv_shared::auth::{AuthError, Protection, ReplayError};
+use kv_shared::limits::CLIENT_V6_ADDRS_MAX;
 use kv_shared::wire::WireError;
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
-
-/// Most IPv6 client addresses remembered at once; the oldest is forgotten past this (a
-/// reply to a forgotten address is dropped and the client retries). Only requests whose
-/// tag verified create entries, so unauthenticated traffic cannot flush real clients out.
-pub const CLIENT_V6_ADDRS_MAX: usize = 4096;
-
-/// Most clients told their ticket (a hello: an empty reply to a request that echoed no
-/// ticket or another one) per flush; past it the client's retry is refused again and
-/// answered later.
-pub const CLIENT_HELLOS_PER_FLUSH_MAX: usize = 256;
 
 /// Tag bit of tokens that index the IPv6 table (IPv4 tokens use the low 60 bits only).
 const V6_TAG: u64 = 1 << 63;

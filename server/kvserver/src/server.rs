@@ -16,7 +16,7 @@
 use crate::auth::{next_incarnation, ClientWindows, NodeKeys};
 use crate::disk::{DiskEvent, DiskThread, LogStore};
 use crate::metrics::{MeteredStore, Metrics, UdpRequests};
-use crate::net::{ClientAddrs, ClientRoute, Counters, DropReason, CLIENT_HELLOS_PER_FLUSH_MAX};
+use crate::net::{ClientAddrs, ClientRoute, Counters, DropReason};
 use crate::resp::local::{LocalInbox, LocalRead, LOCAL_TOKEN};
 use crate::{core_events, front_ends};
 use kv_node::{codec, ClientToken, NodeConfig, NodeCore, WriteRefusal};
@@ -24,7 +24,9 @@ use kv_shared::auth::{
     self as kv_auth, Permission, Protection, ReplayWindow, Sealer, Stamp, BODY_BYTES_MAX,
 };
 use kv_shared::config::ClusterConfig;
-use kv_shared::limits::{CLIENT_REQUESTS_PER_DATAGRAM_MAX, DATAGRAM_BYTES_MAX};
+use kv_shared::limits::{
+    CLIENT_HELLOS_PER_FLUSH_MAX, CLIENT_REQUESTS_PER_DATAGRAM_MAX, DATAGRAM_BYTES_MAX,
+};
 use kv_shared::pack::{encoded_bytes, pack, PackLimit};
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Outcome};
 use kv_shared::wire::{self, Kind};

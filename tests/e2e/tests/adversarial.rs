@@ -429,7 +429,7 @@ fn forged_replayed_wrong_key_and_flood_traffic_is_refused_counted_and_harmless()
                 &mut d,
             );
             flood_port.send_to(&d, c.addr(NodeId(2))).unwrap();
-            if incarnation % 256 == 0 {
+            if incarnation.is_multiple_of(256) {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
