@@ -231,6 +231,12 @@ impl Raft {
             config.retransmit_ticks() > 0,
             "retransmit_ticks must be positive"
         );
+        assert!(
+            config
+                .retransmit_backoff_ticks_max
+                .is_none_or(|max| max >= config.retransmit_ticks()),
+            "retransmit_backoff_ticks_max is below retransmit_ticks"
+        );
         let Restored {
             hard_state,
             snapshot,
