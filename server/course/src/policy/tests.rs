@@ -157,9 +157,8 @@ fn a_stalled_commit_releases_held_appends_and_replaces_the_silent_follower() {
     // Follower 3 answers, follower 2 does not: the commit stalls.
     p.on_inbound(NodeId(3), &[ack(NodeId(3), 2)], now + stall / 2);
     let later = now + stall;
-    let ids = |r: Vec<(NodeId, Vec<GroupMessage>)>| {
-        r.into_iter().map(|(id, _)| id).collect::<Vec<_>>()
-    };
+    let ids =
+        |r: Vec<(NodeId, Vec<GroupMessage>)>| r.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
     assert_eq!(
         ids(p.release_if_stalled(later)),
         vec![NodeId(4)],
