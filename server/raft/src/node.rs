@@ -109,6 +109,8 @@ pub(crate) enum RoleState {
     Candidate {
         /// Answers so far (own vote only once durable).
         votes: BTreeMap<NodeId, bool>,
+        /// Started by a leadership transfer (its vote requests say so).
+        transfer: bool,
     },
     /// Leading.
     Leader(Box<LeaderState>),
