@@ -2,12 +2,12 @@
 //! because the course counts every replica-bound datagram, and Raft as written sends every
 //! append to every follower.
 //!
-//! kv-raft has native versions of these behaviours (`eager_followers`, `retransmit_ticks`,
-//! `heartbeat_suppression`); course mode does not use them, because at 30% loss and with
-//! dead or cut-off followers they cost more (docs/COURSE_MODE.md, "Why the policy is
-//! not kv-raft's own"): native retransmission repeats every `retransmit_ticks` without
-//! back-off, so a period short enough for loss (a few ms) floods dead and cut-off
-//! followers, and native suppression counts an append this policy holds as contact.
+//! kv-raft has native versions of some of these behaviours (`eager_followers`,
+//! `retransmit_ticks` with `retransmit_backoff_ticks_max`, `vote_resend_ticks`,
+//! `heartbeat_suppression`); course mode does not use them yet (docs/COURSE_MODE.md,
+//! "Why the policy is not kv-raft's own"): its periods are below the 10 ms tick, native
+//! suppression counts an append this policy holds as contact, and the targeted release,
+//! loss-driven widening and deferral have no kv-raft counterpart.
 //! The leader lease for gets is kv-raft's own (`lease_reads`).
 //!
 //! - Lazy followers: a leader needs acknowledgements from `quorum - 1` followers to
