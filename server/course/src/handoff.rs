@@ -15,8 +15,9 @@
 //! - **A deposed leader does not redirect the puts it proposed** (the core answers them
 //!   "not leader" when leadership ends): they become *orphans*. When this replica applies
 //!   the orphan's entry, the leader that committed it has answered it; when it applies
-//!   past the highest index the orphan could have had without meeting it, the put is
-//!   lost for good (log matching) and is answered `redirect`, which is then safe to retry.
+//!   the orphan's index (the node core's `Output::proposed`) with another entry, the put
+//!   is lost for good (log matching) and is answered `redirect`, which is then safe to
+//!   retry.
 //!
 //! - **Answered-through reports.** A leader answers a put when it applies it, before any
 //!   datagram that carries the new commit index leaves, so a replica whose commit index
@@ -85,7 +86,7 @@ pub struct Handoff {
     side_order: VecDeque<u64>,
     /// Sessions in entries seen in appends (sent or received) and not yet applied.
     entries: BTreeMap<Index, (Term, Vec<u64>)>,
-    /// Own puts handed to the core while leader, not yet answered: session -> bound.
+    /// Own puts the core proposed, not yet answered: session -> index of their entry.
     proposed: HashMap<u64, Index>,
     orphans: HashMap<u64, Orphan>,
     /// Sessions answered from side info (never answer one twice).
@@ -161,10 +162,10 @@ impl Handoff {
         out
     }
 
-    /// An own put is in the log of this leader, at or below `bound` (called again each
-    /// round while it leads, with the growing last index).
-    pub fn proposed(&mut self, session: u64, bound: Index) {
-        self.proposed.insert(session, bound);
+    /// The node core proposed an own put as the entry at `index` of this leader's log
+    /// (the highest index it can have: only a later leader replaces that entry).
+    pub fn proposed(&mut self, session: u64, index: Index) {
+        self.proposed.insert(session, index);
     }
 
     /// The core answered an own put. Returns false if the answer must be withheld: a

@@ -22,7 +22,7 @@ use kv_shared::proto::{ClientReply, Op};
 use kv_shared::{NodeId, ShardId};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -100,10 +100,6 @@ pub struct Runtime {
     notice: CommitNotice,
     /// The last view traced (role and term changes are traced).
     traced_view: Option<View>,
-    /// Puts the core holds (handed to it, not yet answered).
-    puts_in_core: HashSet<u64>,
-    /// Gets the core holds: outside the lease they wait for a ReadIndex round.
-    gets_in_core: HashSet<u64>,
     /// Numbers our peer datagrams, per destination.
     sent: SendCounter,
     /// The drop rate, from the numbers on datagrams we receive.
@@ -121,9 +117,8 @@ impl Runtime {
     ) -> anyhow::Result<Runtime> {
         socket.send_to(&protocol::hello(roster.me()), harness)?;
         let started = Instant::now();
-        let mut core = NodeCore::new(node_config(&settings, &roster), Default::default())
+        let core = NodeCore::new(node_config(&settings, &roster), Default::default())
             .map_err(|e| anyhow::anyhow!("empty in-memory state failed to load: {e}"))?;
-        core.set_observe_applies(true);
         let policy = SendPolicy::new(settings.clone(), roster.me_node(), &roster.members());
         let handoff = Handoff::new(roster.me_node());
         let notice = CommitNotice::new(
@@ -148,8 +143,6 @@ impl Runtime {
             handoff,
             notice,
             traced_view: None,
-            puts_in_core: HashSet::new(),
-            gets_in_core: HashSet::new(),
             sent: SendCounter::default(),
             loss: LossMeter::default(),
         })
@@ -365,10 +358,6 @@ impl Runtime {
             return;
         };
         let request = p.request.clone();
-        match request.op {
-            Op::Get { .. } => self.gets_in_core.insert(token.0),
-            _ => self.puts_in_core.insert(token.0),
-        };
         self.core.on_client_request(token, request);
     }
 
@@ -438,10 +427,14 @@ impl Runtime {
     fn flush(&mut self, now: Instant) {
         let mut replies = Vec::new();
         let mut datagrams = Vec::new();
+        let mut applied = Vec::new();
+        let mut proposed = Vec::new();
         loop {
             let out = self.core.take_output();
             replies.extend(out.replies);
             datagrams.extend(out.datagrams);
+            applied.extend(out.applied);
+            proposed.extend(out.proposed);
             if out.disk_writes.is_empty() {
                 break;
             }
@@ -459,17 +452,11 @@ impl Runtime {
         }
         self.policy.set_loss(self.loss.loss());
         self.policy.observe(view, now);
-        // At the end of a round as leader, every put the core still holds is in the log
-        // (the core proposes what waits as soon as it leads): its entry is at or below
-        // the last index. Puts answered in this very round are settled already.
-        if view.role == Role::Leader {
-            for &token in &self.puts_in_core {
-                if replies.iter().any(|(t, _)| t.0 == token) {
-                    continue;
-                }
-                if let Some(p) = self.mids.get(ClientToken(token)) {
-                    self.handoff.proposed(p.request.client.0, view.last_index);
-                }
+        // Before this round's answers: a put proposed and then answered "not leader" in
+        // the same round may still commit, so it becomes an orphan (handoff.rs).
+        for p in proposed {
+            if let Some(pending) = self.mids.get(p.token) {
+                self.handoff.proposed(pending.request.client.0, p.index);
             }
         }
         // Answers leave in log order, and gets last. The harness checks a get's value
@@ -479,9 +466,12 @@ impl Runtime {
         // it applies them, next to its own new puts), and must leave before a get that
         // observes it. A get answered this turn was served after this turn's applies (a
         // leader commits only on acknowledgements, all taken in the first pass above).
-        let (get_replies, put_replies): (Vec<_>, Vec<_>) = replies
-            .into_iter()
-            .partition(|(t, _)| self.gets_in_core.contains(&t.0));
+        let (get_replies, put_replies): (Vec<_>, Vec<_>) =
+            replies.into_iter().partition(|(t, _)| {
+                self.mids
+                    .get(*t)
+                    .is_some_and(|p| matches!(p.request.op, Op::Get { .. }))
+            });
         let mut applied_puts = HashMap::new();
         for (token, reply) in put_replies {
             if matches!(reply.outcome, kv_shared::proto::Outcome::Done) {
@@ -490,7 +480,7 @@ impl Runtime {
                 self.answer(token, reply, now);
             }
         }
-        for applied in self.core.take_applied() {
+        for applied in applied {
             let duties = self.handoff.on_applied(applied.index, applied.term);
             self.trace(format_args!(
                 "applied {} term {} duties {duties:?}",
@@ -522,7 +512,7 @@ impl Runtime {
         if now.saturating_duration_since(self.started) < self.settings.quiet {
             return;
         }
-        let reads_waiting = !self.gets_in_core.is_empty();
+        let reads_waiting = self.core.pending_gets() > 0;
         // Every answer of this turn has left: the commit index is answered through.
         let answered = self.handoff.answered_through(view.commit);
         for (dst, msgs) in datagrams {
@@ -591,8 +581,6 @@ impl Runtime {
     }
 
     fn answer(&mut self, token: ClientToken, reply: ClientReply, now: Instant) {
-        self.puts_in_core.remove(&token.0);
-        self.gets_in_core.remove(&token.0);
         let belief = self.belief();
         let is_put = self
             .mids

@@ -4,6 +4,7 @@
 //! persist (as DiskOps of one group-committed DiskWrite), send, apply, serve reads.
 
 mod moving;
+mod progress;
 
 use crate::codec::{self, GroupMessage};
 use crate::config::NodeConfig;
@@ -132,20 +133,13 @@ pub struct Output {
     /// Shards whose replica here was removed, its removal now durable in the WAL: delete
     /// their snapshot files (recovery ignores them and their WAL records already).
     pub removed_shards: Vec<u32>,
+    /// Entries applied, in the order applied.
+    pub applied: Vec<AppliedEntry>,
+    /// Client requests proposed as leader, with the index of their entry.
+    pub proposed: Vec<ProposedRequest>,
 }
 
-/// An entry some replica applied (for the simulator's state machine safety check).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AppliedEntry {
-    /// The shard.
-    pub shard: ShardId,
-    /// Index.
-    pub index: u64,
-    /// Term.
-    pub term: u64,
-    /// [`entry_hash`] of the entry.
-    pub hash: u64,
-}
+pub use progress::{AppliedEntry, ProposedRequest};
 
 /// Role, term, leader and applied index of one shard, as of the last `take_output`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -406,8 +400,6 @@ pub struct NodeCore {
     /// Tick of the last datagram to each peer (quiescence's keepalives).
     peers_sent_tick: BTreeMap<NodeId, u64>,
     now_ms: u64,
-    observe_applies: bool,
-    applied_log: Vec<AppliedEntry>,
     #[cfg(feature = "planted-bugs")]
     read_without_read_index: bool,
     #[cfg(feature = "planted-bugs")]
@@ -475,8 +467,6 @@ impl NodeCore {
             peers_heard_tick: BTreeMap::new(),
             peers_sent_tick: BTreeMap::new(),
             now_ms: 0,
-            observe_applies: false,
-            applied_log: Vec::new(),
             #[cfg(feature = "planted-bugs")]
             read_without_read_index: false,
             #[cfg(feature = "planted-bugs")]
@@ -1083,14 +1073,7 @@ impl NodeCore {
     }
 
     fn apply(&mut self, g: ShardId, e: Entry) {
-        if self.observe_applies {
-            self.applied_log.push(AppliedEntry {
-                shard: self.groups[g].shard,
-                index: e.index,
-                term: e.term,
-                hash: entry_hash(&e),
-            });
-        }
+        self.report_applied(self.groups[g].shard, &e);
         let me = self.config.node;
         let group = &mut self.groups[g];
         group.applied_bytes_since_snapshot += e.data.len() as u64;
@@ -1309,6 +1292,7 @@ impl NodeCore {
         let data = CommandBatch { writes }.encode();
         match self.groups[g].raft.propose(data) {
             Ok((index, term)) => {
+                self.report_proposed(self.groups[g].shard, index, &ids);
                 self.groups[g].proposed_writes += count;
                 self.groups[g].proposed.insert(index, (term, ids));
             }
@@ -1561,16 +1545,6 @@ impl NodeCore {
     pub fn state_digest(&self, shard: ShardId) -> Option<(u64, u64)> {
         let sm = &self.groups.0.get(&shard)?.sm;
         Some((sm.applied_index(), sm.digest()))
-    }
-
-    /// Starts (or stops) recording every applied entry for [`NodeCore::take_applied`].
-    pub fn set_observe_applies(&mut self, on: bool) {
-        self.observe_applies = on;
-    }
-
-    /// Entries applied since the last call (only while observing).
-    pub fn take_applied(&mut self) -> Vec<AppliedEntry> {
-        std::mem::take(&mut self.applied_log)
     }
 }
 

@@ -5,7 +5,8 @@
 //!
 //! Layout:
 //! - [`core`]: [`NodeCore`], its inputs (`tick`, `on_peer_messages`, `on_client_request`,
-//!   `on_disk_done`) and its [`Output`] (datagrams, disk writes, client replies).
+//!   `on_disk_done`) and its [`Output`] (datagrams, disk writes, client replies, and
+//!   what was applied and proposed: `core/progress.rs`).
 //! - [`config`]: the [`NodeConfig`] settings.
 //! - [`sm`]: the per-shard state machine and sessions (exactly-once writes).
 //! - [`moves`]: moving a shard's replica between nodes (checks and the leader's next
@@ -35,7 +36,7 @@ pub use crate::config::{kvserver_raft_config, NodeConfig};
 pub use crate::core::PlantedBug;
 pub use crate::core::{
     entry_hash, AppliedEntry, BoundaryRefusal, ClientToken, DiskOp, DiskWrite, GroupView, NodeCore,
-    Output,
+    Output, ProposedRequest,
 };
 pub use crate::events::{EventKind, NodeEvent};
 pub use crate::wal::RecoveryError;

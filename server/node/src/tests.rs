@@ -2,8 +2,8 @@
 //! disk), to check routing, batching, redirects and recovery through the public inputs.
 
 use crate::{
-    ClientToken, DiskOp, EventKind, GroupMessage, NodeConfig, NodeCore, NodeEvent, Output,
-    WriteRefusal,
+    AppliedEntry, ClientToken, DiskOp, EventKind, GroupMessage, NodeConfig, NodeCore, NodeEvent,
+    Output, ProposedRequest, WriteRefusal,
 };
 use bytes::Bytes;
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Op, Outcome, Role};
@@ -27,6 +27,10 @@ struct Cluster {
     events: Vec<(usize, NodeEvent)>,
     /// Raft messages that reached a node not hosting their shard.
     misdirected: usize,
+    /// Every entry each node reported applied, in order.
+    applied: Vec<(usize, AppliedEntry)>,
+    /// Every request each node reported proposed.
+    proposed: Vec<(usize, ProposedRequest)>,
 }
 
 fn ids(n: u64) -> Vec<NodeId> {
@@ -58,6 +62,8 @@ impl Cluster {
             down: vec![false; n as usize],
             events: Vec::new(),
             misdirected: 0,
+            applied: Vec::new(),
+            proposed: Vec::new(),
         }
     }
 
@@ -75,6 +81,9 @@ impl Cluster {
             self.replies.push((i, t, r));
         }
         self.events.extend(out.events.into_iter().map(|e| (i, e)));
+        self.applied.extend(out.applied.into_iter().map(|a| (i, a)));
+        self.proposed
+            .extend(out.proposed.into_iter().map(|p| (i, p)));
         for w in out.disk_writes {
             for op in w.ops {
                 match op {
@@ -1661,4 +1670,51 @@ fn with_the_planted_bug_a_removed_replica_still_answers_reads() {
         c.reply_to(3),
         vec![Outcome::Value(Some(Bytes::from_static(b"1")))]
     );
+}
+
+#[test]
+fn the_output_reports_where_writes_were_proposed_and_every_entry_applied() {
+    let mut c = Cluster::new(3, 1);
+    c.tick(60);
+    let l = c.leader(ShardId(0));
+    let next = c.nodes[l].raft_status(ShardId(0)).last_index + 1;
+    c.request(l, 1, put(1, 1, "a", "v"));
+    c.request(l, 2, put(2, 1, "b", "v"));
+    c.request(l, 3, get(3, 1, "a"));
+    assert_eq!(c.nodes[l].pending_gets(), 1);
+    c.flush(l);
+    let proposed: Vec<(usize, u64, u64)> = c
+        .proposed
+        .iter()
+        .map(|(i, p)| (*i, p.token.0, p.index))
+        .collect();
+    assert_eq!(
+        proposed,
+        vec![(l, 1, next), (l, 2, next)],
+        "one entry, both writes"
+    );
+    c.tick(3);
+    assert_eq!(c.reply_to(3).len(), 1);
+    assert_eq!(c.nodes[l].pending_gets(), 0);
+    let last = c.nodes[l].raft_status(ShardId(0)).last_index;
+    let leaders: Vec<AppliedEntry> = c
+        .applied
+        .iter()
+        .filter(|(i, _)| *i == l)
+        .map(|(_, a)| *a)
+        .collect();
+    for i in 0..3 {
+        let applied: Vec<AppliedEntry> = c
+            .applied
+            .iter()
+            .filter(|(n, _)| *n == i)
+            .map(|(_, a)| *a)
+            .collect();
+        assert_eq!(
+            applied.iter().map(|a| a.index).collect::<Vec<_>>(),
+            (1..=last).collect::<Vec<_>>(),
+            "node {i} applied every entry once, in order"
+        );
+        assert_eq!(applied, leaders, "node {i} applied the same entries");
+    }
 }

@@ -56,6 +56,18 @@ pub struct Config {
     /// Appends and snapshot chunks that made no progress for this many ticks are resent.
     /// `None` (default): every `heartbeat_ticks` (retransmission rides on heartbeats).
     pub retransmit_ticks: Option<u32>,
+    /// With `Some(max)`, a follower resent to without progress since waits twice as long
+    /// before the next resend (`retransmit_ticks`, then 2x, 4x, ... up to `max` ticks);
+    /// any progress (its match index or acknowledged snapshot offset moves) brings the
+    /// wait back to `retransmit_ticks`. A dead or cut-off follower then costs a few
+    /// datagrams per `max` ticks instead of one per period. `None` (default): resend
+    /// every `retransmit_ticks` while stalled.
+    pub retransmit_backoff_ticks_max: Option<u32>,
+    /// With `Some(k)`, a (pre-)candidate resends its vote request to the voters that have
+    /// not answered after `k` ticks, then 2k and 4k ticks later (3 resends at most; a
+    /// candidate once its term is durable). Under loss one lost request or answer
+    /// otherwise costs a whole election timeout. `None` (default): each request once.
+    pub vote_resend_ticks: Option<u32>,
     /// Send new entries at once only to this many most recently responsive voters (the
     /// others get them with the next heartbeat, or at once if an eager ack is missing
     /// after `retransmit_ticks`). `None` (default) sends to everyone at once.
@@ -102,6 +114,8 @@ impl Config {
             heartbeat_suppression: false,
             broadcast_commit: true,
             retransmit_ticks: None,
+            retransmit_backoff_ticks_max: None,
+            vote_resend_ticks: None,
             eager_followers: None,
             pending_reads_max: kv_shared::limits::PENDING_REQUESTS_MAX,
             snapshot_image_check: None,

@@ -17,11 +17,25 @@ use std::collections::BTreeMap;
 /// leader resets it.
 pub(crate) const ELECTION_BACKOFF_DOUBLINGS_MAX: u32 = 3;
 
+/// Most resends of one election's vote requests (`Config::vote_resend_ticks`).
+pub(crate) const VOTE_RESENDS_MAX: u32 = 3;
+
+/// True if `elapsed` ticks into an election the unanswered vote requests are due again:
+/// after `period` ticks, then 2 and 4 periods later ([`VOTE_RESENDS_MAX`] times).
+fn vote_resend_due(elapsed: u32, period: u32) -> bool {
+    (1..=VOTE_RESENDS_MAX).any(|n| elapsed == period.saturating_mul((1 << n) - 1))
+}
+
 impl Raft {
     /// Follower/candidate clock: start an election when the randomized timeout expires.
     pub(crate) fn tick_election(&mut self) {
         self.election_elapsed = self.election_elapsed.saturating_add(1);
         if self.election_elapsed < self.randomized_timeout {
+            if let Some(period) = self.cfg.vote_resend_ticks {
+                if vote_resend_due(self.election_elapsed, period) {
+                    self.resend_vote_requests();
+                }
+            }
             return;
         }
         if self.promotable() {
@@ -59,6 +73,44 @@ impl Raft {
                     last_term,
                 },
             });
+        }
+    }
+
+    /// A (pre-)candidate asks the voters that have not answered again (`vote_resend_ticks`):
+    /// one lost request or answer otherwise costs a whole election timeout. Asking again
+    /// is harmless: a PreVote changes nothing, and a voter grants a Vote again to the
+    /// candidate it voted for in that term. A candidate asks again only once its own vote
+    /// counts, that is once its term is durable (the first requests waited for that too).
+    fn resend_vote_requests(&mut self) {
+        let unanswered = |votes: &BTreeMap<NodeId, bool>, voters: Vec<NodeId>| -> Vec<NodeId> {
+            voters
+                .into_iter()
+                .filter(|v| !votes.contains_key(v))
+                .collect()
+        };
+        let voters = self.other_voters();
+        match &self.role {
+            RoleState::PreCandidate { votes } => {
+                let to = unanswered(votes, voters);
+                self.send_leader_probes(&to);
+            }
+            RoleState::Candidate { votes, transfer } if votes.contains_key(&self.cfg.id) => {
+                let transfer = *transfer;
+                let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
+                for to in unanswered(votes, voters) {
+                    self.msgs.push(Message {
+                        from: self.cfg.id,
+                        to,
+                        term: self.term,
+                        body: MessageBody::Vote {
+                            last_index,
+                            last_term,
+                            transfer,
+                        },
+                    });
+                }
+            }
+            _ => {}
         }
     }
 
@@ -119,6 +171,7 @@ impl Raft {
         self.leader = None;
         self.role = RoleState::Candidate {
             votes: BTreeMap::new(),
+            transfer,
         };
         self.election_elapsed = 0;
         self.reset_randomized_timeout();
@@ -172,7 +225,7 @@ impl Raft {
                 }
                 votes
             }
-            RoleState::Candidate { votes } if !pre && term == self.term => votes,
+            RoleState::Candidate { votes, .. } if !pre && term == self.term => votes,
             _ => return,
         };
         votes.entry(from).or_insert(granted);

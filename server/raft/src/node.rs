@@ -109,6 +109,8 @@ pub(crate) enum RoleState {
     Candidate {
         /// Answers so far (own vote only once durable).
         votes: BTreeMap<NodeId, bool>,
+        /// Started by a leadership transfer (its vote requests say so).
+        transfer: bool,
     },
     /// Leading.
     Leader(Box<LeaderState>),
@@ -230,6 +232,12 @@ impl Raft {
         assert!(
             config.retransmit_ticks() > 0,
             "retransmit_ticks must be positive"
+        );
+        assert!(
+            config
+                .retransmit_backoff_ticks_max
+                .is_none_or(|max| max >= config.retransmit_ticks()),
+            "retransmit_backoff_ticks_max is below retransmit_ticks"
         );
         let Restored {
             hard_state,

@@ -78,6 +78,11 @@ pub(crate) struct Progress {
     /// no quorum) until it holds and has been told the commit of its own removal, so
     /// that it learns it was removed (a leader that forgot it at once left it waiting).
     pub departs_at: Option<Index>,
+    /// Retransmission back-off (`Config::retransmit_backoff_ticks_max`): ticks to wait
+    /// after the latest resend that brought no progress (0: none sent since progress).
+    pub resend_wait: u64,
+    /// Leader tick before which the stalled flow is not resent again.
+    pub resend_not_before: u64,
 }
 
 impl Progress {
@@ -96,6 +101,8 @@ impl Progress {
             heard_at: 0,
             commit_told: 0,
             departs_at: None,
+            resend_wait: 0,
+            resend_not_before: 0,
         }
     }
 

@@ -540,43 +540,61 @@ impl Raft {
 
     /// UDP loses Appends and chunks: every `retransmit_ticks`, restart any flow that made
     /// no progress since the previous check (so a loss costs between one and two periods,
-    /// independent of a long heartbeat interval).
+    /// independent of a long heartbeat interval). With `retransmit_backoff_ticks_max`, a
+    /// flow resent without progress since is left alone until its back-off has passed.
     fn retransmit_stalled(&mut self) {
         let last = self.log.last_index();
+        let now = self.now;
+        let period = u64::from(self.cfg.retransmit_ticks());
+        let backoff_max = self.cfg.retransmit_backoff_ticks_max.map(u64::from);
         let RoleState::Leader(ls) = &mut self.role else {
             return;
         };
         let mut resend = Vec::new();
         for (id, pr) in ls.progress.iter_mut() {
-            let stalled = match &mut pr.state {
-                ProgressState::Probe => {
-                    pr.probe_sent = false;
-                    pr.match_ < last
-                }
-                ProgressState::Replicate => {
-                    // Only data already out at the previous check counts as lost: an
-                    // Append sent just before this check has had no time to be acked.
-                    let stalled = pr.match_ < last
-                        && pr.match_ == pr.match_at_check
-                        && pr.sent_at_check > pr.match_at_check;
-                    if stalled {
-                        pr.become_probe();
+            let progressed = pr.match_ > pr.match_at_check
+                || matches!(&pr.state, ProgressState::Snapshot(s) if s.acked > s.acked_at_check);
+            if progressed {
+                pr.resend_wait = 0;
+                pr.resend_not_before = 0;
+            }
+            let backing_off = backoff_max.is_some() && now < pr.resend_not_before;
+            let stalled = !backing_off
+                && match &mut pr.state {
+                    ProgressState::Probe => {
+                        pr.probe_sent = false;
+                        pr.match_ < last
                     }
-                    stalled
-                }
-                ProgressState::Snapshot(s) => {
-                    let stalled = s.acked == s.acked_at_check;
-                    if stalled {
-                        s.next_offset = s.acked;
-                        s.all_sent = false;
+                    ProgressState::Replicate => {
+                        // Only data already out at the previous check counts as lost: an
+                        // Append sent just before this check has had no time to be acked.
+                        let stalled = pr.match_ < last
+                            && pr.match_ == pr.match_at_check
+                            && pr.sent_at_check > pr.match_at_check;
+                        if stalled {
+                            pr.become_probe();
+                        }
+                        stalled
                     }
-                    s.acked_at_check = s.acked;
-                    stalled
-                }
-            };
+                    ProgressState::Snapshot(s) => {
+                        let stalled = s.acked == s.acked_at_check;
+                        if stalled {
+                            s.next_offset = s.acked;
+                            s.all_sent = false;
+                        }
+                        stalled
+                    }
+                };
+            if let ProgressState::Snapshot(s) = &mut pr.state {
+                s.acked_at_check = s.acked;
+            }
             pr.match_at_check = pr.match_;
             pr.sent_at_check = pr.next - 1;
             if stalled {
+                if let Some(max) = backoff_max {
+                    pr.resend_wait = (pr.resend_wait.max(period) * 2).min(max);
+                    pr.resend_not_before = now + pr.resend_wait;
+                }
                 resend.push(*id);
             }
         }

@@ -563,7 +563,6 @@ impl Sim {
                 })
             }
         };
-        core.set_observe_applies(true);
         if let Some(hook) = &self.opts.node_hook {
             hook(&mut core);
         }
@@ -600,8 +599,7 @@ impl Sim {
             return;
         };
         let out = r.core.take_output();
-        let applied = r.core.take_applied();
-        for a in applied {
+        for a in out.applied {
             if let Err(v) = self.checker.applied(id, a.shard.0, a.index, a.term, a.hash) {
                 return self.fail(v);
             }
