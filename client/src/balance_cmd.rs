@@ -30,6 +30,11 @@ pub const BALANCE_WAIT_DEFAULT_S: u64 = 3600;
 const DRY_RUN_ROUNDS_MAX: usize = 1000;
 /// How often the driver reads the cluster again while nothing ends.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// While driving, how long a status read waits for the other nodes once one answered: a
+/// dead node would otherwise cost every round the whole status timeout. A node slower
+/// than this counts as down for one round (never a move's source or target). Checks
+/// before driving (is a node dead?) wait the whole timeout.
+const DRIVE_STATUS_GRACE: Duration = Duration::from_millis(250);
 /// How long a leader transfer (a preference the shard's leader acts on once the new
 /// leader has caught up) gets before the driver plans leaders again.
 const TRANSFER_SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -172,15 +177,17 @@ fn replication_of(status: &ClusterStatus) -> usize {
         .map_or(0, |(voters, _)| voters)
 }
 
-/// Reads every node's status; nodes that answer are live and the others down, except
-/// `marked`, whose state is given. `avoid` lists, per shard, nodes it must not move to.
+/// Reads every node's status, waiting `grace` for the others once one answered (at most
+/// the status timeout); nodes that answer are live and the others down, except `marked`,
+/// whose state is given. `avoid` lists, per shard, nodes it must not move to.
 async fn read_view(
     client: &Client,
+    grace: Duration,
     marked: Option<(NodeId, NodeState)>,
     avoid: &BTreeMap<ShardId, Vec<NodeId>>,
 ) -> Result<View, Error> {
     let started = Instant::now();
-    let reports = client.status(STATUS_TIMEOUT).await;
+    let reports = client.collect_status(STATUS_TIMEOUT, grace).await;
     if reports.iter().all(|r| r.result.is_err()) {
         return Err(Error::NoNodeAnswered {
             waited_ms: started.elapsed().as_millis() as u64,
@@ -285,8 +292,13 @@ fn held_by(status: &ClusterStatus, node: NodeId) -> (usize, usize) {
 pub async fn execute(client: &Client, cmd: BalanceCommand) -> Result<BalanceOutput, Error> {
     match cmd {
         BalanceCommand::Drain { node, drive } => {
-            let view =
-                read_view(client, Some((node, NodeState::Draining)), &BTreeMap::new()).await?;
+            let view = read_view(
+                client,
+                STATUS_TIMEOUT,
+                Some((node, NodeState::Draining)),
+                &BTreeMap::new(),
+            )
+            .await?;
             check_node(&view, node).map_err(refused)?;
             if !answers(&view, node) {
                 return Err(refused(format!(
@@ -298,7 +310,8 @@ pub async fn execute(client: &Client, cmd: BalanceCommand) -> Result<BalanceOutp
             drive_to(client, Goal::Empty(node, NodeState::Draining), drive).await
         }
         BalanceCommand::RemoveDead { node, drive } => {
-            let view = read_view(client, Some((node, NodeState::Dead)), &BTreeMap::new()).await?;
+            let marked = Some((node, NodeState::Dead));
+            let view = read_view(client, STATUS_TIMEOUT, marked, &BTreeMap::new()).await?;
             check_node(&view, node).map_err(refused)?;
             if answers(&view, node) {
                 return Err(refused(format!(
@@ -313,7 +326,7 @@ pub async fn execute(client: &Client, cmd: BalanceCommand) -> Result<BalanceOutp
             dry_run: true,
             drive,
         } => {
-            let view = read_view(client, None, &BTreeMap::new()).await?;
+            let view = read_view(client, STATUS_TIMEOUT, None, &BTreeMap::new()).await?;
             let rounds = balance::simulate(&view.cluster, drive.moves_max, DRY_RUN_ROUNDS_MAX);
             let mut end = view.cluster.clone();
             for r in &rounds {
@@ -331,7 +344,7 @@ pub async fn execute(client: &Client, cmd: BalanceCommand) -> Result<BalanceOutp
             drive,
         } => drive_to(client, Goal::Balanced, drive).await,
         BalanceCommand::Status { moves_max } => {
-            let view = read_view(client, None, &BTreeMap::new()).await?;
+            let view = read_view(client, STATUS_TIMEOUT, None, &BTreeMap::new()).await?;
             Ok(BalanceOutput::Status {
                 assessment: balance::assess(&view.cluster),
                 replication: view.cluster.replication,
@@ -438,7 +451,7 @@ async fn drive_to(
     let mut settling: Vec<(LeaderTransfer, Instant)> = Vec::new();
     let mut last_progress = String::new();
     loop {
-        let view = read_view(client, goal.marked(), &avoid).await?;
+        let view = read_view(client, DRIVE_STATUS_GRACE, goal.marked(), &avoid).await?;
         let progress = progress_line(goal, &view);
         if progress != last_progress {
             eprintln!("{progress}");
