@@ -68,6 +68,8 @@ pub enum Command {
         /// How long to wait for the move, in seconds.
         wait_s: u64,
     },
+    /// `node drain`, `node remove --dead`, `rebalance` and `rebalance status`.
+    Balance(crate::balance_cmd::BalanceCommand),
     /// Usage, for all commands or one.
     Help {
         /// A command name, if the user asked about one.
@@ -130,6 +132,16 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
         "shard",
         "KEY | leader SHARD NODE | move SHARD --from NODE --to NODE [--wait SECS]",
         "which shard KEY belongs to, and its cached leader; or make NODE lead SHARD (it takes over once caught up, and keeps it); or move SHARD's replica from one node to another (add, catch up by snapshot, promote, remove), waiting up to SECS (default 600)",
+    ),
+    (
+        "node",
+        crate::balance_cmd::NODE_USAGE,
+        "admin: drain moves every replica off NODE (showing progress) until it holds none and leads nothing; remove --dead rebuilds the replicas of a node that will not come back on live nodes; at most N moves at once (default 4), for up to SECS (default 3600)",
+    ),
+    (
+        "rebalance",
+        crate::balance_cmd::REBALANCE_USAGE,
+        "admin: move replicas and leaderships until every node holds within one of the mean (--dry-run prints the rounds); status shows each node's share and the next round (exit 1 if not balanced)",
     ),
     ("help", "[COMMAND]", "this list, or one command's usage"),
     ("quit", "", "leave (Ctrl-D works too)"),
@@ -225,7 +237,11 @@ pub fn parse_words<S: AsRef<str>>(words: &[S]) -> Result<Command, ParseError> {
     let args: Vec<&str> = words[1..].iter().map(AsRef::as_ref).collect();
     let usage = |n: &str| ParseError::Usage(usage_of(n).expect("listed command"));
     let v = |w: &str| parse_value(w).map_err(ParseError::from);
-    let cmd = match (name.to_ascii_lowercase().as_str(), args.as_slice()) {
+    let lower = name.to_ascii_lowercase();
+    if let Some(parsed) = crate::balance_cmd::parse(&lower, &args) {
+        return parsed.map(Command::Balance);
+    }
+    let cmd = match (lower.as_str(), args.as_slice()) {
         ("get", [k]) => Command::Get {
             key: v(k)?,
             stale: false,

@@ -63,6 +63,15 @@ pub enum Error {
     /// The local socket failed.
     #[error("socket: {0}")]
     Io(String),
+    /// An elastic-cluster command (`node drain`, `rebalance`, ...) refused what was asked,
+    /// or could not finish it; the message names the node or shard.
+    #[error("{message}")]
+    Balance {
+        /// A short, stable name (`balance-refused`, `stuck`, `gave-up`).
+        kind: &'static str,
+        /// One line.
+        message: String,
+    },
 }
 
 /// `n2 (127.0.0.1:7102)`, or just the address while the id is unknown.
@@ -90,7 +99,7 @@ impl Error {
             | Error::NoNodeAnswered {
                 outcome_unknown, ..
             } => *outcome_unknown,
-            Error::Limit(_) | Error::Io(_) => false,
+            Error::Limit(_) | Error::Io(_) | Error::Balance { .. } => false,
         }
     }
 
@@ -126,6 +135,7 @@ impl Error {
             Error::Limit(_) => "limit",
             Error::NoNodeAnswered { .. } => "no-node-answered",
             Error::Io(_) => "io",
+            Error::Balance { kind, .. } => *kind,
         };
         Cow::Borrowed(name)
     }

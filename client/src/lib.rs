@@ -12,10 +12,15 @@
 //! - [`command`]: the command language (quoting, usage, help).
 //! - [`output`]: human and JSON rendering of results and of the status table.
 //! - [`run`]: executing commands: one-shot, script and REPL.
+//! - [`balance_cmd`]: `node drain`, `node remove --dead`, `rebalance`: the balance
+//!   planner driven through replica moves and leader transfers ([`balance_output`]
+//!   renders their results).
 //! - [`history`]: the recorded history of a bench run, as JSON lines.
 //! - [`bench`]: the closed-loop load generator and its report.
 //! - [`local`]: `--local`, a 3-node cluster of kvserver processes for the quick start.
 
+pub mod balance_cmd;
+pub mod balance_output;
 pub mod bench;
 pub mod client;
 pub mod command;

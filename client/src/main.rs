@@ -23,6 +23,9 @@ Examples:
   kvcli cas counter 41 42                        exit 1 if counter is not 41
   kvcli cas lock --absent me                     write only if the key is absent
   kvcli --json status                            the cluster table as JSON
+  kvcli node drain 5                             move every replica off node 5
+  kvcli node remove 4 --dead                     rebuild a lost node's replicas elsewhere
+  kvcli rebalance --dry-run                      the moves that would balance the cluster
   printf 'put a 1\\nget a\\n' | kvcli              a script: one result per line
   kvcli bench --clients 64 --duration 10s --mix 0.9 --check
 
@@ -30,6 +33,7 @@ Commands (REPL, script or one-shot):
   get KEY [--stale]     put KEY VALUE     del KEY
   cas KEY EXPECTED NEW  cas KEY --absent NEW
   status                shard KEY         help [COMMAND]   quit
+  shard leader|move ... node drain|remove ...  rebalance [status|--dry-run]
 
 Exit codes: 0 ok; 1 key not found or cas mismatch; 2 error.
 Full reference: docs/KVCLI.md.";

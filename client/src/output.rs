@@ -47,6 +47,8 @@ pub enum CmdOutput {
     },
     /// Text to show as is (help).
     Text(String),
+    /// An elastic-cluster command's result (`node drain`, `rebalance`, ...).
+    Balance(Box<crate::balance_output::BalanceOutput>),
     /// A shard's replica moved.
     Moved {
         /// The shard.
@@ -66,6 +68,7 @@ impl CmdOutput {
         match self {
             CmdOutput::Value(None) | CmdOutput::CasMismatch { .. } => EXIT_NOT_FOUND_OR_MISMATCH,
             CmdOutput::Status(s) if !s.serving() => EXIT_NOT_FOUND_OR_MISMATCH,
+            CmdOutput::Balance(b) => b.exit_code(),
             _ => EXIT_OK,
         }
     }
@@ -114,6 +117,7 @@ pub fn render(out: &CmdOutput, style: Style) -> String {
                 .unwrap_or_else(|| "unknown (not cached yet)".into())
         ),
         CmdOutput::Text(t) => t.trim_end().to_string(),
+        CmdOutput::Balance(b) => b.render(style),
         CmdOutput::Moved { shard, from, to } => format!(
             "{}: shard {}'s replica moved from node {} to node {}",
             paint(style, "32", "OK"),
@@ -143,6 +147,7 @@ fn render_json(out: &CmdOutput) -> Value {
             "leader_addr": leader.map(|l| l.addr.to_string()),
         }),
         CmdOutput::Text(t) => json!({"result": "ok", "text": t}),
+        CmdOutput::Balance(b) => b.json(),
         CmdOutput::Moved { shard, from, to } => json!({
             "result": "ok",
             "shard": shard.0,

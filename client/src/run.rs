@@ -111,6 +111,11 @@ pub async fn execute(client: &Client, session: &mut Session, cmd: Command) -> Re
             let leader = client.cached_leader(shard);
             return Ok(Step::Output(CmdOutput::Shard { key, shard, leader }));
         }
+        Command::Balance(b) => {
+            return crate::balance_cmd::execute(client, b)
+                .await
+                .map(|o| Step::Output(CmdOutput::Balance(Box::new(o))))
+        }
         Command::Help { topic } => {
             return Ok(Step::Output(CmdOutput::Text(help_text(topic.as_deref()))))
         }
@@ -254,6 +259,13 @@ impl ReplHelper {
             ["shard", "move", _] => vec!["--from"],
             ["shard", "move", _, "--from", _] => vec!["--to"],
             ["shard", "move", _, "--from", _, "--to", _] => vec!["--wait"],
+            ["node"] => vec!["drain", "remove"],
+            ["node", "remove", _] => vec!["--dead"],
+            ["node", "drain" | "remove", _, ..] => vec!["--wait", "--moves-max"],
+            ["rebalance"] => vec!["status", "--dry-run", "--wait", "--moves-max"],
+            ["rebalance", "--dry-run" | "--wait" | "--moves-max", ..] => {
+                vec!["--dry-run", "--wait", "--moves-max"]
+            }
             _ => vec![],
         };
         let found = choices
@@ -438,6 +450,20 @@ mod tests {
         assert_eq!(
             h.completions("shard move 3 --from 1 ", 22).1,
             vec!["--to ".to_string()]
+        );
+        assert_eq!(h.completions("no", 2), (0, vec!["node ".to_string()]));
+        assert_eq!(h.completions("node d", 6), (5, vec!["drain ".to_string()]));
+        assert_eq!(
+            h.completions("node remove 4 --d", 17).1,
+            vec!["--dead ".to_string()]
+        );
+        assert_eq!(
+            h.completions("rebalance s", 11).1,
+            vec!["status ".to_string()]
+        );
+        assert_eq!(
+            h.completions("rebalance --dry-run --m", 23).1,
+            vec!["--moves-max ".to_string()]
         );
     }
 

@@ -301,3 +301,72 @@ fn bench_writes_a_checkable_history_and_a_json_report() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn node_drain_and_remove_refuse_what_cannot_work() {
+    // Every shard on all 3 nodes (R = 3): no node can be spared.
+    let fake = FakeCluster::start(3, 4, Some(1));
+    let o = kvcli(&fake, &["node", "drain", "2"], "");
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        text(&o.stderr),
+        "error: cannot drain node 2: the other live nodes (1, 3) cannot hold 3 replicas of every shard (each replica of a shard needs its own node)\n"
+    );
+    let o = kvcli(&fake, &["--json", "node", "drain", "2"], "");
+    let v: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap();
+    assert_eq!(v["kind"], "balance-refused", "{v}");
+    let o = kvcli(&fake, &["node", "remove", "2", "--dead"], "");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).starts_with("error: node 2 answers, so it is not dead"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = kvcli(&fake, &["node", "drain", "9"], "");
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        text(&o.stderr),
+        "error: node 9 is not a node of this cluster (nodes: 1, 2, 3)\n"
+    );
+    let o = kvcli(&fake, &["node", "remove", "2"], "");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("use node drain 2"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(fake.ctl().moves.is_empty(), "nothing was moved");
+}
+
+#[test]
+fn rebalance_status_and_dry_run_show_the_plan_and_rebalance_asks_the_leader() {
+    // Every shard on all 3 nodes, all led by node 1: only leaders are off balance.
+    let fake = FakeCluster::start(3, 4, Some(1));
+    let o = kvcli(&fake, &["rebalance", "status"], "");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("1     live      4         4"), "{out}");
+    assert!(
+        out.contains("not balanced: 2 leaderships above the mean's ceiling"),
+        "{out}"
+    );
+    assert!(
+        out.contains("next round: 0 moves, 2 leader transfers"),
+        "{out}"
+    );
+    assert!(
+        out.contains("shard 0: leadership from node 1 to node 2"),
+        "{out}"
+    );
+    let o = kvcli(&fake, &["--json", "rebalance", "--dry-run"], "");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap();
+    assert_eq!(v["rounds"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["after"]["balanced"], true, "{v}");
+    // The fake records preferences but its leader stays: rebalance asks, then gives up.
+    let o = kvcli(&fake, &["--json", "rebalance", "--wait", "1"], "");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap();
+    assert_eq!(v["kind"], "gave-up", "{v}");
+    assert_eq!(fake.ctl().preferred_leaders, vec![(0, 2), (1, 3)]);
+}

@@ -9,10 +9,12 @@
 //! - [`proto`]: client requests and replies.
 //! - [`wire`]: the datagram header every raftkv UDP datagram starts with.
 //! - [`pack`]: items packed into batches that fit one datagram payload.
+//! - [`balance`]: the balance planner (replica moves and leader transfers; pure).
 //! - [`auth`]: keys, key files, sealed (authenticated) datagrams, the replay window.
 //! - [`linearizability`]: the per-key Wing-Gong checker used by kvsim and `kvcli bench --check`.
 
 pub mod auth;
+pub mod balance;
 pub mod config;
 pub mod ids;
 pub mod limits;

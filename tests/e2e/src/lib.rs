@@ -10,6 +10,8 @@
 //! - [`client`]: [`client::Client`], requests with leader redirects and retries.
 //! - [`wal`]: finding and damaging WAL segments for the recovery tests.
 //! - [`cli`]: running the real `kvcli` binary with a script on stdin, under a deadline.
+//! - [`load`]: load beside a test (a writer of unique keys, `kvcli bench --check`) and
+//!   the checks of what it saw.
 //! - [`pty`]: [`pty::PtyChild`], a program on a pseudo-terminal, for the REPL tests.
 //! - [`procs`]: finding and killing processes by their command line, and a cross-process
 //!   lock, for the quick-start test whose `kvcli --local` starts nodes of its own.
@@ -18,6 +20,7 @@ pub mod bin;
 pub mod cli;
 pub mod client;
 pub mod cluster;
+pub mod load;
 pub mod procs;
 pub mod pty;
 pub mod wal;

@@ -7,11 +7,12 @@
 
 use kv_e2e::cli;
 use kv_e2e::cluster::{Cluster, Spec};
+use kv_e2e::load::{
+    assert_acked_read_back, assert_bench_linearizable, start_checked_bench, AckedWriter,
+};
 use kv_shared::proto::ShardRoute;
 use kv_shared::{NodeId, ShardId};
 use serde_json::Value;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SHARDS: u32 = 4;
@@ -21,17 +22,6 @@ const MOVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The whole move during which the leader is killed and restarted, retries included.
 const MOVE_WITH_KILL_TIMEOUT: Duration = Duration::from_secs(90);
 const BENCH_SECONDS: u64 = 40;
-/// Puts per kvcli script run of the writer.
-const WRITER_BATCH_KEYS: usize = 25;
-
-/// Sets the flag when dropped, so a failing test stops its writer thread too.
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
 
 /// `kvcli --cluster FILE args...` with no stdin.
 fn kvcli(config: &str, args: &[&str], timeout: Duration) -> cli::Run {
@@ -116,56 +106,9 @@ fn replicas_move_under_load_and_a_kill_mid_move_loses_no_write() {
     let ids = c.ids();
     let config = c.config_path().to_str().expect("utf-8 path").to_string();
 
-    let bench_config = config.clone();
-    let bench = std::thread::spawn(move || {
-        let duration = format!("{BENCH_SECONDS}s");
-        kvcli(
-            &bench_config,
-            &[
-                "bench",
-                "--clients",
-                "8",
-                "--keys",
-                "64",
-                "--duration",
-                &duration,
-                "--check",
-            ],
-            Duration::from_secs(BENCH_SECONDS + 120),
-        )
-    });
+    let bench = start_checked_bench(&config, BENCH_SECONDS);
     // A writer of unique keys: every put kvcli answers OK must read back at the end.
-    let stop = Arc::new(AtomicBool::new(false));
-    let _stop_guard = StopOnDrop(stop.clone());
-    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let writer = {
-        let (config, stop, acked) = (config.clone(), stop.clone(), acked.clone());
-        std::thread::spawn(move || {
-            let mut batch = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let pairs: Vec<(String, String)> = (0..WRITER_BATCH_KEYS)
-                    .map(|i| (format!("mv-{batch}-{i}"), format!("v{batch}.{i}")))
-                    .collect();
-                let script: String = pairs
-                    .iter()
-                    .map(|(k, v)| format!("put {k} {v}\n"))
-                    .collect();
-                let run = cli::run(
-                    &["--cluster", &config, "--keep-going"],
-                    &script,
-                    Duration::from_secs(120),
-                );
-                let lines = run.lines();
-                let mut acked = acked.lock().expect("writer lock");
-                for (i, pair) in pairs.into_iter().enumerate() {
-                    if lines.get(i) == Some(&"OK") {
-                        acked.push(pair);
-                    }
-                }
-                batch += 1;
-            }
-        })
-    };
+    let writer = AckedWriter::start(&config, "mv");
     std::thread::sleep(Duration::from_secs(3));
 
     // 1. A follower's replica of shard 0 moves to the node outside its set.
@@ -226,34 +169,9 @@ fn replicas_move_under_load_and_a_kill_mid_move_loses_no_write() {
         }
     }
 
-    stop.store(true, Ordering::Relaxed);
-    writer.join().expect("writer thread");
-    let run = bench.join().expect("bench thread");
-    assert_eq!(run.code, Some(0), "bench --check: {run:?}");
-    assert!(
-        run.stdout.contains("check: linearizable"),
-        "bench --check: {}",
-        run.stdout
-    );
-
-    // Every acknowledged write reads back.
-    let acked = acked.lock().expect("writer lock").clone();
-    assert!(
-        acked.len() >= WRITER_BATCH_KEYS,
-        "the writer got few acks: {}",
-        acked.len()
-    );
-    let script: String = acked.iter().map(|(k, _)| format!("get {k}\n")).collect();
-    let run = cli::run(&["--cluster", &config], &script, Duration::from_secs(120));
-    assert_eq!(run.code, Some(0), "read-back: {run:?}");
-    let lost: Vec<String> = acked
-        .iter()
-        .zip(run.lines())
-        .filter(|((_, v), got)| v != got)
-        .map(|((k, v), got)| format!("{k}: wrote {v}, read {got}"))
-        .collect();
-    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
-    assert_eq!(run.lines().len(), acked.len());
+    let acked = writer.finish();
+    assert_bench_linearizable(bench);
+    assert_acked_read_back(&config, &acked);
 
     // `kvcli status` shows each moved shard's new replica set at a newer epoch.
     let run = kvcli(&config, &["--json", "status"], Duration::from_secs(30));

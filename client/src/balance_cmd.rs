@@ -1,0 +1,722 @@
+//! kvcli's elastic-cluster commands, `node drain N`, `node remove N --dead`, `rebalance`
+//! and `rebalance status`: they read the cluster from the nodes' status replies, plan with
+//! the shared balance planner (`kv_shared::balance`), and drive the plan with the admin
+//! operations that exist (`Op::MoveReplica`, `Op::ShardLeader`) until done. The same
+//! planner is meant to run on the metadata group's leader later; here kvcli drives it.
+
+use crate::balance_output::{BalanceOutput, DoneMove, FailedMove};
+use crate::client::{Client, Response};
+use crate::command::ParseError;
+use crate::error::Error;
+use crate::output::{combine_status, ClusterStatus};
+use crate::run::STATUS_TIMEOUT;
+use kv_shared::balance::{
+    self, Cluster, LeaderTransfer, Move, MoveReason, NodeInfo, NodeState, Plan, ShardInfo,
+};
+use kv_shared::proto::{ClientError, MoveRefusal, Op};
+use kv_shared::{NodeId, ShardId};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+
+/// Replica moves running at once unless `--moves-max` says otherwise: each new replica
+/// catches up by a snapshot, so a few at a time keep the disks and the links busy without
+/// starving client traffic.
+pub const MOVES_MAX_DEFAULT: usize = 4;
+/// How long `node drain`, `node remove --dead` and `rebalance` keep driving moves by
+/// default, in seconds.
+pub const BALANCE_WAIT_DEFAULT_S: u64 = 3600;
+/// Rounds `rebalance --dry-run` simulates at most.
+const DRY_RUN_ROUNDS_MAX: usize = 1000;
+/// How often the driver reads the cluster again while nothing ends.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// While driving, how long a status read waits for the other nodes once one answered: a
+/// dead node would otherwise cost every round the whole status timeout. A node slower
+/// than this counts as down for one round (never a move's source or target). Checks
+/// before driving (is a node dead?) wait the whole timeout.
+const DRIVE_STATUS_GRACE: Duration = Duration::from_millis(250);
+/// How long a leader transfer (a preference the shard's leader acts on once the new
+/// leader has caught up) gets before the driver plans leaders again.
+const TRANSFER_SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the driver leaves a shard alone whose leader reported another move in flight.
+const FOREIGN_MOVE_BACKOFF: Duration = Duration::from_secs(5);
+
+/// One of the elastic-cluster commands, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BalanceCommand {
+    /// Move every replica off `node` (and so its leaderships).
+    Drain {
+        /// The node.
+        node: NodeId,
+        /// Options.
+        drive: DriveOptions,
+    },
+    /// Rebuild every replica of a node that will not come back on live nodes.
+    RemoveDead {
+        /// The node.
+        node: NodeId,
+        /// Options.
+        drive: DriveOptions,
+    },
+    /// Move replicas and leaderships until balanced (or print the plan).
+    Rebalance {
+        /// Print the rounds instead of driving them.
+        dry_run: bool,
+        /// Options.
+        drive: DriveOptions,
+    },
+    /// The balance of the cluster and the next round of the plan.
+    Status {
+        /// The cap the next round is planned with.
+        moves_max: usize,
+    },
+}
+
+/// How a driving command runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DriveOptions {
+    /// Give up after this many seconds.
+    pub wait_s: u64,
+    /// Moves running at once.
+    pub moves_max: usize,
+}
+
+/// The usage of `node` and `rebalance` (as in the command table).
+pub const NODE_USAGE: &str =
+    "drain NODE [--wait SECS] [--moves-max N] | remove NODE --dead [--wait SECS] [--moves-max N]";
+/// The usage of `rebalance`.
+pub const REBALANCE_USAGE: &str = "[--dry-run] [--wait SECS] [--moves-max N] | status";
+
+/// Parses `node ...` and `rebalance ...`; `None` for any other command.
+pub fn parse(name: &str, args: &[&str]) -> Option<Result<BalanceCommand, ParseError>> {
+    let usage = |cmd: &str, synopsis: &str| ParseError::Usage(format!("{cmd} {synopsis}"));
+    let parsed = match (name, args) {
+        ("node", ["drain", n, flags @ ..]) => node_id(n)
+            .zip(drive_flags(flags, false))
+            .map(|(node, (drive, _))| BalanceCommand::Drain { node, drive })
+            .ok_or_else(|| usage("node", NODE_USAGE)),
+        ("node", ["remove", n, flags @ ..]) => match (node_id(n), drive_flags(flags, true)) {
+            (Some(node), Some((drive, true))) => Ok(BalanceCommand::RemoveDead { node, drive }),
+            (Some(node), Some((_, false))) => Err(ParseError::Usage(format!(
+                "node remove {} --dead: remove is for a node that will not come back (its replicas are rebuilt from the others); to empty a node that still runs, use node drain {}",
+                node.0, node.0
+            ))),
+            _ => Err(usage("node", NODE_USAGE)),
+        },
+        ("node", _) => Err(usage("node", NODE_USAGE)),
+        ("rebalance", ["status"]) => Ok(BalanceCommand::Status {
+            moves_max: MOVES_MAX_DEFAULT,
+        }),
+        ("rebalance", ["status", "--moves-max", n]) => match n.parse() {
+            Ok(moves_max) if moves_max > 0 => Ok(BalanceCommand::Status { moves_max }),
+            _ => Err(usage("rebalance", REBALANCE_USAGE)),
+        },
+        ("rebalance", flags) => {
+            let dry_run = flags.contains(&"--dry-run");
+            let rest: Vec<&str> = flags.iter().copied().filter(|f| *f != "--dry-run").collect();
+            drive_flags(&rest, false)
+                .map(|(drive, _)| BalanceCommand::Rebalance { dry_run, drive })
+                .ok_or_else(|| usage("rebalance", REBALANCE_USAGE))
+        }
+        _ => return None,
+    };
+    Some(parsed)
+}
+
+fn node_id(word: &str) -> Option<NodeId> {
+    word.parse().ok().filter(|n| *n > 0).map(NodeId)
+}
+
+/// `--wait SECS`, `--moves-max N` and (if `dead_allowed`) `--dead`, in any order, each at
+/// most once; returns the options and whether `--dead` was given.
+fn drive_flags(flags: &[&str], dead_allowed: bool) -> Option<(DriveOptions, bool)> {
+    let mut drive = DriveOptions {
+        wait_s: BALANCE_WAIT_DEFAULT_S,
+        moves_max: MOVES_MAX_DEFAULT,
+    };
+    let (mut dead, mut wait_seen, mut max_seen) = (false, false, false);
+    let mut rest = flags;
+    loop {
+        rest = match rest {
+            [] => return Some((drive, dead)),
+            ["--dead", tail @ ..] if dead_allowed && !dead => {
+                dead = true;
+                tail
+            }
+            ["--wait", secs, tail @ ..] if !wait_seen => {
+                drive.wait_s = secs.parse().ok()?;
+                wait_seen = true;
+                tail
+            }
+            ["--moves-max", n, tail @ ..] if !max_seen => {
+                drive.moves_max = n.parse().ok().filter(|n| *n > 0)?;
+                max_seen = true;
+                tail
+            }
+            _ => return None,
+        };
+    }
+}
+
+/// The cluster as the status replies show it, for the planner.
+struct View {
+    status: ClusterStatus,
+    cluster: Cluster,
+}
+
+/// The replication factor the shards show: the most common voter count (a shard in the
+/// middle of a move briefly has one more voter).
+fn replication_of(status: &ClusterStatus) -> usize {
+    let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
+    for s in &status.shards {
+        *counts.entry(s.voters.len()).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(voters, shards)| (*shards, *voters))
+        .map_or(0, |(voters, _)| voters)
+}
+
+/// Reads every node's status, waiting `grace` for the others once one answered (at most
+/// the status timeout); nodes that answer are live and the others down, except `marked`,
+/// whose state is given. `avoid` lists, per shard, nodes it must not move to.
+async fn read_view(
+    client: &Client,
+    grace: Duration,
+    marked: Option<(NodeId, NodeState)>,
+    avoid: &BTreeMap<ShardId, Vec<NodeId>>,
+) -> Result<View, Error> {
+    let started = Instant::now();
+    let reports = client.collect_status(STATUS_TIMEOUT, grace).await;
+    if reports.iter().all(|r| r.result.is_err()) {
+        return Err(Error::NoNodeAnswered {
+            waited_ms: started.elapsed().as_millis() as u64,
+            tried: reports
+                .iter()
+                .map(|r| r.node.addr.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            outcome_unknown: false,
+        });
+    }
+    let status = combine_status(&reports, client.shard_count().unwrap_or(0));
+    Ok(View {
+        cluster: cluster_of(&status, marked, avoid),
+        status,
+    })
+}
+
+/// The planner's view of a combined status.
+fn cluster_of(
+    status: &ClusterStatus,
+    marked: Option<(NodeId, NodeState)>,
+    avoid: &BTreeMap<ShardId, Vec<NodeId>>,
+) -> Cluster {
+    let nodes = status
+        .nodes
+        .iter()
+        .filter_map(|row| {
+            let id = row.node.id?;
+            let state = match marked {
+                Some((m, state)) if m == id => state,
+                _ if row.rtt_us.is_some() => NodeState::Live,
+                _ => NodeState::Down,
+            };
+            Some(NodeInfo { id, state })
+        })
+        .collect();
+    let shards = status
+        .shards
+        .iter()
+        .map(|row| ShardInfo {
+            shard: row.shard,
+            voters: row.voters.clone(),
+            learners: row.learners.clone(),
+            leader: row.leader,
+            avoid: avoid.get(&row.shard).cloned().unwrap_or_default(),
+        })
+        .collect();
+    Cluster {
+        nodes,
+        shards,
+        replication: replication_of(status),
+    }
+}
+
+/// What a driving command is after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Goal {
+    /// `node` holds no replica (so it leads nothing).
+    Empty(NodeId, NodeState),
+    /// The plan is empty.
+    Balanced,
+}
+
+impl Goal {
+    fn marked(self) -> Option<(NodeId, NodeState)> {
+        match self {
+            Goal::Empty(node, state) => Some((node, state)),
+            Goal::Balanced => None,
+        }
+    }
+
+    /// The part of `plan` this goal drives: for emptying a node, only the moves off it
+    /// and the transfers away from it.
+    fn select(self, mut plan: Plan) -> Plan {
+        if let Goal::Empty(node, _) = self {
+            plan.moves
+                .retain(|m| m.from == node && m.reason == MoveReason::Evacuate);
+            plan.leader_transfers.retain(|t| t.from == node);
+            plan.stuck.retain(|s| s.node == Some(node));
+        }
+        plan
+    }
+}
+
+/// Replicas `node` holds (voters and learners) and shards it leads.
+fn held_by(status: &ClusterStatus, node: NodeId) -> (usize, usize) {
+    let replicas = status
+        .shards
+        .iter()
+        .filter(|s| s.voters.contains(&node) || s.learners.contains(&node))
+        .count();
+    let leads = status
+        .shards
+        .iter()
+        .filter(|s| s.leader == Some(node))
+        .count();
+    (replicas, leads)
+}
+
+/// Runs a parsed command.
+pub async fn execute(client: &Client, cmd: BalanceCommand) -> Result<BalanceOutput, Error> {
+    match cmd {
+        BalanceCommand::Drain { node, drive } => {
+            let view = read_view(
+                client,
+                STATUS_TIMEOUT,
+                Some((node, NodeState::Draining)),
+                &BTreeMap::new(),
+            )
+            .await?;
+            check_node(&view, node).map_err(refused)?;
+            if !answers(&view, node) {
+                return Err(refused(format!(
+                    "node {} does not answer: draining moves replicas off a node that runs; for a node that will not come back, use `node remove {} --dead`",
+                    node.0, node.0
+                )));
+            }
+            check_room(&view, node, "drain").map_err(refused)?;
+            drive_to(client, Goal::Empty(node, NodeState::Draining), drive).await
+        }
+        BalanceCommand::RemoveDead { node, drive } => {
+            let marked = Some((node, NodeState::Dead));
+            let view = read_view(client, STATUS_TIMEOUT, marked, &BTreeMap::new()).await?;
+            check_node(&view, node).map_err(refused)?;
+            if answers(&view, node) {
+                return Err(refused(format!(
+                    "node {} answers, so it is not dead: a replica rebuilt elsewhere while it runs would leave it serving stale copies until its removal reaches it; drain it with `node drain {}`, or stop it for good first",
+                    node.0, node.0
+                )));
+            }
+            check_room(&view, node, "remove").map_err(refused)?;
+            drive_to(client, Goal::Empty(node, NodeState::Dead), drive).await
+        }
+        BalanceCommand::Rebalance {
+            dry_run: true,
+            drive,
+        } => {
+            let view = read_view(client, STATUS_TIMEOUT, None, &BTreeMap::new()).await?;
+            let rounds = balance::simulate(&view.cluster, drive.moves_max, DRY_RUN_ROUNDS_MAX);
+            let mut end = view.cluster.clone();
+            for r in &rounds {
+                end.apply(r);
+            }
+            let stuck = balance::plan(&end, &[], drive.moves_max).stuck;
+            Ok(BalanceOutput::DryRun {
+                rounds,
+                stuck,
+                after: balance::assess(&end),
+            })
+        }
+        BalanceCommand::Rebalance {
+            dry_run: false,
+            drive,
+        } => drive_to(client, Goal::Balanced, drive).await,
+        BalanceCommand::Status { moves_max } => {
+            let view = read_view(client, STATUS_TIMEOUT, None, &BTreeMap::new()).await?;
+            Ok(BalanceOutput::Status {
+                assessment: balance::assess(&view.cluster),
+                replication: view.cluster.replication,
+                next: balance::plan(&view.cluster, &[], moves_max),
+            })
+        }
+    }
+}
+
+/// `node` answered the status request.
+fn answers(view: &View, node: NodeId) -> bool {
+    view.status
+        .nodes
+        .iter()
+        .any(|n| n.node.id == Some(node) && n.rtt_us.is_some())
+}
+
+fn refused(message: String) -> Error {
+    Error::Balance {
+        kind: "balance-refused",
+        message,
+    }
+}
+
+/// `node` must be a node of the cluster (else the refusal).
+fn check_node(view: &View, node: NodeId) -> Result<(), String> {
+    let known: Vec<String> = view
+        .status
+        .nodes
+        .iter()
+        .filter_map(|n| n.node.id)
+        .map(|id| id.0.to_string())
+        .collect();
+    if view.status.nodes.iter().any(|n| n.node.id == Some(node)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "node {} is not a node of this cluster (nodes: {})",
+            node.0,
+            known.join(", ")
+        ))
+    }
+}
+
+/// The live nodes other than `node` must be able to hold R replicas of every shard (else
+/// the refusal).
+fn check_room(view: &View, node: NodeId, what: &str) -> Result<(), String> {
+    let r = view.cluster.replication;
+    let others: Vec<String> = view
+        .cluster
+        .nodes
+        .iter()
+        .filter(|n| n.id != node && n.state == NodeState::Live)
+        .map(|n| n.id.0.to_string())
+        .collect();
+    if others.len() >= r {
+        return Ok(());
+    }
+    Err(format!(
+        "cannot {what} node {}: the other live nodes ({}) cannot hold {r} replicas of every shard (each replica of a shard needs its own node)",
+        node.0,
+        if others.is_empty() {
+            "none".to_string()
+        } else {
+            others.join(", ")
+        }
+    ))
+}
+
+/// A move running as its own task: its own admin session, so that it applies once and a
+/// retry waits for the same move.
+type MoveResult = (Move, Result<Response, Error>, Duration);
+
+fn start_move(running: &mut JoinSet<MoveResult>, client: &Client, m: Move, wait: Duration) {
+    let client = client.clone();
+    running.spawn(async move {
+        let started = Instant::now();
+        let op = Op::MoveReplica {
+            shard: m.shard,
+            from: m.from,
+            to: m.to,
+        };
+        let result = client.session().execute_within(op, wait).await;
+        (m, result, started.elapsed())
+    });
+}
+
+/// Drives the plan until `goal` holds or `drive.wait_s` passes, printing progress on
+/// stderr.
+async fn drive_to(
+    client: &Client,
+    goal: Goal,
+    drive: DriveOptions,
+) -> Result<BalanceOutput, Error> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(drive.wait_s);
+    let mut avoid: BTreeMap<ShardId, Vec<NodeId>> = BTreeMap::new();
+    let mut running: JoinSet<MoveResult> = JoinSet::new();
+    let mut in_flight: Vec<Move> = Vec::new();
+    let mut foreign: Vec<(Move, Instant)> = Vec::new();
+    let mut done: Vec<DoneMove> = Vec::new();
+    let mut failed: Vec<FailedMove> = Vec::new();
+    let mut transfers: Vec<LeaderTransfer> = Vec::new();
+    let mut settling: Vec<(LeaderTransfer, Instant)> = Vec::new();
+    let mut last_progress = String::new();
+    loop {
+        let view = read_view(client, DRIVE_STATUS_GRACE, goal.marked(), &avoid).await?;
+        let progress = progress_line(goal, &view);
+        if progress != last_progress {
+            eprintln!("{progress}");
+            last_progress = progress;
+        }
+        settling.retain(|(t, at)| {
+            at.elapsed() < TRANSFER_SETTLE_TIMEOUT
+                && view.status.shards[t.shard.0 as usize].leader != Some(t.to)
+        });
+        foreign.retain(|(_, at)| at.elapsed() < FOREIGN_MOVE_BACKOFF);
+        let mut busy: Vec<Move> = in_flight.clone();
+        busy.extend(foreign.iter().map(|(m, _)| *m));
+        let plan = goal.select(balance::plan(&view.cluster, &busy, drive.moves_max));
+        let reached = match goal {
+            Goal::Empty(node, _) => held_by(&view.status, node) == (0, 0),
+            Goal::Balanced => plan.is_empty() && settling.is_empty(),
+        };
+        if reached && in_flight.is_empty() {
+            return Ok(BalanceOutput::Driven {
+                goal: match goal {
+                    Goal::Empty(node, state) => Some((node, state)),
+                    Goal::Balanced => None,
+                },
+                elapsed: started.elapsed(),
+                moves: done,
+                failed,
+                leader_transfers: transfers,
+                stuck: plan.stuck,
+                assessment: balance::assess(&view.cluster),
+            });
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Error::Balance {
+                kind: "gave-up",
+                message: format!(
+                    "gave up after {} s: {}; {} moves still in flight may finish (kvcli status lists moves in flight)",
+                    drive.wait_s,
+                    progress_line(goal, &view),
+                    in_flight.len()
+                ),
+            });
+        }
+        for m in &plan.moves {
+            eprintln!(
+                "moving shard {}'s replica from node {} to node {}",
+                m.shard.0, m.from.0, m.to.0
+            );
+            start_move(&mut running, client, *m, deadline - now);
+            in_flight.push(*m);
+        }
+        if settling.is_empty() {
+            for t in &plan.leader_transfers {
+                eprintln!(
+                    "shard {}: leadership from node {} to node {}",
+                    t.shard.0, t.from.0, t.to.0
+                );
+                let op = Op::ShardLeader {
+                    shard: t.shard,
+                    node: t.to,
+                };
+                client.session().execute(op).await?;
+                transfers.push(*t);
+                settling.push((*t, Instant::now()));
+            }
+        }
+        let idle = in_flight.is_empty() && plan.is_empty() && settling.is_empty();
+        if idle && !plan.stuck.is_empty() && foreign.is_empty() {
+            let why: Vec<String> = plan.stuck.iter().map(describe_stuck).collect();
+            return Err(Error::Balance {
+                kind: "stuck",
+                message: format!("cannot go on: {}", why.join("; ")),
+            });
+        }
+        let ended = tokio::select! {
+            r = running.join_next(), if !running.is_empty() => r,
+            _ = tokio::time::sleep(POLL_INTERVAL) => None,
+        };
+        if let Some(joined) = ended {
+            let (m, result, took) = joined.map_err(|e| Error::Io(format!("move task: {e}")))?;
+            in_flight.retain(|x| *x != m);
+            match result {
+                Ok(_) => {
+                    eprintln!(
+                        "moved shard {}'s replica from node {} to node {} in {:.1} s",
+                        m.shard.0,
+                        m.from.0,
+                        m.to.0,
+                        took.as_secs_f64()
+                    );
+                    // The old node keeps a tombstone of the shard and cannot take it back.
+                    avoid.entry(m.shard).or_default().push(m.from);
+                    done.push(DoneMove { mv: m, took });
+                }
+                Err(e) => {
+                    eprintln!(
+                        "moving shard {}'s replica from node {} to node {} failed: {e}",
+                        m.shard.0, m.from.0, m.to.0
+                    );
+                    if let Error::Refused {
+                        error: ClientError::MoveRefused { reason, .. },
+                        ..
+                    } = &e
+                    {
+                        match reason {
+                            MoveRefusal::CatchUpTimedOut { node, .. } => {
+                                avoid.entry(m.shard).or_default().push(*node)
+                            }
+                            MoveRefusal::MoveInFlight { from, to } => foreign.push((
+                                Move {
+                                    shard: m.shard,
+                                    from: *from,
+                                    to: *to,
+                                    reason: m.reason,
+                                },
+                                Instant::now(),
+                            )),
+                            // The status was older than the shard's membership: plan again.
+                            _ => {}
+                        }
+                    } else if !matches!(
+                        e,
+                        Error::NoLeader { .. }
+                            | Error::GaveUp { .. }
+                            | Error::NoNodeAnswered { .. }
+                    ) {
+                        return Err(e);
+                    }
+                    // Else a timeout or a lost leader: the move may go on; the next status
+                    // shows it (learners) and the planner leaves the shard alone.
+                    failed.push(FailedMove {
+                        mv: m,
+                        error: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// One line of how far a driving command is.
+fn progress_line(goal: Goal, view: &View) -> String {
+    let a = balance::assess(&view.cluster);
+    match goal {
+        Goal::Empty(node, _) => {
+            let (replicas, leads) = held_by(&view.status, node);
+            format!(
+                "node {}: {replicas} replicas, leads {leads}; shards short of {} live voters: {}",
+                node.0,
+                view.cluster.replication,
+                a.short_shards.len()
+            )
+        }
+        Goal::Balanced => format!(
+            "replicas above the mean's ceiling: {}, leaderships: {}, replicas on nodes not live: {}, moves in flight: {}",
+            a.replicas_over,
+            a.leaders_over,
+            a.replicas_not_live,
+            a.moving_shards.len()
+        ),
+    }
+}
+
+/// `shard 3's replica on node 5: no live node ...`.
+pub fn describe_stuck(s: &balance::Stuck) -> String {
+    match s.node {
+        Some(n) => format!(
+            "shard {}'s replica on node {}: {}",
+            s.shard.0, n.0, s.reason
+        ),
+        None => format!("shard {}: {}", s.shard.0, s.reason),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(line: &str) -> Result<BalanceCommand, ParseError> {
+        let words = crate::command::split_words(line).unwrap();
+        let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+        parse(&words[0], &args).expect("a balance command")
+    }
+
+    const DEFAULTS: DriveOptions = DriveOptions {
+        wait_s: BALANCE_WAIT_DEFAULT_S,
+        moves_max: MOVES_MAX_DEFAULT,
+    };
+
+    #[test]
+    fn commands_and_flags_parse() {
+        assert_eq!(
+            p("node drain 5").unwrap(),
+            BalanceCommand::Drain {
+                node: NodeId(5),
+                drive: DEFAULTS
+            }
+        );
+        assert_eq!(
+            p("node drain 5 --moves-max 2 --wait 30").unwrap(),
+            BalanceCommand::Drain {
+                node: NodeId(5),
+                drive: DriveOptions {
+                    wait_s: 30,
+                    moves_max: 2
+                }
+            }
+        );
+        assert_eq!(
+            p("node remove 4 --wait 60 --dead").unwrap(),
+            BalanceCommand::RemoveDead {
+                node: NodeId(4),
+                drive: DriveOptions {
+                    wait_s: 60,
+                    moves_max: MOVES_MAX_DEFAULT
+                }
+            }
+        );
+        assert_eq!(
+            p("rebalance --dry-run").unwrap(),
+            BalanceCommand::Rebalance {
+                dry_run: true,
+                drive: DEFAULTS
+            }
+        );
+        assert_eq!(
+            p("rebalance").unwrap(),
+            BalanceCommand::Rebalance {
+                dry_run: false,
+                drive: DEFAULTS
+            }
+        );
+        assert_eq!(
+            p("rebalance status").unwrap(),
+            BalanceCommand::Status {
+                moves_max: MOVES_MAX_DEFAULT
+            }
+        );
+        assert!(parse("get", &["k"]).is_none());
+    }
+
+    #[test]
+    fn mistakes_say_what_to_type() {
+        for bad in [
+            "node",
+            "node drain",
+            "node drain x",
+            "node drain 0",
+            "node drain 5 --wait",
+            "node drain 5 --wait soon",
+            "node drain 5 --moves-max 0",
+            "node drain 5 --dead",
+            "node drain 5 --wait 1 --wait 2",
+            "node remove 4 --dead --dead",
+            "rebalance --wait",
+            "rebalance status --dry-run",
+            "node list-all",
+        ] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
+        let e = p("node remove 4").unwrap_err().to_string();
+        assert!(e.contains("--dead") && e.contains("node drain 4"), "{e}");
+        assert!(p("node drain x")
+            .unwrap_err()
+            .to_string()
+            .starts_with("usage: node drain NODE"));
+    }
+}

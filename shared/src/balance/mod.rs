@@ -1,0 +1,692 @@
+//! The balance planner: from the cluster's nodes and each shard's replicas, the next
+//! replica moves and leader transfers that bring every shard to R voters on live nodes and
+//! spread replicas and leaders within one of the mean. Pure and deterministic, so that
+//! kvcli now, and the metadata group's leader later, plan alike from the same view.
+//!
+//! A plan is one round: the caller starts its moves (at most `moves_max` in flight,
+//! counting the ones already running), waits for some to end, reads the cluster again and
+//! plans again. Safety never depends on the plan: every move is a Raft conf change that
+//! the shard's leader checks and drives. The planner only avoids asking for moves that
+//! cannot finish or that would leave a shard without a quorum of answering voters.
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+use crate::{NodeId, ShardId};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// What the planner may do with a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NodeState {
+    /// Answers and may receive replicas and leadership.
+    Live,
+    /// Answers, receives nothing, and its replicas move away.
+    Draining,
+    /// Does not answer now and may come back: receives nothing, keeps its replicas, and
+    /// its replicas do not count toward a shard's quorum of answering voters.
+    Down,
+    /// Will not come back: its replicas are rebuilt on live nodes (from the live majority).
+    Dead,
+}
+
+impl NodeState {
+    /// The node answers, so its replicas count toward a quorum.
+    pub fn answers(self) -> bool {
+        matches!(self, NodeState::Live | NodeState::Draining)
+    }
+
+    /// Its replicas must all move away.
+    pub fn evacuated(self) -> bool {
+        matches!(self, NodeState::Draining | NodeState::Dead)
+    }
+
+    /// A word for output.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeState::Live => "live",
+            NodeState::Draining => "draining",
+            NodeState::Down => "down",
+            NodeState::Dead => "dead",
+        }
+    }
+}
+
+/// A node of the cluster as the planner sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The node.
+    pub id: NodeId,
+    /// What may be done with it.
+    pub state: NodeState,
+}
+
+/// A shard as the planner sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardInfo {
+    /// The shard.
+    pub shard: ShardId,
+    /// Its voters.
+    pub voters: Vec<NodeId>,
+    /// Its learners: a move of the shard is in flight, so the planner leaves it alone.
+    pub learners: Vec<NodeId>,
+    /// Its leader, if one is known.
+    pub leader: Option<NodeId>,
+    /// Nodes the shard must not move to: a node that dropped a replica of the shard keeps
+    /// its tombstone and cannot take the shard back (docs/ELASTIC.md).
+    pub avoid: Vec<NodeId>,
+}
+
+/// The cluster: nodes, shards, and the replication factor R every shard should have.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// Every node (a voter on a node not listed here counts as [`NodeState::Down`]).
+    pub nodes: Vec<NodeInfo>,
+    /// Every shard.
+    pub shards: Vec<ShardInfo>,
+    /// Voters each shard should have.
+    pub replication: usize,
+}
+
+/// Why a move is planned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MoveReason {
+    /// The replica is on a draining or dead node.
+    Evacuate,
+    /// Its node holds more replicas than another live node by two or more.
+    Balance,
+}
+
+/// One replica move: `shard`'s replica on `from` goes to `to` (`Op::MoveReplica`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Move {
+    /// The shard.
+    pub shard: ShardId,
+    /// The node whose replica goes.
+    pub from: NodeId,
+    /// The live node that receives one.
+    pub to: NodeId,
+    /// Why.
+    pub reason: MoveReason,
+}
+
+/// One leadership transfer: `shard`'s leadership goes from `from` to `to` (a voter), by
+/// making `to` the shard's preferred leader (`Op::ShardLeader`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeaderTransfer {
+    /// The shard.
+    pub shard: ShardId,
+    /// Its leader now.
+    pub from: NodeId,
+    /// Its next leader.
+    pub to: NodeId,
+}
+
+/// Why a replica that should move cannot, or why a shard cannot be balanced by moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StuckReason {
+    /// No live node outside the shard's replicas (and the nodes it avoids) can take it.
+    NoTarget,
+    /// Fewer than a majority of the shard's voters answer: it can commit no change.
+    NoQuorum,
+    /// The shard has this many voters, not R: moves keep the count, so none fixes it.
+    WrongReplicaCount(usize),
+}
+
+impl std::fmt::Display for StuckReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StuckReason::NoTarget => {
+                write!(f, "no live node outside its replicas can take a replica")
+            }
+            StuckReason::NoQuorum => write!(f, "fewer than a majority of its voters answer"),
+            StuckReason::WrongReplicaCount(n) => {
+                write!(f, "it has {n} voters, not the replication factor")
+            }
+        }
+    }
+}
+
+/// A replica (or a shard) the plan cannot take where it should go, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Stuck {
+    /// The shard.
+    pub shard: ShardId,
+    /// The node whose replica should move (`None`: the shard as a whole).
+    pub node: Option<NodeId>,
+    /// Why it cannot.
+    pub reason: StuckReason,
+}
+
+/// One round of work.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Moves to start now, evacuations first; never two of one shard, nor one of a shard
+    /// whose move is in flight.
+    pub moves: Vec<Move>,
+    /// Leadership transfers, planned only when no move is planned or in flight.
+    pub leader_transfers: Vec<LeaderTransfer>,
+    /// What cannot be done, and why.
+    pub stuck: Vec<Stuck>,
+}
+
+impl Plan {
+    /// Nothing to do this round.
+    pub fn is_empty(&self) -> bool {
+        self.moves.is_empty() && self.leader_transfers.is_empty()
+    }
+}
+
+/// A majority of `n` voters.
+pub fn majority(n: usize) -> usize {
+    n / 2 + 1
+}
+
+impl Cluster {
+    /// The state of `node` (a node not listed is [`NodeState::Down`]: never touched).
+    pub fn state_of(&self, node: NodeId) -> NodeState {
+        self.nodes
+            .iter()
+            .find(|n| n.id == node)
+            .map_or(NodeState::Down, |n| n.state)
+    }
+
+    fn live_nodes(&self) -> Vec<NodeId> {
+        let mut live: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Live)
+            .map(|n| n.id)
+            .collect();
+        live.sort();
+        live.dedup();
+        live
+    }
+
+    /// Applies a round as if every move and transfer in it completed: moved replicas
+    /// change nodes (a moved leader's leadership goes with it, as the move hands it over),
+    /// transferred leaderships change hands. `kvcli rebalance --dry-run` shows the rounds
+    /// this way.
+    pub fn apply(&mut self, plan: &Plan) {
+        for m in &plan.moves {
+            if let Some(s) = self.shards.iter_mut().find(|s| s.shard == m.shard) {
+                s.voters.retain(|v| *v != m.from);
+                s.voters.push(m.to);
+                s.voters.sort();
+                if s.leader == Some(m.from) {
+                    s.leader = Some(m.to);
+                }
+            }
+        }
+        for t in &plan.leader_transfers {
+            if let Some(s) = self.shards.iter_mut().find(|s| s.shard == t.shard) {
+                s.leader = Some(t.to);
+            }
+        }
+    }
+}
+
+/// The shards with the moves in flight applied as if done; `frozen` holds the shards that
+/// no new move may touch (a move in flight, or learners present).
+struct Projection {
+    shards: Vec<ShardInfo>,
+    frozen: BTreeSet<ShardId>,
+    /// Replicas (voters and learners) per node.
+    load: BTreeMap<NodeId, usize>,
+}
+
+impl Projection {
+    fn new(cluster: &Cluster, in_flight: &[Move]) -> Projection {
+        let mut shards = cluster.shards.clone();
+        shards.sort_by_key(|s| s.shard);
+        let mut frozen = BTreeSet::new();
+        for s in &mut shards {
+            if let Some(m) = in_flight.iter().find(|m| m.shard == s.shard) {
+                s.voters.retain(|v| *v != m.from);
+                s.learners.retain(|l| *l != m.to);
+                if !s.voters.contains(&m.to) {
+                    s.voters.push(m.to);
+                    s.voters.sort();
+                }
+                frozen.insert(s.shard);
+            }
+            if !s.learners.is_empty() {
+                frozen.insert(s.shard);
+            }
+        }
+        let mut load: BTreeMap<NodeId, usize> = cluster.nodes.iter().map(|n| (n.id, 0)).collect();
+        for s in &shards {
+            for n in s.voters.iter().chain(&s.learners) {
+                *load.entry(*n).or_default() += 1;
+            }
+        }
+        Projection {
+            shards,
+            frozen,
+            load,
+        }
+    }
+}
+
+/// Whether a majority of `shard`'s voters answer, so that it can commit a membership
+/// change. This is all a move needs to keep that majority: the new replica answers (it is
+/// chosen among live nodes) and becomes a voter only once caught up, so while both
+/// replicas vote the shard has one more voter and one more answering voter, and after the
+/// old one goes at least as many answering voters as before.
+fn has_quorum(cluster: &Cluster, shard: &ShardInfo) -> bool {
+    let live = shard
+        .voters
+        .iter()
+        .filter(|v| cluster.state_of(**v).answers())
+        .count();
+    live >= majority(shard.voters.len())
+}
+
+/// The next round of work for `cluster`, with `in_flight` moves still running and at most
+/// `moves_max` moves running at once (so at most `moves_max - in_flight.len()` new ones).
+///
+/// Moves: first every replica on a dead node, then every replica on a draining node, each
+/// to the live node with the fewest replicas (then the fewest leaders, then the lowest
+/// id) that holds none of the shard; then, while two live nodes differ by two replicas
+/// or more, one replica from the fuller to the emptier (preferring a shard the fuller one
+/// does not lead). Leader transfers, only once no move is planned or running: away from a
+/// node that is not live, then along chains of transfers from a node leading two more
+/// shards than another, until no such chain exists.
+pub fn plan(cluster: &Cluster, in_flight: &[Move], moves_max: usize) -> Plan {
+    let mut p = Projection::new(cluster, in_flight);
+    let mut plan = Plan::default();
+    let mut budget = moves_max.saturating_sub(in_flight.len());
+    let mut moved: BTreeSet<ShardId> = BTreeSet::new();
+    let mut leaders = leader_counts(cluster, &p.shards);
+    for s in p.shards.iter().filter(|s| !p.frozen.contains(&s.shard)) {
+        if s.voters.len() != cluster.replication {
+            plan.stuck.push(Stuck {
+                shard: s.shard,
+                node: None,
+                reason: StuckReason::WrongReplicaCount(s.voters.len()),
+            });
+        }
+    }
+    for pass in [NodeState::Dead, NodeState::Draining] {
+        for i in 0..p.shards.len() {
+            let s = &p.shards[i];
+            if p.frozen.contains(&s.shard) || moved.contains(&s.shard) {
+                continue;
+            }
+            let Some(from) = s
+                .voters
+                .iter()
+                .copied()
+                .find(|v| cluster.state_of(*v) == pass)
+            else {
+                continue;
+            };
+            let stuck = |reason| Stuck {
+                shard: s.shard,
+                node: Some(from),
+                reason,
+            };
+            if !has_quorum(cluster, s) {
+                plan.stuck.push(stuck(StuckReason::NoQuorum));
+                continue;
+            }
+            let target = cluster
+                .live_nodes()
+                .into_iter()
+                .filter(|n| can_receive(s, *n))
+                .min_by_key(|n| (p.load[n], leaders.get(n).copied().unwrap_or(0), *n));
+            let Some(to) = target else {
+                plan.stuck.push(stuck(StuckReason::NoTarget));
+                continue;
+            };
+            if budget == 0 {
+                continue;
+            }
+            budget -= 1;
+            let m = Move {
+                shard: s.shard,
+                from,
+                to,
+                reason: MoveReason::Evacuate,
+            };
+            take(&mut p, &mut leaders, &mut moved, m);
+            plan.moves.push(m);
+        }
+    }
+    while budget > 0 {
+        let Some(m) = balance_move(cluster, &p, &moved) else {
+            break;
+        };
+        budget -= 1;
+        take(&mut p, &mut leaders, &mut moved, m);
+        plan.moves.push(m);
+    }
+    if plan.moves.is_empty() && in_flight.is_empty() && p.frozen.is_empty() {
+        plan.leader_transfers = leader_transfers(cluster, &p.shards);
+    }
+    plan.stuck.sort();
+    plan
+}
+
+/// `node` may receive a replica of `s`: not a member, not avoided.
+fn can_receive(s: &ShardInfo, node: NodeId) -> bool {
+    !s.voters.contains(&node) && !s.learners.contains(&node) && !s.avoid.contains(&node)
+}
+
+/// Records move `m` in the projection.
+fn take(
+    p: &mut Projection,
+    leaders: &mut BTreeMap<NodeId, usize>,
+    moved: &mut BTreeSet<ShardId>,
+    m: Move,
+) {
+    let s = p
+        .shards
+        .iter_mut()
+        .find(|s| s.shard == m.shard)
+        .expect("a planned move names a shard of the cluster");
+    s.voters.retain(|v| *v != m.from);
+    s.voters.push(m.to);
+    s.voters.sort();
+    if s.leader == Some(m.from) {
+        s.leader = Some(m.to);
+        *leaders.entry(m.from).or_default() -= 1;
+        *leaders.entry(m.to).or_default() += 1;
+    }
+    *p.load.get_mut(&m.from).expect("a voter has a load") -= 1;
+    *p.load.entry(m.to).or_default() += 1;
+    moved.insert(m.shard);
+}
+
+/// One move from the fullest live node that can give to the emptiest that can take, if
+/// two live nodes differ by two replicas or more.
+fn balance_move(cluster: &Cluster, p: &Projection, moved: &BTreeSet<ShardId>) -> Option<Move> {
+    let mut live = cluster.live_nodes();
+    live.sort_by_key(|n| (p.load[n], *n));
+    for a in live.iter().rev() {
+        for b in &live {
+            if p.load[a] < p.load[b] + 2 {
+                break;
+            }
+            let candidates = p.shards.iter().filter(|s| {
+                !p.frozen.contains(&s.shard)
+                    && !moved.contains(&s.shard)
+                    && s.voters.contains(a)
+                    && can_receive(s, *b)
+                    && has_quorum(cluster, s)
+            });
+            // A follower's replica first: moving the leader's costs a leadership transfer.
+            let best = candidates.min_by_key(|s| (s.leader == Some(*a), s.shard));
+            if let Some(s) = best {
+                return Some(Move {
+                    shard: s.shard,
+                    from: *a,
+                    to: *b,
+                    reason: MoveReason::Balance,
+                });
+            }
+        }
+    }
+    None
+}
+
+/// Shards led per node (every node listed, 0 when it leads nothing).
+fn leader_counts(cluster: &Cluster, shards: &[ShardInfo]) -> BTreeMap<NodeId, usize> {
+    let mut counts: BTreeMap<NodeId, usize> = cluster.nodes.iter().map(|n| (n.id, 0)).collect();
+    for l in shards.iter().filter_map(|s| s.leader) {
+        *counts.entry(l).or_default() += 1;
+    }
+    counts
+}
+
+/// Transfers off nodes that are not live, then chains that each take one leadership from
+/// a live node leading `k` shards to one leading at most `k - 2` (each hop hands a shard's
+/// leadership to one of its live voters). When no such chain exists, no assignment of
+/// leaders to voters has a smaller spread (Harvey, Ladner, Lovász, Tamir: "Semi-matchings
+/// for bipartite graphs and load balancing", 2003). Each shard moves at most once a round.
+fn leader_transfers(cluster: &Cluster, shards: &[ShardInfo]) -> Vec<LeaderTransfer> {
+    let live = cluster.live_nodes();
+    let is_live = |n: &NodeId| live.binary_search(n).is_ok();
+    let mut leader: BTreeMap<ShardId, NodeId> = shards
+        .iter()
+        .filter_map(|s| s.leader.map(|l| (s.shard, l)))
+        .collect();
+    let voters: BTreeMap<ShardId, Vec<NodeId>> = shards
+        .iter()
+        .map(|s| (s.shard, s.voters.iter().copied().filter(is_live).collect()))
+        .collect();
+    let mut count: BTreeMap<NodeId, usize> = live.iter().map(|n| (*n, 0)).collect();
+    for l in leader.values().filter(|l| is_live(l)) {
+        *count.get_mut(l).expect("live") += 1;
+    }
+    let mut transfers = Vec::new();
+    let mut used: BTreeSet<ShardId> = BTreeSet::new();
+    for (shard, from) in leader.clone() {
+        if is_live(&from) {
+            continue;
+        }
+        let to = voters[&shard].iter().min_by_key(|v| (count[*v], **v));
+        if let Some(&to) = to {
+            transfers.push(LeaderTransfer { shard, from, to });
+            leader.insert(shard, to);
+            *count.get_mut(&to).expect("live") += 1;
+            used.insert(shard);
+        }
+    }
+    loop {
+        let mut by_count = live.clone();
+        by_count.sort_by_key(|n| (std::cmp::Reverse(count[n]), *n));
+        let chain = by_count
+            .iter()
+            .find_map(|a| transfer_chain(*a, &leader, &voters, &count, &used));
+        let Some(chain) = chain else {
+            break;
+        };
+        let (first, last) = (chain[0].from, chain[chain.len() - 1].to);
+        *count.get_mut(&first).expect("live") -= 1;
+        *count.get_mut(&last).expect("live") += 1;
+        for t in chain {
+            leader.insert(t.shard, t.to);
+            used.insert(t.shard);
+            transfers.push(t);
+        }
+    }
+    transfers
+}
+
+/// A chain of transfers from `start` to the node leading the fewest shards among those
+/// reachable, if it leads at most two fewer than `start` (breadth first, shards and voters
+/// in ascending order, the shortest chain to that node: deterministic), over shards not
+/// yet moved this round.
+fn transfer_chain(
+    start: NodeId,
+    leader: &BTreeMap<ShardId, NodeId>,
+    voters: &BTreeMap<ShardId, Vec<NodeId>>,
+    count: &BTreeMap<NodeId, usize>,
+    used: &BTreeSet<ShardId>,
+) -> Option<Vec<LeaderTransfer>> {
+    let goal = count[&start].checked_sub(2)?;
+    let mut came_from: BTreeMap<NodeId, LeaderTransfer> = BTreeMap::new();
+    let mut reached: Vec<NodeId> = Vec::new();
+    let mut queue = VecDeque::from([start]);
+    while let Some(x) = queue.pop_front() {
+        for (shard, _) in leader
+            .iter()
+            .filter(|(s, l)| **l == x && !used.contains(*s))
+        {
+            for &y in &voters[shard] {
+                if y == start || came_from.contains_key(&y) {
+                    continue;
+                }
+                came_from.insert(
+                    y,
+                    LeaderTransfer {
+                        shard: *shard,
+                        from: x,
+                        to: y,
+                    },
+                );
+                reached.push(y);
+                queue.push_back(y);
+            }
+        }
+    }
+    // `reached` is in breadth-first order: the first of the emptiest is the nearest.
+    let end = *reached.iter().min_by_key(|y| count[*y])?;
+    if count[&end] > goal {
+        return None;
+    }
+    let mut chain = vec![came_from[&end]];
+    while chain[0].from != start {
+        chain.insert(0, came_from[&chain[0].from]);
+    }
+    Some(chain)
+}
+
+/// One node's share of the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeLoad {
+    /// The node.
+    pub id: NodeId,
+    /// Its state.
+    pub state: NodeState,
+    /// Replicas it holds (voters and learners).
+    pub replicas: usize,
+    /// Shards it leads.
+    pub leaders: usize,
+}
+
+/// How far a cluster is from balanced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Assessment {
+    /// Every node, ascending.
+    pub nodes: Vec<NodeLoad>,
+    /// Replicas per live node, on average.
+    pub replicas_mean: f64,
+    /// Shards led per live node, on average.
+    pub leaders_mean: f64,
+    /// Replicas on nodes that are not live (draining, down, dead).
+    pub replicas_not_live: usize,
+    /// Replicas above the mean's ceiling, summed over live nodes: the balance moves left.
+    pub replicas_over: usize,
+    /// Leaderships above the mean's ceiling, summed over live nodes.
+    pub leaders_over: usize,
+    /// Shards with fewer than R voters on live nodes.
+    pub short_shards: Vec<ShardId>,
+    /// Shards whose voters are not R (moves cannot fix that).
+    pub miscounted_shards: Vec<ShardId>,
+    /// Shards with learners (a move in flight).
+    pub moving_shards: Vec<ShardId>,
+}
+
+impl Assessment {
+    /// Every shard has R voters on live nodes and no move in flight, no replica is
+    /// elsewhere, and replicas and leaders per live node are within one of the mean.
+    pub fn balanced(&self) -> bool {
+        self.replicas_not_live == 0
+            && self.replicas_over == 0
+            && self.leaders_over == 0
+            && self.short_shards.is_empty()
+            && self.miscounted_shards.is_empty()
+            && self.moving_shards.is_empty()
+            && self.within_one_of_the_mean()
+    }
+
+    fn within_one_of_the_mean(&self) -> bool {
+        let live = self.nodes.iter().filter(|n| n.state == NodeState::Live);
+        live.clone()
+            .all(|n| (n.replicas as f64 - self.replicas_mean).abs() < 1.0)
+            && live
+                .clone()
+                .all(|n| (n.leaders as f64 - self.leaders_mean).abs() < 1.0)
+    }
+}
+
+/// Measures `cluster` against the balance the planner aims for.
+pub fn assess(cluster: &Cluster) -> Assessment {
+    let leaders = leader_counts(cluster, &cluster.shards);
+    let mut ids: Vec<NodeId> = cluster.nodes.iter().map(|n| n.id).collect();
+    for s in &cluster.shards {
+        ids.extend(s.voters.iter().chain(&s.learners));
+    }
+    ids.sort();
+    ids.dedup();
+    let nodes: Vec<NodeLoad> = ids
+        .into_iter()
+        .map(|id| NodeLoad {
+            id,
+            state: cluster.state_of(id),
+            replicas: cluster
+                .shards
+                .iter()
+                .filter(|s| s.voters.contains(&id) || s.learners.contains(&id))
+                .count(),
+            leaders: leaders.get(&id).copied().unwrap_or(0),
+        })
+        .collect();
+    let live: Vec<&NodeLoad> = nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Live)
+        .collect();
+    let mean = |f: fn(&NodeLoad) -> usize| {
+        if live.is_empty() {
+            0.0
+        } else {
+            live.iter().map(|n| f(n)).sum::<usize>() as f64 / live.len() as f64
+        }
+    };
+    let (replicas_mean, leaders_mean) = (mean(|n| n.replicas), mean(|n| n.leaders));
+    let over = |f: fn(&NodeLoad) -> usize, m: f64| {
+        live.iter()
+            .map(|n| f(n).saturating_sub(m.ceil() as usize))
+            .sum()
+    };
+    let is_live = |n: &NodeId| cluster.state_of(*n) == NodeState::Live;
+    Assessment {
+        replicas_not_live: nodes
+            .iter()
+            .filter(|n| n.state != NodeState::Live)
+            .map(|n| n.replicas)
+            .sum(),
+        replicas_over: over(|n| n.replicas, replicas_mean),
+        leaders_over: over(|n| n.leaders, leaders_mean),
+        short_shards: cluster
+            .shards
+            .iter()
+            .filter(|s| s.voters.iter().filter(|v| is_live(v)).count() < cluster.replication)
+            .map(|s| s.shard)
+            .collect(),
+        miscounted_shards: cluster
+            .shards
+            .iter()
+            .filter(|s| s.voters.len() != cluster.replication)
+            .map(|s| s.shard)
+            .collect(),
+        moving_shards: cluster
+            .shards
+            .iter()
+            .filter(|s| !s.learners.is_empty())
+            .map(|s| s.shard)
+            .collect(),
+        nodes,
+        replicas_mean,
+        leaders_mean,
+    }
+}
+
+/// The rounds `plan` takes from `cluster` to balanced if every move and transfer
+/// completes (at most `rounds_max`); `kvcli rebalance --dry-run` prints them.
+pub fn simulate(cluster: &Cluster, moves_max: usize, rounds_max: usize) -> Vec<Plan> {
+    let mut c = cluster.clone();
+    let mut rounds = Vec::new();
+    while rounds.len() < rounds_max {
+        let p = plan(&c, &[], moves_max);
+        if p.is_empty() {
+            break;
+        }
+        c.apply(&p);
+        rounds.push(p);
+    }
+    rounds
+}

@@ -1,0 +1,334 @@
+//! Unit tests of the balance planner: one scenario each, built by hand.
+
+use super::*;
+
+fn n(id: u64) -> NodeId {
+    NodeId(id)
+}
+
+fn nodes(states: &[(u64, NodeState)]) -> Vec<NodeInfo> {
+    states
+        .iter()
+        .map(|(id, state)| NodeInfo {
+            id: n(*id),
+            state: *state,
+        })
+        .collect()
+}
+
+fn live(ids: std::ops::RangeInclusive<u64>) -> Vec<NodeInfo> {
+    ids.map(|id| NodeInfo {
+        id: n(id),
+        state: NodeState::Live,
+    })
+    .collect()
+}
+
+fn shard(id: u32, voters: &[u64], leader: u64) -> ShardInfo {
+    ShardInfo {
+        shard: ShardId(id),
+        voters: voters.iter().map(|v| n(*v)).collect(),
+        learners: vec![],
+        leader: (leader != 0).then_some(n(leader)),
+        avoid: vec![],
+    }
+}
+
+/// 5 nodes, R = 3, 10 shards: shard s on nodes s, s+1, s+2 (wrapping), led by the first.
+fn five_nodes() -> Cluster {
+    let shards = (0..10u32)
+        .map(|s| {
+            let v: Vec<u64> = (0..3).map(|k| (u64::from(s) + k) % 5 + 1).collect();
+            let mut sorted = v.clone();
+            sorted.sort();
+            shard(s, &sorted, v[0])
+        })
+        .collect();
+    Cluster {
+        nodes: live(1..=5),
+        shards,
+        replication: 3,
+    }
+}
+
+fn with_state(mut c: Cluster, id: u64, state: NodeState) -> Cluster {
+    c.nodes.iter_mut().find(|x| x.id == n(id)).unwrap().state = state;
+    c
+}
+
+#[test]
+fn a_balanced_cluster_needs_nothing() {
+    let c = five_nodes();
+    assert!(assess(&c).balanced(), "{:?}", assess(&c));
+    assert_eq!(plan(&c, &[], 4), Plan::default());
+}
+
+#[test]
+fn a_draining_nodes_replicas_go_to_the_emptiest_live_nodes_within_the_cap() {
+    let c = with_state(five_nodes(), 5, NodeState::Draining);
+    let p = plan(&c, &[], 4);
+    assert_eq!(p.moves.len(), 4, "{p:?}");
+    assert!(p.leader_transfers.is_empty());
+    let mut shards = BTreeSet::new();
+    for m in &p.moves {
+        assert_eq!((m.from, m.reason), (n(5), MoveReason::Evacuate));
+        assert!(shards.insert(m.shard), "two moves of {}", m.shard);
+        assert!(!c.shards[m.shard.0 as usize].voters.contains(&m.to));
+    }
+    let rounds = simulate(&c, 4, 20);
+    let mut end = c.clone();
+    for r in &rounds {
+        end.apply(r);
+    }
+    let a = assess(&end);
+    assert!(a.balanced(), "{a:?}");
+    assert_eq!(a.nodes.iter().find(|x| x.id == n(5)).unwrap().replicas, 0);
+    let live_loads: Vec<usize> = a.nodes.iter().take(4).map(|x| x.replicas).collect();
+    assert!(live_loads.iter().all(|l| (7..=8).contains(l)), "{a:?}");
+}
+
+#[test]
+fn a_dead_nodes_replicas_move_before_a_draining_nodes() {
+    let c = with_state(
+        with_state(five_nodes(), 5, NodeState::Draining),
+        4,
+        NodeState::Dead,
+    );
+    let p = plan(&c, &[], 1);
+    assert_eq!(p.moves.len(), 1);
+    assert_eq!(p.moves[0].from, n(4));
+    assert_eq!(p.moves[0].reason, MoveReason::Evacuate);
+    let p = plan(&c, &[], 20);
+    let firsts: Vec<NodeId> = p.moves.iter().map(|m| m.from).collect();
+    let dead = firsts.iter().take_while(|f| **f == n(4)).count();
+    assert_eq!(dead, 6, "node 4's six replicas first: {firsts:?}");
+}
+
+#[test]
+fn a_shard_without_a_live_majority_is_stuck_and_down_nodes_are_left_alone() {
+    let c = Cluster {
+        nodes: nodes(&[
+            (1, NodeState::Live),
+            (2, NodeState::Down),
+            (3, NodeState::Dead),
+            (4, NodeState::Live),
+            (5, NodeState::Live),
+        ]),
+        shards: vec![shard(0, &[1, 2, 3], 1), shard(1, &[1, 4, 3], 1)],
+        replication: 3,
+    };
+    let p = plan(&c, &[], 4);
+    assert_eq!(
+        p.stuck,
+        vec![Stuck {
+            shard: ShardId(0),
+            node: Some(n(3)),
+            reason: StuckReason::NoQuorum
+        }]
+    );
+    assert_eq!(
+        p.moves,
+        vec![Move {
+            shard: ShardId(1),
+            from: n(3),
+            to: n(5),
+            reason: MoveReason::Evacuate
+        }]
+    );
+    let a = assess(&c);
+    assert!(!a.balanced());
+    assert_eq!(a.short_shards, vec![ShardId(0), ShardId(1)]);
+}
+
+#[test]
+fn too_few_live_nodes_leave_a_replica_without_a_target() {
+    let c = Cluster {
+        nodes: nodes(&[
+            (1, NodeState::Live),
+            (2, NodeState::Live),
+            (3, NodeState::Draining),
+        ]),
+        shards: vec![shard(0, &[1, 2, 3], 3)],
+        replication: 3,
+    };
+    let p = plan(&c, &[], 4);
+    assert!(p.moves.is_empty());
+    assert_eq!(
+        p.stuck,
+        vec![Stuck {
+            shard: ShardId(0),
+            node: Some(n(3)),
+            reason: StuckReason::NoTarget
+        }]
+    );
+}
+
+#[test]
+fn a_node_the_shard_avoids_never_receives_it() {
+    let mut c = with_state(five_nodes(), 5, NodeState::Draining);
+    // Shard 3 is on 4, 5, 1: nodes 2 and 3 could take it; 2 is avoided.
+    c.shards[3].avoid = vec![n(2)];
+    let p = plan(&c, &[], 10);
+    let m = p.moves.iter().find(|m| m.shard == ShardId(3)).unwrap();
+    assert_eq!(m.to, n(3));
+    c.shards[3].avoid = vec![n(2), n(3)];
+    let p = plan(&c, &[], 10);
+    assert!(p.moves.iter().all(|m| m.shard != ShardId(3)));
+    assert!(p.stuck.contains(&Stuck {
+        shard: ShardId(3),
+        node: Some(n(5)),
+        reason: StuckReason::NoTarget
+    }));
+}
+
+#[test]
+fn moves_in_flight_count_against_the_cap_and_freeze_their_shard() {
+    let c = with_state(five_nodes(), 5, NodeState::Draining);
+    let running = plan(&c, &[], 2).moves;
+    assert_eq!(running.len(), 2);
+    let p = plan(&c, &running, 3);
+    assert_eq!(p.moves.len(), 1);
+    assert!(running.iter().all(|r| r.shard != p.moves[0].shard));
+    assert!(plan(&c, &running, 2).moves.is_empty());
+    // Learners mean a move the planner did not start: that shard is left alone too.
+    let mut c2 = c.clone();
+    for s in &mut c2.shards {
+        if s.voters.contains(&n(5)) {
+            s.learners = vec![n(2)];
+        }
+    }
+    let p2 = plan(&c2, &[], 10);
+    assert!(
+        p2.moves
+            .iter()
+            .all(|m| !c2.shards[m.shard.0 as usize].voters.contains(&n(5))),
+        "{p2:?}"
+    );
+    assert!(p2.moves.iter().all(|m| m.reason == MoveReason::Balance));
+}
+
+#[test]
+fn replicas_spread_to_a_new_empty_node() {
+    let mut c = five_nodes();
+    c.nodes.push(NodeInfo {
+        id: n(6),
+        state: NodeState::Live,
+    });
+    let p = plan(&c, &[], 100);
+    assert!(p.moves.iter().all(|m| m.to == n(6)), "{p:?}");
+    assert!(p.moves.iter().all(|m| m.reason == MoveReason::Balance));
+    // 30 replicas over 6 nodes: 5 each, so node 6 gets 5 and each other node gives one.
+    assert_eq!(p.moves.len(), 5);
+    let from: BTreeSet<NodeId> = p.moves.iter().map(|m| m.from).collect();
+    assert_eq!(from.len(), 5);
+    // Followers' replicas move, not leaders'.
+    for m in &p.moves {
+        assert_ne!(c.shards[m.shard.0 as usize].leader, Some(m.from), "{m:?}");
+    }
+}
+
+#[test]
+fn leaders_spread_after_the_replicas_and_never_while_a_move_runs() {
+    let mut c = Cluster {
+        nodes: live(1..=3),
+        shards: (0..6).map(|s| shard(s, &[1, 2, 3], 1)).collect(),
+        replication: 3,
+    };
+    let p = plan(&c, &[], 4);
+    assert!(p.moves.is_empty());
+    assert_eq!(p.leader_transfers.len(), 4, "{p:?}");
+    c.apply(&p);
+    let a = assess(&c);
+    assert!(a.balanced(), "{a:?}");
+    assert!(a.nodes.iter().all(|x| x.leaders == 2));
+    let mut skewed = Cluster {
+        nodes: live(1..=3),
+        shards: (0..6).map(|s| shard(s, &[1, 2, 3], 1)).collect(),
+        replication: 3,
+    };
+    skewed.shards[0].learners = vec![n(4)];
+    assert!(plan(&skewed, &[], 4).leader_transfers.is_empty());
+}
+
+#[test]
+fn a_leader_goes_along_a_chain_when_no_single_transfer_helps() {
+    // Node 1 leads two shards, node 4 none; 4 is a voter of no shard 1 leads.
+    let mut c = Cluster {
+        nodes: live(1..=4),
+        shards: vec![
+            shard(0, &[1, 2], 1),
+            shard(1, &[1, 3], 1),
+            shard(2, &[2, 4], 2),
+            shard(3, &[3, 4], 3),
+        ],
+        replication: 2,
+    };
+    let p = plan(&c, &[], 4);
+    assert_eq!(
+        p.leader_transfers,
+        vec![
+            LeaderTransfer {
+                shard: ShardId(0),
+                from: n(1),
+                to: n(2)
+            },
+            LeaderTransfer {
+                shard: ShardId(2),
+                from: n(2),
+                to: n(4)
+            },
+        ]
+    );
+    c.apply(&p);
+    assert!(assess(&c).balanced());
+}
+
+#[test]
+fn a_draining_leader_hands_over_even_when_its_replica_cannot_move() {
+    let c = Cluster {
+        nodes: nodes(&[
+            (1, NodeState::Live),
+            (2, NodeState::Live),
+            (3, NodeState::Draining),
+        ]),
+        shards: vec![shard(0, &[1, 2, 3], 3)],
+        replication: 3,
+    };
+    let p = plan(&c, &[], 4);
+    assert_eq!(
+        p.leader_transfers,
+        vec![LeaderTransfer {
+            shard: ShardId(0),
+            from: n(3),
+            to: n(1)
+        }]
+    );
+}
+
+#[test]
+fn a_shard_with_the_wrong_voter_count_is_reported() {
+    let c = Cluster {
+        nodes: live(1..=4),
+        shards: vec![shard(0, &[1, 2], 1), shard(1, &[1, 2, 3], 2)],
+        replication: 3,
+    };
+    let p = plan(&c, &[], 4);
+    assert_eq!(
+        p.stuck,
+        vec![Stuck {
+            shard: ShardId(0),
+            node: None,
+            reason: StuckReason::WrongReplicaCount(2)
+        }]
+    );
+    assert_eq!(assess(&c).miscounted_shards, vec![ShardId(0)]);
+}
+
+#[test]
+fn the_same_input_gives_the_same_plan_whatever_the_order() {
+    let c = with_state(five_nodes(), 2, NodeState::Dead);
+    let mut shuffled = c.clone();
+    shuffled.shards.reverse();
+    shuffled.nodes.reverse();
+    assert_eq!(plan(&c, &[], 3), plan(&shuffled, &[], 3));
+}
