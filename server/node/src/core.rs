@@ -266,6 +266,13 @@ struct Group {
     /// A received snapshot, not yet durable, whose membership no longer lists this
     /// member: its index. Once durable (and acknowledged) the replica is removed.
     removed_by_snapshot: Option<u64>,
+    /// Created by a move (it started from an empty membership), not by the bootstrap
+    /// placement: forgotten if the shard never lists it (`forget_unlisted_replicas`).
+    created: bool,
+    /// Tick of the last message a leader sends (append, heartbeat, snapshot chunk).
+    leader_heard_tick: u64,
+    /// The commit index the latest Append for this group carried (unclamped).
+    leader_commit_told: Option<u64>,
 }
 
 impl Group {
@@ -284,6 +291,7 @@ impl Group {
             }
             None => (StateMachine::new(config.sessions_max()), 0),
         };
+        let created = r.initial_membership.voters.is_empty();
         let raft = Raft::new(config.raft_config(shard), r);
         let st = raft.status();
         let was_member = is_listed(&st.membership, config.node);
@@ -315,6 +323,9 @@ impl Group {
             removed_at: None,
             was_member,
             removed_by_snapshot: None,
+            created,
+            leader_heard_tick: 0,
+            leader_commit_told: None,
         })
     }
 }
@@ -382,6 +393,9 @@ pub struct NodeCore {
     /// The replica set each removed shard had when its replica here applied the removal
     /// (since this process started): what `StaleRoute` answers carry.
     removed_routes: BTreeMap<ShardId, ShardRoute>,
+    /// Shards whose created replica here was forgotten, with its term then (where a
+    /// replica created again starts).
+    forgotten: BTreeMap<ShardId, u64>,
     requests: BTreeMap<u64, Request>,
     /// Sum of `Request::bytes` over `requests`.
     pending_request_bytes: usize,
@@ -458,6 +472,7 @@ impl NodeCore {
             groups: Groups(groups),
             removed: hosted.removed,
             removed_routes: BTreeMap::new(),
+            forgotten: hosted.forgotten,
             requests: BTreeMap::new(),
             pending_request_bytes: 0,
             boundary_refusals: [0; BoundaryRefusal::ALL.len()],
@@ -610,6 +625,7 @@ impl NodeCore {
         for g in self.groups.ids() {
             self.drive_move(g);
         }
+        self.forget_unlisted_replicas();
     }
 
     /// A leader that is not its shard's preferred leader hands over once the preferred one
@@ -672,6 +688,17 @@ impl NodeCore {
                 continue;
             };
             g.last_msg_tick = self.tick_count;
+            match gm.msg.body {
+                kv_raft::MessageBody::Append { commit, .. } => {
+                    g.leader_heard_tick = self.tick_count;
+                    g.leader_commit_told = Some(commit);
+                }
+                kv_raft::MessageBody::Heartbeat { .. }
+                | kv_raft::MessageBody::InstallSnapshot { .. } => {
+                    g.leader_heard_tick = self.tick_count;
+                }
+                _ => {}
+            }
             if g.sm.move_in_flight().is_some_and(|m| m.to == from) {
                 g.learner_heard_tick = Some(self.tick_count);
             }
