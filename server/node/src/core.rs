@@ -250,6 +250,8 @@ struct Group {
     idle_ticks: u64,
     /// Tick of the last Raft message received for this group.
     last_msg_tick: u64,
+    /// A follower woken to check on its silent leader stays awake until this tick.
+    recheck_until_tick: u64,
     /// `MoveReplica` requests answered when the move in flight ends.
     move_waiters: Vec<u64>,
     /// Tick at which this leader first saw the move's learner catching up.
@@ -316,6 +318,7 @@ impl Group {
             quiesced: false,
             idle_ticks: 0,
             last_msg_tick: 0,
+            recheck_until_tick: 0,
             move_waiters: Vec::new(),
             catch_up_since: None,
             learner_heard_tick: None,
@@ -541,9 +544,10 @@ impl NodeCore {
         let quiesce = self.config.quiesce;
         let hb = u64::from(self.config.raft.heartbeat_ticks);
         let election_min = u64::from(self.config.raft.election_ticks_min);
-        let ask_for_leader = self.tick_count.is_multiple_of(
-            LEADERLESS_ELECTIONS_BEFORE_ASKING_ALL * u64::from(self.config.raft.election_ticks_max),
-        );
+        let election_max = u64::from(self.config.raft.election_ticks_max);
+        let ask_for_leader = self
+            .tick_count
+            .is_multiple_of(LEADERLESS_ELECTIONS_BEFORE_ASKING_ALL * election_max);
         for g in self.groups.iter_mut() {
             if g.quiesced {
                 let leader_silent = g.soft.role != Role::Leader
@@ -552,8 +556,16 @@ impl NodeCore {
                             .get(&l)
                             .is_none_or(|&t| self.tick_count - t >= election_min)
                     });
-                if !leader_silent {
+                let recheck = g.soft.role != Role::Leader
+                    && self.tick_count - g.last_msg_tick
+                        >= QUIESCED_FOLLOWER_RECHECK_ELECTIONS * election_max;
+                if !leader_silent && !recheck {
                     continue;
+                }
+                if recheck {
+                    // Awake for an election timeout: if the leader is live and quiesced,
+                    // this replica's PreVote wakes it (and is refused); else it elects.
+                    g.recheck_until_tick = self.tick_count + 2 * election_max;
                 }
                 g.wake();
             }
@@ -582,6 +594,7 @@ impl NodeCore {
                         && g.soft.role == Role::Follower
                         && voter
                         && leader_alive
+                        && self.tick_count >= g.recheck_until_tick
                         && g.waiting.is_empty()
                         && self.tick_count - g.last_msg_tick > 2 * hb;
                 }
@@ -1609,3 +1622,11 @@ fn is_listed(membership: &kv_raft::Membership, node: NodeId) -> bool {
 /// A replica without a leader asks every cluster node outside its membership for one
 /// every this many (longest) election timeouts: see `kv_raft::Raft::ask_for_leader`.
 const LEADERLESS_ELECTIONS_BEFORE_ASKING_ALL: u64 = 4;
+
+/// A quiesced follower that heard nothing for its group for this many (longest) election
+/// timeouts wakes for one, although its leader's node is alive: that node may have
+/// stopped leading the group without this replica hearing it (it stepped down after
+/// committing its own removal, or removed this replica and stopped sending to it), and
+/// quiescence would otherwise trust it forever. At a 10 ms tick and 200 ms elections, a
+/// wake every 2 s per idle group.
+const QUIESCED_FOLLOWER_RECHECK_ELECTIONS: u64 = 10;

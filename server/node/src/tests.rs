@@ -28,6 +28,9 @@ struct Cluster {
     events: Vec<(usize, NodeEvent)>,
     /// Raft messages that reached a node not hosting their shard.
     misdirected: usize,
+    /// (node index, shard): that node's messages of that shard are lost on the way to
+    /// it, its other traffic arrives (so its peers' nodes look alive).
+    cut_shards: Vec<(usize, ShardId)>,
 }
 
 fn ids(n: u64) -> Vec<NodeId> {
@@ -59,6 +62,7 @@ impl Cluster {
             down: vec![false; n as usize],
             events: Vec::new(),
             misdirected: 0,
+            cut_shards: Vec::new(),
         }
     }
 
@@ -94,11 +98,12 @@ impl Cluster {
     }
 
     fn settle(&mut self) {
-        while let Some((from, to, msgs)) = self.net.pop_front() {
+        while let Some((from, to, mut msgs)) = self.net.pop_front() {
             let i = to.0 as usize - 1;
             if self.down[i] || self.down[from.0 as usize - 1] {
                 continue;
             }
+            msgs.retain(|m| !self.cut_shards.contains(&(i, m.shard)));
             let node = &self.nodes[i];
             self.misdirected += msgs.iter().filter(|m| !node.hosts(m.shard)).count();
             self.nodes[i].on_peer_messages(from, msgs);
@@ -1791,4 +1796,29 @@ fn with_the_planted_bug_a_removed_replica_still_answers_reads() {
         c.reply_to(3),
         vec![Outcome::Value(Some(Bytes::from_static(b"1")))]
     );
+}
+
+/// Kvsim moves seed 437: a member cut off from its shard's traffic (its node still heard
+/// from) missed its removal; the leader, hearing nothing from it, stopped replicating to
+/// it, and its group, quiesced on a leader whose node is alive, never timed out to ask.
+/// A quiesced follower that heard nothing for its group for
+/// `QUIESCED_FOLLOWER_RECHECK_ELECTIONS` election timeouts wakes, campaigns, is sent its
+/// removal and drops the shard.
+#[test]
+fn a_quiesced_member_its_leader_stopped_sending_to_wakes_and_learns_its_removal() {
+    let shard = ShardId(0);
+    let mut c = four_nodes_one_shard_on_three();
+    let l = c.leader(shard);
+    let f = (0..3).find(|&i| i != l).unwrap();
+    c.cut_shards.push((f, shard));
+    assert_eq!(
+        c.until_answered(2, move_req(50, f as u64 + 1, 4), 3000),
+        Outcome::Done
+    );
+    // Long enough for the leader to give up on the silent departing member.
+    c.tick(100);
+    assert!(c.nodes[f].hosts(shard), "it missed its removal");
+    c.cut_shards.clear();
+    c.tick(400);
+    assert!(!c.nodes[f].hosts(shard), "it still holds the shard");
 }

@@ -172,6 +172,16 @@ impl Raft {
                 let term = self.term;
                 self.become_follower(term, None);
             }
+            RoleState::Follower
+                if self
+                    .leader
+                    .is_some_and(|l| !self.membership.voters.contains(&l)) =>
+            {
+                // The leader committed its own removal and stepped down, silent: it
+                // leads nothing any more. Knowing no leader lets this follower time out
+                // and elect (and keeps a caller from trusting a silent leader's node).
+                self.leader = None;
+            }
             _ => {}
         }
     }
