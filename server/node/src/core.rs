@@ -200,6 +200,9 @@ pub enum PlantedBug {
     /// A replica that applied its own removal keeps its data and keeps answering stale
     /// reads, also to requests routed by a newer epoch than its own (no tombstone).
     RemovedReplicaServesReads,
+    /// A move promotes its learner, and goes on to remove the old replica, without
+    /// waiting for the learner to catch up with the leader's commit index.
+    RemoveBeforeCatchUp,
 }
 
 /// A client request not yet answered.
@@ -431,6 +434,8 @@ pub struct NodeCore {
     created_with_bootstrap_membership: bool,
     #[cfg(feature = "planted-bugs")]
     removed_replica_serves_reads: bool,
+    #[cfg(feature = "planted-bugs")]
+    remove_before_catch_up: bool,
 }
 
 impl NodeCore {
@@ -501,6 +506,8 @@ impl NodeCore {
             created_with_bootstrap_membership: false,
             #[cfg(feature = "planted-bugs")]
             removed_replica_serves_reads: false,
+            #[cfg(feature = "planted-bugs")]
+            remove_before_catch_up: false,
         })
     }
 
@@ -523,6 +530,7 @@ impl NodeCore {
                 self.created_with_bootstrap_membership = true
             }
             PlantedBug::RemovedReplicaServesReads => self.removed_replica_serves_reads = true,
+            PlantedBug::RemoveBeforeCatchUp => self.remove_before_catch_up = true,
         }
     }
 

@@ -45,11 +45,19 @@ impl NodeCore {
             group.catch_up_since = None;
         }
         let heard = group.learner_heard_tick.map_or(since, |h| h.max(since));
+        #[cfg(feature = "planted-bugs")]
+        let commit = if self.remove_before_catch_up {
+            0
+        } else {
+            st.commit
+        };
+        #[cfg(not(feature = "planted-bugs"))]
+        let commit = st.commit;
         let view = LeaderView {
             me,
             membership: &st.membership,
             progress: &st.progress,
-            commit: st.commit,
+            commit,
             catch_up_ticks: if catching_up { tick - since } else { 0 },
             learner_silent_ticks: if catching_up { tick - heard } else { 0 },
             learner_silent_ticks_max: moves::MOVE_LEARNER_SILENT_ELECTIONS_MAX
