@@ -84,6 +84,14 @@ pub fn record(me: NodeId, e: &NodeEvent, metrics: &Metrics) {
                 "replica removed; its data is dropped"
             );
         }
+        EventKind::ReplicaForgotten => {
+            tracing::info!(
+                node,
+                shard,
+                term,
+                "replica created for a move that never listed it: forgotten"
+            );
+        }
         EventKind::MoveEnded { from, to, refusal } => match refusal {
             None => tracing::info!(node, shard, term, from = from.0, to = to.0, "move done"),
             Some(reason) => tracing::warn!(

@@ -194,6 +194,9 @@ pub enum PlantedBug {
     /// A replica that applied its own removal keeps its data and keeps answering stale
     /// reads, also to requests routed by a newer epoch than its own (no tombstone).
     RemovedReplicaServesReads,
+    /// A move promotes its learner, and goes on to remove the old replica, without
+    /// waiting for the learner to catch up with the leader's commit index.
+    RemoveBeforeCatchUp,
 }
 
 /// A client request not yet answered.
@@ -244,6 +247,8 @@ struct Group {
     idle_ticks: u64,
     /// Tick of the last Raft message received for this group.
     last_msg_tick: u64,
+    /// A follower woken to check on its silent leader stays awake until this tick.
+    recheck_until_tick: u64,
     /// `MoveReplica` requests answered when the move in flight ends.
     move_waiters: Vec<u64>,
     /// Tick at which this leader first saw the move's learner catching up.
@@ -260,6 +265,13 @@ struct Group {
     /// A received snapshot, not yet durable, whose membership no longer lists this
     /// member: its index. Once durable (and acknowledged) the replica is removed.
     removed_by_snapshot: Option<u64>,
+    /// Created by a move (it started from an empty membership), not by the bootstrap
+    /// placement: forgotten if the shard never lists it (`forget_unlisted_replicas`).
+    created: bool,
+    /// Tick of the last message a leader sends (append, heartbeat, snapshot chunk).
+    leader_heard_tick: u64,
+    /// The commit index the latest Append for this group carried (unclamped).
+    leader_commit_told: Option<u64>,
 }
 
 impl Group {
@@ -278,6 +290,7 @@ impl Group {
             }
             None => (StateMachine::new(config.sessions_max()), 0),
         };
+        let created = r.initial_membership.voters.is_empty();
         let raft = Raft::new(config.raft_config(shard), r);
         let st = raft.status();
         let was_member = is_listed(&st.membership, config.node);
@@ -302,6 +315,7 @@ impl Group {
             quiesced: false,
             idle_ticks: 0,
             last_msg_tick: 0,
+            recheck_until_tick: 0,
             move_waiters: Vec::new(),
             catch_up_since: None,
             learner_heard_tick: None,
@@ -309,6 +323,9 @@ impl Group {
             removed_at: None,
             was_member,
             removed_by_snapshot: None,
+            created,
+            leader_heard_tick: 0,
+            leader_commit_told: None,
         })
     }
 }
@@ -376,6 +393,9 @@ pub struct NodeCore {
     /// The replica set each removed shard had when its replica here applied the removal
     /// (since this process started): what `StaleRoute` answers carry.
     removed_routes: BTreeMap<ShardId, ShardRoute>,
+    /// Shards whose created replica here was forgotten, with its term then (where a
+    /// replica created again starts).
+    forgotten: BTreeMap<ShardId, u64>,
     requests: BTreeMap<u64, Request>,
     /// Sum of `Request::bytes` over `requests`.
     pending_request_bytes: usize,
@@ -406,6 +426,8 @@ pub struct NodeCore {
     created_with_bootstrap_membership: bool,
     #[cfg(feature = "planted-bugs")]
     removed_replica_serves_reads: bool,
+    #[cfg(feature = "planted-bugs")]
+    remove_before_catch_up: bool,
 }
 
 impl NodeCore {
@@ -450,6 +472,7 @@ impl NodeCore {
             groups: Groups(groups),
             removed: hosted.removed,
             removed_routes: BTreeMap::new(),
+            forgotten: hosted.forgotten,
             requests: BTreeMap::new(),
             pending_request_bytes: 0,
             boundary_refusals: [0; BoundaryRefusal::ALL.len()],
@@ -473,6 +496,8 @@ impl NodeCore {
             created_with_bootstrap_membership: false,
             #[cfg(feature = "planted-bugs")]
             removed_replica_serves_reads: false,
+            #[cfg(feature = "planted-bugs")]
+            remove_before_catch_up: false,
         })
     }
 
@@ -495,6 +520,7 @@ impl NodeCore {
                 self.created_with_bootstrap_membership = true
             }
             PlantedBug::RemovedReplicaServesReads => self.removed_replica_serves_reads = true,
+            PlantedBug::RemoveBeforeCatchUp => self.remove_before_catch_up = true,
         }
     }
 
@@ -516,9 +542,10 @@ impl NodeCore {
         let quiesce = self.config.quiesce;
         let hb = u64::from(self.config.raft.heartbeat_ticks);
         let election_min = u64::from(self.config.raft.election_ticks_min);
-        let ask_for_leader = self.tick_count.is_multiple_of(
-            LEADERLESS_ELECTIONS_BEFORE_ASKING_ALL * u64::from(self.config.raft.election_ticks_max),
-        );
+        let election_max = u64::from(self.config.raft.election_ticks_max);
+        let ask_for_leader = self
+            .tick_count
+            .is_multiple_of(LEADERLESS_ELECTIONS_BEFORE_ASKING_ALL * election_max);
         for g in self.groups.iter_mut() {
             if g.quiesced {
                 let leader_silent = g.soft.role != Role::Leader
@@ -527,8 +554,16 @@ impl NodeCore {
                             .get(&l)
                             .is_none_or(|&t| self.tick_count - t >= election_min)
                     });
-                if !leader_silent {
+                let recheck = g.soft.role != Role::Leader
+                    && self.tick_count - g.last_msg_tick
+                        >= QUIESCED_FOLLOWER_RECHECK_ELECTIONS * election_max;
+                if !leader_silent && !recheck {
                     continue;
+                }
+                if recheck {
+                    // Awake for an election timeout: if the leader is live and quiesced,
+                    // this replica's PreVote wakes it (and is refused); else it elects.
+                    g.recheck_until_tick = self.tick_count + 2 * election_max;
                 }
                 g.wake();
             }
@@ -557,6 +592,7 @@ impl NodeCore {
                         && g.soft.role == Role::Follower
                         && voter
                         && leader_alive
+                        && self.tick_count >= g.recheck_until_tick
                         && g.waiting.is_empty()
                         && self.tick_count - g.last_msg_tick > 2 * hb;
                 }
@@ -600,6 +636,7 @@ impl NodeCore {
         for g in self.groups.ids() {
             self.drive_move(g);
         }
+        self.forget_unlisted_replicas();
     }
 
     /// A leader that is not its shard's preferred leader hands over once the preferred one
@@ -662,6 +699,17 @@ impl NodeCore {
                 continue;
             };
             g.last_msg_tick = self.tick_count;
+            match gm.msg.body {
+                kv_raft::MessageBody::Append { commit, .. } => {
+                    g.leader_heard_tick = self.tick_count;
+                    g.leader_commit_told = Some(commit);
+                }
+                kv_raft::MessageBody::Heartbeat { .. }
+                | kv_raft::MessageBody::InstallSnapshot { .. } => {
+                    g.leader_heard_tick = self.tick_count;
+                }
+                _ => {}
+            }
             if g.sm.move_in_flight().is_some_and(|m| m.to == from) {
                 g.learner_heard_tick = Some(self.tick_count);
             }
@@ -1556,3 +1604,11 @@ fn is_listed(membership: &kv_raft::Membership, node: NodeId) -> bool {
 /// A replica without a leader asks every cluster node outside its membership for one
 /// every this many (longest) election timeouts: see `kv_raft::Raft::ask_for_leader`.
 const LEADERLESS_ELECTIONS_BEFORE_ASKING_ALL: u64 = 4;
+
+/// A quiesced follower that heard nothing for its group for this many (longest) election
+/// timeouts wakes for one, although its leader's node is alive: that node may have
+/// stopped leading the group without this replica hearing it (it stepped down after
+/// committing its own removal, or removed this replica and stopped sending to it), and
+/// quiescence would otherwise trust it forever. At a 10 ms tick and 200 ms elections, a
+/// wake every 2 s per idle group.
+const QUIESCED_FOLLOWER_RECHECK_ELECTIONS: u64 = 10;

@@ -77,6 +77,11 @@ pub enum EventKind {
         /// The index of the change that removed it.
         epoch: u64,
     },
+    /// This node's replica, created by a move and never listed in the shard's
+    /// membership (the move was undone, or the replica removed, before the leader's
+    /// snapshot or log named it), was forgotten: no tombstone, so a later move may create
+    /// it again.
+    ReplicaForgotten,
     /// A replica move of this shard ended on this leader.
     MoveEnded {
         /// The node whose replica went.

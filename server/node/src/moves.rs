@@ -23,6 +23,13 @@ pub const MOVE_CATCH_UP_TICKS_MAX: u64 = 60_000;
 /// so a slow transfer is not silence.
 pub const MOVE_LEARNER_SILENT_ELECTIONS_MAX: u64 = 5;
 
+/// A replica created by a move that its shard never listed (the move was undone before
+/// the leader's snapshot reached it) is forgotten after hearing no leader for this many
+/// election timeouts: twice the silence after which the leader gives up on the move's
+/// learner, so a leader still adding it has given up first. A learner being caught up
+/// hears its leader every heartbeat.
+pub const CREATED_REPLICA_SILENT_ELECTIONS_MAX: u64 = 2 * MOVE_LEARNER_SILENT_ELECTIONS_MAX;
+
 /// Refuses a move that cannot start: `members` are the nodes of the cluster, `route` the
 /// shard's replica set now, `in_flight` the move recorded, if any.
 pub fn check_move(

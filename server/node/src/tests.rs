@@ -1,6 +1,7 @@
 //! Whole-node tests: a few NodeCores wired together in memory (instant network, instant
 //! disk), to check routing, batching, redirects and recovery through the public inputs.
 
+use crate::wal::ReplicaRecord;
 use crate::{
     AppliedEntry, ClientToken, DiskOp, EventKind, GroupMessage, NodeConfig, NodeCore, NodeEvent,
     Output, ProposedRequest, WriteRefusal,
@@ -31,6 +32,9 @@ struct Cluster {
     applied: Vec<(usize, AppliedEntry)>,
     /// Every request each node reported proposed.
     proposed: Vec<(usize, ProposedRequest)>,
+    /// (node index, shard): that node's messages of that shard are lost on the way to
+    /// it, its other traffic arrives (so its peers' nodes look alive).
+    cut_shards: Vec<(usize, ShardId)>,
 }
 
 fn ids(n: u64) -> Vec<NodeId> {
@@ -64,6 +68,7 @@ impl Cluster {
             misdirected: 0,
             applied: Vec::new(),
             proposed: Vec::new(),
+            cut_shards: Vec::new(),
         }
     }
 
@@ -102,11 +107,12 @@ impl Cluster {
     }
 
     fn settle(&mut self) {
-        while let Some((from, to, msgs)) = self.net.pop_front() {
+        while let Some((from, to, mut msgs)) = self.net.pop_front() {
             let i = to.0 as usize - 1;
             if self.down[i] || self.down[from.0 as usize - 1] {
                 continue;
             }
+            msgs.retain(|m| !self.cut_shards.contains(&(i, m.shard)));
             let node = &self.nodes[i];
             self.misdirected += msgs.iter().filter(|m| !node.hosts(m.shard)).count();
             self.nodes[i].on_peer_messages(from, msgs);
@@ -1626,7 +1632,8 @@ fn a_created_replica_knows_no_membership_until_the_snapshot() {
         c.nodes[3].raft_status(shard).membership,
         kv_raft::Membership::default()
     );
-    for _ in 0..200 {
+    // Fewer ticks than the silence after which it is forgotten (the next test).
+    for _ in 0..150 {
         c.nodes[3].tick();
         let out = c.nodes[3].take_output();
         assert!(
@@ -1635,6 +1642,134 @@ fn a_created_replica_knows_no_membership_until_the_snapshot() {
         );
     }
     assert_eq!(c.nodes[3].raft_status(shard).role, Role::Follower);
+}
+
+fn leader_heartbeat(shard: ShardId, from: u64, to: u64, term: u64) -> GroupMessage {
+    GroupMessage {
+        shard,
+        msg: kv_raft::Message {
+            from: NodeId(from),
+            to: NodeId(to),
+            term,
+            body: kv_raft::MessageBody::Heartbeat {
+                commit: 0,
+                read_round: 0,
+            },
+        },
+    }
+}
+
+/// True if node `i` appended a `ReplicaRecord` `record` for `shard`.
+fn appended_replica_record(c: &Cluster, i: usize, shard: ShardId, record: ReplicaRecord) -> bool {
+    c.disks[i]
+        .iter()
+        .any(|r| r.group == shard.0 && crate::wal::decode_replica(r).ok().flatten() == Some(record))
+}
+
+/// A replica created by a move that was undone before the leader's snapshot reached it
+/// knows no voters, so it neither asks for a leader nor learns it was dropped: it is
+/// forgotten (no tombstone) once it has heard no leader for
+/// `CREATED_REPLICA_SILENT_ELECTIONS_MAX` election timeouts, stays forgotten after a
+/// restart, and a later leader's message creates it again, at the term it had.
+#[test]
+fn a_created_replica_the_leader_never_reached_again_is_forgotten_after_its_silence() {
+    let shard = ShardId(0);
+    let mut c = Cluster::with(4, 1, |cfg| cfg.replication = 3);
+    c.nodes[3].on_peer_messages(NodeId(1), vec![leader_heartbeat(shard, 1, 4, 3)]);
+    c.flush(3);
+    assert!(c.nodes[3].hosts(shard));
+    let silence = crate::moves::CREATED_REPLICA_SILENT_ELECTIONS_MAX
+        * u64::from(c.nodes[3].config().raft.election_ticks_max);
+    for _ in 0..silence - 1 {
+        c.nodes[3].tick();
+        c.flush(3);
+    }
+    assert!(c.nodes[3].hosts(shard), "not before its silence is over");
+    c.nodes[3].tick();
+    c.flush(3);
+    assert!(!c.nodes[3].hosts(shard));
+    assert!(appended_replica_record(
+        &c,
+        3,
+        shard,
+        ReplicaRecord::Forgotten { term: 3 }
+    ));
+    let config = c.nodes[3].config().clone();
+    c.restart(3, config);
+    assert!(!c.nodes[3].hosts(shard), "forgotten across a restart");
+    c.nodes[3].on_peer_messages(NodeId(1), vec![leader_heartbeat(shard, 1, 4, 2)]);
+    c.flush(3);
+    assert!(c.nodes[3].hosts(shard), "no tombstone: created again");
+    assert_eq!(c.nodes[3].raft_status(shard).term, 3, "at the term it had");
+}
+
+/// Kvsim moves seed 20: a replica created by a move received the leader's snapshot
+/// from before its addition (which does not list it), and was removed before it got the
+/// entry adding it. A snapshot that does not list a replica never listed is no removal
+/// (a new learner gets one legitimately), so it held the shard and kept asking for a
+/// leader, which replicated to it again each time. Once it holds the commit index a
+/// leader told it and its log still names it nowhere, it is forgotten, and the leader,
+/// holding its acknowledgement of that commit, stops sending to it.
+#[test]
+fn a_created_replica_removed_before_its_addition_reached_it_is_forgotten() {
+    let shard = ShardId(0);
+    let mut c = four_nodes_one_shard_on_three();
+    let l = c.leader(shard);
+    for k in 0..30 {
+        c.request(l, 100 + k, put(1, k + 1, &format!("k{k}"), "v"));
+        c.flush(l);
+        c.tick(1);
+    }
+    let (_, index, data) = c.snapshots[l]
+        .iter()
+        .find(|s| s.0 == shard.0)
+        .cloned()
+        .expect("the leader took a snapshot");
+    let snap = crate::wal::decode_snapshot(shard.0, index, &data).unwrap();
+    assert!(!snap.meta.membership.voters.contains(&NodeId(4)));
+    let image = snap.data.clone();
+    let term = c.nodes[l].raft_status(shard).term;
+    let chunk = GroupMessage {
+        shard,
+        msg: kv_raft::Message {
+            from: NodeId(l as u64 + 1),
+            to: NodeId(4),
+            term,
+            body: kv_raft::MessageBody::InstallSnapshot {
+                meta: snap.meta.clone(),
+                offset: 0,
+                total_len: image.len() as u64,
+                chunk: image,
+            },
+        },
+    };
+    c.nodes[3].on_peer_messages(NodeId(l as u64 + 1), vec![chunk]);
+    c.flush(3);
+    assert!(c.nodes[3].hosts(shard));
+    let silence = crate::moves::CREATED_REPLICA_SILENT_ELECTIONS_MAX as usize
+        * c.nodes[3].config().raft.election_ticks_max as usize;
+    let mut forgotten_at = None;
+    for t in 0..silence / 2 {
+        c.tick(1);
+        if !c.nodes[3].hosts(shard) {
+            forgotten_at = Some(t);
+            break;
+        }
+    }
+    assert!(forgotten_at.is_some(), "node 4 still holds the shard");
+    assert!(appended_replica_record(
+        &c,
+        3,
+        shard,
+        ReplicaRecord::Forgotten { term }
+    ));
+    c.tick(100);
+    assert!(!c.nodes[3].hosts(shard), "the leader stopped sending to it");
+    let progress = c.nodes[c.leader(shard)].raft_status(shard).progress;
+    assert!(
+        progress.iter().all(|(n, _)| *n != NodeId(4)),
+        "{progress:?}"
+    );
 }
 
 /// The planted bug `RemovedReplicaServesReads` is live: with it, the removed node keeps
@@ -1717,4 +1852,29 @@ fn the_output_reports_where_writes_were_proposed_and_every_entry_applied() {
         );
         assert_eq!(applied, leaders, "node {i} applied the same entries");
     }
+}
+
+/// Kvsim moves seed 437: a member cut off from its shard's traffic (its node still heard
+/// from) missed its removal; the leader, hearing nothing from it, stopped replicating to
+/// it, and its group, quiesced on a leader whose node is alive, never timed out to ask.
+/// A quiesced follower that heard nothing for its group for
+/// `QUIESCED_FOLLOWER_RECHECK_ELECTIONS` election timeouts wakes, campaigns, is sent its
+/// removal and drops the shard.
+#[test]
+fn a_quiesced_member_its_leader_stopped_sending_to_wakes_and_learns_its_removal() {
+    let shard = ShardId(0);
+    let mut c = four_nodes_one_shard_on_three();
+    let l = c.leader(shard);
+    let f = (0..3).find(|&i| i != l).unwrap();
+    c.cut_shards.push((f, shard));
+    assert_eq!(
+        c.until_answered(2, move_req(50, f as u64 + 1, 4), 3000),
+        Outcome::Done
+    );
+    // Long enough for the leader to give up on the silent departing member.
+    c.tick(100);
+    assert!(c.nodes[f].hosts(shard), "it missed its removal");
+    c.cut_shards.clear();
+    c.tick(400);
+    assert!(!c.nodes[f].hosts(shard), "it still holds the shard");
 }

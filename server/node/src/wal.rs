@@ -41,6 +41,14 @@ pub enum ReplicaRecord {
         /// The index of the change that removed it.
         epoch: u64,
     },
+    /// The replica, created by a move, was dropped before the shard's membership or log
+    /// ever named it (see `NodeCore`'s forgetting of such replicas): not held, and, with
+    /// no tombstone, created again by a later leader's message like a fresh one.
+    Forgotten {
+        /// Its term when forgotten: a replica created again starts there, so that no
+        /// vote it may have given in an earlier term can be given twice.
+        term: u64,
+    },
 }
 
 /// A [`KIND_REPLICA`] record for `shard`.
@@ -76,10 +84,12 @@ pub struct Hosted {
     pub groups: BTreeMap<ShardId, Membership>,
     /// Each shard whose replica here was removed, with the epoch of its removal.
     pub removed: BTreeMap<ShardId, u64>,
+    /// Each shard whose created replica was forgotten, with its term then.
+    pub forgotten: BTreeMap<ShardId, u64>,
 }
 
 /// The shards this node holds after recovery: the bootstrap placement's (`initial`),
-/// plus the replicas created (empty membership), minus the removed ones.
+/// plus the replicas created (empty membership), minus the removed and forgotten ones.
 pub fn hosted_shards(
     recovered: &Recovered,
     shard_count: u32,
@@ -100,6 +110,7 @@ pub fn hosted_shards(
     let mut hosted = Hosted {
         groups: initial.clone(),
         removed: BTreeMap::new(),
+        forgotten: BTreeMap::new(),
     };
     for (shard, record) in latest {
         match record {
@@ -109,6 +120,10 @@ pub fn hosted_shards(
             ReplicaRecord::Removed { epoch } => {
                 hosted.groups.remove(&shard);
                 hosted.removed.insert(shard, epoch);
+            }
+            ReplicaRecord::Forgotten { term } => {
+                hosted.groups.remove(&shard);
+                hosted.forgotten.insert(shard, term);
             }
         }
     }
@@ -617,5 +632,36 @@ mod tests {
             hosted_shards(&recovered, 3, &initial).is_err(),
             "shard 3 of 3"
         );
+    }
+
+    /// A forgotten replica is not held and has no tombstone; created again, its new life
+    /// starts with an empty log (the truncation record `create_replica` writes), so the
+    /// entries of its earlier life are not replayed into it.
+    #[test]
+    fn a_forgotten_replica_is_not_held_and_its_next_life_starts_empty() {
+        let initial: BTreeMap<ShardId, Membership> = [(ShardId(0), members())].into();
+        let mut records = vec![
+            replica_record(1, ReplicaRecord::Created),
+            entries_record(1, 5, vec![e(5, 2), e(6, 2)]),
+            replica_record(1, ReplicaRecord::Forgotten { term: 4 }),
+        ];
+        let recovered = Recovered {
+            records: records.clone(),
+            ..Recovered::default()
+        };
+        let hosted = hosted_shards(&recovered, 2, &initial).unwrap();
+        assert!(!hosted.groups.contains_key(&ShardId(1)));
+        assert!(hosted.removed.is_empty(), "no tombstone");
+        assert_eq!(hosted.forgotten, [(ShardId(1), 4)].into());
+        records.push(replica_record(1, ReplicaRecord::Created));
+        records.push(entries_record(1, 1, Vec::new()));
+        let recovered = Recovered {
+            records,
+            ..Recovered::default()
+        };
+        let hosted = hosted_shards(&recovered, 2, &initial).unwrap();
+        assert!(hosted.forgotten.is_empty());
+        let restored = restore_groups(&recovered, 2, &hosted.groups).unwrap();
+        assert!(restored[&ShardId(1)].entries.is_empty());
     }
 }

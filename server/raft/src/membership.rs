@@ -52,6 +52,29 @@ pub(crate) fn apply_committed(m: &mut Membership, change: &ConfChange) {
 }
 
 impl Raft {
+    /// True if `node` is listed in the membership this replica's log starts from (its
+    /// snapshot's, or the bootstrap one) or named by a membership change its log holds,
+    /// committed or not. A replica for which this is false for itself holds no entry from
+    /// its own addition on, so no quorum ever counted it: it may forget everything but
+    /// its term and vote without endangering anything committed.
+    pub fn log_names(&self, node: NodeId) -> bool {
+        let listed = |m: &Membership| m.voters.contains(&node) || m.learners.contains(&node);
+        listed(&self.snap_membership)
+            || listed(&self.membership)
+            || self
+                .log
+                .range(self.log.snap_index + 1, self.log.last_index())
+                .iter()
+                .any(|e| match &e.kind {
+                    EntryKind::ConfChange(
+                        ConfChange::AddLearner(n)
+                        | ConfChange::PromoteLearner(n)
+                        | ConfChange::RemoveNode(n),
+                    ) => *n == node,
+                    _ => false,
+                })
+    }
+
     /// A leader asked for a vote by a node outside its membership: that node was removed
     /// without learning it (the leader that removed it stopped sending, or died, before it
     /// held its removal) and campaigns forever, refused by everyone. The leader sends it
@@ -149,6 +172,16 @@ impl Raft {
                 let term = self.term;
                 self.become_follower(term, None);
             }
+            RoleState::Follower
+                if self
+                    .leader
+                    .is_some_and(|l| !self.membership.voters.contains(&l)) =>
+            {
+                // The leader committed its own removal and stepped down, silent: it
+                // leads nothing any more. Knowing no leader lets this follower time out
+                // and elect (and keeps a caller from trusting a silent leader's node).
+                self.leader = None;
+            }
             _ => {}
         }
     }
@@ -194,6 +227,40 @@ mod tests {
         assert!(apply(&mut x, &ConfChange::AddLearner(next)).is_err());
         apply_committed(&mut x, &ConfChange::AddLearner(next));
         assert_eq!(x, m(&ids, &[]));
+    }
+
+    /// A node named by an uncommitted change only is named: its acknowledgements may
+    /// already count once that change commits elsewhere.
+    #[test]
+    fn log_names_sees_the_base_membership_and_every_change_in_the_log() {
+        use crate::types::{Entry, HardState};
+        use crate::{Config, Raft, Restored};
+        let change = |index, c| Entry {
+            term: 1,
+            index,
+            kind: EntryKind::ConfChange(c),
+            data: bytes::Bytes::new(),
+        };
+        let raft = Raft::new(
+            Config::new(NodeId(1), 1),
+            Restored {
+                hard_state: HardState {
+                    term: 1,
+                    vote: NodeId(2),
+                    commit: 0,
+                },
+                snapshot: None,
+                entries: vec![
+                    change(1, ConfChange::AddLearner(NodeId(4))),
+                    change(2, ConfChange::RemoveNode(NodeId(4))),
+                ],
+                initial_membership: m(&[1, 2, 3], &[]),
+            },
+        );
+        assert_eq!(raft.membership(), &m(&[1, 2, 3], &[]), "nothing committed");
+        assert!(raft.log_names(NodeId(2)), "in the base membership");
+        assert!(raft.log_names(NodeId(4)), "added and removed, uncommitted");
+        assert!(!raft.log_names(NodeId(5)));
     }
 
     /// Found by the raft_step fuzz target: a member's Append committed the same

@@ -94,6 +94,12 @@ pub struct Checker {
     /// (node, shard) -> when a membership without `node` was first applied anywhere
     /// (cleared if a newer one adds it back).
     removed_at_ns: BTreeMap<(NodeId, u32), u64>,
+    /// (shard, commit index) -> (voters, learners) a replica reported at that commit
+    /// index, and the replica.
+    memberships_at_commit: HashMap<(u32, u64), (Vec<NodeId>, Vec<NodeId>, NodeId)>,
+    /// (shard, node) -> the epoch at which a replica first applied a membership listing
+    /// `node` as a learner (the index of the change adding it), until it is promoted.
+    learner_since: BTreeMap<(u32, NodeId), u64>,
     /// Elections seen.
     pub elections: u64,
 }
@@ -126,6 +132,83 @@ impl Checker {
             ever.insert(*n);
         }
         self.memberships.insert(shard, (epoch, members.to_vec()));
+    }
+
+    /// `node` reports `voters` and `learners` as the membership of `shard` at its commit
+    /// index `commit`. The membership at an index is a function of the committed log up
+    /// to it, so every replica reporting one at the same commit index reports the same
+    /// (membership safety). A replica that knows none (created by a move, before the
+    /// leader's snapshot) reports nothing.
+    pub fn membership_at_commit(
+        &mut self,
+        node: NodeId,
+        shard: u32,
+        commit: u64,
+        voters: &[NodeId],
+        learners: &[NodeId],
+    ) -> Result<(), Violation> {
+        if voters.is_empty() && learners.is_empty() {
+            return Ok(());
+        }
+        match self.memberships_at_commit.get(&(shard, commit)) {
+            None => {
+                self.memberships_at_commit
+                    .insert((shard, commit), (voters.to_vec(), learners.to_vec(), node));
+                Ok(())
+            }
+            Some((v, l, _)) if v == voters && l == learners => Ok(()),
+            Some((v, l, other)) => violation(
+                "membership safety",
+                format!("shard {shard}: at commit index {commit} {other} had voters {v:?} learners {l:?}, {node} voters {voters:?} learners {learners:?}"),
+            ),
+        }
+    }
+
+    /// A replica of `shard` applied the membership `voters` + `learners` of `epoch`,
+    /// newer than any applied before (see `newest_epoch`). Returns the learners it
+    /// promotes, each with the epoch of the change that added it: the caller checks
+    /// with [`Checker::learner_promoted`] that each held its log up to there.
+    pub fn promotions(
+        &mut self,
+        shard: u32,
+        epoch: u64,
+        voters: &[NodeId],
+        learners: &[NodeId],
+    ) -> Vec<(NodeId, u64)> {
+        for l in learners {
+            self.learner_since.entry((shard, *l)).or_insert(epoch);
+        }
+        let promoted: Vec<(NodeId, u64)> = voters
+            .iter()
+            .filter_map(|v| Some((*v, self.learner_since.remove(&(shard, *v))?)))
+            .collect();
+        self.learner_since
+            .retain(|(s, n), _| *s != shard || learners.contains(n));
+        promoted
+    }
+
+    /// The newest epoch of `shard` any replica applied (0 before any change).
+    pub fn newest_epoch(&self, shard: u32) -> u64 {
+        self.memberships.get(&shard).map_or(0, |m| m.0)
+    }
+
+    /// `learner` was promoted to a voter of `shard` while its replica held its log (or
+    /// snapshot) only up to `held`: a leader promotes a learner only once it holds the
+    /// leader's commit index, which is past `added_at`, the change that added it.
+    pub fn learner_promoted(
+        &self,
+        shard: u32,
+        learner: NodeId,
+        added_at: u64,
+        held: u64,
+    ) -> Result<(), Violation> {
+        if held >= added_at {
+            return Ok(());
+        }
+        violation(
+            "learner caught up before promotion",
+            format!("shard {shard}: {learner}, added at index {added_at}, was promoted holding the log up to {held}"),
+        )
     }
 
     /// `node` answered a linearizable read of `shard` with a value, for a request it
@@ -327,6 +410,33 @@ impl Checker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_memberships_at_one_commit_index_are_caught() {
+        let mut c = Checker::default();
+        let n = |ids: &[u64]| ids.iter().map(|i| NodeId(*i)).collect::<Vec<_>>();
+        c.membership_at_commit(NodeId(1), 0, 0, &n(&[1, 2, 3]), &[])
+            .unwrap();
+        c.membership_at_commit(NodeId(4), 0, 0, &[], &[]).unwrap();
+        c.membership_at_commit(NodeId(2), 0, 0, &n(&[1, 2, 3]), &[])
+            .unwrap();
+        let v = c
+            .membership_at_commit(NodeId(4), 0, 0, &n(&[1, 2, 3, 4]), &[])
+            .unwrap_err();
+        assert_eq!(v.invariant, "membership safety");
+    }
+
+    #[test]
+    fn a_learner_promoted_before_it_held_its_addition_is_caught() {
+        let mut c = Checker::default();
+        let n = |ids: &[u64]| ids.iter().map(|i| NodeId(*i)).collect::<Vec<_>>();
+        assert!(c.promotions(0, 5, &n(&[1, 2, 3]), &n(&[4])).is_empty());
+        let promoted = c.promotions(0, 6, &n(&[1, 2, 3, 4]), &[]);
+        assert_eq!(promoted, vec![(NodeId(4), 5)]);
+        assert!(c.learner_promoted(0, NodeId(4), 5, 5).is_ok());
+        let v = c.learner_promoted(0, NodeId(4), 5, 0).unwrap_err();
+        assert_eq!(v.invariant, "learner caught up before promotion");
+    }
 
     #[test]
     fn two_leaders_in_one_term_is_caught() {

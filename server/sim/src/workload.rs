@@ -384,7 +384,7 @@ impl Client {
                     epoch: self.epoch,
                 });
             }
-            Outcome::Error(ClientError::StaleRoute { route, .. }) => {
+            Outcome::Error(ClientError::StaleRoute { node, route }) => {
                 let s = route.shard.0 as usize;
                 let newer = self.routes[s]
                     .as_ref()
@@ -392,6 +392,12 @@ impl Client {
                 if newer {
                     self.leader_cache[s] = route.leader;
                     self.routes[s] = Some(route);
+                } else if self.leader_cache[s] == Some(node) {
+                    // It holds no replica it can serve and knows no newer set than ours
+                    // (it forgot the shard, or restarted after its removal): not the
+                    // leader to go back to, as kvcli also forgets it (kvsim moves seed
+                    // 343 asked it forever).
+                    self.leader_cache[s] = None;
                 }
                 if newer && self.leader_cache[s].is_some() {
                     return Ok(self.send(now_ns, nodes, shards, t));

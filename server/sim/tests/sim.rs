@@ -214,7 +214,7 @@ fn planted_read_without_read_index_is_caught() {
 // outside its own membership).
 #[test]
 fn moves_regression_seeds_pass() {
-    for seed in [1, 2, 25, 64, 71, 82] {
+    for seed in [1, 2, 13, 20, 25, 64, 71, 82, 262, 280, 318, 343, 437, 473] {
         let r = run(&SimOptions {
             profile: Some(FaultProfile::Moves),
             ..SimOptions::new(seed)
@@ -235,6 +235,40 @@ fn planted_removed_replica_serves_reads_is_caught() {
         bug,
         Some(FaultProfile::Moves),
         &["removed replica serves no reads"],
+        1..=2000,
+    ) {
+        Some((seed, invariant)) => println!("{bug:?} caught by seed {seed}: {invariant}"),
+        None => panic!("{bug:?} went unnoticed for seeds 1..=2000"),
+    }
+}
+
+// A replica created for a move starts from the bootstrap placement's membership with
+// itself as a voter instead of an empty one: it reports, at its commit index 0, a
+// membership the shard never had there.
+#[test]
+fn planted_created_replica_with_bootstrap_membership_is_caught() {
+    let bug = PlantedBug::CreatedReplicaWithBootstrapMembership;
+    match first_catch(
+        bug,
+        Some(FaultProfile::Moves),
+        &["membership safety"],
+        1..=2000,
+    ) {
+        Some((seed, invariant)) => println!("{bug:?} caught by seed {seed}: {invariant}"),
+        None => panic!("{bug:?} went unnoticed for seeds 1..=2000"),
+    }
+}
+
+// A move promotes its learner (and then removes the old replica) without waiting for it
+// to catch up: the learner's replica holds less than the change that added it when the
+// leader applies its promotion.
+#[test]
+fn planted_remove_before_catch_up_is_caught() {
+    let bug = PlantedBug::RemoveBeforeCatchUp;
+    match first_catch(
+        bug,
+        Some(FaultProfile::Moves),
+        &["learner caught up before promotion"],
         1..=2000,
     ) {
         Some((seed, invariant)) => println!("{bug:?} caught by seed {seed}: {invariant}"),

@@ -8,7 +8,7 @@ use crate::moves::{self, LeaderView, MoveStep};
 use crate::sm::{CommandBatch, WriteCommand, WriteOp};
 use crate::wal::{self, ReplicaRecord};
 use crate::{DiskOp, GroupMessage};
-use kv_raft::{ConfChange, Restored, Role};
+use kv_raft::{ConfChange, HardState, Restored, Role};
 use kv_shared::proto::{ClientError, Op, Outcome};
 use kv_shared::ShardId;
 
@@ -45,11 +45,19 @@ impl NodeCore {
             group.catch_up_since = None;
         }
         let heard = group.learner_heard_tick.map_or(since, |h| h.max(since));
+        #[cfg(feature = "planted-bugs")]
+        let commit = if self.remove_before_catch_up {
+            0
+        } else {
+            st.commit
+        };
+        #[cfg(not(feature = "planted-bugs"))]
+        let commit = st.commit;
         let view = LeaderView {
             me,
             membership: &st.membership,
             progress: &st.progress,
-            commit: st.commit,
+            commit,
             catch_up_ticks: if catching_up { tick - since } else { 0 },
             learner_silent_ticks: if catching_up { tick - heard } else { 0 },
             learner_silent_ticks_max: moves::MOVE_LEARNER_SILENT_ELECTIONS_MAX
@@ -149,14 +157,27 @@ impl NodeCore {
         let membership = kv_raft::Membership::default();
         let restored = Restored {
             initial_membership: membership,
+            hard_state: HardState {
+                term: self.forgotten.remove(&gm.shard).unwrap_or(0),
+                ..HardState::default()
+            },
             ..Restored::default()
         };
-        let group = Group::new(&self.config, gm.shard, restored)
+        let mut group = Group::new(&self.config, gm.shard, restored)
             .expect("an empty replica has no snapshot to fail");
+        group.created = true;
+        group.leader_heard_tick = self.tick_count;
         self.groups.0.insert(gm.shard, group);
         self.round_ops.push(DiskOp::Append(wal::replica_record(
             gm.shard.0,
             ReplicaRecord::Created,
+        )));
+        // The log starts empty: a forgotten earlier life of this replica may have left
+        // entries in the WAL, which recovery must not replay into this one.
+        self.round_ops.push(DiskOp::Append(wal::entries_record(
+            gm.shard.0,
+            1,
+            Vec::new(),
         )));
         self.out.events.push(NodeEvent {
             shard: gm.shard,
@@ -172,9 +193,74 @@ impl NodeCore {
     /// once (requests for the shard get `StaleRoute` with the new replica set), and its
     /// tombstone goes to the WAL, after which the runtime deletes its snapshot files.
     pub(super) fn drop_replica(&mut self, g: ShardId, epoch: u64) {
+        let term = self.release_replica(g, ReplicaRecord::Removed { epoch });
+        self.removed.insert(g, epoch);
+        self.round_durable.push(Durable::Removed(g));
+        self.out.events.push(NodeEvent {
+            shard: g,
+            term,
+            kind: EventKind::ReplicaRemoved { epoch },
+        });
+    }
+
+    /// Forgets every replica created by a move that its shard never listed (neither its
+    /// snapshot's membership nor any change in its log names this node) and that voted
+    /// for nobody in its term, once it either holds the commit index a leader told it (so
+    /// that leader does not list it: it was removed, or the move undone, before its
+    /// addition reached it) or has heard no leader for
+    /// [`moves::CREATED_REPLICA_SILENT_ELECTIONS_MAX`] election timeouts (the move was undone
+    /// before the leader's snapshot came). No quorum ever counted such a replica, so
+    /// forgetting it loses nothing; it leaves no tombstone, so a later move may create it
+    /// again, and it keeps its term for that. A replica the shard did list is dropped
+    /// by its removal instead ([`NodeCore::drop_replica`]).
+    pub(super) fn forget_unlisted_replicas(&mut self) {
+        let me = self.config.node;
+        let silent_ticks_max = moves::CREATED_REPLICA_SILENT_ELECTIONS_MAX
+            * u64::from(self.config.raft.election_ticks_max);
+        let unlisted: Vec<(ShardId, u64)> = self
+            .groups
+            .iter()
+            .filter(|g| g.created && !g.raft.log_names(me))
+            .filter_map(|g| {
+                let st = g.raft.status();
+                let settled = st.vote.is_none()
+                    && st.persisted >= st.last_index
+                    && g.snapshot_writes_inflight == 0;
+                let told = g.leader_commit_told.is_some_and(|c| st.commit >= c);
+                let silent = self.tick_count - g.leader_heard_tick >= silent_ticks_max;
+                (settled && (told || silent)).then_some((g.shard, st.term))
+            })
+            .collect();
+        for (g, term) in unlisted {
+            if self.writes_in_flight(g) {
+                // Its acknowledgement (or a write of its term) is not out yet.
+                continue;
+            }
+            self.release_replica(g, ReplicaRecord::Forgotten { term });
+            self.forgotten.insert(g, term);
+            self.out.events.push(NodeEvent {
+                shard: g,
+                term,
+                kind: EventKind::ReplicaForgotten,
+            });
+        }
+    }
+
+    /// True if a disk write of replica `g` is not durable yet.
+    fn writes_in_flight(&self, g: ShardId) -> bool {
+        self.disk_inflight.values().flatten().any(|d| match d {
+            Durable::Raft(s, _) | Durable::OwnSnapshot(s, _) | Durable::ReceivedSnapshot(s, _) => {
+                *s == g
+            }
+            Durable::Removed(_) => false,
+        })
+    }
+
+    /// Stops hosting `g`: its requests are answered with `StaleRoute` and the replica set
+    /// it knew, and `record` goes to the WAL. Returns the replica's term.
+    fn release_replica(&mut self, g: ShardId, record: ReplicaRecord) -> u64 {
         let route = self.shard_route(g);
         let group = self.groups.0.remove(&g).expect("hosted");
-        self.removed.insert(g, epoch);
         let ids: Vec<u64> = self
             .requests
             .iter()
@@ -189,16 +275,9 @@ impl NodeCore {
             self.reply(id, Outcome::Error(e));
         }
         self.removed_routes.insert(g, route);
-        self.round_ops.push(DiskOp::Append(wal::replica_record(
-            g.0,
-            ReplicaRecord::Removed { epoch },
-        )));
-        self.round_durable.push(Durable::Removed(g));
-        self.out.events.push(NodeEvent {
-            shard: g,
-            term: group.soft.term,
-            kind: EventKind::ReplicaRemoved { epoch },
-        });
+        self.round_ops
+            .push(DiskOp::Append(wal::replica_record(g.0, record)));
+        group.soft.term
     }
 
     /// True if request `id` is the `MoveReplica` that began the move in flight of `g`.

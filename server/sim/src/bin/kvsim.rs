@@ -33,6 +33,7 @@ enum Plant {
     ReadWithoutReadIndex,
     CreatedReplicaWithBootstrapMembership,
     RemovedReplicaServesReads,
+    RemoveBeforeCatchUp,
 }
 
 /// Deterministic simulation of a raftkv cluster.
@@ -156,6 +157,7 @@ fn options(args: &Args, seed: u64) -> Result<SimOptions> {
                 B::CreatedReplicaWithBootstrapMembership
             }
             Plant::RemovedReplicaServesReads => B::RemovedReplicaServesReads,
+            Plant::RemoveBeforeCatchUp => B::RemoveBeforeCatchUp,
         };
         o.node_hook = Some(std::sync::Arc::new(move |core: &mut kv_node::NodeCore| {
             core.plant_bug(bug)

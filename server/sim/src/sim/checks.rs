@@ -50,8 +50,10 @@ impl Sim {
     }
 
     /// Records the membership of every shard node `i` holds, and forgets the tracked log
-    /// of a replica it dropped (a replica created there later starts empty).
-    fn observe_membership(&mut self, i: usize) {
+    /// of a replica it dropped (a replica created there later starts empty). The first
+    /// replica to apply a promotion (the leader, at its commit) checks that the learner's
+    /// replica held the log up to the change that added it.
+    fn observe_membership(&mut self, i: usize) -> Result<(), Violation> {
         let id = self.ids[i];
         if self.hosted.len() < self.nodes.len() {
             self.hosted = vec![vec![false; self.shards as usize]; self.nodes.len()];
@@ -65,6 +67,16 @@ impl Sim {
             self.hosted[i][s as usize] = hosts;
             if hosts {
                 let route = r.core.shard_route(ShardId(s));
+                if route.epoch > self.checker.newest_epoch(s) {
+                    let promoted =
+                        self.checker
+                            .promotions(s, route.epoch, &route.voters, &route.learners);
+                    for (learner, added_at) in promoted {
+                        self.check_promoted(s, learner, added_at)?;
+                    }
+                }
+                let r = self.nodes[i].run.as_ref().expect("running");
+                let route = r.core.shard_route(ShardId(s));
                 let members: Vec<NodeId> = route
                     .voters
                     .iter()
@@ -75,6 +87,26 @@ impl Sim {
                     .applied_membership(s, route.epoch, &members, self.now);
             }
         }
+        Ok(())
+    }
+
+    /// `learner` was just promoted in `shard`: its replica, if its node runs, must hold
+    /// the log up to `added_at` (durably: its leader counted only acknowledged entries).
+    fn check_promoted(&self, shard: u32, learner: NodeId, added_at: u64) -> Result<(), Violation> {
+        let Some(i) = self.ids.iter().position(|n| *n == learner) else {
+            return Ok(());
+        };
+        let Some(r) = self.nodes[i].run.as_ref() else {
+            return Ok(());
+        };
+        let held = if r.core.hosts(ShardId(shard)) {
+            let st = r.core.raft_status(ShardId(shard));
+            st.persisted.max(st.snapshot_index)
+        } else {
+            0
+        };
+        self.checker
+            .learner_promoted(shard, learner, added_at, held)
     }
     /// After every step of node `i`: its commit index (every entry up to it counts as
     /// committed), election safety and leader completeness, monotonic applied; with
@@ -82,15 +114,23 @@ impl Sim {
     pub(super) fn check_groups(&mut self, i: usize) -> Result<(), Violation> {
         let id = self.ids[i];
         if self.admin.is_some() {
-            self.observe_membership(i);
+            self.observe_membership(i)?;
         }
         let r = self.nodes[i].run.as_ref().expect("running");
         for s in 0..self.shards {
             let Some(v) = r.core.group_view(ShardId(s)) else {
                 continue;
             };
-            let commit = r.core.raft_status(ShardId(s)).commit;
+            let st = r.core.raft_status(ShardId(s));
+            let commit = st.commit;
             self.checker.committed(id, s, commit)?;
+            self.checker.membership_at_commit(
+                id,
+                s,
+                commit,
+                &st.membership.voters,
+                &st.membership.learners,
+            )?;
             if v.role == Role::Leader {
                 self.checker.saw_leader(id, s, v.term)?;
             }
