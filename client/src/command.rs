@@ -68,6 +68,8 @@ pub enum Command {
         /// How long to wait for the move, in seconds.
         wait_s: u64,
     },
+    /// The cluster's nodes: registry state, identity, replicas and leaders held, reachable.
+    NodeList,
     /// Usage, for all commands or one.
     Help {
         /// A command name, if the user asked about one.
@@ -130,6 +132,11 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
         "shard",
         "KEY | leader SHARD NODE | move SHARD --from NODE --to NODE [--wait SECS]",
         "which shard KEY belongs to, and its cached leader; or make NODE lead SHARD (it takes over once caught up, and keeps it); or move SHARD's replica from one node to another (add, catch up by snapshot, promote, remove), waiting up to SECS (default 600)",
+    ),
+    (
+        "node",
+        "list",
+        "the cluster's nodes as the node registry lists them: address, state, data-dir identity, replicas and leaders held, reachable or not",
     ),
     ("help", "[COMMAND]", "this list, or one command's usage"),
     ("quit", "", "leave (Ctrl-D works too)"),
@@ -286,6 +293,8 @@ pub fn parse_words<S: AsRef<str>>(words: &[S]) -> Result<Command, ParseError> {
             }
         }
         ("shard", _) => return Err(usage("shard")),
+        ("node", ["list"]) => Command::NodeList,
+        ("node", _) => return Err(usage("node")),
         ("help" | "?", []) => Command::Help { topic: None },
         ("help" | "?", [t]) => Command::Help {
             topic: Some(t.to_string()),
@@ -423,6 +432,8 @@ mod tests {
             "a key named leader"
         );
         assert!(parse_line("shard leader x 2").is_err());
+        assert_eq!(parse_line("node list").unwrap(), Some(Command::NodeList));
+        assert!(parse_line("node").is_err() && parse_line("node list 3").is_err());
         assert_eq!(
             parse_line("shard move 3 --from 1 --to 4").unwrap(),
             Some(Command::ShardMove {

@@ -122,6 +122,7 @@ impl Error {
                 ClientError::Malformed(_) => "malformed",
                 ClientError::PermissionDenied { .. } => "permission-denied",
                 ClientError::MoveRefused { .. } => "move-refused",
+                ClientError::RegisterRefused(_) => "register-refused",
             },
             Error::Limit(_) => "limit",
             Error::NoNodeAnswered { .. } => "no-node-answered",

@@ -9,6 +9,7 @@
 //! - [`value`]: plain / `hex:` / `b64:` forms of keys and values.
 //! - [`command`]: the command language (quoting, usage, help).
 //! - [`output`]: human and JSON rendering of results and of the status table.
+//! - [`nodes`]: `node list`, the node registry with what each node holds.
 //! - [`run`]: executing commands: one-shot, script and REPL.
 //! - [`history`]: the recorded history of a bench run, as JSON lines.
 //! - [`bench`]: the closed-loop load generator and its report.
@@ -20,6 +21,7 @@ pub mod command;
 pub mod error;
 pub mod history;
 pub mod local;
+pub mod nodes;
 pub mod output;
 pub mod run;
 pub mod session;

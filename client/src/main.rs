@@ -23,13 +23,14 @@ Examples:
   kvcli cas counter 41 42                        exit 1 if counter is not 41
   kvcli cas lock --absent me                     write only if the key is absent
   kvcli --json status                            the cluster table as JSON
+  kvcli node list                                nodes: address, state, identity, replicas, leaders
   printf 'put a 1\\nget a\\n' | kvcli              a script: one result per line
   kvcli bench --clients 64 --duration 10s --mix 0.9 --check
 
 Commands (REPL, script or one-shot):
   get KEY [--stale]     put KEY VALUE     del KEY
   cas KEY EXPECTED NEW  cas KEY --absent NEW
-  status                shard KEY         help [COMMAND]   quit
+  status                shard KEY         node list        help [COMMAND]   quit
 
 Exit codes: 0 ok; 1 key not found or cas mismatch; 2 error.
 Full reference: docs/KVCLI.md.";

@@ -231,10 +231,7 @@ mod tests {
     #[test]
     fn metadata_voters_are_the_first_five_by_id() {
         let ids: Vec<NodeId> = [7, 1, 3, 2, 9, 4, 5].into_iter().map(NodeId).collect();
-        assert_eq!(
-            metadata_voters(&ids),
-            [1, 2, 3, 4, 5].map(NodeId).to_vec()
-        );
+        assert_eq!(metadata_voters(&ids), [1, 2, 3, 4, 5].map(NodeId).to_vec());
         assert_eq!(metadata_voters(&ids[..2]), [1, 7].map(NodeId).to_vec());
     }
 }

@@ -176,10 +176,7 @@ fn request_bytes(op: &Op) -> usize {
             key.len() + expected.as_ref().map_or(0, |e| e.len()) + new.len()
         }
         Op::Get { key, .. } | Op::Delete { key } | Op::OpenSession { key } => key.len(),
-        Op::Status
-        | Op::ShardLeader { .. }
-        | Op::MoveReplica { .. }
-        | Op::RegisterNode { .. } => 0,
+        Op::Status | Op::ShardLeader { .. } | Op::MoveReplica { .. } | Op::RegisterNode { .. } => 0,
     };
     REQUEST_OVERHEAD_BYTES + payload
 }
@@ -287,7 +284,9 @@ impl Group {
                 })?;
                 (sm, s.meta.index)
             }
-            None if shard == METADATA_SHARD => (StateMachine::new_metadata(config.sessions_max()), 0),
+            None if shard == METADATA_SHARD => {
+                (StateMachine::new_metadata(config.sessions_max()), 0)
+            }
             None => (StateMachine::new(config.sessions_max()), 0),
         };
         let raft = Raft::new(config.raft_config(shard), r);
@@ -697,7 +696,6 @@ impl NodeCore {
         }
     }
 
-
     fn refuse(&mut self, reason: BoundaryRefusal) {
         let slot = &mut self.boundary_refusals[reason as usize];
         *slot = slot.saturating_add(1);
@@ -765,7 +763,8 @@ impl NodeCore {
             }
             op => match op.admin_shard() {
                 Some(METADATA_SHARD)
-                    if matches!(op, Op::RegisterNode { .. }) && self.config.is_group(METADATA_SHARD) =>
+                    if matches!(op, Op::RegisterNode { .. })
+                        && self.config.is_group(METADATA_SHARD) =>
                 {
                     METADATA_SHARD
                 }

@@ -1525,7 +1525,10 @@ mod tests {
         // The registry travels in the snapshot image.
         let back = StateMachine::from_image(&meta.to_image(), 10).unwrap();
         assert_eq!(back, meta);
-        assert_eq!(back.registry().unwrap().get(NodeId(4)).unwrap().identity, 0xaa);
+        assert_eq!(
+            back.registry().unwrap().get(NodeId(4)).unwrap().identity,
+            0xaa
+        );
         assert_eq!(back.digest(), meta.digest());
     }
 }

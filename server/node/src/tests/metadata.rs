@@ -94,8 +94,11 @@ fn registrations_apply_once_and_another_identity_under_a_known_id_is_refused() {
     for i in 0..3 {
         let r = c.nodes[i].registry().expect("a metadata replica knows it");
         assert_eq!(r.version, version, "node {}", i + 1);
-        let listed: Vec<(u64, NodeState, u64)> =
-            r.nodes.iter().map(|n| (n.id.0, n.state, n.identity)).collect();
+        let listed: Vec<(u64, NodeState, u64)> = r
+            .nodes
+            .iter()
+            .map(|n| (n.id.0, n.state, n.identity))
+            .collect();
         assert_eq!(
             listed,
             [(1, NodeState::Active, 0x101), (5, NodeState::Active, 0x105)]
@@ -165,11 +168,18 @@ fn a_node_outside_the_bootstrap_set_registers_and_then_receives_a_replica() {
         cfg.snapshot_threshold_entries = 20;
     });
     c.tick(60);
-    assert!(!c.nodes[3].hosts(ShardId(0)), "a joined node holds no shard");
+    assert!(
+        !c.nodes[3].hosts(ShardId(0)),
+        "a joined node holds no shard"
+    );
     assert!(!c.nodes[0].cluster_nodes().contains(&NodeId(4)));
     let refused = |c: &Cluster| {
         let refusals = c.nodes[0].refusals();
-        refusals.iter().find(|(r, _)| *r == "unknown_sender").unwrap().1
+        refusals
+            .iter()
+            .find(|(r, _)| *r == "unknown_sender")
+            .unwrap()
+            .1
     };
     let before = refused(&c);
     c.nodes[0].on_peer_messages(NodeId(4), Vec::new());
@@ -189,7 +199,10 @@ fn a_node_outside_the_bootstrap_set_registers_and_then_receives_a_replica() {
     c.nodes[0].on_peer_messages(NodeId(4), Vec::new());
     assert_eq!(refused(&c), before, "a peer once registered");
     let status = c.nodes[0].status();
-    assert!(status.nodes.iter().any(|(id, a)| *id == NodeId(4) && a.port() == 7004));
+    assert!(status
+        .nodes
+        .iter()
+        .any(|(id, a)| *id == NodeId(4) && a.port() == 7004));
     let from = (0..3).find(|&i| i != c.leader(ShardId(0))).unwrap() as u64 + 1;
     let done = c.until_answered(2, super::move_req(50, from, 4), 2000);
     assert_eq!(done, Outcome::Done);
