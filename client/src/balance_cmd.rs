@@ -81,9 +81,9 @@ pub struct DriveOptions {
     pub moves_max: usize,
 }
 
-/// The usage of `node` and `rebalance` (as in the command table).
+/// The usage of `node` (as in the command table).
 pub const NODE_USAGE: &str =
-    "drain NODE [--wait SECS] [--moves-max N] | remove NODE --dead [--wait SECS] [--moves-max N]";
+    "list | drain NODE [--wait SECS] [--moves-max N] | remove NODE --dead [--wait SECS] [--moves-max N]";
 /// The usage of `rebalance`.
 pub const REBALANCE_USAGE: &str = "[--dry-run] [--wait SECS] [--moves-max N] | status";
 
@@ -103,6 +103,8 @@ pub fn parse(name: &str, args: &[&str]) -> Option<Result<BalanceCommand, ParseEr
             ))),
             _ => Err(usage("node", NODE_USAGE)),
         },
+        // `node list` is a plain command (command.rs).
+        ("node", ["list"]) => return None,
         ("node", _) => Err(usage("node", NODE_USAGE)),
         ("rebalance", ["status"]) => Ok(BalanceCommand::Status {
             moves_max: MOVES_MAX_DEFAULT,

@@ -18,6 +18,7 @@ use kv_shared::config::ClusterConfig;
 use kv_shared::limits::CLIENT_REQUESTS_PER_DATAGRAM_MAX;
 use kv_shared::pack::{encode_encoded, pack_by, PackLimit};
 use kv_shared::proto::{ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role, ShardRoute};
+use kv_shared::registry::METADATA_SHARD;
 use kv_shared::shard::shard_for_key;
 use kv_shared::wire::{self, Kind};
 use kv_shared::{ClientId, NodeId, ShardId};
@@ -199,21 +200,34 @@ impl Topology {
     pub(crate) fn set_shard_count(&mut self, count: u32) {
         if self.shard_count.is_none() && count > 0 && count <= kv_shared::limits::SHARDS_MAX {
             self.shard_count = Some(count);
-            self.leaders = vec![None; count as usize];
-            self.routes = vec![None; count as usize];
+            // One slot more: the metadata group's (see `slot`).
+            self.leaders = vec![None; count as usize + 1];
+            self.routes = vec![None; count as usize + 1];
+        }
+    }
+
+    /// The index of `shard` in `leaders` and `routes`: a shard's own number, and the
+    /// slot after the shards' for the metadata group (`None`: no such group known).
+    pub(crate) fn slot(&self, shard: ShardId) -> Option<usize> {
+        let count = self.shard_count?;
+        if shard == METADATA_SHARD {
+            Some(count as usize)
+        } else {
+            (shard.0 < count).then_some(shard.0 as usize)
         }
     }
 
     /// Adopts `route` if it is newer than the cached one; true if it was.
     pub(crate) fn learn_route(&mut self, route: &ShardRoute) -> bool {
-        let Some(slot) = self.routes.get_mut(route.shard.0 as usize) else {
+        let Some(index) = self.slot(route.shard) else {
             return false;
         };
+        let slot = &mut self.routes[index];
         if slot.as_ref().is_some_and(|have| have.epoch >= route.epoch) {
             return false;
         }
         *slot = Some(route.clone());
-        let leader = &mut self.leaders[route.shard.0 as usize];
+        let leader = &mut self.leaders[index];
         if leader.is_some_and(|l| !route.voters.contains(&l)) {
             *leader = None;
         }
@@ -242,7 +256,7 @@ impl Topology {
             self.learn_route(route);
         }
         for s in &status.shards {
-            let Some(slot) = self.leaders.get_mut(s.shard.0 as usize) else {
+            let Some(slot) = self.slot(s.shard).map(|i| &mut self.leaders[i]) else {
                 continue;
             };
             if s.role == Role::Leader {
@@ -513,7 +527,7 @@ impl Client {
     /// The cached leader of `shard`, with its address if known.
     pub fn cached_leader(&self, shard: ShardId) -> Option<NodeAddr> {
         let topo = self.shared.topology.lock().expect("topology lock");
-        let id = (*topo.leaders.get(shard.0 as usize)?)?;
+        let id = topo.leaders[topo.slot(shard)?]?;
         Some(NodeAddr {
             id: Some(id),
             addr: topo.addr_of(id)?,
@@ -523,7 +537,7 @@ impl Client {
     /// The replica set of `shard` as last learned (`None`: not learned yet).
     pub fn cached_route(&self, shard: ShardId) -> Option<ShardRoute> {
         let topo = self.shared.topology.lock().expect("topology lock");
-        topo.routes.get(shard.0 as usize).cloned().flatten()
+        topo.slot(shard).and_then(|i| topo.routes[i].clone())
     }
 
     /// The nodes that may serve `shard`: its known voters with an address, else every
@@ -531,9 +545,8 @@ impl Client {
     pub(crate) fn candidates(&self, shard: ShardId) -> Vec<NodeAddr> {
         let topo = self.shared.topology.lock().expect("topology lock");
         let replicas: Vec<NodeAddr> = topo
-            .routes
-            .get(shard.0 as usize)
-            .and_then(Option::as_ref)
+            .slot(shard)
+            .and_then(|i| topo.routes[i].as_ref())
             .map(|r| {
                 r.voters
                     .iter()
@@ -605,8 +618,8 @@ impl Client {
 
     pub(crate) fn set_leader(&self, shard: ShardId, leader: Option<NodeId>) {
         let mut topo = self.shared.topology.lock().expect("topology lock");
-        if let Some(slot) = topo.leaders.get_mut(shard.0 as usize) {
-            *slot = leader;
+        if let Some(i) = topo.slot(shard) {
+            topo.leaders[i] = leader;
         }
     }
 }

@@ -70,6 +70,8 @@ pub enum Command {
     },
     /// `node drain`, `node remove --dead`, `rebalance` and `rebalance status`.
     Balance(crate::balance_cmd::BalanceCommand),
+    /// The cluster's nodes: registry state, identity, replicas and leaders held, reachable.
+    NodeList,
     /// Usage, for all commands or one.
     Help {
         /// A command name, if the user asked about one.
@@ -136,7 +138,7 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     (
         "node",
         crate::balance_cmd::NODE_USAGE,
-        "admin: drain moves every replica off NODE (showing progress) until it holds none and leads nothing; remove --dead rebuilds the replicas of a node that will not come back on live nodes; at most N moves at once (default 4), for up to SECS (default 3600)",
+        "list shows the cluster's nodes as the node registry lists them (address, state, data-dir identity, replicas and leaders held, reachable or not); admin: drain moves every replica off NODE (showing progress) until it holds none and leads nothing; remove --dead rebuilds the replicas of a node that will not come back on live nodes; at most N moves at once (default 4), for up to SECS (default 3600)",
     ),
     (
         "rebalance",
@@ -302,6 +304,8 @@ pub fn parse_words<S: AsRef<str>>(words: &[S]) -> Result<Command, ParseError> {
             }
         }
         ("shard", _) => return Err(usage("shard")),
+        ("node", ["list"]) => Command::NodeList,
+        ("node", _) => return Err(usage("node")),
         ("help" | "?", []) => Command::Help { topic: None },
         ("help" | "?", [t]) => Command::Help {
             topic: Some(t.to_string()),
@@ -439,6 +443,8 @@ mod tests {
             "a key named leader"
         );
         assert!(parse_line("shard leader x 2").is_err());
+        assert_eq!(parse_line("node list").unwrap(), Some(Command::NodeList));
+        assert!(parse_line("node").is_err() && parse_line("node list 3").is_err());
         assert_eq!(
             parse_line("shard move 3 --from 1 --to 4").unwrap(),
             Some(Command::ShardMove {

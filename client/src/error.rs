@@ -131,6 +131,7 @@ impl Error {
                 ClientError::Malformed(_) => "malformed",
                 ClientError::PermissionDenied { .. } => "permission-denied",
                 ClientError::MoveRefused { .. } => "move-refused",
+                ClientError::RegisterRefused(_) => "register-refused",
             },
             Error::Limit(_) => "limit",
             Error::NoNodeAnswered { .. } => "no-node-answered",

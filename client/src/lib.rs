@@ -11,6 +11,7 @@
 //! - [`value`]: plain / `hex:` / `b64:` forms of keys and values.
 //! - [`command`]: the command language (quoting, usage, help).
 //! - [`output`]: human and JSON rendering of results and of the status table.
+//! - [`nodes`]: `node list`, the node registry with what each node holds.
 //! - [`run`]: executing commands: one-shot, script and REPL.
 //! - [`balance_cmd`]: `node drain`, `node remove --dead`, `rebalance`: the balance
 //!   planner driven through replica moves and leader transfers ([`balance_output`]
@@ -27,6 +28,7 @@ pub mod command;
 pub mod error;
 pub mod history;
 pub mod local;
+pub mod nodes;
 pub mod output;
 pub mod run;
 pub mod session;

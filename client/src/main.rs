@@ -23,6 +23,7 @@ Examples:
   kvcli cas counter 41 42                        exit 1 if counter is not 41
   kvcli cas lock --absent me                     write only if the key is absent
   kvcli --json status                            the cluster table as JSON
+  kvcli node list                                nodes: address, state, identity, replicas, leaders
   kvcli node drain 5                             move every replica off node 5
   kvcli node remove 4 --dead                     rebuild a lost node's replicas elsewhere
   kvcli rebalance --dry-run                      the moves that would balance the cluster
@@ -32,7 +33,7 @@ Examples:
 Commands (REPL, script or one-shot):
   get KEY [--stale]     put KEY VALUE     del KEY
   cas KEY EXPECTED NEW  cas KEY --absent NEW
-  status                shard KEY         help [COMMAND]   quit
+  status                shard KEY         node list        help [COMMAND]   quit
   shard leader|move ... node drain|remove ...  rebalance [status|--dry-run]
 
 Exit codes: 0 ok; 1 key not found or cas mismatch; 2 error.

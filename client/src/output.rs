@@ -58,6 +58,8 @@ pub enum CmdOutput {
         /// The node that holds one now.
         to: NodeId,
     },
+    /// The node list.
+    NodeList(crate::nodes::NodeList),
 }
 
 impl CmdOutput {
@@ -118,6 +120,9 @@ pub fn render(out: &CmdOutput, style: Style) -> String {
         ),
         CmdOutput::Text(t) => t.trim_end().to_string(),
         CmdOutput::Balance(b) => b.render(style),
+        CmdOutput::NodeList(list) => {
+            crate::nodes::render_node_list(list, |cell| paint(style, "31", cell))
+        }
         CmdOutput::Moved { shard, from, to } => format!(
             "{}: shard {}'s replica moved from node {} to node {}",
             paint(style, "32", "OK"),
@@ -148,6 +153,7 @@ fn render_json(out: &CmdOutput) -> Value {
         }),
         CmdOutput::Text(t) => json!({"result": "ok", "text": t}),
         CmdOutput::Balance(b) => b.json(),
+        CmdOutput::NodeList(list) => crate::nodes::node_list_json(list),
         CmdOutput::Moved { shard, from, to } => json!({
             "result": "ok",
             "shard": shard.0,
@@ -416,7 +422,7 @@ fn node_row(n: &NodeRow, cell: String) -> Vec<String> {
 
 /// Lays out rows under headers, columns padded to their widest cell. `paint` may colour a
 /// cell after padding, so colour codes never upset the alignment.
-fn table(
+pub(crate) fn table(
     headers: &[&str],
     rows: &[Vec<String>],
     paint_cell: impl Fn(usize, &str, String) -> String,
@@ -769,6 +775,7 @@ mod tests {
             ],
             nodes: vec![],
             routes: vec![route(0, 0, &[1, 2, 3], &[]), route(1, 0, &[1, 2, 3], &[])],
+            registry: None,
         };
         let mut n2 = n1.clone();
         n2.node = NodeId(2);

@@ -47,19 +47,21 @@ pub async fn execute(client: &Client, session: &mut Session, cmd: Command) -> Re
             let started = std::time::Instant::now();
             let reports = client.status(STATUS_TIMEOUT).await;
             if reports.iter().all(|r| r.result.is_err()) {
-                return Err(Error::NoNodeAnswered {
-                    waited_ms: started.elapsed().as_millis() as u64,
-                    tried: reports
-                        .iter()
-                        .map(|r| r.node.addr.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    outcome_unknown: false,
-                });
+                return Err(no_node_answered(started, &reports));
             }
             let count = client.shard_count().unwrap_or(0);
             return Ok(Step::Output(CmdOutput::Status(combine_status(
                 &reports, count,
+            ))));
+        }
+        Command::NodeList => {
+            let started = std::time::Instant::now();
+            let reports = client.status(STATUS_TIMEOUT).await;
+            if reports.iter().all(|r| r.result.is_err()) {
+                return Err(no_node_answered(started, &reports));
+            }
+            return Ok(Step::Output(CmdOutput::NodeList(crate::nodes::node_list(
+                &reports,
             ))));
         }
         Command::ShardLeader { shard, node } => {
@@ -128,6 +130,19 @@ pub async fn execute(client: &Client, session: &mut Session, cmd: Command) -> Re
         Response::CasMismatch { current } => CmdOutput::CasMismatch { current },
         Response::Integer(n) => CmdOutput::Integer(n),
     }))
+}
+
+/// The error of a status round no node answered.
+fn no_node_answered(started: std::time::Instant, reports: &[crate::NodeReport]) -> Error {
+    Error::NoNodeAnswered {
+        waited_ms: started.elapsed().as_millis() as u64,
+        tried: reports
+            .iter()
+            .map(|r| r.node.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        outcome_unknown: false,
+    }
 }
 
 /// Runs one command given as words (`kvcli get K`), prints its result, returns the exit code.
@@ -259,7 +274,7 @@ impl ReplHelper {
             ["shard", "move", _] => vec!["--from"],
             ["shard", "move", _, "--from", _] => vec!["--to"],
             ["shard", "move", _, "--from", _, "--to", _] => vec!["--wait"],
-            ["node"] => vec!["drain", "remove"],
+            ["node"] => vec!["list", "drain", "remove"],
             ["node", "remove", _] => vec!["--dead"],
             ["node", "drain" | "remove", _, ..] => vec!["--wait", "--moves-max"],
             ["rebalance"] => vec!["status", "--dry-run", "--wait", "--moves-max"],
@@ -465,6 +480,7 @@ mod tests {
             h.completions("rebalance --dry-run --m", 23).1,
             vec!["--moves-max ".to_string()]
         );
+        assert_eq!(h.completions("node l", 6), (5, vec!["list ".to_string()]));
     }
 
     #[test]

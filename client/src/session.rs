@@ -8,6 +8,7 @@ use bytes::Bytes;
 use kv_shared::auth::BODY_BYTES_MAX;
 use kv_shared::pack::count_prefix_bytes;
 use kv_shared::proto::{ClientError, ClientRequest, Op, Outcome};
+use kv_shared::registry::METADATA_SHARD;
 use kv_shared::shard::shard_for_key;
 use kv_shared::{ClientId, ShardId};
 use rand::rngs::SmallRng;
@@ -168,7 +169,11 @@ impl Session {
             .shard_count()
             .expect("connect learned the shard count");
         let shard = match (&op, op.key()) {
-            (op, _) if op.admin_shard().is_some_and(|s| s.0 >= shard_count) => {
+            (op, _)
+                if op
+                    .admin_shard()
+                    .is_some_and(|s| s.0 >= shard_count && s != METADATA_SHARD) =>
+            {
                 return Err(Error::Limit(ClientError::Malformed(format!(
                     "shard {} does not exist; the cluster has {shard_count} shards",
                     op.admin_shard().expect("matched").0

@@ -8,6 +8,7 @@
 //! - [`config`]: the static cluster file (TOML) in `configs/`.
 //! - [`proto`]: client requests and replies.
 //! - [`wire`]: the datagram header every raftkv UDP datagram starts with.
+//! - [`registry`]: the node registry the metadata group holds, and that group's shard id.
 //! - [`pack`]: items packed into batches that fit one datagram payload.
 //! - [`balance`]: the balance planner (replica moves and leader transfers; pure).
 //! - [`auth`]: keys, key files, sealed (authenticated) datagrams, the replay window.
@@ -21,6 +22,7 @@ pub mod limits;
 pub mod linearizability;
 pub mod pack;
 pub mod proto;
+pub mod registry;
 pub mod shard;
 pub mod wire;
 

@@ -4,6 +4,7 @@
 
 use crate::ids::{ClientId, NodeId, ShardId};
 use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use crate::registry::{RegisterRefusal, Registry, METADATA_SHARD};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -97,6 +98,19 @@ pub enum Op {
         /// The node that receives a replica (a cluster member holding none of the shard).
         to: NodeId,
     },
+    /// Register node `node` at `addr` with its data directory's `identity` in the node
+    /// registry (the metadata group's state; docs/ELASTIC.md). Sent by kvserver at every
+    /// start. `Done` once registered (a repeat with the same identity only updates the
+    /// address); [`ClientError::RegisterRefused`] when the id is registered under another
+    /// identity or was removed (ids are never reused).
+    RegisterNode {
+        /// The node.
+        node: NodeId,
+        /// Where peers and clients reach it.
+        addr: SocketAddr,
+        /// Its data directory's identity.
+        identity: u64,
+    },
 }
 
 impl Op {
@@ -111,7 +125,10 @@ impl Op {
             | Op::Incr { key, .. }
             | Op::Append { key, .. }
             | Op::Swap { key, .. } => Some(key),
-            Op::Status | Op::ShardLeader { .. } | Op::MoveReplica { .. } => None,
+            Op::Status
+            | Op::ShardLeader { .. }
+            | Op::MoveReplica { .. }
+            | Op::RegisterNode { .. } => None,
         }
     }
 
@@ -119,6 +136,7 @@ impl Op {
     pub fn admin_shard(&self) -> Option<ShardId> {
         match self {
             Op::ShardLeader { shard, .. } | Op::MoveReplica { shard, .. } => Some(*shard),
+            Op::RegisterNode { .. } => Some(METADATA_SHARD),
             _ => None,
         }
     }
@@ -137,6 +155,7 @@ impl Op {
                 | Op::Swap { .. }
                 | Op::ShardLeader { .. }
                 | Op::MoveReplica { .. }
+                | Op::RegisterNode { .. }
         )
     }
 
@@ -343,6 +362,9 @@ pub enum ClientError {
         /// Why.
         reason: MoveRefusal,
     },
+    /// The node registry refused a registration ([`Op::RegisterNode`]).
+    #[error("{0}")]
+    RegisterRefused(RegisterRefusal),
 }
 
 /// Why a [`Op::MoveReplica`] was refused (or undone).
@@ -501,6 +523,8 @@ pub struct NodeStatus {
     pub nodes: Vec<(NodeId, SocketAddr)>,
     /// Every shard of the cluster as the answering node knows it, hosted here or not.
     pub routes: Vec<ShardRoute>,
+    /// The newest node registry the answering node has seen (`None`: none yet).
+    pub registry: Option<Registry>,
 }
 
 #[cfg(test)]

@@ -336,6 +336,7 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
             counters: Vec::new(),
             nodes: (1..).map(NodeId).zip(c.addrs.iter().copied()).collect(),
             routes: (0..shards).map(|s| c.route(ShardId(s), n)).collect(),
+            registry: None,
         };
         return reply(Outcome::Status(status));
     }
@@ -471,7 +472,11 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
             };
             Outcome::Value(before.clone())
         }
-        Op::Get { .. } | Op::Status | Op::ShardLeader { .. } | Op::MoveReplica { .. } => {
+        Op::Get { .. }
+        | Op::Status
+        | Op::ShardLeader { .. }
+        | Op::MoveReplica { .. }
+        | Op::RegisterNode { .. } => {
             unreachable!("handled above")
         }
     };

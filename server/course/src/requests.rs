@@ -164,7 +164,8 @@ pub fn disposition(outcome: Outcome) -> Disposition {
             | ClientError::Malformed(_)
             // Course mode has no client keys; the runtime never produces it there.
             | ClientError::PermissionDenied { .. }
-            | ClientError::MoveRefused { .. },
+            | ClientError::MoveRefused { .. }
+            | ClientError::RegisterRefused(_),
         )
         | Outcome::CasMismatch { .. }
         | Outcome::Integer(_)

@@ -47,6 +47,8 @@ pub fn node_config(settings: &Settings, roster: &Roster) -> NodeConfig {
         addrs: Vec::new(),
         shard_count: 1,
         replication: roster.members().len(),
+        // Course mode is one group under the harness: no metadata group.
+        metadata_voters: Vec::new(),
         request_timeout_ticks: settings.request_timeout_ticks,
         // A run is ~45 s and a few thousand entries: never worth a snapshot.
         snapshot_threshold_entries: 1_000_000,

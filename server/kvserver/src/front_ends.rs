@@ -41,10 +41,10 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
 }
 
 /// The client key the Redis gateway speaks to the cluster under for itself (the node
-/// status that INFO and DBSIZE show): the cluster file's `client_key_file`, else its
+/// status that INFO and DBSIZE show), and the node registers itself under: the cluster file's `client_key_file`, else its
 /// first read-write key in `client_key_files`. Connections act as the client they AUTH
 /// as, or as `redis_default_client` (`resp::users`, docs/SECURITY.md).
-fn gateway_key(cluster: &ClusterConfig) -> Result<Option<ClientKey>, ServerError> {
+pub(crate) fn gateway_key(cluster: &ClusterConfig) -> Result<Option<ClientKey>, ServerError> {
     let read = |path: &std::path::Path| read_client_key(path).map_err(ServerError::GatewayKey);
     if let Some(path) = &cluster.client_key_file {
         return read(path).map(Some);

@@ -7,6 +7,8 @@
 //! - [`server`]: the `kvserver` event loop, [`server::run`] takes its socket, so tests
 //!   can bind port 0 and run a node in-process.
 //! - [`dir_lock`]: the data directory's lock (one kvserver per directory).
+//! - [`registration`]: the data directory's identity, the check a new directory passes
+//!   before the node takes part, and the node's registration in the node registry.
 //! - [`auth`]: the node's keys, its incarnation (persisted so it only grows) and the
 //!   replay windows of clients.
 //! - [`disk`] (*reusable*): the dedicated disk thread with group commit (many
@@ -36,6 +38,7 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod ratelimit;
+pub mod registration;
 pub mod resp;
 pub mod server;
 pub mod signals;

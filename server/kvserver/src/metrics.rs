@@ -401,6 +401,7 @@ pub fn op_label(op: &Op) -> &'static str {
         Op::OpenSession { .. } => "open_session",
         Op::ShardLeader { .. } => "shard_leader",
         Op::MoveReplica { .. } => "move_replica",
+        Op::RegisterNode { .. } => "register_node",
         Op::Status => "status",
     }
 }
@@ -527,6 +528,7 @@ mod tests {
             counters: Vec::new(),
             nodes: Vec::new(),
             routes: Vec::new(),
+            registry: None,
         };
         let mut counters = Counters::default();
         counters.datagrams_in = 5;
@@ -562,6 +564,7 @@ mod tests {
             counters: Vec::new(),
             nodes: Vec::new(),
             routes: Vec::new(),
+            registry: None,
         };
         let mut counters = Counters::default();
         counters.datagrams_out = 11;

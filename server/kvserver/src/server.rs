@@ -17,6 +17,7 @@ use crate::auth::{next_incarnation, ClientWindows, NodeKeys};
 use crate::disk::{DiskEvent, DiskThread, LogStore};
 use crate::metrics::{MeteredStore, Metrics, UdpRequests};
 use crate::net::{ClientAddrs, ClientRoute, Counters, DropReason};
+use crate::registration::{self, Registration, RegistrationEvent};
 use crate::resp::local::{LocalInbox, LocalRead, LOCAL_TOKEN};
 use crate::{core_events, front_ends};
 use kv_node::{codec, ClientToken, NodeConfig, NodeCore, WriteRefusal};
@@ -29,6 +30,7 @@ use kv_shared::limits::{
 };
 use kv_shared::pack::{encoded_bytes, pack, PackLimit};
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Outcome};
+use kv_shared::registry::NodeState;
 use kv_shared::wire::{self, Kind};
 use kv_shared::NodeId;
 use std::future::Future;
@@ -73,13 +75,40 @@ pub struct ServerOptions {
     pub redis_addr: Option<SocketAddr>,
     /// Where to serve `/metrics` and `/health` (`None`: not at all).
     pub http_addr: Option<SocketAddr>,
+    /// Set for a node that is not in the cluster file and joins a running cluster.
+    pub join: Option<JoinOptions>,
+}
+
+/// How a node outside the cluster file joins (`kvserver --join`).
+#[derive(Clone, Debug)]
+pub struct JoinOptions {
+    /// Nodes of the cluster to ask first (any will do; they name the others).
+    pub seeds: Vec<SocketAddr>,
+    /// Where this node listens for peers and clients.
+    pub listen: SocketAddr,
+}
+
+impl ServerOptions {
+    /// Where this node listens: the cluster file's address, or `--listen` when joining.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        match &self.join {
+            Some(j) => Some(j.listen),
+            None => self.cluster.addr_of(self.node),
+        }
+    }
 }
 
 /// Why a node stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// A node joining with `--join` whose id the cluster file lists.
+    #[error("node {node} is listed in the cluster file: start it without --join (--join is for a node the file does not list)")]
+    JoinListed {
+        /// The id asked for.
+        node: NodeId,
+    },
     /// The node id is not listed in the cluster file.
-    #[error("node {node} is not listed in the cluster file (members: {members})")]
+    #[error("node {node} is not listed in the cluster file (members: {members}); a node the file does not list joins with --join")]
     NotAMember {
         /// The id asked for.
         node: NodeId,
@@ -140,6 +169,18 @@ pub enum ServerError {
     /// durable, so the node cannot continue.
     #[error("the disk thread stopped")]
     DiskThreadStopped,
+    /// The node registry refuses this node with this data directory.
+    #[error("refusing to start: {0}")]
+    Refused(#[source] kv_shared::registry::RegisterRefusal),
+    /// The data directory's identity file could not be read or written.
+    #[error("cannot read or make the identity of the data directory {}: {source}", dir.display())]
+    DataDirIdentity {
+        /// The data directory.
+        dir: PathBuf,
+        /// What the OS said (or why the file is malformed).
+        #[source]
+        source: std::io::Error,
+    },
     /// The incarnation file in the data directory could not be read or written.
     #[error("cannot record this start's incarnation in {}: {source}", dir.display())]
     Incarnation {
@@ -159,6 +200,8 @@ impl ServerError {
         match self {
             ServerError::Storage { .. } | ServerError::Recovery { .. } => 3,
             ServerError::NotAMember { .. }
+            | ServerError::JoinListed { .. }
+            | ServerError::Refused(_)
             | ServerError::GatewayKey(_)
             | ServerError::RespUsers(_) => 2,
             ServerError::DataDir { .. }
@@ -166,6 +209,7 @@ impl ServerError {
             | ServerError::Io(_)
             | ServerError::Disk(_)
             | ServerError::DiskThreadStopped
+            | ServerError::DataDirIdentity { .. }
             | ServerError::Incarnation { .. } => 1,
         }
     }
@@ -242,6 +286,14 @@ pub async fn run_with_store<S: LogStore>(
             source,
         }
     })?;
+    let holds_data = !recovered.records.is_empty() || !recovered.snapshots.is_empty();
+    let identity =
+        registration::data_dir_identity(&opts.data_dir, holds_data).map_err(|source| {
+            ServerError::DataDirIdentity {
+                dir: opts.data_dir.clone(),
+                source,
+            }
+        })?;
     let core = NodeCore::new(config, recovered).map_err(|source| ServerError::Recovery {
         dir: opts.data_dir.clone(),
         source,
@@ -259,6 +311,8 @@ pub async fn run_with_store<S: LogStore>(
         data_dir = %opts.data_dir.display(),
         shards = opts.cluster.shards,
         incarnation,
+        data_dir_identity = format_args!("{:016x}", identity.identity),
+        new_data_dir = identity.new,
         protection = ?opts.keys.protection,
         cluster_keys = opts.keys.cluster.len(),
         client_keys = opts.keys.clients.len(),
@@ -279,7 +333,48 @@ pub async fn run_with_store<S: LogStore>(
         .iter()
         .map(|(p, _)| opts.keys.peer_receivers(me, *p))
         .collect();
+    let (registration_tx, registration) = unbounded_channel();
+    let registration_task = match front_ends::gateway_key(&opts.cluster)? {
+        Some(key) => {
+            let reg = Registration {
+                node: me,
+                addr: opts.listen_addr().expect("check_member passed"),
+                identity,
+                others: match &opts.join {
+                    // The registry decides: it is enough to hear it from one node.
+                    Some(_) => Vec::new(),
+                    None => peers.iter().map(|(p, _)| *p).collect(),
+                },
+                needs_registry: opts.join.is_some(),
+            };
+            let mut options = kvcli::ClientOptions::from_config(&opts.cluster, key);
+            if let Some(join) = &opts.join {
+                options.nodes = (join.seeds.iter())
+                    .map(|&addr| kvcli::NodeAddr { id: None, addr })
+                    .collect();
+            }
+            Some(tokio::spawn(registration::run(
+                reg,
+                options,
+                registration_tx,
+            )))
+        }
+        None => {
+            tracing::warn!(
+                "this node cannot register in the node registry: the cluster file names no \
+                 read-write client key (client_key_file, or client_key_files)"
+            );
+            None
+        }
+    };
+    // A new data directory takes part only once the cluster says its id is not known
+    // under another one (`registration`); without a way to ask, it cannot wait.
+    let taking_part = !identity.new || registration_task.is_none();
     let event_loop = EventLoop {
+        registration,
+        registration_open: registration_task.is_some(),
+        _registration_task: registration_task.map(AbortOnDrop),
+        taking_part,
         core,
         socket,
         me,
@@ -319,8 +414,10 @@ pub async fn run_with_store<S: LogStore>(
 
 fn check_member(opts: &ServerOptions) -> Result<(), ServerError> {
     let members = opts.cluster.node_ids();
-    if members.contains(&opts.node) {
-        return Ok(());
+    match (members.contains(&opts.node), &opts.join) {
+        (true, None) | (false, Some(_)) => return Ok(()),
+        (true, Some(_)) => return Err(ServerError::JoinListed { node: opts.node }),
+        (false, None) => {}
     }
     Err(ServerError::NotAMember {
         node: opts.node,
@@ -362,9 +459,28 @@ enum Wake {
     Readable(std::io::Result<()>),
     Metrics,
     LocalReads(Vec<LocalRead>),
+    Registration(Option<RegistrationEvent>),
+}
+
+/// A task that stops when its owner is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 struct EventLoop {
+    /// What the registration task reports.
+    registration: UnboundedReceiver<RegistrationEvent>,
+    /// False once the registration task is gone (its channel closed).
+    registration_open: bool,
+    _registration_task: Option<AbortOnDrop>,
+    /// False while a new data directory waits for the first-start check: the core is
+    /// neither ticked nor given peer messages (it answers status, which the check of
+    /// the other nodes' new directories needs).
+    taking_part: bool,
     core: NodeCore,
     socket: UdpSocket,
     me: NodeId,
@@ -433,11 +549,14 @@ impl EventLoop {
                 r = self.socket.readable() => Wake::Readable(r),
                 _ = metrics.tick() => Wake::Metrics,
                 reads = self.local_reads.next() => Wake::LocalReads(reads),
+                ev = self.registration.recv(), if self.registration_open => Wake::Registration(ev),
             };
             let step = match wake {
                 Wake::Shutdown => break Ok(()),
                 Wake::Disk(None) => Err(ServerError::DiskThreadStopped),
                 Wake::Disk(Some(ev)) => self.on_disk_events(ev, &mut events),
+                Wake::Registration(ev) => self.on_registration(ev),
+                Wake::Tick if !self.taking_part => Ok(()),
                 Wake::Tick => {
                     // Wall time only feeds the status table ("ms since a peer was heard").
                     self.core.set_now_ms(self.now_ms());
@@ -445,6 +564,7 @@ impl EventLoop {
                     self.ticks += 1;
                     if self.ticks.is_multiple_of(METRICS_SYNC_TICKS) {
                         self.sync_metrics();
+                        self.sync_peers();
                     }
                     Ok(())
                 }
@@ -498,6 +618,55 @@ impl EventLoop {
         for read in reads {
             let request = self.local_reads.take(read);
             self.core.on_client_request(LOCAL_TOKEN, request);
+        }
+    }
+
+    /// What the registration task found.
+    fn on_registration(&mut self, ev: Option<RegistrationEvent>) -> Result<(), ServerError> {
+        match ev {
+            // The task ended: nothing more will come.
+            None => self.registration_open = false,
+            Some(RegistrationEvent::Heard(registry)) => {
+                self.core.learn_registry(registry);
+                self.sync_peers();
+            }
+            Some(RegistrationEvent::Cleared) => {
+                tracing::info!(
+                    node = self.me.0,
+                    "new data directory: no node knows this id under another one; taking part"
+                );
+                self.taking_part = true;
+            }
+            Some(RegistrationEvent::Registered) => {
+                tracing::info!(node = self.me.0, "registered in the node registry");
+            }
+            Some(RegistrationEvent::Refused(refusal)) => return Err(ServerError::Refused(refusal)),
+        }
+        Ok(())
+    }
+
+    /// Makes a peer of every node the registry lists that this node does not know yet
+    /// (joined after the cluster file was written), and follows a registered node's new
+    /// address: only such nodes' datagrams are opened, and only they are sent to.
+    fn sync_peers(&mut self) {
+        let Some(registry) = self.core.registry() else {
+            return;
+        };
+        for r in registry.nodes.iter().filter(|r| r.id != self.me) {
+            if r.state == NodeState::Removed {
+                continue;
+            }
+            match self.peers.iter().position(|(id, _)| *id == r.id) {
+                Some(i) => self.peers[i].1 = r.addr,
+                None => {
+                    tracing::info!(peer = r.id.0, addr = %r.addr, "a registered node becomes a peer");
+                    self.peers.push((r.id, r.addr));
+                    self.peer_windows.push(ReplayWindow::default());
+                    self.hello_due.push(false);
+                    self.peer_send.push(self.keys.peer_sender(self.me, r.id));
+                    self.peer_recv.push(self.keys.peer_receivers(self.me, r.id));
+                }
+            }
         }
     }
 
@@ -622,6 +791,7 @@ impl EventLoop {
             return;
         }
         match codec::decode_peer(opened.body) {
+            Ok(_) if !self.taking_part => {}
             Ok(msgs) => {
                 self.core.note_peer_heard(sender, self.now_ms());
                 self.core.on_peer_messages(sender, msgs);

@@ -55,6 +55,7 @@ fn one_node_at(
         seed: 7,
         redis_addr: None,
         http_addr: None,
+        join: None,
     };
     (socket, opts)
 }

@@ -5,6 +5,7 @@ use crate::placement::{initial_placement, shards_of, ShardPlacement};
 use kv_raft::Membership;
 use kv_shared::config::ClusterConfig;
 use kv_shared::limits::SESSIONS_MAX;
+use kv_shared::registry::{metadata_voters, METADATA_SHARD};
 use kv_shared::{NodeId, ShardId};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,6 +25,9 @@ pub struct NodeConfig {
     pub shard_count: u32,
     /// Replicas per shard at bootstrap, `1..=members.len()`.
     pub replication: usize,
+    /// The metadata group's bootstrap voters (the first `min(5, N)` bootstrap nodes by
+    /// id); empty: no metadata group (course mode, and tests that leave it out).
+    pub metadata_voters: Vec<NodeId>,
     /// A pending client request is answered `Timeout` after this many ticks.
     pub request_timeout_ticks: u32,
     /// Take a shard snapshot when more than this many applied entries follow the last one.
@@ -77,6 +81,7 @@ impl NodeConfig {
                 .collect(),
             shard_count: cluster.shards,
             replication: cluster.replication as usize,
+            metadata_voters: metadata_voters(&cluster.node_ids()),
             request_timeout_ticks: t.election_ticks_max * 4,
             snapshot_threshold_entries: 10_000,
             spread_leaders: true,
@@ -93,11 +98,12 @@ impl NodeConfig {
     }
 
     /// Small, fast settings for tests: heartbeat 1 tick, elections in 10..20 ticks, every
-    /// node holding every shard.
+    /// node holding every shard, no metadata group.
     pub fn for_test(node: NodeId, members: Vec<NodeId>, shard_count: u32) -> NodeConfig {
         NodeConfig {
             node,
             replication: members.len(),
+            metadata_voters: Vec::new(),
             members,
             addrs: Vec::new(),
             shard_count,
@@ -125,17 +131,30 @@ impl NodeConfig {
     }
 
     /// The shards this node holds at bootstrap, each with its initial membership (what
-    /// recovery starts a group from when no snapshot says otherwise).
+    /// recovery starts a group from when no snapshot says otherwise), and the metadata
+    /// group if this node is one of its voters.
     pub fn initial_groups(&self) -> BTreeMap<ShardId, Membership> {
         let placement = self.placement();
-        shards_of(&placement, self.node)
+        let mut groups: BTreeMap<ShardId, Membership> = shards_of(&placement, self.node)
             .into_iter()
             .map(|shard| {
                 let voters = placement[shard.0 as usize].replicas.clone();
                 let learners = Vec::new();
                 (shard, Membership { voters, learners })
             })
-            .collect()
+            .collect();
+        if self.metadata_voters.contains(&self.node) {
+            let voters = self.metadata_voters.clone();
+            let learners = Vec::new();
+            groups.insert(METADATA_SHARD, Membership { voters, learners });
+        }
+        groups
+    }
+
+    /// True if `shard` is a group of this cluster: a data shard, or the metadata group
+    /// when the cluster runs one.
+    pub fn is_group(&self, shard: ShardId) -> bool {
+        shard.0 < self.shard_count || (shard == METADATA_SHARD && !self.metadata_voters.is_empty())
     }
 
     /// The Raft settings of one group.

@@ -3,6 +3,7 @@
 //! [`Output`]. Every Raft `Ready` is handled here in the order kv-raft prescribes:
 //! persist (as DiskOps of one group-committed DiskWrite), send, apply, serve reads.
 
+mod metadata;
 mod moving;
 mod progress;
 
@@ -25,6 +26,7 @@ use kv_shared::limits::{
 use kv_shared::proto::{
     ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, ShardRoute, ShardStatus,
 };
+use kv_shared::registry::{Registry, METADATA_SHARD};
 use kv_shared::shard::shard_for_key;
 use kv_shared::{NodeId, ShardId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -168,7 +170,7 @@ fn request_bytes(op: &Op) -> usize {
             key.len() + expected.as_ref().map_or(0, |e| e.len()) + new.len()
         }
         Op::Get { key, .. } | Op::Delete { key } | Op::OpenSession { key } => key.len(),
-        Op::Status | Op::ShardLeader { .. } | Op::MoveReplica { .. } => 0,
+        Op::Status | Op::ShardLeader { .. } | Op::MoveReplica { .. } | Op::RegisterNode { .. } => 0,
     };
     REQUEST_OVERHEAD_BYTES + payload
 }
@@ -287,6 +289,9 @@ impl Group {
                     }
                 })?;
                 (sm, s.meta.index)
+            }
+            None if shard == METADATA_SHARD => {
+                (StateMachine::new_metadata(config.sessions_max()), 0)
             }
             None => (StateMachine::new(config.sessions_max()), 0),
         };
@@ -420,6 +425,9 @@ pub struct NodeCore {
     /// Tick of the last datagram to each peer (quiescence's keepalives).
     peers_sent_tick: BTreeMap<NodeId, u64>,
     now_ms: u64,
+    /// The newest node registry heard from outside this node (status replies of other
+    /// nodes, via [`NodeCore::learn_registry`]); a metadata voter also reads its own.
+    registry_heard: Option<Registry>,
     #[cfg(feature = "planted-bugs")]
     read_without_read_index: bool,
     #[cfg(feature = "planted-bugs")]
@@ -448,9 +456,16 @@ impl NodeCore {
             );
         }
         assert!(
-            config.members.contains(&config.node),
-            "node {} is not among the members",
+            config.members.contains(&config.node) || !config.metadata_voters.is_empty(),
+            "node {} is not among the members, and no registry can list it",
             config.node
+        );
+        assert!(
+            config
+                .metadata_voters
+                .iter()
+                .all(|v| config.members.contains(v)),
+            "the metadata group's voters are members"
         );
         let placement = config.placement();
         let hosted = wal::hosted_shards(&recovered, config.shard_count, &config.initial_groups())?;
@@ -490,6 +505,7 @@ impl NodeCore {
             peers_heard_tick: BTreeMap::new(),
             peers_sent_tick: BTreeMap::new(),
             now_ms: 0,
+            registry_heard: None,
             #[cfg(feature = "planted-bugs")]
             read_without_read_index: false,
             #[cfg(feature = "planted-bugs")]
@@ -546,6 +562,7 @@ impl NodeCore {
         let ask_for_leader = self
             .tick_count
             .is_multiple_of(LEADERLESS_ELECTIONS_BEFORE_ASKING_ALL * election_max);
+        let cluster_nodes = self.cluster_nodes();
         for g in self.groups.iter_mut() {
             if g.quiesced {
                 let leader_silent = g.soft.role != Role::Leader
@@ -603,16 +620,11 @@ impl NodeCore {
             }
             g.raft.tick();
             if ask_for_leader && g.soft.leader.is_none() && !g.raft.membership().voters.is_empty() {
-                g.raft.ask_for_leader(&self.config.members);
+                g.raft.ask_for_leader(&cluster_nodes);
             }
         }
         if quiesce && self.tick_count.is_multiple_of(hb) {
-            for p in self
-                .config
-                .members
-                .iter()
-                .filter(|&&p| p != self.config.node)
-            {
+            for p in cluster_nodes.iter().filter(|&&p| p != self.config.node) {
                 let quiet = self
                     .peers_sent_tick
                     .get(p)
@@ -648,9 +660,13 @@ impl NodeCore {
                 // A move hands leadership over itself; spreading could undo that.
                 continue;
             }
-            let preferred =
-                g.sm.preferred_leader()
-                    .unwrap_or(self.placement[g.shard.0 as usize].preferred_leader);
+            // The metadata group has no placement: it keeps whoever it elects.
+            let Some(preferred) = g.sm.preferred_leader().or_else(|| {
+                let placed = self.placement.get(g.shard.0 as usize);
+                placed.map(|p| p.preferred_leader)
+            }) else {
+                continue;
+            };
             if preferred == self.config.node
                 || g.last_transfer_tick
                     .is_some_and(|t| self.tick_count < t + interval)
@@ -716,11 +732,6 @@ impl NodeCore {
             g.wake();
             g.raft.step(gm.msg);
         }
-    }
-
-    /// True if `node` is another member of the cluster.
-    fn is_peer(&self, node: NodeId) -> bool {
-        node != self.config.node && self.config.members.contains(&node)
     }
 
     fn refuse(&mut self, reason: BoundaryRefusal) {
@@ -789,6 +800,12 @@ impl NodeCore {
                 return reply_now(self, Outcome::Status(s));
             }
             op => match op.admin_shard() {
+                Some(METADATA_SHARD)
+                    if matches!(op, Op::RegisterNode { .. })
+                        && self.config.is_group(METADATA_SHARD) =>
+                {
+                    METADATA_SHARD
+                }
                 Some(shard) if shard.0 >= shard_count => {
                     let e = ClientError::Malformed(format!(
                         "shard {} does not exist; the cluster has {shard_count} shards",
@@ -1248,7 +1265,8 @@ impl NodeCore {
                         let checked = match sm.saved_outcome(session.0, session.1) {
                             Some(_) => Ok(()),
                             None => {
-                                moves::check_move(from, to, &self.config.members, &route, in_flight)
+                                let nodes = self.cluster_nodes();
+                                moves::check_move(from, to, &nodes, &route, in_flight)
                             }
                         };
                         match checked {
@@ -1407,6 +1425,13 @@ impl NodeCore {
                 }
             }
             None if self.removed_routes.contains_key(&shard) => self.removed_routes[&shard].clone(),
+            None if shard == METADATA_SHARD => ShardRoute {
+                shard,
+                epoch: 0,
+                voters: self.config.metadata_voters.clone(),
+                learners: Vec::new(),
+                leader: None,
+            },
             None => ShardRoute {
                 shard,
                 epoch: 0,
@@ -1480,9 +1505,11 @@ impl NodeCore {
 
     /// The status table (also served to `Op::Status`).
     pub fn status(&self) -> NodeStatus {
+        // The metadata group is no shard of the keyspace: status shows its registry.
         let shards = self
             .groups
             .iter()
+            .filter(|g| g.shard != METADATA_SHARD)
             .map(|g| {
                 let st = g.raft.status();
                 ShardStatus {
@@ -1501,8 +1528,7 @@ impl NodeCore {
             })
             .collect();
         let peers = self
-            .config
-            .sorted_members()
+            .cluster_nodes()
             .into_iter()
             .filter(|p| *p != self.config.node)
             .map(|p| {
@@ -1525,10 +1551,11 @@ impl NodeCore {
                 .collect(),
             drops: Vec::new(),
             counters: Vec::new(),
-            nodes: self.config.addrs.clone(),
+            nodes: self.node_addrs(),
             routes: (0..self.config.shard_count)
                 .map(|s| self.shard_route(ShardId(s)))
                 .collect(),
+            registry: self.registry(),
         }
     }
 

@@ -7,10 +7,12 @@ use hashbrown::hash_table::{Entry, HashTable};
 use kv_shared::limits::SESSIONS_MAX;
 use kv_shared::limits::VALUE_BYTES_MAX;
 use kv_shared::proto::{ClientError, MoveRefusal, Op, Outcome};
+use kv_shared::registry::Registry;
 use kv_shared::{ClientId, NodeId, ShardId};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
+use std::net::SocketAddr;
 use xxhash_rust::xxh64::Xxh64;
 
 /// A state-changing operation, as it travels through the log.
@@ -86,6 +88,16 @@ pub enum WriteOp {
         /// `None`: the move is done; else why it was undone.
         refusal: Option<MoveRefusal>,
     },
+    /// Register a node in the node registry: applies only in the metadata group's state
+    /// machine (a data shard refuses it, changing nothing).
+    RegisterNode {
+        /// The node.
+        node: NodeId,
+        /// Where it is reached.
+        addr: SocketAddr,
+        /// Its data directory's identity.
+        identity: u64,
+    },
 }
 
 impl WriteOp {
@@ -120,6 +132,15 @@ impl WriteOp {
                 shard: *shard,
                 from: *from,
                 to: *to,
+            }),
+            Op::RegisterNode {
+                node,
+                addr,
+                identity,
+            } => Some(WriteOp::RegisterNode {
+                node: *node,
+                addr: *addr,
+                identity: *identity,
             }),
             Op::Get { .. } | Op::Status => None,
         }
@@ -336,6 +357,7 @@ struct ImageRef<'a> {
     membership_epoch: u64,
     preferred_leader: Option<NodeId>,
     move_in_flight: Option<MoveInFlight>,
+    registry: &'a Option<Registry>,
 }
 
 /// The serialized form of a shard (snapshot image), as read: keys and values borrowed
@@ -351,6 +373,7 @@ struct Image<'a> {
     membership_epoch: u64,
     preferred_leader: Option<NodeId>,
     move_in_flight: Option<MoveInFlight>,
+    registry: Option<Registry>,
 }
 
 /// One key and its value in a single heap block: the key's length (u32, little endian),
@@ -438,6 +461,9 @@ pub struct StateMachine {
     /// Set by `WriteOp::BeginMove`, cleared by `WriteOp::EndMove`: replicated, so a new
     /// leader finishes (or undoes) the move its predecessor started.
     move_in_flight: Option<MoveInFlight>,
+    /// The node registry: `Some` only in the metadata group's state machine, the one
+    /// place registry changes apply.
+    registry: Option<Registry>,
 }
 
 /// A replica move recorded in a shard's state machine.
@@ -470,6 +496,7 @@ impl PartialEq for StateMachine {
             && self.membership_epoch == other.membership_epoch
             && self.preferred_leader == other.preferred_leader
             && self.move_in_flight == other.move_in_flight
+            && self.registry == other.registry
     }
 }
 
@@ -521,6 +548,9 @@ fn decode_image(bytes: &[u8], sessions_max: usize) -> Result<Image<'_>, ImageErr
             c.0, s.stamp, image.clock
         )));
     }
+    if image.registry.as_ref().is_some_and(|r| !r.is_well_formed()) {
+        return Err(ImageError("registry ids are not strictly ascending".into()));
+    }
     Ok(image)
 }
 
@@ -536,7 +566,21 @@ impl StateMachine {
             membership_epoch: 0,
             preferred_leader: None,
             move_in_flight: None,
+            registry: None,
         }
+    }
+
+    /// The empty state machine of the metadata group: it holds the node registry.
+    pub fn new_metadata(sessions_max: usize) -> StateMachine {
+        StateMachine {
+            registry: Some(Registry::default()),
+            ..StateMachine::new(sessions_max)
+        }
+    }
+
+    /// The node registry (`None` in a data shard).
+    pub fn registry(&self) -> Option<&Registry> {
+        self.registry.as_ref()
     }
 
     /// Current value of `key` (a copy: the map keeps its own).
@@ -741,6 +785,19 @@ impl StateMachine {
                     Outcome::Done
                 }
             },
+            WriteOp::RegisterNode {
+                node,
+                addr,
+                identity,
+            } => match &mut self.registry {
+                None => Outcome::Error(ClientError::Malformed(
+                    "node registrations go to the metadata group, not to a data shard".into(),
+                )),
+                Some(r) => match r.register(self.applied_index, *node, *addr, *identity) {
+                    Ok(()) => Outcome::Done,
+                    Err(e) => Outcome::Error(ClientError::RegisterRefused(e)),
+                },
+            },
             WriteOp::EndMove { .. } => unreachable!("handled above, outside sessions"),
         };
         self.sessions.record(w.client, w.seq, outcome.clone());
@@ -817,6 +874,7 @@ impl StateMachine {
             membership_epoch: self.membership_epoch,
             preferred_leader: self.preferred_leader,
             move_in_flight: self.move_in_flight,
+            registry: &self.registry,
         };
         Bytes::from(postcard::to_stdvec(&image).expect("an image always encodes"))
     }
@@ -835,6 +893,7 @@ impl StateMachine {
             membership_epoch: image.membership_epoch,
             preferred_leader: image.preferred_leader,
             move_in_flight: image.move_in_flight,
+            registry: image.registry,
         };
         for (key, value) in image.data {
             sm.insert(key, value);
@@ -886,6 +945,9 @@ impl StateMachine {
         for (c, s) in self.sessions.sorted() {
             h.update(&c.0.to_le_bytes());
             h.update(&s.seq.to_le_bytes());
+        }
+        if let Some(r) = &self.registry {
+            h.update(&postcard::to_stdvec(r).expect("a registry encodes"));
         }
         h.digest()
     }
@@ -1287,6 +1349,7 @@ mod tests {
             membership_epoch: u64,
             preferred_leader: Option<NodeId>,
             move_in_flight: Option<MoveInFlight>,
+            registry: Option<Registry>,
         }
         let mut sm = StateMachine::new(10);
         sm.apply_entry(
@@ -1320,6 +1383,7 @@ mod tests {
             membership_epoch: 2,
             preferred_leader: None,
             move_in_flight: None,
+            registry: None,
         };
         sm.apply_membership_change(2, 1);
         assert_eq!(
@@ -1390,6 +1454,7 @@ mod tests {
             membership_epoch: 0,
             preferred_leader: None,
             move_in_flight: None,
+            registry: &None,
         };
         postcard::to_stdvec(&image).unwrap()
     }
@@ -1418,5 +1483,52 @@ mod tests {
         assert!(StateMachine::check_image(&good, 8, meta.index, meta.term).is_ok());
         sm.apply_write(&put(3, 1, "k", "v"));
         assert_eq!(sm.sessions(), 3);
+    }
+
+    fn register(client: u64, seq: u64, node: u64, identity: u64) -> WriteCommand {
+        WriteCommand {
+            client: ClientId(client),
+            seq,
+            op: WriteOp::RegisterNode {
+                node: NodeId(node),
+                addr: SocketAddr::from(([127, 0, 0, 1], 7000 + node as u16)),
+                identity,
+            },
+        }
+    }
+
+    #[test]
+    fn a_data_shard_refuses_registrations_and_the_metadata_group_applies_them_once() {
+        let mut data = StateMachine::new(10);
+        let out = data.apply_entry(1, 1, &entry(vec![register(1, 1, 4, 0xaa)]));
+        assert!(
+            matches!(&out[..], [Outcome::Error(ClientError::Malformed(m))] if m.contains("metadata group")),
+            "{out:?}"
+        );
+        assert_eq!(data.registry(), None);
+
+        let mut meta = StateMachine::new_metadata(10);
+        let out = meta.apply_entry(1, 1, &entry(vec![register(1, 1, 4, 0xaa)]));
+        assert_eq!(out, vec![Outcome::Done]);
+        // The retry of the same request is answered from the session, not re-applied.
+        let out = meta.apply_entry(2, 1, &entry(vec![register(1, 1, 4, 0xaa)]));
+        assert_eq!(out, vec![Outcome::Done]);
+        let registry = meta.registry().unwrap();
+        assert_eq!((registry.version, registry.nodes.len()), (1, 1));
+        // Another identity under the same id is refused, naming the id.
+        let out = meta.apply_entry(3, 1, &entry(vec![register(2, 1, 4, 0xbb)]));
+        assert!(
+            matches!(&out[..], [Outcome::Error(ClientError::RegisterRefused(e))] if e.to_string().contains("node n4")),
+            "{out:?}"
+        );
+        assert_eq!(meta.registry().unwrap().version, 1);
+        // The registry travels in the snapshot image.
+        let back = StateMachine::from_image(&meta.to_image(), 10).unwrap();
+        assert_eq!(back, meta);
+        assert_eq!(
+            back.registry().unwrap().get(NodeId(4)).unwrap().identity,
+            0xaa
+        );
+        assert_eq!(back.digest(), meta.digest());
     }
 }

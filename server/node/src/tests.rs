@@ -12,6 +12,8 @@ use kv_shared::{ClientId, NodeId, ShardId};
 use kv_storage::{Record, Recovered};
 use std::collections::VecDeque;
 
+mod metadata;
+
 struct Cluster {
     nodes: Vec<NodeCore>,
     /// Every record each node was asked to append (its "disk").

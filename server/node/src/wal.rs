@@ -15,6 +15,7 @@
 
 use bytes::Bytes;
 use kv_raft::{Entry, HardState, Membership, Restored, Snapshot};
+use kv_shared::registry::METADATA_SHARD;
 use kv_shared::ShardId;
 use kv_storage::{Record, Recovered};
 use serde::{Deserialize, Serialize};
@@ -312,7 +313,7 @@ pub fn apply_entries(log: &mut Vec<Entry>, record: EntriesRecord) {
 /// Rebuilds the Raft state of each hosted group (`hosted`: shard -> its membership
 /// before the first conf change) from what the storage recovered. Records of shards of
 /// the cluster that are not hosted here are skipped; a shard outside `0..shard_count` is
-/// an error.
+/// an error, unless it is the metadata group and hosted.
 pub fn restore_groups(
     recovered: &Recovered,
     shard_count: u32,
@@ -321,8 +322,10 @@ pub fn restore_groups(
     let mut logs: BTreeMap<ShardId, Vec<Entry>> = BTreeMap::new();
     let mut hard: BTreeMap<ShardId, HardState> = BTreeMap::new();
     let mut snaps: BTreeMap<ShardId, Snapshot> = BTreeMap::new();
+    // The metadata group's shard id lies outside `0..shard_count`; hosted, it is a group.
     let check = |shard: u32| {
-        if shard >= shard_count {
+        let metadata = ShardId(shard) == METADATA_SHARD && hosted.contains_key(&METADATA_SHARD);
+        if shard >= shard_count && !metadata {
             Err(RecoveryError::UnknownGroup { shard, shard_count })
         } else {
             Ok(Some(ShardId(shard)).filter(|s| hosted.contains_key(s)))

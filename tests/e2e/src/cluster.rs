@@ -233,6 +233,26 @@ impl Cluster {
 
     /// Starts node `id` with another cluster file (for example one naming another key).
     pub fn spawn_with_config(&mut self, id: NodeId, config: &Path) {
+        self.spawn_with_args(id, config, &[]);
+    }
+
+    /// Starts node `id`, which the cluster file does not list, as `kvserver --join`:
+    /// listening on `listen`, asking `seeds` first, in `<dir>/node-N` like the others.
+    pub fn spawn_joining(&mut self, id: NodeId, listen: SocketAddr, seeds: &[SocketAddr]) {
+        let seeds: Vec<String> = seeds.iter().map(|s| s.to_string()).collect();
+        let args = [
+            "--join".to_string(),
+            seeds.join(","),
+            "--listen".to_string(),
+            listen.to_string(),
+            "--data-dir".to_string(),
+            self.data_dir(id).display().to_string(),
+        ];
+        let config = self.config_path.clone();
+        self.spawn_with_args(id, &config, &args);
+    }
+
+    fn spawn_with_args(&mut self, id: NodeId, config: &Path, extra: &[String]) {
         assert!(!self.is_running(id), "{id} is already running");
         let mut log = OpenOptions::new()
             .create(true)
@@ -254,6 +274,7 @@ impl Cluster {
         if let Some(n) = self.spec.snapshot_threshold {
             cmd.arg("--snapshot-threshold").arg(n.to_string());
         }
+        cmd.args(extra);
         let child = cmd.spawn().expect("spawn kvserver");
         self.children.insert(id, child);
     }

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use kv_server::auth::NodeKeys;
 use kv_server::dir_lock::{DirLock, DirLockError};
+use kv_server::server::JoinOptions;
 use kv_server::{logging, signals, ServerOptions};
 use kv_shared::auth::{self, ClientKey, Permission};
 use kv_shared::config::ClusterConfig;
@@ -30,8 +31,9 @@ const EXIT_RUNTIME: u8 = 1;
 ///
 /// Exit codes: 0 clean shutdown; 1 runtime failure (socket, storage error while
 /// running); 2 bad command line, cluster file or key file, or the data directory is in
-/// use by another kvserver; 3 the data directory was refused (for example a corrupt WAL:
-/// the message names the file and byte offset).
+/// use by another kvserver, or the node registry refuses this data directory under this
+/// id (an empty or foreign directory for an id the cluster knows); 3 the data directory
+/// was refused (for example a corrupt WAL: the message names the file and byte offset).
 #[derive(Debug, Parser)]
 #[command(name = "kvserver", version, verbatim_doc_comment)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -51,9 +53,26 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// This node's id, as listed in the cluster file.
+    /// This node's id: as listed in the cluster file, or with --join a new id no node of
+    /// the cluster ever had (ids are never reused).
     #[arg(long, value_name = "N", required = true)]
     node: Option<u64>,
+
+    /// Join a running cluster as a node the cluster file does not list: ask these of its
+    /// nodes (any one will do) and register in the node registry. The node then holds no
+    /// shard until `kvcli shard move S --from A --to N` gives it one. Needs --listen; the
+    /// cluster file still gives the keys, shard count and timing.
+    #[arg(
+        long,
+        value_name = "HOST:PORT[,HOST:PORT]",
+        value_delimiter = ',',
+        requires = "listen"
+    )]
+    join: Vec<std::net::SocketAddr>,
+
+    /// With --join: the UDP address this node listens on for peers and clients.
+    #[arg(long, value_name = "HOST:PORT", requires = "join")]
+    listen: Option<std::net::SocketAddr>,
 
     /// Where this node keeps its WAL and snapshots [default: <data_dir of the cluster
     /// file>/node-N, relative to the working directory].
@@ -148,10 +167,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let addr = opts
-            .cluster
-            .addr_of(opts.node)
-            .expect("options() checked membership");
+        let addr = opts.listen_addr().expect("options() checked membership");
         let socket = match tokio::net::UdpSocket::bind(addr).await {
             Ok(s) => s,
             Err(e) => {
@@ -237,14 +253,31 @@ fn options(args: Args) -> Result<ServerOptions, String> {
         args.node
             .expect("clap requires --node without a subcommand"),
     );
-    let Some(entry) = cluster.nodes.iter().find(|n| n.id == node.0).cloned() else {
-        let ids: Vec<String> = cluster.nodes.iter().map(|n| n.id.to_string()).collect();
-        return Err(format!(
-            "--node {} is not in the cluster file (its nodes: {})",
-            node.0,
-            ids.join(", ")
-        ));
+    let entry = cluster.nodes.iter().find(|n| n.id == node.0).cloned();
+    let join = match (args.listen, &entry) {
+        (Some(listen), None) => Some(JoinOptions {
+            seeds: args.join.clone(),
+            listen,
+        }),
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "--node {} is in the cluster file: start it without --join and --listen",
+                node.0
+            ))
+        }
+        (None, Some(_)) => None,
+        (None, None) => {
+            let ids: Vec<String> = cluster.nodes.iter().map(|n| n.id.to_string()).collect();
+            return Err(format!(
+                "--node {} is not in the cluster file (its nodes: {}); a new node joins a running cluster with --join HOST:PORT --listen HOST:PORT",
+                node.0,
+                ids.join(", ")
+            ));
+        }
     };
+    if node.0 == 0 {
+        return Err("--node 0 is not a node id (ids start at 1)".into());
+    }
     let keys = NodeKeys::load(&cluster).map_err(|e| e.to_string())?;
     let data_dir = args
         .data_dir
@@ -262,7 +295,8 @@ fn options(args: Args) -> Result<ServerOptions, String> {
         data_dir,
         snapshot_threshold_entries: args.snapshot_threshold,
         seed,
-        redis_addr: entry.redis_addr(),
-        http_addr: entry.http_addr(),
+        redis_addr: entry.as_ref().and_then(|e| e.redis_addr()),
+        http_addr: entry.as_ref().and_then(|e| e.http_addr()),
+        join,
     })
 }

@@ -1,0 +1,259 @@
+//! A node's place in the node registry: the identity of its data directory, the check a
+//! node with a new data directory passes before it takes part in Raft, its registration
+//! through the metadata group, and the registry it then keeps hearing for its core.
+//!
+//! A brand-new cluster and a known id with a wiped data directory look the same from the
+//! directory (no identity yet); the cluster tells them apart. A node with a new data
+//! directory asks every other node of the cluster file for the registry it knows, and
+//! takes part only once all of them answered and none lists its id: in a brand-new
+//! cluster nobody knows anyone yet (or only the nodes that registered first), while a
+//! wiped node's id is in the registry every metadata replica holds, under the identity
+//! of the directory it lost. A node that voted before must not vote again with an empty
+//! log, so it waits for every node rather than a majority.
+
+use kv_shared::proto::{ClientError, Op};
+use kv_shared::registry::{RegisterRefusal, Registry};
+use kv_shared::NodeId;
+use kvcli::{Client, ClientOptions, Error};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// The file in the data directory that holds its identity (16 hex digits). Not the
+/// incarnation file: that one changes at every start (replay windows); this one is made
+/// with the directory and never changes.
+pub const DATA_DIR_IDENTITY_FILE: &str = "data-dir-identity";
+
+/// How long one round of status requests waits for answers.
+const STATUS_WAIT: Duration = Duration::from_secs(1);
+/// Pause between rounds of the first-start check, and between registration attempts.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// How long one registration attempt waits for the metadata group.
+const REGISTER_WAIT: Duration = Duration::from_secs(10);
+/// How often a registered node asks the others for the registry they know (a node that
+/// holds no metadata replica learns it only this way).
+const REGISTRY_POLL: Duration = Duration::from_secs(2);
+
+/// The identity of a data directory, and whether it was made by this start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataDirIdentity {
+    /// The random 64-bit identity.
+    pub identity: u64,
+    /// Made now: the directory held no identity and no data.
+    pub new: bool,
+}
+
+/// Reads the data directory's identity, or makes one (written and fsynced before the
+/// node sends anything) when the directory has none. `holds_data`: the storage recovered
+/// records or snapshots, so the directory is not new even without an identity (made by
+/// an older kvserver).
+pub fn data_dir_identity(dir: &Path, holds_data: bool) -> std::io::Result<DataDirIdentity> {
+    let path = dir.join(DATA_DIR_IDENTITY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let identity = u64::from_str_radix(text.trim(), 16).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{} does not hold 16 hex digits: {e}", path.display()),
+                )
+            })?;
+            return Ok(DataDirIdentity {
+                identity,
+                new: false,
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let identity = kv_shared::auth::random_u64()?;
+    let tmp = dir.join(format!("{DATA_DIR_IDENTITY_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    writeln!(f, "{identity:016x}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(DataDirIdentity {
+        identity,
+        new: !holds_data,
+    })
+}
+
+/// What the registration task tells the event loop.
+#[derive(Debug)]
+pub enum RegistrationEvent {
+    /// A registry another node answered with (for the core's cache).
+    Heard(Registry),
+    /// The first-start check passed: this node may take part in Raft.
+    Cleared,
+    /// The metadata group registered this node (or already had it).
+    Registered,
+    /// The registry refuses this node under this data directory: it must stop.
+    Refused(RegisterRefusal),
+}
+
+/// Who this node is, for its registration.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    /// This node.
+    pub node: NodeId,
+    /// Where peers and clients reach it.
+    pub addr: SocketAddr,
+    /// Its data directory's identity.
+    pub identity: DataDirIdentity,
+    /// The other nodes a new data directory must hear from first.
+    pub others: Vec<NodeId>,
+    /// A new data directory must also hear a registry first (a node joining a running
+    /// cluster: the registry exists, and is what knows whether its id was used).
+    pub needs_registry: bool,
+}
+
+/// Runs the registration (see the module docs) until the node stops; events go to
+/// `events`. Nothing here decides anything the metadata group does not.
+pub async fn run(
+    reg: Registration,
+    options: ClientOptions,
+    events: UnboundedSender<RegistrationEvent>,
+) {
+    // The node's own event loop answers too, so connect only once it runs.
+    let client = loop {
+        match Client::connect(options.clone()).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::debug!("registration: cannot reach the cluster yet: {e}");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    };
+    if reg.identity.new {
+        if let Err(refusal) = first_start_check(&reg, &client, &events).await {
+            let _ = events.send(RegistrationEvent::Refused(refusal));
+            return;
+        }
+        let _ = events.send(RegistrationEvent::Cleared);
+    }
+    loop {
+        let mut session = client.session();
+        let op = Op::RegisterNode {
+            node: reg.node,
+            addr: reg.addr,
+            identity: reg.identity.identity,
+        };
+        match session.execute_within(op, REGISTER_WAIT).await {
+            Ok(_) => {
+                let _ = events.send(RegistrationEvent::Registered);
+                break;
+            }
+            Err(Error::Refused {
+                error: ClientError::RegisterRefused(refusal),
+                ..
+            }) => {
+                let _ = events.send(RegistrationEvent::Refused(refusal));
+                return;
+            }
+            Err(e) => {
+                tracing::debug!("registration of node {} not done yet: {e}", reg.node.0);
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+    loop {
+        if let Err(refusal) = hear_registry(&reg, &client, &events).await {
+            let _ = events.send(RegistrationEvent::Refused(refusal));
+            return;
+        }
+        tokio::time::sleep(REGISTRY_POLL).await;
+    }
+}
+
+/// Asks every node for its registry until every node of `reg.others` answered; refuses
+/// as soon as one registry lists this id under another identity (or removed).
+async fn first_start_check(
+    reg: &Registration,
+    client: &Client,
+    events: &UnboundedSender<RegistrationEvent>,
+) -> Result<(), RegisterRefusal> {
+    let mut answered: Vec<NodeId> = Vec::new();
+    let mut heard_registry = false;
+    loop {
+        for report in client.status(STATUS_WAIT).await {
+            let Ok((status, _)) = &report.result else {
+                continue;
+            };
+            if let Some(registry) = &status.registry {
+                registry.check(reg.node, reg.identity.identity)?;
+                heard_registry = true;
+                let _ = events.send(RegistrationEvent::Heard(registry.clone()));
+            }
+            if !answered.contains(&status.node) {
+                answered.push(status.node);
+            }
+        }
+        let waiting: Vec<String> = (reg.others.iter())
+            .filter(|n| !answered.contains(n))
+            .map(|n| n.0.to_string())
+            .collect();
+        if waiting.is_empty() && (heard_registry || !reg.needs_registry) {
+            return Ok(());
+        }
+        if waiting.is_empty() {
+            tracing::info!(
+                "new data directory: waiting to hear the node registry from a node of the \
+                 cluster before taking part"
+            );
+        } else {
+            tracing::info!(
+                "new data directory: waiting for nodes {} to answer before taking part \
+                 (a node whose id the cluster knows must not start with an empty directory)",
+                waiting.join(", ")
+            );
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// One round of status requests: hands the registries heard to the core, and refuses if
+/// one of them no longer accepts this node.
+async fn hear_registry(
+    reg: &Registration,
+    client: &Client,
+    events: &UnboundedSender<RegistrationEvent>,
+) -> Result<(), RegisterRefusal> {
+    for report in client.status(STATUS_WAIT).await {
+        if let Ok((status, _)) = report.result {
+            if let Some(registry) = status.registry {
+                registry.check(reg.node, reg.identity.identity)?;
+                let _ = events.send(RegistrationEvent::Heard(registry));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_identity_is_made_once_with_the_directory_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = data_dir_identity(dir.path(), false).unwrap();
+        assert!(first.new);
+        let again = data_dir_identity(dir.path(), false).unwrap();
+        assert_eq!(
+            again,
+            DataDirIdentity {
+                identity: first.identity,
+                new: false
+            }
+        );
+        let other = tempfile::tempdir().unwrap();
+        let made_by_older = data_dir_identity(other.path(), true).unwrap();
+        assert!(!made_by_older.new, "a directory holding data is not new");
+        assert_ne!(made_by_older.identity, first.identity);
+        std::fs::write(other.path().join(DATA_DIR_IDENTITY_FILE), "zz\n").unwrap();
+        let e = data_dir_identity(other.path(), true).unwrap_err();
+        assert!(e.to_string().contains(DATA_DIR_IDENTITY_FILE), "{e}");
+    }
+}

@@ -1,0 +1,79 @@
+//! The node core's side of the node registry: the newest registry this node knows (its
+//! own metadata replica's, or one heard from another node), and the cluster's nodes it
+//! makes peers of: the bootstrap nodes plus every node registered and not removed.
+
+use super::NodeCore;
+use kv_shared::registry::{NodeState, Registry, METADATA_SHARD};
+use kv_shared::NodeId;
+use std::net::SocketAddr;
+
+impl NodeCore {
+    /// The newest node registry this node knows: its own metadata replica's, or the one
+    /// last heard from another node, whichever is newer (`None`: none yet).
+    pub fn registry(&self) -> Option<Registry> {
+        self.registry_ref().cloned()
+    }
+
+    fn registry_ref(&self) -> Option<&Registry> {
+        let own = self
+            .groups
+            .0
+            .get(&METADATA_SHARD)
+            .and_then(|g| g.sm.registry())
+            .filter(|r| r.version > 0);
+        match (own, &self.registry_heard) {
+            (Some(own), Some(heard)) if heard.version > own.version => Some(heard),
+            (Some(own), _) => Some(own),
+            (None, heard) => heard.as_ref(),
+        }
+    }
+
+    /// A node registry another node answered with: kept if newer than the one heard
+    /// before (a registry that is not well formed is remote garbage, and ignored).
+    pub fn learn_registry(&mut self, registry: Registry) {
+        let newer = self
+            .registry_heard
+            .as_ref()
+            .is_none_or(|have| registry.version > have.version);
+        if newer && registry.is_well_formed() {
+            self.registry_heard = Some(registry);
+        }
+    }
+
+    /// Every node of the cluster, ascending: the bootstrap nodes, and the nodes the
+    /// registry lists that are not removed (nodes that joined later).
+    pub fn cluster_nodes(&self) -> Vec<NodeId> {
+        let mut nodes = self.config.sorted_members();
+        let registered = self.registry_ref().into_iter().flat_map(|r| &r.nodes);
+        nodes.extend(
+            registered
+                .filter(|r| r.state != NodeState::Removed)
+                .map(|r| r.id),
+        );
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    }
+
+    /// True if `node` is another node of the cluster ([`NodeCore::cluster_nodes`]).
+    pub(super) fn is_peer(&self, node: NodeId) -> bool {
+        let registered = || {
+            self.registry_ref()
+                .and_then(|r| r.get(node))
+                .is_some_and(|r| r.state != NodeState::Removed)
+        };
+        node != self.config.node && (self.config.members.contains(&node) || registered())
+    }
+
+    /// Where each node of the cluster is reached: the configured addresses, then the
+    /// registry's for the nodes they leave out.
+    pub(super) fn node_addrs(&self) -> Vec<(NodeId, SocketAddr)> {
+        let mut addrs = self.config.addrs.clone();
+        for r in self.registry_ref().into_iter().flat_map(|r| &r.nodes) {
+            if r.state != NodeState::Removed && !addrs.iter().any(|(id, _)| *id == r.id) {
+                addrs.push((r.id, r.addr));
+            }
+        }
+        addrs
+    }
+}
