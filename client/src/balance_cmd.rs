@@ -469,7 +469,12 @@ async fn drive_to(
         let plan = goal.select(balance::plan(&view.cluster, &busy, drive.moves_max));
         let reached = match goal {
             Goal::Empty(node, _) => held_by(&view.status, node) == (0, 0),
-            Goal::Balanced => plan.is_empty() && settling.is_empty(),
+            // Learners (an undone move's, being removed) keep leader transfers off: wait.
+            Goal::Balanced => {
+                plan.is_empty()
+                    && settling.is_empty()
+                    && view.status.shards.iter().all(|s| s.learners.is_empty())
+            }
         };
         if reached && in_flight.is_empty() {
             return Ok(BalanceOutput::Driven {

@@ -115,7 +115,7 @@ enum Sub {
   kvcli bench --clients 256 --ops 100000 --mix 0.95 --dist zipf --json
   kvcli bench --clients 16 --duration 5s --check --history run.jsonl")]
     Bench(BenchArgs),
-    /// A command: get, put, del, cas, status, shard, help (see Examples in --help).
+    /// A command: get, put, del, cas, incr, status, shard, node, rebalance, help (see Examples in --help).
     #[command(external_subcommand)]
     Command(Vec<String>),
 }
