@@ -724,6 +724,6 @@ mod tests {
         assert!(p("node drain x")
             .unwrap_err()
             .to_string()
-            .starts_with("usage: node drain NODE"));
+            .starts_with("usage: node list | drain NODE"));
     }
 }
