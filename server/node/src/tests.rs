@@ -1880,3 +1880,41 @@ fn a_quiesced_member_its_leader_stopped_sending_to_wakes_and_learns_its_removal(
     c.tick(400);
     assert!(!c.nodes[f].hosts(shard), "it still holds the shard");
 }
+
+#[test]
+fn entry_hash_tells_apart_entries_that_differ_in_any_field() {
+    use kv_raft::{ConfChange, Entry, EntryKind};
+    let base = Entry {
+        term: 3,
+        index: 7,
+        kind: EntryKind::Command,
+        data: Bytes::from_static(b"put a 1"),
+    };
+    let h = crate::entry_hash(&base);
+    assert_eq!(h, crate::entry_hash(&base.clone()));
+    let variants = [
+        Entry {
+            term: 4,
+            ..base.clone()
+        },
+        Entry {
+            index: 8,
+            ..base.clone()
+        },
+        Entry {
+            kind: EntryKind::Noop,
+            ..base.clone()
+        },
+        Entry {
+            kind: EntryKind::ConfChange(ConfChange::AddLearner(NodeId(4))),
+            ..base.clone()
+        },
+        Entry {
+            data: Bytes::from_static(b"put a 2"),
+            ..base.clone()
+        },
+    ];
+    for v in &variants {
+        assert_ne!(crate::entry_hash(v), h, "{v:?}");
+    }
+}
