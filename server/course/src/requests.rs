@@ -164,7 +164,9 @@ pub fn disposition(outcome: Outcome) -> Disposition {
             | ClientError::Malformed(_)
             // Course mode has no client keys; the runtime never produces it there.
             | ClientError::PermissionDenied { .. }
-            | ClientError::MoveRefused { .. },
+            | ClientError::MoveRefused { .. }
+            // Course mode runs no metadata group.
+            | ClientError::RegisterRefused(_),
         )
         | Outcome::CasMismatch { .. }
         | Outcome::Integer(_)
