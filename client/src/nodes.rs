@@ -46,7 +46,7 @@ pub fn node_list(reports: &[NodeReport]) -> NodeList {
         .collect();
     let registry: Option<&Registry> = answers
         .iter()
-        .filter_map(|(_, s)| s.registry.as_ref())
+        .filter_map(|(_, s)| s.registry.as_deref())
         .max_by_key(|r| r.version);
     let mut rows: BTreeMap<NodeId, NodeListRow> = BTreeMap::new();
     for r in registry.iter().flat_map(|r| &r.nodes) {
@@ -237,7 +237,7 @@ mod tests {
                     counters: Vec::new(),
                     nodes: Vec::new(),
                     routes: vec![route(0, 0, &[1, 2, 3], &[]), route(1, 9, &[1, 2, 4], &[3])],
-                    registry: reg,
+                    registry: reg.map(Box::new),
                 },
                 Duration::from_millis(1),
             )),

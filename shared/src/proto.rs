@@ -523,8 +523,9 @@ pub struct NodeStatus {
     pub nodes: Vec<(NodeId, SocketAddr)>,
     /// Every shard of the cluster as the answering node knows it, hosted here or not.
     pub routes: Vec<ShardRoute>,
-    /// The newest node registry the answering node has seen (`None`: none yet).
-    pub registry: Option<Registry>,
+    /// The newest node registry the answering node has seen (`None`: none yet). Boxed:
+    /// a status is one variant of [`Outcome`], which stays small for the others.
+    pub registry: Option<Box<Registry>>,
 }
 
 #[cfg(test)]

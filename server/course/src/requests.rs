@@ -165,6 +165,7 @@ pub fn disposition(outcome: Outcome) -> Disposition {
             // Course mode has no client keys; the runtime never produces it there.
             | ClientError::PermissionDenied { .. }
             | ClientError::MoveRefused { .. }
+            // Course mode runs no metadata group.
             | ClientError::RegisterRefused(_),
         )
         | Outcome::CasMismatch { .. }

@@ -184,7 +184,7 @@ async fn first_start_check(
             if let Some(registry) = &status.registry {
                 registry.check(reg.node, reg.identity.identity)?;
                 heard_registry = true;
-                let _ = events.send(RegistrationEvent::Heard(registry.clone()));
+                let _ = events.send(RegistrationEvent::Heard(*registry.clone()));
             }
             if !answered.contains(&status.node) {
                 answered.push(status.node);
@@ -224,7 +224,7 @@ async fn hear_registry(
         if let Ok((status, _)) = report.result {
             if let Some(registry) = status.registry {
                 registry.check(reg.node, reg.identity.identity)?;
-                let _ = events.send(RegistrationEvent::Heard(registry));
+                let _ = events.send(RegistrationEvent::Heard(*registry));
             }
         }
     }

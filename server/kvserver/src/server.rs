@@ -945,6 +945,12 @@ impl EventLoop {
                 }
             }
         }
+        let knows = |peers: &[(NodeId, SocketAddr)], to: NodeId| peers.iter().any(|p| p.0 == to);
+        if out.datagrams.iter().any(|(to, _)| !knows(&self.peers, *to)) {
+            // The core learnt a registered node (its metadata replica applied the
+            // registration) since the last periodic sync.
+            self.sync_peers();
+        }
         for (to, msgs) in out.datagrams {
             let Some(peer) = self.peers.iter().position(|(id, _)| *id == to) else {
                 debug_assert!(false, "the core addressed {to}, not a peer");

@@ -1563,7 +1563,7 @@ impl NodeCore {
             routes: (0..self.config.shard_count)
                 .map(|s| self.shard_route(ShardId(s)))
                 .collect(),
-            registry: self.registry(),
+            registry: self.registry().map(Box::new),
         }
     }
 

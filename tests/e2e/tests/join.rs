@@ -53,7 +53,6 @@ fn route0(c: &Cluster, client: &mut kv_e2e::client::Client) -> ShardRoute {
 
 #[test]
 fn a_node_joins_receives_a_replica_and_a_wiped_node_is_refused() {
-    let started = Instant::now();
     let mut c = Cluster::start(Spec {
         nodes: 3,
         shards: SHARDS,
@@ -161,10 +160,5 @@ fn a_node_joins_receives_a_replica_and_a_wiped_node_is_refused() {
         refusal
             .is_some_and(|l| l.contains("node n1") && l.contains("--join") && l.contains("new id")),
         "{log}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(90),
-        "took {:?}",
-        started.elapsed()
     );
 }

@@ -103,14 +103,14 @@ fn registrations_apply_once_and_another_identity_under_a_known_id_is_refused() {
             listed,
             [(1, NodeState::Active, 0x101), (5, NodeState::Active, 0x105)]
         );
-        assert_eq!(c.nodes[i].status().registry, Some(r));
+        assert_eq!(c.nodes[i].status().registry, Some(Box::new(r)));
     }
     // A node outside the group knows only what it heard, and keeps the newest.
     assert_eq!(c.nodes[3].registry(), None);
     let newest = c.nodes[0].registry().unwrap();
     c.nodes[3].learn_registry(newest.clone());
     c.nodes[3].learn_registry(Registry::default());
-    assert_eq!(c.nodes[3].status().registry, Some(newest));
+    assert_eq!(c.nodes[3].status().registry, Some(Box::new(newest)));
 }
 
 #[test]
