@@ -966,6 +966,12 @@ impl NodeCore {
             while self.groups[g].raft.has_ready() {
                 self.handle_ready(g);
             }
+            let group = &mut self.groups[g];
+            if group.removed_at.is_some() && is_listed(group.raft.membership(), self.config.node) {
+                // A later change, committed with the removal (a lagging replica applying
+                // a batch), added it back: it stays, with what it acknowledged.
+                group.removed_at = None;
+            }
             if let Some(epoch) = self.groups[g].removed_at {
                 #[cfg(feature = "planted-bugs")]
                 if self.removed_replica_serves_reads {
