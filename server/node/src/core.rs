@@ -981,6 +981,12 @@ impl NodeCore {
             while self.groups[g].raft.has_ready() {
                 self.handle_ready(g);
             }
+            let group = &mut self.groups[g];
+            if group.removed_at.is_some() && is_listed(group.raft.membership(), self.config.node) {
+                // A later change, committed with the removal (a lagging replica applying
+                // a batch), added it back: it stays, with what it acknowledged.
+                group.removed_at = None;
+            }
             if let Some(epoch) = self.groups[g].removed_at {
                 #[cfg(feature = "planted-bugs")]
                 if self.removed_replica_serves_reads {
@@ -1645,5 +1651,6 @@ const LEADERLESS_ELECTIONS_BEFORE_ASKING_ALL: u64 = 4;
 /// stopped leading the group without this replica hearing it (it stepped down after
 /// committing its own removal, or removed this replica and stopped sending to it), and
 /// quiescence would otherwise trust it forever. At a 10 ms tick and 200 ms elections, a
-/// wake every 2 s per idle group.
-const QUIESCED_FOLLOWER_RECHECK_ELECTIONS: u64 = 10;
+/// wake every 6 s per idle group (a wake every 2 s added enough elections to split more
+/// votes under fsyncs slower than the election timeout).
+const QUIESCED_FOLLOWER_RECHECK_ELECTIONS: u64 = 30;

@@ -1877,7 +1877,7 @@ fn a_quiesced_member_its_leader_stopped_sending_to_wakes_and_learns_its_removal(
     c.tick(100);
     assert!(c.nodes[f].hosts(shard), "it missed its removal");
     c.cut_shards.clear();
-    c.tick(400);
+    c.tick(900);
     assert!(!c.nodes[f].hosts(shard), "it still holds the shard");
 }
 

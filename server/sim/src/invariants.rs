@@ -69,6 +69,13 @@ impl TrackedLog {
     }
 }
 
+/// A membership as one replica reported it.
+struct ReportedMembership {
+    voters: Vec<NodeId>,
+    learners: Vec<NodeId>,
+    by: NodeId,
+}
+
 /// All the bookkeeping for one run.
 #[derive(Default)]
 pub struct Checker {
@@ -94,9 +101,9 @@ pub struct Checker {
     /// (node, shard) -> when a membership without `node` was first applied anywhere
     /// (cleared if a newer one adds it back).
     removed_at_ns: BTreeMap<(NodeId, u32), u64>,
-    /// (shard, commit index) -> (voters, learners) a replica reported at that commit
-    /// index, and the replica.
-    memberships_at_commit: HashMap<(u32, u64), (Vec<NodeId>, Vec<NodeId>, NodeId)>,
+    /// (shard, commit index) -> the membership a replica first reported at that commit
+    /// index.
+    memberships_at_commit: HashMap<(u32, u64), ReportedMembership>,
     /// (shard, node) -> the epoch at which a replica first applied a membership listing
     /// `node` as a learner (the index of the change adding it), until it is promoted.
     learner_since: BTreeMap<(u32, NodeId), u64>,
@@ -152,14 +159,21 @@ impl Checker {
         }
         match self.memberships_at_commit.get(&(shard, commit)) {
             None => {
-                self.memberships_at_commit
-                    .insert((shard, commit), (voters.to_vec(), learners.to_vec(), node));
+                let reported = ReportedMembership {
+                    voters: voters.to_vec(),
+                    learners: learners.to_vec(),
+                    by: node,
+                };
+                self.memberships_at_commit.insert((shard, commit), reported);
                 Ok(())
             }
-            Some((v, l, _)) if v == voters && l == learners => Ok(()),
-            Some((v, l, other)) => violation(
+            Some(m) if m.voters == voters && m.learners == learners => Ok(()),
+            Some(m) => violation(
                 "membership safety",
-                format!("shard {shard}: at commit index {commit} {other} had voters {v:?} learners {l:?}, {node} voters {voters:?} learners {learners:?}"),
+                format!(
+                    "shard {shard}: at commit index {commit} {} had voters {:?} learners {:?}, {node} voters {voters:?} learners {learners:?}",
+                    m.by, m.voters, m.learners
+                ),
             ),
         }
     }

@@ -214,7 +214,9 @@ fn planted_read_without_read_index_is_caught() {
 // outside its own membership).
 #[test]
 fn moves_regression_seeds_pass() {
-    for seed in [1, 2, 13, 20, 25, 64, 71, 82, 262, 280, 318, 343, 437, 473] {
+    for seed in [
+        1, 2, 13, 18, 20, 25, 37, 45, 64, 71, 82, 144, 217, 262, 280, 318, 343, 437, 473,
+    ] {
         let r = run(&SimOptions {
             profile: Some(FaultProfile::Moves),
             ..SimOptions::new(seed)
