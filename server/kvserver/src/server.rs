@@ -384,6 +384,7 @@ pub async fn run_with_store<S: LogStore>(
         client_hellos: Vec::new(),
         peer_send,
         peer_recv,
+        file_peers: peers.len(),
         peers,
         keys: opts.keys,
         incarnation,
@@ -486,6 +487,10 @@ struct EventLoop {
     me: NodeId,
     cluster_id: u64,
     peers: Vec<(NodeId, SocketAddr)>,
+    /// How many of `peers`, from the front, the cluster file lists: their addresses are
+    /// the file's, whatever the registry says (a registration, open to any read-write
+    /// client key, must not be able to redirect a bootstrap node's traffic).
+    file_peers: usize,
     /// The replay window of each peer, in the order of `peers`; its incarnation is what
     /// this node's datagrams to the peer echo.
     peer_windows: Vec<ReplayWindow>,
@@ -646,8 +651,9 @@ impl EventLoop {
     }
 
     /// Makes a peer of every node the registry lists that this node does not know yet
-    /// (joined after the cluster file was written), and follows a registered node's new
-    /// address: only such nodes' datagrams are opened, and only they are sent to.
+    /// (joined after the cluster file was written), and follows a joined node's new
+    /// address (never a cluster-file node's): only such nodes' datagrams are opened, and
+    /// only they are sent to.
     fn sync_peers(&mut self) {
         let Some(registry) = self.core.registry() else {
             return;
@@ -657,7 +663,8 @@ impl EventLoop {
                 continue;
             }
             match self.peers.iter().position(|(id, _)| *id == r.id) {
-                Some(i) => self.peers[i].1 = r.addr,
+                Some(i) if i >= self.file_peers => self.peers[i].1 = r.addr,
+                Some(_) => {}
                 None => {
                     tracing::info!(peer = r.id.0, addr = %r.addr, "a registered node becomes a peer");
                     self.peers.push((r.id, r.addr));

@@ -194,6 +194,18 @@ fn forged_replayed_wrong_key_and_flood_traffic_is_refused_counted_and_harmless()
         text.replace(&format!("\"{real3}\""), &format!("\"{}\"", relay.addr)),
     )
     .unwrap();
+    // Nodes 1 and 2 start on data directories that already have an identity: a new
+    // one would first wait for node 3's answers to its status requests, which this
+    // one-way relay does not carry back.
+    for n in 1..=2 {
+        let dir = c.data_dir(NodeId(n));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("data-dir-identity"),
+            format!("{:016x}\n", 0xad00 + n),
+        )
+        .unwrap();
+    }
     c.spawn_with_config(NodeId(1), &peers_config);
     c.spawn_with_config(NodeId(2), &peers_config);
     c.spawn(NodeId(3));
