@@ -191,15 +191,7 @@ async fn read_view(
     let started = Instant::now();
     let reports = client.collect_status(STATUS_TIMEOUT, grace).await;
     if reports.iter().all(|r| r.result.is_err()) {
-        return Err(Error::NoNodeAnswered {
-            waited_ms: started.elapsed().as_millis() as u64,
-            tried: reports
-                .iter()
-                .map(|r| r.node.addr.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            outcome_unknown: false,
-        });
+        return Err(crate::run::no_node_answered(started, &reports));
     }
     let status = combine_status(&reports, client.shard_count().unwrap_or(0));
     Ok(View {

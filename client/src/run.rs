@@ -133,7 +133,10 @@ pub async fn execute(client: &Client, session: &mut Session, cmd: Command) -> Re
 }
 
 /// The error of a status round no node answered.
-fn no_node_answered(started: std::time::Instant, reports: &[crate::NodeReport]) -> Error {
+pub(crate) fn no_node_answered(
+    started: std::time::Instant,
+    reports: &[crate::NodeReport],
+) -> Error {
     Error::NoNodeAnswered {
         waited_ms: started.elapsed().as_millis() as u64,
         tried: reports

@@ -1705,7 +1705,7 @@ fn a_created_replica_the_leader_never_reached_again_is_forgotten_after_its_silen
     assert_eq!(c.nodes[3].raft_status(shard).term, 3, "at the term it had");
 }
 
-/// Kvsim moves seed 20: a replica created by a move received the leader's snapshot
+/// A replica created by a move received the leader's snapshot
 /// from before its addition (which does not list it), and was removed before it got the
 /// entry adding it. A snapshot that does not list a replica never listed is no removal
 /// (a new learner gets one legitimately), so it held the shard and kept asking for a
@@ -1856,7 +1856,7 @@ fn the_output_reports_where_writes_were_proposed_and_every_entry_applied() {
     }
 }
 
-/// Kvsim moves seed 437: a member cut off from its shard's traffic (its node still heard
+/// A member cut off from its shard's traffic (its node still heard
 /// from) missed its removal; the leader, hearing nothing from it, stopped replicating to
 /// it, and its group, quiesced on a leader whose node is alive, never timed out to ask.
 /// A quiesced follower that heard nothing for its group for

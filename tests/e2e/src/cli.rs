@@ -34,6 +34,15 @@ pub fn command(args: &[&str]) -> Command {
     cmd
 }
 
+/// `kvcli --cluster FILE args...` with no stdin.
+pub fn with_cluster(config: &str, args: &[&str], timeout: Duration) -> Run {
+    let all: Vec<&str> = ["--cluster", config]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    run(&all, "", timeout)
+}
+
 /// Runs `kvcli args...`, feeding `stdin` then closing it, and waits up to `timeout`.
 /// Panics (after killing it) if it does not exit in time.
 pub fn run(args: &[&str], stdin: &str, timeout: Duration) -> Run {

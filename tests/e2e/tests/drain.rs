@@ -23,15 +23,6 @@ const LEADERS_TIMEOUT: Duration = Duration::from_secs(20);
 const DRIVE_WAIT_S: u64 = 60;
 const BENCH_SECONDS: u64 = 45;
 
-/// `kvcli --cluster FILE args...` with no stdin.
-fn kvcli(config: &str, args: &[&str], timeout: Duration) -> cli::Run {
-    let all: Vec<&str> = ["--cluster", config]
-        .into_iter()
-        .chain(args.iter().copied())
-        .collect();
-    cli::run(&all, "", timeout)
-}
-
 /// One JSON object from a kvcli run's stdout.
 fn json_of(run: &cli::Run) -> Value {
     serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("JSON: {e}: {run:?}"))
@@ -39,7 +30,7 @@ fn json_of(run: &cli::Run) -> Value {
 
 /// `kvcli --json status`'s shard rows.
 fn shard_rows(config: &str) -> Vec<Value> {
-    let run = kvcli(config, &["--json", "status"], Duration::from_secs(30));
+    let run = cli::with_cluster(config, &["--json", "status"], Duration::from_secs(30));
     json_of(&run)["shards"].as_array().expect("shards").clone()
 }
 
@@ -85,7 +76,7 @@ fn a_drained_node_ends_empty_and_a_dead_ones_replicas_are_rebuilt_under_load() {
     // 1. Drain node 5.
     let wait = DRIVE_WAIT_S.to_string();
     let timeout = Duration::from_secs(DRIVE_WAIT_S + 30);
-    let run = kvcli(
+    let run = cli::with_cluster(
         &config,
         &["--json", "node", "drain", "5", "--wait", &wait],
         timeout,
@@ -124,7 +115,7 @@ fn a_drained_node_ends_empty_and_a_dead_ones_replicas_are_rebuilt_under_load() {
         under, on_4,
         "node 4's shards are under-replicated: {rows:?}"
     );
-    let run = kvcli(
+    let run = cli::with_cluster(
         &config,
         &["--json", "node", "remove", "4", "--dead", "--wait", &wait],
         timeout,
@@ -159,7 +150,7 @@ fn a_drained_node_ends_empty_and_a_dead_ones_replicas_are_rebuilt_under_load() {
 
     // 4. Nodes 1-3 hold every shard: none can be drained, and a node that answers is not
     // dead.
-    let run = kvcli(&config, &["node", "drain", "1"], timeout);
+    let run = cli::with_cluster(&config, &["node", "drain", "1"], timeout);
     assert_eq!(run.code, Some(2), "{run:?}");
     assert!(
         run.stderr.contains(
@@ -168,7 +159,7 @@ fn a_drained_node_ends_empty_and_a_dead_ones_replicas_are_rebuilt_under_load() {
         "{}",
         run.stderr
     );
-    let run = kvcli(&config, &["node", "remove", "2", "--dead"], timeout);
+    let run = cli::with_cluster(&config, &["node", "remove", "2", "--dead"], timeout);
     assert_eq!(run.code, Some(2), "{run:?}");
     assert!(
         run.stderr.contains("node 2 answers, so it is not dead"),

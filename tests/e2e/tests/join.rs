@@ -16,18 +16,9 @@ const SHARDS: u32 = 4;
 const JOINED: NodeId = NodeId(4);
 const BENCH_SECONDS: u64 = 20;
 
-/// `kvcli --cluster FILE args...` with no stdin.
-fn kvcli(config: &str, args: &[&str], timeout: Duration) -> cli::Run {
-    let all: Vec<&str> = ["--cluster", config]
-        .into_iter()
-        .chain(args.iter().copied())
-        .collect();
-    cli::run(&all, "", timeout)
-}
-
 /// `kvcli --json node list`, parsed.
 fn node_list(config: &str) -> Value {
-    let run = kvcli(config, &["--json", "node", "list"], Duration::from_secs(30));
+    let run = cli::with_cluster(config, &["--json", "node", "list"], Duration::from_secs(30));
     serde_json::from_str(run.stdout.trim())
         .unwrap_or_else(|e| panic!("node list --json: {e}: {run:?}"))
 }
@@ -105,7 +96,7 @@ fn a_node_joins_receives_a_replica_and_a_wiped_node_is_refused() {
                 &duration,
                 "--check",
             ];
-            kvcli(&config, &args, Duration::from_secs(BENCH_SECONDS + 60))
+            cli::with_cluster(&config, &args, Duration::from_secs(BENCH_SECONDS + 60))
         })
     };
     std::thread::sleep(Duration::from_secs(2));
@@ -116,7 +107,7 @@ fn a_node_joins_receives_a_replica_and_a_wiped_node_is_refused() {
         .iter()
         .find(|v| **v != leader)
         .expect("3 voters");
-    let run = kvcli(
+    let run = cli::with_cluster(
         &config,
         &[
             "shard",

@@ -23,15 +23,6 @@ const MOVE_TIMEOUT: Duration = Duration::from_secs(60);
 const MOVE_WITH_KILL_TIMEOUT: Duration = Duration::from_secs(90);
 const BENCH_SECONDS: u64 = 40;
 
-/// `kvcli --cluster FILE args...` with no stdin.
-fn kvcli(config: &str, args: &[&str], timeout: Duration) -> cli::Run {
-    let all: Vec<&str> = ["--cluster", config]
-        .into_iter()
-        .chain(args.iter().copied())
-        .collect();
-    cli::run(&all, "", timeout)
-}
-
 /// The newest replica set of every shard any running node reports.
 fn routes(c: &Cluster, client: &mut kv_e2e::client::Client) -> Vec<ShardRoute> {
     let mut best: Vec<Option<ShardRoute>> = vec![None; SHARDS as usize];
@@ -77,7 +68,7 @@ fn shard_move(
     timeout: Duration,
 ) -> cli::Run {
     let (s, f, t) = (shard.0.to_string(), from.0.to_string(), to.0.to_string());
-    kvcli(
+    cli::with_cluster(
         config,
         &["shard", "move", &s, "--from", &f, "--to", &t],
         timeout,
@@ -174,7 +165,7 @@ fn replicas_move_under_load_and_a_kill_mid_move_loses_no_write() {
     assert_acked_read_back(&config, &acked);
 
     // `kvcli status` shows each moved shard's new replica set at a newer epoch.
-    let run = kvcli(&config, &["--json", "status"], Duration::from_secs(30));
+    let run = cli::with_cluster(&config, &["--json", "status"], Duration::from_secs(30));
     let status: Value = serde_json::from_str(run.stdout.trim())
         .unwrap_or_else(|e| panic!("status --json: {e}: {run:?}"));
     let shards = status["shards"].as_array().expect("shards");
