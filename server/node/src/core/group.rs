@@ -1,0 +1,192 @@
+//! The per-shard state the node core keeps: [`Group`] (one shard's Raft replica, state
+//! machine and requests in flight), the [`Groups`] hosted here, and what to do when a
+//! DiskWrite is durable ([`Durable`]). Split from core.rs to keep that file readable.
+
+use super::is_listed;
+use crate::config::NodeConfig;
+use crate::sm::StateMachine;
+use crate::wal::RecoveryError;
+use kv_raft::{Raft, Restored, Snapshot, SoftState, WriteId};
+use kv_shared::registry::METADATA_SHARD;
+use kv_shared::ShardId;
+use std::collections::BTreeMap;
+use std::ops::{Index, IndexMut};
+
+/// What to do when a DiskWrite is durable.
+pub(super) enum Durable {
+    Raft(ShardId, WriteId),
+    OwnSnapshot(ShardId, Snapshot),
+    ReceivedSnapshot(ShardId, u64),
+    /// The removal record of a replica this node no longer holds.
+    Removed(ShardId),
+}
+
+/// One shard: its Raft replica, state machine and requests in flight.
+pub(super) struct Group {
+    pub(super) shard: ShardId,
+    pub(super) raft: Raft,
+    pub(super) sm: StateMachine,
+    pub(super) soft: SoftState,
+    /// Requests to route next round: new ones, and ones held while no leader is known.
+    pub(super) waiting: Vec<u64>,
+    /// Proposed batches by log index: (term, request ids in batch order).
+    pub(super) proposed: BTreeMap<u64, (u64, Vec<u64>)>,
+    /// ReadIndex rounds awaiting confirmation, by ctx.
+    pub(super) reads: BTreeMap<u64, Vec<u64>>,
+    /// Confirmed reads waiting for the state machine to reach their index.
+    pub(super) confirmed_reads: Vec<(u64, Vec<u64>)>,
+    /// Index of the latest durable snapshot.
+    pub(super) snapshot_index: u64,
+    /// Snapshot writes (own or received) not yet durable.
+    pub(super) snapshot_writes_inflight: u32,
+    /// Entry payload bytes applied since the latest snapshot was taken or installed.
+    pub(super) applied_bytes_since_snapshot: u64,
+    pub(super) last_transfer_tick: Option<u64>,
+    /// Client writes proposed as leader, for metrics.
+    pub(super) proposed_writes: u64,
+    /// Not ticked while idle (`NodeConfig::quiesce`; see `NodeCore::tick`).
+    pub(super) quiesced: bool,
+    /// Consecutive ticks this leader had nothing to do.
+    pub(super) idle_ticks: u64,
+    /// Tick of the last Raft message received for this group.
+    pub(super) last_msg_tick: u64,
+    /// A follower woken to check on its silent leader stays awake until this tick.
+    pub(super) recheck_until_tick: u64,
+    /// `MoveReplica` requests answered when the move in flight ends.
+    pub(super) move_waiters: Vec<u64>,
+    /// Tick at which this leader first saw the move's learner catching up.
+    pub(super) catch_up_since: Option<u64>,
+    /// Tick of the last message for this group from the move's learner.
+    pub(super) learner_heard_tick: Option<u64>,
+    /// Log index of this leader's `EndMove` proposal not yet applied.
+    pub(super) move_end_proposed: Option<u64>,
+    /// Index of the committed change that removed this node from the shard.
+    pub(super) removed_at: Option<u64>,
+    /// The membership this replica knew at its last Ready listed this node: a replica
+    /// created by a move starts outside it, until the leader's snapshot adds it.
+    pub(super) was_member: bool,
+    /// A received snapshot, not yet durable, whose membership no longer lists this
+    /// member: its index. Once durable (and acknowledged) the replica is removed.
+    pub(super) removed_by_snapshot: Option<u64>,
+    /// Created by a move (it started from an empty membership), not by the bootstrap
+    /// placement: forgotten if the shard never lists it (`forget_unlisted_replicas`).
+    pub(super) created: bool,
+    /// Tick of the last message a leader sends (append, heartbeat, snapshot chunk).
+    pub(super) leader_heard_tick: u64,
+    /// The commit index the latest Append for this group carried (unclamped).
+    pub(super) leader_commit_told: Option<u64>,
+}
+
+impl Group {
+    /// A group for `shard` from what recovery (or a replica's creation) gives it.
+    pub(super) fn new(
+        config: &NodeConfig,
+        shard: ShardId,
+        r: Restored,
+    ) -> Result<Group, RecoveryError> {
+        let (sm, snapshot_index) = match &r.snapshot {
+            Some(s) => {
+                let sm = StateMachine::from_image(&s.data, config.sessions_max()).map_err(|e| {
+                    RecoveryError::BadSnapshot {
+                        shard: shard.0,
+                        index: s.meta.index,
+                        reason: e.to_string(),
+                    }
+                })?;
+                (sm, s.meta.index)
+            }
+            None if shard == METADATA_SHARD => {
+                (StateMachine::new_metadata(config.sessions_max()), 0)
+            }
+            None => (StateMachine::new(config.sessions_max()), 0),
+        };
+        let created = r.initial_membership.voters.is_empty();
+        let raft = Raft::new(config.raft_config(shard), r);
+        let st = raft.status();
+        let was_member = is_listed(&st.membership, config.node);
+        Ok(Group {
+            shard,
+            raft,
+            sm,
+            soft: SoftState {
+                role: st.role,
+                term: st.term,
+                leader: st.leader,
+            },
+            waiting: Vec::new(),
+            proposed: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            confirmed_reads: Vec::new(),
+            snapshot_index,
+            snapshot_writes_inflight: 0,
+            applied_bytes_since_snapshot: 0,
+            last_transfer_tick: None,
+            proposed_writes: 0,
+            quiesced: false,
+            idle_ticks: 0,
+            last_msg_tick: 0,
+            recheck_until_tick: 0,
+            move_waiters: Vec::new(),
+            catch_up_since: None,
+            learner_heard_tick: None,
+            move_end_proposed: None,
+            removed_at: None,
+            was_member,
+            removed_by_snapshot: None,
+            created,
+            leader_heard_tick: 0,
+            leader_commit_told: None,
+        })
+    }
+}
+
+impl Group {
+    /// Ticks a quiesced group again (`NodeCore::tick` explains quiescence).
+    pub(super) fn wake(&mut self) {
+        if self.quiesced {
+            self.quiesced = false;
+            self.raft.wake();
+        }
+    }
+}
+
+/// The groups of the shards hosted here, by shard. Indexing a shard not hosted here is a
+/// programmer error (callers check [`Groups::contains`] at the boundary).
+pub(super) struct Groups(pub(super) BTreeMap<ShardId, Group>);
+
+impl Groups {
+    pub(super) fn contains(&self, shard: ShardId) -> bool {
+        self.0.contains_key(&shard)
+    }
+
+    /// The hosted shards, ascending (a copy, so the caller may mutate groups meanwhile).
+    pub(super) fn ids(&self) -> Vec<ShardId> {
+        self.0.keys().copied().collect()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Group> {
+        self.0.values()
+    }
+
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Group> {
+        self.0.values_mut()
+    }
+}
+
+impl Index<ShardId> for Groups {
+    type Output = Group;
+
+    fn index(&self, shard: ShardId) -> &Group {
+        self.0
+            .get(&shard)
+            .unwrap_or_else(|| panic!("shard {shard} is not hosted here"))
+    }
+}
+
+impl IndexMut<ShardId> for Groups {
+    fn index_mut(&mut self, shard: ShardId) -> &mut Group {
+        self.0
+            .get_mut(&shard)
+            .unwrap_or_else(|| panic!("shard {shard} is not hosted here"))
+    }
+}

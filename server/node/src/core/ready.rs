@@ -1,0 +1,328 @@
+//! The node core's side of Raft's Ready: persisting (as DiskOps of the round), sending,
+//! applying committed entries and installing snapshots, in the order kv-raft prescribes;
+//! taking snapshots; and finishing DiskWrites once durable. Split from core.rs to keep
+//! that file readable.
+
+use super::{is_listed, DiskOp, Durable, NodeCore};
+use crate::codec::GroupMessage;
+use crate::events::{EventKind, NodeEvent};
+use crate::sm::StateMachine;
+use crate::wal;
+use kv_raft::{ConfChange, Entry, EntryKind, Role, Snapshot};
+use kv_shared::proto::{ClientError, Outcome};
+use kv_shared::ShardId;
+
+/// A shard takes a snapshot once this many entry payload bytes were applied since its
+/// last one, even below `snapshot_threshold_entries`: entries batch many writes, so an
+/// entry count alone let a long run of small puts stay in memory as log, and a restarted
+/// follower replayed them instead of installing a snapshot.
+const SNAPSHOT_LOG_BYTES_MAX: u64 = 8 * 1024 * 1024;
+
+impl NodeCore {
+    /// DiskWrite `id` is durable.
+    pub fn on_disk_done(&mut self, id: u64) {
+        let Some(done) = self.disk_inflight.remove(&id) else {
+            return;
+        };
+        for d in done {
+            match d {
+                // The replica was removed meanwhile: nothing of it is waiting any more.
+                Durable::Raft(g, _)
+                | Durable::OwnSnapshot(g, _)
+                | Durable::ReceivedSnapshot(g, _)
+                    if !self.groups.contains(g) => {}
+                Durable::Raft(g, wid) => self.groups[g].raft.on_persisted(wid),
+                Durable::OwnSnapshot(g, snap) => {
+                    let group = &mut self.groups[g];
+                    group.snapshot_writes_inflight -= 1;
+                    let index = snap.meta.index;
+                    if index > group.snapshot_index {
+                        group.snapshot_index = index;
+                        group.raft.compact(snap);
+                        self.round_ops.push(DiskOp::Compact { shard: g.0, index });
+                    }
+                }
+                Durable::ReceivedSnapshot(g, index) => {
+                    let group = &mut self.groups[g];
+                    group.snapshot_writes_inflight -= 1;
+                    if group.removed_by_snapshot == Some(index) {
+                        group.removed_at = Some(index);
+                    }
+                    self.round_ops.push(DiskOp::Compact { shard: g.0, index });
+                }
+                Durable::Removed(g) => self.out.removed_shards.push(g.0),
+            }
+        }
+    }
+
+    pub(super) fn drive(&mut self) {
+        for g in self.groups.ids() {
+            while self.groups[g].raft.has_ready() {
+                self.handle_ready(g);
+            }
+            let group = &mut self.groups[g];
+            if group.removed_at.is_some() && is_listed(group.raft.membership(), self.config.node) {
+                // A later change, committed with the removal (a lagging replica applying
+                // a batch), added it back: it stays, with what it acknowledged.
+                group.removed_at = None;
+            }
+            if let Some(epoch) = self.groups[g].removed_at {
+                #[cfg(feature = "planted-bugs")]
+                if self.removed_replica_serves_reads {
+                    self.maybe_snapshot(g);
+                    continue;
+                }
+                self.drop_replica(g, epoch);
+                continue;
+            }
+            self.maybe_snapshot(g);
+        }
+    }
+
+    fn handle_ready(&mut self, g: ShardId) {
+        let rd = self.groups[g].raft.ready();
+        let shard = self.groups[g].shard;
+        self.out.events.extend(
+            rd.events
+                .into_iter()
+                .map(|e| NodeEvent::from_raft(shard, e)),
+        );
+        if let Some(ss) = rd.soft_state {
+            let old = self.groups[g].soft;
+            self.groups[g].soft = ss;
+            let changes = [
+                (old.role != ss.role).then_some(EventKind::RoleChanged {
+                    from: old.role,
+                    to: ss.role,
+                }),
+                (old.leader != ss.leader).then_some(EventKind::LeaderChanged {
+                    from: old.leader,
+                    to: ss.leader,
+                }),
+            ];
+            for kind in changes.into_iter().flatten() {
+                self.out.events.push(NodeEvent {
+                    shard,
+                    term: ss.term,
+                    kind,
+                });
+            }
+            if old.role == Role::Leader && (ss.role != Role::Leader || ss.term != old.term) {
+                self.fail_leader_requests(g, ss.leader);
+            }
+        }
+        if let Some(w) = rd.write {
+            self.persist(g, w);
+        }
+        for m in rd.messages {
+            if m.to == self.config.node {
+                continue;
+            }
+            self.outbox
+                .entry(m.to)
+                .or_default()
+                .push(GroupMessage { shard, msg: m });
+        }
+        if let Some(snap) = rd.apply_snapshot {
+            self.out.events.push(NodeEvent {
+                shard,
+                term: self.groups[g].soft.term,
+                kind: EventKind::SnapshotInstalled {
+                    index: snap.meta.index,
+                },
+            });
+            self.restore_snapshot(g, snap);
+        }
+        for e in rd.committed {
+            self.apply(g, e);
+        }
+        if rd.snapshot_wanted {
+            self.provide_snapshot(g);
+        }
+        for rs in rd.reads {
+            if let Some(ids) = self.groups[g].reads.remove(&rs.ctx) {
+                self.groups[g].confirmed_reads.push((rs.index, ids));
+            }
+        }
+        let leader = self.groups[g].soft.leader;
+        for ctx in rd.failed_reads {
+            if let Some(ids) = self.groups[g].reads.remove(&ctx) {
+                for id in ids {
+                    self.reply(id, Outcome::Error(ClientError::NotLeader { shard, leader }));
+                }
+            }
+        }
+        self.serve_confirmed_reads(g);
+        let group = &mut self.groups[g];
+        group.was_member = is_listed(group.raft.membership(), self.config.node);
+    }
+
+    /// Turns a Raft Write into DiskOps of this round: snapshot, entries, hard state.
+    fn persist(&mut self, g: ShardId, w: kv_raft::Write) {
+        let shard = g.0;
+        let mut replaced_log = false;
+        if let Some(snap) = &w.snapshot {
+            self.round_ops.push(DiskOp::SaveSnapshot {
+                shard,
+                index: snap.meta.index,
+                data: wal::encode_snapshot(snap),
+            });
+            self.groups[g].snapshot_writes_inflight += 1;
+            self.round_durable
+                .push(Durable::ReceivedSnapshot(g, snap.meta.index));
+            let me = self.config.node;
+            let group = &mut self.groups[g];
+            let listed = is_listed(&snap.meta.membership, me);
+            // A member that missed its removal (it was cut off) learns it from a
+            // snapshot past it: removed like by the change itself, once the snapshot
+            // (and so its acknowledgement) is durable.
+            group.removed_by_snapshot = (group.was_member && !listed).then_some(snap.meta.index);
+            // Did Raft keep a log suffix past the snapshot? If not, the stored one is void.
+            replaced_log =
+                w.entries.is_empty() && self.groups[g].raft.status().last_index == snap.meta.index;
+            if replaced_log {
+                self.round_ops.push(DiskOp::Append(wal::entries_record(
+                    shard,
+                    snap.meta.index + 1,
+                    Vec::new(),
+                )));
+            }
+        }
+        if let Some(first) = w.entries.first().map(|e| e.index) {
+            debug_assert!(!replaced_log);
+            self.round_ops
+                .push(DiskOp::Append(wal::entries_record(shard, first, w.entries)));
+        }
+        if let Some(hs) = &w.hard_state {
+            self.round_ops
+                .push(DiskOp::Append(wal::hard_state_record(shard, hs)));
+        }
+        self.round_durable.push(Durable::Raft(g, w.id));
+    }
+
+    fn restore_snapshot(&mut self, g: ShardId, snap: Snapshot) {
+        let sessions_max = self.config.sessions_max();
+        let group = &mut self.groups[g];
+        // kv-raft persisted and handed out this snapshot only after
+        // `sm::snapshot_image_restorable` accepted it.
+        let sm = StateMachine::from_image(&snap.data, sessions_max)
+            .unwrap_or_else(|e| panic!("shard {g}: a checked snapshot image fails: {e}"));
+        assert_eq!(
+            sm.applied_index(),
+            snap.meta.index,
+            "snapshot image and metadata disagree"
+        );
+        group.sm = sm;
+        group.applied_bytes_since_snapshot = 0;
+        group.snapshot_index = group.snapshot_index.max(snap.meta.index);
+        let stale: Vec<u64> = group
+            .proposed
+            .range(..=snap.meta.index)
+            .map(|(i, _)| *i)
+            .collect();
+        let shard = group.shard;
+        let leader = group.soft.leader;
+        for i in stale {
+            let (_, ids) = self.groups[g].proposed.remove(&i).expect("listed");
+            for id in ids {
+                self.reply(id, Outcome::Error(ClientError::NotLeader { shard, leader }));
+            }
+        }
+    }
+
+    fn apply(&mut self, g: ShardId, e: Entry) {
+        self.report_applied(self.groups[g].shard, &e);
+        let me = self.config.node;
+        let group = &mut self.groups[g];
+        group.applied_bytes_since_snapshot += e.data.len() as u64;
+        let moving = group.sm.move_in_flight();
+        let outcomes = match e.kind {
+            EntryKind::Command => group.sm.apply_entry(e.index, e.term, &e.data),
+            EntryKind::Noop => {
+                group.sm.apply_empty(e.index, e.term);
+                Vec::new()
+            }
+            EntryKind::ConfChange(change) => {
+                group.sm.apply_membership_change(e.index, e.term);
+                if change == ConfChange::RemoveNode(me) {
+                    group.removed_at = Some(e.index);
+                }
+                Vec::new()
+            }
+        };
+        let move_ended = moving.is_some() && group.sm.move_in_flight() != moving;
+        let shard = group.shard;
+        let leader = group.soft.leader;
+        // Batches proposed at or below this index either are this entry or were lost.
+        let mut answered = Vec::new();
+        while let Some((&i, _)) = group.proposed.first_key_value() {
+            if i > e.index {
+                break;
+            }
+            let (term, ids) = group.proposed.pop_first().expect("present").1;
+            answered.push((i, term, ids));
+        }
+        for (i, term, ids) in answered {
+            if i == e.index && term == e.term && outcomes.len() == ids.len() {
+                for (id, outcome) in ids.into_iter().zip(outcomes.iter()) {
+                    if self.is_move_in_flight_request(g, id) {
+                        self.groups[g].move_waiters.push(id);
+                        continue;
+                    }
+                    self.reply(id, outcome.clone());
+                }
+            } else {
+                for id in ids {
+                    self.reply(id, Outcome::Error(ClientError::NotLeader { shard, leader }));
+                }
+            }
+        }
+        if move_ended {
+            self.move_ended(g);
+        }
+    }
+
+    fn maybe_snapshot(&mut self, g: ShardId) {
+        let group = &mut self.groups[g];
+        let applied = group.sm.applied_index();
+        let log_small = applied <= group.snapshot_index + self.config.snapshot_threshold_entries
+            && group.applied_bytes_since_snapshot < SNAPSHOT_LOG_BYTES_MAX;
+        if group.snapshot_writes_inflight > 0 || applied <= group.snapshot_index || log_small {
+            return;
+        }
+        self.take_snapshot(g);
+    }
+
+    /// Answers `Ready::snapshot_wanted` (kv-raft keeps a snapshot image only while a
+    /// follower takes it) with an image of the shard's applied state, from memory: no
+    /// disk write or read on the way to a lagging follower.
+    fn provide_snapshot(&mut self, g: ShardId) {
+        let group = &mut self.groups[g];
+        let snap = Snapshot {
+            meta: group.raft.snapshot_meta(group.sm.applied_index()),
+            data: group.sm.to_image(),
+        };
+        group.raft.provide_snapshot(snap);
+    }
+
+    /// Writes a snapshot of shard `g` at its applied index; Raft compacts once durable.
+    fn take_snapshot(&mut self, g: ShardId) {
+        let group = &mut self.groups[g];
+        let applied = group.sm.applied_index();
+        group.applied_bytes_since_snapshot = 0;
+        // The membership as of `applied`, not Raft's current one: a change committed
+        // but not yet applied would otherwise be in the snapshot and not in its image,
+        // and `compact` refuses a meta that disagrees with the log.
+        let snap = Snapshot {
+            meta: group.raft.snapshot_meta(applied),
+            data: group.sm.to_image(),
+        };
+        group.snapshot_writes_inflight += 1;
+        self.round_ops.push(DiskOp::SaveSnapshot {
+            shard: g.0,
+            index: applied,
+            data: wal::encode_snapshot(&snap),
+        });
+        self.round_durable.push(Durable::OwnSnapshot(g, snap));
+    }
+}

@@ -1,0 +1,378 @@
+//! The node core's client requests: admitting them (`on_client_request`), routing them
+//! each round to a proposal, a ReadIndex read or a redirect, and answering them exactly
+//! once (`reply`). Split from core.rs to keep that file readable.
+
+use super::{is_listed, BoundaryRefusal, ClientToken, NodeCore, Request};
+use crate::moves;
+use crate::sm::{CommandBatch, WriteCommand, WriteOp};
+use crate::write_refusal;
+use kv_raft::{ProposeError, Role};
+use kv_shared::limits::{ENTRY_BYTES_MAX, PENDING_REQUESTS_MAX, PENDING_REQUEST_BYTES_MAX};
+use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Op, Outcome};
+use kv_shared::registry::METADATA_SHARD;
+use kv_shared::shard::shard_for_key;
+use kv_shared::{NodeId, ShardId};
+
+/// What a pending request counts against `PENDING_REQUEST_BYTES_MAX`: its keys and values
+/// (the bulk of what it holds) plus a fixed share for the rest of the request.
+fn request_bytes(op: &Op) -> usize {
+    const REQUEST_OVERHEAD_BYTES: usize = 128;
+    let payload = match op {
+        Op::Put { key, value } | Op::Append { key, value } => key.len() + value.len(),
+        Op::Swap { key, new } => key.len() + new.as_ref().map_or(0, |v| v.len()),
+        Op::Incr { key, .. } => key.len() + 8,
+        Op::Cas { key, expected, new } => {
+            key.len() + expected.as_ref().map_or(0, |e| e.len()) + new.len()
+        }
+        Op::Get { key, .. } | Op::Delete { key } | Op::OpenSession { key } => key.len(),
+        Op::Status | Op::ShardLeader { .. } | Op::MoveReplica { .. } | Op::RegisterNode { .. } => 0,
+    };
+    REQUEST_OVERHEAD_BYTES + payload
+}
+
+impl NodeCore {
+    /// A client request. Answered (exactly once) in some later `Output`, or in the next.
+    pub fn on_client_request(&mut self, token: ClientToken, req: ClientRequest) {
+        let reply_now = |core: &mut NodeCore, outcome| {
+            core.out.replies.push((
+                token,
+                ClientReply {
+                    client: req.client,
+                    seq: req.seq,
+                    outcome,
+                },
+            ));
+        };
+        if let Err(e) = req.op.check_limits() {
+            return reply_now(self, Outcome::Error(e));
+        }
+        if let Some(e) = write_refusal::refused(self.write_refusal, self.config.node, &req.op) {
+            return reply_now(self, Outcome::Error(e));
+        }
+        let shard_count = self.config.shard_count;
+        let shard = match &req.op {
+            Op::Status => {
+                let s = self.status();
+                return reply_now(self, Outcome::Status(s));
+            }
+            op => match op.admin_shard() {
+                Some(METADATA_SHARD)
+                    if matches!(op, Op::RegisterNode { .. })
+                        && self.config.is_group(METADATA_SHARD) =>
+                {
+                    METADATA_SHARD
+                }
+                Some(shard) if shard.0 >= shard_count => {
+                    let e = ClientError::Malformed(format!(
+                        "shard {} does not exist; the cluster has {shard_count} shards",
+                        shard.0
+                    ));
+                    return reply_now(self, Outcome::Error(e));
+                }
+                Some(shard) => shard,
+                None => shard_for_key(op.key().expect("keyed op"), shard_count),
+            },
+        };
+        if !self.groups.contains(shard) {
+            let e = ClientError::StaleRoute {
+                node: self.config.node,
+                route: self.shard_route(shard),
+            };
+            return reply_now(self, Outcome::Error(e));
+        }
+        if let Op::Get { stale: true, key } = &req.op {
+            let g = &self.groups[shard];
+            #[cfg(feature = "planted-bugs")]
+            let removal_checked = !self.removed_replica_serves_reads;
+            #[cfg(not(feature = "planted-bugs"))]
+            let removal_checked = true;
+            let outside = !is_listed(g.raft.membership(), self.config.node);
+            if removal_checked && (outside || req.epoch > g.sm.membership_epoch()) {
+                // The client knows a newer replica set: this replica may have been
+                // removed and not know it yet, so its state may be arbitrarily old. A
+                // replica outside its own membership was created by a move and has not
+                // had the leader's snapshot yet, or has just applied its removal.
+                let e = ClientError::StaleRoute {
+                    node: self.config.node,
+                    route: self.shard_route(shard),
+                };
+                return reply_now(self, Outcome::Error(e));
+            }
+            let v = g.sm.get(key);
+            return reply_now(self, Outcome::Value(v));
+        }
+        if self.requests.len() >= PENDING_REQUESTS_MAX {
+            self.refuse(BoundaryRefusal::PendingRequestsFull);
+            let e = ClientError::Overloaded {
+                node: self.config.node,
+                pending: self.requests.len(),
+            };
+            return reply_now(self, Outcome::Error(e));
+        }
+        let bytes = request_bytes(&req.op);
+        if self.pending_request_bytes + bytes > PENDING_REQUEST_BYTES_MAX {
+            self.refuse(BoundaryRefusal::PendingBytesFull);
+            let e = ClientError::OverloadedBytes {
+                node: self.config.node,
+                pending_bytes: self.pending_request_bytes,
+            };
+            return reply_now(self, Outcome::Error(e));
+        }
+        self.pending_request_bytes += bytes;
+        let id = self.next_request_id;
+        self.next_request_id += 1;
+        let deadline_tick = self.tick_count + u64::from(self.config.request_timeout_ticks);
+        self.requests.insert(
+            id,
+            Request {
+                token,
+                req,
+                shard,
+                deadline_tick,
+                bytes,
+            },
+        );
+        self.deadlines.insert((deadline_tick, id));
+        let g = &mut self.groups[shard];
+        g.wake();
+        g.waiting.push(id);
+    }
+
+    pub(super) fn serve_confirmed_reads(&mut self, g: ShardId) {
+        let applied = self.groups[g].sm.applied_index();
+        let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.groups[g].confirmed_reads)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        self.groups[g].confirmed_reads = later;
+        for (_, ids) in ready {
+            for id in ids {
+                self.serve_get(g, id);
+            }
+        }
+    }
+
+    fn serve_get(&mut self, g: ShardId, id: u64) {
+        let Some(r) = self.requests.get(&id) else {
+            return;
+        };
+        let key = r.req.op.key().expect("gets have keys");
+        let v = self.groups[g].sm.get(key);
+        self.reply(id, Outcome::Value(v));
+    }
+
+    /// Leadership ended: nothing pending on it can be promised any more.
+    pub(super) fn fail_leader_requests(&mut self, g: ShardId, leader: Option<NodeId>) {
+        let group = &mut self.groups[g];
+        let shard = group.shard;
+        let mut ids: Vec<u64> = std::mem::take(&mut group.proposed)
+            .into_values()
+            .flat_map(|(_, ids)| ids)
+            .collect();
+        ids.extend(std::mem::take(&mut group.reads).into_values().flatten());
+        ids.append(&mut group.move_waiters);
+        group.catch_up_since = None;
+        group.move_end_proposed = None;
+        for id in ids {
+            self.reply(id, Outcome::Error(ClientError::NotLeader { shard, leader }));
+        }
+    }
+
+    /// Sends this round's requests of group `g` where they belong: proposals and reads
+    /// on a leader, redirects elsewhere; held while no leader is known.
+    pub(super) fn route(&mut self, g: ShardId) {
+        let ids = std::mem::take(&mut self.groups[g].waiting);
+        if ids.is_empty() {
+            return;
+        }
+        let me = self.config.node;
+        let shard = self.groups[g].shard;
+        let soft = self.groups[g].soft;
+        let mut writes: Vec<(u64, WriteCommand)> = Vec::new();
+        let mut reads: Vec<u64> = Vec::new();
+        let mut refused: Vec<(u64, NodeId)> = Vec::new();
+        let mut moves_refused: Vec<(u64, ClientError)> = Vec::new();
+        for id in ids {
+            let Some(r) = self.requests.get(&id) else {
+                continue;
+            };
+            if soft.role == Role::Leader {
+                match WriteOp::from_op(&r.req.op) {
+                    Some(WriteOp::PreferLeader { node }) if !self.is_voter(g, node) => {
+                        refused.push((id, node));
+                    }
+                    Some(WriteOp::BeginMove { from, to, .. }) => {
+                        let sm = &self.groups[g].sm;
+                        let in_flight = sm.move_in_flight();
+                        let session = (r.req.client, r.req.seq);
+                        if in_flight.is_some_and(|m| (m.client, m.seq) == session) {
+                            // A retry of the move in flight: answered when it ends.
+                            self.groups[g].move_waiters.push(id);
+                            continue;
+                        }
+                        let route = self.shard_route(shard);
+                        // A retry of a move that ended is answered from its session.
+                        let checked = match sm.saved_outcome(session.0, session.1) {
+                            Some(_) => Ok(()),
+                            None => {
+                                let nodes = self.cluster_nodes();
+                                moves::check_move(from, to, &nodes, &route, in_flight)
+                            }
+                        };
+                        match checked {
+                            Ok(()) => writes.push((
+                                id,
+                                WriteCommand {
+                                    client: r.req.client,
+                                    seq: r.req.seq,
+                                    op: WriteOp::BeginMove { shard, from, to },
+                                },
+                            )),
+                            Err(reason) => moves_refused.push((
+                                id,
+                                ClientError::MoveRefused {
+                                    shard,
+                                    from,
+                                    to,
+                                    reason,
+                                },
+                            )),
+                        }
+                    }
+                    Some(op) => writes.push((
+                        id,
+                        WriteCommand {
+                            client: r.req.client,
+                            seq: r.req.seq,
+                            op,
+                        },
+                    )),
+                    None => reads.push(id),
+                }
+            } else {
+                self.redirect_or_hold(g, id, soft.leader.filter(|l| *l != me), shard);
+            }
+        }
+        for (id, e) in moves_refused {
+            self.reply(id, Outcome::Error(e));
+        }
+        for (id, node) in refused {
+            let voters: Vec<String> = (self.groups[g].raft.status().membership.voters)
+                .iter()
+                .map(|v| v.to_string())
+                .collect();
+            let e = ClientError::Malformed(format!(
+                "{node} is not a voter of shard {} (voters: {})",
+                shard.0,
+                voters.join(", ")
+            ));
+            self.reply(id, Outcome::Error(e));
+        }
+        // One entry per ENTRY_BYTES_MAX of writes: an entry must fit one Append datagram.
+        let mut batch: Vec<(u64, WriteCommand)> = Vec::new();
+        let mut batch_bytes = 0usize;
+        for (id, write) in writes {
+            let bytes = postcard::experimental::serialized_size(&write).expect("a write encodes");
+            if !batch.is_empty() && batch_bytes + bytes > ENTRY_BYTES_MAX {
+                self.propose_batch(g, std::mem::take(&mut batch));
+                batch_bytes = 0;
+            }
+            batch_bytes += bytes;
+            batch.push((id, write));
+        }
+        if !batch.is_empty() {
+            self.propose_batch(g, batch);
+        }
+        if !reads.is_empty() {
+            #[cfg(feature = "planted-bugs")]
+            if self.read_without_read_index {
+                for id in reads {
+                    self.serve_get(g, id);
+                }
+                return;
+            }
+            let ctx = self.next_read_ctx;
+            self.next_read_ctx += 1;
+            match self.groups[g].raft.read_index(ctx) {
+                Ok(()) => {
+                    self.groups[g].reads.insert(ctx, reads);
+                }
+                Err(e) => self.refused(g, reads, e),
+            }
+        }
+    }
+
+    fn propose_batch(&mut self, g: ShardId, writes: Vec<(u64, WriteCommand)>) {
+        let (ids, writes): (Vec<u64>, Vec<WriteCommand>) = writes.into_iter().unzip();
+        let count = writes.len() as u64;
+        let data = CommandBatch { writes }.encode();
+        match self.groups[g].raft.propose(data) {
+            Ok((index, term)) => {
+                self.report_proposed(self.groups[g].shard, index, &ids);
+                self.groups[g].proposed_writes += count;
+                self.groups[g].proposed.insert(index, (term, ids));
+            }
+            Err(e) => self.refused(g, ids, e),
+        }
+    }
+
+    fn refused(&mut self, g: ShardId, ids: Vec<u64>, e: ProposeError) {
+        let shard = self.groups[g].shard;
+        let me = self.config.node;
+        let leader = match e {
+            ProposeError::NotLeader { leader } => leader.filter(|l| *l != me),
+            // A transfer (or anything transient) ends soon: try again next round.
+            _ => None,
+        };
+        for id in ids {
+            self.redirect_or_hold(g, id, leader, shard);
+        }
+    }
+
+    /// Redirects request `id` to `leader`, or holds it while no leader is known. A client
+    /// that routed by an older replica set gets the current one with the hint.
+    fn redirect_or_hold(&mut self, g: ShardId, id: u64, leader: Option<NodeId>, shard: ShardId) {
+        let Some(l) = leader else {
+            self.groups[g].waiting.push(id);
+            return;
+        };
+        let routed_by = self.requests.get(&id).map_or(0, |r| r.req.epoch);
+        let e = if routed_by < self.groups[g].sm.membership_epoch() {
+            ClientError::StaleRoute {
+                node: self.config.node,
+                route: self.shard_route(shard),
+            }
+        } else {
+            ClientError::NotLeader {
+                shard,
+                leader: Some(l),
+            }
+        };
+        self.reply(id, Outcome::Error(e));
+    }
+
+    fn is_voter(&self, g: ShardId, node: NodeId) -> bool {
+        self.groups[g]
+            .raft
+            .status()
+            .membership
+            .voters
+            .contains(&node)
+    }
+
+    /// Answers request `id` unless it was answered already: the one place replies are made.
+    pub(super) fn reply(&mut self, id: u64, outcome: Outcome) {
+        let Some(r) = self.requests.remove(&id) else {
+            return;
+        };
+        self.pending_request_bytes -= r.bytes;
+        self.deadlines.remove(&(r.deadline_tick, id));
+        self.out.replies.push((
+            r.token,
+            ClientReply {
+                client: r.req.client,
+                seq: r.req.seq,
+                outcome,
+            },
+        ));
+    }
+}

@@ -1,0 +1,170 @@
+//! The writes as they travel through the log: [`WriteOp`], one client's [`WriteCommand`]
+//! and the [`CommandBatch`] one entry carries. Split from sm.rs to keep that file readable.
+
+use bytes::Bytes;
+use kv_shared::proto::{MoveRefusal, Op};
+use kv_shared::{ClientId, NodeId, ShardId};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// A state-changing operation, as it travels through the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOp {
+    /// Set `key` to `value`.
+    Put {
+        /// The key.
+        key: Bytes,
+        /// The new value.
+        value: Bytes,
+    },
+    /// Remove `key`.
+    Delete {
+        /// The key.
+        key: Bytes,
+    },
+    /// Set `key` to `new` if it holds `expected` (`None`: absent).
+    Cas {
+        /// The key.
+        key: Bytes,
+        /// Required current value.
+        expected: Option<Bytes>,
+        /// Value written on a match.
+        new: Bytes,
+    },
+    /// Open the client's session (changes no data).
+    OpenSession,
+    /// Add `delta` to the decimal i64 held by `key` (absent: 0).
+    Incr {
+        /// The key.
+        key: Bytes,
+        /// The addend.
+        delta: i64,
+    },
+    /// Append `value` to `key`'s value (absent: empty).
+    Append {
+        /// The key.
+        key: Bytes,
+        /// The suffix.
+        value: Bytes,
+    },
+    /// Replace `key`'s value with `new` (`None`: remove it), answering the old one.
+    Swap {
+        /// The key.
+        key: Bytes,
+        /// The replacement, or `None` to remove.
+        new: Option<Bytes>,
+    },
+    /// Make `node` the shard's preferred leader (admin).
+    PreferLeader {
+        /// The node.
+        node: NodeId,
+    },
+    /// Record a replica move as in flight (admin), unless one already is: the leader's
+    /// move driver (`crate::moves`) then takes it through its membership changes.
+    BeginMove {
+        /// The shard (named in the refusal when another move is in flight).
+        shard: ShardId,
+        /// The node whose replica goes.
+        from: NodeId,
+        /// The node that receives one.
+        to: NodeId,
+    },
+    /// End the move in flight started by `(client, seq)`, done (`refusal: None`) or
+    /// undone: proposed by the leader's move driver outside any session, it changes the
+    /// saved outcome of the admin's request to the final one.
+    EndMove {
+        /// Session of the admin request that began the move.
+        client: ClientId,
+        /// Its sequence number.
+        seq: u64,
+        /// `None`: the move is done; else why it was undone.
+        refusal: Option<MoveRefusal>,
+    },
+    /// Register a node in the node registry: applies only in the metadata group's state
+    /// machine (a data shard refuses it, changing nothing).
+    RegisterNode {
+        /// The node.
+        node: NodeId,
+        /// Where it is reached.
+        addr: SocketAddr,
+        /// Its data directory's identity.
+        identity: u64,
+    },
+}
+
+impl WriteOp {
+    /// The write part of a client op (`None` for gets and status).
+    pub fn from_op(op: &Op) -> Option<WriteOp> {
+        match op {
+            Op::Put { key, value } => Some(WriteOp::Put {
+                key: key.clone(),
+                value: value.clone(),
+            }),
+            Op::Delete { key } => Some(WriteOp::Delete { key: key.clone() }),
+            Op::Cas { key, expected, new } => Some(WriteOp::Cas {
+                key: key.clone(),
+                expected: expected.clone(),
+                new: new.clone(),
+            }),
+            Op::OpenSession { .. } => Some(WriteOp::OpenSession),
+            Op::Incr { key, delta } => Some(WriteOp::Incr {
+                key: key.clone(),
+                delta: *delta,
+            }),
+            Op::Append { key, value } => Some(WriteOp::Append {
+                key: key.clone(),
+                value: value.clone(),
+            }),
+            Op::Swap { key, new } => Some(WriteOp::Swap {
+                key: key.clone(),
+                new: new.clone(),
+            }),
+            Op::ShardLeader { node, .. } => Some(WriteOp::PreferLeader { node: *node }),
+            Op::MoveReplica { shard, from, to } => Some(WriteOp::BeginMove {
+                shard: *shard,
+                from: *from,
+                to: *to,
+            }),
+            Op::RegisterNode {
+                node,
+                addr,
+                identity,
+            } => Some(WriteOp::RegisterNode {
+                node: *node,
+                addr: *addr,
+                identity: *identity,
+            }),
+            Op::Get { .. } | Op::Status => None,
+        }
+    }
+}
+
+/// One client write under its session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteCommand {
+    /// Session.
+    pub client: ClientId,
+    /// Sequence number within the session.
+    pub seq: u64,
+    /// The write.
+    pub op: WriteOp,
+}
+
+/// The payload of one Raft entry: every write proposed to one shard in one round.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandBatch {
+    /// The writes, applied in this order.
+    pub writes: Vec<WriteCommand>,
+}
+
+impl CommandBatch {
+    /// Encodes for a log entry.
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(postcard::to_stdvec(self).expect("a command batch always encodes"))
+    }
+
+    /// Decodes a log entry payload.
+    pub fn decode(data: &[u8]) -> Result<CommandBatch, postcard::Error> {
+        postcard::from_bytes(data)
+    }
+}
