@@ -6,9 +6,14 @@
 //! Layout:
 //! - [`core`]: [`NodeCore`], its inputs (`tick`, `on_peer_messages`, `on_client_request`,
 //!   `on_disk_done`) and its [`Output`] (datagrams, disk writes, client replies, and
-//!   what was applied and proposed: `core/progress.rs`).
+//!   what was applied and proposed: `core/progress.rs`). Its parts: `core/group.rs` (one
+//!   shard's replica, state machine and durability), `core/requests.rs` (client requests:
+//!   routing, proposing, reads, replies), `core/ready.rs` (each group's Ready: persist,
+//!   apply, snapshots), `core/views.rs` (status and read-only views for the runtime),
+//!   `core/metadata.rs` (the metadata group).
 //! - [`config`]: the [`NodeConfig`] settings.
-//! - [`sm`]: the per-shard state machine and sessions (exactly-once writes).
+//! - [`sm`]: the per-shard state machine and sessions (exactly-once writes); the log's
+//!   command types are in `sm/command.rs`.
 //! - [`moves`]: moving a shard's replica between nodes (checks and the leader's next
 //!   step); `core/moving.rs` holds the node core's side (driving, creating, dropping).
 //! - [`wal`]: Raft state as kv-storage records, and recovery from them.
