@@ -157,12 +157,8 @@ fn main() {
         .collect();
     for (c, (name, _)) in candidates.iter().enumerate() {
         print!("{name:<20}");
-        for s in 0..BODY_BYTES.len() {
-            print!(
-                "{:>9.0} ({:.2})",
-                medians[c][s],
-                medians[c][s] / medians[0][s]
-            );
+        for (ns, blake3_ns) in medians[c].iter().zip(&medians[0]) {
+            print!("{ns:>9.0} ({:.2})", ns / blake3_ns);
         }
         println!();
     }
