@@ -19,6 +19,7 @@ Benchmarks are not tests: nothing here asserts speed, and CI does not run it.
     python3 bench/run.py --full --only catchup   # the 1,000,000-key point alone
     python3 bench/run.py --only redis  # redis-benchmark: raftkv vs redis-server (appendfsync always)
     python3 bench/run.py --only auth   # what authentication costs: protection none / mac / encrypt
+    python3 bench/run.py --only auth --protections none,mac   # the A/B of none and mac alone
 """
 
 import argparse
@@ -715,15 +716,17 @@ def run_auth(args, bins, workdir, results):
     on, BASE_SHARDS shards), all running at once; each repetition measures puts then
     linearizable gets at AUTH_CLIENTS clients on every cluster in turn, the order rotated
     each repetition, so that load from other work on the machine hits every variant."""
+    protections = args.protections
     clusters = {}
     try:
-        for p in AUTH_PROTECTIONS:
+        for p in protections:
             log(f"auth: starting a 3-node cluster with {BASE_SHARDS} shards, protection = {p}")
             clusters[p] = RaftkvCluster(bins, BASE_SHARDS, workdir, protection=p)
             clusters[p].start()
         rows = []
         for rep in range(args.repetitions):
-            order = AUTH_PROTECTIONS[rep % 3:] + AUTH_PROTECTIONS[:rep % 3]
+            turn = rep % len(protections)
+            order = protections[turn:] + protections[:turn]
             for p in order:
                 c = clusters[p]
                 for op in ("put", "get"):
@@ -745,7 +748,7 @@ def run_auth(args, bins, workdir, results):
     summary = []
     for op in ("put", "get"):
         base = None
-        for p in AUTH_PROTECTIONS:
+        for p in protections:
             mine = [r for r in rows if r["op"] == op and r["protection"] == p]
             s = {
                 "op": op, "protection": p, "repetitions": len(mine),
@@ -762,7 +765,7 @@ def run_auth(args, bins, workdir, results):
             )
             summary.append(s)
     results["auth"] = {
-        "clients": AUTH_CLIENTS, "shards": BASE_SHARDS, "duration_s": args.duration,
+        "protections": list(protections), "clients": AUTH_CLIENTS, "shards": BASE_SHARDS, "duration_s": args.duration,
         "repetitions": args.repetitions, "rows": rows, "summary": summary,
     }
 
@@ -881,6 +884,8 @@ def main():
     ap.add_argument("--no-catchup", action="store_true", help="skip the catch-up point")
     ap.add_argument("--only", choices=["catchup", "redis", "auth"], help="run only this point (no etcd, no sweep; latest.json and plots untouched)")
     ap.add_argument("--repetitions", type=int, default=AUTH_REPETITIONS, help=f"--only auth: interleaved repetitions (default {AUTH_REPETITIONS})")
+    ap.add_argument("--protections", type=lambda s: tuple(s.split(",")), default=AUTH_PROTECTIONS,
+                    help=f"--only auth: the protections compared, the first the baseline (default {','.join(AUTH_PROTECTIONS)})")
     ap.add_argument("--no-redis", action="store_true", help="skip the redis-benchmark point")
     ap.add_argument("--no-build", action="store_true", help="use the binaries already built")
     ap.add_argument("--no-plots", action="store_true")

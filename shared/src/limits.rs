@@ -75,6 +75,11 @@ pub const CLIENT_V6_ADDRS_MAX: usize = 4096;
 /// echoed no ticket or another one) per flush; past it the client's retry is refused
 /// again and answered later. Bounds the replies one burst of replays can draw.
 pub const CLIENT_HELLOS_PER_FLUSH_MAX: usize = 256;
+/// Most session ids a node keeps bound (client name and declared id to the id it uses,
+/// `kv_shared::auth::session_id`), so that a request of a known session costs a table
+/// lookup, not a hash; the table is emptied when full. Only requests whose tag verified
+/// add entries.
+pub const SESSION_BINDINGS_MAX: usize = 65_536;
 
 // The limits above must agree with each other; checked at compile time.
 const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX + 256 <= ENTRY_BYTES_MAX);

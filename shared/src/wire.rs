@@ -150,19 +150,46 @@ pub(crate) fn push_header(
     payload_len: usize,
     out: &mut Vec<u8>,
 ) {
+    let start = out.len();
+    out.resize(start + HEADER_BYTES, 0);
+    write_header(
+        kind,
+        flags,
+        cluster_id,
+        sender,
+        payload_len,
+        &mut out[start..],
+    );
+}
+
+/// Writes a header (with a zero CRC for now) into the first [`HEADER_BYTES`] of
+/// `datagram`, whose payload of `payload_len` bytes the caller has written or writes
+/// next; [`write_crc`] finishes the datagram.
+///
+/// # Panics
+/// If `payload_len` exceeds [`PAYLOAD_BYTES_MAX`], or `datagram` is shorter than a header.
+pub(crate) fn write_header(
+    kind: Kind,
+    flags: u8,
+    cluster_id: u64,
+    sender: u64,
+    payload_len: usize,
+    datagram: &mut [u8],
+) {
     assert!(
         payload_len <= PAYLOAD_BYTES_MAX,
         "payload {payload_len} exceeds PAYLOAD_BYTES_MAX"
     );
-    out.extend_from_slice(&MAGIC.to_le_bytes());
-    out.push(VERSION);
-    out.push(kind as u8);
-    out.push(flags);
-    out.push(0);
-    out.extend_from_slice(&cluster_id.to_le_bytes());
-    out.extend_from_slice(&sender.to_le_bytes());
-    out.extend_from_slice(&(payload_len as u32).to_le_bytes());
-    out.extend_from_slice(&[0, 0, 0, 0]);
+    let header = &mut datagram[..HEADER_BYTES];
+    header[..4].copy_from_slice(&MAGIC.to_le_bytes());
+    header[4] = VERSION;
+    header[5] = kind as u8;
+    header[6] = flags;
+    header[7] = 0;
+    header[8..16].copy_from_slice(&cluster_id.to_le_bytes());
+    header[16..24].copy_from_slice(&sender.to_le_bytes());
+    header[24..28].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    header[CRC_OFFSET..].fill(0);
 }
 
 /// Fills in the CRC32C of a whole datagram (its crc field must be zero).

@@ -7,8 +7,8 @@ use kv_shared::auth::{
     ReplayWindow, Sealer,
 };
 use kv_shared::config::ClusterConfig;
-use kv_shared::limits::CLIENT_REPLAY_WINDOWS_MAX;
-use kv_shared::NodeId;
+use kv_shared::limits::{CLIENT_REPLAY_WINDOWS_MAX, SESSION_BINDINGS_MAX};
+use kv_shared::{ClientId, NodeId};
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -314,6 +314,42 @@ impl ClientWindows {
     }
 }
 
+/// The session ids of the sessions clients declared, as bound to their client's name
+/// ([`auth::session_id`]), remembered: computing one hashes the name and the id (a BLAKE3
+/// key derivation, a few percent of a node's instructions when done for every request),
+/// while a session sends many requests. Bounded by [`SESSION_BINDINGS_MAX`]: emptied when
+/// full, so a client that declares ever new ids costs a hash per request, as without it.
+#[derive(Debug, Default)]
+pub struct SessionBindings {
+    bound: HashMap<(usize, ClientId), ClientId>,
+}
+
+impl SessionBindings {
+    /// The session id the node uses for `declared` from the client at `index` of `keys`
+    /// (the same as [`auth::session_id`] of its name).
+    pub fn bind(&mut self, keys: &NodeKeys, index: usize, declared: ClientId) -> ClientId {
+        if let Some(&bound) = self.bound.get(&(index, declared)) {
+            return bound;
+        }
+        if self.bound.len() >= SESSION_BINDINGS_MAX {
+            self.bound.clear();
+        }
+        let bound = auth::session_id(&keys.client(index).name, declared);
+        self.bound.insert((index, declared), bound);
+        bound
+    }
+
+    /// Bindings remembered.
+    pub fn len(&self) -> usize {
+        self.bound.len()
+    }
+
+    /// True when none is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.bound.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,6 +496,60 @@ mod tests {
             Err(ClientRefusal::StaleTicket { .. })
         ));
         assert_eq!(w.admit(1, stamp(0, 1, tickets[0])), Ok(()));
+    }
+
+    fn two_clients() -> NodeKeys {
+        let client = |name: &str| {
+            let key = ClientKey {
+                name: name.into(),
+                permission: Permission::ReadWrite,
+                key: generate_key().unwrap(),
+            };
+            (PathBuf::from(format!("{name}.key")), key)
+        };
+        let clients = vec![client("alice"), client("bob")];
+        NodeKeys::from_keys(vec![generate_key().unwrap()], Protection::Mac, clients).unwrap()
+    }
+
+    /// A remembered binding is the binding: the same id as computed afresh, per name, so
+    /// one client declaring another's id still lands in a session of its own.
+    #[test]
+    fn remembered_session_bindings_equal_the_computed_ones_per_client() {
+        let keys = two_clients();
+        let mut bindings = SessionBindings::default();
+        let declared = ClientId(42);
+        for _ in 0..2 {
+            assert_eq!(
+                bindings.bind(&keys, 0, declared),
+                auth::session_id("alice", declared)
+            );
+            assert_eq!(
+                bindings.bind(&keys, 1, declared),
+                auth::session_id("bob", declared)
+            );
+        }
+        assert_ne!(
+            bindings.bind(&keys, 0, declared),
+            bindings.bind(&keys, 1, declared)
+        );
+        assert_eq!(bindings.len(), 2);
+    }
+
+    #[test]
+    fn session_bindings_are_bounded() {
+        let keys = two_clients();
+        let mut bindings = SessionBindings::default();
+        for id in 0..SESSION_BINDINGS_MAX as u64 + 10 {
+            let bound = bindings.bind(&keys, (id % 2) as usize, ClientId(id));
+            assert!(bindings.len() <= SESSION_BINDINGS_MAX);
+            assert_eq!(bound, bindings.bind(&keys, (id % 2) as usize, ClientId(id)));
+        }
+        // Emptied once when full, then refilled by the ids after.
+        assert_eq!(bindings.len(), 10);
+        assert_eq!(
+            bindings.bind(&keys, 1, ClientId(1)),
+            auth::session_id("bob", ClientId(1))
+        );
     }
 
     #[test]

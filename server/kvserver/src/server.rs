@@ -13,7 +13,7 @@
 //! or a vote after `on_disk_done`, which this loop calls only for writes the disk thread
 //! reported synced. A kill -9 at any instant therefore loses nothing acknowledged.
 
-use crate::auth::{next_incarnation, ClientWindows, NodeKeys};
+use crate::auth::{next_incarnation, ClientWindows, NodeKeys, SessionBindings};
 use crate::disk::{DiskEvent, DiskThread, LogStore};
 use crate::metrics::{MeteredStore, Metrics, UdpRequests};
 use crate::net::{ClientAddrs, ClientRoute, Counters, DropReason};
@@ -23,6 +23,7 @@ use crate::{core_events, front_ends};
 use kv_node::{codec, ClientToken, NodeConfig, NodeCore, WriteRefusal};
 use kv_shared::auth::{
     self as kv_auth, Permission, Protection, ReplayWindow, Sealer, Stamp, BODY_BYTES_MAX,
+    BODY_OFFSET, TAG_BYTES,
 };
 use kv_shared::config::ClusterConfig;
 use kv_shared::limits::{
@@ -390,12 +391,12 @@ pub async fn run_with_store<S: LogStore>(
         incarnation,
         sent_counter: 0,
         client_windows: ClientWindows::new(kv_auth::random_u64()?),
+        session_bindings: SessionBindings::default(),
         clients: ClientAddrs::default(),
         counters: Counters::default(),
         disk: Some(disk),
         recv_buf: vec![0; DATAGRAM_BYTES_MAX + 1],
-        payload_buf: vec![0; BODY_BYTES_MAX],
-        datagram_buf: Vec::with_capacity(DATAGRAM_BYTES_MAX),
+        datagram_buf: vec![0; DATAGRAM_BYTES_MAX],
         started: Instant::now(),
         drops_logged: 0,
         metrics,
@@ -511,13 +512,16 @@ struct EventLoop {
     /// Datagrams sealed in this incarnation: the second half of the next stamp.
     sent_counter: u64,
     client_windows: ClientWindows,
+    /// The session ids bound to client names, remembered per declared id.
+    session_bindings: SessionBindings,
     clients: ClientAddrs,
     counters: Counters,
     /// `None` once shutdown has closed it.
     disk: Option<DiskThread>,
     /// One byte longer than the largest datagram, so an oversized one shows as such.
     recv_buf: Vec<u8>,
-    payload_buf: Vec<u8>,
+    /// Where each datagram sent is made: its body is encoded at `BODY_OFFSET` and sealed
+    /// in place around it (DATAGRAM_BYTES_MAX long, so any body fits).
     datagram_buf: Vec<u8>,
     started: Instant,
     drops_logged: u64,
@@ -875,7 +879,7 @@ impl EventLoop {
         };
         let read_only = client.permission == Permission::ReadOnly;
         for req in &mut reqs {
-            req.client = kv_auth::session_id(&client.name, req.client);
+            req.client = self.session_bindings.bind(&self.keys, index, req.client);
         }
         let route = ClientRoute {
             key_index: index as u16,
@@ -964,7 +968,7 @@ impl EventLoop {
                 continue;
             };
             // codec::split made every batch fit a sealed body.
-            let len = postcard::to_slice(&msgs, &mut self.payload_buf)
+            let len = postcard::to_slice(&msgs, self.body_buf())
                 .expect("a batch from codec::split fits BODY_BYTES_MAX")
                 .len();
             self.send_to_peer(peer, len).await;
@@ -973,7 +977,7 @@ impl EventLoop {
             if std::mem::take(&mut self.hello_due[peer]) {
                 // An empty batch: its stamp tells the peer this node's incarnation.
                 let empty: &[kv_node::GroupMessage] = &[];
-                let len = postcard::to_slice(empty, &mut self.payload_buf)
+                let len = postcard::to_slice(empty, self.body_buf())
                     .expect("an empty batch fits")
                     .len();
                 self.send_to_peer(peer, len).await;
@@ -1020,23 +1024,27 @@ impl EventLoop {
         }
     }
 
-    /// Seals the first `len` bytes of `payload_buf` for `peer` and sends them.
+    /// Where the body of the next datagram is encoded, to be sealed in place.
+    fn body_buf(&mut self) -> &mut [u8] {
+        &mut self.datagram_buf[BODY_OFFSET..BODY_OFFSET + BODY_BYTES_MAX]
+    }
+
+    /// Seals the body of `len` bytes encoded in [`Self::body_buf`] for `peer` and sends it.
     async fn send_to_peer(&mut self, peer: usize, len: usize) {
         // Whatever this node sends the peer tells it this node's incarnation.
         self.hello_due[peer] = false;
         let stamp = self.next_stamp(self.peer_windows[peer].incarnation());
-        self.datagram_buf.clear();
-        self.peer_send[peer].seal(
+        let end = BODY_OFFSET + len + TAG_BYTES;
+        self.peer_send[peer].seal_in_place(
             Kind::Peer,
             self.cluster_id,
             self.me.0,
             stamp,
             self.keys.protection,
-            &self.payload_buf[..len],
-            &mut self.datagram_buf,
+            &mut self.datagram_buf[..end],
         );
         let datagram = std::mem::take(&mut self.datagram_buf);
-        self.send(&datagram, self.peers[peer].1).await;
+        self.send(&datagram[..end], self.peers[peer].1).await;
         self.datagram_buf = datagram;
     }
 
@@ -1067,22 +1075,24 @@ impl EventLoop {
             );
         }
         for batch in packed.batches {
-            let len = postcard::to_slice(&batch, &mut self.payload_buf)
+            let len = postcard::to_slice(&batch, self.body_buf())
                 .expect("a packed batch fits BODY_BYTES_MAX")
                 .len();
             let stamp = self.next_stamp(echo);
-            self.datagram_buf.clear();
-            self.keys.client(usize::from(route.key_index)).replies.seal(
-                Kind::ClientReplies,
-                self.cluster_id,
-                self.me.0,
-                stamp,
-                protection,
-                &self.payload_buf[..len],
-                &mut self.datagram_buf,
-            );
+            let end = BODY_OFFSET + len + TAG_BYTES;
+            self.keys
+                .client(usize::from(route.key_index))
+                .replies
+                .seal_in_place(
+                    Kind::ClientReplies,
+                    self.cluster_id,
+                    self.me.0,
+                    stamp,
+                    protection,
+                    &mut self.datagram_buf[..end],
+                );
             let datagram = std::mem::take(&mut self.datagram_buf);
-            self.send(&datagram, addr).await;
+            self.send(&datagram[..end], addr).await;
             self.datagram_buf = datagram;
         }
     }

@@ -26,5 +26,5 @@ pub use keys::{
 pub use replay::{check_echo, ReplayError, ReplayWindow, REPLAY_WINDOW_COUNTERS};
 pub use seal::{
     open, AuthError, Opened, Protection, Sealer, Stamp, AUTH_OVERHEAD_BYTES, BODY_BYTES_MAX,
-    STAMP_BYTES, TAG_BYTES,
+    BODY_OFFSET, STAMP_BYTES, TAG_BYTES,
 };
