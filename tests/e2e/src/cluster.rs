@@ -395,7 +395,11 @@ impl Cluster {
     }
 
     fn print_logs(&self) {
-        let ids = self.nodes.iter().map(|(id, _)| id).chain(self.joined.keys());
+        let ids = self
+            .nodes
+            .iter()
+            .map(|(id, _)| id)
+            .chain(self.joined.keys());
         for id in ids {
             let log = self.log(*id);
             let lines: Vec<&str> = log.lines().collect();

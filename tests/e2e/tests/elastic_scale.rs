@@ -152,7 +152,10 @@ fn rebalance_until_balanced(config: &str, live: &BTreeSet<u64>) -> Value {
             started.elapsed() < BALANCE_TIMEOUT,
             "not balanced over {live:?} after {BALANCE_TIMEOUT:?}: {why}; last rebalance: {run:?}"
         );
-        eprintln!("rebalance ended with exit {:?}, not yet balanced: {why}", run.code);
+        eprintln!(
+            "rebalance ended with exit {:?}, not yet balanced: {why}",
+            run.code
+        );
     }
 }
 
