@@ -60,6 +60,9 @@ pub struct BenchOptions {
     pub record: bool,
     /// Seed of the key and operation choices.
     pub seed: u64,
+    /// Write every key of the key space once, in key order, then stop: no reads, and
+    /// `ops`, `read_fraction` and `dist` do not apply (a data set for later runs).
+    pub preload: bool,
 }
 
 impl Default for BenchOptions {
@@ -76,6 +79,7 @@ impl Default for BenchOptions {
             stale_reads: false,
             record: false,
             seed: 1,
+            preload: false,
         }
     }
 }
@@ -319,6 +323,7 @@ struct Tally {
 struct State {
     latency: Mutex<Histogram<u64>>,
     tally: Mutex<Tally>,
+    /// Operations started so far; with `preload`, also the next key number.
     started: AtomicU64,
     stop: AtomicBool,
 }
@@ -339,7 +344,13 @@ pub async fn run(
         .expect("a connected client knows the shard count");
     let mut seeder = SmallRng::seed_from_u64(options.seed);
     let tag = run_tag();
-    let picker = Arc::new(KeyPicker::new(options.dist, options.keys));
+    // A preload takes keys in order, so no distribution is worth precomputing.
+    let dist = if options.preload {
+        Dist::Uniform
+    } else {
+        options.dist
+    };
+    let picker = Arc::new(KeyPicker::new(dist, options.keys));
     let state = Arc::new(State {
         latency: Mutex::new(
             Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds"),
@@ -470,13 +481,22 @@ async fn client_loop(
         if state.stop.load(Ordering::Relaxed) {
             return;
         }
-        if let Some(limit) = options.ops {
-            if state.started.fetch_add(1, Ordering::Relaxed) >= limit {
+        let key_number = if options.preload {
+            let next = state.started.fetch_add(1, Ordering::Relaxed);
+            if next >= options.keys {
                 return;
             }
-        }
-        let key = key_name(tag, picker.pick(&mut rng), options.key_size);
-        let is_read = rng.gen_bool(options.read_fraction);
+            next
+        } else {
+            if let Some(limit) = options.ops {
+                if state.started.fetch_add(1, Ordering::Relaxed) >= limit {
+                    return;
+                }
+            }
+            picker.pick(&mut rng)
+        };
+        let key = key_name(tag, key_number, options.key_size);
+        let is_read = !options.preload && rng.gen_bool(options.read_fraction);
         let (op, asked) = if is_read {
             (
                 Op::Get {
@@ -607,11 +627,12 @@ pub fn render_report(r: &Report) -> String {
         "bench: {} clients, {:.1} s, read fraction {:.2}, {} keys ({}), key {} B, value {} B{}\n",
         o.clients,
         r.elapsed_s,
-        o.read_fraction,
+        if o.preload { 0.0 } else { o.read_fraction },
         o.keys,
-        match o.dist {
-            Dist::Uniform => "uniform",
-            Dist::Zipf => "zipf",
+        match (o.preload, o.dist) {
+            (true, _) => "preload: each written once, in order",
+            (false, Dist::Uniform) => "uniform",
+            (false, Dist::Zipf) => "zipf",
         },
         o.key_size,
         o.value_size,

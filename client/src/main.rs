@@ -113,7 +113,8 @@ enum Sub {
     #[command(after_long_help = "Examples:
   kvcli bench --clients 64 --duration 10s
   kvcli bench --clients 256 --ops 100000 --mix 0.95 --dist zipf --json
-  kvcli bench --clients 16 --duration 5s --check --history run.jsonl")]
+  kvcli bench --clients 16 --duration 5s --check --history run.jsonl
+  kvcli bench --clients 256 --preload --keys 1000000 --value-size 100")]
     Bench(BenchArgs),
     /// A command: get, put, del, cas, incr, status, shard, node, rebalance, help (see Examples in --help).
     #[command(external_subcommand)]
@@ -158,6 +159,10 @@ struct BenchArgs {
     /// Seed of the key and operation choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Write each of the --keys keys once, in order, then stop (no reads): a data set of
+    /// --keys values of --value-size bytes, e.g. before measuring moves on a full store.
+    #[arg(long, conflicts_with_all = ["ops", "mix", "dist", "stale_reads"])]
+    preload: bool,
 }
 
 /// Parses `10s`, `500ms`, `2m`, `1.5s` or a bare number of seconds.
@@ -358,7 +363,7 @@ async fn bench_main(client: &Client, a: BenchArgs, style: Style) -> anyhow::Resu
     }
     let options = BenchOptions {
         clients: a.clients,
-        duration: a.duration.or(if a.ops.is_some() {
+        duration: a.duration.or(if a.ops.is_some() || a.preload {
             None
         } else {
             Some(Duration::from_secs(10))
@@ -372,6 +377,7 @@ async fn bench_main(client: &Client, a: BenchArgs, style: Style) -> anyhow::Resu
         stale_reads: a.stale_reads,
         record: a.check || a.history.is_some(),
         seed: a.seed,
+        preload: a.preload,
     };
     let tty = std::io::stderr().is_terminal();
     let run = bench::run(client, options, |p| {

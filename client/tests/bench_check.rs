@@ -22,6 +22,7 @@ fn options(ops: u64, keys: u64) -> BenchOptions {
         stale_reads: false,
         record: true,
         seed: 3,
+        preload: false,
     }
 }
 
@@ -156,4 +157,41 @@ async fn refused_writes_are_errors_named_by_the_node_and_not_throughput() {
     let text = kvcli::bench::render_report(rep);
     assert!(text.contains("disk-full"), "{text}");
     assert!(fake.ctl().applied.is_empty());
+}
+
+/// `--preload` writes each key of the key space exactly once, with values of the asked
+/// size, and stops there: no reads, whatever `ops` and the read fraction say.
+#[tokio::test]
+async fn a_preload_writes_every_key_once_and_stops() {
+    let fake = FakeCluster::start(3, 4, Some(2));
+    let client = Client::connect(fake.options()).await.unwrap();
+    let mut o = options(10, 500);
+    o.preload = true;
+    o.value_size = 100;
+    o.read_fraction = 0.9;
+    let r = run(&client, o, |_| {}).await;
+    let rep = &r.report;
+    assert_eq!((rep.writes, rep.reads, rep.errors), (500, 0, 0));
+    assert_eq!(rep.ops_per_shard.iter().sum::<u64>(), 500);
+    let ctl = fake.ctl();
+    assert_eq!(ctl.applied.len(), 500, "one write per key");
+    assert_eq!(ctl.data.len(), 500, "every key of the space holds a value");
+    assert!(ctl.data.values().all(|v| v.len() == 100));
+    let mut numbers: Vec<u64> = ctl
+        .data
+        .keys()
+        .map(|k| {
+            let k = std::str::from_utf8(k).unwrap();
+            k.rsplit_once('-').unwrap().1.parse().unwrap()
+        })
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (0..500).collect::<Vec<u64>>());
+    drop(ctl);
+    let text = kvcli::bench::render_report(rep);
+    assert!(text.contains("preload"), "{text}");
+    assert!(check_history(&r.history, Default::default())
+        .unwrap()
+        .verdict
+        .is_linearizable());
 }

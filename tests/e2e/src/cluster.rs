@@ -53,6 +53,8 @@ pub struct Cluster {
     nodes: Vec<(NodeId, SocketAddr)>,
     /// Per node (same order as `nodes`): its Redis-protocol and HTTP addresses.
     front_ends: Vec<(SocketAddr, SocketAddr)>,
+    /// Nodes started with `--join`, by id: their UDP, Redis-protocol and HTTP addresses.
+    joined: BTreeMap<NodeId, (SocketAddr, SocketAddr, SocketAddr)>,
     children: BTreeMap<NodeId, Child>,
     config_path: PathBuf,
 }
@@ -129,6 +131,7 @@ impl Cluster {
             cluster_id,
             nodes,
             front_ends,
+            joined: BTreeMap::new(),
             children: BTreeMap::new(),
             config_path,
         }
@@ -148,14 +151,25 @@ impl Cluster {
             .unwrap_or_else(|| panic!("{id} is not a node of this cluster"))
     }
 
-    /// Node `id`'s Redis-protocol (TCP) address.
+    /// Node `id`'s Redis-protocol (TCP) address (a joined node's too).
     pub fn redis_addr(&self, id: NodeId) -> SocketAddr {
-        self.front_ends[self.index(id)].0
+        match self.joined.get(&id) {
+            Some((_, redis, _)) => *redis,
+            None => self.front_ends[self.index(id)].0,
+        }
     }
 
-    /// Node `id`'s HTTP address (`/metrics`, `/health`).
+    /// Node `id`'s HTTP address (`/metrics`, `/health`), a joined node's too.
     pub fn http_addr(&self, id: NodeId) -> SocketAddr {
-        self.front_ends[self.index(id)].1
+        match self.joined.get(&id) {
+            Some((_, _, http)) => *http,
+            None => self.front_ends[self.index(id)].1,
+        }
+    }
+
+    /// The UDP address node `id` was last started on with `--join`, if it was.
+    pub fn joined_addr(&self, id: NodeId) -> Option<SocketAddr> {
+        self.joined.get(&id).map(|(udp, _, _)| *udp)
     }
 
     fn index(&self, id: NodeId) -> usize {
@@ -237,9 +251,18 @@ impl Cluster {
     }
 
     /// Starts node `id`, which the cluster file does not list, as `kvserver --join`:
-    /// listening on `listen`, asking `seeds` first, in `<dir>/node-N` like the others.
+    /// listening on `listen`, asking `seeds` first, in `<dir>/node-N` like the others, with
+    /// its Redis-protocol and HTTP front ends on free TCP ports of `listen`'s address
+    /// (`--redis`, `--http`; [`Cluster::redis_addr`] and [`Cluster::http_addr`] name them).
     pub fn spawn_joining(&mut self, id: NodeId, listen: SocketAddr, seeds: &[SocketAddr]) {
         let seeds: Vec<String> = seeds.iter().map(|s| s.to_string()).collect();
+        let listeners: Vec<TcpListener> = (0..2)
+            .map(|_| TcpListener::bind((listen.ip(), 0)).expect("probe a free TCP port"))
+            .collect();
+        let tcp = |i: usize| listeners[i].local_addr().expect("local addr");
+        let (redis, http) = (tcp(0), tcp(1));
+        drop(listeners);
+        self.joined.insert(id, (listen, redis, http));
         let args = [
             "--join".to_string(),
             seeds.join(","),
@@ -247,6 +270,10 @@ impl Cluster {
             listen.to_string(),
             "--data-dir".to_string(),
             self.data_dir(id).display().to_string(),
+            "--redis".to_string(),
+            redis.to_string(),
+            "--http".to_string(),
+            http.to_string(),
         ];
         let config = self.config_path.clone();
         self.spawn_with_args(id, &config, &args);
@@ -368,7 +395,12 @@ impl Cluster {
     }
 
     fn print_logs(&self) {
-        for (id, _) in &self.nodes {
+        let ids = self
+            .nodes
+            .iter()
+            .map(|(id, _)| id)
+            .chain(self.joined.keys());
+        for id in ids {
             let log = self.log(*id);
             let lines: Vec<&str> = log.lines().collect();
             let tail = &lines[lines.len().saturating_sub(80)..];

@@ -132,3 +132,61 @@ pub fn assert_bench_linearizable(bench: JoinHandle<cli::Run>) {
         run.stdout
     );
 }
+
+/// `kvcli bench --check` runs back to back on their own thread until stopped: checked load
+/// for a test whose phases take as long as they take. Each run has its own keys (kvcli
+/// tags them per run), so each history is checked on its own. Dropping it stops the loop
+/// after the current run (also while a test panics).
+pub struct CheckedBenchLoop {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<cli::Run>>>,
+}
+
+impl CheckedBenchLoop {
+    /// Starts runs of `seconds` each (8 clients, 64 keys) against the cluster of `config`.
+    pub fn start(config: &str, seconds: u64) -> CheckedBenchLoop {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (config, stop) = (config.to_string(), stop.clone());
+            std::thread::spawn(move || {
+                let mut runs = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    runs.push(start_checked_bench(&config, seconds).join().expect("bench"));
+                }
+                runs
+            })
+        };
+        CheckedBenchLoop {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops after the current run; asserts that every run exited 0 with a linearizable
+    /// history, and returns the runs (their reports name errors and latencies).
+    pub fn finish(mut self) -> Vec<cli::Run> {
+        self.stop.store(true, Ordering::Relaxed);
+        let runs = self
+            .thread
+            .take()
+            .expect("not finished yet")
+            .join()
+            .expect("bench loop thread");
+        assert!(!runs.is_empty(), "no bench ran");
+        for (i, run) in runs.iter().enumerate() {
+            assert_eq!(run.code, Some(0), "bench --check run {i}: {run:?}");
+            assert!(
+                run.stdout.contains("check: linearizable"),
+                "bench --check run {i}: {}",
+                run.stdout
+            );
+        }
+        runs
+    }
+}
+
+impl Drop for CheckedBenchLoop {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

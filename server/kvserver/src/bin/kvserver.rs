@@ -7,9 +7,10 @@ use kv_server::dir_lock::{DirLock, DirLockError};
 use kv_server::server::JoinOptions;
 use kv_server::{logging, signals, ServerOptions};
 use kv_shared::auth::{self, ClientKey, Permission};
-use kv_shared::config::ClusterConfig;
+use kv_shared::config::{ClusterConfig, NodeEntry};
 use kv_shared::NodeId;
 use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -68,11 +69,22 @@ struct Args {
         value_delimiter = ',',
         requires = "listen"
     )]
-    join: Vec<std::net::SocketAddr>,
+    join: Vec<SocketAddr>,
 
     /// With --join: the UDP address this node listens on for peers and clients.
     #[arg(long, value_name = "HOST:PORT", requires = "join")]
-    listen: Option<std::net::SocketAddr>,
+    listen: Option<SocketAddr>,
+
+    /// TCP address of the Redis-protocol gateway [default: the cluster file's redis_addr
+    /// for this node, else the UDP address (--listen with --join) with its port + 1000].
+    #[arg(long, value_name = "HOST:PORT")]
+    redis: Option<SocketAddr>,
+
+    /// TCP address of the HTTP endpoint, /metrics and /health [default: the cluster file's
+    /// http_addr for this node, else the UDP address (--listen with --join) with its port
+    /// + 2000].
+    #[arg(long, value_name = "HOST:PORT")]
+    http: Option<SocketAddr>,
 
     /// Where this node keeps its WAL and snapshots [default: <data_dir of the cluster
     /// file>/node-N, relative to the working directory].
@@ -288,6 +300,8 @@ fn options(args: Args) -> Result<ServerOptions, String> {
             .build_hasher()
             .finish()
     });
+    let (redis_addr, http_addr) =
+        front_end_addrs(entry.as_ref(), args.listen, args.redis, args.http);
     Ok(ServerOptions {
         cluster,
         keys,
@@ -295,8 +309,81 @@ fn options(args: Args) -> Result<ServerOptions, String> {
         data_dir,
         snapshot_threshold_entries: args.snapshot_threshold,
         seed,
-        redis_addr: entry.as_ref().and_then(|e| e.redis_addr()),
-        http_addr: entry.as_ref().and_then(|e| e.http_addr()),
+        redis_addr,
+        http_addr,
         join,
     })
+}
+
+/// The node's Redis and HTTP addresses: the flags', else as a cluster-file node's would be
+/// derived (the entry's own, else its UDP port + 1000 and + 2000). A node the file does
+/// not list derives them from its `--listen` address, so a joined node serves both front
+/// ends as the file's nodes do.
+fn front_end_addrs(
+    entry: Option<&NodeEntry>,
+    listen: Option<SocketAddr>,
+    redis: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    let derived = entry.cloned().or_else(|| {
+        listen.map(|addr| NodeEntry {
+            id: 0,
+            addr,
+            redis_addr: None,
+            http_addr: None,
+        })
+    });
+    (
+        redis.or_else(|| derived.as_ref().and_then(NodeEntry::redis_addr)),
+        http.or_else(|| derived.as_ref().and_then(NodeEntry::http_addr)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_joined_node_derives_its_front_ends_from_its_listen_address() {
+        assert_eq!(
+            front_end_addrs(None, Some(addr("127.0.0.2:7104")), None, None),
+            (Some(addr("127.0.0.2:8104")), Some(addr("127.0.0.2:9104")))
+        );
+        assert_eq!(
+            front_end_addrs(
+                None,
+                Some(addr("127.0.0.2:7104")),
+                Some(addr("127.0.0.2:6379")),
+                Some(addr("127.0.0.3:9000"))
+            ),
+            (Some(addr("127.0.0.2:6379")), Some(addr("127.0.0.3:9000")))
+        );
+        // A port that would overflow has no derived front end.
+        assert_eq!(
+            front_end_addrs(None, Some(addr("127.0.0.2:65000")), None, None),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn a_file_node_keeps_the_files_addresses_unless_a_flag_overrides_them() {
+        let entry = NodeEntry {
+            id: 1,
+            addr: addr("127.0.0.1:7101"),
+            redis_addr: Some(addr("127.0.0.1:6000")),
+            http_addr: None,
+        };
+        assert_eq!(
+            front_end_addrs(Some(&entry), None, None, None),
+            (Some(addr("127.0.0.1:6000")), Some(addr("127.0.0.1:9101")))
+        );
+        assert_eq!(
+            front_end_addrs(Some(&entry), None, None, Some(addr("127.0.0.1:9999"))),
+            (Some(addr("127.0.0.1:6000")), Some(addr("127.0.0.1:9999")))
+        );
+    }
 }
