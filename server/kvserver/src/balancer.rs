@@ -104,15 +104,20 @@ impl State {
         self.settling.clear();
     }
 
-    /// The planner's input from a status round and the registry: nodes silent for
-    /// `down_after_ms` count as dead, their replicas rebuilt elsewhere.
-    fn view(&mut self, round: &StatusRound, registry: &Registry, shard_count: u32) -> Cluster {
+    /// Notes who answered in `round` (also while paused, so that a resumed balancer
+    /// does not count a node that answered all along as silent since the pause).
+    fn hear(&mut self, round: &StatusRound) {
         for r in &round.reports {
             if let Ok((status, _)) = &r.result {
                 let heard = self.last_heard.entry(status.node).or_insert(round.at);
                 *heard = (*heard).max(round.at);
             }
         }
+    }
+
+    /// The planner's input from a status round and the registry: nodes silent for
+    /// `down_after_ms` count as dead, their replicas rebuilt elsewhere.
+    fn view(&mut self, round: &StatusRound, registry: &Registry, shard_count: u32) -> Cluster {
         let status = combine_status(&round.reports, shard_count);
         let since = self.leading_since.unwrap_or(round.at);
         let down_after = Duration::from_millis(self.config.down_after_ms);
@@ -264,10 +269,14 @@ pub async fn run(
         let Some(round) = rounds.borrow().clone() else {
             continue;
         };
-        if paused || last_round_at == Some(round.at) {
+        if last_round_at == Some(round.at) {
             continue;
         }
         last_round_at = Some(round.at);
+        state.hear(&round);
+        if paused {
+            continue;
+        }
         let cluster = state.view(&round, &registry, shard_count);
         let plan = state.plan(&cluster, round.at);
         series.rounds.inc();
