@@ -50,7 +50,7 @@ fn registry_state(config: &str, id: u64) -> Value {
     let run = cli::with_cluster(config, &["--json", "node", "list"], Duration::from_secs(30));
     let list = json_of(&run);
     let nodes = list["nodes"].as_array().expect("nodes");
-    let row = nodes.iter().find(|n| n["node"] == id);
+    let row = nodes.iter().find(|n| n["id"] == id);
     row.map_or(Value::Null, |r| r["state"].clone())
 }
 
