@@ -1,10 +1,10 @@
 //! kvcli's elastic-cluster commands, `node drain N`, `node remove N --dead`, `rebalance`
-//! and `rebalance status`: they read the cluster from the nodes' status replies, plan with
-//! the shared balance planner (`kv_shared::balance`), and drive the plan with the admin
-//! operations that exist (`Op::MoveReplica`, `Op::ShardLeader`) until done. The same
-//! planner is meant to run on the metadata group's leader later; here kvcli drives it.
+//! and `rebalance status`: they mark nodes in the node registry (`Op::SetNodeState`),
+//! read the cluster from the nodes' status replies (node states from the registry they
+//! carry), plan with the shared balance planner (`kv_shared::balance`), and drive the plan
+//! with the admin operations (`Op::MoveReplica`, `Op::ShardLeader`) until done.
 
-use crate::balance_output::{BalanceOutput, DoneMove, FailedMove};
+use crate::balance_output::{BalanceOutput, BalancerStatus, DoneMove, FailedMove};
 use crate::client::{Client, Response};
 use crate::command::ParseError;
 use crate::error::Error;
@@ -14,6 +14,7 @@ use kv_shared::balance::{
     self, Cluster, LeaderTransfer, Move, MoveReason, NodeInfo, NodeState, Plan, ShardInfo,
 };
 use kv_shared::proto::{ClientError, MoveRefusal, Op};
+use kv_shared::registry::{self, Registry};
 use kv_shared::{NodeId, ShardId};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -65,11 +66,13 @@ pub enum BalanceCommand {
         /// Options.
         drive: DriveOptions,
     },
-    /// The balance of the cluster and the next round of the plan.
+    /// The balancer, the balance of the cluster and the next round of the plan.
     Status {
         /// The cap the next round is planned with.
         moves_max: usize,
     },
+    /// Pause (`true`) or resume the balancer.
+    Pause(bool),
 }
 
 /// How a driving command runs.
@@ -85,7 +88,8 @@ pub struct DriveOptions {
 pub const NODE_USAGE: &str =
     "list | drain NODE [--wait SECS] [--moves-max N] | remove NODE --dead [--wait SECS] [--moves-max N]";
 /// The usage of `rebalance`.
-pub const REBALANCE_USAGE: &str = "[--dry-run] [--wait SECS] [--moves-max N] | status";
+pub const REBALANCE_USAGE: &str =
+    "[--dry-run] [--wait SECS] [--moves-max N] | status | pause | resume";
 
 /// Parses `node ...` and `rebalance ...`; `None` for any other command.
 pub fn parse(name: &str, args: &[&str]) -> Option<Result<BalanceCommand, ParseError>> {
@@ -106,6 +110,8 @@ pub fn parse(name: &str, args: &[&str]) -> Option<Result<BalanceCommand, ParseEr
         // `node list` is a plain command (command.rs).
         ("node", ["list"]) => return None,
         ("node", _) => Err(usage("node", NODE_USAGE)),
+        ("rebalance", ["pause"]) => Ok(BalanceCommand::Pause(true)),
+        ("rebalance", ["resume"]) => Ok(BalanceCommand::Pause(false)),
         ("rebalance", ["status"]) => Ok(BalanceCommand::Status {
             moves_max: MOVES_MAX_DEFAULT,
         }),
@@ -163,7 +169,26 @@ fn drive_flags(flags: &[&str], dead_allowed: bool) -> Option<(DriveOptions, bool
 /// The cluster as the status replies show it, for the planner.
 struct View {
     status: ClusterStatus,
+    /// The newest node registry any node answered with.
+    registry: Option<Registry>,
     cluster: Cluster,
+}
+
+impl View {
+    /// The registry's state of `node` (`None`: not registered, or no registry heard).
+    fn registered(&self, node: NodeId) -> Option<registry::NodeState> {
+        self.registry.as_ref().and_then(|r| r.state_of(node))
+    }
+}
+
+/// The newest node registry in `reports`.
+pub(crate) fn newest_registry(reports: &[crate::client::NodeReport]) -> Option<Registry> {
+    reports
+        .iter()
+        .filter_map(|r| r.result.as_ref().ok())
+        .filter_map(|(s, _)| s.registry.as_deref())
+        .max_by_key(|r| r.version)
+        .cloned()
 }
 
 /// The replication factor the shards show: the most common voter count (a shard in the
@@ -180,8 +205,9 @@ fn replication_of(status: &ClusterStatus) -> usize {
 }
 
 /// Reads every node's status, waiting `grace` for the others once one answered (at most
-/// the status timeout); nodes that answer are live and the others down, except `marked`,
-/// whose state is given. `avoid` lists, per shard, nodes it must not move to.
+/// the status timeout); each node's state comes from the registry and whether it answers
+/// ([`balance::node_state`]), except `marked`, whose state is given. `avoid` lists, per
+/// shard, nodes it must not move to.
 async fn read_view(
     client: &Client,
     grace: Duration,
@@ -194,31 +220,45 @@ async fn read_view(
         return Err(crate::run::no_node_answered(started, &reports));
     }
     let status = combine_status(&reports, client.shard_count().unwrap_or(0));
+    let registry = newest_registry(&reports);
     Ok(View {
-        cluster: cluster_of(&status, marked, avoid),
+        cluster: planner_view(&status, registry.as_ref(), marked, &|_| false, avoid),
         status,
+        registry,
     })
 }
 
-/// The planner's view of a combined status.
-fn cluster_of(
+/// The planner's view of a combined status and the newest registry: each node's state
+/// from its registry state, whether it answered, and `silent_too_long` (the balancer's
+/// down timer; kvcli keeps none), except `marked`, whose state is given. `avoid` lists,
+/// per shard, nodes it must not move to.
+pub fn planner_view(
     status: &ClusterStatus,
+    registry: Option<&Registry>,
     marked: Option<(NodeId, NodeState)>,
+    silent_too_long: &dyn Fn(NodeId) -> bool,
     avoid: &BTreeMap<ShardId, Vec<NodeId>>,
 ) -> Cluster {
-    let nodes = status
+    let registered = |id| registry.and_then(|r| r.state_of(id));
+    let mut nodes: Vec<NodeInfo> = status
         .nodes
         .iter()
         .filter_map(|row| {
             let id = row.node.id?;
             let state = match marked {
                 Some((m, state)) if m == id => state,
-                _ if row.rtt_us.is_some() => NodeState::Live,
-                _ => NodeState::Down,
+                _ => balance::node_state(registered(id), row.rtt_us.is_some(), silent_too_long(id)),
             };
             Some(NodeInfo { id, state })
         })
         .collect();
+    // A removed node no status lists may still hold replicas: they are to be rebuilt.
+    for r in registry.iter().flat_map(|r| &r.nodes) {
+        if !nodes.iter().any(|n| n.id == r.id) {
+            let state = balance::node_state(Some(r.state), false, silent_too_long(r.id));
+            nodes.push(NodeInfo { id: r.id, state });
+        }
+    }
     let shards = status
         .shards
         .iter()
@@ -294,6 +334,7 @@ pub async fn execute(client: &Client, cmd: BalanceCommand) -> Result<BalanceOutp
             )
             .await?;
             check_node(&view, node).map_err(refused)?;
+            check_not_removed(&view, node).map_err(refused)?;
             if !answers(&view, node) {
                 return Err(refused(format!(
                     "node {} does not answer: draining moves replicas off a node that runs; for a node that will not come back, use `node remove {} --dead`",
@@ -301,20 +342,41 @@ pub async fn execute(client: &Client, cmd: BalanceCommand) -> Result<BalanceOutp
                 )));
             }
             check_room(&view, node, "drain").map_err(refused)?;
-            drive_to(client, Goal::Empty(node, NodeState::Draining), drive).await
+            set_node_state(client, node, registry::NodeState::Draining).await?;
+            eprintln!("node {} is draining: it receives no replica", node.0);
+            let goal = Goal::Empty(node, NodeState::Draining);
+            let out = if balancer_runs(&view) {
+                watch_until(client, goal, drive).await?
+            } else {
+                drive_to(client, goal, drive).await?
+            };
+            set_node_state(client, node, registry::NodeState::Removed).await?;
+            Ok(out)
         }
         BalanceCommand::RemoveDead { node, drive } => {
             let marked = Some((node, NodeState::Dead));
             let view = read_view(client, STATUS_TIMEOUT, marked, &BTreeMap::new()).await?;
             check_node(&view, node).map_err(refused)?;
-            if answers(&view, node) {
+            if answers(&view, node) && view.registered(node) != Some(registry::NodeState::Removed) {
                 return Err(refused(format!(
                     "node {} answers, so it is not dead: a replica rebuilt elsewhere while it runs would leave it serving stale copies until its removal reaches it; drain it with `node drain {}`, or stop it for good first",
                     node.0, node.0
                 )));
             }
             check_room(&view, node, "remove").map_err(refused)?;
-            drive_to(client, Goal::Empty(node, NodeState::Dead), drive).await
+            // Removed first: its datagrams are refused from now on, and nothing it
+            // still holds counts.
+            set_node_state(client, node, registry::NodeState::Removed).await?;
+            eprintln!(
+                "node {} is removed: its replicas are rebuilt elsewhere",
+                node.0
+            );
+            let goal = Goal::Empty(node, NodeState::Dead);
+            if balancer_runs(&view) {
+                watch_until(client, goal, drive).await
+            } else {
+                drive_to(client, goal, drive).await
+            }
         }
         BalanceCommand::Rebalance {
             dry_run: true,
@@ -336,15 +398,133 @@ pub async fn execute(client: &Client, cmd: BalanceCommand) -> Result<BalanceOutp
         BalanceCommand::Rebalance {
             dry_run: false,
             drive,
-        } => drive_to(client, Goal::Balanced, drive).await,
+        } => {
+            let view = read_view(client, STATUS_TIMEOUT, None, &BTreeMap::new()).await?;
+            if balancer_runs(&view) {
+                watch_until(client, Goal::Balanced, drive).await
+            } else {
+                drive_to(client, Goal::Balanced, drive).await
+            }
+        }
+        BalanceCommand::Pause(paused) => {
+            client
+                .session()
+                .execute(Op::PauseBalancer { paused })
+                .await?;
+            Ok(BalanceOutput::Paused(paused))
+        }
         BalanceCommand::Status { moves_max } => {
             let view = read_view(client, STATUS_TIMEOUT, None, &BTreeMap::new()).await?;
             Ok(BalanceOutput::Status {
+                balancer: balancer_status(&view),
                 assessment: balance::assess(&view.cluster),
                 replication: view.cluster.replication,
                 next: balance::plan(&view.cluster, &[], moves_max),
             })
         }
+    }
+}
+
+/// The value of `raftkv_<name>` (a gauge) or `raftkv_<name>_total` (a counter) among a
+/// node's counters.
+fn series(counters: &[(String, u64)], name: &str) -> Option<u64> {
+    let gauge = format!("raftkv_{name}");
+    let counter = format!("raftkv_{name}_total");
+    counters
+        .iter()
+        .find(|(n, _)| *n == gauge || *n == counter)
+        .map(|(_, v)| *v)
+}
+
+/// The balancer as the status replies show it (`None`: no node reports its series).
+fn balancer_status(view: &View) -> Option<BalancerStatus> {
+    let rows: Vec<_> = view
+        .status
+        .nodes
+        .iter()
+        .filter(|r| series(&r.counters, "balancer_enabled").is_some())
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let mut b = BalancerStatus {
+        enabled: rows
+            .iter()
+            .any(|r| series(&r.counters, "balancer_enabled") == Some(1)),
+        paused: view.registry.as_ref().is_some_and(|r| r.balancer_paused),
+        ..BalancerStatus::default()
+    };
+    if let Some(row) = rows
+        .iter()
+        .find(|r| series(&r.counters, "balancer_active") == Some(1))
+    {
+        let get = |name| series(&row.counters, name).unwrap_or(0);
+        b.active_on = row.node.id;
+        b.moves_in_flight = get("balancer_moves_in_flight");
+        b.rounds = get("balancer_rounds");
+        b.moves_started = get("balancer_moves_started");
+        b.moves_done = get("balancer_moves_done");
+        b.moves_failed = get("balancer_moves_failed");
+        b.last_round = (
+            get("balancer_last_round_moves"),
+            get("balancer_last_round_transfers"),
+            get("balancer_last_round_stuck"),
+        );
+    }
+    Some(b)
+}
+
+/// The balancer is enabled and not paused: the commands watch it work instead of
+/// driving moves themselves.
+fn balancer_runs(view: &View) -> bool {
+    balancer_status(view).is_some_and(|b| b.enabled && !b.paused)
+}
+
+/// Waits, printing progress on stderr, until the balancer reached `goal` (a node holds
+/// no replica; or the cluster is balanced) or `drive.wait_s` passes.
+async fn watch_until(
+    client: &Client,
+    goal: Goal,
+    drive: DriveOptions,
+) -> Result<BalanceOutput, Error> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(drive.wait_s);
+    let mut last_progress = String::new();
+    loop {
+        let view = read_view(client, DRIVE_STATUS_GRACE, goal.marked(), &BTreeMap::new()).await?;
+        let progress = progress_line(goal, &view);
+        if progress != last_progress {
+            eprintln!("{progress}");
+            last_progress = progress;
+        }
+        let assessment = balance::assess(&view.cluster);
+        let reached = match goal {
+            Goal::Empty(node, _) => held_by(&view.status, node) == (0, 0),
+            Goal::Balanced => assessment.balanced(),
+        };
+        if reached {
+            return Ok(BalanceOutput::Driven {
+                goal: goal.marked(),
+                by_balancer: true,
+                elapsed: started.elapsed(),
+                moves: Vec::new(),
+                failed: Vec::new(),
+                leader_transfers: Vec::new(),
+                stuck: Vec::new(),
+                assessment,
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Balance {
+                kind: "gave-up",
+                message: format!(
+                    "gave up waiting for the balancer after {} s: {}; it goes on (kvcli rebalance status shows it)",
+                    drive.wait_s,
+                    progress_line(goal, &view)
+                ),
+            });
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
 
@@ -363,6 +543,31 @@ fn refused(message: String) -> Error {
     }
 }
 
+/// Marks `node` in the node registry (through the metadata group, exactly once under a
+/// session of its own).
+async fn set_node_state(
+    client: &Client,
+    node: NodeId,
+    state: registry::NodeState,
+) -> Result<(), Error> {
+    client
+        .session()
+        .execute(Op::SetNodeState { node, state })
+        .await
+        .map(|_| ())
+}
+
+/// A removed node cannot be drained (else the refusal).
+fn check_not_removed(view: &View, node: NodeId) -> Result<(), String> {
+    match view.registered(node) {
+        Some(registry::NodeState::Removed) => Err(format!(
+            "node {} was removed from the cluster; removal is final",
+            node.0
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// `node` must be a node of the cluster (else the refusal).
 fn check_node(view: &View, node: NodeId) -> Result<(), String> {
     let known: Vec<String> = view
@@ -372,7 +577,8 @@ fn check_node(view: &View, node: NodeId) -> Result<(), String> {
         .filter_map(|n| n.node.id)
         .map(|id| id.0.to_string())
         .collect();
-    if view.status.nodes.iter().any(|n| n.node.id == Some(node)) {
+    let registered = view.registered(node).is_some();
+    if registered || view.status.nodes.iter().any(|n| n.node.id == Some(node)) {
         Ok(())
     } else {
         Err(format!(
@@ -470,10 +676,8 @@ async fn drive_to(
         };
         if reached && in_flight.is_empty() {
             return Ok(BalanceOutput::Driven {
-                goal: match goal {
-                    Goal::Empty(node, state) => Some((node, state)),
-                    Goal::Balanced => None,
-                },
+                goal: goal.marked(),
+                by_balancer: false,
                 elapsed: started.elapsed(),
                 moves: done,
                 failed,
@@ -689,6 +893,8 @@ mod tests {
                 moves_max: MOVES_MAX_DEFAULT
             }
         );
+        assert_eq!(p("rebalance pause").unwrap(), BalanceCommand::Pause(true));
+        assert_eq!(p("rebalance resume").unwrap(), BalanceCommand::Pause(false));
         assert!(parse("get", &["k"]).is_none());
     }
 
@@ -707,6 +913,7 @@ mod tests {
             "node remove 4 --dead --dead",
             "rebalance --wait",
             "rebalance status --dry-run",
+            "rebalance pause now",
             "node list-all",
         ] {
             assert!(p(bad).is_err(), "{bad}");

@@ -27,6 +27,70 @@ pub struct FailedMove {
     pub error: String,
 }
 
+/// The balancer as the nodes' status replies show it (its series, `raftkv_balancer_*`,
+/// and the registry's pause flag).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BalancerStatus {
+    /// Some node's cluster file enables it.
+    pub enabled: bool,
+    /// The registry says paused.
+    pub paused: bool,
+    /// The node whose balancer plans now (the metadata leader's, when not paused).
+    pub active_on: Option<NodeId>,
+    /// That balancer's moves not yet ended.
+    pub moves_in_flight: u64,
+    /// Its rounds so far, and the moves it asked for, done and failed.
+    pub rounds: u64,
+    /// See `rounds`.
+    pub moves_started: u64,
+    /// See `rounds`.
+    pub moves_done: u64,
+    /// See `rounds`.
+    pub moves_failed: u64,
+    /// Its last round: moves started, leader transfers, stuck replicas or shards.
+    pub last_round: (u64, u64, u64),
+}
+
+impl BalancerStatus {
+    /// `running`, `paused` or `disabled`.
+    pub fn mode(&self) -> &'static str {
+        match (self.enabled, self.paused) {
+            (false, _) => "disabled",
+            (true, true) => "paused",
+            (true, false) => "running",
+        }
+    }
+
+    fn text(&self) -> String {
+        let mut out = format!("balancer: {}", self.mode());
+        if let Some(n) = self.active_on {
+            let (moves, transfers, stuck) = self.last_round;
+            out.push_str(&format!(
+                " on node {} (the metadata leader); moves in flight: {}; {} rounds, {} moves asked for ({} done, {} failed); last round: {moves} moves, {transfers} leader transfers, {stuck} stuck",
+                n.0, self.moves_in_flight, self.rounds, self.moves_started, self.moves_done, self.moves_failed
+            ));
+        }
+        out
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "mode": self.mode(),
+            "active_on": self.active_on.map(|n| n.0),
+            "moves_in_flight": self.moves_in_flight,
+            "rounds": self.rounds,
+            "moves_started": self.moves_started,
+            "moves_done": self.moves_done,
+            "moves_failed": self.moves_failed,
+            "last_round": {
+                "moves": self.last_round.0,
+                "leader_transfers": self.last_round.1,
+                "stuck": self.last_round.2,
+            },
+        })
+    }
+}
+
 /// What an elastic-cluster command produced.
 #[derive(Clone, Debug, PartialEq)]
 pub enum BalanceOutput {
@@ -34,6 +98,8 @@ pub enum BalanceOutput {
     Driven {
         /// The node emptied and how it was taken (draining or dead); `None`: rebalance.
         goal: Option<(NodeId, NodeState)>,
+        /// The balancer made the moves (kvcli watched); else kvcli drove them.
+        by_balancer: bool,
         /// From the first status read to the end.
         elapsed: Duration,
         /// Moves done, in the order they ended.
@@ -56,8 +122,12 @@ pub enum BalanceOutput {
         /// The cluster after the last round.
         after: Assessment,
     },
+    /// `rebalance pause` or `rebalance resume` was recorded.
+    Paused(bool),
     /// `rebalance status`.
     Status {
+        /// The balancer (`None`: no node reports one).
+        balancer: Option<BalancerStatus>,
         /// The cluster now.
         assessment: Assessment,
         /// The replication factor the shards show.
@@ -77,7 +147,7 @@ impl BalanceOutput {
                 assessment,
                 ..
             } => assessment.balanced(),
-            BalanceOutput::Driven { .. } => true,
+            BalanceOutput::Driven { .. } | BalanceOutput::Paused(_) => true,
             BalanceOutput::DryRun { after, .. } => after.balanced(),
             BalanceOutput::Status { assessment, .. } => assessment.balanced(),
         };
@@ -101,6 +171,7 @@ impl BalanceOutput {
         match self {
             BalanceOutput::Driven {
                 goal,
+                by_balancer,
                 elapsed,
                 moves,
                 failed,
@@ -108,20 +179,24 @@ impl BalanceOutput {
                 stuck,
                 assessment,
             } => {
-                let done = format!(
-                    "{} moves, {} leader transfers, {} failed moves retried, in {:.1} s",
-                    moves.len(),
-                    leader_transfers.len(),
-                    failed.len(),
-                    elapsed.as_secs_f64()
-                );
+                let done = if *by_balancer {
+                    format!("the balancer moved them, in {:.1} s", elapsed.as_secs_f64())
+                } else {
+                    format!(
+                        "{} moves, {} leader transfers, {} failed moves retried, in {:.1} s",
+                        moves.len(),
+                        leader_transfers.len(),
+                        failed.len(),
+                        elapsed.as_secs_f64()
+                    )
+                };
                 let mut out = match goal {
                     Some((node, NodeState::Dead)) => format!(
-                        "OK: node {}'s replicas were rebuilt on live nodes; it holds none ({done})",
+                        "OK: node {} is removed and its replicas were rebuilt on live nodes; it holds none ({done})",
                         node.0
                     ),
                     Some((node, _)) => format!(
-                        "OK: node {} holds no replica and leads nothing; it can be stopped ({done})",
+                        "OK: node {} holds no replica and leads nothing, and is removed from the cluster; stop it ({done})",
                         node.0
                     ),
                     None if assessment.balanced() => format!("OK: balanced ({done})"),
@@ -173,12 +248,27 @@ impl BalanceOutput {
                 out.push_str(&assessment_text(after));
                 out
             }
+            BalanceOutput::Paused(paused) => format!(
+                "OK: the balancer is {}",
+                if *paused {
+                    "paused: it starts no move or leader transfer until `rebalance resume` (moves in flight finish)"
+                } else {
+                    "running"
+                }
+            ),
             BalanceOutput::Status {
+                balancer,
                 assessment,
                 replication,
                 next,
             } => {
-                let mut out = format!("replication factor (from the shards): {replication}\n");
+                let mut out = match balancer {
+                    Some(b) => format!("{}\n", b.text()),
+                    None => "balancer: no node reports one\n".to_string(),
+                };
+                out.push_str(&format!(
+                    "replication factor (from the shards): {replication}\n"
+                ));
                 out.push_str(&assessment_text(assessment));
                 if next.is_empty() {
                     out.push_str("\nnext round: nothing to do");
@@ -203,6 +293,7 @@ impl BalanceOutput {
         match self {
             BalanceOutput::Driven {
                 goal,
+                by_balancer,
                 elapsed,
                 moves,
                 failed,
@@ -211,8 +302,11 @@ impl BalanceOutput {
                 assessment,
             } => json!({
                 "result": "ok",
+                "by": if *by_balancer { "balancer" } else { "kvcli" },
                 "node": goal.map(|(n, _)| n.0),
                 "node_state": goal.map(|(_, s)| s.name()),
+                // Both commands end with the node removed in the node registry.
+                "registry_state": goal.map(|_| "removed"),
                 "elapsed_ms": elapsed.as_millis() as u64,
                 "moves": moves.iter().map(|m| {
                     let mut v = move_json(&m.mv);
@@ -238,12 +332,18 @@ impl BalanceOutput {
                 "stuck": stuck.iter().map(stuck_json).collect::<Vec<_>>(),
                 "after": assessment_json(after),
             }),
+            BalanceOutput::Paused(paused) => json!({
+                "result": "ok",
+                "balancer": if *paused { "paused" } else { "running" },
+            }),
             BalanceOutput::Status {
+                balancer,
                 assessment,
                 replication,
                 next,
             } => json!({
                 "result": "ok",
+                "balancer": balancer.as_ref().map(BalancerStatus::json),
                 "replication": replication,
                 "balance": assessment_json(assessment),
                 "next": plan_json(next),
@@ -452,11 +552,25 @@ mod tests {
     fn status_shows_each_node_the_verdict_and_the_next_round() {
         let c = cluster();
         let out = BalanceOutput::Status {
+            balancer: Some(BalancerStatus {
+                enabled: true,
+                active_on: Some(NodeId(2)),
+                moves_in_flight: 2,
+                rounds: 7,
+                last_round: (2, 0, 0),
+                ..BalancerStatus::default()
+            }),
             assessment: assess(&c),
             replication: 3,
             next: plan(&c, &[], 2),
         };
         let text = out.render(PLAIN);
+        assert!(
+            text.starts_with(
+                "balancer: running on node 2 (the metadata leader); moves in flight: 2; 7 rounds"
+            ),
+            "{text}"
+        );
         assert!(text.contains("3     draining  4         0"), "{text}");
         assert!(
             text.contains("not balanced: 4 replicas on nodes not live"),
@@ -476,6 +590,10 @@ mod tests {
         assert_eq!(v["balance"]["replicas_not_live"], 4);
         assert_eq!(v["next"]["moves"][0]["from"], 3);
         assert_eq!(v["next"]["moves"][0]["reason"], "evacuate");
+        assert_eq!(v["balancer"]["mode"], "running");
+        assert_eq!(v["balancer"]["moves_in_flight"], 2);
+        let paused = BalanceOutput::Paused(true).render(JSON);
+        assert_eq!(paused, r#"{"balancer":"paused","result":"ok"}"#);
     }
 
     #[test]
@@ -487,6 +605,7 @@ mod tests {
         }
         let out = BalanceOutput::Driven {
             goal: Some((NodeId(3), NodeState::Draining)),
+            by_balancer: false,
             elapsed: Duration::from_millis(2500),
             moves: vec![DoneMove {
                 mv: rounds[0].moves[0],
@@ -499,7 +618,7 @@ mod tests {
         };
         let text = out.render(PLAIN);
         assert!(
-            text.starts_with("OK: node 3 holds no replica and leads nothing; it can be stopped (1 moves, 0 leader transfers, 0 failed moves retried, in 2.5 s)"),
+            text.starts_with("OK: node 3 holds no replica and leads nothing, and is removed from the cluster; stop it (1 moves, 0 leader transfers, 0 failed moves retried, in 2.5 s)"),
             "{text}"
         );
         assert!(text.contains("shard 0: node 3 -> node 4 (1.2 s)"), "{text}");
@@ -507,6 +626,10 @@ mod tests {
         let v: Value = serde_json::from_str(&out.render(JSON)).unwrap();
         assert_eq!(v["node"], 3);
         assert_eq!(v["node_state"], "draining");
+        assert_eq!(
+            (&v["registry_state"], &v["by"]),
+            (&json!("removed"), &json!("kvcli"))
+        );
         assert_eq!(v["moves"][0]["ms"], 1200);
     }
 

@@ -138,12 +138,12 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     (
         "node",
         crate::balance_cmd::NODE_USAGE,
-        "list shows the cluster's nodes as the node registry lists them (address, state, data-dir identity, replicas and leaders held, reachable or not); admin: drain moves every replica off NODE (showing progress) until it holds none and leads nothing; remove --dead rebuilds the replicas of a node that will not come back on live nodes; at most N moves at once (default 4), for up to SECS (default 3600)",
+        "list shows the cluster's nodes as the node registry lists them (address, state, data-dir identity, replicas and leaders held, reachable or not); admin: drain marks NODE draining, waits (showing progress) until its replicas moved away, then marks it removed; remove --dead marks a node that will not come back removed and waits until its replicas are rebuilt on live nodes. The balancer on the metadata leader makes the moves; with it disabled or paused, kvcli makes them itself, at most N at once (default 4). Waits up to SECS (default 3600)",
     ),
     (
         "rebalance",
         crate::balance_cmd::REBALANCE_USAGE,
-        "admin: move replicas and leaderships until every node holds within one of the mean (--dry-run prints the rounds); status shows each node's share and the next round (exit 1 if not balanced)",
+        "admin: wait until every node holds within one of the mean replicas and leaderships (the balancer moves them; disabled or paused, kvcli does; --dry-run prints the rounds); status shows the balancer (running or paused, moves in flight, last round), each node's share and the next round (exit 1 if not balanced); pause stops the balancer from starting moves and transfers, resume lets it go on",
     ),
     ("help", "[COMMAND]", "this list, or one command's usage"),
     ("quit", "", "leave (Ctrl-D works too)"),

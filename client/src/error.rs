@@ -132,6 +132,7 @@ impl Error {
                 ClientError::PermissionDenied { .. } => "permission-denied",
                 ClientError::MoveRefused { .. } => "move-refused",
                 ClientError::RegisterRefused(_) => "register-refused",
+                ClientError::NodeStateRefused(_) => "node-state-refused",
             },
             Error::Limit(_) => "limit",
             Error::NoNodeAnswered { .. } => "no-node-answered",

@@ -27,6 +27,7 @@ Examples:
   kvcli node drain 5                             move every replica off node 5
   kvcli node remove 4 --dead                     rebuild a lost node's replicas elsewhere
   kvcli rebalance --dry-run                      the moves that would balance the cluster
+  kvcli rebalance pause                          the balancer starts no move until resume
   printf 'put a 1\\nget a\\n' | kvcli              a script: one result per line
   kvcli bench --clients 64 --duration 10s --mix 0.9 --check
 
@@ -34,7 +35,7 @@ Commands (REPL, script or one-shot):
   get KEY [--stale]     put KEY VALUE     del KEY
   cas KEY EXPECTED NEW  cas KEY --absent NEW
   status                shard KEY         node list        help [COMMAND]   quit
-  shard leader|move ... node drain|remove ...  rebalance [status|--dry-run]
+  shard leader|move ... node drain|remove ...  rebalance [status|pause|resume|--dry-run]
 
 Exit codes: 0 ok; 1 key not found or cas mismatch; 2 error.
 Full reference: docs/KVCLI.md.";

@@ -217,6 +217,7 @@ mod tests {
                     identity: 0xa0 + id,
                 })
                 .collect(),
+            balancer_paused: false,
         }
     }
 

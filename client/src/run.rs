@@ -280,7 +280,14 @@ impl ReplHelper {
             ["node"] => vec!["list", "drain", "remove"],
             ["node", "remove", _] => vec!["--dead"],
             ["node", "drain" | "remove", _, ..] => vec!["--wait", "--moves-max"],
-            ["rebalance"] => vec!["status", "--dry-run", "--wait", "--moves-max"],
+            ["rebalance"] => vec![
+                "status",
+                "pause",
+                "resume",
+                "--dry-run",
+                "--wait",
+                "--moves-max",
+            ],
             ["rebalance", "--dry-run" | "--wait" | "--moves-max", ..] => {
                 vec!["--dry-run", "--wait", "--moves-max"]
             }
@@ -478,6 +485,10 @@ mod tests {
         assert_eq!(
             h.completions("rebalance s", 11).1,
             vec!["status ".to_string()]
+        );
+        assert_eq!(
+            h.completions("rebalance p", 11).1,
+            vec!["pause ".to_string()]
         );
         assert_eq!(
             h.completions("rebalance --dry-run --m", 23).1,

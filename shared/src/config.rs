@@ -57,6 +57,9 @@ fn offset(addr: SocketAddr, by: u16) -> Option<SocketAddr> {
     Some(SocketAddr::new(addr.ip(), addr.port().checked_add(by)?))
 }
 
+mod balancer;
+pub use balancer::{BalancerConfig, BALANCER_MOVES_MAX};
+
 /// Timing knobs. One tick is `tick_ms` of wall time; Raft counts in ticks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -152,6 +155,8 @@ struct RawClusterConfig {
     #[serde(default)]
     timing: TimingConfig,
     #[serde(default)]
+    balancer: BalancerConfig,
+    #[serde(default)]
     key_file: Option<PathBuf>,
     #[serde(default)]
     key_files: Option<Vec<PathBuf>>,
@@ -183,6 +188,8 @@ pub struct ClusterConfig {
     pub data_dir: PathBuf,
     /// Timing knobs.
     pub timing: TimingConfig,
+    /// The balancer on the metadata group's leader (`[balancer]`).
+    pub balancer: BalancerConfig,
     /// Cluster key files (`key_file`, or `key_files` during a rotation): peers seal
     /// under the first and accept any. Empty if the file names none (kvserver refuses
     /// to start then; kvcli does not need them).
@@ -260,6 +267,7 @@ impl ClusterConfig {
             Some(r) => r,
         };
         raw.timing.validate().map_err(ConfigError::Invalid)?;
+        raw.balancer.validate().map_err(ConfigError::Invalid)?;
         let key_files = match (raw.key_file, raw.key_files) {
             (Some(_), Some(_)) => {
                 return invalid("name the cluster key in key_file or key_files, not both".into())
@@ -297,6 +305,7 @@ impl ClusterConfig {
             replication,
             data_dir: raw.data_dir,
             timing: raw.timing,
+            balancer: raw.balancer,
             key_files,
             protection: raw.protection,
             client_key_files: raw.client_key_files,
@@ -491,6 +500,26 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn the_balancer_section_is_optional_and_checked() {
+        assert_eq!(ClusterConfig::local_3().balancer, BalancerConfig::default());
+        let file = |section: &str| {
+            format!("cluster_id = 1\nshards = 2\n{section}\n[[nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\n")
+        };
+        let c =
+            ClusterConfig::from_toml(&file("[balancer]\nenabled = false\ndown_after_ms = 3000"))
+                .unwrap();
+        assert!(!c.balancer.enabled);
+        assert_eq!((c.balancer.down_after_ms, c.balancer.moves_max), (3000, 4));
+        let e = ClusterConfig::from_toml(&file("[balancer]\nmoves_max = 100")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cluster file: balancer.moves_max = 100 is outside 1..=64"
+        );
+        let e = ClusterConfig::from_toml(&file("[balancer]\ndown_after = 3")).unwrap_err();
+        assert!(e.to_string().contains("unknown field `down_after`"), "{e}");
     }
 
     #[test]

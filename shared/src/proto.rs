@@ -4,7 +4,7 @@
 
 use crate::ids::{ClientId, NodeId, ShardId};
 use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
-use crate::registry::{RegisterRefusal, Registry, METADATA_SHARD};
+use crate::registry::{NodeState, NodeStateRefusal, RegisterRefusal, Registry, METADATA_SHARD};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -111,6 +111,22 @@ pub enum Op {
         /// Its data directory's identity.
         identity: u64,
     },
+    /// Admin: mark `node` `draining` (it receives no replica and its replicas move away)
+    /// or `removed` (for good: its id never registers again and its datagrams are
+    /// refused) in the node registry. Exactly once under the admin's session; refused
+    /// with [`ClientError::NodeStateRefused`] for an unknown or removed node.
+    SetNodeState {
+        /// The node.
+        node: NodeId,
+        /// `Draining` or `Removed`.
+        state: NodeState,
+    },
+    /// Admin: pause (`true`) or resume the balancer that runs on the metadata group's
+    /// leader. Kept in the node registry, so a new metadata leader honours it.
+    PauseBalancer {
+        /// Paused or running.
+        paused: bool,
+    },
 }
 
 impl Op {
@@ -128,7 +144,9 @@ impl Op {
             Op::Status
             | Op::ShardLeader { .. }
             | Op::MoveReplica { .. }
-            | Op::RegisterNode { .. } => None,
+            | Op::RegisterNode { .. }
+            | Op::SetNodeState { .. }
+            | Op::PauseBalancer { .. } => None,
         }
     }
 
@@ -136,7 +154,9 @@ impl Op {
     pub fn admin_shard(&self) -> Option<ShardId> {
         match self {
             Op::ShardLeader { shard, .. } | Op::MoveReplica { shard, .. } => Some(*shard),
-            Op::RegisterNode { .. } => Some(METADATA_SHARD),
+            Op::RegisterNode { .. } | Op::SetNodeState { .. } | Op::PauseBalancer { .. } => {
+                Some(METADATA_SHARD)
+            }
             _ => None,
         }
     }
@@ -156,6 +176,8 @@ impl Op {
                 | Op::ShardLeader { .. }
                 | Op::MoveReplica { .. }
                 | Op::RegisterNode { .. }
+                | Op::SetNodeState { .. }
+                | Op::PauseBalancer { .. }
         )
     }
 
@@ -365,6 +387,9 @@ pub enum ClientError {
     /// The node registry refused a registration ([`Op::RegisterNode`]).
     #[error("{0}")]
     RegisterRefused(RegisterRefusal),
+    /// The node registry refused a state change ([`Op::SetNodeState`]).
+    #[error("{0}")]
+    NodeStateRefused(NodeStateRefusal),
 }
 
 /// Why a [`Op::MoveReplica`] was refused (or undone).
@@ -402,6 +427,14 @@ pub enum MoveRefusal {
         from: NodeId,
         /// The move in flight's `to`.
         to: NodeId,
+    },
+    /// `to` is draining or removed in the node registry: it receives no replica.
+    #[error("node {node} is {state} and receives no replica")]
+    NotActive {
+        /// The node.
+        node: NodeId,
+        /// Its registry state.
+        state: NodeState,
     },
     /// The new replica did not catch up with the leader in time; the move was undone
     /// (the learner removed), so it can be asked again.

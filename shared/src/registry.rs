@@ -91,14 +91,43 @@ pub enum RegisterRefusal {
     },
 }
 
-/// The registry: every node ever registered, by id, and the version (the metadata
-/// group's log index of its last change; 0: nothing registered yet).
+/// Why the registry refused to change a node's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum NodeStateRefusal {
+    /// The id was never registered.
+    #[error("node {node} is not in the node registry (registered: {registered})")]
+    Unknown {
+        /// The node.
+        node: NodeId,
+        /// The registered ids, for the message.
+        registered: String,
+    },
+    /// The node was removed: removal is final, its id is never used again.
+    #[error("node {node} was removed from the cluster; removal is final")]
+    Removed {
+        /// The node.
+        node: NodeId,
+    },
+    /// Only `draining` and `removed` are set by an operator (`active` comes with a
+    /// registration, `joining` is not used).
+    #[error("a node's state can be set to draining or removed, not {state}")]
+    NotSettable {
+        /// The state asked for.
+        state: NodeState,
+    },
+}
+
+/// The registry: every node ever registered, by id, the version (the metadata group's
+/// log index of its last change; 0: nothing registered yet), and whether the balancer
+/// is paused (replicated here so that a new metadata leader keeps it paused).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registry {
     /// The metadata log index of the last change.
     pub version: u64,
     /// The nodes, ascending by id.
     pub nodes: Vec<NodeRecord>,
+    /// The balancer starts no move or leader transfer while this holds.
+    pub balancer_paused: bool,
 }
 
 impl Registry {
@@ -149,6 +178,54 @@ impl Registry {
             }
         }
         Ok(())
+    }
+
+    /// Marks `node` draining or removed (applied at metadata log index `index`). Setting
+    /// the state it already has changes nothing; a removed node stays removed.
+    pub fn set_state(
+        &mut self,
+        index: u64,
+        node: NodeId,
+        state: NodeState,
+    ) -> Result<(), NodeStateRefusal> {
+        if !matches!(state, NodeState::Draining | NodeState::Removed) {
+            return Err(NodeStateRefusal::NotSettable { state });
+        }
+        let registered = self.registered_ids();
+        let Some(r) = self.nodes.iter_mut().find(|r| r.id == node) else {
+            return Err(NodeStateRefusal::Unknown { node, registered });
+        };
+        if r.state == state {
+            return Ok(());
+        }
+        if r.state == NodeState::Removed {
+            return Err(NodeStateRefusal::Removed { node });
+        }
+        r.state = state;
+        self.version = index;
+        Ok(())
+    }
+
+    /// Pauses or resumes the balancer (applied at metadata log index `index`).
+    pub fn set_balancer_paused(&mut self, index: u64, paused: bool) {
+        if self.balancer_paused != paused {
+            self.balancer_paused = paused;
+            self.version = index;
+        }
+    }
+
+    /// The state of `node` (`None`: not registered).
+    pub fn state_of(&self, node: NodeId) -> Option<NodeState> {
+        self.get(node).map(|r| r.state)
+    }
+
+    fn registered_ids(&self) -> String {
+        let ids: Vec<String> = self.nodes.iter().map(|r| r.id.0.to_string()).collect();
+        if ids.is_empty() {
+            "none".into()
+        } else {
+            ids.join(", ")
+        }
     }
 
     /// What the registry says of `node` starting with `identity`: `Err` if it must not
@@ -226,6 +303,47 @@ mod tests {
             r.register(2, NodeId(3), addr(3), 7),
             Err(RegisterRefusal::Removed { node: NodeId(3) })
         );
+    }
+
+    #[test]
+    fn drain_then_remove_is_final_and_each_change_is_a_version() {
+        let mut r = Registry::default();
+        r.register(1, NodeId(1), addr(1), 7).unwrap();
+        r.register(2, NodeId(2), addr(2), 8).unwrap();
+        r.set_state(5, NodeId(2), NodeState::Draining).unwrap();
+        assert_eq!(
+            (r.version, r.state_of(NodeId(2))),
+            (5, Some(NodeState::Draining))
+        );
+        r.set_state(6, NodeId(2), NodeState::Draining).unwrap();
+        assert_eq!(r.version, 5, "a repeat is no change");
+        r.set_state(7, NodeId(2), NodeState::Removed).unwrap();
+        assert_eq!(r.state_of(NodeId(2)), Some(NodeState::Removed));
+        assert_eq!(
+            r.set_state(8, NodeId(2), NodeState::Draining),
+            Err(NodeStateRefusal::Removed { node: NodeId(2) })
+        );
+        assert_eq!(r.set_state(9, NodeId(2), NodeState::Removed), Ok(()));
+        assert_eq!(
+            r.register(10, NodeId(2), addr(2), 8),
+            Err(RegisterRefusal::Removed { node: NodeId(2) })
+        );
+        let e = r.set_state(11, NodeId(4), NodeState::Removed).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "node n4 is not in the node registry (registered: 1, 2)"
+        );
+        assert_eq!(
+            r.set_state(12, NodeId(1), NodeState::Active),
+            Err(NodeStateRefusal::NotSettable {
+                state: NodeState::Active
+            })
+        );
+        assert_eq!(r.version, 7);
+        r.set_balancer_paused(13, true);
+        r.set_balancer_paused(14, true);
+        assert!(r.balancer_paused);
+        assert_eq!(r.version, 13);
     }
 
     #[test]

@@ -476,7 +476,9 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
         | Op::Status
         | Op::ShardLeader { .. }
         | Op::MoveReplica { .. }
-        | Op::RegisterNode { .. } => {
+        | Op::RegisterNode { .. }
+        | Op::SetNodeState { .. }
+        | Op::PauseBalancer { .. } => {
             unreachable!("handled above")
         }
     };

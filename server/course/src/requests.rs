@@ -166,7 +166,8 @@ pub fn disposition(outcome: Outcome) -> Disposition {
             | ClientError::PermissionDenied { .. }
             | ClientError::MoveRefused { .. }
             // Course mode runs no metadata group.
-            | ClientError::RegisterRefused(_),
+            | ClientError::RegisterRefused(_)
+            | ClientError::NodeStateRefused(_),
         )
         | Outcome::CasMismatch { .. }
         | Outcome::Integer(_)

@@ -9,6 +9,8 @@
 //! - [`dir_lock`]: the data directory's lock (one kvserver per directory).
 //! - [`registration`]: the data directory's identity, the check a new directory passes
 //!   before the node takes part, and the node's registration in the node registry.
+//! - [`balancer`]: on the metadata group's leader, the balance planner run every interval
+//!   and its moves and leader transfers asked for.
 //! - [`auth`]: the node's keys, its incarnation (persisted so it only grows) and the
 //!   replay windows of clients.
 //! - [`disk`] (*reusable*): the dedicated disk thread with group commit (many
@@ -29,6 +31,7 @@
 //! docs/RUNTIME.md describes the event loop, group commit, signals and how to run nodes.
 
 pub mod auth;
+pub mod balancer;
 pub mod core_events;
 pub mod dir_lock;
 pub mod disk;

@@ -102,6 +102,7 @@ struct Inner {
     snapshots_installed: Counter,
     pending_requests: Gauge,
     refused: Family<ReasonLabels, Counter>,
+    balancer: BalancerSeries,
     /// True once every shard this node holds has a known leader (for `/health`).
     healthy: AtomicBool,
 }
@@ -140,6 +141,7 @@ impl Metrics {
             snapshots_installed: Counter::default(),
             pending_requests: Gauge::default(),
             refused: Family::default(),
+            balancer: BalancerSeries::default(),
             healthy: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -235,6 +237,7 @@ impl Metrics {
             "Remote input the node core refused, by reason (malformed or misaddressed peer messages, limits reached)",
             inner.refused.clone(),
         );
+        inner.balancer.register(r);
         Metrics(Arc::new(Inner { registry, ..inner }))
     }
 
@@ -253,6 +256,11 @@ impl Metrics {
         series_of_kind(&self.encode(), &["counter", "gauge"])
             .filter(|(series, _)| !series.contains("shard=\""))
             .collect()
+    }
+
+    /// The balancer's series (`crate::balancer` keeps them up to date).
+    pub fn balancer(&self) -> &BalancerSeries {
+        &self.0.balancer
     }
 
     /// True when every shard this node holds has a known leader.
@@ -402,6 +410,8 @@ pub fn op_label(op: &Op) -> &'static str {
         Op::ShardLeader { .. } => "shard_leader",
         Op::MoveReplica { .. } => "move_replica",
         Op::RegisterNode { .. } => "register_node",
+        Op::SetNodeState { .. } => "set_node_state",
+        Op::PauseBalancer { .. } => "pause_balancer",
         Op::Status => "status",
     }
 }
@@ -596,6 +606,93 @@ mod tests {
                 text.contains(&format!("{series} {v}")),
                 "{series} {v}\n{text}"
             );
+        }
+    }
+}
+
+/// The balancer's series: what `kvcli rebalance status` shows of the balancer (it reads
+/// them from the status replies' counters) and what Prometheus scrapes. Names are the
+/// registered names (`raftkv_` prefix; counters end in `_total`).
+#[derive(Default)]
+pub struct BalancerSeries {
+    /// 1 when the cluster file enables the balancer on this node.
+    pub enabled: Gauge,
+    /// 1 while this node's balancer plans: it leads the metadata group and the balancer
+    /// is not paused.
+    pub active: Gauge,
+    /// Planning rounds this node's balancer ran.
+    pub rounds: Counter,
+    /// Replica moves it asked for and that have not ended.
+    pub moves_in_flight: Gauge,
+    /// Replica moves it asked for.
+    pub moves_started: Counter,
+    /// Of those, moves that ended done.
+    pub moves_done: Counter,
+    /// Of those, moves refused, undone or not answered in time.
+    pub moves_failed: Counter,
+    /// Leader transfers it asked for.
+    pub leader_transfers: Counter,
+    /// The last round's new moves, leader transfers and stuck replicas.
+    pub last_round_moves: Gauge,
+    /// See `last_round_moves`.
+    pub last_round_transfers: Gauge,
+    /// See `last_round_moves`.
+    pub last_round_stuck: Gauge,
+    /// Nodes the last round counted as down for longer than `down_after_ms`.
+    pub nodes_down_too_long: Gauge,
+}
+
+impl BalancerSeries {
+    fn register(&self, r: &mut Registry) {
+        let gauges: [(&str, &str, &Gauge); 7] = [
+            (
+                "balancer_enabled",
+                "1 when the cluster file enables the balancer",
+                &self.enabled,
+            ),
+            (
+                "balancer_active",
+                "1 while this node's balancer plans (it leads the metadata group, not paused)",
+                &self.active,
+            ),
+            (
+                "balancer_moves_in_flight",
+                "Replica moves this node's balancer asked for that have not ended",
+                &self.moves_in_flight,
+            ),
+            (
+                "balancer_last_round_moves",
+                "Moves the balancer's last round started",
+                &self.last_round_moves,
+            ),
+            (
+                "balancer_last_round_transfers",
+                "Leader transfers the balancer's last round asked for",
+                &self.last_round_transfers,
+            ),
+            (
+                "balancer_last_round_stuck",
+                "Replicas or shards the balancer's last round could not place",
+                &self.last_round_stuck,
+            ),
+            (
+                "balancer_nodes_down_too_long",
+                "Nodes the balancer's last round counted as down longer than down_after_ms",
+                &self.nodes_down_too_long,
+            ),
+        ];
+        for (name, help, g) in gauges {
+            r.register(name, help, g.clone());
+        }
+        let counters: [(&str, &str, &Counter); 5] = [
+            ("balancer_rounds", "Planning rounds this node's balancer ran", &self.rounds),
+            ("balancer_moves_started", "Replica moves this node's balancer asked for", &self.moves_started),
+            ("balancer_moves_done", "Replica moves this node's balancer asked for that ended done", &self.moves_done),
+            ("balancer_moves_failed", "Replica moves this node's balancer asked for that were refused, undone or timed out", &self.moves_failed),
+            ("balancer_leader_transfers", "Leader transfers this node's balancer asked for", &self.leader_transfers),
+        ];
+        for (name, help, c) in counters {
+            r.register(name, help, c.clone());
         }
     }
 }

@@ -1,6 +1,7 @@
 //! A node's place in the node registry: the identity of its data directory, the check a
 //! node with a new data directory passes before it takes part in Raft, its registration
-//! through the metadata group, and the registry it then keeps hearing for its core.
+//! through the metadata group, and the registry it then keeps hearing for its core (its
+//! status polls also feed the balancer, `crate::balancer`).
 //!
 //! A brand-new cluster and a known id with a wiped data directory look the same from the
 //! directory (no identity yet); the cluster tells them apart. A node with a new data
@@ -11,6 +12,7 @@
 //! of the directory it lost. A node that voted before must not vote again with an empty
 //! log, so it waits for every node rather than a majority.
 
+use crate::balancer::StatusRound;
 use kv_shared::proto::{ClientError, Op};
 use kv_shared::registry::{RegisterRefusal, Registry};
 use kv_shared::NodeId;
@@ -18,8 +20,10 @@ use kvcli::{Client, ClientOptions, Error};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::watch;
 
 /// The file in the data directory that holds its identity (16 hex digits). Not the
 /// incarnation file: that one changes at every start (replay windows); this one is made
@@ -110,11 +114,13 @@ pub struct Registration {
 }
 
 /// Runs the registration (see the module docs) until the node stops; events go to
-/// `events`. Nothing here decides anything the metadata group does not.
+/// `events`, and each round of status replies heard once registered to `rounds`.
+/// Nothing here decides anything the metadata group does not.
 pub async fn run(
     reg: Registration,
     options: ClientOptions,
     events: UnboundedSender<RegistrationEvent>,
+    rounds: watch::Sender<Option<Arc<StatusRound>>>,
 ) {
     // The node's own event loop answers too, so connect only once it runs.
     let client = loop {
@@ -159,7 +165,7 @@ pub async fn run(
         }
     }
     loop {
-        if let Err(refusal) = hear_registry(&reg, &client, &events).await {
+        if let Err(refusal) = hear_registry(&reg, &client, &events, &rounds).await {
             let _ = events.send(RegistrationEvent::Refused(refusal));
             return;
         }
@@ -213,21 +219,27 @@ async fn first_start_check(
     }
 }
 
-/// One round of status requests: hands the registries heard to the core, and refuses if
-/// one of them no longer accepts this node.
+/// One round of status requests: hands the registries heard to the core and the round to
+/// the balancer, and refuses if one of the registries no longer accepts this node.
 async fn hear_registry(
     reg: &Registration,
     client: &Client,
     events: &UnboundedSender<RegistrationEvent>,
+    rounds: &watch::Sender<Option<Arc<StatusRound>>>,
 ) -> Result<(), RegisterRefusal> {
-    for report in client.status(STATUS_WAIT).await {
-        if let Ok((status, _)) = report.result {
-            if let Some(registry) = status.registry {
+    let reports = client.status(STATUS_WAIT).await;
+    for report in &reports {
+        if let Ok((status, _)) = &report.result {
+            if let Some(registry) = &status.registry {
                 registry.check(reg.node, reg.identity.identity)?;
-                let _ = events.send(RegistrationEvent::Heard(*registry));
+                let _ = events.send(RegistrationEvent::Heard(*registry.clone()));
             }
         }
     }
+    rounds.send_replace(Some(Arc::new(StatusRound {
+        at: Instant::now(),
+        reports,
+    })));
     Ok(())
 }
 

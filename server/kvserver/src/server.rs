@@ -14,6 +14,7 @@
 //! reported synced. A kill -9 at any instant therefore loses nothing acknowledged.
 
 use crate::auth::{next_incarnation, ClientWindows, NodeKeys, SessionBindings};
+use crate::balancer::{self, Leadership};
 use crate::disk::{DiskEvent, DiskThread, LogStore};
 use crate::metrics::{MeteredStore, Metrics, UdpRequests};
 use crate::net::{ClientAddrs, ClientRoute, Counters, DropReason};
@@ -31,7 +32,7 @@ use kv_shared::limits::{
 };
 use kv_shared::pack::{encoded_bytes, pack, PackLimit};
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Outcome};
-use kv_shared::registry::NodeState;
+use kv_shared::registry::{NodeState, METADATA_SHARD};
 use kv_shared::wire::{self, Kind};
 use kv_shared::NodeId;
 use std::future::Future;
@@ -335,6 +336,7 @@ pub async fn run_with_store<S: LogStore>(
         .map(|(p, _)| opts.keys.peer_receivers(me, *p))
         .collect();
     let (registration_tx, registration) = unbounded_channel();
+    let (mut balancer_feed, mut balancer_task) = (None, None);
     let registration_task = match front_ends::gateway_key(&opts.cluster)? {
         Some(key) => {
             let reg = Registration {
@@ -354,10 +356,24 @@ pub async fn run_with_store<S: LogStore>(
                     .map(|&addr| kvcli::NodeAddr { id: None, addr })
                     .collect();
             }
+            let (rounds_tx, rounds) = tokio::sync::watch::channel(None);
+            if opts.cluster.balancer.enabled {
+                let (feed, leadership) = tokio::sync::watch::channel(Leadership::default());
+                balancer_feed = Some(feed);
+                balancer_task = Some(AbortOnDrop(tokio::spawn(balancer::run(
+                    opts.cluster.balancer.clone(),
+                    opts.cluster.replication,
+                    options.clone(),
+                    leadership,
+                    rounds,
+                    metrics.clone(),
+                ))));
+            }
             Some(tokio::spawn(registration::run(
                 reg,
                 options,
                 registration_tx,
+                rounds_tx,
             )))
         }
         None => {
@@ -375,6 +391,8 @@ pub async fn run_with_store<S: LogStore>(
         registration,
         registration_open: registration_task.is_some(),
         _registration_task: registration_task.map(AbortOnDrop),
+        balancer_feed,
+        _balancer_task: balancer_task,
         taking_part,
         core,
         socket,
@@ -479,6 +497,9 @@ struct EventLoop {
     /// False once the registration task is gone (its channel closed).
     registration_open: bool,
     _registration_task: Option<AbortOnDrop>,
+    /// Tells the balancer whether this node leads the metadata group (`None`: disabled).
+    balancer_feed: Option<tokio::sync::watch::Sender<Leadership>>,
+    _balancer_task: Option<AbortOnDrop>,
     /// False while a new data directory waits for the first-start check: the core is
     /// neither ticked nor given peer messages (it answers status, which the check of
     /// the other nodes' new directories needs).
@@ -574,6 +595,7 @@ impl EventLoop {
                     if self.ticks.is_multiple_of(METRICS_SYNC_TICKS) {
                         self.sync_metrics();
                         self.sync_peers();
+                        self.feed_balancer();
                     }
                     Ok(())
                 }
@@ -678,6 +700,25 @@ impl EventLoop {
                     self.peer_recv.push(self.keys.peer_receivers(self.me, r.id));
                 }
             }
+        }
+    }
+
+    /// Tells the balancer whether this node leads the metadata group, with its registry
+    /// (only when that changed).
+    fn feed_balancer(&self) {
+        if let Some(feed) = &self.balancer_feed {
+            let leads = self.core.leader_of(METADATA_SHARD) == Some(self.me);
+            let now = Leadership {
+                leads,
+                registry: self.core.registry(),
+            };
+            feed.send_if_modified(|had| {
+                let changed = *had != now;
+                if changed {
+                    *had = now;
+                }
+                changed
+            });
         }
     }
 

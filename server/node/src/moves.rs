@@ -7,6 +7,7 @@
 use crate::sm::MoveInFlight;
 use kv_raft::{ConfChange, Membership};
 use kv_shared::proto::{MoveRefusal, ShardRoute};
+use kv_shared::registry::NodeState;
 use kv_shared::NodeId;
 
 /// A learner that has not caught up with the leader's commit index this many ticks after
@@ -30,17 +31,26 @@ pub const MOVE_LEARNER_SILENT_ELECTIONS_MAX: u64 = 5;
 /// hears its leader every heartbeat.
 pub const CREATED_REPLICA_SILENT_ELECTIONS_MAX: u64 = 2 * MOVE_LEARNER_SILENT_ELECTIONS_MAX;
 
-/// Refuses a move that cannot start: `members` are the nodes of the cluster, `route` the
-/// shard's replica set now, `in_flight` the move recorded, if any.
+/// Refuses a move that cannot start: `members` are the nodes of the cluster (removed
+/// ones left out), `to_state` the registry's state of `to`, `route` the shard's replica
+/// set now, `in_flight` the move recorded, if any.
 pub fn check_move(
     from: NodeId,
     to: NodeId,
     members: &[NodeId],
+    to_state: Option<NodeState>,
     route: &ShardRoute,
     in_flight: Option<MoveInFlight>,
 ) -> Result<(), MoveRefusal> {
-    if let Some(node) = [to, from].into_iter().find(|n| !members.contains(n)) {
-        return Err(MoveRefusal::UnknownNode { node });
+    if !members.contains(&to) {
+        return Err(MoveRefusal::UnknownNode { node: to });
+    }
+    if let Some(state @ (NodeState::Draining | NodeState::Removed)) = to_state {
+        return Err(MoveRefusal::NotActive { node: to, state });
+    }
+    // `from` may have been removed (`node remove --dead`): its replicas are what moves.
+    if !members.contains(&from) && !route.voters.contains(&from) {
+        return Err(MoveRefusal::UnknownNode { node: from });
     }
     if from == to {
         return Err(MoveRefusal::SameNode);
@@ -282,7 +292,7 @@ mod tests {
             leader: Some(NodeId(1)),
         };
         let members = n(&[1, 2, 3, 4]);
-        let check = |from, to, f| check_move(NodeId(from), NodeId(to), &members, &route, f);
+        let check = |from, to, f| check_move(NodeId(from), NodeId(to), &members, None, &route, f);
         assert_eq!(check(3, 4, None), Ok(()));
         assert_eq!(
             check(3, 9, None),
@@ -298,6 +308,33 @@ mod tests {
             Err(MoveRefusal::AlreadyMember { .. })
         ));
         assert!(matches!(check(4, 4, None), Err(MoveRefusal::SameNode)));
+        // A removed node (left out of the members) is no target, but its replicas move.
+        let live = n(&[1, 2, 4]);
+        assert_eq!(
+            check_move(NodeId(3), NodeId(4), &live, None, &route, None),
+            Ok(())
+        );
+        assert_eq!(
+            check_move(NodeId(1), NodeId(3), &live, None, &route, None),
+            Err(MoveRefusal::UnknownNode { node: NodeId(3) })
+        );
+        assert_eq!(
+            check_move(NodeId(9), NodeId(4), &live, None, &route, None),
+            Err(MoveRefusal::UnknownNode { node: NodeId(9) })
+        );
+        let draining = Some(NodeState::Draining);
+        let e = check_move(NodeId(3), NodeId(4), &members, draining, &route, None);
+        assert_eq!(
+            e,
+            Err(MoveRefusal::NotActive {
+                node: NodeId(4),
+                state: NodeState::Draining
+            })
+        );
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "node n4 is draining and receives no replica"
+        );
         let in_flight = Some(mv(2, 4));
         assert_eq!(
             check(3, 4, in_flight),

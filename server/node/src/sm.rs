@@ -641,6 +641,24 @@ impl StateMachine {
                     Err(e) => Outcome::Error(ClientError::RegisterRefused(e)),
                 },
             },
+            WriteOp::SetNodeState { node, state } => match &mut self.registry {
+                None => Outcome::Error(ClientError::Malformed(
+                    "node states go to the metadata group, not to a data shard".into(),
+                )),
+                Some(r) => match r.set_state(self.applied_index, *node, *state) {
+                    Ok(()) => Outcome::Done,
+                    Err(e) => Outcome::Error(ClientError::NodeStateRefused(e)),
+                },
+            },
+            WriteOp::PauseBalancer { paused } => match &mut self.registry {
+                None => Outcome::Error(ClientError::Malformed(
+                    "the balancer's pause goes to the metadata group, not to a data shard".into(),
+                )),
+                Some(r) => {
+                    r.set_balancer_paused(self.applied_index, *paused);
+                    Outcome::Done
+                }
+            },
             WriteOp::EndMove { .. } => unreachable!("handled above, outside sessions"),
         };
         self.sessions.record(w.client, w.seq, outcome.clone());

@@ -53,6 +53,26 @@ impl NodeState {
     }
 }
 
+/// The planner's state of a node, from its state in the node registry (`None`: not
+/// registered, or no registry known), whether it answers now, and whether it has been
+/// silent longer than the balancer's `down_after` (kvcli, which keeps no timer, passes
+/// false). A removed node is dead (its id never comes back); a draining node that stops
+/// answering is down, then dead like any other.
+pub fn node_state(
+    registered: Option<crate::registry::NodeState>,
+    answers: bool,
+    silent_too_long: bool,
+) -> NodeState {
+    use crate::registry::NodeState as Registered;
+    match (registered, answers) {
+        (Some(Registered::Removed), _) => NodeState::Dead,
+        (Some(Registered::Draining), true) => NodeState::Draining,
+        (_, true) => NodeState::Live,
+        (_, false) if silent_too_long => NodeState::Dead,
+        (_, false) => NodeState::Down,
+    }
+}
+
 /// A node of the cluster as the planner sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodeInfo {

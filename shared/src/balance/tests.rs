@@ -332,3 +332,19 @@ fn the_same_input_gives_the_same_plan_whatever_the_order() {
     shuffled.nodes.reverse();
     assert_eq!(plan(&c, &[], 3), plan(&shuffled, &[], 3));
 }
+
+#[test]
+fn the_registry_and_the_down_timer_decide_a_nodes_state() {
+    use crate::registry::NodeState as R;
+    assert_eq!(node_state(Some(R::Removed), true, false), NodeState::Dead);
+    assert_eq!(
+        node_state(Some(R::Draining), true, false),
+        NodeState::Draining
+    );
+    assert_eq!(node_state(Some(R::Draining), false, false), NodeState::Down);
+    assert_eq!(node_state(Some(R::Draining), false, true), NodeState::Dead);
+    assert_eq!(node_state(Some(R::Active), true, true), NodeState::Live);
+    assert_eq!(node_state(None, true, false), NodeState::Live);
+    assert_eq!(node_state(Some(R::Active), false, false), NodeState::Down);
+    assert_eq!(node_state(None, false, true), NodeState::Dead);
+}

@@ -3,7 +3,8 @@
 //! process it started (also while a test panics, when it also prints the tail of each
 //! node's log and keeps the temp directory for a post-mortem). Every cluster runs with
 //! keys: a cluster key, read-write clients "admin" (kvcli's default) and "mallory", and
-//! a read-only client "reader", under `<dir>/keys`.
+//! a read-only client "reader", under `<dir>/keys`. The balancer is off unless a test
+//! asks for it ([`Cluster::start_with_balancer`]): the others move replicas themselves.
 
 use crate::client::Client;
 use kv_shared::auth::{self, ClientKey};
@@ -69,8 +70,22 @@ impl Cluster {
         c
     }
 
-    /// Writes the cluster file but starts nothing.
+    /// Writes the cluster file with `balancer` as its `[balancer]` section (the
+    /// balancer runs) and starts every node.
+    pub fn start_with_balancer(spec: Spec, balancer: &str) -> Cluster {
+        let mut c = Cluster::prepare_with(spec, balancer);
+        for (id, _) in c.nodes.clone() {
+            c.spawn(id);
+        }
+        c
+    }
+
+    /// Writes the cluster file (balancer off) but starts nothing.
     pub fn prepare(spec: Spec) -> Cluster {
+        Cluster::prepare_with(spec, "enabled = false")
+    }
+
+    fn prepare_with(spec: Spec, balancer: &str) -> Cluster {
         let bin = crate::bin::kvserver();
         assert!(bin.exists());
         let dir = tempfile::Builder::new()
@@ -106,7 +121,8 @@ impl Cluster {
              key_file = \"keys/cluster.key\"\n\
              client_key_files = [\"keys/admin.key\", \"keys/reader.key\", \"keys/mallory.key\"]\n\
              client_key_file = \"keys/admin.key\"\n\n[timing]\n\
-             tick_ms = 10\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n",
+             tick_ms = 10\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n\n\
+             [balancer]\n{balancer}\n",
             spec.shards,
             dir.path().display()
         );

@@ -3,9 +3,11 @@
 //! without a replica and every shard with 3 voters; after kill -9 of node 4,
 //! `kvcli node remove 4 --dead` must bring the under-replicated shards back to 0. A
 //! `kvcli bench --check` load and a writer of unique keys run throughout: the history
-//! must be linearizable and every acknowledged write must read back. Last, with too few
-//! nodes left (node 5 stopped after its drain), kvcli must refuse to drain, and refuse to
-//! treat a running node as dead.
+//! must be linearizable and every acknowledged write must read back. Both commands leave
+//! their node `removed` in the node registry, and node 5, removed while it runs, stops by
+//! itself. Last, with too few nodes left, kvcli must refuse to drain, and refuse to treat
+//! a running node as dead. The balancer is off: kvcli makes the moves (the balancer's own
+//! test is tests/balancer.rs).
 
 use kv_e2e::cli;
 use kv_e2e::cluster::{Cluster, Spec};
@@ -41,6 +43,15 @@ fn ids(row: &Value, field: &str) -> Vec<u64> {
         .iter()
         .map(|v| v.as_u64().expect("node id"))
         .collect()
+}
+
+/// Node `id`'s state in `kvcli --json node list`.
+fn registry_state(config: &str, id: u64) -> Value {
+    let run = cli::with_cluster(config, &["--json", "node", "list"], Duration::from_secs(30));
+    let list = json_of(&run);
+    let nodes = list["nodes"].as_array().expect("nodes");
+    let row = nodes.iter().find(|n| n["id"] == id);
+    row.map_or(Value::Null, |r| r["state"].clone())
 }
 
 /// Every shard has 3 voters, none of them in `gone`, and no learner.
@@ -88,15 +99,27 @@ fn a_drained_node_ends_empty_and_a_dead_ones_replicas_are_rebuilt_under_load() {
     assert!(!moves.is_empty(), "node 5 held replicas: {drained}");
     assert!(moves.iter().all(|m| m["from"] == 5), "{drained}");
     assert!(
-        run.stderr.contains("moving shard"),
+        run.stderr.contains("moving shard") && run.stderr.contains("node 5 is draining"),
         "progress: {}",
         run.stderr
     );
+    assert_eq!(drained["registry_state"], "removed", "{drained}");
     let rows = shard_rows(&config);
     assert_three_voters_without(&rows, &[5]);
-    // A drained node is stopped: no registry marks it yet, so while it answers, a later
-    // drive counts it live and may give it replicas again.
-    c.terminate(NodeId(5), Duration::from_secs(10));
+    assert_eq!(registry_state(&config, 5), "removed");
+    // Removed, node 5 hears so from the registry and stops: its id is never used again.
+    let exited = c.wait_exit(NodeId(5), Duration::from_secs(15));
+    assert!(
+        exited.is_some_and(|s| s.code() == Some(2)),
+        "node 5 exits 2 once removed: {exited:?}; log:\n{}",
+        c.log(NodeId(5))
+    );
+    assert!(
+        c.log(NodeId(5))
+            .contains("node n5 was removed from the cluster"),
+        "{}",
+        c.log(NodeId(5))
+    );
 
     // 2. kill -9 node 4, then rebuild its replicas on the live nodes.
     let on_4 = rows
@@ -123,6 +146,7 @@ fn a_drained_node_ends_empty_and_a_dead_ones_replicas_are_rebuilt_under_load() {
     assert_eq!(run.code, Some(0), "node remove 4 --dead: {run:?}");
     let removed = json_of(&run);
     assert_eq!(removed["node_state"], "dead", "{removed}");
+    assert_eq!(registry_state(&config, 4), "removed");
     let rows = shard_rows(&config);
     let under = rows
         .iter()

@@ -1,6 +1,6 @@
 //! The node core's side of the node registry: the newest registry this node knows (its
 //! own metadata replica's, or one heard from another node), and the cluster's nodes it
-//! makes peers of: the bootstrap nodes plus every node registered and not removed.
+//! makes peers of: the bootstrap nodes plus every node registered, less the removed ones.
 
 use super::NodeCore;
 use kv_shared::registry::{NodeState, Registry, METADATA_SHARD};
@@ -40,29 +40,36 @@ impl NodeCore {
         }
     }
 
-    /// Every node of the cluster, ascending: the bootstrap nodes, and the nodes the
-    /// registry lists that are not removed (nodes that joined later).
+    /// Every node of the cluster, ascending: the bootstrap nodes and the nodes the
+    /// registry lists (nodes that joined later), less the ones it lists as removed.
     pub fn cluster_nodes(&self) -> Vec<NodeId> {
         let mut nodes = self.config.sorted_members();
         let registered = self.registry_ref().into_iter().flat_map(|r| &r.nodes);
-        nodes.extend(
-            registered
-                .filter(|r| r.state != NodeState::Removed)
-                .map(|r| r.id),
-        );
+        nodes.extend(registered.map(|r| r.id));
         nodes.sort();
         nodes.dedup();
+        nodes.retain(|n| !self.is_removed(*n));
         nodes
+    }
+
+    /// The registry's state of `node` (`None`: not registered, or no registry known).
+    pub fn node_state(&self, node: NodeId) -> Option<NodeState> {
+        self.registry_ref().and_then(|r| r.state_of(node))
+    }
+
+    /// True if the registry lists `node` as removed: removal is final, so its datagrams
+    /// are refused even if the cluster file lists it (it may still run, holding copies
+    /// the cluster no longer counts).
+    fn is_removed(&self, node: NodeId) -> bool {
+        self.node_state(node) == Some(NodeState::Removed)
     }
 
     /// True if `node` is another node of the cluster ([`NodeCore::cluster_nodes`]).
     pub(super) fn is_peer(&self, node: NodeId) -> bool {
-        let registered = || {
-            self.registry_ref()
-                .and_then(|r| r.get(node))
-                .is_some_and(|r| r.state != NodeState::Removed)
-        };
-        node != self.config.node && (self.config.members.contains(&node) || registered())
+        let registered = || self.node_state(node).is_some();
+        node != self.config.node
+            && (self.config.members.contains(&node) || registered())
+            && !self.is_removed(node)
     }
 
     /// Where each node of the cluster is reached: the configured addresses, then the

@@ -25,7 +25,12 @@ fn request_bytes(op: &Op) -> usize {
             key.len() + expected.as_ref().map_or(0, |e| e.len()) + new.len()
         }
         Op::Get { key, .. } | Op::Delete { key } | Op::OpenSession { key } => key.len(),
-        Op::Status | Op::ShardLeader { .. } | Op::MoveReplica { .. } | Op::RegisterNode { .. } => 0,
+        Op::Status
+        | Op::ShardLeader { .. }
+        | Op::MoveReplica { .. }
+        | Op::RegisterNode { .. }
+        | Op::SetNodeState { .. }
+        | Op::PauseBalancer { .. } => 0,
     };
     REQUEST_OVERHEAD_BYTES + payload
 }
@@ -57,8 +62,12 @@ impl NodeCore {
             }
             op => match op.admin_shard() {
                 Some(METADATA_SHARD)
-                    if matches!(op, Op::RegisterNode { .. })
-                        && self.config.is_group(METADATA_SHARD) =>
+                    if matches!(
+                        op,
+                        Op::RegisterNode { .. }
+                            | Op::SetNodeState { .. }
+                            | Op::PauseBalancer { .. }
+                    ) && self.config.is_group(METADATA_SHARD) =>
                 {
                     METADATA_SHARD
                 }
@@ -215,7 +224,8 @@ impl NodeCore {
                             Some(_) => Ok(()),
                             None => {
                                 let nodes = self.cluster_nodes();
-                                moves::check_move(from, to, &nodes, &route, in_flight)
+                                let to_state = self.node_state(to);
+                                moves::check_move(from, to, &nodes, to_state, &route, in_flight)
                             }
                         };
                         match checked {

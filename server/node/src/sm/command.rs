@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use kv_shared::proto::{MoveRefusal, Op};
+use kv_shared::registry::NodeState;
 use kv_shared::{ClientId, NodeId, ShardId};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -90,6 +91,18 @@ pub enum WriteOp {
         /// Its data directory's identity.
         identity: u64,
     },
+    /// Mark a node draining or removed in the node registry (metadata group only).
+    SetNodeState {
+        /// The node.
+        node: NodeId,
+        /// Its new state.
+        state: NodeState,
+    },
+    /// Pause or resume the balancer (metadata group only).
+    PauseBalancer {
+        /// Paused or running.
+        paused: bool,
+    },
 }
 
 impl WriteOp {
@@ -134,6 +147,11 @@ impl WriteOp {
                 addr: *addr,
                 identity: *identity,
             }),
+            Op::SetNodeState { node, state } => Some(WriteOp::SetNodeState {
+                node: *node,
+                state: *state,
+            }),
+            Op::PauseBalancer { paused } => Some(WriteOp::PauseBalancer { paused: *paused }),
             Op::Get { .. } | Op::Status => None,
         }
     }

@@ -211,3 +211,114 @@ fn a_node_outside_the_bootstrap_set_registers_and_then_receives_a_replica() {
     let l = c.leader(ShardId(0));
     assert!(c.voters(l, ShardId(0)).contains(&NodeId(4)));
 }
+
+fn set_state(client: u64, node: u64, state: NodeState) -> ClientRequest {
+    ClientRequest {
+        client: ClientId(client),
+        seq: 1,
+        epoch: 0,
+        op: Op::SetNodeState {
+            node: NodeId(node),
+            state,
+        },
+    }
+}
+
+/// Four bootstrap nodes, one shard on nodes 1-3. Node 4 marked draining receives no
+/// replica; node 3 marked removed is no peer any more (its datagrams are refused although
+/// the cluster file lists it) and no target, yet its replica still moves away; the pause
+/// flag is replicated state like the rest.
+#[test]
+fn draining_and_removed_nodes_receive_nothing_and_a_removed_one_is_no_peer() {
+    let mut c = Cluster::with(4, 1, |cfg| {
+        cfg.replication = 3;
+        cfg.metadata_voters = ids(3);
+        cfg.snapshot_threshold_entries = 20;
+    });
+    c.tick(60);
+    let mut token = 0;
+    let mut ask = |c: &mut Cluster, req: ClientRequest| {
+        token += 1;
+        let l = c.leader(METADATA_SHARD);
+        c.request(l, token, req);
+        c.flush(l);
+        c.tick(3);
+        c.reply_to(token)
+    };
+    for node in 1..=4 {
+        let done = ask(&mut c, register(10 + node, node, 0x100 + node));
+        assert_eq!(done, vec![Outcome::Done]);
+    }
+    let refused = ask(&mut c, set_state(20, 9, NodeState::Draining));
+    assert!(
+        matches!(&refused[..], [Outcome::Error(ClientError::NodeStateRefused(e))]
+            if e.to_string() == "node n9 is not in the node registry (registered: 1, 2, 3, 4)"),
+        "{refused:?}"
+    );
+    let done = ask(&mut c, set_state(21, 4, NodeState::Draining));
+    assert_eq!(done, vec![Outcome::Done]);
+    let registry = c.nodes[c.leader(METADATA_SHARD)].registry().unwrap();
+    c.nodes[3].learn_registry(registry);
+    assert_eq!(c.nodes[0].node_state(NodeId(4)), Some(NodeState::Draining));
+    let from = (0..3).find(|&i| i != c.leader(ShardId(0))).unwrap() as u64 + 1;
+    let outcome = c.until_answered(100, super::move_req(50, from, 4), 500);
+    assert!(
+        matches!(&outcome, Outcome::Error(ClientError::MoveRefused { reason, .. })
+            if reason.to_string() == "node n4 is draining and receives no replica"),
+        "{outcome:?}"
+    );
+    // Node 3 removed: refused as a sender, and no target.
+    let victim = (0..3).find(|&i| i != c.leader(ShardId(0)) && i != c.leader(METADATA_SHARD));
+    let victim = victim.map_or(2, |i| i) as u64 + 1;
+    let done = ask(&mut c, set_state(22, victim, NodeState::Removed));
+    assert_eq!(done, vec![Outcome::Done]);
+    c.tick(5);
+    let l = c.leader(METADATA_SHARD);
+    let registry = c.nodes[l].registry().unwrap();
+    for n in c.nodes.iter_mut() {
+        n.learn_registry(registry.clone());
+    }
+    let observer = (0..4).find(|&i| i as u64 + 1 != victim).unwrap();
+    assert!(!c.nodes[observer].cluster_nodes().contains(&NodeId(victim)));
+    let unknown = |c: &Cluster| {
+        let r = c.nodes[observer].refusals();
+        r.iter().find(|(r, _)| *r == "unknown_sender").unwrap().1
+    };
+    let before = unknown(&c);
+    c.nodes[observer].on_peer_messages(NodeId(victim), Vec::new());
+    assert_eq!(unknown(&c), before + 1, "a removed node is no peer");
+    let again = ask(&mut c, register(23, victim, 0x100 + victim));
+    assert_eq!(
+        again,
+        vec![Outcome::Error(ClientError::RegisterRefused(
+            RegisterRefusal::Removed {
+                node: NodeId(victim)
+            }
+        ))]
+    );
+    assert_eq!(
+        ask(&mut c, set_state(24, victim, NodeState::Draining)).len(),
+        1
+    );
+    // The pause is replicated: every metadata replica applies it.
+    let done = ask(
+        &mut c,
+        ClientRequest {
+            client: ClientId(25),
+            seq: 1,
+            epoch: 0,
+            op: Op::PauseBalancer { paused: true },
+        },
+    );
+    assert_eq!(done, vec![Outcome::Done]);
+    c.tick(5);
+    for i in 0..3 {
+        if i as u64 + 1 != victim {
+            assert!(
+                c.nodes[i].registry().unwrap().balancer_paused,
+                "node {}",
+                i + 1
+            );
+        }
+    }
+}
