@@ -191,6 +191,13 @@ pub struct Raft {
     pub(crate) leaderless_timeouts: u32,
     /// ReadIndex round ids never repeat in this replica's lifetime.
     pub(crate) next_read_round: u64,
+    /// Nodes outside the membership that asked this replica for a vote: removed members
+    /// that missed their removal. Whoever of them asks a leader is sent the log at once
+    /// (`replicate_to_removed_campaigner`), but a real Vote of a higher term deposes that
+    /// leader before its Appends (of the lower term) can reach the candidate; so every
+    /// replica remembers them and replicates to them when it next becomes leader, at a
+    /// term the candidate accepts. At most `NODES_MAX`.
+    pub(crate) removed_campaigners: std::collections::BTreeSet<NodeId>,
     // ---- outputs ----
     pub(crate) msgs: Vec<Message>,
     pub(crate) held: Vec<(u64, Held)>,
@@ -275,6 +282,7 @@ impl Raft {
             now: 0,
             randomized_timeout: 0,
             leaderless_timeouts: 0,
+            removed_campaigners: std::collections::BTreeSet::new(),
             next_read_round: 1,
             msgs: Vec::new(),
             held: Vec::new(),
@@ -627,6 +635,19 @@ impl Raft {
     /// one set of counters covers the group).
     pub fn refuse(&mut self, reason: Refusal) {
         self.refusals.count(reason);
+    }
+
+    /// True if this replica leads and a membership change may still be uncommitted: one
+    /// it proposed, or (until an entry of its own term commits) one a predecessor left
+    /// in its log. A caller driving a sequence of changes waits for this to clear, so
+    /// that it never decides its next step from a membership about to change.
+    pub fn conf_change_pending(&self) -> bool {
+        match &self.role {
+            RoleState::Leader(ls) => {
+                self.log.commit < ls.term_start || ls.pending_conf_index > self.log.commit
+            }
+            _ => false,
+        }
     }
 
     /// The membership as of the commit index (what `status().membership` copies).
