@@ -89,38 +89,17 @@ impl Raft {
         {
             return;
         }
-        if self.removed_campaigners.len() < NODES_MAX {
-            self.removed_campaigners.insert(m.from);
-        }
-        self.replicate_to_departing(m.from);
-    }
-
-    /// On a leader: sends `node`, a node outside the membership, the log as a departing
-    /// member until it holds the commit index (past its removal) and was told it.
-    fn replicate_to_departing(&mut self, node: NodeId) {
         let (last, commit) = (self.log.last_index(), self.log.commit);
         let RoleState::Leader(ls) = &mut self.role else {
             return;
         };
-        if ls.progress.contains_key(&node) {
+        if ls.progress.contains_key(&m.from) {
             return;
         }
         let mut pr = Progress::new(last + 1);
         pr.departs_at = Some(commit);
-        ls.progress.insert(node, pr);
-        self.maybe_send_append(node, true);
-    }
-
-    /// A new leader replicates to the removed members that asked this replica for a
-    /// vote (see `Raft::removed_campaigners`): its term is at least theirs now.
-    pub(crate) fn replicate_to_removed_campaigners(&mut self) {
-        let campaigners = std::mem::take(&mut self.removed_campaigners);
-        for node in campaigners {
-            if !self.membership.voters.contains(&node) && !self.membership.learners.contains(&node)
-            {
-                self.replicate_to_departing(node);
-            }
-        }
+        ls.progress.insert(m.from, pr);
+        self.maybe_send_append(m.from, true);
     }
 
     /// Applies the conf changes in `(from, to]` (just committed) to the membership and

@@ -191,13 +191,6 @@ pub struct Raft {
     pub(crate) leaderless_timeouts: u32,
     /// ReadIndex round ids never repeat in this replica's lifetime.
     pub(crate) next_read_round: u64,
-    /// Nodes outside the membership that asked this replica for a vote: removed members
-    /// that missed their removal. Whoever of them asks a leader is sent the log at once
-    /// (`replicate_to_removed_campaigner`), but a real Vote of a higher term deposes that
-    /// leader before its Appends (of the lower term) can reach the candidate; so every
-    /// replica remembers them and replicates to them when it next becomes leader, at a
-    /// term the candidate accepts. At most `NODES_MAX`.
-    pub(crate) removed_campaigners: std::collections::BTreeSet<NodeId>,
     // ---- outputs ----
     pub(crate) msgs: Vec<Message>,
     pub(crate) held: Vec<(u64, Held)>,
@@ -282,7 +275,6 @@ impl Raft {
             now: 0,
             randomized_timeout: 0,
             leaderless_timeouts: 0,
-            removed_campaigners: std::collections::BTreeSet::new(),
             next_read_round: 1,
             msgs: Vec::new(),
             held: Vec::new(),
