@@ -279,3 +279,31 @@ fn planted_remove_before_catch_up_is_caught() {
         None => panic!("{bug:?} went unnoticed for seeds 1..=2000"),
     }
 }
+
+// The Churn profile's joins, drains and dead-node removals run every move the admin
+// asks through the same path as the Moves profile's: each planted move bug must be caught
+// there too, by the check that bug can break.
+#[test]
+fn planted_move_bugs_are_caught_under_membership_churn() {
+    for (bug, check) in [
+        (
+            PlantedBug::RemoveBeforeCatchUp,
+            "learner caught up before promotion",
+        ),
+        (
+            PlantedBug::RemovedReplicaServesReads,
+            "removed replica serves no reads",
+        ),
+        (
+            PlantedBug::CreatedReplicaWithBootstrapMembership,
+            "membership safety",
+        ),
+    ] {
+        match first_catch(bug, Some(FaultProfile::Churn), &[check], 1..=2000) {
+            Some((seed, invariant)) => {
+                println!("{bug:?} under churn caught by seed {seed}: {invariant}")
+            }
+            None => panic!("{bug:?} went unnoticed for churn seeds 1..=2000"),
+        }
+    }
+}
