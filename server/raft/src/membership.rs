@@ -96,7 +96,10 @@ impl Raft {
         if ls.progress.contains_key(&m.from) {
             return;
         }
-        let mut pr = Progress::new(last + 1);
+        // The probe carries the last entry: `retransmit_stalled` resends only flows with
+        // data to send, so a lost empty probe would never be resent and the member would
+        // wait for its removal forever.
+        let mut pr = Progress::new(last.max(1));
         pr.departs_at = Some(commit);
         ls.progress.insert(m.from, pr);
         self.maybe_send_append(m.from, true);

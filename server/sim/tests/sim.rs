@@ -212,12 +212,13 @@ fn planted_read_without_read_index_is_caught() {
 // campaigned forever), 25 and 82 (a snapshot's membership taken from Raft's commit, not
 // the applied index, tripped `compact`'s check), 64 and 71 (stale reads from a replica
 // outside its own membership), 1217, 1479 and 1713 (a learner promoted after its leader
-// proposed to undo the move: four voters, no move).
+// proposed to undo the move: four voters, no move), 1859 (a removed member's lost probe
+// never resent: it held the shard outside the voters forever).
 #[test]
 fn moves_regression_seeds_pass() {
     for seed in [
         1, 2, 13, 18, 20, 25, 37, 45, 64, 71, 82, 144, 217, 262, 280, 318, 343, 437, 473, 1217,
-        1479, 1713,
+        1479, 1713, 1859,
     ] {
         let r = run(&SimOptions {
             profile: Some(FaultProfile::Moves),
@@ -305,5 +306,20 @@ fn planted_move_bugs_are_caught_under_membership_churn() {
             }
             None => panic!("{bug:?} went unnoticed for churn seeds 1..=2000"),
         }
+    }
+}
+
+// Churn seeds that once failed: a removed member whose leader's first (empty) probe was
+// lost and never resent kept the shard outside the voters, and a node declared gone while
+// no running replica of some shard reported whether it still listed the node (220, 812,
+// 1027, 1936, 2412, 2788, 2827).
+#[test]
+fn churn_regression_seeds_pass() {
+    for seed in [220, 812, 1027, 1936, 2412, 2788, 2827] {
+        let r = run(&SimOptions {
+            profile: Some(FaultProfile::Churn),
+            ..SimOptions::new(seed)
+        });
+        assert!(r.passed(), "churn seed {seed}: {:?}", r.failure);
     }
 }

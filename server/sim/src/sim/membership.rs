@@ -159,9 +159,10 @@ impl Sim {
     /// holds nothing, its departure.
     fn evacuate(&mut self, r: Retiring) -> Option<(Op, ShardRoute)> {
         let from = self.ids[r.node];
+        // A shard no running replica reports on may still list the node: wait for one.
         let routes: Vec<ShardRoute> = (0..self.shards)
-            .filter_map(|s| self.freshest_route(s))
-            .collect();
+            .map(|s| self.freshest_route(s))
+            .collect::<Option<_>>()?;
         let named: Vec<&ShardRoute> = routes
             .iter()
             .filter(|route| route.voters.contains(&from) || route.learners.contains(&from))
