@@ -312,10 +312,12 @@ fn planted_move_bugs_are_caught_under_membership_churn() {
 // Churn seeds that once failed: a removed member whose leader's first (empty) probe was
 // lost and never resent kept the shard outside the voters, and a node declared gone while
 // no running replica of some shard reported whether it still listed the node (220, 812,
-// 1027, 1936, 2412, 2788, 2827).
+// 1027, 1936, 2412, 2788, 2827); a stale replica moved back to its node acknowledged the
+// entries up to its re-add, then applied its old removal and dropped them, and was
+// promoted holding nothing (3482).
 #[test]
 fn churn_regression_seeds_pass() {
-    for seed in [220, 812, 1027, 1936, 2412, 2788, 2827] {
+    for seed in [220, 812, 1027, 1936, 2412, 2788, 2827, 3482] {
         let r = run(&SimOptions {
             profile: Some(FaultProfile::Churn),
             ..SimOptions::new(seed)
