@@ -75,6 +75,20 @@ impl Raft {
                 })
     }
 
+    /// True if this replica's log holds, past `index`, a change adding `node` (as a
+    /// learner), committed or not. A replica that applied its own removal at `index`
+    /// while its log already holds such a re-add may have acknowledged entries of its
+    /// next life in the shard: it must not drop them until that re-add commits or is
+    /// overwritten.
+    pub fn log_adds_after(&self, node: NodeId, index: Index) -> bool {
+        self.log
+            .range(index.max(self.log.snap_index) + 1, self.log.last_index())
+            .iter()
+            .any(
+                |e| matches!(e.kind, EntryKind::ConfChange(ConfChange::AddLearner(n)) if n == node),
+            )
+    }
+
     /// A leader asked for a vote by a node outside its membership: that node was removed
     /// without learning it (the leader that removed it stopped sending, or died, before it
     /// held its removal) and campaigns forever, refused by everyone. The leader sends it
@@ -96,7 +110,10 @@ impl Raft {
         if ls.progress.contains_key(&m.from) {
             return;
         }
-        let mut pr = Progress::new(last + 1);
+        // The probe carries the last entry: `retransmit_stalled` resends only flows with
+        // data to send, so a lost empty probe would never be resent and the member would
+        // wait for its removal forever.
+        let mut pr = Progress::new(last.max(1));
         pr.departs_at = Some(commit);
         ls.progress.insert(m.from, pr);
         self.maybe_send_append(m.from, true);

@@ -629,6 +629,19 @@ impl Raft {
         self.refusals.count(reason);
     }
 
+    /// True if this replica leads and a membership change may still be uncommitted: one
+    /// it proposed, or (until an entry of its own term commits) one a predecessor left
+    /// in its log. A caller driving a sequence of changes waits for this to clear, so
+    /// that it never decides its next step from a membership about to change.
+    pub fn conf_change_pending(&self) -> bool {
+        match &self.role {
+            RoleState::Leader(ls) => {
+                self.log.commit < ls.term_start || ls.pending_conf_index > self.log.commit
+            }
+            _ => false,
+        }
+    }
+
     /// The membership as of the commit index (what `status().membership` copies).
     pub fn membership(&self) -> &Membership {
         &self.membership

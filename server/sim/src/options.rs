@@ -121,6 +121,12 @@ pub struct AdminCounts {
     pub leader_changes: u64,
     /// Requests abandoned at the give-up deadline (outcome unknown).
     pub abandoned: u64,
+    /// Churn: nodes that joined.
+    pub joins: u64,
+    /// Churn: nodes drained (every replica moved off, then stopped for good).
+    pub drains: u64,
+    /// Churn: nodes killed for good, their replicas moved off them while dead.
+    pub dead_removals: u64,
 }
 
 /// Counters of a run.

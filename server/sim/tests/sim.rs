@@ -211,11 +211,14 @@ fn planted_read_without_read_index_is_caught() {
 // shard's tombstone waited MOVE_CATCH_UP_TICKS_MAX), 2 (a member removed while cut off
 // campaigned forever), 25 and 82 (a snapshot's membership taken from Raft's commit, not
 // the applied index, tripped `compact`'s check), 64 and 71 (stale reads from a replica
-// outside its own membership).
+// outside its own membership), 1217, 1479 and 1713 (a learner promoted after its leader
+// proposed to undo the move: four voters, no move), 1859 (a removed member's lost probe
+// never resent: it held the shard outside the voters forever).
 #[test]
 fn moves_regression_seeds_pass() {
     for seed in [
-        1, 2, 13, 18, 20, 25, 37, 45, 64, 71, 82, 144, 217, 262, 280, 318, 343, 437, 473,
+        1, 2, 13, 18, 20, 25, 37, 45, 64, 71, 82, 144, 217, 262, 280, 318, 343, 437, 473, 1217,
+        1479, 1713, 1859,
     ] {
         let r = run(&SimOptions {
             profile: Some(FaultProfile::Moves),
@@ -275,5 +278,50 @@ fn planted_remove_before_catch_up_is_caught() {
     ) {
         Some((seed, invariant)) => println!("{bug:?} caught by seed {seed}: {invariant}"),
         None => panic!("{bug:?} went unnoticed for seeds 1..=2000"),
+    }
+}
+
+// The Churn profile's joins, drains and dead-node removals run every move the admin
+// asks through the same path as the Moves profile's: each planted move bug must be caught
+// there too, by the check that bug can break.
+#[test]
+fn planted_move_bugs_are_caught_under_membership_churn() {
+    for (bug, check) in [
+        (
+            PlantedBug::RemoveBeforeCatchUp,
+            "learner caught up before promotion",
+        ),
+        (
+            PlantedBug::RemovedReplicaServesReads,
+            "removed replica serves no reads",
+        ),
+        (
+            PlantedBug::CreatedReplicaWithBootstrapMembership,
+            "membership safety",
+        ),
+    ] {
+        match first_catch(bug, Some(FaultProfile::Churn), &[check], 1..=2000) {
+            Some((seed, invariant)) => {
+                println!("{bug:?} under churn caught by seed {seed}: {invariant}")
+            }
+            None => panic!("{bug:?} went unnoticed for churn seeds 1..=2000"),
+        }
+    }
+}
+
+// Churn seeds that once failed: a removed member whose leader's first (empty) probe was
+// lost and never resent kept the shard outside the voters, and a node declared gone while
+// no running replica of some shard reported whether it still listed the node (220, 812,
+// 1027, 1936, 2412, 2788, 2827); a stale replica moved back to its node acknowledged the
+// entries up to its re-add, then applied its old removal and dropped them, and was
+// promoted holding nothing (3482).
+#[test]
+fn churn_regression_seeds_pass() {
+    for seed in [220, 812, 1027, 1936, 2412, 2788, 2827, 3482] {
+        let r = run(&SimOptions {
+            profile: Some(FaultProfile::Churn),
+            ..SimOptions::new(seed)
+        });
+        assert!(r.passed(), "churn seed {seed}: {:?}", r.failure);
     }
 }

@@ -26,6 +26,16 @@ impl NodeCore {
             // The common case, every tick: no status built.
             return;
         }
+        // Each step is decided from the committed membership and the applied move record,
+        // so it must wait until the previous step took effect: a promotion proposed just
+        // before the move's end (or the end just before a promotion) would both commit,
+        // leaving the learner a voter of a move recorded as undone.
+        let end_unapplied = group
+            .move_end_proposed
+            .is_some_and(|i| i > group.sm.applied_index());
+        if end_unapplied || group.raft.conf_change_pending() {
+            return;
+        }
         let st = group.raft.status();
         if group.sm.applied_index() < st.commit {
             return;
@@ -82,12 +92,6 @@ impl NodeCore {
                 }
             }
             MoveStep::End(refusal) => {
-                if group
-                    .move_end_proposed
-                    .is_some_and(|i| i > group.sm.applied_index())
-                {
-                    return;
-                }
                 let shard = group.shard;
                 let term = group.soft.term;
                 let end = WriteCommand {

@@ -67,6 +67,13 @@ impl NodeCore {
                 group.removed_at = None;
             }
             if let Some(epoch) = self.groups[g].removed_at {
+                if self.groups[g].raft.log_adds_after(self.config.node, epoch) {
+                    // Added back by a change not committed yet, whose entries it may
+                    // have acknowledged already: it stays until that change commits
+                    // (above) or is overwritten.
+                    self.maybe_snapshot(g);
+                    continue;
+                }
                 #[cfg(feature = "planted-bugs")]
                 if self.removed_replica_serves_reads {
                     self.maybe_snapshot(g);

@@ -166,13 +166,21 @@ fn options(args: &Args, seed: u64) -> Result<SimOptions> {
     Ok(o)
 }
 
-/// The admin's requests, for the Moves profile's seeds (empty for the others).
+/// The admin's requests, for the Moves and Churn profiles' seeds (empty for the others).
 fn admin_summary(a: &AdminCounts) -> String {
     if a.moves_done + a.leader_changes + a.refused + a.abandoned == 0 {
         return String::new();
     }
+    let churn = if a.joins + a.drains + a.dead_removals == 0 {
+        String::new()
+    } else {
+        format!(
+            ", {} joins, {} drains, {} dead-node removals",
+            a.joins, a.drains, a.dead_removals
+        )
+    };
     format!(
-        ", {} moves, {} leader changes, {} admin requests refused, {} abandoned",
+        ", {} moves, {} leader changes, {} admin requests refused, {} abandoned{churn}",
         a.moves_done, a.leader_changes, a.refused, a.abandoned
     )
 }

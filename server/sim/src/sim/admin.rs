@@ -103,14 +103,25 @@ impl Sim {
         if self.phase != Phase::Safety {
             return;
         }
+        if self.churn.is_some() {
+            if let Some((op, route)) = self.churn_step() {
+                let fallback = route.voters.iter().copied().find(|v| match op {
+                    Op::MoveReplica { from, .. } => *v != from,
+                    _ => true,
+                });
+                return self.admin_ask(op, &route, fallback.unwrap_or(route.voters[0]));
+            }
+            if self.churn_busy() {
+                return self.admin_next();
+            }
+        }
         let shard = self.rng.gen_range(0..self.shards);
         let Some(route) = self.freshest_route(shard) else {
             return self.admin_next();
         };
         let outside: Vec<NodeId> = self
-            .ids
-            .iter()
-            .copied()
+            .move_targets()
+            .into_iter()
             .filter(|n| !route.voters.contains(n) && !route.learners.contains(n))
             .collect();
         let voter = route.voters[self.rng.gen_range(0..route.voters.len())];
@@ -127,6 +138,11 @@ impl Sim {
                 node: voter,
             }
         };
+        self.admin_ask(op, &route, voter);
+    }
+
+    /// Starts request `op`, routed by `route`: to its leader, else to `voter`.
+    fn admin_ask(&mut self, op: Op, route: &ShardRoute, voter: NodeId) {
         let target = route.leader.unwrap_or(voter);
         let admin = self.admin.as_mut().expect("admin");
         admin.started += 1;

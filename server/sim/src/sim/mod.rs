@@ -14,6 +14,7 @@ mod checks;
 mod disk;
 mod faults;
 mod figure8;
+mod membership;
 mod network;
 mod phases;
 mod queue;
@@ -32,6 +33,7 @@ use kv_shared::proto::{Op, Outcome, Role};
 use kv_shared::shard::shard_for_key;
 use kv_shared::{ClientId, NodeId};
 use kv_storage::{Recovered, SimDisk, Storage, WalOptions};
+use membership::{MembershipChurn, CHURN_SPARE_NODES};
 use network::NetParams;
 use queue::{Ev, EventQueue};
 use rand::rngs::SmallRng;
@@ -115,6 +117,8 @@ struct Sim {
     admin: Option<Admin>,
     /// With an admin: which shards each node hosted after its last step.
     hosted: Vec<Vec<bool>>,
+    /// The Churn profile's joins, drains and dead nodes.
+    churn: Option<MembershipChurn>,
 }
 
 /// Runs one simulation.
@@ -138,12 +142,14 @@ impl Sim {
             _ => FaultProfile::Mixed,
         };
         let churn = profile == FaultProfile::Churn;
-        let small = churn || profile == FaultProfile::Figure8;
+        let small = profile == FaultProfile::Figure8;
         let moves = profile == FaultProfile::Moves;
         let n = opts.nodes.unwrap_or_else(|| {
             let drawn = rng.gen_range(3..=7);
             if small {
                 3
+            } else if churn {
+                4
             } else if moves {
                 4 + drawn % 2
             } else {
@@ -154,14 +160,17 @@ impl Sim {
             let drawn = rng.gen_range(1..=8);
             if small {
                 1
-            } else if moves {
+            } else if moves || churn {
                 1 + drawn % 3
             } else {
                 drawn
             }
         });
         assert!((1..=16).contains(&n) && shards >= 1, "bad cluster shape");
-        let ids: Vec<NodeId> = (1..=n as u64).map(NodeId).collect();
+        // Churn: nodes that may join later follow the bootstrap ones.
+        let spares = if churn { CHURN_SPARE_NODES } else { 0 };
+        let bootstrap: Vec<NodeId> = (1..=n as u64).map(NodeId).collect();
+        let ids: Vec<NodeId> = (1..=(n + spares) as u64).map(NodeId).collect();
         let faulty = opts.faults != FaultMix::None;
         let mut net = if faulty {
             NetParams {
@@ -194,7 +203,7 @@ impl Sim {
         // scripts partitions of the whole cluster around one group on every node.
         let replication = opts.replication.unwrap_or_else(|| {
             let drawn = tuning_rng.gen_range(1..=n);
-            if moves {
+            if moves || churn {
                 3.min(n)
             } else if profile == FaultProfile::Figure8 || tuning_rng.gen_bool(0.5) {
                 n
@@ -206,7 +215,9 @@ impl Sim {
         let nodes = ids
             .iter()
             .map(|&id| {
-                let mut config = NodeConfig::for_test(id, ids.clone(), shards);
+                // The placement comes from the bootstrap nodes only: a node that joins
+                // starts empty.
+                let mut config = NodeConfig::for_test(id, bootstrap.clone(), shards);
                 config.replication = replication;
                 config.raft.heartbeat_ticks = 2;
                 config.raft.election_ticks_min = 10;
@@ -248,7 +259,7 @@ impl Sim {
             let pad = [0, 12_000, 24_000][rng.gen_range(0..3)];
             for c in &mut clients {
                 c.value_pad_bytes = pad;
-                if moves {
+                if moves || churn {
                     c.stale_read_percent = MOVES_STALE_READ_PERCENT;
                 }
             }
@@ -291,7 +302,7 @@ impl Sim {
             liveness_start_ns: 0,
             ok_at_liveness: Vec::new(),
             stats: Stats {
-                nodes: n,
+                nodes: n + spares,
                 shards,
                 replication,
                 ..Stats::default()
@@ -302,8 +313,9 @@ impl Sim {
             request_timeout_ticks,
             profile,
             fig8: Fig8::Idle { start_ns: 0 },
-            admin: moves.then(Admin::default),
+            admin: (moves || churn).then(Admin::default),
             hosted: Vec::new(),
+            churn: churn.then(|| MembershipChurn::new((n..n + spares).collect())),
             opts,
         }
     }
@@ -337,6 +349,9 @@ impl Sim {
             ),
         );
         for i in 0..self.nodes.len() {
+            if self.out_of_cluster(i) {
+                continue;
+            }
             self.start_node(i);
             let phase = self.rng.gen_range(0..TICK_NS);
             self.at(phase, Ev::Tick(i));
@@ -393,7 +408,9 @@ impl Sim {
                 self.after_input(i);
                 self.check_progress(i);
                 self.check_unanswered(i);
-                if i == 0 && self.phase == Phase::Liveness {
+                // Once a tick, on the first node still in the cluster.
+                let first = (0..self.nodes.len()).find(|&j| !self.out_of_cluster(j));
+                if self.phase == Phase::Liveness && first == Some(i) {
                     self.check_liveness_done();
                 }
             }
@@ -497,7 +514,7 @@ impl Sim {
                 }
             }
             Ev::Restart(i) => {
-                if self.nodes[i].run.is_none() {
+                if self.nodes[i].run.is_none() && !self.out_of_cluster(i) {
                     self.start_node(i);
                 }
             }
@@ -572,6 +589,7 @@ impl Sim {
         node.disk_free_ns = self.now;
         node.disk_sync_start_ns = self.now;
         node.run = Some(Running { core, storage });
+        self.tell_registry(i);
         self.checker.restarted(self.ids[i], logs);
         if self.nodes[i].inc > 1 {
             self.trace

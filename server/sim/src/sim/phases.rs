@@ -17,7 +17,7 @@ impl Sim {
         for i in 0..self.nodes.len() {
             self.nodes[i].paused = false;
             self.nodes[i].disk_slow = false;
-            if self.nodes[i].run.is_none() {
+            if self.nodes[i].run.is_none() && !self.out_of_cluster(i) {
                 self.start_node(i);
             }
         }
@@ -26,7 +26,10 @@ impl Sim {
 
     fn agreed_leader(&self, s: u32) -> Option<NodeId> {
         let mut leader = None;
-        for n in &self.nodes {
+        for (i, n) in self.nodes.iter().enumerate() {
+            if self.out_of_cluster(i) {
+                continue;
+            }
             let r = n.run.as_ref()?;
             let Some(v) = r.core.group_view(ShardId(s)) else {
                 continue;

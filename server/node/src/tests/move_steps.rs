@@ -1,0 +1,71 @@
+//! Moves whose steps race each other: a leader must take a move's next step only once
+//! the previous one took effect, whatever a late learner or a lost leadership does.
+
+use super::*;
+
+/// Ticks until the leader `l` lists node 4 as a learner of shard 0.
+fn until_learner(c: &mut Cluster, l: usize) {
+    for _ in 0..200 {
+        if c.nodes[l]
+            .shard_route(ShardId(0))
+            .learners
+            .contains(&NodeId(4))
+        {
+            return;
+        }
+        c.tick(1);
+    }
+    panic!("node 4 never became a learner");
+}
+
+/// A learner silent for too long makes its leader propose the move's end (undone); if the
+/// learner catches up while that end is not yet committed, the leader must not promote
+/// it too: both would commit, and the shard would keep four voters with no move in
+/// flight to remove the fourth (kvsim moves seeds 1217, 1479, 1713).
+#[test]
+fn a_learner_catching_up_after_its_leader_undid_the_move_is_not_promoted() {
+    let shard = ShardId(0);
+    let mut c = four_nodes_one_shard_on_three();
+    let l = c.leader(shard);
+    let followers: Vec<usize> = (0..3).filter(|&i| i != l).collect();
+    let from = followers[0] as u64 + 1;
+    // The learner hears nothing of the shard: it stays silent.
+    c.cut_shards.push((3, shard));
+    c.request(l, 2, move_req(50, from, 4));
+    c.flush(l);
+    until_learner(&mut c, l);
+    let silence_ticks = crate::moves::MOVE_LEARNER_SILENT_ELECTIONS_MAX as usize
+        * c.nodes[0].config().raft.election_ticks_max as usize;
+    c.tick(silence_ticks - 3);
+    // The followers hear nothing either (for less than an election timeout): the move's
+    // end, proposed at the silence limit, is not committed.
+    c.cut_shards.extend(followers.iter().map(|&f| (f, shard)));
+    c.tick(5);
+    // Now the learner hears its leader and catches up with the stuck commit index.
+    c.cut_shards.retain(|&(i, _)| i != 3);
+    c.tick(3);
+    c.cut_shards.clear();
+    assert_eq!(c.leader(shard), l, "the leader kept its leadership");
+    c.tick(60);
+    let route = c.nodes[c.leader(shard)].shard_route(shard);
+    assert!(
+        route.voters.len() == 3 && route.learners.is_empty(),
+        "the undone move left {route:?}"
+    );
+    assert!(
+        !route.voters.contains(&NodeId(4)) && route.voters.contains(&NodeId(from)),
+        "{route:?}"
+    );
+    // The first attempt timed out long ago; a retry gets the outcome the session holds.
+    let answered = c.until_answered(3, move_req(50, from, 4), 200);
+    assert!(
+        matches!(
+            answered,
+            Outcome::Error(ClientError::MoveRefused {
+                reason: kv_shared::proto::MoveRefusal::CatchUpTimedOut { .. },
+                ..
+            })
+        ),
+        "{answered:?}"
+    );
+}
