@@ -217,9 +217,7 @@ impl BalanceOutput {
                 for f in failed {
                     out.push_str(&format!("\n  failed, {}: {}", move_text(&f.mv), f.error));
                 }
-                for s in stuck {
-                    out.push_str(&format!("\n  stuck: {}", describe_stuck(s)));
-                }
+                out.push_str(&stuck_lines(stuck, "  "));
                 out.push('\n');
                 out.push_str(&assessment_text(assessment));
                 out
@@ -241,9 +239,7 @@ impl BalanceOutput {
                     out.push_str(&format!("\nround {}:", i + 1));
                     out.push_str(&plan_lines(r));
                 }
-                for s in stuck {
-                    out.push_str(&format!("\nstuck: {}", describe_stuck(s)));
-                }
+                out.push_str(&stuck_lines(stuck, ""));
                 out.push_str("\nafterwards:\n");
                 out.push_str(&assessment_text(after));
                 out
@@ -280,9 +276,7 @@ impl BalanceOutput {
                     ));
                     out.push_str(&plan_lines(next));
                 }
-                for s in &next.stuck {
-                    out.push_str(&format!("\nstuck: {}", describe_stuck(s)));
-                }
+                out.push_str(&stuck_lines(&next.stuck, ""));
                 out
             }
         }
@@ -374,6 +368,14 @@ fn reason_name(r: MoveReason) -> &'static str {
         MoveReason::Evacuate => "evacuate",
         MoveReason::Balance => "balance",
     }
+}
+
+/// One line per shard the plan cannot place, each after a newline and `indent`.
+fn stuck_lines(stuck: &[Stuck], indent: &str) -> String {
+    stuck
+        .iter()
+        .map(|s| format!("\n{indent}stuck: {}", describe_stuck(s)))
+        .collect()
 }
 
 fn plan_lines(p: &Plan) -> String {

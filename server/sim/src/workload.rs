@@ -395,8 +395,8 @@ impl Client {
                 } else if self.leader_cache[s] == Some(node) {
                     // It holds no replica it can serve and knows no newer set than ours
                     // (it forgot the shard, or restarted after its removal): not the
-                    // leader to go back to, as kvcli also forgets it (kvsim moves seed
-                    // 343 asked it forever).
+                    // leader to go back to, as kvcli also forgets it (kept, a client
+                    // would ask it forever).
                     self.leader_cache[s] = None;
                 }
                 if newer && self.leader_cache[s].is_some() {
