@@ -43,6 +43,26 @@ pub fn with_cluster(config: &str, args: &[&str], timeout: Duration) -> Run {
     run(&all, "", timeout)
 }
 
+/// One JSON object from a kvcli run's stdout (a `--json` command).
+pub fn json_of(run: &Run) -> serde_json::Value {
+    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("JSON: {e}: {run:?}"))
+}
+
+/// `kvcli --json status`'s shard rows.
+pub fn shard_rows(config: &str, timeout: Duration) -> Vec<serde_json::Value> {
+    let run = with_cluster(config, &["--json", "status"], timeout);
+    json_of(&run)["shards"].as_array().expect("shards").clone()
+}
+
+/// A JSON array of node ids, as `--json` output lists voters, learners and nodes.
+pub fn node_ids(v: &serde_json::Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("an array of ids: {v}"))
+        .iter()
+        .map(|n| n.as_u64().expect("node id"))
+        .collect()
+}
+
 /// Runs `kvcli args...`, feeding `stdin` then closing it, and waits up to `timeout`.
 /// Panics (after killing it) if it does not exit in time.
 pub fn run(args: &[&str], stdin: &str, timeout: Duration) -> Run {

@@ -20,34 +20,15 @@ const DOWN_AFTER_MS: u64 = 3_000;
 const REBUILD_MAX: Duration = Duration::from_secs(30);
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn json_of(run: &cli::Run) -> Value {
-    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("JSON: {e}: {run:?}"))
-}
-
-/// `kvcli --json status`'s shard rows.
-fn shard_rows(config: &str) -> Vec<Value> {
-    let run = cli::with_cluster(config, &["--json", "status"], CLI_TIMEOUT);
-    json_of(&run)["shards"].as_array().expect("shards").clone()
-}
-
-fn ids(row: &Value, field: &str) -> Vec<u64> {
-    row[field]
-        .as_array()
-        .unwrap_or_else(|| panic!("{field} in {row}"))
-        .iter()
-        .map(|v| v.as_u64().expect("node id"))
-        .collect()
-}
-
 /// Shards that list `node` as a voter, and shards with a learner (a move in flight).
 fn on_node_and_moving(rows: &[Value], node: u64) -> (usize, usize) {
     let on = rows
         .iter()
-        .filter(|r| ids(r, "voters").contains(&node))
+        .filter(|r| cli::node_ids(&r["voters"]).contains(&node))
         .count();
     let moving = rows
         .iter()
-        .filter(|r| !ids(r, "learners").is_empty())
+        .filter(|r| !cli::node_ids(&r["learners"]).is_empty())
         .count();
     (on, moving)
 }
@@ -60,7 +41,7 @@ fn under_replicated(rows: &[Value]) -> usize {
 
 fn rebalance_status(config: &str) -> Value {
     let run = cli::with_cluster(config, &["--json", "rebalance", "status"], CLI_TIMEOUT);
-    json_of(&run)
+    cli::json_of(&run)
 }
 
 #[test]
@@ -93,19 +74,19 @@ fn the_balancer_alone_rebuilds_a_dead_nodes_replicas_and_starts_nothing_while_pa
     eprintln!("balancer before the pause: {}", running["balancer"]);
     let run = cli::with_cluster(&config, &["--json", "rebalance", "pause"], CLI_TIMEOUT);
     assert_eq!(run.code, Some(0), "{run:?}");
-    assert_eq!(json_of(&run)["balancer"], "paused");
+    assert_eq!(cli::json_of(&run)["balancer"], "paused");
     let status = rebalance_status(&config);
     assert_eq!(status["balancer"]["mode"], "paused", "{status}");
 
     // 2. kill -9 node 4 while paused: its shards stay under-replicated, no move starts.
-    let rows = shard_rows(&config);
+    let rows = cli::shard_rows(&config, CLI_TIMEOUT);
     let (on_4, moving) = on_node_and_moving(&rows, 4);
     assert!(on_4 > 0, "node 4 holds replicas: {rows:?}");
     assert_eq!(moving, 0, "{rows:?}");
     c.kill9(NodeId(4));
     let killed = Instant::now();
     std::thread::sleep(Duration::from_millis(3 * DOWN_AFTER_MS));
-    let rows = shard_rows(&config);
+    let rows = cli::shard_rows(&config, CLI_TIMEOUT);
     assert_eq!(
         on_node_and_moving(&rows, 4),
         (on_4, 0),
@@ -119,7 +100,7 @@ fn the_balancer_alone_rebuilds_a_dead_nodes_replicas_and_starts_nothing_while_pa
     assert_eq!(run.code, Some(0), "{run:?}");
     let resumed = Instant::now();
     let rows = loop {
-        let rows = shard_rows(&config);
+        let rows = cli::shard_rows(&config, CLI_TIMEOUT);
         let done = under_replicated(&rows) == 0 && on_node_and_moving(&rows, 4) == (0, 0);
         if done {
             break rows;
@@ -135,7 +116,7 @@ fn the_balancer_alone_rebuilds_a_dead_nodes_replicas_and_starts_nothing_while_pa
         resumed.elapsed().as_millis()
     );
     for row in &rows {
-        let voters = ids(row, "voters");
+        let voters = cli::node_ids(&row["voters"]);
         assert_eq!(voters.len(), 3, "{row}");
         assert!(!voters.contains(&4), "{row}");
     }

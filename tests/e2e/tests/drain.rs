@@ -25,30 +25,10 @@ const LEADERS_TIMEOUT: Duration = Duration::from_secs(20);
 const DRIVE_WAIT_S: u64 = 60;
 const BENCH_SECONDS: u64 = 45;
 
-/// One JSON object from a kvcli run's stdout.
-fn json_of(run: &cli::Run) -> Value {
-    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("JSON: {e}: {run:?}"))
-}
-
-/// `kvcli --json status`'s shard rows.
-fn shard_rows(config: &str) -> Vec<Value> {
-    let run = cli::with_cluster(config, &["--json", "status"], Duration::from_secs(30));
-    json_of(&run)["shards"].as_array().expect("shards").clone()
-}
-
-fn ids(row: &Value, field: &str) -> Vec<u64> {
-    row[field]
-        .as_array()
-        .unwrap_or_else(|| panic!("{field} in {row}"))
-        .iter()
-        .map(|v| v.as_u64().expect("node id"))
-        .collect()
-}
-
 /// Node `id`'s state in `kvcli --json node list`.
 fn registry_state(config: &str, id: u64) -> Value {
     let run = cli::with_cluster(config, &["--json", "node", "list"], Duration::from_secs(30));
-    let list = json_of(&run);
+    let list = cli::json_of(&run);
     let nodes = list["nodes"].as_array().expect("nodes");
     let row = nodes.iter().find(|n| n["id"] == id);
     row.map_or(Value::Null, |r| r["state"].clone())
@@ -58,13 +38,16 @@ fn registry_state(config: &str, id: u64) -> Value {
 fn assert_three_voters_without(rows: &[Value], gone: &[u64]) {
     assert_eq!(rows.len(), SHARDS as usize);
     for row in rows {
-        let voters = ids(row, "voters");
+        let voters = cli::node_ids(&row["voters"]);
         assert_eq!(voters.len(), 3, "3 voters: {row}");
         assert!(
             voters.iter().all(|v| !gone.contains(v)),
             "none of {gone:?}: {row}"
         );
-        assert!(ids(row, "learners").is_empty(), "no learner: {row}");
+        assert!(
+            cli::node_ids(&row["learners"]).is_empty(),
+            "no learner: {row}"
+        );
     }
 }
 
@@ -93,7 +76,7 @@ fn a_drained_node_ends_empty_and_a_dead_ones_replicas_are_rebuilt_under_load() {
         timeout,
     );
     assert_eq!(run.code, Some(0), "node drain 5: {run:?}");
-    let drained = json_of(&run);
+    let drained = cli::json_of(&run);
     assert_eq!(drained["node"], 5, "{drained}");
     let moves = drained["moves"].as_array().expect("moves");
     assert!(!moves.is_empty(), "node 5 held replicas: {drained}");
@@ -104,7 +87,7 @@ fn a_drained_node_ends_empty_and_a_dead_ones_replicas_are_rebuilt_under_load() {
         run.stderr
     );
     assert_eq!(drained["registry_state"], "removed", "{drained}");
-    let rows = shard_rows(&config);
+    let rows = cli::shard_rows(&config, Duration::from_secs(30));
     assert_three_voters_without(&rows, &[5]);
     assert_eq!(registry_state(&config, 5), "removed");
     // Removed, node 5 hears so from the registry and stops: its id is never used again.
@@ -124,12 +107,12 @@ fn a_drained_node_ends_empty_and_a_dead_ones_replicas_are_rebuilt_under_load() {
     // 2. kill -9 node 4, then rebuild its replicas on the live nodes.
     let on_4 = rows
         .iter()
-        .filter(|r| ids(r, "voters").contains(&4))
+        .filter(|r| cli::node_ids(&r["voters"]).contains(&4))
         .count();
     assert!(on_4 > 0, "node 4 holds replicas: {rows:?}");
     c.kill9(NodeId(4));
     let killed = Instant::now();
-    let rows = shard_rows(&config);
+    let rows = cli::shard_rows(&config, Duration::from_secs(30));
     let under = rows
         .iter()
         .filter(|r| r["under_replicated"] == true)
@@ -144,10 +127,10 @@ fn a_drained_node_ends_empty_and_a_dead_ones_replicas_are_rebuilt_under_load() {
         timeout,
     );
     assert_eq!(run.code, Some(0), "node remove 4 --dead: {run:?}");
-    let removed = json_of(&run);
+    let removed = cli::json_of(&run);
     assert_eq!(removed["node_state"], "dead", "{removed}");
     assert_eq!(registry_state(&config, 4), "removed");
-    let rows = shard_rows(&config);
+    let rows = cli::shard_rows(&config, Duration::from_secs(30));
     let under = rows
         .iter()
         .filter(|r| r["under_replicated"] == true)

@@ -34,24 +34,11 @@ const BENCH_RUN_SECONDS: u64 = 10;
 /// How long a node may take to register, or to be refused.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One JSON object from a kvcli run's stdout.
-fn json_of(run: &cli::Run) -> Value {
-    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("JSON: {e}: {run:?}"))
-}
-
-fn ids(v: &Value) -> Vec<u64> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("an array of ids: {v}"))
-        .iter()
-        .map(|n| n.as_u64().expect("node id"))
-        .collect()
-}
-
 /// `kvcli --json status` (exit 0 or 1: a shard may be between leaders).
 fn status(config: &str) -> Value {
     let run = cli::with_cluster(config, &["--json", "status"], Duration::from_secs(30));
     assert!(matches!(run.code, Some(0 | 1)), "status: {run:?}");
-    json_of(&run)
+    cli::json_of(&run)
 }
 
 /// The nodes `status` found reachable.
@@ -69,7 +56,10 @@ fn reachable(status: &Value) -> BTreeSet<u64> {
 fn shares(status: &Value) -> (BTreeMap<u64, usize>, BTreeMap<u64, usize>) {
     let (mut replicas, mut leaders) = (BTreeMap::new(), BTreeMap::new());
     for row in status["shards"].as_array().expect("shards") {
-        for n in ids(&row["voters"]).into_iter().chain(ids(&row["learners"])) {
+        for n in cli::node_ids(&row["voters"])
+            .into_iter()
+            .chain(cli::node_ids(&row["learners"]))
+        {
             *replicas.entry(n).or_default() += 1;
         }
         if let Some(l) = row["leader"].as_u64() {
@@ -92,11 +82,11 @@ fn unbalanced(status: &Value, live: &BTreeSet<u64>) -> Option<String> {
         return Some(format!("{} shard rows", rows.len()));
     }
     for row in rows {
-        let voters = ids(&row["voters"]);
+        let voters = cli::node_ids(&row["voters"]);
         let leader = row["leader"].as_u64();
         let ok = voters.len() == REPLICATION
             && voters.iter().all(|v| live.contains(v))
-            && ids(&row["learners"]).is_empty()
+            && cli::node_ids(&row["learners"]).is_empty()
             && leader.is_some_and(|l| voters.contains(&l));
         if !ok {
             return Some(format!("shard row {row}"));
@@ -169,7 +159,7 @@ fn free_udp(ip: &str) -> SocketAddr {
 /// `kvcli --json node list`'s row of `id`.
 fn listed(config: &str, id: u64) -> Option<Value> {
     let run = cli::with_cluster(config, &["--json", "node", "list"], Duration::from_secs(30));
-    let list = json_of(&run);
+    let list = cli::json_of(&run);
     list["nodes"]
         .as_array()?
         .iter()
@@ -254,7 +244,7 @@ fn drive(config: &str, args: &[&str]) -> Value {
     all.extend_from_slice(&["--wait", &wait]);
     let run = cli::with_cluster(config, &all, Duration::from_secs(DRIVE_WAIT_S + 30));
     assert_eq!(run.code, Some(0), "{args:?}: {run:?}");
-    json_of(&run)
+    cli::json_of(&run)
 }
 
 #[test]
@@ -318,9 +308,9 @@ fn three_nodes_grow_to_five_drain_lose_one_and_replace_it_under_checked_load() {
     let rows = st["shards"].as_array().expect("shards");
     assert!(
         rows.iter().all(|r| r["under_replicated"] == false
-            && ids(&r["voters"]).len() == REPLICATION
-            && !ids(&r["voters"]).contains(&4)
-            && !ids(&r["voters"]).contains(&5)),
+            && cli::node_ids(&r["voters"]).len() == REPLICATION
+            && !cli::node_ids(&r["voters"]).contains(&4)
+            && !cli::node_ids(&r["voters"]).contains(&5)),
         "every shard has 3 voters on live nodes: {st}"
     );
     eprintln!(
