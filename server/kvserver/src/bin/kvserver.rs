@@ -23,8 +23,10 @@ const EXIT_RUNTIME: u8 = 1;
 
 /// Run one node of a raftkv cluster.
 ///
-/// The node listens on the UDP address the cluster file gives it, for peers and clients
-/// alike, hosts a replica of every shard, and keeps its write-ahead log and snapshots in
+/// The node listens on the UDP address the cluster file gives it (or --listen, for a node
+/// that joins with --join), for peers and clients alike. It hosts the replicas the
+/// cluster places on it (each shard lives on `replication` of the nodes, and replicas
+/// move as nodes join, drain and leave) and keeps its write-ahead log and snapshots in
 /// its data directory. SIGTERM or SIGINT stops it cleanly (exit 0).
 ///
 /// Every datagram is authenticated: the cluster file names the cluster key (key_file)
