@@ -1,0 +1,307 @@
+//! The loop itself: what wakes it, the inputs it feeds the core between flushes (disk
+//! completions, ticks, registration news, the Redis gateway's reads), the periodic metrics,
+//! and the orderly finish on shutdown.
+
+use super::{EventLoop, ServerError, METRICS_INTERVAL, METRICS_SYNC_TICKS};
+use crate::balancer::Leadership;
+use crate::disk::DiskEvent;
+use crate::registration::RegistrationEvent;
+use crate::resp::local::{LocalRead, LOCAL_TOKEN};
+use kv_node::WriteRefusal;
+use kv_shared::auth::ReplayWindow;
+use kv_shared::registry::{NodeState, METADATA_SHARD};
+use std::future::Future;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::MissedTickBehavior;
+
+/// What woke the loop up.
+enum Wake {
+    Shutdown,
+    Disk(Option<DiskEvent>),
+    Tick,
+    Readable(std::io::Result<()>),
+    Metrics,
+    LocalReads(Vec<LocalRead>),
+    Registration(Option<RegistrationEvent>),
+}
+
+impl EventLoop {
+    pub(super) async fn run(
+        mut self,
+        mut events: UnboundedReceiver<DiskEvent>,
+        tick: Duration,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError> {
+        let mut ticker = tokio::time::interval(tick);
+        // A late tick is not made up for with a burst: Raft timeouts only get longer.
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut metrics = tokio::time::interval_at(
+            tokio::time::Instant::now() + METRICS_INTERVAL,
+            METRICS_INTERVAL,
+        );
+        tokio::pin!(shutdown);
+        let result = loop {
+            let wake = tokio::select! {
+                biased;
+                () = &mut shutdown => Wake::Shutdown,
+                ev = events.recv() => Wake::Disk(ev),
+                _ = ticker.tick() => Wake::Tick,
+                r = self.socket.readable() => Wake::Readable(r),
+                _ = metrics.tick() => Wake::Metrics,
+                reads = self.local_reads.next() => Wake::LocalReads(reads),
+                ev = self.registration.recv(), if self.registration_open => Wake::Registration(ev),
+            };
+            let step = match wake {
+                Wake::Shutdown => break Ok(()),
+                Wake::Disk(None) => Err(ServerError::DiskThreadStopped),
+                Wake::Disk(Some(ev)) => self.on_disk_events(ev, &mut events),
+                Wake::Registration(ev) => self.on_registration(ev),
+                Wake::Tick if !self.taking_part => Ok(()),
+                Wake::Tick => {
+                    // Wall time only feeds the status table ("ms since a peer was heard").
+                    self.core.set_now_ms(self.now_ms());
+                    self.core.tick();
+                    self.ticks += 1;
+                    if self.ticks.is_multiple_of(METRICS_SYNC_TICKS) {
+                        self.sync_metrics();
+                        self.sync_peers();
+                        self.feed_balancer();
+                    }
+                    Ok(())
+                }
+                Wake::Readable(Ok(())) => {
+                    self.drain_socket();
+                    Ok(())
+                }
+                Wake::Readable(Err(e)) => Err(e.into()),
+                Wake::Metrics => {
+                    self.log_metrics();
+                    Ok(())
+                }
+                Wake::LocalReads(reads) => {
+                    self.on_local_reads(reads);
+                    Ok(())
+                }
+            };
+            if let Err(e) = step.and_then(|()| self.gather_ready(&mut events)) {
+                break Err(e);
+            }
+            self.flush().await;
+            if self.disk.is_none() {
+                break Err(ServerError::DiskThreadStopped);
+            }
+        };
+        self.finish(events, result).await
+    }
+
+    /// Takes in every other input that is already waiting (disk completions, queued
+    /// datagrams) so that one flush answers them all: acks released by an fsync and the
+    /// replies to datagrams that arrived meanwhile leave in one datagram per peer instead
+    /// of one per input. Costs no syscall when nothing is waiting (tokio knows the
+    /// socket's readiness without asking the kernel).
+    fn gather_ready(
+        &mut self,
+        events: &mut UnboundedReceiver<DiskEvent>,
+    ) -> Result<(), ServerError> {
+        if let Ok(ev) = events.try_recv() {
+            self.on_disk_events(ev, events)?;
+        }
+        self.drain_socket();
+        while let Some(reads) = self.local_reads.try_next() {
+            self.on_local_reads(reads);
+        }
+        Ok(())
+    }
+
+    /// The Redis gateway's reads: straight into the core (already bound to a client name
+    /// and reads only, so no permission or disk-full check applies).
+    fn on_local_reads(&mut self, reads: Vec<LocalRead>) {
+        for read in reads {
+            let request = self.local_reads.take(read);
+            self.core.on_client_request(LOCAL_TOKEN, request);
+        }
+    }
+
+    /// What the registration task found.
+    fn on_registration(&mut self, ev: Option<RegistrationEvent>) -> Result<(), ServerError> {
+        match ev {
+            // The task ended: nothing more will come.
+            None => self.registration_open = false,
+            Some(RegistrationEvent::Heard(registry)) => {
+                self.core.learn_registry(registry);
+                self.sync_peers();
+            }
+            Some(RegistrationEvent::Cleared) => {
+                tracing::info!(
+                    node = self.me.0,
+                    "new data directory: no node knows this id under another one; taking part"
+                );
+                self.taking_part = true;
+            }
+            Some(RegistrationEvent::Registered) => {
+                tracing::info!(node = self.me.0, "registered in the node registry");
+            }
+            Some(RegistrationEvent::Refused(refusal)) => return Err(ServerError::Refused(refusal)),
+        }
+        Ok(())
+    }
+
+    /// Makes a peer of every node the registry lists that this node does not know yet
+    /// (joined after the cluster file was written), and follows a joined node's new
+    /// address (never a cluster-file node's): only such nodes' datagrams are opened, and
+    /// only they are sent to.
+    pub(super) fn sync_peers(&mut self) {
+        let Some(registry) = self.core.registry() else {
+            return;
+        };
+        for r in registry.nodes.iter().filter(|r| r.id != self.me) {
+            if r.state == NodeState::Removed {
+                continue;
+            }
+            match self.peers.iter().position(|(id, _)| *id == r.id) {
+                Some(i) if i >= self.file_peers => self.peers[i].1 = r.addr,
+                Some(_) => {}
+                None => {
+                    tracing::info!(peer = r.id.0, addr = %r.addr, "a registered node becomes a peer");
+                    self.peers.push((r.id, r.addr));
+                    self.peer_windows.push(ReplayWindow::default());
+                    self.hello_due.push(false);
+                    self.peer_send.push(self.keys.peer_sender(self.me, r.id));
+                    self.peer_recv.push(self.keys.peer_receivers(self.me, r.id));
+                }
+            }
+        }
+    }
+
+    /// Tells the balancer whether this node leads the metadata group, with its registry
+    /// (only when that changed).
+    fn feed_balancer(&self) {
+        if let Some(feed) = &self.balancer_feed {
+            let leads = self.core.leader_of(METADATA_SHARD) == Some(self.me);
+            let now = Leadership {
+                leads,
+                registry: self.core.registry(),
+            };
+            feed.send_if_modified(|had| {
+                let changed = *had != now;
+                if changed {
+                    *had = now;
+                }
+                changed
+            });
+        }
+    }
+
+    /// Milliseconds since the node started.
+    pub(super) fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Handles `first` and every other disk event already queued.
+    fn on_disk_events(
+        &mut self,
+        first: DiskEvent,
+        events: &mut UnboundedReceiver<DiskEvent>,
+    ) -> Result<(), ServerError> {
+        let mut next = Some(first);
+        while let Some(ev) = next {
+            match ev {
+                DiskEvent::Done(ids) => {
+                    for id in ids {
+                        self.core.on_disk_done(id);
+                    }
+                }
+                DiskEvent::Full(reason) => {
+                    tracing::error!(
+                        "{reason}: refusing client writes until space frees up \
+                         (reads are still served; the stalled write is retried every {:?})",
+                        crate::disk::DISK_FULL_RETRY
+                    );
+                    self.core.refuse_writes(Some(WriteRefusal::DiskFull));
+                }
+                DiskEvent::Recovered => {
+                    tracing::info!("disk has room again: accepting client writes");
+                    self.core.refuse_writes(None);
+                }
+                DiskEvent::Failed(error) => return Err(ServerError::Disk(error)),
+            }
+            next = events.try_recv().ok();
+        }
+        Ok(())
+    }
+
+    pub(super) fn sync_metrics(&self) {
+        let status = self.core.status();
+        for s in &status.shards {
+            if let Some(view) = self.core.group_view(s.shard) {
+                self.metrics.proposals_to(s.shard.0, view.proposed_writes);
+            }
+        }
+        self.metrics
+            .sync(&status, &self.counters, self.core.pending_requests());
+    }
+
+    fn log_metrics(&mut self) {
+        let c = &self.counters;
+        let drops = c.drops_total();
+        if drops > self.drops_logged {
+            tracing::info!(
+                datagrams_in = c.datagrams_in,
+                datagrams_out = c.datagrams_out,
+                client_requests = c.client_requests,
+                "datagrams dropped so far: {}",
+                c.drops_summary()
+            );
+        } else {
+            tracing::debug!(
+                datagrams_in = c.datagrams_in,
+                datagrams_out = c.datagrams_out,
+                client_requests = c.client_requests,
+                "traffic; drops: {}",
+                c.drops_summary()
+            );
+        }
+        self.drops_logged = drops;
+    }
+
+    /// Shutdown (or a fatal error): close the disk queue, wait for the batch in progress,
+    /// and on a clean shutdown let the core release what that batch made durable.
+    async fn finish(
+        mut self,
+        mut events: UnboundedReceiver<DiskEvent>,
+        result: Result<(), ServerError>,
+    ) -> Result<(), ServerError> {
+        if let Some(disk) = self.disk.take() {
+            let joined = tokio::task::spawn_blocking(move || disk.finish()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::error!("the disk thread panicked");
+            }
+        }
+        let mut failed = None;
+        while let Ok(ev) = events.try_recv() {
+            match ev {
+                DiskEvent::Done(ids) if result.is_ok() => {
+                    for id in ids {
+                        self.core.on_disk_done(id);
+                    }
+                }
+                DiskEvent::Failed(error) => failed = Some(error),
+                DiskEvent::Done(_) | DiskEvent::Full(_) | DiskEvent::Recovered => {}
+            }
+        }
+        if result.is_ok() {
+            self.flush().await;
+        }
+        // A storage failure's own words beat the generic "the disk thread stopped".
+        let result = match (result, failed) {
+            (Ok(()) | Err(ServerError::Disk(_) | ServerError::DiskThreadStopped), Some(error)) => {
+                Err(ServerError::Disk(error))
+            }
+            (result, _) => result,
+        };
+        self.log_metrics();
+        tracing::info!(node = self.me.0, "kvserver node stopped");
+        result
+    }
+}

@@ -1,0 +1,218 @@
+//! What leaves on the socket: the core's output acted on in order (disk writes, peer
+//! datagrams, hellos, client replies batched per address), each datagram sealed in place
+//! under the receiver's key with the next stamp of this incarnation.
+
+use super::EventLoop;
+use crate::core_events;
+use crate::net::{ClientRoute, DropReason};
+use crate::resp::local::LOCAL_TOKEN;
+use kv_shared::auth::{Stamp, BODY_BYTES_MAX, BODY_OFFSET, TAG_BYTES};
+use kv_shared::pack::{encoded_bytes, pack, PackLimit};
+use kv_shared::proto::{ClientReply, Outcome};
+use kv_shared::wire::Kind;
+use kv_shared::NodeId;
+use std::net::SocketAddr;
+
+impl EventLoop {
+    /// The stamp of the next datagram this node seals, to a receiver whose incarnation
+    /// this node knows to be `echo` (0: unknown).
+    fn next_stamp(&mut self, echo: u64) -> Stamp {
+        let counter = self.sent_counter;
+        self.sent_counter += 1;
+        Stamp {
+            incarnation: self.incarnation,
+            counter,
+            echo,
+        }
+    }
+
+    /// Takes the core's output and acts on it: disk writes, then datagrams, then replies.
+    pub(super) async fn flush(&mut self) {
+        let out = self.core.take_output();
+        for e in &out.events {
+            core_events::record(self.me, e, &self.metrics);
+        }
+        match &self.disk {
+            Some(disk) => {
+                for w in out.disk_writes {
+                    if disk.submit(w).is_err() {
+                        // The thread stopped; its Failed event (or the closed channel)
+                        // ends the loop. Nothing of this write is acknowledged.
+                        self.disk = None;
+                        break;
+                    }
+                }
+                for shard in out.removed_shards {
+                    if self
+                        .disk
+                        .as_ref()
+                        .is_some_and(|d| d.remove_group(shard).is_err())
+                    {
+                        self.disk = None;
+                    }
+                }
+            }
+            None => {
+                if !out.disk_writes.is_empty() {
+                    tracing::debug!(
+                        writes = out.disk_writes.len(),
+                        "disk closed for shutdown: dropping writes (nothing depends on them)"
+                    );
+                }
+            }
+        }
+        let knows = |peers: &[(NodeId, SocketAddr)], to: NodeId| peers.iter().any(|p| p.0 == to);
+        if out.datagrams.iter().any(|(to, _)| !knows(&self.peers, *to)) {
+            // The core learnt a registered node (its metadata replica applied the
+            // registration) since the last periodic sync.
+            self.sync_peers();
+        }
+        for (to, msgs) in out.datagrams {
+            let Some(peer) = self.peers.iter().position(|(id, _)| *id == to) else {
+                // A shard's membership may name a node that registered after this node's
+                // newest registry (a node outside the metadata group hears it every 2 s):
+                // Raft resends once the registry lists it and it becomes a peer.
+                tracing::debug!(peer = to.0, "no address yet for a node a shard names");
+                continue;
+            };
+            // codec::split made every batch fit a sealed body.
+            let len = postcard::to_slice(&msgs, self.body_buf())
+                .expect("a batch from codec::split fits BODY_BYTES_MAX")
+                .len();
+            self.send_to_peer(peer, len).await;
+        }
+        for peer in 0..self.peers.len() {
+            if std::mem::take(&mut self.hello_due[peer]) {
+                // An empty batch: its stamp tells the peer this node's incarnation.
+                let empty: &[kv_node::GroupMessage] = &[];
+                let len = postcard::to_slice(empty, self.body_buf())
+                    .expect("an empty batch fits")
+                    .len();
+                self.send_to_peer(peer, len).await;
+            }
+        }
+        for (addr, route, ticket) in std::mem::take(&mut self.client_hellos) {
+            self.send_replies(addr, route, &[], ticket).await;
+        }
+        let mut replies = out.replies;
+        if replies.iter().any(|(token, _)| *token == LOCAL_TOKEN) {
+            let (local, udp) = replies.into_iter().partition(|(t, _)| *t == LOCAL_TOKEN);
+            replies = udp;
+            for (_, reply) in local {
+                self.local_reads.answer(reply);
+            }
+        }
+        if replies.is_empty() {
+            return;
+        }
+        for (_, reply) in &mut replies {
+            self.udp_requests.answered(reply, &self.metrics);
+            if let Outcome::Status(status) = &mut reply.outcome {
+                status.drops = self.counters.drops_by_reason();
+                // The counters /metrics shows, brought up to this instant first.
+                self.sync_metrics();
+                status.counters = self.metrics.counters();
+            }
+        }
+        // Stable: replies to one client keep the core's order within their datagram.
+        replies.sort_by_key(|(token, _)| token.0);
+        for run in replies.chunk_by(|a, b| a.0 == b.0) {
+            let token = run[0].0;
+            let Some((addr, route)) = self.clients.client_of(token) else {
+                let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+                self.counters.dropped(
+                    DropReason::SendFailed,
+                    unknown,
+                    &format_args!("{} replies to a forgotten client address", run.len()),
+                );
+                continue;
+            };
+            let refs: Vec<&ClientReply> = run.iter().map(|(_, r)| r).collect();
+            self.send_replies(addr, route, &refs, 0).await;
+        }
+    }
+
+    /// Where the body of the next datagram is encoded, to be sealed in place.
+    fn body_buf(&mut self) -> &mut [u8] {
+        &mut self.datagram_buf[BODY_OFFSET..BODY_OFFSET + BODY_BYTES_MAX]
+    }
+
+    /// Seals the body of `len` bytes encoded in [`Self::body_buf`] for `peer` and sends it.
+    async fn send_to_peer(&mut self, peer: usize, len: usize) {
+        // Whatever this node sends the peer tells it this node's incarnation.
+        self.hello_due[peer] = false;
+        let stamp = self.next_stamp(self.peer_windows[peer].incarnation());
+        let end = BODY_OFFSET + len + TAG_BYTES;
+        self.peer_send[peer].seal_in_place(
+            Kind::Peer,
+            self.cluster_id,
+            self.me.0,
+            stamp,
+            self.keys.protection,
+            &mut self.datagram_buf[..end],
+        );
+        let datagram = std::mem::take(&mut self.datagram_buf);
+        self.send(&datagram[..end], self.peers[peer].1).await;
+        self.datagram_buf = datagram;
+    }
+
+    /// Sends `replies` to one client, sealed under its key, in as few datagrams as fit,
+    /// their stamps echoing `echo`: 0, or the client's ticket in a hello (no replies, one
+    /// datagram).
+    async fn send_replies(
+        &mut self,
+        addr: SocketAddr,
+        route: ClientRoute,
+        replies: &[&ClientReply],
+        echo: u64,
+    ) {
+        let protection = route.protection;
+        let mut packed = pack(replies.iter().copied(), PackLimit::bytes(BODY_BYTES_MAX));
+        if replies.is_empty() {
+            // A hello: one empty batch whose stamp tells the client its ticket.
+            packed.batches.push(Vec::new());
+        }
+        for reply in &packed.too_large {
+            self.counters.dropped(
+                DropReason::SendFailed,
+                addr,
+                &format_args!(
+                    "a reply of {} bytes does not fit in a datagram (BODY_BYTES_MAX is {BODY_BYTES_MAX})",
+                    encoded_bytes(reply)
+                ),
+            );
+        }
+        for batch in packed.batches {
+            let len = postcard::to_slice(&batch, self.body_buf())
+                .expect("a packed batch fits BODY_BYTES_MAX")
+                .len();
+            let stamp = self.next_stamp(echo);
+            let end = BODY_OFFSET + len + TAG_BYTES;
+            self.keys
+                .client(usize::from(route.key_index))
+                .replies
+                .seal_in_place(
+                    Kind::ClientReplies,
+                    self.cluster_id,
+                    self.me.0,
+                    stamp,
+                    protection,
+                    &mut self.datagram_buf[..end],
+                );
+            let datagram = std::mem::take(&mut self.datagram_buf);
+            self.send(&datagram[..end], addr).await;
+            self.datagram_buf = datagram;
+        }
+    }
+
+    async fn send(&mut self, datagram: &[u8], addr: SocketAddr) {
+        match self.socket.send_to(datagram, addr).await {
+            Ok(_) => self.counters.datagrams_out += 1,
+            Err(e) => self.counters.dropped(
+                DropReason::SendFailed,
+                addr,
+                &format_args!("send failed: {e}"),
+            ),
+        }
+    }
+}
