@@ -559,6 +559,11 @@ pub struct NodeStatus {
     /// The newest node registry the answering node has seen (`None`: none yet). Boxed:
     /// a status is one variant of [`Outcome`], which stays small for the others.
     pub registry: Option<Box<Registry>>,
+    /// The metadata group's replica set and leader as the answering node knows it (its
+    /// own replica's, or the newest heard from another node; `None`: the cluster runs no
+    /// metadata group). The group moves like a shard, so its voters are not the bootstrap
+    /// nodes for long: clients route admin operations, and the balancer plans, by this.
+    pub metadata: Option<ShardRoute>,
 }
 
 #[cfg(test)]
