@@ -591,7 +591,8 @@ pub struct NodeStatus {
     /// own replica's, or the newest heard from another node; `None`: the cluster runs no
     /// metadata group). The group moves like a shard, so its voters are not the bootstrap
     /// nodes for long: clients route admin operations, and the balancer plans, by this.
-    pub metadata: Option<ShardRoute>,
+    /// Boxed like the registry.
+    pub metadata: Option<Box<ShardRoute>>,
 }
 
 #[cfg(test)]

@@ -69,7 +69,16 @@ pub(super) fn held_by(status: &ClusterStatus, node: NodeId) -> (usize, usize) {
         .iter()
         .filter(|s| s.leader == Some(node))
         .count();
-    (replicas, leads)
+    // The metadata group's replica moves off a drained node too (docs/ELASTIC.md).
+    let (metadata_replica, metadata_leader) =
+        status.metadata.as_ref().map_or((false, false), |m| {
+            let member = m.voters.contains(&node) || m.learners.contains(&node);
+            (member, m.leader == Some(node))
+        });
+    (
+        replicas + usize::from(metadata_replica),
+        leads + usize::from(metadata_leader),
+    )
 }
 
 /// What watching the balancer and driving the plan share: when they started, when they

@@ -234,7 +234,7 @@ pub fn combine_status(reports: &[NodeReport], shard_count: u32) -> ClusterStatus
         .collect();
     let metadata = answered
         .iter()
-        .filter_map(|n| n.metadata.as_ref())
+        .filter_map(|n| n.metadata.as_deref())
         .max_by_key(|r| (r.epoch, r.leader.is_some()))
         .cloned();
     ClusterStatus {

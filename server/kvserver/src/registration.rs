@@ -255,7 +255,7 @@ fn pass_on(
         let _ = events.send(RegistrationEvent::Heard(*registry.clone()));
     }
     if let Some(route) = &status.metadata {
-        let _ = events.send(RegistrationEvent::HeardMetadataRoute(route.clone()));
+        let _ = events.send(RegistrationEvent::HeardMetadataRoute((**route).clone()));
     }
     Ok(())
 }

@@ -104,7 +104,7 @@ impl NodeCore {
             metadata: self
                 .config
                 .is_group(METADATA_SHARD)
-                .then(|| self.shard_route(METADATA_SHARD)),
+                .then(|| Box::new(self.shard_route(METADATA_SHARD))),
         }
     }
 

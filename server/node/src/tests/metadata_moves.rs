@@ -134,7 +134,7 @@ fn the_metadata_leaders_own_replica_moves_and_a_non_member_routes_by_what_it_hea
     let l2 = c.leader(METADATA_SHARD);
     assert_ne!(l2, l, "leadership left the moved replica");
     assert!(!c.nodes[l].hosts(METADATA_SHARD));
-    let route = c.nodes[l2].status().metadata.unwrap();
+    let route = *c.nodes[l2].status().metadata.unwrap();
     assert!(!route.voters.contains(&NodeId(l as u64 + 1)));
     // The old leader holds no replica: it answers admin operations with the route of
     // its removal, newer than the bootstrap voters.
