@@ -146,3 +146,21 @@ fn moving_the_metadata_leaders_replica_counts_no_data_leadership() {
         .iter()
         .any(|m| m.shard == METADATA_SHARD && m.from == n(1)));
 }
+
+#[test]
+fn a_metadata_group_on_every_live_node_keeps_a_drained_replica_without_being_stuck() {
+    // Five nodes, the metadata group on all five: nothing can take node 5's replica.
+    let mut c = three_nodes();
+    for id in 4..=5 {
+        set_state(&mut c, id, NodeState::Live);
+    }
+    for s in &mut c.shards {
+        if s.shard == METADATA_SHARD {
+            s.voters = (1..=5).map(n).collect();
+        }
+    }
+    set_state(&mut c, 5, NodeState::Draining);
+    let p = plan(&c, &[], 10);
+    assert!(p.stuck.iter().all(|s| s.shard != METADATA_SHARD), "{p:?}");
+    assert!(p.moves.iter().all(|m| m.shard != METADATA_SHARD), "{p:?}");
+}

@@ -371,7 +371,12 @@ pub fn plan(cluster: &Cluster, in_flight: &[Move], moves_max: usize) -> Plan {
                 .filter(|n| can_receive(s, *n))
                 .min_by_key(|n| (p.load[n], leaders.get(n).copied().unwrap_or(0), *n));
             let Some(to) = target else {
-                plan.stuck.push(stuck(StuckReason::NoTarget));
+                // The metadata group on every live node (5 nodes or fewer): nothing can
+                // take its replica, and a move keeps the voter count, so its replica
+                // stays and does not hold up a drain (What is next, docs/ELASTIC.md).
+                if s.shard != METADATA_SHARD {
+                    plan.stuck.push(stuck(StuckReason::NoTarget));
+                }
                 continue;
             };
             if budget == 0 {
