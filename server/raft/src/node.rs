@@ -48,14 +48,10 @@ pub struct Status {
     pub id: NodeId,
     /// Role.
     pub role: Role,
-    /// Current term.
-    pub term: Term,
-    /// Vote in the current term.
-    pub vote: NodeId,
+    /// Current term, vote in it, and commit index.
+    pub hard: HardState,
     /// Known leader.
     pub leader: Option<NodeId>,
-    /// Commit index.
-    pub commit: Index,
     /// Highest index handed out for applying.
     pub applied: Index,
     /// Last index in the log (or the snapshot index if the log is empty).
@@ -658,10 +654,8 @@ impl Raft {
         Status {
             id: self.cfg.id,
             role: self.role_now(),
-            term: self.term,
-            vote: self.vote,
+            hard: self.hard_state(),
             leader: self.leader,
-            commit: self.log.commit,
             applied: self.log.applied,
             last_index: self.log.last_index(),
             persisted: self.log.persisted,

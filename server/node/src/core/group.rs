@@ -110,7 +110,7 @@ impl Group {
             sm,
             soft: SoftState {
                 role: st.role,
-                term: st.term,
+                term: st.hard.term,
                 leader: st.leader,
             },
             waiting: Vec::new(),
