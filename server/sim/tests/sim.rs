@@ -314,10 +314,14 @@ fn planted_move_bugs_are_caught_under_membership_churn() {
 // no running replica of some shard reported whether it still listed the node (220, 812,
 // 1027, 1936, 2412, 2788, 2827); a stale replica moved back to its node acknowledged the
 // entries up to its re-add, then applied its old removal and dropped them, and was
-// promoted holding nothing (3482).
+// promoted holding nothing (3482); a leader moving its own replica handed leadership
+// only to the new voter, which had died since its promotion, and the shard kept four
+// voters (2120, 2305, 4760).
 #[test]
 fn churn_regression_seeds_pass() {
-    for seed in [220, 812, 1027, 1936, 2412, 2788, 2827, 3482] {
+    for seed in [
+        220, 812, 1027, 1936, 2120, 2305, 2412, 2788, 2827, 3482, 4760,
+    ] {
         let r = run(&SimOptions {
             profile: Some(FaultProfile::Churn),
             ..SimOptions::new(seed)

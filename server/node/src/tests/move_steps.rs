@@ -69,3 +69,33 @@ fn a_learner_catching_up_after_its_leader_undid_the_move_is_not_promoted() {
         "{answered:?}"
     );
 }
+
+/// The leader moves its own replica, and the new voter dies right after its promotion:
+/// the leader's transfers to it never take, so it hands over to another voter, which
+/// removes it and ends the move. Handing over to the dead voter alone left the shard
+/// with four voters and its move in flight for good.
+#[test]
+fn a_leader_moving_its_own_replica_to_a_voter_that_died_hands_over_to_another() {
+    let shard = ShardId(0);
+    let mut c = four_nodes_one_shard_on_three();
+    let l = c.leader(shard);
+    let from = NodeId(l as u64 + 1);
+    c.request(l, 1, move_req(50, from.0, 4));
+    c.flush(l);
+    for _ in 0..2000 {
+        if c.voters(l, shard).contains(&NodeId(4)) {
+            break;
+        }
+        c.tick(1);
+    }
+    assert!(c.voters(l, shard).contains(&NodeId(4)), "node 4 promoted");
+    assert_eq!(c.leader(shard), l, "no transfer yet");
+    c.down[3] = true;
+    let done = c.until_answered(2, move_req(50, from.0, 4), 3000);
+    assert_eq!(done, Outcome::Done);
+    let now = c.leader(shard);
+    assert_ne!(now, l, "the old leader handed over");
+    let mut expected: Vec<NodeId> = (1..=4).map(NodeId).filter(|n| *n != from).collect();
+    expected.sort();
+    assert_eq!(c.voters(now, shard), expected);
+}
