@@ -65,8 +65,9 @@ pub(super) struct Group {
     pub(super) move_transfers_tried: u32,
     /// Index of the committed change that removed this node from the shard.
     pub(super) removed_at: Option<u64>,
-    /// The membership this replica knew at its last Ready listed this node: a replica
-    /// created by a move starts outside it, until the leader's snapshot adds it.
+    /// A membership this replica knew in this life listed this node: a replica created
+    /// by a move starts outside it, until the leader's snapshot adds it. A snapshot that
+    /// does not list a replica that was a member is its removal.
     pub(super) was_member: bool,
     /// A received snapshot, not yet durable, whose membership no longer lists this
     /// member: its index. Once durable (and acknowledged) the replica is removed.
