@@ -214,12 +214,15 @@ fn planted_read_without_read_index_is_caught() {
 // outside its own membership), 1217, 1479 and 1713 (a learner promoted after its leader
 // proposed to undo the move: four voters, no move), 1859 (a removed member's lost probe
 // never resent: it held the shard outside the voters forever), 1190 (a leader's snapshot
-// overtook a removal committed but not yet applied: the replica stayed).
+// overtook a removal committed but not yet applied: the replica stayed), 369, 635 and
+// 1455 (without PreVote, a removed member's Vote deposed the leader before the log it
+// sent could reach it, and the next leader knew nothing of it), 848 (no agreed leader,
+// gone with the fixes of 1190 and of a dead new voter's transfers).
 #[test]
 fn moves_regression_seeds_pass() {
     for seed in [
         1, 2, 13, 18, 20, 25, 37, 45, 64, 71, 82, 144, 217, 262, 280, 318, 343, 437, 473, 1217,
-        1190, 1479, 1713, 1859,
+        369, 635, 848, 1190, 1455, 1479, 1713, 1859,
     ] {
         let r = run(&SimOptions {
             profile: Some(FaultProfile::Moves),
