@@ -187,6 +187,14 @@ pub struct Raft {
     pub(crate) leaderless_timeouts: u32,
     /// ReadIndex round ids never repeat in this replica's lifetime.
     pub(crate) next_read_round: u64,
+    /// Nodes outside the membership that asked this replica for a Vote of a higher term:
+    /// members removed while cut off, campaigning without PreVote. A leader asked sends
+    /// them the log at once (`replicate_to_removed_campaigner`), but the Vote deposes it
+    /// before its Appends, of the lower term, can reach the candidate, which refuses
+    /// them; and the next leader, elected among the members, knows nothing of the
+    /// candidate. So every replica asked remembers it and, when it next becomes leader,
+    /// replicates to it at a term it accepts. At most `NODES_MAX`.
+    pub(crate) removed_campaigners: std::collections::BTreeSet<NodeId>,
     // ---- outputs ----
     pub(crate) msgs: Vec<Message>,
     pub(crate) held: Vec<(u64, Held)>,
@@ -272,6 +280,7 @@ impl Raft {
             randomized_timeout: 0,
             leaderless_timeouts: 0,
             next_read_round: 1,
+            removed_campaigners: std::collections::BTreeSet::new(),
             msgs: Vec::new(),
             held: Vec::new(),
             next_write_id: 1,

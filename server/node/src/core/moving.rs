@@ -72,6 +72,7 @@ impl NodeCore {
             learner_silent_ticks: if catching_up { tick - heard } else { 0 },
             learner_silent_ticks_max: moves::MOVE_LEARNER_SILENT_ELECTIONS_MAX
                 * u64::from(self.config.raft.election_ticks_max),
+            transfers_tried: group.move_transfers_tried,
         };
         match moves::next_step(&m, &view) {
             MoveStep::Wait => {}
@@ -89,6 +90,7 @@ impl NodeCore {
                     group.wake();
                     group.raft.transfer_leadership(to);
                     group.last_transfer_tick = Some(tick);
+                    group.move_transfers_tried = group.move_transfers_tried.saturating_add(1);
                 }
             }
             MoveStep::End(refusal) => {
@@ -300,6 +302,7 @@ impl NodeCore {
         group.catch_up_since = None;
         group.learner_heard_tick = None;
         group.move_end_proposed = None;
+        group.move_transfers_tried = 0;
         let waiters = std::mem::take(&mut group.move_waiters);
         for id in waiters {
             let Some(r) = self.requests.get(&id) else {

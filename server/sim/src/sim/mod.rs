@@ -616,6 +616,14 @@ impl Sim {
             return;
         };
         let out = r.core.take_output();
+        if self.trace.wants_detail() {
+            // A replay shows what each replica did (elections, membership changes,
+            // replicas created, removed or forgotten), not only what it sent.
+            for e in &out.events {
+                let line = format!("{id} s{}:t{} {:?}", e.shard.0, e.term, e.kind);
+                self.trace.log(self.now, line);
+            }
+        }
         for a in out.applied {
             if let Err(v) = self.checker.applied(id, a.shard.0, a.index, a.term, a.hash) {
                 return self.fail(v);
