@@ -1,33 +1,42 @@
 #!/usr/bin/env python3
 """bench/elastic.py: measures issue 11's "Done when" figures for elastic clusters.
 
-On release binaries, with fresh temp data dirs and free loopback ports:
+On release binaries, with fresh temp data dirs and free loopback ports, the balancer on
+(the cluster file's `[balancer]` section: its defaults unless --balancer-interval-ms or
+--moves-max say otherwise); nothing here runs `kvcli rebalance`:
 
 1. 3 kvserver nodes from a generated cluster file on 127.0.0.1 (replication = 3,
    --shards shards, 64 by default) are preloaded with --keys keys (1,000,000) of 100 B
    (`kvcli bench --preload`).
-2. Nodes 4 and 5 join with `kvserver --join` on 127.0.0.2 and 127.0.0.3. While a
-   --clients (64) `kvcli bench --check` runs, `kvcli rebalance` spreads replicas and
-   leaders. Reported: the rebalance command's time, the time until `kvcli --json status`
-   shows the cluster balanced (judged here: replicas and leaders per node within one of
-   the mean, every shard R voters, no learner, a leader), and the bench's errors, max
-   latency and linearizability verdict.
+2. While a --clients (64) `kvcli bench --check` runs, nodes 4 and 5 join with
+   `kvserver --join` on 127.0.0.2 and 127.0.0.3 and the balancer spreads replicas and
+   leaders onto them. Reported: the time from node 4's start (and from node 5 listed
+   active) until `kvcli --json status` shows the cluster balanced (judged here: replicas
+   and leaders per node within one of the mean, every shard R voters, no learner, a
+   leader), the balancer's moves and transfers (its counters in `kvcli rebalance
+   status`), and the bench's errors, max latency and linearizability verdict.
 3. Nodes 6 and 7 join (a node cannot take back a shard it left, so after 3 -> 5 the
-   shards on both 4 and 5 need a fresh node). Under a second checked bench: `kvcli node
-   drain 5` (time until it holds 0 replicas, then node 5 is stopped), then kill -9 of
-   node 4 and `kvcli node remove 4 --dead`: the time from the kill until `status` shows
-   no under-replicated shard.
+   shards on both 4 and 5 need a fresh node). Under a second checked bench, `kvcli node
+   drain 5` marks node 5 draining and waits while the balancer empties it (evacuations
+   come before spreading onto 6 and 7, which the balancer does at the same time); the
+   time until node 5 holds 0 replicas and is marked removed; then node 5 is stopped.
+4. Once the balancer has settled (balanced over nodes 1, 2, 3, 4, 6 and 7, or
+   --settle-wait-s passed), under a third checked bench: kill -9 of node 4 and `kvcli
+   node remove 4 --dead`, which marks it removed; the balancer rebuilds its replicas.
+   Reported: the time from the kill until `status` shows no under-replicated shard.
 
-Writes bench/results/elastic-<timestamp>.json and bench/results/elastic-latest.json and
-prints a table. Benchmarks are not tests: nothing here asserts, and CI does not run it.
+The load average is recorded at the start and at every phase. Writes
+bench/results/elastic-<timestamp>.json and bench/results/elastic-latest.json and prints a
+table. Benchmarks are not tests: nothing here asserts, and CI does not run it.
 
-    python3 bench/elastic.py                 # the issue's figures (~5 min)
+    python3 bench/elastic.py                 # the issue's figures (~10 min)
     python3 bench/elastic.py --keys 100000   # a quicker run
 """
 
 import argparse
 import datetime
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -46,8 +55,14 @@ REPLICATION = 3
 LEADER_WAIT_S = 60
 # How long a node may take to join (register and be listed active).
 JOIN_WAIT_S = 60
-# One rebalance, drain or removal, as kvcli is told (--wait).
-DRIVE_WAIT_S = 900
+# One drain or removal, as kvcli is told (--wait; --drive-wait-s): past it the run goes
+# on and reports what was left.
+DRIVE_WAIT_S = 300
+# The nodes' log filter: warnings, and every move and transfer the balancer asks for and
+# how each ended (kept with --keep).
+LOG_FILTER = "warn,kv_server::balancer=info"
+# How long the balancer may take to spread onto joined nodes before the run goes on.
+BALANCE_WAIT_S = 600
 # Seconds of load before a phase starts and after it ends.
 MARGIN_S = 5
 # How often the independent balance and replication checks poll `kvcli status`.
@@ -57,7 +72,7 @@ POLL_S = 1.0
 class Cluster:
     """kvserver processes: nodes 1-3 from a generated cluster file, more with --join."""
 
-    def __init__(self, bins, workdir, shards):
+    def __init__(self, bins, workdir, shards, balancer):
         self.bins = bins
         self.shards = shards
         self.dir = Path(tempfile.mkdtemp(prefix=f"raftkv-elastic-{shards}s-", dir=workdir))
@@ -76,7 +91,9 @@ class Cluster:
             f"cluster_id = 7311\nshards = {shards}\nreplication = {REPLICATION}\n"
             f'data_dir = "{self.dir}"\nkey_file = "keys/cluster.key"\n'
             'client_key_files = ["keys/bench.key"]\nclient_key_file = "keys/bench.key"\n\n'
-            "[timing]\ntick_ms = 10\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n"
+            "[timing]\ntick_ms = 10\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n\n"
+            f"[balancer]\nenabled = true\ninterval_ms = {balancer['interval_ms']}\n"
+            f"moves_max = {balancer['moves_max']}\n"
             + nodes
         )
         subprocess.run([str(bins["kvserver"]), "keygen", "--config", str(self.config)], check=True,
@@ -84,7 +101,7 @@ class Cluster:
 
     def start_node(self, n, extra=()):
         cmd = [str(self.bins["kvserver"]), "--config", str(self.config), "--node", str(n),
-               "--data-dir", str(self.dir / f"node-{n}"), "--log-level", "warn"] + list(extra)
+               "--data-dir", str(self.dir / f"node-{n}"), "--log-level", LOG_FILTER] + list(extra)
         self.procs[n] = spawn(cmd, self.dir / f"node-{n}.log")
 
     def join_node(self, n, ip):
@@ -124,6 +141,10 @@ class Cluster:
 
     def node_list(self):
         return self.kvcli_json("node", "list", timeout=30)[0]
+
+    def balancer(self):
+        """The balancer's counters (`kvcli rebalance status`): the metadata leader's own."""
+        return self.kvcli_json("rebalance", "status", timeout=30)[0].get("balancer") or {}
 
     def wait_leaders(self):
         deadline = time.time() + LEADER_WAIT_S
@@ -209,9 +230,9 @@ class Bench:
         }
 
 
-def timed_drive(cluster, *args):
+def timed_drive(cluster, wait_s, *args):
     t0 = time.time()
-    report, run = cluster.kvcli_json(*args, "--wait", str(DRIVE_WAIT_S), timeout=DRIVE_WAIT_S + 60)
+    report, run = cluster.kvcli_json(*args, "--wait", str(wait_s), timeout=wait_s + 60)
     took = time.time() - t0
     if run.returncode != 0:
         log(f"kvcli {' '.join(args)} exited {run.returncode}: {run.stdout[-2000:]} {run.stderr[-2000:]}")
@@ -229,14 +250,40 @@ def wait_until(what, predicate, timeout):
     return None
 
 
+def balancer_delta(before, after):
+    """What the balancer did between two readings of its counters (the same metadata
+    leader's, else the counters restarted and the delta is not known)."""
+    if not before or before.get("active_on") != after.get("active_on"):
+        return {"active_on": [before.get("active_on"), after.get("active_on")], "moves_done": None}
+    return {
+        "active_on": after.get("active_on"), "rounds": after["rounds"] - before["rounds"],
+        "moves_done": after["moves_done"] - before["moves_done"],
+        "moves_failed": after["moves_failed"] - before["moves_failed"],
+    }
+
+
+def metadata_leader_changes(cluster):
+    """How many times a node began to lead the metadata group (each start of a balancer
+    that remembers nothing of its predecessor's moves), from the nodes' logs."""
+    return sum(
+        p.read_text(errors="replace").count("this node leads the metadata group")
+        for p in cluster.dir.glob("node-*.log")
+    )
+
+
+def load():
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def run(args, bins, workdir):
-    res = {"settings": vars(args).copy()}
-    c = Cluster(bins, workdir, args.shards)
+    res = {"settings": vars(args).copy(), "loadavg": {}}
+    c = Cluster(bins, workdir, args.shards, {"interval_ms": args.balancer_interval_ms, "moves_max": args.moves_max})
     try:
         for n in (1, 2, 3):
             c.start_node(n)
         c.wait_leaders()
         log(f"preloading {args.keys} keys of {args.value_size} B")
+        res["loadavg"]["preload"] = load()
         t0 = time.time()
         report, run_ = c.kvcli_json("bench", "--preload", "--keys", str(args.keys), "--value-size",
                                     str(args.value_size), "--clients", "256", timeout=3600)
@@ -247,66 +294,76 @@ def run(args, bins, workdir):
         }
         log(f"preload: {res['preload']}")
 
-        log("nodes 4 and 5 join")
+        # 2. Nodes 4 and 5 join under load; the balancer alone spreads onto them.
+        bench = Bench(c, args.clients, args.spread_bench_s, args.value_size)
+        time.sleep(MARGIN_S)
+        res["loadavg"]["join_4_5"] = load()
+        counters = c.balancer()
+        log("nodes 4 and 5 join; the balancer spreads")
+        five = {1, 2, 3, 4, 5}
+        t0 = time.time()
         c.join_node(4, "127.0.0.2")
         c.join_node(5, "127.0.0.3")
-        five = {1, 2, 3, 4, 5}
-        rebalance_bench_s = args.rebalance_bench_s
-        bench = Bench(c, args.clients, rebalance_bench_s, args.value_size)
-        time.sleep(MARGIN_S)
-        log("rebalance")
-        t0 = time.time()
-        balanced_at = {}
-
-        def watch():
-            while "done" not in balanced_at:
-                if unbalanced(c.status(), five) is None:
-                    balanced_at.setdefault("t", time.time() - t0)
-                    return
-                time.sleep(POLL_S)
-
-        watcher = threading.Thread(target=watch)
-        watcher.start()
-        report, code, took = timed_drive(c, "rebalance", "--moves-max", str(args.moves_max))
-        # The leader transfers asked last take effect shortly after.
-        wait_until("balanced", lambda: "t" in balanced_at, 30)
-        balanced_at["done"] = True
-        watcher.join()
+        joined = time.time() - t0
+        took = wait_until("balanced over nodes 1-5", lambda: unbalanced(c.status(), five) is None, BALANCE_WAIT_S)
         st = c.status()
-        res["rebalance"] = {
-            "command_s": round(took, 1), "exit": code, "balanced_s": round(balanced_at["t"], 1) if "t" in balanced_at else None,
-            "moves": len(report.get("moves", [])), "leader_transfers": len(report.get("leader_transfers", [])),
-            "failed_moves": len(report.get("failed", [])), "unbalanced_after": unbalanced(st, five),
+        res["spread"] = {
+            "nodes_joined_s": round(joined, 1),
+            "balanced_after_join_s": round(joined + took, 1) if took is not None else None,
+            "balanced_after_node_5_active_s": round(took, 1) if took is not None else None,
+            "balancer": balancer_delta(counters, c.balancer()), "unbalanced_after": unbalanced(st, five),
             "shares_after": shares(st),
-            "move_ms_max": max((m.get("ms", 0) for m in report.get("moves", [])), default=None),
         }
-        log(f"rebalance: {res['rebalance']}")
-        res["rebalance_bench"] = bench.finish()
-        log(f"bench during rebalance: {res['rebalance_bench']}")
+        log(f"spread 3 -> 5: {res['spread']}")
+        res["spread_bench"] = bench.finish()
+        log(f"bench during the spread: {res['spread_bench']}")
         res["rss_kb"] = {n: proc_rss_kb(p.pid)[0] for n, p in c.procs.items()}
 
-        # A node keeps a tombstone for each shard it left and cannot take it back
+        # 3. A node keeps a tombstone for each shard it left and cannot take it back
         # (docs/ELASTIC.md): after 3 -> 5 the shards on both nodes 4 and 5 have no other node
         # that can take a replica of theirs, so fresh nodes 6 and 7 join first.
         log("nodes 6 and 7 join")
         c.join_node(6, "127.0.0.2")
         c.join_node(7, "127.0.0.3")
-        bench = Bench(c, args.clients, args.failure_bench_s, args.value_size)
+        bench = Bench(c, args.clients, args.drain_bench_s, args.value_size)
         time.sleep(MARGIN_S)
-        log("node drain 5")
-        report, code, took = timed_drive(c, "node", "drain", "5", "--moves-max", str(args.moves_max))
+        res["loadavg"]["drain"] = load()
+        log("node drain 5 (the balancer empties it)")
+        counters = c.balancer()
+        report, code, took = timed_drive(c, args.drive_wait_s, "node", "drain", "5")
         replicas, leaders = shares(c.status())
+        state_5 = next((r["state"] for r in c.node_list().get("nodes", []) if r["id"] == 5), None)
+        drained = replicas.get(5, 0) == 0
         t_stop = time.time()
-        stop(c.procs[5])
-        c.stopped.add(5)
+        if drained:
+            stop(c.procs[5])
+            c.stopped.add(5)
         res["drain"] = {
-            "command_s": round(took, 1), "exit": code, "moves": len(report.get("moves", [])),
+            "command_s": round(took, 1), "exit": code, "by": report.get("by"),
+            "balancer": balancer_delta(counters, c.balancer()),
             "replicas_left_on_5": replicas.get(5, 0), "leaders_left_on_5": leaders.get(5, 0),
-            "stop_s": round(time.time() - t_stop, 2),
+            "node_5_state": state_5, "node_5_stopped": drained, "stop_s": round(time.time() - t_stop, 2),
         }
         log(f"drain: {res['drain']}")
+        res["drain_bench"] = bench.finish()
+        log(f"bench during the drain: {res['drain_bench']}")
 
-        log("kill -9 node 4, node remove 4 --dead")
+        # 4. Kill -9 and replace, from a settled cluster (node 5, if the drain did not end,
+        # keeps running so that no shard loses a majority when node 4 dies).
+        six = {1, 2, 3, 4, 6, 7}
+        took = None
+        if drained:
+            took = wait_until("balanced over nodes 1-4, 6, 7", lambda: unbalanced(c.status(), six) is None,
+                              args.settle_wait_s)
+        st = c.status()
+        res["settle"] = {"balanced_s": round(took, 1) if took is not None else None,
+                         "unbalanced": unbalanced(st, six), "shares": shares(st)}
+        log(f"settled: {res['settle']}")
+        bench = Bench(c, args.clients, args.remove_bench_s, args.value_size)
+        time.sleep(MARGIN_S)
+        res["loadavg"]["remove_dead"] = load()
+        log("kill -9 node 4, node remove 4 --dead (the balancer rebuilds its replicas)")
+        counters = c.balancer()
         c.procs[4].kill()
         c.procs[4].wait()
         c.stopped.add(4)
@@ -326,22 +383,25 @@ def run(args, bins, workdir):
         time.sleep(POLL_S)
         watcher = threading.Thread(target=watch_under)
         watcher.start()
-        report, code, took = timed_drive(c, "node", "remove", "4", "--dead", "--moves-max", str(args.moves_max))
-        wait_until("no under-replicated shard", lambda: "t" in under, 60)
+        report, code, took = timed_drive(c, args.drive_wait_s, "node", "remove", "4", "--dead")
+        wait_until("no under-replicated shard", lambda: "t" in under, 120)
         under["done"] = True
         watcher.join()
         st = c.status()
         res["remove_dead"] = {
-            "command_s": round(took, 1), "exit": code, "moves": len(report.get("moves", [])),
+            "command_s": round(took, 1), "exit": code, "by": report.get("by"),
+            "balancer": balancer_delta(counters, c.balancer()),
             "under_replicated_zero_after_kill_s": round(under["t"], 1) if "t" in under else None,
             "under_replicated_after": sum(1 for r in st["shards"] if r["under_replicated"]),
             "shares_after": shares(st),
         }
         log(f"remove --dead: {res['remove_dead']}")
-        res["failure_bench"] = bench.finish()
-        log(f"bench during drain and removal: {res['failure_bench']}")
+        res["remove_bench"] = bench.finish()
+        log(f"bench during the removal: {res['remove_bench']}")
     finally:
+        res["loadavg"]["end"] = load()
         c.stop_all()
+        res["metadata_leader_changes"] = metadata_leader_changes(c)
         if not args.keep:
             shutil.rmtree(c.dir, ignore_errors=True)
         else:
@@ -350,21 +410,28 @@ def run(args, bins, workdir):
 
 
 def table(r):
-    rb, b1, dr, rm, b2 = r["rebalance"], r["rebalance_bench"], r["drain"], r["remove_dead"], r["failure_bench"]
+    sp, b1, dr, b2, se, rm, b3 = (r[k] for k in ("spread", "spread_bench", "drain", "drain_bench", "settle",
+                                                 "remove_dead", "remove_bench"))
     ms = lambda us: f"{us / 1000:.0f} ms"
     s = r["settings"]
+    bench = lambda b: (f"{b['ops_per_s']} ops/s, errors {b['errors']}, p99 {ms(b['latency_us']['p99_us'])}, "
+                       f"max {ms(b['latency_us']['max_us'])}, {b['check']} ({b['checked_ops']} ops)")
     return "\n".join([
         f"elastic: {s['shards']} shards, R = {REPLICATION}, {s['keys']} keys of {s['value_size']} B "
-        f"(preload {r['preload']['puts_per_s']} puts/s), {s['clients']}-client bench --check, commit {r['commit']}",
-        f"| 3 -> 5 nodes: rebalance | {rb['moves']} moves, {rb['leader_transfers']} leader transfers; "
-        f"command {rb['command_s']} s; balanced (status) at {rb['balanced_s']} s |",
-        f"| bench during rebalance | {b1['ops_per_s']} ops/s, errors {b1['errors']}, "
-        f"p99 {ms(b1['latency_us']['p99_us'])}, max {ms(b1['latency_us']['max_us'])}, {b1['check']} |",
-        f"| node drain 5 | {dr['command_s']} s, {dr['moves']} moves, {dr['replicas_left_on_5']} replicas left; stopped in {dr['stop_s']} s |",
+        f"(preload {r['preload']['puts_per_s']} puts/s), {s['clients']}-client bench --check, balancer "
+        f"interval_ms {s['balancer_interval_ms']}, moves_max {s['moves_max']}, commit {r['commit']}, "
+        f"load average {r['loadavg']}; metadata leader changes {r.get('metadata_leader_changes')}",
+        f"| 3 -> 5 nodes, balancer alone | balanced {sp['balanced_after_join_s']} s after node 4 started "
+        f"({sp['balanced_after_node_5_active_s']} s after node 5 was active); balancer {sp['balancer']}; "
+        f"shares {sp['shares_after']} |",
+        f"| bench during the spread | {bench(b1)} |",
+        f"| node drain 5 | {dr['command_s']} s (by {dr['by']}, exit {dr['exit']}), balancer {dr['balancer']}, "
+        f"{dr['replicas_left_on_5']} replicas left, node 5 {dr['node_5_state']}; stopped: {dr['node_5_stopped']} |",
+        f"| bench during the drain | {bench(b2)} |",
+        f"| settled over 1-4, 6, 7 | {se['balanced_s']} s after the drain; {se['unbalanced'] or 'balanced'} |",
         f"| kill -9 node 4 + node remove 4 --dead | under-replicated 0 after {rm['under_replicated_zero_after_kill_s']} s "
-        f"(command {rm['command_s']} s, {rm['moves']} moves) |",
-        f"| bench during drain and removal | {b2['ops_per_s']} ops/s, errors {b2['errors']}, "
-        f"p99 {ms(b2['latency_us']['p99_us'])}, max {ms(b2['latency_us']['max_us'])}, {b2['check']} |",
+        f"(command {rm['command_s']} s, by {rm['by']}, exit {rm['exit']}), balancer {rm['balancer']} |",
+        f"| bench during the removal | {bench(b3)} |",
     ])
 
 
@@ -374,9 +441,15 @@ def main():
     ap.add_argument("--value-size", type=int, default=100, help="bytes per value (default 100)")
     ap.add_argument("--shards", type=int, default=64, help="shards (default 64)")
     ap.add_argument("--clients", type=int, default=64, help="clients of the checked bench (default 64)")
-    ap.add_argument("--moves-max", type=int, default=4, help="kvcli's --moves-max (default 4, kvcli's own)")
-    ap.add_argument("--rebalance-bench-s", type=int, default=90, help="seconds of the bench around rebalance (default 90)")
-    ap.add_argument("--failure-bench-s", type=int, default=90, help="seconds of the bench around drain and removal (default 90)")
+    ap.add_argument("--moves-max", type=int, default=4, help="[balancer] moves_max (default 4, the cluster file's default)")
+    ap.add_argument("--balancer-interval-ms", type=int, default=2000,
+                    help="[balancer] interval_ms (default 2000, the cluster file's default)")
+    ap.add_argument("--spread-bench-s", type=int, default=90, help="seconds of the bench around the joins and the spread (default 90)")
+    ap.add_argument("--drain-bench-s", type=int, default=60, help="seconds of the bench around the drain (default 60)")
+    ap.add_argument("--remove-bench-s", type=int, default=60, help="seconds of the bench around kill -9 and remove --dead (default 60)")
+    ap.add_argument("--drive-wait-s", type=int, default=DRIVE_WAIT_S,
+                    help=f"kvcli's --wait for node drain and node remove --dead (default {DRIVE_WAIT_S})")
+    ap.add_argument("--settle-wait-s", type=int, default=180, help="how long the balancer may take to settle after the drain (default 180)")
     ap.add_argument("--no-build", action="store_true", help="use the release binaries already built")
     ap.add_argument("--keep", action="store_true", help="keep data dirs and server logs")
     args = ap.parse_args()

@@ -91,28 +91,107 @@ impl BalancerStatus {
     }
 }
 
+/// How `node drain`, `node remove --dead` or `rebalance` finished.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Driven {
+    /// The node emptied and how it was taken (draining or dead); `None`: rebalance.
+    pub goal: Option<(NodeId, NodeState)>,
+    /// The balancer made the moves (kvcli watched); else kvcli drove them.
+    pub by_balancer: bool,
+    /// From the first status read to the end.
+    pub elapsed: Duration,
+    /// Moves done, in the order they ended.
+    pub moves: Vec<DoneMove>,
+    /// Moves that failed on the way.
+    pub failed: Vec<FailedMove>,
+    /// Leader transfers asked for.
+    pub leader_transfers: Vec<LeaderTransfer>,
+    /// What the planner could not do at the end.
+    pub stuck: Vec<Stuck>,
+    /// The cluster at the end.
+    pub assessment: Assessment,
+}
+
+impl Driven {
+    fn text(&self) -> String {
+        let done = if self.by_balancer {
+            format!(
+                "the balancer moved them, in {:.1} s",
+                self.elapsed.as_secs_f64()
+            )
+        } else {
+            format!(
+                "{} moves, {} leader transfers, {} failed moves retried, in {:.1} s",
+                self.moves.len(),
+                self.leader_transfers.len(),
+                self.failed.len(),
+                self.elapsed.as_secs_f64()
+            )
+        };
+        let mut out = match self.goal {
+            Some((node, NodeState::Dead)) => format!(
+                "OK: node {} is removed and its replicas were rebuilt on live nodes; it holds none ({done})",
+                node.0
+            ),
+            Some((node, _)) => format!(
+                "OK: node {} holds no replica and leads nothing, and is removed from the cluster; stop it ({done})",
+                node.0
+            ),
+            None if self.assessment.balanced() => format!("OK: balanced ({done})"),
+            None => format!("not balanced: nothing more can be moved ({done})"),
+        };
+        for m in &self.moves {
+            out.push_str(&format!(
+                "\n  shard {}: node {} -> node {} ({:.1} s)",
+                m.mv.shard.0,
+                m.mv.from.0,
+                m.mv.to.0,
+                m.took.as_secs_f64()
+            ));
+        }
+        for t in &self.leader_transfers {
+            out.push_str(&format!("\n  {}", transfer_text(t)));
+        }
+        for f in &self.failed {
+            out.push_str(&format!("\n  failed, {}: {}", move_text(&f.mv), f.error));
+        }
+        out.push_str(&stuck_lines(&self.stuck, "  "));
+        out.push('\n');
+        out.push_str(&assessment_text(&self.assessment));
+        out
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "result": "ok",
+            "by": if self.by_balancer { "balancer" } else { "kvcli" },
+            "node": self.goal.map(|(n, _)| n.0),
+            "node_state": self.goal.map(|(_, s)| s.name()),
+            // Both commands end with the node removed in the node registry.
+            "registry_state": self.goal.map(|_| "removed"),
+            "elapsed_ms": self.elapsed.as_millis() as u64,
+            "moves": self.moves.iter().map(|m| {
+                let mut v = move_json(&m.mv);
+                v["ms"] = json!(m.took.as_millis() as u64);
+                v
+            }).collect::<Vec<_>>(),
+            "failed": self.failed.iter().map(|f| {
+                let mut v = move_json(&f.mv);
+                v["error"] = json!(f.error);
+                v
+            }).collect::<Vec<_>>(),
+            "leader_transfers": self.leader_transfers.iter().map(transfer_json).collect::<Vec<_>>(),
+            "stuck": self.stuck.iter().map(stuck_json).collect::<Vec<_>>(),
+            "balance": assessment_json(&self.assessment),
+        })
+    }
+}
+
 /// What an elastic-cluster command produced.
 #[derive(Clone, Debug, PartialEq)]
 pub enum BalanceOutput {
     /// `node drain`, `node remove --dead` or `rebalance` finished.
-    Driven {
-        /// The node emptied and how it was taken (draining or dead); `None`: rebalance.
-        goal: Option<(NodeId, NodeState)>,
-        /// The balancer made the moves (kvcli watched); else kvcli drove them.
-        by_balancer: bool,
-        /// From the first status read to the end.
-        elapsed: Duration,
-        /// Moves done, in the order they ended.
-        moves: Vec<DoneMove>,
-        /// Moves that failed on the way.
-        failed: Vec<FailedMove>,
-        /// Leader transfers asked for.
-        leader_transfers: Vec<LeaderTransfer>,
-        /// What the planner could not do at the end.
-        stuck: Vec<Stuck>,
-        /// The cluster at the end.
-        assessment: Assessment,
-    },
+    Driven(Driven),
     /// `rebalance --dry-run`: the rounds, if every move and transfer completes.
     DryRun {
         /// The rounds.
@@ -142,12 +221,8 @@ impl BalanceOutput {
     /// otherwise.
     pub fn exit_code(&self) -> i32 {
         let balanced = match self {
-            BalanceOutput::Driven {
-                goal: None,
-                assessment,
-                ..
-            } => assessment.balanced(),
-            BalanceOutput::Driven { .. } | BalanceOutput::Paused(_) => true,
+            BalanceOutput::Driven(d) => d.goal.is_some() || d.assessment.balanced(),
+            BalanceOutput::Paused(_) => true,
             BalanceOutput::DryRun { after, .. } => after.balanced(),
             BalanceOutput::Status { assessment, .. } => assessment.balanced(),
         };
@@ -169,59 +244,7 @@ impl BalanceOutput {
 
     fn text(&self) -> String {
         match self {
-            BalanceOutput::Driven {
-                goal,
-                by_balancer,
-                elapsed,
-                moves,
-                failed,
-                leader_transfers,
-                stuck,
-                assessment,
-            } => {
-                let done = if *by_balancer {
-                    format!("the balancer moved them, in {:.1} s", elapsed.as_secs_f64())
-                } else {
-                    format!(
-                        "{} moves, {} leader transfers, {} failed moves retried, in {:.1} s",
-                        moves.len(),
-                        leader_transfers.len(),
-                        failed.len(),
-                        elapsed.as_secs_f64()
-                    )
-                };
-                let mut out = match goal {
-                    Some((node, NodeState::Dead)) => format!(
-                        "OK: node {} is removed and its replicas were rebuilt on live nodes; it holds none ({done})",
-                        node.0
-                    ),
-                    Some((node, _)) => format!(
-                        "OK: node {} holds no replica and leads nothing, and is removed from the cluster; stop it ({done})",
-                        node.0
-                    ),
-                    None if assessment.balanced() => format!("OK: balanced ({done})"),
-                    None => format!("not balanced: nothing more can be moved ({done})"),
-                };
-                for m in moves {
-                    out.push_str(&format!(
-                        "\n  shard {}: node {} -> node {} ({:.1} s)",
-                        m.mv.shard.0,
-                        m.mv.from.0,
-                        m.mv.to.0,
-                        m.took.as_secs_f64()
-                    ));
-                }
-                for t in leader_transfers {
-                    out.push_str(&format!("\n  {}", transfer_text(t)));
-                }
-                for f in failed {
-                    out.push_str(&format!("\n  failed, {}: {}", move_text(&f.mv), f.error));
-                }
-                out.push_str(&stuck_lines(stuck, "  "));
-                out.push('\n');
-                out.push_str(&assessment_text(assessment));
-                out
-            }
+            BalanceOutput::Driven(d) => d.text(),
             BalanceOutput::DryRun {
                 rounds,
                 stuck,
@@ -285,37 +308,7 @@ impl BalanceOutput {
     /// The result as one JSON object.
     pub fn json(&self) -> Value {
         match self {
-            BalanceOutput::Driven {
-                goal,
-                by_balancer,
-                elapsed,
-                moves,
-                failed,
-                leader_transfers,
-                stuck,
-                assessment,
-            } => json!({
-                "result": "ok",
-                "by": if *by_balancer { "balancer" } else { "kvcli" },
-                "node": goal.map(|(n, _)| n.0),
-                "node_state": goal.map(|(_, s)| s.name()),
-                // Both commands end with the node removed in the node registry.
-                "registry_state": goal.map(|_| "removed"),
-                "elapsed_ms": elapsed.as_millis() as u64,
-                "moves": moves.iter().map(|m| {
-                    let mut v = move_json(&m.mv);
-                    v["ms"] = json!(m.took.as_millis() as u64);
-                    v
-                }).collect::<Vec<_>>(),
-                "failed": failed.iter().map(|f| {
-                    let mut v = move_json(&f.mv);
-                    v["error"] = json!(f.error);
-                    v
-                }).collect::<Vec<_>>(),
-                "leader_transfers": leader_transfers.iter().map(transfer_json).collect::<Vec<_>>(),
-                "stuck": stuck.iter().map(stuck_json).collect::<Vec<_>>(),
-                "balance": assessment_json(assessment),
-            }),
+            BalanceOutput::Driven(d) => d.json(),
             BalanceOutput::DryRun {
                 rounds,
                 stuck,
@@ -605,7 +598,7 @@ mod tests {
         for r in &rounds {
             c.apply(r);
         }
-        let out = BalanceOutput::Driven {
+        let out = BalanceOutput::Driven(Driven {
             goal: Some((NodeId(3), NodeState::Draining)),
             by_balancer: false,
             elapsed: Duration::from_millis(2500),
@@ -617,7 +610,7 @@ mod tests {
             leader_transfers: vec![],
             stuck: vec![],
             assessment: assess(&c),
-        };
+        });
         let text = out.render(PLAIN);
         assert!(
             text.starts_with("OK: node 3 holds no replica and leads nothing, and is removed from the cluster; stop it (1 moves, 0 leader transfers, 0 failed moves retried, in 2.5 s)"),

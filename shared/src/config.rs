@@ -61,43 +61,28 @@ mod balancer;
 pub use balancer::{BalancerConfig, BALANCER_MOVES_MAX};
 
 /// Timing knobs. One tick is `tick_ms` of wall time; Raft counts in ticks.
+///
+/// A field the cluster file leaves out takes its value from [`TimingConfig::default`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TimingConfig {
     /// Wall-clock length of one tick.
-    #[serde(default = "default_tick_ms")]
     pub tick_ms: u64,
     /// Ticks between leader heartbeats.
-    #[serde(default = "default_heartbeat_ticks")]
     pub heartbeat_ticks: u32,
     /// Lower bound (inclusive) of the randomized election timeout, in ticks.
-    #[serde(default = "default_election_ticks_min")]
     pub election_ticks_min: u32,
     /// Upper bound (exclusive) of the randomized election timeout, in ticks.
-    #[serde(default = "default_election_ticks_max")]
     pub election_ticks_max: u32,
-}
-
-fn default_tick_ms() -> u64 {
-    10
-}
-fn default_heartbeat_ticks() -> u32 {
-    5
-}
-fn default_election_ticks_min() -> u32 {
-    30
-}
-fn default_election_ticks_max() -> u32 {
-    60
 }
 
 impl Default for TimingConfig {
     fn default() -> Self {
         TimingConfig {
-            tick_ms: default_tick_ms(),
-            heartbeat_ticks: default_heartbeat_ticks(),
-            election_ticks_min: default_election_ticks_min(),
-            election_ticks_max: default_election_ticks_max(),
+            tick_ms: 10,
+            heartbeat_ticks: 5,
+            election_ticks_min: 30,
+            election_ticks_max: 60,
         }
     }
 }
@@ -435,6 +420,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("timing.election_ticks_max (30)"), "{e}");
+    }
+
+    #[test]
+    fn timing_fields_left_out_take_their_defaults() {
+        let t = with_timing("tick_ms = 5").unwrap().timing;
+        assert_eq!(
+            (
+                t.tick_ms,
+                t.heartbeat_ticks,
+                t.election_ticks_min,
+                t.election_ticks_max
+            ),
+            (5, 5, 30, 60)
+        );
+        assert_eq!(with_timing("").unwrap().timing, TimingConfig::default());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! transfers), printing progress on stderr either way.
 
 use super::{describe_stuck, read_view, DriveOptions, View};
-use crate::balance_output::{BalanceOutput, DoneMove, FailedMove};
+use crate::balance_output::{BalanceOutput, DoneMove, Driven, FailedMove};
 use crate::client::{Client, Response};
 use crate::error::Error;
 use crate::output::ClusterStatus;
@@ -141,7 +141,7 @@ pub(super) async fn watch_until(
             Goal::Balanced => assessment.balanced(),
         };
         if reached {
-            return Ok(BalanceOutput::Driven {
+            return Ok(BalanceOutput::Driven(Driven {
                 goal: goal.marked(),
                 by_balancer: true,
                 elapsed: watch.started.elapsed(),
@@ -150,7 +150,7 @@ pub(super) async fn watch_until(
                 leader_transfers: Vec::new(),
                 stuck: Vec::new(),
                 assessment,
-            });
+            }));
         }
         if Instant::now() >= watch.deadline {
             return Err(Error::Balance {
@@ -221,7 +221,7 @@ pub(super) async fn drive_to(
             }
         };
         if reached && in_flight.is_empty() {
-            return Ok(BalanceOutput::Driven {
+            return Ok(BalanceOutput::Driven(Driven {
                 goal: goal.marked(),
                 by_balancer: false,
                 elapsed: watch.started.elapsed(),
@@ -230,7 +230,7 @@ pub(super) async fn drive_to(
                 leader_transfers: transfers,
                 stuck: plan.stuck,
                 assessment: balance::assess(&view.cluster),
-            });
+            }));
         }
         let now = Instant::now();
         if now >= deadline {

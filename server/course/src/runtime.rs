@@ -346,8 +346,8 @@ impl Runtime {
         let st = self.core.raft_status(SHARD);
         View {
             role: st.role,
-            term: st.term,
-            commit: st.commit,
+            term: st.hard.term,
+            commit: st.hard.commit,
             last_index: st.last_index,
             leader: st.leader,
         }

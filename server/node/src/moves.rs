@@ -108,6 +108,9 @@ pub struct LeaderView<'a> {
     /// Silence after which the learner is given up on: [`MOVE_LEARNER_SILENT_ELECTIONS_MAX`]
     /// election timeouts.
     pub learner_silent_ticks_max: u64,
+    /// Leadership transfers this replica started for the move so far (see
+    /// [`transfer_target`]).
+    pub transfers_tried: u32,
 }
 
 /// The next step of move `m`, from the membership it has reached. The steps are
@@ -160,9 +163,33 @@ pub fn next_step(m: &MoveInFlight, view: &LeaderView<'_>) -> MoveStep {
         return MoveStep::End(None);
     }
     if m.from == view.me {
-        return MoveStep::TransferLeadership(m.to);
+        return MoveStep::TransferLeadership(transfer_target(m, view));
     }
     MoveStep::Change(ConfChange::RemoveNode(m.from))
+}
+
+/// The voter a leader that goes hands leadership to: the move's new voter first; when
+/// earlier transfers did not take, in turn every other voter (the most caught up first),
+/// then the new voter again. The new voter may have died since its promotion, and a
+/// leader that kept handing over to it alone would never be removed: the shard would
+/// keep four voters, and no other move could start while this one is in flight.
+pub fn transfer_target(m: &MoveInFlight, view: &LeaderView<'_>) -> NodeId {
+    let matched = |n: NodeId| {
+        view.progress
+            .iter()
+            .find(|(id, _)| *id == n)
+            .map_or(0, |(_, m)| *m)
+    };
+    let mut others: Vec<NodeId> = view
+        .membership
+        .voters
+        .iter()
+        .copied()
+        .filter(|v| *v != view.me && *v != m.to)
+        .collect();
+    others.sort_by_key(|v| (std::cmp::Reverse(matched(*v)), *v));
+    let order: Vec<NodeId> = std::iter::once(m.to).chain(others).collect();
+    order[view.transfers_tried as usize % order.len()]
 }
 
 /// A learner that no move in flight is adding (left by a move that was undone): the
@@ -216,6 +243,7 @@ mod tests {
                 catch_up_ticks: 0,
                 learner_silent_ticks: 0,
                 learner_silent_ticks_max: 100,
+                transfers_tried: 0,
             },
         )
     }
@@ -244,6 +272,31 @@ mod tests {
         assert_eq!(s, MoveStep::TransferLeadership(NodeId(4)));
     }
 
+    /// The new voter may die right after its promotion: a leader whose transfers to it
+    /// do not take hands over to the other voters in turn (most caught up first).
+    #[test]
+    fn a_leader_whose_transfers_do_not_take_tries_the_other_voters() {
+        let m = mv(1, 4);
+        let membership = Membership {
+            voters: n(&[1, 2, 3, 4]),
+            learners: vec![],
+        };
+        let progress = [(NodeId(2), 7), (NodeId(3), 10), (NodeId(4), 10)];
+        let view = |transfers_tried| LeaderView {
+            me: NodeId(1),
+            membership: &membership,
+            progress: &progress,
+            commit: 10,
+            catch_up_ticks: 0,
+            learner_silent_ticks: 0,
+            learner_silent_ticks_max: 100,
+            transfers_tried,
+        };
+        let targets: Vec<MoveStep> = (0..4).map(|t| next_step(&m, &view(t))).collect();
+        let expected = [4, 3, 2, 4].map(|i| MoveStep::TransferLeadership(NodeId(i)));
+        assert_eq!(targets, expected);
+    }
+
     #[test]
     fn a_learner_that_never_catches_up_undoes_the_move() {
         let m = mv(3, 4);
@@ -259,6 +312,7 @@ mod tests {
             catch_up_ticks: MOVE_CATCH_UP_TICKS_MAX,
             learner_silent_ticks: 0,
             learner_silent_ticks_max: 100,
+            transfers_tried: 0,
         };
         assert!(matches!(
             next_step(&m, &view),

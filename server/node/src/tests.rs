@@ -432,7 +432,7 @@ fn followers_of_a_silent_leader_node_wake_and_elect() {
     assert_eq!(traffic(&mut c, 10).0, 0, "quiesced");
     let l = c.leader(ShardId(0));
     let led: Vec<ShardId> = (0..4).map(ShardId).filter(|&s| c.leader(s) == l).collect();
-    let term = c.nodes[l].raft_status(ShardId(0)).term;
+    let term = c.nodes[l].raft_status(ShardId(0)).hard.term;
     c.down[l] = true;
     // Silence is noticed after an election timeout (10 ticks here), then an election
     // timeout of 10..20 ticks passes, then PreVote and Vote rounds.
@@ -442,7 +442,7 @@ fn followers_of_a_silent_leader_node_wake_and_elect() {
             .filter(|&i| !c.down[i])
             .find(|&i| c.nodes[i].raft_status(s).role == Role::Leader);
         let new = new.unwrap_or_else(|| panic!("no new leader for shard {}", s.0));
-        assert!(c.nodes[new].raft_status(s).term > term);
+        assert!(c.nodes[new].raft_status(s).hard.term > term);
     }
 }
 
@@ -547,7 +547,7 @@ fn elections_and_leader_changes_are_reported_as_events() {
     c.tick(60);
     let shard = ShardId(0);
     let l = c.leader(shard);
-    let old_term = c.nodes[l].raft_status(shard).term;
+    let old_term = c.nodes[l].raft_status(shard).hard.term;
     assert!(c.events.iter().any(|(i, e)| *i == l
         && e.kind
             == EventKind::RoleChanged {
@@ -558,7 +558,7 @@ fn elections_and_leader_changes_are_reported_as_events() {
     c.down[l] = true;
     c.tick(60);
     let new = c.leader(shard);
-    let new_term = c.nodes[new].raft_status(shard).term;
+    let new_term = c.nodes[new].raft_status(shard).hard.term;
     assert!(new_term > old_term);
     let of = |i: usize| -> Vec<&NodeEvent> {
         c.events
@@ -650,7 +650,7 @@ fn forged_snapshot_image_is_refused_before_it_is_persisted() {
     c.tick(60);
     let l = c.leader(ShardId(0));
     let f = (l + 1) % 3;
-    let term = c.nodes[f].raft_status(ShardId(0)).term;
+    let term = c.nodes[f].raft_status(ShardId(0)).hard.term;
     let image = b"\xffnot an image";
     let forged = snapshot_chunk(
         0,
@@ -666,7 +666,7 @@ fn forged_snapshot_image_is_refused_before_it_is_persisted() {
     c.absorb(f, out);
     assert!(c.snapshots[f].is_empty(), "the image reached the disk");
     assert_eq!(refused(&c.nodes[f], "snapshot_image_invalid"), 1);
-    assert!(c.nodes[f].raft_status(ShardId(0)).commit < 1000);
+    assert!(c.nodes[f].raft_status(ShardId(0)).hard.commit < 1000);
     let rec = Recovered {
         records: c.disks[f].clone(),
         snapshots: c.snapshots[f].clone(),
@@ -695,11 +695,11 @@ fn datagrams_from_non_members_are_refused_and_not_remembered() {
             },
         },
     };
-    let term = c.nodes[0].raft_status(ShardId(0)).term;
+    let term = c.nodes[0].raft_status(ShardId(0)).hard.term;
     c.nodes[0].note_peer_heard(stranger, 5);
     c.nodes[0].on_peer_messages(stranger, vec![heartbeat.clone()]);
     assert_eq!(refused(&c.nodes[0], "unknown_sender"), 1);
-    assert_eq!(c.nodes[0].raft_status(ShardId(0)).term, term);
+    assert_eq!(c.nodes[0].raft_status(ShardId(0)).hard.term, term);
     assert!(c.nodes[0]
         .status()
         .peers
@@ -793,7 +793,7 @@ fn snapshot_transfers_beyond_the_receive_limits_are_refused() {
     let leader_of = |c: &Cluster, s: u32| NodeId(c.leader(ShardId(s)) as u64 + 1);
     let shard = (0..8).find(|&s| leader_of(&c, s) != f).unwrap();
     let l = leader_of(&c, shard);
-    let term = c.nodes[fi].raft_status(ShardId(shard)).term;
+    let term = c.nodes[fi].raft_status(ShardId(shard)).hard.term;
     let too_big = snapshot_chunk(shard, l, f, term, 1000, SNAPSHOT_IMAGE_BYTES_MAX + 1, b"x");
     c.nodes[fi].on_peer_messages(l, vec![too_big]);
     assert_eq!(refused(&c.nodes[fi], "snapshot_size_invalid"), 1);
@@ -806,7 +806,7 @@ fn snapshot_transfers_beyond_the_receive_limits_are_refused() {
             continue;
         }
         s += 1;
-        let term = c.nodes[fi].raft_status(ShardId(shard)).term;
+        let term = c.nodes[fi].raft_status(ShardId(shard)).hard.term;
         let chunk = snapshot_chunk(shard, l, f, term, 1000, SNAPSHOT_IMAGE_BYTES_MAX, b"x");
         c.nodes[fi].on_peer_messages(l, vec![chunk]);
         let _ = c.nodes[fi].take_output();
@@ -893,7 +893,7 @@ fn a_snapshot_image_that_disagrees_with_its_metadata_is_dropped_before_it_is_per
     c.nodes[0].on_peer_messages(NodeId(2), vec![forged]);
     c.flush(0);
     assert!(c.snapshots[0].is_empty(), "the forged image was persisted");
-    assert_eq!(c.nodes[0].raft_status(ShardId(0)).commit, 0);
+    assert_eq!(c.nodes[0].raft_status(ShardId(0)).hard.commit, 0);
     // The cluster goes on: a leader is elected and serves.
     c.tick(60);
     let l = c.leader(ShardId(0));
@@ -1704,7 +1704,11 @@ fn a_created_replica_the_leader_never_reached_again_is_forgotten_after_its_silen
     c.nodes[3].on_peer_messages(NodeId(1), vec![leader_heartbeat(shard, 1, 4, 2)]);
     c.flush(3);
     assert!(c.nodes[3].hosts(shard), "no tombstone: created again");
-    assert_eq!(c.nodes[3].raft_status(shard).term, 3, "at the term it had");
+    assert_eq!(
+        c.nodes[3].raft_status(shard).hard.term,
+        3,
+        "at the term it had"
+    );
 }
 
 /// A replica created by a move received the leader's snapshot
@@ -1732,7 +1736,7 @@ fn a_created_replica_removed_before_its_addition_reached_it_is_forgotten() {
     let snap = crate::wal::decode_snapshot(shard.0, index, &data).unwrap();
     assert!(!snap.meta.membership.voters.contains(&NodeId(4)));
     let image = snap.data.clone();
-    let term = c.nodes[l].raft_status(shard).term;
+    let term = c.nodes[l].raft_status(shard).hard.term;
     let chunk = GroupMessage {
         shard,
         msg: kv_raft::Message {

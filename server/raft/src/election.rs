@@ -323,6 +323,7 @@ impl Raft {
         // The no-op commits this term's first entry, which commits everything before it
         // (thesis 3.6.2) and unblocks ReadIndex (6.4) and membership changes.
         self.append_as_leader(EntryKind::Noop, bytes::Bytes::new());
+        self.replicate_to_removed_campaigners();
     }
 
     /// Leadership lost (or abandoned): pending reads can no longer be confirmed.

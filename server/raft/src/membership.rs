@@ -103,11 +103,23 @@ impl Raft {
         {
             return;
         }
+        if matches!(m.body, MessageBody::Vote { .. })
+            && m.term > self.term
+            && self.removed_campaigners.len() < NODES_MAX
+        {
+            self.removed_campaigners.insert(m.from);
+        }
+        self.replicate_to_departing(m.from);
+    }
+
+    /// On a leader: sends `node`, a node outside the membership, the log as a departing
+    /// member until it holds the commit index (past its removal) and was told it.
+    fn replicate_to_departing(&mut self, node: NodeId) {
         let (last, commit) = (self.log.last_index(), self.log.commit);
         let RoleState::Leader(ls) = &mut self.role else {
             return;
         };
-        if ls.progress.contains_key(&m.from) {
+        if ls.progress.contains_key(&node) {
             return;
         }
         // The probe carries the last entry: `retransmit_stalled` resends only flows with
@@ -115,8 +127,21 @@ impl Raft {
         // wait for its removal forever.
         let mut pr = Progress::new(last.max(1));
         pr.departs_at = Some(commit);
-        ls.progress.insert(m.from, pr);
-        self.maybe_send_append(m.from, true);
+        ls.progress.insert(node, pr);
+        self.maybe_send_append(node, true);
+    }
+
+    /// A new leader replicates to the removed members that deposed a leader of this
+    /// replica's with a Vote (see `Raft::removed_campaigners`): its term is at least
+    /// theirs now, so they accept its Appends and learn their removal.
+    pub(crate) fn replicate_to_removed_campaigners(&mut self) {
+        let campaigners = std::mem::take(&mut self.removed_campaigners);
+        for node in campaigners {
+            if !self.membership.voters.contains(&node) && !self.membership.learners.contains(&node)
+            {
+                self.replicate_to_departing(node);
+            }
+        }
     }
 
     /// Applies the conf changes in `(from, to]` (just committed) to the membership and

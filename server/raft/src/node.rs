@@ -48,14 +48,10 @@ pub struct Status {
     pub id: NodeId,
     /// Role.
     pub role: Role,
-    /// Current term.
-    pub term: Term,
-    /// Vote in the current term.
-    pub vote: NodeId,
+    /// Current term, vote in it, and commit index.
+    pub hard: HardState,
     /// Known leader.
     pub leader: Option<NodeId>,
-    /// Commit index.
-    pub commit: Index,
     /// Highest index handed out for applying.
     pub applied: Index,
     /// Last index in the log (or the snapshot index if the log is empty).
@@ -191,6 +187,14 @@ pub struct Raft {
     pub(crate) leaderless_timeouts: u32,
     /// ReadIndex round ids never repeat in this replica's lifetime.
     pub(crate) next_read_round: u64,
+    /// Nodes outside the membership that asked this replica for a Vote of a higher term:
+    /// members removed while cut off, campaigning without PreVote. A leader asked sends
+    /// them the log at once (`replicate_to_removed_campaigner`), but the Vote deposes it
+    /// before its Appends, of the lower term, can reach the candidate, which refuses
+    /// them; and the next leader, elected among the members, knows nothing of the
+    /// candidate. So every replica asked remembers it and, when it next becomes leader,
+    /// replicates to it at a term it accepts. At most `NODES_MAX`.
+    pub(crate) removed_campaigners: std::collections::BTreeSet<NodeId>,
     // ---- outputs ----
     pub(crate) msgs: Vec<Message>,
     pub(crate) held: Vec<(u64, Held)>,
@@ -276,6 +280,7 @@ impl Raft {
             randomized_timeout: 0,
             leaderless_timeouts: 0,
             next_read_round: 1,
+            removed_campaigners: std::collections::BTreeSet::new(),
             msgs: Vec::new(),
             held: Vec::new(),
             next_write_id: 1,
@@ -658,10 +663,8 @@ impl Raft {
         Status {
             id: self.cfg.id,
             role: self.role_now(),
-            term: self.term,
-            vote: self.vote,
+            hard: self.hard_state(),
             leader: self.leader,
-            commit: self.log.commit,
             applied: self.log.applied,
             last_index: self.log.last_index(),
             persisted: self.log.persisted,

@@ -75,5 +75,5 @@ fn committed_entries_are_handed_out_within_the_byte_limit_per_ready() {
             vec![300]
         ]
     );
-    assert_eq!(raft.status().applied, raft.status().commit);
+    assert_eq!(raft.status().applied, raft.status().hard.commit);
 }

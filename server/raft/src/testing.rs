@@ -488,9 +488,9 @@ impl Cluster {
         let mut out = format!(
             "n{id} {:?} t{} vote={} lead={lead} commit={} applied={} last={} persisted={} snap={} voters={:?} learners={:?}",
             s.role,
-            s.term,
-            s.vote.0,
-            s.commit,
+            s.hard.term,
+            s.hard.vote.0,
+            s.hard.commit,
             s.applied,
             s.last_index,
             s.persisted,

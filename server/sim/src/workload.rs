@@ -65,6 +65,25 @@ pub struct ClientTiming {
     pub think_ns_max: u64,
 }
 
+/// What a client's step uses of the simulation around it: the clock, the run's
+/// randomness, the nodes and keys, the timing, and the history the checker reads.
+pub struct ClientWorld<'a> {
+    /// Simulated time now.
+    pub now_ns: u64,
+    /// The run's randomness (one seed decides the whole run).
+    pub rng: &'a mut SmallRng,
+    /// Every node a request may go to.
+    pub nodes: &'a [NodeId],
+    /// The keys the workload uses.
+    pub keys: &'a [Bytes],
+    /// The shard count.
+    pub shards: u32,
+    /// The clients' timing.
+    pub timing: &'a ClientTiming,
+    /// Where completed operations are recorded.
+    pub history: &'a mut Vec<Operation>,
+}
+
 /// One simulated client.
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -183,19 +202,17 @@ impl Client {
         candidates[self.next_node % candidates.len()]
     }
 
-    /// Timer `epoch` fired at `now_ns`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn wake(
-        &mut self,
-        epoch: u64,
-        now_ns: u64,
-        rng: &mut SmallRng,
-        nodes: &[NodeId],
-        keys: &[Bytes],
-        shards: u32,
-        t: &ClientTiming,
-        history: &mut Vec<Operation>,
-    ) -> Action {
+    /// Timer `epoch` fired at `world.now_ns`.
+    pub fn wake(&mut self, epoch: u64, world: ClientWorld<'_>) -> Action {
+        let ClientWorld {
+            now_ns,
+            rng,
+            nodes,
+            keys,
+            shards,
+            timing: t,
+            history,
+        } = world;
         if epoch != self.epoch {
             return Action::Idle;
         }
@@ -336,20 +353,22 @@ impl Client {
         }
     }
 
-    /// A reply arrived at `now_ns`. Returns the next action, or an error text if the
+    /// A reply arrived at `world.now_ns`. Returns the next action, or an error text if the
     /// reply is one a correct server never sends.
-    #[allow(clippy::too_many_arguments)]
     pub fn on_reply(
         &mut self,
         reply: ClientReply,
-        now_ns: u64,
-        rng: &mut SmallRng,
-        nodes: &[NodeId],
-        keys: &[Bytes],
-        shards: u32,
-        t: &ClientTiming,
-        history: &mut Vec<Operation>,
+        world: ClientWorld<'_>,
     ) -> Result<Action, String> {
+        let ClientWorld {
+            now_ns,
+            rng,
+            nodes,
+            keys,
+            shards,
+            timing: t,
+            history,
+        } = world;
         let Some(p) = &self.pending else {
             return Ok(Action::Idle);
         };

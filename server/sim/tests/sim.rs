@@ -213,12 +213,16 @@ fn planted_read_without_read_index_is_caught() {
 // the applied index, tripped `compact`'s check), 64 and 71 (stale reads from a replica
 // outside its own membership), 1217, 1479 and 1713 (a learner promoted after its leader
 // proposed to undo the move: four voters, no move), 1859 (a removed member's lost probe
-// never resent: it held the shard outside the voters forever).
+// never resent: it held the shard outside the voters forever), 1190 (a leader's snapshot
+// overtook a removal committed but not yet applied: the replica stayed), 369, 635 and
+// 1455 (without PreVote, a removed member's Vote deposed the leader before the log it
+// sent could reach it, and the next leader knew nothing of it), 848 (no agreed leader,
+// gone with the fixes of 1190 and of a dead new voter's transfers).
 #[test]
 fn moves_regression_seeds_pass() {
     for seed in [
         1, 2, 13, 18, 20, 25, 37, 45, 64, 71, 82, 144, 217, 262, 280, 318, 343, 437, 473, 1217,
-        1479, 1713, 1859,
+        369, 635, 848, 1190, 1455, 1479, 1713, 1859,
     ] {
         let r = run(&SimOptions {
             profile: Some(FaultProfile::Moves),
@@ -314,10 +318,16 @@ fn planted_move_bugs_are_caught_under_membership_churn() {
 // no running replica of some shard reported whether it still listed the node (220, 812,
 // 1027, 1936, 2412, 2788, 2827); a stale replica moved back to its node acknowledged the
 // entries up to its re-add, then applied its old removal and dropped them, and was
-// promoted holding nothing (3482).
+// promoted holding nothing (3482); a leader moving its own replica handed leadership
+// only to the new voter, which had died since its promotion, and the shard kept four
+// voters (2120, 2305, 4760); a member whose Raft committed its removal before the
+// entries were durable, then installed a leader's snapshot past it, never applied the
+// removal and kept the shard outside the voters (768, 2995, 3603).
 #[test]
 fn churn_regression_seeds_pass() {
-    for seed in [220, 812, 1027, 1936, 2412, 2788, 2827, 3482] {
+    for seed in [
+        220, 768, 812, 1027, 1936, 2120, 2305, 2412, 2788, 2827, 2995, 3482, 3603, 4760,
+    ] {
         let r = run(&SimOptions {
             profile: Some(FaultProfile::Churn),
             ..SimOptions::new(seed)

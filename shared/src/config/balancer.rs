@@ -15,46 +15,30 @@ const INTERVAL_MS_MAX: u64 = 3_600_000;
 const DOWN_AFTER_MS_MIN: u64 = 2_000;
 const DOWN_AFTER_MS_MAX: u64 = 7 * 24 * 3_600_000;
 
-/// The balancer's settings.
+/// The balancer's settings. A field the cluster file leaves out takes its value from
+/// [`BalancerConfig::default`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BalancerConfig {
     /// The metadata group's leader runs the balancer (default true). Off, only kvcli's
     /// `node drain`, `node remove --dead` and `rebalance` move replicas.
-    #[serde(default = "default_enabled")]
     pub enabled: bool,
     /// Time between two planning rounds (default 2000 ms).
-    #[serde(default = "default_interval_ms")]
     pub interval_ms: u64,
     /// Replica moves running at once, at most (default 4).
-    #[serde(default = "default_moves_max")]
     pub moves_max: u32,
     /// A node silent this long counts as down for good: its replicas are rebuilt on the
     /// other nodes (default 60000 ms).
-    #[serde(default = "default_down_after_ms")]
     pub down_after_ms: u64,
-}
-
-fn default_enabled() -> bool {
-    true
-}
-fn default_interval_ms() -> u64 {
-    2_000
-}
-fn default_moves_max() -> u32 {
-    4
-}
-fn default_down_after_ms() -> u64 {
-    60_000
 }
 
 impl Default for BalancerConfig {
     fn default() -> Self {
         BalancerConfig {
-            enabled: default_enabled(),
-            interval_ms: default_interval_ms(),
-            moves_max: default_moves_max(),
-            down_after_ms: default_down_after_ms(),
+            enabled: true,
+            interval_ms: 2_000,
+            moves_max: 4,
+            down_after_ms: 60_000,
         }
     }
 }

@@ -10,6 +10,8 @@
 //! - [`client`]: [`client::Client`], requests with leader redirects and retries.
 //! - [`wal`]: finding and damaging WAL segments for the recovery tests.
 //! - [`cli`]: running the real `kvcli` binary with a script on stdin, under a deadline.
+//! - [`elastic`]: joining nodes on other loopback addresses, and judging from `kvcli
+//!   status` whether replicas and leaders are spread within one of the mean.
 //! - [`load`]: load beside a test (a writer of unique keys, `kvcli bench --check`) and
 //!   the checks of what it saw.
 //! - [`pty`]: [`pty::PtyChild`], a program on a pseudo-terminal, for the REPL tests.
@@ -20,6 +22,7 @@ pub mod bin;
 pub mod cli;
 pub mod client;
 pub mod cluster;
+pub mod elastic;
 pub mod load;
 pub mod procs;
 pub mod pty;

@@ -14,12 +14,13 @@
 
 use kv_e2e::cli;
 use kv_e2e::cluster::{Cluster, Spec};
+use kv_e2e::elastic::{free_udp, join, listed, shares, status};
 use kv_e2e::load::{assert_acked_read_back, AckedWriter, CheckedBenchLoop};
 use kv_shared::NodeId;
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 const SHARDS: u32 = 8;
@@ -33,80 +34,6 @@ const BALANCE_TIMEOUT: Duration = Duration::from_secs(120);
 const BENCH_RUN_SECONDS: u64 = 10;
 /// How long a node may take to register, or to be refused.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// `kvcli --json status` (exit 0 or 1: a shard may be between leaders).
-fn status(config: &str) -> Value {
-    let run = cli::with_cluster(config, &["--json", "status"], Duration::from_secs(30));
-    assert!(matches!(run.code, Some(0 | 1)), "status: {run:?}");
-    cli::json_of(&run)
-}
-
-/// The nodes `status` found reachable.
-fn reachable(status: &Value) -> BTreeSet<u64> {
-    status["nodes"]
-        .as_array()
-        .expect("nodes")
-        .iter()
-        .filter(|n| n["reachable"] == true)
-        .map(|n| n["node"].as_u64().expect("node id"))
-        .collect()
-}
-
-/// Replicas and leaderships per node, counted from the shard rows.
-fn shares(status: &Value) -> (BTreeMap<u64, usize>, BTreeMap<u64, usize>) {
-    let (mut replicas, mut leaders) = (BTreeMap::new(), BTreeMap::new());
-    for row in status["shards"].as_array().expect("shards") {
-        for n in cli::node_ids(&row["voters"])
-            .into_iter()
-            .chain(cli::node_ids(&row["learners"]))
-        {
-            *replicas.entry(n).or_default() += 1;
-        }
-        if let Some(l) = row["leader"].as_u64() {
-            *leaders.entry(l).or_default() += 1;
-        }
-    }
-    (replicas, leaders)
-}
-
-/// Why `status` is not balanced over exactly the nodes `live`, if it is not: every shard
-/// has R voters, all live, no learner and a live leader; replicas and leaders per live node
-/// are within one of the mean (strictly less than 1 away, as the planner means it).
-fn unbalanced(status: &Value, live: &BTreeSet<u64>) -> Option<String> {
-    let answering = reachable(status);
-    if &answering != live {
-        return Some(format!("reachable nodes {answering:?}, expected {live:?}"));
-    }
-    let rows = status["shards"].as_array().expect("shards");
-    if rows.len() != SHARDS as usize {
-        return Some(format!("{} shard rows", rows.len()));
-    }
-    for row in rows {
-        let voters = cli::node_ids(&row["voters"]);
-        let leader = row["leader"].as_u64();
-        let ok = voters.len() == REPLICATION
-            && voters.iter().all(|v| live.contains(v))
-            && cli::node_ids(&row["learners"]).is_empty()
-            && leader.is_some_and(|l| voters.contains(&l));
-        if !ok {
-            return Some(format!("shard row {row}"));
-        }
-    }
-    let (replicas, leaders) = shares(status);
-    for (what, counts) in [("replicas", &replicas), ("leaders", &leaders)] {
-        let total: usize = counts.values().sum();
-        let mean = total as f64 / live.len() as f64;
-        for n in live {
-            let got = counts.get(n).copied().unwrap_or(0);
-            if (got as f64 - mean).abs() >= 1.0 {
-                return Some(format!(
-                    "node {n} holds {got} {what}, mean {mean:.2}: {counts:?}"
-                ));
-            }
-        }
-    }
-    None
-}
 
 /// Runs `kvcli rebalance` until `status` shows the cluster balanced over `live`; returns
 /// the balanced status.
@@ -125,7 +52,7 @@ fn rebalance_until_balanced(config: &str, live: &BTreeSet<u64>) -> Value {
         let mut why = String::new();
         while Instant::now() < settle {
             let st = status(config);
-            match unbalanced(&st, live) {
+            match kv_e2e::elastic::unbalanced(&st, live, SHARDS, REPLICATION) {
                 None => {
                     eprintln!(
                         "balanced over {live:?} {} ms after the first rebalance: {:?}",
@@ -147,35 +74,6 @@ fn rebalance_until_balanced(config: &str, live: &BTreeSet<u64>) -> Value {
             run.code
         );
     }
-}
-
-/// A free UDP address on loopback address `ip` (127.0.0.2 and 127.0.0.3 need no setup on
-/// Linux: the whole of 127.0.0.0/8 is loopback).
-fn free_udp(ip: &str) -> SocketAddr {
-    let probe = UdpSocket::bind((ip, 0)).expect("127.0.0.0/8 is loopback on Linux");
-    probe.local_addr().expect("local addr")
-}
-
-/// `kvcli --json node list`'s row of `id`.
-fn listed(config: &str, id: u64) -> Option<Value> {
-    let run = cli::with_cluster(config, &["--json", "node", "list"], Duration::from_secs(30));
-    let list = cli::json_of(&run);
-    list["nodes"]
-        .as_array()?
-        .iter()
-        .find(|n| n["id"] == id)
-        .cloned()
-}
-
-/// Starts node `id` with `--join` on a free port of `ip` and waits until the registry
-/// lists it active and reachable at that address.
-fn join(c: &mut Cluster, config: &str, id: u64, ip: &str, seeds: &[SocketAddr]) {
-    let listen = free_udp(ip);
-    c.spawn_joining(NodeId(id), listen, seeds);
-    let row = kv_e2e::wait_for(&format!("node {id} to join"), JOIN_TIMEOUT, || {
-        listed(config, id).filter(|r| r["state"] == "active" && r["reachable"] == true)
-    });
-    assert_eq!(row["addr"], listen.to_string(), "{row}");
 }
 
 /// Node `id` restarted on an empty data directory must exit 2 with a message naming it.

@@ -60,10 +60,14 @@ pub(super) struct Group {
     pub(super) learner_heard_tick: Option<u64>,
     /// Log index of this leader's `EndMove` proposal not yet applied.
     pub(super) move_end_proposed: Option<u64>,
+    /// Leadership transfers this replica started for the move in flight (it is the
+    /// replica that goes), to try another target when they do not take.
+    pub(super) move_transfers_tried: u32,
     /// Index of the committed change that removed this node from the shard.
     pub(super) removed_at: Option<u64>,
-    /// The membership this replica knew at its last Ready listed this node: a replica
-    /// created by a move starts outside it, until the leader's snapshot adds it.
+    /// A membership this replica knew in this life listed this node: a replica created
+    /// by a move starts outside it, until the leader's snapshot adds it. A snapshot that
+    /// does not list a replica that was a member is its removal.
     pub(super) was_member: bool,
     /// A received snapshot, not yet durable, whose membership no longer lists this
     /// member: its index. Once durable (and acknowledged) the replica is removed.
@@ -110,7 +114,7 @@ impl Group {
             sm,
             soft: SoftState {
                 role: st.role,
-                term: st.term,
+                term: st.hard.term,
                 leader: st.leader,
             },
             waiting: Vec::new(),
@@ -130,6 +134,7 @@ impl Group {
             catch_up_since: None,
             learner_heard_tick: None,
             move_end_proposed: None,
+            move_transfers_tried: 0,
             removed_at: None,
             was_member,
             removed_by_snapshot: None,

@@ -37,7 +37,7 @@ impl NodeCore {
             return;
         }
         let st = group.raft.status();
-        if group.sm.applied_index() < st.commit {
+        if group.sm.applied_index() < st.hard.commit {
             return;
         }
         let Some(m) = in_flight else {
@@ -59,10 +59,10 @@ impl NodeCore {
         let commit = if self.remove_before_catch_up {
             0
         } else {
-            st.commit
+            st.hard.commit
         };
         #[cfg(not(feature = "planted-bugs"))]
-        let commit = st.commit;
+        let commit = st.hard.commit;
         let view = LeaderView {
             me,
             membership: &st.membership,
@@ -72,6 +72,7 @@ impl NodeCore {
             learner_silent_ticks: if catching_up { tick - heard } else { 0 },
             learner_silent_ticks_max: moves::MOVE_LEARNER_SILENT_ELECTIONS_MAX
                 * u64::from(self.config.raft.election_ticks_max),
+            transfers_tried: group.move_transfers_tried,
         };
         match moves::next_step(&m, &view) {
             MoveStep::Wait => {}
@@ -89,6 +90,7 @@ impl NodeCore {
                     group.wake();
                     group.raft.transfer_leadership(to);
                     group.last_transfer_tick = Some(tick);
+                    group.move_transfers_tried = group.move_transfers_tried.saturating_add(1);
                 }
             }
             MoveStep::End(refusal) => {
@@ -228,12 +230,12 @@ impl NodeCore {
             .filter(|g| g.created && !g.raft.log_names(me))
             .filter_map(|g| {
                 let st = g.raft.status();
-                let settled = st.vote.is_none()
+                let settled = st.hard.vote.is_none()
                     && st.persisted >= st.last_index
                     && g.snapshot_writes_inflight == 0;
-                let told = g.leader_commit_told.is_some_and(|c| st.commit >= c);
+                let told = g.leader_commit_told.is_some_and(|c| st.hard.commit >= c);
                 let silent = self.tick_count - g.leader_heard_tick >= silent_ticks_max;
-                (settled && (told || silent)).then_some((g.shard, st.term))
+                (settled && (told || silent)).then_some((g.shard, st.hard.term))
             })
             .collect();
         for (g, term) in unlisted {
@@ -301,6 +303,7 @@ impl NodeCore {
         group.catch_up_since = None;
         group.learner_heard_tick = None;
         group.move_end_proposed = None;
+        group.move_transfers_tried = 0;
         let waiters = std::mem::take(&mut group.move_waiters);
         for id in waiters {
             let Some(r) = self.requests.get(&id) else {

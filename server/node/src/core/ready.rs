@@ -161,7 +161,11 @@ impl NodeCore {
         }
         self.serve_confirmed_reads(g);
         let group = &mut self.groups[g];
-        group.was_member = is_listed(group.raft.membership(), self.config.node);
+        // Sticky: Raft's membership is the committed one, which runs ahead of what this
+        // node applied. A member whose removal Raft committed before its entries were
+        // durable never applies that removal when a leader's snapshot past it overtakes
+        // them; the snapshot must still count as its removal.
+        group.was_member |= is_listed(group.raft.membership(), self.config.node);
     }
 
     /// Turns a Raft Write into DiskOps of this round: snapshot, entries, hard state.

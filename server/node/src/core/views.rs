@@ -60,9 +60,9 @@ impl NodeCore {
                 ShardStatus {
                     shard: g.shard,
                     role: st.role,
-                    term: st.term,
+                    term: st.hard.term,
                     leader: st.leader,
-                    commit: st.commit,
+                    commit: st.hard.commit,
                     applied: g.sm.applied_index(),
                     log_entries: st.last_index.saturating_sub(st.snapshot_index),
                     snapshot_index: st.snapshot_index,

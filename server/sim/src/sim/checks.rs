@@ -40,7 +40,7 @@ impl Sim {
         // a replica that has applied everything it knows committed.
         let applied = r.core.group_view(ShardId(shard)).map_or(0, |v| v.applied);
         let member = route.voters.contains(&id) || route.learners.contains(&id);
-        if member || applied < r.core.raft_status(ShardId(shard)).commit {
+        if member || applied < r.core.raft_status(ShardId(shard)).hard.commit {
             return Ok(());
         }
         fail(format!(
@@ -122,7 +122,7 @@ impl Sim {
                 continue;
             };
             let st = r.core.raft_status(ShardId(s));
-            let commit = st.commit;
+            let commit = st.hard.commit;
             self.checker.committed(id, s, commit)?;
             self.checker.membership_at_commit(
                 id,
@@ -148,7 +148,7 @@ impl Sim {
                 continue;
             };
             let st = r.core.raft_status(ShardId(s));
-            if let Err(v) = self.checker.progress(id, s, Some(st.commit), applied) {
+            if let Err(v) = self.checker.progress(id, s, Some(st.hard.commit), applied) {
                 return self.fail(v);
             }
         }

@@ -22,7 +22,7 @@ mod queue;
 use crate::invariants::{Checker, TrackedLog, Violation};
 use crate::options::{Failure, FaultMix, FaultProfile, Report, SimOptions, Stats};
 use crate::trace::Trace;
-use crate::workload::{keys, Action, Client, ClientTiming};
+use crate::workload::{keys, Action, Client, ClientTiming, ClientWorld};
 use admin::{is_admin, Admin};
 use bytes::Bytes;
 use figure8::Fig8;
@@ -468,17 +468,7 @@ impl Sim {
                         reply.client, reply.seq, reply.outcome
                     ),
                 );
-                let c = &mut self.clients[client];
-                let r = c.on_reply(
-                    reply,
-                    self.now,
-                    &mut self.rng,
-                    &self.ids,
-                    &self.keys,
-                    self.shards,
-                    &self.timing,
-                    &mut self.history,
-                );
+                let r = self.client_step(client, |c, world| c.on_reply(reply, world));
                 match r {
                     Ok(a) => {
                         self.client_action(client, a);
@@ -493,17 +483,7 @@ impl Sim {
                 }
             }
             Ev::ClientWake { client, epoch } => {
-                let c = &mut self.clients[client];
-                let a = c.wake(
-                    epoch,
-                    self.now,
-                    &mut self.rng,
-                    &self.ids,
-                    &self.keys,
-                    self.shards,
-                    &self.timing,
-                    &mut self.history,
-                );
+                let a = self.client_step(client, |c, world| c.wake(epoch, world));
                 self.client_action(client, a);
             }
             Ev::Chaos => self.chaos(),
@@ -543,6 +523,25 @@ impl Sim {
             }
             Ev::Liveness => self.start_liveness(),
         }
+    }
+
+    /// Runs one step of client `client` with the simulation around it (the clock, the
+    /// run's randomness, the nodes, keys and timing, and the history).
+    fn client_step<R>(
+        &mut self,
+        client: usize,
+        step: impl FnOnce(&mut Client, ClientWorld<'_>) -> R,
+    ) -> R {
+        let world = ClientWorld {
+            now_ns: self.now,
+            rng: &mut self.rng,
+            nodes: &self.ids,
+            keys: &self.keys,
+            shards: self.shards,
+            timing: &self.timing,
+            history: &mut self.history,
+        };
+        step(&mut self.clients[client], world)
     }
 
     fn client_action(&mut self, client: usize, a: Action) {
@@ -617,6 +616,14 @@ impl Sim {
             return;
         };
         let out = r.core.take_output();
+        if self.trace.wants_detail() {
+            // A replay shows what each replica did (elections, membership changes,
+            // replicas created, removed or forgotten), not only what it sent.
+            for e in &out.events {
+                let line = format!("{id} s{}:t{} {:?}", e.shard.0, e.term, e.kind);
+                self.trace.log(self.now, line);
+            }
+        }
         for a in out.applied {
             if let Err(v) = self.checker.applied(id, a.shard.0, a.index, a.term, a.hash) {
                 return self.fail(v);

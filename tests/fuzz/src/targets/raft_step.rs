@@ -143,11 +143,11 @@ impl Harness {
 
     fn check(&mut self) {
         let st = self.raft.status();
-        assert!(st.term >= self.term, "term went back");
-        assert!(st.commit >= self.commit, "commit went back");
-        assert!(st.applied <= st.commit, "applied beyond commit");
-        self.term = st.term;
-        self.commit = st.commit;
+        assert!(st.hard.term >= self.term, "term went back");
+        assert!(st.hard.commit >= self.commit, "commit went back");
+        assert!(st.applied <= st.hard.commit, "applied beyond commit");
+        self.term = st.hard.term;
+        self.commit = st.hard.commit;
     }
 
     /// Answers the messages sent so far as live, agreeable peers would.
@@ -163,7 +163,7 @@ impl Harness {
         self.raft = Raft::new(config(), self.disk.restored());
         self.applied = self.disk.snapshot.as_ref().map_or(0, |s| s.meta.index);
         // The commit index is durable only as far as a hard state carried it.
-        self.commit = self.raft.status().commit;
+        self.commit = self.raft.status().hard.commit;
         self.outbox.clear();
     }
 }
@@ -192,7 +192,7 @@ pub fn run(data: &[u8]) {
         }
         match input.u8() % 8 {
             0 | 1 => {
-                if let Some(msg) = member_message(&mut input, h.raft.status().term) {
+                if let Some(msg) = member_message(&mut input, h.raft.status().hard.term) {
                     h.raft.step(msg);
                 }
             }
