@@ -248,15 +248,20 @@ pub fn planner_view(
             nodes.push(NodeInfo { id: r.id, state });
         }
     }
-    let shards = status
-        .shards
+    let metadata = status
+        .metadata
         .iter()
-        .map(|row| ShardInfo {
-            shard: row.shard,
-            voters: row.voters.clone(),
-            learners: row.learners.clone(),
-            leader: row.leader,
-            avoid: avoid.get(&row.shard).cloned().unwrap_or_default(),
+        .map(|r| (r.shard, &r.voters, &r.learners, r.leader));
+    let shards = (status.shards.iter())
+        .map(|row| (row.shard, &row.voters, &row.learners, row.leader))
+        // The metadata group moves like a shard: off draining and dead nodes, and spread.
+        .chain(metadata)
+        .map(|(shard, voters, learners, leader)| ShardInfo {
+            shard,
+            voters: voters.clone(),
+            learners: learners.clone(),
+            leader,
+            avoid: avoid.get(&shard).cloned().unwrap_or_default(),
         })
         .collect();
     Cluster {

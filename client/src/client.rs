@@ -252,7 +252,7 @@ impl Topology {
             }
         }
         self.set_shard_count(status.shard_count);
-        for route in &status.routes {
+        for route in status.routes.iter().chain(status.metadata.as_deref()) {
             self.learn_route(route);
         }
         for s in &status.shards {

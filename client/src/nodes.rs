@@ -239,6 +239,7 @@ mod tests {
                     nodes: Vec::new(),
                     routes: vec![route(0, 0, &[1, 2, 3], &[]), route(1, 9, &[1, 2, 4], &[3])],
                     registry: reg.map(Box::new),
+                    metadata: None,
                 },
                 Duration::from_millis(1),
             )),

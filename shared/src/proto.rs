@@ -161,6 +161,31 @@ impl Op {
         }
     }
 
+    /// True for the operations only an admin key may run (docs/SECURITY.md): they change
+    /// who the cluster's nodes are, where replicas and leaderships live, or the balancer.
+    pub fn is_admin(&self) -> bool {
+        matches!(
+            self,
+            Op::ShardLeader { .. }
+                | Op::MoveReplica { .. }
+                | Op::RegisterNode { .. }
+                | Op::SetNodeState { .. }
+                | Op::PauseBalancer { .. }
+        )
+    }
+
+    /// What the operation does, for a permission refusal (`cannot ...`).
+    pub fn permission_name(&self) -> &'static str {
+        match self {
+            Op::ShardLeader { .. } => "move a shard's leadership (admin only)",
+            Op::MoveReplica { .. } => "move a replica (admin only)",
+            Op::RegisterNode { .. } => "register a node (admin only)",
+            Op::SetNodeState { .. } => "change a node's state (admin only)",
+            Op::PauseBalancer { .. } => "pause or resume the balancer (admin only)",
+            _ => "write",
+        }
+    }
+
     /// True for operations that go through the log under the client's session (writes,
     /// and opening the session).
     pub fn is_write(&self) -> bool {
@@ -354,13 +379,16 @@ pub enum ClientError {
         /// Bytes pending now.
         pending_bytes: usize,
     },
-    /// The client's key does not allow this operation (a write under a read-only key).
-    #[error("permission denied: client {client} is {permission} and cannot write")]
+    /// The client's key does not allow this operation (a write under a read-only key, an
+    /// admin operation under a key that is not admin).
+    #[error("permission denied: client {client} is {permission} and cannot {operation}")]
     PermissionDenied {
         /// The authenticated client name.
         client: String,
-        /// Its permission ("read-only").
+        /// Its permission ("read-only", "read-write").
         permission: String,
+        /// What it asked for ("write", "move a replica (admin only)").
+        operation: String,
     },
     /// The client routed by an older replica set than this node knows, or to a node that
     /// holds no replica of the shard: here is the node's view of it. Retry there.
@@ -559,6 +587,12 @@ pub struct NodeStatus {
     /// The newest node registry the answering node has seen (`None`: none yet). Boxed:
     /// a status is one variant of [`Outcome`], which stays small for the others.
     pub registry: Option<Box<Registry>>,
+    /// The metadata group's replica set and leader as the answering node knows it (its
+    /// own replica's, or the newest heard from another node; `None`: the cluster runs no
+    /// metadata group). The group moves like a shard, so its voters are not the bootstrap
+    /// nodes for long: clients route admin operations, and the balancer plans, by this.
+    /// Boxed like the registry.
+    pub metadata: Option<Box<ShardRoute>>,
 }
 
 #[cfg(test)]

@@ -69,7 +69,24 @@ pub(super) fn held_by(status: &ClusterStatus, node: NodeId) -> (usize, usize) {
         .iter()
         .filter(|s| s.leader == Some(node))
         .count();
-    (replicas, leads)
+    // The metadata group's replica moves off a drained node too (docs/ELASTIC.md), when
+    // an answering node outside the group can take it (else it stays, as the planner
+    // leaves it).
+    let (metadata_replica, metadata_leader) =
+        status.metadata.as_ref().map_or((false, false), |m| {
+            let in_group = |n: NodeId| m.voters.contains(&n) || m.learners.contains(&n);
+            let movable = status
+                .nodes
+                .iter()
+                .filter(|r| r.rtt_us.is_some())
+                .filter_map(|r| r.node.id)
+                .any(|n| n != node && !in_group(n));
+            (in_group(node) && movable, m.leader == Some(node) && movable)
+        });
+    (
+        replicas + usize::from(metadata_replica),
+        leads + usize::from(metadata_leader),
+    )
 }
 
 /// What watching the balancer and driving the plan share: when they started, when they

@@ -3,7 +3,7 @@
 
 use super::{paint, table, Style};
 use crate::client::{NodeAddr, NodeReport};
-use kv_shared::proto::{NodeStatus, Role, ShardStatus};
+use kv_shared::proto::{NodeStatus, Role, ShardRoute, ShardStatus};
 use kv_shared::{NodeId, ShardId};
 use serde_json::{json, Value};
 
@@ -68,6 +68,9 @@ pub struct ClusterStatus {
     pub shards: Vec<ShardRow>,
     /// One row per node.
     pub nodes: Vec<NodeRow>,
+    /// The metadata group's newest replica set any node reported (highest epoch; at
+    /// equal epochs, one naming a leader), `None`: no node runs one.
+    pub metadata: Option<ShardRoute>,
 }
 
 impl ClusterStatus {
@@ -229,7 +232,16 @@ pub fn combine_status(reports: &[NodeReport], shard_count: u32) -> ClusterStatus
             },
         })
         .collect();
-    ClusterStatus { shards, nodes }
+    let metadata = answered
+        .iter()
+        .filter_map(|n| n.metadata.as_deref())
+        .max_by_key(|r| (r.epoch, r.leader.is_some()))
+        .cloned();
+    ClusterStatus {
+        shards,
+        nodes,
+        metadata,
+    }
 }
 
 /// The nonzero counts as `name=count`, space-separated, each name shown by `show`.
@@ -425,6 +437,13 @@ pub(super) fn status_json(s: &ClusterStatus) -> Value {
         })).collect::<Vec<_>>(),
         "serving": s.serving(),
         "problems": s.problems(),
+        // The metadata group (node registry) moves like a shard; null: none runs.
+        "metadata": s.metadata.as_ref().map(|m| json!({
+            "leader": m.leader.map(|l| l.0),
+            "epoch": m.epoch,
+            "voters": m.voters.iter().map(|v| v.0).collect::<Vec<_>>(),
+            "learners": m.learners.iter().map(|v| v.0).collect::<Vec<_>>(),
+        })),
         "nodes": s.nodes.iter().map(|n| json!({
             "node": n.node.id.map(|i| i.0),
             "addr": n.node.addr.to_string(),
@@ -442,7 +461,6 @@ pub(super) fn status_json(s: &ClusterStatus) -> Value {
 mod tests {
     use super::*;
     use crate::output::{render, CmdOutput};
-    use kv_shared::proto::ShardRoute;
     use std::time::Duration;
 
     const PLAIN: Style = Style {
@@ -526,6 +544,7 @@ mod tests {
             nodes: vec![],
             routes: vec![route(0, 0, &[1, 2, 3], &[]), route(1, 0, &[1, 2, 3], &[])],
             registry: None,
+            metadata: None,
         };
         let mut n2 = n1.clone();
         n2.node = NodeId(2);

@@ -337,6 +337,7 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
             nodes: (1..).map(NodeId).zip(c.addrs.iter().copied()).collect(),
             routes: (0..shards).map(|s| c.route(ShardId(s), n)).collect(),
             registry: None,
+            metadata: None,
         };
         return reply(Outcome::Status(status));
     }

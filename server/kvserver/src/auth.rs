@@ -13,6 +13,18 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+/// What a client under `permission` asked for and may not do with `op`, if anything: a
+/// write under a read-only key, an admin operation under a key that is not admin. Both
+/// front ends (UDP and RESP) refuse by it, so that they agree.
+pub fn denied(permission: Permission, op: &kv_shared::proto::Op) -> Option<&'static str> {
+    let allowed = if op.is_admin() {
+        permission.may_administer()
+    } else {
+        !op.is_write() || permission.may_write()
+    };
+    (!allowed).then(|| op.permission_name())
+}
+
 /// The file in the data directory holding the node's latest incarnation.
 pub const INCARNATION_FILE: &str = "incarnation";
 
@@ -354,6 +366,70 @@ impl SessionBindings {
 mod tests {
     use super::*;
     use kv_shared::auth::{generate_key, Stamp};
+
+    #[test]
+    fn admin_operations_need_the_admin_permission_and_writes_a_writer() {
+        use kv_shared::proto::Op;
+        use kv_shared::registry::NodeState;
+        let key = bytes::Bytes::from_static(b"k");
+        let put = Op::Put {
+            key: key.clone(),
+            value: key.clone(),
+        };
+        let get = Op::Get {
+            key: key.clone(),
+            stale: false,
+        };
+        let admin_ops = [
+            Op::MoveReplica {
+                shard: kv_shared::ShardId(0),
+                from: NodeId(1),
+                to: NodeId(2),
+            },
+            Op::ShardLeader {
+                shard: kv_shared::ShardId(0),
+                node: NodeId(1),
+            },
+            Op::RegisterNode {
+                node: NodeId(4),
+                addr: "127.0.0.1:1".parse().unwrap(),
+                identity: 1,
+            },
+            Op::SetNodeState {
+                node: NodeId(4),
+                state: NodeState::Draining,
+            },
+            Op::PauseBalancer { paused: true },
+        ];
+        for op in &admin_ops {
+            assert!(op.is_admin(), "{op:?}");
+            assert_eq!(denied(Permission::Admin, op), None, "{op:?}");
+            let refused = denied(Permission::ReadWrite, op).expect("refused to a writer");
+            assert!(refused.ends_with("(admin only)"), "{refused}");
+            assert!(denied(Permission::ReadOnly, op).is_some(), "{op:?}");
+        }
+        assert_eq!(denied(Permission::ReadOnly, &put), Some("write"));
+        for p in [Permission::ReadWrite, Permission::Admin] {
+            assert_eq!(denied(p, &put), None);
+        }
+        for p in [
+            Permission::ReadOnly,
+            Permission::ReadWrite,
+            Permission::Admin,
+        ] {
+            assert_eq!(denied(p, &get), None);
+            assert_eq!(denied(p, &Op::Status), None);
+        }
+        let e = kv_shared::proto::ClientError::PermissionDenied {
+            client: "app".into(),
+            permission: Permission::ReadWrite.name().into(),
+            operation: denied(Permission::ReadWrite, &admin_ops[0]).unwrap().into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "permission denied: client app is read-write and cannot move a replica (admin only)"
+        );
+    }
 
     #[test]
     fn incarnations_grow_across_restarts_even_if_the_clock_steps_back() {

@@ -5,7 +5,7 @@
 use crate::metrics::Metrics;
 use crate::server::{ServerError, ServerOptions};
 use crate::{http, resp};
-use kv_shared::auth::{read_client_key, ClientKey, Permission};
+use kv_shared::auth::{read_client_key, ClientKey};
 use kv_shared::config::ClusterConfig;
 use kvcli::{Client, ClientOptions};
 use std::net::SocketAddr;
@@ -41,21 +41,23 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
 }
 
 /// The client key the Redis gateway speaks to the cluster under for itself (the node
-/// status that INFO and DBSIZE show), and the node registers itself under: the cluster file's `client_key_file`, else its
-/// first read-write key in `client_key_files`. Connections act as the client they AUTH
+/// status that INFO and DBSIZE show), and the node registers itself and runs the balancer
+/// under (admin operations: the key needs the admin permission, docs/SECURITY.md): the
+/// cluster file's `client_key_file`, else its first admin key in `client_key_files`, else
+/// its first read-write one. Connections act as the client they AUTH
 /// as, or as `redis_default_client` (`resp::users`, docs/SECURITY.md).
 pub(crate) fn gateway_key(cluster: &ClusterConfig) -> Result<Option<ClientKey>, ServerError> {
     let read = |path: &std::path::Path| read_client_key(path).map_err(ServerError::GatewayKey);
     if let Some(path) = &cluster.client_key_file {
         return read(path).map(Some);
     }
+    let mut keys = Vec::new();
     for path in &cluster.client_key_files {
-        let key = read(path)?;
-        if key.permission == Permission::ReadWrite {
-            return Ok(Some(key));
-        }
+        keys.push(read(path)?);
     }
-    Ok(None)
+    let admin = keys.iter().position(|k| k.permission.may_administer());
+    let writer = keys.iter().position(|k| k.permission.may_write());
+    Ok(admin.or(writer).map(|i| keys.swap_remove(i)))
 }
 
 /// Binds the addresses `opts` names and starts serving them.

@@ -539,6 +539,7 @@ mod tests {
             nodes: Vec::new(),
             routes: Vec::new(),
             registry: None,
+            metadata: None,
         };
         let mut counters = Counters::default();
         counters.datagrams_in = 5;
@@ -575,6 +576,7 @@ mod tests {
             nodes: Vec::new(),
             routes: Vec::new(),
             registry: None,
+            metadata: None,
         };
         let mut counters = Counters::default();
         counters.datagrams_out = 11;

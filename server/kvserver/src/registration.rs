@@ -13,7 +13,7 @@
 //! log, so it waits for every node rather than a majority.
 
 use crate::balancer::StatusRound;
-use kv_shared::proto::{ClientError, Op};
+use kv_shared::proto::{ClientError, NodeStatus, Op, ShardRoute};
 use kv_shared::registry::{RegisterRefusal, Registry};
 use kv_shared::NodeId;
 use kvcli::{Client, ClientOptions, Error};
@@ -89,6 +89,10 @@ pub fn data_dir_identity(dir: &Path, holds_data: bool) -> std::io::Result<DataDi
 pub enum RegistrationEvent {
     /// A registry another node answered with (for the core's cache).
     Heard(Registry),
+    /// The metadata group's route another node answered with (for the core's cache: a
+    /// node holding no metadata replica routes admin operations by it once the group
+    /// moved off the bootstrap nodes).
+    HeardMetadataRoute(ShardRoute),
     /// The first-start check passed: this node may take part in Raft.
     Cleared,
     /// The metadata group registered this node (or already had it).
@@ -187,11 +191,10 @@ async fn first_start_check(
             let Ok((status, _)) = &report.result else {
                 continue;
             };
-            if let Some(registry) = &status.registry {
-                registry.check(reg.node, reg.identity.identity)?;
+            if status.registry.is_some() {
                 heard_registry = true;
-                let _ = events.send(RegistrationEvent::Heard(*registry.clone()));
             }
+            pass_on(reg, status, events)?;
             if !answered.contains(&status.node) {
                 answered.push(status.node);
             }
@@ -230,16 +233,30 @@ async fn hear_registry(
     let reports = client.status(STATUS_WAIT).await;
     for report in &reports {
         if let Ok((status, _)) = &report.result {
-            if let Some(registry) = &status.registry {
-                registry.check(reg.node, reg.identity.identity)?;
-                let _ = events.send(RegistrationEvent::Heard(*registry.clone()));
-            }
+            pass_on(reg, status, events)?;
         }
     }
     rounds.send_replace(Some(Arc::new(StatusRound {
         at: Instant::now(),
         reports,
     })));
+    Ok(())
+}
+
+/// Hands what `status` knows of the registry and the metadata group to the core; refuses
+/// if its registry no longer accepts this node.
+fn pass_on(
+    reg: &Registration,
+    status: &NodeStatus,
+    events: &UnboundedSender<RegistrationEvent>,
+) -> Result<(), RegisterRefusal> {
+    if let Some(registry) = &status.registry {
+        registry.check(reg.node, reg.identity.identity)?;
+        let _ = events.send(RegistrationEvent::Heard(*registry.clone()));
+    }
+    if let Some(route) = &status.metadata {
+        let _ = events.send(RegistrationEvent::HeardMetadataRoute((**route).clone()));
+    }
     Ok(())
 }
 

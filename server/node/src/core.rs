@@ -232,6 +232,9 @@ pub struct NodeCore {
     /// The newest node registry heard from outside this node (status replies of other
     /// nodes, via [`NodeCore::learn_registry`]); a metadata voter also reads its own.
     registry_heard: Option<Registry>,
+    /// The newest metadata group route heard from outside this node (for a node that
+    /// holds no metadata replica), via [`NodeCore::learn_metadata_route`].
+    metadata_route_heard: Option<ShardRoute>,
     #[cfg(feature = "planted-bugs")]
     read_without_read_index: bool,
     #[cfg(feature = "planted-bugs")]
@@ -308,6 +311,7 @@ impl NodeCore {
             peers_sent_tick: BTreeMap::new(),
             now_ms: 0,
             registry_heard: None,
+            metadata_route_heard: None,
             #[cfg(feature = "planted-bugs")]
             read_without_read_index: false,
             #[cfg(feature = "planted-bugs")]

@@ -13,6 +13,7 @@ use kv_storage::{Record, Recovered};
 use std::collections::VecDeque;
 
 mod metadata;
+mod metadata_moves;
 mod move_steps;
 
 struct Cluster {

@@ -99,7 +99,8 @@ pub fn hosted_shards(
     let mut latest: BTreeMap<ShardId, ReplicaRecord> = BTreeMap::new();
     for r in &recovered.records {
         if let Some(record) = decode_replica(r)? {
-            if r.group >= shard_count {
+            // A replica of the metadata group may be created or removed by a move too.
+            if r.group >= shard_count && ShardId(r.group) != METADATA_SHARD {
                 return Err(RecoveryError::UnknownGroup {
                     shard: r.group,
                     shard_count,

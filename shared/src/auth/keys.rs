@@ -60,8 +60,11 @@ pub fn random_u64() -> std::io::Result<u64> {
 pub enum Permission {
     /// Gets and status only; writes are refused with "permission denied".
     ReadOnly,
-    /// Everything.
+    /// Gets, writes and status; admin operations (`Op::is_admin`) are refused.
     ReadWrite,
+    /// Everything: also registering nodes, marking them draining or removed, moving
+    /// replicas and leaderships, pausing the balancer. Nodes register under an admin key.
+    Admin,
 }
 
 impl Permission {
@@ -70,7 +73,18 @@ impl Permission {
         match self {
             Permission::ReadOnly => "read-only",
             Permission::ReadWrite => "read-write",
+            Permission::Admin => "admin",
         }
+    }
+
+    /// May write (put, delete, ...): read-write and admin.
+    pub fn may_write(self) -> bool {
+        matches!(self, Permission::ReadWrite | Permission::Admin)
+    }
+
+    /// May run admin operations: admin only.
+    pub fn may_administer(self) -> bool {
+        self == Permission::Admin
     }
 }
 
@@ -178,7 +192,7 @@ pub fn read_client_key(path: &Path) -> Result<ClientKey, KeyFileError> {
     let (Some(name), Some(permission)) = (raw.name, raw.permission) else {
         return Err(key_file_error(
             path,
-            "a client key file needs `name` and `permission` (\"read-only\" or \"read-write\")",
+            "a client key file needs `name` and `permission` (\"read-only\", \"read-write\" or \"admin\")",
         ));
     };
     check_client_name(&name).map_err(|p| key_file_error(path, p))?;
@@ -230,8 +244,10 @@ pub fn write_client_key(path: &Path, client: &ClientKey) -> Result<(), KeyFileEr
 }
 
 /// Creates every key file `config` names that does not exist yet: each cluster key file,
-/// and each client key file as a read-write client named after the file (`admin.key`:
-/// "admin"). Existing files are left alone. Returns the files created.
+/// and each client key file as a client named after the file: `admin.key` is client
+/// "admin" with the admin permission (kvcli's node and shard commands, and the nodes'
+/// own registration, need one), any other a read-write client. Existing files are left
+/// alone. Returns the files created.
 pub fn create_missing_key_files(
     config: &crate::config::ClusterConfig,
 ) -> Result<Vec<PathBuf>, KeyFileError> {
@@ -249,9 +265,14 @@ pub fn create_missing_key_files(
                 .file_stem()
                 .and_then(|s| s.to_str())
                 .ok_or_else(|| key_file_error(path, "cannot name a client after this file"))?;
+            let permission = if name == "admin" {
+                Permission::Admin
+            } else {
+                Permission::ReadWrite
+            };
             let client = ClientKey {
                 name: name.to_string(),
-                permission: Permission::ReadWrite,
+                permission,
                 key: fresh(path)?,
             };
             write_client_key(path, &client)?;
@@ -318,6 +339,16 @@ mod tests {
         let path = dir.path().join("reader.key");
         write_client_key(&path, &client).unwrap();
         assert_eq!(read_client_key(&path).unwrap(), client);
+        let admin = ClientKey {
+            name: "ops".into(),
+            permission: Permission::Admin,
+            key: generate_key().unwrap(),
+        };
+        let admin_path = dir.path().join("ops.key");
+        write_client_key(&admin_path, &admin).unwrap();
+        let text = std::fs::read_to_string(&admin_path).unwrap();
+        assert!(text.contains("permission = \"admin\""), "{text}");
+        assert_eq!(read_client_key(&admin_path).unwrap(), admin);
         let e = read_cluster_key(&path).unwrap_err().to_string();
         assert!(e.contains("client key"), "{e}");
         let e = read_client_key(&cluster).unwrap_err().to_string();
@@ -357,17 +388,22 @@ mod tests {
         std::fs::write(
             &path,
             "cluster_id = 1\nshards = 1\nkey_file = \"keys/cluster.key\"\n\
-             client_key_files = [\"keys/admin.key\"]\n\
+             client_key_files = [\"keys/admin.key\", \"keys/app.key\"]\n\
              [[nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\n",
         )
         .unwrap();
         let config = crate::config::ClusterConfig::load(&path).unwrap();
         let created = create_missing_key_files(&config).unwrap();
-        assert_eq!(created.len(), 2);
+        assert_eq!(created.len(), 3);
         let admin = read_client_key(&dir.path().join("keys/admin.key")).unwrap();
         assert_eq!(
             (admin.name.as_str(), admin.permission),
-            ("admin", Permission::ReadWrite)
+            ("admin", Permission::Admin)
+        );
+        let app = read_client_key(&dir.path().join("keys/app.key")).unwrap();
+        assert_eq!(
+            (app.name.as_str(), app.permission),
+            ("app", Permission::ReadWrite)
         );
         let cluster = read_cluster_key(&dir.path().join("keys/cluster.key")).unwrap();
         assert!(create_missing_key_files(&config).unwrap().is_empty());

@@ -10,10 +10,13 @@
 //! cannot finish or that would leave a shard without a quorum of answering voters.
 
 #[cfg(test)]
+mod metadata_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
 
+use crate::registry::METADATA_SHARD;
 use crate::{NodeId, ShardId};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -198,6 +201,17 @@ impl Plan {
     }
 }
 
+/// The voters `s` should have: R for a data shard; for the metadata group ([`METADATA_SHARD`],
+/// listed among the shards so that its replicas move off draining and dead nodes and
+/// spread like any other), the count it has, `min(5, N)` bootstrap nodes, which moves keep.
+pub fn voters_wanted(cluster: &Cluster, s: &ShardInfo) -> usize {
+    if s.shard == METADATA_SHARD {
+        s.voters.len()
+    } else {
+        cluster.replication
+    }
+}
+
 /// A majority of `n` voters.
 pub fn majority(n: usize) -> usize {
     n / 2 + 1
@@ -320,7 +334,7 @@ pub fn plan(cluster: &Cluster, in_flight: &[Move], moves_max: usize) -> Plan {
     let mut moved: BTreeSet<ShardId> = BTreeSet::new();
     let mut leaders = leader_counts(cluster, &p.shards);
     for s in p.shards.iter().filter(|s| !p.frozen.contains(&s.shard)) {
-        if s.voters.len() != cluster.replication {
+        if s.voters.len() != voters_wanted(cluster, s) {
             plan.stuck.push(Stuck {
                 shard: s.shard,
                 node: None,
@@ -357,7 +371,12 @@ pub fn plan(cluster: &Cluster, in_flight: &[Move], moves_max: usize) -> Plan {
                 .filter(|n| can_receive(s, *n))
                 .min_by_key(|n| (p.load[n], leaders.get(n).copied().unwrap_or(0), *n));
             let Some(to) = target else {
-                plan.stuck.push(stuck(StuckReason::NoTarget));
+                // The metadata group on every live node (5 nodes or fewer): nothing can
+                // take its replica, and a move keeps the voter count, so its replica
+                // stays and does not hold up a drain (What is next, docs/ELASTIC.md).
+                if s.shard != METADATA_SHARD {
+                    plan.stuck.push(stuck(StuckReason::NoTarget));
+                }
                 continue;
             };
             if budget == 0 {
@@ -411,8 +430,10 @@ fn take(
     s.voters.sort();
     if s.leader == Some(m.from) {
         s.leader = Some(m.to);
-        *leaders.entry(m.from).or_default() -= 1;
-        *leaders.entry(m.to).or_default() += 1;
+        if s.shard != METADATA_SHARD {
+            *leaders.entry(m.from).or_default() -= 1;
+            *leaders.entry(m.to).or_default() += 1;
+        }
     }
     *p.load.get_mut(&m.from).expect("a voter has a load") -= 1;
     *p.load.entry(m.to).or_default() += 1;
@@ -454,7 +475,10 @@ fn balance_move(cluster: &Cluster, p: &Projection, moved: &BTreeSet<ShardId>) ->
 /// Shards led per node (every node listed, 0 when it leads nothing).
 fn leader_counts(cluster: &Cluster, shards: &[ShardInfo]) -> BTreeMap<NodeId, usize> {
     let mut counts: BTreeMap<NodeId, usize> = cluster.nodes.iter().map(|n| (n.id, 0)).collect();
-    for l in shards.iter().filter_map(|s| s.leader) {
+    // The metadata group's leadership is not spread: `Op::ShardLeader` names data shards,
+    // and a move of its leader's replica hands its leadership over itself.
+    let data_shards = shards.iter().filter(|s| s.shard != METADATA_SHARD);
+    for l in data_shards.filter_map(|s| s.leader) {
         *counts.entry(l).or_default() += 1;
     }
     counts
@@ -470,6 +494,7 @@ fn leader_transfers(cluster: &Cluster, shards: &[ShardInfo]) -> Vec<LeaderTransf
     let is_live = |n: &NodeId| live.binary_search(n).is_ok();
     let mut leader: BTreeMap<ShardId, NodeId> = shards
         .iter()
+        .filter(|s| s.shard != METADATA_SHARD)
         .filter_map(|s| s.leader.map(|l| (s.shard, l)))
         .collect();
     let voters: BTreeMap<ShardId, Vec<NodeId>> = shards
@@ -674,13 +699,13 @@ pub fn assess(cluster: &Cluster) -> Assessment {
         short_shards: cluster
             .shards
             .iter()
-            .filter(|s| s.voters.iter().filter(|v| is_live(v)).count() < cluster.replication)
+            .filter(|s| s.voters.iter().filter(|v| is_live(v)).count() < voters_wanted(cluster, s))
             .map(|s| s.shard)
             .collect(),
         miscounted_shards: cluster
             .shards
             .iter()
-            .filter(|s| s.voters.len() != cluster.replication)
+            .filter(|s| s.voters.len() != voters_wanted(cluster, s))
             .map(|s| s.shard)
             .collect(),
         moving_shards: cluster

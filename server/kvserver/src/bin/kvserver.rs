@@ -132,8 +132,13 @@ struct KeygenArgs {
     #[arg(long, value_name = "NAME", requires = "out")]
     client: Option<String>,
     /// With --client: the client may only read.
-    #[arg(long, requires = "client")]
+    #[arg(long, requires = "client", conflicts_with = "admin")]
     read_only: bool,
+    /// With --client: the client may also run admin operations (register nodes, drain
+    /// and remove them, move replicas and leaders, pause the balancer), as kvcli's
+    /// `node` and `shard` commands and the nodes' own registration need.
+    #[arg(long, requires = "client")]
+    admin: bool,
 }
 
 fn main() -> ExitCode {
@@ -217,6 +222,8 @@ fn keygen(k: &KeygenArgs) -> Result<(), String> {
             Some(name) => {
                 let permission = if k.read_only {
                     Permission::ReadOnly
+                } else if k.admin {
+                    Permission::Admin
                 } else {
                     Permission::ReadWrite
                 };

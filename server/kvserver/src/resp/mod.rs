@@ -20,7 +20,6 @@ pub mod users;
 use crate::metrics::{FrontEnd, Metrics};
 use bytes::{Bytes, BytesMut};
 use commands::{ConnCommand, Finish, Plan};
-use kv_shared::auth::Permission;
 use kv_shared::proto::{ClientRequest, NodeStatus, Op, Outcome, Role};
 use kv_shared::{ClientId, NodeId};
 use kvcli::{Client, Response, Session};
@@ -208,12 +207,14 @@ impl Connection {
             return (!matches!(command, "ping" | "hello" | "auth" | "quit"))
                 .then(|| Reply::Error("NOAUTH Authentication required.".into()));
         };
-        let writes = match plan {
-            Plan::Ops { ops, .. } => ops.iter().any(Op::is_write),
-            Plan::Conn(ConnCommand::SetIfPresent { .. }) => true,
+        let denied = match plan {
+            Plan::Ops { ops, .. } => ops
+                .iter()
+                .any(|op| crate::auth::denied(user.permission, op).is_some()),
+            Plan::Conn(ConnCommand::SetIfPresent { .. }) => !user.permission.may_write(),
             Plan::Now(_) | Plan::Conn(_) => false,
         };
-        (writes && user.permission == Permission::ReadOnly).then(|| {
+        denied.then(|| {
             Reply::Error(format!(
                 "NOPERM User {} has no permissions to run the '{command}' command",
                 user.name

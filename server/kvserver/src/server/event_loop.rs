@@ -132,6 +132,9 @@ impl EventLoop {
                 self.core.learn_registry(registry);
                 self.sync_peers();
             }
+            Some(RegistrationEvent::HeardMetadataRoute(route)) => {
+                self.core.learn_metadata_route(route);
+            }
             Some(RegistrationEvent::Cleared) => {
                 tracing::info!(
                     node = self.me.0,

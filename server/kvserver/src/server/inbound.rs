@@ -5,7 +5,7 @@
 use super::{EventLoop, RECV_BATCH_MAX};
 use crate::net::{ClientRoute, DropReason};
 use kv_node::{codec, ClientToken};
-use kv_shared::auth::{self as kv_auth, Permission, Protection};
+use kv_shared::auth::{self as kv_auth, Protection};
 use kv_shared::limits::{CLIENT_HELLOS_PER_FLUSH_MAX, CLIENT_REQUESTS_PER_DATAGRAM_MAX};
 use kv_shared::proto::{ClientError, ClientRequest};
 use kv_shared::wire::{self, Kind};
@@ -171,7 +171,7 @@ impl EventLoop {
                 return;
             }
         };
-        let read_only = client.permission == Permission::ReadOnly;
+        let permission = client.permission;
         for req in &mut reqs {
             req.client = self.session_bindings.bind(&self.keys, index, req.client);
         }
@@ -181,13 +181,18 @@ impl EventLoop {
         };
         let token = self.clients.token_for(from, route);
         for req in reqs {
-            if read_only && req.op.is_write() {
+            if let Some(operation) = crate::auth::denied(permission, &req.op) {
                 let client = self.keys.client(index);
                 let error = ClientError::PermissionDenied {
                     client: client.name.clone(),
-                    permission: client.permission.name().into(),
+                    permission: permission.name().into(),
+                    operation: operation.into(),
                 };
-                let why = format_args!("a write from read-only client {:?}", client.name);
+                let why = format_args!(
+                    "{operation} from {} client {:?}",
+                    permission.name(),
+                    client.name
+                );
                 self.counters
                     .dropped(DropReason::PermissionDenied, from, &why);
                 self.core.refuse_request(token, &req, error);

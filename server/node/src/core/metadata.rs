@@ -3,6 +3,7 @@
 //! makes peers of: the bootstrap nodes plus every node registered, less the removed ones.
 
 use super::NodeCore;
+use kv_shared::proto::ShardRoute;
 use kv_shared::registry::{NodeState, Registry, METADATA_SHARD};
 use kv_shared::NodeId;
 use std::net::SocketAddr;
@@ -82,5 +83,42 @@ impl NodeCore {
             }
         }
         addrs
+    }
+}
+
+impl NodeCore {
+    /// A metadata group route another node answered with: kept if newer (higher epoch)
+    /// than the one heard before, so that a node holding no metadata replica routes
+    /// admin operations to the group's voters after it moved off the bootstrap nodes.
+    pub fn learn_metadata_route(&mut self, route: ShardRoute) {
+        let newer = self
+            .metadata_route_heard
+            .as_ref()
+            .is_none_or(|have| route.epoch > have.epoch);
+        if route.shard == METADATA_SHARD && newer {
+            self.metadata_route_heard = Some(route);
+        }
+    }
+
+    /// The metadata group's route when this node holds no replica of it: the newest of
+    /// the one heard, the one its removed replica left, and the bootstrap voters.
+    pub(super) fn metadata_route_known(&self) -> ShardRoute {
+        let bootstrap = ShardRoute {
+            shard: METADATA_SHARD,
+            epoch: 0,
+            voters: self.config.metadata_voters.clone(),
+            learners: Vec::new(),
+            leader: None,
+        };
+        [
+            self.metadata_route_heard.as_ref(),
+            self.removed_routes.get(&METADATA_SHARD),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|r| r.epoch > 0)
+        .max_by_key(|r| r.epoch)
+        .cloned()
+        .unwrap_or(bootstrap)
     }
 }

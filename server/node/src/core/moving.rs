@@ -140,10 +140,11 @@ impl NodeCore {
                 | MessageBody::Heartbeat { .. }
                 | MessageBody::InstallSnapshot { .. }
         );
-        if !from_a_leader
-            || gm.shard.0 >= self.config.shard_count
-            || self.removed.contains_key(&gm.shard)
-        {
+        // The metadata group moves like a shard (the balancer keeps it off draining and
+        // dead nodes), so a node may be added to it too.
+        let of_the_cluster = gm.shard.0 < self.config.shard_count
+            || (gm.shard == kv_shared::registry::METADATA_SHARD && self.config.is_group(gm.shard));
+        if !from_a_leader || !of_the_cluster || self.removed.contains_key(&gm.shard) {
             return false;
         }
         #[cfg(feature = "planted-bugs")]

@@ -67,6 +67,7 @@ impl NodeCore {
                         Op::RegisterNode { .. }
                             | Op::SetNodeState { .. }
                             | Op::PauseBalancer { .. }
+                            | Op::MoveReplica { .. }
                     ) && self.config.is_group(METADATA_SHARD) =>
                 {
                     METADATA_SHARD

@@ -36,14 +36,8 @@ impl NodeCore {
                     leader: g.soft.leader,
                 }
             }
+            None if shard == METADATA_SHARD => self.metadata_route_known(),
             None if self.removed_routes.contains_key(&shard) => self.removed_routes[&shard].clone(),
-            None if shard == METADATA_SHARD => ShardRoute {
-                shard,
-                epoch: 0,
-                voters: self.config.metadata_voters.clone(),
-                learners: Vec::new(),
-                leader: None,
-            },
             None => ShardRoute {
                 shard,
                 epoch: 0,
@@ -107,6 +101,10 @@ impl NodeCore {
                 .map(|s| self.shard_route(ShardId(s)))
                 .collect(),
             registry: self.registry().map(Box::new),
+            metadata: self
+                .config
+                .is_group(METADATA_SHARD)
+                .then(|| Box::new(self.shard_route(METADATA_SHARD))),
         }
     }
 
