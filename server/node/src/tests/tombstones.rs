@@ -96,3 +96,45 @@ fn a_tombstone_answers_vote_requests_with_the_removal_it_committed() {
         "and nothing recreates the replica"
     );
 }
+
+/// Churn seed 4334: a member installed its leader's snapshot past its own removal and
+/// crashed before that snapshot's durability was reported, so its removal never took
+/// effect; restarted from that snapshot, it no longer knew it had been a member and held
+/// the shard outside the voters for good, installing snapshot after snapshot. A replica
+/// of the bootstrap placement whose recovered snapshot does not list it is removed at
+/// that snapshot, with a tombstone.
+#[test]
+fn a_replica_restarted_from_a_snapshot_past_its_removal_drops_the_shard() {
+    let shard = ShardId(0);
+    let mut c = four_nodes_one_shard_on_three();
+    let l = c.leader(shard);
+    let from = (0..3).find(|&i| i != l).unwrap() as u64 + 1;
+    let f = from as usize - 1;
+    let records_before = c.disks[f].clone();
+    assert_eq!(
+        c.until_answered(2, move_req(50, from, 4), 2000),
+        Outcome::Done
+    );
+    for seq in 1..=30 {
+        c.request(l, 100 + seq, put(1, seq, "k", "v"));
+        c.flush(l);
+        c.tick(1);
+    }
+    c.tick(10);
+    let snapshot = c.snapshots[l]
+        .iter()
+        .find(|s| s.0 == shard.0)
+        .cloned()
+        .expect("the leader snapshotted past the removal");
+    c.disks[f] = records_before;
+    c.snapshots[f] = vec![snapshot.clone()];
+    let config = c.nodes[f].config().clone();
+    c.restart(f, config);
+    c.tick(5);
+    assert!(!c.nodes[f].hosts(shard), "removed at the snapshot");
+    assert!(c.disks[f].iter().any(|r| r.group == shard.0
+        && matches!(
+            crate::wal::decode_replica(r).ok().flatten(),
+            Some(ReplicaRecord::Departed { epoch, .. }) if epoch == snapshot.1
+        )));
+}
