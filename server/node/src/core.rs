@@ -196,9 +196,9 @@ pub struct NodeCore {
     /// Bootstrap replica sets and preferred leaders of every shard of the cluster.
     placement: Vec<ShardPlacement>,
     groups: Groups,
-    /// Shards whose replica here was removed, with the epoch of the removal: they are
-    /// never served or created again (their tombstones are in the WAL).
-    removed: BTreeMap<ShardId, u64>,
+    /// Shards whose replica here was removed, with their tombstones: they are never
+    /// served or created again (their tombstones are in the WAL).
+    removed: BTreeMap<ShardId, wal::Tombstone>,
     /// The replica set each removed shard had when its replica here applied the removal
     /// (since this process started): what `StaleRoute` answers carry.
     removed_routes: BTreeMap<ShardId, ShardRoute>,
@@ -504,6 +504,9 @@ impl NodeCore {
         for gm in msgs {
             if gm.msg.from != from || gm.msg.to != self.config.node {
                 self.refuse(BoundaryRefusal::Misaddressed);
+                continue;
+            }
+            if !self.groups.contains(gm.shard) && self.answer_from_tombstone(&gm) {
                 continue;
             }
             if !self.groups.contains(gm.shard) && !self.create_replica(&gm) {

@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 mod metadata;
 mod metadata_moves;
 mod move_steps;
+mod tombstones;
 
 struct Cluster {
     nodes: Vec<NodeCore>,

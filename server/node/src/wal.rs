@@ -37,7 +37,8 @@ pub enum ReplicaRecord {
     /// (it learns the real one from the leader's snapshot).
     Created,
     /// The replica was removed from the shard by the membership change at `epoch`; its
-    /// records are not replayed and it never serves the shard again.
+    /// records are not replayed and it never serves the shard again. Written by earlier
+    /// versions: recovery reads it as a [`Tombstone`] whose removal term is unknown.
     Removed {
         /// The index of the change that removed it.
         epoch: u64,
@@ -50,6 +51,25 @@ pub enum ReplicaRecord {
         /// vote it may have given in an earlier term can be given twice.
         term: u64,
     },
+    /// The replica applied its own removal, the committed change at `epoch` of term
+    /// `epoch_term` (a [`Tombstone`]): its records are not replayed, and the node answers
+    /// the shard's vote requests with that index and term, so a voter that missed the
+    /// commit stops counting this replica (`kv_raft::MessageBody::Committed`).
+    Departed {
+        /// The index of the change that removed it.
+        epoch: u64,
+        /// That change's term.
+        epoch_term: u64,
+    },
+}
+
+/// What a node keeps of a replica that applied its own removal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tombstone {
+    /// The index of the committed change that removed it.
+    pub epoch: u64,
+    /// That change's term, unknown for tombstones written before it was recorded.
+    pub epoch_term: Option<u64>,
 }
 
 /// A [`KIND_REPLICA`] record for `shard`.
@@ -83,8 +103,8 @@ pub struct Hosted {
     /// Each shard held, with the membership its group starts from when no snapshot says
     /// otherwise.
     pub groups: BTreeMap<ShardId, Membership>,
-    /// Each shard whose replica here was removed, with the epoch of its removal.
-    pub removed: BTreeMap<ShardId, u64>,
+    /// Each shard whose replica here was removed, with its tombstone.
+    pub removed: BTreeMap<ShardId, Tombstone>,
     /// Each shard whose created replica was forgotten, with its term then.
     pub forgotten: BTreeMap<ShardId, u64>,
 }
@@ -121,7 +141,17 @@ pub fn hosted_shards(
             }
             ReplicaRecord::Removed { epoch } => {
                 hosted.groups.remove(&shard);
-                hosted.removed.insert(shard, epoch);
+                let epoch_term = None;
+                hosted
+                    .removed
+                    .insert(shard, Tombstone { epoch, epoch_term });
+            }
+            ReplicaRecord::Departed { epoch, epoch_term } => {
+                hosted.groups.remove(&shard);
+                let epoch_term = Some(epoch_term);
+                hosted
+                    .removed
+                    .insert(shard, Tombstone { epoch, epoch_term });
             }
             ReplicaRecord::Forgotten { term } => {
                 hosted.groups.remove(&shard);
@@ -613,7 +643,13 @@ mod tests {
             replica_record(2, ReplicaRecord::Created),
             replica_record(1, ReplicaRecord::Removed { epoch: 7 }),
             replica_record(3, ReplicaRecord::Created),
-            replica_record(3, ReplicaRecord::Removed { epoch: 9 }),
+            replica_record(
+                3,
+                ReplicaRecord::Departed {
+                    epoch: 9,
+                    epoch_term: 4,
+                },
+            ),
             entries_record(1, 1, vec![e(1, 1)]),
         ];
         let recovered = Recovered {
@@ -626,7 +662,15 @@ mod tests {
             vec![ShardId(0), ShardId(2)]
         );
         assert_eq!(hosted.groups[&ShardId(2)], Membership::default());
-        assert_eq!(hosted.removed, [(ShardId(1), 7), (ShardId(3), 9)].into());
+        let tombstone = |epoch, epoch_term| Tombstone { epoch, epoch_term };
+        assert_eq!(
+            hosted.removed,
+            [
+                (ShardId(1), tombstone(7, None)),
+                (ShardId(3), tombstone(9, Some(4)))
+            ]
+            .into()
+        );
         let restored = restore_groups(&recovered, 4, &hosted.groups).unwrap();
         assert!(
             !restored.contains_key(&ShardId(1)),

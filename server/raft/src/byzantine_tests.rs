@@ -148,6 +148,8 @@ fn body() -> impl Strategy<Value = MessageBody> {
             }
         }),
         Just(MessageBody::TimeoutNow),
+        (number(), number())
+            .prop_map(|(index, log_term)| MessageBody::Committed { index, log_term }),
     ]
 }
 

@@ -156,6 +156,13 @@ pub fn check_message(msg: &Message) -> Result<(), Refusal> {
             log_term(*hint_term)
         }
         MessageBody::Heartbeat { commit, .. } => index(*commit),
+        MessageBody::Committed {
+            index: i,
+            log_term: t,
+        } => {
+            index(*i)?;
+            log_term(*t)
+        }
         MessageBody::InstallSnapshot {
             meta,
             offset,

@@ -115,6 +115,9 @@ impl fmt::Display for MessageBody {
                 if *done { " done" } else { "" }
             ),
             MessageBody::TimeoutNow => f.write_str("TimeoutNow"),
+            MessageBody::Committed { index, log_term } => {
+                write!(f, "Committed {index}/{log_term}")
+            }
         }
     }
 }

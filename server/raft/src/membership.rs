@@ -4,7 +4,7 @@
 
 use crate::node::{Raft, RoleState};
 use crate::progress::Progress;
-use crate::types::{ConfChange, EntryKind, Index, Membership, Message, MessageBody};
+use crate::types::{ConfChange, EntryKind, Index, Membership, Message, MessageBody, Term};
 use kv_shared::limits::NODES_MAX;
 use kv_shared::NodeId;
 
@@ -87,6 +87,33 @@ impl Raft {
             .any(
                 |e| matches!(e.kind, EntryKind::ConfChange(ConfChange::AddLearner(n)) if n == node),
             )
+    }
+
+    /// The term of the entry at `index` if this replica knows it committed: what a node
+    /// keeps in the tombstone of a replica that applied its own removal at `index`, to
+    /// answer vote requests with [`MessageBody::Committed`].
+    pub fn committed_term(&self, index: Index) -> Option<Term> {
+        if index > self.log.commit {
+            return None;
+        }
+        self.log.term(index)
+    }
+
+    /// A node whose replica left the group says the entry `(index, log_term)` is
+    /// committed (it applied its own removal there). A leader that removes itself steps
+    /// down right after the commit, so a voter that missed its last Append (or crashed
+    /// before its commit index was durable) still counts the departed leader; with one
+    /// more voter gone for good, no candidate could win in that stale view although the
+    /// committed one has a live majority. If this replica holds that entry, Log Matching
+    /// makes its prefix the committed one, so it adopts the commit and applies the
+    /// removal. A leader commits by its own quorum and ignores this.
+    pub(crate) fn learn_committed(&mut self, index: Index, log_term: Term) {
+        if matches!(self.role, RoleState::Leader(_)) {
+            return;
+        }
+        if index > self.log.commit && self.log.term(index) == Some(log_term) {
+            self.commit_to(index);
+        }
     }
 
     /// A leader asked for a vote by a node outside its membership: that node was removed
@@ -341,5 +368,57 @@ mod tests {
             }
         }
         assert_eq!(raft.snapshot_meta(3).membership, m(&[1, 2, 3], &[4]));
+    }
+
+    /// Churn seeds 1927 and 4886: a leader committed its own removal and stepped down;
+    /// a voter that missed the commit still counted it. The departed node's answer to a
+    /// vote request (`Committed`, from its tombstone) makes the voter apply the removal,
+    /// whatever its term, but only for an entry its own log holds with that term.
+    #[test]
+    fn a_voter_applies_a_removal_a_departed_leader_says_committed() {
+        use crate::types::{Entry, HardState};
+        use crate::{Config, Raft, Restored};
+        let entry = |index, kind| Entry {
+            term: 1,
+            index,
+            kind,
+            data: bytes::Bytes::new(),
+        };
+        let mut raft = Raft::new(
+            Config::new(NodeId(2), 1),
+            Restored {
+                hard_state: HardState {
+                    term: 3,
+                    vote: NodeId::NONE,
+                    commit: 1,
+                },
+                snapshot: None,
+                entries: vec![
+                    entry(1, EntryKind::Noop),
+                    entry(2, EntryKind::ConfChange(ConfChange::RemoveNode(NodeId(1)))),
+                ],
+                initial_membership: m(&[1, 2, 3, 4], &[]),
+            },
+        );
+        let committed = |index, log_term| Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            term: log_term,
+            body: MessageBody::Committed { index, log_term },
+        };
+        raft.step(committed(2, 2));
+        raft.step(committed(3, 1));
+        assert_eq!(raft.status().hard.commit, 1, "no entry (2, 2) nor 3 here");
+        assert_eq!(raft.membership(), &m(&[1, 2, 3, 4], &[]));
+        raft.step(committed(2, 1));
+        assert_eq!(raft.status().hard.commit, 2);
+        assert_eq!(raft.status().hard.term, 3, "no term taken from it");
+        assert_eq!(
+            raft.membership(),
+            &m(&[2, 3, 4], &[]),
+            "the removal applied"
+        );
+        assert_eq!(raft.committed_term(2), Some(1));
+        assert_eq!(raft.committed_term(3), None);
     }
 }

@@ -337,6 +337,11 @@ impl Raft {
             self.refuse(reason);
             return;
         }
+        if let MessageBody::Committed { index, log_term } = msg.body {
+            // Carries a fact about the log, not a term: whatever this replica's term.
+            self.learn_committed(index, log_term);
+            return;
+        }
         self.replicate_to_removed_campaigner(&msg);
         if msg.term > self.term {
             if let MessageBody::Vote { .. } | MessageBody::PreVote { .. } = msg.body {

@@ -189,6 +189,17 @@ pub enum MessageBody {
     },
     /// Leadership transfer: "start an election now".
     TimeoutNow,
+    /// "The entry at `index` with term `log_term` is committed": sent by a node whose
+    /// replica left the group (it applied its own removal there), in answer to a vote
+    /// request, so that a voter that never learned the removal committed (its leader
+    /// stepped down right after) stops counting the departed replica. `Message::term`
+    /// is `log_term`; the receiver takes no term from it.
+    Committed {
+        /// Index of the committed entry (the departed replica's removal).
+        index: Index,
+        /// Its term.
+        log_term: Term,
+    },
 }
 
 /// A ReadIndex request that may now be served: once the state machine has applied

@@ -322,11 +322,16 @@ fn planted_move_bugs_are_caught_under_membership_churn() {
 // only to the new voter, which had died since its promotion, and the shard kept four
 // voters (2120, 2305, 4760); a member whose Raft committed its removal before the
 // entries were durable, then installed a leader's snapshot past it, never applied the
-// removal and kept the shard outside the voters (768, 2995, 3603).
+// removal and kept the shard outside the voters (768, 2995, 3603); a leader committed
+// its own removal and stepped down, a voter that missed the commit still counted it,
+// and with one more voter gone for good no election succeeded (1927, 4886); a replica
+// restarted from a leader's snapshot past its removal held the shard outside the voters
+// for good (4334).
 #[test]
 fn churn_regression_seeds_pass() {
     for seed in [
-        220, 768, 812, 1027, 1936, 2120, 2305, 2412, 2788, 2827, 2995, 3482, 3603, 4760,
+        220, 768, 812, 1027, 1927, 1936, 2120, 2305, 2412, 2788, 2827, 2995, 3482, 3603, 4334,
+        4760, 4886,
     ] {
         let r = run(&SimOptions {
             profile: Some(FaultProfile::Churn),

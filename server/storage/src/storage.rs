@@ -578,6 +578,27 @@ impl<D: Disk> Storage<D> {
         self.compact(group, u64::MAX)
     }
 
+    /// Hosts `group` again after [`Storage::remove_group`] (a replica of it is created
+    /// anew here): call it before appending the new life's first record. It makes the log
+    /// durable first (the record that the group left is in it: no crash may then bring
+    /// back the earlier life without its snapshot), deletes every snapshot file an
+    /// earlier life left and makes those deletions durable (so that none reappears after
+    /// a power loss to be read as the new life's), and drops the group's compaction
+    /// point, so that its new records pin their segments until a new snapshot covers
+    /// them. Harmless for a group that was never removed.
+    pub fn take_back_group(&mut self, group: u32) -> Result<(), StorageError> {
+        self.sync()?;
+        for index in self.snapshot_files.remove(&group).unwrap_or_default() {
+            self.disk.remove(&snapshot_name(group, index))?;
+        }
+        if let Err(err) = self.disk.sync_dir() {
+            self.poison(".", err.to_string());
+            return Err(err);
+        }
+        self.snapshot_index.remove(&group);
+        Ok(())
+    }
+
     /// Names of the WAL segments on disk, oldest first (for tests and diagnostics).
     pub fn segment_names(&self) -> Vec<String> {
         self.segments.iter().map(|s| s.name.clone()).collect()

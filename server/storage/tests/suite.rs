@@ -351,6 +351,43 @@ fn a_removed_group_loses_its_snapshots_and_pins_no_segment<H: Harness>(h: &H) {
         .all(|n| !n.starts_with("snap-")));
 }
 
+/// A group removed and then taken back (a replica of it created anew on the node): the
+/// earlier life's snapshot is gone, and the new life's records stay on disk although the
+/// removal had set the group's compaction point past every index.
+fn a_group_taken_back_keeps_its_new_records_and_no_earlier_snapshot<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
+    for i in 1..=3 {
+        s.append(&entry(4, i, 60)).unwrap();
+    }
+    s.sync().unwrap();
+    s.save_snapshot(4, 2, b"first life at 2").unwrap();
+    s.remove_group(4).unwrap();
+    s.take_back_group(4).unwrap();
+    for i in 10..=12 {
+        s.append(&entry(4, i, 60)).unwrap();
+    }
+    s.append(&entry(5, 1, 60)).unwrap();
+    s.sync().unwrap();
+    // Group 5's compaction must not take group 4's new records with it.
+    s.compact(5, 1).unwrap();
+    drop(s);
+    let (_, rec) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
+    assert!(rec.snapshots.is_empty(), "{:?}", rec.snapshots);
+    let new_life: Vec<u64> = rec
+        .records
+        .iter()
+        .filter(|r| r.group == 4 && r.last_index >= 10)
+        .map(|r| r.last_index)
+        .collect();
+    assert_eq!(new_life, vec![10, 11, 12]);
+    // A snapshot of the new life covers its records again, as for any group.
+    let (mut s, _) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
+    s.save_snapshot(4, 12, b"second life at 12").unwrap();
+    s.compact(4, 12).unwrap();
+    s.compact(5, 1).unwrap();
+    assert_eq!(s.segment_names().len(), 1, "only the active segment stays");
+}
+
 fn corrupt_snapshot_is_refused<H: Harness>(h: &H) {
     let (mut s, _) = open(h, WalOptions::default()).unwrap();
     s.save_snapshot(1, 5, b"snapshot data").unwrap();
@@ -567,6 +604,7 @@ suite!(
     damage_in_a_closed_segment_is_refused,
     snapshots_save_replace_reload,
     a_removed_group_loses_its_snapshots_and_pins_no_segment,
+    a_group_taken_back_keeps_its_new_records_and_no_earlier_snapshot,
     corrupt_snapshot_is_refused,
     leftover_temp_snapshot_is_ignored_and_deleted,
     superseded_snapshot_left_by_a_crash_is_removed_at_open,

@@ -105,9 +105,19 @@ impl Group {
             None => (StateMachine::new(config.sessions_max()), 0),
         };
         let created = r.initial_membership.voters.is_empty();
+        let snapshot_lists_me = r
+            .snapshot
+            .as_ref()
+            .is_none_or(|s| is_listed(&s.meta.membership, config.node));
         let raft = Raft::new(config.raft_config(shard), r);
         let st = raft.status();
-        let was_member = is_listed(&st.membership, config.node);
+        // A replica of the bootstrap placement is listed by its initial membership, so
+        // it was a member; if the snapshot it recovered (a leader's, past its removal,
+        // durable before a crash cut the removal short) does not list it, it was removed
+        // at that snapshot and is dropped as by the change itself (`NodeCore::drive`,
+        // which keeps it if its log adds it back).
+        let was_member = is_listed(&st.membership, config.node) || !created;
+        let removed_at = (!created && !snapshot_lists_me).then_some(snapshot_index);
         Ok(Group {
             shard,
             raft,
@@ -135,7 +145,7 @@ impl Group {
             learner_heard_tick: None,
             move_end_proposed: None,
             move_transfers_tried: 0,
-            removed_at: None,
+            removed_at,
             was_member,
             removed_by_snapshot: None,
             created,

@@ -6,7 +6,7 @@ use super::{Durable, Group, NodeCore};
 use crate::events::{EventKind, NodeEvent};
 use crate::moves::{self, LeaderView, MoveStep};
 use crate::sm::{CommandBatch, WriteCommand, WriteOp};
-use crate::wal::{self, ReplicaRecord};
+use crate::wal::{self, ReplicaRecord, Tombstone};
 use crate::{DiskOp, GroupMessage};
 use kv_raft::{ConfChange, HardState, Restored, Role};
 use kv_shared::proto::{ClientError, Op, Outcome};
@@ -125,6 +125,40 @@ impl NodeCore {
         }
     }
 
+    /// Answers a vote request for a shard whose replica here applied its own removal
+    /// with that removal's index and term (`MessageBody::Committed`): a voter that missed
+    /// the commit (its leader, this replica, stepped down right after it) would count
+    /// this replica forever, and with one more voter gone no election could succeed in
+    /// its view. True if `gm` was such a request.
+    pub(super) fn answer_from_tombstone(&mut self, gm: &GroupMessage) -> bool {
+        use kv_raft::{Message, MessageBody};
+        let vote_request = matches!(
+            gm.msg.body,
+            MessageBody::PreVote { .. } | MessageBody::Vote { .. }
+        );
+        let Some(tombstone) = self.removed.get(&gm.shard) else {
+            return false;
+        };
+        let Some(log_term) = tombstone.epoch_term.filter(|_| vote_request) else {
+            return false;
+        };
+        let index = tombstone.epoch;
+        let answer = Message {
+            from: self.config.node,
+            to: gm.msg.from,
+            term: log_term,
+            body: MessageBody::Committed { index, log_term },
+        };
+        self.outbox
+            .entry(gm.msg.from)
+            .or_default()
+            .push(GroupMessage {
+                shard: gm.shard,
+                msg: answer,
+            });
+        true
+    }
+
     /// Creates the replica a leader is adding this node to, if `gm` is such a message:
     /// one only a leader sends (an append, heartbeat or snapshot chunk), for a shard of
     /// the cluster this node was never removed from. The replica starts with an empty
@@ -200,8 +234,15 @@ impl NodeCore {
     /// once (requests for the shard get `StaleRoute` with the new replica set), and its
     /// tombstone goes to the WAL, after which the runtime deletes its snapshot files.
     pub(super) fn drop_replica(&mut self, g: ShardId, epoch: u64) {
-        let term = self.release_replica(g, ReplicaRecord::Removed { epoch });
-        self.removed.insert(g, epoch);
+        // Unknown only if a snapshot compacted the removal away meanwhile (a replica
+        // that waited for a re-add that never committed): that tombstone cannot answer.
+        let epoch_term = self.groups[g].raft.committed_term(epoch);
+        let record = match epoch_term {
+            Some(epoch_term) => ReplicaRecord::Departed { epoch, epoch_term },
+            None => ReplicaRecord::Removed { epoch },
+        };
+        let term = self.release_replica(g, record);
+        self.removed.insert(g, Tombstone { epoch, epoch_term });
         self.round_durable.push(Durable::Removed(g));
         self.out.events.push(NodeEvent {
             shard: g,

@@ -188,6 +188,6 @@ fn a_snapshot_overtaking_a_removal_committed_but_not_yet_applied_removes_the_rep
     assert!(c.disks[2].iter().any(|r| r.group == shard.0
         && matches!(
             crate::wal::decode_replica(r).ok().flatten(),
-            Some(ReplicaRecord::Removed { .. })
+            Some(ReplicaRecord::Departed { .. })
         )));
 }
