@@ -15,9 +15,10 @@ Each move is broken down from the nodes' core-event log lines (their timestamps)
 asked -> learner added (the `AddLearner` applied on the leader) -> snapshot send started
 -> snapshot installed on node 4 -> promoted (`PromoteLearner` applied on the leader) ->
 old replica removed (`RemoveNode` applied on the leader) -> answered (`kvcli` returned).
-Also counted during each move: snapshot sends to node 4 (a transfer restarted from zero
-after the leader compacted again counts once more), datagrams dropped, metadata-group
-leader changes and the slowest event-loop turn each node logged.
+Also counted during each move: snapshot sends to the new node (a transfer restarted
+from zero after the leader compacted again counts once more), datagrams dropped and the
+slowest event-loop turn any node logged; over the whole run, the metadata group's
+elections (each a new balancer).
 
 Writes bench/results/movespeed-<timestamp>.json and movespeed-latest.json and prints a
 table. Benchmarks are not tests: nothing here asserts, and CI does not run it.
@@ -342,6 +343,11 @@ def run(args, bins, workdir):
                               "loadavg": [round(x, 2) for x in os.getloadavg()], "bench": bench})
                     log(f"move: {json.dumps(m)}")
                     res["moves"].append(m)
+        # Counted before the nodes stop (stopping them elects new leaders).
+        res["metadata_elections"] = sum(
+            1 for n in c.procs for _, msg, f in events(c.log_path(n))
+            if msg == "election started" and f.get("shard") == str(METADATA_SHARD))
+        res["run_s"] = round(time.time() - t0, 1)
         return res
     finally:
         c.stop_all()
@@ -396,6 +402,8 @@ def main():
     for name in (f"movespeed-{stamp}.json", "movespeed-latest.json"):
         (RESULTS / name).write_text(json.dumps(r, indent=2) + "\n")
     print(table(r))
+    print(f"metadata group elections (not transfers) over {r['run_s']} s from the preload on: "
+          f"{r['metadata_elections']}")
 
 
 if __name__ == "__main__":
