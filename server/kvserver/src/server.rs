@@ -48,6 +48,11 @@ pub const RECV_BATCH_MAX: usize = 256;
 pub const METRICS_INTERVAL: Duration = Duration::from_secs(10);
 /// Ticks between copies of the status table and counters into the metrics.
 pub const METRICS_SYNC_TICKS: u64 = 10;
+/// An event-loop turn (input taken in, the core's output sent) longer than this is
+/// logged at warn: every group's heartbeats and elections wait on the loop, so a long
+/// turn (a large snapshot image built or restored, a burst of input) shows up as
+/// elections elsewhere. A few heartbeat intervals at the default timing.
+pub const SLOW_TURN: Duration = Duration::from_millis(100);
 /// Receive and send buffer asked of the kernel for the node's socket (it caps the request
 /// at `net.core.rmem_max` / `wmem_max`). The default (208 KiB on Linux) holds about six
 /// 32 KiB snapshot chunks, and a follower catching up takes the windows of every shard's
@@ -302,6 +307,7 @@ pub async fn run_with_store<S: LogStore>(
         local_reads: front_ends.local_reads,
         udp_requests: UdpRequests::default(),
         ticks: 0,
+        slow_turns: crate::ratelimit::RateLimit::new(Duration::from_secs(1)),
     };
     event_loop
         .run(
@@ -425,6 +431,8 @@ struct EventLoop {
     local_reads: LocalInbox,
     udp_requests: UdpRequests,
     ticks: u64,
+    /// At most one "slow event loop turn" line per second.
+    slow_turns: crate::ratelimit::RateLimit,
 }
 
 #[cfg(test)]

@@ -523,6 +523,27 @@ impl NodeCore {
             let Some(g) = self.groups.0.get_mut(&gm.shard) else {
                 continue;
             };
+            let election_min = u64::from(self.config.raft.election_ticks_min);
+            let rechecking = self.tick_count < g.recheck_until_tick;
+            let trusts_its_leader = (g.quiesced || rechecking)
+                && g.soft.role != Role::Leader
+                && g.soft.leader.is_some_and(|l| {
+                    l != from
+                        && self
+                            .peers_heard_tick
+                            .get(&l)
+                            .is_some_and(|&t| self.tick_count - t < election_min)
+                });
+            if trusts_its_leader && matches!(gm.msg.body, kv_raft::MessageBody::PreVote { .. }) {
+                // A quiesced (or rechecking) follower heard nothing from its leader
+                // for long, so Raft's CheckQuorum lease has lapsed and would grant the
+                // PreVote of a peer rechecking the same quiet leader: every recheck of
+                // an idle group elected a new leader. Quiescence trusts the leader's
+                // live node (the group wakes when that node falls silent), so the
+                // PreVote is left unanswered, as a follower in its lease ignores one;
+                // the leader, woken by it, heartbeats, which answers the recheck.
+                continue;
+            }
             g.last_msg_tick = self.tick_count;
             match gm.msg.body {
                 kv_raft::MessageBody::Append { commit, .. } => {
@@ -534,6 +555,13 @@ impl NodeCore {
                     g.leader_heard_tick = self.tick_count;
                 }
                 _ => {}
+            }
+            if g.leader_heard_tick == self.tick_count {
+                // A leader that sends to this replica leads the group and replicates to
+                // it: a recheck has its answer, and may quiesce again. Kept awake, its
+                // timer would run out behind a leader that quiesced again, and its
+                // quiesced peers, hearing no leader either, would elect it.
+                g.recheck_until_tick = g.recheck_until_tick.min(self.tick_count);
             }
             if g.sm.move_in_flight().is_some_and(|m| m.to == from) {
                 g.learner_heard_tick = Some(self.tick_count);

@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 mod metadata;
 mod metadata_moves;
 mod move_steps;
+mod quiet_groups;
 mod tombstones;
 
 struct Cluster {
@@ -895,8 +896,11 @@ fn a_snapshot_image_that_disagrees_with_its_metadata_is_dropped_before_it_is_per
     c.flush(0);
     assert!(c.snapshots[0].is_empty(), "the forged image was persisted");
     assert_eq!(c.nodes[0].raft_status(ShardId(0)).hard.commit, 0);
-    // The cluster goes on: a leader is elected and serves.
-    c.tick(60);
+    // The cluster goes on: a leader is elected and serves. Node 1 follows the forger,
+    // whose node stays alive, so it quiesces trusting it and leaves its peers' PreVotes
+    // unanswered until it rechecks that leader (`QUIESCED_FOLLOWER_RECHECK_ELECTIONS`
+    // election timeouts of at most 20 ticks): that long, not one election timeout.
+    c.tick(30 * 20 + 60);
     let l = c.leader(ShardId(0));
     c.request(l, 1, put(1, 1, "k", "v"));
     c.flush(l);

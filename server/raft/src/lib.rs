@@ -68,6 +68,8 @@ mod snapshot;
 mod testing;
 #[cfg(test)]
 mod transcripts;
+#[cfg(test)]
+mod transfer_tests;
 
 pub use config::{Config, ImageCheck, COMMITTED_BYTES_PER_READY_MAX};
 pub use events::Event;

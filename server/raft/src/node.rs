@@ -788,9 +788,21 @@ impl Raft {
 
     /// Leadership transfer's last step. Voids the lease for the rest of the term: the
     /// target's `Vote { transfer }` overrides every follower's stickiness.
+    ///
+    /// A target not yet told the commit index gets it first, in an Append just before
+    /// the TimeoutNow: a learner promoted by the entry just committed is a voter only
+    /// once it knows that entry committed, and ignores a TimeoutNow before. Without
+    /// commit broadcasts it learned that from the next heartbeat, after the TimeoutNow,
+    /// so a move's transfer to its new voter did nothing and was retried seconds later.
     pub(crate) fn send_timeout_now(&mut self, to: NodeId) {
+        let commit = self.log.commit;
+        let mut untold = false;
         if let RoleState::Leader(ls) = &mut self.role {
             ls.lease.void();
+            untold = ls.progress.get(&to).is_some_and(|p| p.commit_told < commit);
+        }
+        if untold {
+            self.maybe_send_append(to, true);
         }
         self.send(to, MessageBody::TimeoutNow);
     }

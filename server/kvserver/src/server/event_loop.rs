@@ -2,7 +2,7 @@
 //! completions, ticks, registration news, the Redis gateway's reads), the periodic metrics,
 //! and the orderly finish on shutdown.
 
-use super::{EventLoop, ServerError, METRICS_INTERVAL, METRICS_SYNC_TICKS};
+use super::{EventLoop, ServerError, METRICS_INTERVAL, METRICS_SYNC_TICKS, SLOW_TURN};
 use crate::balancer::Leadership;
 use crate::disk::DiskEvent;
 use crate::registration::RegistrationEvent;
@@ -11,7 +11,7 @@ use kv_node::WriteRefusal;
 use kv_shared::auth::ReplayWindow;
 use kv_shared::registry::{NodeState, METADATA_SHARD};
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::MissedTickBehavior;
 
@@ -24,6 +24,21 @@ enum Wake {
     Metrics,
     LocalReads(Vec<LocalRead>),
     Registration(Option<RegistrationEvent>),
+}
+
+impl Wake {
+    /// For the slow-turn warning: what the turn started with.
+    fn name(&self) -> &'static str {
+        match self {
+            Wake::Shutdown => "shutdown",
+            Wake::Disk(_) => "disk",
+            Wake::Tick => "tick",
+            Wake::Readable(_) => "socket",
+            Wake::Metrics => "metrics",
+            Wake::LocalReads(_) => "redis reads",
+            Wake::Registration(_) => "registration",
+        }
+    }
 }
 
 impl EventLoop {
@@ -52,6 +67,8 @@ impl EventLoop {
                 reads = self.local_reads.next() => Wake::LocalReads(reads),
                 ev = self.registration.recv(), if self.registration_open => Wake::Registration(ev),
             };
+            let turn_started = Instant::now();
+            let woke = wake.name();
             let step = match wake {
                 Wake::Shutdown => break Ok(()),
                 Wake::Disk(None) => Err(ServerError::DiskThreadStopped),
@@ -88,6 +105,7 @@ impl EventLoop {
                 break Err(e);
             }
             self.flush().await;
+            self.note_turn(woke, turn_started);
             if self.disk.is_none() {
                 break Err(ServerError::DiskThreadStopped);
             }
@@ -193,6 +211,23 @@ impl EventLoop {
                 }
                 changed
             });
+        }
+    }
+
+    /// Warns (at most once a second) about a turn longer than [`SLOW_TURN`].
+    fn note_turn(&mut self, woke: &'static str, started: Instant) {
+        let took = started.elapsed();
+        if took < SLOW_TURN {
+            return;
+        }
+        if let Some(suppressed) = self.slow_turns.check(Instant::now()) {
+            tracing::warn!(
+                node = self.me.0,
+                ms = took.as_millis() as u64,
+                woke,
+                suppressed,
+                "slow event loop turn: every group's timers waited"
+            );
         }
     }
 
