@@ -68,7 +68,6 @@ pub fn node_config(settings: &Settings, roster: &Roster) -> NodeConfig {
             // Fast retransmission is the policy's stall release (with back-off);
             // kv-raft's own resends ride on heartbeats.
             retransmit_ticks: None,
-            eager_followers: None,
             ..kv_raft::Config::new(roster.me_node(), 0)
         },
         quiesce: false,

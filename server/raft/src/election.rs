@@ -313,7 +313,6 @@ impl Raft {
             reads: ReadRounds::default(),
             lease: crate::lease::Lease::default(),
             bcast_pending: true,
-            lazy_since: None,
         }));
         self.leader = Some(me);
         self.leaderless_timeouts = 0;
