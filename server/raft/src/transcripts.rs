@@ -22,7 +22,8 @@
 //!   `restart id=N`.
 //! - `propose id=N data=WORD`, `read id=N ctx=(5,6)`, `transfer id=N to=M`,
 //!   `conf id=N add-learner=M|promote=M|remove=M`, `compact id=N`, `add-node id=N`
-//!   (empty disk), `ask-for-leader id=N nodes=(..)`.
+//!   (empty disk), `ask-for-leader id=N nodes=(..)`, `resend-votes id=N` (the
+//!   caller-timed vote resend).
 //! - `status [ids=..]`, `log ids=..`.
 
 use crate::display::Entries;
@@ -264,6 +265,15 @@ fn run_cmd(c: &mut Option<Cluster>, case: &TestCase) -> String {
                 .raft
                 .propose_conf_change(change.clone());
             c.line(format!("n{id} conf {change:?} -> {r:?}"));
+            c.process(id);
+        }
+        "resend-votes" => {
+            let id = id();
+            c.nodes
+                .get_mut(&id)
+                .expect("node")
+                .raft
+                .resend_vote_requests();
             c.process(id);
         }
         "ask-for-leader" => {
