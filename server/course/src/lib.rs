@@ -12,6 +12,7 @@
 //! - [`loss`]: the drop rate, from sequence numbers on peer datagrams.
 //! - [`policy`]: which peer messages leave now (lazy followers, stall release, heartbeat
 //!   suppression); the leader lease for gets is kv-raft's (`lease_reads`).
+//! - [`vote_resend`]: when to ask kv-raft to resend unanswered vote requests.
 //! - [`settings`]: this mode's timing and traffic settings.
 //! - [`runtime`]: the socket loop.
 
@@ -24,3 +25,4 @@ pub mod protocol;
 pub mod requests;
 pub mod runtime;
 pub mod settings;
+pub mod vote_resend;

@@ -2,13 +2,13 @@
 //! because the course counts every replica-bound datagram, and Raft as written sends every
 //! append to every follower.
 //!
-//! kv-raft has native versions of some of these behaviours (`eager_followers`,
-//! `retransmit_ticks` with `retransmit_backoff_ticks_max`, `vote_resend_ticks`,
-//! `heartbeat_suppression`); course mode does not use them yet (docs/COURSE_MODE.md,
-//! "Why the policy is not kv-raft's own"): its periods are below the 10 ms tick, native
-//! suppression counts an append this policy holds as contact, and the targeted release,
-//! loss-driven widening and deferral have no kv-raft counterpart.
-//! The leader lease for gets is kv-raft's own (`lease_reads`).
+//! kv-raft has native versions of some of these behaviours (`retransmit_ticks` with
+//! `retransmit_backoff_ticks_max`, `heartbeat_suppression`); course mode does not use
+//! them yet (docs/COURSE_MODE.md, "Why the policy is not kv-raft's own"): its periods are
+//! below the 10 ms tick, native suppression counts an append this policy holds as
+//! contact, and the targeted release, loss-driven widening and deferral have no kv-raft
+//! counterpart. The leader lease for gets (`lease_reads`) and vote resends
+//! (`Raft::resend_vote_requests`, timed by [`crate::vote_resend`]) are kv-raft's own.
 //!
 //! - Lazy followers: a leader needs acknowledgements from `quorum - 1` followers to
 //!   commit, so it sends appends at once only to that many ("fast" followers). Appends to
@@ -126,22 +126,17 @@ struct Peer {
     /// Copies of the appends with entries sent since the peer last answered one, to
     /// resend when a commit stalls (a duplicate append is harmless to Raft).
     unacked: Vec<GroupMessage>,
-    /// The PreVote or Vote request last sent to this peer and not answered yet.
-    vote_ask: Option<Ask>,
     /// The heartbeat last sent to this peer and not echoed yet (see
     /// [`SendPolicy::resends_heartbeats`]).
     beat_ask: Option<Ask>,
 }
 
-/// An unanswered vote request or heartbeat, resent a few times under loss.
-/// - A candidate needs answers from a quorum, and one lost datagram otherwise costs a
-///   whole election timeout. Asking again is harmless: a PreVote changes nothing, and a
-///   voter grants a Vote again to the candidate it already voted for in that term.
-/// - A follower that misses two or three heartbeats in a row starts an election; at 30%
-///   loss, before any put flows, the others have often missed them too and grant it.
-///   A repeated heartbeat is harmless: it carries the same read round, whose lease counts
-///   from the first copy's send, and a follower's promise not to vote counts from when it
-///   hears a copy, so later.
+/// An unechoed heartbeat, resent a few times under loss: a follower that misses two or
+/// three heartbeats in a row starts an election, and at 30% loss, before any put flows,
+/// the others have often missed them too and grant it. A repeated heartbeat is harmless:
+/// it carries the same read round, whose lease counts from the first copy's send, and a
+/// follower's promise not to vote counts from when it hears a copy, so later. (Vote
+/// requests are resent by kv-raft, on the runtime's timer: [`crate::vote_resend`].)
 #[derive(Debug)]
 struct Ask {
     msg: GroupMessage,
@@ -151,13 +146,13 @@ struct Ask {
     resends: u32,
 }
 
-/// First wait before a vote request or heartbeat is resent (a harness round trip is
-/// ~0.5 ms); it doubles with each resend.
+/// First wait before a heartbeat is resent (a harness round trip is ~0.5 ms); it doubles
+/// with each resend.
 pub const RESEND_FIRST: Duration = Duration::from_millis(5);
 
-/// Resends of one vote request or heartbeat at most (5, 10, 20 ms): a dead or cut-off
-/// peer costs three more datagrams per election round, and at 30% loss a peer that
-/// answers is missed by all four tries 7% of the time instead of 51%.
+/// Resends of one heartbeat at most (5, 10, 20 ms): a dead or cut-off follower costs
+/// three more datagrams per heartbeat, and at 30% loss a follower that answers misses
+/// all four copies 7% of the time instead of 51%.
 pub const RESENDS_MAX: u32 = 3;
 
 /// Leadership as this policy tracks it.
@@ -268,9 +263,6 @@ impl SendPolicy {
                     peer.ack = Some((gm.msg.term, now));
                     peer.beat_ask = None;
                 }
-                MessageBody::PreVoteResp { .. } | MessageBody::VoteResp { .. } => {
-                    peer.vote_ask = None;
-                }
                 _ => {}
             }
         }
@@ -282,11 +274,6 @@ impl SendPolicy {
             None => self.first_leader = view.leader,
             Some(first) if view.leader != Some(first) => self.leader_changed = true,
             Some(_) => {}
-        }
-        if !matches!(view.role, Role::PreCandidate | Role::Candidate) {
-            for p in self.peers.values_mut() {
-                p.vote_ask = None;
-            }
         }
         if view.role != Role::Leader {
             for p in self.peers.values_mut() {
@@ -411,20 +398,8 @@ impl SendPolicy {
         reads_waiting: bool,
         now: Instant,
     ) -> Vec<GroupMessage> {
-        let Some(peer) = self.peers.get_mut(&dst) else {
+        if !self.peers.contains_key(&dst) {
             return msgs;
-        };
-        if let Some(gm) = msgs.iter().rev().find(|gm| {
-            matches!(
-                gm.msg.body,
-                MessageBody::PreVote { .. } | MessageBody::Vote { .. }
-            )
-        }) {
-            peer.vote_ask = Some(Ask {
-                msg: gm.clone(),
-                sent: now,
-                resends: 0,
-            });
         }
         if !self.lazy_active(now) {
             self.note_sent(dst, &msgs, now);
@@ -630,24 +605,21 @@ impl SendPolicy {
         self.leading.is_some() && self.loss.is_none_or(|l| l >= WIDE_ENTER_LOSS)
     }
 
-    /// Vote requests and heartbeats due for a resend (see [`Ask`]), while this replica
-    /// still asks for votes or leads.
+    /// Heartbeats due for a resend (see [`Ask`]), while this replica leads.
     pub fn resend_unanswered(&mut self, now: Instant) -> Vec<(NodeId, Vec<GroupMessage>)> {
         let mut out = Vec::new();
         for (&id, p) in self.peers.iter_mut() {
-            for ask in [&mut p.vote_ask, &mut p.beat_ask] {
-                let Some(a) = ask else {
-                    continue;
-                };
-                if now < resend_at(a) {
-                    continue;
-                }
-                a.sent = now;
-                a.resends += 1;
-                out.push((id, vec![a.msg.clone()]));
-                if a.resends == RESENDS_MAX {
-                    *ask = None;
-                }
+            let Some(a) = &mut p.beat_ask else {
+                continue;
+            };
+            if now < resend_at(a) {
+                continue;
+            }
+            a.sent = now;
+            a.resends += 1;
+            out.push((id, vec![a.msg.clone()]));
+            if a.resends == RESENDS_MAX {
+                p.beat_ask = None;
             }
         }
         out
@@ -656,11 +628,10 @@ impl SendPolicy {
     /// When [`SendPolicy::release_if_stalled`] or [`SendPolicy::resend_unanswered`] next
     /// has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let votes = self
+        let beats = self
             .peers
             .values()
-            .flat_map(|p| [p.vote_ask.as_ref(), p.beat_ask.as_ref()])
-            .flatten()
+            .filter_map(|p| p.beat_ask.as_ref())
             .map(resend_at)
             .min();
         let stall = self.uncommitted_since.filter(|_| {
@@ -680,7 +651,7 @@ impl SendPolicy {
                 noted
             }
         });
-        match (votes, stall) {
+        match (beats, stall) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }

@@ -15,6 +15,7 @@ use crate::policy::{SendPolicy, View};
 use crate::protocol::{self, Answer, Inbound};
 use crate::requests::{disposition, Disposition, MidTable};
 use crate::settings::Settings;
+use crate::vote_resend::VoteResends;
 use bytes::Bytes;
 use kv_node::{ClientToken, GroupMessage, NodeConfig, NodeCore};
 use kv_raft::{MessageBody, Role};
@@ -68,7 +69,6 @@ pub fn node_config(settings: &Settings, roster: &Roster) -> NodeConfig {
             // Fast retransmission is the policy's stall release (with back-off);
             // kv-raft's own resends ride on heartbeats.
             retransmit_ticks: None,
-            eager_followers: None,
             ..kv_raft::Config::new(roster.me_node(), 0)
         },
         quiesce: false,
@@ -106,6 +106,8 @@ pub struct Runtime {
     sent: SendCounter,
     /// The drop rate, from the numbers on datagrams we receive.
     loss: LossMeter,
+    /// When kv-raft is asked to resend unanswered vote requests.
+    vote_resends: VoteResends,
 }
 
 impl Runtime {
@@ -147,6 +149,7 @@ impl Runtime {
             traced_view: None,
             sent: SendCounter::default(),
             loss: LossMeter::default(),
+            vote_resends: VoteResends::default(),
         })
     }
 
@@ -169,6 +172,9 @@ impl Runtime {
             deadline = deadline.min(d);
         }
         if let Some(d) = self.notice.deadline() {
+            deadline = deadline.min(d);
+        }
+        if let Some(d) = self.vote_resends.deadline() {
             deadline = deadline.min(d);
         }
         let wait = deadline.saturating_duration_since(now).max(WAIT_MIN);
@@ -431,6 +437,7 @@ impl Runtime {
         let mut datagrams = Vec::new();
         let mut applied = Vec::new();
         let mut proposed = Vec::new();
+        let mut votes_resent = false;
         loop {
             let out = self.core.take_output();
             replies.extend(out.replies);
@@ -438,7 +445,12 @@ impl Runtime {
             applied.extend(out.applied);
             proposed.extend(out.proposed);
             if out.disk_writes.is_empty() {
-                break;
+                if votes_resent || !self.vote_resend_due(&datagrams, now) {
+                    break;
+                }
+                votes_resent = true;
+                self.core.resend_vote_requests();
+                continue;
             }
             // In memory, "durable" is now.
             for w in out.disk_writes {
@@ -551,6 +563,32 @@ impl Runtime {
         let seq = self.sent.next(dst_node);
         let bytes = protocol::commit_notice(self.roster.me(), dst, leader, answered, seq);
         let _ = self.socket.send_to(&bytes, self.harness);
+    }
+
+    /// Follows the (pre-)vote rounds in the core's output (a round's requests start its
+    /// resend schedule) and says whether kv-raft should resend the unanswered ones now.
+    /// Checked after this turn's inputs: answers that came in are no longer unanswered,
+    /// and a round whose requests leave in this turn needs no resend yet.
+    fn vote_resend_due(&mut self, datagrams: &[(NodeId, Vec<GroupMessage>)], now: Instant) -> bool {
+        let round_sent = datagrams.iter().flat_map(|(_, msgs)| msgs).any(|gm| {
+            matches!(
+                gm.msg.body,
+                MessageBody::PreVote { .. } | MessageBody::Vote { .. }
+            )
+        });
+        if !round_sent && self.vote_resends.deadline().is_none() {
+            return false;
+        }
+        let role = self.core.raft_status(SHARD).role;
+        if !matches!(role, Role::PreCandidate | Role::Candidate) {
+            self.vote_resends.ended();
+            return false;
+        }
+        if round_sent {
+            self.vote_resends.round_started(now);
+            return false;
+        }
+        self.vote_resends.take_due(now)
     }
 
     fn note_entries(&mut self, msgs: &[GroupMessage]) {

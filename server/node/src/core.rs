@@ -457,6 +457,15 @@ impl NodeCore {
         self.forget_unlisted_replicas();
     }
 
+    /// Asks every group's (pre-)candidate to resend its vote requests to the voters that
+    /// have not answered (`kv_raft::Raft::resend_vote_requests`; anything else sends
+    /// nothing). For a runtime that times these resends finer than its tick (course mode).
+    pub fn resend_vote_requests(&mut self) {
+        for g in self.groups.iter_mut().filter(|g| !g.quiesced) {
+            g.raft.resend_vote_requests();
+        }
+    }
+
     /// A leader that is not its shard's preferred leader hands over once the preferred one
     /// has caught up, at most once every few election timeouts.
     fn spread_leaders(&mut self) {

@@ -68,10 +68,6 @@ pub struct Config {
     /// candidate once its term is durable). Under loss one lost request or answer
     /// otherwise costs a whole election timeout. `None` (default): each request once.
     pub vote_resend_ticks: Option<u32>,
-    /// Send new entries at once only to this many most recently responsive voters (the
-    /// others get them with the next heartbeat, or at once if an eager ack is missing
-    /// after `retransmit_ticks`). `None` (default) sends to everyone at once.
-    pub eager_followers: Option<usize>,
     /// Most `read_index` requests a leader holds unconfirmed; more get
     /// [`ProposeError::TooManyPendingReads`](crate::ProposeError::TooManyPendingReads).
     pub pending_reads_max: usize,
@@ -93,8 +89,8 @@ impl Config {
     /// Defaults for replica `id` with RNG seed `seed`: election timeout 10..20 ticks,
     /// heartbeat every 2, PreVote and CheckQuorum on, the byte and window limits of
     /// `kv_shared::limits`, and every optional behaviour at its classic setting (no lease
-    /// reads, no suppression, commit broadcasts, retransmit with heartbeats, all
-    /// followers eager). Change fields with struct update syntax.
+    /// reads, no suppression, commit broadcasts, retransmit with heartbeats, no vote
+    /// resends). Change fields with struct update syntax.
     pub fn new(id: NodeId, seed: u64) -> Config {
         Config {
             id,
@@ -116,7 +112,6 @@ impl Config {
             retransmit_ticks: None,
             retransmit_backoff_ticks_max: None,
             vote_resend_ticks: None,
-            eager_followers: None,
             pending_reads_max: kv_shared::limits::PENDING_REQUESTS_MAX,
             snapshot_image_check: None,
         }

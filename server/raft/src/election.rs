@@ -76,12 +76,14 @@ impl Raft {
         }
     }
 
-    /// A (pre-)candidate asks the voters that have not answered again (`vote_resend_ticks`):
-    /// one lost request or answer otherwise costs a whole election timeout. Asking again
-    /// is harmless: a PreVote changes nothing, and a voter grants a Vote again to the
-    /// candidate it voted for in that term. A candidate asks again only once its own vote
-    /// counts, that is once its term is durable (the first requests waited for that too).
-    fn resend_vote_requests(&mut self) {
+    /// A (pre-)candidate asks the voters that have not answered again: one lost request or
+    /// answer otherwise costs a whole election timeout. Asking again is harmless: a PreVote
+    /// changes nothing, and a voter grants a Vote again to the candidate it voted for in
+    /// that term. A candidate asks again only once its own vote counts, that is once its
+    /// term is durable (the first requests waited for that too). Any other role: nothing.
+    /// `vote_resend_ticks` calls it on ticks; a caller that needs resends finer than its
+    /// tick calls it on its own timer (course mode, `testdata/vote_resend_on_call.txt`).
+    pub fn resend_vote_requests(&mut self) {
         let unanswered = |votes: &BTreeMap<NodeId, bool>, voters: Vec<NodeId>| -> Vec<NodeId> {
             voters
                 .into_iter()
@@ -313,7 +315,6 @@ impl Raft {
             reads: ReadRounds::default(),
             lease: crate::lease::Lease::default(),
             bcast_pending: true,
-            lazy_since: None,
         }));
         self.leader = Some(me);
         self.leaderless_timeouts = 0;

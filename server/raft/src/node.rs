@@ -129,9 +129,6 @@ pub(crate) struct LeaderState {
     pub lease: crate::lease::Lease,
     /// New entries were proposed: send them at the next `ready()` (batching).
     pub bcast_pending: bool,
-    /// Leader tick since when entries are withheld from lazy followers
-    /// (`Config::eager_followers`).
-    pub lazy_since: Option<u64>,
 }
 
 /// A message held until a write is durable (persist before send).
@@ -178,7 +175,7 @@ pub struct Raft {
     pub(crate) heartbeat_elapsed: u32,
     /// Ticks since the leader last checked for stalled flows (`retransmit_ticks`).
     pub(crate) retransmit_elapsed: u32,
-    /// Ticks since this replica started: its local clock (leases, eager choice).
+    /// Ticks since this replica started: its local clock (leases, heartbeat suppression).
     pub(crate) now: u64,
     pub(crate) randomized_timeout: u32,
     /// Election timeouts in a row without hearing a leader: each doubles the next

@@ -69,8 +69,8 @@ pub(crate) struct Progress {
     /// Sent an Append or chunk to since the previous periodic heartbeat (heartbeat
     /// suppression: that message already reset the follower's election timer).
     pub contacted: bool,
-    /// Leader tick at which it was last heard from (eager follower choice, heartbeat
-    /// suppression).
+    /// Leader tick at which it was last heard from (heartbeat suppression; whether a
+    /// snapshot is still worth sending to it).
     pub heard_at: u64,
     /// Highest commit index sent to it in an Append or heartbeat (what it may know).
     pub commit_told: Index,

@@ -50,17 +50,8 @@ impl Raft {
             _ => return,
         };
         if bcast {
-            let eager = self.eager_set();
             for id in self.peers() {
-                if eager.as_ref().is_none_or(|e| e.contains(&id)) {
-                    while self.maybe_send_append(id, false) {}
-                } else if self.progress_sendable(id) {
-                    // Withheld until the next heartbeat, or until an eager ack is late.
-                    let now = self.now;
-                    if let RoleState::Leader(ls) = &mut self.role {
-                        ls.lazy_since.get_or_insert(now);
-                    }
-                }
+                while self.maybe_send_append(id, false) {}
             }
         }
         if reads {
@@ -68,52 +59,6 @@ impl Raft {
         }
         if self.maybe_commit() {
             self.commit_advanced();
-        }
-    }
-
-    /// With `eager_followers = Some(k)`: the `k` voters heard from most recently (ties by
-    /// id), the only ones new entries go to at once. `None` means everyone.
-    pub(crate) fn eager_set(&self) -> Option<Vec<NodeId>> {
-        let k = self.cfg.eager_followers?;
-        let RoleState::Leader(ls) = &self.role else {
-            return None;
-        };
-        let mut voters: Vec<(u64, NodeId)> = ls
-            .progress
-            .iter()
-            .filter(|(id, _)| self.membership.voters.contains(id))
-            .map(|(id, p)| (p.heard_at, *id))
-            .collect();
-        voters.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        Some(voters.into_iter().take(k).map(|(_, id)| id).collect())
-    }
-
-    /// True if `maybe_send_append(id, false)` would send something now.
-    pub(crate) fn progress_sendable(&self, id: NodeId) -> bool {
-        let RoleState::Leader(ls) = &self.role else {
-            return false;
-        };
-        let Some(pr) = ls.progress.get(&id) else {
-            return false;
-        };
-        match &pr.state {
-            ProgressState::Snapshot(s) => self.snapshot.as_ref().is_some_and(|snap| {
-                s.index != snap.meta.index
-                    || (!s.all_sent && s.next_offset - s.acked < self.snapshot_window_bytes())
-            }),
-            _ if pr.is_paused(self.cfg.inflight_appends_max) => false,
-            _ if self.entries_cannot_serve(pr.next - 1, id) => self.snapshot.is_some(),
-            _ => pr.next <= self.log.last_index(),
-        }
-    }
-
-    /// Sends withheld entries to every follower (lazy ones included).
-    pub(crate) fn send_to_all(&mut self) {
-        if let RoleState::Leader(ls) = &mut self.role {
-            ls.lazy_since = None;
-        }
-        for id in self.peers() {
-            while self.maybe_send_append(id, false) {}
         }
     }
 
@@ -513,23 +458,7 @@ impl Raft {
         }
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
-            if self.cfg.eager_followers.is_some() {
-                // Lazy followers get their batch now (and, with suppression, no
-                // heartbeat on top of it).
-                self.send_to_all();
-            }
             self.bcast_heartbeat(false);
-        }
-        let late = match &self.role {
-            RoleState::Leader(ls) => ls.lazy_since.is_some_and(|t| {
-                self.now - t >= u64::from(self.cfg.retransmit_ticks())
-                    && self.log.commit < self.log.last_index()
-            }),
-            _ => false,
-        };
-        if late {
-            // An eager follower did not ack in time: do not wait for the heartbeat.
-            self.send_to_all();
         }
         self.retransmit_elapsed += 1;
         if self.retransmit_elapsed >= self.cfg.retransmit_ticks() {

@@ -7,7 +7,7 @@
 //! Commands (`id` is a node number; `ids` a node number, a list `(1,2)` or `all`):
 //! - `cluster n=3 [learners=(4,5)] [prevote=false] [checkquorum=false] [append-bytes=N]
 //!   [inflight=N] [chunk=N] [snap-window=N] [seed=N] [lease=true] [suppress=true]
-//!   [bcast-commit=false] [retransmit=N] [backoff-max=N] [vote-resend=N] [eager=K]
+//!   [bcast-commit=false] [retransmit=N] [backoff-max=N] [vote-resend=N]
 //!   [reads-max=N]` : a fresh cluster (options as in `Config`; timing is election
 //!   10..20, heartbeat 2).
 //! - `set-log id=N term=T entries=(1,1,2)` : restart node `id` with that durable log
@@ -22,7 +22,8 @@
 //!   `restart id=N`.
 //! - `propose id=N data=WORD`, `read id=N ctx=(5,6)`, `transfer id=N to=M`,
 //!   `conf id=N add-learner=M|promote=M|remove=M`, `compact id=N`, `add-node id=N`
-//!   (empty disk), `ask-for-leader id=N nodes=(..)`.
+//!   (empty disk), `ask-for-leader id=N nodes=(..)`, `resend-votes id=N` (the
+//!   caller-timed vote resend).
 //! - `status [ids=..]`, `log ids=..`.
 
 use crate::display::Entries;
@@ -90,7 +91,6 @@ fn run_cmd(c: &mut Option<Cluster>, case: &TestCase) -> String {
             retransmit_ticks: opt(case, "retransmit").map(|v| num(&v) as u32),
             retransmit_backoff_ticks_max: opt(case, "backoff-max").map(|v| num(&v) as u32),
             vote_resend_ticks: opt(case, "vote-resend").map(|v| num(&v) as u32),
-            eager_followers: opt(case, "eager").map(|v| num(&v) as usize),
             pending_reads_max: u("reads-max", d.pending_reads_max),
             ..d
         };
@@ -265,6 +265,15 @@ fn run_cmd(c: &mut Option<Cluster>, case: &TestCase) -> String {
                 .raft
                 .propose_conf_change(change.clone());
             c.line(format!("n{id} conf {change:?} -> {r:?}"));
+            c.process(id);
+        }
+        "resend-votes" => {
+            let id = id();
+            c.nodes
+                .get_mut(&id)
+                .expect("node")
+                .raft
+                .resend_vote_requests();
             c.process(id);
         }
         "ask-for-leader" => {
