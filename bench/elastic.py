@@ -2,8 +2,8 @@
 """bench/elastic.py: measures issue 11's "Done when" figures for elastic clusters.
 
 On release binaries, with fresh temp data dirs and free loopback ports, the balancer on
-(the cluster file's `[balancer]` section: its defaults unless --balancer-interval-ms or
---moves-max say otherwise); nothing here runs `kvcli rebalance`:
+(the cluster file's `[balancer]` section: its defaults unless --balancer-interval-ms,
+--moves-max or --transfers-max say otherwise); nothing here runs `kvcli rebalance`:
 
 1. 3 kvserver nodes from a generated cluster file on 127.0.0.1 (replication = 3,
    --shards shards, 64 by default) are preloaded with --keys keys (1,000,000) of 100 B
@@ -94,6 +94,7 @@ class Cluster:
             "[timing]\ntick_ms = 10\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n\n"
             f"[balancer]\nenabled = true\ninterval_ms = {balancer['interval_ms']}\n"
             f"moves_max = {balancer['moves_max']}\n"
+            + (f"transfers_max = {balancer['transfers_max']}\n" if balancer["transfers_max"] else "")
             + nodes
         )
         subprocess.run([str(bins["kvserver"]), "keygen", "--config", str(self.config)], check=True,
@@ -277,7 +278,8 @@ def load():
 
 def run(args, bins, workdir):
     res = {"settings": vars(args).copy(), "loadavg": {}}
-    c = Cluster(bins, workdir, args.shards, {"interval_ms": args.balancer_interval_ms, "moves_max": args.moves_max})
+    c = Cluster(bins, workdir, args.shards, {"interval_ms": args.balancer_interval_ms, "moves_max": args.moves_max,
+                                            "transfers_max": args.transfers_max})
     try:
         for n in (1, 2, 3):
             c.start_node(n)
@@ -419,7 +421,8 @@ def table(r):
     return "\n".join([
         f"elastic: {s['shards']} shards, R = {REPLICATION}, {s['keys']} keys of {s['value_size']} B "
         f"(preload {r['preload']['puts_per_s']} puts/s), {s['clients']}-client bench --check, balancer "
-        f"interval_ms {s['balancer_interval_ms']}, moves_max {s['moves_max']}, commit {r['commit']}, "
+        f"interval_ms {s['balancer_interval_ms']}, moves_max {s['moves_max']}, "
+        f"transfers_max {s.get('transfers_max') or 'default'}, commit {r['commit']}, "
         f"load average {r['loadavg']}; metadata leader changes {r.get('metadata_leader_changes')}",
         f"| 3 -> 5 nodes, balancer alone | balanced {sp['balanced_after_join_s']} s after node 4 started "
         f"({sp['balanced_after_node_5_active_s']} s after node 5 was active); balancer {sp['balancer']}; "
@@ -442,6 +445,8 @@ def main():
     ap.add_argument("--shards", type=int, default=64, help="shards (default 64)")
     ap.add_argument("--clients", type=int, default=64, help="clients of the checked bench (default 64)")
     ap.add_argument("--moves-max", type=int, default=4, help="[balancer] moves_max (default 4, the cluster file's default)")
+    ap.add_argument("--transfers-max", type=int, default=None,
+                    help="[balancer] transfers_max (default: left out, the cluster file's default)")
     ap.add_argument("--balancer-interval-ms", type=int, default=2000,
                     help="[balancer] interval_ms (default 2000, the cluster file's default)")
     ap.add_argument("--spread-bench-s", type=int, default=90, help="seconds of the bench around the joins and the spread (default 90)")
