@@ -58,7 +58,7 @@ fn offset(addr: SocketAddr, by: u16) -> Option<SocketAddr> {
 }
 
 mod balancer;
-pub use balancer::{BalancerConfig, BALANCER_MOVES_MAX};
+pub use balancer::{BalancerConfig, BALANCER_MOVES_MAX, BALANCER_TRANSFERS_MAX};
 
 /// Timing knobs. One tick is `tick_ms` of wall time; Raft counts in ticks.
 ///

@@ -262,10 +262,16 @@ impl Cluster {
 }
 
 /// The shards with the moves in flight applied as if done; `frozen` holds the shards that
-/// no new move may touch (a move in flight, or learners present).
+/// no new move may touch (a move in flight, learners present, or more voters than wanted:
+/// a move promoted its learner and has yet to remove the old replica).
 struct Projection {
     shards: Vec<ShardInfo>,
     frozen: BTreeSet<ShardId>,
+    /// Frozen shards with no move of `in_flight`: moves someone else started (another
+    /// admin, or a balancer that lost the metadata leadership). They count toward the cap
+    /// like the caller's own, so a new balancer adopts its predecessor's moves instead of
+    /// piling its own on top of them.
+    observed_moves: usize,
     /// Replicas (voters and learners) per node.
     load: BTreeMap<NodeId, usize>,
 }
@@ -275,6 +281,7 @@ impl Projection {
         let mut shards = cluster.shards.clone();
         shards.sort_by_key(|s| s.shard);
         let mut frozen = BTreeSet::new();
+        let mut observed_moves = 0;
         for s in &mut shards {
             if let Some(m) = in_flight.iter().find(|m| m.shard == s.shard) {
                 s.voters.retain(|v| *v != m.from);
@@ -285,8 +292,9 @@ impl Projection {
                 }
                 frozen.insert(s.shard);
             }
-            if !s.learners.is_empty() {
-                frozen.insert(s.shard);
+            let moving = !s.learners.is_empty() || s.voters.len() > voters_wanted(cluster, s);
+            if moving && frozen.insert(s.shard) {
+                observed_moves += 1;
             }
         }
         let mut load: BTreeMap<NodeId, usize> = cluster.nodes.iter().map(|n| (n.id, 0)).collect();
@@ -298,6 +306,7 @@ impl Projection {
         Projection {
             shards,
             frozen,
+            observed_moves,
             load,
         }
     }
@@ -318,7 +327,9 @@ fn has_quorum(cluster: &Cluster, shard: &ShardInfo) -> bool {
 }
 
 /// The next round of work for `cluster`, with `in_flight` moves still running and at most
-/// `moves_max` moves running at once (so at most `moves_max - in_flight.len()` new ones).
+/// `moves_max` moves running at once (so at most `moves_max - in_flight.len()` new ones,
+/// fewer by the moves the cluster shows that `in_flight` does not list: shards with
+/// learners, or with more voters than wanted).
 ///
 /// Moves: first every replica on a dead node, then every replica on a draining node, each
 /// to the live node with the fewest replicas (then the fewest leaders, then the lowest
@@ -330,7 +341,7 @@ fn has_quorum(cluster: &Cluster, shard: &ShardInfo) -> bool {
 pub fn plan(cluster: &Cluster, in_flight: &[Move], moves_max: usize) -> Plan {
     let mut p = Projection::new(cluster, in_flight);
     let mut plan = Plan::default();
-    let mut budget = moves_max.saturating_sub(in_flight.len());
+    let mut budget = moves_max.saturating_sub(in_flight.len() + p.observed_moves);
     let mut moved: BTreeSet<ShardId> = BTreeSet::new();
     let mut leaders = leader_counts(cluster, &p.shards);
     for s in p.shards.iter().filter(|s| !p.frozen.contains(&s.shard)) {

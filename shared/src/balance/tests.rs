@@ -208,6 +208,34 @@ fn moves_in_flight_count_against_the_cap_and_freeze_their_shard() {
 }
 
 #[test]
+fn moves_the_cluster_shows_count_against_the_cap_like_the_callers_own() {
+    // A new metadata leader's balancer lists no move of its own, while its predecessor's
+    // show as learners or as a shard with one voter too many (promoted, old one not yet
+    // removed): they take the cap's places, and their shards are left alone.
+    let c = with_state(five_nodes(), 5, NodeState::Draining);
+    let mut c2 = c.clone();
+    c2.shards[0].learners = vec![n(9)];
+    c2.shards[1].voters.push(n(9));
+    c2.shards[1].voters.sort();
+    let p = plan(&c2, &[], 4);
+    assert_eq!(p.moves.len(), 2, "{p:?}");
+    assert!(p.moves.iter().all(|m| m.shard.0 > 1), "{p:?}");
+    assert!(plan(&c2, &[], 2).moves.is_empty());
+    assert!(
+        p.stuck.iter().all(|s| s.shard.0 > 1),
+        "a shard mid-move is not stuck: {p:?}"
+    );
+    // Counted once when the caller lists it too.
+    let own = Move {
+        shard: ShardId(0),
+        from: n(1),
+        to: n(9),
+        reason: MoveReason::Balance,
+    };
+    assert_eq!(plan(&c2, &[own], 4).moves.len(), 2);
+}
+
+#[test]
 fn replicas_spread_to_a_new_empty_node() {
     let mut c = five_nodes();
     c.nodes.push(NodeInfo {

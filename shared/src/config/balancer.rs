@@ -1,6 +1,6 @@
 //! The cluster file's `[balancer]` section: whether the metadata leader's balancer runs,
-//! how often it plans, how many moves it keeps running, and how long a node may be
-//! silent before its replicas are rebuilt elsewhere.
+//! how often it plans, how many moves and leader transfers it keeps running, and how long
+//! a node may be silent before its replicas are rebuilt elsewhere.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +14,10 @@ const INTERVAL_MS_MAX: u64 = 3_600_000;
 /// a node down between two polls it answers.
 const DOWN_AFTER_MS_MIN: u64 = 2_000;
 const DOWN_AFTER_MS_MAX: u64 = 7 * 24 * 3_600_000;
+/// Most leader transfers the balancer may keep in flight at once. Each is an election in
+/// its shard, during which the shard serves no write: many at once on a loaded node stall
+/// clients for seconds.
+pub const BALANCER_TRANSFERS_MAX: u32 = 64;
 
 /// The balancer's settings. A field the cluster file leaves out takes its value from
 /// [`BalancerConfig::default`].
@@ -27,6 +31,9 @@ pub struct BalancerConfig {
     pub interval_ms: u64,
     /// Replica moves running at once, at most (default 4).
     pub moves_max: u32,
+    /// Leader transfers in flight at once, at most (default 4); besides, the balancer
+    /// keeps each node in at most two at a time.
+    pub transfers_max: u32,
     /// A node silent this long counts as down for good: its replicas are rebuilt on the
     /// other nodes (default 60000 ms).
     pub down_after_ms: u64,
@@ -38,6 +45,7 @@ impl Default for BalancerConfig {
             enabled: true,
             interval_ms: 2_000,
             moves_max: 4,
+            transfers_max: 4,
             down_after_ms: 60_000,
         }
     }
@@ -58,6 +66,12 @@ impl BalancerConfig {
                 u64::from(self.moves_max),
                 1,
                 u64::from(BALANCER_MOVES_MAX),
+            ),
+            (
+                "transfers_max",
+                u64::from(self.transfers_max),
+                1,
+                u64::from(BALANCER_TRANSFERS_MAX),
             ),
             (
                 "down_after_ms",
@@ -92,6 +106,13 @@ mod tests {
                 ..d()
             }),
             "balancer.moves_max = 0 is outside 1..=64"
+        );
+        assert_eq!(
+            bad(BalancerConfig {
+                transfers_max: 65,
+                ..d()
+            }),
+            "balancer.transfers_max = 65 is outside 1..=64"
         );
         assert_eq!(
             bad(BalancerConfig {
