@@ -358,5 +358,8 @@ fn help_works_one_shot_without_a_key_or_a_cluster() {
     assert_eq!(run.stderr, "", "{run:?}");
     let all = cli::run(&["--cluster", file, "help"], "", RUN_TIMEOUT);
     assert_eq!(all.code, Some(0), "{all:?}");
-    assert!(all.stdout.contains("get") && all.stdout.contains("put"), "{all:?}");
+    assert!(
+        all.stdout.contains("get") && all.stdout.contains("put"),
+        "{all:?}"
+    );
 }
