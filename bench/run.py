@@ -216,7 +216,7 @@ def ensure_matplotlib():
 class RaftkvCluster:
     """Three kvserver processes on loopback with fresh data dirs and a generated cluster file."""
 
-    def __init__(self, bins, shards, workdir, extra_args=(), protection="mac"):
+    def __init__(self, bins, shards, workdir, extra_args=(), protection="mac", lease_reads=True):
         self.bins = bins
         self.shards = shards
         self.dir = Path(tempfile.mkdtemp(prefix=f"raftkv-{shards}s-{protection}-", dir=workdir))
@@ -254,6 +254,8 @@ class RaftkvCluster:
             'key_file = "keys/cluster.key"\nclient_key_files = ["keys/bench.key"]\n'
             f'client_key_file = "keys/bench.key"\nprotection = "{protection}"\n\n'
             "[timing]\ntick_ms = 10\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n"
+            # One machine, one clock: leaders answer reads from their lease.
+            f"lease_reads = {'true' if lease_reads else 'false'}\n"
             + nodes
         )
         subprocess.run(

@@ -221,6 +221,14 @@ fn main() {
 }
 
 async fn run(cli: Cli, style: Style) -> anyhow::Result<i32> {
+    // `kvcli help [COMMAND]` answers as the REPL's help does, without a key or a cluster.
+    if let Some(Sub::Command(words)) = &cli.command {
+        if let Ok(kvcli::command::Command::Help { topic }) = kvcli::command::parse_words(words) {
+            let text = kvcli::output::CmdOutput::Text(kvcli::command::help_text(topic.as_deref()));
+            println!("{}", kvcli::output::render(&text, style));
+            return Ok(EXIT_OK);
+        }
+    }
     let mut local = None;
     let key_file = cli.conn.key_file.clone();
     let key_for = |config: Option<&ClusterConfig>| -> anyhow::Result<ClientKey> {

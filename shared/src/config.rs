@@ -7,7 +7,7 @@ use crate::ids::NodeId;
 use crate::limits::{CLIENT_KEYS_MAX, NODES_MAX, SHARDS_MAX, TIMING_VALUE_MAX};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 /// The embedded default cluster: 3 nodes on 127.0.0.1, 8 shards.
@@ -27,8 +27,10 @@ pub struct NodeEntry {
     /// + [`REDIS_PORT_OFFSET`]].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_addr: Option<SocketAddr>,
-    /// TCP address of the node's HTTP endpoint (`/metrics`, `/health`) [default: `addr`'s
-    /// IP, port + [`HTTP_PORT_OFFSET`]].
+    /// TCP address of the node's HTTP endpoint (`/metrics`, `/health`) [default: the
+    /// loopback address of `addr`'s family, `addr`'s port + [`HTTP_PORT_OFFSET`]]. The
+    /// endpoint has no authentication, so only an address listed here exposes it beyond
+    /// the node's own machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_addr: Option<SocketAddr>,
 }
@@ -45,10 +47,19 @@ impl NodeEntry {
             .or_else(|| offset(self.addr, REDIS_PORT_OFFSET))
     }
 
-    /// The HTTP endpoint's address: as listed, else derived from `addr`.
+    /// The HTTP endpoint's address: as listed, else on loopback with a port derived from
+    /// `addr`'s (unauthenticated metrics stay on the node's machine unless listed).
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http_addr
-            .or_else(|| offset(self.addr, HTTP_PORT_OFFSET))
+        self.http_addr.or_else(|| {
+            let loopback: IpAddr = match self.addr {
+                SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+            };
+            offset(
+                SocketAddr::new(loopback, self.addr.port()),
+                HTTP_PORT_OFFSET,
+            )
+        })
     }
 }
 
@@ -74,6 +85,11 @@ pub struct TimingConfig {
     pub election_ticks_min: u32,
     /// Upper bound (exclusive) of the randomized election timeout, in ticks.
     pub election_ticks_max: u32,
+    /// Leader lease reads: a shard leader that a quorum confirmed within the last
+    /// election timeout (less a margin) answers a linearizable read without a heartbeat
+    /// round. Only where the nodes' monotonic clocks run at the same rate and count all
+    /// real time (docs/RAFT.md, "Lease reads"); off by default.
+    pub lease_reads: bool,
 }
 
 impl Default for TimingConfig {
@@ -83,6 +99,7 @@ impl Default for TimingConfig {
             heartbeat_ticks: 5,
             election_ticks_min: 30,
             election_ticks_max: 60,
+            lease_reads: false,
         }
     }
 }
@@ -367,6 +384,21 @@ mod tests {
             c.nodes[0].http_addr(),
             Some("127.0.0.1:9000".parse().unwrap())
         );
+        let public = "cluster_id = 1\nshards = 1\n[[nodes]]\nid = 1\naddr = \"10.1.2.3:7101\"\n";
+        let c = ClusterConfig::from_toml(public).unwrap();
+        assert_eq!(
+            c.nodes[0].redis_addr(),
+            Some("10.1.2.3:8101".parse().unwrap()),
+            "RESP (authenticated) follows the node's address"
+        );
+        assert_eq!(
+            c.nodes[0].http_addr(),
+            Some("127.0.0.1:9101".parse().unwrap()),
+            "the unauthenticated HTTP endpoint defaults to loopback"
+        );
+        let v6 = "cluster_id = 1\nshards = 1\n[[nodes]]\nid = 1\naddr = \"[2001:db8::1]:7101\"\n";
+        let c = ClusterConfig::from_toml(v6).unwrap();
+        assert_eq!(c.nodes[0].http_addr(), Some("[::1]:9101".parse().unwrap()));
         let high = "cluster_id = 1\nshards = 1\n[[nodes]]\nid = 1\naddr = \"127.0.0.1:65000\"\n";
         let e = ClusterConfig::from_toml(high).unwrap_err().to_string();
         assert!(e.contains("redis_addr and http_addr"), "{e}");

@@ -100,6 +100,7 @@ struct Inner {
     datagrams_dropped: Family<ReasonLabels, Counter>,
     snapshots_sent: Counter,
     snapshots_installed: Counter,
+    leases_expired: Counter,
     pending_requests: Gauge,
     refused: Family<ReasonLabels, Counter>,
     balancer: BalancerSeries,
@@ -139,6 +140,7 @@ impl Metrics {
             datagrams_dropped: Family::default(),
             snapshots_sent: Counter::default(),
             snapshots_installed: Counter::default(),
+            leases_expired: Counter::default(),
             pending_requests: Gauge::default(),
             refused: Family::default(),
             balancer: BalancerSeries::default(),
@@ -226,6 +228,11 @@ impl Metrics {
             "snapshots_installed",
             "Snapshots this node installed from a leader",
             inner.snapshots_installed.clone(),
+        );
+        r.register(
+            "leases_expired",
+            "Times this node's ticks lagged real time and its leader leases were forgotten (lease reads)",
+            inner.leases_expired.clone(),
         );
         r.register(
             "pending_requests",
@@ -316,6 +323,11 @@ impl Metrics {
     /// Counts a snapshot transfer this node started.
     pub fn snapshot_sent(&self) {
         self.0.snapshots_sent.inc();
+    }
+
+    /// Counts the leases forgotten because the ticks lagged real time.
+    pub fn lease_expired(&self) {
+        self.0.leases_expired.inc();
     }
 
     /// Counts a snapshot this node installed.

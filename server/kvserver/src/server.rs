@@ -36,6 +36,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 mod error;
 mod event_loop;
 mod inbound;
+mod lease_guard;
 mod outbound;
 
 pub use error::ServerError;
@@ -272,7 +273,18 @@ pub async fn run_with_store<S: LogStore>(
     // A new data directory takes part only once the cluster says its id is not known
     // under another one (`registration`); without a way to ask, it cannot wait.
     let taking_part = !identity.new || registration_task.is_none();
+    let lease_guard = {
+        let raft = &core.config().raft;
+        lease_guard::LeaseGuard::new(
+            raft.lease_reads,
+            Duration::from_millis(opts.cluster.timing.tick_ms),
+            raft.election_ticks_min,
+            raft.lease_margin_ticks,
+            Instant::now(),
+        )
+    };
     let event_loop = EventLoop {
+        lease_guard,
         registration,
         registration_open: registration_task.is_some(),
         _registration_task: registration_task.map(AbortOnDrop),
@@ -433,6 +445,8 @@ struct EventLoop {
     ticks: u64,
     /// At most one "slow event loop turn" line per second.
     slow_turns: crate::ratelimit::RateLimit,
+    /// Expires the leases when the ticks lag real time (`None`: no lease reads).
+    lease_guard: Option<lease_guard::LeaseGuard>,
 }
 
 #[cfg(test)]

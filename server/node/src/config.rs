@@ -66,6 +66,15 @@ pub fn kvserver_raft_config(
     }
 }
 
+/// The lease margin of kvserver's lease reads: a fifth of the minimum election timeout
+/// (at least the 2 ticks kv-raft needs). The margin is the real-time lag of a leader's
+/// ticks that the runtime tolerates before it expires the leases
+/// (`kv_server`'s lease clock guard), so it must be more than the jitter of a busy event
+/// loop's ticks: with local-3's timing, 6 ticks (60 ms) of a 300 ms election timeout.
+pub fn lease_margin_ticks(election_ticks_min: u32) -> u32 {
+    (election_ticks_min / 5).max(2)
+}
+
 impl NodeConfig {
     /// Settings for `node` of a cluster file. The seed comes from the cluster id and node,
     /// so election jitter differs per node.
@@ -86,12 +95,16 @@ impl NodeConfig {
             snapshot_threshold_entries: 10_000,
             spread_leaders: true,
             seed: cluster.cluster_id ^ node.0.rotate_left(32),
-            raft: kvserver_raft_config(
-                node,
-                t.heartbeat_ticks,
-                t.election_ticks_min,
-                t.election_ticks_max,
-            ),
+            raft: kv_raft::Config {
+                lease_reads: t.lease_reads,
+                lease_margin_ticks: lease_margin_ticks(t.election_ticks_min),
+                ..kvserver_raft_config(
+                    node,
+                    t.heartbeat_ticks,
+                    t.election_ticks_min,
+                    t.election_ticks_max,
+                )
+            },
             // Idle shards cost almost nothing (issue 6).
             quiesce: true,
         }

@@ -253,10 +253,9 @@ impl NodeCore {
     ) -> Result<NodeCore, RecoveryError> {
         assert!(config.shard_count > 0, "a node hosts at least one shard");
         if config.quiesce {
-            assert!(
-                !config.raft.lease_reads,
-                "quiescence pauses Raft clocks, which a lease would count as time"
-            );
+            // Quiescence pauses Raft clocks, which a lease would count as time: a group
+            // forgets its lease when it wakes (`kv_raft::Raft::wake`), so lease reads
+            // combine with it.
             assert!(
                 config.raft.election_ticks_min > 2 * config.raft.heartbeat_ticks + 1,
                 "quiescence needs elections slower than two heartbeat periods"
@@ -357,8 +356,11 @@ impl NodeCore {
     /// nodes send each other a keepalive datagram whenever a heartbeat period passed
     /// without any other datagram, and a quiesced follower whose leader's node was silent
     /// for an election timeout wakes and, in time, elects. Not ticking only slows a
-    /// replica's clock, which Raft's safety never depends on; lease reads do, so the two
-    /// are not combined (checked in `NodeCore::new`).
+    /// replica's clock, which Raft's safety never depends on. Lease reads do: a leader's
+    /// paused clock would stretch its lease, so a group forgets its lease when it wakes,
+    /// and with lease reads every client request keeps its group awake for another
+    /// heartbeat period, so that a steady stream of reads keeps renewing the lease instead
+    /// of waking a quiesced leader for every read.
     pub fn tick(&mut self) {
         self.tick_count += 1;
         let quiesce = self.config.quiesce;
@@ -605,6 +607,15 @@ impl NodeCore {
             .map(|(_, other)| other.raft.incoming_snapshot_bytes())
             .sum();
         others.saturating_add(*total_len) <= SNAPSHOT_RECEIVE_BYTES_MAX
+    }
+
+    /// Forgets every group's leader lease (`kv_raft::Raft::expire_lease`): the driver
+    /// saw its ticks fall behind real time (a stalled process), which the leases would
+    /// count as less time than passed. Reads take a heartbeat round until new echoes come.
+    pub fn expire_leases(&mut self) {
+        for g in self.groups.iter_mut() {
+            g.raft.expire_lease();
+        }
     }
 
     /// Refuses client writes from now on with `Unavailable` and the refusal's reason

@@ -448,6 +448,71 @@ fn followers_of_a_silent_leader_node_wake_and_elect() {
     }
 }
 
+/// Lease reads with quiescence: a leader that keeps heartbeating answers a read with no
+/// Raft message at all, and steady reads keep it awake; a quiesced leader woken by a read
+/// first earns a new lease, so its paused clock never stretches the old one.
+#[test]
+fn lease_reads_skip_the_round_and_a_woken_leader_earns_a_new_lease() {
+    let mut c = Cluster::with(3, 1, |cfg| cfg.raft.lease_reads = true);
+    c.tick(80);
+    let l = c.leader(ShardId(0));
+    let value = || vec![Outcome::Value(Some(Bytes::from_static(b"v")))];
+    c.request(l, 1, put(1, 1, "k", "v"));
+    c.flush(l);
+    c.tick(3);
+    assert_eq!(c.reply_to(1), vec![Outcome::Done]);
+    // The first read may find the group quiesced; it wakes it and takes a round.
+    c.request(l, 2, get(2, 1, "k"));
+    c.flush(l);
+    assert_eq!(c.reply_to(2), value());
+    for seq in 2..12 {
+        c.tick(1);
+        let before = c.messages;
+        c.request(l, 3, get(3, seq, "k"));
+        c.flush(l);
+        assert_eq!(c.messages, before, "read {seq}: answered from the lease");
+        assert_eq!(c.reply_to(3).len() as u64, seq - 1);
+    }
+    // Idle again: the group quiesces, its clock stops.
+    c.tick(30);
+    assert_eq!(traffic(&mut c, 10).0, 0, "quiesced");
+    let before = c.messages;
+    c.request(l, 4, get(4, 1, "k"));
+    c.flush(l);
+    assert_eq!(c.reply_to(4), value());
+    assert!(
+        c.messages > before,
+        "a woken leader must not answer from the lease its paused clock kept"
+    );
+}
+
+/// `NodeCore::expire_leases` (the runtime saw its ticks lag real time): the next read
+/// takes a heartbeat round.
+#[test]
+fn expired_leases_make_the_next_read_take_a_round() {
+    let mut c = Cluster::with(3, 1, |cfg| cfg.raft.lease_reads = true);
+    c.tick(80);
+    let l = c.leader(ShardId(0));
+    c.request(l, 1, put(1, 1, "k", "v"));
+    c.flush(l);
+    c.tick(3);
+    // A tick heartbeats (every tick here), and its echoes renew the lease: read between
+    // ticks.
+    let read = |c: &mut Cluster, seq: u64| {
+        let before = c.messages;
+        c.request(l, 2, get(2, seq, "k"));
+        c.flush(l);
+        assert_eq!(c.reply_to(2).len() as u64, seq);
+        c.messages - before
+    };
+    read(&mut c, 1);
+    c.tick(1);
+    assert_eq!(read(&mut c, 2), 0, "answered from the lease");
+    c.nodes[l].expire_leases();
+    assert!(read(&mut c, 3) > 0, "expired: a heartbeat round");
+    assert_eq!(read(&mut c, 4), 0, "the round's echoes are a new lease");
+}
+
 #[test]
 fn a_shard_snapshots_after_enough_log_bytes_whatever_its_entry_count() {
     let mut c = Cluster::with(3, 1, |config| {

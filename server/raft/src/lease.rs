@@ -54,6 +54,15 @@ impl Lease {
         self.void = true;
     }
 
+    /// Forgets every round sent so far and every echo of them: the leader's clock may
+    /// have lagged real time since (a paused group, a stalled process), so only rounds
+    /// sent from now on count. An echo of a forgotten round arriving later counts for
+    /// nothing, like one of a round never sent.
+    pub fn forget(&mut self) {
+        self.rounds.clear();
+        self.acks.clear();
+    }
+
     /// True if a quorum of `voters` (`me` counting always) echoed a round sent less than
     /// `span` ticks before `now`.
     pub fn holds(&self, voters: &[NodeId], me: NodeId, now: u64, span: u64) -> bool {
@@ -98,5 +107,31 @@ mod tests {
         assert!(l.holds(&v, NodeId(1), 6, 8));
         l.void();
         assert!(!l.holds(&v, NodeId(1), 6, 8));
+    }
+
+    #[test]
+    fn forgetting_drops_old_rounds_and_their_late_echoes() {
+        let mut l = Lease::default();
+        let v = ids(&[1, 2, 3]);
+        l.sent(4, 10);
+        l.sent(5, 12);
+        l.echoed(NodeId(2), 4);
+        assert!(l.holds(&v, NodeId(1), 12, 8));
+        l.forget();
+        assert!(
+            !l.holds(&v, NodeId(1), 12, 8),
+            "echoes before forget count no more"
+        );
+        l.echoed(NodeId(3), 5);
+        assert!(
+            !l.holds(&v, NodeId(1), 12, 8),
+            "a late echo of a round sent before forget counts for nothing"
+        );
+        l.sent(6, 13);
+        l.echoed(NodeId(3), 6);
+        assert!(
+            l.holds(&v, NodeId(1), 13, 8),
+            "rounds sent after forget count"
+        );
     }
 }

@@ -708,11 +708,25 @@ impl Raft {
     /// restarts its CheckQuorum period, because its followers were silent by design
     /// rather than unreachable, and heartbeats on the next tick so that every follower
     /// hears it again. Safe at any time: it only delays a step-down and speeds a heartbeat.
-    /// Not for use with `lease_reads`, whose lease counts ticks as time.
+    /// With `lease_reads`, a leader also forgets its lease (see [`Raft::expire_lease`]):
+    /// its clock stood still while real time passed, so the next read takes a heartbeat
+    /// round, whose echoes start a new lease.
     pub fn wake(&mut self) {
         if let RoleState::Leader(_) = &self.role {
             self.election_elapsed = 0;
             self.heartbeat_elapsed = self.cfg.heartbeat_ticks;
+        }
+        self.expire_lease();
+    }
+
+    /// Forgets the leader lease earned so far (`Config::lease_reads`): reads take a
+    /// heartbeat round until a quorum echoes a heartbeat sent after this call. For a
+    /// caller whose ticks fell behind real time (a stalled process, ticks withheld), which
+    /// the lease would otherwise count as less time than really passed. Does nothing
+    /// without a lease or off the leader.
+    pub fn expire_lease(&mut self) {
+        if let RoleState::Leader(ls) = &mut self.role {
+            ls.lease.forget();
         }
     }
 

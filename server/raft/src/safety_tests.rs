@@ -259,8 +259,12 @@ fn regression_seed_353_snapshot_resume_after_rewind() {
 /// commits a write. With clocks in step the lease has run out by then and the old leader's
 /// read needs a heartbeat round it cannot win; with the old leader's clock stopped (the
 /// drift the lease assumes away) it answers from its lease and the read oracle must flag
-/// the stale read. Returns the panic message, if any.
-fn isolated_lease_holder_reads(clock_stopped: bool) -> Option<String> {
+/// the stale read. `before_read` runs on the old leader just before its read (what its
+/// caller does on noticing the stopped clock). Returns the panic message, if any.
+fn isolated_lease_holder_reads(
+    clock_stopped: bool,
+    before_read: fn(&mut crate::Raft),
+) -> Option<String> {
     let r = std::panic::catch_unwind(|| {
         let opts = Config {
             lease_reads: true,
@@ -311,6 +315,7 @@ fn isolated_lease_holder_reads(clock_stopped: bool) -> Option<String> {
             c.tick(l);
             c.stabilize();
         }
+        before_read(&mut c.nodes.get_mut(&1).expect("node").raft);
         let _ = c.read(1, 2);
         c.process(1);
         c.stabilize();
@@ -324,9 +329,21 @@ fn isolated_lease_holder_reads(clock_stopped: bool) -> Option<String> {
 
 #[test]
 fn lease_reads_are_safe_only_while_clocks_keep_pace() {
-    assert_eq!(isolated_lease_holder_reads(false), None);
-    let caught = isolated_lease_holder_reads(true).expect("a stale lease read is caught");
+    assert_eq!(isolated_lease_holder_reads(false, |_| {}), None);
+    let caught = isolated_lease_holder_reads(true, |_| {}).expect("a stale lease read is caught");
     assert!(caught.contains("stale read"), "{caught}");
+}
+
+/// The caller's remedy for a clock that fell behind: `expire_lease` (a stalled process)
+/// or `wake` (a paused, quiesced group) before the read makes the old leader take a
+/// heartbeat round it cannot win, so the stale read of the stopped clock is gone.
+#[test]
+fn an_expired_or_woken_lease_serves_no_stale_read_after_the_clock_stopped() {
+    assert_eq!(
+        isolated_lease_holder_reads(true, |r| r.expire_lease()),
+        None
+    );
+    assert_eq!(isolated_lease_holder_reads(true, |r| r.wake()), None);
 }
 
 /// A planted vote or persistence bug must really break safety: some seed of the same

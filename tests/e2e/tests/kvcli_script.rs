@@ -336,3 +336,30 @@ fn bench_check_twice_on_one_cluster_passes_both_times() {
         );
     }
 }
+
+/// `kvcli help cas` one-shot answers as the REPL's `help cas` does, and needs neither a
+/// client key nor a running cluster (the cluster file here names key files that do not
+/// exist and nodes nobody serves).
+#[test]
+fn help_works_one_shot_without_a_key_or_a_cluster() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("cluster.toml");
+    std::fs::write(
+        &file,
+        "cluster_id = 1\nshards = 1\nkey_file = \"missing/cluster.key\"\n\
+         client_key_files = [\"missing/admin.key\"]\n\
+         [[nodes]]\nid = 1\naddr = \"127.0.0.1:9\"\n",
+    )
+    .expect("write the cluster file");
+    let file = file.to_str().expect("utf-8 temp path");
+    let run = cli::run(&["--cluster", file, "help", "cas"], "", RUN_TIMEOUT);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.contains("cas"), "{run:?}");
+    assert_eq!(run.stderr, "", "{run:?}");
+    let all = cli::run(&["--cluster", file, "help"], "", RUN_TIMEOUT);
+    assert_eq!(all.code, Some(0), "{all:?}");
+    assert!(
+        all.stdout.contains("get") && all.stdout.contains("put"),
+        "{all:?}"
+    );
+}

@@ -17,13 +17,31 @@ use std::time::{Duration, Instant};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// A cluster of `nodes` nodes with lease reads on, as `configs/local-3.toml` and the
+/// benchmark run it, so that the leader kills below also check that a lease never
+/// answers a stale read.
 fn start(nodes: usize) -> (Cluster, BTreeMap<ShardId, NodeId>) {
-    let mut cluster = Cluster::start(Spec {
+    let mut cluster = Cluster::prepare(Spec {
         nodes,
         shards: 4,
         snapshot_threshold: None,
         replication: None,
     });
+    let path = cluster.config_path().to_path_buf();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let timing = "[timing]\n";
+    assert!(
+        text.contains(timing),
+        "the e2e cluster file has a [timing] table"
+    );
+    std::fs::write(
+        &path,
+        text.replace(timing, "[timing]\nlease_reads = true\n"),
+    )
+    .unwrap();
+    for id in cluster.ids() {
+        cluster.spawn(id);
+    }
     let mut client = cluster.client();
     let leaders = cluster.wait_for_leaders(&mut client, READY_TIMEOUT);
     (cluster, leaders)

@@ -82,9 +82,11 @@ struct Args {
     #[arg(long, value_name = "HOST:PORT")]
     redis: Option<SocketAddr>,
 
-    /// TCP address of the HTTP endpoint, /metrics and /health [default: the cluster file's
-    /// http_addr for this node, else the UDP address (--listen with --join) with its port
-    /// + 2000].
+    /// TCP address of the HTTP endpoint, /metrics and /health, which has no
+    /// authentication [default: the cluster file's http_addr for this node, else loopback
+    /// (127.0.0.1, or ::1 for an IPv6 node) with the UDP address's port (--listen with
+    /// --join) + 2000]. Give an address here or in the cluster file to let a Prometheus on
+    /// another machine scrape it.
     #[arg(long, value_name = "HOST:PORT")]
     http: Option<SocketAddr>,
 

@@ -167,6 +167,9 @@ enum Answer {
     Local(oneshot::Receiver<Outcome>, Op),
     /// The cluster client, in a task of its own.
     Remote(tokio::task::JoinHandle<(Session, Result<Response, kvcli::Error>)>),
+    /// The cluster client, awaited by the connection itself: the group's only operation
+    /// (no pipelining) needs no task to run beside others.
+    Alone(Op),
 }
 
 /// A parsed command and its plan, waiting for its turn.
@@ -338,6 +341,8 @@ impl Connection {
         if group.is_empty() {
             return;
         }
+        let alone =
+            group.len() == 1 && matches!(&group[0].plan, Plan::Ops { ops, .. } if ops.len() == 1);
         let mut answers: Vec<Answer> = Vec::new();
         let mut local_reads: Vec<LocalRead> = Vec::new();
         let mut finishes: Vec<(Finish, usize, &'static str, Instant)> = Vec::new();
@@ -354,6 +359,10 @@ impl Connection {
                         answer,
                     });
                     answers.push(Answer::Local(rx, op));
+                    continue;
+                }
+                if alone {
+                    answers.push(Answer::Alone(op));
                     continue;
                 }
                 let mut session = self.session();
@@ -381,6 +390,12 @@ impl Connection {
                         r
                     }
                 },
+                Answer::Alone(op) => {
+                    let mut session = self.session();
+                    let r = session.execute(op).await;
+                    self.sessions.push(session);
+                    r
+                }
                 Answer::Remote(task) => {
                     let (session, r) = task.await.expect("an operation task does not panic");
                     self.sessions.push(session);

@@ -69,6 +69,7 @@ impl EventLoop {
             };
             let turn_started = Instant::now();
             let woke = wake.name();
+            self.guard_leases();
             let step = match wake {
                 Wake::Shutdown => break Ok(()),
                 Wake::Disk(None) => Err(ServerError::DiskThreadStopped),
@@ -79,6 +80,9 @@ impl EventLoop {
                     // Wall time only feeds the status table ("ms since a peer was heard").
                     self.core.set_now_ms(self.now_ms());
                     self.core.tick();
+                    if let Some(guard) = &mut self.lease_guard {
+                        guard.ticked(std::time::Instant::now());
+                    }
                     self.ticks += 1;
                     if self.ticks.is_multiple_of(METRICS_SYNC_TICKS) {
                         self.sync_metrics();
@@ -122,6 +126,7 @@ impl EventLoop {
         &mut self,
         events: &mut UnboundedReceiver<DiskEvent>,
     ) -> Result<(), ServerError> {
+        self.guard_leases();
         if let Ok(ev) = events.try_recv() {
             self.on_disk_events(ev, events)?;
         }
@@ -130,6 +135,18 @@ impl EventLoop {
             self.on_local_reads(reads);
         }
         Ok(())
+    }
+
+    /// Before the core takes input: if its ticks fell behind real time, it forgets its
+    /// leader leases (`lease_guard`), so no read is answered from a lease that has run
+    /// out in real time.
+    fn guard_leases(&mut self) {
+        if let Some(guard) = &mut self.lease_guard {
+            if guard.must_expire(std::time::Instant::now()) {
+                self.core.expire_leases();
+                self.metrics.lease_expired();
+            }
+        }
     }
 
     /// The Redis gateway's reads: straight into the core (already bound to a client name

@@ -143,9 +143,15 @@ impl NodeCore {
             },
         );
         self.deadlines.insert((deadline_tick, id));
+        let lease_reads = self.config.raft.lease_reads;
         let g = &mut self.groups[shard];
         g.wake();
         g.waiting.push(id);
+        if lease_reads {
+            // Activity: quiescence waits for a heartbeat period without requests, so
+            // steady reads keep the lease renewed (`NodeCore::tick`).
+            g.idle_ticks = 0;
+        }
     }
 
     pub(super) fn serve_confirmed_reads(&mut self, g: ShardId) {
