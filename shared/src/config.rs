@@ -27,8 +27,9 @@ pub struct NodeEntry {
     /// + [`REDIS_PORT_OFFSET`]].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_addr: Option<SocketAddr>,
-    /// TCP address of the node's HTTP endpoint (`/metrics`, `/health`) [default: the
-    /// loopback address of `addr`'s family, `addr`'s port + [`HTTP_PORT_OFFSET`]]. The
+    /// TCP address of the node's HTTP endpoint (`/metrics`, `/health`) [default: `addr`'s
+    /// IP if it is a loopback address, else the loopback address of its family; `addr`'s
+    /// port + [`HTTP_PORT_OFFSET`]]. The
     /// endpoint has no authentication, so only an address listed here exposes it beyond
     /// the node's own machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,7 +52,10 @@ impl NodeEntry {
     /// `addr`'s (unauthenticated metrics stay on the node's machine unless listed).
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr.or_else(|| {
+            // A node already on a loopback address keeps it, so nodes on 127.0.0.2,
+            // 127.0.0.3, ... with the same port do not collide on 127.0.0.1.
             let loopback: IpAddr = match self.addr {
+                a if a.ip().is_loopback() => a.ip(),
                 SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
                 SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
             };
@@ -399,6 +403,14 @@ mod tests {
         let v6 = "cluster_id = 1\nshards = 1\n[[nodes]]\nid = 1\naddr = \"[2001:db8::1]:7101\"\n";
         let c = ClusterConfig::from_toml(v6).unwrap();
         assert_eq!(c.nodes[0].http_addr(), Some("[::1]:9101".parse().unwrap()));
+        let second_loopback =
+            "cluster_id = 1\nshards = 1\n[[nodes]]\nid = 1\naddr = \"127.0.0.2:7101\"\n";
+        let c = ClusterConfig::from_toml(second_loopback).unwrap();
+        assert_eq!(
+            c.nodes[0].http_addr(),
+            Some("127.0.0.2:9101".parse().unwrap()),
+            "nodes on 127.0.0.x sharing a port must not collide on 127.0.0.1"
+        );
         let high = "cluster_id = 1\nshards = 1\n[[nodes]]\nid = 1\naddr = \"127.0.0.1:65000\"\n";
         let e = ClusterConfig::from_toml(high).unwrap_err().to_string();
         assert!(e.contains("redis_addr and http_addr"), "{e}");
