@@ -640,10 +640,20 @@ impl NodeCore {
     /// Everything to do now. Call after every input.
     pub fn take_output(&mut self) -> Output {
         self.drive();
-        for g in self.groups.ids() {
+        // Routing proposes and reads only in the groups it has requests for, and touches
+        // no other group's Raft: only those need draining again, not every hosted group.
+        let routed: Vec<ShardId> = self
+            .groups
+            .iter()
+            .filter(|g| !g.waiting.is_empty())
+            .map(|g| g.shard)
+            .collect();
+        for &g in &routed {
             self.route(g);
         }
-        self.drive();
+        for g in routed {
+            self.drive_group(g);
+        }
         if !self.round_ops.is_empty() {
             let id = self.next_disk_write;
             self.next_disk_write += 1;
