@@ -72,8 +72,9 @@ POLL_S = 1.0
 class Cluster:
     """kvserver processes: nodes 1-3 from a generated cluster file, more with --join."""
 
-    def __init__(self, bins, workdir, shards, balancer):
+    def __init__(self, bins, workdir, shards, balancer, log_filter=LOG_FILTER):
         self.bins = bins
+        self.log_filter = log_filter
         self.shards = shards
         self.dir = Path(tempfile.mkdtemp(prefix=f"raftkv-elastic-{shards}s-", dir=workdir))
         self.procs = {}
@@ -102,7 +103,7 @@ class Cluster:
 
     def start_node(self, n, extra=()):
         cmd = [str(self.bins["kvserver"]), "--config", str(self.config), "--node", str(n),
-               "--data-dir", str(self.dir / f"node-{n}"), "--log-level", LOG_FILTER] + list(extra)
+               "--data-dir", str(self.dir / f"node-{n}"), "--log-level", self.log_filter] + list(extra)
         self.procs[n] = spawn(cmd, self.dir / f"node-{n}.log")
 
     def join_node(self, n, ip):
@@ -279,7 +280,7 @@ def load():
 def run(args, bins, workdir):
     res = {"settings": vars(args).copy(), "loadavg": {}}
     c = Cluster(bins, workdir, args.shards, {"interval_ms": args.balancer_interval_ms, "moves_max": args.moves_max,
-                                            "transfers_max": args.transfers_max})
+                                            "transfers_max": args.transfers_max}, args.log_level)
     try:
         for n in (1, 2, 3):
             c.start_node(n)
@@ -457,6 +458,9 @@ def main():
     ap.add_argument("--settle-wait-s", type=int, default=180, help="how long the balancer may take to settle after the drain (default 180)")
     ap.add_argument("--no-build", action="store_true", help="use the release binaries already built")
     ap.add_argument("--keep", action="store_true", help="keep data dirs and server logs")
+    ap.add_argument("--log-level", default=LOG_FILTER,
+                    help=f"the nodes' log filter (default {LOG_FILTER!r}; add kv_server::core_events=info "
+                         "for every election, membership change and snapshot)")
     args = ap.parse_args()
     bins = {n: target_dir() / "release" / n for n in ("kvserver", "kvcli")}
     if not args.no_build:

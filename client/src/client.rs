@@ -411,7 +411,31 @@ impl Client {
         timeout: Duration,
         grace: Duration,
     ) -> Vec<NodeReport> {
-        let nodes = self.nodes();
+        self.collect_status_from(self.nodes(), timeout, grace).await
+    }
+
+    /// Asks `node` for its status and learns from it the nodes it knows (every node
+    /// registered since this client connected, with its address); waits at most
+    /// `timeout`. True if `leader` has a known address afterwards.
+    pub(crate) async fn learn_nodes_from(
+        &self,
+        node: NodeAddr,
+        leader: NodeId,
+        timeout: Duration,
+    ) -> bool {
+        self.collect_status_from(vec![node], timeout, Duration::ZERO)
+            .await;
+        let topo = self.shared.topology.lock().expect("topology lock");
+        topo.addr_of(leader).is_some()
+    }
+
+    /// [`Client::collect_status`] from `nodes` only.
+    async fn collect_status_from(
+        &self,
+        nodes: Vec<NodeAddr>,
+        timeout: Duration,
+        grace: Duration,
+    ) -> Vec<NodeReport> {
         let mut session = self.session();
         let seq = session.next_seq;
         session.next_seq += 1;
@@ -467,7 +491,6 @@ impl Client {
                 Err(_) => {}
             }
         }
-        let nodes = self.nodes();
         nodes
             .into_iter()
             .zip(results)

@@ -208,6 +208,7 @@ impl Session {
         let mut leader_worked = false;
         let mut last = String::from("nothing answered yet");
         let mut redirects_in_a_row = 0usize;
+        let mut asked_for_nodes = false;
         let mut attempt = 0u64;
         // Nodes that let an attempt time out. If none of them, nor any other node, answered
         // anything by the deadline (the counter counts every reply this client received),
@@ -347,6 +348,31 @@ impl Session {
                     bump(&self.client.shared.counters.redirects);
                     last = format!("{who} holds no replica of shard {} it can serve", shard.0);
                     self.forget_leader(shard, target);
+                    self.rotation = self.rotation.wrapping_add(1);
+                }
+                Setback::Error(ClientError::NotLeader {
+                    leader: Some(l), ..
+                }) if Some(l) != target.id && !asked_for_nodes => {
+                    // The leader joined after this client learned the nodes (a shard's
+                    // leadership moves to joined nodes): the node naming it knows its
+                    // address. Asked once per request, so a hint no node can place costs
+                    // one status round trip, not one per attempt.
+                    asked_for_nodes = true;
+                    bump(&self.client.shared.counters.redirects);
+                    let wait = opts
+                        .attempt_timeout
+                        .min(deadline.saturating_duration_since(now));
+                    if self.client.learn_nodes_from(target, l, wait).await {
+                        self.client.set_leader(shard, Some(l));
+                        last = format!("{who} redirected to node {}, learned from its status", l.0);
+                        redirects_in_a_row += 1;
+                        continue;
+                    }
+                    last = format!(
+                        "{who} redirected to node {}, whose address no node gave",
+                        l.0
+                    );
+                    self.client.set_leader(shard, None);
                     self.rotation = self.rotation.wrapping_add(1);
                 }
                 Setback::Error(ClientError::NotLeader { .. }) => {
