@@ -416,17 +416,16 @@ impl Client {
 
     /// Asks `node` for its status and learns from it the nodes it knows (every node
     /// registered since this client connected, with its address); waits at most
-    /// `timeout`. True if `leader` has a known address afterwards.
-    pub(crate) async fn learn_nodes_from(
-        &self,
-        node: NodeAddr,
-        leader: NodeId,
-        timeout: Duration,
-    ) -> bool {
+    /// `timeout`.
+    pub(crate) async fn learn_nodes_from(&self, node: NodeAddr, timeout: Duration) {
         self.collect_status_from(vec![node], timeout, Duration::ZERO)
             .await;
+    }
+
+    /// True if this client has an address for every node of `ids`.
+    pub(crate) fn addresses_known(&self, ids: &[NodeId]) -> bool {
         let topo = self.shared.topology.lock().expect("topology lock");
-        topo.addr_of(leader).is_some()
+        ids.iter().all(|id| topo.addr_of(*id).is_some())
     }
 
     /// [`Client::collect_status`] from `nodes` only.

@@ -10,7 +10,7 @@ use kv_shared::pack::count_prefix_bytes;
 use kv_shared::proto::{ClientError, ClientRequest, Op, Outcome};
 use kv_shared::registry::METADATA_SHARD;
 use kv_shared::shard::shard_for_key;
-use kv_shared::{ClientId, ShardId};
+use kv_shared::{ClientId, NodeId, ShardId};
 use rand::rngs::SmallRng;
 use rand::Rng;
 use std::net::SocketAddr;
@@ -293,6 +293,24 @@ impl Session {
                     },
                 }
             };
+            let named: &[NodeId] = match &setback {
+                Setback::Error(ClientError::NotLeader {
+                    leader: Some(l), ..
+                }) => std::slice::from_ref(l),
+                Setback::Error(ClientError::StaleRoute { route, .. }) => &route.voters,
+                _ => &[],
+            };
+            if !asked_for_nodes && !self.client.addresses_known(named) {
+                // A leader or replicas that joined after this client learned the nodes
+                // (the balancer moves shards and leaderships to joined nodes): the node
+                // naming them knows their addresses. Asked once per request, so a name no
+                // node can place costs one status round trip, not one per attempt.
+                asked_for_nodes = true;
+                let wait = opts
+                    .attempt_timeout
+                    .min(deadline.saturating_duration_since(Instant::now()));
+                self.client.learn_nodes_from(target, wait).await;
+            }
             let who = node_name(self.client.node_id(target), target.addr);
             match setback {
                 Setback::Silence => {
@@ -348,31 +366,6 @@ impl Session {
                     bump(&self.client.shared.counters.redirects);
                     last = format!("{who} holds no replica of shard {} it can serve", shard.0);
                     self.forget_leader(shard, target);
-                    self.rotation = self.rotation.wrapping_add(1);
-                }
-                Setback::Error(ClientError::NotLeader {
-                    leader: Some(l), ..
-                }) if Some(l) != target.id && !asked_for_nodes => {
-                    // The leader joined after this client learned the nodes (a shard's
-                    // leadership moves to joined nodes): the node naming it knows its
-                    // address. Asked once per request, so a hint no node can place costs
-                    // one status round trip, not one per attempt.
-                    asked_for_nodes = true;
-                    bump(&self.client.shared.counters.redirects);
-                    let wait = opts
-                        .attempt_timeout
-                        .min(deadline.saturating_duration_since(now));
-                    if self.client.learn_nodes_from(target, l, wait).await {
-                        self.client.set_leader(shard, Some(l));
-                        last = format!("{who} redirected to node {}, learned from its status", l.0);
-                        redirects_in_a_row += 1;
-                        continue;
-                    }
-                    last = format!(
-                        "{who} redirected to node {}, whose address no node gave",
-                        l.0
-                    );
-                    self.client.set_leader(shard, None);
                     self.rotation = self.rotation.wrapping_add(1);
                 }
                 Setback::Error(ClientError::NotLeader { .. }) => {

@@ -109,6 +109,29 @@ async fn a_leader_that_joined_after_connect_is_found_through_the_redirecting_nod
 }
 
 #[tokio::test]
+async fn replicas_that_joined_after_connect_are_found_through_the_answering_nodes_status() {
+    // The shard moved to node 3, which registered after the client connected: nodes 1
+    // and 2 answer with its replica set, naming a node the client has no address for.
+    let fake = FakeCluster::start(3, 2, Some(1));
+    let all = fake.ctl().addrs.clone();
+    fake.ctl().addrs.truncate(2);
+    let mut options = fake.options();
+    options.nodes.truncate(2);
+    let client = Client::connect(options).await.unwrap();
+    {
+        let mut c = fake.ctl();
+        c.addrs = all;
+        c.replicas = Some(vec![3]);
+        c.route_epoch = 5;
+        c.leader = Some(3);
+    }
+    let mut s = client.session();
+    s.put(b("a"), b("1")).await.unwrap();
+    let shard = client.shard_of(b"a").unwrap();
+    assert_eq!(client.cached_leader(shard).unwrap().addr, fake.nodes[2]);
+}
+
+#[tokio::test]
 async fn a_node_without_the_shard_hands_over_its_replica_set() {
     let fake = FakeCluster::start(3, 2, None);
     {
