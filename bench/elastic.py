@@ -21,8 +21,9 @@ On release binaries, with fresh temp data dirs and free loopback ports, the bala
    come before spreading onto 6 and 7, which the balancer does at the same time); the
    time until node 5 holds 0 replicas and is marked removed; then node 5 is stopped.
 4. Once the balancer has settled (balanced over nodes 1, 2, 3, 4, 6 and 7, or
-   --settle-wait-s passed), under a third checked bench: kill -9 of node 4 and `kvcli
-   node remove 4 --dead`, which marks it removed; the balancer rebuilds its replicas.
+   --settle-wait-s passed), node 8 joins (for the same reason as 6 and 7) and, under a
+   third checked bench: kill -9 of node 4 and `kvcli node remove 4 --dead`, which marks
+   it removed; the balancer rebuilds its replicas.
    Reported: the time from the kill until `status` shows no under-replicated shard.
 
 The load average is recorded at the start and at every phase. Writes
@@ -362,6 +363,11 @@ def run(args, bins, workdir):
         res["settle"] = {"balanced_s": round(took, 1) if took is not None else None,
                          "unbalanced": unbalanced(st, six), "shares": shares(st)}
         log(f"settled: {res['settle']}")
+        # A node cannot take back a shard it left, and after the drain the balancer has
+        # spread shards onto 6 and 7 that nodes 1-3 all left: node 4's replicas of those
+        # have no live target but a fresh node, so node 8 joins first.
+        log("node 8 joins")
+        c.join_node(8, "127.0.0.2")
         bench = Bench(c, args.clients, args.remove_bench_s, args.value_size)
         time.sleep(MARGIN_S)
         res["loadavg"]["remove_dead"] = load()
