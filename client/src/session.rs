@@ -10,7 +10,7 @@ use kv_shared::pack::count_prefix_bytes;
 use kv_shared::proto::{ClientError, ClientRequest, Op, Outcome};
 use kv_shared::registry::METADATA_SHARD;
 use kv_shared::shard::shard_for_key;
-use kv_shared::{ClientId, ShardId};
+use kv_shared::{ClientId, NodeId, ShardId};
 use rand::rngs::SmallRng;
 use rand::Rng;
 use std::net::SocketAddr;
@@ -218,6 +218,7 @@ impl Session {
         // Empty until an attempt fails: a request answered at once allocates no reason.
         let mut last = String::new();
         let mut redirects_in_a_row = 0usize;
+        let mut asked_for_nodes = false;
         let mut attempt = 0u64;
         // Nodes that let an attempt time out. If none of them, nor any other node, answered
         // anything by the deadline (the counter counts every reply this client received),
@@ -307,6 +308,24 @@ impl Session {
                     },
                 }
             };
+            let named: &[NodeId] = match &setback {
+                Setback::Error(ClientError::NotLeader {
+                    leader: Some(l), ..
+                }) => std::slice::from_ref(l),
+                Setback::Error(ClientError::StaleRoute { route, .. }) => &route.voters,
+                _ => &[],
+            };
+            if !asked_for_nodes && !self.client.addresses_known(named) {
+                // A leader or replicas that joined after this client learned the nodes
+                // (the balancer moves shards and leaderships to joined nodes): the node
+                // naming them knows their addresses. Asked once per request, so a name no
+                // node can place costs one status round trip, not one per attempt.
+                asked_for_nodes = true;
+                let wait = opts
+                    .attempt_timeout
+                    .min(deadline.saturating_duration_since(Instant::now()));
+                self.client.learn_nodes_from(target, wait).await;
+            }
             let who = node_name(self.client.node_id(target), target.addr);
             match setback {
                 Setback::Silence => {

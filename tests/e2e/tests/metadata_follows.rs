@@ -75,8 +75,6 @@ fn join(c: &mut Cluster, view: &str, id: u64, ip: &str, seeds: &[SocketAddr]) ->
 }
 
 #[test]
-#[ignore = "the third drain stalls: moves 3 -> 6 of the shards node 5 leads make no progress \
-            while node 5 keeps a snapshot transfer to removed node 2 (docs/ELASTIC.md, What is next 1)"]
 fn every_bootstrap_node_is_replaced_and_the_metadata_group_follows_under_checked_load() {
     let mut c = Cluster::start_with_balancer(
         Spec {
