@@ -321,9 +321,7 @@ impl Session {
                 // naming them knows their addresses. Asked once per request, so a name no
                 // node can place costs one status round trip, not one per attempt.
                 asked_for_nodes = true;
-                let wait = opts
-                    .attempt_timeout
-                    .min(deadline.saturating_duration_since(Instant::now()));
+                let wait = attempt_timeout.min(deadline.saturating_duration_since(Instant::now()));
                 self.client.learn_nodes_from(target, wait).await;
             }
             let who = node_name(self.client.node_id(target), target.addr);
