@@ -285,6 +285,18 @@ fn planted_remove_before_catch_up_is_caught() {
     }
 }
 
+// A node recreates a shard it left on any leader message for it, not only on a
+// snapshot proving it was added back: a leader still replicating to it as a departing
+// member recreates it at once, outside the shard's voters for good.
+#[test]
+fn planted_recreate_on_stale_add_is_caught() {
+    let bug = PlantedBug::RecreateOnStaleAdd;
+    match first_catch(bug, Some(FaultProfile::Moves), &["liveness"], 1..=2000) {
+        Some((seed, invariant)) => println!("{bug:?} caught by seed {seed}: {invariant}"),
+        None => panic!("{bug:?} went unnoticed for seeds 1..=2000"),
+    }
+}
+
 // The Churn profile's joins, drains and dead-node removals run every move the admin
 // asks through the same path as the Moves profile's: each planted move bug must be caught
 // there too, by the check that bug can break.
