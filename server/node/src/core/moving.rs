@@ -236,6 +236,11 @@ impl NodeCore {
         {
             return false;
         }
+        if tombstone.is_some() && self.writes_in_flight(gm.shard) {
+            // A write of the earlier life is not durable yet: its completion would reach
+            // the new life's Raft, which never issued it. The leader sends again.
+            return false;
+        }
         #[cfg(feature = "planted-bugs")]
         let membership = if self.created_with_bootstrap_membership {
             let mut voters = self.placement[gm.shard.0 as usize].replicas.clone();
@@ -403,9 +408,10 @@ impl NodeCore {
         }
     }
 
-    /// True if a disk write of replica `g` is not durable yet.
+    /// True if a disk write of replica `g` is not durable yet (issued, or in this round).
     fn writes_in_flight(&self, g: ShardId) -> bool {
-        self.disk_inflight.values().flatten().any(|d| match d {
+        let round = self.round_durable.iter();
+        self.disk_inflight.values().flatten().chain(round).any(|d| match d {
             Durable::Raft(s, _) | Durable::OwnSnapshot(s, _) | Durable::ReceivedSnapshot(s, _) => {
                 *s == g
             }
