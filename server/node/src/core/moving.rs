@@ -411,12 +411,16 @@ impl NodeCore {
     /// True if a disk write of replica `g` is not durable yet (issued, or in this round).
     fn writes_in_flight(&self, g: ShardId) -> bool {
         let round = self.round_durable.iter();
-        self.disk_inflight.values().flatten().chain(round).any(|d| match d {
-            Durable::Raft(s, _) | Durable::OwnSnapshot(s, _) | Durable::ReceivedSnapshot(s, _) => {
-                *s == g
-            }
-            Durable::Removed(_) => false,
-        })
+        self.disk_inflight
+            .values()
+            .flatten()
+            .chain(round)
+            .any(|d| match d {
+                Durable::Raft(s, _)
+                | Durable::OwnSnapshot(s, _)
+                | Durable::ReceivedSnapshot(s, _) => *s == g,
+                Durable::Removed(_) => false,
+            })
     }
 
     /// Stops hosting `g`: its requests are answered with `StaleRoute` and the replica set
