@@ -287,11 +287,17 @@ fn planted_remove_before_catch_up_is_caught() {
 
 // A node recreates a shard it left on any leader message for it, not only on a
 // snapshot proving it was added back: a leader still replicating to it as a departing
-// member recreates it at once, outside the shard's voters for good.
+// member recreates it at once: it stays outside the shard's voters for good, or its
+// WAL no longer recovers.
 #[test]
 fn planted_recreate_on_stale_add_is_caught() {
     let bug = PlantedBug::RecreateOnStaleAdd;
-    match first_catch(bug, Some(FaultProfile::Moves), &["liveness"], 1..=2000) {
+    match first_catch(
+        bug,
+        Some(FaultProfile::Moves),
+        &["liveness", "recovery"],
+        1..=2000,
+    ) {
         Some((seed, invariant)) => println!("{bug:?} caught by seed {seed}: {invariant}"),
         None => panic!("{bug:?} went unnoticed for seeds 1..=2000"),
     }
