@@ -127,6 +127,9 @@ pub struct AdminCounts {
     pub drains: u64,
     /// Churn: nodes killed for good, their replicas moved off them while dead.
     pub dead_removals: u64,
+    /// Replicas a node created again after its replica of the shard had left it (a move
+    /// back), counted from the nodes' `ReplicaRecreated` events.
+    pub recreated: u64,
 }
 
 /// Counters of a run.

@@ -50,7 +50,10 @@ impl NodeCore {
                     }
                     self.round_ops.push(DiskOp::Compact { shard: g.0, index });
                 }
-                Durable::Removed(g) => self.out.removed_shards.push(g.0),
+                // Created again meanwhile: its take-back deleted the files already,
+                // and a removal now would delete the new life's.
+                Durable::Removed(g) if self.groups.contains(g) => {}
+                Durable::Removed(g) => self.round_ops.push(DiskOp::RemoveGroup { shard: g.0 }),
             }
         }
     }
@@ -233,6 +236,11 @@ impl NodeCore {
             "snapshot image and metadata disagree"
         );
         group.sm = sm;
+        if group.sealed.is_some_and(|t| snap.meta.index > t.epoch) {
+            // Past its earlier life's removal: nothing of that life can be replayed
+            // into it any more, and it votes and acknowledges as any member.
+            group.sealed = None;
+        }
         group.applied_bytes_since_snapshot = 0;
         group.snapshot_index = group.snapshot_index.max(snap.meta.index);
         let stale: Vec<u64> = group

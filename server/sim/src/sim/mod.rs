@@ -617,6 +617,11 @@ impl Sim {
             return;
         };
         let out = r.core.take_output();
+        self.stats.admin.recreated += out
+            .events
+            .iter()
+            .filter(|e| matches!(e.kind, kv_node::EventKind::ReplicaRecreated { .. }))
+            .count() as u64;
         if self.trace.wants_detail() {
             // A replay shows what each replica did (elections, membership changes,
             // replicas created, removed or forgotten), not only what it sent.
