@@ -412,7 +412,16 @@ impl NodeCore {
                 let recheck = g.soft.role != Role::Leader
                     && self.tick_count - g.last_msg_tick
                         >= QUIESCED_FOLLOWER_RECHECK_ELECTIONS * election_max;
-                if !leader_silent && !recheck {
+                // A quiesced leader rechecks too: one whose group went on without it (it
+                // was cut off, and removed, while quiesced) is sent nothing by any current
+                // member, and learns the newer term only from the answer to a heartbeat.
+                let leader_recheck = g.soft.role == Role::Leader
+                    && self.tick_count - g.last_msg_tick
+                        >= QUIESCED_FOLLOWER_RECHECK_ELECTIONS * election_max;
+                if leader_recheck {
+                    g.last_msg_tick = self.tick_count;
+                }
+                if !leader_silent && !recheck && !leader_recheck {
                     continue;
                 }
                 if recheck {

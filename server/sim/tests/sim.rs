@@ -224,7 +224,7 @@ fn planted_read_without_read_index_is_caught() {
 fn moves_regression_seeds_pass() {
     for seed in [
         1, 2, 13, 18, 20, 25, 37, 45, 64, 71, 82, 144, 217, 262, 280, 318, 343, 437, 473, 1217,
-        369, 635, 848, 1190, 1455, 1479, 1713, 1859, 170,
+        369, 635, 848, 1190, 1455, 1479, 1713, 1859, 170, 436, 439, 752, 905, 1543,
     ] {
         let r = run(&SimOptions {
             profile: Some(FaultProfile::Moves),
@@ -351,7 +351,7 @@ fn planted_move_bugs_are_caught_under_membership_churn() {
 fn churn_regression_seeds_pass() {
     for seed in [
         220, 768, 812, 1027, 1927, 1936, 2120, 2305, 2412, 2788, 2827, 2995, 3482, 3603, 4334,
-        4760, 4886,
+        4760, 4886, 1756,
     ] {
         let r = run(&SimOptions {
             profile: Some(FaultProfile::Churn),
