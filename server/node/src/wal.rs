@@ -141,6 +141,15 @@ pub struct Hosted {
     pub rejoined: BTreeMap<ShardId, Tombstone>,
 }
 
+impl Hosted {
+    /// The replica of `shard` here was removed: it is held no more, and `tombstone`
+    /// stands for it.
+    fn bury(&mut self, shard: ShardId, tombstone: Tombstone) {
+        self.groups.remove(&shard);
+        self.removed.insert(shard, tombstone);
+    }
+}
+
 /// The shards this node holds after recovery: the bootstrap placement's (`initial`),
 /// plus the replicas created (empty membership), minus the removed and forgotten ones.
 pub fn hosted_shards(
@@ -184,30 +193,24 @@ pub fn hosted_shards(
             ReplicaRecord::Created => {
                 hosted.groups.entry(shard).or_default();
             }
-            ReplicaRecord::Removed { epoch } => {
-                hosted.groups.remove(&shard);
-                let epoch_term = None;
-                hosted.removed.insert(
-                    shard,
-                    Tombstone {
-                        epoch,
-                        epoch_term,
-                        hard_state,
-                    },
-                );
-            }
-            ReplicaRecord::Departed { epoch, epoch_term } => {
-                hosted.groups.remove(&shard);
-                let epoch_term = Some(epoch_term);
-                hosted.removed.insert(
-                    shard,
-                    Tombstone {
-                        epoch,
-                        epoch_term,
-                        hard_state,
-                    },
-                );
-            }
+            // `Removed` is the older tombstone record, from before tombstones kept the
+            // term of their removal.
+            ReplicaRecord::Removed { epoch } => hosted.bury(
+                shard,
+                Tombstone {
+                    epoch,
+                    epoch_term: None,
+                    hard_state,
+                },
+            ),
+            ReplicaRecord::Departed { epoch, epoch_term } => hosted.bury(
+                shard,
+                Tombstone {
+                    epoch,
+                    epoch_term: Some(epoch_term),
+                    hard_state,
+                },
+            ),
             ReplicaRecord::Rejoined { epoch, epoch_term } => {
                 // Empty membership: it learns the real one from the leader's snapshot.
                 hosted.groups.insert(shard, Membership::default());

@@ -11,11 +11,12 @@
 
 use kv_e2e::cli;
 use kv_e2e::cluster::{Cluster, Spec};
+use kv_e2e::elastic::free_udp;
 use kv_e2e::load::CheckedBenchLoop;
 use kv_shared::NodeId;
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -26,12 +27,6 @@ const DRAIN_WAIT_S: u64 = 90;
 const BENCH_RUN_SECONDS: u64 = 5;
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A free UDP address on loopback address `ip` (all of 127.0.0.0/8 is loopback on Linux).
-fn free_udp(ip: &str) -> SocketAddr {
-    let probe = UdpSocket::bind((ip, 0)).expect("127.0.0.0/8 is loopback on Linux");
-    probe.local_addr().expect("local addr")
-}
 
 /// Writes kvcli's copy of the cluster file naming `nodes` (the ones that run), replacing
 /// the old copy at once so that a bench starting meanwhile reads a whole file.

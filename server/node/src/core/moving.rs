@@ -294,9 +294,9 @@ impl NodeCore {
         // the WAL (in segments its removal could not delete), which recovery must not
         // replay into this one. That reset goes BEFORE the record that makes the shard
         // hosted: a crash may keep a prefix of the write, and a `Rejoined` kept without
-        // the reset brought the earlier life's entries back as a log with a gap (kvsim
-        // seeds 1543 of the Moves profile, 1756 of the default one); the reset kept
-        // without the record belongs to a shard recovery does not host, and is skipped.
+        // the reset would bring the earlier life's entries back as a log with a gap; the
+        // reset kept without the record belongs to a shard recovery does not host, and is
+        // skipped.
         self.round_ops.push(DiskOp::Append(wal::entries_record(
             gm.shard.0,
             1,

@@ -23,14 +23,7 @@ fn remove_a_follower(c: &mut Cluster) -> (usize, u64, HardState) {
     );
     c.tick(10);
     assert!(!c.nodes[f].hosts(shard));
-    let epoch = c
-        .events
-        .iter()
-        .find_map(|(i, e)| match e.kind {
-            EventKind::ReplicaRemoved { epoch } if *i == f && e.shard == shard => Some(epoch),
-            _ => None,
-        })
-        .expect("the removal was reported");
+    let epoch = super::tombstones::removal_epoch(c, f, shard);
     (f, epoch, hard)
 }
 
