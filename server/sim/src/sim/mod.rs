@@ -387,6 +387,18 @@ impl Sim {
             }
             self.now = at;
             self.stats.events += 1;
+            if self.stats.events > self.opts.events_max {
+                self.fail(Violation {
+                    invariant: "bounded work",
+                    detail: format!(
+                        "{} events by {} ms of simulated time ({} datagrams delivered); passing runs take far fewer",
+                        self.opts.events_max,
+                        self.now / 1_000_000,
+                        self.stats.datagrams
+                    ),
+                });
+                break;
+            }
             self.step(ev);
         }
         if self.failure.is_none() && self.done {
