@@ -3,7 +3,7 @@
 
 On release binaries, with fresh temp data dirs and free loopback ports, the balancer on
 (the cluster file's `[balancer]` section: its defaults unless --balancer-interval-ms,
---moves-max or --transfers-max say otherwise); nothing here runs `kvcli rebalance`:
+--moves-max, --repairs-max or --transfers-max say otherwise); nothing here runs `kvcli rebalance`:
 
 1. 3 kvserver nodes from a generated cluster file on 127.0.0.1 (replication = 3,
    --shards shards, 64 by default) are preloaded with --keys keys (1,000,000) of 100 B
@@ -95,6 +95,7 @@ class Cluster:
             "[timing]\ntick_ms = 10\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n\n"
             f"[balancer]\nenabled = true\ninterval_ms = {balancer['interval_ms']}\n"
             f"moves_max = {balancer['moves_max']}\n"
+            + (f"repairs_max = {balancer['repairs_max']}\n" if balancer.get("repairs_max") else "")
             + (f"transfers_max = {balancer['transfers_max']}\n" if balancer["transfers_max"] else "")
             + nodes
         )
@@ -280,6 +281,7 @@ def load():
 def run(args, bins, workdir):
     res = {"settings": vars(args).copy(), "loadavg": {}}
     c = Cluster(bins, workdir, args.shards, {"interval_ms": args.balancer_interval_ms, "moves_max": args.moves_max,
+                                            "repairs_max": args.repairs_max,
                                             "transfers_max": args.transfers_max}, args.log_level)
     try:
         for n in (1, 2, 3):
@@ -425,6 +427,7 @@ def table(r):
         f"elastic: {s['shards']} shards, R = {REPLICATION}, {s['keys']} keys of {s['value_size']} B "
         f"(preload {r['preload']['puts_per_s']} puts/s), {s['clients']}-client bench --check, balancer "
         f"interval_ms {s['balancer_interval_ms']}, moves_max {s['moves_max']}, "
+        f"repairs_max {s.get('repairs_max') or 'default'}, "
         f"transfers_max {s.get('transfers_max') or 'default'}, commit {r['commit']}, "
         f"load average {r['loadavg']}; metadata leader changes {r.get('metadata_leader_changes')}",
         f"| 3 -> 5 nodes, balancer alone | balanced {sp['balanced_after_join_s']} s after node 4 started "
@@ -448,6 +451,8 @@ def main():
     ap.add_argument("--shards", type=int, default=64, help="shards (default 64)")
     ap.add_argument("--clients", type=int, default=64, help="clients of the checked bench (default 64)")
     ap.add_argument("--moves-max", type=int, default=4, help="[balancer] moves_max (default 4, the cluster file's default)")
+    ap.add_argument("--repairs-max", type=int, default=None,
+                    help="[balancer] repairs_max (default: left out, the cluster file's default)")
     ap.add_argument("--transfers-max", type=int, default=None,
                     help="[balancer] transfers_max (default: left out, the cluster file's default)")
     ap.add_argument("--balancer-interval-ms", type=int, default=2000,

@@ -327,10 +327,35 @@ fn has_quorum(cluster: &Cluster, shard: &ShardInfo) -> bool {
     live >= majority(shard.voters.len())
 }
 
+/// How many moves may run at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MoveLimits {
+    /// Voluntary moves: off draining nodes, and spreading.
+    pub moves_max: usize,
+    /// Repairs: moves of replicas off dead nodes, if they have a limit of their own
+    /// (`None`: they count toward `moves_max`). Each such shard runs a replica short (one
+    /// more failure away from losing its quorum) until its move ends, so the balancer
+    /// does not make repairs wait behind a drain or a spread.
+    pub repairs_max: Option<usize>,
+}
+
+/// [`plan_within`] with at most `moves_max` moves of any kind at once: what kvcli plans
+/// with.
+pub fn plan(cluster: &Cluster, in_flight: &[Move], moves_max: usize) -> Plan {
+    plan_within(
+        cluster,
+        in_flight,
+        MoveLimits {
+            moves_max,
+            repairs_max: None,
+        },
+    )
+}
+
 /// The next round of work for `cluster`, with `in_flight` moves still running and at most
-/// `moves_max` moves running at once (so at most `moves_max - in_flight.len()` new ones,
-/// fewer by the moves the cluster shows that `in_flight` does not list: shards with
-/// learners, or with more voters than wanted).
+/// `limits.moves_max` moves running at once (repairs apart if `limits.repairs_max` is
+/// set), fewer by the moves the cluster shows that `in_flight` does not list (shards with
+/// learners, or with more voters than wanted), which count as voluntary.
 ///
 /// Moves: first every replica on a dead node, then every replica on a draining node, each
 /// to the live node with the fewest replicas (then the fewest leaders, then the lowest
@@ -339,10 +364,20 @@ fn has_quorum(cluster: &Cluster, shard: &ShardInfo) -> bool {
 /// does not lead). Leader transfers, only once no move is planned or running: away from a
 /// node that is not live, then along chains of transfers from a node leading two more
 /// shards than another, until no such chain exists.
-pub fn plan(cluster: &Cluster, in_flight: &[Move], moves_max: usize) -> Plan {
+pub fn plan_within(cluster: &Cluster, in_flight: &[Move], limits: MoveLimits) -> Plan {
     let mut p = Projection::new(cluster, in_flight);
     let mut plan = Plan::default();
-    let mut budget = moves_max.saturating_sub(in_flight.len() + p.observed_moves);
+    let repairing = match limits.repairs_max {
+        Some(_) => in_flight
+            .iter()
+            .filter(|m| cluster.state_of(m.from) == NodeState::Dead)
+            .count(),
+        None => 0,
+    };
+    let mut repair_budget = limits.repairs_max.map(|r| r.saturating_sub(repairing));
+    let mut budget = limits
+        .moves_max
+        .saturating_sub(in_flight.len() - repairing + p.observed_moves);
     let mut moved: BTreeSet<ShardId> = BTreeSet::new();
     let mut leaders = leader_counts(cluster, &p.shards);
     for s in p.shards.iter().filter(|s| !p.frozen.contains(&s.shard)) {
@@ -391,10 +426,14 @@ pub fn plan(cluster: &Cluster, in_flight: &[Move], moves_max: usize) -> Plan {
                 }
                 continue;
             };
-            if budget == 0 {
+            let left = match (&mut repair_budget, pass) {
+                (Some(repairs), NodeState::Dead) => repairs,
+                _ => &mut budget,
+            };
+            if *left == 0 {
                 continue;
             }
-            budget -= 1;
+            *left -= 1;
             let m = Move {
                 shard: s.shard,
                 from,
