@@ -17,6 +17,7 @@ tracepoints (root here), redis-benchmark and redis-server.
     python3 bench/resp_profile.py --target target/release              # ReadIndex reads
     python3 bench/resp_profile.py --target target/release --lease      # lease reads
     python3 bench/resp_profile.py --target target/release --record DIR # + perf record of node 1's GETs
+    python3 bench/resp_profile.py --target target/release --leaders-on-1  # no forward hop
 """
 import argparse, os, signal, subprocess, sys, tempfile, time, urllib.request
 from pathlib import Path
@@ -30,6 +31,8 @@ p.add_argument("--lease", action="store_true", help="lease reads on (default: Re
 p.add_argument("--requests", type=int, default=50_000, help="requests per test (default 50,000)")
 p.add_argument("--record", metavar="DIR", help="also `perf record -g` node 1 during GET into DIR/perf.data")
 p.add_argument("--no-redis", action="store_true", help="skip the redis-server column")
+p.add_argument("--leaders-on-1", action="store_true",
+               help="first make node 1 lead every shard (kvcli shard leader), so that no GET is forwarded")
 a = p.parse_args()
 
 
@@ -117,9 +120,27 @@ work = Path(tempfile.mkdtemp(prefix="resp-profile-"))
 bins = {"kvserver": Path(a.target) / "kvserver", "kvcli": Path(a.target) / "kvcli"}
 cluster = bench.RaftkvCluster(bins, bench.BASE_SHARDS, work, lease_reads=a.lease)
 server = None
+if a.leaders_on_1:
+    # An admin client key beside the bench one, for `kvcli shard leader`
+    # (`kvserver keygen --config` makes the key named admin an admin).
+    text = cluster.config.read_text()
+    cluster.config.write_text(text.replace('client_key_files = ["keys/bench.key"]',
+                                           'client_key_files = ["keys/bench.key", "keys/admin.key"]'))
+    subprocess.run([str(bins["kvserver"]), "keygen", "--config", str(cluster.config)], check=True,
+                   stdout=subprocess.DEVNULL)
 try:
     cluster.start()
     status = cluster.wait_leaders()
+    if a.leaders_on_1:
+        admin = ["--key-file", str(cluster.dir / "keys" / "admin.key")]
+        for shard in range(bench.BASE_SHARDS):
+            cluster.kvcli(*admin, "shard", "leader", str(shard), "1")
+        deadline = time.time() + 60
+        while [r.get("leader") for r in status["shards"]] != [1] * bench.BASE_SHARDS:
+            if time.time() > deadline:
+                raise SystemExit(f"node 1 did not take every shard's leadership: {status['shards']}")
+            time.sleep(0.5)
+            status = cluster.status() or status
     leaders = [r.get("leader") for r in status["shards"]]
     print(f"raftkv, {'lease' if a.lease else 'ReadIndex'} reads; leaders of shards 0..{len(leaders) - 1}: {leaders}; "
           f"node 1 leads {leaders.count(1)} of {len(leaders)}")
