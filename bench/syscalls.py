@@ -71,7 +71,8 @@ def counters():
     for n in nodes:
         for name, v in (n.get("counters") or {}).items():
             if name.startswith(("raftkv_loop_turns", "raftkv_disk_writes", "raftkv_wal_syncs",
-                                "raftkv_peer_datagrams_sent", "raftkv_datagrams_sent")):
+                                "raftkv_peer_datagrams_sent", "raftkv_datagrams_sent",
+                                "raftkv_datagrams_received")):
                 total[name] = total.get(name, 0) + v
     return total
 
