@@ -262,7 +262,6 @@ fn node_row(n: &NodeRow, cell: String) -> Vec<String> {
     ]
 }
 
-/// The status tables, shards then nodes.
 /// The metadata group's line under the shard table: its voters (the node registry
 /// survives fewer than half of them failing), learners, leader and epoch.
 fn metadata_line(m: &ShardRoute) -> String {
@@ -281,6 +280,7 @@ fn metadata_line(m: &ShardRoute) -> String {
     line
 }
 
+/// The status tables, shards (and the metadata group's line) then nodes.
 pub fn render_status(s: &ClusterStatus, style: Style) -> String {
     let shard_rows: Vec<Vec<String>> = s
         .shards
