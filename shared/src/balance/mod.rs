@@ -255,7 +255,7 @@ pub fn metadata_voters_wanted(cluster: &Cluster, s: &ShardInfo) -> usize {
         .filter(|v| cluster.state_of(**v).answers())
         .count();
     if wanted < 3 {
-        wanted.max(answering.min(s.voters.len())).max(1)
+        wanted.max(answering).max(1)
     } else {
         wanted
     }
