@@ -177,7 +177,8 @@ def free_port_on(ip):
 
 
 def unbalanced(status, live):
-    """Why status is not balanced over exactly the nodes live (None if it is)."""
+    """Why status is not balanced over exactly the nodes live (None if it is). Replicas are
+    counted as the balancer counts them: the metadata group's voters too."""
     reachable = {n["node"] for n in status.get("nodes", []) if n.get("reachable")}
     if reachable != set(live):
         return f"reachable {sorted(reachable)}, expected {sorted(live)}"
@@ -191,6 +192,9 @@ def unbalanced(status, live):
         for v in r["voters"]:
             replicas[v] += 1
         leaders[r["leader"]] = leaders.get(r["leader"], 0) + 1
+    for v in (status.get("metadata") or {}).get("voters", []):
+        if v in replicas:
+            replicas[v] += 1
     for what, counts in (("replicas", replicas), ("leaders", leaders)):
         mean = sum(counts.values()) / len(live)
         far = {n: c for n, c in counts.items() if abs(c - mean) >= 1}
