@@ -559,6 +559,23 @@ mod tests {
     use kv_shared::proto::ShardStatus;
     use kv_shared::{NodeId, ShardId};
 
+    /// Node 1's status with `shards` and nothing else.
+    fn node_status(shard_count: u32, shards: Vec<ShardStatus>) -> NodeStatus {
+        NodeStatus {
+            node: NodeId(1),
+            shard_count,
+            shards,
+            peers: Vec::new(),
+            refused: Vec::new(),
+            drops: Vec::new(),
+            counters: Vec::new(),
+            nodes: Vec::new(),
+            routes: Vec::new(),
+            registry: None,
+            metadata: None,
+        }
+    }
+
     #[test]
     fn sync_copies_status_and_counters() {
         let m = Metrics::new();
@@ -575,19 +592,7 @@ mod tests {
             replicas: Vec::new(),
             epoch: 0,
         };
-        let mut status = NodeStatus {
-            node: NodeId(1),
-            shard_count: 2,
-            shards: vec![row(0, Some(NodeId(1))), row(1, None)],
-            peers: Vec::new(),
-            refused: Vec::new(),
-            drops: Vec::new(),
-            counters: Vec::new(),
-            nodes: Vec::new(),
-            routes: Vec::new(),
-            registry: None,
-            metadata: None,
-        };
+        let mut status = node_status(2, vec![row(0, Some(NodeId(1))), row(1, None)]);
         let mut counters = Counters::default();
         counters.datagrams_in = 5;
         m.sync(&status, &counters, 3);
@@ -612,19 +617,7 @@ mod tests {
     #[test]
     fn turn_structure_counters_reach_the_status_counters() {
         let m = Metrics::new();
-        let status = NodeStatus {
-            node: NodeId(1),
-            shard_count: 1,
-            shards: Vec::new(),
-            peers: Vec::new(),
-            refused: Vec::new(),
-            drops: Vec::new(),
-            counters: Vec::new(),
-            nodes: Vec::new(),
-            routes: Vec::new(),
-            registry: None,
-            metadata: None,
-        };
+        let status = node_status(1, Vec::new());
         let mut counters = Counters::default();
         counters.datagrams_out = 9;
         counters.peer_datagrams_out = 6;
@@ -633,8 +626,12 @@ mod tests {
         counters.turns.insert("socket", 5);
         counters.turns.insert("disk", 2);
         m.sync(&status, &counters, 0);
-        let got = m.counters();
-        let value = |name: &str| got.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+        let value = |name: &str| {
+            m.counters()
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v)
+        };
         assert_eq!(value("raftkv_peer_datagrams_sent_total"), Some(6));
         assert_eq!(value("raftkv_disk_writes_total"), Some(4));
         assert_eq!(value("raftkv_wal_syncs_total"), Some(3));
@@ -642,30 +639,15 @@ mod tests {
         assert_eq!(value("raftkv_loop_turns_total{woke=\"disk\"}"), Some(2));
         // Counters only rise: a sync with smaller totals leaves them as they were.
         m.sync(&status, &Counters::default(), 0);
-        assert_eq!(
-            m.counters()
-                .iter()
-                .find(|(n, _)| n == "raftkv_wal_syncs_total")
-                .map(|(_, v)| *v),
-            Some(3)
-        );
+        assert_eq!(value("raftkv_wal_syncs_total"), Some(3));
     }
 
     #[test]
     fn status_counters_are_the_metrics_text_without_shard_series_and_histograms() {
         let m = Metrics::new();
         let status = NodeStatus {
-            node: NodeId(1),
-            shard_count: 1,
-            shards: Vec::new(),
-            peers: Vec::new(),
             refused: vec![("pending_requests_full".into(), 4), ("nonsense".into(), 9)],
-            drops: Vec::new(),
-            counters: Vec::new(),
-            nodes: Vec::new(),
-            routes: Vec::new(),
-            registry: None,
-            metadata: None,
+            ..node_status(1, Vec::new())
         };
         let mut counters = Counters::default();
         counters.datagrams_out = 11;

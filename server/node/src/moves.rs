@@ -48,12 +48,7 @@ pub fn check_move(
     if from.is_none() || to.is_none() {
         return check_voter_change(from, to, members, to_state, route, in_flight);
     }
-    if !members.contains(&to) {
-        return Err(MoveRefusal::UnknownNode { node: to });
-    }
-    if let Some(state @ (NodeState::Draining | NodeState::Removed)) = to_state {
-        return Err(MoveRefusal::NotActive { node: to, state });
-    }
+    check_target(to, members, to_state)?;
     // `from` may have been removed (`node remove --dead`): its replicas are what moves.
     if !members.contains(&from) && !route.voters.contains(&from) {
         return Err(MoveRefusal::UnknownNode { node: from });
@@ -61,18 +56,50 @@ pub fn check_move(
     if from == to {
         return Err(MoveRefusal::SameNode);
     }
-    if let Some(m) = in_flight {
-        return Err(MoveRefusal::MoveInFlight {
+    check_no_move_in_flight(in_flight)?;
+    check_not_member(to, route)?;
+    check_voter(from, route)
+}
+
+/// `to` can receive a replica: a node of the cluster, neither draining nor removed.
+fn check_target(
+    to: NodeId,
+    members: &[NodeId],
+    to_state: Option<NodeState>,
+) -> Result<(), MoveRefusal> {
+    if !members.contains(&to) {
+        return Err(MoveRefusal::UnknownNode { node: to });
+    }
+    if let Some(state @ (NodeState::Draining | NodeState::Removed)) = to_state {
+        return Err(MoveRefusal::NotActive { node: to, state });
+    }
+    Ok(())
+}
+
+/// One move at a time per shard.
+fn check_no_move_in_flight(in_flight: Option<MoveInFlight>) -> Result<(), MoveRefusal> {
+    match in_flight {
+        Some(m) => Err(MoveRefusal::MoveInFlight {
             from: m.from,
             to: m.to,
-        });
+        }),
+        None => Ok(()),
     }
+}
+
+/// `to` holds no replica of the shard yet.
+fn check_not_member(to: NodeId, route: &ShardRoute) -> Result<(), MoveRefusal> {
     if route.voters.contains(&to) || route.learners.contains(&to) {
         return Err(MoveRefusal::AlreadyMember {
             node: to,
             route: route.clone(),
         });
     }
+    Ok(())
+}
+
+/// `from` is a voter of the shard.
+fn check_voter(from: NodeId, route: &ShardRoute) -> Result<(), MoveRefusal> {
     if !route.voters.contains(&from) {
         return Err(MoveRefusal::NotAVoter {
             node: from,
@@ -97,33 +124,12 @@ fn check_voter_change(
     if from.is_none() && to.is_none() {
         return Err(MoveRefusal::SameNode);
     }
-    if let Some(m) = in_flight {
-        return Err(MoveRefusal::MoveInFlight {
-            from: m.from,
-            to: m.to,
-        });
-    }
+    check_no_move_in_flight(in_flight)?;
     if from.is_none() {
-        if !members.contains(&to) {
-            return Err(MoveRefusal::UnknownNode { node: to });
-        }
-        if let Some(state @ (NodeState::Draining | NodeState::Removed)) = to_state {
-            return Err(MoveRefusal::NotActive { node: to, state });
-        }
-        if route.voters.contains(&to) || route.learners.contains(&to) {
-            return Err(MoveRefusal::AlreadyMember {
-                node: to,
-                route: route.clone(),
-            });
-        }
-        return Ok(());
+        check_target(to, members, to_state)?;
+        return check_not_member(to, route);
     }
-    if !route.voters.contains(&from) {
-        return Err(MoveRefusal::NotAVoter {
-            node: from,
-            route: route.clone(),
-        });
-    }
+    check_voter(from, route)?;
     if route.voters.len() <= 1 {
         return Err(MoveRefusal::LastVoter { node: from });
     }
