@@ -29,7 +29,7 @@ pub fn metadata_voters(bootstrap_nodes: &[NodeId]) -> Vec<NodeId> {
 pub enum NodeState {
     /// Registered, and not yet known to every node that answers: those nodes would
     /// refuse its datagrams, so it receives no replica. The node marks itself active
-    /// once every node answering its status poll lists it ([`Registry::activate`]).
+    /// once every node answering its status poll lists it ([`Registry::known_to_all`]).
     Joining,
     /// Serving; may receive replicas.
     Active,
@@ -264,7 +264,7 @@ impl Registry {
     /// Whether joining `node` may become active: every registry in `heard` (one per node
     /// that answered a status poll, its own included) lists it. Until then some node
     /// would refuse its datagrams (`unknown_sender`) and a move to it would fail.
-    pub fn activate(node: NodeId, heard: &[&Registry]) -> bool {
+    pub fn known_to_all(node: NodeId, heard: &[&Registry]) -> bool {
         !heard.is_empty() && heard.iter().all(|r| r.get(node).is_some())
     }
 
@@ -381,9 +381,12 @@ mod tests {
         knows_both.register(2, NodeId(4), addr(4), 8).unwrap();
         let mut stale = knows_both.clone();
         stale.nodes.retain(|n| n.id != NodeId(4));
-        assert!(!Registry::activate(NodeId(4), &[&knows_both, &stale]));
-        assert!(Registry::activate(NodeId(4), &[&knows_both, &knows_both]));
-        assert!(!Registry::activate(NodeId(4), &[]), "nobody heard yet");
+        assert!(!Registry::known_to_all(NodeId(4), &[&knows_both, &stale]));
+        assert!(Registry::known_to_all(
+            NodeId(4),
+            &[&knows_both, &knows_both]
+        ));
+        assert!(!Registry::known_to_all(NodeId(4), &[]), "nobody heard yet");
         knows_both
             .set_state(3, NodeId(4), NodeState::Active)
             .unwrap();

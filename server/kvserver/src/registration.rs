@@ -205,7 +205,7 @@ pub fn ready_to_activate(me: NodeId, registries: &[Option<&Registry>]) -> bool {
     let newest = registries.iter().flatten().max_by_key(|r| r.version);
     let joining = newest.is_some_and(|r| r.state_of(me) == Some(NodeState::Joining));
     let heard: Option<Vec<&Registry>> = registries.iter().copied().collect();
-    joining && heard.is_some_and(|h| Registry::activate(me, &h))
+    joining && heard.is_some_and(|h| Registry::known_to_all(me, &h))
 }
 
 /// Asks every node for its registry until every node of `reg.others` answered; refuses
