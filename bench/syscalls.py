@@ -13,7 +13,8 @@ cost of many groups from the cost of spreading their leaders over the nodes), ru
 point (16 B keys, 100 B values, 10,000 keys) and prints the counts per operation, then
 the servers' own turn counters per operation (from `kvcli --json status`, before and after
 the point): event-loop turns by what woke the loop, disk writes handed to the disk thread,
-WAL group commits, and peer datagrams sent.
+WAL group commits, and peer datagrams sent; and the load generator's own datagrams per
+operation (requests sent, replies received, and how many each carried).
 Needs `perf` and permission to read tracepoints (root here).
 
     python3 bench/syscalls.py --target target/release --shards 8
@@ -121,6 +122,12 @@ ops = j["ops"]
 print(f"{a.shards} shards{f', leaders on n{a.leaders_on}' if a.leaders_on else ''}: {a.op} c={a.clients} "
       f"ops={ops} err={j['errors']} {j['ops_per_s']:.0f}/s server cpu/op={(cpu1 - cpu0) / ops * 1e6:.1f} us "
       f"load={os.getloadavg()[0]:.1f}")
+c = j.get("client", {})
+print(f"  {'client request datagrams':30} {c.get('datagrams_sent', 0) / ops:7.3f} per op"
+      f" ({c.get('requests_sent', 0) / max(c.get('datagrams_sent', 0), 1):.1f} requests each)")
+if "reply_datagrams_received" in c:
+    print(f"  {'client reply datagrams':30} {c['reply_datagrams_received'] / ops:7.3f} per op"
+          f" ({c.get('replies_received', 0) / max(c['reply_datagrams_received'], 1):.1f} replies each)")
 for line in open(f"{d}/perf.txt"):
     f = line.strip().split(",")
     if len(f) > 2 and re.match(r"^[\d.]+$", f[0]):
