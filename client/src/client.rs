@@ -163,6 +163,8 @@ pub(crate) struct Counters {
     /// Datagrams whose replies the receive task handed to sessions: the sender watches it
     /// to learn that sessions woke while it gathered requests.
     pub(crate) reply_datagrams: AtomicU64,
+    /// Session attempts waiting for their reply, the requests not sent yet included.
+    pub(crate) awaiting_replies: AtomicU64,
     pub(crate) datagrams_dropped: AtomicU64,
 }
 

@@ -62,9 +62,14 @@ pub(crate) async fn send_loop(
 /// Yielding lets every task already woken run, and tokio polls the socket before it
 /// resumes this one; if the receive task dispatched replies in that time, their sessions
 /// run on the next pass. With nothing received (one client, or an idle moment) this is a
-/// single pass and the requests leave at once: nothing waits on a timer.
+/// single pass, and with no request out but those in `ready` (one client) none: the
+/// requests leave at once, and nothing waits on a timer.
 async fn gather(s: &Shared, rx: &mut mpsc::UnboundedReceiver<Outgoing>, ready: &mut Vec<Outgoing>) {
     for _ in 0..GATHER_PASSES_MAX {
+        if s.counters.awaiting_replies.load(Ordering::Relaxed) <= ready.len() as u64 {
+            // No reply is due that could wake a session: one client, or all of them here.
+            return;
+        }
         let dispatched = s.counters.reply_datagrams.load(Ordering::Relaxed);
         tokio::task::yield_now().await;
         while ready.len() < OUTBOX_BATCH_MAX {
