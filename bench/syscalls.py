@@ -8,8 +8,9 @@ switches per operation, counted with `perf stat` on the three server processes w
 
 Starts a fresh 3-node kvserver cluster (free loopback ports, temp data dirs, fsync on,
 the timing of bench/callgrind.py), waits for leaders, optionally moves every shard's
-leadership to one node (`--leaders-on N`, through `kvcli shard leader`: separates the
-cost of many groups from the cost of spreading their leaders over the nodes), runs the
+leadership to one node (`--leaders-on N`, through `kvcli shard leader`, with the balancer
+paused first so that it does not spread them again: separates the cost of many groups
+from the cost of spreading their leaders over the nodes), runs the
 point (16 B keys, 100 B values, 10,000 keys) and prints the counts per operation, then
 the servers' own turn counters per operation (from `kvcli --json status`, before and after
 the point): event-loop turns by what woke the loop, disk writes handed to the disk thread,
@@ -90,6 +91,10 @@ try:
             break
         time.sleep(0.5)
     if a.leaders_on:
+        # The balancer (on by default) would spread the leaderships again during the point.
+        r = subprocess.run(kvcli + ["rebalance", "pause"], capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise SystemExit(f"kvcli rebalance pause failed: {r.stdout}{r.stderr}")
         for shard in range(a.shards):
             subprocess.run(kvcli + ["shard", "leader", str(shard), str(a.leaders_on)], capture_output=True, timeout=60)
         for _ in range(120):
@@ -112,6 +117,8 @@ try:
     stat.send_signal(signal.SIGINT)
     stat.wait()
     turns1 = counters()
+    if a.leaders_on and leaders() != [a.leaders_on] * a.shards:
+        print(f"warning: node {a.leaders_on} no longer leads every shard after the point: {leaders()}")
     j = json.loads([l for l in r.stdout.splitlines() if l.startswith("{")][-1])
 finally:
     for x in procs:

@@ -160,11 +160,8 @@ pub(crate) struct Counters {
     pub(crate) retries: AtomicU64,
     pub(crate) redirects: AtomicU64,
     pub(crate) replies_received: AtomicU64,
-    /// Datagrams whose replies the receive task handed to sessions: the sender watches it
-    /// to learn that sessions woke while it gathered requests.
+    /// Datagrams whose replies the receive task handed to sessions.
     pub(crate) reply_datagrams: AtomicU64,
-    /// Session attempts waiting for their reply, the requests not sent yet included.
-    pub(crate) awaiting_replies: AtomicU64,
     pub(crate) datagrams_dropped: AtomicU64,
 }
 

@@ -1,7 +1,6 @@
 //! The client's send task: every request that is ready when it runs leaves in as few
-//! datagrams per node as the payload limit allows, whatever its shard, and before it sends
-//! it lets the sessions that replies already woke queue their next requests, so that a
-//! server sees one burst where a closed-loop load would otherwise send several.
+//! datagrams per node as the payload and count limits allow, whatever its shard, so that
+//! a node sees one burst per wake-up of this client rather than one per session.
 
 use crate::client::{bump, Shared};
 use kv_shared::auth::{Stamp, BODY_BYTES_MAX};
@@ -9,16 +8,10 @@ use kv_shared::limits::CLIENT_REQUESTS_PER_DATAGRAM_MAX;
 use kv_shared::pack::{encode_encoded, pack_by, PackLimit};
 use kv_shared::wire::Kind;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 
 /// A batch of requests pulled from the outbox at once; bounds the sender's work per wakeup.
 const OUTBOX_BATCH_MAX: usize = 4096;
-
-/// Most times one send waits for the sessions that fresh replies woke. Each pass costs one
-/// scheduler round (no timer); the bound keeps a steady stream of replies from holding
-/// the requests already gathered indefinitely.
-const GATHER_PASSES_MAX: usize = 4;
 
 /// What a batch of ready requests holds: (destination, encoded request), in the order the
 /// sessions queued them.
@@ -37,7 +30,6 @@ pub(crate) async fn send_loop(
             return;
         }
         let Some(s) = shared.upgrade() else { return };
-        gather(&s, &mut rx, &mut ready).await;
         let limit = PackLimit {
             payload_bytes_max: BODY_BYTES_MAX,
             items_max: CLIENT_REQUESTS_PER_DATAGRAM_MAX,
@@ -54,34 +46,6 @@ pub(crate) async fn send_loop(
                 counter += 1;
                 send_datagram(&s, to, &batch, stamp, &mut datagram).await;
             }
-        }
-    }
-}
-
-/// Adds to `ready` the requests of the sessions that replies received meanwhile woke.
-/// Yielding lets every task already woken run, and tokio polls the socket before it
-/// resumes this one; if the receive task dispatched replies in that time, their sessions
-/// run on the next pass. With nothing received (one client, or an idle moment) this is a
-/// single pass, and with no request out but those in `ready` (one client) none: the
-/// requests leave at once, and nothing waits on a timer.
-async fn gather(s: &Shared, rx: &mut mpsc::UnboundedReceiver<Outgoing>, ready: &mut Vec<Outgoing>) {
-    for _ in 0..GATHER_PASSES_MAX {
-        if s.counters.awaiting_replies.load(Ordering::Relaxed) <= ready.len() as u64 {
-            // No reply is due that could wake a session: one client, or all of them here.
-            return;
-        }
-        let dispatched = s.counters.reply_datagrams.load(Ordering::Relaxed);
-        tokio::task::yield_now().await;
-        while ready.len() < OUTBOX_BATCH_MAX {
-            match rx.try_recv() {
-                Ok(request) => ready.push(request),
-                Err(_) => break,
-            }
-        }
-        if s.counters.reply_datagrams.load(Ordering::Relaxed) == dispatched
-            || ready.len() >= OUTBOX_BATCH_MAX
-        {
-            return;
         }
     }
 }

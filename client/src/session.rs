@@ -14,7 +14,6 @@ use kv_shared::{ClientId, NodeId, ShardId};
 use rand::rngs::SmallRng;
 use rand::Rng;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -43,23 +42,6 @@ impl Drop for Session {
             .lock()
             .expect("sessions lock")
             .remove(&self.bound);
-    }
-}
-
-/// Counts one attempt as waiting for its reply for as long as it lives (the sender gathers
-/// more requests only while some reply could still wake a session).
-struct Awaiting<'a>(&'a AtomicU64);
-
-impl<'a> Awaiting<'a> {
-    fn new(count: &'a AtomicU64) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Awaiting(count)
-    }
-}
-
-impl Drop for Awaiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -289,7 +271,6 @@ impl Session {
                 bump(&self.client.shared.counters.retries);
             }
             attempt += 1;
-            let awaiting = Awaiting::new(&self.client.shared.counters.awaiting_replies);
             self.client
                 .enqueue(target.addr, std::mem::take(&mut encoded));
             let attempt_end = (now + attempt_timeout).min(deadline);
@@ -327,7 +308,6 @@ impl Session {
                     },
                 }
             };
-            drop(awaiting);
             let named: &[NodeId] = match &setback {
                 Setback::Error(ClientError::NotLeader {
                     leader: Some(l), ..

@@ -467,29 +467,3 @@ async fn requests_issued_together_leave_in_as_few_datagrams_as_the_limits_allow(
         vec![CLIENT_REQUESTS_PER_DATAGRAM_MAX, 44]
     );
 }
-
-#[tokio::test]
-async fn a_request_ready_while_replies_wait_on_the_socket_leaves_with_the_requests_they_cause() {
-    let fake = FakeCluster::start(1, 4, Some(1));
-    let mut options = fake.options();
-    options.attempt_timeout = Duration::from_secs(5);
-    let client = Client::connect(options).await.unwrap();
-    fake.ctl().delay = Duration::from_millis(30);
-    let before = fake.ctl().datagrams.len();
-    // First's first get is in flight; its reply arrives while this test holds the thread.
-    let mut first = client.session();
-    let first = tokio::spawn(async move {
-        first.get(b("a")).await.unwrap();
-        first.get(b("b")).await.unwrap();
-    });
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    let mut second = client.session();
-    let second = tokio::spawn(async move { second.get(b("c")).await.unwrap() });
-    // Blocks the runtime (deliberately): the reply to "a" lands on the socket unread, so
-    // when the sender wakes for "c", a session it has not heard from yet is due to ask "b".
-    std::thread::sleep(Duration::from_millis(200));
-    first.await.unwrap();
-    second.await.unwrap();
-    let counts: Vec<usize> = fake.ctl().datagrams[before..].iter().map(|d| d.1).collect();
-    assert_eq!(counts, vec![1, 2], "\"c\" and \"b\" share a datagram");
-}
