@@ -21,7 +21,7 @@ Needs `perf` and permission to read tracepoints (root here).
     python3 bench/syscalls.py --target target/release --shards 8
     python3 bench/syscalls.py --target target/release --shards 8 --leaders-on 1
 """
-import argparse, json, os, re, shutil, signal, socket, subprocess, tempfile, time
+import argparse, atexit, json, os, re, shutil, signal, socket, subprocess, tempfile, time
 
 SYSCALLS = ["sendto", "recvfrom", "epoll_wait", "fdatasync", "write", "futex"]
 
@@ -36,6 +36,8 @@ p.add_argument("--leaders-on", type=int, default=0, metavar="N",
 a = p.parse_args()
 
 d = tempfile.mkdtemp(prefix="sckv-")
+# Removed however the script ends (an error, or its output piped into `head`).
+atexit.register(shutil.rmtree, d, ignore_errors=True)
 ports = []
 while len(ports) < 3:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); pt = s.getsockname()[1]; s.close()
@@ -142,4 +144,3 @@ for line in open(f"{d}/perf.txt"):
 for name in sorted(turns1):
     short = name.replace("raftkv_", "").replace("_total", "")
     print(f"  {short:30} {(turns1[name] - turns0.get(name, 0)) / ops:7.3f} per op")
-shutil.rmtree(d, ignore_errors=True)
