@@ -401,6 +401,7 @@ async fn requests_ready_together_share_a_datagram() {
 /// counts of the datagrams the node received for them.
 async fn gets_issued_together(fake: &FakeCluster, client: &Client, keys: Vec<Bytes>) -> Vec<usize> {
     let before = fake.ctl().datagrams.len();
+    let metrics_before = client.metrics();
     let tasks: Vec<_> = keys
         .into_iter()
         .map(|key| {
@@ -411,7 +412,18 @@ async fn gets_issued_together(fake: &FakeCluster, client: &Client, keys: Vec<Byt
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    fake.ctl().datagrams[before..].iter().map(|d| d.1).collect()
+    let counts: Vec<usize> = fake.ctl().datagrams[before..].iter().map(|d| d.1).collect();
+    let m = client.metrics();
+    // The fake answers each request datagram with one reply datagram.
+    assert_eq!(
+        m.reply_datagrams_received - metrics_before.reply_datagrams_received,
+        counts.len() as u64
+    );
+    assert_eq!(
+        m.datagrams_sent - metrics_before.datagrams_sent,
+        counts.len() as u64
+    );
+    counts
 }
 
 #[tokio::test]
