@@ -8,18 +8,20 @@ switches per operation, counted with `perf stat` on the three server processes w
 
 Starts a fresh 3-node kvserver cluster (free loopback ports, temp data dirs, fsync on,
 the timing of bench/callgrind.py), waits for leaders, optionally moves every shard's
-leadership to one node (`--leaders-on N`, through `kvcli shard leader`: separates the
-cost of many groups from the cost of spreading their leaders over the nodes), runs the
+leadership to one node (`--leaders-on N`, through `kvcli shard leader`, with the balancer
+paused first so that it does not spread them again: separates the cost of many groups
+from the cost of spreading their leaders over the nodes), runs the
 point (16 B keys, 100 B values, 10,000 keys) and prints the counts per operation, then
 the servers' own turn counters per operation (from `kvcli --json status`, before and after
 the point): event-loop turns by what woke the loop, disk writes handed to the disk thread,
-WAL group commits, and peer datagrams sent.
+WAL group commits, and peer datagrams sent; and the load generator's own datagrams per
+operation (requests sent, replies received, and how many each carried).
 Needs `perf` and permission to read tracepoints (root here).
 
     python3 bench/syscalls.py --target target/release --shards 8
     python3 bench/syscalls.py --target target/release --shards 8 --leaders-on 1
 """
-import argparse, json, os, re, shutil, signal, socket, subprocess, tempfile, time
+import argparse, atexit, json, os, re, shutil, signal, socket, subprocess, tempfile, time
 
 SYSCALLS = ["sendto", "recvfrom", "epoll_wait", "fdatasync", "write", "futex"]
 
@@ -34,6 +36,8 @@ p.add_argument("--leaders-on", type=int, default=0, metavar="N",
 a = p.parse_args()
 
 d = tempfile.mkdtemp(prefix="sckv-")
+# Removed however the script ends (an error, or its output piped into `head`).
+atexit.register(shutil.rmtree, d, ignore_errors=True)
 ports = []
 while len(ports) < 3:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); pt = s.getsockname()[1]; s.close()
@@ -89,6 +93,10 @@ try:
             break
         time.sleep(0.5)
     if a.leaders_on:
+        # The balancer (on by default) would spread the leaderships again during the point.
+        r = subprocess.run(kvcli + ["rebalance", "pause"], capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise SystemExit(f"kvcli rebalance pause failed: {r.stdout}{r.stderr}")
         for shard in range(a.shards):
             subprocess.run(kvcli + ["shard", "leader", str(shard), str(a.leaders_on)], capture_output=True, timeout=60)
         for _ in range(120):
@@ -111,6 +119,8 @@ try:
     stat.send_signal(signal.SIGINT)
     stat.wait()
     turns1 = counters()
+    if a.leaders_on and leaders() != [a.leaders_on] * a.shards:
+        print(f"warning: node {a.leaders_on} no longer leads every shard after the point: {leaders()}")
     j = json.loads([l for l in r.stdout.splitlines() if l.startswith("{")][-1])
 finally:
     for x in procs:
@@ -121,6 +131,12 @@ ops = j["ops"]
 print(f"{a.shards} shards{f', leaders on n{a.leaders_on}' if a.leaders_on else ''}: {a.op} c={a.clients} "
       f"ops={ops} err={j['errors']} {j['ops_per_s']:.0f}/s server cpu/op={(cpu1 - cpu0) / ops * 1e6:.1f} us "
       f"load={os.getloadavg()[0]:.1f}")
+c = j.get("client", {})
+print(f"  {'client request datagrams':30} {c.get('datagrams_sent', 0) / ops:7.3f} per op"
+      f" ({c.get('requests_sent', 0) / max(c.get('datagrams_sent', 0), 1):.1f} requests each)")
+if "reply_datagrams_received" in c:
+    print(f"  {'client reply datagrams':30} {c['reply_datagrams_received'] / ops:7.3f} per op"
+          f" ({c.get('replies_received', 0) / max(c['reply_datagrams_received'], 1):.1f} replies each)")
 for line in open(f"{d}/perf.txt"):
     f = line.strip().split(",")
     if len(f) > 2 and re.match(r"^[\d.]+$", f[0]):
@@ -128,4 +144,3 @@ for line in open(f"{d}/perf.txt"):
 for name in sorted(turns1):
     short = name.replace("raftkv_", "").replace("_total", "")
     print(f"  {short:30} {(turns1[name] - turns0.get(name, 0)) / ops:7.3f} per op")
-shutil.rmtree(d, ignore_errors=True)

@@ -443,6 +443,8 @@ pub async fn run(
             retries: metrics_after.retries - metrics_before.retries,
             redirects: metrics_after.redirects - metrics_before.redirects,
             replies_received: metrics_after.replies_received - metrics_before.replies_received,
+            reply_datagrams_received: metrics_after.reply_datagrams_received
+                - metrics_before.reply_datagrams_received,
             datagrams_dropped: metrics_after.datagrams_dropped - metrics_before.datagrams_dropped,
         },
         options,
@@ -674,9 +676,11 @@ pub fn render_report(r: &Report) -> String {
         .collect();
     out.push_str(&format!("  per shard    {}\n", shards.join("  ")));
     out.push_str(&format!(
-        "  client       {} datagrams sent ({:.1} requests each), {} retries, {} redirects\n",
+        "  client       {} datagrams sent ({:.1} requests each), {} received ({:.1} replies each), {} retries, {} redirects\n",
         r.client.datagrams_sent,
         r.client.requests_sent as f64 / r.client.datagrams_sent.max(1) as f64,
+        r.client.reply_datagrams_received,
+        r.client.replies_received as f64 / r.client.reply_datagrams_received.max(1) as f64,
         r.client.retries,
         r.client.redirects
     ));

@@ -5,18 +5,17 @@
 //! replica set (with its epoch) and leader hints from any node that answers.
 //!
 //! Shape: [`Client::connect`] binds the socket and starts two tasks, a receiver that
-//! demultiplexes replies to sessions by client id, and a sender that batches the requests
-//! ready for the same node into one datagram. A [`Session`] is one logical client
+//! demultiplexes replies to sessions by client id, and a sender (`sender`) that batches the
+//! requests ready for the same node into one datagram. A [`Session`] is one logical client
 //! (`&mut self` methods, so at most one request outstanding, as the protocol requires).
 
 use crate::error::Error;
+use crate::sender::{send_loop, Outgoing};
 pub use crate::session::Session;
 use crate::tickets::Tickets;
 use bytes::Bytes;
-use kv_shared::auth::{self, ClientKey, Protection, ReplayWindow, Sealer, Stamp, BODY_BYTES_MAX};
+use kv_shared::auth::{self, ClientKey, Protection, ReplayWindow, Sealer};
 use kv_shared::config::ClusterConfig;
-use kv_shared::limits::CLIENT_REQUESTS_PER_DATAGRAM_MAX;
-use kv_shared::pack::{encode_encoded, pack_by, PackLimit};
 use kv_shared::proto::{ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role, ShardRoute};
 use kv_shared::registry::METADATA_SHARD;
 use kv_shared::shard::shard_for_key;
@@ -32,8 +31,6 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-/// A batch of requests pulled from the outbox at once; bounds the sender's work per wakeup.
-const OUTBOX_BATCH_MAX: usize = 4096;
 /// Receive buffer: any datagram raftkv may send fits.
 const RECV_BUFFER_BYTES: usize = 65_536;
 
@@ -149,6 +146,8 @@ pub struct Metrics {
     pub redirects: u64,
     /// Replies received.
     pub replies_received: u64,
+    /// Datagrams received that carried replies.
+    pub reply_datagrams_received: u64,
     /// Datagrams dropped as malformed, from another cluster, failing their tag
     /// (forged, or sealed under another key) or replayed.
     pub datagrams_dropped: u64,
@@ -161,6 +160,8 @@ pub(crate) struct Counters {
     pub(crate) retries: AtomicU64,
     pub(crate) redirects: AtomicU64,
     pub(crate) replies_received: AtomicU64,
+    /// Datagrams whose replies the receive task handed to sessions.
+    pub(crate) reply_datagrams: AtomicU64,
     pub(crate) datagrams_dropped: AtomicU64,
 }
 
@@ -280,7 +281,7 @@ pub(crate) struct Shared {
     pub(crate) options: ClientOptions,
     pub(crate) topology: Mutex<Topology>,
     pub(crate) sessions: Mutex<HashMap<ClientId, mpsc::UnboundedSender<Incoming>>>,
-    pub(crate) outbox: mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>,
+    pub(crate) outbox: mpsc::UnboundedSender<Outgoing>,
     pub(crate) counters: Counters,
     pub(crate) ids: Mutex<SmallRng>,
     /// The ticket each node issued to this process, which requests to it echo, and the
@@ -612,6 +613,7 @@ impl Client {
             retries: get(&c.retries),
             redirects: get(&c.redirects),
             replies_received: get(&c.replies_received),
+            reply_datagrams_received: get(&c.reply_datagrams),
             datagrams_dropped: get(&c.datagrams_dropped),
         }
     }
@@ -679,6 +681,9 @@ async fn receive_loop(shared: std::sync::Weak<Shared>) {
             bump(&s.counters.datagrams_dropped);
             continue;
         };
+        if !replies.is_empty() {
+            bump(&s.counters.reply_datagrams);
+        }
         let sessions = s.sessions.lock().expect("sessions lock");
         for r in replies {
             bump(&s.counters.replies_received);
@@ -722,69 +727,4 @@ fn open_replies(
         }
     }
     wire::decode_value::<Vec<ClientReply>>(opened.body).ok()
-}
-
-async fn send_loop(
-    shared: std::sync::Weak<Shared>,
-    mut rx: mpsc::UnboundedReceiver<(SocketAddr, Vec<u8>)>,
-    incarnation: u64,
-) {
-    let mut ready = Vec::new();
-    let mut datagram = Vec::new();
-    let mut counter = 0u64;
-    loop {
-        if rx.recv_many(&mut ready, OUTBOX_BATCH_MAX).await == 0 {
-            return;
-        }
-        let Some(s) = shared.upgrade() else { return };
-        // Group by destination, keeping each destination's order.
-        let mut by_dest: Vec<(SocketAddr, Vec<Vec<u8>>)> = Vec::new();
-        for (to, req) in ready.drain(..) {
-            match by_dest.iter_mut().find(|(a, _)| *a == to) {
-                Some((_, v)) => v.push(req),
-                None => by_dest.push((to, vec![req])),
-            }
-        }
-        let limit = PackLimit {
-            payload_bytes_max: BODY_BYTES_MAX,
-            items_max: CLIENT_REQUESTS_PER_DATAGRAM_MAX,
-        };
-        for (to, reqs) in by_dest {
-            let echo = s.tickets.lock().expect("tickets lock").echo_for(to, &reqs);
-            // `execute` refused every request too large for a datagram of its own.
-            for batch in pack_by(reqs, Vec::len, limit).batches {
-                let stamp = Stamp {
-                    incarnation,
-                    counter,
-                    echo,
-                };
-                counter += 1;
-                send_datagram(&s, to, &batch, stamp, &mut datagram).await;
-            }
-        }
-    }
-}
-
-async fn send_datagram(
-    s: &Shared,
-    to: SocketAddr,
-    batch: &[Vec<u8>],
-    stamp: Stamp,
-    datagram: &mut Vec<u8>,
-) {
-    let mut payload = Vec::new();
-    encode_encoded(batch, &mut payload);
-    datagram.clear();
-    s.requests.seal(
-        Kind::ClientRequests,
-        s.cluster_id,
-        s.key_id,
-        stamp,
-        s.options.protection,
-        &payload,
-        datagram,
-    );
-    bump(&s.counters.datagrams_sent);
-    // A lost datagram is a timeout for its requests, retried by their sessions.
-    let _ = s.socket.send_to(datagram, to).await;
 }

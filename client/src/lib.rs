@@ -5,6 +5,8 @@
 //! - [`client`]: [`Client`] (one UDP socket, leader cache, batching).
 //! - [`session`]: [`Session`] (one logical client: routing, redirects, retries under one
 //!   sequence number).
+//! - `sender`: the send task, which packs the requests ready for one node into as few
+//!   datagrams as fit.
 //! - `tickets`: the tickets nodes issued to this process, without which they execute
 //!   nothing.
 //! - [`error`]: [`Error`], one line that names the shard, node or limit.
@@ -31,6 +33,7 @@ pub mod local;
 pub mod nodes;
 pub mod output;
 pub mod run;
+mod sender;
 pub mod session;
 mod tickets;
 pub mod value;

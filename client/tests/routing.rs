@@ -396,3 +396,86 @@ async fn requests_ready_together_share_a_datagram() {
     let biggest = fake.ctl().datagrams.iter().map(|d| d.1).max().unwrap();
     assert!(biggest >= 10, "largest datagram carried {biggest} requests");
 }
+
+/// Issues one get per key from its own session, all at once, and returns the request
+/// counts of the datagrams the node received for them.
+async fn gets_issued_together(fake: &FakeCluster, client: &Client, keys: Vec<Bytes>) -> Vec<usize> {
+    let before = fake.ctl().datagrams.len();
+    let metrics_before = client.metrics();
+    let tasks: Vec<_> = keys
+        .into_iter()
+        .map(|key| {
+            let mut s = client.session();
+            tokio::spawn(async move { s.get(key).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let counts: Vec<usize> = fake.ctl().datagrams[before..].iter().map(|d| d.1).collect();
+    let m = client.metrics();
+    // The fake answers each request datagram with one reply datagram.
+    assert_eq!(
+        m.reply_datagrams_received - metrics_before.reply_datagrams_received,
+        counts.len() as u64
+    );
+    assert_eq!(
+        m.datagrams_sent - metrics_before.datagrams_sent,
+        counts.len() as u64
+    );
+    counts
+}
+
+#[tokio::test]
+async fn requests_issued_together_leave_in_as_few_datagrams_as_the_limits_allow() {
+    use kv_shared::auth::BODY_BYTES_MAX;
+    use kv_shared::limits::CLIENT_REQUESTS_PER_DATAGRAM_MAX;
+    use kv_shared::pack::count_prefix_bytes;
+    let fake = FakeCluster::start(1, 4, Some(1));
+    let mut options = fake.options();
+    // No retry may add a datagram while the test counts.
+    options.attempt_timeout = Duration::from_secs(5);
+    let client = Client::connect(options).await.unwrap();
+
+    // Large gets: the byte limit decides. A request's size depends on its random client
+    // id's varint length, so pick a key length at which the shortest and the longest
+    // encodings fill a datagram with the same number of requests.
+    let request_bytes = |client: u64, key_len: usize| {
+        postcard::to_stdvec(&kv_shared::proto::ClientRequest {
+            client: kv_shared::ClientId(client),
+            seq: 1,
+            epoch: 0,
+            op: kv_shared::proto::Op::Get {
+                key: Bytes::from(vec![b'k'; key_len]),
+                stale: false,
+            },
+        })
+        .unwrap()
+        .len()
+    };
+    let per_datagram = |item: usize| (BODY_BYTES_MAX - count_prefix_bytes(127)) / item;
+    let key_len = (900..=1000)
+        .find(|&k| per_datagram(request_bytes(1, k)) == per_datagram(request_bytes(u64::MAX, k)))
+        .expect("some key length packs alike whatever the client id");
+    let per = per_datagram(request_bytes(u64::MAX, key_len));
+    assert!((2..127).contains(&per), "{per} requests per datagram");
+    let keys: Vec<Bytes> = (0..2 * per + 1)
+        .map(|i| {
+            let mut k = format!("{i:06}").into_bytes();
+            k.resize(key_len, b'k');
+            Bytes::from(k)
+        })
+        .collect();
+    assert_eq!(
+        gets_issued_together(&fake, &client, keys).await,
+        vec![per, per, 1]
+    );
+
+    // Small gets: the count limit decides.
+    let n = CLIENT_REQUESTS_PER_DATAGRAM_MAX + 44;
+    let keys = (0..n).map(|i| Bytes::from(format!("s{i}"))).collect();
+    assert_eq!(
+        gets_issued_together(&fake, &client, keys).await,
+        vec![CLIENT_REQUESTS_PER_DATAGRAM_MAX, 44]
+    );
+}

@@ -1,0 +1,112 @@
+//! The client's send task: every request that is ready when it runs leaves in as few
+//! datagrams per node as the payload and count limits allow, whatever its shard, so that
+//! a node sees one burst per wake-up of this client rather than one per session.
+
+use crate::client::{bump, Shared};
+use kv_shared::auth::{Stamp, BODY_BYTES_MAX};
+use kv_shared::limits::CLIENT_REQUESTS_PER_DATAGRAM_MAX;
+use kv_shared::pack::{encode_encoded, pack_by, PackLimit};
+use kv_shared::wire::Kind;
+use std::net::SocketAddr;
+use tokio::sync::mpsc;
+
+/// A batch of requests pulled from the outbox at once; bounds the sender's work per wakeup.
+const OUTBOX_BATCH_MAX: usize = 4096;
+
+/// What a batch of ready requests holds: (destination, encoded request), in the order the
+/// sessions queued them.
+pub(crate) type Outgoing = (SocketAddr, Vec<u8>);
+
+pub(crate) async fn send_loop(
+    shared: std::sync::Weak<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    incarnation: u64,
+) {
+    let mut ready = Vec::new();
+    let mut datagram = Vec::new();
+    let mut counter = 0u64;
+    loop {
+        if rx.recv_many(&mut ready, OUTBOX_BATCH_MAX).await == 0 {
+            return;
+        }
+        let Some(s) = shared.upgrade() else { return };
+        let limit = PackLimit {
+            payload_bytes_max: BODY_BYTES_MAX,
+            items_max: CLIENT_REQUESTS_PER_DATAGRAM_MAX,
+        };
+        for (to, reqs) in by_destination(ready.drain(..)) {
+            let echo = s.tickets.lock().expect("tickets lock").echo_for(to, &reqs);
+            // `execute` refused every request too large for a datagram of its own.
+            for batch in pack_by(reqs, Vec::len, limit).batches {
+                let stamp = Stamp {
+                    incarnation,
+                    counter,
+                    echo,
+                };
+                counter += 1;
+                send_datagram(&s, to, &batch, stamp, &mut datagram).await;
+            }
+        }
+    }
+}
+
+/// `ready` grouped by destination, each destination's requests in their order.
+fn by_destination(ready: impl Iterator<Item = Outgoing>) -> Vec<(SocketAddr, Vec<Vec<u8>>)> {
+    let mut by_dest: Vec<(SocketAddr, Vec<Vec<u8>>)> = Vec::new();
+    for (to, req) in ready {
+        match by_dest.iter_mut().find(|(a, _)| *a == to) {
+            Some((_, v)) => v.push(req),
+            None => by_dest.push((to, vec![req])),
+        }
+    }
+    by_dest
+}
+
+async fn send_datagram(
+    s: &Shared,
+    to: SocketAddr,
+    batch: &[Vec<u8>],
+    stamp: Stamp,
+    datagram: &mut Vec<u8>,
+) {
+    let mut payload = Vec::new();
+    encode_encoded(batch, &mut payload);
+    datagram.clear();
+    s.requests.seal(
+        Kind::ClientRequests,
+        s.cluster_id,
+        s.key_id,
+        stamp,
+        s.options.protection,
+        &payload,
+        datagram,
+    );
+    bump(&s.counters.datagrams_sent);
+    // A lost datagram is a timeout for its requests, retried by their sessions.
+    let _ = s.socket.send_to(datagram, to).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_grouped_by_node_in_their_order() {
+        let a: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:7002".parse().unwrap();
+        let ready = vec![
+            (a, vec![1]),
+            (b, vec![2]),
+            (a, vec![3]),
+            (b, vec![4]),
+            (a, vec![5]),
+        ];
+        assert_eq!(
+            by_destination(ready.into_iter()),
+            vec![
+                (a, vec![vec![1], vec![3], vec![5]]),
+                (b, vec![vec![2], vec![4]])
+            ]
+        );
+    }
+}
