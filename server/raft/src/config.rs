@@ -76,6 +76,12 @@ pub struct Config {
     /// [`Refusal::SnapshotImageInvalid`](crate::Refusal::SnapshotImageInvalid)):
     /// persisted, it would fail every restart. `None` accepts every image.
     pub snapshot_image_check: Option<ImageCheck>,
+    /// A value that differs each time this replica starts (the runtime draws one at
+    /// boot). The ids of its follower ReadIndex requests derive from it, so that a
+    /// leader's answer to a request of an earlier life, still in the network, is never
+    /// taken for the answer to a new one (its index may predate the new read). 0 (the
+    /// default) only suits a replica never restarted under the same config.
+    pub boot_nonce: u64,
 }
 
 /// Default of [`Config::committed_bytes_per_ready_max`]: a few Append batches' worth.
@@ -114,6 +120,7 @@ impl Config {
             vote_resend_ticks: None,
             pending_reads_max: kv_shared::limits::PENDING_REQUESTS_MAX,
             snapshot_image_check: None,
+            boot_nonce: 0,
         }
     }
 
