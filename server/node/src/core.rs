@@ -458,6 +458,9 @@ impl NodeCore {
                         && leader_alive
                         && self.tick_count >= g.recheck_until_tick
                         && g.waiting.is_empty()
+                        // Follower reads in flight need ticks to be resent or given up.
+                        && g.reads.is_empty()
+                        && g.confirmed_reads.is_empty()
                         && self.tick_count - g.last_msg_tick > 2 * hb;
                 }
                 if g.quiesced {

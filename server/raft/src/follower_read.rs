@@ -180,9 +180,11 @@ fn mix(mut x: u64) -> u64 {
 
 impl Raft {
     /// `read_index` on a replica that does not lead: queue the read for the next request
-    /// to the leader. Only a follower that knows its leader takes reads.
+    /// to the leader. Only a follower that knows its leader takes reads, and only with
+    /// `Config::follower_reads`.
     pub(crate) fn read_index_at_follower(&mut self, ctx: u64) -> Result<(), ProposeError> {
-        if !matches!(self.role, RoleState::Follower) || self.leader.is_none() {
+        let follows = matches!(self.role, RoleState::Follower) && self.leader.is_some();
+        if !self.cfg.follower_reads || !follows {
             return Err(ProposeError::NotLeader {
                 leader: self.leader,
             });
@@ -286,9 +288,12 @@ impl Raft {
         Ok(())
     }
 
-    /// A follower's ReadIndex request reached this replica.
+    /// A follower's ReadIndex request reached this replica. A replica outside the
+    /// membership (removed, still being sent its removal) is refused: it never serves.
     pub(crate) fn on_read_index(&mut self, from: NodeId, request: u64) {
-        if self.leader_read(Reader::Remote { from, request }).is_err() {
+        let m = &self.membership;
+        let member = m.voters.contains(&from) || m.learners.contains(&from);
+        if !member || self.leader_read(Reader::Remote { from, request }).is_err() {
             self.refuse_remote_read(from, request);
         }
     }

@@ -430,8 +430,9 @@ impl Raft {
 
     /// Starts a linearizable read. When a quorum confirms that the leader is still
     /// leader, a [`ReadState`] with `ctx` appears in a later `Ready` (or `ctx` in
-    /// `failed_reads`). Many reads share one round. On a follower that knows its leader,
-    /// the reads issued before the next `ready()` go to the leader in one request
+    /// `failed_reads`). Many reads share one round. On a follower that knows its leader
+    /// (with `Config::follower_reads`), the reads issued before the next `ready()` go to
+    /// the leader in one request
     /// (`follower_read`); the `ReadState` then carries the leader's commit index, which
     /// the caller applies before serving. Elsewhere: [`ProposeError::NotLeader`].
     pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {

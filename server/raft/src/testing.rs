@@ -66,6 +66,7 @@ pub(crate) fn test_config() -> Config {
         inflight_appends_max: 4,
         snapshot_chunk_bytes_max: 8,
         pending_reads_max: 1000,
+        follower_reads: true,
         ..Config::new(NodeId(0), 0)
     }
 }

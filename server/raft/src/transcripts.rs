@@ -8,7 +8,7 @@
 //! - `cluster n=3 [learners=(4,5)] [prevote=false] [checkquorum=false] [append-bytes=N]
 //!   [inflight=N] [chunk=N] [snap-window=N] [seed=N] [lease=true] [suppress=true]
 //!   [bcast-commit=false] [retransmit=N] [backoff-max=N] [vote-resend=N]
-//!   [reads-max=N]` : a fresh cluster (options as in `Config`; timing is election
+//!   [reads-max=N] [follower-reads=false]` : a fresh cluster (options as in `Config`; timing is election
 //!   10..20, heartbeat 2).
 //! - `set-log id=N term=T entries=(1,1,2)` : restart node `id` with that durable log
 //!   (entry terms) and term.
@@ -94,6 +94,7 @@ fn run_cmd(c: &mut Option<Cluster>, case: &TestCase) -> String {
             retransmit_backoff_ticks_max: opt(case, "backoff-max").map(|v| num(&v) as u32),
             vote_resend_ticks: opt(case, "vote-resend").map(|v| num(&v) as u32),
             pending_reads_max: u("reads-max", d.pending_reads_max),
+            follower_reads: b("follower-reads", d.follower_reads),
             ..d
         };
         *c = Some(Cluster::new(
