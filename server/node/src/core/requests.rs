@@ -155,7 +155,12 @@ impl NodeCore {
     }
 
     pub(super) fn serve_confirmed_reads(&mut self, g: ShardId) {
-        let applied = self.groups[g].sm.applied_index();
+        #[cfg_attr(not(feature = "planted-bugs"), allow(unused_mut))]
+        let mut applied = self.groups[g].sm.applied_index();
+        #[cfg(feature = "planted-bugs")]
+        if self.follower_read_before_apply && self.groups[g].soft.role != Role::Leader {
+            applied = u64::MAX;
+        }
         let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.groups[g].confirmed_reads)
             .into_iter()
             .partition(|(index, _)| *index <= applied);
