@@ -84,6 +84,16 @@ pub async fn start(opts: &ServerOptions, metrics: Metrics) -> Result<FrontEnds, 
         let users = resp::users::Users::load(&opts.cluster).map_err(ServerError::RespUsers)?;
         let client_options = ClientOptions::from_config(&opts.cluster, key);
         let node = opts.node;
+        let cluster = &opts.cluster;
+        let placement = kv_node::placement::initial_placement(
+            &cluster.node_ids(),
+            cluster.shards,
+            cluster.replication as usize,
+        );
+        let bootstrap_shards = (0..cluster.shards)
+            .map(kv_shared::ShardId)
+            .filter(|s| placement[s.0 as usize].replicas.contains(&node))
+            .collect();
         tasks.0.push(tokio::spawn(async move {
             // The node's own event loop must run to answer the client's discovery, so
             // the client connects from this task, after `start` has returned.
@@ -94,7 +104,15 @@ pub async fn start(opts: &ServerOptions, metrics: Metrics) -> Result<FrontEnds, 
                     return;
                 }
             };
-            let gateway = resp::Gateway::new(client, users, node, local, metrics, addr.to_string());
+            let gateway = resp::Gateway::new(
+                client,
+                users,
+                node,
+                local,
+                bootstrap_shards,
+                metrics,
+                addr.to_string(),
+            );
             resp::serve(listener, gateway).await;
         }));
     }

@@ -174,6 +174,9 @@ pub async fn run_with_store<S: LogStore>(
             source,
         }
     })?;
+    // Follower read requests of this start must never match answers meant for an
+    // earlier one (kv_raft::Config::boot_nonce); the incarnation only grows.
+    config.raft.boot_nonce = incarnation;
     let holds_data = !recovered.records.is_empty() || !recovered.snapshots.is_empty();
     let identity =
         registration::data_dir_identity(&opts.data_dir, holds_data).map_err(|source| {

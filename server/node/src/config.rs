@@ -48,8 +48,9 @@ pub struct NodeConfig {
 
 /// kvserver's Raft settings with the given timing. Followers learn the commit index from
 /// the next Append or heartbeat (no commit broadcast: a commit-only Append per entry costs
-/// 2 datagrams and a follower wake-up each), and heartbeats skip followers that just got
-/// an Append.
+/// 2 datagrams and a follower wake-up each), heartbeats skip followers that just got
+/// an Append, and followers serve linearizable gets themselves (ReadIndex asked of the
+/// leader) instead of redirecting them.
 pub fn kvserver_raft_config(
     node: NodeId,
     heartbeat_ticks: u32,
@@ -62,6 +63,7 @@ pub fn kvserver_raft_config(
         election_ticks_max,
         heartbeat_suppression: true,
         broadcast_commit: false,
+        follower_reads: true,
         ..kv_raft::Config::new(node, 0)
     }
 }

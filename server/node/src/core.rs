@@ -196,6 +196,9 @@ pub enum PlantedBug {
     /// append of a leader still replicating to it as a departing member, a snapshot from
     /// before its removal) instead of only on a snapshot that proves it was added back.
     RecreateOnStaleAdd,
+    /// A follower serves the gets its leader confirmed at once, from whatever it has
+    /// applied, without waiting to apply the confirmed read index.
+    FollowerReadBeforeApply,
 }
 
 /// A client request not yet answered.
@@ -263,6 +266,8 @@ pub struct NodeCore {
     remove_before_catch_up: bool,
     #[cfg(feature = "planted-bugs")]
     recreate_on_stale_add: bool,
+    #[cfg(feature = "planted-bugs")]
+    follower_read_before_apply: bool,
 }
 
 impl NodeCore {
@@ -348,6 +353,8 @@ impl NodeCore {
             remove_before_catch_up: false,
             #[cfg(feature = "planted-bugs")]
             recreate_on_stale_add: false,
+            #[cfg(feature = "planted-bugs")]
+            follower_read_before_apply: false,
         })
     }
 
@@ -370,6 +377,7 @@ impl NodeCore {
                 self.created_with_bootstrap_membership = true
             }
             PlantedBug::RemovedReplicaServesReads => self.removed_replica_serves_reads = true,
+            PlantedBug::FollowerReadBeforeApply => self.follower_read_before_apply = true,
             PlantedBug::RemoveBeforeCatchUp => self.remove_before_catch_up = true,
             PlantedBug::RecreateOnStaleAdd => self.recreate_on_stale_add = true,
         }
@@ -458,6 +466,9 @@ impl NodeCore {
                         && leader_alive
                         && self.tick_count >= g.recheck_until_tick
                         && g.waiting.is_empty()
+                        // Follower reads in flight need ticks to be resent or given up.
+                        && g.reads.is_empty()
+                        && g.confirmed_reads.is_empty()
                         && self.tick_count - g.last_msg_tick > 2 * hb;
                 }
                 if g.quiesced {

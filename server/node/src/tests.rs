@@ -12,6 +12,7 @@ use kv_shared::{ClientId, NodeId, ShardId};
 use kv_storage::{Record, Recovered};
 use std::collections::VecDeque;
 
+mod follower_reads;
 mod metadata;
 mod metadata_moves;
 mod move_steps;
@@ -1055,7 +1056,8 @@ fn a_node_without_the_shard_answers_with_its_replica_set() {
 
 /// A membership change bumps the shard's epoch to its entry's index on every replica; a
 /// follower answers a request routed by the older epoch with the new replica set (so the
-/// client learns it), and one routed by the current epoch with a plain redirect.
+/// client learns it), and serves a get routed by the current epoch itself (a follower
+/// read) while it redirects a put.
 #[test]
 fn a_membership_change_bumps_the_epoch_and_stale_routes_get_the_new_set() {
     let shard = ShardId(0);
@@ -1099,8 +1101,13 @@ fn a_membership_change_bumps_the_epoch_and_stale_routes_get_the_new_set() {
     current.epoch = index;
     c.request(f, 2, current);
     c.flush(f);
+    assert_eq!(c.reply_to(2), vec![Outcome::Value(None)]);
+    let mut current = put(1, 3, "k", "v");
+    current.epoch = index;
+    c.request(f, 3, current);
+    c.flush(f);
     assert_eq!(
-        c.reply_to(2),
+        c.reply_to(3),
         vec![Outcome::Error(ClientError::NotLeader {
             shard,
             leader: Some(NodeId(l as u64 + 1))

@@ -120,6 +120,14 @@ fn body() -> impl Strategy<Value = MessageBody> {
         (number(), number())
             .prop_map(|(commit, read_round)| MessageBody::Heartbeat { commit, read_round }),
         number().prop_map(|read_round| MessageBody::HeartbeatResp { read_round }),
+        number().prop_map(|request| MessageBody::ReadIndex { request }),
+        (number(), number(), any::<bool>()).prop_map(|(request, index, reject)| {
+            MessageBody::ReadIndexResp {
+                request,
+                index,
+                reject,
+            }
+        }),
         (
             number(),
             number(),

@@ -132,7 +132,9 @@ pub fn check_message(msg: &Message) -> Result<(), Refusal> {
         MessageBody::PreVoteResp { .. }
         | MessageBody::VoteResp { .. }
         | MessageBody::HeartbeatResp { .. }
+        | MessageBody::ReadIndex { .. }
         | MessageBody::TimeoutNow => Ok(()),
+        MessageBody::ReadIndexResp { index: i, .. } => index(*i),
         MessageBody::Append {
             prev_index,
             prev_term,

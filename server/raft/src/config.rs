@@ -76,6 +76,17 @@ pub struct Config {
     /// [`Refusal::SnapshotImageInvalid`](crate::Refusal::SnapshotImageInvalid)):
     /// persisted, it would fail every restart. `None` accepts every image.
     pub snapshot_image_check: Option<ImageCheck>,
+    /// A follower that knows its leader takes `read_index` too, asking the leader to
+    /// confirm its reads (`follower_read`); without it a follower refuses reads with
+    /// `NotLeader`, as before. A leader answers followers' requests either way.
+    /// Default false.
+    pub follower_reads: bool,
+    /// A value that differs each time this replica starts (the runtime draws one at
+    /// boot). The ids of its follower ReadIndex requests derive from it, so that a
+    /// leader's answer to a request of an earlier life, still in the network, is never
+    /// taken for the answer to a new one (its index may predate the new read). 0 (the
+    /// default) only suits a replica never restarted under the same config.
+    pub boot_nonce: u64,
 }
 
 /// Default of [`Config::committed_bytes_per_ready_max`]: a few Append batches' worth.
@@ -114,6 +125,8 @@ impl Config {
             vote_resend_ticks: None,
             pending_reads_max: kv_shared::limits::PENDING_REQUESTS_MAX,
             snapshot_image_check: None,
+            follower_reads: false,
+            boot_nonce: 0,
         }
     }
 

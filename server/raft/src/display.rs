@@ -118,6 +118,17 @@ impl fmt::Display for MessageBody {
             MessageBody::Committed { index, log_term } => {
                 write!(f, "Committed {index}/{log_term}")
             }
+            MessageBody::ReadIndex { request } => write!(f, "ReadIndex req={request}"),
+            MessageBody::ReadIndexResp {
+                request,
+                reject: true,
+                ..
+            } => write!(f, "ReadIndexResp req={request} REJECT"),
+            MessageBody::ReadIndexResp {
+                request,
+                index,
+                reject: false,
+            } => write!(f, "ReadIndexResp req={request} index={index}"),
         }
     }
 }

@@ -143,6 +143,7 @@ impl Raft {
     fn become_pre_candidate(&mut self) {
         // Term and vote stay: a failed pre-vote disturbs nobody (thesis 9.6).
         self.fail_reads_if_leader();
+        self.fail_follower_reads();
         self.role = RoleState::PreCandidate {
             votes: BTreeMap::new(),
         };
@@ -168,6 +169,7 @@ impl Raft {
             return; // see `hup`
         }
         self.fail_reads_if_leader();
+        self.fail_follower_reads();
         self.term += 1;
         self.vote = self.cfg.id;
         self.leader = None;
@@ -285,6 +287,9 @@ impl Raft {
     /// Follows `leader` (if known) in `term`; a higher term clears the vote.
     pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
         self.fail_reads_if_leader();
+        if term > self.term || leader != self.leader {
+            self.fail_follower_reads();
+        }
         if term > self.term {
             self.term = term;
             self.vote = NodeId::NONE;
@@ -330,8 +335,9 @@ impl Raft {
     /// Leadership lost (or abandoned): pending reads can no longer be confirmed.
     pub(crate) fn fail_reads_if_leader(&mut self) {
         if let RoleState::Leader(ls) = &mut self.role {
-            let failed = ls.reads.take_all();
-            self.failed_reads.extend(failed);
+            for reader in ls.reads.take_all() {
+                self.fail_read(reader);
+            }
         }
     }
 

@@ -29,9 +29,9 @@
 //! Layout: `node` (public API, dispatch), `config` (the settings), `ready` (what the
 //! caller gets and gives back), `persist` (writes and what waits for them), `check`,
 //! `display` (the one text form of messages and entries, for transcripts and traces),
-//! `election`, `replication` (with heartbeats and ReadIndex rounds), `snapshot`,
-//! `membership`, and the small pure pieces `log`, `progress`, `quorum`, `read_index`,
-//! `lease`.
+//! `election`, `replication` (with heartbeats and ReadIndex rounds), `follower_read`
+//! (ReadIndex asked of the leader by a follower), `snapshot`, `membership`, and the small
+//! pure pieces `log`, `progress`, `quorum`, `read_index`, `lease`.
 
 pub mod types;
 
@@ -48,6 +48,7 @@ pub use types::*;
 mod byzantine_tests;
 mod election;
 mod events;
+mod follower_read;
 mod lease;
 mod log;
 mod membership;

@@ -265,6 +265,7 @@ impl Raft {
                 // leads nothing any more. Knowing no leader lets this follower time out
                 // and elect (and keeps a caller from trusting a silent leader's node).
                 self.leader = None;
+                self.fail_follower_reads();
             }
             _ => {}
         }

@@ -77,6 +77,8 @@ pub enum PlantedBug {
     CommitPriorTermByCount,
     /// Send append acks and vote grants before the write they depend on is durable.
     AckBeforePersist,
+    /// A follower confirms its reads at its own commit index without asking the leader.
+    FollowerReadsOwnCommit,
 }
 
 /// Evaluates to true if `$bug` is planted; to `false` (compiled out) without the feature.
@@ -184,6 +186,8 @@ pub struct Raft {
     pub(crate) leaderless_timeouts: u32,
     /// ReadIndex round ids never repeat in this replica's lifetime.
     pub(crate) next_read_round: u64,
+    /// Reads this replica asked its leader to confirm (only a follower holds any).
+    pub(crate) follower_reads: crate::follower_read::FollowerReads,
     /// Nodes outside the membership that asked this replica for a Vote of a higher term:
     /// members removed while cut off, campaigning without PreVote. A leader asked sends
     /// them the log at once (`replicate_to_removed_campaigner`), but the Vote deposes it
@@ -259,6 +263,7 @@ impl Raft {
         }
         let mut raft = Raft {
             rng: SmallRng::seed_from_u64(config.seed),
+            follower_reads: crate::follower_read::FollowerReads::new(config.boot_nonce),
             cfg: config,
             term: hard_state.term,
             vote: hard_state.vote,
@@ -319,6 +324,7 @@ impl Raft {
         if matches!(self.role, RoleState::Leader(_)) {
             self.tick_leader();
         } else {
+            self.tick_follower_reads();
             self.tick_election();
         }
     }
@@ -422,38 +428,19 @@ impl Raft {
         Ok((index, term))
     }
 
-    /// Starts a linearizable read. When a quorum confirms this leader is still leader, a
-    /// [`ReadState`] with `ctx` appears in a later `Ready`. Many reads share one round.
+    /// Starts a linearizable read. When a quorum confirms that the leader is still
+    /// leader, a [`ReadState`] with `ctx` appears in a later `Ready` (or `ctx` in
+    /// `failed_reads`). Many reads share one round. On a follower that knows its leader
+    /// (with `Config::follower_reads`), the reads issued before the next `ready()` go to
+    /// the leader in one request
+    /// (`follower_read`); the `ReadState` then carries the leader's commit index, which
+    /// the caller applies before serving. Elsewhere: [`ProposeError::NotLeader`].
     pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
-        let me = self.cfg.id;
-        let commit = self.log.commit;
-        let single = self.membership.voters == [me];
-        let limit = self.cfg.pending_reads_max;
-        let lease = self.lease_valid();
-        let RoleState::Leader(ls) = &mut self.role else {
-            return Err(ProposeError::NotLeader {
-                leader: self.leader,
-            });
-        };
-        if ls.reads.len() >= limit {
-            // A limit on everything: a leader whose followers do not answer must not
-            // grow without bound; the caller retries or fails the request.
-            return Err(ProposeError::TooManyPendingReads { limit });
-        }
-        if commit < ls.term_start {
-            // Thesis 6.4 step 1: the commit index is only known current once an entry of
-            // this term is committed.
-            ls.reads.wait_for_term_commit(ctx);
-        } else if single || lease {
-            self.reads_ready.push(ReadState { ctx, index: commit });
+        if matches!(self.role, RoleState::Leader(_)) {
+            self.leader_read(crate::read_index::Reader::Local(ctx))
         } else {
-            let next = &mut self.next_read_round;
-            ls.reads.add(ctx, commit, me, || {
-                *next += 1;
-                *next - 1
-            });
+            self.read_index_at_follower(ctx)
         }
-        Ok(())
     }
 
     /// A replica without a leader asks `nodes` other than its voters whether one of them
@@ -565,6 +552,7 @@ impl Raft {
     /// followers that are all paused sends nothing and leaves nothing to do.
     pub fn has_ready(&mut self) -> bool {
         self.flush_leader_sends();
+        self.flush_follower_reads();
         self.has_output()
     }
 
@@ -584,6 +572,7 @@ impl Raft {
     /// Takes the work accumulated since the last call.
     pub fn ready(&mut self) -> Ready {
         self.flush_leader_sends();
+        self.flush_follower_reads();
         let write = self.needs_write().then(|| self.take_write());
         let apply_snapshot = self.snapshot_ready.take();
         if let Some(s) = &apply_snapshot {
@@ -872,6 +861,12 @@ impl Raft {
                 }
             }
             MessageBody::TimeoutNow if self.promotable() => self.campaign(true),
+            MessageBody::ReadIndex { request } => self.refuse_remote_read(msg.from, request),
+            MessageBody::ReadIndexResp {
+                request,
+                index,
+                reject,
+            } => self.on_read_index_resp(msg.from, request, index, reject),
             _ => {}
         }
     }
@@ -891,6 +886,7 @@ impl Raft {
             MessageBody::VoteResp { reject } => {
                 self.record_vote(msg.from, msg.term, false, !reject)
             }
+            MessageBody::ReadIndex { request } => self.refuse_remote_read(msg.from, request),
             _ => {}
         }
     }

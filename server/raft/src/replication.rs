@@ -183,6 +183,7 @@ impl Raft {
                 ls.lease.echoed(m.from, read_round);
                 self.check_reads();
             }
+            MessageBody::ReadIndex { request } => self.on_read_index(m.from, request),
             MessageBody::InstallSnapshotResp {
                 snapshot_index,
                 received,
@@ -290,21 +291,19 @@ impl Raft {
         let commit = index;
         let me = self.cfg.id;
         let single = self.membership.voters == [me];
-        if let RoleState::Leader(ls) = &mut self.role {
-            if commit >= ls.term_start {
-                let waiting = ls.reads.take_waiting();
-                for ctx in waiting {
-                    if single {
-                        self.reads_ready
-                            .push(crate::ReadState { ctx, index: commit });
-                    } else {
-                        let next = &mut self.next_read_round;
-                        ls.reads.add(ctx, commit, me, || {
-                            *next += 1;
-                            *next - 1
-                        });
-                    }
-                }
+        let waiting = match &mut self.role {
+            RoleState::Leader(ls) if commit >= ls.term_start => ls.reads.take_waiting(),
+            _ => Vec::new(),
+        };
+        for reader in waiting {
+            if single {
+                self.release_read(reader, commit);
+            } else if let RoleState::Leader(ls) = &mut self.role {
+                let next = &mut self.next_read_round;
+                ls.reads.add(reader, commit, me, || {
+                    *next += 1;
+                    *next - 1
+                });
             }
         }
         self.apply_conf_changes(old, index);
@@ -315,8 +314,9 @@ impl Raft {
         let RoleState::Leader(ls) = &mut self.role else {
             return;
         };
-        let done = ls.reads.take_confirmed(&self.membership.voters);
-        self.reads_ready.extend(done);
+        for (reader, index) in ls.reads.take_confirmed(&self.membership.voters) {
+            self.release_read(reader, index);
+        }
     }
 
     /// Follower side of AppendEntries.

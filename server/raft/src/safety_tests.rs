@@ -346,7 +346,7 @@ fn an_expired_or_woken_lease_serves_no_stale_read_after_the_clock_stopped() {
     assert_eq!(isolated_lease_holder_reads(true, |r| r.wake()), None);
 }
 
-/// A planted vote or persistence bug must really break safety: some seed of the same
+/// A planted vote, persistence or follower-read bug must really break safety: some seed of the same
 /// randomized run catches it (this is what proves the checks above can fail). The
 /// Figure 8 bug needs a precise schedule; `transcripts::figure8_planted_bug_is_caught`
 /// covers it.
@@ -354,7 +354,7 @@ fn an_expired_or_woken_lease_serves_no_stale_read_after_the_clock_stopped() {
 #[test]
 fn planted_bugs_are_caught() {
     use crate::PlantedBug::*;
-    for bug in [GrantSecondVote, AckBeforePersist] {
+    for bug in [GrantSecondVote, AckBeforePersist, FollowerReadsOwnCommit] {
         let caught =
             (0..400).any(|seed| std::panic::catch_unwind(|| run_seed(seed, 3000, &[bug])).is_err());
         assert!(caught, "{bug:?} was never caught");

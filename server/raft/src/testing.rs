@@ -66,6 +66,7 @@ pub(crate) fn test_config() -> Config {
         inflight_appends_max: 4,
         snapshot_chunk_bytes_max: 8,
         pending_reads_max: 1000,
+        follower_reads: true,
         ..Config::new(NodeId(0), 0)
     }
 }
@@ -74,6 +75,10 @@ pub(crate) fn test_config() -> Config {
 pub(crate) struct Cluster {
     pub nodes: BTreeMap<u64, Node>,
     pub net: VecDeque<Message>,
+    /// Messages taken out of the network to be delivered later (`stash`, `unstash`).
+    pub stashed: Vec<Message>,
+    /// Starts of each node so far: its `boot_nonce`, new on every restart.
+    boots: BTreeMap<u64, u64>,
     /// Directed links that drop everything.
     pub cut: BTreeSet<(u64, u64)>,
     pub out: String,
@@ -105,6 +110,8 @@ impl Cluster {
         let mut c = Cluster {
             nodes: BTreeMap::new(),
             net: VecDeque::new(),
+            stashed: Vec::new(),
+            boots: BTreeMap::new(),
             cut: BTreeSet::new(),
             out: String::new(),
             quiet: false,
@@ -131,7 +138,12 @@ impl Cluster {
 
     /// Starts (or replaces) node `id` from `disk`.
     pub fn add_node(&mut self, id: u64, disk: Disk) {
-        let cfg = self.config(id);
+        let boot = self.boots.entry(id).or_insert(0);
+        *boot += 1;
+        let cfg = Config {
+            boot_nonce: *boot,
+            ..self.config(id)
+        };
         let restored = Restored {
             hard_state: disk.hs,
             snapshot: disk.snapshot.clone(),

@@ -8,7 +8,7 @@
 //! - `cluster n=3 [learners=(4,5)] [prevote=false] [checkquorum=false] [append-bytes=N]
 //!   [inflight=N] [chunk=N] [snap-window=N] [seed=N] [lease=true] [suppress=true]
 //!   [bcast-commit=false] [retransmit=N] [backoff-max=N] [vote-resend=N]
-//!   [reads-max=N]` : a fresh cluster (options as in `Config`; timing is election
+//!   [reads-max=N] [follower-reads=false]` : a fresh cluster (options as in `Config`; timing is election
 //!   10..20, heartbeat 2).
 //! - `set-log id=N term=T entries=(1,1,2)` : restart node `id` with that durable log
 //!   (entry terms) and term.
@@ -16,8 +16,10 @@
 //!   `elect id=N` (campaign then stabilize).
 //! - `deliver [n=K]` one (or K) rounds, `stabilize`, `drop`: discard messages in flight,
 //!   `drop-first` with a line of text as input: discard the first message in flight
-//!   whose line contains that text.
-//! - `partition a=.. b=..` (cut links between the groups), `isolate id=N`, `heal`.
+//!   whose line contains that text; `stash` likewise takes it out of the network and
+//!   keeps it, `unstash` puts every stashed message back in flight (a late delivery).
+//! - `partition a=.. b=..` (cut links between the groups), `cut from=N to=M` (one
+//!   direction only), `isolate id=N`, `heal`.
 //! - `hold ids=..` (keep writes pending), `persist id=N [n=K]`, `crash id=N`,
 //!   `restart id=N`.
 //! - `propose id=N data=WORD`, `read id=N ctx=(5,6)`, `transfer id=N to=M`,
@@ -92,6 +94,7 @@ fn run_cmd(c: &mut Option<Cluster>, case: &TestCase) -> String {
             retransmit_backoff_ticks_max: opt(case, "backoff-max").map(|v| num(&v) as u32),
             vote_resend_ticks: opt(case, "vote-resend").map(|v| num(&v) as u32),
             pending_reads_max: u("reads-max", d.pending_reads_max),
+            follower_reads: b("follower-reads", d.follower_reads),
             ..d
         };
         *c = Some(Cluster::new(
@@ -170,6 +173,20 @@ fn run_cmd(c: &mut Option<Cluster>, case: &TestCase) -> String {
                 .expect("present");
             c.line(format!("{m} DROPPED"));
         }
+        "stash" => {
+            let pat = case.input.trim();
+            let pos = c.net.iter().position(|m| m.to_string().contains(pat));
+            let m = c
+                .net
+                .remove(pos.expect("no such message in flight"))
+                .expect("present");
+            c.line(format!("{m} STASHED"));
+            c.stashed.push(m);
+        }
+        "unstash" => {
+            let stashed = std::mem::take(&mut c.stashed);
+            c.net.extend(stashed);
+        }
         "partition" => {
             let (a, b) = (ids(c, case, "a"), ids(c, case, "b"));
             for x in &a {
@@ -178,6 +195,10 @@ fn run_cmd(c: &mut Option<Cluster>, case: &TestCase) -> String {
                     c.cut.insert((*y, *x));
                 }
             }
+        }
+        "cut" => {
+            let (from, to) = (num(&arg(case, "from")), num(&arg(case, "to")));
+            c.cut.insert((from, to));
         }
         "isolate" => {
             let id = id();
@@ -204,6 +225,7 @@ fn run_cmd(c: &mut Option<Cluster>, case: &TestCase) -> String {
                 "GrantSecondVote" => crate::PlantedBug::GrantSecondVote,
                 "CommitPriorTermByCount" => crate::PlantedBug::CommitPriorTermByCount,
                 "AckBeforePersist" => crate::PlantedBug::AckBeforePersist,
+                "FollowerReadsOwnCommit" => crate::PlantedBug::FollowerReadsOwnCommit,
                 other => panic!("unknown bug {other}"),
             };
             c.planted.push(bug);

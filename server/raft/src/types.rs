@@ -200,6 +200,25 @@ pub enum MessageBody {
         /// Its term.
         log_term: Term,
     },
+    /// A follower asks its leader to confirm a batch of reads (ReadIndex at a follower,
+    /// thesis 6.4): every read waiting at the follower when it was sent. The reads
+    /// themselves stay at the follower; only the request id travels.
+    ReadIndex {
+        /// Chosen by the follower, unique across its restarts (`Config::boot_nonce`).
+        request: u64,
+    },
+    /// Answer to ReadIndex, once the leader confirmed its leadership after the request
+    /// arrived (a heartbeat round, or its lease).
+    ReadIndexResp {
+        /// Echo of the request id.
+        request: u64,
+        /// The leader's commit index when the request arrived: the follower serves the
+        /// batch once it has applied this index.
+        index: Index,
+        /// True if the receiver could not take the request (not leader, too many pending
+        /// reads): the follower fails the batch at once instead of waiting.
+        reject: bool,
+    },
 }
 
 /// A ReadIndex request that may now be served: once the state machine has applied

@@ -50,7 +50,14 @@ struct Pending {
     /// A stale read (`Op::Get { stale: true }`): any replica answers from its own state,
     /// so it is left out of the linearizability check.
     stale: bool,
+    /// A linearizable get sent to any replica of the shard rather than its cached
+    /// leader, so that followers serve it (ReadIndex asked of the leader); it is checked
+    /// for linearizability like every other get.
+    anywhere: bool,
 }
+
+/// Percent of a client's linearizable gets sent to any replica (`Pending::anywhere`).
+pub const FOLLOWER_READ_PERCENT: u64 = 30;
 
 /// Workload timing.
 #[derive(Clone, Copy, Debug)]
@@ -188,10 +195,11 @@ impl Client {
 
     /// The cached leader of the key's shard, else the next of its known replicas (of all
     /// nodes while none are known).
-    /// A stale read goes to any of the shard's known replicas.
-    fn target(&mut self, key: &Bytes, stale: bool, nodes: &[NodeId], shards: u32) -> NodeId {
+    /// A read sent `anywhere` (stale, or to a follower) goes to any of the shard's known
+    /// replicas.
+    fn target(&mut self, key: &Bytes, anywhere: bool, nodes: &[NodeId], shards: u32) -> NodeId {
         let s = shard_for_key(key, shards).0 as usize;
-        if let (Some(l), false) = (self.leader_cache[s], stale) {
+        if let (Some(l), false) = (self.leader_cache[s], anywhere) {
             return l;
         }
         let candidates = match &self.routes[s] {
@@ -302,6 +310,14 @@ impl Client {
             && !self.stopped
             && self.stale_read_percent > 0
             && rng.gen_range(0..100) < self.stale_read_percent;
+        // From the sequence number, not the run's RNG, so that every draw of an existing
+        // seed stays the same.
+        let spread = (self.seq + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+        let anywhere = op == KvOp::Get
+            && !stale
+            && self.script.is_empty()
+            && !self.stopped
+            && spread % 100 < FOLLOWER_READ_PERCENT;
         let key = keys[key_index].clone();
         let shard = shard_for_key(&key, shards).0 as usize;
         let opens = op != KvOp::Get && !self.open_shards[shard];
@@ -330,14 +346,15 @@ impl Client {
             sent: false,
             opens,
             stale,
+            anywhere,
         });
         self.send(now_ns, nodes, shards, t)
     }
 
     fn send(&mut self, now_ns: u64, nodes: &[NodeId], shards: u32, t: &ClientTiming) -> Action {
         let p = self.pending.as_ref().expect("pending");
-        let (key, stale) = (p.key.clone(), p.stale);
-        let node = self.target(&key, stale, nodes, shards);
+        let (key, anywhere) = (p.key.clone(), p.stale || p.anywhere);
+        let node = self.target(&key, anywhere, nodes, shards);
         let route_epoch = self.routes[shard_for_key(&key, shards).0 as usize]
             .as_ref()
             .map_or(0, |r| r.epoch);

@@ -207,6 +207,18 @@ fn planted_read_without_read_index_is_caught() {
     assert_caught(PlantedBug::ReadWithoutReadIndex, None, &["linearizability"]);
 }
 
+// Clients send some linearizable gets to any replica; a follower that serves them once
+// its leader confirmed the read index, but before applying that index, misses writes
+// acknowledged before the get began.
+#[test]
+fn planted_follower_read_before_apply_is_caught() {
+    assert_caught(
+        PlantedBug::FollowerReadBeforeApply,
+        None,
+        &["linearizability"],
+    );
+}
+
 // Moves seeds that once failed, one per bug: 1 (a move back to a node holding the
 // shard's tombstone waited MOVE_CATCH_UP_TICKS_MAX), 2 (a member removed while cut off
 // campaigned forever), 25 and 82 (a snapshot's membership taken from Raft's commit, not

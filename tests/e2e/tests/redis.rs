@@ -305,6 +305,49 @@ fn reads_the_node_leads_skip_the_udp_client() {
     assert_eq!(resp_gets(&after) - resp_gets(&before), 20.0);
 }
 
+/// A GET whose shard another node leads, sent to a node holding a follower replica
+/// (every node holds every shard here), is served by that follower: no UDP get reaches
+/// the connected node or the leader (the gateway used to forward it), and every GET reads
+/// the value just written through the leader, though the follower may not have applied it.
+#[test]
+fn reads_of_shards_the_node_follows_are_served_there() {
+    let (cluster, leaders) = start(3);
+    let (&shard, &leader) = leaders.iter().next().expect("a led shard");
+    let node = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower node");
+    let key = (0..)
+        .map(|i| format!("follow{i}"))
+        .find(|k| kv_shared::shard::shard_for_key(k.as_bytes(), 4) == shard)
+        .unwrap();
+    let udp_gets = |m: &prometheus_parse::Scrape| {
+        sample(
+            m,
+            "raftkv_requests_total",
+            &[("front_end", "udp"), ("op", "get")],
+        )
+    };
+    let mut con = connect(&cluster, node, false);
+    let before = [
+        scrape(cluster.http_addr(node)),
+        scrape(cluster.http_addr(leader)),
+    ];
+    for i in 0..10 {
+        let value = format!("v{i}");
+        assert_eq!(q::<String>(&mut con, &["SET", &key, &value]), "OK");
+        assert_eq!(q::<String>(&mut con, &["GET", &key]), value);
+    }
+    let after = [
+        scrape(cluster.http_addr(node)),
+        scrape(cluster.http_addr(leader)),
+    ];
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(udp_gets(a), udp_gets(b), "a GET crossed UDP");
+    }
+}
+
 /// Pipelined SETs of fresh keys from several connections to one node while the leader
 /// of a shard on another node is killed -9: every SET answered `OK` must be readable
 /// afterwards with its value.

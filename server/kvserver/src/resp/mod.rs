@@ -5,7 +5,9 @@
 //! [`kvcli::Client`] per user (`users.rs`: RESP users are the client keys), with shard
 //! routing, a leader cache and retries under the same session sequence number, so a
 //! command reaches the key's shard leader wherever that is. Reads this node can answer
-//! itself skip the client and enter the node's core directly (`local.rs`).
+//! itself skip the client and enter the node's core directly (`local.rs`): every get of
+//! a shard this node holds a replica of, since a follower serves linearizable gets too
+//! (its leader confirms the read index).
 //!
 //! Per connection: the input buffer is bounded ([`QUERY_BUFFER_BYTES_MAX`]); every
 //! complete command in it is planned, runs of pipelined single-key operations on
@@ -59,6 +61,9 @@ pub struct Gateway {
     node: NodeId,
     /// Reads this node can answer go straight to its core (`local.rs`).
     local: LocalSender,
+    /// The shards this node holds a replica of in the bootstrap placement: where a get
+    /// goes while the client has not learned a shard's replica set (no move yet).
+    bootstrap_shards: std::collections::BTreeSet<kv_shared::ShardId>,
     metrics: Metrics,
     connections: Arc<Semaphore>,
     connected: AtomicUsize,
@@ -69,12 +74,14 @@ pub struct Gateway {
 
 impl Gateway {
     /// A gateway for node `node` talking to the cluster through `client` and to its own
-    /// core through `local`.
+    /// core through `local`; `bootstrap_shards` are the shards the node holds at
+    /// bootstrap.
     pub fn new(
         client: Client,
         users: Users,
         node: NodeId,
         local: LocalSender,
+        bootstrap_shards: std::collections::BTreeSet<kv_shared::ShardId>,
         metrics: Metrics,
         listen: String,
     ) -> Arc<Gateway> {
@@ -83,6 +90,7 @@ impl Gateway {
             users,
             node,
             local,
+            bootstrap_shards,
             metrics,
             connections: Arc::new(Semaphore::new(REDIS_CONNECTIONS_MAX)),
             connected: AtomicUsize::new(0),
@@ -373,7 +381,7 @@ impl Connection {
             for op in ops {
                 if self.answers_locally(&op) {
                     let (answer, rx) = oneshot::channel();
-                    let request = self.local_request(op.clone());
+                    let request = self.local_request(op.clone(), self.route_epoch(&op));
                     // If the event loop is gone the receiver fails and the read falls back.
                     let _ = self.gateway.local.send(LocalRead { request, answer });
                     answers.push(Answer::Local(rx, op));
@@ -431,26 +439,48 @@ impl Connection {
     }
 
     /// True if `op` is a read this node's core can answer itself: a stale read (any
-    /// replica may), or a linearizable one whose shard this node led when last heard.
+    /// replica may), or a linearizable one of a shard this node leads or holds as a
+    /// voter (a follower serves it, its leader confirming the read index), as the
+    /// client last learned the shard's replica set (the bootstrap placement until then).
+    /// A guess that is wrong costs one local round trip: the core answers `StaleRoute`
+    /// or `NotLeader` and the read falls back to the cluster client.
     fn answers_locally(&self, op: &Op) -> bool {
         let client = self.client();
+        let me = self.gateway.node;
         match op {
             Op::Get { stale: true, .. } => true,
-            Op::Get { key, stale: false } => client
-                .shard_of(key)
-                .and_then(|shard| client.cached_leader(shard))
-                .is_some_and(|leader| leader.id == Some(self.gateway.node)),
+            Op::Get { key, stale: false } => client.shard_of(key).is_some_and(|shard| {
+                let leads = client
+                    .cached_leader(shard)
+                    .is_some_and(|leader| leader.id == Some(me));
+                let holds = match client.cached_route(shard) {
+                    Some(route) => route.voters.contains(&me),
+                    None => self.gateway.bootstrap_shards.contains(&shard),
+                };
+                leads || holds
+            }),
             _ => false,
         }
     }
 
-    /// `op` as a request from this connection's reader id, under a fresh sequence number.
-    fn local_request(&mut self, op: Op) -> ClientRequest {
+    /// The epoch of the replica set the client knows for `op`'s shard (0 until it has
+    /// learned one): a follower serves a get only under its current epoch.
+    fn route_epoch(&self, op: &Op) -> u64 {
+        let client = self.client();
+        op.key()
+            .and_then(|key| client.shard_of(key))
+            .and_then(|shard| client.cached_route(shard))
+            .map_or(0, |route| route.epoch)
+    }
+
+    /// `op` as a request from this connection's reader id, under a fresh sequence number,
+    /// routed by `epoch`.
+    fn local_request(&mut self, op: Op, epoch: u64) -> ClientRequest {
         self.next_read_seq += 1;
         ClientRequest {
             client: self.reader,
             seq: self.next_read_seq,
-            epoch: 0,
+            epoch,
             op,
         }
     }

@@ -155,7 +155,12 @@ impl NodeCore {
     }
 
     pub(super) fn serve_confirmed_reads(&mut self, g: ShardId) {
-        let applied = self.groups[g].sm.applied_index();
+        #[cfg_attr(not(feature = "planted-bugs"), allow(unused_mut))]
+        let mut applied = self.groups[g].sm.applied_index();
+        #[cfg(feature = "planted-bugs")]
+        if self.follower_read_before_apply && self.groups[g].soft.role != Role::Leader {
+            applied = u64::MAX;
+        }
         let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.groups[g].confirmed_reads)
             .into_iter()
             .partition(|(index, _)| *index <= applied);
@@ -265,6 +270,8 @@ impl NodeCore {
                     )),
                     None => reads.push(id),
                 }
+            } else if self.serves_follower_read(g, &r.req) {
+                reads.push(id);
             } else {
                 self.redirect_or_hold(g, id, soft.leader.filter(|l| *l != me), shard);
             }
@@ -365,6 +372,25 @@ impl NodeCore {
             }
         };
         self.reply(id, Outcome::Error(e));
+    }
+
+    /// True if this replica serves linearizable get `req` as a follower, its leader
+    /// confirming the read index (`kv_raft::Config::follower_reads`): it follows a known
+    /// leader as a voter of its own membership (a learner may be a move's target still
+    /// catching up; a replica outside its membership was removed or not yet added), and
+    /// the client routed by the replica set this replica knows: by an older one it gets
+    /// `StaleRoute` with the current set, as from any follower; by a newer one this
+    /// replica may have been removed without knowing. Anything else is redirected as
+    /// before.
+    fn serves_follower_read(&self, g: ShardId, req: &ClientRequest) -> bool {
+        let me = self.config.node;
+        let group = &self.groups[g];
+        self.config.raft.follower_reads
+            && matches!(req.op, Op::Get { stale: false, .. })
+            && group.soft.role == Role::Follower
+            && group.soft.leader.is_some_and(|l| l != me)
+            && group.raft.membership().voters.contains(&me)
+            && req.epoch == group.sm.membership_epoch()
     }
 
     fn is_voter(&self, g: ShardId, node: NodeId) -> bool {

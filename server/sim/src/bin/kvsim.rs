@@ -35,6 +35,7 @@ enum Plant {
     RemovedReplicaServesReads,
     RemoveBeforeCatchUp,
     RecreateOnStaleAdd,
+    FollowerReadBeforeApply,
 }
 
 /// Deterministic simulation of a raftkv cluster.
@@ -160,6 +161,7 @@ fn options(args: &Args, seed: u64) -> Result<SimOptions> {
             Plant::RemovedReplicaServesReads => B::RemovedReplicaServesReads,
             Plant::RemoveBeforeCatchUp => B::RemoveBeforeCatchUp,
             Plant::RecreateOnStaleAdd => B::RecreateOnStaleAdd,
+            Plant::FollowerReadBeforeApply => B::FollowerReadBeforeApply,
         };
         o.node_hook = Some(std::sync::Arc::new(move |core: &mut kv_node::NodeCore| {
             core.plant_bug(bug)

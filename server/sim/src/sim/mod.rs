@@ -583,7 +583,11 @@ impl Sim {
         )
         .expect("the sim disk recovers");
         let logs = tracked_logs(&recovered, self.shards, &node.config);
-        let mut core = match NodeCore::new(node.config.clone(), recovered) {
+        let mut config = node.config.clone();
+        // A new nonce per start, as kvserver's incarnation: a follower read's answer
+        // from before a restart must not confirm a read after it.
+        config.raft.boot_nonce = node.inc;
+        let mut core = match NodeCore::new(config, recovered) {
             Ok(c) => c,
             Err(e) => {
                 return self.fail(Violation {
