@@ -4,11 +4,13 @@
 //!
 //! kv-raft has native versions of some of these behaviours (`retransmit_ticks` with
 //! `retransmit_backoff_ticks_max`, `heartbeat_suppression`); course mode does not use
-//! them yet (docs/COURSE_MODE.md, "Why the policy is not kv-raft's own"): its periods are
+//! them yet (docs/COURSE_MODE.md, "What is not kv-raft's own yet"): its periods are
 //! below the 10 ms tick, native suppression counts an append this policy holds as
 //! contact, and the targeted release, loss-driven widening and deferral have no kv-raft
-//! counterpart. The leader lease for gets (`lease_reads`) and vote resends
-//! (`Raft::resend_vote_requests`, timed by [`crate::vote_resend`]) are kv-raft's own.
+//! counterpart. The leader lease for gets (`lease_reads`), vote resends
+//! (`Raft::resend_vote_requests`, timed by [`crate::vote_resend`]) and heartbeat resends
+//! (`heartbeat_resend_ticks`, switched by [`wants_heartbeat_resends`]) are kv-raft's
+//! own.
 //!
 //! - Lazy followers: a leader needs acknowledgements from `quorum - 1` followers to
 //!   commit, so it sends appends at once only to that many ("fast" followers). Appends to
@@ -22,7 +24,8 @@
 //!   Not after a leader change (kills and partitions bring their own slow requests).
 //! - Wide sending and a precise stall timer under heavy loss, decided by the drop rate
 //!   measured from sequence numbers ([`crate::loss`]).
-//! - Silent followers (dead or cut off) get only their heartbeats.
+//! - Silent followers (dead or cut off) get only their heartbeats (and, from kv-raft's
+//!   `silent_follower_ticks`, no heartbeat resends).
 //! - Commit piggybacking: an append without entries only spreads a new commit index; a
 //!   fast follower gets it with its next append or heartbeat, not in a datagram of its own.
 //! - Heartbeat suppression: a fast follower that acknowledged an append within the last
@@ -126,34 +129,7 @@ struct Peer {
     /// Copies of the appends with entries sent since the peer last answered one, to
     /// resend when a commit stalls (a duplicate append is harmless to Raft).
     unacked: Vec<GroupMessage>,
-    /// The heartbeat last sent to this peer and not echoed yet (see
-    /// [`SendPolicy::resends_heartbeats`]).
-    beat_ask: Option<Ask>,
 }
-
-/// An unechoed heartbeat, resent a few times under loss: a follower that misses two or
-/// three heartbeats in a row starts an election, and at 30% loss, before any put flows,
-/// the others have often missed them too and grant it. A repeated heartbeat is harmless:
-/// it carries the same read round, whose lease counts from the first copy's send, and a
-/// follower's promise not to vote counts from when it hears a copy, so later. (Vote
-/// requests are resent by kv-raft, on the runtime's timer: [`crate::vote_resend`].)
-#[derive(Debug)]
-struct Ask {
-    msg: GroupMessage,
-    /// When it was (re)sent last.
-    sent: Instant,
-    /// Resends so far.
-    resends: u32,
-}
-
-/// First wait before a heartbeat is resent (a harness round trip is ~0.5 ms); it doubles
-/// with each resend.
-pub const RESEND_FIRST: Duration = Duration::from_millis(5);
-
-/// Resends of one heartbeat at most (5, 10, 20 ms): a dead or cut-off follower costs
-/// three more datagrams per heartbeat, and at 30% loss a follower that answers misses
-/// all four copies 7% of the time instead of 51%.
-pub const RESENDS_MAX: u32 = 3;
 
 /// Leadership as this policy tracks it.
 #[derive(Debug)]
@@ -261,7 +237,6 @@ impl SendPolicy {
                 }
                 MessageBody::HeartbeatResp { .. } => {
                     peer.ack = Some((gm.msg.term, now));
-                    peer.beat_ask = None;
                 }
                 _ => {}
             }
@@ -274,11 +249,6 @@ impl SendPolicy {
             None => self.first_leader = view.leader,
             Some(first) if view.leader != Some(first) => self.leader_changed = true,
             Some(_) => {}
-        }
-        if view.role != Role::Leader {
-            for p in self.peers.values_mut() {
-                p.beat_ask = None;
-            }
         }
         if view.role == Role::Leader {
             if self.leading.as_ref().map(|l| l.term) != Some(view.term) {
@@ -452,25 +422,9 @@ impl SendPolicy {
     }
 
     fn note_sent(&mut self, dst: NodeId, msgs: &[GroupMessage], now: Instant) {
-        // A silent follower (dead, most likely) gets its heartbeat once.
-        let resend_beats =
-            self.resends_heartbeats() && self.peers.get(&dst).is_some_and(|p| !self.silent(p, now));
         let Some(p) = self.peers.get_mut(&dst) else {
             return;
         };
-        if resend_beats {
-            if let Some(gm) = msgs
-                .iter()
-                .rev()
-                .find(|gm| matches!(gm.msg.body, MessageBody::Heartbeat { .. }))
-            {
-                p.beat_ask = Some(Ask {
-                    msg: gm.clone(),
-                    sent: now,
-                    resends: 0,
-                });
-            }
-        }
         for gm in msgs {
             if let MessageBody::Append { entries, .. } = &gm.msg.body {
                 p.append_sent = Some(now);
@@ -596,44 +550,8 @@ impl SendPolicy {
         Some(ranked.into_iter().take(need).map(|r| r.3).collect())
     }
 
-    /// Whether a leader resends unechoed heartbeats: while the drop rate is unknown (a
-    /// run's first seconds, when heartbeats are all the traffic) or heavy (see
-    /// [`WIDE_ENTER_LOSS`]). Without loss every echo comes back and nothing is resent;
-    /// under light loss a missed heartbeat or two cost nothing, since the followers that
-    /// heard the leader refuse a PreVote.
-    fn resends_heartbeats(&self) -> bool {
-        self.leading.is_some() && self.loss.is_none_or(|l| l >= WIDE_ENTER_LOSS)
-    }
-
-    /// Heartbeats due for a resend (see [`Ask`]), while this replica leads.
-    pub fn resend_unanswered(&mut self, now: Instant) -> Vec<(NodeId, Vec<GroupMessage>)> {
-        let mut out = Vec::new();
-        for (&id, p) in self.peers.iter_mut() {
-            let Some(a) = &mut p.beat_ask else {
-                continue;
-            };
-            if now < resend_at(a) {
-                continue;
-            }
-            a.sent = now;
-            a.resends += 1;
-            out.push((id, vec![a.msg.clone()]));
-            if a.resends == RESENDS_MAX {
-                p.beat_ask = None;
-            }
-        }
-        out
-    }
-
-    /// When [`SendPolicy::release_if_stalled`] or [`SendPolicy::resend_unanswered`] next
-    /// has something to do.
+    /// When [`SendPolicy::release_if_stalled`] next has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let beats = self
-            .peers
-            .values()
-            .filter_map(|p| p.beat_ask.as_ref())
-            .map(resend_at)
-            .min();
         let stall = self.uncommitted_since.filter(|_| {
             self.leading.is_some()
                 && self
@@ -643,23 +561,27 @@ impl SendPolicy {
         });
         // The stall is noted after `stall` (the stall rate's sample) even while the
         // release is deferred.
-        let stall = stall.map(|since| {
+        stall.map(|since| {
             let noted = since + self.stall_wait.max(self.settings.stall);
             if self.overdue {
                 self.release_at(since)
             } else {
                 noted
             }
-        });
-        match (beats, stall) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        })
     }
 }
 
-fn resend_at(ask: &Ask) -> Instant {
-    ask.sent + RESEND_FIRST * 2u32.pow(ask.resends)
+/// Whether a leader should resend unechoed heartbeats (kv-raft's
+/// `heartbeat_resend_ticks`, switched by the runtime) at measured drop rate `loss`:
+/// while it is unknown (a run's first seconds, when heartbeats are all the traffic) or
+/// heavy (see [`WIDE_ENTER_LOSS`]). At 30% loss a follower that misses two or three
+/// heartbeats in a row starts an election before any put flows, and the others, having
+/// missed theirs too, grant it. Without loss every echo comes back and nothing is
+/// resent; under light loss a missed heartbeat or two cost nothing, since the followers
+/// that heard the leader refuse a PreVote.
+pub fn wants_heartbeat_resends(loss: Option<f64>) -> bool {
+    loss.is_none_or(|l| l >= WIDE_ENTER_LOSS)
 }
 
 /// An append without entries: the leader spreading a new commit index (kv-raft sends one

@@ -11,7 +11,7 @@ use crate::handoff::{CommitNotice, Duty, Handoff, SideInfo};
 use crate::ids::{CourseId, Roster};
 use crate::loss::{LossMeter, SendCounter};
 use crate::peer;
-use crate::policy::{SendPolicy, View};
+use crate::policy::{self, SendPolicy, View};
 use crate::protocol::{self, Answer, Inbound};
 use crate::requests::{disposition, Disposition, MidTable};
 use crate::settings::Settings;
@@ -36,6 +36,10 @@ const DRAIN_DATAGRAMS_MAX: usize = 64;
 const RECV_BYTES_MAX: usize = 65_536;
 /// The shortest receive timeout (a zero timeout is an error for the socket).
 const WAIT_MIN: Duration = Duration::from_micros(50);
+/// kv-raft resends an unechoed heartbeat after this many ticks, then 2 and 4 times as
+/// many (a harness round trip is ~0.5 ms, a tick 10 ms), while
+/// [`policy::wants_heartbeat_resends`] says so.
+const HEARTBEAT_RESEND_TICKS: u32 = 1;
 
 /// Builds the node core's settings for course mode: one group, every replica a voter,
 /// timing from `settings`, no snapshots within a run, no leader spreading, kv-raft's
@@ -69,10 +73,20 @@ pub fn node_config(settings: &Settings, roster: &Roster) -> NodeConfig {
             // Fast retransmission is the policy's stall release (with back-off);
             // kv-raft's own resends ride on heartbeats.
             retransmit_ticks: None,
+            // Loss is unknown at start: resend (the runtime switches it as loss is
+            // measured, `Runtime::flush`).
+            heartbeat_resend_ticks: Some(HEARTBEAT_RESEND_TICKS),
+            silent_follower_ticks: Some(silent_follower_ticks(settings)),
             ..kv_raft::Config::new(roster.me_node(), 0)
         },
         quiesce: false,
     }
+}
+
+/// [`policy::SILENT_AFTER`] in ticks of `settings` (at least one).
+fn silent_follower_ticks(settings: &Settings) -> u32 {
+    let ticks = policy::SILENT_AFTER.as_nanos() / settings.tick.as_nanos().max(1);
+    u32::try_from(ticks).unwrap_or(u32::MAX).max(1)
 }
 
 /// One replica under the harness.
@@ -108,6 +122,8 @@ pub struct Runtime {
     loss: LossMeter,
     /// When kv-raft is asked to resend unanswered vote requests.
     vote_resends: VoteResends,
+    /// Whether kv-raft's heartbeat resends are on (they start on).
+    heartbeat_resends: bool,
 }
 
 impl Runtime {
@@ -150,6 +166,7 @@ impl Runtime {
             sent: SendCounter::default(),
             loss: LossMeter::default(),
             vote_resends: VoteResends::default(),
+            heartbeat_resends: true,
         })
     }
 
@@ -465,6 +482,12 @@ impl Runtime {
             }
         }
         self.policy.set_loss(self.loss.loss());
+        let resends = policy::wants_heartbeat_resends(self.loss.loss());
+        if resends != self.heartbeat_resends {
+            self.heartbeat_resends = resends;
+            self.core
+                .set_heartbeat_resend_ticks(resends.then_some(HEARTBEAT_RESEND_TICKS));
+        }
         self.policy.observe(view, now);
         // Before this round's answers: a put proposed and then answered "not leader" in
         // the same round may still commit, so it becomes an orphan (handoff.rs).
@@ -534,9 +557,6 @@ impl Runtime {
             self.send_peer(dst, msgs, answered, now);
         }
         for (dst, msgs) in self.policy.release_if_stalled(now) {
-            self.send_peer(dst, msgs, answered, now);
-        }
-        for (dst, msgs) in self.policy.resend_unanswered(now) {
             self.send_peer(dst, msgs, answered, now);
         }
         if self.notice.due(view.role == Role::Leader, view.commit, now) {

@@ -68,6 +68,20 @@ pub struct Config {
     /// candidate once its term is durable). Under loss one lost request or answer
     /// otherwise costs a whole election timeout. `None` (default): each request once.
     pub vote_resend_ticks: Option<u32>,
+    /// With `Some(k)`, a leader resends a heartbeat its follower has not echoed after `k`
+    /// ticks, then 2k and 4k ticks after each resend (3 resends at most; a newer
+    /// heartbeat to that follower starts over). Under heavy loss a follower otherwise
+    /// misses enough heartbeats in a row to time out, and others that missed theirs grant
+    /// its PreVote. The copy carries the same commit index and read round, so the lease
+    /// still counts from the first copy's send. Not to a silent follower
+    /// (`silent_follower_ticks`). The caller may switch it at run time
+    /// ([`Raft::set_heartbeat_resend_ticks`](crate::Raft::set_heartbeat_resend_ticks)).
+    /// `None` (default): each heartbeat once.
+    pub heartbeat_resend_ticks: Option<u32>,
+    /// With `Some(t)`, a follower this leader has not heard from for `t` ticks of its
+    /// term (dead or cut off) gets no heartbeat resends, only its periodic heartbeat,
+    /// until it answers again. `None` (default): no follower is taken for silent.
+    pub silent_follower_ticks: Option<u32>,
     /// Most `read_index` requests a leader holds unconfirmed; more get
     /// [`ProposeError::TooManyPendingReads`](crate::ProposeError::TooManyPendingReads).
     pub pending_reads_max: usize,
@@ -90,7 +104,7 @@ impl Config {
     /// heartbeat every 2, PreVote and CheckQuorum on, the byte and window limits of
     /// `kv_shared::limits`, and every optional behaviour at its classic setting (no lease
     /// reads, no suppression, commit broadcasts, retransmit with heartbeats, no vote
-    /// resends). Change fields with struct update syntax.
+    /// or heartbeat resends). Change fields with struct update syntax.
     pub fn new(id: NodeId, seed: u64) -> Config {
         Config {
             id,
@@ -112,6 +126,8 @@ impl Config {
             retransmit_ticks: None,
             retransmit_backoff_ticks_max: None,
             vote_resend_ticks: None,
+            heartbeat_resend_ticks: None,
+            silent_follower_ticks: None,
             pending_reads_max: kv_shared::limits::PENDING_REQUESTS_MAX,
             snapshot_image_check: None,
         }

@@ -29,7 +29,8 @@
 //! Layout: `node` (public API, dispatch), `config` (the settings), `ready` (what the
 //! caller gets and gives back), `persist` (writes and what waits for them), `check`,
 //! `display` (the one text form of messages and entries, for transcripts and traces),
-//! `election`, `replication` (with heartbeats and ReadIndex rounds), `snapshot`,
+//! `election`, `replication` (with heartbeats and ReadIndex rounds), `heartbeat_resend`,
+//! `snapshot`,
 //! `membership`, and the small pure pieces `log`, `progress`, `quorum`, `read_index`,
 //! `lease`.
 
@@ -48,6 +49,7 @@ pub use types::*;
 mod byzantine_tests;
 mod election;
 mod events;
+mod heartbeat_resend;
 mod lease;
 mod log;
 mod membership;

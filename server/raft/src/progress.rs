@@ -83,6 +83,9 @@ pub(crate) struct Progress {
     pub resend_wait: u64,
     /// Leader tick before which the stalled flow is not resent again.
     pub resend_not_before: u64,
+    /// The latest heartbeat not echoed yet, while it may be resent
+    /// (`Config::heartbeat_resend_ticks`).
+    pub heartbeat_ask: Option<crate::heartbeat_resend::HeartbeatAsk>,
 }
 
 impl Progress {
@@ -103,6 +106,7 @@ impl Progress {
             departs_at: None,
             resend_wait: 0,
             resend_not_before: 0,
+            heartbeat_ask: None,
         }
     }
 

@@ -152,6 +152,9 @@ impl Raft {
         };
         pr.recent_active = true;
         pr.heard_at = self.now;
+        if let MessageBody::HeartbeatResp { .. } = m.body {
+            pr.heartbeat_ask = None;
+        }
         match m.body {
             MessageBody::AppendResp {
                 reject,
@@ -417,6 +420,7 @@ impl Raft {
                     read_round,
                 },
             );
+            self.heartbeat_sent(to, c, read_round);
         }
     }
 
@@ -459,6 +463,8 @@ impl Raft {
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
             self.bcast_heartbeat(false);
+        } else {
+            self.resend_heartbeats();
         }
         self.retransmit_elapsed += 1;
         if self.retransmit_elapsed >= self.cfg.retransmit_ticks() {

@@ -458,45 +458,19 @@ fn a_silent_follower_gets_only_its_heartbeat_until_it_answers() {
     assert_eq!(next.len(), 1);
 }
 
-fn echo(from: NodeId, read_round: u64) -> GroupMessage {
-    gm(from, ME, 2, MessageBody::HeartbeatResp { read_round })
-}
-
 #[test]
-fn unechoed_heartbeats_are_resent_while_loss_is_unknown_or_heavy() {
-    let t0 = Instant::now();
-    let (mut p, now) = settled(t0);
-    // Loss unknown: follower 4's heartbeat goes unechoed and is resent three times.
-    let out = p.route(NodeId(4), vec![heartbeat(NodeId(4), 7)], false, now);
-    assert_eq!(out.len(), 1);
-    let mut at = now;
-    let mut resent = Vec::new();
-    for _ in 0..4 {
-        at = p.next_deadline().unwrap();
-        for (id, msgs) in p.resend_unanswered(at) {
-            resent.push((id, at.duration_since(now), msgs[0].clone()));
-        }
-        if p.next_deadline().is_none() {
-            break;
-        }
-    }
-    let times: Vec<Duration> = resent.iter().map(|r| r.1).collect();
-    assert_eq!(times, vec![ms(5), ms(15), ms(35)]);
-    assert!(resent
-        .iter()
-        .all(|r| r.0 == NodeId(4) && r.2 == heartbeat(NodeId(4), 7)));
-    // An echo ends the resends.
-    p.route(NodeId(5), vec![heartbeat(NodeId(5), 8)], false, at);
-    p.on_inbound(NodeId(5), &[echo(NodeId(5), 8)], at + ms(1));
-    assert!(p.resend_unanswered(at + ms(100)).is_empty());
-    // Under light loss a lost heartbeat is not worth a datagram.
-    p.set_loss(Some(0.05));
-    p.route(NodeId(4), vec![heartbeat(NodeId(4), 9)], false, at);
-    assert_eq!(p.next_deadline(), None);
-    // Under heavy loss it is again.
-    p.set_loss(Some(0.3));
-    p.route(NodeId(4), vec![heartbeat(NodeId(4), 10)], false, at);
-    assert_eq!(p.next_deadline(), Some(at + ms(5)));
+fn heartbeats_are_resent_while_loss_is_unknown_or_heavy() {
+    assert!(
+        wants_heartbeat_resends(None),
+        "unknown: the first seconds of a run"
+    );
+    assert!(!wants_heartbeat_resends(Some(0.0)));
+    assert!(
+        !wants_heartbeat_resends(Some(0.05)),
+        "light loss: not worth a datagram"
+    );
+    assert!(wants_heartbeat_resends(Some(WIDE_ENTER_LOSS)));
+    assert!(wants_heartbeat_resends(Some(0.3)));
 }
 
 #[test]
@@ -645,7 +619,7 @@ fn vote_request(to: NodeId) -> GroupMessage {
 }
 
 #[test]
-fn vote_requests_pass_through_and_the_policy_never_resends_them() {
+fn vote_requests_pass_through_and_the_policy_never_holds_them() {
     // kv-raft resends them, on the runtime's timer (vote_resend.rs).
     let t0 = Instant::now();
     let mut p = policy();
@@ -664,7 +638,6 @@ fn vote_requests_pass_through_and_the_policy_never_resends_them() {
         );
     }
     assert_eq!(p.next_deadline(), None);
-    assert!(p.resend_unanswered(t0 + ms(100)).is_empty());
 }
 
 #[test]
