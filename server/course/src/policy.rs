@@ -129,6 +129,10 @@ struct Peer {
     /// Copies of the appends with entries sent since the peer last answered one, to
     /// resend when a commit stalls (a duplicate append is harmless to Raft).
     unacked: Vec<GroupMessage>,
+    /// The last heartbeat skipped (heartbeat suppression): kv-raft, which does not know
+    /// it was skipped, resends it unechoed (`heartbeat_resend_ticks`), and its copies are
+    /// skipped too.
+    skipped_beat: Option<kv_raft::Message>,
 }
 
 /// Leadership as this policy tracks it.
@@ -394,7 +398,14 @@ impl SendPolicy {
         out.extend(msgs.into_iter().filter(|gm| {
             // With lease reads every heartbeat carries a read round (its echo renews the
             // lease); the lazy followers' echoes renew it while the fast ones are busy.
-            !(skip_heartbeats && matches!(gm.msg.body, MessageBody::Heartbeat { .. }))
+            if !matches!(gm.msg.body, MessageBody::Heartbeat { .. }) {
+                return true;
+            }
+            if skip_heartbeats {
+                peer.skipped_beat = Some(gm.msg.clone());
+                return false;
+            }
+            peer.skipped_beat.as_ref() != Some(&gm.msg)
         }));
         let may_wait = |body: &MessageBody| {
             if fast {

@@ -459,6 +459,37 @@ fn a_silent_follower_gets_only_its_heartbeat_until_it_answers() {
 }
 
 #[test]
+fn copies_of_a_skipped_heartbeat_are_skipped_too() {
+    let t0 = Instant::now();
+    let (mut p, now) = settled(t0);
+    p.observe(leader(1, 2), now);
+    let fast: Vec<NodeId> = (2..=5)
+        .map(NodeId)
+        .filter(|&f| p.route(f, vec![append(f, 2)], false, now).len() == 1)
+        .collect();
+    assert_eq!(fast.len(), 2);
+    let f = fast[0];
+    p.on_inbound(f, &[ack(f, 2)], now + ms(1));
+    p.observe(leader(2, 2), now + ms(1));
+    assert!(p
+        .route(f, vec![heartbeat(f, 7)], false, now + ms(5))
+        .is_empty());
+    // kv-raft's resend of the same heartbeat 10 ms later (the follower now has an
+    // append unanswered, which alone would let a heartbeat through): still skipped.
+    p.observe(leader(2, 3), now + ms(14));
+    assert_eq!(p.route(f, vec![append(f, 3)], false, now + ms(14)).len(), 1);
+    assert!(p
+        .route(f, vec![heartbeat(f, 7)], false, now + ms(15))
+        .iter()
+        .all(|gm| !matches!(gm.msg.body, MessageBody::Heartbeat { .. })));
+    // A new heartbeat goes.
+    let out = p.route(f, vec![heartbeat(f, 8)], false, now + ms(16));
+    assert!(out
+        .iter()
+        .any(|gm| matches!(gm.msg.body, MessageBody::Heartbeat { .. })));
+}
+
+#[test]
 fn heartbeats_are_resent_while_loss_is_unknown_or_heavy() {
     assert!(
         wants_heartbeat_resends(None),
