@@ -18,6 +18,7 @@ bench/results/ab-<timestamp>.json. Benchmarks are not tests: nothing here assert
 
     python3 bench/ab.py --baseline 2972744                   # 1 and 8 shards, 3 rounds of 8 s
     python3 bench/ab.py --baseline 2972744 --shards 1,8,64 --rounds 5
+    python3 bench/ab.py --baseline 2972744 --baseline-bin /tmp/base   # A's binaries already built
 """
 
 import argparse
@@ -167,6 +168,9 @@ def main():
     ap.add_argument("--no-build", action="store_true", help="B: use this checkout's release binaries as built")
     ap.add_argument("--no-seed-target", action="store_true",
                     help="build A from an empty target dir instead of a copy of this checkout's target/release")
+    ap.add_argument("--baseline-bin", metavar="DIR",
+                    help="A: use the kvserver and kvcli already built from REV in DIR instead of building REV "
+                         "(saves a release build; REV only labels the results)")
     ap.add_argument("--keep", action="store_true", help="keep data dirs and server logs")
     args = ap.parse_args()
 
@@ -186,7 +190,15 @@ def main():
             b_bins = {n: target_dir() / "release" / n for n in BINARIES}
         else:
             b_bins = build(True, False)
-        sha, a_bins = build_revision(args.baseline, tmp / "baseline", not args.no_seed_target)
+        if args.baseline_bin:
+            sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{args.baseline}^{{commit}}"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+            a_bins = {n: Path(args.baseline_bin) / n for n in BINARIES}
+            missing = [str(b) for b in a_bins.values() if not b.is_file()]
+            if missing:
+                sys.exit(f"--baseline-bin: missing {', '.join(missing)}")
+        else:
+            sha, a_bins = build_revision(args.baseline, tmp / "baseline", not args.no_seed_target)
         res["baseline"] = {"rev": args.baseline, "commit": sha}
         builds = {"A": a_bins, "B": b_bins}
         for shards in args.shards:

@@ -411,7 +411,30 @@ impl Client {
         timeout: Duration,
         grace: Duration,
     ) -> Vec<NodeReport> {
-        let nodes = self.nodes();
+        self.collect_status_from(self.nodes(), timeout, grace).await
+    }
+
+    /// Asks `node` for its status and learns from it the nodes it knows (every node
+    /// registered since this client connected, with its address); waits at most
+    /// `timeout`.
+    pub(crate) async fn learn_nodes_from(&self, node: NodeAddr, timeout: Duration) {
+        self.collect_status_from(vec![node], timeout, Duration::ZERO)
+            .await;
+    }
+
+    /// True if this client has an address for every node of `ids`.
+    pub(crate) fn addresses_known(&self, ids: &[NodeId]) -> bool {
+        let topo = self.shared.topology.lock().expect("topology lock");
+        ids.iter().all(|id| topo.addr_of(*id).is_some())
+    }
+
+    /// [`Client::collect_status`] from `nodes` only.
+    async fn collect_status_from(
+        &self,
+        nodes: Vec<NodeAddr>,
+        timeout: Duration,
+        grace: Duration,
+    ) -> Vec<NodeReport> {
         let mut session = self.session();
         let seq = session.next_seq;
         session.next_seq += 1;
@@ -467,7 +490,6 @@ impl Client {
                 Err(_) => {}
             }
         }
-        let nodes = self.nodes();
         nodes
             .into_iter()
             .zip(results)

@@ -10,7 +10,7 @@ use kv_shared::pack::count_prefix_bytes;
 use kv_shared::proto::{ClientError, ClientRequest, Op, Outcome};
 use kv_shared::registry::METADATA_SHARD;
 use kv_shared::shard::shard_for_key;
-use kv_shared::{ClientId, ShardId};
+use kv_shared::{ClientId, NodeId, ShardId};
 use rand::rngs::SmallRng;
 use rand::Rng;
 use std::net::SocketAddr;
@@ -200,14 +200,25 @@ impl Session {
                 encoded.len()
             ))));
         }
-        let opts = self.client.shared.options.clone();
+        // Copied out, not the whole options (a clone would allocate on every request).
+        let (unavailable_after, backoff_base, backoff_max, attempt_timeout) = {
+            let o = &self.client.shared.options;
+            (
+                o.unavailable_after,
+                o.backoff_base,
+                o.backoff_max,
+                o.attempt_timeout,
+            )
+        };
         let start = Instant::now();
-        let deadline = start + wait.unwrap_or(opts.unavailable_after);
-        let mut backoff = opts.backoff_base;
+        let deadline = start + wait.unwrap_or(unavailable_after);
+        let mut backoff = backoff_base;
         let mut outcome_unknown = false;
         let mut leader_worked = false;
-        let mut last = String::from("nothing answered yet");
+        // Empty until an attempt fails: a request answered at once allocates no reason.
+        let mut last = String::new();
         let mut redirects_in_a_row = 0usize;
+        let mut asked_for_nodes = false;
         let mut attempt = 0u64;
         // Nodes that let an attempt time out. If none of them, nor any other node, answered
         // anything by the deadline (the counter counts every reply this client received),
@@ -217,6 +228,9 @@ impl Session {
         loop {
             let now = Instant::now();
             if now >= deadline {
+                if last.is_empty() {
+                    last.push_str("nothing answered yet");
+                }
                 let waited_ms = now.duration_since(start).as_millis() as u64;
                 let nothing_heard = self.client.metrics().replies_received == replies_before;
                 return Err(if nothing_heard && !silent.is_empty() {
@@ -246,8 +260,9 @@ impl Session {
                 });
             }
             let epoch = route_epoch(&self.client);
-            if epoch != request.epoch {
-                // The same session and seq: only the routing epoch changes between attempts.
+            // The same session and seq: only the routing epoch changes between attempts. The
+            // first attempt sends the encoding made above; a retry encodes again.
+            if epoch != request.epoch || encoded.is_empty() {
                 request.epoch = epoch;
                 encoded = postcard::to_stdvec(&request).expect("requests encode");
             }
@@ -256,8 +271,9 @@ impl Session {
                 bump(&self.client.shared.counters.retries);
             }
             attempt += 1;
-            self.client.enqueue(target.addr, encoded.clone());
-            let attempt_end = (now + opts.attempt_timeout).min(deadline);
+            self.client
+                .enqueue(target.addr, std::mem::take(&mut encoded));
+            let attempt_end = (now + attempt_timeout).min(deadline);
             let setback = loop {
                 match tokio::time::timeout_at(attempt_end.into(), self.rx.recv()).await {
                     Err(_) | Ok(None) => break Setback::Silence,
@@ -292,6 +308,22 @@ impl Session {
                     },
                 }
             };
+            let named: &[NodeId] = match &setback {
+                Setback::Error(ClientError::NotLeader {
+                    leader: Some(l), ..
+                }) => std::slice::from_ref(l),
+                Setback::Error(ClientError::StaleRoute { route, .. }) => &route.voters,
+                _ => &[],
+            };
+            if !asked_for_nodes && !self.client.addresses_known(named) {
+                // A leader or replicas that joined after this client learned the nodes
+                // (the balancer moves shards and leaderships to joined nodes): the node
+                // naming them knows their addresses. Asked once per request, so a name no
+                // node can place costs one status round trip, not one per attempt.
+                asked_for_nodes = true;
+                let wait = attempt_timeout.min(deadline.saturating_duration_since(Instant::now()));
+                self.client.learn_nodes_from(target, wait).await;
+            }
             let who = node_name(self.client.node_id(target), target.addr);
             match setback {
                 Setback::Silence => {
@@ -301,7 +333,7 @@ impl Session {
                     }
                     last = format!(
                         "{who} did not answer within {} ms",
-                        opts.attempt_timeout.as_millis()
+                        attempt_timeout.as_millis()
                     );
                     self.forget_leader(shard, target);
                     self.rotation = self.rotation.wrapping_add(1);
@@ -385,7 +417,7 @@ impl Session {
             let jittered = backoff.mul_f64(self.rng.gen_range(0.5..1.0));
             let wake = (Instant::now() + jittered).min(deadline);
             tokio::time::sleep_until(wake.into()).await;
-            backoff = (backoff * 2).min(opts.backoff_max);
+            backoff = (backoff * 2).min(backoff_max);
         }
     }
 

@@ -74,6 +74,64 @@ async fn a_client_given_one_node_learns_the_others_and_goes_to_the_leader() {
 }
 
 #[tokio::test]
+async fn a_leader_that_joined_after_connect_is_found_through_the_redirecting_nodes_status() {
+    // Node 3 registers after the client connected (status replies list nodes 1 and 2
+    // only); then the shards' leadership moves to it, as the balancer does to joined nodes.
+    let fake = FakeCluster::start(3, 4, Some(1));
+    let all = fake.ctl().addrs.clone();
+    fake.ctl().addrs.truncate(2);
+    let mut options = fake.options();
+    options.nodes.truncate(2);
+    let client = Client::connect(options).await.unwrap();
+    assert_eq!(client.nodes().len(), 2, "node 3 is not known yet");
+    let mut s = client.session();
+    s.put(b("k"), b("1")).await.unwrap();
+    {
+        let mut c = fake.ctl();
+        c.addrs = all;
+        c.leader = Some(3);
+    }
+    s.put(b("k"), b("2")).await.unwrap();
+    let shard = client.shard_of(b"k").unwrap();
+    assert_eq!(client.cached_leader(shard).unwrap().addr, fake.nodes[2]);
+    let puts: Vec<u64> = fake
+        .ctl()
+        .received
+        .iter()
+        .filter(|r| matches!(r.3, Op::Put { .. }))
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(
+        puts.last(),
+        Some(&3),
+        "the second put reached node 3: {puts:?}"
+    );
+}
+
+#[tokio::test]
+async fn replicas_that_joined_after_connect_are_found_through_the_answering_nodes_status() {
+    // The shard moved to node 3, which registered after the client connected: nodes 1
+    // and 2 answer with its replica set, naming a node the client has no address for.
+    let fake = FakeCluster::start(3, 2, Some(1));
+    let all = fake.ctl().addrs.clone();
+    fake.ctl().addrs.truncate(2);
+    let mut options = fake.options();
+    options.nodes.truncate(2);
+    let client = Client::connect(options).await.unwrap();
+    {
+        let mut c = fake.ctl();
+        c.addrs = all;
+        c.replicas = Some(vec![3]);
+        c.route_epoch = 5;
+        c.leader = Some(3);
+    }
+    let mut s = client.session();
+    s.put(b("a"), b("1")).await.unwrap();
+    let shard = client.shard_of(b"a").unwrap();
+    assert_eq!(client.cached_leader(shard).unwrap().addr, fake.nodes[2]);
+}
+
+#[tokio::test]
 async fn a_node_without_the_shard_hands_over_its_replica_set() {
     let fake = FakeCluster::start(3, 2, None);
     {

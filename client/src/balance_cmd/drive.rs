@@ -291,8 +291,6 @@ pub(super) async fn drive_to(
                         m.to.0,
                         took.as_secs_f64()
                     );
-                    // The old node keeps a tombstone of the shard and cannot take it back.
-                    avoid.entry(m.shard).or_default().push(m.from);
                     done.push(DoneMove { mv: m, took });
                 }
                 Err(e) => {

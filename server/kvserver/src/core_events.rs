@@ -75,6 +75,16 @@ pub fn record(me: NodeId, e: &NodeEvent, metrics: &Metrics) {
                 "replica created for a move"
             );
         }
+        EventKind::ReplicaRecreated { leader, removed_at } => {
+            tracing::info!(
+                node,
+                shard,
+                term,
+                leader = leader.0,
+                removed_at,
+                "replica created again for a move back to this node"
+            );
+        }
         EventKind::ReplicaRemoved { epoch } => {
             tracing::info!(
                 node,

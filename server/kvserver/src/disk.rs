@@ -46,9 +46,6 @@ pub trait LogStore: Send + 'static {
     fn append_all(&mut self, records: &[&Record]) -> Result<(), (usize, StoreError)>;
     /// Makes every op executed so far durable.
     fn sync(&mut self) -> Result<(), StoreError>;
-    /// Deletes what a shard whose replica left this node still holds on disk (its
-    /// snapshot files; its records stop pinning WAL segments).
-    fn remove_group(&mut self, shard: u32) -> Result<(), StoreError>;
 }
 
 impl<D> LogStore for kv_storage::Storage<D>
@@ -60,6 +57,10 @@ where
             DiskOp::Append(record) => self.append(record),
             DiskOp::SaveSnapshot { shard, index, data } => self.save_snapshot(*shard, *index, data),
             DiskOp::Compact { shard, index } => self.compact(*shard, *index),
+            // In write order with the rest: a removal never runs after a later life of
+            // the replica wrote (the node core emits none once the shard is hosted again).
+            DiskOp::RemoveGroup { shard } => self.remove_group(*shard),
+            DiskOp::TakeBackGroup { shard } => self.take_back_group(*shard),
         };
         result.map_err(classify)
     }
@@ -72,10 +73,6 @@ where
         // A failed fsync leaves the page cache in an unknown state (the "fsyncgate"
         // lesson), so even ENOSPC here is fatal rather than retried.
         kv_storage::Storage::sync(self).map_err(StoreError::Fatal)
-    }
-
-    fn remove_group(&mut self, shard: u32) -> Result<(), StoreError> {
-        kv_storage::Storage::remove_group(self, shard).map_err(classify)
     }
 }
 
@@ -136,13 +133,6 @@ impl DiskThread {
         tx.send(Job::Write(write)).map_err(|_| DiskThreadGone)
     }
 
-    /// Queues the deletion of a removed shard's files (`Output::removed_shards`: its
-    /// tombstone is durable), done after the writes queued before it. Never blocks.
-    pub fn remove_group(&self, shard: u32) -> Result<(), DiskThreadGone> {
-        let tx = self.tx.as_ref().ok_or(DiskThreadGone)?;
-        tx.send(Job::RemoveGroup(shard)).map_err(|_| DiskThreadGone)
-    }
-
     /// Closes the queue and waits (blocking) until the thread has written, synced and
     /// reported everything queued, or stopped on a failure. Returns `Err` if the thread
     /// panicked.
@@ -160,8 +150,6 @@ impl DiskThread {
 enum Job {
     /// A write of the node core, executed in id order.
     Write(DiskWrite),
-    /// A removed shard's files to delete, after the writes of the same batch.
-    RemoveGroup(u32),
 }
 
 /// A queued write and how many of its ops are already executed (a disk-full retry
@@ -177,14 +165,10 @@ fn disk_main<S: LogStore>(
     events: UnboundedSender<DiskEvent>,
 ) {
     let mut queue: VecDeque<Pending> = VecDeque::new();
-    let mut removals: Vec<u32> = Vec::new();
     let mut open = true;
     let mut full = false;
-    let push = |queue: &mut VecDeque<Pending>, removals: &mut Vec<u32>, job: Job| {
-        let write = match job {
-            Job::Write(w) => w,
-            Job::RemoveGroup(shard) => return removals.push(shard),
-        };
+    let push = |queue: &mut VecDeque<Pending>, job: Job| {
+        let Job::Write(write) = job;
         if let Some(last) = queue.back() {
             assert!(
                 write.id > last.write.id,
@@ -201,14 +185,14 @@ fn disk_main<S: LogStore>(
                 return;
             }
             match rx.recv() {
-                Ok(w) => push(&mut queue, &mut removals, w),
+                Ok(w) => push(&mut queue, w),
                 Err(_) => return,
             }
         }
         // Group commit: everything that queued up while we were busy joins this batch.
         while open && queue.len() < BATCH_WRITES_MAX {
             match rx.try_recv() {
-                Ok(w) => push(&mut queue, &mut removals, w),
+                Ok(w) => push(&mut queue, w),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => open = false,
             }
@@ -226,7 +210,7 @@ fn disk_main<S: LogStore>(
                     return;
                 }
                 match rx.recv_timeout(DISK_FULL_RETRY) {
-                    Ok(w) => push(&mut queue, &mut removals, w),
+                    Ok(w) => push(&mut queue, w),
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => open = false,
                 }
@@ -249,16 +233,6 @@ fn disk_main<S: LogStore>(
         if !ids.is_empty() && events.send(DiskEvent::Done(ids)).is_err() {
             // The event loop is gone; nothing can be acknowledged any more.
             return;
-        }
-        for shard in removals.drain(..) {
-            // Only space is at stake (recovery ignores a removed shard's files), but a
-            // disk that cannot delete a file is not one to keep writing to.
-            if let Err(StoreError::Fatal(reason) | StoreError::Full(reason)) =
-                store.remove_group(shard)
-            {
-                let _ = events.send(DiskEvent::Failed(reason));
-                return;
-            }
         }
     }
 }
@@ -348,8 +322,9 @@ mod tests {
         batches: Vec<usize>,
         /// The next `append_all` appends this many records, then finds the disk full.
         full_after: Option<usize>,
-        /// Shards removed, each with the number of syncs done before its removal.
-        removed: Vec<(u32, usize)>,
+        /// Each RemoveGroup ("remove") and TakeBackGroup ("take back") op, with its
+        /// shard and the number of ops executed before it.
+        group_ops: Vec<(&'static str, u32, usize)>,
     }
 
     #[derive(Clone, Default)]
@@ -368,9 +343,14 @@ mod tests {
                 log.full_for -= 1;
                 return Err(StoreError::Full(full_wal()));
             }
+            let before = log.executed.len() + log.group_ops.len();
             match op {
                 DiskOp::Compact { shard, index } => log.executed.push((*shard, *index)),
-                other => panic!("the fake only takes Compact ops, got {other:?}"),
+                DiskOp::RemoveGroup { shard } => log.group_ops.push(("remove", *shard, before)),
+                DiskOp::TakeBackGroup { shard } => {
+                    log.group_ops.push(("take back", *shard, before))
+                }
+                other => panic!("the fake takes no {other:?}"),
             }
             Ok(())
         }
@@ -404,13 +384,6 @@ mod tests {
             }
             let n = log.executed.len();
             log.syncs.push(n);
-            Ok(())
-        }
-
-        fn remove_group(&mut self, shard: u32) -> Result<(), StoreError> {
-            let mut log = self.0 .0.lock().unwrap();
-            let syncs = log.syncs.len();
-            log.removed.push((shard, syncs));
             Ok(())
         }
     }
@@ -485,33 +458,38 @@ mod tests {
         disk.finish().unwrap();
     }
 
-    /// A removed shard's files go only after the writes queued before the removal are
-    /// durable (the tombstone among them), and a removal alone reports no write done.
+    /// A shard's removal and its take-back (a replica created again) run where the
+    /// node core put them among the other ops, across writes of one batch too: the
+    /// removal queued first can no longer run after the new life's take-back (the disk
+    /// thread used to delete removed shards' files after the whole batch).
     #[test]
-    fn a_shard_removal_runs_after_the_sync_of_the_writes_before_it() {
+    fn a_removal_and_a_take_back_run_in_write_order() {
         let fake = Fake::default();
         let (etx, mut erx) = unbounded_channel();
         let disk = DiskThread::spawn(fake.clone(), etx).unwrap();
         fake.with(|l| l.hold_sync = true);
         disk.submit(write(1)).unwrap();
-        disk.remove_group(7).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-        assert!(
-            fake.with(|l| l.removed.is_empty()),
-            "removed before the sync"
-        );
+        while fake.with(|l| l.executed.len()) < 2 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let compact = |index| DiskOp::Compact { shard: 0, index };
+        disk.submit(DiskWrite {
+            id: 2,
+            ops: vec![compact(20), DiskOp::RemoveGroup { shard: 7 }],
+        })
+        .unwrap();
+        disk.submit(DiskWrite {
+            id: 3,
+            ops: vec![DiskOp::TakeBackGroup { shard: 7 }, compact(30)],
+        })
+        .unwrap();
         fake.with(|l| l.hold_sync = false);
-        let event = next(&mut erx);
-        assert!(
-            matches!(&event, DiskEvent::Done(ids) if ids == &[1]),
-            "{event:?}"
-        );
-        disk.remove_group(8).unwrap();
+        assert_eq!(done_ids(&mut erx, 3), vec![1, 2, 3]);
         disk.finish().unwrap();
-        let removed = fake.with(|l| l.removed.clone());
-        assert_eq!(removed.iter().map(|r| r.0).collect::<Vec<_>>(), vec![7, 8]);
-        assert!(removed[0].1 >= 1, "after write 1's sync: {removed:?}");
-        assert!(erx.try_recv().is_err(), "no Done for a removal alone");
+        assert_eq!(
+            fake.with(|l| l.group_ops.clone()),
+            vec![("remove", 7, 3), ("take back", 7, 4)]
+        );
     }
 
     #[test]

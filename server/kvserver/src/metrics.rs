@@ -476,10 +476,6 @@ impl<S: LogStore> LogStore for MeteredStore<S> {
             .wal_commit(std::mem::take(&mut self.appended_bytes), start.elapsed());
         result
     }
-
-    fn remove_group(&mut self, shard: u32) -> Result<(), StoreError> {
-        self.inner.remove_group(shard)
-    }
 }
 
 /// The samples of OpenMetrics `text` whose family is one of `kinds` (by its `# TYPE`

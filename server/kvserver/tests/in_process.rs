@@ -140,10 +140,6 @@ impl LogStore for Fillable {
     fn sync(&mut self) -> Result<(), StoreError> {
         LogStore::sync(&mut self.inner)
     }
-
-    fn remove_group(&mut self, shard: u32) -> Result<(), StoreError> {
-        LogStore::remove_group(&mut self.inner, shard)
-    }
 }
 
 #[test]

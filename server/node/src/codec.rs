@@ -2,7 +2,7 @@
 //! behind the kv_shared::wire header. Splitting lives here too, so that every batch the
 //! core hands out is known to fit one datagram.
 
-use kv_shared::pack::{pack, PackLimit};
+use kv_shared::pack::{encoded_bytes, pack, PackLimit};
 use kv_shared::wire::{self, Kind, WireError, HEADER_BYTES};
 use kv_shared::{NodeId, ShardId};
 use serde::{Deserialize, Serialize};
@@ -52,6 +52,11 @@ pub fn decode_peer_datagram(
 /// If one message alone cannot fit: the core's limits keep every message well below a
 /// datagram (`kv_shared::limits`), so that would be a bug, not an input.
 pub fn split(msgs: Vec<GroupMessage>) -> Vec<Vec<GroupMessage>> {
+    // Most rounds' messages for one peer fit one datagram: one sizing pass over the
+    // whole batch then, instead of one per message and a copy of each into a new batch.
+    if encoded_bytes(&msgs) <= kv_shared::auth::BODY_BYTES_MAX {
+        return vec![msgs];
+    }
     let packed = pack(msgs, PackLimit::bytes(kv_shared::auth::BODY_BYTES_MAX));
     assert!(
         packed.too_large.is_empty(),
@@ -126,5 +131,24 @@ mod tests {
         }
         let flat: Vec<_> = batches.into_iter().flatten().collect();
         assert_eq!(flat, msgs);
+    }
+
+    #[test]
+    fn messages_that_fit_stay_one_batch_up_to_the_last_byte() {
+        let fits = |n: usize| {
+            let msgs: Vec<_> = (0..4).map(|i| append(i, n)).collect();
+            encoded_bytes(&msgs) <= kv_shared::auth::BODY_BYTES_MAX
+        };
+        // The largest payload for which four appends still fit one sealed body.
+        let mut n = 1;
+        while fits(n + 1) {
+            n += 1;
+        }
+        let at_limit: Vec<_> = (0..4).map(|i| append(i, n)).collect();
+        assert_eq!(split(at_limit.clone()), vec![at_limit]);
+        let over: Vec<_> = (0..4).map(|i| append(i, n + 1)).collect();
+        let batches = split(over.clone());
+        assert_eq!(batches.len(), 2, "one byte over the limit splits");
+        assert_eq!(batches.concat(), over);
     }
 }

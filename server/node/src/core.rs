@@ -97,6 +97,23 @@ pub enum DiskOp {
         /// Snapshot index.
         index: u64,
     },
+    /// The shard's replica left this node and its tombstone is durable (in an earlier
+    /// DiskWrite): delete its snapshot files, and let compaction drop the segments only
+    /// its records keep (`Storage::remove_group`). Recovery ignores them already; this
+    /// only frees the space. In write order, so it never runs after a later life of the
+    /// replica wrote (it is not emitted once the shard is hosted again).
+    RemoveGroup {
+        /// The shard.
+        shard: u32,
+    },
+    /// A replica of the shard is created again after its removal: before the new life's
+    /// first record, make the log durable and delete every snapshot file of the earlier
+    /// life (`Storage::take_back_group`), so that no crash can bring one back as the new
+    /// life's.
+    TakeBackGroup {
+        /// The shard.
+        shard: u32,
+    },
 }
 
 /// Storage work of one round, for all groups: execute the ops in order, sync once, then
@@ -120,9 +137,6 @@ pub struct Output {
     pub replies: Vec<(ClientToken, ClientReply)>,
     /// What happened in the shards, for the runtime's log and metrics.
     pub events: Vec<NodeEvent>,
-    /// Shards whose replica here was removed, its removal now durable in the WAL: delete
-    /// their snapshot files (recovery ignores them and their WAL records already).
-    pub removed_shards: Vec<u32>,
     /// Entries applied, in the order applied.
     pub applied: Vec<AppliedEntry>,
     /// Client requests proposed as leader, with the index of their entry.
@@ -178,6 +192,10 @@ pub enum PlantedBug {
     /// A move promotes its learner, and goes on to remove the old replica, without
     /// waiting for the learner to catch up with the leader's commit index.
     RemoveBeforeCatchUp,
+    /// A node recreates a shard it left on any leader message for it (a heartbeat or
+    /// append of a leader still replicating to it as a departing member, a snapshot from
+    /// before its removal) instead of only on a snapshot that proves it was added back.
+    RecreateOnStaleAdd,
 }
 
 /// A client request not yet answered.
@@ -243,6 +261,8 @@ pub struct NodeCore {
     removed_replica_serves_reads: bool,
     #[cfg(feature = "planted-bugs")]
     remove_before_catch_up: bool,
+    #[cfg(feature = "planted-bugs")]
+    recreate_on_stale_add: bool,
 }
 
 impl NodeCore {
@@ -276,14 +296,21 @@ impl NodeCore {
         let restored = wal::restore_groups(&recovered, config.shard_count, &hosted.groups)?;
         let mut groups = BTreeMap::new();
         for (shard, r) in restored {
-            groups.insert(shard, Group::new(&config, shard, r)?);
+            let mut group = Group::new(&config, shard, r)?;
+            group.sealed = hosted
+                .rejoined
+                .get(&shard)
+                .copied()
+                .filter(|t| group.snapshot_index <= t.epoch);
+            groups.insert(shard, group);
         }
         // A removed shard's files may have outlived a crash before their deletion; its
         // tombstone is durable (recovered), so they can go now.
-        let out = Output {
-            removed_shards: hosted.removed.keys().map(|s| s.0).collect(),
-            ..Output::default()
-        };
+        let round_ops = hosted
+            .removed
+            .keys()
+            .map(|s| DiskOp::RemoveGroup { shard: s.0 })
+            .collect();
         Ok(NodeCore {
             write_refusal: None,
             config,
@@ -300,10 +327,10 @@ impl NodeCore {
             next_read_ctx: 1,
             next_disk_write: 1,
             disk_inflight: BTreeMap::new(),
-            round_ops: Vec::new(),
+            round_ops,
             round_durable: Vec::new(),
             outbox: BTreeMap::new(),
-            out,
+            out: Output::default(),
             tick_count: 0,
             peers_heard_ms: BTreeMap::new(),
             peers_heard_tick: BTreeMap::new(),
@@ -319,6 +346,8 @@ impl NodeCore {
             removed_replica_serves_reads: false,
             #[cfg(feature = "planted-bugs")]
             remove_before_catch_up: false,
+            #[cfg(feature = "planted-bugs")]
+            recreate_on_stale_add: false,
         })
     }
 
@@ -342,6 +371,7 @@ impl NodeCore {
             }
             PlantedBug::RemovedReplicaServesReads => self.removed_replica_serves_reads = true,
             PlantedBug::RemoveBeforeCatchUp => self.remove_before_catch_up = true,
+            PlantedBug::RecreateOnStaleAdd => self.recreate_on_stale_add = true,
         }
     }
 
@@ -382,7 +412,16 @@ impl NodeCore {
                 let recheck = g.soft.role != Role::Leader
                     && self.tick_count - g.last_msg_tick
                         >= QUIESCED_FOLLOWER_RECHECK_ELECTIONS * election_max;
-                if !leader_silent && !recheck {
+                // A quiesced leader rechecks too: one whose group went on without it (it
+                // was cut off, and removed, while quiesced) is sent nothing by any current
+                // member, and learns the newer term only from the answer to a heartbeat.
+                let leader_recheck = g.soft.role == Role::Leader
+                    && self.tick_count - g.last_msg_tick
+                        >= QUIESCED_FOLLOWER_RECHECK_ELECTIONS * election_max;
+                if leader_recheck {
+                    g.last_msg_tick = self.tick_count;
+                }
+                if !leader_silent && !recheck && !leader_recheck {
                     continue;
                 }
                 if recheck {
@@ -530,6 +569,9 @@ impl NodeCore {
             if !self.groups.contains(gm.shard) && self.answer_from_tombstone(&gm) {
                 continue;
             }
+            if self.sealed_refuses(&gm) {
+                continue;
+            }
             if !self.groups.contains(gm.shard) && !self.create_replica(&gm) {
                 // Not hosted here: an unknown shard, or one this node holds no replica of.
                 self.refuse(BoundaryRefusal::UnknownShard);
@@ -650,10 +692,20 @@ impl NodeCore {
     /// Everything to do now. Call after every input.
     pub fn take_output(&mut self) -> Output {
         self.drive();
-        for g in self.groups.ids() {
+        // Routing proposes and reads only in the groups it has requests for, and touches
+        // no other group's Raft: only those need draining again, not every hosted group.
+        let routed: Vec<ShardId> = self
+            .groups
+            .iter()
+            .filter(|g| !g.waiting.is_empty())
+            .map(|g| g.shard)
+            .collect();
+        for &g in &routed {
             self.route(g);
         }
-        self.drive();
+        for g in routed {
+            self.drive_group(g);
+        }
         if !self.round_ops.is_empty() {
             let id = self.next_disk_write;
             self.next_disk_write += 1;

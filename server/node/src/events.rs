@@ -71,8 +71,17 @@ pub enum EventKind {
         /// The leader whose message created it.
         leader: NodeId,
     },
+    /// A leader's snapshot showed that the shard added this node back after its replica
+    /// was removed at `removed_at`: the replica is created again, empty, at its earlier
+    /// life's term and vote.
+    ReplicaRecreated {
+        /// The leader whose snapshot created it.
+        leader: NodeId,
+        /// The index of the change that removed the earlier life.
+        removed_at: u64,
+    },
     /// This node's replica was removed from the shard at `epoch`: it stopped serving and
-    /// its data goes (see `Output::removed_shards`).
+    /// its data goes (`DiskOp::RemoveGroup`, once its tombstone is durable).
     ReplicaRemoved {
         /// The index of the change that removed it.
         epoch: u64,

@@ -16,6 +16,7 @@ mod metadata;
 mod metadata_moves;
 mod move_steps;
 mod quiet_groups;
+mod rejoin;
 mod tombstones;
 
 struct Cluster {
@@ -104,6 +105,9 @@ impl Cluster {
                         self.snapshots[i].push((shard, index, data));
                     }
                     DiskOp::Compact { .. } => {}
+                    DiskOp::RemoveGroup { shard } | DiskOp::TakeBackGroup { shard } => {
+                        self.snapshots[i].retain(|s| s.0 != shard);
+                    }
                 }
             }
             self.nodes[i].on_disk_done(w.id);
@@ -1537,9 +1541,15 @@ fn a_removed_node_restarted_stays_removed_and_answers_stale_route() {
         !c.nodes[f].hosts(shard),
         "the tombstone outlives the restart"
     );
+    let ops: Vec<DiskOp> = c.nodes[f]
+        .take_output()
+        .disk_writes
+        .into_iter()
+        .flat_map(|w| w.ops)
+        .collect();
     assert_eq!(
-        c.nodes[f].take_output().removed_shards,
-        vec![shard.0],
+        ops,
+        vec![DiskOp::RemoveGroup { shard: shard.0 }],
         "files a crash kept are deleted at start"
     );
     c.tick(100);
@@ -1557,42 +1567,6 @@ fn a_removed_node_restarted_stays_removed_and_answers_stale_route() {
         "{:?}",
         c.reply_to(3)
     );
-}
-
-/// Moving a replica back to a node that keeps the shard's tombstone: the node ignores the
-/// leader, so the silent learner undoes the move within a few election timeouts (not
-/// `MOVE_CATCH_UP_TICKS_MAX`), and the stray learner is removed again.
-#[test]
-fn a_move_to_a_node_that_keeps_its_tombstone_is_undone_after_its_silence() {
-    let shard = ShardId(0);
-    let mut c = four_nodes_one_shard_on_three();
-    let l = c.leader(shard);
-    let from = (0..3).find(|&i| i != l).unwrap() as u64 + 1;
-    let f = from as usize - 1;
-    assert_eq!(
-        c.until_answered(2, move_req(50, from, 4), 2000),
-        Outcome::Done
-    );
-    c.tick(10);
-    assert!(!c.nodes[f].hosts(shard));
-    let back = (0..4).find(|&i| i != f && i != c.leader(shard)).unwrap() as u64 + 1;
-    let silence_ticks = crate::moves::MOVE_LEARNER_SILENT_ELECTIONS_MAX as usize
-        * c.nodes[0].config().raft.election_ticks_max as usize;
-    let undone = c.until_answered(3, move_req(51, back, from), 3 * silence_ticks);
-    assert!(
-        matches!(
-            undone,
-            Outcome::Error(ClientError::MoveRefused {
-                reason: kv_shared::proto::MoveRefusal::CatchUpTimedOut { .. },
-                ..
-            })
-        ),
-        "{undone:?}"
-    );
-    c.tick(50);
-    let route = c.nodes[c.leader(shard)].shard_route(shard);
-    assert!(route.learners.is_empty(), "{route:?}");
-    assert!(route.voters.contains(&NodeId(back)), "{route:?}");
 }
 
 /// A replica created for a move answers no stale read before the leader's snapshot

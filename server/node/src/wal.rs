@@ -61,6 +61,19 @@ pub enum ReplicaRecord {
         /// That change's term.
         epoch_term: u64,
     },
+    /// The shard's replica, removed at `epoch` (its tombstone), was created again: a
+    /// leader sent this node a snapshot past `epoch` whose membership lists it, so the
+    /// shard added it back after its removal. The new life starts empty at the earlier
+    /// life's term and vote (its hard-state record), written after
+    /// `Storage::take_back_group` deleted the earlier life's snapshot files. Until it
+    /// holds a snapshot past `epoch` it is sealed (see `NodeCore`'s recreation), and if
+    /// it is dropped before that its tombstone comes back.
+    Rejoined {
+        /// The index of the change that removed the earlier life.
+        epoch: u64,
+        /// That change's term, if the tombstone knew it.
+        epoch_term: Option<u64>,
+    },
 }
 
 /// What a node keeps of a replica that applied its own removal.
@@ -70,6 +83,22 @@ pub struct Tombstone {
     pub epoch: u64,
     /// That change's term, unknown for tombstones written before it was recorded.
     pub epoch_term: Option<u64>,
+    /// The replica's term and vote when it left (its last hard state): a replica
+    /// created again starts with them, so that it never votes twice in one term.
+    pub hard_state: HardState,
+}
+
+impl Tombstone {
+    /// The replica record that writes this tombstone.
+    pub fn record(&self) -> ReplicaRecord {
+        match self.epoch_term {
+            Some(epoch_term) => ReplicaRecord::Departed {
+                epoch: self.epoch,
+                epoch_term,
+            },
+            None => ReplicaRecord::Removed { epoch: self.epoch },
+        }
+    }
 }
 
 /// A [`KIND_REPLICA`] record for `shard`.
@@ -107,6 +136,18 @@ pub struct Hosted {
     pub removed: BTreeMap<ShardId, Tombstone>,
     /// Each shard whose created replica was forgotten, with its term then.
     pub forgotten: BTreeMap<ShardId, u64>,
+    /// Each shard held again after its removal (`ReplicaRecord::Rejoined`), with the
+    /// earlier life's tombstone.
+    pub rejoined: BTreeMap<ShardId, Tombstone>,
+}
+
+impl Hosted {
+    /// The replica of `shard` here was removed: it is held no more, and `tombstone`
+    /// stands for it.
+    fn bury(&mut self, shard: ShardId, tombstone: Tombstone) {
+        self.groups.remove(&shard);
+        self.removed.insert(shard, tombstone);
+    }
 }
 
 /// The shards this node holds after recovery: the bootstrap placement's (`initial`),
@@ -117,7 +158,15 @@ pub fn hosted_shards(
     initial: &BTreeMap<ShardId, Membership>,
 ) -> Result<Hosted, RecoveryError> {
     let mut latest: BTreeMap<ShardId, ReplicaRecord> = BTreeMap::new();
+    // The last hard state of every group, hosted or not: a tombstone keeps its term and
+    // vote (the records of a removed replica's life are not replayed otherwise).
+    let mut hard_states: BTreeMap<ShardId, HardState> = BTreeMap::new();
     for r in &recovered.records {
+        if r.kind == KIND_HARD_STATE {
+            if let WalRecord::HardState { shard, hard_state } = decode(r)? {
+                hard_states.insert(ShardId(shard), hard_state);
+            }
+        }
         if let Some(record) = decode_replica(r)? {
             // A replica of the metadata group may be created or removed by a move too.
             if r.group >= shard_count && ShardId(r.group) != METADATA_SHARD {
@@ -133,25 +182,46 @@ pub fn hosted_shards(
         groups: initial.clone(),
         removed: BTreeMap::new(),
         forgotten: BTreeMap::new(),
+        rejoined: BTreeMap::new(),
     };
     for (shard, record) in latest {
+        let hard_state = HardState {
+            commit: 0,
+            ..hard_states.get(&shard).copied().unwrap_or_default()
+        };
         match record {
             ReplicaRecord::Created => {
                 hosted.groups.entry(shard).or_default();
             }
-            ReplicaRecord::Removed { epoch } => {
-                hosted.groups.remove(&shard);
-                let epoch_term = None;
-                hosted
-                    .removed
-                    .insert(shard, Tombstone { epoch, epoch_term });
-            }
-            ReplicaRecord::Departed { epoch, epoch_term } => {
-                hosted.groups.remove(&shard);
-                let epoch_term = Some(epoch_term);
-                hosted
-                    .removed
-                    .insert(shard, Tombstone { epoch, epoch_term });
+            // `Removed` is the older tombstone record, from before tombstones kept the
+            // term of their removal.
+            ReplicaRecord::Removed { epoch } => hosted.bury(
+                shard,
+                Tombstone {
+                    epoch,
+                    epoch_term: None,
+                    hard_state,
+                },
+            ),
+            ReplicaRecord::Departed { epoch, epoch_term } => hosted.bury(
+                shard,
+                Tombstone {
+                    epoch,
+                    epoch_term: Some(epoch_term),
+                    hard_state,
+                },
+            ),
+            ReplicaRecord::Rejoined { epoch, epoch_term } => {
+                // Empty membership: it learns the real one from the leader's snapshot.
+                hosted.groups.insert(shard, Membership::default());
+                hosted.rejoined.insert(
+                    shard,
+                    Tombstone {
+                        epoch,
+                        epoch_term,
+                        hard_state,
+                    },
+                );
             }
             ReplicaRecord::Forgotten { term } => {
                 hosted.groups.remove(&shard);
@@ -634,7 +704,8 @@ mod tests {
 
     /// The hosted set after a restart is the bootstrap placement, plus replicas created,
     /// minus replicas removed, whatever order the records came in; the latest record of
-    /// a shard decides.
+    /// a shard decides. A tombstone keeps the removed replica's last term and vote, and a
+    /// shard created again after its removal is held with an empty membership.
     #[test]
     fn hosted_shards_are_placement_plus_created_minus_removed() {
         let initial: BTreeMap<ShardId, Membership> =
@@ -643,6 +714,14 @@ mod tests {
             replica_record(2, ReplicaRecord::Created),
             replica_record(1, ReplicaRecord::Removed { epoch: 7 }),
             replica_record(3, ReplicaRecord::Created),
+            hard_state_record(
+                3,
+                &HardState {
+                    term: 5,
+                    vote: kv_shared::NodeId(2),
+                    commit: 9,
+                },
+            ),
             replica_record(
                 3,
                 ReplicaRecord::Departed {
@@ -651,6 +730,20 @@ mod tests {
                 },
             ),
             entries_record(1, 1, vec![e(1, 1)]),
+            replica_record(
+                0,
+                ReplicaRecord::Departed {
+                    epoch: 3,
+                    epoch_term: 1,
+                },
+            ),
+            replica_record(
+                0,
+                ReplicaRecord::Rejoined {
+                    epoch: 3,
+                    epoch_term: Some(1),
+                },
+            ),
         ];
         let recovered = Recovered {
             records,
@@ -662,14 +755,31 @@ mod tests {
             vec![ShardId(0), ShardId(2)]
         );
         assert_eq!(hosted.groups[&ShardId(2)], Membership::default());
-        let tombstone = |epoch, epoch_term| Tombstone { epoch, epoch_term };
+        assert_eq!(
+            hosted.groups[&ShardId(0)],
+            Membership::default(),
+            "created again: it learns its membership from the leader"
+        );
+        let tombstone = |epoch, epoch_term, term, vote| Tombstone {
+            epoch,
+            epoch_term,
+            hard_state: HardState {
+                term,
+                vote: kv_shared::NodeId(vote),
+                commit: 0,
+            },
+        };
         assert_eq!(
             hosted.removed,
             [
-                (ShardId(1), tombstone(7, None)),
-                (ShardId(3), tombstone(9, Some(4)))
+                (ShardId(1), tombstone(7, None, 0, 0)),
+                (ShardId(3), tombstone(9, Some(4), 5, 2))
             ]
             .into()
+        );
+        assert_eq!(
+            hosted.rejoined,
+            [(ShardId(0), tombstone(3, Some(1), 0, 0))].into()
         );
         let restored = restore_groups(&recovered, 4, &hosted.groups).unwrap();
         assert!(

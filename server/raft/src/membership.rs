@@ -195,6 +195,7 @@ impl Raft {
             term: self.term,
         });
         let me = self.cfg.id;
+        let now = self.now;
         let promotable = self.promotable();
         let members: Vec<NodeId> = self
             .membership
@@ -216,8 +217,22 @@ impl Raft {
                     // is a snapshot unless it is in the log's base membership (see
                     // `entries_cannot_serve`). Probing at `last + 1` would send it
                     // nothing until the next proposal.
-                    let pr = ls.progress.entry(*id).or_insert_with(|| Progress::new(1));
-                    pr.departs_at = None;
+                    // It counts as heard at its addition, so that the leader builds
+                    // its snapshot image at once (`Raft::want_snapshot`) rather than
+                    // after its first answer: a node coming back to a group it left
+                    // answers nothing before that snapshot.
+                    let added = || {
+                        let mut pr = Progress::new(1);
+                        pr.heard_at = now;
+                        pr
+                    };
+                    let pr = ls.progress.entry(*id).or_insert_with(added);
+                    if pr.departs_at.is_some() {
+                        // Removed, and added back before it stopped being replicated to
+                        // as a departing member: its node dropped the earlier life (or
+                        // will), so what it matched then is void.
+                        *pr = added();
+                    }
                 }
                 if ls
                     .transfer

@@ -361,11 +361,12 @@ impl Raft {
             }
         } else if msg.term < self.term {
             match msg.body {
-                MessageBody::Append { .. } | MessageBody::Heartbeat { .. }
-                    if self.cfg.check_quorum || self.cfg.pre_vote =>
-                {
-                    // A stale leader cut off by PreVote/CheckQuorum would otherwise never
-                    // learn the new term; tell it (etcd does the same).
+                MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
+                    // A stale leader may never hear the new term otherwise: cut off by
+                    // PreVote/CheckQuorum, or removed from the group while it was away, so
+                    // that no current member sends it anything. The reply carries this
+                    // replica's term and makes it step down (Raft's "reply with
+                    // currentTerm"; etcd answers only with PreVote or CheckQuorum on).
                     self.send(msg.from, MessageBody::HeartbeatResp { read_round: 0 });
                 }
                 MessageBody::PreVote { .. } => {

@@ -176,13 +176,17 @@ impl Progress {
     }
 
     /// A rejection of the Append whose previous index was `rejected`, with the leader's
-    /// computed probe point `match_hint`. Returns false if the rejection is stale.
+    /// computed probe point `match_hint`. Returns false if the rejection is stale, or
+    /// rejects an index the follower acknowledged before: only a follower that lost
+    /// acknowledged entries sends that, no probe point can satisfy it, and answering each
+    /// copy at once would bounce Appends and rejections back and forth as fast as the
+    /// network carries them (the next heartbeat round probes again instead).
     pub fn maybe_decr_to(&mut self, rejected: Index, match_hint: Index) -> bool {
+        if rejected <= self.match_ {
+            return false;
+        }
         match self.state {
             ProgressState::Replicate => {
-                if rejected <= self.match_ {
-                    return false;
-                }
                 self.become_probe();
                 self.next = self.match_ + 1;
                 true
@@ -242,6 +246,19 @@ mod tests {
         assert_eq!(p.next, 6);
         assert!(p.maybe_decr_to(5, 0));
         assert_eq!(p.next, 4, "never below match + 1");
+    }
+
+    #[test]
+    fn probe_rejection_of_an_acknowledged_index_sends_nothing_at_once() {
+        // A follower that lost entries it acknowledged rejects the probe at match_ with an
+        // empty log; every copy of that rejection answered with a new probe would make
+        // the pair ping-pong at network speed.
+        let mut p = Progress::new(38);
+        p.maybe_update(37);
+        assert_eq!(p.next, 38);
+        assert!(!p.maybe_decr_to(37, 0));
+        assert!(!p.maybe_decr_to(37, 0), "nor for a duplicate");
+        assert_eq!((p.next, p.match_), (38, 37));
     }
 
     #[test]

@@ -26,7 +26,19 @@ pub(crate) fn committed_index(voters: &[NodeId], match_of: impl Fn(NodeId) -> In
     if voters.is_empty() {
         return 0;
     }
-    let mut matches: Vec<Index> = voters.iter().map(|v| match_of(*v)).collect();
+    // A leader asks this on every `ready()` of every group it leads, so the common case
+    // (every voter set the limits allow) sorts on the stack instead of allocating.
+    let mut on_stack = [0 as Index; kv_shared::limits::NODES_MAX];
+    let mut on_heap = Vec::new();
+    let matches: &mut [Index] = if voters.len() <= on_stack.len() {
+        &mut on_stack[..voters.len()]
+    } else {
+        on_heap.resize(voters.len(), 0);
+        &mut on_heap
+    };
+    for (m, v) in matches.iter_mut().zip(voters) {
+        *m = match_of(*v);
+    }
     matches.sort_unstable_by(|a, b| b.cmp(a));
     matches[majority(voters.len()) - 1]
 }
@@ -75,6 +87,13 @@ mod tests {
         assert_eq!(committed_index(&v, |n| [0, 5, 3, 1, 9][n.0 as usize]), 3);
         assert_eq!(committed_index(&ids(&[7]), |_| 4), 4);
         assert_eq!(committed_index(&[], |_| 4), 0);
+        // Beyond the stack array's NODES_MAX voters, the same answer.
+        let many: Vec<NodeId> = (1..=kv_shared::limits::NODES_MAX as u64 + 3)
+            .map(NodeId)
+            .collect();
+        let q = committed_index(&many, |n| n.0 * 10);
+        let majority_th = many.len() - majority(many.len()) + 1;
+        assert_eq!(q, majority_th as u64 * 10);
     }
 
     #[test]

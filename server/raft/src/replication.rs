@@ -6,7 +6,7 @@
 use crate::node::{planted, Raft, RoleState};
 use crate::progress::ProgressState;
 use crate::quorum;
-use crate::types::{Entry, EntryKind, Index, Membership, Message, MessageBody, Term};
+use crate::types::{ConfChange, Entry, EntryKind, Index, Membership, Message, MessageBody, Term};
 use crate::ProposeError;
 use kv_shared::NodeId;
 
@@ -96,11 +96,14 @@ impl Raft {
             return false;
         }
         let prev_index = pr.next - 1;
-        let base = &self.snap_membership;
         let prev_term = match self.log.term(prev_index) {
-            Some(t) if !needs_base(prev_index, to, base) => t,
+            Some(t) if !self.entries_cannot_serve(prev_index, to) => t,
             _ => return self.start_snapshot(to),
         };
+        let RoleState::Leader(ls) = &mut self.role else {
+            return false;
+        };
+        let pr = ls.progress.get_mut(&to).expect("checked above");
         let entries = self.log.batch(pr.next, self.cfg.append_bytes_max);
         if entries.is_empty() && !send_if_empty {
             return false;
@@ -131,9 +134,23 @@ impl Raft {
     /// instead: they are compacted away, or it needs the log from its start and is not
     /// in the membership the log starts from. The bootstrap membership is not in the log,
     /// so a member added later (a replica created empty by a move) could not rebuild the
-    /// membership from the entries alone; the snapshot's metadata carries it.
+    /// membership from the entries alone; the snapshot's metadata carries it. Nor does a
+    /// member the log removes get the log from its start: it was removed and added again
+    /// (its node recreated the replica), and replaying its own removal would drop it.
     pub(crate) fn entries_cannot_serve(&self, prev_index: Index, to: NodeId) -> bool {
-        self.log.term(prev_index).is_none() || needs_base(prev_index, to, &self.snap_membership)
+        self.log.term(prev_index).is_none()
+            || needs_base(prev_index, to, &self.snap_membership)
+            || (prev_index == 0 && self.log_removes(to))
+    }
+
+    /// True if an entry of the log (past its snapshot) removes `node`.
+    fn log_removes(&self, node: NodeId) -> bool {
+        self.log
+            .range(self.log.snap_index + 1, self.log.last_index())
+            .iter()
+            .any(
+                |e| matches!(e.kind, EntryKind::ConfChange(ConfChange::RemoveNode(n)) if n == node),
+            )
     }
 
     /// One Append to every peer (to spread a new commit index).

@@ -73,6 +73,21 @@ impl Raft {
             self.want_snapshot(to);
             return false;
         };
+        let listed =
+            |m: &crate::types::Membership| m.voters.contains(&to) || m.learners.contains(&to);
+        let predates_member = listed(&self.membership)
+            && self
+                .snapshot
+                .as_ref()
+                .is_some_and(|s| !listed(&s.meta.membership));
+        if predates_member {
+            // An image from before `to` was added: a node that left the group and
+            // comes back recreates its replica only from a snapshot that lists it
+            // (the proof that it was added again after its removal), so ask for an
+            // image of the applied state, which holds the addition.
+            self.want_snapshot(to);
+            return false;
+        }
         let RoleState::Leader(ls) = &mut self.role else {
             return false;
         };

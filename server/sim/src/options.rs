@@ -44,6 +44,10 @@ pub enum FaultProfile {
     Moves,
 }
 
+/// The default of [`SimOptions::events_max`]: passing runs of every profile take at most
+/// a few tens of thousands of events, so a run this long is a storm, not a slow seed.
+pub const EVENTS_MAX: u64 = 2_000_000;
+
 /// Called on every NodeCore the simulator starts (tests plant bugs with it).
 pub type NodeHook = Arc<dyn Fn(&mut NodeCore) + Send + Sync>;
 
@@ -77,6 +81,10 @@ pub struct SimOptions {
     /// that arrive while one runs share the next one, as the runtime's disk thread does
     /// (group commit). For liveness with disks slower than a heartbeat.
     pub slow_disk_ns: u64,
+    /// Most events a run may process. A run past it fails "bounded work": a message storm
+    /// or a loop of zero-delay events would otherwise never reach the liveness deadline,
+    /// which is counted in simulated time, and the run would never end.
+    pub events_max: u64,
 }
 
 impl SimOptions {
@@ -95,6 +103,7 @@ impl SimOptions {
             detail: false,
             node_hook: None,
             slow_disk_ns: 0,
+            events_max: EVENTS_MAX,
         }
     }
 }
@@ -127,6 +136,9 @@ pub struct AdminCounts {
     pub drains: u64,
     /// Churn: nodes killed for good, their replicas moved off them while dead.
     pub dead_removals: u64,
+    /// Replicas a node created again after its replica of the shard had left it (a move
+    /// back), counted from the nodes' `ReplicaRecreated` events.
+    pub recreated: u64,
 }
 
 /// Counters of a run.

@@ -217,12 +217,14 @@ fn planted_read_without_read_index_is_caught() {
 // overtook a removal committed but not yet applied: the replica stayed), 369, 635 and
 // 1455 (without PreVote, a removed member's Vote deposed the leader before the log it
 // sent could reach it, and the next leader knew nothing of it), 848 (no agreed leader,
-// gone with the fixes of 1190 and of a dead new voter's transfers).
+// gone with the fixes of 1190 and of a dead new voter's transfers), 170 (a shard created
+// again while a write of its earlier life was in flight: that write's completion reached
+// the new life's Raft, which panicked).
 #[test]
 fn moves_regression_seeds_pass() {
     for seed in [
         1, 2, 13, 18, 20, 25, 37, 45, 64, 71, 82, 144, 217, 262, 280, 318, 343, 437, 473, 1217,
-        369, 635, 848, 1190, 1455, 1479, 1713, 1859,
+        369, 635, 848, 1190, 1455, 1479, 1713, 1859, 170, 436, 439, 752, 905, 1543,
     ] {
         let r = run(&SimOptions {
             profile: Some(FaultProfile::Moves),
@@ -285,6 +287,24 @@ fn planted_remove_before_catch_up_is_caught() {
     }
 }
 
+// A node recreates a shard it left on any leader message for it, not only on a
+// snapshot proving it was added back: a leader still replicating to it as a departing
+// member recreates it at once: it stays outside the shard's voters for good, or its
+// WAL no longer recovers.
+#[test]
+fn planted_recreate_on_stale_add_is_caught() {
+    let bug = PlantedBug::RecreateOnStaleAdd;
+    match first_catch(
+        bug,
+        Some(FaultProfile::Moves),
+        &["liveness", "recovery"],
+        1..=2000,
+    ) {
+        Some((seed, invariant)) => println!("{bug:?} caught by seed {seed}: {invariant}"),
+        None => panic!("{bug:?} went unnoticed for seeds 1..=2000"),
+    }
+}
+
 // The Churn profile's joins, drains and dead-node removals run every move the admin
 // asks through the same path as the Moves profile's: each planted move bug must be caught
 // there too, by the check that bug can break.
@@ -331,7 +351,7 @@ fn planted_move_bugs_are_caught_under_membership_churn() {
 fn churn_regression_seeds_pass() {
     for seed in [
         220, 768, 812, 1027, 1927, 1936, 2120, 2305, 2412, 2788, 2827, 2995, 3482, 3603, 4334,
-        4760, 4886,
+        4760, 4886, 1756,
     ] {
         let r = run(&SimOptions {
             profile: Some(FaultProfile::Churn),

@@ -96,8 +96,9 @@ pub struct ShardInfo {
     pub learners: Vec<NodeId>,
     /// Its leader, if one is known.
     pub leader: Option<NodeId>,
-    /// Nodes the shard must not move to: a node that dropped a replica of the shard keeps
-    /// its tombstone and cannot take the shard back (docs/ELASTIC.md).
+    /// Nodes the shard must not move to: a move to them was undone because they did not
+    /// catch up (the driver remembers it). A node that left the shard may take it back
+    /// (docs/ELASTIC.md), so leaving it is no reason to avoid it.
     pub avoid: Vec<NodeId>,
 }
 

@@ -7,13 +7,14 @@
 //! asks for it ([`Cluster::start_with_balancer`]): the others move replicas themselves.
 
 use crate::client::Client;
+use crate::ports;
 use kv_shared::auth::{self, ClientKey};
 use kv_shared::proto::{NodeStatus, Role};
 use kv_shared::{NodeId, ShardId};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -92,25 +93,14 @@ impl Cluster {
             .prefix("kv-e2e-")
             .tempdir()
             .expect("temp dir");
-        // Bind them all at once so the ports differ; the kernel hands out free ones.
-        let sockets: Vec<UdpSocket> = (0..spec.nodes)
-            .map(|_| UdpSocket::bind("127.0.0.1:0").expect("probe a free port"))
+        let loopback: IpAddr = Ipv4Addr::LOCALHOST.into();
+        let nodes: Vec<(NodeId, SocketAddr)> = (0..spec.nodes)
+            .map(|i| (NodeId(i as u64 + 1), ports::free_addr(loopback)))
             .collect();
-        let nodes: Vec<(NodeId, SocketAddr)> = sockets
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (NodeId(i as u64 + 1), s.local_addr().expect("local addr")))
-            .collect();
-        drop(sockets);
         // Explicit TCP ports: the defaults (UDP port + 1000, + 2000) might be taken.
-        let listeners: Vec<TcpListener> = (0..2 * spec.nodes)
-            .map(|_| TcpListener::bind("127.0.0.1:0").expect("probe a free TCP port"))
-            .collect();
-        let tcp = |i: usize| listeners[i].local_addr().expect("local addr");
         let front_ends: Vec<(SocketAddr, SocketAddr)> = (0..spec.nodes)
-            .map(|i| (tcp(2 * i), tcp(2 * i + 1)))
+            .map(|_| (ports::free_addr(loopback), ports::free_addr(loopback)))
             .collect();
-        drop(listeners);
         let cluster_id = u64::from(std::process::id()) << 16 | u64::from(nodes[0].1.port());
         let replication = spec
             .replication
@@ -272,12 +262,7 @@ impl Cluster {
     /// (`--redis`, `--http`; [`Cluster::redis_addr`] and [`Cluster::http_addr`] name them).
     pub fn spawn_joining(&mut self, id: NodeId, listen: SocketAddr, seeds: &[SocketAddr]) {
         let seeds: Vec<String> = seeds.iter().map(|s| s.to_string()).collect();
-        let listeners: Vec<TcpListener> = (0..2)
-            .map(|_| TcpListener::bind((listen.ip(), 0)).expect("probe a free TCP port"))
-            .collect();
-        let tcp = |i: usize| listeners[i].local_addr().expect("local addr");
-        let (redis, http) = (tcp(0), tcp(1));
-        drop(listeners);
+        let (redis, http) = (ports::free_addr(listen.ip()), ports::free_addr(listen.ip()));
         self.joined.insert(id, (listen, redis, http));
         let args = [
             "--join".to_string(),

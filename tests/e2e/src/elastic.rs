@@ -7,7 +7,7 @@ use crate::cluster::Cluster;
 use kv_shared::NodeId;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// How long a node may take to register and be listed active and reachable.
@@ -98,8 +98,8 @@ pub fn unbalanced(
 /// A free UDP address on loopback address `ip` (127.0.0.2 and 127.0.0.3 need no setup on
 /// Linux: the whole of 127.0.0.0/8 is loopback).
 pub fn free_udp(ip: &str) -> SocketAddr {
-    let probe = UdpSocket::bind((ip, 0)).expect("127.0.0.0/8 is loopback on Linux");
-    probe.local_addr().expect("local addr")
+    let ip: IpAddr = ip.parse().expect("a loopback IP address");
+    crate::ports::free_addr(ip)
 }
 
 /// `kvcli --json node list`'s row of node `id`, if it lists it.

@@ -14,6 +14,7 @@
 //!   status` whether replicas and leaders are spread within one of the mean.
 //! - [`load`]: load beside a test (a writer of unique keys, `kvcli bench --check`) and
 //!   the checks of what it saw.
+//! - [`ports`]: free ports below the kernel's ephemeral range, each handed out once.
 //! - [`pty`]: [`pty::PtyChild`], a program on a pseudo-terminal, for the REPL tests.
 //! - [`procs`]: finding and killing processes by their command line, and a cross-process
 //!   lock, for the quick-start test whose `kvcli --local` starts nodes of its own.
@@ -24,6 +25,7 @@ pub mod client;
 pub mod cluster;
 pub mod elastic;
 pub mod load;
+pub mod ports;
 pub mod procs;
 pub mod pty;
 pub mod wal;

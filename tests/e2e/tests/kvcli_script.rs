@@ -304,6 +304,19 @@ fn a_script_stops_at_the_first_error_unless_keep_going_and_one_shots_exit_0_1_2(
         (run.code, run.stderr.as_str()),
         (Some(2), "error: usage: put KEY VALUE\n")
     );
+    // In a script, usage errors and unknown commands name their line as well.
+    let run = kvcli(
+        &c,
+        &["--keep-going"],
+        "get e-a\n\nput e-d\nfrobnicate x\nput e-d \"unclosed\n",
+    );
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert_eq!(run.stdout, "1\n", "{run:?}");
+    let errors: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(errors.len(), 3, "{run:?}");
+    assert_eq!(errors[0], "error: line 3: usage: put KEY VALUE");
+    assert!(errors[1].starts_with("error: line 4: "), "{run:?}");
+    assert!(errors[2].starts_with("error: line 5: "), "{run:?}");
 }
 
 /// `kvcli bench --check` twice in a row on one cluster, same seed: the checker assumes

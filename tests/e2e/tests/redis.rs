@@ -640,6 +640,60 @@ fn redis_cli_runs_commands_and_pipes() {
     assert_eq!(run(&["get", "pipe499"], None), "499");
 }
 
+/// redis-benchmark's SET and GET tests (the issue's "Done when") complete against the
+/// cluster with every reply a success: `-e` prints any error reply, which redis-benchmark
+/// otherwise counts as a reply like any other.
+#[test]
+fn redis_benchmark_set_and_get_complete_without_errors() {
+    if Command::new("redis-benchmark")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("redis-benchmark is not installed (apt-get install redis-tools); skipping");
+        return;
+    }
+    let (cluster, _) = start(3);
+    let _ = connect(&cluster, NodeId(1), false);
+    let port = cluster.redis_addr(NodeId(1)).port().to_string();
+    let password = secret(&cluster, "admin");
+    for pipeline in ["1", "16"] {
+        let out = Command::new("redis-benchmark")
+            .args(["-p", &port, "--user", "admin", "-a", &password])
+            .args(["-t", "set,get", "-c", "10", "-n", "2000", "-r", "500"])
+            .args(["-d", "100", "-P", pipeline, "--csv", "-e"])
+            .output()
+            .expect("redis-benchmark");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "-P {pipeline}: {out:?}");
+        assert!(
+            !stdout.contains("Error"),
+            "-P {pipeline}: error replies:\n{stdout}"
+        );
+        for test in ["\"SET\"", "\"GET\""] {
+            let row = stdout
+                .lines()
+                .find(|l| l.starts_with(test))
+                .unwrap_or_else(|| panic!("-P {pipeline}: no {test} row in:\n{stdout}"));
+            let rps: f64 = row
+                .split(',')
+                .nth(1)
+                .unwrap()
+                .trim_matches('"')
+                .parse()
+                .unwrap();
+            assert!(rps > 0.0, "{row}");
+        }
+    }
+    // The benchmark's keys hold its 100-byte values.
+    let mut con = connect(&cluster, NodeId(2), false);
+    let keys: Vec<String> = (0..500).map(|i| format!("key:{i:012}")).collect();
+    let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query(&mut con).unwrap();
+    let written = values.iter().flatten().count();
+    assert!(written > 0, "no benchmark key was written");
+    assert!(values.iter().flatten().all(|v| v.len() == 100));
+}
+
 /// RESP users are the client keys: nothing but PING/HELLO/AUTH/QUIT before AUTH, a wrong
 /// key is WRONGPASS, a read-only key reads and is refused writes with NOPERM, and
 /// `HELLO 3 AUTH` and one-argument AUTH (the key alone) work too.

@@ -1,7 +1,6 @@
 //! What the balancer remembers between rounds, and what of it outlives this node's
 //! leadership of the metadata group. Every node keeps hearing the status rounds, led or
-//! not, so the down timer and the nodes each shard must avoid are already known to the
-//! node that leads next; the moves a balancer asked for are dropped when it loses the
+//! not, so the down timer is already known to the node that leads next; the moves a balancer asked for are dropped when it loses the
 //! leadership (their shards drive them on) and a new leader adopts them from what the
 //! cluster shows (learners, an extra voter), counting them toward `moves_max`.
 
@@ -34,9 +33,6 @@ pub(super) struct State {
     pub(super) leading: bool,
     /// When each node last answered a status poll (heard led or not).
     last_heard: BTreeMap<NodeId, Instant>,
-    /// Each shard's newest replica set heard (epoch, voters and learners): a node that
-    /// leaves it keeps the shard's tombstone.
-    replica_sets: BTreeMap<ShardId, (u64, Vec<NodeId>)>,
     /// Moves this balancer asked for and that have not ended.
     pub(super) in_flight: Vec<Move>,
     /// Moves that ended after the newest status round was taken: planned as if still in
@@ -44,7 +40,10 @@ pub(super) struct State {
     ended: Vec<(Move, Instant)>,
     /// Another admin's moves, left alone for a while.
     foreign: Vec<(Move, Instant)>,
-    /// Nodes each shard must not move to (they hold its tombstone, or did not catch up).
+    /// Nodes each shard must not move to: a move to them was undone because they did
+    /// not catch up (unreachable, or too slow), so asking again would likely fail too.
+    /// A node that left a shard is not avoided: it takes the shard back when a move
+    /// adds it again (it creates the replica anew, docs/ELASTIC.md).
     pub(super) avoid: BTreeMap<ShardId, Vec<NodeId>>,
     /// Leader transfers asked for, until the status shows them or they time out.
     settling: Vec<(LeaderTransfer, Instant)>,
@@ -58,7 +57,6 @@ impl State {
             started,
             leading: false,
             last_heard: BTreeMap::new(),
-            replica_sets: BTreeMap::new(),
             in_flight: Vec::new(),
             ended: Vec::new(),
             foreign: Vec::new(),
@@ -78,50 +76,16 @@ impl State {
         self.settling.clear();
     }
 
-    /// Notes who answered in `round` and which replicas left their shards. Done on every
-    /// node, led or not, paused or not.
-    pub(super) fn hear(&mut self, round: &StatusRound, shard_count: u32) {
+    /// Notes who answered in `round`. Done on every node, led or not, paused or not.
+    pub(super) fn hear(&mut self, round: &StatusRound) {
         let answered = round.reports.iter().filter_map(|r| r.result.as_ref().ok());
         self.hear_nodes(round.at, answered.map(|(s, _)| s.node));
-        let status = combine_status(&round.reports, shard_count);
-        let sets = status.shards.iter().map(|s| {
-            let members = s.voters.iter().chain(&s.learners).copied().collect();
-            (s.shard, s.epoch, members)
-        });
-        let metadata = status.metadata.iter().map(|m| {
-            let members = m.voters.iter().chain(&m.learners).copied().collect();
-            (m.shard, m.epoch, members)
-        });
-        self.hear_replica_sets(sets.chain(metadata));
     }
 
     pub(super) fn hear_nodes(&mut self, at: Instant, answered: impl Iterator<Item = NodeId>) {
         for node in answered {
             let heard = self.last_heard.entry(node).or_insert(at);
             *heard = (*heard).max(at);
-        }
-    }
-
-    /// A replica in a shard's older set and not in a newer one was removed, and its node
-    /// keeps the shard's tombstone: the shard avoids it (whoever moved it).
-    pub(super) fn hear_replica_sets(
-        &mut self,
-        sets: impl Iterator<Item = (ShardId, u64, Vec<NodeId>)>,
-    ) {
-        for (shard, epoch, members) in sets {
-            match self.replica_sets.get(&shard) {
-                Some((known, _)) if *known >= epoch => continue,
-                Some((_, old)) => {
-                    let avoid = self.avoid.entry(shard).or_default();
-                    for gone in old.iter().filter(|n| !members.contains(n)) {
-                        if !avoid.contains(gone) {
-                            avoid.push(*gone);
-                        }
-                    }
-                }
-                None => {}
-            }
-            self.replica_sets.insert(shard, (epoch, members));
         }
     }
 
@@ -231,8 +195,6 @@ impl State {
                     to = m.to.0,
                     "balancer: move done"
                 );
-                // The old node keeps a tombstone of the shard and cannot take it back.
-                self.avoid.entry(m.shard).or_default().push(m.from);
             }
             Err(e) => {
                 series.moves_failed.inc();

@@ -113,11 +113,11 @@ pub async fn run(
         let lead = leadership.borrow_and_update().clone();
         let paused = lead.registry.as_ref().is_some_and(|r| r.balancer_paused);
         // Every node hears every round, so that the node leading next knows who has been
-        // silent how long, and which nodes hold which shards' tombstones.
+        // silent how long.
         let round = rounds.borrow().clone();
         if let Some(round) = round.as_ref().filter(|r| last_heard_at != Some(r.at)) {
             last_heard_at = Some(round.at);
-            state.hear(round, shard_count);
+            state.hear(round);
         }
         let Some(registry) = lead.registry.filter(|_| lead.leads) else {
             if state.leading {

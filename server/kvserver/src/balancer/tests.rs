@@ -70,21 +70,6 @@ fn the_down_timer_outlives_a_change_of_metadata_leader() {
     assert!(s.silent_too_long(n(3), at(3_000)));
 }
 
-#[test]
-fn a_node_leaving_a_replica_set_is_avoided_whoever_moved_it() {
-    let mut s = state(60_000, Instant::now());
-    let set = |epoch, nodes: &[u64]| (ShardId(2), epoch, nodes.iter().map(|x| n(*x)).collect());
-    s.hear_replica_sets([set(0, &[1, 2, 3])].into_iter());
-    s.hear_replica_sets([set(7, &[2, 3, 4])].into_iter());
-    // A late report of an older set changes nothing.
-    s.hear_replica_sets([set(4, &[1, 2, 3, 4])].into_iter());
-    s.leading = true;
-    s.stop_leading();
-    assert_eq!(s.avoid.get(&ShardId(2)), Some(&vec![n(1)]));
-    s.hear_replica_sets([set(9, &[3, 4, 5])].into_iter());
-    assert_eq!(s.avoid.get(&ShardId(2)), Some(&vec![n(1), n(2)]));
-}
-
 fn shard(id: u32, voters: &[u64], learners: &[u64]) -> ShardInfo {
     ShardInfo {
         shard: ShardId(id),

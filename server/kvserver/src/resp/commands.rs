@@ -164,6 +164,15 @@ fn lower(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_ascii_lowercase()
 }
 
+/// The lower-case name of a command the gateway knows, matched without regard to case and
+/// without allocating (every command passes here).
+pub fn command_name(word: &[u8]) -> Option<&'static str> {
+    COMMAND_NAMES
+        .iter()
+        .find(|n| n.as_bytes().eq_ignore_ascii_case(word))
+        .copied()
+}
+
 /// Plans one command. `stale` is the connection's read mode.
 pub fn plan(words: &[Bytes], stale: bool) -> Plan {
     let Some((name_bytes, args)) = words.split_first() else {
@@ -175,7 +184,8 @@ pub fn plan(words: &[Bytes], stale: bool) -> Plan {
             words.len()
         )));
     }
-    let name = lower(name_bytes);
+    // An unknown name matches none of the arms below but the last.
+    let name = command_name(name_bytes).unwrap_or("");
     let get = |key: &Bytes| Op::Get {
         key: key.clone(),
         stale,
@@ -191,7 +201,7 @@ pub fn plan(words: &[Bytes], stale: bool) -> Plan {
             Finish::Integer,
         )
     };
-    match (name.as_str(), args) {
+    match (name, args) {
         ("ping", []) => now(Reply::Simple("PONG")),
         ("ping", [msg]) => now(Reply::bulk(msg.clone())),
         ("echo", [msg]) => now(Reply::bulk(msg.clone())),
@@ -297,7 +307,7 @@ pub fn plan(words: &[Bytes], stale: bool) -> Plan {
             | "set" | "setnx" | "getset" | "getdel" | "del" | "exists" | "mget" | "mset" | "incr"
             | "decr" | "incrby" | "decrby" | "append" | "strlen" | "dbsize" | "config" | "cas",
             _,
-        ) => now(arity(&name)),
+        ) => now(arity(name)),
         _ => now(unknown(name_bytes, args)),
     }
 }
@@ -456,25 +466,23 @@ pub fn error_reply(e: &Error) -> Reply {
 }
 
 /// Builds the reply of a [`Plan::Ops`] from its answers (one per op, same order).
-pub fn finish(finish: Finish, answers: Vec<Result<Response, Error>>) -> Reply {
-    let mut values = Vec::with_capacity(answers.len());
-    for a in answers {
-        match a {
-            Ok(r) => values.push(r),
-            Err(e) => return error_reply(&e),
-        }
+pub fn finish(finish: Finish, answers: &[Result<Response, Error>]) -> Reply {
+    if let Some(Err(e)) = answers.iter().find(|a| a.is_err()) {
+        return error_reply(e);
     }
+    // Every answer is Ok from here on.
+    let values = || answers.iter().filter_map(|a| a.as_ref().ok());
     let value = |r: &Response| match r {
         Response::Value(v) => v.clone(),
         _ => None,
     };
-    let first = values.first();
+    let first = values().next();
     match finish {
         Finish::Value => Reply::Bulk(first.and_then(value)),
         Finish::Ok => Reply::OK,
-        Finish::Values => Reply::Array(values.iter().map(|r| Reply::Bulk(value(r))).collect()),
+        Finish::Values => Reply::Array(values().map(|r| Reply::Bulk(value(r))).collect()),
         Finish::CountPresent => {
-            Reply::Integer(values.iter().filter(|r| value(r).is_some()).count() as i64)
+            Reply::Integer(values().filter(|r| value(r).is_some()).count() as i64)
         }
         Finish::Integer => match first {
             Some(Response::Integer(n)) => Reply::Integer(*n),
@@ -571,20 +579,14 @@ mod tests {
             Ok(Response::Value(s.map(|s| Bytes::from_static(s.as_bytes()))))
         };
         assert_eq!(
-            finish(
-                Finish::CountPresent,
-                vec![v(Some("a")), v(None), v(Some("b"))]
-            ),
+            finish(Finish::CountPresent, &[v(Some("a")), v(None), v(Some("b"))]),
             Reply::Integer(2)
         );
-        assert_eq!(
-            finish(Finish::Length, vec![v(Some("abc"))]),
-            Reply::Integer(3)
-        );
+        assert_eq!(finish(Finish::Length, &[v(Some("abc"))]), Reply::Integer(3));
         assert_eq!(
             finish(
                 Finish::CasOldValue,
-                vec![Ok(Response::CasMismatch {
+                &[Ok(Response::CasMismatch {
                     current: Some(Bytes::from_static(b"x"))
                 })]
             ),
@@ -593,7 +595,7 @@ mod tests {
         assert_eq!(
             finish(
                 Finish::Integer,
-                vec![Err(Error::Limit(ClientError::NotAnInteger))]
+                &[Err(Error::Limit(ClientError::NotAnInteger))]
             ),
             not_integer()
         );

@@ -27,8 +27,9 @@ pub struct LocalRead {
     pub answer: oneshot::Sender<Outcome>,
 }
 
-/// The gateway's end: sends a connection's reads of one pipeline step in one message.
-pub type LocalSender = mpsc::UnboundedSender<Vec<LocalRead>>;
+/// The gateway's end. One message per read: the event loop runs only once the
+/// connections that woke with it have sent theirs, so it still takes them in one turn.
+pub type LocalSender = mpsc::UnboundedSender<LocalRead>;
 
 /// The event loop's end: takes the gateway's reads and routes the core's replies to
 /// them. Unbounded is bounded here: each connection has at most
@@ -36,7 +37,7 @@ pub type LocalSender = mpsc::UnboundedSender<Vec<LocalRead>>;
 /// `REDIS_CONNECTIONS_MAX` connections; the core refuses past `PENDING_REQUESTS_MAX`.
 #[derive(Debug)]
 pub struct LocalInbox {
-    rx: Option<mpsc::UnboundedReceiver<Vec<LocalRead>>>,
+    rx: Option<mpsc::UnboundedReceiver<LocalRead>>,
     waiting: HashMap<(ClientId, u64), oneshot::Sender<Outcome>>,
 }
 
@@ -53,20 +54,20 @@ pub fn channel() -> (LocalSender, LocalInbox) {
 }
 
 impl LocalInbox {
-    /// The next batch of reads; never resolves once the gateway is gone (or was never
-    /// started), so the event loop can always select on it.
-    pub async fn next(&mut self) -> Vec<LocalRead> {
+    /// The next read; never resolves once the gateway is gone (or was never started), so
+    /// the event loop can always select on it.
+    pub async fn next(&mut self) -> LocalRead {
         if let Some(rx) = &mut self.rx {
-            if let Some(batch) = rx.recv().await {
-                return batch;
+            if let Some(read) = rx.recv().await {
+                return read;
             }
             self.rx = None;
         }
         std::future::pending().await
     }
 
-    /// A batch already waiting, if any (never blocks).
-    pub fn try_next(&mut self) -> Option<Vec<LocalRead>> {
+    /// A read already waiting, if any (never blocks).
+    pub fn try_next(&mut self) -> Option<LocalRead> {
         self.rx.as_mut()?.try_recv().ok()
     }
 
@@ -116,9 +117,11 @@ mod tests {
         let (tx, mut inbox) = channel();
         let (a, mut rx_a) = read(7, 1);
         let (b, rx_b) = read(7, 2);
-        tx.send(vec![a, b]).unwrap();
-        let batch = inbox.next().await;
-        let reqs: Vec<_> = batch.into_iter().map(|r| inbox.take(r)).collect();
+        tx.send(a).unwrap();
+        tx.send(b).unwrap();
+        let first = inbox.next().await;
+        let second = inbox.try_next().expect("the second read waits already");
+        let reqs = [inbox.take(first), inbox.take(second)];
         assert_eq!(inbox.pending(), 2);
         let reply = |seq, v: &'static [u8]| ClientReply {
             client: reqs[0].client,

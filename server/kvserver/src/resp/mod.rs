@@ -150,6 +150,22 @@ struct Connection {
     /// The sequence number of the last of those reads.
     next_read_seq: u64,
     quit: bool,
+    /// Buffers of [`Connection::run_group`], kept so that a command costs no allocation
+    /// for them once the connection has run its first.
+    scratch: Scratch,
+}
+
+/// What one operation's answer gives the command that asked.
+type OpResult = Result<Response, kvcli::Error>;
+
+/// [`Connection::run_group`]'s working lists, empty between groups.
+#[derive(Default)]
+struct Scratch {
+    /// [`Connection::run_batch`]'s commands waiting to run side by side.
+    group: Vec<Pending>,
+    answers: Vec<Answer>,
+    finishes: Vec<(Finish, usize, &'static str, Instant)>,
+    results: Vec<OpResult>,
 }
 
 /// Why a connection was closed by the gateway.
@@ -193,6 +209,7 @@ impl Connection {
             reader: ClientId(0),
             next_read_seq: 0,
             quit: false,
+            scratch: Scratch::default(),
         }
     }
 
@@ -255,11 +272,12 @@ impl Connection {
     async fn run(&mut self, stream: &mut TcpStream) -> Result<(), ConnError> {
         let mut input = BytesMut::with_capacity(16 * 1024);
         let mut output = BytesMut::with_capacity(16 * 1024);
+        // Kept across reads: a command per read (no pipelining) costs no allocation here.
+        let mut batch = Vec::new();
         while !self.quit {
             if stream.read_buf(&mut input).await? == 0 {
                 return Ok(());
             }
-            let mut batch = Vec::new();
             let parsed = loop {
                 if batch.len() >= PIPELINE_COMMANDS_MAX {
                     break Ok(());
@@ -271,7 +289,7 @@ impl Connection {
                     Err(e) => break Err(e),
                 }
             };
-            self.run_batch(batch, &mut output).await;
+            self.run_batch(&mut batch, &mut output).await;
             let refuse = match parsed {
                 Err(e) => Some(e),
                 Ok(()) if input.len() > QUERY_BUFFER_BYTES_MAX => Some(format!(
@@ -291,11 +309,11 @@ impl Connection {
         Ok(())
     }
 
-    /// Runs `batch` in order, writing each reply to `out` in command order.
-    async fn run_batch(&mut self, batch: Vec<Vec<Bytes>>, out: &mut BytesMut) {
-        let mut group: Vec<Pending> = Vec::new();
+    /// Runs (and empties) `batch` in order, writing each reply to `out` in command order.
+    async fn run_batch(&mut self, batch: &mut Vec<Vec<Bytes>>, out: &mut BytesMut) {
+        let mut group = std::mem::take(&mut self.scratch.group);
         let mut group_ops = 0;
-        for words in batch {
+        for words in batch.drain(..) {
             if self.quit {
                 break;
             }
@@ -305,7 +323,7 @@ impl Connection {
                 plan: commands::plan(&words, self.stale),
             };
             if let Some(refused) = self.refusal(pending.command, &pending.plan) {
-                self.run_group(std::mem::take(&mut group), out).await;
+                self.run_group(&mut group, out).await;
                 group_ops = 0;
                 self.record(pending.command, pending.started, &refused);
                 refused.encode(self.protocol, out);
@@ -314,14 +332,14 @@ impl Connection {
             if let Plan::Ops { ops, .. } = &pending.plan {
                 let conflicts = group.iter().any(|p| shares_key(&p.plan, ops));
                 if conflicts || group_ops + ops.len() > CONNECTION_OPS_IN_FLIGHT_MAX {
-                    self.run_group(std::mem::take(&mut group), out).await;
+                    self.run_group(&mut group, out).await;
                     group_ops = 0;
                 }
                 group_ops += ops.len();
                 group.push(pending);
                 continue;
             }
-            self.run_group(std::mem::take(&mut group), out).await;
+            self.run_group(&mut group, out).await;
             group_ops = 0;
             let reply = match pending.plan {
                 Plan::Now(r) => r,
@@ -331,22 +349,23 @@ impl Connection {
             self.record(pending.command, pending.started, &reply);
             reply.encode(self.protocol, out);
         }
-        self.run_group(group, out).await;
+        self.run_group(&mut group, out).await;
+        self.scratch.group = group;
     }
 
     /// Runs the operations of every command in `group` at once, then replies in order.
-    /// Reads this node can answer go to its core in one message; the rest run through
-    /// the cluster client, each under its own session.
-    async fn run_group(&mut self, group: Vec<Pending>, out: &mut BytesMut) {
+    /// Reads this node can answer go to its core (which takes them in one event-loop
+    /// turn); the rest run through the cluster client, each under its own session.
+    async fn run_group(&mut self, group: &mut Vec<Pending>, out: &mut BytesMut) {
         if group.is_empty() {
             return;
         }
         let alone =
             group.len() == 1 && matches!(&group[0].plan, Plan::Ops { ops, .. } if ops.len() == 1);
-        let mut answers: Vec<Answer> = Vec::new();
-        let mut local_reads: Vec<LocalRead> = Vec::new();
-        let mut finishes: Vec<(Finish, usize, &'static str, Instant)> = Vec::new();
-        for p in group {
+        let mut answers = std::mem::take(&mut self.scratch.answers);
+        let mut finishes = std::mem::take(&mut self.scratch.finishes);
+        let mut results = std::mem::take(&mut self.scratch.results);
+        for p in group.drain(..) {
             let Plan::Ops { ops, finish } = p.plan else {
                 unreachable!("groups hold operations only")
             };
@@ -354,10 +373,9 @@ impl Connection {
             for op in ops {
                 if self.answers_locally(&op) {
                     let (answer, rx) = oneshot::channel();
-                    local_reads.push(LocalRead {
-                        request: self.local_request(op.clone()),
-                        answer,
-                    });
+                    let request = self.local_request(op.clone());
+                    // If the event loop is gone the receiver fails and the read falls back.
+                    let _ = self.gateway.local.send(LocalRead { request, answer });
                     answers.push(Answer::Local(rx, op));
                     continue;
                 }
@@ -372,12 +390,7 @@ impl Connection {
                 })));
             }
         }
-        if !local_reads.is_empty() {
-            // If the event loop is gone every receiver fails and the reads fall back.
-            let _ = self.gateway.local.send(local_reads);
-        }
-        let mut results = Vec::with_capacity(answers.len());
-        for a in answers {
+        for a in answers.drain(..) {
             let r = match a {
                 Answer::Local(rx, op) => match rx.await {
                     Ok(Outcome::Value(v)) => Ok(Response::Value(v)),
@@ -404,12 +417,17 @@ impl Connection {
             };
             results.push(r);
         }
-        let mut results = results.into_iter();
-        for (finish, n, command, started) in finishes {
-            let reply = commands::finish(finish, results.by_ref().take(n).collect());
+        let mut taken = 0;
+        for (finish, n, command, started) in finishes.drain(..) {
+            let reply = commands::finish(finish, &results[taken..taken + n]);
+            taken += n;
             self.record(command, started, &reply);
             reply.encode(self.protocol, out);
         }
+        results.clear();
+        self.scratch.answers = answers;
+        self.scratch.finishes = finishes;
+        self.scratch.results = results;
     }
 
     /// True if `op` is a read this node's core can answer itself: a stale read (any
@@ -685,12 +703,7 @@ fn shares_key(plan: &Plan, ops: &[Op]) -> bool {
 
 /// The metrics label of a command: its lower-case name if the gateway knows it.
 fn command_label(name: &[u8]) -> &'static str {
-    let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
-    commands::COMMAND_NAMES
-        .iter()
-        .find(|n| **n == lower)
-        .copied()
-        .unwrap_or("unknown")
+    commands::command_name(name).unwrap_or("unknown")
 }
 
 /// Takes one complete command off the front of `buf`: a RESP array of bulk strings, or

@@ -22,7 +22,7 @@ enum Wake {
     Tick,
     Readable(std::io::Result<()>),
     Metrics,
-    LocalReads(Vec<LocalRead>),
+    LocalRead(LocalRead),
     Registration(Option<RegistrationEvent>),
 }
 
@@ -35,7 +35,7 @@ impl Wake {
             Wake::Tick => "tick",
             Wake::Readable(_) => "socket",
             Wake::Metrics => "metrics",
-            Wake::LocalReads(_) => "redis reads",
+            Wake::LocalRead(_) => "redis reads",
             Wake::Registration(_) => "registration",
         }
     }
@@ -64,7 +64,7 @@ impl EventLoop {
                 _ = ticker.tick() => Wake::Tick,
                 r = self.socket.readable() => Wake::Readable(r),
                 _ = metrics.tick() => Wake::Metrics,
-                reads = self.local_reads.next() => Wake::LocalReads(reads),
+                read = self.local_reads.next() => Wake::LocalRead(read),
                 ev = self.registration.recv(), if self.registration_open => Wake::Registration(ev),
             };
             let turn_started = Instant::now();
@@ -100,8 +100,8 @@ impl EventLoop {
                     self.log_metrics();
                     Ok(())
                 }
-                Wake::LocalReads(reads) => {
-                    self.on_local_reads(reads);
+                Wake::LocalRead(read) => {
+                    self.on_local_read(read);
                     Ok(())
                 }
             };
@@ -131,8 +131,8 @@ impl EventLoop {
             self.on_disk_events(ev, events)?;
         }
         self.drain_socket();
-        while let Some(reads) = self.local_reads.try_next() {
-            self.on_local_reads(reads);
+        while let Some(read) = self.local_reads.try_next() {
+            self.on_local_read(read);
         }
         Ok(())
     }
@@ -149,13 +149,11 @@ impl EventLoop {
         }
     }
 
-    /// The Redis gateway's reads: straight into the core (already bound to a client name
-    /// and reads only, so no permission or disk-full check applies).
-    fn on_local_reads(&mut self, reads: Vec<LocalRead>) {
-        for read in reads {
-            let request = self.local_reads.take(read);
-            self.core.on_client_request(LOCAL_TOKEN, request);
-        }
+    /// A Redis gateway's read: straight into the core (already bound to a client name and
+    /// a read only, so no permission or disk-full check applies).
+    fn on_local_read(&mut self, read: LocalRead) {
+        let request = self.local_reads.take(read);
+        self.core.on_client_request(LOCAL_TOKEN, request);
     }
 
     /// What the registration task found.

@@ -42,15 +42,6 @@ impl EventLoop {
                         break;
                     }
                 }
-                for shard in out.removed_shards {
-                    if self
-                        .disk
-                        .as_ref()
-                        .is_some_and(|d| d.remove_group(shard).is_err())
-                    {
-                        self.disk = None;
-                    }
-                }
             }
             None => {
                 if !out.disk_writes.is_empty() {

@@ -5,7 +5,7 @@
 use super::is_listed;
 use crate::config::NodeConfig;
 use crate::sm::StateMachine;
-use crate::wal::RecoveryError;
+use crate::wal::{RecoveryError, Tombstone};
 use kv_raft::{Raft, Restored, Snapshot, SoftState, WriteId};
 use kv_shared::registry::METADATA_SHARD;
 use kv_shared::ShardId;
@@ -79,6 +79,10 @@ pub(super) struct Group {
     pub(super) leader_heard_tick: u64,
     /// The commit index the latest Append for this group carried (unclamped).
     pub(super) leader_commit_told: Option<u64>,
+    /// Created again after its removal, and holding no snapshot past that removal yet:
+    /// the earlier life's tombstone, which still answers for it (see
+    /// `NodeCore::sealed_refuses`).
+    pub(super) sealed: Option<Tombstone>,
 }
 
 impl Group {
@@ -151,6 +155,7 @@ impl Group {
             created,
             leader_heard_tick: 0,
             leader_commit_told: None,
+            sealed: None,
         })
     }
 }

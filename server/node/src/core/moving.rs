@@ -2,7 +2,7 @@
 //! a replica a leader is adding this node to, and dropping one that was removed. The
 //! move's steps themselves are decided by the pure [`crate::moves`].
 
-use super::{Durable, Group, NodeCore};
+use super::{is_listed, Durable, Group, NodeCore};
 use crate::events::{EventKind, NodeEvent};
 use crate::moves::{self, LeaderView, MoveStep};
 use crate::sm::{CommandBatch, WriteCommand, WriteOp};
@@ -131,14 +131,20 @@ impl NodeCore {
     /// this replica forever, and with one more voter gone no election could succeed in
     /// its view. True if `gm` was such a request.
     pub(super) fn answer_from_tombstone(&mut self, gm: &GroupMessage) -> bool {
+        let Some(tombstone) = self.removed.get(&gm.shard).copied() else {
+            return false;
+        };
+        self.answer_vote_with(tombstone, gm)
+    }
+
+    /// Answers `gm` with `tombstone`'s removal if it is a vote request (see
+    /// [`NodeCore::answer_from_tombstone`]). True if it was one that could be answered.
+    fn answer_vote_with(&mut self, tombstone: Tombstone, gm: &GroupMessage) -> bool {
         use kv_raft::{Message, MessageBody};
         let vote_request = matches!(
             gm.msg.body,
             MessageBody::PreVote { .. } | MessageBody::Vote { .. }
         );
-        let Some(tombstone) = self.removed.get(&gm.shard) else {
-            return false;
-        };
         let Some(log_term) = tombstone.epoch_term.filter(|_| vote_request) else {
             return false;
         };
@@ -159,13 +165,58 @@ impl NodeCore {
         true
     }
 
+    /// While a replica created again after its removal holds no snapshot past that
+    /// removal (`Group::sealed`), its earlier life's tombstone still answers for it: vote
+    /// requests get the removal (`MessageBody::Committed`), never a vote from its empty
+    /// log, which would count, in a stale candidate's configuration that still lists the
+    /// earlier life, a vote without the entries that life acknowledged; and the log from
+    /// its start, or a snapshot not past the removal, is dropped, so that the earlier
+    /// life's removal is never replayed into the new one. True if `gm` was refused.
+    pub(super) fn sealed_refuses(&mut self, gm: &GroupMessage) -> bool {
+        use kv_raft::MessageBody;
+        let Some(tombstone) = self.groups.0.get(&gm.shard).and_then(|g| g.sealed) else {
+            return false;
+        };
+        match &gm.msg.body {
+            MessageBody::PreVote { .. } | MessageBody::Vote { .. } => {
+                self.answer_vote_with(tombstone, gm);
+                true
+            }
+            MessageBody::Append { prev_index: 0, .. } => true,
+            MessageBody::InstallSnapshot { meta, .. } => meta.index <= tombstone.epoch,
+            _ => false,
+        }
+    }
+
+    /// True if `msg` proves that the shard added this node back after the removal
+    /// `tombstone` records: a snapshot chunk past the removal whose membership lists this
+    /// node. A snapshot holds only committed entries, and committed logs are one history,
+    /// so the membership at an index past the removal lists this node only if a change
+    /// after the removal added it. No stale leader can forge that (a departing member's
+    /// snapshot does not list it; an older one is not past the removal), and kv-raft
+    /// sends a member only a snapshot that lists it (`Raft::start_snapshot`).
+    fn proves_readdition(&self, msg: &kv_raft::Message, tombstone: Tombstone) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        if self.recreate_on_stale_add {
+            return true;
+        }
+        match &msg.body {
+            kv_raft::MessageBody::InstallSnapshot { meta, .. } => {
+                meta.index > tombstone.epoch && is_listed(&meta.membership, self.config.node)
+            }
+            _ => false,
+        }
+    }
+
     /// Creates the replica a leader is adding this node to, if `gm` is such a message:
     /// one only a leader sends (an append, heartbeat or snapshot chunk), for a shard of
-    /// the cluster this node was never removed from. The replica starts with an empty
-    /// membership, so it cannot campaign or count itself anywhere until the leader's
-    /// snapshot tells it the real one (kv-raft sends a member missing from the log's
-    /// base membership a snapshot, never the log from its start). Its creation is
-    /// persisted before any of its own writes, so a restart recovers it.
+    /// the cluster; for a shard this node was removed from, only a snapshot chunk that
+    /// proves the shard added it back since (`proves_readdition`). The replica starts
+    /// with an empty membership, so it cannot campaign or count itself anywhere until the
+    /// leader's snapshot tells it the real one (kv-raft sends a member missing from the
+    /// log's base membership, or removed by the log, a snapshot, never the log from its
+    /// start). Its creation is persisted before any of its own writes, so a restart
+    /// recovers it.
     pub(super) fn create_replica(&mut self, gm: &GroupMessage) -> bool {
         use kv_raft::MessageBody;
         let from_a_leader = matches!(
@@ -178,7 +229,16 @@ impl NodeCore {
         // dead nodes), so a node may be added to it too.
         let of_the_cluster = gm.shard.0 < self.config.shard_count
             || (gm.shard == kv_shared::registry::METADATA_SHARD && self.config.is_group(gm.shard));
-        if !from_a_leader || !of_the_cluster || self.removed.contains_key(&gm.shard) {
+        let tombstone = self.removed.get(&gm.shard).copied();
+        if !from_a_leader
+            || !of_the_cluster
+            || tombstone.is_some_and(|t| !self.proves_readdition(&gm.msg, t))
+        {
+            return false;
+        }
+        if tombstone.is_some() && self.writes_in_flight(gm.shard) {
+            // A write of the earlier life is not durable yet: its completion would reach
+            // the new life's Raft, which never issued it. The leader sends again.
             return false;
         }
         #[cfg(feature = "planted-bugs")]
@@ -196,36 +256,67 @@ impl NodeCore {
         };
         #[cfg(not(feature = "planted-bugs"))]
         let membership = kv_raft::Membership::default();
-        let restored = Restored {
-            initial_membership: membership,
-            hard_state: HardState {
+        // A replica created again starts at its earlier life's term and vote.
+        let hard_state = match tombstone {
+            Some(t) => t.hard_state,
+            None => HardState {
                 term: self.forgotten.remove(&gm.shard).unwrap_or(0),
                 ..HardState::default()
             },
+        };
+        let restored = Restored {
+            initial_membership: membership,
+            hard_state,
             ..Restored::default()
         };
         let mut group = Group::new(&self.config, gm.shard, restored)
             .expect("an empty replica has no snapshot to fail");
         group.created = true;
         group.leader_heard_tick = self.tick_count;
+        group.sealed = tombstone;
         self.groups.0.insert(gm.shard, group);
-        self.round_ops.push(DiskOp::Append(wal::replica_record(
-            gm.shard.0,
-            ReplicaRecord::Created,
-        )));
-        // The log starts empty: a forgotten earlier life of this replica may have left
-        // entries in the WAL, which recovery must not replay into this one.
+        let record = match tombstone {
+            Some(t) => {
+                self.removed.remove(&gm.shard);
+                self.removed_routes.remove(&gm.shard);
+                // Before the new life's first record: the earlier life's snapshot files
+                // go, durably, and its records stop counting as compacted.
+                self.round_ops
+                    .push(DiskOp::TakeBackGroup { shard: gm.shard.0 });
+                ReplicaRecord::Rejoined {
+                    epoch: t.epoch,
+                    epoch_term: t.epoch_term,
+                }
+            }
+            None => ReplicaRecord::Created,
+        };
+        // The log starts empty: an earlier life of this replica may have left entries in
+        // the WAL (in segments its removal could not delete), which recovery must not
+        // replay into this one. That reset goes BEFORE the record that makes the shard
+        // hosted: a crash may keep a prefix of the write, and a `Rejoined` kept without
+        // the reset would bring the earlier life's entries back as a log with a gap; the
+        // reset kept without the record belongs to a shard recovery does not host, and is
+        // skipped.
         self.round_ops.push(DiskOp::Append(wal::entries_record(
             gm.shard.0,
             1,
             Vec::new(),
         )));
+        self.round_ops
+            .push(DiskOp::Append(wal::replica_record(gm.shard.0, record)));
+        let kind = match tombstone {
+            Some(t) => EventKind::ReplicaRecreated {
+                leader: gm.msg.from,
+                removed_at: t.epoch,
+            },
+            None => EventKind::ReplicaCreated {
+                leader: gm.msg.from,
+            },
+        };
         self.out.events.push(NodeEvent {
             shard: gm.shard,
             term: gm.msg.term,
-            kind: EventKind::ReplicaCreated {
-                leader: gm.msg.from,
-            },
+            kind,
         });
         true
     }
@@ -236,13 +327,19 @@ impl NodeCore {
     pub(super) fn drop_replica(&mut self, g: ShardId, epoch: u64) {
         // Unknown only if a snapshot compacted the removal away meanwhile (a replica
         // that waited for a re-add that never committed): that tombstone cannot answer.
-        let epoch_term = self.groups[g].raft.committed_term(epoch);
-        let record = match epoch_term {
-            Some(epoch_term) => ReplicaRecord::Departed { epoch, epoch_term },
-            None => ReplicaRecord::Removed { epoch },
+        let raft = &self.groups[g].raft;
+        let tombstone = Tombstone {
+            epoch,
+            epoch_term: raft.committed_term(epoch),
+            // What the round wrote before the tombstone holds it (Raft's writes of this
+            // ready are pushed before its entries are applied).
+            hard_state: HardState {
+                commit: 0,
+                ..raft.status().hard
+            },
         };
-        let term = self.release_replica(g, record);
-        self.removed.insert(g, Tombstone { epoch, epoch_term });
+        let term = self.release_replica(g, tombstone.record());
+        self.removed.insert(g, tombstone);
         self.round_durable.push(Durable::Removed(g));
         self.out.events.push(NodeEvent {
             shard: g,
@@ -271,7 +368,9 @@ impl NodeCore {
             .filter(|g| g.created && !g.raft.log_names(me))
             .filter_map(|g| {
                 let st = g.raft.status();
-                let settled = st.hard.vote.is_none()
+                // A sealed replica's vote, if any, is its earlier life's, which its
+                // tombstone keeps.
+                let settled = (st.hard.vote.is_none() || g.sealed.is_some())
                     && st.persisted >= st.last_index
                     && g.snapshot_writes_inflight == 0;
                 let told = g.leader_commit_told.is_some_and(|c| st.hard.commit >= c);
@@ -284,6 +383,26 @@ impl NodeCore {
                 // Its acknowledgement (or a write of its term) is not out yet.
                 continue;
             }
+            if let Some(sealed) = self.groups[g].sealed {
+                // Created again but never past its removal: the tombstone comes back,
+                // with the term and vote it holds now.
+                let tombstone = Tombstone {
+                    hard_state: HardState {
+                        commit: 0,
+                        ..self.groups[g].raft.status().hard
+                    },
+                    ..sealed
+                };
+                self.release_replica(g, tombstone.record());
+                self.removed.insert(g, tombstone);
+                self.round_durable.push(Durable::Removed(g));
+                self.out.events.push(NodeEvent {
+                    shard: g,
+                    term,
+                    kind: EventKind::ReplicaForgotten,
+                });
+                continue;
+            }
             self.release_replica(g, ReplicaRecord::Forgotten { term });
             self.forgotten.insert(g, term);
             self.out.events.push(NodeEvent {
@@ -294,14 +413,19 @@ impl NodeCore {
         }
     }
 
-    /// True if a disk write of replica `g` is not durable yet.
+    /// True if a disk write of replica `g` is not durable yet (issued, or in this round).
     fn writes_in_flight(&self, g: ShardId) -> bool {
-        self.disk_inflight.values().flatten().any(|d| match d {
-            Durable::Raft(s, _) | Durable::OwnSnapshot(s, _) | Durable::ReceivedSnapshot(s, _) => {
-                *s == g
-            }
-            Durable::Removed(_) => false,
-        })
+        let round = self.round_durable.iter();
+        self.disk_inflight
+            .values()
+            .flatten()
+            .chain(round)
+            .any(|d| match d {
+                Durable::Raft(s, _)
+                | Durable::OwnSnapshot(s, _)
+                | Durable::ReceivedSnapshot(s, _) => *s == g,
+                Durable::Removed(_) => false,
+            })
     }
 
     /// Stops hosting `g`: its requests are answered with `StaleRoute` and the replica set

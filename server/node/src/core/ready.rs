@@ -50,40 +50,52 @@ impl NodeCore {
                     }
                     self.round_ops.push(DiskOp::Compact { shard: g.0, index });
                 }
-                Durable::Removed(g) => self.out.removed_shards.push(g.0),
+                // Created again meanwhile: its take-back deleted the files already,
+                // and a removal now would delete the new life's.
+                Durable::Removed(g) if self.groups.contains(g) => {}
+                Durable::Removed(g) => self.round_ops.push(DiskOp::RemoveGroup { shard: g.0 }),
             }
         }
     }
 
     pub(super) fn drive(&mut self) {
         for g in self.groups.ids() {
-            while self.groups[g].raft.has_ready() {
-                self.handle_ready(g);
-            }
-            let group = &mut self.groups[g];
-            if group.removed_at.is_some() && is_listed(group.raft.membership(), self.config.node) {
-                // A later change, committed with the removal (a lagging replica applying
-                // a batch), added it back: it stays, with what it acknowledged.
-                group.removed_at = None;
-            }
-            if let Some(epoch) = self.groups[g].removed_at {
-                if self.groups[g].raft.log_adds_after(self.config.node, epoch) {
-                    // Added back by a change not committed yet, whose entries it may
-                    // have acknowledged already: it stays until that change commits
-                    // (above) or is overwritten.
-                    self.maybe_snapshot(g);
-                    continue;
-                }
-                #[cfg(feature = "planted-bugs")]
-                if self.removed_replica_serves_reads {
-                    self.maybe_snapshot(g);
-                    continue;
-                }
-                self.drop_replica(g, epoch);
-                continue;
-            }
-            self.maybe_snapshot(g);
+            self.drive_group(g);
         }
+    }
+
+    /// Drains group `g`'s Ready until it has none, then removes the replica or takes a
+    /// snapshot if due.
+    pub(super) fn drive_group(&mut self, g: ShardId) {
+        if !self.groups.contains(g) {
+            return;
+        }
+        while self.groups[g].raft.has_ready() {
+            self.handle_ready(g);
+        }
+        let group = &mut self.groups[g];
+        if group.removed_at.is_some() && is_listed(group.raft.membership(), self.config.node) {
+            // A later change, committed with the removal (a lagging replica applying
+            // a batch), added it back: it stays, with what it acknowledged.
+            group.removed_at = None;
+        }
+        if let Some(epoch) = self.groups[g].removed_at {
+            if self.groups[g].raft.log_adds_after(self.config.node, epoch) {
+                // Added back by a change not committed yet, whose entries it may
+                // have acknowledged already: it stays until that change commits
+                // (above) or is overwritten.
+                self.maybe_snapshot(g);
+                return;
+            }
+            #[cfg(feature = "planted-bugs")]
+            if self.removed_replica_serves_reads {
+                self.maybe_snapshot(g);
+                return;
+            }
+            self.drop_replica(g, epoch);
+            return;
+        }
+        self.maybe_snapshot(g);
     }
 
     fn handle_ready(&mut self, g: ShardId) {
@@ -224,6 +236,11 @@ impl NodeCore {
             "snapshot image and metadata disagree"
         );
         group.sm = sm;
+        if group.sealed.is_some_and(|t| snap.meta.index > t.epoch) {
+            // Past its earlier life's removal: nothing of that life can be replayed
+            // into it any more, and it votes and acknowledges as any member.
+            group.sealed = None;
+        }
         group.applied_bytes_since_snapshot = 0;
         group.snapshot_index = group.snapshot_index.max(snap.meta.index);
         let stale: Vec<u64> = group

@@ -114,6 +114,12 @@ impl NodeCore {
         self.groups.contains(shard)
     }
 
+    /// True if this node's replica of `shard` left it (a tombstone) and is not held
+    /// again: a move back to this node creates it again (the simulator aims moves there).
+    pub fn has_left(&self, shard: ShardId) -> bool {
+        self.removed.contains_key(&shard)
+    }
+
     /// The shards this node holds a replica of, ascending.
     pub fn hosted_shards(&self) -> Vec<ShardId> {
         self.groups.ids()

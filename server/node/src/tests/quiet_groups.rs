@@ -21,7 +21,8 @@ fn idle_cluster_at_kvserver_timing() -> Cluster {
 /// its timer ran out again, and this time the other follower, quiesced and so hearing
 /// no leader either, granted its PreVote. Every recheck elected a new leader (the
 /// metadata group changed leaders 6 times in 4 idle minutes). A follower that hears its
-/// leader has the recheck's answer and may quiesce again.
+/// leader has the recheck's answer and may quiesce again. (A quiesced leader rechecks
+/// on the same period with a heartbeat round, which usually comes first.)
 #[test]
 fn an_idle_group_keeps_its_leader_through_its_followers_rechecks() {
     let mut c = idle_cluster_at_kvserver_timing();
@@ -35,6 +36,7 @@ fn an_idle_group_keeps_its_leader_through_its_followers_rechecks() {
         })
         .collect();
     c.events.clear();
+    let messages_before = c.messages;
     // Past three rechecks (30 election timeouts of at most 60 ticks each).
     c.tick(3 * 30 * 60 + 300);
     let elections: Vec<_> = c
@@ -59,11 +61,10 @@ fn an_idle_group_keeps_its_leader_through_its_followers_rechecks() {
             terms[s as usize]
         );
     }
-    // The rechecks happened (this is not a cluster that never woke).
+    // The rechecks happened (this is not a cluster that never woke): whichever comes
+    // first, the leader's heartbeat round or a follower's PreVote, Raft messages flowed.
     assert!(
-        c.events
-            .iter()
-            .any(|(_, e)| matches!(e.kind, EventKind::ElectionStarted { pre_vote: true, .. })),
-        "no follower rechecked its leader"
+        c.messages > messages_before,
+        "no group woke to recheck its leader"
     );
 }

@@ -53,14 +53,7 @@ fn a_tombstone_answers_vote_requests_with_the_removal_it_committed() {
     c.tick(10);
     assert!(!c.nodes[f].hosts(shard));
     assert_eq!(c.leader(shard), l, "no election meanwhile");
-    let epoch = c
-        .events
-        .iter()
-        .find_map(|(i, e)| match e.kind {
-            EventKind::ReplicaRemoved { epoch } if *i == f && e.shard == shard => Some(epoch),
-            _ => None,
-        })
-        .expect("the removal was reported");
+    let epoch = removal_epoch(&c, f, shard);
     assert!(appended_replica_record(
         &c,
         f,
@@ -97,10 +90,10 @@ fn a_tombstone_answers_vote_requests_with_the_removal_it_committed() {
     );
 }
 
-/// Churn seed 4334: a member installed its leader's snapshot past its own removal and
-/// crashed before that snapshot's durability was reported, so its removal never took
-/// effect; restarted from that snapshot, it no longer knew it had been a member and held
-/// the shard outside the voters for good, installing snapshot after snapshot. A replica
+/// A member that installed its leader's snapshot past its own removal and crashed before
+/// that snapshot's durability was reported, so its removal never took effect, restarted
+/// from that snapshot, no longer knew it had been a member and held the shard outside
+/// the voters for good, installing snapshot after snapshot. A replica
 /// of the bootstrap placement whose recovered snapshot does not list it is removed at
 /// that snapshot, with a tombstone.
 #[test]
@@ -137,4 +130,15 @@ fn a_replica_restarted_from_a_snapshot_past_its_removal_drops_the_shard() {
             crate::wal::decode_replica(r).ok().flatten(),
             Some(ReplicaRecord::Departed { epoch, .. }) if epoch == snapshot.1
         )));
+}
+
+/// The epoch at which node index `f` reported its replica of `shard` removed.
+pub(super) fn removal_epoch(c: &Cluster, f: usize, shard: ShardId) -> u64 {
+    c.events
+        .iter()
+        .find_map(|(i, e)| match e.kind {
+            EventKind::ReplicaRemoved { epoch } if *i == f && e.shard == shard => Some(epoch),
+            _ => None,
+        })
+        .expect("the removal was reported")
 }

@@ -34,6 +34,7 @@ enum Plant {
     CreatedReplicaWithBootstrapMembership,
     RemovedReplicaServesReads,
     RemoveBeforeCatchUp,
+    RecreateOnStaleAdd,
 }
 
 /// Deterministic simulation of a raftkv cluster.
@@ -158,6 +159,7 @@ fn options(args: &Args, seed: u64) -> Result<SimOptions> {
             }
             Plant::RemovedReplicaServesReads => B::RemovedReplicaServesReads,
             Plant::RemoveBeforeCatchUp => B::RemoveBeforeCatchUp,
+            Plant::RecreateOnStaleAdd => B::RecreateOnStaleAdd,
         };
         o.node_hook = Some(std::sync::Arc::new(move |core: &mut kv_node::NodeCore| {
             core.plant_bug(bug)
@@ -180,8 +182,8 @@ fn admin_summary(a: &AdminCounts) -> String {
         )
     };
     format!(
-        ", {} moves, {} leader changes, {} admin requests refused, {} abandoned{churn}",
-        a.moves_done, a.leader_changes, a.refused, a.abandoned
+        ", {} moves, {} leader changes, {} admin requests refused, {} abandoned, {} replicas created again on a node the shard had left{churn}",
+        a.moves_done, a.leader_changes, a.refused, a.abandoned, a.recreated
     )
 }
 

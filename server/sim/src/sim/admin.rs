@@ -126,7 +126,7 @@ impl Sim {
             .collect();
         let voter = route.voters[self.rng.gen_range(0..route.voters.len())];
         let op = if !outside.is_empty() && self.rng.gen_bool(0.75) {
-            let to = outside[self.rng.gen_range(0..outside.len())];
+            let to = self.pick_target(shard, &outside);
             Op::MoveReplica {
                 shard: ShardId(shard),
                 from: voter,
@@ -239,6 +239,31 @@ impl Sim {
                 self.admin_next();
             }
         }
+    }
+
+    /// A node among `targets` to move a replica of `shard` to: half the time, when one
+    /// exists, a node whose replica of the shard left it (it creates the replica again),
+    /// else any of them.
+    pub(super) fn pick_target(&mut self, shard: u32, targets: &[NodeId]) -> NodeId {
+        let left: Vec<NodeId> = targets
+            .iter()
+            .copied()
+            .filter(|n| {
+                let i = self
+                    .ids
+                    .iter()
+                    .position(|id| id == n)
+                    .expect("a node of the run");
+                self.nodes[i]
+                    .run
+                    .as_ref()
+                    .is_some_and(|r| r.core.has_left(ShardId(shard)))
+            })
+            .collect();
+        if !left.is_empty() && self.rng.gen_bool(0.5) {
+            return left[self.rng.gen_range(0..left.len())];
+        }
+        targets[self.rng.gen_range(0..targets.len())]
     }
 
     /// The replica set of `shard` with the highest epoch any running replica applied.

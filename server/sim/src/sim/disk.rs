@@ -44,6 +44,16 @@ impl Sim {
                 DiskOp::Compact { shard, index } => {
                     r.storage.compact(shard, index).expect("sim disk compact");
                 }
+                DiskOp::RemoveGroup { shard } => {
+                    r.storage
+                        .remove_group(shard)
+                        .expect("sim disk remove group");
+                }
+                DiskOp::TakeBackGroup { shard } => {
+                    r.storage
+                        .take_back_group(shard)
+                        .expect("sim disk take back group");
+                }
             }
         }
         let done = self.disk_done_at(i);
@@ -123,6 +133,8 @@ fn describe_write(w: &DiskWrite) -> String {
             },
             DiskOp::SaveSnapshot { shard, index, .. } => write!(s, " s{shard}:snapshot@{index}"),
             DiskOp::Compact { shard, index } => write!(s, " s{shard}:compact@{index}"),
+            DiskOp::RemoveGroup { shard } => write!(s, " s{shard}:remove"),
+            DiskOp::TakeBackGroup { shard } => write!(s, " s{shard}:take-back"),
         };
     }
     s

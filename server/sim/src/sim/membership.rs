@@ -196,7 +196,7 @@ impl Sim {
         if targets.is_empty() {
             return None;
         }
-        let to = targets[self.rng.gen_range(0..targets.len())];
+        let to = self.pick_target(route.shard.0, &targets);
         Some((
             Op::MoveReplica {
                 shard: route.shard,

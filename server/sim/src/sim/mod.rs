@@ -387,6 +387,18 @@ impl Sim {
             }
             self.now = at;
             self.stats.events += 1;
+            if self.stats.events > self.opts.events_max {
+                self.fail(Violation {
+                    invariant: "bounded work",
+                    detail: format!(
+                        "{} events by {} ms of simulated time ({} datagrams delivered); passing runs take far fewer",
+                        self.opts.events_max,
+                        self.now / 1_000_000,
+                        self.stats.datagrams
+                    ),
+                });
+                break;
+            }
             self.step(ev);
         }
         if self.failure.is_none() && self.done {
@@ -617,6 +629,11 @@ impl Sim {
             return;
         };
         let out = r.core.take_output();
+        self.stats.admin.recreated += out
+            .events
+            .iter()
+            .filter(|e| matches!(e.kind, kv_node::EventKind::ReplicaRecreated { .. }))
+            .count() as u64;
         if self.trace.wants_detail() {
             // A replay shows what each replica did (elections, membership changes,
             // replicas created, removed or forgotten), not only what it sent.

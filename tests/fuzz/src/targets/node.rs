@@ -83,6 +83,9 @@ impl NodeHarness {
                             self.snapshots.push((shard, index, data));
                         }
                         DiskOp::Compact { .. } => {}
+                        DiskOp::RemoveGroup { shard } | DiskOp::TakeBackGroup { shard } => {
+                            self.snapshots.retain(|s| s.0 != shard);
+                        }
                     }
                 }
                 self.core.on_disk_done(w.id);

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""bench/syscalls.py: what one benchmark point costs the kernel, per operation.
+
+CPU per op says how much a put costs; this says where the kernel's share goes, which on
+this VM is most of it: datagrams sent and received, epoll wake-ups, fsyncs and context
+switches per operation, counted with `perf stat` on the three server processes while one
+`kvcli bench` point runs (counts, unlike times, barely move with the machine's load).
+
+Starts a fresh 3-node kvserver cluster (free loopback ports, temp data dirs, fsync on,
+the timing of bench/callgrind.py), waits for leaders, optionally moves every shard's
+leadership to one node (`--leaders-on N`, through `kvcli shard leader`: separates the
+cost of many groups from the cost of spreading their leaders over the nodes), runs the
+point (16 B keys, 100 B values, 10,000 keys) and prints the counts per operation.
+Needs `perf` and permission to read tracepoints (root here).
+
+    python3 bench/syscalls.py --target target/release --shards 8
+    python3 bench/syscalls.py --target target/release --shards 8 --leaders-on 1
+"""
+import argparse, json, os, re, shutil, signal, socket, subprocess, tempfile, time
+
+SYSCALLS = ["sendto", "recvfrom", "epoll_wait", "fdatasync", "write", "futex"]
+
+p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p.add_argument("--target", required=True, help="directory holding release kvserver and kvcli")
+p.add_argument("--shards", type=int, default=1)
+p.add_argument("--op", default="put", choices=["put", "get"])
+p.add_argument("--clients", default="64")
+p.add_argument("--duration", default="10", help="seconds of the point (default 10)")
+p.add_argument("--leaders-on", type=int, default=0, metavar="N",
+               help="first make node N the preferred leader of every shard, and wait until it leads them all")
+a = p.parse_args()
+
+d = tempfile.mkdtemp(prefix="sckv-")
+ports = []
+while len(ports) < 3:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); pt = s.getsockname()[1]; s.close()
+    if pt not in ports: ports.append(pt)
+cfg = f"{d}/cluster.toml"
+# keys/admin.key: `kvserver keygen` makes the client key of that name an admin (for `shard leader`).
+open(cfg, "w").write(
+    f"cluster_id = 7{a.shards}\nshards = {a.shards}\ndata_dir = \"{d}\"\nkey_file = \"keys/cluster.key\"\n"
+    "client_key_files = [\"keys/admin.key\"]\nclient_key_file = \"keys/admin.key\"\nprotection = \"mac\"\n"
+    "[timing]\ntick_ms = 10\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n"
+    + "".join(f'\n[[nodes]]\nid = {n}\naddr = "127.0.0.1:{ports[n-1]}"\n' for n in (1, 2, 3)))
+kvcli = [f"{a.target}/kvcli", "--cluster", cfg]
+subprocess.run([f"{a.target}/kvserver", "keygen", "--config", cfg], check=True, stdout=subprocess.DEVNULL)
+procs = [subprocess.Popen([f"{a.target}/kvserver", "--config", cfg, "--node", str(n), "--data-dir", f"{d}/node-{n}",
+                           "--log-level", "warn"], stdout=open(f"{d}/n{n}.log", "w"), stderr=subprocess.STDOUT)
+         for n in (1, 2, 3)]
+
+
+def leaders():
+    r = subprocess.run(kvcli + ["--json", "status"], capture_output=True, text=True, timeout=60)
+    try:
+        return [x.get("leader") for x in json.loads([l for l in r.stdout.splitlines() if l.startswith("{")][-1])["shards"]]
+    except (IndexError, KeyError, ValueError):
+        return []
+
+
+def cpu_s(pid):
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+try:
+    for _ in range(300):
+        ls = leaders()
+        if ls and all(ls):
+            break
+        time.sleep(0.5)
+    if a.leaders_on:
+        for shard in range(a.shards):
+            subprocess.run(kvcli + ["shard", "leader", str(shard), str(a.leaders_on)], capture_output=True, timeout=60)
+        for _ in range(120):
+            if leaders() == [a.leaders_on] * a.shards:
+                break
+            time.sleep(0.5)
+        else:
+            raise SystemExit(f"node {a.leaders_on} did not take every shard's leadership: {leaders()}")
+    time.sleep(1)
+    events = ",".join(f"syscalls:sys_enter_{s}" for s in SYSCALLS) + ",context-switches"
+    cpu0 = sum(cpu_s(x.pid) for x in procs)
+    stat = subprocess.Popen(["perf", "stat", "-x", ",", "-e", events, "-o", f"{d}/perf.txt",
+                             "-p", ",".join(str(x.pid) for x in procs)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    r = subprocess.run(kvcli + ["bench", "--clients", a.clients, "--duration", a.duration,
+                                "--mix", {"put": "0", "get": "1"}[a.op], "--value-size", "100", "--key-size", "16",
+                                "--keys", "10000", "--json"], capture_output=True, text=True, timeout=1200)
+    cpu1 = sum(cpu_s(x.pid) for x in procs)
+    stat.send_signal(signal.SIGINT)
+    stat.wait()
+    j = json.loads([l for l in r.stdout.splitlines() if l.startswith("{")][-1])
+finally:
+    for x in procs:
+        x.terminate()
+    for x in procs:
+        x.wait()
+ops = j["ops"]
+print(f"{a.shards} shards{f', leaders on n{a.leaders_on}' if a.leaders_on else ''}: {a.op} c={a.clients} "
+      f"ops={ops} err={j['errors']} {j['ops_per_s']:.0f}/s server cpu/op={(cpu1 - cpu0) / ops * 1e6:.1f} us "
+      f"load={os.getloadavg()[0]:.1f}")
+for line in open(f"{d}/perf.txt"):
+    f = line.strip().split(",")
+    if len(f) > 2 and re.match(r"^[\d.]+$", f[0]):
+        print(f"  {f[2].replace('syscalls:sys_enter_', ''):18} {float(f[0]) / ops:7.3f} per op")
+shutil.rmtree(d, ignore_errors=True)
