@@ -5,7 +5,7 @@
 //! kv-raft has native versions of some of these behaviours (`retransmit_ticks` with
 //! `retransmit_backoff_ticks_max`, `heartbeat_suppression`); course mode does not use
 //! them yet (docs/COURSE_MODE.md, "What is not kv-raft's own yet"): its periods are
-//! below the 5 ms tick, native suppression counts an append this policy holds as
+//! below the 10 ms tick, native suppression counts an append this policy holds as
 //! contact, and the targeted release, loss-driven widening and deferral have no kv-raft
 //! counterpart. The leader lease for gets (`lease_reads`), vote resends
 //! (`Raft::resend_vote_requests`, timed by [`crate::vote_resend`]) and heartbeat resends

@@ -37,8 +37,7 @@ const RECV_BYTES_MAX: usize = 65_536;
 /// The shortest receive timeout (a zero timeout is an error for the socket).
 const WAIT_MIN: Duration = Duration::from_micros(50);
 /// kv-raft resends an unechoed heartbeat after this many ticks, then 2 and 4 times as
-/// many (a harness round trip is ~0.5 ms, a tick 5 ms: copies 5, 15 and 35 ms after the
-/// heartbeat), while
+/// many (a harness round trip is ~0.5 ms, a tick 10 ms), while
 /// [`policy::wants_heartbeat_resends`] says so.
 const HEARTBEAT_RESEND_TICKS: u32 = 1;
 

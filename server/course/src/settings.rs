@@ -75,16 +75,13 @@ pub const LEASE_MARGIN_TICKS_MIN: u32 = 2;
 impl Default for Settings {
     fn default() -> Settings {
         Settings {
-            // Fine enough for kv-raft's heartbeat resends to leave 5, 15 and 35 ms after
-            // a heartbeat (`runtime::HEARTBEAT_RESEND_TICKS`); every tick count below is
-            // the same time in ms at this tick.
-            tick: Duration::from_millis(5),
-            heartbeat_ticks: 200,
-            election_ticks_min: 400,
-            election_ticks_max: 700,
-            request_timeout_ticks: 1000,
+            tick: Duration::from_millis(10),
+            heartbeat_ticks: 100,
+            election_ticks_min: 200,
+            election_ticks_max: 350,
+            request_timeout_ticks: 500,
             quiet: Duration::from_millis(500),
-            lease_margin_ticks: 60,
+            lease_margin_ticks: 30,
             lazy_followers: true,
             stall: Duration::from_millis(1),
             // Stops at the first leader change (docs/COURSE_MODE.md, "Deferred release").
@@ -262,7 +259,7 @@ mod tests {
 
     #[test]
     fn a_lease_margin_outside_the_election_timeout_is_refused() {
-        for lease_margin_ticks in [0, 1, 400, 600] {
+        for lease_margin_ticks in [0, 1, 200, 300] {
             let s = Settings {
                 lease_margin_ticks,
                 ..Settings::default()

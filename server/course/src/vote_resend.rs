@@ -1,6 +1,6 @@
 //! When course mode asks kv-raft to resend unanswered vote requests. kv-raft decides who
 //! has not answered and builds the requests (`Raft::resend_vote_requests`); only the
-//! timing lives here, because it is finer than the 5 ms Raft tick and time is the
+//! timing lives here, because it is finer than the 10 ms Raft tick and time is the
 //! runtime's. At 30% loss a candidate otherwise hears from two of three live peers in
 //! one round less than half of the time, and each miss costs an election timeout.
 
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 /// First wait before the vote requests of a round are asked again (a harness round trip
 /// is ~0.5 ms); it doubles with each resend: 5, 10 and 20 ms after the previous send
 /// (5, 15 and 35 ms into the round when every turn is on time). Timed from the sends,
-/// not from a tick: a resend up to a whole tick after its due time would leave an
+/// not from a tick: a resend a whole 10 ms tick after the requests would leave an
 /// election that lost a datagram that much slower.
 pub const VOTE_RESEND_FIRST: Duration = Duration::from_millis(5);
 

@@ -474,7 +474,7 @@ fn copies_of_a_skipped_heartbeat_are_skipped_too() {
     assert!(p
         .route(f, vec![heartbeat(f, 7)], false, now + ms(5))
         .is_empty());
-    // kv-raft's resend of the same heartbeat 5-10 ms later (the follower now has an
+    // kv-raft's resend of the same heartbeat 10 ms later (the follower now has an
     // append unanswered, which alone would let a heartbeat through): still skipped.
     p.observe(leader(2, 3), now + ms(14));
     assert_eq!(p.route(f, vec![append(f, 3)], false, now + ms(14)).len(), 1);
