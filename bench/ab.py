@@ -69,6 +69,10 @@ def build_revision(rev, tmp, seed_target):
     return sha, {name: out / name for name in BINARIES}
 
 
+# --lease-reads: the cluster file's `lease_reads` (None: the key left out).
+LEASE_READS = {"on": True, "off": False, "omit": None}
+
+
 def points(clients):
     """(op, clients) in the order they run on a cluster: puts first, so gets find keys."""
     return [(op, c) for op in ("put", "get") for c in clients]
@@ -79,7 +83,7 @@ def run_shards(args, shards, builds, workdir, rows):
     try:
         for side, bins in builds.items():
             log(f"{side}: starting a 3-node cluster with {shards} shards")
-            clusters[side] = RaftkvCluster(bins, shards, workdir)
+            clusters[side] = RaftkvCluster(bins, shards, workdir, lease_reads=LEASE_READS[args.lease_reads])
             clusters[side].start()
         for rnd in range(args.rounds):
             order = list(builds) if rnd % 2 == 0 else list(builds)[::-1]
@@ -172,13 +176,16 @@ def main():
                     help="A: use the kvserver and kvcli already built from REV in DIR instead of building REV "
                          "(saves a release build; REV only labels the results)")
     ap.add_argument("--keep", action="store_true", help="keep data dirs and server logs")
+    ap.add_argument("--lease-reads", choices=sorted(LEASE_READS), default="on",
+                    help="lease reads in both clusters' files (default on, as bench/run.py); 'omit' leaves "
+                         "the key out for a baseline older than it, whose gets then always run ReadIndex")
     args = ap.parse_args()
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     res = {
         "started": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine_info(),
         "candidate": git_commit(),
-        "settings": {"shards": args.shards, "clients": args.clients, "rounds": args.rounds,
+        "settings": {"lease_reads": args.lease_reads, "shards": args.shards, "clients": args.clients, "rounds": args.rounds,
                      "duration_s": args.duration, "value_size": VALUE_SMALL},
     }
     tmp = Path(tempfile.mkdtemp(prefix="raftkv-ab-"))

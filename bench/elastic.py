@@ -3,7 +3,7 @@
 
 On release binaries, with fresh temp data dirs and free loopback ports, the balancer on
 (the cluster file's `[balancer]` section: its defaults unless --balancer-interval-ms,
---moves-max or --transfers-max say otherwise); nothing here runs `kvcli rebalance`:
+--moves-max, --repairs-max or --transfers-max say otherwise); nothing here runs `kvcli rebalance`:
 
 1. 3 kvserver nodes from a generated cluster file on 127.0.0.1 (replication = 3,
    --shards shards, 64 by default) are preloaded with --keys keys (1,000,000) of 100 B
@@ -15,16 +15,15 @@ On release binaries, with fresh temp data dirs and free loopback ports, the bala
    and leaders per node within one of the mean, every shard R voters, no learner, a
    leader), the balancer's moves and transfers (its counters in `kvcli rebalance
    status`), and the bench's errors, max latency and linearizability verdict.
-3. Nodes 6 and 7 join (written when a node could not take back a shard it left; nodes
-   take shards back now, and runs without the fresh nodes are still to be added). Under a second checked bench, `kvcli node
-   drain 5` marks node 5 draining and waits while the balancer empties it (evacuations
-   come before spreading onto 6 and 7, which the balancer does at the same time); the
+3. Under a second checked bench, `kvcli node drain 5` marks node 5 draining and waits
+   while the balancer empties it onto nodes 1-4 (which take back shards they left); the
    time until node 5 holds 0 replicas and is marked removed; then node 5 is stopped.
-4. Once the balancer has settled (balanced over nodes 1, 2, 3, 4, 6 and 7, or
-   --settle-wait-s passed), node 8 joins (as 6 and 7 do) and, under a
-   third checked bench: kill -9 of node 4 and `kvcli node remove 4 --dead`, which marks
-   it removed; the balancer rebuilds its replicas.
+4. Once the balancer has settled (balanced over nodes 1-4, or --settle-wait-s passed),
+   under a third checked bench: kill -9 of node 4 and `kvcli node remove 4 --dead`,
+   which marks it removed; the balancer rebuilds its replicas on nodes 1-3.
    Reported: the time from the kill until `status` shows no under-replicated shard.
+   With --fresh-nodes, nodes 6 and 7 join before the drain and node 8 before the kill
+   (the order of the figures measured before nodes could take back a shard they left).
 
 The load average is recorded at the start and at every phase. Writes
 bench/results/elastic-<timestamp>.json and bench/results/elastic-latest.json and prints a
@@ -96,6 +95,7 @@ class Cluster:
             "[timing]\ntick_ms = 10\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n\n"
             f"[balancer]\nenabled = true\ninterval_ms = {balancer['interval_ms']}\n"
             f"moves_max = {balancer['moves_max']}\n"
+            + (f"repairs_max = {balancer['repairs_max']}\n" if balancer.get("repairs_max") else "")
             + (f"transfers_max = {balancer['transfers_max']}\n" if balancer["transfers_max"] else "")
             + nodes
         )
@@ -177,7 +177,8 @@ def free_port_on(ip):
 
 
 def unbalanced(status, live):
-    """Why status is not balanced over exactly the nodes live (None if it is)."""
+    """Why status is not balanced over exactly the nodes live (None if it is). Replicas are
+    counted as the balancer counts them: the metadata group's voters too."""
     reachable = {n["node"] for n in status.get("nodes", []) if n.get("reachable")}
     if reachable != set(live):
         return f"reachable {sorted(reachable)}, expected {sorted(live)}"
@@ -191,6 +192,9 @@ def unbalanced(status, live):
         for v in r["voters"]:
             replicas[v] += 1
         leaders[r["leader"]] = leaders.get(r["leader"], 0) + 1
+    for v in (status.get("metadata") or {}).get("voters", []):
+        if v in replicas:
+            replicas[v] += 1
     for what, counts in (("replicas", replicas), ("leaders", leaders)):
         mean = sum(counts.values()) / len(live)
         far = {n: c for n, c in counts.items() if abs(c - mean) >= 1}
@@ -281,6 +285,7 @@ def load():
 def run(args, bins, workdir):
     res = {"settings": vars(args).copy(), "loadavg": {}}
     c = Cluster(bins, workdir, args.shards, {"interval_ms": args.balancer_interval_ms, "moves_max": args.moves_max,
+                                            "repairs_max": args.repairs_max,
                                             "transfers_max": args.transfers_max}, args.log_level)
     try:
         for n in (1, 2, 3):
@@ -323,12 +328,11 @@ def run(args, bins, workdir):
         log(f"bench during the spread: {res['spread_bench']}")
         res["rss_kb"] = {n: proc_rss_kb(p.pid)[0] for n, p in c.procs.items()}
 
-        # 3. A node keeps a tombstone for each shard it left and cannot take it back
-        # (docs/ELASTIC.md): after 3 -> 5 the shards on both nodes 4 and 5 have no other node
-        # that can take a replica of theirs, so fresh nodes 6 and 7 join first.
-        log("nodes 6 and 7 join")
-        c.join_node(6, "127.0.0.2")
-        c.join_node(7, "127.0.0.3")
+        # 3. Drain node 5 (with --fresh-nodes, nodes 6 and 7 join first).
+        fresh = (6, 7) if args.fresh_nodes else ()
+        for n, ip in zip(fresh, ("127.0.0.2", "127.0.0.3")):
+            log(f"node {n} joins")
+            c.join_node(n, ip)
         bench = Bench(c, args.clients, args.drain_bench_s, args.value_size)
         time.sleep(MARGIN_S)
         res["loadavg"]["drain"] = load()
@@ -354,20 +358,18 @@ def run(args, bins, workdir):
 
         # 4. Kill -9 and replace, from a settled cluster (node 5, if the drain did not end,
         # keeps running so that no shard loses a majority when node 4 dies).
-        six = {1, 2, 3, 4, 6, 7}
+        remaining = {1, 2, 3, 4, *fresh}
         took = None
         if drained:
-            took = wait_until("balanced over nodes 1-4, 6, 7", lambda: unbalanced(c.status(), six) is None,
-                              args.settle_wait_s)
+            took = wait_until(f"balanced over nodes {sorted(remaining)}",
+                              lambda: unbalanced(c.status(), remaining) is None, args.settle_wait_s)
         st = c.status()
-        res["settle"] = {"balanced_s": round(took, 1) if took is not None else None,
-                         "unbalanced": unbalanced(st, six), "shares": shares(st)}
+        res["settle"] = {"nodes": sorted(remaining), "balanced_s": round(took, 1) if took is not None else None,
+                         "unbalanced": unbalanced(st, remaining), "shares": shares(st)}
         log(f"settled: {res['settle']}")
-        # Node 8 joins first: written when a node could not take back a shard it left
-        # (node 4's replicas of shards nodes 1-3 all left had no live target but a fresh
-        # node); kept so the figures stay comparable until runs without it are added.
-        log("node 8 joins")
-        c.join_node(8, "127.0.0.2")
+        if args.fresh_nodes:
+            log("node 8 joins")
+            c.join_node(8, "127.0.0.2")
         bench = Bench(c, args.clients, args.remove_bench_s, args.value_size)
         time.sleep(MARGIN_S)
         res["loadavg"]["remove_dead"] = load()
@@ -429,6 +431,7 @@ def table(r):
         f"elastic: {s['shards']} shards, R = {REPLICATION}, {s['keys']} keys of {s['value_size']} B "
         f"(preload {r['preload']['puts_per_s']} puts/s), {s['clients']}-client bench --check, balancer "
         f"interval_ms {s['balancer_interval_ms']}, moves_max {s['moves_max']}, "
+        f"repairs_max {s.get('repairs_max') or 'default'}, "
         f"transfers_max {s.get('transfers_max') or 'default'}, commit {r['commit']}, "
         f"load average {r['loadavg']}; metadata leader changes {r.get('metadata_leader_changes')}",
         f"| 3 -> 5 nodes, balancer alone | balanced {sp['balanced_after_join_s']} s after node 4 started "
@@ -438,7 +441,7 @@ def table(r):
         f"| node drain 5 | {dr['command_s']} s (by {dr['by']}, exit {dr['exit']}), balancer {dr['balancer']}, "
         f"{dr['replicas_left_on_5']} replicas left, node 5 {dr['node_5_state']}; stopped: {dr['node_5_stopped']} |",
         f"| bench during the drain | {bench(b2)} |",
-        f"| settled over 1-4, 6, 7 | {se['balanced_s']} s after the drain; {se['unbalanced'] or 'balanced'} |",
+        f"| settled over {se.get('nodes')} | {se['balanced_s']} s after the drain; {se['unbalanced'] or 'balanced'} |",
         f"| kill -9 node 4 + node remove 4 --dead | under-replicated 0 after {rm['under_replicated_zero_after_kill_s']} s "
         f"(command {rm['command_s']} s, by {rm['by']}, exit {rm['exit']}), balancer {rm['balancer']} |",
         f"| bench during the removal | {bench(b3)} |",
@@ -452,6 +455,8 @@ def main():
     ap.add_argument("--shards", type=int, default=64, help="shards (default 64)")
     ap.add_argument("--clients", type=int, default=64, help="clients of the checked bench (default 64)")
     ap.add_argument("--moves-max", type=int, default=4, help="[balancer] moves_max (default 4, the cluster file's default)")
+    ap.add_argument("--repairs-max", type=int, default=None,
+                    help="[balancer] repairs_max (default: left out, the cluster file's default)")
     ap.add_argument("--transfers-max", type=int, default=None,
                     help="[balancer] transfers_max (default: left out, the cluster file's default)")
     ap.add_argument("--balancer-interval-ms", type=int, default=2000,
@@ -462,6 +467,8 @@ def main():
     ap.add_argument("--drive-wait-s", type=int, default=DRIVE_WAIT_S,
                     help=f"kvcli's --wait for node drain and node remove --dead (default {DRIVE_WAIT_S})")
     ap.add_argument("--settle-wait-s", type=int, default=180, help="how long the balancer may take to settle after the drain (default 180)")
+    ap.add_argument("--fresh-nodes", action="store_true",
+                    help="join nodes 6 and 7 before the drain and node 8 before the kill (the older figures' order)")
     ap.add_argument("--no-build", action="store_true", help="use the release binaries already built")
     ap.add_argument("--keep", action="store_true", help="keep data dirs and server logs")
     ap.add_argument("--log-level", default=LOG_FILTER,

@@ -254,8 +254,9 @@ class RaftkvCluster:
             'key_file = "keys/cluster.key"\nclient_key_files = ["keys/bench.key"]\n'
             f'client_key_file = "keys/bench.key"\nprotection = "{protection}"\n\n'
             "[timing]\ntick_ms = 10\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n"
-            # One machine, one clock: leaders answer reads from their lease.
-            f"lease_reads = {'true' if lease_reads else 'false'}\n"
+            # One machine, one clock: leaders answer reads from their lease. None leaves
+            # the key out, for builds older than it (bench/ab.py --lease-reads omit).
+            + ("" if lease_reads is None else f"lease_reads = {'true' if lease_reads else 'false'}\n")
             + nodes
         )
         subprocess.run(
@@ -684,21 +685,27 @@ def redis_benchmark_spread(ports, pipeline, requests, auth=None):
 
 def run_redis_point(args, bins, workdir, results):
     """SET and GET with redis-benchmark against raftkv (3 nodes, fsync on, the client
-    connected to node 1) and against one redis-server with appendfsync always. Both run
+    connected to node 1; lease reads, and ReadIndex reads on a second cluster as
+    `raftkv-readindex`) and against one redis-server with appendfsync always. Both run
     side by side and the runs alternate between them, REDIS_ROUNDS times, so that a busy
     spell of the machine hits both; the table shows each point's median round."""
     for tool in ("redis-benchmark", "redis-server"):
         if not shutil.which(tool):
             log(f"no {tool} on PATH (Debian: apt-get install redis-tools redis-server): skipping the Redis point")
             return
-    requests = 20_000 if args.quick else 200_000
+    requests = args.redis_requests or (20_000 if args.quick else 200_000)
     runs = []
+    # Lease reads (the headline, as before) and ReadIndex reads (the linearizable
+    # default, lease_reads = false): both clusters stay up for the whole point so that
+    # they see the same spells of load.
     cluster = RaftkvCluster(bins, BASE_SHARDS, workdir)
+    readindex = RaftkvCluster(bins, BASE_SHARDS, workdir, lease_reads=False)
     port = free_port(socket.SOCK_STREAM)
     rdir = Path(tempfile.mkdtemp(prefix="redis-", dir=workdir))
     server = None
     try:
         cluster.start()
+        readindex.start()
         server = spawn([
             "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(rdir),
             "--appendonly", "yes", "--appendfsync", "always", "--save", "",
@@ -709,8 +716,10 @@ def run_redis_point(args, bins, workdir, results):
                 raise RuntimeError("redis-server did not start")
             time.sleep(0.1)
         # raftkv's RESP users are its client keys: AUTH bench <the key file's hex key>.
-        key_text = (cluster.dir / "keys" / "bench.key").read_text()
-        secret = next(l.split('"')[1] for l in key_text.splitlines() if l.startswith("key = "))
+        def secret_of(c):
+            key_text = (c.dir / "keys" / "bench.key").read_text()
+            return next(l.split('"')[1] for l in key_text.splitlines() if l.startswith("key = "))
+        secret = secret_of(cluster)
         # The headline: every connection to node 1, as an application that knows one
         # address connects. "raftkv-spread": the same connections spread over the three
         # nodes (still Cluster-unaware, so two requests in three are forwarded).
@@ -718,11 +727,12 @@ def run_redis_point(args, bins, workdir, results):
             ("raftkv", cluster.redis_ports[1], ("bench", secret)),
             ("redis", port, None),
             ("raftkv-spread", [cluster.redis_ports[n] for n in (1, 2, 3)], ("bench", secret)),
+            ("raftkv-readindex", readindex.redis_ports[1], ("bench", secret_of(readindex))),
         ]
         for round_no in range(REDIS_ROUNDS):
             # Alternate who goes first, so neither always runs right after the other.
             order = targets if round_no % 2 == 0 else targets[::-1]
-            for pipeline in REDIS_PIPELINES:
+            for pipeline in args.redis_pipelines:
                 for system, target_port, auth in order:
                     log(f"round {round_no + 1}/{REDIS_ROUNDS}: redis-benchmark against {system}, -P {pipeline}")
                     run = redis_benchmark_spread if isinstance(target_port, list) else redis_benchmark
@@ -735,6 +745,7 @@ def run_redis_point(args, bins, workdir, results):
         if server is not None:
             stop(server)
         cluster.stop()
+        readindex.stop()
     results["redis"] = {
         "connections": REDIS_CONNECTIONS, "requests": requests, "rounds": REDIS_ROUNDS,
         "runs": runs, "rows": median_rows(runs),
@@ -901,7 +912,7 @@ def table(results):
         )
         for row in rd["rows"]:
             lines.append(
-                f"{row['system']:13} {row['test']:4} -P {row['pipeline']:<3} {row['rps']:>10.0f} req/s  p50 {row['p50_ms']:.3f}  p99 {row['p99_ms']:.3f}"
+                f"{row['system']:16} {row['test']:4} -P {row['pipeline']:<3} {row['rps']:>10.0f} req/s  p50 {row['p50_ms']:.3f}  p99 {row['p99_ms']:.3f}"
                 f"  load {row.get('load_average_1m', float('nan')):.1f}"
             )
         by = {(r["system"], r["test"], r["pipeline"]): r["rps"] for r in rd["rows"]}
@@ -945,6 +956,9 @@ def main():
     ap.add_argument("--protections", type=lambda s: tuple(s.split(",")), default=AUTH_PROTECTIONS,
                     help=f"--only auth: the protections compared, the first the baseline (default {','.join(AUTH_PROTECTIONS)})")
     ap.add_argument("--no-redis", action="store_true", help="skip the redis-benchmark point")
+    ap.add_argument("--redis-requests", type=int, help="redis-benchmark requests per test (default 200,000; --quick 20,000)")
+    ap.add_argument("--redis-pipelines", type=lambda s: tuple(int(x) for x in s.split(",")), default=REDIS_PIPELINES,
+                    help="redis-benchmark -P values (default 1,16; the issue's bar is at 1)")
     ap.add_argument("--no-build", action="store_true", help="use the binaries already built")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep data dirs and server logs")

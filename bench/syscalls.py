@@ -10,7 +10,10 @@ Starts a fresh 3-node kvserver cluster (free loopback ports, temp data dirs, fsy
 the timing of bench/callgrind.py), waits for leaders, optionally moves every shard's
 leadership to one node (`--leaders-on N`, through `kvcli shard leader`: separates the
 cost of many groups from the cost of spreading their leaders over the nodes), runs the
-point (16 B keys, 100 B values, 10,000 keys) and prints the counts per operation.
+point (16 B keys, 100 B values, 10,000 keys) and prints the counts per operation, then
+the servers' own turn counters per operation (from `kvcli --json status`, before and after
+the point): event-loop turns by what woke the loop, disk writes handed to the disk thread,
+WAL group commits, and peer datagrams sent.
 Needs `perf` and permission to read tracepoints (root here).
 
     python3 bench/syscalls.py --target target/release --shards 8
@@ -57,6 +60,23 @@ def leaders():
         return []
 
 
+def counters():
+    """Each runtime counter of the turn structure, summed over the three nodes."""
+    r = subprocess.run(kvcli + ["--json", "status"], capture_output=True, text=True, timeout=60)
+    total = {}
+    try:
+        nodes = json.loads([l for l in r.stdout.splitlines() if l.startswith("{")][-1])["nodes"]
+    except (IndexError, KeyError, ValueError):
+        return total
+    for n in nodes:
+        for name, v in (n.get("counters") or {}).items():
+            if name.startswith(("raftkv_loop_turns", "raftkv_disk_writes", "raftkv_wal_syncs",
+                                "raftkv_peer_datagrams_sent", "raftkv_datagrams_sent",
+                                "raftkv_datagrams_received")):
+                total[name] = total.get(name, 0) + v
+    return total
+
+
 def cpu_s(pid):
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
@@ -79,6 +99,7 @@ try:
             raise SystemExit(f"node {a.leaders_on} did not take every shard's leadership: {leaders()}")
     time.sleep(1)
     events = ",".join(f"syscalls:sys_enter_{s}" for s in SYSCALLS) + ",context-switches"
+    turns0 = counters()
     cpu0 = sum(cpu_s(x.pid) for x in procs)
     stat = subprocess.Popen(["perf", "stat", "-x", ",", "-e", events, "-o", f"{d}/perf.txt",
                              "-p", ",".join(str(x.pid) for x in procs)],
@@ -89,6 +110,7 @@ try:
     cpu1 = sum(cpu_s(x.pid) for x in procs)
     stat.send_signal(signal.SIGINT)
     stat.wait()
+    turns1 = counters()
     j = json.loads([l for l in r.stdout.splitlines() if l.startswith("{")][-1])
 finally:
     for x in procs:
@@ -103,4 +125,7 @@ for line in open(f"{d}/perf.txt"):
     f = line.strip().split(",")
     if len(f) > 2 and re.match(r"^[\d.]+$", f[0]):
         print(f"  {f[2].replace('syscalls:sys_enter_', ''):18} {float(f[0]) / ops:7.3f} per op")
+for name in sorted(turns1):
+    short = name.replace("raftkv_", "").replace("_total", "")
+    print(f"  {short:30} {(turns1[name] - turns0.get(name, 0)) / ops:7.3f} per op")
 shutil.rmtree(d, ignore_errors=True)

@@ -340,13 +340,17 @@ impl BalanceOutput {
 }
 
 fn move_text(m: &Move) -> String {
-    format!(
-        "move shard {}'s replica from node {} to node {} ({})",
-        m.shard.0,
-        m.from.0,
-        m.to.0,
-        reason_name(m.reason)
-    )
+    match m.reason {
+        MoveReason::GrowMetadata => format!("add node {} as a metadata voter", m.to.0),
+        MoveReason::ShrinkMetadata => format!("remove node {}'s metadata voter", m.from.0),
+        _ => format!(
+            "move shard {}'s replica from node {} to node {} ({})",
+            m.shard.0,
+            m.from.0,
+            m.to.0,
+            reason_name(m.reason)
+        ),
+    }
 }
 
 fn transfer_text(t: &LeaderTransfer) -> String {
@@ -360,6 +364,8 @@ fn reason_name(r: MoveReason) -> &'static str {
     match r {
         MoveReason::Evacuate => "evacuate",
         MoveReason::Balance => "balance",
+        MoveReason::GrowMetadata => "grow_metadata",
+        MoveReason::ShrinkMetadata => "shrink_metadata",
     }
 }
 

@@ -84,7 +84,9 @@ pub enum Op {
         node: NodeId,
     },
     /// Admin: move `shard`'s replica from node `from` to node `to`, sent to the shard's
-    /// leader. It adds `to` as a learner, waits until it has caught up, promotes it,
+    /// leader. For the metadata group only, one side may be `NodeId::NONE`: `to` added
+    /// as a voter (learner, catch-up, promotion) or `from` removed (leadership handed
+    /// over first if it leads), which is how its voter count follows the cluster's size. It adds `to` as a learner, waits until it has caught up, promotes it,
     /// hands leadership away from `from` if `from` leads, and removes `from`: one
     /// membership change at a time, each a new epoch. Answered `Done` once `to` is a
     /// voter and `from` is no longer a member; exactly once under the admin's session
@@ -401,7 +403,7 @@ pub enum ClientError {
     },
     /// An admin move of one of the shard's replicas was refused or undone; nothing of it
     /// remains in the shard's membership.
-    #[error("shard {shard}: cannot move a replica from node {from} to node {to}: {reason}")]
+    #[error("shard {shard}: cannot {}: {reason}", move_words(*from, *to))]
     MoveRefused {
         /// The shard.
         shard: ShardId,
@@ -418,6 +420,16 @@ pub enum ClientError {
     /// The node registry refused a state change ([`Op::SetNodeState`]).
     #[error("{0}")]
     NodeStateRefused(NodeStateRefusal),
+}
+
+/// What a [`Op::MoveReplica`] asks for, in words: a move, or (one side `NodeId::NONE`)
+/// a voter added or removed.
+pub fn move_words(from: NodeId, to: NodeId) -> String {
+    match (from.is_none(), to.is_none()) {
+        (true, false) => format!("add node {to} as a voter"),
+        (false, true) => format!("remove node {from}'s voter"),
+        _ => format!("move a replica from node {from} to node {to}"),
+    }
 }
 
 /// Why a [`Op::MoveReplica`] was refused (or undone).
@@ -463,6 +475,16 @@ pub enum MoveRefusal {
         node: NodeId,
         /// Its registry state.
         state: NodeState,
+    },
+    /// A voter added or removed without a replica leaving or arriving (`from` or `to`
+    /// is n0): only the metadata group's voter count changes; a data shard keeps R.
+    #[error("a data shard keeps the replication factor's voters: move a replica instead (only the metadata group gains or loses a voter)")]
+    VoterCountFixed,
+    /// Removing `node` would leave the group without a voter.
+    #[error("node {node} is the group's last voter")]
+    LastVoter {
+        /// The node.
+        node: NodeId,
     },
     /// The new replica did not catch up with the leader in time; the move was undone
     /// (the learner removed), so it can be asked again.

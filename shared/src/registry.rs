@@ -27,7 +27,9 @@ pub fn metadata_voters(bootstrap_nodes: &[NodeId]) -> Vec<NodeId> {
 /// Where a node is in its life in the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum NodeState {
-    /// Registered, not yet serving.
+    /// Registered, and not yet known to every node that answers: those nodes would
+    /// refuse its datagrams, so it receives no replica. The node marks itself active
+    /// once every node answering its status poll lists it ([`Registry::known_to_all`]).
     Joining,
     /// Serving; may receive replicas.
     Active,
@@ -108,11 +110,21 @@ pub enum NodeStateRefusal {
         /// The node.
         node: NodeId,
     },
-    /// Only `draining` and `removed` are set by an operator (`active` comes with a
-    /// registration, `joining` is not used).
-    #[error("a node's state can be set to draining or removed, not {state}")]
+    /// Only `active` (from `joining`), `draining` and `removed` are set; `joining` comes
+    /// with a registration.
+    #[error(
+        "a node's state can be set to active (from joining), draining or removed, not {state}"
+    )]
     NotSettable {
         /// The state asked for.
+        state: NodeState,
+    },
+    /// `active` is set only on a joining node: a draining node does not come back.
+    #[error("node {node} is {state}; only a joining node becomes active")]
+    NotJoining {
+        /// The node.
+        node: NodeId,
+        /// Its state.
         state: NodeState,
     },
 }
@@ -137,7 +149,7 @@ impl Registry {
     }
 
     /// Registers `node` (applied at metadata log index `index`): a new id becomes
-    /// active; a known id with the same identity only updates its address; a known id
+    /// joining; a known id with the same identity only updates its address; a known id
     /// under another identity, or a removed one, is refused and nothing changes.
     pub fn register(
         &mut self,
@@ -170,7 +182,7 @@ impl Registry {
                     NodeRecord {
                         id: node,
                         addr,
-                        state: NodeState::Active,
+                        state: NodeState::Joining,
                         identity,
                     },
                 );
@@ -180,15 +192,16 @@ impl Registry {
         Ok(())
     }
 
-    /// Marks `node` draining or removed (applied at metadata log index `index`). Setting
-    /// the state it already has changes nothing; a removed node stays removed.
+    /// Marks `node` active (only from joining), draining or removed (applied at metadata
+    /// log index `index`). Setting the state it already has changes nothing; a removed
+    /// node stays removed.
     pub fn set_state(
         &mut self,
         index: u64,
         node: NodeId,
         state: NodeState,
     ) -> Result<(), NodeStateRefusal> {
-        if !matches!(state, NodeState::Draining | NodeState::Removed) {
+        if state == NodeState::Joining {
             return Err(NodeStateRefusal::NotSettable { state });
         }
         let registered = self.registered_ids();
@@ -200,6 +213,12 @@ impl Registry {
         }
         if r.state == NodeState::Removed {
             return Err(NodeStateRefusal::Removed { node });
+        }
+        if state == NodeState::Active && r.state != NodeState::Joining {
+            return Err(NodeStateRefusal::NotJoining {
+                node,
+                state: r.state,
+            });
         }
         r.state = state;
         self.version = index;
@@ -242,6 +261,13 @@ impl Registry {
         }
     }
 
+    /// Whether joining `node` may become active: every registry in `heard` (one per node
+    /// that answered a status poll, its own included) lists it. Until then some node
+    /// would refuse its datagrams (`unknown_sender`) and a move to it would fail.
+    pub fn known_to_all(node: NodeId, heard: &[&Registry]) -> bool {
+        !heard.is_empty() && heard.iter().all(|r| r.get(node).is_some())
+    }
+
     /// Well formed: ids ascending without repeats, none of them 0 (checked on images
     /// and on what a status reply carries).
     pub fn is_well_formed(&self) -> bool {
@@ -259,13 +285,13 @@ mod tests {
     }
 
     #[test]
-    fn a_new_id_registers_active_and_a_repeat_changes_nothing() {
+    fn a_new_id_registers_joining_and_a_repeat_changes_nothing() {
         let mut r = Registry::default();
         r.register(3, NodeId(2), addr(2), 0xaa).unwrap();
         r.register(4, NodeId(1), addr(1), 0xbb).unwrap();
         assert_eq!(r.version, 4);
         assert_eq!(r.nodes.iter().map(|n| n.id.0).collect::<Vec<_>>(), [1, 2]);
-        assert_eq!(r.get(NodeId(2)).unwrap().state, NodeState::Active);
+        assert_eq!(r.get(NodeId(2)).unwrap().state, NodeState::Joining);
         r.register(9, NodeId(2), addr(2), 0xaa).unwrap();
         assert_eq!(r.version, 4, "a repeat is no change");
         r.register(10, NodeId(2), addr(7), 0xaa).unwrap();
@@ -310,6 +336,8 @@ mod tests {
         let mut r = Registry::default();
         r.register(1, NodeId(1), addr(1), 7).unwrap();
         r.register(2, NodeId(2), addr(2), 8).unwrap();
+        r.set_state(3, NodeId(1), NodeState::Active).unwrap();
+        r.set_state(4, NodeId(2), NodeState::Active).unwrap();
         r.set_state(5, NodeId(2), NodeState::Draining).unwrap();
         assert_eq!(
             (r.version, r.state_of(NodeId(2))),
@@ -334,9 +362,9 @@ mod tests {
             "node n4 is not in the node registry (registered: 1, 2)"
         );
         assert_eq!(
-            r.set_state(12, NodeId(1), NodeState::Active),
+            r.set_state(12, NodeId(1), NodeState::Joining),
             Err(NodeStateRefusal::NotSettable {
-                state: NodeState::Active
+                state: NodeState::Joining
             })
         );
         assert_eq!(r.version, 7);
@@ -344,6 +372,35 @@ mod tests {
         r.set_balancer_paused(14, true);
         assert!(r.balancer_paused);
         assert_eq!(r.version, 13);
+    }
+
+    #[test]
+    fn a_joining_node_becomes_active_once_every_answering_node_lists_it() {
+        let mut knows_both = Registry::default();
+        knows_both.register(1, NodeId(1), addr(1), 7).unwrap();
+        knows_both.register(2, NodeId(4), addr(4), 8).unwrap();
+        let mut stale = knows_both.clone();
+        stale.nodes.retain(|n| n.id != NodeId(4));
+        assert!(!Registry::known_to_all(NodeId(4), &[&knows_both, &stale]));
+        assert!(Registry::known_to_all(
+            NodeId(4),
+            &[&knows_both, &knows_both]
+        ));
+        assert!(!Registry::known_to_all(NodeId(4), &[]), "nobody heard yet");
+        knows_both
+            .set_state(3, NodeId(4), NodeState::Active)
+            .unwrap();
+        assert_eq!(knows_both.state_of(NodeId(4)), Some(NodeState::Active));
+        knows_both
+            .set_state(4, NodeId(4), NodeState::Draining)
+            .unwrap();
+        assert_eq!(
+            knows_both.set_state(5, NodeId(4), NodeState::Active),
+            Err(NodeStateRefusal::NotJoining {
+                node: NodeId(4),
+                state: NodeState::Draining
+            })
+        );
     }
 
     #[test]

@@ -49,7 +49,7 @@ impl Goal {
     fn select(self, mut plan: Plan) -> Plan {
         if let Goal::Empty(node, _) = self {
             plan.moves
-                .retain(|m| m.from == node && m.reason == MoveReason::Evacuate);
+                .retain(|m| m.from == node && m.reason != MoveReason::Balance);
             plan.leader_transfers.retain(|t| t.from == node);
             plan.stuck.retain(|s| s.node == Some(node));
         }
@@ -245,10 +245,7 @@ pub(super) async fn drive_to(
             });
         }
         for m in &plan.moves {
-            eprintln!(
-                "moving shard {}'s replica from node {} to node {}",
-                m.shard.0, m.from.0, m.to.0
-            );
+            eprintln!("{}", move_line(m, "moving", "adding", "removing"));
             start_move(&mut running, client, *m, deadline - now);
             in_flight.push(*m);
         }
@@ -285,18 +282,16 @@ pub(super) async fn drive_to(
             match result {
                 Ok(_) => {
                     eprintln!(
-                        "moved shard {}'s replica from node {} to node {} in {:.1} s",
-                        m.shard.0,
-                        m.from.0,
-                        m.to.0,
+                        "{} in {:.1} s",
+                        move_line(&m, "moved", "added", "removed"),
                         took.as_secs_f64()
                     );
                     done.push(DoneMove { mv: m, took });
                 }
                 Err(e) => {
                     eprintln!(
-                        "moving shard {}'s replica from node {} to node {} failed: {e}",
-                        m.shard.0, m.from.0, m.to.0
+                        "{} failed: {e}",
+                        move_line(&m, "moving", "adding", "removing")
                     );
                     if let Error::Refused {
                         error: ClientError::MoveRefused { reason, .. },
@@ -358,6 +353,22 @@ fn progress_line(goal: Goal, view: &View) -> String {
             a.leaders_over,
             a.replicas_not_live,
             a.moving_shards.len()
+        ),
+    }
+}
+
+/// A line about move `m` with the verb for a move, a voter added, or a voter removed
+/// (the metadata group's size changes: one side is `NodeId::NONE`).
+fn move_line(m: &Move, moving: &str, adding: &str, removing: &str) -> String {
+    let shard = m.shard.0;
+    match m.reason {
+        MoveReason::GrowMetadata => format!("{adding} node {} as a voter of shard {shard}", m.to.0),
+        MoveReason::ShrinkMetadata => {
+            format!("{removing} node {}'s voter of shard {shard}", m.from.0)
+        }
+        _ => format!(
+            "{moving} shard {shard}'s replica from node {} to node {}",
+            m.from.0, m.to.0
         ),
     }
 }

@@ -262,7 +262,25 @@ fn node_row(n: &NodeRow, cell: String) -> Vec<String> {
     ]
 }
 
-/// The status tables, shards then nodes.
+/// The metadata group's line under the shard table: its voters (the node registry
+/// survives fewer than half of them failing), learners, leader and epoch.
+fn metadata_line(m: &ShardRoute) -> String {
+    let ids = |v: &[NodeId]| {
+        v.iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut line = format!("metadata group: voters {}", ids(&m.voters));
+    if !m.learners.is_empty() {
+        line.push_str(&format!(" +learners {}", ids(&m.learners)));
+    }
+    let leader = m.leader.map_or_else(|| "none".into(), |l| l.to_string());
+    line.push_str(&format!(", leader {leader}, epoch {}", m.epoch));
+    line
+}
+
+/// The status tables, shards (and the metadata group's line) then nodes.
 pub fn render_status(s: &ClusterStatus, style: Style) -> String {
     let shard_rows: Vec<Vec<String>> = s
         .shards
@@ -368,7 +386,13 @@ pub fn render_status(s: &ClusterStatus, style: Style) -> String {
             )
         })
         .collect();
-    let mut out = format!("{shards}\n\n{nodes}");
+    let mut out = shards;
+    if let Some(m) = &s.metadata {
+        out.push('\n');
+        out.push_str(&metadata_line(m));
+    }
+    out.push_str("\n\n");
+    out.push_str(&nodes);
     for p in s.problems() {
         out.push('\n');
         out.push_str(&paint(style, "31", &p));
@@ -568,6 +592,26 @@ mod tests {
                 result: Err("no answer in 1000 ms".into()),
             },
         ]
+    }
+
+    #[test]
+    fn status_names_the_metadata_groups_voters_under_the_shards() {
+        let mut m = route(u32::MAX, 12, &[1, 2, 3, 4, 5], &[]);
+        m.leader = Some(NodeId(2));
+        let line = "metadata group: voters n1 n2 n3 n4 n5, leader n2, epoch 12";
+        assert_eq!(metadata_line(&m), line);
+        let mut s = combine_status(&reports(), 2);
+        s.metadata = Some(m);
+        let text = render_status(&s, PLAIN);
+        assert!(
+            text.contains(&format!("+n4:unknown\n{line}\n\nNODE")),
+            "{text}"
+        );
+        let learning = route(u32::MAX, 13, &[1, 2, 3], &[4]);
+        assert_eq!(
+            metadata_line(&learning),
+            "metadata group: voters n1 n2 n3 +learners n4, leader none, epoch 13"
+        );
     }
 
     #[test]

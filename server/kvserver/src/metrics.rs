@@ -64,6 +64,11 @@ struct LatencyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WokeLabels {
+    woke: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -97,6 +102,10 @@ struct Inner {
     wal_bytes: Counter,
     datagrams_received: Counter,
     datagrams_sent: Counter,
+    peer_datagrams_sent: Counter,
+    loop_turns: Family<WokeLabels, Counter>,
+    disk_writes: Counter,
+    wal_syncs: Counter,
     datagrams_dropped: Family<ReasonLabels, Counter>,
     snapshots_sent: Counter,
     snapshots_installed: Counter,
@@ -137,6 +146,10 @@ impl Metrics {
             wal_bytes: Counter::default(),
             datagrams_received: Counter::default(),
             datagrams_sent: Counter::default(),
+            peer_datagrams_sent: Counter::default(),
+            loop_turns: Family::default(),
+            disk_writes: Counter::default(),
+            wal_syncs: Counter::default(),
             datagrams_dropped: Family::default(),
             snapshots_sent: Counter::default(),
             snapshots_installed: Counter::default(),
@@ -213,6 +226,26 @@ impl Metrics {
             "datagrams_sent",
             "UDP datagrams sent",
             inner.datagrams_sent.clone(),
+        );
+        r.register(
+            "peer_datagrams_sent",
+            "UDP datagrams sent to peer nodes (part of datagrams_sent)",
+            inner.peer_datagrams_sent.clone(),
+        );
+        r.register(
+            "loop_turns",
+            "Event-loop turns, by what woke the loop (each turn flushes the core's output once)",
+            inner.loop_turns.clone(),
+        );
+        r.register(
+            "disk_writes",
+            "Writes (one per event-loop turn that had something to persist) handed to the disk thread",
+            inner.disk_writes.clone(),
+        );
+        r.register(
+            "wal_syncs",
+            "WAL group commits (one fsync each) the disk thread reported",
+            inner.wal_syncs.clone(),
         );
         r.register(
             "datagrams_dropped",
@@ -371,6 +404,12 @@ impl Metrics {
         }
         raise(&m.datagrams_received, counters.datagrams_in);
         raise(&m.datagrams_sent, counters.datagrams_out);
+        raise(&m.peer_datagrams_sent, counters.peer_datagrams_out);
+        raise(&m.disk_writes, counters.disk_writes);
+        raise(&m.wal_syncs, counters.wal_syncs);
+        for (&woke, &n) in &counters.turns {
+            raise(&m.loop_turns.get_or_create(&WokeLabels { woke }), n);
+        }
         for reason in DropReason::ALL {
             raise(
                 &m.datagrams_dropped.get_or_create(&ReasonLabels {
@@ -520,6 +559,23 @@ mod tests {
     use kv_shared::proto::ShardStatus;
     use kv_shared::{NodeId, ShardId};
 
+    /// Node 1's status with `shards` and nothing else.
+    fn node_status(shard_count: u32, shards: Vec<ShardStatus>) -> NodeStatus {
+        NodeStatus {
+            node: NodeId(1),
+            shard_count,
+            shards,
+            peers: Vec::new(),
+            refused: Vec::new(),
+            drops: Vec::new(),
+            counters: Vec::new(),
+            nodes: Vec::new(),
+            routes: Vec::new(),
+            registry: None,
+            metadata: None,
+        }
+    }
+
     #[test]
     fn sync_copies_status_and_counters() {
         let m = Metrics::new();
@@ -536,19 +592,7 @@ mod tests {
             replicas: Vec::new(),
             epoch: 0,
         };
-        let mut status = NodeStatus {
-            node: NodeId(1),
-            shard_count: 2,
-            shards: vec![row(0, Some(NodeId(1))), row(1, None)],
-            peers: Vec::new(),
-            refused: Vec::new(),
-            drops: Vec::new(),
-            counters: Vec::new(),
-            nodes: Vec::new(),
-            routes: Vec::new(),
-            registry: None,
-            metadata: None,
-        };
+        let mut status = node_status(2, vec![row(0, Some(NodeId(1))), row(1, None)]);
         let mut counters = Counters::default();
         counters.datagrams_in = 5;
         m.sync(&status, &counters, 3);
@@ -571,20 +615,39 @@ mod tests {
     }
 
     #[test]
+    fn turn_structure_counters_reach_the_status_counters() {
+        let m = Metrics::new();
+        let status = node_status(1, Vec::new());
+        let mut counters = Counters::default();
+        counters.datagrams_out = 9;
+        counters.peer_datagrams_out = 6;
+        counters.disk_writes = 4;
+        counters.wal_syncs = 3;
+        counters.turns.insert("socket", 5);
+        counters.turns.insert("disk", 2);
+        m.sync(&status, &counters, 0);
+        let value = |name: &str| {
+            m.counters()
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v)
+        };
+        assert_eq!(value("raftkv_peer_datagrams_sent_total"), Some(6));
+        assert_eq!(value("raftkv_disk_writes_total"), Some(4));
+        assert_eq!(value("raftkv_wal_syncs_total"), Some(3));
+        assert_eq!(value("raftkv_loop_turns_total{woke=\"socket\"}"), Some(5));
+        assert_eq!(value("raftkv_loop_turns_total{woke=\"disk\"}"), Some(2));
+        // Counters only rise: a sync with smaller totals leaves them as they were.
+        m.sync(&status, &Counters::default(), 0);
+        assert_eq!(value("raftkv_wal_syncs_total"), Some(3));
+    }
+
+    #[test]
     fn status_counters_are_the_metrics_text_without_shard_series_and_histograms() {
         let m = Metrics::new();
         let status = NodeStatus {
-            node: NodeId(1),
-            shard_count: 1,
-            shards: Vec::new(),
-            peers: Vec::new(),
             refused: vec![("pending_requests_full".into(), 4), ("nonsense".into(), 9)],
-            drops: Vec::new(),
-            counters: Vec::new(),
-            nodes: Vec::new(),
-            routes: Vec::new(),
-            registry: None,
-            metadata: None,
+            ..node_status(1, Vec::new())
         };
         let mut counters = Counters::default();
         counters.datagrams_out = 11;

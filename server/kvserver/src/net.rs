@@ -256,6 +256,16 @@ pub struct Counters {
     pub datagrams_out: u64,
     /// Client requests handed to the core (or answered by the runtime).
     pub client_requests: u64,
+    /// Of `datagrams_out`, those sent to peer nodes.
+    pub peer_datagrams_out: u64,
+    /// Event-loop turns by what woke the loop (`raftkv_loop_turns_total`): with the
+    /// datagrams, disk writes and WAL syncs, the turn structure a benchmark divides by
+    /// its operations (bench/syscalls.py).
+    pub turns: std::collections::BTreeMap<&'static str, u64>,
+    /// DiskWrites handed to the disk thread (at most one per turn).
+    pub disk_writes: u64,
+    /// Group commits the disk thread reported (one fsync each).
+    pub wal_syncs: u64,
     drops: [u64; DROP_KINDS],
     warn: [RateLimit; DROP_KINDS],
 }
@@ -269,6 +279,10 @@ impl Default for Counters {
             datagrams_in: 0,
             datagrams_out: 0,
             client_requests: 0,
+            peer_datagrams_out: 0,
+            turns: std::collections::BTreeMap::new(),
+            disk_writes: 0,
+            wal_syncs: 0,
             drops: [0; DROP_KINDS],
             warn: std::array::from_fn(|_| RateLimit::new(DROP_WARN_INTERVAL)),
         }

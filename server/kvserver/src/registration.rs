@@ -1,7 +1,9 @@
 //! A node's place in the node registry: the identity of its data directory, the check a
 //! node with a new data directory passes before it takes part in Raft, its registration
 //! through the metadata group, and the registry it then keeps hearing for its core (its
-//! status polls also feed the balancer, `crate::balancer`).
+//! status polls also feed the balancer, `crate::balancer`). A node registers `joining`
+//! and marks itself `active` once every node that answers its poll lists it: before
+//! that, some node would refuse its datagrams, so it must not receive replicas yet.
 //!
 //! A brand-new cluster and a known id with a wiped data directory look the same from the
 //! directory (no identity yet); the cluster tells them apart. A node with a new data
@@ -14,7 +16,7 @@
 
 use crate::balancer::StatusRound;
 use kv_shared::proto::{ClientError, NodeStatus, Op, ShardRoute};
-use kv_shared::registry::{RegisterRefusal, Registry};
+use kv_shared::registry::{NodeState, RegisterRefusal, Registry};
 use kv_shared::NodeId;
 use kvcli::{Client, ClientOptions, Error};
 use std::io::Write;
@@ -169,12 +171,41 @@ pub async fn run(
         }
     }
     loop {
-        if let Err(refusal) = hear_registry(&reg, &client, &events, &rounds).await {
-            let _ = events.send(RegistrationEvent::Refused(refusal));
-            return;
+        match hear_registry(&reg, &client, &events, &rounds).await {
+            Err(refusal) => {
+                let _ = events.send(RegistrationEvent::Refused(refusal));
+                return;
+            }
+            Ok(true) => activate(&reg, &client).await,
+            Ok(false) => {}
         }
         tokio::time::sleep(REGISTRY_POLL).await;
     }
+}
+
+/// Marks this joining node active (`Op::SetNodeState`); a refusal (it was drained or
+/// removed meanwhile) or a failure is logged, and the next poll decides again.
+async fn activate(reg: &Registration, client: &Client) {
+    let op = Op::SetNodeState {
+        node: reg.node,
+        state: NodeState::Active,
+    };
+    match client.session().execute_within(op, REGISTER_WAIT).await {
+        Ok(_) => tracing::info!(
+            "node {}: every node answering knows it; marked active",
+            reg.node.0
+        ),
+        Err(e) => tracing::info!("node {}: not marked active yet: {e}", reg.node.0),
+    }
+}
+
+/// Whether node `me`, as the newest of `registries` shows it, is joining and every one
+/// of them (one per node that answered) lists it, so that it may be marked active.
+pub fn ready_to_activate(me: NodeId, registries: &[Option<&Registry>]) -> bool {
+    let newest = registries.iter().flatten().max_by_key(|r| r.version);
+    let joining = newest.is_some_and(|r| r.state_of(me) == Some(NodeState::Joining));
+    let heard: Option<Vec<&Registry>> = registries.iter().copied().collect();
+    joining && heard.is_some_and(|h| Registry::known_to_all(me, &h))
 }
 
 /// Asks every node for its registry until every node of `reg.others` answered; refuses
@@ -223,24 +254,28 @@ async fn first_start_check(
 }
 
 /// One round of status requests: hands the registries heard to the core and the round to
-/// the balancer, and refuses if one of the registries no longer accepts this node.
+/// the balancer, and refuses if one of the registries no longer accepts this node. True
+/// if this node may now be marked active ([`ready_to_activate`]).
 async fn hear_registry(
     reg: &Registration,
     client: &Client,
     events: &UnboundedSender<RegistrationEvent>,
     rounds: &watch::Sender<Option<Arc<StatusRound>>>,
-) -> Result<(), RegisterRefusal> {
+) -> Result<bool, RegisterRefusal> {
     let reports = client.status(STATUS_WAIT).await;
+    let mut registries = Vec::new();
     for report in &reports {
         if let Ok((status, _)) = &report.result {
             pass_on(reg, status, events)?;
+            registries.push(status.registry.as_deref());
         }
     }
+    let ready = ready_to_activate(reg.node, &registries);
     rounds.send_replace(Some(Arc::new(StatusRound {
         at: Instant::now(),
         reports,
     })));
-    Ok(())
+    Ok(ready)
 }
 
 /// Hands what `status` knows of the registry and the metadata group to the core; refuses
@@ -263,6 +298,25 @@ fn pass_on(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_joining_node_is_ready_once_every_answering_node_lists_it() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 7000));
+        let mut old = Registry::default();
+        old.register(1, NodeId(1), addr, 1).unwrap();
+        let mut new = old.clone();
+        new.register(2, NodeId(4), addr, 4).unwrap();
+        let me = NodeId(4);
+        assert!(!ready_to_activate(me, &[Some(&new), Some(&old)]));
+        assert!(
+            !ready_to_activate(me, &[Some(&new), None]),
+            "one knows none"
+        );
+        assert!(ready_to_activate(me, &[Some(&new), Some(&new)]));
+        new.set_state(3, me, NodeState::Active).unwrap();
+        assert!(!ready_to_activate(me, &[Some(&new), Some(&new)]), "active");
+        assert!(!ready_to_activate(me, &[]));
+    }
 
     #[test]
     fn an_identity_is_made_once_with_the_directory_and_kept() {

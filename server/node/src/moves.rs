@@ -1,5 +1,6 @@
-//! Moving a shard's replica from one node to another (`Op::MoveReplica`): the checks a
-//! leader makes before recording a move, and the driver that takes a recorded move
+//! Moving a shard's replica from one node to another (`Op::MoveReplica`), and adding or
+//! removing one voter of the metadata group (a move with one side `NodeId::NONE`): the
+//! checks a leader makes before recording a move, and the driver that takes a recorded move
 //! through its membership changes one step at a time. Both are pure functions of the
 //! shard's replicated state (membership, the move in flight) and the leader's view of
 //! its followers, so that whichever replica leads next takes the same next step.
@@ -7,7 +8,7 @@
 use crate::sm::MoveInFlight;
 use kv_raft::{ConfChange, Membership};
 use kv_shared::proto::{MoveRefusal, ShardRoute};
-use kv_shared::registry::NodeState;
+use kv_shared::registry::{NodeState, METADATA_SHARD};
 use kv_shared::NodeId;
 
 /// A learner that has not caught up with the leader's commit index this many ticks after
@@ -33,7 +34,9 @@ pub const CREATED_REPLICA_SILENT_ELECTIONS_MAX: u64 = 2 * MOVE_LEARNER_SILENT_EL
 
 /// Refuses a move that cannot start: `members` are the nodes of the cluster (removed
 /// ones left out), `to_state` the registry's state of `to`, `route` the shard's replica
-/// set now, `in_flight` the move recorded, if any.
+/// set now, `in_flight` the move recorded, if any. `from` or `to` may be `NodeId::NONE`
+/// for the metadata group only (its voter count follows the cluster's size; a data
+/// shard keeps R): a voter added, or one removed (never the last).
 pub fn check_move(
     from: NodeId,
     to: NodeId,
@@ -42,12 +45,10 @@ pub fn check_move(
     route: &ShardRoute,
     in_flight: Option<MoveInFlight>,
 ) -> Result<(), MoveRefusal> {
-    if !members.contains(&to) {
-        return Err(MoveRefusal::UnknownNode { node: to });
+    if from.is_none() || to.is_none() {
+        return check_voter_change(from, to, members, to_state, route, in_flight);
     }
-    if let Some(state @ (NodeState::Draining | NodeState::Removed)) = to_state {
-        return Err(MoveRefusal::NotActive { node: to, state });
-    }
+    check_target(to, members, to_state)?;
     // `from` may have been removed (`node remove --dead`): its replicas are what moves.
     if !members.contains(&from) && !route.voters.contains(&from) {
         return Err(MoveRefusal::UnknownNode { node: from });
@@ -55,23 +56,82 @@ pub fn check_move(
     if from == to {
         return Err(MoveRefusal::SameNode);
     }
-    if let Some(m) = in_flight {
-        return Err(MoveRefusal::MoveInFlight {
+    check_no_move_in_flight(in_flight)?;
+    check_not_member(to, route)?;
+    check_voter(from, route)
+}
+
+/// `to` can receive a replica: a node of the cluster, neither draining nor removed.
+fn check_target(
+    to: NodeId,
+    members: &[NodeId],
+    to_state: Option<NodeState>,
+) -> Result<(), MoveRefusal> {
+    if !members.contains(&to) {
+        return Err(MoveRefusal::UnknownNode { node: to });
+    }
+    if let Some(state @ (NodeState::Draining | NodeState::Removed)) = to_state {
+        return Err(MoveRefusal::NotActive { node: to, state });
+    }
+    Ok(())
+}
+
+/// One move at a time per shard.
+fn check_no_move_in_flight(in_flight: Option<MoveInFlight>) -> Result<(), MoveRefusal> {
+    match in_flight {
+        Some(m) => Err(MoveRefusal::MoveInFlight {
             from: m.from,
             to: m.to,
-        });
+        }),
+        None => Ok(()),
     }
+}
+
+/// `to` holds no replica of the shard yet.
+fn check_not_member(to: NodeId, route: &ShardRoute) -> Result<(), MoveRefusal> {
     if route.voters.contains(&to) || route.learners.contains(&to) {
         return Err(MoveRefusal::AlreadyMember {
             node: to,
             route: route.clone(),
         });
     }
+    Ok(())
+}
+
+/// `from` is a voter of the shard.
+fn check_voter(from: NodeId, route: &ShardRoute) -> Result<(), MoveRefusal> {
     if !route.voters.contains(&from) {
         return Err(MoveRefusal::NotAVoter {
             node: from,
             route: route.clone(),
         });
+    }
+    Ok(())
+}
+
+/// [`check_move`] for a voter added (`from` none) or removed (`to` none).
+fn check_voter_change(
+    from: NodeId,
+    to: NodeId,
+    members: &[NodeId],
+    to_state: Option<NodeState>,
+    route: &ShardRoute,
+    in_flight: Option<MoveInFlight>,
+) -> Result<(), MoveRefusal> {
+    if route.shard != METADATA_SHARD {
+        return Err(MoveRefusal::VoterCountFixed);
+    }
+    if from.is_none() && to.is_none() {
+        return Err(MoveRefusal::SameNode);
+    }
+    check_no_move_in_flight(in_flight)?;
+    if from.is_none() {
+        check_target(to, members, to_state)?;
+        return check_not_member(to, route);
+    }
+    check_voter(from, route)?;
+    if route.voters.len() <= 1 {
+        return Err(MoveRefusal::LastVoter { node: from });
     }
     Ok(())
 }
@@ -115,7 +175,8 @@ pub struct LeaderView<'a> {
 
 /// The next step of move `m`, from the membership it has reached. The steps are
 /// `AddLearner(to)`, catch-up, `PromoteLearner(to)`, a leadership transfer if `from`
-/// leads, `RemoveNode(from)`, then the end; a learner that does not catch up within
+/// leads, `RemoveNode(from)`, then the end (a voter added, `from` none, ends after the
+/// promotion; a voter removed, `to` none, starts at the transfer); a learner that does not catch up within
 /// [`MOVE_CATCH_UP_TICKS_MAX`], or is silent for `learner_silent_ticks_max`, ends the
 /// move undone (the stray learner is then removed, see [`stray_learner`]).
 pub fn next_step(m: &MoveInFlight, view: &LeaderView<'_>) -> MoveStep {
@@ -141,9 +202,9 @@ pub fn next_step(m: &MoveInFlight, view: &LeaderView<'_>) -> MoveStep {
         }
         return MoveStep::Wait;
     }
-    let from_member = voters.contains(&m.from) || learners.contains(&m.from);
-    if !voters.contains(&m.to) {
-        return if voters.contains(&m.from) {
+    let from_member = !m.from.is_none() && (voters.contains(&m.from) || learners.contains(&m.from));
+    if !m.to.is_none() && !voters.contains(&m.to) {
+        return if m.from.is_none() || voters.contains(&m.from) {
             MoveStep::Change(ConfChange::AddLearner(m.to))
         } else {
             // `from` left by some other way before `to` joined: nothing to move.
@@ -188,7 +249,13 @@ pub fn transfer_target(m: &MoveInFlight, view: &LeaderView<'_>) -> NodeId {
         .filter(|v| *v != view.me && *v != m.to)
         .collect();
     others.sort_by_key(|v| (std::cmp::Reverse(matched(*v)), *v));
-    let order: Vec<NodeId> = std::iter::once(m.to).chain(others).collect();
+    // A voter removed (`to` none) hands over to the others alone.
+    let first = Some(m.to).filter(|to| !to.is_none());
+    let order: Vec<NodeId> = first.into_iter().chain(others).collect();
+    if order.is_empty() {
+        // No other voter: never asked for (`check_move` refuses removing the last).
+        return view.me;
+    }
     order[view.transfers_tried as usize % order.len()]
 }
 
@@ -263,6 +330,106 @@ mod tests {
         let remove = step(&m, &[1, 2, 3, 4], &[], 1, &[(4, 10)]);
         assert_eq!(remove, MoveStep::Change(ConfChange::RemoveNode(NodeId(3))));
         assert_eq!(step(&m, &[1, 2, 4], &[], 1, &[]), MoveStep::End(None));
+    }
+
+    fn metadata_move(from: u64, to: u64) -> MoveInFlight {
+        MoveInFlight {
+            shard: METADATA_SHARD,
+            ..mv(from, to)
+        }
+    }
+
+    #[test]
+    fn a_voter_added_walks_learner_catch_up_promote_end() {
+        let m = metadata_move(0, 4);
+        let add = step(&m, &[1, 2, 3], &[], 1, &[(2, 10), (3, 10)]);
+        assert_eq!(add, MoveStep::Change(ConfChange::AddLearner(NodeId(4))));
+        assert_eq!(step(&m, &[1, 2, 3], &[4], 1, &[(4, 9)]), MoveStep::Wait);
+        let promote = step(&m, &[1, 2, 3], &[4], 1, &[(4, 10)]);
+        assert_eq!(
+            promote,
+            MoveStep::Change(ConfChange::PromoteLearner(NodeId(4)))
+        );
+        assert_eq!(step(&m, &[1, 2, 3, 4], &[], 1, &[]), MoveStep::End(None));
+    }
+
+    #[test]
+    fn a_voter_removed_goes_at_once_and_a_leader_hands_over_first() {
+        let m = metadata_move(3, 0);
+        let remove = step(&m, &[1, 2, 3, 4, 5], &[], 1, &[]);
+        assert_eq!(remove, MoveStep::Change(ConfChange::RemoveNode(NodeId(3))));
+        assert_eq!(step(&m, &[1, 2, 4, 5], &[], 1, &[]), MoveStep::End(None));
+        let leader_goes = metadata_move(1, 0);
+        let s = step(&leader_goes, &[1, 2, 3], &[], 1, &[(2, 9), (3, 10)]);
+        assert_eq!(s, MoveStep::TransferLeadership(NodeId(3)), "most caught up");
+    }
+
+    #[test]
+    fn voter_changes_are_for_the_metadata_group_and_never_remove_the_last() {
+        let route = |voters: &[u64]| ShardRoute {
+            shard: METADATA_SHARD,
+            epoch: 0,
+            voters: n(voters),
+            learners: vec![],
+            leader: Some(NodeId(1)),
+        };
+        let members = n(&[1, 2, 3, 4]);
+        let none = NodeId::NONE;
+        let check =
+            |from, to, r: &ShardRoute, state| check_move(from, to, &members, state, r, None);
+        assert_eq!(check(none, NodeId(4), &route(&[1, 2, 3]), None), Ok(()));
+        assert_eq!(check(NodeId(3), none, &route(&[1, 2, 3]), None), Ok(()));
+        let data = ShardRoute {
+            shard: ShardId(0),
+            ..route(&[1, 2, 3])
+        };
+        let e = check(none, NodeId(4), &data, None).unwrap_err();
+        assert_eq!(e, MoveRefusal::VoterCountFixed);
+        assert!(e.to_string().contains("replication factor"), "{e}");
+        assert_eq!(
+            check(NodeId(1), none, &route(&[1]), None),
+            Err(MoveRefusal::LastVoter { node: NodeId(1) })
+        );
+        assert!(matches!(
+            check(NodeId(4), none, &route(&[1, 2, 3]), None),
+            Err(MoveRefusal::NotAVoter { .. })
+        ));
+        assert!(matches!(
+            check(none, NodeId(2), &route(&[1, 2, 3]), None),
+            Err(MoveRefusal::AlreadyMember { .. })
+        ));
+        assert_eq!(
+            check(
+                none,
+                NodeId(4),
+                &route(&[1, 2, 3]),
+                Some(NodeState::Draining)
+            ),
+            Err(MoveRefusal::NotActive {
+                node: NodeId(4),
+                state: NodeState::Draining
+            })
+        );
+        assert_eq!(
+            check(none, NodeId(9), &route(&[1, 2, 3]), None),
+            Err(MoveRefusal::UnknownNode { node: NodeId(9) })
+        );
+        assert_eq!(
+            check(none, none, &route(&[1, 2, 3]), None),
+            Err(MoveRefusal::SameNode)
+        );
+        let in_flight = Some(metadata_move(0, 4));
+        assert!(matches!(
+            check_move(
+                none,
+                NodeId(4),
+                &members,
+                None,
+                &route(&[1, 2, 3]),
+                in_flight
+            ),
+            Err(MoveRefusal::MoveInFlight { .. })
+        ));
     }
 
     #[test]

@@ -16,7 +16,7 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
-use crate::registry::METADATA_SHARD;
+use crate::registry::{METADATA_SHARD, METADATA_VOTERS_MAX};
 use crate::{NodeId, ShardId};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -32,12 +32,18 @@ pub enum NodeState {
     Down,
     /// Will not come back: its replicas are rebuilt on live nodes (from the live majority).
     Dead,
+    /// Answers, but registered so recently that some node does not know it yet (it would
+    /// refuse the node's datagrams): receives nothing until it is active.
+    Joining,
 }
 
 impl NodeState {
     /// The node answers, so its replicas count toward a quorum.
     pub fn answers(self) -> bool {
-        matches!(self, NodeState::Live | NodeState::Draining)
+        matches!(
+            self,
+            NodeState::Live | NodeState::Draining | NodeState::Joining
+        )
     }
 
     /// Its replicas must all move away.
@@ -52,6 +58,7 @@ impl NodeState {
             NodeState::Draining => "draining",
             NodeState::Down => "down",
             NodeState::Dead => "dead",
+            NodeState::Joining => "joining",
         }
     }
 }
@@ -60,7 +67,7 @@ impl NodeState {
 /// registered, or no registry known), whether it answers now, and whether it has been
 /// silent longer than the balancer's `down_after` (kvcli, which keeps no timer, passes
 /// false). A removed node is dead (its id never comes back); a draining node that stops
-/// answering is down, then dead like any other.
+/// answering is down, then dead like any other; a joining node that answers is joining.
 pub fn node_state(
     registered: Option<crate::registry::NodeState>,
     answers: bool,
@@ -70,6 +77,7 @@ pub fn node_state(
     match (registered, answers) {
         (Some(Registered::Removed), _) => NodeState::Dead,
         (Some(Registered::Draining), true) => NodeState::Draining,
+        (Some(Registered::Joining), true) => NodeState::Joining,
         (_, true) => NodeState::Live,
         (_, false) if silent_too_long => NodeState::Dead,
         (_, false) => NodeState::Down,
@@ -120,9 +128,18 @@ pub enum MoveReason {
     Evacuate,
     /// Its node holds more replicas than another live node by two or more.
     Balance,
+    /// The metadata group has fewer voters than [`metadata_voters_wanted`]: `to` is added
+    /// as a voter (a learner that catches up and is promoted) and no replica goes
+    /// (`from` is [`NodeId::NONE`]).
+    GrowMetadata,
+    /// The metadata group has more voters than [`metadata_voters_wanted`]: `from`'s
+    /// replica is removed and none is added (`to` is [`NodeId::NONE`]).
+    ShrinkMetadata,
 }
 
-/// One replica move: `shard`'s replica on `from` goes to `to` (`Op::MoveReplica`).
+/// One replica move: `shard`'s replica on `from` goes to `to` (`Op::MoveReplica`). For
+/// the metadata group only, one side may be [`NodeId::NONE`]: a voter added
+/// ([`MoveReason::GrowMetadata`]) or removed ([`MoveReason::ShrinkMetadata`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Move {
     /// The shard.
@@ -204,12 +221,43 @@ impl Plan {
 
 /// The voters `s` should have: R for a data shard; for the metadata group ([`METADATA_SHARD`],
 /// listed among the shards so that its replicas move off draining and dead nodes and
-/// spread like any other), the count it has, `min(5, N)` bootstrap nodes, which moves keep.
+/// spread like any other), [`metadata_voters_wanted`].
 pub fn voters_wanted(cluster: &Cluster, s: &ShardInfo) -> usize {
     if s.shard == METADATA_SHARD {
-        s.voters.len()
+        metadata_voters_wanted(cluster, s)
     } else {
         cluster.replication
+    }
+}
+
+/// The metadata group's voters wanted: 5 ([`METADATA_VOTERS_MAX`]) when at least 5 nodes
+/// are live, 3 when 3 or 4 are (an even count survives no more failures than the odd
+/// one below it, and costs a vote more), every live node when fewer are. Down nodes count
+/// as live here (they may come back, and a blip must not shrink the group), but only
+/// live nodes receive a replica; and the group is never shrunk below the voters on
+/// answering nodes it has when fewer than 3 nodes answer.
+pub fn metadata_voters_wanted(cluster: &Cluster, s: &ShardInfo) -> usize {
+    let eligible = cluster
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.state, NodeState::Live | NodeState::Down))
+        .count();
+    let wanted = match eligible {
+        n if n >= METADATA_VOTERS_MAX => METADATA_VOTERS_MAX,
+        n if n >= 3 => 3,
+        n => n,
+    };
+    // With one or two nodes left, the group keeps what it has rather than dropping to a
+    // voter count nothing needs (a removal would need those same voters to commit).
+    let answering = s
+        .voters
+        .iter()
+        .filter(|v| cluster.state_of(**v).answers())
+        .count();
+    if wanted < 3 {
+        wanted.max(answering).max(1)
+    } else {
+        wanted
     }
 }
 
@@ -246,12 +294,7 @@ impl Cluster {
     pub fn apply(&mut self, plan: &Plan) {
         for m in &plan.moves {
             if let Some(s) = self.shards.iter_mut().find(|s| s.shard == m.shard) {
-                s.voters.retain(|v| *v != m.from);
-                s.voters.push(m.to);
-                s.voters.sort();
-                if s.leader == Some(m.from) {
-                    s.leader = Some(m.to);
-                }
+                move_voters(s, m);
             }
         }
         for t in &plan.leader_transfers {
@@ -259,6 +302,23 @@ impl Cluster {
                 s.leader = Some(t.to);
             }
         }
+    }
+}
+
+/// `s`'s voters and leader once move `m` is done (either side may be [`NodeId::NONE`]);
+/// a leader that goes hands over to the new voter, or to the lowest other voter.
+fn move_voters(s: &mut ShardInfo, m: &Move) {
+    s.voters.retain(|v| *v != m.from);
+    if !m.to.is_none() && !s.voters.contains(&m.to) {
+        s.voters.push(m.to);
+    }
+    s.voters.sort();
+    if s.leader == Some(m.from) {
+        s.leader = if m.to.is_none() {
+            s.voters.first().copied()
+        } else {
+            Some(m.to)
+        };
     }
 }
 
@@ -285,15 +345,12 @@ impl Projection {
         let mut observed_moves = 0;
         for s in &mut shards {
             if let Some(m) = in_flight.iter().find(|m| m.shard == s.shard) {
-                s.voters.retain(|v| *v != m.from);
                 s.learners.retain(|l| *l != m.to);
-                if !s.voters.contains(&m.to) {
-                    s.voters.push(m.to);
-                    s.voters.sort();
-                }
+                move_voters(s, m);
                 frozen.insert(s.shard);
             }
-            let moving = !s.learners.is_empty() || s.voters.len() > voters_wanted(cluster, s);
+            let moving = !s.learners.is_empty()
+                || (s.shard != METADATA_SHARD && s.voters.len() > voters_wanted(cluster, s));
             if moving && frozen.insert(s.shard) {
                 observed_moves += 1;
             }
@@ -327,10 +384,35 @@ fn has_quorum(cluster: &Cluster, shard: &ShardInfo) -> bool {
     live >= majority(shard.voters.len())
 }
 
+/// How many moves may run at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MoveLimits {
+    /// Voluntary moves: off draining nodes, and spreading.
+    pub moves_max: usize,
+    /// Repairs: moves of replicas off dead nodes, if they have a limit of their own
+    /// (`None`: they count toward `moves_max`). Each such shard runs a replica short (one
+    /// more failure away from losing its quorum) until its move ends, so the balancer
+    /// does not make repairs wait behind a drain or a spread.
+    pub repairs_max: Option<usize>,
+}
+
+/// [`plan_within`] with at most `moves_max` moves of any kind at once: what kvcli plans
+/// with.
+pub fn plan(cluster: &Cluster, in_flight: &[Move], moves_max: usize) -> Plan {
+    plan_within(
+        cluster,
+        in_flight,
+        MoveLimits {
+            moves_max,
+            repairs_max: None,
+        },
+    )
+}
+
 /// The next round of work for `cluster`, with `in_flight` moves still running and at most
-/// `moves_max` moves running at once (so at most `moves_max - in_flight.len()` new ones,
-/// fewer by the moves the cluster shows that `in_flight` does not list: shards with
-/// learners, or with more voters than wanted).
+/// `limits.moves_max` moves running at once (repairs apart if `limits.repairs_max` is
+/// set), fewer by the moves the cluster shows that `in_flight` does not list (shards with
+/// learners, or with more voters than wanted), which count as voluntary.
 ///
 /// Moves: first every replica on a dead node, then every replica on a draining node, each
 /// to the live node with the fewest replicas (then the fewest leaders, then the lowest
@@ -339,13 +421,24 @@ fn has_quorum(cluster: &Cluster, shard: &ShardInfo) -> bool {
 /// does not lead). Leader transfers, only once no move is planned or running: away from a
 /// node that is not live, then along chains of transfers from a node leading two more
 /// shards than another, until no such chain exists.
-pub fn plan(cluster: &Cluster, in_flight: &[Move], moves_max: usize) -> Plan {
+pub fn plan_within(cluster: &Cluster, in_flight: &[Move], limits: MoveLimits) -> Plan {
     let mut p = Projection::new(cluster, in_flight);
     let mut plan = Plan::default();
-    let mut budget = moves_max.saturating_sub(in_flight.len() + p.observed_moves);
+    let repairing = match limits.repairs_max {
+        Some(_) => in_flight
+            .iter()
+            .filter(|m| cluster.state_of(m.from) == NodeState::Dead)
+            .count(),
+        None => 0,
+    };
+    let mut repair_budget = limits.repairs_max.map(|r| r.saturating_sub(repairing));
+    let mut budget = limits
+        .moves_max
+        .saturating_sub(in_flight.len() - repairing + p.observed_moves);
     let mut moved: BTreeSet<ShardId> = BTreeSet::new();
     let mut leaders = leader_counts(cluster, &p.shards);
-    for s in p.shards.iter().filter(|s| !p.frozen.contains(&s.shard)) {
+    let data_shards = p.shards.iter().filter(|s| s.shard != METADATA_SHARD);
+    for s in data_shards.filter(|s| !p.frozen.contains(&s.shard)) {
         if s.voters.len() != voters_wanted(cluster, s) {
             plan.stuck.push(Stuck {
                 shard: s.shard,
@@ -368,6 +461,11 @@ pub fn plan(cluster: &Cluster, in_flight: &[Move], moves_max: usize) -> Plan {
             else {
                 continue;
             };
+            if s.shard == METADATA_SHARD && s.voters.len() > voters_wanted(cluster, s) {
+                // The group shrinks anyway: the voter goes without a replacement
+                // (`resize_metadata` removes dead and draining voters first).
+                continue;
+            }
             let stuck = |reason| Stuck {
                 shard: s.shard,
                 node: Some(from),
@@ -391,16 +489,27 @@ pub fn plan(cluster: &Cluster, in_flight: &[Move], moves_max: usize) -> Plan {
                 }
                 continue;
             };
-            if budget == 0 {
+            let left = match (&mut repair_budget, pass) {
+                (Some(repairs), NodeState::Dead) => repairs,
+                _ => &mut budget,
+            };
+            if *left == 0 {
                 continue;
             }
-            budget -= 1;
+            *left -= 1;
             let m = Move {
                 shard: s.shard,
                 from,
                 to,
                 reason: MoveReason::Evacuate,
             };
+            take(&mut p, &mut leaders, &mut moved, m);
+            plan.moves.push(m);
+        }
+    }
+    if budget > 0 {
+        if let Some(m) = resize_metadata(cluster, &p, &moved, &leaders) {
+            budget -= 1;
             take(&mut p, &mut leaders, &mut moved, m);
             plan.moves.push(m);
         }
@@ -437,19 +546,82 @@ fn take(
         .iter_mut()
         .find(|s| s.shard == m.shard)
         .expect("a planned move names a shard of the cluster");
-    s.voters.retain(|v| *v != m.from);
-    s.voters.push(m.to);
-    s.voters.sort();
-    if s.leader == Some(m.from) {
-        s.leader = Some(m.to);
-        if s.shard != METADATA_SHARD {
-            *leaders.entry(m.from).or_default() -= 1;
-            *leaders.entry(m.to).or_default() += 1;
-        }
+    let led_by_from = s.leader == Some(m.from);
+    move_voters(s, &m);
+    if led_by_from && s.shard != METADATA_SHARD {
+        *leaders.entry(m.from).or_default() -= 1;
+        *leaders.entry(m.to).or_default() += 1;
     }
-    *p.load.get_mut(&m.from).expect("a voter has a load") -= 1;
-    *p.load.entry(m.to).or_default() += 1;
+    if !m.from.is_none() {
+        *p.load.get_mut(&m.from).expect("a voter has a load") -= 1;
+    }
+    if !m.to.is_none() {
+        *p.load.entry(m.to).or_default() += 1;
+    }
     moved.insert(m.shard);
+}
+
+/// One voter added to or removed from the metadata group, if its voter count is not
+/// [`metadata_voters_wanted`] and nothing else moves it this round or is in flight.
+/// Added: the live node outside it with the fewest replicas (then leaders, then id),
+/// only if its answering voters stay a majority of the larger group. Removed: a voter on
+/// a dead, draining or down node first, else the live voter with the most replicas that
+/// does not lead it (the leader only when no other is left: its node hands leadership
+/// over first), only if the answering voters left are a majority of the smaller group.
+fn resize_metadata(
+    cluster: &Cluster,
+    p: &Projection,
+    moved: &BTreeSet<ShardId>,
+    leaders: &BTreeMap<NodeId, usize>,
+) -> Option<Move> {
+    let s = p.shards.iter().find(|s| s.shard == METADATA_SHARD)?;
+    if p.frozen.contains(&s.shard) || moved.contains(&s.shard) || !s.learners.is_empty() {
+        return None;
+    }
+    let wanted = metadata_voters_wanted(cluster, s);
+    let answering = |voters: &[NodeId]| {
+        voters
+            .iter()
+            .filter(|v| cluster.state_of(**v).answers())
+            .count()
+    };
+    let n = s.voters.len();
+    if n < wanted {
+        let to = cluster
+            .live_nodes()
+            .into_iter()
+            .filter(|x| can_receive(s, *x))
+            .min_by_key(|x| (p.load[x], leaders.get(x).copied().unwrap_or(0), *x))?;
+        // The learner answers and is promoted only once caught up.
+        (answering(&s.voters) + 1 >= majority(n + 1)).then_some(Move {
+            shard: s.shard,
+            from: NodeId::NONE,
+            to,
+            reason: MoveReason::GrowMetadata,
+        })
+    } else if n > wanted {
+        let rank = |v: &NodeId| {
+            let not_live = match cluster.state_of(*v) {
+                NodeState::Dead => 0,
+                NodeState::Draining => 1,
+                NodeState::Down => 2,
+                NodeState::Joining => 3,
+                NodeState::Live => 4,
+            };
+            let load = p.load.get(v).copied().unwrap_or(0);
+            (not_live, s.leader == Some(*v), std::cmp::Reverse(load), *v)
+        };
+        let from = s.voters.iter().copied().min_by_key(rank)?;
+        let left: Vec<NodeId> = s.voters.iter().copied().filter(|v| *v != from).collect();
+        (answering(&left) >= majority(n - 1)).then_some(Move {
+            shard: s.shard,
+            from,
+            to: NodeId::NONE,
+            reason: MoveReason::ShrinkMetadata,
+        })
+    } else {
+        None
+    }
 }
 
 /// One move from the fullest live node that can give to the emptiest that can take, if

@@ -127,6 +127,9 @@ fn check_round(c: &Cluster, in_flight: &[Move], cap: usize, p: &Plan) -> Result<
                 prop_assert_eq!(from, NodeState::Live);
                 seen_balance = true;
             }
+            MoveReason::GrowMetadata | MoveReason::ShrinkMetadata => {
+                prop_assert!(false, "these clusters list no metadata group: {m:?}");
+            }
         }
         // A majority answers now, with both replicas voting, and after the old one goes.
         let n = s.voters.len();

@@ -105,6 +105,28 @@ fn a_dead_nodes_replicas_move_before_a_draining_nodes() {
 }
 
 #[test]
+fn repairs_have_a_limit_of_their_own_when_one_is_set() {
+    let c = with_state(
+        with_state(five_nodes(), 5, NodeState::Draining),
+        4,
+        NodeState::Dead,
+    );
+    let limits = MoveLimits {
+        moves_max: 1,
+        repairs_max: Some(3),
+    };
+    let from = |p: &Plan| p.moves.iter().map(|m| m.from.0).collect::<Vec<_>>();
+    let p = plan_within(&c, &[], limits);
+    assert_eq!(from(&p), [4, 4, 4, 5], "three repairs and one drain move");
+    // Repairs running use up the repair limit only: the drain still gets its move.
+    let repairs: Vec<Move> = p.moves[..3].to_vec();
+    let p = plan_within(&c, &repairs, limits);
+    assert_eq!(from(&p), [5]);
+    // Without a limit of their own, repairs and the drain share one.
+    assert_eq!(from(&plan(&c, &[], 4)), [4, 4, 4, 4]);
+}
+
+#[test]
 fn a_shard_without_a_live_majority_is_stuck_and_down_nodes_are_left_alone() {
     let c = Cluster {
         nodes: nodes(&[

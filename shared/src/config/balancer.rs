@@ -1,5 +1,5 @@
 //! The cluster file's `[balancer]` section: whether the metadata leader's balancer runs,
-//! how often it plans, how many moves and leader transfers it keeps running, and how long
+//! how often it plans, how many moves, repairs and leader transfers it keeps running, and how long
 //! a node may be silent before its replicas are rebuilt elsewhere.
 
 use serde::{Deserialize, Serialize};
@@ -29,8 +29,12 @@ pub struct BalancerConfig {
     pub enabled: bool,
     /// Time between two planning rounds (default 2000 ms).
     pub interval_ms: u64,
-    /// Replica moves running at once, at most (default 4).
+    /// Replica moves running at once, at most (default 4): off draining nodes, and
+    /// spreading.
     pub moves_max: u32,
+    /// Repairs running at once, at most (default 16): moves of replicas off dead nodes,
+    /// apart from `moves_max`. Each such shard runs a replica short until its move ends.
+    pub repairs_max: u32,
     /// Leader transfers in flight at once, at most (default 4); besides, the balancer
     /// keeps each node in at most two at a time.
     pub transfers_max: u32,
@@ -45,6 +49,7 @@ impl Default for BalancerConfig {
             enabled: true,
             interval_ms: 2_000,
             moves_max: 4,
+            repairs_max: 16,
             transfers_max: 4,
             down_after_ms: 60_000,
         }
@@ -64,6 +69,12 @@ impl BalancerConfig {
             (
                 "moves_max",
                 u64::from(self.moves_max),
+                1,
+                u64::from(BALANCER_MOVES_MAX),
+            ),
+            (
+                "repairs_max",
+                u64::from(self.repairs_max),
                 1,
                 u64::from(BALANCER_MOVES_MAX),
             ),
@@ -106,6 +117,13 @@ mod tests {
                 ..d()
             }),
             "balancer.moves_max = 0 is outside 1..=64"
+        );
+        assert_eq!(
+            bad(BalancerConfig {
+                repairs_max: 0,
+                ..d()
+            }),
+            "balancer.repairs_max = 0 is outside 1..=64"
         );
         assert_eq!(
             bad(BalancerConfig {

@@ -70,7 +70,7 @@ fn a_read_write_key_is_refused_admin_operations_and_the_admin_key_runs_them() {
         .as_array()
         .expect("nodes")
         .iter()
-        .filter(|n| n["state"] == "active")
+        .filter(|n| n["state"] == "active" || n["state"] == "joining")
         .count();
     assert_eq!(
         active, 3,

@@ -99,9 +99,9 @@ fn a_script_prints_one_exact_result_per_line_in_text_and_json() {
         "the cached leader {leader:?} is a node of the cluster file"
     );
 
-    // `status`: a shard table, a blank line, a node table, a blank line, the drop table
-    // (one row per node), a blank line, the counter table (one row per node); nothing
-    // after it.
+    // `status`: a shard table, the metadata group's line, a blank line, a node table, a
+    // blank line, the drop table (one row per node), a blank line, the counter table (one
+    // row per node); nothing after it.
     let status = &lines[SCRIPT_RESULTS.len() + 1..];
     assert_eq!(
         status[0],
@@ -116,14 +116,19 @@ fn a_script_prints_one_exact_result_per_line_in_text_and_json() {
         keys += cells[4].parse::<u64>().expect("KEYS is a number");
     }
     assert_eq!(keys, 2, "the script leaves two keys: {status:#?}");
-    assert_eq!(status[config.shards as usize + 1], "");
+    let metadata = status[config.shards as usize + 1];
+    assert!(
+        metadata.starts_with("metadata group: voters n1 n2 n3, leader n"),
+        "{status:#?}"
+    );
+    assert_eq!(status[config.shards as usize + 2], "");
     let node_table =
-        &status[config.shards as usize + 2..config.shards as usize + 3 + config.nodes.len()];
+        &status[config.shards as usize + 3..config.shards as usize + 4 + config.nodes.len()];
     assert!(
         node_table[0].starts_with("NODE  ADDRESS"),
         "{node_table:#?}"
     );
-    let drops_start = config.shards as usize + 4 + config.nodes.len();
+    let drops_start = config.shards as usize + 5 + config.nodes.len();
     let drop_table = &status[drops_start..drops_start + 1 + config.nodes.len()];
     assert_eq!(
         drop_table[0], "NODE  DROPPED SINCE START (by reason)",

@@ -141,7 +141,11 @@ impl State {
         let mut busy = self.in_flight.clone();
         busy.extend(self.ended.iter().map(|(m, _)| *m));
         busy.extend(self.foreign.iter().map(|(m, _)| *m));
-        let mut plan = balance::plan(&projected, &busy, self.config.moves_max as usize);
+        let limits = balance::MoveLimits {
+            moves_max: self.config.moves_max as usize,
+            repairs_max: Some(self.config.repairs_max as usize),
+        };
+        let mut plan = balance::plan_within(&projected, &busy, limits);
         if !self.ended.is_empty() {
             plan.leader_transfers.clear();
         }

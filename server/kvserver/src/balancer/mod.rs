@@ -2,7 +2,7 @@
 //! (`kv_shared::balance`) every interval on the cluster as the registration task's
 //! status polls show it, with node states from the node registry and a down timer, and
 //! asks for the planned replica moves and leader transfers like a client would
-//! (`Op::MoveReplica`, `Op::ShardLeader`), at most `moves_max` moves at once. It is
+//! (`Op::MoveReplica`, `Op::ShardLeader`), at most `moves_max` moves and `repairs_max` repairs at once. It is
 //! policy only: every move is a Raft membership change its shard's leader checks and
 //! drives, so a balancer that stops, restarts elsewhere or plans from a stale view costs
 //! time, never safety. Pausing is replicated state (`Registry::balancer_paused`), so a

@@ -231,6 +231,7 @@ impl EventLoop {
 
     /// Warns (at most once a second) about a turn longer than [`SLOW_TURN`].
     fn note_turn(&mut self, woke: &'static str, started: Instant) {
+        *self.counters.turns.entry(woke).or_default() += 1;
         let took = started.elapsed();
         if took < SLOW_TURN {
             return;
@@ -261,6 +262,7 @@ impl EventLoop {
         while let Some(ev) = next {
             match ev {
                 DiskEvent::Done(ids) => {
+                    self.counters.wal_syncs += 1;
                     for id in ids {
                         self.core.on_disk_done(id);
                     }

@@ -35,6 +35,7 @@ impl EventLoop {
         match &self.disk {
             Some(disk) => {
                 for w in out.disk_writes {
+                    self.counters.disk_writes += 1;
                     if disk.submit(w).is_err() {
                         // The thread stopped; its Failed event (or the closed channel)
                         // ends the loop. Nothing of this write is acknowledged.
@@ -143,6 +144,7 @@ impl EventLoop {
             &mut self.datagram_buf[..end],
         );
         let datagram = std::mem::take(&mut self.datagram_buf);
+        self.counters.peer_datagrams_out += 1;
         self.send(&datagram[..end], self.peers[peer].1).await;
         self.datagram_buf = datagram;
     }

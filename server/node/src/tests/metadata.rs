@@ -101,7 +101,10 @@ fn registrations_apply_once_and_another_identity_under_a_known_id_is_refused() {
             .collect();
         assert_eq!(
             listed,
-            [(1, NodeState::Active, 0x101), (5, NodeState::Active, 0x105)]
+            [
+                (1, NodeState::Joining, 0x101),
+                (5, NodeState::Joining, 0x105)
+            ]
         );
         assert_eq!(c.nodes[i].status().registry, Some(Box::new(r)));
     }

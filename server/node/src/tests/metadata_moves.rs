@@ -1,7 +1,8 @@
 //! The metadata group moves like a shard: a registered node that holds none of it
 //! receives a replica by `MoveReplica` on the group (snapshot with the registry), the old
 //! voter drops it, the new replica survives a restart, the leader's own replica moves too,
-//! and a node holding no replica routes admin operations by the route it last heard.
+//! and a node holding no replica routes admin operations by the route it last heard; the
+//! group gains a voter (a learner caught up and promoted) and loses one.
 
 use super::{ids, Cluster};
 use crate::NodeConfig;
@@ -13,14 +14,20 @@ use std::net::SocketAddr;
 /// Four nodes: 1-3 from the cluster file (one shard and the metadata group on them),
 /// node 4 joined and registered, with the registry every node knows.
 fn joined_fourth() -> Cluster {
-    let mut c = Cluster::with(4, 1, |cfg| {
+    joined(4)
+}
+
+/// `nodes` nodes: 1-3 from the cluster file (one shard and the metadata group on them),
+/// the others joined and registered, with the registry every node knows.
+fn joined(nodes: u64) -> Cluster {
+    let mut c = Cluster::with(nodes, 1, |cfg| {
         cfg.members = ids(3);
         cfg.replication = 3;
         cfg.metadata_voters = ids(3);
         cfg.snapshot_threshold_entries = 20;
     });
     c.tick(60);
-    for node in 1..=4u64 {
+    for node in 1..=nodes {
         let req = ClientRequest {
             client: ClientId(10 + node),
             seq: 1,
@@ -34,7 +41,9 @@ fn joined_fourth() -> Cluster {
         assert_eq!(metadata_op(&mut c, 100 + node, req), Outcome::Done);
     }
     let registry = c.nodes[c.leader(METADATA_SHARD)].registry().unwrap();
-    c.nodes[3].learn_registry(registry);
+    for n in &mut c.nodes[3..] {
+        n.learn_registry(registry.clone());
+    }
     c
 }
 
@@ -154,4 +163,85 @@ fn the_metadata_leaders_own_replica_moves_and_a_non_member_routes_by_what_it_hea
         newer,
         "never goes back"
     );
+}
+
+fn sorted_voters(c: &Cluster) -> Vec<NodeId> {
+    let l = c.leader(METADATA_SHARD);
+    let mut voters = c.voters(l, METADATA_SHARD);
+    voters.sort();
+    voters
+}
+
+/// The metadata group grows from 3 voters to 5 by two adds (no replica leaves), the new
+/// voters hold the registry and count in its quorum (two of the first three stopped, it
+/// still commits a registry change), and shrinks by a removal of its leader's voter.
+#[test]
+fn the_metadata_group_gains_voters_by_catch_up_and_promotion_and_loses_one() {
+    let mut c = joined(5);
+    assert_eq!(sorted_voters(&c), ids(3));
+    let none = 0;
+    for (token, node) in [(1, 4), (2, 5)] {
+        let done = metadata_op(&mut c, token, move_metadata(50 + token, none, node));
+        assert_eq!(done, Outcome::Done, "voter {node} added");
+    }
+    c.tick(30);
+    assert_eq!(sorted_voters(&c), ids(5));
+    let l = c.leader(METADATA_SHARD);
+    for i in 3..5 {
+        assert!(c.nodes[i].hosts(METADATA_SHARD));
+        assert_eq!(
+            c.nodes[i].state_digest(METADATA_SHARD),
+            c.nodes[l].state_digest(METADATA_SHARD),
+            "node {} holds the registry",
+            i + 1
+        );
+    }
+    // A data shard keeps R voters: no add there.
+    let data_add = ClientRequest {
+        op: Op::MoveReplica {
+            shard: kv_shared::ShardId(0),
+            from: NodeId::NONE,
+            to: NodeId(4),
+        },
+        ..move_metadata(60, 0, 4)
+    };
+    let refused = c.until_answered(3, data_add, 2000);
+    assert!(
+        matches!(
+            &refused,
+            Outcome::Error(ClientError::MoveRefused {
+                reason: kv_shared::proto::MoveRefusal::VoterCountFixed,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    // Five voters survive two of the first three stopping: the group still commits.
+    let leader = c.leader(METADATA_SHARD);
+    let stopped: Vec<usize> = (0..3).filter(|&i| i != leader).take(2).collect();
+    for &i in &stopped {
+        c.down[i] = true;
+    }
+    let pause = ClientRequest {
+        client: ClientId(70),
+        seq: 1,
+        epoch: 0,
+        op: Op::PauseBalancer { paused: true },
+    };
+    assert_eq!(metadata_op(&mut c, 4, pause), Outcome::Done);
+    let l = c.leader(METADATA_SHARD);
+    assert!(c.nodes[l].registry().unwrap().balancer_paused);
+    for &i in &stopped {
+        c.down[i] = false;
+    }
+    c.tick(60);
+    // The leader's own voter removed: it hands leadership over, then goes.
+    let l = c.leader(METADATA_SHARD);
+    let done = metadata_op(&mut c, 5, move_metadata(80, l as u64 + 1, none));
+    assert_eq!(done, Outcome::Done);
+    c.tick(60);
+    let voters = sorted_voters(&c);
+    assert_eq!(voters.len(), 4);
+    assert!(!voters.contains(&NodeId(l as u64 + 1)));
+    assert!(!c.nodes[l].hosts(METADATA_SHARD), "its replica dropped");
 }
