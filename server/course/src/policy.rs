@@ -2,15 +2,15 @@
 //! because the course counts every replica-bound datagram, and Raft as written sends every
 //! append to every follower.
 //!
-//! kv-raft has native versions of some of these behaviours (`retransmit_ticks` with
-//! `retransmit_backoff_ticks_max`, `heartbeat_suppression`); course mode does not use
-//! them yet (docs/COURSE_MODE.md, "What is not kv-raft's own yet"): its periods are
-//! below the 10 ms tick, native suppression counts an append this policy holds as
-//! contact, and the targeted release, loss-driven widening and deferral have no kv-raft
-//! counterpart. The leader lease for gets (`lease_reads`), vote resends
-//! (`Raft::resend_vote_requests`, timed by [`crate::vote_resend`]) and heartbeat resends
-//! (`heartbeat_resend_ticks`, switched by [`wants_heartbeat_resends`]) are kv-raft's
-//! own.
+//! kv-raft has a native version of retransmission (`retransmit_ticks` with
+//! `retransmit_backoff_ticks_max`); course mode does not use it yet (docs/COURSE_MODE.md,
+//! "What is not kv-raft's own yet"): its periods are below the 10 ms tick, and the
+//! targeted release, loss-driven widening and deferral have no kv-raft counterpart. The
+//! leader lease for gets (`lease_reads`), vote resends (`Raft::resend_vote_requests`,
+//! timed by [`crate::vote_resend`]), heartbeat resends (`heartbeat_resend_ticks`,
+//! switched by [`wants_heartbeat_resends`]) and heartbeat suppression
+//! (`heartbeat_suppression` with `heartbeat_suppression_strict`, switched off while
+//! [`SendPolicy::sending_wide`]) are kv-raft's own.
 //!
 //! - Lazy followers: a leader needs acknowledgements from `quorum - 1` followers to
 //!   commit, so it sends appends at once only to that many ("fast" followers). Appends to
@@ -28,10 +28,6 @@
 //!   `silent_follower_ticks`, no heartbeat resends).
 //! - Commit piggybacking: an append without entries only spreads a new commit index; a
 //!   fast follower gets it with its next append or heartbeat, not in a datagram of its own.
-//! - Heartbeat suppression: a fast follower that acknowledged an append within the last
-//!   heartbeat interval does not need the heartbeat (the append reset its election timer
-//!   and its acknowledgement counts for CheckQuorum). Heartbeats go to every follower
-//!   while gets wait for a ReadIndex round: their echoes are what confirms the reads.
 //!
 //! Time comes in as arguments, so all of this is tested without a clock.
 
@@ -122,17 +118,11 @@ struct Peer {
     /// Last acknowledgement (AppendResp / HeartbeatResp) addressed to us: its term and
     /// when it arrived.
     ack: Option<(Term, Instant)>,
-    /// Last time an append went to this peer.
-    append_sent: Option<Instant>,
     /// Oldest append sent since the peer last answered one.
     unacked_since: Option<Instant>,
     /// Copies of the appends with entries sent since the peer last answered one, to
     /// resend when a commit stalls (a duplicate append is harmless to Raft).
     unacked: Vec<GroupMessage>,
-    /// The last heartbeat skipped (heartbeat suppression): kv-raft, which does not know
-    /// it was skipped, resends it unechoed (`heartbeat_resend_ticks`), and its copies are
-    /// skipped too.
-    skipped_beat: Option<kv_raft::Message>,
 }
 
 /// Leadership as this policy tracks it.
@@ -224,6 +214,13 @@ impl SendPolicy {
     /// scheduler tick: while sending wide (heavy loss), where a release is worth its
     /// datagrams and its delay is the median latency.
     pub fn precise_timing(&self) -> bool {
+        self.wide
+    }
+
+    /// Whether every follower is fast (heavy loss). Every heartbeat should then go
+    /// (kv-raft's suppression off): the lease needs their echoes, and no lazy follower
+    /// is left to give them.
+    pub fn sending_wide(&self) -> bool {
         self.wide
     }
 
@@ -364,12 +361,10 @@ impl SendPolicy {
     }
 
     /// Decides what of `msgs` (bound for `dst`) leaves now; the rest is held.
-    /// `reads_waiting`: gets wait for a ReadIndex round (every heartbeat then goes out).
     pub fn route(
         &mut self,
         dst: NodeId,
         msgs: Vec<GroupMessage>,
-        reads_waiting: bool,
         now: Instant,
     ) -> Vec<GroupMessage> {
         if !self.peers.contains_key(&dst) {
@@ -380,33 +375,10 @@ impl SendPolicy {
             return msgs;
         }
         self.refresh_fast(now);
-        let heartbeat_interval = self.settings.heartbeat_interval();
-        let suppress = self.settings.suppress_heartbeats;
         let fast = self.fast.contains(&dst);
         let peer = self.peers.get_mut(&dst).expect("known peer");
         let mut out = std::mem::take(&mut peer.held);
-        // Sending wide (heavy loss), every heartbeat goes: the lease needs their echoes,
-        // and no lazy follower is left to give them.
-        let skip_heartbeats = fast
-            && suppress
-            && !self.wide
-            && !reads_waiting
-            && peer.unacked_since.is_none()
-            && peer
-                .append_sent
-                .is_some_and(|t| now.saturating_duration_since(t) < heartbeat_interval);
-        out.extend(msgs.into_iter().filter(|gm| {
-            // With lease reads every heartbeat carries a read round (its echo renews the
-            // lease); the lazy followers' echoes renew it while the fast ones are busy.
-            if !matches!(gm.msg.body, MessageBody::Heartbeat { .. }) {
-                return true;
-            }
-            if skip_heartbeats {
-                peer.skipped_beat = Some(gm.msg.clone());
-                return false;
-            }
-            peer.skipped_beat.as_ref() != Some(&gm.msg)
-        }));
+        out.extend(msgs);
         let may_wait = |body: &MessageBody| {
             if fast {
                 commit_only(body)
@@ -438,7 +410,6 @@ impl SendPolicy {
         };
         for gm in msgs {
             if let MessageBody::Append { entries, .. } = &gm.msg.body {
-                p.append_sent = Some(now);
                 p.unacked_since.get_or_insert(now);
                 if !entries.is_empty() && p.unacked.len() < HELD_MESSAGES_MAX {
                     p.unacked.push(gm.clone());

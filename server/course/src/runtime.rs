@@ -65,10 +65,12 @@ pub fn node_config(settings: &Settings, roster: &Roster) -> NodeConfig {
             election_ticks_max: settings.election_ticks_max,
             lease_reads: true,
             lease_margin_ticks: settings.lease_margin_ticks,
-            // The send policy holds appends for lazy followers and skips heartbeats
-            // itself; kv-raft's suppression would count a held append as contact and
-            // starve the lazy followers of heartbeats (and so of the held appends).
-            heartbeat_suppression: false,
+            // The send policy holds appends for lazy followers: a held append is not
+            // contact, so only followers that acknowledged everything skip a heartbeat
+            // (else a lazy follower would miss the heartbeat that carries its appends).
+            // Off while sending wide (`Runtime::flush`).
+            heartbeat_suppression: settings.suppress_heartbeats,
+            heartbeat_suppression_strict: true,
             broadcast_commit: false,
             // Fast retransmission is the policy's stall release (with back-off);
             // kv-raft's own resends ride on heartbeats.
@@ -124,6 +126,8 @@ pub struct Runtime {
     vote_resends: VoteResends,
     /// Whether kv-raft's heartbeat resends are on (they start on).
     heartbeat_resends: bool,
+    /// Whether kv-raft's heartbeat suppression is on (it starts as the settings say).
+    heartbeat_suppression: bool,
 }
 
 impl Runtime {
@@ -140,6 +144,7 @@ impl Runtime {
         let core = NodeCore::new(node_config(&settings, &roster), Default::default())
             .map_err(|e| anyhow::anyhow!("empty in-memory state failed to load: {e}"))?;
         let policy = SendPolicy::new(settings.clone(), roster.me_node(), &roster.members());
+        let settings_suppress = settings.suppress_heartbeats;
         let handoff = Handoff::new(roster.me_node());
         let notice = CommitNotice::new(
             settings.commit_notice_idle,
@@ -167,6 +172,7 @@ impl Runtime {
             loss: LossMeter::default(),
             vote_resends: VoteResends::default(),
             heartbeat_resends: true,
+            heartbeat_suppression: settings_suppress,
         })
     }
 
@@ -489,6 +495,13 @@ impl Runtime {
                 .set_heartbeat_resend_ticks(resends.then_some(HEARTBEAT_RESEND_TICKS));
         }
         self.policy.observe(view, now);
+        // Sending wide (heavy loss), every heartbeat goes: the lease needs their echoes,
+        // and no lazy follower is left to give them.
+        let suppress = self.settings.suppress_heartbeats && !self.policy.sending_wide();
+        if suppress != self.heartbeat_suppression {
+            self.heartbeat_suppression = suppress;
+            self.core.set_heartbeat_suppression(suppress);
+        }
         // Before this round's answers: a put proposed and then answered "not leader" in
         // the same round may still commit, so it becomes an orphan (handoff.rs).
         for p in proposed {
@@ -549,11 +562,10 @@ impl Runtime {
         if now.saturating_duration_since(self.started) < self.settings.quiet {
             return;
         }
-        let reads_waiting = self.core.pending_gets() > 0;
         // Every answer of this turn has left: the commit index is answered through.
         let answered = self.handoff.answered_through(view.commit);
         for (dst, msgs) in datagrams {
-            let msgs = self.policy.route(dst, msgs, reads_waiting, now);
+            let msgs = self.policy.route(dst, msgs, now);
             self.send_peer(dst, msgs, answered, now);
         }
         for (dst, msgs) in self.policy.release_if_stalled(now) {

@@ -49,6 +49,15 @@ pub struct Config {
     /// acks wait on a slow disk gets the heartbeat: its answer keeps CheckQuorum happy).
     /// Default false.
     pub heartbeat_suppression: bool,
+    /// With `heartbeat_suppression`, skip fewer heartbeats: only to a follower that also
+    /// acknowledged everything sent to it (no Append or chunk in flight), and, with
+    /// `lease_reads`, never so many that fewer voters than a quorum (the leader counted)
+    /// could echo the heartbeat, so the lease renews on every heartbeat. For a caller that
+    /// holds some Appends back: a held Append is not contact, and the skipped heartbeat
+    /// would be what carries it. The caller may switch suppression at run time
+    /// ([`Raft::set_heartbeat_suppression`](crate::Raft::set_heartbeat_suppression)).
+    /// Default false.
+    pub heartbeat_suppression_strict: bool,
     /// Send an Append to every follower as soon as the commit index advances (true, the
     /// classic behaviour). When false, followers learn the commit index from the next
     /// Append or heartbeat. Default true.
@@ -122,6 +131,7 @@ impl Config {
             lease_reads: false,
             lease_margin_ticks: 2,
             heartbeat_suppression: false,
+            heartbeat_suppression_strict: false,
             broadcast_commit: true,
             retransmit_ticks: None,
             retransmit_backoff_ticks_max: None,

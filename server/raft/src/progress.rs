@@ -117,6 +117,16 @@ impl Progress {
             .is_some_and(|at| self.match_ >= at && self.commit_told >= at)
     }
 
+    /// True if nothing sent to it waits for an acknowledgement: every Append it was
+    /// sent is matched, no probe is out, no snapshot is being sent.
+    pub fn all_acknowledged(&self) -> bool {
+        match self.state {
+            ProgressState::Probe => !self.probe_sent,
+            ProgressState::Replicate => self.match_ + 1 >= self.next,
+            ProgressState::Snapshot(_) => false,
+        }
+    }
+
     /// Back to probing from just after `match_`.
     pub fn become_probe(&mut self) {
         self.state = ProgressState::Probe;

@@ -7,7 +7,7 @@
 //! Commands (`id` is a node number; `ids` a node number, a list `(1,2)` or `all`):
 //! - `cluster n=3 [learners=(4,5)] [prevote=false] [checkquorum=false] [append-bytes=N]
 //!   [inflight=N] [chunk=N] [snap-window=N] [seed=N] [lease=true] [suppress=true]
-//!   [bcast-commit=false] [retransmit=N] [backoff-max=N] [vote-resend=N]
+//!   [suppress-strict=true] [bcast-commit=false] [retransmit=N] [backoff-max=N] [vote-resend=N]
 //!   [hb-resend=N] [silent=N] [reads-max=N] [heartbeat=N]` : a fresh cluster (options
 //!   as in `Config`; timing is election 10..20, heartbeat 2 unless given).
 //! - `set-log id=N term=T entries=(1,1,2)` : restart node `id` with that durable log
@@ -24,7 +24,8 @@
 //!   `conf id=N add-learner=M|promote=M|remove=M`, `compact id=N`, `add-node id=N`
 //!   (empty disk), `ask-for-leader id=N nodes=(..)`, `resend-votes id=N` (the
 //!   caller-timed vote resend), `hb-resend id=N [ticks=K]` (switch heartbeat resends
-//!   at run time; without `ticks`, off).
+//!   at run time; without `ticks`, off), `suppress id=N on=true|false` (switch
+//!   heartbeat suppression at run time).
 //! - `status [ids=..]`, `log ids=..`.
 
 use crate::display::Entries;
@@ -88,6 +89,7 @@ fn run_cmd(c: &mut Option<Cluster>, case: &TestCase) -> String {
             seed: u("seed", 0) as u64,
             lease_reads: b("lease", d.lease_reads),
             heartbeat_suppression: b("suppress", d.heartbeat_suppression),
+            heartbeat_suppression_strict: b("suppress-strict", d.heartbeat_suppression_strict),
             broadcast_commit: b("bcast-commit", d.broadcast_commit),
             retransmit_ticks: opt(case, "retransmit").map(|v| num(&v) as u32),
             retransmit_backoff_ticks_max: opt(case, "backoff-max").map(|v| num(&v) as u32),
@@ -288,6 +290,15 @@ fn run_cmd(c: &mut Option<Cluster>, case: &TestCase) -> String {
                 .expect("node")
                 .raft
                 .set_heartbeat_resend_ticks(ticks);
+        }
+        "suppress" => {
+            let id = id();
+            let on = arg(case, "on") == "true";
+            c.nodes
+                .get_mut(&id)
+                .expect("node")
+                .raft
+                .set_heartbeat_suppression(on);
         }
         "ask-for-leader" => {
             let id = id();
