@@ -51,8 +51,9 @@ pub struct Config {
     pub heartbeat_suppression: bool,
     /// With `heartbeat_suppression`, skip fewer heartbeats: only to a follower that also
     /// acknowledged everything sent to it (no Append or chunk in flight), and, with
-    /// `lease_reads`, never so many that fewer voters than a quorum (the leader counted)
-    /// could echo the heartbeat, so the lease renews on every heartbeat. For a caller that
+    /// `lease_reads`, never so many that fewer voters than a quorum (the leader counted,
+    /// followers heard within `election_ticks_min` ticks) could echo the heartbeat, so
+    /// the lease renews on every heartbeat. For a caller that
     /// holds some Appends back: a held Append is not contact, and the skipped heartbeat
     /// would be what carries it. The caller may switch suppression at run time
     /// ([`Raft::set_heartbeat_suppression`](crate::Raft::set_heartbeat_suppression)).

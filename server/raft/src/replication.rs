@@ -434,12 +434,10 @@ impl Raft {
             .collect();
         let mut skip: BTreeSet<NodeId> = skips.iter().filter(|s| s.1).map(|s| s.0).collect();
         if strict && self.cfg.lease_reads {
-            keep_lease_quorum(
-                &mut skip,
-                &self.membership.voters,
-                self.cfg.id,
-                &ls.progress,
-            );
+            let alive_ticks = u64::from(self.cfg.election_ticks_min);
+            let alive = |p: &Progress| now - p.heard_at < alive_ticks;
+            let voters = &self.membership.voters;
+            keep_lease_quorum(&mut skip, voters, self.cfg.id, &ls.progress, alive);
         }
         let mut targets: Vec<(NodeId, Index)> = Vec::new();
         for (id, p) in ls.progress.iter_mut() {
@@ -602,18 +600,21 @@ fn ack(index: Index) -> MessageBody {
 }
 
 /// Takes followers out of `skip` (suppressed heartbeats) until the voters that get the
-/// heartbeat and the leader make a quorum, least recently heard first (those are the ones
-/// whose echoes the lease cannot get otherwise), then by id.
+/// heartbeat and are `alive` (a dead one echoes nothing), with the leader, make a quorum:
+/// least recently heard first (those are the ones whose echoes the lease cannot get
+/// otherwise), then by id.
 fn keep_lease_quorum(
     skip: &mut BTreeSet<NodeId>,
     voters: &[NodeId],
     me: NodeId,
     progress: &BTreeMap<NodeId, Progress>,
+    alive: impl Fn(&Progress) -> bool,
 ) {
     let need = quorum::majority(voters.len()).saturating_sub(usize::from(voters.contains(&me)));
     let beating = voters
         .iter()
-        .filter(|v| **v != me && progress.contains_key(v) && !skip.contains(v))
+        .filter(|v| **v != me && !skip.contains(v))
+        .filter(|v| progress.get(v).is_some_and(&alive))
         .count();
     let mut skipped: Vec<(u64, NodeId)> = voters
         .iter()
