@@ -2,13 +2,15 @@
 //! because the course counts every replica-bound datagram, and Raft as written sends every
 //! append to every follower.
 //!
-//! kv-raft has native versions of some of these behaviours (`retransmit_ticks` with
-//! `retransmit_backoff_ticks_max`, `heartbeat_suppression`); course mode does not use
-//! them yet (docs/COURSE_MODE.md, "Why the policy is not kv-raft's own"): its periods are
-//! below the 10 ms tick, native suppression counts an append this policy holds as
-//! contact, and the targeted release, loss-driven widening and deferral have no kv-raft
-//! counterpart. The leader lease for gets (`lease_reads`) and vote resends
-//! (`Raft::resend_vote_requests`, timed by [`crate::vote_resend`]) are kv-raft's own.
+//! kv-raft has a native version of retransmission (`retransmit_ticks` with
+//! `retransmit_backoff_ticks_max`); course mode does not use it yet (docs/COURSE_MODE.md,
+//! "What is not kv-raft's own yet"): its periods are below the 10 ms tick, and the
+//! targeted release, loss-driven widening and deferral have no kv-raft counterpart. The
+//! leader lease for gets (`lease_reads`), vote resends (`Raft::resend_vote_requests`,
+//! timed by [`crate::vote_resend`]), heartbeat resends (`heartbeat_resend_ticks`,
+//! switched by [`wants_heartbeat_resends`]) and heartbeat suppression
+//! (`heartbeat_suppression` with `heartbeat_suppression_strict`, switched off while
+//! [`SendPolicy::sending_wide`]) are kv-raft's own.
 //!
 //! - Lazy followers: a leader needs acknowledgements from `quorum - 1` followers to
 //!   commit, so it sends appends at once only to that many ("fast" followers). Appends to
@@ -22,13 +24,10 @@
 //!   Not after a leader change (kills and partitions bring their own slow requests).
 //! - Wide sending and a precise stall timer under heavy loss, decided by the drop rate
 //!   measured from sequence numbers ([`crate::loss`]).
-//! - Silent followers (dead or cut off) get only their heartbeats.
+//! - Silent followers (dead or cut off) get only their heartbeats (and, from kv-raft's
+//!   `silent_follower_ticks`, no heartbeat resends).
 //! - Commit piggybacking: an append without entries only spreads a new commit index; a
 //!   fast follower gets it with its next append or heartbeat, not in a datagram of its own.
-//! - Heartbeat suppression: a fast follower that acknowledged an append within the last
-//!   heartbeat interval does not need the heartbeat (the append reset its election timer
-//!   and its acknowledgement counts for CheckQuorum). Heartbeats go to every follower
-//!   while gets wait for a ReadIndex round: their echoes are what confirms the reads.
 //!
 //! Time comes in as arguments, so all of this is tested without a clock.
 
@@ -119,41 +118,12 @@ struct Peer {
     /// Last acknowledgement (AppendResp / HeartbeatResp) addressed to us: its term and
     /// when it arrived.
     ack: Option<(Term, Instant)>,
-    /// Last time an append went to this peer.
-    append_sent: Option<Instant>,
     /// Oldest append sent since the peer last answered one.
     unacked_since: Option<Instant>,
     /// Copies of the appends with entries sent since the peer last answered one, to
     /// resend when a commit stalls (a duplicate append is harmless to Raft).
     unacked: Vec<GroupMessage>,
-    /// The heartbeat last sent to this peer and not echoed yet (see
-    /// [`SendPolicy::resends_heartbeats`]).
-    beat_ask: Option<Ask>,
 }
-
-/// An unechoed heartbeat, resent a few times under loss: a follower that misses two or
-/// three heartbeats in a row starts an election, and at 30% loss, before any put flows,
-/// the others have often missed them too and grant it. A repeated heartbeat is harmless:
-/// it carries the same read round, whose lease counts from the first copy's send, and a
-/// follower's promise not to vote counts from when it hears a copy, so later. (Vote
-/// requests are resent by kv-raft, on the runtime's timer: [`crate::vote_resend`].)
-#[derive(Debug)]
-struct Ask {
-    msg: GroupMessage,
-    /// When it was (re)sent last.
-    sent: Instant,
-    /// Resends so far.
-    resends: u32,
-}
-
-/// First wait before a heartbeat is resent (a harness round trip is ~0.5 ms); it doubles
-/// with each resend.
-pub const RESEND_FIRST: Duration = Duration::from_millis(5);
-
-/// Resends of one heartbeat at most (5, 10, 20 ms): a dead or cut-off follower costs
-/// three more datagrams per heartbeat, and at 30% loss a follower that answers misses
-/// all four copies 7% of the time instead of 51%.
-pub const RESENDS_MAX: u32 = 3;
 
 /// Leadership as this policy tracks it.
 #[derive(Debug)]
@@ -247,6 +217,13 @@ impl SendPolicy {
         self.wide
     }
 
+    /// Whether every follower is fast (heavy loss). Every heartbeat should then go
+    /// (kv-raft's suppression off): the lease needs their echoes, and no lazy follower
+    /// is left to give them.
+    pub fn sending_wide(&self) -> bool {
+        self.wide
+    }
+
     /// Notes acknowledgements among messages just received from `from`.
     pub fn on_inbound(&mut self, from: NodeId, msgs: &[GroupMessage], now: Instant) {
         let Some(peer) = self.peers.get_mut(&from) else {
@@ -261,7 +238,6 @@ impl SendPolicy {
                 }
                 MessageBody::HeartbeatResp { .. } => {
                     peer.ack = Some((gm.msg.term, now));
-                    peer.beat_ask = None;
                 }
                 _ => {}
             }
@@ -274,11 +250,6 @@ impl SendPolicy {
             None => self.first_leader = view.leader,
             Some(first) if view.leader != Some(first) => self.leader_changed = true,
             Some(_) => {}
-        }
-        if view.role != Role::Leader {
-            for p in self.peers.values_mut() {
-                p.beat_ask = None;
-            }
         }
         if view.role == Role::Leader {
             if self.leading.as_ref().map(|l| l.term) != Some(view.term) {
@@ -390,12 +361,10 @@ impl SendPolicy {
     }
 
     /// Decides what of `msgs` (bound for `dst`) leaves now; the rest is held.
-    /// `reads_waiting`: gets wait for a ReadIndex round (every heartbeat then goes out).
     pub fn route(
         &mut self,
         dst: NodeId,
         msgs: Vec<GroupMessage>,
-        reads_waiting: bool,
         now: Instant,
     ) -> Vec<GroupMessage> {
         if !self.peers.contains_key(&dst) {
@@ -406,26 +375,10 @@ impl SendPolicy {
             return msgs;
         }
         self.refresh_fast(now);
-        let heartbeat_interval = self.settings.heartbeat_interval();
-        let suppress = self.settings.suppress_heartbeats;
         let fast = self.fast.contains(&dst);
         let peer = self.peers.get_mut(&dst).expect("known peer");
         let mut out = std::mem::take(&mut peer.held);
-        // Sending wide (heavy loss), every heartbeat goes: the lease needs their echoes,
-        // and no lazy follower is left to give them.
-        let skip_heartbeats = fast
-            && suppress
-            && !self.wide
-            && !reads_waiting
-            && peer.unacked_since.is_none()
-            && peer
-                .append_sent
-                .is_some_and(|t| now.saturating_duration_since(t) < heartbeat_interval);
-        out.extend(msgs.into_iter().filter(|gm| {
-            // With lease reads every heartbeat carries a read round (its echo renews the
-            // lease); the lazy followers' echoes renew it while the fast ones are busy.
-            !(skip_heartbeats && matches!(gm.msg.body, MessageBody::Heartbeat { .. }))
-        }));
+        out.extend(msgs);
         let may_wait = |body: &MessageBody| {
             if fast {
                 commit_only(body)
@@ -452,28 +405,11 @@ impl SendPolicy {
     }
 
     fn note_sent(&mut self, dst: NodeId, msgs: &[GroupMessage], now: Instant) {
-        // A silent follower (dead, most likely) gets its heartbeat once.
-        let resend_beats =
-            self.resends_heartbeats() && self.peers.get(&dst).is_some_and(|p| !self.silent(p, now));
         let Some(p) = self.peers.get_mut(&dst) else {
             return;
         };
-        if resend_beats {
-            if let Some(gm) = msgs
-                .iter()
-                .rev()
-                .find(|gm| matches!(gm.msg.body, MessageBody::Heartbeat { .. }))
-            {
-                p.beat_ask = Some(Ask {
-                    msg: gm.clone(),
-                    sent: now,
-                    resends: 0,
-                });
-            }
-        }
         for gm in msgs {
             if let MessageBody::Append { entries, .. } = &gm.msg.body {
-                p.append_sent = Some(now);
                 p.unacked_since.get_or_insert(now);
                 if !entries.is_empty() && p.unacked.len() < HELD_MESSAGES_MAX {
                     p.unacked.push(gm.clone());
@@ -596,44 +532,8 @@ impl SendPolicy {
         Some(ranked.into_iter().take(need).map(|r| r.3).collect())
     }
 
-    /// Whether a leader resends unechoed heartbeats: while the drop rate is unknown (a
-    /// run's first seconds, when heartbeats are all the traffic) or heavy (see
-    /// [`WIDE_ENTER_LOSS`]). Without loss every echo comes back and nothing is resent;
-    /// under light loss a missed heartbeat or two cost nothing, since the followers that
-    /// heard the leader refuse a PreVote.
-    fn resends_heartbeats(&self) -> bool {
-        self.leading.is_some() && self.loss.is_none_or(|l| l >= WIDE_ENTER_LOSS)
-    }
-
-    /// Heartbeats due for a resend (see [`Ask`]), while this replica leads.
-    pub fn resend_unanswered(&mut self, now: Instant) -> Vec<(NodeId, Vec<GroupMessage>)> {
-        let mut out = Vec::new();
-        for (&id, p) in self.peers.iter_mut() {
-            let Some(a) = &mut p.beat_ask else {
-                continue;
-            };
-            if now < resend_at(a) {
-                continue;
-            }
-            a.sent = now;
-            a.resends += 1;
-            out.push((id, vec![a.msg.clone()]));
-            if a.resends == RESENDS_MAX {
-                p.beat_ask = None;
-            }
-        }
-        out
-    }
-
-    /// When [`SendPolicy::release_if_stalled`] or [`SendPolicy::resend_unanswered`] next
-    /// has something to do.
+    /// When [`SendPolicy::release_if_stalled`] next has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let beats = self
-            .peers
-            .values()
-            .filter_map(|p| p.beat_ask.as_ref())
-            .map(resend_at)
-            .min();
         let stall = self.uncommitted_since.filter(|_| {
             self.leading.is_some()
                 && self
@@ -643,23 +543,27 @@ impl SendPolicy {
         });
         // The stall is noted after `stall` (the stall rate's sample) even while the
         // release is deferred.
-        let stall = stall.map(|since| {
+        stall.map(|since| {
             let noted = since + self.stall_wait.max(self.settings.stall);
             if self.overdue {
                 self.release_at(since)
             } else {
                 noted
             }
-        });
-        match (beats, stall) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        })
     }
 }
 
-fn resend_at(ask: &Ask) -> Instant {
-    ask.sent + RESEND_FIRST * 2u32.pow(ask.resends)
+/// Whether a leader should resend unechoed heartbeats (kv-raft's
+/// `heartbeat_resend_ticks`, switched by the runtime) at measured drop rate `loss`:
+/// while it is unknown (a run's first seconds, when heartbeats are all the traffic) or
+/// heavy (see [`WIDE_ENTER_LOSS`]). At 30% loss a follower that misses two or three
+/// heartbeats in a row starts an election before any put flows, and the others, having
+/// missed theirs too, grant it. Without loss every echo comes back and nothing is
+/// resent; under light loss a missed heartbeat or two cost nothing, since the followers
+/// that heard the leader refuse a PreVote.
+pub fn wants_heartbeat_resends(loss: Option<f64>) -> bool {
+    loss.is_none_or(|l| l >= WIDE_ENTER_LOSS)
 }
 
 /// An append without entries: the leader spreading a new commit index (kv-raft sends one

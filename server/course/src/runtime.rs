@@ -11,7 +11,7 @@ use crate::handoff::{CommitNotice, Duty, Handoff, SideInfo};
 use crate::ids::{CourseId, Roster};
 use crate::loss::{LossMeter, SendCounter};
 use crate::peer;
-use crate::policy::{SendPolicy, View};
+use crate::policy::{self, SendPolicy, View};
 use crate::protocol::{self, Answer, Inbound};
 use crate::requests::{disposition, Disposition, MidTable};
 use crate::settings::Settings;
@@ -36,6 +36,10 @@ const DRAIN_DATAGRAMS_MAX: usize = 64;
 const RECV_BYTES_MAX: usize = 65_536;
 /// The shortest receive timeout (a zero timeout is an error for the socket).
 const WAIT_MIN: Duration = Duration::from_micros(50);
+/// kv-raft resends an unechoed heartbeat after this many ticks, then 2 and 4 times as
+/// many (a harness round trip is ~0.5 ms, a tick 10 ms), while
+/// [`policy::wants_heartbeat_resends`] says so.
+const HEARTBEAT_RESEND_TICKS: u32 = 1;
 
 /// Builds the node core's settings for course mode: one group, every replica a voter,
 /// timing from `settings`, no snapshots within a run, no leader spreading, kv-raft's
@@ -61,18 +65,30 @@ pub fn node_config(settings: &Settings, roster: &Roster) -> NodeConfig {
             election_ticks_max: settings.election_ticks_max,
             lease_reads: true,
             lease_margin_ticks: settings.lease_margin_ticks,
-            // The send policy holds appends for lazy followers and skips heartbeats
-            // itself; kv-raft's suppression would count a held append as contact and
-            // starve the lazy followers of heartbeats (and so of the held appends).
-            heartbeat_suppression: false,
+            // The send policy holds appends for lazy followers: a held append is not
+            // contact, so only followers that acknowledged everything skip a heartbeat
+            // (else a lazy follower would miss the heartbeat that carries its appends).
+            // Off while sending wide (`Runtime::flush`).
+            heartbeat_suppression: settings.suppress_heartbeats,
+            heartbeat_suppression_strict: true,
             broadcast_commit: false,
             // Fast retransmission is the policy's stall release (with back-off);
             // kv-raft's own resends ride on heartbeats.
             retransmit_ticks: None,
+            // Loss is unknown at start: resend (the runtime switches it as loss is
+            // measured, `Runtime::flush`).
+            heartbeat_resend_ticks: Some(HEARTBEAT_RESEND_TICKS),
+            silent_follower_ticks: Some(silent_follower_ticks(settings)),
             ..kv_raft::Config::new(roster.me_node(), 0)
         },
         quiesce: false,
     }
+}
+
+/// [`policy::SILENT_AFTER`] in ticks of `settings` (at least one).
+fn silent_follower_ticks(settings: &Settings) -> u32 {
+    let ticks = policy::SILENT_AFTER.as_nanos() / settings.tick.as_nanos().max(1);
+    u32::try_from(ticks).unwrap_or(u32::MAX).max(1)
 }
 
 /// One replica under the harness.
@@ -108,6 +124,10 @@ pub struct Runtime {
     loss: LossMeter,
     /// When kv-raft is asked to resend unanswered vote requests.
     vote_resends: VoteResends,
+    /// Whether kv-raft's heartbeat resends are on (they start on).
+    heartbeat_resends: bool,
+    /// Whether kv-raft's heartbeat suppression is on (it starts as the settings say).
+    heartbeat_suppression: bool,
 }
 
 impl Runtime {
@@ -124,6 +144,7 @@ impl Runtime {
         let core = NodeCore::new(node_config(&settings, &roster), Default::default())
             .map_err(|e| anyhow::anyhow!("empty in-memory state failed to load: {e}"))?;
         let policy = SendPolicy::new(settings.clone(), roster.me_node(), &roster.members());
+        let settings_suppress = settings.suppress_heartbeats;
         let handoff = Handoff::new(roster.me_node());
         let notice = CommitNotice::new(
             settings.commit_notice_idle,
@@ -150,6 +171,8 @@ impl Runtime {
             sent: SendCounter::default(),
             loss: LossMeter::default(),
             vote_resends: VoteResends::default(),
+            heartbeat_resends: true,
+            heartbeat_suppression: settings_suppress,
         })
     }
 
@@ -465,7 +488,20 @@ impl Runtime {
             }
         }
         self.policy.set_loss(self.loss.loss());
+        let resends = policy::wants_heartbeat_resends(self.loss.loss());
+        if resends != self.heartbeat_resends {
+            self.heartbeat_resends = resends;
+            self.core
+                .set_heartbeat_resend_ticks(resends.then_some(HEARTBEAT_RESEND_TICKS));
+        }
         self.policy.observe(view, now);
+        // Sending wide (heavy loss), every heartbeat goes: the lease needs their echoes,
+        // and no lazy follower is left to give them.
+        let suppress = self.settings.suppress_heartbeats && !self.policy.sending_wide();
+        if suppress != self.heartbeat_suppression {
+            self.heartbeat_suppression = suppress;
+            self.core.set_heartbeat_suppression(suppress);
+        }
         // Before this round's answers: a put proposed and then answered "not leader" in
         // the same round may still commit, so it becomes an orphan (handoff.rs).
         for p in proposed {
@@ -526,17 +562,13 @@ impl Runtime {
         if now.saturating_duration_since(self.started) < self.settings.quiet {
             return;
         }
-        let reads_waiting = self.core.pending_gets() > 0;
         // Every answer of this turn has left: the commit index is answered through.
         let answered = self.handoff.answered_through(view.commit);
         for (dst, msgs) in datagrams {
-            let msgs = self.policy.route(dst, msgs, reads_waiting, now);
+            let msgs = self.policy.route(dst, msgs, now);
             self.send_peer(dst, msgs, answered, now);
         }
         for (dst, msgs) in self.policy.release_if_stalled(now) {
-            self.send_peer(dst, msgs, answered, now);
-        }
-        for (dst, msgs) in self.policy.resend_unanswered(now) {
             self.send_peer(dst, msgs, answered, now);
         }
         if self.notice.due(view.role == Role::Leader, view.commit, now) {

@@ -42,8 +42,9 @@ pub struct Settings {
     /// stall rate (the fraction of commits that stalled) is below this many percent (see
     /// `policy::DEFER_RATE_WEIGHT`); once it is measured, narrow sending decides.
     pub stall_defer_rate_max_percent: u32,
-    /// A leader skips a heartbeat to a follower that acknowledged an append within the
-    /// last heartbeat interval.
+    /// kv-raft's strict heartbeat suppression: a leader skips the heartbeat to a
+    /// follower that was sent an append since the previous one and acknowledged
+    /// everything (not while sending wide).
     pub suppress_heartbeats: bool,
     /// A client that comes back within this long after we redirected it to the leader we
     /// still believe in could not use that leader: its requests are held until a leader

@@ -518,6 +518,26 @@ impl NodeCore {
         }
     }
 
+    /// Switches kv-raft's heartbeat resends in every group
+    /// (`kv_raft::Raft::set_heartbeat_resend_ticks`), for a runtime whose need for them
+    /// depends on what it measures (course mode: the drop rate).
+    pub fn set_heartbeat_resend_ticks(&mut self, ticks: Option<u32>) {
+        self.config.raft.heartbeat_resend_ticks = ticks;
+        for g in self.groups.iter_mut() {
+            g.raft.set_heartbeat_resend_ticks(ticks);
+        }
+    }
+
+    /// Switches kv-raft's heartbeat suppression in every group
+    /// (`kv_raft::Raft::set_heartbeat_suppression`), for a runtime whose need for every
+    /// echo depends on what it measures (course mode: heavy loss).
+    pub fn set_heartbeat_suppression(&mut self, on: bool) {
+        self.config.raft.heartbeat_suppression = on;
+        for g in self.groups.iter_mut() {
+            g.raft.set_heartbeat_suppression(on);
+        }
+    }
+
     /// A leader that is not its shard's preferred leader hands over once the preferred one
     /// has caught up, at most once every few election timeouts.
     fn spread_leaders(&mut self) {

@@ -49,6 +49,16 @@ pub struct Config {
     /// acks wait on a slow disk gets the heartbeat: its answer keeps CheckQuorum happy).
     /// Default false.
     pub heartbeat_suppression: bool,
+    /// With `heartbeat_suppression`, skip fewer heartbeats: only to a follower that also
+    /// acknowledged everything sent to it (no Append or chunk in flight), and, with
+    /// `lease_reads`, never so many that fewer voters than a quorum (the leader counted,
+    /// followers heard within `election_ticks_min` ticks) could echo the heartbeat, so
+    /// the lease renews on every heartbeat. For a caller that
+    /// holds some Appends back: a held Append is not contact, and the skipped heartbeat
+    /// would be what carries it. The caller may switch suppression at run time
+    /// ([`Raft::set_heartbeat_suppression`](crate::Raft::set_heartbeat_suppression)).
+    /// Default false.
+    pub heartbeat_suppression_strict: bool,
     /// Send an Append to every follower as soon as the commit index advances (true, the
     /// classic behaviour). When false, followers learn the commit index from the next
     /// Append or heartbeat. Default true.
@@ -68,6 +78,20 @@ pub struct Config {
     /// candidate once its term is durable). Under loss one lost request or answer
     /// otherwise costs a whole election timeout. `None` (default): each request once.
     pub vote_resend_ticks: Option<u32>,
+    /// With `Some(k)`, a leader resends a heartbeat its follower has not echoed after `k`
+    /// ticks, then 2k and 4k ticks after each resend (3 resends at most; a newer
+    /// heartbeat to that follower starts over). Under heavy loss a follower otherwise
+    /// misses enough heartbeats in a row to time out, and others that missed theirs grant
+    /// its PreVote. The copy carries the same commit index and read round, so the lease
+    /// still counts from the first copy's send. Not to a silent follower
+    /// (`silent_follower_ticks`). The caller may switch it at run time
+    /// ([`Raft::set_heartbeat_resend_ticks`](crate::Raft::set_heartbeat_resend_ticks)).
+    /// `None` (default): each heartbeat once.
+    pub heartbeat_resend_ticks: Option<u32>,
+    /// With `Some(t)`, a follower this leader has not heard from for `t` ticks of its
+    /// term (dead or cut off) gets no heartbeat resends, only its periodic heartbeat,
+    /// until it answers again. `None` (default): no follower is taken for silent.
+    pub silent_follower_ticks: Option<u32>,
     /// Most `read_index` requests a leader holds unconfirmed; more get
     /// [`ProposeError::TooManyPendingReads`](crate::ProposeError::TooManyPendingReads).
     pub pending_reads_max: usize,
@@ -101,7 +125,7 @@ impl Config {
     /// heartbeat every 2, PreVote and CheckQuorum on, the byte and window limits of
     /// `kv_shared::limits`, and every optional behaviour at its classic setting (no lease
     /// reads, no suppression, commit broadcasts, retransmit with heartbeats, no vote
-    /// resends). Change fields with struct update syntax.
+    /// or heartbeat resends). Change fields with struct update syntax.
     pub fn new(id: NodeId, seed: u64) -> Config {
         Config {
             id,
@@ -119,10 +143,13 @@ impl Config {
             lease_reads: false,
             lease_margin_ticks: 2,
             heartbeat_suppression: false,
+            heartbeat_suppression_strict: false,
             broadcast_commit: true,
             retransmit_ticks: None,
             retransmit_backoff_ticks_max: None,
             vote_resend_ticks: None,
+            heartbeat_resend_ticks: None,
+            silent_follower_ticks: None,
             pending_reads_max: kv_shared::limits::PENDING_REQUESTS_MAX,
             snapshot_image_check: None,
             follower_reads: false,

@@ -320,6 +320,7 @@ impl Raft {
             reads: ReadRounds::default(),
             lease: crate::lease::Lease::default(),
             bcast_pending: true,
+            since: self.now,
         }));
         self.leader = Some(me);
         self.leaderless_timeouts = 0;

@@ -29,9 +29,10 @@
 //! Layout: `node` (public API, dispatch), `config` (the settings), `ready` (what the
 //! caller gets and gives back), `persist` (writes and what waits for them), `check`,
 //! `display` (the one text form of messages and entries, for transcripts and traces),
-//! `election`, `replication` (with heartbeats and ReadIndex rounds), `follower_read`
-//! (ReadIndex asked of the leader by a follower), `snapshot`, `membership`, and the small
-//! pure pieces `log`, `progress`, `quorum`, `read_index`, `lease`.
+//! `election`, `replication` (with heartbeats and ReadIndex rounds), `heartbeat_resend`,
+//! `follower_read` (ReadIndex asked of the leader by a follower), `snapshot`,
+//! `membership`, and the small pure pieces `log`, `progress`, `quorum`, `read_index`,
+//! `lease`.
 
 pub mod types;
 
@@ -49,6 +50,7 @@ mod byzantine_tests;
 mod election;
 mod events;
 mod follower_read;
+mod heartbeat_resend;
 mod lease;
 mod log;
 mod membership;

@@ -131,6 +131,8 @@ pub(crate) struct LeaderState {
     pub lease: crate::lease::Lease,
     /// New entries were proposed: send them at the next `ready()` (batching).
     pub bcast_pending: bool,
+    /// Tick at which this leadership began.
+    pub since: u64,
 }
 
 /// A message held until a write is durable (persist before send).

@@ -83,6 +83,9 @@ pub(crate) struct Progress {
     pub resend_wait: u64,
     /// Leader tick before which the stalled flow is not resent again.
     pub resend_not_before: u64,
+    /// The latest heartbeat not echoed yet, while it may be resent
+    /// (`Config::heartbeat_resend_ticks`).
+    pub heartbeat_ask: Option<crate::heartbeat_resend::HeartbeatAsk>,
 }
 
 impl Progress {
@@ -103,6 +106,7 @@ impl Progress {
             departs_at: None,
             resend_wait: 0,
             resend_not_before: 0,
+            heartbeat_ask: None,
         }
     }
 
@@ -111,6 +115,16 @@ impl Progress {
     pub fn departed(&self) -> bool {
         self.departs_at
             .is_some_and(|at| self.match_ >= at && self.commit_told >= at)
+    }
+
+    /// True if nothing sent to it waits for an acknowledgement: every Append it was
+    /// sent is matched, no probe is out, no snapshot is being sent.
+    pub fn all_acknowledged(&self) -> bool {
+        match self.state {
+            ProgressState::Probe => !self.probe_sent,
+            ProgressState::Replicate => self.match_ + 1 >= self.next,
+            ProgressState::Snapshot(_) => false,
+        }
     }
 
     /// Back to probing from just after `match_`.

@@ -4,11 +4,12 @@
 //! with retransmission over a lossy network, and the ReadIndex rounds they carry.
 
 use crate::node::{planted, Raft, RoleState};
-use crate::progress::ProgressState;
+use crate::progress::{Progress, ProgressState};
 use crate::quorum;
 use crate::types::{ConfChange, Entry, EntryKind, Index, Membership, Message, MessageBody, Term};
 use crate::ProposeError;
 use kv_shared::NodeId;
+use std::collections::{BTreeMap, BTreeSet};
 
 impl Raft {
     /// Err unless this is a leader that takes proposals now.
@@ -169,6 +170,9 @@ impl Raft {
         };
         pr.recent_active = true;
         pr.heard_at = self.now;
+        if let MessageBody::HeartbeatResp { .. } = m.body {
+            pr.heartbeat_ask = None;
+        }
         match m.body {
             MessageBody::AppendResp {
                 reject,
@@ -378,12 +382,22 @@ impl Raft {
         self.send_after_persist(from, ack(last_new));
     }
 
+    /// Switches heartbeat suppression (`Config::heartbeat_suppression`) at run time, for
+    /// a caller whose need for every echo changes (course mode sends every heartbeat
+    /// under heavy loss, where the lease needs all the echoes it can get). Takes effect
+    /// at the next heartbeat.
+    pub fn set_heartbeat_suppression(&mut self, on: bool) {
+        self.cfg.heartbeat_suppression = on;
+    }
+
     /// Heartbeats to all peers, each carrying the commit index capped to what that peer
     /// matches, and the newest ReadIndex round.
     /// With `heartbeat_suppression`, the periodic heartbeat skips a follower that got an
     /// Append or chunk since the previous one (it reset its election timer) and answered
     /// something within half the minimum election timeout, unless reads wait for
-    /// confirmation (their echoes are what the heartbeat is for). One silent for longer
+    /// confirmation (their echoes are what the heartbeat is for); with
+    /// `heartbeat_suppression_strict`, fewer (see there).
+    /// One silent for longer
     /// may hold its acks until a slow fsync ends; the heartbeat's immediate echo keeps
     /// CheckQuorum from deposing us.
     pub(crate) fn bcast_heartbeat(&mut self, reads_only: bool) {
@@ -407,21 +421,38 @@ impl Raft {
         };
         ls.reads.mark_sent();
         ls.lease.sent(read_round, now);
+        let strict = self.cfg.heartbeat_suppression_strict;
+        let skips: Vec<(NodeId, bool)> = ls
+            .progress
+            .iter()
+            .map(|(id, p)| {
+                let answering = now - p.heard_at < answering_ticks;
+                let acked = !strict || p.all_acknowledged();
+                let skip = suppress && reads_round == 0 && p.contacted && answering && acked;
+                (*id, skip)
+            })
+            .collect();
+        let mut skip: BTreeSet<NodeId> = skips.iter().filter(|s| s.1).map(|s| s.0).collect();
+        if strict && self.cfg.lease_reads {
+            let alive_ticks = u64::from(self.cfg.election_ticks_min);
+            let alive = |p: &Progress| now - p.heard_at < alive_ticks;
+            let voters = &self.membership.voters;
+            keep_lease_quorum(&mut skip, voters, self.cfg.id, &ls.progress, alive);
+        }
         let mut targets: Vec<(NodeId, Index)> = Vec::new();
         for (id, p) in ls.progress.iter_mut() {
             if reads_only && !self.membership.voters.contains(id) {
                 continue;
             }
             let c = commit.min(p.match_);
-            let answering = now - p.heard_at < answering_ticks;
-            let skip = suppress && reads_round == 0 && p.contacted && answering;
-            if !skip {
+            let skipped = skip.contains(id);
+            if !skipped {
                 p.commit_told = p.commit_told.max(c);
             }
             if !reads_only {
                 p.contacted = false;
             }
-            if skip {
+            if skipped {
                 continue;
             }
             targets.push((*id, c));
@@ -434,6 +465,7 @@ impl Raft {
                     read_round,
                 },
             );
+            self.heartbeat_sent(to, c, read_round);
         }
     }
 
@@ -476,6 +508,8 @@ impl Raft {
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
             self.bcast_heartbeat(false);
+        } else {
+            self.resend_heartbeats();
         }
         self.retransmit_elapsed += 1;
         if self.retransmit_elapsed >= self.cfg.retransmit_ticks() {
@@ -562,5 +596,33 @@ fn ack(index: Index) -> MessageBody {
         index,
         hint_index: 0,
         hint_term: 0,
+    }
+}
+
+/// Takes followers out of `skip` (suppressed heartbeats) until the voters that get the
+/// heartbeat and are `alive` (a dead one echoes nothing), with the leader, make a quorum:
+/// least recently heard first (those are the ones whose echoes the lease cannot get
+/// otherwise), then by id.
+fn keep_lease_quorum(
+    skip: &mut BTreeSet<NodeId>,
+    voters: &[NodeId],
+    me: NodeId,
+    progress: &BTreeMap<NodeId, Progress>,
+    alive: impl Fn(&Progress) -> bool,
+) {
+    let need = quorum::majority(voters.len()).saturating_sub(usize::from(voters.contains(&me)));
+    let beating = voters
+        .iter()
+        .filter(|v| **v != me && !skip.contains(v))
+        .filter(|v| progress.get(v).is_some_and(&alive))
+        .count();
+    let mut skipped: Vec<(u64, NodeId)> = voters
+        .iter()
+        .filter(|v| skip.contains(v))
+        .map(|v| (progress[v].heard_at, *v))
+        .collect();
+    skipped.sort();
+    for (_, v) in skipped.into_iter().take(need.saturating_sub(beating)) {
+        skip.remove(&v);
     }
 }

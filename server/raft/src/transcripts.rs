@@ -7,9 +7,9 @@
 //! Commands (`id` is a node number; `ids` a node number, a list `(1,2)` or `all`):
 //! - `cluster n=3 [learners=(4,5)] [prevote=false] [checkquorum=false] [append-bytes=N]
 //!   [inflight=N] [chunk=N] [snap-window=N] [seed=N] [lease=true] [suppress=true]
-//!   [bcast-commit=false] [retransmit=N] [backoff-max=N] [vote-resend=N]
-//!   [reads-max=N] [follower-reads=false]` : a fresh cluster (options as in `Config`; timing is election
-//!   10..20, heartbeat 2).
+//!   [suppress-strict=true] [bcast-commit=false] [retransmit=N] [backoff-max=N] [vote-resend=N]
+//!   [hb-resend=N] [silent=N] [reads-max=N] [heartbeat=N] [follower-reads=false]` : a fresh
+//!   cluster (options as in `Config`; timing is election 10..20, heartbeat 2 unless given).
 //! - `set-log id=N term=T entries=(1,1,2)` : restart node `id` with that durable log
 //!   (entry terms) and term.
 //! - `tick ids=.. [n=K]`, `campaign id=N` (tick until it leaves the follower role),
@@ -25,7 +25,9 @@
 //! - `propose id=N data=WORD`, `read id=N ctx=(5,6)`, `transfer id=N to=M`,
 //!   `conf id=N add-learner=M|promote=M|remove=M`, `compact id=N`, `add-node id=N`
 //!   (empty disk), `ask-for-leader id=N nodes=(..)`, `resend-votes id=N` (the
-//!   caller-timed vote resend).
+//!   caller-timed vote resend), `hb-resend id=N [ticks=K]` (switch heartbeat resends
+//!   at run time; without `ticks`, off), `suppress id=N on=true|false` (switch
+//!   heartbeat suppression at run time).
 //! - `status [ids=..]`, `log ids=..`.
 
 use crate::display::Entries;
@@ -89,10 +91,14 @@ fn run_cmd(c: &mut Option<Cluster>, case: &TestCase) -> String {
             seed: u("seed", 0) as u64,
             lease_reads: b("lease", d.lease_reads),
             heartbeat_suppression: b("suppress", d.heartbeat_suppression),
+            heartbeat_suppression_strict: b("suppress-strict", d.heartbeat_suppression_strict),
             broadcast_commit: b("bcast-commit", d.broadcast_commit),
             retransmit_ticks: opt(case, "retransmit").map(|v| num(&v) as u32),
             retransmit_backoff_ticks_max: opt(case, "backoff-max").map(|v| num(&v) as u32),
             vote_resend_ticks: opt(case, "vote-resend").map(|v| num(&v) as u32),
+            heartbeat_resend_ticks: opt(case, "hb-resend").map(|v| num(&v) as u32),
+            silent_follower_ticks: opt(case, "silent").map(|v| num(&v) as u32),
+            heartbeat_ticks: u("heartbeat", d.heartbeat_ticks as usize) as u32,
             pending_reads_max: u("reads-max", d.pending_reads_max),
             follower_reads: b("follower-reads", d.follower_reads),
             ..d
@@ -297,6 +303,24 @@ fn run_cmd(c: &mut Option<Cluster>, case: &TestCase) -> String {
                 .raft
                 .resend_vote_requests();
             c.process(id);
+        }
+        "hb-resend" => {
+            let id = id();
+            let ticks = opt(case, "ticks").map(|v| num(&v) as u32);
+            c.nodes
+                .get_mut(&id)
+                .expect("node")
+                .raft
+                .set_heartbeat_resend_ticks(ticks);
+        }
+        "suppress" => {
+            let id = id();
+            let on = arg(case, "on") == "true";
+            c.nodes
+                .get_mut(&id)
+                .expect("node")
+                .raft
+                .set_heartbeat_suppression(on);
         }
         "ask-for-leader" => {
             let id = id();

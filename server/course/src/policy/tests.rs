@@ -115,11 +115,7 @@ fn a_new_leader_sends_to_everyone() {
     let mut p = policy();
     p.observe(leader(0, 1), t0);
     for f in 2..=5 {
-        assert_eq!(
-            p.route(NodeId(f), vec![append(NodeId(f), 1)], false, t0)
-                .len(),
-            1
-        );
+        assert_eq!(p.route(NodeId(f), vec![append(NodeId(f), 1)], t0).len(), 1);
     }
 }
 
@@ -129,10 +125,7 @@ fn appends_go_at_once_to_a_quorum_and_wait_for_the_rest() {
     let (mut p, now) = settled(t0);
     p.observe(leader(1, 2), now);
     let sent: Vec<usize> = (2..=5)
-        .map(|f| {
-            p.route(NodeId(f), vec![append(NodeId(f), 2)], false, now)
-                .len()
-        })
+        .map(|f| p.route(NodeId(f), vec![append(NodeId(f), 2)], now).len())
         .collect();
     assert_eq!(
         sent,
@@ -140,7 +133,7 @@ fn appends_go_at_once_to_a_quorum_and_wait_for_the_rest() {
         "the two most recent ackers are fast"
     );
     // The next heartbeat to a lazy follower carries what it missed.
-    let out = p.route(NodeId(4), vec![heartbeat(NodeId(4), 0)], false, now + ms(1));
+    let out = p.route(NodeId(4), vec![heartbeat(NodeId(4), 0)], now + ms(1));
     assert_eq!(out.len(), 2);
     assert!(matches!(out[0].msg.body, MessageBody::Append { .. }));
 }
@@ -173,13 +166,8 @@ fn a_stalled_commit_releases_held_appends_and_replaces_the_silent_follower() {
     p.observe(leader(2, 3), later + stall / 4);
     let sent: Vec<usize> = (2..=5)
         .map(|f| {
-            p.route(
-                NodeId(f),
-                vec![append(NodeId(f), 3)],
-                false,
-                later + stall / 2,
-            )
-            .len()
+            p.route(NodeId(f), vec![append(NodeId(f), 3)], later + stall / 2)
+                .len()
         })
         .collect();
     assert_eq!(sent, vec![0, 1, 1, 0]);
@@ -211,17 +199,12 @@ fn an_unanswered_append_rides_with_the_next_heartbeat() {
     p.observe(leader(2, 3), now + ms(60));
     let sent: Vec<bool> = (2..=5)
         .map(|f| {
-            !p.route(NodeId(f), vec![append(NodeId(f), 3)], false, now + ms(60))
+            !p.route(NodeId(f), vec![append(NodeId(f), 3)], now + ms(60))
                 .is_empty()
         })
         .collect();
     assert_eq!(sent, vec![false, true, true, false]);
-    let out = p.route(
-        NodeId(2),
-        vec![heartbeat(NodeId(2), 0)],
-        false,
-        now + ms(900),
-    );
+    let out = p.route(NodeId(2), vec![heartbeat(NodeId(2), 0)], now + ms(900));
     assert_eq!(
         entry_ranges(&out),
         vec![(2, 2), (3, 3)],
@@ -229,12 +212,7 @@ fn an_unanswered_append_rides_with_the_next_heartbeat() {
     );
     // Once 2 has answered, nothing is carried again.
     p.on_inbound(NodeId(2), &[ack(NodeId(2), 2)], now + ms(901));
-    let out = p.route(
-        NodeId(2),
-        vec![heartbeat(NodeId(2), 0)],
-        false,
-        now + ms(1900),
-    );
+    let out = p.route(NodeId(2), vec![heartbeat(NodeId(2), 0)], now + ms(1900));
     assert_eq!(entry_ranges(&out), Vec::<(u64, u64)>::new());
 }
 
@@ -290,7 +268,7 @@ fn released_to(p: &mut SendPolicy, at: Instant) -> Vec<NodeId> {
 
 fn append_to_all(p: &mut SendPolicy, index: u64, now: Instant) {
     for f in 2..=5 {
-        p.route(NodeId(f), vec![append(NodeId(f), index)], false, now);
+        p.route(NodeId(f), vec![append(NodeId(f), index)], now);
     }
 }
 
@@ -329,7 +307,7 @@ fn under_light_loss_the_next_put_carries_a_stalled_one() {
     let next = now + ms(60);
     p.observe(leader(21, 23), next);
     let out: Vec<Vec<(u64, u64)>> = (2..=5)
-        .map(|f| entry_ranges(&p.route(NodeId(f), vec![append(NodeId(f), 23)], false, next)))
+        .map(|f| entry_ranges(&p.route(NodeId(f), vec![append(NodeId(f), 23)], next)))
         .collect();
     assert_eq!(out[0], vec![(23, 23)]);
     assert!(out[1].is_empty() && out[3].is_empty());
@@ -437,7 +415,7 @@ fn a_silent_follower_gets_only_its_heartbeat_until_it_answers() {
     p.observe(leader(index - 1, index), now);
     let sent: Vec<usize> = (2..=5)
         .map(|f| {
-            p.route(NodeId(f), vec![append(NodeId(f), index)], false, now)
+            p.route(NodeId(f), vec![append(NodeId(f), index)], now)
                 .len()
         })
         .collect();
@@ -451,52 +429,26 @@ fn a_silent_follower_gets_only_its_heartbeat_until_it_answers() {
     let released = released_to(&mut p, due);
     assert!(!released.contains(&NodeId(5)), "{released:?}");
     // Its heartbeat carries what it lacks; once it answers it is fast again.
-    let beat = p.route(NodeId(5), vec![heartbeat(NodeId(5), 0)], false, due);
+    let beat = p.route(NodeId(5), vec![heartbeat(NodeId(5), 0)], due);
     assert!(beat.len() > 1, "held appends ride with the heartbeat");
     p.on_inbound(NodeId(5), &[ack(NodeId(5), 2)], due);
-    let next = p.route(NodeId(5), vec![append(NodeId(5), index + 1)], false, due);
+    let next = p.route(NodeId(5), vec![append(NodeId(5), index + 1)], due);
     assert_eq!(next.len(), 1);
 }
 
-fn echo(from: NodeId, read_round: u64) -> GroupMessage {
-    gm(from, ME, 2, MessageBody::HeartbeatResp { read_round })
-}
-
 #[test]
-fn unechoed_heartbeats_are_resent_while_loss_is_unknown_or_heavy() {
-    let t0 = Instant::now();
-    let (mut p, now) = settled(t0);
-    // Loss unknown: follower 4's heartbeat goes unechoed and is resent three times.
-    let out = p.route(NodeId(4), vec![heartbeat(NodeId(4), 7)], false, now);
-    assert_eq!(out.len(), 1);
-    let mut at = now;
-    let mut resent = Vec::new();
-    for _ in 0..4 {
-        at = p.next_deadline().unwrap();
-        for (id, msgs) in p.resend_unanswered(at) {
-            resent.push((id, at.duration_since(now), msgs[0].clone()));
-        }
-        if p.next_deadline().is_none() {
-            break;
-        }
-    }
-    let times: Vec<Duration> = resent.iter().map(|r| r.1).collect();
-    assert_eq!(times, vec![ms(5), ms(15), ms(35)]);
-    assert!(resent
-        .iter()
-        .all(|r| r.0 == NodeId(4) && r.2 == heartbeat(NodeId(4), 7)));
-    // An echo ends the resends.
-    p.route(NodeId(5), vec![heartbeat(NodeId(5), 8)], false, at);
-    p.on_inbound(NodeId(5), &[echo(NodeId(5), 8)], at + ms(1));
-    assert!(p.resend_unanswered(at + ms(100)).is_empty());
-    // Under light loss a lost heartbeat is not worth a datagram.
-    p.set_loss(Some(0.05));
-    p.route(NodeId(4), vec![heartbeat(NodeId(4), 9)], false, at);
-    assert_eq!(p.next_deadline(), None);
-    // Under heavy loss it is again.
-    p.set_loss(Some(0.3));
-    p.route(NodeId(4), vec![heartbeat(NodeId(4), 10)], false, at);
-    assert_eq!(p.next_deadline(), Some(at + ms(5)));
+fn heartbeats_are_resent_while_loss_is_unknown_or_heavy() {
+    assert!(
+        wants_heartbeat_resends(None),
+        "unknown: the first seconds of a run"
+    );
+    assert!(!wants_heartbeat_resends(Some(0.0)));
+    assert!(
+        !wants_heartbeat_resends(Some(0.05)),
+        "light loss: not worth a datagram"
+    );
+    assert!(wants_heartbeat_resends(Some(WIDE_ENTER_LOSS)));
+    assert!(wants_heartbeat_resends(Some(0.3)));
 }
 
 #[test]
@@ -507,10 +459,7 @@ fn heavy_loss_makes_every_follower_fast() {
     let now = stall_every_commit(&mut p, 2..40, now);
     p.observe(leader(39, 40), now);
     let sent: Vec<usize> = (2..=5)
-        .map(|f| {
-            p.route(NodeId(f), vec![append(NodeId(f), 40)], false, now)
-                .len()
-        })
+        .map(|f| p.route(NodeId(f), vec![append(NodeId(f), 40)], now).len())
         .collect();
     assert_eq!(sent, vec![1, 1, 1, 1]);
 }
@@ -526,7 +475,7 @@ fn measured_loss_alone_decides_wide_sending_and_precise_timing() {
         p.observe(leader(index - 1, index), now);
         let sent: usize = (2..=5)
             .map(|f| {
-                let out = p.route(NodeId(f), vec![append(NodeId(f), index)], false, now);
+                let out = p.route(NodeId(f), vec![append(NodeId(f), index)], now);
                 usize::from(!out.is_empty())
             })
             .sum();
@@ -574,35 +523,6 @@ fn a_leader_without_a_quorum_backs_off() {
     );
 }
 
-#[test]
-fn heartbeats_to_busy_fast_followers_are_skipped_unless_reads_wait() {
-    let t0 = Instant::now();
-    let (mut p, now) = settled(t0);
-    p.observe(leader(1, 2), now);
-    assert_eq!(
-        p.route(NodeId(2), vec![append(NodeId(2), 2)], false, now)
-            .len(),
-        1
-    );
-    p.on_inbound(NodeId(2), &[ack(NodeId(2), 2)], now + ms(1));
-    assert!(p
-        .route(NodeId(2), vec![heartbeat(NodeId(2), 7)], false, now + ms(2))
-        .is_empty());
-    assert_eq!(
-        p.route(NodeId(2), vec![heartbeat(NodeId(2), 8)], true, now + ms(2))
-            .len(),
-        1,
-        "gets wait for this round's echoes"
-    );
-    // A heartbeat interval after the last append, the heartbeat goes again.
-    let idle = now + Settings::default().heartbeat_interval();
-    assert_eq!(
-        p.route(NodeId(2), vec![heartbeat(NodeId(2), 9)], false, idle)
-            .len(),
-        1
-    );
-}
-
 fn commit_spread(to: NodeId, commit: u64) -> GroupMessage {
     gm(
         ME,
@@ -623,10 +543,10 @@ fn a_commit_index_alone_waits_for_the_next_append() {
     let (mut p, now) = settled(t0);
     p.observe(leader(2, 2), now);
     assert!(p
-        .route(NodeId(2), vec![commit_spread(NodeId(2), 2)], false, now)
+        .route(NodeId(2), vec![commit_spread(NodeId(2), 2)], now)
         .is_empty());
     p.observe(leader(2, 3), now + ms(50));
-    let out = p.route(NodeId(2), vec![append(NodeId(2), 3)], false, now + ms(50));
+    let out = p.route(NodeId(2), vec![append(NodeId(2), 3)], now + ms(50));
     assert_eq!(out.len(), 2, "the held commit rides along");
     assert_eq!(out[0], commit_spread(NodeId(2), 2));
 }
@@ -645,7 +565,7 @@ fn vote_request(to: NodeId) -> GroupMessage {
 }
 
 #[test]
-fn vote_requests_pass_through_and_the_policy_never_resends_them() {
+fn vote_requests_pass_through_and_the_policy_never_holds_them() {
     // kv-raft resends them, on the runtime's timer (vote_resend.rs).
     let t0 = Instant::now();
     let mut p = policy();
@@ -659,12 +579,11 @@ fn vote_requests_pass_through_and_the_policy_never_resends_them() {
     p.observe(candidate, t0);
     for f in 2..=5 {
         assert_eq!(
-            p.route(NodeId(f), vec![vote_request(NodeId(f))], false, t0),
+            p.route(NodeId(f), vec![vote_request(NodeId(f))], t0),
             vec![vote_request(NodeId(f))]
         );
     }
     assert_eq!(p.next_deadline(), None);
-    assert!(p.resend_unanswered(t0 + ms(100)).is_empty());
 }
 
 #[test]
@@ -673,7 +592,7 @@ fn losing_leadership_drops_held_messages() {
     let (mut p, now) = settled(t0);
     p.observe(leader(1, 2), now);
     assert!(p
-        .route(NodeId(5), vec![append(NodeId(5), 2)], false, now)
+        .route(NodeId(5), vec![append(NodeId(5), 2)], now)
         .is_empty());
     p.observe(
         View {
@@ -689,8 +608,7 @@ fn losing_leadership_drops_held_messages() {
     assert!(p.release_if_stalled(now + ms(100)).is_empty());
     // As a follower everything goes out unchanged.
     assert_eq!(
-        p.route(NodeId(5), vec![heartbeat(NodeId(5), 0)], false, now)
-            .len(),
+        p.route(NodeId(5), vec![heartbeat(NodeId(5), 0)], now).len(),
         1
     );
 }
