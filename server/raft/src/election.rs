@@ -5,7 +5,7 @@ use crate::node::{planted, Held, LeaderState, Raft, RoleState};
 use crate::progress::Progress;
 use crate::quorum::{self, VoteResult};
 use crate::read_index::ReadRounds;
-use crate::types::{EntryKind, Message, MessageBody, Term};
+use crate::types::{EntryKind, Index, Message, MessageBody, Term};
 use kv_shared::NodeId;
 use std::collections::BTreeMap;
 
@@ -259,6 +259,7 @@ impl Raft {
             } => (last_index, last_term, false),
             _ => return,
         };
+        self.tell_commit_to_newer_member(m.from, last_index, last_term);
         let can_vote = self.vote == m.from
             || (self.vote.is_none() && self.leader.is_none())
             || (pre && m.term > self.term)
@@ -281,6 +282,38 @@ impl Raft {
             self.send(m.from, MessageBody::PreVoteResp { reject: true });
         } else {
             self.send(m.from, MessageBody::VoteResp { reject: true });
+        }
+    }
+
+    /// A member whose log is newer than ours, asking for a vote while we know no leader,
+    /// may hold entries it does not know are committed: a crash can keep a write's
+    /// entries and lose its commit index. Its membership, applied only up to its own
+    /// commit, may then still list it as a learner, so it never campaigns, while nobody
+    /// else can win without its vote (its log is newer). Our commit index lets it apply
+    /// the membership that made it a voter (`learn_committed` takes it only if it holds
+    /// that entry). Logs of equal age, the usual election, cost no extra message.
+    fn tell_commit_to_newer_member(&mut self, from: NodeId, last_index: Index, last_term: Term) {
+        let member =
+            self.membership.voters.contains(&from) || self.membership.learners.contains(&from);
+        let commit = self.log.commit;
+        if !member || self.leader.is_some() || commit == 0 || last_index < commit {
+            return;
+        }
+        let newer = last_term > self.log.last_term()
+            || (last_term == self.log.last_term() && last_index > self.log.last_index());
+        if !newer {
+            return;
+        }
+        if let Some(log_term) = self.log.term(commit) {
+            self.msgs.push(Message {
+                from: self.cfg.id,
+                to: from,
+                term: log_term,
+                body: MessageBody::Committed {
+                    index: commit,
+                    log_term,
+                },
+            });
         }
     }
 

@@ -437,4 +437,78 @@ mod tests {
         assert_eq!(raft.committed_term(2), Some(1));
         assert_eq!(raft.committed_term(3), None);
     }
+
+    /// A promoted learner whose crash kept its newest entries but lost its commit index
+    /// restarts a learner in its own view and never campaigns, while the other voters
+    /// cannot win without its vote (its log is newer): churn seeds 377 and 1155 stalled
+    /// so. A voter asked by it answers with its commit, which makes it a voter again.
+    #[test]
+    fn a_newer_member_that_lost_its_commit_learns_it_from_a_vote_request() {
+        use crate::types::{Entry, HardState};
+        use crate::{Config, Raft, Restored};
+        let entry = |index, term, kind| Entry {
+            term,
+            index,
+            kind,
+            data: bytes::Bytes::new(),
+        };
+        let entries = vec![
+            entry(1, 1, EntryKind::Noop),
+            entry(
+                2,
+                1,
+                EntryKind::ConfChange(ConfChange::PromoteLearner(NodeId(3))),
+            ),
+            entry(3, 2, EntryKind::Noop),
+        ];
+        let restore = |id: u64, commit, held: usize| {
+            Raft::new(
+                Config::new(NodeId(id), id),
+                Restored {
+                    hard_state: HardState {
+                        term: 2,
+                        vote: NodeId::NONE,
+                        commit,
+                    },
+                    snapshot: None,
+                    entries: entries[..held].to_vec(),
+                    initial_membership: m(&[1, 2, 4], &[3]),
+                },
+            )
+        };
+        let mut voter = restore(1, 2, 2);
+        let mut learner = restore(3, 1, 3);
+        assert_eq!(voter.membership(), &m(&[1, 2, 3, 4], &[]));
+        assert_eq!(learner.membership(), &m(&[1, 2, 4], &[3]), "lost commit 2");
+        // The learner hears no leader and probes the voters it knows.
+        let mut probes = Vec::new();
+        for _ in 0..100 {
+            learner.tick();
+            probes.extend(learner.ready().messages);
+            if !probes.is_empty() {
+                break;
+            }
+        }
+        let probe = probes
+            .into_iter()
+            .find(|p| p.to == NodeId(1))
+            .expect("a probe to node 1");
+        voter.step(probe);
+        let answers = voter.ready().messages;
+        let committed: Vec<_> = answers
+            .into_iter()
+            .filter(|a| matches!(a.body, MessageBody::Committed { .. }))
+            .collect();
+        assert_eq!(committed.len(), 1, "the voter tells its commit");
+        for c in committed {
+            learner.step(c);
+        }
+        assert_eq!(learner.status().hard.commit, 2);
+        assert_eq!(
+            learner.membership(),
+            &m(&[1, 2, 3, 4], &[]),
+            "a voter again"
+        );
+        assert!(learner.promotable());
+    }
 }
