@@ -440,8 +440,8 @@ mod tests {
 
     /// A promoted learner whose crash kept its newest entries but lost its commit index
     /// restarts a learner in its own view and never campaigns, while the other voters
-    /// cannot win without its vote (its log is newer): churn seeds 377 and 1155 stalled
-    /// so. A voter asked by it answers with its commit, which makes it a voter again.
+    /// cannot win without its vote (its log is newer), and the shard has no leader for
+    /// good. A voter asked by it answers with its commit, which makes it a voter again.
     #[test]
     fn a_newer_member_that_lost_its_commit_learns_it_from_a_vote_request() {
         use crate::types::{Entry, HardState};
