@@ -452,7 +452,7 @@ mod tests {
             kind,
             data: bytes::Bytes::new(),
         };
-        let entries = vec![
+        let entries = [
             entry(1, 1, EntryKind::Noop),
             entry(
                 2,
