@@ -358,17 +358,32 @@ fn planted_move_bugs_are_caught_under_membership_churn() {
 // its own removal and stepped down, a voter that missed the commit still counted it,
 // and with one more voter gone for good no election succeeded (1927, 4886); a replica
 // restarted from a leader's snapshot past its removal held the shard outside the voters
-// for good (4334).
+// for good (4334); a promoted learner whose crash kept its newest entries but lost its
+// commit index restarted a learner in its own view and never campaigned, while the other
+// voters could not win without its vote (377, 1155).
 #[test]
 fn churn_regression_seeds_pass() {
     for seed in [
         220, 768, 812, 1027, 1927, 1936, 2120, 2305, 2412, 2788, 2827, 2995, 3482, 3603, 4334,
-        4760, 4886, 1756,
+        4760, 4886, 1756, 377, 1155,
     ] {
         let r = run(&SimOptions {
             profile: Some(FaultProfile::Churn),
             ..SimOptions::new(seed)
         });
         assert!(r.passed(), "churn seed {seed}: {:?}", r.failure);
+    }
+}
+
+// Default-profile seeds that once failed: a stale follower took a get, and the read
+// index its restarted leader confirmed covered the follower's own removal; it served the
+// get after applying that removal (9419).
+const DEFAULT_REGRESSION_SEEDS: &[u64] = &[9419];
+
+#[test]
+fn default_regression_seeds_pass() {
+    for &seed in DEFAULT_REGRESSION_SEEDS {
+        let r = run(&SimOptions::new(seed));
+        assert!(r.passed(), "seed {seed}: {:?}", r.failure);
     }
 }

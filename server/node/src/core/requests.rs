@@ -165,9 +165,26 @@ impl NodeCore {
             .into_iter()
             .partition(|(index, _)| *index <= applied);
         self.groups[g].confirmed_reads = later;
+        // A follower's read index can cover its own removal (the client routed by the
+        // replica set it knew; so did this replica when it took the read): applied, that
+        // removal leaves it no member, and a replica outside the shard's set serves
+        // nothing of it, even a read its old leader confirmed.
+        let me = self.config.node;
+        let group = &self.groups[g];
+        let removed =
+            group.soft.role != Role::Leader && !group.raft.membership().voters.contains(&me);
+        let shard = group.shard;
         for (_, ids) in ready {
             for id in ids {
-                self.serve_get(g, id);
+                if removed {
+                    let route = self.shard_route(shard);
+                    self.reply(
+                        id,
+                        Outcome::Error(ClientError::StaleRoute { node: me, route }),
+                    );
+                } else {
+                    self.serve_get(g, id);
+                }
             }
         }
     }
