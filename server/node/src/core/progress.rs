@@ -1,12 +1,11 @@
 //! What the node core reports of its work beyond client replies: the entries it applied
 //! and the client requests it proposed (with their log index), in [`super::Output`], and
-//! how many reads it holds. Course mode answers puts across leader changes from these and
-//! the simulator checks state machine safety with the applied entries, so neither needs
-//! a hook into the core or a copy of its request table.
+//! (to its tests) how many reads it holds. Course mode answers puts across leader changes
+//! from these and the simulator checks state machine safety with the applied entries, so
+//! neither needs a hook into the core or a copy of its request table.
 
 use super::{entry_hash, ClientToken, NodeCore};
 use kv_raft::Entry;
-use kv_shared::proto::Op;
 use kv_shared::ShardId;
 
 /// An entry this replica applied.
@@ -59,10 +58,11 @@ impl NodeCore {
 
     /// Gets accepted and not yet answered (waiting for a leader, a ReadIndex round, or
     /// the state machine to reach their read index).
-    pub fn pending_gets(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn pending_gets(&self) -> usize {
         self.requests
             .values()
-            .filter(|r| matches!(r.req.op, Op::Get { .. }))
+            .filter(|r| matches!(r.req.op, kv_shared::proto::Op::Get { .. }))
             .count()
     }
 }
