@@ -124,6 +124,21 @@ pub enum Response {
     Integer(i64),
 }
 
+impl Response {
+    /// The answer `outcome` gives if it says the request completed (a value, or a write
+    /// applied); otherwise the outcome back (an error, or a status).
+    pub fn of_outcome(outcome: Outcome) -> Result<Response, Outcome> {
+        match outcome {
+            Outcome::Value(v) => Ok(Response::Value(v)),
+            Outcome::Done => Ok(Response::Done),
+            Outcome::CasOk => Ok(Response::CasOk),
+            Outcome::CasMismatch { current } => Ok(Response::CasMismatch { current }),
+            Outcome::Integer(n) => Ok(Response::Integer(n)),
+            other @ (Outcome::Error(_) | Outcome::Status(_)) => Err(other),
+        }
+    }
+}
+
 /// One node's answer to a status request.
 #[derive(Clone, Debug)]
 pub struct NodeReport {
