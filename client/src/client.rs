@@ -126,15 +126,17 @@ pub enum Response {
 
 impl Response {
     /// The answer `outcome` gives if it says the request completed (a value, or a write
-    /// applied); otherwise the outcome back (an error, or a status).
-    pub fn of_outcome(outcome: Outcome) -> Result<Response, Outcome> {
+    /// applied); `None` for an error or a status.
+    pub fn of_outcome(outcome: &Outcome) -> Option<Response> {
         match outcome {
-            Outcome::Value(v) => Ok(Response::Value(v)),
-            Outcome::Done => Ok(Response::Done),
-            Outcome::CasOk => Ok(Response::CasOk),
-            Outcome::CasMismatch { current } => Ok(Response::CasMismatch { current }),
-            Outcome::Integer(n) => Ok(Response::Integer(n)),
-            other @ (Outcome::Error(_) | Outcome::Status(_)) => Err(other),
+            Outcome::Value(v) => Some(Response::Value(v.clone())),
+            Outcome::Done => Some(Response::Done),
+            Outcome::CasOk => Some(Response::CasOk),
+            Outcome::CasMismatch { current } => Some(Response::CasMismatch {
+                current: current.clone(),
+            }),
+            Outcome::Integer(n) => Some(Response::Integer(*n)),
+            Outcome::Error(_) | Outcome::Status(_) => None,
         }
     }
 }

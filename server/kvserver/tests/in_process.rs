@@ -310,11 +310,16 @@ fn a_local_write_retried_through_the_client_is_applied_once() {
             .expect("put");
         let declared = session.id();
         let (tx, mut inbox) = local::channel();
+        let send = |mut session: kvcli::Session, op: &Op| {
+            let reserved = session
+                .reserve(op)
+                .expect("an open session sets a number aside");
+            local::send_write(&tx, session, reserved, op.clone(), 0)
+        };
 
         // 1. Applied by the core (here: sent to the node under the same session and
         //    sequence number), answered as not applied.
-        let write = local::send_write(&tx, session, incr.clone(), 0)
-            .unwrap_or_else(|_| panic!("an open session reserves"));
+        let write = send(session, &incr);
         let handed = inbox.next().await;
         assert_eq!(handed.request.op, incr);
         let (seq, op) = (handed.request.seq, incr.clone());
@@ -340,8 +345,7 @@ fn a_local_write_retried_through_the_client_is_applied_once() {
         );
 
         // 2. Refused by the core before anything was proposed: the retry applies it.
-        let write = local::send_write(&tx, session, incr.clone(), 0)
-            .unwrap_or_else(|_| panic!("still open"));
+        let write = send(session, &incr);
         let handed = inbox.next().await;
         assert_eq!(handed.request.seq, seq + 1);
         let _ = handed.answer.send(Outcome::Error(ClientError::Overloaded {
@@ -352,8 +356,7 @@ fn a_local_write_retried_through_the_client_is_applied_once() {
         assert_eq!(r.expect("the retry completes"), Response::Integer(2));
 
         // 3. Dropped unanswered (the event loop stopped): the retry applies it.
-        let write = local::send_write(&tx, session, incr.clone(), 0)
-            .unwrap_or_else(|_| panic!("still open"));
+        let write = send(session, &incr);
         drop(inbox.next().await);
         let (mut session, r) = write.finish().await;
         assert_eq!(r.expect("the retry completes"), Response::Integer(3));

@@ -107,29 +107,26 @@ pub struct LocalWrite {
     reserved: Reserved,
 }
 
-/// Hands write `op` to the core over `local` under a sequence number `session` sets aside
-/// for it, routed by replica-set `epoch`; [`LocalWrite::finish`] takes the answer. Gives
-/// `session` and `op` back if the session cannot set one aside (its first write to the
-/// shard, which opens the session through the cluster client).
+/// Hands write `op` to the core over `local` under the sequence number `reserved` that
+/// `session` set aside for it ([`Session::reserve`]), routed by replica-set `epoch`;
+/// [`LocalWrite::finish`] takes the answer.
 pub fn send_write(
     local: &LocalSender,
-    mut session: Session,
+    session: Session,
+    reserved: Reserved,
     op: Op,
     epoch: u64,
-) -> Result<LocalWrite, (Session, Op)> {
-    let Some(reserved) = session.reserve(&op) else {
-        return Err((session, op));
-    };
+) -> LocalWrite {
     let (answer, rx) = oneshot::channel();
     let request = reserved.request(op.clone(), epoch);
     // If the event loop is gone the receiver fails and the write falls back.
     let _ = local.send(LocalRequest { request, answer });
-    Ok(LocalWrite {
+    LocalWrite {
         answer: rx,
         op,
         session,
         reserved,
-    })
+    }
 }
 
 impl LocalWrite {
@@ -142,9 +139,11 @@ impl LocalWrite {
             mut session,
             reserved,
         } = self;
-        let maybe_applied = match answer.await.map(Response::of_outcome) {
-            Ok(Ok(response)) => return (session, Ok(response)),
-            Ok(Err(outcome)) => may_have_been_applied(&outcome),
+        let maybe_applied = match answer.await {
+            Ok(outcome) => match Response::of_outcome(&outcome) {
+                Some(response) => return (session, Ok(response)),
+                None => may_have_been_applied(&outcome),
+            },
             // The event loop stopped with the write in its hands: nothing is known.
             Err(_) => true,
         };

@@ -392,22 +392,21 @@ impl Connection {
                     answers.push(Answer::Local(rx, op));
                     continue;
                 }
-                let op = if self.writes_locally(&op) {
-                    let epoch = self.route_epoch(&op);
-                    let session = self.session();
-                    match local::send_write(&self.gateway.local, session, op, epoch) {
-                        Ok(write) => {
+                if self.writes_locally(&op) {
+                    let mut session = self.session();
+                    // None: the session's first write to the shard, which opens the
+                    // session there through the client.
+                    match session.reserve(&op) {
+                        Some(reserved) => {
+                            let epoch = self.route_epoch(&op);
+                            let local = &self.gateway.local;
+                            let write = local::send_write(local, session, reserved, op, epoch);
                             answers.push(Answer::LocalWrite(write));
                             continue;
                         }
-                        Err((session, op)) => {
-                            self.sessions.push(session);
-                            op
-                        }
+                        None => self.sessions.push(session),
                     }
-                } else {
-                    op
-                };
+                }
                 if alone {
                     answers.push(Answer::Alone(op));
                     continue;
