@@ -124,6 +124,23 @@ pub enum Response {
     Integer(i64),
 }
 
+impl Response {
+    /// The answer `outcome` gives if it says the request completed (a value, or a write
+    /// applied); `None` for an error or a status.
+    pub fn of_outcome(outcome: &Outcome) -> Option<Response> {
+        match outcome {
+            Outcome::Value(v) => Some(Response::Value(v.clone())),
+            Outcome::Done => Some(Response::Done),
+            Outcome::CasOk => Some(Response::CasOk),
+            Outcome::CasMismatch { current } => Some(Response::CasMismatch {
+                current: current.clone(),
+            }),
+            Outcome::Integer(n) => Some(Response::Integer(*n)),
+            Outcome::Error(_) | Outcome::Status(_) => None,
+        }
+    }
+}
+
 /// One node's answer to a status request.
 #[derive(Clone, Debug)]
 pub struct NodeReport {

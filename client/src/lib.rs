@@ -40,3 +40,4 @@ pub mod value;
 
 pub use client::{Client, ClientOptions, NodeAddr, NodeReport, Response, Session};
 pub use error::Error;
+pub use session::Reserved;

@@ -45,6 +45,36 @@ impl Drop for Session {
     }
 }
 
+/// A sequence number a [`Session`] set aside for one write sent another way
+/// ([`Session::reserve`]). Not `Clone`: it is settled once, by the answer of that way or
+/// by [`Session::execute_reserved`].
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a reserved write is answered or retried with Session::execute_reserved"]
+pub struct Reserved {
+    client: ClientId,
+    seq: u64,
+    shard: ShardId,
+}
+
+impl Reserved {
+    /// The write as a request under the session's bound id (as the nodes see it once
+    /// they have bound a UDP request to the client's name) and the reserved sequence
+    /// number, routed by replica-set `epoch`.
+    pub fn request(&self, op: Op, epoch: u64) -> ClientRequest {
+        ClientRequest {
+            client: self.client,
+            seq: self.seq,
+            epoch,
+            op,
+        }
+    }
+
+    /// The reserved sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
 /// Why the current attempt did not complete.
 enum Setback {
     /// No reply within the attempt timeout.
@@ -134,34 +164,112 @@ impl Session {
 
     async fn execute_waiting(&mut self, op: Op, wait: Option<Duration>) -> Result<Response, Error> {
         op.check_limits().map_err(Error::Limit)?;
-        let opens = op.is_write() && !matches!(op, Op::OpenSession { .. });
-        let shard = match (opens, op.key(), self.client.shard_count()) {
-            (true, Some(key), Some(count)) => Some(shard_for_key(key, count)),
-            _ => None,
-        };
+        let shard = self.session_shard(&op);
         if let (Some(shard), Some(key)) = (shard, op.key()) {
             if !self.open_shards.contains(&shard) {
                 let open = Op::OpenSession { key: key.clone() };
-                self.execute_once(open, None).await?;
+                let seq = self.take_seq();
+                self.execute_once(open, None, seq, false).await?;
                 self.open_shards.insert(shard);
             }
         }
-        let result = self.execute_once(op, wait).await;
+        let seq = self.take_seq();
+        let result = self.execute_once(op, wait, seq, false).await;
+        self.note_expiry(shard, &result);
+        result
+    }
+
+    /// The shard whose session write `op` runs under: `None` for reads, for
+    /// `OpenSession` itself, and before the shard count is known.
+    fn session_shard(&self, op: &Op) -> Option<ShardId> {
+        let opens = op.is_write() && !matches!(op, Op::OpenSession { .. });
+        match (opens, op.key(), self.client.shard_count()) {
+            (true, Some(key), Some(count)) => Some(shard_for_key(key, count)),
+            _ => None,
+        }
+    }
+
+    /// The next sequence number, used up.
+    fn take_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    /// A write refused because the shard evicted this session: the next write reopens it.
+    fn note_expiry(&mut self, shard: Option<ShardId>, result: &Result<Response, Error>) {
         if let (
             Some(shard),
             Err(Error::Refused {
                 error: ClientError::SessionExpired,
                 ..
             }),
-        ) = (shard, &result)
+        ) = (shard, result)
         {
             self.open_shards.remove(&shard);
         }
+    }
+
+    /// Sets aside the next sequence number for write `op`, to be sent another way than
+    /// through this client (the Redis gateway hands it to its own node's core), as
+    /// request [`Reserved::request`]. `None` unless `op` is a write of a shard where this
+    /// session is open: a first write opens the session through the cluster, and only
+    /// [`Session::execute`] does that.
+    ///
+    /// The session must run nothing else until the reservation is settled: whatever the
+    /// other way answered, either that answer (the write was applied) or
+    /// [`Session::execute_reserved`], which retries the write under the same sequence
+    /// number, so that the shard's session table applies it at most once whichever
+    /// attempt gets there.
+    pub fn reserve(&mut self, op: &Op) -> Option<Reserved> {
+        let shard = self.session_shard(op)?;
+        if !self.open_shards.contains(&shard) || op.check_limits().is_err() {
+            return None;
+        }
+        Some(Reserved {
+            client: self.bound,
+            seq: self.take_seq(),
+            shard,
+        })
+    }
+
+    /// Runs write `op` through the cluster, as [`Session::execute`] does, under the
+    /// sequence number `reserved` set aside for it: the retry of an attempt made another
+    /// way that did not end in an answer. `maybe_applied`: that attempt may have been
+    /// applied (it was proposed, or nothing is known), so an error here says the outcome
+    /// is unknown.
+    ///
+    /// # Panics
+    /// If `op` is not of the shard `reserved` was taken for.
+    pub async fn execute_reserved(
+        &mut self,
+        op: Op,
+        reserved: Reserved,
+        maybe_applied: bool,
+    ) -> Result<Response, Error> {
+        let shard = self.session_shard(&op);
+        assert_eq!(
+            shard,
+            Some(reserved.shard),
+            "a reservation is retried with its own write"
+        );
+        let result = self
+            .execute_once(op, None, reserved.seq, maybe_applied)
+            .await;
+        self.note_expiry(shard, &result);
         result
     }
 
-    /// [`Session::execute`] without opening the session (limits already checked).
-    async fn execute_once(&mut self, op: Op, wait: Option<Duration>) -> Result<Response, Error> {
+    /// [`Session::execute`] without opening the session (limits already checked), under
+    /// sequence number `seq`; `outcome_unknown`: an earlier attempt of this write under
+    /// `seq` may have been applied.
+    async fn execute_once(
+        &mut self,
+        op: Op,
+        wait: Option<Duration>,
+        seq: u64,
+        outcome_unknown: bool,
+    ) -> Result<Response, Error> {
         let stale = matches!(op, Op::Get { stale: true, .. });
         let is_write = op.is_write();
         let shard_count = self
@@ -184,8 +292,6 @@ impl Session {
                 .expect("execute takes keyed or shard-addressed operations"),
             (_, Some(key)) => shard_for_key(key, shard_count),
         };
-        let seq = self.next_seq;
-        self.next_seq += 1;
         let route_epoch = |client: &Client| client.cached_route(shard).map_or(0, |r| r.epoch);
         let mut request = ClientRequest {
             client: self.id,
@@ -213,7 +319,7 @@ impl Session {
         let start = Instant::now();
         let deadline = start + wait.unwrap_or(unavailable_after);
         let mut backoff = backoff_base;
-        let mut outcome_unknown = false;
+        let mut outcome_unknown = outcome_unknown;
         let mut leader_worked = false;
         // Empty until an attempt fails: a request answered at once allocates no reason.
         let mut last = String::new();

@@ -1,6 +1,6 @@
 //! The client library against the fake cluster: discovery, routing to the leader,
-//! redirects, retries under the same sequence number, the unavailability deadline, limits
-//! and batching.
+//! redirects, retries under the same sequence number (also of a write reserved for another
+//! way), the unavailability deadline, limits and batching.
 
 mod common;
 
@@ -478,4 +478,45 @@ async fn requests_issued_together_leave_in_as_few_datagrams_as_the_limits_allow(
         gets_issued_together(&fake, &client, keys).await,
         vec![CLIENT_REQUESTS_PER_DATAGRAM_MAX, 44]
     );
+}
+
+/// A write whose sequence number the session set aside (`reserve`: the Redis gateway
+/// hands such a write to its own node's core) and which is then retried through the
+/// client (`execute_reserved`) goes out under that same number: applied once already, it
+/// is answered from the session table and not applied again. A session not yet open on
+/// the shard sets nothing aside, and the numbers go on after the reserved one.
+#[tokio::test]
+async fn a_reserved_write_is_retried_under_its_own_sequence_number() {
+    let fake = FakeCluster::start(3, 4, Some(2));
+    let client = Client::connect(fake.options()).await.unwrap();
+    let mut s = client.session();
+    let write = Op::Put {
+        key: b("r"),
+        value: b("two"),
+    };
+    assert!(s.reserve(&write).is_none(), "not open on the shard yet");
+    s.put(b("r"), b("one")).await.unwrap();
+    let reserved = s.reserve(&write).expect("open on the shard now");
+    let request = reserved.request(write.clone(), 0);
+    assert_eq!(request.seq, reserved.seq());
+    {
+        // The other way applied it (as the node's core would) and its answer was lost.
+        let mut ctl = fake.ctl();
+        ctl.data.insert(b("r"), b("two"));
+        ctl.applied.push((request.client, request.seq));
+        let outcome = kv_shared::proto::Outcome::Done;
+        ctl.sessions.insert(request.client, (request.seq, outcome));
+    }
+    let r = s.execute_reserved(write, reserved, true).await;
+    assert_eq!(r, Ok(Response::Done));
+    s.put(b("r"), b("three")).await.unwrap();
+    let ctl = fake.ctl();
+    let applied: Vec<u64> = ctl
+        .applied
+        .iter()
+        .filter(|(c, _)| *c == request.client)
+        .map(|(_, seq)| *seq)
+        .collect();
+    // Put "one" (after the session's open, seq 1), the reserved put (once), put "three".
+    assert_eq!(applied, vec![2, 3, 4]);
 }

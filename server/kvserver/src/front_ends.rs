@@ -17,13 +17,13 @@ use tokio::task::JoinHandle;
 pub struct Tasks(Vec<JoinHandle<()>>);
 
 /// What the event loop keeps of its front ends: their tasks, and the inbox of the reads
-/// the Redis gateway hands straight to the node core.
+/// and writes the Redis gateway hands straight to the node core.
 #[derive(Debug)]
 pub struct FrontEnds {
     /// The TCP front ends' tasks (they stop when this is dropped).
     pub tasks: Tasks,
-    /// The gateway's reads for the core ([`resp::local`]).
-    pub local_reads: resp::local::LocalInbox,
+    /// The gateway's requests for the core ([`resp::local`]).
+    pub local_requests: resp::local::LocalInbox,
 }
 
 impl Drop for Tasks {
@@ -63,7 +63,7 @@ pub(crate) fn gateway_key(cluster: &ClusterConfig) -> Result<Option<ClientKey>, 
 /// Binds the addresses `opts` names and starts serving them.
 pub async fn start(opts: &ServerOptions, metrics: Metrics) -> Result<FrontEnds, ServerError> {
     let mut tasks = Tasks::default();
-    let (local, local_reads) = resp::local::channel();
+    let (local, local_requests) = resp::local::channel();
     if let Some(addr) = opts.http_addr {
         let listener = bind("HTTP (metrics)", addr).await?;
         tracing::info!(node = opts.node.0, %addr, "serving /metrics and /health");
@@ -79,7 +79,10 @@ pub async fn start(opts: &ServerOptions, metrics: Metrics) -> Result<FrontEnds, 
                 "the Redis gateway is off: the cluster file names no client key for it \
                  (client_key_file, or a read-write key in client_key_files)"
             );
-            return Ok(FrontEnds { tasks, local_reads });
+            return Ok(FrontEnds {
+                tasks,
+                local_requests,
+            });
         };
         let users = resp::users::Users::load(&opts.cluster).map_err(ServerError::RespUsers)?;
         let client_options = ClientOptions::from_config(&opts.cluster, key);
@@ -116,5 +119,8 @@ pub async fn start(opts: &ServerOptions, metrics: Metrics) -> Result<FrontEnds, 
             resp::serve(listener, gateway).await;
         }));
     }
-    Ok(FrontEnds { tasks, local_reads })
+    Ok(FrontEnds {
+        tasks,
+        local_requests,
+    })
 }

@@ -319,7 +319,7 @@ pub async fn run_with_store<S: LogStore>(
         drops_logged: 0,
         metrics,
         _front_ends: front_ends.tasks,
-        local_reads: front_ends.local_reads,
+        local_requests: front_ends.local_requests,
         udp_requests: UdpRequests::default(),
         ticks: 0,
         slow_turns: crate::ratelimit::RateLimit::new(Duration::from_secs(1)),
@@ -442,8 +442,9 @@ struct EventLoop {
     metrics: Metrics,
     /// The RESP and HTTP tasks; they stop when the loop ends.
     _front_ends: front_ends::Tasks,
-    /// Reads the Redis gateway hands to the core directly, and where their replies go.
-    local_reads: LocalInbox,
+    /// Reads and writes the Redis gateway hands to the core directly, and where their
+    /// replies go.
+    local_requests: LocalInbox,
     udp_requests: UdpRequests,
     ticks: u64,
     /// At most one "slow event loop turn" line per second.

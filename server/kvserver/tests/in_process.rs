@@ -1,7 +1,8 @@
 //! The runtime run in-process through its library entry points (`run`, `run_with_store`)
 //! on a port-0 socket: a clean shutdown keeps what was acknowledged, a full disk makes
-//! the node refuse writes while it keeps serving reads, until space frees up, and a kvcli
-//! client follows its node across a restart.
+//! the node refuse writes while it keeps serving reads, until space frees up, a kvcli
+//! client follows its node across a restart, and a write the Redis gateway hands to its
+//! node's core and then retries through its cluster client is applied once.
 
 use kv_e2e::client::{CallError, Client};
 use kv_node::DiskOp;
@@ -261,6 +262,109 @@ fn a_kvcli_first_contact_costs_a_hello_not_a_timeout() {
         connected < Duration::from_millis(250),
         "discovery waited {connected:?}: the status request did not go again on the hello"
     );
+    stop.send(()).expect("node still running");
+    rt.block_on(node)
+        .expect("node task")
+        .expect("clean shutdown");
+}
+
+/// The Redis gateway's local write path (`resp::local`) against a real node, with the test
+/// standing in for the event loop's end of the channel: the write arrives under the
+/// session's bound id and a reserved sequence number, and whatever the core answers short
+/// of "applied", the write is retried through the cluster client under that same number.
+/// So a write the core applied but answered as not applied (it proposed the write, then
+/// lost its leadership, and the entry committed anyway) is applied once; one the core
+/// refused is applied by the retry; and one the event loop dropped too.
+#[test]
+fn a_local_write_retried_through_the_client_is_applied_once() {
+    use kv_server::resp::local;
+    use kv_shared::proto::{ClientError, Outcome};
+    use kvcli::Response;
+
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (socket, opts) = one_node(&rt, dir.path());
+    let addr = socket.local_addr().unwrap();
+    let cluster = opts.cluster.clone();
+    let (stop, shutdown) = shutdown_pair();
+    let node = rt.spawn(run(socket, opts, shutdown));
+    let options = kvcli::ClientOptions::from_config(&cluster, tester());
+    rt.block_on(async {
+        let cluster_client = kvcli::Client::connect(options).await.expect("connect");
+        let mut session = cluster_client.session();
+        let incr = Op::Incr {
+            key: "n".into(),
+            delta: 1,
+        };
+        assert!(
+            session.reserve(&incr).is_none(),
+            "a session not yet open on the shard sets no number aside"
+        );
+        // The first write opens the session on the key's shard.
+        session
+            .execute(Op::Put {
+                key: "n".into(),
+                value: "0".into(),
+            })
+            .await
+            .expect("put");
+        let declared = session.id();
+        let (tx, mut inbox) = local::channel();
+        let send = |mut session: kvcli::Session, op: &Op| {
+            let reserved = session
+                .reserve(op)
+                .expect("an open session sets a number aside");
+            local::send_write(&tx, session, reserved, op.clone(), 0)
+        };
+
+        // 1. Applied by the core (here: sent to the node under the same session and
+        //    sequence number), answered as not applied.
+        let write = send(session, &incr);
+        let handed = inbox.next().await;
+        assert_eq!(handed.request.op, incr);
+        let (seq, op) = (handed.request.seq, incr.clone());
+        let (bound, applied) = tokio::task::spawn_blocking(move || {
+            let mut c = client(addr);
+            c.spoof_session(declared, seq - 1);
+            (c.bound_id(), c.call_at(NodeId(1), op))
+        })
+        .await
+        .expect("applier");
+        assert_eq!(handed.request.client, bound, "the session's own bound id");
+        assert_eq!(applied, Some(Outcome::Integer(1)));
+        let lost_leadership = ClientError::NotLeader {
+            shard: kv_shared::shard::shard_for_key(b"n", SHARDS),
+            leader: None,
+        };
+        let _ = handed.answer.send(Outcome::Error(lost_leadership));
+        let (session, r) = write.finish().await;
+        assert_eq!(
+            r.expect("the retry completes"),
+            Response::Integer(1),
+            "the retry is answered from the session table, not applied again"
+        );
+
+        // 2. Refused by the core before anything was proposed: the retry applies it.
+        let write = send(session, &incr);
+        let handed = inbox.next().await;
+        assert_eq!(handed.request.seq, seq + 1);
+        let _ = handed.answer.send(Outcome::Error(ClientError::Overloaded {
+            node: NodeId(1),
+            pending: 0,
+        }));
+        let (session, r) = write.finish().await;
+        assert_eq!(r.expect("the retry completes"), Response::Integer(2));
+
+        // 3. Dropped unanswered (the event loop stopped): the retry applies it.
+        let write = send(session, &incr);
+        drop(inbox.next().await);
+        let (mut session, r) = write.finish().await;
+        assert_eq!(r.expect("the retry completes"), Response::Integer(3));
+        assert_eq!(
+            session.get("n").await.expect("get"),
+            Some(bytes::Bytes::from_static(b"3"))
+        );
+    });
     stop.send(()).expect("node still running");
     rt.block_on(node)
         .expect("node task")

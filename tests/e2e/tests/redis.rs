@@ -348,6 +348,97 @@ fn reads_of_shards_the_node_follows_are_served_there() {
     }
 }
 
+/// Writes through a node that leads some shards and not others: the writes of the shards
+/// it leads enter its core directly, so no UDP write of theirs reaches it but the first
+/// of each shard (which opens the connection's session there through the cluster
+/// client); the others go to their leaders through the client. Every write lands, plain
+/// and pipelined, read back through another node.
+#[test]
+fn writes_of_shards_the_node_leads_skip_the_udp_client_and_all_land() {
+    let (mut cluster, mut leaders) = start(3);
+    let node = leaders[&ShardId(0)];
+    if leaders.values().all(|l| *l == node) {
+        // One node won every election: hand shard 3 to another.
+        let other = cluster.ids().into_iter().find(|id| *id != node).unwrap();
+        let config = cluster.config_path().to_str().unwrap().to_string();
+        let other_arg = other.0.to_string();
+        let args = ["shard", "leader", "3", other_arg.as_str()];
+        let run = kv_e2e::cli::with_cluster(&config, &args, READY_TIMEOUT);
+        assert_eq!(run.code, Some(0), "shard leader: {run:?}");
+        let mut client = cluster.client();
+        leaders = kv_e2e::wait_for("shard 3 led elsewhere", READY_TIMEOUT, || {
+            let l = cluster.wait_for_leaders(&mut client, READY_TIMEOUT);
+            (l[&ShardId(3)] != node).then_some(l)
+        });
+    }
+    let led: Vec<ShardId> = leaders
+        .iter()
+        .filter(|(_, l)| **l == node)
+        .map(|(s, _)| *s)
+        .collect();
+    let shard_of = |k: &str| kv_shared::shard::shard_for_key(k.as_bytes(), 4);
+    let keys: Vec<String> = (0..80).map(|i| format!("lw{i}")).collect();
+    let led_writes = keys.iter().filter(|k| led.contains(&shard_of(k))).count();
+    assert!(
+        led_writes >= 10 && led_writes < keys.len(),
+        "{led_writes} of {} keys in led shards {led:?}",
+        keys.len()
+    );
+    let udp_writes = |m: &prometheus_parse::Scrape| -> f64 {
+        ["put", "incr", "delete", "swap", "cas", "append"]
+            .iter()
+            .map(|op| {
+                sample(
+                    m,
+                    "raftkv_requests_total",
+                    &[("front_end", "udp"), ("op", op)],
+                )
+            })
+            .sum()
+    };
+    let http = cluster.http_addr(node);
+    let mut con = connect(&cluster, node, false);
+    let before = scrape(http);
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(q::<String>(&mut con, &["SET", k, &format!("v{i}")]), "OK");
+        assert_eq!(q::<i64>(&mut con, &["INCR", &format!("{k}-n")]), 1);
+        assert_eq!(q::<i64>(&mut con, &["INCRBY", &format!("{k}-n"), "2"]), 3);
+    }
+    let after = scrape(http);
+    // Three writes per key; at most one per led shard crossed UDP to `node`.
+    let crossed = udp_writes(&after) - udp_writes(&before);
+    assert!(
+        crossed <= led.len() as f64,
+        "{crossed} UDP writes reached node {} for {} writes of the {} shards it leads",
+        node.0,
+        3 * led_writes,
+        led.len()
+    );
+    let mut pipe = redis::pipe();
+    for k in &keys {
+        pipe.cmd("SET").arg(format!("{k}-p")).arg(format!("p-{k}"));
+        pipe.cmd("DEL").arg(k);
+    }
+    let answers: Vec<Value> = pipe.query(&mut con).expect("pipelined writes");
+    for (pair, k) in answers.chunks(2).zip(&keys) {
+        assert_eq!(pair, [Value::Okay, Value::Int(1)], "SET {k}-p, DEL {k}");
+    }
+    let reader = cluster.ids().into_iter().find(|id| *id != node).unwrap();
+    let mut con = connect(&cluster, reader, false);
+    for k in &keys {
+        let got: (Option<String>, i64, String) = redis::pipe()
+            .cmd("GET")
+            .arg(k)
+            .cmd("GET")
+            .arg(format!("{k}-n"))
+            .cmd("GET")
+            .arg(format!("{k}-p"))
+            .query(&mut con)
+            .expect("read back");
+        assert_eq!(got, (None, 3, format!("p-{k}")), "{k}");
+    }
+}
+
 /// Pipelined SETs of fresh keys from several connections to one node while the leader
 /// of a shard on another node is killed -9: every SET answered `OK` must be readable
 /// afterwards with its value.

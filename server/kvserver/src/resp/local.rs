@@ -1,15 +1,22 @@
-//! The gateway's direct path into its own node's core, for reads: a GET whose shard this
-//! node leads (or any READONLY read) is handed to the event loop over a channel instead
-//! of crossing the in-process UDP client, its sealing and a datagram to itself.
+//! The gateway's direct path into its own node's core: a GET whose shard this node leads
+//! or follows (or any READONLY read), and a write whose shard this node leads, is handed
+//! to the event loop over a channel instead of crossing the in-process UDP client, its
+//! sealing and a datagram to itself.
 //!
-//! Only reads take this path. They need no session (nothing to apply exactly once), a
-//! linearizable one still runs the core's ReadIndex round, and any answer but a value
-//! (this node no longer leads, the shard moved) sends the gateway back to the cluster
-//! client, which is always correct. Writes keep the client's sessions and retries.
+//! A read needs no session (nothing to apply exactly once); a linearizable one still runs
+//! the core's ReadIndex round. A write runs under a sequence number its cluster-client
+//! session set aside for it ([`kvcli::Session::reserve`]), under the session's own
+//! bound id: the core's session table sees exactly the request the client would have
+//! sent. Any answer but a value or an applied write (this node no longer leads, the shard
+//! moved, the core timed out, the event loop is gone) sends the operation back to the
+//! cluster client, which is always correct: a read as a new read, a write as a retry
+//! under the same sequence number ([`kvcli::Session::execute_reserved`]), which the
+//! shard's session table applies at most once whichever attempt reaches the log.
 
 use kv_node::ClientToken;
-use kv_shared::proto::{ClientReply, ClientRequest, Outcome};
+use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Op, Outcome};
 use kv_shared::ClientId;
+use kvcli::{Reserved, Response, Session};
 use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot};
 
@@ -17,9 +24,9 @@ use tokio::sync::{mpsc, oneshot};
 /// get it: IPv4 tokens use the low 59 bits, IPv6 tokens count up from `1 << 63`.
 pub const LOCAL_TOKEN: ClientToken = ClientToken(u64::MAX);
 
-/// One read for the core and where its answer goes.
+/// One request for the core and where its answer goes.
 #[derive(Debug)]
-pub struct LocalRead {
+pub struct LocalRequest {
     /// The request as the core takes it (its client id already bound to the
     /// authenticated client's name, like a UDP request's).
     pub request: ClientRequest,
@@ -27,17 +34,17 @@ pub struct LocalRead {
     pub answer: oneshot::Sender<Outcome>,
 }
 
-/// The gateway's end. One message per read: the event loop runs only once the
+/// The gateway's end. One message per request: the event loop runs only once the
 /// connections that woke with it have sent theirs, so it still takes them in one turn.
-pub type LocalSender = mpsc::UnboundedSender<LocalRead>;
+pub type LocalSender = mpsc::UnboundedSender<LocalRequest>;
 
-/// The event loop's end: takes the gateway's reads and routes the core's replies to
+/// The event loop's end: takes the gateway's requests and routes the core's replies to
 /// them. Unbounded is bounded here: each connection has at most
 /// `CONNECTION_OPS_IN_FLIGHT_MAX` operations out and there are at most
 /// `REDIS_CONNECTIONS_MAX` connections; the core refuses past `PENDING_REQUESTS_MAX`.
 #[derive(Debug)]
 pub struct LocalInbox {
-    rx: Option<mpsc::UnboundedReceiver<LocalRead>>,
+    rx: Option<mpsc::UnboundedReceiver<LocalRequest>>,
     waiting: HashMap<(ClientId, u64), oneshot::Sender<Outcome>>,
 }
 
@@ -54,9 +61,9 @@ pub fn channel() -> (LocalSender, LocalInbox) {
 }
 
 impl LocalInbox {
-    /// The next read; never resolves once the gateway is gone (or was never started), so
+    /// The next request; never resolves once the gateway is gone (or was never started), so
     /// the event loop can always select on it.
-    pub async fn next(&mut self) -> LocalRead {
+    pub async fn next(&mut self) -> LocalRequest {
         if let Some(rx) = &mut self.rx {
             if let Some(read) = rx.recv().await {
                 return read;
@@ -66,19 +73,19 @@ impl LocalInbox {
         std::future::pending().await
     }
 
-    /// A read already waiting, if any (never blocks).
-    pub fn try_next(&mut self) -> Option<LocalRead> {
+    /// A request already waiting, if any (never blocks).
+    pub fn try_next(&mut self) -> Option<LocalRequest> {
         self.rx.as_mut()?.try_recv().ok()
     }
 
-    /// Notes where the answer to `read` goes and returns the request for the core.
-    pub fn take(&mut self, read: LocalRead) -> ClientRequest {
-        let r = read.request;
-        self.waiting.insert((r.client, r.seq), read.answer);
+    /// Notes where the answer to `local` goes and returns the request for the core.
+    pub fn take(&mut self, local: LocalRequest) -> ClientRequest {
+        let r = local.request;
+        self.waiting.insert((r.client, r.seq), local.answer);
         r
     }
 
-    /// Delivers `reply` if it answers one of the gateway's reads.
+    /// Delivers `reply` if it answers one of the gateway's requests.
     pub fn answer(&mut self, reply: ClientReply) {
         if let Some(tx) = self.waiting.remove(&(reply.client, reply.seq)) {
             // A connection that closed meanwhile no longer waits: nothing to do.
@@ -86,10 +93,78 @@ impl LocalInbox {
         }
     }
 
-    /// Reads handed to the core and not yet answered.
+    /// Requests handed to the core and not yet answered.
     pub fn pending(&self) -> usize {
         self.waiting.len()
     }
+}
+
+/// A write handed to the core, with the session it runs under until it is settled.
+pub struct LocalWrite {
+    answer: oneshot::Receiver<Outcome>,
+    op: Op,
+    session: Session,
+    reserved: Reserved,
+}
+
+/// Hands write `op` to the core over `local` under the sequence number `reserved` that
+/// `session` set aside for it ([`Session::reserve`]), routed by replica-set `epoch`;
+/// [`LocalWrite::finish`] takes the answer.
+pub fn send_write(
+    local: &LocalSender,
+    session: Session,
+    reserved: Reserved,
+    op: Op,
+    epoch: u64,
+) -> LocalWrite {
+    let (answer, rx) = oneshot::channel();
+    let request = reserved.request(op.clone(), epoch);
+    // If the event loop is gone the receiver fails and the write falls back.
+    let _ = local.send(LocalRequest { request, answer });
+    LocalWrite {
+        answer: rx,
+        op,
+        session,
+        reserved,
+    }
+}
+
+impl LocalWrite {
+    /// The core's answer if it applied the write; else the write run through the cluster
+    /// client under its reserved sequence number. Returns the session too, free again.
+    pub async fn finish(self) -> (Session, Result<Response, kvcli::Error>) {
+        let LocalWrite {
+            answer,
+            op,
+            mut session,
+            reserved,
+        } = self;
+        let maybe_applied = match answer.await {
+            Ok(outcome) => match Response::of_outcome(&outcome) {
+                Some(response) => return (session, Ok(response)),
+                None => may_have_been_applied(&outcome),
+            },
+            // The event loop stopped with the write in its hands: nothing is known.
+            Err(_) => true,
+        };
+        let r = session.execute_reserved(op, reserved, maybe_applied).await;
+        (session, r)
+    }
+}
+
+/// True if the core's answer `outcome` to a write leaves open whether it was applied: it
+/// may have been proposed before the core lost its leadership, lost its quorum or timed
+/// out, and that entry may still commit. Every other error is a refusal or a final
+/// answer that changed nothing.
+fn may_have_been_applied(outcome: &Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::Error(
+            ClientError::NotLeader { .. }
+                | ClientError::NoQuorum { .. }
+                | ClientError::Timeout { .. }
+        )
+    )
 }
 
 #[cfg(test)]
@@ -98,7 +173,7 @@ mod tests {
     use bytes::Bytes;
     use kv_shared::proto::Op;
 
-    fn read(client: u64, seq: u64) -> (LocalRead, oneshot::Receiver<Outcome>) {
+    fn read(client: u64, seq: u64) -> (LocalRequest, oneshot::Receiver<Outcome>) {
         let (answer, rx) = oneshot::channel();
         let request = ClientRequest {
             client: ClientId(client),
@@ -109,7 +184,7 @@ mod tests {
                 stale: false,
             },
         };
-        (LocalRead { request, answer }, rx)
+        (LocalRequest { request, answer }, rx)
     }
 
     #[tokio::test]

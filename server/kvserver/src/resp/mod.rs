@@ -4,10 +4,11 @@
 //! The gateway is a client of the cluster like kvcli: it holds one in-process
 //! [`kvcli::Client`] per user (`users.rs`: RESP users are the client keys), with shard
 //! routing, a leader cache and retries under the same session sequence number, so a
-//! command reaches the key's shard leader wherever that is. Reads this node can answer
-//! itself skip the client and enter the node's core directly (`local.rs`): every get of
-//! a shard this node holds a replica of, since a follower serves linearizable gets too
-//! (its leader confirms the read index).
+//! command reaches the key's shard leader wherever that is. What this node can answer
+//! itself skips the client and enters the node's core directly (`local.rs`): every get
+//! of a shard this node holds a replica of, since a follower serves linearizable gets too
+//! (its leader confirms the read index), and every write of a shard this node leads,
+//! under the sequence number its client session sets aside for it.
 //!
 //! Per connection: the input buffer is bounded ([`QUERY_BUFFER_BYTES_MAX`]); every
 //! complete command in it is planned, runs of pipelined single-key operations on
@@ -25,7 +26,7 @@ use commands::{ConnCommand, Finish, Plan};
 use kv_shared::proto::{ClientRequest, NodeStatus, Op, Outcome, Role};
 use kv_shared::{ClientId, NodeId};
 use kvcli::{Client, Response, Session};
-use local::{LocalRead, LocalSender};
+use local::{LocalRequest, LocalSender, LocalWrite};
 use redis_protocol::resp2;
 use reply::Reply;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -59,7 +60,7 @@ pub struct Gateway {
     /// The client keys connections authenticate as.
     users: Users,
     node: NodeId,
-    /// Reads this node can answer go straight to its core (`local.rs`).
+    /// Reads and writes this node can answer go straight to its core (`local.rs`).
     local: LocalSender,
     /// The shards this node holds a replica of in the bootstrap placement: where a get
     /// goes while the client has not learned a shard's replica set (no move yet).
@@ -189,6 +190,9 @@ enum ConnError {
 enum Answer {
     /// This node's core (the operation is kept to retry through the cluster client).
     Local(oneshot::Receiver<Outcome>, Op),
+    /// This node's core, for a write under a reserved sequence number (retried under it
+    /// through the cluster client unless the core applied it).
+    LocalWrite(LocalWrite),
     /// The cluster client, in a task of its own.
     Remote(tokio::task::JoinHandle<(Session, Result<Response, kvcli::Error>)>),
     /// The cluster client, awaited by the connection itself: the group's only operation
@@ -362,8 +366,9 @@ impl Connection {
     }
 
     /// Runs the operations of every command in `group` at once, then replies in order.
-    /// Reads this node can answer go to its core (which takes them in one event-loop
-    /// turn); the rest run through the cluster client, each under its own session.
+    /// Reads and writes this node can answer go to its core (which takes them in one
+    /// event-loop turn); the rest run through the cluster client, each under its own
+    /// session.
     async fn run_group(&mut self, group: &mut Vec<Pending>, out: &mut BytesMut) {
         if group.is_empty() {
             return;
@@ -383,9 +388,24 @@ impl Connection {
                     let (answer, rx) = oneshot::channel();
                     let request = self.local_request(op.clone(), self.route_epoch(&op));
                     // If the event loop is gone the receiver fails and the read falls back.
-                    let _ = self.gateway.local.send(LocalRead { request, answer });
+                    let _ = self.gateway.local.send(LocalRequest { request, answer });
                     answers.push(Answer::Local(rx, op));
                     continue;
+                }
+                if self.writes_locally(&op) {
+                    let mut session = self.session();
+                    // None: the session's first write to the shard, which opens the
+                    // session there through the client.
+                    match session.reserve(&op) {
+                        Some(reserved) => {
+                            let epoch = self.route_epoch(&op);
+                            let local = &self.gateway.local;
+                            let write = local::send_write(local, session, reserved, op, epoch);
+                            answers.push(Answer::LocalWrite(write));
+                            continue;
+                        }
+                        None => self.sessions.push(session),
+                    }
                 }
                 if alone {
                     answers.push(Answer::Alone(op));
@@ -411,6 +431,11 @@ impl Connection {
                         r
                     }
                 },
+                Answer::LocalWrite(write) => {
+                    let (session, r) = write.finish().await;
+                    self.sessions.push(session);
+                    r
+                }
                 Answer::Alone(op) => {
                     let mut session = self.session();
                     let r = session.execute(op).await;
@@ -463,6 +488,30 @@ impl Connection {
         }
     }
 
+    /// True if `op` is a write this node's core can take itself: a keyed write of a
+    /// shard this node leads, as the client last learned (from its last answer). A guess
+    /// that is wrong costs one local round trip: the core answers `NotLeader` or
+    /// `StaleRoute` and the write is retried through the cluster client under the same
+    /// sequence number. The gateway refused the write already if the user may not write;
+    /// the check here keeps the core from ever seeing such a write unchecked.
+    fn writes_locally(&self, op: &Op) -> bool {
+        let Some(user) = &self.user else {
+            return false;
+        };
+        if !op.is_write()
+            || op.is_admin()
+            || matches!(op, Op::OpenSession { .. })
+            || crate::auth::denied(user.permission, op).is_some()
+        {
+            return false;
+        }
+        let client = &user.client;
+        op.key()
+            .and_then(|key| client.shard_of(key))
+            .and_then(|shard| client.cached_leader(shard))
+            .is_some_and(|leader| leader.id == Some(self.gateway.node))
+    }
+
     /// The epoch of the replica set the client knows for `op`'s shard (0 until it has
     /// learned one): a follower serves a get only under its current epoch.
     fn route_epoch(&self, op: &Op) -> u64 {
@@ -473,7 +522,7 @@ impl Connection {
             .map_or(0, |route| route.epoch)
     }
 
-    /// `op` as a request from this connection's reader id, under a fresh sequence number,
+    /// Read `op` as a request from this connection's reader id, under a fresh sequence number,
     /// routed by `epoch`.
     fn local_request(&mut self, op: Op, epoch: u64) -> ClientRequest {
         self.next_read_seq += 1;

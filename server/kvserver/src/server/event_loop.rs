@@ -1,12 +1,12 @@
 //! The loop itself: what wakes it, the inputs it feeds the core between flushes (disk
-//! completions, ticks, registration news, the Redis gateway's reads), the periodic metrics,
+//! completions, ticks, registration news, the Redis gateway's requests), the periodic metrics,
 //! and the orderly finish on shutdown.
 
 use super::{EventLoop, ServerError, METRICS_INTERVAL, METRICS_SYNC_TICKS, SLOW_TURN};
 use crate::balancer::Leadership;
 use crate::disk::DiskEvent;
 use crate::registration::RegistrationEvent;
-use crate::resp::local::{LocalRead, LOCAL_TOKEN};
+use crate::resp::local::{LocalRequest, LOCAL_TOKEN};
 use kv_node::WriteRefusal;
 use kv_shared::auth::ReplayWindow;
 use kv_shared::registry::{NodeState, METADATA_SHARD};
@@ -22,7 +22,7 @@ enum Wake {
     Tick,
     Readable(std::io::Result<()>),
     Metrics,
-    LocalRead(LocalRead),
+    Local(LocalRequest),
     Registration(Option<RegistrationEvent>),
 }
 
@@ -35,7 +35,7 @@ impl Wake {
             Wake::Tick => "tick",
             Wake::Readable(_) => "socket",
             Wake::Metrics => "metrics",
-            Wake::LocalRead(_) => "redis reads",
+            Wake::Local(_) => "redis",
             Wake::Registration(_) => "registration",
         }
     }
@@ -64,7 +64,7 @@ impl EventLoop {
                 _ = ticker.tick() => Wake::Tick,
                 r = self.socket.readable() => Wake::Readable(r),
                 _ = metrics.tick() => Wake::Metrics,
-                read = self.local_reads.next() => Wake::LocalRead(read),
+                local = self.local_requests.next() => Wake::Local(local),
                 ev = self.registration.recv(), if self.registration_open => Wake::Registration(ev),
             };
             let turn_started = Instant::now();
@@ -100,8 +100,8 @@ impl EventLoop {
                     self.log_metrics();
                     Ok(())
                 }
-                Wake::LocalRead(read) => {
-                    self.on_local_read(read);
+                Wake::Local(local) => {
+                    self.on_local_request(local);
                     Ok(())
                 }
             };
@@ -131,8 +131,8 @@ impl EventLoop {
             self.on_disk_events(ev, events)?;
         }
         self.drain_socket();
-        while let Some(read) = self.local_reads.try_next() {
-            self.on_local_read(read);
+        while let Some(local) = self.local_requests.try_next() {
+            self.on_local_request(local);
         }
         Ok(())
     }
@@ -149,10 +149,11 @@ impl EventLoop {
         }
     }
 
-    /// A Redis gateway's read: straight into the core (already bound to a client name and
-    /// a read only, so no permission or disk-full check applies).
-    fn on_local_read(&mut self, read: LocalRead) {
-        let request = self.local_reads.take(read);
+    /// A Redis gateway's request: straight into the core. It is bound to a client name
+    /// already (a write to the session id the client's UDP requests bind to), and the
+    /// gateway checked the client's permission; the core checks a full disk itself.
+    fn on_local_request(&mut self, local: LocalRequest) {
+        let request = self.local_requests.take(local);
         self.core.on_client_request(LOCAL_TOKEN, request);
     }
 

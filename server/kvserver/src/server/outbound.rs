@@ -91,7 +91,7 @@ impl EventLoop {
             let (local, udp) = replies.into_iter().partition(|(t, _)| *t == LOCAL_TOKEN);
             replies = udp;
             for (_, reply) in local {
-                self.local_reads.answer(reply);
+                self.local_requests.answer(reply);
             }
         }
         if replies.is_empty() {
