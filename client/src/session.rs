@@ -17,6 +17,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
+/// The least time before a request's deadline a retry is still sent with: a node answers
+/// within it even on a loaded machine, so an attempt gets its answer before the client
+/// gives up.
+const LAST_ATTEMPT_WINDOW_MIN: Duration = Duration::from_millis(100);
+
 /// One logical client: its own client id and sequence numbers. At most one request is
 /// outstanding (methods take `&mut self`), so a retried write can be deduplicated by the
 /// shard's session table.
@@ -319,6 +324,7 @@ impl Session {
         let start = Instant::now();
         let deadline = start + wait.unwrap_or(unavailable_after);
         let mut backoff = backoff_base;
+        let last_attempt_window = attempt_timeout.min(LAST_ATTEMPT_WINDOW_MIN);
         let mut outcome_unknown = outcome_unknown;
         let mut leader_worked = false;
         // Empty until an attempt fails: a request answered at once allocates no reason.
@@ -332,7 +338,15 @@ impl Session {
         let mut silent: Vec<SocketAddr> = Vec::new();
         let replies_before = self.client.metrics().replies_received;
         loop {
-            let now = Instant::now();
+            let mut now = Instant::now();
+            if attempt > 0 && now < deadline && deadline - now < last_attempt_window {
+                // A retry sent now could not be waited for: a write's outcome would turn
+                // unknown only because the deadline cut its answer off. Give up at the
+                // deadline instead, the write known not applied if every attempt so far
+                // was refused.
+                tokio::time::sleep_until(deadline.into()).await;
+                now = Instant::now();
+            }
             if now >= deadline {
                 if last.is_empty() {
                     last.push_str("nothing answered yet");

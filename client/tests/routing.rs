@@ -264,6 +264,27 @@ async fn dropped_and_delayed_requests_are_retried_until_answered() {
     assert_eq!(s.get(b("k")).await.unwrap(), Some(b("v")));
 }
 
+// Every node refuses, slowly: no retry may go out so close to the deadline that its
+// refusal arrives too late, which would leave a write that was never applied "unknown".
+#[tokio::test]
+async fn writes_refused_by_every_node_are_known_not_applied_even_when_refusals_are_slow() {
+    let fake = FakeCluster::start(3, 8, None);
+    let mut options = fake.options();
+    options.unavailable_after = Duration::from_millis(400);
+    let client = Client::connect(options).await.unwrap();
+    fake.ctl().delay = Duration::from_millis(30);
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let mut s = client.session();
+        writes.spawn(async move { s.put(b(&format!("k{i}")), b("v")).await });
+    }
+    while let Some(result) = writes.join_next().await {
+        let e = result.unwrap().unwrap_err();
+        assert!(matches!(e, Error::NoLeader { .. }), "{e}");
+        assert!(!e.outcome_unknown(), "every node refused: {e}");
+    }
+}
+
 #[tokio::test]
 async fn a_shard_without_leader_is_unavailable_after_the_deadline_not_a_hang() {
     let fake = FakeCluster::start(3, 8, None);
