@@ -6,6 +6,7 @@
 use crate::disk::{LogStore, StoreError};
 use crate::net::{Counters, DropReason};
 use kv_node::DiskOp;
+use kv_shared::hashing::SeededState;
 use kv_shared::limits::PENDING_REQUESTS_MAX;
 use kv_shared::proto::{ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role};
 use kv_shared::ClientId;
@@ -454,7 +455,8 @@ impl Metrics {
 /// bound guards against a core bug all the same.
 #[derive(Debug, Default)]
 pub struct UdpRequests {
-    arrived: HashMap<(ClientId, u64), (Instant, &'static str)>,
+    /// Keyed by ids clients choose: seeded.
+    arrived: HashMap<(ClientId, u64), (Instant, &'static str), SeededState>,
 }
 
 impl UdpRequests {
