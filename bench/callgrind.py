@@ -32,12 +32,18 @@ p.add_argument("--count-startup", action="store_true",
 p.add_argument("--keep", action="store_true", help="keep the callgrind files (for callgrind_annotate) and print their directory")
 a = p.parse_args()
 d = tempfile.mkdtemp(prefix="cgkv-")
-ports = []
-while len(ports) < 3:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); pt = s.getsockname()[1]; s.close()
-    if pt not in ports: ports.append(pt)
+def free_ports(kind, n, taken):
+    got = []
+    while len(got) < n:
+        s = socket.socket(socket.AF_INET, kind); s.bind(("127.0.0.1", 0)); pt = s.getsockname()[1]; s.close()
+        if pt not in taken and pt not in got: got.append(pt)
+    return got
+ports = free_ports(socket.SOCK_DGRAM, 3, [])
+# The Redis and HTTP ports are listed, not derived from the UDP port (+1000, +2000),
+# which may be taken by other clusters on the machine.
+tcp = free_ports(socket.SOCK_STREAM, 6, ports)
 cfg = f"{d}/cluster.toml"
-open(cfg, "w").write(f"cluster_id = 9{a.shards}\nshards = {a.shards}\ndata_dir = \"{d}\"\nkey_file = \"keys/cluster.key\"\nclient_key_files = [\"keys/bench.key\"]\nclient_key_file = \"keys/bench.key\"\nprotection = \"{a.protection}\"\n[timing]\ntick_ms = {a.tick_ms}\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n" + "".join(f'\n[[nodes]]\nid = {n}\naddr = "127.0.0.1:{ports[n-1]}"\n' for n in (1,2,3)))
+open(cfg, "w").write(f"cluster_id = 9{a.shards}\nshards = {a.shards}\ndata_dir = \"{d}\"\nkey_file = \"keys/cluster.key\"\nclient_key_files = [\"keys/bench.key\"]\nclient_key_file = \"keys/bench.key\"\nprotection = \"{a.protection}\"\n[timing]\ntick_ms = {a.tick_ms}\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n" + "".join(f'\n[[nodes]]\nid = {n}\naddr = "127.0.0.1:{ports[n-1]}"\nredis_addr = "127.0.0.1:{tcp[n-1]}"\nhttp_addr = "127.0.0.1:{tcp[n+2]}"\n' for n in (1,2,3)))
 subprocess.run([f"{a.target}/kvserver", "keygen", "--config", cfg], check=True, stdout=subprocess.DEVNULL)
 procs = []
 for n in (1,2,3):

@@ -5,6 +5,7 @@
 //! - [`ids`]: node, shard and client identifiers.
 //! - [`limits`]: every size and count limit, in one place, units in the names.
 //! - [`shard`]: key -> shard, xxhash64 modulo the shard count.
+//! - [`hashing`]: the seeded hasher of tables keyed by what clients choose.
 //! - [`config`]: the static cluster file (TOML) in `configs/`.
 //! - [`proto`]: client requests and replies.
 //! - [`wire`]: the datagram header every raftkv UDP datagram starts with.
@@ -17,6 +18,7 @@
 pub mod auth;
 pub mod balance;
 pub mod config;
+pub mod hashing;
 pub mod ids;
 pub mod limits;
 pub mod linearizability;

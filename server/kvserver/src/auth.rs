@@ -7,6 +7,7 @@ use kv_shared::auth::{
     ReplayWindow, Sealer,
 };
 use kv_shared::config::ClusterConfig;
+use kv_shared::hashing::SeededState;
 use kv_shared::limits::{CLIENT_REPLAY_WINDOWS_MAX, SESSION_BINDINGS_MAX};
 use kv_shared::{ClientId, NodeId};
 use std::collections::HashMap;
@@ -333,7 +334,8 @@ impl ClientWindows {
 /// full, so a client that declares ever new ids costs a hash per request, as without it.
 #[derive(Debug, Default)]
 pub struct SessionBindings {
-    bound: HashMap<(usize, ClientId), ClientId>,
+    /// Keyed by ids clients declare: seeded.
+    bound: HashMap<(usize, ClientId), ClientId, SeededState>,
 }
 
 impl SessionBindings {

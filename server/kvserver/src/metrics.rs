@@ -6,6 +6,7 @@
 use crate::disk::{LogStore, StoreError};
 use crate::net::{Counters, DropReason};
 use kv_node::DiskOp;
+use kv_shared::hashing::SeededState;
 use kv_shared::limits::PENDING_REQUESTS_MAX;
 use kv_shared::proto::{ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role};
 use kv_shared::ClientId;
@@ -18,7 +19,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Which front end a request came in by.
@@ -35,6 +36,13 @@ impl FrontEnd {
         match self {
             FrontEnd::Udp => "udp",
             FrontEnd::Resp => "resp",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            FrontEnd::Udp => 0,
+            FrontEnd::Resp => 1,
         }
     }
 }
@@ -98,6 +106,11 @@ struct Inner {
     elections: Family<ShardLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
     request_seconds: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    /// Handles on the series of `requests` and `request_seconds` whose operation is one of
+    /// [`OP_LABELS`], taken from the families on first use (so a series still appears
+    /// only once it counted something): a request then costs no label hashing and no
+    /// family lock.
+    request_series: RequestSeries,
     wal_fsync_seconds: Histogram,
     wal_bytes: Counter,
     datagrams_received: Counter,
@@ -142,6 +155,7 @@ impl Metrics {
             elections: Family::default(),
             requests: Family::default(),
             request_seconds: Family::new_with_constructor(latency_histogram),
+            request_series: RequestSeries::default(),
             wal_fsync_seconds: latency_histogram(),
             wal_bytes: Counter::default(),
             datagrams_received: Counter::default(),
@@ -311,17 +325,32 @@ impl Metrics {
     /// Counts a finished client request and its latency.
     pub fn request(&self, front_end: FrontEnd, op: &'static str, failed: bool, took: Duration) {
         let m = &self.0;
-        m.requests
-            .get_or_create(&RequestLabels {
-                front_end: front_end.label(),
-                op,
-                result: if failed { "error" } else { "ok" },
-            })
+        let labels = RequestLabels {
+            front_end: front_end.label(),
+            op,
+            result: if failed { "error" } else { "ok" },
+        };
+        let Some(op_index) = OP_LABELS.iter().position(|known| *known == op) else {
+            m.requests.get_or_create(&labels).inc();
+            m.request_seconds
+                .get_or_create(&LatencyLabels {
+                    front_end: labels.front_end,
+                    op,
+                })
+                .observe(took.as_secs_f64());
+            return;
+        };
+        let series = &m.request_series;
+        let at = front_end.index() * OP_LABELS.len() + op_index;
+        series.counts[at * 2 + usize::from(failed)]
+            .get_or_init(|| m.requests.get_or_create_owned(&labels))
             .inc();
-        m.request_seconds
-            .get_or_create(&LatencyLabels {
-                front_end: front_end.label(),
-                op,
+        series.seconds[at]
+            .get_or_init(|| {
+                m.request_seconds.get_or_create_owned(&LatencyLabels {
+                    front_end: labels.front_end,
+                    op,
+                })
             })
             .observe(took.as_secs_f64());
     }
@@ -426,7 +455,8 @@ impl Metrics {
 /// bound guards against a core bug all the same.
 #[derive(Debug, Default)]
 pub struct UdpRequests {
-    arrived: HashMap<(ClientId, u64), (Instant, &'static str)>,
+    /// Keyed by ids clients choose: seeded.
+    arrived: HashMap<(ClientId, u64), (Instant, &'static str), SeededState>,
 }
 
 impl UdpRequests {
@@ -447,24 +477,58 @@ impl UdpRequests {
     }
 }
 
+/// The metrics labels of the client operations, in the order of [`op_label`]'s match.
+const OP_LABELS: [&str; 14] = [
+    "get",
+    "put",
+    "delete",
+    "cas",
+    "incr",
+    "append",
+    "swap",
+    "open_session",
+    "shard_leader",
+    "move_replica",
+    "register_node",
+    "set_node_state",
+    "pause_balancer",
+    "status",
+];
+
+/// The series handles of [`Inner::request_series`]: counts by (front end, operation,
+/// result), latencies by (front end, operation).
+struct RequestSeries {
+    counts: [OnceLock<Counter>; 2 * OP_LABELS.len() * 2],
+    seconds: [OnceLock<Histogram>; 2 * OP_LABELS.len()],
+}
+
+impl Default for RequestSeries {
+    fn default() -> Self {
+        RequestSeries {
+            counts: [const { OnceLock::new() }; 2 * OP_LABELS.len() * 2],
+            seconds: [const { OnceLock::new() }; 2 * OP_LABELS.len()],
+        }
+    }
+}
+
 /// The metrics label of a client operation.
 pub fn op_label(op: &Op) -> &'static str {
-    match op {
-        Op::Get { .. } => "get",
-        Op::Put { .. } => "put",
-        Op::Delete { .. } => "delete",
-        Op::Cas { .. } => "cas",
-        Op::Incr { .. } => "incr",
-        Op::Append { .. } => "append",
-        Op::Swap { .. } => "swap",
-        Op::OpenSession { .. } => "open_session",
-        Op::ShardLeader { .. } => "shard_leader",
-        Op::MoveReplica { .. } => "move_replica",
-        Op::RegisterNode { .. } => "register_node",
-        Op::SetNodeState { .. } => "set_node_state",
-        Op::PauseBalancer { .. } => "pause_balancer",
-        Op::Status => "status",
-    }
+    OP_LABELS[match op {
+        Op::Get { .. } => 0,
+        Op::Put { .. } => 1,
+        Op::Delete { .. } => 2,
+        Op::Cas { .. } => 3,
+        Op::Incr { .. } => 4,
+        Op::Append { .. } => 5,
+        Op::Swap { .. } => 6,
+        Op::OpenSession { .. } => 7,
+        Op::ShardLeader { .. } => 8,
+        Op::MoveReplica { .. } => 9,
+        Op::RegisterNode { .. } => 10,
+        Op::SetNodeState { .. } => 11,
+        Op::PauseBalancer { .. } => 12,
+        Op::Status => 13,
+    }]
 }
 
 /// A [`LogStore`] that times every fsync and counts the record bytes appended, so the
@@ -680,6 +744,47 @@ mod tests {
                 "{series} {v}\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn requests_land_in_the_series_of_their_front_end_operation_and_result() {
+        let m = Metrics::new();
+        let ms = Duration::from_millis;
+        m.request(FrontEnd::Udp, "put", false, ms(1));
+        m.request(FrontEnd::Udp, "put", false, ms(1));
+        m.request(FrontEnd::Udp, "put", true, ms(1));
+        m.request(FrontEnd::Udp, "get", false, ms(1));
+        m.request(FrontEnd::Resp, "put", false, ms(1));
+        m.request(FrontEnd::Udp, "status", false, ms(1));
+        // A Redis command name that is no client operation of the native protocol.
+        m.request(FrontEnd::Resp, "mget", true, ms(1));
+        let got = m.counters();
+        let value = |name: &str| got.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+        let series = |f: &str, op: &str, r: &str| {
+            value(&format!(
+                "raftkv_requests_total{{front_end=\"{f}\",op=\"{op}\",result=\"{r}\"}}"
+            ))
+        };
+        assert_eq!(series("udp", "put", "ok"), Some(2));
+        assert_eq!(series("udp", "put", "error"), Some(1));
+        assert_eq!(series("udp", "get", "ok"), Some(1));
+        assert_eq!(series("resp", "put", "ok"), Some(1));
+        assert_eq!(series("udp", "status", "ok"), Some(1));
+        assert_eq!(series("resp", "mget", "error"), Some(1));
+        // A series appears once it counted something, not before.
+        assert_eq!(series("udp", "get", "error"), None);
+        assert_eq!(series("resp", "put", "error"), None);
+        let text = m.encode();
+        for (labels, n) in [
+            ("front_end=\"udp\",op=\"put\"", 3),
+            ("front_end=\"udp\",op=\"get\"", 1),
+            ("front_end=\"resp\",op=\"put\"", 1),
+            ("front_end=\"resp\",op=\"mget\"", 1),
+        ] {
+            let line = format!("raftkv_request_duration_seconds_count{{{labels}}} {n}");
+            assert!(text.contains(&line), "{line}\n{text}");
+        }
+        assert!(!text.contains("op=\"delete\""), "{text}");
     }
 }
 

@@ -185,10 +185,12 @@ pub async fn run_with_store<S: LogStore>(
                 source,
             }
         })?;
-    let core = NodeCore::new(config, recovered).map_err(|source| ServerError::Recovery {
+    let mut core = NodeCore::new(config, recovered).map_err(|source| ServerError::Recovery {
         dir: opts.data_dir.clone(),
         source,
     })?;
+    // The runtime reads none of the applied entries (the simulator and course mode do).
+    core.set_applied_reports(false);
     let metrics = Metrics::new();
     let front_ends = front_ends::start(&opts, metrics.clone()).await?;
     let (events_tx, events) = unbounded_channel();

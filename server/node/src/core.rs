@@ -137,7 +137,8 @@ pub struct Output {
     pub replies: Vec<(ClientToken, ClientReply)>,
     /// What happened in the shards, for the runtime's log and metrics.
     pub events: Vec<NodeEvent>,
-    /// Entries applied, in the order applied.
+    /// Entries applied, in the order applied (empty if the runtime turned them off with
+    /// [`NodeCore::set_applied_reports`]).
     pub applied: Vec<AppliedEntry>,
     /// Client requests proposed as leader, with the index of their entry.
     pub proposed: Vec<ProposedRequest>,
@@ -243,6 +244,8 @@ pub struct NodeCore {
     round_durable: Vec<Durable>,
     outbox: BTreeMap<NodeId, Vec<GroupMessage>>,
     out: Output,
+    /// Whether [`Output::applied`] is filled ([`NodeCore::set_applied_reports`]).
+    applied_reports: bool,
     tick_count: u64,
     peers_heard_ms: BTreeMap<NodeId, u64>,
     /// Tick of the last datagram from each peer (quiescence's failure detector).
@@ -336,6 +339,7 @@ impl NodeCore {
             round_durable: Vec::new(),
             outbox: BTreeMap::new(),
             out: Output::default(),
+            applied_reports: true,
             tick_count: 0,
             peers_heard_ms: BTreeMap::new(),
             peers_heard_tick: BTreeMap::new(),
@@ -689,6 +693,13 @@ impl NodeCore {
         for g in self.groups.iter_mut() {
             g.raft.expire_lease();
         }
+    }
+
+    /// Whether [`Output::applied`] lists the entries applied (on from the start). A
+    /// runtime that reads none of them turns it off and saves a digest of every applied
+    /// entry; nothing else the core does depends on it.
+    pub fn set_applied_reports(&mut self, on: bool) {
+        self.applied_reports = on;
     }
 
     /// Refuses client writes from now on with `Unavailable` and the refusal's reason

@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use hashbrown::hash_table::{Entry, HashTable};
+use kv_shared::hashing::SeededState;
 use kv_shared::limits::SESSIONS_MAX;
 use kv_shared::limits::VALUE_BYTES_MAX;
 use kv_shared::proto::{ClientError, MoveRefusal, Outcome};
@@ -11,7 +12,7 @@ use kv_shared::registry::Registry;
 use kv_shared::{ClientId, NodeId, ShardId};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use xxhash_rust::xxh64::Xxh64;
 
 mod command;
@@ -40,7 +41,8 @@ struct Session {
 /// within a constant factor of the table.
 #[derive(Clone, Debug)]
 pub struct Sessions {
-    by_client: HashMap<ClientId, Session>,
+    /// Keyed by session ids that clients' names and declared ids decide: seeded.
+    by_client: HashMap<ClientId, Session, SeededState>,
     /// (stamp, client) in ascending stamp order; live where the stamp is the session's.
     recency: VecDeque<(u64, ClientId)>,
     clock: u64,
@@ -77,7 +79,7 @@ impl Sessions {
     pub fn new(max: usize) -> Sessions {
         assert!(max > 0, "a session table must hold at least one session");
         Sessions {
-            by_client: HashMap::new(),
+            by_client: HashMap::default(),
             recency: VecDeque::new(),
             clock: 0,
             max,
@@ -290,9 +292,9 @@ pub struct StateMachine {
     /// B-tree compared keys through pointers about log2(keys) times. Only snapshot images
     /// and digests need an order, and they sort.
     data: HashTable<Pair>,
-    /// Seeded per process like std's `HashMap`, so clients cannot aim keys at one bucket;
+    /// Seeded from the OS ([`SeededState`]), so clients cannot aim keys at one bucket;
     /// nothing depends on the table's order.
-    hasher: RandomState,
+    hasher: SeededState,
     sessions: Sessions,
     applied_index: u64,
     applied_term: u64,
@@ -402,7 +404,7 @@ impl StateMachine {
     pub fn new(sessions_max: usize) -> StateMachine {
         StateMachine {
             data: HashTable::new(),
-            hasher: RandomState::new(),
+            hasher: SeededState::new(),
             sessions: Sessions::new(sessions_max),
             applied_index: 0,
             applied_term: 0,
@@ -747,7 +749,7 @@ impl StateMachine {
             // Sized once for the image's keys: no doubling (and no table twice the size
             // it needs) while a large shard is restored.
             data: HashTable::with_capacity(image.data.len()),
-            hasher: RandomState::new(),
+            hasher: SeededState::new(),
             sessions: Sessions::from_parts(sessions_max, image.clock, image.sessions),
             applied_index: image.applied_index,
             applied_term: image.applied_term,

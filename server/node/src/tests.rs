@@ -1913,6 +1913,28 @@ fn the_output_reports_where_writes_were_proposed_and_every_entry_applied() {
     }
 }
 
+#[test]
+fn a_node_with_applied_reports_off_applies_the_same_entries_and_lists_none() {
+    let mut c = Cluster::new(3, 1);
+    c.nodes[0].set_applied_reports(false);
+    c.tick(60);
+    let l = c.leader(ShardId(0));
+    c.request(l, 1, put(1, 1, "a", "v"));
+    c.flush(l);
+    c.tick(3);
+    assert_eq!(c.reply_to(1), vec![Outcome::Done]);
+    let last = c.nodes[l].raft_status(ShardId(0)).last_index;
+    assert_eq!(c.nodes[0].raft_status(ShardId(0)).applied, last);
+    assert!(
+        c.applied.iter().all(|(i, _)| *i != 0),
+        "node 0 listed entries"
+    );
+    for i in 1..3 {
+        let listed = c.applied.iter().filter(|(n, _)| *n == i).count() as u64;
+        assert_eq!(listed, last, "node {i} lists every entry it applied");
+    }
+}
+
 /// A member cut off from its shard's traffic (its node still heard
 /// from) missed its removal; the leader, hearing nothing from it, stopped replicating to
 /// it, and its group, quiesced on a leader whose node is alive, never timed out to ask.

@@ -35,6 +35,9 @@ pub struct ProposedRequest {
 
 impl NodeCore {
     pub(super) fn report_applied(&mut self, shard: ShardId, e: &Entry) {
+        if !self.applied_reports {
+            return;
+        }
         self.out.applied.push(AppliedEntry {
             shard,
             index: e.index,
