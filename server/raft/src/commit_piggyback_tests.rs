@@ -4,7 +4,7 @@
 //! a randomized lossy cluster with course mode's options pins it.
 
 use crate::testing::{test_config, Cluster};
-use crate::types::{Message, MessageBody};
+use crate::types::MessageBody;
 use crate::Config;
 use bytes::Bytes;
 use rand::rngs::SmallRng;
@@ -18,8 +18,13 @@ struct Run {
     committed: u64,
 }
 
-fn entryless_append(m: &Message) -> bool {
-    matches!(&m.body, MessageBody::Append { entries, .. } if entries.is_empty())
+/// Takes the Appends without entries out of the network; returns how many there were.
+/// Every message a step sends is in the network when this runs, so each is seen.
+fn take_entryless(c: &mut Cluster) -> usize {
+    let before = c.net.len();
+    c.net
+        .retain(|m| !matches!(&m.body, MessageBody::Append { entries, .. } if entries.is_empty()));
+    before - c.net.len()
 }
 
 /// A 5-replica cluster under drops, duplicates, reordering, partitions, crashes,
@@ -50,21 +55,29 @@ fn run(seed: u64, broadcast_commit: bool, steps: usize) -> Run {
         let id = ids[rng.gen_range(0..ids.len())];
         match rng.gen_range(0..100) {
             // Lockstep: leases assume clocks that keep pace.
-            0..=29 => ids.iter().for_each(|i| c.tick(*i)),
-            30..=69 if !c.net.is_empty() => {
-                let m = c
-                    .net
-                    .remove(rng.gen_range(0..c.net.len()))
-                    .expect("in range");
-                if rng.gen_bool(0.05) {
-                    c.net.push_back(m.clone());
+            0..=7 => ids.iter().for_each(|i| c.tick(*i)),
+            // Reordered: a few messages in flight, picked at random, some duplicated.
+            8..=71 => {
+                for _ in 0..4 {
+                    if c.net.is_empty() {
+                        break;
+                    }
+                    let m = c
+                        .net
+                        .remove(rng.gen_range(0..c.net.len()))
+                        .expect("in range");
+                    if rng.gen_bool(0.05) {
+                        c.net.push_back(m.clone());
+                    }
+                    c.deliver_one(m);
+                    // Before the next pick, which could deliver what this one caused.
+                    out.entryless += take_entryless(&mut c);
                 }
-                c.deliver_one(m);
             }
-            70..=74 if !c.net.is_empty() => {
+            72..=75 if !c.net.is_empty() => {
                 c.net.remove(rng.gen_range(0..c.net.len()));
             }
-            75..=86 => {
+            76..=85 => {
                 let l = c.leader().unwrap_or(id);
                 let data = Bytes::from(format!("p{step}"));
                 if c.nodes[&l].up
@@ -78,34 +91,36 @@ fn run(seed: u64, broadcast_commit: bool, steps: usize) -> Run {
                     c.process(l);
                 }
             }
-            87..=90 if c.nodes[&id].up => {
+            86..=89 if c.nodes[&id].up => {
                 let _ = c.read(id, step as u64);
                 c.process(id);
             }
-            91 if c.nodes[&id].up => c.crash(id),
-            91 => {
-                c.restart(id);
-                c.process(id);
+            // One replica down at a time, so that a quorum can commit.
+            90 if c.nodes.values().all(|n| n.up) => c.crash(id),
+            90 => {
+                let down: Vec<u64> = ids.iter().copied().filter(|i| !c.nodes[i].up).collect();
+                for d in down {
+                    c.restart(d);
+                    c.process(d);
+                }
             }
-            92..=93 => {
+            91 => {
                 c.cut.clear();
                 for o in &ids {
                     c.cut.insert((id, *o));
                     c.cut.insert((*o, id));
                 }
             }
-            94..=95
+            92..=93
                 if c.nodes[&id].up
                     && c.nodes[&id].applied > c.nodes[&id].raft.log.snap_index + 3 =>
             {
                 c.compact(id)
             }
-            96..=99 => c.cut.clear(),
+            94..=99 => c.cut.clear(),
             _ => {}
         }
-        let before = c.net.len();
-        c.net.retain(|m| !entryless_append(m));
-        out.entryless += before - c.net.len();
+        out.entryless += take_entryless(&mut c);
         if let Some(l) = c.leader() {
             out.committed = out.committed.max(c.nodes[&l].raft.log.commit);
         }
