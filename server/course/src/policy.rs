@@ -26,8 +26,10 @@
 //!   measured from sequence numbers ([`crate::loss`]).
 //! - Silent followers (dead or cut off) get only their heartbeats (and, from kv-raft's
 //!   `silent_follower_ticks`, no heartbeat resends).
-//! - Commit piggybacking: an append without entries only spreads a new commit index; a
-//!   fast follower gets it with its next append or heartbeat, not in a datagram of its own.
+//!
+//! Commit piggybacking is kv-raft's own (`broadcast_commit` off): a leader then sends no
+//! append without entries that a follower could as well learn from its next append or
+//! heartbeat, so a fast follower gets every message at once.
 //!
 //! Time comes in as arguments, so all of this is tested without a clock.
 
@@ -379,14 +381,7 @@ impl SendPolicy {
         let peer = self.peers.get_mut(&dst).expect("known peer");
         let mut out = std::mem::take(&mut peer.held);
         out.extend(msgs);
-        let may_wait = |body: &MessageBody| {
-            if fast {
-                commit_only(body)
-            } else {
-                holdable(body)
-            }
-        };
-        if out.len() < HELD_MESSAGES_MAX && out.iter().all(|gm| may_wait(&gm.msg.body)) {
+        if !fast && out.len() < HELD_MESSAGES_MAX && out.iter().all(|gm| holdable(&gm.msg.body)) {
             peer.held = out;
             return Vec::new();
         }
@@ -564,14 +559,6 @@ impl SendPolicy {
 /// that heard the leader refuse a PreVote.
 pub fn wants_heartbeat_resends(loss: Option<f64>) -> bool {
     loss.is_none_or(|l| l >= WIDE_ENTER_LOSS)
-}
-
-/// An append without entries: the leader spreading a new commit index (kv-raft sends one
-/// to every follower each time the commit advances). A fast follower gets it with the
-/// next append or heartbeat instead: doubling the datagrams of every put for a commit
-/// index the follower does not need yet would double the message count.
-fn commit_only(body: &MessageBody) -> bool {
-    matches!(body, MessageBody::Append { entries, .. } if entries.is_empty())
 }
 
 fn is_append(body: &MessageBody) -> bool {

@@ -61,7 +61,11 @@ pub struct Config {
     pub heartbeat_suppression_strict: bool,
     /// Send an Append to every follower as soon as the commit index advances (true, the
     /// classic behaviour). When false, followers learn the commit index from the next
-    /// Append or heartbeat. Default true.
+    /// Append or heartbeat (commit piggybacking), and a leader sends an Append without
+    /// entries only where a follower must learn the commit index now: to a leadership
+    /// transfer's target, to a removed member that asks for a vote, and to everyone when
+    /// the leader's own removal commits. A caller that counts datagrams needs to
+    /// hold none back. Default true.
     pub broadcast_commit: bool,
     /// Appends and snapshot chunks that made no progress for this many ticks are resent.
     /// `None` (default): every `heartbeat_ticks` (retransmission rides on heartbeats).

@@ -47,6 +47,8 @@ pub use types::*;
 
 #[cfg(test)]
 mod byzantine_tests;
+#[cfg(test)]
+mod commit_piggyback_tests;
 mod election;
 mod events;
 mod follower_read;
