@@ -5,11 +5,11 @@
 
 use foldhash::fast::SeedableRandomState;
 use foldhash::SharedSeed;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::OnceLock;
 
 /// A [`BuildHasher`] of foldhash (fast variant) under a per-process seed and a
-/// per-table seed, both drawn from std's [`RandomState`] (the OS's randomness), not from
+/// per-table seed, both drawn from the OS's randomness (`getrandom`), not from
 /// foldhash's own global seed (addresses and the clock, which it does not claim to be
 /// HashDoS-resistant). Iteration order differs between processes and tables, as with
 /// std's `HashMap`: use it only where nothing depends on that order.
@@ -39,10 +39,11 @@ impl BuildHasher for SeededState {
     }
 }
 
-/// 64 random bits: std seeds each `RandomState` from the OS (once per thread, then
-/// counts up), and hashing a constant with it mixes those keys into one word.
+/// 64 bits of the operating system's randomness.
 fn random_u64() -> u64 {
-    RandomState::new().hash_one(0x5eed_u64)
+    let mut bytes = [0u8; 8];
+    getrandom::getrandom(&mut bytes).expect("the operating system provides randomness");
+    u64::from_le_bytes(bytes)
 }
 
 #[cfg(test)]
