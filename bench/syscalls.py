@@ -23,6 +23,8 @@ Needs `perf` and permission to read tracepoints (root here).
 """
 import argparse, atexit, json, os, re, shutil, signal, socket, subprocess, tempfile, time
 
+from run import free_port
+
 SYSCALLS = ["sendto", "recvfrom", "epoll_wait", "fdatasync", "write", "futex"]
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,13 +44,20 @@ ports = []
 while len(ports) < 3:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); pt = s.getsockname()[1]; s.close()
     if pt not in ports: ports.append(pt)
+# The Redis and HTTP ports are listed, not derived from the UDP port (+1000, +2000), which
+# other clusters on the machine may hold: a node that cannot bind exits.
+tcp = []
+while len(tcp) < 6:
+    pt = free_port()
+    if pt not in ports and pt not in tcp: tcp.append(pt)
 cfg = f"{d}/cluster.toml"
 # keys/admin.key: `kvserver keygen` makes the client key of that name an admin (for `shard leader`).
 open(cfg, "w").write(
     f"cluster_id = 7{a.shards}\nshards = {a.shards}\ndata_dir = \"{d}\"\nkey_file = \"keys/cluster.key\"\n"
     "client_key_files = [\"keys/admin.key\"]\nclient_key_file = \"keys/admin.key\"\nprotection = \"mac\"\n"
     "[timing]\ntick_ms = 10\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n"
-    + "".join(f'\n[[nodes]]\nid = {n}\naddr = "127.0.0.1:{ports[n-1]}"\n' for n in (1, 2, 3)))
+    + "".join(f'\n[[nodes]]\nid = {n}\naddr = "127.0.0.1:{ports[n-1]}"\nredis_addr = "127.0.0.1:{tcp[n-1]}"\n'
+              f'http_addr = "127.0.0.1:{tcp[n+2]}"\n' for n in (1, 2, 3)))
 kvcli = [f"{a.target}/kvcli", "--cluster", cfg]
 subprocess.run([f"{a.target}/kvserver", "keygen", "--config", cfg], check=True, stdout=subprocess.DEVNULL)
 procs = [subprocess.Popen([f"{a.target}/kvserver", "--config", cfg, "--node", str(n), "--data-dir", f"{d}/node-{n}",
