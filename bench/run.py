@@ -180,6 +180,14 @@ def target_dir():
     return Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
 
 
+def etcd_load_bin():
+    """bench/etcd-load's release binary: that crate is a workspace of its own, so it builds
+    into its own target dir unless CARGO_TARGET_DIR names one for every build."""
+    target = Path(os.environ["CARGO_TARGET_DIR"]) if "CARGO_TARGET_DIR" in os.environ \
+        else BENCH_DIR / "etcd-load" / "target"
+    return target / "release" / "etcd-load"
+
+
 def build(with_raftkv, with_etcd):
     bins = {"kvserver": target_dir() / "release" / "kvserver", "kvcli": target_dir() / "release" / "kvcli"}
     if with_raftkv:
@@ -191,7 +199,7 @@ def build(with_raftkv, with_etcd):
             subprocess.run(["apt-get", "install", "-y", "protobuf-compiler"], check=True)
         log("building bench/etcd-load (separate crate, not in the workspace)")
         subprocess.run(["cargo", "build", "--release"], cwd=BENCH_DIR / "etcd-load", check=True)
-        bins["etcd-load"] = target_dir() / "release" / "etcd-load"
+        bins["etcd-load"] = etcd_load_bin()
     return bins
 
 
@@ -987,7 +995,8 @@ def main():
         "points": [], "idle": [], "etcd_idle": None, "catchup": None, "ratios": [],
     }
     if args.no_build:
-        bins = {n: target_dir() / "release" / n for n in ("kvserver", "kvcli", "etcd-load")}
+        bins = {n: target_dir() / "release" / n for n in ("kvserver", "kvcli")}
+        bins["etcd-load"] = etcd_load_bin()
     else:
         bins = build(not args.no_raftkv, with_etcd)
     workdir = Path(tempfile.mkdtemp(prefix="raftkv-bench-"))
