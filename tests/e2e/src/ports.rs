@@ -76,8 +76,14 @@ mod tests {
     #[test]
     fn a_port_in_use_is_skipped() {
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let taken = free_port(ip);
-        let _holder = TcpListener::bind((ip, taken)).unwrap();
+        // Another process may take a port between the probe and this bind (the window
+        // the module's note describes): then hold the next one instead.
+        let (taken, _holder) = loop {
+            let port = free_port(ip);
+            if let Ok(holder) = TcpListener::bind((ip, port)) {
+                break (port, holder);
+            }
+        };
         // Rewind the cursor onto the held port: it must be passed over.
         *NEXT.lock().unwrap() = Some(taken);
         let got = free_port(ip);
