@@ -550,7 +550,8 @@ impl SendPolicy {
 }
 
 /// Whether a leader should resend unechoed heartbeats (kv-raft's
-/// `heartbeat_resend_ticks`, switched by the runtime) at measured drop rate `loss`:
+/// `heartbeat_resend_ticks`, switched by the runtime) at drop rate `loss` (the estimate
+/// of [`crate::loss`]):
 /// while it is unknown (a run's first seconds, when heartbeats are all the traffic) or
 /// heavy (see [`WIDE_ENTER_LOSS`]). At 30% loss a follower that misses two or three
 /// heartbeats in a row starts an election before any put flows, and the others, having

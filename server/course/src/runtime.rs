@@ -75,8 +75,8 @@ pub fn node_config(settings: &Settings, roster: &Roster) -> NodeConfig {
             // Fast retransmission is the policy's stall release (with back-off);
             // kv-raft's own resends ride on heartbeats.
             retransmit_ticks: None,
-            // Loss is unknown at start: resend (the runtime switches it as loss is
-            // measured, `Runtime::flush`).
+            // Loss is unknown at start: resend (`Runtime::flush` switches it with the
+            // loss estimate).
             heartbeat_resend_ticks: Some(HEARTBEAT_RESEND_TICKS),
             silent_follower_ticks: Some(silent_follower_ticks(settings)),
             ..kv_raft::Config::new(roster.me_node(), 0)

@@ -8,7 +8,7 @@ use kv_e2e::client::{CallError, Client};
 use kv_node::DiskOp;
 use kv_server::auth::NodeKeys;
 use kv_server::disk::{LogStore, StoreError};
-use kv_server::{run, run_with_store, ServerOptions};
+use kv_server::{run, run_with_store, ServerError, ServerOptions};
 use kv_shared::auth::{ClientKey, Key, Permission, Protection};
 use kv_shared::config::ClusterConfig;
 use kv_shared::proto::Op;
@@ -81,6 +81,19 @@ fn shutdown_pair() -> (oneshot::Sender<()>, impl Future<Output = ()>) {
     })
 }
 
+/// Stops a node whose task waits on `stop`'s [`shutdown_pair`] future, and checks that it
+/// shut down cleanly.
+fn stop_node(
+    rt: &tokio::runtime::Runtime,
+    stop: oneshot::Sender<()>,
+    node: tokio::task::JoinHandle<Result<(), ServerError>>,
+) {
+    stop.send(()).expect("node still running");
+    rt.block_on(node)
+        .expect("node task")
+        .expect("clean shutdown returns Ok");
+}
+
 #[test]
 fn a_clean_shutdown_keeps_acknowledged_writes_for_the_next_run() {
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -104,10 +117,7 @@ fn a_clean_shutdown_keeps_acknowledged_writes_for_the_next_run() {
                 );
             }
         }
-        stop.send(()).expect("node still running");
-        rt.block_on(node)
-            .expect("node task")
-            .expect("clean shutdown returns Ok");
+        stop_node(&rt, stop, node);
     }
 }
 
@@ -178,10 +188,7 @@ fn a_full_disk_refuses_writes_serves_reads_and_recovers_when_space_frees_up() {
     // The stalled write is retried within DISK_FULL_RETRY; then writes are accepted.
     c.put("after", "3");
     assert_eq!(c.get("after"), Some("3".into()));
-    stop.send(()).expect("node still running");
-    rt.block_on(node)
-        .expect("node task")
-        .expect("clean shutdown");
+    stop_node(&rt, stop, node);
 }
 
 /// The restarted node (same address, same data, a new incarnation) knows nothing of the
@@ -203,10 +210,7 @@ fn a_kvcli_client_follows_its_node_across_a_restart() {
         .expect("connect");
     let mut session = client.session();
     rt.block_on(session.put("k", "before")).expect("put");
-    stop.send(()).expect("node still running");
-    rt.block_on(node)
-        .expect("node task")
-        .expect("clean shutdown");
+    stop_node(&rt, stop, node);
 
     let (socket, opts) = one_node_at(&rt, dir.path(), addr);
     let (stop, shutdown) = shutdown_pair();
@@ -227,10 +231,7 @@ fn a_kvcli_client_follows_its_node_across_a_restart() {
         "the first request after the restart echoed the old ticket: {:?}",
         status.drops
     );
-    stop.send(()).expect("node still running");
-    rt.block_on(node)
-        .expect("node task")
-        .expect("clean shutdown");
+    stop_node(&rt, stop, node);
 }
 
 /// A kvcli process's first request to a node echoes no ticket: the node answers it with
@@ -262,10 +263,7 @@ fn a_kvcli_first_contact_costs_a_hello_not_a_timeout() {
         connected < Duration::from_millis(250),
         "discovery waited {connected:?}: the status request did not go again on the hello"
     );
-    stop.send(()).expect("node still running");
-    rt.block_on(node)
-        .expect("node task")
-        .expect("clean shutdown");
+    stop_node(&rt, stop, node);
 }
 
 /// The Redis gateway's local write path (`resp::local`) against a real node, with the test
@@ -365,8 +363,5 @@ fn a_local_write_retried_through_the_client_is_applied_once() {
             Some(bytes::Bytes::from_static(b"3"))
         );
     });
-    stop.send(()).expect("node still running");
-    rt.block_on(node)
-        .expect("node task")
-        .expect("clean shutdown");
+    stop_node(&rt, stop, node);
 }

@@ -475,14 +475,11 @@ impl Connection {
         match op {
             Op::Get { stale: true, .. } => true,
             Op::Get { key, stale: false } => client.shard_of(key).is_some_and(|shard| {
-                let leads = client
-                    .cached_leader(shard)
-                    .is_some_and(|leader| leader.id == Some(me));
                 let holds = match client.cached_route(shard) {
                     Some(route) => route.voters.contains(&me),
                     None => self.gateway.bootstrap_shards.contains(&shard),
                 };
-                leads || holds
+                self.leads(client, shard) || holds
             }),
             _ => false,
         }
@@ -508,7 +505,13 @@ impl Connection {
         let client = &user.client;
         op.key()
             .and_then(|key| client.shard_of(key))
-            .and_then(|shard| client.cached_leader(shard))
+            .is_some_and(|shard| self.leads(client, shard))
+    }
+
+    /// True if `client` last learned that this node leads `shard`.
+    fn leads(&self, client: &Client, shard: kv_shared::ShardId) -> bool {
+        client
+            .cached_leader(shard)
             .is_some_and(|leader| leader.id == Some(self.gateway.node))
     }
 
@@ -522,8 +525,8 @@ impl Connection {
             .map_or(0, |route| route.epoch)
     }
 
-    /// Read `op` as a request from this connection's reader id, under a fresh sequence number,
-    /// routed by `epoch`.
+    /// Read `op` as a request from this connection's reader id, under a fresh sequence
+    /// number, routed by `epoch`.
     fn local_request(&mut self, op: Op, epoch: u64) -> ClientRequest {
         self.next_read_seq += 1;
         ClientRequest {

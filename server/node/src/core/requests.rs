@@ -84,11 +84,7 @@ impl NodeCore {
             },
         };
         if !self.groups.contains(shard) {
-            let e = ClientError::StaleRoute {
-                node: self.config.node,
-                route: self.shard_route(shard),
-            };
-            return reply_now(self, Outcome::Error(e));
+            return reply_now(self, Outcome::Error(self.stale_route(shard)));
         }
         if let Op::Get { stale: true, key } = &req.op {
             let g = &self.groups[shard];
@@ -102,11 +98,7 @@ impl NodeCore {
                 // removed and not know it yet, so its state may be arbitrarily old. A
                 // replica outside its own membership was created by a move and has not
                 // had the leader's snapshot yet, or has just applied its removal.
-                let e = ClientError::StaleRoute {
-                    node: self.config.node,
-                    route: self.shard_route(shard),
-                };
-                return reply_now(self, Outcome::Error(e));
+                return reply_now(self, Outcome::Error(self.stale_route(shard)));
             }
             let v = g.sm.get(key);
             return reply_now(self, Outcome::Value(v));
@@ -169,19 +161,14 @@ impl NodeCore {
         // replica set it knew; so did this replica when it took the read): applied, that
         // removal leaves it no member, and a replica outside the shard's set serves
         // nothing of it, even a read its old leader confirmed.
-        let me = self.config.node;
         let group = &self.groups[g];
-        let removed =
-            group.soft.role != Role::Leader && !group.raft.membership().voters.contains(&me);
+        let removed = group.soft.role != Role::Leader
+            && !group.raft.membership().voters.contains(&self.config.node);
         let shard = group.shard;
         for (_, ids) in ready {
             for id in ids {
                 if removed {
-                    let route = self.shard_route(shard);
-                    self.reply(
-                        id,
-                        Outcome::Error(ClientError::StaleRoute { node: me, route }),
-                    );
+                    self.reply(id, Outcome::Error(self.stale_route(shard)));
                 } else {
                     self.serve_get(g, id);
                 }
@@ -378,10 +365,7 @@ impl NodeCore {
         };
         let routed_by = self.requests.get(&id).map_or(0, |r| r.req.epoch);
         let e = if routed_by < self.groups[g].sm.membership_epoch() {
-            ClientError::StaleRoute {
-                node: self.config.node,
-                route: self.shard_route(shard),
-            }
+            self.stale_route(shard)
         } else {
             ClientError::NotLeader {
                 shard,

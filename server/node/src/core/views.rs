@@ -3,7 +3,7 @@
 //! Split from core.rs to keep that file readable.
 
 use super::{BoundaryRefusal, GroupView, NodeCore};
-use kv_shared::proto::{NodeStatus, ShardRoute, ShardStatus};
+use kv_shared::proto::{ClientError, NodeStatus, ShardRoute, ShardStatus};
 use kv_shared::registry::METADATA_SHARD;
 use kv_shared::{NodeId, ShardId};
 
@@ -20,6 +20,15 @@ impl NodeCore {
             .map(|r| (r.name(), self.boundary_refusals[*r as usize]))
             .chain(raft.iter().map(|(r, n)| (r.name(), n)))
             .collect()
+    }
+
+    /// The answer to a request this node cannot serve for `shard` by the replica set the
+    /// client routed by: where the shard lives, as this node knows it.
+    pub(super) fn stale_route(&self, shard: ShardId) -> ClientError {
+        ClientError::StaleRoute {
+            node: self.config.node,
+            route: self.shard_route(shard),
+        }
     }
 
     /// This node's view of where `shard` lives: its own replica's membership if it hosts
