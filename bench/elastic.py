@@ -22,8 +22,8 @@ On release binaries, with fresh temp data dirs and free loopback ports, the bala
    under a third checked bench: kill -9 of node 4 and `kvcli node remove 4 --dead`,
    which marks it removed; the balancer rebuilds its replicas on nodes 1-3.
    Reported: the time from the kill until `status` shows no under-replicated shard.
-   With --fresh-nodes, nodes 6 and 7 join before the drain and node 8 before the kill
-   (the order of the figures measured before nodes could take back a shard they left).
+   With --fresh-nodes, nodes 6 and 7 join before the drain and node 8 before the kill,
+   so that no node takes back a shard it left.
 
 The load average is recorded at the start and at every phase. Writes
 bench/results/elastic-<timestamp>.json and bench/results/elastic-latest.json and prints a

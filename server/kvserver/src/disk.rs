@@ -460,8 +460,8 @@ mod tests {
 
     /// A shard's removal and its take-back (a replica created again) run where the
     /// node core put them among the other ops, across writes of one batch too: the
-    /// removal queued first can no longer run after the new life's take-back (the disk
-    /// thread used to delete removed shards' files after the whole batch).
+    /// removal queued first can never run after the new life's take-back (as it would
+    /// if removed shards' files were deleted after the whole batch).
     #[test]
     fn a_removal_and_a_take_back_run_in_write_order() {
         let fake = Fake::default();

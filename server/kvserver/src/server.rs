@@ -459,8 +459,9 @@ struct EventLoop {
 mod tests {
     use super::*;
 
-    /// The default receive buffer dropped ~25,000 snapshot chunks in the 1,000,000-key
-    /// catch-up; the node must ask for as much as the kernel lets it have.
+    /// A follower catching up takes every shard's snapshot window into one receive
+    /// buffer, which the kernel's default size cannot hold (docs/RUNTIME.md, socket
+    /// buffers); the node must ask for as much as the kernel lets it have.
     #[tokio::test]
     async fn the_socket_gets_the_largest_buffers_the_kernel_allows() {
         let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");

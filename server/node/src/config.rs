@@ -42,7 +42,8 @@ pub struct NodeConfig {
     /// and snapshot check.
     pub raft: kv_raft::Config,
     /// Stop ticking idle groups, with a per-node failure detector to wake them
-    /// (`NodeCore::tick` explains). Incompatible with `raft.lease_reads`.
+    /// (`NodeCore::tick` explains). With `raft.lease_reads`, a group forgets its lease
+    /// when it wakes, since its leader's ticks stood still while time passed.
     pub quiesce: bool,
 }
 

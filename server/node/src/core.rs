@@ -777,6 +777,6 @@ const LEADERLESS_ELECTIONS_BEFORE_ASKING_ALL: u64 = 4;
 /// stopped leading the group without this replica hearing it (it stepped down after
 /// committing its own removal, or removed this replica and stopped sending to it), and
 /// quiescence would otherwise trust it forever. At a 10 ms tick and 200 ms elections, a
-/// wake every 6 s per idle group (a wake every 2 s added enough elections to split more
-/// votes under fsyncs slower than the election timeout).
+/// wake every 6 s per idle group (more frequent wakes add elections, which split votes
+/// under fsyncs slower than the election timeout).
 const QUIESCED_FOLLOWER_RECHECK_ELECTIONS: u64 = 30;

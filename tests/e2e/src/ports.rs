@@ -2,7 +2,7 @@
 //!
 //! Probing with `bind(port 0)` and closing the socket again leaves a window in which any
 //! outgoing connection or client socket of a concurrent test (they draw from the same
-//! ephemeral range) may take the port before the node binds it: CI once saw a node fail
+//! ephemeral range) may take the port before the node binds it, and the node then fails
 //! with "cannot bind the Redis protocol address ...: Address already in use". Ports below
 //! the ephemeral range are never handed out by the kernel on its own, and this module
 //! hands each one out once per test process, so the window only stays open to processes

@@ -307,7 +307,7 @@ fn reads_the_node_leads_skip_the_udp_client() {
 
 /// A GET whose shard another node leads, sent to a node holding a follower replica
 /// (every node holds every shard here), is served by that follower: no UDP get reaches
-/// the connected node or the leader (the gateway used to forward it), and every GET reads
+/// the connected node or the leader (the gateway does not forward it), and every GET reads
 /// the value just written through the leader, though the follower may not have applied it.
 #[test]
 fn reads_of_shards_the_node_follows_are_served_there() {

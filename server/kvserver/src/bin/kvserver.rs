@@ -115,8 +115,9 @@ enum Command {
     /// Write new key files (mode 0600); an existing file is never overwritten.
     ///
     /// With --config: every key file the cluster file names that does not exist yet (the
-    /// cluster key, and each client key, read-write, named after its file). With --out:
-    /// one cluster key, or with --client one client key.
+    /// cluster key, and each client key named after its file: admin.key with the admin
+    /// permission, any other read-write). With --out: one cluster key, or with --client
+    /// one client key.
     #[command(verbatim_doc_comment)]
     Keygen(KeygenArgs),
 }
