@@ -527,8 +527,8 @@ impl StateMachine {
     /// every replica, and yields no outcomes.
     pub fn apply_entry(&mut self, index: u64, term: u64, data: &[u8]) -> Vec<Outcome> {
         self.advance(index, term);
-        match CommandBatch::decode(data) {
-            Ok(batch) => batch.writes.iter().map(|w| self.apply_write(w)).collect(),
+        match CommandBatch::decode_borrowed(data) {
+            Ok(batch) => batch.writes.iter().map(|w| self.apply_command(w)).collect(),
             Err(_) => Vec::new(),
         }
     }
@@ -553,6 +553,12 @@ impl StateMachine {
     /// would break exactly-once. The verdict depends only on applied commands, so every
     /// replica gives the same.
     pub fn apply_write(&mut self, w: &WriteCommand) -> Outcome {
+        self.apply_command(w)
+    }
+
+    /// [`StateMachine::apply_write`] of a write however it holds its byte strings (owned,
+    /// or borrowed from the entry being applied).
+    fn apply_command<B: AsRef<[u8]>>(&mut self, w: &WriteCommand<B>) -> Outcome {
         if let WriteOp::EndMove {
             client,
             seq,
@@ -567,7 +573,7 @@ impl StateMachine {
             SessionCheck::Stale { latest } => {
                 return Outcome::Error(ClientError::StaleSequence { seq: w.seq, latest })
             }
-            SessionCheck::Unknown if w.seq != 1 && w.op != WriteOp::OpenSession => {
+            SessionCheck::Unknown if w.seq != 1 && !matches!(w.op, WriteOp::OpenSession) => {
                 return Outcome::Error(ClientError::SessionExpired)
             }
             SessionCheck::Unknown | SessionCheck::Fresh => {}
@@ -575,17 +581,17 @@ impl StateMachine {
         let outcome = match &w.op {
             WriteOp::OpenSession => Outcome::Done,
             WriteOp::Put { key, value } => {
-                self.insert(key, value);
+                self.insert(key.as_ref(), value.as_ref());
                 Outcome::Done
             }
             WriteOp::Delete { key } => {
-                self.remove(key);
+                self.remove(key.as_ref());
                 Outcome::Done
             }
             WriteOp::Cas { key, expected, new } => {
-                let current = self.value_of(key);
-                if current == expected.as_deref() {
-                    self.insert(key, new);
+                let current = self.value_of(key.as_ref());
+                if current == expected.as_ref().map(AsRef::as_ref) {
+                    self.insert(key.as_ref(), new.as_ref());
                     Outcome::CasOk
                 } else {
                     Outcome::CasMismatch {
@@ -593,13 +599,13 @@ impl StateMachine {
                     }
                 }
             }
-            WriteOp::Incr { key, delta } => self.increment(key, *delta),
-            WriteOp::Append { key, value } => self.append(key, value),
+            WriteOp::Incr { key, delta } => self.increment(key.as_ref(), *delta),
+            WriteOp::Append { key, value } => self.append(key.as_ref(), value.as_ref()),
             WriteOp::Swap { key, new } => {
-                let old = self.get(key);
+                let old = self.get(key.as_ref());
                 match new {
-                    Some(v) => self.insert(key, v),
-                    None => self.remove(key),
+                    Some(v) => self.insert(key.as_ref(), v.as_ref()),
+                    None => self.remove(key.as_ref()),
                 }
                 Outcome::Value(old)
             }

@@ -9,51 +9,57 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
 /// A state-changing operation, as it travels through the log.
+///
+/// Generic over how it holds its byte strings: owned [`Bytes`] where writes are built
+/// (proposals), borrowed `&[u8]` where an entry is applied
+/// ([`CommandBatch::decode_borrowed`]): both encode alike (serde bytes), and applying
+/// reads the keys and values straight out of the entry instead of copying each into a
+/// heap block of its own first.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum WriteOp {
+pub enum WriteOp<B = Bytes> {
     /// Set `key` to `value`.
     Put {
         /// The key.
-        key: Bytes,
+        key: B,
         /// The new value.
-        value: Bytes,
+        value: B,
     },
     /// Remove `key`.
     Delete {
         /// The key.
-        key: Bytes,
+        key: B,
     },
     /// Set `key` to `new` if it holds `expected` (`None`: absent).
     Cas {
         /// The key.
-        key: Bytes,
+        key: B,
         /// Required current value.
-        expected: Option<Bytes>,
+        expected: Option<B>,
         /// Value written on a match.
-        new: Bytes,
+        new: B,
     },
     /// Open the client's session (changes no data).
     OpenSession,
     /// Add `delta` to the decimal i64 held by `key` (absent: 0).
     Incr {
         /// The key.
-        key: Bytes,
+        key: B,
         /// The addend.
         delta: i64,
     },
     /// Append `value` to `key`'s value (absent: empty).
     Append {
         /// The key.
-        key: Bytes,
+        key: B,
         /// The suffix.
-        value: Bytes,
+        value: B,
     },
     /// Replace `key`'s value with `new` (`None`: remove it), answering the old one.
     Swap {
         /// The key.
-        key: Bytes,
+        key: B,
         /// The replacement, or `None` to remove.
-        new: Option<Bytes>,
+        new: Option<B>,
     },
     /// Make `node` the shard's preferred leader (admin).
     PreferLeader {
@@ -159,20 +165,20 @@ impl WriteOp {
 
 /// One client write under its session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WriteCommand {
+pub struct WriteCommand<B = Bytes> {
     /// Session.
     pub client: ClientId,
     /// Sequence number within the session.
     pub seq: u64,
     /// The write.
-    pub op: WriteOp,
+    pub op: WriteOp<B>,
 }
 
 /// The payload of one Raft entry: every write proposed to one shard in one round.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommandBatch {
+pub struct CommandBatch<B = Bytes> {
     /// The writes, applied in this order.
-    pub writes: Vec<WriteCommand>,
+    pub writes: Vec<WriteCommand<B>>,
 }
 
 impl CommandBatch {
@@ -183,6 +189,11 @@ impl CommandBatch {
 
     /// Decodes a log entry payload.
     pub fn decode(data: &[u8]) -> Result<CommandBatch, postcard::Error> {
+        postcard::from_bytes(data)
+    }
+
+    /// Decodes a log entry payload, its keys and values borrowed from `data`.
+    pub fn decode_borrowed(data: &[u8]) -> Result<CommandBatch<&[u8]>, postcard::Error> {
         postcard::from_bytes(data)
     }
 }
