@@ -130,11 +130,14 @@ impl NodeCore {
                 token,
                 req,
                 shard,
-                deadline_tick,
                 bytes,
             },
         );
-        self.deadlines.insert((deadline_tick, id));
+        debug_assert!(self
+            .deadlines
+            .back()
+            .is_none_or(|&(d, _)| d <= deadline_tick));
+        self.deadlines.push_back((deadline_tick, id));
         let lease_reads = self.config.raft.lease_reads;
         let g = &mut self.groups[shard];
         g.wake();
@@ -409,7 +412,6 @@ impl NodeCore {
             return;
         };
         self.pending_request_bytes -= r.bytes;
-        self.deadlines.remove(&(r.deadline_tick, id));
         self.out.replies.push((
             r.token,
             ClientReply {
