@@ -745,7 +745,7 @@ impl StateMachine {
             move_in_flight: self.move_in_flight,
             registry: &self.registry,
         };
-        Bytes::from(postcard::to_stdvec(&image).expect("an image always encodes"))
+        Bytes::from(kv_shared::pack::encode_exact(&image))
     }
 
     /// Rebuilds a shard from a snapshot image.

@@ -184,7 +184,7 @@ pub struct CommandBatch<B = Bytes> {
 impl CommandBatch {
     /// Encodes for a log entry.
     pub fn encode(&self) -> Bytes {
-        Bytes::from(postcard::to_stdvec(self).expect("a command batch always encodes"))
+        Bytes::from(kv_shared::pack::encode_exact(self))
     }
 
     /// Decodes a log entry payload.
