@@ -96,7 +96,7 @@ impl NodeCore {
             MoveStep::End(refusal) => {
                 let shard = group.shard;
                 let term = group.soft.term;
-                let end = WriteCommand {
+                let end: WriteCommand = WriteCommand {
                     client: m.client,
                     seq: m.seq,
                     op: WriteOp::EndMove {

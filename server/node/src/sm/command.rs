@@ -114,52 +114,69 @@ pub enum WriteOp<B = Bytes> {
 impl WriteOp {
     /// The write part of a client op (`None` for gets and status).
     pub fn from_op(op: &Op) -> Option<WriteOp> {
-        match op {
-            Op::Put { key, value } => Some(WriteOp::Put {
-                key: key.clone(),
-                value: value.clone(),
-            }),
-            Op::Delete { key } => Some(WriteOp::Delete { key: key.clone() }),
-            Op::Cas { key, expected, new } => Some(WriteOp::Cas {
-                key: key.clone(),
-                expected: expected.clone(),
-                new: new.clone(),
-            }),
-            Op::OpenSession { .. } => Some(WriteOp::OpenSession),
-            Op::Incr { key, delta } => Some(WriteOp::Incr {
-                key: key.clone(),
+        WriteOp::of_op(op, Bytes::clone)
+    }
+}
+
+impl<'a> WriteOp<&'a Bytes> {
+    /// [`WriteOp::from_op`] borrowing the op's byte strings: what a leader encodes into
+    /// an entry, without cloning each key and value (a clone of a `Bytes` that owns its
+    /// buffer allocates a shared header, freed again once the entry is encoded).
+    pub fn borrowed(op: &'a Op) -> Option<WriteOp<&'a Bytes>> {
+        WriteOp::of_op(op, |b| b)
+    }
+}
+
+impl<B> WriteOp<B> {
+    /// The write part of a client op, its byte strings made by `bytes`.
+    fn of_op<'a>(op: &'a Op, bytes: impl Fn(&'a Bytes) -> B) -> Option<WriteOp<B>> {
+        let op = match op {
+            Op::Put { key, value } => WriteOp::Put {
+                key: bytes(key),
+                value: bytes(value),
+            },
+            Op::Delete { key } => WriteOp::Delete { key: bytes(key) },
+            Op::Cas { key, expected, new } => WriteOp::Cas {
+                key: bytes(key),
+                expected: expected.as_ref().map(&bytes),
+                new: bytes(new),
+            },
+            Op::OpenSession { .. } => WriteOp::OpenSession,
+            Op::Incr { key, delta } => WriteOp::Incr {
+                key: bytes(key),
                 delta: *delta,
-            }),
-            Op::Append { key, value } => Some(WriteOp::Append {
-                key: key.clone(),
-                value: value.clone(),
-            }),
-            Op::Swap { key, new } => Some(WriteOp::Swap {
-                key: key.clone(),
-                new: new.clone(),
-            }),
-            Op::ShardLeader { node, .. } => Some(WriteOp::PreferLeader { node: *node }),
-            Op::MoveReplica { shard, from, to } => Some(WriteOp::BeginMove {
+            },
+            Op::Append { key, value } => WriteOp::Append {
+                key: bytes(key),
+                value: bytes(value),
+            },
+            Op::Swap { key, new } => WriteOp::Swap {
+                key: bytes(key),
+                new: new.as_ref().map(&bytes),
+            },
+            Op::ShardLeader { node, .. } => WriteOp::PreferLeader { node: *node },
+            Op::MoveReplica { shard, from, to } => WriteOp::BeginMove {
                 shard: *shard,
                 from: *from,
                 to: *to,
-            }),
+            },
             Op::RegisterNode {
                 node,
                 addr,
                 identity,
-            } => Some(WriteOp::RegisterNode {
+            } => WriteOp::RegisterNode {
                 node: *node,
                 addr: *addr,
                 identity: *identity,
-            }),
-            Op::SetNodeState { node, state } => Some(WriteOp::SetNodeState {
+            },
+            Op::SetNodeState { node, state } => WriteOp::SetNodeState {
                 node: *node,
                 state: *state,
-            }),
-            Op::PauseBalancer { paused } => Some(WriteOp::PauseBalancer { paused: *paused }),
-            Op::Get { .. } | Op::Status => None,
-        }
+            },
+            Op::PauseBalancer { paused } => WriteOp::PauseBalancer { paused: *paused },
+            Op::Get { .. } | Op::Status => return None,
+        };
+        Some(op)
     }
 }
 
@@ -181,12 +198,14 @@ pub struct CommandBatch<B = Bytes> {
     pub writes: Vec<WriteCommand<B>>,
 }
 
-impl CommandBatch {
+impl<B: Serialize> CommandBatch<B> {
     /// Encodes for a log entry.
     pub fn encode(&self) -> Bytes {
         Bytes::from(kv_shared::pack::encode_exact(self))
     }
+}
 
+impl CommandBatch {
     /// Decodes a log entry payload.
     pub fn decode(data: &[u8]) -> Result<CommandBatch, postcard::Error> {
         postcard::from_bytes(data)

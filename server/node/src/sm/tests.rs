@@ -675,3 +675,78 @@ fn borrowed_decoding_reads_and_applies_every_write_as_the_owned_one() {
     assert_eq!(by_entry.get(b"n"), None);
     assert_eq!(by_entry.preferred_leader(), Some(NodeId(2)));
 }
+
+/// A leader encodes its entries from the requests' ops borrowed: every op must encode
+/// as the owned write the log carried before, and gets and status are no writes.
+#[test]
+fn a_write_borrowed_from_its_op_encodes_as_the_owned_one() {
+    use kv_shared::proto::Op;
+    use kv_shared::registry::NodeState;
+    let ops = vec![
+        Op::Put {
+            key: b("k"),
+            value: b("v"),
+        },
+        Op::Delete { key: b("k") },
+        Op::Cas {
+            key: b("k"),
+            expected: Some(b("e")),
+            new: b("n"),
+        },
+        Op::Cas {
+            key: b("k"),
+            expected: None,
+            new: b("n"),
+        },
+        Op::OpenSession { key: b("k") },
+        Op::Incr {
+            key: b("k"),
+            delta: 9,
+        },
+        Op::Append {
+            key: b("k"),
+            value: b("+"),
+        },
+        Op::Swap {
+            key: b("k"),
+            new: Some(b("s")),
+        },
+        Op::Swap {
+            key: b("k"),
+            new: None,
+        },
+        Op::ShardLeader {
+            shard: ShardId(1),
+            node: NodeId(2),
+        },
+        Op::MoveReplica {
+            shard: ShardId(1),
+            from: NodeId(2),
+            to: NodeId(3),
+        },
+        Op::RegisterNode {
+            node: NodeId(4),
+            addr: "127.0.0.1:9".parse().unwrap(),
+            identity: 5,
+        },
+        Op::SetNodeState {
+            node: NodeId(4),
+            state: NodeState::Draining,
+        },
+        Op::PauseBalancer { paused: true },
+    ];
+    for op in &ops {
+        let owned = WriteOp::from_op(op).expect("a write");
+        let borrowed = WriteOp::borrowed(op).expect("a write");
+        assert_eq!(
+            postcard::to_stdvec(&borrowed).unwrap(),
+            postcard::to_stdvec(&owned).unwrap(),
+            "{op:?}"
+        );
+    }
+    let get = Op::Get {
+        key: b("k"),
+        stale: false,
+    };
+    assert!(WriteOp::borrowed(&get).is_none() && WriteOp::borrowed(&Op::Status).is_none());
+}
