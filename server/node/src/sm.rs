@@ -98,6 +98,31 @@ impl Sessions {
 
     /// Classifies `(client, seq)` and marks the session used.
     pub fn check(&mut self, client: ClientId, seq: u64) -> SessionCheck {
+        let verdict = self.check_unqueued(client, seq);
+        if verdict != SessionCheck::Unknown {
+            self.push_recency(client);
+        }
+        verdict
+    }
+
+    /// [`Sessions::check`] for a write that [`Sessions::record`] records next if it is
+    /// `Fresh`: the use is queued by that record (at its later stamp), not here as well,
+    /// where it would go stale at once. Stamps, clock and evictions are those of `check`
+    /// and `record`; the queue only holds one pair less per write (and so is compacted
+    /// half as often).
+    fn check_before_record(&mut self, client: ClientId, seq: u64) -> SessionCheck {
+        let verdict = self.check_unqueued(client, seq);
+        if matches!(
+            verdict,
+            SessionCheck::Duplicate(_) | SessionCheck::Stale { .. }
+        ) {
+            self.push_recency(client);
+        }
+        verdict
+    }
+
+    /// Classifies `(client, seq)` and stamps the session used; the caller queues it.
+    fn check_unqueued(&mut self, client: ClientId, seq: u64) -> SessionCheck {
         let Some(s) = self.by_client.get_mut(&client) else {
             return SessionCheck::Unknown;
         };
@@ -110,7 +135,6 @@ impl Sessions {
         };
         self.clock += 1;
         s.stamp = self.clock;
-        self.push_recency(client);
         verdict
     }
 
@@ -568,7 +592,7 @@ impl StateMachine {
             self.end_move(*client, *seq, refusal);
             return Outcome::Done;
         }
-        match self.sessions.check(w.client, w.seq) {
+        match self.sessions.check_before_record(w.client, w.seq) {
             SessionCheck::Duplicate(outcome) => return outcome,
             SessionCheck::Stale { latest } => {
                 return Outcome::Error(ClientError::StaleSequence { seq: w.seq, latest })

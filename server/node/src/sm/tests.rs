@@ -232,9 +232,24 @@ fn sessions_evict_like_an_ordered_lru_and_stay_bounded() {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let c = ClientId((x >> 33) % 13);
-        // A third of the steps look a client up, the rest record a write.
-        let look_up = (x >> 20) % 3 < 1;
-        if look_up {
+        // A third of the steps look a client up, a third record a write, a third check
+        // a write and record it, as applying one does.
+        let kind = (x >> 20) % 3;
+        if kind == 2 {
+            let known = model.contains_key(&c);
+            let seq = step + 1;
+            let verdict = s.check_before_record(c, seq);
+            assert_eq!(verdict == SessionCheck::Fresh, known, "step {step}");
+            if known {
+                touch(&mut model, &mut lru, c);
+            }
+            s.record(c, seq, Outcome::Done);
+            touch(&mut model, &mut lru, c);
+            while model.len() > max {
+                let (_, evict) = lru.pop_first().unwrap();
+                model.remove(&evict);
+            }
+        } else if kind == 0 {
             let expect_known = model.contains_key(&c);
             let known = s.check(c, 0) != SessionCheck::Unknown;
             assert_eq!(known, expect_known, "step {step}");
@@ -264,6 +279,27 @@ fn sessions_evict_like_an_ordered_lru_and_stay_bounded() {
     }
     let back = Sessions::from_parts(max, s.clock, s.by_client.clone().into_iter().collect());
     assert_eq!(back, s);
+}
+
+/// A write checks its session and records it: two uses on the clock (the stamps images
+/// keep), but one pair in the recency queue, the record's.
+#[test]
+fn a_write_queues_its_session_once_and_stamps_it_twice() {
+    let mut sm = StateMachine::new(10);
+    sm.apply_entry(1, 1, &entry(vec![open(1, 1)]));
+    assert_eq!((sm.sessions.clock, sm.sessions.recency.len()), (1, 1));
+    for seq in 2..=11 {
+        sm.apply_entry(seq, 1, &entry(vec![put(1, seq, "k", "v")]));
+    }
+    assert_eq!(sm.sessions.clock, 21, "check and record each count a use");
+    assert_eq!(sm.sessions.by_client[&ClientId(1)].stamp, 21);
+    assert_eq!(sm.sessions.recency.len(), 11, "one pair per write");
+    // A retry is answered from the session, and queued as a use.
+    assert_eq!(
+        sm.apply_entry(12, 1, &entry(vec![put(1, 11, "k", "v")])),
+        vec![Outcome::Done]
+    );
+    assert_eq!((sm.sessions.clock, sm.sessions.recency.len()), (22, 12));
 }
 
 #[test]
