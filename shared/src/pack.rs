@@ -49,10 +49,15 @@ pub fn encoded_bytes<T: Serialize + ?Sized>(item: &T) -> usize {
 /// ten reallocations and copies for a kilobyte, the size of a batch of puts). Exact, a
 /// `Bytes` made from it takes the buffer as it is, without another allocation.
 pub fn encode_exact<T: Serialize + ?Sized>(item: &T) -> Vec<u8> {
-    let len = encoded_bytes(item);
+    encode_known(item, encoded_bytes(item))
+}
+
+/// [`encode_exact`] of an item whose encoded length `len` the caller has counted
+/// already (from its parts' [`encoded_bytes`], as it sized them against a limit).
+pub fn encode_known<T: Serialize + ?Sized>(item: &T, len: usize) -> Vec<u8> {
     let out =
         postcard::to_extend(item, Vec::with_capacity(len)).expect("protocol types always encode");
-    debug_assert_eq!(out.len(), len);
+    debug_assert_eq!(out.len(), len, "the counted length is the encoding's");
     out
 }
 
@@ -130,6 +135,12 @@ mod tests {
         let exact = encode_exact(&value);
         assert_eq!(exact, postcard::to_stdvec(&value).unwrap());
         assert_eq!(exact.capacity(), exact.len());
+        let parts = [vec![1u8; 300], vec![2u8; 5]];
+        let len = count_prefix_bytes(parts.len()) + parts.iter().map(encoded_bytes).sum::<usize>();
+        assert_eq!(
+            encode_known(&parts[..], len),
+            postcard::to_stdvec(&parts[..]).unwrap()
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::write_refusal;
 use bytes::Bytes;
 use kv_raft::{ProposeError, Role};
 use kv_shared::limits::{ENTRY_BYTES_MAX, PENDING_REQUESTS_MAX, PENDING_REQUEST_BYTES_MAX};
+use kv_shared::pack::{count_prefix_bytes, encode_known};
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Op, Outcome};
 use kv_shared::registry::METADATA_SHARD;
 use kv_shared::shard::shard_for_key;
@@ -34,6 +35,13 @@ fn request_bytes(op: &Op) -> usize {
         | Op::PauseBalancer { .. } => 0,
     };
     REQUEST_OVERHEAD_BYTES + payload
+}
+
+/// The entry of `writes`, whose encodings add up to `writes_bytes`: the batch's length
+/// is known from the sizing against ENTRY_BYTES_MAX, so it is not counted again.
+fn encode_batch(writes: Vec<WriteCommand<&Bytes>>, writes_bytes: usize) -> Bytes {
+    let len = count_prefix_bytes(writes.len()) + writes_bytes;
+    Bytes::from(encode_known(&CommandBatch { writes }, len))
 }
 
 impl NodeCore {
@@ -327,10 +335,8 @@ impl NodeCore {
             let bytes = postcard::experimental::serialized_size(&write).expect("a write encodes");
             if !batch.is_empty() && batch_bytes + bytes > ENTRY_BYTES_MAX {
                 let writes = std::mem::take(&mut batch);
-                entries.push((
-                    std::mem::take(&mut batch_ids),
-                    CommandBatch { writes }.encode(),
-                ));
+                let data = encode_batch(writes, batch_bytes);
+                entries.push((std::mem::take(&mut batch_ids), data));
                 batch_bytes = 0;
             }
             batch_bytes += bytes;
@@ -338,7 +344,7 @@ impl NodeCore {
             batch_ids.push(id);
         }
         if !batch.is_empty() {
-            entries.push((batch_ids, CommandBatch { writes: batch }.encode()));
+            entries.push((batch_ids, encode_batch(batch, batch_bytes)));
         }
         entries
     }
