@@ -44,6 +44,23 @@ pub fn encoded_bytes<T: Serialize + ?Sized>(item: &T) -> usize {
     postcard::experimental::serialized_size(item).expect("protocol types always encode")
 }
 
+/// `item`'s postcard encoding in a `Vec` of exactly its length: one sizing pass and one
+/// allocation, where `postcard::to_stdvec` grows its `Vec` from empty by doubling (about
+/// ten reallocations and copies for a kilobyte, the size of a batch of puts). Exact, a
+/// `Bytes` made from it takes the buffer as it is, without another allocation.
+pub fn encode_exact<T: Serialize + ?Sized>(item: &T) -> Vec<u8> {
+    encode_known(item, encoded_bytes(item))
+}
+
+/// [`encode_exact`] of an item whose encoded length `len` the caller has counted
+/// already (from its parts' [`encoded_bytes`], as it sized them against a limit).
+pub fn encode_known<T: Serialize + ?Sized>(item: &T, len: usize) -> Vec<u8> {
+    let out =
+        postcard::to_extend(item, Vec::with_capacity(len)).expect("protocol types always encode");
+    debug_assert_eq!(out.len(), len, "the counted length is the encoding's");
+    out
+}
+
 /// Packs `items` into as few batches as a greedy in-order fill gives: each batch takes
 /// items until the next one would exceed a limit.
 pub fn pack<T: Serialize>(items: impl IntoIterator<Item = T>, limit: PackLimit) -> Packed<T> {
@@ -105,6 +122,25 @@ mod tests {
 
     fn sizes<T>(p: &Packed<T>) -> Vec<usize> {
         p.batches.iter().map(Vec::len).collect()
+    }
+
+    #[test]
+    fn encode_exact_is_the_encoding_in_a_buffer_of_its_length() {
+        let value = (
+            7u64,
+            vec![vec![1u8; 300], vec![], vec![2u8; 5]],
+            "text",
+            Some(-3i64),
+        );
+        let exact = encode_exact(&value);
+        assert_eq!(exact, postcard::to_stdvec(&value).unwrap());
+        assert_eq!(exact.capacity(), exact.len());
+        let parts = [vec![1u8; 300], vec![2u8; 5]];
+        let len = count_prefix_bytes(parts.len()) + parts.iter().map(encoded_bytes).sum::<usize>();
+        assert_eq!(
+            encode_known(&parts[..], len),
+            postcard::to_stdvec(&parts[..]).unwrap()
+        );
     }
 
     #[test]

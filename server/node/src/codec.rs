@@ -21,7 +21,7 @@ pub struct GroupMessage {
 /// # Panics
 /// If the messages do not fit one datagram: batches from [`split`] always do.
 pub fn encode_peer(cluster_id: u64, sender: NodeId, msgs: &[GroupMessage]) -> Vec<u8> {
-    let payload = postcard::to_stdvec(msgs).expect("group messages always encode");
+    let payload = kv_shared::pack::encode_exact(msgs);
     let mut out = Vec::with_capacity(HEADER_BYTES + payload.len());
     wire::encode(Kind::Peer, cluster_id, sender.0, &payload, &mut out);
     out

@@ -20,11 +20,12 @@ use crate::write_refusal::WriteRefusal;
 use bytes::Bytes;
 use group::{Durable, Group, Groups};
 use kv_raft::{Entry, Role};
+use kv_shared::hashing::SeededState;
 use kv_shared::limits::{SNAPSHOT_IMAGE_BYTES_MAX, SNAPSHOT_RECEIVE_BYTES_MAX};
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Outcome, ShardRoute};
 use kv_shared::registry::Registry;
 use kv_shared::{NodeId, ShardId};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use xxhash_rust::xxh64::Xxh64;
 
 /// Room for a snapshot's metadata next to its image in one snapshot file: a received
@@ -207,7 +208,6 @@ struct Request {
     token: ClientToken,
     req: ClientRequest,
     shard: ShardId,
-    deadline_tick: u64,
     /// What it counts against `PENDING_REQUEST_BYTES_MAX`.
     bytes: usize,
 }
@@ -227,14 +227,19 @@ pub struct NodeCore {
     /// Shards whose created replica here was forgotten, with its term then (where a
     /// replica created again starts).
     forgotten: BTreeMap<ShardId, u64>,
-    requests: BTreeMap<u64, Request>,
+    /// Hashed: every request is inserted, looked up a few times and removed once, and
+    /// only `NodeCore::release_replica` walks them (in id order, after sorting).
+    requests: HashMap<u64, Request, SeededState>,
     /// Sum of `Request::bytes` over `requests`.
     pending_request_bytes: usize,
     /// Why client writes are refused now, if they are ([`NodeCore::refuse_writes`]).
     write_refusal: Option<WriteRefusal>,
     /// Remote input refused at the boundary, by reason (see `BoundaryRefusal::ALL`).
     boundary_refusals: [u64; BoundaryRefusal::ALL.len()],
-    deadlines: BTreeSet<(u64, u64)>,
+    /// `(deadline_tick, id)` of requests in the order admitted, which is deadline order
+    /// (every request gets the same timeout). Answered requests are not taken out here:
+    /// `tick` drops them when they reach the front, so a reply costs no search.
+    deadlines: VecDeque<(u64, u64)>,
     next_request_id: u64,
     next_read_ctx: u64,
     next_disk_write: u64,
@@ -327,10 +332,10 @@ impl NodeCore {
             removed: hosted.removed,
             removed_routes: BTreeMap::new(),
             forgotten: hosted.forgotten,
-            requests: BTreeMap::new(),
+            requests: HashMap::default(),
             pending_request_bytes: 0,
             boundary_refusals: [0; BoundaryRefusal::ALL.len()],
-            deadlines: BTreeSet::new(),
+            deadlines: VecDeque::new(),
             next_request_id: 1,
             next_read_ctx: 1,
             next_disk_write: 1,
@@ -497,11 +502,15 @@ impl NodeCore {
                 }
             }
         }
-        while let Some(&(deadline, id)) = self.deadlines.first() {
+        while let Some(&(deadline, id)) = self.deadlines.front() {
+            let Some(r) = self.requests.get(&id) else {
+                self.deadlines.pop_front(); // answered already
+                continue;
+            };
             if deadline > self.tick_count {
                 break;
             }
-            let shard = self.requests[&id].shard;
+            let shard = r.shard;
             self.reply(id, Outcome::Error(ClientError::Timeout { shard }));
         }
         if self.config.spread_leaders {

@@ -98,6 +98,31 @@ impl Sessions {
 
     /// Classifies `(client, seq)` and marks the session used.
     pub fn check(&mut self, client: ClientId, seq: u64) -> SessionCheck {
+        let verdict = self.check_unqueued(client, seq);
+        if verdict != SessionCheck::Unknown {
+            self.push_recency(client);
+        }
+        verdict
+    }
+
+    /// [`Sessions::check`] for a write that [`Sessions::record`] records next if it is
+    /// `Fresh`: the use is queued by that record (at its later stamp), not here as well,
+    /// where it would go stale at once. Stamps, clock and evictions are those of `check`
+    /// and `record`; the queue only holds one pair less per write (and so is compacted
+    /// half as often).
+    fn check_before_record(&mut self, client: ClientId, seq: u64) -> SessionCheck {
+        let verdict = self.check_unqueued(client, seq);
+        if matches!(
+            verdict,
+            SessionCheck::Duplicate(_) | SessionCheck::Stale { .. }
+        ) {
+            self.push_recency(client);
+        }
+        verdict
+    }
+
+    /// Classifies `(client, seq)` and stamps the session used; the caller queues it.
+    fn check_unqueued(&mut self, client: ClientId, seq: u64) -> SessionCheck {
         let Some(s) = self.by_client.get_mut(&client) else {
             return SessionCheck::Unknown;
         };
@@ -110,7 +135,6 @@ impl Sessions {
         };
         self.clock += 1;
         s.stamp = self.clock;
-        self.push_recency(client);
         verdict
     }
 
@@ -527,8 +551,8 @@ impl StateMachine {
     /// every replica, and yields no outcomes.
     pub fn apply_entry(&mut self, index: u64, term: u64, data: &[u8]) -> Vec<Outcome> {
         self.advance(index, term);
-        match CommandBatch::decode(data) {
-            Ok(batch) => batch.writes.iter().map(|w| self.apply_write(w)).collect(),
+        match CommandBatch::decode_borrowed(data) {
+            Ok(batch) => batch.writes.iter().map(|w| self.apply_command(w)).collect(),
             Err(_) => Vec::new(),
         }
     }
@@ -553,6 +577,12 @@ impl StateMachine {
     /// would break exactly-once. The verdict depends only on applied commands, so every
     /// replica gives the same.
     pub fn apply_write(&mut self, w: &WriteCommand) -> Outcome {
+        self.apply_command(w)
+    }
+
+    /// [`StateMachine::apply_write`] of a write however it holds its byte strings (owned,
+    /// or borrowed from the entry being applied).
+    fn apply_command<B: AsRef<[u8]>>(&mut self, w: &WriteCommand<B>) -> Outcome {
         if let WriteOp::EndMove {
             client,
             seq,
@@ -562,12 +592,12 @@ impl StateMachine {
             self.end_move(*client, *seq, refusal);
             return Outcome::Done;
         }
-        match self.sessions.check(w.client, w.seq) {
+        match self.sessions.check_before_record(w.client, w.seq) {
             SessionCheck::Duplicate(outcome) => return outcome,
             SessionCheck::Stale { latest } => {
                 return Outcome::Error(ClientError::StaleSequence { seq: w.seq, latest })
             }
-            SessionCheck::Unknown if w.seq != 1 && w.op != WriteOp::OpenSession => {
+            SessionCheck::Unknown if w.seq != 1 && !matches!(w.op, WriteOp::OpenSession) => {
                 return Outcome::Error(ClientError::SessionExpired)
             }
             SessionCheck::Unknown | SessionCheck::Fresh => {}
@@ -575,17 +605,17 @@ impl StateMachine {
         let outcome = match &w.op {
             WriteOp::OpenSession => Outcome::Done,
             WriteOp::Put { key, value } => {
-                self.insert(key, value);
+                self.insert(key.as_ref(), value.as_ref());
                 Outcome::Done
             }
             WriteOp::Delete { key } => {
-                self.remove(key);
+                self.remove(key.as_ref());
                 Outcome::Done
             }
             WriteOp::Cas { key, expected, new } => {
-                let current = self.value_of(key);
-                if current == expected.as_deref() {
-                    self.insert(key, new);
+                let current = self.value_of(key.as_ref());
+                if current == expected.as_ref().map(AsRef::as_ref) {
+                    self.insert(key.as_ref(), new.as_ref());
                     Outcome::CasOk
                 } else {
                     Outcome::CasMismatch {
@@ -593,13 +623,13 @@ impl StateMachine {
                     }
                 }
             }
-            WriteOp::Incr { key, delta } => self.increment(key, *delta),
-            WriteOp::Append { key, value } => self.append(key, value),
+            WriteOp::Incr { key, delta } => self.increment(key.as_ref(), *delta),
+            WriteOp::Append { key, value } => self.append(key.as_ref(), value.as_ref()),
             WriteOp::Swap { key, new } => {
-                let old = self.get(key);
+                let old = self.get(key.as_ref());
                 match new {
-                    Some(v) => self.insert(key, v),
-                    None => self.remove(key),
+                    Some(v) => self.insert(key.as_ref(), v.as_ref()),
+                    None => self.remove(key.as_ref()),
                 }
                 Outcome::Value(old)
             }
@@ -739,7 +769,7 @@ impl StateMachine {
             move_in_flight: self.move_in_flight,
             registry: &self.registry,
         };
-        Bytes::from(postcard::to_stdvec(&image).expect("an image always encodes"))
+        Bytes::from(kv_shared::pack::encode_exact(&image))
     }
 
     /// Rebuilds a shard from a snapshot image.

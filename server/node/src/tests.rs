@@ -305,6 +305,40 @@ fn requests_without_a_leader_time_out_exactly_once() {
     assert_eq!(c.nodes[0].pending_requests(), 0);
 }
 
+/// Answered requests stay in the deadline queue until `tick` reaches them: one answered
+/// before its deadline must not time out as well, and a later one, held behind it, must.
+#[test]
+fn an_answered_request_never_times_out_and_a_later_one_still_does() {
+    // Not quiescing: an idle leader keeps ticking, so CheckQuorum steps it down below.
+    let mut c = Cluster::with(3, 1, |config| config.quiesce = false);
+    c.tick(60);
+    let l = c.leader(ShardId(0));
+    c.request(l, 1, put(1, 1, "x", "y"));
+    c.flush(l);
+    c.tick(2);
+    assert_eq!(c.reply_to(1), vec![Outcome::Done]);
+    // Cut the leader off: it steps down (CheckQuorum) and, knowing no leader, holds the
+    // next request until its deadline.
+    for i in (0..3).filter(|&i| i != l) {
+        c.down[i] = true;
+    }
+    c.tick(200);
+    assert_ne!(c.nodes[l].raft_status(ShardId(0)).role, Role::Leader);
+    c.request(l, 2, put(1, 2, "x", "z"));
+    c.flush(l);
+    c.tick(60);
+    assert_eq!(
+        c.reply_to(1),
+        vec![Outcome::Done],
+        "answered once, never timed out"
+    );
+    assert_eq!(
+        c.reply_to(2),
+        vec![Outcome::Error(ClientError::Timeout { shard: ShardId(0) })]
+    );
+    assert_eq!(c.nodes[l].pending_requests(), 0);
+}
+
 #[test]
 fn restart_from_records_keeps_the_data() {
     let mut c = Cluster::new(3, 2);

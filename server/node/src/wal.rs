@@ -15,6 +15,7 @@
 
 use bytes::Bytes;
 use kv_raft::{Entry, HardState, Membership, Restored, Snapshot};
+use kv_shared::pack::encode_exact;
 use kv_shared::registry::METADATA_SHARD;
 use kv_shared::ShardId;
 use kv_storage::{Record, Recovered};
@@ -108,7 +109,7 @@ pub fn replica_record(shard: u32, record: ReplicaRecord) -> Record {
         kind: KIND_REPLICA,
         sticky: true,
         last_index: 0,
-        payload: Bytes::from(postcard::to_stdvec(&record).expect("replica records encode")),
+        payload: Bytes::from(encode_exact(&record)),
     }
 }
 
@@ -310,11 +311,10 @@ pub fn entries_record(shard: u32, first_index: u64, entries: Vec<Entry>) -> Reco
         .enumerate()
         .all(|(i, e)| e.index == first_index + i as u64));
     let last_index = first_index + entries.len() as u64 - 1;
-    let payload = postcard::to_stdvec(&EntriesRecord {
+    let payload = encode_exact(&EntriesRecord {
         first_index,
         entries,
-    })
-    .expect("entries encode");
+    });
     Record {
         group: shard,
         kind: KIND_ENTRIES,
@@ -331,13 +331,13 @@ pub fn hard_state_record(shard: u32, hard_state: &HardState) -> Record {
         kind: KIND_HARD_STATE,
         sticky: true,
         last_index: 0,
-        payload: Bytes::from(postcard::to_stdvec(hard_state).expect("hard state encodes")),
+        payload: Bytes::from(encode_exact(hard_state)),
     }
 }
 
 /// Encodes a Raft snapshot for `Storage::save_snapshot`.
 pub fn encode_snapshot(snapshot: &Snapshot) -> Bytes {
-    Bytes::from(postcard::to_stdvec(snapshot).expect("snapshot encodes"))
+    Bytes::from(encode_exact(snapshot))
 }
 
 /// Decodes a stored snapshot.

@@ -96,7 +96,7 @@ impl NodeCore {
             MoveStep::End(refusal) => {
                 let shard = group.shard;
                 let term = group.soft.term;
-                let end = WriteCommand {
+                let end: WriteCommand = WriteCommand {
                     client: m.client,
                     seq: m.seq,
                     op: WriteOp::EndMove {
@@ -433,12 +433,14 @@ impl NodeCore {
     fn release_replica(&mut self, g: ShardId, record: ReplicaRecord) -> u64 {
         let route = self.shard_route(g);
         let group = self.groups.0.remove(&g).expect("hosted");
-        let ids: Vec<u64> = self
+        let mut ids: Vec<u64> = self
             .requests
             .iter()
             .filter(|(_, r)| r.shard == g)
             .map(|(id, _)| *id)
             .collect();
+        // In the order they came, as before the table was hashed.
+        ids.sort_unstable();
         for id in ids {
             let e = ClientError::StaleRoute {
                 node: self.config.node,

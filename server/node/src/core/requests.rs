@@ -6,8 +6,10 @@ use super::{is_listed, BoundaryRefusal, ClientToken, NodeCore, Request};
 use crate::moves;
 use crate::sm::{CommandBatch, WriteCommand, WriteOp};
 use crate::write_refusal;
+use bytes::Bytes;
 use kv_raft::{ProposeError, Role};
 use kv_shared::limits::{ENTRY_BYTES_MAX, PENDING_REQUESTS_MAX, PENDING_REQUEST_BYTES_MAX};
+use kv_shared::pack::{count_prefix_bytes, encode_known};
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Op, Outcome};
 use kv_shared::registry::METADATA_SHARD;
 use kv_shared::shard::shard_for_key;
@@ -33,6 +35,13 @@ fn request_bytes(op: &Op) -> usize {
         | Op::PauseBalancer { .. } => 0,
     };
     REQUEST_OVERHEAD_BYTES + payload
+}
+
+/// The entry of `writes`, whose encodings add up to `writes_bytes`: the batch's length
+/// is known from the sizing against ENTRY_BYTES_MAX, so it is not counted again.
+fn encode_batch(writes: Vec<WriteCommand<&Bytes>>, writes_bytes: usize) -> Bytes {
+    let len = count_prefix_bytes(writes.len()) + writes_bytes;
+    Bytes::from(encode_known(&CommandBatch { writes }, len))
 }
 
 impl NodeCore {
@@ -130,11 +139,14 @@ impl NodeCore {
                 token,
                 req,
                 shard,
-                deadline_tick,
                 bytes,
             },
         );
-        self.deadlines.insert((deadline_tick, id));
+        debug_assert!(self
+            .deadlines
+            .back()
+            .is_none_or(|&(d, _)| d <= deadline_tick));
+        self.deadlines.push_back((deadline_tick, id));
         let lease_reads = self.config.raft.lease_reads;
         let g = &mut self.groups[shard];
         g.wake();
@@ -212,7 +224,8 @@ impl NodeCore {
         let me = self.config.node;
         let shard = self.groups[g].shard;
         let soft = self.groups[g].soft;
-        let mut writes: Vec<(u64, WriteCommand)> = Vec::new();
+        // Writes to propose, by request id: each is encoded from its request's op.
+        let mut writes: Vec<u64> = Vec::new();
         let mut reads: Vec<u64> = Vec::new();
         let mut refused: Vec<(u64, NodeId)> = Vec::new();
         let mut moves_refused: Vec<(u64, ClientError)> = Vec::new();
@@ -221,7 +234,7 @@ impl NodeCore {
                 continue;
             };
             if soft.role == Role::Leader {
-                match WriteOp::from_op(&r.req.op) {
+                match WriteOp::borrowed(&r.req.op) {
                     Some(WriteOp::PreferLeader { node }) if !self.is_voter(g, node) => {
                         refused.push((id, node));
                     }
@@ -245,14 +258,8 @@ impl NodeCore {
                             }
                         };
                         match checked {
-                            Ok(()) => writes.push((
-                                id,
-                                WriteCommand {
-                                    client: r.req.client,
-                                    seq: r.req.seq,
-                                    op: WriteOp::BeginMove { shard, from, to },
-                                },
-                            )),
+                            // The op names this group's shard: requests are routed by it.
+                            Ok(()) => writes.push(id),
                             Err(reason) => moves_refused.push((
                                 id,
                                 ClientError::MoveRefused {
@@ -264,14 +271,7 @@ impl NodeCore {
                             )),
                         }
                     }
-                    Some(op) => writes.push((
-                        id,
-                        WriteCommand {
-                            client: r.req.client,
-                            seq: r.req.seq,
-                            op,
-                        },
-                    )),
+                    Some(_) => writes.push(id),
                     None => reads.push(id),
                 }
             } else if self.serves_follower_read(g, &r.req) {
@@ -295,20 +295,8 @@ impl NodeCore {
             ));
             self.reply(id, Outcome::Error(e));
         }
-        // One entry per ENTRY_BYTES_MAX of writes: an entry must fit one Append datagram.
-        let mut batch: Vec<(u64, WriteCommand)> = Vec::new();
-        let mut batch_bytes = 0usize;
-        for (id, write) in writes {
-            let bytes = postcard::experimental::serialized_size(&write).expect("a write encodes");
-            if !batch.is_empty() && batch_bytes + bytes > ENTRY_BYTES_MAX {
-                self.propose_batch(g, std::mem::take(&mut batch));
-                batch_bytes = 0;
-            }
-            batch_bytes += bytes;
-            batch.push((id, write));
-        }
-        if !batch.is_empty() {
-            self.propose_batch(g, batch);
+        for (ids, data) in self.encode_writes(writes) {
+            self.propose_batch(g, ids, data);
         }
         if !reads.is_empty() {
             #[cfg(feature = "planted-bugs")]
@@ -329,10 +317,40 @@ impl NodeCore {
         }
     }
 
-    fn propose_batch(&mut self, g: ShardId, writes: Vec<(u64, WriteCommand)>) {
-        let (ids, writes): (Vec<u64>, Vec<WriteCommand>) = writes.into_iter().unzip();
-        let count = writes.len() as u64;
-        let data = CommandBatch { writes }.encode();
+    /// The entries that propose the writes of requests `ids`, in order: one per
+    /// ENTRY_BYTES_MAX of writes (an entry must fit one Append datagram), each with the
+    /// ids of its writes. Encoded from the requests' ops, borrowed.
+    fn encode_writes(&self, ids: Vec<u64>) -> Vec<(Vec<u64>, Bytes)> {
+        let mut entries = Vec::new();
+        let mut batch: Vec<WriteCommand<&Bytes>> = Vec::new();
+        let mut batch_ids: Vec<u64> = Vec::new();
+        let mut batch_bytes = 0usize;
+        for id in ids {
+            let r = &self.requests[&id];
+            let write = WriteCommand {
+                client: r.req.client,
+                seq: r.req.seq,
+                op: WriteOp::borrowed(&r.req.op).expect("routed as a write"),
+            };
+            let bytes = postcard::experimental::serialized_size(&write).expect("a write encodes");
+            if !batch.is_empty() && batch_bytes + bytes > ENTRY_BYTES_MAX {
+                let writes = std::mem::take(&mut batch);
+                let data = encode_batch(writes, batch_bytes);
+                entries.push((std::mem::take(&mut batch_ids), data));
+                batch_bytes = 0;
+            }
+            batch_bytes += bytes;
+            batch.push(write);
+            batch_ids.push(id);
+        }
+        if !batch.is_empty() {
+            entries.push((batch_ids, encode_batch(batch, batch_bytes)));
+        }
+        entries
+    }
+
+    fn propose_batch(&mut self, g: ShardId, ids: Vec<u64>, data: Bytes) {
+        let count = ids.len() as u64;
         match self.groups[g].raft.propose(data) {
             Ok((index, term)) => {
                 self.report_proposed(self.groups[g].shard, index, &ids);
@@ -409,7 +427,6 @@ impl NodeCore {
             return;
         };
         self.pending_request_bytes -= r.bytes;
-        self.deadlines.remove(&(r.deadline_tick, id));
         self.out.replies.push((
             r.token,
             ClientReply {

@@ -9,51 +9,57 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
 /// A state-changing operation, as it travels through the log.
+///
+/// Generic over how it holds its byte strings: owned [`Bytes`] where writes are built
+/// (proposals), borrowed `&[u8]` where an entry is applied
+/// ([`CommandBatch::decode_borrowed`]): both encode alike (serde bytes), and applying
+/// reads the keys and values straight out of the entry instead of copying each into a
+/// heap block of its own first.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum WriteOp {
+pub enum WriteOp<B = Bytes> {
     /// Set `key` to `value`.
     Put {
         /// The key.
-        key: Bytes,
+        key: B,
         /// The new value.
-        value: Bytes,
+        value: B,
     },
     /// Remove `key`.
     Delete {
         /// The key.
-        key: Bytes,
+        key: B,
     },
     /// Set `key` to `new` if it holds `expected` (`None`: absent).
     Cas {
         /// The key.
-        key: Bytes,
+        key: B,
         /// Required current value.
-        expected: Option<Bytes>,
+        expected: Option<B>,
         /// Value written on a match.
-        new: Bytes,
+        new: B,
     },
     /// Open the client's session (changes no data).
     OpenSession,
     /// Add `delta` to the decimal i64 held by `key` (absent: 0).
     Incr {
         /// The key.
-        key: Bytes,
+        key: B,
         /// The addend.
         delta: i64,
     },
     /// Append `value` to `key`'s value (absent: empty).
     Append {
         /// The key.
-        key: Bytes,
+        key: B,
         /// The suffix.
-        value: Bytes,
+        value: B,
     },
     /// Replace `key`'s value with `new` (`None`: remove it), answering the old one.
     Swap {
         /// The key.
-        key: Bytes,
+        key: B,
         /// The replacement, or `None` to remove.
-        new: Option<Bytes>,
+        new: Option<B>,
     },
     /// Make `node` the shard's preferred leader (admin).
     PreferLeader {
@@ -108,81 +114,105 @@ pub enum WriteOp {
 impl WriteOp {
     /// The write part of a client op (`None` for gets and status).
     pub fn from_op(op: &Op) -> Option<WriteOp> {
-        match op {
-            Op::Put { key, value } => Some(WriteOp::Put {
-                key: key.clone(),
-                value: value.clone(),
-            }),
-            Op::Delete { key } => Some(WriteOp::Delete { key: key.clone() }),
-            Op::Cas { key, expected, new } => Some(WriteOp::Cas {
-                key: key.clone(),
-                expected: expected.clone(),
-                new: new.clone(),
-            }),
-            Op::OpenSession { .. } => Some(WriteOp::OpenSession),
-            Op::Incr { key, delta } => Some(WriteOp::Incr {
-                key: key.clone(),
+        WriteOp::of_op(op, Bytes::clone)
+    }
+}
+
+impl<'a> WriteOp<&'a Bytes> {
+    /// [`WriteOp::from_op`] borrowing the op's byte strings: what a leader encodes into
+    /// an entry, without cloning each key and value (a clone of a `Bytes` that owns its
+    /// buffer allocates a shared header, freed again once the entry is encoded).
+    pub fn borrowed(op: &'a Op) -> Option<WriteOp<&'a Bytes>> {
+        WriteOp::of_op(op, |b| b)
+    }
+}
+
+impl<B> WriteOp<B> {
+    /// The write part of a client op, its byte strings made by `bytes`.
+    fn of_op<'a>(op: &'a Op, bytes: impl Fn(&'a Bytes) -> B) -> Option<WriteOp<B>> {
+        let op = match op {
+            Op::Put { key, value } => WriteOp::Put {
+                key: bytes(key),
+                value: bytes(value),
+            },
+            Op::Delete { key } => WriteOp::Delete { key: bytes(key) },
+            Op::Cas { key, expected, new } => WriteOp::Cas {
+                key: bytes(key),
+                expected: expected.as_ref().map(&bytes),
+                new: bytes(new),
+            },
+            Op::OpenSession { .. } => WriteOp::OpenSession,
+            Op::Incr { key, delta } => WriteOp::Incr {
+                key: bytes(key),
                 delta: *delta,
-            }),
-            Op::Append { key, value } => Some(WriteOp::Append {
-                key: key.clone(),
-                value: value.clone(),
-            }),
-            Op::Swap { key, new } => Some(WriteOp::Swap {
-                key: key.clone(),
-                new: new.clone(),
-            }),
-            Op::ShardLeader { node, .. } => Some(WriteOp::PreferLeader { node: *node }),
-            Op::MoveReplica { shard, from, to } => Some(WriteOp::BeginMove {
+            },
+            Op::Append { key, value } => WriteOp::Append {
+                key: bytes(key),
+                value: bytes(value),
+            },
+            Op::Swap { key, new } => WriteOp::Swap {
+                key: bytes(key),
+                new: new.as_ref().map(&bytes),
+            },
+            Op::ShardLeader { node, .. } => WriteOp::PreferLeader { node: *node },
+            Op::MoveReplica { shard, from, to } => WriteOp::BeginMove {
                 shard: *shard,
                 from: *from,
                 to: *to,
-            }),
+            },
             Op::RegisterNode {
                 node,
                 addr,
                 identity,
-            } => Some(WriteOp::RegisterNode {
+            } => WriteOp::RegisterNode {
                 node: *node,
                 addr: *addr,
                 identity: *identity,
-            }),
-            Op::SetNodeState { node, state } => Some(WriteOp::SetNodeState {
+            },
+            Op::SetNodeState { node, state } => WriteOp::SetNodeState {
                 node: *node,
                 state: *state,
-            }),
-            Op::PauseBalancer { paused } => Some(WriteOp::PauseBalancer { paused: *paused }),
-            Op::Get { .. } | Op::Status => None,
-        }
+            },
+            Op::PauseBalancer { paused } => WriteOp::PauseBalancer { paused: *paused },
+            Op::Get { .. } | Op::Status => return None,
+        };
+        Some(op)
     }
 }
 
 /// One client write under its session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WriteCommand {
+pub struct WriteCommand<B = Bytes> {
     /// Session.
     pub client: ClientId,
     /// Sequence number within the session.
     pub seq: u64,
     /// The write.
-    pub op: WriteOp,
+    pub op: WriteOp<B>,
 }
 
 /// The payload of one Raft entry: every write proposed to one shard in one round.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommandBatch {
+pub struct CommandBatch<B = Bytes> {
     /// The writes, applied in this order.
-    pub writes: Vec<WriteCommand>,
+    pub writes: Vec<WriteCommand<B>>,
+}
+
+impl<B: Serialize> CommandBatch<B> {
+    /// Encodes for a log entry.
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(kv_shared::pack::encode_exact(self))
+    }
 }
 
 impl CommandBatch {
-    /// Encodes for a log entry.
-    pub fn encode(&self) -> Bytes {
-        Bytes::from(postcard::to_stdvec(self).expect("a command batch always encodes"))
-    }
-
     /// Decodes a log entry payload.
     pub fn decode(data: &[u8]) -> Result<CommandBatch, postcard::Error> {
+        postcard::from_bytes(data)
+    }
+
+    /// Decodes a log entry payload, its keys and values borrowed from `data`.
+    pub fn decode_borrowed(data: &[u8]) -> Result<CommandBatch<&[u8]>, postcard::Error> {
         postcard::from_bytes(data)
     }
 }

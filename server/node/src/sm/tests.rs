@@ -232,9 +232,24 @@ fn sessions_evict_like_an_ordered_lru_and_stay_bounded() {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let c = ClientId((x >> 33) % 13);
-        // A third of the steps look a client up, the rest record a write.
-        let look_up = (x >> 20) % 3 < 1;
-        if look_up {
+        // A third of the steps look a client up, a third record a write, a third check
+        // a write and record it, as applying one does.
+        let kind = (x >> 20) % 3;
+        if kind == 2 {
+            let known = model.contains_key(&c);
+            let seq = step + 1;
+            let verdict = s.check_before_record(c, seq);
+            assert_eq!(verdict == SessionCheck::Fresh, known, "step {step}");
+            if known {
+                touch(&mut model, &mut lru, c);
+            }
+            s.record(c, seq, Outcome::Done);
+            touch(&mut model, &mut lru, c);
+            while model.len() > max {
+                let (_, evict) = lru.pop_first().unwrap();
+                model.remove(&evict);
+            }
+        } else if kind == 0 {
             let expect_known = model.contains_key(&c);
             let known = s.check(c, 0) != SessionCheck::Unknown;
             assert_eq!(known, expect_known, "step {step}");
@@ -264,6 +279,27 @@ fn sessions_evict_like_an_ordered_lru_and_stay_bounded() {
     }
     let back = Sessions::from_parts(max, s.clock, s.by_client.clone().into_iter().collect());
     assert_eq!(back, s);
+}
+
+/// A write checks its session and records it: two uses on the clock (the stamps images
+/// keep), but one pair in the recency queue, the record's.
+#[test]
+fn a_write_queues_its_session_once_and_stamps_it_twice() {
+    let mut sm = StateMachine::new(10);
+    sm.apply_entry(1, 1, &entry(vec![open(1, 1)]));
+    assert_eq!((sm.sessions.clock, sm.sessions.recency.len()), (1, 1));
+    for seq in 2..=11 {
+        sm.apply_entry(seq, 1, &entry(vec![put(1, seq, "k", "v")]));
+    }
+    assert_eq!(sm.sessions.clock, 21, "check and record each count a use");
+    assert_eq!(sm.sessions.by_client[&ClientId(1)].stamp, 21);
+    assert_eq!(sm.sessions.recency.len(), 11, "one pair per write");
+    // A retry is answered from the session, and queued as a use.
+    assert_eq!(
+        sm.apply_entry(12, 1, &entry(vec![put(1, 11, "k", "v")])),
+        vec![Outcome::Done]
+    );
+    assert_eq!((sm.sessions.clock, sm.sessions.recency.len()), (22, 12));
 }
 
 #[test]
@@ -576,4 +612,177 @@ fn a_data_shard_refuses_registrations_and_the_metadata_group_applies_them_once()
         0xaa
     );
     assert_eq!(back.digest(), meta.digest());
+}
+
+/// `apply_entry` reads its writes borrowed from the entry: every kind of write must read
+/// back as the owned decoding does, and apply to the same state and outcomes.
+#[test]
+fn borrowed_decoding_reads_and_applies_every_write_as_the_owned_one() {
+    let w = |seq, op| WriteCommand {
+        client: ClientId(3),
+        seq,
+        op,
+    };
+    let writes = vec![
+        w(1, WriteOp::OpenSession),
+        w(
+            2,
+            WriteOp::Put {
+                key: b("k"),
+                value: b("v1"),
+            },
+        ),
+        w(
+            3,
+            WriteOp::Cas {
+                key: b("k"),
+                expected: Some(b("v1")),
+                new: b("v2"),
+            },
+        ),
+        w(
+            4,
+            WriteOp::Cas {
+                key: b("k"),
+                expected: None,
+                new: b("no"),
+            },
+        ),
+        w(
+            5,
+            WriteOp::Incr {
+                key: b("n"),
+                delta: -3,
+            },
+        ),
+        w(
+            6,
+            WriteOp::Append {
+                key: b("k"),
+                value: b("+"),
+            },
+        ),
+        w(
+            7,
+            WriteOp::Swap {
+                key: b("k"),
+                new: Some(b("s")),
+            },
+        ),
+        w(
+            8,
+            WriteOp::Swap {
+                key: b("n"),
+                new: None,
+            },
+        ),
+        w(9, WriteOp::Delete { key: b("k") }),
+        w(10, WriteOp::PreferLeader { node: NodeId(2) }),
+        w(
+            11,
+            WriteOp::BeginMove {
+                shard: ShardId(0),
+                from: NodeId(1),
+                to: NodeId(4),
+            },
+        ),
+        w(
+            12,
+            WriteOp::EndMove {
+                client: ClientId(3),
+                seq: 11,
+                refusal: None,
+            },
+        ),
+        w(13, WriteOp::PauseBalancer { paused: true }),
+    ];
+    let data = entry(writes.clone());
+    let borrowed = CommandBatch::decode_borrowed(&data).unwrap();
+    assert_eq!(borrowed.writes.len(), writes.len());
+    // A byte string encodes the same borrowed or owned, so a borrowed batch that read
+    // every field right encodes to the entry it came from.
+    assert_eq!(postcard::to_stdvec(&borrowed).unwrap(), &data[..]);
+    let mut by_entry = StateMachine::new(10);
+    let mut by_write = StateMachine::new(10);
+    by_write.advance(1, 1);
+    let outcomes: Vec<Outcome> = writes.iter().map(|w| by_write.apply_write(w)).collect();
+    assert_eq!(by_entry.apply_entry(1, 1, &data), outcomes);
+    assert!(by_entry == by_write, "the same writes leave the same state");
+    assert_eq!(by_entry.get(b"n"), None);
+    assert_eq!(by_entry.preferred_leader(), Some(NodeId(2)));
+}
+
+/// A leader encodes its entries from the requests' ops borrowed: every op must encode
+/// as the owned write the log carried before, and gets and status are no writes.
+#[test]
+fn a_write_borrowed_from_its_op_encodes_as_the_owned_one() {
+    use kv_shared::proto::Op;
+    use kv_shared::registry::NodeState;
+    let ops = vec![
+        Op::Put {
+            key: b("k"),
+            value: b("v"),
+        },
+        Op::Delete { key: b("k") },
+        Op::Cas {
+            key: b("k"),
+            expected: Some(b("e")),
+            new: b("n"),
+        },
+        Op::Cas {
+            key: b("k"),
+            expected: None,
+            new: b("n"),
+        },
+        Op::OpenSession { key: b("k") },
+        Op::Incr {
+            key: b("k"),
+            delta: 9,
+        },
+        Op::Append {
+            key: b("k"),
+            value: b("+"),
+        },
+        Op::Swap {
+            key: b("k"),
+            new: Some(b("s")),
+        },
+        Op::Swap {
+            key: b("k"),
+            new: None,
+        },
+        Op::ShardLeader {
+            shard: ShardId(1),
+            node: NodeId(2),
+        },
+        Op::MoveReplica {
+            shard: ShardId(1),
+            from: NodeId(2),
+            to: NodeId(3),
+        },
+        Op::RegisterNode {
+            node: NodeId(4),
+            addr: "127.0.0.1:9".parse().unwrap(),
+            identity: 5,
+        },
+        Op::SetNodeState {
+            node: NodeId(4),
+            state: NodeState::Draining,
+        },
+        Op::PauseBalancer { paused: true },
+    ];
+    for op in &ops {
+        let owned = WriteOp::from_op(op).expect("a write");
+        let borrowed = WriteOp::borrowed(op).expect("a write");
+        assert_eq!(
+            postcard::to_stdvec(&borrowed).unwrap(),
+            postcard::to_stdvec(&owned).unwrap(),
+            "{op:?}"
+        );
+    }
+    let get = Op::Get {
+        key: b("k"),
+        stale: false,
+    };
+    assert!(WriteOp::borrowed(&get).is_none() && WriteOp::borrowed(&Op::Status).is_none());
 }
