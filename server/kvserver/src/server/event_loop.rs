@@ -135,7 +135,10 @@ impl EventLoop {
         events: &mut UnboundedReceiver<DiskEvent>,
     ) -> Result<(), ServerError> {
         let mut writes_here = 0;
-        while self.flush(writes_here < WRITES_HERE_PER_TURN_MAX).await {
+        while self
+            .flush((writes_here < WRITES_HERE_PER_TURN_MAX).then_some(&mut *events))
+            .await
+        {
             writes_here += 1;
             self.gather_ready(events)?;
         }
@@ -279,7 +282,7 @@ impl EventLoop {
     }
 
     /// Handles `first` and every other disk event already queued.
-    fn on_disk_events(
+    pub(super) fn on_disk_events(
         &mut self,
         first: DiskEvent,
         events: &mut UnboundedReceiver<DiskEvent>,
@@ -373,7 +376,7 @@ impl EventLoop {
         }
         if result.is_ok() {
             // The disk is closed: nothing is written here.
-            self.flush(false).await;
+            self.flush(None).await;
         }
         // A storage failure's own words beat the generic "the disk thread stopped".
         let result = match (result, failed) {

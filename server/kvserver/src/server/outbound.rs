@@ -4,9 +4,9 @@
 //! finds the disk thread idle is written here instead, after the datagrams and replies
 //! (none of which waits for it: the core releases what does only after `on_disk_done`).
 
-use super::EventLoop;
+use super::{EventLoop, ServerError};
 use crate::core_events;
-use crate::disk::{Placed, WriteHereError};
+use crate::disk::{DiskEvent, Placed, WriteHereError};
 use crate::net::{ClientRoute, DropReason};
 use crate::resp::local::LOCAL_TOKEN;
 use kv_node::DiskWrite;
@@ -16,6 +16,7 @@ use kv_shared::proto::{ClientReply, Outcome};
 use kv_shared::wire::Kind;
 use kv_shared::NodeId;
 use std::net::SocketAddr;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 impl EventLoop {
     /// The stamp of the next datagram this node seals, to a receiver whose incarnation
@@ -31,23 +32,35 @@ impl EventLoop {
     }
 
     /// Takes the core's output and acts on it: disk writes, then datagrams, then replies.
-    /// With `may_write_here`, writes that the disk thread would take at once are written
-    /// and synced here instead, after the datagrams and replies; then the core is told
-    /// they are durable and this returns true: it has more to send (the acks and replies
-    /// they released), and the caller flushes again.
-    pub(super) async fn flush(&mut self, may_write_here: bool) -> bool {
+    /// Given the disk thread's `events`, writes that the thread would take at once are
+    /// written and synced here instead, after the datagrams and replies; then the core is
+    /// told they are durable and this returns true: it has more to send (the acks and
+    /// replies they released), and the caller flushes again.
+    pub(super) async fn flush(
+        &mut self,
+        events: Option<&mut UnboundedReceiver<DiskEvent>>,
+    ) -> bool {
         let out = self.core.take_output();
         for e in &out.events {
             core_events::record(self.me, e, &self.metrics);
         }
-        let here = may_write_here
-            && !out.disk_writes.is_empty()
-            && self.disk.as_ref().is_some_and(|d| d.idle());
         let mut writes_here = Vec::new();
-        if here {
-            writes_here = out.disk_writes;
-        } else {
-            self.submit_writes(out.disk_writes);
+        match events {
+            Some(events)
+                if !out.disk_writes.is_empty() && self.disk.as_ref().is_some_and(|d| d.idle()) =>
+            {
+                // An idle thread has reported all it wrote: the core hears of those
+                // first, so it learns of durable writes in id order.
+                if let Ok(ev) = events.try_recv() {
+                    if let Err(ServerError::Disk(e)) = self.on_disk_events(ev, events) {
+                        // Never while idle (a failed thread counts its writes as
+                        // queued); should it come, it stops the node after this flush.
+                        self.disk_failure = Some(e);
+                    }
+                }
+                writes_here = out.disk_writes;
+            }
+            _ => self.submit_writes(out.disk_writes),
         }
         let knows = |peers: &[(NodeId, SocketAddr)], to: NodeId| peers.iter().any(|p| p.0 == to);
         if out.datagrams.iter().any(|(to, _)| !knows(&self.peers, *to)) {
