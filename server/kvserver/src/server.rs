@@ -50,6 +50,12 @@ pub const RECV_BATCH_MAX: usize = 256;
 /// Most writes one event-loop turn writes and syncs itself (`DiskThread::write_here`)
 /// before it goes back to its timers: each blocks the loop for an fsync.
 pub const WRITES_HERE_PER_TURN_MAX: usize = 4;
+/// Most inputs (datagrams, Redis gateway requests) taken in since the last flush, and
+/// most client requests waiting for their answer, for the flush's writes to be made by
+/// the loop itself. More say the node is busy: while the disk thread syncs, the loop
+/// goes on serving them (acks and requests of its groups), which a loop blocked in an
+/// fsync could not.
+pub const WRITE_HERE_INPUTS_MAX: u64 = 1;
 /// How often the traffic counters are logged (at `info` when datagrams were dropped in
 /// the interval, else at `debug`).
 pub const METRICS_INTERVAL: Duration = Duration::from_secs(10);
@@ -322,6 +328,7 @@ pub async fn run_with_store<S: LogStore>(
         counters: Counters::default(),
         disk: Some(disk),
         disk_failure: None,
+        inputs_since_flush: 0,
         recv_buf: vec![0; DATAGRAM_BYTES_MAX + 1],
         datagram_buf: vec![0; DATAGRAM_BYTES_MAX],
         started: Instant::now(),
@@ -443,6 +450,9 @@ struct EventLoop {
     disk: Option<DiskThread>,
     /// A write or sync done on this thread failed: the node stops with it.
     disk_failure: Option<kv_storage::StorageError>,
+    /// Datagrams and gateway requests taken in since the last flush
+    /// ([`WRITE_HERE_INPUTS_MAX`]).
+    inputs_since_flush: u64,
     /// One byte longer than the largest datagram, so an oversized one shows as such.
     recv_buf: Vec<u8>,
     /// Where each datagram sent is made: its body is encoded at `BODY_OFFSET` and sealed

@@ -181,6 +181,7 @@ impl EventLoop {
     /// already (a write to the session id the client's UDP requests bind to), and the
     /// gateway checked the client's permission; the core checks a full disk itself.
     fn on_local_request(&mut self, local: LocalRequest) {
+        self.inputs_since_flush += 1;
         let request = self.local_requests.take(local);
         self.core.on_client_request(LOCAL_TOKEN, request);
     }

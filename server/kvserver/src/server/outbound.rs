@@ -4,7 +4,7 @@
 //! finds the disk thread idle is written here instead, after the datagrams and replies
 //! (none of which waits for it: the core releases what does only after `on_disk_done`).
 
-use super::{EventLoop, ServerError};
+use super::{EventLoop, ServerError, WRITE_HERE_INPUTS_MAX};
 use crate::core_events;
 use crate::disk::{DiskEvent, Placed, WriteHereError};
 use crate::net::{ClientRoute, DropReason};
@@ -33,7 +33,9 @@ impl EventLoop {
 
     /// Takes the core's output and acts on it: disk writes, then datagrams, then replies.
     /// Given the disk thread's `events`, writes that the thread would take at once are
-    /// written and synced here instead, after the datagrams and replies; then the core is
+    /// written and synced here instead, after the datagrams and replies, if the loop is
+    /// otherwise idle (at most [`WRITE_HERE_INPUTS_MAX`] inputs came since the last
+    /// flush, and at most that many client requests wait for an answer); then the core is
     /// told they are durable and this returns true: it has more to send (the acks and
     /// replies they released), and the caller flushes again.
     pub(super) async fn flush(
@@ -44,10 +46,14 @@ impl EventLoop {
         for e in &out.events {
             core_events::record(self.me, e, &self.metrics);
         }
+        let quiet = std::mem::take(&mut self.inputs_since_flush) <= WRITE_HERE_INPUTS_MAX
+            && self.core.pending_requests() as u64 <= WRITE_HERE_INPUTS_MAX;
         let mut writes_here = Vec::new();
         match events {
             Some(events)
-                if !out.disk_writes.is_empty() && self.disk.as_ref().is_some_and(|d| d.idle()) =>
+                if quiet
+                    && !out.disk_writes.is_empty()
+                    && self.disk.as_ref().is_some_and(|d| d.idle()) =>
             {
                 // An idle thread has reported all it wrote: the core hears of those
                 // first, so it learns of durable writes in id order.
