@@ -4,6 +4,12 @@
 //! written, then synced ONCE, then reported done together (group commit across shards
 //! and across rounds of the event loop).
 //!
+//! A small write that finds the thread idle is written and synced by the event loop
+//! itself ([`DiskThread::write_here`]): handing it over costs a wake-up of this thread
+//! and another of the loop when it is done, a large part of a put's latency at low load.
+//! The store is shared for that, but used by one side at a time: the loop touches it
+//! only while nothing is queued for the thread, and the thread only for queued writes.
+//!
 //! A full disk does not stop the thread: the write that hit it is retried (from the op
 //! that failed, since kv-storage leaves the log as it was before a failed write) until
 //! space frees up, and the event loop is told so it can refuse new client writes in the
@@ -13,7 +19,9 @@
 use kv_node::{DiskOp, DiskWrite};
 use kv_storage::Record;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
@@ -23,6 +31,9 @@ use tokio::sync::mpsc::UnboundedSender;
 pub const BATCH_WRITES_MAX: usize = 4096;
 /// How long the thread waits before retrying a write that found the disk full.
 pub const DISK_FULL_RETRY: Duration = Duration::from_secs(1);
+/// Most record payload bytes of a write the event loop writes itself: a round of small
+/// appends, not a catch-up batch (whose write would hold up every group's timers).
+pub const WRITE_HERE_BYTES_MAX: usize = 64 * 1024;
 
 /// How a storage operation failed, as far as the disk thread's policy is concerned.
 #[derive(Debug, thiserror::Error)]
@@ -105,10 +116,43 @@ pub enum DiskEvent {
 pub struct DiskThreadGone;
 
 /// Handle to the running disk thread.
-#[derive(Debug)]
 pub struct DiskThread {
     tx: Option<mpsc::Sender<Job>>,
     handle: Option<JoinHandle<()>>,
+    /// Writes queued for the thread and not yet reported done (or failed). At 0 the
+    /// thread does not touch the store, and every write it took is reported.
+    queued: Arc<AtomicUsize>,
+    store: Arc<Mutex<dyn LogStore>>,
+}
+
+impl std::fmt::Debug for DiskThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskThread")
+            .field("queued", &self.queued.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where [`DiskThread::write_here`] left a write.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Placed {
+    /// Written and synced on the caller's thread: durable now, and no
+    /// [`DiskEvent::Done`] will name it.
+    Durable(u64),
+    /// Queued for the disk thread, which reports it as any submitted write.
+    Queued,
+}
+
+/// Why [`DiskThread::write_here`] could not place a write.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteHereError {
+    /// Writing or syncing it failed for a reason other than a full disk: as for the
+    /// thread's own failures, the state on disk is unknown and the node must stop.
+    #[error(transparent)]
+    Failed(kv_storage::StorageError),
+    /// It had to be queued, and the thread has stopped.
+    #[error(transparent)]
+    Gone(#[from] DiskThreadGone),
 }
 
 impl DiskThread {
@@ -118,19 +162,76 @@ impl DiskThread {
         events: UnboundedSender<DiskEvent>,
     ) -> std::io::Result<DiskThread> {
         let (tx, rx) = mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let store = Arc::new(Mutex::new(store));
+        let thread_side = Side {
+            store: store.clone(),
+            queued: queued.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name("disk".into())
-            .spawn(move || disk_main(store, rx, events))?;
+            .spawn(move || disk_main(thread_side, rx, events))?;
         Ok(DiskThread {
             tx: Some(tx),
             handle: Some(handle),
+            queued,
+            store,
         })
     }
 
     /// Queues a write. Never blocks.
     pub fn submit(&self, write: DiskWrite) -> Result<(), DiskThreadGone> {
+        self.queue(Pending { write, ops_done: 0 })
+    }
+
+    fn queue(&self, pending: Pending) -> Result<(), DiskThreadGone> {
         let tx = self.tx.as_ref().ok_or(DiskThreadGone)?;
-        tx.send(Job::Write(write)).map_err(|_| DiskThreadGone)
+        // Counted before the thread can see it, so the count never reads 0 while the
+        // thread may still touch the store for it.
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        tx.send(Job(pending)).map_err(|_| DiskThreadGone)
+    }
+
+    /// True if the thread has nothing queued or in progress: every write it took is
+    /// durable and reported, and it will not touch the store until the next submit.
+    pub fn idle(&self) -> bool {
+        self.queued.load(Ordering::Acquire) == 0
+    }
+
+    /// Writes and syncs `write` on the calling thread, blocking it for the write and the
+    /// fsync, if the disk thread is [idle](Self::idle) and the write is small (appends
+    /// and compactions of at most [`WRITE_HERE_BYTES_MAX`] record bytes); otherwise, or
+    /// if it finds the disk full, queues it for the thread (which retries it from the op
+    /// that failed). Writes stay in id order either way: an idle thread holds none.
+    pub fn write_here(&self, write: DiskWrite) -> Result<Placed, WriteHereError> {
+        if !self.idle() || !small(&write) {
+            self.submit(write)?;
+            return Ok(Placed::Queued);
+        }
+        let mut store = match self.store.try_lock() {
+            Ok(store) => store,
+            // Poisoned: the thread panicked, and the submit reports it gone.
+            Err(_) => {
+                self.submit(write)?;
+                return Ok(Placed::Queued);
+            }
+        };
+        let id = write.id;
+        let mut one = VecDeque::from([Pending { write, ops_done: 0 }]);
+        match execute_all(&mut *store, &mut one) {
+            Ok(()) => {}
+            Err(StoreError::Full(_)) => {
+                drop(store);
+                let pending = one.pop_front().expect("the write is still there");
+                self.queue(pending)?;
+                return Ok(Placed::Queued);
+            }
+            Err(StoreError::Fatal(e)) => return Err(WriteHereError::Failed(e)),
+        }
+        match store.sync() {
+            Ok(()) => Ok(Placed::Durable(id)),
+            Err(StoreError::Fatal(e) | StoreError::Full(e)) => Err(WriteHereError::Failed(e)),
+        }
     }
 
     /// Closes the queue and waits (blocking) until the thread has written, synced and
@@ -145,11 +246,29 @@ impl DiskThread {
     }
 }
 
-/// What the event loop hands the disk thread.
-#[derive(Debug)]
-enum Job {
-    /// A write of the node core, executed in id order.
-    Write(DiskWrite),
+/// True if `write` is small enough for [`DiskThread::write_here`].
+fn small(write: &DiskWrite) -> bool {
+    let mut bytes = 0;
+    for op in &write.ops {
+        match op {
+            DiskOp::Append(record) => bytes += record.payload.len(),
+            DiskOp::Compact { .. } => {}
+            DiskOp::SaveSnapshot { .. }
+            | DiskOp::RemoveGroup { .. }
+            | DiskOp::TakeBackGroup { .. } => return false,
+        }
+    }
+    bytes <= WRITE_HERE_BYTES_MAX
+}
+
+/// What the event loop hands the disk thread: a write of the node core, executed in id
+/// order, from the op a full disk stopped at if the loop tried it first.
+struct Job(Pending);
+
+/// The disk thread's side of the shared store.
+struct Side<S> {
+    store: Arc<Mutex<S>>,
+    queued: Arc<AtomicUsize>,
 }
 
 /// A queued write and how many of its ops are already executed (a disk-full retry
@@ -160,24 +279,23 @@ struct Pending {
 }
 
 fn disk_main<S: LogStore>(
-    mut store: S,
+    side: Side<S>,
     rx: mpsc::Receiver<Job>,
     events: UnboundedSender<DiskEvent>,
 ) {
     let mut queue: VecDeque<Pending> = VecDeque::new();
     let mut open = true;
     let mut full = false;
-    let push = |queue: &mut VecDeque<Pending>, job: Job| {
-        let Job::Write(write) = job;
+    let push = |queue: &mut VecDeque<Pending>, Job(pending): Job| {
         if let Some(last) = queue.back() {
             assert!(
-                write.id > last.write.id,
+                pending.write.id > last.write.id,
                 "DiskWrites must come in id order: {} after {}",
-                write.id,
+                pending.write.id,
                 last.write.id
             );
         }
-        queue.push_back(Pending { write, ops_done: 0 });
+        queue.push_back(pending);
     };
     loop {
         if queue.is_empty() {
@@ -197,9 +315,15 @@ fn disk_main<S: LogStore>(
                 Err(TryRecvError::Disconnected) => open = false,
             }
         }
-        match execute_all(&mut store, &mut queue) {
+        // The loop takes the store only while nothing is queued, so this never waits.
+        let mut store = side
+            .store
+            .lock()
+            .expect("only the disk thread panics holding it");
+        match execute_all(&mut *store, &mut queue) {
             Ok(()) => {}
             Err(StoreError::Full(error)) => {
+                drop(store);
                 if !full {
                     full = true;
                     let _ = events.send(DiskEvent::Full(error));
@@ -225,15 +349,19 @@ fn disk_main<S: LogStore>(
             let _ = events.send(DiskEvent::Failed(error));
             return;
         }
+        drop(store);
         if full {
             full = false;
             let _ = events.send(DiskEvent::Recovered);
         }
         let ids: Vec<u64> = queue.drain(..).map(|p| p.write.id).collect();
+        let n = ids.len();
         if !ids.is_empty() && events.send(DiskEvent::Done(ids)).is_err() {
             // The event loop is gone; nothing can be acknowledged any more.
             return;
         }
+        // Only now: a loop that reads 0 finds these reported already.
+        side.queued.fetch_sub(n, Ordering::AcqRel);
     }
 }
 
@@ -242,7 +370,7 @@ fn disk_main<S: LogStore>(
 /// writes too, go to the store as one batch: with many groups a round holds an entries
 /// and a hard-state record per group, and one write(2) for all of them instead of one
 /// each is most of the disk thread's system calls.
-fn execute_all<S: LogStore>(
+fn execute_all<S: LogStore + ?Sized>(
     store: &mut S,
     queue: &mut VecDeque<Pending>,
 ) -> Result<(), StoreError> {
@@ -601,6 +729,115 @@ mod tests {
             erx.try_recv().is_err(),
             "something was reported after the failure"
         );
+    }
+
+    /// A thread over a fake store set up by `setup`, and its events.
+    fn started(setup: impl FnOnce(&mut Log)) -> (Fake, DiskThread, UnboundedReceiver<DiskEvent>) {
+        let fake = Fake::default();
+        fake.with(setup);
+        let (etx, erx) = unbounded_channel();
+        let disk = DiskThread::spawn(fake.clone(), etx).unwrap();
+        (fake, disk, erx)
+    }
+
+    fn wait_until(mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "waited 10 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The loop's own writes: durable when `write_here` returns and not before, never
+    /// reported as Done, and only while the thread holds nothing, so ids stay in order.
+    #[test]
+    fn a_write_here_returns_only_after_its_sync() {
+        let (fake, disk, mut erx) = started(|l| l.hold_sync = true);
+        let disk = Arc::new(disk);
+        let writer = {
+            let disk = disk.clone();
+            std::thread::spawn(move || disk.write_here(write(1)).unwrap())
+        };
+        wait_until(|| fake.with(|l| l.executed.len()) == 2);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!writer.is_finished(), "write_here returned before its sync");
+        fake.with(|l| l.hold_sync = false);
+        assert_eq!(writer.join().unwrap(), Placed::Durable(1));
+        assert_eq!(fake.with(|l| l.syncs.clone()), vec![2]);
+        assert!(erx.try_recv().is_err(), "a write here is not reported");
+        Arc::into_inner(disk).unwrap().finish().unwrap();
+    }
+
+    #[test]
+    fn a_write_here_waits_its_turn_behind_the_threads_writes() {
+        let (fake, disk, mut erx) = started(|l| l.hold_sync = true);
+        disk.submit(write(1)).unwrap();
+        wait_until(|| fake.with(|l| l.executed.len()) == 2);
+        assert!(!disk.idle());
+        // Queued behind write 1 at once, without waiting for its sync.
+        assert_eq!(disk.write_here(write(2)).unwrap(), Placed::Queued);
+        fake.with(|l| l.hold_sync = false);
+        assert_eq!(done_ids(&mut erx, 2), vec![1, 2]);
+        wait_until(|| disk.idle());
+        assert_eq!(disk.write_here(write(3)).unwrap(), Placed::Durable(3));
+        let executed = fake.with(|l| l.executed.clone());
+        assert_eq!(
+            executed.iter().map(|e| e.1 / 10).collect::<Vec<_>>(),
+            vec![1, 1, 2, 2, 3, 3]
+        );
+        disk.finish().unwrap();
+    }
+
+    #[test]
+    fn large_writes_and_snapshots_go_to_the_thread() {
+        let (_, disk, mut erx) = started(|_| {});
+        let big = DiskOp::Append(Record {
+            group: 0,
+            kind: 1,
+            sticky: false,
+            last_index: 1,
+            payload: vec![0; WRITE_HERE_BYTES_MAX + 1].into(),
+        });
+        let big = DiskWrite {
+            id: 1,
+            ops: vec![big],
+        };
+        assert_eq!(disk.write_here(big).unwrap(), Placed::Queued);
+        assert_eq!(done_ids(&mut erx, 1), vec![1]);
+        wait_until(|| disk.idle());
+        let removal = DiskWrite {
+            id: 2,
+            ops: vec![DiskOp::RemoveGroup { shard: 3 }],
+        };
+        assert_eq!(disk.write_here(removal).unwrap(), Placed::Queued);
+        assert_eq!(done_ids(&mut erx, 1), vec![2]);
+        disk.finish().unwrap();
+    }
+
+    /// A full disk met here hands the write to the thread, which resumes it at the op
+    /// that failed: no record is appended twice.
+    #[test]
+    fn a_write_here_that_finds_the_disk_full_is_resumed_by_the_thread() {
+        let (fake, disk, mut erx) = started(|l| l.full_after = Some(1));
+        let w = DiskWrite {
+            id: 1,
+            ops: vec![append(1), append(2)],
+        };
+        assert_eq!(disk.write_here(w).unwrap(), Placed::Queued);
+        assert_eq!(done_ids(&mut erx, 1), vec![1]);
+        assert_eq!(fake.with(|l| l.appended.clone()), vec![1, 2]);
+        assert_eq!(fake.with(|l| l.batches.clone()), vec![2, 1]);
+        disk.finish().unwrap();
+    }
+
+    #[test]
+    fn a_failed_sync_here_is_an_error_not_a_durable_write() {
+        let (_, disk, _erx) = started(|l| l.fail_sync = true);
+        match disk.write_here(write(1)) {
+            Err(WriteHereError::Failed(e)) => assert!(e.to_string().contains("fsync"), "{e}"),
+            other => panic!("expected Failed, got {other:?}"),
+        }
+        disk.finish().unwrap();
     }
 
     #[test]

@@ -118,6 +118,7 @@ struct Inner {
     peer_datagrams_sent: Counter,
     loop_turns: Family<WokeLabels, Counter>,
     disk_writes: Counter,
+    disk_writes_here: Counter,
     wal_syncs: Counter,
     datagrams_dropped: Family<ReasonLabels, Counter>,
     snapshots_sent: Counter,
@@ -163,6 +164,7 @@ impl Metrics {
             peer_datagrams_sent: Counter::default(),
             loop_turns: Family::default(),
             disk_writes: Counter::default(),
+            disk_writes_here: Counter::default(),
             wal_syncs: Counter::default(),
             datagrams_dropped: Family::default(),
             snapshots_sent: Counter::default(),
@@ -253,12 +255,17 @@ impl Metrics {
         );
         r.register(
             "disk_writes",
-            "Writes (one per event-loop turn that had something to persist) handed to the disk thread",
+            "Writes (one per event-loop flush that had something to persist), by the disk thread or the event loop",
             inner.disk_writes.clone(),
         );
         r.register(
+            "disk_writes_here",
+            "Of disk_writes, those the event loop wrote and synced itself because the disk thread was idle",
+            inner.disk_writes_here.clone(),
+        );
+        r.register(
             "wal_syncs",
-            "WAL group commits (one fsync each) the disk thread reported",
+            "WAL group commits (one fsync each), the disk thread's and the event loop's",
             inner.wal_syncs.clone(),
         );
         r.register(
@@ -435,6 +442,7 @@ impl Metrics {
         raise(&m.datagrams_sent, counters.datagrams_out);
         raise(&m.peer_datagrams_sent, counters.peer_datagrams_out);
         raise(&m.disk_writes, counters.disk_writes);
+        raise(&m.disk_writes_here, counters.disk_writes_here);
         raise(&m.wal_syncs, counters.wal_syncs);
         for (&woke, &n) in &counters.turns {
             raise(&m.loop_turns.get_or_create(&WokeLabels { woke }), n);
@@ -686,6 +694,7 @@ mod tests {
         counters.datagrams_out = 9;
         counters.peer_datagrams_out = 6;
         counters.disk_writes = 4;
+        counters.disk_writes_here = 2;
         counters.wal_syncs = 3;
         counters.turns.insert("socket", 5);
         counters.turns.insert("disk", 2);
@@ -698,6 +707,7 @@ mod tests {
         };
         assert_eq!(value("raftkv_peer_datagrams_sent_total"), Some(6));
         assert_eq!(value("raftkv_disk_writes_total"), Some(4));
+        assert_eq!(value("raftkv_disk_writes_here_total"), Some(2));
         assert_eq!(value("raftkv_wal_syncs_total"), Some(3));
         assert_eq!(value("raftkv_loop_turns_total{woke=\"socket\"}"), Some(5));
         assert_eq!(value("raftkv_loop_turns_total{woke=\"disk\"}"), Some(2));

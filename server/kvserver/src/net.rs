@@ -262,9 +262,11 @@ pub struct Counters {
     /// datagrams, disk writes and WAL syncs, the turn structure a benchmark divides by
     /// its operations (bench/syscalls.py).
     pub turns: std::collections::BTreeMap<&'static str, u64>,
-    /// DiskWrites handed to the disk thread (at most one per turn).
+    /// DiskWrites made (at most one per flush), by the disk thread or the loop itself.
     pub disk_writes: u64,
-    /// Group commits the disk thread reported (one fsync each).
+    /// Of `disk_writes`, those the loop wrote and synced itself (the thread was idle).
+    pub disk_writes_here: u64,
+    /// WAL group commits (one fsync each), the disk thread's and the loop's.
     pub wal_syncs: u64,
     drops: [u64; DROP_KINDS],
     warn: [RateLimit; DROP_KINDS],
@@ -282,6 +284,7 @@ impl Default for Counters {
             peer_datagrams_out: 0,
             turns: std::collections::BTreeMap::new(),
             disk_writes: 0,
+            disk_writes_here: 0,
             wal_syncs: 0,
             drops: [0; DROP_KINDS],
             warn: std::array::from_fn(|_| RateLimit::new(DROP_WARN_INTERVAL)),

@@ -2,7 +2,9 @@
 //! node core in the middle. Every wake-up feeds the core as much input as is ready
 //! (disk completions, a tick, every queued datagram), then takes its output once and
 //! acts on it: writes to the disk thread first (so the fsync starts early), then peer
-//! datagrams, then client replies batched per address.
+//! datagrams, then client replies batched per address. A small write that finds the
+//! disk thread idle is written and synced here instead, last, saving the two thread
+//! wake-ups on the way to its acknowledgement.
 //!
 //! Every datagram is authenticated before any of its payload is decoded (the tag under
 //! the cluster key or the client's key, then the sender's replay window); nothing is ever
@@ -11,7 +13,8 @@
 //!
 //! Acknowledgements are safe by construction: the core only releases a client reply
 //! or a vote after `on_disk_done`, which this loop calls only for writes the disk thread
-//! reported synced. A kill -9 at any instant therefore loses nothing acknowledged.
+//! reported synced or that it synced itself. A kill -9 at any instant therefore loses
+//! nothing acknowledged.
 
 use crate::auth::{next_incarnation, ClientWindows, NodeKeys, SessionBindings};
 use crate::balancer::{self, Leadership};
@@ -44,6 +47,15 @@ pub use error::ServerError;
 /// Most datagrams read from the socket before the loop hands control back (so ticks and
 /// disk completions are never starved by a flood) and flushes the core's output.
 pub const RECV_BATCH_MAX: usize = 256;
+/// Most writes one event-loop turn writes and syncs itself (`DiskThread::write_here`)
+/// before it goes back to its timers: each blocks the loop for an fsync.
+pub const WRITES_HERE_PER_TURN_MAX: usize = 4;
+/// Most inputs (datagrams, Redis gateway requests) taken in since the last flush, and
+/// most client requests waiting for their answer, for the flush's writes to be made by
+/// the loop itself. More say the node is busy: while the disk thread syncs, the loop
+/// goes on serving them (acks and requests of its groups), which a loop blocked in an
+/// fsync could not.
+pub const WRITE_HERE_INPUTS_MAX: u64 = 1;
 /// How often the traffic counters are logged (at `info` when datagrams were dropped in
 /// the interval, else at `debug`).
 pub const METRICS_INTERVAL: Duration = Duration::from_secs(10);
@@ -315,6 +327,8 @@ pub async fn run_with_store<S: LogStore>(
         clients: ClientAddrs::default(),
         counters: Counters::default(),
         disk: Some(disk),
+        disk_failure: None,
+        inputs_since_flush: 0,
         recv_buf: vec![0; DATAGRAM_BYTES_MAX + 1],
         datagram_buf: vec![0; DATAGRAM_BYTES_MAX],
         started: Instant::now(),
@@ -432,8 +446,13 @@ struct EventLoop {
     session_bindings: SessionBindings,
     clients: ClientAddrs,
     counters: Counters,
-    /// `None` once shutdown has closed it.
+    /// `None` once shutdown has closed it (or a write here failed).
     disk: Option<DiskThread>,
+    /// A write or sync done on this thread failed: the node stops with it.
+    disk_failure: Option<kv_storage::StorageError>,
+    /// Datagrams and gateway requests taken in since the last flush
+    /// ([`WRITE_HERE_INPUTS_MAX`]).
+    inputs_since_flush: u64,
     /// One byte longer than the largest datagram, so an oversized one shows as such.
     recv_buf: Vec<u8>,
     /// Where each datagram sent is made: its body is encoded at `BODY_OFFSET` and sealed

@@ -2,7 +2,10 @@
 //! completions, ticks, registration news, the Redis gateway's requests), the periodic metrics,
 //! and the orderly finish on shutdown.
 
-use super::{EventLoop, ServerError, METRICS_INTERVAL, METRICS_SYNC_TICKS, SLOW_TURN};
+use super::{
+    EventLoop, ServerError, METRICS_INTERVAL, METRICS_SYNC_TICKS, SLOW_TURN,
+    WRITES_HERE_PER_TURN_MAX,
+};
 use crate::balancer::Leadership;
 use crate::disk::DiskEvent;
 use crate::registration::RegistrationEvent;
@@ -108,13 +111,38 @@ impl EventLoop {
             if let Err(e) = step.and_then(|()| self.gather_ready(&mut events)) {
                 break Err(e);
             }
-            self.flush().await;
+            if let Err(e) = self.flush_all(&mut events).await {
+                break Err(e);
+            }
             self.note_turn(woke, turn_started);
+            if let Some(e) = self.disk_failure.take() {
+                break Err(ServerError::Disk(e));
+            }
             if self.disk.is_none() {
                 break Err(ServerError::DiskThreadStopped);
             }
         };
         self.finish(events, result).await
+    }
+
+    /// Flushes the core's output, and again after every write the flush made durable
+    /// itself (the acks and replies it released), taking in meanwhile whatever arrived
+    /// during its fsync (a follower's ack, the next requests). At most
+    /// [`WRITES_HERE_PER_TURN_MAX`] such writes, so a steady stream of them cannot keep
+    /// ticks and disk completions waiting; the last flush hands its writes to the thread.
+    async fn flush_all(
+        &mut self,
+        events: &mut UnboundedReceiver<DiskEvent>,
+    ) -> Result<(), ServerError> {
+        let mut writes_here = 0;
+        while self
+            .flush((writes_here < WRITES_HERE_PER_TURN_MAX).then_some(&mut *events))
+            .await
+        {
+            writes_here += 1;
+            self.gather_ready(events)?;
+        }
+        Ok(())
     }
 
     /// Takes in every other input that is already waiting (disk completions, queued
@@ -153,6 +181,7 @@ impl EventLoop {
     /// already (a write to the session id the client's UDP requests bind to), and the
     /// gateway checked the client's permission; the core checks a full disk itself.
     fn on_local_request(&mut self, local: LocalRequest) {
+        self.inputs_since_flush += 1;
         let request = self.local_requests.take(local);
         self.core.on_client_request(LOCAL_TOKEN, request);
     }
@@ -254,7 +283,7 @@ impl EventLoop {
     }
 
     /// Handles `first` and every other disk event already queued.
-    fn on_disk_events(
+    pub(super) fn on_disk_events(
         &mut self,
         first: DiskEvent,
         events: &mut UnboundedReceiver<DiskEvent>,
@@ -347,7 +376,8 @@ impl EventLoop {
             }
         }
         if result.is_ok() {
-            self.flush().await;
+            // The disk is closed: nothing is written here.
+            self.flush(None).await;
         }
         // A storage failure's own words beat the generic "the disk thread stopped".
         let result = match (result, failed) {

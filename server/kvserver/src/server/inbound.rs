@@ -38,6 +38,7 @@ impl EventLoop {
 
     fn on_datagram(&mut self, datagram: &mut [u8], from: SocketAddr) {
         self.counters.datagrams_in += 1;
+        self.inputs_since_flush += 1;
         let header = match wire::decode(datagram, self.cluster_id) {
             Ok((header, _)) => header,
             Err(e) => {

@@ -1,17 +1,22 @@
 //! What leaves on the socket: the core's output acted on in order (disk writes, peer
 //! datagrams, hellos, client replies batched per address), each datagram sealed in place
-//! under the receiver's key with the next stamp of this incarnation.
+//! under the receiver's key with the next stamp of this incarnation. A small write that
+//! finds the disk thread idle is written here instead, after the datagrams and replies
+//! (none of which waits for it: the core releases what does only after `on_disk_done`).
 
-use super::EventLoop;
+use super::{EventLoop, ServerError, WRITE_HERE_INPUTS_MAX};
 use crate::core_events;
+use crate::disk::{DiskEvent, Placed, WriteHereError};
 use crate::net::{ClientRoute, DropReason};
 use crate::resp::local::LOCAL_TOKEN;
+use kv_node::DiskWrite;
 use kv_shared::auth::{Stamp, BODY_BYTES_MAX, BODY_OFFSET, TAG_BYTES};
 use kv_shared::pack::{encoded_bytes, pack, PackLimit};
 use kv_shared::proto::{ClientReply, Outcome};
 use kv_shared::wire::Kind;
 use kv_shared::NodeId;
 use std::net::SocketAddr;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 impl EventLoop {
     /// The stamp of the next datagram this node seals, to a receiver whose incarnation
@@ -27,31 +32,41 @@ impl EventLoop {
     }
 
     /// Takes the core's output and acts on it: disk writes, then datagrams, then replies.
-    pub(super) async fn flush(&mut self) {
+    /// Given the disk thread's `events`, writes that the thread would take at once are
+    /// written and synced here instead, after the datagrams and replies, if the loop is
+    /// otherwise idle (at most [`WRITE_HERE_INPUTS_MAX`] inputs came since the last
+    /// flush, and at most that many client requests wait for an answer); then the core is
+    /// told they are durable and this returns true: it has more to send (the acks and
+    /// replies they released), and the caller flushes again.
+    pub(super) async fn flush(
+        &mut self,
+        events: Option<&mut UnboundedReceiver<DiskEvent>>,
+    ) -> bool {
         let out = self.core.take_output();
         for e in &out.events {
             core_events::record(self.me, e, &self.metrics);
         }
-        match &self.disk {
-            Some(disk) => {
-                for w in out.disk_writes {
-                    self.counters.disk_writes += 1;
-                    if disk.submit(w).is_err() {
-                        // The thread stopped; its Failed event (or the closed channel)
-                        // ends the loop. Nothing of this write is acknowledged.
-                        self.disk = None;
-                        break;
+        let quiet = std::mem::take(&mut self.inputs_since_flush) <= WRITE_HERE_INPUTS_MAX
+            && self.core.pending_requests() as u64 <= WRITE_HERE_INPUTS_MAX;
+        let mut writes_here = Vec::new();
+        match events {
+            Some(events)
+                if quiet
+                    && !out.disk_writes.is_empty()
+                    && self.disk.as_ref().is_some_and(|d| d.idle()) =>
+            {
+                // An idle thread has reported all it wrote: the core hears of those
+                // first, so it learns of durable writes in id order.
+                if let Ok(ev) = events.try_recv() {
+                    if let Err(ServerError::Disk(e)) = self.on_disk_events(ev, events) {
+                        // Never while idle (a failed thread counts its writes as
+                        // queued); should it come, it stops the node after this flush.
+                        self.disk_failure = Some(e);
                     }
                 }
+                writes_here = out.disk_writes;
             }
-            None => {
-                if !out.disk_writes.is_empty() {
-                    tracing::debug!(
-                        writes = out.disk_writes.len(),
-                        "disk closed for shutdown: dropping writes (nothing depends on them)"
-                    );
-                }
-            }
+            _ => self.submit_writes(out.disk_writes),
         }
         let knows = |peers: &[(NodeId, SocketAddr)], to: NodeId| peers.iter().any(|p| p.0 == to);
         if out.datagrams.iter().any(|(to, _)| !knows(&self.peers, *to)) {
@@ -86,7 +101,64 @@ impl EventLoop {
         for (addr, route, ticket) in std::mem::take(&mut self.client_hellos) {
             self.send_replies(addr, route, &[], ticket).await;
         }
-        let mut replies = out.replies;
+        self.answer_clients(out.replies).await;
+        self.write_here(writes_here)
+    }
+
+    /// Hands `writes` to the disk thread.
+    fn submit_writes(&mut self, writes: Vec<DiskWrite>) {
+        let Some(disk) = &self.disk else {
+            if !writes.is_empty() {
+                tracing::debug!(
+                    writes = writes.len(),
+                    "disk closed for shutdown: dropping writes (nothing depends on them)"
+                );
+            }
+            return;
+        };
+        for w in writes {
+            self.counters.disk_writes += 1;
+            if disk.submit(w).is_err() {
+                // The thread stopped; its Failed event (or the closed channel)
+                // ends the loop. Nothing of this write is acknowledged.
+                self.disk = None;
+                break;
+            }
+        }
+    }
+
+    /// Writes and syncs `writes` on this thread where the disk thread is idle
+    /// (`DiskThread::write_here`; it queues the rest) and tells the core which are
+    /// durable. True if any was. A failure stops the node: `disk_failure` is set.
+    fn write_here(&mut self, writes: Vec<DiskWrite>) -> bool {
+        let mut durable = false;
+        for w in writes {
+            let Some(disk) = &self.disk else {
+                break;
+            };
+            self.counters.disk_writes += 1;
+            match disk.write_here(w) {
+                Ok(Placed::Durable(id)) => {
+                    self.counters.wal_syncs += 1;
+                    self.counters.disk_writes_here += 1;
+                    self.core.on_disk_done(id);
+                    durable = true;
+                }
+                Ok(Placed::Queued) => {}
+                Err(WriteHereError::Failed(e)) => {
+                    self.disk_failure = Some(e);
+                    self.disk = None;
+                }
+                // The thread's Failed event (or the closed channel) ends the loop.
+                Err(WriteHereError::Gone(_)) => self.disk = None,
+            }
+        }
+        durable
+    }
+
+    /// Sends each client its replies, batched per address (the Redis gateway's through
+    /// its channel).
+    async fn answer_clients(&mut self, mut replies: Vec<(kv_node::ClientToken, ClientReply)>) {
         if replies.iter().any(|(token, _)| *token == LOCAL_TOKEN) {
             let (local, udp) = replies.into_iter().partition(|(t, _)| *t == LOCAL_TOKEN);
             replies = udp;
