@@ -167,6 +167,32 @@ def machine_info():
     }
 
 
+FSYNC_PROBE_WRITES = 400
+FSYNC_PROBE_BYTES = 4096
+
+
+def fdatasync_latency(workdir, writes=FSYNC_PROBE_WRITES, size=FSYNC_PROBE_BYTES):
+    """The data disk's fdatasync of a small append, the floor under a put's latency:
+    `writes` appends of `size` bytes to a fresh file in `workdir` (where the clusters'
+    data dirs go), each followed by fdatasync, timed together. Percentiles in µs."""
+    path = Path(workdir) / "fdatasync-probe"
+    block = b"\xa5" * size
+    times = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for _ in range(writes):
+            t0 = time.perf_counter()
+            os.write(fd, block)
+            os.fdatasync(fd)
+            times.append((time.perf_counter() - t0) * 1e6)
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    times.sort()
+    pick = lambda q: round(times[min(len(times) - 1, int(q * len(times)))], 1)
+    return {"writes": writes, "bytes": size, "p50_us": pick(0.5), "p90_us": pick(0.9), "p99_us": pick(0.99)}
+
+
 def git_commit():
     r = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
@@ -887,6 +913,17 @@ def table(results):
             f"{p['system']:7} {p['name']:48} {p['ops_per_s']:>9.0f} {ms(l.get('p50_us')):>7} {ms(l.get('p90_us')):>7} "
             f"{ms(l.get('p99_us')):>7} {ms(l.get('p999_us')):>7} {ms(l.get('max_us')):>8} {p['errors']:>5} {p['server_cpu_us_per_op']:>9.1f}"
         )
+    f = results.get("fdatasync")
+    if f:
+        lines.append("")
+        lines.append(
+            f"data disk: fdatasync of a {f['bytes']} B append p50 {ms(f['p50_us'])} ms, p90 {ms(f['p90_us'])} ms, "
+            f"p99 {ms(f['p99_us'])} ms ({f['writes']} writes, before the clusters start)"
+        )
+        for p in results["points"]:
+            if p["system"] == "raftkv" and p.get("op") == "put" and p.get("clients") == 1:
+                over = (p["latency_us"]["p50_us"] - f["p50_us"]) / 1000
+                lines.append(f"  {p['name']}: p50 is fdatasync p50 + {over:.3f} ms")
     if results["ratios"]:
         lines.append("")
         lines.append(f"{'raftkv / etcd, same run':48} {'throughput':>10} {'p50':>7} {'p99':>7} {'cpu/op':>7}")
@@ -1001,6 +1038,9 @@ def main():
         bins = build(not args.no_raftkv, with_etcd)
     workdir = Path(tempfile.mkdtemp(prefix="raftkv-bench-"))
     log(f"data dirs and logs under {workdir}")
+    results["fdatasync"] = fdatasync_latency(workdir)
+    f = results["fdatasync"]
+    log(f"fdatasync of a {f['bytes']} B append: p50 {ms(f['p50_us'])} ms, p99 {ms(f['p99_us'])} ms ({f['writes']} writes)")
     try:
         if with_etcd:
             run_etcd(args, bins, workdir, results)
