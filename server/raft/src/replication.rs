@@ -51,6 +51,8 @@ impl Raft {
             _ => return,
         };
         if bcast {
+            self.lazy_refresh_fast();
+            self.lazy_rewind_fast();
             for id in self.peers() {
                 while self.maybe_send_append(id, false) {}
             }
@@ -83,6 +85,9 @@ impl Raft {
     /// Sends one Append (or snapshot chunks) to `to` if its flow control allows. Returns
     /// true if something was sent.
     pub(crate) fn maybe_send_append(&mut self, to: NodeId, send_if_empty: bool) -> bool {
+        if self.lazy_holds(to) {
+            return false;
+        }
         let inflight_max = self.cfg.inflight_appends_max;
         let RoleState::Leader(ls) = &mut self.role else {
             return false;
@@ -173,6 +178,14 @@ impl Raft {
         if let MessageBody::HeartbeatResp { .. } = m.body {
             pr.heartbeat_ask = None;
         }
+        match m.body {
+            MessageBody::AppendResp { .. } => self.lazy_answered(m.from, true),
+            MessageBody::HeartbeatResp { .. } => self.lazy_answered(m.from, false),
+            _ => {}
+        }
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
         match m.body {
             MessageBody::AppendResp {
                 reject,
@@ -458,6 +471,7 @@ impl Raft {
             targets.push((*id, c));
         }
         for (to, c) in targets {
+            self.lazy_send_held(to);
             self.send(
                 to,
                 MessageBody::Heartbeat {
