@@ -196,7 +196,23 @@ impl Raft {
             return;
         }
         rewind(pr);
+        // Entries riding with a heartbeat are not contact of their own: the follower
+        // was not sent them since the previous heartbeat, and must not lose the next
+        // one to suppression (its timer would then go two intervals unreset).
+        let contacted = pr.contacted;
         self.lazy_send_open(to);
+        if let RoleState::Leader(ls) = &mut self.role {
+            if let Some(pr) = ls.progress.get_mut(&to) {
+                pr.contacted = contacted;
+            }
+        }
+    }
+
+    /// True if `p` lacks entries that lazy followers held back from it: with
+    /// `heartbeat_suppression_strict` it is then not skipped, since the heartbeat is
+    /// what carries them.
+    pub(crate) fn lazy_lacks(&self, p: &Progress) -> bool {
+        self.cfg.lazy_followers && p.match_ < self.log.last_index()
     }
 
     /// Sends `to` everything its flow allows, the gate open.

@@ -420,6 +420,13 @@ impl Raft {
         // Heard within half a CheckQuorum period: its next answer will come in time even
         // if this heartbeat is skipped and the next one is not.
         let answering_ticks = u64::from(self.cfg.election_ticks_min / 2);
+        let lacking: BTreeSet<NodeId> = match &self.role {
+            RoleState::Leader(ls) => (ls.progress.iter())
+                .filter(|(_, p)| self.lazy_lacks(p))
+                .map(|(id, _)| *id)
+                .collect(),
+            _ => BTreeSet::new(),
+        };
         let RoleState::Leader(ls) = &mut self.role else {
             return;
         };
@@ -440,7 +447,7 @@ impl Raft {
             .iter()
             .map(|(id, p)| {
                 let answering = now - p.heard_at < answering_ticks;
-                let acked = !strict || p.all_acknowledged();
+                let acked = !strict || (p.all_acknowledged() && !lacking.contains(id));
                 let skip = suppress && reads_round == 0 && p.contacted && answering && acked;
                 (*id, skip)
             })
