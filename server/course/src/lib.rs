@@ -10,8 +10,8 @@
 //! - [`handoff`]: who answers a put across a leader change (side info, orphans).
 //! - [`requests`]: the MID table (each MID answered once), sessions, outcome -> answer.
 //! - [`loss`]: the drop rate, from sequence numbers on peer datagrams.
-//! - [`policy`]: which peer messages leave now (lazy followers, stall release, heartbeat
-//!   suppression); the leader lease for gets is kv-raft's (`lease_reads`).
+//! - [`stall`]: when a leader releases a stalled commit and whether it sends wide (the
+//!   timing of kv-raft's lazy followers).
 //! - [`vote_resend`]: when to ask kv-raft to resend unanswered vote requests.
 //! - [`settings`]: this mode's timing and traffic settings.
 //! - [`runtime`]: the socket loop.
@@ -20,9 +20,9 @@ pub mod handoff;
 pub mod ids;
 pub mod loss;
 pub mod peer;
-pub mod policy;
 pub mod protocol;
 pub mod requests;
 pub mod runtime;
 pub mod settings;
+pub mod stall;
 pub mod vote_resend;

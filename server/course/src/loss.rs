@@ -1,7 +1,7 @@
 //! An estimate of the harness's drop rate, from sequence numbers on peer datagrams. It
-//! exists because the send policy's best choices differ by loss: two fast followers
+//! exists because the best choices of lazy followers differ by loss: two fast followers
 //! under light loss, every follower at once and a precise stall timer under heavy loss,
-//! and a running stall rate mixes loss with the policy's own mode.
+//! and a running stall rate mixes loss with the sending mode it decides.
 //!
 //! Every peer datagram carries a number counting the datagrams its sender sent to this
 //! destination (field `s`); a gap between two numbers received from one sender is that

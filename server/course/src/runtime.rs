@@ -4,17 +4,17 @@
 //!
 //! Order of each turn: receive (one datagram, then whatever else is already queued), run
 //! due ticks, release parked requests, then flush: complete the core's disk writes at once
-//! (memory is the storage here: the harness never restarts a replica), answer clients,
-//! then route peer messages through the [`SendPolicy`].
+//! (memory is the storage here: the harness never restarts a replica), ask kv-raft for
+//! what the [`StallTimer`] says is due, answer clients, then send the peer messages.
 
 use crate::handoff::{CommitNotice, Duty, Handoff, SideInfo};
 use crate::ids::{CourseId, Roster};
 use crate::loss::{LossMeter, SendCounter};
 use crate::peer;
-use crate::policy::{self, SendPolicy, View};
 use crate::protocol::{self, Answer, Inbound};
 use crate::requests::{disposition, Disposition, MidTable};
 use crate::settings::Settings;
+use crate::stall::{self, StallAction, StallTimer, View};
 use crate::vote_resend::VoteResends;
 use bytes::Bytes;
 use kv_node::{ClientToken, GroupMessage, NodeConfig, NodeCore};
@@ -38,7 +38,7 @@ const RECV_BYTES_MAX: usize = 65_536;
 const WAIT_MIN: Duration = Duration::from_micros(50);
 /// kv-raft resends an unechoed heartbeat after this many ticks, then 2 and 4 times as
 /// many (a harness round trip is ~0.5 ms, a tick 10 ms), while
-/// [`policy::wants_heartbeat_resends`] says so.
+/// [`stall::wants_heartbeat_resends`] says so.
 const HEARTBEAT_RESEND_TICKS: u32 = 1;
 
 /// Builds the node core's settings for course mode: one group, every replica a voter,
@@ -65,30 +65,37 @@ pub fn node_config(settings: &Settings, roster: &Roster) -> NodeConfig {
             election_ticks_max: settings.election_ticks_max,
             lease_reads: true,
             lease_margin_ticks: settings.lease_margin_ticks,
-            // The send policy holds appends for lazy followers: a held append is not
-            // contact, so only followers that acknowledged everything skip a heartbeat
-            // (else a lazy follower would miss the heartbeat that carries its appends).
-            // Off while sending wide (`Runtime::flush`).
+            // Lazy followers hold entries back: a held entry is not contact, so only
+            // followers that acknowledged everything skip a heartbeat (else a lazy
+            // follower would miss the heartbeat that carries its entries). Off while
+            // sending wide (`Runtime::flush`).
             heartbeat_suppression: settings.suppress_heartbeats,
             heartbeat_suppression_strict: true,
             broadcast_commit: false,
-            // Fast retransmission is the policy's stall release (with back-off);
-            // kv-raft's own resends ride on heartbeats.
+            // Fast retransmission is the stall release (`Raft::release_stalled`, timed
+            // by `StallTimer` with back-off); kv-raft's own resends ride on heartbeats.
             retransmit_ticks: None,
             // Loss is unknown at start: resend (`Runtime::flush` switches it with the
             // loss estimate).
             heartbeat_resend_ticks: Some(HEARTBEAT_RESEND_TICKS),
             silent_follower_ticks: Some(silent_follower_ticks(settings)),
+            lazy_followers: settings.lazy_followers,
+            lazy_grace_ticks: ticks_of(stall::LEADER_GRACE, settings),
             ..kv_raft::Config::new(roster.me_node(), 0)
         },
         quiesce: false,
     }
 }
 
-/// [`policy::SILENT_AFTER`] in ticks of `settings` (at least one).
+/// [`stall::SILENT_AFTER`] in ticks of `settings` (at least one).
 fn silent_follower_ticks(settings: &Settings) -> u32 {
-    let ticks = policy::SILENT_AFTER.as_nanos() / settings.tick.as_nanos().max(1);
-    u32::try_from(ticks).unwrap_or(u32::MAX).max(1)
+    ticks_of(stall::SILENT_AFTER, settings).max(1)
+}
+
+/// `span` in whole ticks of `settings`.
+fn ticks_of(span: Duration, settings: &Settings) -> u32 {
+    let ticks = span.as_nanos() / settings.tick.as_nanos().max(1);
+    u32::try_from(ticks).unwrap_or(u32::MAX)
 }
 
 /// One replica under the harness.
@@ -99,7 +106,7 @@ pub struct Runtime {
     settings: Settings,
     core: NodeCore,
     mids: MidTable,
-    policy: SendPolicy,
+    stalls: StallTimer,
     started: Instant,
     next_tick: Instant,
     /// Requests held because the leader we would redirect to seems gone: token -> since.
@@ -128,6 +135,8 @@ pub struct Runtime {
     heartbeat_resends: bool,
     /// Whether kv-raft's heartbeat suppression is on (it starts as the settings say).
     heartbeat_suppression: bool,
+    /// Whether kv-raft's lazy followers are all fast (`set_send_wide`; starts off).
+    send_wide: bool,
 }
 
 impl Runtime {
@@ -143,7 +152,7 @@ impl Runtime {
         let started = Instant::now();
         let core = NodeCore::new(node_config(&settings, &roster), Default::default())
             .map_err(|e| anyhow::anyhow!("empty in-memory state failed to load: {e}"))?;
-        let policy = SendPolicy::new(settings.clone(), roster.me_node(), &roster.members());
+        let stalls = StallTimer::new(settings.clone());
         let settings_suppress = settings.suppress_heartbeats;
         let handoff = Handoff::new(roster.me_node());
         let notice = CommitNotice::new(
@@ -158,7 +167,7 @@ impl Runtime {
             settings,
             core,
             mids: MidTable::default(),
-            policy,
+            stalls,
             started,
             parked: HashMap::new(),
             park_started: HashMap::new(),
@@ -173,6 +182,7 @@ impl Runtime {
             vote_resends: VoteResends::default(),
             heartbeat_resends: true,
             heartbeat_suppression: settings_suppress,
+            send_wide: false,
         })
     }
 
@@ -188,7 +198,7 @@ impl Runtime {
     fn turn(&mut self, buf: &mut [u8]) -> anyhow::Result<()> {
         let now = Instant::now();
         let mut deadline = self.next_tick;
-        if let Some(d) = self.policy.next_deadline() {
+        if let Some(d) = self.stalls.next_deadline() {
             deadline = deadline.min(d);
         }
         if let Some(d) = self.park_deadline() {
@@ -203,9 +213,9 @@ impl Runtime {
         let wait = deadline.saturating_duration_since(now).max(WAIT_MIN);
         // The socket's receive timeout counts scheduler ticks (4 ms here): a 1 ms stall
         // release would leave 4-9 ms late. Under heavy loss that lateness is the median
-        // latency, so the policy asks for a precise wait there; under light loss the
+        // latency, so the stall timer asks for a precise wait there; under light loss the
         // coarse one sends fewer needless releases (docs/COURSE_MODE.md, "Timing").
-        let (waited, drain) = if self.policy.precise_timing() {
+        let (waited, drain) = if self.stalls.precise_timing() {
             self.wait_precisely(wait)?;
             (true, DRAIN_DATAGRAMS_MAX)
         } else {
@@ -347,7 +357,6 @@ impl Runtime {
                     self.handoff.learn(info);
                 }
                 self.note_entries(&msgs);
-                self.policy.on_inbound(from, &msgs, now);
                 self.core.on_peer_messages(from, msgs);
             }
             Inbound::Ignored => {}
@@ -461,6 +470,7 @@ impl Runtime {
         let mut applied = Vec::new();
         let mut proposed = Vec::new();
         let mut votes_resent = false;
+        let mut stall_checked = false;
         loop {
             let out = self.core.take_output();
             replies.extend(out.replies);
@@ -468,12 +478,18 @@ impl Runtime {
             applied.extend(out.applied);
             proposed.extend(out.proposed);
             if out.disk_writes.is_empty() {
-                if votes_resent || !self.vote_resend_due(&datagrams, now) {
-                    break;
+                if !votes_resent && self.vote_resend_due(&datagrams, now) {
+                    votes_resent = true;
+                    self.core.resend_vote_requests();
+                    continue;
                 }
-                votes_resent = true;
-                self.core.resend_vote_requests();
-                continue;
+                if !stall_checked {
+                    stall_checked = true;
+                    if self.release_if_stalled(now) {
+                        continue;
+                    }
+                }
+                break;
             }
             // In memory, "durable" is now.
             for w in out.disk_writes {
@@ -487,17 +503,15 @@ impl Runtime {
                 self.trace(format_args!("view {view:?} loss {:?}", self.loss.loss()));
             }
         }
-        self.policy.set_loss(self.loss.loss());
-        let resends = policy::wants_heartbeat_resends(self.loss.loss());
+        let resends = stall::wants_heartbeat_resends(self.loss.loss());
         if resends != self.heartbeat_resends {
             self.heartbeat_resends = resends;
             self.core
                 .set_heartbeat_resend_ticks(resends.then_some(HEARTBEAT_RESEND_TICKS));
         }
-        self.policy.observe(view, now);
         // Sending wide (heavy loss), every heartbeat goes: the lease needs their echoes,
         // and no lazy follower is left to give them.
-        let suppress = self.settings.suppress_heartbeats && !self.policy.sending_wide();
+        let suppress = self.settings.suppress_heartbeats && !self.stalls.sending_wide();
         if suppress != self.heartbeat_suppression {
             self.heartbeat_suppression = suppress;
             self.core.set_heartbeat_suppression(suppress);
@@ -565,10 +579,6 @@ impl Runtime {
         // Every answer of this turn has left: the commit index is answered through.
         let answered = self.handoff.answered_through(view.commit);
         for (dst, msgs) in datagrams {
-            let msgs = self.policy.route(dst, msgs, now);
-            self.send_peer(dst, msgs, answered, now);
-        }
-        for (dst, msgs) in self.policy.release_if_stalled(now) {
             self.send_peer(dst, msgs, answered, now);
         }
         if self.notice.due(view.role == Role::Leader, view.commit, now) {
@@ -595,6 +605,35 @@ impl Runtime {
         let seq = self.sent.next(dst_node);
         let bytes = protocol::commit_notice(self.roster.me(), dst, leader, answered, seq);
         let _ = self.socket.send_to(&bytes, self.harness);
+    }
+
+    /// Brings the stall timer up to date with this turn's state (the view after every
+    /// input, the measured loss) and asks kv-raft for what it says is due: wide sending
+    /// switched, a stall noted, a stalled commit released. True if kv-raft was asked for
+    /// a release (its messages wait in the core's output). Nothing is released in the
+    /// quiet period, when no peer datagram leaves anyway.
+    fn release_if_stalled(&mut self, now: Instant) -> bool {
+        self.stalls.set_loss(self.loss.loss());
+        self.stalls.observe(self.view(), now);
+        let wide = self.stalls.sending_wide();
+        if wide != self.send_wide {
+            self.send_wide = wide;
+            self.core.set_send_wide(wide);
+        }
+        if now.saturating_duration_since(self.started) < self.settings.quiet {
+            return false;
+        }
+        match self.stalls.due(now) {
+            StallAction::Wait => false,
+            StallAction::Note => {
+                self.core.note_stall();
+                false
+            }
+            StallAction::Release { targeted } => {
+                self.core.release_stalled(targeted);
+                true
+            }
+        }
     }
 
     /// Follows the (pre-)vote rounds in the core's output (a round's requests start its

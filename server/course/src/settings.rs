@@ -35,12 +35,12 @@ pub struct Settings {
     /// Under light loss (see `stall_defer_rate_max_percent`), the first release of a
     /// stalled commit waits this long instead of [`Settings::stall`]: the next put's
     /// appends carry the stalled entry (and its acknowledgements cover it) at no extra
-    /// datagram. Only until this replica sees the leader change (`SendPolicy`'s
+    /// datagram. Only until this replica sees the leader change (`StallTimer`'s
     /// `leader_changed`). Zero turns deferral off.
     pub stall_defer: Duration,
     /// Until the drop rate is measured, deferral applies only while the leader's running
     /// stall rate (the fraction of commits that stalled) is below this many percent (see
-    /// `policy::DEFER_RATE_WEIGHT`); once it is measured, narrow sending decides.
+    /// `stall::DEFER_RATE_WEIGHT`); once it is measured, narrow sending decides.
     pub stall_defer_rate_max_percent: u32,
     /// kv-raft's strict heartbeat suppression: a leader skips the heartbeat to a
     /// follower that was sent an append since the previous one and acknowledged

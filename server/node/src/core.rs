@@ -531,6 +531,33 @@ impl NodeCore {
         }
     }
 
+    /// Asks every group's leader to release a stalled commit to its lazy followers
+    /// (`kv_raft::Raft::release_stalled`), for a runtime that times stall releases finer
+    /// than its tick (course mode).
+    pub fn release_stalled(&mut self, targeted: bool) {
+        for g in self.groups.iter_mut().filter(|g| !g.quiesced) {
+            g.raft.release_stalled(targeted);
+        }
+    }
+
+    /// Tells every group's leader a commit stalled (`kv_raft::Raft::note_stall`): fast
+    /// followers that left an Append unanswered are replaced.
+    pub fn note_stall(&mut self) {
+        for g in self.groups.iter_mut().filter(|g| !g.quiesced) {
+            g.raft.note_stall();
+        }
+    }
+
+    /// Switches wide sending of lazy followers in every group
+    /// (`kv_raft::Raft::set_send_wide`), for a runtime that decides it from the drop rate
+    /// it measures (course mode).
+    pub fn set_send_wide(&mut self, on: bool) {
+        self.config.raft.lazy_send_wide = on;
+        for g in self.groups.iter_mut() {
+            g.raft.set_send_wide(on);
+        }
+    }
+
     /// Switches kv-raft's heartbeat resends in every group
     /// (`kv_raft::Raft::set_heartbeat_resend_ticks`), for a runtime whose need for them
     /// depends on what it measures (course mode: the drop rate).

@@ -1,7 +1,7 @@
 //! Commit piggybacking as kv-raft's own: with `broadcast_commit` off, a leader sends an
 //! Append without entries only where `Config::broadcast_commit` says it must. Course
 //! mode counts every datagram and relies on this instead of holding such Appends itself;
-//! a randomized lossy cluster with course mode's options pins it.
+//! a randomized lossy cluster with course mode's options (lazy followers on and off) pins it.
 
 use crate::testing::{test_config, Cluster};
 use crate::types::MessageBody;
@@ -30,7 +30,8 @@ fn take_entryless(c: &mut Cluster) -> usize {
 /// A 5-replica cluster under drops, duplicates, reordering, partitions, crashes,
 /// compaction, proposals and (follower) reads, without membership changes or leadership
 /// transfers, with course mode's options. Entry-less Appends are counted and dropped.
-fn run(seed: u64, broadcast_commit: bool, steps: usize) -> Run {
+/// With `lazy`, lazy followers too, and stall releases asked for at random.
+fn run(seed: u64, broadcast_commit: bool, lazy: bool, steps: usize) -> Run {
     let mut rng = SmallRng::seed_from_u64(seed);
     let opts = Config {
         seed,
@@ -42,6 +43,8 @@ fn run(seed: u64, broadcast_commit: bool, steps: usize) -> Run {
         silent_follower_ticks: Some(30),
         vote_resend_ticks: Some(1),
         retransmit_ticks: Some(rng.gen_range(1..=3)),
+        lazy_followers: lazy,
+        lazy_grace_ticks: 2,
         ..test_config()
     };
     let mut c = Cluster::new(5, &[], opts);
@@ -117,6 +120,15 @@ fn run(seed: u64, broadcast_commit: bool, steps: usize) -> Run {
             {
                 c.compact(id)
             }
+            94 if lazy => {
+                if let Some(l) = c.leader() {
+                    let targeted = rng.gen_bool(0.5);
+                    let raft = &mut c.nodes.get_mut(&l).expect("node").raft;
+                    raft.note_stall();
+                    raft.release_stalled(targeted);
+                    c.process(l);
+                }
+            }
             94..=99 => c.cut.clear(),
             _ => {}
         }
@@ -128,10 +140,11 @@ fn run(seed: u64, broadcast_commit: bool, steps: usize) -> Run {
     out
 }
 
-#[test]
-fn without_commit_broadcasts_a_leader_sends_no_entryless_append() {
+/// 150 seeds without commit broadcasts: none sends an entry-less Append, and each
+/// commits at least 20 entries.
+fn assert_no_entryless_appends(lazy: bool) {
     for seed in 0..150 {
-        let r = run(seed, false, 2000);
+        let r = run(seed, false, lazy, 2000);
         assert_eq!(r.entryless, 0, "seed {seed}: entry-less Appends sent");
         assert!(
             r.committed >= 20,
@@ -142,11 +155,23 @@ fn without_commit_broadcasts_a_leader_sends_no_entryless_append() {
 }
 
 #[test]
+fn without_commit_broadcasts_a_leader_sends_no_entryless_append() {
+    assert_no_entryless_appends(false);
+}
+
+#[test]
 fn with_commit_broadcasts_the_same_runs_send_entryless_appends() {
     // The detector of the test above sees them when they are sent.
-    let sent: usize = (0..20).map(|seed| run(seed, true, 2000).entryless).sum();
+    let sent: usize = (0..20)
+        .map(|seed| run(seed, true, false, 2000).entryless)
+        .sum();
     assert!(
         sent > 100,
         "only {sent} entry-less Appends with broadcasts on"
     );
+}
+
+#[test]
+fn with_lazy_followers_the_same_runs_stay_safe_send_no_entryless_append_and_commit() {
+    assert_no_entryless_appends(true);
 }

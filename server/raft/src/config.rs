@@ -96,6 +96,22 @@ pub struct Config {
     /// term (dead or cut off) gets no heartbeat resends, only its periodic heartbeat,
     /// until it answers again. `None` (default): no follower is taken for silent.
     pub silent_follower_ticks: Option<u32>,
+    /// Lazy followers (the `lazy` module): a leader sends new entries at once only to
+    /// `quorum - 1` "fast" followers, ranked by who answered last, and the others catch up
+    /// from their next heartbeat (or a heartbeat resend, or a ReadIndex round), unless a
+    /// commit stalls and the caller asks for a release
+    /// ([`Raft::release_stalled`](crate::Raft::release_stalled)). Every Append it sends
+    /// carries all the entries the follower has not acknowledged. For a caller that
+    /// counts datagrams; it should also use `heartbeat_suppression_strict` (a held
+    /// Append is not contact). Default false.
+    pub lazy_followers: bool,
+    /// With `lazy_followers`, a new leader sends to every follower for this many ticks
+    /// first (its first Appends tell them who leads).
+    pub lazy_grace_ticks: u32,
+    /// With `lazy_followers`, every follower that is not silent is fast. The caller may
+    /// switch it at run time ([`Raft::set_send_wide`](crate::Raft::set_send_wide)).
+    /// Default false.
+    pub lazy_send_wide: bool,
     /// Most `read_index` requests a leader holds unconfirmed; more get
     /// [`ProposeError::TooManyPendingReads`](crate::ProposeError::TooManyPendingReads).
     pub pending_reads_max: usize,
@@ -154,6 +170,9 @@ impl Config {
             vote_resend_ticks: None,
             heartbeat_resend_ticks: None,
             silent_follower_ticks: None,
+            lazy_followers: false,
+            lazy_grace_ticks: 0,
+            lazy_send_wide: false,
             pending_reads_max: kv_shared::limits::PENDING_REQUESTS_MAX,
             snapshot_image_check: None,
             follower_reads: false,

@@ -354,6 +354,7 @@ impl Raft {
             lease: crate::lease::Lease::default(),
             bcast_pending: true,
             since: self.now,
+            lazy: Default::default(),
         }));
         self.leader = Some(me);
         self.leaderless_timeouts = 0;

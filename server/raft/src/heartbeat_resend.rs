@@ -103,6 +103,7 @@ impl Raft {
             }
         }
         for (to, commit, read_round) in due {
+            self.lazy_send_held(to);
             self.send(to, MessageBody::Heartbeat { commit, read_round });
         }
     }

@@ -30,6 +30,7 @@
 //! caller gets and gives back), `persist` (writes and what waits for them), `check`,
 //! `display` (the one text form of messages and entries, for transcripts and traces),
 //! `election`, `replication` (with heartbeats and ReadIndex rounds), `heartbeat_resend`,
+//! `lazy` (lazy followers),
 //! `follower_read` (ReadIndex asked of the leader by a follower), `snapshot`,
 //! `membership`, and the small pure pieces `log`, `progress`, `quorum`, `read_index`,
 //! `lease`.
@@ -53,6 +54,7 @@ mod election;
 mod events;
 mod follower_read;
 mod heartbeat_resend;
+mod lazy;
 mod lease;
 mod log;
 mod membership;

@@ -133,6 +133,8 @@ pub(crate) struct LeaderState {
     pub bcast_pending: bool,
     /// Tick at which this leadership began.
     pub since: u64,
+    /// Lazy followers' fast set and answer order (`Config::lazy_followers`).
+    pub lazy: crate::lazy::Lazy,
 }
 
 /// A message held until a write is durable (persist before send).

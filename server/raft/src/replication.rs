@@ -51,6 +51,8 @@ impl Raft {
             _ => return,
         };
         if bcast {
+            self.lazy_refresh_fast();
+            self.lazy_rewind_fast();
             for id in self.peers() {
                 while self.maybe_send_append(id, false) {}
             }
@@ -83,6 +85,9 @@ impl Raft {
     /// Sends one Append (or snapshot chunks) to `to` if its flow control allows. Returns
     /// true if something was sent.
     pub(crate) fn maybe_send_append(&mut self, to: NodeId, send_if_empty: bool) -> bool {
+        if self.lazy_holds(to) {
+            return false;
+        }
         let inflight_max = self.cfg.inflight_appends_max;
         let RoleState::Leader(ls) = &mut self.role else {
             return false;
@@ -173,6 +178,14 @@ impl Raft {
         if let MessageBody::HeartbeatResp { .. } = m.body {
             pr.heartbeat_ask = None;
         }
+        match m.body {
+            MessageBody::AppendResp { .. } => self.lazy_answered(m.from, true),
+            MessageBody::HeartbeatResp { .. } => self.lazy_answered(m.from, false),
+            _ => {}
+        }
+        let RoleState::Leader(ls) = &mut self.role else {
+            return;
+        };
         match m.body {
             MessageBody::AppendResp {
                 reject,
@@ -407,6 +420,13 @@ impl Raft {
         // Heard within half a CheckQuorum period: its next answer will come in time even
         // if this heartbeat is skipped and the next one is not.
         let answering_ticks = u64::from(self.cfg.election_ticks_min / 2);
+        let lacking: BTreeSet<NodeId> = match &self.role {
+            RoleState::Leader(ls) => (ls.progress.iter())
+                .filter(|(_, p)| self.lazy_lacks(p))
+                .map(|(id, _)| *id)
+                .collect(),
+            _ => BTreeSet::new(),
+        };
         let RoleState::Leader(ls) = &mut self.role else {
             return;
         };
@@ -427,7 +447,7 @@ impl Raft {
             .iter()
             .map(|(id, p)| {
                 let answering = now - p.heard_at < answering_ticks;
-                let acked = !strict || p.all_acknowledged();
+                let acked = !strict || (p.all_acknowledged() && !lacking.contains(id));
                 let skip = suppress && reads_round == 0 && p.contacted && answering && acked;
                 (*id, skip)
             })
@@ -458,6 +478,7 @@ impl Raft {
             targets.push((*id, c));
         }
         for (to, c) in targets {
+            self.lazy_send_held(to);
             self.send(
                 to,
                 MessageBody::Heartbeat {

@@ -50,6 +50,8 @@ fn run_seed(seed: u64, steps: usize, bugs: &[Bug]) {
     opts.snapshot_inflight_bytes_max = 1 + seed as usize % 48;
     opts.retransmit_backoff_ticks_max = seed.is_multiple_of(3).then(|| 4 * opts.retransmit_ticks());
     opts.vote_resend_ticks = seed.is_multiple_of(2).then_some(1);
+    opts.lazy_followers = seed % 4 == 1;
+    opts.lazy_grace_ticks = (seed % 3) as u32;
     // Leases assume clocks that advance at the same rate: then every tick step ticks
     // every node once; otherwise nodes tick at random (arbitrary drift).
     let lockstep = opts.lease_reads;
