@@ -150,6 +150,8 @@ pub struct Stats {
     pub shards: u32,
     /// Replicas per shard.
     pub replication: usize,
+    /// Whether leaders ran kv-raft's lazy followers (course mode's send policy).
+    pub lazy_followers: bool,
     /// Simulated time at the end.
     pub end_ns: u64,
     /// Events processed.
