@@ -271,26 +271,45 @@ pub fn planner_view(
     }
 }
 
+/// Status rounds a refusal that rests on silence takes: a node that misses one round's
+/// answer (a lost datagram, a node busy for a second) is not yet taken for down.
+const VIEW_ROUNDS_BEFORE_REFUSAL: u32 = 3;
+
+/// A view that passes `check`, reading the status again while it does not, at most
+/// [`VIEW_ROUNDS_BEFORE_REFUSAL`] rounds; the last round's refusal otherwise.
+async fn view_passing(
+    client: &Client,
+    marked: Option<(NodeId, NodeState)>,
+    check: impl Fn(&View) -> Result<(), String>,
+) -> Result<View, Error> {
+    let mut round = 1;
+    loop {
+        let view = read_view(client, STATUS_TIMEOUT, marked, &BTreeMap::new()).await?;
+        match check(&view) {
+            Ok(()) => return Ok(view),
+            Err(why) if round == VIEW_ROUNDS_BEFORE_REFUSAL => return Err(refused(why)),
+            Err(_) => round += 1,
+        }
+    }
+}
+
 /// Runs a parsed command.
 pub async fn execute(client: &Client, cmd: BalanceCommand) -> Result<BalanceOutput, Error> {
     match cmd {
         BalanceCommand::Drain { node, drive } => {
-            let view = read_view(
-                client,
-                STATUS_TIMEOUT,
-                Some((node, NodeState::Draining)),
-                &BTreeMap::new(),
-            )
+            let marked = Some((node, NodeState::Draining));
+            let view = view_passing(client, marked, |view| {
+                check_node(view, node)?;
+                check_not_removed(view, node)?;
+                if !answers(view, node) {
+                    return Err(format!(
+                        "node {} does not answer: draining moves replicas off a node that runs; for a node that will not come back, use `node remove {} --dead`",
+                        node.0, node.0
+                    ));
+                }
+                check_room(view, node, "drain")
+            })
             .await?;
-            check_node(&view, node).map_err(refused)?;
-            check_not_removed(&view, node).map_err(refused)?;
-            if !answers(&view, node) {
-                return Err(refused(format!(
-                    "node {} does not answer: draining moves replicas off a node that runs; for a node that will not come back, use `node remove {} --dead`",
-                    node.0, node.0
-                )));
-            }
-            check_room(&view, node, "drain").map_err(refused)?;
             set_node_state(client, node, registry::NodeState::Draining).await?;
             eprintln!("node {} is draining: it receives no replica", node.0);
             let goal = Goal::Empty(node, NodeState::Draining);
@@ -312,7 +331,8 @@ pub async fn execute(client: &Client, cmd: BalanceCommand) -> Result<BalanceOutp
                     node.0, node.0
                 )));
             }
-            check_room(&view, node, "remove").map_err(refused)?;
+            let view =
+                view_passing(client, marked, |view| check_room(view, node, "remove")).await?;
             // Removed first: its datagrams are refused from now on, and nothing it
             // still holds counts.
             set_node_state(client, node, registry::NodeState::Removed).await?;
