@@ -551,8 +551,12 @@ fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]
 #[test]
 fn metrics_parse_and_a_leader_kill_shows_as_a_leader_change() {
     let (mut cluster, leaders) = start(3);
-    let victim = leaders[&ShardId(0)];
-    let watcher = cluster.ids().into_iter().find(|&n| n != victim).unwrap();
+    let first_leader = leaders[&ShardId(0)];
+    let watcher = cluster
+        .ids()
+        .into_iter()
+        .find(|&n| n != first_leader)
+        .unwrap();
     let http = cluster.http_addr(watcher);
     let mut con = connect(&cluster, watcher, false);
     for i in 0..20 {
@@ -608,33 +612,44 @@ fn metrics_parse_and_a_leader_kill_shows_as_a_leader_change() {
     // copied from the core every 10 ticks and a leadership transfer may move the term in
     // between, so the two must agree once a read of each falls in the same interval.
     let mut client = cluster.client();
-    let m = kv_e2e::wait_for(
+    kv_e2e::wait_for(
         "/metrics and status to agree on shard 0's term",
         READY_TIMEOUT,
         || {
             let status = client.status(watcher)?;
             let row = status.shards.iter().find(|r| r.shard == ShardId(0))?;
             let m = scrape(http);
-            (sample(&m, "raftkv_shard_term", &[("shard", "0")]) == row.term as f64).then_some(m)
+            (sample(&m, "raftkv_shard_term", &[("shard", "0")]) == row.term as f64).then_some(())
         },
     );
     status_counters_match_metrics(&mut client, watcher, http);
-    let changes_before = sample(&m, "raftkv_shard_leader_changes_total", &[("shard", "0")]);
     // Leadership transfers leave a shard leaderless for a moment, so wait for 200.
     kv_e2e::wait_for("/health to report every shard led", READY_TIMEOUT, || {
         (http_get(http, "/health").0 == 200).then_some(())
     });
+    // The balancer may have moved leaderships since the start (it spreads them, and
+    // shard 0's may now be the watcher's): the victim leads some shard, as the watcher
+    // sees it now, and is not the watcher.
+    let (shard, victim) = kv_e2e::wait_for("a shard another node leads", READY_TIMEOUT, || {
+        let status = client.status(watcher)?;
+        status.shards.iter().find_map(|row| {
+            let leader = row.leader.filter(|l| *l != watcher)?;
+            Some((row.shard.0.to_string(), leader))
+        })
+    });
+    let labels = [("shard", shard.as_str())];
+    let changes_before = sample(&scrape(http), "raftkv_shard_leader_changes_total", &labels);
     cluster.kill9(victim);
     kv_e2e::wait_for("a leader change in the metrics", READY_TIMEOUT, || {
-        let m = scrape(http);
-        let changes = sample(&m, "raftkv_shard_leader_changes_total", &[("shard", "0")]);
+        let changes = sample(&scrape(http), "raftkv_shard_leader_changes_total", &labels);
         (changes > changes_before).then_some(())
     });
     let log = cluster.log(watcher);
+    let shard_field = format!(" shard={shard} ");
     assert!(
         log.lines()
-            .any(|l| l.contains("leader changed") && l.contains("shard=0")),
-        "no leader change in the log:\n{log}"
+            .any(|l| l.contains("leader changed") && l.contains(&shard_field)),
+        "no leader change of shard {shard} in the log:\n{log}"
     );
     // With one node of three left, its shards lose their leaders: /health says so.
     let other = cluster
