@@ -275,21 +275,23 @@ pub fn planner_view(
 /// answer (a lost datagram, a node busy for a second) is not yet taken for down.
 const VIEW_ROUNDS_BEFORE_REFUSAL: u32 = 3;
 
-/// A view that passes `check`, reading the status again while it does not, at most
-/// [`VIEW_ROUNDS_BEFORE_REFUSAL`] rounds; the last round's refusal otherwise.
-async fn view_passing(
+/// `view`, or a newer one, that passes `check`: while it does not, the status is read
+/// again, for at most [`VIEW_ROUNDS_BEFORE_REFUSAL`] rounds in all; the last round's
+/// refusal otherwise.
+async fn recheck(
     client: &Client,
     marked: Option<(NodeId, NodeState)>,
+    mut view: View,
     check: impl Fn(&View) -> Result<(), String>,
 ) -> Result<View, Error> {
     let mut round = 1;
     loop {
-        let view = read_view(client, STATUS_TIMEOUT, marked, &BTreeMap::new()).await?;
         match check(&view) {
             Ok(()) => return Ok(view),
             Err(why) if round == VIEW_ROUNDS_BEFORE_REFUSAL => return Err(refused(why)),
             Err(_) => round += 1,
         }
+        view = read_view(client, STATUS_TIMEOUT, marked, &BTreeMap::new()).await?;
     }
 }
 
@@ -298,7 +300,8 @@ pub async fn execute(client: &Client, cmd: BalanceCommand) -> Result<BalanceOutp
     match cmd {
         BalanceCommand::Drain { node, drive } => {
             let marked = Some((node, NodeState::Draining));
-            let view = view_passing(client, marked, |view| {
+            let view = read_view(client, STATUS_TIMEOUT, marked, &BTreeMap::new()).await?;
+            let view = recheck(client, marked, view, |view| {
                 check_node(view, node)?;
                 check_not_removed(view, node)?;
                 if !answers(view, node) {
@@ -331,8 +334,10 @@ pub async fn execute(client: &Client, cmd: BalanceCommand) -> Result<BalanceOutp
                     node.0, node.0
                 )));
             }
-            let view =
-                view_passing(client, marked, |view| check_room(view, node, "remove")).await?;
+            let view = recheck(client, marked, view, |view| {
+                check_room(view, node, "remove")
+            })
+            .await?;
             // Removed first: its datagrams are refused from now on, and nothing it
             // still holds counts.
             set_node_state(client, node, registry::NodeState::Removed).await?;

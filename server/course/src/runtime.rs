@@ -608,7 +608,7 @@ impl Runtime {
     }
 
     /// Brings the stall timer up to date with this turn's state (the view after every
-    /// input, the measured loss) and asks kv-raft for what it says is due: wide sending
+    /// input, the loss estimate) and asks kv-raft for what it says is due: wide sending
     /// switched, a stall noted, a stalled commit released. True if kv-raft was asked for
     /// a release (its messages wait in the core's output). Nothing is released in the
     /// quiet period, when no peer datagram leaves anyway.

@@ -38,9 +38,9 @@ pub struct Settings {
     /// datagram. Only until this replica sees the leader change (`StallTimer`'s
     /// `leader_changed`). Zero turns deferral off.
     pub stall_defer: Duration,
-    /// Until the drop rate is measured, deferral applies only while the leader's running
+    /// Until the drop rate is estimated, deferral applies only while the leader's running
     /// stall rate (the fraction of commits that stalled) is below this many percent (see
-    /// `stall::DEFER_RATE_WEIGHT`); once it is measured, narrow sending decides.
+    /// `stall::DEFER_RATE_WEIGHT`); once there is an estimate, narrow sending decides.
     pub stall_defer_rate_max_percent: u32,
     /// kv-raft's strict heartbeat suppression: a leader skips the heartbeat to a
     /// follower that was sent an append since the previous one and acknowledged

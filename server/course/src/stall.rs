@@ -15,8 +15,8 @@
 //!   datagram. Not after a leader change (kills and partitions bring their own slow
 //!   requests).
 //! - Wide sending and a precise stall timer under heavy loss, decided by the drop rate
-//!   measured from sequence numbers ([`crate::loss`]), or before it is known by the
-//!   running rate of stalled commits.
+//!   estimated from sequence numbers ([`crate::loss`]), or before there is an estimate by
+//!   the running rate of stalled commits.
 //!
 //! Time comes in as arguments, so all of this is tested without a clock.
 
