@@ -2,6 +2,7 @@
 //! COMMITTED (etcd style). See docs/RAFT.md for why a leader must first commit an entry
 //! of its own term before proposing a change.
 
+use crate::log::RaftLog;
 use crate::node::{Raft, RoleState};
 use crate::progress::Progress;
 use crate::types::{ConfChange, EntryKind, Index, Membership, Message, MessageBody, Term};
@@ -51,7 +52,42 @@ pub(crate) fn apply_committed(m: &mut Membership, change: &ConfChange) {
     let _ = apply(m, change);
 }
 
+/// The highest index the membership changes in `log` prove committed, if above its
+/// commit index. A leader proposes a change only once every earlier change in its log is
+/// committed (`Raft::propose_conf_change`), and Log Matching makes a replica's prefix up
+/// to any entry that of the entry's leader: so the newest change past the commit index
+/// vouches for the one before it, and for everything before that.
+///
+/// Why a replica must act on it: membership applies at commit. A replica that holds two
+/// changes past its commit index (it restarted with an older commit index than the
+/// Appends it acknowledged carried) would elect by voters two changes old: {1,2,4}
+/// before "promote 3" and "remove 4", whose majority {2,4} shares no node with {1,3}, a
+/// majority of the current voters {1,2,3}, so two leaders could win one term. Committing
+/// what the log vouches for keeps every replica within one change of the newest, and
+/// the majorities of two memberships one change apart always meet.
+pub(crate) fn commit_vouched_by_changes(log: &RaftLog) -> Option<Index> {
+    let mut changes = log
+        .range(log.commit + 1, log.last_index())
+        .iter()
+        .filter(|e| matches!(e.kind, EntryKind::ConfChange(_)))
+        .map(|e| e.index);
+    let (mut vouched, mut newest) = (None, changes.next()?);
+    for index in changes {
+        vouched = Some(newest);
+        newest = index;
+    }
+    vouched
+}
+
 impl Raft {
+    /// Commits what the membership changes in the log vouch for
+    /// ([`commit_vouched_by_changes`]), after new entries reached the log.
+    pub(crate) fn commit_vouched(&mut self) {
+        if let Some(index) = commit_vouched_by_changes(&self.log) {
+            self.commit_to(index);
+        }
+    }
+
     /// True if `node` is listed in the membership this replica's log starts from (its
     /// snapshot's, or the bootstrap one) or named by a membership change its log holds,
     /// committed or not. A replica for which this is false for itself holds no entry from
@@ -342,9 +378,13 @@ mod tests {
                 initial_membership: m(&[1, 2, 3], &[]),
             },
         );
-        assert_eq!(raft.membership(), &m(&[1, 2, 3], &[]), "nothing committed");
+        assert_eq!(
+            raft.membership(),
+            &m(&[1, 2, 3], &[4]),
+            "the removal vouches for the addition; the removal is uncommitted"
+        );
         assert!(raft.log_names(NodeId(2)), "in the base membership");
-        assert!(raft.log_names(NodeId(4)), "added and removed, uncommitted");
+        assert!(raft.log_names(NodeId(4)), "added, and removed uncommitted");
         assert!(!raft.log_names(NodeId(5)));
     }
 
@@ -510,5 +550,98 @@ mod tests {
             "a voter again"
         );
         assert!(learner.promotable());
+    }
+
+    /// Log of a replica that holds "promote 3" and "remove 4" past commit index 1, over
+    /// voters {1,2,4} and learner 3.
+    fn two_changes_past_commit(id: u64, held: usize) -> crate::Raft {
+        use crate::types::{Entry, HardState};
+        use crate::{Config, Raft, Restored};
+        let entry = |index, kind| Entry {
+            term: 1,
+            index,
+            kind,
+            data: bytes::Bytes::new(),
+        };
+        let entries = vec![
+            entry(1, EntryKind::Noop),
+            entry(
+                2,
+                EntryKind::ConfChange(ConfChange::PromoteLearner(NodeId(3))),
+            ),
+            entry(3, EntryKind::ConfChange(ConfChange::RemoveNode(NodeId(4)))),
+        ];
+        Raft::new(
+            Config::new(NodeId(id), id),
+            Restored {
+                hard_state: HardState {
+                    term: 1,
+                    vote: NodeId::NONE,
+                    commit: 1,
+                },
+                snapshot: None,
+                entries: entries[..held].to_vec(),
+                initial_membership: m(&[1, 2, 4], &[3]),
+            },
+        )
+    }
+
+    /// Node 2 restarted with commit index 1 although its log holds two changes past it.
+    /// Electing by its committed voters {1,2,4}, it could win with {2,4} while another
+    /// candidate wins the same term with {1,3}, a majority of the current voters
+    /// {1,2,3}. "Remove 4" vouches that "promote 3" is committed: node 2 elects by
+    /// {1,2,3,4}, where {2,4} is no majority.
+    #[test]
+    fn a_replica_restarted_two_changes_past_its_commit_commits_what_the_newer_vouches_for() {
+        use crate::node::RoleState;
+        let mut r = two_changes_past_commit(2, 3);
+        assert_eq!(
+            r.status().hard.commit,
+            2,
+            "the removal vouches for the promotion"
+        );
+        assert_eq!(r.membership(), &m(&[1, 2, 3, 4], &[]));
+        r.campaign(false);
+        let term = r.term;
+        r.record_vote(NodeId(2), term, false, true);
+        r.record_vote(NodeId(4), term, false, true);
+        assert!(
+            matches!(r.role, RoleState::Candidate { .. }),
+            "{{2,4}} is no majority of {{1,2,3,4}}"
+        );
+        r.record_vote(NodeId(3), term, false, true);
+        assert!(matches!(r.role, RoleState::Leader(_)), "{{2,3,4}} is one");
+    }
+
+    /// The same two changes reaching a follower in one Append whose commit index lags
+    /// (a leader's commit index is never that low, but nothing in a follower may rest on
+    /// it): the follower commits the promotion all the same. One change alone vouches
+    /// for nothing past the commit index.
+    #[test]
+    fn a_follower_appending_a_change_commits_the_change_before_it() {
+        use crate::types::{Message, MessageBody};
+        let mut r = two_changes_past_commit(2, 1);
+        let leader = two_changes_past_commit(1, 3);
+        let append = |entries: std::ops::Range<u64>| Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            term: 1,
+            body: MessageBody::Append {
+                prev_index: entries.start - 1,
+                prev_term: 1,
+                entries: leader.log.range(entries.start, entries.end - 1).to_vec(),
+                commit: 1,
+            },
+        };
+        r.step(append(2..3));
+        assert_eq!(
+            r.status().hard.commit,
+            1,
+            "a lone change vouches for nothing"
+        );
+        assert_eq!(r.membership(), &m(&[1, 2, 4], &[3]));
+        r.step(append(3..4));
+        assert_eq!(r.status().hard.commit, 2);
+        assert_eq!(r.membership(), &m(&[1, 2, 3, 4], &[]));
     }
 }

@@ -258,7 +258,10 @@ impl Raft {
             Some(s) => (s.meta.index, s.meta.term, s.meta.membership.clone()),
             None => (0, 0, initial_membership),
         };
-        let log = RaftLog::restore(si, st, entries, hard_state.commit);
+        let mut log = RaftLog::restore(si, st, entries, hard_state.commit);
+        if let Some(vouched) = crate::membership::commit_vouched_by_changes(&log) {
+            log.commit = vouched;
+        }
         let mut membership = base.clone();
         for e in log.range(si + 1, log.commit) {
             if let EntryKind::ConfChange(c) = &e.kind {

@@ -387,6 +387,12 @@ impl Raft {
             if let Some(t) = self.log.append(&entries[pos..]) {
                 self.on_truncated(t);
             }
+            if entries[pos..]
+                .iter()
+                .any(|e| matches!(e.kind, EntryKind::ConfChange(_)))
+            {
+                self.commit_vouched();
+            }
         }
         let c = leader_commit.min(last_new);
         if c > self.log.commit {

@@ -60,21 +60,33 @@ mod tests {
     use super::*;
     use std::collections::BTreeSet;
 
+    /// The tests below move the shared cursor (one rewinds it): run them one at a time.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
     #[test]
     fn ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let ports: BTreeSet<u16> = (0..50).map(|_| free_port(ip)).collect();
+        // Each port is bound right as it is handed out: the test processes of other
+        // worktrees on this machine draw from the same range, so a port checked only
+        // after fifty more were handed out may have been taken meanwhile.
+        let ports: BTreeSet<u16> = (0..50)
+            .map(|_| {
+                let p = free_port(ip);
+                UdpSocket::bind((ip, p)).expect("a handed-out port binds for UDP");
+                TcpListener::bind((ip, p)).expect("a handed-out port binds for TCP");
+                p
+            })
+            .collect();
         assert_eq!(ports.len(), 50, "a port was handed out twice");
         for &p in &ports {
             assert!((PORT_MIN..ephemeral_min()).contains(&p), "{p} out of range");
         }
-        let p = *ports.iter().next().unwrap();
-        UdpSocket::bind((ip, p)).expect("a handed-out port binds for UDP");
-        TcpListener::bind((ip, p)).expect("a handed-out port binds for TCP");
     }
 
     #[test]
     fn a_port_in_use_is_skipped() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         // Another process may take a port between the probe and this bind (the window
         // the module's note describes): then hold the next one instead.

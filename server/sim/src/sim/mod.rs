@@ -214,13 +214,11 @@ impl Sim {
             }
         });
         assert!((1..=n).contains(&replication), "bad replication factor");
-        // Course mode's send policy (kv-raft's lazy followers), as course mode runs it:
-        // without quiescence and on a fixed membership. The simulator never releases a
-        // stalled commit, so held entries reach a lazy follower with its next heartbeat.
-        // Not with replica moves: lazy followers with membership changes are not known to
-        // be safe (two leaders of one term on the Churn profile, an open bug). The last
-        // draw of the stream, so that earlier seeds keep every other draw.
-        let lazy_followers = !quiesce && !moves && !churn && tuning_rng.gen_bool(0.5);
+        // Course mode's send policy (kv-raft's lazy followers), without quiescence. The
+        // simulator never releases a stalled commit, so held entries reach a lazy
+        // follower with its next heartbeat. The last draw of the stream, so that earlier
+        // seeds keep every other draw.
+        let lazy_followers = !quiesce && tuning_rng.gen_bool(0.5);
         let nodes = ids
             .iter()
             .map(|&id| {
