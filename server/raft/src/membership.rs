@@ -563,7 +563,7 @@ mod tests {
             kind,
             data: bytes::Bytes::new(),
         };
-        let entries = vec![
+        let entries = [
             entry(1, EntryKind::Noop),
             entry(
                 2,
