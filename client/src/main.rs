@@ -22,6 +22,7 @@ Examples:
   kvcli put blob hex:00ff10                      binary values: hex:... or b64:...
   kvcli cas counter 41 42                        exit 1 if counter is not 41
   kvcli cas lock --absent me                     write only if the key is absent
+  kvcli incr visits 5                            add 5 atomically on the server; prints the sum
   kvcli --json status                            the cluster table as JSON
   kvcli node list                                nodes: address, state, identity, replicas, leaders
   kvcli node drain 5                             move every replica off node 5

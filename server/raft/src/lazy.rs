@@ -78,8 +78,10 @@ impl Raft {
     }
 
     /// True if an Append to `to` is held back now (`maybe_send_append` sends nothing):
-    /// a voter outside the fast set, lacking fewer than [`LAZY_HELD_ENTRIES_MAX`]
-    /// entries, while the leader is not releasing entries itself.
+    /// a voter outside the fast set and not the target of a leadership transfer (which
+    /// must catch up, and learn the commit index before its TimeoutNow), lacking fewer
+    /// than [`LAZY_HELD_ENTRIES_MAX`] entries, while the leader is not releasing entries
+    /// itself.
     pub(crate) fn lazy_holds(&self, to: NodeId) -> bool {
         if !self.lazy_active() || !self.membership.voters.contains(&to) {
             return false;
@@ -92,6 +94,7 @@ impl Raft {
         };
         !ls.lazy.releasing
             && !ls.lazy.fast.contains(&to)
+            && !ls.transfer.is_some_and(|(target, _)| target == to)
             && !matches!(pr.state, ProgressState::Snapshot(_))
             && self.log.last_index().saturating_sub(pr.match_) < LAZY_HELD_ENTRIES_MAX
     }

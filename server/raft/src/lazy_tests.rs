@@ -331,3 +331,56 @@ fn a_follower_far_behind_is_not_held() {
     let to = appended_to(&c);
     assert_eq!(to, vec![2, 3, 4, 5], "{to:?}");
 }
+
+/// A transfer's target may be a lazy follower: the Append before its TimeoutNow (which
+/// tells it the commit index, see `Raft::send_timeout_now`) is not held back.
+#[test]
+fn a_transfer_target_outside_the_fast_set_is_told_the_commit_before_its_timeout_now() {
+    let mut c = cluster(lazy_config(0));
+    answers_in_order(&mut c);
+    // 2 gets the entry with its heartbeat, before the entry commits; it commits by 4
+    // and 5 later, and no later message tells 2.
+    propose(&mut c);
+    assert_eq!(fast_set(&c), vec![NodeId(4), NodeId(5)]);
+    let early = [2, 3].map(|lazy| take_to(&mut c, lazy));
+    for _ in 0..test_config().heartbeat_ticks {
+        c.tick(1);
+    }
+    let to_2: Vec<Message> = take_to(&mut c, 2);
+    assert!(
+        to_2.iter()
+            .any(|m| matches!(&m.body, MessageBody::Append { entries, .. } if !entries.is_empty())),
+        "2 gets the entry with its heartbeat: {to_2:?}"
+    );
+    assert!(
+        early.iter().all(|m| m.is_empty()),
+        "2 and 3 were held: {early:?}"
+    );
+    for m in to_2 {
+        c.deliver_one(m);
+    }
+    c.stabilize();
+    let commit = c.nodes[&1].raft.log.commit;
+    assert_eq!(last_index(&c, 2), last_index(&c, 1));
+    assert!(
+        c.nodes[&2].raft.log.commit < commit,
+        "2 was not told the commit"
+    );
+    raft(&mut c, 1).transfer_leadership(NodeId(2));
+    c.process(1);
+    let kinds: Vec<&MessageBody> = c
+        .net
+        .iter()
+        .filter(|m| m.to.0 == 2)
+        .map(|m| &m.body)
+        .collect();
+    assert!(
+        matches!(
+            kinds.as_slice(),
+            [MessageBody::Append { commit: told, .. }, MessageBody::TimeoutNow] if *told == commit
+        ),
+        "to 2: {kinds:?}"
+    );
+    c.stabilize();
+    assert_eq!(c.leader(), Some(2));
+}
