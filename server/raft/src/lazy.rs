@@ -94,7 +94,7 @@ impl Raft {
         };
         !ls.lazy.releasing
             && !ls.lazy.fast.contains(&to)
-            && !ls.transfer.is_some_and(|(target, _)| target == to)
+            && ls.transfer.is_none_or(|(target, _)| target != to)
             && !matches!(pr.state, ProgressState::Snapshot(_))
             && self.log.last_index().saturating_sub(pr.match_) < LAZY_HELD_ENTRIES_MAX
     }
