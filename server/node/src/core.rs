@@ -328,7 +328,7 @@ impl NodeCore {
             write_refusal: None,
             config,
             placement,
-            groups: Groups(groups),
+            groups: Groups::new(groups),
             removed: hosted.removed,
             removed_routes: BTreeMap::new(),
             forgotten: hosted.forgotten,
@@ -639,12 +639,12 @@ impl NodeCore {
                 continue;
             }
             if !self.snapshot_receive_has_room(gm.shard, &gm.msg) {
-                if let Some(g) = self.groups.0.get_mut(&gm.shard) {
+                if let Some(g) = self.groups.get_mut(gm.shard) {
                     g.raft.refuse(kv_raft::Refusal::SnapshotReceiveFull);
                 }
                 continue;
             }
-            let Some(g) = self.groups.0.get_mut(&gm.shard) else {
+            let Some(g) = self.groups.get_mut(gm.shard) else {
                 continue;
             };
             let election_min = u64::from(self.config.raft.election_ticks_min);
@@ -714,10 +714,9 @@ impl NodeCore {
         };
         let others: u64 = self
             .groups
-            .0
             .iter()
-            .filter(|(s, _)| **s != shard)
-            .map(|(_, other)| other.raft.incoming_snapshot_bytes())
+            .filter(|other| other.shard != shard)
+            .map(|other| other.raft.incoming_snapshot_bytes())
             .sum();
         others.saturating_add(*total_len) <= SNAPSHOT_RECEIVE_BYTES_MAX
     }
