@@ -248,6 +248,9 @@ pub struct NodeCore {
     round_ops: Vec<DiskOp>,
     round_durable: Vec<Durable>,
     outbox: BTreeMap<NodeId, Vec<GroupMessage>>,
+    /// The most messages one peer's outbox held at the last flush: a new outbox starts
+    /// with that much room (see [`take_sized`]).
+    outbox_room: usize,
     out: Output,
     /// Whether [`Output::applied`] is filled ([`NodeCore::set_applied_reports`]).
     applied_reports: bool,
@@ -343,6 +346,7 @@ impl NodeCore {
             round_ops,
             round_durable: Vec::new(),
             outbox: BTreeMap::new(),
+            outbox_room: 0,
             out: Output::default(),
             applied_reports: true,
             tick_count: 0,
@@ -777,14 +781,16 @@ impl NodeCore {
             let id = self.next_disk_write;
             self.next_disk_write += 1;
             self.disk_inflight
-                .insert(id, std::mem::take(&mut self.round_durable));
+                .insert(id, take_sized(&mut self.round_durable));
             self.out.disk_writes.push(DiskWrite {
                 id,
-                ops: std::mem::take(&mut self.round_ops),
+                ops: take_sized(&mut self.round_ops),
             });
         }
         debug_assert!(self.round_durable.is_empty());
-        for (to, msgs) in std::mem::take(&mut self.outbox) {
+        let outbox = std::mem::take(&mut self.outbox);
+        self.outbox_room = outbox.values().map(Vec::len).max().unwrap_or(0);
+        for (to, msgs) in outbox {
             self.peers_sent_tick.insert(to, self.tick_count);
             if msgs.is_empty() {
                 self.out.datagrams.push((to, msgs)); // a keepalive
@@ -796,6 +802,13 @@ impl NodeCore {
         }
         std::mem::take(&mut self.out)
     }
+}
+
+/// Takes `v`, leaving it empty with room for as many items: a round at many shards
+/// pushes an op and a durable per group, and the next round's pushes then grow nothing.
+fn take_sized<T>(v: &mut Vec<T>) -> Vec<T> {
+    let n = v.len();
+    std::mem::replace(v, Vec::with_capacity(n))
 }
 
 /// True if `node` is a voter or learner of `membership`.

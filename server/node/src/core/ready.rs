@@ -144,13 +144,14 @@ impl NodeCore {
         if let Some(w) = rd.write {
             self.persist(g, w);
         }
+        let room = self.outbox_room;
         for m in rd.messages {
             if m.to == self.config.node {
                 continue;
             }
             self.outbox
                 .entry(m.to)
-                .or_default()
+                .or_insert_with(|| Vec::with_capacity(room))
                 .push(GroupMessage { shard, msg: m });
         }
         if let Some(snap) = rd.apply_snapshot {
