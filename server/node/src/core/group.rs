@@ -217,11 +217,10 @@ impl Groups {
 
     /// Every group, each marked touched.
     pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Group> {
-        let touched = &mut self.touched;
-        self.map.values_mut().map(move |g| {
-            mark(touched, g);
-            g
-        })
+        for g in self.map.values_mut() {
+            mark(&mut self.touched, g);
+        }
+        self.map.values_mut()
     }
 
     pub(super) fn get(&self, shard: ShardId) -> Option<&Group> {
