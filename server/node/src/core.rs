@@ -25,7 +25,7 @@ use kv_shared::limits::{SNAPSHOT_IMAGE_BYTES_MAX, SNAPSHOT_RECEIVE_BYTES_MAX};
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Outcome, ShardRoute};
 use kv_shared::registry::Registry;
 use kv_shared::{NodeId, ShardId};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use xxhash_rust::xxh64::Xxh64;
 
 /// Room for a snapshot's metadata next to its image in one snapshot file: a received
@@ -248,6 +248,10 @@ pub struct NodeCore {
     round_ops: Vec<DiskOp>,
     round_durable: Vec<Durable>,
     outbox: BTreeMap<NodeId, Vec<GroupMessage>>,
+    /// Every group whose `waiting` list got a request since the last flush routed it
+    /// (a superset of those with requests waiting): a flush routes these instead of
+    /// looking through every hosted group for requests.
+    to_route: BTreeSet<ShardId>,
     /// The most messages one peer's outbox held at the last flush: a new outbox starts
     /// with that much room (see [`take_sized`]).
     outbox_room: usize,
@@ -346,6 +350,7 @@ impl NodeCore {
             round_ops,
             round_durable: Vec::new(),
             outbox: BTreeMap::new(),
+            to_route: BTreeSet::new(),
             outbox_room: 0,
             out: Output::default(),
             applied_reports: true,
@@ -765,11 +770,9 @@ impl NodeCore {
         self.drive();
         // Routing proposes and reads only in the groups it has requests for, and touches
         // no other group's Raft: only those need draining again, not every hosted group.
-        let routed: Vec<ShardId> = self
-            .groups
-            .iter()
-            .filter(|g| !g.waiting.is_empty())
-            .map(|g| g.shard)
+        let routed: Vec<ShardId> = std::mem::take(&mut self.to_route)
+            .into_iter()
+            .filter(|&g| self.groups.get(g).is_some_and(|g| !g.waiting.is_empty()))
             .collect();
         for &g in &routed {
             self.route(g);
