@@ -25,7 +25,7 @@ use kv_shared::limits::{SNAPSHOT_IMAGE_BYTES_MAX, SNAPSHOT_RECEIVE_BYTES_MAX};
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Outcome, ShardRoute};
 use kv_shared::registry::Registry;
 use kv_shared::{NodeId, ShardId};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use xxhash_rust::xxh64::Xxh64;
 
 /// Room for a snapshot's metadata next to its image in one snapshot file: a received
@@ -248,6 +248,13 @@ pub struct NodeCore {
     round_ops: Vec<DiskOp>,
     round_durable: Vec<Durable>,
     outbox: BTreeMap<NodeId, Vec<GroupMessage>>,
+    /// Every group whose `waiting` list got a request since the last flush routed it
+    /// (a superset of those with requests waiting): a flush routes these instead of
+    /// looking through every hosted group for requests.
+    to_route: BTreeSet<ShardId>,
+    /// The most messages one peer's outbox held at the last flush: a new outbox starts
+    /// with that much room (see [`take_sized`]).
+    outbox_room: usize,
     out: Output,
     /// Whether [`Output::applied`] is filled ([`NodeCore::set_applied_reports`]).
     applied_reports: bool,
@@ -328,7 +335,7 @@ impl NodeCore {
             write_refusal: None,
             config,
             placement,
-            groups: Groups(groups),
+            groups: Groups::new(groups),
             removed: hosted.removed,
             removed_routes: BTreeMap::new(),
             forgotten: hosted.forgotten,
@@ -343,6 +350,8 @@ impl NodeCore {
             round_ops,
             round_durable: Vec::new(),
             outbox: BTreeMap::new(),
+            to_route: BTreeSet::new(),
+            outbox_room: 0,
             out: Output::default(),
             applied_reports: true,
             tick_count: 0,
@@ -639,12 +648,12 @@ impl NodeCore {
                 continue;
             }
             if !self.snapshot_receive_has_room(gm.shard, &gm.msg) {
-                if let Some(g) = self.groups.0.get_mut(&gm.shard) {
+                if let Some(g) = self.groups.get_mut(gm.shard) {
                     g.raft.refuse(kv_raft::Refusal::SnapshotReceiveFull);
                 }
                 continue;
             }
-            let Some(g) = self.groups.0.get_mut(&gm.shard) else {
+            let Some(g) = self.groups.get_mut(gm.shard) else {
                 continue;
             };
             let election_min = u64::from(self.config.raft.election_ticks_min);
@@ -714,10 +723,9 @@ impl NodeCore {
         };
         let others: u64 = self
             .groups
-            .0
             .iter()
-            .filter(|(s, _)| **s != shard)
-            .map(|(_, other)| other.raft.incoming_snapshot_bytes())
+            .filter(|other| other.shard != shard)
+            .map(|other| other.raft.incoming_snapshot_bytes())
             .sum();
         others.saturating_add(*total_len) <= SNAPSHOT_RECEIVE_BYTES_MAX
     }
@@ -762,11 +770,9 @@ impl NodeCore {
         self.drive();
         // Routing proposes and reads only in the groups it has requests for, and touches
         // no other group's Raft: only those need draining again, not every hosted group.
-        let routed: Vec<ShardId> = self
-            .groups
-            .iter()
-            .filter(|g| !g.waiting.is_empty())
-            .map(|g| g.shard)
+        let routed: Vec<ShardId> = std::mem::take(&mut self.to_route)
+            .into_iter()
+            .filter(|&g| self.groups.get(g).is_some_and(|g| !g.waiting.is_empty()))
             .collect();
         for &g in &routed {
             self.route(g);
@@ -778,14 +784,16 @@ impl NodeCore {
             let id = self.next_disk_write;
             self.next_disk_write += 1;
             self.disk_inflight
-                .insert(id, std::mem::take(&mut self.round_durable));
+                .insert(id, take_sized(&mut self.round_durable));
             self.out.disk_writes.push(DiskWrite {
                 id,
-                ops: std::mem::take(&mut self.round_ops),
+                ops: take_sized(&mut self.round_ops),
             });
         }
         debug_assert!(self.round_durable.is_empty());
-        for (to, msgs) in std::mem::take(&mut self.outbox) {
+        let outbox = std::mem::take(&mut self.outbox);
+        self.outbox_room = outbox.values().map(Vec::len).max().unwrap_or(0);
+        for (to, msgs) in outbox {
             self.peers_sent_tick.insert(to, self.tick_count);
             if msgs.is_empty() {
                 self.out.datagrams.push((to, msgs)); // a keepalive
@@ -797,6 +805,13 @@ impl NodeCore {
         }
         std::mem::take(&mut self.out)
     }
+}
+
+/// Takes `v`, leaving it empty with room for as many items: a round at many shards
+/// pushes an op and a durable per group, and the next round's pushes then grow nothing.
+fn take_sized<T>(v: &mut Vec<T>) -> Vec<T> {
+    let n = v.len();
+    std::mem::replace(v, Vec::with_capacity(n))
 }
 
 /// True if `node` is a voter or learner of `membership`.

@@ -83,6 +83,8 @@ pub(super) struct Group {
     /// the earlier life's tombstone, which still answers for it (see
     /// `NodeCore::sealed_refuses`).
     pub(super) sealed: Option<Tombstone>,
+    /// Handed out mutably since [`Groups::take_touched`] last listed it (see [`Groups`]).
+    touched: bool,
 }
 
 impl Group {
@@ -156,6 +158,7 @@ impl Group {
             leader_heard_tick: 0,
             leader_commit_told: None,
             sealed: None,
+            touched: false,
         })
     }
 }
@@ -172,24 +175,102 @@ impl Group {
 
 /// The groups of the shards hosted here, by shard. Indexing a shard not hosted here is a
 /// programmer error (callers check [`Groups::contains`] at the boundary).
-pub(super) struct Groups(pub(super) BTreeMap<ShardId, Group>);
+///
+/// Every way to a `&mut Group` ([`IndexMut`], [`Groups::get_mut`], [`Groups::iter_mut`],
+/// [`Groups::insert`]) marks the group touched, so [`Groups::take_touched`] names every
+/// group that may have taken input since it last did. A group nobody touched has no new
+/// Ready: kv-raft changes only through its inputs, and the node core's own per-group
+/// state (removal, snapshot due) only through such a reference. `NodeCore::drive` asks
+/// only the touched groups: at 64 shards, asking all 65 for a Ready on every flush was a
+/// large share of a put's instructions. [`Groups::peek_mut`] is the one unmarked way in,
+/// for that question alone.
+pub(super) struct Groups {
+    map: BTreeMap<ShardId, Group>,
+    /// The touched groups in the order they were first touched, each once (the ones
+    /// removed since may be listed: [`Groups::take_touched`] leaves them out).
+    touched: Vec<ShardId>,
+}
 
 impl Groups {
+    /// The groups restored at startup, all touched: each is asked for its first Ready.
+    pub(super) fn new(map: BTreeMap<ShardId, Group>) -> Groups {
+        let mut groups = Groups {
+            map,
+            touched: Vec::new(),
+        };
+        groups.iter_mut().for_each(drop);
+        groups
+    }
+
     pub(super) fn contains(&self, shard: ShardId) -> bool {
-        self.0.contains_key(&shard)
+        self.map.contains_key(&shard)
     }
 
     /// The hosted shards, ascending (a copy, so the caller may mutate groups meanwhile).
     pub(super) fn ids(&self) -> Vec<ShardId> {
-        self.0.keys().copied().collect()
+        self.map.keys().copied().collect()
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = &Group> {
-        self.0.values()
+        self.map.values()
     }
 
+    /// Every group, each marked touched.
     pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Group> {
-        self.0.values_mut()
+        for g in self.map.values_mut() {
+            mark(&mut self.touched, g);
+        }
+        self.map.values_mut()
+    }
+
+    pub(super) fn get(&self, shard: ShardId) -> Option<&Group> {
+        self.map.get(&shard)
+    }
+
+    /// The group, marked touched.
+    pub(super) fn get_mut(&mut self, shard: ShardId) -> Option<&mut Group> {
+        let g = self.map.get_mut(&shard)?;
+        mark(&mut self.touched, g);
+        Some(g)
+    }
+
+    /// The group, NOT marked touched: only for asking whether it has work, which changes
+    /// nothing of it when it has none.
+    pub(super) fn peek_mut(&mut self, shard: ShardId) -> Option<&mut Group> {
+        self.map.get_mut(&shard)
+    }
+
+    /// Hosts `group` (touched).
+    pub(super) fn insert(&mut self, shard: ShardId, mut group: Group) {
+        group.touched = false;
+        mark(&mut self.touched, &mut group);
+        self.map.insert(shard, group);
+    }
+
+    pub(super) fn remove(&mut self, shard: ShardId) -> Option<Group> {
+        self.map.remove(&shard)
+    }
+
+    /// The hosted groups touched since the last call, in the order first touched; their
+    /// marks are cleared.
+    pub(super) fn take_touched(&mut self) -> Vec<ShardId> {
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.retain(|shard| match self.map.get_mut(shard) {
+            Some(g) if g.touched => {
+                g.touched = false;
+                true
+            }
+            // Removed (and perhaps hosted again, which listed it anew).
+            _ => false,
+        });
+        touched
+    }
+}
+
+fn mark(touched: &mut Vec<ShardId>, g: &mut Group) {
+    if !g.touched {
+        g.touched = true;
+        touched.push(g.shard);
     }
 }
 
@@ -197,7 +278,7 @@ impl Index<ShardId> for Groups {
     type Output = Group;
 
     fn index(&self, shard: ShardId) -> &Group {
-        self.0
+        self.map
             .get(&shard)
             .unwrap_or_else(|| panic!("shard {shard} is not hosted here"))
     }
@@ -205,8 +286,65 @@ impl Index<ShardId> for Groups {
 
 impl IndexMut<ShardId> for Groups {
     fn index_mut(&mut self, shard: ShardId) -> &mut Group {
-        self.0
-            .get_mut(&shard)
+        self.get_mut(shard)
             .unwrap_or_else(|| panic!("shard {shard} is not hosted here"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kv_shared::NodeId;
+
+    fn groups(shards: &[u32]) -> Groups {
+        let config = NodeConfig::for_test(NodeId(1), vec![NodeId(1)], 4);
+        let map = shards
+            .iter()
+            .map(|&s| {
+                let group = Group::new(&config, ShardId(s), kv_raft::Restored::default())
+                    .expect("an empty replica");
+                (ShardId(s), group)
+            })
+            .collect();
+        Groups::new(map)
+    }
+
+    #[test]
+    fn every_mutable_way_in_marks_a_group_touched_and_peeking_does_not() {
+        let mut gs = groups(&[0, 1, 2, 3]);
+        // Restored groups are all asked for their first Ready.
+        assert_eq!(gs.take_touched(), [0, 1, 2, 3].map(ShardId));
+        assert!(gs.take_touched().is_empty());
+        let _ = gs.peek_mut(ShardId(1));
+        let _ = gs.get(ShardId(1));
+        let _ = &gs[ShardId(1)];
+        assert!(
+            gs.take_touched().is_empty(),
+            "reading or peeking touches nothing"
+        );
+        gs[ShardId(2)].idle_ticks += 1;
+        let _ = gs.get_mut(ShardId(0));
+        gs[ShardId(2)].idle_ticks += 1;
+        assert_eq!(
+            gs.take_touched(),
+            [ShardId(2), ShardId(0)],
+            "first-touched order, once each"
+        );
+        gs.iter_mut().for_each(drop);
+        assert_eq!(gs.take_touched(), [0, 1, 2, 3].map(ShardId));
+    }
+
+    #[test]
+    fn a_removed_group_is_not_listed_and_one_hosted_again_is_listed_once() {
+        let mut gs = groups(&[0, 1]);
+        gs.take_touched();
+        gs[ShardId(0)].idle_ticks += 1;
+        gs[ShardId(1)].idle_ticks += 1;
+        let g0 = gs.remove(ShardId(0)).expect("hosted");
+        let g1 = gs.remove(ShardId(1)).expect("hosted");
+        gs.insert(ShardId(1), g1);
+        assert_eq!(gs.take_touched(), [ShardId(1)]);
+        gs.insert(ShardId(0), g0);
+        assert_eq!(gs.take_touched(), [ShardId(0)]);
     }
 }

@@ -18,8 +18,7 @@ impl NodeCore {
     fn registry_ref(&self) -> Option<&Registry> {
         let own = self
             .groups
-            .0
-            .get(&METADATA_SHARD)
+            .get(METADATA_SHARD)
             .and_then(|g| g.sm.registry())
             .filter(|r| r.version > 0);
         match (own, &self.registry_heard) {

@@ -174,7 +174,7 @@ impl NodeCore {
     /// life's removal is never replayed into the new one. True if `gm` was refused.
     pub(super) fn sealed_refuses(&mut self, gm: &GroupMessage) -> bool {
         use kv_raft::MessageBody;
-        let Some(tombstone) = self.groups.0.get(&gm.shard).and_then(|g| g.sealed) else {
+        let Some(tombstone) = self.groups.get(gm.shard).and_then(|g| g.sealed) else {
             return false;
         };
         match &gm.msg.body {
@@ -274,7 +274,7 @@ impl NodeCore {
         group.created = true;
         group.leader_heard_tick = self.tick_count;
         group.sealed = tombstone;
-        self.groups.0.insert(gm.shard, group);
+        self.groups.insert(gm.shard, group);
         let record = match tombstone {
             Some(t) => {
                 self.removed.remove(&gm.shard);
@@ -432,7 +432,7 @@ impl NodeCore {
     /// it knew, and `record` goes to the WAL. Returns the replica's term.
     fn release_replica(&mut self, g: ShardId, record: ReplicaRecord) -> u64 {
         let route = self.shard_route(g);
-        let group = self.groups.0.remove(&g).expect("hosted");
+        let group = self.groups.remove(g).expect("hosted");
         let mut ids: Vec<u64> = self
             .requests
             .iter()

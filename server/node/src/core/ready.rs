@@ -59,23 +59,19 @@ impl NodeCore {
     }
 
     /// Drains every group with something to do: a Ready, a removal to finish, or a
-    /// snapshot due. Asked of every hosted group on every turn, so it is decided in one
-    /// pass over the groups, without a map lookup per group: at 64 shards a turn that
-    /// serves a few groups otherwise paid five lookups in each of the 65 (the lookups of
-    /// [`NodeCore::drive_group`]) for nothing.
+    /// snapshot due. Only the groups touched since the last call can have any
+    /// ([`super::group::Groups`] says why), so only those are asked; a group that the
+    /// draining of another touches is asked on the next call, as when every group was
+    /// asked once up front.
     pub(super) fn drive(&mut self) {
         let threshold = self.config.snapshot_threshold_entries;
-        let busy: Vec<ShardId> = self
-            .groups
-            .iter_mut()
-            .filter_map(|g| {
-                let busy =
-                    g.raft.has_ready() || g.removed_at.is_some() || snapshot_due(g, threshold);
-                busy.then_some(g.shard)
-            })
-            .collect();
-        for g in busy {
-            self.drive_group(g);
+        for g in self.groups.take_touched() {
+            let busy = self.groups.peek_mut(g).is_some_and(|g| {
+                g.raft.has_ready() || g.removed_at.is_some() || snapshot_due(g, threshold)
+            });
+            if busy {
+                self.drive_group(g);
+            }
         }
     }
 
@@ -148,13 +144,14 @@ impl NodeCore {
         if let Some(w) = rd.write {
             self.persist(g, w);
         }
+        let room = self.outbox_room;
         for m in rd.messages {
             if m.to == self.config.node {
                 continue;
             }
             self.outbox
                 .entry(m.to)
-                .or_default()
+                .or_insert_with(|| Vec::with_capacity(room))
                 .push(GroupMessage { shard, msg: m });
         }
         if let Some(snap) = rd.apply_snapshot {

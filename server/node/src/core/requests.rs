@@ -151,6 +151,7 @@ impl NodeCore {
         let g = &mut self.groups[shard];
         g.wake();
         g.waiting.push(id);
+        self.to_route.insert(shard);
         if lease_reads {
             // Activity: quiescence waits for a heartbeat period without requests, so
             // steady reads keep the lease renewed (`NodeCore::tick`).
@@ -379,6 +380,7 @@ impl NodeCore {
     fn redirect_or_hold(&mut self, g: ShardId, id: u64, leader: Option<NodeId>, shard: ShardId) {
         let Some(l) = leader else {
             self.groups[g].waiting.push(id);
+            self.to_route.insert(g);
             return;
         };
         let routed_by = self.requests.get(&id).map_or(0, |r| r.req.epoch);

@@ -12,7 +12,7 @@ impl NodeCore {
     /// kv-raft's, summed over every group. Every reason is listed, zero or not.
     pub fn refusals(&self) -> Vec<(&'static str, u64)> {
         let mut raft = kv_raft::Refusals::default();
-        for g in self.groups.0.values() {
+        for g in self.groups.iter() {
             raft.add(&g.raft.refusals());
         }
         BoundaryRefusal::ALL
@@ -34,7 +34,7 @@ impl NodeCore {
     /// This node's view of where `shard` lives: its own replica's membership if it hosts
     /// one, else the bootstrap placement.
     pub fn shard_route(&self, shard: ShardId) -> ShardRoute {
-        match self.groups.0.get(&shard) {
+        match self.groups.get(shard) {
             Some(g) => {
                 let m = g.raft.status().membership;
                 ShardRoute {
@@ -142,7 +142,7 @@ impl NodeCore {
     /// The cheap per-shard view the simulator checks after every step (`None`: the shard
     /// is not hosted here).
     pub fn group_view(&self, shard: ShardId) -> Option<GroupView> {
-        self.groups.0.get(&shard).map(|g| GroupView {
+        self.groups.get(shard).map(|g| GroupView {
             role: g.soft.role,
             term: g.soft.term,
             leader: g.soft.leader,
@@ -153,7 +153,7 @@ impl NodeCore {
 
     /// The known leader of `shard` (`None` also when the shard is not hosted here).
     pub fn leader_of(&self, shard: ShardId) -> Option<NodeId> {
-        self.groups.0.get(&shard).and_then(|g| g.soft.leader)
+        self.groups.get(shard).and_then(|g| g.soft.leader)
     }
 
     /// Records that a datagram from `peer` arrived at wall time `now_ms` (for status).
@@ -182,7 +182,7 @@ impl NodeCore {
 
     /// (applied index, state digest) of one shard's state machine (`None`: not hosted).
     pub fn state_digest(&self, shard: ShardId) -> Option<(u64, u64)> {
-        let sm = &self.groups.0.get(&shard)?.sm;
+        let sm = &self.groups.get(shard)?.sm;
         Some((sm.applied_index(), sm.digest()))
     }
 }
