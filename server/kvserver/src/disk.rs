@@ -10,11 +10,14 @@
 //! The store is shared for that, but used by one side at a time: the loop touches it
 //! only while nothing is queued for the thread, and the thread only for queued writes.
 //!
-//! When it has nothing to write, the thread keeps space written with zeros (and synced)
-//! ahead of the end of the WAL ([`LogStore::prepare`]): a record written there changes
-//! no file size, so its fsync has only the data to flush, not a file-system journal
-//! commit as well. The loop nudges the thread after a write of its own that used up
-//! most of that space.
+//! At low load, when the loop makes its writes itself and each put waits for its own
+//! fsync, the thread keeps space written with zeros (and synced) ahead of the end of the
+//! WAL ([`LogStore::prepare`]): a record written there changes no file size, so its
+//! fsync has only the data to flush, not a file-system journal commit as well. The
+//! thread prepares when it starts and when the loop nudges it after a write of its own
+//! that used up most of that space, once its queue is empty. Its own writes never ask
+//! for space: under load one fsync commits many writes anyway, and zeros written ahead
+//! would double the bytes the disk takes while it is the bottleneck.
 //!
 //! A full disk does not stop the thread: the write that hit it is retried (from the op
 //! that failed, since kv-storage leaves the log as it was before a failed write) until
@@ -337,9 +340,11 @@ fn disk_main<S: LogStore>(
     let mut queue: VecDeque<Pending> = VecDeque::new();
     let mut open = true;
     let mut full = false;
-    // A Prepare needs nothing more: the thread prepares whenever its queue runs empty.
-    let push = |queue: &mut VecDeque<Pending>, msg: Msg| {
+    // Prepared at start, and at the first empty queue after each nudge.
+    let mut prepare_due = true;
+    let push = |queue: &mut VecDeque<Pending>, prepare_due: &mut bool, msg: Msg| {
         let Msg::Write(pending) = msg else {
+            *prepare_due = true;
             return;
         };
         if let Some(last) = queue.back() {
@@ -357,19 +362,21 @@ fn disk_main<S: LogStore>(
             if !open {
                 return;
             }
-            if let Err(StoreError::Fatal(error) | StoreError::Full(error)) = prepare(&side) {
-                let _ = events.send(DiskEvent::Failed(error));
-                return;
+            if std::mem::take(&mut prepare_due) {
+                if let Err(StoreError::Fatal(error) | StoreError::Full(error)) = prepare(&side) {
+                    let _ = events.send(DiskEvent::Failed(error));
+                    return;
+                }
             }
             match rx.recv() {
-                Ok(w) => push(&mut queue, w),
+                Ok(w) => push(&mut queue, &mut prepare_due, w),
                 Err(_) => return,
             }
         }
         // Group commit: everything that queued up while we were busy joins this batch.
         while open && queue.len() < BATCH_WRITES_MAX {
             match rx.try_recv() {
-                Ok(w) => push(&mut queue, w),
+                Ok(w) => push(&mut queue, &mut prepare_due, w),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => open = false,
             }
@@ -393,7 +400,7 @@ fn disk_main<S: LogStore>(
                     return;
                 }
                 match rx.recv_timeout(DISK_FULL_RETRY) {
-                    Ok(w) => push(&mut queue, w),
+                    Ok(w) => push(&mut queue, &mut prepare_due, w),
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => open = false,
                 }
@@ -888,7 +895,8 @@ mod tests {
     }
 
     /// Preallocation is the idle thread's work, at start and when the loop's own writes
-    /// used up the space; never the loop's (it would hold up the put that found it).
+    /// used up the space; never the loop's (it would hold up the put that found it), and
+    /// not asked for by the thread's own writes (load, where group commit pays).
     #[test]
     fn the_idle_thread_preallocates_and_the_loop_never_does() {
         let (fake, disk, _erx) = started(|l| l.space = Some(0));
@@ -911,6 +919,20 @@ mod tests {
             fake.with(|l| l.prepared_on.clone()),
             vec!["disk", "disk"],
             "three records of space left: no preparation wanted"
+        );
+        wait_until(|| disk.idle());
+        let thread_writes = DiskWrite {
+            id: 3,
+            ops: vec![append(5), append(6), append(7)],
+        };
+        disk.submit(thread_writes).unwrap();
+        wait_until(|| disk.idle());
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(fake.with(|l| l.space), Some(0));
+        assert_eq!(
+            fake.with(|l| l.prepared_on.len()),
+            2,
+            "the thread's own writes ask for no preparation"
         );
         disk.finish().unwrap();
     }
