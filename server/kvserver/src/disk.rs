@@ -10,6 +10,15 @@
 //! The store is shared for that, but used by one side at a time: the loop touches it
 //! only while nothing is queued for the thread, and the thread only for queued writes.
 //!
+//! At low load, when the loop makes its writes itself and each put waits for its own
+//! fsync, the thread keeps space written with zeros (and synced) ahead of the end of the
+//! WAL ([`LogStore::prepare`]): a record written there changes no file size, so its
+//! fsync has only the data to flush, not a file-system journal commit as well. The
+//! thread prepares when it starts and when the loop nudges it after a write of its own
+//! that used up most of that space, once its queue is empty. Its own writes never ask
+//! for space: under load one fsync commits many writes anyway, and zeros written ahead
+//! would double the bytes the disk takes while it is the bottleneck.
+//!
 //! A full disk does not stop the thread: the write that hit it is retried (from the op
 //! that failed, since kv-storage leaves the log as it was before a failed write) until
 //! space frees up, and the event loop is told so it can refuse new client writes in the
@@ -34,6 +43,13 @@ pub const DISK_FULL_RETRY: Duration = Duration::from_secs(1);
 /// Most record payload bytes of a write the event loop writes itself: a round of small
 /// appends, not a catch-up batch (whose write would hold up every group's timers).
 pub const WRITE_HERE_BYTES_MAX: usize = 64 * 1024;
+/// Bytes of WAL space the idle thread preallocates ahead of the end of the log: each
+/// round of it is one write and one fsync, so it should be rare, and it holds the store
+/// for that long, so it should be short.
+pub const PREALLOCATE_BYTES: u64 = 2 * 1024 * 1024;
+/// The thread preallocates again when less than this is left ahead of the log (about
+/// half a second of writes at 64 clients), so that a busy spell rarely runs past it.
+pub const PREALLOCATE_LOW_BYTES: u64 = 1024 * 1024;
 
 /// How a storage operation failed, as far as the disk thread's policy is concerned.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +73,15 @@ pub trait LogStore: Send + 'static {
     fn append_all(&mut self, records: &[&Record]) -> Result<(), (usize, StoreError)>;
     /// Makes every op executed so far durable.
     fn sync(&mut self) -> Result<(), StoreError>;
+    /// Whether [`LogStore::prepare`] has work to do.
+    fn wants_prepare(&self) -> bool {
+        false
+    }
+    /// Housekeeping for an idle moment that makes later writes faster (preallocating WAL
+    /// space). Changes nothing a recovery reads. A full disk is not an error here.
+    fn prepare(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 impl<D> LogStore for kv_storage::Storage<D>
@@ -84,6 +109,18 @@ where
         // A failed fsync leaves the page cache in an unknown state (the "fsyncgate"
         // lesson), so even ENOSPC here is fatal rather than retried.
         kv_storage::Storage::sync(self).map_err(StoreError::Fatal)
+    }
+
+    fn wants_prepare(&self) -> bool {
+        self.needs_preallocation(PREALLOCATE_LOW_BYTES)
+    }
+
+    fn prepare(&mut self) -> Result<(), StoreError> {
+        match self.preallocate(PREALLOCATE_BYTES) {
+            // Without the space, records are appended as they were before it.
+            Ok(_) | Err(kv_storage::StorageError::DiskFull { .. }) => Ok(()),
+            Err(e) => Err(StoreError::Fatal(e)),
+        }
     }
 }
 
@@ -117,7 +154,7 @@ pub struct DiskThreadGone;
 
 /// Handle to the running disk thread.
 pub struct DiskThread {
-    tx: Option<mpsc::Sender<Job>>,
+    tx: Option<mpsc::Sender<Msg>>,
     handle: Option<JoinHandle<()>>,
     /// Writes queued for the thread and not yet reported done (or failed). At 0 the
     /// thread does not touch the store, and every write it took is reported.
@@ -189,7 +226,7 @@ impl DiskThread {
         // Counted before the thread can see it, so the count never reads 0 while the
         // thread may still touch the store for it.
         self.queued.fetch_add(1, Ordering::AcqRel);
-        tx.send(Job(pending)).map_err(|_| DiskThreadGone)
+        tx.send(Msg::Write(pending)).map_err(|_| DiskThreadGone)
     }
 
     /// True if the thread has nothing queued or in progress: every write it took is
@@ -210,7 +247,8 @@ impl DiskThread {
         }
         let mut store = match self.store.try_lock() {
             Ok(store) => store,
-            // Poisoned: the thread panicked, and the submit reports it gone.
+            // The thread is preparing (it then takes the write next), or it panicked
+            // (poisoned), and the submit reports it gone.
             Err(_) => {
                 self.submit(write)?;
                 return Ok(Placed::Queued);
@@ -229,9 +267,20 @@ impl DiskThread {
             Err(StoreError::Fatal(e)) => return Err(WriteHereError::Failed(e)),
         }
         match store.sync() {
-            Ok(()) => Ok(Placed::Durable(id)),
-            Err(StoreError::Fatal(e) | StoreError::Full(e)) => Err(WriteHereError::Failed(e)),
+            Ok(()) => {}
+            Err(StoreError::Fatal(e) | StoreError::Full(e)) => {
+                return Err(WriteHereError::Failed(e))
+            }
         }
+        if store.wants_prepare() {
+            drop(store);
+            // Not counted as queued: it is no write. A thread that is gone is reported
+            // by the next write.
+            if let Some(tx) = &self.tx {
+                let _ = tx.send(Msg::Prepare);
+            }
+        }
+        Ok(Placed::Durable(id))
     }
 
     /// Closes the queue and waits (blocking) until the thread has written, synced and
@@ -261,9 +310,14 @@ fn small(write: &DiskWrite) -> bool {
     bytes <= WRITE_HERE_BYTES_MAX
 }
 
-/// What the event loop hands the disk thread: a write of the node core, executed in id
-/// order, from the op a full disk stopped at if the loop tried it first.
-struct Job(Pending);
+/// What the event loop hands the disk thread.
+enum Msg {
+    /// A write of the node core, executed in id order, from the op a full disk stopped
+    /// at if the loop tried it first.
+    Write(Pending),
+    /// The loop's own writes used up the preallocated space: prepare more while idle.
+    Prepare,
+}
 
 /// The disk thread's side of the shared store.
 struct Side<S> {
@@ -280,13 +334,19 @@ struct Pending {
 
 fn disk_main<S: LogStore>(
     side: Side<S>,
-    rx: mpsc::Receiver<Job>,
+    rx: mpsc::Receiver<Msg>,
     events: UnboundedSender<DiskEvent>,
 ) {
     let mut queue: VecDeque<Pending> = VecDeque::new();
     let mut open = true;
     let mut full = false;
-    let push = |queue: &mut VecDeque<Pending>, Job(pending): Job| {
+    // Prepared at start, and at the first empty queue after each nudge.
+    let mut prepare_due = true;
+    let push = |queue: &mut VecDeque<Pending>, prepare_due: &mut bool, msg: Msg| {
+        let Msg::Write(pending) = msg else {
+            *prepare_due = true;
+            return;
+        };
         if let Some(last) = queue.back() {
             assert!(
                 pending.write.id > last.write.id,
@@ -302,15 +362,21 @@ fn disk_main<S: LogStore>(
             if !open {
                 return;
             }
+            if std::mem::take(&mut prepare_due) {
+                if let Err(StoreError::Fatal(error) | StoreError::Full(error)) = prepare(&side) {
+                    let _ = events.send(DiskEvent::Failed(error));
+                    return;
+                }
+            }
             match rx.recv() {
-                Ok(w) => push(&mut queue, w),
+                Ok(w) => push(&mut queue, &mut prepare_due, w),
                 Err(_) => return,
             }
         }
         // Group commit: everything that queued up while we were busy joins this batch.
         while open && queue.len() < BATCH_WRITES_MAX {
             match rx.try_recv() {
-                Ok(w) => push(&mut queue, w),
+                Ok(w) => push(&mut queue, &mut prepare_due, w),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => open = false,
             }
@@ -334,7 +400,7 @@ fn disk_main<S: LogStore>(
                     return;
                 }
                 match rx.recv_timeout(DISK_FULL_RETRY) {
-                    Ok(w) => push(&mut queue, w),
+                    Ok(w) => push(&mut queue, &mut prepare_due, w),
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => open = false,
                 }
@@ -363,6 +429,19 @@ fn disk_main<S: LogStore>(
         // Only now: a loop that reads 0 finds these reported already.
         side.queued.fetch_sub(n, Ordering::AcqRel);
     }
+}
+
+/// Lets the store prepare if it wants to. Runs only with nothing queued; the loop then
+/// finds the store locked at most for the preparation and queues its write instead.
+fn prepare<S: LogStore>(side: &Side<S>) -> Result<(), StoreError> {
+    let mut store = side
+        .store
+        .lock()
+        .expect("only the disk thread panics holding it");
+    if store.wants_prepare() {
+        store.prepare()?;
+    }
+    Ok(())
 }
 
 /// Executes every op not yet executed, in order; stops at the first failure, leaving the
@@ -453,6 +532,14 @@ mod tests {
         /// Each RemoveGroup ("remove") and TakeBackGroup ("take back") op, with its
         /// shard and the number of ops executed before it.
         group_ops: Vec<(&'static str, u32, usize)>,
+        /// Preallocated records left (`None`: the store never prepares): each appended
+        /// record uses one, the store wants to prepare below 2, and a preparation makes
+        /// it 4.
+        space: Option<usize>,
+        /// Name of the thread of each preparation.
+        prepared_on: Vec<String>,
+        /// The next preparation fails fatally.
+        fail_prepare: bool,
     }
 
     #[derive(Clone, Default)]
@@ -492,6 +579,7 @@ mod tests {
                 .min(records.len());
             log.appended
                 .extend(records[..n].iter().map(|r| r.last_index));
+            log.space = log.space.map(|s| s.saturating_sub(n));
             log.batches.push(records.len());
             if n < records.len() {
                 return Err((n, StoreError::Full(full_wal())));
@@ -512,6 +600,24 @@ mod tests {
             }
             let n = log.executed.len();
             log.syncs.push(n);
+            Ok(())
+        }
+
+        fn wants_prepare(&self) -> bool {
+            matches!(self.0 .0.lock().unwrap().space, Some(s) if s < 2)
+        }
+
+        fn prepare(&mut self) -> Result<(), StoreError> {
+            let mut log = self.0 .0.lock().unwrap();
+            if log.fail_prepare {
+                return Err(StoreError::Fatal(StorageError::Io {
+                    file: "wal-1".into(),
+                    source: std::io::Error::other("preallocating failed"),
+                }));
+            }
+            let name = std::thread::current().name().unwrap_or("").to_string();
+            log.prepared_on.push(name);
+            log.space = Some(4);
             Ok(())
         }
     }
@@ -785,6 +891,62 @@ mod tests {
             executed.iter().map(|e| e.1 / 10).collect::<Vec<_>>(),
             vec![1, 1, 2, 2, 3, 3]
         );
+        disk.finish().unwrap();
+    }
+
+    /// Preallocation is the idle thread's work, at start and when the loop's own writes
+    /// used up the space; never the loop's (it would hold up the put that found it), and
+    /// not asked for by the thread's own writes (load, where group commit pays).
+    #[test]
+    fn the_idle_thread_preallocates_and_the_loop_never_does() {
+        let (fake, disk, _erx) = started(|l| l.space = Some(0));
+        wait_until(|| fake.with(|l| l.prepared_on.len()) == 1);
+        let three = DiskWrite {
+            id: 1,
+            ops: vec![append(1), append(2), append(3)],
+        };
+        assert_eq!(disk.write_here(three).unwrap(), Placed::Durable(1));
+        // One record of space left: the loop's write nudged the thread.
+        wait_until(|| fake.with(|l| l.prepared_on.len()) == 2);
+        let one = DiskWrite {
+            id: 2,
+            ops: vec![append(4)],
+        };
+        // Durable here, or queued if it met the thread still holding the store.
+        disk.write_here(one).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            fake.with(|l| l.prepared_on.clone()),
+            vec!["disk", "disk"],
+            "three records of space left: no preparation wanted"
+        );
+        wait_until(|| disk.idle());
+        let thread_writes = DiskWrite {
+            id: 3,
+            ops: vec![append(5), append(6), append(7)],
+        };
+        disk.submit(thread_writes).unwrap();
+        wait_until(|| disk.idle());
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(fake.with(|l| l.space), Some(0));
+        assert_eq!(
+            fake.with(|l| l.prepared_on.len()),
+            2,
+            "the thread's own writes ask for no preparation"
+        );
+        disk.finish().unwrap();
+    }
+
+    #[test]
+    fn a_failed_preparation_stops_the_thread() {
+        let (_, disk, mut erx) = started(|l| {
+            l.space = Some(0);
+            l.fail_prepare = true;
+        });
+        match next(&mut erx) {
+            DiskEvent::Failed(e) => assert!(e.to_string().contains("preallocating"), "{e}"),
+            other => panic!("expected Failed, got {other:?}"),
+        }
         disk.finish().unwrap();
     }
 

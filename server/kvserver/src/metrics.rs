@@ -587,6 +587,14 @@ impl<S: LogStore> LogStore for MeteredStore<S> {
             .wal_commit(std::mem::take(&mut self.appended_bytes), start.elapsed());
         result
     }
+
+    fn wants_prepare(&self) -> bool {
+        self.inner.wants_prepare()
+    }
+
+    fn prepare(&mut self) -> Result<(), StoreError> {
+        self.inner.prepare()
+    }
 }
 
 /// The samples of OpenMetrics `text` whose family is one of `kinds` (by its `# TYPE`

@@ -50,11 +50,13 @@ pub const RECV_BATCH_MAX: usize = 256;
 /// Most writes one event-loop turn writes and syncs itself (`DiskThread::write_here`)
 /// before it goes back to its timers: each blocks the loop for an fsync.
 pub const WRITES_HERE_PER_TURN_MAX: usize = 4;
-/// Most inputs (datagrams, Redis gateway requests) taken in since the last flush, and
-/// most client requests waiting for their answer, for the flush's writes to be made by
-/// the loop itself. More say the node is busy: while the disk thread syncs, the loop
-/// goes on serving them (acks and requests of its groups), which a loop blocked in an
-/// fsync could not.
+/// Most client requests waiting for their answer, and most inputs (datagrams, Redis
+/// gateway requests) taken in since the last flush besides one datagram from each peer,
+/// for the flush's writes to be made by the loop itself. The peers' share is there
+/// because at one client a leader's turn often takes in the next request together with
+/// the slower follower's ack of the previous write. More say the node is busy: while
+/// the disk thread syncs, the loop goes on serving them (acks and requests of its
+/// groups), which a loop blocked in an fsync could not.
 pub const WRITE_HERE_INPUTS_MAX: u64 = 1;
 /// How often the traffic counters are logged (at `info` when datagrams were dropped in
 /// the interval, else at `debug`).

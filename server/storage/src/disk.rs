@@ -6,7 +6,7 @@ use crate::error::StorageError;
 
 /// A flat directory of named files. Names are plain file names (no `/`).
 ///
-/// Durability follows POSIX: bytes appended to a file are durable only after
+/// Durability follows POSIX: bytes written to a file are durable only after
 /// [`Disk::sync_file`] of that file; a create, rename or remove is durable only after
 /// [`Disk::sync_dir`]. Implementations must not promise more than that, and
 /// [`crate::SimDisk`] deliberately promises nothing more.
@@ -16,6 +16,10 @@ pub trait Disk {
     /// Appends `data` at the end of `name`. On error a prefix of `data` may have been
     /// written; the caller restores the old length with [`Disk::truncate`].
     fn append(&mut self, name: &str, data: &[u8]) -> Result<(), StorageError>;
+    /// Writes `data` into `name` at `offset` (at most its current length), over what is
+    /// there and past its end if it reaches that far. On error a prefix of `data` may
+    /// have been written.
+    fn write_at(&mut self, name: &str, offset: u64, data: &[u8]) -> Result<(), StorageError>;
     /// Reads the whole of `name`.
     fn read(&mut self, name: &str) -> Result<Vec<u8>, StorageError>;
     /// Makes the current contents of `name` durable (fsync).

@@ -32,8 +32,13 @@ pub const RECORD_PAYLOAD_BYTES_MAX: u64 = 16 * 1024 * 1024;
 /// Largest snapshot file body. Snapshots are read whole into memory at recovery.
 pub const SNAPSHOT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 
-/// Version of both file formats; bumped on any incompatible change.
+/// Version of the snapshot file format; bumped on any incompatible change.
 pub(crate) const FORMAT_VERSION: u16 = 1;
+/// Version of the segment format this build writes. Version 2 seeds every record's CRC
+/// with the segment's sequence number (so a record is valid only in the segment it was
+/// written for) and lets a segment end in zeros (space preallocated for records).
+/// Version 1 segments (CRC unseeded, no zero tail written) are still read.
+pub(crate) const SEGMENT_FORMAT_VERSION: u16 = 2;
 const SEGMENT_MAGIC: [u8; 4] = *b"RKVW";
 const SNAPSHOT_MAGIC: [u8; 4] = *b"RKVS";
 
@@ -97,7 +102,7 @@ fn parse_padded(digits: &str, width: usize) -> Option<u64> {
 pub(crate) fn encode_segment_header(seq: u64, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&SEGMENT_MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
     let crc = crc32c::crc32c(&out[start..]);
@@ -105,9 +110,14 @@ pub(crate) fn encode_segment_header(seq: u64, out: &mut Vec<u8>) {
     debug_assert_eq!(out.len() - start, SEGMENT_HEADER_BYTES);
 }
 
+/// The value every record CRC of segment `seq` starts from (version 2 segments).
+pub(crate) fn record_seed(seq: u64) -> u32 {
+    crc32c::crc32c(&seq.to_le_bytes())
+}
+
 /// Checks a complete segment header (`data` holds at least [`SEGMENT_HEADER_BYTES`]).
-/// Returns why it is bad, if it is.
-pub(crate) fn check_segment_header(seq: u64, data: &[u8]) -> Result<(), String> {
+/// Returns the seed of the segment's record CRCs, or why the header is bad.
+pub(crate) fn check_segment_header(seq: u64, data: &[u8]) -> Result<u32, String> {
     let header = &data[..SEGMENT_HEADER_BYTES];
     if header[0..4] != SEGMENT_MAGIC {
         return Err("bad segment magic".to_string());
@@ -116,9 +126,9 @@ pub(crate) fn check_segment_header(seq: u64, data: &[u8]) -> Result<(), String> 
         return Err("segment header CRC mismatch".to_string());
     }
     let version = le_u16(&header[4..6]);
-    if version != FORMAT_VERSION {
+    if !(1..=SEGMENT_FORMAT_VERSION).contains(&version) {
         return Err(format!(
-            "unsupported segment format version {version} (this build reads {FORMAT_VERSION})"
+            "unsupported segment format version {version} (this build reads 1..={SEGMENT_FORMAT_VERSION})"
         ));
     }
     let header_seq = le_u64(&header[8..16]);
@@ -127,11 +137,12 @@ pub(crate) fn check_segment_header(seq: u64, data: &[u8]) -> Result<(), String> 
             "header says segment {header_seq}, file name says {seq}"
         ));
     }
-    Ok(())
+    Ok(if version == 1 { 0 } else { record_seed(seq) })
 }
 
-/// Appends the encoding of `record` to `out`. The caller has checked the payload limit.
-pub(crate) fn encode_record(record: &Record, out: &mut Vec<u8>) {
+/// Appends the encoding of `record` to `out`, its CRC seeded with `seed` (the
+/// [`record_seed`] of the segment it goes to). The caller has checked the payload limit.
+pub(crate) fn encode_record(record: &Record, seed: u32, out: &mut Vec<u8>) {
     assert!(
         record.payload.len() as u64 <= RECORD_PAYLOAD_BYTES_MAX,
         "caller checks the limit"
@@ -146,19 +157,24 @@ pub(crate) fn encode_record(record: &Record, out: &mut Vec<u8>) {
     out.extend_from_slice(&record.group.to_le_bytes());
     out.extend_from_slice(&record.last_index.to_le_bytes());
     out.extend_from_slice(&record.payload);
-    let crc = record_crc(&out[start..start + 4], &out[start + RECORD_PREFIX_BYTES..]);
+    let crc = record_crc(
+        seed,
+        &out[start..start + 4],
+        &out[start + RECORD_PREFIX_BYTES..],
+    );
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// The CRC covers the length too, so a flipped length bit is caught rather than
-/// misread as a shorter or longer record.
-fn record_crc(len_bytes: &[u8], body: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(len_bytes), body)
+/// misread as a shorter or longer record; the seed ties the record to its segment, so a
+/// record left over from another segment's bytes is never read as one of this one.
+fn record_crc(seed: u32, len_bytes: &[u8], body: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c_append(seed, len_bytes), body)
 }
 
-/// Decodes the record starting at `at`. Returns it and the offset just past it, or
-/// why no valid record starts there.
-pub(crate) fn decode_record(data: &[u8], at: usize) -> Result<(Record, usize), String> {
+/// Decodes the record starting at `at` of a segment whose record CRCs start from `seed`.
+/// Returns it and the offset just past it, or why no valid record starts there.
+pub(crate) fn decode_record(data: &[u8], at: usize, seed: u32) -> Result<(Record, usize), String> {
     let rest = &data[at..];
     if rest.len() < RECORD_HEADER_BYTES {
         return Err(format!(
@@ -181,7 +197,7 @@ pub(crate) fn decode_record(data: &[u8], at: usize) -> Result<(Record, usize), S
         ));
     }
     let body = &rest[RECORD_PREFIX_BYTES..end];
-    if record_crc(&rest[0..4], body) != le_u32(&rest[4..8]) {
+    if record_crc(seed, &rest[0..4], body) != le_u32(&rest[4..8]) {
         return Err("record CRC mismatch".to_string());
     }
     let flags = body[1];
@@ -202,9 +218,19 @@ pub(crate) fn decode_record(data: &[u8], at: usize) -> Result<(Record, usize), S
 
 /// Whether a valid record starts anywhere after `bad`: the test that tells a torn tail
 /// (garbage up to the end) from corruption in the middle of the log (valid data after).
-pub(crate) fn valid_record_after(data: &[u8], bad: usize) -> Option<usize> {
-    (bad + 1..data.len().saturating_sub(RECORD_HEADER_BYTES - 1))
-        .find(|&at| decode_record(data, at).is_ok())
+/// A record starts with a nonzero length, so no start past the last nonzero byte is
+/// tried (a preallocated zero tail of megabytes costs one backwards scan).
+pub(crate) fn valid_record_after(data: &[u8], bad: usize, seed: u32) -> Option<usize> {
+    let starts_end = data.iter().rposition(|&b| b != 0).map_or(0, |z| z + 1);
+    (bad + 1..starts_end.min(data.len().saturating_sub(RECORD_HEADER_BYTES - 1)))
+        .find(|&at| decode_record(data, at, seed).is_ok())
+}
+
+/// Whether every byte from `at` on is zero: the end of the records of a segment whose
+/// space was preallocated (written with zeros) ahead of them. A record never starts with
+/// four zero bytes (its length is at least 16), so zeros are never taken for one.
+pub(crate) fn zeros_from(data: &[u8], at: usize) -> bool {
+    data[at..].iter().all(|&b| b == 0)
 }
 
 /// Encodes a snapshot file: header then data.
@@ -288,6 +314,8 @@ fn le_u64(b: &[u8]) -> u64 {
 mod tests {
     use super::*;
 
+    const SEED: u32 = 0x5eed;
+
     fn record(payload: &[u8]) -> Record {
         Record {
             group: 7,
@@ -301,9 +329,9 @@ mod tests {
     #[test]
     fn record_round_trips() {
         let mut buf = vec![0xAA; 5];
-        encode_record(&record(b"hello"), &mut buf);
+        encode_record(&record(b"hello"), SEED, &mut buf);
         assert_eq!(buf.len(), 5 + RECORD_HEADER_BYTES + 5);
-        let (decoded, next) = decode_record(&buf, 5).unwrap();
+        let (decoded, next) = decode_record(&buf, 5, SEED).unwrap();
         assert_eq!(decoded, record(b"hello"));
         assert_eq!(next, buf.len());
     }
@@ -311,12 +339,12 @@ mod tests {
     #[test]
     fn every_single_byte_flip_is_detected() {
         let mut clean = Vec::new();
-        encode_record(&record(b"payload bytes"), &mut clean);
+        encode_record(&record(b"payload bytes"), SEED, &mut clean);
         for at in 0..clean.len() {
             let mut bad = clean.clone();
             bad[at] ^= 0x01;
             assert!(
-                decode_record(&bad, 0).is_err(),
+                decode_record(&bad, 0, SEED).is_err(),
                 "flip at {at} went unnoticed"
             );
         }
@@ -325,10 +353,10 @@ mod tests {
     #[test]
     fn every_truncation_is_detected() {
         let mut clean = Vec::new();
-        encode_record(&record(b"payload"), &mut clean);
+        encode_record(&record(b"payload"), SEED, &mut clean);
         for len in 0..clean.len() {
             assert!(
-                decode_record(&clean[..len], 0).is_err(),
+                decode_record(&clean[..len], 0, SEED).is_err(),
                 "prefix of {len} bytes accepted"
             );
         }
@@ -337,12 +365,35 @@ mod tests {
     #[test]
     fn valid_record_after_finds_the_next_record_only() {
         let mut buf = Vec::new();
-        encode_record(&record(b"one"), &mut buf);
+        encode_record(&record(b"one"), SEED, &mut buf);
         let second = buf.len();
-        encode_record(&record(b"two"), &mut buf);
+        encode_record(&record(b"two"), SEED, &mut buf);
         buf[10] ^= 0xFF;
-        assert_eq!(valid_record_after(&buf, 0), Some(second));
-        assert_eq!(valid_record_after(&buf, second), None);
+        buf.resize(buf.len() + 1000, 0);
+        assert_eq!(valid_record_after(&buf, 0, SEED), Some(second));
+        assert_eq!(valid_record_after(&buf, second, SEED), None);
+    }
+
+    #[test]
+    fn a_record_is_valid_only_in_the_segment_it_was_written_for() {
+        let mut buf = Vec::new();
+        encode_record(&record(b"old"), record_seed(3), &mut buf);
+        assert!(decode_record(&buf, 0, record_seed(3)).is_ok());
+        assert!(decode_record(&buf, 0, record_seed(4)).is_err());
+        assert_eq!(valid_record_after(&buf, 0, record_seed(4)), None);
+    }
+
+    #[test]
+    fn zeros_never_decode_and_end_the_records() {
+        let zeros = vec![0u8; 4 * RECORD_HEADER_BYTES];
+        assert!(decode_record(&zeros, 0, SEED).is_err());
+        assert!(decode_record(&zeros, 0, 0).is_err());
+        assert!(zeros_from(&zeros, 0));
+        let mut buf = Vec::new();
+        encode_record(&record(b"x"), SEED, &mut buf);
+        let end = buf.len();
+        buf.extend_from_slice(&zeros);
+        assert!(zeros_from(&buf, end) && !zeros_from(&buf, end - 1));
     }
 
     #[test]
@@ -360,7 +411,7 @@ mod tests {
     fn segment_header_checks_sequence_and_crc() {
         let mut header = Vec::new();
         encode_segment_header(4, &mut header);
-        assert_eq!(check_segment_header(4, &header), Ok(()));
+        assert_eq!(check_segment_header(4, &header), Ok(record_seed(4)));
         assert!(check_segment_header(5, &header)
             .unwrap_err()
             .contains("file name says 5"));
@@ -368,6 +419,23 @@ mod tests {
         assert!(check_segment_header(4, &header)
             .unwrap_err()
             .contains("CRC"));
+    }
+
+    #[test]
+    fn a_version_1_segment_has_unseeded_record_crcs() {
+        let mut header = Vec::new();
+        header.extend_from_slice(&SEGMENT_MAGIC);
+        header.extend_from_slice(&1u16.to_le_bytes());
+        header.extend_from_slice(&0u16.to_le_bytes());
+        header.extend_from_slice(&4u64.to_le_bytes());
+        let crc = crc32c::crc32c(&header);
+        header.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(check_segment_header(4, &header), Ok(0));
+        // Seed 0 is the version 1 record CRC: CRC32C of the length, then the body.
+        let mut buf = Vec::new();
+        encode_record(&record(b"v1"), 0, &mut buf);
+        let unseeded = crc32c::crc32c_append(crc32c::crc32c(&buf[0..4]), &buf[8..]);
+        assert_eq!(le_u32(&buf[4..8]), unseeded);
     }
 
     #[test]

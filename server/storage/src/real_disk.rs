@@ -2,7 +2,8 @@
 //! kvserver.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::disk::{assert_plain_name, Disk};
@@ -10,9 +11,9 @@ use crate::error::StorageError;
 
 /// A directory on the real file system.
 ///
-/// Keeps the file it last appended to open, because the WAL appends to one segment
-/// many times between fsyncs and reopening it for every record would double the
-/// system calls on the hot path.
+/// Keeps the file it last wrote to open, because the WAL writes to one segment many
+/// times between fsyncs and reopening it for every record would double the system
+/// calls on the hot path.
 #[derive(Debug)]
 pub struct RealDisk {
     dir: PathBuf,
@@ -55,8 +56,9 @@ impl RealDisk {
     fn handle(&mut self, name: &str) -> Result<&mut File, StorageError> {
         let cached = matches!(&self.append_handle, Some((n, _)) if n == name);
         if !cached {
+            // Not O_APPEND: Linux would then put every positioned write at the end.
             let file = OpenOptions::new()
-                .append(true)
+                .write(true)
                 .open(self.path(name))
                 .map_err(|e| self.err(name, e))?;
             self.append_handle = Some((name.to_string(), file));
@@ -73,7 +75,15 @@ impl Disk for RealDisk {
     }
 
     fn append(&mut self, name: &str, data: &[u8]) -> Result<(), StorageError> {
-        let result = self.handle(name)?.write_all(data);
+        let file = self.handle(name)?;
+        let result = file
+            .seek(SeekFrom::End(0))
+            .and_then(|_| file.write_all(data));
+        result.map_err(|e| self.err(name, e))
+    }
+
+    fn write_at(&mut self, name: &str, offset: u64, data: &[u8]) -> Result<(), StorageError> {
+        let result = self.handle(name)?.write_all_at(data, offset);
         result.map_err(|e| self.err(name, e))
     }
 
@@ -86,7 +96,8 @@ impl Disk for RealDisk {
     }
 
     fn sync_file(&mut self, name: &str) -> Result<(), StorageError> {
-        // fdatasync also flushes the file length, which is all an append changes.
+        // fdatasync also flushes the file length, the only metadata a write changes
+        // that reading the data back needs.
         let result = match &self.append_handle {
             Some((n, file)) if n == name => file.sync_data(),
             _ => File::open(self.path(name)).and_then(|f| f.sync_data()),

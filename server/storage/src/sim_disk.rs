@@ -17,8 +17,10 @@ use crate::error::StorageError;
 /// same operations give the same files, byte for byte.
 ///
 /// What survives [`SimDisk::crash`] (the POSIX minimum, nothing more):
-/// - a file's bytes as of its last [`Disk::sync_file`]; of what was appended after
-///   it, nothing, everything, or a prefix (a torn write), chosen by the seed;
+/// - a file's bytes as of its last [`Disk::sync_file`]; of what was written after it
+///   (appended, or written over bytes already there), nothing, everything, or the part
+///   below a seeded offset (a torn write: writes reach the medium in offset order, so
+///   above that offset the file keeps its synced bytes);
 /// - a file that was cut below its synced length since: either its synced bytes or
 ///   its current bytes, chosen by the seed;
 /// - the directory as of its last [`Disk::sync_dir`]: later creates, renames and
@@ -35,8 +37,9 @@ pub struct SimDiskStats {
     pub file_syncs: u64,
     /// Calls of [`Disk::sync_dir`].
     pub dir_syncs: u64,
-    /// Bytes appended (including the written prefix of failed appends).
-    pub bytes_appended: u64,
+    /// Bytes written by appends and positioned writes (including the written prefix of
+    /// failed ones).
+    pub bytes_written: u64,
     /// Calls of [`SimDisk::crash`].
     pub crashes: u64,
 }
@@ -60,9 +63,37 @@ struct Inode {
     data: Vec<u8>,
     /// Contents as of the last fsync.
     durable: Vec<u8>,
-    /// Whether `data` still starts with `durable` (only appends since the fsync), in
-    /// which case a crash may keep any prefix of the unsynced tail.
-    append_only: bool,
+    /// Lowest offset written since the last fsync (`usize::MAX`: none): below it `data`
+    /// and `durable` agree.
+    dirty_from: usize,
+    /// Cut below its durable length since the last fsync: a crash keeps either version
+    /// whole.
+    cut: bool,
+}
+
+impl Inode {
+    fn new() -> Inode {
+        Inode {
+            dirty_from: usize::MAX,
+            ..Inode::default()
+        }
+    }
+
+    /// Where `data` may first differ from `durable`.
+    fn clean_up_to(&self) -> usize {
+        self.dirty_from.min(self.durable.len()).min(self.data.len())
+    }
+
+    /// Writes `bytes` at `at` (at most the current length).
+    fn write(&mut self, at: usize, bytes: &[u8]) {
+        assert!(at <= self.data.len(), "writes leave no holes");
+        let end = at + bytes.len();
+        if end > self.data.len() {
+            self.data.resize(end, 0);
+        }
+        self.data[at..end].copy_from_slice(bytes);
+        self.dirty_from = self.dirty_from.min(at);
+    }
 }
 
 /// SplitMix64: tiny, and fixed forever, so a seed replays the same run on every build
@@ -152,25 +183,38 @@ impl SimDisk {
         s.names = s.durable_names.clone();
         s.collect_garbage();
         for inode in s.inodes.values_mut() {
-            if inode.append_only {
-                let unsynced = (inode.data.len() - inode.durable.len()) as u64;
+            if !inode.cut {
+                let clean = inode.clean_up_to();
+                let unsynced = (inode.data.len() - clean) as u64;
                 let kept = match s.rng.upto(2) {
                     0 => 0,
                     1 => unsynced,
                     _ => s.rng.upto(unsynced),
                 };
-                inode.data.truncate(inode.durable.len() + kept as usize);
+                let reached = clean + kept as usize;
+                // Above the offset the writes reached, the synced bytes stay (none past
+                // the synced length, which only appends had grown).
+                if reached < inode.durable.len() {
+                    let rest = inode.durable[reached..].to_vec();
+                    inode.data.truncate(reached);
+                    inode.data.extend_from_slice(&rest);
+                } else {
+                    inode.data.truncate(reached);
+                }
             } else if s.rng.upto(1) == 0 {
                 inode.data = inode.durable.clone();
             }
             inode.durable = inode.data.clone();
-            inode.append_only = true;
+            inode.dirty_from = usize::MAX;
+            inode.cut = false;
         }
     }
 
-    /// While `full`, every append fails with [`StorageError::DiskFull`] after writing a
-    /// seeded prefix of its bytes (as a real `write` may). Creates, renames, removes and
-    /// truncates still succeed: they need no data blocks.
+    /// While `full`, every append and positioned write fails with
+    /// [`StorageError::DiskFull`] after writing a seeded prefix of its bytes (as a real
+    /// `write` may; a write over blocks already there fails too, which is stricter than
+    /// a real file system). Creates, renames, removes and truncates still succeed: they
+    /// need no data blocks.
     pub fn set_full(&self, full: bool) {
         self.state.borrow_mut().full = full;
     }
@@ -223,19 +267,18 @@ impl Disk for SimDisk {
         let mut s = self.state.borrow_mut();
         let id = s.next_inode;
         s.next_inode += 1;
-        s.inodes.insert(
-            id,
-            Inode {
-                append_only: true,
-                ..Inode::default()
-            },
-        );
+        s.inodes.insert(id, Inode::new());
         s.names.insert(name.to_string(), id);
         s.collect_garbage();
         Ok(())
     }
 
     fn append(&mut self, name: &str, data: &[u8]) -> Result<(), StorageError> {
+        let at = self.state.borrow_mut().inode_mut(name)?.data.len() as u64;
+        self.write_at(name, at, data)
+    }
+
+    fn write_at(&mut self, name: &str, offset: u64, data: &[u8]) -> Result<(), StorageError> {
         let mut s = self.state.borrow_mut();
         let s = &mut *s;
         let full = s.full;
@@ -244,8 +287,9 @@ impl Disk for SimDisk {
         } else {
             data.len()
         };
-        s.stats.bytes_appended += written as u64;
-        s.inode_mut(name)?.data.extend_from_slice(&data[..written]);
+        s.stats.bytes_written += written as u64;
+        let at = usize::try_from(offset).expect("offset fits in memory");
+        s.inode_mut(name)?.write(at, &data[..written]);
         if full {
             return Err(StorageError::DiskFull {
                 file: name.to_string(),
@@ -265,14 +309,15 @@ impl Disk for SimDisk {
             return Err(sync_failed(name));
         }
         let inode = s.inode_mut(name)?;
-        if inode.append_only {
-            let synced = inode.durable.len();
-            let tail = inode.data[synced..].to_vec();
-            inode.durable.extend_from_slice(&tail);
-        } else {
+        if inode.cut {
             inode.durable = inode.data.clone();
+        } else {
+            let clean = inode.clean_up_to();
+            inode.durable.truncate(clean);
+            inode.durable.extend_from_slice(&inode.data[clean..]);
         }
-        inode.append_only = true;
+        inode.dirty_from = usize::MAX;
+        inode.cut = false;
         Ok(())
     }
 
@@ -318,7 +363,7 @@ impl Disk for SimDisk {
         assert!(len <= inode.data.len(), "truncate only shrinks {name}");
         inode.data.truncate(len);
         if len < inode.durable.len() {
-            inode.append_only = false;
+            inode.cut = true;
         }
         Ok(())
     }
@@ -342,6 +387,25 @@ mod tests {
             assert!(data.starts_with(b"durable"), "seed {seed}: {data:?}");
             assert!(b"durable-maybe".starts_with(&data), "seed {seed}: {data:?}");
         }
+    }
+
+    #[test]
+    fn crash_keeps_an_overwrite_whole_torn_or_not_at_all() {
+        let mut outcomes = std::collections::BTreeSet::new();
+        for seed in 0..200 {
+            let mut disk = SimDisk::new(seed);
+            disk.create("f").unwrap();
+            disk.sync_dir().unwrap();
+            disk.append("f", b"head....").unwrap();
+            disk.sync_file("f").unwrap();
+            disk.write_at("f", 4, b"NEW!").unwrap();
+            disk.crash();
+            let data = disk.read("f").unwrap();
+            let kept = (4..=8).find(|&k| data == [&b"headNEW!"[..k], &b"head...."[k..]].concat());
+            assert!(kept.is_some(), "seed {seed}: {data:?}");
+            outcomes.insert(kept);
+        }
+        assert_eq!(outcomes.len(), 5, "every tear point turns up: {outcomes:?}");
     }
 
     #[test]

@@ -9,9 +9,9 @@ use crate::disk::Disk;
 use crate::error::StorageError;
 use crate::format::{
     check_segment_header, decode_record, decode_snapshot, encode_record, encode_segment_header,
-    encode_snapshot, parse_segment_name, parse_snapshot_name, segment_name, snapshot_name,
-    valid_record_after, Record, RECORD_PAYLOAD_BYTES_MAX, SEGMENT_HEADER_BYTES, SNAPSHOT_BYTES_MAX,
-    TEMP_SUFFIX,
+    encode_snapshot, parse_segment_name, parse_snapshot_name, record_seed, segment_name,
+    snapshot_name, valid_record_after, zeros_from, Record, RECORD_PAYLOAD_BYTES_MAX,
+    SEGMENT_HEADER_BYTES, SNAPSHOT_BYTES_MAX, TEMP_SUFFIX,
 };
 
 /// A batch append ([`Storage::append_all`]) that stopped at a failure.
@@ -64,7 +64,8 @@ pub struct TruncatedTail {
     /// Offset the file was cut at (0: the segment had only part of its header and was
     /// removed).
     pub offset: u64,
-    /// Bytes cut off (the whole file when it was removed).
+    /// Bytes cut off: the rest of the file, preallocated zeros after the torn record
+    /// included (the whole file when it was removed).
     pub bytes_cut: u64,
 }
 
@@ -73,15 +74,18 @@ pub struct TruncatedTail {
 struct Segment {
     seq: u64,
     name: String,
+    /// What the segment's record CRCs start from (see `format::record_seed`).
+    seed: u32,
     /// For each group with records in the segment, its highest `last_index` there.
     last_index_max: BTreeMap<u32, u64>,
 }
 
 impl Segment {
-    fn new(seq: u64) -> Segment {
+    fn new(seq: u64, seed: u32) -> Segment {
         Segment {
             seq,
             name: segment_name(seq),
+            seed,
             last_index_max: BTreeMap::new(),
         }
     }
@@ -95,8 +99,11 @@ impl Segment {
 /// The durable state of one node: one WAL for all groups plus snapshot files.
 ///
 /// Writes go straight to the disk ([`Storage::append`]) and become durable together at
-/// the next [`Storage::sync`]. A failed append leaves nothing behind: the segment is
-/// truncated back to its last good length. If that rollback, or any fsync, fails, the
+/// the next [`Storage::sync`]. Records are written at the end of the log, which is
+/// inside the active segment's file when space was preallocated there
+/// ([`Storage::preallocate`]): an fsync then finds no file size to change. A failed
+/// append leaves nothing behind: the segment is truncated back to its last good
+/// length. If that rollback, or any fsync, fails, the
 /// state on disk is unknown and the storage refuses every further write
 /// ([`StorageError::Poisoned`]) until it is reopened, when recovery decides from what is
 /// really on disk.
@@ -106,8 +113,11 @@ pub struct Storage<D: Disk> {
     options: WalOptions,
     /// Segments on disk, oldest first; the last is the one being appended to.
     segments: Vec<Segment>,
-    /// Length of the active segment up to its last complete record.
+    /// Length of the active segment up to its last complete record: the end of the log.
     active_len: u64,
+    /// Length of the active segment's file: `active_len` plus the zeros written ahead of
+    /// the records (preallocated space).
+    active_file_len: u64,
     /// Length of the active segment's header and sticky copies: a segment holding
     /// nothing more is never closed, so one huge record cannot roll segments forever.
     active_head_len: u64,
@@ -176,6 +186,7 @@ impl<D: Disk> Storage<D> {
             options,
             segments: Vec::new(),
             active_len: 0,
+            active_file_len: 0,
             active_head_len: 0,
             active_dirty: false,
             dir_dirty: false,
@@ -250,12 +261,13 @@ impl<D: Disk> Storage<D> {
             });
             return Ok(None);
         }
-        check_segment_header(seq, &data).map_err(|reason| corrupt(0, reason))?;
-        let mut segment = Segment::new(seq);
+        let seed = check_segment_header(seq, &data).map_err(|reason| corrupt(0, reason))?;
+        let mut segment = Segment::new(seq, seed);
         let mut sticky_keys = BTreeSet::new();
         let mut at = SEGMENT_HEADER_BYTES;
+        let mut file_len = data.len();
         while at < data.len() {
-            match decode_record(&data, at) {
+            match decode_record(&data, at, seed) {
                 Ok((record, next)) => {
                     segment.note(&record);
                     if record.sticky {
@@ -266,6 +278,8 @@ impl<D: Disk> Storage<D> {
                     recovered.records.push(record);
                     at = next;
                 }
+                // Preallocated space the records had not reached: the clean end.
+                Err(_) if zeros_from(&data, at) => break,
                 Err(reason) if !is_last => {
                     return Err(corrupt(
                         at,
@@ -273,7 +287,7 @@ impl<D: Disk> Storage<D> {
                     ));
                 }
                 Err(reason) => {
-                    if let Some(valid) = valid_record_after(&data, at) {
+                    if let Some(valid) = valid_record_after(&data, at, seed) {
                         return Err(corrupt(
                             at,
                             format!("{reason}; a valid record follows at offset {valid}"),
@@ -281,18 +295,22 @@ impl<D: Disk> Storage<D> {
                     }
                     // Nothing valid after it: the tail of an append the crash tore.
                     // (`open` fsyncs the cut file with the rest of what it read.)
+                    // Cutting the zeros after it too leaves no torn byte for a later
+                    // record to be written next to.
                     self.disk.truncate(&name, at as u64)?;
                     recovered.truncated_tail = Some(TruncatedTail {
                         file: name.clone(),
                         offset: at as u64,
                         bytes_cut: (data.len() - at) as u64,
                     });
+                    file_len = at;
                     break;
                 }
             }
         }
         self.segments.push(segment);
         self.active_len = at as u64;
+        self.active_file_len = file_len as u64;
         self.active_head_len = SEGMENT_HEADER_BYTES as u64;
         Ok(Some(sticky_keys))
     }
@@ -335,17 +353,18 @@ impl<D: Disk> Storage<D> {
                 }));
             }
             let start = buf.len();
-            encode_record(record, buf);
+            encode_record(record, self.active().seed, buf);
             // The segment's length if the records before this one were written.
             let held = self.active_len + start as u64;
             let would_be = held + (buf.len() - start) as u64;
             if would_be > self.options.segment_bytes_max && held > self.active_head_len {
-                let this = buf.split_off(start);
+                buf.truncate(start);
                 self.write_encoded(&records[first..i], buf)
                     .map_err(stop(first))?;
-                *buf = this;
                 let next = self.active().seq + 1;
                 self.roll(next).map_err(stop(i))?;
+                // Encoded again: its CRC is seeded with the segment it now goes to.
+                encode_record(record, self.active().seed, buf);
                 first = i;
             }
         }
@@ -382,12 +401,16 @@ impl<D: Disk> Storage<D> {
         Ok(())
     }
 
-    /// Appends `bytes` to the active segment; on failure cuts the segment back to its
-    /// last good length so no half record stays for a later append to follow.
+    /// Writes `bytes` at the end of the log (into preallocated space as far as there is
+    /// some); on failure cuts the segment back to its last good length so no half
+    /// record stays for a later append to follow (preallocated space goes with it).
     fn write_or_roll_back(&mut self, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
-        let Err(err) = self.disk.append(name, bytes) else {
+        let Err(err) = self.disk.write_at(name, self.active_len, bytes) else {
+            let end = self.active_len + bytes.len() as u64;
+            self.active_file_len = self.active_file_len.max(end);
             return Ok(());
         };
+        self.active_file_len = self.active_len;
         if let Err(rollback) = self.disk.truncate(name, self.active_len) {
             self.poison(
                 name,
@@ -412,11 +435,11 @@ impl<D: Disk> Storage<D> {
     /// Creates segment `seq` with its header and a copy of every sticky record, and
     /// makes it the active one. On failure the new file is removed again.
     fn start_segment(&mut self, seq: u64) -> Result<(), StorageError> {
-        let mut segment = Segment::new(seq);
+        let mut segment = Segment::new(seq, record_seed(seq));
         let mut head = Vec::new();
         encode_segment_header(seq, &mut head);
         for record in self.sticky.values() {
-            encode_record(record, &mut head);
+            encode_record(record, segment.seed, &mut head);
             segment.note(record);
         }
         self.disk.create(&segment.name)?;
@@ -431,6 +454,7 @@ impl<D: Disk> Storage<D> {
         }
         self.segments.push(segment);
         self.active_len = head.len() as u64;
+        self.active_file_len = head.len() as u64;
         self.active_head_len = head.len() as u64;
         self.active_dirty = true;
         self.dir_dirty = true;
@@ -465,6 +489,49 @@ impl<D: Disk> Storage<D> {
         }
         self.active_dirty = false;
         Ok(())
+    }
+
+    /// Whether fewer than `low` bytes of preallocated space follow the end of the log in
+    /// the active segment while it could still have more (see [`Storage::preallocate`]).
+    pub fn needs_preallocation(&self, low: u64) -> bool {
+        self.active_file_len - self.active_len < low
+            && self.active_file_len < self.options.segment_bytes_max
+    }
+
+    /// Makes sure `ahead` bytes of space (or what is left of the segment's
+    /// `segment_bytes_max`) follow the end of the log in the active segment, written
+    /// with zeros and synced, so that the records later written there change no file
+    /// size and their fsync has no metadata to commit. Returns whether it wrote
+    /// anything. Housekeeping for an idle moment: it costs a write and an fsync.
+    ///
+    /// The zeros are never read as records (a record's length is never 0), so recovery
+    /// finds the end of the log where they start. On a full disk the file is cut back
+    /// and the error returned; the log goes on without preallocated space.
+    pub fn preallocate(&mut self, ahead: u64) -> Result<bool, StorageError> {
+        self.check_poisoned()?;
+        let target = (self.active_len + ahead).min(self.options.segment_bytes_max);
+        if target <= self.active_file_len {
+            return Ok(false);
+        }
+        let name = self.active().name.clone();
+        let zeros = vec![0; (target - self.active_file_len) as usize];
+        if let Err(err) = self.disk.write_at(&name, self.active_file_len, &zeros) {
+            if let Err(rollback) = self.disk.truncate(&name, self.active_file_len) {
+                self.poison(
+                    &name,
+                    format!(
+                        "{err}; then cutting the preallocated space back to {} bytes failed: {rollback}",
+                        self.active_file_len
+                    ),
+                );
+            }
+            return Err(err);
+        }
+        self.active_file_len = target;
+        // Makes the records written so far durable too, which a sync() may count on.
+        self.active_dirty = true;
+        self.sync_active()?;
+        Ok(true)
     }
 
     /// Saves the snapshot of `group` at `index`, durably on return (temp file, fsync,

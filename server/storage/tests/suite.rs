@@ -580,6 +580,179 @@ fn oversized_record_names_the_limit<H: Harness>(h: &H) {
     assert_eq!(s.segment_names().len(), 3);
 }
 
+/// Bytes of space the preallocation tests ask for ahead of the log.
+const AHEAD: u64 = 4096;
+
+fn records_go_into_preallocated_space_and_zeros_end_the_log<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, WalOptions::default()).unwrap();
+    s.append(&entry(0, 1, 30)).unwrap();
+    s.sync().unwrap();
+    let seg = s.segment_names()[0].clone();
+    let end = h.disk().len(&seg).unwrap();
+    assert!(s.needs_preallocation(AHEAD));
+    assert!(s.preallocate(AHEAD).unwrap());
+    assert!(!s.needs_preallocation(AHEAD) && !s.preallocate(AHEAD).unwrap());
+    let file_len = h.disk().len(&seg).unwrap();
+    assert_eq!(file_len, end + AHEAD);
+    assert!(h.disk().read(&seg).unwrap()[end as usize..]
+        .iter()
+        .all(|&b| b == 0));
+    s.append(&entry(0, 2, 30)).unwrap();
+    s.append_all(&[&sticky(1, "term 2"), &entry(0, 3, 30)])
+        .unwrap();
+    s.sync().unwrap();
+    // Written over the zeros: the file did not grow.
+    assert_eq!(h.disk().len(&seg).unwrap(), file_len);
+    drop(s);
+    let written = vec![
+        entry(0, 1, 30),
+        entry(0, 2, 30),
+        sticky(1, "term 2"),
+        entry(0, 3, 30),
+    ];
+    let (mut s, rec) = open(h, WalOptions::default()).unwrap();
+    assert_eq!(rec.records, written);
+    assert_eq!(rec.truncated_tail, None, "the zero tail is the clean end");
+    assert_eq!(h.disk().len(&seg).unwrap(), file_len, "zeros kept for use");
+    // The reopened log goes on where the records end, not where the file ends.
+    s.append(&entry(0, 4, 30)).unwrap();
+    s.sync().unwrap();
+    assert_eq!(h.disk().len(&seg).unwrap(), file_len);
+    drop(s);
+    let (_, rec) = open(h, WalOptions::default()).unwrap();
+    assert_eq!(rec.records.len(), 5);
+    assert_eq!(rec.records[4], entry(0, 4, 30));
+}
+
+fn preallocation_stops_at_the_segment_size_and_closed_segments_may_end_in_zeros<H: Harness>(h: &H) {
+    let options = WalOptions {
+        segment_bytes_max: 300,
+    };
+    let (mut s, _) = open(h, options).unwrap();
+    s.append(&entry(0, 1, 60)).unwrap();
+    assert!(s.preallocate(AHEAD).unwrap());
+    let first = s.segment_names()[0].clone();
+    assert_eq!(h.disk().len(&first).unwrap(), 300);
+    assert!(!s.needs_preallocation(AHEAD), "the segment is full size");
+    // Four records (84 bytes each) do not fit in 300: the segment closes with zeros at
+    // its end.
+    for i in 2..=4 {
+        s.append(&entry(0, i, 60)).unwrap();
+    }
+    s.sync().unwrap();
+    assert_eq!(s.segment_names().len(), 2);
+    assert!(
+        s.needs_preallocation(AHEAD),
+        "a new segment has no space ahead"
+    );
+    drop(s);
+    let (s, rec) = open(h, options).unwrap();
+    assert_eq!(
+        rec.records,
+        (1..=4).map(|i| entry(0, i, 60)).collect::<Vec<_>>()
+    );
+    assert_eq!(rec.truncated_tail, None);
+    assert_eq!(s.segment_names().len(), 2);
+}
+
+fn a_stale_record_past_the_end_is_not_replayed<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
+    s.append(&entry(0, 1, 60)).unwrap();
+    s.append(&entry(0, 2, 20)).unwrap();
+    s.sync().unwrap();
+    let names = s.segment_names();
+    let (old, active) = (&names[0], &names[1]);
+    s.preallocate(AHEAD).unwrap();
+    let end = 20 + 24 + 20; // header + record 2
+    drop(s);
+    // As if the active file had held segment 1's bytes before (a recycled file): its
+    // record lies right where the next record of this segment would go.
+    let stale = h.disk().read(old).unwrap()[20..].to_vec();
+    let mut disk = h.disk();
+    disk.write_at(active, end, &stale).unwrap();
+    disk.sync_file(active).unwrap();
+    let (_, rec) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
+    assert_eq!(rec.records, vec![entry(0, 1, 60), entry(0, 2, 20)]);
+    assert_eq!(
+        rec.truncated_tail.map(|t| (t.file, t.offset)),
+        Some((active.clone(), end))
+    );
+    assert_eq!(h.disk().len(active).unwrap(), end);
+}
+
+fn a_torn_write_in_preallocated_space_is_cut<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, WalOptions::default()).unwrap();
+    s.append(&entry(0, 1, 30)).unwrap();
+    s.preallocate(AHEAD).unwrap();
+    let seg = s.segment_names()[0].clone();
+    let second_at = 20 + 24 + 30;
+    s.append(&entry(0, 2, 30)).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    let file_len = h.disk().len(&seg).unwrap();
+    // The second record's last bytes never reached the disk: zeros are still there.
+    let mut disk = h.disk();
+    disk.write_at(&seg, second_at + 40, &[0; 14]).unwrap();
+    disk.sync_file(&seg).unwrap();
+    let (mut s, rec) = open(h, WalOptions::default()).unwrap();
+    assert_eq!(rec.records, vec![entry(0, 1, 30)]);
+    assert_eq!(
+        rec.truncated_tail,
+        Some(TruncatedTail {
+            file: seg.clone(),
+            offset: second_at,
+            bytes_cut: file_len - second_at,
+        })
+    );
+    assert_eq!(h.disk().len(&seg).unwrap(), second_at);
+    // Damage followed by a valid record inside preallocated space is refused, as before.
+    s.preallocate(AHEAD).unwrap();
+    s.append(&entry(0, 2, 30)).unwrap();
+    s.append(&entry(0, 3, 30)).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    h.flip_byte(&seg, second_at + 30);
+    match open(h, WalOptions::default()) {
+        Err(StorageError::Corrupt { file, offset, .. }) => {
+            assert_eq!((file, offset), (seg.clone(), second_at))
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+fn a_full_disk_leaves_preallocation_out_and_the_log_intact<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, WalOptions::default()).unwrap();
+    s.append(&entry(0, 1, 30)).unwrap();
+    s.sync().unwrap();
+    let seg = s.segment_names()[0].clone();
+    let end = h.disk().len(&seg).unwrap();
+    h.set_full(true);
+    let err = s.preallocate(AHEAD).unwrap_err();
+    assert!(matches!(err, StorageError::DiskFull { .. }), "{err}");
+    assert_eq!(
+        h.disk().len(&seg).unwrap(),
+        end,
+        "half-written zeros cut back"
+    );
+    h.set_full(false);
+    s.append(&entry(0, 2, 30)).unwrap();
+    s.sync().unwrap();
+    // A failed record write into preallocated space is cut back with the space after it.
+    s.preallocate(AHEAD).unwrap();
+    h.set_full(true);
+    assert!(s.append(&entry(0, 3, 300)).is_err());
+    h.set_full(false);
+    s.append(&entry(0, 4, 10)).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    let (_, rec) = open(h, WalOptions::default()).unwrap();
+    assert_eq!(
+        rec.records,
+        vec![entry(0, 1, 30), entry(0, 2, 30), entry(0, 4, 10)]
+    );
+    assert_eq!(rec.truncated_tail, None);
+}
+
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         mod real_disk {
@@ -613,6 +786,11 @@ suite!(
     oversized_record_names_the_limit,
     append_all_writes_what_appending_one_by_one_writes,
     append_all_stops_at_the_first_failure,
+    records_go_into_preallocated_space_and_zeros_end_the_log,
+    preallocation_stops_at_the_segment_size_and_closed_segments_may_end_in_zeros,
+    a_stale_record_past_the_end_is_not_replayed,
+    a_torn_write_in_preallocated_space_is_cut,
+    a_full_disk_leaves_preallocation_out_and_the_log_intact,
 );
 
 #[test]

@@ -34,8 +34,9 @@ impl EventLoop {
     /// Takes the core's output and acts on it: disk writes, then datagrams, then replies.
     /// Given the disk thread's `events`, writes that the thread would take at once are
     /// written and synced here instead, after the datagrams and replies, if the loop is
-    /// otherwise idle (at most [`WRITE_HERE_INPUTS_MAX`] inputs came since the last
-    /// flush, and at most that many client requests wait for an answer); then the core is
+    /// otherwise idle (at most [`WRITE_HERE_INPUTS_MAX`] inputs besides one from each
+    /// peer came since the last flush, and at most that many client requests wait for an
+    /// answer); then the core is
     /// told they are durable and this returns true: it has more to send (the acks and
     /// replies they released), and the caller flushes again.
     pub(super) async fn flush(
@@ -46,7 +47,8 @@ impl EventLoop {
         for e in &out.events {
             core_events::record(self.me, e, &self.metrics);
         }
-        let quiet = std::mem::take(&mut self.inputs_since_flush) <= WRITE_HERE_INPUTS_MAX
+        let inputs_max = WRITE_HERE_INPUTS_MAX + self.peers.len() as u64;
+        let quiet = std::mem::take(&mut self.inputs_since_flush) <= inputs_max
             && self.core.pending_requests() as u64 <= WRITE_HERE_INPUTS_MAX;
         let mut writes_here = Vec::new();
         match events {

@@ -19,7 +19,7 @@ pub trait Harness {
     fn disk(&self) -> Self::D;
     /// Corrupts one byte of `file`.
     fn flip_byte(&self, file: &str, offset: u64);
-    /// Makes every later append fail with `DiskFull`.
+    /// Makes every later append or positioned write fail with `DiskFull`.
     fn set_full(&self, full: bool);
     /// Makes every later fsync fail.
     fn set_syncs_fail(&self, fail: bool);
@@ -71,6 +71,15 @@ impl Disk for FaultyRealDisk {
             });
         }
         self.inner.append(name, data)
+    }
+    fn write_at(&mut self, name: &str, offset: u64, data: &[u8]) -> Result<(), StorageError> {
+        if self.faults.full.get() {
+            self.inner.write_at(name, offset, &data[..data.len() / 2])?;
+            return Err(StorageError::DiskFull {
+                file: name.to_string(),
+            });
+        }
+        self.inner.write_at(name, offset, data)
     }
     fn read(&mut self, name: &str) -> Result<Vec<u8>, StorageError> {
         self.inner.read(name)
