@@ -152,6 +152,8 @@ pub struct Stats {
     pub replication: usize,
     /// Whether leaders ran kv-raft's lazy followers (course mode's send policy).
     pub lazy_followers: bool,
+    /// Whether the nodes' WALs wrote into preallocated space.
+    pub preallocated_wal: bool,
     /// Simulated time at the end.
     pub end_ns: u64,
     /// Events processed.

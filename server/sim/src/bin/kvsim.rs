@@ -219,11 +219,12 @@ fn main() -> Result<()> {
         }
         if r.passed() {
             println!(
-                "seed {seed} passed: {} nodes, {} shards x {} replicas{}, {} events, {} ops ok, {} unknown, {} elections, {} crashes, {} partitions{}",
+                "seed {seed} passed: {} nodes, {} shards x {} replicas{}{}, {} events, {} ops ok, {} unknown, {} elections, {} crashes, {} partitions{}",
                 r.stats.nodes,
                 r.stats.shards,
                 r.stats.replication,
                 if r.stats.lazy_followers { " (lazy followers)" } else { "" },
+                if r.stats.preallocated_wal { " (preallocated WAL)" } else { "" },
                 r.stats.events,
                 r.stats.ops_ok,
                 r.stats.ops_unknown,

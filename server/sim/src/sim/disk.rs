@@ -105,6 +105,14 @@ impl Sim {
             .as_mut()
             .expect("same incarnation runs");
         r.storage.sync().expect("sim disk sync");
+        let ahead = self.wal_ahead_bytes;
+        if ahead > 0 && r.storage.needs_preallocation(ahead / 2) {
+            // As kvserver's disk thread: a full disk leaves the space out, nothing else.
+            match r.storage.preallocate(ahead) {
+                Ok(_) | Err(kv_storage::StorageError::DiskFull { .. }) => {}
+                Err(e) => panic!("sim disk preallocate: {e}"),
+            }
+        }
         r.core.on_disk_done(id);
         self.after_input(node);
     }

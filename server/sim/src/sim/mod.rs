@@ -45,6 +45,10 @@ pub const TICK_NS: u64 = 10_000_000;
 const CLUSTER_ID: u64 = 0x5111;
 /// Percent of the Moves profile's random reads that are stale reads to any replica.
 const MOVES_STALE_READ_PERCENT: u32 = 30;
+/// WAL space kept preallocated in the runs that draw it: a quarter of the simulated
+/// segment size (64 KiB), so that many records land in preallocated space and segments
+/// still roll.
+const WAL_AHEAD_BYTES: u64 = 16 * 1024;
 
 struct Running {
     core: NodeCore,
@@ -110,6 +114,9 @@ struct Sim {
     failure: Option<Violation>,
     done: bool,
     disk_latency_ns_max: u64,
+    /// WAL space each node keeps preallocated ahead of its log once a write is durable
+    /// (0: none; see [`WAL_AHEAD_BYTES`]).
+    wal_ahead_bytes: u64,
     request_timeout_ticks: u64,
     profile: FaultProfile,
     fig8: Fig8,
@@ -219,6 +226,15 @@ impl Sim {
         // follower with its next heartbeat. The last draw of the stream, so that earlier
         // seeds keep every other draw.
         let lazy_followers = !quiesce && tuning_rng.gen_bool(0.5);
+        // In half the runs the WAL writes into preallocated space, as kvserver's idle
+        // disk thread keeps it: records overwrite synced zeros, and recovery must find
+        // the end of the log where the zeros start, after crashes that tear overwrites.
+        // Drawn after every other draw, for the same reason as the one above.
+        let wal_ahead_bytes = if tuning_rng.gen_bool(0.5) {
+            WAL_AHEAD_BYTES
+        } else {
+            0
+        };
         let nodes = ids
             .iter()
             .map(|&id| {
@@ -313,11 +329,13 @@ impl Sim {
                 shards,
                 replication,
                 lazy_followers,
+                preallocated_wal: wal_ahead_bytes > 0,
                 ..Stats::default()
             },
             failure: None,
             done: false,
             disk_latency_ns_max,
+            wal_ahead_bytes,
             request_timeout_ticks,
             profile,
             fig8: Fig8::Idle { start_ns: 0 },
