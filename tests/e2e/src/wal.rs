@@ -33,8 +33,8 @@ pub struct RecordSpan {
     pub len: u64,
 }
 
-/// The records of a segment, by framing alone (stops at the first record that does not
-/// fit in the file).
+/// The records of a segment, by framing alone: stops at the first record that does not
+/// fit in the file, or at preallocated space (zeros: a record's body is never empty).
 pub fn records(segment: &Path) -> Vec<RecordSpan> {
     let mut data = Vec::new();
     std::fs::File::open(segment)
@@ -48,7 +48,7 @@ pub fn records(segment: &Path) -> Vec<RecordSpan> {
             data[i..i + 4].try_into().expect("4 bytes"),
         ));
         let len = RECORD_PREFIX_BYTES + body;
-        if at + len > data.len() as u64 {
+        if body == 0 || at + len > data.len() as u64 {
             break;
         }
         out.push(RecordSpan { offset: at, len });
