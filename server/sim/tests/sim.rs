@@ -377,8 +377,10 @@ fn churn_regression_seeds_pass() {
 
 // Default-profile seeds that once failed: a stale follower took a get, and the read
 // index its restarted leader confirmed covered the follower's own removal; it served the
-// get after applying that removal (9419).
-const DEFAULT_REGRESSION_SEEDS: &[u64] = &[9419];
+// get after applying that removal (9419). A replica restarted with its commit index two
+// membership changes behind its log elected by the old voters and won a term another
+// replica won too; lazy followers had delayed the commit it missed (9956).
+const DEFAULT_REGRESSION_SEEDS: &[u64] = &[9419, 9956];
 
 #[test]
 fn default_regression_seeds_pass() {
