@@ -67,17 +67,24 @@ mod tests {
     fn ports_are_distinct_bindable_and_below_the_ephemeral_range() {
         let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        // Each port is bound right as it is handed out: the test processes of other
-        // worktrees on this machine draw from the same range, so a port checked only
-        // after fifty more were handed out may have been taken meanwhile.
+        // Each port is bound right as it is handed out. Other processes on this machine
+        // (other worktrees' tests, the course harness's replicas) bind ports in the same
+        // range, and CI saw one of fifty taken between the hand-out and the bind twice, so
+        // a few may be taken; a `free_port` that handed out ports in use fails all fifty.
+        let mut taken = Vec::new();
         let ports: BTreeSet<u16> = (0..50)
             .map(|_| {
                 let p = free_port(ip);
-                UdpSocket::bind((ip, p)).expect("a handed-out port binds for UDP");
-                TcpListener::bind((ip, p)).expect("a handed-out port binds for TCP");
+                if UdpSocket::bind((ip, p)).is_err() || TcpListener::bind((ip, p)).is_err() {
+                    taken.push(p);
+                }
                 p
             })
             .collect();
+        assert!(
+            taken.len() <= 2,
+            "handed-out ports that did not bind: {taken:?}"
+        );
         assert_eq!(ports.len(), 50, "a port was handed out twice");
         for &p in &ports {
             assert!((PORT_MIN..ephemeral_min()).contains(&p), "{p} out of range");
