@@ -67,10 +67,10 @@ mod tests {
     fn ports_are_distinct_bindable_and_below_the_ephemeral_range() {
         let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        // Each port is bound right as it is handed out. Other processes on this machine
-        // (other worktrees' tests, the course harness's replicas) bind ports in the same
-        // range, and CI saw one of fifty taken between the hand-out and the bind twice, so
-        // a few may be taken; a `free_port` that handed out ports in use fails all fifty.
+        // Each port is bound right as it is handed out. On a machine shared with other
+        // work, CI twice saw one of fifty refused between the hand-out and the bind (by
+        // what, not established), so a few may be; a `free_port` that handed out ports
+        // in use fails all fifty.
         let mut taken = Vec::new();
         let ports: BTreeSet<u16> = (0..50)
             .map(|_| {
