@@ -901,6 +901,13 @@ def ms(us):
     return f"{(us or 0) / 1000:.2f}"
 
 
+def section(lines, heading, rows, row_line):
+    """Appends a blank line, the heading lines and one line per row."""
+    lines.append("")
+    lines.extend(heading)
+    lines.extend(row_line(r) for r in rows)
+
+
 def table(results):
     lines = []
     head = f"{'system':7} {'point':48} {'ops/s':>9} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>8} {'err':>5} {'cpu us/op':>9}"
@@ -937,29 +944,29 @@ def table(results):
             lines.append(f"idle etcd:             {results['etcd_idle']['percent_of_one_core']:5.1f}% of one core")
     au = results.get("auth")
     if au:
-        lines.append("")
-        lines.append(
-            f"the cost of authentication: {au['clients']} clients, {au['shards']} shards, "
-            f"medians of {au['repetitions']} interleaved runs of {au['duration_s']} s; ratios against protection none"
+        section(
+            lines,
+            [
+                f"the cost of authentication: {au['clients']} clients, {au['shards']} shards, "
+                f"medians of {au['repetitions']} interleaved runs of {au['duration_s']} s; ratios against protection none",
+                f"{'op':4} {'protection':10} {'ops/s':>9} {'ratio':>6} {'cpu us/op':>9} {'ratio':>6} {'p50':>6} {'p99':>6} {'err':>5}",
+            ],
+            au["summary"],
+            lambda r: f"{r['op']:4} {r['protection']:10} {r['ops_per_s']:>9.0f} {r['throughput_ratio']:>6.3f} "
+            f"{r['server_cpu_us_per_op']:>9.1f} {r['cpu_per_op_ratio']:>6.3f} {ms(r['p50_us']):>6} {ms(r['p99_us']):>6} {r['errors']:>5}",
         )
-        lines.append(f"{'op':4} {'protection':10} {'ops/s':>9} {'ratio':>6} {'cpu us/op':>9} {'ratio':>6} {'p50':>6} {'p99':>6} {'err':>5}")
-        for r in au["summary"]:
-            lines.append(
-                f"{r['op']:4} {r['protection']:10} {r['ops_per_s']:>9.0f} {r['throughput_ratio']:>6.3f} "
-                f"{r['server_cpu_us_per_op']:>9.1f} {r['cpu_per_op_ratio']:>6.3f} {ms(r['p50_us']):>6} {ms(r['p99_us']):>6} {r['errors']:>5}"
-            )
     rd = results.get("redis")
     if rd:
-        lines.append("")
-        lines.append(
-            f"redis-benchmark, {rd['connections']} connections, {rd['requests']} requests per test, "
-            f"median of {rd.get('rounds', 1)} alternating rounds (p50/p99 in ms)"
+        section(
+            lines,
+            [
+                f"redis-benchmark, {rd['connections']} connections, {rd['requests']} requests per test, "
+                f"median of {rd.get('rounds', 1)} alternating rounds (p50/p99 in ms)"
+            ],
+            rd["rows"],
+            lambda row: f"{row['system']:16} {row['test']:4} -P {row['pipeline']:<3} {row['rps']:>10.0f} req/s  p50 {row['p50_ms']:.3f}  p99 {row['p99_ms']:.3f}"
+            f"  load {row.get('load_average_1m', float('nan')):.1f}",
         )
-        for row in rd["rows"]:
-            lines.append(
-                f"{row['system']:16} {row['test']:4} -P {row['pipeline']:<3} {row['rps']:>10.0f} req/s  p50 {row['p50_ms']:.3f}  p99 {row['p99_ms']:.3f}"
-                f"  load {row.get('load_average_1m', float('nan')):.1f}"
-            )
         by = {(r["system"], r["test"], r["pipeline"]): r["rps"] for r in rd["rows"]}
         for (system, test, pipeline), rps in sorted(by.items()):
             other = by.get(("redis", test, pipeline))
