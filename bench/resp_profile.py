@@ -16,7 +16,7 @@ tracepoints (root here), redis-benchmark and redis-server.
 
     python3 bench/resp_profile.py --target target/release              # ReadIndex reads
     python3 bench/resp_profile.py --target target/release --lease      # lease reads
-    python3 bench/resp_profile.py --target target/release --record DIR # + perf record of node 1's GETs
+    python3 bench/resp_profile.py --target target/release --record DIR # + perf record of node 1 (GET, SET)
     python3 bench/resp_profile.py --target target/release --leaders-on-1  # no forward hop
 """
 import argparse, os, signal, subprocess, sys, tempfile, time, urllib.request
@@ -29,7 +29,9 @@ p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDes
 p.add_argument("--target", required=True, help="directory holding release kvserver and kvcli")
 p.add_argument("--lease", action="store_true", help="lease reads on (default: ReadIndex, the linearizable default)")
 p.add_argument("--requests", type=int, default=50_000, help="requests per test (default 50,000)")
-p.add_argument("--record", metavar="DIR", help="also `perf record -g` node 1 during GET into DIR/perf.data")
+p.add_argument("--record", metavar="DIR",
+               help="also `perf record -g` node 1 during GET into DIR/perf.data and during SET into "
+                    "DIR/perf-set.data (DIR is created)")
 p.add_argument("--no-redis", action="store_true", help="skip the redis-server column")
 p.add_argument("--leaders-on-1", action="store_true",
                help="first make node 1 lead every shard (kvcli shard leader), so that no GET is forwarded")
@@ -59,7 +61,7 @@ def measure(port, test, procs, auth, metrics=None, record=None):
     rec = None
     if record:
         rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "2000", "-g", "-o",
-                                str(Path(record) / "perf.data"), "-p", str(procs["node 1"])],
+                                str(record), "-p", str(procs["node 1"])],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.3)
     cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", test, "-c", str(bench.REDIS_CONNECTIONS),
@@ -155,7 +157,10 @@ try:
         },
     }
     for test in ("set", "get"):
-        record = a.record if test == "get" else None
+        record = None
+        if a.record:
+            Path(a.record).mkdir(parents=True, exist_ok=True)
+            record = Path(a.record) / ("perf.data" if test == "get" else "perf-set.data")
         row, counts = measure(cluster.redis_ports[1], test, procs, ("bench", secret), metrics, record)
         show(f"raftkv {test.upper()}", row, counts)
     cluster.stop()
