@@ -488,8 +488,10 @@ pub fn finish(finish: Finish, answers: &mut [Result<Response, Error>]) -> Reply 
         Finish::Ok => Reply::OK,
         Finish::Values => Reply::Array(answers.iter_mut().map(|r| Reply::Bulk(value(r))).collect()),
         Finish::CountPresent => {
-            let present = |r: &&mut _| matches!(r, &&mut Ok(Response::Value(Some(_))));
-            Reply::Integer(answers.iter_mut().filter(present).count() as i64)
+            let present = answers
+                .iter()
+                .filter(|r| matches!(r, Ok(Response::Value(Some(_)))));
+            Reply::Integer(present.count() as i64)
         }
         Finish::Integer => match first {
             Some(Ok(Response::Integer(n))) => Reply::Integer(*n),
