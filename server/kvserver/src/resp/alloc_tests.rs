@@ -97,3 +97,44 @@ fn a_get_allocates_only_the_codecs_list_of_ranges() {
         "a GET allocates the codec's list of ranges and nothing else"
     );
 }
+
+/// A waker for futures polled once (they are ready at once); made before counting.
+fn noop_waker() -> std::task::Waker {
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: std::sync::Arc<Self>) {}
+    }
+    std::task::Waker::from(std::sync::Arc::new(Noop))
+}
+
+/// Polls `f` once with `waker`; it must be ready.
+fn ready_now<T>(waker: &std::task::Waker, f: impl std::future::Future<Output = T>) -> T {
+    let mut cx = std::task::Context::from_waker(waker);
+    match std::pin::pin!(f).poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => panic!("not ready"),
+    }
+}
+
+#[test]
+fn an_answer_from_the_core_reuses_its_connections_slot() {
+    let mut slots = super::answer::Slots::default();
+    let waker = noop_waker();
+    let round = |slots: &mut super::answer::Slots| {
+        let (answerer, waiter) = slots.pair();
+        answerer.send(kv_shared::proto::Outcome::Value(None));
+        ready_now(&waker, slots.settle(waiter))
+    };
+    // The connection's first operation allocates the slot.
+    assert_eq!(
+        round(&mut slots),
+        Some(kv_shared::proto::Outcome::Value(None))
+    );
+    let made = allocations_in(|| {
+        round(&mut slots);
+    });
+    assert_eq!(
+        made, 0,
+        "a tokio oneshot would allocate here, once per operation"
+    );
+}

@@ -17,6 +17,7 @@
 
 #[cfg(test)]
 mod alloc_tests;
+pub mod answer;
 pub mod commands;
 pub mod local;
 pub mod reply;
@@ -36,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::Semaphore;
 use users::{User, Users};
 
 /// Most client connections served at once; one more is told so and closed, as Redis does.
@@ -182,6 +183,8 @@ struct Scratch {
     results: Vec<OpResult>,
     /// Emptied word vectors of parsed commands, for the next commands to parse into.
     words: Vec<Vec<Bytes>>,
+    /// The answer slots of the operations handed to the node's core, reused.
+    slots: answer::Slots,
 }
 
 /// Why a connection was closed by the gateway.
@@ -196,7 +199,7 @@ enum ConnError {
 /// Where one operation's answer will come from.
 enum Answer {
     /// This node's core (the operation is kept to retry through the cluster client).
-    Local(oneshot::Receiver<Outcome>, Op),
+    Local(answer::Waiter, Op),
     /// This node's core, for a write under a reserved sequence number (retried under it
     /// through the cluster client unless the core applied it).
     LocalWrite(LocalWrite),
@@ -403,7 +406,7 @@ impl Connection {
             for op in ops {
                 let at = self.cached_shard(&op);
                 if self.answers_locally(&op, at) {
-                    let (answer, rx) = oneshot::channel();
+                    let (answer, rx) = self.scratch.slots.pair();
                     let epoch = at.map_or(0, |a| a.epoch);
                     let request = self.local_request(op.clone(), epoch);
                     // If the event loop is gone the receiver fails and the read falls back.
@@ -419,7 +422,9 @@ impl Connection {
                         Some(reserved) => {
                             let epoch = at.map_or(0, |a| a.epoch);
                             let local = &self.gateway.local;
-                            let write = local::send_write(local, session, reserved, op, epoch);
+                            let slots = &mut self.scratch.slots;
+                            let write =
+                                local::send_write(local, slots, session, reserved, op, epoch);
                             answers.push(Answer::LocalWrite(write));
                             continue;
                         }
@@ -439,8 +444,8 @@ impl Connection {
         }
         for a in answers.drain(..) {
             let r = match a {
-                Answer::Local(rx, op) => match rx.await {
-                    Ok(Outcome::Value(v)) => Ok(Response::Value(v)),
+                Answer::Local(rx, op) => match self.scratch.slots.settle(rx).await {
+                    Some(Outcome::Value(v)) => Ok(Response::Value(v)),
                     // Not (or no longer) this node's to answer: the cluster client finds
                     // the leader.
                     _ => {
@@ -451,7 +456,7 @@ impl Connection {
                     }
                 },
                 Answer::LocalWrite(write) => {
-                    let (session, r) = write.finish().await;
+                    let (session, r) = write.finish(&mut self.scratch.slots).await;
                     self.sessions.push(session);
                     r
                 }
