@@ -337,7 +337,7 @@ fn a_local_write_retried_through_the_client_is_applied_once() {
             shard: kv_shared::shard::shard_for_key(b"n", SHARDS),
             leader: None,
         };
-        let _ = handed.answer.send(Outcome::Error(lost_leadership));
+        handed.answer.send(Outcome::Error(lost_leadership));
         let (session, r) = write.finish(&mut settled).await;
         assert_eq!(
             r.expect("the retry completes"),
@@ -349,7 +349,7 @@ fn a_local_write_retried_through_the_client_is_applied_once() {
         let write = send(session, &incr);
         let handed = inbox.next().await;
         assert_eq!(handed.request.seq, seq + 1);
-        let _ = handed.answer.send(Outcome::Error(ClientError::Overloaded {
+        handed.answer.send(Outcome::Error(ClientError::Overloaded {
             node: NodeId(1),
             pending: 0,
         }));
