@@ -16,8 +16,14 @@ tracepoints (root here), redis-benchmark and redis-server.
 
     python3 bench/resp_profile.py --target target/release              # ReadIndex reads
     python3 bench/resp_profile.py --target target/release --lease      # lease reads
-    python3 bench/resp_profile.py --target target/release --record DIR # + perf record of node 1's GETs
+    python3 bench/resp_profile.py --target target/release --record DIR # + perf record of node 1 (GET, SET)
     python3 bench/resp_profile.py --target target/release --leaders-on-1  # no forward hop
+    perf probe -x /lib/x86_64-linux-gnu/libc.so.6 -a malloc   # once, for --mallocs
+    python3 bench/resp_profile.py --target target/release --mallocs    # + libc mallocs per request
+
+`--mallocs` counts calls of libc's malloc (the kvserver nodes use glibc's allocator;
+redis-server uses its own jemalloc, so it counts 0). The uprobe makes every malloc trap, so
+CPU figures of a --mallocs run are inflated; take them from a run without it.
 """
 import argparse, os, signal, subprocess, sys, tempfile, time, urllib.request
 from pathlib import Path
@@ -29,7 +35,12 @@ p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDes
 p.add_argument("--target", required=True, help="directory holding release kvserver and kvcli")
 p.add_argument("--lease", action="store_true", help="lease reads on (default: ReadIndex, the linearizable default)")
 p.add_argument("--requests", type=int, default=50_000, help="requests per test (default 50,000)")
-p.add_argument("--record", metavar="DIR", help="also `perf record -g` node 1 during GET into DIR/perf.data")
+p.add_argument("--record", metavar="DIR",
+               help="also `perf record -g` node 1 during GET into DIR/perf.data and during SET into "
+                    "DIR/perf-set.data (DIR is created)")
+p.add_argument("--mallocs", action="store_true",
+               help="also count libc malloc calls per request (needs the probe_libc:malloc uprobe: "
+                    "`perf probe -x <libc.so.6> -a malloc`)")
 p.add_argument("--no-redis", action="store_true", help="skip the redis-server column")
 p.add_argument("--leaders-on-1", action="store_true",
                help="first make node 1 lead every shard (kvcli shard leader), so that no GET is forwarded")
@@ -51,7 +62,7 @@ def measure(port, test, procs, auth, metrics=None, record=None):
     before = {name: cpu_s(pid) for name, pid in procs.items()}
     m0 = {name: {k: metric_sum(hp, pre) for k, pre in metrics["what"].items()}
           for name, hp in metrics["ports"].items()} if metrics else {}
-    events = "raw_syscalls:sys_enter,context-switches"
+    events = "raw_syscalls:sys_enter,context-switches" + (",probe_libc:malloc" if a.mallocs else "")
     stat_out = tempfile.mktemp(prefix="perfstat-", dir=work)
     stat = subprocess.Popen(["perf", "stat", "-x", ",", "--per-thread", "-e", events, "-o", stat_out,
                              "-p", ",".join(str(x) for x in procs.values())],
@@ -59,7 +70,7 @@ def measure(port, test, procs, auth, metrics=None, record=None):
     rec = None
     if record:
         rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "2000", "-g", "-o",
-                                str(Path(record) / "perf.data"), "-p", str(procs["node 1"])],
+                                str(record), "-p", str(procs["node 1"])],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.3)
     cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", test, "-c", str(bench.REDIS_CONNECTIONS),
@@ -99,7 +110,7 @@ def measure(port, test, procs, auth, metrics=None, record=None):
         # --per-thread names threads, not processes: fold a process's threads together.
         owner = next((name for p_, name in names.items() if os.path.exists(f"/proc/{p_}/task/{pid}")), None)
         if owner:
-            key = "syscalls" if "sys_enter" in f[3] else "switches"
+            key = "syscalls" if "sys_enter" in f[3] else "mallocs" if "malloc" in f[3] else "switches"
             counts[owner][key] = counts[owner].get(key, 0.0) + value / n
     for name, hp in (metrics["ports"].items() if metrics else []):
         for k, pre in metrics["what"].items():
@@ -155,7 +166,10 @@ try:
         },
     }
     for test in ("set", "get"):
-        record = a.record if test == "get" else None
+        record = None
+        if a.record:
+            Path(a.record).mkdir(parents=True, exist_ok=True)
+            record = Path(a.record) / ("perf.data" if test == "get" else "perf-set.data")
         row, counts = measure(cluster.redis_ports[1], test, procs, ("bench", secret), metrics, record)
         show(f"raftkv {test.upper()}", row, counts)
     cluster.stop()

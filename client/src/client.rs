@@ -195,6 +195,21 @@ pub(crate) struct Incoming {
 
 /// The client's view of the cluster: who the nodes are, how many shards, where each
 /// shard lives and which node leads it.
+/// [`Client::cached_shard`]'s answer: one shard's cached leader and replica set, as they
+/// concern one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CachedShard {
+    /// The shard of the key asked about.
+    pub shard: ShardId,
+    /// The node asked about leads the shard, as last learned.
+    pub me_leads: bool,
+    /// The node asked about is one of the shard's voters (`None`: the replica set is not
+    /// learned yet).
+    pub me_votes: Option<bool>,
+    /// The epoch of the replica set learned (0: none yet).
+    pub epoch: u64,
+}
+
 pub(crate) struct Topology {
     pub(crate) nodes: Vec<NodeAddr>,
     pub(crate) shard_count: Option<u32>,
@@ -233,6 +248,20 @@ impl Topology {
         } else {
             (shard.0 < count).then_some(shard.0 as usize)
         }
+    }
+
+    /// [`Client::cached_shard`] on the cache itself.
+    pub(crate) fn shard_view(&self, key: &[u8], me: NodeId) -> Option<CachedShard> {
+        let shard = shard_for_key(key, self.shard_count?);
+        let i = self.slot(shard)?;
+        let route = self.routes[i].as_ref();
+        Some(CachedShard {
+            shard,
+            // As `Client::cached_leader`: a leader counts once its address is known.
+            me_leads: self.leaders[i] == Some(me) && self.addr_of(me).is_some(),
+            me_votes: route.map(|r| r.voters.contains(&me)),
+            epoch: route.map_or(0, |r| r.epoch),
+        })
     }
 
     /// Adopts `route` if it is newer than the cached one; true if it was.
@@ -574,6 +603,24 @@ impl Client {
         })
     }
 
+    /// What the client last learned about the shard of `key`, as seen by node `me`, in
+    /// one look at the cache and without copying the replica set: the per-request check
+    /// of a gateway that answers what its own node holds (`None`: the shard count is not
+    /// known yet).
+    pub fn cached_shard(&self, key: &[u8], me: NodeId) -> Option<CachedShard> {
+        let topo = self.shared.topology.lock().expect("topology lock");
+        topo.shard_view(key, me)
+    }
+
+    /// The epoch of `shard`'s replica set as last learned (0: not learned yet), which
+    /// every request carries: read in place, since a copy of the route allocates.
+    pub fn cached_epoch(&self, shard: ShardId) -> u64 {
+        let topo = self.shared.topology.lock().expect("topology lock");
+        topo.slot(shard)
+            .and_then(|i| topo.routes[i].as_ref())
+            .map_or(0, |r| r.epoch)
+    }
+
     /// The replica set of `shard` as last learned (`None`: not learned yet).
     pub fn cached_route(&self, shard: ShardId) -> Option<ShardRoute> {
         let topo = self.shared.topology.lock().expect("topology lock");
@@ -744,4 +791,70 @@ fn open_replies(
         }
     }
     wire::decode_value::<Vec<ClientReply>>(opened.body).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn a_shard_view_says_what_the_cached_route_and_leader_say() {
+        let mut topo = Topology {
+            nodes: vec![
+                NodeAddr {
+                    id: Some(NodeId(1)),
+                    addr: addr(1),
+                },
+                NodeAddr {
+                    id: Some(NodeId(2)),
+                    addr: addr(2),
+                },
+            ],
+            shard_count: None,
+            leaders: Vec::new(),
+            routes: Vec::new(),
+        };
+        assert_eq!(topo.shard_view(b"k", NodeId(1)), None, "no shard count yet");
+        topo.set_shard_count(4);
+        let shard = shard_for_key(b"k", 4);
+        let unlearned = CachedShard {
+            shard,
+            me_leads: false,
+            me_votes: None,
+            epoch: 0,
+        };
+        assert_eq!(topo.shard_view(b"k", NodeId(1)), Some(unlearned));
+        topo.learn_route(&ShardRoute {
+            shard,
+            epoch: 5,
+            voters: vec![NodeId(1), NodeId(2)],
+            learners: vec![NodeId(3)],
+            leader: Some(NodeId(2)),
+        });
+        let view = |topo: &Topology, me| topo.shard_view(b"k", NodeId(me)).expect("known");
+        assert_eq!(
+            view(&topo, 2),
+            CachedShard {
+                shard,
+                me_leads: true,
+                me_votes: Some(true),
+                epoch: 5
+            }
+        );
+        let one = view(&topo, 1);
+        assert_eq!((one.me_leads, one.me_votes), (false, Some(true)));
+        assert_eq!(
+            (view(&topo, 3).me_leads, view(&topo, 3).me_votes),
+            (false, Some(false)),
+            "a learner does not vote"
+        );
+        // A leader whose address the client does not know is not counted, as in
+        // `cached_leader`.
+        topo.leaders[shard.0 as usize] = Some(NodeId(3));
+        assert!(!view(&topo, 3).me_leads);
+    }
 }

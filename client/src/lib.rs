@@ -38,6 +38,6 @@ pub mod session;
 mod tickets;
 pub mod value;
 
-pub use client::{Client, ClientOptions, NodeAddr, NodeReport, Response, Session};
+pub use client::{CachedShard, Client, ClientOptions, NodeAddr, NodeReport, Response, Session};
 pub use error::Error;
 pub use session::Reserved;

@@ -297,7 +297,7 @@ impl Session {
                 .expect("execute takes keyed or shard-addressed operations"),
             (_, Some(key)) => shard_for_key(key, shard_count),
         };
-        let route_epoch = |client: &Client| client.cached_route(shard).map_or(0, |r| r.epoch);
+        let route_epoch = |client: &Client| client.cached_epoch(shard);
         let mut request = ClientRequest {
             client: self.id,
             seq,

@@ -275,6 +275,7 @@ fn a_kvcli_first_contact_costs_a_hello_not_a_timeout() {
 /// refused is applied by the retry; and one the event loop dropped too.
 #[test]
 fn a_local_write_retried_through_the_client_is_applied_once() {
+    use kv_server::resp::answer::Slots;
     use kv_server::resp::local;
     use kv_shared::proto::{ClientError, Outcome};
     use kvcli::Response;
@@ -308,11 +309,13 @@ fn a_local_write_retried_through_the_client_is_applied_once() {
             .expect("put");
         let declared = session.id();
         let (tx, mut inbox) = local::channel();
-        let send = |mut session: kvcli::Session, op: &Op| {
+        // Two pools of answer slots: the closure holds the one it hands out from.
+        let (mut slots, mut settled) = (Slots::default(), Slots::default());
+        let mut send = |mut session: kvcli::Session, op: &Op| {
             let reserved = session
                 .reserve(op)
                 .expect("an open session sets a number aside");
-            local::send_write(&tx, session, reserved, op.clone(), 0)
+            local::send_write(&tx, &mut slots, session, reserved, op.clone(), 0)
         };
 
         // 1. Applied by the core (here: sent to the node under the same session and
@@ -334,8 +337,8 @@ fn a_local_write_retried_through_the_client_is_applied_once() {
             shard: kv_shared::shard::shard_for_key(b"n", SHARDS),
             leader: None,
         };
-        let _ = handed.answer.send(Outcome::Error(lost_leadership));
-        let (session, r) = write.finish().await;
+        handed.answer.send(Outcome::Error(lost_leadership));
+        let (session, r) = write.finish(&mut settled).await;
         assert_eq!(
             r.expect("the retry completes"),
             Response::Integer(1),
@@ -346,17 +349,17 @@ fn a_local_write_retried_through_the_client_is_applied_once() {
         let write = send(session, &incr);
         let handed = inbox.next().await;
         assert_eq!(handed.request.seq, seq + 1);
-        let _ = handed.answer.send(Outcome::Error(ClientError::Overloaded {
+        handed.answer.send(Outcome::Error(ClientError::Overloaded {
             node: NodeId(1),
             pending: 0,
         }));
-        let (session, r) = write.finish().await;
+        let (session, r) = write.finish(&mut settled).await;
         assert_eq!(r.expect("the retry completes"), Response::Integer(2));
 
         // 3. Dropped unanswered (the event loop stopped): the retry applies it.
         let write = send(session, &incr);
         drop(inbox.next().await);
-        let (mut session, r) = write.finish().await;
+        let (mut session, r) = write.finish(&mut settled).await;
         assert_eq!(r.expect("the retry completes"), Response::Integer(3));
         assert_eq!(
             session.get("n").await.expect("get"),

@@ -7,6 +7,10 @@ use super::reply::Reply;
 use bytes::Bytes;
 use kv_shared::proto::{ClientError, Op};
 use kvcli::{Error, Response};
+use smallvec::{smallvec, SmallVec};
+
+/// A command's operations: most commands have one, which then needs no allocation.
+pub type Ops = SmallVec<[Op; 1]>;
 
 /// What to do for one command.
 #[derive(Debug)]
@@ -16,7 +20,7 @@ pub enum Plan {
     /// Independent single-key operations; `finish` turns their answers into the reply.
     Ops {
         /// One operation per key, in the command's key order.
-        ops: Vec<Op>,
+        ops: Ops,
         /// How the answers become the reply.
         finish: Finish,
     },
@@ -190,11 +194,11 @@ pub fn plan(words: &[Bytes], stale: bool) -> Plan {
         key: key.clone(),
         stale,
     };
-    let ops = |ops: Vec<Op>, finish| Plan::Ops { ops, finish };
+    let ops = |ops: Ops, finish| Plan::Ops { ops, finish };
     let now = Plan::Now;
     let incr = |key: &Bytes, delta| {
         ops(
-            vec![Op::Incr {
+            smallvec![Op::Incr {
                 key: key.clone(),
                 delta,
             }],
@@ -223,10 +227,10 @@ pub fn plan(words: &[Bytes], stale: bool) -> Plan {
         ("quit", _) => Plan::Conn(ConnCommand::Quit),
         ("readonly", []) => Plan::Conn(ConnCommand::StaleReads(true)),
         ("readwrite", []) => Plan::Conn(ConnCommand::StaleReads(false)),
-        ("get", [key]) => ops(vec![get(key)], Finish::Value),
+        ("get", [key]) => ops(smallvec![get(key)], Finish::Value),
         ("set", [key, value, opts @ ..]) => plan_set(key, value, opts),
         ("setnx", [key, value]) => ops(
-            vec![Op::Cas {
+            smallvec![Op::Cas {
                 key: key.clone(),
                 expected: None,
                 new: value.clone(),
@@ -234,14 +238,14 @@ pub fn plan(words: &[Bytes], stale: bool) -> Plan {
             Finish::CasFlag,
         ),
         ("getset", [key, value]) => ops(
-            vec![Op::Swap {
+            smallvec![Op::Swap {
                 key: key.clone(),
                 new: Some(value.clone()),
             }],
             Finish::Value,
         ),
         ("getdel", [key]) => ops(
-            vec![Op::Swap {
+            smallvec![Op::Swap {
                 key: key.clone(),
                 new: None,
             }],
@@ -281,13 +285,13 @@ pub fn plan(words: &[Bytes], stale: bool) -> Plan {
             None => now(not_integer()),
         },
         ("append", [key, value]) => ops(
-            vec![Op::Append {
+            smallvec![Op::Append {
                 key: key.clone(),
                 value: value.clone(),
             }],
             Finish::Integer,
         ),
-        ("strlen", [key]) => ops(vec![get(key)], Finish::Length),
+        ("strlen", [key]) => ops(smallvec![get(key)], Finish::Length),
         ("dbsize", []) => Plan::Conn(ConnCommand::DbSize),
         ("info", sections) => Plan::Conn(ConnCommand::Info(
             sections.iter().map(|s| lower(s)).collect(),
@@ -295,7 +299,7 @@ pub fn plan(words: &[Bytes], stale: bool) -> Plan {
         ("config", [sub, patterns @ ..]) => plan_config(&lower(sub), patterns),
         ("command", rest) => plan_command(rest),
         ("cas", [key, expected, new]) => ops(
-            vec![Op::Cas {
+            smallvec![Op::Cas {
                 key: key.clone(),
                 expected: Some(expected.clone()),
                 new: new.clone(),
@@ -327,7 +331,7 @@ fn plan_set(key: &Bytes, value: &Bytes, opts: &[Bytes]) -> Plan {
     match (nx, xx) {
         (true, true) => Plan::Now(syntax()),
         (true, false) => Plan::Ops {
-            ops: vec![Op::Cas {
+            ops: smallvec![Op::Cas {
                 key,
                 expected: None,
                 new: value,
@@ -340,14 +344,14 @@ fn plan_set(key: &Bytes, value: &Bytes, opts: &[Bytes]) -> Plan {
         },
         (false, true) => Plan::Conn(ConnCommand::SetIfPresent { key, value, get }),
         (false, false) if get => Plan::Ops {
-            ops: vec![Op::Swap {
+            ops: smallvec![Op::Swap {
                 key,
                 new: Some(value),
             }],
             finish: Finish::Value,
         },
         (false, false) => Plan::Ops {
-            ops: vec![Op::Put { key, value }],
+            ops: smallvec![Op::Put { key, value }],
             finish: Finish::Ok,
         },
     }
@@ -465,37 +469,45 @@ pub fn error_reply(e: &Error) -> Reply {
     }
 }
 
-/// Builds the reply of a [`Plan::Ops`] from its answers (one per op, same order).
-pub fn finish(finish: Finish, answers: &[Result<Response, Error>]) -> Reply {
+/// Builds the reply of a [`Plan::Ops`] from its answers (one per op, same order). The
+/// values are moved out of `answers` (left `None`), not cloned: a value the core
+/// copied out of its map is owned by one reply, and cloning it would cost an allocation
+/// per GET for `Bytes` to share it.
+pub fn finish(finish: Finish, answers: &mut [Result<Response, Error>]) -> Reply {
     if let Some(Err(e)) = answers.iter().find(|a| a.is_err()) {
         return error_reply(e);
     }
     // Every answer is Ok from here on.
-    let values = || answers.iter().filter_map(|a| a.as_ref().ok());
-    let value = |r: &Response| match r {
-        Response::Value(v) => v.clone(),
+    let value = |r: &mut Result<Response, Error>| match r {
+        Ok(Response::Value(v)) => v.take(),
         _ => None,
     };
-    let first = values().next();
+    let first = answers.first_mut();
     match finish {
         Finish::Value => Reply::Bulk(first.and_then(value)),
         Finish::Ok => Reply::OK,
-        Finish::Values => Reply::Array(values().map(|r| Reply::Bulk(value(r))).collect()),
+        Finish::Values => Reply::Array(answers.iter_mut().map(|r| Reply::Bulk(value(r))).collect()),
         Finish::CountPresent => {
-            Reply::Integer(values().filter(|r| value(r).is_some()).count() as i64)
+            let present = answers
+                .iter()
+                .filter(|r| matches!(r, Ok(Response::Value(Some(_)))));
+            Reply::Integer(present.count() as i64)
         }
         Finish::Integer => match first {
-            Some(Response::Integer(n)) => Reply::Integer(*n),
-            other => Reply::err(format!("unexpected answer {other:?}")),
+            Some(Ok(Response::Integer(n))) => Reply::Integer(*n),
+            other => Reply::err(format!(
+                "unexpected answer {:?}",
+                other.and_then(|r| r.as_ref().ok())
+            )),
         },
         Finish::Length => Reply::Integer(first.and_then(value).map_or(0, |v| v.len() as i64)),
-        Finish::CasFlag => Reply::Integer(i64::from(matches!(first, Some(Response::CasOk)))),
+        Finish::CasFlag => Reply::Integer(i64::from(matches!(first, Some(Ok(Response::CasOk))))),
         Finish::CasOkOrNull => match first {
-            Some(Response::CasOk) => Reply::OK,
+            Some(Ok(Response::CasOk)) => Reply::OK,
             _ => Reply::null(),
         },
         Finish::CasOldValue => match first {
-            Some(Response::CasMismatch { current }) => Reply::Bulk(current.clone()),
+            Some(Ok(Response::CasMismatch { current })) => Reply::Bulk(current.take()),
             _ => Reply::null(),
         },
     }
@@ -544,7 +556,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            ops,
+            ops.to_vec(),
             vec![Op::Swap {
                 key: Bytes::from_static(b"k"),
                 new: None
@@ -555,7 +567,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            ops,
+            ops.to_vec(),
             vec![Op::Incr {
                 key: Bytes::from_static(b"k"),
                 delta: -5
@@ -579,14 +591,20 @@ mod tests {
             Ok(Response::Value(s.map(|s| Bytes::from_static(s.as_bytes()))))
         };
         assert_eq!(
-            finish(Finish::CountPresent, &[v(Some("a")), v(None), v(Some("b"))]),
+            finish(
+                Finish::CountPresent,
+                &mut [v(Some("a")), v(None), v(Some("b"))]
+            ),
             Reply::Integer(2)
         );
-        assert_eq!(finish(Finish::Length, &[v(Some("abc"))]), Reply::Integer(3));
+        assert_eq!(
+            finish(Finish::Length, &mut [v(Some("abc"))]),
+            Reply::Integer(3)
+        );
         assert_eq!(
             finish(
                 Finish::CasOldValue,
-                &[Ok(Response::CasMismatch {
+                &mut [Ok(Response::CasMismatch {
                     current: Some(Bytes::from_static(b"x"))
                 })]
             ),
@@ -595,7 +613,7 @@ mod tests {
         assert_eq!(
             finish(
                 Finish::Integer,
-                &[Err(Error::Limit(ClientError::NotAnInteger))]
+                &mut [Err(Error::Limit(ClientError::NotAnInteger))]
             ),
             not_integer()
         );

@@ -13,12 +13,13 @@
 //! under the same sequence number ([`kvcli::Session::execute_reserved`]), which the
 //! shard's session table applies at most once whichever attempt reaches the log.
 
+use super::answer::{Answerer, Slots, Waiter};
 use kv_node::ClientToken;
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Op, Outcome};
 use kv_shared::ClientId;
 use kvcli::{Reserved, Response, Session};
 use std::collections::HashMap;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// The token the event loop gives the core for the gateway's requests. UDP clients never
 /// get it: IPv4 tokens use the low 59 bits, IPv6 tokens count up from `1 << 63`.
@@ -31,7 +32,7 @@ pub struct LocalRequest {
     /// authenticated client's name, like a UDP request's).
     pub request: ClientRequest,
     /// Receives the core's outcome.
-    pub answer: oneshot::Sender<Outcome>,
+    pub answer: Answerer,
 }
 
 /// The gateway's end. One message per request: the event loop runs only once the
@@ -45,7 +46,7 @@ pub type LocalSender = mpsc::UnboundedSender<LocalRequest>;
 #[derive(Debug)]
 pub struct LocalInbox {
     rx: Option<mpsc::UnboundedReceiver<LocalRequest>>,
-    waiting: HashMap<(ClientId, u64), oneshot::Sender<Outcome>>,
+    waiting: HashMap<(ClientId, u64), Answerer>,
 }
 
 /// A connected pair: the gateway's sender and the event loop's inbox.
@@ -87,9 +88,8 @@ impl LocalInbox {
 
     /// Delivers `reply` if it answers one of the gateway's requests.
     pub fn answer(&mut self, reply: ClientReply) {
-        if let Some(tx) = self.waiting.remove(&(reply.client, reply.seq)) {
-            // A connection that closed meanwhile no longer waits: nothing to do.
-            let _ = tx.send(reply.outcome);
+        if let Some(answerer) = self.waiting.remove(&(reply.client, reply.seq)) {
+            answerer.send(reply.outcome);
         }
     }
 
@@ -101,23 +101,24 @@ impl LocalInbox {
 
 /// A write handed to the core, with the session it runs under until it is settled.
 pub struct LocalWrite {
-    answer: oneshot::Receiver<Outcome>,
+    answer: Waiter,
     op: Op,
     session: Session,
     reserved: Reserved,
 }
 
 /// Hands write `op` to the core over `local` under the sequence number `reserved` that
-/// `session` set aside for it ([`Session::reserve`]), routed by replica-set `epoch`;
-/// [`LocalWrite::finish`] takes the answer.
+/// `session` set aside for it ([`Session::reserve`]), routed by replica-set `epoch`, its
+/// answer to a slot of `slots`; [`LocalWrite::finish`] takes the answer.
 pub fn send_write(
     local: &LocalSender,
+    slots: &mut Slots,
     session: Session,
     reserved: Reserved,
     op: Op,
     epoch: u64,
 ) -> LocalWrite {
-    let (answer, rx) = oneshot::channel();
+    let (answer, rx) = slots.pair();
     let request = reserved.request(op.clone(), epoch);
     // If the event loop is gone the receiver fails and the write falls back.
     let _ = local.send(LocalRequest { request, answer });
@@ -131,21 +132,22 @@ pub fn send_write(
 
 impl LocalWrite {
     /// The core's answer if it applied the write; else the write run through the cluster
-    /// client under its reserved sequence number. Returns the session too, free again.
-    pub async fn finish(self) -> (Session, Result<Response, kvcli::Error>) {
+    /// client under its reserved sequence number. Returns the session too, free again,
+    /// and the answer's slot to `slots`.
+    pub async fn finish(self, slots: &mut Slots) -> (Session, Result<Response, kvcli::Error>) {
         let LocalWrite {
             answer,
             op,
             mut session,
             reserved,
         } = self;
-        let maybe_applied = match answer.await {
-            Ok(outcome) => match Response::of_outcome(&outcome) {
+        let maybe_applied = match slots.settle(answer).await {
+            Some(outcome) => match Response::of_outcome(&outcome) {
                 Some(response) => return (session, Ok(response)),
                 None => may_have_been_applied(&outcome),
             },
             // The event loop stopped with the write in its hands: nothing is known.
-            Err(_) => true,
+            None => true,
         };
         let r = session.execute_reserved(op, reserved, maybe_applied).await;
         (session, r)
@@ -173,8 +175,8 @@ mod tests {
     use bytes::Bytes;
     use kv_shared::proto::Op;
 
-    fn read(client: u64, seq: u64) -> (LocalRequest, oneshot::Receiver<Outcome>) {
-        let (answer, rx) = oneshot::channel();
+    fn read(slots: &mut Slots, client: u64, seq: u64) -> (LocalRequest, Waiter) {
+        let (answer, rx) = slots.pair();
         let request = ClientRequest {
             client: ClientId(client),
             seq,
@@ -190,8 +192,9 @@ mod tests {
     #[tokio::test]
     async fn replies_reach_the_read_they_answer() {
         let (tx, mut inbox) = channel();
-        let (a, mut rx_a) = read(7, 1);
-        let (b, rx_b) = read(7, 2);
+        let mut slots = Slots::default();
+        let (a, rx_a) = read(&mut slots, 7, 1);
+        let (b, rx_b) = read(&mut slots, 7, 2);
         tx.send(a).unwrap();
         tx.send(b).unwrap();
         let first = inbox.next().await;
@@ -205,21 +208,21 @@ mod tests {
         };
         inbox.answer(reply(2, b"two"));
         assert_eq!(
-            rx_b.await.unwrap(),
-            Outcome::Value(Some(Bytes::from_static(b"two")))
+            rx_b.wait().await,
+            Some(Outcome::Value(Some(Bytes::from_static(b"two"))))
         );
-        assert!(rx_a.try_recv().is_err(), "seq 1 is not answered yet");
+        assert!(!rx_a.settled(), "seq 1 is not answered yet");
         // A reply to someone else's request is not delivered to this one.
         inbox.answer(ClientReply {
             client: ClientId(8),
             seq: 1,
             outcome: Outcome::Value(None),
         });
-        assert!(rx_a.try_recv().is_err());
+        assert!(!rx_a.settled());
         inbox.answer(reply(1, b"one"));
         assert_eq!(
-            rx_a.await.unwrap(),
-            Outcome::Value(Some(Bytes::from_static(b"one")))
+            rx_a.wait().await,
+            Some(Outcome::Value(Some(Bytes::from_static(b"one"))))
         );
         assert_eq!(inbox.pending(), 0);
     }

@@ -15,6 +15,9 @@
 //! distinct keys run side by side (each under its own session), and the replies are
 //! written back in command order.
 
+#[cfg(test)]
+mod alloc_tests;
+pub mod answer;
 pub mod commands;
 pub mod local;
 pub mod reply;
@@ -25,7 +28,7 @@ use bytes::{Bytes, BytesMut};
 use commands::{ConnCommand, Finish, Plan};
 use kv_shared::proto::{ClientRequest, NodeStatus, Op, Outcome, Role};
 use kv_shared::{ClientId, NodeId};
-use kvcli::{Client, Response, Session};
+use kvcli::{CachedShard, Client, Response, Session};
 use local::{LocalRequest, LocalSender, LocalWrite};
 use redis_protocol::resp2;
 use reply::Reply;
@@ -34,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::Semaphore;
 use users::{User, Users};
 
 /// Most client connections served at once; one more is told so and closed, as Redis does.
@@ -48,6 +51,9 @@ pub const QUERY_BUFFER_BYTES_MAX: usize = 1024 * 1024;
 pub const PIPELINE_COMMANDS_MAX: usize = 1024;
 /// Most raftkv operations of one connection in flight at once (each needs a session).
 pub const CONNECTION_OPS_IN_FLIGHT_MAX: usize = 64;
+/// Largest word vector kept for reuse once its command is planned: enough for the
+/// common commands; the vector of a long MSET or MGET is freed instead of held.
+const RECYCLED_WORDS_CAPACITY_MAX: usize = 8;
 /// How long INFO and DBSIZE wait for the nodes' status.
 pub const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 /// Tries of the compare-and-set loop of SET ... XX before it gives up under contention.
@@ -175,6 +181,10 @@ struct Scratch {
     answers: Vec<Answer>,
     finishes: Vec<(Finish, usize, &'static str, Instant)>,
     results: Vec<OpResult>,
+    /// Emptied word vectors of parsed commands, for the next commands to parse into.
+    words: Vec<Vec<Bytes>>,
+    /// The answer slots of the operations handed to the node's core, reused.
+    slots: answer::Slots,
 }
 
 /// Why a connection was closed by the gateway.
@@ -189,7 +199,7 @@ enum ConnError {
 /// Where one operation's answer will come from.
 enum Answer {
     /// This node's core (the operation is kept to retry through the cluster client).
-    Local(oneshot::Receiver<Outcome>, Op),
+    Local(answer::Waiter, Op),
     /// This node's core, for a write under a reserved sequence number (retried under it
     /// through the cluster client unless the core applied it).
     LocalWrite(LocalWrite),
@@ -294,10 +304,14 @@ impl Connection {
                 if batch.len() >= PIPELINE_COMMANDS_MAX {
                     break Ok(());
                 }
-                match parse_command(&mut input) {
-                    Ok(Some(words)) if words.is_empty() => {}
-                    Ok(Some(words)) => batch.push(words),
-                    Ok(None) => break Ok(()),
+                let mut words = self.scratch.words.pop().unwrap_or_default();
+                match parse_command(&mut input, &mut words) {
+                    Ok(true) if !words.is_empty() => batch.push(words),
+                    Ok(true) => self.scratch.words.push(words),
+                    Ok(false) => {
+                        self.scratch.words.push(words);
+                        break Ok(());
+                    }
                     Err(e) => break Err(e),
                 }
             };
@@ -325,7 +339,7 @@ impl Connection {
     async fn run_batch(&mut self, batch: &mut Vec<Vec<Bytes>>, out: &mut BytesMut) {
         let mut group = std::mem::take(&mut self.scratch.group);
         let mut group_ops = 0;
-        for words in batch.drain(..) {
+        for mut words in batch.drain(..) {
             if self.quit {
                 break;
             }
@@ -334,6 +348,12 @@ impl Connection {
                 command: command_label(&words[0]),
                 plan: commands::plan(&words, self.stale),
             };
+            // The plan holds what it needs of the words: their vector serves the next
+            // command (unless an unusually long command grew it).
+            if words.capacity() <= RECYCLED_WORDS_CAPACITY_MAX {
+                words.clear();
+                self.scratch.words.push(words);
+            }
             if let Some(refused) = self.refusal(pending.command, &pending.plan) {
                 self.run_group(&mut group, out).await;
                 group_ops = 0;
@@ -384,23 +404,27 @@ impl Connection {
             };
             finishes.push((finish, ops.len(), p.command, p.started));
             for op in ops {
-                if self.answers_locally(&op) {
-                    let (answer, rx) = oneshot::channel();
-                    let request = self.local_request(op.clone(), self.route_epoch(&op));
+                let at = self.cached_shard(&op);
+                if self.answers_locally(&op, at) {
+                    let (answer, rx) = self.scratch.slots.pair();
+                    let epoch = at.map_or(0, |a| a.epoch);
+                    let request = self.local_request(op.clone(), epoch);
                     // If the event loop is gone the receiver fails and the read falls back.
                     let _ = self.gateway.local.send(LocalRequest { request, answer });
                     answers.push(Answer::Local(rx, op));
                     continue;
                 }
-                if self.writes_locally(&op) {
+                if self.writes_locally(&op, at) {
                     let mut session = self.session();
                     // None: the session's first write to the shard, which opens the
                     // session there through the client.
                     match session.reserve(&op) {
                         Some(reserved) => {
-                            let epoch = self.route_epoch(&op);
+                            let epoch = at.map_or(0, |a| a.epoch);
                             let local = &self.gateway.local;
-                            let write = local::send_write(local, session, reserved, op, epoch);
+                            let slots = &mut self.scratch.slots;
+                            let write =
+                                local::send_write(local, slots, session, reserved, op, epoch);
                             answers.push(Answer::LocalWrite(write));
                             continue;
                         }
@@ -420,8 +444,8 @@ impl Connection {
         }
         for a in answers.drain(..) {
             let r = match a {
-                Answer::Local(rx, op) => match rx.await {
-                    Ok(Outcome::Value(v)) => Ok(Response::Value(v)),
+                Answer::Local(rx, op) => match self.scratch.slots.settle(rx).await {
+                    Some(Outcome::Value(v)) => Ok(Response::Value(v)),
                     // Not (or no longer) this node's to answer: the cluster client finds
                     // the leader.
                     _ => {
@@ -432,7 +456,7 @@ impl Connection {
                     }
                 },
                 Answer::LocalWrite(write) => {
-                    let (session, r) = write.finish().await;
+                    let (session, r) = write.finish(&mut self.scratch.slots).await;
                     self.sessions.push(session);
                     r
                 }
@@ -452,7 +476,7 @@ impl Connection {
         }
         let mut taken = 0;
         for (finish, n, command, started) in finishes.drain(..) {
-            let reply = commands::finish(finish, &results[taken..taken + n]);
+            let reply = commands::finish(finish, &mut results[taken..taken + n]);
             taken += n;
             self.record(command, started, &reply);
             reply.encode(self.protocol, out);
@@ -463,35 +487,39 @@ impl Connection {
         self.scratch.results = results;
     }
 
+    /// What the user's client last learned about `op`'s shard, as it concerns this node:
+    /// one look at its cache per operation, copying nothing.
+    fn cached_shard(&self, op: &Op) -> Option<CachedShard> {
+        let key = op.key()?;
+        self.client().cached_shard(key, self.gateway.node)
+    }
+
     /// True if `op` is a read this node's core can answer itself: a stale read (any
     /// replica may), or a linearizable one of a shard this node leads or holds as a
     /// voter (a follower serves it, its leader confirming the read index), as the
-    /// client last learned the shard's replica set (the bootstrap placement until then).
-    /// A guess that is wrong costs one local round trip: the core answers `StaleRoute`
-    /// or `NotLeader` and the read falls back to the cluster client.
-    fn answers_locally(&self, op: &Op) -> bool {
-        let client = self.client();
-        let me = self.gateway.node;
+    /// client last learned the shard's replica set (`at`; the bootstrap placement until
+    /// then). A guess that is wrong costs one local round trip: the core answers
+    /// `StaleRoute` or `NotLeader` and the read falls back to the cluster client.
+    fn answers_locally(&self, op: &Op, at: Option<CachedShard>) -> bool {
         match op {
             Op::Get { stale: true, .. } => true,
-            Op::Get { key, stale: false } => client.shard_of(key).is_some_and(|shard| {
-                let holds = match client.cached_route(shard) {
-                    Some(route) => route.voters.contains(&me),
-                    None => self.gateway.bootstrap_shards.contains(&shard),
-                };
-                self.leads(client, shard) || holds
+            Op::Get { stale: false, .. } => at.is_some_and(|at| {
+                let holds = at
+                    .me_votes
+                    .unwrap_or_else(|| self.gateway.bootstrap_shards.contains(&at.shard));
+                at.me_leads || holds
             }),
             _ => false,
         }
     }
 
     /// True if `op` is a write this node's core can take itself: a keyed write of a
-    /// shard this node leads, as the client last learned (from its last answer). A guess
-    /// that is wrong costs one local round trip: the core answers `NotLeader` or
+    /// shard this node leads, as the client last learned (`at`, from its last answer). A
+    /// guess that is wrong costs one local round trip: the core answers `NotLeader` or
     /// `StaleRoute` and the write is retried through the cluster client under the same
     /// sequence number. The gateway refused the write already if the user may not write;
     /// the check here keeps the core from ever seeing such a write unchecked.
-    fn writes_locally(&self, op: &Op) -> bool {
+    fn writes_locally(&self, op: &Op, at: Option<CachedShard>) -> bool {
         let Some(user) = &self.user else {
             return false;
         };
@@ -502,27 +530,7 @@ impl Connection {
         {
             return false;
         }
-        let client = &user.client;
-        op.key()
-            .and_then(|key| client.shard_of(key))
-            .is_some_and(|shard| self.leads(client, shard))
-    }
-
-    /// True if `client` last learned that this node leads `shard`.
-    fn leads(&self, client: &Client, shard: kv_shared::ShardId) -> bool {
-        client
-            .cached_leader(shard)
-            .is_some_and(|leader| leader.id == Some(self.gateway.node))
-    }
-
-    /// The epoch of the replica set the client knows for `op`'s shard (0 until it has
-    /// learned one): a follower serves a get only under its current epoch.
-    fn route_epoch(&self, op: &Op) -> u64 {
-        let client = self.client();
-        op.key()
-            .and_then(|key| client.shard_of(key))
-            .and_then(|shard| client.cached_route(shard))
-            .map_or(0, |route| route.epoch)
+        at.is_some_and(|at| at.me_leads)
     }
 
     /// Read `op` as a request from this connection's reader id, under a fresh sequence
@@ -788,67 +796,87 @@ fn command_label(name: &[u8]) -> &'static str {
     commands::command_name(name).unwrap_or("unknown")
 }
 
-/// Takes one complete command off the front of `buf`: a RESP array of bulk strings, or
-/// an inline command (a line of words, as typed into telnet). `Ok(None)`: incomplete.
-fn parse_command(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, String> {
+/// Takes one complete command off the front of `buf` into `words` (empty on entry): a
+/// RESP array of bulk strings, or an inline command (a line of words, as typed into
+/// telnet). `Ok(false)`: incomplete, nothing taken. The codec finds the frame's ranges;
+/// the words are slices of the bytes taken off `buf`, so a command costs no copy and no
+/// allocation but the codec's list of ranges.
+fn parse_command(buf: &mut BytesMut, words: &mut Vec<Bytes>) -> Result<bool, String> {
+    debug_assert!(words.is_empty());
     if buf.is_empty() {
-        return Ok(None);
+        return Ok(false);
     }
     if buf[0] != b'*' {
         let Some(end) = buf.iter().position(|b| *b == b'\n') else {
-            return Ok(None);
+            return Ok(false);
         };
-        let line = buf.split_to(end + 1);
-        return Ok(Some(
-            line[..]
-                .split(|b: &u8| b.is_ascii_whitespace())
+        let line = buf.split_to(end + 1).freeze();
+        words.extend(
+            line.split(|b: &u8| b.is_ascii_whitespace())
                 .filter(|w| !w.is_empty())
-                .map(Bytes::copy_from_slice)
-                .collect(),
-        ));
+                .map(|w| line.slice_ref(w)),
+        );
+        return Ok(true);
     }
-    let frame = match resp2::decode::decode_bytes_mut(buf) {
-        Ok(Some((frame, _, _))) => frame,
-        Ok(None) => return Ok(None),
+    let (frame, amt) = match resp2::decode::decode_range(buf) {
+        Ok(Some(found)) => found,
+        Ok(None) => return Ok(false),
         Err(e) => return Err(e.to_string()),
     };
-    let resp2::types::BytesFrame::Array(items) = frame else {
-        return Err("expected an array of bulk strings".into());
+    let not_words = || "expected an array of bulk strings".to_string();
+    let resp2::types::RangeFrame::Array(items) = frame else {
+        return Err(not_words());
     };
-    items
-        .into_iter()
-        .map(|f| match f {
-            resp2::types::BytesFrame::BulkString(b) | resp2::types::BytesFrame::SimpleString(b) => {
-                Ok(b)
+    let taken = buf.split_to(amt).freeze();
+    for item in &items {
+        match item {
+            resp2::types::RangeFrame::BulkString((start, end))
+            | resp2::types::RangeFrame::SimpleString((start, end)) => {
+                words.push(taken.slice(*start..*end));
             }
-            _ => Err("expected an array of bulk strings".to_string()),
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
+            _ => return Err(not_words()),
+        }
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// `parse_command` into a fresh vector: `None` while the command is incomplete.
+    fn parse(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, String> {
+        let mut words = Vec::new();
+        Ok(parse_command(buf, &mut words)?.then_some(words))
+    }
+
     #[test]
     fn parses_arrays_inline_and_partial_input() {
         let mut buf = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nPING\r\n*1\r\n$4\r\nPI"[..]);
         assert_eq!(
-            parse_command(&mut buf).unwrap(),
+            parse(&mut buf).unwrap(),
             Some(vec![Bytes::from_static(b"GET"), Bytes::from_static(b"k")])
         );
         assert_eq!(
-            parse_command(&mut buf).unwrap(),
+            parse(&mut buf).unwrap(),
             Some(vec![Bytes::from_static(b"PING")])
         );
-        assert_eq!(parse_command(&mut buf).unwrap(), None);
+        assert_eq!(parse(&mut buf).unwrap(), None);
         buf.extend_from_slice(b"NG\r\n");
         assert_eq!(
-            parse_command(&mut buf).unwrap(),
+            parse(&mut buf).unwrap(),
             Some(vec![Bytes::from_static(b"PING")])
         );
+        let mut inline = BytesMut::from(&b"  set  k\tv \r\n\r\n"[..]);
+        let words = ["set", "k", "v"].map(|w| Bytes::from_static(w.as_bytes()));
+        assert_eq!(parse(&mut inline).unwrap(), Some(words.to_vec()));
+        assert_eq!(parse(&mut inline).unwrap(), Some(vec![]), "a blank line");
+        assert!(inline.is_empty());
         let mut bad = BytesMut::from(&b"*1\r\n:5\r\n"[..]);
-        assert!(parse_command(&mut bad).is_err());
+        assert!(parse(&mut bad).is_err());
+        let mut null = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$-1\r\n"[..]);
+        assert!(parse(&mut null).is_err(), "a null bulk string is no word");
+        let mut not_array = BytesMut::from(&b"*-1\r\n"[..]);
+        assert!(parse(&mut not_array).is_err());
     }
 }

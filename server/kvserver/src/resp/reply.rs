@@ -46,36 +46,38 @@ impl Reply {
         Reply::Bulk(None)
     }
 
-    /// Appends the encoding for protocol `version` (2 or 3) to `out`.
-    pub fn encode(&self, version: u8, out: &mut BytesMut) {
+    /// Appends the encoding for protocol `version` (2 or 3) to `out`. Takes the reply:
+    /// a bulk string moves into its frame, where a copy of a `Bytes` that owns its own
+    /// buffer (a value the core copied out) would cost an allocation per reply.
+    pub fn encode(self, version: u8, out: &mut BytesMut) {
         let encoded = if version >= 3 {
-            resp3::encode::complete::extend_encode(out, &self.to_resp3(), false)
+            resp3::encode::complete::extend_encode(out, &self.into_resp3(), false)
         } else {
-            resp2::encode::extend_encode(out, &self.to_resp2(), false)
+            resp2::encode::extend_encode(out, &self.into_resp2(), false)
         };
         // Frames built here are always well formed; only a malformed frame fails to encode.
         encoded.expect("a reply frame encodes");
     }
 
-    fn to_resp2(&self) -> resp2::types::BytesFrame {
+    fn into_resp2(self) -> resp2::types::BytesFrame {
         use resp2::types::BytesFrame as F;
         match self {
             Reply::Simple(s) => F::SimpleString(Bytes::from_static(s.as_bytes())),
-            Reply::Error(e) => F::Error(Str::from(one_line(e))),
-            Reply::Integer(n) => F::Integer(*n),
-            Reply::Bulk(Some(b)) => F::BulkString(b.clone()),
+            Reply::Error(e) => F::Error(Str::from(one_line(&e))),
+            Reply::Integer(n) => F::Integer(n),
+            Reply::Bulk(Some(b)) => F::BulkString(b),
             Reply::Bulk(None) => F::Null,
-            Reply::Array(items) => F::Array(items.iter().map(Reply::to_resp2).collect()),
+            Reply::Array(items) => F::Array(items.into_iter().map(Reply::into_resp2).collect()),
             Reply::Map(pairs) => F::Array(
                 pairs
-                    .iter()
-                    .flat_map(|(k, v)| [k.to_resp2(), v.to_resp2()])
+                    .into_iter()
+                    .flat_map(|(k, v)| [k.into_resp2(), v.into_resp2()])
                     .collect(),
             ),
         }
     }
 
-    fn to_resp3(&self) -> resp3::types::BytesFrame {
+    fn into_resp3(self) -> resp3::types::BytesFrame {
         use resp3::types::BytesFrame as F;
         match self {
             Reply::Simple(s) => F::SimpleString {
@@ -83,26 +85,26 @@ impl Reply {
                 attributes: None,
             },
             Reply::Error(e) => F::SimpleError {
-                data: Str::from(one_line(e)),
+                data: Str::from(one_line(&e)),
                 attributes: None,
             },
             Reply::Integer(n) => F::Number {
-                data: *n,
+                data: n,
                 attributes: None,
             },
             Reply::Bulk(Some(b)) => F::BlobString {
-                data: b.clone(),
+                data: b,
                 attributes: None,
             },
             Reply::Bulk(None) => F::Null,
             Reply::Array(items) => F::Array {
-                data: items.iter().map(Reply::to_resp3).collect(),
+                data: items.into_iter().map(Reply::into_resp3).collect(),
                 attributes: None,
             },
             Reply::Map(pairs) => F::Map {
                 data: pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_resp3(), v.to_resp3()))
+                    .into_iter()
+                    .map(|(k, v)| (k.into_resp3(), v.into_resp3()))
                     .collect(),
                 attributes: None,
             },
@@ -121,7 +123,7 @@ mod tests {
 
     fn enc(r: &Reply, v: u8) -> String {
         let mut out = BytesMut::new();
-        r.encode(v, &mut out);
+        r.clone().encode(v, &mut out);
         String::from_utf8(out.to_vec()).unwrap()
     }
 
