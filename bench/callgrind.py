@@ -13,8 +13,10 @@ Throughput under callgrind means nothing; compare instructions/op between builds
     python3 bench/callgrind.py --target $CARGO_TARGET_DIR/release --shards 8 --ops 20000
     python3 bench/callgrind.py --target ... --protection none   # the same, unauthenticated
     python3 bench/callgrind.py --target ... --shards 8 --tick-ms 50   # no elections under valgrind's slowdown
+    python3 bench/callgrind.py --target ... --shards 8 --tick-ms 50 --leaders-on 1   # per-group cost alone
 """
 import json, time, subprocess, tempfile, socket, argparse, re, shutil
+from leaders import leaders, put_leaders_on
 p = argparse.ArgumentParser()
 p.add_argument("--target", required=True, help="directory holding release kvserver and kvcli")
 p.add_argument("--shards", type=int, default=1)
@@ -29,6 +31,10 @@ p.add_argument("--tick-ms", type=int, default=10,
                     "figure then counts the work of the puts rather than of retries and elections")
 p.add_argument("--count-startup", action="store_true",
                help="count from the servers' start (default: from when every shard has a leader, via callgrind_control --zero)")
+p.add_argument("--leaders-on", type=int, default=0, metavar="N",
+               help="before counting, pause the balancer and move every shard's leadership to node N "
+                    "(bench/leaders.py): the rounds of 1 shard, so the count shows what many groups cost apart "
+                    "from what spreading their leaders costs")
 p.add_argument("--keep", action="store_true", help="keep the callgrind files (for callgrind_annotate) and print their directory")
 a = p.parse_args()
 d = tempfile.mkdtemp(prefix="cgkv-")
@@ -43,29 +49,38 @@ ports = free_ports(socket.SOCK_DGRAM, 3, [])
 # which may be taken by other clusters on the machine.
 tcp = free_ports(socket.SOCK_STREAM, 6, ports)
 cfg = f"{d}/cluster.toml"
-open(cfg, "w").write(f"cluster_id = 9{a.shards}\nshards = {a.shards}\ndata_dir = \"{d}\"\nkey_file = \"keys/cluster.key\"\nclient_key_files = [\"keys/bench.key\"]\nclient_key_file = \"keys/bench.key\"\nprotection = \"{a.protection}\"\n[timing]\ntick_ms = {a.tick_ms}\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n" + "".join(f'\n[[nodes]]\nid = {n}\naddr = "127.0.0.1:{ports[n-1]}"\nredis_addr = "127.0.0.1:{tcp[n-1]}"\nhttp_addr = "127.0.0.1:{tcp[n+2]}"\n' for n in (1,2,3)))
+# `kvserver keygen` makes a client key named admin.key an admin, which `shard leader` needs.
+key = "keys/admin.key" if a.leaders_on else "keys/bench.key"
+open(cfg, "w").write(f"cluster_id = 9{a.shards}\nshards = {a.shards}\ndata_dir = \"{d}\"\nkey_file = \"keys/cluster.key\"\nclient_key_files = [\"{key}\"]\nclient_key_file = \"{key}\"\nprotection = \"{a.protection}\"\n[timing]\ntick_ms = {a.tick_ms}\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n" + "".join(f'\n[[nodes]]\nid = {n}\naddr = "127.0.0.1:{ports[n-1]}"\nredis_addr = "127.0.0.1:{tcp[n-1]}"\nhttp_addr = "127.0.0.1:{tcp[n+2]}"\n' for n in (1,2,3)))
 subprocess.run([f"{a.target}/kvserver", "keygen", "--config", cfg], check=True, stdout=subprocess.DEVNULL)
 procs = []
 for n in (1,2,3):
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg.{n}", "--dump-instr=no",
            f"{a.target}/kvserver", "--config", cfg, "--node", str(n), "--data-dir", f"{d}/node-{n}", "--log-level", "warn"]
     procs.append(subprocess.Popen(cmd, stdout=open(f"{d}/n{n}.log","w"), stderr=subprocess.STDOUT))
+kvcli = [f"{a.target}/kvcli", "--cluster", cfg]
 try:
     for _ in range(300):
-        r = subprocess.run([f"{a.target}/kvcli","--cluster",cfg,"--json","status"],capture_output=True,text=True,timeout=60)
-        try:
-            s = json.loads([l for l in r.stdout.splitlines() if l.startswith("{")][-1])
-            if all(x.get("leader") for x in s["shards"]): break
-        except Exception: pass
+        ls = leaders(kvcli)
+        if ls and all(ls): break
         time.sleep(0.5)
+    if a.leaders_on:
+        put_leaders_on(kvcli, a.shards, a.leaders_on)
     if not a.count_startup:
         # Count from here: startup, elections and the status polls above would otherwise
         # weigh on the figure by how long the loaded machine took to elect.
         for x in procs:
             subprocess.run(["callgrind_control", "--zero", str(x.pid)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     mix = {"put":"0","get":"1"}[a.op]
-    r = subprocess.run([f"{a.target}/kvcli","--cluster",cfg,"bench","--clients",a.clients,"--ops",a.ops,"--mix",mix,"--value-size","100","--key-size","16","--keys","10000","--json"],capture_output=True,text=True,timeout=1200)
+    r = subprocess.run(kvcli + ["bench","--clients",a.clients,"--ops",a.ops,"--mix",mix,"--value-size","100","--key-size","16","--keys","10000","--json"],capture_output=True,text=True,timeout=1200)
     j = json.loads([l for l in r.stdout.splitlines() if l.startswith("{")][-1])
+except BaseException:
+    # A failed run (no leaders, leaderships that did not move, no bench output) leaves
+    # nothing behind but with --keep.
+    for x in procs: x.terminate()
+    for x in procs: x.wait()
+    if not a.keep: shutil.rmtree(d, ignore_errors=True)
+    raise
 finally:
     for x in procs: x.terminate()
     for x in procs: x.wait()
@@ -80,4 +95,5 @@ if a.keep:
 else:
     shutil.rmtree(d, ignore_errors=True)
 ops = j["ops"]
-print(f"{a.target} {a.protection} tick={a.tick_ms}ms {a.shards}sh {a.op} c={a.clients} ops={ops} err={j['errors']} {j['ops_per_s']:.0f}/s  Ir total={tot/1e9:.2f}G  Ir/op={tot/ops:.0f}", flush=True)
+on = f" leaders-on-n{a.leaders_on}" if a.leaders_on else ""
+print(f"{a.target} {a.protection} tick={a.tick_ms}ms {a.shards}sh{on} {a.op} c={a.clients} ops={ops} err={j['errors']} {j['ops_per_s']:.0f}/s  Ir total={tot/1e9:.2f}G  Ir/op={tot/ops:.0f}", flush=True)

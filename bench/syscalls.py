@@ -23,6 +23,7 @@ Needs `perf` and permission to read tracepoints (root here).
 """
 import argparse, atexit, json, os, re, shutil, signal, socket, subprocess, tempfile, time
 
+from leaders import leaders, put_leaders_on
 from run import free_port
 
 SYSCALLS = ["sendto", "recvfrom", "epoll_wait", "fdatasync", "write", "futex"]
@@ -65,14 +66,6 @@ procs = [subprocess.Popen([f"{a.target}/kvserver", "--config", cfg, "--node", st
          for n in (1, 2, 3)]
 
 
-def leaders():
-    r = subprocess.run(kvcli + ["--json", "status"], capture_output=True, text=True, timeout=60)
-    try:
-        return [x.get("leader") for x in json.loads([l for l in r.stdout.splitlines() if l.startswith("{")][-1])["shards"]]
-    except (IndexError, KeyError, ValueError):
-        return []
-
-
 def counters():
     """Each runtime counter of the turn structure, summed over the three nodes."""
     r = subprocess.run(kvcli + ["--json", "status"], capture_output=True, text=True, timeout=60)
@@ -97,23 +90,12 @@ def cpu_s(pid):
 
 try:
     for _ in range(300):
-        ls = leaders()
+        ls = leaders(kvcli)
         if ls and all(ls):
             break
         time.sleep(0.5)
     if a.leaders_on:
-        # The balancer (on by default) would spread the leaderships again during the point.
-        r = subprocess.run(kvcli + ["rebalance", "pause"], capture_output=True, text=True, timeout=60)
-        if r.returncode != 0:
-            raise SystemExit(f"kvcli rebalance pause failed: {r.stdout}{r.stderr}")
-        for shard in range(a.shards):
-            subprocess.run(kvcli + ["shard", "leader", str(shard), str(a.leaders_on)], capture_output=True, timeout=60)
-        for _ in range(120):
-            if leaders() == [a.leaders_on] * a.shards:
-                break
-            time.sleep(0.5)
-        else:
-            raise SystemExit(f"node {a.leaders_on} did not take every shard's leadership: {leaders()}")
+        put_leaders_on(kvcli, a.shards, a.leaders_on)
     time.sleep(1)
     events = ",".join(f"syscalls:sys_enter_{s}" for s in SYSCALLS) + ",context-switches"
     turns0 = counters()
@@ -128,8 +110,8 @@ try:
     stat.send_signal(signal.SIGINT)
     stat.wait()
     turns1 = counters()
-    if a.leaders_on and leaders() != [a.leaders_on] * a.shards:
-        print(f"warning: node {a.leaders_on} no longer leads every shard after the point: {leaders()}")
+    if a.leaders_on and leaders(kvcli) != [a.leaders_on] * a.shards:
+        print(f"warning: node {a.leaders_on} no longer leads every shard after the point: {leaders(kvcli)}")
     j = json.loads([l for l in r.stdout.splitlines() if l.startswith("{")][-1])
 finally:
     for x in procs:
