@@ -121,6 +121,8 @@ struct Noted {
 /// Answers an applied entry may still need, and the keys of its puts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Owed {
+    /// The entry's term.
+    pub term: Term,
     /// The answers.
     pub duties: Vec<Duty>,
     /// The keys its puts wrote (answers about them must not overtake these).
@@ -333,7 +335,14 @@ impl Handoff {
             }
         }
         if !owed.is_empty() && self.unsure.len() < UNSURE_MAX {
-            self.unsure.insert(index, Owed { duties: owed, keys });
+            self.unsure.insert(
+                index,
+                Owed {
+                    term,
+                    duties: owed,
+                    keys,
+                },
+            );
         }
         let lost: Vec<u64> = self
             .orphans

@@ -7,7 +7,7 @@
 //! (memory is the storage here: the harness never restarts a replica), ask kv-raft for
 //! what the [`StallTimer`] says is due, answer clients, then send the peer messages.
 
-use crate::doubt::Doubts;
+use crate::doubt::{Doubts, Now};
 use crate::handoff::{CommitNotice, Duty, Handoff, Owed, SideInfo};
 use crate::ids::{CourseId, Roster};
 use crate::loss::{LossMeter, SendCounter};
@@ -19,7 +19,7 @@ use crate::stall::{self, StallAction, StallTimer, View};
 use crate::vote_resend::VoteResends;
 use bytes::Bytes;
 use kv_node::{ClientToken, GroupMessage, NodeConfig, NodeCore};
-use kv_raft::{MessageBody, Role};
+use kv_raft::{MessageBody, Role, Term};
 use kv_shared::proto::{ClientReply, Op};
 use kv_shared::{NodeId, ShardId};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
@@ -365,6 +365,14 @@ impl Runtime {
                 for info in side {
                     self.handoff.learn(info);
                 }
+                for gm in &msgs {
+                    if matches!(
+                        gm.msg.body,
+                        MessageBody::Append { .. } | MessageBody::Heartbeat { .. }
+                    ) {
+                        self.doubts.note_leader(gm.msg.term, from);
+                    }
+                }
                 self.note_entries(&msgs);
                 self.core.on_peer_messages(from, msgs);
             }
@@ -565,7 +573,11 @@ impl Runtime {
             let (held, duties): (Vec<Duty>, Vec<Duty>) = duties
                 .into_iter()
                 .partition(|d| matches!(d, Duty::OkFor(..) | Duty::OkOwn(_)));
-            let owed = Owed { duties: held, keys };
+            let owed = Owed {
+                term: applied.term,
+                duties: held,
+                keys,
+            };
             self.doubts.hold(applied.index, owed, now);
             for duty in duties {
                 match duty {
@@ -591,7 +603,7 @@ impl Runtime {
                 self.doubts.hold(index, owed, now);
             }
         }
-        self.settle_doubts(leader, now);
+        self.settle_doubts(leader, view.term, now);
         if leader {
             let floor = self.doubts.floor().map(|f| f - 1);
             self.handoff
@@ -615,17 +627,15 @@ impl Runtime {
 
     /// Sends the held answers that are due and drops those a report says were sent
     /// (doubt.rs), then the answers that waited behind them.
-    fn settle_doubts(&mut self, leader: bool, now: Instant) {
-        let me = self.roster.me_node();
-        let everyone_heard = self.doubts.since().is_some_and(|since| {
-            self.roster
-                .members()
-                .into_iter()
-                .filter(|m| *m != me)
-                .all(|m| self.heard.get(&m).is_some_and(|at| *at >= since))
-        });
+    fn settle_doubts(&mut self, leader: bool, term: Term, now: Instant) {
         let reported = self.handoff.reported();
-        let settled = self.doubts.settle(reported, leader, everyone_heard, now);
+        let settled = self.doubts.settle(Now {
+            reported,
+            leader,
+            term,
+            heard: &self.heard,
+            at: now,
+        });
         if settled.dropped > 0 || !settled.answer.is_empty() {
             self.trace(format_args!(
                 "doubts: {} dropped (report {reported}), answering {:?}",
