@@ -20,22 +20,30 @@
 //!   retry.
 //!
 //! - **Answered-through reports.** A leader answers a put when it applies it, before any
-//!   datagram that carries the new commit index leaves, so a replica whose commit index
-//!   is `c` knows every put at or below `c` was answered. Every peer datagram carries
-//!   the highest such index its sender knows (field `c`), and a new leader does not
-//!   answer entries at or below the highest report it has heard. Followers learn the
-//!   commit index only with the next append, so without more the last put before a
-//!   leader dies would be answered twice (once by each leader): a leader that has sent
-//!   nothing for [`Settings::commit_notice_idle`](crate::settings::Settings) after its
-//!   commit index moved tells one follower in a datagram of its own
-//!   ([`CommitNotice`]), and that follower's answers to the next election pass the
-//!   report on to the new leader.
+//!   datagram that carries the new commit index leaves, so a leader whose commit index
+//!   is `c` (and that holds back no answer, see `doubt.rs`) knows every put at or below
+//!   `c` was answered. Every peer datagram carries the highest such index its sender
+//!   knows (field `c`): as leader, what it answered through; as follower, the highest
+//!   report it heard (never its own commit index: a leader that holds answers back
+//!   commits entries it has not answered). A new leader does not answer entries at or
+//!   below the highest report it has heard. Followers learn the commit index only with
+//!   the next append, so the last put before a leader dies would often be answered
+//!   twice (once by each leader): a leader that has sent nothing for
+//!   [`Settings::commit_notice_idle`](crate::settings::Settings) after its commit index
+//!   moved tells one follower in a datagram of its own ([`CommitNotice`]), and a new
+//!   leader holds its answers for a previous leader's entries until it has heard every
+//!   peer's report (`doubt.rs`).
+//! - **Entries a follower applies above what it knows was answered** are kept (with the
+//!   answers they would need) until a report covers them: if this replica becomes
+//!   leader first, it owes them (the leader that committed them may have held their
+//!   answers back and died).
 //!
 //! Sessions are `(node << 40) | token` (see `requests.rs`), so a replica recognises its
 //! own. Pure bookkeeping: the runtime feeds entries and applies and executes the result.
 
 use crate::ids::CourseId;
-use kv_node::sm::CommandBatch;
+use bytes::Bytes;
+use kv_node::sm::{CommandBatch, WriteOp};
 use kv_raft::{Entry, EntryKind, Index, Term};
 use kv_shared::NodeId;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -84,8 +92,8 @@ pub struct Handoff {
     me: NodeId,
     side: HashMap<u64, (CourseId, String)>,
     side_order: VecDeque<u64>,
-    /// Sessions in entries seen in appends (sent or received) and not yet applied.
-    entries: BTreeMap<Index, (Term, Vec<u64>)>,
+    /// Entries seen in appends (sent or received) and not yet applied.
+    entries: BTreeMap<Index, Noted>,
     /// Own puts the core proposed, not yet answered: session -> index of their entry.
     proposed: HashMap<u64, Index>,
     orphans: HashMap<u64, Orphan>,
@@ -96,7 +104,33 @@ pub struct Handoff {
     leading_from: Option<(Term, Index)>,
     /// The highest answered-through index reported by a peer.
     reported_answered: Index,
+    /// The highest index this replica, as leader, answered every put through.
+    led_through: Index,
+    /// Entries applied as follower above what was known answered: their answers and keys.
+    unsure: BTreeMap<Index, Owed>,
 }
+
+/// The sessions and put keys of an entry seen in an append.
+#[derive(Debug)]
+struct Noted {
+    term: Term,
+    sessions: Vec<u64>,
+    keys: Vec<Bytes>,
+}
+
+/// Answers an applied entry may still need, and the keys of its puts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owed {
+    /// The entry's term.
+    pub term: Term,
+    /// The answers.
+    pub duties: Vec<Duty>,
+    /// The keys its puts wrote (answers about them must not overtake these).
+    pub keys: Vec<Bytes>,
+}
+
+/// Most entries kept as unsure (a run commits a few hundred).
+pub const UNSURE_MAX: usize = 10_000;
 
 impl Handoff {
     /// Bookkeeping for replica `me`.
@@ -112,6 +146,8 @@ impl Handoff {
             answered_order: VecDeque::new(),
             leading_from: None,
             reported_answered: 0,
+            led_through: 0,
+            unsure: BTreeMap::new(),
         }
     }
 
@@ -137,8 +173,23 @@ impl Handoff {
     /// Notes the sessions of entries carried by an append (sent or received).
     pub fn note_entries(&mut self, entries: &[Entry]) {
         for e in entries {
-            let sessions = sessions_of(e);
-            self.entries.insert(e.index, (e.term, sessions));
+            let (sessions, keys) = writes_of(e);
+            self.entries.insert(
+                e.index,
+                Noted {
+                    term: e.term,
+                    sessions,
+                    keys,
+                },
+            );
+        }
+    }
+
+    /// The keys the puts of entry (`index`, `term`) write, if it was seen in an append.
+    pub fn keys_at(&self, index: Index, term: Term) -> Vec<Bytes> {
+        match self.entries.get(&index) {
+            Some(n) if n.term == term => n.keys.clone(),
+            _ => Vec::new(),
         }
     }
 
@@ -146,7 +197,7 @@ impl Handoff {
     pub fn side_info_for(&self, entries: &[&Entry]) -> Vec<SideInfo> {
         let mut out = Vec::new();
         for e in entries {
-            for session in sessions_of(e) {
+            for session in writes_of(e).0 {
                 if out.len() >= SIDE_INFO_PER_DATAGRAM_MAX {
                     return out;
                 }
@@ -185,30 +236,66 @@ impl Handoff {
     /// A peer reported that every put at or below `index` was answered.
     pub fn hear_answered_through(&mut self, index: Index) {
         self.reported_answered = self.reported_answered.max(index);
+        self.forget_unsure();
+    }
+
+    /// The highest index a peer reported answered through.
+    pub fn reported(&self) -> Index {
+        self.reported_answered
+    }
+
+    /// As leader, this replica has answered (or holds no answer back for) every put at or
+    /// below `index`.
+    pub fn note_answered(&mut self, index: Index) {
+        self.led_through = self.led_through.max(index);
+        self.forget_unsure();
+    }
+
+    fn forget_unsure(&mut self) {
+        let through = self.answered_through();
+        while self
+            .unsure
+            .first_key_value()
+            .is_some_and(|(&i, _)| i <= through)
+        {
+            self.unsure.pop_first();
+        }
     }
 
     /// What this replica reports: every put at or below the returned index was answered
-    /// (its own commit index `commit`: whoever committed an entry answered it first, or
-    /// a report it heard).
-    pub fn answered_through(&self, commit: Index) -> Index {
-        commit.max(self.reported_answered)
+    /// (by this replica as leader, or as a report it heard says).
+    pub fn answered_through(&self) -> Index {
+        self.led_through.max(self.reported_answered)
     }
 
-    /// Leadership as seen after a round: `leader` with the term and commit index.
-    pub fn observe(&mut self, leader: bool, term: Term, commit: Index) {
+    /// Leadership as seen after a round. True when a leadership begins: the caller then
+    /// takes what it owes ([`Handoff::take_unsure`]).
+    pub fn observe(&mut self, leader: bool, term: Term) -> bool {
         match (leader, self.leading_from) {
-            (true, Some((t, _))) if t == term => {}
-            (true, _) => self.leading_from = Some((term, commit)),
-            (false, _) => self.leading_from = None,
+            (true, Some((t, _))) if t == term => false,
+            (true, _) => {
+                self.leading_from = Some((term, self.answered_through()));
+                true
+            }
+            (false, _) => {
+                self.leading_from = None;
+                false
+            }
         }
+    }
+
+    /// The answers owed for entries applied as follower above what is known answered, in
+    /// log order.
+    pub fn take_unsure(&mut self) -> Vec<(Index, Owed)> {
+        std::mem::take(&mut self.unsure).into_iter().collect()
     }
 
     /// Entry (`index`, `term`) was applied here. Returns the answers now due.
     pub fn on_applied(&mut self, index: Index, term: Term) -> Vec<Duty> {
         let mut duties = Vec::new();
-        let sessions = match self.entries.remove(&index) {
-            Some((t, s)) if t == term => s,
-            _ => Vec::new(),
+        let (sessions, keys) = match self.entries.remove(&index) {
+            Some(n) if n.term == term => (n.sessions, n.keys),
+            _ => (Vec::new(), Vec::new()),
         };
         // Entries at or below `index` that were not applied were replaced.
         while let Some((&i, _)) = self.entries.first_key_value() {
@@ -220,10 +307,14 @@ impl Handoff {
         let answering = self
             .leading_from
             .is_some_and(|(_, from)| index > from.max(self.reported_answered));
+        let unsure = self.leading_from.is_none() && index > self.answered_through();
+        let mut owed = Vec::new();
         for session in sessions {
             if let Some(o) = self.orphans.remove(&session) {
                 if answering {
                     duties.push(Duty::OkOwn(o.token));
+                } else if unsure {
+                    owed.push(Duty::OkOwn(o.token));
                 }
                 continue;
             }
@@ -231,12 +322,27 @@ impl Handoff {
                 duties.push(Duty::CoreAnswers(session));
                 continue;
             }
-            if answering && !self.answered.contains(&session) {
+            if (answering || unsure) && !self.answered.contains(&session) {
                 if let Some((client, mid)) = self.side.get(&session) {
-                    duties.push(Duty::OkFor(*client, mid.clone()));
+                    let duty = Duty::OkFor(*client, mid.clone());
+                    if answering {
+                        duties.push(duty);
+                    } else {
+                        owed.push(duty);
+                    }
                     self.mark_answered(session);
                 }
             }
+        }
+        if !owed.is_empty() && self.unsure.len() < UNSURE_MAX {
+            self.unsure.insert(
+                index,
+                Owed {
+                    term,
+                    duties: owed,
+                    keys,
+                },
+            );
         }
         let lost: Vec<u64> = self
             .orphans
@@ -367,13 +473,24 @@ impl CommitNotice {
     }
 }
 
-fn sessions_of(e: &Entry) -> Vec<u64> {
+/// The sessions of an entry's writes and the keys of its puts.
+fn writes_of(e: &Entry) -> (Vec<u64>, Vec<Bytes>) {
     if e.kind != EntryKind::Command {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     }
-    CommandBatch::decode(&e.data)
-        .map(|b| b.writes.iter().map(|w| w.client.0).collect())
-        .unwrap_or_default()
+    let Ok(batch) = CommandBatch::decode(&e.data) else {
+        return (Vec::new(), Vec::new());
+    };
+    let sessions = batch.writes.iter().map(|w| w.client.0).collect();
+    let keys = batch
+        .writes
+        .into_iter()
+        .filter_map(|w| match w.op {
+            WriteOp::Put { key, .. } => Some(key),
+            _ => None,
+        })
+        .collect();
+    (sessions, keys)
 }
 
 #[cfg(test)]
@@ -423,7 +540,9 @@ mod tests {
         let mut h = Handoff::new(NodeId(2));
         h.learn(info(old, "m7"));
         h.note_entries(&[entry(5, 1, &[old])]);
-        h.observe(true, 2, 4);
+        h.hear_answered_through(4);
+        assert!(h.observe(true, 2));
+        assert!(!h.observe(true, 2), "the same leadership");
         assert_eq!(
             h.on_applied(5, 1),
             vec![Duty::OkFor(CourseId(0x15), "m7".into())]
@@ -440,13 +559,45 @@ mod tests {
         let mut h = Handoff::new(NodeId(2));
         h.learn(info(old, "m7"));
         h.note_entries(&[entry(5, 1, &[old])]);
-        h.observe(true, 2, 5);
+        h.hear_answered_through(5);
+        h.observe(true, 2);
         assert!(h.on_applied(5, 1).is_empty());
         // A follower never answers for others.
         let mut f = Handoff::new(NodeId(3));
         f.learn(info(old, "m7"));
         f.note_entries(&[entry(5, 1, &[old])]);
         assert!(f.on_applied(5, 1).is_empty());
+    }
+
+    #[test]
+    fn a_follower_owes_what_it_applied_above_the_reports_if_it_comes_to_lead() {
+        let old = session_for(NodeId(1), 7);
+        let mut f = Handoff::new(NodeId(3));
+        f.learn(info(old, "m7"));
+        f.note_entries(&[entry(5, 1, &[old]), entry(6, 1, &[])]);
+        f.hear_answered_through(4);
+        assert_eq!(f.keys_at(5, 1), vec![Bytes::from_static(b"k")]);
+        assert!(f.on_applied(5, 1).is_empty());
+        assert!(f.on_applied(6, 1).is_empty());
+        // Applying does not make the follower report it: its leader may hold the answer.
+        assert_eq!(f.answered_through(), 4);
+        assert!(f.observe(true, 2));
+        let owed = f.take_unsure();
+        assert_eq!(owed.len(), 1);
+        assert_eq!(owed[0].0, 5);
+        assert_eq!(
+            owed[0].1.duties,
+            vec![Duty::OkFor(CourseId(0x15), "m7".into())]
+        );
+        assert_eq!(owed[0].1.keys, vec![Bytes::from_static(b"k")]);
+        // Owed entries a report covers are forgotten.
+        let mut g = Handoff::new(NodeId(4));
+        g.learn(info(old, "m7"));
+        g.note_entries(&[entry(5, 1, &[old])]);
+        assert!(g.on_applied(5, 1).is_empty());
+        g.hear_answered_through(5);
+        g.observe(true, 2);
+        assert!(g.take_unsure().is_empty());
     }
 
     /// Replica 1 proposed its put with MID token 3 as entry 8 of term 1.
@@ -486,7 +637,8 @@ mod tests {
     fn an_orphan_committed_by_this_replica_as_leader_again_is_answered_ok() {
         let (mut h, s) = own_put_at_8();
         assert!(!h.on_core_answer(s, false));
-        h.observe(true, 3, 7);
+        h.hear_answered_through(7);
+        h.observe(true, 3);
         assert_eq!(h.on_applied(8, 1), vec![Duty::OkOwn(3)]);
     }
 
@@ -520,16 +672,17 @@ mod tests {
         h.learn(info(old, "m7"));
         h.learn(info(newer, "m8"));
         h.note_entries(&[entry(5, 1, &[old]), entry(6, 1, &[newer])]);
-        // This replica knew commit 4; a follower the old leader told reports 5.
+        // A follower the old leader told reports 5.
         h.hear_answered_through(5);
-        h.observe(true, 2, 4);
+        h.observe(true, 2);
         assert!(h.on_applied(5, 1).is_empty(), "the old leader answered it");
         assert_eq!(
             h.on_applied(6, 1),
             vec![Duty::OkFor(CourseId(0x15), "m8".into())]
         );
-        assert_eq!(h.answered_through(4), 5);
-        assert_eq!(h.answered_through(6), 6);
+        assert_eq!(h.answered_through(), 5);
+        h.note_answered(6);
+        assert_eq!(h.answered_through(), 6);
     }
 
     #[test]
@@ -562,7 +715,8 @@ mod tests {
         assert!(!h.on_core_answer(orphan, false));
         let new_put = session_for(NodeId(1), 4);
         h.note_entries(&[entry(10, 3, &[new_put])]);
-        h.observe(true, 3, 7);
+        h.hear_answered_through(7);
+        h.observe(true, 3);
         assert_eq!(h.on_applied(8, 1), vec![Duty::OkOwn(3)]);
         assert_eq!(h.on_applied(9, 3), vec![]);
         // The core's own `ok` for the new put goes at its entry's turn, not before.

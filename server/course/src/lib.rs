@@ -8,6 +8,8 @@
 //! - [`protocol`]: parsing inbound JSON, formatting hello, replies and peer datagrams.
 //! - [`peer`]: the node core's group messages inside peer datagrams (split to fit).
 //! - [`handoff`]: who answers a put across a leader change (side info, orphans).
+//! - [`doubt`]: a new leader's answers to a previous leader's puts, held until it knows
+//!   whether that leader sent them.
 //! - [`requests`]: the MID table (each MID answered once), sessions, outcome -> answer.
 //! - [`loss`]: the drop rate, from sequence numbers on peer datagrams.
 //! - [`stall`]: when a leader releases a stalled commit and whether it sends wide (the
@@ -16,6 +18,7 @@
 //! - [`settings`]: this mode's timing and traffic settings.
 //! - [`runtime`]: the socket loop.
 
+pub mod doubt;
 pub mod handoff;
 pub mod ids;
 pub mod loss;

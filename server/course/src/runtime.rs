@@ -7,7 +7,8 @@
 //! (memory is the storage here: the harness never restarts a replica), ask kv-raft for
 //! what the [`StallTimer`] says is due, answer clients, then send the peer messages.
 
-use crate::handoff::{CommitNotice, Duty, Handoff, SideInfo};
+use crate::doubt::{Doubts, Now};
+use crate::handoff::{CommitNotice, Duty, Handoff, Owed, SideInfo};
 use crate::ids::{CourseId, Roster};
 use crate::loss::{LossMeter, SendCounter};
 use crate::peer;
@@ -18,7 +19,7 @@ use crate::stall::{self, StallAction, StallTimer, View};
 use crate::vote_resend::VoteResends;
 use bytes::Bytes;
 use kv_node::{ClientToken, GroupMessage, NodeConfig, NodeCore};
-use kv_raft::{MessageBody, Role};
+use kv_raft::{MessageBody, Role, Term};
 use kv_shared::proto::{ClientReply, Op};
 use kv_shared::{NodeId, ShardId};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
@@ -123,6 +124,9 @@ pub struct Runtime {
     handoff: Handoff,
     /// When a leader tells a follower its commit index in a datagram of its own.
     notice: CommitNotice,
+    /// Answers to a previous leader's puts held until we know whether it sent them, and
+    /// our own answers about the same keys, waiting behind them.
+    doubts: Doubts<(ClientToken, ClientReply)>,
     /// The last view traced (role and term changes are traced).
     traced_view: Option<View>,
     /// Numbers our peer datagrams, per destination.
@@ -159,6 +163,7 @@ impl Runtime {
             settings.commit_notice_idle,
             settings.commit_notice_idle_sparse,
         );
+        let doubts = Doubts::new(settings.doubt_max);
         Ok(Runtime {
             socket,
             harness,
@@ -176,6 +181,7 @@ impl Runtime {
             bounce: None,
             handoff,
             notice,
+            doubts,
             traced_view: None,
             sent: SendCounter::default(),
             loss: LossMeter::default(),
@@ -205,6 +211,9 @@ impl Runtime {
             deadline = deadline.min(d);
         }
         if let Some(d) = self.notice.deadline() {
+            deadline = deadline.min(d);
+        }
+        if let Some(d) = self.doubts.deadline() {
             deadline = deadline.min(d);
         }
         if let Some(d) = self.vote_resends.deadline() {
@@ -346,7 +355,7 @@ impl Runtime {
                     None => Vec::new(),
                 };
                 self.heard.insert(from, now);
-                if answered > self.handoff.answered_through(0) {
+                if answered > self.handoff.answered_through() {
                     self.trace(format_args!("report {answered} from {src}"));
                 }
                 self.handoff.hear_answered_through(answered);
@@ -355,6 +364,14 @@ impl Runtime {
                 }
                 for info in side {
                     self.handoff.learn(info);
+                }
+                for gm in &msgs {
+                    if matches!(
+                        gm.msg.body,
+                        MessageBody::Append { .. } | MessageBody::Heartbeat { .. }
+                    ) {
+                        self.doubts.note_leader(gm.msg.term, from);
+                    }
                 }
                 self.note_entries(&msgs);
                 self.core.on_peer_messages(from, msgs);
@@ -545,16 +562,28 @@ impl Runtime {
             }
         }
         for applied in applied {
+            let keys = self.handoff.keys_at(applied.index, applied.term);
             let duties = self.handoff.on_applied(applied.index, applied.term);
             self.trace(format_args!(
                 "applied {} term {} duties {duties:?}",
                 applied.index, applied.term
             ));
+            // A previous leader's puts wait for what we learn of its answers (doubt.rs),
+            // held before this entry's own answers, which may be about the same keys.
+            let (held, duties): (Vec<Duty>, Vec<Duty>) = duties
+                .into_iter()
+                .partition(|d| matches!(d, Duty::OkFor(..) | Duty::OkOwn(_)));
+            let owed = Owed {
+                term: applied.term,
+                duties: held,
+                keys,
+            };
+            self.doubts.hold(applied.index, owed, now);
             for duty in duties {
                 match duty {
                     Duty::CoreAnswers(session) => {
                         if let Some((token, reply)) = applied_puts.remove(&session) {
-                            self.answer(token, reply, now);
+                            self.answer_in_order(token, reply, now);
                         }
                     }
                     duty => self.perform(duty),
@@ -563,26 +592,77 @@ impl Runtime {
         }
         // Not expected (every applied entry was seen in an append), but never unanswered.
         for (_, (token, reply)) in applied_puts {
-            self.answer(token, reply, now);
+            self.answer_in_order(token, reply, now);
         }
         for (token, reply) in get_replies {
-            self.answer(token, reply, now);
+            self.answer_in_order(token, reply, now);
         }
-        self.handoff
-            .observe(view.role == Role::Leader, view.term, view.commit);
+        let leader = view.role == Role::Leader;
+        if self.handoff.observe(leader, view.term) {
+            for (index, owed) in self.handoff.take_unsure() {
+                self.doubts.hold(index, owed, now);
+            }
+        }
+        self.settle_doubts(leader, view.term, now);
+        if leader {
+            let floor = self.doubts.floor().map(|f| f - 1);
+            self.handoff
+                .note_answered(floor.map_or(view.commit, |f| f.min(view.commit)));
+        }
         for (_, msgs) in &datagrams {
             self.note_entries(msgs);
         }
         if now.saturating_duration_since(self.started) < self.settings.quiet {
             return;
         }
-        // Every answer of this turn has left: the commit index is answered through.
-        let answered = self.handoff.answered_through(view.commit);
+        // Every answer of this turn has left: what we report is answered through.
+        let answered = self.handoff.answered_through();
         for (dst, msgs) in datagrams {
             self.send_peer(dst, msgs, answered, now);
         }
-        if self.notice.due(view.role == Role::Leader, view.commit, now) {
+        if self.notice.due(leader, answered, now) {
             self.send_commit_notice(answered);
+        }
+    }
+
+    /// Sends the held answers that are due and drops those a report says were sent
+    /// (doubt.rs), then the answers that waited behind them.
+    fn settle_doubts(&mut self, leader: bool, term: Term, now: Instant) {
+        let reported = self.handoff.reported();
+        let settled = self.doubts.settle(Now {
+            reported,
+            leader,
+            term,
+            heard: &self.heard,
+            at: now,
+        });
+        if settled.dropped > 0 || !settled.answer.is_empty() {
+            self.trace(format_args!(
+                "doubts: {} dropped (report {reported}), answering {:?}",
+                settled.dropped, settled.answer
+            ));
+        }
+        for duty in settled.answer {
+            self.perform(duty);
+        }
+        for (token, reply) in settled.release {
+            self.answer(token, reply, now);
+        }
+    }
+
+    /// Answers a request of ours, unless an answer about its key is held (doubt.rs): then
+    /// it waits behind that one.
+    fn answer_in_order(&mut self, token: ClientToken, reply: ClientReply, now: Instant) {
+        let key = self.mids.get(token).and_then(|p| match &p.request.op {
+            Op::Get { key, .. } | Op::Put { key, .. } => Some(key.clone()),
+            _ => None,
+        });
+        let pass = match key {
+            Some(key) => self.doubts.wait_or_pass(&key, (token, reply)),
+            None => Some((token, reply)),
+        };
+        if let Some((token, reply)) = pass {
+            self.answer(token, reply, now);
         }
     }
 

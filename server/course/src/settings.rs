@@ -63,6 +63,11 @@ pub struct Settings {
     pub commit_notice_idle_sparse: Duration,
     /// The longest a follower holds such a request before redirecting anyway.
     pub park_max: Duration,
+    /// The longest a new leader holds the answers to a previous leader's puts until it
+    /// knows whether that leader sent them (`doubt.rs`): longer than a partition's
+    /// election, so that the old leader is heard once the partition heals. Zero: answer
+    /// at once.
+    pub doubt_max: Duration,
     /// Write a line to stderr for every client request, reply, applied entry and role
     /// change (`KV_COURSE_TRACE=1`; for diagnosing harness runs, off by default).
     pub trace: bool,
@@ -94,6 +99,7 @@ impl Default for Settings {
             commit_notice_idle_sparse: Duration::from_millis(10),
             trace: false,
             park_max: Duration::from_millis(3000),
+            doubt_max: Duration::from_millis(4000),
             seed: 0,
         }
     }
@@ -183,6 +189,9 @@ pub struct Overrides {
     /// The commit notice's wait while commits are sparse, in ms.
     #[arg(long, env = "KV_COURSE_COMMIT_NOTICE_SPARSE_MS")]
     pub commit_notice_sparse_ms: Option<u64>,
+    /// How long a new leader may hold a previous leader's answers, in ms (0: not at all).
+    #[arg(long, env = "KV_COURSE_DOUBT_MS")]
+    pub doubt_ms: Option<u64>,
     /// A stderr line per request, reply, applied entry and role change: on (1) or off (0).
     #[arg(long, env = "KV_COURSE_TRACE")]
     pub trace: Option<u64>,
@@ -220,6 +229,7 @@ impl Overrides {
             &mut s.commit_notice_idle_sparse,
             ms(self.commit_notice_sparse_ms),
         );
+        set(&mut s.doubt_max, ms(self.doubt_ms));
         set(&mut s.trace, on(self.trace));
         s.check()?;
         Ok(s)
