@@ -193,8 +193,6 @@ pub(crate) struct Incoming {
     pub(crate) outcome: Outcome,
 }
 
-/// The client's view of the cluster: who the nodes are, how many shards, where each
-/// shard lives and which node leads it.
 /// [`Client::cached_shard`]'s answer: one shard's cached leader and replica set, as they
 /// concern one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,6 +208,8 @@ pub struct CachedShard {
     pub epoch: u64,
 }
 
+/// The client's view of the cluster: who the nodes are, how many shards, where each
+/// shard lives and which node leads it.
 pub(crate) struct Topology {
     pub(crate) nodes: Vec<NodeAddr>,
     pub(crate) shard_count: Option<u32>,
