@@ -428,6 +428,11 @@ mod tests {
         let c = ClusterConfig::local_3();
         assert_eq!(c.shards, 8);
         assert_eq!(c.node_ids(), vec![NodeId(1), NodeId(2), NodeId(3)]);
+        assert_eq!(
+            c.placement.leaders,
+            LeaderPolicy::Pack,
+            "one machine: packed leaders"
+        );
     }
 
     #[test]
