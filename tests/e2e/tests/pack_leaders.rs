@@ -22,6 +22,8 @@ const PACK_TIMEOUT: Duration = Duration::from_secs(40);
 /// transfers off node 3, two per node at a time; a debug build on a loaded machine.
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(60);
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Nodes are listed active in the registry a few status rounds (2 s each) after start.
+const BALANCED_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The node each shard's row on `node` names as leader, if it leads every shard itself.
 fn leads_every_shard(st: &NodeStatus) -> bool {
@@ -56,17 +58,29 @@ fn packed_leaders_sit_on_node_1_and_move_to_node_2_when_node_1_is_killed() {
         );
     }
     let config = c.config_path().to_str().expect("utf-8 path").to_string();
-    let status = cli::json_of(&cli::with_cluster(
-        &config,
-        &["--json", "rebalance", "status"],
-        RUN_TIMEOUT,
-    ));
-    assert_eq!(
-        status["balance"]["balanced"],
-        serde_json::json!(true),
-        "packed leaders are balanced for kvcli: {status}"
+    // Every node is `joining` until the registry shows it active everywhere.
+    let mut status = serde_json::Value::Null;
+    kv_e2e::wait_for(
+        "kvcli calling the packed cluster balanced",
+        BALANCED_TIMEOUT,
+        || {
+            status = cli::json_of(&cli::with_cluster(
+                &config,
+                &["--json", "rebalance", "status"],
+                RUN_TIMEOUT,
+            ));
+            (status["balance"]["balanced"] == serde_json::json!(true)).then_some(())
+        },
     );
-    assert_eq!(status["balance"]["leaders_misplaced"], serde_json::json!(0));
+    assert_eq!(
+        status["balance"]["leaders_misplaced"],
+        serde_json::json!(0),
+        "{status}"
+    );
+    let leads: Vec<u64> = (status["balance"]["nodes"].as_array().expect("nodes").iter())
+        .map(|n| n["leads"].as_u64().expect("leads"))
+        .collect();
+    assert_eq!(leads, [u64::from(SHARDS), 0, 0], "{status}");
 
     let keys: Vec<String> = (0..32).map(|i| format!("packed-{i}")).collect();
     let shards_touched: std::collections::BTreeSet<_> = keys
