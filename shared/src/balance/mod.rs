@@ -1,7 +1,9 @@
 //! The balance planner: from the cluster's nodes and each shard's replicas, the next
-//! replica moves and leader transfers that bring every shard to R voters on live nodes and
-//! spread replicas and leaders within one of the mean. Pure and deterministic, so that
-//! kvcli now, and the metadata group's leader later, plan alike from the same view.
+//! replica moves and leader transfers that bring every shard to R voters on live nodes,
+//! spread replicas within one of the mean, and put leaders where the cluster's
+//! [`LeaderPolicy`] says (within one of the mean, or each on its shard's first live
+//! voter). Pure and deterministic, so that kvcli now, and the metadata group's leader
+//! later, plan alike from the same view.
 //!
 //! A plan is one round: the caller starts its moves (at most `moves_max` in flight,
 //! counting the ones already running), waits for some to end, reads the cluster again and
