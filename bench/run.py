@@ -20,6 +20,7 @@ Benchmarks are not tests: nothing here asserts speed, and CI does not run it.
     python3 bench/run.py --only redis  # redis-benchmark: raftkv vs redis-server (appendfsync always)
     python3 bench/run.py --only auth   # what authentication costs: protection none / mac / encrypt
     python3 bench/run.py --only auth --protections none,mac   # the A/B of none and mac alone
+    python3 bench/run.py --only leaders  # leaders = "spread" against "pack": 1, 8, 64 shards, and RESP
 """
 
 import argparse
@@ -55,6 +56,8 @@ IDLE_SECONDS = 10
 BASE_SHARDS = 8
 # How long a cluster may take to elect every shard's leader.
 LEADER_WAIT_S = 30
+# How long leader spreading (or packing) may take to place every shard's leadership.
+PLACED_WAIT_S = 90
 # How long a restarted follower may take to catch up before the point counts as failed.
 CATCHUP_WAIT_S = 300
 
@@ -250,9 +253,10 @@ def ensure_matplotlib():
 class RaftkvCluster:
     """Three kvserver processes on loopback with fresh data dirs and a generated cluster file."""
 
-    def __init__(self, bins, shards, workdir, extra_args=(), protection="mac", lease_reads=True):
+    def __init__(self, bins, shards, workdir, extra_args=(), protection="mac", lease_reads=True, leaders=None):
         self.bins = bins
         self.shards = shards
+        self.leaders = leaders
         self.dir = Path(tempfile.mkdtemp(prefix=f"raftkv-{shards}s-{protection}-", dir=workdir))
         self.extra_args = list(extra_args)
         self.ports = {}
@@ -291,6 +295,8 @@ class RaftkvCluster:
             # One machine, one clock: leaders answer reads from their lease. None leaves
             # the key out, for builds older than it (bench/ab.py --lease-reads omit).
             + ("" if lease_reads is None else f"lease_reads = {'true' if lease_reads else 'false'}\n")
+            # None leaves the section out: the build's default, and builds older than it.
+            + ("" if leaders is None else f'\n[placement]\nleaders = "{leaders}"\n')
             + nodes
         )
         subprocess.run(
@@ -352,6 +358,24 @@ class RaftkvCluster:
                 return s
             time.sleep(0.3)
         raise RuntimeError(f"not every shard of the {self.shards}-shard cluster elected a leader in {timeout} s")
+
+    def wait_placed(self, timeout=PLACED_WAIT_S):
+        """Waits until the leaderships sit where the cluster's leader policy puts them: all
+        on node 1 with "pack", within one of the mean per node with "spread" (leader
+        spreading hands a shard over once its preferred leader caught up)."""
+        deadline = time.time() + timeout
+        leaders = []
+        while time.time() < deadline:
+            s = self.status()
+            leaders = [r.get("leader") for r in (s or {}).get("shards", [])]
+            if len(leaders) == self.shards and all(leaders):
+                counts = [leaders.count(n) for n in (1, 2, 3)]
+                if self.leaders == "pack" and counts[0] == self.shards:
+                    return
+                if self.leaders != "pack" and max(counts) - min(counts) <= 1:
+                    return
+            time.sleep(0.5)
+        raise RuntimeError(f"leaders = {self.leaders}: leaderships not placed in {timeout} s: {leaders}")
 
     def bench(self, clients, duration_s, mix, value_size, keys=KEYS, ops=None, seed=1):
         args = [
@@ -528,7 +552,7 @@ def run_raftkv(args, bins, workdir, results):
     for shards in sorted(set(shard_counts) | {BASE_SHARDS}):
         mine = [p for p in pts if p[2] == shards]
         log(f"raftkv: starting a 3-node cluster with {shards} shards")
-        c = RaftkvCluster(bins, shards, workdir)
+        c = RaftkvCluster(bins, shards, workdir, leaders=args.leaders)
         try:
             c.start()
             idle = idle_cpu(c, args.idle_seconds)
@@ -558,7 +582,7 @@ def run_catchup(args, bins, workdir, results):
     # A quick run loads too few keys to pass the default 10,000-entry snapshot threshold
     # of a shard; a lower one makes it exercise the snapshot path all the same.
     extra = ["--snapshot-threshold", "1000"] if args.quick else []
-    c = RaftkvCluster(bins, BASE_SHARDS, workdir, extra)
+    c = RaftkvCluster(bins, BASE_SHARDS, workdir, extra, leaders=args.leaders)
     try:
         c.start()
         c.stop_node(3)
@@ -732,8 +756,8 @@ def run_redis_point(args, bins, workdir, results):
     # Lease reads (the headline, as before) and ReadIndex reads (the linearizable
     # default, lease_reads = false): both clusters stay up for the whole point so that
     # they see the same spells of load.
-    cluster = RaftkvCluster(bins, BASE_SHARDS, workdir)
-    readindex = RaftkvCluster(bins, BASE_SHARDS, workdir, lease_reads=False)
+    cluster = RaftkvCluster(bins, BASE_SHARDS, workdir, leaders=args.leaders)
+    readindex = RaftkvCluster(bins, BASE_SHARDS, workdir, lease_reads=False, leaders=args.leaders)
     port = free_port(socket.SOCK_STREAM)
     rdir = Path(tempfile.mkdtemp(prefix="redis-", dir=workdir))
     server = None
@@ -823,7 +847,7 @@ def run_auth(args, bins, workdir, results):
     try:
         for p in protections:
             log(f"auth: starting a 3-node cluster with {BASE_SHARDS} shards, protection = {p}")
-            clusters[p] = RaftkvCluster(bins, BASE_SHARDS, workdir, protection=p)
+            clusters[p] = RaftkvCluster(bins, BASE_SHARDS, workdir, protection=p, leaders=args.leaders)
             clusters[p].start()
         rows = []
         for rep in range(args.repetitions):
@@ -869,6 +893,88 @@ def run_auth(args, bins, workdir, results):
     results["auth"] = {
         "protections": list(protections), "clients": AUTH_CLIENTS, "shards": BASE_SHARDS, "duration_s": args.duration,
         "repetitions": args.repetitions, "rows": rows, "summary": summary,
+    }
+
+
+# ---------------------------------------------------------------- where leaderships go
+
+# The cluster file's [placement] leaders policies compared, and where.
+LEADER_POLICIES = ("spread", "pack")
+# The policy of every other point's clusters: the one configs/local-3.toml uses, which
+# --only leaders measured ahead on this one-machine setup.
+LEADERS_DEFAULT = "pack"
+LEADERS_SHARDS = (1, 8, 64)
+LEADERS_CLIENTS = 64
+
+
+def run_leaders(args, bins, workdir, results):
+    """The same build with leaders = "spread" and "pack": per shard count, one 3-node
+    cluster per policy (fsync on), both up at once and their leaderships placed; each
+    repetition measures puts then linearizable gets at LEADERS_CLIENTS clients on both
+    clusters in turn, the order alternating, so that load from other work on the machine
+    hits both. At BASE_SHARDS, each repetition also runs redis-benchmark (SET and GET,
+    every connection to node 1, each -P of --redis-pipelines) on both."""
+    rows, redis_runs = [], []
+    with_redis = shutil.which("redis-benchmark") is not None
+    requests = args.redis_requests or (20_000 if args.quick else 200_000)
+    for shards in LEADERS_SHARDS:
+        clusters = {}
+        try:
+            for policy in LEADER_POLICIES:
+                log(f"leaders: starting a 3-node cluster with {shards} shards, leaders = {policy}")
+                clusters[policy] = RaftkvCluster(bins, shards, workdir, leaders=policy)
+                clusters[policy].start()
+            for policy, c in clusters.items():
+                c.wait_placed()
+            for rep in range(args.repetitions):
+                order = LEADER_POLICIES if rep % 2 == 0 else LEADER_POLICIES[::-1]
+                for policy in order:
+                    c = clusters[policy]
+                    for op in ("put", "get"):
+                        point = measure(
+                            f"raftkv-{policy}", c, op, LEADERS_CLIENTS, shards, VALUE_SMALL, args.duration,
+                            lambda: c.bench(LEADERS_CLIENTS, args.duration, MIX[op], VALUE_SMALL, seed=rep + 1),
+                        )
+                        rows.append({
+                            "leaders": policy, "shards": shards, "repetition": rep, "op": op,
+                            "ops_per_s": point["ops_per_s"], "server_cpu_us_per_op": point["server_cpu_us_per_op"],
+                            "errors": point["errors"], "p50_us": point["latency_us"].get("p50_us"),
+                            "p99_us": point["latency_us"].get("p99_us"), "load_average_1m": os.getloadavg()[0],
+                        })
+                    if shards != BASE_SHARDS or not with_redis:
+                        continue
+                    key_text = (c.dir / "keys" / "bench.key").read_text()
+                    secret = next(l.split('"')[1] for l in key_text.splitlines() if l.startswith("key = "))
+                    for pipeline in args.redis_pipelines:
+                        log(f"leaders: redis-benchmark against leaders = {policy}, -P {pipeline}")
+                        for test, r in redis_benchmark(c.redis_ports[1], pipeline, requests, ("bench", secret)).items():
+                            redis_runs.append({
+                                "system": f"raftkv-{policy}", "test": test, "pipeline": pipeline,
+                                "round": rep + 1, "load_average_1m": os.getloadavg()[0], **r,
+                            })
+        finally:
+            for c in clusters.values():
+                c.stop()
+                if not args.keep:
+                    shutil.rmtree(c.dir, ignore_errors=True)
+    summary = []
+    for shards in LEADERS_SHARDS:
+        for op in ("put", "get"):
+            for policy in LEADER_POLICIES:
+                mine = [r for r in rows if (r["shards"], r["op"], r["leaders"]) == (shards, op, policy)]
+                summary.append({
+                    "shards": shards, "op": op, "leaders": policy, "repetitions": len(mine),
+                    "ops_per_s": median([r["ops_per_s"] for r in mine]),
+                    "server_cpu_us_per_op": median([r["server_cpu_us_per_op"] for r in mine]),
+                    "p50_us": median([r["p50_us"] or 0 for r in mine]),
+                    "p99_us": median([r["p99_us"] or 0 for r in mine]),
+                    "errors": sum(r["errors"] for r in mine),
+                })
+    results["leaders"] = {
+        "policies": list(LEADER_POLICIES), "clients": LEADERS_CLIENTS, "duration_s": args.duration,
+        "repetitions": args.repetitions, "rows": rows, "summary": summary,
+        "redis": {"connections": REDIS_CONNECTIONS, "requests": requests, "runs": redis_runs,
+                  "rows": median_rows(redis_runs)},
     }
 
 
@@ -955,6 +1061,28 @@ def table(results):
             lambda r: f"{r['op']:4} {r['protection']:10} {r['ops_per_s']:>9.0f} {r['throughput_ratio']:>6.3f} "
             f"{r['server_cpu_us_per_op']:>9.1f} {r['cpu_per_op_ratio']:>6.3f} {ms(r['p50_us']):>6} {ms(r['p99_us']):>6} {r['errors']:>5}",
         )
+    ld = results.get("leaders")
+    if ld:
+        section(
+            lines,
+            [
+                f"where leaderships go: {ld['clients']} clients, medians of {ld['repetitions']} interleaved runs "
+                f"of {ld['duration_s']} s per shard count (3 nodes, fsync on)",
+                f"{'shards':>6} {'op':4} {'leaders':8} {'ops/s':>9} {'cpu us/op':>9} {'p50':>6} {'p99':>6} {'err':>5}",
+            ],
+            ld["summary"],
+            lambda r: f"{r['shards']:>6} {r['op']:4} {r['leaders']:8} {r['ops_per_s']:>9.0f} "
+            f"{r['server_cpu_us_per_op']:>9.1f} {ms(r['p50_us']):>6} {ms(r['p99_us']):>6} {r['errors']:>5}",
+        )
+        if ld["redis"]["rows"]:
+            section(
+                lines,
+                [f"redis-benchmark to node 1, {ld['redis']['connections']} connections, "
+                 f"{ld['redis']['requests']} requests per test, median round"],
+                ld["redis"]["rows"],
+                lambda row: f"{row['system']:16} {row['test']:4} -P {row['pipeline']:<3} {row['rps']:>10.0f} req/s  "
+                f"p50 {row['p50_ms']:.3f}  p99 {row['p99_ms']:.3f}  load {row['load_average_1m']:.1f}",
+            )
     rd = results.get("redis")
     if rd:
         section(
@@ -1003,8 +1131,10 @@ def main():
     ap.add_argument("--no-raftkv", action="store_true", help="skip raftkv (etcd side only)")
     ap.add_argument("--no-etcd", action="store_true", help="skip etcd even if installed")
     ap.add_argument("--no-catchup", action="store_true", help="skip the catch-up point")
-    ap.add_argument("--only", choices=["catchup", "redis", "auth"], help="run only this point (no etcd, no sweep; latest.json and plots untouched)")
-    ap.add_argument("--repetitions", type=int, default=AUTH_REPETITIONS, help=f"--only auth: interleaved repetitions (default {AUTH_REPETITIONS})")
+    ap.add_argument("--only", choices=["catchup", "redis", "auth", "leaders"], help="run only this point (no etcd, no sweep; latest.json and plots untouched)")
+    ap.add_argument("--repetitions", type=int, default=AUTH_REPETITIONS, help=f"--only auth, --only leaders: interleaved repetitions (default {AUTH_REPETITIONS})")
+    ap.add_argument("--leaders", choices=LEADER_POLICIES, default=LEADERS_DEFAULT,
+                    help=f"the clusters' [placement] leaders (default {LEADERS_DEFAULT}); --only leaders compares both")
     ap.add_argument("--protections", type=lambda s: tuple(s.split(",")), default=AUTH_PROTECTIONS,
                     help=f"--only auth: the protections compared, the first the baseline (default {','.join(AUTH_PROTECTIONS)})")
     ap.add_argument("--no-redis", action="store_true", help="skip the redis-benchmark point")
@@ -1035,6 +1165,7 @@ def main():
         "machine": machine_info(), "settings": {
             "duration_s": args.duration, "quick": args.quick, "full": args.full, "key_size": KEY_SIZE,
             "keys": KEYS, "base_shards": BASE_SHARDS, "catchup_keys": args.catchup_keys,
+            "leaders": args.leaders,
         },
         "points": [], "idle": [], "etcd_idle": None, "catchup": None, "ratios": [],
     }
@@ -1057,6 +1188,8 @@ def main():
             run_redis_point(args, bins, workdir, results)
         elif args.only == "auth":
             run_auth(args, bins, workdir, results)
+        elif args.only == "leaders":
+            run_leaders(args, bins, workdir, results)
         elif not args.no_raftkv:
             run_raftkv(args, bins, workdir, results)
             if not args.no_catchup:

@@ -210,8 +210,10 @@ async fn read_view(
     }
     let status = combine_status(&reports, client.shard_count().unwrap_or(0));
     let registry = newest_registry(&reports);
+    let mut cluster = planner_view(&status, registry.as_ref(), marked, &|_| false, avoid);
+    cluster.leaders = client.options().leaders;
     Ok(View {
-        cluster: planner_view(&status, registry.as_ref(), marked, &|_| false, avoid),
+        cluster,
         status,
         registry,
     })
@@ -268,6 +270,8 @@ pub fn planner_view(
         nodes,
         shards,
         replication: replication_of(status),
+        // The view carries no policy: callers that know the cluster file's set it.
+        leaders: kv_shared::config::LeaderPolicy::Spread,
     }
 }
 

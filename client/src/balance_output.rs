@@ -433,6 +433,12 @@ fn assessment_text(a: &Assessment) -> String {
             a.leaders_over
         ));
     }
+    if a.leaders_misplaced > 0 {
+        why.push(format!(
+            "{} shards not led by their first live voter (leaders = \"pack\")",
+            a.leaders_misplaced
+        ));
+    }
     if !a.short_shards.is_empty() {
         why.push(format!(
             "shards short of live voters: {}",
@@ -499,6 +505,7 @@ fn assessment_json(a: &Assessment) -> Value {
         "replicas_not_live": a.replicas_not_live,
         "replicas_over": a.replicas_over,
         "leaders_over": a.leaders_over,
+        "leaders_misplaced": a.leaders_misplaced,
         "short_shards": ids(&a.short_shards),
         "miscounted_shards": ids(&a.miscounted_shards),
         "moving_shards": ids(&a.moving_shards),
@@ -546,6 +553,7 @@ mod tests {
                 })
                 .collect(),
             replication: 3,
+            leaders: kv_shared::config::LeaderPolicy::Spread,
         }
     }
 

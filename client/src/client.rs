@@ -15,7 +15,7 @@ pub use crate::session::Session;
 use crate::tickets::Tickets;
 use bytes::Bytes;
 use kv_shared::auth::{self, ClientKey, Protection, ReplayWindow, Sealer};
-use kv_shared::config::ClusterConfig;
+use kv_shared::config::{ClusterConfig, LeaderPolicy};
 use kv_shared::proto::{ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role, ShardRoute};
 use kv_shared::registry::METADATA_SHARD;
 use kv_shared::shard::shard_for_key;
@@ -68,6 +68,9 @@ pub struct ClientOptions {
     pub unavailable_after: Duration,
     /// How long [`Client::connect`] waits for the first Status reply.
     pub discovery_timeout: Duration,
+    /// Where the cluster puts shard leaderships (its file's `[placement] leaders`; spread
+    /// when no cluster file is known): what balance planning aims for.
+    pub leaders: LeaderPolicy,
 }
 
 impl ClientOptions {
@@ -84,6 +87,7 @@ impl ClientOptions {
         ClientOptions {
             shard_count: Some(config.shards),
             protection: config.protection,
+            leaders: config.placement.leaders,
             ..Self::from_addrs(config.cluster_id, nodes, key)
         }
     }
@@ -102,6 +106,7 @@ impl ClientOptions {
             backoff_max: Duration::from_millis(1000),
             unavailable_after: Duration::from_secs(5),
             discovery_timeout: Duration::from_secs(2),
+            leaders: LeaderPolicy::Spread,
         }
     }
 }

@@ -74,6 +74,8 @@ fn offset(addr: SocketAddr, by: u16) -> Option<SocketAddr> {
 
 mod balancer;
 pub use balancer::{BalancerConfig, BALANCER_MOVES_MAX, BALANCER_TRANSFERS_MAX};
+mod placement;
+pub use placement::{LeaderPolicy, PlacementConfig};
 
 /// Timing knobs. One tick is `tick_ms` of wall time; Raft counts in ticks.
 ///
@@ -163,6 +165,8 @@ struct RawClusterConfig {
     #[serde(default)]
     balancer: BalancerConfig,
     #[serde(default)]
+    placement: PlacementConfig,
+    #[serde(default)]
     key_file: Option<PathBuf>,
     #[serde(default)]
     key_files: Option<Vec<PathBuf>>,
@@ -196,6 +200,8 @@ pub struct ClusterConfig {
     pub timing: TimingConfig,
     /// The balancer on the metadata group's leader (`[balancer]`).
     pub balancer: BalancerConfig,
+    /// Where shard leaderships go (`[placement]`).
+    pub placement: PlacementConfig,
     /// Cluster key files (`key_file`, or `key_files` during a rotation): peers seal
     /// under the first and accept any. Empty if the file names none (kvserver refuses
     /// to start then; kvcli does not need them).
@@ -312,6 +318,7 @@ impl ClusterConfig {
             data_dir: raw.data_dir,
             timing: raw.timing,
             balancer: raw.balancer,
+            placement: raw.placement,
             key_files,
             protection: raw.protection,
             client_key_files: raw.client_key_files,
@@ -421,6 +428,11 @@ mod tests {
         let c = ClusterConfig::local_3();
         assert_eq!(c.shards, 8);
         assert_eq!(c.node_ids(), vec![NodeId(1), NodeId(2), NodeId(3)]);
+        assert_eq!(
+            c.placement.leaders,
+            LeaderPolicy::Pack,
+            "one machine: packed leaders"
+        );
     }
 
     #[test]
@@ -564,6 +576,25 @@ mod tests {
         );
         let e = ClusterConfig::from_toml(&file("[balancer]\ndown_after = 3")).unwrap_err();
         assert!(e.to_string().contains("unknown field `down_after`"), "{e}");
+    }
+
+    #[test]
+    fn the_placement_section_is_optional_and_its_policy_checked() {
+        let file = |section: &str| {
+            format!("cluster_id = 1\nshards = 2\n{section}\n[[nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\n")
+        };
+        let c = ClusterConfig::from_toml(&file("")).unwrap();
+        assert_eq!(c.placement.leaders, LeaderPolicy::Spread);
+        let c = ClusterConfig::from_toml(&file("[placement]\nleaders = \"pack\"")).unwrap();
+        assert_eq!(c.placement.leaders, LeaderPolicy::Pack);
+        let e = ClusterConfig::from_toml(&file("[placement]\nleaders = \"one\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("placement.leaders = \"one\""), "{e}");
+        let e = ClusterConfig::from_toml(&file("[placement]\nleader = \"pack\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `leader`"), "{e}");
     }
 
     #[test]

@@ -59,6 +59,7 @@ pub fn node_config(settings: &Settings, roster: &Roster) -> NodeConfig {
         // A run is ~45 s and a few thousand entries: never worth a snapshot.
         snapshot_threshold_entries: 1_000_000,
         spread_leaders: false,
+        leaders: kv_shared::config::LeaderPolicy::Spread,
         seed: settings.seed,
         raft: kv_raft::Config {
             heartbeat_ticks: settings.heartbeat_ticks,

@@ -1,9 +1,9 @@
 //! The node core's settings, and how they derive from the cluster file, so the runtime,
 //! the simulator and tests all build Raft groups the same way.
 
-use crate::placement::{initial_placement, shards_of, ShardPlacement};
+use crate::placement::{initial_placement_for, shards_of, ShardPlacement};
 use kv_raft::Membership;
-use kv_shared::config::ClusterConfig;
+use kv_shared::config::{ClusterConfig, LeaderPolicy};
 use kv_shared::limits::SESSIONS_MAX;
 use kv_shared::registry::{metadata_voters, METADATA_SHARD};
 use kv_shared::{NodeId, ShardId};
@@ -35,6 +35,9 @@ pub struct NodeConfig {
     /// A leader transfers to its shard's preferred leader (see [`NodeConfig::placement`])
     /// once that one is caught up.
     pub spread_leaders: bool,
+    /// Where the preferred leaders of [`NodeConfig::placement`] sit (the cluster file's
+    /// `[placement] leaders`).
+    pub leaders: LeaderPolicy,
     /// Run seed: each group's RNG derives from (seed, node, shard).
     pub seed: u64,
     /// The Raft settings of every group of the node (timing in ticks, optional
@@ -97,6 +100,7 @@ impl NodeConfig {
             request_timeout_ticks: t.election_ticks_max * 4,
             snapshot_threshold_entries: 10_000,
             spread_leaders: true,
+            leaders: cluster.placement.leaders,
             seed: cluster.cluster_id ^ node.0.rotate_left(32),
             raft: kv_raft::Config {
                 lease_reads: t.lease_reads,
@@ -126,6 +130,7 @@ impl NodeConfig {
             request_timeout_ticks: 50,
             snapshot_threshold_entries: 1000,
             spread_leaders: false,
+            leaders: LeaderPolicy::Spread,
             seed: 1,
             raft: kvserver_raft_config(node, 1, 10, 20),
             // As kvserver runs, so that tests and the simulator exercise quiescence.
@@ -143,7 +148,12 @@ impl NodeConfig {
 
     /// The bootstrap replica set and preferred leader of every shard.
     pub fn placement(&self) -> Vec<ShardPlacement> {
-        initial_placement(&self.members, self.shard_count, self.replication)
+        initial_placement_for(
+            &self.members,
+            self.shard_count,
+            self.replication,
+            self.leaders,
+        )
     }
 
     /// The shards this node holds at bootstrap, each with its initial membership (what

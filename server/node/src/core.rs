@@ -20,6 +20,7 @@ use crate::write_refusal::WriteRefusal;
 use bytes::Bytes;
 use group::{Durable, Group, Groups};
 use kv_raft::{Entry, Role};
+use kv_shared::config::LeaderPolicy;
 use kv_shared::hashing::SeededState;
 use kv_shared::limits::{SNAPSHOT_IMAGE_BYTES_MAX, SNAPSHOT_RECEIVE_BYTES_MAX};
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Outcome, ShardRoute};
@@ -588,7 +589,12 @@ impl NodeCore {
     }
 
     /// A leader that is not its shard's preferred leader hands over once the preferred one
-    /// has caught up, at most once every few election timeouts.
+    /// has caught up, at most once every few election timeouts. The preferred leader is
+    /// the one an admin named (`WriteOp::PreferLeader`), else the policy's: with spread
+    /// leaders the bootstrap placement's, with packed leaders the shard's current voter
+    /// that comes first in the order (the bootstrap one may have moved away). A preferred
+    /// leader that is down never catches up, so its shard keeps whoever it elected until
+    /// the balancer names another.
     fn spread_leaders(&mut self) {
         let interval = 3 * u64::from(self.config.raft.election_ticks_max);
         for g in self.groups.iter_mut() {
@@ -597,9 +603,13 @@ impl NodeCore {
                 continue;
             }
             // The metadata group has no placement: it keeps whoever it elects.
+            let placed = self.placement.get(g.shard.0 as usize);
             let Some(preferred) = g.sm.preferred_leader().or_else(|| {
-                let placed = self.placement.get(g.shard.0 as usize);
-                placed.map(|p| p.preferred_leader)
+                let p = placed?;
+                match self.config.leaders {
+                    LeaderPolicy::Spread => Some(p.preferred_leader),
+                    LeaderPolicy::Pack => g.raft.membership().voters.iter().min().copied(),
+                }
             }) else {
                 continue;
             };

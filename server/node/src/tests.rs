@@ -16,6 +16,7 @@ mod follower_reads;
 mod metadata;
 mod metadata_moves;
 mod move_steps;
+mod pack_leaders;
 mod quiet_groups;
 mod rejoin;
 mod tombstones;

@@ -1,7 +1,8 @@
 //! How far a cluster is from the balance the planner aims for: what `kvcli rebalance`
 //! and `kvcli status` report, and what the tests judge a plan's end state by.
 
-use super::{leader_counts, voters_wanted, Cluster, NodeState};
+use super::{leader_counts, packed_leader, voters_wanted, Cluster, NodeState};
+use crate::config::LeaderPolicy;
 use crate::{NodeId, ShardId};
 
 /// One node's share of the cluster.
@@ -30,8 +31,15 @@ pub struct Assessment {
     pub replicas_not_live: usize,
     /// Replicas above the mean's ceiling, summed over live nodes: the balance moves left.
     pub replicas_over: usize,
-    /// Leaderships above the mean's ceiling, summed over live nodes.
+    /// Leaderships above the mean's ceiling, summed over live nodes (with spread leaders;
+    /// 0 with packed leaders, which do not even out leader counts).
     pub leaders_over: usize,
+    /// Data shards led by a node other than the one the policy names (with packed
+    /// leaders: [`super::packed_leader`], when some voter is live; 0 with spread leaders).
+    /// A shard without a leader is not counted: no transfer can help it.
+    pub leaders_misplaced: usize,
+    /// The leader policy the cluster was measured against.
+    pub leaders: LeaderPolicy,
     /// Shards with fewer than R voters on live nodes.
     pub short_shards: Vec<ShardId>,
     /// Shards whose voters are not R (moves cannot fix that).
@@ -42,11 +50,14 @@ pub struct Assessment {
 
 impl Assessment {
     /// Every shard has R voters on live nodes and no move in flight, no replica is
-    /// elsewhere, and replicas and leaders per live node are within one of the mean.
+    /// elsewhere, replicas per live node are within one of the mean, and leaders are where
+    /// the policy puts them: with spread leaders within one of the mean per live node, with
+    /// packed leaders each on its shard's packed leader.
     pub fn balanced(&self) -> bool {
         self.replicas_not_live == 0
             && self.replicas_over == 0
             && self.leaders_over == 0
+            && self.leaders_misplaced == 0
             && self.short_shards.is_empty()
             && self.miscounted_shards.is_empty()
             && self.moving_shards.is_empty()
@@ -57,9 +68,10 @@ impl Assessment {
         let live = self.nodes.iter().filter(|n| n.state == NodeState::Live);
         live.clone()
             .all(|n| (n.replicas as f64 - self.replicas_mean).abs() < 1.0)
-            && live
-                .clone()
-                .all(|n| (n.leaders as f64 - self.leaders_mean).abs() < 1.0)
+            && (self.leaders == LeaderPolicy::Pack
+                || live
+                    .clone()
+                    .all(|n| (n.leaders as f64 - self.leaders_mean).abs() < 1.0))
     }
 }
 
@@ -103,6 +115,19 @@ pub fn assess(cluster: &Cluster) -> Assessment {
             .sum()
     };
     let is_live = |n: &NodeId| cluster.state_of(*n) == NodeState::Live;
+    let (leaders_over, leaders_misplaced) = match cluster.leaders {
+        LeaderPolicy::Spread => (over(|n| n.leaders, leaders_mean), 0),
+        LeaderPolicy::Pack => {
+            let misplaced = (cluster.shards.iter())
+                .filter(|s| s.shard != crate::registry::METADATA_SHARD)
+                .filter(|s| {
+                    let wanted = packed_leader(cluster, s);
+                    s.leader.is_some_and(|l| wanted.is_some_and(|p| p != l))
+                })
+                .count();
+            (0, misplaced)
+        }
+    };
     Assessment {
         replicas_not_live: nodes
             .iter()
@@ -110,7 +135,9 @@ pub fn assess(cluster: &Cluster) -> Assessment {
             .map(|n| n.replicas)
             .sum(),
         replicas_over: over(|n| n.replicas, replicas_mean),
-        leaders_over: over(|n| n.leaders, leaders_mean),
+        leaders_over,
+        leaders_misplaced,
+        leaders: cluster.leaders,
         short_shards: cluster
             .shards
             .iter()

@@ -33,6 +33,7 @@ fn three_nodes() -> Cluster {
             .collect(),
         shards,
         replication: 3,
+        leaders: LeaderPolicy::Spread,
     }
 }
 

@@ -1,7 +1,9 @@
 //! The balance planner: from the cluster's nodes and each shard's replicas, the next
-//! replica moves and leader transfers that bring every shard to R voters on live nodes and
-//! spread replicas and leaders within one of the mean. Pure and deterministic, so that
-//! kvcli now, and the metadata group's leader later, plan alike from the same view.
+//! replica moves and leader transfers that bring every shard to R voters on live nodes,
+//! spread replicas within one of the mean, and put leaders where the cluster's
+//! [`LeaderPolicy`] says (within one of the mean, or each on its shard's first live
+//! voter). Pure and deterministic, so that kvcli now, and the metadata group's leader
+//! later, plan alike from the same view.
 //!
 //! A plan is one round: the caller starts its moves (at most `moves_max` in flight,
 //! counting the ones already running), waits for some to end, reads the cluster again and
@@ -17,6 +19,7 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
+use crate::config::LeaderPolicy;
 use crate::registry::{METADATA_SHARD, METADATA_VOTERS_MAX};
 use crate::{NodeId, ShardId};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -122,6 +125,8 @@ pub struct Cluster {
     pub shards: Vec<ShardInfo>,
     /// Voters each shard should have.
     pub replication: usize,
+    /// Where leaderships go (the cluster file's `[placement] leaders`).
+    pub leaders: LeaderPolicy,
 }
 
 /// Why a move is planned.
@@ -421,9 +426,10 @@ pub fn plan(cluster: &Cluster, in_flight: &[Move], moves_max: usize) -> Plan {
 /// to the live node with the fewest replicas (then the fewest leaders, then the lowest
 /// id) that holds none of the shard; then, while two live nodes differ by two replicas
 /// or more, one replica from the fuller to the emptier (preferring a shard the fuller one
-/// does not lead). Leader transfers, only once no move is planned or running: away from a
-/// node that is not live, then along chains of transfers from a node leading two more
-/// shards than another, until no such chain exists.
+/// does not lead). Leader transfers, only once no move is planned or running: with spread
+/// leaders, away from a node that is not live, then along chains of transfers from a node
+/// leading two more shards than another, until no such chain exists; with packed leaders,
+/// each shard's leadership to its [`packed_leader`].
 pub fn plan_within(cluster: &Cluster, in_flight: &[Move], limits: MoveLimits) -> Plan {
     let mut p = Projection::new(cluster, in_flight);
     let mut plan = Plan::default();
@@ -526,7 +532,10 @@ pub fn plan_within(cluster: &Cluster, in_flight: &[Move], limits: MoveLimits) ->
         plan.moves.push(m);
     }
     if plan.moves.is_empty() && in_flight.is_empty() && p.frozen.is_empty() {
-        plan.leader_transfers = leader_transfers(cluster, &p.shards);
+        plan.leader_transfers = match cluster.leaders {
+            LeaderPolicy::Spread => leader_transfers(cluster, &p.shards),
+            LeaderPolicy::Pack => packed_transfers(cluster, &p.shards),
+        };
     }
     plan.stuck.sort();
     plan
@@ -671,7 +680,35 @@ fn leader_counts(cluster: &Cluster, shards: &[ShardInfo]) -> BTreeMap<NodeId, us
     counts
 }
 
-/// Transfers off nodes that are not live, then chains that each take one leadership from
+/// The leader `s` should have under [`LeaderPolicy::Pack`]: its live voter with the lowest
+/// id (`None` if no voter is live). Draining, joining, down and dead nodes are passed
+/// over, so the next node in the order takes their leaderships.
+pub fn packed_leader(cluster: &Cluster, s: &ShardInfo) -> Option<NodeId> {
+    (s.voters.iter().copied())
+        .filter(|v| cluster.state_of(*v) == NodeState::Live)
+        .min()
+}
+
+/// Under [`LeaderPolicy::Pack`]: each data shard with a known leader that is not its
+/// [`packed_leader`] hands leadership to it. Leader counts are not evened out: with R = N
+/// every leadership goes to one node. The metadata group is left alone, as with spread
+/// leaders.
+fn packed_transfers(cluster: &Cluster, shards: &[ShardInfo]) -> Vec<LeaderTransfer> {
+    (shards.iter())
+        .filter(|s| s.shard != METADATA_SHARD)
+        .filter_map(|s| {
+            let from = s.leader?;
+            let to = packed_leader(cluster, s)?;
+            (to != from).then_some(LeaderTransfer {
+                shard: s.shard,
+                from,
+                to,
+            })
+        })
+        .collect()
+}
+
+/// Under [`LeaderPolicy::Spread`]: transfers off nodes that are not live, then chains that each take one leadership from
 /// a live node leading `k` shards to one leading at most `k - 2` (each hop hands a shard's
 /// leadership to one of its live voters). When no such chain exists, no assignment of
 /// leaders to voters has a smaller spread (Harvey, Ladner, Lovász, Tamir: "Semi-matchings

@@ -27,8 +27,9 @@ fn case(with_down: bool) -> impl Strategy<Value = Case> {
             vec(any::<Index>(), s),
             vec(0u8..12, n),
             vec(any::<u64>(), 400),
+            any::<bool>(),
         )
-            .prop_map(move |(placement, leaders, codes, completions)| {
+            .prop_map(move |(placement, leaders, codes, completions, pack)| {
                 let dead_max = (r - 1) / 2;
                 let mut dead = 0;
                 let mut states: Vec<NodeState> = codes
@@ -89,6 +90,11 @@ fn case(with_down: bool) -> impl Strategy<Value = Case> {
                         nodes,
                         shards,
                         replication: r,
+                        leaders: if pack {
+                            LeaderPolicy::Pack
+                        } else {
+                            LeaderPolicy::Spread
+                        },
                     },
                     moves_max: cap,
                     completions,
@@ -170,6 +176,9 @@ fn check_round(c: &Cluster, in_flight: &[Move], cap: usize, p: &Plan) -> Result<
         prop_assert_eq!(s.leader, Some(t.from));
         prop_assert!(s.voters.contains(&t.to));
         prop_assert_eq!(c.state_of(t.to), NodeState::Live);
+        if c.leaders == LeaderPolicy::Pack {
+            prop_assert_eq!(Some(t.to), packed_leader(c, s));
+        }
     }
     let mut shuffled = c.clone();
     shuffled.shards.reverse();
@@ -226,8 +235,9 @@ fn run(case: &Case) -> Result<(Cluster, usize), TestCaseError> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
 
-    /// Draining and dead nodes empty out, replicas and leaders spread within one of the
-    /// mean, every round keeps its promises, within a bounded number of rounds.
+    /// Draining and dead nodes empty out, replicas spread within one of the mean and
+    /// leaders go where the policy puts them, every round keeps its promises, within a
+    /// bounded number of rounds.
     #[test]
     fn random_clusters_converge_to_balanced(case in case(false)) {
         let (end, rounds) = run(&case)?;

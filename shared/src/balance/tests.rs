@@ -48,6 +48,7 @@ fn five_nodes() -> Cluster {
         nodes: live(1..=5),
         shards,
         replication: 3,
+        leaders: LeaderPolicy::Spread,
     }
 }
 
@@ -138,6 +139,7 @@ fn a_shard_without_a_live_majority_is_stuck_and_down_nodes_are_left_alone() {
         ]),
         shards: vec![shard(0, &[1, 2, 3], 1), shard(1, &[1, 4, 3], 1)],
         replication: 3,
+        leaders: LeaderPolicy::Spread,
     };
     let p = plan(&c, &[], 4);
     assert_eq!(
@@ -172,6 +174,7 @@ fn too_few_live_nodes_leave_a_replica_without_a_target() {
         ]),
         shards: vec![shard(0, &[1, 2, 3], 3)],
         replication: 3,
+        leaders: LeaderPolicy::Spread,
     };
     let p = plan(&c, &[], 4);
     assert!(p.moves.is_empty());
@@ -283,6 +286,7 @@ fn leaders_spread_after_the_replicas_and_never_while_a_move_runs() {
         nodes: live(1..=3),
         shards: (0..6).map(|s| shard(s, &[1, 2, 3], 1)).collect(),
         replication: 3,
+        leaders: LeaderPolicy::Spread,
     };
     let p = plan(&c, &[], 4);
     assert!(p.moves.is_empty());
@@ -295,6 +299,7 @@ fn leaders_spread_after_the_replicas_and_never_while_a_move_runs() {
         nodes: live(1..=3),
         shards: (0..6).map(|s| shard(s, &[1, 2, 3], 1)).collect(),
         replication: 3,
+        leaders: LeaderPolicy::Spread,
     };
     skewed.shards[0].learners = vec![n(4)];
     assert!(plan(&skewed, &[], 4).leader_transfers.is_empty());
@@ -312,6 +317,7 @@ fn a_leader_goes_along_a_chain_when_no_single_transfer_helps() {
             shard(3, &[3, 4], 3),
         ],
         replication: 2,
+        leaders: LeaderPolicy::Spread,
     };
     let p = plan(&c, &[], 4);
     assert_eq!(
@@ -343,6 +349,7 @@ fn a_draining_leader_hands_over_even_when_its_replica_cannot_move() {
         ]),
         shards: vec![shard(0, &[1, 2, 3], 3)],
         replication: 3,
+        leaders: LeaderPolicy::Spread,
     };
     let p = plan(&c, &[], 4);
     assert_eq!(
@@ -361,6 +368,7 @@ fn a_shard_with_the_wrong_voter_count_is_reported() {
         nodes: live(1..=4),
         shards: vec![shard(0, &[1, 2], 1), shard(1, &[1, 2, 3], 2)],
         replication: 3,
+        leaders: LeaderPolicy::Spread,
     };
     let p = plan(&c, &[], 4);
     assert_eq!(
@@ -397,4 +405,122 @@ fn the_registry_and_the_down_timer_decide_a_nodes_state() {
     assert_eq!(node_state(None, true, false), NodeState::Live);
     assert_eq!(node_state(Some(R::Active), false, false), NodeState::Down);
     assert_eq!(node_state(None, false, true), NodeState::Dead);
+}
+
+/// Three nodes, R = 3, six shards led two per node: balanced for spread leaders.
+fn three_nodes_spread(leaders: LeaderPolicy) -> Cluster {
+    Cluster {
+        nodes: live(1..=3),
+        shards: (0..6u32)
+            .map(|s| shard(s, &[1, 2, 3], u64::from(s) % 3 + 1))
+            .collect(),
+        replication: 3,
+        leaders,
+    }
+}
+
+#[test]
+fn packed_leaders_go_to_each_shards_first_live_voter_and_spread_ones_stay_even() {
+    let spread = three_nodes_spread(LeaderPolicy::Spread);
+    assert!(assess(&spread).balanced());
+    assert_eq!(plan(&spread, &[], 4), Plan::default());
+
+    let mut packed = three_nodes_spread(LeaderPolicy::Pack);
+    // The metadata group keeps whoever it elects under either policy.
+    packed.shards.push(shard(METADATA_SHARD.0, &[1, 2, 3], 3));
+    let a = assess(&packed);
+    assert!(!a.balanced());
+    assert_eq!((a.leaders_misplaced, a.leaders_over), (4, 0), "{a:?}");
+    let p = plan(&packed, &[], 4);
+    assert!(p.moves.is_empty());
+    let to_one: Vec<(u32, u64, u64)> = p
+        .leader_transfers
+        .iter()
+        .map(|t| (t.shard.0, t.from.0, t.to.0))
+        .collect();
+    assert_eq!(
+        to_one,
+        [(1, 2, 1), (2, 3, 1), (4, 2, 1), (5, 3, 1)],
+        "every leadership to node 1, counts not evened out"
+    );
+    let mut end = packed.clone();
+    end.apply(&p);
+    let a = assess(&end);
+    assert!(a.balanced(), "{a:?}");
+    assert_eq!(a.nodes[0].leaders, 6);
+    assert_eq!(plan(&end, &[], 4), Plan::default());
+    // The spread policy undoes a packed cluster: the two policies pull apart.
+    end.leaders = LeaderPolicy::Spread;
+    assert!(!assess(&end).balanced());
+    assert_eq!(plan(&end, &[], 4).leader_transfers.len(), 4);
+}
+
+#[test]
+fn packed_leaders_pass_over_nodes_that_are_not_live_to_the_next_in_the_order() {
+    let mut c = three_nodes_spread(LeaderPolicy::Pack);
+    for s in &mut c.shards {
+        s.leader = Some(n(1));
+    }
+    assert!(assess(&c).balanced());
+    for state in [NodeState::Down, NodeState::Draining, NodeState::Joining] {
+        // Node 1 is gone: its shards elected 2 or 3; every one goes to 2.
+        let mut gone = with_state(c.clone(), 1, state);
+        for s in &mut gone.shards {
+            s.leader = Some(n(s.shard.0 as u64 % 2 + 2));
+        }
+        let p = plan(&gone, &[], 4);
+        assert!(
+            p.leader_transfers
+                .iter()
+                .all(|t| (t.from, t.to) == (n(3), n(2))),
+            "{state:?}: {p:?}"
+        );
+        assert_eq!(p.leader_transfers.len(), 3, "{state:?}: {p:?}");
+        let mut end = gone.clone();
+        end.apply(&p);
+        assert_eq!(assess(&end).leaders_misplaced, 0, "{state:?}");
+        // A shard still led by the node that is gone hands over too.
+        let mut stale = gone.clone();
+        stale.shards[0].leader = Some(n(1));
+        let p = plan(&stale, &[], 4);
+        assert!(p.leader_transfers.contains(&LeaderTransfer {
+            shard: ShardId(0),
+            from: n(1),
+            to: n(2)
+        }));
+    }
+    // Node 1 back: the leaderships return to it.
+    let mut back = c.clone();
+    for s in &mut back.shards {
+        s.leader = Some(n(2));
+    }
+    let p = plan(&back, &[], 4);
+    assert_eq!(p.leader_transfers.len(), 6);
+    assert!(p.leader_transfers.iter().all(|t| t.to == n(1)));
+    // No live voter: nothing to hand over to.
+    let mut none = c.clone();
+    for id in 1..=3 {
+        none = with_state(none, id, NodeState::Down);
+    }
+    assert!(plan(&none, &[], 4).leader_transfers.is_empty());
+}
+
+#[test]
+fn packed_leaders_with_r_below_n_take_each_shards_lowest_live_voter() {
+    let mut c = five_nodes();
+    c.leaders = LeaderPolicy::Pack;
+    let p = plan(&c, &[], 4);
+    let mut end = c.clone();
+    end.apply(&p);
+    for s in &end.shards {
+        assert_eq!(s.leader, s.voters.first().copied(), "{s:?}");
+    }
+    assert!(assess(&end).balanced());
+    // No transfer while a move runs, as with spread leaders.
+    let draining = with_state(end.clone(), 1, NodeState::Draining);
+    let p = plan(&draining, &[], 4);
+    assert!(
+        !p.moves.is_empty() && p.leader_transfers.is_empty(),
+        "{p:?}"
+    );
 }

@@ -8,7 +8,7 @@ use super::pacing::{self, PacingInput};
 use super::StatusRound;
 use crate::metrics::BalancerSeries;
 use kv_shared::balance::{self, Cluster, LeaderTransfer, Move, Plan};
-use kv_shared::config::BalancerConfig;
+use kv_shared::config::{BalancerConfig, LeaderPolicy};
 use kv_shared::proto::{ClientError, MoveRefusal};
 use kv_shared::registry::Registry;
 use kv_shared::{NodeId, ShardId};
@@ -26,6 +26,8 @@ const FOREIGN_MOVE_BACKOFF: Duration = Duration::from_secs(5);
 pub(super) struct State {
     config: BalancerConfig,
     replication: usize,
+    /// Where leaderships go (the cluster file's `[placement] leaders`).
+    pub(super) leaders: LeaderPolicy,
     /// When this balancer started: the down timer of a node never heard starts then
     /// (a restarted node counts nobody dead before `down_after_ms` of its own).
     started: Instant,
@@ -54,6 +56,7 @@ impl State {
         State {
             config,
             replication,
+            leaders: LeaderPolicy::Spread,
             started,
             leading: false,
             last_heard: BTreeMap::new(),
@@ -109,6 +112,7 @@ impl State {
         let mut cluster =
             kvcli::balance_cmd::planner_view(&status, Some(registry), None, &silent, &self.avoid);
         cluster.replication = self.replication;
+        cluster.leaders = self.leaders;
         (cluster, status)
     }
 

@@ -90,6 +90,7 @@ pub async fn run(
     };
     let shard_count = client.shard_count().unwrap_or(0);
     let mut state = State::new(config.clone(), replication as usize, Instant::now());
+    state.leaders = options.leaders;
     let mut running: JoinSet<MoveResult> = JoinSet::new();
     let mut ticker = tokio::time::interval(Duration::from_millis(config.interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -96,6 +96,7 @@ fn shards_shown_moving_are_the_ones_with_learners_or_an_extra_voter() {
             shard(3, &[1, 2, 3], &[]),
         ],
         replication: 3,
+        leaders: kv_shared::config::LeaderPolicy::Spread,
     };
     let own = Move {
         shard: ShardId(3),
