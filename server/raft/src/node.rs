@@ -208,6 +208,13 @@ pub struct Raft {
     pub(crate) inflight_writes: VecDeque<InflightWrite>,
     /// Hard state as of the last emitted write.
     pub(crate) hs_written: HardState,
+    /// Something the leader's quorum commit depends on (a voter's match index, its own
+    /// durable index, the voters) changed since `maybe_commit` last computed it: until
+    /// then it cannot move, and `has_ready`, which runs many times per round, skips it.
+    pub(crate) quorum_moved: bool,
+    /// How many times `maybe_commit` computed the quorum commit (tests only).
+    #[cfg(test)]
+    pub(crate) quorum_computations: u64,
     /// A received snapshot not yet in a write.
     pub(crate) snapshot_unwritten: Option<Snapshot>,
     /// A received snapshot in write `.0`, to hand out once durable.
@@ -296,6 +303,9 @@ impl Raft {
             persisted_write: 0,
             inflight_writes: VecDeque::new(),
             hs_written: hard_state,
+            quorum_moved: true,
+            #[cfg(test)]
+            quorum_computations: 0,
             snapshot_unwritten: None,
             snapshot_in_write: None,
             snapshot_ready: None,
@@ -322,6 +332,7 @@ impl Raft {
     pub fn plant_bug(&mut self, bug: PlantedBug) {
         if !self.planted.contains(&bug) {
             self.planted.push(bug);
+            self.quorum_moved = true;
         }
     }
 

@@ -19,6 +19,7 @@ impl Raft {
             return;
         }
         self.persisted_write = id.0;
+        self.quorum_moved = true;
         while self.inflight_writes.front().is_some_and(|w| w.id <= id.0) {
             let w = self.inflight_writes.pop_front().expect("checked");
             if let Some(last) = w.last {
@@ -140,6 +141,7 @@ impl Raft {
     pub(crate) fn on_truncated(&mut self, index: Index) {
         let keep = index - 1;
         self.log.persisted = self.log.persisted.min(keep);
+        self.quorum_moved = true;
         for w in &mut self.inflight_writes {
             w.last = w.last.map(|l| l.min(keep));
         }

@@ -8,7 +8,7 @@ use crate::sm::StateMachine;
 use crate::wal::{RecoveryError, Tombstone};
 use kv_raft::{Raft, Restored, Snapshot, SoftState, WriteId};
 use kv_shared::registry::METADATA_SHARD;
-use kv_shared::ShardId;
+use kv_shared::{NodeId, ShardId};
 use std::collections::BTreeMap;
 use std::ops::{Index, IndexMut};
 
@@ -24,6 +24,9 @@ pub(super) enum Durable {
 /// One shard: its Raft replica, state machine and requests in flight.
 pub(super) struct Group {
     pub(super) shard: ShardId,
+    /// The term and vote of the latest hard-state record written (or recovered): a
+    /// write that changes only the commit index needs none (see `wal::KIND_ROUND`).
+    pub(super) term_vote_written: (u64, NodeId),
     pub(super) raft: Raft,
     pub(super) sm: StateMachine,
     pub(super) soft: SoftState,
@@ -126,6 +129,7 @@ impl Group {
         let removed_at = (!created && !snapshot_lists_me).then_some(snapshot_index);
         Ok(Group {
             shard,
+            term_vote_written: (st.hard.term, st.hard.vote),
             raft,
             sm,
             soft: SoftState {
