@@ -203,6 +203,8 @@ pub struct Raft {
     // ---- outputs ----
     pub(crate) msgs: Vec<Message>,
     pub(crate) held: Vec<(u64, Held)>,
+    /// Empty between calls: `on_persisted`'s buffer for what it releases from `held`.
+    pub(crate) held_released: Vec<(u64, Held)>,
     pub(crate) next_write_id: u64,
     pub(crate) persisted_write: u64,
     pub(crate) inflight_writes: VecDeque<InflightWrite>,
@@ -299,6 +301,7 @@ impl Raft {
             removed_campaigners: std::collections::BTreeSet::new(),
             msgs: Vec::new(),
             held: Vec::new(),
+            held_released: Vec::new(),
             next_write_id: 1,
             persisted_write: 0,
             inflight_writes: VecDeque::new(),
