@@ -231,15 +231,18 @@ impl Groups {
 
     /// Every group, each marked touched.
     pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Group> {
-        let touched = &mut self.touched;
+        for g in self
+            .dense
+            .iter_mut()
+            .flatten()
+            .chain(self.sparse.values_mut())
+        {
+            mark(&mut self.touched, g);
+        }
         self.dense
             .iter_mut()
             .flatten()
             .chain(self.sparse.values_mut())
-            .map(move |g| {
-                mark(touched, g);
-                g
-            })
     }
 
     pub(super) fn get(&self, shard: ShardId) -> Option<&Group> {
