@@ -246,7 +246,7 @@ pub struct NodeCore {
     next_disk_write: u64,
     disk_inflight: BTreeMap<u64, Vec<Durable>>,
     /// Ops of the round being assembled.
-    round_ops: Vec<DiskOp>,
+    round_ops: ready::RoundOps,
     round_durable: Vec<Durable>,
     outbox: BTreeMap<NodeId, Vec<GroupMessage>>,
     /// Every group whose `waiting` list got a request since the last flush routed it
@@ -797,7 +797,7 @@ impl NodeCore {
                 .insert(id, take_sized(&mut self.round_durable));
             self.out.disk_writes.push(DiskWrite {
                 id,
-                ops: take_sized(&mut self.round_ops),
+                ops: self.round_ops.take(),
             });
         }
         debug_assert!(self.round_durable.is_empty());

@@ -376,6 +376,53 @@ fn restart_from_records_keeps_the_data() {
     }
 }
 
+/// Puts to every shard one node leads, routed in one round, make one WAL record on that
+/// node: a round record with a part per shard (its entries and commit index), and no
+/// hard-state record, since no term or vote changed.
+#[test]
+fn a_round_over_many_shards_writes_one_record() {
+    let shards = 8;
+    let mut c = Cluster::with(3, shards, |cfg| cfg.quiesce = false);
+    c.tick(80);
+    let l = c.leader(ShardId(0));
+    let led: Vec<ShardId> = (0..shards)
+        .map(ShardId)
+        .filter(|&s| c.leader(s) == l)
+        .collect();
+    for (n, &shard) in led.iter().enumerate() {
+        let key = (0..)
+            .map(|k| format!("k{k}"))
+            .find(|k| kv_shared::shard::shard_for_key(k.as_bytes(), shards) == shard)
+            .unwrap();
+        c.request(l, n as u64, put(n as u64 + 1, 1, &key, "v"));
+    }
+    let out = c.nodes[l].take_output();
+    let records: Vec<&kv_storage::Record> = out
+        .disk_writes
+        .iter()
+        .flat_map(|w| &w.ops)
+        .filter_map(|op| match op {
+            DiskOp::Append(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let crate::wal::WalRecord::Round(parts) = crate::wal::decode(records[0]).unwrap() else {
+        panic!("not a round record: {:?}", records[0]);
+    };
+    let written: Vec<ShardId> = parts
+        .iter()
+        .filter(|p| !p.entries.is_empty())
+        .map(|p| ShardId(p.shard))
+        .collect();
+    assert_eq!(written, led);
+    c.absorb(l, out);
+    c.settle();
+    for n in 0..led.len() as u64 {
+        assert_eq!(c.reply_to(n), vec![Outcome::Done], "put {n}");
+    }
+}
+
 #[test]
 fn snapshots_compact_and_restore() {
     let mut c = Cluster::with(3, 1, |config| config.snapshot_threshold_entries = 5);

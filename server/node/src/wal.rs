@@ -6,6 +6,11 @@
 //!   group's log from `first_index` (a conflicting suffix is replaced), then appends.
 //!   An empty one (after a snapshot from the leader replaced the whole log) only truncates.
 //! - [`KIND_HARD_STATE`]: a `HardState`, sticky (the storage keeps the latest forever).
+//! - [`KIND_ROUND`]: the log writes of many groups in one round, one record for all
+//!   (`kv_storage::MANY_GROUPS`): a [`RoundPart`] per group written, each an entries
+//!   record as above plus the group's commit index. A group's term and vote still go
+//!   to a [`KIND_HARD_STATE`] record, written only when one of them changes; the commit
+//!   index (a hint, see [`restore_groups`]) rides along in the round record.
 //! - [`KIND_REPLICA`]: a [`ReplicaRecord`], sticky: a replica this node holds beyond its
 //!   bootstrap placement (created by a move), or one it no longer holds (removed).
 //!   Decoded by [`decode_replica`]; [`decode`] is for the Raft records.
@@ -18,7 +23,7 @@ use kv_raft::{Entry, HardState, Membership, Restored, Snapshot};
 use kv_shared::pack::encode_exact;
 use kv_shared::registry::METADATA_SHARD;
 use kv_shared::ShardId;
-use kv_storage::{Record, Recovered};
+use kv_storage::{push_covers, split_covers, Record, Recovered, MANY_GROUPS};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -29,6 +34,9 @@ pub const KIND_HARD_STATE: u8 = 2;
 
 /// Record kind: a replica created or removed (see [`ReplicaRecord`]).
 pub const KIND_REPLICA: u8 = 3;
+
+/// Record kind: the log writes of many groups in one round (see [`RoundRecord`]).
+pub const KIND_ROUND: u8 = 4;
 
 /// Payload of a [`KIND_REPLICA`] record: the latest one of a shard says whether this
 /// node holds a replica of it, whatever the bootstrap placement says.
@@ -242,6 +250,89 @@ pub struct EntriesRecord {
     pub entries: Vec<Entry>,
 }
 
+/// One group's part of a [`KIND_ROUND`] record.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct RoundPart {
+    /// The group.
+    pub shard: u32,
+    /// As [`EntriesRecord::first_index`]; 0 if the part changes no log (only `commit`).
+    pub first_index: u64,
+    /// Entries `first_index..`, contiguous.
+    pub entries: Vec<Entry>,
+    /// The group's commit index when written (0: not known).
+    pub commit: u64,
+}
+
+/// [`RoundPart`] as encoded, borrowing the entries.
+#[derive(Serialize)]
+struct RoundPartRef<'a> {
+    shard: u32,
+    first_index: u64,
+    entries: &'a [Entry],
+    commit: u64,
+}
+
+/// Builds one [`KIND_ROUND`] record from the log writes of the groups of a round: one
+/// encoding buffer, one record header and CRC, one storage write for all of them,
+/// rather than an entries and a hard-state record per group.
+#[derive(Debug, Default)]
+pub struct RoundRecord {
+    body: Vec<u8>,
+    covers: Vec<(u32, u64)>,
+    /// Bytes the last record took: the next one starts with that much room.
+    room: usize,
+}
+
+impl RoundRecord {
+    /// True if nothing was added since the last [`RoundRecord::take`].
+    pub fn is_empty(&self) -> bool {
+        self.body.is_empty()
+    }
+
+    /// Adds `shard`'s write: its log truncated from `first_index` (0: left as it is)
+    /// and `entries` appended, and its commit index.
+    pub fn add(&mut self, shard: u32, first_index: u64, entries: &[Entry], commit: u64) {
+        debug_assert!(first_index > 0 || entries.is_empty());
+        debug_assert!(entries
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.index == first_index + i as u64));
+        if self.body.is_empty() {
+            self.body.reserve(self.room);
+        }
+        let part = RoundPartRef {
+            shard,
+            first_index,
+            entries,
+            commit,
+        };
+        self.body = postcard::to_extend(&part, std::mem::take(&mut self.body))
+            .expect("entries always encode");
+        if first_index > 0 {
+            self.covers
+                .push((shard, first_index + entries.len() as u64 - 1));
+        }
+    }
+
+    /// The record of everything added since the last call, if anything was.
+    pub fn take(&mut self) -> Option<Record> {
+        if self.body.is_empty() {
+            return None;
+        }
+        let mut payload = std::mem::take(&mut self.body);
+        push_covers(&mut payload, &self.covers);
+        self.covers.clear();
+        self.room = payload.len();
+        Some(Record {
+            group: MANY_GROUPS,
+            kind: KIND_ROUND,
+            sticky: false,
+            last_index: 0,
+            payload: Bytes::from(payload),
+        })
+    }
+}
+
 /// A decoded WAL record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WalRecord {
@@ -259,6 +350,8 @@ pub enum WalRecord {
         /// The state.
         hard_state: HardState,
     },
+    /// The writes of many groups in one round.
+    Round(Vec<RoundPart>),
 }
 
 /// Why the records on disk cannot be turned back into Raft state.
@@ -361,12 +454,7 @@ pub fn decode(record: &Record) -> Result<WalRecord, RecoveryError> {
             let entries: EntriesRecord = postcard::from_bytes(&record.payload).map_err(bad)?;
             // The CRC says the bytes are what was written, not that what was written
             // is a log: check it, so that recovery refuses it rather than Raft panicking.
-            let contiguous = entries
-                .entries
-                .iter()
-                .enumerate()
-                .all(|(i, e)| Some(e.index) == entries.first_index.checked_add(i as u64));
-            if !contiguous || entries.first_index == 0 {
+            if !contiguous(entries.first_index, &entries.entries) || entries.first_index == 0 {
                 return Err(RecoveryError::BadRecord {
                     shard: record.group,
                     kind: record.kind,
@@ -385,12 +473,53 @@ pub fn decode(record: &Record) -> Result<WalRecord, RecoveryError> {
             shard: record.group,
             hard_state: postcard::from_bytes(&record.payload).map_err(bad)?,
         }),
+        KIND_ROUND if record.group == MANY_GROUPS => decode_round(record).map(WalRecord::Round),
         other => Err(RecoveryError::BadRecord {
             shard: record.group,
             kind: other,
             reason: "unknown record kind".into(),
         }),
     }
+}
+
+/// True if `entries` run contiguously from `first_index`.
+fn contiguous(first_index: u64, entries: &[Entry]) -> bool {
+    entries
+        .iter()
+        .enumerate()
+        .all(|(i, e)| Some(e.index) == first_index.checked_add(i as u64))
+}
+
+/// The parts of a [`KIND_ROUND`] record, each checked as an entries record is.
+fn decode_round(record: &Record) -> Result<Vec<RoundPart>, RecoveryError> {
+    let bad = |shard: u32, reason: String| RecoveryError::BadRecord {
+        shard,
+        kind: record.kind,
+        reason,
+    };
+    let (mut body, _) = split_covers(&record.payload).map_err(|e| bad(record.group, e))?;
+    let mut parts = Vec::new();
+    while !body.is_empty() {
+        let (part, rest): (RoundPart, _) =
+            postcard::take_from_bytes(body).map_err(|e| bad(record.group, e.to_string()))?;
+        let log_ok = if part.first_index == 0 {
+            part.entries.is_empty()
+        } else {
+            contiguous(part.first_index, &part.entries)
+        };
+        if !log_ok {
+            return Err(bad(
+                part.shard,
+                format!(
+                    "entries do not run contiguously from index {}",
+                    part.first_index
+                ),
+            ));
+        }
+        parts.push(part);
+        body = rest;
+    }
+    Ok(parts)
 }
 
 /// Applies an entries record to an in-memory log (entries with ascending, contiguous
@@ -422,6 +551,9 @@ pub fn restore_groups(
 ) -> Result<BTreeMap<ShardId, Restored>, RecoveryError> {
     let mut logs: BTreeMap<ShardId, Vec<Entry>> = BTreeMap::new();
     let mut hard: BTreeMap<ShardId, HardState> = BTreeMap::new();
+    // The highest commit index a round record carried: a committed index stays
+    // committed, so any of them is as good as the latest hard state's.
+    let mut commits: BTreeMap<ShardId, u64> = BTreeMap::new();
     let mut snaps: BTreeMap<ShardId, Snapshot> = BTreeMap::new();
     // The metadata group's shard id lies outside `0..shard_count`; hosted, it is a group.
     let check = |shard: u32| {
@@ -442,6 +574,22 @@ pub fn restore_groups(
             WalRecord::HardState { shard, hard_state } => {
                 if let Some(s) = check(shard)? {
                     hard.insert(s, hard_state);
+                }
+            }
+            WalRecord::Round(parts) => {
+                for part in parts {
+                    let Some(s) = check(part.shard)? else {
+                        continue;
+                    };
+                    if part.first_index > 0 {
+                        let record = EntriesRecord {
+                            first_index: part.first_index,
+                            entries: part.entries,
+                        };
+                        apply_entries(logs.entry(s).or_default(), record);
+                    }
+                    let commit = commits.entry(s).or_default();
+                    *commit = (*commit).max(part.commit);
                 }
             }
         }
@@ -473,7 +621,8 @@ pub fn restore_groups(
         }
         // The commit index is persisted as a hint only; never past what survived.
         let last = log.last().map_or(base, |e| e.index);
-        hard_state.commit = hard_state.commit.min(last).max(base);
+        let commit = hard_state.commit.max(commits.remove(&shard).unwrap_or(0));
+        hard_state.commit = commit.min(last).max(base);
         out.insert(
             shard,
             Restored {
@@ -594,6 +743,138 @@ mod tests {
         );
         assert_eq!(terms(&groups[&ShardId(1)]), vec![(1, 1)]);
         assert_eq!(groups[&ShardId(1)].initial_membership, members());
+    }
+
+    /// The round record of three groups' writes (entries, a truncation only, a commit
+    /// only) decodes to those writes, and its cover table names the groups whose log it
+    /// changes with the last index of each, as entries records' `last_index` would.
+    #[test]
+    fn round_records_round_trip() {
+        let mut round = RoundRecord::default();
+        assert!(round.take().is_none());
+        round.add(3, 5, &[e(5, 1), e(6, 2)], 4);
+        round.add(1, 11, &[], 0);
+        round.add(0, 0, &[], 9);
+        let r = round.take().unwrap();
+        assert!(round.is_empty() && round.take().is_none());
+        assert_eq!(
+            (r.group, r.kind, r.sticky),
+            (MANY_GROUPS, KIND_ROUND, false)
+        );
+        let (_, covers) = split_covers(&r.payload).unwrap();
+        assert_eq!(covers.iter().collect::<Vec<_>>(), vec![(3, 6), (1, 10)]);
+        let part = |shard, first_index, entries, commit| RoundPart {
+            shard,
+            first_index,
+            entries,
+            commit,
+        };
+        assert_eq!(
+            decode(&r).unwrap(),
+            WalRecord::Round(vec![
+                part(3, 5, vec![e(5, 1), e(6, 2)], 4),
+                part(1, 11, vec![], 0),
+                part(0, 0, vec![], 9),
+            ])
+        );
+        // The next round starts empty.
+        round.add(2, 1, &[e(1, 1)], 0);
+        let next = round.take().unwrap();
+        assert_eq!(
+            decode(&next).unwrap(),
+            WalRecord::Round(vec![part(2, 1, vec![e(1, 1)], 0)])
+        );
+    }
+
+    /// A data dir written before round records (entries and hard-state records) and
+    /// after (round records) recovers as one log: a round part truncates from its first
+    /// index inside what an entries record or an earlier round part wrote, the term
+    /// and vote come from the latest hard-state record, and the commit index is the
+    /// highest any record carried, clamped to the log.
+    #[test]
+    fn recovery_reads_old_and_round_records_together() {
+        let hs = |term, vote, commit| HardState {
+            term,
+            vote: NodeId(vote),
+            commit,
+        };
+        let mut round = RoundRecord::default();
+        let mut rounds = Vec::new();
+        // Shard 0 overwrites 3.. of what its entries record wrote; shard 1 appends.
+        round.add(0, 3, &[e(3, 2), e(4, 2), e(5, 2)], 2);
+        round.add(1, 3, &[e(3, 1)], 3);
+        rounds.push(round.take().unwrap());
+        // Shard 0 overwrites 5 (inside the earlier round part); shard 1 commits only.
+        round.add(0, 5, &[e(5, 3)], 4);
+        round.add(1, 0, &[], 3);
+        rounds.push(round.take().unwrap());
+        let records = vec![
+            entries_record(0, 1, vec![e(1, 1), e(2, 1), e(3, 1), e(4, 1)]),
+            hard_state_record(0, &hs(1, 1, 2)),
+            entries_record(1, 1, vec![e(1, 1), e(2, 1)]),
+            hard_state_record(1, &hs(1, 1, 1)),
+            rounds[0].clone(),
+            hard_state_record(0, &hs(3, 2, 0)),
+            rounds[1].clone(),
+        ];
+        let rec = Recovered {
+            records,
+            ..Recovered::default()
+        };
+        let groups = restore_groups(&rec, 2, &all_hosted(2)).unwrap();
+        let g0 = &groups[&ShardId(0)];
+        assert_eq!(terms(g0), vec![(1, 1), (2, 1), (3, 2), (4, 2), (5, 3)]);
+        assert_eq!(g0.hard_state, hs(3, 2, 4));
+        let g1 = &groups[&ShardId(1)];
+        assert_eq!(terms(g1), vec![(1, 1), (2, 1), (3, 1)]);
+        assert_eq!(g1.hard_state, hs(1, 1, 3));
+
+        // A commit index past what survived (the entries' record lost, its commit
+        // carried by a later record) is clamped to the log.
+        let mut round = RoundRecord::default();
+        round.add(1, 0, &[], 7);
+        let rec = Recovered {
+            records: vec![entries_record(1, 1, vec![e(1, 1)]), round.take().unwrap()],
+            ..Recovered::default()
+        };
+        let groups = restore_groups(&rec, 2, &all_hosted(2)).unwrap();
+        assert_eq!(groups[&ShardId(1)].hard_state.commit, 1);
+    }
+
+    /// A round part whose entries do not follow its first index, or a commit-only part
+    /// with entries, is refused, naming the part's shard.
+    #[test]
+    fn recovery_refuses_a_round_part_that_is_not_a_log() {
+        for (first_index, entries) in [(1, vec![e(1, 1), e(3, 1)]), (0, vec![e(1, 1)])] {
+            let mut body = Vec::new();
+            body = postcard::to_extend(
+                &RoundPartRef {
+                    shard: 1,
+                    first_index,
+                    entries: &entries,
+                    commit: 0,
+                },
+                body,
+            )
+            .unwrap();
+            push_covers(&mut body, &[]);
+            let record = Record {
+                group: MANY_GROUPS,
+                kind: KIND_ROUND,
+                sticky: false,
+                last_index: 0,
+                payload: Bytes::from(body),
+            };
+            let rec = Recovered {
+                records: vec![record],
+                ..Recovered::default()
+            };
+            let err = restore_groups(&rec, 2, &all_hosted(2)).unwrap_err();
+            assert!(
+                matches!(err, RecoveryError::BadRecord { shard: 1, .. }),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -358,6 +358,7 @@ impl Raft {
         }));
         self.leader = Some(me);
         self.leaderless_timeouts = 0;
+        self.quorum_moved = true;
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
         self.retransmit_elapsed = 0;

@@ -285,6 +285,7 @@ impl Raft {
                     return;
                 }
                 // The quorum changed: commits or reads may now be possible.
+                self.quorum_moved = true;
                 self.maybe_commit();
                 self.check_reads();
             }

@@ -203,11 +203,20 @@ pub struct Raft {
     // ---- outputs ----
     pub(crate) msgs: Vec<Message>,
     pub(crate) held: Vec<(u64, Held)>,
+    /// Empty between calls: `on_persisted`'s buffer for what it releases from `held`.
+    pub(crate) held_released: Vec<(u64, Held)>,
     pub(crate) next_write_id: u64,
     pub(crate) persisted_write: u64,
     pub(crate) inflight_writes: VecDeque<InflightWrite>,
     /// Hard state as of the last emitted write.
     pub(crate) hs_written: HardState,
+    /// Something the leader's quorum commit depends on (a voter's match index, its own
+    /// durable index, the voters) changed since `maybe_commit` last computed it: until
+    /// then it cannot move, and `has_ready`, which runs many times per round, skips it.
+    pub(crate) quorum_moved: bool,
+    /// How many times `maybe_commit` computed the quorum commit (tests only).
+    #[cfg(test)]
+    pub(crate) quorum_computations: u64,
     /// A received snapshot not yet in a write.
     pub(crate) snapshot_unwritten: Option<Snapshot>,
     /// A received snapshot in write `.0`, to hand out once durable.
@@ -292,10 +301,14 @@ impl Raft {
             removed_campaigners: std::collections::BTreeSet::new(),
             msgs: Vec::new(),
             held: Vec::new(),
+            held_released: Vec::new(),
             next_write_id: 1,
             persisted_write: 0,
             inflight_writes: VecDeque::new(),
             hs_written: hard_state,
+            quorum_moved: true,
+            #[cfg(test)]
+            quorum_computations: 0,
             snapshot_unwritten: None,
             snapshot_in_write: None,
             snapshot_ready: None,
@@ -322,6 +335,7 @@ impl Raft {
     pub fn plant_bug(&mut self, bug: PlantedBug) {
         if !self.planted.contains(&bug) {
             self.planted.push(bug);
+            self.quorum_moved = true;
         }
     }
 

@@ -19,6 +19,7 @@ impl Raft {
             return;
         }
         self.persisted_write = id.0;
+        self.quorum_moved = true;
         while self.inflight_writes.front().is_some_and(|w| w.id <= id.0) {
             let w = self.inflight_writes.pop_front().expect("checked");
             if let Some(last) = w.last {
@@ -33,16 +34,21 @@ impl Raft {
             let (_, snap) = self.snapshot_in_write.take().expect("checked");
             self.snapshot_ready = Some(snap);
         }
-        let (release, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
-            .into_iter()
-            .partition(|(w, _)| *w <= id.0);
-        self.held = keep;
-        for (_, h) in release {
+        // `held` is in write order, so what this write releases is a prefix. It goes
+        // through a kept buffer: a follower of many groups releases an ack per group per
+        // round, and splitting `held` into two new vectors each time was a visible share
+        // of its instructions.
+        debug_assert!(self.held.windows(2).all(|p| p[0].0 <= p[1].0));
+        let released = self.held.partition_point(|(w, _)| *w <= id.0);
+        let mut release = std::mem::take(&mut self.held_released);
+        release.extend(self.held.drain(..released));
+        for (_, h) in release.drain(..) {
             match h {
                 Held::Send(m) => self.msgs.push(m),
                 Held::SelfVote(term) => self.count_self_vote(term),
             }
         }
+        self.held_released = release;
         if self.maybe_commit() {
             self.commit_advanced();
         }
@@ -140,6 +146,7 @@ impl Raft {
     pub(crate) fn on_truncated(&mut self, index: Index) {
         let keep = index - 1;
         self.log.persisted = self.log.persisted.min(keep);
+        self.quorum_moved = true;
         for w in &mut self.inflight_writes {
             w.last = w.last.map(|l| l.min(keep));
         }

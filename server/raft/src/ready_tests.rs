@@ -77,3 +77,25 @@ fn committed_entries_are_handed_out_within_the_byte_limit_per_ready() {
     );
     assert_eq!(raft.status().applied, raft.status().hard.commit);
 }
+
+/// A leader computes its quorum commit again only once what it depends on moved (here
+/// its own durable index), not at every `has_ready`, which a node calls many times a
+/// round; and the commit then moves as before.
+#[test]
+fn the_quorum_commit_is_computed_only_when_an_index_it_counts_moved() {
+    let mut raft = lone_leader(Config::new(NodeId(1), 7));
+    raft.propose(Bytes::from_static(b"x")).expect("leader");
+    assert!(raft.has_ready());
+    let rd = raft.ready();
+    let w = rd.write.expect("the entry is written");
+    let before = raft.quorum_computations;
+    for _ in 0..5 {
+        raft.has_ready();
+    }
+    assert_eq!(raft.quorum_computations, before, "nothing it counts moved");
+    let commit = raft.status().hard.commit;
+    raft.on_persisted(w.id);
+    assert_eq!(raft.quorum_computations, before + 1);
+    assert_eq!(raft.status().hard.commit, commit + 1, "the entry commits");
+    assert_eq!(drain(&mut raft), vec![vec![Bytes::from_static(b"x")]]);
+}

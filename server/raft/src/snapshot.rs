@@ -186,6 +186,7 @@ impl Raft {
         }
         if done {
             pr.maybe_update(index);
+            self.quorum_moved = true;
             pr.become_probe();
             while self.maybe_send_append(from, false) {}
             return;

@@ -25,6 +25,55 @@ pub struct Record {
     pub payload: Bytes,
 }
 
+/// The `group` of a record holding records of many groups (the node's one record per
+/// round for all of them): its payload ends with a cover table ([`push_covers`]) naming
+/// each group it holds entries of and the highest index of each, which compaction reads
+/// as if each were a record of that group. Never a shard id: shards are numbered below
+/// `kv_shared::limits::SHARDS_MAX` and the metadata group is `u32::MAX`. Such a record
+/// is never sticky.
+pub const MANY_GROUPS: u32 = u32::MAX - 1;
+/// Bytes of one cover table row: group (u32), highest index (u64).
+const COVER_ROW_BYTES: usize = 12;
+
+/// Appends the cover table of a [`MANY_GROUPS`] record to the end of its payload: a row
+/// (group, highest index) per group, then the row count (u32). A group may have several
+/// rows; the highest index counts.
+pub fn push_covers(payload: &mut Vec<u8>, covers: &[(u32, u64)]) {
+    payload.reserve(covers.len() * COVER_ROW_BYTES + 4);
+    for &(group, index) in covers {
+        payload.extend_from_slice(&group.to_le_bytes());
+        payload.extend_from_slice(&index.to_le_bytes());
+    }
+    payload.extend_from_slice(&(covers.len() as u32).to_le_bytes());
+}
+
+/// Splits the payload of a [`MANY_GROUPS`] record into the node's bytes and the rows of
+/// its cover table, or says why it has none.
+pub fn split_covers(payload: &[u8]) -> Result<(&[u8], Covers<'_>), String> {
+    let Some(count_at) = payload.len().checked_sub(4) else {
+        return Err("many-groups record without a cover table".to_string());
+    };
+    let rows = le_u32(&payload[count_at..]) as usize;
+    let table = rows
+        .checked_mul(COVER_ROW_BYTES)
+        .and_then(|n| count_at.checked_sub(n))
+        .ok_or_else(|| format!("cover table of {rows} rows longer than the payload"))?;
+    Ok((&payload[..table], Covers(&payload[table..count_at])))
+}
+
+/// The rows of a [`MANY_GROUPS`] record's cover table: (group, highest index).
+#[derive(Clone, Copy, Debug)]
+pub struct Covers<'a>(&'a [u8]);
+
+impl Covers<'_> {
+    /// Each row, in the order written.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.0
+            .chunks_exact(COVER_ROW_BYTES)
+            .map(|row| (le_u32(&row[..4]), le_u64(&row[4..])))
+    }
+}
+
 /// Largest payload of one WAL record. Far above one Raft append batch
 /// (`APPEND_BYTES_MAX` is 48 KiB) so the node never meets it in normal operation, and
 /// small enough that a corrupt length field cannot make recovery allocate gigabytes.
@@ -147,6 +196,10 @@ pub(crate) fn encode_record(record: &Record, seed: u32, out: &mut Vec<u8>) {
         record.payload.len() as u64 <= RECORD_PAYLOAD_BYTES_MAX,
         "caller checks the limit"
     );
+    assert!(
+        record.group != MANY_GROUPS || (!record.sticky && split_covers(&record.payload).is_ok()),
+        "a many-groups record is not sticky and ends with its cover table"
+    );
     let start = out.len();
     let body_len = (RECORD_BODY_HEADER_BYTES + record.payload.len()) as u32;
     out.extend_from_slice(&body_len.to_le_bytes());
@@ -206,10 +259,18 @@ pub(crate) fn decode_record(data: &[u8], at: usize, seed: u32) -> Result<(Record
             "unknown record flags {flags:#04x} or nonzero reserved bits"
         ));
     }
+    let group = le_u32(&body[4..8]);
+    let sticky = flags & FLAG_STICKY != 0;
+    if group == MANY_GROUPS {
+        if sticky {
+            return Err("a many-groups record marked sticky".to_string());
+        }
+        split_covers(&body[RECORD_BODY_HEADER_BYTES..])?;
+    }
     let record = Record {
-        group: le_u32(&body[4..8]),
+        group,
         kind: body[0],
-        sticky: flags & FLAG_STICKY != 0,
+        sticky,
         last_index: le_u64(&body[8..16]),
         payload: Bytes::copy_from_slice(&body[RECORD_BODY_HEADER_BYTES..]),
     };
@@ -360,6 +421,46 @@ mod tests {
                 "prefix of {len} bytes accepted"
             );
         }
+    }
+
+    /// A many-groups record decodes with its cover table; one that is sticky or whose
+    /// table does not fit its payload is refused even with a valid CRC.
+    #[test]
+    fn a_many_groups_record_carries_its_cover_table() {
+        let mut payload = b"body".to_vec();
+        push_covers(&mut payload, &[(3, 9), (1, 4)]);
+        let many = Record {
+            group: MANY_GROUPS,
+            kind: 4,
+            sticky: false,
+            last_index: 0,
+            payload: Bytes::from(payload),
+        };
+        let mut buf = Vec::new();
+        encode_record(&many, SEED, &mut buf);
+        let (decoded, _) = decode_record(&buf, 0, SEED).unwrap();
+        assert_eq!(decoded, many);
+        let (body, covers) = split_covers(&decoded.payload).unwrap();
+        assert_eq!(body, b"body");
+        assert_eq!(covers.iter().collect::<Vec<_>>(), vec![(3, 9), (1, 4)]);
+
+        // Re-sealed with a valid CRC: as a plain record of group 7 turned many-groups
+        // (its payload has no table), and as a sticky many-groups record.
+        let reseal = |mut buf: Vec<u8>, group: u32, flags: u8| {
+            buf[9] = flags;
+            buf[12..16].copy_from_slice(&group.to_le_bytes());
+            let crc = record_crc(SEED, &buf[0..4], &buf[RECORD_PREFIX_BYTES..]);
+            buf[4..8].copy_from_slice(&crc.to_le_bytes());
+            decode_record(&buf, 0, SEED)
+        };
+        let mut plain = Vec::new();
+        encode_record(&record(b"no table"), SEED, &mut plain);
+        assert!(
+            reseal(plain.clone(), 7, FLAG_STICKY).is_ok(),
+            "the reseal itself"
+        );
+        assert!(reseal(plain, MANY_GROUPS, 0).is_err(), "no cover table");
+        assert!(reseal(buf, MANY_GROUPS, FLAG_STICKY).is_err(), "sticky");
     }
 
     #[test]

@@ -26,7 +26,10 @@ pub mod storage;
 
 pub use disk::Disk;
 pub use error::StorageError;
-pub use format::{Record, RECORD_PAYLOAD_BYTES_MAX, SNAPSHOT_BYTES_MAX};
+pub use format::{
+    push_covers, split_covers, Covers, Record, MANY_GROUPS, RECORD_PAYLOAD_BYTES_MAX,
+    SNAPSHOT_BYTES_MAX,
+};
 pub use real_disk::RealDisk;
 pub use sim_disk::{SimDisk, SimDiskStats};
 pub use storage::{PartialAppend, Recovered, Storage, TruncatedTail, WalOptions};

@@ -10,8 +10,8 @@ use crate::error::StorageError;
 use crate::format::{
     check_segment_header, decode_record, decode_snapshot, encode_record, encode_segment_header,
     encode_snapshot, parse_segment_name, parse_snapshot_name, record_seed, segment_name,
-    snapshot_name, valid_record_after, zeros_from, Record, RECORD_PAYLOAD_BYTES_MAX,
-    SEGMENT_HEADER_BYTES, SNAPSHOT_BYTES_MAX, TEMP_SUFFIX,
+    snapshot_name, split_covers, valid_record_after, zeros_from, Record, MANY_GROUPS,
+    RECORD_PAYLOAD_BYTES_MAX, SEGMENT_HEADER_BYTES, SNAPSHOT_BYTES_MAX, TEMP_SUFFIX,
 };
 
 /// A batch append ([`Storage::append_all`]) that stopped at a failure.
@@ -91,8 +91,20 @@ impl Segment {
     }
 
     fn note(&mut self, record: &Record) {
-        let max = self.last_index_max.entry(record.group).or_insert(0);
-        *max = (*max).max(record.last_index);
+        if record.group == MANY_GROUPS {
+            let (_, covers) =
+                split_covers(&record.payload).expect("checked when encoded or decoded");
+            for (group, index) in covers.iter() {
+                self.note_index(group, index);
+            }
+        } else {
+            self.note_index(record.group, record.last_index);
+        }
+    }
+
+    fn note_index(&mut self, group: u32, index: u64) {
+        let max = self.last_index_max.entry(group).or_insert(0);
+        *max = (*max).max(index);
     }
 }
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{entry, open, sticky, Harness, RealHarness, SimHarness};
+use common::{entry, many, open, sticky, Harness, RealHarness, SimHarness};
 use kv_storage::{Disk, Record, StorageError, TruncatedTail, WalOptions, RECORD_PAYLOAD_BYTES_MAX};
 
 /// A segment holds exactly one 60-byte-payload record (20-byte header + 84-byte
@@ -108,6 +108,43 @@ fn compaction_deletes_exactly_the_right_segments<H: Harness>(h: &H) {
     drop(s);
     let (s, rec) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
     assert_eq!(s.segment_names(), vec![names[3].clone()]);
+    assert_eq!(rec.records, vec![entry(1, 12, 60)]);
+}
+
+/// A record of many groups comes back as written and pins its segment for each group
+/// in its cover table until that group's snapshot passes its index there, and the
+/// overwrite rule counts its rows as it counts single-group records.
+fn many_groups_records_replay_and_pin_each_group<H: Harness>(h: &H) {
+    let (mut s, _) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
+    // seg 1: group 1 up to 10 and group 2 up to 3; seg 2: group 1 up to 6 (overwrote
+    // 7..10) and group 3 up to 1; seg 3: group 1 up to 12 (active).
+    let written = vec![
+        many(&[(1, 10), (2, 3)], 20),
+        many(&[(1, 6), (3, 1)], 20),
+        entry(1, 12, 60),
+    ];
+    for r in &written {
+        s.append(r).unwrap();
+    }
+    s.sync().unwrap();
+    let names = s.segment_names();
+    assert_eq!(names.len(), 3);
+    drop(s);
+    let (mut s, rec) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
+    assert_eq!(rec.records, written);
+
+    // Seg 2 alone is covered for group 1 by 6, but seg 1 (group 1 up to 10) stays, so
+    // seg 2 stays too; group 3 pins it anyway.
+    s.compact(1, 6).unwrap();
+    s.compact(3, 1).unwrap();
+    assert_eq!(s.segment_names(), names);
+    // Group 1 past 10: seg 2 goes; seg 1 is still pinned by group 2's row.
+    s.compact(1, 10).unwrap();
+    assert_eq!(s.segment_names(), vec![names[0].clone(), names[2].clone()]);
+    s.compact(2, 3).unwrap();
+    assert_eq!(s.segment_names(), vec![names[2].clone()]);
+    drop(s);
+    let (_, rec) = open(h, ONE_RECORD_PER_SEGMENT).unwrap();
     assert_eq!(rec.records, vec![entry(1, 12, 60)]);
 }
 
@@ -769,6 +806,7 @@ suite!(
     segments_roll_and_replay_in_order,
     sticky_records_survive_segment_deletion,
     compaction_deletes_exactly_the_right_segments,
+    many_groups_records_replay_and_pin_each_group,
     snapshot_indexes_found_at_open_guide_compaction,
     torn_tail_is_truncated_and_reported,
     bad_crc_on_the_last_record_is_a_torn_tail,

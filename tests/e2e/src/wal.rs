@@ -69,6 +69,18 @@ pub fn flip_byte(path: &Path, offset: u64) {
     f.sync_all().expect("sync");
 }
 
+/// Copies `len` bytes of `path` from offset `from` to offset `to` (over what is there,
+/// or past the end).
+pub fn copy_within(path: &Path, from: u64, len: u64, to: u64) {
+    let mut f = crate::cluster::open_rw(path);
+    let mut b = vec![0u8; len as usize];
+    f.seek(SeekFrom::Start(from)).expect("seek");
+    f.read_exact(&mut b).expect("read");
+    f.seek(SeekFrom::Start(to)).expect("seek");
+    f.write_all(&b).expect("write");
+    f.sync_all().expect("sync");
+}
+
 /// Cuts `path` to `len` bytes.
 pub fn truncate(path: &Path, len: u64) {
     let f = crate::cluster::open_rw(path);

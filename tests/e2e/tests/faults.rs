@@ -57,15 +57,21 @@ fn a_torn_wal_tail_is_cut_off_and_the_node_recovers() {
     let last = segs.last().expect("node 1 has a WAL segment");
     let records = wal::records(last);
     let tail = *records.last().expect("the last segment has records");
-    // A crash in the middle of writing the last record: half of it reached the disk.
-    wal::truncate(last, tail.offset + tail.len / 2);
+    // A crash in the middle of writing the next record: half of it reached the disk (here
+    // the first half of a copy of the last one, a complete length prefix and too few
+    // bytes), after the records that were synced. A write the crash tore was never
+    // synced, so nothing in it was acknowledged; the last record was (with one record
+    // per round, it holds the entries every group of the round acknowledged).
+    let end = tail.offset + tail.len;
+    wal::copy_within(last, tail.offset, tail.len / 2, end);
+    let file_len = std::fs::metadata(last).expect("segment").len();
 
     c.spawn(NodeId(1));
     let cut_logged = format!(
         "file={} offset={} bytes_cut={}",
         last.display(),
-        tail.offset,
-        tail.len / 2
+        end,
+        file_len - end
     );
     wait_for("node 1 to log the cut", Duration::from_secs(20), || {
         c.log(NodeId(1))

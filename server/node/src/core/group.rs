@@ -8,7 +8,7 @@ use crate::sm::StateMachine;
 use crate::wal::{RecoveryError, Tombstone};
 use kv_raft::{Raft, Restored, Snapshot, SoftState, WriteId};
 use kv_shared::registry::METADATA_SHARD;
-use kv_shared::ShardId;
+use kv_shared::{NodeId, ShardId};
 use std::collections::BTreeMap;
 use std::ops::{Index, IndexMut};
 
@@ -24,6 +24,9 @@ pub(super) enum Durable {
 /// One shard: its Raft replica, state machine and requests in flight.
 pub(super) struct Group {
     pub(super) shard: ShardId,
+    /// The term and vote of the latest hard-state record written (or recovered): a
+    /// write that changes only the commit index needs none (see `wal::KIND_ROUND`).
+    pub(super) term_vote_written: (u64, NodeId),
     pub(super) raft: Raft,
     pub(super) sm: StateMachine,
     pub(super) soft: SoftState,
@@ -126,6 +129,7 @@ impl Group {
         let removed_at = (!created && !snapshot_lists_me).then_some(snapshot_index);
         Ok(Group {
             shard,
+            term_vote_written: (st.hard.term, st.hard.vote),
             raft,
             sm,
             soft: SoftState {
@@ -184,8 +188,14 @@ impl Group {
 /// only the touched groups: at 64 shards, asking all 65 for a Ready on every flush was a
 /// large share of a put's instructions. [`Groups::peek_mut`] is the one unmarked way in,
 /// for that question alone.
+///
+/// Shards below `SHARDS_MAX` (all but the metadata group) sit in a vector indexed by
+/// their id: a round looks its groups up many times each, and at 64 shards a BTreeMap's
+/// search per lookup was a tenth of the leader node's instructions.
 pub(super) struct Groups {
-    map: BTreeMap<ShardId, Group>,
+    dense: Vec<Option<Group>>,
+    /// Groups of shard ids from `SHARDS_MAX` on (the metadata group).
+    sparse: BTreeMap<ShardId, Group>,
     /// The touched groups in the order they were first touched, each once (the ones
     /// removed since may be listed: [`Groups::take_touched`] leaves them out).
     touched: Vec<ShardId>,
@@ -195,41 +205,59 @@ impl Groups {
     /// The groups restored at startup, all touched: each is asked for its first Ready.
     pub(super) fn new(map: BTreeMap<ShardId, Group>) -> Groups {
         let mut groups = Groups {
-            map,
+            dense: Vec::new(),
+            sparse: BTreeMap::new(),
             touched: Vec::new(),
         };
-        groups.iter_mut().for_each(drop);
+        for (shard, group) in map {
+            groups.insert(shard, group);
+        }
         groups
     }
 
     pub(super) fn contains(&self, shard: ShardId) -> bool {
-        self.map.contains_key(&shard)
+        self.get(shard).is_some()
     }
 
     /// The hosted shards, ascending (a copy, so the caller may mutate groups meanwhile).
     pub(super) fn ids(&self) -> Vec<ShardId> {
-        self.map.keys().copied().collect()
+        self.iter().map(|g| g.shard).collect()
     }
 
+    /// Every group, ascending by shard.
     pub(super) fn iter(&self) -> impl Iterator<Item = &Group> {
-        self.map.values()
+        self.dense.iter().flatten().chain(self.sparse.values())
     }
 
     /// Every group, each marked touched.
     pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Group> {
-        for g in self.map.values_mut() {
+        for g in self
+            .dense
+            .iter_mut()
+            .flatten()
+            .chain(self.sparse.values_mut())
+        {
             mark(&mut self.touched, g);
         }
-        self.map.values_mut()
+        self.dense
+            .iter_mut()
+            .flatten()
+            .chain(self.sparse.values_mut())
     }
 
     pub(super) fn get(&self, shard: ShardId) -> Option<&Group> {
-        self.map.get(&shard)
+        match dense_slot(shard) {
+            Some(i) => self.dense.get(i)?.as_ref(),
+            None => self.sparse.get(&shard),
+        }
     }
 
     /// The group, marked touched.
     pub(super) fn get_mut(&mut self, shard: ShardId) -> Option<&mut Group> {
-        let g = self.map.get_mut(&shard)?;
+        let g = match dense_slot(shard) {
+            Some(i) => self.dense.get_mut(i)?.as_mut()?,
+            None => self.sparse.get_mut(&shard)?,
+        };
         mark(&mut self.touched, g);
         Some(g)
     }
@@ -237,25 +265,41 @@ impl Groups {
     /// The group, NOT marked touched: only for asking whether it has work, which changes
     /// nothing of it when it has none.
     pub(super) fn peek_mut(&mut self, shard: ShardId) -> Option<&mut Group> {
-        self.map.get_mut(&shard)
+        match dense_slot(shard) {
+            Some(i) => self.dense.get_mut(i)?.as_mut(),
+            None => self.sparse.get_mut(&shard),
+        }
     }
 
     /// Hosts `group` (touched).
     pub(super) fn insert(&mut self, shard: ShardId, mut group: Group) {
         group.touched = false;
         mark(&mut self.touched, &mut group);
-        self.map.insert(shard, group);
+        match dense_slot(shard) {
+            Some(i) => {
+                if self.dense.len() <= i {
+                    self.dense.resize_with(i + 1, || None);
+                }
+                self.dense[i] = Some(group);
+            }
+            None => {
+                self.sparse.insert(shard, group);
+            }
+        }
     }
 
     pub(super) fn remove(&mut self, shard: ShardId) -> Option<Group> {
-        self.map.remove(&shard)
+        match dense_slot(shard) {
+            Some(i) => self.dense.get_mut(i)?.take(),
+            None => self.sparse.remove(&shard),
+        }
     }
 
     /// The hosted groups touched since the last call, in the order first touched; their
     /// marks are cleared.
     pub(super) fn take_touched(&mut self) -> Vec<ShardId> {
         let mut touched = std::mem::take(&mut self.touched);
-        touched.retain(|shard| match self.map.get_mut(shard) {
+        touched.retain(|&shard| match self.peek_mut(shard) {
             Some(g) if g.touched => {
                 g.touched = false;
                 true
@@ -265,6 +309,11 @@ impl Groups {
         });
         touched
     }
+}
+
+/// Where `shard`'s group sits in `Groups::dense`, if there.
+fn dense_slot(shard: ShardId) -> Option<usize> {
+    (shard.0 < kv_shared::limits::SHARDS_MAX).then_some(shard.0 as usize)
 }
 
 fn mark(touched: &mut Vec<ShardId>, g: &mut Group) {
@@ -278,8 +327,7 @@ impl Index<ShardId> for Groups {
     type Output = Group;
 
     fn index(&self, shard: ShardId) -> &Group {
-        self.map
-            .get(&shard)
+        self.get(shard)
             .unwrap_or_else(|| panic!("shard {shard} is not hosted here"))
     }
 }

@@ -192,7 +192,8 @@ impl NodeCore {
         group.was_member |= is_listed(group.raft.membership(), self.config.node);
     }
 
-    /// Turns a Raft Write into DiskOps of this round: snapshot, entries, hard state.
+    /// Turns a Raft Write into DiskOps of this round: snapshot, then the log and commit
+    /// index as a part of the round record, then the term and vote, only if changed.
     fn persist(&mut self, g: ShardId, w: kv_raft::Write) {
         let shard = g.0;
         let mut replaced_log = false;
@@ -216,21 +217,23 @@ impl NodeCore {
             replaced_log =
                 w.entries.is_empty() && self.groups[g].raft.status().last_index == snap.meta.index;
             if replaced_log {
-                self.round_ops.push(DiskOp::Append(wal::entries_record(
-                    shard,
-                    snap.meta.index + 1,
-                    Vec::new(),
-                )));
+                self.round_ops.add_part(shard, snap.meta.index + 1, &[], 0);
             }
         }
+        let commit = w.hard_state.map_or(0, |hs| hs.commit);
         if let Some(first) = w.entries.first().map(|e| e.index) {
             debug_assert!(!replaced_log);
-            self.round_ops
-                .push(DiskOp::Append(wal::entries_record(shard, first, w.entries)));
+            self.round_ops.add_part(shard, first, &w.entries, commit);
+        } else if commit > 0 {
+            self.round_ops.add_part(shard, 0, &[], commit);
         }
         if let Some(hs) = &w.hard_state {
-            self.round_ops
-                .push(DiskOp::Append(wal::hard_state_record(shard, hs)));
+            let group = &mut self.groups[g];
+            if (hs.term, hs.vote) != group.term_vote_written {
+                group.term_vote_written = (hs.term, hs.vote);
+                self.round_ops
+                    .push(DiskOp::Append(wal::hard_state_record(shard, hs)));
+            }
         }
         self.round_durable.push(Durable::Raft(g, w.id));
     }
@@ -359,6 +362,54 @@ impl NodeCore {
             data: wal::encode_snapshot(&snap),
         });
         self.round_durable.push(Durable::OwnSnapshot(g, snap));
+    }
+}
+
+/// The DiskOps of the round being assembled. The log writes of consecutive groups
+/// share one round record ([`wal::RoundRecord`]); any other op closes it first, so
+/// every op keeps its place in the order the round made them.
+#[derive(Debug, Default)]
+pub(super) struct RoundOps {
+    ops: Vec<DiskOp>,
+    open: wal::RoundRecord,
+}
+
+impl RoundOps {
+    /// Adds `op` after everything added so far.
+    pub(super) fn push(&mut self, op: DiskOp) {
+        self.close();
+        self.ops.push(op);
+    }
+
+    /// Adds a group's log write and commit index (see [`wal::RoundRecord::add`]).
+    fn add_part(&mut self, shard: u32, first_index: u64, entries: &[Entry], commit: u64) {
+        self.open.add(shard, first_index, entries, commit);
+    }
+
+    /// True if nothing was added since the last take.
+    pub(super) fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.open.is_empty()
+    }
+
+    /// The ops of the round, leaving room for as many in the next.
+    pub(super) fn take(&mut self) -> Vec<DiskOp> {
+        self.close();
+        super::take_sized(&mut self.ops)
+    }
+
+    fn close(&mut self) {
+        if let Some(record) = self.open.take() {
+            self.ops.push(DiskOp::Append(record));
+        }
+    }
+}
+
+impl FromIterator<DiskOp> for RoundOps {
+    fn from_iter<I: IntoIterator<Item = DiskOp>>(ops: I) -> RoundOps {
+        RoundOps {
+            ops: ops.into_iter().collect(),
+            open: wal::RoundRecord::default(),
+        }
     }
 }
 

@@ -24,14 +24,23 @@ impl Sim {
         for op in w.ops {
             match op {
                 DiskOp::Append(rec) => {
-                    if let Ok(WalRecord::Entries { shard, record }) = wal::decode(&rec) {
-                        let e: Vec<(u64, u64)> = record
-                            .entries
+                    let logs = match wal::decode(&rec) {
+                        Ok(WalRecord::Entries { shard, record }) => {
+                            vec![(shard, record.first_index, record.entries)]
+                        }
+                        Ok(WalRecord::Round(parts)) => parts
+                            .into_iter()
+                            .filter(|p| p.first_index > 0)
+                            .map(|p| (p.shard, p.first_index, p.entries))
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    for (shard, first_index, entries) in logs {
+                        let e: Vec<(u64, u64)> = entries
                             .iter()
                             .map(|e| (e.term, kv_node::entry_hash(e)))
                             .collect();
-                        self.checker
-                            .wrote_entries(id, shard, record.first_index, &e)?;
+                        self.checker.wrote_entries(id, shard, first_index, &e)?;
                     }
                     r.storage.append(&rec).expect("sim disk append");
                 }
@@ -131,6 +140,17 @@ fn describe_write(w: &DiskWrite) -> String {
                         " s{shard}:entries@{} terms {terms:?}",
                         record.first_index
                     )
+                }
+                Ok(WalRecord::Round(parts)) => {
+                    for p in parts {
+                        let terms: Vec<u64> = p.entries.iter().map(|e| e.term).collect();
+                        let _ = write!(
+                            s,
+                            " s{}:entries@{} terms {terms:?} c{}",
+                            p.shard, p.first_index, p.commit
+                        );
+                    }
+                    Ok(())
                 }
                 Ok(WalRecord::HardState { shard, hard_state }) => write!(
                     s,

@@ -9,7 +9,10 @@ use std::path::Path;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use kv_storage::{Disk, RealDisk, Record, Recovered, SimDisk, Storage, StorageError, WalOptions};
+use kv_storage::{
+    push_covers, Disk, RealDisk, Record, Recovered, SimDisk, Storage, StorageError, WalOptions,
+    MANY_GROUPS,
+};
 
 /// Access to one disk for the suite: fresh handles to it and fault switches.
 pub trait Harness {
@@ -187,6 +190,21 @@ pub fn entry(group: u32, last_index: u64, payload_len: usize) -> Record {
         kind: 1,
         sticky: false,
         last_index,
+        payload: Bytes::from(payload),
+    }
+}
+
+/// A [`MANY_GROUPS`] record (think: the node's round record) holding records of the
+/// groups in `covers` up to their index there, with `body_len` bytes of its own.
+pub fn many(covers: &[(u32, u64)], body_len: usize) -> Record {
+    let mut payload = format!("many{covers:?}").into_bytes();
+    payload.resize(body_len.max(payload.len()), b'.');
+    push_covers(&mut payload, covers);
+    Record {
+        group: MANY_GROUPS,
+        kind: 4,
+        sticky: false,
+        last_index: 0,
         payload: Bytes::from(payload),
     }
 }
