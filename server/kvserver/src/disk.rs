@@ -446,9 +446,9 @@ fn prepare<S: LogStore>(side: &Side<S>) -> Result<(), StoreError> {
 
 /// Executes every op not yet executed, in order; stops at the first failure, leaving the
 /// failed op (and everything after it) to be retried. Consecutive appends, across
-/// writes too, go to the store as one batch: with many groups a round holds an entries
-/// and a hard-state record per group, and one write(2) for all of them instead of one
-/// each is most of the disk thread's system calls.
+/// writes too, go to the store as one batch: several writes can be queued (a round's
+/// record, snapshots' and replicas' records), and one write(2) for all of them instead
+/// of one each saves the disk thread's system calls.
 fn execute_all<S: LogStore + ?Sized>(
     store: &mut S,
     queue: &mut VecDeque<Pending>,
