@@ -537,6 +537,21 @@ def measure(system, cluster, op, clients, shards, value_size, duration_s, runner
     return point
 
 
+def ab_row(system, cluster, op, clients, shards, duration_s, rep):
+    """One repetition of an A/B point (the auth and leader comparisons): the figures both
+    keep of `measure`'s point, each repetition with its own key seed."""
+    point = measure(
+        system, cluster, op, clients, shards, VALUE_SMALL, duration_s,
+        lambda: cluster.bench(clients, duration_s, MIX[op], VALUE_SMALL, seed=rep + 1),
+    )
+    return {
+        "repetition": rep, "op": op, "ops_per_s": point["ops_per_s"],
+        "server_cpu_us_per_op": point["server_cpu_us_per_op"], "errors": point["errors"],
+        "p50_us": point["latency_us"].get("p50_us"), "p99_us": point["latency_us"].get("p99_us"),
+        "client_cpu_percent": point["client_cpu_percent"], "load_average_1m": os.getloadavg()[0],
+    }
+
+
 def idle_cpu(cluster, seconds=IDLE_SECONDS):
     """Server CPU of a cluster that serves nothing: the price of idle shards."""
     time.sleep(2)  # let the elections' traffic settle
@@ -856,16 +871,8 @@ def run_auth(args, bins, workdir, results):
             for p in order:
                 c = clusters[p]
                 for op in ("put", "get"):
-                    point = measure(
-                        f"raftkv-{p}", c, op, AUTH_CLIENTS, BASE_SHARDS, VALUE_SMALL, args.duration,
-                        lambda: c.bench(AUTH_CLIENTS, args.duration, MIX[op], VALUE_SMALL, seed=rep + 1),
-                    )
-                    rows.append({
-                        "protection": p, "repetition": rep, "op": op, "ops_per_s": point["ops_per_s"],
-                        "server_cpu_us_per_op": point["server_cpu_us_per_op"], "errors": point["errors"],
-                        "p50_us": point["latency_us"].get("p50_us"), "p99_us": point["latency_us"].get("p99_us"),
-                        "client_cpu_percent": point["client_cpu_percent"],
-                    })
+                    row = ab_row(f"raftkv-{p}", c, op, AUTH_CLIENTS, BASE_SHARDS, args.duration, rep)
+                    rows.append({"protection": p, **row})
     finally:
         for c in clusters.values():
             c.stop()
@@ -931,16 +938,8 @@ def run_leaders(args, bins, workdir, results):
                 for policy in order:
                     c = clusters[policy]
                     for op in ("put", "get"):
-                        point = measure(
-                            f"raftkv-{policy}", c, op, LEADERS_CLIENTS, shards, VALUE_SMALL, args.duration,
-                            lambda: c.bench(LEADERS_CLIENTS, args.duration, MIX[op], VALUE_SMALL, seed=rep + 1),
-                        )
-                        rows.append({
-                            "leaders": policy, "shards": shards, "repetition": rep, "op": op,
-                            "ops_per_s": point["ops_per_s"], "server_cpu_us_per_op": point["server_cpu_us_per_op"],
-                            "errors": point["errors"], "p50_us": point["latency_us"].get("p50_us"),
-                            "p99_us": point["latency_us"].get("p99_us"), "load_average_1m": os.getloadavg()[0],
-                        })
+                        row = ab_row(f"raftkv-{policy}", c, op, LEADERS_CLIENTS, shards, args.duration, rep)
+                        rows.append({"leaders": policy, "shards": shards, **row})
                     if shards != BASE_SHARDS or not with_redis:
                         continue
                     key_text = (c.dir / "keys" / "bench.key").read_text()

@@ -38,7 +38,7 @@ pub struct Assessment {
     /// leaders: [`super::packed_leader`], when some voter is live; 0 with spread leaders).
     /// A shard without a leader is not counted: no transfer can help it.
     pub leaders_misplaced: usize,
-    /// The leader policy the cluster was measured against.
+    /// The leader policy `leaders_misplaced` and `leaders_over` judge by.
     pub leaders: LeaderPolicy,
     /// Shards with fewer than R voters on live nodes.
     pub short_shards: Vec<ShardId>,
