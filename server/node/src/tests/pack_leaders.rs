@@ -45,10 +45,16 @@ fn packed_leaders_with_three_replicas_of_five_sit_on_each_shards_lowest_replica(
         cfg.leaders = LeaderPolicy::Pack;
     });
     let placement = c.nodes[0].config().placement();
+    let mut spread = c.nodes[0].config().clone();
+    spread.leaders = LeaderPolicy::Spread;
+    assert_eq!(
+        placement,
+        spread.placement(),
+        "the policy places no replica"
+    );
     c.tick(800);
     for s in (0..shards).map(ShardId) {
         let lowest = placement[s.0 as usize].replicas[0];
-        assert_eq!(placement[s.0 as usize].preferred_leader, lowest);
         assert_eq!(NodeId(c.leader(s) as u64 + 1), lowest, "shard {s}");
     }
 }
