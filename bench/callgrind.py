@@ -6,8 +6,11 @@ with every node under `valgrind --tool=callgrind`, runs one fixed workload with
 `kvcli bench --ops N` (16 B keys, 100 B values, 10,000 keys, seed 1), stops the nodes
 with SIGTERM and prints the three processes' total instructions divided by N. The count
 starts once every shard has a leader (callgrind_control --zero), so startup and election
-are left out unless --count-startup; ticks and heartbeats during the run still count,
-which is why N should be large (20,000).
+are left out unless --count-startup; with --leaders-on the zero comes after the move, so
+the status polls that find the leaders (and the `shard leader` requests) are left out
+too. What the servers do per unit of time during the run still counts (ticks,
+heartbeats, the balancer's status rounds), which is why N should be large (20,000); so
+does the status request kvcli bench sends each node when it connects.
 Throughput under callgrind means nothing; compare instructions/op between builds.
 
     python3 bench/callgrind.py --target $CARGO_TARGET_DIR/release --shards 8 --ops 20000
@@ -67,8 +70,9 @@ try:
     if a.leaders_on:
         put_leaders_on(kvcli, a.shards, a.leaders_on)
     if not a.count_startup:
-        # Count from here: startup, elections and the status polls above would otherwise
-        # weigh on the figure by how long the loaded machine took to elect.
+        # Count from here, after every status poll and leader move above: they would
+        # otherwise weigh on the figure by how long the loaded machine took to elect and
+        # to move leaderships. The bench that follows asks each node once, at connect.
         for x in procs:
             subprocess.run(["callgrind_control", "--zero", str(x.pid)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     mix = {"put":"0","get":"1"}[a.op]

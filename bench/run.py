@@ -217,18 +217,39 @@ def etcd_load_bin():
     return target / "release" / "etcd-load"
 
 
+def build_etcd_load():
+    """Builds bench/etcd-load (separate crate, not in the workspace); returns its binary."""
+    if not shutil.which("protoc"):
+        log("etcd-load needs protoc (the etcd client compiles etcd's .proto files): installing protobuf-compiler")
+        subprocess.run(["apt-get", "install", "-y", "protobuf-compiler"], check=True)
+    log("building bench/etcd-load (separate crate, not in the workspace)")
+    subprocess.run(["cargo", "build", "--release"], cwd=BENCH_DIR / "etcd-load", check=True)
+    return etcd_load_bin()
+
+
+def raftkv_bins():
+    return {n: target_dir() / "release" / n for n in ("kvserver", "kvcli")}
+
+
 def build(with_raftkv, with_etcd):
-    bins = {"kvserver": target_dir() / "release" / "kvserver", "kvcli": target_dir() / "release" / "kvcli"}
+    bins = raftkv_bins()
     if with_raftkv:
         log("building release binaries (kvserver, kvcli)")
         subprocess.run(["cargo", "build", "--release", "-p", "kv-server", "-p", "kvcli"], cwd=REPO, check=True)
     if with_etcd:
-        if not shutil.which("protoc"):
-            log("etcd-load needs protoc (the etcd client compiles etcd's .proto files): installing protobuf-compiler")
-            subprocess.run(["apt-get", "install", "-y", "protobuf-compiler"], check=True)
-        log("building bench/etcd-load (separate crate, not in the workspace)")
-        subprocess.run(["cargo", "build", "--release"], cwd=BENCH_DIR / "etcd-load", check=True)
+        bins["etcd-load"] = build_etcd_load()
+    return bins
+
+
+def prebuilt(with_etcd, build_etcd=build_etcd_load):
+    """--no-build: the binaries already built. bench/etcd-load's is built when it is
+    missing (no workspace build makes it), before any etcd starts."""
+    bins = raftkv_bins()
+    if with_etcd:
         bins["etcd-load"] = etcd_load_bin()
+        if not bins["etcd-load"].exists():
+            log(f"--no-build, but {bins['etcd-load']} is missing: building it")
+            bins["etcd-load"] = build_etcd()
     return bins
 
 
@@ -756,10 +777,21 @@ def redis_benchmark_spread(ports, pipeline, requests, auth=None):
     return out
 
 
+def redis_point_names(leaders):
+    """The --only redis point's raftkv rows, each named by its clusters' leader policy
+    (`raftkv-pack`, as --only leaders names a cluster), then how it is reached when that
+    is not every connection to node 1 with lease reads."""
+    return {
+        "node1": f"raftkv-{leaders}",
+        "all_nodes": f"raftkv-{leaders}-all-nodes",
+        "readindex": f"raftkv-{leaders}-readindex",
+    }
+
+
 def run_redis_point(args, bins, workdir, results):
     """SET and GET with redis-benchmark against raftkv (3 nodes, fsync on, the client
-    connected to node 1; lease reads, and ReadIndex reads on a second cluster as
-    `raftkv-readindex`) and against one redis-server with appendfsync always. Both run
+    connected to node 1; lease reads, and ReadIndex reads on a second cluster; rows named
+    by `redis_point_names`) and against one redis-server with appendfsync always. Both run
     side by side and the runs alternate between them, REDIS_ROUNDS times, so that a busy
     spell of the machine hits both; the table shows each point's median round."""
     for tool in ("redis-benchmark", "redis-server"):
@@ -794,13 +826,14 @@ def run_redis_point(args, bins, workdir, results):
             return next(l.split('"')[1] for l in key_text.splitlines() if l.startswith("key = "))
         secret = secret_of(cluster)
         # The headline: every connection to node 1, as an application that knows one
-        # address connects. "raftkv-spread": the same connections spread over the three
+        # address connects. "...-all-nodes": the same connections spread over the three
         # nodes (still Cluster-unaware, so two requests in three are forwarded).
+        names = redis_point_names(args.leaders)
         targets = [
-            ("raftkv", cluster.redis_ports[1], ("bench", secret)),
+            (names["node1"], cluster.redis_ports[1], ("bench", secret)),
             ("redis", port, None),
-            ("raftkv-spread", [cluster.redis_ports[n] for n in (1, 2, 3)], ("bench", secret)),
-            ("raftkv-readindex", readindex.redis_ports[1], ("bench", secret_of(readindex))),
+            (names["all_nodes"], [cluster.redis_ports[n] for n in (1, 2, 3)], ("bench", secret)),
+            (names["readindex"], readindex.redis_ports[1], ("bench", secret_of(readindex))),
         ]
         for round_no in range(REDIS_ROUNDS):
             # Alternate who goes first, so neither always runs right after the other.
@@ -1091,7 +1124,7 @@ def table(results):
                 f"median of {rd.get('rounds', 1)} alternating rounds (p50/p99 in ms)"
             ],
             rd["rows"],
-            lambda row: f"{row['system']:16} {row['test']:4} -P {row['pipeline']:<3} {row['rps']:>10.0f} req/s  p50 {row['p50_ms']:.3f}  p99 {row['p99_ms']:.3f}"
+            lambda row: f"{row['system']:24} {row['test']:4} -P {row['pipeline']:<3} {row['rps']:>10.0f} req/s  p50 {row['p50_ms']:.3f}  p99 {row['p99_ms']:.3f}"
             f"  load {row.get('load_average_1m', float('nan')):.1f}",
         )
         by = {(r["system"], r["test"], r["pipeline"]): r["rps"] for r in rd["rows"]}
@@ -1169,8 +1202,7 @@ def main():
         "points": [], "idle": [], "etcd_idle": None, "catchup": None, "ratios": [],
     }
     if args.no_build:
-        bins = {n: target_dir() / "release" / n for n in ("kvserver", "kvcli")}
-        bins["etcd-load"] = etcd_load_bin()
+        bins = prebuilt(with_etcd)
     else:
         bins = build(not args.no_raftkv, with_etcd)
     workdir = Path(tempfile.mkdtemp(prefix="raftkv-bench-"))

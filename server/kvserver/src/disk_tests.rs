@@ -166,15 +166,10 @@ fn done_ids(rx: &mut UnboundedReceiver<DiskEvent>, want: usize) -> Vec<u64> {
 
 #[test]
 fn writes_queued_during_an_fsync_share_the_next_one() {
-    let fake = Fake::default();
-    let (etx, mut erx) = unbounded_channel();
-    let disk = DiskThread::spawn(fake.clone(), etx).unwrap();
-    fake.with(|l| l.hold_sync = true);
+    let (fake, disk, mut erx) = started(|l| l.hold_sync = true);
     disk.submit(write(1)).unwrap();
     // Wait until write 1 is executed and its sync is blocked, then queue 50 more.
-    while fake.with(|l| l.executed.len()) < 2 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until(|| fake.with(|l| l.executed.len()) >= 2);
     for id in 2..=51 {
         disk.submit(write(id)).unwrap();
     }
@@ -192,14 +187,9 @@ fn writes_queued_during_an_fsync_share_the_next_one() {
 /// if removed shards' files were deleted after the whole batch).
 #[test]
 fn a_removal_and_a_take_back_run_in_write_order() {
-    let fake = Fake::default();
-    let (etx, mut erx) = unbounded_channel();
-    let disk = DiskThread::spawn(fake.clone(), etx).unwrap();
-    fake.with(|l| l.hold_sync = true);
+    let (fake, disk, mut erx) = started(|l| l.hold_sync = true);
     disk.submit(write(1)).unwrap();
-    while fake.with(|l| l.executed.len()) < 2 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until(|| fake.with(|l| l.executed.len()) >= 2);
     let compact = |index| DiskOp::Compact { shard: 0, index };
     disk.submit(DiskWrite {
         id: 2,
@@ -222,10 +212,7 @@ fn a_removal_and_a_take_back_run_in_write_order() {
 
 #[test]
 fn nothing_is_reported_done_before_its_sync() {
-    let fake = Fake::default();
-    let (etx, mut erx) = unbounded_channel();
-    let disk = DiskThread::spawn(fake.clone(), etx).unwrap();
-    fake.with(|l| l.hold_sync = true);
+    let (fake, disk, mut erx) = started(|l| l.hold_sync = true);
     disk.submit(write(1)).unwrap();
     std::thread::sleep(Duration::from_millis(50));
     assert!(
@@ -239,10 +226,7 @@ fn nothing_is_reported_done_before_its_sync() {
 
 #[test]
 fn a_full_disk_stalls_then_resumes_at_the_failed_op_without_duplicates() {
-    let fake = Fake::default();
-    fake.with(|l| l.full_for = 2);
-    let (etx, mut erx) = unbounded_channel();
-    let disk = DiskThread::spawn(fake.clone(), etx).unwrap();
+    let (fake, disk, mut erx) = started(|l| l.full_for = 2);
     disk.submit(write(1)).unwrap();
     match next(&mut erx) {
         DiskEvent::Full(e) => assert!(matches!(e, StorageError::DiskFull { .. }), "{e}"),
@@ -270,18 +254,13 @@ fn append(last_index: u64) -> DiskOp {
 
 #[test]
 fn appends_of_queued_writes_go_as_one_batch_and_resume_after_a_full_disk() {
-    let fake = Fake::default();
-    let (etx, mut erx) = unbounded_channel();
-    let disk = DiskThread::spawn(fake.clone(), etx).unwrap();
-    fake.with(|l| l.hold_sync = true);
+    let (fake, disk, mut erx) = started(|l| l.hold_sync = true);
     disk.submit(DiskWrite {
         id: 1,
         ops: vec![append(1), append(2)],
     })
     .unwrap();
-    while fake.with(|l| l.batches.len()) < 1 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until(|| !fake.with(|l| l.batches.is_empty()));
     // Writes 2 and 3 queue behind write 1's sync: their appends meet across the two
     // writes, and a Compact splits the run.
     disk.submit(DiskWrite {
@@ -315,10 +294,7 @@ fn appends_of_queued_writes_go_as_one_batch_and_resume_after_a_full_disk() {
 
 #[test]
 fn a_failed_sync_is_fatal_and_acknowledges_nothing() {
-    let fake = Fake::default();
-    fake.with(|l| l.fail_sync = true);
-    let (etx, mut erx) = unbounded_channel();
-    let disk = DiskThread::spawn(fake.clone(), etx).unwrap();
+    let (_, disk, mut erx) = started(|l| l.fail_sync = true);
     disk.submit(write(1)).unwrap();
     match next(&mut erx) {
         DiskEvent::Failed(e) => assert!(e.to_string().contains("fsync"), "{e}"),
@@ -498,9 +474,7 @@ fn a_failed_sync_here_is_an_error_not_a_durable_write() {
 
 #[test]
 fn finish_writes_and_reports_everything_queued() {
-    let fake = Fake::default();
-    let (etx, mut erx) = unbounded_channel();
-    let disk = DiskThread::spawn(fake.clone(), etx).unwrap();
+    let (fake, disk, mut erx) = started(|_| {});
     for id in 1..=20 {
         disk.submit(write(id)).unwrap();
     }

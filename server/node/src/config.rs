@@ -1,7 +1,7 @@
 //! The node core's settings, and how they derive from the cluster file, so the runtime,
 //! the simulator and tests all build Raft groups the same way.
 
-use crate::placement::{initial_placement_for, shards_of, ShardPlacement};
+use crate::placement::{initial_placement, shards_of, ShardPlacement};
 use kv_raft::Membership;
 use kv_shared::config::{ClusterConfig, LeaderPolicy};
 use kv_shared::limits::SESSIONS_MAX;
@@ -35,8 +35,8 @@ pub struct NodeConfig {
     /// A leader transfers to its shard's preferred leader (see [`NodeConfig::placement`])
     /// once that one is caught up.
     pub spread_leaders: bool,
-    /// Where the preferred leaders of [`NodeConfig::placement`] sit (the cluster file's
-    /// `[placement] leaders`).
+    /// Whom a leader hands over to (the cluster file's `[placement] leaders`): spread, the
+    /// preferred leader of [`NodeConfig::placement`]; pack, the shard's lowest current voter.
     pub leaders: LeaderPolicy,
     /// Run seed: each group's RNG derives from (seed, node, shard).
     pub seed: u64,
@@ -148,12 +148,7 @@ impl NodeConfig {
 
     /// The bootstrap replica set and preferred leader of every shard.
     pub fn placement(&self) -> Vec<ShardPlacement> {
-        initial_placement_for(
-            &self.members,
-            self.shard_count,
-            self.replication,
-            self.leaders,
-        )
+        initial_placement(&self.members, self.shard_count, self.replication)
     }
 
     /// The shards this node holds at bootstrap, each with its initial membership (what

@@ -1,9 +1,10 @@
 //! Initial placement: which R of the N nodes of the cluster file hold each shard, and
-//! which of them should lead it. A pure function of (nodes, shard count, R), so every
-//! node computes the same bootstrap replica sets without talking to the others; after
-//! bootstrap a shard's replica set is Raft state (conf changes), not this function.
+//! which of them should lead it under spread leaders. A pure function of (nodes, shard
+//! count, R), so every node computes the same bootstrap replica sets without talking to
+//! the others; after bootstrap a shard's replica set is Raft state (conf changes), not
+//! this function. Packed leaders need no placement: the node core derives them from each
+//! shard's current voters.
 
-use kv_shared::config::LeaderPolicy;
 use kv_shared::{NodeId, ShardId};
 
 /// Where one shard starts.
@@ -11,26 +12,14 @@ use kv_shared::{NodeId, ShardId};
 pub struct ShardPlacement {
     /// The nodes holding a replica, ascending.
     pub replicas: Vec<NodeId>,
-    /// The replica that should lead when everyone is up.
+    /// The replica that should lead when everyone is up, under `[placement] leaders =
+    /// "spread"` (the only policy that reads it).
     pub preferred_leader: NodeId,
 }
 
-/// [`initial_placement_for`] with spread leaders: the replica sets, and the preferred
-/// leaders of `[placement] leaders = "spread"`.
-pub fn initial_placement(
-    nodes: &[NodeId],
-    shard_count: u32,
-    replication: usize,
-) -> Vec<ShardPlacement> {
-    initial_placement_for(nodes, shard_count, replication, LeaderPolicy::Spread)
-}
-
 /// Bootstrap placement of shards `0..shard_count` over `nodes` with `replication` replicas
-/// each: every node holds within one of the mean number of replicas. With
-/// [`LeaderPolicy::Spread`] every node is the preferred leader of within one of the mean
-/// number of shards; with [`LeaderPolicy::Pack`] each shard prefers its replica with the
-/// lowest id (the first in the cluster-wide order), so with R = N one node is preferred
-/// for every shard. The replica sets do not depend on the policy.
+/// each: every node holds within one of the mean number of replicas, and is the preferred
+/// leader of within one of the mean number of shards.
 ///
 /// Replicas: the shards' replica slots, taken in order, go round-robin over the sorted
 /// nodes, so shard `s` holds the R consecutive nodes (mod N) starting at `s * R`.
@@ -43,11 +32,10 @@ pub fn initial_placement(
 /// # Panics
 /// If `nodes` is empty or `replication` is not in `1..=nodes.len()` (the cluster file is
 /// validated before this is called).
-pub fn initial_placement_for(
+pub fn initial_placement(
     nodes: &[NodeId],
     shard_count: u32,
     replication: usize,
-    leaders: LeaderPolicy,
 ) -> Vec<ShardPlacement> {
     let mut sorted = nodes.to_vec();
     sorted.sort();
@@ -65,13 +53,9 @@ pub fn initial_placement_for(
             let mut replicas: Vec<NodeId> =
                 (0..replication).map(|i| sorted[(start + i) % n]).collect();
             replicas.sort();
-            let preferred_leader = match leaders {
-                LeaderPolicy::Spread => sorted[(start + (s / period) % offsets) % n],
-                LeaderPolicy::Pack => replicas[0],
-            };
             ShardPlacement {
                 replicas,
-                preferred_leader,
+                preferred_leader: sorted[(start + (s / period) % offsets) % n],
             }
         })
         .collect()
@@ -144,20 +128,6 @@ mod tests {
             assert_eq!(sp.replicas, ids(3));
             assert_eq!(sp.preferred_leader, NodeId(s as u64 % 3 + 1));
         }
-    }
-
-    #[test]
-    fn pack_prefers_each_shards_lowest_replica_and_keeps_the_replica_sets() {
-        for (n, r) in [(3, 3), (5, 3), (4, 2), (1, 1)] {
-            let spread = initial_placement(&ids(n), 20, r);
-            let pack = initial_placement_for(&ids(n), 20, r, LeaderPolicy::Pack);
-            for (sp, pp) in spread.iter().zip(&pack) {
-                assert_eq!(sp.replicas, pp.replicas, "n={n} r={r}");
-                assert_eq!(pp.preferred_leader, pp.replicas[0], "n={n} r={r}");
-            }
-        }
-        let pack = initial_placement_for(&ids(3), 8, 3, LeaderPolicy::Pack);
-        assert!(pack.iter().all(|p| p.preferred_leader == NodeId(1)));
     }
 
     #[test]

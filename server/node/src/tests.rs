@@ -7,6 +7,7 @@ use crate::{
     Output, ProposedRequest, WriteRefusal,
 };
 use bytes::Bytes;
+use kv_shared::config::LeaderPolicy;
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Op, Outcome, Role};
 use kv_shared::{ClientId, NodeId, ShardId};
 use kv_storage::{Record, Recovered};
@@ -1060,16 +1061,22 @@ fn a_snapshot_image_that_disagrees_with_its_metadata_is_dropped_before_it_is_per
     assert_eq!(c.reply_to(1), vec![Outcome::Done]);
 }
 
+/// Five nodes, each shard on three of them, leaders handed over as `leaders` says.
+fn five_nodes_three_replicas(shards: u32, leaders: LeaderPolicy) -> Cluster {
+    Cluster::with(5, shards, |cfg| {
+        cfg.replication = 3;
+        cfg.spread_leaders = true;
+        cfg.leaders = leaders;
+    })
+}
+
 /// With R < N each node hosts only the shards placement gives it: every shard elects a
 /// leader among its own replicas, no Raft message goes to a node without the shard, and
 /// with leader spreading each node ends up leading its share.
 #[test]
 fn five_nodes_with_three_replicas_host_only_their_shards() {
     let shards = 10;
-    let mut c = Cluster::with(5, shards, |cfg| {
-        cfg.replication = 3;
-        cfg.spread_leaders = true;
-    });
+    let mut c = five_nodes_three_replicas(shards, LeaderPolicy::Spread);
     let placement = c.nodes[0].config().placement();
     for (i, n) in c.nodes.iter().enumerate() {
         let me = NodeId(i as u64 + 1);

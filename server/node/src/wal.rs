@@ -841,6 +841,21 @@ mod tests {
         assert_eq!(groups[&ShardId(1)].hard_state.commit, 1);
     }
 
+    /// What recovery reads from a WAL of one record, not sticky, that the test encoded.
+    fn recovered_one(group: u32, kind: u8, last_index: u64, payload: Vec<u8>) -> Recovered {
+        let record = Record {
+            group,
+            kind,
+            sticky: false,
+            last_index,
+            payload: Bytes::from(payload),
+        };
+        Recovered {
+            records: vec![record],
+            ..Recovered::default()
+        }
+    }
+
     /// A round part whose entries do not follow its first index, or a commit-only part
     /// with entries, is refused, naming the part's shard.
     #[test]
@@ -858,17 +873,7 @@ mod tests {
             )
             .unwrap();
             push_covers(&mut body, &[]);
-            let record = Record {
-                group: MANY_GROUPS,
-                kind: KIND_ROUND,
-                sticky: false,
-                last_index: 0,
-                payload: Bytes::from(body),
-            };
-            let rec = Recovered {
-                records: vec![record],
-                ..Recovered::default()
-            };
+            let rec = recovered_one(MANY_GROUPS, KIND_ROUND, 0, body);
             let err = restore_groups(&rec, 2, &all_hosted(2)).unwrap_err();
             assert!(
                 matches!(err, RecoveryError::BadRecord { shard: 1, .. }),
@@ -964,18 +969,7 @@ mod tests {
             entries: vec![e(1, 1), e(3, 1)],
         })
         .unwrap();
-        let record = Record {
-            group: 0,
-            kind: KIND_ENTRIES,
-            sticky: false,
-            last_index: 3,
-            payload: Bytes::from(payload),
-        };
-        let recovered = Recovered {
-            records: vec![record],
-            snapshots: vec![],
-            truncated_tail: None,
-        };
+        let recovered = recovered_one(0, KIND_ENTRIES, 3, payload);
         let err = restore_groups(&recovered, 1, &all_hosted(1)).unwrap_err();
         assert!(
             matches!(err, RecoveryError::BadRecord { shard: 0, .. }),

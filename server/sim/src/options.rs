@@ -154,6 +154,9 @@ pub struct Stats {
     pub lazy_followers: bool,
     /// Whether the nodes' WALs wrote into preallocated space.
     pub preallocated_wal: bool,
+    /// Whether leaders were handed to each shard's lowest voter (`[placement] leaders =
+    /// "pack"` with leader spreading on).
+    pub packed_leaders: bool,
     /// Simulated time at the end.
     pub end_ns: u64,
     /// Events processed.

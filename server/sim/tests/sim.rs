@@ -75,6 +75,17 @@ fn disks_slower_than_the_election_timeout_still_elect_and_serve() {
     });
 }
 
+/// The tuning stream draws `[placement] leaders = "pack"` for some seeds that spread
+/// leaders (each shard's leadership handed to its lowest voter), and such a seed passes.
+#[test]
+fn a_seed_that_packs_leaders_passes() {
+    let r = (1..100)
+        .map(|seed| run(&SimOptions::new(seed)))
+        .find(|r| r.stats.packed_leaders)
+        .expect("one of 99 seeds packs leaders");
+    assert!(r.passed(), "seed {}: {:?}", r.seed, r.failure);
+}
+
 #[test]
 fn a_seed_replays_byte_for_byte() {
     let traced = |seed| {

@@ -4,7 +4,7 @@
 //! node's log and keeps the temp directory for a post-mortem). Every cluster runs with
 //! keys: a cluster key, read-write clients "admin" (kvcli's default) and "mallory", and
 //! a read-only client "reader", under `<dir>/keys`. The balancer is off unless a test
-//! asks for it ([`Cluster::start_with_balancer`]): the others move replicas themselves.
+//! asks for it ([`Cluster::started_with_balancer`]): the others move replicas themselves.
 
 use crate::client::Client;
 use crate::ports;
@@ -72,13 +72,20 @@ impl Cluster {
     }
 
     /// Writes the cluster file with `balancer` as its `[balancer]` section (the
-    /// balancer runs) and starts every node.
-    pub fn start_with_balancer(spec: Spec, balancer: &str) -> Cluster {
+    /// balancer runs), starts every node and waits (up to `leaders_timeout`) until every
+    /// shard has a leader; returns the cluster and the admin client that saw them.
+    pub fn started_with_balancer(
+        spec: Spec,
+        balancer: &str,
+        leaders_timeout: Duration,
+    ) -> (Cluster, Client) {
         let mut c = Cluster::prepare_with(spec, balancer);
         for (id, _) in c.nodes.clone() {
             c.spawn(id);
         }
-        c
+        let mut client = c.client();
+        c.wait_for_leaders(&mut client, leaders_timeout);
+        (c, client)
     }
 
     /// Writes the cluster file (balancer off) but starts nothing.

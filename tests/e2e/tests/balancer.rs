@@ -47,7 +47,7 @@ fn rebalance_status(config: &str) -> Value {
 #[test]
 fn the_balancer_alone_rebuilds_a_dead_nodes_replicas_and_starts_nothing_while_paused() {
     let section = format!("enabled = true\ninterval_ms = 500\ndown_after_ms = {DOWN_AFTER_MS}");
-    let mut c = Cluster::start_with_balancer(
+    let (mut c, _client) = Cluster::started_with_balancer(
         Spec {
             nodes: 4,
             shards: SHARDS,
@@ -55,9 +55,8 @@ fn the_balancer_alone_rebuilds_a_dead_nodes_replicas_and_starts_nothing_while_pa
             snapshot_threshold: Some(200),
         },
         &section,
+        LEADERS_TIMEOUT,
     );
-    let mut client = c.client();
-    c.wait_for_leaders(&mut client, LEADERS_TIMEOUT);
     let config = c.config_path().to_str().expect("utf-8 path").to_string();
     let writer = AckedWriter::start(&config, "bal");
 

@@ -39,7 +39,7 @@ fn rebalance_status(config: &str) -> Value {
 
 #[test]
 fn the_balancer_alone_spreads_replicas_and_leaders_onto_joined_nodes_under_checked_load() {
-    let mut c = Cluster::start_with_balancer(
+    let (mut c, _client) = Cluster::started_with_balancer(
         Spec {
             nodes: 3,
             shards: SHARDS,
@@ -48,9 +48,8 @@ fn the_balancer_alone_spreads_replicas_and_leaders_onto_joined_nodes_under_check
             snapshot_threshold: Some(200),
         },
         BALANCER,
+        LEADERS_TIMEOUT,
     );
-    let mut client = c.client();
-    c.wait_for_leaders(&mut client, LEADERS_TIMEOUT);
     let config = c.config_path().to_str().expect("utf-8 path").to_string();
     let (n1, n2) = (c.addr(NodeId(1)), c.addr(NodeId(2)));
     let load = CheckedBenchLoop::start(&config, BENCH_RUN_SECONDS);

@@ -71,7 +71,7 @@ fn join(c: &mut Cluster, view: &str, id: u64, ip: &str, seeds: &[SocketAddr]) ->
 
 #[test]
 fn every_bootstrap_node_is_replaced_and_the_metadata_group_follows_under_checked_load() {
-    let mut c = Cluster::start_with_balancer(
+    let (mut c, _client) = Cluster::started_with_balancer(
         Spec {
             nodes: 3,
             shards: SHARDS,
@@ -79,9 +79,8 @@ fn every_bootstrap_node_is_replaced_and_the_metadata_group_follows_under_checked
             snapshot_threshold: Some(200),
         },
         "enabled = true\ninterval_ms = 500\ndown_after_ms = 60000",
+        LEADERS_TIMEOUT,
     );
-    let mut client = c.client();
-    c.wait_for_leaders(&mut client, LEADERS_TIMEOUT);
     let cluster_file = c.config_path().to_path_buf();
     let view_path: PathBuf = c.dir().join("client-view.toml");
     let view = view_path.to_str().expect("utf-8 path").to_string();

@@ -55,7 +55,7 @@ fn join(c: &mut Cluster, config: &str, id: u64, ip: &str, seeds: &[SocketAddr]) 
 
 #[test]
 fn nodes_4_and_5_joining_grow_the_metadata_group_to_5_which_survives_two_kills() {
-    let mut c = Cluster::start_with_balancer(
+    let (mut c, _client) = Cluster::started_with_balancer(
         Spec {
             nodes: 3,
             shards: 4,
@@ -63,9 +63,8 @@ fn nodes_4_and_5_joining_grow_the_metadata_group_to_5_which_survives_two_kills()
             snapshot_threshold: Some(200),
         },
         "enabled = true\ninterval_ms = 300\ndown_after_ms = 60000",
+        LEADERS_TIMEOUT,
     );
-    let mut client = c.client();
-    c.wait_for_leaders(&mut client, LEADERS_TIMEOUT);
     let config = c.config_path().to_str().expect("utf-8 path").to_string();
     kv_e2e::wait_for("the bootstrap nodes active", JOIN_TIMEOUT, || {
         (1..=3)

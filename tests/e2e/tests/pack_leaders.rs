@@ -36,16 +36,15 @@ fn leads_every_shard(st: &NodeStatus) -> bool {
 
 #[test]
 fn packed_leaders_sit_on_node_1_and_move_to_node_2_when_node_1_is_killed() {
-    let mut c = Cluster::start_with_balancer(
+    let (mut c, mut client) = Cluster::started_with_balancer(
         Spec {
             nodes: 3,
             shards: SHARDS,
             ..Spec::default()
         },
         SECTIONS,
+        LEADERS_TIMEOUT,
     );
-    let mut client = c.client();
-    c.wait_for_leaders(&mut client, LEADERS_TIMEOUT);
     let (n1, n2, n3) = (NodeId(1), NodeId(2), NodeId(3));
     kv_e2e::wait_for("node 1 leading every shard", PACK_TIMEOUT, || {
         leads_every_shard(&client.status(n1)?).then_some(())

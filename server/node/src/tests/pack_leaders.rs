@@ -39,16 +39,18 @@ fn packed_leaders_go_to_the_lowest_voter_and_an_admins_choice_still_wins() {
 #[test]
 fn packed_leaders_with_three_replicas_of_five_sit_on_each_shards_lowest_replica() {
     let shards = 10;
-    let mut c = Cluster::with(5, shards, |cfg| {
-        cfg.replication = 3;
-        cfg.spread_leaders = true;
-        cfg.leaders = LeaderPolicy::Pack;
-    });
+    let mut c = five_nodes_three_replicas(shards, LeaderPolicy::Pack);
     let placement = c.nodes[0].config().placement();
+    let mut spread = c.nodes[0].config().clone();
+    spread.leaders = LeaderPolicy::Spread;
+    assert_eq!(
+        placement,
+        spread.placement(),
+        "the policy places no replica"
+    );
     c.tick(800);
     for s in (0..shards).map(ShardId) {
         let lowest = placement[s.0 as usize].replicas[0];
-        assert_eq!(placement[s.0 as usize].preferred_leader, lowest);
         assert_eq!(NodeId(c.leader(s) as u64 + 1), lowest, "shard {s}");
     }
 }

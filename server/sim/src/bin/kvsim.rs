@@ -219,12 +219,13 @@ fn main() -> Result<()> {
         }
         if r.passed() {
             println!(
-                "seed {seed} passed: {} nodes, {} shards x {} replicas{}{}, {} events, {} ops ok, {} unknown, {} elections, {} crashes, {} partitions{}",
+                "seed {seed} passed: {} nodes, {} shards x {} replicas{}{}{}, {} events, {} ops ok, {} unknown, {} elections, {} crashes, {} partitions{}",
                 r.stats.nodes,
                 r.stats.shards,
                 r.stats.replication,
                 if r.stats.lazy_followers { " (lazy followers)" } else { "" },
                 if r.stats.preallocated_wal { " (preallocated WAL)" } else { "" },
+                if r.stats.packed_leaders { " (packed leaders)" } else { "" },
                 r.stats.events,
                 r.stats.ops_ok,
                 r.stats.ops_unknown,
@@ -243,6 +244,7 @@ fn main() -> Result<()> {
     };
     let (start, end) = parse_range(range)?;
     let next = AtomicU64::new(start);
+    let packed = AtomicU64::new(0);
     let failed = Mutex::new(Vec::new());
     let began = Instant::now();
     let jobs = args.jobs.max(1);
@@ -252,7 +254,7 @@ fn main() -> Result<()> {
     }
     std::thread::scope(|scope| {
         for mut o in template {
-            let (next, failed) = (&next, &failed);
+            let (next, failed, packed) = (&next, &failed, &packed);
             scope.spawn(move || loop {
                 let seed = next.fetch_add(1, Ordering::Relaxed);
                 if seed >= end {
@@ -260,7 +262,11 @@ fn main() -> Result<()> {
                 }
                 o.seed = seed;
                 // A panic in the node core fails its seed, not the whole sweep.
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&o))) {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&o)));
+                if r.as_ref().is_ok_and(|r| r.stats.packed_leaders) {
+                    packed.fetch_add(1, Ordering::Relaxed);
+                }
+                match r {
                     Ok(r) if r.passed() => continue,
                     Ok(r) => print_failure(&r, false),
                     Err(_) => println!(
@@ -275,8 +281,9 @@ fn main() -> Result<()> {
     let total = end - start;
     let secs = began.elapsed().as_secs_f64();
     eprintln!(
-        "{total} seeds in {secs:.1}s ({:.0} seeds/minute with {jobs} jobs)",
-        total as f64 / secs * 60.0
+        "{total} seeds in {secs:.1}s ({:.0} seeds/minute with {jobs} jobs), {} with packed leaders",
+        total as f64 / secs * 60.0,
+        packed.into_inner()
     );
     println!(
         "{} passed, {} failed",

@@ -28,6 +28,7 @@ use bytes::Bytes;
 use figure8::Fig8;
 use kv_node::wal;
 use kv_node::{ClientToken, GroupView, NodeConfig, NodeCore};
+use kv_shared::config::LeaderPolicy;
 use kv_shared::linearizability::Operation;
 use kv_shared::proto::{Op, Outcome, Role};
 use kv_shared::shard::shard_for_key;
@@ -235,6 +236,14 @@ impl Sim {
         } else {
             0
         };
+        // Half the runs that spread leaders pack them instead (`[placement] leaders =
+        // "pack"`: every shard's leadership goes to its lowest voter). Drawn last, for
+        // the same reason as the two above.
+        let leaders = if tuning_rng.gen_bool(0.5) {
+            LeaderPolicy::Pack
+        } else {
+            LeaderPolicy::Spread
+        };
         let nodes = ids
             .iter()
             .map(|&id| {
@@ -248,6 +257,7 @@ impl Sim {
                 config.raft.pre_vote = pre_vote;
                 config.raft.check_quorum = check_quorum;
                 config.spread_leaders = spread_leaders;
+                config.leaders = leaders;
                 config.snapshot_threshold_entries = snapshot_threshold_entries;
                 config.request_timeout_ticks = request_timeout_ticks as u32;
                 config.seed = opts.seed;
@@ -330,6 +340,7 @@ impl Sim {
                 replication,
                 lazy_followers,
                 preallocated_wal: wal_ahead_bytes > 0,
+                packed_leaders: spread_leaders && leaders == LeaderPolicy::Pack,
                 ..Stats::default()
             },
             failure: None,

@@ -1,5 +1,6 @@
 //! WAL and snapshot-file decoding and recovery: kv-storage over its simulated disk opens
-//! segment files that hold a written log with arbitrary bytes after it (a torn or
+//! segment files that hold a written log (entries, hard-state and round records, and
+//! records of any kind with arbitrary payloads) with arbitrary bytes after it (a torn or
 //! corrupt tail), or arbitrary bytes as whole segment and snapshot files; then the node
 //! core rebuilds its groups from whatever was recovered.
 //!
@@ -8,9 +9,11 @@
 //! bytes it cut.
 
 use crate::input::{push_chunk, Input};
+use kv_node::wal::{RoundRecord, KIND_ROUND};
 use kv_node::{NodeConfig, NodeCore};
+use kv_raft::{Entry, EntryKind};
 use kv_shared::NodeId;
-use kv_storage::{Disk, Record, SimDisk, Storage, WalOptions};
+use kv_storage::{push_covers, Disk, Record, SimDisk, Storage, WalOptions, MANY_GROUPS};
 
 /// Shards of the node that recovers (records may name others: that is an error, not a
 /// panic).
@@ -56,15 +59,9 @@ pub fn run(data: &[u8]) {
 fn write_log_then_garbage(input: &mut Input, disk: &SimDisk, options: WalOptions) {
     let (mut storage, _) = Storage::open(disk.clone(), options).expect("an empty disk opens");
     for _ in 0..RECORDS_MAX {
-        let record = match input.u8() % 4 {
+        let record = match input.u8() % 5 {
             0 => break,
-            1 => Record {
-                group: u32::from(input.u8() % 4),
-                kind: input.u8() % 4,
-                sticky: input.u8() % 2 == 1,
-                last_index: u64::from(input.u16()),
-                payload: bytes::Bytes::copy_from_slice(input.chunk()),
-            },
+            1 => raw_record(input),
             2 => kv_node::wal::hard_state_record(
                 u32::from(input.u8() % 4),
                 &kv_raft::HardState {
@@ -73,10 +70,11 @@ fn write_log_then_garbage(input: &mut Input, disk: &SimDisk, options: WalOptions
                     commit: u64::from(input.u8()),
                 },
             ),
-            _ => {
+            3 => {
                 let _ = storage.sync();
                 continue;
             }
+            _ => round_record(input),
         };
         let _ = storage.append(&record);
     }
@@ -89,6 +87,58 @@ fn write_log_then_garbage(input: &mut Input, disk: &SimDisk, options: WalOptions
         d.append(&last, garbage).expect("the sim disk is not full");
         d.sync_file(&last).expect("syncs do not fail");
     }
+}
+
+/// A record of any kind and group with an arbitrary payload, as the storage takes one: a
+/// many-groups record ([`MANY_GROUPS`]) is not sticky and ends with a cover table.
+fn raw_record(input: &mut Input) -> Record {
+    let group = match input.u8() % 5 {
+        4 => MANY_GROUPS,
+        g => u32::from(g),
+    };
+    let kind = input.u8() % (KIND_ROUND + 1);
+    let sticky = input.u8() % 2 == 1 && group != MANY_GROUPS;
+    let last_index = u64::from(input.u16());
+    let mut payload = input.chunk().to_vec();
+    if group == MANY_GROUPS {
+        let covers: Vec<(u32, u64)> = (0..input.u8() % 3)
+            .map(|_| (u32::from(input.u8() % 4), u64::from(input.u16())))
+            .collect();
+        push_covers(&mut payload, &covers);
+    }
+    Record {
+        group,
+        kind,
+        sticky,
+        last_index,
+        payload: payload.into(),
+    }
+}
+
+/// A round record as the node core builds it: one to four parts, each a group (sometimes
+/// one the node does not host), a log write (none when its first index is 0: a part
+/// that only carries a commit index) and a commit index.
+fn round_record(input: &mut Input) -> Record {
+    let mut round = RoundRecord::default();
+    for _ in 0..=input.u8() % 4 {
+        let shard = u32::from(input.u8() % 4);
+        let first_index = u64::from(input.u16());
+        let count = if first_index == 0 { 0 } else { input.u8() % 4 };
+        let entries: Vec<Entry> = (0..u64::from(count))
+            .map(|i| Entry {
+                term: u64::from(input.u8()),
+                index: first_index + i,
+                kind: if input.u8() % 2 == 1 {
+                    EntryKind::Command
+                } else {
+                    EntryKind::Noop
+                },
+                data: bytes::Bytes::copy_from_slice(input.chunk()),
+            })
+            .collect();
+        round.add(shard, first_index, &entries, u64::from(input.u16()));
+    }
+    round.take().expect("a round with a part is a record")
 }
 
 /// Writes up to two segment files and one snapshot file of arbitrary bytes.
@@ -129,5 +179,52 @@ pub fn seeds() -> Vec<Vec<u8>> {
     push_chunk(&mut seed, &entries.payload);
     seed.extend_from_slice(&[3, 0]);
     seed.extend_from_slice(b"\x40\x00\x00\x00torn tail");
-    vec![seed]
+    vec![seed, round_seed()]
+}
+
+/// A log of one round record of three parts (shard 0: two entries, shard 1: one, shard
+/// 2: only a commit index), synced, then a torn tail.
+fn round_seed() -> Vec<u8> {
+    let mut seed = vec![0, 1, 7];
+    seed.extend_from_slice(&[4, 2]);
+    seed.extend_from_slice(&[0, 1, 0, 2, 1, 0, 0, 0, 1, 1]);
+    push_chunk(&mut seed, b"put");
+    seed.extend_from_slice(&[2, 0]);
+    seed.extend_from_slice(&[1, 1, 0, 1, 2, 0, 0, 0, 1, 0]);
+    seed.extend_from_slice(&[2, 0, 0, 0, 0]);
+    seed.extend_from_slice(&[3, 0]);
+    seed.extend_from_slice(b"\x40\x00torn");
+    seed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kv_node::wal::{decode, WalRecord};
+
+    /// The round seed reaches a round record on disk, as the node core writes them.
+    #[test]
+    fn the_round_seed_writes_a_round_record_of_three_parts() {
+        let seed = round_seed();
+        let mut input = Input::new(&seed);
+        assert_eq!(input.u8() % 2, 0, "the written-log mode");
+        let options = WalOptions {
+            segment_bytes_max: 128 + 64 * u64::from(input.u8()),
+        };
+        let disk = SimDisk::new(u64::from(input.u8()));
+        write_log_then_garbage(&mut input, &disk, options);
+        let (_, recovered) = Storage::open(disk, options).expect("the seed's log opens");
+        let rounds: Vec<_> = (recovered.records.iter())
+            .filter(|r| r.kind == KIND_ROUND)
+            .map(|r| decode(r).expect("a round record decodes"))
+            .collect();
+        let [WalRecord::Round(parts)] = &rounds[..] else {
+            panic!("one round record, found {rounds:?}");
+        };
+        let shape: Vec<_> = (parts.iter())
+            .map(|p| (p.shard, p.first_index, p.entries.len(), p.commit))
+            .collect();
+        assert_eq!(shape, [(0, 1, 2, 2), (1, 1, 1, 1), (2, 0, 0, 0)]);
+        assert_eq!(&parts[0].entries[1].data[..], b"put");
+    }
 }

@@ -1,0 +1,65 @@
+"""bench/test_run.py: checks of bench/run.py's decisions that need no cluster and no build.
+
+    python3 -m unittest bench/test_run.py
+"""
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+from unittest import mock
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run  # noqa: E402
+
+
+class NoBuild(unittest.TestCase):
+    """--no-build takes the binaries already built, but builds bench/etcd-load's when it
+    is missing, since running etcd without its load generator can only fail."""
+
+    def setUp(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-test-"))
+        self.etcd_load = self.dir / "etcd-load"
+        self.built = []
+
+    def prebuilt(self, with_etcd):
+        def build():
+            self.built.append(self.etcd_load)
+            return self.etcd_load
+
+        with mock.patch.object(run, "etcd_load_bin", return_value=self.etcd_load):
+            return run.prebuilt(with_etcd, build_etcd=build)
+
+    def test_a_missing_etcd_load_is_built(self):
+        bins = self.prebuilt(with_etcd=True)
+        self.assertEqual(self.built, [self.etcd_load])
+        self.assertEqual(bins["etcd-load"], self.etcd_load)
+
+    def test_a_present_etcd_load_is_used_as_it_is(self):
+        self.etcd_load.write_bytes(b"")
+        bins = self.prebuilt(with_etcd=True)
+        self.assertEqual(self.built, [])
+        self.assertEqual(bins["etcd-load"], self.etcd_load)
+
+    def test_without_etcd_nothing_is_built(self):
+        bins = self.prebuilt(with_etcd=False)
+        self.assertEqual(self.built, [])
+        self.assertNotIn("etcd-load", bins)
+        self.assertEqual(set(bins), {"kvserver", "kvcli"})
+
+
+class RedisRowNames(unittest.TestCase):
+    """--only redis names its raftkv rows by the leader policy of their clusters, so that
+    no row of a packed cluster reads as spread leaders."""
+
+    def test_every_row_names_its_policy_and_no_other(self):
+        for policy in run.LEADER_POLICIES:
+            names = list(run.redis_point_names(policy).values())
+            self.assertEqual(len(set(names)), len(names), names)
+            for name in names:
+                self.assertTrue(name.startswith(f"raftkv-{policy}"), name)
+                for other in set(run.LEADER_POLICIES) - {policy}:
+                    self.assertNotIn(other, name)
+
+
+if __name__ == "__main__":
+    unittest.main()
