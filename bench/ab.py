@@ -36,7 +36,7 @@ from pathlib import Path
 
 from run import (
     MIX, REPO, RESULTS, VALUE_SMALL, RaftkvCluster, build, git_commit, log, machine_info, measure, median,
-    point_name, target_dir,
+    point_name, target_dir, LEADER_POLICIES,
 )
 
 BINARIES = ("kvserver", "kvcli")
@@ -86,7 +86,8 @@ def run_shards(args, shards, builds, workdir, rows):
     try:
         for side, bins in builds.items():
             log(f"{side}: starting a 3-node cluster with {shards} shards")
-            clusters[side] = RaftkvCluster(bins, shards, workdir, lease_reads=LEASE_READS[args.lease_reads])
+            clusters[side] = RaftkvCluster(bins, shards, workdir, lease_reads=LEASE_READS[args.lease_reads],
+                                           leaders=args.leaders)
             clusters[side].start()
         for rnd in range(args.rounds):
             order = list(builds) if rnd % 2 == 0 else list(builds)[::-1]
@@ -159,6 +160,7 @@ def table(res):
         f"A = {res['baseline']['rev']} ({res['baseline']['commit'][:10]}), B = "
         f"{res['settings']['candidate_bin'] or 'this checkout'} ({res['candidate']}); "
         f"medians of {res['settings']['rounds']} interleaved rounds of {res['settings']['duration_s']} s; "
+        f"leaders {res['settings'].get('leaders') or 'placed by each build'}; "
         f"load average at start {', '.join(f'{l:.2f}' for l in res['machine']['loadavg_at_start'])}",
         f"{'point':38} {'A ops/s':>9} {'B ops/s':>9} {'B/A':>6} {'rounds B/A':>12} {'A p99':>6} {'B p99':>6} "
         f"{'B/A':>6} {'A cpu':>6} {'B cpu':>6} {'B/A':>6} {'A cli':>6} {'B cli':>6} {'B/A':>6} {'err':>4}",
@@ -220,13 +222,17 @@ def main():
     ap.add_argument("--lease-reads", choices=sorted(LEASE_READS), default="on",
                     help="lease reads in both clusters' files (default on, as bench/run.py); 'omit' leaves "
                          "the key out for a baseline older than it, whose gets then always run ReadIndex")
+    ap.add_argument("--leaders", choices=LEADER_POLICIES,
+                    help="both clusters' [placement] leaders, as bench/run.py --leaders (pack: every shard led by "
+                         "node 1, the sweep's default); unset, the key is left out and each build places them "
+                         "its own way (a build older than the key needs it left out)")
     args = ap.parse_args()
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     res = {
         "started": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine_info(),
         "candidate": git_commit(),
-        "settings": {"lease_reads": args.lease_reads, "shards": args.shards, "ops": args.ops, "clients": args.clients,
+        "settings": {"lease_reads": args.lease_reads, "leaders": args.leaders, "shards": args.shards, "ops": args.ops, "clients": args.clients,
                      "rounds": args.rounds, "candidate_bin": args.candidate_bin,
                      "duration_s": args.duration, "value_size": VALUE_SMALL},
     }

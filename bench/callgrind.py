@@ -17,6 +17,7 @@ Throughput under callgrind means nothing; compare instructions/op between builds
     python3 bench/callgrind.py --target ... --protection none   # the same, unauthenticated
     python3 bench/callgrind.py --target ... --shards 8 --tick-ms 50   # no elections under valgrind's slowdown
     python3 bench/callgrind.py --target ... --shards 8 --tick-ms 50 --leaders-on 1   # per-group cost alone
+    python3 bench/callgrind.py --target ... --op get --lease-reads   # gets as the sweep serves them
 """
 import json, time, subprocess, tempfile, socket, argparse, re, shutil
 from leaders import leaders, put_leaders_on
@@ -38,6 +39,9 @@ p.add_argument("--leaders-on", type=int, default=0, metavar="N",
                help="before counting, pause the balancer and move every shard's leadership to node N "
                     "(bench/leaders.py): the rounds of 1 shard, so the count shows what many groups cost apart "
                     "from what spreading their leaders costs")
+p.add_argument("--lease-reads", action="store_true",
+               help="lease_reads = true in the cluster file, as bench/run.py's clusters have it: a leader then answers "
+                    "linearizable gets from its lease; without it every get takes a ReadIndex heartbeat round")
 p.add_argument("--keep", action="store_true", help="keep the callgrind files (for callgrind_annotate) and print their directory")
 a = p.parse_args()
 d = tempfile.mkdtemp(prefix="cgkv-")
@@ -54,7 +58,7 @@ tcp = free_ports(socket.SOCK_STREAM, 6, ports)
 cfg = f"{d}/cluster.toml"
 # `kvserver keygen` makes a client key named admin.key an admin, which `shard leader` needs.
 key = "keys/admin.key" if a.leaders_on else "keys/bench.key"
-open(cfg, "w").write(f"cluster_id = 9{a.shards}\nshards = {a.shards}\ndata_dir = \"{d}\"\nkey_file = \"keys/cluster.key\"\nclient_key_files = [\"{key}\"]\nclient_key_file = \"{key}\"\nprotection = \"{a.protection}\"\n[timing]\ntick_ms = {a.tick_ms}\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n" + "".join(f'\n[[nodes]]\nid = {n}\naddr = "127.0.0.1:{ports[n-1]}"\nredis_addr = "127.0.0.1:{tcp[n-1]}"\nhttp_addr = "127.0.0.1:{tcp[n+2]}"\n' for n in (1,2,3)))
+open(cfg, "w").write(f"cluster_id = 9{a.shards}\nshards = {a.shards}\ndata_dir = \"{d}\"\nkey_file = \"keys/cluster.key\"\nclient_key_files = [\"{key}\"]\nclient_key_file = \"{key}\"\nprotection = \"{a.protection}\"\n[timing]\ntick_ms = {a.tick_ms}\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n" + ("lease_reads = true\n" if a.lease_reads else "") + "".join(f'\n[[nodes]]\nid = {n}\naddr = "127.0.0.1:{ports[n-1]}"\nredis_addr = "127.0.0.1:{tcp[n-1]}"\nhttp_addr = "127.0.0.1:{tcp[n+2]}"\n' for n in (1,2,3)))
 subprocess.run([f"{a.target}/kvserver", "keygen", "--config", cfg], check=True, stdout=subprocess.DEVNULL)
 procs = []
 for n in (1,2,3):
@@ -99,5 +103,5 @@ if a.keep:
 else:
     shutil.rmtree(d, ignore_errors=True)
 ops = j["ops"]
-on = f" leaders-on-n{a.leaders_on}" if a.leaders_on else ""
+on = (f" leaders-on-n{a.leaders_on}" if a.leaders_on else "") + (" lease-reads" if a.lease_reads else "")
 print(f"{a.target} {a.protection} tick={a.tick_ms}ms {a.shards}sh{on} {a.op} c={a.clients} ops={ops} err={j['errors']} {j['ops_per_s']:.0f}/s  Ir total={tot/1e9:.2f}G  Ir/op={tot/ops:.0f}", flush=True)

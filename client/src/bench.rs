@@ -281,7 +281,11 @@ fn key_name(tag: &str, i: u64, key_size: usize) -> Bytes {
 /// A value unique to (client, seq), padded to `value_size` bytes, so that a read names the
 /// write it saw.
 fn value_for(client: u64, n: u64, value_size: usize) -> Bytes {
-    let mut v = format!("{client:016x}-{n}").into_bytes();
+    use std::io::Write;
+    // Sized once for the padded value: formatting into an empty buffer and padding it
+    // after reallocated it on every operation of the load generator.
+    let mut v = Vec::with_capacity(value_size);
+    write!(v, "{client:016x}-{n}").expect("writing to a Vec cannot fail");
     if v.len() < value_size {
         v.resize(value_size, b'.');
     }

@@ -6,7 +6,7 @@ use crate::client::{bump, Client, Incoming, NodeAddr, Response};
 use crate::error::{node_name, Error};
 use bytes::Bytes;
 use kv_shared::auth::BODY_BYTES_MAX;
-use kv_shared::pack::count_prefix_bytes;
+use kv_shared::pack::{count_prefix_bytes, encode_exact};
 use kv_shared::proto::{ClientError, ClientRequest, Op, Outcome};
 use kv_shared::registry::METADATA_SHARD;
 use kv_shared::shard::shard_for_key;
@@ -304,7 +304,7 @@ impl Session {
             epoch: route_epoch(&self.client),
             op,
         };
-        let mut encoded = postcard::to_stdvec(&request).expect("requests encode");
+        let mut encoded = encode_exact(&request);
         if count_prefix_bytes(1) + encoded.len() > BODY_BYTES_MAX {
             return Err(Error::Limit(ClientError::Malformed(format!(
                 "request is {} bytes; a datagram carries at most BODY_BYTES_MAX = {BODY_BYTES_MAX}",
@@ -384,7 +384,7 @@ impl Session {
             // first attempt sends the encoding made above; a retry encodes again.
             if epoch != request.epoch || encoded.is_empty() {
                 request.epoch = epoch;
-                encoded = postcard::to_stdvec(&request).expect("requests encode");
+                encoded = encode_exact(&request);
             }
             let target = self.pick_target(shard, stale);
             if attempt > 0 {
