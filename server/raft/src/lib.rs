@@ -37,6 +37,7 @@
 
 pub mod types;
 
+mod answers;
 mod check;
 mod config;
 mod display;
@@ -78,9 +79,10 @@ mod transcripts;
 #[cfg(test)]
 mod transfer_tests;
 
+pub use answers::{ProposeError, Status};
 pub use config::{Config, ImageCheck, COMMITTED_BYTES_PER_READY_MAX};
 pub use events::Event;
 #[cfg(feature = "planted-bugs")]
 pub use node::PlantedBug;
-pub use node::{ProposeError, Raft, Status};
+pub use node::Raft;
 pub use ready::{Ready, Restored, SoftState, Write, WriteId};
