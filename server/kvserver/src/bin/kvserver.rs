@@ -14,12 +14,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Every Raft group's round allocates its own small buffers (messages, entries,
-/// outcomes), so the allocator's cost per call is paid per group per round: mimalloc's
-/// thread-local free lists cost a fraction of the system allocator's per call.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit code for a bad command line or cluster file (clap uses the same for its errors).
 const EXIT_USAGE: u8 = 2;
 /// Exit code when the data directory is in use by another kvserver (a usage mistake).
@@ -402,21 +396,6 @@ mod tests {
         assert_eq!(
             front_end_addrs(Some(&entry), None, None, Some(addr("127.0.0.1:9999"))),
             (Some(addr("127.0.0.1:6000")), Some(addr("127.0.0.1:9999")))
-        );
-    }
-
-    /// The allocator line above is what makes the per-group buffers cheap; a build that
-    /// lost it would still pass every other test.
-    #[test]
-    // The only way to ask mimalloc whether it owns a pointer is its C API.
-    #[allow(unsafe_code)]
-    fn allocations_come_from_mimalloc() {
-        let boxed = Box::new([7u8; 64]);
-        // SAFETY: the call only compares the address with mimalloc's heap regions.
-        let owned = unsafe { libmimalloc_sys::mi_is_in_heap_region(boxed.as_ptr().cast()) };
-        assert!(
-            owned,
-            "a Box was not allocated by mimalloc: the global allocator is not set"
         );
     }
 }
