@@ -827,7 +827,8 @@ def run_redis_point(args, bins, workdir, results):
         secret = secret_of(cluster)
         # The headline: every connection to node 1, as an application that knows one
         # address connects. "...-all-nodes": the same connections spread over the three
-        # nodes (still Cluster-unaware, so two requests in three are forwarded).
+        # nodes (still Cluster-unaware: on nodes that do not lead a key's shard a SET is
+        # forwarded to its leader and a GET is a follower read the leader confirms).
         names = redis_point_names(args.leaders)
         targets = [
             (names["node1"], cluster.redis_ports[1], ("bench", secret)),
