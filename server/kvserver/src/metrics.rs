@@ -19,7 +19,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Which front end a request came in by.
@@ -95,6 +95,10 @@ fn latency_histogram() -> Histogram {
 }
 
 struct Inner {
+    /// The counters and gauges that are not per shard: what [`Metrics::counters`] lists.
+    /// Encoded first, so the status's counters are a prefix of the `/metrics` text.
+    node_registry: Registry,
+    /// Everything else `/metrics` serves: the per-shard series and the histograms.
     registry: Registry,
     shard_role: Family<ShardRoleLabels, Gauge>,
     shard_term: Family<ShardLabels, Gauge>,
@@ -129,6 +133,21 @@ struct Inner {
     balancer: BalancerSeries,
     /// True once every shard this node holds has a known leader (for `/health`).
     healthy: AtomicBool,
+    /// Handles on each shard's series, made on the shard's first sync:
+    /// a sync then sets each value with one store instead of hashing its labels and
+    /// locking its family (at 64 shards that was most of a sync's cost).
+    shard_series: Mutex<HashMap<u32, ShardSeries>>,
+}
+
+/// One shard's series (see [`Inner::shard_series`]).
+struct ShardSeries {
+    /// In the order of [`ROLES`].
+    role: [Gauge; ROLES.len()],
+    term: Gauge,
+    commit: Gauge,
+    applied: Gauge,
+    has_leader: Gauge,
+    proposals: Counter,
 }
 
 /// A handle on the node's metrics; clones share them.
@@ -174,8 +193,11 @@ impl Metrics {
             refused: Family::default(),
             balancer: BalancerSeries::default(),
             healthy: AtomicBool::new(false),
+            shard_series: Mutex::new(HashMap::new()),
+            node_registry: Registry::default(),
             registry: Registry::default(),
         };
+        let mut node_registry = Registry::with_prefix("raftkv");
         let r = &mut registry;
         r.register(
             "shard_role",
@@ -213,7 +235,8 @@ impl Metrics {
             "Elections this replica started for the shard",
             inner.elections.clone(),
         );
-        r.register(
+        let n = &mut node_registry;
+        n.register(
             "requests",
             "Client requests by front end, operation and result",
             inner.requests.clone(),
@@ -228,93 +251,111 @@ impl Metrics {
             "Latency of one WAL group commit (write and fsync)",
             inner.wal_fsync_seconds.clone(),
         );
-        r.register(
+        n.register(
             "wal_written_bytes",
             "Bytes written to the WAL",
             inner.wal_bytes.clone(),
         );
-        r.register(
+        n.register(
             "datagrams_received",
             "UDP datagrams received",
             inner.datagrams_received.clone(),
         );
-        r.register(
+        n.register(
             "datagrams_sent",
             "UDP datagrams sent",
             inner.datagrams_sent.clone(),
         );
-        r.register(
+        n.register(
             "peer_datagrams_sent",
             "UDP datagrams sent to peer nodes (part of datagrams_sent)",
             inner.peer_datagrams_sent.clone(),
         );
-        r.register(
+        n.register(
             "loop_turns",
             "Event-loop turns, by what woke the loop (each turn flushes the core's output once)",
             inner.loop_turns.clone(),
         );
-        r.register(
+        n.register(
             "disk_writes",
             "Writes (one per event-loop flush that had something to persist), by the disk thread or the event loop",
             inner.disk_writes.clone(),
         );
-        r.register(
+        n.register(
             "disk_writes_here",
             "Of disk_writes, those the event loop wrote and synced itself because the disk thread was idle",
             inner.disk_writes_here.clone(),
         );
-        r.register(
+        n.register(
             "wal_syncs",
             "WAL group commits (one fsync each), the disk thread's and the event loop's",
             inner.wal_syncs.clone(),
         );
-        r.register(
+        n.register(
             "datagrams_dropped",
             "UDP datagrams dropped, by reason",
             inner.datagrams_dropped.clone(),
         );
-        r.register(
+        n.register(
             "snapshots_sent",
             "Snapshots this node started sending to a lagging replica",
             inner.snapshots_sent.clone(),
         );
-        r.register(
+        n.register(
             "snapshots_installed",
             "Snapshots this node installed from a leader",
             inner.snapshots_installed.clone(),
         );
-        r.register(
+        n.register(
             "leases_expired",
             "Times this node's ticks lagged real time and its leader leases were forgotten (lease reads)",
             inner.leases_expired.clone(),
         );
-        r.register(
+        n.register(
             "pending_requests",
             "Client requests waiting in the node core",
             inner.pending_requests.clone(),
         );
-        r.register(
+        n.register(
             "refused",
             "Remote input the node core refused, by reason (malformed or misaddressed peer messages, limits reached)",
             inner.refused.clone(),
         );
-        inner.balancer.register(r);
-        Metrics(Arc::new(Inner { registry, ..inner }))
+        inner.balancer.register(n);
+        Metrics(Arc::new(Inner {
+            node_registry,
+            registry,
+            ..inner
+        }))
     }
 
-    /// The metrics as OpenMetrics text.
+    /// The metrics as OpenMetrics text: the node-wide counters and gauges (the text
+    /// [`Metrics::counters`] reads), then the per-shard series and the histograms.
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text;
+        let mut out = self.encode_node_series();
+        text::encode_registry(&mut out, &self.0.registry)
+            .and_then(|()| text::encode_eof(&mut out))
+            .expect("writing to a String does not fail");
+        out
+    }
+
+    /// The start of [`Metrics::encode`]'s text: the counters and gauges that are not per
+    /// shard.
+    fn encode_node_series(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.0.registry)
+        prometheus_client::encoding::text::encode_registry(&mut out, &self.0.node_registry)
             .expect("writing to a String does not fail");
         out
     }
 
     /// Every counter and gauge series of [`Metrics::encode`] that is not per shard, as
     /// `(name{labels}, value)` in the text's order: what `kvcli status` shows beside the
-    /// shard rows, taken from the very text `/metrics` serves so the two cannot differ.
+    /// shard rows, taken from the very text `/metrics` serves (its first part, encoded by
+    /// the same code) so the two cannot differ. Encoding only that part keeps a status
+    /// request's cost independent of the shard count and free of the histograms.
     pub fn counters(&self) -> Vec<(String, u64)> {
-        series_of_kind(&self.encode(), &["counter", "gauge"])
+        series_of_kind(&self.encode_node_series(), &["counter", "gauge"])
             .filter(|(series, _)| !series.contains("shard=\""))
             .collect()
     }
@@ -370,10 +411,13 @@ impl Metrics {
 
     /// Brings the proposal counter of `shard` up to the core's count.
     pub fn proposals_to(&self, shard: u32, total: u64) {
-        raise(
-            &self.0.proposals.get_or_create(&ShardLabels { shard }),
-            total,
-        );
+        self.with_shard_series(shard, |series| raise(&series.proposals, total));
+    }
+
+    /// Calls `f` with `shard`'s series.
+    fn with_shard_series<R>(&self, shard: u32, f: impl FnOnce(&ShardSeries) -> R) -> R {
+        let mut cache = self.0.shard_series.lock().expect("shard series lock");
+        f(shard_series(&self.0, &mut cache, shard))
     }
 
     /// Counts a leader change seen in `shard`.
@@ -408,21 +452,18 @@ impl Metrics {
     /// counters, and decides health.
     pub fn sync(&self, status: &NodeStatus, counters: &Counters, pending: usize) {
         let m = &self.0;
+        let mut cache = m.shard_series.lock().expect("shard series lock");
         for s in &status.shards {
-            let shard = s.shard.0;
-            for (role, name) in ROLES {
-                m.shard_role
-                    .get_or_create(&ShardRoleLabels { shard, role: name })
-                    .set(i64::from(role == s.role));
+            let series = shard_series(m, &mut cache, s.shard.0);
+            for ((role, _), gauge) in ROLES.iter().zip(&series.role) {
+                gauge.set(i64::from(*role == s.role));
             }
-            let l = ShardLabels { shard };
-            m.shard_term.get_or_create(&l).set(s.term as i64);
-            m.shard_commit.get_or_create(&l).set(s.commit as i64);
-            m.shard_applied.get_or_create(&l).set(s.applied as i64);
-            m.shard_has_leader
-                .get_or_create(&l)
-                .set(i64::from(s.leader.is_some()));
+            series.term.set(s.term as i64);
+            series.commit.set(s.commit as i64);
+            series.applied.set(s.applied as i64);
+            series.has_leader.set(i64::from(s.leader.is_some()));
         }
+        drop(cache);
         m.healthy.store(
             status.shards.iter().all(|s| s.leader.is_some()),
             Ordering::Relaxed,
@@ -468,19 +509,21 @@ pub struct UdpRequests {
 }
 
 impl UdpRequests {
-    /// Notes a request's arrival.
-    pub fn arrived(&mut self, req: &ClientRequest) {
+    /// Notes a request's arrival at `at` (the requests of one datagram share its
+    /// arrival: one clock read per datagram, not per request).
+    pub fn arrived(&mut self, req: &ClientRequest, at: Instant) {
         if self.arrived.len() < PENDING_REQUESTS_MAX {
             self.arrived
-                .insert((req.client, req.seq), (Instant::now(), op_label(&req.op)));
+                .insert((req.client, req.seq), (at, op_label(&req.op)));
         }
     }
 
-    /// Counts the request `reply` answers, if its arrival was noted.
-    pub fn answered(&mut self, reply: &ClientReply, metrics: &Metrics) {
+    /// Counts the request `reply` answers, if its arrival was noted, as answered at `now`
+    /// (the replies of one flush share it).
+    pub fn answered(&mut self, reply: &ClientReply, metrics: &Metrics, now: Instant) {
         if let Some((at, op)) = self.arrived.remove(&(reply.client, reply.seq)) {
             let failed = matches!(reply.outcome, Outcome::Error(_));
-            metrics.request(FrontEnd::Udp, op, failed, at.elapsed());
+            metrics.request(FrontEnd::Udp, op, failed, now.saturating_duration_since(at));
         }
     }
 }
@@ -625,6 +668,28 @@ fn series_of_kind<'a>(
     })
 }
 
+/// `shard`'s series in `cache`, made (and so registered in their families) on first use.
+fn shard_series<'c>(
+    m: &Inner,
+    cache: &'c mut HashMap<u32, ShardSeries>,
+    shard: u32,
+) -> &'c ShardSeries {
+    cache.entry(shard).or_insert_with(|| {
+        let l = ShardLabels { shard };
+        ShardSeries {
+            role: ROLES.map(|(_, role)| {
+                m.shard_role
+                    .get_or_create_owned(&ShardRoleLabels { shard, role })
+            }),
+            term: m.shard_term.get_or_create_owned(&l),
+            commit: m.shard_commit.get_or_create_owned(&l),
+            applied: m.shard_applied.get_or_create_owned(&l),
+            has_leader: m.shard_has_leader.get_or_create_owned(&l),
+            proposals: m.proposals.get_or_create_owned(&l),
+        }
+    })
+}
+
 /// Brings `counter` up to `total` (the runtime's own count since start).
 fn raise(counter: &Counter, total: u64) {
     let now = counter.get();
@@ -692,6 +757,78 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
+    }
+
+    #[test]
+    fn later_syncs_move_the_shard_series_made_by_the_first() {
+        let m = Metrics::new();
+        let row = |role, term, commit| ShardStatus {
+            shard: ShardId(3),
+            role,
+            term,
+            leader: Some(NodeId(1)),
+            commit,
+            applied: commit,
+            log_entries: 0,
+            snapshot_index: 0,
+            keys: 0,
+            replicas: Vec::new(),
+            epoch: 0,
+        };
+        m.sync(
+            &node_status(4, vec![row(Role::Follower, 2, 5)]),
+            &Counters::default(),
+            0,
+        );
+        m.proposals_to(3, 4);
+        m.sync(
+            &node_status(4, vec![row(Role::Leader, 3, 17)]),
+            &Counters::default(),
+            0,
+        );
+        m.proposals_to(3, 9);
+        let text = m.encode();
+        for line in [
+            "raftkv_shard_term{shard=\"3\"} 3",
+            "raftkv_shard_commit_index{shard=\"3\"} 17",
+            "raftkv_shard_applied_index{shard=\"3\"} 17",
+            "raftkv_shard_role{shard=\"3\",role=\"leader\"} 1",
+            "raftkv_shard_role{shard=\"3\",role=\"follower\"} 0",
+            "raftkv_shard_proposals_total{shard=\"3\"} 9",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert_eq!(text.matches("raftkv_shard_term{").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn metrics_text_is_one_openmetrics_document_that_starts_with_the_status_counters() {
+        let m = Metrics::new();
+        let row = ShardStatus {
+            shard: ShardId(0),
+            role: Role::Leader,
+            term: 1,
+            leader: Some(NodeId(1)),
+            commit: 1,
+            applied: 1,
+            log_entries: 0,
+            snapshot_index: 0,
+            keys: 0,
+            replicas: Vec::new(),
+            epoch: 0,
+        };
+        m.sync(&node_status(1, vec![row]), &Counters::default(), 1);
+        m.request(FrontEnd::Udp, "put", false, Duration::from_micros(70));
+        let text = m.encode();
+        assert!(text.starts_with(&m.encode_node_series()), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(text.contains("raftkv_shard_term{shard=\"0\"} 1"), "{text}");
+        assert!(
+            text.contains("raftkv_request_duration_seconds_count"),
+            "{text}"
+        );
+        assert!(text.contains("raftkv_pending_requests 1"), "{text}");
     }
 
     #[test]

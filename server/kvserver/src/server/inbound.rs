@@ -11,6 +11,7 @@ use kv_shared::proto::{ClientError, ClientRequest};
 use kv_shared::wire::{self, Kind};
 use kv_shared::NodeId;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 impl EventLoop {
     /// Reads every queued datagram (up to [`RECV_BATCH_MAX`]) into the core.
@@ -181,6 +182,7 @@ impl EventLoop {
             protection: Protection::of_flags(header.flags),
         };
         let token = self.clients.token_for(from, route);
+        let arrived = Instant::now();
         for req in reqs {
             if let Some(operation) = crate::auth::denied(permission, &req.op) {
                 let client = self.keys.client(index);
@@ -199,13 +201,13 @@ impl EventLoop {
                 self.core.refuse_request(token, &req, error);
                 continue;
             }
-            self.on_client_request(token, req);
+            self.on_client_request(token, req, arrived);
         }
     }
 
-    fn on_client_request(&mut self, token: ClientToken, req: ClientRequest) {
+    fn on_client_request(&mut self, token: ClientToken, req: ClientRequest, arrived: Instant) {
         self.counters.client_requests += 1;
-        self.udp_requests.arrived(&req);
+        self.udp_requests.arrived(&req, arrived);
         self.core.on_client_request(token, req);
     }
 }

@@ -171,8 +171,9 @@ impl EventLoop {
         if replies.is_empty() {
             return;
         }
+        let now = std::time::Instant::now();
         for (_, reply) in &mut replies {
-            self.udp_requests.answered(reply, &self.metrics);
+            self.udp_requests.answered(reply, &self.metrics, now);
             if let Outcome::Status(status) = &mut reply.outcome {
                 status.drops = self.counters.drops_by_reason();
                 // The counters /metrics shows, brought up to this instant first.
