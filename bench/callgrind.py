@@ -18,6 +18,7 @@ Throughput under callgrind means nothing; compare instructions/op between builds
     python3 bench/callgrind.py --target ... --shards 8 --tick-ms 50   # no elections under valgrind's slowdown
     python3 bench/callgrind.py --target ... --shards 8 --tick-ms 50 --leaders-on 1   # per-group cost alone
     python3 bench/callgrind.py --target ... --op get --lease-reads   # gets as the sweep serves them
+    python3 bench/callgrind.py --target ... --leaders-on 1 --count kvcli   # the load generator's instructions
 """
 import json, time, subprocess, tempfile, socket, argparse, re, shutil
 from leaders import leaders, put_leaders_on
@@ -42,6 +43,9 @@ p.add_argument("--leaders-on", type=int, default=0, metavar="N",
 p.add_argument("--lease-reads", action="store_true",
                help="lease_reads = true in the cluster file, as bench/run.py's clusters have it: a leader then answers "
                     "linearizable gets from its lease; without it every get takes a ReadIndex heartbeat round")
+p.add_argument("--count", default="servers", choices=["servers", "kvcli"],
+               help="whose instructions: the three servers' (default), or the load generator's alone (the servers run "
+                    "natively and `kvcli bench` under callgrind; its whole process: start, status, bench)")
 p.add_argument("--keep", action="store_true", help="keep the callgrind files (for callgrind_annotate) and print their directory")
 a = p.parse_args()
 d = tempfile.mkdtemp(prefix="cgkv-")
@@ -62,7 +66,8 @@ open(cfg, "w").write(f"cluster_id = 9{a.shards}\nshards = {a.shards}\ndata_dir =
 subprocess.run([f"{a.target}/kvserver", "keygen", "--config", cfg], check=True, stdout=subprocess.DEVNULL)
 procs = []
 for n in (1,2,3):
-    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg.{n}", "--dump-instr=no",
+    grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg.{n}", "--dump-instr=no"]
+    cmd = (grind if a.count == "servers" else []) + [
            f"{a.target}/kvserver", "--config", cfg, "--node", str(n), "--data-dir", f"{d}/node-{n}", "--log-level", "warn"]
     procs.append(subprocess.Popen(cmd, stdout=open(f"{d}/n{n}.log","w"), stderr=subprocess.STDOUT))
 kvcli = [f"{a.target}/kvcli", "--cluster", cfg]
@@ -73,14 +78,15 @@ try:
         time.sleep(0.5)
     if a.leaders_on:
         put_leaders_on(kvcli, a.shards, a.leaders_on)
-    if not a.count_startup:
+    if not a.count_startup and a.count == "servers":
         # Count from here, after every status poll and leader move above: they would
         # otherwise weigh on the figure by how long the loaded machine took to elect and
         # to move leaderships. The bench that follows asks each node once, at connect.
         for x in procs:
             subprocess.run(["callgrind_control", "--zero", str(x.pid)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     mix = {"put":"0","get":"1"}[a.op]
-    r = subprocess.run(kvcli + ["bench","--clients",a.clients,"--ops",a.ops,"--mix",mix,"--value-size","100","--key-size","16","--keys","10000","--json"],capture_output=True,text=True,timeout=1200)
+    grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg.kvcli", "--dump-instr=no"]
+    r = subprocess.run((grind if a.count == "kvcli" else []) + kvcli + ["bench","--clients",a.clients,"--ops",a.ops,"--mix",mix,"--value-size","100","--key-size","16","--keys","10000","--json"],capture_output=True,text=True,timeout=1200)
     j = json.loads([l for l in r.stdout.splitlines() if l.startswith("{")][-1])
 except BaseException:
     # A failed run (no leaders, leaderships that did not move, no bench output) leaves
@@ -93,15 +99,16 @@ finally:
     for x in procs: x.terminate()
     for x in procs: x.wait()
 tot = 0
-for n in (1,2,3):
+counted = [1, 2, 3] if a.count == "servers" else ["kvcli"]
+for n in counted:
     # callgrind writes its totals when the process exits, SIGTERM included.
     txt = open(f"{d}/cg.{n}").read()
     m = re.search(r"^summary:\s+(\d+)", txt, re.M) or re.search(r"^totals:\s+(\d+)", txt, re.M)
     tot += int(m.group(1))
 if a.keep:
-    print(f"callgrind files: {d}/cg.1 {d}/cg.2 {d}/cg.3", flush=True)
+    print("callgrind files: " + " ".join(f"{d}/cg.{n}" for n in counted), flush=True)
 else:
     shutil.rmtree(d, ignore_errors=True)
 ops = j["ops"]
 on = (f" leaders-on-n{a.leaders_on}" if a.leaders_on else "") + (" lease-reads" if a.lease_reads else "")
-print(f"{a.target} {a.protection} tick={a.tick_ms}ms {a.shards}sh{on} {a.op} c={a.clients} ops={ops} err={j['errors']} {j['ops_per_s']:.0f}/s  Ir total={tot/1e9:.2f}G  Ir/op={tot/ops:.0f}", flush=True)
+print(f"{a.target} {'kvcli alone ' if a.count == 'kvcli' else ''}{a.protection} tick={a.tick_ms}ms {a.shards}sh{on} {a.op} c={a.clients} ops={ops} err={j['errors']} {j['ops_per_s']:.0f}/s  Ir total={tot/1e9:.2f}G  Ir/op={tot/ops:.0f}", flush=True)

@@ -272,24 +272,52 @@ fn run_tag() -> String {
 }
 
 /// Key number `i` of this run: the run's tag, then the number, zero-padded to `key_size`
-/// bytes.
+/// bytes. Written digit by digit: `format!` cost the load generator, which shares the
+/// cores with the servers it measures, about a thousand instructions per key.
 fn key_name(tag: &str, i: u64, key_size: usize) -> Bytes {
     let width = key_size.saturating_sub(tag.len() + 1);
-    Bytes::from(format!("{tag}-{i:0width$}"))
+    let mut k = Vec::with_capacity(key_size.max(tag.len() + 1 + DECIMAL_DIGITS_MAX));
+    k.extend_from_slice(tag.as_bytes());
+    k.push(b'-');
+    push_decimal(&mut k, i, width);
+    Bytes::from(k)
 }
 
 /// A value unique to (client, seq), padded to `value_size` bytes, so that a read names the
-/// write it saw.
+/// write it saw: the client id in 16 hex digits, `-`, the sequence number in decimal,
+/// then dots. Written digit by digit, as [`key_name`].
 fn value_for(client: u64, n: u64, value_size: usize) -> Bytes {
-    use std::io::Write;
-    // Sized once for the padded value: formatting into an empty buffer and padding it
-    // after reallocated it on every operation of the load generator.
-    let mut v = Vec::with_capacity(value_size);
-    write!(v, "{client:016x}-{n}").expect("writing to a Vec cannot fail");
+    // Sized once for the padded value: growing it while writing reallocates.
+    let mut v = Vec::with_capacity(value_size.max(16 + 1 + DECIMAL_DIGITS_MAX));
+    for shift in (0..16).rev() {
+        v.push(b"0123456789abcdef"[((client >> (shift * 4)) & 0xf) as usize]);
+    }
+    v.push(b'-');
+    push_decimal(&mut v, n, 0);
     if v.len() < value_size {
         v.resize(value_size, b'.');
     }
     Bytes::from(v)
+}
+
+/// Digits of `u64::MAX` in decimal.
+const DECIMAL_DIGITS_MAX: usize = 20;
+
+/// Appends `n` in decimal, zero-padded on the left to at least `width` digits.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64, width: usize) {
+    let mut digits = [0u8; DECIMAL_DIGITS_MAX];
+    let mut at = DECIMAL_DIGITS_MAX;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let len = DECIMAL_DIGITS_MAX - at;
+    out.resize(out.len() + width.saturating_sub(len), b'0');
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// CPU seconds (user, system) used by this process so far, from /proc/self/stat.
@@ -745,6 +773,30 @@ mod tests {
         );
         assert_ne!(value_for(1, 1, 8), value_for(1, 2, 8));
         assert_eq!(value_for(1, 1, 100).len(), 100);
+    }
+
+    #[test]
+    fn keys_and_values_are_what_format_would_write() {
+        let tag = "b00abcd";
+        for i in [0, 7, 10, 99_999_999, 100_000_000, 123_456_789_012, u64::MAX] {
+            for key_size in [0usize, 8, 16, 40] {
+                let width = key_size.saturating_sub(tag.len() + 1);
+                assert_eq!(
+                    key_name(tag, i, key_size),
+                    format!("{tag}-{i:0width$}").as_bytes(),
+                    "key {i} at {key_size} bytes"
+                );
+            }
+        }
+        for (client, n) in [(0, 0), (0xdead_beef, 1), (u64::MAX, u64::MAX), (42, 1_000)] {
+            for value_size in [0, 10, 100] {
+                let mut want = format!("{client:016x}-{n}").into_bytes();
+                if want.len() < value_size {
+                    want.resize(value_size, b'.');
+                }
+                assert_eq!(value_for(client, n, value_size), want, "{client} {n}");
+            }
+        }
     }
 
     #[test]
