@@ -3,7 +3,7 @@
 //! a node sees one burst per wake-up of this client rather than one per session.
 
 use crate::client::{bump, Shared};
-use kv_shared::auth::{Stamp, BODY_BYTES_MAX};
+use kv_shared::auth::{Stamp, BODY_BYTES_MAX, BODY_OFFSET, TAG_BYTES};
 use kv_shared::limits::CLIENT_REQUESTS_PER_DATAGRAM_MAX;
 use kv_shared::pack::{encode_encoded, pack_by, PackLimit};
 use kv_shared::wire::Kind;
@@ -69,16 +69,18 @@ async fn send_datagram(
     stamp: Stamp,
     datagram: &mut Vec<u8>,
 ) {
-    let mut payload = Vec::new();
-    encode_encoded(batch, &mut payload);
+    // The body is encoded where the sealed datagram carries it, and sealed there: no
+    // payload buffer to grow and copy for each datagram of up to BODY_BYTES_MAX.
     datagram.clear();
-    s.requests.seal(
+    datagram.resize(BODY_OFFSET, 0);
+    encode_encoded(batch, datagram);
+    datagram.resize(datagram.len() + TAG_BYTES, 0);
+    s.requests.seal_in_place(
         Kind::ClientRequests,
         s.cluster_id,
         s.key_id,
         stamp,
         s.options.protection,
-        &payload,
         datagram,
     );
     bump(&s.counters.datagrams_sent);
