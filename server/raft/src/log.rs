@@ -153,11 +153,11 @@ impl RaftLog {
         truncated
     }
 
-    /// Entries not yet handed out in a `Write`; marks them as handed out.
-    pub fn take_unstable(&mut self) -> Vec<Entry> {
-        let out = self.range(self.unstable_from, self.last_index()).to_vec();
+    /// Appends the entries not yet handed out in a `Write` to `out`; marks them as
+    /// handed out.
+    pub fn take_unstable_into(&mut self, out: &mut Vec<Entry>) {
+        out.extend_from_slice(self.range(self.unstable_from, self.last_index()));
         self.unstable_from = self.last_index() + 1;
-        out
     }
 
     /// True if some entries were never handed out in a `Write`.
@@ -278,9 +278,19 @@ mod tests {
         assert_eq!(log.append(&[ent(3, 3)]), Some(3));
         assert_eq!(log.last_index(), 3);
         assert_eq!(log.unstable_from, 3);
-        assert_eq!(log.take_unstable(), vec![ent(3, 3)]);
+        let mut out = vec![ent(9, 9)];
+        log.take_unstable_into(&mut out);
+        assert_eq!(
+            out,
+            vec![ent(9, 9), ent(3, 3)],
+            "appended after what it held"
+        );
         assert_eq!(log.append(&[ent(4, 3)]), None);
-        assert_eq!(log.take_unstable().len(), 1);
+        out.clear();
+        log.take_unstable_into(&mut out);
+        assert_eq!(out, vec![ent(4, 3)]);
+        log.take_unstable_into(&mut out);
+        assert_eq!(out.len(), 1, "nothing is handed out twice");
     }
 
     #[test]

@@ -53,8 +53,10 @@ impl Raft {
         if bcast {
             self.lazy_refresh_fast();
             self.lazy_rewind_fast();
-            for id in self.peers() {
+            let mut peer = self.next_peer(None);
+            while let Some(id) = peer {
                 while self.maybe_send_append(id, false) {}
+                peer = self.next_peer(Some(id));
             }
         }
         if reads {
@@ -74,12 +76,20 @@ impl Raft {
         }
     }
 
-    /// Other members a leader replicates to.
-    pub(crate) fn peers(&self) -> Vec<NodeId> {
-        match &self.role {
-            RoleState::Leader(ls) => ls.progress.keys().copied().collect(),
-            _ => Vec::new(),
-        }
+    /// The first member a leader replicates to after `after` (from the first with
+    /// `None`), in id order. Walking them this way instead of collecting them first saves
+    /// an allocation per group per round, and sees the progress map as each send left
+    /// it, as the collected list did: a send never adds or removes a member.
+    pub(crate) fn next_peer(&self, after: Option<NodeId>) -> Option<NodeId> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let RoleState::Leader(ls) = &self.role else {
+            return None;
+        };
+        let from = after.map_or(Unbounded, Excluded);
+        ls.progress
+            .range((from, Unbounded))
+            .next()
+            .map(|(id, _)| *id)
     }
 
     /// Sends one Append (or snapshot chunks) to `to` if its flow control allows. Returns
@@ -161,8 +171,10 @@ impl Raft {
 
     /// One Append to every peer (to spread a new commit index).
     pub(crate) fn bcast_append(&mut self) {
-        for id in self.peers() {
+        let mut peer = self.next_peer(None);
+        while let Some(id) = peer {
             self.maybe_send_append(id, true);
+            peer = self.next_peer(Some(id));
         }
     }
 
