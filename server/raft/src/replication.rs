@@ -406,13 +406,14 @@ impl Raft {
             if entries[pos].index <= self.log.commit {
                 return; // would rewrite a committed entry: not from a real leader
             }
-            if let Some(t) = self.log.append(&entries[pos..]) {
+            let conf_change = entries[pos..]
+                .iter()
+                .any(|e| matches!(e.kind, EntryKind::ConfChange(_)));
+            entries.drain(..pos);
+            if let Some(t) = self.log.append_owned(entries) {
                 self.on_truncated(t);
             }
-            if entries[pos..]
-                .iter()
-                .any(|e| matches!(e.kind, EntryKind::ConfChange(_)))
-            {
+            if conf_change {
                 self.commit_vouched();
             }
         }

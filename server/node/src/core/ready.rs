@@ -66,11 +66,15 @@ impl NodeCore {
     pub(super) fn drive(&mut self) {
         let threshold = self.config.snapshot_threshold_entries;
         for g in self.groups.take_touched() {
-            let busy = self.groups.peek_mut(g).is_some_and(|g| {
-                g.raft.has_ready() || g.removed_at.is_some() || snapshot_due(g, threshold)
+            let (ready, busy) = self.groups.peek_mut(g).map_or((false, false), |g| {
+                let ready = g.raft.has_ready();
+                (
+                    ready,
+                    ready || g.removed_at.is_some() || snapshot_due(g, threshold),
+                )
             });
             if busy {
-                self.drive_group(g);
+                self.drive_group_known(g, ready);
             }
         }
     }
@@ -78,11 +82,20 @@ impl NodeCore {
     /// Drains group `g`'s Ready until it has none, then removes the replica or takes a
     /// snapshot if due.
     pub(super) fn drive_group(&mut self, g: ShardId) {
+        let ready = self.groups.contains(g) && self.groups[g].raft.has_ready();
+        self.drive_group_known(g, ready);
+    }
+
+    /// [`NodeCore::drive_group`] where the caller just asked `has_ready` (`ready`), so
+    /// that the first round of the loop does not ask again: a leader's group is asked
+    /// several times per round, and each ask runs its batched sends first.
+    fn drive_group_known(&mut self, g: ShardId, mut ready: bool) {
         if !self.groups.contains(g) {
             return;
         }
-        while self.groups[g].raft.has_ready() {
+        while ready {
             self.handle_ready(g);
+            ready = self.groups.contains(g) && self.groups[g].raft.has_ready();
         }
         let group = &mut self.groups[g];
         if group.removed_at.is_some() && is_listed(group.raft.membership(), self.config.node) {
