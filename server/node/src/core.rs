@@ -142,7 +142,8 @@ pub struct Output {
     /// Entries applied, in the order applied (empty if the runtime turned them off with
     /// [`NodeCore::set_applied_reports`]).
     pub applied: Vec<AppliedEntry>,
-    /// Client requests proposed as leader, with the index of their entry.
+    /// Client requests proposed as leader, with the index of their entry (empty if the
+    /// runtime turned them off with [`NodeCore::set_applied_reports`]).
     pub proposed: Vec<ProposedRequest>,
 }
 
@@ -257,7 +258,19 @@ pub struct NodeCore {
     /// with that much room (see [`take_sized`]).
     outbox_room: usize,
     out: Output,
-    /// Whether [`Output::applied`] is filled ([`NodeCore::set_applied_reports`]).
+    /// `handle_ready`'s `Ready`, kept so that its vectors keep their room (`None` only
+    /// while one is being handled).
+    ready_buf: Option<kv_raft::Ready>,
+    /// `apply`'s outcomes of one entry, kept likewise.
+    outcomes_buf: Vec<Outcome>,
+    /// `route`'s lists of one group's requests and of its writes, kept likewise.
+    route_ids: Vec<u64>,
+    route_writes: Vec<u64>,
+    /// Emptied lists of request ids of applied batches, for the next proposals
+    /// (`NodeCore::ids_vec`).
+    ids_pool: Vec<Vec<u64>>,
+    /// Whether [`Output::applied`] and [`Output::proposed`] are filled
+    /// ([`NodeCore::set_applied_reports`]).
     applied_reports: bool,
     tick_count: u64,
     peers_heard_ms: BTreeMap<NodeId, u64>,
@@ -354,6 +367,11 @@ impl NodeCore {
             to_route: BTreeSet::new(),
             outbox_room: 0,
             out: Output::default(),
+            ready_buf: None,
+            outcomes_buf: Vec::new(),
+            route_ids: Vec::new(),
+            route_writes: Vec::new(),
+            ids_pool: Vec::new(),
             applied_reports: true,
             tick_count: 0,
             peers_heard_ms: BTreeMap::new(),
@@ -749,9 +767,10 @@ impl NodeCore {
         }
     }
 
-    /// Whether [`Output::applied`] lists the entries applied (on from the start). A
-    /// runtime that reads none of them turns it off and saves a digest of every applied
-    /// entry; nothing else the core does depends on it.
+    /// Whether [`Output::applied`] lists the entries applied and [`Output::proposed`] the
+    /// requests proposed (on from the start). A runtime that reads neither turns it off
+    /// and saves a digest of every applied entry and a record of every proposed write;
+    /// nothing else the core does depends on it.
     pub fn set_applied_reports(&mut self, on: bool) {
         self.applied_reports = on;
     }
@@ -813,7 +832,15 @@ impl NodeCore {
                 self.out.datagrams.push((to, batch));
             }
         }
-        std::mem::take(&mut self.out)
+        // The next round's lists start with this one's room: 64 replies a round
+        // otherwise grow their vector five times every round.
+        let next = Output {
+            datagrams: Vec::with_capacity(self.out.datagrams.len()),
+            replies: Vec::with_capacity(self.out.replies.len()),
+            proposed: Vec::with_capacity(self.out.proposed.len()),
+            ..Output::default()
+        };
+        std::mem::replace(&mut self.out, next)
     }
 }
 

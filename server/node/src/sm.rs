@@ -550,10 +550,17 @@ impl StateMachine {
     /// decode (impossible unless a replica is corrupt) applies as nothing, the same on
     /// every replica, and yields no outcomes.
     pub fn apply_entry(&mut self, index: u64, term: u64, data: &[u8]) -> Vec<Outcome> {
+        let mut outcomes = Vec::new();
+        self.apply_entry_into(index, term, data, &mut outcomes);
+        outcomes
+    }
+
+    /// [`StateMachine::apply_entry`], appending the outcomes to `out` (a buffer the
+    /// caller reuses from entry to entry) instead of returning a new vector.
+    pub fn apply_entry_into(&mut self, index: u64, term: u64, data: &[u8], out: &mut Vec<Outcome>) {
         self.advance(index, term);
-        match CommandBatch::decode_borrowed(data) {
-            Ok(batch) => batch.writes.iter().map(|w| self.apply_command(w)).collect(),
-            Err(_) => Vec::new(),
+        if let Ok(batch) = CommandBatch::decode_borrowed(data) {
+            out.extend(batch.writes.iter().map(|w| self.apply_command(w)));
         }
     }
 

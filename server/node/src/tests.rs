@@ -2024,6 +2024,27 @@ fn a_node_with_applied_reports_off_applies_the_same_entries_and_lists_none() {
     }
 }
 
+#[test]
+fn a_leader_with_applied_reports_off_lists_no_proposals_and_still_answers() {
+    let mut c = Cluster::new(3, 1);
+    c.tick(60);
+    let l = c.leader(ShardId(0));
+    c.request(l, 1, put(1, 1, "a", "v"));
+    c.flush(l);
+    c.tick(3);
+    assert!(
+        c.proposed.iter().any(|(i, _)| *i == l),
+        "reports on: the leader lists its proposal"
+    );
+    c.proposed.clear();
+    c.nodes[l].set_applied_reports(false);
+    c.request(l, 2, put(2, 1, "b", "w"));
+    c.flush(l);
+    c.tick(3);
+    assert_eq!(c.reply_to(2), vec![Outcome::Done]);
+    assert!(c.proposed.is_empty(), "reports off: no proposal listed");
+}
+
 /// A member cut off from its shard's traffic (its node still heard
 /// from) missed its removal; the leader, hearing nothing from it, stopped replicating to
 /// it, and its group, quiesced on a leader whose node is alive, never timed out to ask.

@@ -134,8 +134,22 @@ impl RaftLog {
     /// suffix from the first index on. Returns the index truncated from, if a suffix was
     /// dropped.
     pub fn append(&mut self, entries: &[Entry]) -> Option<Index> {
-        let first = entries.first()?;
-        let first = first.index;
+        let truncated = self.make_room(entries.first()?.index);
+        self.entries.extend_from_slice(entries);
+        truncated
+    }
+
+    /// [`RaftLog::append`] of entries the caller owns: moved in, not cloned (a follower
+    /// appends what an Append carried, which it has no other use for).
+    pub fn append_owned(&mut self, entries: Vec<Entry>) -> Option<Index> {
+        let truncated = self.make_room(entries.first()?.index);
+        self.entries.extend(entries);
+        truncated
+    }
+
+    /// Drops the suffix from `first` on (if held) so that entries from `first` can be
+    /// appended; returns `first` if that dropped any.
+    fn make_room(&mut self, first: Index) -> Option<Index> {
         assert!(
             first > self.snap_index && first <= self.last_index() + 1,
             "append out of range"
@@ -148,16 +162,15 @@ impl RaftLog {
         let truncated = (first <= self.last_index()).then_some(first);
         self.entries
             .truncate((first - self.snap_index - 1) as usize);
-        self.entries.extend_from_slice(entries);
         self.unstable_from = self.unstable_from.min(first);
         truncated
     }
 
-    /// Entries not yet handed out in a `Write`; marks them as handed out.
-    pub fn take_unstable(&mut self) -> Vec<Entry> {
-        let out = self.range(self.unstable_from, self.last_index()).to_vec();
+    /// Appends the entries not yet handed out in a `Write` to `out`; marks them as
+    /// handed out.
+    pub fn take_unstable_into(&mut self, out: &mut Vec<Entry>) {
+        out.extend_from_slice(self.range(self.unstable_from, self.last_index()));
         self.unstable_from = self.last_index() + 1;
-        out
     }
 
     /// True if some entries were never handed out in a `Write`.
@@ -278,9 +291,30 @@ mod tests {
         assert_eq!(log.append(&[ent(3, 3)]), Some(3));
         assert_eq!(log.last_index(), 3);
         assert_eq!(log.unstable_from, 3);
-        assert_eq!(log.take_unstable(), vec![ent(3, 3)]);
+        let mut out = vec![ent(9, 9)];
+        log.take_unstable_into(&mut out);
+        assert_eq!(
+            out,
+            vec![ent(9, 9), ent(3, 3)],
+            "appended after what it held"
+        );
         assert_eq!(log.append(&[ent(4, 3)]), None);
-        assert_eq!(log.take_unstable().len(), 1);
+        out.clear();
+        log.take_unstable_into(&mut out);
+        assert_eq!(out, vec![ent(4, 3)]);
+        log.take_unstable_into(&mut out);
+        assert_eq!(out.len(), 1, "nothing is handed out twice");
+    }
+
+    #[test]
+    fn append_owned_is_append_without_the_copy() {
+        for new in [vec![ent(3, 3), ent(4, 3)], vec![ent(5, 2)], Vec::new()] {
+            let (mut by_ref, mut owned) = (log_of(&[1, 1, 2, 2]), log_of(&[1, 1, 2, 2]));
+            assert_eq!(by_ref.append(&new), owned.append_owned(new.clone()));
+            assert_eq!(by_ref.range(1, 10), owned.range(1, 10));
+            assert_eq!(by_ref.unstable_from, owned.unstable_from);
+            owned.assert_invariants();
+        }
     }
 
     #[test]

@@ -542,42 +542,52 @@ impl Raft {
 
     /// Takes the work accumulated since the last call.
     pub fn ready(&mut self) -> Ready {
+        let mut rd = Ready::default();
+        self.ready_into(&mut rd);
+        rd
+    }
+
+    /// [`Raft::ready`] into a `Ready` the caller keeps from round to round: its vectors
+    /// (and the entries vector of its previous `write`) are cleared and refilled, so a
+    /// caller driving many groups allocates nothing per group per round for them. What
+    /// `rd` held before is dropped, so consume it first.
+    pub fn ready_into(&mut self, rd: &mut Ready) {
         self.flush_leader_sends();
         self.flush_follower_reads();
-        let write = self.needs_write().then(|| self.take_write());
-        let apply_snapshot = self.snapshot_ready.take();
-        if let Some(s) = &apply_snapshot {
+        let mut entries = rd.write.take().map(|w| w.entries).unwrap_or_default();
+        rd.write = self
+            .needs_write()
+            .then(|| self.take_write(std::mem::take(&mut entries)));
+        rd.apply_snapshot = self.snapshot_ready.take();
+        if let Some(s) = &rd.apply_snapshot {
             self.log.applied = s.meta.index;
         }
         let hi = self.next_committed_hi();
-        let committed = self
-            .log
-            .range_within(
-                self.log.applied + 1,
-                hi,
-                self.cfg.committed_bytes_per_ready_max,
-            )
-            .to_vec();
-        if let Some(last) = committed.last() {
+        rd.committed.clear();
+        rd.committed.extend_from_slice(self.log.range_within(
+            self.log.applied + 1,
+            hi,
+            self.cfg.committed_bytes_per_ready_max,
+        ));
+        if let Some(last) = rd.committed.last() {
             self.log.applied = last.index;
         }
         let soft = self.soft_state();
-        let soft_state = (soft != self.last_soft).then_some(soft);
+        rd.soft_state = (soft != self.last_soft).then_some(soft);
         self.last_soft = soft;
-        if !self.snapshot_image_needed() {
+        if self.snapshot.is_some() && !self.snapshot_image_needed() {
             self.snapshot = None;
         }
-        Ready {
-            messages: std::mem::take(&mut self.msgs),
-            write,
-            apply_snapshot,
-            committed,
-            reads: std::mem::take(&mut self.reads_ready),
-            failed_reads: std::mem::take(&mut self.failed_reads),
-            soft_state,
-            snapshot_wanted: std::mem::take(&mut self.snapshot_wanted),
-            events: std::mem::take(&mut self.events),
-        }
+        // `append` moves the items and leaves both vectors their capacity.
+        rd.messages.clear();
+        rd.messages.append(&mut self.msgs);
+        rd.reads.clear();
+        rd.reads.append(&mut self.reads_ready);
+        rd.failed_reads.clear();
+        rd.failed_reads.append(&mut self.failed_reads);
+        rd.snapshot_wanted = std::mem::take(&mut self.snapshot_wanted);
+        rd.events.clear();
+        rd.events.append(&mut self.events);
     }
 
     /// Messages refused so far, by reason.

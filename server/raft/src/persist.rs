@@ -103,11 +103,13 @@ impl Raft {
             || self.vote != self.hs_written.vote
     }
 
-    pub(crate) fn take_write(&mut self) -> Write {
+    /// The next write, its entries in `entries` (cleared first: a buffer to reuse).
+    pub(crate) fn take_write(&mut self, mut entries: Vec<Entry>) -> Write {
         let id = self.next_write_id;
         self.next_write_id += 1;
         let snapshot = self.snapshot_unwritten.take();
-        let entries = self.log.take_unstable();
+        entries.clear();
+        self.log.take_unstable_into(&mut entries);
         let hs = self.hard_state();
         let hard_state = (hs != self.hs_written).then_some(hs);
         self.hs_written = hs;

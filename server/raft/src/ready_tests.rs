@@ -99,3 +99,54 @@ fn the_quorum_commit_is_computed_only_when_an_index_it_counts_moved() {
     assert_eq!(raft.status().hard.commit, commit + 1, "the entry commits");
     assert_eq!(drain(&mut raft), vec![vec![Bytes::from_static(b"x")]]);
 }
+
+/// `ready_into` a `Ready` the caller keeps hands out exactly what `ready` does, and
+/// refills the kept vectors in place rather than replacing them (what saves a node of
+/// many groups an allocation per group per round).
+#[test]
+fn ready_into_a_kept_ready_hands_out_what_ready_does_in_the_same_vectors() {
+    let make = || {
+        Raft::new(
+            Config::new(NodeId(1), 7),
+            Restored {
+                initial_membership: Membership {
+                    voters: vec![NodeId(1), NodeId(2), NodeId(3)],
+                    learners: Vec::new(),
+                },
+                ..Restored::default()
+            },
+        )
+    };
+    let (mut fresh, mut kept_by) = (make(), make());
+    let mut kept = crate::Ready::default();
+    let mut reused = 0;
+    for _ in 0..200 {
+        fresh.tick();
+        kept_by.tick();
+        while fresh.has_ready() {
+            assert!(kept_by.has_ready());
+            let rd = fresh.ready();
+            let before = kept.messages.as_ptr();
+            let room = kept.messages.capacity();
+            kept_by.ready_into(&mut kept);
+            assert_eq!(rd, kept);
+            if room >= kept.messages.len() && !kept.messages.is_empty() {
+                assert_eq!(
+                    kept.messages.as_ptr(),
+                    before,
+                    "the kept vector is refilled"
+                );
+                reused += 1;
+            }
+            if let Some(w) = &rd.write {
+                fresh.on_persisted(w.id);
+                kept_by.on_persisted(w.id);
+            }
+        }
+        assert!(!kept_by.has_ready());
+    }
+    assert!(
+        reused > 1,
+        "campaigns sent messages through the kept vector"
+    );
+}

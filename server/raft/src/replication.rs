@@ -53,8 +53,10 @@ impl Raft {
         if bcast {
             self.lazy_refresh_fast();
             self.lazy_rewind_fast();
-            for id in self.peers() {
+            let mut peer = self.next_peer(None);
+            while let Some(id) = peer {
                 while self.maybe_send_append(id, false) {}
+                peer = self.next_peer(Some(id));
             }
         }
         if reads {
@@ -74,12 +76,20 @@ impl Raft {
         }
     }
 
-    /// Other members a leader replicates to.
-    pub(crate) fn peers(&self) -> Vec<NodeId> {
-        match &self.role {
-            RoleState::Leader(ls) => ls.progress.keys().copied().collect(),
-            _ => Vec::new(),
-        }
+    /// The first member a leader replicates to after `after` (from the first with
+    /// `None`), in id order. Walking them this way instead of collecting them first saves
+    /// an allocation per group per round, and sees the progress map as each send left
+    /// it, as the collected list did: a send never adds or removes a member.
+    pub(crate) fn next_peer(&self, after: Option<NodeId>) -> Option<NodeId> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let RoleState::Leader(ls) = &self.role else {
+            return None;
+        };
+        let from = after.map_or(Unbounded, Excluded);
+        ls.progress
+            .range((from, Unbounded))
+            .next()
+            .map(|(id, _)| *id)
     }
 
     /// Sends one Append (or snapshot chunks) to `to` if its flow control allows. Returns
@@ -161,8 +171,10 @@ impl Raft {
 
     /// One Append to every peer (to spread a new commit index).
     pub(crate) fn bcast_append(&mut self) {
-        for id in self.peers() {
+        let mut peer = self.next_peer(None);
+        while let Some(id) = peer {
             self.maybe_send_append(id, true);
+            peer = self.next_peer(Some(id));
         }
     }
 
@@ -394,13 +406,14 @@ impl Raft {
             if entries[pos].index <= self.log.commit {
                 return; // would rewrite a committed entry: not from a real leader
             }
-            if let Some(t) = self.log.append(&entries[pos..]) {
+            let conf_change = entries[pos..]
+                .iter()
+                .any(|e| matches!(e.kind, EntryKind::ConfChange(_)));
+            entries.drain(..pos);
+            if let Some(t) = self.log.append_owned(entries) {
                 self.on_truncated(t);
             }
-            if entries[pos..]
-                .iter()
-                .any(|e| matches!(e.kind, EntryKind::ConfChange(_)))
-            {
+            if conf_change {
                 self.commit_vouched();
             }
         }

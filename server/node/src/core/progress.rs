@@ -48,6 +48,9 @@ impl NodeCore {
 
     /// Reports the requests `ids` proposed in the entry at `index` of `shard`.
     pub(super) fn report_proposed(&mut self, shard: ShardId, index: u64, ids: &[u64]) {
+        if !self.applied_reports {
+            return;
+        }
         for id in ids {
             if let Some(r) = self.requests.get(id) {
                 self.out.proposed.push(ProposedRequest {

@@ -66,11 +66,15 @@ impl NodeCore {
     pub(super) fn drive(&mut self) {
         let threshold = self.config.snapshot_threshold_entries;
         for g in self.groups.take_touched() {
-            let busy = self.groups.peek_mut(g).is_some_and(|g| {
-                g.raft.has_ready() || g.removed_at.is_some() || snapshot_due(g, threshold)
+            let (ready, busy) = self.groups.peek_mut(g).map_or((false, false), |g| {
+                let ready = g.raft.has_ready();
+                (
+                    ready,
+                    ready || g.removed_at.is_some() || snapshot_due(g, threshold),
+                )
             });
             if busy {
-                self.drive_group(g);
+                self.drive_group_known(g, ready);
             }
         }
     }
@@ -78,11 +82,20 @@ impl NodeCore {
     /// Drains group `g`'s Ready until it has none, then removes the replica or takes a
     /// snapshot if due.
     pub(super) fn drive_group(&mut self, g: ShardId) {
+        let ready = self.groups.contains(g) && self.groups[g].raft.has_ready();
+        self.drive_group_known(g, ready);
+    }
+
+    /// [`NodeCore::drive_group`] where the caller just asked `has_ready` (`ready`), so
+    /// that the first round of the loop does not ask again: a leader's group is asked
+    /// several times per round, and each ask runs its batched sends first.
+    fn drive_group_known(&mut self, g: ShardId, mut ready: bool) {
         if !self.groups.contains(g) {
             return;
         }
-        while self.groups[g].raft.has_ready() {
+        while ready {
             self.handle_ready(g);
+            ready = self.groups.contains(g) && self.groups[g].raft.has_ready();
         }
         let group = &mut self.groups[g];
         if group.removed_at.is_some() && is_listed(group.raft.membership(), self.config.node) {
@@ -110,13 +123,14 @@ impl NodeCore {
     }
 
     fn handle_ready(&mut self, g: ShardId) {
-        let rd = self.groups[g].raft.ready();
+        // One `Ready` serves every group's every round: its vectors keep their room, so
+        // a round allocates nothing for them per group (`kv_raft::Raft::ready_into`).
+        let mut rd = self.ready_buf.take().unwrap_or_default();
+        self.groups[g].raft.ready_into(&mut rd);
         let shard = self.groups[g].shard;
-        self.out.events.extend(
-            rd.events
-                .into_iter()
-                .map(|e| NodeEvent::from_raft(shard, e)),
-        );
+        self.out
+            .events
+            .extend(rd.events.drain(..).map(|e| NodeEvent::from_raft(shard, e)));
         if let Some(ss) = rd.soft_state {
             let old = self.groups[g].soft;
             self.groups[g].soft = ss;
@@ -141,11 +155,15 @@ impl NodeCore {
                 self.fail_leader_requests(g, ss.leader);
             }
         }
-        if let Some(w) = rd.write {
+        if let Some(w) = &mut rd.write {
             self.persist(g, w);
+            // Kept for its entries' room only: what it held is in the round's ops now,
+            // and a snapshot image must not stay alive in the buffer.
+            w.entries.clear();
+            w.snapshot = None;
         }
         let room = self.outbox_room;
-        for m in rd.messages {
+        for m in rd.messages.drain(..) {
             if m.to == self.config.node {
                 continue;
             }
@@ -154,7 +172,7 @@ impl NodeCore {
                 .or_insert_with(|| Vec::with_capacity(room))
                 .push(GroupMessage { shard, msg: m });
         }
-        if let Some(snap) = rd.apply_snapshot {
+        if let Some(snap) = rd.apply_snapshot.take() {
             self.out.events.push(NodeEvent {
                 shard,
                 term: self.groups[g].soft.term,
@@ -164,25 +182,26 @@ impl NodeCore {
             });
             self.restore_snapshot(g, snap);
         }
-        for e in rd.committed {
+        for e in rd.committed.drain(..) {
             self.apply(g, e);
         }
         if rd.snapshot_wanted {
             self.provide_snapshot(g);
         }
-        for rs in rd.reads {
+        for rs in rd.reads.drain(..) {
             if let Some(ids) = self.groups[g].reads.remove(&rs.ctx) {
                 self.groups[g].confirmed_reads.push((rs.index, ids));
             }
         }
         let leader = self.groups[g].soft.leader;
-        for ctx in rd.failed_reads {
+        for ctx in rd.failed_reads.drain(..) {
             if let Some(ids) = self.groups[g].reads.remove(&ctx) {
                 for id in ids {
                     self.reply(id, Outcome::Error(ClientError::NotLeader { shard, leader }));
                 }
             }
         }
+        self.ready_buf = Some(rd);
         self.serve_confirmed_reads(g);
         let group = &mut self.groups[g];
         // Sticky: Raft's membership is the committed one, which runs ahead of what this
@@ -194,7 +213,7 @@ impl NodeCore {
 
     /// Turns a Raft Write into DiskOps of this round: snapshot, then the log and commit
     /// index as a part of the round record, then the term and vote, only if changed.
-    fn persist(&mut self, g: ShardId, w: kv_raft::Write) {
+    fn persist(&mut self, g: ShardId, w: &kv_raft::Write) {
         let shard = g.0;
         let mut replaced_log = false;
         if let Some(snap) = &w.snapshot {
@@ -276,50 +295,52 @@ impl NodeCore {
     fn apply(&mut self, g: ShardId, e: Entry) {
         self.report_applied(self.groups[g].shard, &e);
         let me = self.config.node;
+        // Kept from entry to entry: most entries carry one or two writes.
+        let mut outcomes = std::mem::take(&mut self.outcomes_buf);
+        outcomes.clear();
         let group = &mut self.groups[g];
         group.applied_bytes_since_snapshot += e.data.len() as u64;
         let moving = group.sm.move_in_flight();
-        let outcomes = match e.kind {
-            EntryKind::Command => group.sm.apply_entry(e.index, e.term, &e.data),
-            EntryKind::Noop => {
-                group.sm.apply_empty(e.index, e.term);
-                Vec::new()
+        match e.kind {
+            EntryKind::Command => {
+                group
+                    .sm
+                    .apply_entry_into(e.index, e.term, &e.data, &mut outcomes)
             }
+            EntryKind::Noop => group.sm.apply_empty(e.index, e.term),
             EntryKind::ConfChange(change) => {
                 group.sm.apply_membership_change(e.index, e.term);
                 if change == ConfChange::RemoveNode(me) {
                     group.removed_at = Some(e.index);
                 }
-                Vec::new()
             }
-        };
+        }
         let move_ended = moving.is_some() && group.sm.move_in_flight() != moving;
         let shard = group.shard;
         let leader = group.soft.leader;
         // Batches proposed at or below this index either are this entry or were lost.
-        let mut answered = Vec::new();
-        while let Some((&i, _)) = group.proposed.first_key_value() {
-            if i > e.index {
+        // Answering one touches no group's `proposed`, so they are taken one at a time.
+        while let Some(batch) = self.groups[g].proposed.first_entry() {
+            if *batch.key() > e.index {
                 break;
             }
-            let (term, ids) = group.proposed.pop_first().expect("present").1;
-            answered.push((i, term, ids));
-        }
-        for (i, term, ids) in answered {
+            let (i, (term, ids)) = batch.remove_entry();
             if i == e.index && term == e.term && outcomes.len() == ids.len() {
-                for (id, outcome) in ids.into_iter().zip(outcomes.iter()) {
+                for (&id, outcome) in ids.iter().zip(outcomes.drain(..)) {
                     if self.is_move_in_flight_request(g, id) {
                         self.groups[g].move_waiters.push(id);
                         continue;
                     }
-                    self.reply(id, outcome.clone());
+                    self.reply(id, outcome);
                 }
             } else {
-                for id in ids {
+                for &id in &ids {
                     self.reply(id, Outcome::Error(ClientError::NotLeader { shard, leader }));
                 }
             }
+            self.recycle_ids(ids);
         }
+        self.outcomes_buf = outcomes;
         if move_ended {
             self.move_ended(g);
         }

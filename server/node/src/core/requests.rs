@@ -4,12 +4,12 @@
 
 use super::{is_listed, BoundaryRefusal, ClientToken, NodeCore, Request};
 use crate::moves;
-use crate::sm::{CommandBatch, WriteCommand, WriteOp};
+use crate::sm::{WriteCommand, WriteOp};
 use crate::write_refusal;
 use bytes::Bytes;
 use kv_raft::{ProposeError, Role};
 use kv_shared::limits::{ENTRY_BYTES_MAX, PENDING_REQUESTS_MAX, PENDING_REQUEST_BYTES_MAX};
-use kv_shared::pack::{count_prefix_bytes, encode_known};
+use kv_shared::pack::count_prefix_bytes;
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Op, Outcome};
 use kv_shared::registry::METADATA_SHARD;
 use kv_shared::shard::shard_for_key;
@@ -37,12 +37,35 @@ fn request_bytes(op: &Op) -> usize {
     REQUEST_OVERHEAD_BYTES + payload
 }
 
-/// The entry of `writes`, whose encodings add up to `writes_bytes`: the batch's length
-/// is known from the sizing against ENTRY_BYTES_MAX, so it is not counted again.
-fn encode_batch(writes: Vec<WriteCommand<&Bytes>>, writes_bytes: usize) -> Bytes {
-    let len = count_prefix_bytes(writes.len()) + writes_bytes;
-    Bytes::from(encode_known(&CommandBatch { writes }, len))
+/// The encoded write of request `r` (routed as a write), its keys and values borrowed.
+fn write_of(r: &Request) -> WriteCommand<&Bytes> {
+    WriteCommand {
+        client: r.req.client,
+        seq: r.req.seq,
+        op: WriteOp::borrowed(&r.req.op).expect("routed as a write"),
+    }
 }
+
+/// The [`CommandBatch`] of `count` writes, whose encodings add up to `writes_bytes`,
+/// encoded. Written straight from the writes: postcard encodes a sequence as its length
+/// and then its items, so no vector of the (borrowed) writes is built first.
+fn encode_entry<'a>(
+    count: usize,
+    writes: impl Iterator<Item = WriteCommand<&'a Bytes>>,
+    writes_bytes: usize,
+) -> Bytes {
+    let len = count_prefix_bytes(count) + writes_bytes;
+    let mut out = postcard::to_extend(&count, Vec::with_capacity(len)).expect("a length encodes");
+    for write in writes {
+        out = postcard::to_extend(&write, out).expect("a write encodes");
+    }
+    debug_assert_eq!(out.len(), len, "the counted length is the encoding's");
+    Bytes::from(out)
+}
+
+/// Most `Vec<u64>` of request ids kept for reuse ([`NodeCore::ids_vec`]): a round's
+/// proposed batches, one per group that got writes.
+pub(super) const IDS_POOL_MAX: usize = 1024;
 
 impl NodeCore {
     /// A client request. Answered (exactly once) in some later `Output`, or in the next.
@@ -218,19 +241,22 @@ impl NodeCore {
     /// Sends this round's requests of group `g` where they belong: proposals and reads
     /// on a leader, redirects elsewhere; held while no leader is known.
     pub(super) fn route(&mut self, g: ShardId) {
-        let ids = std::mem::take(&mut self.groups[g].waiting);
-        if ids.is_empty() {
+        if self.groups[g].waiting.is_empty() {
             return;
         }
+        // The group's list trades places with a kept empty one, so that neither this
+        // round nor the group's next request allocates.
+        let mut ids = std::mem::take(&mut self.route_ids);
+        std::mem::swap(&mut ids, &mut self.groups[g].waiting);
         let me = self.config.node;
         let shard = self.groups[g].shard;
         let soft = self.groups[g].soft;
         // Writes to propose, by request id: each is encoded from its request's op.
-        let mut writes: Vec<u64> = Vec::new();
+        let mut writes = std::mem::take(&mut self.route_writes);
         let mut reads: Vec<u64> = Vec::new();
         let mut refused: Vec<(u64, NodeId)> = Vec::new();
         let mut moves_refused: Vec<(u64, ClientError)> = Vec::new();
-        for id in ids {
+        for id in ids.drain(..) {
             let Some(r) = self.requests.get(&id) else {
                 continue;
             };
@@ -296,9 +322,10 @@ impl NodeCore {
             ));
             self.reply(id, Outcome::Error(e));
         }
-        for (ids, data) in self.encode_writes(writes) {
-            self.propose_batch(g, ids, data);
-        }
+        self.route_ids = ids;
+        self.propose_writes(g, &writes);
+        writes.clear();
+        self.route_writes = writes;
         if !reads.is_empty() {
             #[cfg(feature = "planted-bugs")]
             if self.read_without_read_index {
@@ -318,36 +345,49 @@ impl NodeCore {
         }
     }
 
-    /// The entries that propose the writes of requests `ids`, in order: one per
-    /// ENTRY_BYTES_MAX of writes (an entry must fit one Append datagram), each with the
-    /// ids of its writes. Encoded from the requests' ops, borrowed.
-    fn encode_writes(&self, ids: Vec<u64>) -> Vec<(Vec<u64>, Bytes)> {
-        let mut entries = Vec::new();
-        let mut batch: Vec<WriteCommand<&Bytes>> = Vec::new();
-        let mut batch_ids: Vec<u64> = Vec::new();
-        let mut batch_bytes = 0usize;
-        for id in ids {
-            let r = &self.requests[&id];
-            let write = WriteCommand {
-                client: r.req.client,
-                seq: r.req.seq,
-                op: WriteOp::borrowed(&r.req.op).expect("routed as a write"),
-            };
-            let bytes = postcard::experimental::serialized_size(&write).expect("a write encodes");
-            if !batch.is_empty() && batch_bytes + bytes > ENTRY_BYTES_MAX {
-                let writes = std::mem::take(&mut batch);
-                let data = encode_batch(writes, batch_bytes);
-                entries.push((std::mem::take(&mut batch_ids), data));
-                batch_bytes = 0;
+    /// Proposes the writes of requests `ids`, in order: one entry per ENTRY_BYTES_MAX of
+    /// writes (an entry must fit one Append datagram), each remembered with the ids of
+    /// its writes.
+    fn propose_writes(&mut self, g: ShardId, ids: &[u64]) {
+        let mut start = 0;
+        while start < ids.len() {
+            let mut end = start;
+            let mut bytes = 0usize;
+            while end < ids.len() {
+                let write = write_of(&self.requests[&ids[end]]);
+                let b = postcard::experimental::serialized_size(&write).expect("a write encodes");
+                if end > start && bytes + b > ENTRY_BYTES_MAX {
+                    break;
+                }
+                bytes += b;
+                end += 1;
             }
-            batch_bytes += bytes;
-            batch.push(write);
-            batch_ids.push(id);
+            let data = self.encode_entry(&ids[start..end], bytes);
+            let mut batch_ids = self.ids_vec();
+            batch_ids.extend_from_slice(&ids[start..end]);
+            self.propose_batch(g, batch_ids, data);
+            start = end;
         }
-        if !batch.is_empty() {
-            entries.push((batch_ids, encode_batch(batch, batch_bytes)));
+    }
+
+    /// The entry payload of the writes of requests `ids`, whose encodings add up to
+    /// `writes_bytes` (counted as they were sized against ENTRY_BYTES_MAX).
+    fn encode_entry(&self, ids: &[u64], writes_bytes: usize) -> Bytes {
+        let writes = ids.iter().map(|id| write_of(&self.requests[id]));
+        encode_entry(ids.len(), writes, writes_bytes)
+    }
+
+    /// An empty id list, from those kept for reuse if any.
+    pub(super) fn ids_vec(&mut self) -> Vec<u64> {
+        self.ids_pool.pop().unwrap_or_default()
+    }
+
+    /// Keeps `ids` (emptied) for [`NodeCore::ids_vec`].
+    pub(super) fn recycle_ids(&mut self, mut ids: Vec<u64>) {
+        if self.ids_pool.len() < IDS_POOL_MAX && ids.capacity() > 0 {
+            ids.clear();
+            self.ids_pool.push(ids);
         }
-        entries
     }
 
     fn propose_batch(&mut self, g: ShardId, ids: Vec<u64>, data: Bytes) {
@@ -437,5 +477,42 @@ impl NodeCore {
                 outcome,
             },
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sm::CommandBatch;
+    use kv_shared::ids::ClientId;
+
+    #[test]
+    fn an_entry_written_write_by_write_is_the_batch_encoding() {
+        let key = Bytes::from_static(b"0123456789abcdef");
+        let value = Bytes::from(vec![7u8; 100]);
+        for count in [0usize, 1, 2, 127, 128, 300] {
+            let writes: Vec<WriteCommand<&Bytes>> = (0..count)
+                .map(|i| WriteCommand {
+                    client: ClientId(i as u64 * 0x1_0000_0001),
+                    seq: i as u64 * 1000,
+                    op: if i % 2 == 0 {
+                        WriteOp::Put {
+                            key: &key,
+                            value: &value,
+                        }
+                    } else {
+                        WriteOp::Delete { key: &key }
+                    },
+                })
+                .collect();
+            let bytes: usize = writes
+                .iter()
+                .map(|w| postcard::experimental::serialized_size(w).unwrap())
+                .sum();
+            let streamed = encode_entry(count, writes.iter().cloned(), bytes);
+            let batch = CommandBatch { writes }.encode();
+            assert_eq!(streamed, batch, "{count} writes");
+            assert_eq!(CommandBatch::decode(&streamed).unwrap().writes.len(), count);
+        }
     }
 }
