@@ -15,20 +15,7 @@
 //!   those terms cannot have answered, so a dead follower does not hold anything up;
 //! - the hold has lasted `max` (a killed leader never reports; `max` outlasts a
 //!   partition, counted from the election that follows it), or this replica is no
-//!   longer leader: answer now (at worst a duplicate), unless a quorum held the entry in
-//!   its own term, counting that term's leader (below): drop.
-//!
-//! A leader answers a put the moment the acknowledgements that commit it arrive, and
-//! reports it with its next datagram, 10-80 ms later. An entry that a quorum held in its
-//! own term (each follower's acknowledgements to that term's leader, which every peer
-//! datagram carries, field `a`) was therefore almost surely committed and answered by
-//! that leader: it missed only if killed in the sub-millisecond flight of the last
-//! acknowledgement, against the far longer window between its answer and its report. So
-//! such an entry is not answered at the end of the hold: a likely duplicate is traded
-//! for an unlikely missing answer, which is never an incorrect reply. Not for a term this
-//! replica led (it knows what it answered), nor for one whose leader said in its last
-//! append or heartbeat that it held answers back (field `h`): its own puts may have
-//! waited behind them, committed and unanswered.
+//!   longer leader: answer now (at worst a duplicate).
 //!
 //! Held answers go in log order: a later entry waits for an earlier one still held.
 //!
@@ -39,18 +26,13 @@
 
 use crate::handoff::{Duty, Owed};
 use bytes::Bytes;
-use kv_node::GroupMessage;
-use kv_raft::{Index, MessageBody, Term};
+use kv_raft::{Index, Term};
 use kv_shared::NodeId;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-/// Most terms whose leader (or acknowledgements) are remembered (a run has a few dozen).
+/// Most terms whose leader is remembered (a run has a few dozen).
 const LEADERS_MAX: usize = 1024;
-/// How many of its latest terms as follower a replica reports its acknowledgements for:
-/// a new leader's voters report the old term in their vote answers, and a follower that
-/// already acknowledged a later leader still carries the term before.
-pub const ACK_TERMS_REPORTED: usize = 3;
 
 /// Held answers and the answers waiting behind them (`W`: whatever the runtime needs to
 /// send one later).
@@ -58,19 +40,9 @@ pub const ACK_TERMS_REPORTED: usize = 3;
 pub struct Doubts<W> {
     max: Duration,
     held: BTreeMap<Index, Held>,
-    /// The peer that led each term, from the appends and heartbeats it sent us, and
-    /// whether the latest of them said it held answers back.
-    leaders: BTreeMap<Term, (NodeId, bool)>,
+    /// The peer that led each term, from the appends and heartbeats it sent us.
+    leaders: BTreeMap<Term, NodeId>,
     waiting: VecDeque<(Bytes, W)>,
-    /// This replica.
-    me: NodeId,
-    /// Replicas that make a quorum (a majority of all, this one included).
-    quorum: usize,
-    /// The highest index each replica (this one included) acknowledged to each term's
-    /// leader as follower.
-    acks: BTreeMap<Term, HashMap<NodeId, Index>>,
-    /// Terms this replica led.
-    led: BTreeSet<Term>,
 }
 
 /// One entry's held answers.
@@ -87,9 +59,6 @@ pub struct Settled<W> {
     pub answer: Vec<Duty>,
     /// Held answers dropped because someone else sent them.
     pub dropped: usize,
-    /// Held entries dropped at the end of the hold because a quorum held them in their
-    /// own term: their leader almost surely answered them.
-    pub presumed: usize,
     /// Waiting answers free to go now (after `answer`), in the order they came.
     pub release: Vec<W>,
 }
@@ -111,92 +80,21 @@ pub struct Now<'a> {
 }
 
 impl<W> Doubts<W> {
-    /// Holds answers at most `max` (zero: never), as replica `me` of `replicas`.
-    pub fn new(max: Duration, me: NodeId, replicas: usize) -> Doubts<W> {
+    /// Holds answers at most `max` (zero: never).
+    pub fn new(max: Duration) -> Doubts<W> {
         Doubts {
             max,
             held: BTreeMap::new(),
             leaders: BTreeMap::new(),
             waiting: VecDeque::new(),
-            me,
-            quorum: replicas / 2 + 1,
-            acks: BTreeMap::new(),
-            led: BTreeSet::new(),
         }
     }
 
-    /// Replica `node` (this one included) acknowledged entries through `index` to the
-    /// leader of `term`, as its own datagrams or a peer's report (field `a`) say.
-    pub fn note_acked(&mut self, node: NodeId, term: Term, index: Index) {
-        let acked = self.acks.entry(term).or_default().entry(node).or_default();
-        *acked = (*acked).max(index);
-        if self.acks.len() > LEADERS_MAX {
-            self.acks.pop_first();
-        }
-    }
-
-    /// This replica sends `msgs`: its acknowledgements as follower are what a later
-    /// leader counts to tell a put its leader answered from one it did not.
-    pub fn note_sent(&mut self, msgs: &[GroupMessage]) {
-        for gm in msgs {
-            if let MessageBody::AppendResp {
-                reject: false,
-                index,
-                ..
-            } = gm.msg.body
-            {
-                self.note_acked(self.me, gm.msg.term, index);
-            }
-        }
-    }
-
-    /// This replica leads `term`.
-    pub fn note_led(&mut self, term: Term) {
-        if self.led.insert(term) && self.led.len() > LEADERS_MAX {
-            self.led.pop_first();
-        }
-    }
-
-    /// What this replica reports of its own acknowledgements: (term, index) for its
-    /// latest [`ACK_TERMS_REPORTED`] terms as follower, oldest first.
-    pub fn own_acks(&self) -> Vec<(Term, Index)> {
-        let mut out: Vec<(Term, Index)> = self
-            .acks
-            .iter()
-            .rev()
-            .filter_map(|(&t, by)| by.get(&self.me).map(|&i| (t, i)))
-            .take(ACK_TERMS_REPORTED)
-            .collect();
-        out.reverse();
-        out
-    }
-
-    /// Whether a quorum held entry `index` of `term` in that term, counting its leader
-    /// (never this replica: then it would know whether it answered; nor one that held
-    /// answers back: then it may not have sent this one).
-    fn quorum_held(&self, index: Index, term: Term) -> bool {
-        if self.led.contains(&term) || self.leaders.get(&term).is_some_and(|l| l.1) {
-            return false;
-        }
-        let followers = self
-            .acks
-            .get(&term)
-            .map_or(0, |by| by.values().filter(|&&i| i >= index).count());
-        1 + followers >= self.quorum
-    }
-
-    /// Peer `node` sent an append or heartbeat in `term`: it led that term, holding
-    /// answers back or not.
-    pub fn note_leader(&mut self, term: Term, node: NodeId, holding: bool) {
-        if self.leaders.insert(term, (node, holding)).is_none() && self.leaders.len() > LEADERS_MAX
-        {
+    /// Peer `node` sent an append or heartbeat in `term`: it led that term.
+    pub fn note_leader(&mut self, term: Term, node: NodeId) {
+        if self.leaders.insert(term, node).is_none() && self.leaders.len() > LEADERS_MAX {
             self.leaders.pop_first();
         }
-    }
-
-    /// Whether this replica holds answers back (held or waiting behind held ones).
-    pub fn holding(&self) -> bool {
-        !self.held.is_empty() || !self.waiting.is_empty()
     }
 
     /// Holds the answers entry `index` owes.
@@ -245,7 +143,7 @@ impl<W> Doubts<W> {
     ) -> bool {
         self.leaders
             .range(from..to)
-            .all(|(_, (node, _))| heard.get(node).is_some_and(|at| *at >= since))
+            .all(|(_, node)| heard.get(node).is_some_and(|at| *at >= since))
     }
 
     /// Settles what can be settled (see the module comment).
@@ -260,19 +158,15 @@ impl<W> Doubts<W> {
             dropped += 1;
         }
         let mut answer = Vec::new();
-        let mut presumed = 0;
-        while let Some((&index, h)) = self.held.first_key_value() {
-            // Every leader heard without a report covering the entry: nobody answered it.
-            let unanswered = self.leaders_heard(h.owed.term, now.term, h.since, now.heard);
-            if !(unanswered || !now.leader || now.at >= h.since + self.max) {
+        while let Some((_, h)) = self.held.first_key_value() {
+            let due = !now.leader
+                || now.at >= h.since + self.max
+                || self.leaders_heard(h.owed.term, now.term, h.since, now.heard);
+            if !due {
                 break;
             }
             let (_, h) = self.held.pop_first().expect("just looked");
-            if !unanswered && self.quorum_held(index, h.owed.term) {
-                presumed += 1;
-            } else {
-                answer.extend(h.owed.duties);
-            }
+            answer.extend(h.owed.duties);
         }
         let mut release = Vec::new();
         let mut kept = VecDeque::new();
@@ -287,7 +181,6 @@ impl<W> Doubts<W> {
         Settled {
             answer,
             dropped,
-            presumed,
             release,
         }
     }
@@ -313,13 +206,10 @@ mod tests {
 
     const SECOND: Duration = Duration::from_secs(1);
 
-    /// This replica of five.
-    const ME: NodeId = NodeId(5);
-
-    /// This replica (5) leads term 2; replica 1 led term 1. Nobody heard yet.
+    /// This replica (0) leads term 2; replica 1 led term 1. Nobody heard yet.
     fn leading_after_1<W>(max: Duration) -> (Doubts<W>, HashMap<NodeId, Instant>) {
-        let mut d = Doubts::new(max, ME, 5);
-        d.note_leader(1, NodeId(1), false);
+        let mut d = Doubts::new(max);
+        d.note_leader(1, NodeId(1));
         (d, HashMap::new())
     }
 
@@ -349,7 +239,6 @@ mod tests {
         assert_eq!(d.wait_or_pass(b"x", "get x"), Some("get x"));
         let s = d.settle(now(6, true, &heard, t0 + SECOND));
         assert_eq!((s.answer, s.dropped, s.release), (vec![], 0, vec![]));
-        assert_eq!(s.presumed, 0);
         // The old leader is back and reports it answered through 7.
         let s = d.settle(now(7, true, &heard, t0 + 2 * SECOND));
         assert_eq!((s.answer, s.dropped, s.release), (vec![], 1, vec!["get k"]));
@@ -404,10 +293,10 @@ mod tests {
     #[test]
     fn every_leader_from_the_entrys_term_on_is_waited_for_and_no_one_else() {
         let t0 = Instant::now();
-        let mut d = Doubts::<u8>::new(4 * SECOND, ME, 5);
-        d.note_leader(1, NodeId(1), false);
-        d.note_leader(2, NodeId(2), false);
-        d.note_leader(4, NodeId(4), false); // a later term than ours: not of these entries
+        let mut d = Doubts::<u8>::new(4 * SECOND);
+        d.note_leader(1, NodeId(1));
+        d.note_leader(2, NodeId(2));
+        d.note_leader(4, NodeId(4)); // a later term than ours: not of these entries
         let mut m9 = owed("m9", b"j");
         m9.term = 2;
         d.hold(7, owed("m7", b"k"), t0);
@@ -451,153 +340,5 @@ mod tests {
         let (mut d, heard) = leading_after_1::<u8>(Duration::ZERO);
         d.hold(7, owed("m7", b"k"), t0);
         assert_eq!(d.settle(now(0, true, &heard, t0)).answer, vec![ok("m7")]);
-    }
-
-    #[test]
-    fn an_entry_a_quorum_held_in_its_term_is_dropped_when_the_hold_runs_out() {
-        let t0 = Instant::now();
-        let (mut d, heard) = leading_after_1(4 * SECOND);
-        // Term 1's leader (1, killed) sent 7 and 8 to this replica and 2, who acknowledged
-        // them; 9 only to this replica. With the leader, 7 and 8 had a quorum of 3 of 5.
-        d.note_acked(ME, 1, 9);
-        d.note_acked(NodeId(2), 1, 6);
-        d.note_acked(NodeId(2), 1, 8);
-        d.note_acked(NodeId(3), 2, 9); // our term: says nothing about term 1
-        d.hold(7, owed("m7", b"k"), t0);
-        d.hold(8, owed("m8", b"j"), t0);
-        d.hold(9, owed("m9", b"x"), t0);
-        assert_eq!(d.wait_or_pass(b"k", "get k"), None, "waits behind m7");
-        let before = d.settle(now(
-            0,
-            true,
-            &heard,
-            t0 + 4 * SECOND - Duration::from_millis(1),
-        ));
-        assert!(before.answer.is_empty() && before.release.is_empty());
-        assert_eq!(before.presumed, 0);
-        let s = d.settle(now(0, true, &heard, t0 + 4 * SECOND));
-        assert_eq!(
-            s.answer,
-            vec![ok("m9")],
-            "only the minority's entry is answered"
-        );
-        assert_eq!((s.presumed, s.dropped), (2, 0));
-        assert_eq!(
-            s.release,
-            vec!["get k"],
-            "as if m7's ok had left: it almost surely did"
-        );
-        assert_eq!(d.floor(), None);
-    }
-
-    #[test]
-    fn a_quorum_held_entry_is_answered_when_its_leader_was_heard_or_we_led_its_term() {
-        let t0 = Instant::now();
-        let at = t0 + SECOND;
-        // The old leader is back without a report that covers 7: it did not answer it.
-        let (mut d, _) = leading_after_1::<u8>(4 * SECOND);
-        d.note_acked(ME, 1, 7);
-        d.note_acked(NodeId(2), 1, 7);
-        d.hold(7, owed("m7", b"k"), t0);
-        let heard_1 = HashMap::from([(NodeId(1), at)]);
-        let s = d.settle(now(0, true, &heard_1, at));
-        assert_eq!((s.answer, s.presumed), (vec![ok("m7")], 0));
-        // This replica led term 1 and held m7 back: it knows it did not answer.
-        let mut d = Doubts::<u8>::new(4 * SECOND, ME, 5);
-        d.note_led(1);
-        d.note_acked(NodeId(2), 1, 7);
-        d.note_acked(NodeId(3), 1, 7);
-        d.hold(7, owed("m7", b"k"), t0);
-        let s = d.settle(now(0, true, &HashMap::new(), t0 + 4 * SECOND));
-        assert_eq!((s.answer, s.presumed), (vec![ok("m7")], 0));
-        // Term 1's leader said it held answers back: m7 may have waited behind them.
-        let (mut d, heard) = leading_after_1::<u8>(4 * SECOND);
-        d.note_leader(1, NodeId(1), true);
-        d.note_acked(ME, 1, 7);
-        d.note_acked(NodeId(2), 1, 7);
-        d.hold(7, owed("m7", b"k"), t0);
-        let s = d.settle(now(0, true, &heard, t0 + 4 * SECOND));
-        assert_eq!((s.answer, s.presumed), (vec![ok("m7")], 0));
-        // Its later heartbeat says it holds nothing any more: presumed answered.
-        let (mut d, heard) = leading_after_1::<u8>(4 * SECOND);
-        d.note_leader(1, NodeId(1), true);
-        d.note_leader(1, NodeId(1), false);
-        d.note_acked(ME, 1, 7);
-        d.note_acked(NodeId(2), 1, 7);
-        d.hold(7, owed("m7", b"k"), t0);
-        let s = d.settle(now(0, true, &heard, t0 + 4 * SECOND));
-        assert_eq!((s.answer, s.presumed), (vec![], 1));
-    }
-
-    #[test]
-    fn a_replica_holds_answers_back_while_any_are_held_or_waiting() {
-        let t0 = Instant::now();
-        let (mut d, heard) = leading_after_1(4 * SECOND);
-        assert!(!d.holding());
-        d.hold(7, owed("m7", b"k"), t0);
-        assert!(d.holding());
-        assert_eq!(d.wait_or_pass(b"k", 1), None);
-        d.settle(now(7, true, &heard, t0));
-        assert!(!d.holding());
-    }
-
-    #[test]
-    fn an_entry_only_a_minority_held_is_answered_at_the_end_of_the_hold_or_of_leadership() {
-        let t0 = Instant::now();
-        for (leader, at) in [(true, t0 + 4 * SECOND), (false, t0 + SECOND)] {
-            // Seven replicas: the leader and 2 acknowledgements are 3 of a quorum of 4.
-            let mut d = Doubts::<u8>::new(4 * SECOND, ME, 7);
-            d.note_leader(1, NodeId(1), false);
-            d.note_acked(ME, 1, 7);
-            d.note_acked(NodeId(2), 1, 7);
-            d.hold(7, owed("m7", b"k"), t0);
-            let s = d.settle(now(0, leader, &HashMap::new(), at));
-            assert_eq!((s.answer, s.presumed), (vec![ok("m7")], 0));
-            // One acknowledgement more makes a quorum.
-            let mut d = Doubts::<u8>::new(4 * SECOND, ME, 7);
-            d.note_leader(1, NodeId(1), false);
-            for n in [ME, NodeId(2), NodeId(3)] {
-                d.note_acked(n, 1, 7);
-            }
-            d.hold(7, owed("m7", b"k"), t0);
-            let s = d.settle(now(0, leader, &HashMap::new(), at));
-            assert_eq!((s.answer, s.presumed), (vec![], 1));
-        }
-    }
-
-    #[test]
-    fn a_replica_counts_the_acknowledgements_it_sends_and_no_refusal() {
-        let mut d = Doubts::<u8>::new(4 * SECOND, ME, 5);
-        let resp = |term, reject, index| GroupMessage {
-            shard: kv_shared::ShardId(0),
-            msg: kv_raft::Message {
-                from: ME,
-                to: NodeId(1),
-                term,
-                body: MessageBody::AppendResp {
-                    reject,
-                    index,
-                    hint_index: 0,
-                    hint_term: 0,
-                },
-            },
-        };
-        d.note_sent(&[resp(3, false, 8), resp(3, true, 12), resp(4, false, 2)]);
-        assert_eq!(d.own_acks(), vec![(3, 8), (4, 2)]);
-    }
-
-    #[test]
-    fn a_replica_reports_its_own_acknowledgements_of_its_latest_terms() {
-        let mut d = Doubts::<u8>::new(4 * SECOND, ME, 5);
-        assert!(d.own_acks().is_empty());
-        for (term, index) in [(1, 4), (2, 9), (2, 7), (4, 12), (6, 15)] {
-            d.note_acked(ME, term, index);
-        }
-        d.note_acked(NodeId(2), 7, 20); // a peer's: not ours to report
-        assert_eq!(
-            d.own_acks(),
-            vec![(2, 9), (4, 12), (6, 15)],
-            "highest per term, oldest first"
-        );
     }
 }

@@ -59,11 +59,6 @@ pub enum Inbound {
         /// The sender's number for this datagram to us (see [`crate::loss`]); 0 if not
         /// carried.
         seq: u64,
-        /// The sender's acknowledgements as follower, (term, highest index), for its
-        /// latest terms (see [`crate::doubt`]).
-        acks: Vec<(u64, u64)>,
-        /// Whether the sender holds answers back (see [`crate::doubt`]).
-        holding: bool,
     },
     /// Not for us, not parseable, or nothing to answer.
     Ignored,
@@ -87,10 +82,6 @@ struct RawInbound {
     answered: Option<u64>,
     #[serde(rename = "s")]
     seq: Option<u64>,
-    #[serde(rename = "a")]
-    acks: Option<Vec<(u64, u64)>>,
-    #[serde(rename = "h")]
-    holding: Option<u8>,
 }
 
 /// Parses one datagram addressed to `me`. Never panics, whatever the bytes.
@@ -129,8 +120,6 @@ pub fn parse_inbound(bytes: &[u8], me: CourseId) -> Inbound {
                 side,
                 answered: answered.unwrap_or(0),
                 seq: raw.seq.unwrap_or(0),
-                acks: raw.acks.unwrap_or_default(),
-                holding: raw.holding.is_some_and(|h| h != 0),
             },
         };
     }
@@ -191,14 +180,6 @@ struct Envelope<'a> {
     answered: u64,
     #[serde(rename = "s", skip_serializing_if = "is_zero")]
     seq: u64,
-    #[serde(rename = "a", skip_serializing_if = "<[_]>::is_empty")]
-    acks: &'a [(u64, u64)],
-    #[serde(rename = "h", skip_serializing_if = "is_zero_u8")]
-    holding: u8,
-}
-
-fn is_zero_u8(n: &u8) -> bool {
-    *n == 0
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -224,8 +205,6 @@ pub fn hello(me: CourseId) -> Vec<u8> {
         side: Vec::new(),
         answered: 0,
         seq: 0,
-        acks: &[],
-        holding: 0,
     }
     .encode()
 }
@@ -256,18 +235,14 @@ pub fn reply(
         side: Vec::new(),
         answered: 0,
         seq: 0,
-        acks: &[],
-        holding: 0,
     }
     .encode();
     (bytes.len() <= DATAGRAM_BYTES_MAX).then_some(bytes)
 }
 
 /// Bytes of a peer datagram around its payload and side info (src, dst, leader, type,
-/// field names, the `answered` index, the number, the acknowledgements, the holding flag).
-pub const PEER_ENVELOPE_BYTES: usize = 168 + ACKS_BYTES_MAX;
-/// Most bytes of the acknowledgements field: two u64s, brackets and commas a term.
-const ACKS_BYTES_MAX: usize = 8 + crate::doubt::ACK_TERMS_REPORTED * 44;
+/// field names, the `answered` index).
+pub const PEER_ENVELOPE_BYTES: usize = 160;
 /// Most bytes of side info in one datagram: each triple is a u64, a 4-char id and an MID
 /// (32 hex digits in the course; longer ones are not attached).
 pub const SIDE_INFO_BYTES_MAX: usize =
@@ -275,42 +250,31 @@ pub const SIDE_INFO_BYTES_MAX: usize =
 /// Longest MID attached as side info.
 pub const SIDE_INFO_MID_CHARS_MAX: usize = 64;
 
-/// What every peer datagram carries besides Raft messages and side info.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PeerFields {
-    /// The sender's answered-through index (see [`crate::handoff`]).
-    pub answered: u64,
-    /// The datagram's number (see [`crate::loss`]).
-    pub seq: u64,
-    /// The sender's acknowledgements as follower, (term, highest index), for its latest
-    /// terms (see [`crate::doubt`]); at most [`crate::doubt::ACK_TERMS_REPORTED`] go.
-    pub acks: Vec<(u64, u64)>,
-    /// Whether the sender holds answers back (see [`crate::doubt`]).
-    pub holding: bool,
-}
-
-/// A peer datagram carrying an already encoded batch (see [`crate::peer`]) and the side
-/// info of the puts in its entries.
+/// A peer datagram carrying an already encoded batch (see [`crate::peer`]), the side
+/// info of the puts in its entries, the sender's `answered` index and the datagram's
+/// number `seq` (see [`crate::loss`]).
 pub fn peer(
     me: CourseId,
     dst: CourseId,
     leader: CourseId,
     payload: &str,
     side: &[SideInfo],
-    fields: &PeerFields,
+    answered: u64,
+    seq: u64,
 ) -> Vec<u8> {
-    peer_envelope(me, dst, leader, Some(payload), side, fields)
+    peer_envelope(me, dst, leader, Some(payload), side, answered, seq)
 }
 
-/// A commit notice: a peer datagram with no Raft messages, only its `fields` (see
-/// [`crate::handoff::CommitNotice`]). Nobody answers it.
+/// A commit notice: a peer datagram with no Raft messages, only the sender's `answered`
+/// index (see [`crate::handoff::CommitNotice`]). Nobody answers it.
 pub fn commit_notice(
     me: CourseId,
     dst: CourseId,
     leader: CourseId,
-    fields: &PeerFields,
+    answered: u64,
+    seq: u64,
 ) -> Vec<u8> {
-    peer_envelope(me, dst, leader, None, &[], fields)
+    peer_envelope(me, dst, leader, None, &[], answered, seq)
 }
 
 fn peer_envelope(
@@ -319,9 +283,9 @@ fn peer_envelope(
     leader: CourseId,
     payload: Option<&str>,
     side: &[SideInfo],
-    fields: &PeerFields,
+    answered: u64,
+    seq: u64,
 ) -> Vec<u8> {
-    let acks = &fields.acks[..fields.acks.len().min(crate::doubt::ACK_TERMS_REPORTED)];
     Envelope {
         src: me,
         dst,
@@ -336,10 +300,8 @@ fn peer_envelope(
             .take(crate::handoff::SIDE_INFO_PER_DATAGRAM_MAX)
             .map(|i| (i.session, i.client, i.mid.as_str()))
             .collect(),
-        answered: fields.answered,
-        seq: fields.seq,
-        acks,
-        holding: u8::from(fields.holding),
+        answered,
+        seq,
     }
     .encode()
 }
@@ -350,13 +312,6 @@ mod tests {
     use serde_json::Value;
 
     const ME: CourseId = CourseId(2);
-
-    fn with_seq(seq: u64) -> PeerFields {
-        PeerFields {
-            seq,
-            ..PeerFields::default()
-        }
-    }
 
     fn fields(bytes: &[u8]) -> Value {
         let v: Value = serde_json::from_slice(bytes).unwrap();
@@ -488,40 +443,28 @@ mod tests {
 
     #[test]
     fn peer_envelope_estimate_holds() {
-        let most = PeerFields {
-            answered: u64::MAX,
-            seq: u64::MAX,
-            acks: vec![(u64::MAX, u64::MAX); crate::doubt::ACK_TERMS_REPORTED + 2],
-            holding: true,
-        };
         let bytes = peer(
             CourseId(0xFFFE),
             CourseId(0xFFFE),
             CourseId::BROADCAST,
             "",
             &[],
-            &most,
+            u64::MAX,
+            u64::MAX,
         );
         assert!(bytes.len() <= PEER_ENVELOPE_BYTES, "{}", bytes.len());
         let v = fields(&bytes);
         assert_eq!(v["type"], PEER_TYPE);
         assert_eq!(
-            parse_inbound(&peer(CourseId(1), ME, ME, "abc", &[], &with_seq(9)), ME),
+            parse_inbound(&peer(CourseId(1), ME, ME, "abc", &[], 0, 9), ME),
             Inbound::Peer {
                 src: CourseId(1),
                 payload: Some("abc".into()),
                 side: vec![],
                 answered: 0,
                 seq: 9,
-                acks: vec![],
-                holding: false,
             }
         );
-        let Inbound::Peer { acks, holding, .. } = parse_inbound(&bytes, CourseId(0xFFFE)) else {
-            panic!("not a peer datagram");
-        };
-        assert_eq!(acks, most.acks[..crate::doubt::ACK_TERMS_REPORTED]);
-        assert!(holding);
         let side: Vec<SideInfo> = (0..200)
             .map(|i| SideInfo {
                 session: u64::MAX - i,
@@ -529,13 +472,7 @@ mod tests {
                 mid: "f".repeat(SIDE_INFO_MID_CHARS_MAX),
             })
             .collect();
-        let fields = PeerFields {
-            answered: 7,
-            seq: 8,
-            acks: vec![],
-            holding: false,
-        };
-        let full = peer(CourseId(1), ME, ME, "abc", &side, &fields);
+        let full = peer(CourseId(1), ME, ME, "abc", &side, 7, 8);
         assert!(full.len() <= PEER_ENVELOPE_BYTES + 3 + SIDE_INFO_BYTES_MAX);
         let Inbound::Peer { side: back, .. } = parse_inbound(&full, ME) else {
             panic!("not a peer datagram");
@@ -544,18 +481,11 @@ mod tests {
     }
 
     #[test]
-    fn a_commit_notice_carries_only_its_fields() {
-        let notice = PeerFields {
-            answered: 42,
-            seq: 3,
-            acks: vec![(2, 40), (3, 41)],
-            holding: false,
-        };
-        let bytes = commit_notice(CourseId(1), ME, CourseId(1), &notice);
+    fn a_commit_notice_carries_only_the_answered_index() {
+        let bytes = commit_notice(CourseId(1), ME, CourseId(1), 42, 3);
         let v = fields(&bytes);
         assert_eq!(v["c"], 42);
         assert_eq!(v["s"], 3);
-        assert_eq!(v["a"], serde_json::json!([[2, 40], [3, 41]]));
         assert!(v.get("m").is_none());
         assert_eq!(
             parse_inbound(&bytes, ME),
@@ -565,8 +495,6 @@ mod tests {
                 side: vec![],
                 answered: 42,
                 seq: 3,
-                acks: vec![(2, 40), (3, 41)],
-                holding: false,
             }
         );
         // A peer datagram with neither messages nor a notice is nothing.

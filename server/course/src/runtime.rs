@@ -12,7 +12,7 @@ use crate::handoff::{CommitNotice, Duty, Handoff, Owed, SideInfo};
 use crate::ids::{CourseId, Roster};
 use crate::loss::{LossMeter, SendCounter};
 use crate::peer;
-use crate::protocol::{self, Answer, Inbound, PeerFields};
+use crate::protocol::{self, Answer, Inbound};
 use crate::requests::{disposition, Disposition, MidTable};
 use crate::settings::Settings;
 use crate::stall::{self, StallAction, StallTimer, View};
@@ -164,7 +164,7 @@ impl Runtime {
             settings.commit_notice_idle,
             settings.commit_notice_idle_sparse,
         );
-        let doubts = Doubts::new(settings.doubt_max, roster.me_node(), roster.members().len());
+        let doubts = Doubts::new(settings.doubt_max);
         Ok(Runtime {
             socket,
             harness,
@@ -345,8 +345,6 @@ impl Runtime {
                 side,
                 answered,
                 seq,
-                acks,
-                holding,
             } => {
                 let Some(from) = self.roster.peer_node(src) else {
                     return;
@@ -362,9 +360,6 @@ impl Runtime {
                     self.trace(format_args!("report {answered} from {src}"));
                 }
                 self.handoff.hear_answered_through(answered);
-                for (term, index) in acks {
-                    self.doubts.note_acked(from, term, index);
-                }
                 if msgs.is_empty() {
                     return; // a commit notice
                 }
@@ -376,7 +371,7 @@ impl Runtime {
                         gm.msg.body,
                         MessageBody::Append { .. } | MessageBody::Heartbeat { .. }
                     ) {
-                        self.doubts.note_leader(gm.msg.term, from, holding);
+                        self.doubts.note_leader(gm.msg.term, from);
                     }
                 }
                 self.note_entries(&msgs);
@@ -604,9 +599,6 @@ impl Runtime {
             self.answer_in_order(token, reply, now);
         }
         let leader = view.role == Role::Leader;
-        if leader {
-            self.doubts.note_led(view.term);
-        }
         if self.handoff.observe(leader, view.term) {
             for (index, owed) in self.handoff.take_unsure() {
                 self.doubts.hold(index, owed, now);
@@ -645,11 +637,10 @@ impl Runtime {
             heard: &self.heard,
             at: now,
         });
-        if settled.dropped > 0 || settled.presumed > 0 || !settled.answer.is_empty() {
+        if settled.dropped > 0 || !settled.answer.is_empty() {
             self.trace(format_args!(
-                "doubts: {} dropped (report {reported}), {} presumed answered (quorum held), \
-                 answering {:?}",
-                settled.dropped, settled.presumed, settled.answer
+                "doubts: {} dropped (report {reported}), answering {:?}",
+                settled.dropped, settled.answer
             ));
         }
         for duty in settled.answer {
@@ -692,13 +683,8 @@ impl Runtime {
             return;
         };
         let leader = self.roster.leader_field(self.belief());
-        let fields = PeerFields {
-            answered,
-            seq: self.sent.next(dst_node),
-            acks: self.doubts.own_acks(),
-            holding: self.doubts.holding(),
-        };
-        let bytes = protocol::commit_notice(self.roster.me(), dst, leader, &fields);
+        let seq = self.sent.next(dst_node);
+        let bytes = protocol::commit_notice(self.roster.me(), dst, leader, answered, seq);
         let _ = self.socket.send_to(&bytes, self.harness);
     }
 
@@ -859,8 +845,6 @@ impl Runtime {
             .flatten()
             .collect();
         let side = self.handoff.side_info_for(&entries);
-        self.doubts.note_sent(&msgs);
-        let acks = self.doubts.own_acks();
         // Telling a peer that may be dead (killed replicas stay destinations) tells
         // nobody: only a peer heard within an election timeout counts.
         let live = self.heard.get(&dst_node).is_some_and(|at| {
@@ -869,13 +853,16 @@ impl Runtime {
         });
         let (payloads, _dropped) = peer::encode(msgs);
         for payload in payloads {
-            let fields = PeerFields {
+            let seq = self.sent.next(dst_node);
+            let bytes = protocol::peer(
+                self.roster.me(),
+                dst,
+                leader,
+                &payload,
+                &side,
                 answered,
-                seq: self.sent.next(dst_node),
-                acks: acks.clone(),
-                holding: self.doubts.holding(),
-            };
-            let bytes = protocol::peer(self.roster.me(), dst, leader, &payload, &side, &fields);
+                seq,
+            );
             let _ = self.socket.send_to(&bytes, self.harness);
             if live {
                 self.notice.told(answered);
