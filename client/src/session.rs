@@ -4,6 +4,7 @@
 
 use crate::client::{bump, Client, Incoming, NodeAddr, Response};
 use crate::error::{node_name, Error};
+use crate::watchdog::Slot;
 use bytes::Bytes;
 use kv_shared::auth::BODY_BYTES_MAX;
 use kv_shared::pack::{count_prefix_bytes, encode_exact};
@@ -37,6 +38,8 @@ pub struct Session {
     /// Shards where this session was opened (`Op::OpenSession`): a node refuses writes
     /// from a client without a session on the shard (it may have been evicted).
     pub(crate) open_shards: std::collections::BTreeSet<ShardId>,
+    /// Where this session arms its attempt's deadline for the client's watchdog.
+    pub(crate) slot: Slot,
 }
 
 impl Drop for Session {
@@ -394,39 +397,36 @@ impl Session {
             self.client
                 .enqueue(target.addr, std::mem::take(&mut encoded));
             let attempt_end = (now + attempt_timeout).min(deadline);
-            let setback = loop {
-                match tokio::time::timeout_at(attempt_end.into(), self.rx.recv()).await {
-                    Err(_) | Ok(None) => break Setback::Silence,
-                    Ok(Some(inc)) if inc.seq != seq => continue,
-                    Ok(Some(inc)) => match inc.outcome {
-                        Outcome::Value(v) => {
-                            return Ok(self.succeeded(shard, inc.from, stale, Response::Value(v)))
-                        }
-                        Outcome::Done => {
-                            return Ok(self.succeeded(shard, inc.from, stale, Response::Done))
-                        }
-                        Outcome::CasOk => {
-                            return Ok(self.succeeded(shard, inc.from, stale, Response::CasOk))
-                        }
-                        Outcome::Integer(n) => {
-                            return Ok(self.succeeded(shard, inc.from, stale, Response::Integer(n)))
-                        }
+            let watchdog = &self.client.shared.watchdog;
+            let mark = watchdog.arm(&self.slot, attempt_end);
+            let answer = loop {
+                match self.rx.recv().await {
+                    None => break Err(Setback::Silence),
+                    // A notice for an earlier attempt (it crossed that attempt's answer).
+                    Some(inc) if inc.expired != 0 && inc.expired != mark => continue,
+                    Some(inc) if inc.expired != 0 => break Err(Setback::Silence),
+                    Some(inc) if inc.seq != seq => continue,
+                    Some(inc) => match inc.outcome {
+                        Outcome::Value(v) => break Ok((inc.from, Response::Value(v))),
+                        Outcome::Done => break Ok((inc.from, Response::Done)),
+                        Outcome::CasOk => break Ok((inc.from, Response::CasOk)),
+                        Outcome::Integer(n) => break Ok((inc.from, Response::Integer(n))),
                         Outcome::CasMismatch { current } => {
-                            return Ok(self.succeeded(
-                                shard,
-                                inc.from,
-                                stale,
-                                Response::CasMismatch { current },
-                            ))
+                            break Ok((inc.from, Response::CasMismatch { current }))
                         }
                         // A late error for an earlier attempt says nothing about this one.
                         Outcome::Error(_) | Outcome::Status(_) if inc.from != target.addr => {
                             continue
                         }
                         Outcome::Status(_) => continue,
-                        Outcome::Error(e) => break Setback::Error(e),
+                        Outcome::Error(e) => break Err(Setback::Error(e)),
                     },
                 }
+            };
+            watchdog.disarm(&self.slot);
+            let setback = match answer {
+                Ok((from, response)) => return Ok(self.succeeded(shard, from, stale, response)),
+                Err(setback) => setback,
             };
             let named: &[NodeId] = match &setback {
                 Setback::Error(ClientError::NotLeader {
