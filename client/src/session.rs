@@ -177,12 +177,13 @@ impl Session {
             if !self.open_shards.contains(&shard) {
                 let open = Op::OpenSession { key: key.clone() };
                 let seq = self.take_seq();
-                self.execute_once(open, None, seq, false).await?;
+                self.execute_once(open, None, seq, false, Some(shard))
+                    .await?;
                 self.open_shards.insert(shard);
             }
         }
         let seq = self.take_seq();
-        let result = self.execute_once(op, wait, seq, false).await;
+        let result = self.execute_once(op, wait, seq, false, shard).await;
         self.note_expiry(shard, &result);
         result
     }
@@ -262,7 +263,7 @@ impl Session {
             "a reservation is retried with its own write"
         );
         let result = self
-            .execute_once(op, None, reserved.seq, maybe_applied)
+            .execute_once(op, None, reserved.seq, maybe_applied, shard)
             .await;
         self.note_expiry(shard, &result);
         result
@@ -270,13 +271,15 @@ impl Session {
 
     /// [`Session::execute`] without opening the session (limits already checked), under
     /// sequence number `seq`; `outcome_unknown`: an earlier attempt of this write under
-    /// `seq` may have been applied.
+    /// `seq` may have been applied. `keyed_shard`: the shard of `op`'s key if the caller
+    /// worked it out already (the shard count, once known, never changes).
     async fn execute_once(
         &mut self,
         op: Op,
         wait: Option<Duration>,
         seq: u64,
         outcome_unknown: bool,
+        keyed_shard: Option<ShardId>,
     ) -> Result<Response, Error> {
         let stale = matches!(op, Op::Get { stale: true, .. });
         let is_write = op.is_write();
@@ -298,7 +301,7 @@ impl Session {
             (op, None) => op
                 .admin_shard()
                 .expect("execute takes keyed or shard-addressed operations"),
-            (_, Some(key)) => shard_for_key(key, shard_count),
+            (_, Some(key)) => keyed_shard.unwrap_or_else(|| shard_for_key(key, shard_count)),
         };
         let route_epoch = |client: &Client| client.cached_epoch(shard);
         let mut request = ClientRequest {
