@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::sender::{send_loop, Outgoing};
 pub use crate::session::Session;
 use crate::tickets::Tickets;
+use crate::watchdog::{sweep_loop, Slot, Watchdog};
 use bytes::Bytes;
 use kv_shared::auth::{self, ClientKey, Protection, ReplayWindow, Sealer};
 use kv_shared::config::{ClusterConfig, LeaderPolicy};
@@ -196,6 +197,15 @@ pub(crate) struct Incoming {
     pub(crate) from: SocketAddr,
     pub(crate) seq: u64,
     pub(crate) outcome: Outcome,
+    /// 0 for a reply; else the notice that the attempt armed with this mark expired
+    /// ([`Watchdog::arm`]).
+    pub(crate) expired: u64,
+}
+
+/// Where the receiver and the watchdog reach a session.
+pub(crate) struct Mailbox {
+    pub(crate) tx: mpsc::UnboundedSender<Incoming>,
+    pub(crate) slot: Slot,
 }
 
 /// [`Client::cached_shard`]'s answer: one shard's cached leader and replica set, as they
@@ -331,7 +341,9 @@ pub(crate) struct Shared {
     pub(crate) key_id: u64,
     pub(crate) options: ClientOptions,
     pub(crate) topology: Mutex<Topology>,
-    pub(crate) sessions: Mutex<HashMap<ClientId, mpsc::UnboundedSender<Incoming>>>,
+    pub(crate) sessions: Mutex<HashMap<ClientId, Mailbox>>,
+    /// Times out the sessions' attempts.
+    pub(crate) watchdog: Watchdog,
     pub(crate) outbox: mpsc::UnboundedSender<Outgoing>,
     pub(crate) counters: Counters,
     pub(crate) ids: Mutex<SmallRng>,
@@ -399,6 +411,7 @@ impl Client {
             requests: Sealer::client_requests(&options.key.key),
             replies: Sealer::client_replies(&options.key.key).receiving_as(options.protection),
             key_id: options.key.id(),
+            watchdog: Watchdog::new(options.attempt_timeout),
             options,
             topology: Mutex::new(topology),
             sessions: Mutex::new(HashMap::new()),
@@ -410,6 +423,7 @@ impl Client {
         let tasks = Tasks(vec![
             tokio::spawn(receive_loop(Arc::downgrade(&shared))),
             tokio::spawn(send_loop(Arc::downgrade(&shared), outbox_rx, incarnation)),
+            tokio::spawn(sweep_loop(Arc::downgrade(&shared))),
         ]);
         let client = Client {
             shared,
@@ -566,7 +580,14 @@ impl Client {
             }
         };
         let bound = self.bound(id);
-        sessions.insert(bound, tx);
+        let slot = Slot::default();
+        sessions.insert(
+            bound,
+            Mailbox {
+                tx,
+                slot: slot.clone(),
+            },
+        );
         Session {
             client: self.clone(),
             id,
@@ -576,6 +597,7 @@ impl Client {
             rng: SmallRng::seed_from_u64(rng_seed),
             rotation: rng_seed as usize,
             open_shards: std::collections::BTreeSet::new(),
+            slot,
         }
     }
 
@@ -756,11 +778,12 @@ async fn receive_loop(shared: std::sync::Weak<Shared>) {
         let sessions = s.sessions.lock().expect("sessions lock");
         for r in replies {
             bump(&s.counters.replies_received);
-            if let Some(tx) = sessions.get(&r.client) {
-                let _ = tx.send(Incoming {
+            if let Some(mailbox) = sessions.get(&r.client) {
+                let _ = mailbox.tx.send(Incoming {
                     from,
                     seq: r.seq,
                     outcome: r.outcome,
+                    expired: 0,
                 });
             }
         }

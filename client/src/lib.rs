@@ -37,6 +37,7 @@ mod sender;
 pub mod session;
 mod tickets;
 pub mod value;
+mod watchdog;
 
 pub use client::{CachedShard, Client, ClientOptions, NodeAddr, NodeReport, Response, Session};
 pub use error::Error;

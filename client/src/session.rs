@@ -4,6 +4,7 @@
 
 use crate::client::{bump, Client, Incoming, NodeAddr, Response};
 use crate::error::{node_name, Error};
+use crate::watchdog::Slot;
 use bytes::Bytes;
 use kv_shared::auth::BODY_BYTES_MAX;
 use kv_shared::pack::{count_prefix_bytes, encode_exact};
@@ -37,6 +38,8 @@ pub struct Session {
     /// Shards where this session was opened (`Op::OpenSession`): a node refuses writes
     /// from a client without a session on the shard (it may have been evicted).
     pub(crate) open_shards: std::collections::BTreeSet<ShardId>,
+    /// Where this session arms its attempt's deadline for the client's watchdog.
+    pub(crate) slot: Slot,
 }
 
 impl Drop for Session {
@@ -174,12 +177,13 @@ impl Session {
             if !self.open_shards.contains(&shard) {
                 let open = Op::OpenSession { key: key.clone() };
                 let seq = self.take_seq();
-                self.execute_once(open, None, seq, false).await?;
+                self.execute_once(open, None, seq, false, Some(shard))
+                    .await?;
                 self.open_shards.insert(shard);
             }
         }
         let seq = self.take_seq();
-        let result = self.execute_once(op, wait, seq, false).await;
+        let result = self.execute_once(op, wait, seq, false, shard).await;
         self.note_expiry(shard, &result);
         result
     }
@@ -259,7 +263,7 @@ impl Session {
             "a reservation is retried with its own write"
         );
         let result = self
-            .execute_once(op, None, reserved.seq, maybe_applied)
+            .execute_once(op, None, reserved.seq, maybe_applied, shard)
             .await;
         self.note_expiry(shard, &result);
         result
@@ -267,13 +271,15 @@ impl Session {
 
     /// [`Session::execute`] without opening the session (limits already checked), under
     /// sequence number `seq`; `outcome_unknown`: an earlier attempt of this write under
-    /// `seq` may have been applied.
+    /// `seq` may have been applied. `keyed_shard`: the shard of `op`'s key if the caller
+    /// worked it out already (the shard count, once known, never changes).
     async fn execute_once(
         &mut self,
         op: Op,
         wait: Option<Duration>,
         seq: u64,
         outcome_unknown: bool,
+        keyed_shard: Option<ShardId>,
     ) -> Result<Response, Error> {
         let stale = matches!(op, Op::Get { stale: true, .. });
         let is_write = op.is_write();
@@ -295,7 +301,7 @@ impl Session {
             (op, None) => op
                 .admin_shard()
                 .expect("execute takes keyed or shard-addressed operations"),
-            (_, Some(key)) => shard_for_key(key, shard_count),
+            (_, Some(key)) => keyed_shard.unwrap_or_else(|| shard_for_key(key, shard_count)),
         };
         let route_epoch = |client: &Client| client.cached_epoch(shard);
         let mut request = ClientRequest {
@@ -394,39 +400,36 @@ impl Session {
             self.client
                 .enqueue(target.addr, std::mem::take(&mut encoded));
             let attempt_end = (now + attempt_timeout).min(deadline);
-            let setback = loop {
-                match tokio::time::timeout_at(attempt_end.into(), self.rx.recv()).await {
-                    Err(_) | Ok(None) => break Setback::Silence,
-                    Ok(Some(inc)) if inc.seq != seq => continue,
-                    Ok(Some(inc)) => match inc.outcome {
-                        Outcome::Value(v) => {
-                            return Ok(self.succeeded(shard, inc.from, stale, Response::Value(v)))
-                        }
-                        Outcome::Done => {
-                            return Ok(self.succeeded(shard, inc.from, stale, Response::Done))
-                        }
-                        Outcome::CasOk => {
-                            return Ok(self.succeeded(shard, inc.from, stale, Response::CasOk))
-                        }
-                        Outcome::Integer(n) => {
-                            return Ok(self.succeeded(shard, inc.from, stale, Response::Integer(n)))
-                        }
+            let watchdog = &self.client.shared.watchdog;
+            let mark = watchdog.arm(&self.slot, attempt_end);
+            let answer = loop {
+                match self.rx.recv().await {
+                    None => break Err(Setback::Silence),
+                    // A notice for an earlier attempt (it crossed that attempt's answer).
+                    Some(inc) if inc.expired != 0 && inc.expired != mark => continue,
+                    Some(inc) if inc.expired != 0 => break Err(Setback::Silence),
+                    Some(inc) if inc.seq != seq => continue,
+                    Some(inc) => match inc.outcome {
+                        Outcome::Value(v) => break Ok((inc.from, Response::Value(v))),
+                        Outcome::Done => break Ok((inc.from, Response::Done)),
+                        Outcome::CasOk => break Ok((inc.from, Response::CasOk)),
+                        Outcome::Integer(n) => break Ok((inc.from, Response::Integer(n))),
                         Outcome::CasMismatch { current } => {
-                            return Ok(self.succeeded(
-                                shard,
-                                inc.from,
-                                stale,
-                                Response::CasMismatch { current },
-                            ))
+                            break Ok((inc.from, Response::CasMismatch { current }))
                         }
                         // A late error for an earlier attempt says nothing about this one.
                         Outcome::Error(_) | Outcome::Status(_) if inc.from != target.addr => {
                             continue
                         }
                         Outcome::Status(_) => continue,
-                        Outcome::Error(e) => break Setback::Error(e),
+                        Outcome::Error(e) => break Err(Setback::Error(e)),
                     },
                 }
+            };
+            watchdog.disarm(&self.slot);
+            let setback = match answer {
+                Ok((from, response)) => return Ok(self.succeeded(shard, from, stale, response)),
+                Err(setback) => setback,
             };
             let named: &[NodeId] = match &setback {
                 Setback::Error(ClientError::NotLeader {

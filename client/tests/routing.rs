@@ -541,3 +541,34 @@ async fn a_reserved_write_is_retried_under_its_own_sequence_number() {
     // Put "one" (after the session's open, seq 1), the reserved put (once), put "three".
     assert_eq!(applied, vec![2, 3, 4]);
 }
+
+// The client times attempts out with one sweeping watchdog, not a timer per request: a lost
+// request must still time out after the attempt timeout (not before it, not much after it)
+// and be retried, also when it is the first request after the client sat idle (the
+// watchdog then sleeps until a session arms a deadline).
+#[tokio::test]
+async fn a_lost_request_times_out_after_the_attempt_timeout_and_is_retried() {
+    let fake = FakeCluster::start(1, 1, Some(1));
+    let options = fake.options();
+    let attempt_timeout = options.attempt_timeout;
+    let client = Client::connect(options).await.unwrap();
+    let mut s = client.session();
+    s.put(b("k"), b("v")).await.unwrap();
+    for round in 0..2 {
+        // Long enough for the watchdog to find nothing armed and go to sleep.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let retries = client.metrics().retries;
+        fake.ctl().drop_requests = 1;
+        let start = Instant::now();
+        let got = tokio::time::timeout(Duration::from_secs(2), s.get(b("k")))
+            .await
+            .expect("a lost request times out instead of waiting for ever");
+        let took = start.elapsed();
+        assert_eq!(got.unwrap(), Some(b("v")), "round {round}");
+        assert_eq!(client.metrics().retries, retries + 1, "round {round}");
+        assert!(
+            took >= attempt_timeout && took < attempt_timeout * 3,
+            "round {round}: answered after {took:?}, attempt timeout {attempt_timeout:?}"
+        );
+    }
+}
