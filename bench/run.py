@@ -1188,9 +1188,10 @@ def main():
     args.catchup_keys = args.catchup_keys or (1_000_000 if args.full else 20_000 if args.quick else 200_000)
     if args.only:
         args.no_etcd = args.no_plots = True
-    with_etcd = not args.no_etcd and shutil.which("etcd") is not None
+    # The etcd point needs both: etcd serves, etcdctl tells when it is up.
+    with_etcd = not args.no_etcd and all(shutil.which(t) for t in ("etcd", "etcdctl"))
     if not args.no_etcd and not with_etcd:
-        log("no etcd binary on PATH (Debian: apt-get install etcd-server etcd-client): raftkv only")
+        log("no etcd or no etcdctl on PATH (Debian: apt-get install etcd-server etcd-client): raftkv only")
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     results = {
