@@ -543,9 +543,9 @@ async fn a_reserved_write_is_retried_under_its_own_sequence_number() {
 }
 
 // The client times attempts out with one sweeping watchdog, not a timer per request: a lost
-// request must still time out after the attempt timeout (not before it, not much after it)
-// and be retried, also when it is the first request after the client sat idle (the
-// watchdog then sleeps until a session arms a deadline).
+// request is still retried no sooner than the attempt timeout and well within three times
+// it, also when it is the first request after the client sat idle (the watchdog then
+// sleeps until a session arms a deadline).
 #[tokio::test]
 async fn a_lost_request_times_out_after_the_attempt_timeout_and_is_retried() {
     let fake = FakeCluster::start(1, 1, Some(1));
