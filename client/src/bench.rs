@@ -289,9 +289,9 @@ fn key_name(tag: &str, i: u64, key_size: usize) -> Bytes {
 fn value_for(client: u64, n: u64, value_size: usize) -> Bytes {
     // Sized once for the padded value: growing it while writing reallocates.
     let mut v = Vec::with_capacity(value_size.max(16 + 1 + DECIMAL_DIGITS_MAX));
-    for shift in (0..16).rev() {
-        v.push(b"0123456789abcdef"[((client >> (shift * 4)) & 0xf) as usize]);
-    }
+    let mut hex = [0u8; 16];
+    hex::encode_to_slice(client.to_be_bytes(), &mut hex).expect("16 hex digits for 8 bytes");
+    v.extend_from_slice(&hex);
     v.push(b'-');
     push_decimal(&mut v, n, 0);
     if v.len() < value_size {
@@ -304,20 +304,11 @@ fn value_for(client: u64, n: u64, value_size: usize) -> Bytes {
 const DECIMAL_DIGITS_MAX: usize = 20;
 
 /// Appends `n` in decimal, zero-padded on the left to at least `width` digits.
-fn push_decimal(out: &mut Vec<u8>, mut n: u64, width: usize) {
-    let mut digits = [0u8; DECIMAL_DIGITS_MAX];
-    let mut at = DECIMAL_DIGITS_MAX;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let len = DECIMAL_DIGITS_MAX - at;
-    out.resize(out.len() + width.saturating_sub(len), b'0');
-    out.extend_from_slice(&digits[at..]);
+fn push_decimal(out: &mut Vec<u8>, n: u64, width: usize) {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(n).as_bytes();
+    out.resize(out.len() + width.saturating_sub(digits.len()), b'0');
+    out.extend_from_slice(digits);
 }
 
 /// CPU seconds (user, system) used by this process so far, from /proc/self/stat.
