@@ -14,6 +14,7 @@ use kv_storage::{Record, Recovered};
 use std::collections::VecDeque;
 
 mod follower_reads;
+mod lease_reads;
 mod metadata;
 mod metadata_moves;
 mod move_steps;

@@ -7,7 +7,9 @@
 //! from when the echo arrived: the follower heard the leader at or after the send, so its
 //! promise not to vote runs at least until `send + election_ticks_min`.
 
+use crate::node::{Raft, RoleState};
 use crate::quorum;
+use crate::types::Index;
 use kv_shared::NodeId;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -70,6 +72,29 @@ impl Lease {
             && quorum::has_quorum(voters, |v| {
                 v == me || self.acks.get(&v).is_some_and(|t| now < t + span)
             })
+    }
+}
+
+impl Raft {
+    /// The index a linearizable read may be served at right now, with no message and no
+    /// `Ready`: the commit index, if this leader would confirm a `read_index` at once
+    /// (it committed an entry of its term, holds its lease or is the only voter, and is
+    /// below `pending_reads_max`); `None` where `read_index` would take a heartbeat
+    /// round, wait, or refuse.
+    ///
+    /// For a caller that batches: a read `read_index` confirms at once still costs a
+    /// `ReadState` and a drain of the group's `Ready`, per group and round. A read served
+    /// at this index once the state machine applied it is exactly the read that
+    /// `read_index` would have confirmed at the same moment. It changes nothing here, so
+    /// asking leaves no work behind.
+    pub fn lease_read_index(&self) -> Option<Index> {
+        let RoleState::Leader(ls) = &self.role else {
+            return None;
+        };
+        let commit = self.log.commit;
+        let single = self.membership.voters == [self.cfg.id];
+        let room = ls.reads.len() < self.cfg.pending_reads_max;
+        (room && commit >= ls.term_start && (single || self.lease_valid())).then_some(commit)
     }
 }
 

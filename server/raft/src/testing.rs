@@ -322,7 +322,22 @@ impl Cluster {
             .map(|n| n.raft.log.commit)
             .max()
             .unwrap_or(0);
-        let r = self.nodes.get_mut(&id).expect("node").raft.read_index(ctx);
+        let raft = &mut self.nodes.get_mut(&id).expect("node").raft;
+        // Every read checks `lease_read_index` against what `read_index` confirms at once:
+        // a caller serves at that index without asking `read_index` at all.
+        let at_once = raft.lease_read_index();
+        let before = raft.reads_ready.len();
+        let r = raft.read_index(ctx);
+        let leading = matches!(raft.role, crate::node::RoleState::Leader(_));
+        let released = raft.reads_ready[before..]
+            .iter()
+            .find(|rs| rs.ctx == ctx)
+            .map(|rs| rs.index);
+        assert_eq!(
+            at_once,
+            released.filter(|_| leading),
+            "n{id}: lease_read_index disagrees with what read_index confirmed at once"
+        );
         if r.is_ok() {
             self.read_floor.insert((id, ctx), floor);
         }

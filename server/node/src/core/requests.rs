@@ -171,10 +171,20 @@ impl NodeCore {
             .is_none_or(|&(d, _)| d <= deadline_tick));
         self.deadlines.push_back((deadline_tick, id));
         let lease_reads = self.config.raft.lease_reads;
-        let g = &mut self.groups[shard];
+        // Waking a quiesced group is Raft input, so that group is marked touched (asked
+        // for a Ready by the next `drive`). Queuing a request is none: routing gives the
+        // input and drains what it gave, so the group is reached unmarked, and a round
+        // of gets served from the lease never asks it for a Ready at all.
+        let g = if self.groups[shard].quiesced {
+            &mut self.groups[shard]
+        } else {
+            self.groups.peek_mut(shard).expect("hosted: checked above")
+        };
         g.wake();
+        if g.waiting.is_empty() {
+            self.to_route.push(shard);
+        }
         g.waiting.push(id);
-        self.to_route.insert(shard);
         if lease_reads {
             // Activity: quiescence waits for a heartbeat period without requests, so
             // steady reads keep the lease renewed (`NodeCore::tick`).
@@ -183,6 +193,9 @@ impl NodeCore {
     }
 
     pub(super) fn serve_confirmed_reads(&mut self, g: ShardId) {
+        if self.groups[g].confirmed_reads.is_empty() {
+            return; // every Ready asks; most have none
+        }
         #[cfg_attr(not(feature = "planted-bugs"), allow(unused_mut))]
         let mut applied = self.groups[g].sm.applied_index();
         #[cfg(feature = "planted-bugs")]
@@ -239,21 +252,26 @@ impl NodeCore {
     }
 
     /// Sends this round's requests of group `g` where they belong: proposals and reads
-    /// on a leader, redirects elsewhere; held while no leader is known.
-    pub(super) fn route(&mut self, g: ShardId) {
+    /// on a leader, redirects elsewhere; held while no leader is known. True if it gave
+    /// the group's Raft input (a proposal or a `read_index`), so that it has a Ready to
+    /// drain; a round of gets served from the lease gives none.
+    pub(super) fn route(&mut self, g: ShardId) -> bool {
         if self.groups[g].waiting.is_empty() {
-            return;
+            return false;
         }
         // The group's list trades places with a kept empty one, so that neither this
         // round nor the group's next request allocates.
         let mut ids = std::mem::take(&mut self.route_ids);
-        std::mem::swap(&mut ids, &mut self.groups[g].waiting);
+        // Unmarked, as queuing them was (`on_client_request`): what gives Raft input
+        // below marks the group.
+        let group = self.groups.peek_mut(g).expect("routed groups are hosted");
+        std::mem::swap(&mut ids, &mut group.waiting);
         let me = self.config.node;
         let shard = self.groups[g].shard;
         let soft = self.groups[g].soft;
         // Writes to propose, by request id: each is encoded from its request's op.
         let mut writes = std::mem::take(&mut self.route_writes);
-        let mut reads: Vec<u64> = Vec::new();
+        let mut reads = std::mem::take(&mut self.route_read_ids);
         let mut refused: Vec<(u64, NodeId)> = Vec::new();
         let mut moves_refused: Vec<(u64, ClientError)> = Vec::new();
         for id in ids.drain(..) {
@@ -323,26 +341,57 @@ impl NodeCore {
             self.reply(id, Outcome::Error(e));
         }
         self.route_ids = ids;
+        let proposed = !writes.is_empty();
         self.propose_writes(g, &writes);
         writes.clear();
         self.route_writes = writes;
-        if !reads.is_empty() {
-            #[cfg(feature = "planted-bugs")]
-            if self.read_without_read_index {
-                for id in reads {
-                    self.serve_get(g, id);
-                }
-                return;
+        let read_index = !reads.is_empty() && self.route_reads(g, soft.role, &reads);
+        reads.clear();
+        self.route_read_ids = reads;
+        proposed || read_index
+    }
+
+    /// Serves or starts the gets `ids` of group `g` (whose role the node core last saw
+    /// is `role`). True if that took a `read_index`, which is Raft input.
+    fn route_reads(&mut self, g: ShardId, role: Role, ids: &[u64]) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        if self.read_without_read_index {
+            for &id in ids {
+                self.serve_get(g, id);
             }
-            let ctx = self.next_read_ctx;
-            self.next_read_ctx += 1;
-            match self.groups[g].raft.read_index(ctx) {
-                Ok(()) => {
-                    self.groups[g].reads.insert(ctx, reads);
-                }
-                Err(e) => self.refused(g, reads, e),
-            }
+            return false;
         }
+        if role == Role::Leader && self.serve_from_lease(g, ids) {
+            return false;
+        }
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        match self.groups[g].raft.read_index(ctx) {
+            Ok(()) => {
+                self.groups[g].reads.insert(ctx, ids.to_vec());
+            }
+            Err(e) => self.refused(g, ids.to_vec(), e),
+        }
+        true
+    }
+
+    /// Serves the leader's gets `ids` at once if Raft would confirm their read index at
+    /// once (`kv_raft::Raft::lease_read_index`) and the state machine has applied it:
+    /// the same read at the same index as through `read_index`, without a `ReadState`,
+    /// a `Ready` to drain or a read map entry per group and round. False (nothing done)
+    /// otherwise: the reads take `read_index`, which also waits for the apply.
+    fn serve_from_lease(&mut self, g: ShardId, ids: &[u64]) -> bool {
+        let group = &self.groups[g];
+        let Some(index) = group.raft.lease_read_index() else {
+            return false;
+        };
+        if index > group.sm.applied_index() {
+            return false;
+        }
+        for &id in ids {
+            self.serve_get(g, id);
+        }
+        true
     }
 
     /// Proposes the writes of requests `ids`, in order: one entry per ENTRY_BYTES_MAX of
@@ -419,8 +468,11 @@ impl NodeCore {
     /// that routed by an older replica set gets the current one with the hint.
     fn redirect_or_hold(&mut self, g: ShardId, id: u64, leader: Option<NodeId>, shard: ShardId) {
         let Some(l) = leader else {
-            self.groups[g].waiting.push(id);
-            self.to_route.insert(g);
+            let waiting = &mut self.groups.peek_mut(g).expect("hosted").waiting;
+            if waiting.is_empty() {
+                self.to_route.push(g);
+            }
+            waiting.push(id);
             return;
         };
         let routed_by = self.requests.get(&id).map_or(0, |r| r.req.epoch);
@@ -452,6 +504,12 @@ impl NodeCore {
             && group.soft.leader.is_some_and(|l| l != me)
             && group.raft.membership().voters.contains(&me)
             && req.epoch == group.sm.membership_epoch()
+    }
+
+    /// How many routed groups `take_output` drained after routing since the start.
+    #[cfg(test)]
+    pub(crate) fn routed_drained(&self) -> u64 {
+        self.routed_drained
     }
 
     fn is_voter(&self, g: ShardId, node: NodeId) -> bool {

@@ -1,0 +1,161 @@
+//! Gets a leader serves from its lease: answered in the turn they arrive without a
+//! Ready to drain in their groups, and still only at a state that holds every write
+//! committed before them.
+
+use super::*;
+use crate::DiskWrite;
+
+const SHARDS: u32 = 8;
+
+/// A key of `shard`.
+fn key_of(shard: u32) -> String {
+    (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| kv_shared::shard::shard_for_key(k.as_bytes(), SHARDS) == ShardId(shard))
+        .expect("some key hashes to every shard")
+}
+
+/// Node 1 leads every shard and every shard holds `key_of(shard) = v`. Not quiescing,
+/// so that every tick heartbeats and the echoes renew the leases.
+fn packed(lease_reads: bool) -> Cluster {
+    let mut c = Cluster::with(3, SHARDS, |cfg| {
+        cfg.spread_leaders = true;
+        cfg.leaders = LeaderPolicy::Pack;
+        cfg.quiesce = false;
+        cfg.raft.lease_reads = lease_reads;
+    });
+    c.tick(600);
+    for s in 0..SHARDS {
+        assert_eq!(c.leader(ShardId(s)), 0, "node 1 leads shard {s}");
+        c.request(0, u64::from(s), put(10 + u64::from(s), 1, &key_of(s), "v"));
+    }
+    c.flush(0);
+    c.tick(3);
+    for s in 0..SHARDS {
+        assert_eq!(c.reply_to(u64::from(s)), vec![Outcome::Done]);
+    }
+    c.tick(1);
+    c
+}
+
+fn value(v: &'static str) -> Outcome {
+    Outcome::Value(Some(Bytes::from_static(v.as_bytes())))
+}
+
+/// Sends one get of every shard's key to node 1 and takes its output once.
+fn get_every_shard(c: &mut Cluster, token0: u64) -> Output {
+    for s in 0..SHARDS {
+        c.request(
+            0,
+            token0 + u64::from(s),
+            get(2, token0 + u64::from(s), &key_of(s)),
+        );
+    }
+    c.nodes[0].take_output()
+}
+
+#[test]
+fn gets_served_from_the_lease_leave_in_the_same_turn_and_drain_no_group() {
+    let mut c = packed(true);
+    let drained = c.nodes[0].routed_drained();
+    let out = get_every_shard(&mut c, 100);
+    assert_eq!(
+        out.replies.len(),
+        SHARDS as usize,
+        "every get answered at once"
+    );
+    assert!(out.replies.iter().all(|(_, r)| r.outcome == value("v")));
+    assert!(out.datagrams.is_empty(), "no message for a lease read");
+    assert_eq!(c.nodes[0].routed_drained(), drained, "no group drained");
+
+    // A put next to the gets: only its own group has a Ready to drain.
+    c.request(0, 200, put(3, 1, &key_of(5), "w"));
+    let out = get_every_shard(&mut c, 300);
+    assert_eq!(out.replies.len(), SHARDS as usize);
+    assert_eq!(
+        c.nodes[0].routed_drained(),
+        drained + 1,
+        "the put's group only"
+    );
+    c.absorb(0, out);
+    c.settle();
+    assert_eq!(c.reply_to(200), vec![Outcome::Done]);
+}
+
+/// Without lease reads every get takes a heartbeat round: each group is drained, and
+/// the answers come once the followers echo. (This is what the test above tells apart.)
+#[test]
+fn read_index_gets_drain_their_groups_and_wait_for_the_echoes() {
+    let mut c = packed(false);
+    let drained = c.nodes[0].routed_drained();
+    let out = get_every_shard(&mut c, 100);
+    assert!(out.replies.is_empty(), "nothing confirmed yet");
+    assert!(!out.datagrams.is_empty(), "the heartbeat round");
+    assert_eq!(c.nodes[0].routed_drained(), drained + u64::from(SHARDS));
+    c.absorb(0, out);
+    c.settle();
+    for s in 0..SHARDS {
+        assert_eq!(c.reply_to(100 + u64::from(s)), vec![value("v")]);
+    }
+}
+
+/// A leader whose followers made a write durable and committed it before the leader's
+/// own disk did: its commit index runs ahead of what it can apply. A get arriving then
+/// holds the lease but must not be served from the state before the write; it waits
+/// for the apply, as a ReadIndex read does.
+#[test]
+fn a_lease_read_waits_for_a_write_committed_before_it_to_apply() {
+    let mut c = packed(true);
+    let shard = ShardId(2);
+    let key = key_of(2);
+    c.request(0, 1, put(4, 1, &key, "w"));
+    let out = c.nodes[0].take_output();
+    let held: Vec<DiskWrite> = out.disk_writes;
+    assert!(!held.is_empty(), "the put's entry is to be written");
+    // The followers store the entry and acknowledge it; node 1's disk is slow.
+    let mut acks = Vec::new();
+    for (to, msgs) in out.datagrams {
+        let f = to.0 as usize - 1;
+        c.nodes[f].on_peer_messages(NodeId(1), msgs);
+        let mut pending = vec![c.nodes[f].take_output()];
+        while let Some(o) = pending.pop() {
+            acks.extend(
+                o.datagrams
+                    .into_iter()
+                    .map(|(to, m)| (NodeId(f as u64 + 1), to, m)),
+            );
+            for w in o.disk_writes {
+                c.nodes[f].on_disk_done(w.id);
+                pending.push(c.nodes[f].take_output());
+            }
+        }
+    }
+    for (from, to, msgs) in acks {
+        assert_eq!(to, NodeId(1));
+        c.nodes[0].on_peer_messages(from, msgs);
+    }
+    let before = c.nodes[0].take_output();
+    let st = c.nodes[0].raft_status(shard);
+    assert!(
+        st.hard.commit > st.applied,
+        "committed by the followers, not applied (commit {}, applied {})",
+        st.hard.commit,
+        st.applied
+    );
+    c.request(0, 2, get(5, 1, &key));
+    let out = c.nodes[0].take_output();
+    assert!(
+        out.replies.iter().all(|(t, _)| t.0 != 2),
+        "not served before the write applies"
+    );
+    let mut later = before.disk_writes;
+    later.extend(out.disk_writes);
+    let mut replies: Vec<(u64, Outcome)> = Vec::new();
+    for w in held.into_iter().chain(later) {
+        c.nodes[0].on_disk_done(w.id);
+        let o = c.nodes[0].take_output();
+        replies.extend(o.replies.into_iter().map(|(t, r)| (t.0, r.outcome)));
+    }
+    assert!(replies.contains(&(1, Outcome::Done)), "{replies:?}");
+    assert!(replies.contains(&(2, value("w"))), "{replies:?}");
+}
