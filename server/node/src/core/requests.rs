@@ -135,6 +135,11 @@ impl NodeCore {
             let v = g.sm.get(key);
             return reply_now(self, Outcome::Value(v));
         }
+        if let Op::Get { stale: false, key } = &req.op {
+            if let Some(v) = self.lease_get(shard, key) {
+                return reply_now(self, Outcome::Value(v));
+            }
+        }
         if self.requests.len() >= PENDING_REQUESTS_MAX {
             self.refuse(BoundaryRefusal::PendingRequestsFull);
             let e = ClientError::Overloaded {
@@ -192,6 +197,35 @@ impl NodeCore {
         }
     }
 
+    /// A linearizable get of `key` that the leader of `shard` serves on arrival: Raft
+    /// would confirm a `read_index` now at once (`kv_raft::Raft::lease_read_index`), and
+    /// the state machine has applied that index, so this is the read `route` would
+    /// serve, at its arrival rather than at the next flush. It then never becomes a
+    /// pending request: no admission, deadline, routing or reply lookup. `None` if the
+    /// group cannot serve it so (also while quiesced: a paused clock does not count
+    /// against the lease until the group wakes and forgets it).
+    fn lease_get(&mut self, shard: ShardId, key: &[u8]) -> Option<Option<Bytes>> {
+        #[cfg(feature = "planted-bugs")]
+        if self.read_without_read_index {
+            return None;
+        }
+        let lease_reads = self.config.raft.lease_reads;
+        // Unmarked: reading gives Raft no input (see `on_client_request`).
+        let g = self.groups.peek_mut(shard)?;
+        if g.quiesced || g.soft.role != Role::Leader {
+            return None;
+        }
+        let index = g.raft.lease_read_index()?;
+        if index > g.sm.applied_index() {
+            return None;
+        }
+        if lease_reads {
+            // Activity, as for a queued request: steady reads keep the lease renewed.
+            g.idle_ticks = 0;
+        }
+        Some(g.sm.get(key))
+    }
+
     pub(super) fn serve_confirmed_reads(&mut self, g: ShardId) {
         if self.groups[g].confirmed_reads.is_empty() {
             return; // every Ready asks; most have none
@@ -226,12 +260,14 @@ impl NodeCore {
     }
 
     fn serve_get(&mut self, g: ShardId, id: u64) {
-        let Some(r) = self.requests.get(&id) else {
+        // Taken out first: the reply needs it out anyway, and one lookup is half the
+        // cost of two.
+        let Some(r) = self.requests.remove(&id) else {
             return;
         };
         let key = r.req.op.key().expect("gets have keys");
         let v = self.groups[g].sm.get(key);
-        self.reply(id, Outcome::Value(v));
+        self.answer(r, Outcome::Value(v));
     }
 
     /// Leadership ended: nothing pending on it can be promised any more.
@@ -512,6 +548,13 @@ impl NodeCore {
         self.routed_drained
     }
 
+    /// The groups marked touched since the last `take_output` (the next one would ask
+    /// them for a Ready), unmarking them.
+    #[cfg(test)]
+    pub(crate) fn take_touched(&mut self) -> Vec<ShardId> {
+        self.groups.take_touched()
+    }
+
     fn is_voter(&self, g: ShardId, node: NodeId) -> bool {
         self.groups[g]
             .raft
@@ -521,11 +564,16 @@ impl NodeCore {
             .contains(&node)
     }
 
-    /// Answers request `id` unless it was answered already: the one place replies are made.
+    /// Answers request `id` unless it was answered already.
     pub(super) fn reply(&mut self, id: u64, outcome: Outcome) {
-        let Some(r) = self.requests.remove(&id) else {
-            return;
-        };
+        if let Some(r) = self.requests.remove(&id) {
+            self.answer(r, outcome);
+        }
+    }
+
+    /// Answers pending request `r`, just taken out of `requests`: the one place pending
+    /// requests are answered.
+    fn answer(&mut self, r: Request, outcome: Outcome) {
         self.pending_request_bytes -= r.bytes;
         self.out.replies.push((
             r.token,

@@ -42,8 +42,8 @@ fn value(v: &'static str) -> Outcome {
     Outcome::Value(Some(Bytes::from_static(v.as_bytes())))
 }
 
-/// Sends one get of every shard's key to node 1 and takes its output once.
-fn get_every_shard(c: &mut Cluster, token0: u64) -> Output {
+/// Sends one get of every shard's key to node 1.
+fn request_every_shard(c: &mut Cluster, token0: u64) {
     for s in 0..SHARDS {
         c.request(
             0,
@@ -51,6 +51,11 @@ fn get_every_shard(c: &mut Cluster, token0: u64) -> Output {
             get(2, token0 + u64::from(s), &key_of(s)),
         );
     }
+}
+
+/// Sends one get of every shard's key to node 1 and takes its output once.
+fn get_every_shard(c: &mut Cluster, token0: u64) -> Output {
+    request_every_shard(c, token0);
     c.nodes[0].take_output()
 }
 
@@ -58,7 +63,12 @@ fn get_every_shard(c: &mut Cluster, token0: u64) -> Output {
 fn gets_served_from_the_lease_leave_in_the_same_turn_and_drain_no_group() {
     let mut c = packed(true);
     let drained = c.nodes[0].routed_drained();
-    let out = get_every_shard(&mut c, 100);
+    let _ = c.nodes[0].take_output();
+    request_every_shard(&mut c, 100);
+    // Queuing requests is no Raft input: the next take_output asks no group for a
+    // Ready before routing them.
+    assert_eq!(c.nodes[0].take_touched(), Vec::<ShardId>::new());
+    let out = c.nodes[0].take_output();
     assert_eq!(
         out.replies.len(),
         SHARDS as usize,
@@ -88,7 +98,14 @@ fn gets_served_from_the_lease_leave_in_the_same_turn_and_drain_no_group() {
 fn read_index_gets_drain_their_groups_and_wait_for_the_echoes() {
     let mut c = packed(false);
     let drained = c.nodes[0].routed_drained();
-    let out = get_every_shard(&mut c, 100);
+    let _ = c.nodes[0].take_output();
+    request_every_shard(&mut c, 100);
+    assert_eq!(
+        c.nodes[0].take_touched(),
+        Vec::<ShardId>::new(),
+        "queuing a request is no Raft input"
+    );
+    let out = c.nodes[0].take_output();
     assert!(out.replies.is_empty(), "nothing confirmed yet");
     assert!(!out.datagrams.is_empty(), "the heartbeat round");
     assert_eq!(c.nodes[0].routed_drained(), drained + u64::from(SHARDS));
@@ -113,27 +130,7 @@ fn a_lease_read_waits_for_a_write_committed_before_it_to_apply() {
     let held: Vec<DiskWrite> = out.disk_writes;
     assert!(!held.is_empty(), "the put's entry is to be written");
     // The followers store the entry and acknowledge it; node 1's disk is slow.
-    let mut acks = Vec::new();
-    for (to, msgs) in out.datagrams {
-        let f = to.0 as usize - 1;
-        c.nodes[f].on_peer_messages(NodeId(1), msgs);
-        let mut pending = vec![c.nodes[f].take_output()];
-        while let Some(o) = pending.pop() {
-            acks.extend(
-                o.datagrams
-                    .into_iter()
-                    .map(|(to, m)| (NodeId(f as u64 + 1), to, m)),
-            );
-            for w in o.disk_writes {
-                c.nodes[f].on_disk_done(w.id);
-                pending.push(c.nodes[f].take_output());
-            }
-        }
-    }
-    for (from, to, msgs) in acks {
-        assert_eq!(to, NodeId(1));
-        c.nodes[0].on_peer_messages(from, msgs);
-    }
+    followers_acknowledge(&mut c, out.datagrams);
     let before = c.nodes[0].take_output();
     let st = c.nodes[0].raft_status(shard);
     assert!(
@@ -158,4 +155,63 @@ fn a_lease_read_waits_for_a_write_committed_before_it_to_apply() {
     }
     assert!(replies.contains(&(1, Outcome::Done)), "{replies:?}");
     assert!(replies.contains(&(2, value("w"))), "{replies:?}");
+}
+
+/// Delivers node 1's `datagrams` to the followers, makes their writes durable at once,
+/// and hands their answers to node 1 (without taking its output).
+fn followers_acknowledge(c: &mut Cluster, datagrams: Vec<(NodeId, Vec<GroupMessage>)>) {
+    let mut acks = Vec::new();
+    for (to, msgs) in datagrams {
+        let f = to.0 as usize - 1;
+        c.nodes[f].on_peer_messages(NodeId(1), msgs);
+        let mut pending = vec![c.nodes[f].take_output()];
+        while let Some(o) = pending.pop() {
+            acks.extend(
+                o.datagrams
+                    .into_iter()
+                    .map(|(to, m)| (NodeId(f as u64 + 1), to, m)),
+            );
+            for w in o.disk_writes {
+                c.nodes[f].on_disk_done(w.id);
+                pending.push(c.nodes[f].take_output());
+            }
+        }
+    }
+    for (from, to, msgs) in acks {
+        assert_eq!(to, NodeId(1));
+        c.nodes[0].on_peer_messages(from, msgs);
+    }
+}
+
+/// A get arriving while the leader's commit index is ahead of its applied one is not
+/// served on arrival; the flush that applies the write serves it from the lease while
+/// routing (no `read_index`, no group drained after routing), with the write.
+#[test]
+fn a_get_queued_behind_an_unapplied_commit_is_served_from_the_lease_by_the_flush_that_applies_it() {
+    let mut c = packed(true);
+    let shard = ShardId(6);
+    let key = key_of(6);
+    c.request(0, 1, put(4, 1, &key, "w"));
+    let out = c.nodes[0].take_output();
+    for w in out.disk_writes {
+        c.nodes[0].on_disk_done(w.id);
+    }
+    followers_acknowledge(&mut c, out.datagrams);
+    let st = c.nodes[0].raft_status(shard);
+    c.request(0, 2, get(5, 1, &key));
+    assert!(
+        st.hard.commit > st.applied,
+        "committed, not applied yet (commit {}, applied {})",
+        st.hard.commit,
+        st.applied
+    );
+    let drained = c.nodes[0].routed_drained();
+    let out = c.nodes[0].take_output();
+    let replies: Vec<(u64, Outcome)> = out
+        .replies
+        .into_iter()
+        .map(|(t, r)| (t.0, r.outcome))
+        .collect();
+    assert_eq!(replies, vec![(1, Outcome::Done), (2, value("w"))]);
+    assert_eq!(c.nodes[0].routed_drained(), drained, "served while routing");
 }
