@@ -101,6 +101,25 @@ impl Raft {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{test_config, Cluster};
+
+    /// The only voter confirms its own reads (no lease needed): at once, at its commit
+    /// index, once it committed an entry of its term. (`Cluster::read` checks every read
+    /// of every test against what `read_index` released at once.)
+    #[test]
+    fn a_single_voter_reads_at_its_commit_index_without_a_lease() {
+        let mut c = Cluster::new(1, &[], test_config());
+        assert!(!c.opts.lease_reads);
+        assert_eq!(c.nodes[&1].raft.lease_read_index(), None, "a follower");
+        while c.nodes[&1].raft.role_now() != crate::Role::Leader {
+            c.tick(1);
+        }
+        c.stabilize();
+        let commit = c.nodes[&1].raft.log.commit;
+        assert!(commit > 0, "its term's entry committed");
+        assert_eq!(c.nodes[&1].raft.lease_read_index(), Some(commit));
+        c.read(1, 1).expect("leader");
+    }
 
     fn ids(n: &[u64]) -> Vec<NodeId> {
         n.iter().map(|i| NodeId(*i)).collect()
