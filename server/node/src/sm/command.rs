@@ -309,33 +309,96 @@ fn take_bytes<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
 /// so half of them take all ten.
 #[inline]
 fn take_varint(rest: &mut &[u8]) -> Option<u64> {
-    const BYTES_MAX: usize = 10;
-    let mut value = 0u64;
-    for i in 0..BYTES_MAX {
-        let byte = *rest.get(i)?;
-        if i == BYTES_MAX - 1 && byte > 1 {
-            return None;
+    match rest.split_first() {
+        // Lengths and sequence numbers: mostly one byte.
+        Some((&byte, after)) if byte < 0x80 => {
+            *rest = after;
+            Some(u64::from(byte))
         }
+        _ => take_varint_long(rest),
+    }
+}
+
+fn take_varint_long(rest: &mut &[u8]) -> Option<u64> {
+    let Some(word) = rest.first_chunk::<8>() else {
+        return take_varint_bytewise(rest);
+    };
+    // The first eight bytes as one word: find the last byte, then pack the 7-bit groups
+    // of the bytes up to it in three steps (a session id is ten bytes long).
+    let word = u64::from_le_bytes(*word);
+    let ends = !word & 0x8080_8080_8080_8080;
+    let (len, value) = if ends != 0 {
+        let len = ends.trailing_zeros() as usize / 8 + 1;
+        let kept = if len == 8 {
+            !0
+        } else {
+            (1u64 << (8 * len)) - 1
+        };
+        (len, pack_7bit_groups(word & kept))
+    } else {
+        let low = pack_7bit_groups(word);
+        match (rest.get(8), rest.get(9)) {
+            (Some(&b8), _) if b8 < 0x80 => (9, low | u64::from(b8) << 56),
+            (Some(&b8), Some(&b9)) if b9 <= 1 => (
+                VARINT_BYTES_MAX,
+                low | u64::from(b8 & 0x7f) << 56 | u64::from(b9) << 63,
+            ),
+            _ => return None,
+        }
+    };
+    *rest = &rest[len..];
+    Some(value)
+}
+
+/// The low seven bits of each byte of `word`, packed into its low 56 bits.
+#[inline]
+fn pack_7bit_groups(word: u64) -> u64 {
+    let x = word & 0x7f7f_7f7f_7f7f_7f7f;
+    let x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
+    let x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
+    (x & 0x0000_0000_0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4)
+}
+
+fn take_varint_bytewise(rest: &mut &[u8]) -> Option<u64> {
+    let bytes = *rest;
+    let mut value = 0u64;
+    for i in 0..VARINT_BYTES_MAX {
+        let byte = *bytes.get(i)?;
         value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            *rest = &rest[i + 1..];
+        if byte < 0x80 {
+            if i == VARINT_BYTES_MAX - 1 && byte > 1 {
+                return None;
+            }
+            *rest = &bytes[i + 1..];
             return Some(value);
         }
     }
     None
 }
 
-/// Passes over a varint [`take_varint`] accepts, exactly when it accepts it.
+/// Passes over a varint [`take_varint`] accepts, exactly when it accepts it. The first
+/// eight bytes are looked at as one word: a session id is ten bytes long.
 #[inline]
 fn skip_varint(rest: &mut &[u8]) -> Option<()> {
-    const BYTES_MAX: usize = 10;
-    let last = rest.iter().take(BYTES_MAX).position(|&b| b & 0x80 == 0)?;
-    if last == BYTES_MAX - 1 && rest[last] > 1 {
-        return None;
-    }
-    *rest = &rest[last + 1..];
+    let Some(word) = rest.first_chunk::<8>() else {
+        return take_varint_long(rest).map(drop);
+    };
+    let ends = !u64::from_le_bytes(*word) & 0x8080_8080_8080_8080;
+    let len = if ends != 0 {
+        ends.trailing_zeros() as usize / 8 + 1
+    } else {
+        match (rest.get(8), rest.get(9)) {
+            (Some(&b8), _) if b8 < 0x80 => 9,
+            (Some(_), Some(&b9)) if b9 <= 1 => VARINT_BYTES_MAX,
+            _ => return None,
+        }
+    };
+    *rest = &rest[len..];
     Some(())
 }
+
+/// Bytes of the longest varint postcard reads for a `u64`.
+const VARINT_BYTES_MAX: usize = 10;
 
 #[cfg(test)]
 pub(crate) fn take_varint_for_tests(rest: &mut &[u8]) -> Option<u64> {

@@ -907,7 +907,7 @@ fn puts_only_leaves_other_ops_and_odd_encodings_to_postcard() {
 }
 
 #[test]
-fn skipping_a_varint_accepts_what_reading_it_accepts() {
+fn varints_are_read_and_skipped_as_postcard_reads_them() {
     let mut rng = SplitMix(7);
     for round in 0..20_000 {
         let len = rng.below(12) as usize;
