@@ -52,9 +52,16 @@ pub fn decode_peer_datagram(
 /// If one message alone cannot fit: the core's limits keep every message well below a
 /// datagram (`kv_shared::limits`), so that would be a bug, not an input.
 pub fn split(msgs: Vec<GroupMessage>) -> Vec<Vec<GroupMessage>> {
-    // Most rounds' messages for one peer fit one datagram: one sizing pass over the
-    // whole batch then, instead of one per message and a copy of each into a new batch.
-    if encoded_bytes(&msgs) <= kv_shared::auth::BODY_BYTES_MAX {
+    // Most rounds' messages for one peer fit one datagram by far: a bound from their
+    // payload lengths says so without a sizing pass over every message and entry (the
+    // encoding makes another). Near the limit, one sizing pass over the whole batch
+    // decides, instead of one per message and a copy of each into a new batch.
+    let bound = msgs.iter().try_fold(VARINT_BYTES_MAX, |sum, m| {
+        Some(sum + encoded_bytes_at_most(m)?)
+    });
+    if bound.is_some_and(|b| b <= kv_shared::auth::BODY_BYTES_MAX)
+        || encoded_bytes(&msgs) <= kv_shared::auth::BODY_BYTES_MAX
+    {
         return vec![msgs];
     }
     let packed = pack(msgs, PackLimit::bytes(kv_shared::auth::BODY_BYTES_MAX));
@@ -63,6 +70,39 @@ pub fn split(msgs: Vec<GroupMessage>) -> Vec<Vec<GroupMessage>> {
         "a peer message cannot fit a datagram (limits are inconsistent)"
     );
     packed.batches
+}
+
+/// Most bytes postcard spends on one integer (a `u64` varint; `u32` and enum variant
+/// indices take at most five).
+const VARINT_BYTES_MAX: usize = 10;
+
+/// An upper bound on the encoded size of `m`, for the messages of a put's round
+/// (Appends, their answers, heartbeats); `None` for the others, which are counted.
+fn encoded_bytes_at_most(m: &GroupMessage) -> Option<usize> {
+    use kv_raft::{EntryKind, MessageBody};
+    const V: usize = VARINT_BYTES_MAX;
+    // shard, from, to, term, body variant
+    let head = 5 * V;
+    let body = match &m.msg.body {
+        MessageBody::Append { entries, .. } => {
+            // prev_index, prev_term, commit, entry count; per entry term, index, kind
+            // (variant, and a ConfChange's variant and node id), data length and data.
+            let mut bytes = 4 * V;
+            for e in entries {
+                let kind = match e.kind {
+                    EntryKind::Noop | EntryKind::Command => V,
+                    EntryKind::ConfChange(_) => 3 * V,
+                };
+                bytes += 3 * V + kind + e.data.len();
+            }
+            bytes
+        }
+        MessageBody::AppendResp { .. } => 1 + 3 * V,
+        MessageBody::Heartbeat { .. } => 2 * V,
+        MessageBody::HeartbeatResp { .. } => V,
+        _ => return None,
+    };
+    Some(head + body)
 }
 
 #[cfg(test)]
@@ -118,6 +158,82 @@ mod tests {
             Err(WireError::WrongCluster { .. })
         ));
         assert!(decode_peer(b"\xff\xff\xff").is_err());
+    }
+
+    #[test]
+    fn the_size_bound_is_never_below_the_encoding() {
+        use kv_raft::ConfChange;
+        let extremes = [0u64, 1, 127, 128, 1 << 35, u64::MAX];
+        let mut bounded = 0;
+        for (i, &x) in extremes.iter().enumerate() {
+            let y = extremes[(i + 3) % extremes.len()];
+            let entry = |kind| Entry {
+                term: x,
+                index: y,
+                kind,
+                data: Bytes::from(vec![1u8; (x % 300) as usize]),
+            };
+            let bodies = [
+                MessageBody::Append {
+                    prev_index: x,
+                    prev_term: y,
+                    entries: vec![
+                        entry(EntryKind::Command),
+                        entry(EntryKind::Noop),
+                        entry(EntryKind::ConfChange(ConfChange::RemoveNode(NodeId(x)))),
+                    ],
+                    commit: x,
+                },
+                MessageBody::Append {
+                    prev_index: y,
+                    prev_term: x,
+                    entries: vec![],
+                    commit: y,
+                },
+                MessageBody::AppendResp {
+                    reject: x % 2 == 0,
+                    index: x,
+                    hint_index: y,
+                    hint_term: x,
+                },
+                MessageBody::Heartbeat {
+                    commit: x,
+                    read_round: y,
+                },
+                MessageBody::HeartbeatResp { read_round: x },
+                MessageBody::TimeoutNow,
+            ];
+            for body in bodies {
+                let m = GroupMessage {
+                    shard: ShardId(if x > y { u32::MAX } else { 7 }),
+                    msg: Message {
+                        from: NodeId(x),
+                        to: NodeId(y),
+                        term: x,
+                        body,
+                    },
+                };
+                if let Some(bound) = encoded_bytes_at_most(&m) {
+                    bounded += 1;
+                    assert!(bound >= encoded_bytes(&m), "{m:?}");
+                }
+            }
+        }
+        assert_eq!(bounded, 5 * extremes.len(), "TimeoutNow alone is counted");
+        // Near the limit the count decides, as without the bound.
+        for n in [
+            kv_shared::auth::BODY_BYTES_MAX / 3 - 40,
+            kv_shared::auth::BODY_BYTES_MAX / 3 - 20,
+        ] {
+            let big: Vec<_> = (0..3).map(|i| append(i, n)).collect();
+            let exact = encoded_bytes(&big);
+            let batches = split(big);
+            assert_eq!(
+                batches.len() == 1,
+                exact <= kv_shared::auth::BODY_BYTES_MAX,
+                "{exact} bytes"
+            );
+        }
     }
 
     #[test]

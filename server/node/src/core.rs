@@ -262,7 +262,7 @@ pub struct NodeCore {
     out: Output,
     /// `handle_ready`'s `Ready`, kept so that its vectors keep their room (`None` only
     /// while one is being handled).
-    ready_buf: Option<kv_raft::Ready>,
+    ready_buf: Option<Box<kv_raft::Ready>>,
     /// `apply`'s outcomes of one entry, kept likewise.
     outcomes_buf: Vec<Outcome>,
     /// `route`'s lists of one group's requests, of its writes and of its gets, kept

@@ -149,14 +149,26 @@ impl Sessions {
     /// Records the outcome of a freshly applied write.
     pub fn record(&mut self, client: ClientId, seq: u64, outcome: Outcome) {
         self.clock += 1;
-        self.by_client.insert(
-            client,
-            Session {
-                seq,
-                outcome,
-                stamp: self.clock,
-            },
-        );
+        let stamp = self.clock;
+        // Most writes come from a client with a session: update it in place rather than
+        // move a whole new session in and drop the old one.
+        match self.by_client.get_mut(&client) {
+            Some(s) => {
+                s.seq = seq;
+                s.outcome = outcome;
+                s.stamp = stamp;
+            }
+            None => {
+                self.by_client.insert(
+                    client,
+                    Session {
+                        seq,
+                        outcome,
+                        stamp,
+                    },
+                );
+            }
+        }
         self.push_recency(client);
         while self.by_client.len() > self.max {
             let (stamp, evict) = self
@@ -559,7 +571,9 @@ impl StateMachine {
     /// caller reuses from entry to entry) instead of returning a new vector.
     pub fn apply_entry_into(&mut self, index: u64, term: u64, data: &[u8], out: &mut Vec<Outcome>) {
         self.advance(index, term);
-        if let Ok(batch) = CommandBatch::decode_borrowed(data) {
+        if let Some(puts) = command::puts_only(data) {
+            out.extend(puts.map(|w| self.apply_command(&w)));
+        } else if let Ok(batch) = CommandBatch::decode_borrowed(data) {
             out.extend(batch.writes.iter().map(|w| self.apply_command(w)));
         }
     }

@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::log::RaftLog;
 use crate::progress::Progress;
 use crate::read_index::ReadRounds;
-use crate::ready::{Ready, Restored, SoftState};
+use crate::ready::{Ready, Restored, SoftState, Write, WriteId};
 use crate::types::*;
 use kv_shared::NodeId;
 use rand::rngs::SmallRng;
@@ -554,10 +554,20 @@ impl Raft {
     pub fn ready_into(&mut self, rd: &mut Ready) {
         self.flush_leader_sends();
         self.flush_follower_reads();
-        let mut entries = rd.write.take().map(|w| w.entries).unwrap_or_default();
-        rd.write = self
-            .needs_write()
-            .then(|| self.take_write(std::mem::take(&mut entries)));
+        if !self.needs_write() {
+            rd.write = None;
+        } else if let Some(w) = &mut rd.write {
+            self.fill_write(w);
+        } else {
+            let mut w = Write {
+                id: WriteId(0),
+                snapshot: None,
+                entries: Vec::new(),
+                hard_state: None,
+            };
+            self.fill_write(&mut w);
+            rd.write = Some(w);
+        }
         rd.apply_snapshot = self.snapshot_ready.take();
         if let Some(s) = &rd.apply_snapshot {
             self.log.applied = s.meta.index;

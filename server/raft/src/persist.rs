@@ -40,15 +40,19 @@ impl Raft {
         // of its instructions.
         debug_assert!(self.held.windows(2).all(|p| p[0].0 <= p[1].0));
         let released = self.held.partition_point(|(w, _)| *w <= id.0);
-        let mut release = std::mem::take(&mut self.held_released);
-        release.extend(self.held.drain(..released));
-        for (_, h) in release.drain(..) {
-            match h {
-                Held::Send(m) => self.msgs.push(m),
-                Held::SelfVote(term) => self.count_self_vote(term),
+        // A leader's writes usually release nothing (it holds no acks): no drains then,
+        // whose drops are calls even when empty.
+        if released > 0 {
+            let mut release = std::mem::take(&mut self.held_released);
+            release.extend(self.held.drain(..released));
+            for (_, h) in release.drain(..) {
+                match h {
+                    Held::Send(m) => self.msgs.push(m),
+                    Held::SelfVote(term) => self.count_self_vote(term),
+                }
             }
+            self.held_released = release;
         }
-        self.held_released = release;
         if self.maybe_commit() {
             self.commit_advanced();
         }
@@ -103,17 +107,19 @@ impl Raft {
             || self.vote != self.hs_written.vote
     }
 
-    /// The next write, its entries in `entries` (cleared first: a buffer to reuse).
-    pub(crate) fn take_write(&mut self, mut entries: Vec<Entry>) -> Write {
+    /// Makes `w` the next write, in place: its entries vector (cleared first) keeps its
+    /// room, and a caller that keeps its `Ready` moves no `Write` in or out per round.
+    pub(crate) fn fill_write(&mut self, w: &mut Write) {
         let id = self.next_write_id;
         self.next_write_id += 1;
         let snapshot = self.snapshot_unwritten.take();
-        entries.clear();
-        self.log.take_unstable_into(&mut entries);
+        w.entries.clear();
+        self.log.take_unstable_into(&mut w.entries);
         let hs = self.hard_state();
-        let hard_state = (hs != self.hs_written).then_some(hs);
+        w.hard_state = (hs != self.hs_written).then_some(hs);
         self.hs_written = hs;
-        let last = entries
+        let last = w
+            .entries
             .last()
             .map(|e| e.index)
             .or(snapshot.as_ref().map(|s| s.meta.index));
@@ -121,12 +127,8 @@ impl Raft {
             self.snapshot_in_write = Some((id, s.clone()));
         }
         self.inflight_writes.push_back(InflightWrite { id, last });
-        Write {
-            id: WriteId(id),
-            snapshot,
-            entries,
-            hard_state,
-        }
+        w.id = WriteId(id);
+        w.snapshot = snapshot;
     }
 
     /// Highest index that may be handed out for applying now.

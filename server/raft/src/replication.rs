@@ -116,6 +116,12 @@ impl Raft {
             Some(t) if !self.entries_cannot_serve(prev_index, to) => t,
             _ => return self.start_snapshot(to),
         };
+        if !send_if_empty && prev_index >= self.log.last_index() {
+            // Nothing to send, and so nothing to do: the batch below would be empty. The
+            // loop in `flush_leader_sends` asks once more after every Append it sends, so
+            // each group's round ends here, not in a second progress lookup and batch.
+            return false;
+        }
         let RoleState::Leader(ls) = &mut self.role else {
             return false;
         };

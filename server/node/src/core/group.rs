@@ -245,6 +245,7 @@ impl Groups {
             .chain(self.sparse.values_mut())
     }
 
+    #[inline]
     pub(super) fn get(&self, shard: ShardId) -> Option<&Group> {
         match dense_slot(shard) {
             Some(i) => self.dense.get(i)?.as_ref(),
@@ -253,6 +254,7 @@ impl Groups {
     }
 
     /// The group, marked touched.
+    #[inline]
     pub(super) fn get_mut(&mut self, shard: ShardId) -> Option<&mut Group> {
         let g = match dense_slot(shard) {
             Some(i) => self.dense.get_mut(i)?.as_mut()?,
@@ -311,11 +313,21 @@ impl Groups {
     }
 }
 
+/// Out of line, so that the lookups a round makes by the hundred inline to their fast
+/// path instead of each paying a call.
+#[cold]
+#[inline(never)]
+fn not_hosted(shard: ShardId) -> ! {
+    panic!("shard {shard} is not hosted here")
+}
+
 /// Where `shard`'s group sits in `Groups::dense`, if there.
+#[inline]
 fn dense_slot(shard: ShardId) -> Option<usize> {
     (shard.0 < kv_shared::limits::SHARDS_MAX).then_some(shard.0 as usize)
 }
 
+#[inline]
 fn mark(touched: &mut Vec<ShardId>, g: &mut Group) {
     if !g.touched {
         g.touched = true;
@@ -326,16 +338,22 @@ fn mark(touched: &mut Vec<ShardId>, g: &mut Group) {
 impl Index<ShardId> for Groups {
     type Output = Group;
 
+    #[inline]
     fn index(&self, shard: ShardId) -> &Group {
-        self.get(shard)
-            .unwrap_or_else(|| panic!("shard {shard} is not hosted here"))
+        match self.get(shard) {
+            Some(g) => g,
+            None => not_hosted(shard),
+        }
     }
 }
 
 impl IndexMut<ShardId> for Groups {
+    #[inline]
     fn index_mut(&mut self, shard: ShardId) -> &mut Group {
-        self.get_mut(shard)
-            .unwrap_or_else(|| panic!("shard {shard} is not hosted here"))
+        match self.get_mut(shard) {
+            Some(g) => g,
+            None => not_hosted(shard),
+        }
     }
 }
 

@@ -125,12 +125,18 @@ impl NodeCore {
     fn handle_ready(&mut self, g: ShardId) {
         // One `Ready` serves every group's every round: its vectors keep their room, so
         // a round allocates nothing for them per group (`kv_raft::Raft::ready_into`).
+        // Boxed because it is taken out and put back on every call: moving a `Ready`
+        // (over 400 bytes) copied it twice per group per round.
         let mut rd = self.ready_buf.take().unwrap_or_default();
         self.groups[g].raft.ready_into(&mut rd);
         let shard = self.groups[g].shard;
-        self.out
-            .events
-            .extend(rd.events.drain(..).map(|e| NodeEvent::from_raft(shard, e)));
+        // Each vector is drained only if it holds something: most of a round's Readies
+        // carry one or two of them, and an empty drain still costs a call to its drop.
+        if !rd.events.is_empty() {
+            self.out
+                .events
+                .extend(rd.events.drain(..).map(|e| NodeEvent::from_raft(shard, e)));
+        }
         if let Some(ss) = rd.soft_state {
             let old = self.groups[g].soft;
             self.groups[g].soft = ss;
@@ -163,14 +169,16 @@ impl NodeCore {
             w.snapshot = None;
         }
         let room = self.outbox_room;
-        for m in rd.messages.drain(..) {
-            if m.to == self.config.node {
-                continue;
+        if !rd.messages.is_empty() {
+            for m in rd.messages.drain(..) {
+                if m.to == self.config.node {
+                    continue;
+                }
+                self.outbox
+                    .entry(m.to)
+                    .or_insert_with(|| Vec::with_capacity(room))
+                    .push(GroupMessage { shard, msg: m });
             }
-            self.outbox
-                .entry(m.to)
-                .or_insert_with(|| Vec::with_capacity(room))
-                .push(GroupMessage { shard, msg: m });
         }
         if let Some(snap) = rd.apply_snapshot.take() {
             self.out.events.push(NodeEvent {
@@ -182,22 +190,28 @@ impl NodeCore {
             });
             self.restore_snapshot(g, snap);
         }
-        for e in rd.committed.drain(..) {
-            self.apply(g, e);
+        if !rd.committed.is_empty() {
+            for e in rd.committed.drain(..) {
+                self.apply(g, e);
+            }
         }
         if rd.snapshot_wanted {
             self.provide_snapshot(g);
         }
-        for rs in rd.reads.drain(..) {
-            if let Some(ids) = self.groups[g].reads.remove(&rs.ctx) {
-                self.groups[g].confirmed_reads.push((rs.index, ids));
+        if !rd.reads.is_empty() {
+            for rs in rd.reads.drain(..) {
+                if let Some(ids) = self.groups[g].reads.remove(&rs.ctx) {
+                    self.groups[g].confirmed_reads.push((rs.index, ids));
+                }
             }
         }
         let leader = self.groups[g].soft.leader;
-        for ctx in rd.failed_reads.drain(..) {
-            if let Some(ids) = self.groups[g].reads.remove(&ctx) {
-                for id in ids {
-                    self.reply(id, Outcome::Error(ClientError::NotLeader { shard, leader }));
+        if !rd.failed_reads.is_empty() {
+            for ctx in rd.failed_reads.drain(..) {
+                if let Some(ids) = self.groups[g].reads.remove(&ctx) {
+                    for id in ids {
+                        self.reply(id, Outcome::Error(ClientError::NotLeader { shard, leader }));
+                    }
                 }
             }
         }

@@ -786,3 +786,159 @@ fn a_write_borrowed_from_its_op_encodes_as_the_owned_one() {
     };
     assert!(WriteOp::borrowed(&get).is_none() && WriteOp::borrowed(&Op::Status).is_none());
 }
+
+fn postcard_writes(data: &[u8]) -> Option<Vec<WriteCommand<&[u8]>>> {
+    CommandBatch::decode_borrowed(data).ok().map(|b| b.writes)
+}
+
+/// A small deterministic generator for the tests below (kv-node has no rand).
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn bytes(&mut self, max_len: u64) -> Bytes {
+        let len = self.below(max_len + 1);
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// The hand-read path of all-`Put` entries must agree with postcard on every payload it
+/// accepts, and accept the payloads leaders write.
+#[test]
+fn puts_only_reads_what_postcard_reads() {
+    let mut rng = SplitMix(14);
+    for round in 0..3000 {
+        let n = rng.below(6);
+        let writes: Vec<WriteCommand> = (0..n)
+            .map(|_| {
+                // Integers of every varint length, up to u64::MAX (ten bytes).
+                let client = rng.next() >> rng.below(64);
+                let seq = rng.next() >> rng.below(64);
+                WriteCommand {
+                    client: ClientId(client),
+                    seq,
+                    op: WriteOp::Put {
+                        key: rng.bytes(40),
+                        value: rng.bytes(300),
+                    },
+                }
+            })
+            .collect();
+        let mut batch = CommandBatch { writes }.encode().to_vec();
+        let fast: Option<Vec<_>> = command::puts_only(&batch).map(Iterator::collect);
+        assert!(fast.is_some(), "round {round}: a leader's batch of puts");
+        assert_eq!(fast, postcard_writes(&batch), "round {round}");
+        if batch.len() < 2 {
+            continue;
+        }
+        // Damaged: cut short, a byte flipped, a byte added. Whatever the hand-read path
+        // still accepts, postcard reads the same.
+        let cut = rng.below(batch.len() as u64) as usize;
+        let mut damaged = vec![batch[..cut].to_vec()];
+        let i = rng.below(batch.len() as u64) as usize;
+        batch[i] ^= 1 << rng.below(8);
+        damaged.push(batch.clone());
+        batch.push(rng.next() as u8);
+        damaged.push(batch);
+        for d in damaged {
+            if let Some(fast) = command::puts_only(&d).map(Iterator::collect::<Vec<_>>) {
+                assert_eq!(Some(fast), postcard_writes(&d), "round {round}");
+            }
+        }
+    }
+}
+
+#[test]
+fn puts_only_leaves_other_ops_and_odd_encodings_to_postcard() {
+    let mixed = entry(vec![put(1, 1, "a", "x"), open(2, 1)]);
+    assert!(command::puts_only(&mixed).is_none());
+    let mut sm = StateMachine::new(10);
+    // Applied through postcard all the same.
+    assert_eq!(
+        sm.apply_entry(1, 1, &mixed),
+        vec![Outcome::Done, Outcome::Done]
+    );
+    // A count of 1 written in two bytes (0x81 0x00): postcard takes it, and so does
+    // the hand-read path, with the same write.
+    let one = entry(vec![put(1, 2, "k", "v")]);
+    let mut long = vec![0x81, 0x00];
+    long.extend_from_slice(&one[1..]);
+    let fast: Vec<_> = command::puts_only(&long)
+        .expect("a long varint of 2 bytes")
+        .collect();
+    assert_eq!(
+        Some(fast),
+        CommandBatch::decode_borrowed(&long).ok().map(|b| b.writes)
+    );
+    // The tenth byte of a varint holds one bit: 2 there overflows, and both refuse it.
+    let mut overflow = vec![
+        0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
+    ];
+    overflow.extend_from_slice(&one[2..]);
+    assert!(CommandBatch::decode_borrowed(&overflow).is_err());
+    assert!(command::puts_only(&overflow).is_none());
+    overflow[10] = 0x01;
+    let fast: Vec<_> = command::puts_only(&overflow).expect("u64::MAX").collect();
+    assert_eq!(fast[0].client, ClientId(u64::MAX));
+    assert_eq!(
+        Some(fast),
+        CommandBatch::decode_borrowed(&overflow)
+            .ok()
+            .map(|b| b.writes)
+    );
+    // Trailing bytes: postcard ignores them; the hand-read path declines, and the entry
+    // still applies (via postcard).
+    let mut trailing = one.to_vec();
+    trailing.push(7);
+    assert!(command::puts_only(&trailing).is_none());
+    assert_eq!(sm.apply_entry(2, 1, &trailing), vec![Outcome::Done]);
+    assert_eq!(sm.get(b"k"), Some(b("v")));
+}
+
+#[test]
+fn varints_are_read_and_skipped_as_postcard_reads_them() {
+    let mut rng = SplitMix(7);
+    for round in 0..20_000 {
+        let len = rng.below(12) as usize;
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| {
+                let b = rng.next() as u8;
+                // Mostly continuation bytes, so that long varints are common.
+                if i + 1 < len && rng.below(4) != 0 {
+                    b | 0x80
+                } else {
+                    b
+                }
+            })
+            .collect();
+        let (mut a, mut b) = (&bytes[..], &bytes[..]);
+        let read = command::take_varint_for_tests(&mut a);
+        let skipped = command::skip_varint_for_tests(&mut b);
+        assert_eq!(
+            read.is_some(),
+            skipped.is_some(),
+            "round {round}: {bytes:x?}"
+        );
+        assert_eq!(a, b, "round {round}: {bytes:x?}");
+        let postcard: Result<(u64, &[u8]), _> = postcard::take_from_bytes(&bytes);
+        assert_eq!(
+            read,
+            postcard.as_ref().ok().map(|p| p.0),
+            "round {round}: {bytes:x?}"
+        );
+        if let Ok((_, rest)) = postcard {
+            assert_eq!(a, rest, "round {round}");
+        }
+    }
+}
