@@ -3,6 +3,7 @@
 //! it measures its own CPU use to prove it. Optionally it records the history and checks it
 //! for linearizability with the shared checker.
 
+use crate::arena::Arena;
 use crate::client::{Client, Response, Session};
 use crate::error::Error;
 use crate::history::{Asked, Record};
@@ -271,40 +272,15 @@ fn run_tag() -> String {
     tag
 }
 
-/// Where a logical client writes its keys and values: one buffer shared by many of them,
-/// so that a request's key and value cost no allocation of their own. Each is a `Bytes`
-/// slice of the buffer (cloned and dropped by a reference count) until the buffer is full
-/// and the next one is allocated; a buffer is freed when the last slice of it goes. Two
-/// allocations and two frees per put (a key, a value, and the shared handle a cloned
-/// `Bytes` of a `Vec` takes) were about a sixth of the load generator's instructions.
-struct Arena {
-    buf: BytesMut,
-}
-
-/// Bytes of one arena buffer: about a hundred and forty 16 B keys with 100 B values.
-const ARENA_BYTES: usize = 16 * 1024;
-
+/// The load generator's keys and values, written into an [`Arena`]: two allocations and
+/// two frees per put (a key, a value, and the shared handle a cloned `Bytes` of a `Vec`
+/// takes) were about a sixth of the load generator's instructions.
 impl Arena {
-    fn new() -> Arena {
-        Arena {
-            buf: BytesMut::new(),
-        }
-    }
-
-    /// What `write` appends, at most `len_max` bytes, as a slice of the arena.
-    fn take(&mut self, len_max: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
-        if self.buf.capacity() - self.buf.len() < len_max {
-            self.buf = BytesMut::with_capacity(ARENA_BYTES.max(len_max));
-        }
-        write(&mut self.buf);
-        self.buf.split().freeze()
-    }
-
     /// Key number `i` of this run: the run's tag, then the number, zero-padded to
     /// `key_size` bytes. Written digit by digit: `format!` cost the load generator, which
     /// shares the cores with the servers it measures, about a thousand instructions per
     /// key.
-    fn key(&mut self, tag: &str, i: u64, key_size: usize) -> Bytes {
+    pub(crate) fn key(&mut self, tag: &str, i: u64, key_size: usize) -> Bytes {
         let width = key_size.saturating_sub(tag.len() + 1);
         let len_max = key_size.max(tag.len() + 1 + DECIMAL_DIGITS_MAX);
         self.take(len_max, |k| {
@@ -317,7 +293,7 @@ impl Arena {
     /// A value unique to (client, seq), padded to `value_size` bytes, so that a read names
     /// the write it saw: the client id in 16 hex digits, `-`, the sequence number in
     /// decimal, then dots. Written digit by digit, as [`Arena::key`].
-    fn value(&mut self, client: u64, n: u64, value_size: usize) -> Bytes {
+    pub(crate) fn value(&mut self, client: u64, n: u64, value_size: usize) -> Bytes {
         let len_max = value_size.max(16 + 1 + DECIMAL_DIGITS_MAX);
         self.take(len_max, |v| {
             let start = v.len();
@@ -536,7 +512,7 @@ async fn client_loop(
 ) {
     let client_id = session.id().0;
     let mut writes = 0u64;
-    let mut arena = Arena::new();
+    let mut arena = Arena::default();
     loop {
         if state.stop.load(Ordering::Relaxed) {
             return;
@@ -790,11 +766,11 @@ mod tests {
     use super::*;
 
     fn key_name(tag: &str, i: u64, key_size: usize) -> Bytes {
-        Arena::new().key(tag, i, key_size)
+        Arena::default().key(tag, i, key_size)
     }
 
     fn value_for(client: u64, n: u64, value_size: usize) -> Bytes {
-        Arena::new().value(client, n, value_size)
+        Arena::default().value(client, n, value_size)
     }
 
     #[test]
@@ -837,7 +813,7 @@ mod tests {
 
     #[test]
     fn an_arena_writes_keys_and_values_side_by_side_until_full() {
-        let mut arena = Arena::new();
+        let mut arena = Arena::default();
         let first = arena.key("b00abcd", 1, 16);
         let value = arena.value(7, 1, 100);
         // The value follows the key in the same buffer: no allocation of its own.
@@ -856,8 +832,12 @@ mod tests {
         assert_eq!(&kept[0].1[..], b"b00abcd-00000001");
         assert_eq!(kept[1].1, value_for(7, 1, 100));
         assert_eq!(&kept[2999].1[..], b"b00abcd-00002999");
-        let big = arena.value(1, 1, ARENA_BYTES + 5);
-        assert_eq!(big.len(), ARENA_BYTES + 5, "a value larger than a buffer");
+        let big = arena.value(1, 1, crate::arena::ARENA_BYTES + 5);
+        assert_eq!(
+            big.len(),
+            crate::arena::ARENA_BYTES + 5,
+            "a value larger than a buffer"
+        );
     }
 
     #[test]

@@ -510,7 +510,7 @@ impl Client {
             epoch: 0,
             op: Op::Status,
         };
-        let encoded = postcard::to_stdvec(&request).expect("a status request encodes");
+        let encoded = Bytes::from(postcard::to_stdvec(&request).expect("a status request encodes"));
         let start = Instant::now();
         let mut results: Vec<Option<(NodeStatus, Duration)>> = vec![None; nodes.len()];
         let mut first_answer: Option<Instant> = None;
@@ -598,6 +598,7 @@ impl Client {
             rotation: rng_seed as usize,
             open_shards: std::collections::BTreeSet::new(),
             slot,
+            arena: Default::default(),
         }
     }
 
@@ -725,7 +726,7 @@ impl Client {
         })
     }
 
-    pub(crate) fn enqueue(&self, to: SocketAddr, encoded_request: Vec<u8>) {
+    pub(crate) fn enqueue(&self, to: SocketAddr, encoded_request: Bytes) {
         bump(&self.shared.counters.requests_sent);
         // The sender task lives as long as `shared`; a closed channel means shutdown.
         let _ = self.shared.outbox.send((to, encoded_request));

@@ -3,9 +3,10 @@
 //! a node sees one burst per wake-up of this client rather than one per session.
 
 use crate::client::{bump, Shared};
+use bytes::Bytes;
 use kv_shared::auth::{Stamp, BODY_BYTES_MAX, BODY_OFFSET, TAG_BYTES};
 use kv_shared::limits::CLIENT_REQUESTS_PER_DATAGRAM_MAX;
-use kv_shared::pack::{encode_encoded, pack_by, PackLimit};
+use kv_shared::pack::{pack_by, PackLimit};
 use kv_shared::wire::Kind;
 use std::net::SocketAddr;
 use tokio::sync::mpsc;
@@ -15,7 +16,7 @@ const OUTBOX_BATCH_MAX: usize = 4096;
 
 /// What a batch of ready requests holds: (destination, encoded request), in the order the
 /// sessions queued them.
-pub(crate) type Outgoing = (SocketAddr, Vec<u8>);
+pub(crate) type Outgoing = (SocketAddr, Bytes);
 
 pub(crate) async fn send_loop(
     shared: std::sync::Weak<Shared>,
@@ -37,7 +38,7 @@ pub(crate) async fn send_loop(
         for (to, reqs) in by_destination(ready.drain(..)) {
             let echo = s.tickets.lock().expect("tickets lock").echo_for(to, &reqs);
             // `execute` refused every request too large for a datagram of its own.
-            for batch in pack_by(reqs, Vec::len, limit).batches {
+            for batch in pack_by(reqs, Bytes::len, limit).batches {
                 let stamp = Stamp {
                     incarnation,
                     counter,
@@ -51,8 +52,8 @@ pub(crate) async fn send_loop(
 }
 
 /// `ready` grouped by destination, each destination's requests in their order.
-fn by_destination(ready: impl Iterator<Item = Outgoing>) -> Vec<(SocketAddr, Vec<Vec<u8>>)> {
-    let mut by_dest: Vec<(SocketAddr, Vec<Vec<u8>>)> = Vec::new();
+fn by_destination(ready: impl Iterator<Item = Outgoing>) -> Vec<(SocketAddr, Vec<Bytes>)> {
+    let mut by_dest: Vec<(SocketAddr, Vec<Bytes>)> = Vec::new();
     for (to, req) in ready {
         match by_dest.iter_mut().find(|(a, _)| *a == to) {
             Some((_, v)) => v.push(req),
@@ -65,7 +66,7 @@ fn by_destination(ready: impl Iterator<Item = Outgoing>) -> Vec<(SocketAddr, Vec
 async fn send_datagram(
     s: &Shared,
     to: SocketAddr,
-    batch: &[Vec<u8>],
+    batch: &[Bytes],
     stamp: Stamp,
     datagram: &mut Vec<u8>,
 ) {
@@ -88,6 +89,16 @@ async fn send_datagram(
     let _ = s.socket.send_to(datagram, to).await;
 }
 
+/// Appends the postcard encoding of a `Vec` whose items are postcard-encoded already
+/// (as `kv_shared::pack::encode_encoded` does for `Vec<u8>` items): the count, then the
+/// items.
+fn encode_encoded(items: &[Bytes], out: &mut Vec<u8>) {
+    *out = postcard::to_extend(&items.len(), std::mem::take(out)).expect("a usize always encodes");
+    for item in items {
+        out.extend_from_slice(item);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,18 +108,38 @@ mod tests {
         let a: SocketAddr = "127.0.0.1:7001".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:7002".parse().unwrap();
         let ready = vec![
-            (a, vec![1]),
-            (b, vec![2]),
-            (a, vec![3]),
-            (b, vec![4]),
-            (a, vec![5]),
+            (a, Bytes::from_static(&[1])),
+            (b, Bytes::from_static(&[2])),
+            (a, Bytes::from_static(&[3])),
+            (b, Bytes::from_static(&[4])),
+            (a, Bytes::from_static(&[5])),
         ];
         assert_eq!(
             by_destination(ready.into_iter()),
             vec![
-                (a, vec![vec![1], vec![3], vec![5]]),
-                (b, vec![vec![2], vec![4]])
+                (
+                    a,
+                    vec![
+                        Bytes::from_static(&[1]),
+                        Bytes::from_static(&[3]),
+                        Bytes::from_static(&[5])
+                    ]
+                ),
+                (b, vec![Bytes::from_static(&[2]), Bytes::from_static(&[4])])
             ]
         );
+    }
+
+    #[test]
+    fn encoded_items_make_the_encoding_of_their_vec() {
+        let items: Vec<u64> = (0..200).map(|i| i * 1000).collect();
+        let encoded: Vec<Bytes> = items
+            .iter()
+            .map(|i| Bytes::from(postcard::to_stdvec(i).unwrap()))
+            .collect();
+        let mut out = vec![9u8];
+        encode_encoded(&encoded, &mut out);
+        assert_eq!(out[0], 9, "appended after what the buffer held");
+        assert_eq!(out[1..], postcard::to_stdvec(&items).unwrap()[..]);
     }
 }

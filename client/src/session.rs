@@ -2,12 +2,13 @@
 //! and `execute`, which routes an operation, follows redirects and retries it with
 //! backoff under the same sequence number until it completes or the deadline passes.
 
+use crate::arena::Arena;
 use crate::client::{bump, Client, Incoming, NodeAddr, Response};
 use crate::error::{node_name, Error};
 use crate::watchdog::Slot;
 use bytes::Bytes;
 use kv_shared::auth::BODY_BYTES_MAX;
-use kv_shared::pack::{count_prefix_bytes, encode_exact};
+use kv_shared::pack::count_prefix_bytes;
 use kv_shared::proto::{ClientError, ClientRequest, Op, Outcome};
 use kv_shared::registry::METADATA_SHARD;
 use kv_shared::shard::shard_for_key;
@@ -40,6 +41,8 @@ pub struct Session {
     pub(crate) open_shards: std::collections::BTreeSet<ShardId>,
     /// Where this session arms its attempt's deadline for the client's watchdog.
     pub(crate) slot: Slot,
+    /// Where its requests are encoded.
+    pub(crate) arena: Arena,
 }
 
 impl Drop for Session {
@@ -310,7 +313,7 @@ impl Session {
             epoch: route_epoch(&self.client),
             op,
         };
-        let mut encoded = encode_exact(&request);
+        let mut encoded = crate::request::encode(&request, &mut self.arena);
         if count_prefix_bytes(1) + encoded.len() > BODY_BYTES_MAX {
             return Err(Error::Limit(ClientError::Malformed(format!(
                 "request is {} bytes; a datagram carries at most BODY_BYTES_MAX = {BODY_BYTES_MAX}",
@@ -390,7 +393,7 @@ impl Session {
             // first attempt sends the encoding made above; a retry encodes again.
             if epoch != request.epoch || encoded.is_empty() {
                 request.epoch = epoch;
-                encoded = encode_exact(&request);
+                encoded = crate::request::encode(&request, &mut self.arena);
             }
             let target = self.pick_target(shard, stale);
             if attempt > 0 {
