@@ -4,7 +4,7 @@
 //! generator's instructions per put. Every other operation goes through postcard.
 
 use crate::arena::Arena;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use kv_shared::proto::{ClientRequest, Op};
 
 /// Most bytes of a varint-encoded u64.
@@ -14,41 +14,67 @@ const VARINT_BYTES_MAX: usize = 10;
 pub(crate) fn encode(request: &ClientRequest, arena: &mut Arena) -> Bytes {
     // postcard: a struct is its fields in order, integers are LEB128 varints, an enum is
     // its variant index as a varint and then its fields, bytes are a varint length and
-    // the bytes, a bool is one byte.
-    let head = |out: &mut BytesMut, variant: u64| {
-        put_varint(out, request.client.0);
-        put_varint(out, request.seq);
-        put_varint(out, request.epoch);
-        put_varint(out, variant);
+    // the bytes, a bool is one byte. The varints are written on the stack and copied in
+    // one piece: `BytesMut`'s byte-at-a-time writes check their capacity each.
+    let (variant, key, value, stale) = match &request.op {
+        Op::Get { key, stale } => (0, key, None, Some(*stale)),
+        Op::Put { key, value } => (1, key, Some(value), None),
+        _ => return Bytes::from(kv_shared::pack::encode_exact(request)),
     };
-    match &request.op {
-        Op::Get { key, stale } => arena.take(5 * VARINT_BYTES_MAX + key.len() + 1, |out| {
-            head(out, 0);
-            put_bytes(out, key);
-            out.put_u8(u8::from(*stale));
-        }),
-        Op::Put { key, value } => {
-            arena.take(6 * VARINT_BYTES_MAX + key.len() + value.len(), |out| {
-                head(out, 1);
-                put_bytes(out, key);
-                put_bytes(out, value);
-            })
+    let mut head = Varints::default();
+    head.put(request.client.0);
+    head.put(request.seq);
+    head.put(request.epoch);
+    head.put(variant);
+    head.put(key.len() as u64);
+    let mut tail = Varints::default();
+    if let Some(value) = value {
+        tail.put(value.len() as u64);
+    }
+    if let Some(stale) = stale {
+        tail.bytes[tail.len] = u8::from(stale);
+        tail.len += 1;
+    }
+    let len = head.len + key.len() + tail.len + value.map_or(0, |v| v.len());
+    arena.take(len, |out| {
+        out.extend_from_slice(head.as_slice());
+        out.extend_from_slice(key);
+        out.extend_from_slice(tail.as_slice());
+        if let Some(value) = value {
+            out.extend_from_slice(value);
         }
-        _ => Bytes::from(kv_shared::pack::encode_exact(request)),
+    })
+}
+
+/// Up to five varints, written on the stack.
+struct Varints {
+    bytes: [u8; 5 * VARINT_BYTES_MAX],
+    len: usize,
+}
+
+impl Default for Varints {
+    fn default() -> Varints {
+        Varints {
+            bytes: [0; 5 * VARINT_BYTES_MAX],
+            len: 0,
+        }
     }
 }
 
-fn put_varint(out: &mut BytesMut, mut n: u64) {
-    while n >= 0x80 {
-        out.put_u8(n as u8 | 0x80);
-        n >>= 7;
+impl Varints {
+    fn put(&mut self, mut n: u64) {
+        while n >= 0x80 {
+            self.bytes[self.len] = n as u8 | 0x80;
+            self.len += 1;
+            n >>= 7;
+        }
+        self.bytes[self.len] = n as u8;
+        self.len += 1;
     }
-    out.put_u8(n as u8);
-}
 
-fn put_bytes(out: &mut BytesMut, b: &[u8]) {
-    put_varint(out, b.len() as u64);
-    out.extend_from_slice(b);
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 #[cfg(test)]
