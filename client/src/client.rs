@@ -10,6 +10,7 @@
 //! (`&mut self` methods, so at most one request outstanding, as the protocol requires).
 
 use crate::error::Error;
+use crate::inbox;
 use crate::sender::{send_loop, Outgoing};
 pub use crate::session::Session;
 use crate::tickets::Tickets;
@@ -204,7 +205,7 @@ pub(crate) struct Incoming {
 
 /// Where the receiver and the watchdog reach a session.
 pub(crate) struct Mailbox {
-    pub(crate) tx: mpsc::UnboundedSender<Incoming>,
+    pub(crate) tx: inbox::Sender<Incoming>,
     pub(crate) slot: Slot,
 }
 
@@ -568,7 +569,7 @@ impl Client {
 
     /// A new logical client with a fresh random client id.
     pub fn session(&self) -> Session {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = inbox::inbox();
         let mut sessions = self.shared.sessions.lock().expect("sessions lock");
         let (id, rng_seed) = {
             let mut rng = self.shared.ids.lock().expect("id rng lock");
@@ -780,7 +781,7 @@ async fn receive_loop(shared: std::sync::Weak<Shared>) {
         for r in replies {
             bump(&s.counters.replies_received);
             if let Some(mailbox) = sessions.get(&r.client) {
-                let _ = mailbox.tx.send(Incoming {
+                mailbox.tx.send(Incoming {
                     from,
                     seq: r.seq,
                     outcome: r.outcome,

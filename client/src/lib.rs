@@ -6,6 +6,7 @@
 //! - [`session`]: [`Session`] (one logical client: routing, redirects, retries under one
 //!   sequence number).
 //! - `arena`: one buffer for many small byte strings (keys, values, encoded requests).
+//! - `inbox`: a session's replies and expiry notices, handed over under one lock.
 //! - `request`: gets and puts encoded without postcard's serializer, byte for byte alike.
 //! - `sender`: the send task, which packs the requests ready for one node into as few
 //!   datagrams as fit.
@@ -32,6 +33,7 @@ pub mod client;
 pub mod command;
 pub mod error;
 pub mod history;
+mod inbox;
 pub mod local;
 pub mod nodes;
 pub mod output;

@@ -17,7 +17,6 @@ use rand::rngs::SmallRng;
 use rand::Rng;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// The least time before a request's deadline a retry is still sent with: a node answers
 /// within it even on a loaded machine, so an attempt gets its answer before the client
@@ -33,7 +32,7 @@ pub struct Session {
     /// The id the nodes bind `id` to under this client's name; replies carry it.
     pub(crate) bound: ClientId,
     pub(crate) next_seq: u64,
-    pub(crate) rx: mpsc::UnboundedReceiver<Incoming>,
+    pub(crate) rx: crate::inbox::Receiver<Incoming>,
     pub(crate) rng: SmallRng,
     pub(crate) rotation: usize,
     /// Shards where this session was opened (`Op::OpenSession`): a node refuses writes

@@ -75,7 +75,7 @@ impl Watchdog {
                 .compare_exchange(mark, 0, Ordering::SeqCst, Ordering::Relaxed)
                 .is_ok()
             {
-                let _ = mailbox.tx.send(Incoming::expiry(mark));
+                mailbox.tx.send(Incoming::expiry(mark));
             }
         }
         armed
