@@ -18,7 +18,9 @@ use crate::watchdog::{sweep_loop, Slot, Watchdog};
 use bytes::Bytes;
 use kv_shared::auth::{self, ClientKey, Protection, ReplayWindow, Sealer};
 use kv_shared::config::{ClusterConfig, LeaderPolicy};
-use kv_shared::proto::{ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role, ShardRoute};
+use kv_shared::proto::{
+    ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role, ShardRoute,
+};
 use kv_shared::registry::METADATA_SHARD;
 use kv_shared::shard::shard_for_key;
 use kv_shared::wire::{self, Kind};
@@ -193,11 +195,39 @@ pub(crate) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// A reply's outcome as a session takes it: the answers of a completed request inline,
+/// the rare large ones boxed. An `Outcome` is as large as its `Status` variant, a few
+/// hundred bytes, and each of the half dozen moves of a reply on its way to its session
+/// copied all of it.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// The request completed.
+    Done(Response),
+    /// The request was not (or may not have been) carried out.
+    Error(Box<ClientError>),
+    /// The node's status table.
+    Status(Box<NodeStatus>),
+}
+
+impl From<Outcome> for Answer {
+    fn from(outcome: Outcome) -> Answer {
+        match outcome {
+            Outcome::Value(v) => Answer::Done(Response::Value(v)),
+            Outcome::Done => Answer::Done(Response::Done),
+            Outcome::CasOk => Answer::Done(Response::CasOk),
+            Outcome::CasMismatch { current } => Answer::Done(Response::CasMismatch { current }),
+            Outcome::Integer(n) => Answer::Done(Response::Integer(n)),
+            Outcome::Error(e) => Answer::Error(Box::new(e)),
+            Outcome::Status(s) => Answer::Status(Box::new(s)),
+        }
+    }
+}
+
 /// What the receiver hands a session.
 pub(crate) struct Incoming {
     pub(crate) from: SocketAddr,
     pub(crate) seq: u64,
-    pub(crate) outcome: Outcome,
+    pub(crate) outcome: Answer,
     /// 0 for a reply; else the notice that the attempt armed with this mark expired
     /// ([`Watchdog::arm`]).
     pub(crate) expired: u64,
@@ -537,7 +567,7 @@ impl Client {
             let wake = deadline.min(next_send);
             match tokio::time::timeout_at(wake.into(), session.rx.recv()).await {
                 Ok(Some(incoming)) => {
-                    let Outcome::Status(status) = incoming.outcome else {
+                    let Answer::Status(status) = incoming.outcome else {
                         continue;
                     };
                     if incoming.seq != seq {
@@ -549,7 +579,7 @@ impl Client {
                             .lock()
                             .expect("topology lock")
                             .learn(incoming.from, &status);
-                        results[i].get_or_insert((status, start.elapsed()));
+                        results[i].get_or_insert((*status, start.elapsed()));
                         first_answer.get_or_insert(Instant::now());
                     }
                 }
@@ -763,6 +793,8 @@ async fn receive_loop(shared: std::sync::Weak<Shared>) {
     let mut buf = vec![0u8; RECV_BUFFER_BYTES];
     // One window per node (by id); only replies whose tag verified create one.
     let mut windows: HashMap<u64, ReplayWindow> = HashMap::new();
+    // A datagram's replies, decoded all before any is handed over; kept between datagrams.
+    let mut replies = Vec::new();
     loop {
         let Some(s) = shared.upgrade() else { return };
         let (len, from) = match s.socket.recv_from(&mut buf).await {
@@ -770,21 +802,25 @@ async fn receive_loop(shared: std::sync::Weak<Shared>) {
             // ICMP errors surface here on some systems; the retry logic handles the loss.
             Err(_) => continue,
         };
-        let Some(replies) = open_replies(&s, &mut buf[..len], from, &mut windows) else {
+        let Some(body) = open_replies(&s, &mut buf[..len], from, &mut windows) else {
             bump(&s.counters.datagrams_dropped);
             continue;
         };
+        if decode_replies(body, &mut replies).is_none() {
+            bump(&s.counters.datagrams_dropped);
+            continue;
+        }
         if !replies.is_empty() {
             bump(&s.counters.reply_datagrams);
         }
         let sessions = s.sessions.lock().expect("sessions lock");
-        for r in replies {
+        for (client, seq, outcome) in replies.drain(..) {
             bump(&s.counters.replies_received);
-            if let Some(mailbox) = sessions.get(&r.client) {
+            if let Some(mailbox) = sessions.get(&client) {
                 mailbox.tx.send(Incoming {
                     from,
-                    seq: r.seq,
-                    outcome: r.outcome,
+                    seq,
+                    outcome,
                     expired: 0,
                 });
             }
@@ -792,15 +828,15 @@ async fn receive_loop(shared: std::sync::Weak<Shared>) {
     }
 }
 
-/// A reply datagram's replies, if its header, tag and stamp are good. A hello (a reply
-/// whose stamp echoes a ticket, with no replies) sends again, under the ticket, the
-/// requests that went to its node without one.
-fn open_replies(
+/// The body of a reply datagram (its encoded replies), if its header, tag and stamp are
+/// good. A hello (a reply whose stamp echoes a ticket, with no replies) sends again,
+/// under the ticket, the requests that went to its node without one.
+fn open_replies<'a>(
     s: &Shared,
-    datagram: &mut [u8],
+    datagram: &'a mut [u8],
     from: SocketAddr,
     windows: &mut HashMap<u64, ReplayWindow>,
-) -> Option<Vec<ClientReply>> {
+) -> Option<&'a [u8]> {
     let (header, _) = wire::decode(datagram, s.cluster_id).ok()?;
     if header.kind != Kind::ClientReplies {
         return None;
@@ -820,7 +856,21 @@ fn open_replies(
             let _ = s.outbox.send((from, request));
         }
     }
-    wire::decode_value::<Vec<ClientReply>>(opened.body).ok()
+    Some(opened.body)
+}
+
+/// Decodes a reply datagram's body, a postcard `Vec<ClientReply>`, into `out` (emptied
+/// first), each reply as (session, sequence number, answer) the moment it is decoded;
+/// `None` if the body is not such a `Vec`, as `wire::decode_value` would say.
+fn decode_replies(body: &[u8], out: &mut Vec<(ClientId, u64, Answer)>) -> Option<()> {
+    out.clear();
+    let (count, mut rest) = postcard::take_from_bytes::<usize>(body).ok()?;
+    for _ in 0..count {
+        let (reply, after) = postcard::take_from_bytes::<ClientReply>(rest).ok()?;
+        rest = after;
+        out.push((reply.client, reply.seq, reply.outcome.into()));
+    }
+    Some(())
 }
 
 #[cfg(test)]
@@ -829,6 +879,48 @@ mod tests {
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn replies_decode_one_by_one_as_their_vec_decodes_and_a_bad_body_is_refused() {
+        let replies: Vec<ClientReply> = [
+            Outcome::Done,
+            Outcome::Value(Some(Bytes::from_static(b"v"))),
+            Outcome::Value(None),
+            Outcome::CasMismatch { current: None },
+            Outcome::Integer(-300),
+            Outcome::Error(ClientError::NotLeader {
+                shard: ShardId(3),
+                leader: Some(NodeId(2)),
+            }),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, outcome)| ClientReply {
+            client: ClientId(1000 + i as u64),
+            seq: 1 << (8 * i),
+            outcome,
+        })
+        .collect();
+        let body = postcard::to_stdvec(&replies).unwrap();
+        let mut out = vec![(ClientId(9), 9, Answer::Done(Response::Done))];
+        assert_eq!(decode_replies(&body, &mut out), Some(()));
+        assert_eq!(out.len(), replies.len(), "emptied first");
+        for ((client, seq, answer), want) in out.iter().zip(&replies) {
+            assert_eq!((*client, *seq), (want.client, want.seq));
+            let as_outcome = match answer {
+                Answer::Done(r) => Response::of_outcome(&want.outcome) == Some(r.clone()),
+                Answer::Error(e) => want.outcome == Outcome::Error((**e).clone()),
+                Answer::Status(_) => false,
+            };
+            assert!(as_outcome, "{answer:?} for {:?}", want.outcome);
+        }
+        for bad in [&body[..body.len() - 1], &[3u8, 0][..], &[][..]] {
+            assert!(wire::decode_value::<Vec<ClientReply>>(bad).is_err());
+            assert_eq!(decode_replies(bad, &mut out), None, "{bad:?}");
+        }
+        assert_eq!(decode_replies(&[0], &mut out), Some(()));
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -3,13 +3,13 @@
 //! backoff under the same sequence number until it completes or the deadline passes.
 
 use crate::arena::Arena;
-use crate::client::{bump, Client, Incoming, NodeAddr, Response};
+use crate::client::{bump, Answer, Client, Incoming, NodeAddr, Response};
 use crate::error::{node_name, Error};
 use crate::watchdog::Slot;
 use bytes::Bytes;
 use kv_shared::auth::BODY_BYTES_MAX;
 use kv_shared::pack::count_prefix_bytes;
-use kv_shared::proto::{ClientError, ClientRequest, Op, Outcome};
+use kv_shared::proto::{ClientError, ClientRequest, Op};
 use kv_shared::registry::METADATA_SHARD;
 use kv_shared::shard::shard_for_key;
 use kv_shared::{ClientId, NodeId, ShardId};
@@ -412,19 +412,11 @@ impl Session {
                     Some(inc) if inc.expired != 0 => break Err(Setback::Silence),
                     Some(inc) if inc.seq != seq => continue,
                     Some(inc) => match inc.outcome {
-                        Outcome::Value(v) => break Ok((inc.from, Response::Value(v))),
-                        Outcome::Done => break Ok((inc.from, Response::Done)),
-                        Outcome::CasOk => break Ok((inc.from, Response::CasOk)),
-                        Outcome::Integer(n) => break Ok((inc.from, Response::Integer(n))),
-                        Outcome::CasMismatch { current } => {
-                            break Ok((inc.from, Response::CasMismatch { current }))
-                        }
+                        Answer::Done(response) => break Ok((inc.from, response)),
                         // A late error for an earlier attempt says nothing about this one.
-                        Outcome::Error(_) | Outcome::Status(_) if inc.from != target.addr => {
-                            continue
-                        }
-                        Outcome::Status(_) => continue,
-                        Outcome::Error(e) => break Err(Setback::Error(e)),
+                        Answer::Error(_) | Answer::Status(_) if inc.from != target.addr => continue,
+                        Answer::Status(_) => continue,
+                        Answer::Error(e) => break Err(Setback::Error(*e)),
                     },
                 }
             };
