@@ -563,7 +563,10 @@ async fn client_loop(
                 .expect("latency lock")
                 .saturating_record(latency_us);
         }
-        let shard = kv_shared::shard::shard_for_key(&key, shard_count);
+        let shard = match session.last_shard.take() {
+            Some(shard) => shard,
+            None => kv_shared::shard::shard_for_key(&key, shard_count),
+        };
         let mut t = state.tally.lock().expect("tally lock");
         match &result {
             Ok(response) => {

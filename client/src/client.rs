@@ -33,7 +33,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 
 /// Receive buffer: any datagram raftkv may send fits.
 const RECV_BUFFER_BYTES: usize = 65_536;
@@ -375,7 +374,7 @@ pub(crate) struct Shared {
     pub(crate) sessions: Mutex<HashMap<ClientId, Mailbox>>,
     /// Times out the sessions' attempts.
     pub(crate) watchdog: Watchdog,
-    pub(crate) outbox: mpsc::UnboundedSender<Outgoing>,
+    pub(crate) outbox: inbox::Sender<Outgoing>,
     pub(crate) counters: Counters,
     pub(crate) ids: Mutex<SmallRng>,
     /// The ticket each node issued to this process, which requests to it echo, and the
@@ -426,7 +425,7 @@ impl Client {
                 "no OS randomness for the client's incarnation: {e}"
             ))
         })?;
-        let (outbox, outbox_rx) = mpsc::unbounded_channel();
+        let (outbox, outbox_rx) = inbox::inbox();
         let mut topology = Topology {
             nodes: options.nodes.clone(),
             shard_count: None,
@@ -630,6 +629,7 @@ impl Client {
             open_shards: std::collections::BTreeSet::new(),
             slot,
             arena: Default::default(),
+            last_shard: None,
         }
     }
 
@@ -759,8 +759,7 @@ impl Client {
 
     pub(crate) fn enqueue(&self, to: SocketAddr, encoded_request: Bytes) {
         bump(&self.shared.counters.requests_sent);
-        // The sender task lives as long as `shared`; a closed channel means shutdown.
-        let _ = self.shared.outbox.send((to, encoded_request));
+        self.shared.outbox.send((to, encoded_request));
     }
 
     pub(crate) fn set_leader(&self, shard: ShardId, leader: Option<NodeId>) {
@@ -852,8 +851,7 @@ fn open_replies<'a>(
             .expect("tickets lock")
             .learn(from, stamp.echo);
         for request in again {
-            // The sender task lives as long as `shared`; a closed channel means shutdown.
-            let _ = s.outbox.send((from, request));
+            s.outbox.send((from, request));
         }
     }
     Some(opened.body)

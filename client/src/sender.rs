@@ -9,7 +9,6 @@ use kv_shared::limits::CLIENT_REQUESTS_PER_DATAGRAM_MAX;
 use kv_shared::pack::{pack_by, PackLimit};
 use kv_shared::wire::Kind;
 use std::net::SocketAddr;
-use tokio::sync::mpsc;
 
 /// A batch of requests pulled from the outbox at once; bounds the sender's work per wakeup.
 const OUTBOX_BATCH_MAX: usize = 4096;
@@ -20,7 +19,7 @@ pub(crate) type Outgoing = (SocketAddr, Bytes);
 
 pub(crate) async fn send_loop(
     shared: std::sync::Weak<Shared>,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    mut rx: crate::inbox::Receiver<Outgoing>,
     incarnation: u64,
 ) {
     let mut ready = Vec::new();
