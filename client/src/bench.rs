@@ -293,20 +293,29 @@ impl Arena {
     /// A value unique to (client, seq), padded to `value_size` bytes, so that a read names
     /// the write it saw: the client id in 16 hex digits, `-`, the sequence number in
     /// decimal, then dots. Written digit by digit, as [`Arena::key`].
-    pub(crate) fn value(&mut self, client: u64, n: u64, value_size: usize) -> Bytes {
-        let len_max = value_size.max(16 + 1 + DECIMAL_DIGITS_MAX);
+    pub(crate) fn value(&mut self, prefix: &ValuePrefix, n: u64, value_size: usize) -> Bytes {
+        let len_max = value_size.max(prefix.0.len() + DECIMAL_DIGITS_MAX);
         self.take(len_max, |v| {
             let start = v.len();
-            let mut hex = [0u8; 16];
-            hex::encode_to_slice(client.to_be_bytes(), &mut hex)
-                .expect("16 hex digits for 8 bytes");
-            v.extend_from_slice(&hex);
-            v.extend_from_slice(b"-");
+            v.extend_from_slice(&prefix.0);
             push_decimal(v, n, 0);
             if v.len() - start < value_size {
                 v.resize(start + value_size, b'.');
             }
         })
+    }
+}
+
+/// What every value a client writes starts with: its id in 16 hex digits and `-`,
+/// written once per client rather than once per value.
+pub(crate) struct ValuePrefix([u8; 17]);
+
+impl ValuePrefix {
+    pub(crate) fn new(client: u64) -> ValuePrefix {
+        let mut p = [b'-'; 17];
+        hex::encode_to_slice(client.to_be_bytes(), &mut p[..16])
+            .expect("16 hex digits for 8 bytes");
+        ValuePrefix(p)
     }
 }
 
@@ -513,6 +522,7 @@ async fn client_loop(
     let client_id = session.id().0;
     let mut writes = 0u64;
     let mut arena = Arena::default();
+    let value_prefix = ValuePrefix::new(client_id);
     loop {
         if state.stop.load(Ordering::Relaxed) {
             return;
@@ -542,7 +552,7 @@ async fn client_loop(
             (op, None)
         } else {
             writes += 1;
-            let value = arena.value(client_id, writes, options.value_size);
+            let value = arena.value(&value_prefix, writes, options.value_size);
             let written = options.record.then(|| value.clone());
             let op = Op::Put {
                 key: key.clone(),
@@ -773,7 +783,7 @@ mod tests {
     }
 
     fn value_for(client: u64, n: u64, value_size: usize) -> Bytes {
-        Arena::default().value(client, n, value_size)
+        Arena::default().value(&ValuePrefix::new(client), n, value_size)
     }
 
     #[test]
@@ -818,7 +828,7 @@ mod tests {
     fn an_arena_writes_keys_and_values_side_by_side_until_full() {
         let mut arena = Arena::default();
         let first = arena.key("b00abcd", 1, 16);
-        let value = arena.value(7, 1, 100);
+        let value = arena.value(&ValuePrefix::new(7), 1, 100);
         // The value follows the key in the same buffer: no allocation of its own.
         assert_eq!(value.as_ptr(), first.as_ptr().wrapping_add(first.len()));
         let mut kept = vec![(1u64, first), (0, value)];
@@ -835,7 +845,7 @@ mod tests {
         assert_eq!(&kept[0].1[..], b"b00abcd-00000001");
         assert_eq!(kept[1].1, value_for(7, 1, 100));
         assert_eq!(&kept[2999].1[..], b"b00abcd-00002999");
-        let big = arena.value(1, 1, crate::arena::ARENA_BYTES + 5);
+        let big = arena.value(&ValuePrefix::new(1), 1, crate::arena::ARENA_BYTES + 5);
         assert_eq!(
             big.len(),
             crate::arena::ARENA_BYTES + 5,

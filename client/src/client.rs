@@ -630,6 +630,7 @@ impl Client {
             slot,
             arena: Default::default(),
             last_shard: None,
+            shard_count: None,
         }
     }
 

@@ -46,6 +46,8 @@ pub struct Session {
     /// The shard of the last request `execute` routed (the bench tallies by it rather
     /// than hash the key again).
     pub(crate) last_shard: Option<ShardId>,
+    /// The client's shard count once known ([`Session::shard_count`]).
+    pub(crate) shard_count: Option<u32>,
 }
 
 impl Drop for Session {
@@ -196,15 +198,25 @@ impl Session {
 
     /// The shard whose session write `op` runs under: `None` for reads, for
     /// `OpenSession` itself, and before the shard count is known.
-    fn session_shard(&self, op: &Op) -> Option<ShardId> {
+    fn session_shard(&mut self, op: &Op) -> Option<ShardId> {
         let opens = op.is_write() && !matches!(op, Op::OpenSession { .. });
         if !opens {
             return None;
         }
-        match (op.key(), self.client.shard_count()) {
+        match (op.key(), self.shard_count()) {
             (Some(key), Some(count)) => Some(shard_for_key(key, count)),
             _ => None,
         }
+    }
+
+    /// The client's shard count, once known (it never changes then): looked up in the
+    /// topology until it is, then kept, so that a request takes the topology's lock
+    /// fewer times.
+    fn shard_count(&mut self) -> Option<u32> {
+        if self.shard_count.is_none() {
+            self.shard_count = self.client.shard_count();
+        }
+        self.shard_count
     }
 
     /// The next sequence number, used up.
@@ -292,10 +304,7 @@ impl Session {
     ) -> Result<Response, Error> {
         let stale = matches!(op, Op::Get { stale: true, .. });
         let is_write = op.is_write();
-        let shard_count = self
-            .client
-            .shard_count()
-            .expect("connect learned the shard count");
+        let shard_count = self.shard_count().expect("connect learned the shard count");
         let shard = match (&op, op.key()) {
             (op, _)
                 if op
