@@ -628,7 +628,7 @@ impl Client {
             rotation: rng_seed as usize,
             open_shards: std::collections::BTreeSet::new(),
             slot,
-            arena: Default::default(),
+            arena: crate::arena::Arena::with_chunk(crate::arena::REQUEST_ARENA_BYTES),
             last_shard: None,
             shard_count: None,
         }
