@@ -3,10 +3,11 @@
 //! it measures its own CPU use to prove it. Optionally it records the history and checks it
 //! for linearizability with the shared checker.
 
+use crate::arena::Arena;
 use crate::client::{Client, Response, Session};
 use crate::error::Error;
 use crate::history::{Asked, Record};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use kv_shared::linearizability::{self, CheckBudget, Operation, Verdict};
 use kv_shared::proto::Op;
@@ -271,40 +272,58 @@ fn run_tag() -> String {
     tag
 }
 
-/// Key number `i` of this run: the run's tag, then the number, zero-padded to `key_size`
-/// bytes. Written digit by digit: `format!` cost the load generator, which shares the
-/// cores with the servers it measures, about a thousand instructions per key.
-fn key_name(tag: &str, i: u64, key_size: usize) -> Bytes {
-    let width = key_size.saturating_sub(tag.len() + 1);
-    let mut k = Vec::with_capacity(key_size.max(tag.len() + 1 + DECIMAL_DIGITS_MAX));
-    k.extend_from_slice(tag.as_bytes());
-    k.push(b'-');
-    push_decimal(&mut k, i, width);
-    Bytes::from(k)
+/// The load generator's keys and values, written into an [`Arena`]: two allocations and
+/// two frees per put (a key, a value, and the shared handle a cloned `Bytes` of a `Vec`
+/// takes) were about a sixth of the load generator's instructions.
+impl Arena {
+    /// Key number `i` of this run: the run's tag, then the number, zero-padded to
+    /// `key_size` bytes. Written digit by digit: `format!` cost the load generator, which
+    /// shares the cores with the servers it measures, about a thousand instructions per
+    /// key.
+    pub(crate) fn key(&mut self, tag: &str, i: u64, key_size: usize) -> Bytes {
+        let width = key_size.saturating_sub(tag.len() + 1);
+        let len_max = key_size.max(tag.len() + 1 + DECIMAL_DIGITS_MAX);
+        self.take(len_max, |k| {
+            k.extend_from_slice(tag.as_bytes());
+            k.extend_from_slice(b"-");
+            push_decimal(k, i, width);
+        })
+    }
+
+    /// A value unique to (client, seq), padded to `value_size` bytes, so that a read names
+    /// the write it saw: the client id in 16 hex digits, `-`, the sequence number in
+    /// decimal, then dots. Written digit by digit, as [`Arena::key`].
+    pub(crate) fn value(&mut self, prefix: &ValuePrefix, n: u64, value_size: usize) -> Bytes {
+        let len_max = value_size.max(prefix.0.len() + DECIMAL_DIGITS_MAX);
+        self.take(len_max, |v| {
+            let start = v.len();
+            v.extend_from_slice(&prefix.0);
+            push_decimal(v, n, 0);
+            if v.len() - start < value_size {
+                v.resize(start + value_size, b'.');
+            }
+        })
+    }
 }
 
-/// A value unique to (client, seq), padded to `value_size` bytes, so that a read names the
-/// write it saw: the client id in 16 hex digits, `-`, the sequence number in decimal,
-/// then dots. Written digit by digit, as [`key_name`].
-fn value_for(client: u64, n: u64, value_size: usize) -> Bytes {
-    // Sized once for the padded value: growing it while writing reallocates.
-    let mut v = Vec::with_capacity(value_size.max(16 + 1 + DECIMAL_DIGITS_MAX));
-    let mut hex = [0u8; 16];
-    hex::encode_to_slice(client.to_be_bytes(), &mut hex).expect("16 hex digits for 8 bytes");
-    v.extend_from_slice(&hex);
-    v.push(b'-');
-    push_decimal(&mut v, n, 0);
-    if v.len() < value_size {
-        v.resize(value_size, b'.');
+/// What every value a client writes starts with: its id in 16 hex digits and `-`,
+/// written once per client rather than once per value.
+pub(crate) struct ValuePrefix([u8; 17]);
+
+impl ValuePrefix {
+    pub(crate) fn new(client: u64) -> ValuePrefix {
+        let mut p = [b'-'; 17];
+        hex::encode_to_slice(client.to_be_bytes(), &mut p[..16])
+            .expect("16 hex digits for 8 bytes");
+        ValuePrefix(p)
     }
-    Bytes::from(v)
 }
 
 /// Digits of `u64::MAX` in decimal.
 const DECIMAL_DIGITS_MAX: usize = 20;
 
 /// Appends `n` in decimal, zero-padded on the left to at least `width` digits.
-fn push_decimal(out: &mut Vec<u8>, n: u64, width: usize) {
+fn push_decimal(out: &mut BytesMut, n: u64, width: usize) {
     let mut buf = itoa::Buffer::new();
     let digits = buf.format(n).as_bytes();
     out.resize(out.len() + width.saturating_sub(digits.len()), b'0');
@@ -502,6 +521,8 @@ async fn client_loop(
 ) {
     let client_id = session.id().0;
     let mut writes = 0u64;
+    let mut arena = Arena::default();
+    let value_prefix = ValuePrefix::new(client_id);
     loop {
         if state.stop.load(Ordering::Relaxed) {
             return;
@@ -520,28 +541,24 @@ async fn client_loop(
             }
             picker.pick(&mut rng)
         };
-        let key = key_name(tag, key_number, options.key_size);
+        let key = arena.key(tag, key_number, options.key_size);
         let is_read = !options.preload && rng.gen_bool(options.read_fraction);
-        let (op, asked) = if is_read {
-            (
-                Op::Get {
-                    key: key.clone(),
-                    stale: options.stale_reads,
-                },
-                Asked::Get {
-                    stale: options.stale_reads,
-                },
-            )
+        // The value is kept for the history only when one is recorded.
+        let (op, written) = if is_read {
+            let op = Op::Get {
+                key: key.clone(),
+                stale: options.stale_reads,
+            };
+            (op, None)
         } else {
             writes += 1;
-            let value = value_for(client_id, writes, options.value_size);
-            (
-                Op::Put {
-                    key: key.clone(),
-                    value: value.clone(),
-                },
-                Asked::Put(value),
-            )
+            let value = arena.value(&value_prefix, writes, options.value_size);
+            let written = options.record.then(|| value.clone());
+            let op = Op::Put {
+                key: key.clone(),
+                value,
+            };
+            (op, written)
         };
         let invoke = Instant::now();
         let result: Result<Response, Error> = session.execute(op).await;
@@ -556,7 +573,10 @@ async fn client_loop(
                 .expect("latency lock")
                 .saturating_record(latency_us);
         }
-        let shard = kv_shared::shard::shard_for_key(&key, shard_count);
+        let shard = match session.last_shard.take() {
+            Some(shard) => shard,
+            None => kv_shared::shard::shard_for_key(&key, shard_count),
+        };
         let mut t = state.tally.lock().expect("tally lock");
         match &result {
             Ok(response) => {
@@ -578,6 +598,12 @@ async fn client_loop(
         }
         if options.record {
             let ns = |i: Instant| (i - start).as_nanos() as u64;
+            let asked = match written {
+                Some(value) => Asked::Put(value),
+                None => Asked::Get {
+                    stale: options.stale_reads,
+                },
+            };
             let record = Record::new(client_id, &key, &asked, &result, ns(invoke), ns(complete));
             t.history.push(record);
         }
@@ -752,6 +778,14 @@ pub fn render_check(c: &CheckOutcome) -> String {
 mod tests {
     use super::*;
 
+    fn key_name(tag: &str, i: u64, key_size: usize) -> Bytes {
+        Arena::default().key(tag, i, key_size)
+    }
+
+    fn value_for(client: u64, n: u64, value_size: usize) -> Bytes {
+        Arena::default().value(&ValuePrefix::new(client), n, value_size)
+    }
+
     #[test]
     fn keys_are_padded_and_distinct() {
         let k = key_name("b00abcd", 42, 16);
@@ -788,6 +822,35 @@ mod tests {
                 assert_eq!(value_for(client, n, value_size), want, "{client} {n}");
             }
         }
+    }
+
+    #[test]
+    fn an_arena_writes_keys_and_values_side_by_side_until_full() {
+        let mut arena = Arena::default();
+        let first = arena.key("b00abcd", 1, 16);
+        let value = arena.value(&ValuePrefix::new(7), 1, 100);
+        // The value follows the key in the same buffer: no allocation of its own.
+        assert_eq!(value.as_ptr(), first.as_ptr().wrapping_add(first.len()));
+        let mut kept = vec![(1u64, first), (0, value)];
+        for i in 2..3000u64 {
+            kept.push((i, arena.key("b00abcd", i, 16)));
+        }
+        let buffers = kept
+            .windows(2)
+            .filter(|w| w[1].1.as_ptr() != w[0].1.as_ptr().wrapping_add(w[0].1.len()))
+            .count();
+        // 2,999 keys of 16 bytes and a value of 100: 48,084 bytes, in three buffers.
+        assert_eq!(buffers, 2, "buffers after the first");
+        // Slices of a full buffer keep their bytes after the arena moved on.
+        assert_eq!(&kept[0].1[..], b"b00abcd-00000001");
+        assert_eq!(kept[1].1, value_for(7, 1, 100));
+        assert_eq!(&kept[2999].1[..], b"b00abcd-00002999");
+        let big = arena.value(&ValuePrefix::new(1), 1, crate::arena::ARENA_BYTES + 5);
+        assert_eq!(
+            big.len(),
+            crate::arena::ARENA_BYTES + 5,
+            "a value larger than a buffer"
+        );
     }
 
     #[test]

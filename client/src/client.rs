@@ -10,6 +10,7 @@
 //! (`&mut self` methods, so at most one request outstanding, as the protocol requires).
 
 use crate::error::Error;
+use crate::inbox;
 use crate::sender::{send_loop, Outgoing};
 pub use crate::session::Session;
 use crate::tickets::Tickets;
@@ -17,7 +18,9 @@ use crate::watchdog::{sweep_loop, Slot, Watchdog};
 use bytes::Bytes;
 use kv_shared::auth::{self, ClientKey, Protection, ReplayWindow, Sealer};
 use kv_shared::config::{ClusterConfig, LeaderPolicy};
-use kv_shared::proto::{ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role, ShardRoute};
+use kv_shared::proto::{
+    ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role, ShardRoute,
+};
 use kv_shared::registry::METADATA_SHARD;
 use kv_shared::shard::shard_for_key;
 use kv_shared::wire::{self, Kind};
@@ -30,7 +33,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 
 /// Receive buffer: any datagram raftkv may send fits.
 const RECV_BUFFER_BYTES: usize = 65_536;
@@ -192,11 +194,39 @@ pub(crate) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// A reply's outcome as a session takes it: the answers of a completed request inline,
+/// the rare large ones boxed. An `Outcome` is as large as its `Status` variant, a few
+/// hundred bytes, and each of the half dozen moves of a reply on its way to its session
+/// copied all of it.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// The request completed.
+    Done(Response),
+    /// The request was not (or may not have been) carried out.
+    Error(Box<ClientError>),
+    /// The node's status table.
+    Status(Box<NodeStatus>),
+}
+
+impl From<Outcome> for Answer {
+    fn from(outcome: Outcome) -> Answer {
+        match outcome {
+            Outcome::Value(v) => Answer::Done(Response::Value(v)),
+            Outcome::Done => Answer::Done(Response::Done),
+            Outcome::CasOk => Answer::Done(Response::CasOk),
+            Outcome::CasMismatch { current } => Answer::Done(Response::CasMismatch { current }),
+            Outcome::Integer(n) => Answer::Done(Response::Integer(n)),
+            Outcome::Error(e) => Answer::Error(Box::new(e)),
+            Outcome::Status(s) => Answer::Status(Box::new(s)),
+        }
+    }
+}
+
 /// What the receiver hands a session.
 pub(crate) struct Incoming {
     pub(crate) from: SocketAddr,
     pub(crate) seq: u64,
-    pub(crate) outcome: Outcome,
+    pub(crate) outcome: Answer,
     /// 0 for a reply; else the notice that the attempt armed with this mark expired
     /// ([`Watchdog::arm`]).
     pub(crate) expired: u64,
@@ -204,7 +234,7 @@ pub(crate) struct Incoming {
 
 /// Where the receiver and the watchdog reach a session.
 pub(crate) struct Mailbox {
-    pub(crate) tx: mpsc::UnboundedSender<Incoming>,
+    pub(crate) tx: inbox::Sender<Incoming>,
     pub(crate) slot: Slot,
 }
 
@@ -344,7 +374,7 @@ pub(crate) struct Shared {
     pub(crate) sessions: Mutex<HashMap<ClientId, Mailbox>>,
     /// Times out the sessions' attempts.
     pub(crate) watchdog: Watchdog,
-    pub(crate) outbox: mpsc::UnboundedSender<Outgoing>,
+    pub(crate) outbox: inbox::Sender<Outgoing>,
     pub(crate) counters: Counters,
     pub(crate) ids: Mutex<SmallRng>,
     /// The ticket each node issued to this process, which requests to it echo, and the
@@ -395,7 +425,7 @@ impl Client {
                 "no OS randomness for the client's incarnation: {e}"
             ))
         })?;
-        let (outbox, outbox_rx) = mpsc::unbounded_channel();
+        let (outbox, outbox_rx) = inbox::inbox();
         let mut topology = Topology {
             nodes: options.nodes.clone(),
             shard_count: None,
@@ -510,7 +540,7 @@ impl Client {
             epoch: 0,
             op: Op::Status,
         };
-        let encoded = postcard::to_stdvec(&request).expect("a status request encodes");
+        let encoded = Bytes::from(postcard::to_stdvec(&request).expect("a status request encodes"));
         let start = Instant::now();
         let mut results: Vec<Option<(NodeStatus, Duration)>> = vec![None; nodes.len()];
         let mut first_answer: Option<Instant> = None;
@@ -536,7 +566,7 @@ impl Client {
             let wake = deadline.min(next_send);
             match tokio::time::timeout_at(wake.into(), session.rx.recv()).await {
                 Ok(Some(incoming)) => {
-                    let Outcome::Status(status) = incoming.outcome else {
+                    let Answer::Status(status) = incoming.outcome else {
                         continue;
                     };
                     if incoming.seq != seq {
@@ -548,7 +578,7 @@ impl Client {
                             .lock()
                             .expect("topology lock")
                             .learn(incoming.from, &status);
-                        results[i].get_or_insert((status, start.elapsed()));
+                        results[i].get_or_insert((*status, start.elapsed()));
                         first_answer.get_or_insert(Instant::now());
                     }
                 }
@@ -568,7 +598,7 @@ impl Client {
 
     /// A new logical client with a fresh random client id.
     pub fn session(&self) -> Session {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = inbox::inbox();
         let mut sessions = self.shared.sessions.lock().expect("sessions lock");
         let (id, rng_seed) = {
             let mut rng = self.shared.ids.lock().expect("id rng lock");
@@ -598,6 +628,9 @@ impl Client {
             rotation: rng_seed as usize,
             open_shards: std::collections::BTreeSet::new(),
             slot,
+            arena: crate::arena::Arena::with_chunk(crate::arena::REQUEST_ARENA_BYTES),
+            last_shard: None,
+            shard_count: None,
         }
     }
 
@@ -725,10 +758,9 @@ impl Client {
         })
     }
 
-    pub(crate) fn enqueue(&self, to: SocketAddr, encoded_request: Vec<u8>) {
+    pub(crate) fn enqueue(&self, to: SocketAddr, encoded_request: Bytes) {
         bump(&self.shared.counters.requests_sent);
-        // The sender task lives as long as `shared`; a closed channel means shutdown.
-        let _ = self.shared.outbox.send((to, encoded_request));
+        self.shared.outbox.send((to, encoded_request));
     }
 
     pub(crate) fn set_leader(&self, shard: ShardId, leader: Option<NodeId>) {
@@ -761,6 +793,8 @@ async fn receive_loop(shared: std::sync::Weak<Shared>) {
     let mut buf = vec![0u8; RECV_BUFFER_BYTES];
     // One window per node (by id); only replies whose tag verified create one.
     let mut windows: HashMap<u64, ReplayWindow> = HashMap::new();
+    // A datagram's replies, decoded all before any is handed over; kept between datagrams.
+    let mut replies: Vec<DecodedReply> = Vec::new();
     loop {
         let Some(s) = shared.upgrade() else { return };
         let (len, from) = match s.socket.recv_from(&mut buf).await {
@@ -768,21 +802,25 @@ async fn receive_loop(shared: std::sync::Weak<Shared>) {
             // ICMP errors surface here on some systems; the retry logic handles the loss.
             Err(_) => continue,
         };
-        let Some(replies) = open_replies(&s, &mut buf[..len], from, &mut windows) else {
+        let Some(body) = open_replies(&s, &mut buf[..len], from, &mut windows) else {
             bump(&s.counters.datagrams_dropped);
             continue;
         };
+        if decode_replies(body, &mut replies).is_none() {
+            bump(&s.counters.datagrams_dropped);
+            continue;
+        }
         if !replies.is_empty() {
             bump(&s.counters.reply_datagrams);
         }
         let sessions = s.sessions.lock().expect("sessions lock");
-        for r in replies {
+        for (client, seq, outcome) in replies.drain(..) {
             bump(&s.counters.replies_received);
-            if let Some(mailbox) = sessions.get(&r.client) {
-                let _ = mailbox.tx.send(Incoming {
+            if let Some(mailbox) = sessions.get(&client) {
+                mailbox.tx.send(Incoming {
                     from,
-                    seq: r.seq,
-                    outcome: r.outcome,
+                    seq,
+                    outcome,
                     expired: 0,
                 });
             }
@@ -790,15 +828,15 @@ async fn receive_loop(shared: std::sync::Weak<Shared>) {
     }
 }
 
-/// A reply datagram's replies, if its header, tag and stamp are good. A hello (a reply
-/// whose stamp echoes a ticket, with no replies) sends again, under the ticket, the
-/// requests that went to its node without one.
-fn open_replies(
+/// The body of a reply datagram (its encoded replies), if its header, tag and stamp are
+/// good. A hello (a reply whose stamp echoes a ticket, with no replies) sends again,
+/// under the ticket, the requests that went to its node without one.
+fn open_replies<'a>(
     s: &Shared,
-    datagram: &mut [u8],
+    datagram: &'a mut [u8],
     from: SocketAddr,
     windows: &mut HashMap<u64, ReplayWindow>,
-) -> Option<Vec<ClientReply>> {
+) -> Option<&'a [u8]> {
     let (header, _) = wire::decode(datagram, s.cluster_id).ok()?;
     if header.kind != Kind::ClientReplies {
         return None;
@@ -814,11 +852,73 @@ fn open_replies(
             .expect("tickets lock")
             .learn(from, stamp.echo);
         for request in again {
-            // The sender task lives as long as `shared`; a closed channel means shutdown.
-            let _ = s.outbox.send((from, request));
+            s.outbox.send((from, request));
         }
     }
-    wire::decode_value::<Vec<ClientReply>>(opened.body).ok()
+    Some(opened.body)
+}
+
+/// A reply as the receive task hands it over: (session, sequence number, answer).
+type DecodedReply = (ClientId, u64, Answer);
+
+/// Decodes a reply datagram's body, a postcard `Vec<ClientReply>`, into `out` (emptied
+/// first), each reply as (session, sequence number, answer) the moment it is decoded;
+/// `None` if the body is not such a `Vec`, as `wire::decode_value` would say.
+fn decode_replies(body: &[u8], out: &mut Vec<DecodedReply>) -> Option<()> {
+    out.clear();
+    let (count, mut rest) = postcard::take_from_bytes::<usize>(body).ok()?;
+    for _ in 0..count {
+        let (reply, after) = match take_common_reply(rest) {
+            Some(taken) => taken,
+            None => {
+                let (r, after) = postcard::take_from_bytes::<ClientReply>(rest).ok()?;
+                ((r.client, r.seq, r.outcome.into()), after)
+            }
+        };
+        rest = after;
+        out.push(reply);
+    }
+    Some(())
+}
+
+/// A reply of the outcomes a load sees most (done, a value, no value) from the front of
+/// `b`, decoded as postcard decodes a `ClientReply`, and what follows it; `None` for any
+/// other outcome or anything unusual, which postcard then decodes (or refuses) itself.
+/// Postcard's generic decoding was about 300 instructions per reply.
+fn take_common_reply(b: &[u8]) -> Option<(DecodedReply, &[u8])> {
+    let (client, b) = take_varint(b)?;
+    let (seq, b) = take_varint(b)?;
+    // `Outcome`'s variant index, a varint: 0 is `Value`, 1 is `Done`.
+    let (&variant, b) = b.split_first()?;
+    let (response, b) = match variant {
+        1 => (Response::Done, b),
+        0 => match b.split_first()? {
+            (0, b) => (Response::Value(None), b),
+            (1, b) => {
+                let (len, b) = take_varint(b)?;
+                let len = usize::try_from(len).ok().filter(|&l| l <= b.len())?;
+                let (value, b) = b.split_at(len);
+                (Response::Value(Some(Bytes::copy_from_slice(value))), b)
+            }
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(((ClientId(client), seq, Answer::Done(response)), b))
+}
+
+/// A u64 varint from the front of `b`, accepted exactly as postcard accepts one (at most
+/// ten bytes, the tenth at most 1), and what follows it.
+fn take_varint(b: &[u8]) -> Option<(u64, &[u8])> {
+    const BYTES_MAX: usize = 10;
+    let mut out = 0u64;
+    for (i, &byte) in b.iter().take(BYTES_MAX).enumerate() {
+        out |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return (i < BYTES_MAX - 1 || byte <= 1).then(|| (out, &b[i + 1..]));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -827,6 +927,119 @@ mod tests {
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn outcome() -> impl proptest::strategy::Strategy<Value = Outcome> {
+        use proptest::prelude::*;
+        let bytes = || proptest::collection::vec(any::<u8>(), 0..200).prop_map(Bytes::from);
+        prop_oneof![
+            Just(Outcome::Done),
+            Just(Outcome::CasOk),
+            Just(Outcome::Value(None)),
+            bytes().prop_map(|v| Outcome::Value(Some(v))),
+            any::<i64>().prop_map(Outcome::Integer),
+            proptest::option::of(bytes()).prop_map(|current| Outcome::CasMismatch { current }),
+            (any::<u32>(), proptest::option::of(any::<u64>())).prop_map(|(s, l)| {
+                Outcome::Error(ClientError::NotLeader {
+                    shard: ShardId(s),
+                    leader: l.map(NodeId),
+                })
+            }),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn replies_decode_as_postcard_decodes_them_even_damaged(
+            replies in proptest::collection::vec(
+                (proptest::prelude::any::<u64>(), proptest::prelude::any::<u64>(), outcome()),
+                0..20,
+            ),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+            flip in proptest::option::of((
+                proptest::prelude::any::<proptest::sample::Index>(),
+                proptest::prelude::any::<u8>(),
+            )),
+        ) {
+            let replies: Vec<ClientReply> = replies
+                .into_iter()
+                .map(|(client, seq, outcome)| ClientReply { client: ClientId(client), seq, outcome })
+                .collect();
+            let mut body = postcard::to_stdvec(&replies).unwrap();
+            if let Some((at, byte)) = flip {
+                let at = at.index(body.len());
+                body[at] ^= byte;
+            }
+            let body = &body[..cut.index(body.len() + 1)];
+            let want = wire::decode_value::<Vec<ClientReply>>(body).ok().map(|rs| {
+                let v: Vec<(ClientId, u64, Answer)> =
+                    rs.into_iter().map(|r| (r.client, r.seq, r.outcome.into())).collect();
+                format!("{v:?}")
+            });
+            let mut out = Vec::new();
+            let got = decode_replies(body, &mut out).map(|()| format!("{out:?}"));
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn varints_are_accepted_as_postcard_accepts_them() {
+        for bytes in [
+            &[0x00][..],
+            &[0x7f],
+            &[0x80, 0x01],
+            &[0x80, 0x00],
+            &[0xff; 9],
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
+            &[0xff; 11],
+            &[],
+        ] {
+            let want = postcard::take_from_bytes::<u64>(bytes).ok();
+            assert_eq!(take_varint(bytes), want, "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn replies_decode_one_by_one_as_their_vec_decodes_and_a_bad_body_is_refused() {
+        let replies: Vec<ClientReply> = [
+            Outcome::Done,
+            Outcome::Value(Some(Bytes::from_static(b"v"))),
+            Outcome::Value(None),
+            Outcome::CasMismatch { current: None },
+            Outcome::Integer(-300),
+            Outcome::Error(ClientError::NotLeader {
+                shard: ShardId(3),
+                leader: Some(NodeId(2)),
+            }),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, outcome)| ClientReply {
+            client: ClientId(1000 + i as u64),
+            seq: 1 << (8 * i),
+            outcome,
+        })
+        .collect();
+        let body = postcard::to_stdvec(&replies).unwrap();
+        let mut out = vec![(ClientId(9), 9, Answer::Done(Response::Done))];
+        assert_eq!(decode_replies(&body, &mut out), Some(()));
+        assert_eq!(out.len(), replies.len(), "emptied first");
+        for ((client, seq, answer), want) in out.iter().zip(&replies) {
+            assert_eq!((*client, *seq), (want.client, want.seq));
+            let as_outcome = match answer {
+                Answer::Done(r) => Response::of_outcome(&want.outcome) == Some(r.clone()),
+                Answer::Error(e) => want.outcome == Outcome::Error((**e).clone()),
+                Answer::Status(_) => false,
+            };
+            assert!(as_outcome, "{answer:?} for {:?}", want.outcome);
+        }
+        for bad in [&body[..body.len() - 1], &[3u8, 0][..], &[][..]] {
+            assert!(wire::decode_value::<Vec<ClientReply>>(bad).is_err());
+            assert_eq!(decode_replies(bad, &mut out), None, "{bad:?}");
+        }
+        assert_eq!(decode_replies(&[0], &mut out), Some(()));
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! - [`client`]: [`Client`] (one UDP socket, leader cache, batching).
 //! - [`session`]: [`Session`] (one logical client: routing, redirects, retries under one
 //!   sequence number).
+//! - `arena`: one buffer for many small byte strings (keys, values, encoded requests).
+//! - `inbox`: a session's replies and expiry notices, handed over under one lock.
+//! - `request`: gets and puts encoded without postcard's serializer, byte for byte alike.
 //! - `sender`: the send task, which packs the requests ready for one node into as few
 //!   datagrams as fit.
 //! - `tickets`: the tickets nodes issued to this process, without which they execute
@@ -22,6 +25,7 @@
 //! - [`bench`]: the closed-loop load generator and its report.
 //! - [`local`]: `--local`, a 3-node cluster of kvserver processes for the quick start.
 
+mod arena;
 pub mod balance_cmd;
 pub mod balance_output;
 pub mod bench;
@@ -29,9 +33,11 @@ pub mod client;
 pub mod command;
 pub mod error;
 pub mod history;
+mod inbox;
 pub mod local;
 pub mod nodes;
 pub mod output;
+mod request;
 pub mod run;
 mod sender;
 pub mod session;

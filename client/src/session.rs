@@ -2,21 +2,22 @@
 //! and `execute`, which routes an operation, follows redirects and retries it with
 //! backoff under the same sequence number until it completes or the deadline passes.
 
-use crate::client::{bump, Client, Incoming, NodeAddr, Response};
+use crate::arena::Arena;
+use crate::client::{bump, Answer, Client, Incoming, NodeAddr, Response};
 use crate::error::{node_name, Error};
 use crate::watchdog::Slot;
 use bytes::Bytes;
 use kv_shared::auth::BODY_BYTES_MAX;
-use kv_shared::pack::{count_prefix_bytes, encode_exact};
-use kv_shared::proto::{ClientError, ClientRequest, Op, Outcome};
+use kv_shared::pack::count_prefix_bytes;
+use kv_shared::proto::{ClientError, ClientRequest, Op};
 use kv_shared::registry::METADATA_SHARD;
 use kv_shared::shard::shard_for_key;
 use kv_shared::{ClientId, NodeId, ShardId};
 use rand::rngs::SmallRng;
 use rand::Rng;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// The least time before a request's deadline a retry is still sent with: a node answers
 /// within it even on a loaded machine, so an attempt gets its answer before the client
@@ -32,7 +33,7 @@ pub struct Session {
     /// The id the nodes bind `id` to under this client's name; replies carry it.
     pub(crate) bound: ClientId,
     pub(crate) next_seq: u64,
-    pub(crate) rx: mpsc::UnboundedReceiver<Incoming>,
+    pub(crate) rx: crate::inbox::Receiver<Incoming>,
     pub(crate) rng: SmallRng,
     pub(crate) rotation: usize,
     /// Shards where this session was opened (`Op::OpenSession`): a node refuses writes
@@ -40,6 +41,13 @@ pub struct Session {
     pub(crate) open_shards: std::collections::BTreeSet<ShardId>,
     /// Where this session arms its attempt's deadline for the client's watchdog.
     pub(crate) slot: Slot,
+    /// Where its requests are encoded.
+    pub(crate) arena: Arena,
+    /// The shard of the last request `execute` routed (the bench tallies by it rather
+    /// than hash the key again).
+    pub(crate) last_shard: Option<ShardId>,
+    /// The client's shard count once known ([`Session::shard_count`]).
+    pub(crate) shard_count: Option<u32>,
 }
 
 impl Drop for Session {
@@ -190,12 +198,25 @@ impl Session {
 
     /// The shard whose session write `op` runs under: `None` for reads, for
     /// `OpenSession` itself, and before the shard count is known.
-    fn session_shard(&self, op: &Op) -> Option<ShardId> {
+    fn session_shard(&mut self, op: &Op) -> Option<ShardId> {
         let opens = op.is_write() && !matches!(op, Op::OpenSession { .. });
-        match (opens, op.key(), self.client.shard_count()) {
-            (true, Some(key), Some(count)) => Some(shard_for_key(key, count)),
+        if !opens {
+            return None;
+        }
+        match (op.key(), self.shard_count()) {
+            (Some(key), Some(count)) => Some(shard_for_key(key, count)),
             _ => None,
         }
+    }
+
+    /// The client's shard count, once known (it never changes then): looked up in the
+    /// topology until it is, then kept, so that a request takes the topology's lock
+    /// fewer times.
+    fn shard_count(&mut self) -> Option<u32> {
+        if self.shard_count.is_none() {
+            self.shard_count = self.client.shard_count();
+        }
+        self.shard_count
     }
 
     /// The next sequence number, used up.
@@ -283,10 +304,7 @@ impl Session {
     ) -> Result<Response, Error> {
         let stale = matches!(op, Op::Get { stale: true, .. });
         let is_write = op.is_write();
-        let shard_count = self
-            .client
-            .shard_count()
-            .expect("connect learned the shard count");
+        let shard_count = self.shard_count().expect("connect learned the shard count");
         let shard = match (&op, op.key()) {
             (op, _)
                 if op
@@ -303,6 +321,7 @@ impl Session {
                 .expect("execute takes keyed or shard-addressed operations"),
             (_, Some(key)) => keyed_shard.unwrap_or_else(|| shard_for_key(key, shard_count)),
         };
+        self.last_shard = Some(shard);
         let route_epoch = |client: &Client| client.cached_epoch(shard);
         let mut request = ClientRequest {
             client: self.id,
@@ -310,7 +329,7 @@ impl Session {
             epoch: route_epoch(&self.client),
             op,
         };
-        let mut encoded = encode_exact(&request);
+        let mut encoded = crate::request::encode(&request, &mut self.arena);
         if count_prefix_bytes(1) + encoded.len() > BODY_BYTES_MAX {
             return Err(Error::Limit(ClientError::Malformed(format!(
                 "request is {} bytes; a datagram carries at most BODY_BYTES_MAX = {BODY_BYTES_MAX}",
@@ -342,9 +361,16 @@ impl Session {
         // anything by the deadline (the counter counts every reply this client received),
         // the cluster is unreachable, not merely leaderless.
         let mut silent: Vec<SocketAddr> = Vec::new();
-        let replies_before = self.client.metrics().replies_received;
+        let replies_before = self
+            .client
+            .shared
+            .counters
+            .replies_received
+            .load(Ordering::Relaxed);
         loop {
-            let mut now = Instant::now();
+            // The first attempt starts now, with the epoch and encoding made above: a
+            // clock read and a look at the topology fewer per request.
+            let mut now = if attempt == 0 { start } else { Instant::now() };
             if attempt > 0 && now < deadline && deadline - now < last_attempt_window {
                 // A retry sent now could not be waited for: a write's outcome would turn
                 // unknown only because the deadline cut its answer off. Give up at the
@@ -358,7 +384,13 @@ impl Session {
                     last.push_str("nothing answered yet");
                 }
                 let waited_ms = now.duration_since(start).as_millis() as u64;
-                let nothing_heard = self.client.metrics().replies_received == replies_before;
+                let nothing_heard = self
+                    .client
+                    .shared
+                    .counters
+                    .replies_received
+                    .load(Ordering::Relaxed)
+                    == replies_before;
                 return Err(if nothing_heard && !silent.is_empty() {
                     Error::NoNodeAnswered {
                         waited_ms,
@@ -385,12 +417,11 @@ impl Session {
                     }
                 });
             }
-            let epoch = route_epoch(&self.client);
             // The same session and seq: only the routing epoch changes between attempts. The
             // first attempt sends the encoding made above; a retry encodes again.
-            if epoch != request.epoch || encoded.is_empty() {
-                request.epoch = epoch;
-                encoded = encode_exact(&request);
+            if attempt > 0 {
+                request.epoch = route_epoch(&self.client);
+                encoded = crate::request::encode(&request, &mut self.arena);
             }
             let target = self.pick_target(shard, stale);
             if attempt > 0 {
@@ -410,19 +441,11 @@ impl Session {
                     Some(inc) if inc.expired != 0 => break Err(Setback::Silence),
                     Some(inc) if inc.seq != seq => continue,
                     Some(inc) => match inc.outcome {
-                        Outcome::Value(v) => break Ok((inc.from, Response::Value(v))),
-                        Outcome::Done => break Ok((inc.from, Response::Done)),
-                        Outcome::CasOk => break Ok((inc.from, Response::CasOk)),
-                        Outcome::Integer(n) => break Ok((inc.from, Response::Integer(n))),
-                        Outcome::CasMismatch { current } => {
-                            break Ok((inc.from, Response::CasMismatch { current }))
-                        }
+                        Answer::Done(response) => break Ok((inc.from, response)),
                         // A late error for an earlier attempt says nothing about this one.
-                        Outcome::Error(_) | Outcome::Status(_) if inc.from != target.addr => {
-                            continue
-                        }
-                        Outcome::Status(_) => continue,
-                        Outcome::Error(e) => break Err(Setback::Error(e)),
+                        Answer::Error(_) | Answer::Status(_) if inc.from != target.addr => continue,
+                        Answer::Status(_) => continue,
+                        Answer::Error(e) => break Err(Setback::Error(*e)),
                     },
                 }
             };
@@ -568,15 +591,10 @@ impl Session {
 
     fn succeeded(&self, shard: ShardId, from: SocketAddr, stale: bool, r: Response) -> Response {
         if !stale {
-            let id = self
-                .client
-                .shared
-                .topology
-                .lock()
-                .expect("topology lock")
-                .id_of(from);
-            if id.is_some() {
-                self.client.set_leader(shard, id);
+            // One look at the topology: the node that answered leads the shard.
+            let mut topo = self.client.shared.topology.lock().expect("topology lock");
+            if let (Some(id), Some(i)) = (topo.id_of(from), topo.slot(shard)) {
+                topo.leaders[i] = Some(id);
             }
         }
         r

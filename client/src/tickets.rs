@@ -5,6 +5,7 @@
 //! without one go again at once under it, so a first contact costs one more round trip
 //! and no timeout.
 
+use bytes::Bytes;
 use kv_shared::limits::CLIENT_REQUESTS_PER_DATAGRAM_MAX;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,13 +19,13 @@ const WAITING_PER_NODE_MAX: usize = CLIENT_REQUESTS_PER_DATAGRAM_MAX;
 pub(crate) struct Tickets {
     by_addr: HashMap<SocketAddr, u64>,
     /// Encoded requests sent to a node without a ticket, oldest first.
-    waiting: HashMap<SocketAddr, Vec<Vec<u8>>>,
+    waiting: HashMap<SocketAddr, Vec<Bytes>>,
 }
 
 impl Tickets {
     /// What requests to `to` echo now: its ticket, or 0 before it is known, in which case
     /// `requests` are kept to go again when the ticket arrives.
-    pub(crate) fn echo_for(&mut self, to: SocketAddr, requests: &[Vec<u8>]) -> u64 {
+    pub(crate) fn echo_for(&mut self, to: SocketAddr, requests: &[Bytes]) -> u64 {
         if let Some(&ticket) = self.by_addr.get(&to) {
             return ticket;
         }
@@ -38,7 +39,7 @@ impl Tickets {
     /// returns the requests to send it again: those sent without a ticket. A hello that
     /// repeats the known ticket (an answer to a second request sent without one) changes
     /// nothing; a new ticket (the node restarted or forgot this process) replaces it.
-    pub(crate) fn learn(&mut self, from: SocketAddr, ticket: u64) -> Vec<Vec<u8>> {
+    pub(crate) fn learn(&mut self, from: SocketAddr, ticket: u64) -> Vec<Bytes> {
         debug_assert_ne!(ticket, 0, "0 is no ticket");
         if self.by_addr.insert(from, ticket) == Some(ticket) {
             return Vec::new();
@@ -56,27 +57,27 @@ mod tests {
         let node: SocketAddr = "127.0.0.1:7001".parse().unwrap();
         let other: SocketAddr = "127.0.0.1:7002".parse().unwrap();
         let mut t = Tickets::default();
-        assert_eq!(t.echo_for(node, &[b"status".to_vec()]), 0);
-        assert_eq!(t.echo_for(node, &[b"get a".to_vec()]), 0);
-        assert_eq!(t.echo_for(other, &[b"get b".to_vec()]), 0);
+        assert_eq!(t.echo_for(node, &[Bytes::from_static(b"status")]), 0);
+        assert_eq!(t.echo_for(node, &[Bytes::from_static(b"get a")]), 0);
+        assert_eq!(t.echo_for(other, &[Bytes::from_static(b"get b")]), 0);
         assert_eq!(
             t.learn(node, 42),
-            vec![b"status".to_vec(), b"get a".to_vec()]
+            vec![Bytes::from_static(b"status"), Bytes::from_static(b"get a")]
         );
-        assert_eq!(t.echo_for(node, &[b"get c".to_vec()]), 42);
+        assert_eq!(t.echo_for(node, &[Bytes::from_static(b"get c")]), 42);
         // The hello answering the second request repeats the ticket: nothing goes again.
         assert!(t.learn(node, 42).is_empty());
         // A restarted node's ticket replaces the old one; the other node still waits.
         assert!(t.learn(node, 43).is_empty());
         assert_eq!(t.echo_for(node, &[]), 43);
-        assert_eq!(t.learn(other, 7), vec![b"get b".to_vec()]);
+        assert_eq!(t.learn(other, 7), vec![Bytes::from_static(b"get b")]);
     }
 
     #[test]
     fn the_requests_kept_for_a_node_are_bounded() {
         let node: SocketAddr = "127.0.0.1:7001".parse().unwrap();
         let mut t = Tickets::default();
-        let many = vec![vec![0u8; 4]; WAITING_PER_NODE_MAX + 10];
+        let many = vec![Bytes::from_static(&[0u8; 4]); WAITING_PER_NODE_MAX + 10];
         t.echo_for(node, &many);
         t.echo_for(node, &many);
         assert_eq!(t.learn(node, 1).len(), WAITING_PER_NODE_MAX);

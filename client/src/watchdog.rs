@@ -3,8 +3,7 @@
 //! stores rather than a tokio timer registered and cancelled (the load generator shares
 //! the benchmark's cores, and that timer was a tenth of its work per operation).
 
-use crate::client::{Incoming, Shared};
-use kv_shared::proto::Outcome;
+use crate::client::{Answer, Incoming, Response, Shared};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -75,7 +74,7 @@ impl Watchdog {
                 .compare_exchange(mark, 0, Ordering::SeqCst, Ordering::Relaxed)
                 .is_ok()
             {
-                let _ = mailbox.tx.send(Incoming::expiry(mark));
+                mailbox.tx.send(Incoming::expiry(mark));
             }
         }
         armed
@@ -105,7 +104,7 @@ impl Incoming {
         Incoming {
             from: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
             seq: 0,
-            outcome: Outcome::Done,
+            outcome: Answer::Done(Response::Done),
             expired: mark,
         }
     }
