@@ -6,10 +6,9 @@ use crate::client::{bump, Shared};
 use bytes::Bytes;
 use kv_shared::auth::{Stamp, BODY_BYTES_MAX, BODY_OFFSET, TAG_BYTES};
 use kv_shared::limits::CLIENT_REQUESTS_PER_DATAGRAM_MAX;
-use kv_shared::pack::PackLimit;
+use kv_shared::pack::{fits_alone, pack_ranges, PackLimit};
 use kv_shared::wire::Kind;
 use std::net::SocketAddr;
-use std::ops::Range;
 
 /// A batch of requests pulled from the outbox at once; bounds the sender's work per wakeup.
 const OUTBOX_BATCH_MAX: usize = 4096;
@@ -43,7 +42,8 @@ pub(crate) async fn send_loop(
         for (to, reqs) in &mut by_dest.groups {
             let echo = s.tickets.lock().expect("tickets lock").echo_for(*to, reqs);
             // `execute` refused every request too large for a datagram of its own.
-            cut(reqs, limit, &mut batches);
+            reqs.retain(|r| fits_alone(r.len(), limit));
+            pack_ranges(reqs.iter().map(Bytes::len), limit, &mut batches);
             for batch in batches.drain(..) {
                 let stamp = Stamp {
                     incarnation,
@@ -83,35 +83,6 @@ impl ByDestination {
             }
         }
     }
-}
-
-/// Cuts `reqs` into datagrams as `kv_shared::pack::pack_by` does (greedy, in order, each
-/// batch as large as `limit` lets it be; a request too large for any datagram is left
-/// out) into ranges of what remains of `reqs`, without a `Vec` per batch.
-fn cut(reqs: &mut Vec<Bytes>, limit: PackLimit, batches: &mut Vec<Range<usize>>) {
-    reqs.retain(|r| varint_bytes(1) + r.len() <= limit.payload_bytes_max);
-    batches.clear();
-    let (mut start, mut items_bytes) = (0, 0);
-    for (i, r) in reqs.iter().enumerate() {
-        let n = i - start;
-        let full = n == limit.items_max
-            || varint_bytes(n + 1) + items_bytes + r.len() > limit.payload_bytes_max;
-        if full && n > 0 {
-            batches.push(start..i);
-            (start, items_bytes) = (i, 0);
-        }
-        items_bytes += r.len();
-    }
-    if start < reqs.len() {
-        batches.push(start..reqs.len());
-    }
-}
-
-/// Bytes of `n` as a postcard varint (`kv_shared::pack::count_prefix_bytes`, without
-/// running postcard's serializer to find out).
-fn varint_bytes(n: usize) -> usize {
-    let bits = usize::BITS - (n | 1).leading_zeros();
-    bits.div_ceil(7) as usize
 }
 
 async fn send_datagram(
@@ -195,38 +166,5 @@ mod tests {
         encode_encoded(&encoded, &mut out);
         assert_eq!(out[0], 9, "appended after what the buffer held");
         assert_eq!(out[1..], postcard::to_stdvec(&items).unwrap()[..]);
-    }
-
-    #[test]
-    fn varint_lengths_are_postcards() {
-        for n in (0..100_000).chain([usize::MAX / 2, usize::MAX]) {
-            assert_eq!(
-                varint_bytes(n),
-                kv_shared::pack::count_prefix_bytes(n),
-                "{n}"
-            );
-        }
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn requests_are_cut_into_datagrams_as_pack_by_cuts_them(
-            lens in proptest::collection::vec(0usize..700, 0..400),
-            payload_bytes_max in 1usize..2000,
-            items_max in 1usize..300,
-        ) {
-            let limit = PackLimit { payload_bytes_max, items_max };
-            let reqs: Vec<Bytes> = lens
-                .iter()
-                .enumerate()
-                .map(|(i, &len)| Bytes::from(vec![i as u8; len]))
-                .collect();
-            let want = kv_shared::pack::pack_by(reqs.clone(), Bytes::len, limit).batches;
-            let mut kept = reqs;
-            let mut batches = vec![0..1, 5..9];
-            cut(&mut kept, limit, &mut batches);
-            let got: Vec<Vec<Bytes>> = batches.into_iter().map(|r| kept[r].to_vec()).collect();
-            proptest::prop_assert_eq!(got, want);
-        }
     }
 }

@@ -34,9 +34,11 @@ pub struct Packed<T> {
     pub too_large: Vec<T>,
 }
 
-/// Bytes of the count postcard writes before a sequence of `count` items.
+/// Bytes of the count postcard writes before a sequence of `count` items (a varint: seven
+/// bits a byte), worked out rather than serialized: the packers ask once per item.
 pub fn count_prefix_bytes(count: usize) -> usize {
-    postcard::experimental::serialized_size(&count).expect("a usize always encodes")
+    let bits = usize::BITS - (count | 1).leading_zeros();
+    bits.div_ceil(7) as usize
 }
 
 /// Bytes of `item`'s postcard encoding.
@@ -74,32 +76,92 @@ pub fn pack_by<T>(
     bytes_of: impl Fn(&T) -> usize,
     limit: PackLimit,
 ) -> Packed<T> {
-    assert!(limit.items_max > 0, "a batch must hold at least one item");
     let mut packed = Packed {
         batches: Vec::new(),
         too_large: Vec::new(),
     };
     let mut batch: Vec<T> = Vec::new();
-    let mut items_bytes = 0usize;
+    let mut fill = Fill::new(limit);
     for item in items {
         let bytes = bytes_of(&item);
-        if count_prefix_bytes(1) + bytes > limit.payload_bytes_max {
+        if !fits_alone(bytes, limit) {
             packed.too_large.push(item);
             continue;
         }
-        let full = batch.len() == limit.items_max
-            || count_prefix_bytes(batch.len() + 1) + items_bytes + bytes > limit.payload_bytes_max;
-        if full && !batch.is_empty() {
+        if fill.add(bytes) {
             packed.batches.push(std::mem::take(&mut batch));
-            items_bytes = 0;
         }
-        items_bytes += bytes;
         batch.push(item);
     }
     if !batch.is_empty() {
         packed.batches.push(batch);
     }
     packed
+}
+
+/// The cut [`pack_by`] makes, as ranges of indexes into the items whose encoded sizes
+/// `sizes` gives, written into `batches` (cleared first): for callers that keep their
+/// items in a buffer they reuse. Every item must fit a batch alone ([`fits_alone`]);
+/// the caller sets aside the others first, as [`Packed::too_large`] would hold them.
+pub fn pack_ranges(
+    sizes: impl IntoIterator<Item = usize>,
+    limit: PackLimit,
+    batches: &mut Vec<std::ops::Range<usize>>,
+) {
+    batches.clear();
+    let mut fill = Fill::new(limit);
+    let mut start = 0;
+    let mut end = 0;
+    for bytes in sizes {
+        assert!(fits_alone(bytes, limit), "an item too large for any batch");
+        if fill.add(bytes) {
+            batches.push(start..end);
+            start = end;
+        }
+        end += 1;
+    }
+    if start < end {
+        batches.push(start..end);
+    }
+}
+
+/// True if an item of `bytes` encoded bytes fits a batch of its own under `limit`.
+pub fn fits_alone(bytes: usize, limit: PackLimit) -> bool {
+    count_prefix_bytes(1) + bytes <= limit.payload_bytes_max
+}
+
+/// The batch being filled, for the packers' one greedy rule: a batch takes items in
+/// order until the next one would exceed a limit.
+struct Fill {
+    limit: PackLimit,
+    items: usize,
+    items_bytes: usize,
+}
+
+impl Fill {
+    fn new(limit: PackLimit) -> Fill {
+        assert!(limit.items_max > 0, "a batch must hold at least one item");
+        Fill {
+            limit,
+            items: 0,
+            items_bytes: 0,
+        }
+    }
+
+    /// Adds an item of `bytes` (one that fits alone); true if it had to start a new
+    /// batch, the current one being full and not empty.
+    fn add(&mut self, bytes: usize) -> bool {
+        let full = self.items == self.limit.items_max
+            || count_prefix_bytes(self.items + 1) + self.items_bytes + bytes
+                > self.limit.payload_bytes_max;
+        let starts_new = full && self.items > 0;
+        if starts_new {
+            (self.items, self.items_bytes) = (0, 0);
+        }
+        self.items += 1;
+        self.items_bytes += bytes;
+        starts_new
+    }
 }
 
 /// Appends to `out` the postcard encoding of a `Vec` whose items are postcard-encoded
@@ -171,6 +233,37 @@ mod tests {
         // An item that fits alone exactly is not too large.
         let p = pack(vec![vec![0u8; 29]], PackLimit::bytes(31));
         assert_eq!(sizes(&p), vec![1]);
+    }
+
+    #[test]
+    fn count_prefix_lengths_are_postcards() {
+        for n in (0..100_000).chain([127, 128, 16_383, 16_384, usize::MAX / 2, usize::MAX]) {
+            let postcards = postcard::experimental::serialized_size(&n).unwrap();
+            assert_eq!(count_prefix_bytes(n), postcards, "{n}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn pack_ranges_cuts_as_pack_by_cuts(
+            lens in proptest::collection::vec(0usize..700, 0..400),
+            payload_bytes_max in 1usize..2000,
+            items_max in 1usize..300,
+        ) {
+            let limit = PackLimit { payload_bytes_max, items_max };
+            let items: Vec<Vec<u8>> = lens
+                .iter()
+                .enumerate()
+                .map(|(i, &len)| vec![i as u8; len])
+                .collect();
+            let want = pack_by(items.clone(), Vec::len, limit).batches;
+            let kept: Vec<Vec<u8>> =
+                items.into_iter().filter(|i| fits_alone(i.len(), limit)).collect();
+            let mut batches = vec![0..1, 5..9];
+            pack_ranges(kept.iter().map(Vec::len), limit, &mut batches);
+            let got: Vec<Vec<Vec<u8>>> = batches.into_iter().map(|r| kept[r].to_vec()).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 
     #[test]
