@@ -289,6 +289,12 @@ impl RoundRecord {
         self.body.is_empty()
     }
 
+    /// Bytes added since the last [`RoundRecord::take`] (the payload, less its cover
+    /// table).
+    pub fn bytes(&self) -> usize {
+        self.body.len()
+    }
+
     /// Adds `shard`'s write: its log truncated from `first_index` (0: left as it is)
     /// and `entries` appended, and its commit index.
     pub fn add(&mut self, shard: u32, first_index: u64, entries: &[Entry], commit: u64) {

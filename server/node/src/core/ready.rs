@@ -400,6 +400,20 @@ impl NodeCore {
     }
 }
 
+/// Bytes of log writes after which a round record is closed and the next one begun:
+/// a quarter of `kv_storage::RECORD_PAYLOAD_BYTES_MAX`, so that a record stays below it
+/// with one more entry of the largest size a client may write.
+const ROUND_RECORD_BYTES: usize = 4 << 20;
+
+/// Most bytes an entry's encoding takes besides its data (term, index, kind and the
+/// data's length as varints).
+const ENTRY_ENCODING_BYTES_MAX: usize = 32;
+
+const _: () = assert!(
+    ROUND_RECORD_BYTES + 2 * (kv_shared::limits::ENTRY_BYTES_MAX + ENTRY_ENCODING_BYTES_MAX)
+        < kv_storage::RECORD_PAYLOAD_BYTES_MAX as usize
+);
+
 /// The DiskOps of the round being assembled. The log writes of consecutive groups
 /// share one round record ([`wal::RoundRecord`]); any other op closes it first, so
 /// every op keeps its place in the order the round made them.
@@ -416,9 +430,41 @@ impl RoundOps {
         self.ops.push(op);
     }
 
-    /// Adds a group's log write and commit index (see [`wal::RoundRecord::add`]).
-    fn add_part(&mut self, shard: u32, first_index: u64, entries: &[Entry], commit: u64) {
-        self.open.add(shard, first_index, entries, commit);
+    /// Adds a group's log write and commit index (see [`wal::RoundRecord::add`]). A
+    /// round's log writes are unbounded (a follower catching up takes in every Append
+    /// its socket holds in one turn, megabytes for each of many groups), and storage
+    /// refuses a record over `RECORD_PAYLOAD_BYTES_MAX` by stopping the node: so a record
+    /// is closed once it holds [`ROUND_RECORD_BYTES`], and a group's entries that do not
+    /// fit go on in the next record as a part of their own (truncating from its first
+    /// index, the end of what the part before appended, truncates nothing).
+    fn add_part(&mut self, shard: u32, mut first_index: u64, entries: &[Entry], commit: u64) {
+        let mut rest = entries;
+        loop {
+            let room = ROUND_RECORD_BYTES.saturating_sub(self.open.bytes());
+            let (mut fit, mut bytes) = (0, 0);
+            for e in rest {
+                bytes += e.data.len() + ENTRY_ENCODING_BYTES_MAX;
+                // An empty record takes at least one entry, whatever its size.
+                if bytes > room && !(fit == 0 && self.open.is_empty()) {
+                    break;
+                }
+                fit += 1;
+            }
+            if fit == rest.len() {
+                self.open.add(shard, first_index, rest, commit);
+                if self.open.bytes() >= ROUND_RECORD_BYTES {
+                    self.close();
+                }
+                return;
+            }
+            if fit > 0 {
+                // The commit index goes with the last part (recovery takes the highest).
+                self.open.add(shard, first_index, &rest[..fit], 0);
+                first_index += fit as u64;
+                rest = &rest[fit..];
+            }
+            self.close();
+        }
     }
 
     /// True if nothing was added since the last take.
@@ -455,4 +501,95 @@ fn snapshot_due(group: &Group, threshold_entries: u64) -> bool {
     let log_small = applied <= group.snapshot_index + threshold_entries
         && group.applied_bytes_since_snapshot < SNAPSHOT_LOG_BYTES_MAX;
     group.snapshot_writes_inflight == 0 && applied > group.snapshot_index && !log_small
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn entry(index: u64, bytes: usize) -> Entry {
+        Entry {
+            term: 1,
+            index,
+            kind: EntryKind::Command,
+            data: Bytes::from(vec![index as u8; bytes]),
+        }
+    }
+
+    /// The parts of the round records `ops` holds, in order.
+    fn parts(ops: &[DiskOp]) -> Vec<wal::RoundPart> {
+        let mut parts = Vec::new();
+        for op in ops {
+            let DiskOp::Append(record) = op else {
+                panic!("only appends: {op:?}");
+            };
+            assert!(
+                record.payload.len() < kv_storage::RECORD_PAYLOAD_BYTES_MAX as usize,
+                "a record storage would refuse: {} bytes",
+                record.payload.len()
+            );
+            match wal::decode(record).unwrap() {
+                wal::WalRecord::Round(p) => parts.extend(p),
+                other => panic!("not a round record: {other:?}"),
+            }
+        }
+        parts
+    }
+
+    /// A follower catching up can take in more log writes in one turn than storage
+    /// takes in one record (which stops the node): they are spread over records below
+    /// the limit, and replaying the parts in order appends exactly the same entries, with
+    /// the commit index in the last part of the group.
+    #[test]
+    fn a_round_larger_than_a_record_is_split_into_records_storage_takes() {
+        let mut ops = RoundOps::default();
+        ops.add_part(7, 0, &[], 3);
+        let big: Vec<Entry> = (1..=700).map(|i| entry(i, 30 * 1024)).collect();
+        ops.add_part(1, 1, &big, 650);
+        let small: Vec<Entry> = (41..=42).map(|i| entry(i, 100)).collect();
+        ops.add_part(2, 41, &small, 40);
+        let ops = ops.take();
+        assert!(
+            ops.len() >= 5,
+            "21 MB in records of 4 MiB: {} records",
+            ops.len()
+        );
+        let parts = parts(&ops);
+        let mut log: Vec<Entry> = Vec::new();
+        let mut commits = Vec::new();
+        for part in &parts {
+            if part.shard != 1 {
+                continue;
+            }
+            let keep = (part.first_index - 1) as usize;
+            assert_eq!(
+                keep,
+                log.len(),
+                "each part goes on where the last one ended"
+            );
+            log.truncate(keep);
+            log.extend(part.entries.iter().cloned());
+            commits.push(part.commit);
+        }
+        assert_eq!(log, big);
+        assert_eq!(commits.last(), Some(&650));
+        assert!(commits[..commits.len() - 1].iter().all(|&c| c == 0));
+        let others: Vec<(u32, u64, usize, u64)> = (parts.iter())
+            .filter(|p| p.shard != 1)
+            .map(|p| (p.shard, p.first_index, p.entries.len(), p.commit))
+            .collect();
+        assert_eq!(others, vec![(7, 0, 0, 3), (2, 41, 2, 40)]);
+    }
+
+    /// An ordinary round stays one record.
+    #[test]
+    fn a_small_round_is_one_record() {
+        let mut ops = RoundOps::default();
+        ops.add_part(1, 5, &[entry(5, 100), entry(6, 100)], 4);
+        ops.add_part(2, 9, &[entry(9, 100)], 8);
+        let ops = ops.take();
+        assert_eq!(ops.len(), 1);
+        assert_eq!(parts(&ops).len(), 2);
+    }
 }
