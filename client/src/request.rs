@@ -6,9 +6,7 @@
 use crate::arena::Arena;
 use bytes::Bytes;
 use kv_shared::proto::{ClientRequest, Op};
-
-/// Most bytes of a varint-encoded u64.
-const VARINT_BYTES_MAX: usize = 10;
+use kv_shared::varint;
 
 /// `request` as postcard encodes it.
 pub(crate) fn encode(request: &ClientRequest, arena: &mut Arena) -> Bytes {
@@ -48,28 +46,22 @@ pub(crate) fn encode(request: &ClientRequest, arena: &mut Arena) -> Bytes {
 
 /// Up to five varints, written on the stack.
 struct Varints {
-    bytes: [u8; 5 * VARINT_BYTES_MAX],
+    bytes: [u8; 5 * varint::BYTES_MAX],
     len: usize,
 }
 
 impl Default for Varints {
     fn default() -> Varints {
         Varints {
-            bytes: [0; 5 * VARINT_BYTES_MAX],
+            bytes: [0; 5 * varint::BYTES_MAX],
             len: 0,
         }
     }
 }
 
 impl Varints {
-    fn put(&mut self, mut n: u64) {
-        while n >= 0x80 {
-            self.bytes[self.len] = n as u8 | 0x80;
-            self.len += 1;
-            n >>= 7;
-        }
-        self.bytes[self.len] = n as u8;
-        self.len += 1;
+    fn put(&mut self, n: u64) {
+        self.len += varint::write(n, &mut self.bytes[self.len..]);
     }
 
     fn as_slice(&self) -> &[u8] {

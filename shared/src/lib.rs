@@ -26,6 +26,7 @@ pub mod pack;
 pub mod proto;
 pub mod registry;
 pub mod shard;
+pub mod varint;
 pub mod wire;
 
 pub use ids::{ClientId, NodeId, ShardId};

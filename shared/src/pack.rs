@@ -34,11 +34,10 @@ pub struct Packed<T> {
     pub too_large: Vec<T>,
 }
 
-/// Bytes of the count postcard writes before a sequence of `count` items (a varint: seven
-/// bits a byte), worked out rather than serialized: the packers ask once per item.
+/// Bytes of the count postcard writes before a sequence of `count` items (a varint),
+/// worked out rather than serialized: the packers ask once per item.
 pub fn count_prefix_bytes(count: usize) -> usize {
-    let bits = usize::BITS - (count | 1).leading_zeros();
-    bits.div_ceil(7) as usize
+    crate::varint::len(count as u64)
 }
 
 /// Bytes of `item`'s postcard encoding.

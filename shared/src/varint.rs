@@ -1,0 +1,194 @@
+//! Postcard's varints (LEB128, at most ten bytes for a `u64`) read and written without
+//! postcard's serializer, for the hot paths that handle the common messages by hand (the
+//! state machine's all-put entries, the client's requests and replies); each of them
+//! accepts and writes exactly what postcard does, and the tests hold them to it.
+
+/// Bytes of the longest varint postcard reads for a `u64`.
+pub const BYTES_MAX: usize = 10;
+
+/// Bytes of `n` as a varint.
+pub fn len(n: u64) -> usize {
+    let bits = u64::BITS - (n | 1).leading_zeros();
+    bits.div_ceil(7) as usize
+}
+
+/// Writes `n` as a varint at the start of `out` (which must have room for
+/// [`BYTES_MAX`]) and returns how many bytes it took.
+pub fn write(mut n: u64, out: &mut [u8]) -> usize {
+    let mut i = 0;
+    while n >= 0x80 {
+        out[i] = n as u8 | 0x80;
+        i += 1;
+        n >>= 7;
+    }
+    out[i] = n as u8;
+    i + 1
+}
+
+/// A LEB128 varint as postcard reads a `u64` (and a `usize` on 64-bit targets): at most
+/// ten bytes, the tenth holding only the top bit. Session ids are random 64-bit numbers,
+/// so half of them take all ten.
+#[inline]
+pub fn take(rest: &mut &[u8]) -> Option<u64> {
+    match rest.split_first() {
+        // Lengths and sequence numbers: mostly one byte.
+        Some((&byte, after)) if byte < 0x80 => {
+            *rest = after;
+            Some(u64::from(byte))
+        }
+        _ => take_long(rest),
+    }
+}
+
+fn take_long(rest: &mut &[u8]) -> Option<u64> {
+    let Some(word) = rest.first_chunk::<8>() else {
+        return take_bytewise(rest);
+    };
+    // The first eight bytes as one word: find the last byte, then pack the 7-bit groups
+    // of the bytes up to it in three steps (a session id is ten bytes long).
+    let word = u64::from_le_bytes(*word);
+    let ends = !word & 0x8080_8080_8080_8080;
+    let (len, value) = if ends != 0 {
+        let len = ends.trailing_zeros() as usize / 8 + 1;
+        let kept = if len == 8 {
+            !0
+        } else {
+            (1u64 << (8 * len)) - 1
+        };
+        (len, pack_7bit_groups(word & kept))
+    } else {
+        let low = pack_7bit_groups(word);
+        match (rest.get(8), rest.get(9)) {
+            (Some(&b8), _) if b8 < 0x80 => (9, low | u64::from(b8) << 56),
+            (Some(&b8), Some(&b9)) if b9 <= 1 => (
+                BYTES_MAX,
+                low | u64::from(b8 & 0x7f) << 56 | u64::from(b9) << 63,
+            ),
+            _ => return None,
+        }
+    };
+    *rest = &rest[len..];
+    Some(value)
+}
+
+/// The low seven bits of each byte of `word`, packed into its low 56 bits.
+#[inline]
+fn pack_7bit_groups(word: u64) -> u64 {
+    let x = word & 0x7f7f_7f7f_7f7f_7f7f;
+    let x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
+    let x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
+    (x & 0x0000_0000_0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4)
+}
+
+fn take_bytewise(rest: &mut &[u8]) -> Option<u64> {
+    let bytes = *rest;
+    let mut value = 0u64;
+    for i in 0..BYTES_MAX {
+        let byte = *bytes.get(i)?;
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            if i == BYTES_MAX - 1 && byte > 1 {
+                return None;
+            }
+            *rest = &bytes[i + 1..];
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// Passes over a varint [`take`] accepts, exactly when it accepts it. The first
+/// eight bytes are looked at as one word: a session id is ten bytes long.
+#[inline]
+pub fn skip(rest: &mut &[u8]) -> Option<()> {
+    let Some(word) = rest.first_chunk::<8>() else {
+        return take_long(rest).map(drop);
+    };
+    let ends = !u64::from_le_bytes(*word) & 0x8080_8080_8080_8080;
+    let len = if ends != 0 {
+        ends.trailing_zeros() as usize / 8 + 1
+    } else {
+        match (rest.get(8), rest.get(9)) {
+            (Some(&b8), _) if b8 < 0x80 => 9,
+            (Some(_), Some(&b9)) if b9 <= 1 => BYTES_MAX,
+            _ => return None,
+        }
+    };
+    *rest = &rest[len..];
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic generator, so that a failure names its round.
+    struct SplitMix(u64);
+
+    impl SplitMix {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+    }
+
+    #[test]
+    fn varints_are_read_and_skipped_as_postcard_reads_them() {
+        let mut rng = SplitMix(7);
+        let edges: [&[u8]; 9] = [
+            &[0x00],
+            &[0x7f],
+            &[0x80, 0x01],
+            &[0x80, 0x00],
+            &[0xff; 9],
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
+            &[0xff; 11],
+            &[],
+        ];
+        let random = (0..20_000).map(|_| {
+            let len = (rng.next() % 12) as usize;
+            (0..len)
+                .map(|i| {
+                    let b = rng.next() as u8;
+                    // Mostly continuation bytes, so that long varints are common.
+                    if i + 1 < len && !rng.next().is_multiple_of(4) {
+                        b | 0x80
+                    } else {
+                        b
+                    }
+                })
+                .collect::<Vec<u8>>()
+        });
+        for bytes in edges.iter().map(|e| e.to_vec()).chain(random) {
+            let (mut a, mut b) = (&bytes[..], &bytes[..]);
+            let read = take(&mut a);
+            let skipped = skip(&mut b);
+            assert_eq!(read.is_some(), skipped.is_some(), "{bytes:x?}");
+            assert_eq!(a, b, "{bytes:x?}");
+            let postcard: Result<(u64, &[u8]), _> = postcard::take_from_bytes(&bytes);
+            assert_eq!(read, postcard.as_ref().ok().map(|p| p.0), "{bytes:x?}");
+            if let Ok((_, rest)) = postcard {
+                assert_eq!(a, rest, "{bytes:x?}");
+            }
+        }
+    }
+
+    #[test]
+    fn varints_are_written_and_sized_as_postcard_writes_them() {
+        let mut rng = SplitMix(11);
+        let edges = [0, 1, 0x7f, 0x80, 0x3fff, 0x4000, u64::MAX / 2, u64::MAX];
+        for n in edges
+            .into_iter()
+            .chain((0..10_000).map(|i| rng.next() >> (i % 64)))
+        {
+            let mut out = [0u8; BYTES_MAX];
+            let written = write(n, &mut out);
+            assert_eq!(out[..written], postcard::to_stdvec(&n).unwrap()[..], "{n}");
+            assert_eq!(len(n), written, "{n}");
+        }
+    }
+}
