@@ -272,14 +272,13 @@ fn run_tag() -> String {
     tag
 }
 
-/// The load generator's keys and values, written into an [`Arena`]: two allocations and
-/// two frees per put (a key, a value, and the shared handle a cloned `Bytes` of a `Vec`
-/// takes) were about a sixth of the load generator's instructions.
+/// The load generator's keys and values, written into an [`Arena`]: otherwise each put
+/// pays allocations and frees of its own (a key, a value, and the shared handle a cloned
+/// `Bytes` of a `Vec` takes) on the one thread that also drives every session.
 impl Arena {
     /// Key number `i` of this run: the run's tag, then the number, zero-padded to
-    /// `key_size` bytes. Written digit by digit: `format!` cost the load generator, which
-    /// shares the cores with the servers it measures, about a thousand instructions per
-    /// key.
+    /// `key_size` bytes. Written digit by digit: `format!`'s machinery would be paid per key
+    /// by the load generator, which shares the cores with the servers it measures.
     pub(crate) fn key(&mut self, tag: &str, i: u64, key_size: usize) -> Bytes {
         let width = key_size.saturating_sub(tag.len() + 1);
         let len_max = key_size.max(tag.len() + 1 + DECIMAL_DIGITS_MAX);

@@ -884,7 +884,8 @@ fn decode_replies(body: &[u8], out: &mut Vec<DecodedReply>) -> Option<()> {
 /// A reply of the outcomes a load sees most (done, a value, no value) from the front of
 /// `b`, decoded as postcard decodes a `ClientReply`, and what follows it; `None` for any
 /// other outcome or anything unusual, which postcard then decodes (or refuses) itself.
-/// Postcard's generic decoding was about 300 instructions per reply.
+/// Postcard's generic decoding (a visitor per field) is a large part of what a reply costs
+/// the load generator; docs/PERFORMANCE.md has the counts.
 fn take_common_reply(b: &[u8]) -> Option<(DecodedReply, &[u8])> {
     let (client, b) = take_varint(b)?;
     let (seq, b) = take_varint(b)?;

@@ -1,8 +1,8 @@
 //! A session's inbox, and the send task's outbox: the receive task and the watchdog hand
 //! a session its replies and expiry notices, and the sessions hand the send task their
-//! requests, under one uncontended lock. A tokio channel (its block list, semaphore and
-//! cooperative budget) cost the load generator about 400 instructions per reply, on the
-//! critical path of every lock-step round.
+//! requests, under one uncontended lock. A tokio channel's block list, semaphore and
+//! cooperative budget are paid on every reply, on the critical path of every lock-step
+//! round.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;

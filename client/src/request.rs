@@ -1,7 +1,7 @@
 //! A client request's encoding, written by hand for the two operations a session sends
-//! most (get and put) into the session's [`Arena`], byte for byte what postcard writes:
-//! postcard's sizing pass, serializer and the exact-length `Vec` were a tenth of the load
-//! generator's instructions per put. Every other operation goes through postcard.
+//! most (get and put) into the session's [`Arena`], byte for byte what postcard writes,
+//! without postcard's sizing pass, serializer and exact-length `Vec` on every request.
+//! Every other operation goes through postcard.
 
 use crate::arena::Arena;
 use bytes::Bytes;

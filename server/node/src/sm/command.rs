@@ -219,9 +219,9 @@ impl CommandBatch {
 }
 
 /// The writes of an entry payload that holds only `Put`s, read by hand: the common entry,
-/// decoded on every replica. Through serde, postcard spent several hundred instructions
-/// per write (visitor calls, a varint call per integer, a vector for the batch); this
-/// reads the same bytes directly. `None` for anything else (another op, a malformed
+/// decoded on every replica. Through serde, postcard pays visitor calls, a varint call
+/// per integer and a vector for the batch on every write; this reads the same bytes
+/// directly. `None` for anything else (another op, a malformed
 /// varint, a short or trailing byte): the caller then decodes with postcard, which
 /// decides. Whatever this accepts, postcard decodes to the same writes (tested).
 pub(crate) fn puts_only(data: &[u8]) -> Option<Puts<'_>> {
