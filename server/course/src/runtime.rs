@@ -155,8 +155,11 @@ impl Runtime {
     ) -> anyhow::Result<Runtime> {
         socket.send_to(&protocol::hello(roster.me()), harness)?;
         let started = Instant::now();
-        let core = NodeCore::new(node_config(&settings, &roster), Default::default())
+        let mut core = NodeCore::new(node_config(&settings, &roster), Default::default())
             .map_err(|e| anyhow::anyhow!("empty in-memory state failed to load: {e}"))?;
+        // The harness checks a get against the put acknowledged last when the get's
+        // reply arrives, so gets are served in the flush, after its writes' replies.
+        core.set_reads_on_arrival(false);
         let stalls = StallTimer::new(settings.clone());
         let settings_suppress = settings.suppress_heartbeats;
         let handoff = Handoff::new(roster.me_node());

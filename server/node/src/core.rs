@@ -276,6 +276,9 @@ pub struct NodeCore {
     /// Whether [`Output::applied`] and [`Output::proposed`] are filled
     /// ([`NodeCore::set_applied_reports`]).
     applied_reports: bool,
+    /// Whether a leader serves a lease read on its arrival
+    /// ([`NodeCore::set_reads_on_arrival`]).
+    reads_on_arrival: bool,
     tick_count: u64,
     peers_heard_ms: BTreeMap<NodeId, u64>,
     /// Tick of the last datagram from each peer (quiescence's failure detector).
@@ -381,6 +384,7 @@ impl NodeCore {
             route_read_ids: Vec::new(),
             ids_pool: Vec::new(),
             applied_reports: true,
+            reads_on_arrival: true,
             tick_count: 0,
             peers_heard_ms: BTreeMap::new(),
             peers_heard_tick: BTreeMap::new(),
@@ -783,6 +787,17 @@ impl NodeCore {
     /// nothing else the core does depends on it.
     pub fn set_applied_reports(&mut self, on: bool) {
         self.applied_reports = on;
+    }
+
+    /// Whether a leader whose lease holds serves a linearizable get the moment it
+    /// arrives (on from the start), or at the next flush like every other request. A get
+    /// served on arrival reads the state before the writes that flush applies, and its
+    /// reply may leave after theirs: linearizable (the get began before those writes
+    /// ended), but a client that checks each get against the last write acknowledged
+    /// when the reply arrives (the course harness) takes it for a stale read. Course mode
+    /// turns it off.
+    pub fn set_reads_on_arrival(&mut self, on: bool) {
+        self.reads_on_arrival = on;
     }
 
     /// Refuses client writes from now on with `Unavailable` and the refusal's reason

@@ -136,7 +136,11 @@ impl NodeCore {
             return reply_now(self, Outcome::Value(v));
         }
         if let Op::Get { stale: false, key } = &req.op {
-            if let Some(v) = self.lease_get(shard, key) {
+            if let Some(v) = self
+                .reads_on_arrival
+                .then(|| self.lease_get(shard, key))
+                .flatten()
+            {
                 return reply_now(self, Outcome::Value(v));
             }
         }
