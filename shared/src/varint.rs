@@ -121,25 +121,34 @@ pub fn skip(rest: &mut &[u8]) -> Option<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
-    /// A small deterministic generator, so that a failure names its round.
-    struct SplitMix(u64);
-
-    impl SplitMix {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
+    /// `bytes` read, and skipped, exactly as postcard reads a `u64`.
+    fn check_read(bytes: &[u8]) {
+        let (mut a, mut b) = (bytes, bytes);
+        let read = take(&mut a);
+        let skipped = skip(&mut b);
+        assert_eq!(read.is_some(), skipped.is_some(), "{bytes:x?}");
+        assert_eq!(a, b, "{bytes:x?}");
+        let postcard: Result<(u64, &[u8]), _> = postcard::take_from_bytes(bytes);
+        assert_eq!(read, postcard.as_ref().ok().map(|p| p.0), "{bytes:x?}");
+        if let Ok((_, rest)) = postcard {
+            assert_eq!(a, rest, "{bytes:x?}");
         }
     }
 
+    /// `n` written and sized exactly as postcard writes it.
+    fn check_write(n: u64) {
+        let mut out = [0u8; BYTES_MAX];
+        let written = write(n, &mut out);
+        assert_eq!(out[..written], postcard::to_stdvec(&n).unwrap()[..], "{n}");
+        assert_eq!(len(n), written, "{n}");
+    }
+
     #[test]
-    fn varints_are_read_and_skipped_as_postcard_reads_them() {
-        let mut rng = SplitMix(7);
-        let edges: [&[u8]; 9] = [
-            &[0x00],
+    fn edge_varints_are_read_skipped_and_written_as_postcard_does() {
+        for bytes in [
+            &[0x00][..],
             &[0x7f],
             &[0x80, 0x01],
             &[0x80, 0x00],
@@ -148,47 +157,31 @@ mod tests {
             &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
             &[0xff; 11],
             &[],
-        ];
-        let random = (0..20_000).map(|_| {
-            let len = (rng.next() % 12) as usize;
-            (0..len)
-                .map(|i| {
-                    let b = rng.next() as u8;
-                    // Mostly continuation bytes, so that long varints are common.
-                    if i + 1 < len && !rng.next().is_multiple_of(4) {
-                        b | 0x80
-                    } else {
-                        b
-                    }
-                })
-                .collect::<Vec<u8>>()
-        });
-        for bytes in edges.iter().map(|e| e.to_vec()).chain(random) {
-            let (mut a, mut b) = (&bytes[..], &bytes[..]);
-            let read = take(&mut a);
-            let skipped = skip(&mut b);
-            assert_eq!(read.is_some(), skipped.is_some(), "{bytes:x?}");
-            assert_eq!(a, b, "{bytes:x?}");
-            let postcard: Result<(u64, &[u8]), _> = postcard::take_from_bytes(&bytes);
-            assert_eq!(read, postcard.as_ref().ok().map(|p| p.0), "{bytes:x?}");
-            if let Ok((_, rest)) = postcard {
-                assert_eq!(a, rest, "{bytes:x?}");
-            }
+        ] {
+            check_read(bytes);
+        }
+        for n in [0, 1, 0x7f, 0x80, 0x3fff, 0x4000, u64::MAX / 2, u64::MAX] {
+            check_write(n);
         }
     }
 
-    #[test]
-    fn varints_are_written_and_sized_as_postcard_writes_them() {
-        let mut rng = SplitMix(11);
-        let edges = [0, 1, 0x7f, 0x80, 0x3fff, 0x4000, u64::MAX / 2, u64::MAX];
-        for n in edges
-            .into_iter()
-            .chain((0..10_000).map(|i| rng.next() >> (i % 64)))
-        {
-            let mut out = [0u8; BYTES_MAX];
-            let written = write(n, &mut out);
-            assert_eq!(out[..written], postcard::to_stdvec(&n).unwrap()[..], "{n}");
-            assert_eq!(len(n), written, "{n}");
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        #[test]
+        fn varints_are_read_and_skipped_as_postcard_reads_them(
+            // Mostly continuation bytes, so that long varints are common.
+            body in proptest::collection::vec(prop_oneof![3 => 0x80u8.., 1 => any::<u8>()], 0..11),
+            last: u8,
+        ) {
+            let mut bytes = body;
+            bytes.push(last);
+            check_read(&bytes);
+        }
+
+        #[test]
+        fn varints_are_written_and_sized_as_postcard_writes_them(n: u64, shift in 0u32..64) {
+            check_write(n >> shift);
         }
     }
 }
