@@ -84,8 +84,15 @@ def counters():
 
 
 def cpu_s(pid):
+    """(user, system) CPU seconds of a process so far."""
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    return int(f[11]) / os.sysconf("SC_CLK_TCK"), int(f[12]) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_total(pids):
+    """(user, system) CPU seconds of the three servers together."""
+    both = [cpu_s(p) for p in pids]
+    return sum(u for u, _ in both), sum(s for _, s in both)
 
 
 try:
@@ -99,14 +106,14 @@ try:
     time.sleep(1)
     events = ",".join(f"syscalls:sys_enter_{s}" for s in SYSCALLS) + ",context-switches"
     turns0 = counters()
-    cpu0 = sum(cpu_s(x.pid) for x in procs)
+    cpu0 = cpu_total([x.pid for x in procs])
     stat = subprocess.Popen(["perf", "stat", "-x", ",", "-e", events, "-o", f"{d}/perf.txt",
                              "-p", ",".join(str(x.pid) for x in procs)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     r = subprocess.run(kvcli + ["bench", "--clients", a.clients, "--duration", a.duration,
                                 "--mix", {"put": "0", "get": "1"}[a.op], "--value-size", "100", "--key-size", "16",
                                 "--keys", "10000", "--json"], capture_output=True, text=True, timeout=1200)
-    cpu1 = sum(cpu_s(x.pid) for x in procs)
+    cpu1 = cpu_total([x.pid for x in procs])
     stat.send_signal(signal.SIGINT)
     stat.wait()
     turns1 = counters()
@@ -120,7 +127,8 @@ finally:
         x.wait()
 ops = j["ops"]
 print(f"{a.shards} shards{f', leaders on n{a.leaders_on}' if a.leaders_on else ''}: {a.op} c={a.clients} "
-      f"ops={ops} err={j['errors']} {j['ops_per_s']:.0f}/s server cpu/op={(cpu1 - cpu0) / ops * 1e6:.1f} us "
+      f"ops={ops} err={j['errors']} {j['ops_per_s']:.0f}/s server cpu/op={(sum(cpu1) - sum(cpu0)) / ops * 1e6:.1f} us "
+      f"(user {(cpu1[0] - cpu0[0]) / ops * 1e6:.1f}, system {(cpu1[1] - cpu0[1]) / ops * 1e6:.1f}) "
       f"load={os.getloadavg()[0]:.1f}")
 c = j.get("client", {})
 print(f"  {'client request datagrams':30} {c.get('datagrams_sent', 0) / ops:7.3f} per op"
