@@ -164,6 +164,21 @@ pub async fn run(
                 let _ = events.send(RegistrationEvent::Refused(refusal));
                 return;
             }
+            // The key's permission is read from the cluster file at start: asking again
+            // cannot succeed. The node serves unregistered and still hears the registry.
+            Err(
+                e @ Error::Refused {
+                    error: ClientError::PermissionDenied { .. },
+                    ..
+                },
+            ) => {
+                tracing::error!(
+                    "node {} cannot register in the node registry: {e} (registering needs \
+                     an admin client key: client_key_file, docs/SECURITY.md)",
+                    reg.node.0
+                );
+                break;
+            }
             Err(e) => {
                 tracing::debug!("registration of node {} not done yet: {e}", reg.node.0);
                 tokio::time::sleep(RETRY_PAUSE).await;

@@ -244,6 +244,15 @@ pub async fn run_with_store<S: LogStore>(
     let (mut balancer_feed, mut balancer_task) = (None, None);
     let registration_task = match front_ends::gateway_key(&opts.cluster)? {
         Some(key) => {
+            if !key.permission.may_administer() {
+                tracing::warn!(
+                    "client key `{}` is {}: this node registers itself and runs the \
+                     balancer under it, and both need the admin permission (make \
+                     client_key_file an admin key, docs/SECURITY.md)",
+                    key.name,
+                    key.permission.name()
+                );
+            }
             let reg = Registration {
                 node: me,
                 addr: opts.listen_addr().expect("check_member passed"),

@@ -2,7 +2,9 @@
 //! client (mallory) may write but is refused `rebalance pause` and `shard leader` with a
 //! message naming the client and the operation (kvcli exits 2), each refusal counted as
 //! `permission_denied`; the admin key `keygen --config` made runs them. The nodes
-//! themselves registered under that admin key (the registry lists all three).
+//! themselves registered under that admin key (the registry lists all three). A node
+//! whose cluster file gives it a read-write key says so at start, says once that it
+//! cannot register (instead of retrying in silence), and serves.
 
 use kv_e2e::cli;
 use kv_e2e::cluster::{Cluster, Spec};
@@ -76,4 +78,48 @@ fn a_read_write_key_is_refused_admin_operations_and_the_admin_key_runs_them() {
         active, 3,
         "every node registered under the admin key: {list}"
     );
+}
+
+#[test]
+fn a_node_given_a_read_write_key_says_once_it_cannot_register_and_serves() {
+    let mut c = Cluster::prepare(Spec {
+        nodes: 1,
+        shards: 1,
+        replication: Some(1),
+        snapshot_threshold: None,
+    });
+    let text = std::fs::read_to_string(c.config_path()).expect("cluster file");
+    let admin = "client_key_file = \"keys/admin.key\"";
+    assert!(text.contains(admin), "{text}");
+    let with_mallory = c.dir().join("mallory.toml");
+    std::fs::write(
+        &with_mallory,
+        text.replace(admin, "client_key_file = \"keys/mallory.key\""),
+    )
+    .expect("write cluster file");
+    c.spawn_with_config(kv_shared::NodeId(1), &with_mallory);
+    let mut client = c.client();
+    c.wait_for_leaders(&mut client, Duration::from_secs(20));
+    client.put("k", "v");
+    assert_eq!(client.get("k").as_deref(), Some("v"));
+    let refusal = "node 1 cannot register in the node registry: ";
+    kv_e2e::wait_for(
+        "the registration refusal in the log",
+        Duration::from_secs(20),
+        || c.log(kv_shared::NodeId(1)).contains(refusal).then_some(()),
+    );
+    // A node that asked again (every half second) would log again within two seconds.
+    std::thread::sleep(Duration::from_secs(2));
+    let log = c.log(kv_shared::NodeId(1));
+    let line = log.lines().find(|l| l.contains(refusal)).expect("logged");
+    assert!(
+        line.contains("mallory is read-write") && line.contains("admin client key"),
+        "{line}"
+    );
+    assert_eq!(log.matches(refusal).count(), 1, "{log}");
+    assert!(
+        log.contains("client key `mallory` is read-write: this node registers itself"),
+        "{log}"
+    );
+    c.assert_alive(kv_shared::NodeId(1));
 }
