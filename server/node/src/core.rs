@@ -256,9 +256,12 @@ pub struct NodeCore {
     /// stops being empty, so at most once per flush (a group emptied and refilled by
     /// other means may be listed twice; a flush sorts and dedups).
     to_route: Vec<ShardId>,
-    /// The most messages one peer's outbox held at the last flush: a new outbox starts
-    /// with that much room (see [`take_sized`]).
-    outbox_room: usize,
+    /// `take_output`'s list of the groups it routes, kept (empty) between flushes.
+    routed_buf: Vec<ShardId>,
+    /// The room a new outbox starts with: the most messages one peer's held lately.
+    outbox_room: Room,
+    /// The room the next `Output`'s datagrams, replies and proposed requests start with.
+    out_room: [Room; 3],
     out: Output,
     /// `handle_ready`'s `Ready`, kept so that its vectors keep their room (`None` only
     /// while one is being handled).
@@ -375,7 +378,9 @@ impl NodeCore {
             round_durable: Vec::new(),
             outbox: BTreeMap::new(),
             to_route: Vec::new(),
-            outbox_room: 0,
+            routed_buf: Vec::new(),
+            outbox_room: Room::default(),
+            out_room: Default::default(),
             out: Output::default(),
             ready_buf: None,
             outcomes_buf: Vec::new(),
@@ -826,7 +831,10 @@ impl NodeCore {
         // no other group's Raft: only those need draining again, not every hosted group,
         // and of those only the ones whose Raft it gave input (gets served from the
         // lease give none).
-        let mut routed = take_sized(&mut self.to_route);
+        // Swapped with the list of the flush before, so that neither grows anew every
+        // round (a flush without requests between two with 40 groups each).
+        let mut routed =
+            std::mem::replace(&mut self.to_route, std::mem::take(&mut self.routed_buf));
         routed.sort_unstable();
         routed.dedup();
         routed.retain(|&g| self.groups.get(g).is_some_and(|g| !g.waiting.is_empty()));
@@ -835,9 +843,11 @@ impl NodeCore {
         {
             self.routed_drained += routed.len() as u64;
         }
-        for g in routed {
+        for &g in &routed {
             self.drive_group(g);
         }
+        routed.clear();
+        self.routed_buf = routed;
         if !self.round_ops.is_empty() {
             let id = self.next_disk_write;
             self.next_disk_write += 1;
@@ -850,7 +860,8 @@ impl NodeCore {
         }
         debug_assert!(self.round_durable.is_empty());
         let outbox = std::mem::take(&mut self.outbox);
-        self.outbox_room = outbox.values().map(Vec::len).max().unwrap_or(0);
+        self.outbox_room
+            .update(outbox.values().map(Vec::len).max().unwrap_or(0));
         for (to, msgs) in outbox {
             self.peers_sent_tick.insert(to, self.tick_count);
             if msgs.is_empty() {
@@ -861,15 +872,49 @@ impl NodeCore {
                 self.out.datagrams.push((to, batch));
             }
         }
-        // The next round's lists start with this one's room: 64 replies a round
-        // otherwise grow their vector five times every round.
+        // The next round's lists start with the room recent ones needed: 64 replies a
+        // round otherwise grow their vector five times every round.
+        let [datagrams, replies, proposed] = &mut self.out_room;
         let next = Output {
-            datagrams: Vec::with_capacity(self.out.datagrams.len()),
-            replies: Vec::with_capacity(self.out.replies.len()),
-            proposed: Vec::with_capacity(self.out.proposed.len()),
+            datagrams: Vec::with_capacity(datagrams.update(self.out.datagrams.len())),
+            replies: Vec::with_capacity(replies.update(self.out.replies.len())),
+            proposed: Vec::with_capacity(proposed.update(self.out.proposed.len())),
             ..Output::default()
         };
         std::mem::replace(&mut self.out, next)
+    }
+}
+
+/// Flushes in a row that needed less than half a [`Room`] before it halves.
+const ROOM_SHRINK_AFTER_FLUSHES: u32 = 64;
+
+/// The room a vector that every flush fills anew and hands out starts with: the most
+/// recent flushes needed. Flushes of one round differ (the one that proposes sends an
+/// Append per group and follower, the one after the fsync nothing; the one that applies
+/// holds the replies, the others none), so sizing each from the flush just before
+/// started the busy one from nothing, and its pushes grew the vector five or six times
+/// every round. A room that more than `ROOM_SHRINK_AFTER_FLUSHES` flushes in a row left
+/// less than half used halves, so a burst does not size every later flush.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Room {
+    most: usize,
+    small_flushes: u32,
+}
+
+impl Room {
+    /// Takes the length a flush needed; returns the room for the next one.
+    fn update(&mut self, used: usize) -> usize {
+        if used >= self.most / 2 {
+            self.most = self.most.max(used);
+            self.small_flushes = 0;
+        } else {
+            self.small_flushes += 1;
+            if self.small_flushes >= ROOM_SHRINK_AFTER_FLUSHES {
+                self.most /= 2;
+                self.small_flushes = 0;
+            }
+        }
+        self.most
     }
 }
 
@@ -897,3 +942,36 @@ const LEADERLESS_ELECTIONS_BEFORE_ASKING_ALL: u64 = 4;
 /// wake every 6 s per idle group (more frequent wakes add elections, which split votes
 /// under fsyncs slower than the election timeout).
 const QUIESCED_FOLLOWER_RECHECK_ELECTIONS: u64 = 30;
+
+#[cfg(test)]
+mod room_tests {
+    use super::*;
+
+    #[test]
+    fn a_flush_that_needs_nothing_does_not_shrink_the_next_ones_room() {
+        let mut room = Room::default();
+        assert_eq!(room.update(64), 64);
+        for _ in 0..10 {
+            assert_eq!(room.update(0), 64, "the flush between two busy ones");
+            assert_eq!(room.update(64), 64);
+        }
+        assert_eq!(room.update(100), 100, "grows at once");
+    }
+
+    #[test]
+    fn a_burst_stops_sizing_flushes_once_it_is_long_past() {
+        let mut room = Room::default();
+        room.update(10_000);
+        let mut sizes = Vec::new();
+        for _ in 0..4 * ROOM_SHRINK_AFTER_FLUSHES {
+            sizes.push(room.update(3));
+        }
+        assert_eq!(sizes[ROOM_SHRINK_AFTER_FLUSHES as usize - 2], 10_000);
+        assert_eq!(sizes[ROOM_SHRINK_AFTER_FLUSHES as usize - 1], 5_000);
+        assert_eq!(*sizes.last().unwrap(), 625, "halved once per period");
+        for _ in 0..20 * ROOM_SHRINK_AFTER_FLUSHES {
+            room.update(3);
+        }
+        assert!(room.update(3) < 8, "down to what flushes need");
+    }
+}
