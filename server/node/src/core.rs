@@ -249,7 +249,7 @@ pub struct NodeCore {
     /// Ops of the round being assembled.
     round_ops: ready::RoundOps,
     round_durable: Vec<Durable>,
-    outbox: BTreeMap<NodeId, Vec<GroupMessage>>,
+    outbox: Outbox,
     /// Every group whose `waiting` list got a request since the last flush routed it
     /// (a superset of those with requests waiting): a flush routes these instead of
     /// looking through every hosted group for requests. A group is listed when its list
@@ -258,8 +258,6 @@ pub struct NodeCore {
     to_route: Vec<ShardId>,
     /// `take_output`'s list of the groups it routes, kept (empty) between flushes.
     routed_buf: Vec<ShardId>,
-    /// The room a new outbox starts with: the most messages one peer's held lately.
-    outbox_room: Room,
     /// The room the next `Output`'s datagrams, replies and proposed requests start with.
     out_room: [Room; 3],
     out: Output,
@@ -376,10 +374,9 @@ impl NodeCore {
             disk_inflight: BTreeMap::new(),
             round_ops,
             round_durable: Vec::new(),
-            outbox: BTreeMap::new(),
+            outbox: Outbox::default(),
             to_route: Vec::new(),
             routed_buf: Vec::new(),
-            outbox_room: Room::default(),
             out_room: Default::default(),
             out: Output::default(),
             ready_buf: None,
@@ -545,7 +542,7 @@ impl NodeCore {
                     .is_none_or(|&t| self.tick_count - t >= hb);
                 if quiet {
                     // An empty batch: the keepalive the failure detector listens for.
-                    self.outbox.entry(*p).or_default();
+                    self.outbox.to(*p);
                 }
             }
         }
@@ -859,10 +856,8 @@ impl NodeCore {
             });
         }
         debug_assert!(self.round_durable.is_empty());
-        let outbox = std::mem::take(&mut self.outbox);
-        self.outbox_room
-            .update(outbox.values().map(Vec::len).max().unwrap_or(0));
-        for (to, msgs) in outbox {
+        let mut outbox = self.outbox.take();
+        for (to, msgs) in outbox.drain(..) {
             self.peers_sent_tick.insert(to, self.tick_count);
             if msgs.is_empty() {
                 self.out.datagrams.push((to, msgs)); // a keepalive
@@ -872,6 +867,7 @@ impl NodeCore {
                 self.out.datagrams.push((to, batch));
             }
         }
+        self.outbox.give_back(outbox);
         // The next round's lists start with the room recent ones needed: 64 replies a
         // round otherwise grow their vector five times every round.
         let [datagrams, replies, proposed] = &mut self.out_room;
@@ -882,6 +878,47 @@ impl NodeCore {
             ..Output::default()
         };
         std::mem::replace(&mut self.out, next)
+    }
+}
+
+/// The messages for each peer gathered for the next flush, by peer id. A node has a
+/// handful of peers, and a round pushes a message per group and follower: a sorted vector
+/// finds a peer's list in a comparison or two, where a BTreeMap's entry per message cost
+/// tens of instructions.
+#[derive(Debug, Default)]
+struct Outbox {
+    peers: Vec<(NodeId, Vec<GroupMessage>)>,
+    /// The room a new list starts with: the most messages one peer's held lately.
+    room: Room,
+    /// The vector `take` handed out last, given back emptied.
+    spare: Vec<(NodeId, Vec<GroupMessage>)>,
+}
+
+impl Outbox {
+    /// `peer`'s list, created empty if it has none yet (an empty one is a keepalive).
+    fn to(&mut self, peer: NodeId) -> &mut Vec<GroupMessage> {
+        let i = match self.peers.binary_search_by_key(&peer, |(p, _)| *p) {
+            Ok(i) => i,
+            Err(i) => {
+                let room = self.room.most;
+                self.peers.insert(i, (peer, Vec::with_capacity(room)));
+                i
+            }
+        };
+        &mut self.peers[i].1
+    }
+
+    /// Every peer's list, ascending by peer, leaving none.
+    fn take(&mut self) -> Vec<(NodeId, Vec<GroupMessage>)> {
+        let most = self.peers.iter().map(|(_, m)| m.len()).max().unwrap_or(0);
+        self.room.update(most);
+        std::mem::replace(&mut self.peers, std::mem::take(&mut self.spare))
+    }
+
+    /// Takes back what `take` handed out, emptied, for its room.
+    fn give_back(&mut self, mut peers: Vec<(NodeId, Vec<GroupMessage>)>) {
+        peers.clear();
+        self.spare = peers;
     }
 }
 
@@ -956,6 +993,37 @@ mod room_tests {
             assert_eq!(room.update(64), 64);
         }
         assert_eq!(room.update(100), 100, "grows at once");
+    }
+
+    #[test]
+    fn the_outbox_lists_peers_in_id_order_each_once() {
+        let mut outbox = Outbox::default();
+        let gm = |to: u64| GroupMessage {
+            shard: ShardId(0),
+            msg: kv_raft::Message {
+                from: NodeId(1),
+                to: NodeId(to),
+                term: 1,
+                body: kv_raft::MessageBody::TimeoutNow,
+            },
+        };
+        for to in [3, 2, 3, 5, 2, 3] {
+            outbox.to(NodeId(to)).push(gm(to));
+        }
+        outbox.to(NodeId(4));
+        let peers = outbox.take();
+        let lists: Vec<(u64, usize)> = peers.iter().map(|(p, m)| (p.0, m.len())).collect();
+        assert_eq!(lists, [(2, 2), (3, 3), (4, 0), (5, 1)]);
+        assert!(peers
+            .iter()
+            .all(|(p, m)| m.iter().all(|gm| gm.msg.to == *p)));
+        outbox.give_back(peers);
+        assert!(outbox.take().is_empty(), "taken lists are gone");
+        assert_eq!(
+            outbox.to(NodeId(2)).capacity(),
+            3,
+            "a new list has the room"
+        );
     }
 
     #[test]

@@ -173,16 +173,12 @@ impl NodeCore {
             w.entries.clear();
             w.snapshot = None;
         }
-        let room = self.outbox_room.most;
         if !rd.messages.is_empty() {
             for m in rd.messages.drain(..) {
                 if m.to == self.config.node {
                     continue;
                 }
-                self.outbox
-                    .entry(m.to)
-                    .or_insert_with(|| Vec::with_capacity(room))
-                    .push(GroupMessage { shard, msg: m });
+                self.outbox.to(m.to).push(GroupMessage { shard, msg: m });
             }
         }
         if let Some(snap) = rd.apply_snapshot.take() {
