@@ -249,16 +249,17 @@ pub struct NodeCore {
     /// Ops of the round being assembled.
     round_ops: ready::RoundOps,
     round_durable: Vec<Durable>,
-    outbox: BTreeMap<NodeId, Vec<GroupMessage>>,
+    outbox: Outbox,
     /// Every group whose `waiting` list got a request since the last flush routed it
     /// (a superset of those with requests waiting): a flush routes these instead of
     /// looking through every hosted group for requests. A group is listed when its list
     /// stops being empty, so at most once per flush (a group emptied and refilled by
     /// other means may be listed twice; a flush sorts and dedups).
     to_route: Vec<ShardId>,
-    /// The most messages one peer's outbox held at the last flush: a new outbox starts
-    /// with that much room (see [`take_sized`]).
-    outbox_room: usize,
+    /// `take_output`'s list of the groups it routes, kept (empty) between flushes.
+    routed_buf: Vec<ShardId>,
+    /// The room the next `Output`'s datagrams, replies and proposed requests start with.
+    out_room: [Room; 3],
     out: Output,
     /// `handle_ready`'s `Ready`, kept so that its vectors keep their room (`None` only
     /// while one is being handled).
@@ -373,9 +374,10 @@ impl NodeCore {
             disk_inflight: BTreeMap::new(),
             round_ops,
             round_durable: Vec::new(),
-            outbox: BTreeMap::new(),
+            outbox: Outbox::default(),
             to_route: Vec::new(),
-            outbox_room: 0,
+            routed_buf: Vec::new(),
+            out_room: Default::default(),
             out: Output::default(),
             ready_buf: None,
             outcomes_buf: Vec::new(),
@@ -540,7 +542,7 @@ impl NodeCore {
                     .is_none_or(|&t| self.tick_count - t >= hb);
                 if quiet {
                     // An empty batch: the keepalive the failure detector listens for.
-                    self.outbox.entry(*p).or_default();
+                    self.outbox.to(*p);
                 }
             }
         }
@@ -826,7 +828,10 @@ impl NodeCore {
         // no other group's Raft: only those need draining again, not every hosted group,
         // and of those only the ones whose Raft it gave input (gets served from the
         // lease give none).
-        let mut routed = take_sized(&mut self.to_route);
+        // Swapped with the list of the flush before, so that neither grows anew every
+        // round (a flush without requests between two with 40 groups each).
+        let mut routed =
+            std::mem::replace(&mut self.to_route, std::mem::take(&mut self.routed_buf));
         routed.sort_unstable();
         routed.dedup();
         routed.retain(|&g| self.groups.get(g).is_some_and(|g| !g.waiting.is_empty()));
@@ -835,9 +840,11 @@ impl NodeCore {
         {
             self.routed_drained += routed.len() as u64;
         }
-        for g in routed {
+        for &g in &routed {
             self.drive_group(g);
         }
+        routed.clear();
+        self.routed_buf = routed;
         if !self.round_ops.is_empty() {
             let id = self.next_disk_write;
             self.next_disk_write += 1;
@@ -849,9 +856,8 @@ impl NodeCore {
             });
         }
         debug_assert!(self.round_durable.is_empty());
-        let outbox = std::mem::take(&mut self.outbox);
-        self.outbox_room = outbox.values().map(Vec::len).max().unwrap_or(0);
-        for (to, msgs) in outbox {
+        let mut outbox = self.outbox.take();
+        for (to, msgs) in outbox.drain(..) {
             self.peers_sent_tick.insert(to, self.tick_count);
             if msgs.is_empty() {
                 self.out.datagrams.push((to, msgs)); // a keepalive
@@ -861,15 +867,91 @@ impl NodeCore {
                 self.out.datagrams.push((to, batch));
             }
         }
-        // The next round's lists start with this one's room: 64 replies a round
-        // otherwise grow their vector five times every round.
+        self.outbox.give_back(outbox);
+        // The next round's lists start with the room recent ones needed: 64 replies a
+        // round otherwise grow their vector five times every round.
+        let [datagrams, replies, proposed] = &mut self.out_room;
         let next = Output {
-            datagrams: Vec::with_capacity(self.out.datagrams.len()),
-            replies: Vec::with_capacity(self.out.replies.len()),
-            proposed: Vec::with_capacity(self.out.proposed.len()),
+            datagrams: Vec::with_capacity(datagrams.update(self.out.datagrams.len())),
+            replies: Vec::with_capacity(replies.update(self.out.replies.len())),
+            proposed: Vec::with_capacity(proposed.update(self.out.proposed.len())),
             ..Output::default()
         };
         std::mem::replace(&mut self.out, next)
+    }
+}
+
+/// The messages for each peer gathered for the next flush, by peer id. A node has a
+/// handful of peers, and a round pushes a message per group and follower: a sorted vector
+/// finds a peer's list in a comparison or two, where a BTreeMap's entry per message cost
+/// tens of instructions.
+#[derive(Debug, Default)]
+struct Outbox {
+    peers: Vec<(NodeId, Vec<GroupMessage>)>,
+    /// The room a new list starts with: the most messages one peer's held lately.
+    room: Room,
+    /// The vector `take` handed out last, given back emptied.
+    spare: Vec<(NodeId, Vec<GroupMessage>)>,
+}
+
+impl Outbox {
+    /// `peer`'s list, created empty if it has none yet (an empty one is a keepalive).
+    fn to(&mut self, peer: NodeId) -> &mut Vec<GroupMessage> {
+        let i = match self.peers.binary_search_by_key(&peer, |(p, _)| *p) {
+            Ok(i) => i,
+            Err(i) => {
+                let room = self.room.most;
+                self.peers.insert(i, (peer, Vec::with_capacity(room)));
+                i
+            }
+        };
+        &mut self.peers[i].1
+    }
+
+    /// Every peer's list, ascending by peer, leaving none.
+    fn take(&mut self) -> Vec<(NodeId, Vec<GroupMessage>)> {
+        let most = self.peers.iter().map(|(_, m)| m.len()).max().unwrap_or(0);
+        self.room.update(most);
+        std::mem::replace(&mut self.peers, std::mem::take(&mut self.spare))
+    }
+
+    /// Takes back what `take` handed out, emptied, for its room.
+    fn give_back(&mut self, mut peers: Vec<(NodeId, Vec<GroupMessage>)>) {
+        peers.clear();
+        self.spare = peers;
+    }
+}
+
+/// Flushes in a row that needed less than half a [`Room`] before it halves.
+const ROOM_SHRINK_AFTER_FLUSHES: u32 = 64;
+
+/// The room a vector that every flush fills anew and hands out starts with: the most
+/// recent flushes needed. Flushes of one round differ (the one that proposes sends an
+/// Append per group and follower, the one after the fsync nothing; the one that applies
+/// holds the replies, the others none), so sizing each from the flush just before
+/// started the busy one from nothing, and its pushes grew the vector five or six times
+/// every round. A room that more than `ROOM_SHRINK_AFTER_FLUSHES` flushes in a row left
+/// less than half used halves, so a burst does not size every later flush.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Room {
+    most: usize,
+    small_flushes: u32,
+}
+
+impl Room {
+    /// Takes the length a flush needed; returns the room for the next one.
+    fn update(&mut self, used: usize) -> usize {
+        if used >= self.most / 2 {
+            self.most = self.most.max(used);
+            self.small_flushes = 0;
+        } else {
+            self.small_flushes += 1;
+            if self.small_flushes >= ROOM_SHRINK_AFTER_FLUSHES {
+                self.most /= 2;
+                self.small_flushes = 0;
+            }
+        }
+        self.most
     }
 }
 
@@ -897,3 +979,67 @@ const LEADERLESS_ELECTIONS_BEFORE_ASKING_ALL: u64 = 4;
 /// wake every 6 s per idle group (more frequent wakes add elections, which split votes
 /// under fsyncs slower than the election timeout).
 const QUIESCED_FOLLOWER_RECHECK_ELECTIONS: u64 = 30;
+
+#[cfg(test)]
+mod room_tests {
+    use super::*;
+
+    #[test]
+    fn a_flush_that_needs_nothing_does_not_shrink_the_next_ones_room() {
+        let mut room = Room::default();
+        assert_eq!(room.update(64), 64);
+        for _ in 0..10 {
+            assert_eq!(room.update(0), 64, "the flush between two busy ones");
+            assert_eq!(room.update(64), 64);
+        }
+        assert_eq!(room.update(100), 100, "grows at once");
+    }
+
+    #[test]
+    fn the_outbox_lists_peers_in_id_order_each_once() {
+        let mut outbox = Outbox::default();
+        let gm = |to: u64| GroupMessage {
+            shard: ShardId(0),
+            msg: kv_raft::Message {
+                from: NodeId(1),
+                to: NodeId(to),
+                term: 1,
+                body: kv_raft::MessageBody::TimeoutNow,
+            },
+        };
+        for to in [3, 2, 3, 5, 2, 3] {
+            outbox.to(NodeId(to)).push(gm(to));
+        }
+        outbox.to(NodeId(4));
+        let peers = outbox.take();
+        let lists: Vec<(u64, usize)> = peers.iter().map(|(p, m)| (p.0, m.len())).collect();
+        assert_eq!(lists, [(2, 2), (3, 3), (4, 0), (5, 1)]);
+        assert!(peers
+            .iter()
+            .all(|(p, m)| m.iter().all(|gm| gm.msg.to == *p)));
+        outbox.give_back(peers);
+        assert!(outbox.take().is_empty(), "taken lists are gone");
+        assert_eq!(
+            outbox.to(NodeId(2)).capacity(),
+            3,
+            "a new list has the room"
+        );
+    }
+
+    #[test]
+    fn a_burst_stops_sizing_flushes_once_it_is_long_past() {
+        let mut room = Room::default();
+        room.update(10_000);
+        let mut sizes = Vec::new();
+        for _ in 0..4 * ROOM_SHRINK_AFTER_FLUSHES {
+            sizes.push(room.update(3));
+        }
+        assert_eq!(sizes[ROOM_SHRINK_AFTER_FLUSHES as usize - 2], 10_000);
+        assert_eq!(sizes[ROOM_SHRINK_AFTER_FLUSHES as usize - 1], 5_000);
+        assert_eq!(*sizes.last().unwrap(), 625, "halved once per period");
+        for _ in 0..20 * ROOM_SHRINK_AFTER_FLUSHES {
+            room.update(3);
+        }
+        assert!(room.update(3) < 8, "down to what flushes need");
+    }
+}

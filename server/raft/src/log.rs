@@ -133,10 +133,20 @@ impl RaftLog {
     /// Appends `entries` (contiguous, first index `<= last_index() + 1`), replacing any
     /// suffix from the first index on. Returns the index truncated from, if a suffix was
     /// dropped.
+    #[cfg(test)]
     pub fn append(&mut self, entries: &[Entry]) -> Option<Index> {
         let truncated = self.make_room(entries.first()?.index);
         self.entries.extend_from_slice(entries);
         truncated
+    }
+
+    /// Appends `e`, the entry after the last, moved in: a leader's proposal, which it
+    /// has no other use for (a clone costs a reference count, and the first clone of a
+    /// payload made from a vector an allocation).
+    pub fn push(&mut self, e: Entry) {
+        assert_eq!(e.index, self.last_index() + 1, "push out of order");
+        self.unstable_from = self.unstable_from.min(e.index);
+        self.entries.push(e);
     }
 
     /// [`RaftLog::append`] of entries the caller owns: moved in, not cloned (a follower
@@ -315,6 +325,27 @@ mod tests {
             assert_eq!(by_ref.unstable_from, owned.unstable_from);
             owned.assert_invariants();
         }
+    }
+
+    #[test]
+    fn push_is_append_of_one() {
+        let (mut by_ref, mut pushed) = (log_of(&[1, 1]), log_of(&[1, 1]));
+        by_ref.take_unstable_into(&mut Vec::new());
+        pushed.take_unstable_into(&mut Vec::new());
+        by_ref.append(&[ent(3, 2)]);
+        pushed.push(ent(3, 2));
+        assert_eq!(by_ref.range(1, 10), pushed.range(1, 10));
+        assert_eq!(
+            pushed.unstable_from, 3,
+            "the pushed entry waits for a write"
+        );
+        pushed.assert_invariants();
+    }
+
+    #[test]
+    #[should_panic(expected = "push out of order")]
+    fn push_refuses_a_gap() {
+        log_of(&[1, 1]).push(ent(4, 1));
     }
 
     #[test]

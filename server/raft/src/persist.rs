@@ -42,7 +42,19 @@ impl Raft {
         let released = self.held.partition_point(|(w, _)| *w <= id.0);
         // A leader's writes usually release nothing (it holds no acks): no drains then,
         // whose drops are calls even when empty.
-        if released > 0 {
+        let only_sends = || {
+            self.held[..released]
+                .iter()
+                .all(|(_, h)| matches!(h, Held::Send(_)))
+        };
+        if released > 0 && only_sends() {
+            // Acks only (a follower's round): straight into `msgs`, each moved once.
+            let sends = self.held.drain(..released).filter_map(|(_, h)| match h {
+                Held::Send(m) => Some(m),
+                Held::SelfVote(_) => None,
+            });
+            self.msgs.extend(sends);
+        } else if released > 0 {
             let mut release = std::mem::take(&mut self.held_released);
             release.extend(self.held.drain(..released));
             for (_, h) in release.drain(..) {

@@ -31,13 +31,12 @@ impl Raft {
         data: bytes::Bytes,
     ) -> (Index, Term) {
         let index = self.log.last_index() + 1;
-        let e = Entry {
+        self.log.push(Entry {
             term: self.term,
             index,
             kind,
             data,
-        };
-        self.log.append(std::slice::from_ref(&e));
+        });
         if let RoleState::Leader(ls) = &mut self.role {
             ls.bcast_pending = true;
         }

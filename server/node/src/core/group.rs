@@ -199,6 +199,9 @@ pub(super) struct Groups {
     /// The touched groups in the order they were first touched, each once (the ones
     /// removed since may be listed: [`Groups::take_touched`] leaves them out).
     touched: Vec<ShardId>,
+    /// The list [`Groups::take_touched`] handed out last, given back emptied
+    /// ([`Groups::give_back`]): the two take turns, so a round's touches grow no vector.
+    spare: Vec<ShardId>,
 }
 
 impl Groups {
@@ -208,6 +211,7 @@ impl Groups {
             dense: Vec::new(),
             sparse: BTreeMap::new(),
             touched: Vec::new(),
+            spare: Vec::new(),
         };
         for (shard, group) in map {
             groups.insert(shard, group);
@@ -297,10 +301,27 @@ impl Groups {
         }
     }
 
+    /// Takes back a list [`Groups::take_touched`] handed out, for its room.
+    pub(super) fn give_back(&mut self, mut list: Vec<ShardId>) {
+        list.clear();
+        self.spare = list;
+    }
+
+    /// Unmarks `shard`: the caller drained its Ready until it had none, so what touched
+    /// it so far is done. The drain itself reaches it through [`IndexMut`], which marked
+    /// it again, and the next flush asked it once more for nothing (at 64 shards a
+    /// leader's group was asked about seven times per round). It stays in the list, which
+    /// [`Groups::take_touched`] filters by the mark, and a later touch lists it anew.
+    pub(super) fn settle(&mut self, shard: ShardId) {
+        if let Some(g) = self.peek_mut(shard) {
+            g.touched = false;
+        }
+    }
+
     /// The hosted groups touched since the last call, in the order first touched; their
     /// marks are cleared.
     pub(super) fn take_touched(&mut self) -> Vec<ShardId> {
-        let mut touched = std::mem::take(&mut self.touched);
+        let mut touched = std::mem::replace(&mut self.touched, std::mem::take(&mut self.spare));
         touched.retain(|&shard| match self.peek_mut(shard) {
             Some(g) if g.touched => {
                 g.touched = false;

@@ -155,13 +155,10 @@ impl NodeCore {
             term: log_term,
             body: MessageBody::Committed { index, log_term },
         };
-        self.outbox
-            .entry(gm.msg.from)
-            .or_default()
-            .push(GroupMessage {
-                shard: gm.shard,
-                msg: answer,
-            });
+        self.outbox.to(gm.msg.from).push(GroupMessage {
+            shard: gm.shard,
+            msg: answer,
+        });
         true
     }
 

@@ -65,7 +65,8 @@ impl NodeCore {
     /// asked once up front.
     pub(super) fn drive(&mut self) {
         let threshold = self.config.snapshot_threshold_entries;
-        for g in self.groups.take_touched() {
+        let touched = self.groups.take_touched();
+        for &g in &touched {
             let (ready, busy) = self.groups.peek_mut(g).map_or((false, false), |g| {
                 let ready = g.raft.has_ready();
                 (
@@ -77,6 +78,7 @@ impl NodeCore {
                 self.drive_group_known(g, ready);
             }
         }
+        self.groups.give_back(touched);
     }
 
     /// Drains group `g`'s Ready until it has none, then removes the replica or takes a
@@ -120,6 +122,9 @@ impl NodeCore {
             return;
         }
         self.maybe_snapshot(g);
+        // Nothing above gave the group input after its last `has_ready`: a snapshot
+        // taken now waits for its disk write, which touches the group when done.
+        self.groups.settle(g);
     }
 
     fn handle_ready(&mut self, g: ShardId) {
@@ -168,16 +173,12 @@ impl NodeCore {
             w.entries.clear();
             w.snapshot = None;
         }
-        let room = self.outbox_room;
         if !rd.messages.is_empty() {
             for m in rd.messages.drain(..) {
                 if m.to == self.config.node {
                     continue;
                 }
-                self.outbox
-                    .entry(m.to)
-                    .or_insert_with(|| Vec::with_capacity(room))
-                    .push(GroupMessage { shard, msg: m });
+                self.outbox.to(m.to).push(GroupMessage { shard, msg: m });
             }
         }
         if let Some(snap) = rd.apply_snapshot.take() {

@@ -262,3 +262,24 @@ fn gets_served_in_the_flush_see_the_writes_that_flush_answers() {
         "read on arrival, before the put applied"
     );
 }
+
+/// A group drained until it had no Ready is not asked again by the next flush unless
+/// something touched it since: the take_output that routes a put drains its group, and
+/// leaves nothing marked for the next one to ask.
+#[test]
+fn a_group_drained_by_its_flush_is_not_asked_again_by_the_next() {
+    let mut c = packed(true);
+    let _ = c.nodes[0].take_output();
+    assert_eq!(c.nodes[0].take_touched(), Vec::<ShardId>::new());
+    c.request(0, 200, put(3, 1, &key_of(5), "w"));
+    let out = c.nodes[0].take_output();
+    assert!(!out.datagrams.is_empty(), "the put's Appends");
+    assert_eq!(
+        c.nodes[0].take_touched(),
+        Vec::<ShardId>::new(),
+        "the put's group was drained by the flush that proposed it"
+    );
+    c.absorb(0, out);
+    c.settle();
+    assert_eq!(c.reply_to(200), vec![Outcome::Done]);
+}
