@@ -349,8 +349,10 @@ fn parse_proc_stat_cpu(stat: &str) -> Option<(f64, f64)> {
     Some((utime / USER_HZ, stime / USER_HZ))
 }
 
-#[derive(Default)]
+/// What the clients count, under one lock (taken once per operation).
 struct Tally {
+    /// Latency of successful operations, in microseconds.
+    latency: Histogram<u64>,
     ops: u64,
     reads: u64,
     writes: u64,
@@ -361,8 +363,24 @@ struct Tally {
     history: Vec<Record>,
 }
 
+impl Default for Tally {
+    fn default() -> Tally {
+        Tally {
+            latency: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)
+                .expect("valid histogram bounds"),
+            ops: 0,
+            reads: 0,
+            writes: 0,
+            not_found: 0,
+            errors: 0,
+            errors_by_kind: BTreeMap::new(),
+            per_shard: Vec::new(),
+            history: Vec::new(),
+        }
+    }
+}
+
 struct State {
-    latency: Mutex<Histogram<u64>>,
     tally: Mutex<Tally>,
     /// Operations started so far; with `preload`, also the next key number.
     started: AtomicU64,
@@ -393,9 +411,6 @@ pub async fn run(
     };
     let picker = Arc::new(KeyPicker::new(dist, options.keys));
     let state = Arc::new(State {
-        latency: Mutex::new(
-            Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds"),
-        ),
         tally: Mutex::new(Tally {
             per_shard: vec![0; shard_count as usize],
             ..Tally::default()
@@ -444,11 +459,10 @@ pub async fn run(
             }
             _ = ticker.tick() => {
                 let now = Instant::now();
-                let (ops, errors) = {
+                let (ops, errors, p99_us) = {
                     let t = state.tally.lock().expect("tally lock");
-                    (t.ops, t.errors)
+                    (t.ops, t.errors, t.latency.value_at_quantile(0.99))
                 };
-                let p99_us = state.latency.lock().expect("latency lock").value_at_quantile(0.99);
                 on_progress(Progress {
                     elapsed: now - start,
                     ops_per_s: (ops - last_ops) as f64 / (now - last_tick).as_secs_f64(),
@@ -465,7 +479,7 @@ pub async fn run(
     let cpu = CpuUse::since(cpu_before, elapsed);
     let metrics_after = client.metrics();
     let mut tally = std::mem::take(&mut *state.tally.lock().expect("tally lock"));
-    let latency = Latency::of(&state.latency.lock().expect("latency lock"));
+    let latency = Latency::of(&tally.latency);
     let report = Report {
         elapsed_s: elapsed.as_secs_f64(),
         ops: tally.ops,
@@ -560,18 +574,13 @@ async fn client_loop(
             (op, written)
         };
         let invoke = Instant::now();
-        let result: Result<Response, Error> = session.execute(op).await;
-        let complete = Instant::now();
+        let (result, answered): (Result<Response, Error>, _) =
+            session.execute_invoked(op, invoke).await;
+        // An answer's arrival is read once per reply datagram, for all its replies.
+        let complete = answered.unwrap_or_else(Instant::now);
         let latency_us = (complete - invoke)
             .as_micros()
             .clamp(1, LATENCY_US_MAX as u128) as u64;
-        if result.is_ok() {
-            state
-                .latency
-                .lock()
-                .expect("latency lock")
-                .saturating_record(latency_us);
-        }
         let shard = match session.last_shard.take() {
             Some(shard) => shard,
             None => kv_shared::shard::shard_for_key(&key, shard_count),
@@ -579,6 +588,7 @@ async fn client_loop(
         let mut t = state.tally.lock().expect("tally lock");
         match &result {
             Ok(response) => {
+                t.latency.saturating_record(latency_us);
                 t.ops += 1;
                 if is_read {
                     t.reads += 1;
