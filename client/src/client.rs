@@ -11,13 +11,14 @@
 
 use crate::error::Error;
 use crate::inbox;
-use crate::sender::{send_loop, Outgoing};
+use crate::sender::send_loop;
 pub use crate::session::Session;
 use crate::tickets::Tickets;
 use crate::watchdog::{sweep_loop, Slot, Watchdog};
 use bytes::{Bytes, BytesMut};
-use kv_shared::auth::{self, ClientKey, Protection, ReplayWindow, Sealer};
+use kv_shared::auth::{self, ClientKey, Protection, ReplayWindow, Sealer, BODY_BYTES_MAX};
 use kv_shared::config::{ClusterConfig, LeaderPolicy};
+use kv_shared::pack::count_prefix_bytes;
 use kv_shared::proto::{
     ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role, ShardRoute,
 };
@@ -376,7 +377,7 @@ pub(crate) struct Shared {
     pub(crate) sessions: Mutex<HashMap<ClientId, Mailbox>>,
     /// Times out the sessions' attempts.
     pub(crate) watchdog: Watchdog,
-    pub(crate) outbox: inbox::Sender<Outgoing>,
+    pub(crate) outbox: crate::outbox::Sender,
     pub(crate) counters: Counters,
     pub(crate) ids: Mutex<SmallRng>,
     /// The ticket each node issued to this process, which requests to it echo, and the
@@ -427,7 +428,7 @@ impl Client {
                 "no OS randomness for the client's incarnation: {e}"
             ))
         })?;
-        let (outbox, outbox_rx) = inbox::inbox();
+        let (outbox, outbox_rx) = crate::outbox::outbox();
         let mut topology = Topology {
             nodes: options.nodes.clone(),
             shard_count: None,
@@ -542,7 +543,6 @@ impl Client {
             epoch: 0,
             op: Op::Status,
         };
-        let encoded = Bytes::from(postcard::to_stdvec(&request).expect("a status request encodes"));
         let start = Instant::now();
         let mut results: Vec<Option<(NodeStatus, Duration)>> = vec![None; nodes.len()];
         let mut first_answer: Option<Instant> = None;
@@ -560,7 +560,8 @@ impl Client {
             if now >= next_send {
                 for (i, n) in nodes.iter().enumerate() {
                     if results[i].is_none() {
-                        self.enqueue(n.addr, encoded.clone());
+                        // A status request is far below a datagram's limit.
+                        let _ = self.enqueue(n.addr, &request, false);
                     }
                 }
                 next_send = now + resend_every;
@@ -630,7 +631,6 @@ impl Client {
             rotation: rng_seed as usize,
             open_shards: std::collections::BTreeSet::new(),
             slot,
-            arena: crate::arena::Arena::with_chunk(crate::arena::REQUEST_ARENA_BYTES),
             last_shard: None,
             shard_count: None,
         }
@@ -681,6 +681,23 @@ impl Client {
         topo.slot(shard)
             .and_then(|i| topo.routes[i].as_ref())
             .map_or(0, |r| r.epoch)
+    }
+
+    /// [`Client::cached_epoch`] and [`Client::cached_leader`] in one look at the topology
+    /// (each attempt of a request needs both).
+    pub(crate) fn epoch_and_leader(&self, shard: ShardId) -> (u64, Option<NodeAddr>) {
+        let topo = self.shared.topology.lock().expect("topology lock");
+        let Some(i) = topo.slot(shard) else {
+            return (0, None);
+        };
+        let epoch = topo.routes[i].as_ref().map_or(0, |r| r.epoch);
+        let leader = topo.leaders[i].and_then(|id| {
+            Some(NodeAddr {
+                id: Some(id),
+                addr: topo.addr_of(id)?,
+            })
+        });
+        (epoch, leader)
     }
 
     /// The replica set of `shard` as last learned (`None`: not learned yet).
@@ -760,9 +777,26 @@ impl Client {
         })
     }
 
-    pub(crate) fn enqueue(&self, to: SocketAddr, encoded_request: Bytes) {
+    /// Queues `request` for `to`, encoded straight into the outbox. `checked`: refuse it
+    /// (queue nothing) if it is too large for a datagram of its own, answering its
+    /// encoded length.
+    pub(crate) fn enqueue(
+        &self,
+        to: SocketAddr,
+        request: &ClientRequest,
+        checked: bool,
+    ) -> Result<(), usize> {
+        self.shared.outbox.push(to, |out| {
+            let start = out.len();
+            crate::request::encode(request, out);
+            let len = out.len() - start;
+            if checked && count_prefix_bytes(1) + len > BODY_BYTES_MAX {
+                return Err(len);
+            }
+            Ok(())
+        })?;
         bump(&self.shared.counters.requests_sent);
-        self.shared.outbox.send((to, encoded_request));
+        Ok(())
     }
 
     pub(crate) fn set_leader(&self, shard: ShardId, leader: Option<NodeId>) {
@@ -870,7 +904,10 @@ fn open_replies(
             .expect("tickets lock")
             .learn(from, stamp.echo);
         for request in again {
-            s.outbox.send((from, request));
+            let _ = s.outbox.push(from, |out| {
+                out.extend_from_slice(&request);
+                Ok::<(), ()>(())
+            });
         }
     }
     Some(body)

@@ -2,13 +2,11 @@
 //! and `execute`, which routes an operation, follows redirects and retries it with
 //! backoff under the same sequence number until it completes or the deadline passes.
 
-use crate::arena::Arena;
 use crate::client::{bump, Answer, Client, Incoming, NodeAddr, Response};
 use crate::error::{node_name, Error};
 use crate::watchdog::Slot;
 use bytes::Bytes;
 use kv_shared::auth::BODY_BYTES_MAX;
-use kv_shared::pack::count_prefix_bytes;
 use kv_shared::proto::{ClientError, ClientRequest, Op};
 use kv_shared::registry::METADATA_SHARD;
 use kv_shared::shard::shard_for_key;
@@ -41,8 +39,6 @@ pub struct Session {
     pub(crate) open_shards: std::collections::BTreeSet<ShardId>,
     /// Where this session arms its attempt's deadline for the client's watchdog.
     pub(crate) slot: Slot,
-    /// Where its requests are encoded.
-    pub(crate) arena: Arena,
     /// The shard of the last request `execute` routed (the bench tallies by it rather
     /// than hash the key again).
     pub(crate) last_shard: Option<ShardId>,
@@ -367,20 +363,13 @@ impl Session {
             (_, Some(key)) => keyed_shard.unwrap_or_else(|| shard_for_key(key, shard_count)),
         };
         self.last_shard = Some(shard);
-        let route_epoch = |client: &Client| client.cached_epoch(shard);
+        // The epoch is set per attempt, from the same look at the topology as the leader.
         let mut request = ClientRequest {
             client: self.id,
             seq,
-            epoch: route_epoch(&self.client),
+            epoch: 0,
             op,
         };
-        let mut encoded = crate::request::encode(&request, &mut self.arena);
-        if count_prefix_bytes(1) + encoded.len() > BODY_BYTES_MAX {
-            return Err(Error::Limit(ClientError::Malformed(format!(
-                "request is {} bytes; a datagram carries at most BODY_BYTES_MAX = {BODY_BYTES_MAX}",
-                encoded.len()
-            ))));
-        }
         // Copied out, not the whole options (a clone would allocate on every request).
         let (unavailable_after, backoff_base, backoff_max, attempt_timeout) = {
             let o = &self.client.shared.options;
@@ -462,19 +451,21 @@ impl Session {
                     }
                 });
             }
-            // The same session and seq: only the routing epoch changes between attempts. The
-            // first attempt sends the encoding made above; a retry encodes again.
-            if attempt > 0 {
-                request.epoch = route_epoch(&self.client);
-                encoded = crate::request::encode(&request, &mut self.arena);
+            // The same session and seq: only the routing epoch changes between attempts.
+            let (epoch, leader) = self.client.epoch_and_leader(shard);
+            request.epoch = epoch;
+            let target = self.pick_target(shard, stale, leader);
+            // The first attempt is refused if too large for a datagram of its own (nothing
+            // is sent); a retry's epoch can add a byte or two, which the send task checks.
+            if let Err(len) = self.client.enqueue(target.addr, &request, attempt == 0) {
+                return Err(Error::Limit(ClientError::Malformed(format!(
+                    "request is {len} bytes; a datagram carries at most BODY_BYTES_MAX = {BODY_BYTES_MAX}"
+                ))));
             }
-            let target = self.pick_target(shard, stale);
             if attempt > 0 {
                 bump(&self.client.shared.counters.retries);
             }
             attempt += 1;
-            self.client
-                .enqueue(target.addr, std::mem::take(&mut encoded));
             let attempt_end = (now + attempt_timeout).min(deadline);
             let watchdog = &self.client.shared.watchdog;
             let mark = watchdog.arm(&self.slot, attempt_end);
@@ -615,12 +606,13 @@ impl Session {
         }
     }
 
-    /// The node to send to: the cached leader, else the next of the shard's replicas in
-    /// this session's rotation (any replica redirects to the leader it knows; before the
-    /// replicas are known, any node answers with them). Stale reads go to any replica.
-    fn pick_target(&mut self, shard: ShardId, stale: bool) -> NodeAddr {
+    /// The node to send to: the cached leader `leader`, else the next of the shard's
+    /// replicas in this session's rotation (any replica redirects to the leader it knows;
+    /// before the replicas are known, any node answers with them). Stale reads go to any
+    /// replica.
+    fn pick_target(&mut self, shard: ShardId, stale: bool, leader: Option<NodeAddr>) -> NodeAddr {
         if !stale {
-            if let Some(l) = self.client.cached_leader(shard) {
+            if let Some(l) = leader {
                 return l;
             }
         }

@@ -374,6 +374,20 @@ async fn limits_are_refused_before_sending() {
         .unwrap_err();
     assert!(e.to_string().contains("VALUE_BYTES_MAX"), "{e}");
     assert!(fake.ctl().received.iter().all(|r| r.3 == Op::Status));
+    // Within every item limit, but not within a datagram: refused as it is encoded into
+    // the outbox, which then sends the next request as if it had never been there.
+    let most = Bytes::from(vec![b'v'; kv_shared::limits::VALUE_BYTES_MAX]);
+    let e = s.cas(b("k"), Some(most.clone()), most).await.unwrap_err();
+    assert!(e.to_string().contains("BODY_BYTES_MAX"), "{e}");
+    assert_eq!(e.kind(), "limit");
+    s.put(b("k"), b("v")).await.unwrap();
+    let received = fake.ctl().received.clone();
+    assert!(received.iter().all(|r| !matches!(r.3, Op::Cas { .. })));
+    assert!(received.iter().any(|r| r.3
+        == Op::Put {
+            key: b("k"),
+            value: b("v")
+        }));
 }
 
 #[tokio::test]
