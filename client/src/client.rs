@@ -18,6 +18,7 @@ use crate::watchdog::{sweep_loop, Slot, Watchdog};
 use bytes::{Bytes, BytesMut};
 use kv_shared::auth::{self, ClientKey, Protection, ReplayWindow, Sealer, BODY_BYTES_MAX};
 use kv_shared::config::{ClusterConfig, LeaderPolicy};
+use kv_shared::hashing::SeededState;
 use kv_shared::pack::count_prefix_bytes;
 use kv_shared::proto::{
     ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role, ShardRoute,
@@ -374,7 +375,9 @@ pub(crate) struct Shared {
     pub(crate) key_id: u64,
     pub(crate) options: ClientOptions,
     pub(crate) topology: Mutex<Topology>,
-    pub(crate) sessions: Mutex<HashMap<ClientId, Mailbox>>,
+    /// By bound session id. Looked up once per reply: SipHash, std's default, was a
+    /// tenth of the receive task's work per reply.
+    pub(crate) sessions: Mutex<HashMap<ClientId, Mailbox, SeededState>>,
     /// Times out the sessions' attempts.
     pub(crate) watchdog: Watchdog,
     pub(crate) outbox: crate::outbox::Sender,
@@ -447,7 +450,7 @@ impl Client {
             watchdog: Watchdog::new(options.attempt_timeout),
             options,
             topology: Mutex::new(topology),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::with_hasher(SeededState::new())),
             outbox,
             counters: Counters::default(),
             ids: Mutex::new(SmallRng::seed_from_u64(entropy())),
