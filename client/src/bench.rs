@@ -7,6 +7,7 @@ use crate::arena::Arena;
 use crate::client::{Client, Response, Session};
 use crate::error::Error;
 use crate::history::{Asked, Record};
+use crate::session::{Prepared, Timing};
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use kv_shared::linearizability::{self, CheckBudget, Operation, Verdict};
@@ -574,10 +575,23 @@ async fn client_loop(
             (op, written)
         };
         let invoke = Instant::now();
-        let (result, answered): (Result<Response, Error>, _) =
-            session.execute_invoked(op, invoke).await;
+        let mut timing = Timing {
+            invoked: Some(invoke),
+            ..Timing::default()
+        };
+        // A request of a session already open on its shard (all but a session's first
+        // write to each shard) runs its attempts without `execute`'s own async layer.
+        let result: Result<Response, Error> = match session.prepare(&op) {
+            Ok(Prepared::Ready { seq, shard }) => {
+                session
+                    .execute_once(op, seq, false, shard, &mut timing)
+                    .await
+            }
+            Ok(Prepared::OpenFirst(_)) => session.execute_waiting(op, &mut timing).await,
+            Err(limit) => Err(Error::Limit(limit)),
+        };
         // An answer's arrival is read once per reply datagram, for all its replies.
-        let complete = answered.unwrap_or_else(Instant::now);
+        let complete = timing.answered.unwrap_or_else(Instant::now);
         let latency_us = (complete - invoke)
             .as_micros()
             .clamp(1, LATENCY_US_MAX as u128) as u64;

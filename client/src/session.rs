@@ -47,15 +47,18 @@ pub struct Session {
 }
 
 /// A request's times as `execute` takes and gives them (a session keeps none: kvserver's
-/// Redis gateway holds sessions, and a larger one makes each of its answers larger).
+/// Redis gateway holds sessions, and a larger one makes each of its answers larger). The
+/// bench gives its invoke time, so the deadline counts from it without a second clock
+/// read, and takes the arrival of the answer's datagram as the completion: one clock
+/// read per reply datagram rather than one per request.
 #[derive(Default)]
-struct Timing {
+pub(crate) struct Timing {
     /// How long to wait for an answer (`None`: the client's `unavailable_after`).
-    wait: Option<Duration>,
+    pub(crate) wait: Option<Duration>,
     /// Now, if the caller read the clock for the request already.
-    invoked: Option<Instant>,
+    pub(crate) invoked: Option<Instant>,
     /// When the datagram carrying the request's answer arrived, once it did.
-    answered: Option<Instant>,
+    pub(crate) answered: Option<Instant>,
 }
 
 impl Drop for Session {
@@ -97,6 +100,15 @@ impl Reserved {
     pub fn seq(&self) -> u64 {
         self.seq
     }
+}
+
+/// [`Session::prepare`]'s answer.
+pub(crate) enum Prepared {
+    /// Run the request under sequence number `seq`; `shard`: the shard whose session a
+    /// write runs under (`None` for reads).
+    Ready { seq: u64, shard: Option<ShardId> },
+    /// The session must be opened on this shard first ([`Session::execute_waiting`]).
+    OpenFirst(ShardId),
 }
 
 /// Why the current attempt did not complete.
@@ -179,23 +191,6 @@ impl Session {
         self.execute_waiting(op, &mut Timing::default()).await
     }
 
-    /// [`Session::execute`] for a request invoked at `invoked` (now, read by the caller):
-    /// its deadline counts from then. Also returns when its answer's datagram arrived
-    /// (`None` if it ended without an answer), which the bench takes as its completion:
-    /// one clock read per reply datagram rather than one per request.
-    pub(crate) async fn execute_invoked(
-        &mut self,
-        op: Op,
-        invoked: Instant,
-    ) -> (Result<Response, Error>, Option<Instant>) {
-        let mut timing = Timing {
-            invoked: Some(invoked),
-            ..Timing::default()
-        };
-        let result = self.execute_waiting(op, &mut timing).await;
-        (result, timing.answered)
-    }
-
     /// [`Session::execute`], waiting up to `wait` instead of the client's
     /// `unavailable_after` (for an admin request the leader answers only when done, such
     /// as `Op::MoveReplica`).
@@ -207,11 +202,16 @@ impl Session {
         self.execute_waiting(op, &mut timing).await
     }
 
-    async fn execute_waiting(&mut self, op: Op, timing: &mut Timing) -> Result<Response, Error> {
-        op.check_limits().map_err(Error::Limit)?;
-        let shard = self.session_shard(&op);
-        if let (Some(shard), Some(key)) = (shard, op.key()) {
-            if !self.open_shards.contains(&shard) {
+    /// [`Session::execute`] under `timing` (which it completes with the answer's arrival).
+    pub(crate) async fn execute_waiting(
+        &mut self,
+        op: Op,
+        timing: &mut Timing,
+    ) -> Result<Response, Error> {
+        let (seq, shard) = match self.prepare(&op).map_err(Error::Limit)? {
+            Prepared::Ready { seq, shard } => (seq, shard),
+            Prepared::OpenFirst(shard) => {
+                let key = op.key().expect("a session is opened for keyed writes");
                 let open = Op::OpenSession { key: key.clone() };
                 let seq = self.take_seq();
                 // The opening is the request that starts at `invoked`; the operation's own
@@ -223,12 +223,29 @@ impl Session {
                 self.execute_once(open, seq, false, Some(shard), &mut opening)
                     .await?;
                 self.open_shards.insert(shard);
+                (self.take_seq(), Some(shard))
+            }
+        };
+        self.execute_once(op, seq, false, shard, timing).await
+    }
+
+    /// What [`Session::execute`] does before its request's attempts: checks the limits
+    /// (the error is the limit `op` breaks, an [`Error::Limit`] to `execute`), and takes
+    /// the request's sequence number unless the session must be opened on the write's
+    /// shard first. The bench runs a [`Prepared::Ready`] request with
+    /// [`Session::execute_once`] itself: an async layer less per request.
+    pub(crate) fn prepare(&mut self, op: &Op) -> Result<Prepared, ClientError> {
+        op.check_limits()?;
+        let shard = self.session_shard(op);
+        if let Some(shard) = shard {
+            if !self.open_shards.contains(&shard) {
+                return Ok(Prepared::OpenFirst(shard));
             }
         }
-        let seq = self.take_seq();
-        let result = self.execute_once(op, seq, false, shard, timing).await;
-        self.note_expiry(shard, &result);
-        result
+        Ok(Prepared::Ready {
+            seq: self.take_seq(),
+            shard,
+        })
     }
 
     /// The shard whose session write `op` runs under: `None` for reads, for
@@ -259,20 +276,6 @@ impl Session {
         let seq = self.next_seq;
         self.next_seq += 1;
         seq
-    }
-
-    /// A write refused because the shard evicted this session: the next write reopens it.
-    fn note_expiry(&mut self, shard: Option<ShardId>, result: &Result<Response, Error>) {
-        if let (
-            Some(shard),
-            Err(Error::Refused {
-                error: ClientError::SessionExpired,
-                ..
-            }),
-        ) = (shard, result)
-        {
-            self.open_shards.remove(&shard);
-        }
     }
 
     /// Sets aside the next sequence number for write `op`, to be sent another way than
@@ -318,24 +321,23 @@ impl Session {
             Some(reserved.shard),
             "a reservation is retried with its own write"
         );
-        let result = self
-            .execute_once(
-                op,
-                reserved.seq,
-                maybe_applied,
-                shard,
-                &mut Timing::default(),
-            )
-            .await;
-        self.note_expiry(shard, &result);
-        result
+        self.execute_once(
+            op,
+            reserved.seq,
+            maybe_applied,
+            shard,
+            &mut Timing::default(),
+        )
+        .await
     }
 
     /// [`Session::execute`] without opening the session (limits already checked), under
     /// sequence number `seq`; `outcome_unknown`: an earlier attempt of this write under
     /// `seq` may have been applied. `keyed_shard`: the shard of `op`'s key if the caller
-    /// worked it out already (the shard count, once known, never changes).
-    async fn execute_once(
+    /// worked it out already (the shard count, once known, never changes); a write the
+    /// shard refuses because it evicted this session (`SessionExpired`) leaves the session
+    /// closed there, so that the next write reopens it.
+    pub(crate) async fn execute_once(
         &mut self,
         op: Op,
         seq: u64,
@@ -589,6 +591,10 @@ impl Session {
                     last = format!("{who}: {e}");
                 }
                 Setback::Error(error) => {
+                    if let (ClientError::SessionExpired, Some(shard)) = (&error, keyed_shard) {
+                        // The shard evicted this session: the next write reopens it.
+                        self.open_shards.remove(&shard);
+                    }
                     let node = self.client.node_id(target);
                     return Err(Error::Refused {
                         node,

@@ -391,6 +391,30 @@ async fn limits_are_refused_before_sending() {
 }
 
 #[tokio::test]
+async fn a_write_refused_as_session_expired_reopens_the_session_on_the_next_write() {
+    let fake = FakeCluster::start(1, 1, Some(1));
+    let client = Client::connect(fake.options()).await.unwrap();
+    let mut s = client.session();
+    let opens = |fake: &FakeCluster| {
+        fake.ctl()
+            .received
+            .iter()
+            .filter(|r| matches!(r.3, Op::OpenSession { .. }))
+            .count()
+    };
+    s.put(b("k"), b("1")).await.unwrap();
+    s.put(b("k"), b("2")).await.unwrap();
+    assert_eq!(opens(&fake), 1, "opened once for both writes");
+    fake.ctl().expire_sessions = 1;
+    let e = s.put(b("k"), b("3")).await.unwrap_err();
+    assert_eq!(e.kind(), "session-expired");
+    assert_eq!(opens(&fake), 1);
+    s.put(b("k"), b("4")).await.unwrap();
+    assert_eq!(opens(&fake), 2, "the next write opened the session again");
+    assert_eq!(fake.ctl().data.get(&b("k")), Some(&b("4")));
+}
+
+#[tokio::test]
 async fn cas_both_forms_and_mismatch() {
     let fake = FakeCluster::start(1, 1, Some(1));
     let client = Client::connect(fake.options()).await.unwrap();
