@@ -376,7 +376,11 @@ const DECIMAL_DIGITS_MAX: usize = 20;
 fn push_decimal(out: &mut BytesMut, n: u64, width: usize) {
     let mut buf = itoa::Buffer::new();
     let digits = buf.format(n).as_bytes();
-    out.resize(out.len() + width.saturating_sub(digits.len()), b'0');
+    // A value's number is not padded: no resize to the same length for each.
+    let zeros = width.saturating_sub(digits.len());
+    if zeros > 0 {
+        out.resize(out.len() + zeros, b'0');
+    }
     out.extend_from_slice(digits);
 }
 
