@@ -456,6 +456,8 @@ pub async fn run(
     let shard_count = client
         .shard_count()
         .expect("a connected client knows the shard count");
+    // Borrowed by the clients until the end; `options` itself goes into the report.
+    let client_options = options.clone();
     let mut seeder = SmallRng::seed_from_u64(options.seed);
     let tag = run_tag();
     // A preload takes keys in order, so no distribution is worth precomputing.
@@ -482,31 +484,28 @@ pub async fn run(
     let cpu_before = process_cpu_s();
     let metrics_before = client.metrics();
     let start = Instant::now();
-    let mut tasks = Vec::with_capacity(options.clients);
+    // The clients run on this task (`drive`), not as tokio tasks of their own: a reply
+    // wakes its client without a task schedule and poll each.
+    let mut clients = Vec::with_capacity(options.clients);
     for _ in 0..options.clients {
         let session = client.session();
         let rng = SmallRng::seed_from_u64(seeder.gen());
-        let (state, picker, names, options, tag) = (
-            state.clone(),
-            picker.clone(),
-            names.clone(),
-            options.clone(),
-            tag.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
+        let (state, picker, names, options, tag) =
+            (&*state, &*picker, &*names, &client_options, &tag);
+        clients.push(async move {
             client_loop(
                 session,
                 rng,
-                &state,
-                &picker,
-                &names,
-                &options,
-                &tag,
+                state,
+                picker,
+                names,
+                options,
+                tag,
                 start,
                 shard_count,
             )
             .await
-        }));
+        });
     }
     let deadline = options.duration.map(|d| start + d);
     let mut ticker = tokio::time::interval_at(
@@ -515,7 +514,7 @@ pub async fn run(
     );
     let mut last_ops = 0u64;
     let mut last_tick = start;
-    let all_done = futures_join(tasks);
+    let all_done = crate::drive::drive(clients);
     tokio::pin!(all_done);
     loop {
         let stop_at = deadline.unwrap_or(start + Duration::from_secs(u32::MAX as u64));
@@ -574,17 +573,6 @@ pub async fn run(
     BenchRun {
         report,
         history: tally.history,
-    }
-}
-
-/// Waits for every task; a panicked client task is a bug and is re-raised.
-async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
-    for t in tasks {
-        if let Err(e) = t.await {
-            if e.is_panic() {
-                std::panic::resume_unwind(e.into_panic());
-            }
-        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`session`]: [`Session`] (one logical client: routing, redirects, retries under one
 //!   sequence number).
 //! - `arena`: one buffer for many small byte strings (the bench's keys and values).
+//! - `drive`: the bench's clients polled by one task rather than a tokio task each.
 //! - `inbox`: a session's replies and expiry notices, handed over under one lock.
 //! - `outbox`: the requests ready to send, encoded by their sessions into one buffer.
 //! - `request`: gets and puts encoded without postcard's serializer, byte for byte alike.
@@ -32,6 +33,7 @@ pub mod balance_output;
 pub mod bench;
 pub mod client;
 pub mod command;
+mod drive;
 pub mod error;
 pub mod history;
 mod inbox;
