@@ -1,19 +1,12 @@
 //! Small byte strings written into one shared buffer instead of a heap allocation each:
-//! the load generator's keys and values and every session's encoded requests, so that a
-//! request costs no `malloc` and `free` of its own on the client's one thread.
+//! the load generator's keys and values, so that a request costs no `malloc` and `free`
+//! of its own on the client's one thread.
 
 use bytes::{Bytes, BytesMut};
 
 /// Bytes of one buffer of the load generator's keys and values: about a hundred and
 /// forty 16 B keys with 100 B values.
 pub(crate) const ARENA_BYTES: usize = 16 * 1024;
-
-/// Bytes of one buffer of a session's encoded requests: about thirty puts of a 16 B key
-/// and a 100 B value. Smaller than [`ARENA_BYTES`] because a session keeps its buffer
-/// while idle, and kvserver's Redis gateway keeps idle sessions for its connections: at
-/// 4 KiB a session holds less than the tokio channel it replaced took at creation
-/// (a block of 32 replies of 248 bytes).
-pub(crate) const REQUEST_ARENA_BYTES: usize = 4 * 1024;
 
 /// Hands out `Bytes` slices of a buffer (cloned and dropped by a reference count) until
 /// the buffer is full and the next one is allocated; a buffer is freed when the last

@@ -7,6 +7,7 @@ use crate::arena::Arena;
 use crate::client::{Client, Response, Session};
 use crate::error::Error;
 use crate::history::{Asked, Record};
+use crate::session::{Prepared, Timing};
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use kv_shared::linearizability::{self, CheckBudget, Operation, Verdict};
@@ -280,12 +281,8 @@ impl Arena {
     /// `key_size` bytes. Written digit by digit: `format!`'s machinery would be paid per key
     /// by the load generator, which shares the cores with the servers it measures.
     pub(crate) fn key(&mut self, tag: &str, i: u64, key_size: usize) -> Bytes {
-        let width = key_size.saturating_sub(tag.len() + 1);
-        let len_max = key_size.max(tag.len() + 1 + DECIMAL_DIGITS_MAX);
-        self.take(len_max, |k| {
-            k.extend_from_slice(tag.as_bytes());
-            k.extend_from_slice(b"-");
-            push_decimal(k, i, width);
+        self.take(key_len_max(tag, key_size), |k| {
+            push_key(k, tag, i, key_size)
         })
     }
 
@@ -302,6 +299,60 @@ impl Arena {
                 v.resize(start + value_size, b'.');
             }
         })
+    }
+}
+
+/// The most bytes [`push_key`] appends.
+fn key_len_max(tag: &str, key_size: usize) -> usize {
+    key_size.max(tag.len() + 1 + DECIMAL_DIGITS_MAX)
+}
+
+/// Appends key number `i`: the run's tag, `-`, then the number, zero-padded so that the
+/// key has `key_size` bytes (longer if the number needs more digits).
+fn push_key(k: &mut BytesMut, tag: &str, i: u64, key_size: usize) {
+    let width = key_size.saturating_sub(tag.len() + 1);
+    k.extend_from_slice(tag.as_bytes());
+    k.extend_from_slice(b"-");
+    push_decimal(k, i, width);
+}
+
+/// Most keys whose names a run writes ahead ([`KeyNames`]): 16 MiB of 16 B keys.
+const KEY_NAMES_MAX: u64 = 1 << 20;
+
+/// Every key name of a run, written once, before the load, into one buffer: a request
+/// then takes its key as a slice of it (a reference count) rather than writing the key
+/// digit by digit, a fifth of the load generator's own work per put before.
+struct KeyNames {
+    all: Bytes,
+    /// Where key i starts in `all`; key i ends where key i + 1 starts.
+    starts: Vec<u32>,
+}
+
+impl KeyNames {
+    /// The names of keys `0..keys`, or `None` if there are more than [`KEY_NAMES_MAX`]
+    /// (each request then writes its own).
+    fn new(tag: &str, keys: u64, key_size: usize) -> Option<KeyNames> {
+        if keys > KEY_NAMES_MAX {
+            return None;
+        }
+        let mut all = BytesMut::with_capacity(keys as usize * key_len_max(tag, key_size));
+        let mut starts = Vec::with_capacity(keys as usize + 1);
+        for i in 0..keys {
+            starts.push(u32::try_from(all.len()).ok()?);
+            push_key(&mut all, tag, i, key_size);
+        }
+        starts.push(u32::try_from(all.len()).ok()?);
+        Some(KeyNames {
+            all: all.freeze(),
+            starts,
+        })
+    }
+
+    /// Key number `i`.
+    fn key(&self, i: u64) -> Bytes {
+        let i = i as usize;
+        self.all
+            .slice(self.starts[i] as usize..self.starts[i + 1] as usize)
     }
 }
 
@@ -325,7 +376,11 @@ const DECIMAL_DIGITS_MAX: usize = 20;
 fn push_decimal(out: &mut BytesMut, n: u64, width: usize) {
     let mut buf = itoa::Buffer::new();
     let digits = buf.format(n).as_bytes();
-    out.resize(out.len() + width.saturating_sub(digits.len()), b'0');
+    // A value's number is not padded: no resize to the same length for each.
+    let zeros = width.saturating_sub(digits.len());
+    if zeros > 0 {
+        out.resize(out.len() + zeros, b'0');
+    }
     out.extend_from_slice(digits);
 }
 
@@ -349,8 +404,10 @@ fn parse_proc_stat_cpu(stat: &str) -> Option<(f64, f64)> {
     Some((utime / USER_HZ, stime / USER_HZ))
 }
 
-#[derive(Default)]
+/// What the clients count, under one lock (taken once per operation).
 struct Tally {
+    /// Latency of successful operations, in microseconds.
+    latency: Histogram<u64>,
     ops: u64,
     reads: u64,
     writes: u64,
@@ -361,8 +418,24 @@ struct Tally {
     history: Vec<Record>,
 }
 
+impl Default for Tally {
+    fn default() -> Tally {
+        Tally {
+            latency: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)
+                .expect("valid histogram bounds"),
+            ops: 0,
+            reads: 0,
+            writes: 0,
+            not_found: 0,
+            errors: 0,
+            errors_by_kind: BTreeMap::new(),
+            per_shard: Vec::new(),
+            history: Vec::new(),
+        }
+    }
+}
+
 struct State {
-    latency: Mutex<Histogram<u64>>,
     tally: Mutex<Tally>,
     /// Operations started so far; with `preload`, also the next key number.
     started: AtomicU64,
@@ -383,6 +456,8 @@ pub async fn run(
     let shard_count = client
         .shard_count()
         .expect("a connected client knows the shard count");
+    // Borrowed by the clients until the end; `options` itself goes into the report.
+    let client_options = options.clone();
     let mut seeder = SmallRng::seed_from_u64(options.seed);
     let tag = run_tag();
     // A preload takes keys in order, so no distribution is worth precomputing.
@@ -392,10 +467,13 @@ pub async fn run(
         options.dist
     };
     let picker = Arc::new(KeyPicker::new(dist, options.keys));
+    // A preload writes each key once: nothing to gain from writing the names ahead.
+    let names = Arc::new(if options.preload {
+        None
+    } else {
+        KeyNames::new(&tag, options.keys, options.key_size)
+    });
     let state = Arc::new(State {
-        latency: Mutex::new(
-            Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds"),
-        ),
         tally: Mutex::new(Tally {
             per_shard: vec![0; shard_count as usize],
             ..Tally::default()
@@ -406,25 +484,28 @@ pub async fn run(
     let cpu_before = process_cpu_s();
     let metrics_before = client.metrics();
     let start = Instant::now();
-    let mut tasks = Vec::with_capacity(options.clients);
+    // The clients run on this task (`drive`), not as tokio tasks of their own: a reply
+    // wakes its client without a task schedule and poll each.
+    let mut clients = Vec::with_capacity(options.clients);
     for _ in 0..options.clients {
         let session = client.session();
         let rng = SmallRng::seed_from_u64(seeder.gen());
-        let (state, picker, options, tag) =
-            (state.clone(), picker.clone(), options.clone(), tag.clone());
-        tasks.push(tokio::spawn(async move {
+        let (state, picker, names, options, tag) =
+            (&*state, &*picker, &*names, &client_options, &tag);
+        clients.push(async move {
             client_loop(
                 session,
                 rng,
-                &state,
-                &picker,
-                &options,
-                &tag,
+                state,
+                picker,
+                names,
+                options,
+                tag,
                 start,
                 shard_count,
             )
             .await
-        }));
+        });
     }
     let deadline = options.duration.map(|d| start + d);
     let mut ticker = tokio::time::interval_at(
@@ -433,7 +514,7 @@ pub async fn run(
     );
     let mut last_ops = 0u64;
     let mut last_tick = start;
-    let all_done = futures_join(tasks);
+    let all_done = crate::drive::drive(clients);
     tokio::pin!(all_done);
     loop {
         let stop_at = deadline.unwrap_or(start + Duration::from_secs(u32::MAX as u64));
@@ -444,11 +525,10 @@ pub async fn run(
             }
             _ = ticker.tick() => {
                 let now = Instant::now();
-                let (ops, errors) = {
+                let (ops, errors, p99_us) = {
                     let t = state.tally.lock().expect("tally lock");
-                    (t.ops, t.errors)
+                    (t.ops, t.errors, t.latency.value_at_quantile(0.99))
                 };
-                let p99_us = state.latency.lock().expect("latency lock").value_at_quantile(0.99);
                 on_progress(Progress {
                     elapsed: now - start,
                     ops_per_s: (ops - last_ops) as f64 / (now - last_tick).as_secs_f64(),
@@ -465,7 +545,7 @@ pub async fn run(
     let cpu = CpuUse::since(cpu_before, elapsed);
     let metrics_after = client.metrics();
     let mut tally = std::mem::take(&mut *state.tally.lock().expect("tally lock"));
-    let latency = Latency::of(&state.latency.lock().expect("latency lock"));
+    let latency = Latency::of(&tally.latency);
     let report = Report {
         elapsed_s: elapsed.as_secs_f64(),
         ops: tally.ops,
@@ -496,23 +576,13 @@ pub async fn run(
     }
 }
 
-/// Waits for every task; a panicked client task is a bug and is re-raised.
-async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
-    for t in tasks {
-        if let Err(e) = t.await {
-            if e.is_panic() {
-                std::panic::resume_unwind(e.into_panic());
-            }
-        }
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn client_loop(
     mut session: Session,
     mut rng: SmallRng,
     state: &State,
     picker: &KeyPicker,
+    names: &Option<KeyNames>,
     options: &BenchOptions,
     tag: &str,
     start: Instant,
@@ -540,7 +610,10 @@ async fn client_loop(
             }
             picker.pick(&mut rng)
         };
-        let key = arena.key(tag, key_number, options.key_size);
+        let key = match names {
+            Some(names) => names.key(key_number),
+            None => arena.key(tag, key_number, options.key_size),
+        };
         let is_read = !options.preload && rng.gen_bool(options.read_fraction);
         // The value is kept for the history only when one is recorded.
         let (op, written) = if is_read {
@@ -560,18 +633,26 @@ async fn client_loop(
             (op, written)
         };
         let invoke = Instant::now();
-        let result: Result<Response, Error> = session.execute(op).await;
-        let complete = Instant::now();
+        let mut timing = Timing {
+            invoked: Some(invoke),
+            ..Timing::default()
+        };
+        // A request of a session already open on its shard (all but a session's first
+        // write to each shard) runs its attempts without `execute`'s own async layer.
+        let result: Result<Response, Error> = match session.prepare(&op) {
+            Ok(Prepared::Ready { seq, shard }) => {
+                session
+                    .execute_once(op, seq, false, shard, &mut timing)
+                    .await
+            }
+            Ok(Prepared::OpenFirst(_)) => session.execute_waiting(op, &mut timing).await,
+            Err(limit) => Err(Error::Limit(limit)),
+        };
+        // An answer's arrival is read once per reply datagram, for all its replies.
+        let complete = timing.answered.unwrap_or_else(Instant::now);
         let latency_us = (complete - invoke)
             .as_micros()
             .clamp(1, LATENCY_US_MAX as u128) as u64;
-        if result.is_ok() {
-            state
-                .latency
-                .lock()
-                .expect("latency lock")
-                .saturating_record(latency_us);
-        }
         let shard = match session.last_shard.take() {
             Some(shard) => shard,
             None => kv_shared::shard::shard_for_key(&key, shard_count),
@@ -579,6 +660,7 @@ async fn client_loop(
         let mut t = state.tally.lock().expect("tally lock");
         match &result {
             Ok(response) => {
+                t.latency.saturating_record(latency_us);
                 t.ops += 1;
                 if is_read {
                     t.reads += 1;
@@ -821,6 +903,23 @@ mod tests {
                 assert_eq!(value_for(client, n, value_size), want, "{client} {n}");
             }
         }
+    }
+
+    #[test]
+    fn key_names_written_ahead_are_the_keys_an_arena_writes() {
+        for (keys, key_size) in [(1u64, 16usize), (1000, 16), (1000, 9), (150, 0)] {
+            let names = KeyNames::new("b00abcd", keys, key_size).expect("a small key space");
+            for i in 0..keys {
+                assert_eq!(names.key(i), key_name("b00abcd", i, key_size), "key {i}");
+            }
+        }
+        let names = KeyNames::new("b00abcd", 3, 16).unwrap();
+        assert_eq!(
+            names.key(1).as_ptr(),
+            names.key(0).as_ptr().wrapping_add(16),
+            "one buffer"
+        );
+        assert!(KeyNames::new("b00abcd", KEY_NAMES_MAX + 1, 16).is_none());
     }
 
     #[test]

@@ -11,13 +11,15 @@
 
 use crate::error::Error;
 use crate::inbox;
-use crate::sender::{send_loop, Outgoing};
+use crate::sender::send_loop;
 pub use crate::session::Session;
 use crate::tickets::Tickets;
 use crate::watchdog::{sweep_loop, Slot, Watchdog};
-use bytes::Bytes;
-use kv_shared::auth::{self, ClientKey, Protection, ReplayWindow, Sealer};
+use bytes::{Bytes, BytesMut};
+use kv_shared::auth::{self, ClientKey, Protection, ReplayWindow, Sealer, BODY_BYTES_MAX};
 use kv_shared::config::{ClusterConfig, LeaderPolicy};
+use kv_shared::hashing::SeededState;
+use kv_shared::pack::count_prefix_bytes;
 use kv_shared::proto::{
     ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role, ShardRoute,
 };
@@ -230,6 +232,8 @@ pub(crate) struct Incoming {
     /// 0 for a reply; else the notice that the attempt armed with this mark expired
     /// ([`Watchdog::arm`]).
     pub(crate) expired: u64,
+    /// When the reply's datagram arrived (or the notice was sent).
+    pub(crate) at: Instant,
 }
 
 /// Where the receiver and the watchdog reach a session.
@@ -371,10 +375,12 @@ pub(crate) struct Shared {
     pub(crate) key_id: u64,
     pub(crate) options: ClientOptions,
     pub(crate) topology: Mutex<Topology>,
-    pub(crate) sessions: Mutex<HashMap<ClientId, Mailbox>>,
+    /// By bound session id. Looked up once per reply: SipHash, std's default, was a
+    /// tenth of the receive task's work per reply.
+    pub(crate) sessions: Mutex<HashMap<ClientId, Mailbox, SeededState>>,
     /// Times out the sessions' attempts.
     pub(crate) watchdog: Watchdog,
-    pub(crate) outbox: inbox::Sender<Outgoing>,
+    pub(crate) outbox: crate::outbox::Sender,
     pub(crate) counters: Counters,
     pub(crate) ids: Mutex<SmallRng>,
     /// The ticket each node issued to this process, which requests to it echo, and the
@@ -425,7 +431,7 @@ impl Client {
                 "no OS randomness for the client's incarnation: {e}"
             ))
         })?;
-        let (outbox, outbox_rx) = inbox::inbox();
+        let (outbox, outbox_rx) = crate::outbox::outbox();
         let mut topology = Topology {
             nodes: options.nodes.clone(),
             shard_count: None,
@@ -444,7 +450,7 @@ impl Client {
             watchdog: Watchdog::new(options.attempt_timeout),
             options,
             topology: Mutex::new(topology),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::with_hasher(SeededState::new())),
             outbox,
             counters: Counters::default(),
             ids: Mutex::new(SmallRng::seed_from_u64(entropy())),
@@ -540,7 +546,6 @@ impl Client {
             epoch: 0,
             op: Op::Status,
         };
-        let encoded = Bytes::from(postcard::to_stdvec(&request).expect("a status request encodes"));
         let start = Instant::now();
         let mut results: Vec<Option<(NodeStatus, Duration)>> = vec![None; nodes.len()];
         let mut first_answer: Option<Instant> = None;
@@ -558,7 +563,8 @@ impl Client {
             if now >= next_send {
                 for (i, n) in nodes.iter().enumerate() {
                     if results[i].is_none() {
-                        self.enqueue(n.addr, encoded.clone());
+                        // A status request is far below a datagram's limit.
+                        let _ = self.enqueue(n.addr, &request, false);
                     }
                 }
                 next_send = now + resend_every;
@@ -628,7 +634,6 @@ impl Client {
             rotation: rng_seed as usize,
             open_shards: std::collections::BTreeSet::new(),
             slot,
-            arena: crate::arena::Arena::with_chunk(crate::arena::REQUEST_ARENA_BYTES),
             last_shard: None,
             shard_count: None,
         }
@@ -679,6 +684,23 @@ impl Client {
         topo.slot(shard)
             .and_then(|i| topo.routes[i].as_ref())
             .map_or(0, |r| r.epoch)
+    }
+
+    /// [`Client::cached_epoch`] and [`Client::cached_leader`] in one look at the topology
+    /// (each attempt of a request needs both).
+    pub(crate) fn epoch_and_leader(&self, shard: ShardId) -> (u64, Option<NodeAddr>) {
+        let topo = self.shared.topology.lock().expect("topology lock");
+        let Some(i) = topo.slot(shard) else {
+            return (0, None);
+        };
+        let epoch = topo.routes[i].as_ref().map_or(0, |r| r.epoch);
+        let leader = topo.leaders[i].and_then(|id| {
+            Some(NodeAddr {
+                id: Some(id),
+                addr: topo.addr_of(id)?,
+            })
+        });
+        (epoch, leader)
     }
 
     /// The replica set of `shard` as last learned (`None`: not learned yet).
@@ -758,9 +780,26 @@ impl Client {
         })
     }
 
-    pub(crate) fn enqueue(&self, to: SocketAddr, encoded_request: Bytes) {
+    /// Queues `request` for `to`, encoded straight into the outbox. `checked`: refuse it
+    /// (queue nothing) if it is too large for a datagram of its own, answering its
+    /// encoded length.
+    pub(crate) fn enqueue(
+        &self,
+        to: SocketAddr,
+        request: &ClientRequest,
+        checked: bool,
+    ) -> Result<(), usize> {
+        self.shared.outbox.push(to, |out| {
+            let start = out.len();
+            crate::request::encode(request, out);
+            let len = out.len() - start;
+            if checked && count_prefix_bytes(1) + len > BODY_BYTES_MAX {
+                return Err(len);
+            }
+            Ok(())
+        })?;
         bump(&self.shared.counters.requests_sent);
-        self.shared.outbox.send((to, encoded_request));
+        Ok(())
     }
 
     pub(crate) fn set_leader(&self, shard: ShardId, leader: Option<NodeId>) {
@@ -790,26 +829,37 @@ fn entropy() -> u64 {
 }
 
 async fn receive_loop(shared: std::sync::Weak<Shared>) {
-    let mut buf = vec![0u8; RECV_BUFFER_BYTES];
+    // Datagrams are received into one buffer in turn and a reply's value is a slice of
+    // its datagram: a value costs no allocation and copy of its own, and the buffer is
+    // reused in place once the values of earlier datagrams are dropped.
+    let mut buf = BytesMut::new();
     // One window per node (by id); only replies whose tag verified create one.
     let mut windows: HashMap<u64, ReplayWindow> = HashMap::new();
     // A datagram's replies, decoded all before any is handed over; kept between datagrams.
     let mut replies: Vec<DecodedReply> = Vec::new();
     loop {
         let Some(s) = shared.upgrade() else { return };
-        let (len, from) = match s.socket.recv_from(&mut buf).await {
-            Ok(x) => x,
+        buf.clear();
+        buf.reserve(RECV_BUFFER_BYTES);
+        let from = match s.socket.recv_buf_from(&mut buf).await {
+            Ok((_, from)) => from,
             // ICMP errors surface here on some systems; the retry logic handles the loss.
             Err(_) => continue,
         };
-        let Some(body) = open_replies(&s, &mut buf[..len], from, &mut windows) else {
+        // One clock read per datagram: the time its replies arrived, which a session
+        // reports as its request's completion.
+        let at = Instant::now();
+        let mut datagram = buf.split();
+        let Some(body) = open_replies(&s, &mut datagram, from, &mut windows) else {
             bump(&s.counters.datagrams_dropped);
             continue;
         };
-        if decode_replies(body, &mut replies).is_none() {
+        let body = datagram.freeze().slice(body);
+        if decode_replies(&body, &mut replies).is_none() {
             bump(&s.counters.datagrams_dropped);
             continue;
         }
+        drop(body);
         if !replies.is_empty() {
             bump(&s.counters.reply_datagrams);
         }
@@ -822,27 +872,32 @@ async fn receive_loop(shared: std::sync::Weak<Shared>) {
                     seq,
                     outcome,
                     expired: 0,
+                    at,
                 });
             }
         }
     }
 }
 
-/// The body of a reply datagram (its encoded replies), if its header, tag and stamp are
-/// good. A hello (a reply whose stamp echoes a ticket, with no replies) sends again,
+/// Where in `datagram` its body (its encoded replies) lies, if its header, tag and stamp
+/// are good. A hello (a reply whose stamp echoes a ticket, with no replies) sends again,
 /// under the ticket, the requests that went to its node without one.
-fn open_replies<'a>(
+fn open_replies(
     s: &Shared,
-    datagram: &'a mut [u8],
+    datagram: &mut [u8],
     from: SocketAddr,
     windows: &mut HashMap<u64, ReplayWindow>,
-) -> Option<&'a [u8]> {
+) -> Option<std::ops::Range<usize>> {
     let (header, _) = wire::decode(datagram, s.cluster_id).ok()?;
     if header.kind != Kind::ClientReplies {
         return None;
     }
+    let start = datagram.as_ptr() as usize;
     let opened = auth::open(datagram, &header, std::slice::from_ref(&s.replies)).ok()?;
     let stamp = opened.stamp;
+    // The body is a part of the datagram (opened in place).
+    let offset = opened.body.as_ptr() as usize - start;
+    let body = offset..offset + opened.body.len();
     let window = windows.entry(header.sender).or_default();
     window.accept(stamp.incarnation, stamp.counter).ok()?;
     if stamp.echo != 0 {
@@ -852,10 +907,13 @@ fn open_replies<'a>(
             .expect("tickets lock")
             .learn(from, stamp.echo);
         for request in again {
-            s.outbox.send((from, request));
+            let _ = s.outbox.push(from, |out| {
+                out.extend_from_slice(&request);
+                Ok::<(), ()>(())
+            });
         }
     }
-    Some(opened.body)
+    Some(body)
 }
 
 /// A reply as the receive task hands it over: (session, sequence number, answer).
@@ -863,12 +921,13 @@ type DecodedReply = (ClientId, u64, Answer);
 
 /// Decodes a reply datagram's body, a postcard `Vec<ClientReply>`, into `out` (emptied
 /// first), each reply as (session, sequence number, answer) the moment it is decoded;
-/// `None` if the body is not such a `Vec`, as `wire::decode_value` would say.
-fn decode_replies(body: &[u8], out: &mut Vec<DecodedReply>) -> Option<()> {
+/// `None` if the body is not such a `Vec`, as `wire::decode_value` would say. Values of
+/// the common replies are slices of `body`.
+fn decode_replies(body: &Bytes, out: &mut Vec<DecodedReply>) -> Option<()> {
     out.clear();
     let (count, mut rest) = postcard::take_from_bytes::<usize>(body).ok()?;
     for _ in 0..count {
-        let (reply, after) = match take_common_reply(rest) {
+        let (reply, after) = match take_common_reply(body, rest) {
             Some(taken) => taken,
             None => {
                 let (r, after) = postcard::take_from_bytes::<ClientReply>(rest).ok()?;
@@ -882,11 +941,12 @@ fn decode_replies(body: &[u8], out: &mut Vec<DecodedReply>) -> Option<()> {
 }
 
 /// A reply of the outcomes a load sees most (done, a value, no value) from the front of
-/// `b`, decoded as postcard decodes a `ClientReply`, and what follows it; `None` for any
-/// other outcome or anything unusual, which postcard then decodes (or refuses) itself.
-/// Postcard's generic decoding (a visitor per field) is a large part of what a reply costs
-/// the load generator; docs/PERFORMANCE.md has the counts.
-fn take_common_reply(b: &[u8]) -> Option<(DecodedReply, &[u8])> {
+/// `b` (a part of `body`), decoded as postcard decodes a `ClientReply`, and what follows
+/// it; `None` for any other outcome or anything unusual, which postcard then decodes (or
+/// refuses) itself. Postcard's generic decoding (a visitor per field) is a large part of
+/// what a reply costs the load generator; docs/PERFORMANCE.md has the counts. A value is
+/// a slice of `body`, not a copy.
+fn take_common_reply<'a>(body: &Bytes, b: &'a [u8]) -> Option<(DecodedReply, &'a [u8])> {
     let (client, b) = take_varint(b)?;
     let (seq, b) = take_varint(b)?;
     // `Outcome`'s variant index, a varint: 0 is `Value`, 1 is `Done`.
@@ -899,7 +959,7 @@ fn take_common_reply(b: &[u8]) -> Option<(DecodedReply, &[u8])> {
                 let (len, b) = take_varint(b)?;
                 let len = usize::try_from(len).ok().filter(|&l| l <= b.len())?;
                 let (value, b) = b.split_at(len);
-                (Response::Value(Some(Bytes::copy_from_slice(value))), b)
+                (Response::Value(Some(body.slice_ref(value))), b)
             }
             _ => return None,
         },
@@ -971,7 +1031,7 @@ mod tests {
                 format!("{v:?}")
             });
             let mut out = Vec::new();
-            let got = decode_replies(body, &mut out).map(|()| format!("{out:?}"));
+            let got = decode_replies(&Bytes::copy_from_slice(body), &mut out).map(|()| format!("{out:?}"));
             proptest::prop_assert_eq!(got, want);
         }
     }
@@ -999,7 +1059,10 @@ mod tests {
         .collect();
         let body = postcard::to_stdvec(&replies).unwrap();
         let mut out = vec![(ClientId(9), 9, Answer::Done(Response::Done))];
-        assert_eq!(decode_replies(&body, &mut out), Some(()));
+        assert_eq!(
+            decode_replies(&Bytes::from(body.clone()), &mut out),
+            Some(())
+        );
         assert_eq!(out.len(), replies.len(), "emptied first");
         for ((client, seq, answer), want) in out.iter().zip(&replies) {
             assert_eq!((*client, *seq), (want.client, want.seq));
@@ -1012,10 +1075,38 @@ mod tests {
         }
         for bad in [&body[..body.len() - 1], &[3u8, 0][..], &[][..]] {
             assert!(wire::decode_value::<Vec<ClientReply>>(bad).is_err());
-            assert_eq!(decode_replies(bad, &mut out), None, "{bad:?}");
+            assert_eq!(
+                decode_replies(&Bytes::copy_from_slice(bad), &mut out),
+                None,
+                "{bad:?}"
+            );
         }
-        assert_eq!(decode_replies(&[0], &mut out), Some(()));
+        assert_eq!(
+            decode_replies(&Bytes::from_static(&[0]), &mut out),
+            Some(())
+        );
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_decoded_value_is_a_slice_of_its_datagram_not_a_copy() {
+        let replies = vec![ClientReply {
+            client: ClientId(7),
+            seq: 1,
+            outcome: Outcome::Value(Some(Bytes::from_static(b"the value"))),
+        }];
+        let body = Bytes::from(postcard::to_stdvec(&replies).unwrap());
+        let mut out = Vec::new();
+        assert_eq!(decode_replies(&body, &mut out), Some(()));
+        let Answer::Done(Response::Value(Some(value))) = &out[0].2 else {
+            panic!("{:?}", out[0]);
+        };
+        assert_eq!(&value[..], b"the value");
+        let inside = body.as_ptr_range();
+        assert!(
+            inside.contains(&value.as_ptr()),
+            "the value points into the body"
+        );
     }
 
     #[test]

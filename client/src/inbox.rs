@@ -1,6 +1,5 @@
-//! A session's inbox, and the send task's outbox: the receive task and the watchdog hand
-//! a session its replies and expiry notices, and the sessions hand the send task their
-//! requests, under one uncontended lock. A tokio channel's block list, semaphore and
+//! A session's inbox: the receive task and the watchdog hand a session its replies and
+//! expiry notices under one uncontended lock. A tokio channel's block list, semaphore and
 //! cooperative budget are paid on every reply, on the critical path of every lock-step
 //! round.
 
@@ -83,30 +82,6 @@ impl<T> Receiver<T> {
     }
 }
 
-impl<T> Receiver<T> {
-    /// Moves every item queued, at most `limit`, into `out`, waiting for one if none is;
-    /// 0 once the sender is gone and every item sent was received.
-    pub(crate) async fn recv_many(&mut self, out: &mut Vec<T>, limit: usize) -> usize {
-        poll_fn(|cx| {
-            let mut s = self.0.lock().expect("inbox lock");
-            if !s.queue.is_empty() {
-                let n = s.queue.len().min(limit);
-                out.extend(s.queue.drain(..n));
-                return Poll::Ready(n);
-            }
-            if s.closed {
-                return Poll::Ready(0);
-            }
-            match &mut s.waker {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                w => *w = Some(cx.waker().clone()),
-            }
-            Poll::Pending
-        })
-        .await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,33 +114,6 @@ mod tests {
             "items sent before the close are kept"
         );
         assert_eq!(rx.recv().await, None);
-    }
-
-    #[tokio::test]
-    async fn recv_many_takes_what_is_queued_up_to_its_limit() {
-        let (tx, mut rx) = inbox();
-        for i in 0..5 {
-            tx.send(i);
-        }
-        let mut out = vec![99];
-        assert_eq!(rx.recv_many(&mut out, 3).await, 3);
-        assert_eq!(rx.recv_many(&mut out, 3).await, 2);
-        assert_eq!(out, [99, 0, 1, 2, 3, 4]);
-        let waiting = tokio::spawn(async move {
-            let mut got = Vec::new();
-            let n = rx.recv_many(&mut got, 10).await;
-            (n, got, rx)
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!waiting.is_finished(), "nothing to receive yet");
-        tx.send(7);
-        let (n, got, mut rx) = tokio::time::timeout(Duration::from_secs(5), waiting)
-            .await
-            .expect("the send woke the receiver")
-            .unwrap();
-        assert_eq!((n, got), (1, vec![7]));
-        drop(tx);
-        assert_eq!(rx.recv_many(&mut out, 3).await, 0);
     }
 
     #[tokio::test]

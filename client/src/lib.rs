@@ -5,8 +5,10 @@
 //! - [`client`]: [`Client`] (one UDP socket, leader cache, batching).
 //! - [`session`]: [`Session`] (one logical client: routing, redirects, retries under one
 //!   sequence number).
-//! - `arena`: one buffer for many small byte strings (keys, values, encoded requests).
+//! - `arena`: one buffer for many small byte strings (the bench's keys and values).
+//! - `drive`: the bench's clients polled by one task rather than a tokio task each.
 //! - `inbox`: a session's replies and expiry notices, handed over under one lock.
+//! - `outbox`: the requests ready to send, encoded by their sessions into one buffer.
 //! - `request`: gets and puts encoded without postcard's serializer, byte for byte alike.
 //! - `sender`: the send task, which packs the requests ready for one node into as few
 //!   datagrams as fit.
@@ -31,11 +33,13 @@ pub mod balance_output;
 pub mod bench;
 pub mod client;
 pub mod command;
+mod drive;
 pub mod error;
 pub mod history;
 mod inbox;
 pub mod local;
 pub mod nodes;
+mod outbox;
 pub mod output;
 mod request;
 pub mod run;

@@ -1,23 +1,21 @@
 //! A client request's encoding, written by hand for the two operations a session sends
-//! most (get and put) into the session's [`Arena`], byte for byte what postcard writes,
-//! without postcard's sizing pass, serializer and exact-length `Vec` on every request.
-//! Every other operation goes through postcard.
+//! most (get and put) straight into the outbox's buffer (`outbox`), byte for byte what
+//! postcard writes, without postcard's sizing pass, serializer and exact-length `Vec` on
+//! every request. Every other operation goes through postcard.
 
-use crate::arena::Arena;
-use bytes::Bytes;
 use kv_shared::proto::{ClientRequest, Op};
 use kv_shared::varint;
 
-/// `request` as postcard encodes it.
-pub(crate) fn encode(request: &ClientRequest, arena: &mut Arena) -> Bytes {
+/// Appends `request` as postcard encodes it to `out`.
+pub(crate) fn encode(request: &ClientRequest, out: &mut Vec<u8>) {
     // postcard: a struct is its fields in order, integers are LEB128 varints, an enum is
     // its variant index as a varint and then its fields, bytes are a varint length and
     // the bytes, a bool is one byte. The varints are written on the stack and copied in
-    // one piece: `BytesMut`'s byte-at-a-time writes check their capacity each.
+    // one piece: a `Vec`'s byte-at-a-time pushes check its capacity each.
     let (variant, key, value, stale) = match &request.op {
         Op::Get { key, stale } => (0, key, None, Some(*stale)),
         Op::Put { key, value } => (1, key, Some(value), None),
-        _ => return Bytes::from(kv_shared::pack::encode_exact(request)),
+        _ => return out.extend_from_slice(&kv_shared::pack::encode_exact(request)),
     };
     let mut head = Varints::default();
     head.put(request.client.0);
@@ -33,15 +31,13 @@ pub(crate) fn encode(request: &ClientRequest, arena: &mut Arena) -> Bytes {
         tail.bytes[tail.len] = u8::from(stale);
         tail.len += 1;
     }
-    let len = head.len + key.len() + tail.len + value.map_or(0, |v| v.len());
-    arena.take(len, |out| {
-        out.extend_from_slice(head.as_slice());
-        out.extend_from_slice(key);
-        out.extend_from_slice(tail.as_slice());
-        if let Some(value) = value {
-            out.extend_from_slice(value);
-        }
-    })
+    out.reserve(head.len + key.len() + tail.len + value.map_or(0, |v| v.len()));
+    out.extend_from_slice(head.as_slice());
+    out.extend_from_slice(key);
+    out.extend_from_slice(tail.as_slice());
+    if let Some(value) = value {
+        out.extend_from_slice(value);
+    }
 }
 
 /// Up to five varints, written on the stack.
@@ -106,17 +102,21 @@ mod tests {
             value in proptest::collection::vec(any::<u8>(), 0..20_000),
             stale: bool,
         ) {
-            let mut arena = Arena::default();
+            // Appended after what the buffer holds.
+            let mut out = vec![9u8];
             let get = request(client, seq, epoch, Op::Get { key: key.clone().into(), stale });
-            prop_assert_eq!(&encode(&get, &mut arena)[..], &postcard::to_stdvec(&get).unwrap()[..]);
+            encode(&get, &mut out);
+            prop_assert_eq!(&out[1..], &postcard::to_stdvec(&get).unwrap()[..]);
+            let mut out = vec![9u8];
             let put = request(client, seq, epoch, Op::Put { key: key.into(), value: value.into() });
-            prop_assert_eq!(&encode(&put, &mut arena)[..], &postcard::to_stdvec(&put).unwrap()[..]);
+            encode(&put, &mut out);
+            prop_assert_eq!(out[0], 9);
+            prop_assert_eq!(&out[1..], &postcard::to_stdvec(&put).unwrap()[..]);
         }
     }
 
     #[test]
     fn other_operations_encode_as_postcard_does() {
-        let mut arena = Arena::default();
         for op in [
             Op::Delete { key: "k".into() },
             Op::Cas {
@@ -127,7 +127,9 @@ mod tests {
             Op::Status,
         ] {
             let r = request(3, 300, 2, op);
-            assert_eq!(encode(&r, &mut arena), postcard::to_stdvec(&r).unwrap());
+            let mut out = vec![9u8];
+            encode(&r, &mut out);
+            assert_eq!(out[1..], postcard::to_stdvec(&r).unwrap());
         }
     }
 }

@@ -2,13 +2,11 @@
 //! and `execute`, which routes an operation, follows redirects and retries it with
 //! backoff under the same sequence number until it completes or the deadline passes.
 
-use crate::arena::Arena;
 use crate::client::{bump, Answer, Client, Incoming, NodeAddr, Response};
 use crate::error::{node_name, Error};
 use crate::watchdog::Slot;
 use bytes::Bytes;
 use kv_shared::auth::BODY_BYTES_MAX;
-use kv_shared::pack::count_prefix_bytes;
 use kv_shared::proto::{ClientError, ClientRequest, Op};
 use kv_shared::registry::METADATA_SHARD;
 use kv_shared::shard::shard_for_key;
@@ -41,13 +39,26 @@ pub struct Session {
     pub(crate) open_shards: std::collections::BTreeSet<ShardId>,
     /// Where this session arms its attempt's deadline for the client's watchdog.
     pub(crate) slot: Slot,
-    /// Where its requests are encoded.
-    pub(crate) arena: Arena,
     /// The shard of the last request `execute` routed (the bench tallies by it rather
     /// than hash the key again).
     pub(crate) last_shard: Option<ShardId>,
     /// The client's shard count once known ([`Session::shard_count`]).
     pub(crate) shard_count: Option<u32>,
+}
+
+/// A request's times as `execute` takes and gives them (a session keeps none: kvserver's
+/// Redis gateway holds sessions, and a larger one makes each of its answers larger). The
+/// bench gives its invoke time, so the deadline counts from it without a second clock
+/// read, and takes the arrival of the answer's datagram as the completion: one clock
+/// read per reply datagram rather than one per request.
+#[derive(Default)]
+pub(crate) struct Timing {
+    /// How long to wait for an answer (`None`: the client's `unavailable_after`).
+    pub(crate) wait: Option<Duration>,
+    /// Now, if the caller read the clock for the request already.
+    pub(crate) invoked: Option<Instant>,
+    /// When the datagram carrying the request's answer arrived, once it did.
+    pub(crate) answered: Option<Instant>,
 }
 
 impl Drop for Session {
@@ -89,6 +100,15 @@ impl Reserved {
     pub fn seq(&self) -> u64 {
         self.seq
     }
+}
+
+/// [`Session::prepare`]'s answer.
+pub(crate) enum Prepared {
+    /// Run the request under sequence number `seq`; `shard`: the shard whose session a
+    /// write runs under (`None` for reads).
+    Ready { seq: u64, shard: Option<ShardId> },
+    /// The session must be opened on this shard first ([`Session::execute_waiting`]).
+    OpenFirst(ShardId),
 }
 
 /// Why the current attempt did not complete.
@@ -168,32 +188,64 @@ impl Session {
     /// # Panics
     /// On `Op::Status` (not routed to a shard; use [`Client::status`]).
     pub async fn execute(&mut self, op: Op) -> Result<Response, Error> {
-        self.execute_waiting(op, None).await
+        self.execute_waiting(op, &mut Timing::default()).await
     }
 
     /// [`Session::execute`], waiting up to `wait` instead of the client's
     /// `unavailable_after` (for an admin request the leader answers only when done, such
     /// as `Op::MoveReplica`).
     pub async fn execute_within(&mut self, op: Op, wait: Duration) -> Result<Response, Error> {
-        self.execute_waiting(op, Some(wait)).await
+        let mut timing = Timing {
+            wait: Some(wait),
+            ..Timing::default()
+        };
+        self.execute_waiting(op, &mut timing).await
     }
 
-    async fn execute_waiting(&mut self, op: Op, wait: Option<Duration>) -> Result<Response, Error> {
-        op.check_limits().map_err(Error::Limit)?;
-        let shard = self.session_shard(&op);
-        if let (Some(shard), Some(key)) = (shard, op.key()) {
-            if !self.open_shards.contains(&shard) {
+    /// [`Session::execute`] under `timing` (which it completes with the answer's arrival).
+    pub(crate) async fn execute_waiting(
+        &mut self,
+        op: Op,
+        timing: &mut Timing,
+    ) -> Result<Response, Error> {
+        let (seq, shard) = match self.prepare(&op).map_err(Error::Limit)? {
+            Prepared::Ready { seq, shard } => (seq, shard),
+            Prepared::OpenFirst(shard) => {
+                let key = op.key().expect("a session is opened for keyed writes");
                 let open = Op::OpenSession { key: key.clone() };
                 let seq = self.take_seq();
-                self.execute_once(open, None, seq, false, Some(shard))
+                // The opening is the request that starts at `invoked`; the operation's own
+                // deadline counts from its own start.
+                let mut opening = Timing {
+                    invoked: timing.invoked.take(),
+                    ..Timing::default()
+                };
+                self.execute_once(open, seq, false, Some(shard), &mut opening)
                     .await?;
                 self.open_shards.insert(shard);
+                (self.take_seq(), Some(shard))
+            }
+        };
+        self.execute_once(op, seq, false, shard, timing).await
+    }
+
+    /// What [`Session::execute`] does before its request's attempts: checks the limits
+    /// (the error is the limit `op` breaks, an [`Error::Limit`] to `execute`), and takes
+    /// the request's sequence number unless the session must be opened on the write's
+    /// shard first. The bench runs a [`Prepared::Ready`] request with
+    /// [`Session::execute_once`] itself: an async layer less per request.
+    pub(crate) fn prepare(&mut self, op: &Op) -> Result<Prepared, ClientError> {
+        op.check_limits()?;
+        let shard = self.session_shard(op);
+        if let Some(shard) = shard {
+            if !self.open_shards.contains(&shard) {
+                return Ok(Prepared::OpenFirst(shard));
             }
         }
-        let seq = self.take_seq();
-        let result = self.execute_once(op, wait, seq, false, shard).await;
-        self.note_expiry(shard, &result);
-        result
+        Ok(Prepared::Ready {
+            seq: self.take_seq(),
+            shard,
+        })
     }
 
     /// The shard whose session write `op` runs under: `None` for reads, for
@@ -224,20 +276,6 @@ impl Session {
         let seq = self.next_seq;
         self.next_seq += 1;
         seq
-    }
-
-    /// A write refused because the shard evicted this session: the next write reopens it.
-    fn note_expiry(&mut self, shard: Option<ShardId>, result: &Result<Response, Error>) {
-        if let (
-            Some(shard),
-            Err(Error::Refused {
-                error: ClientError::SessionExpired,
-                ..
-            }),
-        ) = (shard, result)
-        {
-            self.open_shards.remove(&shard);
-        }
     }
 
     /// Sets aside the next sequence number for write `op`, to be sent another way than
@@ -283,24 +321,29 @@ impl Session {
             Some(reserved.shard),
             "a reservation is retried with its own write"
         );
-        let result = self
-            .execute_once(op, None, reserved.seq, maybe_applied, shard)
-            .await;
-        self.note_expiry(shard, &result);
-        result
+        self.execute_once(
+            op,
+            reserved.seq,
+            maybe_applied,
+            shard,
+            &mut Timing::default(),
+        )
+        .await
     }
 
     /// [`Session::execute`] without opening the session (limits already checked), under
     /// sequence number `seq`; `outcome_unknown`: an earlier attempt of this write under
     /// `seq` may have been applied. `keyed_shard`: the shard of `op`'s key if the caller
-    /// worked it out already (the shard count, once known, never changes).
-    async fn execute_once(
+    /// worked it out already (the shard count, once known, never changes); a write the
+    /// shard refuses because it evicted this session (`SessionExpired`) leaves the session
+    /// closed there, so that the next write reopens it.
+    pub(crate) async fn execute_once(
         &mut self,
         op: Op,
-        wait: Option<Duration>,
         seq: u64,
         outcome_unknown: bool,
         keyed_shard: Option<ShardId>,
+        timing: &mut Timing,
     ) -> Result<Response, Error> {
         let stale = matches!(op, Op::Get { stale: true, .. });
         let is_write = op.is_write();
@@ -322,20 +365,13 @@ impl Session {
             (_, Some(key)) => keyed_shard.unwrap_or_else(|| shard_for_key(key, shard_count)),
         };
         self.last_shard = Some(shard);
-        let route_epoch = |client: &Client| client.cached_epoch(shard);
+        // The epoch is set per attempt, from the same look at the topology as the leader.
         let mut request = ClientRequest {
             client: self.id,
             seq,
-            epoch: route_epoch(&self.client),
+            epoch: 0,
             op,
         };
-        let mut encoded = crate::request::encode(&request, &mut self.arena);
-        if count_prefix_bytes(1) + encoded.len() > BODY_BYTES_MAX {
-            return Err(Error::Limit(ClientError::Malformed(format!(
-                "request is {} bytes; a datagram carries at most BODY_BYTES_MAX = {BODY_BYTES_MAX}",
-                encoded.len()
-            ))));
-        }
         // Copied out, not the whole options (a clone would allocate on every request).
         let (unavailable_after, backoff_base, backoff_max, attempt_timeout) = {
             let o = &self.client.shared.options;
@@ -346,8 +382,8 @@ impl Session {
                 o.attempt_timeout,
             )
         };
-        let start = Instant::now();
-        let deadline = start + wait.unwrap_or(unavailable_after);
+        let start = timing.invoked.unwrap_or_else(Instant::now);
+        let deadline = start + timing.wait.unwrap_or(unavailable_after);
         let mut backoff = backoff_base;
         let last_attempt_window = attempt_timeout.min(LAST_ATTEMPT_WINDOW_MIN);
         let mut outcome_unknown = outcome_unknown;
@@ -417,19 +453,21 @@ impl Session {
                     }
                 });
             }
-            // The same session and seq: only the routing epoch changes between attempts. The
-            // first attempt sends the encoding made above; a retry encodes again.
-            if attempt > 0 {
-                request.epoch = route_epoch(&self.client);
-                encoded = crate::request::encode(&request, &mut self.arena);
+            // The same session and seq: only the routing epoch changes between attempts.
+            let (epoch, leader) = self.client.epoch_and_leader(shard);
+            request.epoch = epoch;
+            let target = self.pick_target(shard, stale, leader);
+            // The first attempt is refused if too large for a datagram of its own (nothing
+            // is sent); a retry's epoch can add a byte or two, which the send task checks.
+            if let Err(len) = self.client.enqueue(target.addr, &request, attempt == 0) {
+                return Err(Error::Limit(ClientError::Malformed(format!(
+                    "request is {len} bytes; a datagram carries at most BODY_BYTES_MAX = {BODY_BYTES_MAX}"
+                ))));
             }
-            let target = self.pick_target(shard, stale);
             if attempt > 0 {
                 bump(&self.client.shared.counters.retries);
             }
             attempt += 1;
-            self.client
-                .enqueue(target.addr, std::mem::take(&mut encoded));
             let attempt_end = (now + attempt_timeout).min(deadline);
             let watchdog = &self.client.shared.watchdog;
             let mark = watchdog.arm(&self.slot, attempt_end);
@@ -441,7 +479,10 @@ impl Session {
                     Some(inc) if inc.expired != 0 => break Err(Setback::Silence),
                     Some(inc) if inc.seq != seq => continue,
                     Some(inc) => match inc.outcome {
-                        Answer::Done(response) => break Ok((inc.from, response)),
+                        Answer::Done(response) => {
+                            timing.answered = Some(inc.at);
+                            break Ok((inc.from, response));
+                        }
                         // A late error for an earlier attempt says nothing about this one.
                         Answer::Error(_) | Answer::Status(_) if inc.from != target.addr => continue,
                         Answer::Status(_) => continue,
@@ -550,6 +591,10 @@ impl Session {
                     last = format!("{who}: {e}");
                 }
                 Setback::Error(error) => {
+                    if let (ClientError::SessionExpired, Some(shard)) = (&error, keyed_shard) {
+                        // The shard evicted this session: the next write reopens it.
+                        self.open_shards.remove(&shard);
+                    }
                     let node = self.client.node_id(target);
                     return Err(Error::Refused {
                         node,
@@ -567,12 +612,13 @@ impl Session {
         }
     }
 
-    /// The node to send to: the cached leader, else the next of the shard's replicas in
-    /// this session's rotation (any replica redirects to the leader it knows; before the
-    /// replicas are known, any node answers with them). Stale reads go to any replica.
-    fn pick_target(&mut self, shard: ShardId, stale: bool) -> NodeAddr {
+    /// The node to send to: the cached leader `leader`, else the next of the shard's
+    /// replicas in this session's rotation (any replica redirects to the leader it knows;
+    /// before the replicas are known, any node answers with them). Stale reads go to any
+    /// replica.
+    fn pick_target(&mut self, shard: ShardId, stale: bool, leader: Option<NodeAddr>) -> NodeAddr {
         if !stale {
-            if let Some(l) = self.client.cached_leader(shard) {
+            if let Some(l) = leader {
                 return l;
             }
         }

@@ -24,14 +24,18 @@ pub(crate) struct Tickets {
 
 impl Tickets {
     /// What requests to `to` echo now: its ticket, or 0 before it is known, in which case
-    /// `requests` are kept to go again when the ticket arrives.
-    pub(crate) fn echo_for(&mut self, to: SocketAddr, requests: &[Bytes]) -> u64 {
+    /// copies of the encoded `requests` are kept to go again when the ticket arrives.
+    pub(crate) fn echo_for<'a>(
+        &mut self,
+        to: SocketAddr,
+        requests: impl Iterator<Item = &'a [u8]>,
+    ) -> u64 {
         if let Some(&ticket) = self.by_addr.get(&to) {
             return ticket;
         }
         let waiting = self.waiting.entry(to).or_default();
         let room = WAITING_PER_NODE_MAX.saturating_sub(waiting.len());
-        waiting.extend(requests.iter().take(room).cloned());
+        waiting.extend(requests.take(room).map(Bytes::copy_from_slice));
         0
     }
 
@@ -57,19 +61,19 @@ mod tests {
         let node: SocketAddr = "127.0.0.1:7001".parse().unwrap();
         let other: SocketAddr = "127.0.0.1:7002".parse().unwrap();
         let mut t = Tickets::default();
-        assert_eq!(t.echo_for(node, &[Bytes::from_static(b"status")]), 0);
-        assert_eq!(t.echo_for(node, &[Bytes::from_static(b"get a")]), 0);
-        assert_eq!(t.echo_for(other, &[Bytes::from_static(b"get b")]), 0);
+        assert_eq!(t.echo_for(node, [&b"status"[..]].into_iter()), 0);
+        assert_eq!(t.echo_for(node, [&b"get a"[..]].into_iter()), 0);
+        assert_eq!(t.echo_for(other, [&b"get b"[..]].into_iter()), 0);
         assert_eq!(
             t.learn(node, 42),
             vec![Bytes::from_static(b"status"), Bytes::from_static(b"get a")]
         );
-        assert_eq!(t.echo_for(node, &[Bytes::from_static(b"get c")]), 42);
+        assert_eq!(t.echo_for(node, [&b"get c"[..]].into_iter()), 42);
         // The hello answering the second request repeats the ticket: nothing goes again.
         assert!(t.learn(node, 42).is_empty());
         // A restarted node's ticket replaces the old one; the other node still waits.
         assert!(t.learn(node, 43).is_empty());
-        assert_eq!(t.echo_for(node, &[]), 43);
+        assert_eq!(t.echo_for(node, std::iter::empty()), 43);
         assert_eq!(t.learn(other, 7), vec![Bytes::from_static(b"get b")]);
     }
 
@@ -77,9 +81,9 @@ mod tests {
     fn the_requests_kept_for_a_node_are_bounded() {
         let node: SocketAddr = "127.0.0.1:7001".parse().unwrap();
         let mut t = Tickets::default();
-        let many = vec![Bytes::from_static(&[0u8; 4]); WAITING_PER_NODE_MAX + 10];
-        t.echo_for(node, &many);
-        t.echo_for(node, &many);
+        let many = vec![[0u8; 4]; WAITING_PER_NODE_MAX + 10];
+        t.echo_for(node, many.iter().map(|r| &r[..]));
+        t.echo_for(node, many.iter().map(|r| &r[..]));
         assert_eq!(t.learn(node, 1).len(), WAITING_PER_NODE_MAX);
     }
 }

@@ -59,7 +59,8 @@ impl Watchdog {
     /// Sends an expiry notice to every session whose attempt deadline has passed; returns
     /// how many attempts are still armed.
     fn sweep(&self, s: &Shared) -> usize {
-        let now = self.epoch.elapsed().as_micros() as u64;
+        let at = Instant::now();
+        let now = at.saturating_duration_since(self.epoch).as_micros() as u64;
         let sessions = s.sessions.lock().expect("sessions lock");
         let mut armed = 0;
         for mailbox in sessions.values() {
@@ -74,7 +75,7 @@ impl Watchdog {
                 .compare_exchange(mark, 0, Ordering::SeqCst, Ordering::Relaxed)
                 .is_ok()
             {
-                mailbox.tx.send(Incoming::expiry(mark));
+                mailbox.tx.send(Incoming::expiry(mark, at));
             }
         }
         armed
@@ -99,13 +100,14 @@ pub(crate) async fn sweep_loop(shared: Weak<Shared>) {
 }
 
 impl Incoming {
-    /// The notice that the attempt armed with `mark` has expired.
-    fn expiry(mark: u64) -> Incoming {
+    /// The notice, sent at `at`, that the attempt armed with `mark` has expired.
+    fn expiry(mark: u64, at: Instant) -> Incoming {
         Incoming {
             from: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
             seq: 0,
             outcome: Answer::Done(Response::Done),
             expired: mark,
+            at,
         }
     }
 }

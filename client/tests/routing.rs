@@ -374,6 +374,44 @@ async fn limits_are_refused_before_sending() {
         .unwrap_err();
     assert!(e.to_string().contains("VALUE_BYTES_MAX"), "{e}");
     assert!(fake.ctl().received.iter().all(|r| r.3 == Op::Status));
+    // Within every item limit, but not within a datagram: refused as it is encoded into
+    // the outbox, which then sends the next request as if it had never been there.
+    let most = Bytes::from(vec![b'v'; kv_shared::limits::VALUE_BYTES_MAX]);
+    let e = s.cas(b("k"), Some(most.clone()), most).await.unwrap_err();
+    assert!(e.to_string().contains("BODY_BYTES_MAX"), "{e}");
+    assert_eq!(e.kind(), "limit");
+    s.put(b("k"), b("v")).await.unwrap();
+    let received = fake.ctl().received.clone();
+    assert!(received.iter().all(|r| !matches!(r.3, Op::Cas { .. })));
+    assert!(received.iter().any(|r| r.3
+        == Op::Put {
+            key: b("k"),
+            value: b("v")
+        }));
+}
+
+#[tokio::test]
+async fn a_write_refused_as_session_expired_reopens_the_session_on_the_next_write() {
+    let fake = FakeCluster::start(1, 1, Some(1));
+    let client = Client::connect(fake.options()).await.unwrap();
+    let mut s = client.session();
+    let opens = |fake: &FakeCluster| {
+        fake.ctl()
+            .received
+            .iter()
+            .filter(|r| matches!(r.3, Op::OpenSession { .. }))
+            .count()
+    };
+    s.put(b("k"), b("1")).await.unwrap();
+    s.put(b("k"), b("2")).await.unwrap();
+    assert_eq!(opens(&fake), 1, "opened once for both writes");
+    fake.ctl().expire_sessions = 1;
+    let e = s.put(b("k"), b("3")).await.unwrap_err();
+    assert_eq!(e.kind(), "session-expired");
+    assert_eq!(opens(&fake), 1);
+    s.put(b("k"), b("4")).await.unwrap();
+    assert_eq!(opens(&fake), 2, "the next write opened the session again");
+    assert_eq!(fake.ctl().data.get(&b("k")), Some(&b("4")));
 }
 
 #[tokio::test]

@@ -58,6 +58,9 @@ pub struct Ctl {
     /// Refuse every write at the leader with this reason, as kvserver does on a full
     /// disk (reads are still served).
     pub refuse_writes: Option<String>,
+    /// Refuse this many writes (not session openings) as a shard that evicted the
+    /// writer's session does.
+    pub expire_sessions: usize,
     /// Node addresses, reported in status replies (node i+1 at `addrs[i]`).
     pub addrs: Vec<SocketAddr>,
     /// The node ids holding every shard (`None`: all); the others answer keyed requests
@@ -406,6 +409,10 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
             node: NodeId(me),
             reason: reason.clone(),
         }));
+    }
+    if c.expire_sessions > 0 && !matches!(r.op, Op::OpenSession { .. }) {
+        c.expire_sessions -= 1;
+        return reply(Outcome::Error(ClientError::SessionExpired));
     }
     // A write: deduplicate by session, as the real state machine does.
     if let Some((latest, outcome)) = c.sessions.get(&r.client) {
