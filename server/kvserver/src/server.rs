@@ -205,6 +205,7 @@ pub async fn run_with_store<S: LogStore>(
     })?;
     // The runtime reads none of the applied entries (the simulator and course mode do).
     core.set_applied_reports(false);
+    core.set_defer_follower_applies(true);
     let metrics = Metrics::new();
     let front_ends = front_ends::start(&opts, metrics.clone()).await?;
     let (events_tx, events) = unbounded_channel();

@@ -280,6 +280,11 @@ pub struct NodeCore {
     /// Whether a leader serves a lease read on its arrival
     /// ([`NodeCore::set_reads_on_arrival`]).
     reads_on_arrival: bool,
+    /// Whether a follower leaves the applying of committed commands to
+    /// [`NodeCore::apply_deferred`] ([`NodeCore::set_defer_follower_applies`]).
+    defer_follower_applies: bool,
+    /// The groups holding deferred entries, each once.
+    deferred_groups: Vec<ShardId>,
     tick_count: u64,
     peers_heard_ms: BTreeMap<NodeId, u64>,
     /// Tick of the last datagram from each peer (quiescence's failure detector).
@@ -387,6 +392,8 @@ impl NodeCore {
             ids_pool: Vec::new(),
             applied_reports: true,
             reads_on_arrival: true,
+            defer_follower_applies: false,
+            deferred_groups: Vec::new(),
             tick_count: 0,
             peers_heard_ms: BTreeMap::new(),
             peers_heard_tick: BTreeMap::new(),
@@ -800,6 +807,21 @@ impl NodeCore {
     /// turns it off.
     pub fn set_reads_on_arrival(&mut self, on: bool) {
         self.reads_on_arrival = on;
+    }
+
+    /// Whether a follower applies the commands a leader's Append reports committed in
+    /// the flush that takes them in (off from the start), or leaves them to
+    /// [`NodeCore::apply_deferred`], which the runtime calls once that flush's datagrams
+    /// left. A follower's acknowledgement waits for its write, not for its applying; the
+    /// leader waits for the acknowledgement, so applying first put the follower's state
+    /// machine on every commit's path. Reads are unaffected: each waits for the state
+    /// machine's own applied index. Entries of any other kind, and everything a group
+    /// deferred once it leads or installs a snapshot, are applied at once, in log order.
+    pub fn set_defer_follower_applies(&mut self, on: bool) {
+        self.defer_follower_applies = on;
+        if !on {
+            self.apply_deferred();
+        }
     }
 
     /// Refuses client writes from now on with `Unavailable` and the refusal's reason

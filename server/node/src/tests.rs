@@ -13,6 +13,7 @@ use kv_shared::{ClientId, NodeId, ShardId};
 use kv_storage::{Record, Recovered};
 use std::collections::VecDeque;
 
+mod deferred_applies;
 mod follower_reads;
 mod lease_reads;
 mod metadata;

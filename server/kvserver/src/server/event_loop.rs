@@ -142,6 +142,13 @@ impl EventLoop {
             writes_here += 1;
             self.gather_ready(events)?;
         }
+        // A follower's applying, deferred until its acks left (NodeCore::
+        // set_defer_follower_applies): off the leader's commit path, and while a write
+        // handed to the disk thread syncs. What it releases (answers to follower reads)
+        // leaves in one more flush.
+        if self.core.apply_deferred() {
+            self.flush(None).await;
+        }
         Ok(())
     }
 

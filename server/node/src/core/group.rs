@@ -38,6 +38,9 @@ pub(super) struct Group {
     pub(super) reads: BTreeMap<u64, Vec<u64>>,
     /// Confirmed reads waiting for the state machine to reach their index.
     pub(super) confirmed_reads: Vec<(u64, Vec<u64>)>,
+    /// Committed command entries a follower applies after its acknowledgements left
+    /// (`NodeCore::set_defer_follower_applies`), in log order.
+    pub(super) deferred: Vec<kv_raft::Entry>,
     /// Index of the latest durable snapshot.
     pub(super) snapshot_index: u64,
     /// Snapshot writes (own or received) not yet durable.
@@ -141,6 +144,7 @@ impl Group {
             proposed: BTreeMap::new(),
             reads: BTreeMap::new(),
             confirmed_reads: Vec::new(),
+            deferred: Vec::new(),
             snapshot_index,
             snapshot_writes_inflight: 0,
             applied_bytes_since_snapshot: 0,

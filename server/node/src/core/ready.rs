@@ -182,6 +182,7 @@ impl NodeCore {
             }
         }
         if let Some(snap) = rd.apply_snapshot.take() {
+            self.apply_deferred_of(g);
             self.out.events.push(NodeEvent {
                 shard,
                 term: self.groups[g].soft.term,
@@ -192,8 +193,22 @@ impl NodeCore {
             self.restore_snapshot(g, snap);
         }
         if !rd.committed.is_empty() {
-            for e in rd.committed.drain(..) {
-                self.apply(g, e);
+            let group = &self.groups[g];
+            let defer = self.defer_follower_applies
+                && group.soft.role == Role::Follower
+                && group.sm.move_in_flight().is_none()
+                && rd.committed.iter().all(|e| e.kind == EntryKind::Command);
+            if defer {
+                let group = &mut self.groups[g];
+                if group.deferred.is_empty() {
+                    self.deferred_groups.push(g);
+                }
+                group.deferred.extend(rd.committed.drain(..));
+            } else {
+                self.apply_deferred_of(g);
+                for e in rd.committed.drain(..) {
+                    self.apply(g, e);
+                }
             }
         }
         if rd.snapshot_wanted {
@@ -305,6 +320,46 @@ impl NodeCore {
                 self.reply(id, Outcome::Error(ClientError::NotLeader { shard, leader }));
             }
         }
+    }
+
+    /// Applies what followers deferred ([`NodeCore::set_defer_follower_applies`]), then
+    /// serves the reads that waited for it. True if that left output for the next
+    /// [`NodeCore::take_output`] (answers, events, a snapshot to write), so the runtime
+    /// knows to flush again.
+    pub fn apply_deferred(&mut self) -> bool {
+        if self.deferred_groups.is_empty() {
+            return false;
+        }
+        let mut groups = std::mem::take(&mut self.deferred_groups);
+        for &g in &groups {
+            // Dropped meanwhile (its deferred entries went with it), or already applied
+            // by a later Ready of its own.
+            if !self.groups.contains(g) || self.groups[g].deferred.is_empty() {
+                continue;
+            }
+            self.apply_deferred_of(g);
+            self.serve_confirmed_reads(g);
+            self.maybe_snapshot(g);
+        }
+        groups.clear();
+        self.deferred_groups = groups;
+        !self.out.replies.is_empty()
+            || !self.out.events.is_empty()
+            || !self.out.applied.is_empty()
+            || !self.round_ops.is_empty()
+    }
+
+    /// Applies group `g`'s deferred entries, ahead of anything later in its log.
+    fn apply_deferred_of(&mut self, g: ShardId) {
+        if self.groups[g].deferred.is_empty() {
+            return;
+        }
+        let mut deferred = std::mem::take(&mut self.groups[g].deferred);
+        for e in deferred.drain(..) {
+            self.apply(g, e);
+        }
+        // Its room serves the next round's entries.
+        self.groups[g].deferred = deferred;
     }
 
     fn apply(&mut self, g: ShardId, e: Entry) {

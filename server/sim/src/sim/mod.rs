@@ -632,6 +632,9 @@ impl Sim {
                 })
             }
         };
+        // kvserver defers a follower's applying until its acks left; every other start of
+        // each node does, so that both ways meet in every simulation.
+        core.set_defer_follower_applies((i as u64 + node.inc) % 2 == 0);
         if let Some(hook) = &self.opts.node_hook {
             hook(&mut core);
         }
@@ -734,6 +737,14 @@ impl Sim {
                     },
                 );
             }
+        }
+        // As kvserver does once a flush's datagrams left.
+        if self.nodes[i]
+            .run
+            .as_mut()
+            .is_some_and(|r| r.core.apply_deferred())
+        {
+            return self.after_input(i);
         }
         let elections = self.checker.elections;
         if let Err(v) = self.check_groups(i) {
