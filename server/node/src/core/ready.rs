@@ -203,7 +203,7 @@ impl NodeCore {
                 if group.deferred.is_empty() {
                     self.deferred_groups.push(g);
                 }
-                group.deferred.extend(rd.committed.drain(..));
+                group.deferred.append(&mut rd.committed);
             } else {
                 self.apply_deferred_of(g);
                 for e in rd.committed.drain(..) {
