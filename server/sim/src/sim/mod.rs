@@ -634,7 +634,7 @@ impl Sim {
         };
         // kvserver defers a follower's applying until its acks left; every other start of
         // each node does, so that both ways meet in every simulation.
-        core.set_defer_follower_applies((i as u64 + node.inc) % 2 == 0);
+        core.set_defer_follower_applies((i as u64 + node.inc).is_multiple_of(2));
         if let Some(hook) = &self.opts.node_hook {
             hook(&mut core);
         }
