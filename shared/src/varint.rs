@@ -118,6 +118,25 @@ pub fn skip(rest: &mut &[u8]) -> Option<()> {
     Some(())
 }
 
+/// Bytes of the longest varint postcard reads for a `u32` (a shard id, an enum's variant
+/// index).
+pub const U32_BYTES_MAX: usize = 5;
+
+/// A varint as postcard reads a `u32`: at most five bytes, the fifth holding only the
+/// top four bits, which are exactly the varints [`take`] reads in at most five bytes
+/// whose value fits.
+#[inline]
+pub fn take_u32(rest: &mut &[u8]) -> Option<u32> {
+    let mut after = *rest;
+    let n = take(&mut after)?;
+    if rest.len() - after.len() > U32_BYTES_MAX {
+        return None;
+    }
+    let n = u32::try_from(n).ok()?;
+    *rest = after;
+    Some(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +153,18 @@ mod tests {
         assert_eq!(read, postcard.as_ref().ok().map(|p| p.0), "{bytes:x?}");
         if let Ok((_, rest)) = postcard {
             assert_eq!(a, rest, "{bytes:x?}");
+        }
+    }
+
+    /// `bytes` read as postcard reads a `u32`, leaving the rest as postcard does.
+    fn check_read_u32(bytes: &[u8]) {
+        let mut a = bytes;
+        let read = take_u32(&mut a);
+        let postcard: Result<(u32, &[u8]), _> = postcard::take_from_bytes(bytes);
+        assert_eq!(read, postcard.as_ref().ok().map(|p| p.0), "{bytes:x?}");
+        match postcard {
+            Ok((_, rest)) => assert_eq!(a, rest, "{bytes:x?}"),
+            Err(_) => assert_eq!(a, bytes, "{bytes:x?}: a refused varint is not consumed"),
         }
     }
 
@@ -160,6 +191,15 @@ mod tests {
         ] {
             check_read(bytes);
         }
+        for bytes in [
+            &[0x80, 0x80, 0x80, 0x80, 0x00][..],
+            &[0xff, 0xff, 0xff, 0xff, 0x0f],
+            &[0xff, 0xff, 0xff, 0xff, 0x10],
+            &[0x80, 0x80, 0x80, 0x80, 0x80, 0x00],
+            &[0x80],
+        ] {
+            check_read_u32(bytes);
+        }
         for n in [0, 1, 0x7f, 0x80, 0x3fff, 0x4000, u64::MAX / 2, u64::MAX] {
             check_write(n);
         }
@@ -177,6 +217,7 @@ mod tests {
             let mut bytes = body;
             bytes.push(last);
             check_read(&bytes);
+            check_read_u32(&bytes);
         }
 
         #[test]
