@@ -235,16 +235,17 @@ impl EventLoop {
         replies: &[&ClientReply],
         echo: u64,
     ) {
-        let protection = route.protection;
-        let mut packed = pack_by(
+        // Most flushes answer a client in one datagram (a hello, with no replies, too):
+        // encoded straight away, with no batches built to find that out.
+        if let Some(len) = encode_replies(replies, self.body_buf()) {
+            self.seal_and_send_replies(addr, route, len, echo).await;
+            return;
+        }
+        let packed = pack_by(
             replies.iter().copied(),
             |r| reply_bytes(r),
             PackLimit::bytes(BODY_BYTES_MAX),
         );
-        if replies.is_empty() {
-            // A hello: one empty batch whose stamp tells the client its ticket.
-            packed.batches.push(Vec::new());
-        }
         for reply in &packed.too_large {
             self.counters.dropped(
                 DropReason::SendFailed,
@@ -258,23 +259,35 @@ impl EventLoop {
         for batch in packed.batches {
             let len = encode_replies(&batch, self.body_buf())
                 .expect("a packed batch fits BODY_BYTES_MAX");
-            let stamp = self.next_stamp(echo);
-            let end = BODY_OFFSET + len + TAG_BYTES;
-            self.keys
-                .client(usize::from(route.key_index))
-                .replies
-                .seal_in_place(
-                    Kind::ClientReplies,
-                    self.cluster_id,
-                    self.me.0,
-                    stamp,
-                    protection,
-                    &mut self.datagram_buf[..end],
-                );
-            let datagram = std::mem::take(&mut self.datagram_buf);
-            self.send(&datagram[..end], addr).await;
-            self.datagram_buf = datagram;
+            self.seal_and_send_replies(addr, route, len, echo).await;
         }
+    }
+
+    /// Seals the replies encoded in [`Self::body_buf`] (`len` bytes) under the client's
+    /// key, the stamp echoing `echo`, and sends them.
+    async fn seal_and_send_replies(
+        &mut self,
+        addr: SocketAddr,
+        route: ClientRoute,
+        len: usize,
+        echo: u64,
+    ) {
+        let stamp = self.next_stamp(echo);
+        let end = BODY_OFFSET + len + TAG_BYTES;
+        self.keys
+            .client(usize::from(route.key_index))
+            .replies
+            .seal_in_place(
+                Kind::ClientReplies,
+                self.cluster_id,
+                self.me.0,
+                stamp,
+                route.protection,
+                &mut self.datagram_buf[..end],
+            );
+        let datagram = std::mem::take(&mut self.datagram_buf);
+        self.send(&datagram[..end], addr).await;
+        self.datagram_buf = datagram;
     }
 
     async fn send(&mut self, datagram: &[u8], addr: SocketAddr) {
