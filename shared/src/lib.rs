@@ -10,6 +10,7 @@
 //! - [`proto`]: client requests and replies.
 //! - [`wire`]: the datagram header every raftkv UDP datagram starts with.
 //! - [`registry`]: the node registry the metadata group holds, and that group's shard id.
+//! - [`cursor`]: postcard's encoding read and written field by field (hand-written codecs).
 //! - [`pack`]: items packed into batches that fit one datagram payload.
 //! - [`balance`]: the balance planner (replica moves and leader transfers; pure).
 //! - [`auth`]: keys, key files, sealed (authenticated) datagrams, the replay window.
@@ -18,6 +19,7 @@
 pub mod auth;
 pub mod balance;
 pub mod config;
+pub mod cursor;
 pub mod hashing;
 pub mod ids;
 pub mod limits;

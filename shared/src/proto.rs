@@ -9,6 +9,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
+mod hand;
+
+pub use hand::{decode_requests, encode_replies, reply_bytes};
+
 /// One client operation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {

@@ -13,16 +13,44 @@ pub fn len(n: u64) -> usize {
 }
 
 /// Writes `n` as a varint at the start of `out` (which must have room for
-/// [`BYTES_MAX`]) and returns how many bytes it took.
-pub fn write(mut n: u64, out: &mut [u8]) -> usize {
-    let mut i = 0;
-    while n >= 0x80 {
-        out[i] = n as u8 | 0x80;
-        i += 1;
-        n >>= 7;
+/// [`BYTES_MAX`]) and returns how many bytes it took. The bytes of `out` after those,
+/// up to [`BYTES_MAX`], may be overwritten: a long varint is written a word at a time.
+#[inline]
+pub fn write(n: u64, out: &mut [u8]) -> usize {
+    if n < 0x80 {
+        out[0] = n as u8;
+        return 1;
     }
-    out[i] = n as u8;
-    i + 1
+    write_long(n, out)
+}
+
+fn write_long(n: u64, out: &mut [u8]) -> usize {
+    let out: &mut [u8; BYTES_MAX] = (&mut out[..BYTES_MAX])
+        .try_into()
+        .expect("a slice of BYTES_MAX bytes");
+    let len = len(n);
+    // The low 56 bits spread over eight bytes of seven bits each (the inverse of
+    // `pack_7bit_groups`), then the continuation bit of every byte before the last.
+    let word = spread_7bit_groups(n & ((1 << 56) - 1));
+    let continued = if len > 8 {
+        0x8080_8080_8080_8080
+    } else {
+        0x8080_8080_8080_8080 >> (8 * (9 - len))
+    };
+    out[..8].copy_from_slice(&(word | continued).to_le_bytes());
+    if len > 8 {
+        out[8] = (n >> 56) as u8 & 0x7f | if len == BYTES_MAX { 0x80 } else { 0 };
+        out[9] = (n >> 63) as u8;
+    }
+    len
+}
+
+/// The low 56 bits of `x` spread out seven to a byte over its eight bytes.
+#[inline]
+fn spread_7bit_groups(x: u64) -> u64 {
+    let x = (x & 0x0000_0000_0fff_ffff) | ((x & 0x00ff_ffff_f000_0000) << 4);
+    let x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x0fff_c000_0fff_c000) << 2);
+    (x & 0x007f_007f_007f_007f) | ((x & 0x3f80_3f80_3f80_3f80) << 1)
 }
 
 /// A LEB128 varint as postcard reads a `u64` (and a `usize` on 64-bit targets): at most
@@ -30,11 +58,17 @@ pub fn write(mut n: u64, out: &mut [u8]) -> usize {
 /// so half of them take all ten.
 #[inline]
 pub fn take(rest: &mut &[u8]) -> Option<u64> {
-    match rest.split_first() {
+    let bytes: &[u8] = rest;
+    match *bytes {
         // Lengths and sequence numbers: mostly one byte.
-        Some((&byte, after)) if byte < 0x80 => {
+        [byte, ref after @ ..] if byte < 0x80 => {
             *rest = after;
             Some(u64::from(byte))
+        }
+        // Log indexes and lengths past 127: two.
+        [low, high, ref after @ ..] if high < 0x80 => {
+            *rest = after;
+            Some(u64::from(low & 0x7f) | u64::from(high) << 7)
         }
         _ => take_long(rest),
     }
@@ -118,6 +152,25 @@ pub fn skip(rest: &mut &[u8]) -> Option<()> {
     Some(())
 }
 
+/// Bytes of the longest varint postcard reads for a `u32` (a shard id, an enum's variant
+/// index).
+pub const U32_BYTES_MAX: usize = 5;
+
+/// A varint as postcard reads a `u32`: at most five bytes, the fifth holding only the
+/// top four bits, which are exactly the varints [`take`] reads in at most five bytes
+/// whose value fits.
+#[inline]
+pub fn take_u32(rest: &mut &[u8]) -> Option<u32> {
+    let mut after = *rest;
+    let n = take(&mut after)?;
+    if rest.len() - after.len() > U32_BYTES_MAX {
+        return None;
+    }
+    let n = u32::try_from(n).ok()?;
+    *rest = after;
+    Some(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +187,18 @@ mod tests {
         assert_eq!(read, postcard.as_ref().ok().map(|p| p.0), "{bytes:x?}");
         if let Ok((_, rest)) = postcard {
             assert_eq!(a, rest, "{bytes:x?}");
+        }
+    }
+
+    /// `bytes` read as postcard reads a `u32`, leaving the rest as postcard does.
+    fn check_read_u32(bytes: &[u8]) {
+        let mut a = bytes;
+        let read = take_u32(&mut a);
+        let postcard: Result<(u32, &[u8]), _> = postcard::take_from_bytes(bytes);
+        assert_eq!(read, postcard.as_ref().ok().map(|p| p.0), "{bytes:x?}");
+        match postcard {
+            Ok((_, rest)) => assert_eq!(a, rest, "{bytes:x?}"),
+            Err(_) => assert_eq!(a, bytes, "{bytes:x?}: a refused varint is not consumed"),
         }
     }
 
@@ -160,6 +225,15 @@ mod tests {
         ] {
             check_read(bytes);
         }
+        for bytes in [
+            &[0x80, 0x80, 0x80, 0x80, 0x00][..],
+            &[0xff, 0xff, 0xff, 0xff, 0x0f],
+            &[0xff, 0xff, 0xff, 0xff, 0x10],
+            &[0x80, 0x80, 0x80, 0x80, 0x80, 0x00],
+            &[0x80],
+        ] {
+            check_read_u32(bytes);
+        }
         for n in [0, 1, 0x7f, 0x80, 0x3fff, 0x4000, u64::MAX / 2, u64::MAX] {
             check_write(n);
         }
@@ -177,6 +251,7 @@ mod tests {
             let mut bytes = body;
             bytes.push(last);
             check_read(&bytes);
+            check_read_u32(&bytes);
         }
 
         #[test]

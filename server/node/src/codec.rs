@@ -2,6 +2,8 @@
 //! behind the kv_shared::wire header. Splitting lives here too, so that every batch the
 //! core hands out is known to fit one datagram.
 
+mod hand;
+
 use kv_shared::pack::{encoded_bytes, pack, PackLimit};
 use kv_shared::wire::{self, Kind, WireError, HEADER_BYTES};
 use kv_shared::{NodeId, ShardId};
@@ -21,15 +23,29 @@ pub struct GroupMessage {
 /// # Panics
 /// If the messages do not fit one datagram: batches from [`split`] always do.
 pub fn encode_peer(cluster_id: u64, sender: NodeId, msgs: &[GroupMessage]) -> Vec<u8> {
-    let payload = kv_shared::pack::encode_exact(msgs);
+    let mut payload = vec![0; hand::encoded_len(msgs)];
+    let len = encode_peer_body(msgs, &mut payload).expect("the counted length fits");
+    debug_assert_eq!(len, payload.len(), "the counted length is the encoding's");
     let mut out = Vec::with_capacity(HEADER_BYTES + payload.len());
     wire::encode(Kind::Peer, cluster_id, sender.0, &payload, &mut out);
     out
 }
 
-/// Decodes the payload of a peer datagram (after [`wire::decode`] checked its header).
+/// Writes the payload of a peer datagram carrying `msgs` (postcard's encoding of the
+/// slice) at the start of `out`, and returns its length; `None` if it does not fit. The
+/// messages of a put's round are written by hand, the others by postcard.
+pub fn encode_peer_body(msgs: &[GroupMessage], out: &mut [u8]) -> Option<usize> {
+    hand::encode(msgs, out)
+}
+
+/// Decodes the payload of a peer datagram (after [`wire::decode`] checked its header):
+/// the messages of a put's round by hand, the others, and any payload the hand-written
+/// reader declines, by postcard, so the result is postcard's.
 pub fn decode_peer(payload: &[u8]) -> Result<Vec<GroupMessage>, WireError> {
-    wire::decode_value(payload)
+    match hand::decode(payload) {
+        Some(msgs) => Ok(msgs),
+        None => wire::decode_value(payload),
+    }
 }
 
 /// Checks a whole datagram and decodes it as peer traffic: (sender, messages).

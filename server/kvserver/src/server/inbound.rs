@@ -166,7 +166,7 @@ impl EventLoop {
                 return;
             }
         }
-        let mut reqs = match wire::decode_value::<Vec<ClientRequest>>(opened.body) {
+        let mut reqs = match kv_shared::proto::decode_requests(opened.body) {
             Ok(reqs) => reqs,
             Err(e) => {
                 self.counters.dropped(DropReason::BadPayload, from, &e);

@@ -11,8 +11,8 @@ use crate::net::{ClientRoute, DropReason};
 use crate::resp::local::LOCAL_TOKEN;
 use kv_node::DiskWrite;
 use kv_shared::auth::{Stamp, BODY_BYTES_MAX, BODY_OFFSET, TAG_BYTES};
-use kv_shared::pack::{encoded_bytes, pack, PackLimit};
-use kv_shared::proto::{ClientReply, Outcome};
+use kv_shared::pack::{pack_by, PackLimit};
+use kv_shared::proto::{encode_replies, reply_bytes, ClientReply, Outcome};
 use kv_shared::wire::Kind;
 use kv_shared::NodeId;
 use std::net::SocketAddr;
@@ -85,18 +85,15 @@ impl EventLoop {
                 continue;
             };
             // codec::split made every batch fit a sealed body.
-            let len = postcard::to_slice(&msgs, self.body_buf())
-                .expect("a batch from codec::split fits BODY_BYTES_MAX")
-                .len();
+            let len = kv_node::codec::encode_peer_body(&msgs, self.body_buf())
+                .expect("a batch from codec::split fits BODY_BYTES_MAX");
             self.send_to_peer(peer, len).await;
         }
         for peer in 0..self.peers.len() {
             if std::mem::take(&mut self.hello_due[peer]) {
                 // An empty batch: its stamp tells the peer this node's incarnation.
-                let empty: &[kv_node::GroupMessage] = &[];
-                let len = postcard::to_slice(empty, self.body_buf())
-                    .expect("an empty batch fits")
-                    .len();
+                let len = kv_node::codec::encode_peer_body(&[], self.body_buf())
+                    .expect("an empty batch fits");
                 self.send_to_peer(peer, len).await;
             }
         }
@@ -238,43 +235,59 @@ impl EventLoop {
         replies: &[&ClientReply],
         echo: u64,
     ) {
-        let protection = route.protection;
-        let mut packed = pack(replies.iter().copied(), PackLimit::bytes(BODY_BYTES_MAX));
-        if replies.is_empty() {
-            // A hello: one empty batch whose stamp tells the client its ticket.
-            packed.batches.push(Vec::new());
+        // Most flushes answer a client in one datagram (a hello, with no replies, too):
+        // encoded straight away, with no batches built to find that out.
+        if let Some(len) = encode_replies(replies, self.body_buf()) {
+            self.seal_and_send_replies(addr, route, len, echo).await;
+            return;
         }
+        let packed = pack_by(
+            replies.iter().copied(),
+            |r| reply_bytes(r),
+            PackLimit::bytes(BODY_BYTES_MAX),
+        );
         for reply in &packed.too_large {
             self.counters.dropped(
                 DropReason::SendFailed,
                 addr,
                 &format_args!(
                     "a reply of {} bytes does not fit in a datagram (BODY_BYTES_MAX is {BODY_BYTES_MAX})",
-                    encoded_bytes(reply)
+                    reply_bytes(reply)
                 ),
             );
         }
         for batch in packed.batches {
-            let len = postcard::to_slice(&batch, self.body_buf())
-                .expect("a packed batch fits BODY_BYTES_MAX")
-                .len();
-            let stamp = self.next_stamp(echo);
-            let end = BODY_OFFSET + len + TAG_BYTES;
-            self.keys
-                .client(usize::from(route.key_index))
-                .replies
-                .seal_in_place(
-                    Kind::ClientReplies,
-                    self.cluster_id,
-                    self.me.0,
-                    stamp,
-                    protection,
-                    &mut self.datagram_buf[..end],
-                );
-            let datagram = std::mem::take(&mut self.datagram_buf);
-            self.send(&datagram[..end], addr).await;
-            self.datagram_buf = datagram;
+            let len = encode_replies(&batch, self.body_buf())
+                .expect("a packed batch fits BODY_BYTES_MAX");
+            self.seal_and_send_replies(addr, route, len, echo).await;
         }
+    }
+
+    /// Seals the replies encoded in [`Self::body_buf`] (`len` bytes) under the client's
+    /// key, the stamp echoing `echo`, and sends them.
+    async fn seal_and_send_replies(
+        &mut self,
+        addr: SocketAddr,
+        route: ClientRoute,
+        len: usize,
+        echo: u64,
+    ) {
+        let stamp = self.next_stamp(echo);
+        let end = BODY_OFFSET + len + TAG_BYTES;
+        self.keys
+            .client(usize::from(route.key_index))
+            .replies
+            .seal_in_place(
+                Kind::ClientReplies,
+                self.cluster_id,
+                self.me.0,
+                stamp,
+                route.protection,
+                &mut self.datagram_buf[..end],
+            );
+        let datagram = std::mem::take(&mut self.datagram_buf);
+        self.send(&datagram[..end], addr).await;
+        self.datagram_buf = datagram;
     }
 
     async fn send(&mut self, datagram: &[u8], addr: SocketAddr) {

@@ -1,4 +1,5 @@
-//! Client request payloads as kvserver decodes them (postcard `Vec<ClientRequest>`), fed
+//! Client request payloads as kvserver decodes them (a postcard `Vec<ClientRequest>`, gets
+//! and puts read by hand, `kv_shared::proto::decode_requests`), fed
 //! to the node core of a single-node cluster that leads its shards. Whatever decodes must
 //! re-encode to the same requests, and every request gets exactly one reply within the
 //! request timeout.
@@ -38,7 +39,10 @@ pub fn run(data: &[u8]) {
             break;
         }
         let payload = input.chunk();
-        let Ok(requests) = decode_value::<Vec<ClientRequest>>(payload) else {
+        // kvserver's reader (gets and puts by hand) must agree with postcard's.
+        let decoded = kv_shared::proto::decode_requests(payload).ok();
+        assert_eq!(decoded, decode_value::<Vec<ClientRequest>>(payload).ok());
+        let Some(requests) = decoded else {
             continue;
         };
         let again = postcard::to_stdvec(&requests).expect("decoded requests encode");

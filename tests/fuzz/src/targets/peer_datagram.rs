@@ -31,7 +31,12 @@ pub fn run(data: &[u8]) {
                 let from = NodeId(2 + u64::from(input.u8() % 2));
                 let address_fixup = !input.u8().is_multiple_of(4);
                 let payload = input.chunk();
-                let Ok(mut msgs) = decode_peer(payload) else {
+                // The hand-written reader of the hot messages must agree with postcard's.
+                let decoded = decode_peer(payload).ok();
+                let by_postcard: Option<Vec<kv_node::GroupMessage>> =
+                    postcard::from_bytes(payload).ok();
+                assert_eq!(decoded, by_postcard);
+                let Some(mut msgs) = decoded else {
                     continue;
                 };
                 let again = postcard::to_stdvec(&msgs).expect("decoded messages encode");
