@@ -947,32 +947,17 @@ fn decode_replies(body: &Bytes, out: &mut Vec<DecodedReply>) -> Option<()> {
 /// what a reply costs the load generator; docs/PERFORMANCE.md has the counts. A value is
 /// a slice of `body`, not a copy.
 fn take_common_reply<'a>(body: &Bytes, b: &'a [u8]) -> Option<(DecodedReply, &'a [u8])> {
-    let (client, b) = take_varint(b)?;
-    let (seq, b) = take_varint(b)?;
-    // `Outcome`'s variant index, a varint: 0 is `Value`, 1 is `Done`.
-    let (&variant, b) = b.split_first()?;
-    let (response, b) = match variant {
-        1 => (Response::Done, b),
-        0 => match b.split_first()? {
-            (0, b) => (Response::Value(None), b),
-            (1, b) => {
-                let (len, b) = take_varint(b)?;
-                let len = usize::try_from(len).ok().filter(|&l| l <= b.len())?;
-                let (value, b) = b.split_at(len);
-                (Response::Value(Some(body.slice_ref(value))), b)
-            }
-            _ => return None,
-        },
+    let mut r = kv_shared::cursor::Reader::new(b);
+    let client = r.u64()?;
+    let seq = r.u64()?;
+    // `Outcome`'s variant index: 0 is `Value` (an `Option` of bytes), 1 is `Done`.
+    let response = match r.u32()? {
+        1 => Response::Done,
+        0 if r.bool()? => Response::Value(Some(body.slice_ref(r.bytes()?))),
+        0 => Response::Value(None),
         _ => return None,
     };
-    Some(((ClientId(client), seq, Answer::Done(response)), b))
-}
-
-/// A u64 varint from the front of `b` (accepted exactly as postcard accepts one), and
-/// what follows it.
-fn take_varint(mut b: &[u8]) -> Option<(u64, &[u8])> {
-    let n = kv_shared::varint::take(&mut b)?;
-    Some((n, b))
+    Some(((ClientId(client), seq, Answer::Done(response)), r.rest))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex};
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 
 struct State<T> {
     queue: VecDeque<T>,
@@ -72,13 +72,19 @@ impl<T> Receiver<T> {
             if s.closed {
                 return Poll::Ready(None);
             }
-            match &mut s.waker {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                w => *w = Some(cx.waker().clone()),
-            }
+            park(&mut s.waker, cx);
             Poll::Pending
         })
         .await
+    }
+}
+
+/// Keeps the waker of the task about to wait in `slot` (one waiting task at a time), so
+/// that the next send wakes it; the inbox and the send task's outbox wait alike.
+pub(crate) fn park(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        w => *w = Some(cx.waker().clone()),
     }
 }
 

@@ -109,10 +109,7 @@ impl Receiver {
             if s.closed {
                 return Poll::Ready(false);
             }
-            match &mut s.waker {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                w => *w = Some(cx.waker().clone()),
-            }
+            crate::inbox::park(&mut s.waker, cx);
             Poll::Pending
         })
         .await
