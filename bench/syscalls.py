@@ -26,7 +26,7 @@ import argparse, atexit, json, os, re, shutil, signal, socket, subprocess, tempf
 from leaders import leaders, put_leaders_on
 from run import free_port
 
-SYSCALLS = ["sendto", "recvfrom", "epoll_wait", "fdatasync", "write", "futex"]
+SYSCALLS = ["sendto", "recvfrom", "epoll_wait", "fdatasync", "write", "futex", "brk", "mmap", "munmap", "madvise"]
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--target", required=True, help="directory holding release kvserver and kvcli")
@@ -104,7 +104,7 @@ try:
     if a.leaders_on:
         put_leaders_on(kvcli, a.shards, a.leaders_on)
     time.sleep(1)
-    events = ",".join(f"syscalls:sys_enter_{s}" for s in SYSCALLS) + ",context-switches"
+    events = ",".join(f"syscalls:sys_enter_{s}" for s in SYSCALLS) + ",context-switches,page-faults"
     turns0 = counters()
     cpu0 = cpu_total([x.pid for x in procs])
     stat = subprocess.Popen(["perf", "stat", "-x", ",", "-e", events, "-o", f"{d}/perf.txt",

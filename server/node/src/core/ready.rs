@@ -531,7 +531,7 @@ impl RoundOps {
     /// The ops of the round, leaving room for as many in the next.
     pub(super) fn take(&mut self) -> Vec<DiskOp> {
         self.close();
-        super::take_sized(&mut self.ops)
+        super::outbox::take_sized(&mut self.ops)
     }
 
     fn close(&mut self) {
