@@ -104,7 +104,7 @@ mod tests {
     fn the_outbox_lists_peers_in_id_order_each_once() {
         let mut outbox = Outbox::default();
         let gm = |to: u64| GroupMessage {
-            shard: ShardId(0),
+            shard: kv_shared::ShardId(0),
             msg: kv_raft::Message {
                 from: NodeId(1),
                 to: NodeId(to),
