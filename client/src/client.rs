@@ -4,28 +4,26 @@
 //! sequence number) so a write applies once. The client learns the nodes, each shard's
 //! replica set (with its epoch) and leader hints from any node that answers.
 //!
-//! Shape: [`Client::connect`] binds the socket and starts two tasks, a receiver that
+//! Shape: [`Client::connect`] binds the socket and starts two tasks, a receiver (`receive`) that
 //! demultiplexes replies to sessions by client id, and a sender (`sender`) that batches the
 //! requests ready for the same node into one datagram. A [`Session`] is one logical client
 //! (`&mut self` methods, so at most one request outstanding, as the protocol requires).
 
 use crate::error::Error;
 use crate::inbox;
+use crate::receive::{receive_loop, Answer, Incoming};
 use crate::sender::send_loop;
 pub use crate::session::Session;
 use crate::tickets::Tickets;
 use crate::watchdog::{sweep_loop, Slot, Watchdog};
-use bytes::{Bytes, BytesMut};
-use kv_shared::auth::{self, ClientKey, Protection, ReplayWindow, Sealer, BODY_BYTES_MAX};
+use bytes::Bytes;
+use kv_shared::auth::{self, ClientKey, Protection, Sealer, BODY_BYTES_MAX};
 use kv_shared::config::{ClusterConfig, LeaderPolicy};
 use kv_shared::hashing::SeededState;
 use kv_shared::pack::count_prefix_bytes;
-use kv_shared::proto::{
-    ClientError, ClientReply, ClientRequest, NodeStatus, Op, Outcome, Role, ShardRoute,
-};
+use kv_shared::proto::{ClientRequest, NodeStatus, Op, Outcome, Role, ShardRoute};
 use kv_shared::registry::METADATA_SHARD;
 use kv_shared::shard::shard_for_key;
-use kv_shared::wire::{self, Kind};
 use kv_shared::{ClientId, NodeId, ShardId};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -35,9 +33,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
-
-/// Receive buffer: any datagram raftkv may send fits.
-const RECV_BUFFER_BYTES: usize = 65_536;
 
 /// A node as the client knows it: its address always, its id once learned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,46 +189,6 @@ pub(crate) struct Counters {
 
 pub(crate) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
-}
-
-/// A reply's outcome as a session takes it: the answers of a completed request inline,
-/// the rare large ones boxed. An `Outcome` is as large as its `Status` variant, a few
-/// hundred bytes, and each of the half dozen moves of a reply on its way to its session
-/// copied all of it.
-#[derive(Debug)]
-pub(crate) enum Answer {
-    /// The request completed.
-    Done(Response),
-    /// The request was not (or may not have been) carried out.
-    Error(Box<ClientError>),
-    /// The node's status table.
-    Status(Box<NodeStatus>),
-}
-
-impl From<Outcome> for Answer {
-    fn from(outcome: Outcome) -> Answer {
-        match outcome {
-            Outcome::Value(v) => Answer::Done(Response::Value(v)),
-            Outcome::Done => Answer::Done(Response::Done),
-            Outcome::CasOk => Answer::Done(Response::CasOk),
-            Outcome::CasMismatch { current } => Answer::Done(Response::CasMismatch { current }),
-            Outcome::Integer(n) => Answer::Done(Response::Integer(n)),
-            Outcome::Error(e) => Answer::Error(Box::new(e)),
-            Outcome::Status(s) => Answer::Status(Box::new(s)),
-        }
-    }
-}
-
-/// What the receiver hands a session.
-pub(crate) struct Incoming {
-    pub(crate) from: SocketAddr,
-    pub(crate) seq: u64,
-    pub(crate) outcome: Answer,
-    /// 0 for a reply; else the notice that the attempt armed with this mark expired
-    /// ([`Watchdog::arm`]).
-    pub(crate) expired: u64,
-    /// When the reply's datagram arrived (or the notice was sent).
-    pub(crate) at: Instant,
 }
 
 /// Where the receiver and the watchdog reach a session.
@@ -791,7 +746,7 @@ impl Client {
     ) -> Result<(), usize> {
         self.shared.outbox.push(to, |out| {
             let start = out.len();
-            crate::request::encode(request, out);
+            kv_shared::proto::encode_request(request, out);
             let len = out.len() - start;
             if checked && count_prefix_bytes(1) + len > BODY_BYTES_MAX {
                 return Err(len);
@@ -827,271 +782,12 @@ fn entropy() -> u64 {
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
 }
-
-async fn receive_loop(shared: std::sync::Weak<Shared>) {
-    // Datagrams are received into one buffer in turn and a reply's value is a slice of
-    // its datagram: a value costs no allocation and copy of its own, and the buffer is
-    // reused in place once the values of earlier datagrams are dropped.
-    let mut buf = BytesMut::new();
-    // One window per node (by id); only replies whose tag verified create one.
-    let mut windows: HashMap<u64, ReplayWindow> = HashMap::new();
-    // A datagram's replies, decoded all before any is handed over; kept between datagrams.
-    let mut replies: Vec<DecodedReply> = Vec::new();
-    loop {
-        let Some(s) = shared.upgrade() else { return };
-        buf.clear();
-        buf.reserve(RECV_BUFFER_BYTES);
-        let from = match s.socket.recv_buf_from(&mut buf).await {
-            Ok((_, from)) => from,
-            // ICMP errors surface here on some systems; the retry logic handles the loss.
-            Err(_) => continue,
-        };
-        // One clock read per datagram: the time its replies arrived, which a session
-        // reports as its request's completion.
-        let at = Instant::now();
-        let mut datagram = buf.split();
-        let Some(body) = open_replies(&s, &mut datagram, from, &mut windows) else {
-            bump(&s.counters.datagrams_dropped);
-            continue;
-        };
-        let body = datagram.freeze().slice(body);
-        if decode_replies(&body, &mut replies).is_none() {
-            bump(&s.counters.datagrams_dropped);
-            continue;
-        }
-        drop(body);
-        if !replies.is_empty() {
-            bump(&s.counters.reply_datagrams);
-        }
-        let sessions = s.sessions.lock().expect("sessions lock");
-        for (client, seq, outcome) in replies.drain(..) {
-            bump(&s.counters.replies_received);
-            if let Some(mailbox) = sessions.get(&client) {
-                mailbox.tx.send(Incoming {
-                    from,
-                    seq,
-                    outcome,
-                    expired: 0,
-                    at,
-                });
-            }
-        }
-    }
-}
-
-/// Where in `datagram` its body (its encoded replies) lies, if its header, tag and stamp
-/// are good. A hello (a reply whose stamp echoes a ticket, with no replies) sends again,
-/// under the ticket, the requests that went to its node without one.
-fn open_replies(
-    s: &Shared,
-    datagram: &mut [u8],
-    from: SocketAddr,
-    windows: &mut HashMap<u64, ReplayWindow>,
-) -> Option<std::ops::Range<usize>> {
-    let (header, _) = wire::decode(datagram, s.cluster_id).ok()?;
-    if header.kind != Kind::ClientReplies {
-        return None;
-    }
-    let start = datagram.as_ptr() as usize;
-    let opened = auth::open(datagram, &header, std::slice::from_ref(&s.replies)).ok()?;
-    let stamp = opened.stamp;
-    // The body is a part of the datagram (opened in place).
-    let offset = opened.body.as_ptr() as usize - start;
-    let body = offset..offset + opened.body.len();
-    let window = windows.entry(header.sender).or_default();
-    window.accept(stamp.incarnation, stamp.counter).ok()?;
-    if stamp.echo != 0 {
-        let again = s
-            .tickets
-            .lock()
-            .expect("tickets lock")
-            .learn(from, stamp.echo);
-        for request in again {
-            let _ = s.outbox.push(from, |out| {
-                out.extend_from_slice(&request);
-                Ok::<(), ()>(())
-            });
-        }
-    }
-    Some(body)
-}
-
-/// A reply as the receive task hands it over: (session, sequence number, answer).
-type DecodedReply = (ClientId, u64, Answer);
-
-/// Decodes a reply datagram's body, a postcard `Vec<ClientReply>`, into `out` (emptied
-/// first), each reply as (session, sequence number, answer) the moment it is decoded;
-/// `None` if the body is not such a `Vec`, as `wire::decode_value` would say. Values of
-/// the common replies are slices of `body`.
-fn decode_replies(body: &Bytes, out: &mut Vec<DecodedReply>) -> Option<()> {
-    out.clear();
-    let (count, mut rest) = postcard::take_from_bytes::<usize>(body).ok()?;
-    for _ in 0..count {
-        let (reply, after) = match take_common_reply(body, rest) {
-            Some(taken) => taken,
-            None => {
-                let (r, after) = postcard::take_from_bytes::<ClientReply>(rest).ok()?;
-                ((r.client, r.seq, r.outcome.into()), after)
-            }
-        };
-        rest = after;
-        out.push(reply);
-    }
-    Some(())
-}
-
-/// A reply of the outcomes a load sees most (done, a value, no value) from the front of
-/// `b` (a part of `body`), decoded as postcard decodes a `ClientReply`, and what follows
-/// it; `None` for any other outcome or anything unusual, which postcard then decodes (or
-/// refuses) itself. Postcard's generic decoding (a visitor per field) is a large part of
-/// what a reply costs the load generator; docs/PERFORMANCE.md has the counts. A value is
-/// a slice of `body`, not a copy.
-fn take_common_reply<'a>(body: &Bytes, b: &'a [u8]) -> Option<(DecodedReply, &'a [u8])> {
-    let mut r = kv_shared::cursor::Reader::new(b);
-    let client = r.u64()?;
-    let seq = r.u64()?;
-    // `Outcome`'s variant index: 0 is `Value` (an `Option` of bytes), 1 is `Done`.
-    let response = match r.u32()? {
-        1 => Response::Done,
-        0 if r.bool()? => Response::Value(Some(body.slice_ref(r.bytes()?))),
-        0 => Response::Value(None),
-        _ => return None,
-    };
-    Some(((ClientId(client), seq, Answer::Done(response)), r.rest))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
-    }
-
-    fn outcome() -> impl proptest::strategy::Strategy<Value = Outcome> {
-        use proptest::prelude::*;
-        let bytes = || proptest::collection::vec(any::<u8>(), 0..200).prop_map(Bytes::from);
-        prop_oneof![
-            Just(Outcome::Done),
-            Just(Outcome::CasOk),
-            Just(Outcome::Value(None)),
-            bytes().prop_map(|v| Outcome::Value(Some(v))),
-            any::<i64>().prop_map(Outcome::Integer),
-            proptest::option::of(bytes()).prop_map(|current| Outcome::CasMismatch { current }),
-            (any::<u32>(), proptest::option::of(any::<u64>())).prop_map(|(s, l)| {
-                Outcome::Error(ClientError::NotLeader {
-                    shard: ShardId(s),
-                    leader: l.map(NodeId),
-                })
-            }),
-        ]
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn replies_decode_as_postcard_decodes_them_even_damaged(
-            replies in proptest::collection::vec(
-                (proptest::prelude::any::<u64>(), proptest::prelude::any::<u64>(), outcome()),
-                0..20,
-            ),
-            cut in proptest::prelude::any::<proptest::sample::Index>(),
-            flip in proptest::option::of((
-                proptest::prelude::any::<proptest::sample::Index>(),
-                proptest::prelude::any::<u8>(),
-            )),
-        ) {
-            let replies: Vec<ClientReply> = replies
-                .into_iter()
-                .map(|(client, seq, outcome)| ClientReply { client: ClientId(client), seq, outcome })
-                .collect();
-            let mut body = postcard::to_stdvec(&replies).unwrap();
-            if let Some((at, byte)) = flip {
-                let at = at.index(body.len());
-                body[at] ^= byte;
-            }
-            let body = &body[..cut.index(body.len() + 1)];
-            let want = wire::decode_value::<Vec<ClientReply>>(body).ok().map(|rs| {
-                let v: Vec<(ClientId, u64, Answer)> =
-                    rs.into_iter().map(|r| (r.client, r.seq, r.outcome.into())).collect();
-                format!("{v:?}")
-            });
-            let mut out = Vec::new();
-            let got = decode_replies(&Bytes::copy_from_slice(body), &mut out).map(|()| format!("{out:?}"));
-            proptest::prop_assert_eq!(got, want);
-        }
-    }
-
-    #[test]
-    fn replies_decode_one_by_one_as_their_vec_decodes_and_a_bad_body_is_refused() {
-        let replies: Vec<ClientReply> = [
-            Outcome::Done,
-            Outcome::Value(Some(Bytes::from_static(b"v"))),
-            Outcome::Value(None),
-            Outcome::CasMismatch { current: None },
-            Outcome::Integer(-300),
-            Outcome::Error(ClientError::NotLeader {
-                shard: ShardId(3),
-                leader: Some(NodeId(2)),
-            }),
-        ]
-        .into_iter()
-        .enumerate()
-        .map(|(i, outcome)| ClientReply {
-            client: ClientId(1000 + i as u64),
-            seq: 1 << (8 * i),
-            outcome,
-        })
-        .collect();
-        let body = postcard::to_stdvec(&replies).unwrap();
-        let mut out = vec![(ClientId(9), 9, Answer::Done(Response::Done))];
-        assert_eq!(
-            decode_replies(&Bytes::from(body.clone()), &mut out),
-            Some(())
-        );
-        assert_eq!(out.len(), replies.len(), "emptied first");
-        for ((client, seq, answer), want) in out.iter().zip(&replies) {
-            assert_eq!((*client, *seq), (want.client, want.seq));
-            let as_outcome = match answer {
-                Answer::Done(r) => Response::of_outcome(&want.outcome) == Some(r.clone()),
-                Answer::Error(e) => want.outcome == Outcome::Error((**e).clone()),
-                Answer::Status(_) => false,
-            };
-            assert!(as_outcome, "{answer:?} for {:?}", want.outcome);
-        }
-        for bad in [&body[..body.len() - 1], &[3u8, 0][..], &[][..]] {
-            assert!(wire::decode_value::<Vec<ClientReply>>(bad).is_err());
-            assert_eq!(
-                decode_replies(&Bytes::copy_from_slice(bad), &mut out),
-                None,
-                "{bad:?}"
-            );
-        }
-        assert_eq!(
-            decode_replies(&Bytes::from_static(&[0]), &mut out),
-            Some(())
-        );
-        assert!(out.is_empty());
-    }
-
-    #[test]
-    fn a_decoded_value_is_a_slice_of_its_datagram_not_a_copy() {
-        let replies = vec![ClientReply {
-            client: ClientId(7),
-            seq: 1,
-            outcome: Outcome::Value(Some(Bytes::from_static(b"the value"))),
-        }];
-        let body = Bytes::from(postcard::to_stdvec(&replies).unwrap());
-        let mut out = Vec::new();
-        assert_eq!(decode_replies(&body, &mut out), Some(()));
-        let Answer::Done(Response::Value(Some(value))) = &out[0].2 else {
-            panic!("{:?}", out[0]);
-        };
-        assert_eq!(&value[..], b"the value");
-        let inside = body.as_ptr_range();
-        assert!(
-            inside.contains(&value.as_ptr()),
-            "the value points into the body"
-        );
     }
 
     #[test]

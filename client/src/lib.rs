@@ -9,7 +9,8 @@
 //! - `drive`: the bench's clients polled by one task rather than a tokio task each.
 //! - `inbox`: a session's replies and expiry notices, handed over under one lock.
 //! - `outbox`: the requests ready to send, encoded by their sessions into one buffer.
-//! - `request`: gets and puts encoded without postcard's serializer, byte for byte alike.
+//! - `receive`: the receive task, which opens the nodes' datagrams and hands each reply
+//!   to its session.
 //! - `sender`: the send task, which packs the requests ready for one node into as few
 //!   datagrams as fit.
 //! - `tickets`: the tickets nodes issued to this process, without which they execute
@@ -41,7 +42,7 @@ pub mod local;
 pub mod nodes;
 mod outbox;
 pub mod output;
-mod request;
+mod receive;
 pub mod run;
 mod sender;
 pub mod session;

@@ -2,8 +2,9 @@
 //! and `execute`, which routes an operation, follows redirects and retries it with
 //! backoff under the same sequence number until it completes or the deadline passes.
 
-use crate::client::{bump, Answer, Client, Incoming, NodeAddr, Response};
+use crate::client::{bump, Client, NodeAddr, Response};
 use crate::error::{node_name, Error};
+use crate::receive::{Answer, Incoming};
 use crate::watchdog::Slot;
 use bytes::Bytes;
 use kv_shared::auth::BODY_BYTES_MAX;

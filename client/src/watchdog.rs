@@ -3,7 +3,8 @@
 //! stores rather than a tokio timer registered and cancelled (the load generator shares
 //! the benchmark's cores, and that timer was a tenth of its work per operation).
 
-use crate::client::{Answer, Incoming, Response, Shared};
+use crate::client::{Response, Shared};
+use crate::receive::{Answer, Incoming};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};

@@ -1,6 +1,7 @@
 //! The client protocol: what kvcli sends to a node and what it gets back. Each request
 //! carries its session (client id, sequence number) so that a retried write applies once.
-//! Encoded with postcard inside a [`crate::wire`] datagram of kind `ClientRequests`/`ClientReplies`.
+//! Encoded with postcard inside a [`crate::wire`] datagram of kind `ClientRequests`/`ClientReplies`;
+//! `codec` (proto/codec.rs) reads and writes that layout for both kvcli and kvserver.
 
 use crate::ids::{ClientId, NodeId, ShardId};
 use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
@@ -9,9 +10,11 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
-mod hand;
+mod codec;
 
-pub use hand::{decode_requests, encode_replies, reply_bytes};
+pub use codec::{
+    decode_replies, decode_requests, encode_replies, encode_request, reply_bytes, DecodedReply,
+};
 
 /// One client operation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,14 +1,20 @@
 //! Client request payloads as kvserver decodes them (a postcard `Vec<ClientRequest>`, gets
 //! and puts read by hand, `kv_shared::proto::decode_requests`), fed
 //! to the node core of a single-node cluster that leads its shards. Whatever decodes must
-//! re-encode to the same requests, and every request gets exactly one reply within the
-//! request timeout.
+//! re-encode to the same requests (also by kvcli's encoder), and every request gets
+//! exactly one reply within the request timeout. The same payloads, read as reply bodies
+//! by kvcli's decoder (`kv_shared::proto::decode_replies`), must decode as postcard
+//! decodes them, and the node's replies must come back from kvserver's encoder through
+//! kvcli's decoder unchanged.
 
 use crate::input::{push_chunk, Input};
 use crate::targets::node::NodeHarness;
 use bytes::Bytes;
 use kv_node::ClientToken;
-use kv_shared::proto::{ClientRequest, Op};
+use kv_shared::proto::{
+    decode_replies, encode_replies, encode_request, ClientReply, ClientRequest, DecodedReply, Op,
+    Outcome,
+};
 use kv_shared::wire::decode_value;
 use kv_shared::ClientId;
 
@@ -39,6 +45,14 @@ pub fn run(data: &[u8]) {
             break;
         }
         let payload = input.chunk();
+        // kvcli's reply reader (done and values by hand) must agree with postcard's.
+        assert_eq!(
+            hand_replies(payload),
+            decode_value::<Vec<ClientReply>>(payload).ok().map(|rs| rs
+                .into_iter()
+                .map(|r| (r.client, r.seq, r.outcome))
+                .collect())
+        );
         // kvserver's reader (gets and puts by hand) must agree with postcard's.
         let decoded = kv_shared::proto::decode_requests(payload).ok();
         assert_eq!(decoded, decode_value::<Vec<ClientRequest>>(payload).ok());
@@ -50,6 +64,14 @@ pub fn run(data: &[u8]) {
             decode_value::<Vec<ClientRequest>>(&again).ok().as_ref(),
             Some(&requests)
         );
+        let mut by_kvcli = postcard::to_stdvec(&requests.len()).expect("a count encodes");
+        for r in &requests {
+            encode_request(r, &mut by_kvcli);
+        }
+        assert_eq!(
+            by_kvcli, again,
+            "kvcli's encoder writes what postcard writes"
+        );
         sent.push((ClientToken(token), requests.len()));
         for r in requests {
             node.core().on_client_request(ClientToken(token), r);
@@ -59,12 +81,33 @@ pub fn run(data: &[u8]) {
     }
     node.tick(ANSWER_TICKS);
     for (token, requests) in sent {
-        let replies = node.replies.iter().filter(|(t, _)| *t == token).count();
+        let replies: Vec<&ClientReply> = node
+            .replies
+            .iter()
+            .filter(|(t, _)| *t == token)
+            .map(|(_, r)| r)
+            .collect();
         assert_eq!(
-            replies, requests,
-            "token {token:?}: {requests} requests, {replies} replies"
+            replies.len(),
+            requests,
+            "token {token:?}: {requests} requests, {} replies",
+            replies.len()
         );
+        // kvserver's encoder to kvcli's decoder: the replies as they were.
+        let mut body = vec![0u8; postcard::to_stdvec(&replies).expect("replies encode").len()];
+        let len = encode_replies(&replies, &mut body).expect("the replies fit their length");
+        let back: Vec<DecodedReply<Outcome>> = replies
+            .iter()
+            .map(|r| (r.client, r.seq, r.outcome.clone()))
+            .collect();
+        assert_eq!(hand_replies(&body[..len]), Some(back));
     }
+}
+
+/// kvcli's reading of `body`, each outcome as it is.
+fn hand_replies(body: &[u8]) -> Option<Vec<DecodedReply<Outcome>>> {
+    let mut out = Vec::new();
+    decode_replies(&Bytes::copy_from_slice(body), &mut out).map(|()| out)
 }
 
 pub fn seeds() -> Vec<Vec<u8>> {
@@ -127,5 +170,23 @@ pub fn seeds() -> Vec<Vec<u8>> {
         );
         seed.push(1);
     }
-    vec![seed]
+    // A reply body, for the reply reader: each of its by-hand outcomes and one it leaves
+    // to postcard.
+    let reply = |seq, outcome| ClientReply {
+        client: ClientId(5),
+        seq,
+        outcome,
+    };
+    let replies = [
+        reply(1, Outcome::Done),
+        reply(2, Outcome::Value(Some(b("1")))),
+        reply(3, Outcome::Value(None)),
+        reply(4, Outcome::Integer(-2)),
+    ];
+    let mut replies_seed = Vec::new();
+    push_chunk(
+        &mut replies_seed,
+        &postcard::to_stdvec(&replies).expect("replies encode"),
+    );
+    vec![seed, replies_seed]
 }
