@@ -772,15 +772,13 @@ fn entropy() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let mut x = nanos
+    let x = nanos
         ^ (u64::from(std::process::id()) << 32)
         ^ CALLS
             .fetch_add(1, Ordering::Relaxed)
             .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    // splitmix64 finaliser: spreads nearby seeds apart.
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
+    // Spreads nearby seeds apart.
+    kv_shared::splitmix::mix(x)
 }
 #[cfg(test)]
 mod tests {

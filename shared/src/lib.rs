@@ -14,6 +14,7 @@
 //! - [`pack`]: items packed into batches that fit one datagram payload.
 //! - [`balance`]: the balance planner (replica moves and leader transfers; pure).
 //! - [`auth`]: keys, key files, sealed (authenticated) datagrams, the replay window.
+//! - [`splitmix`]: SplitMix64, the small deterministic generator whose seeds replay forever.
 //! - [`linearizability`]: the per-key Wing-Gong checker used by kvsim and `kvcli bench --check`.
 
 pub mod auth;
@@ -28,6 +29,7 @@ pub mod pack;
 pub mod proto;
 pub mod registry;
 pub mod shard;
+pub mod splitmix;
 pub mod varint;
 pub mod wire;
 

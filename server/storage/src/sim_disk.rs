@@ -9,6 +9,7 @@ use std::rc::Rc;
 
 use crate::disk::{assert_plain_name, Disk};
 use crate::error::StorageError;
+use kv_shared::splitmix::SplitMix64;
 
 /// An in-memory disk with power loss, a full-disk switch and byte corruption.
 ///
@@ -96,30 +97,6 @@ impl Inode {
     }
 }
 
-/// SplitMix64: tiny, and fixed forever, so a seed replays the same run on every build
-/// (unlike a library RNG whose algorithm may change between versions).
-#[derive(Debug)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..=max` (modulo bias is irrelevant for fault choices).
-    fn upto(&mut self, max: u64) -> u64 {
-        if max == u64::MAX {
-            self.next()
-        } else {
-            self.next() % (max + 1)
-        }
-    }
-}
-
 fn sync_failed(name: &str) -> StorageError {
     StorageError::Io {
         file: name.to_string(),
@@ -160,7 +137,7 @@ impl SimDisk {
     pub fn new(seed: u64) -> SimDisk {
         SimDisk {
             state: Rc::new(RefCell::new(SimState {
-                rng: SplitMix64(seed),
+                rng: SplitMix64::new(seed),
                 next_inode: 1,
                 inodes: BTreeMap::new(),
                 names: BTreeMap::new(),

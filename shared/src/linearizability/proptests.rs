@@ -259,15 +259,8 @@ proptest! {
 
 /// Specs from a fixed seed, for histories too large for proptest to shrink usefully.
 fn seeded_specs(seed: u64, count: usize, unknown_percent: u64) -> Vec<Spec> {
-    let mut state = seed;
-    let mut next = move || {
-        // splitmix64: tiny, and good enough to spread timings and kinds.
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
+    let mut rng = crate::splitmix::SplitMix64::new(seed);
+    let mut next = move || rng.next_u64();
     (0..count)
         .map(|_| {
             let r = next();

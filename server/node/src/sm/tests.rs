@@ -1,6 +1,7 @@
 //! Unit tests of the state machine and its sessions, in their own file to keep sm.rs readable.
 
 use super::*;
+use kv_shared::splitmix::SplitMix64;
 use std::net::SocketAddr;
 
 fn b(s: &str) -> Bytes {
@@ -791,46 +792,30 @@ fn postcard_writes(data: &[u8]) -> Option<Vec<WriteCommand<&[u8]>>> {
     CommandBatch::decode_borrowed(data).ok().map(|b| b.writes)
 }
 
-/// A small deterministic generator for the tests below (kv-node has no rand).
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn bytes(&mut self, max_len: u64) -> Bytes {
-        let len = self.below(max_len + 1);
-        (0..len).map(|_| self.next() as u8).collect()
-    }
+/// `max_len` bytes at most, drawn from `rng`.
+fn random_bytes(rng: &mut SplitMix64, max_len: u64) -> Bytes {
+    let len = rng.upto(max_len);
+    (0..len).map(|_| rng.next_u64() as u8).collect()
 }
 
 /// The hand-read path of all-`Put` entries must agree with postcard on every payload it
 /// accepts, and accept the payloads leaders write.
 #[test]
 fn puts_only_reads_what_postcard_reads() {
-    let mut rng = SplitMix(14);
+    let mut rng = SplitMix64::new(14);
     for round in 0..3000 {
         let n = rng.below(6);
         let writes: Vec<WriteCommand> = (0..n)
             .map(|_| {
                 // Integers of every varint length, up to u64::MAX (ten bytes).
-                let client = rng.next() >> rng.below(64);
-                let seq = rng.next() >> rng.below(64);
+                let client = rng.next_u64() >> rng.below(64);
+                let seq = rng.next_u64() >> rng.below(64);
                 WriteCommand {
                     client: ClientId(client),
                     seq,
                     op: WriteOp::Put {
-                        key: rng.bytes(40),
-                        value: rng.bytes(300),
+                        key: random_bytes(&mut rng, 40),
+                        value: random_bytes(&mut rng, 300),
                     },
                 }
             })
@@ -849,7 +834,7 @@ fn puts_only_reads_what_postcard_reads() {
         let i = rng.below(batch.len() as u64) as usize;
         batch[i] ^= 1 << rng.below(8);
         damaged.push(batch.clone());
-        batch.push(rng.next() as u8);
+        batch.push(rng.next_u64() as u8);
         damaged.push(batch);
         for d in damaged {
             if let Some(fast) = command::puts_only(&d).map(Iterator::collect::<Vec<_>>) {
