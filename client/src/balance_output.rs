@@ -515,17 +515,9 @@ fn assessment_json(a: &Assessment) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::tests::{JSON, PLAIN};
     use kv_shared::balance::{assess, plan, Cluster, NodeInfo, ShardInfo};
     use kv_shared::ShardId;
-
-    const PLAIN: Style = Style {
-        json: false,
-        colour: false,
-    };
-    const JSON: Style = Style {
-        json: true,
-        colour: false,
-    };
 
     /// 4 nodes, R = 3, 4 shards all on nodes 1-3 and led by node 1; node 3 draining.
     fn cluster() -> Cluster {

@@ -229,16 +229,12 @@ pub(crate) fn table(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     /// Whatever a get prints can be typed back as the value of a put and means the same
     /// bytes: spaces and quotes are quoted, empty is "", binary is hex:/b64:.
     #[test]
     fn printed_values_can_be_typed_back() {
         use crate::command::{parse_line, Command};
-        let plain = Style {
-            json: false,
-            colour: false,
-        };
         let values: [&[u8]; 8] = [
             b"",
             b"a b",
@@ -251,7 +247,7 @@ mod tests {
         ];
         for v in values {
             let v = Bytes::copy_from_slice(v);
-            let printed = render(&CmdOutput::Value(Some(v.clone())), plain);
+            let printed = render(&CmdOutput::Value(Some(v.clone())), PLAIN);
             let typed = parse_line(&format!("put k {printed}")).unwrap();
             assert_eq!(
                 typed,
@@ -266,11 +262,12 @@ mod tests {
 
     use super::*;
 
-    const PLAIN: Style = Style {
+    /// The two uncoloured styles, for the rendering tests of every output module.
+    pub(crate) const PLAIN: Style = Style {
         json: false,
         colour: false,
     };
-    const JSON: Style = Style {
+    pub(crate) const JSON: Style = Style {
         json: true,
         colour: false,
     };

@@ -484,17 +484,9 @@ pub(super) fn status_json(s: &ClusterStatus) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::tests::{JSON, PLAIN};
     use crate::output::{render, CmdOutput};
     use std::time::Duration;
-
-    const PLAIN: Style = Style {
-        json: false,
-        colour: false,
-    };
-    const JSON: Style = Style {
-        json: true,
-        colour: false,
-    };
 
     fn shard_status(
         shard: u32,
