@@ -112,6 +112,8 @@ try:
     events = ",".join(f"syscalls:sys_enter_{s}" for s in SYSCALLS) + ",context-switches,page-faults"
     turns0 = counters()
     cpu0 = cpu_total([x.pid for x in procs])
+    node0 = [sum(cpu_s(x.pid)) for x in procs]
+    t0 = time.monotonic()
     stat = subprocess.Popen(["perf", "stat", "-x", ",", "-e", events, "-o", f"{d}/perf.txt",
                              "-p", ",".join(str(x.pid) for x in procs)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -119,6 +121,8 @@ try:
                                 "--mix", {"put": "0", "get": "1"}[a.op], "--value-size", "100", "--key-size", "16",
                                 "--keys", "10000", "--json"], capture_output=True, text=True, timeout=1200)
     cpu1 = cpu_total([x.pid for x in procs])
+    node1 = [sum(cpu_s(x.pid)) for x in procs]
+    elapsed = time.monotonic() - t0
     stat.send_signal(signal.SIGINT)
     stat.wait()
     turns1 = counters()
@@ -135,6 +139,10 @@ print(f"{a.shards} shards{f', leaders on n{a.leaders_on}' if a.leaders_on else '
       f"ops={ops} err={j['errors']} {j['ops_per_s']:.0f}/s server cpu/op={(sum(cpu1) - sum(cpu0)) / ops * 1e6:.1f} us "
       f"(user {(cpu1[0] - cpu0[0]) / ops * 1e6:.1f}, system {(cpu1[1] - cpu0[1]) / ops * 1e6:.1f}) "
       f"load={os.getloadavg()[0]:.1f}")
+# Per node: the leader's share is the requests' own work; the followers' is what their
+# groups cost while awake (ticks, heartbeats), which grows with the shards, not the gets.
+print("  server cpu per node  " + ", ".join(
+    f"node {n}: {(b - a_) / elapsed * 100:.1f} % of a core" for n, (a_, b) in enumerate(zip(node0, node1), 1)))
 c = j.get("client", {})
 print(f"  {'client request datagrams':30} {c.get('datagrams_sent', 0) / ops:7.3f} per op"
       f" ({c.get('requests_sent', 0) / max(c.get('datagrams_sent', 0), 1):.1f} requests each)")
