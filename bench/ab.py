@@ -85,8 +85,9 @@ def run_shards(args, shards, builds, workdir, rows):
     clusters = {}
     try:
         for side, bins in builds.items():
-            log(f"{side}: starting a 3-node cluster with {shards} shards")
-            clusters[side] = RaftkvCluster(bins, shards, workdir, lease_reads=LEASE_READS[args.lease_reads],
+            n = args.b_shards if side == "B" and args.b_shards else shards
+            log(f"{side}: starting a 3-node cluster with {n} shards")
+            clusters[side] = RaftkvCluster(bins, n, workdir, lease_reads=LEASE_READS[args.lease_reads],
                                            leaders=args.leaders)
             clusters[side].start()
         for rnd in range(args.rounds):
@@ -96,7 +97,7 @@ def run_shards(args, shards, builds, workdir, rows):
                     c = clusters[side]
                     log(f"round {rnd + 1}/{args.rounds}, build {side}:")
                     p = measure(
-                        "raftkv", c, op, clients, shards, VALUE_SMALL, args.duration,
+                        "raftkv", c, op, clients, c.shards, VALUE_SMALL, args.duration,
                         lambda: c.bench(clients, args.duration, MIX[op], VALUE_SMALL, seed=rnd + 1),
                     )
                     rows.append({
@@ -161,7 +162,8 @@ def table(res):
         f"{res['settings']['candidate_bin'] or 'this checkout'} ({res['candidate']}); "
         f"medians of {res['settings']['rounds']} interleaved rounds of {res['settings']['duration_s']} s; "
         f"leaders {res['settings'].get('leaders') or 'placed by each build'}; "
-        f"load average at start {', '.join(f'{l:.2f}' for l in res['machine']['loadavg_at_start'])}",
+        + (f"B runs {res['settings']['b_shards']} shards (points named by A's); " if res['settings'].get('b_shards') else "")
+        + f"load average at start {', '.join(f'{l:.2f}' for l in res['machine']['loadavg_at_start'])}",
         f"{'point':38} {'A ops/s':>9} {'B ops/s':>9} {'B/A':>6} {'rounds B/A':>12} {'A p99':>6} {'B p99':>6} "
         f"{'B/A':>6} {'A cpu':>6} {'B cpu':>6} {'B/A':>6} {'A cli':>6} {'B cli':>6} {'B/A':>6} {'err':>4}",
     ]
@@ -218,6 +220,10 @@ def main():
     ap.add_argument("--candidate-bin", metavar="DIR",
                     help="B: use the kvserver and kvcli in DIR instead of this checkout's (implies --no-build; "
                          "for example a directory holding one build's kvserver and the other's kvcli)")
+    ap.add_argument("--b-shards", type=int, metavar="N",
+                    help="B's clusters run N shards whatever --shards says (rows stay keyed by A's count): with "
+                         "one build on both sides, shard counts compared in one interleaved run, as "
+                         "--baseline-bin DIR --candidate-bin DIR --shards 1 --b-shards 8")
     ap.add_argument("--keep", action="store_true", help="keep data dirs and server logs")
     ap.add_argument("--lease-reads", choices=sorted(LEASE_READS), default="on",
                     help="lease reads in both clusters' files (default on, as bench/run.py); 'omit' leaves "
@@ -232,7 +238,7 @@ def main():
     res = {
         "started": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine_info(),
         "candidate": git_commit(),
-        "settings": {"lease_reads": args.lease_reads, "leaders": args.leaders, "shards": args.shards, "ops": args.ops, "clients": args.clients,
+        "settings": {"lease_reads": args.lease_reads, "leaders": args.leaders, "shards": args.shards, "b_shards": args.b_shards, "ops": args.ops, "clients": args.clients,
                      "rounds": args.rounds, "candidate_bin": args.candidate_bin,
                      "duration_s": args.duration, "value_size": VALUE_SMALL},
     }

@@ -20,6 +20,7 @@ Needs `perf` and permission to read tracepoints (root here).
 
     python3 bench/syscalls.py --target target/release --shards 8
     python3 bench/syscalls.py --target target/release --shards 8 --leaders-on 1
+    python3 bench/syscalls.py --target target/release --shards 8 --leaders-on 1 --op get --lease-reads
 """
 import argparse, atexit, json, os, re, shutil, signal, socket, subprocess, tempfile, time
 
@@ -36,6 +37,9 @@ p.add_argument("--clients", default="64")
 p.add_argument("--duration", default="10", help="seconds of the point (default 10)")
 p.add_argument("--leaders-on", type=int, default=0, metavar="N",
                help="first make node N the preferred leader of every shard, and wait until it leads them all")
+p.add_argument("--lease-reads", action="store_true",
+               help="lease_reads = true in the cluster file, as bench/run.py's clusters have it; without it "
+                    "every linearizable get takes a ReadIndex heartbeat round (peer datagrams per round)")
 a = p.parse_args()
 
 d = tempfile.mkdtemp(prefix="sckv-")
@@ -57,6 +61,7 @@ open(cfg, "w").write(
     f"cluster_id = 7{a.shards}\nshards = {a.shards}\ndata_dir = \"{d}\"\nkey_file = \"keys/cluster.key\"\n"
     "client_key_files = [\"keys/admin.key\"]\nclient_key_file = \"keys/admin.key\"\nprotection = \"mac\"\n"
     "[timing]\ntick_ms = 10\nheartbeat_ticks = 5\nelection_ticks_min = 30\nelection_ticks_max = 60\n"
+    + ("lease_reads = true\n" if a.lease_reads else "")
     + "".join(f'\n[[nodes]]\nid = {n}\naddr = "127.0.0.1:{ports[n-1]}"\nredis_addr = "127.0.0.1:{tcp[n-1]}"\n'
               f'http_addr = "127.0.0.1:{tcp[n+2]}"\n' for n in (1, 2, 3)))
 kvcli = [f"{a.target}/kvcli", "--cluster", cfg]
@@ -107,6 +112,8 @@ try:
     events = ",".join(f"syscalls:sys_enter_{s}" for s in SYSCALLS) + ",context-switches,page-faults"
     turns0 = counters()
     cpu0 = cpu_total([x.pid for x in procs])
+    node0 = [sum(cpu_s(x.pid)) for x in procs]
+    t0 = time.monotonic()
     stat = subprocess.Popen(["perf", "stat", "-x", ",", "-e", events, "-o", f"{d}/perf.txt",
                              "-p", ",".join(str(x.pid) for x in procs)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -114,6 +121,8 @@ try:
                                 "--mix", {"put": "0", "get": "1"}[a.op], "--value-size", "100", "--key-size", "16",
                                 "--keys", "10000", "--json"], capture_output=True, text=True, timeout=1200)
     cpu1 = cpu_total([x.pid for x in procs])
+    node1 = [sum(cpu_s(x.pid)) for x in procs]
+    elapsed = time.monotonic() - t0
     stat.send_signal(signal.SIGINT)
     stat.wait()
     turns1 = counters()
@@ -126,10 +135,14 @@ finally:
     for x in procs:
         x.wait()
 ops = j["ops"]
-print(f"{a.shards} shards{f', leaders on n{a.leaders_on}' if a.leaders_on else ''}: {a.op} c={a.clients} "
+print(f"{a.shards} shards{f', leaders on n{a.leaders_on}' if a.leaders_on else ''}{', lease reads' if a.lease_reads else ''}: {a.op} c={a.clients} "
       f"ops={ops} err={j['errors']} {j['ops_per_s']:.0f}/s server cpu/op={(sum(cpu1) - sum(cpu0)) / ops * 1e6:.1f} us "
       f"(user {(cpu1[0] - cpu0[0]) / ops * 1e6:.1f}, system {(cpu1[1] - cpu0[1]) / ops * 1e6:.1f}) "
       f"load={os.getloadavg()[0]:.1f}")
+# Per node: the leader's share is the requests' own work; the followers' is what their
+# groups cost while awake (ticks, heartbeats), which grows with the shards, not the gets.
+print("  server cpu per node  " + ", ".join(
+    f"node {n}: {(b - a_) / elapsed * 100:.1f} % of a core" for n, (a_, b) in enumerate(zip(node0, node1), 1)))
 c = j.get("client", {})
 print(f"  {'client request datagrams':30} {c.get('datagrams_sent', 0) / ops:7.3f} per op"
       f" ({c.get('requests_sent', 0) / max(c.get('datagrams_sent', 0), 1):.1f} requests each)")
