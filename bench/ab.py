@@ -7,9 +7,10 @@ B is this checkout, built as bench/run.py builds it. For each shard count, a fre
 3-node cluster of each build (fsync on, fresh temp data dirs, free loopback ports, the
 cluster file bench/run.py writes) runs at the same time; each point runs on A and on B
 back to back, A first in odd rounds and B first in even ones, so that whatever else
-loads the machine hits both builds alike. Puts run before gets, as in bench/run.py
-(`kvcli bench` names each run's keys with a tag of its own, so gets find no value
-either way, on both builds alike; `--ops get` runs the gets alone).
+loads the machine hits both builds alike. Puts run before gets, as in bench/run.py;
+every point names its keys from one key set (`kvcli bench --key-set`), and each cluster
+is preloaded with a value for every key before its first get, so gets find their values
+(`--ops get` runs the gets alone).
 
 Reported per point: the median throughput, p50, p99, server CPU per operation and the
 load generator's CPU per operation of each build over the rounds, the ratios B/A of
@@ -90,6 +91,8 @@ def run_shards(args, shards, builds, workdir, rows):
             clusters[side] = RaftkvCluster(bins, n, workdir, lease_reads=LEASE_READS[args.lease_reads],
                                            leaders=args.leaders)
             clusters[side].start()
+            if "get" in args.ops:
+                clusters[side].preload()
         for rnd in range(args.rounds):
             order = list(builds) if rnd % 2 == 0 else list(builds)[::-1]
             for op, clients in points(args.ops, args.clients):
@@ -207,8 +210,8 @@ def main():
     ap.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 64],
                     help="client counts of the put and get points (default 1,64)")
     ap.add_argument("--ops", type=parse_ops, default=["put", "get"],
-                    help="which points: put, get or put,get (default); gets read keys of their own run's "
-                         "key names either way (kvcli bench tags each run's keys), so they need no puts first")
+                    help="which points: put, get or put,get (default); each cluster is preloaded with every key "
+                         "before the rounds when gets run, so gets find 100 B values")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     ap.add_argument("--duration", type=int, default=8, help="seconds per point (default 8)")
     ap.add_argument("--no-build", action="store_true", help="B: use this checkout's release binaries as built")

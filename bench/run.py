@@ -46,6 +46,10 @@ VENV = BENCH_DIR / ".venv"
 
 # Linux reports utime/stime in USER_HZ, fixed at 100 for user space.
 USER_HZ = 100.0
+# The key set (`kvcli bench --key-set`) every raftkv point names its keys from, so that
+# gets read the values puts (or a preload) wrote; without one, each kvcli run names its
+# keys afresh and every get finds nothing.
+KEY_SET = "sweep"
 # The workload of the issue: 16-byte keys, 100-byte values, 10,000 keys, uniform.
 KEY_SIZE = 16
 KEYS = 10_000
@@ -404,12 +408,19 @@ class RaftkvCluster:
         args = [
             "bench", "--clients", str(clients), "--mix", str(mix), "--keys", str(keys),
             "--key-size", str(KEY_SIZE), "--value-size", str(value_size), "--dist", "uniform",
-            "--seed", str(seed), "--json",
+            "--seed", str(seed), "--key-set", KEY_SET, "--json",
         ]
         args += ["--ops", str(ops)] if ops else ["--duration", f"{duration_s}s"]
         timeout = (duration_s if not ops else 3600) + 120
         r = self.kvcli(*args, timeout=timeout)
         return last_json(r, "kvcli bench")
+
+    def preload(self, value_size=VALUE_SMALL, keys=KEYS):
+        """Writes every key of KEY_SET once (outside any measurement), so that gets find
+        values, as etcd's are preloaded."""
+        r = self.kvcli("bench", "--preload", "--clients", "64", "--keys", str(keys), "--key-size", str(KEY_SIZE),
+                       "--value-size", str(value_size), "--key-set", KEY_SET, "--json", timeout=600)
+        return last_json(r, "kvcli bench --preload")
 
 
 def last_json(r, what):
@@ -557,6 +568,8 @@ def measure(system, cluster, op, clients, shards, value_size, duration_s, runner
         f"{system:6} {point['name']:45} {point['ops_per_s']:>9.0f} ops/s  p50 {r.get('p50_us', 0) / 1000:.2f} ms"
         f"  p99 {r.get('p99_us', 0) / 1000:.2f} ms  errors {point['errors']}  server cpu {point['server_cpu_us_per_op']:.1f} us/op"
     )
+    if point["not_found"]:
+        log(f"warning: {point['not_found']} of {point['ops']} operations read a key that held no value")
     return point
 
 
@@ -600,7 +613,13 @@ def run_raftkv(args, bins, workdir, results):
             # 100 B puts first: they fill the key space (same seed, so same keys) for the
             # gets; the large-value puts last, so that gets read 100 B values.
             mine.sort(key=lambda p: (p[0] == "values", p[1] != "put", p[1] == "mix", p[3]))
+            preloaded = False
             for group, op, s, clients, value in mine:
+                if op != "put" and not preloaded:
+                    # Every key once more at 100 B before the first get, outside the
+                    # measurement: the puts before may not have reached every key.
+                    c.preload()
+                    preloaded = True
                 point = measure(
                     "raftkv", c, op, clients, s, value, args.duration,
                     lambda: c.bench(clients, args.duration, MIX[op], value),

@@ -60,6 +60,28 @@ class RedisRowNames(unittest.TestCase):
                 for other in set(run.LEADER_POLICIES) - {policy}:
                     self.assertNotIn(other, name)
 
+class KeySet(unittest.TestCase):
+    """Every raftkv point and the preload before the gets name their keys from one key
+    set, so gets read values the puts or the preload wrote (without one, each kvcli run
+    names its keys afresh and every get finds nothing)."""
+
+    def test_points_and_the_preload_name_keys_from_one_set(self):
+        c = run.RaftkvCluster.__new__(run.RaftkvCluster)  # no ports, dirs or processes
+        calls = []
+
+        def kvcli(*args, timeout=60):
+            calls.append(args)
+            return mock.Mock(stdout='{"ops": 1}', stderr="", returncode=0)
+
+        c.kvcli = kvcli
+        c.bench(64, 1, 1.0, run.VALUE_SMALL)
+        c.bench(64, 1, 0.0, run.VALUE_SMALL, keys=100, ops=10)
+        c.preload()
+        self.assertEqual(len(calls), 3)
+        for args in calls:
+            self.assertEqual(args[args.index("--key-set") + 1], run.KEY_SET, args)
+        self.assertIn("--preload", calls[2])
+
 
 if __name__ == "__main__":
     unittest.main()

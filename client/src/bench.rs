@@ -65,6 +65,9 @@ pub struct BenchOptions {
     /// Write every key of the key space once, in key order, then stop: no reads, and
     /// `ops`, `read_fraction` and `dist` do not apply (a data set for later runs).
     pub preload: bool,
+    /// Name the keys with this instead of a tag of the run's own, so that a run reads
+    /// what an earlier one wrote (`None`: a fresh tag, every key starts absent).
+    pub key_set: Option<String>,
 }
 
 impl Default for BenchOptions {
@@ -82,6 +85,7 @@ impl Default for BenchOptions {
             record: false,
             seed: 1,
             preload: false,
+            key_set: None,
         }
     }
 }
@@ -459,7 +463,7 @@ pub async fn run(
     // Borrowed by the clients until the end; `options` itself goes into the report.
     let client_options = options.clone();
     let mut seeder = SmallRng::seed_from_u64(options.seed);
-    let tag = run_tag();
+    let tag = options.key_set.clone().unwrap_or_else(run_tag);
     // A preload takes keys in order, so no distribution is worth precomputing.
     let dist = if options.preload {
         Dist::Uniform

@@ -165,6 +165,27 @@ struct BenchArgs {
     /// --keys values of --value-size bytes, e.g. before measuring moves on a full store.
     #[arg(long, conflicts_with_all = ["ops", "mix", "dist", "stale_reads"])]
     preload: bool,
+    /// Name the keys NAME-<number> instead of with a fresh tag of this run's own, so a run
+    /// reads what an earlier run wrote: `--preload --key-set s1`, then `--mix 1 --key-set
+    /// s1` measures gets that find their values. Not with --check, which assumes every key
+    /// starts absent. NAME: 1 to 16 ASCII letters and digits.
+    #[arg(long, value_name = "NAME", value_parser = parse_key_set, conflicts_with = "check")]
+    key_set: Option<String>,
+}
+
+/// Most characters of a `--key-set` name. A key is the name, a dash and the key number
+/// padded to `--key-size`; a longer name makes longer keys, still far below
+/// `KEY_BYTES_MAX`.
+const KEY_SET_CHARS_MAX: usize = 16;
+
+fn parse_key_set(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > KEY_SET_CHARS_MAX || !s.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return Err(format!(
+            "{s:?} is not a key set name: 1 to {KEY_SET_CHARS_MAX} ASCII letters and digits"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 /// Parses `10s`, `500ms`, `2m`, `1.5s` or a bare number of seconds.
@@ -388,6 +409,7 @@ async fn bench_main(client: &Client, a: BenchArgs, style: Style) -> anyhow::Resu
         record: a.check || a.history.is_some(),
         seed: a.seed,
         preload: a.preload,
+        key_set: a.key_set,
     };
     let tty = std::io::stderr().is_terminal();
     let run = bench::run(client, options, |p| {

@@ -23,6 +23,7 @@ fn options(ops: u64, keys: u64) -> BenchOptions {
         record: true,
         seed: 3,
         preload: false,
+        key_set: None,
     }
 }
 
@@ -194,4 +195,30 @@ async fn a_preload_writes_every_key_once_and_stops() {
         .unwrap()
         .verdict
         .is_linearizable());
+}
+
+/// A run with `key_set` reads what an earlier run with the same set wrote (the sweep's
+/// gets read the values its puts wrote); a run without one names its keys afresh and
+/// finds nothing.
+#[tokio::test]
+async fn a_named_key_set_is_read_by_a_later_run_and_a_fresh_one_is_not() {
+    let fake = FakeCluster::start(3, 4, Some(2));
+    let client = Client::connect(fake.options()).await.unwrap();
+    let mut preload = options(10, 200);
+    preload.preload = true;
+    preload.key_set = Some("s1".into());
+    let r = run(&client, preload, |_| {}).await;
+    assert_eq!((r.report.writes, r.report.errors), (200, 0));
+    let reads = |key_set: Option<&str>| {
+        let mut o = options(400, 200);
+        o.read_fraction = 1.0;
+        o.record = false;
+        o.key_set = key_set.map(String::from);
+        o
+    };
+    let named = run(&client, reads(Some("s1")), |_| {}).await.report;
+    assert_eq!((named.reads, named.errors), (400, 0));
+    assert_eq!(named.not_found, 0, "every key of the set was written");
+    let fresh = run(&client, reads(None), |_| {}).await.report;
+    assert_eq!(fresh.not_found, 400, "a fresh tag's keys are all absent");
 }

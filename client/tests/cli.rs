@@ -370,3 +370,26 @@ fn rebalance_status_and_dry_run_show_the_plan_and_rebalance_asks_the_leader() {
     assert_eq!(v["kind"], "gave-up", "{v}");
     assert_eq!(fake.ctl().preferred_leaders, vec![(0, 2), (1, 3)]);
 }
+
+#[test]
+fn bench_refuses_a_bad_key_set_name_and_a_key_set_with_check() {
+    let fake = FakeCluster::start(1, 1, Some(1));
+    let bad = kvcli(&fake, &["bench", "--ops", "1", "--key-set", "a-b"], "");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        text(&bad.stderr).contains("1 to 16 ASCII letters and digits"),
+        "{}",
+        text(&bad.stderr)
+    );
+    let checked = kvcli(
+        &fake,
+        &["bench", "--ops", "1", "--key-set", "s1", "--check"],
+        "",
+    );
+    assert_eq!(checked.status.code(), Some(2));
+    assert!(
+        text(&checked.stderr).contains("--check"),
+        "{}",
+        text(&checked.stderr)
+    );
+}
