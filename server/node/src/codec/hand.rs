@@ -131,6 +131,12 @@ pub fn decode(payload: &[u8]) -> Option<Vec<GroupMessage>> {
     let mut r = Reader::new(payload);
     let count = r.count()?;
     let mut msgs = Vec::with_capacity(r.capacity_for(count, MESSAGE_BYTES_MIN));
+    // The entries' payloads share one copy of the datagram from the first of them on,
+    // instead of a copy each: an Append per group made that an allocation (and, at the
+    // first clone into the log, another for the shared handle) per entry, per group and
+    // round. The copy lives as long as any of its entries does, which the follower's
+    // log holds anyway; what else it carries is the messages' few header bytes.
+    let mut shared = SharedData::default();
     for _ in 0..count {
         let shard = ShardId(r.u32()?);
         let from = NodeId(r.u64()?);
@@ -155,7 +161,7 @@ pub fn decode(payload: &[u8]) -> Option<Vec<GroupMessage>> {
                             r.postcard()?
                         }
                     };
-                    let data = Bytes::copy_from_slice(r.bytes()?);
+                    let data = shared.bytes(payload, r.bytes()?);
                     entries.push(Entry {
                         term,
                         index,
@@ -199,6 +205,28 @@ pub fn decode(payload: &[u8]) -> Option<Vec<GroupMessage>> {
         });
     }
     Some(msgs)
+}
+
+/// The copy of a datagram's payload that its entries' data are slices of, made at the
+/// first entry with data.
+#[derive(Default)]
+struct SharedData {
+    /// The copy, and the offset in the payload it starts at.
+    copy: Option<(Bytes, usize)>,
+}
+
+impl SharedData {
+    /// `data` (a slice of `payload`) as a `Bytes` sharing the copy.
+    fn bytes(&mut self, payload: &[u8], data: &[u8]) -> Bytes {
+        if data.is_empty() {
+            return Bytes::new();
+        }
+        let at = data.as_ptr() as usize - payload.as_ptr() as usize;
+        let (copy, start) = self
+            .copy
+            .get_or_insert_with(|| (Bytes::copy_from_slice(&payload[at..]), at));
+        copy.slice(at - *start..at - *start + data.len())
+    }
 }
 
 #[cfg(test)]
@@ -344,6 +372,64 @@ mod tests {
                 prop_oneof![2 => 0u8..8, 1 => 0x80u8.., 1 => any::<u8>()], 0..64),
         ) {
             prop_assert_eq!(decode(&bytes), postcard_decode(&bytes));
+        }
+    }
+
+    /// The entries of a datagram, across its messages, are slices of one copy of it:
+    /// each entry's data lies where its bytes lie in the payload, relative to the first.
+    #[test]
+    fn the_entries_of_a_datagram_share_one_copy_of_it() {
+        let entry = |index: u64, data: &'static [u8]| Entry {
+            term: 1,
+            index,
+            kind: EntryKind::Command,
+            data: Bytes::from_static(data),
+        };
+        let append = |shard: u32, entries: Vec<Entry>| GroupMessage {
+            shard: ShardId(shard),
+            msg: Message {
+                from: NodeId(1),
+                to: NodeId(2),
+                term: 1,
+                body: MessageBody::Append {
+                    prev_index: 0,
+                    prev_term: 0,
+                    entries,
+                    commit: 0,
+                },
+            },
+        };
+        let msgs = vec![
+            append(
+                0,
+                vec![entry(1, b"first entry"), entry(2, b""), entry(3, b"second")],
+            ),
+            append(7, vec![entry(1, b"of another group")]),
+        ];
+        let payload = postcard::to_stdvec(&msgs).unwrap();
+        let decoded = decode(&payload).unwrap();
+        assert_eq!(decoded, msgs);
+        let data: Vec<Bytes> = decoded
+            .into_iter()
+            .flat_map(|m| match m.msg.body {
+                MessageBody::Append { entries, .. } => entries.into_iter().map(|e| e.data),
+                _ => unreachable!(),
+            })
+            .filter(|d| !d.is_empty())
+            .collect();
+        let in_payload = |d: &[u8]| {
+            payload
+                .windows(d.len())
+                .position(|w| w == d)
+                .expect("the data is in the payload")
+        };
+        let first = &data[0];
+        for d in &data[1..] {
+            assert_eq!(
+                d.as_ptr() as usize - first.as_ptr() as usize,
+                in_payload(d) - in_payload(first),
+                "{d:?} is not in the copy {first:?} is in"
+            );
         }
     }
 

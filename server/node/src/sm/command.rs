@@ -218,8 +218,10 @@ impl CommandBatch {
     }
 }
 
-/// The writes of an entry payload that holds only `Put`s, read by hand: the common entry,
-/// decoded on every replica. Through serde, postcard pays visitor calls, a varint call
+/// The writes of an entry payload that holds only `Put`s and `OpenSession`s, read by
+/// hand: the common entry, decoded on every replica (a client opens its session on each
+/// shard with its first write there, so with many shards the first rounds' entries mix
+/// the two). Through serde, postcard pays visitor calls, a varint call
 /// per integer and a vector for the batch on every write; this reads the same bytes
 /// directly. `None` for anything else (another op, a malformed
 /// varint, a short or trailing byte): the caller then decodes with postcard, which
@@ -227,7 +229,7 @@ impl CommandBatch {
 pub(crate) fn puts_only(data: &[u8]) -> Option<Puts<'_>> {
     let mut rest = data;
     let count = varint::take(&mut rest)?;
-    // Each Put takes at least five bytes: the check pass cannot be made to loop long.
+    // Each write takes at least three bytes: the check pass cannot be made to loop long.
     if count > rest.len() as u64 {
         return None;
     }
@@ -257,24 +259,30 @@ impl<'a> Iterator for Puts<'a> {
     }
 }
 
-/// One `WriteCommand` holding a `Put`, as postcard lays it out: client and seq (varints),
-/// the variant index (0, one byte), key and value (each a varint length and the bytes).
+/// postcard's variant indices of the two `WriteOp`s read by hand (the tests fail if the
+/// declarations move).
+const PUT: u8 = 0;
+const OPEN_SESSION: u8 = 3;
+
+/// One `WriteCommand` holding a `Put` or an `OpenSession`, as postcard lays it out:
+/// client and seq (varints), the variant index (one byte), and for a `Put` key and value
+/// (each a varint length and the bytes).
 #[inline]
 fn take_put<'a>(rest: &mut &'a [u8]) -> Option<WriteCommand<&'a [u8]>> {
     let client = ClientId(varint::take(rest)?);
     let seq = varint::take(rest)?;
     let (&variant, after) = rest.split_first()?;
-    if variant != 0 {
-        return None;
-    }
     *rest = after;
-    let key = take_bytes(rest)?;
-    let value = take_bytes(rest)?;
-    Some(WriteCommand {
-        client,
-        seq,
-        op: WriteOp::Put { key, value },
-    })
+    let op = match variant {
+        PUT => {
+            let key = take_bytes(rest)?;
+            let value = take_bytes(rest)?;
+            WriteOp::Put { key, value }
+        }
+        OPEN_SESSION => WriteOp::OpenSession,
+        _ => return None,
+    };
+    Some(WriteCommand { client, seq, op })
 }
 
 /// [`take_put`] without building the write: the check pass needs only where each
@@ -285,12 +293,15 @@ fn skip_put(rest: &mut &[u8]) -> Option<()> {
     varint::skip(rest)?;
     varint::skip(rest)?;
     let (&variant, after) = rest.split_first()?;
-    if variant != 0 {
-        return None;
-    }
     *rest = after;
-    take_bytes(rest)?;
-    take_bytes(rest)?;
+    match variant {
+        PUT => {
+            take_bytes(rest)?;
+            take_bytes(rest)?;
+        }
+        OPEN_SESSION => {}
+        _ => return None,
+    }
     Some(())
 }
 

@@ -798,8 +798,8 @@ fn random_bytes(rng: &mut SplitMix64, max_len: u64) -> Bytes {
     (0..len).map(|_| rng.next_u64() as u8).collect()
 }
 
-/// The hand-read path of all-`Put` entries must agree with postcard on every payload it
-/// accepts, and accept the payloads leaders write.
+/// The hand-read path of entries of `Put`s and `OpenSession`s must agree with postcard
+/// on every payload it accepts, and accept the payloads leaders write.
 #[test]
 fn puts_only_reads_what_postcard_reads() {
     let mut rng = SplitMix64::new(14);
@@ -810,19 +810,27 @@ fn puts_only_reads_what_postcard_reads() {
                 // Integers of every varint length, up to u64::MAX (ten bytes).
                 let client = rng.next_u64() >> rng.below(64);
                 let seq = rng.next_u64() >> rng.below(64);
+                let op = if rng.below(4) == 0 {
+                    WriteOp::OpenSession
+                } else {
+                    WriteOp::Put {
+                        key: random_bytes(&mut rng, 40),
+                        value: random_bytes(&mut rng, 300),
+                    }
+                };
                 WriteCommand {
                     client: ClientId(client),
                     seq,
-                    op: WriteOp::Put {
-                        key: random_bytes(&mut rng, 40),
-                        value: random_bytes(&mut rng, 300),
-                    },
+                    op,
                 }
             })
             .collect();
         let mut batch = CommandBatch { writes }.encode().to_vec();
         let fast: Option<Vec<_>> = command::puts_only(&batch).map(Iterator::collect);
-        assert!(fast.is_some(), "round {round}: a leader's batch of puts");
+        assert!(
+            fast.is_some(),
+            "round {round}: a leader's batch of puts and opens"
+        );
         assert_eq!(fast, postcard_writes(&batch), "round {round}");
         if batch.len() < 2 {
             continue;
@@ -846,14 +854,29 @@ fn puts_only_reads_what_postcard_reads() {
 
 #[test]
 fn puts_only_leaves_other_ops_and_odd_encodings_to_postcard() {
-    let mixed = entry(vec![put(1, 1, "a", "x"), open(2, 1)]);
+    let opens = entry(vec![put(1, 1, "a", "x"), open(2, 1)]);
+    let fast: Vec<_> = command::puts_only(&opens)
+        .expect("puts and opens are read by hand")
+        .collect();
+    assert_eq!(Some(fast), postcard_writes(&opens));
+    let delete = WriteCommand {
+        client: ClientId(2),
+        seq: 2,
+        op: WriteOp::Delete { key: b("a") },
+    };
+    let mixed = entry(vec![put(3, 1, "b", "y"), delete]);
     assert!(command::puts_only(&mixed).is_none());
     let mut sm = StateMachine::new(10);
-    // Applied through postcard all the same.
     assert_eq!(
-        sm.apply_entry(1, 1, &mixed),
+        sm.apply_entry(1, 1, &opens),
         vec![Outcome::Done, Outcome::Done]
     );
+    // Applied through postcard all the same.
+    assert_eq!(
+        sm.apply_entry(2, 1, &mixed),
+        vec![Outcome::Done, Outcome::Done]
+    );
+    assert_eq!(sm.get(b"a"), None);
     // A count of 1 written in two bytes (0x81 0x00): postcard takes it, and so does
     // the hand-read path, with the same write.
     let one = entry(vec![put(1, 2, "k", "v")]);
@@ -887,6 +910,6 @@ fn puts_only_leaves_other_ops_and_odd_encodings_to_postcard() {
     let mut trailing = one.to_vec();
     trailing.push(7);
     assert!(command::puts_only(&trailing).is_none());
-    assert_eq!(sm.apply_entry(2, 1, &trailing), vec![Outcome::Done]);
+    assert_eq!(sm.apply_entry(3, 1, &trailing), vec![Outcome::Done]);
     assert_eq!(sm.get(b"k"), Some(b("v")));
 }
