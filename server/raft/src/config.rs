@@ -33,6 +33,10 @@ pub struct Config {
     /// is always handed out); the rest follow in the next `Ready`. Bounds the memory a
     /// replica catching up on a long committed log hands its caller at once.
     pub committed_bytes_per_ready_max: usize,
+    /// Most entry payload bytes a leader's compaction keeps below its snapshot for a
+    /// follower heard lately that still lacks them (0: cut at the snapshot), so that it
+    /// catches up from the log instead of by a snapshot of the whole state.
+    pub compact_keep_bytes_max: usize,
     /// Seed of this replica's RNG (election jitter). Derive it from (run seed, node, group).
     pub seed: u64,
     /// Leader lease reads (needs `check_quorum`): a leader that committed an entry of its
@@ -136,6 +140,11 @@ pub struct Config {
 /// Default of [`Config::committed_bytes_per_ready_max`]: a few Append batches' worth.
 pub const COMMITTED_BYTES_PER_READY_MAX: usize = 1024 * 1024;
 
+/// Default of [`Config::compact_keep_bytes_max`]: as much log as a shard keeps between
+/// two of its snapshots at the node core's byte trigger, so that a follower one snapshot
+/// behind still catches up from the log.
+pub const COMPACT_KEEP_BYTES_MAX: usize = 8 * 1024 * 1024;
+
 /// See [`Config::snapshot_image_check`]: true if the caller can restore the snapshot.
 /// A plain function (pure, deterministic) so that `Config` stays plain data.
 pub type ImageCheck = fn(&Snapshot) -> bool;
@@ -159,6 +168,7 @@ impl Config {
             snapshot_chunk_bytes_max: kv_shared::limits::SNAPSHOT_CHUNK_BYTES_MAX,
             snapshot_inflight_bytes_max: kv_shared::limits::SNAPSHOT_INFLIGHT_BYTES_MAX,
             committed_bytes_per_ready_max: COMMITTED_BYTES_PER_READY_MAX,
+            compact_keep_bytes_max: COMPACT_KEEP_BYTES_MAX,
             seed,
             lease_reads: false,
             lease_margin_ticks: 2,

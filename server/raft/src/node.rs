@@ -123,6 +123,9 @@ pub struct Raft {
     /// `snapshot_image_needed`): the latest compacted one, or a newer one handed to
     /// `provide_snapshot`.
     pub(crate) snapshot: Option<Snapshot>,
+    /// Index of the latest snapshot handed to `compact` (the log may start below it: a
+    /// leader keeps entries a lagging follower still needs, `compaction_floor`).
+    pub(crate) snapshot_at: Index,
     /// A leader found a follower to send a snapshot to but holds no image.
     pub(crate) snapshot_wanted: bool,
     /// Events since the last `Ready` (a handful per round at most).
@@ -239,6 +242,7 @@ impl Raft {
             membership,
             snap_membership: base,
             snapshot,
+            snapshot_at: si,
             snapshot_wanted: false,
             events: Vec::new(),
             election_elapsed: 0,
@@ -474,10 +478,53 @@ impl Raft {
             meta, snapshot.meta,
             "snapshot meta does not match the log (use snapshot_meta)"
         );
-        self.log.compact(index, snapshot.meta.term);
-        self.snap_membership = meta.membership;
+        self.snapshot_at = self.snapshot_at.max(index);
+        let cut = self.compaction_floor(index);
+        if cut > self.log.snap_index {
+            let cut_meta = if cut == index {
+                meta
+            } else {
+                self.snapshot_meta(cut)
+            };
+            self.log.compact(cut, cut_meta.term);
+            self.snap_membership = cut_meta.membership;
+        }
         if self.snapshot.as_ref().is_none_or(|s| s.meta.index < index) {
             self.snapshot = Some(snapshot);
+        }
+    }
+
+    /// Where compacting at a snapshot of `index` may cut the log. A follower's cut is
+    /// the snapshot. A leader keeps the entries a follower heard within an election
+    /// timeout still lacks (above its match index), as long as they hold at most
+    /// `Config::compact_keep_bytes_max` payload bytes: a follower a little behind (the
+    /// slower of two on a busy disk) then catches up from the log, where a cut at the
+    /// snapshot sent it the image of the whole shard, which slowed it further.
+    fn compaction_floor(&self, index: Index) -> Index {
+        let RoleState::Leader(ls) = &self.role else {
+            return index;
+        };
+        let alive_ticks = u64::from(self.cfg.election_ticks_max);
+        let Some(slowest) = ls
+            .progress
+            .values()
+            .filter(|p| self.now - p.heard_at < alive_ticks)
+            .map(|p| p.match_)
+            .min()
+        else {
+            return index;
+        };
+        let floor = slowest.clamp(self.log.snap_index, index);
+        let kept: usize = self
+            .log
+            .range(floor + 1, index)
+            .iter()
+            .map(|e| e.data.len())
+            .sum();
+        if kept > self.cfg.compact_keep_bytes_max {
+            index
+        } else {
+            floor
         }
     }
 
@@ -651,7 +698,7 @@ impl Raft {
             applied: self.log.applied,
             last_index: self.log.last_index(),
             persisted: self.log.persisted,
-            snapshot_index: self.log.snap_index,
+            snapshot_index: self.log.snap_index.max(self.snapshot_at),
             membership: self.membership.clone(),
             progress,
         }

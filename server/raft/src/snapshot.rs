@@ -411,6 +411,45 @@ mod tests {
         assert!(matches!(c.nodes[&lead].raft.role, RoleState::Leader(_)));
     }
 
+    /// A leader keeps, below its snapshot, the entries a follower heard within an
+    /// election timeout still lacks, up to `compact_keep_bytes_max` of payload: that
+    /// follower catches up from the log, without the image of the whole state. Past the
+    /// bound the cut is at the snapshot, and the follower gets the image.
+    #[test]
+    fn a_follower_a_little_behind_catches_up_from_the_log_kept_for_it() {
+        // Five entries of 10 bytes ("value-0000") above the follower's match index.
+        for (keep, from_log) in [(50, true), (49, false)] {
+            let opts = Config {
+                compact_keep_bytes_max: keep,
+                ..test_config()
+            };
+            let (mut c, lead, down) = follower_behind_the_compacted_log(opts, 5);
+            let leader = &c.nodes[&lead].raft;
+            let snapshot = leader.status().snapshot_index;
+            assert_eq!(
+                snapshot, c.nodes[&lead].applied,
+                "keep {keep}: snapshot index"
+            );
+            assert_eq!(
+                leader.log.snap_index < snapshot,
+                from_log,
+                "keep {keep}: log from {} under a snapshot at {snapshot}",
+                leader.log.snap_index
+            );
+            c.restart(down);
+            c.quiet = false;
+            run(&mut c, 250);
+            let applied = |c: &Cluster, id: u64| c.nodes[&id].raft.log.applied;
+            assert_eq!(applied(&c, down), applied(&c, lead), "keep {keep}");
+            assert_eq!(
+                c.out.contains(&format!("n{down} restore snap@")),
+                !from_log,
+                "keep {keep}: {}",
+                c.out
+            );
+        }
+    }
+
     /// A follower catching up takes every group's window into one socket buffer, and a
     /// chunk it drops wastes the rest of the window: 64 chunks of 32 KiB per group made
     /// a restarted kvserver node drop thousands of datagrams. The byte bound holds even
