@@ -4,7 +4,7 @@
 
 use crate::node::{Raft, RoleState};
 use crate::progress::ProgressState;
-use crate::types::{Index, MessageBody, Snapshot, SnapshotMeta, Term};
+use crate::types::{EntryKind, Index, MessageBody, Snapshot, SnapshotMeta, Term};
 use bytes::{Bytes, BytesMut};
 use kv_shared::NodeId;
 
@@ -30,6 +30,110 @@ impl Incoming {
 }
 
 impl Raft {
+    /// The caller has durably stored `snapshot` of its state machine (its index at or
+    /// below the applied index): drop the log up to it and use it for lagging followers.
+    pub fn compact(&mut self, snapshot: Snapshot) {
+        let index = snapshot.meta.index;
+        assert!(
+            index <= self.log.applied,
+            "compact({index}) beyond the applied index {}",
+            self.log.applied
+        );
+        if index <= self.log.snap_index {
+            return;
+        }
+        let meta = self.snapshot_meta(index);
+        assert_eq!(
+            meta, snapshot.meta,
+            "snapshot meta does not match the log (use snapshot_meta)"
+        );
+        self.snapshot_at = self.snapshot_at.max(index);
+        let cut = self.compaction_floor(index);
+        if cut > self.log.snap_index {
+            let cut_meta = if cut == index {
+                meta
+            } else {
+                self.snapshot_meta(cut)
+            };
+            self.log.compact(cut, cut_meta.term);
+            self.snap_membership = cut_meta.membership;
+        }
+        if self.snapshot.as_ref().is_none_or(|s| s.meta.index < index) {
+            self.snapshot = Some(snapshot);
+        }
+    }
+
+    /// Where compacting at a snapshot of `index` may cut the log. A follower's cut is
+    /// the snapshot. A leader keeps the entries a follower heard within an election
+    /// timeout still lacks (above its match index), as long as they hold at most
+    /// `Config::compact_keep_bytes_max` payload bytes: a follower a little behind (the
+    /// slower of two on a busy disk) then catches up from the log, where a cut at the
+    /// snapshot sent it the image of the whole shard, which slowed it further.
+    fn compaction_floor(&self, index: Index) -> Index {
+        let RoleState::Leader(ls) = &self.role else {
+            return index;
+        };
+        let alive_ticks = u64::from(self.cfg.election_ticks_max);
+        let Some(slowest) = ls
+            .progress
+            .values()
+            .filter(|p| self.now - p.heard_at < alive_ticks)
+            .map(|p| p.match_)
+            .min()
+        else {
+            return index;
+        };
+        let floor = slowest.clamp(self.log.snap_index, index);
+        let kept: usize = self
+            .log
+            .range(floor + 1, index)
+            .iter()
+            .map(|e| e.data.len())
+            .sum();
+        if kept > self.cfg.compact_keep_bytes_max {
+            index
+        } else {
+            floor
+        }
+    }
+
+    /// Answers `Ready::snapshot_wanted`: an image of the state machine at an applied
+    /// index at or above the compacted one, to send to followers. It compacts nothing and
+    /// need not be durable here: it holds only committed entries, and a follower persists
+    /// it before acknowledging it.
+    pub fn provide_snapshot(&mut self, snapshot: Snapshot) {
+        let index = snapshot.meta.index;
+        assert_eq!(
+            self.snapshot_meta(index),
+            snapshot.meta,
+            "snapshot meta does not match the log (use snapshot_meta)"
+        );
+        if self.snapshot.as_ref().is_none_or(|s| s.meta.index < index) {
+            self.snapshot = Some(snapshot);
+        }
+    }
+
+    /// The metadata a snapshot of the state machine at `index` must carry (term and
+    /// membership as of `index`), for building the argument of [`Raft::compact`].
+    /// `index` must be applied and not below the current snapshot.
+    pub fn snapshot_meta(&self, index: Index) -> SnapshotMeta {
+        assert!(
+            index <= self.log.applied && index >= self.log.snap_index,
+            "snapshot_meta({index}) out of range"
+        );
+        let mut membership = self.snap_membership.clone();
+        for e in self.log.range(self.log.snap_index + 1, index) {
+            if let EntryKind::ConfChange(c) = &e.kind {
+                crate::membership::apply_committed(&mut membership, c);
+            }
+        }
+        SnapshotMeta {
+            index,
+            term: self.log.term(index).expect("held"),
+            membership,
+        }
+    }
+
     /// True if `to` answered within `elections` election timeouts. A follower not heard
     /// from yet counts from tick 0: a young leader's life is that short anyway.
     fn heard_within(&self, to: NodeId, elections: u64) -> bool {
