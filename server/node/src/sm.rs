@@ -15,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use xxhash_rust::xxh64::Xxh64;
 
-mod command;
+pub(crate) mod command;
 #[cfg(test)]
 mod tests;
 

@@ -4,7 +4,7 @@
 
 use super::{is_listed, BoundaryRefusal, ClientToken, NodeCore, Request};
 use crate::moves;
-use crate::sm::{WriteCommand, WriteOp};
+use crate::sm::{command, WriteCommand, WriteOp};
 use crate::write_refusal;
 use bytes::Bytes;
 use kv_raft::{ProposeError, Role};
@@ -13,7 +13,7 @@ use kv_shared::pack::count_prefix_bytes;
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Op, Outcome};
 use kv_shared::registry::METADATA_SHARD;
 use kv_shared::shard::shard_for_key;
-use kv_shared::{NodeId, ShardId};
+use kv_shared::{varint, NodeId, ShardId};
 
 /// What a pending request counts against `PENDING_REQUEST_BYTES_MAX`: its keys and values
 /// (the bulk of what it holds) plus a fixed share for the rest of the request.
@@ -55,9 +55,12 @@ fn encode_entry<'a>(
     writes_bytes: usize,
 ) -> Bytes {
     let len = count_prefix_bytes(count) + writes_bytes;
-    let mut out = postcard::to_extend(&count, Vec::with_capacity(len)).expect("a length encodes");
+    let mut out = Vec::with_capacity(len);
+    let mut prefix = [0u8; varint::BYTES_MAX];
+    let n = varint::write(count as u64, &mut prefix);
+    out.extend_from_slice(&prefix[..n]);
     for write in writes {
-        out = postcard::to_extend(&write, out).expect("a write encodes");
+        command::extend_with_write(&write, &mut out);
     }
     debug_assert_eq!(out.len(), len, "the counted length is the encoding's");
     Bytes::from(out)
@@ -444,7 +447,7 @@ impl NodeCore {
             let mut bytes = 0usize;
             while end < ids.len() {
                 let write = write_of(&self.requests[&ids[end]]);
-                let b = postcard::experimental::serialized_size(&write).expect("a write encodes");
+                let b = command::write_bytes(&write);
                 if end > start && bytes + b > ENTRY_BYTES_MAX {
                     break;
                 }

@@ -240,6 +240,51 @@ pub(crate) fn puts_only(data: &[u8]) -> Option<Puts<'_>> {
     check.is_empty().then_some(Puts { rest, count })
 }
 
+/// Bytes of postcard's encoding of `write`: a `Put` or an `OpenSession` counted by hand
+/// (a leader sizes every write it proposes), any other write by postcard.
+pub(crate) fn write_bytes(write: &WriteCommand<&Bytes>) -> usize {
+    let head = varint::len(write.client.0) + varint::len(write.seq) + 1;
+    match &write.op {
+        WriteOp::Put { key, value } => {
+            head + varint::len(key.len() as u64)
+                + key.len()
+                + varint::len(value.len() as u64)
+                + value.len()
+        }
+        WriteOp::OpenSession => head,
+        _ => postcard::experimental::serialized_size(write).expect("a write encodes"),
+    }
+}
+
+/// Appends postcard's encoding of `write` to `out`: a `Put` or an `OpenSession` written
+/// by hand (the layout [`take_put`] reads), any other write by postcard.
+pub(crate) fn extend_with_write(write: &WriteCommand<&Bytes>, out: &mut Vec<u8>) {
+    let mut head = [0u8; 3 * varint::BYTES_MAX];
+    let mut n = varint::write(write.client.0, &mut head);
+    n += varint::write(write.seq, &mut head[n..]);
+    match &write.op {
+        WriteOp::Put { key, value } => {
+            head[n] = PUT;
+            n += 1;
+            n += varint::write(key.len() as u64, &mut head[n..]);
+            out.extend_from_slice(&head[..n]);
+            out.extend_from_slice(key);
+            let mut len = [0u8; varint::BYTES_MAX];
+            let l = varint::write(value.len() as u64, &mut len);
+            out.extend_from_slice(&len[..l]);
+            out.extend_from_slice(value);
+        }
+        WriteOp::OpenSession => {
+            head[n] = OPEN_SESSION;
+            out.extend_from_slice(&head[..n + 1]);
+        }
+        _ => {
+            let taken = std::mem::take(out);
+            *out = postcard::to_extend(write, taken).expect("a write encodes");
+        }
+    }
+}
+
 /// The writes [`puts_only`] checked, decoded again one at a time as they are applied, so
 /// that no vector holds them.
 pub(crate) struct Puts<'a> {

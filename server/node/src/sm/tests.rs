@@ -913,3 +913,38 @@ fn puts_only_leaves_other_ops_and_odd_encodings_to_postcard() {
     assert_eq!(sm.apply_entry(3, 1, &trailing), vec![Outcome::Done]);
     assert_eq!(sm.get(b"k"), Some(b("v")));
 }
+
+/// A leader sizes and writes the writes it proposes by hand (`Put` and `OpenSession`;
+/// postcard for the rest): byte for byte postcard's encoding, at every varint length.
+#[test]
+fn proposed_writes_are_sized_and_written_as_postcard_does() {
+    let mut rng = SplitMix64::new(15);
+    for round in 0..5000 {
+        let client = ClientId(rng.next_u64() >> rng.below(64));
+        let seq = rng.next_u64() >> rng.below(64);
+        let key = random_bytes(&mut rng, 200);
+        // Lengths across the one-, two- and three-byte varints.
+        let value_max = [100, 300, 20_000][rng.below(3) as usize];
+        let value = random_bytes(&mut rng, value_max);
+        let op = match rng.below(3) {
+            0 => WriteOp::Put {
+                key: &key,
+                value: &value,
+            },
+            1 => WriteOp::OpenSession,
+            _ => WriteOp::Delete { key: &key },
+        };
+        let write = WriteCommand { client, seq, op };
+        let want = postcard::to_stdvec(&write).unwrap();
+        let mut out = vec![7u8; rng.below(3) as usize];
+        let before = out.clone();
+        command::extend_with_write(&write, &mut out);
+        assert_eq!(
+            out[..before.len()],
+            before[..],
+            "round {round}: prefix kept"
+        );
+        assert_eq!(out[before.len()..], want[..], "round {round}: {write:?}");
+        assert_eq!(command::write_bytes(&write), want.len(), "round {round}");
+    }
+}
