@@ -398,6 +398,9 @@ impl Session {
         // anything by the deadline (the counter counts every reply this client received),
         // the cluster is unreachable, not merely leaderless.
         let mut silent: Vec<SocketAddr> = Vec::new();
+        // Nodes that answered they hold no replica of the shard and knew no newer replica
+        // set than the cached one: asked again only once every other node has been.
+        let mut disclaimed: Vec<SocketAddr> = Vec::new();
         let replies_before = self
             .client
             .shared
@@ -457,7 +460,7 @@ impl Session {
             // The same session and seq: only the routing epoch changes between attempts.
             let (epoch, leader) = self.client.epoch_and_leader(shard);
             request.epoch = epoch;
-            let target = self.pick_target(shard, stale, leader);
+            let target = self.pick_target(shard, stale, leader, &disclaimed, &silent);
             // The first attempt is refused if too large for a datagram of its own (nothing
             // is sent); a retry's epoch can add a byte or two, which the send task checks.
             if let Err(len) = self.client.enqueue(target.addr, &request, attempt == 0) {
@@ -558,15 +561,21 @@ impl Session {
                         route.replica_list()
                     );
                     redirects_in_a_row += 1;
+                    disclaimed.clear();
                     if redirects_in_a_row <= self.client.shared.options.nodes.len() {
                         continue;
                     }
                 }
                 Setback::Error(ClientError::StaleRoute { .. }) => {
-                    // The node knows no newer set than ours: try another replica.
+                    // The node knows no newer set than ours: try another replica, and once
+                    // every replica we know of said so (all moved away and forgot the
+                    // shard), the other nodes, one of which knows where it went.
                     bump(&self.client.shared.counters.redirects);
                     last = format!("{who} holds no replica of shard {} it can serve", shard.0);
                     self.forget_leader(shard, target);
+                    if !disclaimed.contains(&target.addr) {
+                        disclaimed.push(target.addr);
+                    }
                     self.rotation = self.rotation.wrapping_add(1);
                 }
                 Setback::Error(ClientError::NotLeader { .. }) => {
@@ -617,13 +626,38 @@ impl Session {
     /// replicas in this session's rotation (any replica redirects to the leader it knows;
     /// before the replicas are known, any node answers with them). Stale reads go to any
     /// replica.
-    fn pick_target(&mut self, shard: ShardId, stale: bool, leader: Option<NodeAddr>) -> NodeAddr {
+    /// The node for the next attempt: the cached leader, else one of the shard's known
+    /// replicas in rotation. Nodes that `disclaimed` the shard or were `silent` this
+    /// request are left out while any other is left: first the replicas that did
+    /// neither; if none is left and one of them disclaimed it (the set moved away and
+    /// its nodes forgot the shard), any other node that did neither, one of which knows
+    /// where it went; then the replicas that did not disclaim it.
+    fn pick_target(
+        &mut self,
+        shard: ShardId,
+        stale: bool,
+        leader: Option<NodeAddr>,
+        disclaimed: &[SocketAddr],
+        silent: &[SocketAddr],
+    ) -> NodeAddr {
         if !stale {
             if let Some(l) = leader {
                 return l;
             }
         }
-        let nodes = self.client.candidates(shard);
+        let mut nodes = self.client.candidates(shard);
+        if !disclaimed.is_empty() || !silent.is_empty() {
+            let fresh = |n: &NodeAddr| !disclaimed.contains(&n.addr) && !silent.contains(&n.addr);
+            let moved = nodes.iter().any(|n| disclaimed.contains(&n.addr));
+            if nodes.iter().any(fresh) {
+                nodes.retain(fresh);
+            } else if moved && self.client.nodes().iter().any(fresh) {
+                nodes = self.client.nodes();
+                nodes.retain(fresh);
+            } else if nodes.iter().any(|n| !disclaimed.contains(&n.addr)) {
+                nodes.retain(|n| !disclaimed.contains(&n.addr));
+            }
+        }
         if stale {
             self.rotation = self.rotation.wrapping_add(1);
         }

@@ -170,6 +170,47 @@ async fn a_node_without_the_shard_hands_over_its_replica_set() {
     assert_eq!(client.metrics().redirects, 1);
 }
 
+/// Every node of the client's cached replica set moved away and forgot the shard (each
+/// answers with nothing newer than the client knows): the client asks the nodes outside
+/// that set instead of rotating among the ones that disclaimed it, and one of them knows
+/// where the shard went.
+#[tokio::test]
+async fn when_every_known_replica_disclaims_the_shard_the_other_nodes_are_asked() {
+    let fake = FakeCluster::start(3, 1, None);
+    {
+        let mut c = fake.ctl();
+        c.replicas = Some(vec![1]);
+        c.route_epoch = 5;
+        c.leader = Some(1);
+    }
+    let client = Client::connect(fake.options()).await.unwrap();
+    let mut s = client.session();
+    s.put(b("a"), b("1")).await.unwrap();
+    let shard = client.shard_of(b"a").unwrap();
+    assert_eq!(client.cached_route(shard).unwrap().voters, vec![NodeId(1)]);
+    {
+        // The shard moved to node 3 (epoch 7); node 1 was removed and forgot it, so it
+        // answers with the bootstrap set at epoch 0, older than the client's.
+        let mut c = fake.ctl();
+        c.replicas = Some(vec![3]);
+        c.route_epoch = 7;
+        c.leader = Some(3);
+        c.forgetful = vec![1];
+    }
+    s.put(b("a"), b("2")).await.unwrap();
+    assert_eq!(client.cached_leader(shard).unwrap().addr, fake.nodes[2]);
+    let asked_node_1 = fake
+        .ctl()
+        .received
+        .iter()
+        .filter(|r| r.3 != Op::Status && r.2 == 2 && r.0 == 1)
+        .count();
+    assert_eq!(
+        asked_node_1, 1,
+        "node 1 disclaimed the shard once and was not asked again"
+    );
+}
+
 #[tokio::test]
 async fn follows_a_redirect_when_the_leader_moves() {
     let fake = FakeCluster::start(3, 2, Some(1));

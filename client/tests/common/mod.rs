@@ -68,6 +68,9 @@ pub struct Ctl {
     pub replicas: Option<Vec<u64>>,
     /// The epoch of that replica set.
     pub route_epoch: u64,
+    /// Nodes outside `replicas` that forgot the shard (removed, then restarted): they
+    /// answer with the bootstrap replica set (every node, epoch 0), not the current one.
+    pub forgetful: Vec<u64>,
     /// `ShardLeader` requests the leader took: (shard, node).
     pub preferred_leaders: Vec<(u32, u64)>,
     /// `MoveReplica` requests the leader carried out: (shard, from, to, client, seq).
@@ -375,9 +378,20 @@ fn answer(c: &mut Ctl, me: u64, r: ClientRequest, shards: u32, n: usize) -> Opti
     let key = r.op.key().expect("keyed").clone();
     let shard = shard_for_key(&key, shards);
     if c.replicas.as_ref().is_some_and(|r| !r.contains(&me)) {
+        let route = if c.forgetful.contains(&me) {
+            ShardRoute {
+                shard,
+                epoch: 0,
+                voters: (1..=n as u64).map(NodeId).collect(),
+                learners: vec![],
+                leader: None,
+            }
+        } else {
+            c.route(shard, n)
+        };
         return reply(Outcome::Error(ClientError::StaleRoute {
             node: NodeId(me),
-            route: c.route(shard, n),
+            route,
         }));
     }
     if c.leader != Some(me) {

@@ -54,6 +54,14 @@ struct Pending {
     /// leader, so that followers serve it (ReadIndex asked of the leader); it is checked
     /// for linearizability like every other get.
     anywhere: bool,
+    /// Nodes that answered they hold no replica of the shard and knew no newer replica
+    /// set than the client's: asked again only once every other node has been (as
+    /// kvcli).
+    disclaimed: Vec<NodeId>,
+    /// Nodes that let an attempt time out: asked again only once no other node is left.
+    silent: Vec<NodeId>,
+    /// The node of the attempt in flight.
+    target: Option<NodeId>,
 }
 
 /// Percent of a client's linearizable gets sent to any replica (`Pending::anywhere`).
@@ -197,15 +205,24 @@ impl Client {
     /// nodes while none are known).
     /// A read sent `anywhere` (stale, or to a follower) goes to any of the shard's known
     /// replicas.
-    fn target(&mut self, key: &Bytes, anywhere: bool, nodes: &[NodeId], shards: u32) -> NodeId {
+    fn target(
+        &mut self,
+        key: &Bytes,
+        anywhere: bool,
+        nodes: &[NodeId],
+        shards: u32,
+        disclaimed: &[NodeId],
+        silent: &[NodeId],
+    ) -> NodeId {
         let s = shard_for_key(key, shards).0 as usize;
         if let (Some(l), false) = (self.leader_cache[s], anywhere) {
             return l;
         }
-        let candidates = match &self.routes[s] {
-            Some(r) if !r.voters.is_empty() => &r.voters[..],
-            _ => nodes,
+        let mut candidates: Vec<NodeId> = match &self.routes[s] {
+            Some(r) if !r.voters.is_empty() => r.voters.clone(),
+            _ => nodes.to_vec(),
         };
+        narrow(&mut candidates, nodes, disclaimed, silent);
         self.next_node = self.next_node.wrapping_add(1);
         candidates[self.next_node % candidates.len()]
     }
@@ -236,6 +253,10 @@ impl Client {
         let s = shard_for_key(&key, shards).0 as usize;
         if p.sent {
             self.leader_cache[s] = None;
+            let p = self.pending.as_mut().expect("pending");
+            if let Some(node) = p.target.filter(|n| !p.silent.contains(n)) {
+                p.silent.push(node);
+            }
         }
         self.send(now_ns, nodes, shards, t)
     }
@@ -347,6 +368,9 @@ impl Client {
             opens,
             stale,
             anywhere,
+            disclaimed: Vec::new(),
+            silent: Vec::new(),
+            target: None,
         });
         self.send(now_ns, nodes, shards, t)
     }
@@ -354,7 +378,14 @@ impl Client {
     fn send(&mut self, now_ns: u64, nodes: &[NodeId], shards: u32, t: &ClientTiming) -> Action {
         let p = self.pending.as_ref().expect("pending");
         let (key, anywhere) = (p.key.clone(), p.stale || p.anywhere);
-        let node = self.target(&key, anywhere, nodes, shards);
+        let p = self.pending.as_mut().expect("pending");
+        let (disclaimed, silent) = (
+            std::mem::take(&mut p.disclaimed),
+            std::mem::take(&mut p.silent),
+        );
+        let node = self.target(&key, anywhere, nodes, shards, &disclaimed, &silent);
+        let p = self.pending.as_mut().expect("pending");
+        (p.disclaimed, p.silent, p.target) = (disclaimed, silent, Some(node));
         let route_epoch = self.routes[shard_for_key(&key, shards).0 as usize]
             .as_ref()
             .map_or(0, |r| r.epoch);
@@ -425,6 +456,11 @@ impl Client {
                 let newer = self.routes[s]
                     .as_ref()
                     .is_none_or(|have| have.epoch <= route.epoch);
+                // Only a strictly newer set tells the client something: a node that
+                // answers with ours or an older one holds no replica it can serve.
+                let strictly_newer = self.routes[s]
+                    .as_ref()
+                    .is_none_or(|have| have.epoch < route.epoch);
                 if newer {
                     self.leader_cache[s] = route.leader;
                     self.routes[s] = Some(route);
@@ -434,6 +470,14 @@ impl Client {
                     // leader to go back to, as kvcli also forgets it (kept, a client
                     // would ask it forever).
                     self.leader_cache[s] = None;
+                }
+                let p = self.pending.as_mut().expect("pending");
+                if strictly_newer {
+                    p.disclaimed.clear();
+                } else if !p.disclaimed.contains(&node) {
+                    // Nor a node to ask again while others are left: if every node of
+                    // our set moved away and forgot the shard, another knows where it went.
+                    p.disclaimed.push(node);
                 }
                 if newer && self.leader_cache[s].is_some() {
                     return Ok(self.send(now_ns, nodes, shards, t));
@@ -487,5 +531,25 @@ impl Client {
             complete_ns: now_ns,
         });
         Ok(self.think(now_ns, rng, t))
+    }
+}
+
+/// Narrows a request's `candidates` (its shard's known replicas) as kvcli does: first the
+/// ones that neither disclaimed the shard nor let an attempt time out; if none is left
+/// and one of them disclaimed it (the set moved away), any other node that did neither;
+/// then the replicas that did not disclaim it; else all of them as they are.
+fn narrow(
+    candidates: &mut Vec<NodeId>,
+    nodes: &[NodeId],
+    disclaimed: &[NodeId],
+    silent: &[NodeId],
+) {
+    let fresh = |n: &NodeId| !disclaimed.contains(n) && !silent.contains(n);
+    if candidates.iter().any(fresh) {
+        candidates.retain(fresh);
+    } else if candidates.iter().any(|n| disclaimed.contains(n)) && nodes.iter().any(fresh) {
+        *candidates = nodes.iter().copied().filter(fresh).collect();
+    } else if candidates.iter().any(|n| !disclaimed.contains(n)) {
+        candidates.retain(|n| !disclaimed.contains(n));
     }
 }
