@@ -19,6 +19,12 @@
 //! for space: under load one fsync commits many writes anyway, and zeros written ahead
 //! would double the bytes the disk takes while it is the bottleneck.
 //!
+//! A write the node core marks deferrable (a leader's own log writes, which its
+//! followers commit without) is executed at once, but its sync and its `Done` wait up to
+//! [`SYNC_DEFER_MAX`], or until a write that is not deferrable comes, which one sync then
+//! covers together with them: the leader's fsync stays out of the way of its followers'
+//! on a shared disk and covers several rounds.
+//!
 //! A full disk does not stop the thread: the write that hit it is retried (from the op
 //! that failed, since kv-storage leaves the log as it was before a failed write) until
 //! space frees up, and the event loop is told so it can refuse new client writes in the
@@ -32,7 +38,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Most `DiskWrite`s committed by one fsync. Bounds the latency the first write of a
@@ -40,6 +46,13 @@ use tokio::sync::mpsc::UnboundedSender;
 pub const BATCH_WRITES_MAX: usize = 4096;
 /// How long the thread waits before retrying a write that found the disk full.
 pub const DISK_FULL_RETRY: Duration = Duration::from_secs(1);
+/// Longest the thread holds written, deferrable writes (`DiskWrite::deferrable`: a
+/// leader's own log writes, which its followers commit without) before it syncs them.
+/// While every follower answers, the leader's fsync then stays out of the way of
+/// theirs on a shared disk and covers several rounds; when one stops answering, the
+/// leader's writes stop being deferrable within two heartbeat intervals, and until
+/// then a commit that needs the leader's copy waits at most this long for it.
+pub const SYNC_DEFER_MAX: Duration = Duration::from_millis(2);
 /// Most record payload bytes of a write the event loop writes itself: a round of small
 /// appends, not a catch-up batch (whose write would hold up every group's timers).
 pub const WRITE_HERE_BYTES_MAX: usize = 64 * 1024;
@@ -198,6 +211,15 @@ impl DiskThread {
         store: S,
         events: UnboundedSender<DiskEvent>,
     ) -> std::io::Result<DiskThread> {
+        Self::spawn_deferring(store, events, SYNC_DEFER_MAX)
+    }
+
+    /// As [`DiskThread::spawn`], holding deferrable writes up to `sync_defer_max`.
+    pub fn spawn_deferring<S: LogStore>(
+        store: S,
+        events: UnboundedSender<DiskEvent>,
+        sync_defer_max: Duration,
+    ) -> std::io::Result<DiskThread> {
         let (tx, rx) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let store = Arc::new(Mutex::new(store));
@@ -207,7 +229,7 @@ impl DiskThread {
         };
         let handle = std::thread::Builder::new()
             .name("disk".into())
-            .spawn(move || disk_main(thread_side, rx, events))?;
+            .spawn(move || disk_main(thread_side, rx, events, sync_defer_max))?;
         Ok(DiskThread {
             tx: Some(tx),
             handle: Some(handle),
@@ -237,11 +259,13 @@ impl DiskThread {
 
     /// Writes and syncs `write` on the calling thread, blocking it for the write and the
     /// fsync, if the disk thread is [idle](Self::idle) and the write is small (appends
-    /// and compactions of at most [`WRITE_HERE_BYTES_MAX`] record bytes); otherwise, or
+    /// and compactions of at most [`WRITE_HERE_BYTES_MAX`] record bytes) and not
+    /// deferrable (the thread puts off its fsync, [`SYNC_DEFER_MAX`]); otherwise, or
     /// if it finds the disk full, queues it for the thread (which retries it from the op
     /// that failed). Writes stay in id order either way: an idle thread holds none.
     pub fn write_here(&self, write: DiskWrite) -> Result<Placed, WriteHereError> {
-        if !self.idle() || !small(&write) {
+        // A deferrable write would cost the loop an fsync nothing waits for.
+        if !self.idle() || !small(&write) || write.deferrable {
             self.submit(write)?;
             return Ok(Placed::Queued);
         }
@@ -336,6 +360,7 @@ fn disk_main<S: LogStore>(
     side: Side<S>,
     rx: mpsc::Receiver<Msg>,
     events: UnboundedSender<DiskEvent>,
+    sync_defer_max: Duration,
 ) {
     let mut queue: VecDeque<Pending> = VecDeque::new();
     let mut open = true;
@@ -357,8 +382,30 @@ fn disk_main<S: LogStore>(
         }
         queue.push_back(pending);
     };
+    // Deferrable writes executed but not synced yet (ids ascending), and since when.
+    let mut unsynced: Vec<u64> = Vec::new();
+    let mut unsynced_since = Instant::now();
     loop {
         if queue.is_empty() {
+            if !unsynced.is_empty() {
+                let wait =
+                    (unsynced_since + sync_defer_max).saturating_duration_since(Instant::now());
+                let received = if open && !wait.is_zero() {
+                    rx.recv_timeout(wait)
+                } else {
+                    Err(RecvTimeoutError::Timeout)
+                };
+                match received {
+                    Ok(w) => push(&mut queue, &mut prepare_due, w),
+                    Err(RecvTimeoutError::Disconnected) => open = false,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if !sync_and_report(&side, &events, &mut unsynced, &mut queue) {
+                            return;
+                        }
+                    }
+                }
+                continue;
+            }
             if !open {
                 return;
             }
@@ -411,24 +458,51 @@ fn disk_main<S: LogStore>(
                 return;
             }
         }
-        if let Err(StoreError::Fatal(error) | StoreError::Full(error)) = store.sync() {
-            let _ = events.send(DiskEvent::Failed(error));
-            return;
-        }
         drop(store);
         if full {
             full = false;
             let _ = events.send(DiskEvent::Recovered);
         }
-        let ids: Vec<u64> = queue.drain(..).map(|p| p.write.id).collect();
-        let n = ids.len();
-        if !ids.is_empty() && events.send(DiskEvent::Done(ids)).is_err() {
-            // The event loop is gone; nothing can be acknowledged any more.
+        if open && queue.iter().all(|p| p.write.deferrable) {
+            if unsynced.is_empty() {
+                unsynced_since = Instant::now();
+            }
+            unsynced.extend(queue.drain(..).map(|p| p.write.id));
+            continue;
+        }
+        if !sync_and_report(&side, &events, &mut unsynced, &mut queue) {
             return;
         }
-        // Only now: a loop that reads 0 finds these reported already.
-        side.queued.fetch_sub(n, Ordering::AcqRel);
     }
+}
+
+/// Syncs the store and reports `unsynced` and then `queue` (all executed) done, in id
+/// order. False if the sync failed (reported) or the event loop is gone.
+fn sync_and_report<S: LogStore>(
+    side: &Side<S>,
+    events: &UnboundedSender<DiskEvent>,
+    unsynced: &mut Vec<u64>,
+    queue: &mut VecDeque<Pending>,
+) -> bool {
+    let synced = side
+        .store
+        .lock()
+        .expect("only the disk thread panics holding it")
+        .sync();
+    if let Err(StoreError::Fatal(error) | StoreError::Full(error)) = synced {
+        let _ = events.send(DiskEvent::Failed(error));
+        return false;
+    }
+    let mut ids = std::mem::take(unsynced);
+    ids.extend(queue.drain(..).map(|p| p.write.id));
+    let n = ids.len();
+    if !ids.is_empty() && events.send(DiskEvent::Done(ids)).is_err() {
+        // The event loop is gone; nothing can be acknowledged any more.
+        return false;
+    }
+    // Only now: a loop that reads 0 finds these reported already.
+    side.queued.fetch_sub(n, Ordering::AcqRel);
+    true
 }
 
 /// Lets the store prepare if it wants to. Runs only with nothing queued; the loop then

@@ -1,5 +1,5 @@
 //! Unit tests of the disk thread (`disk.rs`) against a fake store: batching, syncs,
-//! refusals, failures and preallocation.
+//! deferred syncs, refusals, failures and preallocation.
 
 use super::*;
 use kv_storage::StorageError;
@@ -126,6 +126,7 @@ impl Fake {
 
 fn write(id: u64) -> DiskWrite {
     DiskWrite {
+        deferrable: false,
         id,
         ops: vec![
             DiskOp::Compact {
@@ -192,11 +193,13 @@ fn a_removal_and_a_take_back_run_in_write_order() {
     wait_until(|| fake.with(|l| l.executed.len()) >= 2);
     let compact = |index| DiskOp::Compact { shard: 0, index };
     disk.submit(DiskWrite {
+        deferrable: false,
         id: 2,
         ops: vec![compact(20), DiskOp::RemoveGroup { shard: 7 }],
     })
     .unwrap();
     disk.submit(DiskWrite {
+        deferrable: false,
         id: 3,
         ops: vec![DiskOp::TakeBackGroup { shard: 7 }, compact(30)],
     })
@@ -256,6 +259,7 @@ fn append(last_index: u64) -> DiskOp {
 fn appends_of_queued_writes_go_as_one_batch_and_resume_after_a_full_disk() {
     let (fake, disk, mut erx) = started(|l| l.hold_sync = true);
     disk.submit(DiskWrite {
+        deferrable: false,
         id: 1,
         ops: vec![append(1), append(2)],
     })
@@ -264,11 +268,13 @@ fn appends_of_queued_writes_go_as_one_batch_and_resume_after_a_full_disk() {
     // Writes 2 and 3 queue behind write 1's sync: their appends meet across the two
     // writes, and a Compact splits the run.
     disk.submit(DiskWrite {
+        deferrable: false,
         id: 2,
         ops: vec![append(3), append(4)],
     })
     .unwrap();
     disk.submit(DiskWrite {
+        deferrable: false,
         id: 3,
         ops: vec![append(5), DiskOp::Compact { shard: 0, index: 1 }, append(6)],
     })
@@ -372,6 +378,7 @@ fn the_idle_thread_preallocates_and_the_loop_never_does() {
     let (fake, disk, _erx) = started(|l| l.space = Some(0));
     wait_until(|| fake.with(|l| l.prepared_on.len()) == 1);
     let three = DiskWrite {
+        deferrable: false,
         id: 1,
         ops: vec![append(1), append(2), append(3)],
     };
@@ -379,6 +386,7 @@ fn the_idle_thread_preallocates_and_the_loop_never_does() {
     // One record of space left: the loop's write nudged the thread.
     wait_until(|| fake.with(|l| l.prepared_on.len()) == 2);
     let one = DiskWrite {
+        deferrable: false,
         id: 2,
         ops: vec![append(4)],
     };
@@ -392,6 +400,7 @@ fn the_idle_thread_preallocates_and_the_loop_never_does() {
     );
     wait_until(|| disk.idle());
     let thread_writes = DiskWrite {
+        deferrable: false,
         id: 3,
         ops: vec![append(5), append(6), append(7)],
     };
@@ -431,6 +440,7 @@ fn large_writes_and_snapshots_go_to_the_thread() {
         payload: vec![0; WRITE_HERE_BYTES_MAX + 1].into(),
     });
     let big = DiskWrite {
+        deferrable: false,
         id: 1,
         ops: vec![big],
     };
@@ -438,6 +448,7 @@ fn large_writes_and_snapshots_go_to_the_thread() {
     assert_eq!(done_ids(&mut erx, 1), vec![1]);
     wait_until(|| disk.idle());
     let removal = DiskWrite {
+        deferrable: false,
         id: 2,
         ops: vec![DiskOp::RemoveGroup { shard: 3 }],
     };
@@ -452,6 +463,7 @@ fn large_writes_and_snapshots_go_to_the_thread() {
 fn a_write_here_that_finds_the_disk_full_is_resumed_by_the_thread() {
     let (fake, disk, mut erx) = started(|l| l.full_after = Some(1));
     let w = DiskWrite {
+        deferrable: false,
         id: 1,
         ops: vec![append(1), append(2)],
     };
@@ -481,4 +493,77 @@ fn finish_writes_and_reports_everything_queued() {
     disk.finish().unwrap();
     assert_eq!(done_ids(&mut erx, 20), (1..=20).collect::<Vec<_>>());
     assert_eq!(fake.with(|l| l.executed.len()), 40);
+}
+
+fn deferrable(id: u64) -> DiskWrite {
+    DiskWrite {
+        deferrable: true,
+        ..write(id)
+    }
+}
+
+fn started_deferring(defer: Duration) -> (Fake, DiskThread, UnboundedReceiver<DiskEvent>) {
+    let fake = Fake::default();
+    let (etx, erx) = unbounded_channel();
+    let disk = DiskThread::spawn_deferring(fake.clone(), etx, defer).unwrap();
+    (fake, disk, erx)
+}
+
+/// A deferrable write is executed at once but synced (and reported) only when the
+/// bound runs out, never before its sync.
+#[test]
+fn a_deferrable_write_is_synced_when_its_bound_runs_out() {
+    let defer = Duration::from_millis(100);
+    let (fake, disk, mut erx) = started_deferring(defer);
+    let submitted = std::time::Instant::now();
+    disk.submit(deferrable(1)).unwrap();
+    wait_until(|| fake.with(|l| l.executed.len()) == 2);
+    assert!(fake.with(|l| l.syncs.is_empty()), "synced before its bound");
+    assert_eq!(done_ids(&mut erx, 1), vec![1]);
+    assert!(
+        submitted.elapsed() >= defer,
+        "reported before its bound ran out"
+    );
+    assert_eq!(fake.with(|l| l.syncs.clone()), vec![2]);
+    // The loop does not sync a deferrable write itself either.
+    assert_eq!(disk.write_here(deferrable(2)).unwrap(), Placed::Queued);
+    assert_eq!(done_ids(&mut erx, 1), vec![2]);
+    disk.finish().unwrap();
+}
+
+/// The next write that is not deferrable ends the wait: one sync covers it and the
+/// deferred ones, reported together in id order.
+#[test]
+fn a_write_that_cannot_wait_syncs_the_deferred_ones_with_it() {
+    let (fake, disk, mut erx) = started_deferring(Duration::from_secs(60));
+    disk.submit(deferrable(1)).unwrap();
+    disk.submit(deferrable(2)).unwrap();
+    wait_until(|| fake.with(|l| l.executed.len()) == 4);
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(
+        erx.try_recv().is_err(),
+        "a deferred write was reported early"
+    );
+    assert!(!disk.idle(), "the thread holds unsynced writes");
+    disk.submit(write(3)).unwrap();
+    assert_eq!(done_ids(&mut erx, 3), vec![1, 2, 3]);
+    assert_eq!(fake.with(|l| l.syncs.clone()), vec![6]);
+    disk.finish().unwrap();
+}
+
+/// Shutting down does not wait for the bound: what was deferred is synced and
+/// reported before the thread ends.
+#[test]
+fn finish_syncs_and_reports_deferred_writes() {
+    let (fake, disk, mut erx) = started_deferring(Duration::from_secs(60));
+    disk.submit(deferrable(1)).unwrap();
+    wait_until(|| fake.with(|l| l.executed.len()) == 2);
+    let started = std::time::Instant::now();
+    disk.finish().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "finish waited for the bound"
+    );
+    assert_eq!(fake.with(|l| l.syncs.clone()), vec![2]);
+    assert_eq!(done_ids(&mut erx, 1), vec![1]);
 }

@@ -129,6 +129,12 @@ pub struct DiskWrite {
     pub id: u64,
     /// The operations.
     pub ops: Vec<DiskOp>,
+    /// Only log writes of shards this node leads, whose followers make a quorum without
+    /// it ([`kv_raft::Write::deferrable`]): nothing waits for this fsync but the leader's
+    /// own count, so the runtime may put it off for a short, bounded time (and sync it
+    /// with the next write that is not deferrable). Writes are still reported in id
+    /// order.
+    pub deferrable: bool,
 }
 
 /// What the runtime must do after an input.
@@ -645,9 +651,11 @@ impl NodeCore {
             self.next_disk_write += 1;
             self.disk_inflight
                 .insert(id, take_sized(&mut self.round_durable));
+            let (ops, deferrable) = self.round_ops.take();
             self.out.disk_writes.push(DiskWrite {
                 id,
-                ops: self.round_ops.take(),
+                ops,
+                deferrable,
             });
         }
         debug_assert!(self.round_durable.is_empty());

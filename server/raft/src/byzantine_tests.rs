@@ -439,8 +439,12 @@ impl Subject {
             for e in rd.committed {
                 assert_eq!(e.index, self.applied_index + 1, "applies out of order");
                 assert!(
-                    e.index <= self.raft.log.persisted,
-                    "applies a non-durable entry"
+                    e.index < self.raft.log.unstable_from,
+                    "applies an entry no write holds"
+                );
+                assert!(
+                    e.index <= self.raft.log.commit,
+                    "applies an uncommitted entry"
                 );
                 if let Some(before) = self.applied.get(&e.index) {
                     assert_eq!(before, &e, "index {} applied twice, differently", e.index);

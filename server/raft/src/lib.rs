@@ -14,7 +14,8 @@
 //!   2. send `ready.messages` (always safe to send at once; the leader's own appends go out
 //!      before its fsync and it counts itself only after `on_persisted`, thesis 10.2.1).
 //!   3. restore `ready.apply_snapshot` if any, then apply `ready.committed` in order
-//!      (only entries durable on this node are ever handed out).
+//!      (durable on this node too, except on a leader, which may put off the fsync of
+//!      a `Write` marked `deferrable` and applies what its followers made durable).
 //!   4. serve `ready.reads` once the state machine has applied their index.
 //! ```
 //!

@@ -29,6 +29,9 @@ pub enum PlantedBug {
     AckBeforePersist,
     /// A follower confirms its reads at its own commit index without asking the leader.
     FollowerReadsOwnCommit,
+    /// A leader counts its own deferrable write toward the quorum when it hands it out,
+    /// before it is durable.
+    LeaderCountsDeferredWrite,
 }
 
 /// Evaluates to true if `$bug` is planted; to `false` (compiled out) without the feature.
@@ -507,6 +510,7 @@ impl Raft {
                 snapshot: None,
                 entries: Vec::new(),
                 hard_state: None,
+                deferrable: false,
             };
             self.fill_write(&mut w);
             rd.write = Some(w);

@@ -2,7 +2,8 @@
 //! hands out, the messages and self-votes held until a write is durable, and what
 //! `on_persisted` releases.
 
-use crate::node::{planted, Held, InflightWrite, Raft};
+use crate::node::{planted, Held, InflightWrite, Raft, RoleState};
+use crate::progress::ProgressState;
 use crate::ready::{Write, WriteId};
 use crate::types::*;
 use kv_shared::NodeId;
@@ -128,6 +129,8 @@ impl Raft {
         w.entries.clear();
         self.log.take_unstable_into(&mut w.entries);
         let hs = self.hard_state();
+        let term_vote_kept = hs.term == self.hs_written.term && hs.vote == self.hs_written.vote;
+        w.deferrable = snapshot.is_none() && term_vote_kept && self.followers_make_quorum();
         w.hard_state = (hs != self.hs_written).then_some(hs);
         self.hs_written = hs;
         let last = w
@@ -138,12 +141,49 @@ impl Raft {
         if let Some(s) = &snapshot {
             self.snapshot_in_write = Some((id, s.clone()));
         }
+        if w.deferrable && planted!(self, LeaderCountsDeferredWrite) {
+            if let Some(last) = last {
+                self.log.persisted = self.log.persisted.max(last);
+                self.quorum_moved = true;
+            }
+        }
         self.inflight_writes.push_back(InflightWrite { id, last });
         w.id = WriteId(id);
         w.snapshot = snapshot;
     }
 
-    /// Highest index that may be handed out for applying now.
+    /// True if this is a leader whose voters other than itself are a quorum, each in
+    /// steady replication and heard from within two heartbeat intervals: the entries of
+    /// its next write then commit without its own copy (thesis 10.2.1 lets a leader
+    /// count itself late). A follower that stops answering ends it within those two
+    /// intervals, and the leader's own fsync counts again.
+    pub(crate) fn followers_make_quorum(&self) -> bool {
+        let RoleState::Leader(ls) = &self.role else {
+            return false;
+        };
+        let me = self.cfg.id;
+        let recent = 2 * u64::from(self.cfg.heartbeat_ticks);
+        let voters = &self.membership.voters;
+        let prompt = voters
+            .iter()
+            .filter(|&&v| v != me)
+            .filter(|v| {
+                ls.progress.get(v).is_some_and(|pr| {
+                    matches!(pr.state, ProgressState::Replicate)
+                        && pr.departs_at.is_none()
+                        && self.now - pr.heard_at <= recent
+                })
+            })
+            .count();
+        prompt >= crate::quorum::majority(voters.len())
+    }
+
+    /// Highest index that may be handed out for applying now. A leader applies up to
+    /// its commit index, durable on a quorum, whether or not its own write is durable
+    /// yet (it may have deferred that fsync, and its followers committed without it; the
+    /// state machine is rebuilt from durable state on restart, so applying early
+    /// promises nothing the quorum does not keep). Any other role applies only what is
+    /// durable here too.
     pub(crate) fn next_committed_hi(&self) -> Index {
         if self.snapshot_unwritten.is_some()
             || self.snapshot_in_write.is_some()
@@ -152,10 +192,11 @@ impl Raft {
             // The state machine must restore the snapshot first.
             return self.log.applied;
         }
-        self.log
-            .commit
-            .min(self.log.persisted)
-            .max(self.log.applied)
+        let durable_here = match self.role {
+            RoleState::Leader(_) => self.log.commit,
+            _ => self.log.commit.min(self.log.persisted),
+        };
+        durable_here.max(self.log.applied)
     }
 
     /// Memory dropped entries from `index` on: durable copies of them no longer count.

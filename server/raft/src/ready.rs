@@ -40,6 +40,13 @@ pub struct Write {
     pub entries: Vec<Entry>,
     /// New hard state, if it changed.
     pub hard_state: Option<HardState>,
+    /// True when nothing waits for this write but this leader's own count toward a
+    /// quorum that its followers, all answering promptly, make without it: the caller
+    /// may put off the fsync (for a short, bounded time), and entries still commit as
+    /// soon as the followers have them. It holds only the leader's own entries and
+    /// commit index: no snapshot, no new term or vote, no message held for it. The
+    /// writes stay in `id` order, and `on_persisted` comes when the fsync does.
+    pub deferrable: bool,
 }
 
 /// Role, term and leader, reported when any of them changes.
@@ -62,7 +69,9 @@ pub struct Ready {
     pub write: Option<Write>,
     /// A durable snapshot the state machine must restore before applying `committed`.
     pub apply_snapshot: Option<Snapshot>,
-    /// Committed, locally durable entries to apply, in order.
+    /// Committed entries to apply, in order: durable here too, except on a leader, which
+    /// applies what its followers made durable while its own write (perhaps `deferrable`)
+    /// is pending; each is in a `Write` handed out already, this one's or an earlier one's.
     pub committed: Vec<Entry>,
     /// ReadIndex requests confirmed by a quorum.
     pub reads: Vec<ReadState>,

@@ -154,6 +154,8 @@ pub struct Stats {
     pub lazy_followers: bool,
     /// Whether the nodes' WALs wrote into preallocated space.
     pub preallocated_wal: bool,
+    /// Whether deferrable writes (a leader's own log) became durable later than others.
+    pub deferred_syncs: bool,
     /// Whether leaders were handed to each shard's lowest voter (`[placement] leaders =
     /// "pack"` with leader spreading on).
     pub packed_leaders: bool,

@@ -213,6 +213,22 @@ fn planted_ack_before_persist_is_caught() {
     );
 }
 
+// A leader counts its own write toward the quorum before the write is durable, which
+// the deferred syncs of half the runs leave pending longest: a crash then loses an entry
+// that one follower and the leader made a quorum for.
+#[test]
+fn planted_leader_counts_deferred_write_is_caught() {
+    assert_caught(
+        PlantedBug::Raft(RaftBug::LeaderCountsDeferredWrite),
+        Some(FaultProfile::Churn),
+        &[
+            "leader completeness",
+            "state machine safety",
+            "linearizability",
+        ],
+    );
+}
+
 #[test]
 fn planted_read_without_read_index_is_caught() {
     assert_caught(PlantedBug::ReadWithoutReadIndex, None, &["linearizability"]);

@@ -245,6 +245,9 @@ impl NodeCore {
     /// index as a part of the round record, then the term and vote, only if changed.
     fn persist(&mut self, g: ShardId, w: &kv_raft::Write) {
         let shard = g.0;
+        if !w.deferrable {
+            self.round_ops.mark_urgent();
+        }
         let mut replaced_log = false;
         if let Some(snap) = &w.snapshot {
             self.round_ops.push(DiskOp::SaveSnapshot {
@@ -477,13 +480,23 @@ const _: () = assert!(
 pub(super) struct RoundOps {
     ops: Vec<DiskOp>,
     open: wal::RoundRecord,
+    /// Something other than log parts of `deferrable` Raft writes was added: the
+    /// round's `DiskWrite` must be synced promptly.
+    urgent: bool,
 }
 
 impl RoundOps {
-    /// Adds `op` after everything added so far.
+    /// Adds `op` after everything added so far. Only log parts of deferrable Raft writes
+    /// may wait for their fsync, so any other op makes the round urgent.
     pub(super) fn push(&mut self, op: DiskOp) {
         self.close();
         self.ops.push(op);
+        self.urgent = true;
+    }
+
+    /// Something waits for this round's durability (see [`kv_raft::Write::deferrable`]).
+    fn mark_urgent(&mut self) {
+        self.urgent = true;
     }
 
     /// Adds a group's log write and commit index (see [`wal::RoundRecord::add`]). A
@@ -528,10 +541,12 @@ impl RoundOps {
         self.ops.is_empty() && self.open.is_empty()
     }
 
-    /// The ops of the round, leaving room for as many in the next.
-    pub(super) fn take(&mut self) -> Vec<DiskOp> {
+    /// The ops of the round, leaving room for as many in the next, and whether their
+    /// fsync may wait (`DiskWrite::deferrable`).
+    pub(super) fn take(&mut self) -> (Vec<DiskOp>, bool) {
         self.close();
-        super::outbox::take_sized(&mut self.ops)
+        let deferrable = !std::mem::take(&mut self.urgent);
+        (super::outbox::take_sized(&mut self.ops), deferrable)
     }
 
     fn close(&mut self) {
@@ -543,8 +558,10 @@ impl RoundOps {
 
 impl FromIterator<DiskOp> for RoundOps {
     fn from_iter<I: IntoIterator<Item = DiskOp>>(ops: I) -> RoundOps {
+        let ops: Vec<DiskOp> = ops.into_iter().collect();
         RoundOps {
-            ops: ops.into_iter().collect(),
+            urgent: !ops.is_empty(),
+            ops,
             open: wal::RoundRecord::default(),
         }
     }
@@ -605,7 +622,7 @@ mod tests {
         ops.add_part(1, 1, &big, 650);
         let small: Vec<Entry> = (41..=42).map(|i| entry(i, 100)).collect();
         ops.add_part(2, 41, &small, 40);
-        let ops = ops.take();
+        let (ops, _) = ops.take();
         assert!(
             ops.len() >= 5,
             "21 MB in records of 4 MiB: {} records",
@@ -644,7 +661,7 @@ mod tests {
         let mut ops = RoundOps::default();
         ops.add_part(1, 5, &[entry(5, 100), entry(6, 100)], 4);
         ops.add_part(2, 9, &[entry(9, 100)], 8);
-        let ops = ops.take();
+        let (ops, _) = ops.take();
         assert_eq!(ops.len(), 1);
         assert_eq!(parts(&ops).len(), 2);
     }

@@ -30,6 +30,7 @@ enum Plant {
     GrantSecondVote,
     CommitPriorTermByCount,
     AckBeforePersist,
+    LeaderCountsDeferredWrite,
     ReadWithoutReadIndex,
     CreatedReplicaWithBootstrapMembership,
     RemovedReplicaServesReads,
@@ -154,6 +155,7 @@ fn options(args: &Args, seed: u64) -> Result<SimOptions> {
             Plant::GrantSecondVote => B::Raft(R::GrantSecondVote),
             Plant::CommitPriorTermByCount => B::Raft(R::CommitPriorTermByCount),
             Plant::AckBeforePersist => B::Raft(R::AckBeforePersist),
+            Plant::LeaderCountsDeferredWrite => B::Raft(R::LeaderCountsDeferredWrite),
             Plant::ReadWithoutReadIndex => B::ReadWithoutReadIndex,
             Plant::CreatedReplicaWithBootstrapMembership => {
                 B::CreatedReplicaWithBootstrapMembership
@@ -219,12 +221,13 @@ fn main() -> Result<()> {
         }
         if r.passed() {
             println!(
-                "seed {seed} passed: {} nodes, {} shards x {} replicas{}{}{}, {} events, {} ops ok, {} unknown, {} elections, {} crashes, {} partitions{}",
+                "seed {seed} passed: {} nodes, {} shards x {} replicas{}{}{}{}, {} events, {} ops ok, {} unknown, {} elections, {} crashes, {} partitions{}",
                 r.stats.nodes,
                 r.stats.shards,
                 r.stats.replication,
                 if r.stats.lazy_followers { " (lazy followers)" } else { "" },
                 if r.stats.preallocated_wal { " (preallocated WAL)" } else { "" },
+                if r.stats.deferred_syncs { " (deferred leader syncs)" } else { "" },
                 if r.stats.packed_leaders { " (packed leaders)" } else { "" },
                 r.stats.events,
                 r.stats.ops_ok,

@@ -65,7 +65,7 @@ impl Sim {
                 }
             }
         }
-        let done = self.disk_done_at(i);
+        let done = self.disk_done_at(i, w.deferrable);
         let inc = self.nodes[i].inc;
         self.at(
             done,
@@ -79,13 +79,16 @@ impl Sim {
     }
 
     /// When a write node `i` issues now becomes durable.
-    fn disk_done_at(&mut self, i: usize) -> u64 {
+    fn disk_done_at(&mut self, i: usize, deferrable: bool) -> u64 {
         let node = &mut self.nodes[i];
         let mut latency = if self.disk_latency_ns_max > 0 {
             self.rng.gen_range(0..=self.disk_latency_ns_max)
         } else {
             0
         };
+        if deferrable && self.defer_sync_ns > 0 {
+            latency += self.rng.gen_range(0..=self.defer_sync_ns);
+        }
         if node.disk_slow {
             latency += self.rng.gen_range(1..=15) * TICK_NS;
         }
