@@ -52,7 +52,7 @@ pub const DISK_FULL_RETRY: Duration = Duration::from_secs(1);
 /// theirs on a shared disk and covers several rounds; when one stops answering, the
 /// leader's writes stop being deferrable within two heartbeat intervals, and until
 /// then a commit that needs the leader's copy waits at most this long for it.
-pub const SYNC_DEFER_MAX: Duration = Duration::from_millis(2);
+pub const SYNC_DEFER_MAX: Duration = Duration::from_millis(10);
 /// Most record payload bytes of a write the event loop writes itself: a round of small
 /// appends, not a catch-up batch (whose write would hold up every group's timers).
 pub const WRITE_HERE_BYTES_MAX: usize = 64 * 1024;
