@@ -20,7 +20,8 @@ pub(crate) struct RaftLog {
     /// Highest index handed out for applying (or restored from a snapshot).
     pub applied: Index,
     /// Highest index durable on this node AND equal in memory: entries up to here may be
-    /// counted by a leader for itself and handed out for applying.
+    /// counted by a leader for itself, and handed out for applying by a follower (a
+    /// leader applies up to its commit index, durable on a quorum).
     pub persisted: Index,
     /// First index not yet part of an emitted `Write`.
     pub unstable_from: Index,
