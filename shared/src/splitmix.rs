@@ -50,8 +50,8 @@ mod tests {
 
     #[test]
     fn the_sequence_is_splitmix64s() {
-        // SplitMix64's published first outputs from seed 0: a seed kvsim printed for a
-        // failure replays the same run only while the generator stays this one.
+        // SplitMix64's reference outputs from seed 0 pin the generator: a recorded kvsim
+        // seed replays the same run only while the generator stays this one.
         let mut rng = SplitMix64::new(0);
         let first: Vec<u64> = (0..3).map(|_| rng.next_u64()).collect();
         assert_eq!(

@@ -378,14 +378,10 @@ impl Client {
     fn send(&mut self, now_ns: u64, nodes: &[NodeId], shards: u32, t: &ClientTiming) -> Action {
         let p = self.pending.as_ref().expect("pending");
         let (key, anywhere) = (p.key.clone(), p.stale || p.anywhere);
-        let p = self.pending.as_mut().expect("pending");
-        let (disclaimed, silent) = (
-            std::mem::take(&mut p.disclaimed),
-            std::mem::take(&mut p.silent),
-        );
+        // Copies, as `target` borrows the client whole (empty unless attempts failed).
+        let (disclaimed, silent) = (p.disclaimed.clone(), p.silent.clone());
         let node = self.target(&key, anywhere, nodes, shards, &disclaimed, &silent);
-        let p = self.pending.as_mut().expect("pending");
-        (p.disclaimed, p.silent, p.target) = (disclaimed, silent, Some(node));
+        self.pending.as_mut().expect("pending").target = Some(node);
         let route_epoch = self.routes[shard_for_key(&key, shards).0 as usize]
             .as_ref()
             .map_or(0, |r| r.epoch);
