@@ -2,6 +2,7 @@
 
     python3 -m unittest bench/test_run.py
 """
+import shutil
 import sys
 import tempfile
 import unittest
@@ -18,6 +19,7 @@ class NoBuild(unittest.TestCase):
 
     def setUp(self):
         self.dir = Path(tempfile.mkdtemp(prefix="bench-test-"))
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
         self.etcd_load = self.dir / "etcd-load"
         self.built = []
 
