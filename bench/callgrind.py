@@ -20,8 +20,8 @@ Throughput under callgrind means nothing; compare instructions/op between builds
     python3 bench/callgrind.py --target ... --op get --lease-reads   # gets as the sweep serves them
     python3 bench/callgrind.py --target ... --leaders-on 1 --count kvcli   # the load generator's instructions
 """
-import json, time, subprocess, tempfile, socket, argparse, re, shutil
-from leaders import leaders, put_leaders_on
+import json, subprocess, tempfile, socket, argparse, re, shutil
+from leaders import prepare
 p = argparse.ArgumentParser()
 p.add_argument("--target", required=True, help="directory holding release kvserver and kvcli")
 p.add_argument("--shards", type=int, default=1)
@@ -76,16 +76,7 @@ for n in (1,2,3):
     procs.append(subprocess.Popen(cmd, stdout=open(f"{d}/n{n}.log","w"), stderr=subprocess.STDOUT))
 kvcli = [f"{a.target}/kvcli", "--cluster", cfg]
 try:
-    for _ in range(300):
-        ls = leaders(kvcli)
-        if ls and all(ls): break
-        time.sleep(0.5)
-    if a.leaders_on:
-        put_leaders_on(kvcli, a.shards, a.leaders_on)
-    if a.op == "get":
-        # The gets read values written before the count (--key-set), as the sweep's do.
-        subprocess.run(kvcli + ["bench", "--preload", "--clients", "64", "--value-size", "100", "--key-size", "16",
-                                "--keys", "10000", "--key-set", KEY_SET], check=True, capture_output=True, timeout=600)
+    prepare(kvcli, a.shards, a.leaders_on, KEY_SET if a.op == "get" else None)
     if not a.count_startup and a.count == "servers":
         # Count from here, after every status poll and leader move above: they would
         # otherwise weigh on the figure by how long the loaded machine took to elect and

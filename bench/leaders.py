@@ -1,7 +1,8 @@
 """bench/leaders.py: puts every shard's leadership on one node, so that a point measures what
 many groups cost apart from what spreading their leaders over the nodes costs.
 
-Used by bench/syscalls.py and bench/callgrind.py (`--leaders-on N`). The cluster's client key
+Used by bench/syscalls.py and bench/callgrind.py (`--leaders-on N`), through `prepare`, which
+also waits for the cluster and writes the values gets will read. The cluster's client key
 must be an admin (`kvserver keygen` makes the key named admin.key one), for `shard leader`.
 """
 import json
@@ -37,3 +38,20 @@ def put_leaders_on(kvcli, shards, node):
             return
         time.sleep(0.5)
     raise SystemExit(f"node {node} did not take every shard's leadership: {leaders(kvcli)}")
+
+
+def prepare(kvcli, shards, leaders_on, preload_key_set=None):
+    """Waits until every shard has a leader, puts the leaderships on node leaders_on (if
+    given) and, with preload_key_set, writes the 10,000 100-byte values of that key set
+    that a point's gets read (`kvcli bench --key-set`)."""
+    for _ in range(300):
+        ls = leaders(kvcli)
+        if ls and all(ls):
+            break
+        time.sleep(0.5)
+    if leaders_on:
+        put_leaders_on(kvcli, shards, leaders_on)
+    if preload_key_set:
+        subprocess.run(kvcli + ["bench", "--preload", "--clients", "64", "--value-size", "100", "--key-size", "16",
+                                "--keys", "10000", "--key-set", preload_key_set],
+                       check=True, capture_output=True, timeout=600)

@@ -24,7 +24,7 @@ Needs `perf` and permission to read tracepoints (root here).
 """
 import argparse, atexit, json, os, re, shutil, signal, socket, subprocess, tempfile, time
 
-from leaders import leaders, put_leaders_on
+from leaders import leaders, prepare
 from run import free_port
 
 # The key set (`kvcli bench --key-set`) the point's puts and gets name their keys from.
@@ -103,17 +103,7 @@ def cpu_total(pids):
 
 
 try:
-    for _ in range(300):
-        ls = leaders(kvcli)
-        if ls and all(ls):
-            break
-        time.sleep(0.5)
-    if a.leaders_on:
-        put_leaders_on(kvcli, a.shards, a.leaders_on)
-    if a.op == "get":
-        # The gets read values written before the count (--key-set), as the sweep's do.
-        subprocess.run(kvcli + ["bench", "--preload", "--clients", "64", "--value-size", "100", "--key-size", "16",
-                                "--keys", "10000", "--key-set", KEY_SET], check=True, capture_output=True, timeout=600)
+    prepare(kvcli, a.shards, a.leaders_on, KEY_SET if a.op == "get" else None)
     time.sleep(1)
     events = ",".join(f"syscalls:sys_enter_{s}" for s in SYSCALLS) + ",context-switches,page-faults"
     turns0 = counters()
