@@ -28,7 +28,8 @@ use kv_shared::limits::{SNAPSHOT_IMAGE_BYTES_MAX, SNAPSHOT_RECEIVE_BYTES_MAX};
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Outcome, ShardRoute};
 use kv_shared::registry::Registry;
 use kv_shared::{NodeId, ShardId};
-use outbox::{take_sized, Outbox, Room};
+pub(crate) use outbox::Room;
+use outbox::{take_sized, Outbox};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use xxhash_rust::xxh64::Xxh64;
 

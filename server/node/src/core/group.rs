@@ -253,6 +253,23 @@ impl Groups {
             .chain(self.sparse.values_mut())
     }
 
+    /// Calls `f` on every group, ascending by shard, and marks touched the groups it
+    /// says it gave input (true): a pass over every group that leaves most of them
+    /// alone (a tick of quiesced groups) does not make the next flush ask them all for
+    /// a Ready.
+    pub(super) fn for_each_mut(&mut self, mut f: impl FnMut(&mut Group) -> bool) {
+        for g in self
+            .dense
+            .iter_mut()
+            .flatten()
+            .chain(self.sparse.values_mut())
+        {
+            if f(g) {
+                mark(&mut self.touched, g);
+            }
+        }
+    }
+
     #[inline]
     pub(super) fn get(&self, shard: ShardId) -> Option<&Group> {
         match dense_slot(shard) {

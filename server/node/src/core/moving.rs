@@ -19,13 +19,19 @@ impl NodeCore {
     pub(super) fn drive_move(&mut self, g: ShardId) {
         let me = self.config.node;
         let tick = self.tick_count;
-        let group = &mut self.groups[g];
+        // Looked at unmarked: the tick asks every group, and only one that may take a
+        // step below is given input (a group marked touched is asked for a Ready).
+        let group = self
+            .groups
+            .peek_mut(g)
+            .expect("moves are driven in hosted groups");
         let in_flight = group.sm.move_in_flight();
         let idle = in_flight.is_none() && group.raft.membership().learners.is_empty();
         if group.soft.role != Role::Leader || idle {
             // The common case, every tick: no status built.
             return;
         }
+        let group = &mut self.groups[g];
         // Each step is decided from the committed membership and the applied move record,
         // so it must wait until the previous step took effect: a promotion proposed just
         // before the move's end (or the end just before a promotion) would both commit,

@@ -56,14 +56,14 @@ const ROOM_SHRINK_AFTER_FLUSHES: u32 = 64;
 /// every round. A room that more than `ROOM_SHRINK_AFTER_FLUSHES` flushes in a row left
 /// less than half used halves, so a burst does not size every later flush.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) struct Room {
+pub(crate) struct Room {
     most: usize,
     small_flushes: u32,
 }
 
 impl Room {
     /// Takes the length a flush needed; returns the room for the next one.
-    pub(super) fn update(&mut self, used: usize) -> usize {
+    pub(crate) fn update(&mut self, used: usize) -> usize {
         if used >= self.most / 2 {
             self.most = self.most.max(used);
             self.small_flushes = 0;

@@ -233,10 +233,16 @@ impl NodeCore {
         Some(g.sm.get(key))
     }
 
+    // Inline for the check: every Ready of every group asks, and most have none.
+    #[inline]
     pub(super) fn serve_confirmed_reads(&mut self, g: ShardId) {
-        if self.groups[g].confirmed_reads.is_empty() {
-            return; // every Ready asks; most have none
+        if !self.groups[g].confirmed_reads.is_empty() {
+            self.serve_confirmed_reads_now(g);
         }
+    }
+
+    #[inline(never)]
+    fn serve_confirmed_reads_now(&mut self, g: ShardId) {
         #[cfg_attr(not(feature = "planted-bugs"), allow(unused_mut))]
         let mut applied = self.groups[g].sm.applied_index();
         #[cfg(feature = "planted-bugs")]

@@ -31,33 +31,39 @@ impl NodeCore {
             .tick_count
             .is_multiple_of(LEADERLESS_ELECTIONS_BEFORE_ASKING_ALL * election_max);
         let cluster_nodes = self.cluster_nodes();
-        for g in self.groups.iter_mut() {
+        let me = self.config.node;
+        let tick_count = self.tick_count;
+        let peers_heard_tick = &self.peers_heard_tick;
+        // Only a group whose Raft the tick reaches is marked touched: a quiesced one it
+        // leaves alone has nothing new for the next flush's drain.
+        self.groups.for_each_mut(|g| {
+            let woken = g.quiesced;
             if g.quiesced {
                 let leader_silent = g.soft.role != Role::Leader
                     && g.soft.leader.is_none_or(|l| {
-                        self.peers_heard_tick
+                        peers_heard_tick
                             .get(&l)
-                            .is_none_or(|&t| self.tick_count - t >= election_min)
+                            .is_none_or(|&t| tick_count - t >= election_min)
                     });
                 let recheck = g.soft.role != Role::Leader
-                    && self.tick_count - g.last_msg_tick
+                    && tick_count - g.last_msg_tick
                         >= QUIESCED_FOLLOWER_RECHECK_ELECTIONS * election_max;
                 // A quiesced leader rechecks too: one whose group went on without it (it
                 // was cut off, and removed, while quiesced) is sent nothing by any current
                 // member, and learns the newer term only from the answer to a heartbeat.
                 let leader_recheck = g.soft.role == Role::Leader
-                    && self.tick_count - g.last_msg_tick
+                    && tick_count - g.last_msg_tick
                         >= QUIESCED_FOLLOWER_RECHECK_ELECTIONS * election_max;
                 if leader_recheck {
-                    g.last_msg_tick = self.tick_count;
+                    g.last_msg_tick = tick_count;
                 }
                 if !leader_silent && !recheck && !leader_recheck {
-                    continue;
+                    return false;
                 }
                 if recheck {
                     // Awake for an election timeout: if the leader is live and quiesced,
                     // this replica's PreVote wakes it (and is refused); else it elects.
-                    g.recheck_until_tick = self.tick_count + 2 * election_max;
+                    g.recheck_until_tick = tick_count + 2 * election_max;
                 }
                 g.wake();
             }
@@ -75,34 +81,35 @@ impl NodeCore {
                 } else if let Some(l) = g.soft.leader {
                     // An active leader sends each follower something every two heartbeat
                     // periods at the latest (heartbeat suppression skips at most one).
-                    let leader_alive = self
-                        .peers_heard_tick
+                    let leader_alive = peers_heard_tick
                         .get(&l)
-                        .is_some_and(|&t| self.tick_count - t <= 2 * hb);
+                        .is_some_and(|&t| tick_count - t <= 2 * hb);
                     // A learner stays awake: one whose removal it missed is known to
                     // no later leader, and must time out to ask for one.
-                    let voter = g.raft.membership().voters.contains(&self.config.node);
-                    g.quiesced = l != self.config.node
+                    let voter = g.raft.membership().voters.contains(&me);
+                    g.quiesced = l != me
                         && g.soft.role == Role::Follower
                         && voter
                         && leader_alive
-                        && self.tick_count >= g.recheck_until_tick
+                        && tick_count >= g.recheck_until_tick
                         && g.waiting.is_empty()
                         // Follower reads in flight need ticks to be resent or given up.
                         && g.reads.is_empty()
                         && g.confirmed_reads.is_empty()
-                        && self.tick_count - g.last_msg_tick > 2 * hb;
+                        && tick_count - g.last_msg_tick > 2 * hb;
                 }
                 if g.quiesced {
                     g.idle_ticks = 0;
-                    continue;
+                    // Woken above (its Raft told so), it is marked as any group given input.
+                    return woken;
                 }
             }
             g.raft.tick();
             if ask_for_leader && g.soft.leader.is_none() && !g.raft.membership().voters.is_empty() {
                 g.raft.ask_for_leader(&cluster_nodes);
             }
-        }
+            true
+        });
         if quiesce && self.tick_count.is_multiple_of(hb) {
             for p in cluster_nodes.iter().filter(|&&p| p != self.config.node) {
                 let quiet = self
@@ -139,26 +146,38 @@ impl NodeCore {
     /// have not answered (`kv_raft::Raft::resend_vote_requests`; anything else sends
     /// nothing). For a runtime that times these resends finer than its tick (course mode).
     pub fn resend_vote_requests(&mut self) {
-        for g in self.groups.iter_mut().filter(|g| !g.quiesced) {
+        self.groups.for_each_mut(|g| {
+            if g.quiesced {
+                return false;
+            }
             g.raft.resend_vote_requests();
-        }
+            true
+        });
     }
 
     /// Asks every group's leader to release a stalled commit to its lazy followers
     /// (`kv_raft::Raft::release_stalled`), for a runtime that times stall releases finer
     /// than its tick (course mode).
     pub fn release_stalled(&mut self, targeted: bool) {
-        for g in self.groups.iter_mut().filter(|g| !g.quiesced) {
+        self.groups.for_each_mut(|g| {
+            if g.quiesced {
+                return false;
+            }
             g.raft.release_stalled(targeted);
-        }
+            true
+        });
     }
 
     /// Tells every group's leader a commit stalled (`kv_raft::Raft::note_stall`): fast
     /// followers that left an Append unanswered are replaced.
     pub fn note_stall(&mut self) {
-        for g in self.groups.iter_mut().filter(|g| !g.quiesced) {
+        self.groups.for_each_mut(|g| {
+            if g.quiesced {
+                return false;
+            }
             g.raft.note_stall();
-        }
+            true
+        });
     }
 
     /// Switches wide sending of lazy followers in every group
@@ -200,27 +219,34 @@ impl NodeCore {
     /// the balancer names another.
     fn spread_leaders(&mut self) {
         let interval = 3 * u64::from(self.config.raft.election_ticks_max);
-        for g in self.groups.iter_mut() {
+        let (placement, policy, me, tick_count) = (
+            &self.placement,
+            self.config.leaders,
+            self.config.node,
+            self.tick_count,
+        );
+        // Only a group that hands its leadership over is given input (marked touched).
+        self.groups.for_each_mut(|g| {
             if g.soft.role != Role::Leader || g.sm.move_in_flight().is_some() {
                 // A move hands leadership over itself; spreading could undo that.
-                continue;
+                return false;
             }
             // The metadata group has no placement: it keeps whoever it elects.
-            let placed = self.placement.get(g.shard.0 as usize);
+            let placed = placement.get(g.shard.0 as usize);
             let Some(preferred) = g.sm.preferred_leader().or_else(|| {
                 let p = placed?;
-                match self.config.leaders {
+                match policy {
                     LeaderPolicy::Spread => Some(p.preferred_leader),
                     LeaderPolicy::Pack => g.raft.membership().voters.iter().min().copied(),
                 }
             }) else {
-                continue;
+                return false;
             };
-            if preferred == self.config.node
+            if preferred == me
                 || g.last_transfer_tick
-                    .is_some_and(|t| self.tick_count < t + interval)
+                    .is_some_and(|t| tick_count < t + interval)
             {
-                continue;
+                return false;
             }
             let st = g.raft.status();
             let caught_up = st
@@ -230,9 +256,10 @@ impl NodeCore {
             if caught_up {
                 g.wake();
                 g.raft.transfer_leadership(preferred);
-                g.last_transfer_tick = Some(self.tick_count);
+                g.last_transfer_tick = Some(tick_count);
             }
-        }
+            caught_up
+        });
     }
 }
 

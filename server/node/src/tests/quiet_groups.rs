@@ -14,6 +14,35 @@ fn idle_cluster_at_kvserver_timing() -> Cluster {
     c
 }
 
+/// A tick leaves a quiesced group's Raft alone, so it does not mark the group touched:
+/// the flush after it asks no quiesced group for a Ready. A group the tick reaches (one
+/// not quiesced, as every group before its first leader) is marked.
+#[test]
+fn a_tick_marks_only_the_groups_it_ticks() {
+    let mut c = Cluster::new(3, 8);
+    c.nodes[0].tick();
+    assert_eq!(c.nodes[0].take_touched().len(), 8, "no group quiesced yet");
+    let out = c.nodes[0].take_output();
+    c.absorb(0, out);
+    c.settle();
+    // As `idle_groups_quiesce_and_a_request_wakes_them`: idle, every group quiesces.
+    c.tick(80);
+    for i in 0..3 {
+        let _ = c.nodes[i].take_output();
+        assert_eq!(c.nodes[i].take_touched(), Vec::<ShardId>::new());
+        c.nodes[i].tick();
+        assert_eq!(
+            c.nodes[i].take_touched(),
+            Vec::<ShardId>::new(),
+            "node {}: an idle cluster's groups are quiesced, and the tick left them alone",
+            i + 1
+        );
+        let out = c.nodes[i].take_output();
+        c.absorb(i, out);
+    }
+    c.settle();
+}
+
 /// A quiesced follower that heard nothing for its group for
 /// `QUIESCED_FOLLOWER_RECHECK_ELECTIONS` election timeouts wakes for two, and its PreVote
 /// wakes the leader, which refuses it. The leader, idle again, quiesced after one
