@@ -361,7 +361,7 @@ impl Raft {
         match msg.body {
             MessageBody::PreVote { .. } | MessageBody::Vote { .. } => self.handle_vote_request(msg),
             _ => match self.role {
-                RoleState::Leader(_) => self.step_leader(msg),
+                RoleState::Leader(_) => self.step_leader(&msg),
                 RoleState::Candidate { .. } | RoleState::PreCandidate { .. } => {
                     self.step_candidate(msg)
                 }
