@@ -309,11 +309,19 @@ impl Raft {
             _ => {}
         }
         let transfer_now = ls.transfer.is_some_and(|(t, _)| t == from) && pr.match_ == last;
+        // What `maybe_send_append` answers first, read while `pr` is at hand: most acks
+        // leave the follower sent everything, and asking again costs a lookup.
+        let sent_all =
+            last > 0 && pr.next == last + 1 && !matches!(pr.state, ProgressState::Snapshot(_));
         if transfer_now {
             self.send_timeout_now(from);
         }
         if self.maybe_commit() {
             self.commit_advanced();
+        } else if sent_all && !transfer_now {
+            // Nothing changed since `sent_all` was read: no commit (whose membership
+            // changes may touch the progress map) and no transfer message.
+            return;
         }
         while self.maybe_send_append(from, false) {}
     }
