@@ -96,6 +96,7 @@ impl Raft {
     /// `None`), in id order. Walking them this way instead of collecting them first saves
     /// an allocation per group per round, and sees the progress map as each send left
     /// it, as the collected list did: a send never adds or removes a member.
+    #[inline]
     pub(crate) fn next_peer(&self, after: Option<NodeId>) -> Option<NodeId> {
         use std::ops::Bound::{Excluded, Unbounded};
         let RoleState::Leader(ls) = &self.role else {
@@ -476,6 +477,7 @@ impl Raft {
     /// under heavy loss, where the lease needs all the echoes it can get). Takes effect
     /// at the next heartbeat.
     pub fn set_heartbeat_suppression(&mut self, on: bool) {
+        self.drained = false;
         self.cfg.heartbeat_suppression = on;
     }
 
