@@ -582,7 +582,8 @@ impl Raft {
         // and what the sends this call began with left for another flush (a quorum
         // input moved by the write, under a planted bug): with neither, `has_ready`
         // answers false until the next input.
-        self.drained = self.next_committed_hi() <= self.log.applied && !self.flush_pending();
+        // (`hi` still holds: nothing since moved the commit index or a snapshot.)
+        self.drained = hi <= self.log.applied && !self.flush_pending();
     }
 
     /// Messages refused so far, by reason.
