@@ -84,6 +84,7 @@ impl Raft {
     /// `vote_resend_ticks` calls it on ticks; a caller that needs resends finer than its
     /// tick calls it on its own timer (course mode, `testdata/vote_resend_on_call.txt`).
     pub fn resend_vote_requests(&mut self) {
+        self.drained = false;
         let unanswered = |votes: &BTreeMap<NodeId, bool>, voters: Vec<NodeId>| -> Vec<NodeId> {
             voters
                 .into_iter()

@@ -67,6 +67,12 @@ impl FollowerReads {
         self.queued.len() + self.inflight.values().map(|r| r.ctxs.len()).sum::<usize>()
     }
 
+    /// True if reads wait for the next request.
+    #[inline]
+    pub fn has_queued(&self) -> bool {
+        !self.queued.is_empty()
+    }
+
     /// Holds read `ctx` until the next request goes out.
     pub fn queue(&mut self, ctx: u64) {
         self.queued.push(ctx);
@@ -203,7 +209,17 @@ impl Raft {
     }
 
     /// Sends the reads queued since the last `ready()` to the leader, in one request.
+    #[inline]
     pub(crate) fn flush_follower_reads(&mut self) {
+        // Asked at every `has_ready` and `ready` of every group: the usual answer (no
+        // read queued) without a call.
+        if self.follower_reads.has_queued() {
+            self.flush_follower_reads_now();
+        }
+    }
+
+    #[inline(never)]
+    fn flush_follower_reads_now(&mut self) {
         let leader = match (&self.role, self.leader) {
             (RoleState::Follower, Some(l)) => l,
             _ => return,

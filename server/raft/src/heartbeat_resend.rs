@@ -45,6 +45,7 @@ impl Raft {
     /// whose need for them changes (course mode resends only while loss is unknown or
     /// heavy). Switching off forgets the heartbeats waiting for a resend.
     pub fn set_heartbeat_resend_ticks(&mut self, ticks: Option<u32>) {
+        self.drained = false;
         assert!(ticks != Some(0), "heartbeat_resend_ticks must be positive");
         self.cfg.heartbeat_resend_ticks = ticks;
         if ticks.is_none() {

@@ -234,6 +234,7 @@ impl Raft {
     /// replaced before the next entries go out. Does nothing without lazy followers or
     /// off the leader.
     pub fn note_stall(&mut self) {
+        self.drained = false;
         if !self.cfg.lazy_followers {
             return;
         }
@@ -257,6 +258,7 @@ impl Raft {
     /// period) this is a resend of what followers left unanswered, timed by the caller.
     /// Does nothing off the leader.
     pub fn release_stalled(&mut self, targeted: bool) {
+        self.drained = false;
         if !matches!(self.role, RoleState::Leader(_)) {
             return;
         }
@@ -304,6 +306,7 @@ impl Raft {
     /// mode goes wide under heavy loss: with two fast followers at 30% loss three puts
     /// in four miss an acknowledgement). Takes effect when entries next go out.
     pub fn set_send_wide(&mut self, on: bool) {
+        self.drained = false;
         self.cfg.lazy_send_wide = on;
     }
 }

@@ -170,6 +170,11 @@ pub struct Raft {
     /// durable index, the voters) changed since `maybe_commit` last computed it: until
     /// then it cannot move, and `has_ready`, which runs many times per round, skips it.
     pub(crate) quorum_moved: bool,
+    /// Nothing happened since `ready_into` left nothing to hand out: `has_ready`,
+    /// which a caller asks after every `Ready` to learn whether more waits, is false
+    /// without walking the state. Set by `ready_into` when nothing is left; cleared by
+    /// every other public method that takes `&mut self` (each is an input).
+    pub(crate) drained: bool,
     /// How many times `maybe_commit` computed the quorum commit (tests only).
     #[cfg(test)]
     pub(crate) quorum_computations: u64,
@@ -264,6 +269,7 @@ impl Raft {
             inflight_writes: VecDeque::new(),
             hs_written: hard_state,
             quorum_moved: true,
+            drained: false,
             #[cfg(test)]
             quorum_computations: 0,
             snapshot_unwritten: None,
@@ -290,6 +296,7 @@ impl Raft {
     /// Switches on a planted bug (tests of the simulator only).
     #[cfg(feature = "planted-bugs")]
     pub fn plant_bug(&mut self, bug: PlantedBug) {
+        self.drained = false;
         if !self.planted.contains(&bug) {
             self.planted.push(bug);
             self.quorum_moved = true;
@@ -298,6 +305,7 @@ impl Raft {
 
     /// Advances logical time by one tick (elections, heartbeats, CheckQuorum).
     pub fn tick(&mut self) {
+        self.drained = false;
         self.now += 1;
         if matches!(self.role, RoleState::Leader(_)) {
             self.tick_leader();
@@ -311,6 +319,7 @@ impl Raft {
     /// ignored; malformed ones (see [`check_message`]) are dropped and counted in
     /// [`Raft::refusals`].
     pub fn step(&mut self, msg: Message) {
+        self.drained = false;
         if msg.to != self.cfg.id || msg.from == self.cfg.id || msg.from.is_none() {
             return;
         }
@@ -361,7 +370,7 @@ impl Raft {
         match msg.body {
             MessageBody::PreVote { .. } | MessageBody::Vote { .. } => self.handle_vote_request(msg),
             _ => match self.role {
-                RoleState::Leader(_) => self.step_leader(msg),
+                RoleState::Leader(_) => self.step_leader(&msg),
                 RoleState::Candidate { .. } | RoleState::PreCandidate { .. } => {
                     self.step_candidate(msg)
                 }
@@ -373,6 +382,7 @@ impl Raft {
     /// Appends an application command to the log. Returns its (index, term): the command
     /// is committed iff the entry applied at `index` has term `term`.
     pub fn propose(&mut self, data: bytes::Bytes) -> Result<(Index, Term), ProposeError> {
+        self.drained = false;
         self.leader_accepting()?;
         Ok(self.append_as_leader(EntryKind::Command, data))
     }
@@ -382,6 +392,7 @@ impl Raft {
         &mut self,
         change: ConfChange,
     ) -> Result<(Index, Term), ProposeError> {
+        self.drained = false;
         self.leader_accepting()?;
         let RoleState::Leader(ls) = &self.role else {
             unreachable!()
@@ -414,6 +425,7 @@ impl Raft {
     /// (`follower_read`); the `ReadState` then carries the leader's commit index, which
     /// the caller applies before serving. Elsewhere: [`ProposeError::NotLeader`].
     pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
+        self.drained = false;
         if matches!(self.role, RoleState::Leader(_)) {
             self.leader_read(crate::read_index::Reader::Local(ctx))
         } else {
@@ -427,6 +439,7 @@ impl Raft {
     /// nothing (only its own voters' answers do); a leader asked by a non-member sends it
     /// the log, its removal included.
     pub fn ask_for_leader(&mut self, nodes: &[NodeId]) {
+        self.drained = false;
         if self.leader.is_some() || matches!(self.role, RoleState::Leader(_)) {
             return;
         }
@@ -441,6 +454,7 @@ impl Raft {
 
     /// Hands leadership to `to` (thesis 3.10): catch it up, then send TimeoutNow.
     pub fn transfer_leadership(&mut self, to: NodeId) {
+        self.drained = false;
         let last = self.log.last_index();
         let RoleState::Leader(ls) = &mut self.role else {
             return;
@@ -468,9 +482,25 @@ impl Raft {
     /// (the step `ready` starts with), so that the answer is exact: a broadcast to
     /// followers that are all paused sends nothing and leaves nothing to do.
     pub fn has_ready(&mut self) -> bool {
+        if self.drained {
+            debug_assert!(
+                !self.flush_pending() && !self.has_output(),
+                "output appeared after ready_into without an input"
+            );
+            return false;
+        }
         self.flush_leader_sends();
         self.flush_follower_reads();
         self.has_output()
+    }
+
+    /// True if `flush_leader_sends` or `flush_follower_reads` would do something.
+    fn flush_pending(&self) -> bool {
+        let leader_sends = match &self.role {
+            RoleState::Leader(ls) => ls.bcast_pending || self.quorum_moved || ls.reads.has_unsent(),
+            _ => false,
+        };
+        leader_sends || self.follower_reads.has_queued()
     }
 
     /// True if outputs wait for `ready()`, the leader's unflushed sends aside.
@@ -515,17 +545,24 @@ impl Raft {
             self.fill_write(&mut w);
             rd.write = Some(w);
         }
-        rd.apply_snapshot = self.snapshot_ready.take();
+        // Most of a round's Readies carry one or two of the parts below: each part is
+        // moved only if there is one, since even an empty move (a snapshot's hundred
+        // bytes, a vector append's reservation) was a visible share of a group's round.
+        if self.snapshot_ready.is_some() || rd.apply_snapshot.is_some() {
+            rd.apply_snapshot = self.snapshot_ready.take();
+        }
         if let Some(s) = &rd.apply_snapshot {
             self.log.applied = s.meta.index;
         }
         let hi = self.next_committed_hi();
         rd.committed.clear();
-        rd.committed.extend_from_slice(self.log.range_within(
-            self.log.applied + 1,
-            hi,
-            self.cfg.committed_bytes_per_ready_max,
-        ));
+        if hi > self.log.applied {
+            rd.committed.extend_from_slice(self.log.range_within(
+                self.log.applied + 1,
+                hi,
+                self.cfg.committed_bytes_per_ready_max,
+            ));
+        }
         if let Some(last) = rd.committed.last() {
             self.log.applied = last.index;
         }
@@ -536,15 +573,17 @@ impl Raft {
             self.snapshot = None;
         }
         // `append` moves the items and leaves both vectors their capacity.
-        rd.messages.clear();
-        rd.messages.append(&mut self.msgs);
-        rd.reads.clear();
-        rd.reads.append(&mut self.reads_ready);
-        rd.failed_reads.clear();
-        rd.failed_reads.append(&mut self.failed_reads);
+        move_all(&mut self.msgs, &mut rd.messages);
+        move_all(&mut self.reads_ready, &mut rd.reads);
+        move_all(&mut self.failed_reads, &mut rd.failed_reads);
         rd.snapshot_wanted = std::mem::take(&mut self.snapshot_wanted);
-        rd.events.clear();
-        rd.events.append(&mut self.events);
+        move_all(&mut self.events, &mut rd.events);
+        // Everything above was handed out but the committed entries past the byte limit
+        // and what the sends this call began with left for another flush (a quorum
+        // input moved by the write, under a planted bug): with neither, `has_ready`
+        // answers false until the next input.
+        // (`hi` still holds: nothing since moved the commit index or a snapshot.)
+        self.drained = hi <= self.log.applied && !self.flush_pending();
     }
 
     /// Messages refused so far, by reason.
@@ -561,6 +600,7 @@ impl Raft {
     /// Counts a refused input (the caller's boundary checks count theirs here too, so
     /// one set of counters covers the group).
     pub fn refuse(&mut self, reason: Refusal) {
+        self.drained = false;
         self.refusals.count(reason);
     }
 
@@ -640,6 +680,7 @@ impl Raft {
     /// its clock stood still while real time passed, so the next read takes a heartbeat
     /// round, whose echoes start a new lease.
     pub fn wake(&mut self) {
+        self.drained = false;
         if let RoleState::Leader(_) = &self.role {
             self.election_elapsed = 0;
             self.heartbeat_elapsed = self.cfg.heartbeat_ticks;
@@ -653,6 +694,7 @@ impl Raft {
     /// the lease would otherwise count as less time than really passed. Does nothing
     /// without a lease or off the leader.
     pub fn expire_lease(&mut self) {
+        self.drained = false;
         if let RoleState::Leader(ls) = &mut self.role {
             ls.lease.forget();
         }
@@ -827,5 +869,16 @@ impl Raft {
             MessageBody::ReadIndex { request } => self.refuse_remote_read(msg.from, request),
             _ => {}
         }
+    }
+}
+
+/// Replaces what `to` holds by what `from` holds, leaving `from` empty: both keep their
+/// capacity. An empty `from` costs no append (its reservation check and copy of
+/// nothing), the common case for most of a `Ready`'s vectors.
+#[inline]
+fn move_all<T>(from: &mut Vec<T>, to: &mut Vec<T>) {
+    to.clear();
+    if !from.is_empty() {
+        to.append(from);
     }
 }

@@ -11,6 +11,7 @@ use kv_shared::NodeId;
 impl Raft {
     /// The caller has made `write` durable.
     pub fn on_persisted(&mut self, id: WriteId) {
+        self.drained = false;
         assert!(
             id.0 >= 1 && id.0 < self.next_write_id,
             "on_persisted({}) of a write never issued",

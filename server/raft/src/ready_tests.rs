@@ -150,3 +150,42 @@ fn ready_into_a_kept_ready_hands_out_what_ready_does_in_the_same_vectors() {
         "campaigns sent messages through the kept vector"
     );
 }
+
+#[test]
+fn has_ready_after_an_emptying_ready_is_false_until_the_next_input() {
+    let mut raft = lone_leader(Config::new(NodeId(1), 7));
+    raft.propose(Bytes::from_static(b"x")).expect("leader");
+    assert!(raft.has_ready());
+    let rd = raft.ready();
+    assert!(!raft.has_ready(), "the lone leader's write is all it had");
+    assert!(raft.drained, "answered without walking the state");
+    raft.on_persisted(rd.write.expect("the entry").id);
+    assert!(!raft.drained, "an input clears it");
+    assert!(
+        raft.has_ready(),
+        "the entry committed and waits to be applied"
+    );
+    let rd = raft.ready();
+    assert_eq!(rd.committed.len(), 1);
+    assert!(!raft.has_ready());
+    raft.tick();
+    assert!(!raft.drained, "a tick is an input");
+}
+
+#[test]
+fn a_ready_cut_short_by_the_byte_limit_leaves_has_ready_true() {
+    let config = Config {
+        committed_bytes_per_ready_max: 100,
+        ..Config::new(NodeId(1), 7)
+    };
+    let mut raft = lone_leader(config);
+    for i in 0..3u8 {
+        raft.propose(Bytes::from(vec![i; 100])).expect("leader");
+    }
+    let rd = raft.ready();
+    raft.on_persisted(rd.write.expect("the entries").id);
+    let rd = raft.ready();
+    assert_eq!(rd.committed.len(), 1, "one 100-byte entry per Ready");
+    assert!(!raft.drained, "two committed entries are still to hand out");
+    assert!(raft.has_ready());
+}

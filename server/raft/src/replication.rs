@@ -44,7 +44,24 @@ impl Raft {
     }
 
     /// Sends what proposals and reads accumulated since the last `ready()`.
+    ///
+    /// Runs at every `has_ready` and `ready` of every group, a few times per group and
+    /// round, and usually finds nothing to do (always on a follower): that answer is
+    /// given inline, without the call into the body, whose frame is that of the whole
+    /// send loop. Without a broadcast, a read round or a moved quorum input the body
+    /// does nothing either (`maybe_commit` returns at once).
+    #[inline]
     pub(crate) fn flush_leader_sends(&mut self) {
+        if let RoleState::Leader(ls) = &self.role {
+            if ls.bcast_pending || self.quorum_moved || ls.reads.has_unsent() {
+                self.flush_leader_sends_now();
+            }
+        }
+    }
+
+    /// [`Raft::flush_leader_sends`] once it may have something to do.
+    #[inline(never)]
+    fn flush_leader_sends_now(&mut self) {
         let (bcast, reads) = match &mut self.role {
             RoleState::Leader(ls) => (std::mem::take(&mut ls.bcast_pending), ls.reads.has_unsent()),
             _ => return,
@@ -79,6 +96,7 @@ impl Raft {
     /// `None`), in id order. Walking them this way instead of collecting them first saves
     /// an allocation per group per round, and sees the progress map as each send left
     /// it, as the collected list did: a send never adds or removes a member.
+    #[inline]
     pub(crate) fn next_peer(&self, after: Option<NodeId>) -> Option<NodeId> {
         use std::ops::Bound::{Excluded, Unbounded};
         let RoleState::Leader(ls) = &self.role else {
@@ -94,6 +112,26 @@ impl Raft {
     /// Sends one Append (or snapshot chunks) to `to` if its flow control allows. Returns
     /// true if something was sent.
     pub(crate) fn maybe_send_append(&mut self, to: NodeId, send_if_empty: bool) -> bool {
+        let last = self.log.last_index();
+        let RoleState::Leader(ls) = &self.role else {
+            return false;
+        };
+        let Some(pr) = ls.progress.get(&to) else {
+            return false;
+        };
+        // A follower sent everything has nothing to get: the loops that send until this
+        // returns false (`flush_leader_sends`, after an ack) ask once more per follower
+        // and round, so that answer comes first, before the checks below, which all
+        // return false without a side effect too, or find the entry at `last` held (a
+        // leader's log never ends below its snapshot point) and servable (only index
+        // 0 can need a snapshot while held).
+        if !send_if_empty
+            && last > 0
+            && pr.next == last + 1
+            && !matches!(pr.state, ProgressState::Snapshot(_))
+        {
+            return false;
+        }
         if self.lazy_holds(to) {
             return false;
         }
@@ -183,7 +221,10 @@ impl Raft {
         }
     }
 
-    pub(crate) fn step_leader(&mut self, m: Message) {
+    /// Takes the message by reference: what a leader is sent carries no data it keeps,
+    /// and moving the message in copied all of it (the size of the largest variant)
+    /// once per acknowledgement.
+    pub(crate) fn step_leader(&mut self, m: &Message) {
         let RoleState::Leader(ls) = &mut self.role else {
             return;
         };
@@ -269,11 +310,19 @@ impl Raft {
             _ => {}
         }
         let transfer_now = ls.transfer.is_some_and(|(t, _)| t == from) && pr.match_ == last;
+        // What `maybe_send_append` answers first, read while `pr` is at hand: most acks
+        // leave the follower sent everything, and asking again costs a lookup.
+        let sent_all =
+            last > 0 && pr.next == last + 1 && !matches!(pr.state, ProgressState::Snapshot(_));
         if transfer_now {
             self.send_timeout_now(from);
         }
         if self.maybe_commit() {
             self.commit_advanced();
+        } else if sent_all && !transfer_now {
+            // Nothing changed since `sent_all` was read: no commit (whose membership
+            // changes may touch the progress map) and no transfer message.
+            return;
         }
         while self.maybe_send_append(from, false) {}
     }
@@ -306,13 +355,7 @@ impl Raft {
         };
         let me = self.cfg.id;
         let persisted = self.log.persisted;
-        let q = quorum::committed_index(&self.membership.voters, |v| {
-            if v == me {
-                persisted
-            } else {
-                ls.progress.get(&v).map_or(0, |p| p.match_)
-            }
-        });
+        let q = quorum_index(&self.membership.voters, me, persisted, &ls.progress);
         if q <= self.log.commit {
             return None;
         }
@@ -434,6 +477,7 @@ impl Raft {
     /// under heavy loss, where the lease needs all the echoes it can get). Takes effect
     /// at the next heartbeat.
     pub fn set_heartbeat_suppression(&mut self, on: bool) {
+        self.drained = false;
         self.cfg.heartbeat_suppression = on;
     }
 
@@ -639,6 +683,47 @@ impl Raft {
     }
 }
 
+/// What a quorum of `voters` stores: the leader `me` counts up to `persisted`, every
+/// other voter up to its match index in `progress`.
+fn quorum_index(
+    voters: &[NodeId],
+    me: NodeId,
+    persisted: Index,
+    progress: &BTreeMap<NodeId, Progress>,
+) -> Index {
+    match three_voters_matches(voters, me, progress) {
+        Some((a, b)) => persisted.min(a).max(persisted.max(a).min(b)),
+        None => quorum::committed_index(voters, |v| {
+            if v == me {
+                persisted
+            } else {
+                progress.get(&v).map_or(0, |p| p.match_)
+            }
+        }),
+    }
+}
+
+/// The two followers' match indexes when `voters` are the leader `me` and exactly the
+/// members `progress` tracks: the usual three-voter group, whose quorum commit a
+/// leader computes on most acknowledgements. Read off the map in one walk, where
+/// `quorum::committed_index` looked each voter up.
+fn three_voters_matches(
+    voters: &[NodeId],
+    me: NodeId,
+    progress: &BTreeMap<NodeId, Progress>,
+) -> Option<(Index, Index)> {
+    if voters.len() != 3 || progress.len() != 2 || !voters.contains(&me) {
+        return None;
+    }
+    let mut it = progress.iter();
+    let (ida, a) = it.next()?;
+    let (idb, b) = it.next()?;
+    // A leader tracks every other member, so with two tracked these are the two other
+    // voters, unless a learner is tracked in place of a departed voter's progress.
+    let other_voter = |id: &NodeId| *id != me && voters.contains(id);
+    (other_voter(ida) && other_voter(idb)).then_some((a.match_, b.match_))
+}
+
 /// See [`Raft::entries_cannot_serve`]: the follower needs the log from its start and
 /// the membership it starts from does not list it.
 fn needs_base(prev_index: Index, to: NodeId, base: &Membership) -> bool {
@@ -679,5 +764,71 @@ fn keep_lease_quorum(
     skipped.sort();
     for (_, v) in skipped.into_iter().take(need.saturating_sub(beating)) {
         skip.remove(&v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The quorum commit as `quorum::committed_index` computes it for any voter set.
+    fn generic(
+        voters: &[NodeId],
+        me: NodeId,
+        persisted: Index,
+        pr: &BTreeMap<NodeId, Progress>,
+    ) -> Index {
+        quorum::committed_index(voters, |v| {
+            if v == me {
+                persisted
+            } else {
+                pr.get(&v).map_or(0, |p| p.match_)
+            }
+        })
+    }
+
+    fn tracked(matches: &[(u64, Index)]) -> BTreeMap<NodeId, Progress> {
+        (matches.iter())
+            .map(|&(id, m)| {
+                let mut p = Progress::new(m + 1);
+                p.match_ = m;
+                (NodeId(id), p)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn three_voter_fast_path_agrees_with_the_generic_quorum() {
+        let me = NodeId(2);
+        type Case<'a> = (&'a [u64], &'a [(u64, Index)]);
+        let cases: [Case; 6] = [
+            (&[1, 2, 3], &[(1, 7), (3, 4)]),
+            (&[1, 2, 3], &[(1, 2), (3, 9)]),
+            // A learner tracked beside the voters, or in place of one: not the fast path.
+            (&[1, 2, 3], &[(1, 5), (4, 9)]),
+            (&[1, 2, 3], &[(1, 5), (3, 6), (4, 9)]),
+            // Five voters, and a set the leader is not in.
+            (&[1, 2, 3, 4, 5], &[(1, 5), (3, 6), (4, 9), (5, 1)]),
+            (&[1, 3, 4], &[(1, 8), (3, 6)]),
+        ];
+        let mut fast_paths = 0;
+        for (voters, matches) in cases {
+            let voters: Vec<NodeId> = voters.iter().map(|v| NodeId(*v)).collect();
+            let pr = tracked(matches);
+            for persisted in 0..12 {
+                let want = generic(&voters, me, persisted, &pr);
+                let got = quorum_index(&voters, me, persisted, &pr);
+                fast_paths += usize::from(three_voters_matches(&voters, me, &pr).is_some());
+                assert_eq!(
+                    got, want,
+                    "voters {voters:?}, tracked {matches:?}, own {persisted}"
+                );
+            }
+        }
+        assert_eq!(
+            fast_paths,
+            2 * 12,
+            "only the first two cases are plain three-voter groups"
+        );
     }
 }

@@ -33,6 +33,7 @@ impl Raft {
     /// The caller has durably stored `snapshot` of its state machine (its index at or
     /// below the applied index): drop the log up to it and use it for lagging followers.
     pub fn compact(&mut self, snapshot: Snapshot) {
+        self.drained = false;
         let index = snapshot.meta.index;
         assert!(
             index <= self.log.applied,
@@ -102,6 +103,7 @@ impl Raft {
     /// need not be durable here: it holds only committed entries, and a follower persists
     /// it before acknowledging it.
     pub fn provide_snapshot(&mut self, snapshot: Snapshot) {
+        self.drained = false;
         let index = snapshot.meta.index;
         assert_eq!(
             self.snapshot_meta(index),
