@@ -355,7 +355,13 @@ impl Raft {
         };
         let me = self.cfg.id;
         let persisted = self.log.persisted;
-        let q = quorum_index(&self.membership.voters, me, persisted, &ls.progress);
+        let q = quorum::committed_index(&self.membership.voters, |v| {
+            if v == me {
+                persisted
+            } else {
+                ls.progress.get(&v).map_or(0, |p| p.match_)
+            }
+        });
         if q <= self.log.commit {
             return None;
         }
@@ -683,47 +689,6 @@ impl Raft {
     }
 }
 
-/// What a quorum of `voters` stores: the leader `me` counts up to `persisted`, every
-/// other voter up to its match index in `progress`.
-fn quorum_index(
-    voters: &[NodeId],
-    me: NodeId,
-    persisted: Index,
-    progress: &BTreeMap<NodeId, Progress>,
-) -> Index {
-    match three_voters_matches(voters, me, progress) {
-        Some((a, b)) => persisted.min(a).max(persisted.max(a).min(b)),
-        None => quorum::committed_index(voters, |v| {
-            if v == me {
-                persisted
-            } else {
-                progress.get(&v).map_or(0, |p| p.match_)
-            }
-        }),
-    }
-}
-
-/// The two followers' match indexes when `voters` are the leader `me` and exactly the
-/// members `progress` tracks: the usual three-voter group, whose quorum commit a
-/// leader computes on most acknowledgements. Read off the map in one walk, where
-/// `quorum::committed_index` looked each voter up.
-fn three_voters_matches(
-    voters: &[NodeId],
-    me: NodeId,
-    progress: &BTreeMap<NodeId, Progress>,
-) -> Option<(Index, Index)> {
-    if voters.len() != 3 || progress.len() != 2 || !voters.contains(&me) {
-        return None;
-    }
-    let mut it = progress.iter();
-    let (ida, a) = it.next()?;
-    let (idb, b) = it.next()?;
-    // A leader tracks every other member, so with two tracked these are the two other
-    // voters, unless a learner is tracked in place of a departed voter's progress.
-    let other_voter = |id: &NodeId| *id != me && voters.contains(id);
-    (other_voter(ida) && other_voter(idb)).then_some((a.match_, b.match_))
-}
-
 /// See [`Raft::entries_cannot_serve`]: the follower needs the log from its start and
 /// the membership it starts from does not list it.
 fn needs_base(prev_index: Index, to: NodeId, base: &Membership) -> bool {
@@ -764,71 +729,5 @@ fn keep_lease_quorum(
     skipped.sort();
     for (_, v) in skipped.into_iter().take(need.saturating_sub(beating)) {
         skip.remove(&v);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The quorum commit as `quorum::committed_index` computes it for any voter set.
-    fn generic(
-        voters: &[NodeId],
-        me: NodeId,
-        persisted: Index,
-        pr: &BTreeMap<NodeId, Progress>,
-    ) -> Index {
-        quorum::committed_index(voters, |v| {
-            if v == me {
-                persisted
-            } else {
-                pr.get(&v).map_or(0, |p| p.match_)
-            }
-        })
-    }
-
-    fn tracked(matches: &[(u64, Index)]) -> BTreeMap<NodeId, Progress> {
-        (matches.iter())
-            .map(|&(id, m)| {
-                let mut p = Progress::new(m + 1);
-                p.match_ = m;
-                (NodeId(id), p)
-            })
-            .collect()
-    }
-
-    #[test]
-    fn three_voter_fast_path_agrees_with_the_generic_quorum() {
-        let me = NodeId(2);
-        type Case<'a> = (&'a [u64], &'a [(u64, Index)]);
-        let cases: [Case; 6] = [
-            (&[1, 2, 3], &[(1, 7), (3, 4)]),
-            (&[1, 2, 3], &[(1, 2), (3, 9)]),
-            // A learner tracked beside the voters, or in place of one: not the fast path.
-            (&[1, 2, 3], &[(1, 5), (4, 9)]),
-            (&[1, 2, 3], &[(1, 5), (3, 6), (4, 9)]),
-            // Five voters, and a set the leader is not in.
-            (&[1, 2, 3, 4, 5], &[(1, 5), (3, 6), (4, 9), (5, 1)]),
-            (&[1, 3, 4], &[(1, 8), (3, 6)]),
-        ];
-        let mut fast_paths = 0;
-        for (voters, matches) in cases {
-            let voters: Vec<NodeId> = voters.iter().map(|v| NodeId(*v)).collect();
-            let pr = tracked(matches);
-            for persisted in 0..12 {
-                let want = generic(&voters, me, persisted, &pr);
-                let got = quorum_index(&voters, me, persisted, &pr);
-                fast_paths += usize::from(three_voters_matches(&voters, me, &pr).is_some());
-                assert_eq!(
-                    got, want,
-                    "voters {voters:?}, tracked {matches:?}, own {persisted}"
-                );
-            }
-        }
-        assert_eq!(
-            fast_paths,
-            2 * 12,
-            "only the first two cases are plain three-voter groups"
-        );
     }
 }
