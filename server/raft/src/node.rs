@@ -546,8 +546,8 @@ impl Raft {
             rd.write = Some(w);
         }
         // Most of a round's Readies carry one or two of the parts below: each part is
-        // moved only if there is one, since even an empty move (a snapshot's hundred
-        // bytes, a vector append's reservation) was a visible share of a group's round.
+        // moved only if there is one, since even an empty move copies a snapshot's
+        // hundred bytes or checks a vector's reservation, every group and round.
         if self.snapshot_ready.is_some() || rd.apply_snapshot.is_some() {
             rd.apply_snapshot = self.snapshot_ready.take();
         }
