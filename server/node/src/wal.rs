@@ -960,8 +960,8 @@ mod tests {
 
     proptest::proptest! {
         /// The hand-written round parts are postcard's encoding of `RoundPartRef`,
-        /// byte for byte, at every varint length and with every entry kind, so WALs
-        /// written before and after read the same.
+        /// byte for byte, at every varint length and with every entry kind, so a WAL
+        /// reads the same whichever of the two wrote it.
         #[test]
         fn round_parts_are_written_as_postcard_writes_them(
             parts in proptest::collection::vec(

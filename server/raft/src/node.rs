@@ -496,11 +496,7 @@ impl Raft {
 
     /// True if `flush_leader_sends` or `flush_follower_reads` would do something.
     fn flush_pending(&self) -> bool {
-        let leader_sends = match &self.role {
-            RoleState::Leader(ls) => ls.bcast_pending || self.quorum_moved || ls.reads.has_unsent(),
-            _ => false,
-        };
-        leader_sends || self.follower_reads.has_queued()
+        self.leader_sends_pending() || self.follower_reads.has_queued()
     }
 
     /// True if outputs wait for `ready()`, the leader's unflushed sends aside.

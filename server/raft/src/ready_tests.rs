@@ -49,16 +49,23 @@ fn drain(raft: &mut Raft) -> Vec<Vec<Bytes>> {
     applied
 }
 
-#[test]
-fn committed_entries_are_handed_out_within_the_byte_limit_per_ready() {
+/// A lone leader handing out at most `bytes_max` committed bytes per Ready, with
+/// `count` proposals of 100 bytes each (the i-th filled with byte i).
+fn lone_leader_proposing(bytes_max: usize, count: u8) -> Raft {
     let config = Config {
-        committed_bytes_per_ready_max: 250,
+        committed_bytes_per_ready_max: bytes_max,
         ..Config::new(NodeId(1), 7)
     };
     let mut raft = lone_leader(config);
-    for i in 0..7u8 {
+    for i in 0..count {
         raft.propose(Bytes::from(vec![i; 100])).expect("leader");
     }
+    raft
+}
+
+#[test]
+fn committed_entries_are_handed_out_within_the_byte_limit_per_ready() {
+    let mut raft = lone_leader_proposing(250, 7);
     // A 300-byte entry alone exceeds the limit and still gets a Ready of its own.
     raft.propose(Bytes::from(vec![9; 300])).expect("leader");
     let sizes: Vec<Vec<usize>> = drain(&mut raft)
@@ -174,14 +181,7 @@ fn has_ready_after_an_emptying_ready_is_false_until_the_next_input() {
 
 #[test]
 fn a_ready_cut_short_by_the_byte_limit_leaves_has_ready_true() {
-    let config = Config {
-        committed_bytes_per_ready_max: 100,
-        ..Config::new(NodeId(1), 7)
-    };
-    let mut raft = lone_leader(config);
-    for i in 0..3u8 {
-        raft.propose(Bytes::from(vec![i; 100])).expect("leader");
-    }
+    let mut raft = lone_leader_proposing(100, 3);
     let rd = raft.ready();
     raft.on_persisted(rd.write.expect("the entries").id);
     let rd = raft.ready();

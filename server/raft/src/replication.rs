@@ -52,10 +52,18 @@ impl Raft {
     /// does nothing either (`maybe_commit` returns at once).
     #[inline]
     pub(crate) fn flush_leader_sends(&mut self) {
-        if let RoleState::Leader(ls) = &self.role {
-            if ls.bcast_pending || self.quorum_moved || ls.reads.has_unsent() {
-                self.flush_leader_sends_now();
-            }
+        if self.leader_sends_pending() {
+            self.flush_leader_sends_now();
+        }
+    }
+
+    /// True if [`Raft::flush_leader_sends`] may have something to do: a leader with a
+    /// broadcast or a read round to send, or a quorum input that moved.
+    #[inline]
+    pub(crate) fn leader_sends_pending(&self) -> bool {
+        match &self.role {
+            RoleState::Leader(ls) => ls.bcast_pending || self.quorum_moved || ls.reads.has_unsent(),
+            _ => false,
         }
     }
 

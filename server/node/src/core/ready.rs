@@ -426,7 +426,7 @@ impl NodeCore {
     }
 
     // Inline, and the snapshot itself not: every group's every drain and deferred
-    // apply asks, and a call to find that nothing is due cost more than the check.
+    // apply asks, and nearly always nothing is due.
     #[inline]
     fn maybe_snapshot(&mut self, g: ShardId) {
         if snapshot_due(&self.groups[g], self.config.snapshot_threshold_entries) {
