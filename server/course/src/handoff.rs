@@ -23,10 +23,11 @@
 //!   datagram that carries the new commit index leaves, so a leader whose commit index
 //!   is `c` (and that holds back no answer, see `doubt.rs`) knows every put at or below
 //!   `c` was answered. Every peer datagram carries the highest such index its sender
-//!   knows (field `c`): as leader, what it answered through; as follower, the highest
-//!   report it heard (never its own commit index: a leader that holds answers back
-//!   commits entries it has not answered). A new leader does not answer entries at or
-//!   below the highest report it has heard. Followers learn the commit index only with
+//!   knows (field `c`), with the entries below it whose answers a leader deferred
+//!   (field `o`, `report.rs`): as leader, what it answered through; as follower, the
+//!   reports it heard, merged (never its own commit index: a leader that holds answers
+//!   back commits entries it has not answered). A new leader does not answer entries
+//!   the reports it heard cover. Followers learn the commit index only with
 //!   the next append, so the last put before a leader dies would often be answered
 //!   twice (once by each leader): a leader that has sent nothing for
 //!   [`Settings::commit_notice_idle`](crate::settings::Settings) after its commit index
@@ -42,6 +43,7 @@
 //! own. Pure bookkeeping: the runtime feeds entries and applies and executes the result.
 
 use crate::ids::CourseId;
+use crate::report::Report;
 use bytes::Bytes;
 use kv_node::sm::{CommandBatch, WriteOp};
 use kv_raft::{Entry, EntryKind, Index, Term};
@@ -100,22 +102,24 @@ pub struct Handoff {
     /// Sessions answered from side info (never answer one twice).
     answered: HashSet<u64>,
     answered_order: VecDeque<u64>,
-    /// While leader: the commit index when leadership began.
-    leading_from: Option<(Term, Index)>,
-    /// The highest answered-through index reported by a peer.
-    reported_answered: Index,
-    /// The highest index this replica, as leader, answered every put through.
+    /// While leader: the term, and what was known answered when leadership began.
+    leading_from: Option<(Term, Report)>,
+    /// What the reports heard from peers say was answered, merged.
+    reported: Report,
+    /// The highest index this replica, as leader, answered every put through (but for
+    /// `led_owed`).
     led_through: Index,
+    /// The entries whose answers this replica, as leader, deferred (`doubt.rs`).
+    led_owed: Vec<Index>,
     /// Entries applied as follower above what was known answered: their answers and keys.
     unsure: BTreeMap<Index, Owed>,
 }
 
-/// The sessions and put keys of an entry seen in an append.
+/// The writes of an entry seen in an append: each one's session and, for a put, its key.
 #[derive(Debug)]
 struct Noted {
     term: Term,
-    sessions: Vec<u64>,
-    keys: Vec<Bytes>,
+    writes: Vec<(u64, Option<Bytes>)>,
 }
 
 /// Answers an applied entry may still need, and the keys of its puts.
@@ -123,8 +127,8 @@ struct Noted {
 pub struct Owed {
     /// The entry's term.
     pub term: Term,
-    /// The answers.
-    pub duties: Vec<Duty>,
+    /// The answers, each with the key of the put it answers.
+    pub duties: Vec<(Duty, Option<Bytes>)>,
     /// The keys its puts wrote (answers about them must not overtake these).
     pub keys: Vec<Bytes>,
 }
@@ -145,8 +149,9 @@ impl Handoff {
             answered: HashSet::new(),
             answered_order: VecDeque::new(),
             leading_from: None,
-            reported_answered: 0,
+            reported: Report::default(),
             led_through: 0,
+            led_owed: Vec::new(),
             unsure: BTreeMap::new(),
         }
     }
@@ -173,13 +178,11 @@ impl Handoff {
     /// Notes the sessions of entries carried by an append (sent or received).
     pub fn note_entries(&mut self, entries: &[Entry]) {
         for e in entries {
-            let (sessions, keys) = writes_of(e);
             self.entries.insert(
                 e.index,
                 Noted {
                     term: e.term,
-                    sessions,
-                    keys,
+                    writes: writes_of(e),
                 },
             );
         }
@@ -188,7 +191,7 @@ impl Handoff {
     /// The keys the puts of entry (`index`, `term`) write, if it was seen in an append.
     pub fn keys_at(&self, index: Index, term: Term) -> Vec<Bytes> {
         match self.entries.get(&index) {
-            Some(n) if n.term == term => n.keys.clone(),
+            Some(n) if n.term == term => n.writes.iter().filter_map(|(_, k)| k.clone()).collect(),
             _ => Vec::new(),
         }
     }
@@ -197,7 +200,7 @@ impl Handoff {
     pub fn side_info_for(&self, entries: &[&Entry]) -> Vec<SideInfo> {
         let mut out = Vec::new();
         for e in entries {
-            for session in writes_of(e).0 {
+            for (session, _) in writes_of(e) {
                 if out.len() >= SIDE_INFO_PER_DATAGRAM_MAX {
                     return out;
                 }
@@ -233,48 +236,51 @@ impl Handoff {
         false
     }
 
-    /// A peer reported that every put at or below `index` was answered.
-    pub fn hear_answered_through(&mut self, index: Index) {
-        self.reported_answered = self.reported_answered.max(index);
+    /// A peer reported what was answered.
+    pub fn hear_report(&mut self, report: &Report) {
+        self.reported.merge(report);
         self.forget_unsure();
     }
 
-    /// The highest index a peer reported answered through.
-    pub fn reported(&self) -> Index {
-        self.reported_answered
+    /// What the reports heard from peers say was answered.
+    pub fn reported(&self) -> &Report {
+        &self.reported
     }
 
     /// As leader, this replica has answered (or holds no answer back for) every put at or
-    /// below `index`.
+    /// below `index`, but for the deferred ones ([`Handoff::note_deferred`]).
     pub fn note_answered(&mut self, index: Index) {
         self.led_through = self.led_through.max(index);
         self.forget_unsure();
     }
 
-    fn forget_unsure(&mut self) {
-        let through = self.answered_through();
-        while self
-            .unsure
-            .first_key_value()
-            .is_some_and(|(&i, _)| i <= through)
-        {
-            self.unsure.pop_first();
-        }
+    /// The entries whose answers this replica has deferred now (none once it no longer
+    /// leads: a deposed leader sends them).
+    pub fn note_deferred(&mut self, owed: impl Iterator<Item = Index>) {
+        self.led_owed.clear();
+        self.led_owed.extend(owed);
     }
 
-    /// What this replica reports: every put at or below the returned index was answered
-    /// (by this replica as leader, or as a report it heard says).
-    pub fn answered_through(&self) -> Index {
-        self.led_through.max(self.reported_answered)
+    fn forget_unsure(&mut self) {
+        let known = self.report();
+        self.unsure.retain(|&i, _| !known.covers(i));
+    }
+
+    /// What this replica reports: what it answered as leader, merged with what the
+    /// reports it heard say.
+    pub fn report(&self) -> Report {
+        let mut r = Report::new(self.led_through, self.led_owed.iter().copied());
+        r.merge(&self.reported);
+        r
     }
 
     /// Leadership as seen after a round. True when a leadership begins: the caller then
     /// takes what it owes ([`Handoff::take_unsure`]).
     pub fn observe(&mut self, leader: bool, term: Term) -> bool {
-        match (leader, self.leading_from) {
-            (true, Some((t, _))) if t == term => false,
+        match (leader, &self.leading_from) {
+            (true, Some((t, _))) if *t == term => false,
             (true, _) => {
-                self.leading_from = Some((term, self.answered_through()));
+                self.leading_from = Some((term, self.report()));
                 true
             }
             (false, _) => {
@@ -284,19 +290,21 @@ impl Handoff {
         }
     }
 
-    /// The answers owed for entries applied as follower above what is known answered, in
+    /// The answers owed for entries applied as follower that are not known answered, in
     /// log order.
     pub fn take_unsure(&mut self) -> Vec<(Index, Owed)> {
         std::mem::take(&mut self.unsure).into_iter().collect()
     }
 
-    /// Entry (`index`, `term`) was applied here. Returns the answers now due.
-    pub fn on_applied(&mut self, index: Index, term: Term) -> Vec<Duty> {
+    /// Entry (`index`, `term`) was applied here. Returns the answers now due, each with
+    /// the key of the put it answers.
+    pub fn on_applied(&mut self, index: Index, term: Term) -> Vec<(Duty, Option<Bytes>)> {
         let mut duties = Vec::new();
-        let (sessions, keys) = match self.entries.remove(&index) {
-            Some(n) if n.term == term => (n.sessions, n.keys),
-            _ => (Vec::new(), Vec::new()),
+        let writes = match self.entries.remove(&index) {
+            Some(n) if n.term == term => n.writes,
+            _ => Vec::new(),
         };
+        let keys: Vec<Bytes> = writes.iter().filter_map(|(_, k)| k.clone()).collect();
         // Entries at or below `index` that were not applied were replaced.
         while let Some((&i, _)) = self.entries.first_key_value() {
             if i > index {
@@ -306,25 +314,26 @@ impl Handoff {
         }
         let answering = self
             .leading_from
-            .is_some_and(|(_, from)| index > from.max(self.reported_answered));
-        let unsure = self.leading_from.is_none() && index > self.answered_through();
+            .as_ref()
+            .is_some_and(|(_, from)| !from.covers(index) && !self.reported.covers(index));
+        let unsure = self.leading_from.is_none() && !self.report().covers(index);
         let mut owed = Vec::new();
-        for session in sessions {
+        for (session, key) in writes {
             if let Some(o) = self.orphans.remove(&session) {
                 if answering {
-                    duties.push(Duty::OkOwn(o.token));
+                    duties.push((Duty::OkOwn(o.token), key));
                 } else if unsure {
-                    owed.push(Duty::OkOwn(o.token));
+                    owed.push((Duty::OkOwn(o.token), key));
                 }
                 continue;
             }
             if self.proposed.contains_key(&session) || self.own_token(session).is_some() {
-                duties.push(Duty::CoreAnswers(session));
+                duties.push((Duty::CoreAnswers(session), key));
                 continue;
             }
             if (answering || unsure) && !self.answered.contains(&session) {
                 if let Some((client, mid)) = self.side.get(&session) {
-                    let duty = Duty::OkFor(*client, mid.clone());
+                    let duty = (Duty::OkFor(*client, mid.clone()), key);
                     if answering {
                         duties.push(duty);
                     } else {
@@ -352,7 +361,7 @@ impl Handoff {
             .collect();
         for s in lost {
             let o = self.orphans.remove(&s).expect("listed");
-            duties.push(Duty::RedirectOwn(o.token));
+            duties.push((Duty::RedirectOwn(o.token), None));
         }
         duties
     }
@@ -473,24 +482,22 @@ impl CommitNotice {
     }
 }
 
-/// The sessions of an entry's writes and the keys of its puts.
-fn writes_of(e: &Entry) -> (Vec<u64>, Vec<Bytes>) {
+/// Each write of an entry: its session and, for a put, its key.
+fn writes_of(e: &Entry) -> Vec<(u64, Option<Bytes>)> {
     if e.kind != EntryKind::Command {
-        return (Vec::new(), Vec::new());
+        return Vec::new();
     }
     let Ok(batch) = CommandBatch::decode(&e.data) else {
-        return (Vec::new(), Vec::new());
+        return Vec::new();
     };
-    let sessions = batch.writes.iter().map(|w| w.client.0).collect();
-    let keys = batch
+    batch
         .writes
         .into_iter()
-        .filter_map(|w| match w.op {
-            WriteOp::Put { key, .. } => Some(key),
-            _ => None,
+        .map(|w| match w.op {
+            WriteOp::Put { key, .. } => (w.client.0, Some(key)),
+            _ => (w.client.0, None),
         })
-        .collect();
-    (sessions, keys)
+        .collect()
 }
 
 #[cfg(test)]
@@ -522,6 +529,11 @@ mod tests {
         }
     }
 
+    /// The answers without their keys.
+    fn duties_of(answers: Vec<(Duty, Option<Bytes>)>) -> Vec<Duty> {
+        answers.into_iter().map(|(d, _)| d).collect()
+    }
+
     fn session_for(node: NodeId, token: u64) -> u64 {
         requests::session_for(node, token).0
     }
@@ -540,17 +552,17 @@ mod tests {
         let mut h = Handoff::new(NodeId(2));
         h.learn(info(old, "m7"));
         h.note_entries(&[entry(5, 1, &[old])]);
-        h.hear_answered_through(4);
+        h.hear_report(&Report::new(4, []));
         assert!(h.observe(true, 2));
         assert!(!h.observe(true, 2), "the same leadership");
         assert_eq!(
-            h.on_applied(5, 1),
+            duties_of(h.on_applied(5, 1)),
             vec![Duty::OkFor(CourseId(0x15), "m7".into())]
         );
         // Seen again (a resent append, applied again after a restart of the view): no
         // second answer.
         h.note_entries(&[entry(5, 1, &[old])]);
-        assert!(h.on_applied(5, 1).is_empty());
+        assert!(duties_of(h.on_applied(5, 1)).is_empty());
     }
 
     #[test]
@@ -559,14 +571,14 @@ mod tests {
         let mut h = Handoff::new(NodeId(2));
         h.learn(info(old, "m7"));
         h.note_entries(&[entry(5, 1, &[old])]);
-        h.hear_answered_through(5);
+        h.hear_report(&Report::new(5, []));
         h.observe(true, 2);
-        assert!(h.on_applied(5, 1).is_empty());
+        assert!(duties_of(h.on_applied(5, 1)).is_empty());
         // A follower never answers for others.
         let mut f = Handoff::new(NodeId(3));
         f.learn(info(old, "m7"));
         f.note_entries(&[entry(5, 1, &[old])]);
-        assert!(f.on_applied(5, 1).is_empty());
+        assert!(duties_of(f.on_applied(5, 1)).is_empty());
     }
 
     #[test]
@@ -575,18 +587,18 @@ mod tests {
         let mut f = Handoff::new(NodeId(3));
         f.learn(info(old, "m7"));
         f.note_entries(&[entry(5, 1, &[old]), entry(6, 1, &[])]);
-        f.hear_answered_through(4);
+        f.hear_report(&Report::new(4, []));
         assert_eq!(f.keys_at(5, 1), vec![Bytes::from_static(b"k")]);
-        assert!(f.on_applied(5, 1).is_empty());
-        assert!(f.on_applied(6, 1).is_empty());
+        assert!(duties_of(f.on_applied(5, 1)).is_empty());
+        assert!(duties_of(f.on_applied(6, 1)).is_empty());
         // Applying does not make the follower report it: its leader may hold the answer.
-        assert_eq!(f.answered_through(), 4);
+        assert_eq!(f.report().through, 4);
         assert!(f.observe(true, 2));
         let owed = f.take_unsure();
         assert_eq!(owed.len(), 1);
         assert_eq!(owed[0].0, 5);
         assert_eq!(
-            owed[0].1.duties,
+            duties_of(owed[0].1.duties.clone()),
             vec![Duty::OkFor(CourseId(0x15), "m7".into())]
         );
         assert_eq!(owed[0].1.keys, vec![Bytes::from_static(b"k")]);
@@ -594,10 +606,67 @@ mod tests {
         let mut g = Handoff::new(NodeId(4));
         g.learn(info(old, "m7"));
         g.note_entries(&[entry(5, 1, &[old])]);
-        assert!(g.on_applied(5, 1).is_empty());
-        g.hear_answered_through(5);
+        assert!(duties_of(g.on_applied(5, 1)).is_empty());
+        g.hear_report(&Report::new(5, []));
         g.observe(true, 2);
         assert!(g.take_unsure().is_empty());
+    }
+
+    #[test]
+    fn entries_a_report_lists_as_owed_stay_owed_on_followers_and_new_leaders() {
+        let old = session_for(NodeId(1), 7);
+        let newer = session_for(NodeId(1), 8);
+        let owing = Report::new(6, [5]);
+        // Applied before the report came: kept as unsure although 5 <= 6.
+        let mut f = Handoff::new(NodeId(3));
+        f.learn(info(old, "m7"));
+        f.note_entries(&[entry(5, 1, &[old]), entry(6, 1, &[newer])]);
+        f.hear_report(&Report::new(4, []));
+        assert!(f.on_applied(5, 1).is_empty());
+        f.hear_report(&owing);
+        assert_eq!(f.report(), owing, "a follower passes the report on");
+        assert!(f.observe(true, 3));
+        let owed = f.take_unsure();
+        assert_eq!(owed.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![5]);
+        // Applied after the report came, as follower: owed too.
+        let mut g = Handoff::new(NodeId(4));
+        g.learn(info(old, "m7"));
+        g.note_entries(&[entry(5, 1, &[old])]);
+        g.hear_report(&owing);
+        assert!(g.on_applied(5, 1).is_empty());
+        g.observe(true, 3);
+        assert_eq!(g.take_unsure().len(), 1);
+        // Applied after leadership began: answered (the runtime defers it at once).
+        let mut h = Handoff::new(NodeId(2));
+        h.learn(info(old, "m7"));
+        h.learn(info(newer, "m8"));
+        h.note_entries(&[entry(5, 1, &[old]), entry(6, 1, &[newer])]);
+        h.hear_report(&owing);
+        h.observe(true, 3);
+        assert_eq!(
+            h.on_applied(5, 1),
+            vec![(
+                Duty::OkFor(CourseId(0x15), "m7".into()),
+                Some(Bytes::from_static(b"k"))
+            )]
+        );
+        assert!(h.on_applied(6, 1).is_empty(), "covered by the report");
+        assert!(h.report().owes(5));
+    }
+
+    #[test]
+    fn a_leader_reports_its_deferred_entries_as_owed_until_they_are_settled() {
+        let mut h = Handoff::new(NodeId(2));
+        h.hear_report(&Report::new(4, []));
+        h.observe(true, 2);
+        h.note_answered(10);
+        h.note_deferred([7].into_iter());
+        assert_eq!(h.report(), Report::new(10, [7]));
+        h.note_deferred(std::iter::empty());
+        assert_eq!(h.report(), Report::new(10, []));
+        // A peer's report that covers more merges in.
+        h.hear_report(&Report::new(12, [11]));
+        assert_eq!(h.report(), Report::new(12, [11]));
     }
 
     /// Replica 1 proposed its put with MID token 3 as entry 8 of term 1.
@@ -619,7 +688,7 @@ mod tests {
         );
         assert_eq!(h.orphan_count(), 1);
         // The new leader committed it (and answered it): nothing for us to send.
-        assert!(h.on_applied(8, 1).is_empty());
+        assert!(duties_of(h.on_applied(8, 1)).is_empty());
         assert_eq!(h.orphan_count(), 0);
     }
 
@@ -629,17 +698,20 @@ mod tests {
         assert!(!h.on_core_answer(s, false));
         // The new leader's log has another entry at 8.
         h.note_entries(&[entry(8, 2, &[session_for(NodeId(2), 1)])]);
-        assert!(h.on_applied(7, 2).is_empty(), "not past the bound yet");
-        assert_eq!(h.on_applied(8, 2), vec![Duty::RedirectOwn(3)]);
+        assert!(
+            duties_of(h.on_applied(7, 2)).is_empty(),
+            "not past the bound yet"
+        );
+        assert_eq!(duties_of(h.on_applied(8, 2)), vec![Duty::RedirectOwn(3)]);
     }
 
     #[test]
     fn an_orphan_committed_by_this_replica_as_leader_again_is_answered_ok() {
         let (mut h, s) = own_put_at_8();
         assert!(!h.on_core_answer(s, false));
-        h.hear_answered_through(7);
+        h.hear_report(&Report::new(7, []));
         h.observe(true, 3);
-        assert_eq!(h.on_applied(8, 1), vec![Duty::OkOwn(3)]);
+        assert_eq!(duties_of(h.on_applied(8, 1)), vec![Duty::OkOwn(3)]);
     }
 
     #[test]
@@ -673,16 +745,19 @@ mod tests {
         h.learn(info(newer, "m8"));
         h.note_entries(&[entry(5, 1, &[old]), entry(6, 1, &[newer])]);
         // A follower the old leader told reports 5.
-        h.hear_answered_through(5);
+        h.hear_report(&Report::new(5, []));
         h.observe(true, 2);
-        assert!(h.on_applied(5, 1).is_empty(), "the old leader answered it");
+        assert!(
+            duties_of(h.on_applied(5, 1)).is_empty(),
+            "the old leader answered it"
+        );
         assert_eq!(
-            h.on_applied(6, 1),
+            duties_of(h.on_applied(6, 1)),
             vec![Duty::OkFor(CourseId(0x15), "m8".into())]
         );
-        assert_eq!(h.answered_through(), 5);
+        assert_eq!(h.report().through, 5);
         h.note_answered(6);
-        assert_eq!(h.answered_through(), 6);
+        assert_eq!(h.report().through, 6);
     }
 
     #[test]
@@ -715,12 +790,15 @@ mod tests {
         assert!(!h.on_core_answer(orphan, false));
         let new_put = session_for(NodeId(1), 4);
         h.note_entries(&[entry(10, 3, &[new_put])]);
-        h.hear_answered_through(7);
+        h.hear_report(&Report::new(7, []));
         h.observe(true, 3);
-        assert_eq!(h.on_applied(8, 1), vec![Duty::OkOwn(3)]);
-        assert_eq!(h.on_applied(9, 3), vec![]);
+        assert_eq!(duties_of(h.on_applied(8, 1)), vec![Duty::OkOwn(3)]);
+        assert_eq!(duties_of(h.on_applied(9, 3)), vec![]);
         // The core's own `ok` for the new put goes at its entry's turn, not before.
-        assert_eq!(h.on_applied(10, 3), vec![Duty::CoreAnswers(new_put)]);
+        assert_eq!(
+            duties_of(h.on_applied(10, 3)),
+            vec![Duty::CoreAnswers(new_put)]
+        );
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! - [`peer`]: the node core's group messages inside peer datagrams (split to fit).
 //! - [`handoff`]: who answers a put across a leader change (side info, orphans).
 //! - [`doubt`]: a new leader's answers to a previous leader's puts, held until it knows
-//!   whether that leader sent them.
+//!   whether that leader sent them, or deferred until a reply would show them.
+//! - [`report`]: what a replica says was answered, carried on every peer datagram.
 //! - [`requests`]: the MID table (each MID answered once), sessions, outcome -> answer.
 //! - [`loss`]: the drop rate, from sequence numbers on peer datagrams.
 //! - [`stall`]: when a leader releases a stalled commit and whether it sends wide (the
@@ -24,6 +25,7 @@ pub mod ids;
 pub mod loss;
 pub mod peer;
 pub mod protocol;
+pub mod report;
 pub mod requests;
 pub mod runtime;
 pub mod settings;

@@ -8,6 +8,7 @@
 
 use crate::handoff::SideInfo;
 use crate::ids::CourseId;
+use crate::report::Report;
 use kv_shared::limits::DATAGRAM_BYTES_MAX;
 use serde::{Deserialize, Serialize};
 
@@ -53,9 +54,9 @@ pub enum Inbound {
         payload: Option<String>,
         /// Who the puts in the carried entries belong to (see [`crate::handoff`]).
         side: Vec<SideInfo>,
-        /// Every put at or below this index has been answered (the sender's
-        /// `answered_through`, see [`crate::handoff`]); 0 if not carried.
-        answered: u64,
+        /// What the sender says was answered (see [`crate::report`]); nothing if not
+        /// carried.
+        report: Report,
         /// The sender's number for this datagram to us (see [`crate::loss`]); 0 if not
         /// carried.
         seq: u64,
@@ -80,6 +81,8 @@ struct RawInbound {
     side: Option<Vec<(u64, String, String)>>,
     #[serde(rename = "c")]
     answered: Option<u64>,
+    #[serde(rename = "o")]
+    owed: Option<Vec<u64>>,
     #[serde(rename = "s")]
     seq: Option<u64>,
 }
@@ -118,7 +121,7 @@ pub fn parse_inbound(bytes: &[u8], me: CourseId) -> Inbound {
                 src,
                 payload,
                 side,
-                answered: answered.unwrap_or(0),
+                report: Report::new(answered.unwrap_or(0), raw.owed.unwrap_or_default()),
                 seq: raw.seq.unwrap_or(0),
             },
         };
@@ -178,12 +181,18 @@ struct Envelope<'a> {
     side: Vec<(u64, CourseId, &'a str)>,
     #[serde(rename = "c", skip_serializing_if = "is_zero")]
     answered: u64,
+    #[serde(rename = "o", skip_serializing_if = "is_empty")]
+    owed: &'a [u64],
     #[serde(rename = "s", skip_serializing_if = "is_zero")]
     seq: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+fn is_empty(v: &&[u64]) -> bool {
+    v.is_empty()
 }
 
 impl Envelope<'_> {
@@ -204,6 +213,7 @@ pub fn hello(me: CourseId) -> Vec<u8> {
         payload: None,
         side: Vec::new(),
         answered: 0,
+        owed: &[],
         seq: 0,
     }
     .encode()
@@ -234,6 +244,7 @@ pub fn reply(
         payload: None,
         side: Vec::new(),
         answered: 0,
+        owed: &[],
         seq: 0,
     }
     .encode();
@@ -241,8 +252,9 @@ pub fn reply(
 }
 
 /// Bytes of a peer datagram around its payload and side info (src, dst, leader, type,
-/// field names, the `answered` index).
-pub const PEER_ENVELOPE_BYTES: usize = 160;
+/// field names, the report: its index and up to [`crate::report::OWED_LISTED_MAX`] owed
+/// ones).
+pub const PEER_ENVELOPE_BYTES: usize = 160 + crate::report::OWED_LISTED_MAX * 21;
 /// Most bytes of side info in one datagram: each triple is a u64, a 4-char id and an MID
 /// (32 hex digits in the course; longer ones are not attached).
 pub const SIDE_INFO_BYTES_MAX: usize =
@@ -251,30 +263,30 @@ pub const SIDE_INFO_BYTES_MAX: usize =
 pub const SIDE_INFO_MID_CHARS_MAX: usize = 64;
 
 /// A peer datagram carrying an already encoded batch (see [`crate::peer`]), the side
-/// info of the puts in its entries, the sender's `answered` index and the datagram's
-/// number `seq` (see [`crate::loss`]).
+/// info of the puts in its entries, the sender's report and the datagram's number `seq`
+/// (see [`crate::loss`]).
 pub fn peer(
     me: CourseId,
     dst: CourseId,
     leader: CourseId,
     payload: &str,
     side: &[SideInfo],
-    answered: u64,
+    report: &Report,
     seq: u64,
 ) -> Vec<u8> {
-    peer_envelope(me, dst, leader, Some(payload), side, answered, seq)
+    peer_envelope(me, dst, leader, Some(payload), side, report, seq)
 }
 
-/// A commit notice: a peer datagram with no Raft messages, only the sender's `answered`
-/// index (see [`crate::handoff::CommitNotice`]). Nobody answers it.
+/// A commit notice: a peer datagram with no Raft messages, only the sender's report (see
+/// [`crate::handoff::CommitNotice`]). Nobody answers it.
 pub fn commit_notice(
     me: CourseId,
     dst: CourseId,
     leader: CourseId,
-    answered: u64,
+    report: &Report,
     seq: u64,
 ) -> Vec<u8> {
-    peer_envelope(me, dst, leader, None, &[], answered, seq)
+    peer_envelope(me, dst, leader, None, &[], report, seq)
 }
 
 fn peer_envelope(
@@ -283,7 +295,7 @@ fn peer_envelope(
     leader: CourseId,
     payload: Option<&str>,
     side: &[SideInfo],
-    answered: u64,
+    report: &Report,
     seq: u64,
 ) -> Vec<u8> {
     Envelope {
@@ -300,7 +312,8 @@ fn peer_envelope(
             .take(crate::handoff::SIDE_INFO_PER_DATAGRAM_MAX)
             .map(|i| (i.session, i.client, i.mid.as_str()))
             .collect(),
-        answered,
+        answered: report.through,
+        owed: &report.owed,
         seq,
     }
     .encode()
@@ -449,19 +462,25 @@ mod tests {
             CourseId::BROADCAST,
             "",
             &[],
-            u64::MAX,
+            &Report::new(
+                u64::MAX,
+                (0..crate::report::OWED_LISTED_MAX as u64).map(|i| u64::MAX - 1 - i),
+            ),
             u64::MAX,
         );
         assert!(bytes.len() <= PEER_ENVELOPE_BYTES, "{}", bytes.len());
         let v = fields(&bytes);
         assert_eq!(v["type"], PEER_TYPE);
         assert_eq!(
-            parse_inbound(&peer(CourseId(1), ME, ME, "abc", &[], 0, 9), ME),
+            parse_inbound(
+                &peer(CourseId(1), ME, ME, "abc", &[], &Report::default(), 9),
+                ME
+            ),
             Inbound::Peer {
                 src: CourseId(1),
                 payload: Some("abc".into()),
                 side: vec![],
-                answered: 0,
+                report: Report::default(),
                 seq: 9,
             }
         );
@@ -472,7 +491,7 @@ mod tests {
                 mid: "f".repeat(SIDE_INFO_MID_CHARS_MAX),
             })
             .collect();
-        let full = peer(CourseId(1), ME, ME, "abc", &side, 7, 8);
+        let full = peer(CourseId(1), ME, ME, "abc", &side, &Report::new(7, []), 8);
         assert!(full.len() <= PEER_ENVELOPE_BYTES + 3 + SIDE_INFO_BYTES_MAX);
         let Inbound::Peer { side: back, .. } = parse_inbound(&full, ME) else {
             panic!("not a peer datagram");
@@ -481,22 +500,37 @@ mod tests {
     }
 
     #[test]
-    fn a_commit_notice_carries_only_the_answered_index() {
-        let bytes = commit_notice(CourseId(1), ME, CourseId(1), 42, 3);
+    fn a_commit_notice_carries_only_the_report() {
+        let bytes = commit_notice(CourseId(1), ME, CourseId(1), &Report::new(42, []), 3);
         let v = fields(&bytes);
         assert_eq!(v["c"], 42);
         assert_eq!(v["s"], 3);
         assert!(v.get("m").is_none());
+        assert!(v.get("o").is_none(), "nothing owed, nothing listed");
         assert_eq!(
             parse_inbound(&bytes, ME),
             Inbound::Peer {
                 src: CourseId(1),
                 payload: None,
                 side: vec![],
-                answered: 42,
+                report: Report::new(42, []),
                 seq: 3,
             }
         );
+        let owing = commit_notice(CourseId(1), ME, CourseId(1), &Report::new(42, [7, 9]), 4);
+        assert_eq!(fields(&owing)["o"], serde_json::json!([7, 9]));
+        let Inbound::Peer { report, .. } = parse_inbound(&owing, ME) else {
+            panic!("not a peer datagram");
+        };
+        assert_eq!(report, Report::new(42, [7, 9]));
+        // A hostile list is trimmed to what a report may say (ascending, at or below its
+        // index, at most OWED_LISTED_MAX).
+        let hostile =
+            br#"{"src":"0001","dst":"0002","leader":"FFFF","type":"raft","c":10,"o":[50,3,3,1]}"#;
+        let Inbound::Peer { report, .. } = parse_inbound(hostile, ME) else {
+            panic!("not a peer datagram");
+        };
+        assert_eq!(report, Report::new(10, [1, 3]));
         // A peer datagram with neither messages nor a notice is nothing.
         let empty = br#"{"src":"0001","dst":"0002","leader":"FFFF","type":"raft"}"#;
         assert_eq!(parse_inbound(empty, ME), Inbound::Ignored);

@@ -7,12 +7,13 @@
 //! (memory is the storage here: the harness never restarts a replica), ask kv-raft for
 //! what the [`StallTimer`] says is due, answer clients, then send the peer messages.
 
-use crate::doubt::{Doubts, Now};
+use crate::doubt::{Doubts, Now, Touch};
 use crate::handoff::{CommitNotice, Duty, Handoff, Owed, SideInfo};
 use crate::ids::{CourseId, Roster};
 use crate::loss::{LossMeter, SendCounter};
 use crate::peer;
 use crate::protocol::{self, Answer, Inbound};
+use crate::report::Report;
 use crate::requests::{disposition, Disposition, MidTable};
 use crate::settings::Settings;
 use crate::stall::{self, StallAction, StallTimer, View};
@@ -20,7 +21,7 @@ use crate::vote_resend::VoteResends;
 use bytes::Bytes;
 use kv_node::{ClientToken, GroupMessage, NodeConfig, NodeCore};
 use kv_raft::{MessageBody, Role, Term};
-use kv_shared::proto::{ClientReply, Op};
+use kv_shared::proto::{ClientReply, Op, Outcome};
 use kv_shared::{NodeId, ShardId};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
@@ -167,7 +168,7 @@ impl Runtime {
             settings.commit_notice_idle,
             settings.commit_notice_idle_sparse,
         );
-        let doubts = Doubts::new(settings.doubt_max);
+        let doubts = Doubts::new(settings.doubt_max, settings.defer_doubts);
         Ok(Runtime {
             socket,
             harness,
@@ -346,7 +347,7 @@ impl Runtime {
                 src,
                 payload,
                 side,
-                answered,
+                report,
                 seq,
             } => {
                 let Some(from) = self.roster.peer_node(src) else {
@@ -359,10 +360,10 @@ impl Runtime {
                     None => Vec::new(),
                 };
                 self.heard.insert(from, now);
-                if answered > self.handoff.answered_through() {
-                    self.trace(format_args!("report {answered} from {src}"));
+                if report.through > self.handoff.report().through {
+                    self.trace(format_args!("report {report:?} from {src}"));
                 }
-                self.handoff.hear_answered_through(answered);
+                self.handoff.hear_report(&report);
                 if msgs.is_empty() {
                     return; // a commit notice
                 }
@@ -574,16 +575,16 @@ impl Runtime {
             ));
             // A previous leader's puts wait for what we learn of its answers (doubt.rs),
             // held before this entry's own answers, which may be about the same keys.
-            let (held, duties): (Vec<Duty>, Vec<Duty>) = duties
+            let (held, duties): (Vec<_>, Vec<_>) = duties
                 .into_iter()
-                .partition(|d| matches!(d, Duty::OkFor(..) | Duty::OkOwn(_)));
+                .partition(|(d, _)| matches!(d, Duty::OkFor(..) | Duty::OkOwn(_)));
             let owed = Owed {
                 term: applied.term,
                 duties: held,
                 keys,
             };
-            self.doubts.hold(applied.index, owed, now);
-            for duty in duties {
+            self.hold_or_defer(applied.index, owed, now);
+            for (duty, _) in duties {
                 match duty {
                     Duty::CoreAnswers(session) => {
                         if let Some((token, reply)) = applied_puts.remove(&session) {
@@ -604,7 +605,7 @@ impl Runtime {
         let leader = view.role == Role::Leader;
         if self.handoff.observe(leader, view.term) {
             for (index, owed) in self.handoff.take_unsure() {
-                self.doubts.hold(index, owed, now);
+                self.hold_or_defer(index, owed, now);
             }
         }
         self.settle_doubts(leader, view.term, now);
@@ -613,6 +614,7 @@ impl Runtime {
             self.handoff
                 .note_answered(floor.map_or(view.commit, |f| f.min(view.commit)));
         }
+        self.handoff.note_deferred(self.doubts.deferred_indexes());
         for (_, msgs) in &datagrams {
             self.note_entries(msgs);
         }
@@ -620,30 +622,43 @@ impl Runtime {
             return;
         }
         // Every answer of this turn has left: what we report is answered through.
-        let answered = self.handoff.answered_through();
+        let report = self.handoff.report();
         for (dst, msgs) in datagrams {
-            self.send_peer(dst, msgs, answered, now);
+            self.send_peer(dst, msgs, &report, now);
         }
-        if self.notice.due(leader, answered, now) {
-            self.send_commit_notice(answered);
+        if self.notice.due(leader, report.through, now) {
+            self.send_commit_notice(&report);
+        }
+    }
+
+    /// Holds the answers an applied entry owes to a previous leader's clients, or defers
+    /// them at once if a report lists the entry as owed (a leader before us presumed it
+    /// answered, doubt.rs).
+    fn hold_or_defer(&mut self, index: kv_raft::Index, owed: Owed, now: Instant) {
+        if self.handoff.report().owes(index) {
+            self.doubts.defer(index, owed, now);
+        } else {
+            self.doubts.hold(index, owed, now);
         }
     }
 
     /// Sends the held answers that are due and drops those a report says were sent
     /// (doubt.rs), then the answers that waited behind them.
     fn settle_doubts(&mut self, leader: bool, term: Term, now: Instant) {
-        let reported = self.handoff.reported();
         let settled = self.doubts.settle(Now {
-            reported,
+            reported: self.handoff.reported(),
             leader,
             term,
             heard: &self.heard,
             at: now,
         });
-        if settled.dropped > 0 || !settled.answer.is_empty() {
+        if settled.dropped > 0 || settled.deferred > 0 || !settled.answer.is_empty() {
             self.trace(format_args!(
-                "doubts: {} dropped (report {reported}), answering {:?}",
-                settled.dropped, settled.answer
+                "doubts: {} dropped (report {:?}), {} deferred, answering {:?}",
+                settled.dropped,
+                self.handoff.reported(),
+                settled.deferred,
+                settled.answer
             ));
         }
         for duty in settled.answer {
@@ -655,17 +670,32 @@ impl Runtime {
     }
 
     /// Answers a request of ours, unless an answer about its key is held (doubt.rs): then
-    /// it waits behind that one.
+    /// it waits behind that one. A deferred answer of the key that it would show goes
+    /// first.
     fn answer_in_order(&mut self, token: ClientToken, reply: ClientReply, now: Instant) {
-        let key = self.mids.get(token).and_then(|p| match &p.request.op {
-            Op::Get { key, .. } | Op::Put { key, .. } => Some(key.clone()),
+        let touched = self.mids.get(token).and_then(|p| match &p.request.op {
+            Op::Get { key, .. } => Some((key.clone(), Touch::Shows)),
+            Op::Put { key, .. } => Some((key.clone(), Touch::Overwrites)),
             _ => None,
         });
-        let pass = match key {
-            Some(key) => self.doubts.wait_or_pass(&key, (token, reply)),
-            None => Some((token, reply)),
+        let pass = match touched {
+            Some((key, touch)) => {
+                let ok = matches!(
+                    (touch, &reply.outcome),
+                    (Touch::Shows, Outcome::Value(_)) | (Touch::Overwrites, Outcome::Done)
+                );
+                let touch = if ok { touch } else { Touch::Neither };
+                self.doubts.wait_or_pass(&key, touch, (token, reply))
+            }
+            None => Some((Vec::new(), (token, reply))),
         };
-        if let Some((token, reply)) = pass {
+        if let Some((first, (token, reply))) = pass {
+            if !first.is_empty() {
+                self.trace(format_args!("deferred answers first: {first:?}"));
+            }
+            for duty in first {
+                self.perform(duty);
+            }
             self.answer(token, reply, now);
         }
     }
@@ -673,8 +703,8 @@ impl Runtime {
     /// Tells the follower heard from last (live, as far as we know) this leader's
     /// answered-through index. With nobody to tell, the notice is dropped like a lost
     /// datagram.
-    fn send_commit_notice(&mut self, answered: kv_raft::Index) {
-        self.notice.told(answered);
+    fn send_commit_notice(&mut self, report: &Report) {
+        self.notice.told(report.through);
         let me = self.roster.me_node();
         let Some((dst_node, dst)) = self
             .heard
@@ -687,7 +717,7 @@ impl Runtime {
         };
         let leader = self.roster.leader_field(self.belief());
         let seq = self.sent.next(dst_node);
-        let bytes = protocol::commit_notice(self.roster.me(), dst, leader, answered, seq);
+        let bytes = protocol::commit_notice(self.roster.me(), dst, leader, report, seq);
         let _ = self.socket.send_to(&bytes, self.harness);
     }
 
@@ -832,7 +862,7 @@ impl Runtime {
         &mut self,
         dst_node: NodeId,
         msgs: Vec<GroupMessage>,
-        answered: kv_raft::Index,
+        report: &Report,
         now: Instant,
     ) {
         let Some(dst) = self.roster.member_id(dst_node) else {
@@ -857,18 +887,10 @@ impl Runtime {
         let (payloads, _dropped) = peer::encode(msgs);
         for payload in payloads {
             let seq = self.sent.next(dst_node);
-            let bytes = protocol::peer(
-                self.roster.me(),
-                dst,
-                leader,
-                &payload,
-                &side,
-                answered,
-                seq,
-            );
+            let bytes = protocol::peer(self.roster.me(), dst, leader, &payload, &side, report, seq);
             let _ = self.socket.send_to(&bytes, self.harness);
             if live {
-                self.notice.told(answered);
+                self.notice.told(report.through);
             }
         }
     }

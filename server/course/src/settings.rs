@@ -68,6 +68,9 @@ pub struct Settings {
     /// election, so that the old leader is heard once the partition heals. Zero: answer
     /// at once.
     pub doubt_max: Duration,
+    /// When a hold runs out, the answer is deferred (sent only before a get of its key
+    /// would show its value) instead of sent (`doubt.rs`).
+    pub defer_doubts: bool,
     /// Write a line to stderr for every client request, reply, applied entry and role
     /// change (`KV_COURSE_TRACE=1`; for diagnosing harness runs, off by default).
     pub trace: bool,
@@ -100,6 +103,7 @@ impl Default for Settings {
             trace: false,
             park_max: Duration::from_millis(3000),
             doubt_max: Duration::from_millis(4000),
+            defer_doubts: true,
             seed: 0,
         }
     }
@@ -192,6 +196,9 @@ pub struct Overrides {
     /// How long a new leader may hold a previous leader's answers, in ms (0: not at all).
     #[arg(long, env = "KV_COURSE_DOUBT_MS")]
     pub doubt_ms: Option<u64>,
+    /// A hold that runs out defers the answer (1) or sends it (0).
+    #[arg(long, env = "KV_COURSE_DEFER_DOUBTS")]
+    pub defer_doubts: Option<u64>,
     /// A stderr line per request, reply, applied entry and role change: on (1) or off (0).
     #[arg(long, env = "KV_COURSE_TRACE")]
     pub trace: Option<u64>,
@@ -230,6 +237,7 @@ impl Overrides {
             ms(self.commit_notice_sparse_ms),
         );
         set(&mut s.doubt_max, ms(self.doubt_ms));
+        set(&mut s.defer_doubts, on(self.defer_doubts));
         set(&mut s.trace, on(self.trace));
         s.check()?;
         Ok(s)

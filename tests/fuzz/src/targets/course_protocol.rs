@@ -1,10 +1,12 @@
 //! The course protocol's inbound JSON (`kv_course::protocol::parse_inbound`) and the
 //! base64 postcard batches replicas carry in it (`kv_course::peer::decode`). Neither may
-//! panic; a decoded batch re-encodes to the same messages.
+//! panic; a decoded batch re-encodes to the same messages, and a report says only what a
+//! report may (owed indexes ascending, at or below its index, few).
 
 use kv_course::ids::CourseId;
 use kv_course::peer;
 use kv_course::protocol::{parse_inbound, Inbound};
+use kv_course::report::OWED_LISTED_MAX;
 use kv_node::GroupMessage;
 use kv_raft::{Message, MessageBody};
 use kv_shared::{NodeId, ShardId};
@@ -13,6 +15,14 @@ use kv_shared::{NodeId, ShardId};
 const ME: CourseId = CourseId(1);
 
 pub fn run(data: &[u8]) {
+    if let Inbound::Peer { report, .. } = parse_inbound(data, ME) {
+        assert!(report.owed.len() <= OWED_LISTED_MAX, "{report:?}");
+        assert!(report.owed.windows(2).all(|w| w[0] < w[1]), "{report:?}");
+        assert!(
+            report.owed.iter().all(|&i| i <= report.through),
+            "{report:?}"
+        );
+    }
     if let Inbound::Peer {
         payload: Some(payload),
         ..
@@ -48,6 +58,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         r#"{"src":"0000","dst":"0001","leader":"FFFF","type":"get","MID":"m1","key":"k"}"#,
         r#"{"src":"0000","dst":"0001","leader":"FFFF","type":"put","MID":"m2","key":"k","value":"v"}"#,
         r#"{"src":"0002","dst":"FFFF","leader":"FFFF","type":"raft","c":4,"s":9,"i":[[1,"0000","m3"]]}"#,
+        r#"{"src":"0002","dst":"0001","leader":"0002","type":"raft","c":9,"o":[7,3,12],"s":2}"#,
     ]
     .iter()
     .map(|s| s.as_bytes().to_vec())
