@@ -15,7 +15,8 @@
 //!   those terms cannot have answered, so a dead follower does not hold anything up;
 //! - the hold has lasted `max` (a killed leader never reports; `max` outlasts a
 //!   partition, counted from the election that follows it): the answer is *deferred*
-//!   (below), or, with deferral off, sent (at worst a duplicate);
+//!   (below), or sent (at worst a duplicate) if deferral is off or the entry's leader
+//!   may have held a stalled commit back;
 //! - this replica is no longer leader: answer now (at worst a duplicate).
 //!
 //! Held answers go in log order: a later entry waits for an earlier one still held.
@@ -29,7 +30,11 @@
 //! datagram leaves that put unreported, and it is the common case: with a put every
 //! 60-100 ms the next append carries the report, so a kill lands in that window most of
 //! the time, while a kill between a put's commit and its answer needs the kill inside
-//! the leader's turn. So once the hold runs out the put is presumed answered, and its
+//! the leader's turn, unless the leader holds a stalled commit back until its next put
+//! (`StallTimer::defers_first_release`; every leader datagram says whether it may, field
+//! `w`): then a put a quorum has may wait uncommitted at the leader for as long as the
+//! gap between puts, and such a leader's puts are answered when the hold runs out, as
+//! before. Otherwise, once the hold runs out the put is presumed answered, and its
 //! answer is kept only as a debt on its key: a reply that would show the put's value (a
 //! get's `ok`) sends it first; a later put's `ok` of that key makes it moot (the client's
 //! last acknowledged put is then the later one, and it must never see the earlier `ok`
@@ -59,8 +64,9 @@ pub struct Doubts<W> {
     defer: bool,
     held: BTreeMap<Index, Held>,
     deferred: BTreeMap<Index, Held>,
-    /// The peer that led each term, from the appends and heartbeats it sent us.
-    leaders: BTreeMap<Term, NodeId>,
+    /// The peer that led each term, from the appends and heartbeats it sent us, and
+    /// whether the last of them said it may hold a stalled commit back.
+    leaders: BTreeMap<Term, (NodeId, bool)>,
     waiting: VecDeque<Waiting<W>>,
 }
 
@@ -132,11 +138,24 @@ impl<W> Doubts<W> {
         }
     }
 
-    /// Peer `node` sent an append or heartbeat in `term`: it led that term.
-    pub fn note_leader(&mut self, term: Term, node: NodeId) {
-        if self.leaders.insert(term, node).is_none() && self.leaders.len() > LEADERS_MAX {
+    /// Peer `node` sent an append or heartbeat in `term`: it led that term, and
+    /// `holds_back` says whether it may hold a stalled commit back for its next put
+    /// (`StallTimer::defers_first_release`).
+    pub fn note_leader(&mut self, term: Term, node: NodeId, holds_back: bool) {
+        let new = self.leaders.insert(term, (node, holds_back)).is_none();
+        if new && self.leaders.len() > LEADERS_MAX {
             self.leaders.pop_first();
         }
+    }
+
+    /// Whether the leader of `term` may have held a stalled commit back (unknown: yes).
+    /// Its unanswered puts may then be committed puts it never answered, waiting for
+    /// the next put, for as long as the gap between puts, and presuming them answered
+    /// would leave them unanswered for good; so their answers are sent, not deferred.
+    fn held_back(&self, term: Term) -> bool {
+        self.leaders
+            .get(&term)
+            .is_none_or(|&(_, held_back)| held_back)
     }
 
     /// Holds the answers entry `index` owes.
@@ -235,7 +254,7 @@ impl<W> Doubts<W> {
     ) -> bool {
         self.leaders
             .range(from..to)
-            .all(|(_, node)| heard.get(node).is_some_and(|at| *at >= since))
+            .all(|(_, (node, _))| heard.get(node).is_some_and(|at| *at >= since))
     }
 
     /// Answers a held or deferred entry's puts: earlier deferred answers of the same keys
@@ -285,7 +304,7 @@ impl<W> Doubts<W> {
                     break;
                 }
                 let (i, h) = self.held.pop_first().expect("just looked");
-                if !heard && self.defer {
+                if !heard && self.defer && !self.held_back(h.owed.term) {
                     self.deferred.insert(i, h);
                     deferred += 1;
                 } else {
@@ -336,7 +355,7 @@ mod tests {
     /// This replica (0) leads term 2; replica 1 led term 1. Nobody heard yet.
     fn leading_after_1<W>(max: Duration, defer: bool) -> (Doubts<W>, HashMap<NodeId, Instant>) {
         let mut d = Doubts::new(max, defer);
-        d.note_leader(1, NodeId(1));
+        d.note_leader(1, NodeId(1), false);
         (d, HashMap::new())
     }
 
@@ -442,9 +461,9 @@ mod tests {
     fn every_leader_from_the_entrys_term_on_is_waited_for_and_no_one_else() {
         let t0 = Instant::now();
         let mut d = Doubts::<u8>::new(4 * SECOND, true);
-        d.note_leader(1, NodeId(1));
-        d.note_leader(2, NodeId(2));
-        d.note_leader(4, NodeId(4)); // a later term than ours: not of these entries
+        d.note_leader(1, NodeId(1), false);
+        d.note_leader(2, NodeId(2), false);
+        d.note_leader(4, NodeId(4), false); // a later term than ours: not of these entries
         let mut m9 = owed("m9", b"j");
         m9.term = 2;
         d.hold(7, owed("m7", b"k"), t0);
@@ -594,6 +613,31 @@ mod tests {
         );
         assert_eq!(s.release, vec!["get k", "put j"]);
         assert_eq!(d.deferred_indexes().count(), 0);
+    }
+
+    #[test]
+    fn a_put_of_a_leader_that_held_stalled_commits_back_is_answered_when_the_hold_runs_out() {
+        let t0 = Instant::now();
+        for (said, known) in [(true, true), (false, false)] {
+            let mut d = Doubts::<u8>::new(4 * SECOND, true);
+            if known {
+                d.note_leader(1, NodeId(1), said);
+            }
+            d.hold(7, owed("m7", b"k"), t0);
+            let s = d.settle(now(&through(6), true, &HashMap::new(), t0 + 4 * SECOND));
+            assert_eq!(
+                (s.answer, s.deferred),
+                (vec![ok("m7")], 0),
+                "{said} {known}"
+            );
+        }
+        // The leader of term 2 said it did not, but the entry is of term 1.
+        let mut d = Doubts::<u8>::new(4 * SECOND, true);
+        d.note_leader(1, NodeId(1), true);
+        d.note_leader(2, NodeId(2), false);
+        d.hold(7, owed("m7", b"k"), t0);
+        let s = d.settle(now(&through(6), true, &HashMap::new(), t0 + 4 * SECOND));
+        assert_eq!(s.answer, vec![ok("m7")]);
     }
 
     #[test]

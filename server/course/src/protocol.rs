@@ -60,6 +60,9 @@ pub enum Inbound {
         /// The sender's number for this datagram to us (see [`crate::loss`]); 0 if not
         /// carried.
         seq: u64,
+        /// The sender, as leader, may hold a stalled commit back for the next put
+        /// (`StallTimer::defers_first_release`).
+        holds_back: bool,
     },
     /// Not for us, not parseable, or nothing to answer.
     Ignored,
@@ -85,6 +88,8 @@ struct RawInbound {
     owed: Option<Vec<u64>>,
     #[serde(rename = "s")]
     seq: Option<u64>,
+    #[serde(rename = "w")]
+    holds_back: Option<bool>,
 }
 
 /// Parses one datagram addressed to `me`. Never panics, whatever the bytes.
@@ -123,6 +128,7 @@ pub fn parse_inbound(bytes: &[u8], me: CourseId) -> Inbound {
                 side,
                 report: Report::new(answered.unwrap_or(0), raw.owed.unwrap_or_default()),
                 seq: raw.seq.unwrap_or(0),
+                holds_back: raw.holds_back.unwrap_or(false),
             },
         };
     }
@@ -185,6 +191,8 @@ struct Envelope<'a> {
     owed: &'a [u64],
     #[serde(rename = "s", skip_serializing_if = "is_zero")]
     seq: u64,
+    #[serde(rename = "w", skip_serializing_if = "is_false")]
+    holds_back: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -193,6 +201,10 @@ fn is_zero(n: &u64) -> bool {
 
 fn is_empty(v: &&[u64]) -> bool {
     v.is_empty()
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 impl Envelope<'_> {
@@ -215,6 +227,7 @@ pub fn hello(me: CourseId) -> Vec<u8> {
         answered: 0,
         owed: &[],
         seq: 0,
+        holds_back: false,
     }
     .encode()
 }
@@ -246,6 +259,7 @@ pub fn reply(
         answered: 0,
         owed: &[],
         seq: 0,
+        holds_back: false,
     }
     .encode();
     (bytes.len() <= DATAGRAM_BYTES_MAX).then_some(bytes)
@@ -262,31 +276,34 @@ pub const SIDE_INFO_BYTES_MAX: usize =
 /// Longest MID attached as side info.
 pub const SIDE_INFO_MID_CHARS_MAX: usize = 64;
 
-/// A peer datagram carrying an already encoded batch (see [`crate::peer`]), the side
-/// info of the puts in its entries, the sender's report and the datagram's number `seq`
-/// (see [`crate::loss`]).
+/// What every peer datagram says besides its payload and side info.
+#[derive(Clone, Copy, Debug)]
+pub struct Stamp<'a> {
+    /// What the sender says was answered (see [`crate::report`]).
+    pub report: &'a Report,
+    /// The datagram's number to this destination (see [`crate::loss`]).
+    pub seq: u64,
+    /// The sender, as leader, may hold a stalled commit back for the next put.
+    pub holds_back: bool,
+}
+
+/// A peer datagram carrying an already encoded batch (see [`crate::peer`]) and the side
+/// info of the puts in its entries.
 pub fn peer(
     me: CourseId,
     dst: CourseId,
     leader: CourseId,
     payload: &str,
     side: &[SideInfo],
-    report: &Report,
-    seq: u64,
+    stamp: Stamp,
 ) -> Vec<u8> {
-    peer_envelope(me, dst, leader, Some(payload), side, report, seq)
+    peer_envelope(me, dst, leader, Some(payload), side, stamp)
 }
 
-/// A commit notice: a peer datagram with no Raft messages, only the sender's report (see
+/// A commit notice: a peer datagram with no Raft messages, only the sender's stamp (see
 /// [`crate::handoff::CommitNotice`]). Nobody answers it.
-pub fn commit_notice(
-    me: CourseId,
-    dst: CourseId,
-    leader: CourseId,
-    report: &Report,
-    seq: u64,
-) -> Vec<u8> {
-    peer_envelope(me, dst, leader, None, &[], report, seq)
+pub fn commit_notice(me: CourseId, dst: CourseId, leader: CourseId, stamp: Stamp) -> Vec<u8> {
+    peer_envelope(me, dst, leader, None, &[], stamp)
 }
 
 fn peer_envelope(
@@ -295,8 +312,7 @@ fn peer_envelope(
     leader: CourseId,
     payload: Option<&str>,
     side: &[SideInfo],
-    report: &Report,
-    seq: u64,
+    stamp: Stamp,
 ) -> Vec<u8> {
     Envelope {
         src: me,
@@ -312,9 +328,10 @@ fn peer_envelope(
             .take(crate::handoff::SIDE_INFO_PER_DATAGRAM_MAX)
             .map(|i| (i.session, i.client, i.mid.as_str()))
             .collect(),
-        answered: report.through,
-        owed: &report.owed,
-        seq,
+        answered: stamp.report.through,
+        owed: &stamp.report.owed,
+        seq: stamp.seq,
+        holds_back: stamp.holds_back,
     }
     .encode()
 }
@@ -325,6 +342,14 @@ mod tests {
     use serde_json::Value;
 
     const ME: CourseId = CourseId(2);
+
+    fn stamp(report: &Report, seq: u64) -> Stamp<'_> {
+        Stamp {
+            report,
+            seq,
+            holds_back: false,
+        }
+    }
 
     fn fields(bytes: &[u8]) -> Value {
         let v: Value = serde_json::from_slice(bytes).unwrap();
@@ -462,18 +487,28 @@ mod tests {
             CourseId::BROADCAST,
             "",
             &[],
-            &Report::new(
-                u64::MAX,
-                (0..crate::report::OWED_LISTED_MAX as u64).map(|i| u64::MAX - 1 - i),
-            ),
-            u64::MAX,
+            Stamp {
+                report: &Report::new(
+                    u64::MAX,
+                    (0..crate::report::OWED_LISTED_MAX as u64).map(|i| u64::MAX - 1 - i),
+                ),
+                seq: u64::MAX,
+                holds_back: true,
+            },
         );
         assert!(bytes.len() <= PEER_ENVELOPE_BYTES, "{}", bytes.len());
         let v = fields(&bytes);
         assert_eq!(v["type"], PEER_TYPE);
         assert_eq!(
             parse_inbound(
-                &peer(CourseId(1), ME, ME, "abc", &[], &Report::default(), 9),
+                &peer(
+                    CourseId(1),
+                    ME,
+                    ME,
+                    "abc",
+                    &[],
+                    stamp(&Report::default(), 9)
+                ),
                 ME
             ),
             Inbound::Peer {
@@ -482,6 +517,7 @@ mod tests {
                 side: vec![],
                 report: Report::default(),
                 seq: 9,
+                holds_back: false,
             }
         );
         let side: Vec<SideInfo> = (0..200)
@@ -491,7 +527,14 @@ mod tests {
                 mid: "f".repeat(SIDE_INFO_MID_CHARS_MAX),
             })
             .collect();
-        let full = peer(CourseId(1), ME, ME, "abc", &side, &Report::new(7, []), 8);
+        let full = peer(
+            CourseId(1),
+            ME,
+            ME,
+            "abc",
+            &side,
+            stamp(&Report::new(7, []), 8),
+        );
         assert!(full.len() <= PEER_ENVELOPE_BYTES + 3 + SIDE_INFO_BYTES_MAX);
         let Inbound::Peer { side: back, .. } = parse_inbound(&full, ME) else {
             panic!("not a peer datagram");
@@ -501,7 +544,7 @@ mod tests {
 
     #[test]
     fn a_commit_notice_carries_only_the_report() {
-        let bytes = commit_notice(CourseId(1), ME, CourseId(1), &Report::new(42, []), 3);
+        let bytes = commit_notice(CourseId(1), ME, CourseId(1), stamp(&Report::new(42, []), 3));
         let v = fields(&bytes);
         assert_eq!(v["c"], 42);
         assert_eq!(v["s"], 3);
@@ -515,14 +558,27 @@ mod tests {
                 side: vec![],
                 report: Report::new(42, []),
                 seq: 3,
+                holds_back: false,
             }
         );
-        let owing = commit_notice(CourseId(1), ME, CourseId(1), &Report::new(42, [7, 9]), 4);
+        let owing = commit_notice(
+            CourseId(1),
+            ME,
+            CourseId(1),
+            Stamp {
+                holds_back: true,
+                ..stamp(&Report::new(42, [7, 9]), 4)
+            },
+        );
         assert_eq!(fields(&owing)["o"], serde_json::json!([7, 9]));
-        let Inbound::Peer { report, .. } = parse_inbound(&owing, ME) else {
+        assert_eq!(fields(&owing)["w"], true);
+        let Inbound::Peer {
+            report, holds_back, ..
+        } = parse_inbound(&owing, ME)
+        else {
             panic!("not a peer datagram");
         };
-        assert_eq!(report, Report::new(42, [7, 9]));
+        assert_eq!((report, holds_back), (Report::new(42, [7, 9]), true));
         // A hostile list is trimmed to what a report may say (ascending, at or below its
         // index, at most OWED_LISTED_MAX).
         let hostile =

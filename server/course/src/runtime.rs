@@ -12,7 +12,7 @@ use crate::handoff::{CommitNotice, Duty, Handoff, Owed, SideInfo};
 use crate::ids::{CourseId, Roster};
 use crate::loss::{LossMeter, SendCounter};
 use crate::peer;
-use crate::protocol::{self, Answer, Inbound};
+use crate::protocol::{self, Answer, Inbound, Stamp};
 use crate::report::Report;
 use crate::requests::{disposition, Disposition, MidTable};
 use crate::settings::Settings;
@@ -349,6 +349,7 @@ impl Runtime {
                 side,
                 report,
                 seq,
+                holds_back,
             } => {
                 let Some(from) = self.roster.peer_node(src) else {
                     return;
@@ -375,7 +376,7 @@ impl Runtime {
                         gm.msg.body,
                         MessageBody::Append { .. } | MessageBody::Heartbeat { .. }
                     ) {
-                        self.doubts.note_leader(gm.msg.term, from);
+                        self.doubts.note_leader(gm.msg.term, from, holds_back);
                     }
                 }
                 self.note_entries(&msgs);
@@ -716,8 +717,12 @@ impl Runtime {
             return;
         };
         let leader = self.roster.leader_field(self.belief());
-        let seq = self.sent.next(dst_node);
-        let bytes = protocol::commit_notice(self.roster.me(), dst, leader, report, seq);
+        let stamp = Stamp {
+            report,
+            seq: self.sent.next(dst_node),
+            holds_back: self.stalls.defers_first_release(),
+        };
+        let bytes = protocol::commit_notice(self.roster.me(), dst, leader, stamp);
         let _ = self.socket.send_to(&bytes, self.harness);
     }
 
@@ -887,7 +892,12 @@ impl Runtime {
         let (payloads, _dropped) = peer::encode(msgs);
         for payload in payloads {
             let seq = self.sent.next(dst_node);
-            let bytes = protocol::peer(self.roster.me(), dst, leader, &payload, &side, report, seq);
+            let stamp = Stamp {
+                report,
+                seq,
+                holds_back: self.stalls.defers_first_release(),
+            };
+            let bytes = protocol::peer(self.roster.me(), dst, leader, &payload, &side, stamp);
             let _ = self.socket.send_to(&bytes, self.harness);
             if live {
                 self.notice.told(report.through);

@@ -268,7 +268,16 @@ impl StallTimer {
     /// is known: acknowledgements slowed by CPU load also count as stalls, so near its
     /// bound it would defer erratically.
     fn deferring(&self) -> bool {
-        !self.released
+        !self.released && self.defers_first_release()
+    }
+
+    /// Whether this replica leads and a stalled commit's first release would wait for
+    /// [`Settings::stall_defer`] now ([`StallTimer::deferring`] before a release): a put
+    /// of this leader can then stay uncommitted at the leader, though a quorum has it,
+    /// for up to that long. Peers are told (`doubt.rs` decides by it whether a put this
+    /// leader may not have answered is presumed answered).
+    pub fn defers_first_release(&self) -> bool {
+        self.leading.is_some()
             && !self.wide
             && !self.leader_changed
             && (self.loss.is_some()

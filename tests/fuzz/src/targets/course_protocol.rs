@@ -58,7 +58,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         r#"{"src":"0000","dst":"0001","leader":"FFFF","type":"get","MID":"m1","key":"k"}"#,
         r#"{"src":"0000","dst":"0001","leader":"FFFF","type":"put","MID":"m2","key":"k","value":"v"}"#,
         r#"{"src":"0002","dst":"FFFF","leader":"FFFF","type":"raft","c":4,"s":9,"i":[[1,"0000","m3"]]}"#,
-        r#"{"src":"0002","dst":"0001","leader":"0002","type":"raft","c":9,"o":[7,3,12],"s":2}"#,
+        r#"{"src":"0002","dst":"0001","leader":"0002","type":"raft","c":9,"o":[7,3,12],"s":2,"w":true}"#,
     ]
     .iter()
     .map(|s| s.as_bytes().to_vec())
