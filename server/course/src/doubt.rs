@@ -41,9 +41,11 @@
 //! after it), so it is dropped. A deferred put whose key the client never uses again is
 //! not answered again (if the dead leader had not answered it after all, it counts as
 //! unanswered: a failure, not an incorrect reply). Reports list deferred entries as owed
-//! (`report.rs`), so the next leader inherits the debt if this one dies too; the rules
-//! above that answer a held put (old leader heard, leadership lost) answer deferred ones
-//! too.
+//! (`report.rs`), so the next leader inherits the debt if this one dies or is deposed;
+//! the old leader heard again without covering one sends it. A deposed leader keeps its
+//! deferred answers (listed as owed, until a report covers them) and sends none: the
+//! next leader may already have acknowledged a later put of the key, and an earlier
+//! `ok` arriving after that would make the client's next get look wrong.
 
 use crate::handoff::{Duty, Owed};
 use crate::report::Report;
@@ -281,9 +283,7 @@ impl<W> Doubts<W> {
         let mut answer = Vec::new();
         let mut deferred = 0;
         if !now.leader {
-            let mut all: BTreeMap<Index, Held> = std::mem::take(&mut self.held);
-            all.append(&mut self.deferred);
-            for (i, h) in all {
+            for (i, h) in std::mem::take(&mut self.held) {
                 self.answer_entry(i, h, &mut answer);
             }
         } else {
@@ -577,7 +577,8 @@ mod tests {
     }
 
     #[test]
-    fn deferred_answers_go_when_their_leader_is_heard_or_leadership_ends_and_drop_when_reported() {
+    fn deferred_answers_go_when_their_leader_is_heard_stay_when_leadership_ends_and_drop_when_reported(
+    ) {
         let t0 = Instant::now();
         let later = t0 + 5 * SECOND;
         // The old leader comes back (a healed partition) and does not cover them: it
@@ -586,10 +587,12 @@ mod tests {
         let heard = HashMap::from([(NodeId(1), later)]);
         let s = d.settle(now(&through(6), true, &heard, later));
         assert_eq!(s.answer, vec![ok("m7"), ok("m8")]);
-        // This replica stops leading: whoever leads next cannot know, so they go.
+        // This replica stops leading: the next leader may have acknowledged a later put
+        // of k already, so they stay, still owed in its reports.
         let mut d = deferred_7_and_8(t0);
         let s = d.settle(now(&through(6), false, &HashMap::new(), later));
-        assert_eq!(s.answer, vec![ok("m7"), ok("m8")]);
+        assert!(s.answer.is_empty());
+        assert_eq!(d.deferred_indexes().collect::<Vec<_>>(), vec![7, 8]);
         // A report covers 7 and lists 8 as owed.
         let mut d = deferred_7_and_8(t0);
         let s = d.settle(now(&Report::new(8, [8]), true, &HashMap::new(), later));
