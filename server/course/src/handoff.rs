@@ -254,8 +254,8 @@ impl Handoff {
         self.forget_unsure();
     }
 
-    /// The entries whose answers this replica has deferred now (none once it no longer
-    /// leads: a deposed leader sends them).
+    /// The entries whose answers this replica has deferred now (a deposed leader keeps
+    /// them, owed in its reports, until a report covers them).
     pub fn note_deferred(&mut self, owed: impl Iterator<Item = Index>) {
         self.led_owed.clear();
         self.led_owed.extend(owed);
