@@ -202,14 +202,10 @@ impl<W> Doubts<W> {
             .any(|h| h.owed.keys.iter().any(|k| k.as_ref() == key))
     }
 
-    /// Settles the deferred answers of `key` for a reply that touches it `touch`: the
-    /// answers it must follow (a reply that shows the value), or none (a later put's
-    /// `ok` makes them moot, and they are dropped).
-    fn settle_key(&mut self, key: &[u8], touch: Touch) -> Vec<Duty> {
-        self.settle_key_below(key, touch, Index::MAX)
-    }
-
-    fn settle_key_below(&mut self, key: &[u8], touch: Touch, below: Index) -> Vec<Duty> {
+    /// Settles the deferred answers of `key` below index `below` for a reply that
+    /// touches it `touch`: the answers it must follow (a reply that shows the value), or
+    /// none (a later put's `ok` makes them moot, and they are dropped).
+    fn settle_key(&mut self, key: &[u8], touch: Touch, below: Index) -> Vec<Duty> {
         let mut first = Vec::new();
         if touch == Touch::Neither {
             return first;
@@ -241,7 +237,7 @@ impl<W> Doubts<W> {
             });
             return None;
         }
-        Some((self.settle_key(key, touch), w))
+        Some((self.settle_key(key, touch, Index::MAX), w))
     }
 
     /// Whether every peer that led a term from `from` up to (not including) `to` has
@@ -264,7 +260,7 @@ impl<W> Doubts<W> {
     fn answer_entry(&mut self, index: Index, held: Held, answer: &mut Vec<Duty>) {
         for (duty, key) in held.owed.duties {
             if let Some(key) = key {
-                self.settle_key_below(&key, Touch::Overwrites, index);
+                self.settle_key(&key, Touch::Overwrites, index);
             }
             answer.push(duty);
         }
@@ -318,7 +314,7 @@ impl<W> Doubts<W> {
             if self.blocks(&q.key) || kept.iter().any(|k| k.key == q.key) {
                 kept.push_back(q);
             } else {
-                answer.extend(self.settle_key(&q.key, q.touch));
+                answer.extend(self.settle_key(&q.key, q.touch, Index::MAX));
                 release.push(q.w);
             }
         }
@@ -378,10 +374,19 @@ mod tests {
         Report::new(index, [])
     }
 
-    /// Passes an answer about `key`: the deferred answers it must follow, or None if it
-    /// waits.
-    fn pass<W>(d: &mut Doubts<W>, key: &[u8], touch: Touch, w: W) -> Option<(Vec<Duty>, W)> {
-        d.wait_or_pass(key, touch, w)
+    /// Each answer `(key, touch, tag)` passes at once, after the deferred answers listed
+    /// with it.
+    fn assert_pass(
+        d: &mut Doubts<&'static str>,
+        answers: &[(&[u8], Touch, &'static str, Vec<Duty>)],
+    ) {
+        for (key, touch, tag, first) in answers {
+            assert_eq!(
+                d.wait_or_pass(key, *touch, *tag),
+                Some((first.clone(), *tag)),
+                "{tag}"
+            );
+        }
     }
 
     #[test]
@@ -392,14 +397,11 @@ mod tests {
         d.hold(8, owed("m8", b"j"), t0);
         assert_eq!(d.floor(), Some(7));
         assert_eq!(
-            pass(&mut d, b"k", Touch::Shows, "get k"),
+            d.wait_or_pass(b"k", Touch::Shows, "get k"),
             None,
             "waits behind m7"
         );
-        assert_eq!(
-            pass(&mut d, b"x", Touch::Shows, "get x"),
-            Some((vec![], "get x"))
-        );
+        assert_pass(&mut d, &[(b"x", Touch::Shows, "get x", vec![])]);
         let s = d.settle(now(&through(6), true, &heard, t0 + SECOND));
         assert_eq!((s.answer, s.dropped, s.release), (vec![], 0, vec![]));
         // The old leader is back and reports it answered through 7.
@@ -424,7 +426,7 @@ mod tests {
             let (mut d, _) = leading_after_1(4 * SECOND, defer);
             d.hold(7, owed("m7", b"k"), t0);
             d.hold(9, owed("m9", b"k"), t0);
-            assert_eq!(pass(&mut d, b"k", Touch::Overwrites, "put k"), None);
+            assert_eq!(d.wait_or_pass(b"k", Touch::Overwrites, "put k"), None);
             let s = d.settle(now(&through(6), leader, heard, at));
             assert_eq!(s.answer, vec![ok("m7"), ok("m9")], "in log order");
             assert_eq!(s.release, vec!["put k"], "after the held answers");
@@ -490,14 +492,14 @@ mod tests {
         let t0 = Instant::now();
         let (mut d, heard) = leading_after_1(4 * SECOND, false);
         d.hold(7, owed("m7", b"k"), t0);
-        assert_eq!(pass(&mut d, b"k", Touch::Shows, 1), None);
+        assert_eq!(d.wait_or_pass(b"k", Touch::Shows, 1), None);
         let s = d.settle(now(&through(7), true, &heard, t0));
         assert_eq!(s.release, vec![1]);
         // Nothing held any more: answers pass.
-        assert_eq!(pass(&mut d, b"k", Touch::Shows, 2), Some((vec![], 2)));
+        assert_eq!(d.wait_or_pass(b"k", Touch::Shows, 2), Some((vec![], 2)));
         d.hold(10, owed("m10", b"k"), t0);
-        assert_eq!(pass(&mut d, b"k", Touch::Shows, 3), None);
-        assert_eq!(pass(&mut d, b"j", Touch::Shows, 4), Some((vec![], 4)));
+        assert_eq!(d.wait_or_pass(b"k", Touch::Shows, 3), None);
+        assert_eq!(d.wait_or_pass(b"j", Touch::Shows, 4), Some((vec![], 4)));
         let s = d.settle(now(&through(9), true, &heard, t0 + 4 * SECOND));
         assert_eq!((s.answer, s.release), (vec![ok("m10")], vec![3]));
     }
@@ -531,23 +533,16 @@ mod tests {
     fn a_deferred_answer_goes_before_a_reply_that_shows_its_value_and_only_then() {
         let t0 = Instant::now();
         let mut d = deferred_7_and_8(t0);
-        // A redirect shows nothing; another key's get passes untouched.
-        assert_eq!(
-            pass(&mut d, b"k", Touch::Neither, "redirect"),
-            Some((vec![], "redirect"))
-        );
-        assert_eq!(
-            pass(&mut d, b"x", Touch::Shows, "get x"),
-            Some((vec![], "get x"))
-        );
-        assert_eq!(
-            pass(&mut d, b"k", Touch::Shows, "get k"),
-            Some((vec![ok("m7")], "get k"))
-        );
-        assert_eq!(
-            pass(&mut d, b"k", Touch::Shows, "get k again"),
-            Some((vec![], "get k again")),
-            "sent once"
+        assert_pass(
+            &mut d,
+            &[
+                // A redirect shows nothing; another key's get passes untouched.
+                (b"k", Touch::Neither, "redirect", vec![]),
+                (b"x", Touch::Shows, "get x", vec![]),
+                (b"k", Touch::Shows, "get k", vec![ok("m7")]),
+                // Sent once.
+                (b"k", Touch::Shows, "get k again", vec![]),
+            ],
         );
         assert_eq!(d.deferred_indexes().collect::<Vec<_>>(), vec![8]);
     }
@@ -556,14 +551,13 @@ mod tests {
     fn a_later_puts_ok_makes_a_deferred_answer_of_its_key_moot() {
         let t0 = Instant::now();
         let mut d = deferred_7_and_8(t0);
-        assert_eq!(
-            pass(&mut d, b"j", Touch::Overwrites, "put j"),
-            Some((vec![], "put j"))
-        );
-        assert_eq!(
-            pass(&mut d, b"j", Touch::Shows, "get j"),
-            Some((vec![], "get j")),
-            "m8 must never arrive after the later put's ok"
+        assert_pass(
+            &mut d,
+            &[
+                (b"j", Touch::Overwrites, "put j", vec![]),
+                // m8 must never arrive after the later put's ok.
+                (b"j", Touch::Shows, "get j", vec![]),
+            ],
         );
         assert_eq!(d.deferred_indexes().collect::<Vec<_>>(), vec![7]);
         // A put of key k of our own term, answered through the hold in log order, does the
@@ -606,8 +600,8 @@ mod tests {
         let (mut d, heard) = leading_after_1(4 * SECOND, true);
         d.hold(7, owed("m7", b"k"), t0);
         d.hold(8, owed("m8", b"j"), t0);
-        assert_eq!(pass(&mut d, b"k", Touch::Shows, "get k"), None);
-        assert_eq!(pass(&mut d, b"j", Touch::Overwrites, "put j"), None);
+        assert_eq!(d.wait_or_pass(b"k", Touch::Shows, "get k"), None);
+        assert_eq!(d.wait_or_pass(b"j", Touch::Overwrites, "put j"), None);
         let s = d.settle(now(&through(6), true, &heard, t0 + 4 * SECOND));
         assert_eq!(
             s.answer,
@@ -650,7 +644,7 @@ mod tests {
         d.defer(7, owed("m7", b"k"), t0);
         assert_eq!((d.floor(), d.deadline()), (None, None));
         assert_eq!(
-            pass(&mut d, b"k", Touch::Shows, 1),
+            d.wait_or_pass(b"k", Touch::Shows, 1),
             Some((vec![ok("m7")], 1))
         );
         // With deferral off it is only held.

@@ -361,7 +361,7 @@ impl Runtime {
                     None => Vec::new(),
                 };
                 self.heard.insert(from, now);
-                if report.through > self.handoff.report().through {
+                if self.settings.trace && report.through > self.handoff.report().through {
                     self.trace(format_args!("report {report:?} from {src}"));
                 }
                 self.handoff.hear_report(&report);
