@@ -251,3 +251,37 @@ fn measured_loss_alone_decides_wide_sending_and_precise_timing() {
     stall_every_commit(&mut t, 7..40, t0);
     assert!(!t.sending_wide());
 }
+
+#[test]
+fn a_leader_says_it_holds_stalled_commits_back_only_while_it_would() {
+    let t0 = Instant::now();
+    let follower = View {
+        role: Role::Follower,
+        leader: Some(NodeId(3)),
+        ..leader(1, 1)
+    };
+    // A follower of the first leader it knows: no leader change, but not leading.
+    let mut f = StallTimer::new(deferral(ms(150)));
+    f.set_loss(Some(0.05));
+    f.observe(follower, t0);
+    assert!(!f.defers_first_release(), "not leading");
+    let mut t = settled(deferral(ms(150)), t0);
+    t.set_loss(Some(0.05));
+    assert!(t.defers_first_release(), "narrow, first leader");
+    t.set_loss(Some(0.20));
+    assert!(!t.defers_first_release(), "sending wide");
+    t.set_loss(Some(0.05));
+    assert!(t.defers_first_release(), "narrow again");
+    t.observe(follower, t0);
+    t.observe(
+        View {
+            term: 3,
+            ..leader(1, 1)
+        },
+        t0,
+    );
+    assert!(!t.defers_first_release(), "leading after a leader change");
+    let mut off = settled(deferral(Duration::ZERO), t0);
+    off.set_loss(Some(0.05));
+    assert!(!off.defers_first_release(), "deferral off");
+}
