@@ -314,7 +314,7 @@ pub async fn execute(client: &Client, cmd: BalanceCommand) -> Result<BalanceOutp
                         node.0, node.0
                     ));
                 }
-                check_room(view, node, "drain")
+                check_room(&view.cluster, node, "drain")
             })
             .await?;
             set_node_state(client, node, registry::NodeState::Draining).await?;
@@ -339,7 +339,7 @@ pub async fn execute(client: &Client, cmd: BalanceCommand) -> Result<BalanceOutp
                 )));
             }
             let view = recheck(client, marked, view, |view| {
-                check_room(view, node, "remove")
+                check_room(&view.cluster, node, "remove")
             })
             .await?;
             // Removed first: its datagrams are refused from now on, and nothing it
@@ -521,10 +521,9 @@ fn check_node(view: &View, node: NodeId) -> Result<(), String> {
 
 /// The live nodes other than `node` must be able to hold R replicas of every shard (else
 /// the refusal).
-fn check_room(view: &View, node: NodeId, what: &str) -> Result<(), String> {
-    let r = view.cluster.replication;
-    let others: Vec<String> = view
-        .cluster
+fn check_room(cluster: &Cluster, node: NodeId, what: &str) -> Result<(), String> {
+    let r = cluster.replication;
+    let others: Vec<String> = cluster
         .nodes
         .iter()
         .filter(|n| n.id != node && n.state == NodeState::Live)
@@ -532,6 +531,19 @@ fn check_room(view: &View, node: NodeId, what: &str) -> Result<(), String> {
         .collect();
     if others.len() >= r {
         return Ok(());
+    }
+    let joining: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.id != node && n.state == NodeState::Joining)
+        .map(|n| n.id.0.to_string())
+        .collect();
+    if others.len() + joining.len() >= r {
+        return Err(format!(
+            "cannot {what} node {} yet: node(s) {} are still joining (not yet known to every node), so they cannot take replicas; retry once `kvcli node list` shows them active",
+            node.0,
+            joining.join(", ")
+        ));
     }
     Err(format!(
         "cannot {what} node {}: the other live nodes ({}) cannot hold {r} replicas of every shard (each replica of a shard needs its own node)",
@@ -622,6 +634,51 @@ mod tests {
         assert_eq!(p("rebalance pause").unwrap(), BalanceCommand::Pause(true));
         assert_eq!(p("rebalance resume").unwrap(), BalanceCommand::Pause(false));
         assert!(parse("get", &["k"]).is_none());
+    }
+
+    #[test]
+    fn room_counts_live_nodes_and_names_the_ones_still_joining() {
+        let cluster = |states: &[NodeState]| Cluster {
+            nodes: (1..)
+                .zip(states)
+                .map(|(id, &state)| NodeInfo {
+                    id: NodeId(id),
+                    state,
+                })
+                .collect(),
+            shards: Vec::new(),
+            replication: 3,
+            leaders: Default::default(),
+        };
+        use NodeState::{Down, Joining, Live};
+        assert_eq!(
+            check_room(
+                &cluster(&[Live, Live, Live, Live, Live]),
+                NodeId(5),
+                "drain"
+            ),
+            Ok(())
+        );
+        let e = check_room(
+            &cluster(&[Joining, Joining, Live, Joining, Live]),
+            NodeId(5),
+            "drain",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("cannot drain node 5 yet: node(s) 1, 2, 4 are still joining"),
+            "{e}"
+        );
+        let e = check_room(
+            &cluster(&[Live, Down, Live, Down, Live]),
+            NodeId(5),
+            "remove",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("cannot remove node 5: the other live nodes (1, 3) cannot hold 3"),
+            "{e}"
+        );
     }
 
     #[test]

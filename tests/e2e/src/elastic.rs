@@ -113,6 +113,20 @@ pub fn listed(config: &str, id: u64) -> Option<Value> {
         .cloned()
 }
 
+/// Waits until the registry lists every node of `ids` active and reachable: a cluster
+/// just started lists its nodes `joining` until each knows every other, and kvcli counts
+/// only active nodes as room for replicas.
+pub fn wait_active(config: &str, ids: impl IntoIterator<Item = u64> + Clone) {
+    crate::wait_for("every node active", JOIN_TIMEOUT, || {
+        ids.clone()
+            .into_iter()
+            .all(|id| {
+                listed(config, id).is_some_and(|r| r["state"] == "active" && r["reachable"] == true)
+            })
+            .then_some(())
+    });
+}
+
 /// Starts node `id` with `--join` on a free port of `ip`, asking `seeds`, and waits until
 /// the registry lists it active and reachable at that address.
 pub fn join(c: &mut Cluster, config: &str, id: u64, ip: &str, seeds: &[SocketAddr]) {

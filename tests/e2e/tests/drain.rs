@@ -63,6 +63,9 @@ fn a_drained_node_ends_empty_and_a_dead_ones_replicas_are_rebuilt_under_load() {
     let mut client = c.client();
     c.wait_for_leaders(&mut client, LEADERS_TIMEOUT);
     let config = c.config_path().to_str().expect("utf-8 path").to_string();
+    // Draining needs room on 3 other active nodes; a node is active only once every
+    // other node knows it.
+    kv_e2e::elastic::wait_active(&config, 1..=5);
     let bench = start_checked_bench(&config, BENCH_SECONDS);
     let writer = AckedWriter::start(&config, "dr");
     std::thread::sleep(Duration::from_secs(2));
