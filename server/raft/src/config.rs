@@ -135,6 +135,16 @@ pub struct Config {
     /// taken for the answer to a new one (its index may predate the new read). 0 (the
     /// default) only suits a replica never restarted under the same config.
     pub boot_nonce: u64,
+    /// A leader hands its Appends out in `Ready::appends` as [`AppendRef`]s, whose
+    /// entries the caller reads from the leader's log ([`Raft::append_entries`]) and
+    /// encodes itself, instead of as messages in `Ready::messages` that each carry a copy
+    /// of their entries: a caller that encodes every Append anyway (kv-node) saves
+    /// building, and dropping, a vector of entries per follower and round. The Appends
+    /// are the same either way, in the same order among themselves. Default false.
+    ///
+    /// [`AppendRef`]: crate::AppendRef
+    /// [`Raft::append_entries`]: crate::Raft::append_entries
+    pub appends_by_reference: bool,
 }
 
 /// Default of [`Config::committed_bytes_per_ready_max`]: a few Append batches' worth.
@@ -187,6 +197,7 @@ impl Config {
             snapshot_image_check: None,
             follower_reads: false,
             boot_nonce: 0,
+            appends_by_reference: false,
         }
     }
 

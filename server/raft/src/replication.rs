@@ -6,6 +6,7 @@
 use crate::node::{planted, Raft, RoleState};
 use crate::progress::{Progress, ProgressState};
 use crate::quorum;
+use crate::ready::AppendRef;
 use crate::types::{ConfChange, Entry, EntryKind, Index, Membership, Message, MessageBody, Term};
 use crate::ProposeError;
 use kv_shared::NodeId;
@@ -171,29 +172,28 @@ impl Raft {
             return false;
         };
         let pr = ls.progress.get_mut(&to).expect("checked above");
-        let entries = self.log.batch(pr.next, self.cfg.append_bytes_max);
-        if entries.is_empty() && !send_if_empty {
+        let carried = self.log.batch_len(pr.next, self.cfg.append_bytes_max) as u64;
+        if carried == 0 && !send_if_empty {
             return false;
         }
-        if let Some(last) = entries.last() {
-            pr.sent_entries(last.index);
+        let last = prev_index + carried;
+        if carried > 0 {
+            pr.sent_entries(last);
         } else if pr.state == ProgressState::Probe {
             pr.probe_sent = true;
         }
         let commit = self.log.commit;
         pr.contacted = true;
         // The follower takes min(commit, last index this Append leaves it with).
-        let told = commit.min(entries.last().map_or(prev_index, |e| e.index));
-        pr.commit_told = pr.commit_told.max(told);
-        self.send(
+        pr.commit_told = pr.commit_told.max(commit.min(last));
+        self.send_append(AppendRef {
             to,
-            MessageBody::Append {
-                prev_index,
-                prev_term,
-                entries,
-                commit,
-            },
-        );
+            term: self.term,
+            prev_index,
+            prev_term,
+            last,
+            commit,
+        });
         true
     }
 
@@ -426,7 +426,7 @@ impl Raft {
         from: NodeId,
         mut prev_index: Index,
         mut prev_term: Term,
-        mut entries: Vec<Entry>,
+        entries: &mut Vec<Entry>,
         leader_commit: Index,
     ) {
         // `step` checked the entries (`check_message`): contiguous after `prev_index`,

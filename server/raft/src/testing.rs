@@ -267,6 +267,11 @@ impl Cluster {
             }
             self.line(s);
         }
+        // A caller of `appends_by_reference` encodes each Append from the log at once.
+        for a in &rd.appends {
+            let m = self.nodes[&id].raft.append_message(a);
+            self.net.push_back(m);
+        }
         for m in rd.messages {
             self.net.push_back(m);
         }
