@@ -23,7 +23,7 @@ use bytes::Bytes;
 use kv_raft::{Entry, EntryKind, HardState, Membership, Restored, Snapshot};
 use kv_shared::pack::encode_exact;
 use kv_shared::registry::METADATA_SHARD;
-use kv_shared::varint;
+use kv_shared::varint::Varints;
 use kv_shared::ShardId;
 use kv_storage::{push_covers, split_covers, Record, Recovered, MANY_GROUPS};
 use serde::{Deserialize, Serialize};
@@ -318,31 +318,31 @@ impl RoundRecord {
         // walk over every entry's fields was most of what a part cost beyond copying
         // its data, and a round at many shards writes a part per group.
         let body = &mut self.body;
-        let mut head = Head::default();
-        head.varint(u64::from(shard));
-        head.varint(first_index);
-        head.varint(entries.len() as u64);
+        let mut head = Varints::<4>::default();
+        head.push(u64::from(shard));
+        head.push(first_index);
+        head.push(entries.len() as u64);
         body.extend_from_slice(head.bytes());
         for e in entries {
-            let mut head = Head::default();
-            head.varint(e.term);
-            head.varint(e.index);
+            let mut head = Varints::<4>::default();
+            head.push(e.term);
+            head.push(e.index);
             match &e.kind {
-                EntryKind::Noop => head.varint(0),
-                EntryKind::Command => head.varint(1),
+                EntryKind::Noop => head.push(0),
+                EntryKind::Command => head.push(1),
                 kind @ EntryKind::ConfChange(_) => {
                     body.extend_from_slice(head.bytes());
-                    head = Head::default();
+                    head = Varints::<4>::default();
                     *body = postcard::to_extend(kind, std::mem::take(body))
                         .expect("an entry kind always encodes");
                 }
             }
-            head.varint(e.data.len() as u64);
+            head.push(e.data.len() as u64);
             body.extend_from_slice(head.bytes());
             body.extend_from_slice(&e.data);
         }
-        let mut head = Head::default();
-        head.varint(commit);
+        let mut head = Varints::<4>::default();
+        head.push(commit);
         body.extend_from_slice(head.bytes());
         if first_index > 0 {
             self.covers
@@ -366,35 +366,6 @@ impl RoundRecord {
             last_index: 0,
             payload: Bytes::from(payload),
         })
-    }
-}
-
-/// Up to four of postcard's varints written on the stack, so that a part's and an
-/// entry's head go into the record with one append rather than one per field.
-struct Head {
-    buf: [u8; 4 * varint::BYTES_MAX],
-    len: usize,
-}
-
-impl Default for Head {
-    fn default() -> Head {
-        Head {
-            buf: [0; 4 * varint::BYTES_MAX],
-            len: 0,
-        }
-    }
-}
-
-impl Head {
-    #[inline]
-    fn varint(&mut self, n: u64) {
-        // At most four varints: the fourth starts within the first 3 x BYTES_MAX bytes
-        // and `varint::write` has the BYTES_MAX it wants after it.
-        self.len += varint::write(n, &mut self.buf[self.len..]);
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
     }
 }
 

@@ -4,7 +4,7 @@
 //! that file readable.
 
 use super::{is_listed, DiskOp, Durable, Group, NodeCore};
-use crate::codec::GroupMessage;
+use crate::codec::{frame, GroupMessage};
 use crate::events::{EventKind, NodeEvent};
 use crate::sm::StateMachine;
 use crate::wal;
@@ -173,12 +173,24 @@ impl NodeCore {
             w.entries.clear();
             w.snapshot = None;
         }
+        if !rd.appends.is_empty() {
+            // Written into the peer's frame straight from the group's log.
+            let raft = &self.groups[g].raft;
+            for a in rd.appends.drain(..) {
+                self.outbox
+                    .frame(a.to)
+                    .append(shard, &a, raft.append_entries(&a));
+            }
+        }
         if !rd.messages.is_empty() {
             for m in rd.messages.drain(..) {
                 if m.to == self.config.node {
                     continue;
                 }
-                self.outbox.to(m.to).push(GroupMessage { shard, msg: m });
+                match frame::acked_index(&m.body) {
+                    Some(index) => self.outbox.frame(m.to).ack(shard, m.term, index),
+                    None => self.outbox.to(m.to).push(GroupMessage { shard, msg: m }),
+                }
             }
         }
         if let Some(snap) = rd.apply_snapshot.take() {
