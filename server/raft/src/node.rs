@@ -654,6 +654,17 @@ impl Raft {
             || !self.events.is_empty()
     }
 
+    /// Moves the messages waiting to be sent (what the next `Ready::messages` would
+    /// hold) to the end of `out`, and nothing else of a `Ready`: a caller that just
+    /// reported a write durable (`on_persisted`) sends the acknowledgements it released
+    /// at once, without a whole `Ready` for each group whose write that was. Not an
+    /// input: what `has_ready` answers changes only by the messages taken.
+    pub fn take_messages(&mut self, out: &mut Vec<Message>) {
+        if !self.msgs.is_empty() {
+            out.append(&mut self.msgs);
+        }
+    }
+
     /// Takes the work accumulated since the last call.
     pub fn ready(&mut self) -> Ready {
         let mut rd = Ready::default();

@@ -377,3 +377,63 @@ fn step_append_leaves_the_entries_vector_empty_with_its_room() {
         "the gap was refused"
     );
 }
+
+#[test]
+fn take_messages_hands_out_the_ready_s_messages_alone() {
+    let me = NodeId(2);
+    let follower = || {
+        Raft::new(
+            Config::new(me, 3),
+            Restored {
+                initial_membership: Membership {
+                    voters: vec![NodeId(1), me, NodeId(3)],
+                    learners: Vec::new(),
+                },
+                ..Restored::default()
+            },
+        )
+    };
+    let (mut taken, mut readied) = (follower(), follower());
+    for raft in [&mut taken, &mut readied] {
+        let entries = vec![Entry {
+            term: 1,
+            index: 1,
+            kind: EntryKind::Command,
+            data: Bytes::from_static(b"x"),
+        }];
+        raft.step(Message {
+            from: NodeId(1),
+            to: me,
+            term: 1,
+            body: MessageBody::Append {
+                prev_index: 0,
+                prev_term: 0,
+                entries,
+                commit: 0,
+            },
+        });
+        let write = raft.ready().write.expect("the entry to write");
+        raft.on_persisted(write.id);
+    }
+    let mut out = Vec::new();
+    taken.take_messages(&mut out);
+    let rd = readied.ready();
+    assert_eq!(out, rd.messages, "the ack the write released");
+    assert!(matches!(
+        out[..],
+        [Message {
+            body: MessageBody::AppendResp {
+                reject: false,
+                index: 1,
+                ..
+            },
+            ..
+        }]
+    ));
+    assert!(
+        !taken.has_ready(),
+        "the ack (and the leader heard) was all there was"
+    );
+    taken.take_messages(&mut out);
+    assert_eq!(out.len(), 1, "nothing is taken twice");
+}

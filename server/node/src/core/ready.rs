@@ -31,7 +31,19 @@ impl NodeCore {
                 | Durable::OwnSnapshot(g, _)
                 | Durable::ReceivedSnapshot(g, _)
                     if !self.groups.contains(g) => {}
-                Durable::Raft(g, wid) => self.groups[g].raft.on_persisted(wid),
+                Durable::Raft(g, wid) => {
+                    // The acknowledgements the write held leave now, without a whole
+                    // Ready of their own: a follower's round took one per group.
+                    let mut rd = self.ready_buf.take().unwrap_or_default();
+                    let group = &mut self.groups[g];
+                    group.raft.on_persisted(wid);
+                    group.raft.take_messages(&mut rd.messages);
+                    let shard = group.shard;
+                    for m in rd.messages.drain(..) {
+                        self.send_message(shard, m);
+                    }
+                    self.ready_buf = Some(rd);
+                }
                 Durable::OwnSnapshot(g, snap) => {
                     let group = &mut self.groups[g];
                     group.snapshot_writes_inflight -= 1;
@@ -184,13 +196,7 @@ impl NodeCore {
         }
         if !rd.messages.is_empty() {
             for m in rd.messages.drain(..) {
-                if m.to == self.config.node {
-                    continue;
-                }
-                match frame::acked_index(&m.body) {
-                    Some(index) => self.outbox.frame(m.to).ack(shard, m.term, index),
-                    None => self.outbox.to(m.to).push(GroupMessage { shard, msg: m }),
-                }
+                self.send_message(shard, m);
             }
         }
         if let Some(snap) = rd.apply_snapshot.take() {
@@ -251,6 +257,18 @@ impl NodeCore {
         // durable never applies that removal when a leader's snapshot past it overtakes
         // them; the snapshot must still count as its removal.
         group.was_member |= is_listed(group.raft.membership(), self.config.node);
+    }
+
+    /// Puts group `shard`'s message `m` in its peer's outbox: an acknowledgement of
+    /// the leader's log as a record of the peer's frame, any other message whole.
+    fn send_message(&mut self, shard: ShardId, m: kv_raft::Message) {
+        if m.to == self.config.node {
+            return;
+        }
+        match frame::acked_index(&m.body) {
+            Some(index) => self.outbox.frame(m.to).ack(shard, m.term, index),
+            None => self.outbox.to(m.to).push(GroupMessage { shard, msg: m }),
+        }
     }
 
     /// Turns a Raft Write into DiskOps of this round: snapshot, then the log and commit
