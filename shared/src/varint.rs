@@ -21,6 +21,12 @@ pub fn write(n: u64, out: &mut [u8]) -> usize {
         out[0] = n as u8;
         return 1;
     }
+    // Log indexes and lengths past 127: two, as `take` reads them first.
+    if n < 0x4000 {
+        out[0] = n as u8 | 0x80;
+        out[1] = (n >> 7) as u8;
+        return 2;
+    }
     write_long(n, out)
 }
 
