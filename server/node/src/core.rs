@@ -293,6 +293,9 @@ pub struct NodeCore {
     /// Emptied lists of request ids of applied batches, for the next proposals
     /// (`NodeCore::ids_vec`).
     ids_pool: Vec<Vec<u64>>,
+    /// The entry being encoded, kept likewise, and the blocks its payload is copied to.
+    entry_buf: Vec<u8>,
+    entry_arena: requests::EntryArena,
     /// Whether [`Output::applied`] and [`Output::proposed`] are filled
     /// ([`NodeCore::set_applied_reports`]).
     applied_reports: bool,
@@ -411,6 +414,8 @@ impl NodeCore {
             route_writes: Vec::new(),
             route_read_ids: Vec::new(),
             ids_pool: Vec::new(),
+            entry_buf: Vec::new(),
+            entry_arena: requests::EntryArena::default(),
             applied_reports: true,
             reads_on_arrival: true,
             defer_follower_applies: false,
