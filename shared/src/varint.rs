@@ -177,44 +177,18 @@ pub fn take_u32(rest: &mut &[u8]) -> Option<u32> {
     Some(n)
 }
 
-/// Up to `N` varints written on the stack, so that the head of a record (its fields
-/// before a payload) goes into a vector with one append rather than one per field: the
-/// hand-written encoders of the WAL's round parts and of the peer frames' records.
-pub struct Varints<const N: usize> {
-    // `[u8; N * BYTES_MAX]` needs generic const expressions; each varint's slot is a
-    // whole chunk, so `write` always has the BYTES_MAX bytes it may overwrite.
-    buf: [[u8; BYTES_MAX]; N],
-    len: usize,
-}
-
-impl<const N: usize> Default for Varints<N> {
-    fn default() -> Varints<N> {
-        Varints {
-            buf: [[0; BYTES_MAX]; N],
-            len: 0,
-        }
+/// Appends `n` as a varint to `out`: the hand-written encoders of the WAL's round parts
+/// and of the peer frames' records write field after field this way, most of them one
+/// byte long.
+#[inline]
+pub fn push(n: u64, out: &mut Vec<u8>) {
+    if n < 0x80 {
+        out.push(n as u8);
+        return;
     }
-}
-
-impl<const N: usize> Varints<N> {
-    /// Adds `n`.
-    ///
-    /// # Panics
-    /// With `N` varints written already.
-    #[inline]
-    pub fn push(&mut self, n: u64) {
-        // The varints so far take at most one chunk each, so the next one starts in a
-        // chunk before the last, with BYTES_MAX bytes after it.
-        let flat = self.buf.as_flattened_mut();
-        let at = self.len;
-        assert!(at <= (N - 1) * BYTES_MAX, "more than {N} varints");
-        self.len += write(n, &mut flat[at..]);
-    }
-
-    /// What was written.
-    pub fn bytes(&self) -> &[u8] {
-        &self.buf.as_flattened()[..self.len]
-    }
+    let mut bytes = [0u8; BYTES_MAX];
+    let len = write(n, &mut bytes);
+    out.extend_from_slice(&bytes[..len]);
 }
 
 #[cfg(test)]
@@ -306,24 +280,15 @@ mod tests {
         }
 
         #[test]
-        fn a_head_of_varints_is_postcard_s_encoding_of_them_in_a_row(
+        fn varints_pushed_in_a_row_are_postcard_s_encoding_of_them(
             ns in proptest::array::uniform4((any::<u64>(), 0u32..64)),
         ) {
             let ns = ns.map(|(n, shift)| n >> shift);
-            let mut head = Varints::<4>::default();
+            let mut out = vec![7];
             for n in ns {
-                head.push(n);
+                push(n, &mut out);
             }
-            prop_assert_eq!(head.bytes(), &postcard::to_stdvec(&ns).unwrap()[..]);
-        }
-    }
-
-    #[test]
-    #[should_panic(expected = "more than 2 varints")]
-    fn a_head_holds_no_more_varints_than_it_has_room_for() {
-        let mut head = Varints::<2>::default();
-        for _ in 0..3 {
-            head.push(u64::MAX);
+            prop_assert_eq!(&out[1..], &postcard::to_stdvec(&ns).unwrap()[..]);
         }
     }
 }

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use kv_raft::{Entry, EntryKind, HardState, Membership, Restored, Snapshot};
 use kv_shared::pack::encode_exact;
 use kv_shared::registry::METADATA_SHARD;
-use kv_shared::varint::Varints;
+use kv_shared::varint;
 use kv_shared::ShardId;
 use kv_storage::{push_covers, split_covers, Record, Recovered, MANY_GROUPS};
 use serde::{Deserialize, Serialize};
@@ -318,32 +318,15 @@ impl RoundRecord {
         // walk over every entry's fields was most of what a part cost beyond copying
         // its data, and a round at many shards writes a part per group.
         let body = &mut self.body;
-        let mut head = Varints::<4>::default();
-        head.push(u64::from(shard));
-        head.push(first_index);
-        head.push(entries.len() as u64);
-        body.extend_from_slice(head.bytes());
+        varint::push(u64::from(shard), body);
+        varint::push(first_index, body);
+        varint::push(entries.len() as u64, body);
         for e in entries {
-            let mut head = Varints::<4>::default();
-            head.push(e.term);
-            head.push(e.index);
-            match &e.kind {
-                EntryKind::Noop => head.push(0),
-                EntryKind::Command => head.push(1),
-                kind @ EntryKind::ConfChange(_) => {
-                    body.extend_from_slice(head.bytes());
-                    head = Varints::<4>::default();
-                    *body = postcard::to_extend(kind, std::mem::take(body))
-                        .expect("an entry kind always encodes");
-                }
-            }
-            head.push(e.data.len() as u64);
-            body.extend_from_slice(head.bytes());
-            body.extend_from_slice(&e.data);
+            varint::push(e.term, body);
+            varint::push(e.index, body);
+            push_kind_and_data(e, body);
         }
-        let mut head = Varints::<4>::default();
-        head.push(commit);
-        body.extend_from_slice(head.bytes());
+        varint::push(commit, body);
         if first_index > 0 {
             self.covers
                 .push((shard, first_index + entries.len() as u64 - 1));
@@ -367,6 +350,21 @@ impl RoundRecord {
             payload: Bytes::from(payload),
         })
     }
+}
+
+/// Appends postcard's encoding of `e`'s kind and then of its data (a length, then the
+/// bytes), as the round parts and the peer frames' records carry them.
+pub(crate) fn push_kind_and_data(e: &Entry, out: &mut Vec<u8>) {
+    match &e.kind {
+        EntryKind::Noop => out.push(0),
+        EntryKind::Command => out.push(1),
+        kind @ EntryKind::ConfChange(_) => {
+            *out = postcard::to_extend(kind, std::mem::take(out))
+                .expect("an entry kind always encodes");
+        }
+    }
+    varint::push(e.data.len() as u64, out);
+    out.extend_from_slice(&e.data);
 }
 
 /// A decoded WAL record.

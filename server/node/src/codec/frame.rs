@@ -21,9 +21,10 @@
 
 use super::hand::{SharedData, COMMAND, NOOP};
 use super::GroupMessage;
+use crate::wal::push_kind_and_data;
 use kv_raft::{AppendRef, Entry, EntryKind, Message, MessageBody};
 use kv_shared::cursor::Reader;
-use kv_shared::varint::{self, Varints};
+use kv_shared::varint;
 use kv_shared::{NodeId, ShardId};
 
 const APPEND: u8 = 0;
@@ -69,32 +70,17 @@ impl FrameOut {
     pub fn append(&mut self, shard: ShardId, a: &AppendRef, entries: &[Entry]) {
         debug_assert_eq!(entries.len() as u64, a.last - a.prev_index);
         let start = self.bytes.len();
-        let mut head = Varints::<7>::default();
-        head.push(u64::from(APPEND));
-        head.push(u64::from(shard.0));
-        head.push(a.term);
-        head.push(a.prev_index);
-        head.push(a.prev_term);
-        head.push(a.commit);
-        head.push(entries.len() as u64);
-        self.bytes.extend_from_slice(head.bytes());
+        let out = &mut self.bytes;
+        out.push(APPEND);
+        varint::push(u64::from(shard.0), out);
+        varint::push(a.term, out);
+        varint::push(a.prev_index, out);
+        varint::push(a.prev_term, out);
+        varint::push(a.commit, out);
+        varint::push(entries.len() as u64, out);
         for e in entries {
-            let mut head = Varints::<3>::default();
-            head.push(e.term);
-            match &e.kind {
-                EntryKind::Noop => head.push(NOOP),
-                EntryKind::Command => head.push(COMMAND),
-                kind @ EntryKind::ConfChange(_) => {
-                    self.bytes.extend_from_slice(head.bytes());
-                    head = Varints::default();
-                    let bytes = std::mem::take(&mut self.bytes);
-                    self.bytes =
-                        postcard::to_extend(kind, bytes).expect("an entry kind always encodes");
-                }
-            }
-            head.push(e.data.len() as u64);
-            self.bytes.extend_from_slice(head.bytes());
-            self.bytes.extend_from_slice(&e.data);
+            varint::push(e.term, out);
+            push_kind_and_data(e, out);
         }
         self.record_ends(start);
     }
@@ -102,12 +88,11 @@ impl FrameOut {
     /// Writes group `shard`'s acknowledgement of its leader's log up to `index`.
     pub fn ack(&mut self, shard: ShardId, term: u64, index: u64) {
         let start = self.bytes.len();
-        let mut head = Varints::<4>::default();
-        head.push(u64::from(ACK));
-        head.push(u64::from(shard.0));
-        head.push(term);
-        head.push(index);
-        self.bytes.extend_from_slice(head.bytes());
+        let out = &mut self.bytes;
+        out.push(ACK);
+        varint::push(u64::from(shard.0), out);
+        varint::push(term, out);
+        varint::push(index, out);
         self.record_ends(start);
     }
 
