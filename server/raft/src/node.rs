@@ -7,7 +7,7 @@ use crate::answers::{ProposeError, Status};
 use crate::check::{check_message, Refusal, Refusals};
 use crate::config::Config;
 use crate::log::RaftLog;
-use crate::progress::Progress;
+use crate::progress::ProgressMap;
 use crate::read_index::ReadRounds;
 use crate::ready::{AppendRef, Ready, Restored, SoftState, Write, WriteId};
 use crate::types::*;
@@ -71,7 +71,7 @@ pub(crate) enum RoleState {
 #[derive(Debug)]
 pub(crate) struct LeaderState {
     /// Every other member (voters and learners).
-    pub progress: BTreeMap<NodeId, Progress>,
+    pub progress: ProgressMap,
     /// Index of the newest conf-change entry (or the last index at election).
     pub pending_conf_index: Index,
     /// Index of this term's no-op: committing it means an entry of this term committed.

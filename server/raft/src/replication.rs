@@ -4,13 +4,13 @@
 //! with retransmission over a lossy network, and the ReadIndex rounds they carry.
 
 use crate::node::{planted, Raft, RoleState};
-use crate::progress::{Progress, ProgressState};
+use crate::progress::{Progress, ProgressMap, ProgressState};
 use crate::quorum;
 use crate::ready::AppendRef;
 use crate::types::{ConfChange, Entry, EntryKind, Index, Membership, Message, MessageBody, Term};
 use crate::ProposeError;
 use kv_shared::NodeId;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 impl Raft {
     /// Err unless this is a leader that takes proposals now.
@@ -107,15 +107,10 @@ impl Raft {
     /// it, as the collected list did: a send never adds or removes a member.
     #[inline]
     pub(crate) fn next_peer(&self, after: Option<NodeId>) -> Option<NodeId> {
-        use std::ops::Bound::{Excluded, Unbounded};
         let RoleState::Leader(ls) = &self.role else {
             return None;
         };
-        let from = after.map_or(Unbounded, Excluded);
-        ls.progress
-            .range((from, Unbounded))
-            .next()
-            .map(|(id, _)| *id)
+        ls.progress.next_after(after)
     }
 
     /// Sends one Append (or snapshot chunks) to `to` if its flow control allows. Returns
@@ -720,7 +715,7 @@ fn keep_lease_quorum(
     skip: &mut BTreeSet<NodeId>,
     voters: &[NodeId],
     me: NodeId,
-    progress: &BTreeMap<NodeId, Progress>,
+    progress: &ProgressMap,
     alive: impl Fn(&Progress) -> bool,
 ) {
     let need = quorum::majority(voters.len()).saturating_sub(usize::from(voters.contains(&me)));
