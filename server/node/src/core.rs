@@ -512,7 +512,8 @@ impl NodeCore {
     }
 
     /// The records of a frame from `from`: each group's Appends go into its log from the
-    /// kept vectors, and its acks step it, without a message built for either; a
+    /// kept vectors, and its acks step it (`Raft::step_ack`), without a message built
+    /// for either; a
     /// record for a group not hosted here, or sealed, takes the way of its message.
     fn take_frame(&mut self, from: NodeId, frame: &mut FrameIn) {
         if frame.records.is_empty() {
@@ -548,21 +549,22 @@ impl NodeCore {
                     };
                     self.take_append(shard, header, &mut entries);
                 }
-                Record::Ack { shard, term, index } => {
-                    let msg = kv_raft::Message {
-                        from,
-                        to: me,
-                        term,
-                        body: codec::frame::ack(index),
-                    };
-                    match self.groups.get_mut(shard) {
-                        Some(g) => {
-                            g.heard(from, self.tick_count, Heard::Member);
-                            g.raft.step(msg);
-                        }
-                        None => self.take_message(from, GroupMessage { shard, msg }),
+                Record::Ack { shard, term, index } => match self.groups.get_mut(shard) {
+                    Some(g) => {
+                        g.heard(from, self.tick_count, Heard::Member);
+                        g.raft.step_ack(from, me, term, index);
                     }
-                }
+                    None => {
+                        let body = codec::frame::ack(index);
+                        let msg = kv_raft::Message {
+                            from,
+                            to: me,
+                            term,
+                            body,
+                        };
+                        self.take_message(from, GroupMessage { shard, msg });
+                    }
+                },
             }
         }
         drop(carried);

@@ -340,6 +340,15 @@ impl Raft {
             };
             return self.step_append(header, &mut entries);
         }
+        if let MessageBody::AppendResp {
+            reject: false,
+            index,
+            hint_index: 0,
+            hint_term: 0,
+        } = msg.body
+        {
+            return self.step_ack(msg.from, msg.to, msg.term, index);
+        }
         self.drained = false;
         if !self.addressed_here(msg.from, msg.to) {
             return;
@@ -450,7 +459,7 @@ impl Raft {
     }
 
     /// False for a message not for this replica: to another, from itself or from nobody.
-    fn addressed_here(&self, from: NodeId, to: NodeId) -> bool {
+    pub(crate) fn addressed_here(&self, from: NodeId, to: NodeId) -> bool {
         to == self.cfg.id && from != self.cfg.id && !from.is_none()
     }
 

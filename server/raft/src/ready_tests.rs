@@ -437,3 +437,31 @@ fn take_messages_hands_out_the_ready_s_messages_alone() {
     taken.take_messages(&mut out);
     assert_eq!(out.len(), 1, "nothing is taken twice");
 }
+
+#[test]
+fn an_ack_by_its_fields_is_refused_as_its_message_would_be() {
+    use kv_shared::limits::{RAFT_INDEX_MAX, RAFT_TERM_MAX};
+    for (term, index) in [
+        (RAFT_TERM_MAX + 1, 1),
+        (1, RAFT_INDEX_MAX + 1),
+        (u64::MAX, u64::MAX),
+    ] {
+        let body = MessageBody::AppendResp {
+            reject: false,
+            index,
+            hint_index: 0,
+            hint_term: 0,
+        };
+        let msg = Message {
+            from: NodeId(2),
+            to: NodeId(1),
+            term,
+            body,
+        };
+        let reason = crate::check_message(&msg).expect_err("out of range");
+        let mut raft = lone_leader(Config::new(NodeId(1), 7));
+        raft.step_ack(NodeId(2), NodeId(1), term, index);
+        assert_eq!(raft.refusals().get(reason), 1, "{reason:?}");
+        assert_eq!(raft.refusals().total(), 1);
+    }
+}
