@@ -186,6 +186,14 @@ impl RaftLog {
         self.unstable_from = self.last_index() + 1;
     }
 
+    /// The first and last index of the entries not yet handed out in a `Write`, if any;
+    /// marks them as handed out (the `Write` names them, `entries_by_reference`).
+    pub fn take_unstable_range(&mut self) -> Option<(Index, Index)> {
+        let last = self.last_index();
+        let first = std::mem::replace(&mut self.unstable_from, last + 1);
+        (first <= last).then_some((first, last))
+    }
+
     /// True if some entries were never handed out in a `Write`.
     pub fn has_unstable(&self) -> bool {
         self.unstable_from <= self.last_index()

@@ -159,7 +159,7 @@ pub struct Raft {
     // ---- outputs ----
     pub(crate) msgs: Vec<Message>,
     /// Appends not handed out yet whose entries stay in the log
-    /// (`Config::appends_by_reference`); a leader only.
+    /// (`Config::entries_by_reference`); a leader only.
     pub(crate) appends: Vec<AppendRef>,
     pub(crate) held: Vec<(u64, Held)>,
     /// Empty between calls: `on_persisted`'s buffer for what it releases from `held`.
@@ -480,7 +480,7 @@ impl Raft {
     }
 
     /// The entries of `a`, one of this replica's `Ready::appends`
-    /// (`Config::appends_by_reference`), from its log.
+    /// (`Config::entries_by_reference`), from its log.
     pub fn append_entries(&self, a: &AppendRef) -> &[Entry] {
         let entries = self.log.range(a.prev_index + 1, a.last);
         debug_assert_eq!(
@@ -489,6 +489,23 @@ impl Raft {
             "an Append's entries left the log before it was handed out"
         );
         entries
+    }
+
+    /// The entries `w`, one of this replica's writes, appends: carried, or in the log
+    /// (`Config::entries_by_reference`).
+    pub fn write_entries<'a>(&'a self, w: &'a Write) -> &'a [Entry] {
+        match w.entries_in_log {
+            Some((first, last)) => {
+                let entries = self.log.range(first, last);
+                debug_assert_eq!(
+                    entries.len() as u64,
+                    last + 1 - first,
+                    "a write's entries left the log before it was persisted"
+                );
+                entries
+            }
+            None => &w.entries,
+        }
     }
 
     /// `a` as the message it stands for, its entries copied out of the log.
@@ -508,7 +525,7 @@ impl Raft {
 
     /// Queues an Append: by reference, or as a message carrying its entries.
     pub(crate) fn send_append(&mut self, a: AppendRef) {
-        if self.cfg.appends_by_reference {
+        if self.cfg.entries_by_reference {
             self.appends.push(a);
         } else {
             let m = self.append_message(&a);
@@ -697,6 +714,7 @@ impl Raft {
                 id: WriteId(0),
                 snapshot: None,
                 entries: Vec::new(),
+                entries_in_log: None,
                 hard_state: None,
                 deferrable: false,
             };

@@ -37,7 +37,13 @@ pub struct Write {
     pub snapshot: Option<Snapshot>,
     /// Entries to append. If the first index is at or below the last stored index, the
     /// stored log is truncated from that index first (a conflicting suffix is replaced).
+    /// Empty with `Config::entries_by_reference`: see `entries_in_log`.
     pub entries: Vec<Entry>,
+    /// With `Config::entries_by_reference`, the first and last index of the entries to
+    /// append, which stay in the log: read them with
+    /// [`Raft::write_entries`](crate::Raft::write_entries) before the replica's next
+    /// input. `None` otherwise, and when there are none.
+    pub entries_in_log: Option<(Index, Index)>,
     /// New hard state, if it changed.
     pub hard_state: Option<HardState>,
     /// True when nothing waits for this write but this leader's own count toward a
@@ -61,7 +67,7 @@ pub struct SoftState {
 }
 
 /// An Append a leader sends, its entries left in the leader's log
-/// (`Config::appends_by_reference`): the message
+/// (`Config::entries_by_reference`): the message
 /// `Message { from: leader, to, term, body: Append { prev_index, prev_term, entries, commit } }`
 /// whose entries are [`Raft::append_entries`](crate::Raft::append_entries) of it, the
 /// log's `prev_index + 1 ..= last`. Read them before the replica's next input: the log
@@ -89,7 +95,7 @@ pub struct Ready {
     /// Messages to send now.
     pub messages: Vec<Message>,
     /// Appends to send now, their entries in the leader's log (only with
-    /// `Config::appends_by_reference`; otherwise they are in `messages`).
+    /// `Config::entries_by_reference`; otherwise they are in `messages`).
     pub appends: Vec<AppendRef>,
     /// State to persist; report with `on_persisted`.
     pub write: Option<Write>,

@@ -206,7 +206,7 @@ fn readies_with_appends_apart(seed: u64, by_reference: bool) -> Vec<(Ready, Vec<
         pre_vote: false,
         append_bytes_max: 16,
         inflight_appends_max: 3,
-        appends_by_reference: by_reference,
+        entries_by_reference: by_reference,
         ..Config::new(me, seed)
     };
     let voters = vec![me, NodeId(2), NodeId(3)];
@@ -292,8 +292,10 @@ fn readies_with_appends_apart(seed: u64, by_reference: bool) -> Vec<(Ready, Vec<
             }
             _ => {
                 let mut rd = raft.ready();
-                if let Some(w) = &rd.write {
+                if let Some(w) = &mut rd.write {
                     unpersisted = Some(w.id);
+                    w.entries = raft.write_entries(w).to_vec();
+                    w.entries_in_log = None;
                 }
                 // Appends settled into messages (before a compaction or a step-down)
                 // were sent before those still by reference.
@@ -315,7 +317,7 @@ fn readies_with_appends_apart(seed: u64, by_reference: bool) -> Vec<(Ready, Vec<
 }
 
 #[test]
-fn appends_by_reference_are_the_appends_the_messages_carry() {
+fn entries_by_reference_are_the_appends_and_writes_by_value() {
     let mut appends = 0;
     for seed in 0..200 {
         let by_value = readies_with_appends_apart(seed, false);

@@ -296,16 +296,19 @@ impl NodeCore {
             // (and so its acknowledgement) is durable.
             group.removed_by_snapshot = (group.was_member && !listed).then_some(snap.meta.index);
             // Did Raft keep a log suffix past the snapshot? If not, the stored one is void.
+            let raft = &self.groups[g].raft;
             replaced_log =
-                w.entries.is_empty() && self.groups[g].raft.status().last_index == snap.meta.index;
+                raft.write_entries(w).is_empty() && raft.status().last_index == snap.meta.index;
             if replaced_log {
                 self.round_ops.add_part(shard, snap.meta.index + 1, &[], 0);
             }
         }
         let commit = w.hard_state.map_or(0, |hs| hs.commit);
-        if let Some(first) = w.entries.first().map(|e| e.index) {
+        // Written into the round record straight from the group's log.
+        let entries = self.groups[g].raft.write_entries(w);
+        if let Some(first) = entries.first().map(|e| e.index) {
             debug_assert!(!replaced_log);
-            self.round_ops.add_part(shard, first, &w.entries, commit);
+            self.round_ops.add_part(shard, first, entries, commit);
         } else if commit > 0 {
             self.round_ops.add_part(shard, 0, &[], commit);
         }
