@@ -255,6 +255,36 @@ fn writes_of_one_round_share_one_entry_and_reads_see_them() {
     );
 }
 
+/// A round's Appends of a small entry travel as records of the frame, those of a large
+/// entry as messages (their data copied once), and both commit.
+#[test]
+fn small_appends_travel_as_frame_records_and_large_ones_as_messages() {
+    let mut c = Cluster::new(3, 1);
+    c.tick(60);
+    let l = c.leader(ShardId(0));
+    let large = crate::codec::frame::RECORD_DATA_BYTES_MAX;
+    for (token, value_bytes, as_records) in [(1, 100, true), (2, large, false)] {
+        let value = "v".repeat(value_bytes);
+        c.request(l, token, put(token, 1, &format!("k{token}"), &value));
+        let out = c.nodes[l].take_output();
+        let is_append =
+            |gm: &&GroupMessage| matches!(gm.msg.body, kv_raft::MessageBody::Append { .. });
+        let messages = (out.datagrams.iter())
+            .flat_map(|(_, b)| &b.msgs)
+            .filter(is_append)
+            .count();
+        let framed = (out.datagrams.iter())
+            .filter(|(_, b)| !b.frame.is_empty())
+            .count();
+        let expected = if as_records { (2, 0) } else { (0, 2) };
+        assert_eq!((framed, messages), expected, "{value_bytes} bytes");
+        c.absorb(l, out);
+        c.settle();
+        c.tick(3);
+        assert_eq!(c.reply_to(token), vec![Outcome::Done]);
+    }
+}
+
 #[test]
 fn large_writes_of_one_round_are_split_so_every_entry_fits_a_datagram() {
     // Regression: a round of many large writes used to become one entry bigger than a

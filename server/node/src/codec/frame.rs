@@ -34,6 +34,11 @@ const ACK: u8 = 1;
 /// makes the reader reserve more entries than the bytes left can hold.
 const ENTRY_BYTES_MIN: usize = 3;
 
+/// An Append whose entries carry this many bytes of data or more goes as a message,
+/// not a record: the frame is for the many small Appends of a round at many shards, and
+/// a record's data is copied twice, into the frame and then into the datagram.
+pub const RECORD_DATA_BYTES_MAX: usize = 4 * 1024;
+
 /// Most bytes of a frame's records in one datagram: the body's limit less the frame's
 /// receiver id and the empty list of other messages before it (one byte).
 pub const RECORDS_BYTES_MAX: usize = kv_shared::auth::BODY_BYTES_MAX - varint::BYTES_MAX - 1;

@@ -186,12 +186,19 @@ impl NodeCore {
             w.snapshot = None;
         }
         if !rd.appends.is_empty() {
-            // Written into the peer's frame straight from the group's log.
+            // Written into the peer's frame straight from the group's log, unless its
+            // entries are large: a record's data is copied twice (into the frame, then
+            // the datagram), a message's once, and its own costs weigh little then.
             let raft = &self.groups[g].raft;
             for a in rd.appends.drain(..) {
-                self.outbox
-                    .frame(a.to)
-                    .append(shard, &a, raft.append_entries(&a));
+                let entries = raft.append_entries(&a);
+                let bytes: usize = entries.iter().map(|e| e.data.len()).sum();
+                if bytes < frame::RECORD_DATA_BYTES_MAX {
+                    self.outbox.frame(a.to).append(shard, &a, entries);
+                } else {
+                    let msg = raft.append_message(&a);
+                    self.outbox.to(a.to).push(GroupMessage { shard, msg });
+                }
             }
         }
         if !rd.messages.is_empty() {

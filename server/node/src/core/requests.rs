@@ -71,9 +71,14 @@ fn encode_entry<'a>(
 /// round's entries at 64 shards, a few times over.
 const ENTRY_ARENA_BLOCK_BYTES: usize = 16 * 1024;
 
-/// Where a leader's entry payloads are copied to, one after another in shared blocks:
-/// a payload of its own cost an allocation, and its first clone (into the round's
-/// write) another for the shared handle, per entry, so per group and round. A block
+/// A payload of this many bytes or more keeps the vector it was encoded into: copying
+/// it into a block would cost more than the allocations a block saves (a round's one
+/// entry at one shard is about 8 KiB).
+const ENTRY_ARENA_PAYLOAD_BYTES_MAX: usize = ENTRY_ARENA_BLOCK_BYTES / 4;
+
+/// Where a leader's small entry payloads are copied to, one after another in shared
+/// blocks: a payload of its own cost an allocation, and its first clone another for the
+/// shared handle, per entry, so per group and round at many shards. A block
 /// lives as long as any of its entries (in the log, until the group's next snapshot),
 /// as the follower's entries keep their datagram's copy alive.
 #[derive(Debug, Default)]
@@ -82,12 +87,17 @@ pub(super) struct EntryArena {
 }
 
 impl EntryArena {
-    /// `bytes` as a payload in the current block (or a new one if it does not fit).
-    pub(super) fn carve(&mut self, bytes: &[u8]) -> Bytes {
-        if self.block.capacity() < bytes.len() {
-            self.block = BytesMut::with_capacity(bytes.len().max(ENTRY_ARENA_BLOCK_BYTES));
+    /// The payload encoded in `encoded`: a copy in the current block (or a new one if
+    /// it does not fit), or, from [`ENTRY_ARENA_PAYLOAD_BYTES_MAX`] bytes on, the vector
+    /// itself (leaving `encoded` empty).
+    pub(super) fn carve(&mut self, encoded: &mut Vec<u8>) -> Bytes {
+        if encoded.len() >= ENTRY_ARENA_PAYLOAD_BYTES_MAX {
+            return Bytes::from(std::mem::take(encoded));
         }
-        self.block.extend_from_slice(bytes);
+        if self.block.capacity() < encoded.len() {
+            self.block = BytesMut::with_capacity(ENTRY_ARENA_BLOCK_BYTES);
+        }
+        self.block.extend_from_slice(encoded);
         self.block.split().freeze()
     }
 }
@@ -499,7 +509,7 @@ impl NodeCore {
     fn encode_entry(&mut self, ids: &[u64], writes_bytes: usize) -> Bytes {
         let writes = ids.iter().map(|id| write_of(&self.requests[id]));
         encode_entry(ids.len(), writes, writes_bytes, &mut self.entry_buf);
-        self.entry_arena.carve(&self.entry_buf)
+        self.entry_arena.carve(&mut self.entry_buf)
     }
 
     /// An empty id list, from those kept for reuse if any.
@@ -638,7 +648,7 @@ mod tests {
     fn entry_payloads_share_blocks_and_keep_their_bytes() {
         let mut arena = EntryArena::default();
         let payload = |i: usize| vec![i as u8; 1000 + i];
-        let carved: Vec<Bytes> = (0..40).map(|i| arena.carve(&payload(i))).collect();
+        let carved: Vec<Bytes> = (0..40).map(|i| arena.carve(&mut payload(i))).collect();
         for (i, b) in carved.iter().enumerate() {
             assert_eq!(b[..], payload(i)[..]);
         }
@@ -646,12 +656,14 @@ mod tests {
         let shared = carved.windows(2).filter(|w| adjacent(&w[0], &w[1])).count();
         // 40,780 bytes: sixteen payloads to a block of 16 KiB, none split.
         assert_eq!(40 - shared, 3, "blocks");
-        let big = arena.carve(&vec![9; 3 * ENTRY_ARENA_BLOCK_BYTES]);
+        let mut big = vec![9; ENTRY_ARENA_PAYLOAD_BYTES_MAX];
+        let at = big.as_ptr();
+        let carved = arena.carve(&mut big);
         assert_eq!(
-            big.len(),
-            3 * ENTRY_ARENA_BLOCK_BYTES,
-            "a payload above a block"
+            (carved.len(), carved.as_ptr()),
+            (ENTRY_ARENA_PAYLOAD_BYTES_MAX, at)
         );
+        assert!(big.is_empty(), "a large payload keeps its vector");
     }
 
     #[test]
