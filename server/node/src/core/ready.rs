@@ -109,7 +109,7 @@ impl NodeCore {
         }
         while ready {
             self.handle_ready(g);
-            ready = self.groups.contains(g) && self.groups[g].raft.has_ready();
+            ready = self.groups.get_mut(g).is_some_and(|g| g.raft.has_ready());
         }
         let group = &mut self.groups[g];
         if group.removed_at.is_some() && is_listed(group.raft.membership(), self.config.node) {
@@ -117,7 +117,7 @@ impl NodeCore {
             // a batch), added it back: it stays, with what it acknowledged.
             group.removed_at = None;
         }
-        if let Some(epoch) = self.groups[g].removed_at {
+        if let Some(epoch) = group.removed_at {
             if self.groups[g].raft.log_adds_after(self.config.node, epoch) {
                 // Added back by a change not committed yet, whose entries it may
                 // have acknowledged already: it stays until that change commits
@@ -145,8 +145,9 @@ impl NodeCore {
         // Boxed because it is taken out and put back on every call: moving a `Ready`
         // (over 400 bytes) copied it twice per group per round.
         let mut rd = self.ready_buf.take().unwrap_or_default();
-        self.groups[g].raft.ready_into(&mut rd);
-        let shard = self.groups[g].shard;
+        let group = &mut self.groups[g];
+        group.raft.ready_into(&mut rd);
+        let shard = group.shard;
         // Each vector is drained only if it holds something: most of a round's Readies
         // carry one or two of them, and an empty drain still costs a call to its drop.
         if !rd.events.is_empty() {
@@ -218,13 +219,12 @@ impl NodeCore {
             self.restore_snapshot(g, snap);
         }
         if !rd.committed.is_empty() {
-            let group = &self.groups[g];
+            let group = &mut self.groups[g];
             let defer = self.defer_follower_applies
                 && group.soft.role == Role::Follower
                 && group.sm.move_in_flight().is_none()
                 && rd.committed.iter().all(|e| e.kind == EntryKind::Command);
             if defer {
-                let group = &mut self.groups[g];
                 if group.deferred.is_empty() {
                     self.deferred_groups.push(g);
                 }
@@ -246,8 +246,8 @@ impl NodeCore {
                 }
             }
         }
-        let leader = self.groups[g].soft.leader;
         if !rd.failed_reads.is_empty() {
+            let leader = self.groups[g].soft.leader;
             for ctx in rd.failed_reads.drain(..) {
                 if let Some(ids) = self.groups[g].reads.remove(&ctx) {
                     for id in ids {
