@@ -939,6 +939,44 @@ fn datagrams_from_non_members_are_refused_and_not_remembered() {
         .any(|(r, n)| r == "unknown_sender" && *n == 1));
 }
 
+/// A frame names its receiver once: a datagram's frame for another node is refused
+/// record by record, and nothing of it reaches a group; the same payload at its
+/// receiver is taken.
+#[test]
+fn a_frame_for_another_node_is_refused_record_by_record() {
+    let mut c = Cluster::with(3, 4, |cfg| {
+        cfg.spread_leaders = true;
+        cfg.leaders = LeaderPolicy::Pack;
+    });
+    c.tick(600);
+    for shard in 0..4u32 {
+        assert_eq!(c.leader(ShardId(shard)), 0, "node 1 leads shard {shard}");
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| kv_shared::shard::shard_for_key(k.as_bytes(), 4) == ShardId(shard))
+            .expect("some key hashes to every shard");
+        c.request(0, shard.into(), put(shard.into(), 1, &key, "v"));
+    }
+    // Node 1's Appends to node 2, delivered to node 3 as though node 1 sent them there.
+    let out = c.nodes[0].take_output();
+    let (to, batch) = (out.datagrams.iter())
+        .find(|(to, b)| *to == NodeId(2) && !b.frame.is_empty())
+        .expect("node 1 leads a shard and sent node 2 records")
+        .clone();
+    let records = batch.clone().into_messages(NodeId(1), to).len() - batch.msgs.len();
+    assert!(records > 0);
+    let third = c.nodes[2].raft_status(ShardId(0)).last_index;
+    c.nodes[2]
+        .on_peer_payload(NodeId(1), &payload(to, &batch))
+        .unwrap();
+    assert_eq!(refused(&c.nodes[2], "misaddressed"), records as u64);
+    assert_eq!(c.nodes[2].raft_status(ShardId(0)).last_index, third);
+    c.nodes[1]
+        .on_peer_payload(NodeId(1), &payload(to, &batch))
+        .unwrap();
+    assert_eq!(refused(&c.nodes[1], "misaddressed"), 0);
+}
+
 /// Regression: pending requests were bounded by count only (100,000 of up to 32 KiB).
 #[test]
 fn pending_requests_are_bounded_in_bytes() {
