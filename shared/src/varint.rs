@@ -21,6 +21,12 @@ pub fn write(n: u64, out: &mut [u8]) -> usize {
         out[0] = n as u8;
         return 1;
     }
+    // Log indexes and lengths past 127: two, as `take` reads them first.
+    if n < 0x4000 {
+        out[0] = n as u8 | 0x80;
+        out[1] = (n >> 7) as u8;
+        return 2;
+    }
     write_long(n, out)
 }
 
@@ -171,6 +177,20 @@ pub fn take_u32(rest: &mut &[u8]) -> Option<u32> {
     Some(n)
 }
 
+/// Appends `n` as a varint to `out`: the hand-written encoders of the WAL's round parts
+/// and of the peer frames' records write field after field this way, most of them one
+/// byte long.
+#[inline]
+pub fn push(n: u64, out: &mut Vec<u8>) {
+    if n < 0x80 {
+        out.push(n as u8);
+        return;
+    }
+    let mut bytes = [0u8; BYTES_MAX];
+    let len = write(n, &mut bytes);
+    out.extend_from_slice(&bytes[..len]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +277,18 @@ mod tests {
         #[test]
         fn varints_are_written_and_sized_as_postcard_writes_them(n: u64, shift in 0u32..64) {
             check_write(n >> shift);
+        }
+
+        #[test]
+        fn varints_pushed_in_a_row_are_postcard_s_encoding_of_them(
+            ns in proptest::array::uniform4((any::<u64>(), 0u32..64)),
+        ) {
+            let ns = ns.map(|(n, shift)| n >> shift);
+            let mut out = vec![7];
+            for n in ns {
+                push(n, &mut out);
+            }
+            prop_assert_eq!(&out[1..], &postcard::to_stdvec(&ns).unwrap()[..]);
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::settings::Settings;
 use crate::stall::{self, StallAction, StallTimer, View};
 use crate::vote_resend::VoteResends;
 use bytes::Bytes;
+use kv_node::codec::PeerBatch;
 use kv_node::{ClientToken, GroupMessage, NodeConfig, NodeCore};
 use kv_raft::{MessageBody, Role, Term};
 use kv_shared::proto::{ClientReply, Op, Outcome};
@@ -497,7 +498,10 @@ impl Runtime {
         loop {
             let out = self.core.take_output();
             replies.extend(out.replies);
-            datagrams.extend(out.datagrams);
+            // The harness's peer payloads carry whole messages (`peer.rs`).
+            let me = self.core.config().node;
+            let whole = |(to, batch): (NodeId, PeerBatch)| (to, batch.into_messages(me, to));
+            datagrams.extend(out.datagrams.into_iter().map(whole));
             applied.extend(out.applied);
             proposed.extend(out.proposed);
             if out.disk_writes.is_empty() {

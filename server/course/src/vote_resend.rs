@@ -110,7 +110,7 @@ mod tests {
                 |gm: &GroupMessage| matches!(gm.msg.body, MessageBody::PreVote { .. });
             out.datagrams
                 .iter()
-                .filter(|(_, msgs)| msgs.iter().any(is_pre_vote))
+                .filter(|(_, batch)| batch.msgs.iter().any(is_pre_vote))
                 .map(|(to, _)| *to)
                 .collect()
         };

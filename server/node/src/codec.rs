@@ -1,10 +1,16 @@
-//! Peer datagrams: the messages of many groups for one destination, postcard-encoded
-//! behind the kv_shared::wire header. Splitting lives here too, so that every batch the
-//! core hands out is known to fit one datagram.
+//! Peer datagrams: the messages of many groups for one destination, behind the
+//! kv_shared::wire header. A payload is postcard's encoding of a list of messages,
+//! followed, when there are any, by a frame of compact records of every group's Appends
+//! and append acks for that peer (`frame.rs`). Splitting lives here too, so that every
+//! batch the core hands out is known to fit one datagram.
 
+pub(crate) mod frame;
 mod hand;
 
+use frame::FrameIn;
+use hand::SharedData;
 use kv_shared::pack::{encoded_bytes, pack, PackLimit};
+use kv_shared::varint;
 use kv_shared::wire::{self, Kind, WireError, HEADER_BYTES};
 use kv_shared::{NodeId, ShardId};
 use serde::{Deserialize, Serialize};
@@ -18,34 +24,121 @@ pub struct GroupMessage {
     pub msg: kv_raft::Message,
 }
 
-/// Encodes a whole peer datagram (header + payload).
+/// What one datagram carries to one peer: messages, and a frame's records, encoded
+/// already by the node core (each group's Appends straight from its log).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerBatch {
+    /// Messages, each whole.
+    pub msgs: Vec<GroupMessage>,
+    /// The frame's records (`frame.rs`), without the receiver id that heads them on the
+    /// wire; empty if none.
+    pub frame: Vec<u8>,
+}
+
+impl PeerBatch {
+    /// Every message the batch carries, from `from` to `to`, in the order the receiver
+    /// takes them: the frame's, then the others.
+    pub fn into_messages(self, from: NodeId, to: NodeId) -> Vec<GroupMessage> {
+        let mut records = FrameIn {
+            to,
+            ..FrameIn::default()
+        };
+        records
+            .decode_records(&self.frame, &self.frame, &mut SharedData::default())
+            .expect("the node core's records decode");
+        let mut msgs = Vec::with_capacity(records.records.len() + self.msgs.len());
+        records.drain_messages(from, &mut msgs);
+        msgs.extend(self.msgs);
+        msgs
+    }
+}
+
+/// Encodes a whole peer datagram (header + payload) for `to`.
 ///
 /// # Panics
-/// If the messages do not fit one datagram: batches from [`split`] always do.
-pub fn encode_peer(cluster_id: u64, sender: NodeId, msgs: &[GroupMessage]) -> Vec<u8> {
-    let mut payload = vec![0; hand::encoded_len(msgs)];
-    let len = encode_peer_body(msgs, &mut payload).expect("the counted length fits");
+/// If the batch does not fit one datagram: batches from [`NodeCore`](crate::NodeCore)
+/// always do.
+pub fn encode_peer(cluster_id: u64, sender: NodeId, to: NodeId, batch: &PeerBatch) -> Vec<u8> {
+    let mut payload = vec![0; payload_len(to, batch)];
+    let len = encode_peer_body(to, batch, &mut payload).expect("the counted length fits");
     debug_assert_eq!(len, payload.len(), "the counted length is the encoding's");
     let mut out = Vec::with_capacity(HEADER_BYTES + payload.len());
     wire::encode(Kind::Peer, cluster_id, sender.0, &payload, &mut out);
     out
 }
 
-/// Writes the payload of a peer datagram carrying `msgs` (postcard's encoding of the
-/// slice) at the start of `out`, and returns its length; `None` if it does not fit. The
-/// messages of a put's round are written by hand, the others by postcard.
-pub fn encode_peer_body(msgs: &[GroupMessage], out: &mut [u8]) -> Option<usize> {
-    hand::encode(msgs, out)
+/// Bytes of the payload of a datagram carrying `batch` to `to`.
+pub fn payload_len(to: NodeId, batch: &PeerBatch) -> usize {
+    let frame = if batch.frame.is_empty() {
+        0
+    } else {
+        frame::head_len(to) + batch.frame.len()
+    };
+    hand::encoded_len(&batch.msgs) + frame
 }
 
-/// Decodes the payload of a peer datagram (after [`wire::decode`] checked its header):
-/// the messages of a put's round by hand, the others, and any payload the hand-written
-/// reader declines, by postcard, so the result is postcard's.
-pub fn decode_peer(payload: &[u8]) -> Result<Vec<GroupMessage>, WireError> {
-    match hand::decode(payload) {
-        Some(msgs) => Ok(msgs),
-        None => wire::decode_value(payload),
+/// Writes the payload of a peer datagram carrying `batch` to `to` at the start of
+/// `out`, and returns its length; `None` if it does not fit. The messages of a put's
+/// round are written by hand, the others by postcard; the frame's records are copied.
+pub fn encode_peer_body(to: NodeId, batch: &PeerBatch, out: &mut [u8]) -> Option<usize> {
+    let mut len = hand::encode(&batch.msgs, out)?;
+    if !batch.frame.is_empty() {
+        let head = frame::head_len(to);
+        let end = len + head + batch.frame.len();
+        let room = out.get_mut(len..end)?;
+        let mut to_bytes = [0; varint::BYTES_MAX];
+        varint::write(to.0, &mut to_bytes);
+        room[..head].copy_from_slice(&to_bytes[..head]);
+        room[head..].copy_from_slice(&batch.frame);
+        len = end;
     }
+    Some(len)
+}
+
+/// Decodes the payload of a peer datagram (after [`wire::decode`] checked its header)
+/// from `sender`: its messages, the frame's records as the messages they stand for
+/// first. The messages of a put's round are read by hand, the others, and any list
+/// the hand-written reader declines, by postcard, so the list is postcard's.
+pub fn decode_peer(sender: NodeId, payload: &[u8]) -> Result<Vec<GroupMessage>, WireError> {
+    let mut records = FrameIn::default();
+    let msgs = decode_peer_into(payload, &mut records)?;
+    let mut all = Vec::with_capacity(records.records.len() + msgs.len());
+    records.drain_messages(sender, &mut all);
+    all.extend(msgs);
+    Ok(all)
+}
+
+/// [`decode_peer`] that reads the frame's records into `records` (cleared first, kept
+/// by the caller from datagram to datagram) and returns the other messages. On an error
+/// nothing is returned, and `records` holds nothing to act on.
+pub fn decode_peer_into(
+    payload: &[u8],
+    records: &mut FrameIn,
+) -> Result<Vec<GroupMessage>, WireError> {
+    records.records.clear();
+    records.entries.clear();
+    let mut shared = SharedData::default();
+    let (msgs, rest) = match hand::decode(payload, &mut shared) {
+        Some(read) => read,
+        None => {
+            postcard::take_from_bytes(payload).map_err(|e| WireError::BadPayload(e.to_string()))?
+        }
+    };
+    if !rest.is_empty() && records.decode(payload, rest, &mut shared).is_none() {
+        records.records.clear();
+        records.entries.clear();
+        return Err(WireError::BadPayload("malformed frame records".into()));
+    }
+    Ok(msgs)
+}
+
+/// Checks a whole datagram as peer traffic: (sender, payload).
+pub fn open_peer_datagram(datagram: &[u8], cluster_id: u64) -> Result<(NodeId, &[u8]), WireError> {
+    let (header, payload) = wire::decode(datagram, cluster_id)?;
+    if header.kind != Kind::Peer {
+        return Err(WireError::BadKind(header.kind as u8));
+    }
+    Ok((NodeId(header.sender), payload))
 }
 
 /// Checks a whole datagram and decodes it as peer traffic: (sender, messages).
@@ -53,11 +146,13 @@ pub fn decode_peer_datagram(
     datagram: &[u8],
     cluster_id: u64,
 ) -> Result<(NodeId, Vec<GroupMessage>), WireError> {
-    let (header, payload) = wire::decode(datagram, cluster_id)?;
-    if header.kind != Kind::Peer {
-        return Err(WireError::BadKind(header.kind as u8));
-    }
-    Ok((NodeId(header.sender), decode_peer(payload)?))
+    let (sender, payload) = open_peer_datagram(datagram, cluster_id)?;
+    Ok((sender, decode_peer(sender, payload)?))
+}
+
+/// True if `msgs` and a frame run of `run` bytes for `to` fit one datagram's body.
+pub(crate) fn fit_together(msgs: &[GroupMessage], to: NodeId, run: usize) -> bool {
+    hand::encoded_len(msgs) + frame::head_len(to) + run <= kv_shared::auth::BODY_BYTES_MAX
 }
 
 /// Splits messages for one destination into batches whose encoding fits the body of one
@@ -166,14 +261,18 @@ mod tests {
                 },
             },
         ];
-        let d = encode_peer(42, NodeId(1), &msgs);
+        let batch = PeerBatch {
+            msgs: msgs.clone(),
+            frame: Vec::new(),
+        };
+        let d = encode_peer(42, NodeId(1), NodeId(2), &batch);
         let (from, back) = decode_peer_datagram(&d, 42).unwrap();
         assert_eq!((from, back), (NodeId(1), msgs));
         assert!(matches!(
             decode_peer_datagram(&d, 43),
             Err(WireError::WrongCluster { .. })
         ));
-        assert!(decode_peer(b"\xff\xff\xff").is_err());
+        assert!(decode_peer(NodeId(1), b"\xff\xff\xff").is_err());
     }
 
     #[test]
@@ -258,7 +357,11 @@ mod tests {
         let batches = split(msgs.clone());
         assert!(batches.len() > 1, "200 KB cannot fit one datagram");
         for b in &batches {
-            let d = encode_peer(1, NodeId(1), b);
+            let batch = PeerBatch {
+                msgs: b.clone(),
+                frame: Vec::new(),
+            };
+            let d = encode_peer(1, NodeId(1), NodeId(2), &batch);
             assert!(d.len() <= kv_shared::limits::DATAGRAM_BYTES_MAX);
         }
         let flat: Vec<_> = batches.into_iter().flatten().collect();

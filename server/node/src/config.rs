@@ -188,6 +188,8 @@ impl NodeConfig {
             id: self.node,
             seed: xxh64(&seed_bytes, 0x5eed),
             snapshot_image_check: Some(crate::sm::snapshot_image_restorable),
+            // The node core writes every Append into its peer's frame from the log.
+            entries_by_reference: true,
             ..self.raft.clone()
         }
     }

@@ -13,7 +13,8 @@ mod requests;
 mod time;
 mod views;
 
-use crate::codec::{self, GroupMessage};
+use crate::codec::frame::{FrameIn, Record};
+use crate::codec::{self, GroupMessage, PeerBatch};
 use crate::config::NodeConfig;
 use crate::events::NodeEvent;
 use crate::placement::ShardPlacement;
@@ -27,6 +28,7 @@ use kv_shared::hashing::SeededState;
 use kv_shared::limits::{SNAPSHOT_IMAGE_BYTES_MAX, SNAPSHOT_RECEIVE_BYTES_MAX};
 use kv_shared::proto::{ClientError, ClientReply, ClientRequest, Outcome, ShardRoute};
 use kv_shared::registry::Registry;
+use kv_shared::wire::WireError;
 use kv_shared::{NodeId, ShardId};
 pub(crate) use outbox::Room;
 use outbox::{take_sized, Outbox};
@@ -141,8 +143,9 @@ pub struct DiskWrite {
 /// What the runtime must do after an input.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Output {
-    /// Per destination, all groups batched; each Vec fits one datagram with `encode_peer`.
-    pub datagrams: Vec<(NodeId, Vec<GroupMessage>)>,
+    /// Per destination, all groups batched; each batch fits one datagram with
+    /// `codec::encode_peer`.
+    pub datagrams: Vec<(NodeId, PeerBatch)>,
     /// Storage work.
     pub disk_writes: Vec<DiskWrite>,
     /// Answers to client requests (exactly one per request).
@@ -260,6 +263,12 @@ pub struct NodeCore {
     round_ops: ready::RoundOps,
     round_durable: Vec<Durable>,
     outbox: Outbox,
+    /// The records of the frame of the peer datagram being taken in, kept from datagram
+    /// to datagram with their room.
+    frame_in: FrameIn,
+    /// One Append's entries on their way from `frame_in` into a group's log, kept
+    /// likewise.
+    append_entries: Vec<Entry>,
     /// Every group whose `waiting` list got a request since the last flush routed it
     /// (a superset of those with requests waiting): a flush routes these instead of
     /// looking through every hosted group for requests. A group is listed when its list
@@ -284,6 +293,9 @@ pub struct NodeCore {
     /// Emptied lists of request ids of applied batches, for the next proposals
     /// (`NodeCore::ids_vec`).
     ids_pool: Vec<Vec<u64>>,
+    /// The entry being encoded, kept likewise, and the blocks its payload is copied to.
+    entry_buf: Vec<u8>,
+    entry_arena: requests::EntryArena,
     /// Whether [`Output::applied`] and [`Output::proposed`] are filled
     /// ([`NodeCore::set_applied_reports`]).
     applied_reports: bool,
@@ -390,6 +402,8 @@ impl NodeCore {
             round_ops,
             round_durable: Vec::new(),
             outbox: Outbox::default(),
+            frame_in: FrameIn::default(),
+            append_entries: Vec::new(),
             to_route: Vec::new(),
             routed_buf: Vec::new(),
             out_room: Default::default(),
@@ -400,6 +414,8 @@ impl NodeCore {
             route_writes: Vec::new(),
             route_read_ids: Vec::new(),
             ids_pool: Vec::new(),
+            entry_buf: Vec::new(),
+            entry_arena: requests::EntryArena::default(),
             applied_reports: true,
             reads_on_arrival: true,
             defer_follower_applies: false,
@@ -457,82 +473,195 @@ impl NodeCore {
     /// receiver, or for an unknown shard are dropped and counted (`status().refused`);
     /// kv-raft checks the rest of each message itself.
     pub fn on_peer_messages(&mut self, from: NodeId, msgs: Vec<GroupMessage>) {
-        if !self.is_peer(from) {
-            self.refuse(BoundaryRefusal::UnknownSender);
+        if !self.admit_peer(from) {
             return;
         }
-        self.peers_heard_tick.insert(from, self.tick_count);
         for gm in msgs {
-            if gm.msg.from != from || gm.msg.to != self.config.node {
-                self.refuse(BoundaryRefusal::Misaddressed);
-                continue;
-            }
-            if !self.groups.contains(gm.shard) && self.answer_from_tombstone(&gm) {
-                continue;
-            }
-            if self.sealed_refuses(&gm) {
-                continue;
-            }
-            if !self.groups.contains(gm.shard) && !self.create_replica(&gm) {
-                // Not hosted here: an unknown shard, or one this node holds no replica of.
-                self.refuse(BoundaryRefusal::UnknownShard);
-                continue;
-            }
-            if !self.snapshot_receive_has_room(gm.shard, &gm.msg) {
-                if let Some(g) = self.groups.get_mut(gm.shard) {
-                    g.raft.refuse(kv_raft::Refusal::SnapshotReceiveFull);
-                }
-                continue;
-            }
-            let Some(g) = self.groups.get_mut(gm.shard) else {
-                continue;
-            };
-            let election_min = u64::from(self.config.raft.election_ticks_min);
-            let rechecking = self.tick_count < g.recheck_until_tick;
-            let trusts_its_leader = (g.quiesced || rechecking)
-                && g.soft.role != Role::Leader
-                && g.soft.leader.is_some_and(|l| {
-                    l != from
-                        && self
-                            .peers_heard_tick
-                            .get(&l)
-                            .is_some_and(|&t| self.tick_count - t < election_min)
-                });
-            if trusts_its_leader && matches!(gm.msg.body, kv_raft::MessageBody::PreVote { .. }) {
-                // A quiesced (or rechecking) follower heard nothing from its leader
-                // for long, so Raft's CheckQuorum lease has lapsed and would grant the
-                // PreVote of a peer rechecking the same quiet leader: every recheck of
-                // an idle group elected a new leader. Quiescence trusts the leader's
-                // live node (the group wakes when that node falls silent), so the
-                // PreVote is left unanswered, as a follower in its lease ignores one;
-                // the leader, woken by it, heartbeats, which answers the recheck.
-                continue;
-            }
-            g.last_msg_tick = self.tick_count;
-            match gm.msg.body {
-                kv_raft::MessageBody::Append { commit, .. } => {
-                    g.leader_heard_tick = self.tick_count;
-                    g.leader_commit_told = Some(commit);
-                }
-                kv_raft::MessageBody::Heartbeat { .. }
-                | kv_raft::MessageBody::InstallSnapshot { .. } => {
-                    g.leader_heard_tick = self.tick_count;
-                }
-                _ => {}
-            }
-            if g.leader_heard_tick == self.tick_count {
-                // A leader that sends to this replica leads the group and replicates to
-                // it: a recheck has its answer, and may quiesce again. Kept awake, its
-                // timer would run out behind a leader that quiesced again, and its
-                // quiesced peers, hearing no leader either, would elect it.
-                g.recheck_until_tick = g.recheck_until_tick.min(self.tick_count);
-            }
-            if g.sm.move_in_flight().is_some_and(|m| m.to == from) {
-                g.learner_heard_tick = Some(self.tick_count);
-            }
-            g.wake();
-            g.raft.step(gm.msg);
+            self.take_message(from, gm);
         }
+    }
+
+    /// The payload of a peer datagram (its header and tag checked by the runtime): its
+    /// frame's records, then its messages, each as [`NodeCore::on_peer_messages`] takes
+    /// a message. A payload that does not decode is refused whole, before anything in
+    /// it is taken.
+    pub fn on_peer_payload(&mut self, from: NodeId, payload: &[u8]) -> Result<(), WireError> {
+        let mut frame = std::mem::take(&mut self.frame_in);
+        let taken = codec::decode_peer_into(payload, &mut frame).map(|msgs| {
+            if self.admit_peer(from) {
+                self.take_frame(from, &mut frame);
+                for gm in msgs {
+                    self.take_message(from, gm);
+                }
+            }
+        });
+        frame.records.clear();
+        frame.entries.clear();
+        self.frame_in = frame;
+        taken
+    }
+
+    /// False (and counted) for a datagram from a node that is not a member.
+    fn admit_peer(&mut self, from: NodeId) -> bool {
+        if !self.is_peer(from) {
+            self.refuse(BoundaryRefusal::UnknownSender);
+            return false;
+        }
+        self.peers_heard_tick.insert(from, self.tick_count);
+        true
+    }
+
+    /// The records of a frame from `from`: each group's Appends go into its log from the
+    /// kept vectors, and its acks step it (`Raft::step_ack`), without a message built
+    /// for either; a
+    /// record for a group not hosted here, or sealed, takes the way of its message.
+    fn take_frame(&mut self, from: NodeId, frame: &mut FrameIn) {
+        if frame.records.is_empty() {
+            return;
+        }
+        let me = self.config.node;
+        if frame.to != me {
+            for _ in 0..frame.records.len() {
+                self.refuse(BoundaryRefusal::Misaddressed);
+            }
+            return;
+        }
+        let mut entries = std::mem::take(&mut self.append_entries);
+        let mut carried = frame.entries.drain(..);
+        for &record in &frame.records {
+            match record {
+                Record::Append {
+                    shard,
+                    term,
+                    prev_index,
+                    prev_term,
+                    commit,
+                    entries: count,
+                } => {
+                    entries.extend(carried.by_ref().take(count));
+                    let header = kv_raft::AppendHeader {
+                        from,
+                        to: me,
+                        term,
+                        prev_index,
+                        prev_term,
+                        commit,
+                    };
+                    self.take_append(shard, header, &mut entries);
+                }
+                Record::Ack { shard, term, index } => match self.groups.get_mut(shard) {
+                    Some(g) => {
+                        g.heard(from, self.tick_count, Heard::Member);
+                        g.raft.step_ack(from, me, term, index);
+                    }
+                    None => {
+                        let body = codec::frame::ack(index);
+                        let msg = kv_raft::Message {
+                            from,
+                            to: me,
+                            term,
+                            body,
+                        };
+                        self.take_message(from, GroupMessage { shard, msg });
+                    }
+                },
+            }
+        }
+        drop(carried);
+        self.append_entries = entries;
+    }
+
+    /// An Append record: into the group's log from `entries`, which it leaves empty.
+    fn take_append(
+        &mut self,
+        shard: ShardId,
+        header: kv_raft::AppendHeader,
+        entries: &mut Vec<Entry>,
+    ) {
+        match self.groups.get_mut(shard) {
+            Some(g) if g.sealed.is_none() => {
+                g.heard(
+                    header.from,
+                    self.tick_count,
+                    Heard::LeaderCommit(header.commit),
+                );
+                g.raft.step_append(header, entries);
+            }
+            _ => {
+                // Not hosted (a replica to create, a tombstone) or sealed: rare, and the
+                // message's way decides.
+                let body = kv_raft::MessageBody::Append {
+                    prev_index: header.prev_index,
+                    prev_term: header.prev_term,
+                    entries: std::mem::take(entries),
+                    commit: header.commit,
+                };
+                let msg = kv_raft::Message {
+                    from: header.from,
+                    to: header.to,
+                    term: header.term,
+                    body,
+                };
+                self.take_message(header.from, GroupMessage { shard, msg });
+            }
+        }
+    }
+
+    /// One message from `from`, a member.
+    fn take_message(&mut self, from: NodeId, gm: GroupMessage) {
+        if gm.msg.from != from || gm.msg.to != self.config.node {
+            self.refuse(BoundaryRefusal::Misaddressed);
+            return;
+        }
+        if !self.groups.contains(gm.shard) && self.answer_from_tombstone(&gm) {
+            return;
+        }
+        if self.sealed_refuses(&gm) {
+            return;
+        }
+        if !self.groups.contains(gm.shard) && !self.create_replica(&gm) {
+            // Not hosted here: an unknown shard, or one this node holds no replica of.
+            self.refuse(BoundaryRefusal::UnknownShard);
+            return;
+        }
+        if !self.snapshot_receive_has_room(gm.shard, &gm.msg) {
+            if let Some(g) = self.groups.get_mut(gm.shard) {
+                g.raft.refuse(kv_raft::Refusal::SnapshotReceiveFull);
+            }
+            return;
+        }
+        let Some(g) = self.groups.get_mut(gm.shard) else {
+            return;
+        };
+        let election_min = u64::from(self.config.raft.election_ticks_min);
+        let rechecking = self.tick_count < g.recheck_until_tick;
+        let trusts_its_leader = (g.quiesced || rechecking)
+            && g.soft.role != Role::Leader
+            && g.soft.leader.is_some_and(|l| {
+                l != from
+                    && self
+                        .peers_heard_tick
+                        .get(&l)
+                        .is_some_and(|&t| self.tick_count - t < election_min)
+            });
+        if trusts_its_leader && matches!(gm.msg.body, kv_raft::MessageBody::PreVote { .. }) {
+            // A quiesced (or rechecking) follower heard nothing from its leader
+            // for long, so Raft's CheckQuorum lease has lapsed and would grant the
+            // PreVote of a peer rechecking the same quiet leader: every recheck of
+            // an idle group elected a new leader. Quiescence trusts the leader's
+            // live node (the group wakes when that node falls silent), so the
+            // PreVote is left unanswered, as a follower in its lease ignores one;
+            // the leader, woken by it, heartbeats, which answers the recheck.
+            return;
+        }
+        let heard = match gm.msg.body {
+            kv_raft::MessageBody::Append { commit, .. } => Heard::LeaderCommit(commit),
+            kv_raft::MessageBody::Heartbeat { .. }
+            | kv_raft::MessageBody::InstallSnapshot { .. } => Heard::Leader,
+            _ => Heard::Member,
+        };
+        g.heard(from, self.tick_count, heard);
+        g.raft.step(gm.msg);
     }
 
     fn refuse(&mut self, reason: BoundaryRefusal) {
@@ -661,14 +790,37 @@ impl NodeCore {
         }
         debug_assert!(self.round_durable.is_empty());
         let mut outbox = self.outbox.take();
-        for (to, msgs) in outbox.drain(..) {
+        for mut peer in outbox.drain(..) {
+            let to = peer.peer;
             self.peers_sent_tick.insert(to, self.tick_count);
-            if msgs.is_empty() {
-                self.out.datagrams.push((to, msgs)); // a keepalive
+            let runs = peer.frame.take_runs();
+            if peer.msgs.is_empty() && runs.is_empty() {
+                self.out.datagrams.push((to, PeerBatch::default())); // a keepalive
                 continue;
             }
-            for batch in codec::split(msgs) {
-                self.out.datagrams.push((to, batch));
+            let first = self.out.datagrams.len();
+            if !peer.msgs.is_empty() {
+                for msgs in codec::split(peer.msgs) {
+                    let frame = Vec::new();
+                    self.out.datagrams.push((to, PeerBatch { msgs, frame }));
+                }
+            }
+            for run in runs {
+                // The first run rides with the last batch of messages if both fit.
+                match self.out.datagrams[first..].last_mut() {
+                    Some((_, b))
+                        if b.frame.is_empty() && codec::fit_together(&b.msgs, to, run.len()) =>
+                    {
+                        b.frame = run;
+                    }
+                    _ => {
+                        let batch = PeerBatch {
+                            msgs: Vec::new(),
+                            frame: run,
+                        };
+                        self.out.datagrams.push((to, batch));
+                    }
+                }
             }
         }
         self.outbox.give_back(outbox);
@@ -683,6 +835,17 @@ impl NodeCore {
         };
         std::mem::replace(&mut self.out, next)
     }
+}
+
+/// What a message tells a group about its sender (`Group::heard`).
+#[derive(Clone, Copy, Debug)]
+enum Heard {
+    /// A member spoke.
+    Member,
+    /// The leader spoke (a heartbeat, a snapshot chunk).
+    Leader,
+    /// The leader sent an Append, with its commit index.
+    LeaderCommit(u64),
 }
 
 /// True if `node` is a voter or learner of `membership`.

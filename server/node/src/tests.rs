@@ -1,6 +1,7 @@
 //! Whole-node tests: a few NodeCores wired together in memory (instant network, instant
 //! disk), to check routing, batching, redirects and recovery through the public inputs.
 
+use crate::codec::PeerBatch;
 use crate::wal::ReplicaRecord;
 use crate::{
     AppliedEntry, ClientToken, DiskOp, EventKind, GroupMessage, NodeConfig, NodeCore, NodeEvent,
@@ -24,12 +25,28 @@ mod quiet_groups;
 mod rejoin;
 mod tombstones;
 
+/// Node `from`'s datagrams with their frames' records as the messages they stand for.
+fn whole(from: NodeId, datagrams: Vec<(NodeId, PeerBatch)>) -> Vec<(NodeId, Vec<GroupMessage>)> {
+    datagrams
+        .into_iter()
+        .map(|(to, batch)| (to, batch.into_messages(from, to)))
+        .collect()
+}
+
+/// The payload of a datagram carrying `batch` to `to`.
+fn payload(to: NodeId, batch: &PeerBatch) -> Vec<u8> {
+    let mut out = vec![0; crate::codec::payload_len(to, batch)];
+    crate::codec::encode_peer_body(to, batch, &mut out).expect("a batch of the core fits");
+    out
+}
+
 struct Cluster {
     nodes: Vec<NodeCore>,
     /// Every record each node was asked to append (its "disk").
     disks: Vec<Vec<Record>>,
     snapshots: Vec<Vec<(u32, u64, Bytes)>>,
-    net: VecDeque<(NodeId, NodeId, Vec<GroupMessage>)>,
+    /// Datagram payloads in flight: (from, to, payload).
+    net: VecDeque<(NodeId, NodeId, Vec<u8>)>,
     replies: Vec<(usize, ClientToken, ClientReply)>,
     datagrams: usize,
     /// Raft messages carried by those datagrams.
@@ -86,13 +103,15 @@ impl Cluster {
 
     fn absorb(&mut self, i: usize, out: Output) {
         let me = NodeId(i as u64 + 1);
-        for (to, msgs) in out.datagrams {
+        for (to, batch) in out.datagrams {
             // Through the real codec.
-            let d = crate::codec::encode_peer(7, me, &msgs);
-            let (from, back) = crate::codec::decode_peer_datagram(&d, 7).unwrap();
+            let d = crate::codec::encode_peer(7, me, to, &batch);
+            let (from, payload) = crate::codec::open_peer_datagram(&d, 7).unwrap();
+            let back = crate::codec::decode_peer(from, payload).unwrap();
+            assert_eq!(back, batch.into_messages(me, to));
             self.datagrams += 1;
             self.messages += back.len();
-            self.net.push_back((from, to, back));
+            self.net.push_back((from, to, payload.to_vec()));
         }
         for (t, r) in out.replies {
             self.replies.push((i, t, r));
@@ -122,15 +141,22 @@ impl Cluster {
     }
 
     fn settle(&mut self) {
-        while let Some((from, to, mut msgs)) = self.net.pop_front() {
+        while let Some((from, to, payload)) = self.net.pop_front() {
             let i = to.0 as usize - 1;
             if self.down[i] || self.down[from.0 as usize - 1] {
                 continue;
             }
-            msgs.retain(|m| !self.cut_shards.contains(&(i, m.shard)));
+            let mut msgs = crate::codec::decode_peer(from, &payload).unwrap();
             let node = &self.nodes[i];
             self.misdirected += msgs.iter().filter(|m| !node.hosts(m.shard)).count();
-            self.nodes[i].on_peer_messages(from, msgs);
+            let cut = |m: &GroupMessage| self.cut_shards.contains(&(i, m.shard));
+            if msgs.iter().any(cut) {
+                msgs.retain(|m| !cut(m));
+                self.nodes[i].on_peer_messages(from, msgs);
+            } else {
+                // As the runtime takes it: the frame's records straight into the groups.
+                self.nodes[i].on_peer_payload(from, &payload).unwrap();
+            }
             let out = self.nodes[i].take_output();
             self.absorb(i, out);
         }
@@ -227,6 +253,36 @@ fn writes_of_one_round_share_one_entry_and_reads_see_them() {
         c.reply_to(100),
         vec![Outcome::Value(Some(Bytes::from_static(b"v")))]
     );
+}
+
+/// A round's Appends of a small entry travel as records of the frame, those of a large
+/// entry as messages (their data copied once), and both commit.
+#[test]
+fn small_appends_travel_as_frame_records_and_large_ones_as_messages() {
+    let mut c = Cluster::new(3, 1);
+    c.tick(60);
+    let l = c.leader(ShardId(0));
+    let large = crate::codec::frame::RECORD_DATA_BYTES_MAX;
+    for (token, value_bytes, as_records) in [(1, 100, true), (2, large, false)] {
+        let value = "v".repeat(value_bytes);
+        c.request(l, token, put(token, 1, &format!("k{token}"), &value));
+        let out = c.nodes[l].take_output();
+        let is_append =
+            |gm: &&GroupMessage| matches!(gm.msg.body, kv_raft::MessageBody::Append { .. });
+        let messages = (out.datagrams.iter())
+            .flat_map(|(_, b)| &b.msgs)
+            .filter(is_append)
+            .count();
+        let framed = (out.datagrams.iter())
+            .filter(|(_, b)| !b.frame.is_empty())
+            .count();
+        let expected = if as_records { (2, 0) } else { (0, 2) };
+        assert_eq!((framed, messages), expected, "{value_bytes} bytes");
+        c.absorb(l, out);
+        c.settle();
+        c.tick(3);
+        assert_eq!(c.reply_to(token), vec![Outcome::Done]);
+    }
 }
 
 #[test]
@@ -881,6 +937,44 @@ fn datagrams_from_non_members_are_refused_and_not_remembered() {
         .refused
         .iter()
         .any(|(r, n)| r == "unknown_sender" && *n == 1));
+}
+
+/// A frame names its receiver once: a datagram's frame for another node is refused
+/// record by record, and nothing of it reaches a group; the same payload at its
+/// receiver is taken.
+#[test]
+fn a_frame_for_another_node_is_refused_record_by_record() {
+    let mut c = Cluster::with(3, 4, |cfg| {
+        cfg.spread_leaders = true;
+        cfg.leaders = LeaderPolicy::Pack;
+    });
+    c.tick(600);
+    for shard in 0..4u32 {
+        assert_eq!(c.leader(ShardId(shard)), 0, "node 1 leads shard {shard}");
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| kv_shared::shard::shard_for_key(k.as_bytes(), 4) == ShardId(shard))
+            .expect("some key hashes to every shard");
+        c.request(0, shard.into(), put(shard.into(), 1, &key, "v"));
+    }
+    // Node 1's Appends to node 2, delivered to node 3 as though node 1 sent them there.
+    let out = c.nodes[0].take_output();
+    let (to, batch) = (out.datagrams.iter())
+        .find(|(to, b)| *to == NodeId(2) && !b.frame.is_empty())
+        .expect("node 1 leads a shard and sent node 2 records")
+        .clone();
+    let records = batch.clone().into_messages(NodeId(1), to).len() - batch.msgs.len();
+    assert!(records > 0);
+    let third = c.nodes[2].raft_status(ShardId(0)).last_index;
+    c.nodes[2]
+        .on_peer_payload(NodeId(1), &payload(to, &batch))
+        .unwrap();
+    assert_eq!(refused(&c.nodes[2], "misaddressed"), records as u64);
+    assert_eq!(c.nodes[2].raft_status(ShardId(0)).last_index, third);
+    c.nodes[1]
+        .on_peer_payload(NodeId(1), &payload(to, &batch))
+        .unwrap();
+    assert_eq!(refused(&c.nodes[1], "misaddressed"), 0);
 }
 
 /// Regression: pending requests were bounded by count only (100,000 of up to 32 KiB).
@@ -1789,7 +1883,9 @@ fn a_created_replica_knows_no_membership_until_the_snapshot() {
         c.nodes[3].tick();
         let out = c.nodes[3].take_output();
         assert!(
-            out.datagrams.iter().all(|(_, m)| m.is_empty()),
+            out.datagrams
+                .iter()
+                .all(|(_, b)| *b == PeerBatch::default()),
             "it never campaigns"
         );
     }

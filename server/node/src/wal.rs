@@ -318,32 +318,15 @@ impl RoundRecord {
         // walk over every entry's fields was most of what a part cost beyond copying
         // its data, and a round at many shards writes a part per group.
         let body = &mut self.body;
-        let mut head = Head::default();
-        head.varint(u64::from(shard));
-        head.varint(first_index);
-        head.varint(entries.len() as u64);
-        body.extend_from_slice(head.bytes());
+        varint::push(u64::from(shard), body);
+        varint::push(first_index, body);
+        varint::push(entries.len() as u64, body);
         for e in entries {
-            let mut head = Head::default();
-            head.varint(e.term);
-            head.varint(e.index);
-            match &e.kind {
-                EntryKind::Noop => head.varint(0),
-                EntryKind::Command => head.varint(1),
-                kind @ EntryKind::ConfChange(_) => {
-                    body.extend_from_slice(head.bytes());
-                    head = Head::default();
-                    *body = postcard::to_extend(kind, std::mem::take(body))
-                        .expect("an entry kind always encodes");
-                }
-            }
-            head.varint(e.data.len() as u64);
-            body.extend_from_slice(head.bytes());
-            body.extend_from_slice(&e.data);
+            varint::push(e.term, body);
+            varint::push(e.index, body);
+            push_kind_and_data(e, body);
         }
-        let mut head = Head::default();
-        head.varint(commit);
-        body.extend_from_slice(head.bytes());
+        varint::push(commit, body);
         if first_index > 0 {
             self.covers
                 .push((shard, first_index + entries.len() as u64 - 1));
@@ -369,33 +352,19 @@ impl RoundRecord {
     }
 }
 
-/// Up to four of postcard's varints written on the stack, so that a part's and an
-/// entry's head go into the record with one append rather than one per field.
-struct Head {
-    buf: [u8; 4 * varint::BYTES_MAX],
-    len: usize,
-}
-
-impl Default for Head {
-    fn default() -> Head {
-        Head {
-            buf: [0; 4 * varint::BYTES_MAX],
-            len: 0,
+/// Appends postcard's encoding of `e`'s kind and then of its data (a length, then the
+/// bytes), as the round parts and the peer frames' records carry them.
+pub(crate) fn push_kind_and_data(e: &Entry, out: &mut Vec<u8>) {
+    match &e.kind {
+        EntryKind::Noop => out.push(0),
+        EntryKind::Command => out.push(1),
+        kind @ EntryKind::ConfChange(_) => {
+            *out = postcard::to_extend(kind, std::mem::take(out))
+                .expect("an entry kind always encodes");
         }
     }
-}
-
-impl Head {
-    #[inline]
-    fn varint(&mut self, n: u64) {
-        // At most four varints: the fourth starts within the first 3 x BYTES_MAX bytes
-        // and `varint::write` has the BYTES_MAX it wants after it.
-        self.len += varint::write(n, &mut self.buf[self.len..]);
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
+    varint::push(e.data.len() as u64, out);
+    out.extend_from_slice(&e.data);
 }
 
 /// A decoded WAL record.

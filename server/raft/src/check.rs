@@ -4,7 +4,9 @@
 //! or an overflow. The checks are stateless; those that need the replica's state
 //! (snapshot sizes across groups, the state machine image) live where that state is.
 
-use crate::types::{ConfChange, Entry, EntryKind, Membership, Message, MessageBody, SnapshotMeta};
+use crate::types::{
+    AppendHeader, ConfChange, Entry, EntryKind, Membership, Message, MessageBody, SnapshotMeta,
+};
 use kv_shared::limits::{
     NODES_MAX, RAFT_INDEX_MAX, RAFT_TERM_MAX, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_IMAGE_BYTES_MAX,
 };
@@ -140,13 +142,7 @@ pub fn check_message(msg: &Message) -> Result<(), Refusal> {
             prev_term,
             entries,
             commit,
-        } => {
-            index(*prev_index)?;
-            index(*commit)?;
-            index(prev_index.saturating_add(entries.len() as u64))?;
-            log_term(*prev_term)?;
-            check_entries(term, *prev_index, *prev_term, entries)
-        }
+        } => check_append_fields(term, *prev_index, *prev_term, entries, *commit),
         MessageBody::AppendResp {
             index: i,
             hint_index,
@@ -191,6 +187,37 @@ pub fn check_message(msg: &Message) -> Result<(), Refusal> {
             index(*received)
         }
     }
+}
+
+/// [`check_message`] of an Append handed in by parts (`Raft::step_append`).
+pub(crate) fn check_append(h: &AppendHeader, entries: &[Entry]) -> Result<(), Refusal> {
+    if h.term > RAFT_TERM_MAX {
+        return Err(Refusal::TermOutOfRange);
+    }
+    check_append_fields(h.term, h.prev_index, h.prev_term, entries, h.commit)
+}
+
+/// An Append's fields of a message of a term already checked.
+fn check_append_fields(
+    term: u64,
+    prev_index: u64,
+    prev_term: u64,
+    entries: &[Entry],
+    commit: u64,
+) -> Result<(), Refusal> {
+    for i in [
+        prev_index,
+        commit,
+        prev_index.saturating_add(entries.len() as u64),
+    ] {
+        if i > RAFT_INDEX_MAX {
+            return Err(Refusal::IndexOutOfRange);
+        }
+    }
+    if prev_term > term {
+        return Err(Refusal::TermOutOfRange);
+    }
+    check_entries(term, prev_index, prev_term, entries)
 }
 
 /// Entries must continue `prev_index` one by one, with terms from `prev_term` up to

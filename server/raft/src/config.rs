@@ -135,6 +135,21 @@ pub struct Config {
     /// taken for the answer to a new one (its index may predate the new read). 0 (the
     /// default) only suits a replica never restarted under the same config.
     pub boot_nonce: u64,
+    /// Entries a `Ready` hands out to be sent or written stay in the log, and the
+    /// caller reads them from there before the replica's next input: a leader's Appends
+    /// come out in `Ready::appends` as [`AppendRef`]s ([`Raft::append_entries`]) instead
+    /// of messages in `Ready::messages` that each carry a copy of their entries, and a
+    /// `Write` names its entries' indexes (`Write::entries_in_log`,
+    /// [`Raft::write_entries`]) instead of carrying copies. A caller that encodes them
+    /// at once anyway (kv-node, into datagrams and its WAL record) saves building and
+    /// dropping a vector of cloned entries per follower, per write and round. The
+    /// Appends and writes are the same either way, the Appends in the same order among
+    /// themselves. Default false.
+    ///
+    /// [`AppendRef`]: crate::AppendRef
+    /// [`Raft::append_entries`]: crate::Raft::append_entries
+    /// [`Raft::write_entries`]: crate::Raft::write_entries
+    pub entries_by_reference: bool,
 }
 
 /// Default of [`Config::committed_bytes_per_ready_max`]: a few Append batches' worth.
@@ -187,6 +202,7 @@ impl Config {
             snapshot_image_check: None,
             follower_reads: false,
             boot_nonce: 0,
+            entries_by_reference: false,
         }
     }
 

@@ -320,6 +320,7 @@ impl Raft {
 
     /// Follows `leader` (if known) in `term`; a higher term clears the vote.
     pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        self.settle_appends();
         self.fail_reads_if_leader();
         if term > self.term || leader != self.leader {
             self.fail_follower_reads();

@@ -86,4 +86,4 @@ pub use events::Event;
 #[cfg(feature = "planted-bugs")]
 pub use node::PlantedBug;
 pub use node::Raft;
-pub use ready::{Ready, Restored, SoftState, Write, WriteId};
+pub use ready::{AppendRef, Ready, Restored, SoftState, Write, WriteId};

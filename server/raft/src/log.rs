@@ -91,9 +91,10 @@ impl RaftLog {
         &self.entries[(lo - off) as usize..=(hi - off) as usize]
     }
 
-    /// Entries from `lo` whose payload fits in `bytes_max`, but at least one if any.
-    pub fn batch(&self, lo: Index, bytes_max: usize) -> Vec<Entry> {
-        self.range_within(lo, self.last_index(), bytes_max).to_vec()
+    /// How many entries from `lo` on fit in `bytes_max` of payload, but at least one if
+    /// any: the entries of an Append starting at `lo`.
+    pub fn batch_len(&self, lo: Index, bytes_max: usize) -> usize {
+        self.range_within(lo, self.last_index(), bytes_max).len()
     }
 
     /// The longest prefix of `range(lo, hi)` whose payload fits in `bytes_max`, but at
@@ -151,10 +152,11 @@ impl RaftLog {
     }
 
     /// [`RaftLog::append`] of entries the caller owns: moved in, not cloned (a follower
-    /// appends what an Append carried, which it has no other use for).
-    pub fn append_owned(&mut self, entries: Vec<Entry>) -> Option<Index> {
+    /// appends what an Append carried, which it has no other use for), leaving `entries`
+    /// empty with its room.
+    pub fn append_owned(&mut self, entries: &mut Vec<Entry>) -> Option<Index> {
         let truncated = self.make_room(entries.first()?.index);
-        self.entries.extend(entries);
+        self.entries.append(entries);
         truncated
     }
 
@@ -182,6 +184,14 @@ impl RaftLog {
     pub fn take_unstable_into(&mut self, out: &mut Vec<Entry>) {
         out.extend_from_slice(self.range(self.unstable_from, self.last_index()));
         self.unstable_from = self.last_index() + 1;
+    }
+
+    /// The first and last index of the entries not yet handed out in a `Write`, if any;
+    /// marks them as handed out (the `Write` names them, `entries_by_reference`).
+    pub fn take_unstable_range(&mut self) -> Option<(Index, Index)> {
+        let last = self.last_index();
+        let first = std::mem::replace(&mut self.unstable_from, last + 1);
+        (first <= last).then_some((first, last))
     }
 
     /// True if some entries were never handed out in a `Write`.
@@ -321,7 +331,9 @@ mod tests {
     fn append_owned_is_append_without_the_copy() {
         for new in [vec![ent(3, 3), ent(4, 3)], vec![ent(5, 2)], Vec::new()] {
             let (mut by_ref, mut owned) = (log_of(&[1, 1, 2, 2]), log_of(&[1, 1, 2, 2]));
-            assert_eq!(by_ref.append(&new), owned.append_owned(new.clone()));
+            let mut moved = new.clone();
+            assert_eq!(by_ref.append(&new), owned.append_owned(&mut moved));
+            assert!(moved.is_empty(), "the entries are moved out");
             assert_eq!(by_ref.range(1, 10), owned.range(1, 10));
             assert_eq!(by_ref.unstable_from, owned.unstable_from);
             owned.assert_invariants();
@@ -360,10 +372,10 @@ mod tests {
     #[test]
     fn batch_is_bounded_by_bytes_but_never_empty() {
         let log = log_of(&[1, 1, 1, 1]);
-        assert_eq!(log.batch(1, 0).len(), 1);
-        assert_eq!(log.batch(1, 4).len(), 2);
-        assert_eq!(log.batch(3, 100).len(), 2);
-        assert!(log.batch(5, 100).is_empty());
+        assert_eq!(log.batch_len(1, 0), 1);
+        assert_eq!(log.batch_len(1, 4), 2);
+        assert_eq!(log.batch_len(3, 100), 2);
+        assert_eq!(log.batch_len(5, 100), 0);
     }
 
     #[test]

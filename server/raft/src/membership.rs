@@ -262,7 +262,7 @@ impl Raft {
                         pr.heard_at = now;
                         pr
                     };
-                    let pr = ls.progress.entry(*id).or_insert_with(added);
+                    let pr = ls.progress.get_or_insert_with(*id, added);
                     if pr.departs_at.is_some() {
                         // Removed, and added back before it stopped being replicated to
                         // as a departing member: its node dropped the earlier life (or

@@ -7,9 +7,9 @@ use crate::answers::{ProposeError, Status};
 use crate::check::{check_message, Refusal, Refusals};
 use crate::config::Config;
 use crate::log::RaftLog;
-use crate::progress::Progress;
+use crate::progress::ProgressMap;
 use crate::read_index::ReadRounds;
-use crate::ready::{Ready, Restored, SoftState, Write, WriteId};
+use crate::ready::{AppendRef, Ready, Restored, SoftState, Write, WriteId};
 use crate::types::*;
 use kv_shared::NodeId;
 use rand::rngs::SmallRng;
@@ -71,7 +71,7 @@ pub(crate) enum RoleState {
 #[derive(Debug)]
 pub(crate) struct LeaderState {
     /// Every other member (voters and learners).
-    pub progress: BTreeMap<NodeId, Progress>,
+    pub progress: ProgressMap,
     /// Index of the newest conf-change entry (or the last index at election).
     pub pending_conf_index: Index,
     /// Index of this term's no-op: committing it means an entry of this term committed.
@@ -158,6 +158,9 @@ pub struct Raft {
     pub(crate) removed_campaigners: std::collections::BTreeSet<NodeId>,
     // ---- outputs ----
     pub(crate) msgs: Vec<Message>,
+    /// Appends not handed out yet whose entries stay in the log
+    /// (`Config::entries_by_reference`); a leader only.
+    pub(crate) appends: Vec<AppendRef>,
     pub(crate) held: Vec<(u64, Held)>,
     /// Empty between calls: `on_persisted`'s buffer for what it releases from `held`.
     pub(crate) held_released: Vec<(u64, Held)>,
@@ -262,6 +265,7 @@ impl Raft {
             next_read_round: 1,
             removed_campaigners: std::collections::BTreeSet::new(),
             msgs: Vec::new(),
+            appends: Vec::new(),
             held: Vec::new(),
             held_released: Vec::new(),
             next_write_id: 1,
@@ -319,8 +323,34 @@ impl Raft {
     /// ignored; malformed ones (see [`check_message`]) are dropped and counted in
     /// [`Raft::refusals`].
     pub fn step(&mut self, msg: Message) {
+        if let MessageBody::Append {
+            prev_index,
+            prev_term,
+            mut entries,
+            commit,
+        } = msg.body
+        {
+            let header = AppendHeader {
+                from: msg.from,
+                to: msg.to,
+                term: msg.term,
+                prev_index,
+                prev_term,
+                commit,
+            };
+            return self.step_append(header, &mut entries);
+        }
+        if let MessageBody::AppendResp {
+            reject: false,
+            index,
+            hint_index: 0,
+            hint_term: 0,
+        } = msg.body
+        {
+            return self.step_ack(msg.from, msg.to, msg.term, index);
+        }
         self.drained = false;
-        if msg.to != self.cfg.id || msg.from == self.cfg.id || msg.from.is_none() {
+        if !self.addressed_here(msg.from, msg.to) {
             return;
         }
         if let Err(reason) = check_message(&msg) {
@@ -343,23 +373,14 @@ impl Raft {
             }
             match msg.body {
                 MessageBody::PreVote { .. } | MessageBody::PreVoteResp { reject: false } => {}
-                MessageBody::Append { .. }
-                | MessageBody::Heartbeat { .. }
-                | MessageBody::InstallSnapshot { .. } => {
+                MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
                     self.become_follower(msg.term, Some(msg.from))
                 }
                 _ => self.become_follower(msg.term, None),
             }
         } else if msg.term < self.term {
             match msg.body {
-                MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
-                    // A stale leader may never hear the new term otherwise: cut off by
-                    // PreVote/CheckQuorum, or removed from the group while it was away, so
-                    // that no current member sends it anything. The reply carries this
-                    // replica's term and makes it step down (Raft's "reply with
-                    // currentTerm"; etcd answers only with PreVote or CheckQuorum on).
-                    self.send(msg.from, MessageBody::HeartbeatResp { read_round: 0 });
-                }
+                MessageBody::Heartbeat { .. } => self.answer_stale_leader(msg.from),
                 MessageBody::PreVote { .. } => {
                     self.send(msg.from, MessageBody::PreVoteResp { reject: true })
                 }
@@ -376,6 +397,152 @@ impl Raft {
                 }
                 RoleState::Follower => self.step_follower(msg),
             },
+        }
+    }
+
+    /// [`Raft::step`] of the Append `header` with `entries`, which it takes out of the
+    /// vector and leaves empty (with its room): a caller that decodes every group's
+    /// Appends into one vector allocates nothing per Append. `step` hands its Appends here.
+    pub fn step_append(&mut self, header: AppendHeader, entries: &mut Vec<Entry>) {
+        self.drained = false;
+        let h = header;
+        if !self.addressed_here(h.from, h.to) {
+            entries.clear();
+            return;
+        }
+        if let Err(reason) = crate::check::check_append(&h, entries) {
+            self.refuse(reason);
+            entries.clear();
+            return;
+        }
+        // Neither `Committed` nor a vote request: nothing else of `step` applies before
+        // the terms are compared.
+        if h.term > self.term {
+            self.become_follower(h.term, Some(h.from));
+        } else if h.term < self.term {
+            self.answer_stale_leader(h.from);
+            entries.clear();
+            return;
+        }
+        match self.role {
+            RoleState::Leader(_) => {
+                // Another leader of this term cannot exist; `step_leader` only notes
+                // that the sender was heard, as for any message.
+                let body = MessageBody::Append {
+                    prev_index: h.prev_index,
+                    prev_term: h.prev_term,
+                    entries: std::mem::take(entries),
+                    commit: h.commit,
+                };
+                let msg = Message {
+                    from: h.from,
+                    to: h.to,
+                    term: h.term,
+                    body,
+                };
+                self.step_leader(&msg);
+            }
+            RoleState::Candidate { .. } | RoleState::PreCandidate { .. } => {
+                // A leader of our term exists.
+                self.become_follower(h.term, Some(h.from));
+                self.follow_append(&h, entries);
+            }
+            RoleState::Follower => self.follow_append(&h, entries),
+        }
+        entries.clear();
+    }
+
+    /// A follower takes an Append of its term: the leader is heard.
+    fn follow_append(&mut self, h: &AppendHeader, entries: &mut Vec<Entry>) {
+        self.heard_from_leader(h.from);
+        self.handle_append(h.from, h.prev_index, h.prev_term, entries, h.commit);
+    }
+
+    /// False for a message not for this replica: to another, from itself or from nobody.
+    pub(crate) fn addressed_here(&self, from: NodeId, to: NodeId) -> bool {
+        to == self.cfg.id && from != self.cfg.id && !from.is_none()
+    }
+
+    /// A stale leader may never hear the new term otherwise: cut off by
+    /// PreVote/CheckQuorum, or removed from the group while it was away, so that no
+    /// current member sends it anything. The reply carries this replica's term and makes
+    /// it step down (Raft's "reply with currentTerm"; etcd answers only with PreVote or
+    /// CheckQuorum on).
+    fn answer_stale_leader(&mut self, to: NodeId) {
+        self.send(to, MessageBody::HeartbeatResp { read_round: 0 });
+    }
+
+    /// A message of this term from the leader (an Append, a heartbeat, a snapshot chunk).
+    fn heard_from_leader(&mut self, from: NodeId) {
+        self.election_elapsed = 0;
+        self.leader = Some(from);
+        self.heard_leader();
+    }
+
+    /// The entries of `a`, one of this replica's `Ready::appends`
+    /// (`Config::entries_by_reference`), from its log.
+    pub fn append_entries(&self, a: &AppendRef) -> &[Entry] {
+        let entries = self.log.range(a.prev_index + 1, a.last);
+        debug_assert_eq!(
+            entries.len() as u64,
+            a.last - a.prev_index,
+            "an Append's entries left the log before it was handed out"
+        );
+        entries
+    }
+
+    /// The entries `w`, one of this replica's writes, appends: carried, or in the log
+    /// (`Config::entries_by_reference`).
+    pub fn write_entries<'a>(&'a self, w: &'a Write) -> &'a [Entry] {
+        match w.entries_in_log {
+            Some((first, last)) => {
+                let entries = self.log.range(first, last);
+                debug_assert_eq!(
+                    entries.len() as u64,
+                    last + 1 - first,
+                    "a write's entries left the log before it was persisted"
+                );
+                entries
+            }
+            None => &w.entries,
+        }
+    }
+
+    /// `a` as the message it stands for, its entries copied out of the log.
+    pub fn append_message(&self, a: &AppendRef) -> Message {
+        Message {
+            from: self.cfg.id,
+            to: a.to,
+            term: a.term,
+            body: MessageBody::Append {
+                prev_index: a.prev_index,
+                prev_term: a.prev_term,
+                entries: self.append_entries(a).to_vec(),
+                commit: a.commit,
+            },
+        }
+    }
+
+    /// Queues an Append: by reference, or as a message carrying its entries.
+    pub(crate) fn send_append(&mut self, a: AppendRef) {
+        if self.cfg.entries_by_reference {
+            self.appends.push(a);
+        } else {
+            let m = self.append_message(&a);
+            self.msgs.push(m);
+        }
+    }
+
+    /// Turns the Appends not handed out yet into messages, before the log may drop their
+    /// entries (a compaction, or a leader stepping down, whose log a new leader may cut).
+    pub(crate) fn settle_appends(&mut self) {
+        if self.appends.is_empty() {
+            return;
+        }
+        let appends = std::mem::take(&mut self.appends);
+        for a in &appends {
+            let m = self.append_message(a);
+            self.msgs.push(m);
         }
     }
 
@@ -502,6 +669,7 @@ impl Raft {
     /// True if outputs wait for `ready()`, the leader's unflushed sends aside.
     fn has_output(&self) -> bool {
         !self.msgs.is_empty()
+            || !self.appends.is_empty()
             || self.needs_write()
             || self.snapshot_ready.is_some()
             || self.next_committed_hi() > self.log.applied
@@ -510,6 +678,17 @@ impl Raft {
             || self.soft_state() != self.last_soft
             || self.snapshot_wanted
             || !self.events.is_empty()
+    }
+
+    /// Moves the messages waiting to be sent (what the next `Ready::messages` would
+    /// hold) to the end of `out`, and nothing else of a `Ready`: a caller that just
+    /// reported a write durable (`on_persisted`) sends the acknowledgements it released
+    /// at once, without a whole `Ready` for each group whose write that was. Not an
+    /// input: what `has_ready` answers changes only by the messages taken.
+    pub fn take_messages(&mut self, out: &mut Vec<Message>) {
+        if !self.msgs.is_empty() {
+            out.append(&mut self.msgs);
+        }
     }
 
     /// Takes the work accumulated since the last call.
@@ -535,6 +714,7 @@ impl Raft {
                 id: WriteId(0),
                 snapshot: None,
                 entries: Vec::new(),
+                entries_in_log: None,
                 hard_state: None,
                 deferrable: false,
             };
@@ -570,6 +750,7 @@ impl Raft {
         }
         // `append` moves the items and leaves both vectors their capacity.
         move_all(&mut self.msgs, &mut rd.messages);
+        move_all(&mut self.appends, &mut rd.appends);
         move_all(&mut self.reads_ready, &mut rd.reads);
         move_all(&mut self.failed_reads, &mut rd.failed_reads);
         rd.snapshot_wanted = std::mem::take(&mut self.snapshot_wanted);
@@ -807,19 +988,9 @@ impl Raft {
 
     fn step_follower(&mut self, msg: Message) {
         match msg.body {
-            MessageBody::Append { .. }
-            | MessageBody::Heartbeat { .. }
-            | MessageBody::InstallSnapshot { .. } => {
-                self.election_elapsed = 0;
-                self.leader = Some(msg.from);
-                self.heard_leader();
+            MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
+                self.heard_from_leader(msg.from);
                 match msg.body {
-                    MessageBody::Append {
-                        prev_index,
-                        prev_term,
-                        entries,
-                        commit,
-                    } => self.handle_append(msg.from, prev_index, prev_term, entries, commit),
                     MessageBody::Heartbeat { commit, read_round } => {
                         let c = commit.min(self.log.last_index());
                         if c > self.log.commit {
@@ -849,9 +1020,7 @@ impl Raft {
 
     fn step_candidate(&mut self, msg: Message) {
         match msg.body {
-            MessageBody::Append { .. }
-            | MessageBody::Heartbeat { .. }
-            | MessageBody::InstallSnapshot { .. } => {
+            MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
                 // A leader of our term exists.
                 self.become_follower(msg.term, Some(msg.from));
                 self.step_follower(msg);

@@ -128,16 +128,21 @@ impl Raft {
         self.next_write_id += 1;
         let snapshot = self.snapshot_unwritten.take();
         w.entries.clear();
-        self.log.take_unstable_into(&mut w.entries);
+        w.entries_in_log = None;
+        if self.cfg.entries_by_reference {
+            w.entries_in_log = self.log.take_unstable_range();
+        } else {
+            self.log.take_unstable_into(&mut w.entries);
+        }
         let hs = self.hard_state();
         let term_vote_kept = hs.term == self.hs_written.term && hs.vote == self.hs_written.vote;
         w.deferrable = snapshot.is_none() && term_vote_kept && self.followers_make_quorum();
         w.hard_state = (hs != self.hs_written).then_some(hs);
         self.hs_written = hs;
         let last = w
-            .entries
-            .last()
-            .map(|e| e.index)
+            .entries_in_log
+            .map(|(_, last)| last)
+            .or(w.entries.last().map(|e| e.index))
             .or(snapshot.as_ref().map(|s| s.meta.index));
         if let Some(s) = &snapshot {
             self.snapshot_in_write = Some((id, s.clone()));

@@ -3,7 +3,136 @@
 //! snapshot). Mirrors etcd's `tracker/` so the flow-control rules are tested on their own.
 
 use crate::types::Index;
+use kv_shared::NodeId;
 use std::collections::VecDeque;
+
+/// A leader's [`Progress`] of each other member, by id: a map over a vector sorted by
+/// id. A group has a handful of members and a leader looks a follower up several times
+/// per Append and per acknowledgement (and for each voter at every quorum count); a
+/// BTreeMap's generic search cost more than a scan of a few ids.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ProgressMap {
+    members: Vec<(NodeId, Progress)>,
+}
+
+impl ProgressMap {
+    /// Where `id` is, or would be inserted.
+    #[inline]
+    fn find(&self, id: NodeId) -> Result<usize, usize> {
+        for (i, (m, _)) in self.members.iter().enumerate() {
+            if *m >= id {
+                return if *m == id { Ok(i) } else { Err(i) };
+            }
+        }
+        Err(self.members.len())
+    }
+
+    #[inline]
+    pub fn get(&self, id: &NodeId) -> Option<&Progress> {
+        self.find(*id).ok().map(|i| &self.members[i].1)
+    }
+
+    #[inline]
+    pub fn get_mut(&mut self, id: &NodeId) -> Option<&mut Progress> {
+        self.find(*id).ok().map(|i| &mut self.members[i].1)
+    }
+
+    pub fn contains_key(&self, id: &NodeId) -> bool {
+        self.find(*id).is_ok()
+    }
+
+    /// `id`'s progress, `make` inserting it first if it has none.
+    pub fn get_or_insert_with(
+        &mut self,
+        id: NodeId,
+        make: impl FnOnce() -> Progress,
+    ) -> &mut Progress {
+        let i = match self.find(id) {
+            Ok(i) => i,
+            Err(i) => {
+                self.members.insert(i, (id, make()));
+                i
+            }
+        };
+        &mut self.members[i].1
+    }
+
+    pub fn insert(&mut self, id: NodeId, progress: Progress) {
+        match self.find(id) {
+            Ok(i) => self.members[i].1 = progress,
+            Err(i) => self.members.insert(i, (id, progress)),
+        }
+    }
+
+    pub fn remove(&mut self, id: &NodeId) -> Option<Progress> {
+        let i = self.find(*id).ok()?;
+        Some(self.members.remove(i).1)
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&NodeId, &mut Progress) -> bool) {
+        self.members.retain_mut(|(id, p)| keep(id, p));
+    }
+
+    /// Ascending by id.
+    pub fn iter(&self) -> impl Iterator<Item = (&NodeId, &Progress)> {
+        self.members.iter().map(|(id, p)| (id, p))
+    }
+
+    /// Ascending by id.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&NodeId, &mut Progress)> {
+        self.members.iter_mut().map(|(id, p)| (&*id, p))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Progress> {
+        self.members.iter().map(|(_, p)| p)
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Progress> {
+        self.members.iter_mut().map(|(_, p)| p)
+    }
+
+    /// The first member after `after` (from the first with `None`), by id.
+    pub fn next_after(&self, after: Option<NodeId>) -> Option<NodeId> {
+        let start = match after {
+            None => 0,
+            Some(a) => match self.find(a) {
+                Ok(i) => i + 1,
+                Err(i) => i,
+            },
+        };
+        self.members.get(start).map(|(id, _)| *id)
+    }
+}
+
+impl FromIterator<(NodeId, Progress)> for ProgressMap {
+    fn from_iter<I: IntoIterator<Item = (NodeId, Progress)>>(members: I) -> ProgressMap {
+        let mut map = ProgressMap::default();
+        for (id, p) in members {
+            map.insert(id, p);
+        }
+        map
+    }
+}
+
+impl std::ops::Index<&NodeId> for ProgressMap {
+    type Output = Progress;
+
+    fn index(&self, id: &NodeId) -> &Progress {
+        self.get(id).expect("a member with progress")
+    }
+}
+
+impl<'a> IntoIterator for &'a ProgressMap {
+    type Item = (&'a NodeId, &'a Progress);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (NodeId, Progress)>,
+        fn(&'a (NodeId, Progress)) -> (&'a NodeId, &'a Progress),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.members.iter().map(|(id, p)| (id, p))
+    }
+}
 
 /// How the leader currently sends to a follower.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -217,6 +346,54 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    /// The progress map answers as a BTreeMap of the same members does, whatever order
+    /// they come in, are removed or retained in.
+    #[test]
+    fn the_progress_map_is_a_map_by_id() {
+        let ids = [5u64, 2, 9, 2, 7, 1, 5, 3];
+        let mut map = ProgressMap::default();
+        let mut model = BTreeMap::new();
+        for (n, id) in ids.iter().enumerate() {
+            let p = Progress::new(n as u64 + 10);
+            map.insert(NodeId(*id), p.clone());
+            model.insert(NodeId(*id), p);
+        }
+        let listed =
+            |map: &ProgressMap| map.iter().map(|(id, p)| (*id, p.next)).collect::<Vec<_>>();
+        let expected: Vec<_> = model.iter().map(|(id, p)| (*id, p.next)).collect();
+        assert_eq!(
+            listed(&map),
+            expected,
+            "ascending, the last insert of an id kept"
+        );
+        let rebuilt: ProgressMap = ids
+            .iter()
+            .enumerate()
+            .map(|(n, id)| (NodeId(*id), Progress::new(n as u64 + 10)))
+            .collect();
+        assert_eq!(listed(&rebuilt), expected);
+        for id in 0..11 {
+            let id = NodeId(id);
+            assert_eq!(map.get(&id).map(|p| p.next), model.get(&id).map(|p| p.next));
+            assert_eq!(map.contains_key(&id), model.contains_key(&id));
+            let next = model.range(id..).find(|(m, _)| **m != id).map(|(m, _)| *m);
+            assert_eq!(map.next_after(Some(id)), next, "after {id}");
+        }
+        assert_eq!(map.next_after(None), Some(NodeId(1)));
+        assert_eq!(map.remove(&NodeId(5)).map(|p| p.next), Some(16));
+        assert!(map.remove(&NodeId(5)).is_none());
+        map.get_or_insert_with(NodeId(4), || Progress::new(99))
+            .match_ = 3;
+        map.get_or_insert_with(NodeId(4), || unreachable!()).match_ += 1;
+        map.retain(|id, _| id.0 % 2 == 1);
+        let left: Vec<u64> = map.iter().map(|(id, _)| id.0).collect();
+        assert_eq!(left, [1, 3, 7, 9]);
+        map.get_or_insert_with(NodeId(8), || Progress::new(1));
+        assert_eq!(map[&NodeId(8)].next, 1);
+        assert_eq!(map.values().count(), 5);
+    }
 
     #[test]
     fn replicate_window_pauses_when_full_and_acks_free_it() {

@@ -37,7 +37,13 @@ pub struct Write {
     pub snapshot: Option<Snapshot>,
     /// Entries to append. If the first index is at or below the last stored index, the
     /// stored log is truncated from that index first (a conflicting suffix is replaced).
+    /// Empty with `Config::entries_by_reference`: see `entries_in_log`.
     pub entries: Vec<Entry>,
+    /// With `Config::entries_by_reference`, the first and last index of the entries to
+    /// append, which stay in the log: read them with
+    /// [`Raft::write_entries`](crate::Raft::write_entries) before the replica's next
+    /// input. `None` otherwise, and when there are none.
+    pub entries_in_log: Option<(Index, Index)>,
     /// New hard state, if it changed.
     pub hard_state: Option<HardState>,
     /// True when nothing waits for this write but this leader's own count toward a
@@ -60,11 +66,37 @@ pub struct SoftState {
     pub leader: Option<NodeId>,
 }
 
+/// An Append a leader sends, its entries left in the leader's log
+/// (`Config::entries_by_reference`): the message
+/// `Message { from: leader, to, term, body: Append { prev_index, prev_term, entries, commit } }`
+/// whose entries are [`Raft::append_entries`](crate::Raft::append_entries) of it, the
+/// log's `prev_index + 1 ..= last`. Read them before the replica's next input: the log
+/// may drop them then (a leader that steps down or compacts first turns the Appends it
+/// has not handed out yet into messages).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendRef {
+    /// Receiver.
+    pub to: NodeId,
+    /// The leader's term.
+    pub term: Term,
+    /// Index of the entry before the first one carried.
+    pub prev_index: Index,
+    /// Its term.
+    pub prev_term: Term,
+    /// Index of the last entry carried (`prev_index` if none: a probe or a commit).
+    pub last: Index,
+    /// Leader's commit index.
+    pub commit: Index,
+}
+
 /// A batch of work for the caller; see the crate docs for the order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ready {
     /// Messages to send now.
     pub messages: Vec<Message>,
+    /// Appends to send now, their entries in the leader's log (only with
+    /// `Config::entries_by_reference`; otherwise they are in `messages`).
+    pub appends: Vec<AppendRef>,
     /// State to persist; report with `on_persisted`.
     pub write: Option<Write>,
     /// A durable snapshot the state machine must restore before applying `committed`.
@@ -92,6 +124,7 @@ impl Ready {
     /// True if there is nothing to do.
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
+            && self.appends.is_empty()
             && self.write.is_none()
             && self.apply_snapshot.is_none()
             && self.committed.is_empty()

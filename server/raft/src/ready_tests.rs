@@ -1,9 +1,14 @@
 //! The `Ready` contract seen from the caller: what one `ready()` hands out and when
 //! `has_ready()` says more waits.
 
-use crate::{Config, EntryKind, Membership, Raft, Restored, Role};
+use crate::{
+    AppendHeader, Config, Entry, EntryKind, Membership, Message, MessageBody, Raft, Ready,
+    Restored, Role, Snapshot,
+};
 use bytes::Bytes;
 use kv_shared::NodeId;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 /// A single-voter replica elected leader, its election's writes persisted and applied.
 fn lone_leader(config: Config) -> Raft {
@@ -188,4 +193,277 @@ fn a_ready_cut_short_by_the_byte_limit_leaves_has_ready_true() {
     assert_eq!(rd.committed.len(), 1, "one 100-byte entry per Ready");
     assert!(!raft.drained, "two committed entries are still to hand out");
     assert!(raft.has_ready());
+}
+
+/// One replica of three driven by a seeded stream of inputs (ticks, proposals, votes
+/// and acks of its peers, persists, compactions, and a leader of a higher term cutting
+/// its log); every `Ready` it hands out, with its Appends as messages in the order
+/// they were sent, apart from the rest.
+fn readies_with_appends_apart(seed: u64, by_reference: bool) -> Vec<(Ready, Vec<Message>)> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let me = NodeId(1);
+    let config = Config {
+        pre_vote: false,
+        append_bytes_max: 16,
+        inflight_appends_max: 3,
+        entries_by_reference: by_reference,
+        ..Config::new(me, seed)
+    };
+    let voters = vec![me, NodeId(2), NodeId(3)];
+    let mut raft = Raft::new(
+        config,
+        Restored {
+            initial_membership: Membership {
+                voters,
+                learners: Vec::new(),
+            },
+            ..Restored::default()
+        },
+    );
+    let mut readies = Vec::new();
+    let mut unpersisted = None;
+    for step in 0..400u32 {
+        let (term, last, commit) = (raft.term, raft.log.last_index(), raft.log.commit);
+        match rng.gen_range(0..100) {
+            0..=19 => raft.tick(),
+            20..=34 => {
+                let data = vec![step as u8; rng.gen_range(0..12)];
+                let _ = raft.propose(Bytes::from(data));
+            }
+            35..=54 => {
+                let body = match rng.gen_range(0..4) {
+                    0 => MessageBody::VoteResp { reject: false },
+                    1 => MessageBody::AppendResp {
+                        reject: true,
+                        index: rng.gen_range(0..=last),
+                        hint_index: rng.gen_range(0..=last),
+                        hint_term: rng.gen_range(0..=term),
+                    },
+                    _ => MessageBody::AppendResp {
+                        reject: false,
+                        index: rng.gen_range(0..=last),
+                        hint_index: 0,
+                        hint_term: 0,
+                    },
+                };
+                let from = NodeId(rng.gen_range(2..=3));
+                raft.step(Message {
+                    from,
+                    to: me,
+                    term,
+                    body,
+                });
+            }
+            55..=64 => {
+                if let Some(id) = unpersisted.take() {
+                    raft.on_persisted(id);
+                }
+            }
+            65..=69 => {
+                let applied = raft.log.applied;
+                if applied > raft.log.snap_index {
+                    let meta = raft.snapshot_meta(applied);
+                    raft.compact(Snapshot {
+                        meta,
+                        data: Bytes::new(),
+                    });
+                }
+            }
+            70..=72 => {
+                // A leader of the next term replaces everything past the commit index.
+                let prev_term = raft.log.term(commit).expect("the commit index is held");
+                let entries = vec![Entry {
+                    term: term + 1,
+                    index: commit + 1,
+                    kind: EntryKind::Noop,
+                    data: Bytes::new(),
+                }];
+                raft.step(Message {
+                    from: NodeId(2),
+                    to: me,
+                    term: term + 1,
+                    body: MessageBody::Append {
+                        prev_index: commit,
+                        prev_term,
+                        entries,
+                        commit,
+                    },
+                });
+            }
+            _ => {
+                let mut rd = raft.ready();
+                if let Some(w) = &mut rd.write {
+                    unpersisted = Some(w.id);
+                    w.entries = raft.write_entries(w).to_vec();
+                    w.entries_in_log = None;
+                }
+                // Appends settled into messages (before a compaction or a step-down)
+                // were sent before those still by reference.
+                let is_append = |m: &Message| matches!(m.body, MessageBody::Append { .. });
+                let mut appends: Vec<Message> = rd
+                    .messages
+                    .iter()
+                    .filter(|m| is_append(m))
+                    .cloned()
+                    .collect();
+                appends.extend(rd.appends.iter().map(|a| raft.append_message(a)));
+                rd.messages.retain(|m| !is_append(m));
+                rd.appends.clear();
+                readies.push((rd, appends));
+            }
+        }
+    }
+    readies
+}
+
+#[test]
+fn entries_by_reference_are_the_appends_and_writes_by_value() {
+    let mut appends = 0;
+    for seed in 0..200 {
+        let by_value = readies_with_appends_apart(seed, false);
+        let by_reference = readies_with_appends_apart(seed, true);
+        assert_eq!(by_value, by_reference, "seed {seed}");
+        appends += by_value.iter().map(|(_, a)| a.len()).sum::<usize>();
+    }
+    assert!(
+        appends > 1000,
+        "the inputs make a leader that sends: {appends} Appends"
+    );
+}
+
+#[test]
+fn step_append_leaves_the_entries_vector_empty_with_its_room() {
+    let me = NodeId(2);
+    let mut raft = Raft::new(
+        Config::new(me, 3),
+        Restored {
+            initial_membership: Membership {
+                voters: vec![NodeId(1), me, NodeId(3)],
+                learners: Vec::new(),
+            },
+            ..Restored::default()
+        },
+    );
+    let entry = |index, term| Entry {
+        term,
+        index,
+        kind: EntryKind::Command,
+        data: Bytes::from_static(b"x"),
+    };
+    let header = |term, prev_index, prev_term| AppendHeader {
+        from: NodeId(1),
+        to: me,
+        term,
+        prev_index,
+        prev_term,
+        commit: 0,
+    };
+    let mut entries = Vec::with_capacity(8);
+    // Taken, refused as malformed (a gap), from a stale leader, and one that does not
+    // match: each leaves the vector empty, its room kept.
+    for (h, batch) in [
+        (header(2, 0, 0), vec![entry(1, 2), entry(2, 2)]),
+        (header(2, 2, 2), vec![entry(4, 2)]),
+        (header(1, 2, 2), vec![entry(3, 1)]),
+        (header(2, 5, 2), vec![entry(6, 2)]),
+    ] {
+        entries.extend(batch);
+        raft.step_append(h, &mut entries);
+        assert!(entries.is_empty());
+        assert_eq!(entries.capacity(), 8);
+    }
+    assert_eq!(raft.log.last_index(), 2, "only the first was appended");
+    assert_eq!(
+        raft.refusals().get(crate::Refusal::EntriesMalformed),
+        1,
+        "the gap was refused"
+    );
+}
+
+#[test]
+fn take_messages_hands_out_the_ready_s_messages_alone() {
+    let me = NodeId(2);
+    let follower = || {
+        Raft::new(
+            Config::new(me, 3),
+            Restored {
+                initial_membership: Membership {
+                    voters: vec![NodeId(1), me, NodeId(3)],
+                    learners: Vec::new(),
+                },
+                ..Restored::default()
+            },
+        )
+    };
+    let (mut taken, mut readied) = (follower(), follower());
+    for raft in [&mut taken, &mut readied] {
+        let entries = vec![Entry {
+            term: 1,
+            index: 1,
+            kind: EntryKind::Command,
+            data: Bytes::from_static(b"x"),
+        }];
+        raft.step(Message {
+            from: NodeId(1),
+            to: me,
+            term: 1,
+            body: MessageBody::Append {
+                prev_index: 0,
+                prev_term: 0,
+                entries,
+                commit: 0,
+            },
+        });
+        let write = raft.ready().write.expect("the entry to write");
+        raft.on_persisted(write.id);
+    }
+    let mut out = Vec::new();
+    taken.take_messages(&mut out);
+    let rd = readied.ready();
+    assert_eq!(out, rd.messages, "the ack the write released");
+    assert!(matches!(
+        out[..],
+        [Message {
+            body: MessageBody::AppendResp {
+                reject: false,
+                index: 1,
+                ..
+            },
+            ..
+        }]
+    ));
+    assert!(
+        !taken.has_ready(),
+        "the ack (and the leader heard) was all there was"
+    );
+    taken.take_messages(&mut out);
+    assert_eq!(out.len(), 1, "nothing is taken twice");
+}
+
+#[test]
+fn an_ack_by_its_fields_is_refused_as_its_message_would_be() {
+    use kv_shared::limits::{RAFT_INDEX_MAX, RAFT_TERM_MAX};
+    for (term, index) in [
+        (RAFT_TERM_MAX + 1, 1),
+        (1, RAFT_INDEX_MAX + 1),
+        (u64::MAX, u64::MAX),
+    ] {
+        let body = MessageBody::AppendResp {
+            reject: false,
+            index,
+            hint_index: 0,
+            hint_term: 0,
+        };
+        let msg = Message {
+            from: NodeId(2),
+            to: NodeId(1),
+            term,
+            body,
+        };
+        let reason = crate::check_message(&msg).expect_err("out of range");
+        let mut raft = lone_leader(Config::new(NodeId(1), 7));
+        raft.step_ack(NodeId(2), NodeId(1), term, index);
+        assert_eq!(raft.refusals().get(reason), 1, "{reason:?}");
+        assert_eq!(raft.refusals().total(), 1);
+    }
 }

@@ -4,12 +4,14 @@
 //! with retransmission over a lossy network, and the ReadIndex rounds they carry.
 
 use crate::node::{planted, Raft, RoleState};
-use crate::progress::{Progress, ProgressState};
+use crate::progress::{Progress, ProgressMap, ProgressState};
 use crate::quorum;
+use crate::ready::AppendRef;
 use crate::types::{ConfChange, Entry, EntryKind, Index, Membership, Message, MessageBody, Term};
-use crate::ProposeError;
+use crate::{ProposeError, Refusal};
+use kv_shared::limits::{RAFT_INDEX_MAX, RAFT_TERM_MAX};
 use kv_shared::NodeId;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 impl Raft {
     /// Err unless this is a leader that takes proposals now.
@@ -106,15 +108,10 @@ impl Raft {
     /// it, as the collected list did: a send never adds or removes a member.
     #[inline]
     pub(crate) fn next_peer(&self, after: Option<NodeId>) -> Option<NodeId> {
-        use std::ops::Bound::{Excluded, Unbounded};
         let RoleState::Leader(ls) = &self.role else {
             return None;
         };
-        let from = after.map_or(Unbounded, Excluded);
-        ls.progress
-            .range((from, Unbounded))
-            .next()
-            .map(|(id, _)| *id)
+        ls.progress.next_after(after)
     }
 
     /// Sends one Append (or snapshot chunks) to `to` if its flow control allows. Returns
@@ -171,29 +168,28 @@ impl Raft {
             return false;
         };
         let pr = ls.progress.get_mut(&to).expect("checked above");
-        let entries = self.log.batch(pr.next, self.cfg.append_bytes_max);
-        if entries.is_empty() && !send_if_empty {
+        let carried = self.log.batch_len(pr.next, self.cfg.append_bytes_max) as u64;
+        if carried == 0 && !send_if_empty {
             return false;
         }
-        if let Some(last) = entries.last() {
-            pr.sent_entries(last.index);
+        let last = prev_index + carried;
+        if carried > 0 {
+            pr.sent_entries(last);
         } else if pr.state == ProgressState::Probe {
             pr.probe_sent = true;
         }
         let commit = self.log.commit;
         pr.contacted = true;
         // The follower takes min(commit, last index this Append leaves it with).
-        let told = commit.min(entries.last().map_or(prev_index, |e| e.index));
-        pr.commit_told = pr.commit_told.max(told);
-        self.send(
+        pr.commit_told = pr.commit_told.max(commit.min(last));
+        self.send_append(AppendRef {
             to,
-            MessageBody::Append {
-                prev_index,
-                prev_term,
-                entries,
-                commit,
-            },
-        );
+            term: self.term,
+            prev_index,
+            prev_term,
+            last,
+            commit,
+        });
         true
     }
 
@@ -233,21 +229,13 @@ impl Raft {
     /// and moving the message in copied all of it (the size of the largest variant)
     /// once per acknowledgement.
     pub(crate) fn step_leader(&mut self, m: &Message) {
-        let RoleState::Leader(ls) = &mut self.role else {
-            return;
+        let answered = match m.body {
+            MessageBody::AppendResp { .. } => Some(Answered::Append),
+            MessageBody::HeartbeatResp { .. } => Some(Answered::Heartbeat),
+            _ => None,
         };
-        let Some(pr) = ls.progress.get_mut(&m.from) else {
+        if !self.leader_hears(m.from, answered) {
             return;
-        };
-        pr.recent_active = true;
-        pr.heard_at = self.now;
-        if let MessageBody::HeartbeatResp { .. } = m.body {
-            pr.heartbeat_ask = None;
-        }
-        match m.body {
-            MessageBody::AppendResp { .. } => self.lazy_answered(m.from, true),
-            MessageBody::HeartbeatResp { .. } => self.lazy_answered(m.from, false),
-            _ => {}
         }
         let RoleState::Leader(ls) = &mut self.role else {
             return;
@@ -274,9 +262,65 @@ impl Raft {
             } => self.handle_snapshot_resp(m.from, snapshot_index, received, done),
             _ => {}
         }
+        self.forget_if_departed(m.from);
+    }
+
+    /// [`Raft::step`] of the acknowledgement `AppendResp { reject: false, index,
+    /// hint_index: 0, hint_term: 0 }` from `from` to `to` in `term`, without the
+    /// message: a caller that decodes every group's acks itself (kv-node's frames) hands
+    /// each in this way, and `step` hands its own here.
+    pub fn step_ack(&mut self, from: NodeId, to: NodeId, term: Term, index: Index) {
+        self.drained = false;
+        if !self.addressed_here(from, to) {
+            return;
+        }
+        // `check_message` of the message: its hint fields are 0.
+        if term > RAFT_TERM_MAX {
+            return self.refuse(Refusal::TermOutOfRange);
+        }
+        if index > RAFT_INDEX_MAX {
+            return self.refuse(Refusal::IndexOutOfRange);
+        }
+        // Not a vote request: nothing else of `step` applies before the terms are
+        // compared; a follower or candidate takes nothing from an ack.
+        if term > self.term {
+            self.become_follower(term, None);
+        } else if term == self.term
+            && matches!(self.role, RoleState::Leader(_))
+            && self.leader_hears(from, Some(Answered::Append))
+        {
+            self.handle_append_resp(from, false, index, 0, 0);
+            self.forget_if_departed(from);
+        }
+    }
+
+    /// A leader heard from member `from` (what it `answered`, if anything): it counts
+    /// as active, and for lazy followers as having answered. False if `from` is not a
+    /// member this leader replicates to.
+    fn leader_hears(&mut self, from: NodeId, answered: Option<Answered>) -> bool {
+        let RoleState::Leader(ls) = &mut self.role else {
+            return false;
+        };
+        let Some(pr) = ls.progress.get_mut(&from) else {
+            return false;
+        };
+        pr.recent_active = true;
+        pr.heard_at = self.now;
+        if answered == Some(Answered::Heartbeat) {
+            pr.heartbeat_ask = None;
+        }
+        if let Some(a) = answered {
+            self.lazy_answered(from, a == Answered::Append);
+        }
+        true
+    }
+
+    /// Stops replicating to `from` once it departed (holds its removal and was told it
+    /// committed).
+    fn forget_if_departed(&mut self, from: NodeId) {
         if let RoleState::Leader(ls) = &mut self.role {
-            if ls.progress.get(&m.from).is_some_and(|p| p.departed()) {
-                ls.progress.remove(&m.from);
+            if ls.progress.get(&from).is_some_and(|p| p.departed()) {
+                ls.progress.remove(&from);
                 self.quorum_moved = true;
             }
         }
@@ -426,7 +470,7 @@ impl Raft {
         from: NodeId,
         mut prev_index: Index,
         mut prev_term: Term,
-        mut entries: Vec<Entry>,
+        entries: &mut Vec<Entry>,
         leader_commit: Index,
     ) {
         // `step` checked the entries (`check_message`): contiguous after `prev_index`,
@@ -697,6 +741,15 @@ impl Raft {
     }
 }
 
+/// What a member's message to its leader answered (`Raft::leader_hears`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answered {
+    /// An Append (an AppendResp).
+    Append,
+    /// A heartbeat (a HeartbeatResp).
+    Heartbeat,
+}
+
 /// See [`Raft::entries_cannot_serve`]: the follower needs the log from its start and
 /// the membership it starts from does not list it.
 fn needs_base(prev_index: Index, to: NodeId, base: &Membership) -> bool {
@@ -720,7 +773,7 @@ fn keep_lease_quorum(
     skip: &mut BTreeSet<NodeId>,
     voters: &[NodeId],
     me: NodeId,
-    progress: &BTreeMap<NodeId, Progress>,
+    progress: &ProgressMap,
     alive: impl Fn(&Progress) -> bool,
 ) {
     let need = quorum::majority(voters.len()).saturating_sub(usize::from(voters.contains(&me)));

@@ -52,6 +52,7 @@ fn run_seed(seed: u64, steps: usize, bugs: &[Bug]) {
     opts.vote_resend_ticks = seed.is_multiple_of(2).then_some(1);
     opts.lazy_followers = seed % 4 == 1;
     opts.lazy_grace_ticks = (seed % 3) as u32;
+    opts.entries_by_reference = seed % 5 >= 2;
     // Leases assume clocks that advance at the same rate: then every tick step ticks
     // every node once; otherwise nodes tick at random (arbitrary drift).
     let lockstep = opts.lease_reads;

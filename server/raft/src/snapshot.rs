@@ -51,6 +51,7 @@ impl Raft {
         self.snapshot_at = self.snapshot_at.max(index);
         let cut = self.compaction_floor(index);
         if cut > self.log.snap_index {
+            self.settle_appends();
             let cut_meta = if cut == index {
                 meta
             } else {

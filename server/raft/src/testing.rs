@@ -237,7 +237,15 @@ impl Cluster {
         panic!("node {id} never stops producing Ready");
     }
 
-    fn handle_ready(&mut self, id: u64, rd: crate::Ready) {
+    fn handle_ready(&mut self, id: u64, mut rd: crate::Ready) {
+        // A caller of `entries_by_reference` reads the write's entries from the log at
+        // once; this one keeps writes pending, so it copies them.
+        if let Some(w) = &mut rd.write {
+            if w.entries_in_log.is_some() {
+                w.entries = self.nodes[&id].raft.write_entries(w).to_vec();
+                w.entries_in_log = None;
+            }
+        }
         if let Some(ss) = rd.soft_state {
             let lead = ss.leader.map_or("-".into(), |l| l.to_string());
             self.line(format!("n{id} {:?} t{} lead={lead}", ss.role, ss.term));
@@ -266,6 +274,11 @@ impl Cluster {
                 s.push_str(" deferrable");
             }
             self.line(s);
+        }
+        // A caller of `entries_by_reference` encodes each Append from the log at once.
+        for a in &rd.appends {
+            let m = self.nodes[&id].raft.append_message(a);
+            self.net.push_back(m);
         }
         for m in rd.messages {
             self.net.push_back(m);

@@ -100,6 +100,24 @@ pub struct Message {
     pub body: MessageBody,
 }
 
+/// An Append's fields besides its entries, for a caller that decodes Appends itself and
+/// hands them in with [`Raft::step_append`](crate::Raft::step_append), entries apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendHeader {
+    /// Sender.
+    pub from: NodeId,
+    /// Receiver.
+    pub to: NodeId,
+    /// Sender's term.
+    pub term: Term,
+    /// Index of the entry before the entries.
+    pub prev_index: Index,
+    /// Its term.
+    pub prev_term: Term,
+    /// Leader's commit index.
+    pub commit: Index,
+}
+
 /// The kinds of messages.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MessageBody {

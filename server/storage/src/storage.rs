@@ -76,8 +76,10 @@ struct Segment {
     name: String,
     /// What the segment's record CRCs start from (see `format::record_seed`).
     seed: u32,
-    /// For each group with records in the segment, its highest `last_index` there.
-    last_index_max: BTreeMap<u32, u64>,
+    /// For each group with records in the segment, its highest `last_index` there, by
+    /// group: every record notes each group it holds (a round record many), and a
+    /// binary search over a few dozen groups costs less than a BTreeMap's entry.
+    last_index_max: Vec<(u32, u64)>,
 }
 
 impl Segment {
@@ -86,7 +88,7 @@ impl Segment {
             seq,
             name: segment_name(seq),
             seed,
-            last_index_max: BTreeMap::new(),
+            last_index_max: Vec::new(),
         }
     }
 
@@ -103,8 +105,16 @@ impl Segment {
     }
 
     fn note_index(&mut self, group: u32, index: u64) {
-        let max = self.last_index_max.entry(group).or_insert(0);
-        *max = (*max).max(index);
+        match self
+            .last_index_max
+            .binary_search_by_key(&group, |&(g, _)| g)
+        {
+            Ok(i) => {
+                let max = &mut self.last_index_max[i].1;
+                *max = (*max).max(index);
+            }
+            Err(i) => self.last_index_max.insert(i, (group, index)),
+        }
     }
 }
 
@@ -613,14 +623,14 @@ impl<D: Disk> Storage<D> {
         let mut doomed = Vec::new();
         let closed = self.segments.len() - 1;
         for segment in &self.segments[..closed] {
-            for (&g, &max) in &segment.last_index_max {
+            for &(g, max) in &segment.last_index_max {
                 let seen = seen_max.entry(g).or_insert(0);
                 *seen = (*seen).max(max);
             }
             let needed = segment
                 .last_index_max
-                .keys()
-                .any(|g| seen_max[g] > self.snapshot_index.get(g).copied().unwrap_or(0));
+                .iter()
+                .any(|(g, _)| seen_max[g] > self.snapshot_index.get(g).copied().unwrap_or(0));
             if !needed {
                 doomed.push(segment.seq);
             }

@@ -97,13 +97,17 @@ impl EventLoop {
                 .dropped(DropReason::of_replay_error(&e), from, &why);
             return;
         }
-        match codec::decode_peer(opened.body) {
-            Ok(_) if !self.taking_part => {}
-            Ok(msgs) => {
+        let taken = if self.taking_part {
+            let taken = self.core.on_peer_payload(sender, opened.body);
+            if taken.is_ok() {
                 self.core.note_peer_heard(sender, self.now_ms());
-                self.core.on_peer_messages(sender, msgs);
             }
-            Err(e) => self.counters.dropped(DropReason::BadPayload, from, &e),
+            taken
+        } else {
+            codec::decode_peer(sender, opened.body).map(drop)
+        };
+        if let Err(e) = taken {
+            self.counters.dropped(DropReason::BadPayload, from, &e);
         }
     }
 

@@ -76,7 +76,7 @@ impl EventLoop {
             // registration) since the last periodic sync.
             self.sync_peers();
         }
-        for (to, msgs) in out.datagrams {
+        for (to, batch) in out.datagrams {
             let Some(peer) = self.peers.iter().position(|(id, _)| *id == to) else {
                 // A shard's membership may name a node that registered after this node's
                 // newest registry (a node outside the metadata group hears it every 2 s):
@@ -84,16 +84,18 @@ impl EventLoop {
                 tracing::debug!(peer = to.0, "no address yet for a node a shard names");
                 continue;
             };
-            // codec::split made every batch fit a sealed body.
-            let len = kv_node::codec::encode_peer_body(&msgs, self.body_buf())
-                .expect("a batch from codec::split fits BODY_BYTES_MAX");
+            // The core made every batch fit a sealed body.
+            let len = kv_node::codec::encode_peer_body(to, &batch, self.body_buf())
+                .expect("a batch of the node core fits BODY_BYTES_MAX");
             self.send_to_peer(peer, len).await;
         }
         for peer in 0..self.peers.len() {
             if std::mem::take(&mut self.hello_due[peer]) {
                 // An empty batch: its stamp tells the peer this node's incarnation.
-                let len = kv_node::codec::encode_peer_body(&[], self.body_buf())
-                    .expect("an empty batch fits");
+                let to = self.peers[peer].0;
+                let len =
+                    kv_node::codec::encode_peer_body(to, &Default::default(), self.body_buf())
+                        .expect("an empty batch fits");
                 self.send_to_peer(peer, len).await;
             }
         }

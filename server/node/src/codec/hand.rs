@@ -17,8 +17,8 @@ const APPEND: u64 = 4;
 const APPEND_RESP: u64 = 5;
 const HEARTBEAT: u64 = 6;
 const HEARTBEAT_RESP: u64 = 7;
-const NOOP: u64 = 0;
-const COMMAND: u64 = 1;
+pub(super) const NOOP: u64 = 0;
+pub(super) const COMMAND: u64 = 1;
 
 /// The smallest encoding of a message (shard, from, to, term, variant: a byte each) and
 /// of an entry (term, index, kind, data length): no count can promise more items than
@@ -123,20 +123,17 @@ pub fn encoded_len(msgs: &[GroupMessage]) -> usize {
     n
 }
 
-/// Reads a `Vec<GroupMessage>` as postcard does, or `None` where the caller should ask
-/// postcard (which then decodes the same messages, or says what is wrong): malformed
-/// input, and anything this reader does not take. Like postcard, it ignores bytes after
-/// the last message.
-pub fn decode(payload: &[u8]) -> Option<Vec<GroupMessage>> {
+/// Reads a `Vec<GroupMessage>` at the start of `payload` as postcard does, and the bytes
+/// after it, or `None` where the caller should ask postcard (which then decodes the
+/// same messages, or says what is wrong): malformed input, and anything this reader
+/// does not take. Entry data are slices of `shared`'s copy of `payload`.
+pub fn decode<'a>(
+    payload: &'a [u8],
+    shared: &mut SharedData,
+) -> Option<(Vec<GroupMessage>, &'a [u8])> {
     let mut r = Reader::new(payload);
     let count = r.count()?;
     let mut msgs = Vec::with_capacity(r.capacity_for(count, MESSAGE_BYTES_MIN));
-    // The entries' payloads share one copy of the datagram from the first of them on,
-    // instead of a copy each: an Append per group made that an allocation (and, at the
-    // first clone into the log, another for the shared handle) per entry, per group and
-    // round. The copy lives as long as any of its entries does, which the follower's
-    // log holds anyway; what else it carries is the messages' few header bytes.
-    let mut shared = SharedData::default();
     for _ in 0..count {
         let shard = ShardId(r.u32()?);
         let from = NodeId(r.u64()?);
@@ -204,20 +201,24 @@ pub fn decode(payload: &[u8]) -> Option<Vec<GroupMessage>> {
             },
         });
     }
-    Some(msgs)
+    Some((msgs, r.rest))
 }
 
 /// The copy of a datagram's payload that its entries' data are slices of, made at the
-/// first entry with data.
+/// first entry with data: the entries' payloads share one copy of the datagram from the
+/// first of them on, instead of a copy each. An Append per group made that an
+/// allocation (and, at the first clone into the log, another for the shared handle) per
+/// entry, per group and round. The copy lives as long as any of its entries does, which
+/// the follower's log holds anyway; what else it carries is the messages' few bytes.
 #[derive(Default)]
-struct SharedData {
+pub struct SharedData {
     /// The copy, and the offset in the payload it starts at.
     copy: Option<(Bytes, usize)>,
 }
 
 impl SharedData {
     /// `data` (a slice of `payload`) as a `Bytes` sharing the copy.
-    fn bytes(&mut self, payload: &[u8], data: &[u8]) -> Bytes {
+    pub fn bytes(&mut self, payload: &[u8], data: &[u8]) -> Bytes {
         if data.is_empty() {
             return Bytes::new();
         }
@@ -323,6 +324,15 @@ mod tests {
                 },
             },
         )
+    }
+
+    /// The messages [`super::decode`] reads, checked to leave the bytes postcard leaves.
+    fn decode(payload: &[u8]) -> Option<Vec<GroupMessage>> {
+        let (msgs, rest) = super::decode(payload, &mut SharedData::default())?;
+        let by_postcard: (Vec<GroupMessage>, &[u8]) =
+            postcard::take_from_bytes(payload).expect("postcard reads what the reader reads");
+        assert_eq!(rest, by_postcard.1, "the bytes after the messages");
+        Some(msgs)
     }
 
     fn postcard_decode(payload: &[u8]) -> Option<Vec<GroupMessage>> {

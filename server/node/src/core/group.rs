@@ -2,7 +2,7 @@
 //! machine and requests in flight), the [`Groups`] hosted here, and what to do when a
 //! DiskWrite is durable ([`Durable`]). Split from core.rs to keep that file readable.
 
-use super::is_listed;
+use super::{is_listed, Heard};
 use crate::config::NodeConfig;
 use crate::sm::StateMachine;
 use crate::wal::{RecoveryError, Tombstone};
@@ -178,6 +178,31 @@ impl Group {
             self.quiesced = false;
             self.raft.wake();
         }
+    }
+
+    /// A message for this group from `from` arrives at `tick`: what quiescence and a
+    /// move in flight learn from it, and the group wakes.
+    pub(super) fn heard(&mut self, from: NodeId, tick: u64, heard: Heard) {
+        self.last_msg_tick = tick;
+        match heard {
+            Heard::LeaderCommit(commit) => {
+                self.leader_heard_tick = tick;
+                self.leader_commit_told = Some(commit);
+            }
+            Heard::Leader => self.leader_heard_tick = tick,
+            Heard::Member => {}
+        }
+        if self.leader_heard_tick == tick {
+            // A leader that sends to this replica leads the group and replicates to
+            // it: a recheck has its answer, and may quiesce again. Kept awake, its
+            // timer would run out behind a leader that quiesced again, and its
+            // quiesced peers, hearing no leader either, would elect it.
+            self.recheck_until_tick = self.recheck_until_tick.min(tick);
+        }
+        if self.sm.move_in_flight().is_some_and(|m| m.to == from) {
+            self.learner_heard_tick = Some(tick);
+        }
+        self.wake();
     }
 }
 

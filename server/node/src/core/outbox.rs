@@ -1,45 +1,73 @@
 //! The per-flush vectors of the node core that keep their room between flushes: the
 //! outbox of messages per peer and the sizing rule they share.
 
+use crate::codec::frame::FrameOut;
 use crate::codec::GroupMessage;
 use kv_shared::NodeId;
 
-/// The messages for each peer gathered for the next flush, by peer id. A node has a
-/// handful of peers, and a round pushes a message per group and follower: a sorted vector
-/// finds a peer's list in a comparison or two, where a BTreeMap's entry per message cost
-/// tens of instructions.
+/// What the next flush sends one peer: whole messages, and the frame's records of
+/// every group's Appends and acks.
+#[derive(Debug)]
+pub(super) struct PeerOut {
+    pub(super) peer: NodeId,
+    pub(super) msgs: Vec<GroupMessage>,
+    pub(super) frame: FrameOut,
+}
+
+/// What each peer is sent in the next flush, by peer id. A node has a handful of peers,
+/// and a round writes a message or record per group and follower: a sorted vector finds
+/// a peer's in a comparison or two, where a BTreeMap's entry per message cost tens of
+/// instructions.
 #[derive(Debug, Default)]
 pub(super) struct Outbox {
-    peers: Vec<(NodeId, Vec<GroupMessage>)>,
+    peers: Vec<PeerOut>,
     /// The room a new list starts with: the most messages one peer's held lately.
     room: Room,
+    /// The room a new frame starts with: the most bytes one peer's held lately.
+    frame_room: Room,
     /// The vector `take` handed out last, given back emptied.
-    spare: Vec<(NodeId, Vec<GroupMessage>)>,
+    spare: Vec<PeerOut>,
 }
 
 impl Outbox {
-    /// `peer`'s list, created empty if it has none yet (an empty one is a keepalive).
+    /// `peer`'s list of messages, created empty if it has none yet (a peer sent nothing
+    /// else gets a keepalive).
     pub(super) fn to(&mut self, peer: NodeId) -> &mut Vec<GroupMessage> {
-        let i = match self.peers.binary_search_by_key(&peer, |(p, _)| *p) {
+        &mut self.slot(peer).msgs
+    }
+
+    /// `peer`'s frame.
+    pub(super) fn frame(&mut self, peer: NodeId) -> &mut FrameOut {
+        &mut self.slot(peer).frame
+    }
+
+    fn slot(&mut self, peer: NodeId) -> &mut PeerOut {
+        let i = match self.peers.binary_search_by_key(&peer, |p| p.peer) {
             Ok(i) => i,
             Err(i) => {
-                let room = self.room.most;
-                self.peers.insert(i, (peer, Vec::with_capacity(room)));
+                let out = PeerOut {
+                    peer,
+                    msgs: Vec::with_capacity(self.room.most),
+                    frame: FrameOut::with_capacity(self.frame_room.most),
+                };
+                self.peers.insert(i, out);
                 i
             }
         };
-        &mut self.peers[i].1
+        &mut self.peers[i]
     }
 
-    /// Every peer's list, ascending by peer, leaving none.
-    pub(super) fn take(&mut self) -> Vec<(NodeId, Vec<GroupMessage>)> {
-        let most = self.peers.iter().map(|(_, m)| m.len()).max().unwrap_or(0);
+    /// Every peer's, ascending by peer, leaving none.
+    pub(super) fn take(&mut self) -> Vec<PeerOut> {
+        let most = self.peers.iter().map(|p| p.msgs.len()).max().unwrap_or(0);
         self.room.update(most);
+        let most = self.peers.iter().map(|p| p.frame.len()).max().unwrap_or(0);
+        self.frame_room.update(most);
         std::mem::replace(&mut self.peers, std::mem::take(&mut self.spare))
     }
 
     /// Takes back what `take` handed out, emptied, for its room.
-    pub(super) fn give_back(&mut self, mut peers: Vec<(NodeId, Vec<GroupMessage>)>) {
+    pub(super) fn give_back(&mut self, mut peers: Vec<PeerOut>) {
         peers.clear();
         self.spare = peers;
     }
@@ -117,11 +145,11 @@ mod tests {
         }
         outbox.to(NodeId(4));
         let peers = outbox.take();
-        let lists: Vec<(u64, usize)> = peers.iter().map(|(p, m)| (p.0, m.len())).collect();
+        let lists: Vec<(u64, usize)> = peers.iter().map(|p| (p.peer.0, p.msgs.len())).collect();
         assert_eq!(lists, [(2, 2), (3, 3), (4, 0), (5, 1)]);
         assert!(peers
             .iter()
-            .all(|(p, m)| m.iter().all(|gm| gm.msg.to == *p)));
+            .all(|p| p.msgs.iter().all(|gm| gm.msg.to == p.peer)));
         outbox.give_back(peers);
         assert!(outbox.take().is_empty(), "taken lists are gone");
         assert_eq!(

@@ -4,7 +4,7 @@
 //! that file readable.
 
 use super::{is_listed, DiskOp, Durable, Group, NodeCore};
-use crate::codec::GroupMessage;
+use crate::codec::{frame, GroupMessage};
 use crate::events::{EventKind, NodeEvent};
 use crate::sm::StateMachine;
 use crate::wal;
@@ -31,7 +31,19 @@ impl NodeCore {
                 | Durable::OwnSnapshot(g, _)
                 | Durable::ReceivedSnapshot(g, _)
                     if !self.groups.contains(g) => {}
-                Durable::Raft(g, wid) => self.groups[g].raft.on_persisted(wid),
+                Durable::Raft(g, wid) => {
+                    // The acknowledgements the write held leave now, without a whole
+                    // Ready of their own: a follower's round took one per group.
+                    let mut rd = self.ready_buf.take().unwrap_or_default();
+                    let group = &mut self.groups[g];
+                    group.raft.on_persisted(wid);
+                    group.raft.take_messages(&mut rd.messages);
+                    let shard = group.shard;
+                    for m in rd.messages.drain(..) {
+                        self.send_message(shard, m);
+                    }
+                    self.ready_buf = Some(rd);
+                }
                 Durable::OwnSnapshot(g, snap) => {
                     let group = &mut self.groups[g];
                     group.snapshot_writes_inflight -= 1;
@@ -97,7 +109,7 @@ impl NodeCore {
         }
         while ready {
             self.handle_ready(g);
-            ready = self.groups.contains(g) && self.groups[g].raft.has_ready();
+            ready = self.groups.get_mut(g).is_some_and(|g| g.raft.has_ready());
         }
         let group = &mut self.groups[g];
         if group.removed_at.is_some() && is_listed(group.raft.membership(), self.config.node) {
@@ -105,7 +117,7 @@ impl NodeCore {
             // a batch), added it back: it stays, with what it acknowledged.
             group.removed_at = None;
         }
-        if let Some(epoch) = self.groups[g].removed_at {
+        if let Some(epoch) = group.removed_at {
             if self.groups[g].raft.log_adds_after(self.config.node, epoch) {
                 // Added back by a change not committed yet, whose entries it may
                 // have acknowledged already: it stays until that change commits
@@ -133,8 +145,9 @@ impl NodeCore {
         // Boxed because it is taken out and put back on every call: moving a `Ready`
         // (over 400 bytes) copied it twice per group per round.
         let mut rd = self.ready_buf.take().unwrap_or_default();
-        self.groups[g].raft.ready_into(&mut rd);
-        let shard = self.groups[g].shard;
+        let group = &mut self.groups[g];
+        group.raft.ready_into(&mut rd);
+        let shard = group.shard;
         // Each vector is drained only if it holds something: most of a round's Readies
         // carry one or two of them, and an empty drain still costs a call to its drop.
         if !rd.events.is_empty() {
@@ -173,12 +186,25 @@ impl NodeCore {
             w.entries.clear();
             w.snapshot = None;
         }
+        if !rd.appends.is_empty() {
+            // Written into the peer's frame straight from the group's log, unless its
+            // entries are large: a record's data is copied twice (into the frame, then
+            // the datagram), a message's once, and its own costs weigh little then.
+            let raft = &self.groups[g].raft;
+            for a in rd.appends.drain(..) {
+                let entries = raft.append_entries(&a);
+                let bytes: usize = entries.iter().map(|e| e.data.len()).sum();
+                if bytes < frame::RECORD_DATA_BYTES_MAX {
+                    self.outbox.frame(a.to).append(shard, &a, entries);
+                } else {
+                    let msg = raft.append_message(&a);
+                    self.outbox.to(a.to).push(GroupMessage { shard, msg });
+                }
+            }
+        }
         if !rd.messages.is_empty() {
             for m in rd.messages.drain(..) {
-                if m.to == self.config.node {
-                    continue;
-                }
-                self.outbox.to(m.to).push(GroupMessage { shard, msg: m });
+                self.send_message(shard, m);
             }
         }
         if let Some(snap) = rd.apply_snapshot.take() {
@@ -193,13 +219,12 @@ impl NodeCore {
             self.restore_snapshot(g, snap);
         }
         if !rd.committed.is_empty() {
-            let group = &self.groups[g];
+            let group = &mut self.groups[g];
             let defer = self.defer_follower_applies
                 && group.soft.role == Role::Follower
                 && group.sm.move_in_flight().is_none()
                 && rd.committed.iter().all(|e| e.kind == EntryKind::Command);
             if defer {
-                let group = &mut self.groups[g];
                 if group.deferred.is_empty() {
                     self.deferred_groups.push(g);
                 }
@@ -221,8 +246,8 @@ impl NodeCore {
                 }
             }
         }
-        let leader = self.groups[g].soft.leader;
         if !rd.failed_reads.is_empty() {
+            let leader = self.groups[g].soft.leader;
             for ctx in rd.failed_reads.drain(..) {
                 if let Some(ids) = self.groups[g].reads.remove(&ctx) {
                     for id in ids {
@@ -239,6 +264,18 @@ impl NodeCore {
         // durable never applies that removal when a leader's snapshot past it overtakes
         // them; the snapshot must still count as its removal.
         group.was_member |= is_listed(group.raft.membership(), self.config.node);
+    }
+
+    /// Puts group `shard`'s message `m` in its peer's outbox: an acknowledgement of
+    /// the leader's log as a record of the peer's frame, any other message whole.
+    fn send_message(&mut self, shard: ShardId, m: kv_raft::Message) {
+        if m.to == self.config.node {
+            return;
+        }
+        match frame::acked_index(&m.body) {
+            Some(index) => self.outbox.frame(m.to).ack(shard, m.term, index),
+            None => self.outbox.to(m.to).push(GroupMessage { shard, msg: m }),
+        }
     }
 
     /// Turns a Raft Write into DiskOps of this round: snapshot, then the log and commit
@@ -266,16 +303,19 @@ impl NodeCore {
             // (and so its acknowledgement) is durable.
             group.removed_by_snapshot = (group.was_member && !listed).then_some(snap.meta.index);
             // Did Raft keep a log suffix past the snapshot? If not, the stored one is void.
+            let raft = &self.groups[g].raft;
             replaced_log =
-                w.entries.is_empty() && self.groups[g].raft.status().last_index == snap.meta.index;
+                raft.write_entries(w).is_empty() && raft.status().last_index == snap.meta.index;
             if replaced_log {
                 self.round_ops.add_part(shard, snap.meta.index + 1, &[], 0);
             }
         }
         let commit = w.hard_state.map_or(0, |hs| hs.commit);
-        if let Some(first) = w.entries.first().map(|e| e.index) {
+        // Written into the round record straight from the group's log.
+        let entries = self.groups[g].raft.write_entries(w);
+        if let Some(first) = entries.first().map(|e| e.index) {
             debug_assert!(!replaced_log);
-            self.round_ops.add_part(shard, first, &w.entries, commit);
+            self.round_ops.add_part(shard, first, entries, commit);
         } else if commit > 0 {
             self.round_ops.add_part(shard, 0, &[], commit);
         }

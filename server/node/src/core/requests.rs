@@ -6,7 +6,7 @@ use super::{is_listed, BoundaryRefusal, ClientToken, NodeCore, Request};
 use crate::moves;
 use crate::sm::{command, WriteCommand, WriteOp};
 use crate::write_refusal;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use kv_raft::{ProposeError, Role};
 use kv_shared::limits::{ENTRY_BYTES_MAX, PENDING_REQUESTS_MAX, PENDING_REQUEST_BYTES_MAX};
 use kv_shared::pack::count_prefix_bytes;
@@ -53,17 +53,53 @@ fn encode_entry<'a>(
     count: usize,
     writes: impl Iterator<Item = WriteCommand<&'a Bytes>>,
     writes_bytes: usize,
-) -> Bytes {
+    out: &mut Vec<u8>,
+) {
     let len = count_prefix_bytes(count) + writes_bytes;
-    let mut out = Vec::with_capacity(len);
+    out.clear();
+    out.reserve(len);
     let mut prefix = [0u8; varint::BYTES_MAX];
     let n = varint::write(count as u64, &mut prefix);
     out.extend_from_slice(&prefix[..n]);
     for write in writes {
-        command::extend_with_write(&write, &mut out);
+        command::extend_with_write(&write, out);
     }
     debug_assert_eq!(out.len(), len, "the counted length is the encoding's");
-    Bytes::from(out)
+}
+
+/// Bytes of the blocks a leader's entry payloads are carved from ([`EntryArena`]): a
+/// round's entries at 64 shards, a few times over.
+const ENTRY_ARENA_BLOCK_BYTES: usize = 16 * 1024;
+
+/// A payload of this many bytes or more keeps the vector it was encoded into: copying
+/// it into a block would cost more than the allocations a block saves (a round's one
+/// entry at one shard is about 8 KiB).
+const ENTRY_ARENA_PAYLOAD_BYTES_MAX: usize = ENTRY_ARENA_BLOCK_BYTES / 4;
+
+/// Where a leader's small entry payloads are copied to, one after another in shared
+/// blocks: a payload of its own cost an allocation, and its first clone another for the
+/// shared handle, per entry, so per group and round at many shards. A block
+/// lives as long as any of its entries (in the log, until the group's next snapshot),
+/// as the follower's entries keep their datagram's copy alive.
+#[derive(Debug, Default)]
+pub(super) struct EntryArena {
+    block: BytesMut,
+}
+
+impl EntryArena {
+    /// The payload encoded in `encoded`: a copy in the current block (or a new one if
+    /// it does not fit), or, from [`ENTRY_ARENA_PAYLOAD_BYTES_MAX`] bytes on, the vector
+    /// itself (leaving `encoded` empty).
+    pub(super) fn carve(&mut self, encoded: &mut Vec<u8>) -> Bytes {
+        if encoded.len() >= ENTRY_ARENA_PAYLOAD_BYTES_MAX {
+            return Bytes::from(std::mem::take(encoded));
+        }
+        if self.block.capacity() < encoded.len() {
+            self.block = BytesMut::with_capacity(ENTRY_ARENA_BLOCK_BYTES);
+        }
+        self.block.extend_from_slice(encoded);
+        self.block.split().freeze()
+    }
 }
 
 /// Most `Vec<u64>` of request ids kept for reuse ([`NodeCore::ids_vec`]): a round's
@@ -470,9 +506,10 @@ impl NodeCore {
 
     /// The entry payload of the writes of requests `ids`, whose encodings add up to
     /// `writes_bytes` (counted as they were sized against ENTRY_BYTES_MAX).
-    fn encode_entry(&self, ids: &[u64], writes_bytes: usize) -> Bytes {
+    fn encode_entry(&mut self, ids: &[u64], writes_bytes: usize) -> Bytes {
         let writes = ids.iter().map(|id| write_of(&self.requests[id]));
-        encode_entry(ids.len(), writes, writes_bytes)
+        encode_entry(ids.len(), writes, writes_bytes, &mut self.entry_buf);
+        self.entry_arena.carve(&mut self.entry_buf)
     }
 
     /// An empty id list, from those kept for reuse if any.
@@ -605,6 +642,30 @@ mod tests {
     use crate::sm::CommandBatch;
     use kv_shared::ids::ClientId;
 
+    /// Payloads carved one after another share a block until it is full; each is its
+    /// bytes, whatever came before or after it.
+    #[test]
+    fn entry_payloads_share_blocks_and_keep_their_bytes() {
+        let mut arena = EntryArena::default();
+        let payload = |i: usize| vec![i as u8; 1000 + i];
+        let carved: Vec<Bytes> = (0..40).map(|i| arena.carve(&mut payload(i))).collect();
+        for (i, b) in carved.iter().enumerate() {
+            assert_eq!(b[..], payload(i)[..]);
+        }
+        let adjacent = |a: &Bytes, b: &Bytes| a.as_ptr() as usize + a.len() == b.as_ptr() as usize;
+        let shared = carved.windows(2).filter(|w| adjacent(&w[0], &w[1])).count();
+        // 40,780 bytes: sixteen payloads to a block of 16 KiB, none split.
+        assert_eq!(40 - shared, 3, "blocks");
+        let mut big = vec![9; ENTRY_ARENA_PAYLOAD_BYTES_MAX];
+        let at = big.as_ptr();
+        let carved = arena.carve(&mut big);
+        assert_eq!(
+            (carved.len(), carved.as_ptr()),
+            (ENTRY_ARENA_PAYLOAD_BYTES_MAX, at)
+        );
+        assert!(big.is_empty(), "a large payload keeps its vector");
+    }
+
     #[test]
     fn an_entry_written_write_by_write_is_the_batch_encoding() {
         let key = Bytes::from_static(b"0123456789abcdef");
@@ -628,7 +689,8 @@ mod tests {
                 .iter()
                 .map(|w| postcard::experimental::serialized_size(w).unwrap())
                 .sum();
-            let streamed = encode_entry(count, writes.iter().cloned(), bytes);
+            let mut streamed = Vec::new();
+            encode_entry(count, writes.iter().cloned(), bytes, &mut streamed);
             let batch = CommandBatch { writes }.encode();
             assert_eq!(streamed, batch, "{count} writes");
             assert_eq!(CommandBatch::decode(&streamed).unwrap().writes.len(), count);

@@ -28,7 +28,10 @@ fn follower_outputs(defer: bool) -> ([Vec<u64>; 3], Cluster, usize, u64) {
     c.absorb(l, out);
     let indexes = |out: &Output| out.applied.iter().map(|a| a.index).collect::<Vec<_>>();
 
-    c.nodes[f].on_peer_messages(NodeId(l as u64 + 1), append);
+    let from_l = NodeId(l as u64 + 1);
+    c.nodes[f]
+        .on_peer_payload(from_l, &payload(to_f, &append))
+        .unwrap();
     let taken_in = c.nodes[f].take_output();
     assert!(taken_in.datagrams.is_empty(), "the ack waits for the write");
     let [write] = &taken_in.disk_writes[..] else {
@@ -36,9 +39,8 @@ fn follower_outputs(defer: bool) -> ([Vec<u64>; 3], Cluster, usize, u64) {
     };
     c.nodes[f].on_disk_done(write.id);
     let acked = c.nodes[f].take_output();
-    let ack = acked
-        .datagrams
-        .iter()
+    let ack = whole(to_f, acked.datagrams.clone())
+        .into_iter()
         .flat_map(|(_, m)| m)
         .find(|m| matches!(m.msg.body, kv_raft::MessageBody::AppendResp { .. }));
     assert!(ack.is_some(), "the ack leaves once the write is durable");

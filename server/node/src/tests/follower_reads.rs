@@ -54,7 +54,7 @@ fn gets_of_one_round_at_a_follower_share_one_request_to_the_leader() {
         .datagrams
         .iter()
         .filter(|(to, _)| *to == leader)
-        .flat_map(|(_, msgs)| msgs)
+        .flat_map(|(_, batch)| &batch.msgs)
         .filter(|m| matches!(m.msg.body, kv_raft::MessageBody::ReadIndex { .. }))
         .count();
     assert_eq!(read_requests, 1, "ten gets, one ReadIndex");

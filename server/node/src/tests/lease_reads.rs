@@ -163,11 +163,13 @@ fn a_leader_applies_what_its_followers_committed_before_its_own_disk() {
 
 /// Delivers node 1's `datagrams` to the followers, makes their writes durable at once,
 /// and hands their answers to node 1 (without taking its output).
-fn followers_acknowledge(c: &mut Cluster, datagrams: Vec<(NodeId, Vec<GroupMessage>)>) {
+fn followers_acknowledge(c: &mut Cluster, datagrams: Vec<(NodeId, PeerBatch)>) {
     let mut acks = Vec::new();
-    for (to, msgs) in datagrams {
+    for (to, batch) in datagrams {
         let f = to.0 as usize - 1;
-        c.nodes[f].on_peer_messages(NodeId(1), msgs);
+        c.nodes[f]
+            .on_peer_payload(NodeId(1), &payload(to, &batch))
+            .unwrap();
         let mut pending = vec![c.nodes[f].take_output()];
         while let Some(o) = pending.pop() {
             acks.extend(
@@ -182,9 +184,11 @@ fn followers_acknowledge(c: &mut Cluster, datagrams: Vec<(NodeId, Vec<GroupMessa
             }
         }
     }
-    for (from, to, msgs) in acks {
+    for (from, to, batch) in acks {
         assert_eq!(to, NodeId(1));
-        c.nodes[0].on_peer_messages(from, msgs);
+        c.nodes[0]
+            .on_peer_payload(from, &payload(to, &batch))
+            .unwrap();
     }
 }
 
@@ -231,19 +235,19 @@ fn get_racing_a_put(reads_on_arrival: bool) -> (Vec<Outcome>, Vec<Outcome>) {
     let out = c.nodes[0].take_output();
     c.absorb(0, out);
     let mut to_leader = Vec::new();
-    while let Some((from, to, msgs)) = c.net.pop_front() {
+    while let Some((from, to, payload)) = c.net.pop_front() {
         if to == NodeId(1) {
-            to_leader.push((from, msgs));
+            to_leader.push((from, payload));
             continue;
         }
         let i = to.0 as usize - 1;
-        c.nodes[i].on_peer_messages(from, msgs);
+        c.nodes[i].on_peer_payload(from, &payload).unwrap();
         let out = c.nodes[i].take_output();
         c.absorb(i, out);
     }
     c.request(0, 501, get(4, 1, &key_of(2)));
-    for (from, msgs) in to_leader {
-        c.nodes[0].on_peer_messages(from, msgs);
+    for (from, payload) in to_leader {
+        c.nodes[0].on_peer_payload(from, &payload).unwrap();
     }
     let out = c.nodes[0].take_output();
     c.absorb(0, out);

@@ -81,21 +81,14 @@ fn answers(c: &mut Cluster, i: usize, from: u64, msgs: Vec<GroupMessage>) -> Vec
         }
         c.nodes[i].on_disk_done(w.id);
     }
-    let mut bodies: Vec<MessageBody> = out
-        .datagrams
+    let me = NodeId(i as u64 + 1);
+    let mut datagrams = out.datagrams;
+    datagrams.extend(c.nodes[i].take_output().datagrams);
+    whole(me, datagrams)
         .into_iter()
         .flat_map(|(_, m)| m)
         .map(|gm| gm.msg.body)
-        .collect();
-    let later = c.nodes[i].take_output();
-    bodies.extend(
-        later
-            .datagrams
-            .into_iter()
-            .flat_map(|(_, m)| m)
-            .map(|gm| gm.msg.body),
-    );
-    bodies
+        .collect()
 }
 
 /// The last hard state node `i` wrote for shard 0.

@@ -25,7 +25,7 @@ fn pre_vote(shard: ShardId, from: u64, to: u64, term: u64) -> GroupMessage {
 fn committed_answers(out: &Output) -> Vec<(NodeId, u64, u64)> {
     out.datagrams
         .iter()
-        .flat_map(|(to, msgs)| msgs.iter().map(move |gm| (*to, gm)))
+        .flat_map(|(to, batch)| batch.msgs.iter().map(move |gm| (*to, gm)))
         .filter_map(|(to, gm)| match gm.msg.body {
             kv_raft::MessageBody::Committed { index, log_term } => Some((to, index, log_term)),
             _ => None,

@@ -4,9 +4,10 @@
 
 use super::{Ev, Sim, CLUSTER_ID, TICK_NS};
 use crate::invariants::Violation;
-use kv_node::codec::{decode_peer_datagram, encode_peer};
+use kv_node::codec::{decode_peer, encode_peer, open_peer_datagram, PeerBatch};
 use kv_node::GroupMessage;
 use kv_shared::proto::ClientRequest;
+use kv_shared::wire::WireError;
 use kv_shared::NodeId;
 use rand::Rng;
 use std::fmt::Write as _;
@@ -69,14 +70,14 @@ impl Sim {
     }
 
     /// Puts node `i`'s outgoing datagrams on the wire, unless a partition cuts the link.
-    pub(super) fn send_datagrams(&mut self, i: usize, datagrams: Vec<(NodeId, Vec<GroupMessage>)>) {
+    pub(super) fn send_datagrams(&mut self, i: usize, datagrams: Vec<(NodeId, PeerBatch)>) {
         let id = self.ids[i];
-        for (to, msgs) in datagrams {
+        for (to, batch) in datagrams {
             let t = to.0 as usize - 1;
             if self.blocked.contains(&(i, t)) {
                 continue;
             }
-            let bytes = encode_peer(CLUSTER_ID, id, &msgs);
+            let bytes = encode_peer(CLUSTER_ID, id, to, &batch);
             for at in self.net_delays() {
                 self.at(
                     at,
@@ -95,14 +96,13 @@ impl Sim {
         if self.nodes[to].paused || self.nodes[to].run.is_none() {
             return;
         }
-        let (from, msgs) = match decode_peer_datagram(bytes, CLUSTER_ID) {
+        let codec_failed = |e: WireError| Violation {
+            invariant: "codec",
+            detail: format!("a datagram the node core encoded does not decode: {e}"),
+        };
+        let (from, payload) = match open_peer_datagram(bytes, CLUSTER_ID) {
             Ok(x) => x,
-            Err(e) => {
-                return self.fail(Violation {
-                    invariant: "codec",
-                    detail: format!("a datagram the node core encoded does not decode: {e}"),
-                })
-            }
+            Err(e) => return self.fail(codec_failed(e)),
         };
         let f = from.0 as usize - 1;
         if self.blocked.contains(&(f, to)) {
@@ -110,14 +110,19 @@ impl Sim {
         }
         self.stats.datagrams += 1;
         if self.trace.wants_detail() {
-            let s = summarize(&msgs);
+            let s = match decode_peer(from, payload) {
+                Ok(msgs) => summarize(&msgs),
+                Err(e) => return self.fail(codec_failed(e)),
+            };
             self.trace
                 .log(self.now, format!("{from}->{} {s}", self.ids[to]));
         }
         let now_ms = self.now / 1_000_000;
         let r = self.nodes[to].run.as_mut().expect("running");
         r.core.note_peer_heard(from, now_ms);
-        r.core.on_peer_messages(from, msgs);
+        if let Err(e) = r.core.on_peer_payload(from, payload) {
+            return self.fail(codec_failed(e));
+        }
         self.after_input(to);
     }
 }

@@ -62,11 +62,12 @@ impl NodeHarness {
                 replies,
                 ..
             } = self.core.take_output();
-            for (to, msgs) in datagrams {
+            for (to, batch) in datagrams {
                 // Every batch must fit one datagram and survive the codec.
-                let d = encode_peer(CLUSTER_ID, ME, &msgs);
+                let d = encode_peer(CLUSTER_ID, ME, to, &batch);
                 let (from, back) =
                     decode_peer_datagram(&d, CLUSTER_ID).expect("the node's datagram decodes");
+                let msgs = batch.into_messages(ME, to);
                 assert_eq!((from, &back), (ME, &msgs), "peer codec round trip");
                 self.outbox.push((to, msgs));
             }
@@ -104,6 +105,12 @@ impl NodeHarness {
     /// Delivers a batch from `from`, then pumps.
     pub fn deliver(&mut self, from: NodeId, msgs: Vec<GroupMessage>) {
         self.core.on_peer_messages(from, msgs);
+        self.pump();
+    }
+
+    /// Delivers a datagram's payload from `from` as the runtime does, then pumps.
+    pub fn deliver_payload(&mut self, from: NodeId, payload: &[u8]) {
+        let _ = self.core.on_peer_payload(from, payload);
         self.pump();
     }
 
