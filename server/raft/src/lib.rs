@@ -73,6 +73,7 @@ mod safety_tests;
 #[cfg(test)]
 mod slow_disk_tests;
 mod snapshot;
+mod step;
 #[cfg(test)]
 mod testing;
 #[cfg(test)]
