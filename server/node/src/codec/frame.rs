@@ -19,10 +19,10 @@
 //! encoding of an entry's kind and payload, as in the messages (`hand.rs`). The sender
 //! is the datagram's.
 
-use super::hand::{SharedData, COMMAND, NOOP};
+use super::hand::{read_kind, SharedData};
 use super::GroupMessage;
 use crate::wal::push_kind_and_data;
-use kv_raft::{AppendRef, Entry, EntryKind, Message, MessageBody};
+use kv_raft::{AppendRef, Entry, Message, MessageBody};
 use kv_shared::cursor::Reader;
 use kv_shared::varint;
 use kv_shared::{NodeId, ShardId};
@@ -206,15 +206,7 @@ impl FrameIn {
                     self.entries.reserve(r.capacity_for(count, ENTRY_BYTES_MIN));
                     for i in 1..=count as u64 {
                         let term = r.u64()?;
-                        let before_kind = r;
-                        let kind = match u64::from(r.u32()?) {
-                            NOOP => EntryKind::Noop,
-                            COMMAND => EntryKind::Command,
-                            _ => {
-                                r = before_kind;
-                                r.postcard()?
-                            }
-                        };
+                        let kind = read_kind(&mut r)?;
                         let data = shared.bytes(payload, r.bytes()?);
                         self.entries.push(Entry {
                             term,
@@ -309,7 +301,7 @@ mod tests {
     use super::*;
     use crate::codec::{decode_peer, decode_peer_into, encode_peer_body, payload_len, PeerBatch};
     use bytes::Bytes;
-    use kv_raft::ConfChange;
+    use kv_raft::{ConfChange, EntryKind};
     use proptest::prelude::*;
 
     /// Integers of every varint length.

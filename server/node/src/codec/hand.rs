@@ -149,15 +149,7 @@ pub fn decode<'a>(
                 for _ in 0..n {
                     let term = r.u64()?;
                     let index = r.u64()?;
-                    let before_kind = r;
-                    let kind = match u64::from(r.u32()?) {
-                        NOOP => EntryKind::Noop,
-                        COMMAND => EntryKind::Command,
-                        _ => {
-                            r = before_kind;
-                            r.postcard()?
-                        }
-                    };
+                    let kind = read_kind(&mut r)?;
                     let data = shared.bytes(payload, r.bytes()?);
                     entries.push(Entry {
                         term,
@@ -202,6 +194,20 @@ pub fn decode<'a>(
         });
     }
     Some((msgs, r.rest))
+}
+
+/// An entry's kind as postcard writes it: the two kinds of a put's round read by hand,
+/// any other (a conf change) by postcard.
+pub fn read_kind(r: &mut Reader) -> Option<EntryKind> {
+    let before_kind = *r;
+    Some(match u64::from(r.u32()?) {
+        NOOP => EntryKind::Noop,
+        COMMAND => EntryKind::Command,
+        _ => {
+            *r = before_kind;
+            r.postcard()?
+        }
+    })
 }
 
 /// The copy of a datagram's payload that its entries' data are slices of, made at the
