@@ -14,8 +14,10 @@ use serde::{de::DeserializeOwned, Serialize};
 
 /// "RKV1" as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"RKV1");
-/// Current wire version (2: the flags byte, and authenticated payloads).
-pub const VERSION: u8 = 2;
+/// Current wire version (2: the flags byte, and authenticated payloads; 3: a peer
+/// datagram's payload may end with the per-peer frame of Append and ack records, which a
+/// version-2 node would skip without a word, so the two must not share a cluster).
+pub const VERSION: u8 = 3;
 /// Flag bit: the payload's body is encrypted (see [`crate::auth`]).
 pub const FLAG_ENCRYPTED: u8 = 1;
 /// Flag bit: the payload carries no tag that proves its sender (`protection = "none"`,
@@ -79,7 +81,7 @@ pub enum WireError {
     #[error("bad magic {0:#x}")]
     BadMagic(u32),
     /// A version this build does not speak.
-    #[error("unsupported version {0}")]
+    #[error("wire version {0}, but this build speaks only version {VERSION}: every node and client of a cluster must run builds of one wire version")]
     BadVersion(u8),
     /// Unknown payload kind.
     #[error("unknown kind {0}")]
@@ -315,6 +317,20 @@ mod tests {
             encode_with_flags(Kind::Peer, flags, 9, 2, b"x", &mut out);
             assert_eq!(decode(&out, 9).unwrap_err(), WireError::BadFlags(flags));
         }
+    }
+
+    #[test]
+    fn a_datagram_of_the_version_before_the_frame_is_refused_by_name() {
+        let mut out = Vec::new();
+        encode(Kind::Peer, 9, 2, b"x", &mut out);
+        out[4] = 2;
+        let err = decode(&out, 9).unwrap_err();
+        assert_eq!(err, WireError::BadVersion(2));
+        assert!(
+            err.to_string()
+                .contains("wire version 2, but this build speaks only version 3"),
+            "{err}"
+        );
     }
 
     #[test]
