@@ -9,7 +9,7 @@ use crate::wal::{RecoveryError, Tombstone};
 use kv_raft::{Raft, Restored, Snapshot, SoftState, WriteId};
 use kv_shared::registry::METADATA_SHARD;
 use kv_shared::{NodeId, ShardId};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::{Index, IndexMut};
 
 /// What to do when a DiskWrite is durable.
@@ -33,7 +33,7 @@ pub(super) struct Group {
     /// Requests to route next round: new ones, and ones held while no leader is known.
     pub(super) waiting: Vec<u64>,
     /// Proposed batches by log index: (term, request ids in batch order).
-    pub(super) proposed: BTreeMap<u64, (u64, Vec<u64>)>,
+    pub(super) proposed: Proposed,
     /// ReadIndex rounds awaiting confirmation, by ctx.
     pub(super) reads: BTreeMap<u64, Vec<u64>>,
     /// Confirmed reads waiting for the state machine to reach their index.
@@ -141,7 +141,7 @@ impl Group {
                 leader: st.leader,
             },
             waiting: Vec::new(),
-            proposed: BTreeMap::new(),
+            proposed: Proposed::default(),
             reads: BTreeMap::new(),
             confirmed_reads: Vec::new(),
             deferred: Vec::new(),
@@ -203,6 +203,45 @@ impl Group {
             self.learner_heard_tick = Some(tick);
         }
         self.wake();
+    }
+}
+/// A leader's proposed batches of one group, by log index, lowest first. Each round
+/// proposes past the last one and each apply takes the first, so a queue serves: an
+/// insert and a removal per group and round, where an ordered map's cost several
+/// times as much at many groups with a batch or two each.
+#[derive(Debug, Default)]
+pub(super) struct Proposed(VecDeque<(u64, u64, Vec<u64>)>);
+
+impl Proposed {
+    /// Records batch `ids` proposed at `index` in `term`, replacing one recorded at the
+    /// same index (a later term's proposal overwrote it).
+    pub(super) fn insert(&mut self, index: u64, term: u64, ids: Vec<u64>) {
+        match self.0.back() {
+            Some(&(last, _, _)) if last >= index => {
+                match self.0.binary_search_by_key(&index, |&(i, _, _)| i) {
+                    Ok(at) => self.0[at] = (index, term, ids),
+                    Err(at) => self.0.insert(at, (index, term, ids)),
+                }
+            }
+            _ => self.0.push_back((index, term, ids)),
+        }
+    }
+
+    /// Takes the lowest batch if its index is at most `index`: (index, term, ids).
+    pub(super) fn pop_through(&mut self, index: u64) -> Option<(u64, u64, Vec<u64>)> {
+        if self.0.front()?.0 > index {
+            return None;
+        }
+        self.0.pop_front()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Takes every batch, lowest index first.
+    pub(super) fn take_all(&mut self) -> VecDeque<(u64, u64, Vec<u64>)> {
+        std::mem::take(&mut self.0)
     }
 }
 
@@ -479,5 +518,25 @@ mod tests {
         assert_eq!(gs.take_touched(), [ShardId(1)]);
         gs.insert(ShardId(0), g0);
         assert_eq!(gs.take_touched(), [ShardId(0)]);
+    }
+
+    /// Batches come out lowest index first, only up to the index asked, and one
+    /// recorded again at an index (a later term's proposal there) replaces the first,
+    /// also when it does not come last.
+    #[test]
+    fn proposed_batches_come_out_in_index_order() {
+        let mut p = Proposed::default();
+        p.insert(5, 1, vec![50]);
+        p.insert(7, 1, vec![70]);
+        p.insert(6, 1, vec![60]);
+        p.insert(5, 2, vec![51]);
+        assert_eq!(p.pop_through(4), None);
+        assert_eq!(p.pop_through(6), Some((5, 2, vec![51])));
+        assert_eq!(p.pop_through(6), Some((6, 1, vec![60])));
+        assert_eq!(p.pop_through(6), None);
+        p.insert(9, 2, vec![90]);
+        let rest: Vec<_> = p.take_all().into_iter().collect();
+        assert_eq!(rest, vec![(7, 1, vec![70]), (9, 2, vec![90])]);
+        assert!(p.is_empty());
     }
 }

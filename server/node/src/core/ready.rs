@@ -350,15 +350,9 @@ impl NodeCore {
         }
         group.applied_bytes_since_snapshot = 0;
         group.snapshot_index = group.snapshot_index.max(snap.meta.index);
-        let stale: Vec<u64> = group
-            .proposed
-            .range(..=snap.meta.index)
-            .map(|(i, _)| *i)
-            .collect();
         let shard = group.shard;
         let leader = group.soft.leader;
-        for i in stale {
-            let (_, ids) = self.groups[g].proposed.remove(&i).expect("listed");
+        while let Some((_, _, ids)) = self.groups[g].proposed.pop_through(snap.meta.index) {
             for id in ids {
                 self.reply(id, Outcome::Error(ClientError::NotLeader { shard, leader }));
             }
@@ -439,11 +433,7 @@ impl NodeCore {
         let leader = group.soft.leader;
         // Batches proposed at or below this index either are this entry or were lost.
         // Answering one touches no group's `proposed`, so they are taken one at a time.
-        while let Some(batch) = self.groups[g].proposed.first_entry() {
-            if *batch.key() > e.index {
-                break;
-            }
-            let (i, (term, ids)) = batch.remove_entry();
+        while let Some((i, term, ids)) = self.groups[g].proposed.pop_through(e.index) {
             if i == e.index && term == e.term && outcomes.len() == ids.len() {
                 for (&id, outcome) in ids.iter().zip(outcomes.drain(..)) {
                     if self.is_move_in_flight_request(g, id) {

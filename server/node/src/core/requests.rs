@@ -323,9 +323,8 @@ impl NodeCore {
     pub(super) fn fail_leader_requests(&mut self, g: ShardId, leader: Option<NodeId>) {
         let group = &mut self.groups[g];
         let shard = group.shard;
-        let mut ids: Vec<u64> = std::mem::take(&mut group.proposed)
-            .into_values()
-            .flat_map(|(_, ids)| ids)
+        let mut ids: Vec<u64> = (group.proposed.take_all().into_iter())
+            .flat_map(|(_, _, ids)| ids)
             .collect();
         ids.extend(std::mem::take(&mut group.reads).into_values().flatten());
         ids.append(&mut group.move_waiters);
@@ -531,7 +530,7 @@ impl NodeCore {
             Ok((index, term)) => {
                 self.report_proposed(self.groups[g].shard, index, &ids);
                 self.groups[g].proposed_writes += count;
-                self.groups[g].proposed.insert(index, (term, ids));
+                self.groups[g].proposed.insert(index, term, ids);
             }
             Err(e) => self.refused(g, ids, e),
         }
