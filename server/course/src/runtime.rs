@@ -573,6 +573,9 @@ impl Runtime {
         }
         for applied in applied {
             let keys = self.handoff.keys_at(applied.index, applied.term);
+            if view.role == Role::Leader {
+                self.notice.applied(applied.index, keys.len());
+            }
             let duties = self.handoff.on_applied(applied.index, applied.term);
             self.trace(format_args!(
                 "applied {} term {} duties {duties:?}",
@@ -631,7 +634,8 @@ impl Runtime {
         for (dst, msgs) in datagrams {
             self.send_peer(dst, msgs, &report, now);
         }
-        if self.notice.due(leader, report.through, now) {
+        let holds_back = self.stalls.defers_first_release();
+        if self.notice.due(leader, report.through, holds_back, now) {
             self.send_commit_notice(&report);
         }
     }
