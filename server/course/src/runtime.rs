@@ -8,7 +8,7 @@
 //! what the [`StallTimer`] says is due, answer clients, then send the peer messages.
 
 use crate::doubt::{Doubts, Now, Touch};
-use crate::handoff::{CommitNotice, Duty, Handoff, Owed, SideInfo};
+use crate::handoff::{self, CommitNotice, Duty, Handoff, Owed, SideInfo};
 use crate::ids::{CourseId, Roster};
 use crate::loss::{LossMeter, SendCounter};
 use crate::peer;
@@ -634,8 +634,12 @@ impl Runtime {
         for (dst, msgs) in datagrams {
             self.send_peer(dst, msgs, &report, now);
         }
-        let holds_back = self.stalls.defers_first_release();
-        if self.notice.due(leader, report.through, holds_back, now) {
+        let eager = self.stalls.defers_first_release()
+            && self
+                .loss
+                .loss()
+                .is_none_or(|l| l < handoff::EAGER_NOTICE_LOSS_MAX);
+        if self.notice.due(leader, report.through, eager, now) {
             self.send_commit_notice(&report);
         }
     }
