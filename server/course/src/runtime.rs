@@ -8,7 +8,7 @@
 //! what the [`StallTimer`] says is due, answer clients, then send the peer messages.
 
 use crate::doubt::{Doubts, Now, Touch};
-use crate::handoff::{CommitNotice, Duty, Handoff, Owed, SideInfo};
+use crate::handoff::{self, CommitNotice, Duty, Handoff, Owed, SideInfo};
 use crate::ids::{CourseId, Roster};
 use crate::loss::{LossMeter, SendCounter};
 use crate::peer;
@@ -573,6 +573,9 @@ impl Runtime {
         }
         for applied in applied {
             let keys = self.handoff.keys_at(applied.index, applied.term);
+            if view.role == Role::Leader {
+                self.notice.applied(applied.index, keys.len());
+            }
             let duties = self.handoff.on_applied(applied.index, applied.term);
             self.trace(format_args!(
                 "applied {} term {} duties {duties:?}",
@@ -631,7 +634,12 @@ impl Runtime {
         for (dst, msgs) in datagrams {
             self.send_peer(dst, msgs, &report, now);
         }
-        if self.notice.due(leader, report.through, now) {
+        let eager = self.stalls.defers_first_release()
+            && self
+                .loss
+                .loss()
+                .is_none_or(|l| l < handoff::EAGER_NOTICE_LOSS_MAX);
+        if self.notice.due(leader, report.through, eager, now) {
             self.send_commit_notice(&report);
         }
     }
