@@ -8,7 +8,8 @@
 //! itself ([`DiskThread::write_here`]): handing it over costs a wake-up of this thread
 //! and another of the loop when it is done, a large part of a put's latency at low load.
 //! The store is shared for that, but used by one side at a time: the loop touches it
-//! only while nothing is queued for the thread, and the thread only for queued writes.
+//! only while nothing is queued for the thread, and the thread only for queued writes
+//! and for syncing the deferrable writes either side executed and holds ([`Shared`]).
 //!
 //! At low load, when the loop makes its writes itself and each put waits for its own
 //! fsync, the thread keeps space written with zeros (and synced) ahead of the end of the
@@ -23,7 +24,10 @@
 //! followers commit without) is executed at once, but its sync and its `Done` wait up to
 //! [`SYNC_DEFER_MAX`], or until a write that is not deferrable comes, which one sync then
 //! covers together with them: the leader's fsync stays out of the way of its followers'
-//! on a shared disk and covers several rounds.
+//! on a shared disk and covers several rounds. The idle loop executes such a write
+//! itself too, without a sync and without waking the thread; it then asks the thread for
+//! the sync ([`DiskThread::sync_held_older_than`]) unless a write of its own that cannot
+//! wait syncs it first.
 //!
 //! A full disk does not stop the thread: the write that hit it is retried (from the op
 //! that failed, since kv-storage leaves the log as it was before a failed write) until
@@ -169,10 +173,31 @@ pub struct DiskThreadGone;
 pub struct DiskThread {
     tx: Option<mpsc::Sender<Msg>>,
     handle: Option<JoinHandle<()>>,
-    /// Writes queued for the thread and not yet reported done (or failed). At 0 the
-    /// thread does not touch the store, and every write it took is reported.
+    /// Writes queued for the thread and neither held ([`Shared::held`]) nor reported
+    /// done (or failed). At 0 the thread does not touch the store except to sync and
+    /// report held writes, and every other write it took is reported.
     queued: Arc<AtomicUsize>,
-    store: Arc<Mutex<dyn LogStore>>,
+    store: Arc<Mutex<Shared<dyn LogStore>>>,
+}
+
+/// The store, and the deferrable writes executed on it whose sync waits: by whichever
+/// side holds the lock, so a sync and the report of what it covered cannot interleave
+/// with the other side's writes.
+pub struct Shared<S: ?Sized> {
+    /// Ids of executed, unsynced deferrable writes, ascending.
+    held: Vec<u64>,
+    /// When the oldest of `held` was executed.
+    held_since: Instant,
+    store: S,
+}
+
+impl<S: ?Sized> Shared<S> {
+    fn hold(&mut self, id: u64) {
+        if self.held.is_empty() {
+            self.held_since = Instant::now();
+        }
+        self.held.push(id);
+    }
 }
 
 impl std::fmt::Debug for DiskThread {
@@ -186,9 +211,14 @@ impl std::fmt::Debug for DiskThread {
 /// Where [`DiskThread::write_here`] left a write.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Placed {
-    /// Written and synced on the caller's thread: durable now, and no
-    /// [`DiskEvent::Done`] will name it.
-    Durable(u64),
+    /// Written and synced on the caller's thread, with the held writes the sync covered:
+    /// durable now (ids ascending, the write's own last), and no [`DiskEvent::Done`]
+    /// will name them. The caller takes in the `Done` events already queued first: the
+    /// thread may have reported earlier writes just before.
+    Durable(Vec<u64>),
+    /// A deferrable write, executed on the caller's thread and held unsynced: a later
+    /// `Durable` or `Done` names it.
+    Held,
     /// Queued for the disk thread, which reports it as any submitted write.
     Queued,
 }
@@ -222,7 +252,11 @@ impl DiskThread {
     ) -> std::io::Result<DiskThread> {
         let (tx, rx) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        let store = Arc::new(Mutex::new(store));
+        let store = Arc::new(Mutex::new(Shared {
+            held: Vec::new(),
+            held_since: Instant::now(),
+            store,
+        }));
         let thread_side = Side {
             store: store.clone(),
             queued: queued.clone(),
@@ -252,25 +286,42 @@ impl DiskThread {
     }
 
     /// True if the thread has nothing queued or in progress: every write it took is
-    /// durable and reported, and it will not touch the store until the next submit.
+    /// durable and reported or held unsynced, and it will not touch the store until the
+    /// next submit except to sync held writes.
     pub fn idle(&self) -> bool {
         self.queued.load(Ordering::Acquire) == 0
     }
 
-    /// Writes and syncs `write` on the calling thread, blocking it for the write and the
-    /// fsync, if the disk thread is [idle](Self::idle) and the write is small (appends
-    /// and compactions of at most [`WRITE_HERE_BYTES_MAX`] record bytes) and not
-    /// deferrable (the thread puts off its fsync, [`SYNC_DEFER_MAX`]); otherwise, or
-    /// if it finds the disk full, queues it for the thread (which retries it from the op
-    /// that failed). Writes stay in id order either way: an idle thread holds none.
+    /// Asks the thread to sync the held writes if the oldest was executed at least `age`
+    /// ago: the event loop's writes held here have no timer of their own, so its ticks
+    /// call this (with an age one tick short of [`SYNC_DEFER_MAX`]).
+    pub fn sync_held_older_than(&self, age: Duration) {
+        let due = match self.store.try_lock() {
+            Ok(shared) => !shared.held.is_empty() && shared.held_since.elapsed() >= age,
+            // The thread holds it, to write or sync: it reports what it syncs.
+            Err(_) => false,
+        };
+        if let (true, Some(tx)) = (due, &self.tx) {
+            // A thread that is gone is reported by the next write.
+            let _ = tx.send(Msg::Sync);
+        }
+    }
+
+    /// Writes `write` on the calling thread if the disk thread is [idle](Self::idle)
+    /// and the write is small (appends and compactions of at most
+    /// [`WRITE_HERE_BYTES_MAX`] record bytes): a deferrable write is held unsynced
+    /// ([`Placed::Held`]; the thread puts off its fsync, [`SYNC_DEFER_MAX`]), any other
+    /// is synced together with the held ones, blocking the caller for the fsync.
+    /// Otherwise, or if it finds the disk full, it queues the write for the thread
+    /// (which retries it from the op that failed). Writes stay in id order either way:
+    /// an idle thread holds none but the held ones, which are older.
     pub fn write_here(&self, write: DiskWrite) -> Result<Placed, WriteHereError> {
-        // A deferrable write would cost the loop an fsync nothing waits for.
-        if !self.idle() || !small(&write) || write.deferrable {
+        if !self.idle() || !small(&write) {
             self.submit(write)?;
             return Ok(Placed::Queued);
         }
-        let mut store = match self.store.try_lock() {
-            Ok(store) => store,
+        let mut shared = match self.store.try_lock() {
+            Ok(shared) => shared,
             // The thread is preparing (it then takes the write next), or it panicked
             // (poisoned), and the submit reports it gone.
             Err(_) => {
@@ -278,33 +329,41 @@ impl DiskThread {
                 return Ok(Placed::Queued);
             }
         };
-        let id = write.id;
+        let (id, deferrable) = (write.id, write.deferrable);
         let mut one = VecDeque::from([Pending { write, ops_done: 0 }]);
-        match execute_all(&mut *store, &mut one) {
+        match execute_all(&mut shared.store, &mut one) {
             Ok(()) => {}
             Err(StoreError::Full(_)) => {
-                drop(store);
+                drop(shared);
                 let pending = one.pop_front().expect("the write is still there");
                 self.queue(pending)?;
                 return Ok(Placed::Queued);
             }
             Err(StoreError::Fatal(e)) => return Err(WriteHereError::Failed(e)),
         }
-        match store.sync() {
-            Ok(()) => {}
-            Err(StoreError::Fatal(e) | StoreError::Full(e)) => {
-                return Err(WriteHereError::Failed(e))
+        let placed = if deferrable {
+            shared.hold(id);
+            Placed::Held
+        } else {
+            match shared.store.sync() {
+                Ok(()) => {}
+                Err(StoreError::Fatal(e) | StoreError::Full(e)) => {
+                    return Err(WriteHereError::Failed(e))
+                }
             }
-        }
-        if store.wants_prepare() {
-            drop(store);
+            let mut ids = std::mem::take(&mut shared.held);
+            ids.push(id);
+            Placed::Durable(ids)
+        };
+        if shared.store.wants_prepare() {
+            drop(shared);
             // Not counted as queued: it is no write. A thread that is gone is reported
             // by the next write.
             if let Some(tx) = &self.tx {
                 let _ = tx.send(Msg::Prepare);
             }
         }
-        Ok(Placed::Durable(id))
+        Ok(placed)
     }
 
     /// Closes the queue and waits (blocking) until the thread has written, synced and
@@ -341,11 +400,13 @@ enum Msg {
     Write(Pending),
     /// The loop's own writes used up the preallocated space: prepare more while idle.
     Prepare,
+    /// Writes the loop holds are due: sync them.
+    Sync,
 }
 
 /// The disk thread's side of the shared store.
 struct Side<S> {
-    store: Arc<Mutex<S>>,
+    store: Arc<Mutex<Shared<S>>>,
     queued: Arc<AtomicUsize>,
 }
 
@@ -366,77 +427,65 @@ fn disk_main<S: LogStore>(
     let mut open = true;
     let mut full = false;
     // Prepared at start, and at the first empty queue after each nudge.
-    let mut prepare_due = true;
-    let push = |queue: &mut VecDeque<Pending>, prepare_due: &mut bool, msg: Msg| {
-        let Msg::Write(pending) = msg else {
-            *prepare_due = true;
-            return;
-        };
-        if let Some(last) = queue.back() {
-            assert!(
-                pending.write.id > last.write.id,
-                "DiskWrites must come in id order: {} after {}",
-                pending.write.id,
-                last.write.id
-            );
-        }
-        queue.push_back(pending);
+    let mut nudges = Nudges {
+        prepare: true,
+        sync: false,
     };
-    // Deferrable writes executed but not synced yet (ids ascending), and since when.
-    let mut unsynced: Vec<u64> = Vec::new();
-    let mut unsynced_since = Instant::now();
     loop {
         if queue.is_empty() {
-            if !unsynced.is_empty() {
-                let wait =
-                    (unsynced_since + sync_defer_max).saturating_duration_since(Instant::now());
-                let received = if open && !wait.is_zero() {
+            let held_since = {
+                let shared = side.lock();
+                (!shared.held.is_empty()).then_some(shared.held_since)
+            };
+            if let Some(since) = held_since {
+                let wait = (since + sync_defer_max).saturating_duration_since(Instant::now());
+                let received = if open && !wait.is_zero() && !std::mem::take(&mut nudges.sync) {
                     rx.recv_timeout(wait)
                 } else {
                     Err(RecvTimeoutError::Timeout)
                 };
                 match received {
-                    Ok(w) => push(&mut queue, &mut prepare_due, w),
+                    Ok(w) => push(&mut queue, &mut nudges, w),
                     Err(RecvTimeoutError::Disconnected) => open = false,
                     Err(RecvTimeoutError::Timeout) => {
-                        if !sync_and_report(&side, &events, &mut unsynced, &mut queue) {
+                        if !sync_and_report(&side, &events, &mut queue) {
                             return;
                         }
                     }
                 }
                 continue;
             }
+            // Held writes the loop synced with a write of its own need nothing more.
+            nudges.sync = false;
             if !open {
                 return;
             }
-            if std::mem::take(&mut prepare_due) {
+            if std::mem::take(&mut nudges.prepare) {
                 if let Err(StoreError::Fatal(error) | StoreError::Full(error)) = prepare(&side) {
                     let _ = events.send(DiskEvent::Failed(error));
                     return;
                 }
             }
             match rx.recv() {
-                Ok(w) => push(&mut queue, &mut prepare_due, w),
+                Ok(w) => push(&mut queue, &mut nudges, w),
                 Err(_) => return,
             }
+            continue;
         }
         // Group commit: everything that queued up while we were busy joins this batch.
         while open && queue.len() < BATCH_WRITES_MAX {
             match rx.try_recv() {
-                Ok(w) => push(&mut queue, &mut prepare_due, w),
+                Ok(w) => push(&mut queue, &mut nudges, w),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => open = false,
             }
         }
         // The loop takes the store only while nothing is queued, so this never waits.
-        let mut store = side
-            .store
-            .lock()
-            .expect("only the disk thread panics holding it");
-        match execute_all(&mut *store, &mut queue) {
+        let mut shared = side.lock();
+        match execute_all(&mut shared.store, &mut queue) {
             Ok(()) => {}
             Err(StoreError::Full(error)) => {
-                drop(store);
+                drop(shared);
                 if !full {
                     full = true;
                     let _ = events.send(DiskEvent::Full(error));
@@ -447,7 +496,7 @@ fn disk_main<S: LogStore>(
                     return;
                 }
                 match rx.recv_timeout(DISK_FULL_RETRY) {
-                    Ok(w) => push(&mut queue, &mut prepare_due, w),
+                    Ok(w) => push(&mut queue, &mut nudges, w),
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => open = false,
                 }
@@ -458,48 +507,87 @@ fn disk_main<S: LogStore>(
                 return;
             }
         }
-        drop(store);
+        if open && queue.iter().all(|p| p.write.deferrable) {
+            let n = queue.len();
+            for p in queue.drain(..) {
+                shared.hold(p.write.id);
+            }
+            // Under the lock: a loop that reads 0 finds them held.
+            side.queued.fetch_sub(n, Ordering::AcqRel);
+        }
+        drop(shared);
         if full {
             full = false;
             let _ = events.send(DiskEvent::Recovered);
         }
-        if open && queue.iter().all(|p| p.write.deferrable) {
-            if unsynced.is_empty() {
-                unsynced_since = Instant::now();
-            }
-            unsynced.extend(queue.drain(..).map(|p| p.write.id));
-            continue;
-        }
-        if !sync_and_report(&side, &events, &mut unsynced, &mut queue) {
+        if !queue.is_empty() && !sync_and_report(&side, &events, &mut queue) {
             return;
         }
     }
 }
 
-/// Syncs the store and reports `unsynced` and then `queue` (all executed) done, in id
-/// order. False if the sync failed (reported) or the event loop is gone.
+/// What the loop asked for besides writes.
+struct Nudges {
+    prepare: bool,
+    sync: bool,
+}
+
+/// Takes one message of the loop: a write joins `queue`, a nudge is noted.
+fn push(queue: &mut VecDeque<Pending>, nudges: &mut Nudges, msg: Msg) {
+    let pending = match msg {
+        Msg::Write(pending) => pending,
+        Msg::Prepare => {
+            nudges.prepare = true;
+            return;
+        }
+        Msg::Sync => {
+            nudges.sync = true;
+            return;
+        }
+    };
+    if let Some(last) = queue.back() {
+        assert!(
+            pending.write.id > last.write.id,
+            "DiskWrites must come in id order: {} after {}",
+            pending.write.id,
+            last.write.id
+        );
+    }
+    queue.push_back(pending);
+}
+
+impl<S> Side<S> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared<S>> {
+        self.store
+            .lock()
+            .expect("only the disk thread panics holding it")
+    }
+}
+
+/// Syncs the store and reports the held writes and then `queue` (all executed) done, in
+/// id order, holding the lock until they are reported (a write the loop makes next is
+/// reported after them). False if the sync failed (reported) or the event loop is gone.
 fn sync_and_report<S: LogStore>(
     side: &Side<S>,
     events: &UnboundedSender<DiskEvent>,
-    unsynced: &mut Vec<u64>,
     queue: &mut VecDeque<Pending>,
 ) -> bool {
-    let synced = side
-        .store
-        .lock()
-        .expect("only the disk thread panics holding it")
-        .sync();
-    if let Err(StoreError::Fatal(error) | StoreError::Full(error)) = synced {
+    let mut shared = side.lock();
+    if shared.held.is_empty() && queue.is_empty() {
+        return true;
+    }
+    if let Err(StoreError::Fatal(error) | StoreError::Full(error)) = shared.store.sync() {
         let _ = events.send(DiskEvent::Failed(error));
         return false;
     }
-    let mut ids = std::mem::take(unsynced);
+    let mut ids = std::mem::take(&mut shared.held);
+    let n = queue.len();
     ids.extend(queue.drain(..).map(|p| p.write.id));
-    let n = ids.len();
-    if !ids.is_empty() && events.send(DiskEvent::Done(ids)).is_err() {
+    if events.send(DiskEvent::Done(ids)).is_err() {
         // The event loop is gone; nothing can be acknowledged any more.
         return false;
     }
+    drop(shared);
     // Only now: a loop that reads 0 finds these reported already.
     side.queued.fetch_sub(n, Ordering::AcqRel);
     true
@@ -508,12 +596,9 @@ fn sync_and_report<S: LogStore>(
 /// Lets the store prepare if it wants to. Runs only with nothing queued; the loop then
 /// finds the store locked at most for the preparation and queues its write instead.
 fn prepare<S: LogStore>(side: &Side<S>) -> Result<(), StoreError> {
-    let mut store = side
-        .store
-        .lock()
-        .expect("only the disk thread panics holding it");
-    if store.wants_prepare() {
-        store.prepare()?;
+    let mut shared = side.lock();
+    if shared.store.wants_prepare() {
+        shared.store.prepare()?;
     }
     Ok(())
 }

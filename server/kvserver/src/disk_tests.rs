@@ -344,7 +344,7 @@ fn a_write_here_returns_only_after_its_sync() {
     std::thread::sleep(Duration::from_millis(50));
     assert!(!writer.is_finished(), "write_here returned before its sync");
     fake.with(|l| l.hold_sync = false);
-    assert_eq!(writer.join().unwrap(), Placed::Durable(1));
+    assert_eq!(writer.join().unwrap(), Placed::Durable(vec![1]));
     assert_eq!(fake.with(|l| l.syncs.clone()), vec![2]);
     assert!(erx.try_recv().is_err(), "a write here is not reported");
     Arc::into_inner(disk).unwrap().finish().unwrap();
@@ -361,7 +361,7 @@ fn a_write_here_waits_its_turn_behind_the_threads_writes() {
     fake.with(|l| l.hold_sync = false);
     assert_eq!(done_ids(&mut erx, 2), vec![1, 2]);
     wait_until(|| disk.idle());
-    assert_eq!(disk.write_here(write(3)).unwrap(), Placed::Durable(3));
+    assert_eq!(disk.write_here(write(3)).unwrap(), Placed::Durable(vec![3]));
     let executed = fake.with(|l| l.executed.clone());
     assert_eq!(
         executed.iter().map(|e| e.1 / 10).collect::<Vec<_>>(),
@@ -382,7 +382,7 @@ fn the_idle_thread_preallocates_and_the_loop_never_does() {
         id: 1,
         ops: vec![append(1), append(2), append(3)],
     };
-    assert_eq!(disk.write_here(three).unwrap(), Placed::Durable(1));
+    assert_eq!(disk.write_here(three).unwrap(), Placed::Durable(vec![1]));
     // One record of space left: the loop's write nudged the thread.
     wait_until(|| fake.with(|l| l.prepared_on.len()) == 2);
     let one = DiskWrite {
@@ -525,10 +525,48 @@ fn a_deferrable_write_is_synced_when_its_bound_runs_out() {
         "reported before its bound ran out"
     );
     assert_eq!(fake.with(|l| l.syncs.clone()), vec![2]);
-    // The loop does not sync a deferrable write itself either.
-    assert_eq!(disk.write_here(deferrable(2)).unwrap(), Placed::Queued);
-    assert_eq!(done_ids(&mut erx, 1), vec![2]);
     disk.finish().unwrap();
+}
+
+/// The loop executes a deferrable write itself without a sync and without waking the
+/// thread; the thread syncs it only when the loop asks (its ticks) and reports it.
+#[test]
+fn a_deferrable_write_here_is_held_until_the_loop_asks_for_its_sync() {
+    let (fake, disk, mut erx) = started_deferring(Duration::from_secs(60));
+    assert_eq!(disk.write_here(deferrable(1)).unwrap(), Placed::Held);
+    assert_eq!(fake.with(|l| l.executed.len()), 2);
+    assert!(disk.idle(), "a held write keeps nothing queued");
+    disk.sync_held_older_than(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        fake.with(|l| l.syncs.is_empty()),
+        "synced before it was due"
+    );
+    assert!(erx.try_recv().is_err(), "reported before its sync");
+    disk.sync_held_older_than(Duration::ZERO);
+    assert_eq!(done_ids(&mut erx, 1), vec![1]);
+    assert_eq!(fake.with(|l| l.syncs.clone()), vec![2]);
+    disk.finish().unwrap();
+}
+
+/// A write here that cannot wait syncs what is held, the thread's deferred writes and
+/// the loop's own, and names them before itself.
+#[test]
+fn a_write_here_syncs_and_names_the_held_writes() {
+    let (fake, disk, mut erx) = started_deferring(Duration::from_secs(60));
+    disk.submit(deferrable(1)).unwrap();
+    wait_until(|| disk.idle());
+    assert_eq!(fake.with(|l| l.executed.len()), 2);
+    assert_eq!(disk.write_here(deferrable(2)).unwrap(), Placed::Held);
+    assert_eq!(
+        disk.write_here(write(3)).unwrap(),
+        Placed::Durable(vec![1, 2, 3])
+    );
+    assert_eq!(fake.with(|l| l.syncs.clone()), vec![6]);
+    // Nothing is left for the thread to sync or report.
+    disk.finish().unwrap();
+    assert!(erx.try_recv().is_err(), "a write was reported twice");
+    assert_eq!(fake.with(|l| l.syncs.len()), 1);
 }
 
 /// The next write that is not deferrable ends the wait: one sync covers it and the
@@ -544,7 +582,6 @@ fn a_write_that_cannot_wait_syncs_the_deferred_ones_with_it() {
         erx.try_recv().is_err(),
         "a deferred write was reported early"
     );
-    assert!(!disk.idle(), "the thread holds unsynced writes");
     disk.submit(write(3)).unwrap();
     assert_eq!(done_ids(&mut erx, 3), vec![1, 2, 3]);
     assert_eq!(fake.with(|l| l.syncs.clone()), vec![6]);
@@ -558,12 +595,14 @@ fn finish_syncs_and_reports_deferred_writes() {
     let (fake, disk, mut erx) = started_deferring(Duration::from_secs(60));
     disk.submit(deferrable(1)).unwrap();
     wait_until(|| fake.with(|l| l.executed.len()) == 2);
+    wait_until(|| disk.idle());
+    assert_eq!(disk.write_here(deferrable(2)).unwrap(), Placed::Held);
     let started = std::time::Instant::now();
     disk.finish().unwrap();
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "finish waited for the bound"
     );
-    assert_eq!(fake.with(|l| l.syncs.clone()), vec![2]);
-    assert_eq!(done_ids(&mut erx, 1), vec![1]);
+    assert_eq!(fake.with(|l| l.syncs.clone()), vec![4]);
+    assert_eq!(done_ids(&mut erx, 2), vec![1, 2]);
 }

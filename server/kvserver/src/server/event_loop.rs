@@ -7,7 +7,7 @@ use super::{
     WRITES_HERE_PER_TURN_MAX,
 };
 use crate::balancer::Leadership;
-use crate::disk::DiskEvent;
+use crate::disk::{DiskEvent, SYNC_DEFER_MAX};
 use crate::registration::RegistrationEvent;
 use crate::resp::local::{LocalRequest, LOCAL_TOKEN};
 use kv_node::WriteRefusal;
@@ -83,6 +83,11 @@ impl EventLoop {
                     // Wall time only feeds the status table ("ms since a peer was heard").
                     self.core.set_now_ms(self.now_ms());
                     self.core.tick();
+                    // Deferrable writes this loop executed itself wait for a sync no
+                    // later than the thread's own would: asked for a tick early.
+                    if let Some(disk) = &self.disk {
+                        disk.sync_held_older_than(SYNC_DEFER_MAX.saturating_sub(tick));
+                    }
                     if let Some(guard) = &mut self.lease_guard {
                         guard.ticked(std::time::Instant::now());
                     }

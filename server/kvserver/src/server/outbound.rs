@@ -41,7 +41,7 @@ impl EventLoop {
     /// replies they released), and the caller flushes again.
     pub(super) async fn flush(
         &mut self,
-        events: Option<&mut UnboundedReceiver<DiskEvent>>,
+        mut events: Option<&mut UnboundedReceiver<DiskEvent>>,
     ) -> bool {
         let out = self.core.take_output();
         for e in &out.events {
@@ -51,7 +51,7 @@ impl EventLoop {
         let quiet = std::mem::take(&mut self.inputs_since_flush) <= inputs_max
             && self.core.pending_requests() as u64 <= WRITE_HERE_INPUTS_MAX;
         let mut writes_here = Vec::new();
-        match events {
+        match &mut events {
             Some(events)
                 if quiet
                     && !out.disk_writes.is_empty()
@@ -103,7 +103,10 @@ impl EventLoop {
             self.send_replies(addr, route, &[], ticket).await;
         }
         self.answer_clients(out.replies).await;
-        self.write_here(writes_here)
+        match events {
+            Some(events) => self.write_here(writes_here, events),
+            None => false,
+        }
     }
 
     /// Hands `writes` to the disk thread.
@@ -128,10 +131,15 @@ impl EventLoop {
         }
     }
 
-    /// Writes and syncs `writes` on this thread where the disk thread is idle
-    /// (`DiskThread::write_here`; it queues the rest) and tells the core which are
-    /// durable. True if any was. A failure stops the node: `disk_failure` is set.
-    fn write_here(&mut self, writes: Vec<DiskWrite>) -> bool {
+    /// Writes `writes` on this thread where the disk thread is idle
+    /// (`DiskThread::write_here`: it syncs them, or holds deferrable ones, and queues the
+    /// rest) and tells the core which are durable, after the `Done` events the thread
+    /// sent before. True if any was. A failure stops the node: `disk_failure` is set.
+    fn write_here(
+        &mut self,
+        writes: Vec<DiskWrite>,
+        events: &mut UnboundedReceiver<DiskEvent>,
+    ) -> bool {
         let mut durable = false;
         for w in writes {
             let Some(disk) = &self.disk else {
@@ -139,12 +147,20 @@ impl EventLoop {
             };
             self.counters.disk_writes += 1;
             match disk.write_here(w) {
-                Ok(Placed::Durable(id)) => {
+                Ok(Placed::Durable(ids)) => {
                     self.counters.wal_syncs += 1;
                     self.counters.disk_writes_here += 1;
-                    self.core.on_disk_done(id);
+                    if let Ok(ev) = events.try_recv() {
+                        if let Err(ServerError::Disk(e)) = self.on_disk_events(ev, events) {
+                            self.disk_failure = Some(e);
+                        }
+                    }
+                    for id in ids {
+                        self.core.on_disk_done(id);
+                    }
                     durable = true;
                 }
+                Ok(Placed::Held) => self.counters.disk_writes_here += 1,
                 Ok(Placed::Queued) => {}
                 Err(WriteHereError::Failed(e)) => {
                     self.disk_failure = Some(e);
