@@ -205,6 +205,7 @@ impl Group {
         self.wake();
     }
 }
+
 /// A leader's proposed batches of one group, by log index, lowest first. Each round
 /// proposes past the last one and each apply takes the first, so a queue serves: an
 /// insert and a removal per group and round, where an ordered map's cost several
