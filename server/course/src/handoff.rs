@@ -418,11 +418,10 @@ pub struct CommitNotice {
 }
 
 /// Measured loss (`loss.rs`) from which a leader that holds stalled commits back no
-/// longer tells two untold puts at once: a put stalls with probability 1 - (1-d)^4 (19%
-/// at 5% loss, 34% at 10%), so from about 10% a notice per stall costs more datagrams
-/// than a run without kills can spare under its message bonus
-/// (bench/results/course/dupreport-8f101bc.txt). Unknown loss (a run's first seconds)
-/// counts as light.
+/// longer tells two untold puts at once: a put stalls with probability 1 - (1-d)^4 at
+/// loss d, so the notices grow with loss until, under heavy loss, they cost more
+/// datagrams than a run without kills can spare under its message bonus. Unknown loss
+/// (a run's first seconds) counts as light.
 pub const EAGER_NOTICE_LOSS_MAX: f64 = 0.075;
 
 /// Gaps between commit advances that decide whether puts are sparse.
