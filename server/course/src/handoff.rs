@@ -424,6 +424,12 @@ pub struct CommitNotice {
 /// (a run's first seconds) counts as light.
 pub const EAGER_NOTICE_LOSS_MAX: f64 = 0.075;
 
+/// The `eager` of [`CommitNotice::due`]: whether a leader tells of two untold puts at once,
+/// given whether it may hold stalled commits back and the loss measured so far.
+pub fn eager_notice(defers_first_release: bool, loss: Option<f64>) -> bool {
+    defers_first_release && loss.is_none_or(|l| l < EAGER_NOTICE_LOSS_MAX)
+}
+
 /// Gaps between commit advances that decide whether puts are sparse.
 pub const COMMIT_GAPS_KEPT: usize = 8;
 
@@ -821,6 +827,23 @@ mod tests {
         // Followers never send notices.
         assert!(!n.due(false, 9, false, t0 + ms(300)));
         assert!(!n.due(false, 9, false, t0 + ms(900)));
+    }
+
+    #[test]
+    fn only_a_leader_that_holds_stalled_commits_back_under_light_loss_tells_eagerly() {
+        assert!(eager_notice(true, None), "unknown loss counts as light");
+        assert!(eager_notice(true, Some(0.0)));
+        assert!(eager_notice(true, Some(0.05)));
+        assert!(!eager_notice(true, Some(EAGER_NOTICE_LOSS_MAX)));
+        assert!(
+            !eager_notice(true, Some(0.10)),
+            "heavy loss: the notices cost too much"
+        );
+        assert!(
+            !eager_notice(false, None),
+            "a leader that holds nothing back waits"
+        );
+        assert!(!eager_notice(false, Some(0.0)));
     }
 
     #[test]

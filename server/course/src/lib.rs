@@ -17,8 +17,10 @@
 //!   timing of kv-raft's lazy followers).
 //! - [`vote_resend`]: when to ask kv-raft to resend unanswered vote requests.
 //! - [`settings`]: this mode's timing and traffic settings.
+//! - [`core_config`]: the node core's configuration built from them.
 //! - [`runtime`]: the socket loop.
 
+pub mod core_config;
 pub mod doubt;
 pub mod handoff;
 pub mod ids;

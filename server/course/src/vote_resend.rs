@@ -88,8 +88,8 @@ mod tests {
     /// builds it, and asks again exactly the voters that have not answered.
     #[test]
     fn the_node_core_resends_a_pre_vote_to_every_silent_voter_and_nothing_as_follower() {
+        use crate::core_config::node_config;
         use crate::ids::Roster;
-        use crate::runtime::node_config;
         use crate::settings::Settings;
         use kv_node::{GroupMessage, NodeCore};
         use kv_raft::{MessageBody, Role};
