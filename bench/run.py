@@ -1095,10 +1095,14 @@ def table(results):
     f = results.get("fdatasync")
     if f:
         lines.append("")
+        # Results files written before the probe preallocated have no extending_p50_us:
+        # their percentiles are of appends.
+        preallocated = "extending_p50_us" in f
+        kind = "write into preallocated space" if preallocated else "append"
         lines.append(
-            f"data disk: fdatasync of a {f['bytes']} B write into preallocated space p50 {ms(f['p50_us'])} ms, "
+            f"data disk: fdatasync of a {f['bytes']} B {kind} p50 {ms(f['p50_us'])} ms, "
             f"p90 {ms(f['p90_us'])} ms, p99 {ms(f['p99_us'])} ms ({f['writes']} writes, before the clusters start)"
-            + (f"; of an append that extends the file p50 {ms(f['extending_p50_us'])} ms" if "extending_p50_us" in f else "")
+            + (f"; of an append that extends the file p50 {ms(f['extending_p50_us'])} ms" if preallocated else "")
         )
         for p in results["points"]:
             if p["system"] == "raftkv" and p.get("op") == "put" and p.get("clients") == 1:

@@ -62,6 +62,25 @@ class RedisRowNames(unittest.TestCase):
                 for other in set(run.LEADER_POLICIES) - {policy}:
                     self.assertNotIn(other, name)
 
+class FsyncProbeLabel(unittest.TestCase):
+    """The table names the kind of sync a results file's probe timed: files written
+    before the probe preallocated (no extending_p50_us) timed appends."""
+
+    @staticmethod
+    def disk_line(fdatasync):
+        results = {"points": [], "ratios": [], "idle": [], "fdatasync": fdatasync}
+        return [l for l in run.table(results).splitlines() if l.startswith("data disk")][0]
+
+    def test_an_old_file_reads_as_appends_and_a_new_one_as_preallocated(self):
+        old = {"writes": 400, "bytes": 4096, "p50_us": 120.0, "p90_us": 160.0, "p99_us": 210.0}
+        self.assertIn("4096 B append p50 0.12 ms", self.disk_line(old))
+        self.assertNotIn("preallocated", self.disk_line(old))
+        new = dict(old, extending_p50_us=180.0)
+        line = self.disk_line(new)
+        self.assertIn("write into preallocated space p50 0.12 ms", line)
+        self.assertIn("extends the file p50 0.18 ms", line)
+
+
 class KeySet(unittest.TestCase):
     """Every raftkv point and the preload before the gets name their keys from one key
     set, so gets read values the puts or the preload wrote (without one, each kvcli run

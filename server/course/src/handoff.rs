@@ -417,15 +417,15 @@ pub struct CommitNotice {
     untold_puts: VecDeque<(Index, usize)>,
 }
 
-/// Measured loss (`loss.rs`) from which a leader that holds stalled commits back no
-/// longer tells two untold puts at once: a put stalls with probability 1 - (1-d)^4 at
+/// The loss estimate (`LossMeter::loss`) from which a leader that holds stalled commits
+/// back no longer tells two untold puts at once: a put stalls with probability 1 - (1-d)^4 at
 /// loss d, so the notices grow with loss until, under heavy loss, they cost more
 /// datagrams than a run without kills can spare under its message bonus. Unknown loss
 /// (a run's first seconds) counts as light.
 pub const EAGER_NOTICE_LOSS_MAX: f64 = 0.075;
 
 /// The `eager` of [`CommitNotice::due`]: whether a leader tells of two untold puts at once,
-/// given whether it may hold stalled commits back and the loss measured so far.
+/// given whether it may hold stalled commits back and the `LossMeter::loss` estimate.
 pub fn eager_notice(defers_first_release: bool, loss: Option<f64>) -> bool {
     defers_first_release && loss.is_none_or(|l| l < EAGER_NOTICE_LOSS_MAX)
 }
