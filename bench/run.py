@@ -2,8 +2,10 @@
 """bench/run.py: the raftkv benchmark suite in one command (issue 6).
 
 Builds release binaries, starts fresh local 3-node kvserver clusters (fsync on, temp
-data dirs, free loopback ports, one generated cluster file per shard count), runs the
-sweep with `kvcli bench --json`, measures the servers' CPU per operation and RSS from
+data dirs, free loopback ports, one generated cluster file per shard count), compares
+1, 8 and 64 shards at 64 clients in interleaved rounds (all three clusters up at once;
+medians and ratios against 1 shard), runs the client and value sweep on 8 shards with
+`kvcli bench --json`, measures the servers' CPU per operation and RSS from
 /proc, times a follower's catch-up, and, when an `etcd` binary is installed, runs the
 same put/get points against a 3-member etcd with bench/etcd-load and prints the ratio
 raftkv/etcd per point. With redis-benchmark and redis-server installed it also runs
@@ -520,7 +522,9 @@ class EtcdCluster:
 
 
 def plan(args):
-    """The points: (group, system, shards, op, clients, value_size). op is put|get|mix."""
+    """The points of the client and value sweeps on BASE_SHARDS shards: (group, op, shards,
+    clients, value_size), op put|get|mix; the shard counts run_shard_counts compares; the
+    client counts."""
     if args.quick:
         clients = [1, 64]
         shard_counts = [1, 8]
@@ -534,10 +538,7 @@ def plan(args):
         for c in clients:
             pts.append(("clients", op, BASE_SHARDS, c, VALUE_SMALL))
     pts.append(("clients", "mix", BASE_SHARDS, 64, VALUE_SMALL))
-    for s in shard_counts:
-        if s != BASE_SHARDS:
-            for op in ("put", "get"):
-                pts.append(("shards", op, s, 64, VALUE_SMALL))
+    # The shard counts are compared by run_shard_counts, interleaved, not by points here.
     for v in value_sizes:
         pts.append(("values", "put", BASE_SHARDS, 64, v))
     return pts, shard_counts, clients
@@ -611,17 +612,14 @@ def idle_cpu(cluster, seconds=IDLE_SECONDS):
 
 
 def run_raftkv(args, bins, workdir, results):
-    pts, shard_counts, _ = plan(args)
-    for shards in sorted(set(shard_counts) | {BASE_SHARDS}):
+    """The client and value sweeps, on one cluster of BASE_SHARDS shards."""
+    pts, _, _ = plan(args)
+    for shards in (BASE_SHARDS,):
         mine = [p for p in pts if p[2] == shards]
         log(f"raftkv: starting a 3-node cluster with {shards} shards")
         c = RaftkvCluster(bins, shards, workdir, leaders=args.leaders)
         try:
             c.start()
-            idle = idle_cpu(c, args.idle_seconds)
-            idle.update(shards=shards)
-            results["idle"].append(idle)
-            log(f"raftkv idle, {shards} shards: {idle['percent_of_one_core']:.1f}% of one core")
             # 100 B puts first: they fill the key space (same seed, so same keys) for the
             # gets; the large-value puts last, so that gets read 100 B values.
             mine.sort(key=lambda p: (p[0] == "values", p[1] != "put", p[1] == "mix", p[3]))
@@ -642,6 +640,94 @@ def run_raftkv(args, bins, workdir, results):
             c.stop()
             if not args.keep:
                 shutil.rmtree(c.dir, ignore_errors=True)
+
+
+# Rounds of the interleaved shard-count comparison (run_shard_counts).
+SHARD_ROUNDS = 3
+
+
+def run_shard_counts(args, bins, workdir, results):
+    """Puts, then linearizable gets, at 64 clients on one 3-node cluster per shard count,
+    all up at once, in --shard-rounds interleaved rounds: each round runs every shard
+    count's point once, starting one shard count further along than the round before, so
+    that whatever else loads the shared machine meets every shard count alike (one point
+    after another, the same build moves by 10-15 % between points here). Each cluster's
+    idle CPU is measured first, while the others idle too. Every cluster gets every key
+    once before the first get. Records every round's point, and per (shards, op) the
+    median round (a real run, its latencies with it) in results["points"] (group
+    "shards") and the medians and ratios against 1 shard in results["shard_counts"]."""
+    _, counts, _ = plan(args)
+    rounds = args.shard_rounds
+    clusters = {}
+    rows = []
+    try:
+        for shards in counts:
+            log(f"shard counts: starting a 3-node cluster with {shards} shards")
+            clusters[shards] = RaftkvCluster(bins, shards, workdir, leaders=args.leaders)
+            clusters[shards].start()
+        for shards, c in clusters.items():
+            c.wait_placed()
+        for shards, c in clusters.items():
+            idle = idle_cpu(c, args.idle_seconds)
+            idle.update(shards=shards)
+            results["idle"].append(idle)
+            log(f"raftkv idle, {shards} shards: {idle['percent_of_one_core']:.1f}% of one core")
+        for op in ("put", "get"):
+            if op == "get":
+                for c in clusters.values():
+                    c.preload()
+            for rnd in range(rounds):
+                order = counts[rnd % len(counts):] + counts[:rnd % len(counts)]
+                for shards in order:
+                    c = clusters[shards]
+                    point = measure(
+                        "raftkv", c, op, 64, shards, VALUE_SMALL, args.duration,
+                        lambda: c.bench(64, args.duration, MIX[op], VALUE_SMALL, seed=rnd + 1),
+                    )
+                    point.update(group="shards", round=rnd + 1, load_average_1m=os.getloadavg()[0])
+                    rows.append(point)
+    finally:
+        for c in clusters.values():
+            c.stop()
+            if not args.keep:
+                shutil.rmtree(c.dir, ignore_errors=True)
+    summary = shard_count_summary(rows, counts)
+    for row in summary:
+        results["points"].append(row.pop("median_point"))
+    results["shard_counts"] = {
+        "counts": counts, "clients": 64, "rounds": rounds, "duration_s": args.duration,
+        "rows": [{k: v for k, v in r.items() if k != "report"} for r in rows], "summary": summary,
+    }
+
+
+def shard_count_summary(rows, counts):
+    """Per (op, shards) of run_shard_counts' rows: the medians over the rounds, the
+    ratios of those medians against 1 shard, the range of the per-round throughput
+    ratios (each round's S-shard point against the same round's 1-shard point), and the
+    median round's point itself (`median_point`)."""
+    summary = []
+    for op in ("put", "get"):
+        base = {r["round"]: r for r in rows if r["op"] == op and r["shards"] == counts[0]}
+        base_median = median([r["ops_per_s"] for r in base.values()])
+        for shards in counts:
+            mine = sorted((r for r in rows if r["op"] == op and r["shards"] == shards), key=lambda r: r["ops_per_s"])
+            if not mine:
+                continue
+            ops = median([r["ops_per_s"] for r in mine])
+            per_round = [r["ops_per_s"] / base[r["round"]]["ops_per_s"] for r in mine
+                         if r["round"] in base and base[r["round"]]["ops_per_s"]]
+            summary.append({
+                "op": op, "shards": shards, "rounds": len(mine), "ops_per_s": ops,
+                "server_cpu_us_per_op": median([r["server_cpu_us_per_op"] for r in mine]),
+                "p50_us": median([r["latency_us"].get("p50_us") or 0 for r in mine]),
+                "p99_us": median([r["latency_us"].get("p99_us") or 0 for r in mine]),
+                "errors": sum(r["errors"] for r in mine),
+                "ratio_to_base": ops / base_median if base_median else None,
+                "round_ratio_min": min(per_round) if per_round else None,
+                "round_ratio_max": max(per_round) if per_round else None,
+                "median_point": {**mine[(len(mine) - 1) // 2], "rounds": len(mine)},
+            })
+    return summary
 
 
 def run_catchup(args, bins, workdir, results):
@@ -1113,6 +1199,18 @@ def table(results):
         lines.append(f"{'raftkv / etcd, same run':48} {'throughput':>10} {'p50':>7} {'p99':>7} {'cpu/op':>7}")
         for r in results["ratios"]:
             lines.append(f"{r['name']:48} {r['throughput_ratio']:>9.2f}x {r['p50_ratio']:>6.2f}x {r['p99_ratio']:>6.2f}x {r['cpu_per_op_ratio']:>6.2f}x")
+    sc = results.get("shard_counts")
+    if sc:
+        section(
+            lines,
+            [f"shard counts: {sc['clients']} clients, medians of {sc['rounds']} interleaved rounds of {sc['duration_s']} s; "
+             f"ratios against {sc['counts'][0]} shard (medians, and the range of the rounds' own ratios)",
+             f"{'op':4} {'shards':>6} {'ops/s':>9} {'ratio':>6} {'rounds':>11} {'cpu us/op':>9} {'p50':>6} {'p99':>6} {'err':>5}"],
+            sc["summary"],
+            lambda r: f"{r['op']:4} {r['shards']:>6} {r['ops_per_s']:>9.0f} {r['ratio_to_base'] or 0:>5.2f}x "
+                      f"{r['round_ratio_min'] or 0:>5.2f}-{r['round_ratio_max'] or 0:.2f}x {r['server_cpu_us_per_op']:>9.1f} "
+                      f"{ms(r['p50_us']):>6} {ms(r['p99_us']):>6} {r['errors']:>5}",
+        )
     if results["idle"] or results.get("etcd_idle"):
         lines.append("")
         for i in results["idle"]:
@@ -1203,6 +1301,8 @@ def main():
     ap.add_argument("--no-etcd", action="store_true", help="skip etcd even if installed")
     ap.add_argument("--no-catchup", action="store_true", help="skip the catch-up point")
     ap.add_argument("--only", choices=["catchup", "redis", "auth", "leaders"], help="run only this point (no etcd, no sweep; latest.json and plots untouched)")
+    ap.add_argument("--shard-rounds", type=int, default=SHARD_ROUNDS,
+                    help=f"interleaved rounds of the 1/8/64-shard comparison at 64 clients (default {SHARD_ROUNDS})")
     ap.add_argument("--repetitions", type=int, default=AUTH_REPETITIONS, help=f"--only auth, --only leaders: interleaved repetitions (default {AUTH_REPETITIONS})")
     ap.add_argument("--leaders", choices=LEADER_POLICIES, default=LEADERS_DEFAULT,
                     help=f"the clusters' [placement] leaders (default {LEADERS_DEFAULT}); --only leaders compares both")
@@ -1263,6 +1363,7 @@ def main():
         elif args.only == "leaders":
             run_leaders(args, bins, workdir, results)
         elif not args.no_raftkv:
+            run_shard_counts(args, bins, workdir, results)
             run_raftkv(args, bins, workdir, results)
             if not args.no_catchup:
                 run_catchup(args, bins, workdir, results)

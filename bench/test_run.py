@@ -104,5 +104,39 @@ class KeySet(unittest.TestCase):
         self.assertIn("--preload", calls[2])
 
 
+class ShardCounts(unittest.TestCase):
+    """The interleaved shard-count comparison: medians over the rounds, ratios of the
+    medians against 1 shard, and the range of each round's own ratio."""
+
+    @staticmethod
+    def row(op, shards, rnd, ops):
+        return {"op": op, "shards": shards, "round": rnd, "ops_per_s": ops, "server_cpu_us_per_op": ops / 1e4,
+                "latency_us": {"p50_us": 100 * rnd, "p99_us": 1000 * rnd}, "errors": 0}
+
+    def test_medians_ratios_and_the_round_range(self):
+        rows = [self.row("put", 1, r, ops) for r, ops in ((1, 100.0), (2, 120.0), (3, 80.0))]
+        rows += [self.row("put", 8, r, ops) for r, ops in ((1, 90.0), (2, 132.0), (3, 100.0))]
+        summary = run.shard_count_summary(rows, [1, 8])
+        self.assertEqual([(r["op"], r["shards"]) for r in summary], [("put", 1), ("put", 8)])
+        one, eight = summary
+        self.assertEqual(one["ops_per_s"], 100.0)
+        self.assertEqual(eight["ops_per_s"], 100.0)
+        self.assertAlmostEqual(eight["ratio_to_base"], 1.0)
+        # Rounds: 90/100, 132/120, 100/80.
+        self.assertAlmostEqual(eight["round_ratio_min"], 0.9)
+        self.assertAlmostEqual(eight["round_ratio_max"], 1.25)
+        # The median round is a real run: round 3's 100 ops/s, with its latencies.
+        self.assertEqual(eight["median_point"]["round"], 3)
+        self.assertEqual(eight["median_point"]["rounds"], 3)
+        self.assertEqual(one["median_point"]["round"], 1)
+
+    def test_the_sweep_plans_no_sequential_shard_points(self):
+        args = mock.Mock(quick=False)
+        pts, counts, _ = run.plan(args)
+        self.assertEqual(counts, [1, 8, 64])
+        self.assertFalse([p for p in pts if p[0] == "shards"])
+        self.assertEqual({p[2] for p in pts}, {run.BASE_SHARDS})
+
+
 if __name__ == "__main__":
     unittest.main()
