@@ -2,6 +2,7 @@
 
     python3 -m unittest bench/test_run.py
 """
+import os
 import shutil
 import sys
 import tempfile
@@ -79,6 +80,30 @@ class FsyncProbeLabel(unittest.TestCase):
         line = self.disk_line(new)
         self.assertIn("write into preallocated space p50 0.12 ms", line)
         self.assertIn("extends the file p50 0.18 ms", line)
+        self.assertNotIn("two processes", line)
+
+    def test_a_pair_probe_is_shown_and_the_one_client_put_measured_against_it(self):
+        f = {"writes": 400, "bytes": 4096, "p50_us": 100.0, "p90_us": 160.0, "p99_us": 210.0,
+             "extending_p50_us": 180.0, "pair_p50_us": 170.0}
+        put = {"system": "raftkv", "op": "put", "clients": 1, "name": "put, 1 client, 8 shards",
+               "ops_per_s": 1, "errors": 0, "server_cpu_us_per_op": 1,
+               "latency_us": {"p50_us": 300.0}}
+        results = {"points": [put], "ratios": [], "idle": [], "fdatasync": f}
+        text = run.table(results)
+        self.assertIn("two processes syncing at once, the later done p50 0.17 ms", text)
+        self.assertIn("p50 is fdatasync p50 + 0.200 ms, two concurrent syncs' p50 + 0.130 ms", text)
+
+
+class ConcurrentPair(unittest.TestCase):
+    """The pair probe times every round until both processes' syncs are done, and leaves
+    no file behind."""
+
+    def test_one_time_per_round_each_at_least_one_sync_long(self):
+        with tempfile.TemporaryDirectory() as d:
+            times = run.concurrent_pair(Path(d), 20, 4096)
+            self.assertEqual(len(times), 20)
+            self.assertTrue(all(t > 0 for t in times))
+            self.assertEqual(os.listdir(d), [])
 
 
 class KeySet(unittest.TestCase):
