@@ -237,14 +237,21 @@ def concurrent_pair(workdir, writes, size):
     done_r, done_w = os.pipe()
     pid = os.fork()
     if pid == 0:
+        # Each side keeps only its own pipe ends, so that either one's end shows the
+        # other an end of file instead of a wait for ever.
+        os.close(go_w)
+        os.close(done_r)
         try:
             for _ in range(writes):
-                os.read(go_r, 1)
+                if not os.read(go_r, 1):
+                    break
                 os.write(fds[1], block)
                 os.fdatasync(fds[1])
                 os.write(done_w, b"d")
         finally:
             os._exit(0)
+    os.close(go_r)
+    os.close(done_w)
     times = []
     try:
         for _ in range(writes):
@@ -252,11 +259,13 @@ def concurrent_pair(workdir, writes, size):
             os.write(go_w, b"g")
             os.write(fds[0], block)
             os.fdatasync(fds[0])
-            os.read(done_r, 1)
+            if not os.read(done_r, 1):
+                raise RuntimeError("fdatasync probe: the second process of the pair ended early")
             times.append((time.perf_counter() - t0) * 1e6)
     finally:
+        os.close(go_w)
         os.waitpid(pid, 0)
-        for fd in fds + [go_r, go_w, done_r, done_w]:
+        for fd in fds + [done_r]:
             os.close(fd)
         for path in paths:
             path.unlink(missing_ok=True)
@@ -663,32 +672,31 @@ def idle_cpu(cluster, seconds=IDLE_SECONDS):
 def run_raftkv(args, bins, workdir, results):
     """The client and value sweeps, on one cluster of BASE_SHARDS shards."""
     pts, _, _ = plan(args)
-    for shards in (BASE_SHARDS,):
-        mine = [p for p in pts if p[2] == shards]
-        log(f"raftkv: starting a 3-node cluster with {shards} shards")
-        c = RaftkvCluster(bins, shards, workdir, leaders=args.leaders)
-        try:
-            c.start()
-            # 100 B puts first: they fill the key space (same seed, so same keys) for the
-            # gets; the large-value puts last, so that gets read 100 B values.
-            mine.sort(key=lambda p: (p[0] == "values", p[1] != "put", p[1] == "mix", p[3]))
-            preloaded = False
-            for group, op, s, clients, value in mine:
-                if op != "put" and not preloaded:
-                    # Every key once more at 100 B before the first get, outside the
-                    # measurement: the puts before may not have reached every key.
-                    c.preload()
-                    preloaded = True
-                point = measure(
-                    "raftkv", c, op, clients, s, value, args.duration,
-                    lambda: c.bench(clients, args.duration, MIX[op], value),
-                )
-                point["group"] = group
-                results["points"].append(point)
-        finally:
-            c.stop()
-            if not args.keep:
-                shutil.rmtree(c.dir, ignore_errors=True)
+    mine = [p for p in pts if p[2] == BASE_SHARDS]
+    log(f"raftkv: starting a 3-node cluster with {BASE_SHARDS} shards")
+    c = RaftkvCluster(bins, BASE_SHARDS, workdir, leaders=args.leaders)
+    try:
+        c.start()
+        # 100 B puts first: they fill the key space (same seed, so same keys) for the
+        # gets; the large-value puts last, so that gets read 100 B values.
+        mine.sort(key=lambda p: (p[0] == "values", p[1] != "put", p[1] == "mix", p[3]))
+        preloaded = False
+        for group, op, s, clients, value in mine:
+            if op != "put" and not preloaded:
+                # Every key once more at 100 B before the first get, outside the
+                # measurement: the puts before may not have reached every key.
+                c.preload()
+                preloaded = True
+            point = measure(
+                "raftkv", c, op, clients, s, value, args.duration,
+                lambda: c.bench(clients, args.duration, MIX[op], value),
+            )
+            point["group"] = group
+            results["points"].append(point)
+    finally:
+        c.stop()
+        if not args.keep:
+            shutil.rmtree(c.dir, ignore_errors=True)
 
 
 # Rounds of the interleaved shard-count comparison (run_shard_counts).

@@ -105,6 +105,20 @@ class ConcurrentPair(unittest.TestCase):
             self.assertTrue(all(t > 0 for t in times))
             self.assertEqual(os.listdir(d), [])
 
+    def test_a_second_process_that_ends_early_is_an_error_not_a_hang(self):
+        parent = os.getpid()
+        real = os.fdatasync
+
+        def fails_in_the_child(fd):
+            if os.getpid() != parent:
+                raise OSError("no sync here")
+            real(fd)
+
+        with tempfile.TemporaryDirectory() as d, mock.patch("os.fdatasync", fails_in_the_child):
+            with self.assertRaisesRegex(RuntimeError, "ended early"):
+                run.concurrent_pair(Path(d), 5, 4096)
+            self.assertEqual(os.listdir(d), [])
+
 
 class KeySet(unittest.TestCase):
     """Every raftkv point and the preload before the gets name their keys from one key
