@@ -37,7 +37,7 @@ from pathlib import Path
 
 from run import (
     MIX, REPO, RESULTS, VALUE_SMALL, RaftkvCluster, build, git_commit, log, machine_info, measure, median,
-    point_name, target_dir, LEADER_POLICIES,
+    point_name, retire, target_dir, LEADER_POLICIES,
 )
 
 BINARIES = ("kvserver", "kvcli")
@@ -113,9 +113,7 @@ def run_shards(args, shards, builds, workdir, rows):
                     })
     finally:
         for c in clusters.values():
-            c.stop()
-            if not args.keep:
-                shutil.rmtree(c.dir, ignore_errors=True)
+            retire(c, args.keep)
 
 
 def client_cpu_us_per_op(point, duration_s):

@@ -503,6 +503,20 @@ def last_json(r, what):
     raise RuntimeError(f"{what} printed no JSON report (exit {r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
 
 
+def retire(cluster, keep):
+    """Stops a cluster (raftkv or etcd) and removes its data dirs and logs unless keep."""
+    cluster.stop()
+    if not keep:
+        shutil.rmtree(cluster.dir, ignore_errors=True)
+
+
+def rotated(items, rnd):
+    """items starting one further along for each round: the order of round rnd in an
+    interleaved comparison, so that no side always runs first."""
+    k = rnd % len(items)
+    return list(items[k:]) + list(items[:k])
+
+
 # ---------------------------------------------------------------- etcd cluster
 
 
@@ -671,8 +685,7 @@ def idle_cpu(cluster, seconds=IDLE_SECONDS):
 
 def run_raftkv(args, bins, workdir, results):
     """The client and value sweeps, on one cluster of BASE_SHARDS shards."""
-    pts, _, _ = plan(args)
-    mine = [p for p in pts if p[2] == BASE_SHARDS]
+    mine, _, _ = plan(args)
     log(f"raftkv: starting a 3-node cluster with {BASE_SHARDS} shards")
     c = RaftkvCluster(bins, BASE_SHARDS, workdir, leaders=args.leaders)
     try:
@@ -694,9 +707,7 @@ def run_raftkv(args, bins, workdir, results):
             point["group"] = group
             results["points"].append(point)
     finally:
-        c.stop()
-        if not args.keep:
-            shutil.rmtree(c.dir, ignore_errors=True)
+        retire(c, args.keep)
 
 
 # Rounds of the interleaved shard-count comparison (run_shard_counts).
@@ -734,7 +745,7 @@ def run_shard_counts(args, bins, workdir, results):
                 for c in clusters.values():
                     c.preload()
             for rnd in range(rounds):
-                order = counts[rnd % len(counts):] + counts[:rnd % len(counts)]
+                order = rotated(counts, rnd)
                 for shards in order:
                     c = clusters[shards]
                     point = measure(
@@ -745,9 +756,7 @@ def run_shard_counts(args, bins, workdir, results):
                     rows.append(point)
     finally:
         for c in clusters.values():
-            c.stop()
-            if not args.keep:
-                shutil.rmtree(c.dir, ignore_errors=True)
+            retire(c, args.keep)
     summary = shard_count_summary(rows, counts)
     for row in summary:
         results["points"].append(row.pop("median_point"))
@@ -833,9 +842,7 @@ def run_catchup(args, bins, workdir, results):
         }
         log(f"catch-up: {'%.2f s' % caught if caught is not None else 'NOT caught up'}; RSS after (KiB) {results['catchup']['rss_kb_after_catchup']}")
     finally:
-        c.stop()
-        if not args.keep:
-            shutil.rmtree(c.dir, ignore_errors=True)
+        retire(c, args.keep)
 
 
 def run_etcd(args, bins, workdir, results):
@@ -862,9 +869,7 @@ def run_etcd(args, bins, workdir, results):
             point["group"] = "clients"
             results["points"].append(point)
     finally:
-        e.stop()
-        if not args.keep:
-            shutil.rmtree(e.dir, ignore_errors=True)
+        retire(e, args.keep)
 
 
 # ---------------------------------------------------------------- redis-benchmark point
@@ -1085,9 +1090,7 @@ def run_auth(args, bins, workdir, results):
                     rows.append({"protection": p, **row})
     finally:
         for c in clusters.values():
-            c.stop()
-            if not args.keep:
-                shutil.rmtree(c.dir, ignore_errors=True)
+            retire(c, args.keep)
     summary = []
     for op in ("put", "get"):
         base = None
@@ -1163,9 +1166,7 @@ def run_leaders(args, bins, workdir, results):
                             })
         finally:
             for c in clusters.values():
-                c.stop()
-                if not args.keep:
-                    shutil.rmtree(c.dir, ignore_errors=True)
+                retire(c, args.keep)
     summary = []
     for shards in LEADERS_SHARDS:
         for op in ("put", "get"):

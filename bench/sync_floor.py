@@ -30,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from run import RaftkvCluster, fdatasync_latency, target_dir
+from run import RaftkvCluster, fdatasync_latency, rotated, target_dir
 
 SHARDS = 8
 LAYOUTS = ("disk", "one-disk", "no-disk")
@@ -67,7 +67,7 @@ def main():
             c.wait_placed()
         p50 = {layout: [] for layout in LAYOUTS}
         for rnd in range(args.rounds):
-            order = LAYOUTS[rnd % 3:] + LAYOUTS[:rnd % 3]
+            order = rotated(LAYOUTS, rnd)
             for layout in order:
                 report = clusters[layout].bench(1, args.duration, 0.0, 100, seed=rnd + 1)
                 p50[layout].append(report["latency"]["p50_us"])

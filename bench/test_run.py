@@ -98,7 +98,7 @@ class ConcurrentPair(unittest.TestCase):
     """The pair probe times every round until both processes' syncs are done, and leaves
     no file behind."""
 
-    def test_one_time_per_round_each_at_least_one_sync_long(self):
+    def test_one_positive_time_per_round_and_no_file_left(self):
         with tempfile.TemporaryDirectory() as d:
             times = run.concurrent_pair(Path(d), 20, 4096)
             self.assertEqual(len(times), 20)
@@ -168,6 +168,11 @@ class ShardCounts(unittest.TestCase):
         self.assertEqual(eight["median_point"]["round"], 3)
         self.assertEqual(eight["median_point"]["rounds"], 3)
         self.assertEqual(one["median_point"]["round"], 1)
+
+    def test_each_side_runs_first_once_in_as_many_rounds(self):
+        orders = [run.rotated((1, 8, 64), rnd) for rnd in range(3)]
+        self.assertEqual(orders, [[1, 8, 64], [8, 64, 1], [64, 1, 8]])
+        self.assertEqual(run.rotated(("a", "b"), 3), ["b", "a"])
 
     def test_the_sweep_plans_no_sequential_shard_points(self):
         args = mock.Mock(quick=False)
