@@ -30,3 +30,4 @@ pub use report::{summary_table, Report};
 pub use run::{run_blocking, run_scenario, RunOptions};
 pub use scenario::Scenario;
 pub use score::Tier;
+pub use sim::LateDatagrams;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use kv_harness::procs::ReplicaOutput;
-use kv_harness::{run_scenario, summary_table, Report, RunOptions, Scenario, Tier};
+use kv_harness::{run_scenario, summary_table, LateDatagrams, Report, RunOptions, Scenario, Tier};
 
 /// Exit code when a correctness check (or a required tier) fails.
 const EXIT_FAILED: u8 = 1;
@@ -54,6 +54,21 @@ struct Args {
     /// Harness UDP port on 127.0.0.1 (0: any free port).
     #[arg(long, default_value_t = 0)]
     port: u16,
+    /// What to do with a killed replica's datagrams that arrive after the kill.
+    ///
+    /// A late datagram is one a replica sent but the harness reads only after
+    /// a kill_leader or kill_non_leader event has sent SIGTERM to that
+    /// replica: one already on its way, or one the replica sent while
+    /// shutting down. The course's harness is not known to do either.
+    /// `drop` ignores them; `deliver` handles them like any other datagram of
+    /// that replica (routed, counted in total_msgs, checked, and a client reply
+    /// scored), so a replica's last words after SIGTERM, such as a leader
+    /// telling its followers what it has answered, can be tested. Either way
+    /// they are counted in the report, and they never change the last named
+    /// leader. Datagrams of a replica marked dead or that exited on its own
+    /// are always ignored.
+    #[arg(long, value_enum, value_name = "POLICY", default_value_t = LateDatagrams::Drop)]
+    late_datagrams: LateDatagrams,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -190,6 +205,7 @@ async fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 port: args.port,
                 output: output.clone(),
                 log_prefix: format!("{name}-{run}"),
+                late_datagrams: args.late_datagrams,
                 ..RunOptions::new(&args.replica, run_seed)
             };
             let data = run_scenario(scenario, &opts).await?;

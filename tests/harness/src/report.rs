@@ -2,11 +2,12 @@
 
 use std::fmt::Write as _;
 
+use clap::ValueEnum;
 use serde::Serialize;
 
 use crate::scenario::Scenario;
 use crate::score::{checks, metrics, Check, Metric, Tier};
-use crate::sim::{RunData, StopReason};
+use crate::sim::{LateDatagrams, RunData, StopReason};
 
 /// The verdict of one run of one scenario.
 #[derive(Clone, Debug, Serialize)]
@@ -121,6 +122,13 @@ impl Report {
             "   replica-bound copies {}: delivered {}, dropped {}, blocked by partition {}, to down replicas {}",
             n.total_msgs, n.delivered, n.dropped, n.blocked, n.to_dead
         );
+        let _ = writeln!(
+            s,
+            "   late datagrams of killed replicas ({}): delivered {}, ignored {}",
+            late_flag(d.late.policy),
+            d.late.delivered,
+            d.late.ignored
+        );
         for e in &d.events {
             let _ = writeln!(s, "   event {:>7.3}s {:?}: {}", e.time, e.kind, e.outcome);
         }
@@ -164,6 +172,15 @@ impl Report {
         }
         s
     }
+}
+
+/// The `--late-datagrams` setting that gives `policy`.
+fn late_flag(policy: LateDatagrams) -> String {
+    let value = policy
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default();
+    format!("--late-datagrams {value}")
 }
 
 fn format_value(m: &Metric) -> String {

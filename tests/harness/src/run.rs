@@ -10,7 +10,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::procs::{ReplicaOutput, ReplicaSet};
 use crate::scenario::Scenario;
-use crate::sim::{Action, RunData, Sim};
+use crate::sim::{Action, LateDatagrams, RunData, Sim};
 
 /// Receive buffer: larger than any UDP datagram.
 pub const DATAGRAM_BYTES_MAX: usize = 65_536;
@@ -34,10 +34,12 @@ pub struct RunOptions {
     pub log_prefix: String,
     /// Extra environment for the replica processes.
     pub env: Vec<(String, String)>,
+    /// What happens to a datagram a replica sent but the harness reads after killing it.
+    pub late_datagrams: LateDatagrams,
 }
 
 impl RunOptions {
-    /// Defaults for `replica` with `seed`: free port, output discarded.
+    /// Defaults for `replica` with `seed`: free port, output discarded, late datagrams dropped.
     pub fn new(replica: impl Into<PathBuf>, seed: u64) -> RunOptions {
         RunOptions {
             replica: replica.into(),
@@ -46,6 +48,7 @@ impl RunOptions {
             output: ReplicaOutput::Null,
             log_prefix: "replica".into(),
             env: Vec::new(),
+            late_datagrams: LateDatagrams::Drop,
         }
     }
 }
@@ -57,7 +60,7 @@ pub async fn run_scenario(scenario: &Scenario, opts: &RunOptions) -> anyhow::Res
         .await
         .context("cannot bind the harness UDP socket")?;
     let port = socket.local_addr()?.port();
-    let mut sim = Sim::new(scenario, opts.seed);
+    let mut sim = Sim::new(scenario, opts.seed).with_late_datagrams(opts.late_datagrams);
     let start = Instant::now();
     let mut procs = ReplicaSet::spawn(
         &opts.replica,

@@ -35,6 +35,28 @@ pub enum Action {
     Kill(NodeId),
 }
 
+/// What the harness does with a datagram of a replica it killed, read after the kill.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LateDatagrams {
+    /// Ignore it, as if the replica had died before sending it.
+    #[default]
+    Drop,
+    /// Handle it like any other datagram of that replica: routed, counted, checked.
+    Deliver,
+}
+
+/// Late datagrams of killed replicas: the policy of the run and what it did to them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LateCounts {
+    /// What the run did with them.
+    pub policy: LateDatagrams,
+    /// Handled like any other datagram (`LateDatagrams::Deliver`).
+    pub delivered: u64,
+    /// Ignored (`LateDatagrams::Drop`).
+    pub ignored: u64,
+}
+
 /// Why a run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -87,6 +109,8 @@ pub struct RunData {
     pub ended_at: f64,
     /// Replica-bound traffic.
     pub net: NetCounts,
+    /// Datagrams of killed replicas read after the kill.
+    pub late: LateCounts,
     /// Client traffic.
     pub work: WorkCounts,
     /// Gets unanswered at the end.
@@ -133,6 +157,7 @@ pub struct Sim {
     event_log: Vec<EventRecord>,
     exits: Vec<Exit>,
     notes: Vec<String>,
+    late: LateCounts,
     stop: Option<(StopReason, Duration)>,
 }
 
@@ -179,8 +204,15 @@ impl Sim {
             event_log: Vec::new(),
             exits: Vec::new(),
             notes: Vec::new(),
+            late: LateCounts::default(),
             stop: None,
         }
+    }
+
+    /// The same run with `policy` for late datagrams of killed replicas (default: drop).
+    pub fn with_late_datagrams(mut self, policy: LateDatagrams) -> Sim {
+        self.late.policy = policy;
+        self
     }
 
     /// Each replica's argv after the port: own id, then peers in random order.
@@ -274,8 +306,8 @@ impl Sim {
             return;
         }
         let sender = self.net.replica_at(from);
-        if sender.is_some_and(|s| !self.net.is_up(s)) {
-            return; // a late datagram of a killed or dead replica
+        if sender.is_some_and(|s| !self.admits(s)) {
+            return;
         }
         let obj = match parse_object(bytes) {
             Ok(obj) => obj,
@@ -327,10 +359,13 @@ impl Sim {
             }
             _ => {}
         }
-        if !self.net.is_up(src_index) {
+        // A sender known by its address was admitted above; this src has not said hello yet.
+        if sender.is_none() && !self.admits(src_index) {
             return;
         }
-        if leader != NodeId::BROADCAST {
+        // A killed replica's view of who leads is stale: it must not pick the
+        // next kill_leader victim or part_easy's majority.
+        if leader != NodeId::BROADCAST && self.net.is_up(src_index) {
             self.net.last_leader = Some(leader);
         }
         if kind == "hello" {
@@ -353,6 +388,26 @@ impl Sim {
                 now,
                 format!("replica {src} sent to dst {dst:?}: not a replica, FFFF or a client"),
             );
+        }
+    }
+
+    /// Whether a datagram of replica `index` is handled: always while it is up;
+    /// after the harness killed it as the late-datagram policy says (counted);
+    /// never once it is marked dead or has exited on its own.
+    fn admits(&mut self, index: usize) -> bool {
+        match self.net.state(index) {
+            ReplicaState::Up => true,
+            ReplicaState::Killed => match self.late.policy {
+                LateDatagrams::Deliver => {
+                    self.late.delivered += 1;
+                    true
+                }
+                LateDatagrams::Drop => {
+                    self.late.ignored += 1;
+                    false
+                }
+            },
+            ReplicaState::Dead | ReplicaState::Exited => false,
         }
     }
 
@@ -591,6 +646,7 @@ impl Sim {
             stop,
             ended_at: at.as_secs_f64(),
             net: self.net.counts.clone(),
+            late: self.late,
             work: self.work.counts.clone(),
             unanswered_gets,
             unanswered_puts,

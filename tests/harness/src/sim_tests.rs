@@ -49,7 +49,12 @@ fn msg(src: &str, dst: &str, leader: &str, kind: &str) -> Vec<u8> {
 
 /// A sim whose replicas have all said hello.
 fn started(s: &Scenario) -> Sim {
-    let mut sim = Sim::new(s, 1);
+    started_with(s, LateDatagrams::Drop)
+}
+
+/// `started` with `late` for the late datagrams of killed replicas.
+fn started_with(s: &Scenario, late: LateDatagrams) -> Sim {
+    let mut sim = Sim::new(s, 1).with_late_datagrams(late);
     let mut out = Vec::new();
     for i in 0..s.replicas {
         let id = NodeId(i as u16).to_string();
@@ -400,4 +405,145 @@ fn an_unplanned_exit_is_a_death() {
     let data = sim.finish(t(1.0));
     assert_eq!(data.deaths.len(), 1);
     assert!(data.deaths[0].reason.contains("exit code 1"));
+}
+
+/// Kills a non-leader of 3 replicas, lets the live one name itself leader,
+/// then feeds a broadcast the victim sent before dying: (what it sent, data).
+fn late_broadcast(late: LateDatagrams) -> (Vec<SocketAddr>, RunData) {
+    let s = scenario(
+        3,
+        1,
+        0.0,
+        vec![Event {
+            kind: EventKind::KillNonLeader,
+            time: 0.0,
+        }],
+    );
+    let mut sim = started_with(&s, late);
+    let mut out = Vec::new();
+    sim.on_datagram(t(0.1), addr(0), &msg("0000", "FFFF", "0000", "x"), &mut out);
+    sim.on_tick(t(1.0), &mut out);
+    let victim = out
+        .iter()
+        .find_map(|a| match a {
+            Action::Kill(id) => Some(usize::from(id.0)),
+            Action::Send { .. } => None,
+        })
+        .expect("kill_non_leader kills someone");
+    let other = 3 - victim;
+    let other_id = NodeId(other as u16).to_string();
+    sim.on_datagram(
+        t(1.1),
+        addr(other),
+        &msg(&other_id, "0000", &other_id, "x"),
+        &mut out,
+    );
+    sim.on_replica_exit(t(1.2), NodeId(victim as u16), "signal 15");
+    out.clear();
+    let victim_id = NodeId(victim as u16).to_string();
+    sim.on_datagram(
+        t(1.3),
+        addr(victim),
+        &msg(&victim_id, "FFFF", "0000", "x"),
+        &mut out,
+    );
+    let mut expected = vec![addr(0), addr(other)];
+    expected.sort();
+    let sent = sends(&out);
+    assert!(sent.is_empty() || sent == expected, "{sent:?}");
+    let data = sim.finish(t(2.0));
+    assert_eq!(
+        data.last_leader,
+        Some(other_id),
+        "a killed replica names no leader"
+    );
+    (sent, data)
+}
+
+#[test]
+fn a_killed_replicas_late_datagram_is_ignored_under_drop() {
+    let (sent, data) = late_broadcast(LateDatagrams::Drop);
+    assert!(sent.is_empty());
+    assert_eq!(data.net.total_msgs, 2 + 1);
+    let expected = LateCounts {
+        policy: LateDatagrams::Drop,
+        delivered: 0,
+        ignored: 1,
+    };
+    assert_eq!(data.late, expected);
+}
+
+#[test]
+fn a_killed_replicas_late_datagram_is_routed_and_counted_under_deliver() {
+    let (sent, data) = late_broadcast(LateDatagrams::Deliver);
+    assert_eq!(sent.len(), 2, "one copy to each other replica");
+    assert_eq!(data.net.total_msgs, 2 + 1 + 2);
+    assert_eq!(data.net.to_dead, 0, "the live ones received it");
+    let expected = LateCounts {
+        policy: LateDatagrams::Deliver,
+        delivered: 1,
+        ignored: 0,
+    };
+    assert_eq!(data.late, expected);
+    assert!(data.deaths.is_empty() && data.error_count == 0);
+}
+
+/// The client's request goes to a replica that names itself leader and is
+/// killed by kill_leader; its ok to the request arrives after the kill.
+fn late_ok(late: LateDatagrams) -> RunData {
+    let s = scenario(
+        3,
+        1,
+        0.0,
+        vec![Event {
+            kind: EventKind::KillLeader,
+            time: 0.5,
+        }],
+    );
+    let mut sim = started_with(&s, late);
+    let (target, client, mid) = first_request(&mut sim, t(1.0));
+    let target_id = NodeId(target as u16).to_string();
+    let mut out = Vec::new();
+    let named = msg(&target_id, "FFFF", &target_id, "x");
+    sim.on_datagram(t(1.1), addr(target), &named, &mut out);
+    out.clear();
+    sim.on_tick(t(1.6), &mut out);
+    assert_eq!(out, vec![Action::Kill(NodeId(target as u16))]);
+    out.clear();
+    let ok = reply(target, &client, &target_id, "ok", &mid);
+    sim.on_datagram(t(1.7), addr(target), &ok, &mut out);
+    assert!(out.is_empty(), "an ok asks for nothing more");
+    sim.finish(t(3.0))
+}
+
+#[test]
+fn a_killed_leaders_late_ok_is_scored_only_under_deliver() {
+    let dropped = late_ok(LateDatagrams::Drop);
+    assert_eq!(dropped.work.puts_acked, 0);
+    assert_eq!(dropped.unanswered_puts, 1);
+    assert_eq!((dropped.late.delivered, dropped.late.ignored), (0, 1));
+    let delivered = late_ok(LateDatagrams::Deliver);
+    assert_eq!(delivered.work.puts_acked, 1);
+    assert_eq!(delivered.unanswered_puts, 0);
+    assert_eq!(delivered.latencies.len(), 1);
+    assert_eq!((delivered.late.delivered, delivered.late.ignored), (1, 0));
+}
+
+#[test]
+fn dead_and_exited_replicas_stay_ignored_under_deliver() {
+    let s = scenario(3, 1, 0.0, vec![]);
+    let mut sim = started_with(&s, LateDatagrams::Deliver);
+    let mut out = Vec::new();
+    sim.on_datagram(t(0.1), addr(1), b"", &mut out);
+    sim.on_replica_exit(t(0.2), NodeId(2), "exit code 1");
+    for i in [1, 2] {
+        let id = NodeId(i as u16).to_string();
+        sim.on_datagram(t(0.3), addr(i), &msg(&id, "FFFF", &id, "x"), &mut out);
+    }
+    assert!(out.is_empty(), "{out:?}");
+    let data = sim.finish(t(1.0));
+    assert_eq!(data.net.total_msgs, 0);
+    assert_eq!(data.error_count, 1, "only the empty datagram");
+    assert_eq!(data.last_leader, None);
+    assert_eq!((data.late.delivered, data.late.ignored), (0, 0));
 }

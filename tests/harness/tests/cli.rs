@@ -14,6 +14,18 @@ const SHORT: &str = r#"{
     "duplicates": [0, 1, 2], "median_latency": [0.01, 0.05, 0.5] } }
 }"#;
 
+/// SHORT cut to 0.7 s, for tests about flags rather than scores.
+fn tiny() -> String {
+    SHORT
+        .replace("\"lifetime\": 1.0", "\"lifetime\": 0.3")
+        .replace("\"requests\": 30", "\"requests\": 10")
+        .replace("fail_fraction\": 0.5", "fail_fraction\": 1.0")
+        .replace(
+            "\"wait\": 0.5, \"end_wait\": 0.5",
+            "\"wait\": 0.2, \"end_wait\": 0.2",
+        )
+}
+
 fn scenario_file(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let path = dir.join(format!("{name}.json"));
@@ -84,14 +96,7 @@ fn bad_scenario_is_a_setup_error() {
 fn all_expands_the_configs_directory_and_runs_repeat_with_consecutive_seeds() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-all");
     std::fs::create_dir_all(&dir).unwrap();
-    let tiny = SHORT
-        .replace("\"lifetime\": 1.0", "\"lifetime\": 0.3")
-        .replace("\"requests\": 30", "\"requests\": 10")
-        .replace("fail_fraction\": 0.5", "fail_fraction\": 1.0")
-        .replace(
-            "\"wait\": 0.5, \"end_wait\": 0.5",
-            "\"wait\": 0.2, \"end_wait\": 0.2",
-        );
+    let tiny = tiny();
     for name in ["b-second", "a-first"] {
         std::fs::write(dir.join(format!("{name}.json")), &tiny).unwrap();
     }
@@ -127,4 +132,50 @@ fn all_expands_the_configs_directory_and_runs_repeat_with_consecutive_seeds() {
     ];
     assert_eq!(rows, expected.map(|r| r.to_vec()).to_vec(), "{stdout}");
     assert_eq!(out.status.code(), Some(0), "{stdout}");
+}
+
+#[test]
+fn late_datagrams_policy_reaches_the_report() {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-late.json");
+    std::fs::write(&path, tiny()).unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new(KVHARNESS)
+            .args(["--replica", TOY, "--seed", "9"])
+            .args(extra)
+            .arg(&path)
+            .env_remove("TOY_BUG")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = run(&["--late-datagrams", "deliver"]);
+    assert!(
+        text.contains(
+            "late datagrams of killed replicas (--late-datagrams deliver): delivered 0, ignored 0"
+        ),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&run(&["--json"])).unwrap();
+    let late = &json[0]["data"]["late"];
+    assert_eq!(late["policy"], "drop", "the default: {late}");
+    assert_eq!(late["ignored"], 0);
+}
+
+#[test]
+fn late_datagrams_flag_takes_drop_or_deliver_only() {
+    let out = Command::new(KVHARNESS)
+        .args(["--replica", TOY, "--late-datagrams", "keep", "x.json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("[possible values: drop, deliver]"),
+        "{stderr}"
+    );
+    let help = Command::new(KVHARNESS).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--late-datagrams <POLICY>"), "{help}");
+    assert!(help.contains("last words after SIGTERM"), "{help}");
 }
