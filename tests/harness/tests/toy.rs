@@ -5,7 +5,7 @@
 
 use kv_harness::scenario::{Benchmarks, Event, EventKind, Tests};
 use kv_harness::sim::StopReason;
-use kv_harness::{run_blocking, Report, RunOptions, Scenario, Tier};
+use kv_harness::{run_blocking, LateDatagrams, Report, RunOptions, Scenario, Tier};
 
 const TOY: &str = env!("CARGO_BIN_EXE_toy_replica");
 
@@ -43,8 +43,13 @@ fn short(requests: usize, mix: f64, drops: f64, events: Vec<Event>) -> Scenario 
 }
 
 fn run(scenario: &Scenario, bug: &str, seed: u64) -> Report {
+    run_with(scenario, bug, seed, LateDatagrams::Drop)
+}
+
+fn run_with(scenario: &Scenario, bug: &str, seed: u64, late: LateDatagrams) -> Report {
     let mut opts = RunOptions::new(TOY, seed);
     opts.env = vec![("TOY_BUG".into(), bug.into())];
+    opts.late_datagrams = late;
     let data = run_blocking(scenario, &opts).expect("run completes");
     let report = Report::new(scenario, bug, "test", seed, 1, TOY, data);
     eprintln!("{}", report.render());
@@ -83,16 +88,21 @@ fn wrong_get_value_fails_check_1() {
     assert!(report.checks[0].detail.contains("incorrect get reply"));
 }
 
-#[test]
-fn kill_leader_terminates_the_named_leader() {
-    // Requests end at 2.0 s; the kill comes after them (the toy has no failover).
+/// 40 requests, then kill_leader after the last of them (the toy has no failover).
+fn kill_leader_after_requests() -> Scenario {
+    // Requests end at 2.0 s; the kill comes at 2.1 s.
     let events = vec![Event {
         kind: EventKind::KillLeader,
         time: 1.6,
     }];
     let mut s = short(40, 0.2, 0.0, events);
     s.end_wait = 1.2; // room for the exit to be seen on a loaded machine
-    let report = run(&s, "", 13);
+    s
+}
+
+#[test]
+fn kill_leader_terminates_the_named_leader() {
+    let report = run(&kill_leader_after_requests(), "", 13);
     assert!(report.passed, "{:?}", failed(&report));
     let d = &report.data;
     assert_eq!(d.events[0].outcome, "killed 0000");
@@ -104,6 +114,36 @@ fn kill_leader_terminates_the_named_leader() {
     assert_eq!(exit.status, "signal 15");
     assert!(exit.time >= 2.1 && exit.time < 3.2, "exit at {}", exit.time);
     assert_eq!(d.exits.len(), 1, "no other replica exited during the run");
+}
+
+/// The killed leader's one broadcast on SIGTERM is the run's only late datagram.
+fn last_words(late: LateDatagrams) -> Report {
+    let report = run_with(&kill_leader_after_requests(), "last-words", 24, late);
+    assert!(report.passed, "{:?}", failed(&report));
+    let d = &report.data;
+    assert_eq!(d.events[0].outcome, "killed 0000");
+    let exit = d.exits.iter().find(|x| x.replica == "0000");
+    assert_eq!(exit.map(|x| x.status.as_str()), Some("exit code 143"));
+    report
+}
+
+#[test]
+fn a_killed_leaders_last_words_are_delivered_under_deliver() {
+    let report = last_words(LateDatagrams::Deliver);
+    let d = &report.data;
+    assert_eq!((d.late.delivered, d.late.ignored), (1, 0));
+    // One dummy broadcast per put, plus the last words to the 4 others.
+    assert_eq!(d.net.total_msgs, 4 * d.work.puts + 4);
+    assert_eq!(d.net.delivered, d.net.total_msgs);
+}
+
+#[test]
+#[ignore = "slow: 3.2 s of real time"]
+fn a_killed_leaders_last_words_are_ignored_under_drop() {
+    let report = last_words(LateDatagrams::Drop);
+    let d = &report.data;
+    assert_eq!((d.late.delivered, d.late.ignored), (0, 1));
+    assert_eq!(d.net.total_msgs, 4 * d.work.puts);
 }
 
 #[test]

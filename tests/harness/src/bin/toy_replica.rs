@@ -6,7 +6,9 @@
 //! harness check must catch:
 //! `wrong-value`, `dup-ok`, `redirect-then-ok`, `bad-leader`, `no-replicate`,
 //! `die` (0001 exits), `late-hello` (0002 says hello late), `empty`
-//! (0000 sends an empty datagram), `storm` (200 broadcasts per put).
+//! (0000 sends an empty datagram), `storm` (200 broadcasts per put),
+//! `last-words` (0000 broadcasts one datagram on SIGTERM, then exits 143):
+//! not a bug but a replica whose last words the harness may or may not deliver.
 
 use std::collections::HashMap;
 use std::net::UdpSocket;
@@ -46,6 +48,9 @@ fn serve(port: u16, me: &str, bug: &str) -> std::io::Result<ExitCode> {
     if bug == "empty" && me == LEADER {
         socket.send(b"")?;
     }
+    if bug == "last-words" && me == LEADER {
+        last_words_on_sigterm(socket.try_clone()?, me)?;
+    }
     socket.set_read_timeout(Some(Duration::from_millis(50)))?;
     let leader_field = if bug == "bad-leader" { "0BAD" } else { LEADER };
     let mut store: HashMap<String, String> = HashMap::new();
@@ -58,9 +63,12 @@ fn serve(port: u16, me: &str, bug: &str) -> std::io::Result<ExitCode> {
         let len = match socket.recv(&mut buf) {
             Ok(len) => len,
             Err(e)
+                // Interrupted: a signal (SIGTERM under `last-words`) hit a recv with a timeout.
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
                 ) =>
             {
                 continue
@@ -109,4 +117,26 @@ fn serve(port: u16, me: &str, bug: &str) -> std::io::Result<ExitCode> {
             send(json!({"src": me, "dst": "FFFF", "leader": leader_field, "type": "dummy"}))?;
         }
     }
+}
+
+/// Exit code of a replica that exits on SIGTERM itself: 128 + 15, as a shell reports it.
+const EXIT_ON_SIGTERM: u8 = 143;
+
+/// Installs a SIGTERM handler before returning, so no kill meets the default action;
+/// on SIGTERM a thread broadcasts one datagram naming `me` leader, then exits.
+fn last_words_on_sigterm(socket: UdpSocket, me: &str) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let mut term = runtime.block_on(async {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    })?;
+    let words = json!({"src": me, "dst": "FFFF", "leader": me, "type": "last-words"}).to_string();
+    std::thread::spawn(move || {
+        runtime.block_on(term.recv());
+        // Exiting is what matters now; a lost datagram is what the test would catch.
+        let _ = socket.send(words.as_bytes());
+        std::process::exit(i32::from(EXIT_ON_SIGTERM));
+    });
+    Ok(())
 }
