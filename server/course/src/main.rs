@@ -1,13 +1,17 @@
 //! 3700kvstore: `./3700kvstore <UDP port> <own id> <peer id> ...`, a raftkv replica under
-//! the course harness. Thin glue: parse arguments, bind, run (see the kv_course crate).
+//! the course harness. Thin glue: parse arguments, handle SIGTERM, bind, run (see the
+//! kv_course crate).
 
 use anyhow::Context;
 use clap::Parser;
 use kv_course::ids::Roster;
 use kv_course::runtime::Runtime;
 use kv_course::settings::{Overrides, Settings};
+use signal_hook::consts::SIGTERM;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A raftkv replica under the course harness (course mode).
@@ -50,7 +54,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     settings.seed = nanos ^ u64::from(std::process::id()).rotate_left(32);
+    // The harness ends a replica with SIGTERM: the first one lets the runtime say its
+    // last words (`Runtime::run`), a second ends the process at once.
+    let terminate = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register_conditional_shutdown(SIGTERM, 1, Arc::clone(&terminate))
+        .and_then(|_| signal_hook::flag::register(SIGTERM, Arc::clone(&terminate)))
+        .context("handling SIGTERM")?;
     let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a UDP socket")?;
     let harness = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));
-    Runtime::start(socket, harness, roster, settings)?.run()
+    Runtime::start(socket, harness, roster, settings)?.run(&terminate)
 }

@@ -30,6 +30,7 @@ use rustix::io::Errno;
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// The only group in course mode.
@@ -136,12 +137,40 @@ impl Runtime {
         })
     }
 
-    /// Runs until the process is killed (the harness ends replicas with SIGTERM, whose
-    /// default action ends the process quietly).
-    pub fn run(mut self) -> anyhow::Result<()> {
+    /// Runs until `terminate` is set (the harness ends replicas with SIGTERM, and the
+    /// binary's handler sets it), then says its last words. A signal interrupts the
+    /// socket wait (a wait with a timeout is never restarted), so the turn it ends is the
+    /// last.
+    pub fn run(mut self, terminate: &AtomicBool) -> anyhow::Result<()> {
         let mut buf = vec![0u8; RECV_BYTES_MAX];
-        loop {
+        while !terminate.load(Ordering::Relaxed) {
             self.turn(&mut buf)?;
+        }
+        self.last_words();
+        Ok(())
+    }
+
+    /// A leader killed after answering puts but before its next datagram leaves its
+    /// successor unable to tell those puts from unanswered ones: it answers them again
+    /// once its hold runs out (doubt.rs), a duplicate. So a leader that is told to stop
+    /// first tells every live peer what it answered through. Whether the harness still
+    /// forwards a datagram a replica sends after its SIGTERM is up to the harness; if it
+    /// does not, nothing is lost.
+    fn last_words(&mut self) {
+        if self.view().role != Role::Leader {
+            return;
+        }
+        let report = self.handoff.report();
+        let me = self.roster.me_node();
+        let now = Instant::now();
+        let live: Vec<NodeId> = self
+            .heard
+            .iter()
+            .filter(|&(&n, &at)| n != me && self.heard_lately(at, now))
+            .map(|(&n, _)| n)
+            .collect();
+        for node in live {
+            self.send_commit_notice_to(node, &report);
         }
     }
 
@@ -365,6 +394,12 @@ impl Runtime {
 
     fn belief(&self) -> Option<NodeId> {
         self.core.leader_of(SHARD)
+    }
+
+    /// Whether a peer last heard `at` counts as live: heard within an election timeout
+    /// (killed replicas stay destinations, so telling one tells nobody).
+    fn heard_lately(&self, at: Instant, now: Instant) -> bool {
+        now.saturating_duration_since(at) < self.settings.tick * self.settings.election_ticks_min
     }
 
     /// A request from a client we recently redirected to the leader we still believe in
@@ -653,13 +688,21 @@ impl Runtime {
     fn send_commit_notice(&mut self, report: &Report) {
         self.notice.told(report.through);
         let me = self.roster.me_node();
-        let Some((dst_node, dst)) = self
+        if let Some(&node) = self
             .heard
             .iter()
             .filter(|(n, _)| **n != me)
             .max_by_key(|(_, at)| **at)
-            .and_then(|(n, _)| Some((*n, self.roster.member_id(*n)?)))
-        else {
+            .map(|(n, _)| n)
+        {
+            self.send_commit_notice_to(node, report);
+        }
+    }
+
+    /// Tells peer `dst_node` this leader's answered-through index in a datagram of its
+    /// own.
+    fn send_commit_notice_to(&mut self, dst_node: NodeId, report: &Report) {
+        let Some(dst) = self.roster.member_id(dst_node) else {
             return;
         };
         let leader = self.roster.leader_field(self.belief());
@@ -829,12 +872,11 @@ impl Runtime {
             .flatten()
             .collect();
         let side = self.handoff.side_info_for(&entries);
-        // Telling a peer that may be dead (killed replicas stay destinations) tells
-        // nobody: only a peer heard within an election timeout counts.
-        let live = self.heard.get(&dst_node).is_some_and(|at| {
-            now.saturating_duration_since(*at)
-                < self.settings.tick * self.settings.election_ticks_min
-        });
+        // Telling a peer that may be dead tells nobody.
+        let live = self
+            .heard
+            .get(&dst_node)
+            .is_some_and(|&at| self.heard_lately(at, now));
         let (payloads, _dropped) = peer::encode(msgs);
         for payload in payloads {
             let seq = self.sent.next(dst_node);
