@@ -1,7 +1,9 @@
 //! End to end: five real 3700kvstore processes under our course harness (kv-harness) on a
 //! short scenario with drops and a leader kill; every correctness check must pass.
 
-use kv_harness::{run_blocking, Report, RunOptions, Scenario};
+mod common;
+
+use kv_harness::LateDatagrams;
 
 /// Short enough for CI (~16 s), with the faults that exercise redirects, re-election and
 /// retransmission: 5% drops and a kill of the leader while clients are active. The end wait
@@ -33,11 +35,7 @@ const SCENARIO: &str = r#"{
 
 #[test]
 fn short_scenario_with_a_leader_kill_passes_every_check() {
-    let scenario = Scenario::parse("course-e2e", SCENARIO).expect("valid scenario");
-    let replica = env!("CARGO_BIN_EXE_3700kvstore");
-    let seed = 0xC0DE_5EED;
-    let data = run_blocking(&scenario, &RunOptions::new(replica, seed)).expect("harness ran");
-    let report = Report::new(&scenario, "course-e2e", "(inline)", seed, 1, replica, data);
+    let report = common::run_inline("course-e2e", SCENARIO, 0xC0DE_5EED, LateDatagrams::Drop);
     assert!(report.passed, "{}", report.render());
     assert!(
         report.data.unanswered_puts + report.data.unanswered_gets <= 2,

@@ -2,7 +2,9 @@
 //! successor does not answer that put a second time. Needs a harness that forwards what a
 //! replica sends after its SIGTERM (kv-harness's `LateDatagrams::Deliver`).
 
-use kv_harness::{run_blocking, LateDatagrams, Report, RunOptions, Scenario};
+mod common;
+
+use kv_harness::LateDatagrams;
 
 /// No loss, a put every 75 ms (only puts: too few requests for every client to have a
 /// key to get), and the leader killed 25 ms after a request: by then it has answered the
@@ -35,13 +37,7 @@ const SCENARIO: &str = r#"{
 
 #[test]
 fn a_killed_leaders_last_words_spare_its_successor_a_duplicate() {
-    let scenario = Scenario::parse("last-words", SCENARIO).expect("valid scenario");
-    let replica = env!("CARGO_BIN_EXE_3700kvstore");
-    let seed = 0x1A57_0BD5;
-    let mut options = RunOptions::new(replica, seed);
-    options.late_datagrams = LateDatagrams::Deliver;
-    let data = run_blocking(&scenario, &options).expect("harness ran");
-    let report = Report::new(&scenario, "last-words", "(inline)", seed, 1, replica, data);
+    let report = common::run_inline("last-words", SCENARIO, 0x1A57_0BD5, LateDatagrams::Deliver);
     assert!(report.passed, "{}", report.render());
     assert_eq!(report.data.work.duplicates, 0, "{}", report.render());
     assert_eq!(
