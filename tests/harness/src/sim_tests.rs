@@ -69,6 +69,19 @@ fn started_with(s: &Scenario, late: LateDatagrams) -> Sim {
     sim
 }
 
+/// A scenario's event list of one `kind` event at `time` s.
+fn one_event(kind: EventKind, time: f64) -> Vec<Event> {
+    vec![Event { kind, time }]
+}
+
+/// The replica a kill action in `out` kills, if any.
+fn killed(out: &[Action]) -> Option<NodeId> {
+    out.iter().find_map(|a| match a {
+        Action::Kill(id) => Some(*id),
+        Action::Send { .. } => None,
+    })
+}
+
 fn sends(out: &[Action]) -> Vec<SocketAddr> {
     out.iter()
         .filter_map(|a| match a {
@@ -95,25 +108,13 @@ fn broadcast_copies_to_every_other_replica_and_counts_n_minus_1() {
 
 #[test]
 fn copies_to_killed_replicas_still_count() {
-    let s = scenario(
-        3,
-        1,
-        0.0,
-        vec![Event {
-            kind: EventKind::KillNonLeader,
-            time: 0.0,
-        }],
-    );
+    let s = scenario(3, 1, 0.0, one_event(EventKind::KillNonLeader, 0.0));
     let mut sim = started(&s);
     let mut out = Vec::new();
     sim.on_datagram(t(0.1), addr(0), &msg("0000", "FFFF", "0000", "x"), &mut out);
     out.clear();
     sim.on_tick(t(1.0), &mut out);
-    let killed = out.iter().find_map(|a| match a {
-        Action::Kill(id) => Some(*id),
-        Action::Send { .. } => None,
-    });
-    let victim = killed.expect("kill_non_leader kills someone");
+    let victim = killed(&out).expect("kill_non_leader kills someone");
     assert_ne!(victim, NodeId(0), "never the named leader");
     sim.on_datagram(
         t(1.1),
@@ -208,15 +209,7 @@ fn bad_destinations_are_errors() {
 
 #[test]
 fn kill_leader_kills_the_last_named_leader() {
-    let s = scenario(
-        5,
-        1,
-        0.0,
-        vec![Event {
-            kind: EventKind::KillLeader,
-            time: 0.5,
-        }],
-    );
+    let s = scenario(5, 1, 0.0, one_event(EventKind::KillLeader, 0.5));
     let mut sim = started(&s);
     let mut out = Vec::new();
     sim.on_datagram(
@@ -241,15 +234,7 @@ fn kill_leader_kills_the_last_named_leader() {
 
 #[test]
 fn part_easy_keeps_the_leader_with_a_majority() {
-    let s = scenario(
-        5,
-        1,
-        0.0,
-        vec![Event {
-            kind: EventKind::PartEasy,
-            time: 0.0,
-        }],
-    );
+    let s = scenario(5, 1, 0.0, one_event(EventKind::PartEasy, 0.0));
     for seed in 0..20 {
         let mut sim = Sim::new(&s, seed);
         let mut out = Vec::new();
@@ -410,26 +395,12 @@ fn an_unplanned_exit_is_a_death() {
 /// Kills a non-leader of 3 replicas, lets the live one name itself leader,
 /// then feeds a broadcast the victim sent before dying: (what it sent, data).
 fn late_broadcast(late: LateDatagrams) -> (Vec<SocketAddr>, RunData) {
-    let s = scenario(
-        3,
-        1,
-        0.0,
-        vec![Event {
-            kind: EventKind::KillNonLeader,
-            time: 0.0,
-        }],
-    );
+    let s = scenario(3, 1, 0.0, one_event(EventKind::KillNonLeader, 0.0));
     let mut sim = started_with(&s, late);
     let mut out = Vec::new();
     sim.on_datagram(t(0.1), addr(0), &msg("0000", "FFFF", "0000", "x"), &mut out);
     sim.on_tick(t(1.0), &mut out);
-    let victim = out
-        .iter()
-        .find_map(|a| match a {
-            Action::Kill(id) => Some(usize::from(id.0)),
-            Action::Send { .. } => None,
-        })
-        .expect("kill_non_leader kills someone");
+    let victim = usize::from(killed(&out).expect("kill_non_leader kills someone").0);
     let other = 3 - victim;
     let other_id = NodeId(other as u16).to_string();
     sim.on_datagram(
@@ -491,15 +462,7 @@ fn a_killed_replicas_late_datagram_is_routed_and_counted_under_deliver() {
 /// The client's request goes to a replica that names itself leader and is
 /// killed by kill_leader; its ok to the request arrives after the kill.
 fn late_ok(late: LateDatagrams) -> RunData {
-    let s = scenario(
-        3,
-        1,
-        0.0,
-        vec![Event {
-            kind: EventKind::KillLeader,
-            time: 0.5,
-        }],
-    );
+    let s = scenario(3, 1, 0.0, one_event(EventKind::KillLeader, 0.5));
     let mut sim = started_with(&s, late);
     let (target, client, mid) = first_request(&mut sim, t(1.0));
     let target_id = NodeId(target as u16).to_string();
