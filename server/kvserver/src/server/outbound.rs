@@ -1,5 +1,6 @@
-//! What leaves on the socket: the core's output acted on in order (disk writes, peer
-//! datagrams, hellos, client replies batched per address), each datagram sealed in place
+//! What leaves on the socket: the core's output acted on in order (disk writes something
+//! waits for, peer datagrams, hellos, client replies batched per address, then a leader's
+//! deferrable writes), each datagram sealed in place
 //! under the receiver's key with the next stamp of this incarnation. A small write that
 //! finds the disk thread idle is written here instead, after the datagrams and replies
 //! (none of which waits for it: the core releases what does only after `on_disk_done`).
@@ -31,7 +32,8 @@ impl EventLoop {
         }
     }
 
-    /// Takes the core's output and acts on it: disk writes, then datagrams, then replies.
+    /// Takes the core's output and acts on it: disk writes, then datagrams, then replies;
+    /// writes that are all deferrable (a leader's own) go to the thread after the replies.
     /// Given the disk thread's `events`, writes that the thread would take at once are
     /// written and synced here instead, after the datagrams and replies, if the loop is
     /// otherwise idle (at most [`WRITE_HERE_INPUTS_MAX`] inputs besides one from each
@@ -51,6 +53,7 @@ impl EventLoop {
         let quiet = std::mem::take(&mut self.inputs_since_flush) <= inputs_max
             && self.core.pending_requests() as u64 <= WRITE_HERE_INPUTS_MAX;
         let mut writes_here = Vec::new();
+        let mut writes_after_sends = Vec::new();
         match &mut events {
             Some(events)
                 if quiet
@@ -67,6 +70,13 @@ impl EventLoop {
                     }
                 }
                 writes_here = out.disk_writes;
+            }
+            // Nothing waits for a leader's own log writes (deferrable) but its own count:
+            // they go to the thread after the datagrams, so that waking it is not on the
+            // Appends' way out. A write something waits for (a follower's, whose acks it
+            // holds) starts first.
+            _ if out.disk_writes.iter().all(|w| w.deferrable) => {
+                writes_after_sends = out.disk_writes;
             }
             _ => self.submit_writes(out.disk_writes),
         }
@@ -103,6 +113,7 @@ impl EventLoop {
             self.send_replies(addr, route, &[], ticket).await;
         }
         self.answer_clients(out.replies).await;
+        self.submit_writes(writes_after_sends);
         match events {
             Some(events) => self.write_here(writes_here, events),
             None => false,
