@@ -21,9 +21,14 @@ Needs `perf` and permission to read tracepoints (root here).
     python3 bench/syscalls.py --target target/release --shards 8
     python3 bench/syscalls.py --target target/release --shards 8 --leaders-on 1
     python3 bench/syscalls.py --target target/release --shards 8 --leaders-on 1 --op get --lease-reads
+    python3 bench/syscalls.py --target target/release --shards 64 --leaders-on 1 --duration 5 --timeline 0.5
+
+`--timeline SECONDS` records the syscalls instead of counting them and prints where a
+round's wall-clock time goes, hop by hop (bench/timeline.py).
 """
 import argparse, atexit, json, os, re, shutil, signal, socket, subprocess, tempfile, time
 
+import timeline
 from leaders import leaders, prepare
 from run import free_port
 
@@ -42,7 +47,14 @@ p.add_argument("--leaders-on", type=int, default=0, metavar="N",
 p.add_argument("--lease-reads", action="store_true",
                help="lease_reads = true in the cluster file, as bench/run.py's clusters have it; without it "
                     "every linearizable get takes a ReadIndex heartbeat round (peer datagrams per round)")
+p.add_argument("--timeline", type=float, default=0, metavar="SECONDS",
+               help="instead of counting syscalls, record them for SECONDS (from 2 s into the point) and "
+                    "print where a round's time goes, hop by hop (bench/timeline.py); needs --leaders-on")
 a = p.parse_args()
+if a.timeline and not a.leaders_on:
+    p.error("--timeline needs --leaders-on: a round is followed through one leader")
+if a.timeline and float(a.duration) < a.timeline + 3:
+    p.error(f"--duration must be at least --timeline + 3 s ({a.timeline + 3:g})")
 
 d = tempfile.mkdtemp(prefix="sckv-")
 # Removed however the script ends (an error, or its output piped into `head`).
@@ -110,17 +122,26 @@ try:
     cpu0 = cpu_total([x.pid for x in procs])
     node0 = [sum(cpu_s(x.pid)) for x in procs]
     t0 = time.monotonic()
-    stat = subprocess.Popen(["perf", "stat", "-x", ",", "-e", events, "-o", f"{d}/perf.txt",
-                             "-p", ",".join(str(x.pid) for x in procs)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if a.timeline:
+        # System-wide, for the load generator's syscalls too; the point is warm by then.
+        stat = subprocess.Popen(["bash", "-c", 'sleep 2; exec "$@"', "perf", "perf", "record", "-q", "-a"]
+                                + timeline.perf_events() + ["-o", f"{d}/perf.data", "--", "sleep", str(a.timeline)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    else:
+        stat = subprocess.Popen(["perf", "stat", "-x", ",", "-e", events, "-o", f"{d}/perf.txt",
+                                 "-p", ",".join(str(x.pid) for x in procs)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     r = subprocess.run(kvcli + ["bench", "--clients", a.clients, "--duration", a.duration,
                                 "--mix", {"put": "0", "get": "1"}[a.op], "--value-size", "100", "--key-size", "16",
                                 "--keys", "10000", "--key-set", KEY_SET, "--json"], capture_output=True, text=True, timeout=1200)
     cpu1 = cpu_total([x.pid for x in procs])
     node1 = [sum(cpu_s(x.pid)) for x in procs]
     elapsed = time.monotonic() - t0
-    stat.send_signal(signal.SIGINT)
+    if not a.timeline:
+        stat.send_signal(signal.SIGINT)
     stat.wait()
+    if a.timeline:
+        events_seen = timeline.read_perf(f"{d}/perf.data")
     turns1 = counters()
     if a.leaders_on and leaders(kvcli) != [a.leaders_on] * a.shards:
         print(f"warning: node {a.leaders_on} no longer leads every shard after the point: {leaders(kvcli)}")
@@ -145,6 +166,15 @@ print(f"  {'client request datagrams':30} {c.get('datagrams_sent', 0) / ops:7.3f
 if "reply_datagrams_received" in c:
     print(f"  {'client reply datagrams':30} {c['reply_datagrams_received'] / ops:7.3f} per op"
           f" ({c.get('replies_received', 0) / max(c['reply_datagrams_received'], 1):.1f} replies each)")
+if a.timeline:
+    leader = procs[a.leaders_on - 1].pid
+    followers = [x.pid for x in procs if x.pid != leader]
+    clients = {e[2] for e in events_seen if e[1] == "kvcli"}
+    if len(clients) != 1:
+        raise SystemExit(f"expected one kvcli process in the recording, found {len(clients)}")
+    rs, skipped = timeline.rounds(events_seen, leader, followers, clients.pop())
+    print(timeline.summary(rs, skipped, followers))
+    raise SystemExit(0)
 for line in open(f"{d}/perf.txt"):
     f = line.strip().split(",")
     if len(f) > 2 and re.match(r"^[\d.]+$", f[0]):
