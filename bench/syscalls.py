@@ -169,11 +169,7 @@ if "reply_datagrams_received" in c:
 if a.timeline:
     leader = procs[a.leaders_on - 1].pid
     followers = [x.pid for x in procs if x.pid != leader]
-    clients = {e[2] for e in events_seen if e[1] == "kvcli"}
-    if len(clients) != 1:
-        raise SystemExit(f"expected one kvcli process in the recording, found {len(clients)}")
-    rs, skipped = timeline.rounds(events_seen, leader, followers, clients.pop())
-    print(timeline.summary(rs, skipped, followers))
+    print(timeline.report(events_seen, leader, followers))
     raise SystemExit(0)
 for line in open(f"{d}/perf.txt"):
     f = line.strip().split(",")

@@ -18,7 +18,7 @@ generator, recorded with `perf record -a -e syscalls:sys_{enter,exit}_*` (bench/
 
 It prints each hop's median and 90th percentile over the rounds, per follower and for the
 follower whose ack came last (the one the round waited for), and the wake-ups per round:
-epoll_wait returns and futex calls of every process, and processes switched in.
+epoll_wait returns and futex calls of every process.
 
 Only rounds whose hops all appear in order count (a round that a tick, a heartbeat or a
 second request datagram interleaves is skipped, and their number is printed): the tool
@@ -164,6 +164,7 @@ def _round(v, t0, t1, leader, followers, client_pid):
 
 
 def percentile(xs, p):
+    """The p-th percentile of xs, the nearest rank at or below."""
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
 
@@ -191,7 +192,17 @@ def summary(rs, skipped, followers):
     return "\n".join(lines)
 
 
+def report(events, leader, followers, client_comm="kvcli"):
+    """The summary of every round in `events` of one load generator named `client_comm`."""
+    clients = {e[2] for e in events if e[1] == client_comm}
+    if len(clients) != 1:
+        raise SystemExit(f"expected one {client_comm} process in the recording, found {len(clients)}")
+    rs, skipped = rounds(events, leader, followers, clients.pop())
+    return summary(rs, skipped, followers)
+
+
 def read_perf(data):
+    """The events of a perf.data file recorded with perf_events()."""
     out = subprocess.run(["perf", "script", "-i", data, "-F", "comm,pid,tid,time,event,trace"],
                          capture_output=True, text=True, check=True).stdout
     return parse(out.splitlines())
@@ -204,12 +215,7 @@ def main():
     p.add_argument("--client-comm", default="kvcli", help="the load generator's process name")
     a = p.parse_args()
     pids = [int(x) for x in a.pids.split(",")]
-    events = read_perf(a.data)
-    clients = {e[2] for e in events if e[1] == a.client_comm}
-    if len(clients) != 1:
-        raise SystemExit(f"expected one {a.client_comm} process in the recording, found {len(clients)}")
-    rs, skipped = rounds(events, pids[0], pids[1:], clients.pop())
-    print(summary(rs, skipped, pids[1:]))
+    print(report(read_perf(a.data), pids[0], pids[1:], a.client_comm))
 
 
 if __name__ == "__main__":
