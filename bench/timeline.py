@@ -98,7 +98,7 @@ class _View:
 
 
 def rounds(events, leader, followers, client_pid):
-    """Each complete round's hops in µs (a dict per round, keyed by HOPS, with the
+    """From `events` in time order, each complete round's hops in µs (a dict per round, keyed by HOPS, with the
     follower hops under 'follower wake' etc. for the follower the round waited for and
     under 'follower wake@PID' for each), and the number of rounds skipped."""
     starts = [e[0] for e in events
@@ -120,6 +120,8 @@ def rounds(events, leader, followers, client_pid):
 
 
 def _round(v, t0, t1, leader, followers, client_pid):
+    """The hops of the round from the request sent at t0 to the next one at t1, or None
+    if one of them is not in `v` in order."""
     read = v.first(leader, "exit", "recvfrom", t0, positive=True)
     if read is None:
         return None
@@ -205,7 +207,8 @@ def read_perf(data):
     """The events of a perf.data file recorded with perf_events()."""
     out = subprocess.run(["perf", "script", "-i", data, "-F", "comm,pid,tid,time,event,trace"],
                          capture_output=True, text=True, check=True).stdout
-    return parse(out.splitlines())
+    # perf script orders by time already; the rounds rely on it, so it is made sure.
+    return sorted(parse(out.splitlines()), key=lambda e: e[0])
 
 
 def main():
