@@ -10,32 +10,21 @@ use kv_harness::LateDatagrams;
 /// covers an election plus the doubt hold (up to 4 s, `doubt.rs`): answers a new leader
 /// owes for the killed leader's last puts may come that late, and the course's own kill
 /// scenarios leave more than that after the kill.
-const SCENARIO: &str = r#"{
-  "lifetime": 6,
-  "replicas": 5,
-  "requests": 120,
-  "mix": 0.5,
-  "drops": 0.05,
-  "wait": 4,
-  "end_wait": 7,
-  "events": [{"type": "kill_leader", "time": 3}],
-  "tests": {
-    "maximum_get_fail_fraction": 0.5,
-    "maximum_put_fail_fraction": 0.5,
-    "maximum_get_generation_fail_fraction": 0.1,
-    "minimum_total_msgs_fraction": 0.5,
-    "benchmarks": {
-      "total_msgs": [1000, 2000, 4000],
-      "failures": [1, 5, 20],
-      "duplicates": [0, 2, 5],
-      "median_latency": [0.0005, 0.005, 0.05]
+fn scenario() -> String {
+    common::LeaderKill {
+        requests: 120,
+        mix: 0.5,
+        drops: 0.05,
+        end_wait: 7.0,
+        kill_at: 3.0,
+        failures: [1, 5, 20],
     }
-  }
-}"#;
+    .json()
+}
 
 #[test]
 fn short_scenario_with_a_leader_kill_passes_every_check() {
-    let report = common::run_inline("course-e2e", SCENARIO, 0xC0DE_5EED, LateDatagrams::Drop);
+    let report = common::run_inline("course-e2e", &scenario(), 0xC0DE_5EED, LateDatagrams::Drop);
     assert!(report.passed, "{}", report.render());
     assert!(
         report.data.unanswered_puts + report.data.unanswered_gets <= 2,

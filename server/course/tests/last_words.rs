@@ -12,32 +12,26 @@ use kv_harness::LateDatagrams;
 /// would only leave with the next put. The end wait covers the election and the
 /// successor's hold on the killed leader's last puts (up to 4 s, doubt.rs), after which
 /// an unreported put is answered again.
-const SCENARIO: &str = r#"{
-  "lifetime": 6,
-  "replicas": 5,
-  "requests": 80,
-  "mix": 0.0,
-  "drops": 0,
-  "wait": 4,
-  "end_wait": 8,
-  "events": [{"type": "kill_leader", "time": 3.025}],
-  "tests": {
-    "maximum_get_fail_fraction": 0.5,
-    "maximum_put_fail_fraction": 0.5,
-    "maximum_get_generation_fail_fraction": 0.1,
-    "minimum_total_msgs_fraction": 0.5,
-    "benchmarks": {
-      "total_msgs": [1000, 2000, 4000],
-      "failures": [0, 2, 5],
-      "duplicates": [0, 2, 5],
-      "median_latency": [0.0005, 0.005, 0.05]
+fn scenario() -> String {
+    common::LeaderKill {
+        requests: 80,
+        mix: 0.0,
+        drops: 0.0,
+        end_wait: 8.0,
+        kill_at: 3.025,
+        failures: [0, 2, 5],
     }
-  }
-}"#;
+    .json()
+}
 
 #[test]
 fn a_killed_leaders_last_words_spare_its_successor_a_duplicate() {
-    let report = common::run_inline("last-words", SCENARIO, 0x1A57_0BD5, LateDatagrams::Deliver);
+    let report = common::run_inline(
+        "last-words",
+        &scenario(),
+        0x1A57_0BD5,
+        LateDatagrams::Deliver,
+    );
     assert!(report.passed, "{}", report.render());
     assert_eq!(report.data.work.duplicates, 0, "{}", report.render());
     assert_eq!(
