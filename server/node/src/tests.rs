@@ -902,18 +902,7 @@ fn datagrams_from_non_members_are_refused_and_not_remembered() {
     let mut c = Cluster::new(3, 1);
     c.tick(60);
     let stranger = NodeId(99);
-    let heartbeat = GroupMessage {
-        shard: ShardId(0),
-        msg: kv_raft::Message {
-            from: stranger,
-            to: NodeId(1),
-            term: 1_000,
-            body: kv_raft::MessageBody::Heartbeat {
-                commit: 0,
-                read_round: 0,
-            },
-        },
-    };
+    let heartbeat = leader_heartbeat(ShardId(0), stranger.0, 1, 1_000);
     let term = c.nodes[0].raft_status(ShardId(0)).hard.term;
     c.nodes[0].note_peer_heard(stranger, 5);
     c.nodes[0].on_peer_messages(stranger, vec![heartbeat.clone()]);
@@ -1773,18 +1762,7 @@ fn a_removed_node_restarted_stays_removed_and_answers_stale_route() {
 fn a_created_replica_refuses_stale_reads_until_it_is_a_member() {
     let shard = ShardId(0);
     let mut c = Cluster::with(4, 1, |cfg| cfg.replication = 3);
-    let heartbeat = GroupMessage {
-        shard,
-        msg: kv_raft::Message {
-            from: NodeId(1),
-            to: NodeId(4),
-            term: 3,
-            body: kv_raft::MessageBody::Heartbeat {
-                commit: 0,
-                read_round: 0,
-            },
-        },
-    };
+    let heartbeat = leader_heartbeat(shard, 1, 4, 3);
     c.nodes[3].on_peer_messages(NodeId(1), vec![heartbeat]);
     c.flush(3);
     assert!(c.nodes[3].hosts(shard));
@@ -1846,18 +1824,7 @@ fn a_new_leader_elected_mid_move_finishes_it() {
 fn a_created_replica_knows_no_membership_until_the_snapshot() {
     let shard = ShardId(0);
     let mut c = Cluster::with(4, 1, |cfg| cfg.replication = 3);
-    let heartbeat = GroupMessage {
-        shard,
-        msg: kv_raft::Message {
-            from: NodeId(1),
-            to: NodeId(4),
-            term: 3,
-            body: kv_raft::MessageBody::Heartbeat {
-                commit: 0,
-                read_round: 0,
-            },
-        },
-    };
+    let heartbeat = leader_heartbeat(shard, 1, 4, 3);
     // A vote request (a candidate, not a leader) creates nothing.
     let mut vote = heartbeat.clone();
     vote.msg.body = kv_raft::MessageBody::PreVote {
@@ -1892,17 +1859,36 @@ fn a_created_replica_knows_no_membership_until_the_snapshot() {
     assert_eq!(c.nodes[3].raft_status(shard).role, Role::Follower);
 }
 
+/// A heartbeat of shard `shard` from its leader, node `from`, to node `to`.
 fn leader_heartbeat(shard: ShardId, from: u64, to: u64, term: u64) -> GroupMessage {
+    group_message(
+        shard,
+        from,
+        to,
+        term,
+        kv_raft::MessageBody::Heartbeat {
+            commit: 0,
+            read_round: 0,
+        },
+    )
+}
+
+/// A message of shard `shard` from node `from` to node `to`, as a peer's datagram
+/// carries it.
+fn group_message(
+    shard: ShardId,
+    from: u64,
+    to: u64,
+    term: u64,
+    body: kv_raft::MessageBody,
+) -> GroupMessage {
     GroupMessage {
         shard,
         msg: kv_raft::Message {
             from: NodeId(from),
             to: NodeId(to),
             term,
-            body: kv_raft::MessageBody::Heartbeat {
-                commit: 0,
-                read_round: 0,
-            },
+            body,
         },
     }
 }
@@ -1981,20 +1967,18 @@ fn a_created_replica_removed_before_its_addition_reached_it_is_forgotten() {
     assert!(!snap.meta.membership.voters.contains(&NodeId(4)));
     let image = snap.data.clone();
     let term = c.nodes[l].raft_status(shard).hard.term;
-    let chunk = GroupMessage {
+    let chunk = group_message(
         shard,
-        msg: kv_raft::Message {
-            from: NodeId(l as u64 + 1),
-            to: NodeId(4),
-            term,
-            body: kv_raft::MessageBody::InstallSnapshot {
-                meta: snap.meta.clone(),
-                offset: 0,
-                total_len: image.len() as u64,
-                chunk: image,
-            },
+        l as u64 + 1,
+        4,
+        term,
+        kv_raft::MessageBody::InstallSnapshot {
+            meta: snap.meta.clone(),
+            offset: 0,
+            total_len: image.len() as u64,
+            chunk: image,
         },
-    };
+    );
     c.nodes[3].on_peer_messages(NodeId(l as u64 + 1), vec![chunk]);
     c.flush(3);
     assert!(c.nodes[3].hosts(shard));

@@ -7,18 +7,16 @@ use crate::events::EventKind;
 
 /// A PreVote of shard `shard` from node `from` to node `to`.
 fn pre_vote(shard: ShardId, from: u64, to: u64, term: u64) -> GroupMessage {
-    GroupMessage {
+    group_message(
         shard,
-        msg: kv_raft::Message {
-            from: NodeId(from),
-            to: NodeId(to),
-            term,
-            body: kv_raft::MessageBody::PreVote {
-                last_index: 1,
-                last_term: 1,
-            },
+        from,
+        to,
+        term,
+        kv_raft::MessageBody::PreVote {
+            last_index: 1,
+            last_term: 1,
         },
-    }
+    )
 }
 
 /// The `Committed` answers node `i` sends in `out`, as (to, index, log_term).
