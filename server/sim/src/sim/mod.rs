@@ -23,7 +23,7 @@ use crate::invariants::{Checker, TrackedLog, Violation};
 use crate::options::{Failure, FaultMix, FaultProfile, Report, SimOptions, Stats};
 use crate::trace::Trace;
 use crate::workload::{keys, Action, Client, ClientTiming, ClientWorld};
-use admin::{is_admin, Admin};
+use admin::{is_admin, workload_client_id, Admin};
 use bytes::Bytes;
 use figure8::Fig8;
 use kv_node::wal;
@@ -32,7 +32,7 @@ use kv_shared::config::LeaderPolicy;
 use kv_shared::linearizability::Operation;
 use kv_shared::proto::{Op, Outcome, Role};
 use kv_shared::shard::shard_for_key;
-use kv_shared::{ClientId, NodeId};
+use kv_shared::NodeId;
 use kv_storage::{Recovered, SimDisk, Storage, WalOptions};
 use membership::{MembershipChurn, CHURN_SPARE_NODES};
 use network::NetParams;
@@ -293,7 +293,7 @@ impl Sim {
         let key_count = rng.gen_range(2..=6);
         let client_count = rng.gen_range(2..=5);
         let mut clients: Vec<Client> = (0..client_count)
-            .map(|i| Client::new(i, ClientId(rng.gen::<u64>() | 1), shards, key_count))
+            .map(|i| Client::new(i, workload_client_id(&mut rng), shards, key_count))
             .collect();
         if churn || moves {
             let pad = [0, 12_000, 24_000][rng.gen_range(0..3)];
