@@ -76,6 +76,16 @@ struct ReportedMembership {
     by: NodeId,
 }
 
+/// What the checker knows of one committed entry.
+#[derive(Clone, Copy, Debug)]
+struct Committed {
+    term: u64,
+    hash: u64,
+    /// Not below the term in which the entry was committed: leaders of later terms must
+    /// hold it (Raft's Leader Completeness), a leader of an earlier one need not.
+    known_in_term: u64,
+}
+
 /// All the bookkeeping for one run.
 #[derive(Default)]
 pub struct Checker {
@@ -85,9 +95,11 @@ pub struct Checker {
     logs: BTreeMap<(NodeId, u32), TrackedLog>,
     /// (shard, index, term) -> (entry hash, term of the entry before it if known).
     entries: HashMap<(u32, u64, u64), (u64, Option<u64>)>,
-    /// (shard, index) -> (term, hash) of the entry committed (reported by a node's commit
-    /// index) or applied there by anyone.
-    applied: HashMap<(u32, u64), (u64, u64)>,
+    /// (shard, index) -> the entry committed (reported by a node's commit index) or
+    /// applied there by anyone: its term and hash, and the lowest current term of a node
+    /// seen knowing it committed, which is never below the term in which it was
+    /// committed (a node learns of a commit from that term's leader or a later one).
+    applied: HashMap<(u32, u64), Committed>,
     /// shard -> highest index known applied or committed.
     applied_max: BTreeMap<u32, u64>,
     /// shard -> highest index whose committed entry was taken from a node's commit index.
@@ -307,15 +319,22 @@ impl Checker {
         }
         self.leaders.insert((shard, term), node);
         self.elections += 1;
-        // Leader completeness: every entry applied anywhere (hence committed) must be in
-        // the new leader's log, unless its snapshot covers it.
+        // Leader completeness: every entry committed in an earlier term than the new
+        // leader's must be in its log, unless its snapshot covers it. The term of the
+        // commit, not of the entry: an entry of term 7 that a leader of term 10 commits
+        // need not be in the log of a leader elected in term 9 before that.
         let log = self.logs.get(&(node, shard)).cloned().unwrap_or_default();
         let top = self.applied_max.get(&shard).copied().unwrap_or(0);
         for index in log.base + 1..=top {
-            let Some(&(t, h)) = self.applied.get(&(shard, index)) else {
+            let Some(&Committed {
+                term: t,
+                hash: h,
+                known_in_term,
+            }) = self.applied.get(&(shard, index))
+            else {
                 continue;
             };
-            if t >= term {
+            if known_in_term >= term {
                 continue;
             }
             if log.get(index).map(|(_, hash)| hash) != Some(h) {
@@ -328,11 +347,18 @@ impl Checker {
         Ok(())
     }
 
-    /// `node` reports `commit` as its commit index of `shard`: every entry its log holds up
-    /// to there is committed. Recorded like an apply, so state machine safety and leader
-    /// completeness hold it even if no node applies it before a crash (the entry's term
-    /// is what Figure 8 needs: a leader may count only its own term's entries).
-    pub fn committed(&mut self, node: NodeId, shard: u32, commit: u64) -> Result<(), Violation> {
+    /// `node`, in its term `node_term`, reports `commit` as its commit index of `shard`:
+    /// every entry its log holds up to there is committed. Recorded like an apply, so
+    /// state machine safety and leader completeness hold it even if no node applies it
+    /// before a crash (Figure 8: a leader that counts an earlier term's entry to a
+    /// majority and commits it leaves it to be overwritten by a later leader).
+    pub fn committed(
+        &mut self,
+        node: NodeId,
+        shard: u32,
+        commit: u64,
+        node_term: u64,
+    ) -> Result<(), Violation> {
         let seen = self.committed_seen.get(&shard).copied().unwrap_or(0);
         if commit <= seen {
             return Ok(());
@@ -345,21 +371,21 @@ impl Checker {
             .filter_map(|i| log.get(i).map(|(t, h)| (i, t, h)))
             .collect();
         for (index, term, hash) in held {
-            self.record(node, shard, index, term, hash, "committed")?;
+            self.record(node, shard, index, (term, hash), node_term, "committed")?;
         }
         Ok(())
     }
 
-    /// `node` applied an entry.
+    /// `node`, in its term `node_term`, applied an entry.
     pub fn applied(
         &mut self,
         node: NodeId,
         shard: u32,
         index: u64,
-        term: u64,
-        hash: u64,
+        (term, hash): (u64, u64),
+        node_term: u64,
     ) -> Result<(), Violation> {
-        self.record(node, shard, index, term, hash, "applied")
+        self.record(node, shard, index, (term, hash), node_term, "applied")
     }
 
     fn record(
@@ -367,18 +393,28 @@ impl Checker {
         node: NodeId,
         shard: u32,
         index: u64,
-        term: u64,
-        hash: u64,
+        (term, hash): (u64, u64),
+        node_term: u64,
         how: &str,
     ) -> Result<(), Violation> {
-        match self.applied.get(&(shard, index)) {
-            Some(&(t, h)) if h != hash => violation(
+        match self.applied.get_mut(&(shard, index)) {
+            Some(c) if c.hash != hash => violation(
                 "state machine safety",
-                format!("shard {shard}: {node} {how} (index {index}, term {term}) but the entry of term {t} was committed or applied there"),
+                format!("shard {shard}: {node} {how} (index {index}, term {term}) but the entry of term {} was committed or applied there", c.term),
             ),
-            Some(_) => Ok(()),
+            Some(c) => {
+                c.known_in_term = c.known_in_term.min(node_term);
+                Ok(())
+            }
             None => {
-                self.applied.insert((shard, index), (term, hash));
+                self.applied.insert(
+                    (shard, index),
+                    Committed {
+                        term,
+                        hash,
+                        known_in_term: node_term,
+                    },
+                );
                 let m = self.applied_max.entry(shard).or_insert(0);
                 *m = (*m).max(index);
                 Ok(())
@@ -480,11 +516,35 @@ mod tests {
         c.wrote_entries(NodeId(1), 0, 1, &[(1, 10), (1, 11)])
             .unwrap();
         c.wrote_entries(NodeId(2), 0, 1, &[(1, 10)]).unwrap();
-        c.applied(NodeId(1), 0, 1, 1, 10).unwrap();
-        c.applied(NodeId(1), 0, 2, 1, 11).unwrap();
+        c.applied(NodeId(1), 0, 1, (1, 10), 1).unwrap();
+        c.applied(NodeId(1), 0, 2, (1, 11), 1).unwrap();
         c.saw_leader(NodeId(1), 0, 2).unwrap();
         assert_eq!(
             c.saw_leader(NodeId(2), 0, 3).unwrap_err().invariant,
+            "leader completeness"
+        );
+    }
+
+    /// Seed 223715: n3 and n4 hold (32, term 7); n2, without it, wins term 9 with the
+    /// votes of n1 and n5, which lack it too; n3 wins term 10, gives n5 the entry and
+    /// commits it; then n1's late vote makes n2 leader of term 9. Raft allows that
+    /// leader (the entry was committed in term 10, after term 9's votes), so the checker
+    /// must; a leader of term 11 without the entry it must still catch.
+    #[test]
+    fn an_entry_committed_in_a_later_term_binds_only_later_leaders() {
+        let mut c = Checker::default();
+        c.wrote_entries(NodeId(3), 0, 1, &[(7, 70), (10, 100)])
+            .unwrap();
+        c.wrote_entries(NodeId(4), 0, 1, &[(7, 70), (10, 100)])
+            .unwrap();
+        c.wrote_entries(NodeId(2), 0, 1, &[(7, 70)]).unwrap();
+        // Seen first on a node of a later term, then on the leader that committed it:
+        // the lower term counts.
+        c.committed(NodeId(4), 0, 2, 12).unwrap();
+        c.applied(NodeId(3), 0, 2, (10, 100), 10).unwrap();
+        c.saw_leader(NodeId(2), 0, 9).unwrap();
+        assert_eq!(
+            c.saw_leader(NodeId(2), 0, 11).unwrap_err().invariant,
             "leader completeness"
         );
     }
@@ -498,14 +558,16 @@ mod tests {
             .unwrap();
         c.wrote_entries(NodeId(5), 0, 1, &[(1, 10), (3, 30)])
             .unwrap();
-        c.committed(NodeId(1), 0, 2).unwrap();
-        c.committed(NodeId(1), 0, 2).unwrap();
+        c.committed(NodeId(1), 0, 2, 4).unwrap();
+        c.committed(NodeId(1), 0, 2, 4).unwrap();
         assert_eq!(
             c.saw_leader(NodeId(5), 0, 5).unwrap_err().invariant,
             "leader completeness"
         );
         assert_eq!(
-            c.applied(NodeId(5), 0, 2, 3, 30).unwrap_err().invariant,
+            c.applied(NodeId(5), 0, 2, (3, 30), 5)
+                .unwrap_err()
+                .invariant,
             "state machine safety"
         );
     }
@@ -513,10 +575,12 @@ mod tests {
     #[test]
     fn divergent_applies_and_going_back_are_caught() {
         let mut c = Checker::default();
-        c.applied(NodeId(1), 0, 1, 1, 10).unwrap();
-        c.applied(NodeId(2), 0, 1, 1, 10).unwrap();
+        c.applied(NodeId(1), 0, 1, (1, 10), 1).unwrap();
+        c.applied(NodeId(2), 0, 1, (1, 10), 1).unwrap();
         assert_eq!(
-            c.applied(NodeId(3), 0, 1, 2, 20).unwrap_err().invariant,
+            c.applied(NodeId(3), 0, 1, (2, 20), 2)
+                .unwrap_err()
+                .invariant,
             "state machine safety"
         );
         c.progress(NodeId(1), 0, Some(5), 4).unwrap();

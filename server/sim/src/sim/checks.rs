@@ -123,7 +123,7 @@ impl Sim {
             };
             let st = r.core.raft_status(ShardId(s));
             let commit = st.hard.commit;
-            self.checker.committed(id, s, commit)?;
+            self.checker.committed(id, s, commit, st.hard.term)?;
             self.checker.membership_at_commit(
                 id,
                 s,

@@ -695,7 +695,18 @@ impl Sim {
             }
         }
         for a in out.applied {
-            if let Err(v) = self.checker.applied(id, a.shard.0, a.index, a.term, a.hash) {
+            // The node's term, never below the term of the entry's commit. A replica dropped in
+            // this same step (its removal applied) names none: the checker then takes
+            // the term from the next node seen knowing the entry committed.
+            let node_term = self.nodes[i]
+                .run
+                .as_ref()
+                .and_then(|r| r.core.group_view(a.shard))
+                .map_or(u64::MAX, |v| v.term);
+            if let Err(v) =
+                self.checker
+                    .applied(id, a.shard.0, a.index, (a.term, a.hash), node_term)
+            {
                 return self.fail(v);
             }
         }
