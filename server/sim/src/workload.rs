@@ -62,6 +62,10 @@ struct Pending {
     silent: Vec<NodeId>,
     /// The node of the attempt in flight.
     target: Option<NodeId>,
+    /// Redirects followed at once (a leader hint, or a newer replica set). Past the node
+    /// count, one waits a backoff first, as kvcli backs off from a ping-pong of stale
+    /// hints.
+    redirects: usize,
 }
 
 /// Percent of a client's linearizable gets sent to any replica (`Pending::anywhere`).
@@ -371,6 +375,7 @@ impl Client {
             disclaimed: Vec::new(),
             silent: Vec::new(),
             target: None,
+            redirects: 0,
         });
         self.send(now_ns, nodes, shards, t)
     }
@@ -397,6 +402,25 @@ impl Client {
         }
     }
 
+    /// Counts a redirect of the pending request; true while it may be followed at once.
+    fn redirect_at_once(&mut self, nodes: &[NodeId]) -> bool {
+        let p = self.pending.as_mut().expect("pending");
+        p.redirects += 1;
+        p.redirects <= nodes.len()
+    }
+
+    /// No attempt in flight until `t.backoff_ns` from `now_ns`, when the pending request
+    /// is sent again.
+    fn back_off(&mut self, now_ns: u64, t: &ClientTiming) -> Action {
+        let p = self.pending.as_mut().expect("pending");
+        p.sent = false;
+        self.epoch += 1;
+        Action::Wake {
+            wake_ns: now_ns + t.backoff_ns,
+            epoch: self.epoch,
+        }
+    }
+
     /// A reply arrived at `world.now_ns`. Returns the next action, or an error text if the
     /// reply is one a correct server never sends.
     pub fn on_reply(
@@ -419,6 +443,12 @@ impl Client {
         if reply.seq != p.req.seq || reply.client != self.id {
             return Ok(Action::Idle);
         }
+        if !p.sent && matches!(reply.outcome, Outcome::Error(_)) {
+            // Waiting out a backoff, no attempt is in flight: this answers a copy of an
+            // earlier one (the network duplicates datagrams, and each copy is answered).
+            // Acting on every such answer would multiply the attempts in flight.
+            return Ok(Action::Idle);
+        }
         let result = match reply.outcome {
             Outcome::Done if p.opens => {
                 // The session is open: the write itself follows, under the next seq.
@@ -436,16 +466,10 @@ impl Client {
             Outcome::CasMismatch { current } => KvResult::CasMismatch { current },
             Outcome::Error(ClientError::NotLeader { shard, leader }) => {
                 self.leader_cache[shard.0 as usize] = leader;
-                if leader.is_some() {
+                if leader.is_some() && self.redirect_at_once(nodes) {
                     return Ok(self.send(now_ns, nodes, shards, t));
                 }
-                let p = self.pending.as_mut().expect("pending");
-                p.sent = false;
-                self.epoch += 1;
-                return Ok(Action::Wake {
-                    wake_ns: now_ns + t.backoff_ns,
-                    epoch: self.epoch,
-                });
+                return Ok(self.back_off(now_ns, t));
             }
             Outcome::Error(ClientError::StaleRoute { node, route }) => {
                 let s = route.shard.0 as usize;
@@ -475,26 +499,14 @@ impl Client {
                     // our set moved away and forgot the shard, another knows where it went.
                     p.disclaimed.push(node);
                 }
-                if newer && self.leader_cache[s].is_some() {
+                if newer && self.leader_cache[s].is_some() && self.redirect_at_once(nodes) {
                     return Ok(self.send(now_ns, nodes, shards, t));
                 }
-                let p = self.pending.as_mut().expect("pending");
-                p.sent = false;
-                self.epoch += 1;
-                return Ok(Action::Wake {
-                    wake_ns: now_ns + t.backoff_ns,
-                    epoch: self.epoch,
-                });
+                return Ok(self.back_off(now_ns, t));
             }
             Outcome::Error(ClientError::Timeout { shard } | ClientError::NoQuorum { shard }) => {
                 self.leader_cache[shard.0 as usize] = None;
-                let p = self.pending.as_mut().expect("pending");
-                p.sent = false;
-                self.epoch += 1;
-                return Ok(Action::Wake {
-                    wake_ns: now_ns + t.backoff_ns,
-                    epoch: self.epoch,
-                });
+                return Ok(self.back_off(now_ns, t));
             }
             other => {
                 return Err(format!(
@@ -547,5 +559,83 @@ fn narrow(
         *candidates = nodes.iter().copied().filter(fresh).collect();
     } else if candidates.iter().any(|n| !disclaimed.contains(n)) {
         candidates.retain(|n| !disclaimed.contains(n));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kv_shared::ShardId;
+    use rand::SeedableRng;
+
+    /// Seed 242723: a follower read met redirects to a leader that had crashed, and the
+    /// network duplicated datagrams; the client sent again on every answer, each copy's
+    /// included, so its attempts in flight grew without bound (2,000,000 events by
+    /// 2.4 s of simulated time).
+    #[test]
+    fn redirects_back_off_after_the_node_count_and_late_copies_are_ignored() {
+        let mut client = Client::new(0, ClientId(7), 1, 1);
+        let mut rng = SmallRng::seed_from_u64(1);
+        let nodes = [NodeId(1), NodeId(2), NodeId(3)];
+        let keys = [Bytes::from_static(b"k0")];
+        let timing = ClientTiming {
+            attempt_ns: 50,
+            give_up_ns: 1_000_000,
+            backoff_ns: 20,
+            think_ns_max: 1,
+        };
+        let mut history = Vec::new();
+        macro_rules! world {
+            ($now:expr) => {
+                ClientWorld {
+                    now_ns: $now,
+                    rng: &mut rng,
+                    nodes: &nodes,
+                    keys: &keys,
+                    shards: 1,
+                    timing: &timing,
+                    history: &mut history,
+                }
+            };
+        }
+        let Action::Send { req, .. } = client.wake(0, world!(0)) else {
+            panic!("the first wake starts an operation");
+        };
+        let not_leader = || ClientReply {
+            client: ClientId(7),
+            seq: req.seq,
+            outcome: Outcome::Error(ClientError::NotLeader {
+                shard: ShardId(0),
+                leader: Some(NodeId(2)),
+            }),
+        };
+        for i in 0..nodes.len() {
+            let a = client.on_reply(not_leader(), world!(1 + i as u64)).unwrap();
+            assert!(
+                matches!(
+                    a,
+                    Action::Send {
+                        node: NodeId(2),
+                        ..
+                    }
+                ),
+                "redirect {i}: {a:?}"
+            );
+        }
+        let Action::Wake { wake_ns, epoch } = client.on_reply(not_leader(), world!(10)).unwrap()
+        else {
+            panic!("past the node count, a redirect waits a backoff");
+        };
+        assert_eq!(wake_ns, 10 + timing.backoff_ns);
+        let late = client.on_reply(not_leader(), world!(11)).unwrap();
+        assert!(
+            matches!(late, Action::Idle),
+            "a late copy's answer: {late:?}"
+        );
+        let again = client.wake(epoch, world!(wake_ns));
+        assert!(
+            matches!(again, Action::Send { .. }),
+            "after the backoff: {again:?}"
+        );
     }
 }
