@@ -81,6 +81,29 @@ pub enum Command {
     Quit,
 }
 
+impl Command {
+    /// What the REPL prints when Ctrl-C stops it waiting for this command. A write, or an
+    /// admin change, left kvcli before the user gave up on it: a node may still apply it.
+    pub fn cancelled_message(&self) -> &'static str {
+        use crate::balance_cmd::BalanceCommand as B;
+        match self {
+            Command::Put { .. }
+            | Command::Del { .. }
+            | Command::Cas { .. }
+            | Command::Incr { .. }
+            | Command::ShardLeader { .. }
+            | Command::ShardMove { .. }
+            | Command::Balance(
+                B::Drain { .. }
+                | B::RemoveDead { .. }
+                | B::Pause(_)
+                | B::Rebalance { dry_run: false, .. },
+            ) => "cancelled: kvcli stopped waiting, but the request was sent and may still take effect (its outcome is unknown)",
+            _ => "cancelled",
+        }
+    }
+}
+
 /// How long `shard move` waits for the move by default, in seconds: a learner that has
 /// not caught up in about ten minutes makes the leader undo the move anyway.
 pub const MOVE_WAIT_DEFAULT_S: u64 = 600;
@@ -501,6 +524,41 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("hex"));
+    }
+
+    /// Ctrl-C on a write must not read as "nothing happened": the request already left.
+    #[test]
+    fn a_cancelled_write_is_of_unknown_outcome_and_a_cancelled_read_is_not() {
+        let unknown = |line: &str| {
+            let cmd = parse_line(line).unwrap().unwrap();
+            cmd.cancelled_message().contains("outcome is unknown")
+        };
+        for write in [
+            "put k v",
+            "del k",
+            "cas k a b",
+            "cas k --absent b",
+            "incr k",
+            "shard leader 0 1",
+            "shard move 0 --from 1 --to 2",
+            "node drain 2",
+            "node remove 2 --dead",
+            "rebalance",
+            "rebalance pause",
+        ] {
+            assert!(unknown(write), "{write}");
+        }
+        for read in [
+            "get k",
+            "get k --stale",
+            "status",
+            "shard k",
+            "node list",
+            "rebalance status",
+            "rebalance --dry-run",
+        ] {
+            assert!(!unknown(read), "{read}");
+        }
     }
 
     #[test]

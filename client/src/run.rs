@@ -428,6 +428,7 @@ pub async fn repl(client: &Client, style: Style, history: Option<PathBuf>) -> an
                 continue;
             }
         };
+        let cancelled = cmd.cancelled_message();
         tokio::select! {
             r = execute(client, &mut session, cmd) => match r {
                 Ok(Step::Output(o)) => println!("{}", render(&o, style)),
@@ -435,7 +436,7 @@ pub async fn repl(client: &Client, style: Style, history: Option<PathBuf>) -> an
                 Err(e) => println!("{}", render_client_error(&e, style)),
             },
             _ = tokio::signal::ctrl_c() => {
-                println!("{}", render_error("cancelled", "cancelled", style));
+                println!("{}", render_error(cancelled, "cancelled", style));
                 // The cancelled request may still be answered; a fresh session keeps the
                 // next request's sequence number clear of it.
                 session = client.session();
