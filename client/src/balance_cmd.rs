@@ -4,7 +4,7 @@
 //! carry), plan with the shared balance planner (`kv_shared::balance`), and drive the plan
 //! with the admin operations (`Op::MoveReplica`, `Op::ShardLeader`) until done.
 
-use crate::balance_output::{BalanceOutput, BalancerStatus};
+use crate::balance_output::{shard_name, BalanceOutput, BalancerStatus};
 use crate::client::Client;
 use crate::command::ParseError;
 use crate::error::Error;
@@ -558,12 +558,10 @@ fn check_room(cluster: &Cluster, node: NodeId, what: &str) -> Result<(), String>
 
 /// `shard 3's replica on node 5: no live node ...`.
 pub fn describe_stuck(s: &balance::Stuck) -> String {
+    let shard = shard_name(s.shard);
     match s.node {
-        Some(n) => format!(
-            "shard {}'s replica on node {}: {}",
-            s.shard.0, n.0, s.reason
-        ),
-        None => format!("shard {}: {}", s.shard.0, s.reason),
+        Some(n) => format!("{shard}'s replica on node {}: {}", n.0, s.reason),
+        None => format!("{shard}: {}", s.reason),
     }
 }
 
