@@ -172,6 +172,19 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("quit", "", "leave (Ctrl-D works too)"),
 ];
 
+/// The command table's name of `name` (lower case), which may be an alias (`set`,
+/// `delete`, `rm`, `exit`, `?`); `None`: no such command.
+fn canonical_name(name: &str) -> Option<&'static str> {
+    let name = match name {
+        "set" => "put",
+        "delete" | "rm" => "del",
+        "exit" => "quit",
+        "?" => "help",
+        other => other,
+    };
+    COMMANDS.iter().map(|(n, _, _)| *n).find(|n| *n == name)
+}
+
 /// The usage line of a command, e.g. `cas KEY EXPECTED NEW | KEY --absent NEW`.
 pub fn usage_of(name: &str) -> Option<String> {
     COMMANDS
@@ -330,8 +343,11 @@ pub fn parse_words<S: AsRef<str>>(words: &[S]) -> Result<Command, ParseError> {
         ("node", ["list"]) => Command::NodeList,
         ("node", _) => return Err(usage("node")),
         ("help" | "?", []) => Command::Help { topic: None },
-        ("help" | "?", [t]) => Command::Help {
-            topic: Some(t.to_string()),
+        ("help" | "?", [t]) => match canonical_name(&t.to_ascii_lowercase()) {
+            Some(topic) => Command::Help {
+                topic: Some(topic.to_string()),
+            },
+            None => return Err(ParseError::UnknownCommand(t.to_string())),
         },
         ("help" | "?", _) => return Err(usage("help")),
         ("quit" | "exit", []) => Command::Quit,
@@ -524,6 +540,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("hex"));
+        assert_eq!(
+            parse_line("help frob").unwrap_err().to_string(),
+            "unknown command \"frob\"; type help for the list"
+        );
+        for (alias, name) in [
+            ("SET", "put"),
+            ("rm", "del"),
+            ("delete", "del"),
+            ("exit", "quit"),
+        ] {
+            assert_eq!(
+                parse_line(&format!("help {alias}")).unwrap(),
+                Some(Command::Help {
+                    topic: Some(name.into())
+                })
+            );
+        }
     }
 
     /// Ctrl-C on a write must not read as "nothing happened": the request already left.

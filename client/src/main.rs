@@ -245,10 +245,18 @@ fn main() {
 async fn run(cli: Cli, style: Style) -> anyhow::Result<i32> {
     // `kvcli help [COMMAND]` answers as the REPL's help does, without a key or a cluster.
     if let Some(Sub::Command(words)) = &cli.command {
-        if let Ok(kvcli::command::Command::Help { topic }) = kvcli::command::parse_words(words) {
-            let text = kvcli::output::CmdOutput::Text(kvcli::command::help_text(topic.as_deref()));
-            println!("{}", kvcli::output::render(&text, style));
-            return Ok(EXIT_OK);
+        match kvcli::command::parse_words(words) {
+            Ok(kvcli::command::Command::Help { topic }) => {
+                let text =
+                    kvcli::output::CmdOutput::Text(kvcli::command::help_text(topic.as_deref()));
+                println!("{}", kvcli::output::render(&text, style));
+                return Ok(EXIT_OK);
+            }
+            Err(e) if matches!(words[0].to_ascii_lowercase().as_str(), "help" | "?") => {
+                eprintln!("{}", render_error(&e.to_string(), "usage", style));
+                return Ok(EXIT_ERROR);
+            }
+            _ => {}
         }
     }
     let mut local = None;

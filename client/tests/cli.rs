@@ -146,6 +146,24 @@ fn help_for_one_command_works_one_shot() {
     );
     let o = kvcli(&fake, &["help"], "");
     assert!(text(&o.stdout).contains("incr KEY [DELTA]"));
+    // The aliases the docs list have the help of their command.
+    let o = kvcli(&fake, &["help", "set"], "");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).starts_with("put KEY VALUE\n"),
+        "{}",
+        text(&o.stdout)
+    );
+    // No such command: an error, exit 2, as for any mistyped command.
+    let o = kvcli(&fake, &["help", "frob"], "");
+    assert_eq!(
+        (o.status.code(), text(&o.stderr)),
+        (
+            Some(2),
+            "error: unknown command \"frob\"; type help for the list\n".into()
+        )
+    );
+    assert!(o.stdout.is_empty());
 }
 
 #[test]
