@@ -313,7 +313,14 @@ pub fn parse_words<S: AsRef<str>>(words: &[S]) -> Result<Command, ParseError> {
         },
         ("incr", [k, d]) => Command::Incr {
             key: v(k)?,
-            delta: d.parse().map_err(|_| usage("incr"))?,
+            delta: d.parse().map_err(|_| {
+                ParseError::Usage(format!(
+                    "{}: DELTA {d:?} is not a whole number in {}..={}",
+                    usage_of("incr").expect("listed"),
+                    i64::MIN,
+                    i64::MAX
+                ))
+            })?,
         },
         ("incr", _) => return Err(usage("incr")),
         ("status", []) => Command::Status,
@@ -465,7 +472,7 @@ mod tests {
         );
         assert_eq!(
             parse_line("incr n x").unwrap_err().to_string(),
-            "usage: incr KEY [DELTA]"
+            "usage: incr KEY [DELTA]: DELTA \"x\" is not a whole number in -9223372036854775808..=9223372036854775807"
         );
         assert_eq!(parse_line("status").unwrap(), Some(Command::Status));
         assert_eq!(
@@ -540,6 +547,10 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("hex"));
+        assert!(parse_line("incr n 9223372036854775808")
+            .unwrap_err()
+            .to_string()
+            .contains("not a whole number"));
         assert_eq!(
             parse_line("help frob").unwrap_err().to_string(),
             "unknown command \"frob\"; type help for the list"
