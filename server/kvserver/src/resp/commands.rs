@@ -177,8 +177,22 @@ pub fn command_name(word: &[u8]) -> Option<&'static str> {
         .copied()
 }
 
-/// Plans one command. `stale` is the connection's read mode.
+/// Plans one command. `stale` is the connection's read mode. A command with a key or
+/// value over its limit is refused whole, before any of its operations runs: MSET's
+/// other pairs (or DEL's other keys) would otherwise be written while the reply says
+/// the command failed.
 pub fn plan(words: &[Bytes], stale: bool) -> Plan {
+    let plan = plan_words(words, stale);
+    if let Plan::Ops { ops, .. } = &plan {
+        if let Some(e) = ops.iter().find_map(|op| op.check_limits().err()) {
+            return Plan::Now(Reply::err(e));
+        }
+    }
+    plan
+}
+
+/// [`plan`] before the limits are checked.
+fn plan_words(words: &[Bytes], stale: bool) -> Plan {
     let Some((name_bytes, args)) = words.split_first() else {
         return Plan::Now(Reply::err("empty command"));
     };
@@ -548,6 +562,35 @@ mod tests {
             now("hello 4"),
             Reply::Error("NOPROTO unsupported protocol version".into())
         );
+    }
+
+    /// One pair over a limit refuses the whole MSET (no pair is written), and likewise
+    /// a DEL or MGET naming one key over the limit.
+    #[test]
+    fn a_multi_key_command_over_a_limit_is_refused_whole() {
+        let long_key = "k".repeat(kv_shared::limits::KEY_BYTES_MAX + 1);
+        let key_error = Reply::err(format!(
+            "key is {} bytes; the limit KEY_BYTES_MAX is {}",
+            kv_shared::limits::KEY_BYTES_MAX + 1,
+            kv_shared::limits::KEY_BYTES_MAX
+        ));
+        assert_eq!(now(&format!("mset a 1 b 2 {long_key} 3")), key_error);
+        assert_eq!(now(&format!("del a {long_key}")), key_error);
+        assert_eq!(now(&format!("mget a {long_key}")), key_error);
+        let long_value = "v".repeat(kv_shared::limits::VALUE_BYTES_MAX + 1);
+        assert_eq!(
+            now(&format!("mset a 1 b {long_value}")),
+            Reply::err(format!(
+                "value is {} bytes; the limit VALUE_BYTES_MAX is {}",
+                kv_shared::limits::VALUE_BYTES_MAX + 1,
+                kv_shared::limits::VALUE_BYTES_MAX
+            ))
+        );
+        let at_limit = "v".repeat(kv_shared::limits::VALUE_BYTES_MAX);
+        assert!(matches!(
+            plan(&words(&format!("mset a 1 b {at_limit}")), false),
+            Plan::Ops { .. }
+        ));
     }
 
     #[test]
