@@ -364,6 +364,10 @@ pub fn parse_words<S: AsRef<str>>(words: &[S]) -> Result<Command, ParseError> {
     Ok(cmd)
 }
 
+/// Synopses longer than this (`shard`, `node`, `rebalance`) get their explanation on the
+/// next line: aligned after the longest one, every explanation began past column 100.
+const HELP_SYNOPSIS_WIDTH: usize = 40;
+
 /// The help text: one line per command, aligned.
 pub fn help_text(topic: Option<&str>) -> String {
     if let Some(t) = topic {
@@ -375,12 +379,17 @@ pub fn help_text(topic: Option<&str>) -> String {
     let width = COMMANDS
         .iter()
         .map(|(n, a, _)| n.len() + 1 + a.len())
+        .filter(|&w| w <= HELP_SYNOPSIS_WIDTH)
         .max()
         .unwrap_or(0);
     let mut out = String::new();
     for (n, a, what) in COMMANDS {
         let synopsis = format!("{n} {a}");
-        out.push_str(&format!("  {synopsis:<width$}  {what}\n"));
+        if synopsis.len() > width {
+            out.push_str(&format!("  {synopsis}\n  {:width$}  {what}\n", ""));
+        } else {
+            out.push_str(&format!("  {synopsis:<width$}  {what}\n"));
+        }
     }
     out.push_str(
         "\nKeys and values: quote to include spaces (\"a b\" or 'a b'); hex:00ff and b64:AAE= give binary bytes.\n",
@@ -612,5 +621,16 @@ mod tests {
             assert!(h.contains(n), "{n} missing from help");
         }
         assert!(help_text(Some("cas")).starts_with("cas KEY EXPECTED NEW"));
+        // Explanations start in one column, close enough to the left to be read.
+        let column = 2 + HELP_SYNOPSIS_WIDTH - 1 + 2;
+        assert!(
+            h.starts_with(&format!("  {:<39}  read a key", "get KEY [--stale]")),
+            "{h}"
+        );
+        let shard_usage = usage_of("shard").unwrap();
+        assert!(
+            h.contains(&format!("\n  {shard_usage}\n{:column$}which shard KEY", "")),
+            "{h}"
+        );
     }
 }
