@@ -101,11 +101,11 @@ struct ConnArgs {
     local_dir: PathBuf,
 
     /// Report a shard as unavailable after this long without a working leader.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, global = true)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_nonzero_duration, global = true)]
     unavailable_after: Duration,
 
     /// How long one attempt waits for a reply before retrying (same request id).
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, global = true)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_nonzero_duration, global = true)]
     attempt_timeout: Duration,
 }
 
@@ -129,7 +129,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 64)]
     clients: usize,
     /// Run for this long (e.g. 10s, 500ms, 2m) [default: 10s unless --ops is given].
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_nonzero_duration)]
     duration: Option<Duration>,
     /// Stop after this many operations.
     #[arg(long)]
@@ -209,6 +209,18 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// [`parse_duration`] for the waits and the bench run, where zero is a mistake: with
+/// `--unavailable-after 0` would report a shard that has a leader as having none.
+fn parse_nonzero_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!(
+            "{s:?} is zero; give a duration above 0, like 500ms or 5s"
+        ));
+    }
+    Ok(d)
 }
 
 fn main() {

@@ -134,6 +134,35 @@ fn a_script_prints_one_result_per_line_and_stops_at_the_first_error() {
     );
 }
 
+/// A zero wait is refused up front: `--unavailable-after 0` would report a shard with a
+/// leader as having none ("waited 0 ms").
+#[test]
+fn zero_durations_are_refused_naming_the_flag() {
+    // Refused while parsing the command line, before any cluster is asked.
+    let kvcli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kvcli"))
+            .args(args)
+            .output()
+            .expect("kvcli runs")
+    };
+    for flag in ["--unavailable-after", "--attempt-timeout"] {
+        let o = kvcli(&[flag, "0", "get", "k"]);
+        assert_eq!(o.status.code(), Some(2), "{flag}: {}", text(&o.stderr));
+        let err = text(&o.stderr);
+        assert!(
+            err.contains(flag) && err.contains("\"0\" is zero"),
+            "{flag}: {err}"
+        );
+    }
+    let o = kvcli(&["bench", "--duration", "0ms"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("\"0ms\" is zero"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
 /// `kvcli help cas` is kvcli's help, as typed in the REPL, not clap's.
 #[test]
 fn help_for_one_command_works_one_shot() {
