@@ -34,7 +34,7 @@ Examples:
 
 Commands (REPL, script or one-shot):
   get KEY [--stale]     put KEY VALUE     del KEY
-  cas KEY EXPECTED NEW  cas KEY --absent NEW
+  cas KEY EXPECTED NEW  cas KEY --absent NEW  incr KEY [DELTA]
   status                shard KEY         node list        help [COMMAND]   quit
   shard leader|move ... node drain|remove ...  rebalance [status|pause|resume|--dry-run]
 

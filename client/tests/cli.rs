@@ -163,6 +163,24 @@ fn zero_durations_are_refused_naming_the_flag() {
     );
 }
 
+/// `kvcli --help` lists every command of the command table under "Commands".
+#[test]
+fn the_help_flag_lists_every_command() {
+    let o = Command::new(env!("CARGO_BIN_EXE_kvcli"))
+        .arg("--help")
+        .output()
+        .expect("kvcli runs");
+    let help = text(&o.stdout);
+    let listed = help
+        .split_once("Commands (REPL, script or one-shot):")
+        .and_then(|(_, rest)| rest.split_once("Exit codes"))
+        .map(|(list, _)| list)
+        .unwrap_or_else(|| panic!("no command list in:\n{help}"));
+    for (name, _, _) in kvcli::command::COMMANDS {
+        assert!(listed.contains(name), "{name} missing from:\n{listed}");
+    }
+}
+
 /// `kvcli help cas` is kvcli's help, as typed in the REPL, not clap's.
 #[test]
 fn help_for_one_command_works_one_shot() {
