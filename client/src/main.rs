@@ -7,7 +7,7 @@ use kv_shared::auth::ClientKey;
 use kv_shared::config::ClusterConfig;
 use kvcli::bench::{self, BenchOptions, Dist};
 use kvcli::client::{Client, ClientOptions, NodeAddr};
-use kvcli::output::{render_error, Style, EXIT_ERROR, EXIT_OK};
+use kvcli::output::{print_stdout, render_error, Style, EXIT_ERROR, EXIT_OK};
 use std::io::IsTerminal;
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
@@ -261,7 +261,7 @@ async fn run(cli: Cli, style: Style) -> anyhow::Result<i32> {
             Ok(kvcli::command::Command::Help { topic }) => {
                 let text =
                     kvcli::output::CmdOutput::Text(kvcli::command::help_text(topic.as_deref()));
-                println!("{}", kvcli::output::render(&text, style));
+                print_stdout(&format!("{}\n", kvcli::output::render(&text, style)));
                 return Ok(EXIT_OK);
             }
             Err(e) if matches!(words[0].to_ascii_lowercase().as_str(), "help" | "?") => {
@@ -467,11 +467,11 @@ async fn bench_main(client: &Client, a: BenchArgs, style: Style) -> anyhow::Resu
         if let Some(c) = &check {
             v["check"] = bench::check_json(c);
         }
-        println!("{v}");
+        print_stdout(&format!("{v}\n"));
     } else {
-        print!("{}", bench::render_report(&run.report));
+        print_stdout(&bench::render_report(&run.report));
         if let Some(c) = &check {
-            print!("{}", bench::render_check(c));
+            print_stdout(&bench::render_check(c));
         }
     }
     Ok(if check_failed { EXIT_ERROR } else { EXIT_OK })

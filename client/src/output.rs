@@ -13,6 +13,14 @@ mod status;
 use status::status_json;
 pub use status::{combine_status, render_status, ClusterStatus, NodeRow, ShardRow};
 
+/// Writes `text` to stdout. A reader that went away (`kvcli help | head -3`) is not worth
+/// the panic `print!` raises on a closed pipe: it has read what it wanted.
+pub fn print_stdout(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
 /// Output settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Style {

@@ -6,8 +6,8 @@ use crate::client::{Client, Response, Session};
 use crate::command::{help_text, parse_line, Command, COMMANDS};
 use crate::error::Error;
 use crate::output::{
-    combine_status, render, render_client_error, render_error, CmdOutput, Style, EXIT_ERROR,
-    EXIT_OK,
+    combine_status, print_stdout, render, render_client_error, render_error, CmdOutput, Style,
+    EXIT_ERROR, EXIT_OK,
 };
 use kv_shared::proto::Op;
 use rustyline::completion::{Completer, Pair};
@@ -399,10 +399,10 @@ pub async fn repl(client: &Client, style: Style, history: Option<PathBuf>) -> an
         }
     }
     let shards = client.shard_count().unwrap_or(0);
-    println!(
-        "kvcli: connected to {} node(s), {shards} shards. Type help for commands, Ctrl-D to leave.",
+    print_stdout(&format!(
+        "kvcli: connected to {} node(s), {shards} shards. Type help for commands, Ctrl-D to leave.\n",
         client.nodes().len()
-    );
+    ));
     let mut session = client.session();
     loop {
         let line = match editor.readline("kvcli> ") {
@@ -424,19 +424,22 @@ pub async fn repl(client: &Client, style: Style, history: Option<PathBuf>) -> an
             Ok(Some(c)) => c,
             Ok(None) => continue,
             Err(e) => {
-                println!("{}", render_error(&e.to_string(), "usage", style));
+                print_stdout(&format!(
+                    "{}\n",
+                    render_error(&e.to_string(), "usage", style)
+                ));
                 continue;
             }
         };
         let cancelled = cmd.cancelled_message();
         tokio::select! {
             r = execute(client, &mut session, cmd) => match r {
-                Ok(Step::Output(o)) => println!("{}", render(&o, style)),
+                Ok(Step::Output(o)) => print_stdout(&format!("{}\n", render(&o, style))),
                 Ok(Step::Quit) => break,
-                Err(e) => println!("{}", render_client_error(&e, style)),
+                Err(e) => print_stdout(&format!("{}\n", render_client_error(&e, style))),
             },
             _ = tokio::signal::ctrl_c() => {
-                println!("{}", render_error(cancelled, "cancelled", style));
+                print_stdout(&format!("{}\n", render_error(cancelled, "cancelled", style)));
                 // The cancelled request may still be answered; a fresh session keeps the
                 // next request's sequence number clear of it.
                 session = client.session();

@@ -163,6 +163,57 @@ fn zero_durations_are_refused_naming_the_flag() {
     );
 }
 
+/// Runs `kvcli ARGS | READER` where the reader closes its end of the pipe at once, and
+/// kvcli starts writing only after that (it starts 300 ms later): every write kvcli makes
+/// meets a closed pipe.
+fn into_a_closed_pipe(args: &[&str]) -> Output {
+    let kvcli = env!("CARGO_BIN_EXE_kvcli");
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "(sleep 0.3; exec '{kvcli}' {}) | (exec 0<&-; sleep 1)",
+            quoted.join(" ")
+        ))
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("sh runs")
+}
+
+/// `kvcli help | head -3` and `kvcli bench ... | head` must not panic when the reader
+/// goes away: the output is dropped and kvcli exits with the command's own code.
+#[test]
+fn a_reader_that_closes_the_pipe_causes_no_panic() {
+    let o = into_a_closed_pipe(&["help"]);
+    assert!(!text(&o.stderr).contains("panicked"), "{}", text(&o.stderr));
+    let fake = FakeCluster::start(2, 2, Some(1));
+    let nodes = fake.nodes_flag();
+    let cluster_id = fake.cluster_id.to_string();
+    let key = fake.key_file().to_str().unwrap().to_string();
+    let args = [
+        "--nodes",
+        &nodes,
+        "--cluster-id",
+        &cluster_id,
+        "--key-file",
+        &key,
+        "bench",
+        "--ops",
+        "20",
+        "--clients",
+        "2",
+    ];
+    for json in [false, true] {
+        let args: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(json.then_some("--json"))
+            .collect();
+        let o = into_a_closed_pipe(&args);
+        assert!(!text(&o.stderr).contains("panicked"), "{}", text(&o.stderr));
+    }
+}
+
 /// `kvcli --help` lists every command of the command table under "Commands".
 #[test]
 fn the_help_flag_lists_every_command() {
