@@ -318,7 +318,7 @@ pub async fn execute(client: &Client, cmd: BalanceCommand) -> Result<BalanceOutp
             })
             .await?;
             set_node_state(client, node, registry::NodeState::Draining).await?;
-            eprintln!("node {} is draining: it receives no replica", node.0);
+            crate::note!("node {} is draining: it receives no replica", node.0);
             let goal = Goal::Empty(node, NodeState::Draining);
             let out = if balancer_runs(&view) {
                 watch_until(client, goal, drive).await?
@@ -345,7 +345,7 @@ pub async fn execute(client: &Client, cmd: BalanceCommand) -> Result<BalanceOutp
             // Removed first: its datagrams are refused from now on, and nothing it
             // still holds counts.
             set_node_state(client, node, registry::NodeState::Removed).await?;
-            eprintln!(
+            crate::note!(
                 "node {} is removed: its replicas are rebuilt elsewhere",
                 node.0
             );

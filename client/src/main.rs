@@ -236,7 +236,7 @@ fn main() {
     let code = match runtime.block_on(run(cli, style)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!(
+            kvcli::note!(
                 "{}",
                 render_error(
                     &format!("{e:#}"),
@@ -265,7 +265,7 @@ async fn run(cli: Cli, style: Style) -> anyhow::Result<i32> {
                 return Ok(EXIT_OK);
             }
             Err(e) if matches!(words[0].to_ascii_lowercase().as_str(), "help" | "?") => {
-                eprintln!("{}", render_error(&e.to_string(), "usage", style));
+                kvcli::note!("{}", render_error(&e.to_string(), "usage", style));
                 return Ok(EXIT_ERROR);
             }
             _ => {}
@@ -286,7 +286,7 @@ async fn run(cli: Cli, style: Style) -> anyhow::Result<i32> {
     let mut options = if cli.conn.local {
         let kvserver = kvcli::local::kvserver_beside_me()?;
         let cluster = kvcli::local::LocalCluster::start(&kvserver, &cli.conn.local_dir)?;
-        eprintln!(
+        kvcli::note!(
             "started a local cluster: 3 kvserver nodes, data and logs in {}",
             cluster.dir.display()
         );
@@ -319,7 +319,7 @@ async fn run(cli: Cli, style: Style) -> anyhow::Result<i32> {
         ClientOptions::from_config(&config, key_for(Some(&config))?)
     };
     if options.protection == kv_shared::auth::Protection::Unauthenticated {
-        eprintln!(
+        kvcli::note!(
             "warning: the cluster file says protection = \"none\": nothing authenticates \
              this cluster's traffic (allowed on loopback only, for measuring what \
              authentication costs)"
@@ -379,7 +379,7 @@ async fn wait_for_leaders(
         let status = kvcli::output::combine_status(&reports, shards);
         let led = status.shards.iter().filter(|s| s.leader.is_some()).count();
         if led == shards as usize {
-            eprintln!(
+            kvcli::note!(
                 "all {shards} shards have a leader ({} ms)",
                 start.elapsed().as_millis()
             );
@@ -410,7 +410,7 @@ async fn bench_main(client: &Client, a: BenchArgs, style: Style) -> anyhow::Resu
         kv_shared::limits::VALUE_BYTES_MAX
     );
     if a.check && a.stale_reads {
-        eprintln!("note: stale reads are not linearizable by design; --check leaves them out");
+        kvcli::note!("note: stale reads are not linearizable by design; --check leaves them out");
     }
     let options = BenchOptions {
         clients: a.clients,
@@ -434,14 +434,15 @@ async fn bench_main(client: &Client, a: BenchArgs, style: Style) -> anyhow::Resu
     let tty = std::io::stderr().is_terminal();
     let run = bench::run(client, options, |p| {
         if tty {
-            eprint!("\r\x1b[2K{}", p.line());
+            use std::io::Write as _;
+            let _ = write!(std::io::stderr(), "\r\x1b[2K{}", p.line());
         } else {
-            eprintln!("{}", p.line());
+            kvcli::note!("{}", p.line());
         }
     })
     .await;
     if tty {
-        eprintln!();
+        kvcli::note!();
     }
     if let Some(path) = &a.history {
         let file = std::fs::File::create(path)
@@ -450,7 +451,7 @@ async fn bench_main(client: &Client, a: BenchArgs, style: Style) -> anyhow::Resu
         kvcli::history::write_jsonl(&run.history, &mut w)
             .with_context(|| format!("cannot write {}", path.display()))?;
         std::io::Write::flush(&mut w)?;
-        eprintln!(
+        kvcli::note!(
             "history: {} operations written to {}",
             run.history.len(),
             path.display()

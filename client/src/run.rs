@@ -82,7 +82,7 @@ pub async fn execute(client: &Client, session: &mut Session, cmd: Command) -> Re
                 from: kv_shared::NodeId(from),
                 to: kv_shared::NodeId(to),
             };
-            eprintln!(
+            crate::note!(
                 "moving shard {shard}'s replica from node {from} to node {to}: waiting up to {wait_s} s for the new replica to catch up and the old one to go"
             );
             // A session of its own: the move is its first request, so it applies exactly
@@ -98,7 +98,7 @@ pub async fn execute(client: &Client, session: &mut Session, cmd: Command) -> Re
                 }
                 Err(e) => {
                     if matches!(e, Error::GaveUp { .. } | Error::NoLeader { .. }) {
-                        eprintln!(
+                        crate::note!(
                             "the move did not finish within {wait_s} s; it may still be in flight (kvcli status lists moves in flight)"
                         );
                     }
@@ -394,7 +394,7 @@ pub async fn repl(client: &Client, style: Style, history: Option<PathBuf>) -> an
         // A missing file is the first session; anything else is worth a warning only.
         if let Err(e) = editor.load_history(path) {
             if path.exists() {
-                eprintln!("warning: cannot read history {}: {e}", path.display());
+                crate::note!("warning: cannot read history {}: {e}", path.display());
             }
         }
     }
@@ -417,7 +417,7 @@ pub async fn repl(client: &Client, style: Style, history: Option<PathBuf>) -> an
         let _ = editor.add_history_entry(line.as_str());
         if let Some(path) = &history {
             if let Err(e) = editor.save_history(path) {
-                eprintln!("warning: cannot save history to {}: {e}", path.display());
+                crate::note!("warning: cannot save history to {}: {e}", path.display());
             }
         }
         let cmd = match parse_line(&line) {

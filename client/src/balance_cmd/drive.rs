@@ -118,7 +118,7 @@ impl Watch {
         let view = read_view(client, DRIVE_STATUS_GRACE, goal.marked(), avoid).await?;
         let progress = progress_line(goal, &view);
         if progress != self.last_progress {
-            eprintln!("{progress}");
+            crate::note!("{progress}");
             self.last_progress = progress;
         }
         Ok(view)
@@ -245,13 +245,13 @@ pub(super) async fn drive_to(
             });
         }
         for m in &plan.moves {
-            eprintln!("{}", move_line(m, "moving", "adding", "removing"));
+            crate::note!("{}", move_line(m, "moving", "adding", "removing"));
             start_move(&mut running, client, *m, deadline - now);
             in_flight.push(*m);
         }
         if settling.is_empty() {
             for t in &plan.leader_transfers {
-                eprintln!(
+                crate::note!(
                     "{}: leadership from node {} to node {}",
                     shard_name(t.shard),
                     t.from.0,
@@ -283,7 +283,7 @@ pub(super) async fn drive_to(
             in_flight.retain(|x| *x != m);
             match result {
                 Ok(_) => {
-                    eprintln!(
+                    crate::note!(
                         "{} in {:.1} s",
                         move_line(&m, "moved", "added", "removed"),
                         took.as_secs_f64()
@@ -291,7 +291,7 @@ pub(super) async fn drive_to(
                     done.push(DoneMove { mv: m, took });
                 }
                 Err(e) => {
-                    eprintln!(
+                    crate::note!(
                         "{} failed: {e}",
                         move_line(&m, "moving", "adding", "removing")
                     );
