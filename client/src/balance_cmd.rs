@@ -558,7 +558,7 @@ fn check_room(cluster: &Cluster, node: NodeId, what: &str) -> Result<(), String>
 
 /// `shard 3's replica on node 5: no live node ...`.
 pub fn describe_stuck(s: &balance::Stuck) -> String {
-    let shard = shard_name(s.shard);
+    let shard = shard_name(s.shard, false);
     match s.node {
         Some(n) => format!("{shard}'s replica on node {}: {}", n.0, s.reason),
         None => format!("{shard}: {}", s.reason),

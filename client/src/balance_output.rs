@@ -144,7 +144,7 @@ impl Driven {
         for m in &self.moves {
             out.push_str(&format!(
                 "\n  {}: node {} -> node {} ({:.1} s)",
-                shard_name(m.mv.shard),
+                shard_name(m.mv.shard, false),
                 m.mv.from.0,
                 m.mv.to.0,
                 m.took.as_secs_f64()
@@ -340,14 +340,14 @@ impl BalanceOutput {
     }
 }
 
-/// A shard as the admin commands' text names it: `shard 3`, or `the metadata group` for
-/// the group that holds the node registry (it moves like a shard, under the id
-/// `u32::MAX`, which means nothing to a reader).
-pub(crate) fn shard_name(shard: ShardId) -> String {
-    if shard == METADATA_SHARD {
-        "the metadata group".into()
-    } else {
-        format!("shard {}", shard.0)
+/// A shard as the admin commands' text names it: `shard 3` (`s3` in lists), or `the
+/// metadata group` for the group that holds the node registry (it moves like a shard,
+/// under the id `u32::MAX`, which means nothing to a reader).
+pub(crate) fn shard_name(shard: ShardId, in_list: bool) -> String {
+    match (shard == METADATA_SHARD, in_list) {
+        (true, _) => "the metadata group".into(),
+        (false, true) => shard.to_string(),
+        (false, false) => format!("shard {}", shard.0),
     }
 }
 
@@ -357,7 +357,7 @@ fn move_text(m: &Move) -> String {
         MoveReason::ShrinkMetadata => format!("remove node {}'s metadata voter", m.from.0),
         _ => format!(
             "move {}'s replica from node {} to node {} ({})",
-            shard_name(m.shard),
+            shard_name(m.shard, false),
             m.from.0,
             m.to.0,
             reason_name(m.reason)
@@ -368,7 +368,7 @@ fn move_text(m: &Move) -> String {
 fn transfer_text(t: &LeaderTransfer) -> String {
     format!(
         "{}: leadership from node {} to node {}",
-        shard_name(t.shard),
+        shard_name(t.shard, false),
         t.from.0,
         t.to.0
     )
@@ -424,13 +424,7 @@ fn assessment_text(a: &Assessment) -> String {
     }
     let shards = |list: &[ShardId]| {
         list.iter()
-            .map(|&s| {
-                if s == METADATA_SHARD {
-                    "the metadata group".into()
-                } else {
-                    s.to_string()
-                }
-            })
+            .map(|&s| shard_name(s, true))
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -644,6 +638,10 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains(&u32::MAX.to_string()), "{text}");
+        assert!(
+            text.contains("shards short of live voters: the metadata group"),
+            "{text}"
+        );
         let t = LeaderTransfer {
             shard: METADATA_SHARD,
             from: NodeId(1),
@@ -653,7 +651,10 @@ mod tests {
             transfer_text(&t),
             "the metadata group: leadership from node 1 to node 4"
         );
-        assert_eq!(shard_name(ShardId(3)), "shard 3");
+        assert_eq!(
+            (shard_name(ShardId(3), false), shard_name(ShardId(3), true)),
+            ("shard 3".to_string(), "s3".to_string())
+        );
     }
 
     #[test]

@@ -253,7 +253,7 @@ pub(super) async fn drive_to(
             for t in &plan.leader_transfers {
                 crate::note!(
                     "{}: leadership from node {} to node {}",
-                    shard_name(t.shard),
+                    shard_name(t.shard, false),
                     t.from.0,
                     t.to.0
                 );
@@ -362,7 +362,7 @@ fn progress_line(goal: Goal, view: &View) -> String {
 /// A line about move `m` with the verb for a move, a voter added, or a voter removed
 /// (the metadata group's size changes: one side is `NodeId::NONE`).
 fn move_line(m: &Move, moving: &str, adding: &str, removing: &str) -> String {
-    let shard = shard_name(m.shard);
+    let shard = shard_name(m.shard, false);
     match m.reason {
         MoveReason::GrowMetadata => format!("{adding} node {} as a voter of {shard}", m.to.0),
         MoveReason::ShrinkMetadata => {
