@@ -211,7 +211,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// [`parse_duration`] for the waits and the bench run, where zero is a mistake: with
+/// [`parse_duration`] for the waits and the bench run, where zero is a mistake:
 /// `--unavailable-after 0` would report a shard that has a leader as having none.
 fn parse_nonzero_duration(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
