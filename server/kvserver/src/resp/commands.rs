@@ -294,8 +294,10 @@ fn plan_words(words: &[Bytes], stale: bool) -> Plan {
             Some(d) => incr(key, d),
             None => now(not_integer()),
         },
-        ("decrby", [key, by]) => match parse_i64(by).and_then(i64::checked_neg) {
-            Some(d) => incr(key, d),
+        // DECRBY k -9223372036854775808 names a valid integer whose negation is not one.
+        ("decrby", [key, by]) => match parse_i64(by).map(i64::checked_neg) {
+            Some(Some(d)) => incr(key, d),
+            Some(None) => now(Reply::err("decrement would overflow")),
             None => now(not_integer()),
         },
         ("append", [key, value]) => ops(
@@ -616,10 +618,10 @@ mod tests {
                 delta: -5
             }]
         );
-        assert!(matches!(
-            plan(&words("decrby k -9223372036854775808"), false),
-            Plan::Now(_)
-        ));
+        assert_eq!(
+            now("decrby k -9223372036854775808"),
+            Reply::err("decrement would overflow")
+        );
         let Plan::Ops { ops, .. } = plan(&words("mget a b"), true) else {
             panic!()
         };
