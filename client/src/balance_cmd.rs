@@ -4,7 +4,7 @@
 //! carry), plan with the shared balance planner (`kv_shared::balance`), and drive the plan
 //! with the admin operations (`Op::MoveReplica`, `Op::ShardLeader`) until done.
 
-use crate::balance_output::{BalanceOutput, BalancerStatus};
+use crate::balance_output::{shard_name, BalanceOutput, BalancerStatus};
 use crate::client::Client;
 use crate::command::ParseError;
 use crate::error::Error;
@@ -318,7 +318,7 @@ pub async fn execute(client: &Client, cmd: BalanceCommand) -> Result<BalanceOutp
             })
             .await?;
             set_node_state(client, node, registry::NodeState::Draining).await?;
-            eprintln!("node {} is draining: it receives no replica", node.0);
+            crate::note!("node {} is draining: it receives no replica", node.0);
             let goal = Goal::Empty(node, NodeState::Draining);
             let out = if balancer_runs(&view) {
                 watch_until(client, goal, drive).await?
@@ -345,7 +345,7 @@ pub async fn execute(client: &Client, cmd: BalanceCommand) -> Result<BalanceOutp
             // Removed first: its datagrams are refused from now on, and nothing it
             // still holds counts.
             set_node_state(client, node, registry::NodeState::Removed).await?;
-            eprintln!(
+            crate::note!(
                 "node {} is removed: its replicas are rebuilt elsewhere",
                 node.0
             );
@@ -558,12 +558,10 @@ fn check_room(cluster: &Cluster, node: NodeId, what: &str) -> Result<(), String>
 
 /// `shard 3's replica on node 5: no live node ...`.
 pub fn describe_stuck(s: &balance::Stuck) -> String {
+    let shard = shard_name(s.shard, false);
     match s.node {
-        Some(n) => format!(
-            "shard {}'s replica on node {}: {}",
-            s.shard.0, n.0, s.reason
-        ),
-        None => format!("shard {}: {}", s.shard.0, s.reason),
+        Some(n) => format!("{shard}'s replica on node {}: {}", n.0, s.reason),
+        None => format!("{shard}: {}", s.reason),
     }
 }
 

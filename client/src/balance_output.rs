@@ -5,7 +5,8 @@
 use crate::balance_cmd::describe_stuck;
 use crate::output::{Style, EXIT_NOT_FOUND_OR_MISMATCH, EXIT_OK};
 use kv_shared::balance::{Assessment, LeaderTransfer, Move, MoveReason, NodeState, Plan, Stuck};
-use kv_shared::NodeId;
+use kv_shared::registry::METADATA_SHARD;
+use kv_shared::{NodeId, ShardId};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -142,8 +143,8 @@ impl Driven {
         };
         for m in &self.moves {
             out.push_str(&format!(
-                "\n  shard {}: node {} -> node {} ({:.1} s)",
-                m.mv.shard.0,
+                "\n  {}: node {} -> node {} ({:.1} s)",
+                shard_name(m.mv.shard, false),
                 m.mv.from.0,
                 m.mv.to.0,
                 m.took.as_secs_f64()
@@ -339,13 +340,24 @@ impl BalanceOutput {
     }
 }
 
+/// A shard as the admin commands' text names it: `shard 3` (`s3` in lists), or `the
+/// metadata group` for the group that holds the node registry (it moves like a shard,
+/// under the id `u32::MAX`, which means nothing to a reader).
+pub(crate) fn shard_name(shard: ShardId, in_list: bool) -> String {
+    match (shard == METADATA_SHARD, in_list) {
+        (true, _) => "the metadata group".into(),
+        (false, true) => shard.to_string(),
+        (false, false) => format!("shard {}", shard.0),
+    }
+}
+
 fn move_text(m: &Move) -> String {
     match m.reason {
         MoveReason::GrowMetadata => format!("add node {} as a metadata voter", m.to.0),
         MoveReason::ShrinkMetadata => format!("remove node {}'s metadata voter", m.from.0),
         _ => format!(
-            "move shard {}'s replica from node {} to node {} ({})",
-            m.shard.0,
+            "move {}'s replica from node {} to node {} ({})",
+            shard_name(m.shard, false),
             m.from.0,
             m.to.0,
             reason_name(m.reason)
@@ -355,8 +367,10 @@ fn move_text(m: &Move) -> String {
 
 fn transfer_text(t: &LeaderTransfer) -> String {
     format!(
-        "shard {}: leadership from node {} to node {}",
-        t.shard.0, t.from.0, t.to.0
+        "{}: leadership from node {} to node {}",
+        shard_name(t.shard, false),
+        t.from.0,
+        t.to.0
     )
 }
 
@@ -408,9 +422,9 @@ fn assessment_text(a: &Assessment) -> String {
         out.push_str("\nbalanced: every shard has its voters on live nodes; replicas and leaders per live node are within one of the mean");
         return out;
     }
-    let shards = |list: &[kv_shared::ShardId]| {
+    let shards = |list: &[ShardId]| {
         list.iter()
-            .map(|s| format!("s{}", s.0))
+            .map(|&s| shard_name(s, true))
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -517,7 +531,6 @@ mod tests {
     use super::*;
     use crate::output::tests::{JSON, PLAIN};
     use kv_shared::balance::{assess, plan, Cluster, NodeInfo, ShardInfo};
-    use kv_shared::ShardId;
 
     /// 4 nodes, R = 3, 4 shards all on nodes 1-3 and led by node 1; node 3 draining.
     fn cluster() -> Cluster {
@@ -595,6 +608,53 @@ mod tests {
         assert_eq!(v["balancer"]["moves_in_flight"], 2);
         let paused = BalanceOutput::Paused(true).render(JSON);
         assert_eq!(paused, r#"{"balancer":"paused","result":"ok"}"#);
+    }
+
+    /// The metadata group moves like a shard under the id `u32::MAX`; the text names it.
+    #[test]
+    fn the_metadata_group_is_named_not_numbered() {
+        let mut c = cluster();
+        c.shards = vec![ShardInfo {
+            shard: METADATA_SHARD,
+            voters: vec![NodeId(1), NodeId(2), NodeId(3)],
+            learners: vec![],
+            leader: Some(NodeId(1)),
+            avoid: vec![],
+        }];
+        let next = plan(&c, &[], 8);
+        assert!(
+            next.moves.iter().any(|m| m.shard == METADATA_SHARD),
+            "{next:?}"
+        );
+        let out = BalanceOutput::Status {
+            balancer: None,
+            assessment: assess(&c),
+            replication: 3,
+            next,
+        };
+        let text = out.render(PLAIN);
+        assert!(
+            text.contains("move the metadata group's replica from node 3 to node 4 (evacuate)"),
+            "{text}"
+        );
+        assert!(!text.contains(&u32::MAX.to_string()), "{text}");
+        assert!(
+            text.contains("shards short of live voters: the metadata group"),
+            "{text}"
+        );
+        let t = LeaderTransfer {
+            shard: METADATA_SHARD,
+            from: NodeId(1),
+            to: NodeId(4),
+        };
+        assert_eq!(
+            transfer_text(&t),
+            "the metadata group: leadership from node 1 to node 4"
+        );
+        assert_eq!(
+            (shard_name(ShardId(3), false), shard_name(ShardId(3), true)),
+            ("shard 3".to_string(), "s3".to_string())
+        );
     }
 
     #[test]

@@ -81,6 +81,29 @@ pub enum Command {
     Quit,
 }
 
+impl Command {
+    /// What the REPL prints when Ctrl-C stops it waiting for this command. A write, or an
+    /// admin change, left kvcli before the user gave up on it: a node may still apply it.
+    pub fn cancelled_message(&self) -> &'static str {
+        use crate::balance_cmd::BalanceCommand as B;
+        match self {
+            Command::Put { .. }
+            | Command::Del { .. }
+            | Command::Cas { .. }
+            | Command::Incr { .. }
+            | Command::ShardLeader { .. }
+            | Command::ShardMove { .. }
+            | Command::Balance(
+                B::Drain { .. }
+                | B::RemoveDead { .. }
+                | B::Pause(_)
+                | B::Rebalance { dry_run: false, .. },
+            ) => "cancelled: kvcli stopped waiting, but the request was sent and may still take effect (its outcome is unknown)",
+            _ => "cancelled",
+        }
+    }
+}
+
 /// How long `shard move` waits for the move by default, in seconds: a learner that has
 /// not caught up in about ten minutes makes the leader undo the move anyway.
 pub const MOVE_WAIT_DEFAULT_S: u64 = 600;
@@ -148,6 +171,19 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("help", "[COMMAND]", "this list, or one command's usage"),
     ("quit", "", "leave (Ctrl-D works too)"),
 ];
+
+/// The command table's name of `name` (lower case), which may be an alias (`set`,
+/// `delete`, `rm`, `exit`, `?`); `None`: no such command.
+fn canonical_name(name: &str) -> Option<&'static str> {
+    let name = match name {
+        "set" => "put",
+        "delete" | "rm" => "del",
+        "exit" => "quit",
+        "?" => "help",
+        other => other,
+    };
+    COMMANDS.iter().map(|(n, _, _)| *n).find(|n| *n == name)
+}
 
 /// The usage line of a command, e.g. `cas KEY EXPECTED NEW | KEY --absent NEW`.
 pub fn usage_of(name: &str) -> Option<String> {
@@ -277,7 +313,14 @@ pub fn parse_words<S: AsRef<str>>(words: &[S]) -> Result<Command, ParseError> {
         },
         ("incr", [k, d]) => Command::Incr {
             key: v(k)?,
-            delta: d.parse().map_err(|_| usage("incr"))?,
+            delta: d.parse().map_err(|_| {
+                ParseError::Usage(format!(
+                    "{}: DELTA {d:?} is not a whole number in {}..={}",
+                    usage_of("incr").expect("listed"),
+                    i64::MIN,
+                    i64::MAX
+                ))
+            })?,
         },
         ("incr", _) => return Err(usage("incr")),
         ("status", []) => Command::Status,
@@ -307,8 +350,11 @@ pub fn parse_words<S: AsRef<str>>(words: &[S]) -> Result<Command, ParseError> {
         ("node", ["list"]) => Command::NodeList,
         ("node", _) => return Err(usage("node")),
         ("help" | "?", []) => Command::Help { topic: None },
-        ("help" | "?", [t]) => Command::Help {
-            topic: Some(t.to_string()),
+        ("help" | "?", [t]) => match canonical_name(&t.to_ascii_lowercase()) {
+            Some(topic) => Command::Help {
+                topic: Some(topic.to_string()),
+            },
+            None => return Err(ParseError::UnknownCommand(t.to_string())),
         },
         ("help" | "?", _) => return Err(usage("help")),
         ("quit" | "exit", []) => Command::Quit,
@@ -317,6 +363,10 @@ pub fn parse_words<S: AsRef<str>>(words: &[S]) -> Result<Command, ParseError> {
     };
     Ok(cmd)
 }
+
+/// Synopses longer than this (`shard`, `node`, `rebalance`) get their explanation on the
+/// next line: aligned after the longest one, every explanation began past column 100.
+const HELP_SYNOPSIS_WIDTH: usize = 40;
 
 /// The help text: one line per command, aligned.
 pub fn help_text(topic: Option<&str>) -> String {
@@ -329,12 +379,17 @@ pub fn help_text(topic: Option<&str>) -> String {
     let width = COMMANDS
         .iter()
         .map(|(n, a, _)| n.len() + 1 + a.len())
+        .filter(|&w| w <= HELP_SYNOPSIS_WIDTH)
         .max()
         .unwrap_or(0);
     let mut out = String::new();
     for (n, a, what) in COMMANDS {
         let synopsis = format!("{n} {a}");
-        out.push_str(&format!("  {synopsis:<width$}  {what}\n"));
+        if synopsis.len() > width {
+            out.push_str(&format!("  {synopsis}\n  {:width$}  {what}\n", ""));
+        } else {
+            out.push_str(&format!("  {synopsis:<width$}  {what}\n"));
+        }
     }
     out.push_str(
         "\nKeys and values: quote to include spaces (\"a b\" or 'a b'); hex:00ff and b64:AAE= give binary bytes.\n",
@@ -426,7 +481,7 @@ mod tests {
         );
         assert_eq!(
             parse_line("incr n x").unwrap_err().to_string(),
-            "usage: incr KEY [DELTA]"
+            "usage: incr KEY [DELTA]: DELTA \"x\" is not a whole number in -9223372036854775808..=9223372036854775807"
         );
         assert_eq!(parse_line("status").unwrap(), Some(Command::Status));
         assert_eq!(
@@ -501,6 +556,62 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("hex"));
+        assert!(parse_line("incr n 9223372036854775808")
+            .unwrap_err()
+            .to_string()
+            .contains("not a whole number"));
+        assert_eq!(
+            parse_line("help frob").unwrap_err().to_string(),
+            "unknown command \"frob\"; type help for the list"
+        );
+        for (alias, name) in [
+            ("SET", "put"),
+            ("rm", "del"),
+            ("delete", "del"),
+            ("exit", "quit"),
+        ] {
+            assert_eq!(
+                parse_line(&format!("help {alias}")).unwrap(),
+                Some(Command::Help {
+                    topic: Some(name.into())
+                })
+            );
+        }
+    }
+
+    /// Ctrl-C on a write must not read as "nothing happened": the request already left.
+    #[test]
+    fn a_cancelled_write_is_of_unknown_outcome_and_a_cancelled_read_is_not() {
+        let unknown = |line: &str| {
+            let cmd = parse_line(line).unwrap().unwrap();
+            cmd.cancelled_message().contains("outcome is unknown")
+        };
+        for write in [
+            "put k v",
+            "del k",
+            "cas k a b",
+            "cas k --absent b",
+            "incr k",
+            "shard leader 0 1",
+            "shard move 0 --from 1 --to 2",
+            "node drain 2",
+            "node remove 2 --dead",
+            "rebalance",
+            "rebalance pause",
+        ] {
+            assert!(unknown(write), "{write}");
+        }
+        for read in [
+            "get k",
+            "get k --stale",
+            "status",
+            "shard k",
+            "node list",
+            "rebalance status",
+            "rebalance --dry-run",
+        ] {
+            assert!(!unknown(read), "{read}");
+        }
     }
 
     #[test]
@@ -510,5 +621,16 @@ mod tests {
             assert!(h.contains(n), "{n} missing from help");
         }
         assert!(help_text(Some("cas")).starts_with("cas KEY EXPECTED NEW"));
+        // Explanations start in one column, close enough to the left to be read.
+        let column = 2 + HELP_SYNOPSIS_WIDTH - 1 + 2;
+        assert!(
+            h.starts_with(&format!("  {:<39}  read a key", "get KEY [--stale]")),
+            "{h}"
+        );
+        let shard_usage = usage_of("shard").unwrap();
+        assert!(
+            h.contains(&format!("\n  {shard_usage}\n{:column$}which shard KEY", "")),
+            "{h}"
+        );
     }
 }

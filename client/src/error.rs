@@ -50,8 +50,9 @@ pub enum Error {
     #[error("{0}")]
     Limit(ClientError),
     /// No node answered anything: neither the first Status request (so the shard count
-    /// is unknown) nor, later, any attempt of a request.
-    #[error("no node answered within {waited_ms} ms (tried {tried}); is the cluster running, and is --cluster-id right?")]
+    /// is unknown) nor, later, any attempt of a request. Nodes answer nothing sealed under
+    /// a key they do not accept (no reflection), so a wrong key looks the same from here.
+    #[error("no node answered within {waited_ms} ms (tried {tried}); is the cluster running, is --cluster-id right, and do the nodes list this client's key file in client_key_files? (they answer nothing sealed under a key they do not accept)")]
     NoNodeAnswered {
         /// How long kvcli waited.
         waited_ms: u64,

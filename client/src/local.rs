@@ -52,7 +52,7 @@ impl LocalCluster {
             .with_context(|| format!("cannot write {}", config_path.display()))?;
         let config = ClusterConfig::load(&config_path)?;
         for created in kv_shared::auth::create_missing_key_files(&config)? {
-            eprintln!("created key file {}", created.display());
+            crate::note!("created key file {}", created.display());
         }
         let mut cluster = LocalCluster {
             config: config.clone(),

@@ -7,7 +7,7 @@ use kv_shared::auth::ClientKey;
 use kv_shared::config::ClusterConfig;
 use kvcli::bench::{self, BenchOptions, Dist};
 use kvcli::client::{Client, ClientOptions, NodeAddr};
-use kvcli::output::{render_error, Style, EXIT_ERROR, EXIT_OK};
+use kvcli::output::{print_stdout, render_error, Style, EXIT_ERROR, EXIT_OK};
 use std::io::IsTerminal;
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
@@ -34,7 +34,7 @@ Examples:
 
 Commands (REPL, script or one-shot):
   get KEY [--stale]     put KEY VALUE     del KEY
-  cas KEY EXPECTED NEW  cas KEY --absent NEW
+  cas KEY EXPECTED NEW  cas KEY --absent NEW  incr KEY [DELTA]
   status                shard KEY         node list        help [COMMAND]   quit
   shard leader|move ... node drain|remove ...  rebalance [status|pause|resume|--dry-run]
 
@@ -101,11 +101,11 @@ struct ConnArgs {
     local_dir: PathBuf,
 
     /// Report a shard as unavailable after this long without a working leader.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, global = true)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_nonzero_duration, global = true)]
     unavailable_after: Duration,
 
     /// How long one attempt waits for a reply before retrying (same request id).
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, global = true)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_nonzero_duration, global = true)]
     attempt_timeout: Duration,
 }
 
@@ -129,7 +129,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 64)]
     clients: usize,
     /// Run for this long (e.g. 10s, 500ms, 2m) [default: 10s unless --ops is given].
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_nonzero_duration)]
     duration: Option<Duration>,
     /// Stop after this many operations.
     #[arg(long)]
@@ -211,6 +211,18 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// [`parse_duration`] for the waits and the bench run, where zero is a mistake:
+/// `--unavailable-after 0` would report a shard that has a leader as having none.
+fn parse_nonzero_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!(
+            "{s:?} is zero; give a duration above 0, like 500ms or 5s"
+        ));
+    }
+    Ok(d)
+}
+
 fn main() {
     let cli = Cli::parse();
     let style = Style {
@@ -224,7 +236,7 @@ fn main() {
     let code = match runtime.block_on(run(cli, style)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!(
+            kvcli::note!(
                 "{}",
                 render_error(
                     &format!("{e:#}"),
@@ -245,10 +257,18 @@ fn main() {
 async fn run(cli: Cli, style: Style) -> anyhow::Result<i32> {
     // `kvcli help [COMMAND]` answers as the REPL's help does, without a key or a cluster.
     if let Some(Sub::Command(words)) = &cli.command {
-        if let Ok(kvcli::command::Command::Help { topic }) = kvcli::command::parse_words(words) {
-            let text = kvcli::output::CmdOutput::Text(kvcli::command::help_text(topic.as_deref()));
-            println!("{}", kvcli::output::render(&text, style));
-            return Ok(EXIT_OK);
+        match kvcli::command::parse_words(words) {
+            Ok(kvcli::command::Command::Help { topic }) => {
+                let text =
+                    kvcli::output::CmdOutput::Text(kvcli::command::help_text(topic.as_deref()));
+                print_stdout(&format!("{}\n", kvcli::output::render(&text, style)));
+                return Ok(EXIT_OK);
+            }
+            Err(e) if matches!(words[0].to_ascii_lowercase().as_str(), "help" | "?") => {
+                kvcli::note!("{}", render_error(&e.to_string(), "usage", style));
+                return Ok(EXIT_ERROR);
+            }
+            _ => {}
         }
     }
     let mut local = None;
@@ -266,7 +286,7 @@ async fn run(cli: Cli, style: Style) -> anyhow::Result<i32> {
     let mut options = if cli.conn.local {
         let kvserver = kvcli::local::kvserver_beside_me()?;
         let cluster = kvcli::local::LocalCluster::start(&kvserver, &cli.conn.local_dir)?;
-        eprintln!(
+        kvcli::note!(
             "started a local cluster: 3 kvserver nodes, data and logs in {}",
             cluster.dir.display()
         );
@@ -299,7 +319,7 @@ async fn run(cli: Cli, style: Style) -> anyhow::Result<i32> {
         ClientOptions::from_config(&config, key_for(Some(&config))?)
     };
     if options.protection == kv_shared::auth::Protection::Unauthenticated {
-        eprintln!(
+        kvcli::note!(
             "warning: the cluster file says protection = \"none\": nothing authenticates \
              this cluster's traffic (allowed on loopback only, for measuring what \
              authentication costs)"
@@ -359,7 +379,7 @@ async fn wait_for_leaders(
         let status = kvcli::output::combine_status(&reports, shards);
         let led = status.shards.iter().filter(|s| s.leader.is_some()).count();
         if led == shards as usize {
-            eprintln!(
+            kvcli::note!(
                 "all {shards} shards have a leader ({} ms)",
                 start.elapsed().as_millis()
             );
@@ -390,7 +410,7 @@ async fn bench_main(client: &Client, a: BenchArgs, style: Style) -> anyhow::Resu
         kv_shared::limits::VALUE_BYTES_MAX
     );
     if a.check && a.stale_reads {
-        eprintln!("note: stale reads are not linearizable by design; --check leaves them out");
+        kvcli::note!("note: stale reads are not linearizable by design; --check leaves them out");
     }
     let options = BenchOptions {
         clients: a.clients,
@@ -414,14 +434,15 @@ async fn bench_main(client: &Client, a: BenchArgs, style: Style) -> anyhow::Resu
     let tty = std::io::stderr().is_terminal();
     let run = bench::run(client, options, |p| {
         if tty {
-            eprint!("\r\x1b[2K{}", p.line());
+            use std::io::Write as _;
+            let _ = write!(std::io::stderr(), "\r\x1b[2K{}", p.line());
         } else {
-            eprintln!("{}", p.line());
+            kvcli::note!("{}", p.line());
         }
     })
     .await;
     if tty {
-        eprintln!();
+        kvcli::note!();
     }
     if let Some(path) = &a.history {
         let file = std::fs::File::create(path)
@@ -430,7 +451,7 @@ async fn bench_main(client: &Client, a: BenchArgs, style: Style) -> anyhow::Resu
         kvcli::history::write_jsonl(&run.history, &mut w)
             .with_context(|| format!("cannot write {}", path.display()))?;
         std::io::Write::flush(&mut w)?;
-        eprintln!(
+        kvcli::note!(
             "history: {} operations written to {}",
             run.history.len(),
             path.display()
@@ -447,11 +468,11 @@ async fn bench_main(client: &Client, a: BenchArgs, style: Style) -> anyhow::Resu
         if let Some(c) = &check {
             v["check"] = bench::check_json(c);
         }
-        println!("{v}");
+        print_stdout(&format!("{v}\n"));
     } else {
-        print!("{}", bench::render_report(&run.report));
+        print_stdout(&bench::render_report(&run.report));
         if let Some(c) = &check {
-            print!("{}", bench::render_check(c));
+            print_stdout(&bench::render_check(c));
         }
     }
     Ok(if check_failed { EXIT_ERROR } else { EXIT_OK })

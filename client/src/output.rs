@@ -13,6 +13,25 @@ mod status;
 use status::status_json;
 pub use status::{combine_status, render_status, ClusterStatus, NodeRow, ShardRow};
 
+/// Writes `text` to stdout. A reader that went away (`kvcli help | head -3`) is not worth
+/// the panic `print!` raises on a closed pipe: it has read what it wanted.
+pub fn print_stdout(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// `eprintln!` for kvcli's notes and progress lines: a closed stderr (`kvcli bench 2>&1 |
+/// head -1`) drops the line instead of panicking in the middle of the command, where a
+/// drain would stop driving its moves and a bench would lose its report.
+#[macro_export]
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Output settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Style {

@@ -6,8 +6,8 @@ use crate::client::{Client, Response, Session};
 use crate::command::{help_text, parse_line, Command, COMMANDS};
 use crate::error::Error;
 use crate::output::{
-    combine_status, render, render_client_error, render_error, CmdOutput, Style, EXIT_ERROR,
-    EXIT_OK,
+    combine_status, print_stdout, render, render_client_error, render_error, CmdOutput, Style,
+    EXIT_ERROR, EXIT_OK,
 };
 use kv_shared::proto::Op;
 use rustyline::completion::{Completer, Pair};
@@ -82,7 +82,7 @@ pub async fn execute(client: &Client, session: &mut Session, cmd: Command) -> Re
                 from: kv_shared::NodeId(from),
                 to: kv_shared::NodeId(to),
             };
-            eprintln!(
+            crate::note!(
                 "moving shard {shard}'s replica from node {from} to node {to}: waiting up to {wait_s} s for the new replica to catch up and the old one to go"
             );
             // A session of its own: the move is its first request, so it applies exactly
@@ -98,7 +98,7 @@ pub async fn execute(client: &Client, session: &mut Session, cmd: Command) -> Re
                 }
                 Err(e) => {
                     if matches!(e, Error::GaveUp { .. } | Error::NoLeader { .. }) {
-                        eprintln!(
+                        crate::note!(
                             "the move did not finish within {wait_s} s; it may still be in flight (kvcli status lists moves in flight)"
                         );
                     }
@@ -394,15 +394,15 @@ pub async fn repl(client: &Client, style: Style, history: Option<PathBuf>) -> an
         // A missing file is the first session; anything else is worth a warning only.
         if let Err(e) = editor.load_history(path) {
             if path.exists() {
-                eprintln!("warning: cannot read history {}: {e}", path.display());
+                crate::note!("warning: cannot read history {}: {e}", path.display());
             }
         }
     }
     let shards = client.shard_count().unwrap_or(0);
-    println!(
-        "kvcli: connected to {} node(s), {shards} shards. Type help for commands, Ctrl-D to leave.",
+    print_stdout(&format!(
+        "kvcli: connected to {} node(s), {shards} shards. Type help for commands, Ctrl-D to leave.\n",
         client.nodes().len()
-    );
+    ));
     let mut session = client.session();
     loop {
         let line = match editor.readline("kvcli> ") {
@@ -417,25 +417,29 @@ pub async fn repl(client: &Client, style: Style, history: Option<PathBuf>) -> an
         let _ = editor.add_history_entry(line.as_str());
         if let Some(path) = &history {
             if let Err(e) = editor.save_history(path) {
-                eprintln!("warning: cannot save history to {}: {e}", path.display());
+                crate::note!("warning: cannot save history to {}: {e}", path.display());
             }
         }
         let cmd = match parse_line(&line) {
             Ok(Some(c)) => c,
             Ok(None) => continue,
             Err(e) => {
-                println!("{}", render_error(&e.to_string(), "usage", style));
+                print_stdout(&format!(
+                    "{}\n",
+                    render_error(&e.to_string(), "usage", style)
+                ));
                 continue;
             }
         };
+        let cancelled = cmd.cancelled_message();
         tokio::select! {
             r = execute(client, &mut session, cmd) => match r {
-                Ok(Step::Output(o)) => println!("{}", render(&o, style)),
+                Ok(Step::Output(o)) => print_stdout(&format!("{}\n", render(&o, style))),
                 Ok(Step::Quit) => break,
-                Err(e) => println!("{}", render_client_error(&e, style)),
+                Err(e) => print_stdout(&format!("{}\n", render_client_error(&e, style))),
             },
             _ = tokio::signal::ctrl_c() => {
-                println!("{}", render_error("cancelled", "cancelled", style));
+                print_stdout(&format!("{}\n", render_error(cancelled, "cancelled", style)));
                 // The cancelled request may still be answered; a fresh session keeps the
                 // next request's sequence number clear of it.
                 session = client.session();

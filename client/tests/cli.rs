@@ -134,6 +134,114 @@ fn a_script_prints_one_result_per_line_and_stops_at_the_first_error() {
     );
 }
 
+/// A zero wait is refused up front: `--unavailable-after 0` would report a shard with a
+/// leader as having none ("waited 0 ms").
+#[test]
+fn zero_durations_are_refused_naming_the_flag() {
+    // Refused while parsing the command line, before any cluster is asked.
+    let kvcli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kvcli"))
+            .args(args)
+            .output()
+            .expect("kvcli runs")
+    };
+    for flag in ["--unavailable-after", "--attempt-timeout"] {
+        let o = kvcli(&[flag, "0", "get", "k"]);
+        assert_eq!(o.status.code(), Some(2), "{flag}: {}", text(&o.stderr));
+        let err = text(&o.stderr);
+        assert!(
+            err.contains(flag) && err.contains("\"0\" is zero"),
+            "{flag}: {err}"
+        );
+    }
+    let o = kvcli(&["bench", "--duration", "0ms"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("\"0ms\" is zero"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+/// Runs `kvcli ARGS | READER` (with `2>&1` when `stderr_too`) where the reader closes its
+/// end of the pipe at once, and kvcli starts only 300 ms later, so every write it makes
+/// there meets a closed pipe. Returns kvcli's exit code and what else it wrote to stderr.
+fn into_a_closed_pipe(args: &[&str], stderr_too: bool) -> (Option<i32>, String) {
+    let kvcli = env!("CARGO_BIN_EXE_kvcli");
+    let dir = tempfile::tempdir().unwrap();
+    let code_file = dir.path().join("code");
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "(sleep 0.3; '{kvcli}' {} {}; echo $? > '{}') | (exec 0<&-; sleep 1)",
+            quoted.join(" "),
+            if stderr_too { "2>&1" } else { "" },
+            code_file.display()
+        ))
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("sh runs");
+    let code = std::fs::read_to_string(&code_file)
+        .ok()
+        .and_then(|c| c.trim().parse().ok());
+    (code, text(&o.stderr))
+}
+
+/// `kvcli help | head -3`, `kvcli bench ... | head` and `kvcli bench ... 2>&1 | head`
+/// must not panic when the reader goes away: the output is dropped and kvcli exits with
+/// the command's own code.
+#[test]
+fn a_reader_that_closes_the_pipe_causes_no_panic() {
+    let (code, err) = into_a_closed_pipe(&["help"], false);
+    assert_eq!(code, Some(0), "{err}");
+    let fake = FakeCluster::start(2, 2, Some(1));
+    let nodes = fake.nodes_flag();
+    let cluster_id = fake.cluster_id.to_string();
+    let key = fake.key_file().to_str().unwrap().to_string();
+    // 1.5 s: at least one progress line on stderr, then the report on stdout.
+    let args = [
+        "--nodes",
+        &nodes,
+        "--cluster-id",
+        &cluster_id,
+        "--key-file",
+        &key,
+        "bench",
+        "--duration",
+        "1500ms",
+        "--clients",
+        "2",
+    ];
+    for (json, stderr_too) in [(false, false), (true, false), (false, true)] {
+        let args: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(json.then_some("--json"))
+            .collect();
+        let (code, err) = into_a_closed_pipe(&args, stderr_too);
+        assert_eq!(code, Some(0), "json {json}, stderr too {stderr_too}: {err}");
+    }
+}
+
+/// `kvcli --help` lists every command of the command table under "Commands".
+#[test]
+fn the_help_flag_lists_every_command() {
+    let o = Command::new(env!("CARGO_BIN_EXE_kvcli"))
+        .arg("--help")
+        .output()
+        .expect("kvcli runs");
+    let help = text(&o.stdout);
+    let listed = help
+        .split_once("Commands (REPL, script or one-shot):")
+        .and_then(|(_, rest)| rest.split_once("Exit codes"))
+        .map(|(list, _)| list)
+        .unwrap_or_else(|| panic!("no command list in:\n{help}"));
+    for (name, _, _) in kvcli::command::COMMANDS {
+        assert!(listed.contains(name), "{name} missing from:\n{listed}");
+    }
+}
+
 /// `kvcli help cas` is kvcli's help, as typed in the REPL, not clap's.
 #[test]
 fn help_for_one_command_works_one_shot() {
@@ -146,6 +254,24 @@ fn help_for_one_command_works_one_shot() {
     );
     let o = kvcli(&fake, &["help"], "");
     assert!(text(&o.stdout).contains("incr KEY [DELTA]"));
+    // The aliases the docs list have the help of their command.
+    let o = kvcli(&fake, &["help", "set"], "");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).starts_with("put KEY VALUE\n"),
+        "{}",
+        text(&o.stdout)
+    );
+    // No such command: an error, exit 2, as for any mistyped command.
+    let o = kvcli(&fake, &["help", "frob"], "");
+    assert_eq!(
+        (o.status.code(), text(&o.stderr)),
+        (
+            Some(2),
+            "error: unknown command \"frob\"; type help for the list\n".into()
+        )
+    );
+    assert!(o.stdout.is_empty());
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! transfers), printing progress on stderr either way.
 
 use super::{describe_stuck, read_view, DriveOptions, View};
-use crate::balance_output::{BalanceOutput, DoneMove, Driven, FailedMove};
+use crate::balance_output::{shard_name, BalanceOutput, DoneMove, Driven, FailedMove};
 use crate::client::{Client, Response};
 use crate::error::Error;
 use crate::output::ClusterStatus;
@@ -118,7 +118,7 @@ impl Watch {
         let view = read_view(client, DRIVE_STATUS_GRACE, goal.marked(), avoid).await?;
         let progress = progress_line(goal, &view);
         if progress != self.last_progress {
-            eprintln!("{progress}");
+            crate::note!("{progress}");
             self.last_progress = progress;
         }
         Ok(view)
@@ -245,15 +245,17 @@ pub(super) async fn drive_to(
             });
         }
         for m in &plan.moves {
-            eprintln!("{}", move_line(m, "moving", "adding", "removing"));
+            crate::note!("{}", move_line(m, "moving", "adding", "removing"));
             start_move(&mut running, client, *m, deadline - now);
             in_flight.push(*m);
         }
         if settling.is_empty() {
             for t in &plan.leader_transfers {
-                eprintln!(
-                    "shard {}: leadership from node {} to node {}",
-                    t.shard.0, t.from.0, t.to.0
+                crate::note!(
+                    "{}: leadership from node {} to node {}",
+                    shard_name(t.shard, false),
+                    t.from.0,
+                    t.to.0
                 );
                 let op = Op::ShardLeader {
                     shard: t.shard,
@@ -281,7 +283,7 @@ pub(super) async fn drive_to(
             in_flight.retain(|x| *x != m);
             match result {
                 Ok(_) => {
-                    eprintln!(
+                    crate::note!(
                         "{} in {:.1} s",
                         move_line(&m, "moved", "added", "removed"),
                         took.as_secs_f64()
@@ -289,7 +291,7 @@ pub(super) async fn drive_to(
                     done.push(DoneMove { mv: m, took });
                 }
                 Err(e) => {
-                    eprintln!(
+                    crate::note!(
                         "{} failed: {e}",
                         move_line(&m, "moving", "adding", "removing")
                     );
@@ -360,14 +362,14 @@ fn progress_line(goal: Goal, view: &View) -> String {
 /// A line about move `m` with the verb for a move, a voter added, or a voter removed
 /// (the metadata group's size changes: one side is `NodeId::NONE`).
 fn move_line(m: &Move, moving: &str, adding: &str, removing: &str) -> String {
-    let shard = m.shard.0;
+    let shard = shard_name(m.shard, false);
     match m.reason {
-        MoveReason::GrowMetadata => format!("{adding} node {} as a voter of shard {shard}", m.to.0),
+        MoveReason::GrowMetadata => format!("{adding} node {} as a voter of {shard}", m.to.0),
         MoveReason::ShrinkMetadata => {
-            format!("{removing} node {}'s voter of shard {shard}", m.from.0)
+            format!("{removing} node {}'s voter of {shard}", m.from.0)
         }
         _ => format!(
-            "{moving} shard {shard}'s replica from node {} to node {}",
+            "{moving} {shard}'s replica from node {} to node {}",
             m.from.0, m.to.0
         ),
     }

@@ -4,6 +4,7 @@
 use super::{paint, table, Style};
 use crate::client::{NodeAddr, NodeReport};
 use kv_shared::proto::{NodeStatus, Role, ShardRoute, ShardStatus};
+use kv_shared::registry::NodeState;
 use kv_shared::{NodeId, ShardId};
 use serde_json::{json, Value};
 
@@ -59,6 +60,9 @@ pub struct NodeRow {
     pub drops: Vec<(String, u64)>,
     /// Its counters and gauges as its `/metrics` names them (`NodeStatus::counters`).
     pub counters: Vec<(String, u64)>,
+    /// The newest node registry any node answered with marks it removed (drained, or
+    /// removed as dead): its silence is expected, not a node down.
+    pub removed: bool,
 }
 
 /// The combined cluster status.
@@ -79,11 +83,11 @@ impl ClusterStatus {
         self.shards.iter().all(|s| s.leader.is_some() && s.quorum)
     }
 
-    /// Nodes that did not answer.
+    /// Nodes that did not answer, removed ones aside.
     pub fn nodes_down(&self) -> Vec<String> {
         self.nodes
             .iter()
-            .filter(|n| n.rtt_us.is_none())
+            .filter(|n| n.rtt_us.is_none() && !n.removed)
             .map(|n| match n.node.id {
                 Some(id) => id.to_string(),
                 None => n.node.addr.to_string(),
@@ -138,6 +142,14 @@ pub fn combine_status(reports: &[NodeReport], shard_count: u32) -> ClusterStatus
                 .or_else(|| r.result.as_ref().ok().map(|(s, _)| s.node))
         })
         .collect();
+    let registry = answered
+        .iter()
+        .filter_map(|n| n.registry.as_deref())
+        .max_by_key(|r| r.version);
+    let removed = |id: Option<NodeId>| {
+        id.and_then(|id| registry?.get(id))
+            .is_some_and(|r| r.state == NodeState::Removed)
+    };
     let mut shards = Vec::new();
     for shard in (0..shard_count).map(ShardId) {
         let views: Vec<(NodeId, &ShardStatus)> = answered
@@ -221,6 +233,7 @@ pub fn combine_status(reports: &[NodeReport], shard_count: u32) -> ClusterStatus
                     .join(", "),
                 drops: s.drops.clone(),
                 counters: s.counters.clone(),
+                removed: removed(Some(s.node)),
             },
             Err(why) => NodeRow {
                 node: r.node,
@@ -229,6 +242,7 @@ pub fn combine_status(reports: &[NodeReport], shard_count: u32) -> ClusterStatus
                 detail: why.clone(),
                 drops: Vec::new(),
                 counters: Vec::new(),
+                removed: removed(r.node.id),
             },
         })
         .collect();
@@ -278,6 +292,16 @@ fn metadata_line(m: &ShardRoute) -> String {
     let leader = m.leader.map_or_else(|| "none".into(), |l| l.to_string());
     line.push_str(&format!(", leader {leader}, epoch {}", m.epoch));
     line
+}
+
+/// A node's STATE cell: `removed` for a node the registry removed (answering or not:
+/// a drained node stops itself once it hears it was removed), else whether it answered.
+fn node_state(n: &NodeRow) -> &'static str {
+    match (n.removed, n.rtt_us.is_some()) {
+        (true, _) => "removed",
+        (false, true) => "up",
+        (false, false) => "unreachable",
+    }
 }
 
 /// The status tables, shards (and the metadata group's line) then nodes.
@@ -336,11 +360,7 @@ pub fn render_status(s: &ClusterStatus, style: Style) -> String {
                     .map(|i| i.to_string())
                     .unwrap_or_else(|| "?".into()),
                 n.node.addr.to_string(),
-                if n.rtt_us.is_some() {
-                    "up".into()
-                } else {
-                    "unreachable".into()
-                },
+                node_state(n).into(),
                 n.rtt_us
                     .map(|us| format!("{:.1} ms", us as f64 / 1000.0))
                     .unwrap_or_else(|| "-".into()),
@@ -365,7 +385,7 @@ pub fn render_status(s: &ClusterStatus, style: Style) -> String {
         &node_rows,
         |col, raw, padded| match (col, raw) {
             (2, "up") => paint(style, "32", &padded),
-            (2, _) => paint(style, "31", &padded),
+            (2, "unreachable") => paint(style, "31", &padded),
             _ => padded,
         },
     );
@@ -472,6 +492,7 @@ pub(super) fn status_json(s: &ClusterStatus) -> Value {
             "node": n.node.id.map(|i| i.0),
             "addr": n.node.addr.to_string(),
             "reachable": n.rtt_us.is_some(),
+            "removed": n.removed,
             "rtt_us": n.rtt_us,
             "leads": n.leads,
             "detail": n.detail,
@@ -685,5 +706,45 @@ n2    requests{resp,get,ok}=12 pending_requests=2";
         assert!(!s.shards[0].quorum);
         assert_eq!(s.problems()[1], "shards without quorum: s0, s1");
         assert_eq!(CmdOutput::Status(s).exit_code(), 1);
+    }
+
+    /// A node the registry marks removed (drained, or removed as dead) is silent by
+    /// design: status shows it `removed` and not among the nodes down, by the newest
+    /// registry any node answered with.
+    #[test]
+    fn a_removed_node_is_not_a_node_down() {
+        use kv_shared::registry::{NodeRecord, Registry};
+        let registry = |version, n3: NodeState| Registry {
+            version,
+            nodes: (1..=3)
+                .map(|id| NodeRecord {
+                    id: NodeId(id),
+                    addr: addr(id).addr,
+                    state: if id == 3 { n3 } else { NodeState::Active },
+                    identity: id,
+                })
+                .collect(),
+            balancer_paused: false,
+        };
+        let mut r = reports();
+        if let Ok((s, _)) = &mut r[0].result {
+            s.registry = Some(Box::new(registry(4, NodeState::Active)));
+        }
+        assert_eq!(combine_status(&r, 2).nodes_down(), vec!["n3".to_string()]);
+        if let Ok((s, _)) = &mut r[1].result {
+            s.registry = Some(Box::new(registry(9, NodeState::Removed)));
+        }
+        let s = combine_status(&r, 2);
+        assert!(s.nodes[2].removed && !s.nodes[0].removed);
+        assert!(s.nodes_down().is_empty(), "{:?}", s.nodes_down());
+        let text = render_status(&s, PLAIN);
+        assert!(
+            text.contains("n3    127.0.0.1:7103  removed  -       -      no answer in 1000 ms\n"),
+            "{text}"
+        );
+        assert!(!text.contains("nodes down"), "{text}");
+        let v: Value = serde_json::from_str(&render(&CmdOutput::Status(s), JSON)).unwrap();
+        assert_eq!(v["nodes"][2]["removed"], true);
+        assert_eq!(v["nodes"][0]["removed"], false);
     }
 }

@@ -66,6 +66,9 @@ pub async fn start(opts: &ServerOptions, metrics: Metrics) -> Result<FrontEnds, 
     let (local, local_requests) = resp::local::channel();
     if let Some(addr) = opts.http_addr {
         let listener = bind("HTTP (metrics)", addr).await?;
+        // The bound address: with port 0 the kernel picked the port, and this line is
+        // how the operator learns it.
+        let addr = listener.local_addr().unwrap_or(addr);
         tracing::info!(node = opts.node.0, %addr, "serving /metrics and /health");
         tasks
             .0
@@ -73,7 +76,7 @@ pub async fn start(opts: &ServerOptions, metrics: Metrics) -> Result<FrontEnds, 
     }
     if let Some(addr) = opts.redis_addr {
         let listener = bind("Redis protocol", addr).await?;
-        tracing::info!(node = opts.node.0, %addr, "serving the Redis protocol");
+        let addr = listener.local_addr().unwrap_or(addr);
         let Some(key) = gateway_key(&opts.cluster)? else {
             tracing::error!(
                 "the Redis gateway is off: the cluster file names no client key for it \
@@ -85,6 +88,7 @@ pub async fn start(opts: &ServerOptions, metrics: Metrics) -> Result<FrontEnds, 
             });
         };
         let users = resp::users::Users::load(&opts.cluster).map_err(ServerError::RespUsers)?;
+        tracing::info!(node = opts.node.0, %addr, "serving the Redis protocol");
         let client_options = ClientOptions::from_config(&opts.cluster, key);
         let node = opts.node;
         let cluster = &opts.cluster;

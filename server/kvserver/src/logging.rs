@@ -34,6 +34,10 @@ pub fn init(level: Option<&str>) -> Result<(), LogLevelError> {
     let _already_set = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log line stderr cannot take (its pipe's reader went away) is dropped: the
+        // subscriber's own report of it would go through eprintln!, whose panic on a
+        // closed pipe would stop the node.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     Ok(())

@@ -321,6 +321,14 @@ impl Cluster {
         child.wait().expect("reap killed node");
     }
 
+    /// Sends `signal` to node `id` (SIGSTOP freezes it with its socket open, SIGCONT
+    /// resumes it; a frozen node is still killed on drop).
+    pub fn signal(&mut self, id: NodeId, signal: rustix::process::Signal) {
+        let child = self.children.get(&id).expect("node is running");
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("child pid");
+        rustix::process::kill_process(pid, signal).expect("signal the node");
+    }
+
     /// SIGTERM to node `id`; waits up to `timeout` for it to exit and returns how.
     pub fn terminate(&mut self, id: NodeId, timeout: Duration) -> ExitStatus {
         let child = self.children.get(&id).expect("node is running");

@@ -1,6 +1,7 @@
 //! Key files at the edge: `kvserver keygen` writes private files and never overwrites
 //! one; a node whose key file is missing or malformed, or a kvcli without a key, stops at
-//! once with exit status 2 and a line naming the file.
+//! once with exit status 2 and a line naming the file; a kvcli whose key the nodes do
+//! not accept is told to check the key, not only the cluster id.
 
 use kv_e2e::bin;
 use std::path::Path;
@@ -98,4 +99,42 @@ fn a_missing_or_malformed_key_file_stops_the_node_with_exit_2_naming_it() {
         .expect("run kvcli");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--key-file"), "{}", stderr(&o));
+}
+
+/// The nodes answer nothing sealed under a key they do not accept, so kvcli sees the
+/// same silence as from a stopped cluster: its error must name the key as a suspect,
+/// or a user with the wrong key file is sent to check --cluster-id.
+#[test]
+fn a_client_key_the_nodes_do_not_accept_is_named_as_a_suspect() {
+    use kv_e2e::cluster::{Cluster, Spec};
+    let c = Cluster::start(Spec {
+        nodes: 1,
+        shards: 1,
+        ..Spec::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = dir.path().join("admin.key");
+    let o = kvserver(&[
+        "keygen",
+        "--out",
+        foreign.to_str().unwrap(),
+        "--client",
+        "admin",
+        "--admin",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = Command::new(bin::kvcli())
+        .arg("--cluster")
+        .arg(c.config_path())
+        .arg("--key-file")
+        .arg(&foreign)
+        .args(["--unavailable-after", "1s", "get", "k"])
+        .output()
+        .expect("run kvcli");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("error: no node answered") && err.contains("client_key_files"),
+        "{err}"
+    );
 }

@@ -1,7 +1,8 @@
 //! The interactive kvcli REPL on a pseudo-terminal, against a real 3-node cluster: typed
 //! commands answer, TAB completes a command name, Ctrl-C cancels the line and keeps the
 //! REPL, Ctrl-D leaves with exit code 0, the history file holds the commands, and a second
-//! session recalls them with the Up arrow.
+//! session recalls them with the Up arrow; Ctrl-C on a write already sent says its
+//! outcome is unknown.
 
 use kv_e2e::cluster::{Cluster, Spec};
 use kv_e2e::pty::{PtyChild, CTRL_C, CTRL_D, ENTER, KEY_UP, TAB};
@@ -154,4 +155,58 @@ fn lines_pasted_or_typed_ahead_all_run_in_order() {
     enter(&mut p, "quit");
     let code = p.wait_exit(WAIT);
     assert_eq!(code, 0, "quit leaves with 0");
+}
+
+/// Ctrl-C while a write waits for a frozen cluster stops the waiting, not the write: the
+/// datagram is in the nodes' socket buffers, and once they resume it applies. So the
+/// REPL must say the outcome is unknown, not merely "cancelled".
+#[test]
+fn ctrl_c_on_a_sent_write_says_its_outcome_is_unknown() {
+    use rustix::process::Signal;
+    let mut c = Cluster::start(Spec::default());
+    let mut client = c.client();
+    c.wait_for_leaders(&mut client, LEADERS_TIMEOUT);
+    let dir = tempfile::Builder::new()
+        .prefix("kv-e2e-repl-")
+        .tempdir()
+        .expect("temp dir");
+    let mut p = repl(&c, &dir.path().join("history"));
+    // Learns the key's leader and a ticket from every node it talks to.
+    enter(&mut p, "put frozen before");
+    p.expect_line("OK", WAIT);
+    for id in c.ids() {
+        c.signal(id, Signal::STOP);
+    }
+    enter(&mut p, "put frozen after");
+    // Well under --unavailable-after (5 s): the put is still waiting.
+    std::thread::sleep(Duration::from_millis(500));
+    p.send(CTRL_C);
+    // The terminal echoes ^C at the start of the row.
+    p.expect(
+        "error: cancelled: kvcli stopped waiting, but the request was sent and may still take effect (its outcome is unknown)",
+        WAIT,
+    );
+    for id in c.ids() {
+        c.signal(id, Signal::CONT);
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let out = Command::new(kv_e2e::bin::kvcli())
+            .arg("--cluster")
+            .arg(c.config_path())
+            .args(["get", "frozen"])
+            .output()
+            .expect("run kvcli get");
+        let value = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if value == "after" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cancelled put never applied: frozen = {value:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    enter(&mut p, "quit");
+    assert_eq!(p.wait_exit(WAIT), 0, "quit leaves with 0");
 }

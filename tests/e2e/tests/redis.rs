@@ -239,6 +239,10 @@ fn limits_are_refused_with_the_limit_named() {
     let e = q_err(&mut con, &["APPEND", "a", &half]);
     assert!(e.contains("VALUE_BYTES_MAX"), "{e}");
     assert_eq!(q::<i64>(&mut con, &["STRLEN", "a"]), 20 * 1024);
+    // One pair over a limit refuses the whole MSET: the valid pairs are not written.
+    let e = q_err(&mut con, &["MSET", "m1", "1", &key, "2", "m2", "3"]);
+    assert!(e.contains("KEY_BYTES_MAX"), "{e}");
+    assert_eq!(q::<i64>(&mut con, &["EXISTS", "m1", "m2"]), 0);
     // The connection is still usable after each refusal.
     assert_eq!(q::<String>(&mut con, &["PING"]), "PONG");
 }

@@ -293,7 +293,7 @@ fn options(args: Args) -> Result<ServerOptions, String> {
         (None, None) => {
             let ids: Vec<String> = cluster.nodes.iter().map(|n| n.id.to_string()).collect();
             return Err(format!(
-                "--node {} is not in the cluster file (its nodes: {}); a new node joins a running cluster with --join HOST:PORT --listen HOST:PORT",
+                "--node {} is not in the cluster file (its nodes: {}); a node outside it, new or joined before and now restarting, starts with --join HOST:PORT --listen HOST:PORT",
                 node.0,
                 ids.join(", ")
             ));
@@ -378,6 +378,18 @@ mod tests {
         assert_eq!(
             front_end_addrs(None, Some(addr("127.0.0.2:65000")), None, None),
             (None, None)
+        );
+    }
+
+    /// A joined node restarts with --join as it first started: the refusal of a bare
+    /// `--node N` must say so, not only speak of new nodes.
+    #[test]
+    fn a_node_outside_the_file_is_told_to_start_with_join() {
+        let args = Args::try_parse_from(["kvserver", "--node", "9"]).unwrap();
+        let e = options(args).unwrap_err();
+        assert_eq!(
+            e,
+            "--node 9 is not in the cluster file (its nodes: 1, 2, 3); a node outside it, new or joined before and now restarting, starts with --join HOST:PORT --listen HOST:PORT"
         );
     }
 

@@ -177,8 +177,22 @@ pub fn command_name(word: &[u8]) -> Option<&'static str> {
         .copied()
 }
 
-/// Plans one command. `stale` is the connection's read mode.
+/// Plans one command. `stale` is the connection's read mode. A command with a key or
+/// value over its limit is refused whole, before any of its operations runs: MSET's
+/// other pairs (or DEL's other keys) would otherwise be written while the reply says
+/// the command failed.
 pub fn plan(words: &[Bytes], stale: bool) -> Plan {
+    let plan = plan_words(words, stale);
+    if let Plan::Ops { ops, .. } = &plan {
+        if let Some(e) = ops.iter().find_map(|op| op.check_limits().err()) {
+            return Plan::Now(Reply::err(e));
+        }
+    }
+    plan
+}
+
+/// [`plan`] before the limits are checked.
+fn plan_words(words: &[Bytes], stale: bool) -> Plan {
     let Some((name_bytes, args)) = words.split_first() else {
         return Plan::Now(Reply::err("empty command"));
     };
@@ -280,8 +294,10 @@ pub fn plan(words: &[Bytes], stale: bool) -> Plan {
             Some(d) => incr(key, d),
             None => now(not_integer()),
         },
-        ("decrby", [key, by]) => match parse_i64(by).and_then(i64::checked_neg) {
-            Some(d) => incr(key, d),
+        // DECRBY k -9223372036854775808 names a valid integer whose negation is not one.
+        ("decrby", [key, by]) => match parse_i64(by).map(i64::checked_neg) {
+            Some(Some(d)) => incr(key, d),
+            Some(None) => now(Reply::err("decrement would overflow")),
             None => now(not_integer()),
         },
         ("append", [key, value]) => ops(
@@ -550,6 +566,35 @@ mod tests {
         );
     }
 
+    /// One pair over a limit refuses the whole MSET (no pair is written), and likewise
+    /// a DEL or MGET naming one key over the limit.
+    #[test]
+    fn a_multi_key_command_over_a_limit_is_refused_whole() {
+        let long_key = "k".repeat(kv_shared::limits::KEY_BYTES_MAX + 1);
+        let key_error = Reply::err(format!(
+            "key is {} bytes; the limit KEY_BYTES_MAX is {}",
+            kv_shared::limits::KEY_BYTES_MAX + 1,
+            kv_shared::limits::KEY_BYTES_MAX
+        ));
+        assert_eq!(now(&format!("mset a 1 b 2 {long_key} 3")), key_error);
+        assert_eq!(now(&format!("del a {long_key}")), key_error);
+        assert_eq!(now(&format!("mget a {long_key}")), key_error);
+        let long_value = "v".repeat(kv_shared::limits::VALUE_BYTES_MAX + 1);
+        assert_eq!(
+            now(&format!("mset a 1 b {long_value}")),
+            Reply::err(format!(
+                "value is {} bytes; the limit VALUE_BYTES_MAX is {}",
+                kv_shared::limits::VALUE_BYTES_MAX + 1,
+                kv_shared::limits::VALUE_BYTES_MAX
+            ))
+        );
+        let at_limit = "v".repeat(kv_shared::limits::VALUE_BYTES_MAX);
+        assert!(matches!(
+            plan(&words(&format!("mset a 1 b {at_limit}")), false),
+            Plan::Ops { .. }
+        ));
+    }
+
     #[test]
     fn plans_pick_atomic_operations() {
         let Plan::Ops { ops, finish } = plan(&words("getdel k"), false) else {
@@ -573,10 +618,10 @@ mod tests {
                 delta: -5
             }]
         );
-        assert!(matches!(
-            plan(&words("decrby k -9223372036854775808"), false),
-            Plan::Now(_)
-        ));
+        assert_eq!(
+            now("decrby k -9223372036854775808"),
+            Reply::err("decrement would overflow")
+        );
         let Plan::Ops { ops, .. } = plan(&words("mget a b"), true) else {
             panic!()
         };

@@ -830,8 +830,19 @@ fn parse_command(buf: &mut BytesMut, words: &mut Vec<Bytes>) -> Result<bool, Str
     let taken = buf.split_to(amt).freeze();
     for item in &items {
         match item {
-            resp2::types::RangeFrame::BulkString((start, end))
-            | resp2::types::RangeFrame::SimpleString((start, end)) => {
+            resp2::types::RangeFrame::BulkString((start, end)) => {
+                // The decoder steps over the two bytes after a bulk string's data without
+                // looking: a length shorter than the data would store the value cut
+                // short and drop two of its bytes. Redis refuses such input; so do we.
+                if taken.get(*end..*end + 2) != Some(&b"\r\n"[..]) {
+                    return Err(format!(
+                        "expected '\\r\\n' after a bulk string of {} bytes",
+                        end - start
+                    ));
+                }
+                words.push(taken.slice(*start..*end));
+            }
+            resp2::types::RangeFrame::SimpleString((start, end)) => {
                 words.push(taken.slice(*start..*end));
             }
             _ => return Err(not_words()),
@@ -848,6 +859,18 @@ mod tests {
     fn parse(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, String> {
         let mut words = Vec::new();
         Ok(parse_command(buf, &mut words)?.then_some(words))
+    }
+
+    /// A bulk string's declared length shorter than its data: refused, not cut short.
+    #[test]
+    fn a_bulk_string_longer_than_its_length_is_a_protocol_error() {
+        let mut buf = BytesMut::from(&b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nvXY\r\n"[..]);
+        assert_eq!(
+            parse(&mut buf).unwrap_err(),
+            "expected '\\r\\n' after a bulk string of 1 bytes"
+        );
+        let mut buf = BytesMut::from(&b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nvXY\r\n"[..]);
+        assert_eq!(parse(&mut buf).unwrap().unwrap().len(), 3);
     }
 
     #[test]
