@@ -81,8 +81,11 @@ struct ReportedMembership {
 struct Committed {
     term: u64,
     hash: u64,
-    /// Not below the term in which the entry was committed: leaders of later terms must
-    /// hold it (Raft's Leader Completeness), a leader of an earlier one need not.
+    /// The current term of the first node seen knowing the entry committed: the leader
+    /// that committed it (the checker looks after every step, before any message of
+    /// that step is delivered), so the term of the commit. Leaders of later terms must
+    /// hold the entry (Raft's Leader Completeness), a leader of an earlier one need not.
+    /// `u64::MAX` while only a replica dropped in the same step has reported it.
     known_in_term: u64,
 }
 
@@ -96,9 +99,8 @@ pub struct Checker {
     /// (shard, index, term) -> (entry hash, term of the entry before it if known).
     entries: HashMap<(u32, u64, u64), (u64, Option<u64>)>,
     /// (shard, index) -> the entry committed (reported by a node's commit index) or
-    /// applied there by anyone: its term and hash, and the lowest current term of a node
-    /// seen knowing it committed, which is never below the term in which it was
-    /// committed (a node learns of a commit from that term's leader or a later one).
+    /// applied there by anyone: its term and hash, and the current term of the first
+    /// node seen knowing it committed.
     applied: HashMap<(u32, u64), Committed>,
     /// shard -> highest index known applied or committed.
     applied_max: BTreeMap<u32, u64>,
@@ -403,7 +405,12 @@ impl Checker {
                 format!("shard {shard}: {node} {how} (index {index}, term {term}) but the entry of term {} was committed or applied there", c.term),
             ),
             Some(c) => {
-                c.known_in_term = c.known_in_term.min(node_term);
+                // Not lowered by later reports: a replica may learn of a commit from a
+                // departed member's tombstone (`MessageBody::Committed`) while its own
+                // term is still below the commit's.
+                if c.known_in_term == u64::MAX {
+                    c.known_in_term = node_term;
+                }
                 Ok(())
             }
             None => {
@@ -538,10 +545,10 @@ mod tests {
         c.wrote_entries(NodeId(4), 0, 1, &[(7, 70), (10, 100)])
             .unwrap();
         c.wrote_entries(NodeId(2), 0, 1, &[(7, 70)]).unwrap();
-        // Seen first on a node of a later term, then on the leader that committed it:
-        // the lower term counts.
-        c.committed(NodeId(4), 0, 2, 12).unwrap();
+        // First on the leader that committed it, then on a replica told by a tombstone
+        // in a lower term: the first counts.
         c.applied(NodeId(3), 0, 2, (10, 100), 10).unwrap();
+        c.committed(NodeId(4), 0, 2, 8).unwrap();
         c.saw_leader(NodeId(2), 0, 9).unwrap();
         assert_eq!(
             c.saw_leader(NodeId(2), 0, 11).unwrap_err().invariant,

@@ -695,9 +695,9 @@ impl Sim {
             }
         }
         for a in out.applied {
-            // The node's term, never below the term of the entry's commit. A replica dropped in
-            // this same step (its removal applied) names none: the checker then takes
-            // the term from the next node seen knowing the entry committed.
+            // The node's term: on the leader that committed the entry, the term of the
+            // commit. A replica dropped in this same step (its removal applied) names none
+            // (u64::MAX): the checker then takes the next node's seen knowing it committed.
             let node_term = self.nodes[i]
                 .run
                 .as_ref()
