@@ -31,6 +31,19 @@ fn repl(c: &Cluster, history: &Path) -> PtyChild {
     p
 }
 
+/// A fresh cluster with every shard led, and a temp dir for the REPL's history (removed
+/// when the returned handle drops).
+fn led_cluster_and_history_dir() -> (Cluster, tempfile::TempDir) {
+    let mut c = Cluster::start(Spec::default());
+    let mut client = c.client();
+    c.wait_for_leaders(&mut client, LEADERS_TIMEOUT);
+    let dir = tempfile::Builder::new()
+        .prefix("kv-e2e-repl-")
+        .tempdir()
+        .expect("temp dir");
+    (c, dir)
+}
+
 /// Waits for a fresh prompt, types `line` and waits until the line editor shows it.
 fn type_at_prompt(p: &mut PtyChild, line: &str) {
     p.expect_prompt(PROMPT, WAIT);
@@ -46,13 +59,7 @@ fn enter(p: &mut PtyChild, line: &str) {
 
 #[test]
 fn the_repl_answers_completes_cancels_leaves_and_keeps_history() {
-    let mut c = Cluster::start(Spec::default());
-    let mut client = c.client();
-    c.wait_for_leaders(&mut client, LEADERS_TIMEOUT);
-    let dir = tempfile::Builder::new()
-        .prefix("kv-e2e-repl-")
-        .tempdir()
-        .expect("temp dir");
+    let (c, dir) = led_cluster_and_history_dir();
     let history = dir.path().join("history");
 
     let mut p = repl(&c, &history);
@@ -131,13 +138,7 @@ fn the_repl_answers_completes_cancels_leaves_and_keeps_history() {
 /// in redis-cli: none is lost.
 #[test]
 fn lines_pasted_or_typed_ahead_all_run_in_order() {
-    let mut c = Cluster::start(Spec::default());
-    let mut client = c.client();
-    c.wait_for_leaders(&mut client, LEADERS_TIMEOUT);
-    let dir = tempfile::Builder::new()
-        .prefix("kv-e2e-repl-")
-        .tempdir()
-        .expect("temp dir");
+    let (c, dir) = led_cluster_and_history_dir();
     let mut p = repl(&c, &dir.path().join("history"));
     p.expect_prompt(PROMPT, WAIT);
     // One write: the way a terminal delivers a paste without bracketed-paste mode.
@@ -163,13 +164,7 @@ fn lines_pasted_or_typed_ahead_all_run_in_order() {
 #[test]
 fn ctrl_c_on_a_sent_write_says_its_outcome_is_unknown() {
     use rustix::process::Signal;
-    let mut c = Cluster::start(Spec::default());
-    let mut client = c.client();
-    c.wait_for_leaders(&mut client, LEADERS_TIMEOUT);
-    let dir = tempfile::Builder::new()
-        .prefix("kv-e2e-repl-")
-        .tempdir()
-        .expect("temp dir");
+    let (mut c, dir) = led_cluster_and_history_dir();
     let mut p = repl(&c, &dir.path().join("history"));
     // Learns the key's leader and a ticket from every node it talks to.
     enter(&mut p, "put frozen before");
