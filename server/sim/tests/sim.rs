@@ -407,7 +407,18 @@ fn churn_regression_seeds_pass() {
 // get after applying that removal (9419). A replica restarted with its commit index two
 // membership changes behind its log elected by the old voters and won a term another
 // replica won too; lazy followers had delayed the commit it missed (9956).
-const DEFAULT_REGRESSION_SEEDS: &[u64] = &[9419, 9956];
+// Found by a sweep of seeds 200000..=300000: a workload client drew an id in the admin's
+// range, so its replies went to the admin (201641, 222931, 232593, 238066); the checker
+// held a leader elected in term 9 to an entry the leader of term 10 committed after that
+// election (223715); a client sent again on every redirect, duplicated answers included,
+// until its attempts in flight grew without bound (242723); a replica promoted while cut
+// off, still a learner in its own view, kept its old leader's lease and ignored every
+// vote the other voters needed (263829); with pre-vote off, a voter ignored the Votes of
+// an older term from the candidate with the newest log, whose term then never caught up
+// (213311).
+const DEFAULT_REGRESSION_SEEDS: &[u64] = &[
+    9419, 9956, 201641, 222931, 232593, 238066, 223715, 242723, 263829, 213311,
+];
 
 #[test]
 fn default_regression_seeds_pass() {
