@@ -123,8 +123,9 @@ fn wait_with_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus
     }
 }
 
-/// Kills the child when dropped (also while a test panics).
-struct KillOnDrop(Child);
+/// Kills the child when dropped (also while a test panics): a process a test starts by
+/// hand ends with the test, passed or not.
+pub struct KillOnDrop(pub Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

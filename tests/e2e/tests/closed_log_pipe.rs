@@ -2,19 +2,10 @@
 //! after tee died) keeps serving: a log line it cannot write is dropped, not a reason to
 //! stop.
 
+use kv_e2e::cli::KillOnDrop;
 use kv_e2e::cluster::{Cluster, Spec};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Kills the node when the test ends, passed or not.
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn a_node_whose_log_pipe_closed_keeps_serving() {
@@ -24,7 +15,7 @@ fn a_node_whose_log_pipe_closed_keeps_serving() {
         shards: 2,
         ..Spec::default()
     });
-    let mut node = Node(
+    let mut node = KillOnDrop(
         Command::new(kv_e2e::bin::kvserver())
             .arg("--config")
             .arg(c.config_path())

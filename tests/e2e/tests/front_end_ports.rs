@@ -1,21 +1,12 @@
 //! `kvserver --redis HOST:0 --http HOST:0`: the kernel picks the ports, and the start-up
 //! log names the ports it picked (not `:0`), so an operator or a script can reach them.
 
+use kv_e2e::cli::KillOnDrop;
 use kv_e2e::cluster::{Cluster, Spec};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Kills the node when the test ends, passed or not.
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The `addr=` of the first log line containing `what`, once the log has one.
 fn logged_addr(log: &std::path::Path, what: &str) -> Option<SocketAddr> {
@@ -45,7 +36,7 @@ fn ports_the_kernel_picked_are_the_ones_logged() {
     });
     let log = c.dir().join("node-1.log");
     let stderr = std::fs::File::create(&log).expect("create the log");
-    let _node = Node(
+    let _node = KillOnDrop(
         Command::new(kv_e2e::bin::kvserver())
             .arg("--config")
             .arg(c.config_path())
