@@ -46,9 +46,8 @@ impl Raft {
             // No leader heard for an election timeout: it is forgotten, so that its lease
             // no longer makes this replica ignore (pre-)votes. A candidate's membership
             // may be newer than ours and count us as a voter (a promotion not yet
-            // applied here), and without our vote nobody may win (kvsim seed 263829:
-            // voters n1, n2, n3 and a promoted n4 that still saw itself a learner, n3
-            // gone for good). Voting while not a voter is what etcd's learners do too.
+            // applied here), and with another voter gone nobody may win without our
+            // vote. Voting while not a voter is what etcd's learners do too.
             let term = self.term;
             self.become_follower(term, None);
             self.learner_asks_for_a_leader();

@@ -77,8 +77,7 @@ impl Raft {
                 // Refused with our term, which the candidate takes (Raft's "reply with
                 // currentTerm"). Ignored, a candidate whose log is newest but whose term
                 // lags can only catch up by campaigning faster than the voter whose term
-                // leads, while that voter cannot win without it (kvsim seed 213311,
-                // pre-vote off: n1 stale at term 39, n4 newest at 36, for 1,500 ticks).
+                // leads, while that voter cannot win without it.
                 MessageBody::Vote { .. } => {
                     self.send(msg.from, MessageBody::VoteResp { reject: true })
                 }

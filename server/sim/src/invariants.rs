@@ -532,11 +532,9 @@ mod tests {
         );
     }
 
-    /// Seed 223715: n3 and n4 hold (32, term 7); n2, without it, wins term 9 with the
-    /// votes of n1 and n5, which lack it too; n3 wins term 10, gives n5 the entry and
-    /// commits it; then n1's late vote makes n2 leader of term 9. Raft allows that
-    /// leader (the entry was committed in term 10, after term 9's votes), so the checker
-    /// must; a leader of term 11 without the entry it must still catch.
+    /// An entry of term 7 that the leader of term 10 commits need not be in the log of
+    /// a leader of term 9 whose votes came before that commit (Raft allows it, so the
+    /// checker must); a leader of term 11 without the entry it must still catch.
     #[test]
     fn an_entry_committed_in_a_later_term_binds_only_later_leaders() {
         let mut c = Checker::default();

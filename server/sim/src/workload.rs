@@ -568,10 +568,9 @@ mod tests {
     use kv_shared::ShardId;
     use rand::SeedableRng;
 
-    /// Seed 242723: a follower read met redirects to a leader that had crashed, and the
-    /// network duplicated datagrams; the client sent again on every answer, each copy's
-    /// included, so its attempts in flight grew without bound (2,000,000 events by
-    /// 2.4 s of simulated time).
+    /// Redirects to a leader that cannot serve, on a network that duplicates datagrams:
+    /// a client that sent again on every answer, each copy's included, would multiply
+    /// its attempts in flight without bound.
     #[test]
     fn redirects_back_off_after_the_node_count_and_late_copies_are_ignored() {
         let mut client = Client::new(0, ClientId(7), 1, 1);

@@ -295,8 +295,8 @@ mod tests {
     use super::*;
     use rand::rngs::mock::StepRng;
 
-    /// Seed 201641 drew a workload client in the admin's range: its replies went to an
-    /// admin the run did not have, and the simulator panicked.
+    /// A workload client with an id in the admin's range would have its replies taken
+    /// for the admin's, in a run that may have no admin.
     #[test]
     fn a_workload_client_never_gets_an_admin_id() {
         let mut rng = StepRng::new(ADMIN_CLIENT_ID_TAG, 1 << 48);
